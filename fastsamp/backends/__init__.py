@@ -1,0 +1,68 @@
+"""Backend registry and dispatch: "torch" (reference), "cpp", "triton", "cuda"."""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+_MODULES = {
+    "torch": "fastsamp.ops.reference",
+    "cpp": "fastsamp.backends.cpp",
+    "triton": "fastsamp.kernels",
+    "cuda": "fastsamp.backends.cuda",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    """(module, None) or (None, reason it is unavailable)."""
+    try:
+        if name in ("cpp", "cuda"):
+            from fastsamp import _C
+            if name == "cuda" and not _C.has_cuda:
+                return None, "fastsamp._C was built without CUDA kernels (nvcc not found at build time)"
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as e:  # extension not built, triton not installed
+        return None, f"{type(e).__name__}: {e}"
+    return module, None
+
+
+def is_available(name: str) -> bool:
+    return _load(name)[0] is not None
+
+
+def availability() -> dict[str, str]:
+    """Backend name -> "available" or the reason it is not."""
+    return {name: "available" if _load(name)[0] else _load(name)[1] for name in BACKENDS}
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve(backend: str, op: str, device):
+    """The function implementing `op` on `backend` for tensors on `device`."""
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    kind = device.type
+    if backend == "auto":
+        order = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}.get(kind, ())
+        for name in order:
+            module = _load(name)[0]
+            if module is not None and hasattr(module, op):
+                return getattr(module, op)
+        return getattr(_load("torch")[0], op)
+    if backend == "cpp" and kind != "cpu":
+        raise ValueError(f"backend='cpp' needs CPU tensors, got device {device}")
+    if backend == "cuda" and kind != "cuda":
+        raise ValueError(f"backend='cuda' needs CUDA tensors, got device {device}")
+    if backend == "triton" and kind != "cuda" and not (kind == "cpu" and triton_interpreted()):
+        raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
+                         f"got device {device}")
+    module, reason = _load(backend)
+    if module is None:
+        raise RuntimeError(f"backend {backend!r} is not available: {reason}")
+    if not hasattr(module, op):
+        raise ValueError(f"op {op!r} has no {backend!r} kernel")
+    return getattr(module, op)

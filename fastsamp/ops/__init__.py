@@ -1,0 +1,15 @@
+"""fastsamp.ops: one function per fused operation, one signature on every backend.
+
+Every op takes `backend=` ("auto", "torch", "cpp", "triton", "cuda"); "auto" picks the
+fastest compiled backend for the tensors' device and falls back to the PyTorch reference.
+"""
+from .gmm import gmm_mala, gmm_score
+from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
+from .mh import line_points, mala_propose, score_mh_accept
+from .random import normal, uniform
+from .sde import reverse_sde_step
+
+__all__ = [
+    "gmm_score", "gmm_mala", "reverse_sde_step", "mala_propose", "line_points", "score_mh_accept",
+    "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
+]

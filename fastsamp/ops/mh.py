@@ -1,0 +1,51 @@
+"""MALA proposals and the score-based (trapezoidal line-integral) MH acceptance."""
+from __future__ import annotations
+
+import torch
+
+from .. import backends
+from . import _checks
+
+
+def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, backend="auto"):
+    """x' = x + ε score + √(2ε) ξ, with ε a float or one step size per chain (B,)."""
+    x = _checks.state("x", x)
+    score = _checks.like("score", score, x)
+    eps = _checks.step_size(step_size, x)
+    noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
+    return backends.resolve(backend, "mala_propose", x.device)(x, score, eps, noise, seed, offset)
+
+
+def line_points(x, x_prop, n, *, backend="auto"):
+    """The n − 1 interior points x + (i/n)(x' − x), i = 1..n−1, as one (n−1, B, D) tensor,
+    so that any score model scores them in one batched call."""
+    x = _checks.state("x", x)
+    x_prop = _checks.like("x_prop", x_prop, x)
+    n = _checks.integer("n", n, minimum=1)
+    return backends.resolve(backend, "line_points", x.device)(x, x_prop, n)
+
+
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scores=None, backend="auto"):
+    """MH test of a MALA move for a model known only through its score.
+
+    ΔlogP ≈ (1/n)[½ s(x)·d + Σ_i s(x + (i/n)d)·d + ½ s(x')·d] (trapezoid, d = x' − x,
+    n = 1 + number of interior score sets), log α = ΔlogP + log q(x|x') − log q(x'|x)
+    with log q(x'|x) = −|x' − x − ε s(x)|²/(4ε); accept iff log u < log α (NaN rejects).
+
+    Returns (x_new, score_new, accepted (B,) bool, log_alpha (B,)).
+    """
+    x = _checks.state("x", x)
+    x_prop = _checks.like("x_prop", x_prop, x)
+    score = _checks.like("score", score, x)
+    score_prop = _checks.like("score_prop", score_prop, x)
+    eps = _checks.step_size(step_size, x)
+    u = _checks.uniforms("u", u, x)
+    if interior_scores is not None:
+        if not isinstance(interior_scores, torch.Tensor) or interior_scores.dim() != 3:
+            raise ValueError("interior_scores must be a (n-1, B, D) tensor")
+        interior_scores = _checks.like("interior_scores", interior_scores, x,
+                                       (interior_scores.shape[0],) + tuple(x.shape))
+        if interior_scores.shape[0] == 0:
+            interior_scores = None
+    fn = backends.resolve(backend, "score_mh_accept", x.device)
+    return fn(x, x_prop, score, score_prop, eps, u, interior_scores)

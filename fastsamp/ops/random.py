@@ -1,0 +1,86 @@
+"""Philox4x32-10 in PyTorch: the reference of the random stream every backend draws.
+
+Stream layout (docs/backend-contract.md): the normal ξ[b, d] of draw
+(seed, offset) comes from counter (d // 4, b, offset_lo, offset_hi) and key
+(seed_lo, seed_hi), Box–Muller on words (2q, 2q + 1), q = (d % 4) // 2, cos for
+even d and sin for odd d; the MH uniform of chain b from word 0 of counter
+(0xFFFFFFFF, b, offset_lo, offset_hi). Words are held in int64 tensors.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_MASK = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_TWO_M32 = 2.0**-32
+_TWO_M33 = 2.0**-33
+
+
+def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of a * m for 32-bit a and m, without int64 overflow."""
+    m_lo, m_hi = m & 0xFFFF, m >> 16
+    p_lo = a * m_lo  # < 2^48
+    p_hi = a * m_hi  # < 2^48
+    mid = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2^49
+    lo = mid & _MASK
+    hi = (p_hi >> 16) + (mid >> 32)
+    return hi & _MASK, lo
+
+
+def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """Ten Philox rounds on int64 tensors holding 32-bit counter words; key as ints."""
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(c0, _M0)
+        hi1, lo1 = _mulhilo(c2, _M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _W0) & _MASK
+        k1 = (k1 + _W1) & _MASK
+    return c0, c1, c2, c3
+
+
+def _check_seed(seed: int, offset: int) -> None:
+    for name, v in (("seed", seed), ("offset", offset)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**64:
+            raise ValueError(f"{name} must be an int in [0, 2**64), got {v!r}")
+
+
+def uniform_open(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """T(r)·2^-32 + 2^-33 in (0, 1] (computed in `dtype`)."""
+    return words.to(dtype) * _TWO_M32 + _TWO_M33
+
+
+def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return words.to(dtype) * _TWO_M32
+
+
+def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """Standard normals ξ (B, D) of draw (seed, offset)."""
+    _check_seed(seed, offset)
+    J = (D + 3) // 4
+    j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
+    b = torch.arange(B, dtype=torch.int64, device=device)[:, None].expand(B, J)
+    c2 = torch.full_like(j, offset & _MASK)
+    c3 = torch.full_like(j, offset >> 32)
+    r = philox4x32_10(j, b, c2, c3, seed & _MASK, seed >> 32)
+    out = torch.empty(B, J, 4, dtype=dtype, device=device)
+    for q in range(2):
+        u1 = uniform_open(r[2 * q], dtype)
+        u2 = uniform_closed(r[2 * q + 1], dtype)
+        rad = torch.sqrt(-2.0 * torch.log(u1))
+        ang = (2.0 * math.pi) * u2
+        out[:, :, 2 * q] = rad * torch.cos(ang)
+        out[:, :, 2 * q + 1] = rad * torch.sin(ang)
+    return out.reshape(B, 4 * J)[:, :D].contiguous()
+
+
+def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """MH uniforms u (B,) in (0, 1] of draw (seed, offset)."""
+    _check_seed(seed, offset)
+    b = torch.arange(B, dtype=torch.int64, device=device)
+    full = torch.full_like
+    r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),
+                      seed & _MASK, seed >> 32)
+    return uniform_open(r[0], dtype)

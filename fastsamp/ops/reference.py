@@ -1,0 +1,141 @@
+"""Pure-PyTorch reference of every op (docs/backend-contract.md), the oracle
+that every compiled backend is tested against and the fallback backend.
+
+Functions take the backend signatures: validated, contiguous tensors of one
+dtype and device; `step_size` as a (B,) tensor; `noise` a (B, D) tensor or
+None (then ξ is the Philox draw (seed, offset)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import random as _rng
+
+
+def _noise(x, noise, seed, offset):
+    if noise is not None:
+        return noise
+    return _rng.normal(seed, offset, x.shape[0], x.shape[1], x.dtype, x.device)
+
+
+def _dot(a, b):
+    return (a * b).sum(-1)
+
+
+def gmm_score(x, means, log_weights, variances, alpha, sigma2):
+    """Score and log-density of Σ_k π_k N(α μ_k, (α² v_k + σ²) I) at x."""
+    D = x.shape[1]
+    s = alpha * alpha * variances + sigma2  # (K,)
+    lw = log_weights - torch.logsumexp(log_weights, 0)
+    centred = alpha * means[None, :, :] - x[:, None, :]  # (B, K, D)
+    ell = lw - 0.5 * _dot(centred, centred) / s - 0.5 * D * torch.log(2 * math.pi * s)
+    logp = torch.logsumexp(ell, 1)
+    r = torch.softmax(ell, 1)
+    score = torch.einsum("bk,bkd->bd", r / s, centred)
+    return score, logp
+
+
+def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n):
+    """x_new = a·x + c_s·(score + extra_drift) + c_n·ξ."""
+    drift = score if extra_drift is None else score + extra_drift
+    return a * x + c_s * drift + c_n * _noise(x, noise, seed, offset)
+
+
+def mala_propose(x, score, step_size, noise, seed, offset):
+    """x' = x + ε score + √(2ε) ξ."""
+    eps = step_size[:, None]
+    return x + eps * score + torch.sqrt(2 * eps) * _noise(x, noise, seed, offset)
+
+
+def line_points(x, x_prop, n):
+    """(n−1, B, D) interior points x + (i/n)(x' − x), i = 1..n−1."""
+    t = torch.arange(1, n, dtype=x.dtype, device=x.device) / n
+    return x + t[:, None, None] * (x_prop - x)
+
+
+def _select(accepted, a, b):
+    return torch.where(accepted[:, None], a, b)
+
+
+def trapezoid_delta_logp(x, x_prop, score, score_prop, interior):
+    """(1/n)[½ s·d + Σ_i s_i·d + ½ s'·d], d = x' − x, n = 1 + len(interior)."""
+    d = x_prop - x
+    total = 0.5 * (_dot(score, d) + _dot(score_prop, d))
+    n = 1
+    if interior is not None and interior.shape[0] > 0:
+        total = total + _dot(interior, d).sum(0)
+        n += interior.shape[0]
+    return total / n
+
+
+def mala_log_q_ratio(x, x_prop, score, score_prop, eps):
+    """log q(x|x') − log q(x'|x) for the MALA proposal with step ε (B,)."""
+    d = x_prop - x
+    fwd = d - eps[:, None] * score
+    bwd = d + eps[:, None] * score_prop
+    return (_dot(fwd, fwd) - _dot(bwd, bwd)) / (4 * eps)
+
+
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+    log_alpha = trapezoid_delta_logp(x, x_prop, score, score_prop, interior) + mala_log_q_ratio(
+        x, x_prop, score, score_prop, step_size
+    )
+    accepted = torch.log(u) < log_alpha
+    return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
+
+
+def leapfrog(x, p, score, step_size):
+    """Half kick and drift: p½ = p + (ε/2) s(x), x_next = x + ε p½."""
+    eps = step_size[:, None]
+    p_half = p + 0.5 * eps * score
+    return x + eps * p_half, p_half
+
+
+def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp):
+    """Second half kick and one trapezoid segment of ΔlogP along the leapfrog path."""
+    p_next = p_half + 0.5 * step_size[:, None] * score_next
+    return p_next, delta_logp + 0.5 * _dot(score + score_next, x_next - x)
+
+
+def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
+    log_alpha = delta_logp - 0.5 * _dot(p_prop, p_prop) + 0.5 * _dot(p, p)
+    accepted = torch.log(u) < log_alpha
+    return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
+
+
+def momentum_refresh(p, damping, noise, seed, offset):
+    """p' = damping·p + √(1 − damping²) ξ."""
+    return damping * p + math.sqrt(1.0 - damping * damping) * _noise(p, noise, seed, offset)
+
+
+MH_SCORE, MH_ENERGY, MH_NONE = 0, 1, 2
+
+
+def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
+             seed, offset, mh):
+    """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate)."""
+    B, D = x.shape
+    score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
+    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for m in range(n_steps):
+        x_prop = mala_propose(x, score, step_size, None, seed, offset + m)
+        score_prop, logp_prop = gmm_score(x_prop, means, log_weights, variances, alpha, sigma2)
+        if mh == MH_NONE:
+            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
+        else:
+            if mh == MH_ENERGY:
+                delta = logp_prop - logp
+            else:
+                pts = line_points(x, x_prop, n_trapezoid)
+                interior = gmm_score(pts.reshape(-1, D), means, log_weights, variances, alpha, sigma2)[0]
+                delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior.reshape(pts.shape))
+            log_alpha = delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
+            u = _rng.uniform(seed, offset + m, B, x.dtype, x.device)
+            accepted = torch.log(u) < log_alpha
+        x = _select(accepted, x_prop, x)
+        score = _select(accepted, score_prop, score)
+        logp = torch.where(accepted, logp_prop, logp)
+        n_acc = n_acc + accepted.to(x.dtype)
+    return x, n_acc / max(n_steps, 1)

@@ -1,0 +1,31 @@
+"""Reverse-time SDE stepping."""
+from __future__ import annotations
+
+from .. import backends
+from ..schedules import VE, VP, reverse_em_coefficients
+from . import _checks
+
+
+def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, extra_drift=None,
+                     backend="auto"):
+    """One reverse Euler–Maruyama step from t to t − h:
+
+    x ← x + h[−f(t) x + g(t)² (score + extra_drift)] + g(t) √h ξ
+
+    (VP: −f = β/2, g² = β; VE: f = 0, g² = dσ²/dt). ξ is `noise` if given, else the
+    Philox draw (seed, offset); with neither, a seed is drawn from torch's generator.
+    """
+    x = _checks.state("x", x)
+    score = _checks.like("score", score, x)
+    if extra_drift is not None:
+        extra_drift = _checks.like("extra_drift", extra_drift, x)
+    if not isinstance(schedule, (VP, VE)):
+        raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
+    t = _checks.finite_float("t", t)
+    h = _checks.finite_float("h", h, positive=True)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
+    noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
+    a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
+    fn = backends.resolve(backend, "sde_step", x.device)
+    return fn(x, score, extra_drift, noise, seed, offset, a, c_s, c_n)

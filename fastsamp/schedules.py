@@ -1,0 +1,91 @@
+"""Noise schedules (DESIGN.md conventions: data at t = 0, noise at t = 1).
+
+A forward SDE dx = f(t) x dt + g(t) dW with marginal x_t | x_0 ~ N(α_t x_0, σ_t² I).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _check_t(t: float, name: str = "t") -> float:
+    t = float(t)
+    if not math.isfinite(t) or not 0.0 <= t <= 1.0:
+        raise ValueError(f"{name} must be a finite time in [0, 1], got {t!r}")
+    return t
+
+
+@dataclass(frozen=True)
+class VP:
+    """Variance preserving: β(t) = β_min + t(β_max − β_min), f = −½β, g² = β,
+    α_t = exp(−½∫₀ᵗβ), σ_t² = 1 − α_t²."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __post_init__(self):
+        if not (0 <= self.beta_min <= self.beta_max and math.isfinite(self.beta_max)):
+            raise ValueError(f"VP needs 0 <= beta_min <= beta_max < inf, got {self.beta_min}, {self.beta_max}")
+
+    def beta(self, t: float) -> float:
+        return self.beta_min + _check_t(t) * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: float) -> float:
+        t = _check_t(t)
+        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
+
+    def alpha(self, t: float) -> float:
+        return math.exp(self.log_alpha(t))
+
+    def sigma2(self, t: float) -> float:
+        return -math.expm1(2.0 * self.log_alpha(t))
+
+    def sigma(self, t: float) -> float:
+        return math.sqrt(self.sigma2(t))
+
+    def drift_coef(self, t: float) -> float:
+        """f(t) in dx = f(t) x dt + g dW."""
+        return -0.5 * self.beta(t)
+
+    def g2(self, t: float) -> float:
+        return self.beta(t)
+
+
+@dataclass(frozen=True)
+class VE:
+    """Variance exploding: σ(t) = σ_min (σ_max/σ_min)^t, f = 0,
+    g² = dσ²/dt = 2σ(t)² log(σ_max/σ_min), α_t = 1, σ_t² = σ(t)² − σ_min²."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def __post_init__(self):
+        if not (0 < self.sigma_min < self.sigma_max and math.isfinite(self.sigma_max)):
+            raise ValueError(f"VE needs 0 < sigma_min < sigma_max < inf, got {self.sigma_min}, {self.sigma_max}")
+
+    def sigma_t(self, t: float) -> float:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _check_t(t)
+
+    def alpha(self, t: float) -> float:
+        _check_t(t)
+        return 1.0
+
+    def sigma2(self, t: float) -> float:
+        return self.sigma_t(t) ** 2 - self.sigma_min**2
+
+    def sigma(self, t: float) -> float:
+        return math.sqrt(self.sigma2(t))
+
+    def drift_coef(self, t: float) -> float:
+        _check_t(t)
+        return 0.0
+
+    def g2(self, t: float) -> float:
+        return 2.0 * self.sigma_t(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
+
+
+def reverse_em_coefficients(schedule, t: float, h: float) -> tuple[float, float, float]:
+    """(a, c_s, c_n) of the reverse Euler–Maruyama step t → t − h:
+    x ← x + h[−f x + g²(s + e)] + g√h ξ = a x + c_s (s + e) + c_n ξ."""
+    g2 = schedule.g2(t)
+    return 1.0 - h * schedule.drift_coef(t), h * g2, math.sqrt(h * g2)

@@ -1,0 +1,95 @@
+"""Build fastsamp._C: the C++ CPU kernels, plus the CUDA kernels when nvcc is found.
+
+Environment switches:
+  FASTSAMP_PORTABLE=1     no -march=native (a wheel that runs on any x86-64 / arm64)
+  FASTSAMP_NO_CUDA=1      skip the CUDA kernels even if nvcc is on the PATH
+  FASTSAMP_CUDA_ARCHS     semicolon list of SM versions, default "80;90"
+  FASTSAMP_NVCC           path to nvcc (default: $CUDA_HOME/bin/nvcc or nvcc on PATH)
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pybind11
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PORTABLE = os.environ.get("FASTSAMP_PORTABLE", "0") == "1"
+
+
+def find_nvcc():
+    if os.environ.get("FASTSAMP_NO_CUDA", "0") == "1":
+        return None
+    cand = os.environ.get("FASTSAMP_NVCC")
+    if not cand and os.environ.get("CUDA_HOME"):
+        cand = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+    cand = cand or shutil.which("nvcc")
+    return os.path.realpath(cand) if cand and os.path.exists(cand) else None
+
+
+def cxx_flags():
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fvisibility=hidden"]
+    if not PORTABLE:
+        flags.append("-march=native")
+    return flags
+
+
+class BuildExt(build_ext):
+    """Compile csrc/cuda/*.cu with nvcc into objects linked into fastsamp._C."""
+
+    def build_extension(self, ext):
+        nvcc = find_nvcc()
+        cu_sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+        if nvcc and cu_sources:
+            archs = os.environ.get("FASTSAMP_CUDA_ARCHS", "80;90").split(";")
+            gencode = []
+            for a in archs:
+                gencode += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+            gencode += [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+            objdir = os.path.join(self.build_temp, "cuda")
+            os.makedirs(objdir, exist_ok=True)
+            objects = []
+            for src in cu_sources:
+                obj = os.path.join(objdir, os.path.basename(src) + ".o")
+                cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo",
+                       "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+                       "-I" + os.path.join(ROOT, "csrc")] + gencode
+                print(" ".join(cmd), flush=True)
+                subprocess.check_call(cmd)
+                objects.append(obj)
+            cuda_root = os.path.dirname(os.path.dirname(nvcc))
+            libdirs = [os.path.join(cuda_root, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
+            ext.extra_objects += objects
+            ext.library_dirs += [d for d in libdirs if os.path.isdir(d)]
+            ext.libraries += ["cudart_static", "dl", "rt", "pthread"]
+            ext.define_macros += [("FASTSAMP_WITH_CUDA", "1")]
+            ext.sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+            self._fastsamp_cuda = " ".join(gencode)
+        else:
+            why = "FASTSAMP_NO_CUDA=1" if os.environ.get("FASTSAMP_NO_CUDA") == "1" else "nvcc not found"
+            print(f"fastsamp: building without CUDA kernels ({why})", file=sys.stderr)
+            self._fastsamp_cuda = ""
+        flags = " ".join(cxx_flags())
+        ext.define_macros += [("FASTSAMP_CXX_FLAGS", f'"{flags}"'),
+                              ("FASTSAMP_CUDA_FLAGS", f'"{self._fastsamp_cuda}"')]
+        super().build_extension(ext)
+
+
+ext = Extension(
+    "fastsamp._C",
+    sources=sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+    include_dirs=[pybind11.get_include(), os.path.join(ROOT, "csrc")],
+    extra_compile_args=cxx_flags(),
+    extra_link_args=["-fopenmp"],
+    language="c++",
+)
+
+setup(
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExt},
+    package_dir={"fastsamp": "fastsamp", "fastsamp.kernels": "kernels"},
+    packages=["fastsamp", "fastsamp.ops", "fastsamp.backends", "fastsamp.kernels"],
+)
