@@ -1,4 +1,4 @@
-"""fastsamp command line: `fastsamp sample` (the main job), `fastsamp bench`, `fastsamp info`."""
+"""fastsamp command line: `fastsamp sample` (the main job), `bench`, `compose`, `info`."""
 from __future__ import annotations
 
 import argparse
@@ -136,6 +136,16 @@ def main(argv=None) -> int:
     b.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     b.add_argument("--json", default=None)
     b.set_defaults(fn=lambda a: __import__("fastsamp.bench", fromlist=["main"]).main(a))
+    c = sub.add_parser("compose", help="2-D composition experiment: unadjusted vs score-MH vs energy-MH")
+    c.add_argument("--samples", type=int, default=4000)
+    c.add_argument("--budget", type=int, default=12, help="score evaluations per noise level")
+    c.add_argument("--levels", type=int, default=30)
+    c.add_argument("--step-size", type=float, default=0.3)
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--mlp-iters", type=int, default=2000)
+    c.add_argument("--json", default=None)
+    c.add_argument("--png", default=None)
+    c.set_defaults(fn=lambda a: __import__("fastsamp.composition", fromlist=["main"]).main(a))
     i = sub.add_parser("info", help="backends and build flags")
     i.set_defaults(fn=cmd_info)
     args = p.parse_args(argv)
