@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pybind11
 from setuptools import Extension, setup
@@ -28,6 +29,26 @@ def find_nvcc():
         cand = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
     cand = cand or shutil.which("nvcc")
     return os.path.realpath(cand) if cand and os.path.exists(cand) else None
+
+
+def cuda_library_dirs(nvcc):
+    """Folders holding libcudart_static.a: $CUDA_HOME, the toolkit nvcc belongs to (nvcc may be a
+    wrapper script elsewhere, so also ask nvcc itself), /usr/local/cuda."""
+    roots = [os.environ.get("CUDA_HOME", ""), os.path.dirname(os.path.dirname(nvcc)), "/usr/local/cuda"]
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True)
+        roots += [line.split("TOP=", 1)[1].strip() for line in out.stderr.splitlines() if "TOP=" in line]
+    except OSError:
+        pass
+    dirs = []
+    for root in filter(None, roots):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+            d = os.path.join(root, sub)
+            if os.path.exists(os.path.join(d, "libcudart_static.a")) and d not in dirs:
+                dirs.append(d)
+    if not dirs:
+        raise RuntimeError(f"nvcc found at {nvcc} but not libcudart_static.a; set CUDA_HOME or FASTSAMP_NO_CUDA=1")
+    return dirs
 
 
 def cxx_flags():
@@ -51,17 +72,18 @@ class BuildExt(build_ext):
             gencode += [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
             objdir = os.path.join(self.build_temp, "cuda")
             os.makedirs(objdir, exist_ok=True)
-            objects = []
+            jobs = []
             for src in cu_sources:
                 obj = os.path.join(objdir, os.path.basename(src) + ".o")
-                cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo",
-                       "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
-                       "-I" + os.path.join(ROOT, "csrc")] + gencode
-                print(" ".join(cmd), flush=True)
-                subprocess.check_call(cmd)
-                objects.append(obj)
-            cuda_root = os.path.dirname(os.path.dirname(nvcc))
-            libdirs = [os.path.join(cuda_root, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
+                jobs.append((obj, [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo",
+                                   "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+                                   "-I" + os.path.join(ROOT, "csrc")] + gencode))
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # nvcc runs are independent
+                for _ in pool.map(lambda job: (print(" ".join(job[1]), flush=True), subprocess.check_call(job[1])),
+                                  jobs):
+                    pass
+            objects = [obj for obj, _ in jobs]
+            libdirs = cuda_library_dirs(nvcc)
             ext.extra_objects += objects
             ext.library_dirs += [d for d in libdirs if os.path.isdir(d)]
             ext.libraries += ["cudart_static", "dl", "rt", "pthread"]

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close, tol
+from conftest import assert_close, skip_if_interpreted, tol
 
 from fastsamp import VE, VP, ops
 from fastsamp.ops import reference as ref
@@ -196,6 +196,8 @@ def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
     In float32 a chain may leave the reference path where log u and log α tie to rounding
     level; such chains must stay a tiny fraction."""
     name, device = backend
+    if B >= 1000:
+        skip_if_interpreted(name, "B=1000 whole-move kernel, minutes in numpy")
     x = rand(B, D, dtype=dtype, device=device, scale=2.0)
     means, lw, var = mixture(K, D, dtype, device)
     eps = step_sizes(True, B, dtype, device)
@@ -205,7 +207,7 @@ def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
     assert x_new.shape == (B, D) and rate.shape == (B,) and rate.dtype == dtype
     rtol, atol = tol(dtype)
     err = ((x_new.double().cpu() - e_x).abs() / (atol * 100 + rtol * 100 * e_x.abs())).amax(1)
-    bad = (err > 1) | ((rate.double().cpu() - e_rate).abs() > 1e-9)
+    bad = (err > 1) | ((rate.double().cpu() - e_rate).abs() > 1e-6)
     allowed = 0 if dtype == torch.float64 else max(1, int(0.002 * B))
     assert int(bad.sum()) <= allowed, f"{int(bad.sum())} of {B} chains differ from the reference"
     if mh == "none":
@@ -229,3 +231,17 @@ def test_gmm_mala_nan_chain_stays_in_its_chain(backend, dtype):
     # chain b of the NaN-free batch is chain b (< 5) or b + 1 of the full batch: compare those whose
     # Philox streams coincide (b < 5)
     assert_close(x_new[:5], e_x[:5], dtype, scale=100, name="x_new")
+
+
+@pytest.mark.parametrize("B,D", [(3, 2), (1000, 7)])
+def test_reverse_sde_step_out_and_in_place(backend, dtype, B, D):
+    name, device = backend
+    x, s = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
+    kw = dict(t=0.4, h=0.01, schedule=VP(), seed=8, offset=1, backend=name)
+    expect = ops.reverse_sde_step(x, s, **kw)
+    out = torch.full_like(x, math.nan)
+    assert ops.reverse_sde_step(x, s, out=out, **kw) is out
+    assert torch.equal(out, expect)
+    x_in = x.clone()
+    ops.reverse_sde_step(x_in, s, out=x_in, **kw)
+    assert torch.equal(x_in, expect)

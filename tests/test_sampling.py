@@ -6,7 +6,7 @@ inflates the within-mode variance by about 1/(1 − ε/(2v)) — the tolerances 
 """
 import pytest
 import torch
-from conftest import COMPILED, backend_device, skip_unless_available
+from conftest import COMPILED, backend_device, skip_if_interpreted, skip_unless_available
 
 from fastsamp import ops
 
@@ -44,6 +44,7 @@ def run_chains(backend, device, dtype, mh, n_trapezoid, n=20000, steps=20, eps=0
 def test_mh_keeps_the_mixture_invariant(name, mh, n_trapezoid):
     if name != "torch":
         skip_unless_available(name)
+        skip_if_interpreted(name, "20000 chains x 20 fused moves")
     device = backend_device(name) if name != "torch" else torch.device("cpu")
     x, rate = run_chains(name, device, torch.float32, mh, n_trapezoid)
     m = moments(x)

@@ -14,7 +14,7 @@ _MODULES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str):
     """(module, None) or (None, reason it is unavailable)."""
     try:

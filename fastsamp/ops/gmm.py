@@ -2,8 +2,6 @@
 fused whole-move MALA kernel."""
 from __future__ import annotations
 
-import torch
-
 from .. import backends
 from . import _checks
 

@@ -37,10 +37,11 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     return score, logp
 
 
-def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n):
-    """x_new = a·x + c_s·(score + extra_drift) + c_n·ξ."""
+def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+    """x_new = a·x + c_s·(score + extra_drift) + c_n·ξ (written into `out` when given)."""
     drift = score if extra_drift is None else score + extra_drift
-    return a * x + c_s * drift + c_n * _noise(x, noise, seed, offset)
+    x_new = a * x + c_s * drift + c_n * _noise(x, noise, seed, offset)
+    return x_new if out is None else out.copy_(x_new)
 
 
 def mala_propose(x, score, step_size, noise, seed, offset):
@@ -114,13 +115,19 @@ MH_SCORE, MH_ENERGY, MH_NONE = 0, 1, 2
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
-             seed, offset, mh):
-    """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate)."""
+             seed, offset, mh, *, draw=None):
+    """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate).
+    `draw(m) -> (ξ, u)` replaces the Philox draws of move m (the benchmarks' torch-RNG baseline)."""
     B, D = x.shape
+    if draw is None:
+        def draw(m):
+            return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device),
+                    _rng.uniform(seed, offset + m, B, x.dtype, x.device))
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
-        x_prop = mala_propose(x, score, step_size, None, seed, offset + m)
+        xi, u = draw(m)
+        x_prop = mala_propose(x, score, step_size, xi, seed, offset + m)
         score_prop, logp_prop = gmm_score(x_prop, means, log_weights, variances, alpha, sigma2)
         if mh == MH_NONE:
             accepted = torch.ones(B, dtype=torch.bool, device=x.device)
@@ -132,7 +139,6 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
                 interior = gmm_score(pts.reshape(-1, D), means, log_weights, variances, alpha, sigma2)[0]
                 delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior.reshape(pts.shape))
             log_alpha = delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
-            u = _rng.uniform(seed, offset + m, B, x.dtype, x.device)
             accepted = torch.log(u) < log_alpha
         x = _select(accepted, x_prop, x)
         score = _select(accepted, score_prop, score)

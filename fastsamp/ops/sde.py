@@ -1,12 +1,14 @@
 """Reverse-time SDE stepping."""
 from __future__ import annotations
 
+import torch
+
 from .. import backends
 from ..schedules import VE, VP, reverse_em_coefficients
 from . import _checks
 
 
-def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, extra_drift=None,
+def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, extra_drift=None, out=None,
                      backend="auto"):
     """One reverse Euler–Maruyama step from t to t − h:
 
@@ -14,6 +16,7 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
 
     (VP: −f = β/2, g² = β; VE: f = 0, g² = dσ²/dt). ξ is `noise` if given, else the
     Philox draw (seed, offset); with neither, a seed is drawn from torch's generator.
+    `out` (B, D) receives the result (it may be `x` itself: an in-place update, no allocation).
     """
     x = _checks.state("x", x)
     score = _checks.like("score", score, x)
@@ -26,6 +29,10 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+            raise ValueError("out must be a contiguous tensor")
+        out = _checks.like("out", out, x)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     fn = backends.resolve(backend, "sde_step", x.device)
-    return fn(x, score, extra_drift, noise, seed, offset, a, c_s, c_n)
+    return fn(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=out)

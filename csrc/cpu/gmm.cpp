@@ -1,0 +1,497 @@
+// Gaussian-mixture kernels: gmm_score (op 1) and the fused whole-move MALA
+// kernel gmm_mala (op 7). See docs/backend-contract.md for the math.
+//
+// Both work on blocks of W chains (SIMD lanes) whose state is transposed into
+// [D][W] buffers; the score is an online (chunked) log-sum-exp over the K
+// components, so nothing of size (B, K, D) exists. D is a compile-time
+// constant for D in {1, 2, 4, 8, 16} (DC > 0), a runtime value otherwise.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/common.h"
+#include "cpu/ops.h"
+
+namespace fastsamp {
+namespace cpu {
+namespace {
+
+constexpr int kChunkK = 64;  // components per online-LSE chunk
+
+template <typename T>
+struct Mixture {
+  int K = 0, D = 0;
+  std::vector<T> amu;  // (K, D): alpha * mu_k
+  std::vector<T> c;    // lw_k - (D/2) log(2 pi s_k)
+  std::vector<T> h;    // 1 / (2 s_k)
+  std::vector<T> r;    // 1 / s_k
+
+  Mixture(const T* means, const T* log_weights, const T* variances, int K_, int D_, double alpha,
+          double sigma2)
+      : K(K_), D(D_), amu(static_cast<size_t>(K_) * D_), c(K_), h(K_), r(K_) {
+    // lw = log_weights - logsumexp(log_weights)
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int k = 0; k < K; ++k) mx = std::max(mx, static_cast<double>(log_weights[k]));
+    double se = 0.0;
+    for (int k = 0; k < K; ++k) se += std::exp(static_cast<double>(log_weights[k]) - mx);
+    const T lse = static_cast<T>(mx + std::log(se));
+    const T a = static_cast<T>(alpha), a2 = static_cast<T>(alpha * alpha), s2 = static_cast<T>(sigma2);
+    const T halfD = static_cast<T>(0.5 * D);
+    for (int k = 0; k < K; ++k) {
+      const T s = a2 * variances[k] + s2;
+      c[k] = (log_weights[k] - lse) - halfD * std::log(static_cast<T>(kTwoPi) * s);
+      h[k] = T(0.5) / s;
+      r[k] = T(1) / s;
+      for (int d = 0; d < D; ++d) amu[static_cast<size_t>(k) * D + d] = a * means[static_cast<size_t>(k) * D + d];
+    }
+  }
+};
+
+// ---- register-resident path for compile-time D (GCC vector extensions) ----
+// One W-lane vector per dimension; the K loop is a single-pass online
+// log-sum-exp: with t = exp(-|l_k - m|), either the running sums are rescaled
+// by t (new maximum) or the new term has weight t; one exp per component.
+template <typename T>
+struct VecT {
+  typedef T V __attribute__((vector_size(64)));
+  typedef typename vm::Bits<T>::I I_;
+  typedef I_ VI __attribute__((vector_size(64)));
+};
+
+template <typename V, typename VI, typename T>
+FASTSAMP_VINLINE V vexp(V x) {
+  using C = vm::ExpC<T>;
+  x = x < C::lo ? V{} + C::lo : x;  // NaN passes both selects
+  x = x > C::hi ? V{} + C::hi : x;
+  const V t = x * C::log2e + C::shifter;
+  const V n = t - C::shifter;
+  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
+  V r = x - n * C::ln2_hi;
+  r = r - n * C::ln2_lo;
+  V p;
+  if constexpr (sizeof(T) == 4) {
+    p = V{} + T(1.9875691500e-4);
+    p = p * r + T(1.3981999507e-3);
+    p = p * r + T(8.3334519073e-3);
+    p = p * r + T(4.1665795894e-2);
+    p = p * r + T(1.6666665459e-1);
+    p = p * r + T(5.0000001201e-1);
+    p = (p * (r * r) + r) + T(1);
+  } else {
+    p = V{} + T(1.0 / 479001600.0);
+    p = p * r + T(1.0 / 39916800.0);
+    p = p * r + T(1.0 / 3628800.0);
+    p = p * r + T(1.0 / 362880.0);
+    p = p * r + T(1.0 / 40320.0);
+    p = p * r + T(1.0 / 5040.0);
+    p = p * r + T(1.0 / 720.0);
+    p = p * r + T(1.0 / 120.0);
+    p = p * r + T(1.0 / 24.0);
+    p = p * r + T(1.0 / 6.0);
+    p = p * r + T(0.5);
+    p = p * r + T(1);
+    p = p * r + T(1);
+  }
+  const VI n1 = ni >> 1;
+  const VI n2 = ni - n1;
+  const VI e1 = (n1 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
+  const VI e2 = (n2 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
+  return p * reinterpret_cast<const V&>(e1) * reinterpret_cast<const V&>(e2);
+}
+
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict x, T* __restrict sc,
+                                      T* __restrict logp) {
+  static_assert(W * sizeof(T) == 64, "one 64-byte vector per dimension");
+  using V = typename VecT<T>::V;
+  using VI = typename VecT<T>::VI;
+  const int K = mx.K;
+  const T* __restrict amu = mx.amu.data();
+  const T* __restrict cc = mx.c.data();
+  const T* __restrict hh = mx.h.data();
+  const T* __restrict rr = mx.r.data();
+  const T ninf = -std::numeric_limits<T>::infinity();
+  V xv[DC], acc[DC];
+#pragma GCC unroll 16
+  for (int d = 0; d < DC; ++d) {
+    std::memcpy(&xv[d], x + d * W, sizeof(V));
+    acc[d] = V{};
+  }
+  V m = V{} + ninf, sum = V{};
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
+    V df[DC];
+    V dist = V{};
+#pragma GCC unroll 16
+    for (int d = 0; d < DC; ++d) {
+      df[d] = mu[d] - xv[d];
+      dist = df[d] * df[d] + dist;
+    }
+    const V e = cc[k] - dist * hh[k];
+    const V dlt = e - m;
+    const V ad = dlt < T(0) ? -dlt : dlt;  // |e - m| (NaN stays NaN)
+    V t = vexp<V, VI, T>(-ad);
+    t = e == ninf ? V{} : t;  // a -inf term has weight 0 (also when m = -inf)
+    const VI up = e > m;
+    const V scl = up ? t : V{} + T(1);
+    const V w = up ? V{} + T(1) : t;
+    m = up ? e : m;
+    sum = sum * scl + w;
+    const V wr = w * rr[k];
+#pragma GCC unroll 16
+    for (int d = 0; d < DC; ++d) acc[d] = acc[d] * scl + wr * df[d];
+  }
+  alignas(64) T sm[W], mm[W];
+  std::memcpy(sm, &sum, sizeof(V));
+  std::memcpy(mm, &m, sizeof(V));
+#pragma omp simd
+  for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
+  const V inv = T(1) / sum;
+#pragma GCC unroll 16
+  for (int d = 0; d < DC; ++d) {
+    const V o = acc[d] * inv;
+    std::memcpy(sc + d * W, &o, sizeof(V));
+  }
+}
+
+// Score sc[D][W] and log-density logp[W] of the mixture at x[D][W].
+// ell: scratch of kChunkK * W values.
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x,
+                                  T* __restrict sc, T* __restrict logp, T* __restrict ell) {
+  if constexpr (DC > 0 && W * sizeof(T) == 64) {
+    block_score_reg<T, W, DC>(mx, x, sc, logp);
+    return;
+  }
+  const int D = DC > 0 ? DC : Drt;
+  const int K = mx.K;
+  const T* __restrict amu = mx.amu.data();
+  const T* __restrict cc = mx.c.data();
+  const T* __restrict hh = mx.h.data();
+  const T* __restrict rr = mx.r.data();
+  alignas(64) T m[W], sum[W], cm[W], dist[W], wk[W];
+#pragma omp simd
+  for (int l = 0; l < W; ++l) {
+    m[l] = -std::numeric_limits<T>::infinity();
+    sum[l] = T(0);
+  }
+  for (int d = 0; d < D; ++d) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) sc[d * W + l] = T(0);
+  }
+  for (int k0 = 0; k0 < K; k0 += kChunkK) {
+    const int kn = std::min(kChunkK, K - k0);
+    // pass 1: ell_k and the chunk maximum
+#pragma omp simd
+    for (int l = 0; l < W; ++l) cm[l] = m[l];
+    for (int kk = 0; kk < kn; ++kk) {
+      const int k = k0 + kk;
+      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
+#pragma omp simd
+      for (int l = 0; l < W; ++l) dist[l] = T(0);
+      for (int d = 0; d < D; ++d) {
+        const T md = mu[d];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          const T df = md - x[d * W + l];
+          dist[l] = vm::fma_(df, df, dist[l]);
+        }
+      }
+      const T ck = cc[k], hk = hh[k];
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        const T e = ck - dist[l] * hk;
+        ell[kk * W + l] = e;
+        cm[l] = vm::max_nan(cm[l], e);
+      }
+    }
+    // rescale the running sums to the new maximum
+    if (k0 > 0) {
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        const T scale = (cm[l] == m[l]) ? T(1) : vm::exp<T>(m[l] - cm[l]);
+        wk[l] = scale;
+        sum[l] *= scale;
+      }
+      for (int d = 0; d < D; ++d) {
+#pragma omp simd
+        for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
+      }
+    }
+#pragma omp simd
+    for (int l = 0; l < W; ++l) m[l] = cm[l];
+    // pass 2: weights and the weighted sum of (alpha mu_k - x) / s_k
+    for (int kk = 0; kk < kn; ++kk) {
+      const int k = k0 + kk;
+      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
+      const T rk = rr[k];
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        const T w = vm::exp<T>(ell[kk * W + l] - m[l]);
+        sum[l] += w;
+        wk[l] = w * rk;
+      }
+      for (int d = 0; d < D; ++d) {
+        const T md = mu[d];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) sc[d * W + l] = vm::fma_(wk[l], md - x[d * W + l], sc[d * W + l]);
+      }
+    }
+  }
+#pragma omp simd
+  for (int l = 0; l < W; ++l) {
+    logp[l] = m[l] + vm::log<T>(sum[l]);
+    wk[l] = T(1) / sum[l];
+  }
+  for (int d = 0; d < D; ++d) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
+  }
+}
+
+// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`).
+template <typename T, int W>
+FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
+  for (int l = 0; l < W; ++l) {
+    if (l < nb) {
+      const T* __restrict row = x + (b0 + l) * D;
+      for (int d = 0; d < D; ++d) xt[d * W + l] = row[d];
+    } else {
+      for (int d = 0; d < D; ++d) xt[d * W + l] = fill;
+    }
+  }
+}
+template <typename T, int W>
+FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, int D, T* __restrict x) {
+  for (int l = 0; l < nb; ++l) {
+    T* __restrict row = x + (b0 + l) * D;
+    for (int d = 0; d < D; ++d) row[d] = xt[d * W + l];
+  }
+}
+
+template <typename T, int DC>
+void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* score, T* logp) {
+  constexpr int W = Lanes<T>::W;
+  const int D = DC > 0 ? DC : Drt;
+  const int64_t nblk = (B + W - 1) / W;
+#pragma omp parallel
+  {
+    Buf<T> ws(static_cast<size_t>(2 * D + 1 + kChunkK) * W);
+    T* xt = ws.p;
+    T* st = xt + D * W;
+    T* lp = st + D * W;
+    T* ell = lp + W;
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t b0 = blk * W;
+      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
+      load_block<T, W>(x, b0, nb, D, xt, T(0));
+      block_score<T, W, DC>(mx, D, xt, st, lp, ell);
+      store_block<T, W>(st, b0, nb, D, score);
+      for (int l = 0; l < nb; ++l) logp[b0 + l] = lp[l];
+    }
+  }
+}
+
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_dot(int Drt, const T* __restrict a, const T* __restrict b, T* __restrict out) {
+  const int D = DC > 0 ? DC : Drt;
+#pragma omp simd
+  for (int l = 0; l < W; ++l) out[l] = T(0);
+  for (int d = 0; d < D; ++d) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) out[l] = vm::fma_(a[d * W + l], b[d * W + l], out[l]);
+  }
+}
+
+template <typename T, int DC>
+void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
+                   int n_trap, uint64_t seed, uint64_t offset, int mh, T* x_out, T* rate) {
+  constexpr int W = Lanes<T>::W;
+  const int D = DC > 0 ? DC : Drt;
+  const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
+  const int64_t nblk = (B + W - 1) / W;
+  const int n = n_trap;
+  const T tn = static_cast<T>(n);
+#pragma omp parallel
+  {
+    Buf<T> ws(static_cast<size_t>(7 * D + Dp + 16 + kChunkK) * W);
+    T* __restrict xc = ws.p;        // current state
+    T* __restrict sc = xc + D * W;  // score at the current state
+    T* __restrict xp = sc + D * W;  // proposal
+    T* __restrict sp = xp + D * W;  // score at the proposal
+    T* __restrict dd = sp + D * W;  // x' - x
+    T* __restrict pt = dd + D * W;  // interior point
+    T* __restrict si = pt + D * W;  // score at the interior point
+    T* __restrict xi = si + D * W;  // noise, Dp rows
+    T* __restrict v = xi + Dp * W;  // per-lane vectors
+    T* __restrict lpc = v;
+    T* __restrict lpp = v + W;
+    T* __restrict eps = v + 2 * W;
+    T* __restrict sq2e = v + 3 * W;
+    T* __restrict acc = v + 4 * W;
+    T* __restrict tmp = v + 5 * W;
+    T* __restrict tmp2 = v + 6 * W;
+    T* __restrict logu = v + 7 * W;
+    T* __restrict nacc = v + 8 * W;
+    T* __restrict lpi = v + 9 * W;
+    T* __restrict ffv = v + 10 * W;
+    T* __restrict bbv = v + 11 * W;
+    T* __restrict ell = v + 16 * W;
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t b0 = blk * W;
+      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
+      load_block<T, W>(x_in, b0, nb, D, xc, T(0));
+      for (int l = 0; l < W; ++l) eps[l] = l < nb ? step[b0 + l] : T(1);
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        sq2e[l] = std::sqrt(T(2) * eps[l]);
+        nacc[l] = T(0);
+      }
+      block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
+      for (int mv = 0; mv < n_steps; ++mv) {
+        const uint64_t off = offset + static_cast<uint64_t>(mv);
+        block_normals<T, W>(seed, off, static_cast<uint64_t>(b0), D, xi);
+        // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
+        for (int d = 0; d < D; ++d) {
+#pragma omp simd
+          for (int l = 0; l < W; ++l) {
+            const int i = d * W + l;
+            const T p = (xc[i] + eps[l] * sc[i]) + sq2e[l] * xi[i];
+            xp[i] = p;
+            dd[i] = p - xc[i];
+          }
+        }
+        if (mh == 0 && n > 1) {
+          // interior points of the trapezoid: sum_i s(x + t_i d) . d
+#pragma omp simd
+          for (int l = 0; l < W; ++l) acc[l] = T(0);
+          for (int i = 1; i < n; ++i) {
+            const T t = static_cast<T>(i) / static_cast<T>(n);
+            for (int d = 0; d < D; ++d) {
+#pragma omp simd
+              for (int l = 0; l < W; ++l) pt[d * W + l] = xc[d * W + l] + t * dd[d * W + l];
+            }
+            block_score<T, W, DC>(mx, D, pt, si, lpi, ell);
+            block_dot<T, W, DC>(D, si, dd, tmp);
+#pragma omp simd
+            for (int l = 0; l < W; ++l) acc[l] += tmp[l];
+          }
+        }
+        block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
+        if (mh == 2) {
+          for (int d = 0; d < D; ++d) {
+#pragma omp simd
+            for (int l = 0; l < W; ++l) {
+              xc[d * W + l] = xp[d * W + l];
+              sc[d * W + l] = sp[d * W + l];
+            }
+          }
+#pragma omp simd
+          for (int l = 0; l < W; ++l) {
+            lpc[l] = lpp[l];
+            nacc[l] += T(1);
+          }
+          continue;
+        }
+        // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); tmp = s.d, tmp2 = s'.d
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          tmp[l] = T(0);
+          tmp2[l] = T(0);
+          ffv[l] = T(0);  // |d - eps s|^2
+          bbv[l] = T(0);  // |d + eps s'|^2
+        }
+        for (int d = 0; d < D; ++d) {
+#pragma omp simd
+          for (int l = 0; l < W; ++l) {
+            const int i = d * W + l;
+            const T fwd = dd[i] - eps[l] * sc[i];
+            const T bwd = dd[i] + eps[l] * sp[i];
+            tmp[l] = vm::fma_(sc[i], dd[i], tmp[l]);
+            tmp2[l] = vm::fma_(sp[i], dd[i], tmp2[l]);
+            ffv[l] = vm::fma_(fwd, fwd, ffv[l]);
+            bbv[l] = vm::fma_(bwd, bwd, bbv[l]);
+          }
+        }
+        block_log_uniform<T, W>(seed, off, static_cast<uint64_t>(b0), logu);
+        alignas(64) T acc_f[W];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          T delta;
+          if (mh == 1) {
+            delta = lpp[l] - lpc[l];
+          } else {
+            T total = T(0.5) * (tmp[l] + tmp2[l]);
+            if (n > 1) total += acc[l];
+            delta = total / tn;
+          }
+          const T log_alpha = delta + (ffv[l] - bbv[l]) / (T(4) * eps[l]);
+          const bool a = logu[l] < log_alpha;
+          acc_f[l] = a ? T(1) : T(0);
+          nacc[l] += acc_f[l];
+          lpc[l] = a ? lpp[l] : lpc[l];
+        }
+        for (int d = 0; d < D; ++d) {
+#pragma omp simd
+          for (int l = 0; l < W; ++l) {
+            const int i = d * W + l;
+            const bool a = acc_f[l] != T(0);
+            xc[i] = a ? xp[i] : xc[i];
+            sc[i] = a ? sp[i] : sc[i];
+          }
+        }
+      }
+      store_block<T, W>(xc, b0, nb, D, x_out);
+      const T ns = static_cast<T>(n_steps);
+      for (int l = 0; l < nb; ++l) rate[b0 + l] = nacc[l] / ns;
+    }
+  }
+}
+
+}  // namespace
+
+void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+               int64_t B, int64_t D, int64_t K, double alpha, double sigma2, uintptr_t score,
+               uintptr_t logp) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), static_cast<int>(K),
+                        static_cast<int>(D), alpha, sigma2);
+    dispatch_d(D, [&](auto dc) {
+      gmm_score_impl<T, decltype(dc)::value>(ptr<T>(x), mx, B, static_cast<int>(D), ptr<T>(score),
+                                             ptr<T>(logp));
+    });
+  });
+}
+
+void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+              uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
+              double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
+              uintptr_t accept_rate) {
+  if (n_trapezoid < 1) throw std::invalid_argument("gmm_mala: n_trapezoid must be >= 1");
+  if (mh < 0 || mh > 2) throw std::invalid_argument("gmm_mala: mh must be 0, 1 or 2");
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), static_cast<int>(K),
+                        static_cast<int>(D), alpha, sigma2);
+    if (n_steps <= 0) {  // nothing to do: copy the state, rate 0
+      const T* xi = ptr<T>(x);
+      T* xo = ptr<T>(x_out);
+      for (int64_t i = 0; i < B * D; ++i) xo[i] = xi[i];
+      for (int64_t b = 0; b < B; ++b) ptr<T>(accept_rate)[b] = T(0);
+      return;
+    }
+    dispatch_d(D, [&](auto dc) {
+      gmm_mala_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
+                                            static_cast<int>(n_steps), static_cast<int>(n_trapezoid),
+                                            seed, offset, static_cast<int>(mh), ptr<T>(x_out),
+                                            ptr<T>(accept_rate));
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastsamp

@@ -1,0 +1,47 @@
+// Entry points of the C++ CPU kernels (bound as fastsamp._C.cpu_<op> in
+// csrc/cpu/register.cpp). Tensors are passed as data pointers (uintptr_t),
+// `dtype` is 0 = float32, 1 = float64; optional tensors are pointer 0.
+// See docs/backend-contract.md for the math of each op.
+#pragma once
+#include <cstdint>
+
+namespace fastsamp {
+namespace cpu {
+
+void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+               int64_t B, int64_t D, int64_t K, double alpha, double sigma2, uintptr_t score,
+               uintptr_t logp);
+
+void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+              uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
+              double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
+              uintptr_t accept_rate);
+
+void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
+              int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n, uintptr_t out);
+
+void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
+                  int64_t D, uint64_t seed, uint64_t offset, uintptr_t out);
+
+void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D, int64_t n, uintptr_t out);
+
+void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
+                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
+                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha);
+
+void leapfrog(int dtype, uintptr_t x, uintptr_t p, uintptr_t score, uintptr_t step_size, int64_t B,
+              int64_t D, uintptr_t x_next, uintptr_t p_half);
+
+void leapfrog_finish(int dtype, uintptr_t x, uintptr_t x_next, uintptr_t p_half, uintptr_t score,
+                     uintptr_t score_next, uintptr_t step_size, uintptr_t delta_logp, int64_t B, int64_t D,
+                     uintptr_t p_next, uintptr_t delta_logp_next);
+
+void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop, uintptr_t p,
+                uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, int64_t B, int64_t D, uintptr_t x_new,
+                uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha);
+
+void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
+                      uint64_t seed, uint64_t offset, uintptr_t out);
+
+}  // namespace cpu
+}  // namespace fastsamp

@@ -1,0 +1,402 @@
+// Streaming / per-chain kernels: sde_step (2), mala_propose (3), line_points (4),
+// score_mh_accept (5) and the HMC pieces (6a-6d). See docs/backend-contract.md.
+//
+// Elementwise ops are single streaming passes (OpenMP static schedule). When
+// the noise is drawn in-kernel, rows are processed in blocks of W chains: the
+// Philox normals of a block are computed across SIMD lanes (one lane per
+// chain) into an L1 buffer [Dp][W] and consumed by the same pass.
+#include <cmath>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "cpu/common.h"
+#include "cpu/ops.h"
+
+namespace fastsamp {
+namespace cpu {
+namespace {
+
+// f(b, xi, stride): xi[d * stride] is the normal of element (b, d).
+// Given noise: rows of `noise`; else the Philox draw (seed, offset).
+template <typename T, typename F>
+void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, F&& f) {
+  if (noise) {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < B; ++b) f(b, noise + b * D, 1);
+    return;
+  }
+  constexpr int W = Lanes<T>::W;
+  const int Dp = 4 * ((D + 3) / 4);
+  const int64_t nblk = (B + W - 1) / W;
+#pragma omp parallel
+  {
+    Buf<T> xi(static_cast<size_t>(Dp) * W);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t b0 = blk * W;
+      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
+      block_normals<T, W>(seed, offset, static_cast<uint64_t>(b0), D, xi.p);
+      for (int r = 0; r < nb; ++r) f(b0 + r, xi.p + r, W);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- sde_step
+// out[i] = f(i) over [0, N): OpenMP static split into 64-byte aligned pieces,
+// 64-byte vectors computed by fv(i, V&) and written with non-temporal stores
+// (no read-for-ownership of the output: 3-4 streams instead of 4-5).
+template <typename T, typename F, typename FV>
+void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
+  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
+  typedef T V __attribute__((vector_size(64)));
+#pragma omp parallel
+  {
+    int nt = 1, id = 0;
+#ifdef _OPENMP
+    nt = omp_get_num_threads();
+    id = omp_get_thread_num();
+#endif
+    // thread ranges on 16-vector boundaries of the output address
+    const int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out) % 64) % 64) / sizeof(T);
+    const int64_t h = std::min<int64_t>(head, N);
+    const int64_t nv = (N - h) / L;  // whole vectors after the head
+    const int64_t per = (nv + nt - 1) / nt;
+    const int64_t v0 = std::min<int64_t>(nv, per * id), v1 = std::min<int64_t>(nv, per * (id + 1));
+    if (id == 0)
+      for (int64_t i = 0; i < h; ++i) out[i] = f(i);
+    for (int64_t vi = v0; vi < v1; ++vi) {
+      const int64_t i = h + vi * L;
+      V v;
+      fv(i, v);
+#if defined(__AVX512F__)
+      if constexpr (sizeof(T) == 4) {
+        _mm512_stream_ps(reinterpret_cast<float*>(out + i), reinterpret_cast<__m512&>(v));
+      } else {
+        _mm512_stream_pd(reinterpret_cast<double*>(out + i), reinterpret_cast<__m512d&>(v));
+      }
+#else
+      std::memcpy(out + i, &v, sizeof(V));
+#endif
+    }
+    if (id == nt - 1)
+      for (int64_t i = h + nv * L; i < N; ++i) out[i] = f(i);
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
+  }
+}
+
+template <typename T, int DC>
+void sde_step_impl(const T* __restrict x, const T* __restrict score, const T* __restrict extra,
+                   const T* __restrict noise, int64_t B, int Drt, uint64_t seed, uint64_t offset, T a,
+                   T cs, T cn, T* __restrict out) {
+  const int D = DC > 0 ? DC : Drt;
+  if (noise) {
+    // one streaming triad over B*D elements
+    const int64_t N = B * D;
+    triad_stream<T>(N, out, [=](int64_t i) {
+      return extra ? a * x[i] + cs * (score[i] + extra[i]) + cn * noise[i] : a * x[i] + cs * score[i] + cn * noise[i];
+    }, [=](int64_t i, auto& v) {
+      using V = std::remove_reference_t<decltype(v)>;
+      V xv, sv, nv;
+      std::memcpy(&xv, x + i, sizeof(V));
+      std::memcpy(&sv, score + i, sizeof(V));
+      std::memcpy(&nv, noise + i, sizeof(V));
+      if (extra) {
+        V ev;
+        std::memcpy(&ev, extra + i, sizeof(V));
+        sv = sv + ev;
+      }
+      v = a * xv + cs * sv + cn * nv;
+    });
+    return;
+  }
+  rows_with_noise<T>(nullptr, B, D, seed, offset, [&](int64_t b, const T* __restrict xi, int stride) {
+    const T* __restrict xr = x + b * D;
+    const T* __restrict sr = score + b * D;
+    T* __restrict o = out + b * D;
+    if (extra) {
+      const T* __restrict er = extra + b * D;
+#pragma omp simd
+      for (int d = 0; d < D; ++d) o[d] = a * xr[d] + cs * (sr[d] + er[d]) + cn * xi[d * stride];
+    } else {
+#pragma omp simd
+      for (int d = 0; d < D; ++d) o[d] = a * xr[d] + cs * sr[d] + cn * xi[d * stride];
+    }
+  });
+}
+
+// ---------------------------------------------------------------- mala_propose
+template <typename T, int DC>
+void mala_propose_impl(const T* __restrict x, const T* __restrict score, const T* __restrict step,
+                       const T* noise, int64_t B, int Drt, uint64_t seed, uint64_t offset,
+                       T* __restrict out) {
+  const int D = DC > 0 ? DC : Drt;
+  rows_with_noise<T>(noise, B, D, seed, offset, [&](int64_t b, const T* __restrict xi, int stride) {
+    const T e = step[b];
+    const T q = std::sqrt(T(2) * e);
+    const T* __restrict xr = x + b * D;
+    const T* __restrict sr = score + b * D;
+    T* __restrict o = out + b * D;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] = xr[d] + e * sr[d] + q * xi[d * stride];
+  });
+}
+
+// ---------------------------------------------------------------- momentum_refresh
+template <typename T, int DC>
+void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, int64_t B, int Drt,
+                           uint64_t seed, uint64_t offset, T* __restrict out) {
+  const int D = DC > 0 ? DC : Drt;
+  if (noise) {
+    const int64_t N = B * D;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < N; ++i) out[i] = damp * p[i] + c * noise[i];
+    return;
+  }
+  rows_with_noise<T>(nullptr, B, D, seed, offset, [&](int64_t b, const T* __restrict xi, int stride) {
+    const T* __restrict pr = p + b * D;
+    T* __restrict o = out + b * D;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] = damp * pr[d] + c * xi[d * stride];
+  });
+}
+
+// ---------------------------------------------------------------- line_points
+template <typename T>
+void line_points_impl(const T* __restrict x, const T* __restrict xp, int64_t B, int64_t D, int64_t n,
+                      T* __restrict out) {
+  const int64_t N = B * D;
+  const T tn = static_cast<T>(n);
+  for (int64_t i = 1; i < n; ++i) {
+    const T t = static_cast<T>(i) / tn;
+    T* __restrict o = out + (i - 1) * N;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t e = 0; e < N; ++e) o[e] = x[e] + t * (xp[e] - x[e]);
+  }
+}
+
+// ---------------------------------------------------------------- helpers for accept ops
+template <typename T>
+FASTSAMP_VINLINE void select_row(bool acc, const T* __restrict a, const T* __restrict b, T* __restrict o,
+                                 int D) {
+  const T* __restrict src = acc ? a : b;
+#pragma omp simd
+  for (int d = 0; d < D; ++d) o[d] = src[d];
+}
+
+// ---------------------------------------------------------------- score_mh_accept
+template <typename T, int DC>
+void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+                          const T* __restrict sp, const T* __restrict step, const T* __restrict u,
+                          const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
+                          T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
+  const int D = DC > 0 ? DC : Drt;
+  const int64_t N = B * D;
+  const T tn = static_cast<T>(m + 1);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    const T e = step[b];
+    const T* __restrict xr = x + b * D;
+    const T* __restrict xpr = xp + b * D;
+    const T* __restrict sr = s + b * D;
+    const T* __restrict spr = sp + b * D;
+    T sd = 0, spd = 0, ff = 0, bb = 0;
+#pragma omp simd reduction(+ : sd, spd, ff, bb)
+    for (int d = 0; d < D; ++d) {
+      const T dd = xpr[d] - xr[d];
+      const T fwd = dd - e * sr[d];
+      const T bwd = dd + e * spr[d];
+      sd += sr[d] * dd;
+      spd += spr[d] * dd;
+      ff += fwd * fwd;
+      bb += bwd * bwd;
+    }
+    T total = T(0.5) * (sd + spd);
+    if (interior && m > 0) {
+      T si = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        const T* __restrict ir = interior + i * N + b * D;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int d = 0; d < D; ++d) acc += ir[d] * (xpr[d] - xr[d]);
+        si += acc;
+      }
+      total = total + si;
+    }
+    const T la = total / tn + (ff - bb) / (T(4) * e);
+    const bool acc = std::log(u[b]) < la;
+    log_alpha[b] = la;
+    accepted[b] = acc ? 1 : 0;
+    select_row<T>(acc, xpr, xr, x_new + b * D, D);
+    select_row<T>(acc, spr, sr, s_new + b * D, D);
+  }
+}
+
+// ---------------------------------------------------------------- HMC
+template <typename T, int DC>
+void leapfrog_impl(const T* __restrict x, const T* __restrict p, const T* __restrict s,
+                   const T* __restrict step, int64_t B, int Drt, T* __restrict x_next, T* __restrict p_half) {
+  const int D = DC > 0 ? DC : Drt;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    const T e = step[b];
+    const T he = T(0.5) * e;
+    const int64_t o = b * D;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) {
+      const T ph = p[o + d] + he * s[o + d];
+      p_half[o + d] = ph;
+      x_next[o + d] = x[o + d] + e * ph;
+    }
+  }
+}
+
+template <typename T, int DC>
+void leapfrog_finish_impl(const T* __restrict x, const T* __restrict xn, const T* __restrict ph,
+                          const T* __restrict s, const T* __restrict sn, const T* __restrict step,
+                          const T* __restrict dlp, int64_t B, int Drt, T* __restrict p_next,
+                          T* __restrict dlp_next) {
+  const int D = DC > 0 ? DC : Drt;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    const T he = T(0.5) * step[b];
+    const int64_t o = b * D;
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int d = 0; d < D; ++d) {
+      p_next[o + d] = ph[o + d] + he * sn[o + d];
+      acc += (s[o + d] + sn[o + d]) * (xn[o + d] - x[o + d]);
+    }
+    dlp_next[b] = dlp[b] + T(0.5) * acc;
+  }
+}
+
+template <typename T, int DC>
+void hmc_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+                     const T* __restrict sp, const T* __restrict p, const T* __restrict pp,
+                     const T* __restrict dlp, const T* __restrict u, int64_t B, int Drt, T* __restrict x_new,
+                     T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
+  const int D = DC > 0 ? DC : Drt;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t o = b * D;
+    T k0 = 0, k1 = 0;
+#pragma omp simd reduction(+ : k0, k1)
+    for (int d = 0; d < D; ++d) {
+      k0 += p[o + d] * p[o + d];
+      k1 += pp[o + d] * pp[o + d];
+    }
+    const T la = (dlp[b] - T(0.5) * k1) + T(0.5) * k0;
+    const bool acc = std::log(u[b]) < la;
+    log_alpha[b] = la;
+    accepted[b] = acc ? 1 : 0;
+    select_row<T>(acc, xp + o, x + o, x_new + o, D);
+    select_row<T>(acc, sp + o, s + o, s_new + o, D);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- entry points
+void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
+              int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      sde_step_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(extra_drift), ptr<T>(noise), B,
+                                            static_cast<int>(D), seed, offset, static_cast<T>(a),
+                                            static_cast<T>(c_s), static_cast<T>(c_n), ptr<T>(out));
+    });
+  });
+}
+
+void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
+                  int64_t D, uint64_t seed, uint64_t offset, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      mala_propose_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(step_size), ptr<T>(noise),
+                                                B, static_cast<int>(D), seed, offset, ptr<T>(out));
+    });
+  });
+}
+
+void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D, int64_t n, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    line_points_impl<T>(ptr<T>(x), ptr<T>(x_prop), B, D, n, ptr<T>(out));
+  });
+}
+
+void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
+                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
+                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      score_mh_accept_impl<T, decltype(dc)::value>(
+          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size), ptr<T>(u),
+          ptr<T>(interior), m, B, static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
+          ptr<uint8_t>(accepted), ptr<T>(log_alpha));
+    });
+  });
+}
+
+void leapfrog(int dtype, uintptr_t x, uintptr_t p, uintptr_t score, uintptr_t step_size, int64_t B,
+              int64_t D, uintptr_t x_next, uintptr_t p_half) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      leapfrog_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(p), ptr<T>(score), ptr<T>(step_size), B,
+                                            static_cast<int>(D), ptr<T>(x_next), ptr<T>(p_half));
+    });
+  });
+}
+
+void leapfrog_finish(int dtype, uintptr_t x, uintptr_t x_next, uintptr_t p_half, uintptr_t score,
+                     uintptr_t score_next, uintptr_t step_size, uintptr_t delta_logp, int64_t B, int64_t D,
+                     uintptr_t p_next, uintptr_t delta_logp_next) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      leapfrog_finish_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_next), ptr<T>(p_half), ptr<T>(score),
+                                                   ptr<T>(score_next), ptr<T>(step_size), ptr<T>(delta_logp),
+                                                   B, static_cast<int>(D), ptr<T>(p_next),
+                                                   ptr<T>(delta_logp_next));
+    });
+  });
+}
+
+void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop, uintptr_t p,
+                uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, int64_t B, int64_t D, uintptr_t x_new,
+                uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      hmc_accept_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop),
+                                              ptr<T>(p), ptr<T>(p_prop), ptr<T>(delta_logp), ptr<T>(u), B,
+                                              static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
+                                              ptr<uint8_t>(accepted), ptr<T>(log_alpha));
+    });
+  });
+}
+
+void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
+                      uint64_t seed, uint64_t offset, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T damp = static_cast<T>(damping);
+    const T c = static_cast<T>(std::sqrt(1.0 - damping * damping));
+    dispatch_d(D, [&](auto dc) {
+      momentum_refresh_impl<T, decltype(dc)::value>(ptr<T>(p), damp, c, ptr<T>(noise), B,
+                                                    static_cast<int>(D), seed, offset, ptr<T>(out));
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastsamp

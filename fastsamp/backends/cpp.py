@@ -1,0 +1,137 @@
+"""C++ CPU backend: thin glue from the backend signatures of
+docs/backend-contract.md to the `fastsamp._C.cpu_<op>` kernels.
+
+Inputs arrive validated and contiguous (the public ops in `fastsamp.ops` see to
+that); outputs are allocated here with `torch.empty` on x's device in x's dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastsamp import _C
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def _dt(x: torch.Tensor) -> int:
+    try:
+        return _DTYPES[x.dtype]
+    except KeyError:
+        raise TypeError(f"cpp backend supports float32 and float64, got {x.dtype}") from None
+
+
+def _p(t) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _u64(v) -> int:
+    return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
+
+
+def gmm_score(x, means, log_weights, variances, alpha, sigma2):
+    B, D = x.shape
+    score = torch.empty_like(x)
+    logp = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_gmm_score(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
+                         B, D, means.shape[0], float(alpha), float(sigma2), score.data_ptr(), logp.data_ptr())
+    return score, logp
+
+
+def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+    B, D = x.shape
+    out = torch.empty_like(x) if out is None else out
+    if x.numel() > 0:
+        _C.cpu_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), _p(extra_drift), _p(noise), B, D, _u64(seed),
+                        _u64(offset), float(a), float(c_s), float(c_n), out.data_ptr())
+    return out
+
+
+def mala_propose(x, score, step_size, noise, seed, offset):
+    B, D = x.shape
+    out = torch.empty_like(x)
+    if x.numel() > 0:
+        _C.cpu_mala_propose(_dt(x), x.data_ptr(), score.data_ptr(), step_size.data_ptr(), _p(noise), B, D,
+                            _u64(seed), _u64(offset), out.data_ptr())
+    return out
+
+
+def line_points(x, x_prop, n):
+    B, D = x.shape
+    out = torch.empty((max(n - 1, 0), B, D), dtype=x.dtype, device=x.device)
+    if out.numel() > 0:
+        _C.cpu_line_points(_dt(x), x.data_ptr(), x_prop.data_ptr(), B, D, n, out.data_ptr())
+    return out
+
+
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+    B, D = x.shape
+    x_new = torch.empty_like(x)
+    score_new = torch.empty_like(x)
+    accepted = torch.empty(B, dtype=torch.bool, device=x.device)
+    log_alpha = torch.empty(B, dtype=x.dtype, device=x.device)
+    m = 0 if interior is None else interior.shape[0]
+    if B > 0:
+        _C.cpu_score_mh_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
+                               step_size.data_ptr(), u.data_ptr(), _p(interior) if m > 0 else 0, m, B, D,
+                               x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr())
+    return x_new, score_new, accepted, log_alpha
+
+
+def leapfrog(x, p, score, step_size):
+    B, D = x.shape
+    x_next = torch.empty_like(x)
+    p_half = torch.empty_like(x)
+    if x.numel() > 0:
+        _C.cpu_leapfrog(_dt(x), x.data_ptr(), p.data_ptr(), score.data_ptr(), step_size.data_ptr(), B, D,
+                        x_next.data_ptr(), p_half.data_ptr())
+    return x_next, p_half
+
+
+def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp):
+    B, D = x.shape
+    p_next = torch.empty_like(x)
+    delta_next = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_leapfrog_finish(_dt(x), x.data_ptr(), x_next.data_ptr(), p_half.data_ptr(), score.data_ptr(),
+                               score_next.data_ptr(), step_size.data_ptr(), delta_logp.data_ptr(), B, D,
+                               p_next.data_ptr(), delta_next.data_ptr())
+    return p_next, delta_next
+
+
+def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
+    B, D = x.shape
+    x_new = torch.empty_like(x)
+    score_new = torch.empty_like(x)
+    accepted = torch.empty(B, dtype=torch.bool, device=x.device)
+    log_alpha = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_hmc_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
+                          p.data_ptr(), p_prop.data_ptr(), delta_logp.data_ptr(), u.data_ptr(), B, D,
+                          x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr())
+    return x_new, score_new, accepted, log_alpha
+
+
+def momentum_refresh(p, damping, noise, seed, offset):
+    B, D = p.shape
+    out = torch.empty_like(p)
+    if p.numel() > 0:
+        _C.cpu_momentum_refresh(_dt(p), p.data_ptr(), float(damping), _p(noise), B, D, _u64(seed),
+                                _u64(offset), out.data_ptr())
+    return out
+
+
+def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
+             mh):
+    B, D = x.shape
+    x_new = torch.empty_like(x)
+    rate = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_gmm_mala(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
+                        step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_trapezoid), float(alpha),
+                        float(sigma2), _u64(seed), _u64(offset), int(mh), x_new.data_ptr(), rate.data_ptr())
+    return x_new, rate
+
+
+__all__ = ["gmm_score", "sde_step", "mala_propose", "line_points", "score_mh_accept", "leapfrog",
+           "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala"]

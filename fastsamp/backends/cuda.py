@@ -1,0 +1,111 @@
+"""CUDA backend: thin glue from the backend signatures of
+docs/backend-contract.md to the `fastsamp._C.cuda_<op>` kernels (csrc/cuda/).
+
+Inputs arrive validated and contiguous on one CUDA device (the public ops in
+`fastsamp.ops` see to that); outputs are allocated here with `torch.empty` on
+x's device in x's dtype. Kernels are launched asynchronously on the current
+torch stream of x's device, with that device made current. Importing this
+module does not touch the CUDA runtime.
+
+Implemented ops (the starred ops of the contract): gmm_score, sde_step,
+score_mh_accept, gmm_mala. The other ops have no CUDA kernel (the dispatcher
+falls back to Triton / the reference for them).
+"""
+from __future__ import annotations
+
+import torch
+
+from fastsamp import _C
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+# Largest D the mixture kernels support (csrc/cuda/launch.h).
+GMM_SCORE_MAX_D = 4096
+GMM_MALA_MAX_D = 1024
+
+
+def _dt(x: torch.Tensor) -> int:
+    try:
+        return _DTYPES[x.dtype]
+    except KeyError:
+        raise TypeError(f"cuda backend supports float32 and float64, got {x.dtype}") from None
+
+
+def _p(t) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _u64(v) -> int:
+    return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
+
+
+def _stream(x: torch.Tensor) -> int:
+    return torch.cuda.current_stream(x.device).cuda_stream
+
+
+def _device(x: torch.Tensor):
+    return torch.cuda.device(x.device)
+
+
+def gmm_score(x, means, log_weights, variances, alpha, sigma2):
+    B, D = x.shape
+    K = means.shape[0]
+    if D > GMM_SCORE_MAX_D:
+        raise ValueError(f"cuda gmm_score supports D <= {GMM_SCORE_MAX_D}, got D = {D}")
+    score = torch.empty_like(x)
+    logp = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        with _device(x):
+            _C.cuda_gmm_score(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(),
+                              variances.data_ptr(), B, D, K, float(alpha), float(sigma2),
+                              score.data_ptr(), logp.data_ptr(), _stream(x))
+    return score, logp
+
+
+def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+    B, D = x.shape
+    out = torch.empty_like(x) if out is None else out
+    if x.numel() > 0:
+        with _device(x):
+            _C.cuda_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), _p(extra_drift), _p(noise), B, D,
+                             _u64(seed), _u64(offset), float(a), float(c_s), float(c_n), out.data_ptr(),
+                             _stream(x))
+    return out
+
+
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+    B, D = x.shape
+    x_new = torch.empty_like(x)
+    score_new = torch.empty_like(x)
+    accepted = torch.empty(B, dtype=torch.bool, device=x.device)
+    log_alpha = torch.empty(B, dtype=x.dtype, device=x.device)
+    m = 0 if interior is None else interior.shape[0]
+    if B > 0:
+        with _device(x):
+            _C.cuda_score_mh_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(),
+                                    score_prop.data_ptr(), step_size.data_ptr(), u.data_ptr(),
+                                    _p(interior) if m > 0 else 0, m, B, D, x_new.data_ptr(),
+                                    score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr(),
+                                    _stream(x))
+    return x_new, score_new, accepted, log_alpha
+
+
+def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
+             mh):
+    B, D = x.shape
+    K = means.shape[0]
+    if D > GMM_MALA_MAX_D:
+        raise ValueError(f"cuda gmm_mala supports D <= {GMM_MALA_MAX_D}, got D = {D} "
+                         "(use backend='triton' or 'torch')")
+    x_new = torch.empty_like(x)
+    rate = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        with _device(x):
+            _C.cuda_gmm_mala(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(),
+                             variances.data_ptr(), step_size.data_ptr(), B, D, K, int(n_steps),
+                             int(n_trapezoid), float(alpha), float(sigma2), _u64(seed), _u64(offset), int(mh),
+                             x_new.data_ptr(), rate.data_ptr(), _stream(x))
+    return x_new, rate
+
+
+__all__ = ["gmm_score", "sde_step", "score_mh_accept", "gmm_mala"]

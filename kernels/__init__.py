@@ -1,0 +1,20 @@
+"""Triton backend of fastsamp (installed as ``fastsamp.kernels``).
+
+Every function here has exactly the backend signature of docs/backend-contract.md:
+inputs arrive validated and contiguous, outputs are allocated with torch.empty on
+x.device in x.dtype (``accepted`` is torch.bool). Kernels run on CUDA devices, or on
+CPU tensors under ``TRITON_INTERPRET=1``.
+
+Limits: gmm_score D <= 4096 (whole rows in registers), gmm_mala D <= 128; both raise
+ValueError above. K is unrestricted (online log-sum-exp loop).
+"""
+from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_mala, gmm_score
+from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
+from .mh import line_points, mala_propose, score_mh_accept
+from .sde import sde_step
+
+__all__ = [
+    "gmm_score", "gmm_mala", "sde_step", "mala_propose", "line_points", "score_mh_accept",
+    "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh",
+    "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D",
+]

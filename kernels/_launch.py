@@ -1,0 +1,104 @@
+"""Host-side helpers shared by the Triton launchers (not part of the public API).
+
+* ``INTERPRET``: kernels run under ``TRITON_INTERPRET=1`` (numpy interpreter).
+* ``f64(v)``: a python float passed to a kernel parameter annotated ``tl.float64``.
+  Compiled kernels receive it as a true fp64 argument; the interpreter would
+  otherwise turn a python float into an fp32 constant, so there it is wrapped
+  into a float64 interpreter tensor.
+* ``split64(v)``: a 64-bit seed / offset as its two 32-bit halves.
+* block-size heuristics.
+"""
+import os
+
+import numpy as np
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Programs per SM we aim for when splitting the chains (H100: 132 SMs). Under the
+# interpreter programs run one after the other, so fewer, larger blocks are faster.
+_NUM_SMS = 132
+_MIN_PROGRAMS = 2 * _NUM_SMS
+
+# Flat streaming kernels: groups of 4 consecutive elements of a row (one Philox call
+# gives the 4 normals of a group), BLOCK_G groups per program = 4 * BLOCK_G elements.
+# (Under the interpreter, where a program costs a python-level loop, blocks are larger.)
+QUAD_BLOCK_G = 8192 if INTERPRET else 256
+QUAD_WARPS = 4
+FLAT_BLOCK = 16384 if INTERPRET else 1024
+FLAT_WARPS = 4
+
+IDX32_LIMIT = 2**31 - 1
+
+
+def f64(v):
+    v = float(v)
+    if INTERPRET:
+        from triton.runtime.interpreter import TensorHandle
+
+        return tl.tensor(TensorHandle(np.array([v], dtype=np.float64), tl.float64), tl.float64)
+    return v
+
+
+def _interp_int(v):
+    from triton.runtime.interpreter import TensorHandle
+
+    for lo, hi, np_t, tl_t in ((-2**31, 2**31, np.int32, tl.int32), (0, 2**32, np.uint32, tl.uint32),
+                               (-2**63, 2**63, np.int64, tl.int64), (0, 2**64, np.uint64, tl.uint64)):
+        if lo <= v < hi:
+            return tl.tensor(TensorHandle(np.array(v, dtype=np_t), tl_t), tl_t)
+    raise ValueError(f"integer kernel argument out of range: {v}")
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs). Under the interpreter, python ints are passed as
+    0-d integer tensors: the interpreter's own 1-element arrays cannot be used as loop
+    bounds (`range(n)`) with numpy >= 2.4."""
+    if INTERPRET:
+        args = [_interp_int(a) if isinstance(a, int) and not isinstance(a, bool) else a for a in args]
+    return kernel[grid](*args, **kwargs)
+
+
+def split64(v):
+    v = 0 if v is None else int(v)
+    return v & 0xFFFFFFFF, (v >> 32) & 0xFFFFFFFF
+
+
+def next_pow2(n):
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def need_idx64(*numels):
+    return max(int(n) for n in numels) > IDX32_LIMIT
+
+
+def rows_block(B, block_d, target_elems):
+    """Chains per program for a [BLOCK_B, BLOCK_D] tile of about target_elems elements,
+    shrunk (on the GPU) so that there are enough programs to fill the SMs."""
+    bb = max(1, target_elems // block_d)
+    if not INTERPRET:
+        bb = min(bb, next_pow2(triton.cdiv(B, _MIN_PROGRAMS)))
+    bb = min(bb, next_pow2(B))
+    return max(1, bb)
+
+
+def warps_for(tile_elems, max_warps=8):
+    w = 1
+    while w < max_warps and w * 32 * 4 < tile_elems:
+        w *= 2
+    return w
+
+
+def quad_grid(B, D):
+    """Geometry of the 4-element-group tiling of a (B, D) tensor: J, n_groups, BLOCK_G, grid."""
+    J = (D + 3) // 4
+    n_groups = B * J
+    block_g = QUAD_BLOCK_G
+    if INTERPRET:
+        block_g = min(block_g, next_pow2(n_groups))
+    return J, n_groups, block_g, (triton.cdiv(n_groups, block_g),)
+
+
+def flat_block(numel):
+    return min(FLAT_BLOCK, next_pow2(numel)) if INTERPRET else FLAT_BLOCK

@@ -1,0 +1,157 @@
+"""Score-based Metropolis-Hastings pieces: mala_propose, line_points, score_mh_accept.
+
+`_accept_kernel` is the per-chain reduction + select template shared with
+hmc_accept (MODE 0: score-trapezoid MALA test, MODE 1: HMC energy test).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, next_pow2, rows_block, warps_for
+from .sde import affine_noise
+from .tiles import div_ieee, row_index
+
+ACCEPT_MAX_BLOCK_D = 256
+ACCEPT_TILE = 2048
+
+
+def mala_propose(x, score, step_size, noise, seed, offset):
+    return affine_noise(x, score, None, noise, step_size, 1.0, 0.0, 0.0, seed, offset)
+
+
+@triton.jit
+def _line_points_kernel(x_ptr, xp_ptr, out_ptr, numel, n, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    pid = tl.program_id(0)
+    if IDX64:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    d = tl.load(xp_ptr + offs, mask=mask, other=0.0) - x
+    nf = tl.cast(n, x.dtype)
+    out = out_ptr + offs
+    for i in range(1, n):
+        t = div_ieee(tl.cast(i, x.dtype), nf)
+        tl.store(out, x + t * d, mask=mask)
+        out += numel
+
+
+def line_points(x, x_prop, n):
+    B, D = x.shape
+    n = int(n)
+    out = torch.empty((max(n - 1, 0), B, D), dtype=x.dtype, device=x.device)
+    numel = x.numel()
+    if numel == 0 or n <= 1:
+        return out
+    block = flat_block(numel)
+    grid = (triton.cdiv(numel, block),)
+    launch(_line_points_kernel, grid, x, x_prop, out, numel, n, BLOCK=block,
+                              IDX64=need_idx64(numel * n), num_warps=FLAT_WARPS, enable_fp_fusion=False)
+    return out
+
+
+@triton.jit
+def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr, dlp_ptr, u_ptr,
+                   xo_ptr, so_ptr, acc_ptr, la_ptr, B, D, M, plane,
+                   MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                   IDX64: tl.constexpr):
+    """Per-chain log_alpha, accept test and select, for BLOCK_B chains, looping over D.
+
+    MODE 0 (score_mh_accept): n = M + 1, d = x' - x,
+        dlogp = (0.5 (s.d + s'.d) + sum_i int_i.d) / n,
+        log_alpha = dlogp + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps).
+    MODE 1 (hmc_accept): log_alpha = delta_logp - 0.5 |p'|^2 + 0.5 |p|^2.
+    """
+    pid = tl.program_id(0)
+    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
+    base = rows[:, None] * D
+    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    zero = tl.zeros([BLOCK_B], DT)
+    if MODE == 0:
+        eps = tl.load(eps_ptr + rows, mask=rmask, other=1.0)
+        sd = zero
+        spd = zero
+        si = zero
+        qf = zero
+        qb = zero
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + cols0
+            m2 = rmask[:, None] & (cols < D)
+            offs = base + cols
+            x = tl.load(x_ptr + offs, mask=m2, other=0.0)
+            dd = tl.load(xp_ptr + offs, mask=m2, other=0.0) - x
+            s = tl.load(s_ptr + offs, mask=m2, other=0.0)
+            sp = tl.load(sp_ptr + offs, mask=m2, other=0.0)
+            sd += tl.sum(s * dd, axis=1)
+            spd += tl.sum(sp * dd, axis=1)
+            for i in range(M):
+                it = tl.load(int_ptr + i * plane + offs, mask=m2, other=0.0)
+                si += tl.sum(it * dd, axis=1)
+            f = dd - eps[:, None] * s
+            qf += tl.sum(f * f, axis=1)
+            bk = dd + eps[:, None] * sp
+            qb += tl.sum(bk * bk, axis=1)
+        nf = tl.cast(M + 1, DT)
+        dlogp = div_ieee(0.5 * (sd + spd) + si, nf)
+        la = dlogp + div_ieee(qf - qb, 4.0 * eps)
+    else:
+        kp = zero
+        k = zero
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + cols0
+            m2 = rmask[:, None] & (cols < D)
+            offs = base + cols
+            pp = tl.load(pp_ptr + offs, mask=m2, other=0.0)
+            p = tl.load(p_ptr + offs, mask=m2, other=0.0)
+            kp += tl.sum(pp * pp, axis=1)
+            k += tl.sum(p * p, axis=1)
+        dlp = tl.load(dlp_ptr + rows, mask=rmask, other=0.0)
+        la = dlp - 0.5 * kp + 0.5 * k
+    u = tl.load(u_ptr + rows, mask=rmask, other=1.0)
+    acc = tl.log(u) < la  # NaN -> False
+    tl.store(la_ptr + rows, la, mask=rmask)
+    tl.store(acc_ptr + rows, acc, mask=rmask)
+    # select: read only the side that is kept
+    a2 = acc[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + cols0
+        m2 = rmask[:, None] & (cols < D)
+        offs = base + cols
+        xn = tl.where(a2, tl.load(xp_ptr + offs, mask=m2 & a2, other=0.0),
+                      tl.load(x_ptr + offs, mask=m2 & ~a2, other=0.0))
+        sn = tl.where(a2, tl.load(sp_ptr + offs, mask=m2 & a2, other=0.0),
+                      tl.load(s_ptr + offs, mask=m2 & ~a2, other=0.0))
+        tl.store(xo_ptr + offs, xn, mask=m2)
+        tl.store(so_ptr + offs, sn, mask=m2)
+
+
+def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=None,
+                  p=None, p_prop=None, delta_logp=None, u=None):
+    B, D = x.shape
+    x_new = torch.empty_like(x)
+    score_new = torch.empty_like(x)
+    accepted = torch.empty((B,), dtype=torch.bool, device=x.device)
+    log_alpha = torch.empty((B,), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return x_new, score_new, accepted, log_alpha
+    M = 0 if interior is None else int(interior.shape[0])
+    block_d = min(next_pow2(D), ACCEPT_MAX_BLOCK_D)
+    block_b = rows_block(B, block_d, ACCEPT_TILE)
+    grid = (triton.cdiv(B, block_b),)
+    launch(_accept_kernel, grid,
+        x, x_prop, score, score_prop,
+        step_size if step_size is not None else x, interior if interior is not None else x,
+        p if p is not None else x, p_prop if p_prop is not None else x,
+        delta_logp if delta_logp is not None else x, u,
+        x_new, score_new, accepted, log_alpha, B, D, M, B * D,
+        MODE=mode, BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D * max(M, 1)),
+        num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
+    return x_new, score_new, accepted, log_alpha
+
+
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+    if interior is not None and interior.shape[0] == 0:
+        interior = None
+    return launch_accept(0, x, x_prop, score, score_prop, step_size=step_size, interior=interior, u=u)

@@ -1,0 +1,76 @@
+"""sde_step and the shared "affine + noise" streaming kernel.
+
+One template, specialised by constexprs, serves three ops:
+
+    sde_step         out = a x + c_s (score + extra) + c_n xi        (scalars a, c_s, c_n)
+    mala_propose     out = x + eps_b score + sqrt(2 eps_b) xi        (PER_CHAIN)
+    momentum_refresh out = damping p + sqrt(1 - damping^2) xi        (HAS_SCORE = False)
+
+xi is read from `noise` (HAS_NOISE) or drawn in-kernel from the Philox stream of the
+contract: the tile is [BLOCK_G, 4] groups of 4 consecutive elements of a row, so a
+single Philox call (and two log/sqrt/sincos) serves 4 outputs.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import QUAD_WARPS, f64, launch, need_idx64, quad_grid, split64
+from .random import normal4, select_lane
+from .tiles import quad_tile, sqrt_ieee
+
+
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
+def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, noise_ptr, eps_ptr, out_ptr,
+                         a: tl.float64, c_s: tl.float64, c_n: tl.float64,
+                         k0, k1, o0, o1, D, J, n_groups,
+                         HAS_SCORE: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_NOISE: tl.constexpr,
+                         PER_CHAIN: tl.constexpr, EVEN4: tl.constexpr, IDX64: tl.constexpr,
+                         BLOCK_G: tl.constexpr):
+    pid = tl.program_id(0)
+    b, j, gmask, lane, offs, mask = quad_tile(pid, D, J, n_groups, BLOCK_G, EVEN4, IDX64)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    DT: tl.constexpr = x.dtype
+    if HAS_NOISE:
+        xi = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+    else:
+        z0, z1, z2, z3 = normal4(k0, k1, o0, o1, j, b, DT)
+        xi = select_lane(z0, z1, z2, z3, lane)
+    if PER_CHAIN:
+        eps = tl.load(eps_ptr + b, mask=gmask, other=0.0)
+        cs = eps[:, None]
+        cn = sqrt_ieee(2.0 * eps)[:, None]
+        y = x
+    else:
+        cs = c_s.to(DT)
+        cn = c_n.to(DT)
+        y = a.to(DT) * x
+    if HAS_SCORE:
+        s = tl.load(score_ptr + offs, mask=mask, other=0.0)
+        if HAS_EXTRA:
+            s = s + tl.load(extra_ptr + offs, mask=mask, other=0.0)
+        y = y + cs * s
+    y = y + cn * xi
+    tl.store(out_ptr + offs, y, mask=mask)
+
+
+def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=None):
+    """Launch _affine_noise_kernel; `eps` (B,) selects the per-chain (MALA) form."""
+    B, D = x.shape
+    out = torch.empty_like(x) if out is None else out
+    if x.numel() == 0:
+        return out
+    J, n_groups, block_g, grid = quad_grid(B, D)
+    k0, k1 = split64(seed)
+    o0, o1 = split64(offset)
+    launch(_affine_noise_kernel, grid,
+        x, score if score is not None else x, extra if extra is not None else x,
+        noise if noise is not None else x, eps if eps is not None else x, out,
+        f64(a), f64(c_s), f64(c_n), k0, k1, o0, o1, D, J, n_groups,
+        HAS_SCORE=score is not None, HAS_EXTRA=extra is not None, HAS_NOISE=noise is not None,
+        PER_CHAIN=eps is not None, EVEN4=(D % 4 == 0), IDX64=need_idx64(B * J * 4),
+        BLOCK_G=block_g, num_warps=QUAD_WARPS, enable_fp_fusion=False)
+    return out
+
+
+def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+    return affine_noise(x, score, extra_drift, noise, None, a, c_s, c_n, seed, offset, out)
