@@ -10,22 +10,9 @@ import torch
 
 from fastsamp import _C
 
-_DTYPES = {torch.float32: 0, torch.float64: 1}
-
-
-def _dt(x: torch.Tensor) -> int:
-    try:
-        return _DTYPES[x.dtype]
-    except KeyError:
-        raise TypeError(f"cpp backend supports float32 and float64, got {x.dtype}") from None
-
-
-def _p(t) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _u64(v) -> int:
-    return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
+from ._abi import dtype_code as _dt
+from ._abi import ptr as _p
+from ._abi import u64 as _u64
 
 
 def gmm_score(x, means, log_weights, variances, alpha, sigma2):

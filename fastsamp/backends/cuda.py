@@ -17,26 +17,13 @@ import torch
 
 from fastsamp import _C
 
-_DTYPES = {torch.float32: 0, torch.float64: 1}
+from ._abi import dtype_code as _dt
+from ._abi import ptr as _p
+from ._abi import u64 as _u64
 
 # Largest D the mixture kernels support (csrc/cuda/launch.h).
 GMM_SCORE_MAX_D = 4096
 GMM_MALA_MAX_D = 1024
-
-
-def _dt(x: torch.Tensor) -> int:
-    try:
-        return _DTYPES[x.dtype]
-    except KeyError:
-        raise TypeError(f"cuda backend supports float32 and float64, got {x.dtype}") from None
-
-
-def _p(t) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _u64(v) -> int:
-    return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
 
 
 def _stream(x: torch.Tensor) -> int:
