@@ -5,13 +5,22 @@
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
-FASTSAMP_CUDA_ARCHS=90 python3 -m pip install --no-build-isolation --no-deps -e . -q > "$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
-python3 -m fastsamp.cli info | tee -a "$OUT/device.txt"
-timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_ops.py tests/test_oracles.py tests/test_sampling.py \
-  -k "${1:-cuda or triton}" 2>&1 | tee "$OUT/pytest.log" | tail -25
-timeout 200 python3 -m fastsamp.cli bench --device cuda --min-time 0.3 --json "$OUT/bench_cuda.json" 2>&1 \
-  | tee "$OUT/bench.log" | tail -30
-timeout 60 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$OUT/sample_cuda.json" 2>&1 | tail -5
+date -u | tee -a "$OUT/device.txt"
+SECONDS=0
+FASTSAMP_CUDA_ARCHS=90 timeout 150 python3 -m pip install --no-build-isolation --no-deps -e . -q > "$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build: ${SECONDS}s"
+python3 -m fastsamp.cli info > "$OUT/info.json"; grep -A5 backends "$OUT/info.json"
+SECONDS=0
+timeout "${TEST_TIMEOUT:-110}" python3 -m pytest -q -p no:cacheprovider -n 8 \
+  tests/test_ops.py tests/test_oracles.py tests/test_sampling.py \
+  -k "${1:-cuda or (triton and (gmm or accept or philox or sde_step))}" > "$OUT/pytest.log" 2>&1
+echo "pytest rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest.log" | tail -15
+SECONDS=0
+timeout "${BENCH_TIMEOUT:-150}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
+  --ops gmm_mala,sde_step,sde_step\(out=\),gmm_score,score_mh_accept,mala_propose,line_points \
+  --json "$OUT/bench_cuda.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$? ${SECONDS}s"; tail -28 "$OUT/bench.log"
+timeout 30 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$OUT/sample_cuda.json" 2>&1 | tail -4

@@ -129,7 +129,7 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
     device = torch.device(device)
     roof = measure_roofline(device)
     cases = _cases(device, dtype)
-    names = [n for n in cases if ops is None or n in ops]
+    names = [n for n in (ops or cases) if n in cases]
     order = ("cpp",) if device.type == "cpu" else ("cuda", "triton")
     results = []
     for op in names:
