@@ -41,6 +41,15 @@ def skip_unless_available(name: str):
         pytest.skip(f"backend {name!r} unavailable: {backends.availability()[name]}")
 
 
+def skip_unless_op(name: str, *op_names: str):
+    """Skip (visibly) when backend `name` has no kernel for one of `op_names` (CUDA C++ covers
+    the starred ops of the contract; the others run on Triton there)."""
+    module = backends._load(name)[0]
+    missing = [op for op in op_names if not hasattr(module, op)]
+    if missing:
+        pytest.skip(f"backend {name!r} has no kernel for {', '.join(missing)}")
+
+
 @pytest.fixture(params=COMPILED)
 def backend(request):
     """(backend name, device) for every compiled backend; skips the unavailable ones."""

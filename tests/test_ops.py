@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close, skip_if_interpreted, tol
+from conftest import assert_close, skip_if_interpreted, skip_unless_op, tol
 
 from fastsamp import VE, VP, ops
 from fastsamp.ops import reference as ref
@@ -98,6 +98,7 @@ def test_reverse_sde_step_philox(backend, dtype, B, D):
 @pytest.mark.parametrize("noise_src", ["tensor", "philox"])
 def test_mala_propose(backend, dtype, B, D, per_chain, noise_src):
     name, device = backend
+    skip_unless_op(name, "mala_propose")
     x, s, xi = (rand(B, D, dtype=dtype, device=device) for _ in range(3))
     eps = step_sizes(per_chain, B, dtype, device)
     kw = {"noise": xi} if noise_src == "tensor" else {"seed": 99, "offset": 3}
@@ -111,6 +112,7 @@ def test_mala_propose(backend, dtype, B, D, per_chain, noise_src):
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_line_points(backend, dtype, B, D, n):
     name, device = backend
+    skip_unless_op(name, "line_points")
     x, xp = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
     pts = ops.line_points(x, xp, n, backend=name)
     assert pts.shape == (n - 1, B, D)
@@ -154,6 +156,7 @@ def test_score_mh_accept(backend, dtype, B, D, n_interior, per_chain):
 @pytest.mark.parametrize("B,D", SHAPES)
 def test_leapfrog_and_finish(backend, dtype, B, D):
     name, device = backend
+    skip_unless_op(name, "leapfrog", "leapfrog_finish")
     x, p, s, s_next = (rand(B, D, dtype=dtype, device=device) for _ in range(4))
     eps = step_sizes(True, B, dtype, device)
     delta = rand(B, dtype=dtype, device=device)
@@ -170,6 +173,7 @@ def test_leapfrog_and_finish(backend, dtype, B, D):
 @pytest.mark.parametrize("B,D", SHAPES)
 def test_hmc_accept(backend, dtype, B, D):
     name, device = backend
+    skip_unless_op(name, "hmc_accept")
     x, xp, s, sp, _, u = _accept_inputs(B, D, dtype, device, 0)
     p, pp = (0.3 * rand(B, D, dtype=dtype, device=device) for _ in range(2))
     delta = 0.1 * rand(B, dtype=dtype, device=device)
@@ -182,6 +186,7 @@ def test_hmc_accept(backend, dtype, B, D):
 @pytest.mark.parametrize("damping", [0.0, 0.9])
 def test_momentum_refresh(backend, dtype, B, D, damping):
     name, device = backend
+    skip_unless_op(name, "momentum_refresh")
     p = rand(B, D, dtype=dtype, device=device)
     out = ops.momentum_refresh(p, damping, seed=5, offset=11, backend=name)
     expect = ops.momentum_refresh(f64(p)[0], damping, seed=5, offset=11, backend="torch")

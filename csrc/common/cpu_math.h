@@ -14,6 +14,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #define FASTSAMP_VINLINE inline __attribute__((always_inline))
 
 namespace fastsamp {
@@ -276,6 +280,137 @@ FASTSAMP_VINLINE void sincos(T x, T* sn, T* cs) {
   const T cc = (quad & 1) ? s : c;
   *sn = (quad & 2) ? -ss : ss;
   *cs = ((quad + 1) & 2) ? -cc : cc;
+}
+
+
+// ---------------------------------------------------------------- 64-byte vectors
+// GCC vector-extension versions of the above for the Philox normal generator
+// (one 512-bit register: 16 float / 8 double lanes). Same formulas as the
+// scalar functions (log restricted to the Box–Muller range, see log_unit).
+template <typename T>
+struct V64 {
+  typedef T V __attribute__((vector_size(64)));
+  typedef typename Bits<T>::I I __attribute__((vector_size(64)));
+};
+
+template <typename V>
+FASTSAMP_VINLINE V vfma(V a, V b, V c) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(a[0]) == 4) {
+    return reinterpret_cast<V>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                               reinterpret_cast<__m512>(c)));
+  } else {
+    return reinterpret_cast<V>(_mm512_fmadd_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b),
+                                               reinterpret_cast<__m512d>(c)));
+  }
+#else
+  V r;
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(a[0])); ++l) r[l] = fma_(a[l], b[l], c[l]);
+  return r;
+#endif
+}
+
+template <typename V>
+FASTSAMP_VINLINE V vsqrt(V a) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(a[0]) == 4) {
+    return reinterpret_cast<V>(_mm512_sqrt_ps(reinterpret_cast<__m512>(a)));
+  } else {
+    return reinterpret_cast<V>(_mm512_sqrt_pd(reinterpret_cast<__m512d>(a)));
+  }
+#else
+  V r;
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(a[0])); ++l) r[l] = __builtin_sqrt(a[l]);
+  return r;
+#endif
+}
+
+// log(u) for u in [2^-126, 1] (normal, positive, finite: the Box–Muller
+// uniform_open range), vectorised. float: cephes logf polynomial (no division,
+// ~1 ulp); double: the musl formula of log<double> above.
+template <typename T>
+FASTSAMP_VINLINE typename V64<T>::V vlog_unit(typename V64<T>::V u) {
+  using V = typename V64<T>::V;
+  using I = typename V64<T>::I;
+  using C = LogC<T>;
+  I ix = reinterpret_cast<I>(u);
+  ix += C::one - C::off;
+  const I k = (ix >> Bits<T>::kMant) - Bits<T>::kBias;
+  ix = (ix & C::mmask) + C::off;
+  const V f = reinterpret_cast<V>(ix) - T(1);
+  const V dk = __builtin_convertvector(k, V);
+  if constexpr (sizeof(T) == 4) {
+    const V z = f * f;
+    V p = V{} + 7.0376836292E-2f;
+    p = vfma(p, f, V{} - 1.1514610310E-1f);
+    p = vfma(p, f, V{} + 1.1676998740E-1f);
+    p = vfma(p, f, V{} - 1.2420140846E-1f);
+    p = vfma(p, f, V{} + 1.4249322787E-1f);
+    p = vfma(p, f, V{} - 1.6668057665E-1f);
+    p = vfma(p, f, V{} + 2.0000714765E-1f);
+    p = vfma(p, f, V{} - 2.4999993993E-1f);
+    p = vfma(p, f, V{} + 3.3333331174E-1f);
+    V y = p * f * z;
+    y = vfma(dk, V{} - 2.12194440e-4f, y);
+    y = vfma(z, V{} - 0.5f, y);
+    return vfma(dk, V{} + 0.693359375f, f + y);
+  } else {
+    const V hfsq = T(0.5) * f * f;
+    const V s = f / (T(2) + f);
+    const V z = s * s;
+    const V w = z * z;
+    const V t1 = w * vfma(w, vfma(w, V{} + 1.531383769920937332e-01, V{} + 2.222219843214978396e-01),
+                          V{} + 3.999999999940941908e-01);
+    const V t2 = z * vfma(w, vfma(w, vfma(w, V{} + 1.479819860511658591e-01, V{} + 1.818357216161805012e-01),
+                                  V{} + 2.857142874366239149e-01),
+                          V{} + 6.666666666666735130e-01);
+    const V R = t2 + t1;
+    V r = vfma(dk, V{} + C::ln2_lo, s * (hfsq + R));
+    return vfma(dk, V{} + C::ln2_hi, (r - hfsq) + f);
+  }
+}
+
+// sin(x), cos(x) for |x| in the range of sincos<T> above, vectorised (same formulas).
+template <typename T>
+FASTSAMP_VINLINE void vsincos(typename V64<T>::V x, typename V64<T>::V* sn, typename V64<T>::V* cs) {
+  using V = typename V64<T>::V;
+  using I = typename V64<T>::I;
+  using C = TrigC<T>;
+  const V t = vfma(x, V{} + C::two_over_pi, V{} + C::shifter);
+  const V q = t - C::shifter;
+  const I qi = reinterpret_cast<I>(t) - as_int<T>(C::shifter);
+  V r = vfma(-q, V{} + C::p1, x);
+  r = vfma(-q, V{} + C::p2, r);
+  r = vfma(-q, V{} + C::p3, r);
+  V s, c;
+  const V z = r * r;
+  if constexpr (sizeof(T) == 4) {
+    const V ps = vfma(vfma(V{} - 1.9515295891e-4f, z, V{} + 8.3321608736e-3f), z, V{} - 1.6666654611e-1f);
+    s = vfma(ps * z, r, r);
+    const V pc = vfma(vfma(V{} + 2.443315711809948e-5f, z, V{} - 1.388731625493765e-3f), z,
+                      V{} + 4.166664568298827e-2f);
+    c = vfma(pc * z, z, vfma(V{} - 0.5f, z, V{} + 1.0f));
+  } else {
+    const V w = z * z;
+    const V rs = vfma(z, vfma(z, V{} + 2.75573137070700676789e-06, V{} - 1.98412698298579493134e-04),
+                      V{} + 8.33333333332248946124e-03) +
+                 z * w * vfma(z, V{} + 1.58969099521155010221e-10, V{} - 2.50507602534068634195e-08);
+    const V v = z * r;
+    s = vfma(v, vfma(z, rs, V{} - 1.66666666666666324348e-01), r);
+    const V rc = z * vfma(z, vfma(z, V{} + 2.48015872894767294178e-05, V{} - 1.38888888888741095749e-03),
+                          V{} + 4.16666666666666019037e-02) +
+                 w * w * vfma(z, vfma(z, V{} - 1.13596475577881948265e-11, V{} + 2.08757232129817482790e-09),
+                              V{} - 2.75573143513906633035e-07);
+    const V hz = T(0.5) * z;
+    const V ww = T(1) - hz;
+    c = ww + (((T(1) - ww) - hz) + z * rc);
+  }
+  const I quad = qi & 3;
+  // quadrant 0: (s, c); 1: (c, -s); 2: (-s, -c); 3: (-c, s)
+  const V ss = (quad & 1) != 0 ? c : s;
+  const V cc = (quad & 1) != 0 ? s : c;
+  *sn = (quad & 2) != 0 ? -ss : ss;
+  *cs = ((quad + 1) & 2) != 0 ? -cc : cc;
 }
 
 }  // namespace vm

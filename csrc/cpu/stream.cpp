@@ -19,6 +19,36 @@ namespace fastsamp {
 namespace cpu {
 namespace {
 
+// Rows per chunk of the in-kernel Philox path: a multiple of 16 (so that chunk
+// starts are 64-byte aligned in the output and group blocks never straddle
+// chunks of one thread) with about kChunkElems normals in the L1 buffer.
+constexpr int64_t kChunkElems = 2048;
+FASTSAMP_VINLINE int64_t chunk_rows(int D) {
+  const int64_t P = 4 * ((D + 3) / 4);
+  return std::max<int64_t>(16, (kChunkElems / P) / 16 * 16);
+}
+
+// f(b0, nb, xi): xi[(b - b0) * D + d] is the Philox normal of element (b, d) of
+// draw (seed, offset), for rows b0 .. b0+nb-1 (a chunk). Static schedule over chunks.
+template <typename T, typename F>
+void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, F&& f) {
+  const int64_t R = chunk_rows(D);
+  const int64_t nchunk = (B + R - 1) / R;
+  const int J = (D + 3) / 4;
+  const size_t cap = static_cast<size_t>(64 * ((R * J + 15) / 16));
+#pragma omp parallel
+  {
+    Buf<T> xi(cap);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nchunk; ++c) {
+      const int64_t b0 = c * R;
+      const int64_t nb = std::min<int64_t>(R, B - b0);
+      rows_normals<T>(seed, offset, b0, nb, D, xi.p);
+      f(b0, nb, static_cast<const T*>(xi.p));
+    }
+  }
+}
+
 // f(b, xi, stride): xi[d * stride] is the normal of element (b, d).
 // Given noise: rows of `noise`; else the Philox draw (seed, offset).
 template <typename T, typename F>
@@ -28,20 +58,44 @@ void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t o
     for (int64_t b = 0; b < B; ++b) f(b, noise + b * D, 1);
     return;
   }
-  constexpr int W = Lanes<T>::W;
-  const int Dp = 4 * ((D + 3) / 4);
-  const int64_t nblk = (B + W - 1) / W;
-#pragma omp parallel
-  {
-    Buf<T> xi(static_cast<size_t>(Dp) * W);
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t b0 = blk * W;
-      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
-      block_normals<T, W>(seed, offset, static_cast<uint64_t>(b0), D, xi.p);
-      for (int r = 0; r < nb; ++r) f(b0 + r, xi.p + r, W);
+  philox_chunks<T>(B, D, seed, offset, [&](int64_t b0, int64_t nb, const T* xi) {
+    for (int64_t r = 0; r < nb; ++r) f(b0 + r, xi + r * D, 1);
+  });
+}
+
+// out[i] = f(i) for i in [i0, i0 + n), 64-byte vectors from fv(i, V&) where
+// possible: non-temporal stores when out + i0 is 64-byte aligned (no
+// read-for-ownership of the output), plain unaligned stores otherwise.
+template <typename T, typename F, typename FV>
+FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, F&& f, FV&& fv) {
+  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
+  typedef T V __attribute__((vector_size(64)));
+  const int64_t nv = n / L;
+  const bool aligned = reinterpret_cast<uintptr_t>(out + i0) % 64 == 0;
+  if (aligned) {
+    for (int64_t k = 0; k < nv; ++k) {
+      const int64_t i = i0 + k * L;
+      V v;
+      fv(i, v);
+#if defined(__AVX512F__)
+      if constexpr (sizeof(T) == 4) {
+        _mm512_stream_ps(reinterpret_cast<float*>(out + i), reinterpret_cast<__m512&>(v));
+      } else {
+        _mm512_stream_pd(reinterpret_cast<double*>(out + i), reinterpret_cast<__m512d&>(v));
+      }
+#else
+      std::memcpy(out + i, &v, sizeof(V));
+#endif
+    }
+  } else {
+    for (int64_t k = 0; k < nv; ++k) {
+      const int64_t i = i0 + k * L;
+      V v;
+      fv(i, v);
+      std::memcpy(out + i, &v, sizeof(V));
     }
   }
+  for (int64_t i = i0 + nv * L; i < i0 + n; ++i) out[i] = f(i);
 }
 
 // ---------------------------------------------------------------- sde_step
@@ -114,18 +168,24 @@ void sde_step_impl(const T* __restrict x, const T* __restrict score, const T* __
     });
     return;
   }
-  rows_with_noise<T>(nullptr, B, D, seed, offset, [&](int64_t b, const T* __restrict xi, int stride) {
-    const T* __restrict xr = x + b * D;
-    const T* __restrict sr = score + b * D;
-    T* __restrict o = out + b * D;
-    if (extra) {
-      const T* __restrict er = extra + b * D;
-#pragma omp simd
-      for (int d = 0; d < D; ++d) o[d] = a * xr[d] + cs * (sr[d] + er[d]) + cn * xi[d * stride];
-    } else {
-#pragma omp simd
-      for (int d = 0; d < D; ++d) o[d] = a * xr[d] + cs * sr[d] + cn * xi[d * stride];
-    }
+  philox_chunks<T>(B, D, seed, offset, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+    const int64_t i0 = b0 * D;
+    const T* __restrict nz = xi - i0;  // nz[i]: normal of flat element i of this chunk
+    stream_range<T>(i0, nb * D, out, [=](int64_t i) {
+      return extra ? a * x[i] + cs * (score[i] + extra[i]) + cn * nz[i] : a * x[i] + cs * score[i] + cn * nz[i];
+    }, [=](int64_t i, auto& v) {
+      using V = std::remove_reference_t<decltype(v)>;
+      V xv, sv, nv;
+      std::memcpy(&xv, x + i, sizeof(V));
+      std::memcpy(&sv, score + i, sizeof(V));
+      std::memcpy(&nv, nz + i, sizeof(V));
+      if (extra) {
+        V ev;
+        std::memcpy(&ev, extra + i, sizeof(V));
+        sv = sv + ev;
+      }
+      v = a * xv + cs * sv + cn * nv;
+    });
   });
 }
 
@@ -157,11 +217,17 @@ void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, i
     for (int64_t i = 0; i < N; ++i) out[i] = damp * p[i] + c * noise[i];
     return;
   }
-  rows_with_noise<T>(nullptr, B, D, seed, offset, [&](int64_t b, const T* __restrict xi, int stride) {
-    const T* __restrict pr = p + b * D;
-    T* __restrict o = out + b * D;
-#pragma omp simd
-    for (int d = 0; d < D; ++d) o[d] = damp * pr[d] + c * xi[d * stride];
+  philox_chunks<T>(B, D, seed, offset, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+    const int64_t i0 = b0 * D;
+    const T* __restrict nz = xi - i0;
+    stream_range<T>(i0, nb * D, out, [=](int64_t i) { return damp * p[i] + c * nz[i]; },
+                    [=](int64_t i, auto& v) {
+                      using V = std::remove_reference_t<decltype(v)>;
+                      V pv, nv;
+                      std::memcpy(&pv, p + i, sizeof(V));
+                      std::memcpy(&nv, nz + i, sizeof(V));
+                      v = damp * pv + c * nv;
+                    });
   });
 }
 
