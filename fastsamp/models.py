@@ -145,27 +145,35 @@ class EnergyModel:
 
 
 class ScoreMLP(torch.nn.Module):
-    """s_θ(x, t) = MLP([x, Fourier(t)]) / σ_t: an MLP with a sinusoidal time embedding,
-    output scaled by 1/σ_t (the noise-prediction parameterisation)."""
+    """s_θ(x, t) = (α_t m − x)/v_t + MLP([x, Fourier(t)])/√v_t, v_t = α_t² σ_d² + σ_t²:
+    the score of the moment-matched Gaussian (data mean m, variance σ_d²) plus a learned
+    correction, an MLP with a sinusoidal time embedding. The Gaussian part keeps the score
+    well scaled at small t and far from the data, where the network has seen little."""
 
-    def __init__(self, dim, hidden=128, n_freq=16, schedule=None):
+    def __init__(self, dim, hidden=128, n_freq=16, schedule=None, data_mean=None, data_var=1.0):
         super().__init__()
         self.schedule = schedule or VP()
         self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(1000.0), n_freq)))
+        self.register_buffer("data_mean", torch.zeros(dim) if data_mean is None else data_mean.float())
+        self.register_buffer("data_var", torch.tensor(float(data_var)))
         self.net = torch.nn.Sequential(
             torch.nn.Linear(dim + 2 * n_freq, hidden), torch.nn.SiLU(),
             torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
             torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
             torch.nn.Linear(hidden, dim))
 
-    def _sigma(self, t):
-        la = -0.5 * (self.schedule.beta_min * t + 0.5 * (self.schedule.beta_max - self.schedule.beta_min) * t * t)
-        return torch.sqrt(-torch.expm1(2 * la)).clamp_min(1e-4)
+    def marginal(self, t):
+        """(α_t, σ_t²) of the VP schedule for a tensor of times."""
+        sch = self.schedule
+        log_alpha = -0.5 * (sch.beta_min * t + 0.5 * (sch.beta_max - sch.beta_min) * t * t)
+        return log_alpha.exp(), -torch.expm1(2 * log_alpha)
 
     def forward(self, x, t):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
+        alpha, sigma2 = self.marginal(t)
+        v = alpha**2 * self.data_var + sigma2
         emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
-        return -self.net(torch.cat([x, emb], 1)) / self._sigma(t)
+        return (alpha * self.data_mean - x) / v + self.net(torch.cat([x, emb], 1)) / v.sqrt()
 
 
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
@@ -178,14 +186,15 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = samples.detach().float().cpu()
-    net = ScoreMLP(data.shape[1], hidden=hidden, schedule=schedule)
+    net = ScoreMLP(data.shape[1], hidden=hidden, schedule=schedule, data_mean=data.mean(0),
+                   data_var=float(data.var(0).mean()))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters)
     for _ in range(n_iters):
         x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
         t = t_min + (1 - t_min) * torch.rand(batch_size, 1, generator=g)
-        la = -0.5 * (schedule.beta_min * t + 0.5 * (schedule.beta_max - schedule.beta_min) * t * t)
-        alpha, sigma = la.exp(), torch.sqrt(-torch.expm1(2 * la))
+        alpha, sigma2 = net.marginal(t)
+        sigma = sigma2.sqrt()
         z = torch.randn(x0.shape, generator=g)
         s = net(alpha * x0 + sigma * z, t[:, 0])
         loss = ((sigma * s + z) ** 2).sum(1).mean()
