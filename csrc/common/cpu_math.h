@@ -325,11 +325,14 @@ FASTSAMP_VINLINE V vsqrt(V a) {
 #endif
 }
 
-// log(u) for u in [2^-126, 1] (normal, positive, finite: the Box–Muller
-// uniform_open range), vectorised. float: cephes logf polynomial (no division,
-// ~1 ulp); double: the musl formula of log<double> above.
+// -2 log(u) for u in [2^-126, 1] (normal, positive, finite: the Box–Muller
+// uniform_open range), vectorised. float: the cephes logf polynomial (no
+// division, ~1 ulp), evaluated Estrin-style for a short dependency chain;
+// double: the musl formula of log<double> above. The factor -2 is folded into
+// the coefficients: scaling by a power of two is exact, so this is -2 times the
+// log computed the plain way (same roundings), minus one multiply.
 template <typename T>
-FASTSAMP_VINLINE typename V64<T>::V vlog_unit(typename V64<T>::V u) {
+FASTSAMP_VINLINE typename V64<T>::V vneg2log_unit(typename V64<T>::V u) {
   using V = typename V64<T>::V;
   using I = typename V64<T>::I;
   using C = LogC<T>;
@@ -340,33 +343,33 @@ FASTSAMP_VINLINE typename V64<T>::V vlog_unit(typename V64<T>::V u) {
   const V f = reinterpret_cast<V>(ix) - T(1);
   const V dk = __builtin_convertvector(k, V);
   if constexpr (sizeof(T) == 4) {
+    // log = f - z/2 + f z P(f) + k ln2, P of degree 8 (coefficients times -2 below)
     const V z = f * f;
-    V p = V{} + 7.0376836292E-2f;
-    p = vfma(p, f, V{} - 1.1514610310E-1f);
-    p = vfma(p, f, V{} + 1.1676998740E-1f);
-    p = vfma(p, f, V{} - 1.2420140846E-1f);
-    p = vfma(p, f, V{} + 1.4249322787E-1f);
-    p = vfma(p, f, V{} - 1.6668057665E-1f);
-    p = vfma(p, f, V{} + 2.0000714765E-1f);
-    p = vfma(p, f, V{} - 2.4999993993E-1f);
-    p = vfma(p, f, V{} + 3.3333331174E-1f);
-    V y = p * f * z;
-    y = vfma(dk, V{} - 2.12194440e-4f, y);
-    y = vfma(z, V{} - 0.5f, y);
-    return vfma(dk, V{} + 0.693359375f, f + y);
+    const V z2 = z * z;
+    const V q01 = vfma(V{} + -2 * -2.4999993993E-1f, f, V{} + -2 * 3.3333331174E-1f);
+    const V q23 = vfma(V{} + -2 * -1.6668057665E-1f, f, V{} + -2 * 2.0000714765E-1f);
+    const V q45 = vfma(V{} + -2 * -1.2420140846E-1f, f, V{} + -2 * 1.4249322787E-1f);
+    const V q67 = vfma(V{} + -2 * -1.1514610310E-1f, f, V{} + -2 * 1.1676998740E-1f);
+    const V r03 = vfma(q23, z, q01);
+    const V r47 = vfma(V{} + -2 * 7.0376836292E-2f, z2, vfma(q67, z, q45));
+    const V p = vfma(r47, z2, r03);
+    V y = p * (f * z);
+    y = vfma(dk, V{} + -2 * -2.12194440e-4f, y);
+    y = y + z;  // -2 * (-z / 2)
+    return vfma(dk, V{} + -2 * 0.693359375f, vfma(f, V{} - 2.0f, y));
   } else {
-    const V hfsq = T(0.5) * f * f;
+    const V hfsq = -(f * f);  // -2 * (f^2 / 2)
     const V s = f / (T(2) + f);
     const V z = s * s;
     const V w = z * z;
-    const V t1 = w * vfma(w, vfma(w, V{} + 1.531383769920937332e-01, V{} + 2.222219843214978396e-01),
-                          V{} + 3.999999999940941908e-01);
-    const V t2 = z * vfma(w, vfma(w, vfma(w, V{} + 1.479819860511658591e-01, V{} + 1.818357216161805012e-01),
-                                  V{} + 2.857142874366239149e-01),
-                          V{} + 6.666666666666735130e-01);
+    const V t1 = w * vfma(w, vfma(w, V{} + -2 * 1.531383769920937332e-01, V{} + -2 * 2.222219843214978396e-01),
+                          V{} + -2 * 3.999999999940941908e-01);
+    const V t2 = z * vfma(w, vfma(w, vfma(w, V{} + -2 * 1.479819860511658591e-01, V{} + -2 * 1.818357216161805012e-01),
+                                  V{} + -2 * 2.857142874366239149e-01),
+                          V{} + -2 * 6.666666666666735130e-01);
     const V R = t2 + t1;
-    V r = vfma(dk, V{} + C::ln2_lo, s * (hfsq + R));
-    return vfma(dk, V{} + C::ln2_hi, (r - hfsq) + f);
+    const V r = vfma(dk, V{} + -2 * C::ln2_lo, s * (hfsq + R));
+    return vfma(dk, V{} + -2 * C::ln2_hi, vfma(f, V{} - 2.0, r - hfsq));
   }
 }
 
@@ -378,10 +381,11 @@ FASTSAMP_VINLINE void vsincos(typename V64<T>::V x, typename V64<T>::V* sn, type
   using C = TrigC<T>;
   const V t = vfma(x, V{} + C::two_over_pi, V{} + C::shifter);
   const V q = t - C::shifter;
-  const I qi = reinterpret_cast<I>(t) - as_int<T>(C::shifter);
+  // the shifter's low mantissa bits are 0: the low bits of t are those of q
+  const I qi = reinterpret_cast<I>(t);
   V r = vfma(-q, V{} + C::p1, x);
   r = vfma(-q, V{} + C::p2, r);
-  r = vfma(-q, V{} + C::p3, r);
+  if constexpr (sizeof(T) == 8) r = vfma(-q, V{} + C::p3, r);  // float: |q| <= 4 here, p3 q < 1e-14
   V s, c;
   const V z = r * r;
   if constexpr (sizeof(T) == 4) {
@@ -405,12 +409,15 @@ FASTSAMP_VINLINE void vsincos(typename V64<T>::V x, typename V64<T>::V* sn, type
     const V ww = T(1) - hz;
     c = ww + (((T(1) - ww) - hz) + z * rc);
   }
-  const I quad = qi & 3;
-  // quadrant 0: (s, c); 1: (c, -s); 2: (-s, -c); 3: (-c, s)
-  const V ss = (quad & 1) != 0 ? c : s;
-  const V cc = (quad & 1) != 0 ? s : c;
-  *sn = (quad & 2) != 0 ? -ss : ss;
-  *cs = ((quad + 1) & 2) != 0 ? -cc : cc;
+  // quadrant 0: (s, c); 1: (c, -s); 2: (-s, -c); 3: (-c, s): swap on bit 0,
+  // sign of sin from bit 1 of q, of cos from bit 1 of q + 1 (moved to the sign bit)
+  constexpr int kSh = 8 * static_cast<int>(sizeof(T)) - 2;
+  const I sign = I{} + (static_cast<typename Bits<T>::I>(1) << (kSh + 1));
+  const I swap = (qi & 1) != 0;
+  const V ss = swap ? c : s;
+  const V cc = swap ? s : c;
+  *sn = reinterpret_cast<V>(reinterpret_cast<I>(ss) ^ ((qi << kSh) & sign));
+  *cs = reinterpret_cast<V>(reinterpret_cast<I>(cc) ^ (((qi + 1) << kSh) & sign));
 }
 
 }  // namespace vm

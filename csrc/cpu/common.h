@@ -145,10 +145,18 @@ FASTSAMP_VINLINE void block_log_uniform(uint64_t seed, uint64_t offset, uint64_t
 // ---------------------------------------------------------------- flat-group normals
 // The normals of a draw as a stream over flat groups g = b * J + j (J = ceil(D/4)):
 // group g holds xi[b, 4j .. 4j+3] (Philox counter (j, b, offset)). 16 consecutive
-// groups are computed at a time, one per 32-bit SIMD lane (Philox with vpmuludq on
-// even/odd lanes, Box–Muller with one log/sqrt and one sincos per pair of words),
-// and written transposed, group-major: out[4 * l + lane] for group g + l. When
-// D % 4 == 0 that is exactly the row-major (B, D) layout of the normals.
+// groups are computed at a time, one per SIMD lane, and written transposed,
+// group-major: out[4 * l + q] is xi[b, 4j + q] of group g + l. When D % 4 == 0
+// that is exactly the row-major (B, D) layout of the normals.
+//
+// AVX-512: the Philox of 16 groups runs in two sets of 8 (one group per 64-bit
+// lane: vpmuludq reads the low 32 bits of each lane, so the state words need
+// never be cleaned of their high halves; lo of a product is the product itself,
+// hi one shift). The Box–Muller uses one log/sqrt and one sincos per pair of
+// words, vectorised with vm::vneg2log_unit / vm::vsincos; its four stages are
+// interleaved with the Philox rounds of the *next* 16 groups (software
+// pipeline) so that the multiply-bound Philox and the FMA-bound Box–Muller
+// overlap. Elsewhere: the lane loops of philox_lanes / box_muller above.
 typedef uint32_t U32x16 __attribute__((vector_size(64)));
 typedef int32_t I32x16 __attribute__((vector_size(64)));
 typedef uint32_t U32x8 __attribute__((vector_size(32)));
@@ -156,18 +164,10 @@ typedef float F32x16 __attribute__((vector_size(64)));
 typedef double F64x8 __attribute__((vector_size(64)));
 typedef int64_t I64x8 __attribute__((vector_size(64)));
 
-// (hi, lo) 32-bit halves of a[l] * m (portable path).
-FASTSAMP_VINLINE void mulhilo16(U32x16 a, uint32_t m, U32x16* hi, U32x16* lo) {
-  for (int l = 0; l < 16; ++l) {
-    const uint64_t p = static_cast<uint64_t>(a[l]) * m;
-    (*hi)[l] = static_cast<uint32_t>(p >> 32);
-    (*lo)[l] = static_cast<uint32_t>(p);
-  }
-}
-
 template <typename T>
 struct GroupNormals {
   uint32_t k0[10], k1[10];
+  uint32_t o0, o1;
   uint32_t c0r0, c1r0, o1k;  // round-0 terms common to all lanes
   uint32_t J, jstep, bstep;
   U32x16 jv, bv;  // counter words (j, b) of the next 16 groups
@@ -180,7 +180,8 @@ struct GroupNormals {
       a += 0x9E3779B9u;
       b += 0xBB67AE85u;
     }
-    const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
+    o0 = static_cast<uint32_t>(offset);
+    o1 = static_cast<uint32_t>(offset >> 32);
     const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * o0;
     c0r0 = static_cast<uint32_t>(p1 >> 32) ^ k0[0];
     c1r0 = static_cast<uint32_t>(p1);
@@ -195,24 +196,25 @@ struct GroupNormals {
     }
   }
 
-  // Philox state of 16 groups in flight. AVX-512: two sets of 8 groups, one per
-  // 64-bit lane; vpmuludq reads the low 32 bits of each lane, so the state words
-  // need never be cleaned of their high halves (lo of a product is the product
-  // itself, hi one shift).
-  struct State {
+  // (j, b) of the 16 groups after the current ones.
+  FASTSAMP_VINLINE void advance() {
+    jv += jstep;
+    bv += bstep;
+    const I32x16 m = jv >= J;  // -1 where the lane passed the end of its row
+    jv -= J & reinterpret_cast<U32x16>(m);
+    bv -= reinterpret_cast<U32x16>(m);
+  }
+
 #if defined(__AVX512F__)
+  struct State {
     __m512i c0[2], c1[2], c2[2], c3[2];
-#else
-    U32x16 c0, c1, c2, c3;
-#endif
   };
 
   // Round 0 for the current 16 groups (then moves on to the next 16).
   FASTSAMP_VINLINE void start(State& st) {
-#if defined(__AVX512F__)
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53u);
-    const __m512i jw = reinterpret_cast<__m512i>(jv), bw = reinterpret_cast<__m512i>(bv);
     for (int h = 0; h < 2; ++h) {
+      const __m512i jw = reinterpret_cast<__m512i>(jv), bw = reinterpret_cast<__m512i>(bv);
       const __m512i j64 = _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(jw) : _mm512_extracti64x4_epi64(jw, 1));
       const __m512i b64 = _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(bw) : _mm512_extracti64x4_epi64(bw, 1));
       const __m512i p0 = _mm512_mul_epu32(j64, m0);
@@ -222,20 +224,11 @@ struct GroupNormals {
       st.c2[h] = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), _mm512_set1_epi64(o1k));
       st.c3[h] = p0;
     }
-#else
-    U32x16 hi0, lo0;
-    mulhilo16(jv, 0xD2511F53u, &hi0, &lo0);
-    st.c0 = bv ^ c0r0;  // round 0: c2, c3 are the same in every lane
-    st.c1 = U32x16{} + c1r0;
-    st.c2 = hi0 ^ o1k;
-    st.c3 = lo0;
-#endif
     advance();
   }
 
   // Philox round `round` (1 .. 9).
   FASTSAMP_VINLINE void round(State& st, int round) const {
-#if defined(__AVX512F__)
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
     const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0[round]));
     const __m512i kk1 = _mm512_set1_epi32(static_cast<int>(k1[round]));
@@ -248,60 +241,36 @@ struct GroupNormals {
       st.c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st.c3[h], kk1, 0x96);
       st.c3[h] = p0;
     }
-#else
-    U32x16 hi0, lo0, hi1, lo1;
-    mulhilo16(st.c0, 0xD2511F53u, &hi0, &lo0);
-    mulhilo16(st.c2, 0xCD9E8D57u, &hi1, &lo1);
-    st.c0 = hi1 ^ st.c1 ^ k0[round];
-    st.c1 = lo1;
-    st.c2 = hi0 ^ st.c3 ^ k1[round];
-    st.c3 = lo0;
-#endif
   }
 
   // The 4 Philox words (after round 9), lane l = group l.
   static FASTSAMP_VINLINE void words(const State& st, U32x16* r) {
-#if defined(__AVX512F__)
     // low 32 bits of the 64-bit lanes of set 0 then set 1
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     r[0] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c0[0], even, st.c0[1]));
     r[1] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c1[0], even, st.c1[1]));
     r[2] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c2[0], even, st.c2[1]));
     r[3] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c3[0], even, st.c3[1]));
-#else
-    r[0] = st.c0;
-    r[1] = st.c1;
-    r[2] = st.c2;
-    r[3] = st.c3;
-#endif
-  }
-
-  FASTSAMP_VINLINE void advance() {
-    jv += jstep;
-    bv += bstep;
-    const I32x16 m = jv >= J;  // -1 where the lane passed the end of its row
-    jv -= J & reinterpret_cast<U32x16>(m);
-    bv -= reinterpret_cast<U32x16>(m);
   }
 
   // Box–Muller on 64-byte vectors of words, NP pairs (w[2p], w[2p+1]):
-  // n[2p] = rad cos ang, n[2p+1] = rad sin ang. tick(i), i = 0 .. 4, is called
-  // between the stages (the next block's Philox rounds go there, so that the
-  // multiply-bound Philox and the FMA-bound Box–Muller overlap).
+  // n[2p] = rad cos ang, n[2p+1] = rad sin ang. tick(i), i = 0 .. kTicks - 1, is
+  // called between the stages (the next block's Philox rounds go there).
+  static constexpr int kTicks = 5;
   template <typename V, int NP, typename U, typename Tick>
   static FASTSAMP_VINLINE void box_muller_v(const U* w, V* n, Tick&& tick) {
-    V u1[NP], ang[NP], l[NP], rad[NP];
+    V u1[NP], ang[NP], l[NP], rad[NP], s[NP], c[NP];
     for (int p = 0; p < NP; ++p) {
       u1[p] = __builtin_convertvector(w[2 * p], V) * T(2.3283064365386963e-10) + T(1.1641532182693481e-10);
       // 2π (r 2^-32) = r (2π 2^-32) exactly rounded alike: the 2^-32 scalings are exact
-      ang[p] = __builtin_convertvector(w[2 * p + 1], V) * static_cast<T>(static_cast<T>(kTwoPi) * T(2.3283064365386963e-10));
+      ang[p] = __builtin_convertvector(w[2 * p + 1], V) *
+               static_cast<T>(static_cast<T>(kTwoPi) * T(2.3283064365386963e-10));
     }
     tick(0);
-    for (int p = 0; p < NP; ++p) l[p] = vm::vlog_unit<T>(u1[p]);
+    for (int p = 0; p < NP; ++p) l[p] = vm::vneg2log_unit<T>(u1[p]);
     tick(1);
-    for (int p = 0; p < NP; ++p) rad[p] = vm::vsqrt(T(-2) * l[p]);
+    for (int p = 0; p < NP; ++p) rad[p] = vm::vsqrt(l[p]);
     tick(2);
-    V s[NP], c[NP];
     for (int p = 0; p < NP; ++p) vm::vsincos<T>(ang[p], &s[p], &c[p]);
     tick(3);
     for (int p = 0; p < NP; ++p) {
@@ -311,19 +280,23 @@ struct GroupNormals {
     tick(4);
   }
 
+  // Philox state of the current 16 groups, all rounds done (pipeline prologue).
+  FASTSAMP_VINLINE void prime(State& st) {
+    start(st);
+    for (int r = 1; r < 10; ++r) round(st, r);
+  }
+
   // 64 normals of the 16 groups whose Philox state is `st` (round 9 done) into
   // out (64-byte aligned), while running the Philox of the next 16 groups into `st`.
-  FASTSAMP_VINLINE void next_pipelined(State& st, T* __restrict out) {
+  FASTSAMP_VINLINE void next(State& st, T* __restrict out) {
     U32x16 r[4];
     words(st, r);
     start(st);
-    // rounds 1..9 of the next block spread over the 5 ticks
+    // rounds 1..9 of the next block spread evenly over the ticks
     auto tick = [&](int i) {
-      if (i == 0) { round(st, 1); round(st, 2); }
-      if (i == 1) { round(st, 3); round(st, 4); }
-      if (i == 2) { round(st, 5); round(st, 6); }
-      if (i == 3) { round(st, 7); round(st, 8); }
-      if (i == 4) { round(st, 9); }
+#pragma GCC unroll 9
+      for (int rr = 1; rr < 10; ++rr)
+        if ((rr - 1) * kTicks / 9 == i) round(st, rr);
     };
     if constexpr (sizeof(T) == 4) {
       F32x16 n[4];
@@ -340,7 +313,7 @@ struct GroupNormals {
       o[2] = __builtin_shuffle(t1, t3, plo);
       o[3] = __builtin_shuffle(t1, t3, phi);
     } else {
-      // lanes 0..7 (set h = 0) and 8..15 (h = 1) of each word, as 8 doubles
+      // lanes 0..7 and 8..15 of each word, as 8 doubles
       U32x8 w[8];
       for (int k = 0; k < 4; ++k) {
         w[k] = __builtin_shufflevector(r[k], r[k], 0, 1, 2, 3, 4, 5, 6, 7);
@@ -363,59 +336,52 @@ struct GroupNormals {
       }
     }
   }
-
-  // Philox state of the current 16 groups, all rounds done (pipeline prologue).
-  FASTSAMP_VINLINE void prime(State& st) {
-    start(st);
-    for (int r = 1; r < 10; ++r) round(st, r);
-  }
-};
-      const I32x16 ihi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-      const F32x16 t0 = __builtin_shuffle(n0, n1, ilo), t1 = __builtin_shuffle(n0, n1, ihi);
-      const F32x16 t2 = __builtin_shuffle(n2, n3, ilo), t3 = __builtin_shuffle(n2, n3, ihi);
-      const I32x16 plo = {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23};
-      const I32x16 phi = {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31};
-      F32x16* o = reinterpret_cast<F32x16*>(out);
-      o[0] = __builtin_shuffle(t0, t2, plo);
-      o[1] = __builtin_shuffle(t0, t2, phi);
-      o[2] = __builtin_shuffle(t1, t3, plo);
-      o[3] = __builtin_shuffle(t1, t3, phi);
-    } else {
-      F64x8* o = reinterpret_cast<F64x8*>(out);
-      const I64x8 ilo = {0, 8, 1, 9, 2, 10, 3, 11}, ihi = {4, 12, 5, 13, 6, 14, 7, 15};
-      const I64x8 plo = {0, 1, 8, 9, 2, 3, 10, 11}, phi = {4, 5, 12, 13, 6, 7, 14, 15};
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        U32x8 w[4];
-        for (int k = 0; k < 4; ++k)
-          w[k] = h == 0 ? __builtin_shufflevector(r[k], r[k], 0, 1, 2, 3, 4, 5, 6, 7)
-                        : __builtin_shufflevector(r[k], r[k], 8, 9, 10, 11, 12, 13, 14, 15);
-        F64x8 n0, n1, n2, n3;
-        box_muller_v<F64x8>(w[0], w[1], &n0, &n1);
-        box_muller_v<F64x8>(w[2], w[3], &n2, &n3);
-        const F64x8 t0 = __builtin_shuffle(n0, n1, ilo), t1 = __builtin_shuffle(n0, n1, ihi);
-        const F64x8 t2 = __builtin_shuffle(n2, n3, ilo), t3 = __builtin_shuffle(n2, n3, ihi);
-        o[4 * h + 0] = __builtin_shuffle(t0, t2, plo);
-        o[4 * h + 1] = __builtin_shuffle(t0, t2, phi);
-        o[4 * h + 2] = __builtin_shuffle(t1, t3, plo);
-        o[4 * h + 3] = __builtin_shuffle(t1, t3, phi);
-      }
+#else
+  struct State {};
+  FASTSAMP_VINLINE void prime(State&) {}
+  // 64 normals of the current 16 groups into out, then advance.
+  FASTSAMP_VINLINE void next(State&, T* __restrict out) {
+    alignas(64) uint32_t c0[16], c1[16], c2[16], c3[16];
+    alignas(64) T n[4][16];
+    for (int l = 0; l < 16; ++l) {
+      c0[l] = jv[l];
+      c1[l] = bv[l];
+      c2[l] = o0;
+      c3[l] = o1;
     }
+    philox_lanes<16>(c0, c1, c2, c3, k0[0], k1[0]);
+    advance();
+#pragma omp simd
+    for (int l = 0; l < 16; ++l) {
+      T e0, e1, e2, e3;
+      box_muller<T>(c0[l], c1[l], &e0, &e1);
+      box_muller<T>(c2[l], c3[l], &e2, &e3);
+      n[0][l] = e0;
+      n[1][l] = e1;
+      n[2][l] = e2;
+      n[3][l] = e3;
+    }
+    for (int l = 0; l < 16; ++l)
+      for (int q = 0; q < 4; ++q) out[4 * l + q] = n[q][l];
   }
+#endif
 };
 
-// Standard normals xi[b, d] of draw (seed, offset) for rows b0 .. b0+nb-1, dense
-// row-major into xi[(b - b0) * D + d]. xi: 64-byte aligned, room for
-// 64 * ceil(nb * J / 16) values.
-template <typename T>
-FASTSAMP_VINLINE void rows_normals(uint64_t seed, uint64_t offset, int64_t b0, int64_t nb, int D,
-                                   T* __restrict xi) {
+// Standard normals xi[b, d] of draw (seed, offset), row-major, for consecutive
+// runs of rows: `gen` (made for group g0 = b0 * J) must be at row b0, and is left
+// at row b0 + nb when nb * J is a multiple of 16. rows_normals(gen, st, nb, D, xi, pf)
+// writes the rows b0 .. b0+nb-1 densely into xi[(b - b0) * D + d] (xi: 64-byte
+// aligned, room for 64 * ceil(nb * J / 16) values) and calls pf(k, n) after
+// block k of the n blocks of 16 groups (for prefetching).
+template <typename T, typename Pf>
+FASTSAMP_VINLINE void rows_normals(GroupNormals<T>& gen, typename GroupNormals<T>::State& st, int64_t nb,
+                                   int D, T* __restrict xi, Pf&& pf) {
   const int J = (D + 3) / 4;
-  const int64_t ng = nb * J;
-  GroupNormals<T> gen(seed, offset, J, static_cast<uint64_t>(b0) * J);
-  typename GroupNormals<T>::State st;
-  gen.prime(st);
-  for (int64_t g = 0; g < ng; g += 16) gen.next_pipelined(st, xi + 4 * g);
+  const int64_t nblk = (nb * J + 15) / 16;
+  for (int64_t k = 0; k < nblk; ++k) {
+    gen.next(st, xi + 64 * k);
+    pf(k, nblk);
+  }
   if (D % 4 != 0) {
     // compact rows of 4J to rows of D (in place: destinations never overtake sources)
     const int P = 4 * J;

@@ -2,9 +2,11 @@
 // score_mh_accept (5) and the HMC pieces (6a-6d). See docs/backend-contract.md.
 //
 // Elementwise ops are single streaming passes (OpenMP static schedule). When
-// the noise is drawn in-kernel, rows are processed in blocks of W chains: the
-// Philox normals of a block are computed across SIMD lanes (one lane per
-// chain) into an L1 buffer [Dp][W] and consumed by the same pass.
+// the noise is drawn in-kernel, each thread walks a contiguous run of chunks of
+// rows: the normals of a chunk are generated over flat groups g = b * J + j,
+// 16 groups per SIMD block (GroupNormals in cpu/common.h), written row-major
+// into an L1 buffer, and consumed by the same pass; the next chunk's inputs are
+// prefetched while the normals are computed.
 #include <cmath>
 #include <cstring>
 
@@ -29,22 +31,47 @@ FASTSAMP_VINLINE int64_t chunk_rows(int D) {
 }
 
 // f(b0, nb, xi): xi[(b - b0) * D + d] is the Philox normal of element (b, d) of
-// draw (seed, offset), for rows b0 .. b0+nb-1 (a chunk). Static schedule over chunks.
+// draw (seed, offset), for rows b0 .. b0+nb-1 (a chunk). Each thread takes a
+// contiguous run of chunks (one Philox pipeline per thread). While the normals of
+// a chunk are computed, the rows of the next chunk of the `nin` input arrays
+// `in` (row length D) are prefetched, so that the memory streams keep running
+// during the compute.
 template <typename T, typename F>
-void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, F&& f) {
+void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, const T* const* in, int nin, F&& f) {
   const int64_t R = chunk_rows(D);
   const int64_t nchunk = (B + R - 1) / R;
   const int J = (D + 3) / 4;
   const size_t cap = static_cast<size_t>(64 * ((R * J + 15) / 16));
 #pragma omp parallel
   {
-    Buf<T> xi(cap);
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < nchunk; ++c) {
-      const int64_t b0 = c * R;
-      const int64_t nb = std::min<int64_t>(R, B - b0);
-      rows_normals<T>(seed, offset, b0, nb, D, xi.p);
-      f(b0, nb, static_cast<const T*>(xi.p));
+    int nt = 1, id = 0;
+#ifdef _OPENMP
+    nt = omp_get_num_threads();
+    id = omp_get_thread_num();
+#endif
+    const int64_t per = (nchunk + nt - 1) / nt;
+    const int64_t c0 = std::min<int64_t>(nchunk, per * id), c1 = std::min<int64_t>(nchunk, per * (id + 1));
+    if (c0 < c1) {
+      Buf<T> xi(cap);
+      GroupNormals<T> gen(seed, offset, J, static_cast<uint64_t>(c0 * R) * J);
+      typename GroupNormals<T>::State st;
+      gen.prime(st);
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t b0 = c * R;
+        const int64_t nb = std::min<int64_t>(R, B - b0);
+        // next chunk's input bytes [pf0, pf1) of each array, spread over the blocks
+        const int64_t e0 = std::min(B, b0 + R) * D, e1 = std::min(B, b0 + 2 * R) * D;
+        const char* const* inb = reinterpret_cast<const char* const*>(in);
+        const int64_t pf0 = e0 * static_cast<int64_t>(sizeof(T)), pf1 = e1 * static_cast<int64_t>(sizeof(T));
+        const int64_t nblk = (nb * J + 15) / 16;
+        const int64_t lpb = ((pf1 - pf0 + 63) / 64 + nblk - 1) / nblk;  // lines per block
+        rows_normals<T>(gen, st, nb, D, xi.p, [&](int64_t k, int64_t) {
+          const int64_t o0 = pf0 + 64 * lpb * k, o1 = std::min(pf1, o0 + 64 * lpb);
+          for (int a = 0; a < nin; ++a)
+            for (int64_t o = o0; o < o1; o += 64) __builtin_prefetch(inb[a] + o, 0, 3);
+        });
+        f(b0, nb, static_cast<const T*>(xi.p));
+      }
     }
   }
 }
@@ -52,13 +79,14 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, F&& f) {
 // f(b, xi, stride): xi[d * stride] is the normal of element (b, d).
 // Given noise: rows of `noise`; else the Philox draw (seed, offset).
 template <typename T, typename F>
-void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, F&& f) {
+void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, const T* const* in, int nin,
+                     F&& f) {
   if (noise) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) f(b, noise + b * D, 1);
     return;
   }
-  philox_chunks<T>(B, D, seed, offset, [&](int64_t b0, int64_t nb, const T* xi) {
+  philox_chunks<T>(B, D, seed, offset, in, nin, [&](int64_t b0, int64_t nb, const T* xi) {
     for (int64_t r = 0; r < nb; ++r) f(b0 + r, xi + r * D, 1);
   });
 }
@@ -168,17 +196,18 @@ void sde_step_impl(const T* __restrict x, const T* __restrict score, const T* __
     });
     return;
   }
-  philox_chunks<T>(B, D, seed, offset, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
-    const int64_t i0 = b0 * D;
-    const T* __restrict nz = xi - i0;  // nz[i]: normal of flat element i of this chunk
+  const T* in[3] = {x, score, extra};
+  philox_chunks<T>(B, D, seed, offset, in, extra ? 3 : 2, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+    const int64_t i0 = b0 * D;  // xi[i - i0]: normal of flat element i of this chunk
     stream_range<T>(i0, nb * D, out, [=](int64_t i) {
-      return extra ? a * x[i] + cs * (score[i] + extra[i]) + cn * nz[i] : a * x[i] + cs * score[i] + cn * nz[i];
+      const T n = xi[i - i0];
+      return extra ? a * x[i] + cs * (score[i] + extra[i]) + cn * n : a * x[i] + cs * score[i] + cn * n;
     }, [=](int64_t i, auto& v) {
       using V = std::remove_reference_t<decltype(v)>;
       V xv, sv, nv;
       std::memcpy(&xv, x + i, sizeof(V));
       std::memcpy(&sv, score + i, sizeof(V));
-      std::memcpy(&nv, nz + i, sizeof(V));
+      std::memcpy(&nv, xi + (i - i0), sizeof(V));
       if (extra) {
         V ev;
         std::memcpy(&ev, extra + i, sizeof(V));
@@ -195,7 +224,8 @@ void mala_propose_impl(const T* __restrict x, const T* __restrict score, const T
                        const T* noise, int64_t B, int Drt, uint64_t seed, uint64_t offset,
                        T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
-  rows_with_noise<T>(noise, B, D, seed, offset, [&](int64_t b, const T* __restrict xi, int stride) {
+  const T* in[2] = {x, score};
+  rows_with_noise<T>(noise, B, D, seed, offset, in, 2, [&](int64_t b, const T* __restrict xi, int stride) {
     const T e = step[b];
     const T q = std::sqrt(T(2) * e);
     const T* __restrict xr = x + b * D;
@@ -217,15 +247,15 @@ void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, i
     for (int64_t i = 0; i < N; ++i) out[i] = damp * p[i] + c * noise[i];
     return;
   }
-  philox_chunks<T>(B, D, seed, offset, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+  const T* in[1] = {p};
+  philox_chunks<T>(B, D, seed, offset, in, 1, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
     const int64_t i0 = b0 * D;
-    const T* __restrict nz = xi - i0;
-    stream_range<T>(i0, nb * D, out, [=](int64_t i) { return damp * p[i] + c * nz[i]; },
+    stream_range<T>(i0, nb * D, out, [=](int64_t i) { return damp * p[i] + c * xi[i - i0]; },
                     [=](int64_t i, auto& v) {
                       using V = std::remove_reference_t<decltype(v)>;
                       V pv, nv;
                       std::memcpy(&pv, p + i, sizeof(V));
-                      std::memcpy(&nv, nz + i, sizeof(V));
+                      std::memcpy(&nv, xi + (i - i0), sizeof(V));
                       v = damp * pv + c * nv;
                     });
   });
