@@ -21,10 +21,6 @@ COMPILED = ("cpp", "triton", "cuda")
 TRITON_INTERPRETED = not HAS_CUDA
 
 
-def skip_if_interpreted(name: str, reason: str):
-    if name == "triton" and TRITON_INTERPRETED:
-        pytest.skip(f"triton under the interpreter: {reason} (runs where a GPU is present)")
-
 
 def backend_device(name: str) -> torch.device:
     if name == "cpp":

@@ -6,7 +6,7 @@ inflates the within-mode variance by about 1/(1 − ε/(2v)) — the tolerances 
 """
 import pytest
 import torch
-from conftest import COMPILED, backend_device, skip_if_interpreted, skip_unless_available
+from conftest import COMPILED, TRITON_INTERPRETED, backend_device, skip_unless_available
 
 from fastsamp import ops
 
@@ -44,12 +44,14 @@ def run_chains(backend, device, dtype, mh, n_trapezoid, n=20000, steps=20, eps=0
 def test_mh_keeps_the_mixture_invariant(name, mh, n_trapezoid):
     if name != "torch":
         skip_unless_available(name)
-        skip_if_interpreted(name, "20000 chains x 20 fused moves")
     device = backend_device(name) if name != "torch" else torch.device("cpu")
-    x, rate = run_chains(name, device, torch.float32, mh, n_trapezoid)
+    # the Triton interpreter (numpy) is slow: fewer chains, tolerances widened by √(20000/n)
+    n = 4000 if name == "triton" and TRITON_INTERPRETED else 20000
+    x, rate = run_chains(name, device, torch.float32, mh, n_trapezoid, n=n)
     m = moments(x)
     for key, want in EXACT.items():
-        assert abs(m[key] - want) < TOL[key], f"{key}: {m[key]:.4f} vs exact {want} ({m})"
+        tol = TOL[key] * (20000 / n) ** 0.5
+        assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
     assert 0.3 < rate.mean().item() < 0.99
 
 
