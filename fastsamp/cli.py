@@ -1,4 +1,4 @@
-"""fastsamp command line: `fastsamp sample` (the main job), `bench`, `compose`, `info`."""
+"""fastsamp command line: `fastsamp sample` (the main job), `bench`, `compose`, `importance`, `info`."""
 from __future__ import annotations
 
 import argparse
@@ -146,6 +146,13 @@ def main(argv=None) -> int:
     c.add_argument("--json", default=None)
     c.add_argument("--png", default=None)
     c.set_defaults(fn=lambda a: __import__("fastsamp.composition", fromlist=["main"]).main(a))
+    m = sub.add_parser("importance", help="training-free importance sampling test bed with exact answers")
+    m.add_argument("--samples", type=int, default=4000)
+    m.add_argument("--steps", type=int, default=200)
+    m.add_argument("--seeds", type=int, default=3)
+    m.add_argument("--json", default=None)
+    m.add_argument("--png", default=None)
+    m.set_defaults(fn=lambda a: __import__("fastsamp.tilting", fromlist=["main"]).main(a))
     i = sub.add_parser("info", help="backends and build flags")
     i.set_defaults(fn=cmd_info)
     args = p.parse_args(argv)

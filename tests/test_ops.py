@@ -248,3 +248,18 @@ def test_reverse_sde_step_out_and_in_place(backend, dtype, B, D):
     x_in = x.clone()
     ops.reverse_sde_step(x_in, s, out=x_in, **kw)
     assert torch.equal(x_in, expect)
+
+
+@pytest.mark.parametrize("B,D", SHAPES)
+@pytest.mark.parametrize("noise_src", ["tensor", "philox"])
+def test_guided_sde_step(backend, dtype, B, D, noise_src):
+    name, device = backend
+    skip_unless_op(name, "guided_sde_step")
+    x, s, s_shift, v, xi = (rand(B, D, dtype=dtype, device=device) for _ in range(5))
+    s_shift = s + 1e-3 * s_shift  # a finite difference: s(x + εv) close to s(x)
+    kw = dict(t=0.7, h=0.01, schedule=VP(), fd_eps=1e-3, guidance=0.8)
+    src = {"noise": xi} if noise_src == "tensor" else {"seed": 4, "offset": 9}
+    out = ops.guided_sde_step(x, s, s_shift, v, backend=name, **kw, **src)
+    src64 = {"noise": f64(xi)[0]} if noise_src == "tensor" else src
+    expect = ops.guided_sde_step(*f64(x, s, s_shift, v), backend="torch", **kw, **src64)
+    assert_close(out, expect, dtype, scale=10, name="x_new")

@@ -7,9 +7,9 @@ from .gmm import gmm_mala, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import line_points, mala_propose, score_mh_accept
 from .random import normal, uniform
-from .sde import reverse_sde_step
+from .sde import guided_sde_step, reverse_sde_step
 
 __all__ = [
-    "gmm_score", "gmm_mala", "reverse_sde_step", "mala_propose", "line_points", "score_mh_accept",
+    "gmm_score", "gmm_mala", "reverse_sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
 ]

@@ -44,6 +44,13 @@ def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
     return x_new if out is None else out.copy_(x_new)
 
 
+def guided_sde_step(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=None):
+    """x_new = a·x + c_s·(score + c_v·v + c_diff·(score_shift − score)) + c_n·ξ."""
+    drift = score + c_v * v + c_diff * (score_shift - score)
+    x_new = a * x + c_s * drift + c_n * _noise(x, noise, seed, offset)
+    return x_new if out is None else out.copy_(x_new)
+
+
 def mala_propose(x, score, step_size, noise, seed, offset):
     """x' = x + ε score + √(2ε) ξ."""
     eps = step_size[:, None]

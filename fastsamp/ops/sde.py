@@ -36,3 +36,38 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     fn = backends.resolve(backend, "sde_step", x.device)
     return fn(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=out)
+
+
+def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidance=1.0, noise=None, seed=None,
+                    offset=0, out=None, backend="auto"):
+    """Reverse Euler–Maruyama step t → t − h whose score is s + g, with the training-free
+    importance-sampling guidance (Kim et al.)
+
+        g = w [ v/α_t + σ_t²/(ε α_t) (s(x + ε v, t) − s(x, t)) ],   v = ∇log l(x̂₀),
+
+    the chain rule through the Tweedie denoiser x̂₀ = (x + σ_t² s)/α_t with the Hessian-vector
+    product by a finite difference of the score (`score_shift` = s(x + ε v, t), ε = fd_eps).
+    w = `guidance` (a guidance-strength schedule value). One fused pass.
+    """
+    x = _checks.state("x", x)
+    score = _checks.like("score", score, x)
+    score_shift = _checks.like("score_shift", score_shift, x)
+    v = _checks.like("v", v, x)
+    if not isinstance(schedule, (VP, VE)):
+        raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
+    t = _checks.finite_float("t", t)
+    h = _checks.finite_float("h", h, positive=True)
+    fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True)
+    guidance = _checks.finite_float("guidance", guidance, nonnegative=True)
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"t must be in (0, 1], got {t}")
+    noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+            raise ValueError("out must be a contiguous tensor")
+        out = _checks.like("out", out, x)
+    a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
+    alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)
+    c_v, c_diff = guidance / alpha, guidance * sigma2 / (fd_eps * alpha)
+    fn = backends.resolve(backend, "guided_sde_step", x.device)
+    return fn(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=out)
