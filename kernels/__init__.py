@@ -11,10 +11,10 @@ ValueError above. K is unrestricted (online log-sum-exp loop).
 from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_mala, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import line_points, mala_propose, score_mh_accept
-from .sde import sde_step
+from .sde import guided_sde_step, sde_step
 
 __all__ = [
-    "gmm_score", "gmm_mala", "sde_step", "mala_propose", "line_points", "score_mh_accept",
+    "gmm_score", "gmm_mala", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh",
     "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D",
 ]

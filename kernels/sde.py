@@ -1,8 +1,10 @@
-"""sde_step and the shared "affine + noise" streaming kernel.
+"""sde_step, guided_sde_step and the shared "affine + noise" streaming kernel.
 
-One template, specialised by constexprs, serves three ops:
+One template, specialised by constexprs, serves four ops:
 
     sde_step         out = a x + c_s (score + extra) + c_n xi        (scalars a, c_s, c_n)
+    guided_sde_step  out = a x + c_s (score + c_v v + c_diff (shift - score)) + c_n xi
+                                                                      (GUIDED: extra = v)
     mala_propose     out = x + eps_b score + sqrt(2 eps_b) xi        (PER_CHAIN)
     momentum_refresh out = damping p + sqrt(1 - damping^2) xi        (HAS_SCORE = False)
 
@@ -20,12 +22,12 @@ from .tiles import quad_tile, sqrt_ieee
 
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
-def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, noise_ptr, eps_ptr, out_ptr,
-                         a: tl.float64, c_s: tl.float64, c_n: tl.float64,
+def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, shift_ptr, noise_ptr, eps_ptr, out_ptr,
+                         a: tl.float64, c_s: tl.float64, c_v: tl.float64, c_diff: tl.float64, c_n: tl.float64,
                          k0, k1, o0, o1, D, J, n_groups,
-                         HAS_SCORE: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_NOISE: tl.constexpr,
-                         PER_CHAIN: tl.constexpr, EVEN4: tl.constexpr, IDX64: tl.constexpr,
-                         BLOCK_G: tl.constexpr):
+                         HAS_SCORE: tl.constexpr, HAS_EXTRA: tl.constexpr, GUIDED: tl.constexpr,
+                         HAS_NOISE: tl.constexpr, PER_CHAIN: tl.constexpr, EVEN4: tl.constexpr,
+                         IDX64: tl.constexpr, BLOCK_G: tl.constexpr):
     pid = tl.program_id(0)
     b, j, gmask, lane, offs, mask = quad_tile(pid, D, J, n_groups, BLOCK_G, EVEN4, IDX64)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
@@ -46,15 +48,22 @@ def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, noise_ptr, eps_ptr, out_pt
         y = a.to(DT) * x
     if HAS_SCORE:
         s = tl.load(score_ptr + offs, mask=mask, other=0.0)
-        if HAS_EXTRA:
+        if GUIDED:
+            # extra = v; the difference shift - score first (c_diff can be ~1e5)
+            v = tl.load(extra_ptr + offs, mask=mask, other=0.0)
+            sh = tl.load(shift_ptr + offs, mask=mask, other=0.0)
+            s = s + c_v.to(DT) * v + c_diff.to(DT) * (sh - s)
+        elif HAS_EXTRA:
             s = s + tl.load(extra_ptr + offs, mask=mask, other=0.0)
         y = y + cs * s
     y = y + cn * xi
     tl.store(out_ptr + offs, y, mask=mask)
 
 
-def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=None):
-    """Launch _affine_noise_kernel; `eps` (B,) selects the per-chain (MALA) form."""
+def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=None, shift=None, c_v=0.0,
+                 c_diff=0.0):
+    """Launch _affine_noise_kernel; `eps` (B,) selects the per-chain (MALA) form, `shift`
+    the guided form (then `extra` is v: drift = score + c_v v + c_diff (shift - score))."""
     B, D = x.shape
     out = torch.empty_like(x) if out is None else out
     if x.numel() == 0:
@@ -64,9 +73,10 @@ def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=Non
     o0, o1 = split64(offset)
     launch(_affine_noise_kernel, grid,
         x, score if score is not None else x, extra if extra is not None else x,
-        noise if noise is not None else x, eps if eps is not None else x, out,
-        f64(a), f64(c_s), f64(c_n), k0, k1, o0, o1, D, J, n_groups,
-        HAS_SCORE=score is not None, HAS_EXTRA=extra is not None, HAS_NOISE=noise is not None,
+        shift if shift is not None else x, noise if noise is not None else x, eps if eps is not None else x, out,
+        f64(a), f64(c_s), f64(c_v), f64(c_diff), f64(c_n), k0, k1, o0, o1, D, J, n_groups,
+        HAS_SCORE=score is not None, HAS_EXTRA=extra is not None, GUIDED=shift is not None,
+        HAS_NOISE=noise is not None,
         PER_CHAIN=eps is not None, EVEN4=(D % 4 == 0), IDX64=need_idx64(B * J * 4),
         BLOCK_G=block_g, num_warps=QUAD_WARPS, enable_fp_fusion=False)
     return out
@@ -74,3 +84,8 @@ def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=Non
 
 def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
     return affine_noise(x, score, extra_drift, noise, None, a, c_s, c_n, seed, offset, out)
+
+
+def guided_sde_step(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=None):
+    return affine_noise(x, score, v, noise, None, a, c_s, c_n, seed, offset, out, shift=score_shift, c_v=c_v,
+                        c_diff=c_diff)

@@ -20,6 +20,10 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
               int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n, uintptr_t out);
 
+void guided_sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t score_shift, uintptr_t v,
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double a, double c_s,
+                     double c_v, double c_diff, double c_n, uintptr_t out);
+
 void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
                   int64_t D, uint64_t seed, uint64_t offset, uintptr_t out);
 

@@ -20,6 +20,9 @@ void register_cpu_ops(py::module_& m) {
   m.def("cpu_sde_step", &c::sde_step, rel(), "dtype"_a, "x"_a, "score"_a, "extra_drift"_a, "noise"_a, "B"_a,
         "D"_a, "seed"_a, "offset"_a, "a"_a, "c_s"_a, "c_n"_a, "out"_a,
         "x_new = a x + c_s (score + extra_drift) + c_n xi (op 2).");
+  m.def("cpu_guided_sde_step", &c::guided_sde_step, rel(), "dtype"_a, "x"_a, "score"_a, "score_shift"_a, "v"_a,
+        "noise"_a, "B"_a, "D"_a, "seed"_a, "offset"_a, "a"_a, "c_s"_a, "c_v"_a, "c_diff"_a, "c_n"_a, "out"_a,
+        "x_new = a x + c_s (score + c_v v + c_diff (score_shift - score)) + c_n xi (op 2b).");
   m.def("cpu_mala_propose", &c::mala_propose, rel(), "dtype"_a, "x"_a, "score"_a, "step_size"_a, "noise"_a,
         "B"_a, "D"_a, "seed"_a, "offset"_a, "out"_a, "MALA proposal (op 3).");
   m.def("cpu_line_points", &c::line_points, rel(), "dtype"_a, "x"_a, "x_prop"_a, "B"_a, "D"_a, "n"_a,

@@ -1,4 +1,4 @@
-// Streaming / per-chain kernels: sde_step (2), mala_propose (3), line_points (4),
+// Streaming / per-chain kernels: sde_step (2), guided_sde_step (2b), mala_propose (3), line_points (4),
 // score_mh_accept (5) and the HMC pieces (6a-6d). See docs/backend-contract.md.
 //
 // Elementwise ops are single streaming passes (OpenMP static schedule). When
@@ -171,50 +171,65 @@ void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
   }
 }
 
-template <typename T, int DC>
-void sde_step_impl(const T* __restrict x, const T* __restrict score, const T* __restrict extra,
-                   const T* __restrict noise, int64_t B, int Drt, uint64_t seed, uint64_t offset, T a,
-                   T cs, T cn, T* __restrict out) {
+// One template for the "affine + noise" steps: out = a x + c_s drift + c_n xi with
+//   sde_step (GUIDED = false):        drift = score + extra          (extra may be null)
+//   guided_sde_step (GUIDED = true):  drift = score + c_v v + c_diff (shift - score)
+// (`extra` is v in the guided form; shift - score is formed first, c_diff can be ~1e5).
+// GUIDED is a compile-time flag: the sde_step instantiations are unchanged.
+template <typename T, int DC, bool GUIDED>
+void affine_noise_impl(const T* __restrict x, const T* __restrict score, const T* __restrict extra,
+                       const T* __restrict shift, const T* __restrict noise, int64_t B, int Drt, uint64_t seed,
+                       uint64_t offset, T a, T cs, T cv, T cdiff, T cn, T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
+  // drift of flat element i, scalar and 64-byte vector forms
+  auto drift = [=](int64_t i) -> T {
+    if constexpr (GUIDED) {
+      return score[i] + cv * extra[i] + cdiff * (shift[i] - score[i]);
+    } else {
+      return extra ? score[i] + extra[i] : score[i];
+    }
+  };
+  auto drift_v = [=](int64_t i, auto& sv) {
+    using V = std::remove_reference_t<decltype(sv)>;
+    std::memcpy(&sv, score + i, sizeof(V));
+    if constexpr (GUIDED) {
+      V vv, hv;
+      std::memcpy(&vv, extra + i, sizeof(V));
+      std::memcpy(&hv, shift + i, sizeof(V));
+      sv = sv + cv * vv + cdiff * (hv - sv);
+    } else if (extra) {
+      V ev;
+      std::memcpy(&ev, extra + i, sizeof(V));
+      sv = sv + ev;
+    }
+  };
   if (noise) {
-    // one streaming triad over B*D elements
+    // one streaming pass over B*D elements
     const int64_t N = B * D;
-    triad_stream<T>(N, out, [=](int64_t i) {
-      return extra ? a * x[i] + cs * (score[i] + extra[i]) + cn * noise[i] : a * x[i] + cs * score[i] + cn * noise[i];
-    }, [=](int64_t i, auto& v) {
-      using V = std::remove_reference_t<decltype(v)>;
-      V xv, sv, nv;
-      std::memcpy(&xv, x + i, sizeof(V));
-      std::memcpy(&sv, score + i, sizeof(V));
-      std::memcpy(&nv, noise + i, sizeof(V));
-      if (extra) {
-        V ev;
-        std::memcpy(&ev, extra + i, sizeof(V));
-        sv = sv + ev;
-      }
-      v = a * xv + cs * sv + cn * nv;
-    });
+    triad_stream<T>(N, out, [=](int64_t i) { return a * x[i] + cs * drift(i) + cn * noise[i]; },
+                    [=](int64_t i, auto& v) {
+                      using V = std::remove_reference_t<decltype(v)>;
+                      V xv, sv, nv;
+                      std::memcpy(&xv, x + i, sizeof(V));
+                      drift_v(i, sv);
+                      std::memcpy(&nv, noise + i, sizeof(V));
+                      v = a * xv + cs * sv + cn * nv;
+                    });
     return;
   }
-  const T* in[3] = {x, score, extra};
-  philox_chunks<T>(B, D, seed, offset, in, extra ? 3 : 2, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+  const T* in[4] = {x, score, extra, shift};
+  const int nin = GUIDED ? 4 : (extra ? 3 : 2);
+  philox_chunks<T>(B, D, seed, offset, in, nin, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
     const int64_t i0 = b0 * D;  // xi[i - i0]: normal of flat element i of this chunk
-    stream_range<T>(i0, nb * D, out, [=](int64_t i) {
-      const T n = xi[i - i0];
-      return extra ? a * x[i] + cs * (score[i] + extra[i]) + cn * n : a * x[i] + cs * score[i] + cn * n;
-    }, [=](int64_t i, auto& v) {
-      using V = std::remove_reference_t<decltype(v)>;
-      V xv, sv, nv;
-      std::memcpy(&xv, x + i, sizeof(V));
-      std::memcpy(&sv, score + i, sizeof(V));
-      std::memcpy(&nv, xi + (i - i0), sizeof(V));
-      if (extra) {
-        V ev;
-        std::memcpy(&ev, extra + i, sizeof(V));
-        sv = sv + ev;
-      }
-      v = a * xv + cs * sv + cn * nv;
-    });
+    stream_range<T>(i0, nb * D, out, [=](int64_t i) { return a * x[i] + cs * drift(i) + cn * xi[i - i0]; },
+                    [=](int64_t i, auto& v) {
+                      using V = std::remove_reference_t<decltype(v)>;
+                      V xv, sv, nv;
+                      std::memcpy(&xv, x + i, sizeof(V));
+                      drift_v(i, sv);
+                      std::memcpy(&nv, xi + (i - i0), sizeof(V));
+                      v = a * xv + cs * sv + cn * nv;
+                    });
   });
 }
 
@@ -403,9 +418,23 @@ void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, ui
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_d(D, [&](auto dc) {
-      sde_step_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(extra_drift), ptr<T>(noise), B,
-                                            static_cast<int>(D), seed, offset, static_cast<T>(a),
-                                            static_cast<T>(c_s), static_cast<T>(c_n), ptr<T>(out));
+      affine_noise_impl<T, decltype(dc)::value, false>(
+          ptr<T>(x), ptr<T>(score), ptr<T>(extra_drift), nullptr, ptr<T>(noise), B, static_cast<int>(D), seed,
+          offset, static_cast<T>(a), static_cast<T>(c_s), T(0), T(0), static_cast<T>(c_n), ptr<T>(out));
+    });
+  });
+}
+
+void guided_sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t score_shift, uintptr_t v,
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double a, double c_s,
+                     double c_v, double c_diff, double c_n, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      affine_noise_impl<T, decltype(dc)::value, true>(
+          ptr<T>(x), ptr<T>(score), ptr<T>(v), ptr<T>(score_shift), ptr<T>(noise), B, static_cast<int>(D), seed,
+          offset, static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_v), static_cast<T>(c_diff),
+          static_cast<T>(c_n), ptr<T>(out));
     });
   });
 }

@@ -34,6 +34,16 @@ def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
     return out
 
 
+def guided_sde_step(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=None):
+    B, D = x.shape
+    out = torch.empty_like(x) if out is None else out
+    if x.numel() > 0:
+        _C.cpu_guided_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), score_shift.data_ptr(), v.data_ptr(),
+                               _p(noise), B, D, _u64(seed), _u64(offset), float(a), float(c_s), float(c_v),
+                               float(c_diff), float(c_n), out.data_ptr())
+    return out
+
+
 def mala_propose(x, score, step_size, noise, seed, offset):
     B, D = x.shape
     out = torch.empty_like(x)
@@ -120,5 +130,5 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
     return x_new, rate
 
 
-__all__ = ["gmm_score", "sde_step", "mala_propose", "line_points", "score_mh_accept", "leapfrog",
-           "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala"]
+__all__ = ["gmm_score", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
+           "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala"]
