@@ -88,6 +88,8 @@ def _cases(device, dtype):
     # the same step into a preallocated output: what a sampler loop does (x updated in place)
     out = torch.empty_like(xs)
     cases["sde_step(out=)"] = ((xs, ss, None, None, 3, 0, a, c_s, c_n, out), 3 * size * B * D, 5 * B * D)
+    vs, sh = rnd(B, D), ss + 1e-3 * rnd(B, D)
+    cases["guided_sde_step"] = ((xs, ss, sh, vs, None, 3, 0, a, c_s, 0.5, 40.0, c_n), 5 * size * B * D, 10 * B * D)
     eps = torch.full((B,), 0.05, dtype=dtype, device=device)
     cases["mala_propose"] = ((xs, ss, eps, None, 3, 0), size * (3 * B * D + B), 5 * B * D)
     xp = xs + 0.1 * ss
@@ -113,6 +115,10 @@ def baseline(op):
         def sde_step(x, score, extra, noise, seed, offset, a, c_s, c_n, out=None):
             return ref.sde_step(x, score, extra, torch.randn_like(x), seed, offset, a, c_s, c_n, out)
         return sde_step
+    if op == "guided_sde_step":
+        def guided_sde_step(x, score, shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n):
+            return ref.guided_sde_step(x, score, shift, v, torch.randn_like(x), seed, offset, a, c_s, c_v, c_diff, c_n)
+        return guided_sde_step
     if op == "mala_propose":
         def mala_propose(x, score, eps, noise, seed, offset):
             return ref.mala_propose(x, score, eps, torch.randn_like(x), seed, offset)
