@@ -8,7 +8,7 @@ nox.options.sessions = ["lint", "tests"]
 
 
 def _install(session, *extra):
-    session.install(TORCH_CPU, "numpy", "pybind11>=2.12", "setuptools>=64", "wheel", *extra)
+    session.install(TORCH_CPU, "numpy", "pybind11>=2.12", "setuptools>=77", "wheel", *extra)
     session.install("--no-build-isolation", "-e", ".")
 
 
@@ -33,7 +33,7 @@ def bench(session):
 @nox.session
 def cuda_build(session):
     """Compile the CUDA kernels with nvcc (a compile check on machines without a GPU)."""
-    session.install("pybind11>=2.12", "setuptools>=64", "wheel")
+    session.install("pybind11>=2.12", "setuptools>=77", "wheel")
     session.run("python", "setup.py", "build_ext", "--inplace", "--force",
                 env={"FASTSAMP_NVCC": os.environ.get("FASTSAMP_NVCC", "nvcc")})
     session.run("python", "-c", "import fastsamp._C as C; assert C.has_cuda, 'built without CUDA';"

@@ -94,3 +94,14 @@ def test_energy_and_score_models_wrap_callables():
     assert y.shape == x.shape and torch.isfinite(y).all()
     with pytest.raises(ValueError, match="mh='energy' needs a model with an energy"):
         annealed_mcmc(sm, 10, mh="energy")
+
+
+def test_step_size_adaptation_moves_acceptance_to_target():
+    """Per-chain adaptation: from a step far too large, acceptance moves towards the target."""
+    common = dict(n_levels=40, corrector="mala", mh="score", n_corrector_steps=3, step_size=3.0, n_trapezoid=2,
+                  seed=2)
+    _, fixed = annealed_mcmc(MIX, 3000, **common)
+    _, adapted = annealed_mcmc(MIX, 3000, adapt=True, target_accept=0.6, **common)
+    assert abs(adapted.accept_rate[-1] - 0.6) < 0.1 < abs(fixed.accept_rate[-1] - 0.6), \
+        (fixed.accept_rate[-1], adapted.accept_rate[-1])
+    assert adapted.step_size[-1] < fixed.step_size[-1]

@@ -108,7 +108,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh="score
         x, p, rate, offset = _corrector(f, x, p, t, eps, corrector, mh, n_corrector_steps, n_trapezoid, n_leapfrog,
                                         damping, seed, offset, backend, stats.fused)
         if adapt and corrector in ("mala", "hmc"):
-            factor = factor * torch.exp(0.5 * (rate - target_accept))
+            factor = factor * torch.exp(rate - target_accept)  # Robbins-Monro on log ε, gain 1
         stats.accept_rate.append(float(rate.mean()))
         stats.step_size.append(float(eps.mean()))
     stats.n_score_evals = f.n
