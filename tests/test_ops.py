@@ -47,8 +47,17 @@ def test_gmm_score(backend, dtype, B, D, K):
     score, logp = ops.gmm_score(x, means, lw, var, alpha=alpha, sigma2=sigma2, backend=name)
     r_score, r_logp = ref.gmm_score(*f64(x, means, lw, var), alpha, sigma2)
     assert score.dtype == dtype and score.device.type == device.type
-    assert_close(score, r_score, dtype, scale=10, name="score")
-    assert_close(logp, r_logp, dtype, scale=10 * D, name="logp")
+    if dtype == torch.float64:
+        assert_close(score, r_score, dtype, scale=10, name="score")
+        assert_close(logp, r_logp, dtype, scale=10 * D, name="logp")
+        return
+    # float32: the softmax over log-densities of size ~|x − μ|²/(2s) amplifies rounding, so the
+    # bound is the float32 reference's own error against float64 (times a small factor)
+    s32, l32 = ref.gmm_score(*[t.cpu() for t in (x, means, lw, var)], alpha, sigma2)
+    for name_, out, exact, ref32 in (("score", score, r_score, s32), ("logp", logp, r_logp, l32)):
+        err = (out.double().cpu() - exact).abs().max().item()
+        err_ref = (ref32.double() - exact).abs().max().item()
+        assert err <= 4 * err_ref + 1e-5 * (1 + exact.abs().max().item()), (name_, err, err_ref)
 
 
 def test_gmm_score_far_from_modes(backend, dtype):
