@@ -144,7 +144,7 @@ def assert_accept_matches(out, expect, u, dtype, D):
     assert acc.dtype == torch.bool and log_alpha.shape == e_la.shape
     assert_close(log_alpha, e_la, dtype, scale=100 * D, name="log_alpha")
     margin = (torch.log(u.double().cpu()) - e_la).abs() > 1e-3 * (1 + e_la.abs())
-    assert margin.float().mean() > 0.9
+    assert int(margin.sum()) >= margin.numel() - max(1, margin.numel() // 10)  # near-ties are rare
     assert torch.equal(acc.cpu()[margin], e_acc[margin])
     assert_close(x_new.cpu()[margin], e_x[margin], dtype, name="x_new")
     assert_close(s_new.cpu()[margin], e_s[margin], dtype, name="score_new")

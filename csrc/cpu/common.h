@@ -286,9 +286,21 @@ struct GroupNormals {
     for (int r = 1; r < 10; ++r) round(st, r);
   }
 
+  // 64-byte vectors of T: 64 normals are kVecs of them.
+  typedef T Vec __attribute__((vector_size(64)));
+  static constexpr int kVecs = static_cast<int>(sizeof(T)) == 4 ? 4 : 8;
+
   // 64 normals of the 16 groups whose Philox state is `st` (round 9 done) into
   // out (64-byte aligned), while running the Philox of the next 16 groups into `st`.
   FASTSAMP_VINLINE void next(State& st, T* __restrict out) {
+    Vec n[kVecs];
+    next_v(st, n);
+    Vec* o = reinterpret_cast<Vec*>(out);
+    for (int k = 0; k < kVecs; ++k) o[k] = n[k];
+  }
+
+  // The same 64 normals as kVecs vectors (o[k] holds normals 64/kVecs * k ..).
+  FASTSAMP_VINLINE void next_v(State& st, Vec* __restrict o) {
     U32x16 r[4];
     words(st, r);
     start(st);
@@ -307,7 +319,6 @@ struct GroupNormals {
       const F32x16 t2 = __builtin_shuffle(n[2], n[3], ilo), t3 = __builtin_shuffle(n[2], n[3], ihi);
       const I32x16 plo = {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23};
       const I32x16 phi = {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31};
-      F32x16* o = reinterpret_cast<F32x16*>(out);
       o[0] = __builtin_shuffle(t0, t2, plo);
       o[1] = __builtin_shuffle(t0, t2, phi);
       o[2] = __builtin_shuffle(t1, t3, plo);
@@ -321,7 +332,6 @@ struct GroupNormals {
       }
       F64x8 n[8];
       box_muller_v<F64x8, 4>(w, n, tick);
-      F64x8* o = reinterpret_cast<F64x8*>(out);
       const I64x8 ilo = {0, 8, 1, 9, 2, 10, 3, 11}, ihi = {4, 12, 5, 13, 6, 14, 7, 15};
       const I64x8 plo = {0, 1, 8, 9, 2, 3, 10, 11}, phi = {4, 5, 12, 13, 6, 7, 14, 15};
 #pragma GCC unroll 2
