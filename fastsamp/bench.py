@@ -45,20 +45,25 @@ def timeit(fn, device, *, min_time=0.5, warmup=2, max_reps=200) -> float:
     return statistics.median(times)
 
 
-def measure_roofline(device) -> dict:
-    """Measured ceilings: triad a = b + s·c bandwidth (GB/s) and float32 GEMM rate (GFLOP/s)."""
-    n = (1 << 26) if device.type == "cuda" else (1 << 25)
+def measure_triad(device, min_time=0.3) -> float:
+    """Triad a = b + s·c into a preallocated a, GB/s counting 3 arrays; on the CPU at the
+    streaming benchmarks' array size (64 MiB, twice the L3), 256 MiB per array on GPUs."""
+    n = (1 << 26) if device.type == "cuda" else (1 << 24)
     b, c = torch.randn(n, device=device), torch.randn(n, device=device)
     a = torch.empty_like(b)
-    ms = timeit(lambda: torch.add(b, c, alpha=0.5, out=a), device)
-    triad = 3 * 4 * n / (ms * 1e6)
+    ms = timeit(lambda: torch.add(b, c, alpha=0.5, out=a), device, min_time=min_time)
+    return 3 * 4 * n / (ms * 1e6)
+
+
+def measure_roofline(device) -> dict:
+    """Measured ceilings: the triad bandwidth (GB/s) and the float32 GEMM rate (GFLOP/s)."""
     m = 4096 if device.type == "cuda" else 1024
     x, y = torch.randn(m, m, device=device), torch.randn(m, m, device=device)
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     ms = timeit(lambda: x @ y, device)
     torch.backends.cuda.matmul.allow_tf32 = prev
-    return {"triad_GBps": triad, "fp32_gemm_GFLOPs": 2 * m**3 / (ms * 1e6)}
+    return {"triad_GBps": measure_triad(device), "fp32_gemm_GFLOPs": 2 * m**3 / (ms * 1e6)}
 
 
 def _cases(device, dtype):
@@ -140,7 +145,8 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
     results = []
     for op in names:
         args, nbytes, flops = cases[op]
-        row = {"op": op, "bytes": nbytes, "flops": flops, "backends": {}}
+        # the triad is re-measured next to each op: a shared machine's bandwidth drifts
+        row = {"op": op, "bytes": nbytes, "flops": flops, "backends": {}, "triad_GBps": measure_triad(device)}
         impls = {"eager": baseline(op)}
         if compile_reference:
             impls["torch.compile"] = torch.compile(baseline(op), dynamic=False)
@@ -159,7 +165,7 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
             gflops = flops / (ms * 1e6)
             row["backends"][name] = {
                 "ms": ms, "GBps": gbps, "GFLOPs": gflops,
-                "frac_triad": gbps / roof["triad_GBps"], "frac_gemm": gflops / roof["fp32_gemm_GFLOPs"],
+                "frac_triad": gbps / row["triad_GBps"], "frac_gemm": gflops / roof["fp32_gemm_GFLOPs"],
             }
         base = row["backends"]["eager"].get("ms")
         comp = row["backends"].get("torch.compile", {}).get("ms")
@@ -185,8 +191,8 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
 def format_table(report: dict) -> str:
     info = report["info"]
     lines = [f"device: {info['device']}  threads: {info['threads']}  {info['dtype']}  torch {info['torch']}",
-             f"measured roofline: triad {info['roofline']['triad_GBps']:.1f} GB/s, "
-             f"fp32 GEMM {info['roofline']['fp32_gemm_GFLOPs']:.1f} GFLOP/s",
+             f"measured roofline: triad {info['roofline']['triad_GBps']:.1f} GB/s (re-measured per op: "
+             f"%triad uses the op's own), fp32 GEMM {info['roofline']['fp32_gemm_GFLOPs']:.1f} GFLOP/s",
              f"{'op':16s} {'backend':14s} {'ms':>9s} {'GB/s':>8s} {'GFLOP/s':>8s} {'%triad':>7s} "
              f"{'%gemm':>6s} {'x eager':>8s} {'x compile':>9s}"]
     for row in report["results"]:
