@@ -1,4 +1,4 @@
-"""Gaussian-mixture score kernels: gmm_score and the whole-move gmm_mala.
+"""Gaussian-mixture score kernels: gmm_score and the whole-move gmm_mala and gmm_hmc.
 
 Mixture (docs/backend-contract.md op 1): s_k = alpha^2 v_k + sigma2,
 l_k(x) = lw_k - |x - alpha mu_k|^2 / (2 s_k) - (D/2) log(2 pi s_k) with
@@ -13,6 +13,8 @@ l = sum_k exp(l_k - m), acc = sum_k e_k alpha mu_k / s_k ([BLOCK_B, BLOCK_D]) an
 a = sum_k e_k / s_k, all rescaled by exp(m_old - m_new) when the max grows;
 score = (acc - x a) / l, logp = m + log l.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -22,7 +24,7 @@ from .random import TWO_PI, normal_rows, offset_add, uniform_mh
 from .tiles import div_ieee, row_index, sqrt_ieee
 
 GMM_SCORE_MAX_D = 4096      # whole rows in registers: BLOCK_D = next_pow2(D) <= 4096
-GMM_MALA_MAX_D = 128        # state x, s(x), x', s(x'), ... of BLOCK_B chains stay in registers
+GMM_MALA_MAX_D = 128        # state x, s(x), x', s(x'), ... of BLOCK_B chains stay in registers (also gmm_hmc)
 LSE_BLOCK_K = 256
 # fp32 elements of one program's [BLOCK_B, BLOCK_D] tile (halved for fp64). Measured on
 # an H100 (fp32): gmm_mala 1024 is best for small D, 2048 for D >= 64 (~15% faster);
@@ -149,6 +151,41 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     return score, logp
 
 
+@triton.jit
+def _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr):
+    """The BLOCK_B chains of this program for the whole-move kernels: row indices / mask,
+    column indices / mask ([1, BLOCK_D], BLOCK_D = 4 BLOCK_J: whole Philox draws), the
+    [BLOCK_B, BLOCK_D] element mask and offsets, the state x (zeros in the padding) and
+    the step sizes (1 in the padding rows)."""
+    BLOCK_D: tl.constexpr = 4 * BLOCK_J
+    pid = tl.program_id(0)
+    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    cmask = cols < D
+    m2 = rmask[:, None] & cmask
+    offs = rows[:, None] * D + cols
+    x = tl.load(x_ptr + offs, mask=m2, other=0.0)
+    eps = tl.load(eps_ptr + rows, mask=rmask, other=1.0)
+    return rows, rmask, cols, cmask, m2, offs, x, eps
+
+
+@triton.jit
+def _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps):
+    """Final state and acceptance rate n_acc / n_steps of a whole-move kernel."""
+    DT: tl.constexpr = x.dtype
+    tl.store(xo_ptr + offs, x, mask=m2)
+    rate = div_ieee(n_acc.to(DT), tl.cast(n_steps, DT))
+    tl.store(rate_ptr + rows, rate, mask=rmask)
+
+
+@triton.jit
+def _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J: tl.constexpr, DT: tl.constexpr):
+    """Offset of move mv (offset + mv as two words) and its normals ξ (zeros in the padding)."""
+    om0, om1 = offset_add(o0, o1, mv)
+    xi = normal_rows(k0, k1, om0, om1, rows, BLOCK_J, DT)
+    return om0, om1, tl.where(cmask, xi, 0.0)
+
+
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
 def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
                      k0, k1, o0, o1, B, D, K, n_steps, n_trap,
@@ -158,17 +195,9 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
 
     MH_MODE 0: trapezoid score test with n_trap sub-intervals, 1: exact energy test,
     2: no test (ULA). Move m draws xi and u from (seed, offset + m)."""
-    BLOCK_D: tl.constexpr = 4 * BLOCK_J
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
-    cols = tl.arange(0, BLOCK_D)[None, :]
-    cmask = cols < D
-    m2 = rmask[:, None] & cmask
-    offs = rows[:, None] * D + cols
-    x = tl.load(x_ptr + offs, mask=m2, other=0.0)
+    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
     DT: tl.constexpr = x.dtype
     alpha = alpha_.to(DT)
-    eps = tl.load(eps_ptr + rows, mask=rmask, other=1.0)
     e2 = eps[:, None]
     c_n = sqrt_ieee(2.0 * eps)[:, None]
     e4 = 4.0 * eps
@@ -176,9 +205,7 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
     s, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B)
     n_acc = tl.zeros([BLOCK_B], tl.int32)
     for mv in range(n_steps):
-        om0, om1 = offset_add(o0, o1, mv)
-        xi = normal_rows(k0, k1, om0, om1, rows, BLOCK_J, DT)
-        xi = tl.where(cmask, xi, 0.0)
+        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J, DT)
         xp = x + e2 * s + c_n * xi
         sp, logpp = gmm_eval(xp, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B)
         if MH_MODE == 2:
@@ -204,17 +231,68 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
         s = tl.where(a2, sp, s)
         logp = tl.where(acc, logpp, logp)
         n_acc += acc.to(tl.int32)
-    tl.store(xo_ptr + offs, x, mask=m2)
-    rate = div_ieee(n_acc.to(DT), tl.cast(n_steps, DT))
-    tl.store(rate_ptr + rows, rate, mask=rmask)
+    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
 
-def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
-             seed, offset, mh):
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
+def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
+                    k0, k1, o0, o1, B, D, K, n_steps, n_lf, damping_: tl.float64, c_n_: tl.float64,
+                    MH_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+                    IDX64: tl.constexpr):
+    """n_steps HMC moves of BLOCK_B chains; x, s(x), logp(x) and the momentum p stay in
+    registers. Move m: p0 = damping p + c_n xi, n_lf leapfrog steps, then the trapezoid
+    (MH_MODE 0), energy (1) or no (2) test; on rejection p = −p0."""
+    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
+    DT: tl.constexpr = x.dtype
+    alpha = alpha_.to(DT)
+    damping = damping_.to(DT)
+    c_n = c_n_.to(DT)
+    e2 = eps[:, None]
+    he = (0.5 * eps)[:, None]
+    s, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B)
+    p = tl.zeros(x.shape, DT)
+    n_acc = tl.zeros([BLOCK_B], tl.int32)
+    for mv in range(n_steps):
+        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J, DT)
+        p0 = damping * p + c_n * xi
+        xl = x
+        sl = s
+        pl = p0
+        logpl = logp
+        dlogp = tl.zeros([BLOCK_B], DT)
+        for _j in range(n_lf):
+            ph = pl + he * sl
+            xn = xl + e2 * ph
+            sn, logpl = gmm_eval(xn, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B)
+            pl = ph + he * sn
+            dlogp += 0.5 * tl.sum((sl + sn) * (xn - xl), axis=1)
+            xl = xn
+            sl = sn
+        if MH_MODE == 2:
+            acc = rmask
+        else:
+            if MH_MODE == 1:
+                dlogp = logpl - logp
+            la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
+            u = uniform_mh(k0, k1, om0, om1, rows, DT)
+            acc = (tl.log(u) < la) & rmask
+        a2 = acc[:, None]
+        x = tl.where(a2, xl, x)
+        s = tl.where(a2, sl, s)
+        logp = tl.where(acc, logpl, logp)
+        p = tl.where(a2, pl, -p0)  # rejected: momentum flip keeps partial refresh exact
+        n_acc += acc.to(tl.int32)
+    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
+
+
+def _whole_move(kernel, name, x, means, log_weights, variances, step_size, n_steps, n_inner, alpha, sigma2,
+                seed, offset, mh, *extra):
+    """Shared host side of the whole-move kernels: checks, outputs, the n_steps <= 0 copy, the
+    block shape, the component table and the launch with (..., n_steps, n_inner, *extra)."""
     B, D = x.shape
     K = means.shape[0]
     if D > GMM_MALA_MAX_D:
-        raise ValueError(f"triton gmm_mala supports D <= {GMM_MALA_MAX_D}, got D={D}")
+        raise ValueError(f"triton {name} supports D <= {GMM_MALA_MAX_D}, got D={D}")
     mh = int(mh)
     if mh not in (0, 1, 2):
         raise ValueError(f"mh must be 0, 1 or 2, got {mh}")
@@ -235,7 +313,21 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
     o0, o1 = split64(offset)
     alpha = float(alpha)
     tab = _gmm_table(log_weights, variances, D, alpha, sigma2)
-    launch(_gmm_mala_kernel, grid, x, means, tab, step_size, x_new, rate, f64(alpha), k0, k1, o0, o1,
-           B, D, K, n_steps, int(n_trapezoid), MH_MODE=mh, BLOCK_B=block_b, BLOCK_J=block_j,
+    launch(kernel, grid, x, means, tab, step_size, x_new, rate, f64(alpha), k0, k1, o0, o1,
+           B, D, K, n_steps, int(n_inner), *extra, MH_MODE=mh, BLOCK_B=block_b, BLOCK_J=block_j,
            IDX64=need_idx64(B * D), num_warps=warps)
     return x_new, rate
+
+
+def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
+             seed, offset, mh):
+    return _whole_move(_gmm_mala_kernel, "gmm_mala", x, means, log_weights, variances, step_size, n_steps,
+                       n_trapezoid, alpha, sigma2, seed, offset, mh)
+
+
+def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
+            seed, offset, mh, damping):
+    damping = float(damping)
+    return _whole_move(_gmm_hmc_kernel, "gmm_hmc", x, means, log_weights, variances, step_size, n_steps,
+                       n_leapfrog, alpha, sigma2, seed, offset, mh, f64(damping),
+                       f64(math.sqrt(1.0 - damping * damping)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import assert_close, skip_unless_op, tol
 
-from fastsamp import VE, VP, ops
+from fastsamp import VE, VP, backends, ops
 from fastsamp.ops import reference as ref
 
 SHAPES = [(1, 1), (3, 2), (1000, 7), (257, 64), (65537, 2)]
@@ -272,3 +272,68 @@ def test_guided_sde_step(backend, dtype, B, D, noise_src):
     src64 = {"noise": f64(xi)[0]} if noise_src == "tensor" else src
     expect = ops.guided_sde_step(*f64(x, s, s_shift, v), backend="torch", **kw, **src64)
     assert_close(out, expect, dtype, scale=10, name="x_new")
+
+
+@pytest.mark.parametrize("B,D,K", [(1, 1, 1), (3, 2, 5), (1000, 7, 16), (130, 17, 3)])
+@pytest.mark.parametrize("mh", ["score", "energy", "none"])
+@pytest.mark.parametrize("n_leapfrog,damping", [(1, 0.0), (3, 0.0), (3, 0.8)])
+def test_gmm_hmc(backend, dtype, B, D, K, mh, n_leapfrog, damping):
+    """The fused HMC kernel reproduces n_steps reference moves (same Philox stream, momentum
+    carried across moves); as for gmm_mala, float32 chains may leave the reference path where
+    log u and log α tie to rounding level, which must stay a tiny fraction."""
+    name, device = backend
+    if name == "triton" and backends.triton_interpreted() and B > 200:
+        B = 200
+    x = rand(B, D, dtype=dtype, device=device, scale=2.0)
+    means, lw, var = mixture(K, D, dtype, device)
+    eps = step_sizes(True, B, dtype, device)
+    kw = dict(n_steps=5, n_leapfrog=n_leapfrog, alpha=0.9, sigma2=0.2, seed=321, offset=2**32 + 7, mh=mh,
+              damping=damping)
+    x_new, rate = ops.gmm_hmc(x, means, lw, var, step_size=eps, backend=name, **kw)
+    e_x, e_rate = ops.gmm_hmc(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", **kw)
+    assert x_new.shape == (B, D) and rate.shape == (B,) and rate.dtype == dtype
+    rtol, atol = tol(dtype)
+    err = ((x_new.double().cpu() - e_x).abs() / (atol * 100 + rtol * 100 * e_x.abs())).amax(1)
+    bad = (err > 1) | ((rate.double().cpu() - e_rate).abs() > 1e-6)
+    allowed = 0 if dtype == torch.float64 else max(1, int(0.002 * B))
+    assert int(bad.sum()) <= allowed, f"{int(bad.sum())} of {B} chains differ from the reference"
+    if mh == "none":
+        assert torch.all(rate == 1)
+    again = ops.gmm_hmc(x, means, lw, var, step_size=eps, backend=name, **kw)
+    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+
+
+def test_gmm_hmc_reference_one_leapfrog_oracle():
+    """One leapfrog step from p0 = ξ: the trapezoid ΔlogP and the kinetic terms combine to
+    log α = −(ε²/8)(|s_L|² − |s_0|²) exactly, so the reference accepts iff log u < that."""
+    B, D, K = 500, 3, 4
+    x = rand(B, D, dtype=torch.float64, device=torch.device("cpu"), scale=2.0)
+    means, lw, var = mixture(K, D, torch.float64, torch.device("cpu"))
+    eps = torch.full((B,), 0.7, dtype=torch.float64)
+    seed, offset = 9, 4
+    x_new, rate = ref.gmm_hmc(x, means, lw, var, eps, 1, 1, 1.0, 0.0, seed, offset, 0, 0.0)
+    xi = ops.normal(seed, offset, B, D, torch.float64)
+    u = ops.uniform(seed, offset, B, torch.float64)
+    s0, _ = ref.gmm_score(x, means, lw, var, 1.0, 0.0)
+    x_l = x + eps[:, None] * (xi + 0.5 * eps[:, None] * s0)
+    s_l, _ = ref.gmm_score(x_l, means, lw, var, 1.0, 0.0)
+    log_alpha = -(eps ** 2 / 8) * ((s_l * s_l).sum(1) - (s0 * s0).sum(1))
+    accepted = torch.log(u) < log_alpha
+    assert 0 < int(accepted.sum()) < B
+    torch.testing.assert_close(rate, accepted.double())
+    torch.testing.assert_close(x_new, torch.where(accepted[:, None], x_l, x))
+
+
+def test_gmm_hmc_nan_chain_stays_in_its_chain(backend, dtype):
+    name, device = backend
+    B, D, K = 37, 3, 4
+    x = rand(B, D, dtype=dtype, device=device)
+    x[5, 1] = math.nan
+    means, lw, var = mixture(K, D, dtype, device)
+    kw = dict(step_size=0.1, n_steps=4, n_leapfrog=2, damping=0.5, seed=1)
+    x_new, rate = ops.gmm_hmc(x, means, lw, var, backend=name, **kw)
+    assert torch.isnan(x_new[5]).any()
+    keep = torch.arange(B, device=device) != 5
+    assert torch.isfinite(x_new[keep]).all() and torch.isfinite(rate[keep]).all()
+    e_x, _ = ops.gmm_hmc(*f64(x[keep], means, lw, var), backend="torch", **kw)
+    assert_close(x_new[:5], e_x[:5], dtype, scale=100, name="x_new")

@@ -83,3 +83,25 @@ def test_mala_converges_from_a_point(mh):
     m = moments(x)
     for key, want in EXACT.items():
         assert abs(m[key] - want) < TOL[key], (key, m)
+
+
+@pytest.mark.parametrize("name", ("torch",) + COMPILED)
+@pytest.mark.parametrize("mh,n_leapfrog,damping", [
+    ("score", 3, 0.0), ("energy", 3, 0.0), ("score", 1, 0.0),
+    ("energy", 1, 0.7),  # partial refresh: exact thanks to the momentum flip on rejection
+])
+def test_hmc_keeps_the_mixture_invariant(name, mh, n_leapfrog, damping):
+    """Fused HMC from exact samples stays exactly distributed."""
+    if name != "torch":
+        skip_unless_available(name)
+    device = backend_device(name) if name != "torch" else torch.device("cpu")
+    n = 4000 if name == "triton" and TRITON_INTERPRETED else 20000
+    x = exact_samples(n, seed=1).to(dtype=torch.float32, device=device)
+    args = [t.to(dtype=torch.float32, device=device) for t in (MEANS, WEIGHTS.log(), VARS)]
+    x, rate = ops.gmm_hmc(x, *args, step_size=0.3, n_steps=20, n_leapfrog=n_leapfrog, seed=7, mh=mh,
+                          damping=damping, backend=name)
+    m = moments(x)
+    for key, want in EXACT.items():
+        tol = TOL[key] * (20000 / n) ** 0.5
+        assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
+    assert 0.3 < rate.mean().item() < 0.999

@@ -1,5 +1,5 @@
-// Gaussian-mixture kernels: gmm_score (op 1) and the fused whole-move MALA
-// kernel gmm_mala (op 7). See docs/backend-contract.md for the math.
+// Gaussian-mixture kernels: gmm_score (op 1) and the fused whole-move kernels
+// gmm_mala (op 7) and gmm_hmc (op 8). See docs/backend-contract.md for the math.
 //
 // Both work on blocks of W chains (SIMD lanes) whose state is transposed into
 // [D][W] buffers; the score is an online (chunked) log-sum-exp over the K
@@ -305,20 +305,67 @@ FASTSAMP_VINLINE void block_dot(int Drt, const T* __restrict a, const T* __restr
   }
 }
 
+// dst[d][l] = accepted[l] ? src[d][l] : dst[d][l]
+template <typename T, int W>
+FASTSAMP_VINLINE void block_select(int D, const T* __restrict acc_f, T* __restrict dst,
+                                   const T* __restrict src) {
+  for (int d = 0; d < D; ++d) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) dst[d * W + l] = acc_f[l] != T(0) ? src[d * W + l] : dst[d * W + l];
+  }
+}
+
+template <typename T, int W>
+FASTSAMP_VINLINE void block_copy(int D, T* __restrict dst, const T* __restrict src) {
+  std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(D) * W);
+}
+
+// The chain-block driver shared by the whole-move kernels: blocks of W chains in
+// parallel, each with its state xc[D][W] (padding lanes 0), step sizes eps[W]
+// (padding 1) and accepted-move counts nacc[W] (zeroed); body(b0, xc, eps, nacc,
+// scratch) runs the moves, with `scratch_per_lane * W` values of 64-byte-aligned
+// scratch. Stores the state and the acceptance rate nacc / n_steps.
+template <typename T, int W, typename Body>
+void for_each_chain_block(const T* x_in, const T* step, int64_t B, int D, int n_steps,
+                          size_t scratch_per_lane, T* x_out, T* rate, Body body) {
+  const int64_t nblk = (B + W - 1) / W;
+#pragma omp parallel
+  {
+    Buf<T> ws((static_cast<size_t>(D) + 2 + scratch_per_lane) * W);
+    T* __restrict xc = ws.p;
+    T* __restrict eps = xc + D * W;
+    T* __restrict nacc = eps + W;
+    T* __restrict scratch = nacc + W;
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t b0 = blk * W;
+      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
+      load_block<T, W>(x_in, b0, nb, D, xc, T(0));
+      for (int l = 0; l < W; ++l) {
+        eps[l] = l < nb ? step[b0 + l] : T(1);
+        nacc[l] = T(0);
+      }
+      body(b0, xc, eps, nacc, scratch);
+      store_block<T, W>(xc, b0, nb, D, x_out);
+      const T ns = static_cast<T>(n_steps);
+      for (int l = 0; l < nb; ++l) rate[b0 + l] = nacc[l] / ns;
+    }
+  }
+}
+
 template <typename T, int DC>
 void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
                    int n_trap, uint64_t seed, uint64_t offset, int mh, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
-  const int64_t nblk = (B + W - 1) / W;
   const int n = n_trap;
   const T tn = static_cast<T>(n);
-#pragma omp parallel
-  {
-    Buf<T> ws(static_cast<size_t>(7 * D + Dp + 16 + kChunkK) * W);
-    T* __restrict xc = ws.p;        // current state
-    T* __restrict sc = xc + D * W;  // score at the current state
+  const size_t scratch = static_cast<size_t>(6 * D + Dp + 16 + kChunkK);
+  for_each_chain_block<T, W>(x_in, step, B, D, n_steps, scratch, x_out, rate,
+                             [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
+                                 T* __restrict ws) {
+    T* __restrict sc = ws;          // score at the current state
     T* __restrict xp = sc + D * W;  // proposal
     T* __restrict sp = xp + D * W;  // score at the proposal
     T* __restrict dd = sp + D * W;  // x' - x
@@ -328,127 +375,214 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
     T* __restrict v = xi + Dp * W;  // per-lane vectors
     T* __restrict lpc = v;
     T* __restrict lpp = v + W;
-    T* __restrict eps = v + 2 * W;
     T* __restrict sq2e = v + 3 * W;
     T* __restrict acc = v + 4 * W;
     T* __restrict tmp = v + 5 * W;
     T* __restrict tmp2 = v + 6 * W;
     T* __restrict logu = v + 7 * W;
-    T* __restrict nacc = v + 8 * W;
     T* __restrict lpi = v + 9 * W;
     T* __restrict ffv = v + 10 * W;
     T* __restrict bbv = v + 11 * W;
+    T* __restrict acc_f = v + 12 * W;
     T* __restrict ell = v + 16 * W;
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t b0 = blk * W;
-      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
-      load_block<T, W>(x_in, b0, nb, D, xc, T(0));
-      for (int l = 0; l < W; ++l) eps[l] = l < nb ? step[b0 + l] : T(1);
 #pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        sq2e[l] = std::sqrt(T(2) * eps[l]);
-        nacc[l] = T(0);
+    for (int l = 0; l < W; ++l) sq2e[l] = std::sqrt(T(2) * eps[l]);
+    block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
+    for (int mv = 0; mv < n_steps; ++mv) {
+      const uint64_t off = offset + static_cast<uint64_t>(mv);
+      block_normals<T, W>(seed, off, static_cast<uint64_t>(b0), D, xi);
+      // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
+      for (int d = 0; d < D; ++d) {
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          const int i = d * W + l;
+          const T p = (xc[i] + eps[l] * sc[i]) + sq2e[l] * xi[i];
+          xp[i] = p;
+          dd[i] = p - xc[i];
+        }
       }
-      block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
-      for (int mv = 0; mv < n_steps; ++mv) {
-        const uint64_t off = offset + static_cast<uint64_t>(mv);
-        block_normals<T, W>(seed, off, static_cast<uint64_t>(b0), D, xi);
-        // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
-        for (int d = 0; d < D; ++d) {
+      if (mh == 0 && n > 1) {
+        // interior points of the trapezoid: sum_i s(x + t_i d) . d
 #pragma omp simd
-          for (int l = 0; l < W; ++l) {
-            const int i = d * W + l;
-            const T p = (xc[i] + eps[l] * sc[i]) + sq2e[l] * xi[i];
-            xp[i] = p;
-            dd[i] = p - xc[i];
-          }
-        }
-        if (mh == 0 && n > 1) {
-          // interior points of the trapezoid: sum_i s(x + t_i d) . d
-#pragma omp simd
-          for (int l = 0; l < W; ++l) acc[l] = T(0);
-          for (int i = 1; i < n; ++i) {
-            const T t = static_cast<T>(i) / static_cast<T>(n);
-            for (int d = 0; d < D; ++d) {
-#pragma omp simd
-              for (int l = 0; l < W; ++l) pt[d * W + l] = xc[d * W + l] + t * dd[d * W + l];
-            }
-            block_score<T, W, DC>(mx, D, pt, si, lpi, ell);
-            block_dot<T, W, DC>(D, si, dd, tmp);
-#pragma omp simd
-            for (int l = 0; l < W; ++l) acc[l] += tmp[l];
-          }
-        }
-        block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
-        if (mh == 2) {
+        for (int l = 0; l < W; ++l) acc[l] = T(0);
+        for (int i = 1; i < n; ++i) {
+          const T t = static_cast<T>(i) / static_cast<T>(n);
           for (int d = 0; d < D; ++d) {
 #pragma omp simd
-            for (int l = 0; l < W; ++l) {
-              xc[d * W + l] = xp[d * W + l];
-              sc[d * W + l] = sp[d * W + l];
-            }
+            for (int l = 0; l < W; ++l) pt[d * W + l] = xc[d * W + l] + t * dd[d * W + l];
           }
+          block_score<T, W, DC>(mx, D, pt, si, lpi, ell);
+          block_dot<T, W, DC>(D, si, dd, tmp);
 #pragma omp simd
-          for (int l = 0; l < W; ++l) {
-            lpc[l] = lpp[l];
-            nacc[l] += T(1);
-          }
-          continue;
-        }
-        // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); tmp = s.d, tmp2 = s'.d
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          tmp[l] = T(0);
-          tmp2[l] = T(0);
-          ffv[l] = T(0);  // |d - eps s|^2
-          bbv[l] = T(0);  // |d + eps s'|^2
-        }
-        for (int d = 0; d < D; ++d) {
-#pragma omp simd
-          for (int l = 0; l < W; ++l) {
-            const int i = d * W + l;
-            const T fwd = dd[i] - eps[l] * sc[i];
-            const T bwd = dd[i] + eps[l] * sp[i];
-            tmp[l] = vm::fma_(sc[i], dd[i], tmp[l]);
-            tmp2[l] = vm::fma_(sp[i], dd[i], tmp2[l]);
-            ffv[l] = vm::fma_(fwd, fwd, ffv[l]);
-            bbv[l] = vm::fma_(bwd, bwd, bbv[l]);
-          }
-        }
-        block_log_uniform<T, W>(seed, off, static_cast<uint64_t>(b0), logu);
-        alignas(64) T acc_f[W];
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          T delta;
-          if (mh == 1) {
-            delta = lpp[l] - lpc[l];
-          } else {
-            T total = T(0.5) * (tmp[l] + tmp2[l]);
-            if (n > 1) total += acc[l];
-            delta = total / tn;
-          }
-          const T log_alpha = delta + (ffv[l] - bbv[l]) / (T(4) * eps[l]);
-          const bool a = logu[l] < log_alpha;
-          acc_f[l] = a ? T(1) : T(0);
-          nacc[l] += acc_f[l];
-          lpc[l] = a ? lpp[l] : lpc[l];
-        }
-        for (int d = 0; d < D; ++d) {
-#pragma omp simd
-          for (int l = 0; l < W; ++l) {
-            const int i = d * W + l;
-            const bool a = acc_f[l] != T(0);
-            xc[i] = a ? xp[i] : xc[i];
-            sc[i] = a ? sp[i] : sc[i];
-          }
+          for (int l = 0; l < W; ++l) acc[l] += tmp[l];
         }
       }
-      store_block<T, W>(xc, b0, nb, D, x_out);
-      const T ns = static_cast<T>(n_steps);
-      for (int l = 0; l < nb; ++l) rate[b0 + l] = nacc[l] / ns;
+      block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
+      if (mh == 2) {
+        block_copy<T, W>(D, xc, xp);
+        block_copy<T, W>(D, sc, sp);
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          lpc[l] = lpp[l];
+          nacc[l] += T(1);
+        }
+        continue;
+      }
+      // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); tmp = s.d, tmp2 = s'.d
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        tmp[l] = T(0);
+        tmp2[l] = T(0);
+        ffv[l] = T(0);  // |d - eps s|^2
+        bbv[l] = T(0);  // |d + eps s'|^2
+      }
+      for (int d = 0; d < D; ++d) {
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          const int i = d * W + l;
+          const T fwd = dd[i] - eps[l] * sc[i];
+          const T bwd = dd[i] + eps[l] * sp[i];
+          tmp[l] = vm::fma_(sc[i], dd[i], tmp[l]);
+          tmp2[l] = vm::fma_(sp[i], dd[i], tmp2[l]);
+          ffv[l] = vm::fma_(fwd, fwd, ffv[l]);
+          bbv[l] = vm::fma_(bwd, bwd, bbv[l]);
+        }
+      }
+      block_log_uniform<T, W>(seed, off, static_cast<uint64_t>(b0), logu);
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        T delta;
+        if (mh == 1) {
+          delta = lpp[l] - lpc[l];
+        } else {
+          T total = T(0.5) * (tmp[l] + tmp2[l]);
+          if (n > 1) total += acc[l];
+          delta = total / tn;
+        }
+        const T log_alpha = delta + (ffv[l] - bbv[l]) / (T(4) * eps[l]);
+        const bool a = logu[l] < log_alpha;
+        acc_f[l] = a ? T(1) : T(0);
+        nacc[l] += acc_f[l];
+        lpc[l] = a ? lpp[l] : lpc[l];
+      }
+      block_select<T, W>(D, acc_f, xc, xp);
+      block_select<T, W>(D, acc_f, sc, sp);
     }
-  }
+  });
+}
+
+// HMC (op 8): per move, p0 = damping p + c_n xi, n_lf leapfrog steps from (x, p0, s),
+// trapezoid (mh 0) / energy (mh 1) / no (mh 2) test; p carried across moves.
+template <typename T, int DC>
+void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
+                  int n_lf, uint64_t seed, uint64_t offset, int mh, double damping, T* x_out, T* rate) {
+  constexpr int W = Lanes<T>::W;
+  const int D = DC > 0 ? DC : Drt;
+  const int Dp = 4 * ((D + 3) / 4);
+  const T damp = static_cast<T>(damping);
+  const T c_n = static_cast<T>(std::sqrt(1.0 - damping * damping));
+  const size_t scratch = static_cast<size_t>(8 * D + Dp + 16 + kChunkK);
+  for_each_chain_block<T, W>(x_in, step, B, D, n_steps, scratch, x_out, rate,
+                             [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
+                                 T* __restrict ws) {
+    T* __restrict sc = ws;           // score at the current state
+    T* __restrict pc = sc + D * W;   // carried momentum
+    T* __restrict p0 = pc + D * W;   // refreshed momentum of this move
+    T* __restrict pl = p0 + D * W;   // momentum along the trajectory
+    T* xa = pl + D * W;              // trajectory state / score, two buffers each
+    T* xb = xa + D * W;
+    T* sa = xb + D * W;
+    T* sb = sa + D * W;
+    T* __restrict xi = sb + D * W;   // noise, Dp rows
+    T* __restrict v = xi + Dp * W;   // per-lane vectors
+    T* __restrict lpc = v;
+    T* __restrict lpl = v + W;
+    T* __restrict heps = v + 2 * W;
+    T* __restrict dlp = v + 3 * W;
+    T* __restrict tmp = v + 4 * W;
+    T* __restrict kin = v + 5 * W;
+    T* __restrict kin0 = v + 6 * W;
+    T* __restrict logu = v + 7 * W;
+    T* __restrict acc_f = v + 8 * W;
+    T* __restrict ell = v + 16 * W;
+#pragma omp simd
+    for (int l = 0; l < W; ++l) heps[l] = T(0.5) * eps[l];
+    std::memset(pc, 0, sizeof(T) * static_cast<size_t>(D) * W);
+    block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
+    for (int mv = 0; mv < n_steps; ++mv) {
+      const uint64_t off = offset + static_cast<uint64_t>(mv);
+      block_normals<T, W>(seed, off, static_cast<uint64_t>(b0), D, xi);
+      for (int d = 0; d < D; ++d) {
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          const int i = d * W + l;
+          const T p = damp * pc[i] + c_n * xi[i];
+          p0[i] = p;
+          pl[i] = p;
+        }
+      }
+      block_copy<T, W>(D, xa, xc);
+      block_copy<T, W>(D, sa, sc);
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        dlp[l] = T(0);
+        lpl[l] = lpc[l];
+      }
+      for (int j = 0; j < n_lf; ++j) {
+        // p_half = p + (eps/2) s, x' = x + eps p_half
+        for (int d = 0; d < D; ++d) {
+#pragma omp simd
+          for (int l = 0; l < W; ++l) {
+            const int i = d * W + l;
+            const T ph = pl[i] + heps[l] * sa[i];
+            pl[i] = ph;
+            xb[i] = xa[i] + eps[l] * ph;
+          }
+        }
+        block_score<T, W, DC>(mx, D, xb, sb, lpl, ell);
+        // p = p_half + (eps/2) s', dlogp += 1/2 (s + s').(x' - x)
+#pragma omp simd
+        for (int l = 0; l < W; ++l) tmp[l] = T(0);
+        for (int d = 0; d < D; ++d) {
+#pragma omp simd
+          for (int l = 0; l < W; ++l) {
+            const int i = d * W + l;
+            pl[i] = pl[i] + heps[l] * sb[i];
+            tmp[l] = vm::fma_(sa[i] + sb[i], xb[i] - xa[i], tmp[l]);
+          }
+        }
+#pragma omp simd
+        for (int l = 0; l < W; ++l) dlp[l] += T(0.5) * tmp[l];
+        std::swap(xa, xb);
+        std::swap(sa, sb);
+      }
+      if (mh == 2) {
+#pragma omp simd
+        for (int l = 0; l < W; ++l) acc_f[l] = T(1);
+      } else {
+        block_dot<T, W, DC>(D, pl, pl, kin);
+        block_dot<T, W, DC>(D, p0, p0, kin0);
+        block_log_uniform<T, W>(seed, off, static_cast<uint64_t>(b0), logu);
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          const T delta = mh == 1 ? lpl[l] - lpc[l] : dlp[l];
+          const T log_alpha = (delta - T(0.5) * kin[l]) + T(0.5) * kin0[l];
+          acc_f[l] = logu[l] < log_alpha ? T(1) : T(0);
+        }
+      }
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        nacc[l] += acc_f[l];
+        lpc[l] = acc_f[l] != T(0) ? lpl[l] : lpc[l];
+      }
+      block_select<T, W>(D, acc_f, xc, xa);
+      block_select<T, W>(D, acc_f, sc, sa);
+      // rejected: flip the momentum (p ← −p0), which keeps partial refresh exact
+#pragma omp simd
+      for (int64_t i = 0; i < D * W; ++i) pc[i] = -p0[i];
+      block_select<T, W>(D, acc_f, pc, pl);
+    }
+  });
 }
 
 }  // namespace
@@ -467,12 +601,13 @@ void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, u
   });
 }
 
-void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
-              uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-              double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
-              uintptr_t accept_rate) {
-  if (n_trapezoid < 1) throw std::invalid_argument("gmm_mala: n_trapezoid must be >= 1");
-  if (mh < 0 || mh > 2) throw std::invalid_argument("gmm_mala: mh must be 0, 1 or 2");
+namespace {
+// Shared entry of the whole-move kernels: builds the mixture, handles n_steps <= 0 (copy the
+// state, rate 0), then calls run(tag T, dc D-constant, mixture).
+template <typename Run>
+void whole_move_entry(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                      int64_t B, int64_t D, int64_t K, int64_t n_steps, double alpha, double sigma2,
+                      uintptr_t x_out, uintptr_t accept_rate, Run run) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), static_cast<int>(K),
@@ -484,12 +619,39 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
       for (int64_t b = 0; b < B; ++b) ptr<T>(accept_rate)[b] = T(0);
       return;
     }
-    dispatch_d(D, [&](auto dc) {
-      gmm_mala_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
-                                            static_cast<int>(n_steps), static_cast<int>(n_trapezoid),
-                                            seed, offset, static_cast<int>(mh), ptr<T>(x_out),
-                                            ptr<T>(accept_rate));
-    });
+    dispatch_d(D, [&](auto dc) { run(tag, dc, mx); });
+  });
+}
+}  // namespace
+
+void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+              uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
+              double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
+              uintptr_t accept_rate) {
+  if (n_trapezoid < 1) throw std::invalid_argument("gmm_mala: n_trapezoid must be >= 1");
+  if (mh < 0 || mh > 2) throw std::invalid_argument("gmm_mala: mh must be 0, 1 or 2");
+  whole_move_entry(dtype, x, means, log_weights, variances, B, D, K, n_steps, alpha, sigma2, x_out,
+                   accept_rate, [&](auto tag, auto dc, const auto& mx) {
+    using T = decltype(tag);
+    gmm_mala_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
+                                          static_cast<int>(n_steps), static_cast<int>(n_trapezoid), seed,
+                                          offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
+  });
+}
+
+void gmm_hmc(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+             uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_leapfrog,
+             double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, double damping,
+             uintptr_t x_out, uintptr_t accept_rate) {
+  if (n_leapfrog < 1) throw std::invalid_argument("gmm_hmc: n_leapfrog must be >= 1");
+  if (mh < 0 || mh > 2) throw std::invalid_argument("gmm_hmc: mh must be 0, 1 or 2");
+  if (!(damping >= 0.0 && damping < 1.0)) throw std::invalid_argument("gmm_hmc: damping must be in [0, 1)");
+  whole_move_entry(dtype, x, means, log_weights, variances, B, D, K, n_steps, alpha, sigma2, x_out,
+                   accept_rate, [&](auto tag, auto dc, const auto& mx) {
+    using T = decltype(tag);
+    gmm_hmc_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
+                                         static_cast<int>(n_steps), static_cast<int>(n_leapfrog), seed, offset,
+                                         static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
   });
 }
 

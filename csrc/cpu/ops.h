@@ -17,6 +17,11 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
               double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
               uintptr_t accept_rate);
 
+void gmm_hmc(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+             uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_leapfrog,
+             double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, double damping,
+             uintptr_t x_out, uintptr_t accept_rate);
+
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
               int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n, uintptr_t out);
 

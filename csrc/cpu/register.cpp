@@ -17,6 +17,9 @@ void register_cpu_ops(py::module_& m) {
   m.def("cpu_gmm_mala", &c::gmm_mala, rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
         "step_size"_a, "B"_a, "D"_a, "K"_a, "n_steps"_a, "n_trapezoid"_a, "alpha"_a, "sigma2"_a, "seed"_a,
         "offset"_a, "mh"_a, "x_out"_a, "accept_rate"_a, "Fused whole-move MALA on the mixture (op 7).");
+  m.def("cpu_gmm_hmc", &c::gmm_hmc, rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
+        "step_size"_a, "B"_a, "D"_a, "K"_a, "n_steps"_a, "n_leapfrog"_a, "alpha"_a, "sigma2"_a, "seed"_a,
+        "offset"_a, "mh"_a, "damping"_a, "x_out"_a, "accept_rate"_a, "Fused whole-move HMC on the mixture (op 8).");
   m.def("cpu_sde_step", &c::sde_step, rel(), "dtype"_a, "x"_a, "score"_a, "extra_drift"_a, "noise"_a, "B"_a,
         "D"_a, "seed"_a, "offset"_a, "a"_a, "c_s"_a, "c_n"_a, "out"_a,
         "x_new = a x + c_s (score + extra_drift) + c_n xi (op 2).");

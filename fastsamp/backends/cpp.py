@@ -130,5 +130,18 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
     return x_new, rate
 
 
+def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2, seed, offset,
+            mh, damping):
+    B, D = x.shape
+    x_new = torch.empty_like(x)
+    rate = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_gmm_hmc(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
+                       step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_leapfrog), float(alpha),
+                       float(sigma2), _u64(seed), _u64(offset), int(mh), float(damping), x_new.data_ptr(),
+                       rate.data_ptr())
+    return x_new, rate
+
+
 __all__ = ["gmm_score", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
-           "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala"]
+           "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc"]

@@ -3,13 +3,14 @@
 Every op takes `backend=` ("auto", "torch", "cpp", "triton", "cuda"); "auto" picks the
 fastest compiled backend for the tensors' device and falls back to the PyTorch reference.
 """
-from .gmm import gmm_mala, gmm_score
+from .gmm import gmm_hmc, gmm_mala, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import line_points, mala_propose, score_mh_accept
 from .random import normal, uniform
 from .sde import guided_sde_step, reverse_sde_step
 
 __all__ = [
-    "gmm_score", "gmm_mala", "reverse_sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
+    "gmm_score", "gmm_mala", "gmm_hmc", "reverse_sde_step", "guided_sde_step", "mala_propose", "line_points",
+    "score_mh_accept",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
 ]

@@ -1,5 +1,5 @@
 """Gaussian-mixture ops: the analytic score (exact diffusion marginals) and the
-fused whole-move MALA kernel."""
+fused whole-move MALA and HMC kernels."""
 from __future__ import annotations
 
 from .. import backends
@@ -50,3 +50,35 @@ def gmm_mala(x, means, log_weights, variances, *, step_size, n_steps, n_trapezoi
     fn = backends.resolve(backend, "gmm_mala", x.device)
     return fn(x, means, log_weights, variances, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
               _MH_MODES[mh])
+
+
+def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=1, alpha=1.0,
+            sigma2=0.0, seed=0, offset=0, mh="score", damping=0.0, backend="auto"):
+    """`n_steps` HMC moves on the mixture of `gmm_score`, fused in one kernel.
+
+    The momentum p starts at 0 and is carried across moves. Move m draws ξ and u from
+    Philox (seed, offset + m), refreshes p0 = damping·p + √(1 − damping²) ξ (damping 0:
+    plain HMC, 0 < damping < 1: the partial refresh of underdamped HMC), then runs
+    `n_leapfrog` leapfrog steps p½ = p + (ε/2) s, x' = x + ε p½, p = p½ + (ε/2) s(x')
+    from (x, p0). log α = ΔlogP − ½|p_L|² + ½|p0|², accept iff log u < log α, where ΔlogP
+    is the trapezoid of the score along the leapfrog path, Σ ½ (s + s')·(x' − x)
+    (mh="score", no extra score calls), the exact log-density difference (mh="energy"),
+    or no MH at all (mh="none"). On acceptance x and p take the proposal values; on
+    rejection x stays and the momentum flips, p = −p0 (which keeps partial refresh exact).
+    A move costs `n_leapfrog` score evaluations.
+
+    Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
+    """
+    x = _checks.state("x", x)
+    means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
+                                                                   alpha, sigma2)
+    eps = _checks.step_size(step_size, x)
+    n_steps = _checks.integer("n_steps", n_steps, minimum=1)
+    n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
+    damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
+    _, seed, offset = _checks.noise_or_seed(None, seed, offset, x)
+    if mh not in _MH_MODES:
+        raise ValueError(f"mh must be one of {tuple(_MH_MODES)}, got {mh!r}")
+    fn = backends.resolve(backend, "gmm_hmc", x.device)
+    return fn(x, means, log_weights, variances, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset,
+              _MH_MODES[mh], damping)

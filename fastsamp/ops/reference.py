@@ -152,3 +152,41 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
         logp = torch.where(accepted, logp_prop, logp)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
+
+
+def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
+            seed, offset, mh, damping, *, draw=None):
+    """n_steps HMC moves (n_leapfrog leapfrog steps each, momentum refresh with `damping`)
+    on a Gaussian mixture with score/energy/no MH; (x, accept rate).
+    `draw(m) -> (ξ, u)` replaces the Philox draws of move m."""
+    B, D = x.shape
+    if draw is None:
+        def draw(m):
+            return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device),
+                    _rng.uniform(seed, offset + m, B, x.dtype, x.device))
+    score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
+    p = torch.zeros_like(x)
+    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for m in range(n_steps):
+        xi, u = draw(m)
+        p0 = momentum_refresh(p, damping, xi, seed, offset + m)
+        x_l, s_l, p_l, logp_l = x, score, p0, logp
+        delta = torch.zeros(B, dtype=x.dtype, device=x.device)
+        for _ in range(n_leapfrog):
+            x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
+            s_next, logp_l = gmm_score(x_next, means, log_weights, variances, alpha, sigma2)
+            p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
+            x_l, s_l = x_next, s_next
+        if mh == MH_NONE:
+            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
+        else:
+            if mh == MH_ENERGY:
+                delta = logp_l - logp
+            log_alpha = delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
+            accepted = torch.log(u) < log_alpha
+        x = _select(accepted, x_l, x)
+        score = _select(accepted, s_l, score)
+        logp = torch.where(accepted, logp_l, logp)
+        p = _select(accepted, p_l, -p0)  # rejected: momentum flip (exact with partial refresh)
+        n_acc = n_acc + accepted.to(x.dtype)
+    return x, n_acc / max(n_steps, 1)

@@ -61,8 +61,9 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh="score
     `n_corrector_steps` corrector moves targeting p_t with step ε_t = step_size·(α_t² data_scale² + σ_t²)
     (proportional to the marginal variance), times a per-chain factor adapted towards
     `target_accept` when `adapt` is set (default targets: MALA 0.57, HMC 0.65).
-    Mixture models with MALA/ULA run the fused whole-move kernel `ops.gmm_mala`
-    (`fused=False` forces the generic path: one batched score call for all trapezoid points).
+    Mixture models run the fused whole-move kernels `ops.gmm_mala` (ULA/MALA) and `ops.gmm_hmc`
+    (HMC/U-HMC) (`fused=False` forces the generic path: one batched score call for all trapezoid
+    points).
 
     Returns (samples (n_samples, D), AnnealedStats).
     """
@@ -81,7 +82,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh="score
     sched = model.schedule
     ts = torch.linspace(1.0, t_min, n_levels, dtype=torch.float64).tolist()
     f = _Counter(model, backend)
-    stats = AnnealedStats(fused=fused and isinstance(model, GaussianMixture) and corrector in ("ula", "mala"))
+    stats = AnnealedStats(fused=fused and isinstance(model, GaussianMixture))
     start = time.perf_counter()
     scale0 = (sched.alpha(1.0) ** 2 * data_scale**2 + sched.sigma2(1.0)) ** 0.5
     x = scale0 * ops.normal(seed, 0, n_samples, model.dim, dtype, device)
@@ -128,7 +129,7 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh="score", n_steps=100, step_siz
         raise ValueError(f"corrector in {CORRECTORS} and mh in {MH_MODES} needed, got {corrector!r}, {mh!r}")
     eps = ops._checks.step_size(step_size, x)
     f = _Counter(model, backend)
-    use_fused = fused and isinstance(model, GaussianMixture) and corrector in ("ula", "mala")
+    use_fused = fused and isinstance(model, GaussianMixture)
     x, _, rate, _ = _corrector(f, x, torch.zeros_like(x), t, eps, corrector, mh, n_steps, n_trapezoid, n_leapfrog,
                                damping, seed, offset, backend, use_fused)
     return x, rate
@@ -142,10 +143,17 @@ def _corrector(f, x, p, t, eps, corrector, mh, n_steps, n_trapezoid, n_leapfrog,
         model = f.model
         alpha, sigma2 = model.marginal(t)
         params = [q.to(dtype=x.dtype, device=x.device) for q in (model.means, model.log_weights, model.variances)]
-        x, rate = ops.gmm_mala(x, *params, step_size=eps, n_steps=n_steps, n_trapezoid=n_trapezoid,
-                               alpha=alpha, sigma2=sigma2, seed=seed, offset=offset,
-                               mh="none" if corrector == "ula" else mh, backend=backend)
-        f.n += B * (n_steps * (n_trapezoid if mh == "score" else 1) + 1)
+        if corrector in ("hmc", "uhmc"):
+            # the fused kernel carries the momentum across this level's moves (from p = 0)
+            x, rate = ops.gmm_hmc(x, *params, step_size=eps, n_steps=n_steps, n_leapfrog=n_leapfrog,
+                                  alpha=alpha, sigma2=sigma2, seed=seed, offset=offset, mh=mh,
+                                  damping=damping if corrector == "uhmc" else 0.0, backend=backend)
+            f.n += B * (n_steps * n_leapfrog + 1)
+        else:
+            x, rate = ops.gmm_mala(x, *params, step_size=eps, n_steps=n_steps, n_trapezoid=n_trapezoid,
+                                   alpha=alpha, sigma2=sigma2, seed=seed, offset=offset,
+                                   mh="none" if corrector == "ula" else mh, backend=backend)
+            f.n += B * (n_steps * (n_trapezoid if mh == "score" else 1) + 1)
         return x, p, rate, offset + n_steps
     if corrector in ("ula", "mala"):
         x, rate, offset = _langevin_moves(f, x, t, eps, n_steps, mh if corrector == "mala" else "none",
