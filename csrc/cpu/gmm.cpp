@@ -306,18 +306,21 @@ FASTSAMP_VINLINE void block_dot(int Drt, const T* __restrict a, const T* __restr
 }
 
 // dst[d][l] = accepted[l] ? src[d][l] : dst[d][l]
-template <typename T, int W>
-FASTSAMP_VINLINE void block_select(int D, const T* __restrict acc_f, T* __restrict dst,
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_select(int Drt, const T* __restrict acc_f, T* __restrict dst,
                                    const T* __restrict src) {
+  const int D = DC > 0 ? DC : Drt;  // compile-time D unrolls the loop
   for (int d = 0; d < D; ++d) {
 #pragma omp simd
     for (int l = 0; l < W; ++l) dst[d * W + l] = acc_f[l] != T(0) ? src[d * W + l] : dst[d * W + l];
   }
 }
 
-template <typename T, int W>
-FASTSAMP_VINLINE void block_copy(int D, T* __restrict dst, const T* __restrict src) {
-  std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(D) * W);
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_copy(int Drt, T* __restrict dst, const T* __restrict src) {
+  const int n = (DC > 0 ? DC : Drt) * W;
+#pragma omp simd
+  for (int i = 0; i < n; ++i) dst[i] = src[i];
 }
 
 // The chain-block driver shared by the whole-move kernels: blocks of W chains in
@@ -419,8 +422,8 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
       }
       block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
       if (mh == 2) {
-        block_copy<T, W>(D, xc, xp);
-        block_copy<T, W>(D, sc, sp);
+        block_copy<T, W, DC>(D, xc, xp);
+        block_copy<T, W, DC>(D, sc, sp);
 #pragma omp simd
         for (int l = 0; l < W; ++l) {
           lpc[l] = lpp[l];
@@ -465,8 +468,8 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
         nacc[l] += acc_f[l];
         lpc[l] = a ? lpp[l] : lpc[l];
       }
-      block_select<T, W>(D, acc_f, xc, xp);
-      block_select<T, W>(D, acc_f, sc, sp);
+      block_select<T, W, DC>(D, acc_f, xc, xp);
+      block_select<T, W, DC>(D, acc_f, sc, sp);
     }
   });
 }
@@ -521,8 +524,8 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
           pl[i] = p;
         }
       }
-      block_copy<T, W>(D, xa, xc);
-      block_copy<T, W>(D, sa, sc);
+      block_copy<T, W, DC>(D, xa, xc);
+      block_copy<T, W, DC>(D, sa, sc);
 #pragma omp simd
       for (int l = 0; l < W; ++l) {
         dlp[l] = T(0);
@@ -575,12 +578,12 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
         nacc[l] += acc_f[l];
         lpc[l] = acc_f[l] != T(0) ? lpl[l] : lpc[l];
       }
-      block_select<T, W>(D, acc_f, xc, xa);
-      block_select<T, W>(D, acc_f, sc, sa);
+      block_select<T, W, DC>(D, acc_f, xc, xa);
+      block_select<T, W, DC>(D, acc_f, sc, sa);
       // rejected: flip the momentum (p ← −p0), which keeps partial refresh exact
 #pragma omp simd
       for (int64_t i = 0; i < D * W; ++i) pc[i] = -p0[i];
-      block_select<T, W>(D, acc_f, pc, pl);
+      block_select<T, W, DC>(D, acc_f, pc, pl);
     }
   });
 }
