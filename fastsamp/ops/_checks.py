@@ -38,6 +38,15 @@ def like(name: str, t, x: torch.Tensor, shape=None) -> torch.Tensor:
     return t.contiguous()
 
 
+def output(out, x: torch.Tensor):
+    """None, or a contiguous tensor like x that receives a result (it may alias x)."""
+    if out is None:
+        return None
+    if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+        raise ValueError("out must be a contiguous tensor")
+    return like("out", out, x)
+
+
 def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi=None) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")

@@ -121,15 +121,22 @@ def momentum_refresh(p, damping, noise, seed, offset):
 MH_SCORE, MH_ENERGY, MH_NONE = 0, 1, 2
 
 
+def _philox_draws(x, seed, offset):
+    """draw(m) -> (ξ, u) of move m: the Philox draws (seed, offset + m) of the whole-move kernels."""
+    B, D = x.shape
+
+    def draw(m):
+        return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device),
+                _rng.uniform(seed, offset + m, B, x.dtype, x.device))
+    return draw
+
+
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
              seed, offset, mh, *, draw=None):
     """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m (the benchmarks' torch-RNG baseline)."""
     B, D = x.shape
-    if draw is None:
-        def draw(m):
-            return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device),
-                    _rng.uniform(seed, offset + m, B, x.dtype, x.device))
+    draw = draw or _philox_draws(x, seed, offset)
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
@@ -160,10 +167,7 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
     on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m."""
     B, D = x.shape
-    if draw is None:
-        def draw(m):
-            return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device),
-                    _rng.uniform(seed, offset + m, B, x.dtype, x.device))
+    draw = draw or _philox_draws(x, seed, offset)
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
     p = torch.zeros_like(x)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)

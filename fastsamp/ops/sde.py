@@ -1,11 +1,14 @@
 """Reverse-time SDE stepping."""
 from __future__ import annotations
 
-import torch
-
 from .. import backends
 from ..schedules import VE, VP, reverse_em_coefficients
 from . import _checks
+
+
+def _check_schedule(schedule):
+    if not isinstance(schedule, (VP, VE)):
+        raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
 
 
 def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, extra_drift=None, out=None,
@@ -22,17 +25,13 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     score = _checks.like("score", score, x)
     if extra_drift is not None:
         extra_drift = _checks.like("extra_drift", extra_drift, x)
-    if not isinstance(schedule, (VP, VE)):
-        raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
+    _check_schedule(schedule)
     t = _checks.finite_float("t", t)
     h = _checks.finite_float("h", h, positive=True)
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
-    if out is not None:
-        if not isinstance(out, torch.Tensor) or not out.is_contiguous():
-            raise ValueError("out must be a contiguous tensor")
-        out = _checks.like("out", out, x)
+    out = _checks.output(out, x)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     fn = backends.resolve(backend, "sde_step", x.device)
     return fn(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=out)
@@ -53,8 +52,7 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     score = _checks.like("score", score, x)
     score_shift = _checks.like("score_shift", score_shift, x)
     v = _checks.like("v", v, x)
-    if not isinstance(schedule, (VP, VE)):
-        raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
+    _check_schedule(schedule)
     t = _checks.finite_float("t", t)
     h = _checks.finite_float("h", h, positive=True)
     fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True)
@@ -62,10 +60,7 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     if not 0.0 < t <= 1.0:
         raise ValueError(f"t must be in (0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
-    if out is not None:
-        if not isinstance(out, torch.Tensor) or not out.is_contiguous():
-            raise ValueError("out must be a contiguous tensor")
-        out = _checks.like("out", out, x)
+    out = _checks.output(out, x)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)
     c_v, c_diff = guidance / alpha, guidance * sigma2 / (fd_eps * alpha)
