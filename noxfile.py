@@ -14,7 +14,8 @@ def _install(session, *extra):
 
 @nox.session
 def tests(session):
-    _install(session, "pytest", "triton>=3.0")
+    _install(session, "pytest", "triton>=3.0", "pot>=0.9", "tqdm>=4", "scikit-learn>=1.3", "scipy>=1.9",
+             "matplotlib>=3.5")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -26,7 +27,7 @@ def lint(session):
 
 @nox.session
 def bench(session):
-    _install(session, "triton>=3.0")
+    _install(session, "triton>=3.0", "pot>=0.9", "tqdm>=4", "matplotlib>=3.5")
     session.run("fastsamp", "bench", "--json", "bench.json", *session.posargs)
 
 
