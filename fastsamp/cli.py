@@ -1,4 +1,5 @@
-"""fastsamp command line: `fastsamp sample` (the main job), `bench`, `compose`, `importance`, `info`."""
+"""fastsamp command line: `fastsamp sample` (the main job), `bench`, `compose`, `importance`, `train`,
+`outsourced`, `info`."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +111,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _target_names():
+    from .targets import TARGETS
+    return TARGETS
+
+
+def _method_names():
+    from .offpolicy import METHODS
+    return tuple(METHODS)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fastsamp", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -153,6 +164,34 @@ def main(argv=None) -> int:
     m.add_argument("--json", default=None)
     m.add_argument("--png", default=None)
     m.set_defaults(fn=lambda a: __import__("fastsamp.tilting", fromlist=["main"]).main(a))
+    r = sub.add_parser("train", help="train an off-policy diffusion sampler on a benchmark target and evaluate it")
+    r.add_argument("--target", default="25gmm", choices=_target_names())
+    r.add_argument("--method", default="tb+expl+lp+ls", choices=_method_names())
+    r.add_argument("--iterations", type=int, default=None, help="default: the paper's count for the method")
+    r.add_argument("--batch-size", type=int, default=300)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--eval-samples", type=int, default=2000)
+    r.add_argument("--out", default=None, help="directory for the model (.pt) and the JSON")
+    r.add_argument("--eager", action="store_true", help="train on the eager PyTorch path instead of the fused one")
+    r.add_argument("--time", action="store_true", help="only time fused vs eager iterations")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--verbose", action="store_true")
+    r.set_defaults(fn=lambda a: __import__("fastsamp.offpolicy", fromlist=["main"]).main(a))
+    o = sub.add_parser("outsourced", help="posterior sampling in the noise space of digit generators")
+    o.add_argument("--priors", default="vae,gan,flow", help="comma-separated: vae, gan, flow")
+    o.add_argument("--rewards", default="class", help="comma-separated: class, inpaint")
+    o.add_argument("--samplers", default="prior,diffusion,mala,hmc,guidance",
+                   help="comma-separated: prior, diffusion, mala, hmc, guidance (flow prior only)")
+    o.add_argument("--digit", type=int, default=3)
+    o.add_argument("--lam", type=float, default=1.0, help="reward exponent λ")
+    o.add_argument("--samples", type=int, default=256)
+    o.add_argument("--budget", type=int, default=60_000, help="reward evaluations per sampler")
+    o.add_argument("--size", default="full", choices=["tiny", "full"], help="prior/classifier size (cached)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--json", default=None)
+    o.add_argument("--png", default=None)
+    o.add_argument("--no-progress", action="store_true")
+    o.set_defaults(fn=lambda a: __import__("fastsamp.outsourced", fromlist=["main"]).main(a))
     i = sub.add_parser("info", help="backends and build flags")
     i.set_defaults(fn=cmd_info)
     args = p.parse_args(argv)

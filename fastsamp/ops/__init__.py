@@ -8,9 +8,10 @@ from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import line_points, mala_propose, score_mh_accept
 from .random import normal, uniform
 from .sde import guided_sde_step, reverse_sde_step
+from .trajectory import em_step_logprob
 
 __all__ = [
     "gmm_score", "gmm_mala", "gmm_hmc", "reverse_sde_step", "guided_sde_step", "mala_propose", "line_points",
-    "score_mh_accept",
+    "score_mh_accept", "em_step_logprob",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
 ]

@@ -194,3 +194,55 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
         p = _select(accepted, p_l, -p0)  # rejected: momentum flip (exact with partial refresh)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
+
+
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+    """Euler–Maruyama transition and its log-densities (docs/backend-contract.md, op 9).
+
+    s² = s2·e^{log_var} (model step variance), q² = s² + e2 (sampling variance):
+    x_next = x + h·drift + q ξ unless given; v = x_next − x − h·drift, u = x − c·x_next;
+    log_pf = Σ −½(v²/s² + log 2π s²), log_pb = Σ −½(u²/b2 + log 2π b2) (0 when b2 = 0).
+    """
+    var = torch.full_like(x, s2) if log_var is None else s2 * torch.exp(log_var)
+    mean = x + h * drift
+    if x_next is None:
+        x_next = mean + torch.sqrt(var + e2) * _noise(x, noise, seed, offset)
+    v = x_next - mean
+    log_pf = -0.5 * (v * v / var + torch.log(2 * math.pi * var)).sum(-1)
+    if b2 == 0.0:
+        log_pb = torch.zeros_like(log_pf)
+    else:
+        u = x - c * x_next
+        log_pb = -0.5 * (u * u / b2 + math.log(2 * math.pi * b2)).sum(-1)
+    return x_next, log_pf, log_pb
+
+
+def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, h, s2, e2, c, b2, reparam,
+                             want_g_x_next):
+    """Gradients of em_step_logprob w.r.t. (x, drift, log_var, x_next).
+
+    With G = g_x_next − g_pf·v/s² + g_pb·c·u/b2 (the total gradient reaching x_next):
+    g_x = g_pf·v/s² − g_pb·u/b2 + R·G,  g_drift = h·(g_pf·v/s² + R·G),
+    g_log_var = g_pf·(½v²/s² − ½) + R·G·½ s² v/q², where R = 1 when x_next was sampled by
+    reparameterisation (x_next = x + h·drift + qξ) and 0 when it is a constant; g_x_next = G.
+    """
+    var = s2 if log_var is None else s2 * torch.exp(log_var)
+    v = x_next - x - h * drift
+    gpf, gpb = g_log_pf[:, None], g_log_pb[:, None]
+    a = gpf * v / var
+    total = -a if g_x_next is None else g_x_next - a
+    g_x = a
+    if b2 != 0.0:
+        w = gpb * (x - c * x_next) / b2
+        g_x = g_x - w
+        total = total + c * w
+    if reparam:
+        g_x = g_x + total
+        a = a + total
+    g_drift = h * a
+    g_log_var = None
+    if log_var is not None:
+        g_log_var = gpf * (0.5 * v * v / var - 0.5)
+        if reparam:
+            g_log_var = g_log_var + total * 0.5 * var * v / (var + e2)
+    return g_x, g_drift, g_log_var, (total if want_g_x_next else None)
