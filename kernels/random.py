@@ -101,7 +101,14 @@ def select_lane(z0, z1, z2, z3, lane):
 @triton.jit
 def normal_rows(k0, k1, o0, o1, rows, BLOCK_J: tl.constexpr, DTYPE: tl.constexpr):
     """[BLOCK_B, 4 * BLOCK_J] tile of normals xi[rows, 0 : 4 * BLOCK_J]."""
-    j = tl.arange(0, BLOCK_J)[None, :]
+    return normal_cols(k0, k1, o0, o1, rows, 0, BLOCK_J, DTYPE)
+
+
+@triton.jit
+def normal_cols(k0, k1, o0, o1, rows, j0, BLOCK_J: tl.constexpr, DTYPE: tl.constexpr):
+    """[BLOCK_B, 4 * BLOCK_J] tile of normals xi[rows, 4 j0 : 4 (j0 + BLOCK_J)] (a column tile of
+    a row-reduction loop over D; j0 = first group)."""
+    j = j0 + tl.arange(0, BLOCK_J)[None, :]
     b = rows[:, None]
     z0, z1, z2, z3 = normal4(k0, k1, o0, o1, j, b, DTYPE)
     z = tl.join(tl.join(z0, z2), tl.join(z1, z3))  # [BB, BJ, 2, 2] -> lane = 2 * i + l

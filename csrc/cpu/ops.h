@@ -52,5 +52,18 @@ void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintp
 void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
                       uint64_t seed, uint64_t offset, uintptr_t out);
 
+// Op 9. x, drift, log_var (nullable), x_next (nullable: sample), noise (nullable: Philox) (B, D)
+//  -> y (B, D; not written when x_next is given), log_pf, log_pb (B,).
+void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
+                     double e2, double c, double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb);
+
+// Op 9 backward. g_x_next nullable (0); g_log_var written when log_var is given, g_x_next_out when
+// not null.
+void em_step_logprob_backward(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
+                              uintptr_t g_x_next, uintptr_t g_log_pf, uintptr_t g_log_pb, int64_t B, int64_t D,
+                              double h, double s2, double e2, double c, double b2, bool reparam, uintptr_t g_x,
+                              uintptr_t g_drift, uintptr_t g_log_var, uintptr_t g_x_next_out);
+
 }  // namespace cpu
 }  // namespace fastsamp

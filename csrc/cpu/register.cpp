@@ -43,4 +43,11 @@ void register_cpu_ops(py::module_& m) {
         "log_alpha"_a, "HMC accept (op 6c).");
   m.def("cpu_momentum_refresh", &c::momentum_refresh, rel(), "dtype"_a, "p"_a, "damping"_a, "noise"_a, "B"_a,
         "D"_a, "seed"_a, "offset"_a, "out"_a, "Partial momentum refresh (op 6d).");
+  m.def("cpu_em_step_logprob", &c::em_step_logprob, rel(), "dtype"_a, "x"_a, "drift"_a, "log_var"_a, "x_next"_a,
+        "noise"_a, "B"_a, "D"_a, "seed"_a, "offset"_a, "h"_a, "s2"_a, "e2"_a, "c"_a, "b2"_a, "y"_a, "log_pf"_a,
+        "log_pb"_a, "Euler-Maruyama step with its forward / backward log-densities (op 9).");
+  m.def("cpu_em_step_logprob_backward", &c::em_step_logprob_backward, rel(), "dtype"_a, "x"_a, "drift"_a,
+        "log_var"_a, "x_next"_a, "g_x_next"_a, "g_log_pf"_a, "g_log_pb"_a, "B"_a, "D"_a, "h"_a, "s2"_a, "e2"_a,
+        "c"_a, "b2"_a, "reparam"_a, "g_x"_a, "g_drift"_a, "g_log_var"_a, "g_x_next_out"_a,
+        "Gradients of em_step_logprob (op 9).");
 }

@@ -43,6 +43,21 @@ void launch_gmm_mala(int dtype, const void* x, const void* means, const void* lo
                      double alpha, double sigma2, uint64_t seed, uint64_t offset, int mh,
                      void* stream);
 
+// Op 9. x, drift, log_var (nullable), x_next (nullable: sample), noise (nullable: Philox) (B, D)
+//  -> y (B, D; not written when x_next is given), log_pf, log_pb (B,).
+void launch_em_step_logprob(int dtype, const void* x, const void* drift, const void* log_var,
+                            const void* x_next, const void* noise, void* y, void* log_pf, void* log_pb,
+                            int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
+                            double e2, double c, double b2, void* stream);
+
+// Op 9 backward. g_x_next nullable (0); g_log_var written when log_var is given, g_x_next_out
+// when not null.
+void launch_em_step_logprob_backward(int dtype, const void* x, const void* drift, const void* log_var,
+                                     const void* x_next, const void* g_x_next, const void* g_log_pf,
+                                     const void* g_log_pb, void* g_x, void* g_drift, void* g_log_var,
+                                     void* g_x_next_out, int64_t B, int64_t D, double h, double s2, double e2,
+                                     double c, double b2, bool reparam, void* stream);
+
 // Largest D each mixture kernel supports.
 constexpr int64_t kGmmScoreMaxD = 4096;
 constexpr int64_t kGmmMalaMaxD = 1024;

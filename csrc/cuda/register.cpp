@@ -83,4 +83,35 @@ void register_cuda_ops(py::module_& m) {
       py::arg("D"), py::arg("x_new"), py::arg("score_new"), py::arg("accepted"),
       py::arg("log_alpha"), py::arg("stream"),
       "Score-based MH accept (op 5), CUDA, async on `stream`.");
+  m.def(
+      "cuda_em_step_logprob",
+      [](int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next, uintptr_t noise,
+         int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2, double e2, double c,
+         double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb, uintptr_t stream) {
+        fc::launch_em_step_logprob(dtype, cptr(x), cptr(drift), cptr(log_var), cptr(x_next), cptr(noise),
+                                   mptr(y), mptr(log_pf), mptr(log_pb), B, D, seed, offset, h, s2, e2, c, b2,
+                                   mptr(stream));
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("drift"), py::arg("log_var"), py::arg("x_next"),
+      py::arg("noise"), py::arg("B"), py::arg("D"), py::arg("seed"), py::arg("offset"), py::arg("h"),
+      py::arg("s2"), py::arg("e2"), py::arg("c"), py::arg("b2"), py::arg("y"), py::arg("log_pf"),
+      py::arg("log_pb"), py::arg("stream"),
+      "Euler-Maruyama step with its forward / backward log-densities (op 9), CUDA, async on `stream`.");
+
+  m.def(
+      "cuda_em_step_logprob_backward",
+      [](int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next, uintptr_t g_x_next,
+         uintptr_t g_log_pf, uintptr_t g_log_pb, int64_t B, int64_t D, double h, double s2, double e2,
+         double c, double b2, bool reparam, uintptr_t g_x, uintptr_t g_drift, uintptr_t g_log_var,
+         uintptr_t g_x_next_out, uintptr_t stream) {
+        fc::launch_em_step_logprob_backward(dtype, cptr(x), cptr(drift), cptr(log_var), cptr(x_next),
+                                            cptr(g_x_next), cptr(g_log_pf), cptr(g_log_pb), mptr(g_x),
+                                            mptr(g_drift), mptr(g_log_var), mptr(g_x_next_out), B, D, h, s2,
+                                            e2, c, b2, reparam, mptr(stream));
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("drift"), py::arg("log_var"), py::arg("x_next"),
+      py::arg("g_x_next"), py::arg("g_log_pf"), py::arg("g_log_pb"), py::arg("B"), py::arg("D"),
+      py::arg("h"), py::arg("s2"), py::arg("e2"), py::arg("c"), py::arg("b2"), py::arg("reparam"),
+      py::arg("g_x"), py::arg("g_drift"), py::arg("g_log_var"), py::arg("g_x_next_out"),
+      py::arg("stream"), "Gradients of em_step_logprob (op 9), CUDA, async on `stream`.");
 }

@@ -143,5 +143,33 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
     return x_new, rate
 
 
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+    B, D = x.shape
+    y = torch.empty_like(x) if x_next is None else x_next
+    log_pf = torch.empty(B, dtype=x.dtype, device=x.device)
+    log_pb = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_em_step_logprob(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), _p(x_next), _p(noise), B, D,
+                               _u64(seed), _u64(offset), float(h), float(s2), float(e2), float(c), float(b2),
+                               y.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
+    return y, log_pf, log_pb
+
+
+def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, h, s2, e2, c, b2, reparam,
+                             want_g_x_next):
+    B, D = x.shape
+    g_x = torch.empty_like(x)
+    g_drift = torch.empty_like(x)
+    g_log_var = None if log_var is None else torch.empty_like(x)
+    g_xn = torch.empty_like(x) if want_g_x_next else None
+    if B > 0:
+        _C.cpu_em_step_logprob_backward(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), x_next.data_ptr(),
+                                        _p(g_x_next), g_log_pf.data_ptr(), g_log_pb.data_ptr(), B, D, float(h),
+                                        float(s2), float(e2), float(c), float(b2), bool(reparam), g_x.data_ptr(),
+                                        g_drift.data_ptr(), _p(g_log_var), _p(g_xn))
+    return g_x, g_drift, g_log_var, g_xn
+
+
 __all__ = ["gmm_score", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
-           "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc"]
+           "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
+           "em_step_logprob", "em_step_logprob_backward"]

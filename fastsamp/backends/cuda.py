@@ -8,8 +8,8 @@ torch stream of x's device, with that device made current. Importing this
 module does not touch the CUDA runtime.
 
 Implemented ops (the starred ops of the contract): gmm_score, sde_step,
-score_mh_accept, gmm_mala. The other ops have no CUDA kernel (the dispatcher
-falls back to Triton / the reference for them).
+score_mh_accept, gmm_mala, em_step_logprob (and its backward). The other ops
+have no CUDA kernel (the dispatcher falls back to Triton / the reference for them).
 """
 from __future__ import annotations
 
@@ -95,4 +95,35 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
     return x_new, rate
 
 
-__all__ = ["gmm_score", "sde_step", "score_mh_accept", "gmm_mala"]
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+    B, D = x.shape
+    y = torch.empty_like(x) if x_next is None else x_next
+    log_pf = torch.empty(B, dtype=x.dtype, device=x.device)
+    log_pb = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        with _device(x):
+            _C.cuda_em_step_logprob(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), _p(x_next), _p(noise), B,
+                                    D, _u64(seed), _u64(offset), float(h), float(s2), float(e2), float(c),
+                                    float(b2), y.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr(), _stream(x))
+    return y, log_pf, log_pb
+
+
+def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, h, s2, e2, c, b2, reparam,
+                             want_g_x_next):
+    B, D = x.shape
+    g_x = torch.empty_like(x)
+    g_drift = torch.empty_like(x)
+    g_log_var = None if log_var is None else torch.empty_like(x)
+    g_xn = torch.empty_like(x) if want_g_x_next else None
+    if B > 0:
+        with _device(x):
+            _C.cuda_em_step_logprob_backward(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var),
+                                             x_next.data_ptr(), _p(g_x_next), g_log_pf.data_ptr(),
+                                             g_log_pb.data_ptr(), B, D, float(h), float(s2), float(e2), float(c),
+                                             float(b2), bool(reparam), g_x.data_ptr(), g_drift.data_ptr(),
+                                             _p(g_log_var), _p(g_xn), _stream(x))
+    return g_x, g_drift, g_log_var, g_xn
+
+
+__all__ = ["gmm_score", "sde_step", "score_mh_accept", "gmm_mala", "em_step_logprob",
+           "em_step_logprob_backward"]
