@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import ops
+from .. import backends, ops
+from ..ops import policy
 from .annealed import mcmc
 
 OBJECTIVES = ("pis", "tb", "vargrad", "subtb")
@@ -259,6 +260,8 @@ class DiffusionSampler(nn.Module):
         x = torch.zeros(batch_size, D, dtype=dtype, device=device)
         ts = self._grid(x)
         offline = self.fused and not reparam
+        if offline and not with_flows and self._whole_trajectory_kernel(x):
+            return self._fused_forward(batch_size, explore, seed, x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not offline):
             temb, lgv = self.net.time_features(ts[:-1])
             states, log_pf, log_pb, log_f = [x], [], [], []
@@ -297,11 +300,32 @@ class DiffusionSampler(nn.Module):
         return self._finish(states, log_pf, self._bridge_log_pb(states), self.target.log_prob(x_T).detach(),
                             log_f if with_flows else None)
 
+    def _whole_trajectory_kernel(self, x) -> bool:
+        """Whether the C++ whole-trajectory policy kernels (ops.policy) serve this network: CPU,
+        the plain architecture (no Langevin term, fixed variance)."""
+        return (x.device.type == "cpu" and not self.net.langevin and not self.net.learned_variance
+                and backends.is_available("cpp"))
+
+    def _fused_forward(self, batch_size, explore, seed, like):
+        """Forward trajectories by one rollout kernel (no grad) and log p_F through one kernel
+        whose backward is one kernel (the rollout's log p_F is reused, not recomputed)."""
+        ts = self._grid(like)
+        temb = self.net.time_features(ts[:-1])[0]
+        with torch.no_grad():
+            states, lpf, lpb = policy.policy_rollout(self.net, temb.detach(), batch_size, sigma=self.sigma,
+                                                     h=self.h, explore=explore, seed=seed, dtype=like.dtype)
+        log_pf = policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf)
+        return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
+
     def _evaluate(self, states, with_flows):
         """log p_F of every transition of fixed trajectories (and the flows): one batched network
-        call over all T·B states and one fused op call (uniform h, so one variance)."""
+        call over all T·B states and one fused op call (uniform h, so one variance); for the plain
+        network on the CPU, one whole-trajectory kernel."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         ts = self._grid(states)
+        if self.fused and not with_flows and self._whole_trajectory_kernel(states):
+            temb = self.net.time_features(ts[:-1])[0]
+            return policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h), None
         temb, lgv = self.net.time_features(ts[:-1])
         x = states[:-1].reshape(T * B, D)
         def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
