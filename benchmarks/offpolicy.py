@@ -87,7 +87,7 @@ def timing(args):
             out[f"{t}/{m}"] = r = time_iterations(t, m, iterations=args.iterations)
             print(f"{t:9s} {m:14s} fused {r['fused'] * 1e3:7.1f} ms  eager {r['eager'] * 1e3:7.1f} ms  "
                   f"speedup {r['speedup']:.2f}x", flush=True)
-    with open(os.path.join(OUT, "timing.json"), "w") as f:
+    with open(os.path.join(OUT, f"timing_{args.threads}thread.json"), "w") as f:
         json.dump({"threads": args.threads, "results": out}, f, indent=2)
 
 
