@@ -38,13 +38,13 @@ PUBLISHED = {
 
 
 def _one(job):
-    target, method, seed, fraction = job
+    target, method, seed, fraction, out = job
     import torch
     torch.set_num_threads(1)
     from fastsamp.offpolicy import METHODS as PRESETS
     from fastsamp.offpolicy import run
     iterations = max(1, round(PRESETS[method][2] * fraction))
-    res = run(target, method, seed=seed, iterations=iterations, out_dir=OUT, progress=False)
+    res = run(target, method, seed=seed, iterations=iterations, out_dir=out, progress=False)
     m = res["metrics"]
     print(f"{target:9s} {method:14s} seed {seed}: Δlog Z {m['delta_log_Z']:.3f}  Δlog Z^RW {m['delta_log_Z_rw']:.3f}  "
           f"W2 {m['w2']:.3f}  {res['seconds_per_iteration'] * 1e3:.0f} ms/it", flush=True)
@@ -58,7 +58,7 @@ def _fmt(values):
 
 
 def table(args):
-    jobs = [(t, m, s, args.fraction) for t in args.targets for m in args.methods for s in args.seeds]
+    jobs = [(t, m, s, args.fraction, args.out) for t in args.targets for m in args.methods for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(_one, jobs))
     rows = ["| target | method | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) | Δlog Z^RW (paper) "
@@ -73,7 +73,7 @@ def table(args):
                         f"| {dzrw} | {pub[1]} | {w2} | {pub[2]} | {ms:.0f} |")
     text = "\n".join(rows) + f"\n\nseeds {list(args.seeds)}; 2000 evaluation samples; 1 thread per run.\n"
     print(text)
-    with open(os.path.join(OUT, "table.md"), "w") as f:
+    with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
 
 
@@ -100,6 +100,7 @@ def main(argv=None):
     a.add_argument("--jobs", type=int, default=2, help="parallel runs (one thread each)")
     a.add_argument("--targets", nargs="+", default=list(TARGETS))
     a.add_argument("--methods", nargs="+", default=list(METHODS))
+    a.add_argument("--out", default=OUT, help="directory for the per-run JSON/models and table.md")
     a.set_defaults(fn=table)
     b = sub.add_parser("timing")
     b.add_argument("--iterations", type=int, default=20)
@@ -108,7 +109,7 @@ def main(argv=None):
     b.add_argument("--methods", nargs="+", default=["tb", "pis", "tb+expl+lp+ls"])
     b.set_defaults(fn=timing)
     args = p.parse_args(argv)
-    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(getattr(args, "out", OUT), exist_ok=True)
     args.fn(args)
     return 0
 
