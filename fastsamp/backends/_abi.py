@@ -21,3 +21,16 @@ def ptr(t) -> int:
 
 def u64(v) -> int:
     return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
+
+
+def em_step_outputs(x, x_next):
+    """Outputs of em_step_logprob: (x_next, or a fresh one to sample into; log_pf (B,); log_pb (B,))."""
+    B = x.shape[0]
+    y = torch.empty_like(x) if x_next is None else x_next
+    return y, torch.empty(B, dtype=x.dtype, device=x.device), torch.empty(B, dtype=x.dtype, device=x.device)
+
+
+def em_step_grad_outputs(x, log_var, want_g_x_next):
+    """Outputs of em_step_logprob_backward: g_x, g_drift, g_log_var (None without log_var), g_x_next (if wanted)."""
+    return (torch.empty_like(x), torch.empty_like(x), None if log_var is None else torch.empty_like(x),
+            torch.empty_like(x) if want_g_x_next else None)

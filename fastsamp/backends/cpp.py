@@ -11,6 +11,7 @@ import torch
 from fastsamp import _C
 
 from ._abi import dtype_code as _dt
+from ._abi import em_step_grad_outputs, em_step_outputs
 from ._abi import ptr as _p
 from ._abi import u64 as _u64
 
@@ -145,9 +146,7 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
 
 def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
     B, D = x.shape
-    y = torch.empty_like(x) if x_next is None else x_next
-    log_pf = torch.empty(B, dtype=x.dtype, device=x.device)
-    log_pb = torch.empty(B, dtype=x.dtype, device=x.device)
+    y, log_pf, log_pb = em_step_outputs(x, x_next)
     if B > 0:
         _C.cpu_em_step_logprob(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), _p(x_next), _p(noise), B, D,
                                _u64(seed), _u64(offset), float(h), float(s2), float(e2), float(c), float(b2),
@@ -158,10 +157,7 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c
 def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, h, s2, e2, c, b2, reparam,
                              want_g_x_next):
     B, D = x.shape
-    g_x = torch.empty_like(x)
-    g_drift = torch.empty_like(x)
-    g_log_var = None if log_var is None else torch.empty_like(x)
-    g_xn = torch.empty_like(x) if want_g_x_next else None
+    g_x, g_drift, g_log_var, g_xn = em_step_grad_outputs(x, log_var, want_g_x_next)
     if B > 0:
         _C.cpu_em_step_logprob_backward(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), x_next.data_ptr(),
                                         _p(g_x_next), g_log_pf.data_ptr(), g_log_pb.data_ptr(), B, D, float(h),
