@@ -263,11 +263,12 @@ FASTSAMP_VINLINE void with_nv(int NJ, F&& f) {
   }
 }
 
-// Hidden / input layer forward: Z[l] = bias + Σ_k A[l*lda + k] Bt[k][:] (+ add), U = gelu(Z),
-// G = gelu'(Z) when DERIV. NJ vectors of output features, rows l < nb.
-template <typename T, int NV, bool DERIV>
-void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Bt, int64_t ldb, int NJ,
-               const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo) {
+// acc = bias + Σ_k A[l*lda + k] Bt[k][:] for rows l < nb and NJ vectors of output features,
+// register-tiled; epi(acc, offset of the row-l, feature-vector element in a row-major output
+// with leading dimension ldo) consumes each accumulator vector.
+template <typename T, int NV, class Epilogue>
+FASTSAMP_VINLINE void bias_gemm(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Bt,
+                                int64_t ldb, int NJ, const T* __restrict bias, int64_t ldo, Epilogue&& epi) {
   constexpr int W = kW<T>;
   for (int c0 = 0; c0 < NJ; c0 += NV) {
     const int cc = c0 * W;
@@ -277,46 +278,36 @@ void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __res
       for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v) acc[r][v] = ld<T>(bias + cc + v * W);
       mk<T, MR, NV>(A + l0 * lda, lda, 1, K, Bt + cc, ldb, acc);
-      for (int r = 0; r < MR; ++r) {
-        for (int v = 0; v < NV; ++v) {
-          Vec<T> z = acc[r][v];
-          if (add) z += ld<T>(add + cc + v * W);
-          Vec<T> g, dg;
-          gelu_v<T, DERIV>(z, &g, &dg);
-          const int64_t o = (l0 + r) * ldo + cc + v * W;
-          st<T>(U + o, g);
-          if constexpr (DERIV) st<T>(G + o, dg);
-        }
-      }
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) epi(acc[r][v], (l0 + r) * ldo + cc + v * W, cc + v * W);
     });
   }
+}
+
+// Hidden / input layer forward: Z[l] = bias + Σ_k A[l*lda + k] Bt[k][:] (+ add), U = gelu(Z),
+// G = gelu'(Z) when DERIV. NJ vectors of output features, rows l < nb.
+template <typename T, int NV, bool DERIV>
+void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Bt, int64_t ldb, int NJ,
+               const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo) {
+  bias_gemm<T, NV>(nb, A, lda, K, Bt, ldb, NJ, bias, ldo, [&](Vec<T> z, int64_t o, int col) {
+    if (add) z += ld<T>(add + col);
+    Vec<T> g, dg;
+    gelu_v<T, DERIV>(z, &g, &dg);
+    st<T>(U + o, g);
+    if constexpr (DERIV) st<T>(G + o, dg);
+  });
 }
 
 // Output layer: OUT[l] = bo + Σ_k U[l*ldu + k] WoT[k][:], DR = clamp(OUT, -clip, clip).
 template <typename T, int NV>
 void out_layer(int nb, const T* __restrict U, int64_t ldu, int K, const T* __restrict WoT, int64_t ldw, int NJ,
                const T* __restrict bo, T clip, T* __restrict OUT, T* __restrict DR, int64_t ldo) {
-  constexpr int W = kW<T>;
-  for (int c0 = 0; c0 < NJ; c0 += NV) {
-    const int cc = c0 * W;
-    row_tiles<NV>(nb, [&](auto mr, int l0) {
-      constexpr int MR = decltype(mr)::value;
-      Vec<T> acc[MR][NV];
-      for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = ld<T>(bo + cc + v * W);
-      mk<T, MR, NV>(U + l0 * ldu, ldu, 1, K, WoT + cc, ldw, acc);
-      for (int r = 0; r < MR; ++r) {
-        for (int v = 0; v < NV; ++v) {
-          const Vec<T> o = acc[r][v];
-          Vec<T> dr = o < -clip ? bc<T>(-clip) : o;  // NaN passes (torch.clamp propagates NaN)
-          dr = dr > clip ? bc<T>(clip) : dr;
-          const int64_t off = (l0 + r) * ldo + cc + v * W;
-          if (OUT) st<T>(OUT + off, o);
-          st<T>(DR + off, dr);
-        }
-      }
-    });
-  }
+  bias_gemm<T, NV>(nb, U, ldu, K, WoT, ldw, NJ, bo, ldo, [&](Vec<T> o, int64_t off, int) {
+    Vec<T> dr = o < -clip ? bc<T>(-clip) : o;  // NaN passes (torch.clamp propagates NaN)
+    dr = dr > clip ? bc<T>(clip) : dr;
+    if (OUT) st<T>(OUT + off, o);
+    st<T>(DR + off, dr);
+  });
 }
 
 template <typename T>
