@@ -83,20 +83,20 @@ def _cases(device, dtype):
     # gmm_mala: B=65536, D=8, K=16, n_trapezoid=3, 10 moves
     n_steps, n_trap = 10, 3
     eps = torch.full((B,), 0.05, dtype=dtype, device=device)
-    cases["gmm_mala"] = ((x, means, lw, var, eps, n_steps, n_trap, 1.0, 0.0, 7, 0, 0),
+    cases["gmm_mala"] = ((x, means, lw, var, eps, n_steps, n_trap, 1.0, 0.0, 7, 0, 0, 0),
                          size * (2 * B * D + B), n_steps * n_trap * 5 * B * K * D)
     # streaming ops: B=1<<20, D=16 (64 MiB per float32 array)
     B, D = 1 << 20, 16
     xs, ss = rnd(B, D), rnd(B, D)
     a, c_s, c_n = reverse_em_coefficients(VP(), 0.5, 0.01)
-    cases["sde_step"] = ((xs, ss, None, None, 3, 0, a, c_s, c_n), 3 * size * B * D, 5 * B * D)
+    cases["sde_step"] = ((xs, ss, None, None, 3, 0, 0, a, c_s, c_n), 3 * size * B * D, 5 * B * D)
     # the same step into a preallocated output: what a sampler loop does (x updated in place)
     out = torch.empty_like(xs)
-    cases["sde_step(out=)"] = ((xs, ss, None, None, 3, 0, a, c_s, c_n, out), 3 * size * B * D, 5 * B * D)
+    cases["sde_step(out=)"] = ((xs, ss, None, None, 3, 0, 0, a, c_s, c_n, out), 3 * size * B * D, 5 * B * D)
     vs, sh = rnd(B, D), ss + 1e-3 * rnd(B, D)
-    cases["guided_sde_step"] = ((xs, ss, sh, vs, None, 3, 0, a, c_s, 0.5, 40.0, c_n), 5 * size * B * D, 10 * B * D)
+    cases["guided_sde_step"] = ((xs, ss, sh, vs, None, 3, 0, 0, a, c_s, 0.5, 40.0, c_n), 5 * size * B * D, 10 * B * D)
     eps = torch.full((B,), 0.05, dtype=dtype, device=device)
-    cases["mala_propose"] = ((xs, ss, eps, None, 3, 0), size * (3 * B * D + B), 5 * B * D)
+    cases["mala_propose"] = ((xs, ss, eps, None, 3, 0, 0), size * (3 * B * D + B), 5 * B * D)
     xp = xs + 0.1 * ss
     cases["line_points"] = ((xs, xp, 3), 4 * size * B * D, 4 * B * D)
     u = torch.rand(B, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
@@ -117,16 +117,17 @@ def _torch_rng_draw(x):
 def baseline(op):
     """The eager PyTorch implementation of `op` timed as the baseline (backend signature)."""
     if op.startswith("sde_step"):
-        def sde_step(x, score, extra, noise, seed, offset, a, c_s, c_n, out=None):
-            return ref.sde_step(x, score, extra, torch.randn_like(x), seed, offset, a, c_s, c_n, out)
+        def sde_step(x, score, extra, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
+            return ref.sde_step(x, score, extra, torch.randn_like(x), seed, offset, 0, a, c_s, c_n, out)
         return sde_step
     if op == "guided_sde_step":
-        def guided_sde_step(x, score, shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n):
-            return ref.guided_sde_step(x, score, shift, v, torch.randn_like(x), seed, offset, a, c_s, c_v, c_diff, c_n)
+        def guided_sde_step(x, score, shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n):
+            return ref.guided_sde_step(x, score, shift, v, torch.randn_like(x), seed, offset, 0, a, c_s, c_v, c_diff,
+                                       c_n)
         return guided_sde_step
     if op == "mala_propose":
-        def mala_propose(x, score, eps, noise, seed, offset):
-            return ref.mala_propose(x, score, eps, torch.randn_like(x), seed, offset)
+        def mala_propose(x, score, eps, noise, seed, offset, chain_offset):
+            return ref.mala_propose(x, score, eps, torch.randn_like(x), seed, offset, chain_offset)
         return mala_propose
     if op == "gmm_mala":
         def gmm_mala(x, *args):

@@ -30,41 +30,53 @@ def mode_occupancy(x, means, log_weights, variances):
 def cmd_sample(args) -> int:
     """Predictor-corrector sampling of a Gaussian mixture: reverse VP Euler-Maruyama steps from
     t = 1 to t = 0 (predictor) and, at each level, `--moves` fused MALA moves with score-based MH
-    on the exact diffusion marginal (corrector)."""
+    on the exact diffusion marginal (corrector). Under torchrun the chains are sharded over the
+    processes (noise keyed by the global chain index: the samples do not depend on the process
+    count); rank 0 prints the summary and writes --json / --save."""
     from . import VP, ops
+    from .distributed import Comm
 
+    comm = Comm.resolve()
     device = torch.device(args.device)
+    if device.type == "cuda" and comm.distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     means, lw, var = _mixture(args.dim, args.components, args.seed, dtype, device)
     vp = VP()
-    g = torch.Generator().manual_seed(args.seed + 1)
-    x = torch.randn(args.chains, args.dim, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    chain0, n_local = comm.shard(args.chains)
+    x = ops.normal(args.seed + 1, 0, n_local, args.dim, dtype, device, chain_offset=chain0)
     ts = [1.0 - i / (args.levels - 1) for i in range(args.levels)]
     backend = args.backend
     # warm-up (JIT compilation of GPU kernels; page faults on the CPU)
     ops.gmm_mala(x[:64], means, lw, var, step_size=0.01, n_steps=1, n_trapezoid=args.n_trapezoid, backend=backend)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    comm.barrier()
     t0 = time.perf_counter()
     rates = []
     for i, t in enumerate(ts):
-        alpha, sigma2 = vp.alpha(t), vp.sigma2(t)
-        if i > 0:  # predictor: reverse Euler-Maruyama from the previous level to t
-            t_prev = ts[i - 1]
-            s_prev = ops.gmm_score(x, means, lw, var, alpha=vp.alpha(t_prev), sigma2=vp.sigma2(t_prev),
-                                   backend=backend)[0]
-            x = ops.reverse_sde_step(x, s_prev, t=t_prev, h=t_prev - t, schedule=vp, seed=args.seed + 1,
-                                     offset=i, backend=backend)
-        # corrector: fused MALA moves with score-based MH on the marginal at t; step proportional
-        # to the smallest marginal variance at this level
-        step = args.step_scale * (alpha**2 * float(var.min()) + sigma2)
-        x, rate = ops.gmm_mala(x, means, lw, var, step_size=step, n_steps=args.moves,
-                               n_trapezoid=args.n_trapezoid, alpha=alpha, sigma2=sigma2,
-                               seed=args.seed, offset=i * args.moves, mh=args.mh, backend=backend)
-        rates.append(float(rate.mean()))
+        with comm.level(1) as lv:  # Σ acceptance rate over all chains
+            alpha, sigma2 = vp.alpha(t), vp.sigma2(t)
+            if i > 0:  # predictor: reverse Euler-Maruyama from the previous level to t
+                t_prev = ts[i - 1]
+                s_prev = ops.gmm_score(x, means, lw, var, alpha=vp.alpha(t_prev), sigma2=vp.sigma2(t_prev),
+                                       backend=backend)[0]
+                x = ops.reverse_sde_step(x, s_prev, t=t_prev, h=t_prev - t, schedule=vp, seed=args.seed + 1,
+                                         offset=i, chain_offset=chain0, backend=backend)
+            # corrector: fused MALA moves with score-based MH on the marginal at t; step proportional
+            # to the smallest marginal variance at this level
+            step = args.step_scale * (alpha**2 * float(var.min()) + sigma2)
+            x, rate = ops.gmm_mala(x, means, lw, var, step_size=step, n_steps=args.moves,
+                                   n_trapezoid=args.n_trapezoid, alpha=alpha, sigma2=sigma2, seed=args.seed,
+                                   offset=i * args.moves, chain_offset=chain0, mh=args.mh, backend=backend)
+            lv.values[0] = float(rate.double().sum())
+        rates.append(float(lv.result[0]) / args.chains)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    wall = float(comm.all_reduce([time.perf_counter() - t0], "max")[0])  # the slowest rank's wall time
+    x = comm.gather(x)
+    if x is None:  # ranks other than 0: rank 0 reports
+        return 0
     moves = args.chains * args.levels * args.moves
     score_evals = moves * (args.n_trapezoid if args.mh == "score" else 1) + args.chains * (args.levels - 1)
     exact = _exact_samples(means, lw, var, args.chains, args.seed + 2)
@@ -76,10 +88,11 @@ def cmd_sample(args) -> int:
         "moves_per_level": args.moves, "n_trapezoid": args.n_trapezoid, "mh": args.mh,
         "wall_s": wall, "chain_moves_per_s": moves / wall, "score_evals_per_s": score_evals / wall,
         "mean_accept_first_level": rates[0], "mean_accept_last_level": rates[-1],
-        "mode_occupancy_tv_vs_exact": tv, "finite": bool(torch.isfinite(x).all()),
+        "mode_occupancy_tv_vs_exact": tv, "finite": bool(torch.isfinite(x).all()), "processes": comm.world_size,
     }
     print(f"fastsamp sample: annealed MALA + score-MH (n_trapezoid={args.n_trapezoid}) on a {args.components}"
-          f"-component mixture in D={args.dim}, {args.chains} chains, {args.levels} levels x {args.moves} moves")
+          f"-component mixture in D={args.dim}, {args.chains} chains, {args.levels} levels x {args.moves} moves, "
+          f"{comm.world_size} process(es)")
     print(f"  wall {wall:.3f} s | {moves / wall / 1e6:.2f} M chain-moves/s | "
           f"{score_evals / wall / 1e6:.2f} M score evals/s (backend={backend}, device={device})")
     print(f"  acceptance first/last level {rates[0]:.3f}/{rates[-1]:.3f} | "
@@ -87,6 +100,8 @@ def cmd_sample(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
+    if args.save:
+        torch.save(x.cpu(), args.save)
     return 0 if summary["finite"] else 1
 
 
@@ -138,6 +153,7 @@ def main(argv=None) -> int:
     s.add_argument("--backend", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None)
+    s.add_argument("--save", default=None, help="write all samples (gathered on rank 0) as a .pt tensor")
     s.set_defaults(fn=cmd_sample)
     b = sub.add_parser("bench", help="time every op on every backend against eager and torch.compile")
     b.add_argument("--device", default="cpu")

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from .distributed import Comm
 from .samplers.diffusion import DiffusionSampler, TrainConfig, train
 from .targets import TARGETS, get_target
 
@@ -65,9 +66,13 @@ def evaluate(sampler, target, *, n=2000, seed=12345):
 
 def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None, progress=True, eval_samples=2000,
         **kw) -> dict:
-    """Train one (target, method, seed) and evaluate; writes model + JSON into out_dir when given."""
+    """Train one (target, method, seed) and evaluate; writes model + JSON into out_dir when given.
+    Under torchrun every rank trains (DistributedDataParallel, batch_size per rank) and rank 0
+    evaluates and writes; the other ranks return None."""
     sampler, cfg = build(target_name, method, seed=seed, iterations=iterations, **kw)
     log = train(sampler, cfg, progress=progress)
+    if Comm.resolve().rank != 0:
+        return None
     t0 = time.perf_counter()
     metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=10_000 + seed)
     result = {
@@ -111,6 +116,8 @@ def main(args) -> int:
     res = run(args.target, args.method, seed=args.seed, iterations=args.iterations, out_dir=args.out,
               progress=not args.no_progress, batch_size=args.batch_size, fused=not args.eager,
               eval_samples=args.eval_samples)
+    if res is None:  # not rank 0 of a distributed run
+        return 0
     m = res["metrics"]
     print(json.dumps(res if args.verbose else {k: res[k] for k in ("target", "method", "seed", "iterations",
                                                                     "seconds_per_iteration", "metrics")}, indent=2))

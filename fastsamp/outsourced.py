@@ -15,6 +15,11 @@ and mapping through f. Samplers, all charged the same budget of reward evaluatio
   guidance   data-space guidance along the flow prior's ODE (the only prior here with a score):
              v ← v + w ∇_y λ log r(σ(ŷ₁)), ŷ₁ = y + (1 − t) v(y, t) the one-step denoised estimate
   prior      z ~ N(0, I), for reference
+
+Under torchrun (or with `group=`) the diffusion sampler trains with DistributedDataParallel (the
+per-rank batch, so the budget buys budget // (N·batch) iterations) and samples sharded; annealed
+MCMC runs the chains sharded (noise keyed by the global chain index, one all_reduce of the mean
+acceptance per level); rank 0 gathers the samples and reports.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import time
 import torch
 
 from . import generative as gen
+from .distributed import Comm
 from .samplers.annealed import mcmc
 from .samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
 
@@ -75,36 +81,45 @@ def make_reward(kind: str, classifier, digit: int, *, sigma=0.1):
 
 
 def sample_diffusion(posterior, n, *, budget, lam, batch_size=128, n_steps=50, hidden=128, anneal=0.5, seed=0,
-                     progress=False):
-    """Train the z-space diffusion sampler on `budget` reward evaluations, then draw n samples."""
-    iterations = max(1, budget // batch_size)
+                     progress=False, group=None):
+    """Train the z-space diffusion sampler on `budget` reward evaluations (over all ranks), then draw
+    n samples (gathered on rank 0; None on the other ranks)."""
+    comm = Comm.resolve(group)
+    iterations = max(1, budget // (batch_size * comm.world_size))
     torch.manual_seed(seed)
     sampler = DiffusionSampler(posterior, sigma=1.0, n_steps=n_steps, hidden=hidden, n_harmonics=64)
     cfg = TrainConfig(objective="vargrad", iterations=iterations, batch_size=batch_size, lr_policy=1e-3,
                       replay=True, prior_every=4, buffer_size=20_000, seed=seed)
     ramp = max(1.0, anneal * iterations)
-    log = train(sampler, cfg, progress=progress,
+    log = train(sampler, cfg, progress=progress, group=comm,
                 on_iteration=lambda it: setattr(posterior, "lam", lam * min(1.0, (it + 1) / ramp)))
     posterior.lam = lam
-    z, _ = sampler.sample(n, seed=seed + 1)
+    z, _ = sampler.sample(n, seed=seed + 1, group=comm)
     return z, {"iterations": iterations, "seconds_per_iteration": log.seconds_per_iteration}
 
 
-def sample_annealed_mcmc(posterior, n, *, budget, lam, corrector="mala", levels=20, n_leapfrog=3, seed=0):
-    """Annealed MCMC from the prior: λ_l = λ l / L, moves at each level, energy MH."""
+def sample_annealed_mcmc(posterior, n, *, budget, lam, corrector="mala", levels=20, n_leapfrog=3, seed=0,
+                         group=None):
+    """Annealed MCMC from the prior: λ_l = λ l / L, moves at each level, energy MH, one global step
+    size adapted to the mean acceptance over all chains (of all ranks: one all_reduce per level).
+    The samples are gathered on rank 0 (None on the other ranks)."""
+    comm = Comm.resolve(group)
+    chain0, n_local = comm.shard(n)
     cost = n_leapfrog if corrector == "hmc" else 1  # evaluations per move (plus one per level to start)
     moves = max(1, (budget // (n * levels) - 1) // cost)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, posterior.dim, generator=g)
+    z = torch.randn(n, posterior.dim, generator=g)[chain0:chain0 + n_local]
     eps, target_rate, offset = 0.05, (0.574 if corrector == "mala" else 0.65), 0
     model = _TargetModel(posterior)
     for level in range(1, levels + 1):
-        posterior.lam = lam * level / levels
-        z, rate = mcmc(model, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps, n_leapfrog=n_leapfrog,
-                       seed=seed, offset=offset)
+        with comm.level(1) as lv:  # Σ acceptance rate over all chains
+            posterior.lam = lam * level / levels
+            z, rate = mcmc(model, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps,
+                           n_leapfrog=n_leapfrog, seed=seed, offset=offset, chain_offset=chain0)
+            lv.values[0] = float(rate.double().sum())
         offset += moves
-        eps *= math.exp(float(rate.mean()) - target_rate)
-    return z, {"moves_per_level": moves, "levels": levels, "final_step_size": eps}
+        eps *= math.exp(float(lv.result[0]) / n - target_rate)
+    return comm.gather(z), {"moves_per_level": moves, "levels": levels, "final_step_size": eps}
 
 
 def sample_flow_guidance(flow, reward, n, *, budget, lam, weight=1.0, seed=0):
@@ -127,7 +142,9 @@ def sample_flow_guidance(flow, reward, n, *, budget, lam, weight=1.0, seed=0):
 
 def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, budget=60_000, size="full", seed=0,
         progress=False) -> tuple[torch.Tensor, dict]:
-    """One (prior, reward, sampler) cell: samples x (n, 64) and the metrics dict."""
+    """One (prior, reward, sampler) cell: samples x (n, 64) and the metrics dict. Under torchrun the
+    diffusion and MCMC samplers run on every rank and rank 0 returns the cell; the other ranks
+    return (None, None)."""
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
     if sampler not in SAMPLERS:
@@ -150,15 +167,19 @@ def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, 
     if sampler == "guidance":
         x, info = sample_flow_guidance(f, reward, n, budget=budget, lam=lam, seed=seed)
         post.calls = n * info["steps"]
-    else:
+    elif z is not None:  # None: a rank other than 0 of a distributed sampler
         with torch.no_grad():
             x = f(z)
     seconds = time.perf_counter() - t0
+    comm = Comm.resolve()
+    calls = int(comm.all_reduce([post.calls])[0]) if sampler in ("diffusion", "mala", "hmc") else post.calls
+    if comm.rank != 0:
+        return None, None
     with torch.no_grad():
         log_r = reward(x)
     metrics = gen.sample_metrics(x, digit, heldout, gen.real_digits(digit, "test"))
     metrics.update({"prior": prior, "reward": reward_kind, "sampler": sampler, "digit": digit, "lam": lam,
-                    "mean_log_reward": float(log_r.mean()), "reward_calls": post.calls, "budget": budget,
+                    "mean_log_reward": float(log_r.mean()), "reward_calls": calls, "budget": budget,
                     "seconds": seconds, "size": size, "seed": seed, **info})
     return x, metrics
 
@@ -173,12 +194,16 @@ def main(args) -> int:
                     continue
                 x, m = run(prior, reward, sampler, digit=args.digit, lam=args.lam, n=args.samples, budget=args.budget,
                            size=args.size, seed=args.seed, progress=not args.no_progress)
+                if m is None:  # not rank 0 of a distributed run
+                    continue
                 rows.append(m)
                 grids.append((f"{prior}/{reward}/{sampler}", x[:16]))
                 print(f"{prior:5s} {reward:8s} {sampler:9s} acc {m['heldout_accuracy']:.3f}  "
                       f"log r {m['mean_log_reward']:8.3f}  diversity {m['diversity']:.3f}  "
                       f"Fréchet {m['frechet']:.3f}  ({m['reward_calls']} reward calls, {m['seconds']:.1f} s)",
                       flush=True)
+    if not rows:
+        return 0
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._launch import f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
-from .random import TWO_PI, normal_rows, offset_add, uniform_mh
+from .random import TWO_PI, global_chain, normal_rows, offset_add, uniform_mh
 from .tiles import div_ieee, row_index, sqrt_ieee
 
 GMM_SCORE_MAX_D = 4096      # whole rows in registers: BLOCK_D = next_pow2(D) <= 4096
@@ -186,9 +186,9 @@ def _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J: tl.constexpr, DT: tl
     return om0, om1, tl.where(cmask, xi, 0.0)
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
-                     k0, k1, o0, o1, B, D, K, n_steps, n_trap,
+                     k0, k1, o0, o1, chain0, B, D, K, n_steps, n_trap,
                      MH_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
                      IDX64: tl.constexpr):
     """n_steps MALA moves of BLOCK_B chains; x, s(x), logp(x) stay in registers.
@@ -196,6 +196,7 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
     MH_MODE 0: trapezoid score test with n_trap sub-intervals, 1: exact energy test,
     2: no test (ULA). Move m draws xi and u from (seed, offset + m)."""
     rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
+    chains = global_chain(rows, chain0)
     DT: tl.constexpr = x.dtype
     alpha = alpha_.to(DT)
     e2 = eps[:, None]
@@ -205,7 +206,7 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
     s, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B)
     n_acc = tl.zeros([BLOCK_B], tl.int32)
     for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J, DT)
+        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
         xp = x + e2 * s + c_n * xi
         sp, logpp = gmm_eval(xp, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B)
         if MH_MODE == 2:
@@ -224,7 +225,7 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
             f = d - e2 * s
             bk = d + e2 * sp
             la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
-            u = uniform_mh(k0, k1, om0, om1, rows, DT)
+            u = uniform_mh(k0, k1, om0, om1, chains, DT)
             acc = (tl.log(u) < la) & rmask
         a2 = acc[:, None]
         x = tl.where(a2, xp, x)
@@ -234,15 +235,16 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
     _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
-                    k0, k1, o0, o1, B, D, K, n_steps, n_lf, damping_: tl.float64, c_n_: tl.float64,
+                    k0, k1, o0, o1, chain0, B, D, K, n_steps, n_lf, damping_: tl.float64, c_n_: tl.float64,
                     MH_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
                     IDX64: tl.constexpr):
     """n_steps HMC moves of BLOCK_B chains; x, s(x), logp(x) and the momentum p stay in
     registers. Move m: p0 = damping p + c_n xi, n_lf leapfrog steps, then the trapezoid
     (MH_MODE 0), energy (1) or no (2) test; on rejection p = −p0."""
     rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
+    chains = global_chain(rows, chain0)
     DT: tl.constexpr = x.dtype
     alpha = alpha_.to(DT)
     damping = damping_.to(DT)
@@ -253,7 +255,7 @@ def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: t
     p = tl.zeros(x.shape, DT)
     n_acc = tl.zeros([BLOCK_B], tl.int32)
     for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J, DT)
+        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
         p0 = damping * p + c_n * xi
         xl = x
         sl = s
@@ -274,7 +276,7 @@ def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: t
             if MH_MODE == 1:
                 dlogp = logpl - logp
             la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
-            u = uniform_mh(k0, k1, om0, om1, rows, DT)
+            u = uniform_mh(k0, k1, om0, om1, chains, DT)
             acc = (tl.log(u) < la) & rmask
         a2 = acc[:, None]
         x = tl.where(a2, xl, x)
@@ -286,7 +288,7 @@ def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: t
 
 
 def _whole_move(kernel, name, x, means, log_weights, variances, step_size, n_steps, n_inner, alpha, sigma2,
-                seed, offset, mh, *extra):
+                seed, offset, chain_offset, mh, *extra):
     """Shared host side of the whole-move kernels: checks, outputs, the n_steps <= 0 copy, the
     block shape, the component table and the launch with (..., n_steps, n_inner, *extra)."""
     B, D = x.shape
@@ -313,21 +315,21 @@ def _whole_move(kernel, name, x, means, log_weights, variances, step_size, n_ste
     o0, o1 = split64(offset)
     alpha = float(alpha)
     tab = _gmm_table(log_weights, variances, D, alpha, sigma2)
-    launch(kernel, grid, x, means, tab, step_size, x_new, rate, f64(alpha), k0, k1, o0, o1,
+    launch(kernel, grid, x, means, tab, step_size, x_new, rate, f64(alpha), k0, k1, o0, o1, int(chain_offset),
            B, D, K, n_steps, int(n_inner), *extra, MH_MODE=mh, BLOCK_B=block_b, BLOCK_J=block_j,
            IDX64=need_idx64(B * D), num_warps=warps)
     return x_new, rate
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
-             seed, offset, mh):
+             seed, offset, chain_offset, mh):
     return _whole_move(_gmm_mala_kernel, "gmm_mala", x, means, log_weights, variances, step_size, n_steps,
-                       n_trapezoid, alpha, sigma2, seed, offset, mh)
+                       n_trapezoid, alpha, sigma2, seed, offset, chain_offset, mh)
 
 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
-            seed, offset, mh, damping):
+            seed, offset, chain_offset, mh, damping):
     damping = float(damping)
     return _whole_move(_gmm_hmc_kernel, "gmm_hmc", x, means, log_weights, variances, step_size, n_steps,
-                       n_leapfrog, alpha, sigma2, seed, offset, mh, f64(damping),
+                       n_leapfrog, alpha, sigma2, seed, offset, chain_offset, mh, f64(damping),
                        f64(math.sqrt(1.0 - damping * damping)))

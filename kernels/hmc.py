@@ -91,7 +91,7 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
     return launch_accept(1, x, x_prop, score, score_prop, p=p, p_prop=p_prop, delta_logp=delta_logp, u=u)
 
 
-def momentum_refresh(p, damping, noise, seed, offset):
+def momentum_refresh(p, damping, noise, seed, offset, chain_offset):
     damping = float(damping)
     c = math.sqrt(1.0 - damping * damping)
-    return affine_noise(p, None, None, noise, None, damping, 0.0, c, seed, offset)
+    return affine_noise(p, None, None, noise, None, damping, 0.0, c, seed, offset, chain_offset)

@@ -15,8 +15,8 @@ ACCEPT_MAX_BLOCK_D = 256
 ACCEPT_TILE = 2048
 
 
-def mala_propose(x, score, step_size, noise, seed, offset):
-    return affine_noise(x, score, None, noise, step_size, 1.0, 0.0, 0.0, seed, offset)
+def mala_propose(x, score, step_size, noise, seed, offset, chain_offset):
+    return affine_noise(x, score, None, noise, step_size, 1.0, 0.0, 0.0, seed, offset, chain_offset)
 
 
 @triton.jit

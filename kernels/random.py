@@ -8,6 +8,9 @@ Stream layout (docs/backend-contract.md, identical bits on every backend):
   Box-Muller sqrt(-2 log u1) * (cos if lane even else sin)(2 pi u2).
 * MH uniform of chain b: uniform_open(philox((0xFFFFFFFF, b, offset_lo, offset_hi), key)[0]).
 
+b is the global chain index: local row i of a batch that starts at global chain chain0
+draws with b = chain0 + i (global_chain), so chains draw the same noise in any batch.
+
 All seed / offset halves are uint32 scalars inside the kernels.
 """
 import triton
@@ -70,6 +73,12 @@ def offset_add(o0, o1, m):
     lo = o0 + tl.cast(m, tl.uint32)
     hi = o1 + (lo < o0).to(tl.uint32)
     return lo, hi
+
+
+@triton.jit
+def global_chain(rows, chain0):
+    """The Philox chain word of local rows: chain0 + rows (< 2**32) as uint32."""
+    return tl.cast(rows, tl.uint32) + tl.cast(chain0, tl.uint32)
 
 
 @triton.jit

@@ -17,14 +17,14 @@ import triton
 import triton.language as tl
 
 from ._launch import QUAD_WARPS, f64, launch, need_idx64, quad_grid, split64
-from .random import normal4, select_lane
+from .random import global_chain, normal4, select_lane
 from .tiles import quad_tile, sqrt_ieee
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, shift_ptr, noise_ptr, eps_ptr, out_ptr,
                          a: tl.float64, c_s: tl.float64, c_v: tl.float64, c_diff: tl.float64, c_n: tl.float64,
-                         k0, k1, o0, o1, D, J, n_groups,
+                         k0, k1, o0, o1, chain0, D, J, n_groups,
                          HAS_SCORE: tl.constexpr, HAS_EXTRA: tl.constexpr, GUIDED: tl.constexpr,
                          HAS_NOISE: tl.constexpr, PER_CHAIN: tl.constexpr, EVEN4: tl.constexpr,
                          IDX64: tl.constexpr, BLOCK_G: tl.constexpr):
@@ -35,7 +35,7 @@ def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, shift_ptr, noise_ptr, eps_
     if HAS_NOISE:
         xi = tl.load(noise_ptr + offs, mask=mask, other=0.0)
     else:
-        z0, z1, z2, z3 = normal4(k0, k1, o0, o1, j, b, DT)
+        z0, z1, z2, z3 = normal4(k0, k1, o0, o1, j, global_chain(b, chain0), DT)
         xi = select_lane(z0, z1, z2, z3, lane)
     if PER_CHAIN:
         eps = tl.load(eps_ptr + b, mask=gmask, other=0.0)
@@ -60,7 +60,7 @@ def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, shift_ptr, noise_ptr, eps_
     tl.store(out_ptr + offs, y, mask=mask)
 
 
-def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=None, shift=None, c_v=0.0,
+def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, chain_offset, out=None, shift=None, c_v=0.0,
                  c_diff=0.0):
     """Launch _affine_noise_kernel; `eps` (B,) selects the per-chain (MALA) form, `shift`
     the guided form (then `extra` is v: drift = score + c_v v + c_diff (shift - score))."""
@@ -74,7 +74,7 @@ def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=Non
     launch(_affine_noise_kernel, grid,
         x, score if score is not None else x, extra if extra is not None else x,
         shift if shift is not None else x, noise if noise is not None else x, eps if eps is not None else x, out,
-        f64(a), f64(c_s), f64(c_v), f64(c_diff), f64(c_n), k0, k1, o0, o1, D, J, n_groups,
+        f64(a), f64(c_s), f64(c_v), f64(c_diff), f64(c_n), k0, k1, o0, o1, int(chain_offset), D, J, n_groups,
         HAS_SCORE=score is not None, HAS_EXTRA=extra is not None, GUIDED=shift is not None,
         HAS_NOISE=noise is not None,
         PER_CHAIN=eps is not None, EVEN4=(D % 4 == 0), IDX64=need_idx64(B * J * 4),
@@ -82,10 +82,11 @@ def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, out=Non
     return out
 
 
-def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
-    return affine_noise(x, score, extra_drift, noise, None, a, c_s, c_n, seed, offset, out)
+def sde_step(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
+    return affine_noise(x, score, extra_drift, noise, None, a, c_s, c_n, seed, offset, chain_offset, out)
 
 
-def guided_sde_step(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=None):
-    return affine_noise(x, score, v, noise, None, a, c_s, c_n, seed, offset, out, shift=score_shift, c_v=c_v,
+def guided_sde_step(x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n, out=None):
+    return affine_noise(x, score, v, noise, None, a, c_s, c_n, seed, offset, chain_offset, out, shift=score_shift,
+                        c_v=c_v,
                         c_diff=c_diff)

@@ -21,18 +21,18 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
-from .random import normal_cols
+from .random import global_chain, normal_cols
 from .tiles import div_ieee, row_index, sqrt_ieee
 
 EM_MAX_BLOCK_D = 128
 EM_TILE = 16384 if INTERPRET else 2048  # elements per program (fewer, larger ones under the interpreter)
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1"])
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _em_step_logprob_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, noise_ptr, y_ptr, pf_ptr, pb_ptr,
                             h: tl.float64, s2: tl.float64, e2: tl.float64, c: tl.float64, inv_s2: tl.float64,
                             inv_b2: tl.float64, q: tl.float64, lpf0: tl.float64, lpb0: tl.float64,
-                            k0, k1, o0, o1, B, D,
+                            k0, k1, o0, o1, chain0, B, D,
                             HAS_LV: tl.constexpr, GIVEN: tl.constexpr, HAS_NOISE: tl.constexpr,
                             HAS_PB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
                             IDX64: tl.constexpr):
@@ -64,7 +64,7 @@ def _em_step_logprob_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, noise_ptr, y_ptr, pf_
             if HAS_NOISE:
                 xi = tl.load(noise_ptr + offs, mask=m2, other=0.0)
             else:
-                xi = normal_cols(k0, k1, o0, o1, rows, d0 // 4, BLOCK_D // 4, DT)
+                xi = normal_cols(k0, k1, o0, o1, global_chain(rows, chain0), d0 // 4, BLOCK_D // 4, DT)
             if HAS_LV:
                 y = mean + sqrt_ieee(var + e2.to(DT)) * xi
             else:
@@ -150,7 +150,7 @@ def _geometry(B, D):
     return block_b, block_d, (triton.cdiv(B, block_b),)
 
 
-def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2):
     B, D = x.shape
     y = torch.empty_like(x) if x_next is None else x_next
     log_pf = torch.empty((B,), dtype=x.dtype, device=x.device)
@@ -167,7 +167,7 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c
            f64(h), f64(s2), f64(e2), f64(c), f64(1.0 / s2), f64(1.0 / b2 if has_pb else 0.0),
            f64(math.sqrt(s2 + e2)), f64(D * math.log(2 * math.pi * s2)),
            f64(D * math.log(2 * math.pi * b2) if has_pb else 0.0),
-           k0, k1, o0, o1, B, D,
+           k0, k1, o0, o1, int(chain_offset), B, D,
            HAS_LV=log_var is not None, GIVEN=x_next is not None, HAS_NOISE=noise is not None, HAS_PB=has_pb,
            BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D),
            num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)

@@ -358,7 +358,7 @@ void for_each_chain_block(const T* x_in, const T* step, int64_t B, int D, int n_
 
 template <typename T, int DC>
 void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
-                   int n_trap, uint64_t seed, uint64_t offset, int mh, T* x_out, T* rate) {
+                   int n_trap, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
@@ -393,7 +393,7 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
-      block_normals<T, W>(seed, off, static_cast<uint64_t>(b0), D, xi);
+      block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
       // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
       for (int d = 0; d < D; ++d) {
 #pragma omp simd
@@ -451,7 +451,7 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
           bbv[l] = vm::fma_(bwd, bwd, bbv[l]);
         }
       }
-      block_log_uniform<T, W>(seed, off, static_cast<uint64_t>(b0), logu);
+      block_log_uniform<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), logu);
 #pragma omp simd
       for (int l = 0; l < W; ++l) {
         T delta;
@@ -478,7 +478,8 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
 // trapezoid (mh 0) / energy (mh 1) / no (mh 2) test; p carried across moves.
 template <typename T, int DC>
 void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
-                  int n_lf, uint64_t seed, uint64_t offset, int mh, double damping, T* x_out, T* rate) {
+                  int n_lf, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out,
+                  T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);
@@ -514,7 +515,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
-      block_normals<T, W>(seed, off, static_cast<uint64_t>(b0), D, xi);
+      block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
       for (int d = 0; d < D; ++d) {
 #pragma omp simd
         for (int l = 0; l < W; ++l) {
@@ -565,7 +566,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
       } else {
         block_dot<T, W, DC>(D, pl, pl, kin);
         block_dot<T, W, DC>(D, p0, p0, kin0);
-        block_log_uniform<T, W>(seed, off, static_cast<uint64_t>(b0), logu);
+        block_log_uniform<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), logu);
 #pragma omp simd
         for (int l = 0; l < W; ++l) {
           const T delta = mh == 1 ? lpl[l] - lpc[l] : dlp[l];
@@ -629,7 +630,8 @@ void whole_move_entry(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_wei
 
 void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
               uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-              double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
+              double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
+              uintptr_t x_out,
               uintptr_t accept_rate) {
   if (n_trapezoid < 1) throw std::invalid_argument("gmm_mala: n_trapezoid must be >= 1");
   if (mh < 0 || mh > 2) throw std::invalid_argument("gmm_mala: mh must be 0, 1 or 2");
@@ -638,13 +640,13 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
     using T = decltype(tag);
     gmm_mala_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
                                           static_cast<int>(n_steps), static_cast<int>(n_trapezoid), seed,
-                                          offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
+                                          offset, chain_offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
   });
 }
 
 void gmm_hmc(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
              uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_leapfrog,
-             double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, double damping,
+             double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh, double damping,
              uintptr_t x_out, uintptr_t accept_rate) {
   if (n_leapfrog < 1) throw std::invalid_argument("gmm_hmc: n_leapfrog must be >= 1");
   if (mh < 0 || mh > 2) throw std::invalid_argument("gmm_hmc: mh must be 0, 1 or 2");
@@ -654,7 +656,7 @@ void gmm_hmc(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uin
     using T = decltype(tag);
     gmm_hmc_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
                                          static_cast<int>(n_steps), static_cast<int>(n_leapfrog), seed, offset,
-                                         static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
+                                         chain_offset, static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
   });
 }
 

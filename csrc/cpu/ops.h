@@ -1,6 +1,7 @@
 // Entry points of the C++ CPU kernels (bound as fastsamp._C.cpu_<op> in
 // csrc/cpu/register.cpp). Tensors are passed as data pointers (uintptr_t),
-// `dtype` is 0 = float32, 1 = float64; optional tensors are pointer 0.
+// `dtype` is 0 = float32, 1 = float64; optional tensors are pointer 0. `chain_offset` is the global
+// index of chain 0 (the Philox chain word of row b is chain_offset + b).
 // See docs/backend-contract.md for the math of each op.
 #pragma once
 #include <cstdint>
@@ -14,23 +15,25 @@ void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, u
 
 void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
               uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-              double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, uintptr_t x_out,
+              double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
+              uintptr_t x_out,
               uintptr_t accept_rate);
 
 void gmm_hmc(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
              uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_leapfrog,
-             double alpha, double sigma2, uint64_t seed, uint64_t offset, int64_t mh, double damping,
+             double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh, double damping,
              uintptr_t x_out, uintptr_t accept_rate);
 
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
-              int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n, uintptr_t out);
+              int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double a, double c_s, double c_n,
+              uintptr_t out);
 
 void guided_sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t score_shift, uintptr_t v,
-                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double a, double c_s,
-                     double c_v, double c_diff, double c_n, uintptr_t out);
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     double a, double c_s, double c_v, double c_diff, double c_n, uintptr_t out);
 
 void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
-                  int64_t D, uint64_t seed, uint64_t offset, uintptr_t out);
+                  int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out);
 
 void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D, int64_t n, uintptr_t out);
 
@@ -50,13 +53,13 @@ void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintp
                 uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha);
 
 void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
-                      uint64_t seed, uint64_t offset, uintptr_t out);
+                      uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out);
 
 // Op 9. x, drift, log_var (nullable), x_next (nullable: sample), noise (nullable: Philox) (B, D)
 //  -> y (B, D; not written when x_next is given), log_pf, log_pb (B,).
 void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
-                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
-                     double e2, double c, double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb);
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     double h, double s2, double e2, double c, double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb);
 
 // Op 9 backward. g_x_next nullable (0); g_log_var written when log_var is given, g_x_next_out when
 // not null.

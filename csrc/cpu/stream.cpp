@@ -35,13 +35,14 @@ FASTSAMP_VINLINE int64_t chunk_rows(int D) {
 }
 
 // f(b0, nb, xi): xi[(b - b0) * D + d] is the Philox normal of element (b, d) of
-// draw (seed, offset), for rows b0 .. b0+nb-1 (a chunk). Each thread takes a
+// draw (seed, offset), row b being global chain chain0 + b, for rows b0 .. b0+nb-1 (a chunk). Each thread takes a
 // contiguous run of chunks (one Philox pipeline per thread). While the normals of
 // a chunk are computed, the rows of the next chunk of the `nin` input arrays
 // `in` (row length D) are prefetched, so that the memory streams keep running
 // during the compute.
 template <typename T, typename F>
-void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, const T* const* in, int nin, F&& f) {
+void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t chain0, const T* const* in, int nin,
+                   F&& f) {
   const int64_t R = chunk_rows(D);
   const int64_t nchunk = (B + R - 1) / R;
   const int J = (D + 3) / 4;
@@ -57,7 +58,7 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, const T* co
     const int64_t c0 = std::min<int64_t>(nchunk, per * id), c1 = std::min<int64_t>(nchunk, per * (id + 1));
     if (c0 < c1) {
       Buf<T> xi(cap);
-      GroupNormals<T> gen(seed, offset, J, static_cast<uint64_t>(c0 * R) * J);
+      GroupNormals<T> gen(seed, offset, J, (static_cast<uint64_t>(c0 * R) + chain0) * J);
       typename GroupNormals<T>::State st;
       gen.prime(st);
       for (int64_t c = c0; c < c1; ++c) {
@@ -100,8 +101,8 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, const T* co
 // input arrays are software-prefetched FASTSAMP_PF_BYTES ahead. f(i, xi) is the
 // scalar form (partial last block).
 template <typename T, typename F, typename FV>
-void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, const T* const* in, int nin, T* __restrict out,
-                  F&& f, FV&& fv) {
+void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t chain0, const T* const* in, int nin,
+                  T* __restrict out, F&& f, FV&& fv) {
 #if defined(__AVX512F__)
   using G = GroupNormals<T>;
   using V = typename G::Vec;
@@ -120,7 +121,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, const T* con
     const int64_t per = (nblk + nt - 1) / nt;
     const int64_t k0 = std::min<int64_t>(nblk, per * id), k1 = std::min<int64_t>(nblk, per * (id + 1));
     if (k0 < k1) {
-      G gen(seed, offset, J, static_cast<uint64_t>(k0) * 16);
+      G gen(seed, offset, J, static_cast<uint64_t>(k0) * 16 + chain0 * J);
       typename G::State st;
       gen.prime(st);
       const int64_t kf = std::min<int64_t>(k1, N / 64);  // whole blocks
@@ -161,7 +162,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, const T* con
     }
   }
 #else
-  (void)N; (void)D; (void)seed; (void)offset; (void)in; (void)nin; (void)out; (void)f; (void)fv;
+  (void)N; (void)D; (void)seed; (void)offset; (void)chain0; (void)in; (void)nin; (void)out; (void)f; (void)fv;
 #endif
 }
 
@@ -174,14 +175,14 @@ constexpr bool kHaveFused = false;
 // f(b, xi, stride): xi[d * stride] is the normal of element (b, d).
 // Given noise: rows of `noise`; else the Philox draw (seed, offset).
 template <typename T, typename F>
-void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, const T* const* in, int nin,
-                     F&& f) {
+void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t chain0,
+                     const T* const* in, int nin, F&& f) {
   if (noise) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) f(b, noise + b * D, 1);
     return;
   }
-  philox_chunks<T>(B, D, seed, offset, in, nin, [&](int64_t b0, int64_t nb, const T* xi) {
+  philox_chunks<T>(B, D, seed, offset, chain0, in, nin, [&](int64_t b0, int64_t nb, const T* xi) {
     for (int64_t r = 0; r < nb; ++r) f(b0 + r, xi + r * D, 1);
   });
 }
@@ -274,7 +275,7 @@ void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
 template <typename T, int DC, bool GUIDED>
 void affine_noise_impl(const T* __restrict x, const T* __restrict score, const T* __restrict extra,
                        const T* __restrict shift, const T* __restrict noise, int64_t B, int Drt, uint64_t seed,
-                       uint64_t offset, T a, T cs, T cv, T cdiff, T cn, T* __restrict out) {
+                       uint64_t offset, uint64_t chain0, T a, T cs, T cv, T cdiff, T cn, T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
   // drift of flat element i, scalar and 64-byte vector forms
   auto drift = [=](int64_t i) -> T {
@@ -315,7 +316,7 @@ void affine_noise_impl(const T* __restrict x, const T* __restrict score, const T
   const T* in[4] = {x, score, extra, shift};
   const int nin = GUIDED ? 4 : (extra ? 3 : 2);
   if (kHaveFused && D % 4 == 0) {
-    philox_fused<T>(B * D, D, seed, offset, in, nin, out,
+    philox_fused<T>(B * D, D, seed, offset, chain0, in, nin, out,
                     [=](int64_t i, T xi) { return a * x[i] + cs * drift(i) + cn * xi; },
                     [=](int64_t i, auto& v, auto xi) {
                       using V = std::remove_reference_t<decltype(v)>;
@@ -326,7 +327,7 @@ void affine_noise_impl(const T* __restrict x, const T* __restrict score, const T
                     });
     return;
   }
-  philox_chunks<T>(B, D, seed, offset, in, nin, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+  philox_chunks<T>(B, D, seed, offset, chain0, in, nin, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
     const int64_t i0 = b0 * D;  // xi[i - i0]: normal of flat element i of this chunk
     stream_range<T>(i0, nb * D, out, [=](int64_t i) { return a * x[i] + cs * drift(i) + cn * xi[i - i0]; },
                     [=](int64_t i, auto& v) {
@@ -343,11 +344,11 @@ void affine_noise_impl(const T* __restrict x, const T* __restrict score, const T
 // ---------------------------------------------------------------- mala_propose
 template <typename T, int DC>
 void mala_propose_impl(const T* __restrict x, const T* __restrict score, const T* __restrict step,
-                       const T* noise, int64_t B, int Drt, uint64_t seed, uint64_t offset,
+                       const T* noise, int64_t B, int Drt, uint64_t seed, uint64_t offset, uint64_t chain0,
                        T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
   const T* in[2] = {x, score};
-  rows_with_noise<T>(noise, B, D, seed, offset, in, 2, [&](int64_t b, const T* __restrict xi, int stride) {
+  rows_with_noise<T>(noise, B, D, seed, offset, chain0, in, 2, [&](int64_t b, const T* __restrict xi, int stride) {
     const T e = step[b];
     const T q = std::sqrt(T(2) * e);
     const T* __restrict xr = x + b * D;
@@ -361,7 +362,7 @@ void mala_propose_impl(const T* __restrict x, const T* __restrict score, const T
 // ---------------------------------------------------------------- momentum_refresh
 template <typename T, int DC>
 void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, int64_t B, int Drt,
-                           uint64_t seed, uint64_t offset, T* __restrict out) {
+                           uint64_t seed, uint64_t offset, uint64_t chain0, T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
   if (noise) {
     const int64_t N = B * D;
@@ -371,7 +372,7 @@ void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, i
   }
   const T* in[1] = {p};
   if (kHaveFused && D % 4 == 0) {
-    philox_fused<T>(B * D, D, seed, offset, in, 1, out, [=](int64_t i, T xi) { return damp * p[i] + c * xi; },
+    philox_fused<T>(B * D, D, seed, offset, chain0, in, 1, out, [=](int64_t i, T xi) { return damp * p[i] + c * xi; },
                     [=](int64_t i, auto& v, auto xi) {
                       using V = std::remove_reference_t<decltype(v)>;
                       V pv;
@@ -380,7 +381,7 @@ void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, i
                     });
     return;
   }
-  philox_chunks<T>(B, D, seed, offset, in, 1, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
+  philox_chunks<T>(B, D, seed, offset, chain0, in, 1, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
     const int64_t i0 = b0 * D;
     stream_range<T>(i0, nb * D, out, [=](int64_t i) { return damp * p[i] + c * xi[i - i0]; },
                     [=](int64_t i, auto& v) {
@@ -597,7 +598,7 @@ FASTSAMP_VINLINE EmTerms<T> em_forward_elem(const T* __restrict x, const T* __re
 template <typename T, int DC, bool HAS_LV, bool GIVEN, bool HAS_NOISE>
 void em_step_logprob_impl(const T* __restrict x, const T* __restrict drift, const T* __restrict lv,
                           const T* __restrict xn, const T* __restrict noise, int64_t B, int Drt, uint64_t seed,
-                          uint64_t offset, const EmConst<T> k, T* __restrict y, T* __restrict log_pf,
+                          uint64_t offset, uint64_t chain0, const EmConst<T> k, T* __restrict y, T* __restrict log_pf,
                           T* __restrict log_pb) {
   const int D = DC > 0 ? DC : Drt;
   constexpr int W = Lanes<T>::W;
@@ -664,7 +665,7 @@ void em_step_logprob_impl(const T* __restrict x, const T* __restrict drift, cons
   } else {
     // chunks of a multiple of 16 rows (so of RB): whole vectors but for the last rows of B
     const T* in[3] = {x, drift, lv};
-    philox_chunks<T>(B, D, seed, offset, in, HAS_LV ? 3 : 2,
+    philox_chunks<T>(B, D, seed, offset, chain0, in, HAS_LV ? 3 : 2,
                      [&](int64_t b0, int64_t nb, const T* __restrict xs) { rows(b0, nb, xs); });
   }
 }
@@ -751,38 +752,40 @@ void em_step_logprob_backward_impl(const T* __restrict x, const T* __restrict dr
 
 // ---------------------------------------------------------------- entry points
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
-              int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n, uintptr_t out) {
+              int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double a, double c_s, double c_n,
+              uintptr_t out) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_d(D, [&](auto dc) {
       affine_noise_impl<T, decltype(dc)::value, false>(
           ptr<T>(x), ptr<T>(score), ptr<T>(extra_drift), nullptr, ptr<T>(noise), B, static_cast<int>(D), seed,
-          offset, static_cast<T>(a), static_cast<T>(c_s), T(0), T(0), static_cast<T>(c_n), ptr<T>(out));
+          offset, chain_offset, static_cast<T>(a), static_cast<T>(c_s), T(0), T(0), static_cast<T>(c_n), ptr<T>(out));
     });
   });
 }
 
 void guided_sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t score_shift, uintptr_t v,
-                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double a, double c_s,
-                     double c_v, double c_diff, double c_n, uintptr_t out) {
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     double a, double c_s, double c_v, double c_diff, double c_n, uintptr_t out) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_d(D, [&](auto dc) {
       affine_noise_impl<T, decltype(dc)::value, true>(
           ptr<T>(x), ptr<T>(score), ptr<T>(v), ptr<T>(score_shift), ptr<T>(noise), B, static_cast<int>(D), seed,
-          offset, static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_v), static_cast<T>(c_diff),
+          offset, chain_offset, static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_v), static_cast<T>(c_diff),
           static_cast<T>(c_n), ptr<T>(out));
     });
   });
 }
 
 void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
-                  int64_t D, uint64_t seed, uint64_t offset, uintptr_t out) {
+                  int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_d(D, [&](auto dc) {
       mala_propose_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(step_size), ptr<T>(noise),
-                                                B, static_cast<int>(D), seed, offset, ptr<T>(out));
+                                                B, static_cast<int>(D), seed, offset, chain_offset,
+                                                ptr<T>(out));
     });
   });
 }
@@ -848,21 +851,22 @@ void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintp
 }
 
 void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
-                      uint64_t seed, uint64_t offset, uintptr_t out) {
+                      uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T damp = static_cast<T>(damping);
     const T c = static_cast<T>(std::sqrt(1.0 - damping * damping));
     dispatch_d(D, [&](auto dc) {
       momentum_refresh_impl<T, decltype(dc)::value>(ptr<T>(p), damp, c, ptr<T>(noise), B,
-                                                    static_cast<int>(D), seed, offset, ptr<T>(out));
+                                                    static_cast<int>(D), seed, offset, chain_offset,
+                                                    ptr<T>(out));
     });
   });
 }
 
 void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
-                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
-                     double e2, double c, double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb) {
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     double h, double s2, double e2, double c, double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const EmConst<T> k(D, h, s2, e2, c, b2);
@@ -874,7 +878,7 @@ void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var,
         auto run = [&](auto given, auto has_noise) {
           em_step_logprob_impl<T, DC, LV, decltype(given)::value, decltype(has_noise)::value>(
               ptr<T>(x), ptr<T>(drift), ptr<T>(log_var), ptr<T>(x_next), ptr<T>(noise), B, static_cast<int>(D),
-              seed, offset, k, ptr<T>(y), ptr<T>(log_pf), ptr<T>(log_pb));
+              seed, offset, chain_offset, k, ptr<T>(y), ptr<T>(log_pf), ptr<T>(log_pb));
         };
         if (mode == 0) {
           run(std::true_type(), std::false_type());

@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kMalaMaxThreads, 1)
     gmm_mala_kernel(const T* __restrict__ x_in, const T* __restrict__ step_size,
                     const MixArgs<T> a, T* __restrict__ x_out, T* __restrict__ accept_rate,
                     const int64_t B, const int n_steps, const int n_trap, const uint64_t seed,
-                    const uint64_t offset) {
+                    const uint64_t offset, const uint64_t chain0) {
   static_assert(MH >= 0 && MH <= 2, "mh mode");
   extern __shared__ __align__(16) unsigned char smem[];
   const MixSmem<T> sm = mix_prologue(a, smem);
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kMalaMaxThreads, 1)
   const int64_t b = static_cast<int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
   const bool active = b < B;
   const int64_t bc = active ? b : B - 1;  // inactive groups shadow the last chain, write nothing
-  const uint32_t bu = static_cast<uint32_t>(b);
+  const uint32_t bu = static_cast<uint32_t>(chain0 + b);  // the chain's Philox word
   const int D = a.D;
 
   T x[NQ][4], s[NQ][4], xp[NQ][4], sp[NQ][4];
@@ -147,6 +147,7 @@ struct MalaRun {
   int n_trap;
   uint64_t seed;
   uint64_t offset;
+  uint64_t chain0;
   int mh;
   cudaStream_t stream;
 };
@@ -163,7 +164,7 @@ void run_mh(const MixArgs<T>& a, const MalaRun& r) {
   const size_t smem = mix_smem_bytes(a.KC, a.Dp, sizeof(T));
   gmm_mala_kernel<T, G, NQ, MH><<<static_cast<unsigned>(blocks), threads, smem, r.stream>>>(
       static_cast<const T*>(r.x), static_cast<const T*>(r.step), a, static_cast<T*>(r.x_out),
-      static_cast<T*>(r.rate), r.B, r.n_steps, r.n_trap, r.seed, r.offset);
+      static_cast<T*>(r.rate), r.B, r.n_steps, r.n_trap, r.seed, r.offset, r.chain0);
   check_launch("gmm_mala");
 }
 
@@ -222,7 +223,7 @@ void run(const void* means, const void* lw, const void* var, int64_t D, int64_t 
 void launch_gmm_mala(int dtype, const void* x, const void* means, const void* log_weights,
                      const void* variances, const void* step_size, void* x_out, void* accept_rate,
                      int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-                     double alpha, double sigma2, uint64_t seed, uint64_t offset, int mh,
+                     double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int mh,
                      void* stream) {
   check_dtype(dtype, "gmm_mala");
   if (D < 0 || D > kGmmMalaMaxD)
@@ -249,6 +250,7 @@ void launch_gmm_mala(int dtype, const void* x, const void* means, const void* lo
   r.n_trap = mh == 0 ? static_cast<int>(n_trapezoid) : 1;
   r.seed = seed;
   r.offset = offset;
+  r.chain0 = chain_offset;
   r.mh = mh;
   r.stream = static_cast<cudaStream_t>(stream);
   if (dtype == 0)

@@ -25,7 +25,7 @@ void launch_gmm_score(int dtype, const void* x, const void* means, const void* l
 // Op 2. x, score, extra_drift (nullable), noise (nullable) (B, D) -> out (B, D).
 void launch_sde_step(int dtype, const void* x, const void* score, const void* extra_drift,
                      const void* noise, void* out, int64_t B, int64_t D, uint64_t seed,
-                     uint64_t offset, double a, double c_s, double c_n, void* stream);
+                     uint64_t offset, uint64_t chain_offset, double a, double c_s, double c_n, void* stream);
 
 // Op 5. x, x_prop, score, score_prop (B, D); step_size, u (B,);
 // interior (m, B, D) or nullptr with m = 0
@@ -40,14 +40,14 @@ void launch_score_mh_accept(int dtype, const void* x, const void* x_prop, const 
 void launch_gmm_mala(int dtype, const void* x, const void* means, const void* log_weights,
                      const void* variances, const void* step_size, void* x_out, void* accept_rate,
                      int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-                     double alpha, double sigma2, uint64_t seed, uint64_t offset, int mh,
+                     double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int mh,
                      void* stream);
 
 // Op 9. x, drift, log_var (nullable), x_next (nullable: sample), noise (nullable: Philox) (B, D)
 //  -> y (B, D; not written when x_next is given), log_pf, log_pb (B,).
 void launch_em_step_logprob(int dtype, const void* x, const void* drift, const void* log_var,
                             const void* x_next, const void* noise, void* y, void* log_pf, void* log_pb,
-                            int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
+                            int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double h, double s2,
                             double e2, double c, double b2, void* stream);
 
 // Op 9 backward. g_x_next nullable (0); g_log_var written when log_var is given, g_x_next_out

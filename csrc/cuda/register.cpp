@@ -41,29 +41,31 @@ void register_cuda_ops(py::module_& m) {
       "cuda_gmm_mala",
       [](int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
          uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps,
-         int64_t n_trapezoid, double alpha, double sigma2, uint64_t seed, uint64_t offset, int mh,
+         int64_t n_trapezoid, double alpha, double sigma2, uint64_t seed, uint64_t offset,
+         uint64_t chain_offset, int mh,
          uintptr_t x_out, uintptr_t accept_rate, uintptr_t stream) {
         fc::launch_gmm_mala(dtype, cptr(x), cptr(means), cptr(log_weights), cptr(variances),
                             cptr(step_size), mptr(x_out), mptr(accept_rate), B, D, K, n_steps,
-                            n_trapezoid, alpha, sigma2, seed, offset, mh, mptr(stream));
+                            n_trapezoid, alpha, sigma2, seed, offset, chain_offset, mh, mptr(stream));
       },
       py::arg("dtype"), py::arg("x"), py::arg("means"), py::arg("log_weights"),
       py::arg("variances"), py::arg("step_size"), py::arg("B"), py::arg("D"), py::arg("K"),
       py::arg("n_steps"), py::arg("n_trapezoid"), py::arg("alpha"), py::arg("sigma2"),
-      py::arg("seed"), py::arg("offset"), py::arg("mh"), py::arg("x_out"),
+      py::arg("seed"), py::arg("offset"), py::arg("chain_offset"), py::arg("mh"), py::arg("x_out"),
       py::arg("accept_rate"), py::arg("stream"),
       "Fused whole-move MALA on the mixture (op 7), CUDA, async on `stream`. D <= 1024.");
 
   m.def(
       "cuda_sde_step",
       [](int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise,
-         int64_t B, int64_t D, uint64_t seed, uint64_t offset, double a, double c_s, double c_n,
+         int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double a, double c_s,
+         double c_n,
          uintptr_t out, uintptr_t stream) {
         fc::launch_sde_step(dtype, cptr(x), cptr(score), cptr(extra_drift), cptr(noise),
-                            mptr(out), B, D, seed, offset, a, c_s, c_n, mptr(stream));
+                            mptr(out), B, D, seed, offset, chain_offset, a, c_s, c_n, mptr(stream));
       },
       py::arg("dtype"), py::arg("x"), py::arg("score"), py::arg("extra_drift"), py::arg("noise"),
-      py::arg("B"), py::arg("D"), py::arg("seed"), py::arg("offset"), py::arg("a"),
+      py::arg("B"), py::arg("D"), py::arg("seed"), py::arg("offset"), py::arg("chain_offset"), py::arg("a"),
       py::arg("c_s"), py::arg("c_n"), py::arg("out"), py::arg("stream"),
       "x_new = a x + c_s (score + extra_drift) + c_n xi (op 2), CUDA, async on `stream`.");
 
@@ -86,14 +88,17 @@ void register_cuda_ops(py::module_& m) {
   m.def(
       "cuda_em_step_logprob",
       [](int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next, uintptr_t noise,
-         int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2, double e2, double c,
+         int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double h, double s2,
+         double e2, double c,
          double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb, uintptr_t stream) {
         fc::launch_em_step_logprob(dtype, cptr(x), cptr(drift), cptr(log_var), cptr(x_next), cptr(noise),
-                                   mptr(y), mptr(log_pf), mptr(log_pb), B, D, seed, offset, h, s2, e2, c, b2,
+                                   mptr(y), mptr(log_pf), mptr(log_pb), B, D, seed, offset, chain_offset, h, s2, e2, c,
+                                   b2,
                                    mptr(stream));
       },
       py::arg("dtype"), py::arg("x"), py::arg("drift"), py::arg("log_var"), py::arg("x_next"),
-      py::arg("noise"), py::arg("B"), py::arg("D"), py::arg("seed"), py::arg("offset"), py::arg("h"),
+      py::arg("noise"), py::arg("B"), py::arg("D"), py::arg("seed"), py::arg("offset"), py::arg("chain_offset"),
+      py::arg("h"),
       py::arg("s2"), py::arg("e2"), py::arg("c"), py::arg("b2"), py::arg("y"), py::arg("log_pf"),
       py::arg("log_pb"), py::arg("stream"),
       "Euler-Maruyama step with its forward / backward log-densities (op 9), CUDA, async on `stream`.");

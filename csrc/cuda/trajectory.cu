@@ -72,14 +72,14 @@ __device__ __forceinline__ void store_quad(T* __restrict__ p, bool vec, int n, c
 }
 
 // GIVEN: x_next is read (evaluate); otherwise sampled, x_next = x + h drift + sqrt(s^2 + e2) xi,
-// xi from `noise` (HAS_NOISE) or the Philox draw (seed, offset).
+// xi from `noise` (HAS_NOISE) or the Philox draw (seed, offset) of global chain chain0 + b.
 template <typename T, int G, bool HAS_LV, bool GIVEN, bool HAS_NOISE>
 __global__ void __launch_bounds__(kEmThreads)
     em_step_logprob_kernel(const T* __restrict__ x, const T* __restrict__ drift,
                            const T* __restrict__ log_var, const T* __restrict__ x_next,
                            const T* __restrict__ noise, T* __restrict__ y, T* __restrict__ log_pf,
                            T* __restrict__ log_pb, const int64_t B, const int64_t D,
-                           const uint64_t seed, const uint64_t offset, const EmConst<T> k,
+                           const uint64_t seed, const uint64_t offset, uint64_t chain0, const EmConst<T> k,
                            const bool vec) {
   const int lane = static_cast<int>(threadIdx.x) % G;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kEmThreads)
     } else if constexpr (HAS_NOISE) {
       load_quad(noise + base, vec, n, nv);
     } else {
-      normal4<T>(seed, offset, static_cast<uint32_t>(bc), static_cast<uint32_t>(j), nv);
+      normal4<T>(seed, offset, static_cast<uint32_t>(chain0 + bc), static_cast<uint32_t>(j), nv);
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -202,7 +202,7 @@ bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr
 
 template <typename T, int G, bool HAS_LV, bool GIVEN, bool HAS_NOISE>
 void run_fwd_cfg(const void* x, const void* drift, const void* lv, const void* xn, const void* noise,
-                 void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset,
+                 void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0,
                  const EmConst<T>& k, bool vec, cudaStream_t stream) {
   static_assert(kEmThreads % G == 0, "G must divide the block");
   const int64_t per_block = kEmThreads / G;
@@ -213,47 +213,47 @@ void run_fwd_cfg(const void* x, const void* drift, const void* lv, const void* x
       <<<static_cast<unsigned>(blocks), kEmThreads, 0, stream>>>(
           static_cast<const T*>(x), static_cast<const T*>(drift), static_cast<const T*>(lv),
           static_cast<const T*>(xn), static_cast<const T*>(noise), static_cast<T*>(y),
-          static_cast<T*>(pf), static_cast<T*>(pb), B, D, seed, offset, k, vec);
+          static_cast<T*>(pf), static_cast<T*>(pb), B, D, seed, offset, chain0, k, vec);
   check_launch("em_step_logprob");
 }
 
 template <typename T, int G, bool HAS_LV>
 void run_fwd_mode(const void* x, const void* drift, const void* lv, const void* xn, const void* noise,
-                  void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset,
+                  void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0,
                   const EmConst<T>& k, bool vec, cudaStream_t st) {
   if (xn != nullptr)
-    run_fwd_cfg<T, G, HAS_LV, true, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
+    run_fwd_cfg<T, G, HAS_LV, true, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
   else if (noise != nullptr)
-    run_fwd_cfg<T, G, HAS_LV, false, true>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
+    run_fwd_cfg<T, G, HAS_LV, false, true>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
   else
-    run_fwd_cfg<T, G, HAS_LV, false, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
+    run_fwd_cfg<T, G, HAS_LV, false, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
 }
 
 template <typename T, int G>
 void run_fwd_lv(const void* x, const void* drift, const void* lv, const void* xn, const void* noise,
-                void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset,
+                void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0,
                 const EmConst<T>& k, bool vec, cudaStream_t st) {
   if (lv != nullptr)
-    run_fwd_mode<T, G, true>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
+    run_fwd_mode<T, G, true>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
   else
-    run_fwd_mode<T, G, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
+    run_fwd_mode<T, G, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
 }
 
 template <typename T>
 void run_fwd(const void* x, const void* drift, const void* lv, const void* xn, const void* noise, void* y,
-             void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
+             void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0, double h, double s2,
              double e2, double c, double b2, cudaStream_t st) {
   const EmConst<T> k = em_const<T>(D, h, s2, e2, c, b2);
   const bool vec = (D % 4 == 0) && aligned16(x) && aligned16(drift) && aligned16(lv) && aligned16(xn) &&
                    aligned16(noise) && aligned16(xn == nullptr ? y : nullptr);
   // About one or two quads per lane.
   const int64_t Q = (D + 3) / 4;
-  if (Q <= 1) return run_fwd_lv<T, 1>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
-  if (Q <= 2) return run_fwd_lv<T, 2>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
-  if (Q <= 4) return run_fwd_lv<T, 4>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
-  if (Q <= 8) return run_fwd_lv<T, 8>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
-  if (Q <= 16) return run_fwd_lv<T, 16>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
-  return run_fwd_lv<T, 32>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, k, vec, st);
+  if (Q <= 1) return run_fwd_lv<T, 1>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
+  if (Q <= 2) return run_fwd_lv<T, 2>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
+  if (Q <= 4) return run_fwd_lv<T, 4>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
+  if (Q <= 8) return run_fwd_lv<T, 8>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
+  if (Q <= 16) return run_fwd_lv<T, 16>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
+  return run_fwd_lv<T, 32>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
 }
 
 template <typename T, bool HAS_LV, bool REPARAM, bool WANT_GXN>
@@ -314,16 +314,16 @@ void check_sizes(const char* op, int64_t B, int64_t D) {
 
 void launch_em_step_logprob(int dtype, const void* x, const void* drift, const void* log_var,
                             const void* x_next, const void* noise, void* y, void* log_pf, void* log_pb,
-                            int64_t B, int64_t D, uint64_t seed, uint64_t offset, double h, double s2,
+                            int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0, double h, double s2,
                             double e2, double c, double b2, void* stream) {
   check_dtype(dtype, "em_step_logprob");
   check_sizes("em_step_logprob", B, D);
   if (B == 0 || D == 0) return;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (dtype == 0)
-    run_fwd<float>(x, drift, log_var, x_next, noise, y, log_pf, log_pb, B, D, seed, offset, h, s2, e2, c, b2, st);
+    run_fwd<float>(x, drift, log_var, x_next, noise, y, log_pf, log_pb, B, D, seed, offset, chain0, h, s2, e2, c, b2, st);
   else
-    run_fwd<double>(x, drift, log_var, x_next, noise, y, log_pf, log_pb, B, D, seed, offset, h, s2, e2, c, b2, st);
+    run_fwd<double>(x, drift, log_var, x_next, noise, y, log_pf, log_pb, B, D, seed, offset, chain0, h, s2, e2, c, b2, st);
 }
 
 void launch_em_step_logprob_backward(int dtype, const void* x, const void* drift, const void* log_var,

@@ -26,31 +26,31 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     return score, logp
 
 
-def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+def sde_step(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
     B, D = x.shape
     out = torch.empty_like(x) if out is None else out
     if x.numel() > 0:
         _C.cpu_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), _p(extra_drift), _p(noise), B, D, _u64(seed),
-                        _u64(offset), float(a), float(c_s), float(c_n), out.data_ptr())
+                        _u64(offset), int(chain_offset), float(a), float(c_s), float(c_n), out.data_ptr())
     return out
 
 
-def guided_sde_step(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=None):
+def guided_sde_step(x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n, out=None):
     B, D = x.shape
     out = torch.empty_like(x) if out is None else out
     if x.numel() > 0:
         _C.cpu_guided_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), score_shift.data_ptr(), v.data_ptr(),
-                               _p(noise), B, D, _u64(seed), _u64(offset), float(a), float(c_s), float(c_v),
-                               float(c_diff), float(c_n), out.data_ptr())
+                               _p(noise), B, D, _u64(seed), _u64(offset), int(chain_offset), float(a), float(c_s),
+                               float(c_v), float(c_diff), float(c_n), out.data_ptr())
     return out
 
 
-def mala_propose(x, score, step_size, noise, seed, offset):
+def mala_propose(x, score, step_size, noise, seed, offset, chain_offset):
     B, D = x.shape
     out = torch.empty_like(x)
     if x.numel() > 0:
         _C.cpu_mala_propose(_dt(x), x.data_ptr(), score.data_ptr(), step_size.data_ptr(), _p(noise), B, D,
-                            _u64(seed), _u64(offset), out.data_ptr())
+                            _u64(seed), _u64(offset), int(chain_offset), out.data_ptr())
     return out
 
 
@@ -110,46 +110,49 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
     return x_new, score_new, accepted, log_alpha
 
 
-def momentum_refresh(p, damping, noise, seed, offset):
+def momentum_refresh(p, damping, noise, seed, offset, chain_offset):
     B, D = p.shape
     out = torch.empty_like(p)
     if p.numel() > 0:
         _C.cpu_momentum_refresh(_dt(p), p.data_ptr(), float(damping), _p(noise), B, D, _u64(seed),
-                                _u64(offset), out.data_ptr())
+                                _u64(offset), int(chain_offset), out.data_ptr())
     return out
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
-             mh):
+             chain_offset, mh):
     B, D = x.shape
     x_new = torch.empty_like(x)
     rate = torch.empty(B, dtype=x.dtype, device=x.device)
     if B > 0:
         _C.cpu_gmm_mala(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                         step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_trapezoid), float(alpha),
-                        float(sigma2), _u64(seed), _u64(offset), int(mh), x_new.data_ptr(), rate.data_ptr())
+                        float(sigma2), _u64(seed), _u64(offset), int(chain_offset), int(mh), x_new.data_ptr(),
+                        rate.data_ptr())
     return x_new, rate
 
 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2, seed, offset,
-            mh, damping):
+            chain_offset, mh, damping):
     B, D = x.shape
     x_new = torch.empty_like(x)
     rate = torch.empty(B, dtype=x.dtype, device=x.device)
     if B > 0:
         _C.cpu_gmm_hmc(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                        step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_leapfrog), float(alpha),
-                       float(sigma2), _u64(seed), _u64(offset), int(mh), float(damping), x_new.data_ptr(),
+                       float(sigma2), _u64(seed), _u64(offset), int(chain_offset), int(mh), float(damping),
+                       x_new.data_ptr(),
                        rate.data_ptr())
     return x_new, rate
 
 
-def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2):
     B, D = x.shape
     y, log_pf, log_pb = em_step_outputs(x, x_next)
     if B > 0:
         _C.cpu_em_step_logprob(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), _p(x_next), _p(noise), B, D,
-                               _u64(seed), _u64(offset), float(h), float(s2), float(e2), float(c), float(b2),
+                               _u64(seed), _u64(offset), int(chain_offset), float(h), float(s2), float(e2),
+                               float(c), float(b2),
                                y.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
     return y, log_pf, log_pb
 

@@ -50,13 +50,14 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     return score, logp
 
 
-def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+def sde_step(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
     B, D = x.shape
     out = torch.empty_like(x) if out is None else out
     if x.numel() > 0:
         with _device(x):
             _C.cuda_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), _p(extra_drift), _p(noise), B, D,
-                             _u64(seed), _u64(offset), float(a), float(c_s), float(c_n), out.data_ptr(),
+                             _u64(seed), _u64(offset), int(chain_offset), float(a), float(c_s), float(c_n),
+                             out.data_ptr(),
                              _stream(x))
     return out
 
@@ -79,7 +80,7 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
-             mh):
+             chain_offset, mh):
     B, D = x.shape
     K = means.shape[0]
     if D > GMM_MALA_MAX_D:
@@ -91,18 +92,20 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
         with _device(x):
             _C.cuda_gmm_mala(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(),
                              variances.data_ptr(), step_size.data_ptr(), B, D, K, int(n_steps),
-                             int(n_trapezoid), float(alpha), float(sigma2), _u64(seed), _u64(offset), int(mh),
+                             int(n_trapezoid), float(alpha), float(sigma2), _u64(seed), _u64(offset),
+                             int(chain_offset), int(mh),
                              x_new.data_ptr(), rate.data_ptr(), _stream(x))
     return x_new, rate
 
 
-def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2):
     B, D = x.shape
     y, log_pf, log_pb = em_step_outputs(x, x_next)
     if B > 0:
         with _device(x):
             _C.cuda_em_step_logprob(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), _p(x_next), _p(noise), B,
-                                    D, _u64(seed), _u64(offset), float(h), float(s2), float(e2), float(c),
+                                    D, _u64(seed), _u64(offset), int(chain_offset), float(h), float(s2), float(e2),
+                                    float(c),
                                     float(b2), y.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr(), _stream(x))
     return y, log_pf, log_pb
 

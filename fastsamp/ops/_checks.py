@@ -110,6 +110,16 @@ def noise_or_seed(noise, seed, offset, x: torch.Tensor):
     return None, seed, offset
 
 
+def chain_offset(v, B: int) -> int:
+    """The global index of the first of B local chains: an int >= 0 with v + B <= 2**32
+    (the chain index is one 32-bit word of the Philox counter)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"chain_offset must be an int, got {type(v).__name__}")
+    if v < 0 or v + B > 2**32:
+        raise ValueError(f"chain_offset must be >= 0 with chain_offset + B <= 2**32, got chain_offset = {v}, B = {B}")
+    return int(v)
+
+
 def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     """Validated mixture parameters (means (K, D), log_weights (K,), variances (K,) > 0)."""
     if not isinstance(means, torch.Tensor) or means.dim() != 2:

@@ -25,7 +25,8 @@ def gmm_score(x, means, log_weights, variances, *, alpha=1.0, sigma2=0.0, backen
     return fn(x, means, log_weights, variances, alpha, sigma2)
 
 
-def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, mh):
+def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset,
+                     mh):
     """Validated arguments shared by the whole-move mixture kernels; mh as its integer code."""
     x = _checks.state("x", x)
     means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
@@ -33,16 +34,18 @@ def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size,
     eps = _checks.step_size(step_size, x)
     n_steps = _checks.integer("n_steps", n_steps, minimum=1)
     _, seed, offset = _checks.noise_or_seed(None, seed, offset, x)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
     if mh not in _MH_MODES:
         raise ValueError(f"mh must be one of {tuple(_MH_MODES)}, got {mh!r}")
-    return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, _MH_MODES[mh]
+    return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, _MH_MODES[mh]
 
 
 def gmm_mala(x, means, log_weights, variances, *, step_size, n_steps, n_trapezoid=1, alpha=1.0,
-             sigma2=0.0, seed=0, offset=0, mh="score", backend="auto"):
+             sigma2=0.0, seed=0, offset=0, chain_offset=0, mh="score", backend="auto"):
     """`n_steps` MALA moves on the mixture of `gmm_score`, fused in one kernel.
 
-    Move m draws ξ and u from Philox (seed, offset + m): x' = x + ε s(x) + √(2ε) ξ,
+    Move m draws ξ and u from Philox (seed, offset + m), chain b as the global chain chain_offset + b:
+    x' = x + ε s(x) + √(2ε) ξ,
     log α = ΔlogP + log q(x|x') − log q(x'|x), accept iff log u < log α, where ΔlogP is
     the trapezoidal line integral of the score with `n_trapezoid` sub-intervals
     (mh="score"), the exact log-density difference (mh="energy"), or no MH at all
@@ -51,15 +54,16 @@ def gmm_mala(x, means, log_weights, variances, *, step_size, n_steps, n_trapezoi
 
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
-    x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, mode = _whole_move_args(
-        x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, mh)
+    x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mode = _whole_move_args(
+        x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1)
     fn = backends.resolve(backend, "gmm_mala", x.device)
-    return fn(x, means, log_weights, variances, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset, mode)
+    return fn(x, means, log_weights, variances, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset, chain_offset,
+              mode)
 
 
 def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=1, alpha=1.0,
-            sigma2=0.0, seed=0, offset=0, mh="score", damping=0.0, backend="auto"):
+            sigma2=0.0, seed=0, offset=0, chain_offset=0, mh="score", damping=0.0, backend="auto"):
     """`n_steps` HMC moves on the mixture of `gmm_score`, fused in one kernel.
 
     The momentum p starts at 0 and is carried across moves. Move m draws ξ and u from
@@ -75,10 +79,10 @@ def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=
 
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
-    x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, mode = _whole_move_args(
-        x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, mh)
+    x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mode = _whole_move_args(
+        x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
     fn = backends.resolve(backend, "gmm_hmc", x.device)
-    return fn(x, means, log_weights, variances, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, mode,
-              damping)
+    return fn(x, means, log_weights, variances, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, chain_offset,
+              mode, damping)

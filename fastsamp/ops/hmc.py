@@ -51,10 +51,11 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, *, backen
     return fn(x, x_prop, score, score_prop, p, p_prop, delta_logp, u)
 
 
-def momentum_refresh(p, damping=0.0, *, noise=None, seed=None, offset=0, backend="auto"):
+def momentum_refresh(p, damping=0.0, *, noise=None, seed=None, offset=0, chain_offset=0, backend="auto"):
     """p' = damping·p + √(1 − damping²) ξ: damping 0 is a full refresh (HMC), 0 < damping < 1
     the partial refresh of underdamped (U-)HMC."""
     p = _checks.state("p", p)
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, p)
-    return backends.resolve(backend, "momentum_refresh", p.device)(p, damping, noise, seed, offset)
+    chain_offset = _checks.chain_offset(chain_offset, p.shape[0])
+    return backends.resolve(backend, "momentum_refresh", p.device)(p, damping, noise, seed, offset, chain_offset)

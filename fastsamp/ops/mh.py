@@ -7,13 +7,15 @@ from .. import backends
 from . import _checks
 
 
-def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, backend="auto"):
-    """x' = x + ε score + √(2ε) ξ, with ε a float or one step size per chain (B,)."""
+def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_offset=0, backend="auto"):
+    """x' = x + ε score + √(2ε) ξ, with ε a float or one step size per chain (B,); ξ drawn for the global
+    chains chain_offset + b."""
     x = _checks.state("x", x)
     score = _checks.like("score", score, x)
     eps = _checks.step_size(step_size, x)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
-    return backends.resolve(backend, "mala_propose", x.device)(x, score, eps, noise, seed, offset)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    return backends.resolve(backend, "mala_propose", x.device)(x, score, eps, noise, seed, offset, chain_offset)
 
 
 def line_points(x, x_prop, n, *, backend="auto"):

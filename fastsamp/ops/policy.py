@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from . import trajectory
+from . import _checks, trajectory
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
@@ -99,15 +99,15 @@ def _sigma(sigma):
 
 
 @torch.no_grad()
-def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, x0=None, dtype=None,
-                   n_threads=None):
+def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, chain_offset=0, x0=None,
+                   dtype=None, n_threads=None):
     """Simulate `batch_size` chains for T = temb.shape[0] steps from x0 (default 0) in one kernel call.
 
     temb (T, H) is `net.time_features(ts[:-1])[0]` with ts = arange(T + 1)·h in `dtype`; h defaults
     to 1/T. Returns (states (T+1, B, D), log_pf (B, T), log_pb (B, T)) in `dtype` (default temb's),
     equal to T calls of `ops.em_step_logprob(x, drift, sigma=σ, t=ts[i], h=h, seed=seed, offset=i,
-    explore=explore)` with drift = net(x, temb[i]) — the C++ em_step_logprob kernel's Philox normals
-    and transition arithmetic exactly; the network itself up to float rounding. No autograd.
+    chain_offset=chain_offset, explore=explore)` with drift = net(x, temb[i]) — the C++ em_step_logprob
+    kernel's Philox normals and transition arithmetic exactly; the network itself up to float rounding. No autograd.
     """
     p = PolicyParams(net)
     dtype = temb.dtype if dtype is None else dtype
@@ -125,6 +125,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     seed = int(seed)
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    chain_offset = _checks.chain_offset(chain_offset, B)
     cast = [t.detach().to(dtype).contiguous() for t in [temb] + p.tensors()]
     for t in cast:
         _check_dtype("temb and the net's parameters", t, dtype)
@@ -143,7 +144,8 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
         _kernels().cpu_policy_rollout(_DTYPES[dtype], 0 if x0 is None else x0.data_ptr(), temb_c.data_ptr(),
                                       ws.data_ptr(), bs.data_ptr(), hw, hb, wo.data_ptr(), bo.data_ptr(),
                                       ts.data_ptr(), B, D, p.H, T, sigma, h, explore, p.clip, seed,
-                                      _threads(n_threads), states.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
+                                      chain_offset, _threads(n_threads), states.data_ptr(), log_pf.data_ptr(),
+                                      log_pb.data_ptr())
     return states, log_pf, log_pb
 
 
@@ -230,8 +232,8 @@ def _drift(net, x, temb_rows, D, clip):
     return net.joint(net.state(x) + temb_rows)[:, :D].clamp(-clip, clip)
 
 
-def reference_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, x0=None, dtype=None,
-                      backend="torch"):
+def reference_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, chain_offset=0, x0=None,
+                      dtype=None, backend="torch"):
     """The per-step path of policy_rollout in PyTorch: T calls of the net and of ops.em_step_logprob."""
     p = PolicyParams(net)
     dtype = temb.dtype if dtype is None else dtype
@@ -243,7 +245,8 @@ def reference_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed
     for i in range(T):
         drift = _drift(net, x, temb[i:i + 1], p.D, p.clip)
         x, lpf, lpb = trajectory.em_step_logprob(x, drift, sigma=sigma, t=float(ts[i]), h=h, seed=seed, offset=i,
-                                                 explore=explore, reparam=False, backend=backend)
+                                                 chain_offset=chain_offset, explore=explore, reparam=False,
+                                                 backend=backend)
         states.append(x)
         log_pf.append(lpf)
         log_pb.append(lpb)

@@ -4,13 +4,18 @@ Stream layout (docs/backend-contract.md): the normal ξ[b, d] of draw
 (seed, offset) comes from counter (d // 4, b, offset_lo, offset_hi) and key
 (seed_lo, seed_hi), Box–Muller on words (2q, 2q + 1), q = (d % 4) // 2, cos for
 even d and sin for odd d; the MH uniform of chain b from word 0 of counter
-(0xFFFFFFFF, b, offset_lo, offset_hi). Words are held in int64 tensors.
+(0xFFFFFFFF, b, offset_lo, offset_hi). b is the global chain index: local row i of a
+batch whose first chain is global chain `chain_offset` draws with b = chain_offset + i,
+so a chain gets the same noise whichever process and batch it runs in.
+Words are held in int64 tensors.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from . import _checks
 
 _MASK = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -41,10 +46,11 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def _check_seed(seed: int, offset: int) -> None:
+def _check_seed(seed: int, offset: int, chain_offset: int, B: int) -> None:
     for name, v in (("seed", seed), ("offset", offset)):
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**64:
             raise ValueError(f"{name} must be an int in [0, 2**64), got {v!r}")
+    _checks.chain_offset(chain_offset, B)
 
 
 def uniform_open(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -56,12 +62,13 @@ def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return words.to(dtype) * _TWO_M32
 
 
-def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    """Standard normals ξ (B, D) of draw (seed, offset)."""
-    _check_seed(seed, offset)
+def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="cpu", *,
+           chain_offset: int = 0) -> torch.Tensor:
+    """Standard normals ξ (B, D) of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1."""
+    _check_seed(seed, offset, chain_offset, B)
     J = (D + 3) // 4
     j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
-    b = torch.arange(B, dtype=torch.int64, device=device)[:, None].expand(B, J)
+    b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)[:, None].expand(B, J)
     c2 = torch.full_like(j, offset & _MASK)
     c3 = torch.full_like(j, offset >> 32)
     r = philox4x32_10(j, b, c2, c3, seed & _MASK, seed >> 32)
@@ -76,10 +83,11 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
     return out.reshape(B, 4 * J)[:, :D].contiguous()
 
 
-def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    """MH uniforms u (B,) in (0, 1] of draw (seed, offset)."""
-    _check_seed(seed, offset)
-    b = torch.arange(B, dtype=torch.int64, device=device)
+def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *,
+            chain_offset: int = 0) -> torch.Tensor:
+    """MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1."""
+    _check_seed(seed, offset, chain_offset, B)
+    b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)
     full = torch.full_like
     r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),
                       seed & _MASK, seed >> 32)

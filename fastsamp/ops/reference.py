@@ -3,7 +3,7 @@ that every compiled backend is tested against and the fallback backend.
 
 Functions take the backend signatures: validated, contiguous tensors of one
 dtype and device; `step_size` as a (B,) tensor; `noise` a (B, D) tensor or
-None (then ξ is the Philox draw (seed, offset)).
+None (then ξ is the Philox draw (seed, offset) of global chains chain_offset + b).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from . import random as _rng
 
 
-def _noise(x, noise, seed, offset):
+def _noise(x, noise, seed, offset, chain_offset):
     if noise is not None:
         return noise
-    return _rng.normal(seed, offset, x.shape[0], x.shape[1], x.dtype, x.device)
+    return _rng.normal(seed, offset, x.shape[0], x.shape[1], x.dtype, x.device, chain_offset=chain_offset)
 
 
 def _dot(a, b):
@@ -37,24 +37,24 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     return score, logp
 
 
-def sde_step(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=None):
+def sde_step(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
     """x_new = a·x + c_s·(score + extra_drift) + c_n·ξ (written into `out` when given)."""
     drift = score if extra_drift is None else score + extra_drift
-    x_new = a * x + c_s * drift + c_n * _noise(x, noise, seed, offset)
+    x_new = a * x + c_s * drift + c_n * _noise(x, noise, seed, offset, chain_offset)
     return x_new if out is None else out.copy_(x_new)
 
 
-def guided_sde_step(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=None):
+def guided_sde_step(x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n, out=None):
     """x_new = a·x + c_s·(score + c_v·v + c_diff·(score_shift − score)) + c_n·ξ."""
     drift = score + c_v * v + c_diff * (score_shift - score)
-    x_new = a * x + c_s * drift + c_n * _noise(x, noise, seed, offset)
+    x_new = a * x + c_s * drift + c_n * _noise(x, noise, seed, offset, chain_offset)
     return x_new if out is None else out.copy_(x_new)
 
 
-def mala_propose(x, score, step_size, noise, seed, offset):
+def mala_propose(x, score, step_size, noise, seed, offset, chain_offset):
     """x' = x + ε score + √(2ε) ξ."""
     eps = step_size[:, None]
-    return x + eps * score + torch.sqrt(2 * eps) * _noise(x, noise, seed, offset)
+    return x + eps * score + torch.sqrt(2 * eps) * _noise(x, noise, seed, offset, chain_offset)
 
 
 def line_points(x, x_prop, n):
@@ -113,35 +113,35 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
     return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
 
 
-def momentum_refresh(p, damping, noise, seed, offset):
+def momentum_refresh(p, damping, noise, seed, offset, chain_offset):
     """p' = damping·p + √(1 − damping²) ξ."""
-    return damping * p + math.sqrt(1.0 - damping * damping) * _noise(p, noise, seed, offset)
+    return damping * p + math.sqrt(1.0 - damping * damping) * _noise(p, noise, seed, offset, chain_offset)
 
 
 MH_SCORE, MH_ENERGY, MH_NONE = 0, 1, 2
 
 
-def _philox_draws(x, seed, offset):
+def _philox_draws(x, seed, offset, chain_offset):
     """draw(m) -> (ξ, u) of move m: the Philox draws (seed, offset + m) of the whole-move kernels."""
     B, D = x.shape
 
     def draw(m):
-        return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device),
-                _rng.uniform(seed, offset + m, B, x.dtype, x.device))
+        return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device, chain_offset=chain_offset),
+                _rng.uniform(seed, offset + m, B, x.dtype, x.device, chain_offset=chain_offset))
     return draw
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
-             seed, offset, mh, *, draw=None):
+             seed, offset, chain_offset, mh, *, draw=None):
     """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m (the benchmarks' torch-RNG baseline)."""
     B, D = x.shape
-    draw = draw or _philox_draws(x, seed, offset)
+    draw = draw or _philox_draws(x, seed, offset, chain_offset)
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
         xi, u = draw(m)
-        x_prop = mala_propose(x, score, step_size, xi, seed, offset + m)
+        x_prop = mala_propose(x, score, step_size, xi, seed, offset + m, chain_offset)
         score_prop, logp_prop = gmm_score(x_prop, means, log_weights, variances, alpha, sigma2)
         if mh == MH_NONE:
             accepted = torch.ones(B, dtype=torch.bool, device=x.device)
@@ -162,18 +162,18 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
 
 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
-            seed, offset, mh, damping, *, draw=None):
+            seed, offset, chain_offset, mh, damping, *, draw=None):
     """n_steps HMC moves (n_leapfrog leapfrog steps each, momentum refresh with `damping`)
     on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m."""
     B, D = x.shape
-    draw = draw or _philox_draws(x, seed, offset)
+    draw = draw or _philox_draws(x, seed, offset, chain_offset)
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
     p = torch.zeros_like(x)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
         xi, u = draw(m)
-        p0 = momentum_refresh(p, damping, xi, seed, offset + m)
+        p0 = momentum_refresh(p, damping, xi, seed, offset + m, chain_offset)
         x_l, s_l, p_l, logp_l = x, score, p0, logp
         delta = torch.zeros(B, dtype=x.dtype, device=x.device)
         for _ in range(n_leapfrog):
@@ -196,7 +196,7 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
     return x, n_acc / max(n_steps, 1)
 
 
-def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2):
+def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2):
     """Euler–Maruyama transition and its log-densities (docs/backend-contract.md, op 9).
 
     s² = s2·e^{log_var} (model step variance), q² = s² + e2 (sampling variance):
@@ -206,7 +206,7 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c
     var = torch.full_like(x, s2) if log_var is None else s2 * torch.exp(log_var)
     mean = x + h * drift
     if x_next is None:
-        x_next = mean + torch.sqrt(var + e2) * _noise(x, noise, seed, offset)
+        x_next = mean + torch.sqrt(var + e2) * _noise(x, noise, seed, offset, chain_offset)
     v = x_next - mean
     log_pf = -0.5 * (v * v / var + torch.log(2 * math.pi * var)).sum(-1)
     if b2 == 0.0:

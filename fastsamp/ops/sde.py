@@ -11,15 +11,16 @@ def _check_schedule(schedule):
         raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
 
 
-def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, extra_drift=None, out=None,
-                     backend="auto"):
+def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, chain_offset=0, extra_drift=None,
+                     out=None, backend="auto"):
     """One reverse Euler–Maruyama step from t to t − h:
 
     x ← x + h[−f(t) x + g(t)² (score + extra_drift)] + g(t) √h ξ
 
     (VP: −f = β/2, g² = β; VE: f = 0, g² = dσ²/dt). ξ is `noise` if given, else the
-    Philox draw (seed, offset); with neither, a seed is drawn from torch's generator.
-    `out` (B, D) receives the result (it may be `x` itself: an in-place update, no allocation).
+    Philox draw (seed, offset) of global chains chain_offset + b; with neither, a seed is
+    drawn from torch's generator. `out` (B, D) receives the result (it may be `x` itself: an
+    in-place update, no allocation).
     """
     x = _checks.state("x", x)
     score = _checks.like("score", score, x)
@@ -31,14 +32,15 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
     out = _checks.output(out, x)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     fn = backends.resolve(backend, "sde_step", x.device)
-    return fn(x, score, extra_drift, noise, seed, offset, a, c_s, c_n, out=out)
+    return fn(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n, out=out)
 
 
 def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidance=1.0, noise=None, seed=None,
-                    offset=0, out=None, backend="auto"):
+                    offset=0, chain_offset=0, out=None, backend="auto"):
     """Reverse Euler–Maruyama step t → t − h whose score is s + g, with the training-free
     importance-sampling guidance (Kim et al.)
 
@@ -60,9 +62,10 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     if not 0.0 < t <= 1.0:
         raise ValueError(f"t must be in (0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
     out = _checks.output(out, x)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)
     c_v, c_diff = guidance / alpha, guidance * sigma2 / (fd_eps * alpha)
     fn = backends.resolve(backend, "guided_sde_step", x.device)
-    return fn(x, score, score_shift, v, noise, seed, offset, a, c_s, c_v, c_diff, c_n, out=out)
+    return fn(x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n, out=out)

@@ -12,10 +12,10 @@ class _EMStepLogProb(torch.autograd.Function):
     """Fused forward kernel; the backward is a second fused kernel (once differentiable)."""
 
     @staticmethod
-    def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, h, s2, e2, c, b2, reparam):
+    def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
         fwd = backends.resolve(backend, "em_step_logprob", x.device)
         sampled = x_next is None
-        y, log_pf, log_pb = fwd(x, drift, log_var, x_next, noise, seed, offset, h, s2, e2, c, b2)
+        y, log_pf, log_pb = fwd(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2)
         ctx.save_for_backward(x, drift, log_var, y)
         ctx.args = (backend, h, s2, e2, c, b2, reparam and sampled, sampled)
         if sampled:
@@ -37,11 +37,11 @@ class _EMStepLogProb(torch.autograd.Function):
         want_g_y = not sampled and ctx.needs_input_grad[3]
         g_x, g_drift, g_log_var, g_x_next = bwd(x, drift, log_var, y, g_y, g_pf, g_pb, h, s2, e2, c, b2, reparam,
                                                 want_g_y)
-        return (g_x, g_drift, g_log_var, g_x_next) + (None,) * 10
+        return (g_x, g_drift, g_log_var, g_x_next) + (None,) * 11
 
 
-def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, log_var=None, explore=0.0,
-                    x_next=None, reparam=None, backend="auto"):
+def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, chain_offset=0, log_var=None,
+                    explore=0.0, x_next=None, reparam=None, backend="auto"):
     """One Euler–Maruyama step t → t + h of dx = drift dt + σ e^{log_var/2} dW with the
     log-densities that trajectory objectives need, in one fused pass:
 
@@ -49,8 +49,8 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, l
         log_pf = log N(x_next; x + h·drift, σ²h e^{log_var})          (per chain, summed over D)
         log_pb = log N(x; (t/(t+h)) x_next, σ² h t/(t+h))              (Brownian bridge; 0 at t = 0)
 
-    ξ is `noise` if given, else the Philox draw (seed, offset). `explore` ≥ 0 widens the
-    sampling noise only (off-policy exploration); log_pf stays the model's density.
+    ξ is `noise` if given, else the Philox draw (seed, offset) of global chains chain_offset + b.
+    `explore` ≥ 0 widens the sampling noise only (off-policy exploration); log_pf stays the model's density.
     With `x_next` given, nothing is sampled: the transition x → x_next is evaluated (for
     trajectories drawn backwards from a replay buffer).
 
@@ -80,9 +80,10 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, l
     else:
         noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
         reparam = True if reparam is None else bool(reparam)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
     s2 = sigma * sigma * h
     c = t / (t + h)
     b2 = s2 * c
-    out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, h, s2, explore * explore, c,
-                               b2, reparam)
+    out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
+                               explore * explore, c, b2, reparam)
     return tuple(out) if x_next is None else (x_next,) + tuple(out)

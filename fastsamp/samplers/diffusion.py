@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import backends, ops
+from ..distributed import Comm
 from ..ops import policy
 from .annealed import mcmc
 
@@ -253,15 +254,16 @@ class DiffusionSampler(nn.Module):
         return self.target.score(x).detach() if self.net.langevin else None
 
     # -- trajectories -------------------------------------------------------------------------
-    def forward_trajectories(self, batch_size, *, explore=0.0, reparam=False, seed=0, with_flows=False,
-                             dtype=torch.float32, device="cpu"):
-        """Simulate from x_0 = 0. reparam=True keeps the whole path differentiable (PIS)."""
+    def forward_trajectories(self, batch_size, *, explore=0.0, reparam=False, seed=0, chain_offset=0,
+                             with_flows=False, dtype=torch.float32, device="cpu"):
+        """Simulate from x_0 = 0. reparam=True keeps the whole path differentiable (PIS). The chains
+        are the global chains chain_offset .. chain_offset + batch_size − 1 of the Philox draws."""
         T, D = self.n_steps, self.target.dim
         x = torch.zeros(batch_size, D, dtype=dtype, device=device)
         ts = self._grid(x)
         offline = self.fused and not reparam
         if offline and not with_flows and self._whole_trajectory_kernel(x):
-            return self._fused_forward(batch_size, explore, seed, x)
+            return self._fused_forward(batch_size, explore, seed, chain_offset, x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not offline):
             temb, lgv = self.net.time_features(ts[:-1])
             states, log_pf, log_pb, log_f = [x], [], [], []
@@ -270,8 +272,8 @@ class DiffusionSampler(nn.Module):
                 if with_flows and not offline:
                     log_f.append(self._flow(x, hid, ts[i]))
                 x, lpf, lpb = ops.em_step_logprob(x, drift, sigma=self.sigma, t=float(ts[i]), h=self.h, seed=seed,
-                                                  offset=i, log_var=log_var, explore=explore, reparam=reparam,
-                                                  backend=self.backend)
+                                                  offset=i, chain_offset=chain_offset, log_var=log_var,
+                                                  explore=explore, reparam=reparam, backend=self.backend)
                 states.append(x)
                 log_pf.append(lpf)
                 log_pb.append(lpb)
@@ -306,14 +308,15 @@ class DiffusionSampler(nn.Module):
         return (x.device.type == "cpu" and not self.net.langevin and not self.net.learned_variance
                 and backends.is_available("cpp"))
 
-    def _fused_forward(self, batch_size, explore, seed, like):
+    def _fused_forward(self, batch_size, explore, seed, chain_offset, like):
         """Forward trajectories by one rollout kernel (no grad) and log p_F through one kernel
         whose backward is one kernel (the rollout's log p_F is reused, not recomputed)."""
         ts = self._grid(like)
         temb = self.net.time_features(ts[:-1])[0]
         with torch.no_grad():
             states, lpf, lpb = policy.policy_rollout(self.net, temb.detach(), batch_size, sigma=self.sigma,
-                                                     h=self.h, explore=explore, seed=seed, dtype=like.dtype)
+                                                     h=self.h, explore=explore, seed=seed,
+                                                     chain_offset=chain_offset, dtype=like.dtype)
         log_pf = policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf)
         return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
 
@@ -358,14 +361,22 @@ class DiffusionSampler(nn.Module):
         return Trajectories(states, log_pf, log_pb, log_r, log_f)
 
     # -- objectives ---------------------------------------------------------------------------
-    def loss(self, traj: Trajectories, objective: str, subtb_lambda: float = 2.0):
+    def loss(self, traj: Trajectories, objective: str, subtb_lambda: float = 2.0, comm: Comm | None = None):
+        """The objective's loss on a batch of trajectories. Distributed (`comm` of N ranks), VarGrad's
+        batch log Z (the mean log w) is the mean over the trajectories of every rank (one all_reduce),
+        so that N ranks with batch b give the gradient of one process with batch N·b."""
         if objective == "pis":
             return (-traj.log_weights()).mean() / self.target.dim
         if objective == "tb":
             return 0.5 * ((self.net.log_Z - traj.log_weights()) ** 2).mean()
         if objective == "vargrad":
             log_w = traj.log_weights()
-            return 0.5 * ((log_w - log_w.mean()) ** 2).mean()
+            if comm is not None and comm.distributed:
+                total, count = comm.all_reduce([float(log_w.detach().double().sum()), log_w.shape[0]])
+                baseline = float(total / count)  # Σ (log w − mean) = 0: no gradient through the mean
+            else:
+                baseline = log_w.mean()
+            return 0.5 * ((log_w - baseline) ** 2).mean()
         if objective == "subtb":
             T = traj.log_pf.shape[1]
             cum = torch.cat([torch.zeros_like(traj.log_pf[:, :1]), (traj.log_pf - traj.log_pb).cumsum(1)], 1)
@@ -379,17 +390,27 @@ class DiffusionSampler(nn.Module):
 
     # -- sampling and evaluation ----------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n, *, seed=0, dtype=torch.float32, device="cpu"):
-        """n samples and their log weights log w (E[w] = Z)."""
-        traj = self.forward_trajectories(n, seed=seed, dtype=dtype, device=device)
-        return traj.states[-1], traj.log_weights()
+    def sample(self, n, *, seed=0, dtype=torch.float32, device="cpu", group=None, gather=True):
+        """n samples and their log weights log w (E[w] = Z).
+
+        Distributed (torchrun or `group=`): each rank simulates its share of the n chains with noise
+        keyed by the global chain index; gather=True returns all of them on rank 0 ((None, None)
+        elsewhere), gather=False each rank's own."""
+        comm = Comm.resolve(group)
+        chain0, n_local = comm.shard(n)
+        traj = self.forward_trajectories(n_local, seed=seed, chain_offset=chain0, dtype=dtype, device=device)
+        x, log_w = traj.states[-1], traj.log_weights()
+        if not (gather and comm.distributed):
+            return x, log_w
+        both = comm.gather(torch.cat([x, log_w[:, None]], 1))
+        return (None, None) if both is None else (both[:, :-1], both[:, -1])
 
     @torch.no_grad()
     def evaluate(self, n=2000, *, seed=10**6, exact_samples=None, n_eubo_repeats=1):
         """log Z estimates (ELBO = mean log w, importance-weighted log-mean-exp), ESS/n, learned log Z,
         and with exact samples the EUBO and the 2-Wasserstein distance."""
         from .. import metrics
-        x, log_w = self.sample(n, seed=seed)
+        x, log_w = self.sample(n, seed=seed, group=Comm(None))
         out = metrics.log_z_estimates(log_w)
         out["log_Z_learned"] = float(self.net.log_Z)
         if exact_samples is not None:
@@ -400,13 +421,31 @@ class DiffusionSampler(nn.Module):
         return out
 
 
+class _Iteration(nn.Module):
+    """One training iteration's loss as a module forward, so that DistributedDataParallel sees the
+    forward and all-reduces (averages) the gradients of the sampler's parameters in the backward."""
+
+    def __init__(self, sampler, step):
+        super().__init__()
+        self.sampler, self.step = sampler, step
+
+    def forward(self, it):
+        return self.step(it)
+
+
 def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, callback=None,
-          on_iteration=None) -> TrainLog:
+          on_iteration=None, group=None) -> TrainLog:
     """Train `sampler` with config.objective on forward (on-policy + exploration) trajectories; with
     local_search or replay every other iteration uses backward trajectories from the buffer, and
     prior_every = k makes every k-th iteration use backward trajectories from the reference marginal.
     `on_iteration(it)` runs before each iteration (e.g. to anneal the target); `callback(it)` every
-    eval_every iterations, its results collected in the log."""
+    eval_every iterations, its results collected in the log.
+
+    Distributed (torchrun or `group=` with N ranks): DistributedDataParallel, each rank simulating
+    config.batch_size forward trajectories as the global chains rank·b .. (rank + 1)·b − 1, so that
+    N ranks with batch b train like one process with batch N·b (VarGrad's batch log Z is reduced over
+    all ranks). Buffer, local-search and prior trajectories are drawn per rank (generator seeded with
+    the rank). The logged loss is this rank's."""
     cfg = config
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
@@ -414,6 +453,7 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         raise ValueError("pis is on-policy: it takes no local_search, replay, prior_every or explore")
     if cfg.objective == "subtb" and sampler.net.flow is None:
         raise ValueError("objective 'subtb' needs a DriftNet built with flow=True")
+    comm = Comm.resolve(group)
     torch.manual_seed(cfg.seed)
     flow_params = [sampler.net.log_Z] + (list(sampler.net.flow.parameters()) if sampler.net.flow is not None else [])
     flow_ids = {id(p) for p in flow_params}
@@ -425,38 +465,48 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         buffer = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
     if cfg.local_search:
         buffer_ls = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * comm.rank)
     log = TrainLog()
-    bar = _progress(cfg.iterations, progress)
+    bar = _progress(cfg.iterations, progress and comm.rank == 0)
     with_flows = cfg.objective == "subtb"
-    start = time.perf_counter()
-    for it in range(cfg.iterations):
+    chain0 = comm.rank * cfg.batch_size
+
+    def iteration_loss(it):
         seed = cfg.seed * 1_000_003 + it
+        bwd_seed = seed + 7919 * comm.rank  # backward trajectories: per-rank torch generator noise
         explore = cfg.explore * max(0.0, 1.0 - it / max(cfg.iterations / 2, 1))
-        if on_iteration is not None:
-            on_iteration(it)
-        opt.zero_grad(set_to_none=True)
         if cfg.prior_every and it % cfg.prior_every == cfg.prior_every - 1:
             x_T = sampler.sigma * torch.randn(cfg.batch_size, D, generator=gen)
-            traj = sampler.backward_trajectories(x_T, seed=seed, with_flows=with_flows)
+            traj = sampler.backward_trajectories(x_T, seed=bwd_seed, with_flows=with_flows)
         elif buffer is not None and it % 2 == 1:
             if cfg.local_search:
                 if it % cfg.ls_every < 2:
                     start_x, _ = buffer.sample(cfg.batch_size, gen)
                     found, found_r, _ = local_search(sampler.target, start_x, n_steps=cfg.ls_steps,
                                                      burn_in=cfg.ls_burn_in, step_size=cfg.ls_step_size,
-                                                     target_acceptance=cfg.ls_target_acceptance, seed=seed)
+                                                     target_acceptance=cfg.ls_target_acceptance, seed=bwd_seed)
                     buffer_ls.add(found, found_r)
                 x_T, _ = buffer_ls.sample(cfg.batch_size, gen)
             else:
                 x_T, _ = buffer.sample(cfg.batch_size, gen)
-            traj = sampler.backward_trajectories(x_T, seed=seed, with_flows=with_flows)
+            traj = sampler.backward_trajectories(x_T, seed=bwd_seed, with_flows=with_flows)
         else:
             traj = sampler.forward_trajectories(cfg.batch_size, explore=explore, reparam=cfg.objective == "pis",
-                                                seed=seed, with_flows=with_flows)
+                                                seed=seed, chain_offset=chain0, with_flows=with_flows)
             if buffer is not None:
                 buffer.add(traj.states[-1], traj.log_r)
-        loss = sampler.loss(traj, cfg.objective, cfg.subtb_lambda)
+        return sampler.loss(traj, cfg.objective, cfg.subtb_lambda, comm)
+
+    step = _Iteration(sampler, iteration_loss)
+    if comm.distributed:
+        step = torch.nn.parallel.DistributedDataParallel(step, process_group=comm.group,
+                                                         find_unused_parameters=True)
+    start = time.perf_counter()
+    for it in range(cfg.iterations):
+        if on_iteration is not None:
+            on_iteration(it)
+        opt.zero_grad(set_to_none=True)
+        loss = step(it)
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sampler.parameters(), cfg.grad_clip)

@@ -9,15 +9,22 @@ two score calls and one backward pass through l per step; the guided Euler–Mar
 update is the fused op `ops.guided_sde_step`. The method is biased (Tweedie/Jensen);
 `corrector="mala"` adds score-based MH MALA moves at t_min, where the target's score
 s_p + ∇log l is exact, to remove bias.
+
+Normaliser: since q = l·p/Z, E_q[1/l] = 1/Z, so log Z = log E_p[l] is estimated from the samples
+as −log mean_i exp(−log l(x_i)) (exact in expectation when the samples follow q; the sampler's
+bias shows in it), with the ESS of those weights 1/l(x_i) (how well q covers p); both are
+log-sum-exp reductions over every chain of every rank.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .. import ops
+from ..distributed import Comm
 from .annealed import mcmc
 
 
@@ -56,19 +63,29 @@ class Tilted:
 
 @dataclass
 class ImportanceStats:
+    """Score evaluations and weight gradients (all chains, all ranks), wall time, the corrector's mean
+    acceptance, log Z = −log mean exp(−log l(x)) and the ESS of the weights 1/l(x) over all samples,
+    and this rank's global chains (chain_offset, n_local)."""
     n_score_evals: int = 0
     n_weight_grads: int = 0
     wall_time: float = 0.0
     corrector_accept: float = float("nan")
+    log_z: float = float("nan")
+    ess: float = float("nan")
+    chain_offset: int = 0
+    n_local: int = 0
 
 
 def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, guidance_schedule=None,
                    corrector=None, n_corrector_steps=20, corrector_step_size=0.05, n_trapezoid=3, t_min=1e-3,
-                   seed=0, backend="auto", dtype=torch.float32, device="cpu"):
+                   seed=0, backend="auto", dtype=torch.float32, device="cpu", group=None, gather=True):
     """Samples of q ∝ l·p: `log_weight(x) -> (B,)` is log l (differentiable, torch).
 
     guidance_schedule: None (w = 1), a float c (the scheduler ᾱ²/(ᾱ² + c(1−ᾱ)²)) or a callable
-    t -> w. corrector: None or "mala" (score-based MH on q at t_min). Returns (x, ImportanceStats).
+    t -> w. corrector: None or "mala" (score-based MH on q at t_min). Distributed (torchrun or
+    `group=`): the chains are sharded over the ranks with noise keyed by the global chain index;
+    gather=True returns all samples on rank 0 (None elsewhere), gather=False each rank's own.
+    Returns (x, ImportanceStats).
     """
     if corrector not in (None, "mala"):
         raise ValueError(f"corrector must be None or 'mala', got {corrector!r}")
@@ -83,33 +100,48 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
         def weight_of(t):
             return guidance_strength(model.schedule, t, float(guidance_schedule))
     device = torch.device(device)
+    comm = Comm.resolve(group)
+    if n_samples < comm.world_size:
+        raise ValueError(f"n_samples ({n_samples}) must be >= the number of ranks ({comm.world_size})")
+    chain0, n_local = comm.shard(n_samples)
     sched = model.schedule
-    stats = ImportanceStats()
+    stats = ImportanceStats(chain_offset=chain0, n_local=n_local)
     start = time.perf_counter()
     ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64).tolist()
     scale0 = (sched.alpha(1.0) ** 2 + sched.sigma2(1.0)) ** 0.5
-    x = scale0 * ops.normal(seed, 0, n_samples, model.dim, dtype, device)
+    x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype, device, chain_offset=chain0)
     for i in range(n_steps):
-        t, h = ts[i], ts[i] - ts[i + 1]
-        alpha, sigma2 = sched.alpha(t), sched.sigma2(t)
-        s = model.score(x, t, backend=backend)
-        x0_hat = (x + sigma2 * s) / alpha
-        v = grad_log_weight(log_weight, x0_hat)
-        s_shift = model.score(x + fd_eps * v, t, backend=backend)
-        x = ops.guided_sde_step(x, s, s_shift, v, t=t, h=h, schedule=sched, fd_eps=fd_eps, guidance=weight_of(t),
-                                seed=seed, offset=i + 1, out=x, backend=backend)
+        with comm.level(0):  # no statistics: the level's all_reduce only carries the failure flag
+            t, h = ts[i], ts[i] - ts[i + 1]
+            alpha, sigma2 = sched.alpha(t), sched.sigma2(t)
+            s = model.score(x, t, backend=backend)
+            x0_hat = (x + sigma2 * s) / alpha
+            v = grad_log_weight(log_weight, x0_hat)
+            s_shift = model.score(x + fd_eps * v, t, backend=backend)
+            x = ops.guided_sde_step(x, s, s_shift, v, t=t, h=h, schedule=sched, fd_eps=fd_eps,
+                                    guidance=weight_of(t), seed=seed, offset=i + 1, chain_offset=chain0, out=x,
+                                    backend=backend)
         stats.n_score_evals += 2 * n_samples
         stats.n_weight_grads += n_samples
     if corrector == "mala":
-        x, rate = mcmc(Tilted(model, log_weight), x, t=t_min, corrector="mala", mh="score",
-                       n_steps=n_corrector_steps, step_size=corrector_step_size, n_trapezoid=n_trapezoid, seed=seed,
-                       offset=n_steps + 1, backend=backend)
-        stats.corrector_accept = float(rate.mean())
+        with comm.level(1) as lv:
+            x, rate = mcmc(Tilted(model, log_weight), x, t=t_min, corrector="mala", mh="score",
+                           n_steps=n_corrector_steps, step_size=corrector_step_size, n_trapezoid=n_trapezoid,
+                           seed=seed, offset=n_steps + 1, chain_offset=chain0, backend=backend)
+            lv.values[0] = float(rate.double().sum())
+        stats.corrector_accept = float(lv.result[0]) / n_samples
         stats.n_score_evals += n_samples * (n_corrector_steps * n_trapezoid + 1)
         stats.n_weight_grads += n_samples * (n_corrector_steps * n_trapezoid + 1)
+    with comm.level(0), torch.no_grad():
+        neg_log_l = -log_weight(x).double()
+    lse1, lse2 = comm.log_sum_exp(neg_log_l), comm.log_sum_exp(2 * neg_log_l)
+    stats.log_z = math.log(n_samples) - lse1
+    stats.ess = math.exp(2 * lse1 - lse2)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.wall_time = time.perf_counter() - start
+    if gather:
+        x = comm.gather(x)
     return x, stats
 
 

@@ -1,0 +1,191 @@
+"""Sampling and training across processes with torch.distributed (torchrun, NCCL on GPUs, Gloo on CPUs).
+
+Chains are sharded over the ranks: rank r of N runs the global chains start_r .. start_r + count_r − 1
+(`shard`: counts differ by at most one), and every op draws its Philox noise with
+`chain_offset = start_r`, so chain i sees exactly the noise it sees in a one-process run of all
+chains: the samples are bit-identical to the one-process run, whatever N. Statistics that steer or
+summarise a sampler (mean acceptance, log Z, ESS) are reduced once per level by `Comm.level`, one
+small all_reduce whose last element is a failure flag: a rank whose level raises still joins that
+all_reduce, so every rank learns of the failure at once and raises `RankFailedError` with the
+failing rank's message (no rank is left waiting). Collectives also carry a timeout (`init`).
+
+    comm = Comm.resolve(group)          # None outside torch.distributed: one process, no communication
+    start, count = comm.shard(n)        # this rank's global chains
+    with comm.level(2) as lv:           # one all_reduce of [sum, sum, failed]
+        lv.values[:] = [...]
+    totals = lv.result
+    x_all = comm.gather(x_local)        # rank 0: all chains in global order; other ranks: None
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 120.0
+
+
+class RankFailedError(RuntimeError):
+    """Raised on every rank when another rank's step failed."""
+
+
+def launched_by_torchrun() -> bool:
+    """True when the torchrun environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) is set."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init(backend=None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """Initialise the default process group from the torchrun environment (once).
+
+    backend: "nccl" when CUDA is available, else "gloo" (default). Collectives that wait longer
+    than `timeout_s` raise instead of hanging. With CUDA, this rank's device is LOCAL_RANK.
+    Returns the `Comm` of the default group."""
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this torch build")
+    if not dist.is_initialized():
+        if not launched_by_torchrun():
+            raise RuntimeError("fastsamp.distributed.init needs the torchrun environment (RANK, WORLD_SIZE, "
+                               "MASTER_ADDR, MASTER_PORT); launch with torchrun or pass group=")
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Comm(dist.group.WORLD)
+
+
+def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(start, count) of rank's contiguous share of n items: counts n // N or n // N + 1, the
+    larger ones first."""
+    base, extra = divmod(int(n), int(world_size))
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+class _Level:
+    """The values this rank contributes to one level's all_reduce; `result` after the level."""
+
+    def __init__(self, n: int):
+        self.values = [0.0] * n
+        self.result = None
+
+
+class Comm:
+    """The processes a sampler runs on: a torch.distributed group, or one process (group None)."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.distributed = group is not None and dist.get_world_size(group) > 1
+        self.rank = dist.get_rank(group) if group is not None else 0
+        self.world_size = dist.get_world_size(group) if group is not None else 1
+
+    @classmethod
+    def resolve(cls, group=None) -> Comm:
+        """`group` if given; else the default group when torch.distributed is initialised (or the
+        torchrun environment is set: then it is initialised); else one process."""
+        if group is not None:
+            return group if isinstance(group, Comm) else cls(group)
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.group.WORLD)
+        if dist.is_available() and launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+            return init()
+        return cls(None)
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """(chain_offset, count) of this rank's global chains out of n."""
+        return shard(n, self.rank, self.world_size)
+
+    def _device(self):
+        backend = dist.get_backend(self.group)
+        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+    def all_reduce(self, values, op: str = "sum", error: BaseException | None = None) -> torch.Tensor:
+        """Sum (or max) of `values` (floats) over the ranks, in float64, as one all_reduce with a failure
+        flag appended: when any rank passes an `error`, every rank raises (its own error, or
+        RankFailedError naming the failing rank and its message)."""
+        local = torch.tensor([float(v) for v in values] + [1.0 if error is not None else 0.0], dtype=torch.float64)
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return local[:-1]
+        buf = local.to(self._device())
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=self.group)
+        buf = buf.cpu()
+        if buf[-1] > 0:
+            messages = [None] * self.world_size
+            mine = None if error is None else f"{type(error).__name__}: {error}"
+            dist.all_gather_object(messages, mine, group=self.group)
+            if error is not None:
+                raise error
+            failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+            raise RankFailedError("; ".join(f"rank {r} failed: {m}" for r, m in failed))
+        return buf[:-1]
+
+    @contextlib.contextmanager
+    def level(self, n_values: int, op: str = "sum"):
+        """One level of a sampler: the body fills `lv.values` (n_values floats); on exit one
+        all_reduce gives `lv.result` (a float64 tensor). An exception in the body is shared with
+        every rank through that same all_reduce, so that all of them raise."""
+        lv = _Level(n_values)
+        try:
+            yield lv
+        except Exception as e:
+            self.all_reduce([0.0] * n_values, op, error=e)
+            raise
+        lv.result = self.all_reduce(lv.values, op)
+
+    def chain_offset(self, local_count: int) -> int:
+        """The global index of this rank's first chain when rank r holds local_count_r chains (an
+        exclusive prefix sum, one all_gather)."""
+        if not self.distributed:
+            return 0
+        counts = [None] * self.world_size
+        dist.all_gather_object(counts, int(local_count), group=self.group)
+        return sum(counts[: self.rank])
+
+    def log_sum_exp(self, values: torch.Tensor) -> float:
+        """log Σ exp(values) over the values of every rank (two all_reduces: max, then the sum)."""
+        v = values.detach().double()
+        m_local = float(v.max()) if v.numel() else -float("inf")
+        m = float(self.all_reduce([m_local], "max")[0])
+        if m == -float("inf") or m != m:
+            return m
+        s = float(self.all_reduce([float(torch.exp(v - m).sum())])[0])
+        return m + float(torch.log(torch.tensor(s, dtype=torch.float64)))
+
+    def gather(self, x: torch.Tensor):
+        """Rank 0: the rows of every rank concatenated in rank order (the global chain order of
+        `shard`); other ranks: None. One process: x itself."""
+        if not self.distributed:
+            return x
+        counts = [None] * self.world_size
+        dist.all_gather_object(counts, int(x.shape[0]), group=self.group)
+        width = max(counts)
+        dev = self._device()
+        pad = torch.zeros((width,) + tuple(x.shape[1:]), dtype=x.dtype, device=dev)
+        pad[: x.shape[0]] = x.to(dev)
+        bufs = [torch.empty_like(pad) for _ in range(self.world_size)] if self.rank == 0 else None
+        dist.gather(pad, bufs, dst=0, group=self.group)
+        if self.rank != 0:
+            return None
+        return torch.cat([b[:c] for b, c in zip(bufs, counts)]).to(x.device)
+
+    def save(self, x: torch.Tensor, path: str, *, shards: bool = False) -> str | None:
+        """Write the samples: gathered to rank 0 as one `path` (.pt), or with shards=True each rank's
+        own rows to `path` with `.rank{r}` before the suffix (no communication). Returns the path
+        written by this rank (None on ranks that write nothing)."""
+        if shards and self.distributed:
+            root, ext = os.path.splitext(path)
+            own = f"{root}.rank{self.rank}{ext or '.pt'}"
+            torch.save(x.detach().cpu(), own)
+            return own
+        full = self.gather(x)
+        if full is None:
+            return None
+        torch.save(full.detach().cpu(), path)
+        return path
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier(group=self.group)
