@@ -172,6 +172,9 @@ def main(argv=None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--eval-samples", type=int, default=2000)
     r.add_argument("--out", default=None, help="directory for the model (.pt) and the JSON")
+    r.add_argument("--device", default="cpu", help="cpu or cuda[:N] (network, target and trajectories)")
+    r.add_argument("--checkpoint-every", type=int, default=0,
+                   help="with --out: checkpoint every N iterations into OUT/checkpoints/ and resume from there")
     r.add_argument("--eager", action="store_true", help="train on the eager PyTorch path instead of the fused one")
     r.add_argument("--time", action="store_true", help="only time fused vs eager iterations")
     r.add_argument("--no-progress", action="store_true")
