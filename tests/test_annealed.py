@@ -168,13 +168,6 @@ def test_mcmc_reports_chains_that_went_nonfinite_only():
     assert (rate[~torch.isfinite(x).all(1)] == 0).all()
 
 
-def test_importance_sde_reports_divergence():
-    from fastsamp.samplers import importance_sde
-    with pytest.warns(NonFiniteChainsWarning, match="importance_sde"):
-        _, st = importance_sde(MIX, lambda x: 1e30 * x[:, 0] ** 3, 200, n_steps=20, seed=0)
-    assert st.first_nonfinite_step is not None and st.n_nonfinite[-1] > 0 and len(st.n_nonfinite) == 20
-
-
 # --- one validation for the fused and generic paths ----------------------------------------------
 
 ENERGY = EnergyModel(lambda x, t: MIX.to(dtype=x.dtype).log_prob(x, t).neg(), dim=2)
@@ -231,9 +224,6 @@ def test_model_errors_are_the_same_on_both_paths():
             mcmc([MIX], x, fused=f)
         with pytest.raises(ValueError, match="x must have shape \\(B, 2\\)"):
             mcmc(MIX, torch.randn(8, 3), fused=f)
-    from fastsamp.samplers import importance_sde
-    with pytest.raises(ValueError, match="n_corrector_steps must be >= 0"):
-        importance_sde(MIX, lambda x: x.sum(1), 10, corrector="mala", n_corrector_steps=-1)
 
 
 # --- models: inference mode, array-likes ---------------------------------------------------------
