@@ -27,8 +27,7 @@ def count(minimum: int, maximum: int = MAX_COUNT):
         if v < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
         if v > maximum:
-            bound = "< 2**31" if maximum == MAX_COUNT else f"<= {maximum}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {v}")
         return v
     return parse
 

@@ -183,7 +183,7 @@ def _error(fn):
 @pytest.mark.parametrize("kw,exc,match", [
     (dict(corrector="hmc", n_leapfrog=0), ValueError, "n_leapfrog must be >= 1"),
     (dict(n_steps=-1), ValueError, "n_steps must be >= 0"),
-    (dict(n_steps=2**32 + 1), ValueError, "n_steps must be < 2\\*\\*31"),
+    (dict(n_steps=2**32 + 1), ValueError, "n_steps must be <= 2147483647"),
     (dict(n_trapezoid=0), ValueError, "n_trapezoid must be >= 1"),
     (dict(n_steps=2.5), TypeError, "n_steps must be an int"),
     (dict(corrector="ula", mh="score"), ValueError, "has no MH step"),
@@ -208,7 +208,7 @@ def test_mcmc_paths_validate_alike(kw, exc, match):
     (dict(t_min=0.0), "t_min must be in"),
 ])
 def test_annealed_paths_validate_alike(kw, match):
-    errors = {name: _error(lambda m=m, f=f: annealed_mcmc(m, 8, n_levels=3, **{**kw, "fused": f}))
+    errors = {name: _error(lambda m=m, f=f: annealed_mcmc(m, 8, **{"n_levels": 3, **kw, "fused": f}))
               for name, (m, f) in PATHS.items()}
     assert len(set(errors.values())) == 1, errors
     assert re.search(match, next(iter(errors.values()))[1])

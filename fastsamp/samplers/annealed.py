@@ -29,7 +29,6 @@ from ..ops import reference as _ref
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
 MH_MODES = ("score", "energy", "none")
 NONFINITE_ACTIONS = ("warn", "raise", "ignore")
-MAX_COUNT = 2**31 - 1  # move, level and trapezoid counts: the kernels' 32-bit loop counters
 
 
 class NonFiniteChainsWarning(RuntimeWarning):
@@ -57,11 +56,8 @@ class AnnealedStats:
 
 
 def count_arg(name, v, minimum):
-    """An int count in [minimum, 2**31 - 1]."""
-    v = _checks.integer(name, v, minimum=minimum)
-    if v > MAX_COUNT:
-        raise ValueError(f"{name} must be < 2**31, got {v}")
-    return v
+    """An int count in [minimum, 2**31 - 1] (the kernels' loop counters are C ints)."""
+    return _checks.integer(name, v, minimum=minimum)
 
 
 def check_model(model, needs_schedule=True):
