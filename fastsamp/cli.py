@@ -68,7 +68,7 @@ def choice_list(choices):
 
 
 def unwritable(path: str) -> str | None:
-    """Why a file cannot be written at `path` (missing directories are created on writing), or None."""
+    """Why a file cannot be written at `path` (missing directories can be created), or None."""
     p = os.path.abspath(path)
     if os.path.isdir(p):
         return "is a directory"
@@ -387,6 +387,8 @@ def main(argv=None) -> int:
         why = path and unwritable(path)
         if why:
             args.parser.error(f"--{flag} {path}: {why}")
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.check is not None:
         args.check(args)
     return args.fn(args)

@@ -70,6 +70,12 @@ def test_unwritable_outputs_fail_before_the_run(tmp_path, flag, capsys):
     assert "is a directory" in capsys.readouterr().err
 
 
+def test_importance_png_goes_to_a_new_directory(tmp_path):
+    out = tmp_path / "new" / "dir" / "importance.png"
+    assert main(["importance", "--samples", "20", "--steps", "1", "--seeds", "1", "--png", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
 def test_sample_writes_strict_json_with_threads(tmp_path, capsys):
     out = tmp_path / "new_dir" / "sample.json"
     assert main(["sample", "--chains", "64", "--dim", "2", "--components", "3", "--levels", "3", "--moves", "2",
