@@ -140,6 +140,7 @@ def test_every_subcommand_help_has_a_description_and_defaults(cmd, capsys):
         assert "(default:" in text
 
 
+@pytest.mark.slow  # trains the tiny priors (~30 s on a busy 2-core machine); test_outsourced covers it fast
 def test_outsourced_tiny_warns_and_stays_within_the_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTSAMP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "outsourced.json"

@@ -96,3 +96,16 @@ def test_samplers_stay_within_the_budget(sampler, budget):
     with pytest.raises(ValueError, match="budget .* too small"):
         outsourced.sample_annealed_mcmc(post, n, budget=n, lam=1.0, corrector=sampler if sampler != "guidance"
                                         else "mala")
+
+
+def test_run_warns_that_tiny_is_for_tests_and_reports_the_calls_made(monkeypatch):
+    """size="tiny" warns; run() reports the reward calls actually made, within the budget (untrained tiny
+    networks stand in for the cached models)."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(gen, "load_or_train", lambda kind, size: gen.VAEDecoder(latent_dim=4, hidden=16)
+                        if kind == "vae" else gen.DigitClassifier((16, 8)))
+    with pytest.warns(UserWarning, match="tiny' is for tests only"):
+        _, m = outsourced.run("vae", "class", "hmc", n=16, budget=300, size="tiny")
+    assert 300 - 4 * 16 < m["reward_calls"] <= 300 and m["budget"] == 300
+    with pytest.raises(ValueError, match="budget 20 is too small for the hmc sampler"):
+        outsourced.run("vae", "class", "hmc", n=16, budget=20, size="tiny")
