@@ -7,12 +7,12 @@ Metrics against exact product samples: sliced W2, MMD, mode-occupancy TV.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 
 from . import metrics
+from .cli import mean_sd, summarise_seeds, write_json
 from .models import GaussianMixture, Product, train_score_mlp
 from .samplers import annealed_mcmc
 
@@ -51,6 +51,8 @@ def run(n_samples=4000, budget=12, n_levels=30, step_size=0.3, seeds=(0, 1, 2), 
                       train_score_mlp(b.sample(20000, g), n_iters=mlp_iters, seed=2))
     train_s = time.perf_counter() - t0
     rows, samples = [], {}
+    if progress:
+        print(TABLE_HEAD, flush=True)
     for model_name, model in (("mixtures", exact_model), ("score MLPs", learned)):
         for name, corrector, mh, kw in methods(budget):
             if mh == "energy" and not getattr(model, "has_energy", False):
@@ -66,11 +68,7 @@ def run(n_samples=4000, budget=12, n_levels=30, step_size=0.3, seeds=(0, 1, 2), 
                     "score_evals_per_sample": st.n_score_evals / n_samples, "wall_s": st.wall_time})
                 if seed == seeds[0]:
                     samples[(model_name, name)] = x
-            row = {"model": model_name, "method": name}
-            for k in per_seed[0]:
-                vals = torch.tensor([r[k] for r in per_seed], dtype=torch.float64)
-                row[k] = float(vals.mean())
-                row[k + "_sd"] = float(vals.std()) if len(seeds) > 1 else 0.0
+            row = {"model": model_name, "method": name, **summarise_seeds(per_seed)}
             rows.append(row)
             if progress:
                 print(format_row(row), flush=True)
@@ -81,15 +79,19 @@ def run(n_samples=4000, budget=12, n_levels=30, step_size=0.3, seeds=(0, 1, 2), 
                        "mlp_train_s": train_s}, "rows": rows}
 
 
+TABLE_HEAD = (f"{'model':11s} {'method':16s} {'sliced W2':>11s} {'MMDx1e3':>7s} {'mode TV':>11s} {'acc':>4s} "
+              f"{'evals':>6s}")
+
+
 def format_row(r):
-    return (f"{r['model']:11s} {r['method']:16s} {r['sliced_w2']:.3f}±{r['sliced_w2_sd']:.3f} "
-            f"{1e3 * r['mmd']:7.2f} {r['mode_tv']:.3f}±{r['mode_tv_sd']:.3f} {r['accept']:.2f} "
+    """One table row: mean±sd over seeds (the mean alone for one seed)."""
+    return (f"{r['model']:11s} {r['method']:16s} {mean_sd(r['sliced_w2'], r['sliced_w2_sd']):>11s} "
+            f"{1e3 * r['mmd']:7.2f} {mean_sd(r['mode_tv'], r['mode_tv_sd']):>11s} {r['accept']:4.2f} "
             f"{r['score_evals_per_sample']:6.0f}")
 
 
 def format_table(report) -> str:
-    head = f"{'model':11s} {'method':16s} {'sliced W2':>11s} {'MMDx1e3':>7s} {'mode TV':>11s} {'acc':>4s} {'evals':>6s}"
-    return "\n".join([head] + [format_row(r) for r in report["rows"]])
+    return "\n".join([TABLE_HEAD] + [format_row(r) for r in report["rows"]])
 
 
 def _plot(samples, exact, path):
@@ -113,10 +115,9 @@ def _plot(samples, exact, path):
 
 
 def main(args) -> int:
+    """`fastsamp compose`: the table is printed row by row as the methods finish."""
     report = run(args.samples, args.budget, args.levels, args.step_size, tuple(range(args.seeds)), args.mlp_iters,
                  args.png, progress=True)
-    print(format_table(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     return 0

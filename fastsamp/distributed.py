@@ -101,18 +101,23 @@ class Comm:
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
     def all_reduce(self, values, op: str = "sum", error: BaseException | None = None) -> torch.Tensor:
-        """Sum (or max) of `values` (floats) over the ranks, in float64, as one all_reduce with a failure
-        flag appended: when any rank passes an `error`, every rank raises (its own error, or
-        RankFailedError naming the failing rank and its message)."""
-        local = torch.tensor([float(v) for v in values] + [1.0 if error is not None else 0.0], dtype=torch.float64)
+        """Sum (or max) over the ranks of `values` (floats or one-element tensors) as a float64 tensor,
+        by one all_reduce with a failure flag appended: when any rank passes an `error`, every rank
+        raises (its own error, or RankFailedError naming the failing rank and its message). In one
+        process nothing is communicated and tensors stay on their device (no host synchronisation)."""
+        if self.distributed:
+            dev = self._device()
+        else:
+            dev = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        flag = 1.0 if error is not None else 0.0
+        buf = torch.stack([v.detach().to(device=dev, dtype=torch.float64).reshape(()) if isinstance(v, torch.Tensor)
+                           else torch.full((), float(v), dtype=torch.float64, device=dev) for v in (*values, flag)])
         if not self.distributed:
             if error is not None:
                 raise error
-            return local[:-1]
-        buf = local.to(self._device())
+            return buf[:-1]
         dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=self.group)
-        buf = buf.cpu()
-        if buf[-1] > 0:
+        if float(buf[-1]) > 0:
             messages = [None] * self.world_size
             mine = None if error is None else f"{type(error).__name__}: {error}"
             dist.all_gather_object(messages, mine, group=self.group)
@@ -124,8 +129,8 @@ class Comm:
 
     @contextlib.contextmanager
     def level(self, n_values: int, op: str = "sum"):
-        """One level of a sampler: the body fills `lv.values` (n_values floats); on exit one
-        all_reduce gives `lv.result` (a float64 tensor). An exception in the body is shared with
+        """One level of a sampler: the body fills `lv.values` (n_values floats or one-element
+        tensors); on exit one all_reduce gives `lv.result` (a float64 tensor). An exception in the body is shared with
         every rank through that same all_reduce, so that all of them raise."""
         lv = _Level(n_values)
         try:

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import value_and_grad
+
 __all__ = [
     "SPLITS", "SPLIT_SIZES", "SPLIT_SEED", "KINDS", "SIZES", "CACHE_VERSION",
     "load_digits_data", "real_digits",
@@ -651,12 +653,9 @@ class NoisePosterior:
             return self._log_prob(z).to(dtype=z.dtype, device=z.device)
 
     def score_and_log_prob(self, z):
-        """(∇ log π(z), log π(z)) by autograd."""
-        with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            lp = self._log_prob(zg)
-            (g,) = torch.autograd.grad(lp.sum(), zg)
-        return g.detach(), lp.detach().to(dtype=z.dtype, device=z.device)
+        """(∇ log π(z), log π(z)) by autograd (also under torch.no_grad or torch.inference_mode)."""
+        lp, g = value_and_grad(self._log_prob, z)
+        return g.to(dtype=z.dtype, device=z.device), lp.to(dtype=z.dtype, device=z.device)
 
     def score(self, z):
         """∇_z log π(z), (N, dim)."""

@@ -14,6 +14,33 @@ from . import ops
 from .schedules import VP
 
 
+def _float_tensor(name, v, dtype=None, device=None):
+    """v as a floating tensor (array-likes through torch.as_tensor); a TypeError naming `name` otherwise."""
+    try:
+        t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a tensor or an array-like of numbers, got {type(v).__name__}") from e
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32,
+                                                                    torch.int64, torch.uint8)):
+        raise TypeError(f"{name} must hold real numbers, got {type(v).__name__} of {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    return t.to(dtype=dtype or t.dtype, device=device or t.device)
+
+
+def value_and_grad(fn, x):
+    """(f(x), ∇f(x)) for f with one value per row, (B,), by one backward pass of Σ_b f(x_b); works
+    under torch.no_grad and torch.inference_mode (x is copied out of inference mode). A constant f
+    (no graph to x) has gradient 0."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        f = fn(xg)
+        if not f.requires_grad:
+            return f.detach(), torch.zeros_like(xg)
+        (g,) = torch.autograd.grad(f.sum(), xg)
+    return f.detach(), g.detach()
+
+
 class GaussianMixture:
     """p_0 = Σ_k π_k N(μ_k, v_k I), whose diffusion marginal is exact at every t:
     p_t = Σ_k π_k N(α_t μ_k, (α_t² v_k + σ_t²) I)."""
@@ -21,11 +48,25 @@ class GaussianMixture:
     has_energy = True
 
     def __init__(self, means, log_weights, variances, schedule=None):
-        self.means = torch.as_tensor(means)
-        self.log_weights = torch.as_tensor(log_weights, dtype=self.means.dtype)
-        self.variances = torch.as_tensor(variances, dtype=self.means.dtype)
-        if self.means.dim() != 2:
-            raise ValueError(f"means must be (K, D), got {tuple(self.means.shape)}")
+        """means (K, D), log_weights (K,) (unnormalised), variances (K,): tensors or array-likes (NumPy
+        arrays, lists); integer inputs become the default float dtype, the others take means' dtype."""
+        self.means = _float_tensor("means", means)
+        dtype, device = self.means.dtype, self.means.device
+        self.log_weights = _float_tensor("log_weights", log_weights, dtype, device)
+        self.variances = _float_tensor("variances", variances, dtype, device)
+        if self.means.dim() != 2 or 0 in self.means.shape:
+            raise ValueError(f"means must have shape (K, D) with K, D >= 1, got {tuple(self.means.shape)}")
+        K = self.means.shape[0]
+        for name, v in (("log_weights", self.log_weights), ("variances", self.variances)):
+            if tuple(v.shape) != (K,):
+                raise ValueError(f"{name} must have shape ({K},) like means' K, got {tuple(v.shape)}")
+        if not bool(torch.isfinite(self.means).all()):
+            raise ValueError("means must be finite")
+        if not bool((torch.isfinite(self.variances) & (self.variances > 0)).all()):
+            raise ValueError("variances must be finite and > 0")
+        lw = self.log_weights
+        if bool(torch.isnan(lw).any() | (lw == math.inf).any()) or bool((lw == -math.inf).all()):
+            raise ValueError("log_weights must be < inf, not NaN, and not all -inf")
         self.schedule = schedule or VP()
         self.dim = self.means.shape[1]
 
@@ -130,11 +171,8 @@ class EnergyModel:
         self.energy, self.dim, self.schedule = energy, dim, schedule or VP()
 
     def score_and_log_prob(self, x, t, backend="auto"):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            e = self.energy(xg, t)
-            (g,) = torch.autograd.grad(e.sum(), xg)
-        return -g.detach(), -e.detach()
+        e, g = value_and_grad(lambda z: self.energy(z, t), x)
+        return -g, -e
 
     def score(self, x, t, backend="auto"):
         return self.score_and_log_prob(x, t)[0]

@@ -1,6 +1,8 @@
 """Experiments with off-policy trained diffusion samplers (`fastsamp train`): any
 (target, objective, exploration) combination, the method presets of Sendera et al. (2024)'s
-main table, evaluation against ground truth, JSON and saved models."""
+main table, evaluation against ground truth, JSON and saved models, and a resumable runner for
+the whole table (`plan_table`, `run_table`, `table_progress`): each run checkpoints its full
+training state every N iterations, and a rerun skips finished runs and resumes the others."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,11 +10,12 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
 from .distributed import Comm
-from .samplers.diffusion import DiffusionSampler, TrainConfig, train
+from .samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
 from .targets import TARGETS, get_target
 
 # σ² of the reference process per target (Sendera et al., §5.1 / App. D)
@@ -34,19 +37,41 @@ METHODS = {
 }
 
 
+# TrainConfig overrides per target. LGCP: the replay buffers hold 60,000 states instead of 600,000, as
+# two buffers of 600,000 × 1600 float32 states (7.7 GB) do not fit beside other jobs on a 23 GB machine.
+TARGET_OVERRIDES = {"lgcp": dict(buffer_size=60_000)}
+
+
+def resolve_device(device) -> torch.device:
+    """torch.device(device), with a clear ValueError for unknown names and for CUDA without a GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested, but no CUDA GPU is available here "
+                         "(torch.cuda.is_available() is False); use device 'cpu'")
+    return dev
+
+
 def build(target_name: str, method: str, *, seed: int = 0, iterations: int | None = None, fused: bool = True,
-          n_steps: int = 100, batch_size: int = 300, hidden: int = 64, **overrides):
-    """(sampler, TrainConfig) for a method preset; `overrides` replace TrainConfig fields."""
+          n_steps: int = 100, batch_size: int = 300, hidden: int = 64, device="cpu", **overrides):
+    """(sampler, TrainConfig) for a method preset on `device`; `overrides` replace TrainConfig fields.
+    On a GPU the sampler runs the per-step path with the fused em_step_logprob op (CUDA/Triton); the
+    whole-trajectory kernels of ops.policy serve the plain network on the CPU."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-    target = get_target(target_name)
+    dev = resolve_device(device)
+    target = get_target(target_name).to(dev)
     cfg_kw, net_kw, paper_iters = METHODS[method]
     cfg = TrainConfig(**{**cfg_kw, "iterations": paper_iters if iterations is None else iterations,
-                         "batch_size": batch_size, "seed": seed, **overrides})
+                         "batch_size": batch_size, "seed": seed, **TARGET_OVERRIDES.get(target_name, {}), **overrides})
     torch.manual_seed(seed)
     sampler = DiffusionSampler(target, sigma=math.sqrt(SIGMA2.get(target_name, 1.0)), n_steps=n_steps,
                                fused=fused, hidden=hidden, n_harmonics=hidden, **net_kw)
-    return sampler, cfg
+    return sampler.to(dev), cfg
 
 
 def evaluate(sampler, target, *, n=2000, seed=12345):
@@ -64,13 +89,26 @@ def evaluate(sampler, target, *, n=2000, seed=12345):
     return m
 
 
+def run_stem(out_dir: str, target_name: str, method: str, seed: int) -> str:
+    """out_dir/<target>_<method>_seed<s>: + .json (result), + .pt (model)."""
+    return os.path.join(out_dir, f"{target_name}_{method}_seed{seed}")
+
+
+def checkpoint_path(out_dir: str, target_name: str, method: str, seed: int) -> str:
+    """out_dir/checkpoints/<target>_<method>_seed<s>.ckpt: the training state of an unfinished run."""
+    return os.path.join(out_dir, "checkpoints", f"{target_name}_{method}_seed{seed}.ckpt")
+
+
 def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None, progress=True, eval_samples=2000,
-        **kw) -> dict:
+        device="cpu", checkpoint_every=0, **kw) -> dict:
     """Train one (target, method, seed) and evaluate; writes model + JSON into out_dir when given.
+    With out_dir and checkpoint_every > 0 the run checkpoints every checkpoint_every iterations and
+    resumes from its checkpoint if one exists (the checkpoint is deleted once the JSON is written).
     Under torchrun every rank trains (DistributedDataParallel, batch_size per rank) and rank 0
     evaluates and writes; the other ranks return None."""
-    sampler, cfg = build(target_name, method, seed=seed, iterations=iterations, **kw)
-    log = train(sampler, cfg, progress=progress)
+    sampler, cfg = build(target_name, method, seed=seed, iterations=iterations, device=device, **kw)
+    ckpt = checkpoint_path(out_dir, target_name, method, seed) if out_dir and checkpoint_every else None
+    log = train(sampler, cfg, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every)
     if Comm.resolve().rank != 0:
         return None
     t0 = time.perf_counter()
@@ -78,19 +116,121 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     result = {
         "target": target_name, "method": method, "seed": seed, "iterations": cfg.iterations,
         "paper_iterations": METHODS[method][2], "seconds_per_iteration": log.seconds_per_iteration,
-        "train_seconds": log.seconds, "eval_seconds": time.perf_counter() - t0,
+        "cpu_seconds_per_iteration": log.cpu_seconds_per_iteration, "train_seconds": log.seconds,
+        "train_cpu_seconds": log.cpu_seconds, "eval_seconds": time.perf_counter() - t0,
         "final_loss": sum(log.loss[-100:]) / max(len(log.loss[-100:]), 1),
         "metrics": metrics, "config": dataclasses.asdict(cfg), "sigma": sampler.sigma, "fused": sampler.fused,
-        "torch_threads": torch.get_num_threads(),
+        "device": str(sampler.device), "torch_threads": torch.get_num_threads(),
+        "resumed_from": log.resumed_from, "checkpoint_every": checkpoint_every,
+        # the table's timing: CPU time on the CPU (one thread; immune to pauses and other jobs), wall time on a GPU
+        "ms_per_iteration": 1e3 * (log.cpu_seconds_per_iteration if sampler.device.type == "cpu"
+                                   else log.seconds_per_iteration),
     }
+    if target_name == "lgcp":
+        result["lgcp_points"] = sampler.target.points_source
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, f"{target_name}_{method}_seed{seed}")
+        stem = run_stem(out_dir, target_name, method, seed)
         torch.save(sampler.state_dict(), stem + ".pt")
-        with open(stem + ".json", "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write(stem + ".json", lambda f: f.write(json.dumps(result, indent=2).encode()))
         result["model_path"] = stem + ".pt"
+        if ckpt is not None and os.path.exists(ckpt):
+            os.remove(ckpt)
     return result
+
+
+# -- the resumable table runner ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    target: str
+    method: str
+    seed: int
+    iterations: int
+
+
+def plan_table(targets, methods, seeds, *, fraction=1.0, iterations=None) -> list[PlannedRun]:
+    """Every (target, method, seed) at `fraction` of the paper's iteration count (or `iterations`),
+    seed-major (seed 0 of every method first), then in the order of `methods`, then of `targets`."""
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {m!r}")
+    for t in targets:
+        if t not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {t!r}")
+    return [PlannedRun(t, m, s, iterations or max(1, round(METHODS[m][2] * fraction)))
+            for s in seeds for m in methods for t in targets]
+
+
+def finished_result(run: PlannedRun, out_dir: str, batch_size: int | None = None) -> dict | None:
+    """The JSON of a finished run, None if there is none; a JSON of the same run with another iteration
+    count or batch size is an error (the table would mix protocols), not something to overwrite."""
+    path = run_stem(out_dir, run.target, run.method, run.seed) + ".json"
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    batch = res["config"]["batch_size"]
+    if res["iterations"] != run.iterations or (batch_size is not None and batch != batch_size):
+        raise ValueError(f"{path} holds a run of {res['iterations']} iterations (batch {batch}), the plan asks "
+                         f"for {run.iterations} (batch {batch_size}): use another out directory")
+    return res
+
+
+def table_progress(plan, out_dir: str, batch_size: int | None = None) -> dict:
+    """How far along the table is: finished runs, and iterations done (finished runs + checkpoints)."""
+    runs_done = iters_done = 0
+    for r in plan:
+        if finished_result(r, out_dir, batch_size) is not None:
+            runs_done += 1
+            iters_done += r.iterations
+        else:
+            iters_done += read_checkpoint_iteration(checkpoint_path(out_dir, r.target, r.method, r.seed))
+    return {"runs_done": runs_done, "runs_planned": len(plan), "iterations_done": iters_done,
+            "iterations_planned": sum(r.iterations for r in plan)}
+
+
+def format_progress(p: dict) -> str:
+    share = 100 * p["iterations_done"] / max(p["iterations_planned"], 1)
+    return (f"table: {p['runs_done']}/{p['runs_planned']} runs done, "
+            f"{p['iterations_done']:,}/{p['iterations_planned']:,} iterations done ({share:.1f}%)")
+
+
+def _run_planned(job):
+    planned, out_dir, kw = job
+    torch.set_num_threads(1)
+    return run(planned.target, planned.method, seed=planned.seed, iterations=planned.iterations, out_dir=out_dir,
+               progress=False, **kw)
+
+
+def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500, batch_size=300, eval_samples=2000,
+              log=print, **kw) -> list[dict]:
+    """Run every planned run that has no JSON yet (resuming from its checkpoint), `jobs` at a time, one
+    thread each (jobs = 1 runs in this process); logs each finished run and the table's progress.
+    Returns the results of the runs done in this call."""
+    resolve_device(device)
+    todo = [r for r in plan if finished_result(r, out_dir, batch_size) is None]
+    log(format_progress(table_progress(plan, out_dir, batch_size)) + f"; {len(todo)} runs to do")
+    kw = dict(kw, device=device, checkpoint_every=checkpoint_every, batch_size=batch_size, eval_samples=eval_samples)
+    results = []
+
+    def finished(res):
+        m = res["metrics"]
+        err = (f"Δlog Z {m['delta_log_Z']:.3f}  Δlog Z^RW {m['delta_log_Z_rw']:.3f}" if "delta_log_Z" in m
+               else f"ELBO {m['elbo']:.2f}  log Z^RW {m['log_Z']:.2f}")
+        log(f"{res['target']:9s} {res['method']:19s} seed {res['seed']}: {err}  W2 {m.get('w2', float('nan')):.3f}  "
+            f"{res['ms_per_iteration']:.0f} ms/it on {res['device']}")
+        log(format_progress(table_progress(plan, out_dir, batch_size)))
+        results.append(res)
+
+    jobs_ = [(r, out_dir, kw) for r in todo]
+    if jobs <= 1:
+        for job in jobs_:
+            finished(_run_planned(job))
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            for fut in as_completed([pool.submit(_run_planned, job) for job in jobs_]):
+                finished(fut.result())
+    return results
 
 
 def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, seed=0, **kw) -> dict:
@@ -108,19 +248,26 @@ def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, s
 
 def main(args) -> int:
     """`fastsamp train`: train, evaluate, save; prints the JSON summary."""
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"fastsamp train: --device: {e}") from None
+    if args.checkpoint_every and not args.out:
+        raise SystemExit("fastsamp train: --checkpoint-every needs --out (the checkpoint goes to OUT/checkpoints/)")
     if args.time:
         res = time_iterations(args.target, args.method, iterations=args.iterations or 20, seed=args.seed,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, device=args.device)
         print(json.dumps(res, indent=2))
         return 0
     res = run(args.target, args.method, seed=args.seed, iterations=args.iterations, out_dir=args.out,
               progress=not args.no_progress, batch_size=args.batch_size, fused=not args.eager,
-              eval_samples=args.eval_samples)
+              eval_samples=args.eval_samples, device=args.device, checkpoint_every=args.checkpoint_every)
     if res is None:  # not rank 0 of a distributed run
         return 0
     m = res["metrics"]
     print(json.dumps(res if args.verbose else {k: res[k] for k in ("target", "method", "seed", "iterations",
-                                                                    "seconds_per_iteration", "metrics")}, indent=2))
+                                                                    "seconds_per_iteration", "device",
+                                                                    "metrics")}, indent=2))
     if args.target in TARGETS and "delta_log_Z" in m:
         print(f"{args.target} {args.method}: Δlog Z {m['delta_log_Z']:.3f}  Δlog Z^RW {m['delta_log_Z_rw']:.3f}  "
               f"W2 {m.get('w2', float('nan')):.3f}  ({res['seconds_per_iteration'] * 1e3:.1f} ms/iteration)")

@@ -4,7 +4,8 @@ generator x = f(z), z ~ N(0, I), by sampling the noise-space posterior
     log π(z) = −½|z|² + λ log r(f(z), y)
 
 and mapping through f. Samplers, all charged the same budget of reward evaluations
-(one call of r∘f, with or without its gradient, per chain):
+(one call of r∘f, with or without its gradient, per chain); none passes it: whole moves,
+iterations or steps that would are not run, and the calls actually made are reported:
 
   diffusion  a DiffusionSampler in z-space trained with VarGrad (trajectory balance with log Z from
              the batch) against the pinned Brownian reference with σ = 1, whose marginal at t = 1 is
@@ -23,14 +24,14 @@ acceptance per level); rank 0 gathers the samples and reports.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
+import warnings
 
 import torch
 
 from . import generative as gen
+from .cli import write_json
 from .distributed import Comm
 from .samplers.annealed import mcmc
 from .samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
@@ -80,12 +81,28 @@ def make_reward(kind: str, classifier, digit: int, *, sigma=0.1):
     raise ValueError(f"reward must be one of {REWARDS}, got {kind!r}")
 
 
+def min_budget(sampler: str, n: int, *, batch_size=128, n_leapfrog=3) -> int:
+    """The fewest reward calls with which `sampler` runs at all for n samples: one training iteration and
+    the samples (diffusion), one level with one move (mala, hmc), one guided step (guidance)."""
+    return {"prior": 0, "diffusion": batch_size + n, "mala": 2 * n, "hmc": (1 + n_leapfrog) * n,
+            "guidance": n}[sampler]
+
+
+def _check_budget(sampler, n, budget, **kw):
+    need = min_budget(sampler, n, **kw)
+    if budget < need:
+        raise ValueError(f"budget {budget} is too small for the {sampler} sampler with n = {n}: it needs at least "
+                         f"{need} reward calls")
+
+
 def sample_diffusion(posterior, n, *, budget, lam, batch_size=128, n_steps=50, hidden=128, anneal=0.5, seed=0,
                      progress=False, group=None):
-    """Train the z-space diffusion sampler on `budget` reward evaluations (over all ranks), then draw
-    n samples (gathered on rank 0; None on the other ranks)."""
+    """Train the z-space diffusion sampler on the reward evaluations of `budget` left after drawing the n
+    samples (each iteration evaluates one batch on every rank, the final samples one call each), then
+    draw them (gathered on rank 0; None on the other ranks)."""
     comm = Comm.resolve(group)
-    iterations = max(1, budget // (batch_size * comm.world_size))
+    _check_budget("diffusion", n, budget, batch_size=batch_size * comm.world_size)
+    iterations = (budget - n) // (batch_size * comm.world_size)
     torch.manual_seed(seed)
     sampler = DiffusionSampler(posterior, sigma=1.0, n_steps=n_steps, hidden=hidden, n_harmonics=64)
     cfg = TrainConfig(objective="vargrad", iterations=iterations, batch_size=batch_size, lr_policy=1e-3,
@@ -98,36 +115,48 @@ def sample_diffusion(posterior, n, *, budget, lam, batch_size=128, n_steps=50, h
     return z, {"iterations": iterations, "seconds_per_iteration": log.seconds_per_iteration}
 
 
+def mcmc_plan(budget, n, levels, cost) -> list[int]:
+    """Moves per level within `budget`: each level costs n evaluations to start and n·cost per move; as many
+    levels as can have a move (at most `levels`), and the whole moves that fit spread over them, the later
+    levels (nearer the posterior) taking the extra ones."""
+    levels = min(levels, budget // (n * (1 + cost)))
+    total = (budget - n * levels) // (n * cost)
+    base, extra = divmod(total, levels)
+    return [base + (level >= levels - extra) for level in range(levels)]
+
+
 def sample_annealed_mcmc(posterior, n, *, budget, lam, corrector="mala", levels=20, n_leapfrog=3, seed=0,
                          group=None):
-    """Annealed MCMC from the prior: λ_l = λ l / L, moves at each level, energy MH, one global step
-    size adapted to the mean acceptance over all chains (of all ranks: one all_reduce per level).
-    The samples are gathered on rank 0 (None on the other ranks)."""
+    """Annealed MCMC from the prior: λ_l = λ l / L, moves at each level, energy MH, all within `budget`;
+    one global step size adapted to the mean acceptance over all chains (of all ranks: one all_reduce per
+    level). The samples are gathered on rank 0 (None on the other ranks)."""
+    _check_budget(corrector, n, budget, n_leapfrog=n_leapfrog)
     comm = Comm.resolve(group)
     chain0, n_local = comm.shard(n)
     cost = n_leapfrog if corrector == "hmc" else 1  # evaluations per move (plus one per level to start)
-    moves = max(1, (budget // (n * levels) - 1) // cost)
+    plan = mcmc_plan(budget, n, levels, cost)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, posterior.dim, generator=g)[chain0:chain0 + n_local]
     eps, target_rate, offset = 0.05, (0.574 if corrector == "mala" else 0.65), 0
     model = _TargetModel(posterior)
-    for level in range(1, levels + 1):
+    for level, moves in enumerate(plan, 1):
         with comm.level(1) as lv:  # Σ acceptance rate over all chains
-            posterior.lam = lam * level / levels
+            posterior.lam = lam * level / len(plan)
             z, rate = mcmc(model, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps,
                            n_leapfrog=n_leapfrog, seed=seed, offset=offset, chain_offset=chain0)
-            lv.values[0] = float(rate.double().sum())
+            lv.values[0] = rate.double().sum()
         offset += moves
         eps *= math.exp(float(lv.result[0]) / n - target_rate)
-    return comm.gather(z), {"moves_per_level": moves, "levels": levels, "final_step_size": eps}
+    return comm.gather(z), {"moves_per_level": plan, "levels": len(plan), "final_step_size": eps}
 
 
 def sample_flow_guidance(flow, reward, n, *, budget, lam, weight=1.0, seed=0):
     """Guided Euler integration of the flow prior's ODE (data-space guidance, logit scale) with
-    budget / n steps (one reward gradient per step), at least the prior solver's 2·n_steps."""
+    budget // n steps (one reward gradient per chain and step)."""
+    _check_budget("guidance", n, budget)
     g = torch.Generator().manual_seed(seed)
     y = torch.randn(n, gen.DIM, generator=g)
-    steps = max(2 * flow.n_steps, budget // n)
+    steps = budget // n
     h = 1.0 / steps
     for i in range(steps):
         t = i * h
@@ -151,6 +180,10 @@ def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, 
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if sampler == "guidance" and prior != "flow":
         raise ValueError("guidance needs a prior with a score: only the flow prior has one")
+    _check_budget(sampler, n, budget)
+    if size == "tiny":
+        warnings.warn("size='tiny' is for tests only: the tiny VAE and GAN priors are collapsed, so the metrics "
+                      "mean nothing; use size='full'", UserWarning, stacklevel=2)
     f = gen.load_or_train(prior, size=size)
     clf = gen.load_or_train("classifier", size=size)
     heldout = gen.load_or_train("heldout_classifier", size=size)
@@ -205,9 +238,7 @@ def main(args) -> int:
     if not rows:
         return 0
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        write_json(args.json, rows)
     if args.png:
         gen.save_grid(torch.cat([x for _, x in grids]), args.png, nrow=16,
                       title=" | ".join(name for name, _ in grids) if len(grids) <= 3 else None)

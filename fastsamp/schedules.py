@@ -1,4 +1,4 @@
-"""Noise schedules (DESIGN.md conventions: data at t = 0, noise at t = 1).
+"""Noise schedules (docs/design.md: data at t = 0, noise at t = 1).
 
 A forward SDE dx = f(t) x dt + g(t) dW with marginal x_t | x_0 ~ N(α_t x_0, σ_t² I).
 """

@@ -8,11 +8,10 @@ tilted target q ∝ l·p is again a mixture.
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
 from . import metrics
+from .cli import mean_sd, summarise_seeds, write_json
 from .models import GaussianMixture, Product
 from .samplers.importance import effective_sample_size, importance_sde, self_normalised_weights
 
@@ -90,20 +89,15 @@ def run(n_samples=4000, n_steps=200, seeds=(0, 1, 2), png=None, backend="auto") 
 
 
 def _summarise(case, name, per):
-    row = {"case": case, "method": name}
-    for k in per[0]:
-        vals = torch.tensor([r[k] for r in per], dtype=torch.float64)
-        row[k] = float(vals.mean())
-        row[k + "_sd"] = float(vals.std()) if len(per) > 1 else 0.0
-    return row
+    return {"case": case, "method": name, **summarise_seeds(per)}
 
 
 def format_table(report) -> str:
     lines = [f"{'case':20s} {'method':28s} {'sliced W2':>13s} {'mode TV':>13s}"]
     for r in report["rows"]:
         extra = f"  ESS/n {r['ess_fraction']:.3f}" if "ess_fraction" in r else ""
-        lines.append(f"{r['case']:20s} {r['method']:28s} {r['sliced_w2']:.3f}±{r['sliced_w2_sd']:.3f} "
-                     f"{r['mode_tv']:.3f}±{r['mode_tv_sd']:.3f}{extra}")
+        lines.append(f"{r['case']:20s} {r['method']:28s} {mean_sd(r['sliced_w2'], r['sliced_w2_sd']):>13s} "
+                     f"{mean_sd(r['mode_tv'], r['mode_tv_sd']):>13s}{extra}")
     return "\n".join(lines)
 
 
@@ -131,6 +125,5 @@ def main(args) -> int:
     report = run(args.samples, args.steps, tuple(range(args.seeds)), args.png)
     print(format_table(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     return 0

@@ -91,8 +91,11 @@ def gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B: tl.constexpr
         d2 = tl.sum(diff * diff, axis=1)
         lk = c_k - d2 * (0.5 * inv_s)
         m_new = tl.maximum(m, lk)
-        corr = tl.exp(m - m_new)
-        e = tl.exp(lk - m_new)
+        # every l_k so far -inf (an infinite chain, or zero-weight components): shift by 0, so
+        # that the terms are exp(-inf) = 0 instead of exp(-inf + inf) = NaN and logp ends -inf
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        corr = tl.exp(m - shift)
+        e = tl.exp(lk - shift)
         l = l * corr + e
         a = a * corr + e * inv_s
         acc = acc * corr[:, None] + e[:, None] * (amu * inv_s)

@@ -1,10 +1,14 @@
-"""Annealed MCMC with score-based MH: statistical tests against exact mixture answers."""
+"""Annealed MCMC with score-based MH: statistical tests against exact mixture answers; the
+divergence report and the argument checks shared by the fused and generic paths."""
+import re
+import warnings
+
 import pytest
 import torch
 
 from fastsamp import metrics
 from fastsamp.models import EnergyModel, GaussianMixture, Product, ScoreModel
-from fastsamp.samplers import annealed_mcmc, mcmc
+from fastsamp.samplers import NonFiniteChainsError, NonFiniteChainsWarning, annealed_mcmc, mcmc
 
 MIX = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]], dtype=torch.float64),
                       torch.log(torch.tensor([0.4, 0.6], dtype=torch.float64)),
@@ -103,3 +107,148 @@ def test_step_size_adaptation_moves_acceptance_to_target():
     assert abs(adapted.accept_rate[-1] - 0.6) < 0.1 < abs(fixed.accept_rate[-1] - 0.6), \
         (fixed.accept_rate[-1], adapted.accept_rate[-1])
     assert adapted.step_size[-1] < fixed.step_size[-1]
+
+
+# --- divergence report ---------------------------------------------------------------------------
+
+def test_ula_with_a_huge_step_warns_and_counts_nonfinite_chains():
+    """ULA at 100x a sane step diverges; the stats count the chains per level, NaN chains count as
+    rejected (not 1.0), and one warning names the first level."""
+    with pytest.warns(NonFiniteChainsWarning, match="became non-finite") as record:
+        x, st = annealed_mcmc(MIX, 400, n_levels=10, corrector="ula", mh="none", n_corrector_steps=3,
+                              step_size=50.0, seed=1)
+    assert len([w for w in record if issubclass(w.category, NonFiniteChainsWarning)]) == 1
+    first = st.first_nonfinite_level
+    assert first is not None and f"at level {first} of 10" in str(record[0].message)
+    assert "step size" in str(record[0].message)
+    counts = st.n_nonfinite
+    assert len(counts) == 10 and counts[first] > 0 and all(c == 0 for c in counts[:first])
+    assert counts == sorted(counts) and counts[-1] == int((~torch.isfinite(x).all(1)).sum()) > 0
+    assert st.accept_rate[first - 1] == 1.0  # before: unadjusted, every move kept
+    assert st.accept_rate[-1] == pytest.approx(1 - counts[-1] / 400)  # NaN chains are not accepted
+
+
+def test_nonfinite_raise_and_ignore():
+    kw = dict(n_levels=10, corrector="ula", mh="none", n_corrector_steps=3, step_size=50.0, seed=1)
+    with pytest.raises(NonFiniteChainsError, match="at level"):
+        annealed_mcmc(MIX, 200, on_nonfinite="raise", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, st = annealed_mcmc(MIX, 200, on_nonfinite="ignore", **kw)
+    assert st.first_nonfinite_level is not None and st.n_nonfinite[-1] > 0
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        annealed_mcmc(MIX, 200, on_nonfinite="quiet", **kw)
+
+
+@pytest.mark.parametrize("scale,diverges", [(1000.0, True), (1.0, False)])
+def test_score_model_with_a_wrong_scale_is_reported(scale, diverges):
+    """A score network returning 1000x the right score is reported; the right score is not."""
+    model = ScoreModel(lambda x, t: scale * MIX.score(x, t), dim=2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        x, st = annealed_mcmc(model, 300, n_levels=20, corrector="mala", mh="score", n_corrector_steps=2,
+                              n_trapezoid=2, step_size=0.1, seed=0)
+    reported = [w for w in record if issubclass(w.category, NonFiniteChainsWarning)]
+    assert bool(reported) == diverges and (st.first_nonfinite_level is not None) == diverges
+    assert bool(torch.isfinite(x).all()) != diverges
+    if diverges:
+        assert "score model's output" in str(reported[0].message)
+
+
+def test_mcmc_reports_chains_that_went_nonfinite_only():
+    """mcmc: a chain NaN on entry is not reported (it stays NaN, rate 0); chains that diverge are."""
+    x0 = MIX.sample(200, torch.Generator().manual_seed(0))
+    x0[3] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, rate = mcmc(MIX, x0, corrector="mala", mh="score", n_steps=5, step_size=0.2, n_trapezoid=2, seed=1)
+    assert torch.isnan(x[3]).all() and rate[3] == 0 and torch.isfinite(x[torch.arange(200) != 3]).all()
+    with pytest.warns(NonFiniteChainsWarning, match="mcmc"):
+        x, rate = mcmc(MIX, x0, corrector="ula", mh="none", n_steps=200, step_size=100.0, seed=1)
+    assert (rate[~torch.isfinite(x).all(1)] == 0).all()
+
+
+# --- one validation for the fused and generic paths ----------------------------------------------
+
+ENERGY = EnergyModel(lambda x, t: MIX.to(dtype=x.dtype).log_prob(x, t).neg(), dim=2)
+PATHS = {"fused mixture": (MIX, True), "generic mixture": (MIX, False), "generic energy model": (ENERGY, True)}
+
+
+def _error(fn):
+    with pytest.raises((ValueError, TypeError)) as e:
+        fn()
+    return e.type, str(e.value)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(corrector="hmc", n_leapfrog=0), ValueError, "n_leapfrog must be >= 1"),
+    (dict(n_steps=-1), ValueError, "n_steps must be >= 0"),
+    (dict(n_steps=2**32 + 1), ValueError, "n_steps must be <= 2147483647"),
+    (dict(n_trapezoid=0), ValueError, "n_trapezoid must be >= 1"),
+    (dict(n_steps=2.5), TypeError, "n_steps must be an int"),
+    (dict(corrector="ula", mh="score"), ValueError, "has no MH step"),
+    (dict(corrector="uhmc", mh="none", damping=1.5), ValueError, "damping must be in"),
+    (dict(step_size=-0.1), ValueError, "step_size"),
+])
+def test_mcmc_paths_validate_alike(kw, exc, match):
+    x = MIX.sample(16, torch.Generator().manual_seed(0)).float()
+    errors = {name: _error(lambda m=m, f=f: mcmc(m, x, **{"n_steps": 2, **kw, "fused": f}))
+              for name, (m, f) in PATHS.items()}
+    assert len(set(errors.values())) == 1, errors
+    got_type, msg = next(iter(errors.values()))
+    assert got_type is exc and re.search(match, msg), msg
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(corrector="hmc", n_leapfrog=0), "n_leapfrog must be >= 1"),
+    (dict(n_corrector_steps=-1), "n_corrector_steps must be >= 0"),
+    (dict(adapt=True, target_accept=0.0), "target_accept must be in \\(0, 1\\)"),
+    (dict(adapt=True, target_accept=1.5), "target_accept must be in \\(0, 1\\)"),
+    (dict(n_levels=1), "n_levels must be >= 2"),
+    (dict(t_min=0.0), "t_min must be in"),
+])
+def test_annealed_paths_validate_alike(kw, match):
+    errors = {name: _error(lambda m=m, f=f: annealed_mcmc(m, 8, **{"n_levels": 3, **kw, "fused": f}))
+              for name, (m, f) in PATHS.items()}
+    assert len(set(errors.values())) == 1, errors
+    assert re.search(match, next(iter(errors.values()))[1])
+
+
+def test_model_errors_are_the_same_on_both_paths():
+    x = torch.randn(8, 2)
+    sm = ScoreModel(lambda x, t: -x, dim=2)
+    energy_errors = {_error(lambda f=f: mcmc(sm, x, mh="energy", fused=f)) for f in (True, False)}
+    assert len(energy_errors) == 1 and "mh='energy' needs a model with an energy" in energy_errors.pop()[1]
+    for f in (True, False):
+        with pytest.raises(TypeError, match="model must be a score model .* got list"):
+            mcmc([MIX], x, fused=f)
+        with pytest.raises(ValueError, match="x must have shape \\(B, 2\\)"):
+            mcmc(MIX, torch.randn(8, 3), fused=f)
+
+
+# --- models: inference mode, array-likes ---------------------------------------------------------
+
+def test_energy_model_works_under_inference_mode():
+    x0 = MIX.sample(500, torch.Generator().manual_seed(2))
+    kw = dict(corrector="mala", mh="energy", n_steps=3, step_size=0.2, seed=4)
+    want, rate_want = mcmc(ENERGY, x0, **kw)
+    with torch.inference_mode():
+        got, rate = mcmc(ENERGY, x0.clone(), **kw)
+        s = ENERGY.score(x0, 0.0)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(rate, rate_want)
+    torch.testing.assert_close(s, MIX.score(x0, 0.0))
+
+
+def test_gaussian_mixture_takes_array_likes_and_names_bad_types():
+    np = pytest.importorskip("numpy")
+    means = np.random.default_rng(0).normal(size=(4, 8))
+    g = GaussianMixture(means, np.zeros(4), np.ones(4))
+    torch.testing.assert_close(g.means, torch.as_tensor(means))
+    assert GaussianMixture([[0, 1], [2, 3]], [0, 0], [1, 1]).means.dtype == torch.get_default_dtype()
+    with pytest.raises(TypeError, match="means must be a tensor or an array-like of numbers, got str"):
+        GaussianMixture("abc", [0.0], [1.0])
+    with pytest.raises(ValueError, match="means must be finite"):
+        GaussianMixture([[float("nan"), 0.0]], [0.0], [1.0])
+    with pytest.raises(ValueError, match="variances must have shape \\(4,\\)"):
+        GaussianMixture(means, np.zeros(4), np.ones(3))

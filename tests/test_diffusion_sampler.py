@@ -152,6 +152,14 @@ def test_replay_buffer_fifo_and_rank_priority():
     assert len(buf) == 100 and torch.isfinite(buf.x).all()
     with pytest.raises(RuntimeError, match="empty"):
         ReplayBuffer(4, 2).sample(1)
+    # state round trip (checkpoints): same contents, same FIFO head, same draws
+    copy = ReplayBuffer(100, 2, rank_weight=1e-2)
+    copy.load_state_dict(buf.state_dict())
+    assert (copy.head, copy.size) == (buf.head, buf.size) and torch.equal(copy.x, buf.x)
+    torch.testing.assert_close(copy.sample(50, torch.Generator().manual_seed(1)),
+                               buf.sample(50, torch.Generator().manual_seed(1)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        ReplayBuffer(10, 2).load_state_dict(buf.state_dict())
 
 
 def test_local_search_moves_towards_high_reward_and_adapts_the_step():

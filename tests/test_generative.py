@@ -235,6 +235,20 @@ def test_noise_posterior_float64_input_on_float32_generator(tiny):
     torch.testing.assert_close(s, -z, rtol=1e-6, atol=1e-5)  # λ = 0: the standard normal score
 
 
+def test_noise_posterior_score_under_inference_mode():
+    """The autograd score also works inside torch.inference_mode (and under no_grad), with the same values."""
+    torch.manual_seed(0)
+    post = G.NoisePosterior(G.VAEDecoder(latent_dim=4, hidden=16), G.ClassReward(G.DigitClassifier((16, 8)), 3))
+    z = torch.randn(6, 4)
+    want, lp_want = post.score_and_log_prob(z)
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode():
+            got, lp = post.score_and_log_prob(z)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(lp, lp_want)
+    assert want.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------------------------- metrics
 
 def test_frechet_distance_zero_for_identical_and_grows_with_shift():

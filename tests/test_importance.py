@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastsamp import metrics
-from fastsamp.samplers import effective_sample_size, importance_sde
+from fastsamp.samplers import NonFiniteChainsError, NonFiniteChainsWarning, effective_sample_size, importance_sde
 from fastsamp.tilting import base_mixture, exponential_tilt, gaussian_bump
 
 P = base_mixture()
@@ -44,3 +44,34 @@ def test_effective_sample_size():
 def test_bad_corrector():
     with pytest.raises(ValueError, match="corrector must be"):
         importance_sde(P, lambda x: x.sum(1), 10, corrector="hmc")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_corrector_steps=-1, corrector="mala"), "n_corrector_steps must be >= 0"),
+    (dict(n_corrector_steps=-1), "n_corrector_steps must be >= 0"),
+    (dict(n_steps=0), "n_steps must be >= 1"),
+    (dict(fd_eps=0.0), "fd_eps must be > 0"),
+    (dict(corrector_step_size=float("nan")), "corrector_step_size must be finite"),
+    (dict(t_min=1.0), "t_min must be in"),
+    (dict(on_nonfinite="loud"), "on_nonfinite must be one of"),
+])
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        importance_sde(P, lambda x: x.sum(1), 10, **kw)
+    with pytest.raises(TypeError, match="log_weight must be a callable"):
+        importance_sde(P, 3.0, 10)
+
+
+def test_divergence_is_counted_and_reported():
+    """A log-weight with an enormous gradient sends chains to inf/NaN: counted per step, one warning
+    naming the step, or NonFiniteChainsError with on_nonfinite="raise"; a sane weight reports nothing."""
+    wild = lambda x: 1e30 * x[:, 0] ** 3  # noqa: E731
+    with pytest.warns(NonFiniteChainsWarning, match="importance_sde: .* at level \\d+ of 20 \\(t = "):
+        x, st = importance_sde(P, wild, 200, n_steps=20, seed=0)
+    first = st.first_nonfinite_step
+    assert len(st.n_nonfinite) == 20 and first is not None and st.n_nonfinite[first] > 0
+    assert st.n_nonfinite[-1] == int((~torch.isfinite(x).all(1)).sum()) > 0
+    with pytest.raises(NonFiniteChainsError):
+        importance_sde(P, wild, 200, n_steps=20, seed=0, on_nonfinite="raise")
+    _, st = importance_sde(P, lambda x: x.sum(1), 200, n_steps=20, seed=0, corrector="mala", n_corrector_steps=2)
+    assert st.n_nonfinite == [0] * 21 and st.first_nonfinite_step is None

@@ -311,7 +311,7 @@ def test_gmm_hmc_reference_one_leapfrog_oracle():
     means, lw, var = mixture(K, D, torch.float64, torch.device("cpu"))
     eps = torch.full((B,), 0.7, dtype=torch.float64)
     seed, offset = 9, 4
-    x_new, rate = ref.gmm_hmc(x, means, lw, var, eps, 1, 1, 1.0, 0.0, seed, offset, 0, 0.0)
+    x_new, rate = ref.gmm_hmc(x, means, lw, var, eps, 1, 1, 1.0, 0.0, seed, offset, 0, 0, 0.0)
     xi = ops.normal(seed, offset, B, D, torch.float64)
     u = ops.uniform(seed, offset, B, torch.float64)
     s0, _ = ref.gmm_score(x, means, lw, var, 1.0, 0.0)

@@ -1,4 +1,4 @@
-"""Exact identities (DESIGN.md) used as oracles, on the reference and every backend."""
+"""Exact identities (docs/design.md) used as oracles, on the reference and every backend."""
 import math
 
 import pytest

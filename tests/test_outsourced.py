@@ -59,3 +59,53 @@ def test_run_rejects_bad_arguments():
         outsourced.run("vae", "class", "guidance")
     with pytest.raises(ValueError, match="reward"):
         outsourced.make_reward("caption", None, 3)
+
+
+class _CountingReward:
+    """A reward that counts the rows it is called on (guidance calls the reward directly)."""
+
+    def __init__(self, reward):
+        self.reward, self.calls = reward, 0
+
+    def __call__(self, x):
+        self.calls += x.shape[0]
+        return self.reward(x)
+
+
+@pytest.mark.parametrize("budget", [4000, 1000])
+@pytest.mark.parametrize("sampler", ["mala", "hmc", "diffusion", "guidance"])
+def test_samplers_stay_within_the_budget(sampler, budget):
+    """Every sampler makes at most `budget` reward calls and spends most of it (whole moves, iterations or
+    steps that would pass it are not run); untrained tiny networks: only the accounting is tested."""
+    torch.manual_seed(0)
+    n = 128
+    reward = _CountingReward(gen.ClassReward(gen.DigitClassifier(hidden=(16, 8)), DIGIT))
+    post = outsourced.CountingPosterior(gen.NoisePosterior(gen.VAEDecoder(latent_dim=4, hidden=16), reward))
+    if sampler == "guidance":
+        outsourced.sample_flow_guidance(gen.FlowGenerator(hidden=16, n_steps=2), reward, n, budget=budget, lam=1.0)
+        calls = reward.calls
+    else:
+        if sampler == "diffusion":
+            outsourced.sample_diffusion(post, n, budget=budget, lam=1.0, n_steps=5, hidden=16)
+        else:
+            outsourced.sample_annealed_mcmc(post, n, budget=budget, lam=1.0, corrector=sampler)
+        calls = post.calls
+        assert calls == reward.calls  # the posterior's count is the reward's
+    per_unit = {"mala": 2 * n, "hmc": 4 * n, "diffusion": n, "guidance": n}[sampler]  # what one more unit costs
+    assert budget - per_unit < calls <= budget, (calls, budget)
+    with pytest.raises(ValueError, match="budget .* too small"):
+        outsourced.sample_annealed_mcmc(post, n, budget=n, lam=1.0, corrector=sampler if sampler != "guidance"
+                                        else "mala")
+
+
+def test_run_warns_that_tiny_is_for_tests_and_reports_the_calls_made(monkeypatch):
+    """size="tiny" warns; run() reports the reward calls actually made, within the budget (untrained tiny
+    networks stand in for the cached models)."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(gen, "load_or_train", lambda kind, size: gen.VAEDecoder(latent_dim=4, hidden=16)
+                        if kind == "vae" else gen.DigitClassifier((16, 8)))
+    with pytest.warns(UserWarning, match="tiny' is for tests only"):
+        _, m = outsourced.run("vae", "class", "hmc", n=16, budget=300, size="tiny")
+    assert 300 - 4 * 16 < m["reward_calls"] <= 300 and m["budget"] == 300
+    with pytest.raises(ValueError, match="budget 20 is too small for the hmc sampler"):
+        outsourced.run("vae", "class", "hmc", n=16, budget=20, size="tiny")

@@ -118,3 +118,202 @@ def test_noncontiguous_inputs_are_accepted():
     s2, lp2 = ops.gmm_score(x.contiguous(), *params, backend="torch")
     torch.testing.assert_close(s, s2)
     torch.testing.assert_close(lp, lp2)
+
+
+# ---------------------------------------------------------------- regressions of issue 16
+ALL_BACKENDS = ("torch", "cpp", "triton")
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def any_backend(request):
+    from conftest import skip_unless_available
+    if request.param != "torch":
+        skip_unless_available(request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x, b: ops.gmm_mala(x, *mix(), step_size=0.1, n_steps=2**32 + 1, backend=b), "n_steps"),
+    (lambda x, b: ops.gmm_mala(x, *mix(), step_size=0.1, n_steps=1, n_trapezoid=2**32, backend=b), "n_trapezoid"),
+    (lambda x, b: ops.gmm_hmc(x, *mix(), step_size=0.1, n_steps=2**31, backend=b), "n_steps"),
+    (lambda x, b: ops.gmm_hmc(x, *mix(), step_size=0.1, n_steps=1, n_leapfrog=2**31, backend=b), "n_leapfrog"),
+    (lambda x, b: ops.line_points(x, x, 2**31, backend=b), "n"),
+])
+def test_counts_past_c_int_are_refused(any_backend, call, name):
+    """Counts reach the kernels as C ints: 2**31 and more (2**32 + 1 once ran a single move) are refused."""
+    with pytest.raises(ValueError, match=rf"{name} must be <= 2147483647"):
+        call(x_(), any_backend)
+
+
+def test_shape_past_c_int_is_refused():
+    wide = torch.zeros(1, 1, dtype=F64).expand(1, 2**31)
+    with pytest.raises(ValueError, match="x is too large"):
+        ops.gmm_score(wide, torch.zeros(1, 2**31, dtype=F64).expand(1, 2**31), torch.zeros(1, dtype=F64),
+                      torch.ones(1, dtype=F64))
+
+
+def test_kernel_size_limits(monkeypatch):
+    """An explicit backend above its documented D limit raises ValueError; "auto" runs the reference."""
+    from fastsamp import backends
+    from fastsamp.ops import _dispatch, reference
+    if backends.is_available("triton"):
+        with pytest.raises(ValueError, match="backend 'triton' gmm_mala supports D <= 128, got D = 129"):
+            ops.gmm_mala(x_(D=129), *mix(D=129), step_size=0.1, n_steps=1, backend="triton")
+        with pytest.raises(ValueError, match="backend 'triton' gmm_hmc supports D <= 128"):
+            ops.gmm_hmc(x_(D=129), *mix(D=129), step_size=0.1, n_steps=1, backend="triton")
+    if not backends.is_available("cpp"):
+        pytest.skip("the auto fallback is shown on the cpp backend with a pretend limit")
+    cpp = backends._load("cpp")[0]
+    monkeypatch.setattr(cpp, "GMM_SCORE_MAX_D", 2, raising=False)
+    assert _dispatch.kernel("auto", "gmm_score", x_(D=3)) is reference.gmm_score
+    assert _dispatch.kernel("auto", "gmm_score", x_(D=2)) is cpp.gmm_score
+    with pytest.raises(ValueError, match="backend 'cpp' gmm_score supports D <= 2, got D = 3"):
+        ops.gmm_score(x_(D=3), *mix(D=3), backend="cpp")
+
+
+def test_out_partial_overlap_is_refused(any_backend):
+    buf = torch.randn(5, 3, dtype=F64)
+    x, s = buf[:4], torch.randn(4, 3, dtype=F64)
+    kw = dict(t=0.5, h=0.01, schedule=VP(), seed=1, backend=any_backend)
+    expect = ops.reverse_sde_step(x.clone(), s, **kw)
+    with pytest.raises(ValueError, match="out partially overlaps x"):
+        ops.reverse_sde_step(x, s, out=buf[1:], **kw)
+    with pytest.raises(ValueError, match="out partially overlaps score"):
+        ops.guided_sde_step(x.clone(), buf[:4], s, s, fd_eps=1e-3, out=buf[1:], **kw)
+    assert ops.reverse_sde_step(x, s, out=x, **kw) is x  # exactly x: in place
+    torch.testing.assert_close(x, expect)
+
+
+def test_in_place_out_bumps_the_version_counter(any_backend):
+    """A graph that saved x refuses to backpropagate after a kernel wrote x in place (as after torch's
+    own in-place ops), instead of giving wrong gradients."""
+    w = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    x, s = torch.randn(4, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    y = (w * x).sum()  # saves x for the gradient w.r.t. w
+    ops.reverse_sde_step(x, s, t=0.5, h=0.01, schedule=VP(), seed=1, out=x, backend=any_backend)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_out_that_requires_grad_is_refused(any_backend):
+    x = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    s = torch.randn(4, 3, dtype=F64)
+    kw = dict(t=0.5, h=0.01, schedule=VP(), seed=1, backend=any_backend)
+    for out in (x, x[:, :]):  # the leaf, and a view of it
+        with pytest.raises(ValueError, match="out requires grad"):
+            ops.reverse_sde_step(x.detach(), s, out=out, **kw)
+    with torch.no_grad():  # as torch: in-place writes into a leaf are fine without grad mode
+        ops.reverse_sde_step(x.detach(), s, out=x, **kw)
+
+
+@pytest.mark.parametrize("v,match", [(1e-50, "step_size must be > 0 in float32"),
+                                     (1e39, "step_size = 1e[+]?39 overflows float32")])
+def test_step_size_checked_in_the_state_dtype(any_backend, v, match):
+    x = x_(dtype=torch.float32)
+    with pytest.raises(ValueError, match=match):
+        ops.mala_propose(x, x, v, seed=0, backend=any_backend)
+    with pytest.raises(ValueError, match=match):
+        ops.gmm_mala(x, *mix(dtype=torch.float32), step_size=v, n_steps=1, backend=any_backend)
+    ops.mala_propose(x_(), x_(), 1e-50, seed=0, backend=any_backend)  # fine in float64
+
+
+def test_other_scalars_checked_in_the_state_dtype(any_backend):
+    x = x_(dtype=torch.float32)
+    with pytest.raises(ValueError, match="h must be > 0 in float32"):
+        ops.reverse_sde_step(x, x, t=0.5, h=1e-50, schedule=VP(), seed=0, backend=any_backend)
+    with pytest.raises(ValueError, match=r"sigma\*\*2 \* h must be > 0 in float32"):
+        ops.em_step_logprob(x, x, sigma=1e-30, t=0.5, h=1e-20, seed=0, backend=any_backend)
+    with pytest.raises(ValueError, match="alpha = 1e[+]?39 overflows float32"):
+        ops.gmm_score(x, *mix(dtype=torch.float32), alpha=1e39, backend=any_backend)
+    with pytest.raises(ValueError, match="degenerate mixture"):
+        ops.gmm_score(x, *mix(dtype=torch.float32), alpha=1e-30, backend=any_backend)
+    with pytest.raises(ValueError, match="c_diff .* not finite in torch.float32: h, fd_eps or guidance"):
+        ops.guided_sde_step(x, x, x, x, t=0.5, h=0.01, schedule=VP(), fd_eps=1e-40, seed=0, backend=any_backend)
+
+
+@pytest.mark.parametrize("op", ["gmm_score", "gmm_mala", "gmm_hmc"])
+def test_nonfinite_means_are_refused(any_backend, op):
+    means, lw, var = mix()
+    means[1, 2] = math.nan
+    kw = {} if op == "gmm_score" else dict(step_size=0.1, n_steps=1)
+    with pytest.raises(ValueError, match="means must be finite"):
+        getattr(ops, op)(x_(), means, lw, var, backend=any_backend, **kw)
+    with pytest.raises(TypeError, match="means must be a torch.Tensor"):  # not "a (K, D) tensor"
+        getattr(ops, op)(x_(), means.numpy(), lw, var, backend=any_backend, **kw)
+
+
+def test_neg_and_conj_views_are_read_by_value(any_backend):
+    torch.manual_seed(0)
+    vals = x_(6, 5)
+    neg = torch._neg_view(-vals)
+    conj_imag = torch.complex(torch.zeros_like(vals), -vals).conj().imag
+    params = mix(D=5)
+    expect = ops.gmm_score(vals, *params, backend="torch")
+    for view in (neg, conj_imag):
+        assert view.is_neg()
+        got = ops.gmm_score(view, *params, backend=any_backend)
+        torch.testing.assert_close(got, expect)
+        p = ops.momentum_refresh(view, 0.5, seed=3, backend=any_backend)
+        torch.testing.assert_close(p, ops.momentum_refresh(vals, 0.5, seed=3, backend="torch"))
+    # a neg-bit view as out= receives the values (not their negatives)
+    out = torch._neg_view(torch.zeros(6, 5, dtype=F64))
+    kw = dict(t=0.5, h=0.01, schedule=VP(), seed=1)
+    ops.reverse_sde_step(vals, vals, out=out, backend=any_backend, **kw)
+    torch.testing.assert_close(out.resolve_neg(), ops.reverse_sde_step(vals, vals, backend="torch", **kw))
+
+
+@pytest.mark.parametrize("op,extra", [("gmm_mala", {}), ("gmm_hmc", {"n_leapfrog": 2})])
+def test_offset_plus_move_must_not_wrap(any_backend, op, extra):
+    """Move m draws offset + m: past 2**64 it would wrap to earlier draws; refused the same everywhere."""
+    fn = getattr(ops, op)
+    with pytest.raises(ValueError, match=r"offset \+ n_steps - 1 must be < 2\*\*64"):
+        fn(x_(), *mix(), step_size=0.1, n_steps=3, offset=2**64 - 2, backend=any_backend, **extra)
+    fn(x_(), *mix(), step_size=0.1, n_steps=3, offset=2**64 - 3, backend=any_backend, **extra)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: ops.normal(0, 0, 4, 3, torch.float16), TypeError, "dtype must be torch.float32 or torch.float64"),
+    (lambda: ops.normal(0, 0, 4, 3, torch.int64), TypeError, "dtype must be"),
+    (lambda: ops.uniform(0, 0, 4, torch.float16), TypeError, "dtype must be"),
+    (lambda: ops.uniform(0, 0, 4, torch.int32), TypeError, "dtype must be"),
+    (lambda: ops.normal(0, 0, 4, -1), ValueError, "D must be >= 0"),
+    (lambda: ops.normal(0, 0, -4, 3), ValueError, "B must be >= 0"),
+    (lambda: ops.uniform(0, 0, -1), ValueError, "B must be >= 0"),
+    (lambda: ops.normal(-1, 0, 4, 3), ValueError, "seed must be >= 0"),
+    (lambda: ops.uniform(0, 2**64, 4), ValueError, "offset must be <="),
+])
+def test_random_streams_refuse_bad_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_gradients_do_not_depend_on_the_build(any_backend):
+    """With grad mode on and an input that requires grad, "auto" runs the differentiable reference
+    whatever is built; an explicit compiled backend refuses rather than silently detaching."""
+    x = x_().requires_grad_(True)
+    params = mix()
+    score, logp = ops.gmm_score(x, *params)  # auto
+    (g,) = torch.autograd.grad(logp.sum(), x)
+    torch.testing.assert_close(g, score.detach())  # ∇ logp = score
+    if any_backend == "torch":
+        return
+    with pytest.raises(ValueError, match=f"gmm_score on backend '{any_backend}' is not differentiable"):
+        ops.gmm_score(x, *params, backend=any_backend)
+    with pytest.raises(ValueError, match=f"mala_propose on backend '{any_backend}' is not differentiable"):
+        ops.mala_propose(x_(), x_(), torch.full((4,), 0.1, dtype=F64, requires_grad=True), seed=0,
+                         backend=any_backend)
+    with torch.no_grad():
+        ops.gmm_score(x, *params, backend=any_backend)
+    ops.gmm_score(x.detach(), *params, backend=any_backend)
+
+
+def test_infinite_chain_has_logp_minus_inf(any_backend):
+    x = x_(5, 3)
+    x[1, 0], x[3, 2] = math.inf, -math.inf
+    means, _, var = mix()
+    lw = torch.tensor([-math.inf, 0.0], dtype=F64)  # a zero-weight component first
+    score, logp = ops.gmm_score(x, means, lw, var, backend=any_backend)
+    e_score, e_logp = ops.gmm_score(x, means, lw, var, backend="torch")
+    assert logp[1] == -math.inf and logp[3] == -math.inf
+    torch.testing.assert_close(logp, e_logp)
+    torch.testing.assert_close(score, e_score, equal_nan=True)

@@ -7,10 +7,17 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+MAX_COUNT = 2**31 - 1  # counts and sizes reach the kernels as C int / int32
+U64_MAX = 2**64 - 1    # seeds and offsets are 64-bit
+
+
+def resolved(t: torch.Tensor) -> torch.Tensor:
+    """t with any conj / neg-bit view materialised, made contiguous: the memory kernels read."""
+    return t.resolve_conj().resolve_neg().contiguous()
 
 
 def state(name: str, x) -> torch.Tensor:
-    """A (B, D) float32/float64 tensor with B, D >= 1, made contiguous."""
+    """A (B, D) float32/float64 tensor with 1 <= B, D <= MAX_COUNT, resolved and contiguous."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
@@ -19,13 +26,13 @@ def state(name: str, x) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (B, D), got {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must have B >= 1 chains and D >= 1 dims, got shape {tuple(x.shape)}")
-    if x.shape[0] >= 2**31 or x.numel() >= 2**62:
-        raise ValueError(f"{name} is too large: shape {tuple(x.shape)}")
-    return x.contiguous()
+    if max(x.shape) > MAX_COUNT or x.numel() >= 2**62:
+        raise ValueError(f"{name} is too large: shape {tuple(x.shape)} (B and D must be <= {MAX_COUNT})")
+    return resolved(x)
 
 
 def like(name: str, t, x: torch.Tensor, shape=None) -> torch.Tensor:
-    """A tensor with x's dtype and device and the given shape (default x's)."""
+    """A tensor with x's dtype and device and the given shape (default x's), resolved and contiguous."""
     shape = tuple(x.shape) if shape is None else tuple(shape)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -35,19 +42,63 @@ def like(name: str, t, x: torch.Tensor, shape=None) -> torch.Tensor:
         raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    return t.contiguous()
+    return resolved(t)
 
 
-def output(out, x: torch.Tensor):
-    """None, or a contiguous tensor like x that receives a result (it may alias x)."""
+def _bytes(t: torch.Tensor) -> tuple[int, int]:
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
+def output(out, x: torch.Tensor, /, **inputs):
+    """None, or a contiguous tensor like x that receives a result.
+
+    `out` may be exactly one of the (contiguous) `inputs` (an in-place update: the kernels read
+    element i before writing it) but may not overlap one partially, e.g. x shifted by a row.
+    With grad mode on it must not require grad: the compiled kernels write it without autograd.
+    """
     if out is None:
         return None
-    if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor")
-    return like("out", out, x)
+    like("out", out, x)
+    if torch.is_grad_enabled() and out.requires_grad:
+        raise ValueError("out requires grad: in-place writes are not differentiable (like torch's in-place ops "
+                         "on leaves); pass a tensor that does not require grad, or run under torch.no_grad()")
+    lo, hi = _bytes(out)
+    for name, t in inputs.items():
+        if t is None or t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
+            continue
+        t_lo, t_hi = _bytes(t)
+        if t_lo < hi and lo < t_hi and t_lo != lo:
+            raise ValueError(f"out partially overlaps {name}: it may be {name} itself (in place) but not "
+                             f"a shifted or sliced view of its memory")
+    return out
 
 
-def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi=None) -> float:
+def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> float:
+    """Check that the python float v stays finite (and > 0 if `positive`) once rounded to `dtype`."""
+    r = torch.tensor(v, dtype=dtype).item()
+    dt = str(dtype).removeprefix("torch.")
+    if not math.isfinite(r):
+        raise ValueError(f"{name} = {v} overflows {dt} (largest finite value {torch.finfo(dtype).max:.4g})")
+    if positive and r <= 0:
+        raise ValueError(f"{name} must be > 0 in {dt}, got {v} (rounds to 0)")
+    return v
+
+
+def coefficients(dtype: torch.dtype, cause: str, **values: float) -> None:
+    """Kernel coefficients computed from the arguments (in float64) must be finite in `dtype`."""
+    for name, v in values.items():
+        if not math.isfinite(v) or not math.isfinite(torch.tensor(v, dtype=dtype).item()):
+            raise ValueError(f"the kernel coefficient {name} = {v} is not finite in {dtype}: {cause} too large "
+                             f"or too small")
+
+
+def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi=None, dtype=None) -> float:
+    """A finite python float; with `dtype`, also finite (and > 0 if `positive`) in that dtype."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
@@ -59,19 +110,25 @@ def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi
         raise ValueError(f"{name} must be >= 0, got {v}")
     if lo is not None and v < lo or hi is not None and v >= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}), got {v}")
+    if dtype is not None:
+        in_dtype(name, v, dtype, positive=positive)
     return v
 
 
-def integer(name: str, v, *, minimum: int) -> int:
+def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:
+    """An int in [minimum, maximum]; counts default to at most MAX_COUNT (a C int)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
     return int(v)
 
 
 def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
-    """A positive finite float or (B,) tensor -> (B,) tensor in x's dtype and device."""
+    """A positive finite float or (B,) tensor -> (B,) tensor in x's dtype and device, > 0 and finite
+    after the conversion (1e-50 is 0 in float32)."""
     B = x.shape[0]
     if isinstance(v, torch.Tensor):
         if not v.is_floating_point():
@@ -82,32 +139,37 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
             v = v.expand(B)
         if tuple(v.shape) != (B,):
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
-        v = v.to(x.dtype).contiguous()
+        v = resolved(v.to(x.dtype))
         if not bool(torch.all(torch.isfinite(v) & (v > 0))):
-            raise ValueError(f"{name} must be finite and > 0 for every chain")
+            raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype})")
         return v
-    return torch.full((B,), finite_float(name, v, positive=True), dtype=x.dtype, device=x.device)
+    return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
 
 
 def uniforms(name: str, u, x: torch.Tensor) -> torch.Tensor:
     return like(name, u, x, (x.shape[0],))
 
 
+def seed_offset(seed, offset, n_draws: int = 1):
+    """(seed, offset) as ints in [0, 2**64) (seed None: drawn from torch's generator); the draws
+    offset .. offset + n_draws − 1 must not wrap past 2**64."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    seed = integer("seed", seed, minimum=0, maximum=U64_MAX)
+    offset = integer("offset", offset, minimum=0, maximum=U64_MAX)
+    if offset + n_draws - 1 > U64_MAX:
+        raise ValueError(f"offset + n_steps - 1 must be < 2**64 (move m draws offset + m), got offset={offset}, "
+                         f"n_steps={n_draws}")
+    return seed, offset
+
+
 def noise_or_seed(noise, seed, offset, x: torch.Tensor):
     """(noise tensor or None, seed, offset); a seed is drawn from torch's generator if neither is given."""
-    offset = integer("offset", offset, minimum=0)
-    if offset >= 2**64:
-        raise ValueError(f"offset must be < 2**64, got {offset}")
     if noise is not None:
         if seed is not None:
             raise ValueError("give either noise or seed, not both")
-        return like("noise", noise, x), 0, offset
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    seed = integer("seed", seed, minimum=0)
-    if seed >= 2**64:
-        raise ValueError(f"seed must be < 2**64, got {seed}")
-    return None, seed, offset
+        return like("noise", noise, x), 0, seed_offset(0, offset)[1]
+    return (None,) + seed_offset(seed, offset)
 
 
 def chain_offset(v, B: int) -> int:
@@ -121,21 +183,30 @@ def chain_offset(v, B: int) -> int:
 
 
 def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
-    """Validated mixture parameters (means (K, D), log_weights (K,), variances (K,) > 0)."""
-    if not isinstance(means, torch.Tensor) or means.dim() != 2:
-        raise ValueError(f"means must be a (K, D) tensor, got {getattr(means, 'shape', type(means).__name__)}")
+    """Validated mixture parameters (means (K, D) finite, log_weights (K,), variances (K,) > 0), with every
+    component variance alpha² v_k + sigma2 finite and > 0 in x's dtype."""
+    if not isinstance(means, torch.Tensor):
+        raise TypeError(f"means must be a torch.Tensor, got {type(means).__name__}")
+    if means.dim() != 2:
+        raise ValueError(f"means must be a (K, D) tensor, got shape {tuple(means.shape)}")
     K = means.shape[0]
     if K == 0:
         raise ValueError("means must have K >= 1 components")
+    if K > MAX_COUNT:
+        raise ValueError(f"means has too many components: K = {K} > {MAX_COUNT}")
     means = like("means", means, x, (K, x.shape[1]))
     log_weights = like("log_weights", log_weights, x, (K,))
     variances = like("variances", variances, x, (K,))
-    alpha = finite_float("alpha", alpha)
-    sigma2 = finite_float("sigma2", sigma2, nonnegative=True)
+    alpha = finite_float("alpha", alpha, dtype=x.dtype)
+    sigma2 = finite_float("sigma2", sigma2, nonnegative=True, dtype=x.dtype)
+    if not bool(torch.all(torch.isfinite(means))):
+        raise ValueError("means must be finite")
     if not bool(torch.all(variances > 0)) or not bool(torch.all(torch.isfinite(variances))):
         raise ValueError("variances must be finite and > 0")
-    if alpha == 0.0 and sigma2 == 0.0:
-        raise ValueError("alpha = 0 and sigma2 = 0 give a degenerate mixture (zero variance)")
+    s = alpha * alpha * variances + sigma2  # in x's dtype, as the kernels compute it
+    if not bool(torch.all(torch.isfinite(s) & (s > 0))):
+        raise ValueError(f"alpha**2 * variances + sigma2 must be finite and > 0 in {x.dtype} for every component "
+                         f"(alpha={alpha}, sigma2={sigma2}): a degenerate mixture")
     if not bool(torch.all(log_weights < math.inf)) or bool(torch.all(log_weights == -math.inf)) \
             or bool(torch.any(torch.isnan(log_weights))):
         raise ValueError("log_weights must be < inf, not NaN, and not all -inf")

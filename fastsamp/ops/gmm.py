@@ -2,8 +2,7 @@
 fused whole-move MALA and HMC kernels."""
 from __future__ import annotations
 
-from .. import backends
-from . import _checks
+from . import _checks, _dispatch
 
 _MH_MODES = {"score": 0, "energy": 1, "none": 2}
 
@@ -21,7 +20,7 @@ def gmm_score(x, means, log_weights, variances, *, alpha=1.0, sigma2=0.0, backen
     x = _checks.state("x", x)
     means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
                                                                    alpha, sigma2)
-    fn = backends.resolve(backend, "gmm_score", x.device)
+    fn = _dispatch.kernel(backend, "gmm_score", x, means, log_weights, variances)
     return fn(x, means, log_weights, variances, alpha, sigma2)
 
 
@@ -33,9 +32,9 @@ def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size,
                                                                    alpha, sigma2)
     eps = _checks.step_size(step_size, x)
     n_steps = _checks.integer("n_steps", n_steps, minimum=1)
-    _, seed, offset = _checks.noise_or_seed(None, seed, offset, x)
+    seed, offset = _checks.seed_offset(seed, offset, n_steps)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
-    if mh not in _MH_MODES:
+    if not isinstance(mh, str) or mh not in _MH_MODES:
         raise ValueError(f"mh must be one of {tuple(_MH_MODES)}, got {mh!r}")
     return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, _MH_MODES[mh]
 
@@ -57,7 +56,7 @@ def gmm_mala(x, means, log_weights, variances, *, step_size, n_steps, n_trapezoi
     x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mode = _whole_move_args(
         x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1)
-    fn = backends.resolve(backend, "gmm_mala", x.device)
+    fn = _dispatch.kernel(backend, "gmm_mala", x, means, log_weights, variances, eps)
     return fn(x, means, log_weights, variances, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset, chain_offset,
               mode)
 
@@ -83,6 +82,6 @@ def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=
         x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
-    fn = backends.resolve(backend, "gmm_hmc", x.device)
+    fn = _dispatch.kernel(backend, "gmm_hmc", x, means, log_weights, variances, eps)
     return fn(x, means, log_weights, variances, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, chain_offset,
               mode, damping)

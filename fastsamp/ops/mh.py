@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends
-from . import _checks
+from . import _checks, _dispatch
 
 
 def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_offset=0, backend="auto"):
@@ -15,7 +14,8 @@ def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_
     eps = _checks.step_size(step_size, x)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
-    return backends.resolve(backend, "mala_propose", x.device)(x, score, eps, noise, seed, offset, chain_offset)
+    fn = _dispatch.kernel(backend, "mala_propose", x, score, eps, noise)
+    return fn(x, score, eps, noise, seed, offset, chain_offset)
 
 
 def line_points(x, x_prop, n, *, backend="auto"):
@@ -24,7 +24,9 @@ def line_points(x, x_prop, n, *, backend="auto"):
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
     n = _checks.integer("n", n, minimum=1)
-    return backends.resolve(backend, "line_points", x.device)(x, x_prop, n)
+    if (n - 1) * x.numel() >= 2**62:
+        raise ValueError(f"n is too large: the (n-1, B, D) = ({n - 1}, {x.shape[0]}, {x.shape[1]}) points")
+    return _dispatch.kernel(backend, "line_points", x, x_prop)(x, x_prop, n)
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scores=None, backend="auto"):
@@ -49,5 +51,5 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scor
                                        (interior_scores.shape[0],) + tuple(x.shape))
         if interior_scores.shape[0] == 0:
             interior_scores = None
-    fn = backends.resolve(backend, "score_mh_accept", x.device)
+    fn = _dispatch.kernel(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
     return fn(x, x_prop, score, score_prop, eps, u, interior_scores)

@@ -81,7 +81,7 @@ def _kernels():
 
 
 def _threads(n_threads):
-    return torch.get_num_threads() if n_threads is None else int(n_threads)
+    return torch.get_num_threads() if n_threads is None else _checks.integer("n_threads", n_threads, minimum=1)
 
 
 def _step(T, h):
@@ -115,16 +115,13 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     if temb.dim() != 2 or temb.shape[1] != p.H:
         raise ValueError(f"temb must be (T, {p.H}), got {tuple(temb.shape)}")
-    T, B, D = int(temb.shape[0]), int(batch_size), p.D
-    if B < 0 or T < 1:
-        raise ValueError(f"need batch_size >= 0 and T >= 1, got {B}, {T}")
+    T, B, D = int(temb.shape[0]), _checks.integer("batch_size", batch_size, minimum=0), p.D
+    _checks.integer("T = temb.shape[0]", T, minimum=1)
     h, sigma = _step(T, h), _sigma(sigma)
     explore = float(explore)
     if not (math.isfinite(explore) and explore >= 0):
         raise ValueError(f"explore must be a finite float >= 0, got {explore}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    seed, _ = _checks.seed_offset(seed, 0, T)
     chain_offset = _checks.chain_offset(chain_offset, B)
     cast = [t.detach().to(dtype).contiguous() for t in [temb] + p.tensors()]
     for t in cast:

@@ -46,11 +46,16 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def _check_seed(seed: int, offset: int, chain_offset: int, B: int) -> None:
-    for name, v in (("seed", seed), ("offset", offset)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**64:
-            raise ValueError(f"{name} must be an int in [0, 2**64), got {v!r}")
-    _checks.chain_offset(chain_offset, B)
+def _check_draw(seed, offset, dtype, chain_offset, **sizes) -> None:
+    """seed, offset in [0, 2**64), float32/float64 (the uniform's 2^-33 is 0 in float16, and
+    integer dtypes truncate), sizes in [0, 2**31), chain_offset + B <= 2**32."""
+    _checks.integer("seed", seed, minimum=0, maximum=_checks.U64_MAX)
+    _checks.integer("offset", offset, minimum=0, maximum=_checks.U64_MAX)
+    if dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    for name, v in sizes.items():
+        _checks.integer(name, v, minimum=0)
+    _checks.chain_offset(chain_offset, sizes["B"])
 
 
 def uniform_open(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -65,7 +70,7 @@ def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="cpu", *,
            chain_offset: int = 0) -> torch.Tensor:
     """Standard normals ξ (B, D) of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1."""
-    _check_seed(seed, offset, chain_offset, B)
+    _check_draw(seed, offset, dtype, chain_offset, B=B, D=D)
     J = (D + 3) // 4
     j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)[:, None].expand(B, J)
@@ -86,7 +91,7 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
 def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *,
             chain_offset: int = 0) -> torch.Tensor:
     """MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1."""
-    _check_seed(seed, offset, chain_offset, B)
+    _check_draw(seed, offset, dtype, chain_offset, B=B)
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)
     full = torch.full_like
     r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),

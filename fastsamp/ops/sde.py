@@ -1,14 +1,31 @@
 """Reverse-time SDE stepping."""
 from __future__ import annotations
 
-from .. import backends
+import torch
+
 from ..schedules import VE, VP, reverse_em_coefficients
-from . import _checks
+from . import _checks, _dispatch
 
 
 def _check_schedule(schedule):
     if not isinstance(schedule, (VP, VE)):
         raise TypeError(f"schedule must be a fastsamp.schedules.VP or VE, got {type(schedule).__name__}")
+
+
+def _run_into(fn, out, *args):
+    """fn(*args, out=out): the result written into `out` (a fresh tensor when out is None).
+
+    A compiled kernel writes out's memory behind autograd's back, so its version counter is
+    bumped as torch's in-place ops do (a graph that saved it then refuses to backpropagate);
+    a neg-bit view is written through torch's copy, which honours the bit."""
+    if out is None:
+        return fn(*args, out=None)
+    if out.is_neg():
+        return out.copy_(fn(*args, out=None))
+    fn(*args, out=out)
+    if not _dispatch.is_reference(fn):
+        torch.autograd.graph.increment_version(out)
+    return out
 
 
 def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, chain_offset=0, extra_drift=None,
@@ -28,15 +45,16 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
         extra_drift = _checks.like("extra_drift", extra_drift, x)
     _check_schedule(schedule)
     t = _checks.finite_float("t", t)
-    h = _checks.finite_float("h", h, positive=True)
+    h = _checks.finite_float("h", h, positive=True, dtype=x.dtype)
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
-    out = _checks.output(out, x)
+    out = _checks.output(out, x, x=x, score=score, extra_drift=extra_drift, noise=noise)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
-    fn = backends.resolve(backend, "sde_step", x.device)
-    return fn(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n, out=out)
+    _checks.coefficients(x.dtype, "h", a=a, c_s=c_s, c_n=c_n)
+    fn = _dispatch.kernel(backend, "sde_step", x, score, extra_drift, noise)
+    return _run_into(fn, out, x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n)
 
 
 def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidance=1.0, noise=None, seed=None,
@@ -56,16 +74,17 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     v = _checks.like("v", v, x)
     _check_schedule(schedule)
     t = _checks.finite_float("t", t)
-    h = _checks.finite_float("h", h, positive=True)
-    fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True)
+    h = _checks.finite_float("h", h, positive=True, dtype=x.dtype)
+    fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True, dtype=x.dtype)
     guidance = _checks.finite_float("guidance", guidance, nonnegative=True)
     if not 0.0 < t <= 1.0:
         raise ValueError(f"t must be in (0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
-    out = _checks.output(out, x)
+    out = _checks.output(out, x, x=x, score=score, score_shift=score_shift, v=v, noise=noise)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)
     c_v, c_diff = guidance / alpha, guidance * sigma2 / (fd_eps * alpha)
-    fn = backends.resolve(backend, "guided_sde_step", x.device)
-    return fn(x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n, out=out)
+    _checks.coefficients(x.dtype, "h, fd_eps or guidance", a=a, c_s=c_s, c_v=c_v, c_diff=c_diff, c_n=c_n)
+    fn = _dispatch.kernel(backend, "guided_sde_step", x, score, score_shift, v, noise)
+    return _run_into(fn, out, x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n)

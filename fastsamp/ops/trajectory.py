@@ -63,10 +63,10 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     drift = _checks.like("drift", drift, x)
     if log_var is not None:
         log_var = _checks.like("log_var", log_var, x)
-    sigma = _checks.finite_float("sigma", sigma, positive=True)
-    t = _checks.finite_float("t", t, nonnegative=True)
-    h = _checks.finite_float("h", h, positive=True)
-    explore = _checks.finite_float("explore", explore, nonnegative=True)
+    sigma = _checks.finite_float("sigma", sigma, positive=True, dtype=x.dtype)
+    t = _checks.finite_float("t", t, nonnegative=True, dtype=x.dtype)
+    h = _checks.finite_float("h", h, positive=True, dtype=x.dtype)
+    explore = _checks.finite_float("explore", explore, nonnegative=True, dtype=x.dtype)
     if x_next is not None:
         x_next = _checks.like("x_next", x_next, x)
         if noise is not None or seed is not None:
@@ -76,7 +76,7 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
         if explore != 0.0:
             raise ValueError("explore only widens sampling; it must be 0 when x_next is given")
         reparam = False
-        seed, offset = 0, _checks.integer("offset", offset, minimum=0)
+        seed, offset = _checks.seed_offset(0, offset)
     else:
         noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
         reparam = True if reparam is None else bool(reparam)
@@ -84,6 +84,8 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     s2 = sigma * sigma * h
     c = t / (t + h)
     b2 = s2 * c
+    _checks.in_dtype("sigma**2 * h", s2, x.dtype, positive=True)
+    _checks.coefficients(x.dtype, "sigma, h or explore", explore2=explore * explore, b2=b2)
     out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
                                explore * explore, c, b2, reparam)
     return tuple(out) if x_next is None else (x_next,) + tuple(out)

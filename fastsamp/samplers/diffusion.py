@@ -19,7 +19,10 @@ f = NN₁(x, t) + NN₂(t)·clip(∇log R(x)).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -141,9 +144,24 @@ class ReplayBuffer:
         if n > self.capacity:
             x, log_r, n = x[-self.capacity:], log_r[-self.capacity:], self.capacity
         idx = (self.head + torch.arange(n, device=self.x.device)) % self.capacity
-        self.x[idx], self.log_r[idx] = x.to(self.x.dtype), log_r.to(self.log_r.dtype)
+        self.x[idx] = x.to(self.x.device, self.x.dtype)
+        self.log_r[idx] = log_r.to(self.log_r.device, self.log_r.dtype)
         self.head = (self.head + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+
+    def state_dict(self):
+        """The filled slots (always the first `size`), the FIFO head and the size."""
+        return {"x": self.x[:self.size].clone(), "log_r": self.log_r[:self.size].clone(),
+                "head": self.head, "size": self.size}
+
+    def load_state_dict(self, state):
+        n = int(state["size"])
+        if n > self.capacity or state["x"].shape[1:] != self.x.shape[1:]:
+            raise ValueError(f"buffer state of {n} x {tuple(state['x'].shape[1:])} does not fit a buffer of "
+                             f"{self.capacity} x {tuple(self.x.shape[1:])}")
+        self.x[:n] = state["x"].to(self.x.device, self.x.dtype)
+        self.log_r[:n] = state["log_r"].to(self.log_r.device, self.log_r.dtype)
+        self.head, self.size = int(state["head"]), n
 
     def sample(self, n: int, generator=None):
         if self.size == 0:
@@ -222,13 +240,22 @@ class TrainConfig:
 
 @dataclass
 class TrainLog:
+    """Per-iteration losses, wall and process-CPU seconds of training (checkpoint writes excluded,
+    summed over resumed calls), periodic evaluations, and the iterations the run was resumed from."""
     loss: list = field(default_factory=list)
     seconds: float = 0.0
     evals: list = field(default_factory=list)
+    cpu_seconds: float = 0.0
+    resumed_from: list = field(default_factory=list)
 
     @property
     def seconds_per_iteration(self):
         return self.seconds / max(len(self.loss), 1)
+
+    @property
+    def cpu_seconds_per_iteration(self):
+        """Process CPU time per iteration: unaffected by pauses and, for a one-thread run, by other jobs."""
+        return self.cpu_seconds / max(len(self.loss), 1)
 
 
 class DiffusionSampler(nn.Module):
@@ -247,6 +274,11 @@ class DiffusionSampler(nn.Module):
     def h(self):
         return 1.0 / self.n_steps
 
+    @property
+    def device(self):
+        """Where the network lives; trajectories are simulated there (`sampler.to(device)` moves it)."""
+        return self.net.log_Z.device
+
     def _grid(self, like):
         return torch.arange(self.n_steps + 1, dtype=like.dtype, device=like.device) * self.h
 
@@ -255,11 +287,12 @@ class DiffusionSampler(nn.Module):
 
     # -- trajectories -------------------------------------------------------------------------
     def forward_trajectories(self, batch_size, *, explore=0.0, reparam=False, seed=0, chain_offset=0,
-                             with_flows=False, dtype=torch.float32, device="cpu"):
-        """Simulate from x_0 = 0. reparam=True keeps the whole path differentiable (PIS). The chains
-        are the global chains chain_offset .. chain_offset + batch_size − 1 of the Philox draws."""
+                             with_flows=False, dtype=torch.float32, device=None):
+        """Simulate from x_0 = 0 on `device` (default: the network's). reparam=True keeps the whole
+        path differentiable (PIS). The chains are the global chains chain_offset .. chain_offset +
+        batch_size − 1 of the Philox draws."""
         T, D = self.n_steps, self.target.dim
-        x = torch.zeros(batch_size, D, dtype=dtype, device=device)
+        x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else device)
         ts = self._grid(x)
         offline = self.fused and not reparam
         if offline and not with_flows and self._whole_trajectory_kernel(x):
@@ -390,7 +423,7 @@ class DiffusionSampler(nn.Module):
 
     # -- sampling and evaluation ----------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n, *, seed=0, dtype=torch.float32, device="cpu", group=None, gather=True):
+    def sample(self, n, *, seed=0, dtype=torch.float32, device=None, group=None, gather=True):
         """n samples and their log weights log w (E[w] = Z).
 
         Distributed (torchrun or `group=`): each rank simulates its share of the n chains with noise
@@ -414,6 +447,7 @@ class DiffusionSampler(nn.Module):
         out = metrics.log_z_estimates(log_w)
         out["log_Z_learned"] = float(self.net.log_Z)
         if exact_samples is not None:
+            exact_samples = exact_samples.to(self.device)
             out["w2"] = metrics.wasserstein2(x, exact_samples)
             lw = torch.cat([self.backward_trajectories(exact_samples, seed=seed + r).log_weights()
                             for r in range(n_eubo_repeats)])
@@ -434,18 +468,25 @@ class _Iteration(nn.Module):
 
 
 def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, callback=None,
-          on_iteration=None, group=None) -> TrainLog:
+          on_iteration=None, checkpoint=None, checkpoint_every=0, until=None, group=None) -> TrainLog:
     """Train `sampler` with config.objective on forward (on-policy + exploration) trajectories; with
     local_search or replay every other iteration uses backward trajectories from the buffer, and
     prior_every = k makes every k-th iteration use backward trajectories from the reference marginal.
     `on_iteration(it)` runs before each iteration (e.g. to anneal the target); `callback(it)` every
     eval_every iterations, its results collected in the log.
 
+    Resumable: with `checkpoint` (a path) the whole training state — model, optimizer, replay
+    buffers, every RNG state, the iteration count, the loss history and the elapsed time — is
+    written there (atomically) every `checkpoint_every` iterations and when the call returns, and
+    a call that finds the file resumes from it: a run stopped and resumed follows the same path as
+    an uninterrupted one. `until` stops before that iteration (default: config.iterations).
+    Trajectories are simulated on `sampler.device`; the replay buffers stay in CPU memory.
+
     Distributed (torchrun or `group=` with N ranks): DistributedDataParallel, each rank simulating
     config.batch_size forward trajectories as the global chains rank·b .. (rank + 1)·b − 1, so that
     N ranks with batch b train like one process with batch N·b (VarGrad's batch log Z is reduced over
-    all ranks). Buffer, local-search and prior trajectories are drawn per rank (generator seeded with
-    the rank). The logged loss is this rank's."""
+    all ranks). Buffer, local-search and prior trajectories are drawn per rank (generators seeded with
+    the rank); each rank checkpoints to `checkpoint` + ".rank{r}". The logged loss is this rank's."""
     cfg = config
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
@@ -453,21 +494,31 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         raise ValueError("pis is on-policy: it takes no local_search, replay, prior_every or explore")
     if cfg.objective == "subtb" and sampler.net.flow is None:
         raise ValueError("objective 'subtb' needs a DriftNet built with flow=True")
+    if checkpoint_every < 0 or (checkpoint_every and checkpoint is None):
+        raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint path, got {checkpoint_every}")
+    until = cfg.iterations if until is None else min(int(until), cfg.iterations)
     comm = Comm.resolve(group)
+    if comm.distributed and checkpoint is not None:
+        checkpoint = f"{checkpoint}.rank{comm.rank}"
     torch.manual_seed(cfg.seed)
     flow_params = [sampler.net.log_Z] + (list(sampler.net.flow.parameters()) if sampler.net.flow is not None else [])
     flow_ids = {id(p) for p in flow_params}
     policy = [p for p in sampler.net.parameters() if id(p) not in flow_ids]
     opt = torch.optim.Adam([{"params": policy, "lr": cfg.lr_policy}, {"params": flow_params, "lr": cfg.lr_flow}])
-    D = sampler.target.dim
-    buffer = buffer_ls = None
+    D, device = sampler.target.dim, sampler.device
+    buffers = {}
     if cfg.local_search or cfg.replay:
-        buffer = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
+        buffers["replay"] = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
     if cfg.local_search:
-        buffer_ls = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
+        buffers["local_search"] = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
+    buffer, buffer_ls = buffers.get("replay"), buffers.get("local_search")
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * comm.rank)
     log = TrainLog()
-    bar = _progress(cfg.iterations, progress and comm.rank == 0)
+    first = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        first = _load_checkpoint(checkpoint, sampler, opt, buffers, gen, log, cfg)
+        log.resumed_from.append(first)
+    bar = _progress(cfg.iterations, progress and comm.rank == 0, first)
     with_flows = cfg.objective == "subtb"
     chain0 = comm.rank * cfg.batch_size
 
@@ -477,19 +528,19 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         explore = cfg.explore * max(0.0, 1.0 - it / max(cfg.iterations / 2, 1))
         if cfg.prior_every and it % cfg.prior_every == cfg.prior_every - 1:
             x_T = sampler.sigma * torch.randn(cfg.batch_size, D, generator=gen)
-            traj = sampler.backward_trajectories(x_T, seed=bwd_seed, with_flows=with_flows)
+            traj = sampler.backward_trajectories(x_T.to(device), seed=bwd_seed, with_flows=with_flows)
         elif buffer is not None and it % 2 == 1:
             if cfg.local_search:
                 if it % cfg.ls_every < 2:
                     start_x, _ = buffer.sample(cfg.batch_size, gen)
-                    found, found_r, _ = local_search(sampler.target, start_x, n_steps=cfg.ls_steps,
+                    found, found_r, _ = local_search(sampler.target, start_x.to(device), n_steps=cfg.ls_steps,
                                                      burn_in=cfg.ls_burn_in, step_size=cfg.ls_step_size,
                                                      target_acceptance=cfg.ls_target_acceptance, seed=bwd_seed)
                     buffer_ls.add(found, found_r)
                 x_T, _ = buffer_ls.sample(cfg.batch_size, gen)
             else:
                 x_T, _ = buffer.sample(cfg.batch_size, gen)
-            traj = sampler.backward_trajectories(x_T, seed=bwd_seed, with_flows=with_flows)
+            traj = sampler.backward_trajectories(x_T.to(device), seed=bwd_seed, with_flows=with_flows)
         else:
             traj = sampler.forward_trajectories(cfg.batch_size, explore=explore, reparam=cfg.objective == "pis",
                                                 seed=seed, chain_offset=chain0, with_flows=with_flows)
@@ -501,8 +552,22 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     if comm.distributed:
         step = torch.nn.parallel.DistributedDataParallel(step, process_group=comm.group,
                                                          find_unused_parameters=True)
-    start = time.perf_counter()
-    for it in range(cfg.iterations):
+    prior_seconds, prior_cpu = log.seconds, log.cpu_seconds
+    start, start_cpu = time.perf_counter(), time.process_time()
+    saving = [0.0, 0.0]  # wall and CPU seconds spent writing checkpoints (not training time)
+
+    def elapsed():
+        log.seconds = prior_seconds + time.perf_counter() - start - saving[0]
+        log.cpu_seconds = prior_cpu + time.process_time() - start_cpu - saving[1]
+
+    def save(it):
+        elapsed()
+        t0, c0 = time.perf_counter(), time.process_time()
+        _save_checkpoint(checkpoint, it, sampler, opt, buffers, gen, log, cfg)
+        saving[0] += time.perf_counter() - t0
+        saving[1] += time.process_time() - c0
+
+    for it in range(first, until):
         if on_iteration is not None:
             on_iteration(it)
         opt.zero_grad(set_to_none=True)
@@ -517,19 +582,90 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
             if it % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss):.3g}")
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and callback is not None:
-            log.seconds = time.perf_counter() - start
+            elapsed()
             log.evals.append(callback(it + 1))
-    log.seconds = time.perf_counter() - start
+        if checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < until:
+            save(it + 1)
+    elapsed()
+    if checkpoint is not None:
+        save(max(first, until))
     if bar is not None:
         bar.close()
     return log
 
 
-def _progress(total, enabled):
+CHECKPOINT_FORMAT = 1
+
+
+def _save_checkpoint(path, iteration, sampler, opt, buffers, gen, log, cfg):
+    """Write the training state to `path` atomically (a temporary file in the same folder, then rename)."""
+    state = {
+        "format": CHECKPOINT_FORMAT, "iteration": iteration, "config": dataclasses.asdict(cfg),
+        "model": sampler.state_dict(), "optimizer": opt.state_dict(),
+        "buffers": {name: buf.state_dict() for name, buf in buffers.items()},
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "loss": log.loss, "evals": log.evals, "seconds": log.seconds, "cpu_seconds": log.cpu_seconds,
+        "resumed_from": log.resumed_from,
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def atomic_write(path, write):
+    """Call write(f) on a temporary binary file beside `path`, sync it, and rename it to `path`, so
+    that `path` holds either the old or the new content, never a partial one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_checkpoint(path, sampler, opt, buffers, gen, log, cfg) -> int:
+    """Restore the state written by `_save_checkpoint`; returns the iteration to continue from."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+    if state["config"] != dataclasses.asdict(cfg):
+        diff = {k: (v, state["config"].get(k)) for k, v in dataclasses.asdict(cfg).items()
+                if state["config"].get(k) != v}
+        raise ValueError(f"checkpoint {path} was written with another TrainConfig (now, then): {diff}")
+    if set(state["buffers"]) != set(buffers):
+        raise ValueError(f"checkpoint {path} holds buffers {sorted(state['buffers'])}, expected {sorted(buffers)}")
+    sampler.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for name, buf in buffers.items():
+        buf.load_state_dict(state["buffers"][name])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.loss, log.evals = list(state["loss"]), list(state["evals"])
+    log.seconds, log.cpu_seconds = state["seconds"], state["cpu_seconds"]
+    log.resumed_from = list(state["resumed_from"])
+    return int(state["iteration"])
+
+
+def read_checkpoint_iteration(path) -> int:
+    """The iteration count stored in a checkpoint (0 when there is none)."""
+    if not os.path.exists(path):
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
+
+
+def _progress(total, enabled, initial=0):
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=False)

@@ -8,7 +8,8 @@ reverse SDE whose score gains the guidance term
 two score calls and one backward pass through l per step; the guided Euler–Maruyama
 update is the fused op `ops.guided_sde_step`. The method is biased (Tweedie/Jensen);
 `corrector="mala"` adds score-based MH MALA moves at t_min, where the target's score
-s_p + ∇log l is exact, to remove bias.
+s_p + ∇log l is exact, to remove bias. Chains that go non-finite are counted per step and
+reported as in `annealed_mcmc` (`on_nonfinite`).
 
 Normaliser: since q = l·p/Z, E_q[1/l] = 1/Z, so log Z = log E_p[l] is estimated from the samples
 as −log mean_i exp(−log l(x_i)) (exact in expectation when the samples follow q; the sampler's
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import ops
 from ..distributed import Comm
-from .annealed import mcmc
+from ..models import value_and_grad
+from ..ops import _checks
+from .annealed import NonFiniteMonitor, check_corrector_args, count_arg, mcmc
 
 
 def guidance_strength(schedule, t: float, c: float) -> float:
@@ -35,14 +38,8 @@ def guidance_strength(schedule, t: float, c: float) -> float:
 
 
 def grad_log_weight(log_weight, x):
-    """∇ log l(x) by one backward pass through l."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        lw = log_weight(xg)
-        if not lw.requires_grad:  # a constant weight
-            return torch.zeros_like(x)
-        (g,) = torch.autograd.grad(lw.sum(), xg)
-    return g.detach()
+    """∇ log l(x) by one backward pass through l (0 for a constant weight)."""
+    return value_and_grad(log_weight, x)[1]
 
 
 class Tilted:
@@ -63,13 +60,18 @@ class Tilted:
 
 @dataclass
 class ImportanceStats:
-    """Score evaluations and weight gradients (all chains, all ranks), wall time, the corrector's mean
-    acceptance, log Z = −log mean exp(−log l(x)) and the ESS of the weights 1/l(x) over all samples,
-    and this rank's global chains (chain_offset, n_local)."""
+    """Score evaluations and weight gradients (all chains, all ranks), wall time in seconds, the
+    corrector's mean acceptance (non-finite chains count as rejected; NaN without corrector), the
+    number of chains with a non-finite coordinate after each SDE step (and after the corrector, last,
+    if there is one), with the first such step (None if none); log Z = −log mean exp(−log l(x)) and
+    the ESS of the weights 1/l(x) over all samples; this rank's global chains (chain_offset, n_local)."""
+
     n_score_evals: int = 0
     n_weight_grads: int = 0
     wall_time: float = 0.0
     corrector_accept: float = float("nan")
+    n_nonfinite: list = field(default_factory=list)
+    first_nonfinite_step: int | None = None
     log_z: float = float("nan")
     ess: float = float("nan")
     chain_offset: int = 0
@@ -78,19 +80,30 @@ class ImportanceStats:
 
 def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, guidance_schedule=None,
                    corrector=None, n_corrector_steps=20, corrector_step_size=0.05, n_trapezoid=3, t_min=1e-3,
-                   seed=0, backend="auto", dtype=torch.float32, device="cpu", group=None, gather=True):
+                   seed=0, backend="auto", dtype=torch.float32, device="cpu", on_nonfinite="warn", group=None,
+                   gather=True):
     """Samples of q ∝ l·p: `log_weight(x) -> (B,)` is log l (differentiable, torch).
 
     guidance_schedule: None (w = 1), a float c (the scheduler ᾱ²/(ᾱ² + c(1−ᾱ)²)) or a callable
-    t -> w. corrector: None or "mala" (score-based MH on q at t_min). Distributed (torchrun or
-    `group=`): the chains are sharded over the ranks with noise keyed by the global chain index;
-    gather=True returns all samples on rank 0 (None elsewhere), gather=False each rank's own.
-    Returns (x, ImportanceStats).
+    t -> w. corrector: None or "mala" (score-based MH on q at t_min). on_nonfinite: "warn", "raise" or
+    "ignore" (chains gone non-finite, read once at the end). Distributed (torchrun or `group=`): the
+    chains are sharded over the ranks with noise keyed by the global chain index; gather=True returns
+    all samples on rank 0 (None elsewhere), gather=False each rank's own. Returns (x, ImportanceStats).
     """
     if corrector not in (None, "mala"):
         raise ValueError(f"corrector must be None or 'mala', got {corrector!r}")
-    if n_steps < 1 or n_samples < 1:
-        raise ValueError("n_steps and n_samples must be >= 1")
+    n_corrector_steps, n_trapezoid, _ = check_corrector_args(model, "mala", "score", n_corrector_steps, n_trapezoid,
+                                                             1, 0.0, "n_corrector_steps")
+    n_steps, n_samples = count_arg("n_steps", n_steps, 1), count_arg("n_samples", n_samples, 1)
+    if not callable(log_weight):
+        raise TypeError(f"log_weight must be a callable x -> log l(x), got {type(log_weight).__name__}")
+    fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True)
+    _checks.finite_float("corrector_step_size", corrector_step_size, positive=True)
+    t_min = _checks.finite_float("t_min", t_min)
+    if not 0.0 < t_min < 1.0:
+        raise ValueError(f"t_min must be in (0, 1), got {t_min}")
+    if guidance_schedule is not None and not callable(guidance_schedule):
+        guidance_schedule = _checks.finite_float("guidance_schedule", guidance_schedule, nonnegative=True)
     if guidance_schedule is None:
         def weight_of(t):
             return 1.0
@@ -106,12 +119,13 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     chain0, n_local = comm.shard(n_samples)
     sched = model.schedule
     stats = ImportanceStats(chain_offset=chain0, n_local=n_local)
+    monitor = NonFiniteMonitor(n_steps + (corrector is not None), device, on_nonfinite)
     start = time.perf_counter()
     ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64).tolist()
     scale0 = (sched.alpha(1.0) ** 2 + sched.sigma2(1.0)) ** 0.5
     x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype, device, chain_offset=chain0)
     for i in range(n_steps):
-        with comm.level(0):  # no statistics: the level's all_reduce only carries the failure flag
+        with comm.level(1) as lv:  # the step's non-finite chains over all ranks (and the failure flag)
             t, h = ts[i], ts[i] - ts[i + 1]
             alpha, sigma2 = sched.alpha(t), sched.sigma2(t)
             s = model.score(x, t, backend=backend)
@@ -121,14 +135,19 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
             x = ops.guided_sde_step(x, s, s_shift, v, t=t, h=h, schedule=sched, fd_eps=fd_eps,
                                     guidance=weight_of(t), seed=seed, offset=i + 1, chain_offset=chain0, out=x,
                                     backend=backend)
+            monitor.record(i, x)
+            lv.values[0] = monitor.counts[i]
+        monitor.counts[i] = lv.result[0]
         stats.n_score_evals += 2 * n_samples
         stats.n_weight_grads += n_samples
     if corrector == "mala":
-        with comm.level(1) as lv:
+        with comm.level(2) as lv:
             x, rate = mcmc(Tilted(model, log_weight), x, t=t_min, corrector="mala", mh="score",
                            n_steps=n_corrector_steps, step_size=corrector_step_size, n_trapezoid=n_trapezoid,
-                           seed=seed, offset=n_steps + 1, chain_offset=chain0, backend=backend)
-            lv.values[0] = float(rate.double().sum())
+                           seed=seed, offset=n_steps + 1, chain_offset=chain0, backend=backend, on_nonfinite="ignore")
+            monitor.record(n_steps, x)
+            lv.values[:] = [rate.double().sum(), monitor.counts[n_steps]]
+        monitor.counts[n_steps] = lv.result[1]
         stats.corrector_accept = float(lv.result[0]) / n_samples
         stats.n_score_evals += n_samples * (n_corrector_steps * n_trapezoid + 1)
         stats.n_weight_grads += n_samples * (n_corrector_steps * n_trapezoid + 1)
@@ -140,6 +159,10 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.wall_time = time.perf_counter() - start
+    stats.n_nonfinite, stats.first_nonfinite_step = monitor.report("importance_sde", lambda i: (
+        f" of {n_steps} (t = {ts[i]:.4g})" if i < n_steps else " (the MALA corrector at t_min)",
+        "the guidance: the log-weight's gradient or fd_eps too large, or the score model's output too large or "
+        "non-finite" if i < n_steps else "corrector_step_size is too large"))
     if gather:
         x = comm.gather(x)
     return x, stats

@@ -1,0 +1,52 @@
+"""The backend function of a public op: the registry's choice (`fastsamp.backends.resolve`),
+made independent of what is built where autograd or a kernel's size limit is concerned.
+
+* Autograd: the compiled kernels of these ops have no backward. When grad mode is on and an
+  input requires grad, `backend="auto"` runs the differentiable PyTorch reference (so "auto"
+  never changes autograd semantics with the build) and an explicit compiled backend raises.
+  (`em_step_logprob` and the policy ops have fused backward kernels and do not come here.)
+* Size limits: a compiled module that keeps whole rows in registers declares its largest D
+  (`GMM_SCORE_MAX_D`, `GMM_MALA_MAX_D`); above it "auto" runs the reference and an explicit
+  backend raises ValueError.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .. import backends
+from . import reference
+
+# backend op -> the module attribute holding its largest supported D
+_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
+
+
+def max_d(fn, op: str):
+    """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
+    attr = _MAX_D_ATTR.get(op)
+    return None if attr is None else getattr(inspect.getmodule(fn), attr, None)
+
+
+def is_reference(fn) -> bool:
+    """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
+    return inspect.getmodule(fn) is reference
+
+
+def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
+    """The function implementing backend op `op` for state x (B, D) and the other tensor inputs."""
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + tensors)
+    if needs_grad and backend != "torch":
+        if backend == "auto":
+            return getattr(reference, op)
+        raise ValueError(f"{op} on backend {backend!r} is not differentiable and an input requires grad: use "
+                         f"backend='torch' or 'auto' (the differentiable reference), or detach the inputs / "
+                         f"run under torch.no_grad()")
+    fn = backends.resolve(backend, op, x.device)
+    limit = max_d(fn, op)
+    if limit is not None and x.shape[1] > limit:
+        if backend == "auto":
+            return getattr(reference, op)
+        raise ValueError(f"backend {backend!r} {op} supports D <= {limit}, got D = {x.shape[1]} "
+                         f"(backend='auto' or 'torch' take any D)")
+    return fn

@@ -1,0 +1,130 @@
+"""The resumable off-policy table: a run stopped and resumed from its checkpoint equals an
+uninterrupted run bit for bit (one thread, same seeds), the table script runs end to end on tiny
+sizes (skipping finished runs, resuming unfinished ones), and device selection fails clearly."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from fastsamp import offpolicy
+from fastsamp.samplers.diffusion import train
+
+TINY = dict(batch_size=32, hidden=16, n_steps=10)
+LS_TINY = dict(ls_every=4, ls_steps=20, ls_burn_in=10, buffer_size=1000)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bitwise comparisons need one fixed reduction order: one intra-op thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _trained(method, iterations, *, checkpoint=None, until=None, checkpoint_every=0, **kw):
+    sampler, cfg = offpolicy.build("25gmm", method, seed=3, iterations=iterations, **TINY, **kw)
+    log = train(sampler, cfg, progress=False, checkpoint=checkpoint, checkpoint_every=checkpoint_every, until=until)
+    return sampler, log
+
+
+@pytest.mark.parametrize("method,stop,kw", [("tb+expl", 6, {}), ("tb+expl+ls", 5, LS_TINY)])
+def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method, stop, kw):
+    """TB with exploration (decayed over the first half: the resumed half still explores) and TB with
+    local search + both replay buffers (the stop falls between a forward and a buffer iteration,
+    before a local search): k iterations, a checkpoint, a fresh process state resuming to 2k, and an
+    uninterrupted run to 2k end with bitwise identical parameters, optimizer moments and losses."""
+    ckpt = str(tmp_path / "run.ckpt")
+    first, log1 = _trained(method, 2 * stop, checkpoint=ckpt, checkpoint_every=2, until=stop, **kw)
+    assert len(log1.loss) == stop and os.path.exists(ckpt)
+    torch.manual_seed(12345)  # the resumed run must not depend on the global RNG it starts with
+    resumed, log2 = _trained(method, 2 * stop, checkpoint=ckpt, **kw)
+    straight, log3 = _trained(method, 2 * stop, **kw)
+    assert log2.resumed_from == [stop] and len(log2.loss) == 2 * stop
+    assert log2.loss == log3.loss
+    assert log2.loss[:stop] == log1.loss
+    a, b = resumed.state_dict(), straight.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the run moved: a resume that silently restarted or skipped iterations would differ above
+    assert not torch.equal(first.state_dict()["net.log_Z"], b["net.log_Z"])
+    assert log2.cpu_seconds >= log1.cpu_seconds > 0
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    ckpt = str(tmp_path / "run.ckpt")
+    _trained("tb", 4, checkpoint=ckpt, until=2)
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        _trained("tb", 4, checkpoint=ckpt, lr_policy=1e-2)
+
+
+def _bench():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "offpolicy.py")
+    spec = importlib.util.spec_from_file_location("bench_offpolicy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
+    """Two runs of 6 iterations: one interrupted after 3 (its checkpoint on disk), then the table:
+    it reports 3/12 iterations, resumes that run, runs the other, writes both JSONs and the table; a
+    rerun does nothing and says 2/2 runs done."""
+    bench = _bench()
+    out = str(tmp_path)
+    argv = ["--iterations", "6", "--seeds", "0", "--targets", "25gmm", "--methods", "tb", "tb+expl+ls",
+            "--batch-size", "16", "--eval-samples", "64", "--out", out]
+    sampler, cfg = offpolicy.build("25gmm", "tb+expl+ls", seed=0, iterations=6, batch_size=16)
+    train(sampler, cfg, progress=False, checkpoint=offpolicy.checkpoint_path(out, "25gmm", "tb+expl+ls", 0), until=3)
+    bench.main(["table", *argv, "--checkpoint-every", "2"])
+    text = capsys.readouterr().out
+    assert "table: 0/2 runs done, 3/12 iterations done" in text and "2 runs to do" in text
+    assert "table: 2/2 runs done, 12/12 iterations done" in text
+    results = {m: json.load(open(os.path.join(out, f"25gmm_{m}_seed0.json"))) for m in ("tb", "tb+expl+ls")}
+    assert results["tb+expl+ls"]["resumed_from"] == [3] and results["tb"]["resumed_from"] == []
+    for res in results.values():
+        assert res["iterations"] == 6 and res["metrics"]["n"] == 64 and res["ms_per_iteration"] > 0
+        assert res["device"] == "cpu" and res["config"]["batch_size"] == 16
+    assert not os.listdir(os.path.join(out, "checkpoints"))  # finished runs leave no checkpoint
+    table = open(os.path.join(out, "table.md")).read()
+    assert "| 25gmm | tb+expl+lp+ls" not in table and "| 25gmm | tb | 1/1 | 6 |" in table
+    assert "1.176±0.109" in table  # the published TB row sits next to ours
+    mtime = os.path.getmtime(os.path.join(out, "25gmm_tb_seed0.json"))
+    bench.main(["table", *argv])
+    text = capsys.readouterr().out
+    assert "table: 2/2 runs done, 12/12 iterations done (100.0%); 0 runs to do" in text
+    assert os.path.getmtime(os.path.join(out, "25gmm_tb_seed0.json")) == mtime
+    with pytest.raises(ValueError, match="use another out directory"):  # never mixes protocols in one folder
+        bench.main(["table", *argv[:1], "7", *argv[2:]])
+
+
+def test_full_plan_is_seed_major_and_covers_the_table():
+    bench = _bench()
+    args = type("A", (), dict(targets=None, methods=None, seeds=[0, 1], fraction=1.0, iterations=None))
+    plan = bench.make_plan(args)
+    assert len(plan) == 2 * (3 * 11 + 2 * 2)
+    assert {r.seed for r in plan[:37]} == {0} and plan[0].method == "tb+expl+lp+ls"
+    iters = {(r.target, r.method): r.iterations for r in plan}
+    assert iters[("funnel", "pis")] == 25000 and iters[("manywell", "tb+expl+lp+ls")] == 10000
+    assert ("lgcp", "tb") in iters and ("40gmm", "tb+expl+lp+ls") in iters
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_cuda_without_a_gpu_fails_clearly():
+    from fastsamp.cli import main
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        offpolicy.build("25gmm", "tb", device="cuda")
+    with pytest.raises(SystemExit, match="--device.*no CUDA GPU"):
+        main(["train", "--device", "cuda", "--iterations", "1"])
+
+
+def test_device_argument():
+    with pytest.raises(ValueError, match="device must be"):
+        offpolicy.resolve_device("tpu")
+    sampler, _ = offpolicy.build("funnel", "tb", device="cpu", **TINY)
+    assert sampler.device == torch.device("cpu")
+    x, log_w = sampler.sample(5)
+    assert x.device.type == "cpu" and x.shape == (5, 10) and log_w.shape == (5,)
