@@ -83,6 +83,7 @@ def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "table: 0/2 runs done, 3/12 iterations done" in text and "2 runs to do" in text
     assert "table: 2/2 runs done, 12/12 iterations done" in text
+    assert "25gmm tb+expl+ls seed 0: 4/6 iterations" in text  # a line per checkpoint
     results = {m: json.load(open(os.path.join(out, f"25gmm_{m}_seed0.json"))) for m in ("tb", "tb+expl+ls")}
     assert results["tb+expl+ls"]["resumed_from"] == [3] and results["tb"]["resumed_from"] == []
     for res in results.values():
