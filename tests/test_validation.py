@@ -316,3 +316,24 @@ def test_infinite_chain_has_logp_minus_inf(any_backend):
     assert logp[1] == -math.inf and logp[3] == -math.inf
     torch.testing.assert_close(logp, e_logp)
     torch.testing.assert_close(score, e_score, equal_nan=True)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    ({"batch_size": 2**31}, ValueError, "batch_size must be <= 2147483647"),
+    ({"batch_size": -1}, ValueError, "batch_size must be >= 0"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int"),
+    ({"n_threads": 0}, ValueError, "n_threads must be >= 1"),
+    ({"n_threads": 2**32 + 1}, ValueError, "n_threads must be <= 2147483647"),
+    ({"seed": 2**64}, ValueError, "seed must be <="),
+])
+def test_policy_rollout_counts(kw, exc, match):
+    """The whole-trajectory policy kernel takes C ints too (2**32 + 1 threads was 1 thread)."""
+    from fastsamp.ops import policy
+    from fastsamp.samplers.diffusion import DiffusionSampler
+    s = DiffusionSampler(type("Gauss", (), {"dim": 2, "log_prob": lambda self, x: -0.5 * (x * x).sum(-1)})(),
+                         sigma=1.0, n_steps=4, fused=False, hidden=8, n_layers=1, n_harmonics=2)
+    temb = s.net.time_features(torch.arange(4, dtype=torch.float32) * s.h)[0]
+    args = dict(batch_size=3, sigma=1.0, seed=0)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        policy.policy_rollout(s.net, temb, args.pop("batch_size"), **args)
