@@ -9,13 +9,13 @@ import re
 
 import pytest
 import torch
-from conftest import TRITON_INTERPRETED, backend_device, skip_unless_available, tol
+from conftest import TRITON_INTERPRETED, backend_device, skip_unless_available, skip_unless_op, tol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastsamp import VE, VP, ops
 
-BACKENDS = ("torch", "cpp", "triton")
+BACKENDS = ("torch", "cpp", "triton", "cuda")
 LAYOUTS = ("contiguous", "transposed", "strided", "offset", "neg", "conj_imag")
 FAST = settings(max_examples=6, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -131,6 +131,8 @@ def _check_against_reference(op, outs, expect, expect_same_dtype, dtype, D, u=No
 
 
 def _run_op(op, backend, B, D, dtype, layouts):
+    if backend != "torch":
+        skip_unless_op(backend, "sde_step" if op.startswith("reverse_sde_step") else op)
     make, call = OPS[op]
     torch.manual_seed(B * 1000 + D)
     values = make(B, D)
@@ -303,7 +305,7 @@ def test_bad_input_matrix(op, arg, i, exc, backend):
     backend = _available(backend)
     kwargs = _valid(op)
     kwargs[arg] = _BAD_ARGS[arg][i][0]
-    if isinstance(kwargs[arg], torch.Tensor) and backend == "triton" and not TRITON_INTERPRETED:
+    if backend_device(backend).type == "cuda":
         kwargs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     with pytest.raises(exc) as info:
         getattr(ops, op)(**kwargs, backend=backend)
