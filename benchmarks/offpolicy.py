@@ -93,6 +93,8 @@ def report(args) -> str:
         running = any(os.path.exists(checkpoint_path(args.out, r.target, r.method, r.seed)) for r in runs)
         empty = "running" if running else "planned"
         pub = PUBLISHED.get((target, method))
+        if args.brief and not (done or running or pub):
+            continue
         if done and "delta_log_Z" not in done[0]["metrics"]:  # log Z unknown (LGCP): the estimates themselves
             ours = [f"ELBO {_stats([d['metrics']['elbo'] for d in done])}",
                     f"log Z^RW {_stats([d['metrics']['log_Z'] for d in done])}", "–"]
@@ -110,8 +112,9 @@ def report(args) -> str:
     progress = format_progress(table_progress(plan, args.out, args.batch_size))
     text = "\n".join(rows) + f"\n\n{progress}; seeds {list(args.seeds)}; {args.eval_samples} evaluation samples.\n"
     print(text)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
+    if not args.brief:
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+            f.write(text)
     return text
 
 
@@ -142,6 +145,8 @@ def main(argv=None):
         a.add_argument("--batch-size", type=int, default=300)
         a.add_argument("--eval-samples", type=int, default=2000)
         a.add_argument("--out", default=OUT, help="directory for the per-run JSON/models, checkpoints and table.md")
+        a.add_argument("--brief", action="store_true", help="only cells with results, a run in progress or published "
+                       "numbers, and no table.md (for the README)")
         if name == "table":
             a.add_argument("--jobs", type=int, default=1, help="parallel runs (one thread each)")
             a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
