@@ -146,6 +146,8 @@ def has_kernel(backend, op):
     (lambda x, b: ops.gmm_hmc(x, *mix(), step_size=0.1, n_steps=2**31, backend=b), "n_steps"),
     (lambda x, b: ops.gmm_hmc(x, *mix(), step_size=0.1, n_steps=1, n_leapfrog=2**31, backend=b), "n_leapfrog"),
     (lambda x, b: ops.line_points(x, x, 2**31, backend=b), "n"),
+    (lambda x, b: ops.score_mh_accept(x, x, x, x, 0.1, x[:, 0].contiguous(), backend=b,
+                                      interior_scores=x[None].expand(2**31, *x.shape)), r"interior_scores.shape\[0\]"),
 ])
 def test_counts_past_c_int_are_refused(any_backend, call, name):
     """Counts reach the kernels as C ints: 2**31 and more (2**32 + 1 once ran a single move) are refused."""
