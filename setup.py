@@ -52,7 +52,9 @@ def cuda_library_dirs(nvcc):
 
 
 def cxx_flags():
-    flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fvisibility=hidden"]
+    # -fopenmp-simd: the `omp simd` loop pragmas only. Threads come from the kernels' own pool
+    # (csrc/cpu/runtime.cpp), so _C links no OpenMP runtime (none to share or fight with torch's).
+    flags = ["-O3", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-fvisibility=hidden", "-pthread"]
     if not PORTABLE:
         flags.append("-march=native")
     return flags
@@ -105,7 +107,7 @@ ext = Extension(
     sources=sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
     include_dirs=[pybind11.get_include(), os.path.join(ROOT, "csrc")],
     extra_compile_args=cxx_flags(),
-    extra_link_args=["-fopenmp"],
+    extra_link_args=["-pthread"],
     language="c++",
 )
 

@@ -65,9 +65,9 @@ def table(args):
     report(args)
 
 
-def _stats(values):
+def _stats(values, empty="planned"):
     if not values:
-        return "running"
+        return empty
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f}±{statistics.stdev(values):.3f}"
@@ -81,20 +81,25 @@ def _outside(values, published):
 
 def report(args) -> str:
     """The markdown table of the finished runs of the plan, with the published numbers."""
-    from fastsamp.offpolicy import finished_result, format_progress, table_progress
+    from fastsamp.offpolicy import checkpoint_path, finished_result, format_progress, table_progress
     plan = make_plan(args)
     rows = ["| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
             "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | ms / iteration | outside paper ± std |", "|" + "---|" * 12]
-    cells = list(dict.fromkeys((r.target, r.method) for r in plan))
+    targets = list(dict.fromkeys(r.target for r in plan))
+    cells = sorted(dict.fromkeys((r.target, r.method) for r in plan), key=lambda c: targets.index(c[0]))
     for target, method in cells:
         runs = [r for r in plan if (r.target, r.method) == (target, method)]
         done = [res for r in runs if (res := finished_result(r, args.out, args.batch_size)) is not None]
+        running = any(os.path.exists(checkpoint_path(args.out, r.target, r.method, r.seed)) for r in runs)
+        empty = "running" if running else "planned"
         pub = PUBLISHED.get((target, method))
+        if args.brief and not (done or running or pub):
+            continue
         if done and "delta_log_Z" not in done[0]["metrics"]:  # log Z unknown (LGCP): the estimates themselves
             ours = [f"ELBO {_stats([d['metrics']['elbo'] for d in done])}",
                     f"log Z^RW {_stats([d['metrics']['log_Z'] for d in done])}", "–"]
         else:
-            ours = [_stats([d["metrics"][k] for d in done]) for k in METRICS]
+            ours = [_stats([d["metrics"][k] for d in done], empty) for k in METRICS]
         outside = [k for i, k in enumerate(METRICS) if done and pub and "delta_log_Z" in done[0]["metrics"]
                    and _outside([d["metrics"][k] for d in done], pub[i])]
         ms = "–"
@@ -107,8 +112,9 @@ def report(args) -> str:
     progress = format_progress(table_progress(plan, args.out, args.batch_size))
     text = "\n".join(rows) + f"\n\n{progress}; seeds {list(args.seeds)}; {args.eval_samples} evaluation samples.\n"
     print(text)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
+    if not args.brief:
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+            f.write(text)
     return text
 
 
@@ -139,6 +145,8 @@ def main(argv=None):
         a.add_argument("--batch-size", type=int, default=300)
         a.add_argument("--eval-samples", type=int, default=2000)
         a.add_argument("--out", default=OUT, help="directory for the per-run JSON/models, checkpoints and table.md")
+        a.add_argument("--brief", action="store_true", help="only cells with results, a run in progress or published "
+                       "numbers, and no table.md (for the README)")
         if name == "table":
             a.add_argument("--jobs", type=int, default=1, help="parallel runs (one thread each)")
             a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")

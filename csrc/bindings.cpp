@@ -25,9 +25,7 @@ PYBIND11_MODULE(_C, m) {
     py::dict d;
     d["cxx_flags"] = FASTSAMP_CXX_FLAGS;
     d["cuda_flags"] = FASTSAMP_CUDA_FLAGS;
-#ifdef _OPENMP
-    d["openmp"] = _OPENMP;
-#endif
+    d["cpu_threads"] = "fastsamp pool (std::thread), no OpenMP runtime";
     return d;
   });
 }

@@ -100,31 +100,38 @@ def checkpoint_path(out_dir: str, target_name: str, method: str, seed: int) -> s
 
 
 def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None, progress=True, eval_samples=2000,
-        device="cpu", checkpoint_every=0, **kw) -> dict:
+        device="cpu", checkpoint_every=0, log=None, **kw) -> dict:
     """Train one (target, method, seed) and evaluate; writes model + JSON into out_dir when given.
     With out_dir and checkpoint_every > 0 the run checkpoints every checkpoint_every iterations and
-    resumes from its checkpoint if one exists (the checkpoint is deleted once the JSON is written).
-    Under torchrun every rank trains (DistributedDataParallel, batch_size per rank) and rank 0
-    evaluates and writes; the other ranks return None."""
+    resumes from its checkpoint if one exists (the checkpoint is deleted once the JSON is written);
+    `log(text)` gets a line per checkpoint. Under torchrun every rank trains (DistributedDataParallel,
+    batch_size per rank) and rank 0 evaluates and writes; the other ranks return None."""
     sampler, cfg = build(target_name, method, seed=seed, iterations=iterations, device=device, **kw)
     ckpt = checkpoint_path(out_dir, target_name, method, seed) if out_dir and checkpoint_every else None
-    log = train(sampler, cfg, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every)
+
+    def saved(it, so_far):
+        if log is not None:
+            ms = 1e3 * (so_far.cpu_seconds if sampler.device.type == "cpu" else so_far.seconds) / max(it, 1)
+            log(f"  {target_name} {method} seed {seed}: {it}/{cfg.iterations} iterations ({ms:.0f} ms/it)")
+
+    train_log = train(sampler, cfg, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                      on_checkpoint=saved)
     if Comm.resolve().rank != 0:
         return None
     t0 = time.perf_counter()
     metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=10_000 + seed)
     result = {
         "target": target_name, "method": method, "seed": seed, "iterations": cfg.iterations,
-        "paper_iterations": METHODS[method][2], "seconds_per_iteration": log.seconds_per_iteration,
-        "cpu_seconds_per_iteration": log.cpu_seconds_per_iteration, "train_seconds": log.seconds,
-        "train_cpu_seconds": log.cpu_seconds, "eval_seconds": time.perf_counter() - t0,
-        "final_loss": sum(log.loss[-100:]) / max(len(log.loss[-100:]), 1),
+        "paper_iterations": METHODS[method][2], "seconds_per_iteration": train_log.seconds_per_iteration,
+        "cpu_seconds_per_iteration": train_log.cpu_seconds_per_iteration, "train_seconds": train_log.seconds,
+        "train_cpu_seconds": train_log.cpu_seconds, "eval_seconds": time.perf_counter() - t0,
+        "final_loss": sum(train_log.loss[-100:]) / max(len(train_log.loss[-100:]), 1),
         "metrics": metrics, "config": dataclasses.asdict(cfg), "sigma": sampler.sigma, "fused": sampler.fused,
         "device": str(sampler.device), "torch_threads": torch.get_num_threads(),
-        "resumed_from": log.resumed_from, "checkpoint_every": checkpoint_every,
+        "resumed_from": train_log.resumed_from, "checkpoint_every": checkpoint_every,
         # the table's timing: CPU time on the CPU (one thread; immune to pauses and other jobs), wall time on a GPU
-        "ms_per_iteration": 1e3 * (log.cpu_seconds_per_iteration if sampler.device.type == "cpu"
-                                   else log.seconds_per_iteration),
+        "ms_per_iteration": 1e3 * (train_log.cpu_seconds_per_iteration if sampler.device.type == "cpu"
+                                   else train_log.seconds_per_iteration),
     }
     if target_name == "lgcp":
         result["lgcp_points"] = sampler.target.points_source
@@ -210,7 +217,8 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
     resolve_device(device)
     todo = [r for r in plan if finished_result(r, out_dir, batch_size) is None]
     log(format_progress(table_progress(plan, out_dir, batch_size)) + f"; {len(todo)} runs to do")
-    kw = dict(kw, device=device, checkpoint_every=checkpoint_every, batch_size=batch_size, eval_samples=eval_samples)
+    kw = dict(kw, device=device, checkpoint_every=checkpoint_every, batch_size=batch_size, eval_samples=eval_samples,
+              log=log if jobs <= 1 else None)
     results = []
 
     def finished(res):

@@ -121,15 +121,23 @@ def test_noncontiguous_inputs_are_accepted():
 
 
 # ---------------------------------------------------------------- regressions of issue 16
-ALL_BACKENDS = ("torch", "cpp", "triton")
+ALL_BACKENDS = ("torch", "cpp", "triton", "cuda")
 
 
 @pytest.fixture(params=ALL_BACKENDS)
 def any_backend(request):
-    from conftest import skip_unless_available
+    """A backend name; tensors are created on its device (torch.set_default_device) for the test."""
+    from conftest import backend_device, skip_unless_available
     if request.param != "torch":
         skip_unless_available(request.param)
-    return request.param
+    torch.set_default_device(backend_device(request.param) if request.param != "torch" else "cpu")
+    yield request.param
+    torch.set_default_device("cpu")
+
+
+def has_kernel(backend, op):
+    from fastsamp import backends
+    return backend == "torch" or hasattr(backends._load(backend)[0], op)
 
 
 @pytest.mark.parametrize("call,name", [
@@ -138,6 +146,8 @@ def any_backend(request):
     (lambda x, b: ops.gmm_hmc(x, *mix(), step_size=0.1, n_steps=2**31, backend=b), "n_steps"),
     (lambda x, b: ops.gmm_hmc(x, *mix(), step_size=0.1, n_steps=1, n_leapfrog=2**31, backend=b), "n_leapfrog"),
     (lambda x, b: ops.line_points(x, x, 2**31, backend=b), "n"),
+    (lambda x, b: ops.score_mh_accept(x, x, x, x, 0.1, x[:, 0].contiguous(), backend=b,
+                                      interior_scores=x[None].expand(2**31, *x.shape)), r"interior_scores.shape\[0\]"),
 ])
 def test_counts_past_c_int_are_refused(any_backend, call, name):
     """Counts reach the kernels as C ints: 2**31 and more (2**32 + 1 once ran a single move) are refused."""
@@ -146,10 +156,9 @@ def test_counts_past_c_int_are_refused(any_backend, call, name):
 
 
 def test_shape_past_c_int_is_refused():
-    wide = torch.zeros(1, 1, dtype=F64).expand(1, 2**31)
+    wide = torch.zeros(1, 1, dtype=F64).expand(1, 2**31)  # no memory behind the stride-0 view
     with pytest.raises(ValueError, match="x is too large"):
-        ops.gmm_score(wide, torch.zeros(1, 2**31, dtype=F64).expand(1, 2**31), torch.zeros(1, dtype=F64),
-                      torch.ones(1, dtype=F64))
+        ops.gmm_score(wide, wide, torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64))
 
 
 def test_kernel_size_limits(monkeypatch):
@@ -214,7 +223,7 @@ def test_step_size_checked_in_the_state_dtype(any_backend, v, match):
         ops.mala_propose(x, x, v, seed=0, backend=any_backend)
     with pytest.raises(ValueError, match=match):
         ops.gmm_mala(x, *mix(dtype=torch.float32), step_size=v, n_steps=1, backend=any_backend)
-    ops.mala_propose(x_(), x_(), 1e-50, seed=0, backend=any_backend)  # fine in float64
+    ops.gmm_mala(x_(), *mix(), step_size=1e-50, n_steps=1, backend=any_backend)  # fine in float64
 
 
 def test_other_scalars_checked_in_the_state_dtype(any_backend):
@@ -239,7 +248,7 @@ def test_nonfinite_means_are_refused(any_backend, op):
     with pytest.raises(ValueError, match="means must be finite"):
         getattr(ops, op)(x_(), means, lw, var, backend=any_backend, **kw)
     with pytest.raises(TypeError, match="means must be a torch.Tensor"):  # not "a (K, D) tensor"
-        getattr(ops, op)(x_(), means.numpy(), lw, var, backend=any_backend, **kw)
+        getattr(ops, op)(x_(), means.cpu().numpy(), lw, var, backend=any_backend, **kw)
 
 
 def test_neg_and_conj_views_are_read_by_value(any_backend):
@@ -253,8 +262,9 @@ def test_neg_and_conj_views_are_read_by_value(any_backend):
         assert view.is_neg()
         got = ops.gmm_score(view, *params, backend=any_backend)
         torch.testing.assert_close(got, expect)
-        p = ops.momentum_refresh(view, 0.5, seed=3, backend=any_backend)
-        torch.testing.assert_close(p, ops.momentum_refresh(vals, 0.5, seed=3, backend="torch"))
+        if has_kernel(any_backend, "momentum_refresh"):
+            p = ops.momentum_refresh(view, 0.5, seed=3, backend=any_backend)
+            torch.testing.assert_close(p, ops.momentum_refresh(vals, 0.5, seed=3, backend="torch"))
     # a neg-bit view as out= receives the values (not their negatives)
     out = torch._neg_view(torch.zeros(6, 5, dtype=F64))
     kw = dict(t=0.5, h=0.01, schedule=VP(), seed=1)
@@ -268,7 +278,8 @@ def test_offset_plus_move_must_not_wrap(any_backend, op, extra):
     fn = getattr(ops, op)
     with pytest.raises(ValueError, match=r"offset \+ n_steps - 1 must be < 2\*\*64"):
         fn(x_(), *mix(), step_size=0.1, n_steps=3, offset=2**64 - 2, backend=any_backend, **extra)
-    fn(x_(), *mix(), step_size=0.1, n_steps=3, offset=2**64 - 3, backend=any_backend, **extra)
+    if has_kernel(any_backend, op):
+        fn(x_(), *mix(), step_size=0.1, n_steps=3, offset=2**64 - 3, backend=any_backend, **extra)
 
 
 @pytest.mark.parametrize("call,exc,match", [
@@ -317,3 +328,24 @@ def test_infinite_chain_has_logp_minus_inf(any_backend):
     assert logp[1] == -math.inf and logp[3] == -math.inf
     torch.testing.assert_close(logp, e_logp)
     torch.testing.assert_close(score, e_score, equal_nan=True)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    ({"batch_size": 2**31}, ValueError, "batch_size must be <= 2147483647"),
+    ({"batch_size": -1}, ValueError, "batch_size must be >= 0"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int"),
+    ({"n_threads": 0}, ValueError, "n_threads must be >= 1"),
+    ({"n_threads": 2**32 + 1}, ValueError, "n_threads must be <= 2147483647"),
+    ({"seed": 2**64}, ValueError, "seed must be <="),
+])
+def test_policy_rollout_counts(kw, exc, match):
+    """The whole-trajectory policy kernel takes C ints too (2**32 + 1 threads was 1 thread)."""
+    from fastsamp.ops import policy
+    from fastsamp.samplers.diffusion import DiffusionSampler
+    s = DiffusionSampler(type("Gauss", (), {"dim": 2, "log_prob": lambda self, x: -0.5 * (x * x).sum(-1)})(),
+                         sigma=1.0, n_steps=4, fused=False, hidden=8, n_layers=1, n_harmonics=2)
+    temb = s.net.time_features(torch.arange(4, dtype=torch.float32) * s.h)[0]
+    args = dict(batch_size=3, sigma=1.0, seed=0)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        policy.policy_rollout(s.net, temb, args.pop("batch_size"), **args)

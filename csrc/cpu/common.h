@@ -14,13 +14,11 @@
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
+#include <string>
 
 #include "common/cpu_math.h"
 #include "common/philox.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "cpu/runtime.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -403,12 +401,23 @@ FASTSAMP_VINLINE void rows_normals(GroupNormals<T>& gen, typename GroupNormals<T
   }
 }
 
+// Largest D (and K) the kernels take: with it every per-block index (d * W + l, 8 * D * W)
+// fits an int. Beyond it: std::invalid_argument (ValueError in Python), never a wrapped index.
+constexpr int64_t kMaxDim = int64_t(1) << 24;
+inline int checked_dim(int64_t v, const char* name) {
+  if (v < 0 || v > kMaxDim)
+    throw std::invalid_argument(std::string("fastsamp._C: ") + name + " = " + std::to_string(v) +
+                                " is outside [0, 2**24]");
+  return static_cast<int>(v);
+}
+
 // Calls f(std::integral_constant<int, DC>) with DC = D for D in {1,2,4,8,16}
 // and DC = 0 (runtime D) otherwise.
 template <int N>
 using IntC = std::integral_constant<int, N>;
 template <typename F>
 inline void dispatch_d(int64_t D, F&& f) {
+  checked_dim(D, "D");
   switch (D) {
     case 1: f(IntC<1>()); break;
     case 2: f(IntC<2>()); break;

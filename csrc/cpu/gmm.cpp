@@ -18,6 +18,9 @@ namespace cpu {
 namespace {
 
 constexpr int kChunkK = 64;  // components per online-LSE chunk
+// Score-term evaluations (chain x component x dimension) per thread below which a call stays on
+// one thread (about 50-100 us of work: more than waking a sleeping pool thread costs).
+constexpr int64_t kMixtureGrain = int64_t(1) << 18;
 
 template <typename T>
 struct Mixture {
@@ -27,9 +30,9 @@ struct Mixture {
   std::vector<T> h;    // 1 / (2 s_k)
   std::vector<T> r;    // 1 / s_k
 
-  Mixture(const T* means, const T* log_weights, const T* variances, int K_, int D_, double alpha,
+  Mixture(const T* means, const T* log_weights, const T* variances, int64_t K_, int64_t D_, double alpha,
           double sigma2)
-      : K(K_), D(D_), amu(static_cast<size_t>(K_) * D_), c(K_), h(K_), r(K_) {
+      : K(checked_dim(K_, "K")), D(checked_dim(D_, "D")), amu(static_cast<size_t>(K) * D), c(K), h(K), r(K) {
     // lw = log_weights - logsumexp(log_weights)
     double mx = -std::numeric_limits<double>::infinity();
     for (int k = 0; k < K; ++k) mx = std::max(mx, static_cast<double>(log_weights[k]));
@@ -228,7 +231,8 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
       const T rk = rr[k];
 #pragma omp simd
       for (int l = 0; l < W; ++l) {
-        const T w = vm::exp<T>(ell[kk * W + l] - m[l]);
+        const T e = ell[kk * W + l];  // a -inf term has weight 0 (also when m = -inf: x infinite)
+        const T w = vm::blend<T>(e == -std::numeric_limits<T>::infinity(), T(0), vm::exp<T>(e - m[l]));
         sum[l] += w;
         wk[l] = w * rk;
       }
@@ -270,20 +274,27 @@ FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, in
   }
 }
 
+// Threads for B chains of `evals` mixture evaluations each (at least one block of W per thread).
+template <int W, typename M>
+int mixture_threads(const M& m, int64_t B, int64_t evals) {
+  const int64_t per_chain = std::max<int64_t>(1, static_cast<int64_t>(m.K) * m.D) * std::max<int64_t>(1, evals);
+  const int64_t chains = kMixtureGrain / per_chain + 1;
+  return threads_for(B, std::max<int64_t>(W, chains));
+}
+
 template <typename T, int DC>
 void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* score, T* logp) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
+  const int64_t DW = static_cast<int64_t>(D) * W;
   const int64_t nblk = (B + W - 1) / W;
-#pragma omp parallel
-  {
-    Buf<T> ws(static_cast<size_t>(2 * D + 1 + kChunkK) * W);
+  parallel_for(mixture_threads<W>(mx, B, 1), nblk, [&](int64_t blk0, int64_t blk1) {
+    Buf<T> ws(static_cast<size_t>(2 * DW + (1 + kChunkK) * W));
     T* xt = ws.p;
-    T* st = xt + D * W;
-    T* lp = st + D * W;
+    T* st = xt + DW;
+    T* lp = st + DW;
     T* ell = lp + W;
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t b0 = blk * W;
       const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
       load_block<T, W>(x, b0, nb, D, xt, T(0));
@@ -291,7 +302,7 @@ void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* sco
       store_block<T, W>(st, b0, nb, D, score);
       for (int l = 0; l < nb; ++l) logp[b0 + l] = lp[l];
     }
-  }
+  });
 }
 
 template <typename T, int W, int DC>
@@ -324,23 +335,21 @@ FASTSAMP_VINLINE void block_copy(int Drt, T* __restrict dst, const T* __restrict
 }
 
 // The chain-block driver shared by the whole-move kernels: blocks of W chains in
-// parallel, each with its state xc[D][W] (padding lanes 0), step sizes eps[W]
+// parallel (nt threads), each with its state xc[D][W] (padding lanes 0), step sizes eps[W]
 // (padding 1) and accepted-move counts nacc[W] (zeroed); body(b0, xc, eps, nacc,
 // scratch) runs the moves, with `scratch_per_lane * W` values of 64-byte-aligned
 // scratch. Stores the state and the acceptance rate nacc / n_steps.
 template <typename T, int W, typename Body>
-void for_each_chain_block(const T* x_in, const T* step, int64_t B, int D, int n_steps,
+void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D, int64_t n_steps,
                           size_t scratch_per_lane, T* x_out, T* rate, Body body) {
   const int64_t nblk = (B + W - 1) / W;
-#pragma omp parallel
-  {
+  parallel_for(nt, nblk, [&](int64_t blk0, int64_t blk1) {
     Buf<T> ws((static_cast<size_t>(D) + 2 + scratch_per_lane) * W);
     T* __restrict xc = ws.p;
-    T* __restrict eps = xc + D * W;
+    T* __restrict eps = xc + static_cast<int64_t>(D) * W;
     T* __restrict nacc = eps + W;
     T* __restrict scratch = nacc + W;
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t b0 = blk * W;
       const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
       load_block<T, W>(x_in, b0, nb, D, xc, T(0));
@@ -353,19 +362,20 @@ void for_each_chain_block(const T* x_in, const T* step, int64_t B, int D, int n_
       const T ns = static_cast<T>(n_steps);
       for (int l = 0; l < nb; ++l) rate[b0 + l] = nacc[l] / ns;
     }
-  }
+  });
 }
 
 template <typename T, int DC>
-void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
-                   int n_trap, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, T* x_out, T* rate) {
+void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int64_t n_steps,
+                   int64_t n_trap, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
-  const int n = n_trap;
+  const int64_t n = n_trap;
   const T tn = static_cast<T>(n);
   const size_t scratch = static_cast<size_t>(6 * D + Dp + 16 + kChunkK);
-  for_each_chain_block<T, W>(x_in, step, B, D, n_steps, scratch, x_out, rate,
+  const int nt = mixture_threads<W>(mx, B, n_steps * (mh == 0 ? n : 1) + 1);
+  for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
                              [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
                                  T* __restrict ws) {
     T* __restrict sc = ws;          // score at the current state
@@ -391,7 +401,7 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
 #pragma omp simd
     for (int l = 0; l < W; ++l) sq2e[l] = std::sqrt(T(2) * eps[l]);
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
-    for (int mv = 0; mv < n_steps; ++mv) {
+    for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
       block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
       // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
@@ -408,7 +418,7 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
         // interior points of the trapezoid: sum_i s(x + t_i d) . d
 #pragma omp simd
         for (int l = 0; l < W; ++l) acc[l] = T(0);
-        for (int i = 1; i < n; ++i) {
+        for (int64_t i = 1; i < n; ++i) {
           const T t = static_cast<T>(i) / static_cast<T>(n);
           for (int d = 0; d < D; ++d) {
 #pragma omp simd
@@ -477,8 +487,8 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
 // HMC (op 8): per move, p0 = damping p + c_n xi, n_lf leapfrog steps from (x, p0, s),
 // trapezoid (mh 0) / energy (mh 1) / no (mh 2) test; p carried across moves.
 template <typename T, int DC>
-void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int n_steps,
-                  int n_lf, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out,
+void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int64_t n_steps,
+                  int64_t n_lf, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out,
                   T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
@@ -486,7 +496,8 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
   const T damp = static_cast<T>(damping);
   const T c_n = static_cast<T>(std::sqrt(1.0 - damping * damping));
   const size_t scratch = static_cast<size_t>(8 * D + Dp + 16 + kChunkK);
-  for_each_chain_block<T, W>(x_in, step, B, D, n_steps, scratch, x_out, rate,
+  const int nt = mixture_threads<W>(mx, B, n_steps * n_lf + 1);
+  for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
                              [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
                                  T* __restrict ws) {
     T* __restrict sc = ws;           // score at the current state
@@ -513,7 +524,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
     for (int l = 0; l < W; ++l) heps[l] = T(0.5) * eps[l];
     std::memset(pc, 0, sizeof(T) * static_cast<size_t>(D) * W);
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
-    for (int mv = 0; mv < n_steps; ++mv) {
+    for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
       block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
       for (int d = 0; d < D; ++d) {
@@ -532,7 +543,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
         dlp[l] = T(0);
         lpl[l] = lpc[l];
       }
-      for (int j = 0; j < n_lf; ++j) {
+      for (int64_t j = 0; j < n_lf; ++j) {
         // p_half = p + (eps/2) s, x' = x + eps p_half
         for (int d = 0; d < D; ++d) {
 #pragma omp simd
@@ -596,8 +607,7 @@ void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, u
                uintptr_t logp) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), static_cast<int>(K),
-                        static_cast<int>(D), alpha, sigma2);
+    const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), K, D, alpha, sigma2);
     dispatch_d(D, [&](auto dc) {
       gmm_score_impl<T, decltype(dc)::value>(ptr<T>(x), mx, B, static_cast<int>(D), ptr<T>(score),
                                              ptr<T>(logp));
@@ -614,8 +624,7 @@ void whole_move_entry(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_wei
                       uintptr_t x_out, uintptr_t accept_rate, Run run) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), static_cast<int>(K),
-                        static_cast<int>(D), alpha, sigma2);
+    const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), K, D, alpha, sigma2);
     if (n_steps <= 0) {  // nothing to do: copy the state, rate 0
       const T* xi = ptr<T>(x);
       T* xo = ptr<T>(x_out);
@@ -638,9 +647,9 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
   whole_move_entry(dtype, x, means, log_weights, variances, B, D, K, n_steps, alpha, sigma2, x_out,
                    accept_rate, [&](auto tag, auto dc, const auto& mx) {
     using T = decltype(tag);
-    gmm_mala_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
-                                          static_cast<int>(n_steps), static_cast<int>(n_trapezoid), seed,
-                                          offset, chain_offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
+    gmm_mala_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D), n_steps,
+                                          n_trapezoid, seed, offset, chain_offset, static_cast<int>(mh), ptr<T>(x_out),
+                                          ptr<T>(accept_rate));
   });
 }
 
@@ -654,9 +663,9 @@ void gmm_hmc(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uin
   whole_move_entry(dtype, x, means, log_weights, variances, B, D, K, n_steps, alpha, sigma2, x_out,
                    accept_rate, [&](auto tag, auto dc, const auto& mx) {
     using T = decltype(tag);
-    gmm_hmc_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D),
-                                         static_cast<int>(n_steps), static_cast<int>(n_leapfrog), seed, offset,
-                                         chain_offset, static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
+    gmm_hmc_impl<T, decltype(dc)::value>(ptr<T>(x), mx, ptr<T>(step_size), B, static_cast<int>(D), n_steps,
+                                         n_leapfrog, seed, offset, chain_offset, static_cast<int>(mh), damping,
+                                         ptr<T>(x_out), ptr<T>(accept_rate));
   });
 }
 

@@ -605,32 +605,14 @@ FASTSAMP_VINLINE void step_row(const T* __restrict xr, const T* __restrict dr, c
   *su_out = su;
 }
 
-// Threads: contiguous runs of chains, blocks of <= kBlock chains. f(tid, nt) runs in each thread.
-inline int pick_threads(int64_t B, int64_t n_threads) {
-  int nt = static_cast<int>(n_threads);
-#ifdef _OPENMP
-  if (nt <= 0) nt = omp_get_max_threads();
-#else
-  nt = 1;
-#endif
-  const int64_t by_size = std::max<int64_t>(1, B / 16);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, by_size)));
-}
+// Threads: contiguous runs of chains (at least 16 per thread: a chain runs all T steps of the
+// network), blocks of <= kBlock chains; the thread count is the call's (KernelScope) budget.
+inline int pick_threads(int64_t B) { return threads_for(B, 16); }
 
 template <typename F>
 void for_blocks(int64_t B, int tid, int nt, F&& f) {
   const int64_t c0 = B * tid / nt, c1 = B * (tid + 1) / nt;
   for (int64_t b0 = c0; b0 < c1; b0 += kBlock) f(b0, static_cast<int>(std::min<int64_t>(kBlock, c1 - b0)));
-}
-
-template <typename F>
-void parallel(int nt, F&& f) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  f(omp_get_thread_num(), omp_get_num_threads());
-#else
-  f(0, 1);
-#endif
 }
 
 // ---------------------------------------------------------------- kernel 1: rollout
@@ -798,9 +780,7 @@ void backward_impl(const Net<T>& n, const T* states, const T* g_pf, int64_t B, d
     });
     gr.step_done(true);
   });
-  // fixed-order reduction over the threads (that ran: OpenMP may give fewer than asked)
-  per.erase(std::remove(per.begin(), per.end(), nullptr), per.end());
-  nt = static_cast<int>(per.size());
+  // fixed-order reduction over the threads
   for (int i = 0; i < Tn; ++i)
     for (int j = 0; j < H; ++j) {
       T s = 0;
@@ -858,12 +838,13 @@ void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintp
                     uintptr_t ts, int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double explore,
                     double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states, uintptr_t log_pf,
                     uintptr_t log_pb) {
+  const KernelScope scope(n_threads);
   const Ptrs P = make_ptrs(temb, ws, bs, hw, hb, wo, bo);
   dispatch_dtype(dtype, [&](auto tag) {
     using F = decltype(tag);
     const Net<F> n(P, D, H, T, clip, false);
     rollout_impl<F>(n, ptr<F>(x0), reinterpret_cast<const double*>(ts), B, sigma, h, explore, seed,
-                    chain_offset, pick_threads(B, n_threads), ptr<F>(states), ptr<F>(log_pf), ptr<F>(log_pb));
+                    chain_offset, pick_threads(B), ptr<F>(states), ptr<F>(log_pf), ptr<F>(log_pb));
   });
 }
 
@@ -871,11 +852,12 @@ void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, ui
                    const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                    int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
                    uintptr_t log_pf) {
+  const KernelScope scope(n_threads);
   const Ptrs P = make_ptrs(temb, ws, bs, hw, hb, wo, bo);
   dispatch_dtype(dtype, [&](auto tag) {
     using F = decltype(tag);
     const Net<F> n(P, D, H, T, clip, false);
-    log_pf_impl<F>(n, ptr<F>(states), B, sigma, h, pick_threads(B, n_threads), ptr<F>(log_pf));
+    log_pf_impl<F>(n, ptr<F>(states), B, sigma, h, pick_threads(B), ptr<F>(log_pf));
   });
 }
 
@@ -885,13 +867,14 @@ void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr
                             double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
                             uintptr_t g_bo) {
+  const KernelScope scope(n_threads);
   const Ptrs P = make_ptrs(temb, ws, bs, hw, hb, wo, bo);
   if (g_hw.size() != hw.size() || g_hb.size() != hb.size())
     throw std::invalid_argument("fastsamp._C: one gradient buffer per hidden weight and bias");
   dispatch_dtype(dtype, [&](auto tag) {
     using F = decltype(tag);
     const Net<F> n(P, D, H, T, clip, true);
-    backward_impl<F>(n, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B, n_threads), ptr<F>(g_temb),
+    backward_impl<F>(n, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B), ptr<F>(g_temb),
                      ptr<F>(g_ws), ptr<F>(g_bs), g_hw, g_hb, ptr<F>(g_wo), ptr<F>(g_bo));
   });
 }

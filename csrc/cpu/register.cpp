@@ -4,50 +4,84 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu/ops.h"
+#include "cpu/runtime.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
 
+namespace {
+// The kernel f with a last argument n_threads: the threads it may use (torch.get_num_threads()
+// from the glue), under FTZ/DAZ on the calling thread (cpu/runtime.h).
+template <typename... A>
+auto threaded(void (*f)(A...)) {
+  return [f](A... a, int64_t n_threads) {
+    const fastsamp::cpu::KernelScope scope(n_threads);
+    f(a...);
+  };
+}
+
+// MXCSR of the calling thread (x86; -1 elsewhere): lets tests check that a call leaves it as it was.
+int64_t fp_control_word() {
+#if defined(__x86_64__) || defined(__i386__)
+  return static_cast<int64_t>(_mm_getcsr());
+#else
+  return -1;
+#endif
+}
+}  // namespace
+
 void register_cpu_ops(py::module_& m) {
   namespace c = fastsamp::cpu;
   using rel = py::call_guard<py::gil_scoped_release>;
-  m.def("cpu_gmm_score", &c::gmm_score, rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
-        "B"_a, "D"_a, "K"_a, "alpha"_a, "sigma2"_a, "score"_a, "logp"_a,
+  m.def("cpu_pool_stats", [] {
+    const c::PoolStats st = c::pool_stats();
+    py::dict d;
+    d["jobs"] = st.jobs;
+    d["workers"] = st.workers;
+    d["spin_us"] = st.spin_us;
+    return d;
+  }, "Thread pool of the CPU kernels: jobs run on it so far, its worker threads, the spin bound (us).");
+  m.def("cpu_fp_control_word", &fp_control_word, "MXCSR of the calling thread (x86), -1 elsewhere.");
+  m.def("cpu_set_flush_denormals", &c::set_flush_denormals, "on"_a,
+        "Whether kernels set FTZ/DAZ (default True; False only to measure what flushing buys). Returns the "
+        "previous setting.");
+  m.def("cpu_gmm_score", threaded(&c::gmm_score), rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
+        "B"_a, "D"_a, "K"_a, "alpha"_a, "sigma2"_a, "score"_a, "logp"_a, "n_threads"_a,
         "Score and log-density of the Gaussian mixture (op 1).");
-  m.def("cpu_gmm_mala", &c::gmm_mala, rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
+  m.def("cpu_gmm_mala", threaded(&c::gmm_mala), rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
         "step_size"_a, "B"_a, "D"_a, "K"_a, "n_steps"_a, "n_trapezoid"_a, "alpha"_a, "sigma2"_a, "seed"_a,
-        "offset"_a, "chain_offset"_a, "mh"_a, "x_out"_a, "accept_rate"_a, "Fused whole-move MALA on the mixture (op 7).");
-  m.def("cpu_gmm_hmc", &c::gmm_hmc, rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
+        "offset"_a, "chain_offset"_a, "mh"_a, "x_out"_a, "accept_rate"_a, "n_threads"_a, "Fused whole-move MALA on the mixture (op 7).");
+  m.def("cpu_gmm_hmc", threaded(&c::gmm_hmc), rel(), "dtype"_a, "x"_a, "means"_a, "log_weights"_a, "variances"_a,
         "step_size"_a, "B"_a, "D"_a, "K"_a, "n_steps"_a, "n_leapfrog"_a, "alpha"_a, "sigma2"_a, "seed"_a,
-        "offset"_a, "chain_offset"_a, "mh"_a, "damping"_a, "x_out"_a, "accept_rate"_a, "Fused whole-move HMC on the mixture (op 8).");
-  m.def("cpu_sde_step", &c::sde_step, rel(), "dtype"_a, "x"_a, "score"_a, "extra_drift"_a, "noise"_a, "B"_a,
-        "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "a"_a, "c_s"_a, "c_n"_a, "out"_a,
+        "offset"_a, "chain_offset"_a, "mh"_a, "damping"_a, "x_out"_a, "accept_rate"_a, "n_threads"_a, "Fused whole-move HMC on the mixture (op 8).");
+  m.def("cpu_sde_step", threaded(&c::sde_step), rel(), "dtype"_a, "x"_a, "score"_a, "extra_drift"_a, "noise"_a, "B"_a,
+        "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "a"_a, "c_s"_a, "c_n"_a, "out"_a, "n_threads"_a,
         "x_new = a x + c_s (score + extra_drift) + c_n xi (op 2).");
-  m.def("cpu_guided_sde_step", &c::guided_sde_step, rel(), "dtype"_a, "x"_a, "score"_a, "score_shift"_a, "v"_a,
-        "noise"_a, "B"_a, "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "a"_a, "c_s"_a, "c_v"_a, "c_diff"_a, "c_n"_a, "out"_a,
+  m.def("cpu_guided_sde_step", threaded(&c::guided_sde_step), rel(), "dtype"_a, "x"_a, "score"_a, "score_shift"_a, "v"_a,
+        "noise"_a, "B"_a, "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "a"_a, "c_s"_a, "c_v"_a, "c_diff"_a, "c_n"_a, "out"_a, "n_threads"_a,
         "x_new = a x + c_s (score + c_v v + c_diff (score_shift - score)) + c_n xi (op 2b).");
-  m.def("cpu_mala_propose", &c::mala_propose, rel(), "dtype"_a, "x"_a, "score"_a, "step_size"_a, "noise"_a,
-        "B"_a, "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "out"_a, "MALA proposal (op 3).");
-  m.def("cpu_line_points", &c::line_points, rel(), "dtype"_a, "x"_a, "x_prop"_a, "B"_a, "D"_a, "n"_a,
-        "out"_a, "Interior trapezoid points (op 4).");
-  m.def("cpu_score_mh_accept", &c::score_mh_accept, rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a,
+  m.def("cpu_mala_propose", threaded(&c::mala_propose), rel(), "dtype"_a, "x"_a, "score"_a, "step_size"_a, "noise"_a,
+        "B"_a, "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "out"_a, "n_threads"_a, "MALA proposal (op 3).");
+  m.def("cpu_line_points", threaded(&c::line_points), rel(), "dtype"_a, "x"_a, "x_prop"_a, "B"_a, "D"_a, "n"_a,
+        "out"_a, "n_threads"_a, "Interior trapezoid points (op 4).");
+  m.def("cpu_score_mh_accept", threaded(&c::score_mh_accept), rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a,
         "score_prop"_a, "step_size"_a, "u"_a, "interior"_a, "m"_a, "B"_a, "D"_a, "x_new"_a, "score_new"_a,
-        "accepted"_a, "log_alpha"_a, "Score-based MH accept (op 5).");
-  m.def("cpu_leapfrog", &c::leapfrog, rel(), "dtype"_a, "x"_a, "p"_a, "score"_a, "step_size"_a, "B"_a, "D"_a,
-        "x_next"_a, "p_half"_a, "Half kick and drift (op 6a).");
-  m.def("cpu_leapfrog_finish", &c::leapfrog_finish, rel(), "dtype"_a, "x"_a, "x_next"_a, "p_half"_a,
+        "accepted"_a, "log_alpha"_a, "n_threads"_a, "Score-based MH accept (op 5).");
+  m.def("cpu_leapfrog", threaded(&c::leapfrog), rel(), "dtype"_a, "x"_a, "p"_a, "score"_a, "step_size"_a, "B"_a, "D"_a,
+        "x_next"_a, "p_half"_a, "n_threads"_a, "Half kick and drift (op 6a).");
+  m.def("cpu_leapfrog_finish", threaded(&c::leapfrog_finish), rel(), "dtype"_a, "x"_a, "x_next"_a, "p_half"_a,
         "score"_a, "score_next"_a, "step_size"_a, "delta_logp"_a, "B"_a, "D"_a, "p_next"_a,
-        "delta_logp_next"_a, "Second half kick and trapezoid segment (op 6b).");
-  m.def("cpu_hmc_accept", &c::hmc_accept, rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a, "score_prop"_a,
+        "delta_logp_next"_a, "n_threads"_a, "Second half kick and trapezoid segment (op 6b).");
+  m.def("cpu_hmc_accept", threaded(&c::hmc_accept), rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a, "score_prop"_a,
         "p"_a, "p_prop"_a, "delta_logp"_a, "u"_a, "B"_a, "D"_a, "x_new"_a, "score_new"_a, "accepted"_a,
-        "log_alpha"_a, "HMC accept (op 6c).");
-  m.def("cpu_momentum_refresh", &c::momentum_refresh, rel(), "dtype"_a, "p"_a, "damping"_a, "noise"_a, "B"_a,
-        "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "out"_a, "Partial momentum refresh (op 6d).");
-  m.def("cpu_em_step_logprob", &c::em_step_logprob, rel(), "dtype"_a, "x"_a, "drift"_a, "log_var"_a, "x_next"_a,
+        "log_alpha"_a, "n_threads"_a, "HMC accept (op 6c).");
+  m.def("cpu_momentum_refresh", threaded(&c::momentum_refresh), rel(), "dtype"_a, "p"_a, "damping"_a, "noise"_a, "B"_a,
+        "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "out"_a, "n_threads"_a, "Partial momentum refresh (op 6d).");
+  m.def("cpu_em_step_logprob", threaded(&c::em_step_logprob), rel(), "dtype"_a, "x"_a, "drift"_a, "log_var"_a, "x_next"_a,
         "noise"_a, "B"_a, "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "h"_a, "s2"_a, "e2"_a, "c"_a, "b2"_a, "y"_a, "log_pf"_a,
-        "log_pb"_a, "Euler-Maruyama step with its forward / backward log-densities (op 9).");
-  m.def("cpu_em_step_logprob_backward", &c::em_step_logprob_backward, rel(), "dtype"_a, "x"_a, "drift"_a,
+        "log_pb"_a, "n_threads"_a, "Euler-Maruyama step with its forward / backward log-densities (op 9).");
+  m.def("cpu_em_step_logprob_backward", threaded(&c::em_step_logprob_backward), rel(), "dtype"_a, "x"_a, "drift"_a,
         "log_var"_a, "x_next"_a, "g_x_next"_a, "g_log_pf"_a, "g_log_pb"_a, "B"_a, "D"_a, "h"_a, "s2"_a, "e2"_a,
-        "c"_a, "b2"_a, "reparam"_a, "g_x"_a, "g_drift"_a, "g_log_var"_a, "g_x_next_out"_a,
+        "c"_a, "b2"_a, "reparam"_a, "g_x"_a, "g_drift"_a, "g_log_var"_a, "g_x_next_out"_a, "n_threads"_a,
         "Gradients of em_step_logprob (op 9).");
 }

@@ -29,6 +29,9 @@ namespace {
 // starts are 64-byte aligned in the output and group blocks never straddle
 // chunks of one thread) with about kChunkElems normals in the L1 buffer.
 constexpr int64_t kChunkElems = 2048;
+// Elements per thread below which a streaming call stays on the calling thread.
+constexpr int64_t kStreamGrain = int64_t(1) << 15;
+FASTSAMP_VINLINE int stream_threads(int64_t n_elems) { return threads_for(n_elems, kStreamGrain); }
 FASTSAMP_VINLINE int64_t chunk_rows(int D) {
   const int64_t P = 4 * ((D + 3) / 4);
   return std::max<int64_t>(16, (kChunkElems / P) / 16 * 16);
@@ -47,13 +50,7 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t ch
   const int64_t nchunk = (B + R - 1) / R;
   const int J = (D + 3) / 4;
   const size_t cap = static_cast<size_t>(64 * ((R * J + 15) / 16));
-#pragma omp parallel
-  {
-    int nt = 1, id = 0;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-    id = omp_get_thread_num();
-#endif
+  parallel(stream_threads(B * D), [&](int id, int nt) {
     const int64_t per = (nchunk + nt - 1) / nt;
     const int64_t c0 = std::min<int64_t>(nchunk, per * id), c1 = std::min<int64_t>(nchunk, per * (id + 1));
     if (c0 < c1) {
@@ -78,7 +75,7 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t ch
         f(b0, nb, static_cast<const T*>(xi.p));
       }
     }
-  }
+  });
 }
 
 // Software prefetch distance of the fused path below, in bytes of each input
@@ -111,13 +108,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
   const int J = D / 4;
   const int64_t nblk = (N + 63) / 64;
   const bool aligned = reinterpret_cast<uintptr_t>(out) % 64 == 0;
-#pragma omp parallel
-  {
-    int nt = 1, id = 0;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-    id = omp_get_thread_num();
-#endif
+  parallel(stream_threads(N), [&](int id, int nt) {
     const int64_t per = (nblk + nt - 1) / nt;
     const int64_t k0 = std::min<int64_t>(nblk, per * id), k1 = std::min<int64_t>(nblk, per * (id + 1));
     if (k0 < k1) {
@@ -160,7 +151,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
       }
       _mm_sfence();
     }
-  }
+  });
 #else
   (void)N; (void)D; (void)seed; (void)offset; (void)chain0; (void)in; (void)nin; (void)out; (void)f; (void)fv;
 #endif
@@ -178,8 +169,9 @@ template <typename T, typename F>
 void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t chain0,
                      const T* const* in, int nin, F&& f) {
   if (noise) {
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < B; ++b) f(b, noise + b * D, 1);
+    parallel_for(stream_threads(B * D), B, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) f(b, noise + b * D, 1);
+    });
     return;
   }
   philox_chunks<T>(B, D, seed, offset, chain0, in, nin, [&](int64_t b0, int64_t nb, const T* xi) {
@@ -230,13 +222,7 @@ template <typename T, typename F, typename FV>
 void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
   constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
   typedef T V __attribute__((vector_size(64)));
-#pragma omp parallel
-  {
-    int nt = 1, id = 0;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-    id = omp_get_thread_num();
-#endif
+  parallel(stream_threads(N), [&](int id, int nt) {
     // thread ranges on 16-vector boundaries of the output address
     const int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out) % 64) % 64) / sizeof(T);
     const int64_t h = std::min<int64_t>(head, N);
@@ -264,7 +250,7 @@ void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
 #if defined(__AVX512F__)
     _mm_sfence();
 #endif
-  }
+  });
 }
 
 // One template for the "affine + noise" steps: out = a x + c_s drift + c_n xi with
@@ -366,8 +352,10 @@ void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, i
   const int D = DC > 0 ? DC : Drt;
   if (noise) {
     const int64_t N = B * D;
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < N; ++i) out[i] = damp * p[i] + c * noise[i];
+    parallel_for(stream_threads(N), N, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) out[i] = damp * p[i] + c * noise[i];
+    });
     return;
   }
   const T* in[1] = {p};
@@ -400,12 +388,14 @@ void line_points_impl(const T* __restrict x, const T* __restrict xp, int64_t B, 
                       T* __restrict out) {
   const int64_t N = B * D;
   const T tn = static_cast<T>(n);
-  for (int64_t i = 1; i < n; ++i) {
-    const T t = static_cast<T>(i) / tn;
-    T* __restrict o = out + (i - 1) * N;
-#pragma omp parallel for simd schedule(static)
-    for (int64_t e = 0; e < N; ++e) o[e] = x[e] + t * (xp[e] - x[e]);
-  }
+  parallel_for(stream_threads(N * (n - 1)), N, [&](int64_t e0, int64_t e1) {
+    for (int64_t i = 1; i < n; ++i) {
+      const T t = static_cast<T>(i) / tn;
+      T* __restrict o = out + (i - 1) * N;
+#pragma omp simd
+      for (int64_t e = e0; e < e1; ++e) o[e] = x[e] + t * (xp[e] - x[e]);
+    }
+  });
 }
 
 // ---------------------------------------------------------------- helpers for accept ops
@@ -426,43 +416,44 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
   const int D = DC > 0 ? DC : Drt;
   const int64_t N = B * D;
   const T tn = static_cast<T>(m + 1);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    const T e = step[b];
-    const T* __restrict xr = x + b * D;
-    const T* __restrict xpr = xp + b * D;
-    const T* __restrict sr = s + b * D;
-    const T* __restrict spr = sp + b * D;
-    T sd = 0, spd = 0, ff = 0, bb = 0;
+  parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const T e = step[b];
+      const T* __restrict xr = x + b * D;
+      const T* __restrict xpr = xp + b * D;
+      const T* __restrict sr = s + b * D;
+      const T* __restrict spr = sp + b * D;
+      T sd = 0, spd = 0, ff = 0, bb = 0;
 #pragma omp simd reduction(+ : sd, spd, ff, bb)
-    for (int d = 0; d < D; ++d) {
-      const T dd = xpr[d] - xr[d];
-      const T fwd = dd - e * sr[d];
-      const T bwd = dd + e * spr[d];
-      sd += sr[d] * dd;
-      spd += spr[d] * dd;
-      ff += fwd * fwd;
-      bb += bwd * bwd;
-    }
-    T total = T(0.5) * (sd + spd);
-    if (interior && m > 0) {
-      T si = 0;
-      for (int64_t i = 0; i < m; ++i) {
-        const T* __restrict ir = interior + i * N + b * D;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int d = 0; d < D; ++d) acc += ir[d] * (xpr[d] - xr[d]);
-        si += acc;
+      for (int d = 0; d < D; ++d) {
+        const T dd = xpr[d] - xr[d];
+        const T fwd = dd - e * sr[d];
+        const T bwd = dd + e * spr[d];
+        sd += sr[d] * dd;
+        spd += spr[d] * dd;
+        ff += fwd * fwd;
+        bb += bwd * bwd;
       }
-      total = total + si;
+      T total = T(0.5) * (sd + spd);
+      if (interior && m > 0) {
+        T si = 0;
+        for (int64_t i = 0; i < m; ++i) {
+          const T* __restrict ir = interior + i * N + b * D;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int d = 0; d < D; ++d) acc += ir[d] * (xpr[d] - xr[d]);
+          si += acc;
+        }
+        total = total + si;
+      }
+      const T la = total / tn + (ff - bb) / (T(4) * e);
+      const bool acc = std::log(u[b]) < la;
+      log_alpha[b] = la;
+      accepted[b] = acc ? 1 : 0;
+      select_row<T>(acc, xpr, xr, x_new + b * D, D);
+      select_row<T>(acc, spr, sr, s_new + b * D, D);
     }
-    const T la = total / tn + (ff - bb) / (T(4) * e);
-    const bool acc = std::log(u[b]) < la;
-    log_alpha[b] = la;
-    accepted[b] = acc ? 1 : 0;
-    select_row<T>(acc, xpr, xr, x_new + b * D, D);
-    select_row<T>(acc, spr, sr, s_new + b * D, D);
-  }
+  });
 }
 
 // ---------------------------------------------------------------- HMC
@@ -470,18 +461,19 @@ template <typename T, int DC>
 void leapfrog_impl(const T* __restrict x, const T* __restrict p, const T* __restrict s,
                    const T* __restrict step, int64_t B, int Drt, T* __restrict x_next, T* __restrict p_half) {
   const int D = DC > 0 ? DC : Drt;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    const T e = step[b];
-    const T he = T(0.5) * e;
-    const int64_t o = b * D;
+  parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const T e = step[b];
+      const T he = T(0.5) * e;
+      const int64_t o = b * D;
 #pragma omp simd
-    for (int d = 0; d < D; ++d) {
-      const T ph = p[o + d] + he * s[o + d];
-      p_half[o + d] = ph;
-      x_next[o + d] = x[o + d] + e * ph;
+      for (int d = 0; d < D; ++d) {
+        const T ph = p[o + d] + he * s[o + d];
+        p_half[o + d] = ph;
+        x_next[o + d] = x[o + d] + e * ph;
+      }
     }
-  }
+  });
 }
 
 template <typename T, int DC>
@@ -490,18 +482,19 @@ void leapfrog_finish_impl(const T* __restrict x, const T* __restrict xn, const T
                           const T* __restrict dlp, int64_t B, int Drt, T* __restrict p_next,
                           T* __restrict dlp_next) {
   const int D = DC > 0 ? DC : Drt;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    const T he = T(0.5) * step[b];
-    const int64_t o = b * D;
-    T acc = 0;
+  parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const T he = T(0.5) * step[b];
+      const int64_t o = b * D;
+      T acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int d = 0; d < D; ++d) {
-      p_next[o + d] = ph[o + d] + he * sn[o + d];
-      acc += (s[o + d] + sn[o + d]) * (xn[o + d] - x[o + d]);
+      for (int d = 0; d < D; ++d) {
+        p_next[o + d] = ph[o + d] + he * sn[o + d];
+        acc += (s[o + d] + sn[o + d]) * (xn[o + d] - x[o + d]);
+      }
+      dlp_next[b] = dlp[b] + T(0.5) * acc;
     }
-    dlp_next[b] = dlp[b] + T(0.5) * acc;
-  }
+  });
 }
 
 template <typename T, int DC>
@@ -510,22 +503,23 @@ void hmc_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __r
                      const T* __restrict dlp, const T* __restrict u, int64_t B, int Drt, T* __restrict x_new,
                      T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
   const int D = DC > 0 ? DC : Drt;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t o = b * D;
-    T k0 = 0, k1 = 0;
+  parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const int64_t o = b * D;
+      T k0 = 0, k1 = 0;
 #pragma omp simd reduction(+ : k0, k1)
-    for (int d = 0; d < D; ++d) {
-      k0 += p[o + d] * p[o + d];
-      k1 += pp[o + d] * pp[o + d];
+      for (int d = 0; d < D; ++d) {
+        k0 += p[o + d] * p[o + d];
+        k1 += pp[o + d] * pp[o + d];
+      }
+      const T la = (dlp[b] - T(0.5) * k1) + T(0.5) * k0;
+      const bool acc = std::log(u[b]) < la;
+      log_alpha[b] = la;
+      accepted[b] = acc ? 1 : 0;
+      select_row<T>(acc, xp + o, x + o, x_new + o, D);
+      select_row<T>(acc, sp + o, s + o, s_new + o, D);
     }
-    const T la = (dlp[b] - T(0.5) * k1) + T(0.5) * k0;
-    const bool acc = std::log(u[b]) < la;
-    log_alpha[b] = la;
-    accepted[b] = acc ? 1 : 0;
-    select_row<T>(acc, xp + o, x + o, x_new + o, D);
-    select_row<T>(acc, sp + o, s + o, s_new + o, D);
-  }
+  });
 }
 
 // ---------------------------------------------------------------- em_step_logprob (9)
@@ -620,18 +614,21 @@ void em_step_logprob_impl(const T* __restrict x, const T* __restrict drift, cons
     };
     int64_t r = 0;
     if constexpr (RB > 1) {
-      for (; r + RB <= nb; r += RB) {
+      // `rows` (<= RB) rows from row r: terms through the buffer, then per-row sums in order (the
+      // last rows of B take the same arithmetic as full groups: results do not depend on B)
+      auto group = [&](int64_t r, int rows) __attribute__((always_inline)) {
         const int64_t o = (b0 + r) * D;
         const T* __restrict xr = GIVEN ? nullptr : xs + r * D;
+        const int ne = rows * DC;
         alignas(64) T tv[W], tu[W];
 #pragma omp simd
-        for (int e = 0; e < W; ++e) {
+        for (int e = 0; e < ne; ++e) {
           const EmTerms<T> t = em_forward_elem<T, HAS_LV, GIVEN>(xp, dp, lp, np, yp, o + e, GIVEN ? T(0) : xr[e],
                                                                  h, s2, e2, c, q);
           tv[e] = t.v;
           tu[e] = t.u;
         }
-        for (int g = 0; g < RB; ++g) {
+        for (int g = 0; g < rows; ++g) {
           T sv = 0, su = 0;
           for (int d = 0; d < DC; ++d) {
             sv += tv[g * DC + d];
@@ -639,7 +636,10 @@ void em_step_logprob_impl(const T* __restrict x, const T* __restrict drift, cons
           }
           finish(b0 + r + g, sv, su);
         }
-      }
+      };
+      for (; r + RB <= nb; r += RB) group(r, RB);
+      if (r < nb) group(r, static_cast<int>(nb - r));
+      return;
     }
     for (; r < nb; ++r) {
       const int64_t o = (b0 + r) * D;
@@ -657,11 +657,12 @@ void em_step_logprob_impl(const T* __restrict x, const T* __restrict drift, cons
   };
   if constexpr (GIVEN || HAS_NOISE) {
     const int64_t groups = (B + RB - 1) / RB;
-#pragma omp parallel for schedule(static)
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t b0 = g * RB;
-      rows(b0, std::min<int64_t>(RB, B - b0), HAS_NOISE ? noise + b0 * D : nullptr);
-    }
+    parallel_for(stream_threads(B * D), groups, [&](int64_t g_begin, int64_t g_end) {
+      for (int64_t g = g_begin; g < g_end; ++g) {
+        const int64_t b0 = g * RB;
+        rows(b0, std::min<int64_t>(RB, B - b0), HAS_NOISE ? noise + b0 * D : nullptr);
+      }
+    });
   } else {
     // chunks of a multiple of 16 rows (so of RB): whole vectors but for the last rows of B
     const T* in[3] = {x, drift, lv};
@@ -719,32 +720,33 @@ void em_step_logprob_backward_impl(const T* __restrict x, const T* __restrict dr
   // (a null g_x_next as a compile-time flag: a runtime test inside the loop costs 2-3x)
   dispatch_bool(gxn != nullptr, [&](auto has_gxn) {
     constexpr bool HAS_GXN = decltype(has_gxn)::value;
-#pragma omp parallel for schedule(static)
-    for (int64_t gi = 0; gi < groups; ++gi) {
-      const int64_t b0 = gi * RB;
-      if (RB > 1 && b0 + RB <= B) {
-        alignas(64) T gae[W], gwe[W];
-        for (int e = 0; e < W; ++e) {
-          const int64_t b = b0 + e / (DC > 0 ? DC : 1);
-          gae[e] = gpf[b];
-          gwe[e] = has_pb ? gpb[b] * inv_b2 : T(0);
-        }
-        const int64_t o = b0 * D;
+    parallel_for(stream_threads(B * D), groups, [&](int64_t gi_begin, int64_t gi_end) {
+      for (int64_t gi = gi_begin; gi < gi_end; ++gi) {
+        const int64_t b0 = gi * RB;
+        if (RB > 1 && b0 + RB <= B) {
+          alignas(64) T gae[W], gwe[W];
+          for (int e = 0; e < W; ++e) {
+            const int64_t b = b0 + e / (DC > 0 ? DC : 1);
+            gae[e] = gpf[b];
+            gwe[e] = has_pb ? gpb[b] * inv_b2 : T(0);
+          }
+          const int64_t o = b0 * D;
 #pragma omp simd
-        for (int e = 0; e < W; ++e)
-          em_backward_elem<T, HAS_LV, REPARAM, WANT_GXN, HAS_GXN>(x, drift, lv, xn, gxn, gx, gdr, glv, gxo, o + e,
-                                                                  gae[e], gwe[e], h, s2, e2, c, inv_s2);
-      } else {
-        for (int64_t b = b0; b < std::min<int64_t>(B, b0 + RB); ++b) {
-          const T ga = gpf[b], gw = has_pb ? gpb[b] * inv_b2 : T(0);
-          const int64_t o = b * D;
+          for (int e = 0; e < W; ++e)
+            em_backward_elem<T, HAS_LV, REPARAM, WANT_GXN, HAS_GXN>(x, drift, lv, xn, gxn, gx, gdr, glv, gxo, o + e,
+                                                                    gae[e], gwe[e], h, s2, e2, c, inv_s2);
+        } else {
+          for (int64_t b = b0; b < std::min<int64_t>(B, b0 + RB); ++b) {
+            const T ga = gpf[b], gw = has_pb ? gpb[b] * inv_b2 : T(0);
+            const int64_t o = b * D;
 #pragma omp simd
-          for (int d = 0; d < D; ++d)
-            em_backward_elem<T, HAS_LV, REPARAM, WANT_GXN, HAS_GXN>(x, drift, lv, xn, gxn, gx, gdr, glv, gxo, o + d,
-                                                                    ga, gw, h, s2, e2, c, inv_s2);
+            for (int d = 0; d < D; ++d)
+              em_backward_elem<T, HAS_LV, REPARAM, WANT_GXN, HAS_GXN>(x, drift, lv, xn, gxn, gx, gdr, glv, gxo, o + d,
+                                                                      ga, gw, h, s2, e2, c, inv_s2);
+          }
         }
       }
-    }
+    });
   });
 }
 

@@ -25,7 +25,7 @@ template <typename T, int G, int NQ, int MH>
 __global__ void __launch_bounds__(kMalaMaxThreads, 1)
     gmm_mala_kernel(const T* __restrict__ x_in, const T* __restrict__ step_size,
                     const MixArgs<T> a, T* __restrict__ x_out, T* __restrict__ accept_rate,
-                    const int64_t B, const int n_steps, const int n_trap, const uint64_t seed,
+                    const int64_t B, const int64_t n_steps, const int64_t n_trap, const uint64_t seed,
                     const uint64_t offset, const uint64_t chain0) {
   static_assert(MH >= 0 && MH <= 2, "mh mode");
   extern __shared__ __align__(16) unsigned char smem[];
@@ -46,9 +46,9 @@ __global__ void __launch_bounds__(kMalaMaxThreads, 1)
   const T eps = step_size[bc];
   const T sq = sqrt(static_cast<T>(2) * eps);
   const T four_eps = static_cast<T>(4) * eps;
-  int count = 0;
+  int64_t count = 0;
 
-  for (int mv = 0; mv < n_steps; ++mv) {
+  for (int64_t mv = 0; mv < n_steps; ++mv) {
     const uint64_t off = offset + static_cast<uint64_t>(mv);  // wraps mod 2^64
 
     // Proposal x' = x + eps s + sqrt(2 eps) xi (pads stay 0).
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kMalaMaxThreads, 1)
 
     T a_int = 0;  // this lane's share of sum_i score(x_i).d (mh 0)
     if constexpr (MH == 0) {
-      for (int it = 1; it < n_trap; ++it) {
+      for (int64_t it = 1; it < n_trap; ++it) {
         const T t = static_cast<T>(it) / static_cast<T>(n_trap);
         T pt[NQ][4];
 #pragma unroll
@@ -143,8 +143,8 @@ struct MalaRun {
   void* x_out;
   void* rate;
   int64_t B;
-  int n_steps;
-  int n_trap;
+  int64_t n_steps;
+  int64_t n_trap;
   uint64_t seed;
   uint64_t offset;
   uint64_t chain0;
@@ -234,9 +234,9 @@ void launch_gmm_mala(int dtype, const void* x, const void* means, const void* lo
   if (mh < 0 || mh > 2)
     throw std::invalid_argument("fastsamp cuda gmm_mala: mh must be 0, 1 or 2, got " +
                                 std::to_string(mh));
-  if (n_steps < 0 || n_steps > 2147483647LL)
+  if (n_steps < 0)
     throw std::invalid_argument("fastsamp cuda gmm_mala: bad n_steps " + std::to_string(n_steps));
-  if (mh == 0 && (n_trapezoid < 1 || n_trapezoid > 2147483647LL))
+  if (mh == 0 && n_trapezoid < 1)
     throw std::invalid_argument("fastsamp cuda gmm_mala: n_trapezoid must be >= 1, got " +
                                 std::to_string(n_trapezoid));
   if (B <= 0) return;
@@ -246,8 +246,8 @@ void launch_gmm_mala(int dtype, const void* x, const void* means, const void* lo
   r.x_out = x_out;
   r.rate = accept_rate;
   r.B = B;
-  r.n_steps = static_cast<int>(n_steps);
-  r.n_trap = mh == 0 ? static_cast<int>(n_trapezoid) : 1;
+  r.n_steps = n_steps;
+  r.n_trap = mh == 0 ? n_trapezoid : 1;
   r.seed = seed;
   r.offset = offset;
   r.chain0 = chain_offset;

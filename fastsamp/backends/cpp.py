@@ -15,6 +15,10 @@ from ._abi import em_step_grad_outputs, em_step_outputs
 from ._abi import ptr as _p
 from ._abi import u64 as _u64
 
+# Every kernel call uses up to torch's intra-op thread count (torch.set_num_threads / OMP_NUM_THREADS);
+# small calls run on the calling thread alone (csrc/cpu/runtime.h).
+_threads = torch.get_num_threads
+
 
 def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     B, D = x.shape
@@ -22,7 +26,8 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     logp = torch.empty(B, dtype=x.dtype, device=x.device)
     if B > 0:
         _C.cpu_gmm_score(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
-                         B, D, means.shape[0], float(alpha), float(sigma2), score.data_ptr(), logp.data_ptr())
+                         B, D, means.shape[0], float(alpha), float(sigma2), score.data_ptr(), logp.data_ptr(),
+                         _threads())
     return score, logp
 
 
@@ -31,7 +36,8 @@ def sde_step(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c
     out = torch.empty_like(x) if out is None else out
     if x.numel() > 0:
         _C.cpu_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), _p(extra_drift), _p(noise), B, D, _u64(seed),
-                        _u64(offset), int(chain_offset), float(a), float(c_s), float(c_n), out.data_ptr())
+                        _u64(offset), int(chain_offset), float(a), float(c_s), float(c_n), out.data_ptr(),
+                        _threads())
     return out
 
 
@@ -41,7 +47,7 @@ def guided_sde_step(x, score, score_shift, v, noise, seed, offset, chain_offset,
     if x.numel() > 0:
         _C.cpu_guided_sde_step(_dt(x), x.data_ptr(), score.data_ptr(), score_shift.data_ptr(), v.data_ptr(),
                                _p(noise), B, D, _u64(seed), _u64(offset), int(chain_offset), float(a), float(c_s),
-                               float(c_v), float(c_diff), float(c_n), out.data_ptr())
+                               float(c_v), float(c_diff), float(c_n), out.data_ptr(), _threads())
     return out
 
 
@@ -50,7 +56,7 @@ def mala_propose(x, score, step_size, noise, seed, offset, chain_offset):
     out = torch.empty_like(x)
     if x.numel() > 0:
         _C.cpu_mala_propose(_dt(x), x.data_ptr(), score.data_ptr(), step_size.data_ptr(), _p(noise), B, D,
-                            _u64(seed), _u64(offset), int(chain_offset), out.data_ptr())
+                            _u64(seed), _u64(offset), int(chain_offset), out.data_ptr(), _threads())
     return out
 
 
@@ -58,7 +64,7 @@ def line_points(x, x_prop, n):
     B, D = x.shape
     out = torch.empty((max(n - 1, 0), B, D), dtype=x.dtype, device=x.device)
     if out.numel() > 0:
-        _C.cpu_line_points(_dt(x), x.data_ptr(), x_prop.data_ptr(), B, D, n, out.data_ptr())
+        _C.cpu_line_points(_dt(x), x.data_ptr(), x_prop.data_ptr(), B, D, n, out.data_ptr(), _threads())
     return out
 
 
@@ -72,7 +78,8 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
     if B > 0:
         _C.cpu_score_mh_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
                                step_size.data_ptr(), u.data_ptr(), _p(interior) if m > 0 else 0, m, B, D,
-                               x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr())
+                               x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr(),
+                               _threads())
     return x_new, score_new, accepted, log_alpha
 
 
@@ -82,7 +89,7 @@ def leapfrog(x, p, score, step_size):
     p_half = torch.empty_like(x)
     if x.numel() > 0:
         _C.cpu_leapfrog(_dt(x), x.data_ptr(), p.data_ptr(), score.data_ptr(), step_size.data_ptr(), B, D,
-                        x_next.data_ptr(), p_half.data_ptr())
+                        x_next.data_ptr(), p_half.data_ptr(), _threads())
     return x_next, p_half
 
 
@@ -93,7 +100,7 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp)
     if B > 0:
         _C.cpu_leapfrog_finish(_dt(x), x.data_ptr(), x_next.data_ptr(), p_half.data_ptr(), score.data_ptr(),
                                score_next.data_ptr(), step_size.data_ptr(), delta_logp.data_ptr(), B, D,
-                               p_next.data_ptr(), delta_next.data_ptr())
+                               p_next.data_ptr(), delta_next.data_ptr(), _threads())
     return p_next, delta_next
 
 
@@ -106,7 +113,7 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
     if B > 0:
         _C.cpu_hmc_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
                           p.data_ptr(), p_prop.data_ptr(), delta_logp.data_ptr(), u.data_ptr(), B, D,
-                          x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr())
+                          x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr(), _threads())
     return x_new, score_new, accepted, log_alpha
 
 
@@ -115,7 +122,7 @@ def momentum_refresh(p, damping, noise, seed, offset, chain_offset):
     out = torch.empty_like(p)
     if p.numel() > 0:
         _C.cpu_momentum_refresh(_dt(p), p.data_ptr(), float(damping), _p(noise), B, D, _u64(seed),
-                                _u64(offset), int(chain_offset), out.data_ptr())
+                                _u64(offset), int(chain_offset), out.data_ptr(), _threads())
     return out
 
 
@@ -128,7 +135,7 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
         _C.cpu_gmm_mala(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                         step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_trapezoid), float(alpha),
                         float(sigma2), _u64(seed), _u64(offset), int(chain_offset), int(mh), x_new.data_ptr(),
-                        rate.data_ptr())
+                        rate.data_ptr(), _threads())
     return x_new, rate
 
 
@@ -141,8 +148,7 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
         _C.cpu_gmm_hmc(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                        step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_leapfrog), float(alpha),
                        float(sigma2), _u64(seed), _u64(offset), int(chain_offset), int(mh), float(damping),
-                       x_new.data_ptr(),
-                       rate.data_ptr())
+                       x_new.data_ptr(), rate.data_ptr(), _threads())
     return x_new, rate
 
 
@@ -152,8 +158,7 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset
     if B > 0:
         _C.cpu_em_step_logprob(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), _p(x_next), _p(noise), B, D,
                                _u64(seed), _u64(offset), int(chain_offset), float(h), float(s2), float(e2),
-                               float(c), float(b2),
-                               y.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
+                               float(c), float(b2), y.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr(), _threads())
     return y, log_pf, log_pb
 
 
@@ -165,7 +170,7 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
         _C.cpu_em_step_logprob_backward(_dt(x), x.data_ptr(), drift.data_ptr(), _p(log_var), x_next.data_ptr(),
                                         _p(g_x_next), g_log_pf.data_ptr(), g_log_pb.data_ptr(), B, D, float(h),
                                         float(s2), float(e2), float(c), float(b2), bool(reparam), g_x.data_ptr(),
-                                        g_drift.data_ptr(), _p(g_log_var), _p(g_xn))
+                                        g_drift.data_ptr(), _p(g_log_var), _p(g_xn), _threads())
     return g_x, g_drift, g_log_var, g_xn
 
 

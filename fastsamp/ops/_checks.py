@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -78,9 +79,17 @@ def output(out, x: torch.Tensor, /, **inputs):
     return out
 
 
+def _rounded(v: float, dtype: torch.dtype) -> float:
+    """The python float v rounded to `dtype` (float32: to nearest, inf past the largest value)."""
+    if dtype == torch.float64:
+        return v
+    with np.errstate(over="ignore"):
+        return float(np.asarray(v, dtype=np.float32))
+
+
 def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> float:
     """Check that the python float v stays finite (and > 0 if `positive`) once rounded to `dtype`."""
-    r = torch.tensor(v, dtype=dtype).item()
+    r = _rounded(v, dtype)
     dt = str(dtype).removeprefix("torch.")
     if not math.isfinite(r):
         raise ValueError(f"{name} = {v} overflows {dt} (largest finite value {torch.finfo(dtype).max:.4g})")
@@ -92,7 +101,7 @@ def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> floa
 def coefficients(dtype: torch.dtype, cause: str, **values: float) -> None:
     """Kernel coefficients computed from the arguments (in float64) must be finite in `dtype`."""
     for name, v in values.items():
-        if not math.isfinite(v) or not math.isfinite(torch.tensor(v, dtype=dtype).item()):
+        if not math.isfinite(v) or not math.isfinite(_rounded(v, dtype)):
             raise ValueError(f"the kernel coefficient {name} = {v} is not finite in {dtype}: {cause} too large "
                              f"or too small")
 
@@ -199,15 +208,19 @@ def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     variances = like("variances", variances, x, (K,))
     alpha = finite_float("alpha", alpha, dtype=x.dtype)
     sigma2 = finite_float("sigma2", sigma2, nonnegative=True, dtype=x.dtype)
-    if not bool(torch.all(torch.isfinite(means))):
-        raise ValueError("means must be finite")
-    if not bool(torch.all(variances > 0)) or not bool(torch.all(torch.isfinite(variances))):
-        raise ValueError("variances must be finite and > 0")
     s = alpha * alpha * variances + sigma2  # in x's dtype, as the kernels compute it
-    if not bool(torch.all(torch.isfinite(s) & (s > 0))):
+    means_ok, var_ok, s_ok, lw_ok = torch.stack([  # one host sync for the four checks
+        torch.isfinite(means).all(), (torch.isfinite(variances) & (variances > 0)).all(),
+        (torch.isfinite(s) & (s > 0)).all(),
+        (log_weights < math.inf).all() & (log_weights > -math.inf).any() & ~torch.isnan(log_weights).any(),
+    ]).tolist()
+    if not means_ok:
+        raise ValueError("means must be finite")
+    if not var_ok:
+        raise ValueError("variances must be finite and > 0")
+    if not s_ok:
         raise ValueError(f"alpha**2 * variances + sigma2 must be finite and > 0 in {x.dtype} for every component "
                          f"(alpha={alpha}, sigma2={sigma2}): a degenerate mixture")
-    if not bool(torch.all(log_weights < math.inf)) or bool(torch.all(log_weights == -math.inf)) \
-            or bool(torch.any(torch.isnan(log_weights))):
+    if not lw_ok:
         raise ValueError("log_weights must be < inf, not NaN, and not all -inf")
     return means, log_weights, variances, alpha, sigma2

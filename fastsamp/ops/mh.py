@@ -47,6 +47,7 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scor
     if interior_scores is not None:
         if not isinstance(interior_scores, torch.Tensor) or interior_scores.dim() != 3:
             raise ValueError("interior_scores must be a (n-1, B, D) tensor")
+        _checks.integer("interior_scores.shape[0]", interior_scores.shape[0], minimum=0)
         interior_scores = _checks.like("interior_scores", interior_scores, x,
                                        (interior_scores.shape[0],) + tuple(x.shape))
         if interior_scores.shape[0] == 0:

@@ -468,7 +468,8 @@ class _Iteration(nn.Module):
 
 
 def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, callback=None,
-          on_iteration=None, checkpoint=None, checkpoint_every=0, until=None, group=None) -> TrainLog:
+          on_iteration=None, checkpoint=None, checkpoint_every=0, until=None, on_checkpoint=None,
+          group=None) -> TrainLog:
     """Train `sampler` with config.objective on forward (on-policy + exploration) trajectories; with
     local_search or replay every other iteration uses backward trajectories from the buffer, and
     prior_every = k makes every k-th iteration use backward trajectories from the reference marginal.
@@ -479,7 +480,8 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     buffers, every RNG state, the iteration count, the loss history and the elapsed time — is
     written there (atomically) every `checkpoint_every` iterations and when the call returns, and
     a call that finds the file resumes from it: a run stopped and resumed follows the same path as
-    an uninterrupted one. `until` stops before that iteration (default: config.iterations).
+    an uninterrupted one. `until` stops before that iteration (default: config.iterations);
+    `on_checkpoint(iteration, log)` runs after each checkpoint write.
     Trajectories are simulated on `sampler.device`; the replay buffers stay in CPU memory.
 
     Distributed (torchrun or `group=` with N ranks): DistributedDataParallel, each rank simulating
@@ -566,6 +568,8 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         _save_checkpoint(checkpoint, it, sampler, opt, buffers, gen, log, cfg)
         saving[0] += time.perf_counter() - t0
         saving[1] += time.process_time() - c0
+        if on_checkpoint is not None:
+            on_checkpoint(it, log)
 
     for it in range(first, until):
         if on_iteration is not None:
