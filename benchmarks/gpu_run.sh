@@ -20,7 +20,7 @@ timeout "${TEST_TIMEOUT:-110}" python3 -m pytest -q -p no:cacheprovider -n 8 \
 echo "pytest rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest.log" | tail -15
 SECONDS=0
 timeout "${BENCH_TIMEOUT:-150}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
-  --ops gmm_mala,sde_step,sde_step\(out=\),gmm_score,score_mh_accept,mala_propose,line_points \
+  --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,sde_step(out=),gmm_score[separated],score_mh_accept,mala_propose,line_points' \
   --json "$OUT/bench_cuda.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? ${SECONDS}s"; tail -28 "$OUT/bench.log"
 timeout 30 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$OUT/sample_cuda.json" 2>&1 | tail -4

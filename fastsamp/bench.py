@@ -3,12 +3,21 @@ torch's generator) and torch.compile of it, measured in the same run, with the f
 (memory triad bandwidth; GEMM FMA rate) measured in the same run too.
 
     fastsamp bench [--device cpu|cuda] [--ops gmm_mala,sde_step] [--json out.json]
+
+The mixture ops (gmm_score, gmm_mala, gmm_hmc) run on three mixtures, since far components make
+exp(-large) results that are denormal floats (slow on many Intel cores unless flushed):
+`compact` (means 0.5·N(0, I), unit variances), `separated` (means 3·N(0, I), variances U(0.2, 1.2))
+and `mainjob` (the mixture of `fastsamp sample`). On the CPU each C++ mixture row also reports
+`ftz_ratio` (the kernel's time over its time with flush-to-zero forced by the caller: near 1 when
+the kernel flushes on all its threads itself) and `denormal_cost` (its time with the kernels'
+flushing switched off over its time as shipped: what flushing buys on this CPU).
 """
 from __future__ import annotations
 
 import json
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -66,6 +75,37 @@ def measure_roofline(device) -> dict:
     return {"triad_GBps": measure_triad(device), "fp32_gemm_GFLOPs": 2 * m**3 / (ms * 1e6)}
 
 
+MIXTURES = ("compact", "separated", "mainjob")
+
+
+def mixture(kind, D, K, seed=0):
+    """(means, log_weights, variances) in float64 of the benchmark mixture `kind` (MIXTURES)."""
+    if kind == "mainjob":
+        from .cli import _mixture
+        return _mixture(D, K, seed, torch.float64, "cpu")
+    g = torch.Generator().manual_seed(seed)
+    scale, var = {"compact": (0.5, None), "separated": (3.0, (0.2, 1.0))}[kind]
+    means = scale * torch.randn(K, D, generator=g, dtype=torch.float64)
+    log_weights = torch.randn(K, generator=g, dtype=torch.float64)
+    variances = torch.ones(K, dtype=torch.float64) if var is None else \
+        var[0] + var[1] * torch.rand(K, generator=g, dtype=torch.float64)
+    return means, log_weights, variances
+
+
+STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept")
+
+
+def case_names() -> list:
+    """The benchmark cases, in table order (those of `_cases`, without building them)."""
+    return [f"{op}[{kind}]" for kind in MIXTURES for op in ("gmm_score", "gmm_mala", "gmm_hmc")] + list(STREAMING_CASES)
+
+
+def unknown_ops(ops) -> list:
+    """The names in `ops` that are neither a case nor an op with cases ("gmm_mala" means all its mixtures)."""
+    names = case_names()
+    return sorted(set(ops) - set(names) - {op_name(n) for n in names})
+
+
 def _cases(device, dtype):
     """op name -> (args builder, bytes moved, flops) at the benchmark sizes."""
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -75,16 +115,21 @@ def _cases(device, dtype):
 
     size = dtype.itemsize if hasattr(dtype, "itemsize") else torch.finfo(dtype).bits // 8
     cases = {}
-    # gmm_score: B=65536, D=8, K=16
+    # mixture ops: B=65536, D=8, K=16; gmm_mala n_trapezoid=3, 10 moves; gmm_hmc 3 leapfrog steps, 5 moves;
+    # chains start at the mixture's own samples (so that far components are far from every chain)
     B, D, K = 65536, 8, 16
-    x, means, lw = rnd(B, D), 2 * rnd(K, D), rnd(K)
-    var = 0.3 + rnd(K).abs()
-    cases["gmm_score"] = ((x, means, lw, var, 0.9, 0.1), size * (2 * B * D + B + K * (D + 2)), 5 * B * K * D)
-    # gmm_mala: B=65536, D=8, K=16, n_trapezoid=3, 10 moves
-    n_steps, n_trap = 10, 3
     eps = torch.full((B,), 0.05, dtype=dtype, device=device)
-    cases["gmm_mala"] = ((x, means, lw, var, eps, n_steps, n_trap, 1.0, 0.0, 7, 0, 0, 0),
-                         size * (2 * B * D + B), n_steps * n_trap * 5 * B * K * D)
+    for kind in MIXTURES:
+        means, lw, var = mixture(kind, D, K)
+        k = torch.randint(0, K, (B,), generator=g)
+        x = means[k] + var[k, None].sqrt() * torch.randn(B, D, generator=g, dtype=torch.float64)
+        x, means, lw, var = (t.to(device=device, dtype=dtype) for t in (x, means, lw, var))
+        cases[f"gmm_score[{kind}]"] = ((x, means, lw, var, 0.9, 0.1), size * (2 * B * D + B + K * (D + 2)),
+                                       5 * B * K * D)
+        cases[f"gmm_mala[{kind}]"] = ((x, means, lw, var, eps, 10, 3, 1.0, 0.0, 7, 0, 0, 0), size * (2 * B * D + B),
+                                      10 * 3 * 5 * B * K * D)
+        cases[f"gmm_hmc[{kind}]"] = ((x, means, lw, var, eps, 5, 3, 1.0, 0.0, 7, 0, 0, 0, 0.0),
+                                     size * (2 * B * D + B), 5 * 3 * 5 * B * K * D)
     # streaming ops: B=1<<20, D=16 (64 MiB per float32 array)
     B, D = 1 << 20, 16
     xs, ss = rnd(B, D), rnd(B, D)
@@ -116,6 +161,7 @@ def _torch_rng_draw(x):
 
 def baseline(op):
     """The eager PyTorch implementation of `op` timed as the baseline (backend signature)."""
+    op = op_name(op)
     if op.startswith("sde_step"):
         def sde_step(x, score, extra, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
             return ref.sde_step(x, score, extra, torch.randn_like(x), seed, offset, 0, a, c_s, c_n, out)
@@ -129,11 +175,35 @@ def baseline(op):
         def mala_propose(x, score, eps, noise, seed, offset, chain_offset):
             return ref.mala_propose(x, score, eps, torch.randn_like(x), seed, offset, chain_offset)
         return mala_propose
-    if op == "gmm_mala":
-        def gmm_mala(x, *args):
-            return ref.gmm_mala(x, *args, draw=_torch_rng_draw(x))
-        return gmm_mala
+    if op in ("gmm_mala", "gmm_hmc"):
+        def whole_move(x, *args):
+            return getattr(ref, op)(x, *args, draw=_torch_rng_draw(x))
+        return whole_move
     return getattr(ref, op)
+
+
+def op_name(case):
+    """The op of a benchmark case: "gmm_mala[separated]" -> "gmm_mala", "sde_step(out=)" -> "sde_step"."""
+    return case.split("(")[0].split("[")[0]
+
+
+def flush_rows(fn, args, device, min_time) -> dict:
+    """C++ mixture kernel against itself: with FTZ forced by the caller (torch.set_flush_denormal)
+    and with the kernels' own flushing switched off."""
+    from . import _C
+    ms = timeit(lambda: fn(*args), device, min_time=min_time)
+    torch.set_flush_denormal(True)
+    try:
+        forced = timeit(lambda: fn(*args), device, min_time=min_time)
+    finally:
+        torch.set_flush_denormal(False)
+    previous = _C.cpu_set_flush_denormals(False)
+    try:
+        unflushed = timeit(lambda: fn(*args), device, min_time=min_time)
+    finally:
+        _C.cpu_set_flush_denormals(previous)
+    return {"ms_again": ms, "ms_forced_ftz": forced, "ms_unflushed": unflushed, "ftz_ratio": ms / forced,
+            "denormal_cost": unflushed / ms}
 
 
 def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min_time=0.5,
@@ -141,7 +211,10 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
     device = torch.device(device)
     roof = measure_roofline(device)
     cases = _cases(device, dtype)
-    names = [n for n in (ops or cases) if n in cases]
+    unknown = unknown_ops(ops or ())
+    if unknown:
+        raise ValueError(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(case_names())}")
+    names = [n for n in cases if not ops or n in ops or op_name(n) in ops]
     order = ("cpp",) if device.type == "cpu" else ("cuda", "triton")
     results = []
     for op in names:
@@ -153,9 +226,8 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
             impls["torch.compile"] = torch.compile(baseline(op), dynamic=False)
         for name in order:
             module = backends._load(name)[0]
-            fn_name = op.split("(")[0]
-            if module is not None and hasattr(module, fn_name):
-                impls[name] = getattr(module, fn_name)
+            if module is not None and hasattr(module, op_name(op)):
+                impls[name] = getattr(module, op_name(op))
         for name, fn in impls.items():
             try:
                 ms = timeit(lambda fn=fn, args=args: fn(*args), device, min_time=min_time)
@@ -168,6 +240,8 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
                 "ms": ms, "GBps": gbps, "GFLOPs": gflops,
                 "frac_triad": gbps / row["triad_GBps"], "frac_gemm": gflops / roof["fp32_gemm_GFLOPs"],
             }
+        if "cpp" in impls and op_name(op).startswith("gmm_"):
+            row["flush"] = flush_rows(impls["cpp"], args, device, min_time)
         base = row["backends"]["eager"].get("ms")
         comp = row["backends"].get("torch.compile", {}).get("ms")
         for r in row["backends"].values():
@@ -178,40 +252,69 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
         results.append(row)
         if verbose:
             for name, r in row["backends"].items():
-                print(f"  {op:16s} {name:14s} " + (f"{r['ms']:.4f} ms  {r['speedup_vs_eager']:.1f}x eager"
+                print(f"  {op:22s} {name:14s} " + (f"{r['ms']:.4f} ms  {r['speedup_vs_eager']:.1f}x eager"
                       if "ms" in r else r["error"]), flush=True)
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
-        "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
+        "cpu": cpu_model(), "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"), "roofline": roof,
     }
     return {"info": info, "results": results}
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its vector ISA level (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor only
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    name = fields.get("model name", platform.machine())
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {isa})"
+
+
 def format_table(report: dict) -> str:
     info = report["info"]
-    lines = [f"device: {info['device']}  threads: {info['threads']}  {info['dtype']}  torch {info['torch']}",
+    lines = [f"device: {info['device']}  cpu: {info.get('cpu', '?')}  threads: {info['threads']}  "
+             f"{info['dtype']}  torch {info['torch']}",
              f"measured roofline: triad {info['roofline']['triad_GBps']:.1f} GB/s (re-measured per op: "
              f"%triad uses the op's own), fp32 GEMM {info['roofline']['fp32_gemm_GFLOPs']:.1f} GFLOP/s",
-             f"{'op':16s} {'backend':14s} {'ms':>9s} {'GB/s':>8s} {'GFLOP/s':>8s} {'%triad':>7s} "
+             f"{'op':22s} {'backend':14s} {'ms':>9s} {'GB/s':>8s} {'GFLOP/s':>8s} {'%triad':>7s} "
              f"{'%gemm':>6s} {'x eager':>8s} {'x compile':>9s}"]
     for row in report["results"]:
         for name, r in row["backends"].items():
             if "error" in r:
-                lines.append(f"{row['op']:16s} {name:14s} {r['error']}")
+                lines.append(f"{row['op']:22s} {name:14s} {r['error']}")
                 continue
-            lines.append(f"{row['op']:16s} {name:14s} {r['ms']:9.3f} {r['GBps']:8.1f} {r['GFLOPs']:8.1f} "
+            lines.append(f"{row['op']:22s} {name:14s} {r['ms']:9.3f} {r['GBps']:8.1f} {r['GFLOPs']:8.1f} "
                          f"{100 * r['frac_triad']:6.1f}% {100 * r['frac_gemm']:5.1f}% "
                          f"{r['speedup_vs_eager']:8.1f} {r.get('speedup_vs_compile', float('nan')):9.1f}")
+        if "flush" in row:
+            f = row["flush"]
+            lines.append(f"{row['op']:22s} {'cpp flush':14s} ftz_ratio {f['ftz_ratio']:.2f} (vs FTZ forced by the "
+                         f"caller: {f['ms_forced_ftz']:.3f} ms)  denormal_cost {f['denormal_cost']:.2f} "
+                         f"(kernel flushing off: {f['ms_unflushed']:.3f} ms)")
     return "\n".join(lines)
 
 
 def main(args) -> int:
     ops = args.ops.split(",") if args.ops else None
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    report = run(args.device, ops, dtype, compile_reference=not args.no_compile, min_time=args.min_time,
-                 verbose=True)
+    try:
+        report = run(args.device, ops, dtype, compile_reference=not args.no_compile, min_time=args.min_time,
+                     verbose=True)
+    except ValueError as e:
+        print(f"fastsamp bench: error: {e}", file=sys.stderr)
+        return 2
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -273,11 +273,11 @@ def _check_sample(args):
 
 def _check_bench(args):
     if args.ops:
-        from .bench import _cases
-        known = list(_cases(torch.device("cpu"), torch.float32))
-        bad = [op for op in args.ops.split(",") if op not in known]
+        from .bench import case_names, unknown_ops
+        bad = unknown_ops(args.ops.split(","))
         if bad:
-            args.parser.error(f"--ops: unknown op(s) {', '.join(map(repr, bad))}; choose from {', '.join(known)}")
+            args.parser.error(f"--ops: unknown op(s) {', '.join(map(repr, bad))}; choose from "
+                              f"{', '.join(case_names())} (an op name alone: all its cases)")
 
 
 def _check_outsourced(args):

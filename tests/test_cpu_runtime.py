@@ -259,3 +259,11 @@ def test_oversize_dimensions_raise_value_error():
         _C.cpu_gmm_mala(0, p, p, p, p, p, 1, 1, 2**31, 1, 1, 1.0, 0.0, 0, 0, 0, 0, p, p, 1)
     with pytest.raises(ValueError, match="D = "):
         _C.cpu_sde_step(0, p, p, 0, 0, 1, 2**31 + 3, 0, 0, 0, 1.0, 0.0, 0.0, p, 1)
+
+
+def test_bench_case_names_match_the_cases():
+    """`fastsamp bench --ops` validates against case_names() without building the cases."""
+    from fastsamp.bench import _cases, case_names, unknown_ops
+    assert case_names() == list(_cases(torch.device("cpu"), torch.float32))
+    assert unknown_ops(["gmm_mala", "gmm_hmc[separated]", "sde_step(out=)"]) == []
+    assert unknown_ops(["bogus", "gmm_mala"]) == ["bogus"]
