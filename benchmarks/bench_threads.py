@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from fastsamp.bench import cpu_model
 from fastsamp.cli import main as cli_main
+from fastsamp.experiments.bench import cpu_model
 
 
 def sample_wall(chains, levels, n_threads) -> float:

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "offpolicy_full")
 
 MAIN_TARGETS = ("25gmm", "funnel", "manywell")
-# every preset of fastsamp.offpolicy.METHODS, the paper's headline method first
+# every preset of fastsamp.experiments.offpolicy.METHODS, the paper's headline method first
 MAIN_METHODS = ("tb+expl+lp+ls", "tb", "pis", "tb+expl", "vargrad+expl", "tb+expl+ls", "tb+expl+lp",
                 "vargrad+expl+lp+ls", "pis+lp", "subtb", "subtb+lp")
 EXTRA_TARGETS = ("40gmm", "lgcp")
@@ -47,7 +47,7 @@ METRICS = ("delta_log_Z", "delta_log_Z_rw", "w2")
 
 
 def make_plan(args):
-    from fastsamp.offpolicy import plan_table
+    from fastsamp.experiments.offpolicy import plan_table
     groups = ([(args.targets, args.methods)] if args.targets or args.methods else
               [(MAIN_TARGETS, MAIN_METHODS), (EXTRA_TARGETS, EXTRA_METHODS)])
     plan = [r for targets, methods in groups
@@ -59,7 +59,7 @@ def make_plan(args):
 def table(args):
     import torch
     torch.set_num_threads(1)
-    from fastsamp.offpolicy import run_table
+    from fastsamp.experiments.offpolicy import run_table
     run_table(make_plan(args), args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
               batch_size=args.batch_size, eval_samples=args.eval_samples, log=lambda s: print(s, flush=True))
     report(args)
@@ -81,7 +81,7 @@ def _outside(values, published):
 
 def report(args) -> str:
     """The markdown table of the finished runs of the plan, with the published numbers."""
-    from fastsamp.offpolicy import checkpoint_path, finished_result, format_progress, table_progress
+    from fastsamp.experiments.offpolicy import checkpoint_path, finished_result, format_progress, table_progress
     plan = make_plan(args)
     rows = ["| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
             "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | ms / iteration | outside paper ± std |", "|" + "---|" * 12]
@@ -121,7 +121,7 @@ def report(args) -> str:
 def timing(args):
     import torch
     torch.set_num_threads(args.threads)
-    from fastsamp.offpolicy import time_iterations
+    from fastsamp.experiments.offpolicy import time_iterations
     out = {}
     for t in args.targets:
         for m in args.methods:

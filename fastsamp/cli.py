@@ -259,7 +259,7 @@ def _target_names():
 
 
 def _method_names():
-    from .offpolicy import METHODS
+    from .experiments.offpolicy import METHODS
     return tuple(METHODS)
 
 
@@ -273,7 +273,7 @@ def _check_sample(args):
 
 def _check_bench(args):
     if args.ops:
-        from .bench import case_names, unknown_ops
+        from .experiments.bench import case_names, unknown_ops
         bad = unknown_ops(args.ops.split(","))
         if bad:
             args.parser.error(f"--ops: unknown op(s) {', '.join(map(repr, bad))}; choose from "
@@ -281,7 +281,7 @@ def _check_bench(args):
 
 
 def _check_outsourced(args):
-    from .outsourced import min_budget
+    from .experiments.outsourced import min_budget
     need = max(min_budget(s, args.samples) for s in args.samplers.split(","))
     if args.budget < need:
         args.parser.error(f"--budget {args.budget} is below what the samplers need at --samples {args.samples}: "
@@ -297,7 +297,7 @@ def _experiment_options(parser):
 
 
 def _module_main(name):
-    return lambda args: __import__(f"fastsamp.{name}", fromlist=["main"]).main(args)
+    return lambda args: __import__(f"fastsamp.experiments.{name}", fromlist=["main"]).main(args)
 
 
 def main(argv=None) -> int:

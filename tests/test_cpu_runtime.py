@@ -263,7 +263,7 @@ def test_oversize_dimensions_raise_value_error():
 
 def test_bench_case_names_match_the_cases():
     """`fastsamp bench --ops` validates against case_names() without building the cases."""
-    from fastsamp.bench import _cases, case_names, unknown_ops
+    from fastsamp.experiments.bench import _cases, case_names, unknown_ops
     assert case_names() == list(_cases(torch.device("cpu"), torch.float32))
     assert unknown_ops(["gmm_mala", "gmm_hmc[separated]", "sde_step(out=)"]) == []
     assert unknown_ops(["bogus", "gmm_mala"]) == ["bogus"]

@@ -8,7 +8,8 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from fastsamp import generative as G  # noqa: E402
+from fastsamp.experiments import digits as G  # noqa: E402
+from fastsamp.experiments.digits import training  # noqa: E402
 
 GENERATORS = ["vae", "gan", "flow"]
 
@@ -136,7 +137,7 @@ def test_cache_round_trip(tmp_path, monkeypatch, kind):
     def no_training(*args, **kwargs):
         raise AssertionError("retrained although cached")
 
-    monkeypatch.setitem(G._TRAIN, kind, no_training)
+    monkeypatch.setitem(training.TRAINERS, kind, no_training)
     second = G.load_or_train(kind, size="tiny", seed=2)
     assert second.info["cached"] is True and second.info["train_seconds"] == first.info["train_seconds"]
     assert not any(p.requires_grad for p in second.parameters()) and not second.training

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fastsamp import metrics
+from fastsamp.experiments.tilting import base_mixture, exponential_tilt, gaussian_bump
 from fastsamp.samplers import NonFiniteChainsError, NonFiniteChainsWarning, effective_sample_size, importance_sde
-from fastsamp.tilting import base_mixture, exponential_tilt, gaussian_bump
 
 P = base_mixture()
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from fastsamp import offpolicy
+from fastsamp.experiments import offpolicy
 from fastsamp.samplers.diffusion import train
 
 TINY = dict(batch_size=32, hidden=16, n_steps=10)

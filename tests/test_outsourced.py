@@ -4,8 +4,7 @@ the prior's without collapsing diversity (fixed seeds, small models trained in t
 import pytest
 import torch
 
-from fastsamp import generative as gen
-from fastsamp import outsourced
+from fastsamp.experiments import digits, outsourced
 
 DIGIT = 3
 
@@ -15,10 +14,10 @@ def models():
     torch.manual_seed(0)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    data = gen.load_digits_data("prior")
-    vae = gen.train_vae(data, steps=1500, seed=0, size="tiny")
-    clf = gen.train_classifier(data, steps=600, seed=0, size="tiny")
-    heldout = gen.train_heldout_classifier(gen.load_digits_data("heldout"), steps=600, seed=1, size="tiny")
+    data = digits.load_digits_data("prior")
+    vae = digits.train_vae(data, steps=1500, seed=0, size="tiny")
+    clf = digits.train_classifier(data, steps=600, seed=0, size="tiny")
+    heldout = digits.train_heldout_classifier(digits.load_digits_data("heldout"), steps=600, seed=1, size="tiny")
     yield vae, clf, heldout
     torch.set_num_threads(n)
 
@@ -26,13 +25,13 @@ def models():
 def _metrics(vae, heldout, z):
     with torch.no_grad():
         x = vae(z)
-    return gen.sample_metrics(x, DIGIT, heldout, gen.real_digits(DIGIT, "test"))
+    return digits.sample_metrics(x, DIGIT, heldout, digits.real_digits(DIGIT, "test"))
 
 
 @pytest.mark.parametrize("sampler", ["diffusion", "mala"])
 def test_noise_space_sampler_raises_heldout_accuracy(models, sampler):
     vae, clf, heldout = models
-    post = outsourced.CountingPosterior(gen.NoisePosterior(vae, gen.ClassReward(clf, DIGIT), lam=1.0))
+    post = outsourced.CountingPosterior(digits.NoisePosterior(vae, digits.ClassReward(clf, DIGIT), lam=1.0))
     z_prior = torch.randn(256, vae.latent_dim, generator=torch.Generator().manual_seed(0))
     prior = _metrics(vae, heldout, z_prior)
     budget = 12_000
@@ -79,10 +78,10 @@ def test_samplers_stay_within_the_budget(sampler, budget):
     steps that would pass it are not run); untrained tiny networks: only the accounting is tested."""
     torch.manual_seed(0)
     n = 128
-    reward = _CountingReward(gen.ClassReward(gen.DigitClassifier(hidden=(16, 8)), DIGIT))
-    post = outsourced.CountingPosterior(gen.NoisePosterior(gen.VAEDecoder(latent_dim=4, hidden=16), reward))
+    reward = _CountingReward(digits.ClassReward(digits.DigitClassifier(hidden=(16, 8)), DIGIT))
+    post = outsourced.CountingPosterior(digits.NoisePosterior(digits.VAEDecoder(latent_dim=4, hidden=16), reward))
     if sampler == "guidance":
-        outsourced.sample_flow_guidance(gen.FlowGenerator(hidden=16, n_steps=2), reward, n, budget=budget, lam=1.0)
+        outsourced.sample_flow_guidance(digits.FlowGenerator(hidden=16, n_steps=2), reward, n, budget=budget, lam=1.0)
         calls = reward.calls
     else:
         if sampler == "diffusion":
@@ -102,8 +101,8 @@ def test_run_warns_that_tiny_is_for_tests_and_reports_the_calls_made(monkeypatch
     """size="tiny" warns; run() reports the reward calls actually made, within the budget (untrained tiny
     networks stand in for the cached models)."""
     torch.manual_seed(0)
-    monkeypatch.setattr(gen, "load_or_train", lambda kind, size: gen.VAEDecoder(latent_dim=4, hidden=16)
-                        if kind == "vae" else gen.DigitClassifier((16, 8)))
+    monkeypatch.setattr(digits, "load_or_train", lambda kind, size: digits.VAEDecoder(latent_dim=4, hidden=16)
+                        if kind == "vae" else digits.DigitClassifier((16, 8)))
     with pytest.warns(UserWarning, match="tiny' is for tests only"):
         _, m = outsourced.run("vae", "class", "hmc", n=16, budget=300, size="tiny")
     assert 300 - 4 * 16 < m["reward_calls"] <= 300 and m["budget"] == 300

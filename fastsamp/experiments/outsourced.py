@@ -30,11 +30,11 @@ import warnings
 
 import torch
 
-from . import generative as gen
-from .cli import write_json
-from .distributed import Comm
-from .samplers.annealed import mcmc
-from .samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
+from ..cli import write_json
+from ..distributed import Comm
+from ..samplers.annealed import mcmc
+from ..samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
+from . import digits
 
 PRIORS = ("vae", "gan", "flow")
 REWARDS = ("class", "inpaint")
@@ -72,12 +72,12 @@ def make_reward(kind: str, classifier, digit: int, *, sigma=0.1):
     """`class`: log p(digit | x) of the reward classifier; `inpaint`: the top half of a real test
     digit of that class is observed (Gaussian likelihood with std sigma), the bottom half is free."""
     if kind == "class":
-        return gen.ClassReward(classifier, digit)
+        return digits.ClassReward(classifier, digit)
     if kind == "inpaint":
-        x_obs = gen.real_digits(digit, "test")[0]
-        mask = torch.zeros(gen.DIM, dtype=torch.bool)
+        x_obs = digits.real_digits(digit, "test")[0]
+        mask = torch.zeros(digits.DIM, dtype=torch.bool)
         mask[:32] = True
-        return gen.InpaintReward(x_obs, mask, sigma=sigma)
+        return digits.InpaintReward(x_obs, mask, sigma=sigma)
     raise ValueError(f"reward must be one of {REWARDS}, got {kind!r}")
 
 
@@ -155,7 +155,7 @@ def sample_flow_guidance(flow, reward, n, *, budget, lam, weight=1.0, seed=0):
     budget // n steps (one reward gradient per chain and step)."""
     _check_budget("guidance", n, budget)
     g = torch.Generator().manual_seed(seed)
-    y = torch.randn(n, gen.DIM, generator=g)
+    y = torch.randn(n, digits.DIM, generator=g)
     steps = budget // n
     h = 1.0 / steps
     for i in range(steps):
@@ -184,11 +184,11 @@ def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, 
     if size == "tiny":
         warnings.warn("size='tiny' is for tests only: the tiny VAE and GAN priors are collapsed, so the metrics "
                       "mean nothing; use size='full'", UserWarning, stacklevel=2)
-    f = gen.load_or_train(prior, size=size)
-    clf = gen.load_or_train("classifier", size=size)
-    heldout = gen.load_or_train("heldout_classifier", size=size)
+    f = digits.load_or_train(prior, size=size)
+    clf = digits.load_or_train("classifier", size=size)
+    heldout = digits.load_or_train("heldout_classifier", size=size)
     reward = make_reward(reward_kind, clf, digit)
-    post = CountingPosterior(gen.NoisePosterior(f, reward, lam=lam))
+    post = CountingPosterior(digits.NoisePosterior(f, reward, lam=lam))
     t0 = time.perf_counter()
     if sampler == "prior":
         z = torch.randn(n, post.dim, generator=torch.Generator().manual_seed(seed))
@@ -210,7 +210,7 @@ def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, 
         return None, None
     with torch.no_grad():
         log_r = reward(x)
-    metrics = gen.sample_metrics(x, digit, heldout, gen.real_digits(digit, "test"))
+    metrics = digits.sample_metrics(x, digit, heldout, digits.real_digits(digit, "test"))
     metrics.update({"prior": prior, "reward": reward_kind, "sampler": sampler, "digit": digit, "lam": lam,
                     "mean_log_reward": float(log_r.mean()), "reward_calls": calls, "budget": budget,
                     "seconds": seconds, "size": size, "seed": seed, **info})
@@ -240,6 +240,6 @@ def main(args) -> int:
     if args.json:
         write_json(args.json, rows)
     if args.png:
-        gen.save_grid(torch.cat([x for _, x in grids]), args.png, nrow=16,
+        digits.save_grid(torch.cat([x for _, x in grids]), args.png, nrow=16,
                       title=" | ".join(name for name, _ in grids) if len(grids) <= 3 else None)
     return 0

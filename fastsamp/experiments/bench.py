@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from . import backends
-from .ops import reference as ref
-from .schedules import VP, reverse_em_coefficients
+from .. import backends
+from ..ops import reference as ref
+from ..schedules import VP, reverse_em_coefficients
 
 
 def _sync(device):
@@ -81,7 +81,7 @@ MIXTURES = ("compact", "separated", "mainjob")
 def mixture(kind, D, K, seed=0):
     """(means, log_weights, variances) in float64 of the benchmark mixture `kind` (MIXTURES)."""
     if kind == "mainjob":
-        from .cli import _mixture
+        from ..cli import _mixture
         return _mixture(D, K, seed, torch.float64, "cpu")
     g = torch.Generator().manual_seed(seed)
     scale, var = {"compact": (0.5, None), "separated": (3.0, (0.2, 1.0))}[kind]
@@ -190,7 +190,7 @@ def op_name(case):
 def flush_rows(fn, args, device, min_time) -> dict:
     """C++ mixture kernel against itself: with FTZ forced by the caller (torch.set_flush_denormal)
     and with the kernels' own flushing switched off."""
-    from . import _C
+    from .. import _C
     ms = timeit(lambda: fn(*args), device, min_time=min_time)
     torch.set_flush_denormal(True)
     try:

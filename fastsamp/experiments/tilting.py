@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from . import metrics
-from .cli import mean_sd, summarise_seeds, write_json
-from .models import GaussianMixture, Product
-from .samplers.importance import effective_sample_size, importance_sde, self_normalised_weights
+from .. import metrics
+from ..cli import mean_sd, summarise_seeds, write_json
+from ..models import GaussianMixture, Product
+from ..samplers.importance import effective_sample_size, importance_sde, self_normalised_weights
 
 
 def base_mixture() -> GaussianMixture:

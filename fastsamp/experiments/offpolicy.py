@@ -14,9 +14,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
-from .distributed import Comm
-from .samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
-from .targets import TARGETS, get_target
+from ..distributed import Comm
+from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
+from ..targets import TARGETS, get_target
 
 # σ² of the reference process per target (Sendera et al., §5.1 / App. D)
 SIGMA2 = {"25gmm": 5.0, "funnel": 1.0, "manywell": 1.0, "40gmm": 5.0, "lgcp": 5.0}

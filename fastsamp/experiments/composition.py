@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from . import metrics
-from .cli import mean_sd, summarise_seeds, write_json
-from .models import GaussianMixture, Product, train_score_mlp
-from .samplers import annealed_mcmc
+from .. import metrics
+from ..cli import mean_sd, summarise_seeds, write_json
+from ..models import GaussianMixture, Product, train_score_mlp
+from ..samplers import annealed_mcmc
 
 
 def factors():
