@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from fastsamp.cli import main, write_json
+from fastsamp.cli import main
+from fastsamp.experiments.reporting import write_json
 
 
 def exit_code(argv):

@@ -1,9 +1,14 @@
-"""Experiments and paper reproductions built on the fastsamp core (not part of the library API):
+"""Experiments and paper reproductions built on the fastsamp core (not part of the library API). Each
+command-line verb lives in one module, with its options (`add_arguments`), its cross-option checks
+(`check`) and `main(args)`; fastsamp/cli.py only maps verbs to modules:
 
-    bench        `fastsamp bench`: every op on every backend against eager PyTorch and torch.compile
-    composition  `fastsamp compose`: products of 2-D mixtures and of trained score MLPs
-    tilting      `fastsamp importance`: training-free importance sampling with exact answers
-    offpolicy    `fastsamp train`: off-policy diffusion samplers on benchmark targets, the resumable table
-    outsourced   `fastsamp outsourced`: posterior sampling in the noise space of the digit generators
-    digits       the 8×8 digit data, generators, classifiers, rewards and metrics behind `outsourced`
+    annealed_mixture  `fastsamp sample` (the main job): annealed score-MH MALA on a Gaussian mixture
+    bench             `fastsamp bench`: every op on every backend against eager PyTorch and torch.compile
+    composition       `fastsamp compose`: products of 2-D mixtures and of trained score MLPs
+    tilting           `fastsamp importance`: training-free importance sampling with exact answers
+    offpolicy         `fastsamp train`: off-policy diffusion samplers on benchmark targets, the resumable table
+    outsourced        `fastsamp outsourced`: posterior sampling in the noise space of the digit generators
+    digits            the 8×8 digit data, generators, classifiers, rewards and metrics behind `outsourced`
+    options           argparse types (counts, positive numbers, devices, name lists) and shared options
+    reporting         strict JSON results and per-seed mean ± sd summaries
 """

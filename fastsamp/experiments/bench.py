@@ -25,6 +25,7 @@ import torch
 from .. import backends
 from ..ops import reference as ref
 from ..schedules import VP, reverse_em_coefficients
+from .options import device_arg, positive_float
 
 
 def _sync(device):
@@ -81,8 +82,8 @@ MIXTURES = ("compact", "separated", "mainjob")
 def mixture(kind, D, K, seed=0):
     """(means, log_weights, variances) in float64 of the benchmark mixture `kind` (MIXTURES)."""
     if kind == "mainjob":
-        from ..cli import _mixture
-        return _mixture(D, K, seed, torch.float64, "cpu")
+        from .annealed_mixture import random_mixture
+        return random_mixture(D, K, seed, torch.float64, "cpu")
     g = torch.Generator().manual_seed(seed)
     scale, var = {"compact": (0.5, None), "separated": (3.0, (0.2, 1.0))}[kind]
     means = scale * torch.randn(K, D, generator=g, dtype=torch.float64)
@@ -306,7 +307,32 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+SUMMARY = "time every op on every backend against eager and torch.compile"
+DESCRIPTION = ("Time each op on each available backend against the eager PyTorch reference and torch.compile of "
+               "it, with the fraction of a memory triad and of an fp32 GEMM measured in the same run.")
+
+
+def add_arguments(b):
+    """The options of `fastsamp bench`."""
+    b.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
+    b.add_argument("--ops", default=None, help="comma-separated op names (default: all)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="dtype of the inputs")
+    b.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    b.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timing per measurement")
+    b.add_argument("--json", default=None, help="write the report as JSON here")
+
+
+def check(args):
+    """--ops must name known ops or cases."""
+    if args.ops:
+        bad = unknown_ops(args.ops.split(","))
+        if bad:
+            args.parser.error(f"--ops: unknown op(s) {', '.join(map(repr, bad))}; choose from "
+                              f"{', '.join(case_names())} (an op name alone: all its cases)")
+
+
 def main(args) -> int:
+    """`fastsamp bench`: the table, and the JSON report with --json."""
     ops = args.ops.split(",") if args.ops else None
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     try:

@@ -12,9 +12,10 @@ import time
 import torch
 
 from .. import metrics
-from ..cli import mean_sd, summarise_seeds, write_json
 from ..models import GaussianMixture, Product, train_score_mlp
 from ..samplers import annealed_mcmc
+from .options import count, positive_float, two_d_experiment_options
+from .reporting import mean_sd, summarise_seeds, write_json
 
 
 def factors():
@@ -112,6 +113,22 @@ def _plot(samples, exact, path):
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+SUMMARY = "2-D composition experiment: unadjusted vs score-MH vs energy-MH"
+DESCRIPTION = ("Products of two 2-D mixtures and of two trained score MLPs, sampled by annealed MCMC "
+               "(ULA/MALA/HMC/U-HMC, unadjusted, score-MH, energy-MH) at an equal number of score evaluations "
+               "per level; sliced W2, MMD and mode-occupancy TV against exact product samples.")
+
+
+def add_arguments(c):
+    """The options of `fastsamp compose`."""
+    two_d_experiment_options(c)
+    c.add_argument("--budget", type=count(3), default=12,
+                   help="score evaluations per noise level (at least 3: one 3-point score-MH or 3-leapfrog move)")
+    c.add_argument("--levels", type=count(2), default=30, help="noise levels")
+    c.add_argument("--step-size", type=positive_float, default=0.3, help="corrector step-size scale")
+    c.add_argument("--mlp-iters", type=count(1), default=2000, help="training iterations of each score MLP")
 
 
 def main(args) -> int:

@@ -17,6 +17,7 @@ import torch
 from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
 from ..targets import TARGETS, get_target
+from .options import MAX_SEED, count
 
 # σ² of the reference process per target (Sendera et al., §5.1 / App. D)
 SIGMA2 = {"25gmm": 5.0, "funnel": 1.0, "manywell": 1.0, "40gmm": 5.0, "lgcp": 5.0}
@@ -252,6 +253,30 @@ def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, s
         out["fused" if fused else "eager"] = train(sampler, cfg, progress=False).seconds_per_iteration
     out["speedup"] = out["eager"] / out["fused"]
     return out
+
+
+SUMMARY = "train an off-policy diffusion sampler on a benchmark target and evaluate it"
+DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et al. 2024) on a benchmark target, "
+               "evaluate log Z, ESS and W2, save the model and print/write JSON.")
+
+
+def add_arguments(r):
+    """The options of `fastsamp train`."""
+    r.add_argument("--target", default="25gmm", choices=TARGETS, help="benchmark target")
+    r.add_argument("--method", default="tb+expl+lp+ls", choices=tuple(METHODS), help="training preset")
+    r.add_argument("--iterations", type=count(1), default=None,
+                   help="training iterations (None: the paper's count for the method)")
+    r.add_argument("--batch-size", type=count(1), default=300, help="trajectories per iteration")
+    r.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="random seed")
+    r.add_argument("--eval-samples", type=count(2), default=2000, help="samples for the evaluation (at least 2)")
+    r.add_argument("--out", default=None, help="directory for the model (.pt) and the JSON")
+    r.add_argument("--device", default="cpu", help="cpu or cuda[:N] (network, target and trajectories)")
+    r.add_argument("--checkpoint-every", type=int, default=0,
+                   help="with --out: checkpoint every N iterations into OUT/checkpoints/ and resume from there")
+    r.add_argument("--eager", action="store_true", help="train on the eager PyTorch path instead of the fused one")
+    r.add_argument("--time", action="store_true", help="only time fused vs eager iterations")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--verbose", action="store_true", help="print the full result JSON")
 
 
 def main(args) -> int:

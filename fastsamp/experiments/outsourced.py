@@ -30,11 +30,12 @@ import warnings
 
 import torch
 
-from ..cli import write_json
 from ..distributed import Comm
 from ..samplers.annealed import mcmc
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
 from . import digits
+from .options import MAX_SEED, choice_list, count, positive_float
+from .reporting import write_json
 
 PRIORS = ("vae", "gan", "flow")
 REWARDS = ("class", "inpaint")
@@ -215,6 +216,41 @@ def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, 
                     "mean_log_reward": float(log_r.mean()), "reward_calls": calls, "budget": budget,
                     "seconds": seconds, "size": size, "seed": seed, **info})
     return x, metrics
+
+
+SUMMARY = "posterior sampling in the noise space of digit generators"
+DESCRIPTION = ("Sample p(x | y) ∝ p(x) r(x, y) through the noise-space posterior of a digit generator x = f(z) "
+               "(VAE, GAN, rectified flow), every sampler charged the same budget of reward calls; held-out "
+               "accuracy, mean log-reward, diversity and Fréchet distance per cell.")
+
+
+def add_arguments(o):
+    """The options of `fastsamp outsourced`."""
+    o.add_argument("--priors", type=choice_list(PRIORS), default=",".join(PRIORS),
+                   help="comma-separated: " + ", ".join(PRIORS))
+    o.add_argument("--rewards", type=choice_list(REWARDS), default="class",
+                   help="comma-separated: " + ", ".join(REWARDS))
+    o.add_argument("--samplers", type=choice_list(SAMPLERS), default=",".join(SAMPLERS),
+                   help="comma-separated: " + ", ".join(SAMPLERS) + " (flow prior only)")
+    o.add_argument("--digit", type=count(0, 9), default=3, help="the digit y")
+    o.add_argument("--lam", type=positive_float, default=1.0, help="reward exponent λ")
+    o.add_argument("--samples", type=count(2), default=256, help="samples per cell")
+    o.add_argument("--budget", type=count(1), default=60_000, help="reward evaluations per sampler")
+    o.add_argument("--size", default="full", choices=["tiny", "full"],
+                   help="prior/classifier size (cached); tiny is for tests only: its VAE and GAN priors are "
+                        "collapsed, so its numbers mean nothing")
+    o.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="random seed")
+    o.add_argument("--json", default=None, help="write the rows as JSON here")
+    o.add_argument("--png", default=None, help="write a grid of samples here (one row per cell)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check(args):
+    """--budget must cover the fewest reward calls of every chosen sampler at --samples."""
+    need = max(min_budget(s, args.samples) for s in args.samplers.split(","))
+    if args.budget < need:
+        args.parser.error(f"--budget {args.budget} is below what the samplers need at --samples {args.samples}: "
+                          f"at least {need} reward calls")
 
 
 def main(args) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from .. import metrics
-from ..cli import mean_sd, summarise_seeds, write_json
 from ..models import GaussianMixture, Product
 from ..samplers.importance import effective_sample_size, importance_sde, self_normalised_weights
+from .options import count, two_d_experiment_options
+from .reporting import mean_sd, summarise_seeds, write_json
 
 
 def base_mixture() -> GaussianMixture:
@@ -121,7 +122,20 @@ def _plot(panels, case_defs, n, path):
     fig.savefig(path, dpi=100)
 
 
+SUMMARY = "training-free importance sampling test bed with exact answers"
+DESCRIPTION = ("Guided reverse SDE for q ∝ l·p (exponential tilt and Gaussian bump of a 2-D mixture, exact q in "
+               "closed form), with and without the scheduler and the MH corrector, against importance resampling "
+               "of exact base samples.")
+
+
+def add_arguments(m):
+    """The options of `fastsamp importance`."""
+    two_d_experiment_options(m)
+    m.add_argument("--steps", type=count(1), default=200, help="reverse SDE steps")
+
+
 def main(args) -> int:
+    """`fastsamp importance`: the table, and the JSON report with --json."""
     report = run(args.samples, args.steps, tuple(range(args.seeds)), args.png)
     print(format_table(report))
     if args.json:
