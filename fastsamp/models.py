@@ -1,8 +1,11 @@
 """Score models: exact Gaussian mixtures, products (composition), any score network,
 energy-parameterised models, and a small trained score MLP.
 
-A model has `dim`, `schedule` and `score(x, t) -> (B, D)`; models with an energy
-also have `log_prob(x, t) -> (B,)` (up to a constant for products).
+Every model follows the protocol of `fastsamp.protocol`: `dim`, `schedule`, `score(x, t) -> (B, D)`;
+models with an energy also have `log_prob(x, t) -> (B,)` (up to a constant for products).
+Mixtures (and products of them) compute with fastsamp ops: `with_backend(backend)` gives the
+same model on that backend. Every model saves and loads (`save(model, path)`, `load(path)`: a
+config of plain values and a state_dict, readable by torch.load(weights_only=True)).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import math
 import torch
 
 from . import ops
-from .schedules import VP
+from .protocol import has_energy, with_backend
+from .schedules import VE, VP
 
 
 def _float_tensor(name, v, dtype=None, device=None):
@@ -47,9 +51,10 @@ class GaussianMixture:
 
     has_energy = True
 
-    def __init__(self, means, log_weights, variances, schedule=None):
+    def __init__(self, means, log_weights, variances, schedule=None, backend="auto"):
         """means (K, D), log_weights (K,) (unnormalised), variances (K,): tensors or array-likes (NumPy
-        arrays, lists); integer inputs become the default float dtype, the others take means' dtype."""
+        arrays, lists); integer inputs become the default float dtype, the others take means' dtype.
+        `backend`: the backend of ops.gmm_score in score/log_prob (`with_backend` changes it)."""
         self.means = _float_tensor("means", means)
         dtype, device = self.means.dtype, self.means.device
         self.log_weights = _float_tensor("log_weights", log_weights, dtype, device)
@@ -68,11 +73,18 @@ class GaussianMixture:
         if bool(torch.isnan(lw).any() | (lw == math.inf).any()) or bool((lw == -math.inf).all()):
             raise ValueError("log_weights must be < inf, not NaN, and not all -inf")
         self.schedule = schedule or VP()
+        self.backend = backend
         self.dim = self.means.shape[1]
 
     def to(self, dtype=None, device=None):
+        """A copy with the parameters in `dtype` on `device` (this mixture is unchanged)."""
         conv = lambda t: t.to(dtype=dtype or t.dtype, device=device or t.device)  # noqa: E731
-        return GaussianMixture(conv(self.means), conv(self.log_weights), conv(self.variances), self.schedule)
+        return GaussianMixture(conv(self.means), conv(self.log_weights), conv(self.variances), self.schedule,
+                               self.backend)
+
+    def with_backend(self, backend):
+        """This mixture (the same tensors) evaluated by ops.gmm_score on `backend`."""
+        return GaussianMixture(self.means, self.log_weights, self.variances, self.schedule, backend)
 
     def marginal(self, t: float) -> tuple[float, float]:
         return self.schedule.alpha(t), self.schedule.sigma2(t)
@@ -80,15 +92,44 @@ class GaussianMixture:
     def _params(self, x):
         return [p.to(dtype=x.dtype, device=x.device) for p in (self.means, self.log_weights, self.variances)]
 
-    def score_and_log_prob(self, x, t, backend="auto"):
+    def score_and_log_prob(self, x, t):
         alpha, sigma2 = self.marginal(t)
-        return ops.gmm_score(x, *self._params(x), alpha=alpha, sigma2=sigma2, backend=backend)
+        return ops.gmm_score(x, *self._params(x), alpha=alpha, sigma2=sigma2, backend=self.backend)
 
-    def score(self, x, t, backend="auto"):
-        return self.score_and_log_prob(x, t, backend)[0]
+    def score(self, x, t):
+        return self.score_and_log_prob(x, t)[0]
 
-    def log_prob(self, x, t, backend="auto"):
-        return self.score_and_log_prob(x, t, backend)[1]
+    def log_prob(self, x, t):
+        return self.score_and_log_prob(x, t)[1]
+
+    def fused_corrector(self):
+        """The whole-move kernels ops.gmm_mala (ULA/MALA) and ops.gmm_hmc (HMC/U-HMC) as one callable
+        (the `fastsamp.protocol` hook)."""
+        return self.fused_moves
+
+    def fused_moves(self, x, t, step_size, spec, key):
+        """spec.n_steps corrector moves (spec: a `fastsamp.samplers.kernels.CorrectorSpec`) at time t from
+        x with Philox key (seed, offset, chain_offset); returns (x, per-chain acceptance rate). The HMC
+        momentum starts at 0 and is carried across the moves inside the kernel."""
+        alpha, sigma2 = self.marginal(t)
+        common = dict(step_size=step_size, n_steps=spec.n_steps, alpha=alpha, sigma2=sigma2, seed=key.seed,
+                      offset=key.offset, chain_offset=key.chain_offset, backend=spec.backend)
+        if spec.corrector in ("hmc", "uhmc"):
+            return ops.gmm_hmc(x, *self._params(x), n_leapfrog=spec.n_leapfrog, mh=spec.mh,
+                               damping=spec.damping if spec.corrector == "uhmc" else 0.0, **common)
+        return ops.gmm_mala(x, *self._params(x), n_trapezoid=spec.n_trapezoid,
+                            mh="none" if spec.corrector == "ula" else spec.mh, **common)
+
+    def config(self):
+        return {"schedule": schedule_config(self.schedule), "backend": self.backend}
+
+    def state_dict(self):
+        return {"means": self.means, "log_weights": self.log_weights, "variances": self.variances}
+
+    @classmethod
+    def from_saved(cls, config, state):
+        return cls(state["means"], state["log_weights"], state["variances"],
+                   schedule_from_config(config["schedule"]), config["backend"])
 
     def sample(self, n, generator=None, dtype=None):
         """Exact samples of p_0."""
@@ -112,18 +153,31 @@ class Product:
             raise ValueError(f"models have different dims {dims}")
         self.models, self.dim = models, models[0].dim
         self.schedule = models[0].schedule
-        self.has_energy = all(getattr(m, "has_energy", False) for m in models)
+        self.has_energy = all(has_energy(m) for m in models)
 
-    def score(self, x, t, backend="auto"):
-        return sum(m.score(x, t, backend=backend) for m in self.models)
+    def with_backend(self, backend):
+        return Product(*(with_backend(m, backend) for m in self.models))
 
-    def log_prob(self, x, t, backend="auto"):
+    def score(self, x, t):
+        return sum(m.score(x, t) for m in self.models)
+
+    def log_prob(self, x, t):
         if not self.has_energy:
             raise TypeError("log_prob needs every factor to have an energy")
-        return sum(m.log_prob(x, t, backend=backend) for m in self.models)
+        return sum(m.log_prob(x, t) for m in self.models)
 
-    def score_and_log_prob(self, x, t, backend="auto"):
-        return self.score(x, t, backend), self.log_prob(x, t, backend)
+    def score_and_log_prob(self, x, t):
+        return self.score(x, t), self.log_prob(x, t)
+
+    def config(self):
+        return {"factors": [saved_form(m) for m in self.models]}
+
+    def state_dict(self):
+        return {}
+
+    @classmethod
+    def from_saved(cls, config, state):
+        return cls(*(from_saved_form(f) for f in config["factors"]))
 
     def as_mixture(self) -> GaussianMixture:
         """The product of isotropic Gaussian mixtures at t = 0 as one mixture:
@@ -149,35 +203,39 @@ class Product:
         return self.as_mixture().sample(n, generator)
 
 
-class ScoreModel:
-    """Any callable fn(x, t) -> score (a neural score network): no energy."""
+class ScoreModel(torch.nn.Module):
+    """Any callable fn(x, t) -> score (a neural score network) as a model: no energy. An nn.Module
+    fn is a submodule (its parameters are this model's); the default schedule is VP."""
 
     has_energy = False
 
     def __init__(self, fn, dim, schedule=None):
-        self.fn, self.dim, self.schedule = fn, dim, schedule or VP()
+        super().__init__()
+        self.fn, self.dim, self.schedule = fn, int(dim), schedule or VP()
 
-    def score(self, x, t, backend="auto"):
+    def score(self, x, t):
         with torch.no_grad():
             return self.fn(x, t)
 
 
-class EnergyModel:
-    """Energy-parameterised model: log p_t(x) = −E(x, t) + const, score = −∇E by autograd."""
+class EnergyModel(torch.nn.Module):
+    """Energy-parameterised model: log p_t(x) = −E(x, t) + const, score = −∇E by autograd. An
+    nn.Module energy is a submodule; the default schedule is VP."""
 
     has_energy = True
 
     def __init__(self, energy, dim, schedule=None):
-        self.energy, self.dim, self.schedule = energy, dim, schedule or VP()
+        super().__init__()
+        self.energy, self.dim, self.schedule = energy, int(dim), schedule or VP()
 
-    def score_and_log_prob(self, x, t, backend="auto"):
+    def score_and_log_prob(self, x, t):
         e, g = value_and_grad(lambda z: self.energy(z, t), x)
         return -g, -e
 
-    def score(self, x, t, backend="auto"):
+    def score(self, x, t):
         return self.score_and_log_prob(x, t)[0]
 
-    def log_prob(self, x, t, backend="auto"):
+    def log_prob(self, x, t):
         with torch.no_grad():
             return -self.energy(x, t)
 
@@ -186,10 +244,17 @@ class ScoreMLP(torch.nn.Module):
     """s_θ(x, t) = (α_t m − x)/v_t + MLP([x, Fourier(t)])/√v_t, v_t = α_t² σ_d² + σ_t²:
     the score of the moment-matched Gaussian (data mean m, variance σ_d²) plus a learned
     correction, an MLP with a sinusoidal time embedding. The Gaussian part keeps the score
-    well scaled at small t and far from the data, where the network has seen little."""
+    well scaled at small t and far from the data, where the network has seen little.
+
+    As a model, `score(x, t)` evaluates the network in its own dtype (no grad) and returns the
+    score in x's dtype (`casts_input`): a float32 network serves float64 chains."""
+
+    has_energy = False
+    casts_input = True
 
     def __init__(self, dim, hidden=128, n_freq=16, schedule=None, data_mean=None, data_var=1.0):
         super().__init__()
+        self.dim, self.hidden, self.n_freq = int(dim), int(hidden), int(n_freq)
         self.schedule = schedule or VP()
         self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(1000.0), n_freq)))
         self.register_buffer("data_mean", torch.zeros(dim) if data_mean is None else data_mean.float())
@@ -201,10 +266,8 @@ class ScoreMLP(torch.nn.Module):
             torch.nn.Linear(hidden, dim))
 
     def marginal(self, t):
-        """(α_t, σ_t²) of the VP schedule for a tensor of times."""
-        sch = self.schedule
-        log_alpha = -0.5 * (sch.beta_min * t + 0.5 * (sch.beta_max - sch.beta_min) * t * t)
-        return log_alpha.exp(), -torch.expm1(2 * log_alpha)
+        """(α_t, σ_t²) of the schedule for a tensor of times."""
+        return self.schedule.alpha(t), self.schedule.sigma2(t)
 
     def forward(self, x, t):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
@@ -213,11 +276,28 @@ class ScoreMLP(torch.nn.Module):
         emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
         return (alpha * self.data_mean - x) / v + self.net(torch.cat([x, emb], 1)) / v.sqrt()
 
+    def score(self, x, t):
+        dtype = self.freq.dtype
+        with torch.no_grad():
+            return self(x.to(dtype), float(t)).to(x.dtype)
+
+    def config(self):
+        return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
+                "schedule": schedule_config(self.schedule)}
+
+    @classmethod
+    def from_saved(cls, config, state):
+        config = dict(config, schedule=schedule_from_config(config["schedule"]))
+        model = cls(**config)
+        model.load_state_dict(state)
+        return model
+
 
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
-                    schedule=None) -> ScoreModel:
+                    schedule=None) -> ScoreMLP:
     """Denoising score matching on data samples (VP schedule): minimise
-    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1)."""
+    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1). Returns the trained ScoreMLP
+    (float32, eval mode), a model that saves and loads."""
     schedule = schedule or VP()
     if not isinstance(schedule, VP):
         raise TypeError("train_score_mlp supports the VP schedule")
@@ -240,9 +320,55 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
         loss.backward()
         opt.step()
         sched.step()
-    net.eval()
+    return net.eval()
 
-    def fn(x, t):
-        return net(x.float(), float(t)).to(x.dtype)
 
-    return ScoreModel(fn, data.shape[1], schedule)
+# -- saving and loading ------------------------------------------------------------------------------
+
+SCHEDULE_KINDS = {"VP": VP, "VE": VE}
+
+
+def schedule_config(schedule) -> dict:
+    """A VP/VE schedule as plain values."""
+    kind = type(schedule).__name__
+    if SCHEDULE_KINDS.get(kind) is not type(schedule):
+        raise TypeError(f"only VP and VE schedules can be saved, got {kind}")
+    return {"kind": kind, **{f: getattr(schedule, f) for f in schedule.__dataclass_fields__}}
+
+
+def schedule_from_config(config):
+    config = dict(config)
+    return SCHEDULE_KINDS[config.pop("kind")](**config)
+
+
+SAVABLE = {"GaussianMixture": GaussianMixture, "Product": Product, "ScoreMLP": ScoreMLP}
+
+
+def saved_form(model) -> dict:
+    """{"class", "config", "state"}: the model as plain values and tensors (weights_only-safe)."""
+    name = type(model).__name__
+    if SAVABLE.get(name) is not type(model):
+        raise TypeError(f"{name} cannot be saved: save() knows {', '.join(SAVABLE)}; a ScoreModel or EnergyModel "
+                        f"wraps your own code: save its network's state_dict and rebuild the wrapper")
+    return {"class": name, "config": model.config(), "state": dict(model.state_dict())}
+
+
+def from_saved_form(form):
+    cls = SAVABLE.get(form.get("class"))
+    if cls is None:
+        raise ValueError(f"unknown saved model class {form.get('class')!r}; known: {', '.join(SAVABLE)}")
+    return cls.from_saved(form["config"], form["state"])
+
+
+def save(model, path) -> None:
+    """Write `model` (GaussianMixture, Product of them, ScoreMLP) to `path`: its class name, config and
+    state_dict, which `torch.load(path)` reads with the default weights_only=True."""
+    torch.save({"format": 1, **saved_form(model)}, path)
+
+
+def load(path, map_location=None):
+    """The model written by `save` (read with weights_only=True)."""
+    form = torch.load(path, map_location=map_location, weights_only=True)
+    if form.get("format") != 1:
+        raise ValueError(f"{path} is not a fastsamp model file (format {form.get('format')!r})")
+    return from_saved_form(form)

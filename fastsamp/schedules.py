@@ -1,18 +1,40 @@
 """Noise schedules (docs/design.md: data at t = 0, noise at t = 1).
 
 A forward SDE dx = f(t) x dt + g(t) dW with marginal x_t | x_0 ~ N(α_t x_0, σ_t² I).
+Every method takes a time as a python float (returning a float; checked to be in [0, 1]) or as
+a floating tensor of times (returning a tensor of the same shape, dtype and device, computed
+with the same formulas; not range-checked, so that no host synchronisation is needed).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import torch
 
-def _check_t(t: float, name: str = "t") -> float:
+
+def _check_t(t, name: str = "t"):
+    """A float time in [0, 1], or a floating tensor of times (returned as it is)."""
+    if isinstance(t, torch.Tensor):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a float or a floating tensor, got a tensor of {t.dtype}")
+        return t
     t = float(t)
     if not math.isfinite(t) or not 0.0 <= t <= 1.0:
         raise ValueError(f"{name} must be a finite time in [0, 1], got {t!r}")
     return t
+
+
+def _exp(v):
+    return v.exp() if isinstance(v, torch.Tensor) else math.exp(v)
+
+
+def _expm1(v):
+    return torch.expm1(v) if isinstance(v, torch.Tensor) else math.expm1(v)
+
+
+def _sqrt(v):
+    return v.sqrt() if isinstance(v, torch.Tensor) else math.sqrt(v)
 
 
 @dataclass(frozen=True)
@@ -35,13 +57,13 @@ class VP:
         return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
 
     def alpha(self, t: float) -> float:
-        return math.exp(self.log_alpha(t))
+        return _exp(self.log_alpha(t))
 
     def sigma2(self, t: float) -> float:
-        return -math.expm1(2.0 * self.log_alpha(t))
+        return -_expm1(2.0 * self.log_alpha(t))
 
     def sigma(self, t: float) -> float:
-        return math.sqrt(self.sigma2(t))
+        return _sqrt(self.sigma2(t))
 
     def drift_coef(self, t: float) -> float:
         """f(t) in dx = f(t) x dt + g dW."""
@@ -67,18 +89,18 @@ class VE:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** _check_t(t)
 
     def alpha(self, t: float) -> float:
-        _check_t(t)
-        return 1.0
+        t = _check_t(t)
+        return torch.ones_like(t) if isinstance(t, torch.Tensor) else 1.0
 
     def sigma2(self, t: float) -> float:
         return self.sigma_t(t) ** 2 - self.sigma_min**2
 
     def sigma(self, t: float) -> float:
-        return math.sqrt(self.sigma2(t))
+        return _sqrt(self.sigma2(t))
 
     def drift_coef(self, t: float) -> float:
-        _check_t(t)
-        return 0.0
+        t = _check_t(t)
+        return torch.zeros_like(t) if isinstance(t, torch.Tensor) else 0.0
 
     def g2(self, t: float) -> float:
         return 2.0 * self.sigma_t(t) ** 2 * math.log(self.sigma_max / self.sigma_min)

@@ -16,6 +16,8 @@ lgcp       1600  GP prior × Poisson likelihood on a 40×40 grid                
 
 Common interface (:class:`Target`): ``dim``, ``name``, ``log_prob(x)`` (log R, shape (B,)), ``energy``,
 ``score`` (∇ log R, shape (B, D)), ``log_Z``, ``sample(n, generator)`` and ``to(device, dtype)``.
+A target is a model of `fastsamp.protocol` without a schedule: ``score(x, t)`` and ``log_prob(x, t)``
+take (and ignore) a time, so ``mcmc(target, x, mh="energy")`` samples it.
 Parameters are kept in float64; every evaluation runs in the dtype and on the device of its input.
 
     target = get_target("manywell")
@@ -94,8 +96,8 @@ class Target:
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
         return x
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log R(x), shape x.shape[:-1] ((B,) for a (B, D) batch)."""
+    def log_prob(self, x: torch.Tensor, t=None) -> torch.Tensor:
+        """log R(x), shape x.shape[:-1] ((B,) for a (B, D) batch); a time t is ignored (a fixed density)."""
         x = self._check(x)
         lead = x.shape[:-1]
         return self._log_prob(x.reshape(-1, self.dim)).reshape(lead)
@@ -104,8 +106,8 @@ class Target:
         """E(x) = −log R(x)."""
         return -self.log_prob(x)
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """∇_x log R(x), same shape as x."""
+    def score(self, x: torch.Tensor, t=None) -> torch.Tensor:
+        """∇_x log R(x), same shape as x; a time t is ignored."""
         x = self._check(x)
         return self._score(x.reshape(-1, self.dim)).reshape(x.shape)
 

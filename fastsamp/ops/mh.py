@@ -1,4 +1,4 @@
-"""MALA proposals and the score-based (trapezoidal line-integral) MH acceptance."""
+"""MALA proposals and their MH acceptance: score-based (trapezoidal line integral) or exact-energy."""
 from __future__ import annotations
 
 import torch
@@ -54,3 +54,25 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scor
             interior_scores = None
     fn = _dispatch.kernel(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
     return fn(x, x_prop, score, score_prop, eps, u, interior_scores)
+
+
+def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u, *, backend="auto"):
+    """MH test of a MALA move for a model with a log-density (exact energy difference):
+    log α = log p(x') − log p(x) + log q(x|x') − log q(x'|x), q as in `score_mh_accept`; accept iff
+    log u < log α (NaN rejects).
+
+    Returns (x_new, score_new, logp_new, accepted (B,) bool, log_alpha (B,)).
+    Only the PyTorch reference implements it (backend "auto" and "torch" on every device; an explicit
+    compiled backend raises ValueError): it is a few elementwise operations beside the model's own
+    log-density evaluation.
+    """
+    x = _checks.state("x", x)
+    x_prop = _checks.like("x_prop", x_prop, x)
+    score = _checks.like("score", score, x)
+    score_prop = _checks.like("score_prop", score_prop, x)
+    logp = _checks.like("logp", logp, x, (x.shape[0],))
+    logp_prop = _checks.like("logp_prop", logp_prop, x, (x.shape[0],))
+    eps = _checks.step_size(step_size, x)
+    u = _checks.uniforms("u", u, x)
+    fn = _dispatch.kernel(backend, "energy_mh_accept", x, x_prop, score, score_prop, logp, logp_prop, eps, u)
+    return fn(x, x_prop, score, score_prop, logp, logp_prop, eps, u)

@@ -94,6 +94,14 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
     return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
 
 
+def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u):
+    """MALA MH with the exact log-density difference: log α = logp' − logp + log q ratio."""
+    log_alpha = logp_prop - logp + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
+    accepted = torch.log(u) < log_alpha
+    return (_select(accepted, x_prop, x), _select(accepted, score_prop, score), torch.where(accepted, logp_prop, logp),
+            accepted, log_alpha)
+
+
 def leapfrog(x, p, score, step_size):
     """Half kick and drift: p½ = p + (ε/2) s(x), x_next = x + ε p½."""
     eps = step_size[:, None]

@@ -28,7 +28,8 @@ from .. import ops
 from ..distributed import Comm
 from ..models import value_and_grad
 from ..ops import _checks
-from .annealed import NonFiniteMonitor, check_corrector_args, count_arg, mcmc
+from ..protocol import CountingModel, has_energy, resolve_model, with_backend
+from .annealed import NonFiniteMonitor, check_device, corrector_spec, count_arg, mcmc
 
 
 def guidance_strength(schedule, t: float, c: float) -> float:
@@ -48,14 +49,17 @@ class Tilted:
     def __init__(self, model, log_weight):
         self.model, self.log_weight = model, log_weight
         self.dim, self.schedule = model.dim, model.schedule
-        self.has_energy = getattr(model, "has_energy", False)
+        self.has_energy = has_energy(model)
 
-    def score(self, x, t, backend="auto"):
-        return self.model.score(x, t, backend=backend) + grad_log_weight(self.log_weight, x)
+    def with_backend(self, backend):
+        return Tilted(with_backend(self.model, backend), self.log_weight)
 
-    def log_prob(self, x, t, backend="auto"):
+    def score(self, x, t):
+        return self.model.score(x, t) + grad_log_weight(self.log_weight, x)
+
+    def log_prob(self, x, t):
         with torch.no_grad():
-            return self.model.log_prob(x, t, backend=backend) + self.log_weight(x)
+            return self.model.log_prob(x, t) + self.log_weight(x)
 
 
 @dataclass
@@ -92,8 +96,10 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     """
     if corrector not in (None, "mala"):
         raise ValueError(f"corrector must be None or 'mala', got {corrector!r}")
-    n_corrector_steps, n_trapezoid, _ = check_corrector_args(model, "mala", "score", n_corrector_steps, n_trapezoid,
-                                                             1, 0.0, "n_corrector_steps")
+    model = resolve_model(model, dtype=dtype)
+    spec = corrector_spec(model, corrector="mala", mh="score", n_steps=n_corrector_steps, n_trapezoid=n_trapezoid,
+                          n_leapfrog=1, damping=0.0, steps_name="n_corrector_steps")
+    n_corrector_steps, n_trapezoid = spec.n_steps, spec.n_trapezoid
     n_steps, n_samples = count_arg("n_steps", n_steps, 1), count_arg("n_samples", n_samples, 1)
     if not callable(log_weight):
         raise TypeError(f"log_weight must be a callable x -> log l(x), got {type(log_weight).__name__}")
@@ -112,12 +118,13 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     else:
         def weight_of(t):
             return guidance_strength(model.schedule, t, float(guidance_schedule))
-    device = torch.device(device)
+    device = check_device(device)
     comm = Comm.resolve(group)
     if n_samples < comm.world_size:
         raise ValueError(f"n_samples ({n_samples}) must be >= the number of ranks ({comm.world_size})")
     chain0, n_local = comm.shard(n_samples)
     sched = model.schedule
+    f = CountingModel(with_backend(model, backend))
     stats = ImportanceStats(chain_offset=chain0, n_local=n_local)
     monitor = NonFiniteMonitor(n_steps + (corrector is not None), device, on_nonfinite)
     start = time.perf_counter()
@@ -128,10 +135,10 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
         with comm.level(1) as lv:  # the step's non-finite chains over all ranks (and the failure flag)
             t, h = ts[i], ts[i] - ts[i + 1]
             alpha, sigma2 = sched.alpha(t), sched.sigma2(t)
-            s = model.score(x, t, backend=backend)
+            s = f.score(x, t)
             x0_hat = (x + sigma2 * s) / alpha
             v = grad_log_weight(log_weight, x0_hat)
-            s_shift = model.score(x + fd_eps * v, t, backend=backend)
+            s_shift = f.score(x + fd_eps * v, t)
             x = ops.guided_sde_step(x, s, s_shift, v, t=t, h=h, schedule=sched, fd_eps=fd_eps,
                                     guidance=weight_of(t), seed=seed, offset=i + 1, chain_offset=chain0, out=x,
                                     backend=backend)

@@ -1,0 +1,245 @@
+"""MCMC correctors in the BlackJAX shape: a kernel is an `init` and a `step` over a plain state.
+
+    kernel = Langevin(model, t, step_size, ScoreMH(n_trapezoid), backend)   # or HMC(...)
+    state = kernel.init(x)                                  # ChainState(x, score, logp, momentum)
+    state, info = kernel.step(state, PhiloxKey(seed, offset, chain_offset))   # Info(accepted, log_alpha)
+
+`model` is a `fastsamp.protocol.CountingModel`. The MH test is a shared piece: `ScoreMH` (the
+trapezoidal line integral of the score, `ops.score_mh_accept`; for HMC along the leapfrog path),
+`EnergyMH` (the exact log-density difference, `ops.energy_mh_accept` / `ops.hmc_accept`) or
+`NoMH` (unadjusted: ULA, U-HMC). Move m of a run uses the Philox draws (seed, offset + m) of the
+global chains chain_offset + b: the proposal noise ξ (or the momentum refresh) and the uniform u.
+
+HMC rejection keeps the position and flips the momentum, p ← −p₀ (as the fused kernel does): with a
+full refresh (damping 0) the flip is invisible, with a partial refresh it makes the move exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from .. import ops
+from ..protocol import fused_corrector
+
+
+class ChainState(NamedTuple):
+    """Chains x (B, D), their score, their log-density (energy MH only, else None) and momentum (HMC)."""
+
+    x: torch.Tensor
+    score: torch.Tensor
+    logp: torch.Tensor | None = None
+    momentum: torch.Tensor | None = None
+
+
+class Info(NamedTuple):
+    """Per-chain result of one move: accepted (B,) bool; log α (B,), None for unadjusted moves."""
+
+    accepted: torch.Tensor
+    log_alpha: torch.Tensor | None
+
+
+class PhiloxKey(NamedTuple):
+    """The Philox counter of one move: (seed, offset) and the global index of the first local chain."""
+
+    seed: int
+    offset: int
+    chain_offset: int
+
+    def move(self, m: int) -> PhiloxKey:
+        return self._replace(offset=self.offset + m)
+
+
+@dataclass(frozen=True)
+class CorrectorSpec:
+    """One corrector run's settings (validated by `annealed.check_corrector_args`)."""
+
+    corrector: str       # "ula", "mala", "hmc", "uhmc"
+    mh: str              # "score", "energy", "none"
+    n_steps: int
+    n_trapezoid: int = 1
+    n_leapfrog: int = 1
+    damping: float = 0.0
+    backend: str = "auto"
+
+    @property
+    def is_hmc(self) -> bool:
+        return self.corrector in ("hmc", "uhmc")
+
+    def score_evals_per_chain(self) -> int:
+        """Score evaluations per chain of one run (the first state, then each move's)."""
+        per_move = self.n_leapfrog if self.is_hmc else (self.n_trapezoid if self.mh == "score" else 1)
+        return self.n_steps * per_move + 1
+
+
+def _uniform(x, key):
+    return ops.uniform(key.seed, key.offset, x.shape[0], x.dtype, x.device, chain_offset=key.chain_offset)
+
+
+def _all_accepted(x):
+    return Info(torch.ones(x.shape[0], dtype=torch.bool, device=x.device), None)
+
+
+class MHTest:
+    """The MH piece of a kernel: `evaluate` a state (score, log-density or None), then accept a
+    Langevin proposal (`langevin`) or the end of an HMC trajectory (`hmc`)."""
+
+    def evaluate(self, model, x, t):
+        return model.score(x, t), None
+
+
+class NoMH(MHTest):
+    """Unadjusted moves: every proposal is kept."""
+
+    def langevin(self, kernel, state, x_prop, key):
+        return ChainState(x_prop, kernel.model.score(x_prop, kernel.t)), _all_accepted(x_prop)
+
+    def hmc(self, kernel, start, end, delta_logp, key):
+        return end, _all_accepted(end.x)
+
+
+class ScoreMH(MHTest):
+    """MH with ΔlogP by the trapezoidal rule on the score: n_trapezoid sub-intervals of the MALA
+    segment (one batched score call for x' and the interior points), the leapfrog path for HMC."""
+
+    def __init__(self, n_trapezoid: int = 1):
+        self.n_trapezoid = n_trapezoid
+
+    def langevin(self, kernel, state, x_prop, key):
+        x, n = state.x, self.n_trapezoid
+        B, D = x.shape
+        pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
+        scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
+        x, s, accepted, log_alpha = ops.score_mh_accept(x, x_prop, state.score, scores[0], kernel.step_size,
+                                                        _uniform(x, key), interior_scores=scores[1:],
+                                                        backend=kernel.backend)
+        return ChainState(x, s), Info(accepted, log_alpha)
+
+    def hmc(self, kernel, start, end, delta_logp, key):
+        x, s, accepted, log_alpha = ops.hmc_accept(start.x, end.x, start.score, end.score, start.momentum,
+                                                   end.momentum, delta_logp, _uniform(start.x, key),
+                                                   backend=kernel.backend)
+        momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
+        logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
+        return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
+
+
+class EnergyMH(ScoreMH):
+    """MH with the exact log-density difference log p(x') − log p(x) (models with an energy)."""
+
+    def evaluate(self, model, x, t):
+        return model.score_and_log_prob(x, t)
+
+    def langevin(self, kernel, state, x_prop, key):
+        s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
+        # only the PyTorch reference implements energy_mh_accept: "auto" picks it on every device
+        backend = "torch" if kernel.backend == "torch" else "auto"
+        x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
+            state.x, x_prop, state.score, s_prop, state.logp, logp_prop, kernel.step_size,
+            _uniform(x_prop, key), backend=backend)
+        return ChainState(x, s, logp), Info(accepted, log_alpha)
+
+    def hmc(self, kernel, start, end, delta_logp, key):
+        return super().hmc(kernel, start, end, end.logp - start.logp, key)
+
+
+def mh_test(spec: CorrectorSpec):
+    """The MH piece of a corrector run (ULA and U-HMC have none)."""
+    if spec.corrector in ("ula", "uhmc") or spec.mh == "none":
+        return NoMH()
+    return EnergyMH() if spec.mh == "energy" else ScoreMH(spec.n_trapezoid)
+
+
+@dataclass(frozen=True)
+class Langevin:
+    """MALA (ULA with NoMH): x' = x + ε s(x) + √(2ε) ξ, then the MH test."""
+
+    model: object
+    t: float
+    step_size: torch.Tensor
+    mh: MHTest
+    backend: str = "auto"
+
+    def init(self, x, momentum=None) -> ChainState:
+        s, logp = self.mh.evaluate(self.model, x, self.t)
+        return ChainState(x, s, logp, momentum)
+
+    def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
+        x_prop = ops.mala_propose(state.x, state.score, self.step_size, seed=key.seed, offset=key.offset,
+                                  chain_offset=key.chain_offset, backend=self.backend)
+        new, info = self.mh.langevin(self, state, x_prop, key)
+        return new._replace(momentum=state.momentum), info
+
+
+@dataclass(frozen=True)
+class HMC:
+    """HMC: momentum refresh p = damping·p + √(1 − damping²) ξ (damping 0: a full refresh), then
+    n_leapfrog leapfrog steps, then the MH test (ΔlogP by the trapezoid along the leapfrog path)."""
+
+    model: object
+    t: float
+    step_size: torch.Tensor
+    mh: MHTest
+    n_leapfrog: int = 1
+    damping: float = 0.0
+    backend: str = "auto"
+
+    def init(self, x, momentum=None) -> ChainState:
+        s, logp = self.mh.evaluate(self.model, x, self.t)
+        return ChainState(x, s, logp, torch.zeros_like(x) if momentum is None else momentum)
+
+    def trajectory(self, start: ChainState):
+        """(end state, ΔlogP by the trapezoid along the path) of n_leapfrog leapfrog steps."""
+        x, s, logp, p = start
+        delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for _ in range(self.n_leapfrog):
+            x_next, p_half = ops.leapfrog(x, p, s, self.step_size, backend=self.backend)
+            s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
+            p, delta = ops.leapfrog_finish(x, x_next, p_half, s, s_next, self.step_size, delta, backend=self.backend)
+            x, s = x_next, s_next
+        return ChainState(x, s, logp, p), delta
+
+    def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
+        p = ops.momentum_refresh(state.momentum, self.damping, seed=key.seed, offset=key.offset,
+                                 chain_offset=key.chain_offset, backend=self.backend)
+        start = state._replace(momentum=p)
+        end, delta = self.trajectory(start)
+        return self.mh.hmc(self, start, end, delta, key)
+
+
+class CorrectorResult(NamedTuple):
+    x: torch.Tensor
+    momentum: torch.Tensor
+    rate: torch.Tensor       # per-chain acceptance rate over the run's moves
+    offset: int              # the Philox offset after the run
+
+
+def make_kernel(model, t, step_size, spec: CorrectorSpec):
+    """The Langevin or HMC kernel of a corrector run on the (counting) model at time t."""
+    mh = mh_test(spec)
+    if spec.is_hmc:
+        return HMC(model, t, step_size, mh, spec.n_leapfrog, spec.damping if spec.corrector == "uhmc" else 0.0,
+                   spec.backend)
+    return Langevin(model, t, step_size, mh, spec.backend)
+
+
+def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,
+                  fused: bool) -> CorrectorResult:
+    """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
+    (the HMC momentum then starts at 0 inside the kernel), else the generic kernel's steps with the
+    momentum carried in. Counts the score evaluations in the counting model."""
+    B = x.shape[0]
+    if spec.n_steps == 0:
+        return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
+    if fused:
+        x, rate = fused_corrector(model.model)(x, t, step_size, spec, key)
+        model.n += B * spec.score_evals_per_chain()
+        return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
+    kernel = make_kernel(model, t, step_size, spec)
+    state = kernel.init(x, momentum)
+    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for m in range(spec.n_steps):
+        state, info = kernel.step(state, key.move(m))
+        n_acc += info.accepted.to(x.dtype)
+    return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps)
