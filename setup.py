@@ -14,7 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pybind11
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -114,6 +114,8 @@ ext = Extension(
 setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
+    # every subpackage of fastsamp/, plus the Triton kernels, which live in kernels/ and install as fastsamp.kernels
     package_dir={"fastsamp": "fastsamp", "fastsamp.kernels": "kernels"},
-    packages=["fastsamp", "fastsamp.ops", "fastsamp.backends", "fastsamp.kernels"],
+    packages=find_packages(include=["fastsamp", "fastsamp.*"])
+    + ["fastsamp.kernels"] + [f"fastsamp.kernels.{p}" for p in find_packages("kernels")],
 )
