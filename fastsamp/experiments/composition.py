@@ -125,7 +125,8 @@ def add_arguments(c):
     """The options of `fastsamp compose`."""
     two_d_experiment_options(c)
     c.add_argument("--budget", type=count(3), default=12,
-                   help="score evaluations per noise level (at least 3: one 3-point score-MH or 3-leapfrog move)")
+                   help="score evaluations per noise level (at least 3: one score-MH move with n_trapezoid = 3, or one "
+                        "3-leapfrog HMC move)")
     c.add_argument("--levels", type=count(2), default=30, help="noise levels")
     c.add_argument("--step-size", type=positive_float, default=0.3, help="corrector step-size scale")
     c.add_argument("--mlp-iters", type=count(1), default=2000, help="training iterations of each score MLP")
