@@ -107,16 +107,27 @@ def check_network_dtype(model, dtype):
 
 
 class CountingModel:
-    """The model as the samplers call it: counts the states evaluated (`n`, all calls) and checks that
-    each output is the model's promised tensor (score: x's shape, dtype and device; log_prob: (B,)),
-    naming the model when it is not; an exception raised inside the model gets a note naming it."""
+    """The one call-counting wrapper: the model as the samplers call it. Counts the states evaluated
+    (`calls`: rows of x over every score / log_prob call) and checks that each output is the tensor
+    the protocol promises (score: x's shape, dtype and device; log_prob: (B,)), naming the model when
+    it is not; an exception raised inside the model gets a note naming it. It follows the protocol
+    itself (t defaults to None for targets, which ignore it), so a sampler or a DiffusionSampler can
+    run on it and the caller reads `calls` afterwards."""
 
     def __init__(self, model):
-        self.model, self.n = model, 0
+        self.model, self.calls = model, 0
         self.dim = model.dim
 
+    @property
+    def has_energy(self):
+        return has_energy(self.model)
+
+    @property
+    def schedule(self):
+        return getattr(self.model, "schedule", None)
+
     def _call(self, method, x, t):
-        self.n += x.shape[0]
+        self.calls += x.shape[0]
         try:
             return getattr(self.model, method)(x, t)
         except Exception as e:
@@ -134,10 +145,13 @@ class CountingModel:
                             f"on {x.device} like x (the model's output, not the sampler's input, is wrong)")
         return out
 
-    def score(self, x, t):
+    def score(self, x, t=None):
         return self._check("score", self._call("score", x, t), x, tuple(x.shape))
 
-    def score_and_log_prob(self, x, t):
+    def log_prob(self, x, t=None):
+        return self._check("log_prob", self._call("log_prob", x, t), x, (x.shape[0],))
+
+    def score_and_log_prob(self, x, t=None):
         if hasattr(self.model, "score_and_log_prob"):
             s, logp = self._call("score_and_log_prob", x, t)
         else:

@@ -207,7 +207,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     for i in levels:
         t = ts[i]
         with comm.level(4) as lv:  # Σ acceptance, Σ step size, non-finite chains, score evaluations
-            n_before = f.n
+            n_before = f.calls
             if i > 0:
                 s = f.score(x, ts[i - 1])
                 x = ops.reverse_sde_step(x, s, t=ts[i - 1], h=ts[i - 1] - t, schedule=sched, seed=seed,
@@ -224,7 +224,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                 if adapt and corrector in ("mala", "hmc"):
                     factor = factor * torch.exp(rate - target_accept)  # Robbins-Monro on log ε, gain 1
                 rate_sum = rate.double().sum()
-            lv.values[:] = [rate_sum, eps.double().sum(), monitor.counts[i], f.n - n_before]
+            lv.values[:] = [rate_sum, eps.double().sum(), monitor.counts[i], f.calls - n_before]
         rates[i], steps[i] = lv.result[0] / n_samples, lv.result[1] / n_samples
         monitor.counts[i] = lv.result[2]  # over all ranks
         n_evals += lv.result[3]

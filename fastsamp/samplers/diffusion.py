@@ -175,34 +175,15 @@ class ReplayBuffer:
         return self.x[idx], self.log_r[idx]
 
 
-class _TargetModel:
-    """A target as a fastsamp model (analytic score and log R), for the MALA local search."""
-    has_energy = True
-
-    def __init__(self, target):
-        self.target, self.dim = target, target.dim
-
-    def score_and_log_prob(self, x, t, backend="auto"):
-        if hasattr(self.target, "score_and_log_prob"):  # one evaluation where the target shares the work
-            return self.target.score_and_log_prob(x)
-        return self.target.score(x), self.target.log_prob(x)
-
-    def score(self, x, t, backend="auto"):
-        return self.target.score(x)
-
-    def log_prob(self, x, t, backend="auto"):
-        return self.target.log_prob(x)
-
-
 def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.01, target_acceptance=0.574,
                  adapt_every=5, adapt_factor=0.01, seed=0):
     """MALA (energy MH) from the states x; the global step size is multiplied by 1 ± adapt_factor
     every `adapt_every` moves towards the target acceptance rate. Returns (states after each
-    block past burn-in, stacked (n_blocks·B, D), their log R, final step size)."""
-    model = _TargetModel(target)
+    block past burn-in, stacked (n_blocks·B, D), their log R, final step size). The target is the
+    MCMC model itself (fastsamp.protocol: its score and log_prob ignore the time)."""
     kept, eps, offset = [], float(step_size), 0
     for block in range(-(-n_steps // adapt_every)):
-        x, rate = mcmc(model, x, mh="energy", n_steps=adapt_every, step_size=eps, seed=seed, offset=offset)
+        x, rate = mcmc(target, x, mh="energy", n_steps=adapt_every, step_size=eps, seed=seed, offset=offset)
         offset += adapt_every
         eps *= 1 + adapt_factor if float(rate.mean()) > target_acceptance else 1 - adapt_factor
         if (block + 1) * adapt_every > burn_in:

@@ -234,7 +234,7 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
     if fused:
         x, rate = fused_corrector(model.model)(x, t, step_size, spec, key)
-        model.n += B * spec.score_evals_per_chain()
+        model.calls += B * spec.score_evals_per_chain()
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
     kernel = make_kernel(model, t, step_size, spec)
     state = kernel.init(x, momentum)

@@ -10,7 +10,8 @@ from .data import check_x
 class NoisePosterior:
     """The posterior of the generator's noise, log π(z) = −½|z|² + λ log r(f(z)) (up to a constant).
     `dim` = generator.latent_dim. z is evaluated in the generator's dtype/device and results are returned
-    in z's dtype/device. `energy(z, t=None)` = −log π(z) for `models.EnergyModel` (t ignored)."""
+    in z's dtype/device. A model of `fastsamp.protocol` without a schedule: score/log_prob take (and
+    ignore) a time t; `energy(z, t=None)` = −log π(z) for `models.EnergyModel`."""
 
     has_energy = True
 
@@ -41,17 +42,17 @@ class NoisePosterior:
             lp = lp + self.lam * self.reward(self.generator(zc))
         return lp
 
-    def log_prob(self, z):
+    def log_prob(self, z, t=None):
         """log π(z), (N,)."""
         with torch.no_grad():
             return self._log_prob(z).to(dtype=z.dtype, device=z.device)
 
-    def score_and_log_prob(self, z):
+    def score_and_log_prob(self, z, t=None):
         """(∇ log π(z), log π(z)) by autograd (also under torch.no_grad or torch.inference_mode)."""
         lp, g = value_and_grad(self._log_prob, z)
         return g.to(dtype=z.dtype, device=z.device), lp.to(dtype=z.dtype, device=z.device)
 
-    def score(self, z):
+    def score(self, z, t=None):
         """∇_z log π(z), (N, dim)."""
         return self.score_and_log_prob(z)[0]
 
