@@ -27,6 +27,10 @@ from ..ops import reference as ref
 from ..schedules import VP, reverse_em_coefficients
 from .options import device_arg, positive_float
 
+SUMMARY = "time every op on every backend against eager and torch.compile"
+DESCRIPTION = ("Time each op on each available backend against the eager PyTorch reference and torch.compile of "
+               "it, with the fraction of a memory triad and of an fp32 GEMM measured in the same run.")
+
 
 def _sync(device):
     if device.type == "cuda":
@@ -305,11 +309,6 @@ def format_table(report: dict) -> str:
                          f"caller: {f['ms_forced_ftz']:.3f} ms)  denormal_cost {f['denormal_cost']:.2f} "
                          f"(kernel flushing off: {f['ms_unflushed']:.3f} ms)")
     return "\n".join(lines)
-
-
-SUMMARY = "time every op on every backend against eager and torch.compile"
-DESCRIPTION = ("Time each op on each available backend against the eager PyTorch reference and torch.compile of "
-               "it, with the fraction of a memory triad and of an fp32 GEMM measured in the same run.")
 
 
 def add_arguments(b):

@@ -17,6 +17,11 @@ from ..samplers import annealed_mcmc
 from .options import count, positive_float, two_d_experiment_options
 from .reporting import mean_sd, summarise_seeds, write_json
 
+SUMMARY = "2-D composition experiment: unadjusted vs score-MH vs energy-MH"
+DESCRIPTION = ("Products of two 2-D mixtures and of two trained score MLPs, sampled by annealed MCMC "
+               "(ULA/MALA/HMC/U-HMC, unadjusted, score-MH, energy-MH) at an equal number of score evaluations "
+               "per level; sliced W2, MMD and mode-occupancy TV against exact product samples.")
+
 
 def factors():
     """Two 2-D mixtures whose product has nine modes of very different weights."""
@@ -113,12 +118,6 @@ def _plot(samples, exact, path):
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-SUMMARY = "2-D composition experiment: unadjusted vs score-MH vs energy-MH"
-DESCRIPTION = ("Products of two 2-D mixtures and of two trained score MLPs, sampled by annealed MCMC "
-               "(ULA/MALA/HMC/U-HMC, unadjusted, score-MH, energy-MH) at an equal number of score evaluations "
-               "per level; sliced W2, MMD and mode-occupancy TV against exact product samples.")
 
 
 def add_arguments(c):

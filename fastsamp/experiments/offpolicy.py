@@ -19,6 +19,10 @@ from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, re
 from ..targets import TARGETS, get_target
 from .options import MAX_SEED, count
 
+SUMMARY = "train an off-policy diffusion sampler on a benchmark target and evaluate it"
+DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et al. 2024) on a benchmark target, "
+               "evaluate log Z, ESS and W2, save the model and print/write JSON.")
+
 # σ² of the reference process per target (Sendera et al., §5.1 / App. D)
 SIGMA2 = {"25gmm": 5.0, "funnel": 1.0, "manywell": 1.0, "40gmm": 5.0, "lgcp": 5.0}
 
@@ -253,11 +257,6 @@ def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, s
         out["fused" if fused else "eager"] = train(sampler, cfg, progress=False).seconds_per_iteration
     out["speedup"] = out["eager"] / out["fused"]
     return out
-
-
-SUMMARY = "train an off-policy diffusion sampler on a benchmark target and evaluate it"
-DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et al. 2024) on a benchmark target, "
-               "evaluate log Z, ESS and W2, save the model and print/write JSON.")
 
 
 def add_arguments(r):

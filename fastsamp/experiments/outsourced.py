@@ -31,29 +31,47 @@ import warnings
 import torch
 
 from ..distributed import Comm
-from ..protocol import CountingModel
 from ..samplers.annealed import mcmc
-from ..samplers.diffusion import DiffusionSampler, TrainConfig, train
+from ..samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
 from . import digits
 from .options import MAX_SEED, choice_list, count, positive_float
 from .reporting import write_json
+
+SUMMARY = "posterior sampling in the noise space of digit generators"
+DESCRIPTION = ("Sample p(x | y) ∝ p(x) r(x, y) through the noise-space posterior of a digit generator x = f(z) "
+               "(VAE, GAN, rectified flow), every sampler charged the same budget of reward calls; held-out "
+               "accuracy, mean log-reward, diversity and Fréchet distance per cell.")
 
 PRIORS = ("vae", "gan", "flow")
 REWARDS = ("class", "inpaint")
 SAMPLERS = ("prior", "diffusion", "mala", "hmc", "guidance")
 
 
-class CountingPosterior(CountingModel):
-    """A NoisePosterior that counts reward evaluations (rows of z passed to log_prob/score, in `calls`):
-    the samplers' CountingModel, with the posterior's λ read and set through it."""
+class CountingPosterior:
+    """A NoisePosterior that counts reward evaluations (rows of z passed to log_prob/score)."""
+
+    def __init__(self, posterior):
+        self.posterior, self.dim, self.calls, self.log_Z = posterior, posterior.dim, 0, None
 
     @property
     def lam(self):
-        return self.model.lam
+        return self.posterior.lam
 
     @lam.setter
     def lam(self, value):
-        self.model.lam = float(value)
+        self.posterior.lam = float(value)
+
+    def log_prob(self, z):
+        self.calls += z.shape[0]
+        return self.posterior.log_prob(z)
+
+    def score(self, z):
+        self.calls += z.shape[0]
+        return self.posterior.score(z)
+
+    def score_and_log_prob(self, z):
+        self.calls += z.shape[0]
+        return self.posterior.score_and_log_prob(z)
 
 
 def make_reward(kind: str, classifier, digit: int, *, sigma=0.1):
@@ -126,10 +144,11 @@ def sample_annealed_mcmc(posterior, n, *, budget, lam, corrector="mala", levels=
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, posterior.dim, generator=g)[chain0:chain0 + n_local]
     eps, target_rate, offset = 0.05, (0.574 if corrector == "mala" else 0.65), 0
+    model = _TargetModel(posterior)
     for level, moves in enumerate(plan, 1):
         with comm.level(1) as lv:  # Σ acceptance rate over all chains
             posterior.lam = lam * level / len(plan)
-            z, rate = mcmc(posterior, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps,
+            z, rate = mcmc(model, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps,
                            n_leapfrog=n_leapfrog, seed=seed, offset=offset, chain_offset=chain0)
             lv.values[0] = rate.double().sum()
         offset += moves
@@ -202,12 +221,6 @@ def run(prior: str, reward_kind: str, sampler: str, *, digit=3, lam=1.0, n=256, 
                     "mean_log_reward": float(log_r.mean()), "reward_calls": calls, "budget": budget,
                     "seconds": seconds, "size": size, "seed": seed, **info})
     return x, metrics
-
-
-SUMMARY = "posterior sampling in the noise space of digit generators"
-DESCRIPTION = ("Sample p(x | y) ∝ p(x) r(x, y) through the noise-space posterior of a digit generator x = f(z) "
-               "(VAE, GAN, rectified flow), every sampler charged the same budget of reward calls; held-out "
-               "accuracy, mean log-reward, diversity and Fréchet distance per cell.")
 
 
 def add_arguments(o):

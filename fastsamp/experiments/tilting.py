@@ -16,6 +16,11 @@ from ..samplers.importance import effective_sample_size, importance_sde, self_no
 from .options import count, two_d_experiment_options
 from .reporting import mean_sd, summarise_seeds, write_json
 
+SUMMARY = "training-free importance sampling test bed with exact answers"
+DESCRIPTION = ("Guided reverse SDE for q ∝ l·p (exponential tilt and Gaussian bump of a 2-D mixture, exact q in "
+               "closed form), with and without the scheduler and the MH corrector, against importance resampling "
+               "of exact base samples.")
+
 
 def base_mixture() -> GaussianMixture:
     """Five 2-D modes of unequal weight."""
@@ -120,12 +125,6 @@ def _plot(panels, case_defs, n, path):
             axes[r, c].set_ylim(-3, 5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-SUMMARY = "training-free importance sampling test bed with exact answers"
-DESCRIPTION = ("Guided reverse SDE for q ∝ l·p (exponential tilt and Gaussian bump of a 2-D mixture, exact q in "
-               "closed form), with and without the scheduler and the MH corrector, against importance resampling "
-               "of exact base samples.")
 
 
 def add_arguments(m):
