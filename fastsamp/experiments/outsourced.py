@@ -31,8 +31,9 @@ import warnings
 import torch
 
 from ..distributed import Comm
+from ..protocol import CountingModel
 from ..samplers.annealed import mcmc
-from ..samplers.diffusion import DiffusionSampler, TrainConfig, _TargetModel, train
+from ..samplers.diffusion import DiffusionSampler, TrainConfig, train
 from . import digits
 from .options import MAX_SEED, choice_list, count, positive_float
 from .reporting import write_json
@@ -47,31 +48,17 @@ REWARDS = ("class", "inpaint")
 SAMPLERS = ("prior", "diffusion", "mala", "hmc", "guidance")
 
 
-class CountingPosterior:
-    """A NoisePosterior that counts reward evaluations (rows of z passed to log_prob/score)."""
-
-    def __init__(self, posterior):
-        self.posterior, self.dim, self.calls, self.log_Z = posterior, posterior.dim, 0, None
+class CountingPosterior(CountingModel):
+    """A NoisePosterior that counts reward evaluations (rows of z passed to log_prob/score, in `calls`):
+    the samplers' CountingModel, with the posterior's λ read and set through it."""
 
     @property
     def lam(self):
-        return self.posterior.lam
+        return self.model.lam
 
     @lam.setter
     def lam(self, value):
-        self.posterior.lam = float(value)
-
-    def log_prob(self, z):
-        self.calls += z.shape[0]
-        return self.posterior.log_prob(z)
-
-    def score(self, z):
-        self.calls += z.shape[0]
-        return self.posterior.score(z)
-
-    def score_and_log_prob(self, z):
-        self.calls += z.shape[0]
-        return self.posterior.score_and_log_prob(z)
+        self.model.lam = float(value)
 
 
 def make_reward(kind: str, classifier, digit: int, *, sigma=0.1):
@@ -144,11 +131,10 @@ def sample_annealed_mcmc(posterior, n, *, budget, lam, corrector="mala", levels=
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, posterior.dim, generator=g)[chain0:chain0 + n_local]
     eps, target_rate, offset = 0.05, (0.574 if corrector == "mala" else 0.65), 0
-    model = _TargetModel(posterior)
     for level, moves in enumerate(plan, 1):
         with comm.level(1) as lv:  # Σ acceptance rate over all chains
             posterior.lam = lam * level / len(plan)
-            z, rate = mcmc(model, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps,
+            z, rate = mcmc(posterior, z, corrector=corrector, mh="energy", n_steps=moves, step_size=eps,
                            n_leapfrog=n_leapfrog, seed=seed, offset=offset, chain_offset=chain0)
             lv.values[0] = rate.double().sum()
         offset += moves
