@@ -152,3 +152,22 @@ def test_outsourced_tiny_warns_and_stays_within_the_budget(tmp_path, monkeypatch
     assert result["threads"] == torch.get_num_threads()
     calls = {r["sampler"]: r["reward_calls"] for r in result["rows"]}
     assert calls["prior"] == 0 and 1000 - 4 * 32 < calls["hmc"] <= 1000 and 1000 - 2 * 32 < calls["mala"] <= 1000
+
+
+def test_reproduce_script_maps_results_to_cli_commands():
+    """benchmarks/reproduce.py: each recorded result is one fastsamp verb writing under benchmarks/results/."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "reproduce.py")
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    results = reproduce.RESULTS
+    assert reproduce.command("composition", ["--seeds", "1"]) == [
+        "compose", "--json", os.path.join(results, "composition.json"),
+        "--png", os.path.join(results, "composition.png"), "--seeds", "1"]
+    for args in (["--device", "cuda"], ["--device=cuda"]):
+        assert reproduce.command("ops", args) == ["bench", "--json", os.path.join(results, "ops_cuda.json"), *args]
+    assert reproduce.command("ops", [])[2] == os.path.join(results, "ops_cpu.json")
+    assert reproduce.command("importance", [])[0] == "importance"
