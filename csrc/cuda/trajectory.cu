@@ -1,5 +1,6 @@
-// Op 9: em_step_logprob -- an Euler-Maruyama transition with its forward and
-// Brownian-bridge log-densities, and its backward.
+// The trajectory family on CUDA: op 9, em_step_logprob -- an Euler-Maruyama transition with
+// its forward and Brownian-bridge log-densities, and its backward. (The whole-trajectory
+// policy ops have no CUDA kernel.)
 //
 // Forward: a group of G lanes of one warp owns one chain. Each lane walks the
 // row's quads j = lane, lane + G, ... (elements 4j .. 4j+3: the four normals of
@@ -49,28 +50,6 @@ EmConst<T> em_const(int64_t D, double h, double s2, double e2, double c, double 
   return k;
 }
 
-// The n (<= 4) elements of a quad at p, zeros past n; aligned vector load when vec.
-template <typename T>
-__device__ __forceinline__ void load_quad(const T* __restrict__ p, bool vec, int n, T v[4]) {
-  if (vec) {
-    load4_aligned(p, v);
-  } else {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) v[r] = r < n ? p[r] : static_cast<T>(0);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void store_quad(T* __restrict__ p, bool vec, int n, const T v[4]) {
-  if (vec) {
-    store4_aligned(p, v);
-  } else {
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-      if (r < n) p[r] = v[r];
-  }
-}
-
 // GIVEN: x_next is read (evaluate); otherwise sampled, x_next = x + h drift + sqrt(s^2 + e2) xi,
 // xi from `noise` (HAS_NOISE) or the Philox draw (seed, offset) of global chain chain0 + b.
 template <typename T, int G, bool HAS_LV, bool GIVEN, bool HAS_NOISE>
@@ -81,10 +60,11 @@ __global__ void __launch_bounds__(kEmThreads)
                            T* __restrict__ log_pb, const int64_t B, const int64_t D,
                            const uint64_t seed, const uint64_t offset, uint64_t chain0, const EmConst<T> k,
                            const bool vec) {
-  const int lane = static_cast<int>(threadIdx.x) % G;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
-  const bool active = b < B;
-  const int64_t bc = active ? b : B - 1;  // inactive groups shadow the last chain, write nothing
+  static_assert(kEmThreads % G == 0, "G must divide the block");
+  const GroupChain ch = group_chain<G>(B);
+  const int lane = ch.lane;
+  const int64_t b = ch.b, bc = ch.bc;
+  const bool active = ch.active;
   const int64_t row = bc * D;
   const int64_t Q = (D + 3) / 4;
   T sv = 0, slv = 0, su = 0;
@@ -143,20 +123,12 @@ __global__ void __launch_bounds__(kEmThreads)
                                     const int64_t Q, const EmConst<T> k, const bool vec) {
   const int64_t total = B * Q;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const bool idx32 = total <= 0xFFFFFFFFLL;  // uniform: cheap 32-bit division
+  const bool idx32 = total <= 0xFFFFFFFFLL;
   const T half = static_cast<T>(0.5);
   for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; it < total;
        it += stride) {
     int64_t b, j;
-    if (idx32) {
-      const uint32_t iu = static_cast<uint32_t>(it), qu = static_cast<uint32_t>(Q);
-      const uint32_t bu = iu / qu;
-      b = bu;
-      j = iu - bu * qu;
-    } else {
-      b = it / Q;
-      j = it - b * Q;
-    }
+    quad_coords(it, Q, idx32, b, j);
     const int64_t base = b * D + 4 * j;
     const int64_t rem = D - 4 * j;
     const int n = rem < 4 ? static_cast<int>(rem) : 4;
@@ -198,149 +170,67 @@ __global__ void __launch_bounds__(kEmThreads)
   }
 }
 
-bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
-
-template <typename T, int G, bool HAS_LV, bool GIVEN, bool HAS_NOISE>
-void run_fwd_cfg(const void* x, const void* drift, const void* lv, const void* xn, const void* noise,
-                 void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0,
-                 const EmConst<T>& k, bool vec, cudaStream_t stream) {
-  static_assert(kEmThreads % G == 0, "G must divide the block");
-  const int64_t per_block = kEmThreads / G;
-  const int64_t blocks = (B + per_block - 1) / per_block;
-  if (blocks > 2147483647LL)
-    throw std::invalid_argument("fastsamp cuda em_step_logprob: B too large");
-  em_step_logprob_kernel<T, G, HAS_LV, GIVEN, HAS_NOISE>
-      <<<static_cast<unsigned>(blocks), kEmThreads, 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(drift), static_cast<const T*>(lv),
-          static_cast<const T*>(xn), static_cast<const T*>(noise), static_cast<T*>(y),
-          static_cast<T*>(pf), static_cast<T*>(pb), B, D, seed, offset, chain0, k, vec);
-  check_launch("em_step_logprob");
-}
-
-template <typename T, int G, bool HAS_LV>
-void run_fwd_mode(const void* x, const void* drift, const void* lv, const void* xn, const void* noise,
-                  void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0,
-                  const EmConst<T>& k, bool vec, cudaStream_t st) {
-  if (xn != nullptr)
-    run_fwd_cfg<T, G, HAS_LV, true, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  else if (noise != nullptr)
-    run_fwd_cfg<T, G, HAS_LV, false, true>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  else
-    run_fwd_cfg<T, G, HAS_LV, false, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-}
-
-template <typename T, int G>
-void run_fwd_lv(const void* x, const void* drift, const void* lv, const void* xn, const void* noise,
-                void* y, void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0,
-                const EmConst<T>& k, bool vec, cudaStream_t st) {
-  if (lv != nullptr)
-    run_fwd_mode<T, G, true>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  else
-    run_fwd_mode<T, G, false>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-}
-
-template <typename T>
-void run_fwd(const void* x, const void* drift, const void* lv, const void* xn, const void* noise, void* y,
-             void* pf, void* pb, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0, double h, double s2,
-             double e2, double c, double b2, cudaStream_t st) {
-  const EmConst<T> k = em_const<T>(D, h, s2, e2, c, b2);
-  const bool vec = (D % 4 == 0) && aligned16(x) && aligned16(drift) && aligned16(lv) && aligned16(xn) &&
-                   aligned16(noise) && aligned16(xn == nullptr ? y : nullptr);
-  // About one or two quads per lane.
-  const int64_t Q = (D + 3) / 4;
-  if (Q <= 1) return run_fwd_lv<T, 1>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  if (Q <= 2) return run_fwd_lv<T, 2>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  if (Q <= 4) return run_fwd_lv<T, 4>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  if (Q <= 8) return run_fwd_lv<T, 8>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  if (Q <= 16) return run_fwd_lv<T, 16>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-  return run_fwd_lv<T, 32>(x, drift, lv, xn, noise, y, pf, pb, B, D, seed, offset, chain0, k, vec, st);
-}
-
-template <typename T, bool HAS_LV, bool REPARAM, bool WANT_GXN>
-void run_bwd_cfg(const void* x, const void* drift, const void* lv, const void* xn, const void* gxn,
-                 const void* gpf, const void* gpb, void* gx, void* gdr, void* glv, void* gxno, int64_t B,
-                 int64_t D, const EmConst<T>& k, bool vec, cudaStream_t stream) {
-  const int64_t Q = (D + 3) / 4;
-  const int64_t total = B * Q;
-  const int sms = current_sm_count("em_step_logprob_backward");
-  int64_t blocks = (total + kEmThreads - 1) / kEmThreads;
-  const int64_t cap = static_cast<int64_t>(sms) * 16;
-  if (blocks > cap) blocks = cap;
-  if (blocks < 1) blocks = 1;
-  em_step_logprob_backward_kernel<T, HAS_LV, REPARAM, WANT_GXN>
-      <<<static_cast<unsigned>(blocks), kEmThreads, 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(drift), static_cast<const T*>(lv),
-          static_cast<const T*>(xn), static_cast<const T*>(gxn), static_cast<const T*>(gpf),
-          static_cast<const T*>(gpb), static_cast<T*>(gx), static_cast<T*>(gdr), static_cast<T*>(glv),
-          static_cast<T*>(gxno), B, D, Q, k, vec);
-  check_launch("em_step_logprob_backward");
-}
-
-template <typename T, bool HAS_LV>
-void run_bwd_flags(bool reparam, const void* x, const void* drift, const void* lv, const void* xn,
-                   const void* gxn, const void* gpf, const void* gpb, void* gx, void* gdr, void* glv,
-                   void* gxno, int64_t B, int64_t D, const EmConst<T>& k, bool vec, cudaStream_t st) {
-  const bool want = gxno != nullptr;
-  if (reparam && want)
-    run_bwd_cfg<T, HAS_LV, true, true>(x, drift, lv, xn, gxn, gpf, gpb, gx, gdr, glv, gxno, B, D, k, vec, st);
-  else if (reparam)
-    run_bwd_cfg<T, HAS_LV, true, false>(x, drift, lv, xn, gxn, gpf, gpb, gx, gdr, glv, gxno, B, D, k, vec, st);
-  else if (want)
-    run_bwd_cfg<T, HAS_LV, false, true>(x, drift, lv, xn, gxn, gpf, gpb, gx, gdr, glv, gxno, B, D, k, vec, st);
-  else
-    run_bwd_cfg<T, HAS_LV, false, false>(x, drift, lv, xn, gxn, gpf, gpb, gx, gdr, glv, gxno, B, D, k, vec, st);
-}
-
-template <typename T>
-void run_bwd(const void* x, const void* drift, const void* lv, const void* xn, const void* gxn, const void* gpf,
-             const void* gpb, void* gx, void* gdr, void* glv, void* gxno, int64_t B, int64_t D, double h,
-             double s2, double e2, double c, double b2, bool reparam, cudaStream_t st) {
-  const EmConst<T> k = em_const<T>(D, h, s2, e2, c, b2);
-  const bool vec = (D % 4 == 0) && aligned16(x) && aligned16(drift) && aligned16(lv) && aligned16(xn) &&
-                   aligned16(gxn) && aligned16(gx) && aligned16(gdr) && aligned16(glv) && aligned16(gxno);
-  if (lv != nullptr)
-    run_bwd_flags<T, true>(reparam, x, drift, lv, xn, gxn, gpf, gpb, gx, gdr, glv, gxno, B, D, k, vec, st);
-  else
-    run_bwd_flags<T, false>(reparam, x, drift, lv, xn, gxn, gpf, gpb, gx, gdr, glv, gxno, B, D, k, vec, st);
-}
-
-void check_sizes(const char* op, int64_t B, int64_t D) {
-  if (B < 0 || D < 0 || B > 0xFFFFFFFFLL || (D + 3) / 4 > 0xFFFFFFFFLL)
-    throw std::invalid_argument(std::string("fastsamp cuda ") + op + ": bad sizes B=" + std::to_string(B) +
-                                " D=" + std::to_string(D));
+// The dtype dispatch, size checks and per-call constants of both entry points: f(EmConst<T>)
+// unless there is nothing to compute.
+template <typename F>
+void with_em_const(int dtype, const char* op, int64_t B, int64_t D, double h, double s2, double e2, double c,
+                   double b2, F&& f) {
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    check_quad_sizes(op, B, D);
+    if (B > 0 && D > 0) f(em_const<T>(D, h, s2, e2, c, b2));
+  });
 }
 
 }  // namespace
 
-void launch_em_step_logprob(int dtype, const void* x, const void* drift, const void* log_var,
-                            const void* x_next, const void* noise, void* y, void* log_pf, void* log_pb,
-                            int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain0, double h, double s2,
-                            double e2, double c, double b2, void* stream) {
-  check_dtype(dtype, "em_step_logprob");
-  check_sizes("em_step_logprob", B, D);
-  if (B == 0 || D == 0) return;
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (dtype == 0)
-    run_fwd<float>(x, drift, log_var, x_next, noise, y, log_pf, log_pb, B, D, seed, offset, chain0, h, s2, e2, c, b2, st);
-  else
-    run_fwd<double>(x, drift, log_var, x_next, noise, y, log_pf, log_pb, B, D, seed, offset, chain0, h, s2, e2, c, b2, st);
+void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset,
+                     uint64_t chain_offset, double h, double s2, double e2, double c, double b2, uintptr_t y,
+                     uintptr_t log_pf, uintptr_t log_pb, uintptr_t stream) {
+  const char* op = "em_step_logprob";
+  with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k) {
+    using T = decltype(k.h);
+    const bool vec = vec_quads(D, {x, drift, log_var, x_next, noise, x_next == 0 ? y : 0});
+    const int source = x_next != 0 ? 0 : noise != 0 ? 1 : 2;  // x_next given, noise tensor, Philox
+    // About one or two quads per lane.
+    with_group((D + 3) / 4, [&](auto g) {
+      with_const<2>(log_var != 0, [&](auto has_lv) {
+        with_const<3>(source, [&](auto src) {
+          constexpr int G = decltype(g)::value, S = decltype(src)::value;
+          em_step_logprob_kernel<T, G, decltype(has_lv)::value, S == 0, S == 1>
+              <<<group_blocks(B, G, kEmThreads, op), kEmThreads, 0, as_stream(stream)>>>(
+                  in<T>(x), in<T>(drift), in<T>(log_var), in<T>(x_next), in<T>(noise), out<T>(y), out<T>(log_pf),
+                  out<T>(log_pb), B, D, seed, offset, chain_offset, k, vec);
+          check_launch(op);
+        });
+      });
+    });
+  });
 }
 
-void launch_em_step_logprob_backward(int dtype, const void* x, const void* drift, const void* log_var,
-                                     const void* x_next, const void* g_x_next, const void* g_log_pf,
-                                     const void* g_log_pb, void* g_x, void* g_drift, void* g_log_var,
-                                     void* g_x_next_out, int64_t B, int64_t D, double h, double s2, double e2,
-                                     double c, double b2, bool reparam, void* stream) {
-  check_dtype(dtype, "em_step_logprob_backward");
-  check_sizes("em_step_logprob_backward", B, D);
-  if (B == 0 || D == 0) return;
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (dtype == 0)
-    run_bwd<float>(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, g_x, g_drift, g_log_var, g_x_next_out,
-                   B, D, h, s2, e2, c, b2, reparam, st);
-  else
-    run_bwd<double>(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, g_x, g_drift, g_log_var,
-                    g_x_next_out, B, D, h, s2, e2, c, b2, reparam, st);
+void em_step_logprob_backward(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
+                              uintptr_t g_x_next, uintptr_t g_log_pf, uintptr_t g_log_pb, int64_t B, int64_t D,
+                              double h, double s2, double e2, double c, double b2, bool reparam, uintptr_t g_x,
+                              uintptr_t g_drift, uintptr_t g_log_var, uintptr_t g_x_next_out, uintptr_t stream) {
+  const char* op = "em_step_logprob_backward";
+  with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k) {
+    using T = decltype(k.h);
+    const bool vec = vec_quads(D, {x, drift, log_var, x_next, g_x_next, g_x, g_drift, g_log_var, g_x_next_out});
+    const int64_t Q = (D + 3) / 4;
+    with_const<2>(log_var != 0, [&](auto has_lv) {
+      with_const<2>(reparam, [&](auto rp) {
+        with_const<2>(g_x_next_out != 0, [&](auto want_gxn) {
+          em_step_logprob_backward_kernel<T, decltype(has_lv)::value, decltype(rp)::value, decltype(want_gxn)::value>
+              <<<stride_blocks(B * Q, kEmThreads, op), kEmThreads, 0, as_stream(stream)>>>(
+                  in<T>(x), in<T>(drift), in<T>(log_var), in<T>(x_next), in<T>(g_x_next), in<T>(g_log_pf),
+                  in<T>(g_log_pb), out<T>(g_x), out<T>(g_drift), out<T>(g_log_var), out<T>(g_x_next_out), B, D, Q,
+                  k, vec);
+          check_launch(op);
+        });
+      });
+    });
+  });
 }
 
 }  // namespace cuda

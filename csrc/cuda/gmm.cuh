@@ -1,5 +1,5 @@
-// Gaussian-mixture score / log-density evaluator shared by the gmm_score and
-// gmm_mala kernels (contract op 1).
+// Gaussian-mixture score / log-density evaluator of the gmm kernels (gmm.cu: gmm_score and
+// the whole-move gmm_mala; contract op 1).
 //
 // Work layout: a chain is owned by a group of G consecutive lanes of one warp.
 // Lane `lane` of the group owns the element quads q = lane + G*i, i < NQ, i.e.
@@ -53,6 +53,51 @@ inline int mix_chunk(int K, int Dp, size_t elem, size_t budget_bytes) {
   if (kc < 1) kc = 1;
   if (kc > static_cast<size_t>(K)) kc = static_cast<size_t>(K);
   return static_cast<int>(kc);
+}
+
+// The mixture arguments of a launch; the components are staged KC at a time, KC as large as
+// smem_budget bytes of shared memory allow.
+template <typename T>
+MixArgs<T> mix_args(uintptr_t means, uintptr_t log_weights, uintptr_t variances, int64_t K, int64_t D,
+                    double alpha, double sigma2, size_t smem_budget) {
+  MixArgs<T> a;
+  a.means = in<T>(means);
+  a.log_weights = in<T>(log_weights);
+  a.variances = in<T>(variances);
+  a.K = static_cast<int>(K);
+  a.D = static_cast<int>(D);
+  a.Dp = static_cast<int>((D + 3) / 4 * 4);
+  a.KC = mix_chunk(a.K, a.Dp, sizeof(T), smem_budget);
+  a.alpha = static_cast<T>(alpha);
+  a.alpha2 = static_cast<T>(alpha * alpha);
+  a.sigma2 = static_cast<T>(sigma2);
+  return a;
+}
+
+// Checks shared by the mixture launchers: 0 <= D <= max_d, 1 <= K <= 2^30.
+inline void check_mixture_sizes(const char* op, int64_t D, int64_t max_d, int64_t K) {
+  if (D < 0 || D > max_d)
+    throw std::invalid_argument(
+        op_error(op, "D must be <= " + std::to_string(max_d) + ", got " + std::to_string(D)));
+  if (K < 1 || K > (1 << 30))
+    throw std::invalid_argument(op_error(op, "need 1 <= K, got " + std::to_string(K)));
+}
+
+// Launch of a group-per-chain mixture kernel: up to max_threads threads a block (fewer for small
+// batches, see spread_threads) and the mixture's shared memory.
+struct MixGrid {
+  unsigned blocks;
+  int threads;
+  size_t smem;
+};
+
+template <typename T>
+MixGrid mix_grid(const MixArgs<T>& a, int64_t B, int G, int max_threads, const char* op) {
+  MixGrid g;
+  g.threads = spread_threads(B, G, max_threads, op);
+  g.blocks = group_blocks(B, G, g.threads, op);
+  g.smem = mix_smem_bytes(a.KC, a.Dp, sizeof(T));
+  return g;
 }
 
 // Online (max, sum) pair combine; m == -inf means "empty so far".
@@ -144,6 +189,16 @@ __device__ MixSmem<T> mix_prologue(const MixArgs<T>& a, unsigned char* smem_raw)
   return sm;
 }
 
+// Quad i of this lane (q = lane + G i) of the staged component row mu: false for a quad past
+// the padded row (q >= Qp), else true with its 4 elements in mv.
+template <int G, typename T>
+__device__ __forceinline__ bool mu_quad(const T* mu, int Qp, int lane, int i, T mv[4]) {
+  const int q = lane + G * i;
+  if (q >= Qp) return false;
+  load4_aligned(mu + 4 * q, mv);
+  return true;
+}
+
 // score(p) -> A (pads exactly 0), logp(p) -> logp. Block-wide when the
 // mixture is not resident (all threads of the block must call it together).
 template <typename T, int G, int NQ>
@@ -173,15 +228,12 @@ __device__ __forceinline__ void mix_eval(const T (&p)[NQ][4], T (&A)[NQ][4], T& 
       T dist = 0;
 #pragma unroll
       for (int i = 0; i < NQ; ++i) {
-        const int q = lane + G * i;
-        if (q < Qp) {
-          T mv[4];
-          load4_aligned(mu + 4 * q, mv);
+        T mv[4];
+        if (!mu_quad<G>(mu, Qp, lane, i, mv)) continue;
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const T df = p[i][r] - mv[r];
-            dist = fma(df, df, dist);
-          }
+        for (int r = 0; r < 4; ++r) {
+          const T df = p[i][r] - mv[r];
+          dist = fma(df, df, dist);
         }
       }
       dist = group_sum<G>(dist);
@@ -205,13 +257,10 @@ __device__ __forceinline__ void mix_eval(const T (&p)[NQ][4], T (&A)[NQ][4], T& 
       const T wi = w * inv_s;
 #pragma unroll
       for (int i = 0; i < NQ; ++i) {
-        const int q = lane + G * i;
-        if (q < Qp) {
-          T mv[4];
-          load4_aligned(mu + 4 * q, mv);
+        T mv[4];
+        if (!mu_quad<G>(mu, Qp, lane, i, mv)) continue;
 #pragma unroll
-          for (int r = 0; r < 4; ++r) A[i][r] = fma(A[i][r], scale, wi * (mv[r] - p[i][r]));
-        }
+        for (int r = 0; r < 4; ++r) A[i][r] = fma(A[i][r], scale, wi * (mv[r] - p[i][r]));
       }
     }
   }
