@@ -17,7 +17,7 @@ import torch
 from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
 from ..targets import TARGETS, get_target
-from .options import MAX_SEED, count
+from .options import MAX_SEED, count, device_arg
 
 SUMMARY = "train an off-policy diffusion sampler on a benchmark target and evaluate it"
 DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et al. 2024) on a benchmark target, "
@@ -269,8 +269,9 @@ def add_arguments(r):
     r.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="random seed")
     r.add_argument("--eval-samples", type=count(2), default=2000, help="samples for the evaluation (at least 2)")
     r.add_argument("--out", default=None, help="directory for the model (.pt) and the JSON")
-    r.add_argument("--device", default="cpu", help="cpu or cuda[:N] (network, target and trajectories)")
-    r.add_argument("--checkpoint-every", type=int, default=0,
+    r.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu or cuda[:N] (network, target and trajectories)")
+    r.add_argument("--checkpoint-every", type=count(0), default=0,
                    help="with --out: checkpoint every N iterations into OUT/checkpoints/ and resume from there")
     r.add_argument("--eager", action="store_true", help="train on the eager PyTorch path instead of the fused one")
     r.add_argument("--time", action="store_true", help="only time fused vs eager iterations")
@@ -278,14 +279,14 @@ def add_arguments(r):
     r.add_argument("--verbose", action="store_true", help="print the full result JSON")
 
 
+def check(args):
+    """--checkpoint-every needs --out."""
+    if args.checkpoint_every and not args.out:
+        args.parser.error("--checkpoint-every needs --out (the checkpoint goes to OUT/checkpoints/)")
+
+
 def main(args) -> int:
     """`fastsamp train`: train, evaluate, save; prints the JSON summary."""
-    try:
-        resolve_device(args.device)
-    except ValueError as e:
-        raise SystemExit(f"fastsamp train: --device: {e}") from None
-    if args.checkpoint_every and not args.out:
-        raise SystemExit("fastsamp train: --checkpoint-every needs --out (the checkpoint goes to OUT/checkpoints/)")
     if args.time:
         res = time_iterations(args.target, args.method, iterations=args.iterations or 20, seed=args.seed,
                               batch_size=args.batch_size, device=args.device)
