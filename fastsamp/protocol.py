@@ -88,10 +88,12 @@ def resolve_model(model, *, needs_schedule=True, dim=None, dtype=None):
 
 
 def _networks(model):
-    """The nn.Modules a model evaluates as they are (a ScoreModel's or EnergyModel's function, or the
-    model itself), not those that cast their input (`casts_input`, e.g. ScoreMLP)."""
-    for m in (model, getattr(model, "fn", None), getattr(model, "energy", None)):
-        if isinstance(m, torch.nn.Module) and not getattr(m, "casts_input", False):
+    """The nn.Modules a model evaluates as they are: a ScoreModel's or EnergyModel's function, else the
+    model itself; not those that cast their input (`casts_input`, e.g. ScoreMLP)."""
+    wrapped = [m for m in (getattr(model, "fn", None), getattr(model, "energy", None))
+               if isinstance(m, torch.nn.Module)]
+    for m in wrapped or ([model] if isinstance(model, torch.nn.Module) else []):
+        if not getattr(m, "casts_input", False):
             yield m
 
 

@@ -1,0 +1,75 @@
+"""Off-policy exploration of a DiffusionSampler: the reward-ranked replay buffer of terminal states
+and the MALA local search on them."""
+from __future__ import annotations
+
+import torch
+
+from ..annealed import mcmc
+
+
+class ReplayBuffer:
+    """FIFO buffer of terminal states with reward-rank prioritised sampling:
+    P(i) ∝ 1 / (k·N + rank_i), rank 0 = highest log R."""
+
+    def __init__(self, capacity: int, dim: int, *, rank_weight: float = 1e-2, dtype=torch.float32, device="cpu"):
+        self.capacity, self.rank_weight = int(capacity), rank_weight
+        self.x = torch.empty(self.capacity, dim, dtype=dtype, device=device)
+        self.log_r = torch.empty(self.capacity, dtype=dtype, device=device)
+        self.size, self.head = 0, 0
+
+    def __len__(self):
+        return self.size
+
+    def add(self, x, log_r):
+        keep = torch.isfinite(log_r) & torch.isfinite(x).all(-1)
+        x, log_r = x[keep].detach(), log_r[keep].detach()
+        n = x.shape[0]
+        if n > self.capacity:
+            x, log_r, n = x[-self.capacity:], log_r[-self.capacity:], self.capacity
+        idx = (self.head + torch.arange(n, device=self.x.device)) % self.capacity
+        self.x[idx] = x.to(self.x.device, self.x.dtype)
+        self.log_r[idx] = log_r.to(self.log_r.device, self.log_r.dtype)
+        self.head = (self.head + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def state_dict(self):
+        """The filled slots (always the first `size`), the FIFO head and the size."""
+        return {"x": self.x[:self.size].clone(), "log_r": self.log_r[:self.size].clone(),
+                "head": self.head, "size": self.size}
+
+    def load_state_dict(self, state):
+        n = int(state["size"])
+        if n > self.capacity or state["x"].shape[1:] != self.x.shape[1:]:
+            raise ValueError(f"buffer state of {n} x {tuple(state['x'].shape[1:])} does not fit a buffer of "
+                             f"{self.capacity} x {tuple(self.x.shape[1:])}")
+        self.x[:n] = state["x"].to(self.x.device, self.x.dtype)
+        self.log_r[:n] = state["log_r"].to(self.log_r.device, self.log_r.dtype)
+        self.head, self.size = int(state["head"]), n
+
+    def sample(self, n: int, generator=None):
+        if self.size == 0:
+            raise RuntimeError("the replay buffer is empty")
+        log_r = self.log_r[:self.size]
+        rank = torch.empty(self.size, dtype=torch.float64, device=log_r.device)
+        rank[torch.argsort(log_r, descending=True)] = torch.arange(self.size, dtype=torch.float64,
+                                                                     device=log_r.device)
+        weights = 1.0 / (self.rank_weight * self.size + rank)
+        idx = torch.multinomial(weights, n, replacement=True, generator=generator)
+        return self.x[idx], self.log_r[idx]
+
+
+def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.01, target_acceptance=0.574,
+                 adapt_every=5, adapt_factor=0.01, seed=0):
+    """MALA (energy MH) from the states x; the global step size is multiplied by 1 ± adapt_factor
+    every `adapt_every` moves towards the target acceptance rate. Returns (states after each
+    block past burn-in, stacked (n_blocks·B, D), their log R, final step size). The target is the
+    MCMC model itself (fastsamp.protocol: its score and log_prob ignore the time)."""
+    kept, eps, offset = [], float(step_size), 0
+    for block in range(-(-n_steps // adapt_every)):
+        x, rate = mcmc(target, x, mh="energy", n_steps=adapt_every, step_size=eps, seed=seed, offset=offset)
+        offset += adapt_every
+        eps *= 1 + adapt_factor if float(rate.mean()) > target_acceptance else 1 - adapt_factor
+        if (block + 1) * adapt_every > burn_in:
+            kept.append(x)
+    x_all = torch.cat(kept) if kept else x
+    return x_all, target.log_prob(x_all), eps

@@ -1,0 +1,262 @@
+"""DiffusionSampler: the drift network with the pinned-Brownian reference process, its forward and
+backward trajectories (log p_F, log p_B through the fused ops), objectives, sampling and evaluation."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ... import backends, ops
+from ...distributed import Comm
+from ...ops import policy
+from .networks import DriftNet
+
+OBJECTIVES = ("pis", "tb", "vargrad", "subtb")
+SAVE_FORMAT = 1
+
+
+@dataclass
+class Trajectories:
+    """A batch of trajectories: states (T+1, B, D), log p_F and log p_B (B, T), log R(x_T) (B,),
+    and for SubTB the flows log F (B, T+1)."""
+    states: torch.Tensor
+    log_pf: torch.Tensor
+    log_pb: torch.Tensor
+    log_r: torch.Tensor
+    log_f: torch.Tensor | None = None
+
+    def log_weights(self):
+        """log w = log R(x_T) + Σ log p_B − Σ log p_F: E[w] = Z, E[log w] ≤ log Z."""
+        return self.log_r + self.log_pb.sum(-1) - self.log_pf.sum(-1)
+
+
+class DiffusionSampler(nn.Module):
+    """Drift network + the pinned-Brownian reference process (σ, T). `fused=True` runs the
+    fast path: no-grad simulation, then one batched network evaluation of every visited state
+    for the off-policy objectives; `fused=False` is the eager per-step autograd loop with the
+    PyTorch reference of the op (the baseline it is timed against)."""
+
+    def __init__(self, target, *, sigma: float = 1.0, n_steps: int = 100, fused: bool = True, **net_kw):
+        super().__init__()
+        self.target, self.sigma, self.n_steps, self.fused = target, float(sigma), int(n_steps), fused
+        self.net_config = dict(net_kw)
+        self.net = DriftNet(target.dim, **net_kw)
+        self.backend = "auto" if fused else "torch"
+
+    # -- saving and loading ---------------------------------------------------------------------
+    def config(self) -> dict:
+        """The settings that rebuild this sampler (plain values): the target's registered name (None if
+        it has none) and dim, σ, T, fused and the DriftNet keyword arguments."""
+        return {"target": getattr(self.target, "name", None), "dim": self.target.dim, "sigma": self.sigma,
+                "n_steps": self.n_steps, "fused": self.fused, "net": dict(self.net_config)}
+
+    def save(self, path) -> None:
+        """Write config and state_dict to `path`; `torch.load(path)` reads it with the default
+        weights_only=True, `DiffusionSampler.load(path)` rebuilds the sampler."""
+        torch.save({"format": SAVE_FORMAT, "class": "DiffusionSampler", "config": self.config(),
+                    "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path, target=None, map_location=None) -> DiffusionSampler:
+        """The sampler written by `save`, on `target` (default: the registered target of the saved name,
+        `fastsamp.targets.get_target(name)` with its default settings)."""
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+        if saved.get("format") != SAVE_FORMAT or saved.get("class") != "DiffusionSampler":
+            raise ValueError(f"{path} is not a DiffusionSampler written by DiffusionSampler.save")
+        cfg = saved["config"]
+        if target is None:
+            if cfg["target"] is None:
+                raise ValueError(f"{path} was saved with a target that has no registered name: pass target=")
+            from ...targets import get_target
+            target = get_target(cfg["target"])
+        if target.dim != cfg["dim"]:
+            raise ValueError(f"target has dim {target.dim} but the sampler in {path} was trained for dim {cfg['dim']}")
+        sampler = cls(target, sigma=cfg["sigma"], n_steps=cfg["n_steps"], fused=cfg["fused"], **cfg["net"])
+        sampler.load_state_dict(saved["state"])
+        return sampler
+
+    @property
+    def h(self):
+        return 1.0 / self.n_steps
+
+    @property
+    def device(self):
+        """Where the network lives; trajectories are simulated there (`sampler.to(device)` moves it)."""
+        return self.net.log_Z.device
+
+    def _grid(self, like):
+        return torch.arange(self.n_steps + 1, dtype=like.dtype, device=like.device) * self.h
+
+    def _score(self, x):
+        return self.target.score(x).detach() if self.net.langevin else None
+
+    # -- trajectories -------------------------------------------------------------------------
+    def forward_trajectories(self, batch_size, *, explore=0.0, reparam=False, seed=0, chain_offset=0,
+                             with_flows=False, dtype=torch.float32, device=None):
+        """Simulate from x_0 = 0 on `device` (default: the network's). reparam=True keeps the whole
+        path differentiable (PIS). The chains are the global chains chain_offset .. chain_offset +
+        batch_size − 1 of the Philox draws."""
+        T, D = self.n_steps, self.target.dim
+        x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else device)
+        ts = self._grid(x)
+        offline = self.fused and not reparam
+        if offline and not with_flows and self._whole_trajectory_kernel(x):
+            return self._fused_forward(batch_size, explore, seed, chain_offset, x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not offline):
+            temb, lgv = self.net.time_features(ts[:-1])
+            states, log_pf, log_pb, log_f = [x], [], [], []
+            for i in range(T):
+                drift, log_var, hid = self.net(x, temb[i:i + 1], None if lgv is None else lgv[i:i + 1], self._score(x))
+                if with_flows and not offline:
+                    log_f.append(self._flow(x, hid, ts[i]))
+                x, lpf, lpb = ops.em_step_logprob(x, drift, sigma=self.sigma, t=float(ts[i]), h=self.h, seed=seed,
+                                                  offset=i, chain_offset=chain_offset, log_var=log_var,
+                                                  explore=explore, reparam=reparam, backend=self.backend)
+                states.append(x)
+                log_pf.append(lpf)
+                log_pb.append(lpb)
+        states = torch.stack(states)
+        log_pb = torch.stack(log_pb, 1)
+        if offline:
+            log_pf, log_f = self._evaluate(states, with_flows)
+        else:
+            log_pf = torch.stack(log_pf, 1)
+            if with_flows:
+                log_f = torch.stack(log_f, 1)
+        log_r = self.target.log_prob(states[-1]) if reparam else self.target.log_prob(states[-1].detach()).detach()
+        return self._finish(states, log_pf, log_pb, log_r, log_f if with_flows else None)
+
+    def backward_trajectories(self, x_T, *, seed=0, with_flows=False):
+        """Brownian-bridge trajectories from the terminal states x_T back to x_0 = 0:
+        X_t = t x_T + σ (W_t − t W_1) on the grid, drawn in one shot."""
+        T, (B, D) = self.n_steps, x_T.shape
+        ts = self._grid(x_T)
+        g = torch.Generator(device=x_T.device).manual_seed(seed)
+        dw = torch.randn(T, B, D, generator=g, dtype=x_T.dtype, device=x_T.device) * math.sqrt(self.h)
+        w = torch.cat([torch.zeros(1, B, D, dtype=x_T.dtype, device=x_T.device), dw.cumsum(0)])
+        states = ts[:, None, None] * x_T[None] + self.sigma * (w - ts[:, None, None] * w[-1:])
+        states[-1] = x_T
+        log_pf, log_f = self._evaluate(states, with_flows)
+        return self._finish(states, log_pf, self._bridge_log_pb(states), self.target.log_prob(x_T).detach(),
+                            log_f if with_flows else None)
+
+    def _whole_trajectory_kernel(self, x) -> bool:
+        """Whether the C++ whole-trajectory policy kernels (ops.policy) serve this network: CPU,
+        the plain architecture (no Langevin term, fixed variance)."""
+        return (x.device.type == "cpu" and not self.net.langevin and not self.net.learned_variance
+                and backends.is_available("cpp"))
+
+    def _fused_forward(self, batch_size, explore, seed, chain_offset, like):
+        """Forward trajectories by one rollout kernel (no grad) and log p_F through one kernel
+        whose backward is one kernel (the rollout's log p_F is reused, not recomputed)."""
+        ts = self._grid(like)
+        temb = self.net.time_features(ts[:-1])[0]
+        with torch.no_grad():
+            states, lpf, lpb = policy.policy_rollout(self.net, temb.detach(), batch_size, sigma=self.sigma,
+                                                     h=self.h, explore=explore, seed=seed,
+                                                     chain_offset=chain_offset, dtype=like.dtype)
+        log_pf = policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf)
+        return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
+
+    def _evaluate(self, states, with_flows):
+        """log p_F of every transition of fixed trajectories (and the flows): one batched network
+        call over all T·B states and one fused op call (uniform h, so one variance); for the plain
+        network on the CPU, one whole-trajectory kernel."""
+        T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
+        ts = self._grid(states)
+        if self.fused and not with_flows and self._whole_trajectory_kernel(states):
+            temb = self.net.time_features(ts[:-1])[0]
+            return policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h), None
+        temb, lgv = self.net.time_features(ts[:-1])
+        x = states[:-1].reshape(T * B, D)
+        def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
+            return a[:, None].expand(T, B, a.shape[-1]).reshape(T * B, -1)
+        drift, log_var, hid = self.net(x, per_row(temb), None if lgv is None else per_row(lgv), self._score(x))
+        _, log_pf, _ = ops.em_step_logprob(x, drift, sigma=self.sigma, t=0.0, h=self.h, log_var=log_var,
+                                           x_next=states[1:].reshape(T * B, D), backend=self.backend)
+        log_f = self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T if with_flows else None
+        return log_pf.view(T, B).T, log_f
+
+    def _bridge_log_pb(self, states):
+        """log p_B(x_i | x_{i+1}) = log N(x_i; (t_i/t_{i+1}) x_{i+1}, σ² h t_i/t_{i+1}); 0 for i = 0."""
+        ts = self._grid(states)
+        c = (ts[1:-1] / ts[2:])[:, None, None]
+        var = self.sigma ** 2 * self.h * c
+        u = states[1:-1] - c * states[2:]
+        lpb = -0.5 * (u * u / var + torch.log(2 * math.pi * var)).sum(-1)  # (T−1, B)
+        return torch.cat([torch.zeros_like(lpb[:1]), lpb]).T
+
+    def _flow(self, x, hid, t):
+        """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x)."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        var = self.sigma ** 2 * torch.clamp(t, min=self.h)
+        log_ref = -0.5 * ((x * x).sum(-1) / var + x.shape[1] * torch.log(2 * math.pi * var))
+        return self.net.flow(hid).squeeze(-1) + (1 - t) * log_ref + t * self.target.log_prob(x).detach()
+
+    def _finish(self, states, log_pf, log_pb, log_r, log_f):
+        if log_f is not None:
+            log_f = torch.cat([log_f, log_r[:, None]], 1)
+        return Trajectories(states, log_pf, log_pb, log_r, log_f)
+
+    # -- objectives ---------------------------------------------------------------------------
+    def loss(self, traj: Trajectories, objective: str, subtb_lambda: float = 2.0, comm: Comm | None = None):
+        """The objective's loss on a batch of trajectories. Distributed (`comm` of N ranks), VarGrad's
+        batch log Z (the mean log w) is the mean over the trajectories of every rank (one all_reduce),
+        so that N ranks with batch b give the gradient of one process with batch N·b."""
+        if objective == "pis":
+            return (-traj.log_weights()).mean() / self.target.dim
+        if objective == "tb":
+            return 0.5 * ((self.net.log_Z - traj.log_weights()) ** 2).mean()
+        if objective == "vargrad":
+            log_w = traj.log_weights()
+            if comm is not None and comm.distributed:
+                total, count = comm.all_reduce([float(log_w.detach().double().sum()), log_w.shape[0]])
+                baseline = float(total / count)  # Σ (log w − mean) = 0: no gradient through the mean
+            else:
+                baseline = log_w.mean()
+            return 0.5 * ((log_w - baseline) ** 2).mean()
+        if objective == "subtb":
+            T = traj.log_pf.shape[1]
+            cum = torch.cat([torch.zeros_like(traj.log_pf[:, :1]), (traj.log_pf - traj.log_pb).cumsum(1)], 1)
+            # residual (i, j) = log F_i + Σ_{i..j} (log p_F − log p_B) − log F_j
+            res = (traj.log_f[:, :, None] - cum[:, :, None]) - (traj.log_f[:, None, :] - cum[:, None, :])
+            span = torch.arange(T + 1, device=cum.device)
+            span = (span[None, :] - span[:, None]).to(cum.dtype)
+            w = torch.where(span > 0, subtb_lambda ** span, torch.zeros_like(span))
+            return ((res ** 2) * (w / w.sum())).sum((1, 2)).mean()
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+
+    # -- sampling and evaluation ----------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n, *, seed=0, dtype=torch.float32, device=None, group=None, gather=True):
+        """n samples and their log weights log w (E[w] = Z).
+
+        Distributed (torchrun or `group=`): each rank simulates its share of the n chains with noise
+        keyed by the global chain index; gather=True returns all of them on rank 0 ((None, None)
+        elsewhere), gather=False each rank's own."""
+        comm = Comm.resolve(group)
+        chain0, n_local = comm.shard(n)
+        traj = self.forward_trajectories(n_local, seed=seed, chain_offset=chain0, dtype=dtype, device=device)
+        x, log_w = traj.states[-1], traj.log_weights()
+        if not (gather and comm.distributed):
+            return x, log_w
+        both = comm.gather(torch.cat([x, log_w[:, None]], 1))
+        return (None, None) if both is None else (both[:, :-1], both[:, -1])
+
+    @torch.no_grad()
+    def evaluate(self, n=2000, *, seed=10**6, exact_samples=None, n_eubo_repeats=1):
+        """log Z estimates (ELBO = mean log w, importance-weighted log-mean-exp), ESS/n, learned log Z,
+        and with exact samples the EUBO and the 2-Wasserstein distance."""
+        from ... import metrics
+        x, log_w = self.sample(n, seed=seed, group=Comm(None))
+        out = metrics.log_z_estimates(log_w)
+        out["log_Z_learned"] = float(self.net.log_Z)
+        if exact_samples is not None:
+            exact_samples = exact_samples.to(self.device)
+            out["w2"] = metrics.wasserstein2(x, exact_samples)
+            lw = torch.cat([self.backward_trajectories(exact_samples, seed=seed + r).log_weights()
+                            for r in range(n_eubo_repeats)])
+            out["eubo"] = float(lw.mean())
+        return out

@@ -1,0 +1,283 @@
+"""Training of a DiffusionSampler: the hyper-parameters (TrainConfig), the log, the resumable
+training loop (one checkpoint file of the whole state, written atomically) and DDP."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ...distributed import Comm
+from .replay import ReplayBuffer, local_search
+from .sampler import OBJECTIVES, DiffusionSampler
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters; the defaults are those of Sendera et al. (2024)."""
+    objective: str = "tb"
+    iterations: int = 25000
+    batch_size: int = 300
+    lr_policy: float = 1e-3
+    lr_flow: float = 1e-1            # log Z (TB) or the flow network (SubTB: 1e-2 in the paper)
+    explore: float = 0.0             # extra sampling std per step, decayed linearly to 0 at half of training
+    local_search: bool = False       # alternate forward and buffer (backward) trajectories with MALA local search
+    replay: bool = False             # alternate forward and backward trajectories from the buffer (no local search)
+    prior_every: int = 0             # every k-th iteration: backward trajectories from x_T ~ N(0, σ² I), the
+                                     # reference process's marginal (prior-trajectory exploration)
+    buffer_size: int = 600_000
+    rank_weight: float = 1e-2
+    ls_every: int = 100
+    ls_steps: int = 200
+    ls_burn_in: int = 100
+    ls_step_size: float = 0.01
+    ls_target_acceptance: float = 0.574
+    subtb_lambda: float = 2.0
+    grad_clip: float | None = None
+    seed: int = 0
+    eval_every: int = 0              # 0: no periodic evaluation
+    eval_samples: int = 2000
+
+
+@dataclass
+class TrainLog:
+    """Per-iteration losses, wall and process-CPU seconds of training (checkpoint writes excluded,
+    summed over resumed calls), periodic evaluations, and the iterations the run was resumed from."""
+    loss: list = field(default_factory=list)
+    seconds: float = 0.0
+    evals: list = field(default_factory=list)
+    cpu_seconds: float = 0.0
+    resumed_from: list = field(default_factory=list)
+
+    @property
+    def seconds_per_iteration(self):
+        return self.seconds / max(len(self.loss), 1)
+
+    @property
+    def cpu_seconds_per_iteration(self):
+        """Process CPU time per iteration: unaffected by pauses and, for a one-thread run, by other jobs."""
+        return self.cpu_seconds / max(len(self.loss), 1)
+
+
+class _Iteration(nn.Module):
+    """One training iteration's loss as a module forward, so that DistributedDataParallel sees the
+    forward and all-reduces (averages) the gradients of the sampler's parameters in the backward."""
+
+    def __init__(self, sampler, step):
+        super().__init__()
+        self.sampler, self.step = sampler, step
+
+    def forward(self, it):
+        return self.step(it)
+
+
+def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, callback=None,
+          on_iteration=None, checkpoint=None, checkpoint_every=0, until=None, on_checkpoint=None,
+          group=None) -> TrainLog:
+    """Train `sampler` with config.objective on forward (on-policy + exploration) trajectories; with
+    local_search or replay every other iteration uses backward trajectories from the buffer, and
+    prior_every = k makes every k-th iteration use backward trajectories from the reference marginal.
+    `on_iteration(it)` runs before each iteration (e.g. to anneal the target); `callback(it)` every
+    eval_every iterations, its results collected in the log.
+
+    Resumable: with `checkpoint` (a path) the whole training state — model, optimizer, replay
+    buffers, every RNG state, the iteration count, the loss history and the elapsed time — is
+    written there (atomically) every `checkpoint_every` iterations and when the call returns, and
+    a call that finds the file resumes from it: a run stopped and resumed follows the same path as
+    an uninterrupted one. `until` stops before that iteration (default: config.iterations);
+    `on_checkpoint(iteration, log)` runs after each checkpoint write.
+    Trajectories are simulated on `sampler.device`; the replay buffers stay in CPU memory.
+
+    Distributed (torchrun or `group=` with N ranks): DistributedDataParallel, each rank simulating
+    config.batch_size forward trajectories as the global chains rank·b .. (rank + 1)·b − 1, so that
+    N ranks with batch b train like one process with batch N·b (VarGrad's batch log Z is reduced over
+    all ranks). Buffer, local-search and prior trajectories are drawn per rank (generators seeded with
+    the rank); each rank checkpoints to `checkpoint` + ".rank{r}". The logged loss is this rank's."""
+    cfg = config
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
+    if cfg.objective == "pis" and (cfg.local_search or cfg.replay or cfg.prior_every or cfg.explore > 0):
+        raise ValueError("pis is on-policy: it takes no local_search, replay, prior_every or explore")
+    if cfg.objective == "subtb" and sampler.net.flow is None:
+        raise ValueError("objective 'subtb' needs a DriftNet built with flow=True")
+    if checkpoint_every < 0 or (checkpoint_every and checkpoint is None):
+        raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint path, got {checkpoint_every}")
+    until = cfg.iterations if until is None else min(int(until), cfg.iterations)
+    comm = Comm.resolve(group)
+    if comm.distributed and checkpoint is not None:
+        checkpoint = f"{checkpoint}.rank{comm.rank}"
+    torch.manual_seed(cfg.seed)
+    flow_params = [sampler.net.log_Z] + (list(sampler.net.flow.parameters()) if sampler.net.flow is not None else [])
+    flow_ids = {id(p) for p in flow_params}
+    policy = [p for p in sampler.net.parameters() if id(p) not in flow_ids]
+    opt = torch.optim.Adam([{"params": policy, "lr": cfg.lr_policy}, {"params": flow_params, "lr": cfg.lr_flow}])
+    D, device = sampler.target.dim, sampler.device
+    buffers = {}
+    if cfg.local_search or cfg.replay:
+        buffers["replay"] = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
+    if cfg.local_search:
+        buffers["local_search"] = ReplayBuffer(cfg.buffer_size, D, rank_weight=cfg.rank_weight)
+    buffer, buffer_ls = buffers.get("replay"), buffers.get("local_search")
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * comm.rank)
+    log = TrainLog()
+    first = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        first = _load_checkpoint(checkpoint, sampler, opt, buffers, gen, log, cfg)
+        log.resumed_from.append(first)
+    bar = _progress(cfg.iterations, progress and comm.rank == 0, first)
+    with_flows = cfg.objective == "subtb"
+    chain0 = comm.rank * cfg.batch_size
+
+    def iteration_loss(it):
+        seed = cfg.seed * 1_000_003 + it
+        bwd_seed = seed + 7919 * comm.rank  # backward trajectories: per-rank torch generator noise
+        explore = cfg.explore * max(0.0, 1.0 - it / max(cfg.iterations / 2, 1))
+        if cfg.prior_every and it % cfg.prior_every == cfg.prior_every - 1:
+            x_T = sampler.sigma * torch.randn(cfg.batch_size, D, generator=gen)
+            traj = sampler.backward_trajectories(x_T.to(device), seed=bwd_seed, with_flows=with_flows)
+        elif buffer is not None and it % 2 == 1:
+            if cfg.local_search:
+                if it % cfg.ls_every < 2:
+                    start_x, _ = buffer.sample(cfg.batch_size, gen)
+                    found, found_r, _ = local_search(sampler.target, start_x.to(device), n_steps=cfg.ls_steps,
+                                                     burn_in=cfg.ls_burn_in, step_size=cfg.ls_step_size,
+                                                     target_acceptance=cfg.ls_target_acceptance, seed=bwd_seed)
+                    buffer_ls.add(found, found_r)
+                x_T, _ = buffer_ls.sample(cfg.batch_size, gen)
+            else:
+                x_T, _ = buffer.sample(cfg.batch_size, gen)
+            traj = sampler.backward_trajectories(x_T.to(device), seed=bwd_seed, with_flows=with_flows)
+        else:
+            traj = sampler.forward_trajectories(cfg.batch_size, explore=explore, reparam=cfg.objective == "pis",
+                                                seed=seed, chain_offset=chain0, with_flows=with_flows)
+            if buffer is not None:
+                buffer.add(traj.states[-1], traj.log_r)
+        return sampler.loss(traj, cfg.objective, cfg.subtb_lambda, comm)
+
+    step = _Iteration(sampler, iteration_loss)
+    if comm.distributed:
+        step = torch.nn.parallel.DistributedDataParallel(step, process_group=comm.group,
+                                                         find_unused_parameters=True)
+    prior_seconds, prior_cpu = log.seconds, log.cpu_seconds
+    start, start_cpu = time.perf_counter(), time.process_time()
+    saving = [0.0, 0.0]  # wall and CPU seconds spent writing checkpoints (not training time)
+
+    def elapsed():
+        log.seconds = prior_seconds + time.perf_counter() - start - saving[0]
+        log.cpu_seconds = prior_cpu + time.process_time() - start_cpu - saving[1]
+
+    def save(it):
+        elapsed()
+        t0, c0 = time.perf_counter(), time.process_time()
+        _save_checkpoint(checkpoint, it, sampler, opt, buffers, gen, log, cfg)
+        saving[0] += time.perf_counter() - t0
+        saving[1] += time.process_time() - c0
+        if on_checkpoint is not None:
+            on_checkpoint(it, log)
+
+    for it in range(first, until):
+        if on_iteration is not None:
+            on_iteration(it)
+        opt.zero_grad(set_to_none=True)
+        loss = step(it)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(sampler.parameters(), cfg.grad_clip)
+        opt.step()
+        log.loss.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            if it % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3g}")
+        if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and callback is not None:
+            elapsed()
+            log.evals.append(callback(it + 1))
+        if checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < until:
+            save(it + 1)
+    elapsed()
+    if checkpoint is not None:
+        save(max(first, until))
+    if bar is not None:
+        bar.close()
+    return log
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def _save_checkpoint(path, iteration, sampler, opt, buffers, gen, log, cfg):
+    """Write the training state to `path` atomically (a temporary file in the same folder, then rename)."""
+    state = {
+        "format": CHECKPOINT_FORMAT, "iteration": iteration, "config": dataclasses.asdict(cfg),
+        "model": sampler.state_dict(), "optimizer": opt.state_dict(),
+        "buffers": {name: buf.state_dict() for name, buf in buffers.items()},
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "loss": log.loss, "evals": log.evals, "seconds": log.seconds, "cpu_seconds": log.cpu_seconds,
+        "resumed_from": log.resumed_from,
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def atomic_write(path, write):
+    """Call write(f) on a temporary binary file beside `path`, sync it, and rename it to `path`, so
+    that `path` holds either the old or the new content, never a partial one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_checkpoint(path, sampler, opt, buffers, gen, log, cfg) -> int:
+    """Restore the state written by `_save_checkpoint`; returns the iteration to continue from."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+    if state["config"] != dataclasses.asdict(cfg):
+        diff = {k: (v, state["config"].get(k)) for k, v in dataclasses.asdict(cfg).items()
+                if state["config"].get(k) != v}
+        raise ValueError(f"checkpoint {path} was written with another TrainConfig (now, then): {diff}")
+    if set(state["buffers"]) != set(buffers):
+        raise ValueError(f"checkpoint {path} holds buffers {sorted(state['buffers'])}, expected {sorted(buffers)}")
+    sampler.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for name, buf in buffers.items():
+        buf.load_state_dict(state["buffers"][name])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.loss, log.evals = list(state["loss"]), list(state["evals"])
+    log.seconds, log.cpu_seconds = state["seconds"], state["cpu_seconds"]
+    log.resumed_from = list(state["resumed_from"])
+    return int(state["iteration"])
+
+
+def read_checkpoint_iteration(path) -> int:
+    """The iteration count stored in a checkpoint (0 when there is none)."""
+    if not os.path.exists(path):
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
+
+
+def _progress(total, enabled, initial=0):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=False)

@@ -1,0 +1,68 @@
+"""Models save and load: a config of plain values and a state_dict, read back by torch.load's default
+weights_only=True; train_score_mlp returns a picklable ScoreMLP module."""
+import pickle
+
+import pytest
+import torch
+
+from fastsamp import models
+from fastsamp.models import GaussianMixture, Product, ScoreMLP, ScoreModel, train_score_mlp
+from fastsamp.samplers.diffusion import DiffusionSampler
+from fastsamp.schedules import VE
+from fastsamp.targets import get_target
+
+A = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.log(torch.tensor([0.4, 0.6])),
+                    torch.tensor([0.5, 0.3]))
+B = GaussianMixture(torch.tensor([[0.0, 1.0]]), torch.zeros(1), torch.ones(1), schedule=VE(), backend="torch")
+X = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+
+
+def round_trip(model, tmp_path):
+    path = tmp_path / "model.pt"
+    models.save(model, path)
+    torch.load(path)  # the default weights_only=True reads it
+    return models.load(path)
+
+
+def test_mixture_and_product_round_trip(tmp_path):
+    a = round_trip(A, tmp_path)
+    torch.testing.assert_close(a.score(X, 0.3), A.score(X, 0.3), rtol=0, atol=0)
+    b = round_trip(B, tmp_path)
+    assert b.schedule == VE() and b.backend == "torch"
+    prod = round_trip(Product(A, B), tmp_path)
+    torch.testing.assert_close(prod.log_prob(X, 0.1), Product(A, B).log_prob(X, 0.1), rtol=0, atol=0)
+
+
+def test_trained_score_mlp_is_a_module_that_saves_and_pickles(tmp_path):
+    net = train_score_mlp(A.sample(512, torch.Generator().manual_seed(1)), n_iters=20, batch_size=64, hidden=16)
+    assert isinstance(net, ScoreMLP) and net.dim == 2 and not net.training
+    x64 = X.double()
+    assert net.score(x64, 0.5).dtype == torch.float64  # a float32 network serves float64 chains
+    again = round_trip(net, tmp_path)
+    torch.testing.assert_close(again.score(X, 0.5), net.score(X, 0.5), rtol=0, atol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(net)).score(X, 0.5), net.score(X, 0.5), rtol=0, atol=0)
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    fresh = ScoreMLP(2, hidden=16)
+    fresh.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    torch.testing.assert_close(fresh.score(X, 0.5), net.score(X, 0.5), rtol=0, atol=0)
+
+
+def test_wrappers_of_user_code_say_how_to_save():
+    with pytest.raises(TypeError, match="ScoreModel cannot be saved.*save its network's state_dict"):
+        models.save(ScoreModel(lambda x, t: -x, 2), "unused.pt")
+
+
+def test_diffusion_sampler_round_trip(tmp_path):
+    torch.manual_seed(0)
+    sampler = DiffusionSampler(get_target("25gmm"), n_steps=8, hidden=16, n_harmonics=8, langevin=True)
+    path = tmp_path / "sampler.pt"
+    sampler.save(path)
+    saved = torch.load(path)  # weights_only=True
+    assert saved["config"]["net"] == {"hidden": 16, "n_harmonics": 8, "langevin": True}
+    again = DiffusionSampler.load(path)
+    x, log_w = sampler.sample(32, seed=3)
+    x2, log_w2 = again.sample(32, seed=3)
+    torch.testing.assert_close(x2, x, rtol=0, atol=0)
+    torch.testing.assert_close(log_w2, log_w, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="target has dim 10 but the sampler .* dim 2"):
+        DiffusionSampler.load(path, target=get_target("funnel"))
