@@ -66,3 +66,13 @@ def test_diffusion_sampler_round_trip(tmp_path):
     torch.testing.assert_close(log_w2, log_w, rtol=0, atol=0)
     with pytest.raises(ValueError, match="target has dim 10 but the sampler .* dim 2"):
         DiffusionSampler.load(path, target=get_target("funnel"))
+
+
+def test_fastsamp_train_out_writes_a_loadable_sampler(tmp_path):
+    from fastsamp.cli import main
+    main(["train", "--target", "25gmm", "--method", "tb", "--iterations", "2", "--batch-size", "8",
+          "--eval-samples", "16", "--out", str(tmp_path)])
+    path = tmp_path / "25gmm_tb_seed0.pt"
+    assert torch.load(path)["config"]["target"] == "25gmm"  # weights_only=True
+    x, _ = DiffusionSampler.load(path).sample(4)
+    assert x.shape == (4, 2)

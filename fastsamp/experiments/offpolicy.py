@@ -143,7 +143,7 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         stem = run_stem(out_dir, target_name, method, seed)
-        torch.save(sampler.state_dict(), stem + ".pt")
+        sampler.save(stem + ".pt")  # config + state_dict: DiffusionSampler.load(path)
         atomic_write(stem + ".json", lambda f: f.write(json.dumps(result, indent=2).encode()))
         result["model_path"] = stem + ".pt"
         if ckpt is not None and os.path.exists(ckpt):

@@ -192,7 +192,7 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         if bar is not None:
             bar.update(1)
             if it % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3g}")
+                bar.set_postfix(loss=f"{log.loss[-1]:.3g}")
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and callback is not None:
             elapsed()
             log.evals.append(callback(it + 1))
