@@ -17,7 +17,7 @@ import torch
 from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
 from ..targets import TARGETS, get_target
-from .options import MAX_SEED, count, device_arg
+from .options import MAX_SEED, count, device_arg, resolve_device
 
 SUMMARY = "train an off-policy diffusion sampler on a benchmark target and evaluate it"
 DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et al. 2024) on a benchmark target, "
@@ -45,20 +45,6 @@ METHODS = {
 # TrainConfig overrides per target. LGCP: the replay buffers hold 60,000 states instead of 600,000, as
 # two buffers of 600,000 × 1600 float32 states (7.7 GB) do not fit beside other jobs on a 23 GB machine.
 TARGET_OVERRIDES = {"lgcp": dict(buffer_size=60_000)}
-
-
-def resolve_device(device) -> torch.device:
-    """torch.device(device), with a clear ValueError for unknown names and for CUDA without a GPU."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested, but no CUDA GPU is available here "
-                         "(torch.cuda.is_available() is False); use device 'cpu'")
-    return dev
 
 
 def build(target_name: str, method: str, *, seed: int = 0, iterations: int | None = None, fused: bool = True,

@@ -38,17 +38,26 @@ def positive_float(text):
     return v
 
 
-def device_arg(text):
-    """argparse type: a torch device that exists here (cpu, or cuda[:N] with a GPU)."""
+def resolve_device(device) -> torch.device:
+    """torch.device(device), with a clear ValueError for unknown names and for CUDA without a GPU."""
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu or cuda[:N])") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available to torch {torch.__version__} here")
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"device must be cpu or cuda[:N], got {text!r}")
-    return str(device)
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested, but no CUDA GPU is available to torch "
+                         f"{torch.__version__} here (torch.cuda.is_available() is False); use device 'cpu'")
+    return dev
+
+
+def device_arg(text):
+    """argparse type: a torch device that exists here (cpu, or cuda[:N] with a GPU), as a string."""
+    try:
+        return str(resolve_device(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def choice_list(choices):
