@@ -73,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `fastsamp ARGV` (sys.argv[1:] by default) and return its exit status."""
     args = parser().parse_args(argv)
     for flag in ("json", "png"):  # outputs are checked before any work
         path = getattr(args, flag, None)
