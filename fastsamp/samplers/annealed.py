@@ -98,8 +98,9 @@ def corrector_spec(model, *, corrector, mh, n_steps, n_trapezoid, n_leapfrog, da
     damping = _checks.finite_float("damping", damping)
     if not 0.0 <= damping <= 1.0:
         raise ValueError(f"damping must be in [0, 1], got {damping}")
-    return CorrectorSpec(corrector, mh, count_arg(steps_name, n_steps, 0), count_arg("n_trapezoid", n_trapezoid, 1),
-                         count_arg("n_leapfrog", n_leapfrog, 1), damping, backend)
+    return CorrectorSpec(corrector, mh, n_steps=count_arg(steps_name, n_steps, 0),
+                         n_trapezoid=count_arg("n_trapezoid", n_trapezoid, 1),
+                         n_leapfrog=count_arg("n_leapfrog", n_leapfrog, 1), damping=damping, backend=backend)
 
 
 class NonFiniteMonitor:

@@ -111,15 +111,15 @@ class ScoreMH(MHTest):
         B, D = x.shape
         pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
         scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
-        x, s, accepted, log_alpha = ops.score_mh_accept(x, x_prop, state.score, scores[0], kernel.step_size,
-                                                        _uniform(x, key), interior_scores=scores[1:],
-                                                        backend=kernel.backend)
+        x, s, accepted, log_alpha = ops.score_mh_accept(
+            x, x_prop, score=state.score, score_prop=scores[0], step_size=kernel.step_size, u=_uniform(x, key),
+            interior_scores=scores[1:], backend=kernel.backend)
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
-        x, s, accepted, log_alpha = ops.hmc_accept(start.x, end.x, start.score, end.score, start.momentum,
-                                                   end.momentum, delta_logp, _uniform(start.x, key),
-                                                   backend=kernel.backend)
+        x, s, accepted, log_alpha = ops.hmc_accept(
+            start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum, p_prop=end.momentum,
+            delta_logp=delta_logp, u=_uniform(start.x, key), backend=kernel.backend)
         momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
         logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
         return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
@@ -136,8 +136,8 @@ class EnergyMH(ScoreMH):
         # only the PyTorch reference implements energy_mh_accept: "auto" picks it on every device
         backend = "torch" if kernel.backend == "torch" else "auto"
         x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
-            state.x, x_prop, state.score, s_prop, state.logp, logp_prop, kernel.step_size,
-            _uniform(x_prop, key), backend=backend)
+            state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
+            step_size=kernel.step_size, u=_uniform(x_prop, key), backend=backend)
         return ChainState(x, s, logp), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -196,7 +196,8 @@ class HMC:
         for _ in range(self.n_leapfrog):
             x_next, p_half = ops.leapfrog(x, p, s, self.step_size, backend=self.backend)
             s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
-            p, delta = ops.leapfrog_finish(x, x_next, p_half, s, s_next, self.step_size, delta, backend=self.backend)
+            p, delta = ops.leapfrog_finish(x, x_next, p_half=p_half, score=s, score_next=s_next,
+                                           step_size=self.step_size, delta_logp=delta, backend=self.backend)
             x, s = x_next, s_next
         return ChainState(x, s, logp, p), delta
 
@@ -219,9 +220,9 @@ def make_kernel(model, t, step_size, spec: CorrectorSpec):
     """The Langevin or HMC kernel of a corrector run on the (counting) model at time t."""
     mh = mh_test(spec)
     if spec.is_hmc:
-        return HMC(model, t, step_size, mh, spec.n_leapfrog, spec.damping if spec.corrector == "uhmc" else 0.0,
-                   spec.backend)
-    return Langevin(model, t, step_size, mh, spec.backend)
+        return HMC(model, t, step_size, mh, n_leapfrog=spec.n_leapfrog,
+                   damping=spec.damping if spec.corrector == "uhmc" else 0.0, backend=spec.backend)
+    return Langevin(model, t, step_size, mh, backend=spec.backend)
 
 
 def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,

@@ -124,9 +124,10 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     buffer, buffer_ls = buffers.get("replay"), buffers.get("local_search")
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * comm.rank)
     log = TrainLog()
+    training = TrainingState(sampler, opt, buffers, gen, log, cfg)
     first = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        first = _load_checkpoint(checkpoint, sampler, opt, buffers, gen, log, cfg)
+        first = _load_checkpoint(checkpoint, training)
         log.resumed_from.append(first)
     bar = _progress(cfg.iterations, progress and comm.rank == 0, first)
     with_flows = cfg.objective == "subtb"
@@ -173,7 +174,7 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     def save(it):
         elapsed()
         t0, c0 = time.perf_counter(), time.process_time()
-        _save_checkpoint(checkpoint, it, sampler, opt, buffers, gen, log, cfg)
+        _save_checkpoint(checkpoint, it, training)
         saving[0] += time.perf_counter() - t0
         saving[1] += time.process_time() - c0
         if on_checkpoint is not None:
@@ -209,8 +210,22 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
 CHECKPOINT_FORMAT = 1
 
 
-def _save_checkpoint(path, iteration, sampler, opt, buffers, gen, log, cfg):
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds besides the iteration: the sampler, its optimizer, the replay
+    buffers, the buffer generator, the log and the config it must match."""
+    sampler: DiffusionSampler
+    opt: torch.optim.Optimizer
+    buffers: dict
+    gen: torch.Generator
+    log: TrainLog
+    cfg: TrainConfig
+
+
+def _save_checkpoint(path, iteration, training: TrainingState):
     """Write the training state to `path` atomically (a temporary file in the same folder, then rename)."""
+    sampler, opt, buffers, gen, log, cfg = (training.sampler, training.opt, training.buffers, training.gen,
+                                            training.log, training.cfg)
     state = {
         "format": CHECKPOINT_FORMAT, "iteration": iteration, "config": dataclasses.asdict(cfg),
         "model": sampler.state_dict(), "optimizer": opt.state_dict(),
@@ -241,8 +256,10 @@ def atomic_write(path, write):
         raise
 
 
-def _load_checkpoint(path, sampler, opt, buffers, gen, log, cfg) -> int:
+def _load_checkpoint(path, training: TrainingState) -> int:
     """Restore the state written by `_save_checkpoint`; returns the iteration to continue from."""
+    sampler, opt, buffers, gen, log, cfg = (training.sampler, training.opt, training.buffers, training.gen,
+                                            training.log, training.cfg)
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
