@@ -189,7 +189,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     stats = AnnealedStats(fused=fused and fused_corrector(model) is not None, chain_offset=chain0, n_local=n_local)
     start = time.perf_counter()
     scale0 = (sched.alpha(1.0) ** 2 * data_scale**2 + sched.sigma2(1.0)) ** 0.5
-    x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype, device, chain_offset=chain0)
+    x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype=dtype, device=device, chain_offset=chain0)
     factor = torch.ones(n_local, dtype=dtype, device=device)
     # per-level statistics stay on the device until the end: no host synchronisation per level in
     # one process (distributed: one all_reduce per level, whose failure flag is read on the host)

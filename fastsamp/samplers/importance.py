@@ -130,7 +130,7 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     start = time.perf_counter()
     ts = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64).tolist()
     scale0 = (sched.alpha(1.0) ** 2 + sched.sigma2(1.0)) ** 0.5
-    x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype, device, chain_offset=chain0)
+    x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype=dtype, device=device, chain_offset=chain0)
     for i in range(n_steps):
         with comm.level(1) as lv:  # the step's non-finite chains over all ranks (and the failure flag)
             t, h = ts[i], ts[i] - ts[i + 1]

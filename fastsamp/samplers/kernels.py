@@ -53,7 +53,7 @@ class PhiloxKey(NamedTuple):
 
 @dataclass(frozen=True)
 class CorrectorSpec:
-    """One corrector run's settings (validated by `annealed.check_corrector_args`)."""
+    """One corrector run's settings (built and validated by `annealed.corrector_spec`)."""
 
     corrector: str       # "ula", "mala", "hmc", "uhmc"
     mh: str              # "score", "energy", "none"
@@ -74,7 +74,7 @@ class CorrectorSpec:
 
 
 def _uniform(x, key):
-    return ops.uniform(key.seed, key.offset, x.shape[0], x.dtype, x.device, chain_offset=key.chain_offset)
+    return ops.uniform(key.seed, key.offset, x.shape[0], dtype=x.dtype, device=x.device, chain_offset=key.chain_offset)
 
 
 def _all_accepted(x):
