@@ -186,3 +186,35 @@ def test_schedules_take_tensors_and_floats(schedule):
         assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) for a, b in zip(got.tolist(), want))
     with pytest.raises(TypeError, match="t must be a float or a floating tensor"):
         schedule.alpha(torch.tensor([0, 1]))
+
+
+# --- every model of the package follows the protocol -----------------------------------------------------
+
+def _conforming_models():
+    from fastsamp.experiments import digits
+    from fastsamp.models import EnergyModel, Product, ScoreMLP
+    from fastsamp.samplers.importance import Tilted
+    mix32 = MIX.to(dtype=torch.float32)
+    posterior = digits.NoisePosterior(digits.VAEDecoder(latent_dim=2, hidden=8),
+                                      lambda x: -x.square().sum(1), lam=0.5)
+    return {
+        "GaussianMixture": mix32, "Product": Product(mix32, mix32),
+        "ScoreModel": ScoreModel(lambda x, t: -x, 2), "ScoreMLP": ScoreMLP(2, hidden=8),
+        "EnergyModel": EnergyModel(lambda x, t: 0.5 * x.square().sum(1), 2),
+        "Tilted": Tilted(mix32, lambda x: -x.square().sum(1)), "target 25gmm": get_target("25gmm"),
+        "NoisePosterior": posterior,
+    }
+
+
+@pytest.mark.parametrize("name", list(_conforming_models()))
+def test_every_model_follows_the_protocol(name):
+    model = _conforming_models()[name]
+    x = torch.randn(5, 2)
+    x_out, rate = mcmc(model, x, n_steps=2, step_size=0.01)
+    assert x_out.shape == (5, 2) and rate.shape == (5,)
+    counted = CountingModel(model)
+    assert counted.score(x, 0.5).shape == (5, 2)
+    if counted.has_energy:
+        s, logp = counted.score_and_log_prob(x, 0.5)
+        assert logp.shape == (5,)
+        mcmc(model, x, mh="energy", n_steps=2, step_size=0.01)
