@@ -21,6 +21,21 @@ import os
 import statistics
 import sys
 
+import torch
+
+from fastsamp.experiments.offpolicy import (
+    METHODS,
+    checkpoint_path,
+    finished_result,
+    format_progress,
+    plan_table,
+    run_table,
+    table_progress,
+    time_iterations,
+)
+from fastsamp.experiments.options import MAX_SEED, count, device_arg, positive_float
+from fastsamp.targets import TARGETS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "offpolicy_full")
 
@@ -47,7 +62,6 @@ METRICS = ("delta_log_Z", "delta_log_Z_rw", "w2")
 
 
 def make_plan(args):
-    from fastsamp.experiments.offpolicy import plan_table
     groups = ([(args.targets, args.methods)] if args.targets or args.methods else
               [(MAIN_TARGETS, MAIN_METHODS), (EXTRA_TARGETS, EXTRA_METHODS)])
     plan = [r for targets, methods in groups
@@ -57,9 +71,7 @@ def make_plan(args):
 
 
 def table(args):
-    import torch
     torch.set_num_threads(1)
-    from fastsamp.experiments.offpolicy import run_table
     run_table(make_plan(args), args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
               batch_size=args.batch_size, eval_samples=args.eval_samples, log=lambda s: print(s, flush=True))
     report(args)
@@ -81,7 +93,6 @@ def _outside(values, published):
 
 def report(args) -> str:
     """The markdown table of the finished runs of the plan, with the published numbers."""
-    from fastsamp.experiments.offpolicy import checkpoint_path, finished_result, format_progress, table_progress
     plan = make_plan(args)
     rows = ["| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
             "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | ms / iteration | outside paper ± std |", "|" + "---|" * 12]
@@ -119,9 +130,7 @@ def report(args) -> str:
 
 
 def timing(args):
-    import torch
     torch.set_num_threads(args.threads)
-    from fastsamp.experiments.offpolicy import time_iterations
     out = {}
     for t in args.targets:
         for m in args.methods:
@@ -137,27 +146,29 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in (("table", table), ("report", report)):
         a = sub.add_parser(name)
-        a.add_argument("--fraction", type=float, default=1.0, help="fraction of the paper's iteration counts")
-        a.add_argument("--iterations", type=int, default=None, help="iterations of every run (overrides --fraction)")
-        a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-        a.add_argument("--targets", nargs="+", default=None, help="default: the full plan (module docstring)")
-        a.add_argument("--methods", nargs="+", default=None)
-        a.add_argument("--batch-size", type=int, default=300)
-        a.add_argument("--eval-samples", type=int, default=2000)
+        a.add_argument("--fraction", type=positive_float, default=1.0, help="fraction of the paper's iteration counts")
+        a.add_argument("--iterations", type=count(1), default=None,
+                       help="iterations of every run (overrides --fraction)")
+        a.add_argument("--seeds", type=count(0, MAX_SEED), nargs="+", default=[0, 1, 2, 3, 4])
+        a.add_argument("--targets", nargs="+", choices=TARGETS, default=None,
+                       help="default: the full plan (module docstring)")
+        a.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=None)
+        a.add_argument("--batch-size", type=count(1), default=300)
+        a.add_argument("--eval-samples", type=count(2), default=2000)
         a.add_argument("--out", default=OUT, help="directory for the per-run JSON/models, checkpoints and table.md")
         a.add_argument("--brief", action="store_true", help="only cells with results, a run in progress or published "
                        "numbers, and no table.md (for the README)")
         if name == "table":
-            a.add_argument("--jobs", type=int, default=1, help="parallel runs (one thread each)")
-            a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-            a.add_argument("--checkpoint-every", type=int, default=500)
+            a.add_argument("--jobs", type=count(1), default=1, help="parallel runs (one thread each)")
+            a.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
+            a.add_argument("--checkpoint-every", type=count(0), default=500)
         a.set_defaults(fn=fn)
     b = sub.add_parser("timing")
-    b.add_argument("--iterations", type=int, default=20)
-    b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--targets", nargs="+", default=list(MAIN_TARGETS))
-    b.add_argument("--methods", nargs="+", default=["tb", "pis", "tb+expl+lp+ls"])
+    b.add_argument("--iterations", type=count(1), default=20)
+    b.add_argument("--threads", type=count(1), default=1)
+    b.add_argument("--device", type=device_arg, default="cpu")
+    b.add_argument("--targets", nargs="+", choices=TARGETS, default=list(MAIN_TARGETS))
+    b.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=["tb", "pis", "tb+expl+lp+ls"])
     b.set_defaults(fn=timing)
     args = p.parse_args(argv)
     os.makedirs(getattr(args, "out", OUT), exist_ok=True)
