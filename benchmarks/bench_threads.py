@@ -21,6 +21,7 @@ import torch
 
 from fastsamp.cli import main as cli_main
 from fastsamp.experiments.bench import cpu_model
+from fastsamp.experiments.options import count
 
 
 def sample_wall(chains, levels, n_threads) -> float:
@@ -38,11 +39,16 @@ def sample_wall(chains, levels, n_threads) -> float:
             return json.load(f)["wall_s"]
 
 
+def count_list(text) -> list:
+    """argparse type: comma-separated chain counts, each >= 1."""
+    return [count(1)(n) for n in text.split(",")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chains", default="500,65536", help="comma-separated chain counts")
-    p.add_argument("--levels", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--chains", default="500,65536", type=count_list, help="comma-separated chain counts")
+    p.add_argument("--levels", type=count(2), default=20)
+    p.add_argument("--repeats", type=count(1), default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     rows = []
@@ -50,7 +56,7 @@ def main(argv=None) -> int:
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
         time.sleep(0.5 if load else 0)
         try:
-            for chains in map(int, args.chains.split(",")):
+            for chains in args.chains:
                 for n_threads in (1, 2):
                     sample_wall(chains, 2, n_threads)  # warm-up
                     walls = [sample_wall(chains, args.levels, n_threads) for _ in range(args.repeats)]

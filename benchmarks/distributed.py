@@ -20,6 +20,8 @@ import tempfile
 
 import torch
 
+from fastsamp.experiments.options import count
+
 
 def _free_port():
     with socket.socket() as s:
@@ -41,11 +43,11 @@ def run_job(processes, threads, job_args, workdir, tag):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2, help="threads in total (per process: threads / processes)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--chains", type=int, default=65536)
-    p.add_argument("--levels", type=int, default=100)
+    p.add_argument("--processes", type=count(1), default=2)
+    p.add_argument("--threads", type=count(1), default=2, help="threads in total (per process: threads / processes)")
+    p.add_argument("--repeats", type=count(1), default=5)
+    p.add_argument("--chains", type=count(1), default=65536)
+    p.add_argument("--levels", type=count(2), default=100)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     job = ["--chains", str(args.chains), "--levels", str(args.levels)]
