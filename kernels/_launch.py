@@ -6,11 +6,13 @@
   otherwise turn a python float into an fp32 constant, so there it is wrapped
   into a float64 interpreter tensor.
 * ``split64(v)``: a 64-bit seed / offset as its two 32-bit halves.
+* ``launch(kernel, grid, ...)``: the launch, with placeholders for absent optional tensors.
 * block-size heuristics.
 """
 import os
 
 import numpy as np
+import torch
 import triton
 import triton.language as tl
 
@@ -52,9 +54,12 @@ def _interp_int(v):
 
 
 def launch(kernel, grid, *args, **kwargs):
-    """kernel[grid](*args, **kwargs). Under the interpreter, python ints are passed as
-    0-d integer tensors: the interpreter's own 1-element arrays cannot be used as loop
-    bounds (`range(n)`) with numpy >= 2.4."""
+    """kernel[grid](*args, **kwargs). An absent optional tensor (None) is passed as the first
+    tensor argument, a placeholder pointer the kernel does not read (its constexpr flag is off).
+    Under the interpreter, python ints are passed as 0-d integer tensors: the interpreter's own
+    1-element arrays cannot be used as loop bounds (`range(n)`) with numpy >= 2.4."""
+    placeholder = next(a for a in args if isinstance(a, torch.Tensor))
+    args = [placeholder if a is None else a for a in args]
     if INTERPRET:
         args = [_interp_int(a) if isinstance(a, int) and not isinstance(a, bool) else a for a in args]
     return kernel[grid](*args, **kwargs)
@@ -81,6 +86,14 @@ def rows_block(B, block_d, target_elems):
         bb = min(bb, next_pow2(triton.cdiv(B, _MIN_PROGRAMS)))
     bb = min(bb, next_pow2(B))
     return max(1, bb)
+
+
+def row_grid(B, D, max_block_d, tile):
+    """BLOCK_B, BLOCK_D and grid of a row kernel (kernels.tiles.row_tile): column tiles of
+    next_pow2(D) up to max_block_d, about `tile` elements a program."""
+    block_d = min(next_pow2(D), max_block_d)
+    block_b = rows_block(B, block_d, tile)
+    return block_b, block_d, (triton.cdiv(B, block_b),)
 
 
 def warps_for(tile_elems, max_warps=8):

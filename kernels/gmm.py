@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastsamp.backends._abi import move_outputs, score_outputs
+
 from ._launch import f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
 from .random import TWO_PI, global_chain, normal_rows, offset_add, uniform_mh
 from .tiles import div_ieee, row_index, sqrt_ieee
@@ -107,15 +109,23 @@ def gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B: tl.constexpr
 
 
 @triton.jit
-def _gmm_score_kernel(x_ptr, mu_ptr, tab_ptr, score_ptr, logp_ptr, alpha_: tl.float64, B, D, K,
-                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
+def _whole_rows(x_ptr, B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    """The BLOCK_B chains of this program as whole rows (BLOCK_D >= D): row indices / mask, column
+    indices / mask ([1, BLOCK_D]), the [BLOCK_B, BLOCK_D] element mask and offsets, and x (zeros
+    in the padding)."""
+    rows, rmask = row_index(tl.program_id(0), B, BLOCK_B, IDX64)
     cols = tl.arange(0, BLOCK_D)[None, :]
     cmask = cols < D
     m2 = rmask[:, None] & cmask
     offs = rows[:, None] * D + cols
     x = tl.load(x_ptr + offs, mask=m2, other=0.0)
+    return rows, rmask, cols, cmask, m2, offs, x
+
+
+@triton.jit
+def _gmm_score_kernel(x_ptr, mu_ptr, tab_ptr, score_ptr, logp_ptr, alpha_: tl.float64, B, D, K,
+                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, BLOCK_D, IDX64)
     score, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha_.to(x.dtype), BLOCK_B)
     tl.store(score_ptr + offs, score, mask=m2)
     tl.store(logp_ptr + rows, logp, mask=rmask)
@@ -140,8 +150,7 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     K = means.shape[0]
     if D > GMM_SCORE_MAX_D:
         raise ValueError(f"triton gmm_score supports D <= {GMM_SCORE_MAX_D}, got D={D}")
-    score = torch.empty_like(x)
-    logp = torch.empty((B,), dtype=x.dtype, device=x.device)
+    score, logp = score_outputs(x)
     if B == 0:
         return score, logp
     block_d = next_pow2(D)
@@ -156,18 +165,9 @@ def gmm_score(x, means, log_weights, variances, alpha, sigma2):
 
 @triton.jit
 def _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr):
-    """The BLOCK_B chains of this program for the whole-move kernels: row indices / mask,
-    column indices / mask ([1, BLOCK_D], BLOCK_D = 4 BLOCK_J: whole Philox draws), the
-    [BLOCK_B, BLOCK_D] element mask and offsets, the state x (zeros in the padding) and
-    the step sizes (1 in the padding rows)."""
-    BLOCK_D: tl.constexpr = 4 * BLOCK_J
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
-    cols = tl.arange(0, BLOCK_D)[None, :]
-    cmask = cols < D
-    m2 = rmask[:, None] & cmask
-    offs = rows[:, None] * D + cols
-    x = tl.load(x_ptr + offs, mask=m2, other=0.0)
+    """_whole_rows of the whole-move kernels (BLOCK_D = 4 BLOCK_J: whole Philox draws) and the
+    step sizes (1 in the padding rows)."""
+    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, 4 * BLOCK_J, IDX64)
     eps = tl.load(eps_ptr + rows, mask=rmask, other=1.0)
     return rows, rmask, cols, cmask, m2, offs, x, eps
 
@@ -301,8 +301,7 @@ def _whole_move(kernel, name, x, means, log_weights, variances, step_size, n_ste
     mh = int(mh)
     if mh not in (0, 1, 2):
         raise ValueError(f"mh must be 0, 1 or 2, got {mh}")
-    x_new = torch.empty_like(x)
-    rate = torch.empty((B,), dtype=x.dtype, device=x.device)
+    x_new, rate = move_outputs(x)
     if B == 0:
         return x_new, rate
     n_steps = int(n_steps)

@@ -5,10 +5,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import QUAD_WARPS, launch, need_idx64, next_pow2, quad_grid, rows_block, warps_for
+from ._launch import QUAD_WARPS, launch, need_idx64, quad_grid, row_grid, warps_for
 from .mh import launch_accept
 from .sde import affine_noise
-from .tiles import quad_tile, row_index
+from .tiles import col_tile, quad_tile, row_tile
 
 FINISH_MAX_BLOCK_D = 256
 FINISH_TILE = 2048
@@ -38,9 +38,8 @@ def leapfrog(x, p, score, step_size):
     if x.numel() == 0:
         return x_next, p_half
     J, n_groups, block_g, grid = quad_grid(B, D)
-    launch(_leapfrog_kernel, grid, x, p, score, step_size, x_next, p_half, D, J, n_groups,
-                           EVEN4=(D % 4 == 0), IDX64=need_idx64(n_groups * 4), BLOCK_G=block_g,
-                           num_warps=QUAD_WARPS, enable_fp_fusion=False)
+    launch(_leapfrog_kernel, grid, x, p, score, step_size, x_next, p_half, D, J, n_groups, EVEN4=(D % 4 == 0),
+           IDX64=need_idx64(n_groups * 4), BLOCK_G=block_g, num_warps=QUAD_WARPS, enable_fp_fusion=False)
     return x_next, p_half
 
 
@@ -49,17 +48,12 @@ def _leapfrog_finish_kernel(x_ptr, xn_ptr, ph_ptr, s_ptr, sn_ptr, eps_ptr, dlp_p
                             B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
     """p_next = p_half + (eps/2) score_next ;
     delta_logp_next = delta_logp + 0.5 (score + score_next).(x_next - x)."""
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
-    base = rows[:, None] * D
-    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    rows, rmask, base, cols0 = row_tile(B, D, BLOCK_B, BLOCK_D, IDX64)
     eps = tl.load(eps_ptr + rows, mask=rmask, other=0.0)
     h = (0.5 * eps)[:, None]
     dot = tl.zeros([BLOCK_B], eps.dtype)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        m2 = rmask[:, None] & (cols < D)
-        offs = base + cols
+        m2, offs = col_tile(rmask, base, cols0, d0, D)
         x = tl.load(x_ptr + offs, mask=m2, other=0.0)
         xn = tl.load(xn_ptr + offs, mask=m2, other=0.0)
         ph = tl.load(ph_ptr + offs, mask=m2, other=0.0)
@@ -77,13 +71,10 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp)
     dlp_next = torch.empty((B,), dtype=x.dtype, device=x.device)
     if B == 0:
         return p_next, dlp_next
-    block_d = min(next_pow2(D), FINISH_MAX_BLOCK_D)
-    block_b = rows_block(B, block_d, FINISH_TILE)
-    grid = (triton.cdiv(B, block_b),)
-    launch(_leapfrog_finish_kernel, grid, x, x_next, p_half, score, score_next, step_size, delta_logp,
-                                  p_next, dlp_next, B, D, BLOCK_B=block_b, BLOCK_D=block_d,
-                                  IDX64=need_idx64(B * D), num_warps=warps_for(block_b * block_d),
-                                  enable_fp_fusion=False)
+    block_b, block_d, grid = row_grid(B, D, FINISH_MAX_BLOCK_D, FINISH_TILE)
+    launch(_leapfrog_finish_kernel, grid, x, x_next, p_half, score, score_next, step_size, delta_logp, p_next,
+           dlp_next, B, D, BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D),
+           num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
     return p_next, dlp_next
 
 

@@ -7,9 +7,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, next_pow2, rows_block, warps_for
+from fastsamp.backends._abi import accept_outputs
+
+from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, row_grid, warps_for
 from .sde import affine_noise
-from .tiles import div_ieee, row_index
+from .tiles import col_tile, div_ieee, row_tile
 
 ACCEPT_MAX_BLOCK_D = 256
 ACCEPT_TILE = 2048
@@ -46,8 +48,8 @@ def line_points(x, x_prop, n):
         return out
     block = flat_block(numel)
     grid = (triton.cdiv(numel, block),)
-    launch(_line_points_kernel, grid, x, x_prop, out, numel, n, BLOCK=block,
-                              IDX64=need_idx64(numel * n), num_warps=FLAT_WARPS, enable_fp_fusion=False)
+    launch(_line_points_kernel, grid, x, x_prop, out, numel, n, BLOCK=block, IDX64=need_idx64(numel * n),
+           num_warps=FLAT_WARPS, enable_fp_fusion=False)
     return out
 
 
@@ -63,10 +65,7 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
         log_alpha = dlogp + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps).
     MODE 1 (hmc_accept): log_alpha = delta_logp - 0.5 |p'|^2 + 0.5 |p|^2.
     """
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
-    base = rows[:, None] * D
-    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    rows, rmask, base, cols0 = row_tile(B, D, BLOCK_B, BLOCK_D, IDX64)
     DT: tl.constexpr = x_ptr.dtype.element_ty
     zero = tl.zeros([BLOCK_B], DT)
     if MODE == 0:
@@ -77,9 +76,7 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
         qf = zero
         qb = zero
         for d0 in range(0, D, BLOCK_D):
-            cols = d0 + cols0
-            m2 = rmask[:, None] & (cols < D)
-            offs = base + cols
+            m2, offs = col_tile(rmask, base, cols0, d0, D)
             x = tl.load(x_ptr + offs, mask=m2, other=0.0)
             dd = tl.load(xp_ptr + offs, mask=m2, other=0.0) - x
             s = tl.load(s_ptr + offs, mask=m2, other=0.0)
@@ -100,9 +97,7 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
         kp = zero
         k = zero
         for d0 in range(0, D, BLOCK_D):
-            cols = d0 + cols0
-            m2 = rmask[:, None] & (cols < D)
-            offs = base + cols
+            m2, offs = col_tile(rmask, base, cols0, d0, D)
             pp = tl.load(pp_ptr + offs, mask=m2, other=0.0)
             p = tl.load(p_ptr + offs, mask=m2, other=0.0)
             kp += tl.sum(pp * pp, axis=1)
@@ -116,9 +111,7 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
     # select: read only the side that is kept
     a2 = acc[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        m2 = rmask[:, None] & (cols < D)
-        offs = base + cols
+        m2, offs = col_tile(rmask, base, cols0, d0, D)
         xn = tl.where(a2, tl.load(xp_ptr + offs, mask=m2 & a2, other=0.0),
                       tl.load(x_ptr + offs, mask=m2 & ~a2, other=0.0))
         sn = tl.where(a2, tl.load(sp_ptr + offs, mask=m2 & a2, other=0.0),
@@ -129,26 +122,18 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
 
 def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=None,
                   p=None, p_prop=None, delta_logp=None, u=None):
+    """_accept_kernel in MODE 0 (score_mh_accept: step_size, interior) or 1 (hmc_accept: p, p_prop,
+    delta_logp)."""
     B, D = x.shape
-    x_new = torch.empty_like(x)
-    score_new = torch.empty_like(x)
-    accepted = torch.empty((B,), dtype=torch.bool, device=x.device)
-    log_alpha = torch.empty((B,), dtype=x.dtype, device=x.device)
+    outputs = accept_outputs(x)
     if B == 0:
-        return x_new, score_new, accepted, log_alpha
+        return outputs
     M = 0 if interior is None else int(interior.shape[0])
-    block_d = min(next_pow2(D), ACCEPT_MAX_BLOCK_D)
-    block_b = rows_block(B, block_d, ACCEPT_TILE)
-    grid = (triton.cdiv(B, block_b),)
-    launch(_accept_kernel, grid,
-        x, x_prop, score, score_prop,
-        step_size if step_size is not None else x, interior if interior is not None else x,
-        p if p is not None else x, p_prop if p_prop is not None else x,
-        delta_logp if delta_logp is not None else x, u,
-        x_new, score_new, accepted, log_alpha, B, D, M, B * D,
-        MODE=mode, BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D * max(M, 1)),
-        num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
-    return x_new, score_new, accepted, log_alpha
+    block_b, block_d, grid = row_grid(B, D, ACCEPT_MAX_BLOCK_D, ACCEPT_TILE)
+    launch(_accept_kernel, grid, x, x_prop, score, score_prop, step_size, interior, p, p_prop, delta_logp, u,
+           *outputs, B, D, M, B * D, MODE=mode, BLOCK_B=block_b, BLOCK_D=block_d,
+           IDX64=need_idx64(B * D * max(M, 1)), num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
+    return outputs
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):

@@ -40,6 +40,22 @@ def row_index(pid, B, BLOCK_B: tl.constexpr, IDX64: tl.constexpr):
 
 
 @triton.jit
+def row_tile(B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    """The chains of this program in a row kernel (one program per BLOCK_B chains, D tiled in a
+    loop of BLOCK_D columns): rows, rmask ([BLOCK_B]), base = rows * D ([BLOCK_B, 1]) and the
+    column offsets 0 .. BLOCK_D - 1 ([1, BLOCK_D]) of a tile."""
+    rows, rmask = row_index(tl.program_id(0), B, BLOCK_B, IDX64)
+    return rows, rmask, rows[:, None] * D, tl.arange(0, BLOCK_D)[None, :]
+
+
+@triton.jit
+def col_tile(rmask, base, cols0, d0, D):
+    """Mask and element offsets ([BLOCK_B, BLOCK_D]) of the column tile d0 + cols0 of a row kernel."""
+    cols = d0 + cols0
+    return rmask[:, None] & (cols < D), base + cols
+
+
+@triton.jit
 def sqrt_ieee(x):
     """Correctly rounded sqrt (tl.sqrt is the fast approximation for fp32)."""
     if x.dtype == tl.float32:

@@ -16,13 +16,14 @@ instead of a log per element.
 """
 import math
 
-import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
+from fastsamp.backends._abi import em_step_grad_outputs, em_step_outputs
+
+from ._launch import INTERPRET, f64, launch, need_idx64, row_grid, split64, warps_for
 from .random import global_chain, normal_cols
-from .tiles import div_ieee, row_index, sqrt_ieee
+from .tiles import col_tile, div_ieee, row_tile, sqrt_ieee
 
 EM_MAX_BLOCK_D = 128
 EM_TILE = 16384 if INTERPRET else 2048  # elements per program (fewer, larger ones under the interpreter)
@@ -39,10 +40,7 @@ def _em_step_logprob_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, noise_ptr, y_ptr, pf_
     """mean = x + h drift, s² = s2 e^{log_var}; x_next = mean + sqrt(s² + e2) xi unless GIVEN;
     v = x_next - mean, u = x - c x_next;
     log_pf = -½ (Σ v²/s² + Σ log_var + lpf0), log_pb = -½ (Σ u² / b2 + lpb0) (0 without HAS_PB)."""
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
-    base = rows[:, None] * D
-    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    rows, rmask, base, cols0 = row_tile(B, D, BLOCK_B, BLOCK_D, IDX64)
     DT: tl.constexpr = x_ptr.dtype.element_ty
     hh = h.to(DT)
     cc = c.to(DT)
@@ -50,9 +48,7 @@ def _em_step_logprob_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, noise_ptr, y_ptr, pf_
     slv = tl.zeros([BLOCK_B], DT)
     su = tl.zeros([BLOCK_B], DT)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        m2 = rmask[:, None] & (cols < D)
-        offs = base + cols
+        m2, offs = col_tile(rmask, base, cols0, d0, D)
         x = tl.load(x_ptr + offs, mask=m2, other=0.0)
         mean = x + hh * tl.load(dr_ptr + offs, mask=m2, other=0.0)
         if HAS_LV:
@@ -99,10 +95,7 @@ def _em_step_logprob_backward_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, gxn_ptr, gpf
     """v = x_next - x - h drift, u = x - c x_next, a = g_pf v / s², w = g_pb u / b2,
     G = g_x_next - a + c w; g_x = a - w + R G, g_drift = h (a + R G),
     g_log_var = g_pf (½ v²/s² - ½) + R G ½ s² v / (s² + e2), g_x_next = G."""
-    pid = tl.program_id(0)
-    rows, rmask = row_index(pid, B, BLOCK_B, IDX64)
-    base = rows[:, None] * D
-    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    rows, rmask, base, cols0 = row_tile(B, D, BLOCK_B, BLOCK_D, IDX64)
     DT: tl.constexpr = x_ptr.dtype.element_ty
     hh = h.to(DT)
     cc = c.to(DT)
@@ -111,9 +104,7 @@ def _em_step_logprob_backward_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, gxn_ptr, gpf
     if HAS_PB:
         gw = (tl.load(gpb_ptr + rows, mask=rmask, other=0.0) * inv_b2.to(DT))[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        m2 = rmask[:, None] & (cols < D)
-        offs = base + cols
+        m2, offs = col_tile(rmask, base, cols0, d0, D)
         x = tl.load(x_ptr + offs, mask=m2, other=0.0)
         y = tl.load(xn_ptr + offs, mask=m2, other=0.0)
         v = y - (x + hh * tl.load(dr_ptr + offs, mask=m2, other=0.0))
@@ -145,25 +136,19 @@ def _em_step_logprob_backward_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, gxn_ptr, gpf
 
 
 def _geometry(B, D):
-    block_d = min(max(next_pow2(D), 4), EM_MAX_BLOCK_D)  # a multiple of 4: whole Philox groups
-    block_b = rows_block(B, block_d, EM_TILE)
-    return block_b, block_d, (triton.cdiv(B, block_b),)
+    return row_grid(B, max(D, 4), EM_MAX_BLOCK_D, EM_TILE)  # BLOCK_D a multiple of 4: whole Philox groups
 
 
 def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2):
     B, D = x.shape
-    y = torch.empty_like(x) if x_next is None else x_next
-    log_pf = torch.empty((B,), dtype=x.dtype, device=x.device)
-    log_pb = torch.empty((B,), dtype=x.dtype, device=x.device)
+    y, log_pf, log_pb = em_step_outputs(x, x_next)
     if B == 0:
         return y, log_pf, log_pb
     block_b, block_d, grid = _geometry(B, D)
     k0, k1 = split64(seed)
     o0, o1 = split64(offset)
     has_pb = b2 != 0.0
-    launch(_em_step_logprob_kernel, grid,
-           x, drift, log_var if log_var is not None else x, x_next if x_next is not None else x,
-           noise if noise is not None else x, y, log_pf, log_pb,
+    launch(_em_step_logprob_kernel, grid, x, drift, log_var, x_next, noise, y, log_pf, log_pb,
            f64(h), f64(s2), f64(e2), f64(c), f64(1.0 / s2), f64(1.0 / b2 if has_pb else 0.0),
            f64(math.sqrt(s2 + e2)), f64(D * math.log(2 * math.pi * s2)),
            f64(D * math.log(2 * math.pi * b2) if has_pb else 0.0),
@@ -177,18 +162,13 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset
 def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, h, s2, e2, c, b2, reparam,
                              want_g_x_next):
     B, D = x.shape
-    g_x = torch.empty_like(x)
-    g_drift = torch.empty_like(x)
-    g_log_var = None if log_var is None else torch.empty_like(x)
-    g_xn = torch.empty_like(x) if want_g_x_next else None
+    g_x, g_drift, g_log_var, g_xn = em_step_grad_outputs(x, log_var, want_g_x_next)
     if B == 0:
         return g_x, g_drift, g_log_var, g_xn
     block_b, block_d, grid = _geometry(B, D)
     has_pb = b2 != 0.0
-    launch(_em_step_logprob_backward_kernel, grid,
-           x, drift, log_var if log_var is not None else x, x_next, g_x_next if g_x_next is not None else x,
-           g_log_pf, g_log_pb, g_x, g_drift, g_log_var if g_log_var is not None else g_x,
-           g_xn if g_xn is not None else g_x,
+    launch(_em_step_logprob_backward_kernel, grid, x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, g_x,
+           g_drift, g_log_var, g_xn,
            f64(h), f64(s2), f64(e2), f64(c), f64(1.0 / s2), f64(1.0 / b2 if has_pb else 0.0), B, D,
            HAS_LV=log_var is not None, HAS_GXN=g_x_next is not None, HAS_PB=has_pb, REPARAM=bool(reparam),
            WANT_GXN=bool(want_g_x_next), BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D),

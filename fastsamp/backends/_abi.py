@@ -34,3 +34,22 @@ def em_step_grad_outputs(x, log_var, want_g_x_next):
     """Outputs of em_step_logprob_backward: g_x, g_drift, g_log_var (None without log_var), g_x_next (if wanted)."""
     return (torch.empty_like(x), torch.empty_like(x), None if log_var is None else torch.empty_like(x),
             torch.empty_like(x) if want_g_x_next else None)
+
+
+# Outputs of the other ops, shared by the cpp, cuda and triton backends (allocated on x's device in x's dtype).
+
+def score_outputs(x):
+    """Outputs of gmm_score: score (B, D), logp (B,)."""
+    return torch.empty_like(x), torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+
+
+def move_outputs(x):
+    """Outputs of the whole-move kernels (gmm_mala, gmm_hmc): x_new (B, D), accept_rate (B,)."""
+    return score_outputs(x)
+
+
+def accept_outputs(x):
+    """Outputs of score_mh_accept and hmc_accept: x_new, score_new (B, D), accepted (B,) bool, log_alpha (B,)."""
+    B = x.shape[0]
+    return (torch.empty_like(x), torch.empty_like(x), torch.empty(B, dtype=torch.bool, device=x.device),
+            torch.empty(B, dtype=x.dtype, device=x.device))
