@@ -19,7 +19,9 @@ and optionally
 
 A plain ``nn.Module`` or callable ``f(x, t)`` is accepted too: it is wrapped as a
 `fastsamp.models.ScoreModel` with the default VP schedule, its ``dim`` taken from a ``dim``
-attribute or, for ``mcmc``, from the chains.
+attribute or, for ``mcmc``, from the chains. A network whose floating parameters are not in the
+chains' dtype is refused at the start, unless it sets ``casts_input = True`` (it converts its
+input itself, as `ScoreMLP` does).
 """
 from __future__ import annotations
 
