@@ -218,3 +218,14 @@ def test_every_model_follows_the_protocol(name):
         s, logp = counted.score_and_log_prob(x, 0.5)
         assert logp.shape == (5,)
         mcmc(model, x, mh="energy", n_steps=2, step_size=0.01)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_every_sampler_names_a_missing_cuda_device():
+    from fastsamp.samplers import importance_sde
+    from fastsamp.samplers.diffusion import DiffusionSampler
+    with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
+        importance_sde(MIX, lambda x: x[:, 0], 8, n_steps=2, device="cuda")
+    sampler = DiffusionSampler(get_target("25gmm"), n_steps=4, hidden=8, n_harmonics=4)
+    with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
+        sampler.sample(4, device="cuda")

@@ -11,6 +11,7 @@ from torch import nn
 from ... import backends, ops
 from ...distributed import Comm
 from ...ops import policy
+from ..annealed import check_device
 from .networks import DriftNet
 
 OBJECTIVES = ("pis", "tb", "vargrad", "subtb")
@@ -99,7 +100,7 @@ class DiffusionSampler(nn.Module):
         path differentiable (PIS). The chains are the global chains chain_offset .. chain_offset +
         batch_size − 1 of the Philox draws."""
         T, D = self.n_steps, self.target.dim
-        x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else device)
+        x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else check_device(device))
         ts = self._grid(x)
         offline = self.fused and not reparam
         if offline and not with_flows and self._whole_trajectory_kernel(x):
