@@ -6,7 +6,6 @@
 namespace py = pybind11;
 
 void register_cpu_ops(py::module_& m);      // csrc/cpu/register.cpp
-void register_cpu_policy_ops(py::module_& m);  // csrc/cpu/policy.cpp
 #ifdef FASTSAMP_WITH_CUDA
 void register_cuda_ops(py::module_& m);     // csrc/cuda/register.cpp
 #endif
@@ -14,7 +13,6 @@ void register_cuda_ops(py::module_& m);     // csrc/cuda/register.cpp
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastsamp compiled kernels (C++ CPU; CUDA when built with nvcc)";
   register_cpu_ops(m);
-  register_cpu_policy_ops(m);
 #ifdef FASTSAMP_WITH_CUDA
   register_cuda_ops(m);
   m.attr("has_cuda") = true;

@@ -439,6 +439,16 @@ inline void dispatch_dtype(int dtype, F&& f) {
   }
 }
 
+// f(std::true_type()) or f(std::false_type()): a runtime flag as a compile-time one.
+template <typename F>
+inline void dispatch_bool(bool v, F&& f) {
+  if (v) {
+    f(std::true_type());
+  } else {
+    f(std::false_type());
+  }
+}
+
 template <typename T>
 FASTSAMP_VINLINE T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);

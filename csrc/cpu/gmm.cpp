@@ -1,258 +1,22 @@
 // Gaussian-mixture kernels: gmm_score (op 1) and the fused whole-move kernels
-// gmm_mala (op 7) and gmm_hmc (op 8). See docs/backend-contract.md for the math.
-//
-// Both work on blocks of W chains (SIMD lanes) whose state is transposed into
-// [D][W] buffers; the score is an online (chunked) log-sum-exp over the K
-// components, so nothing of size (B, K, D) exists. D is a compile-time
-// constant for D in {1, 2, 4, 8, 16} (DC > 0), a runtime value otherwise.
+// gmm_mala (op 7) and gmm_hmc (op 8), on blocks of W chains with the mixture math of
+// cpu/gmm.h. See docs/backend-contract.md for the math.
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/gmm.h"
 #include "cpu/ops.h"
 
 namespace fastsamp {
 namespace cpu {
 namespace {
 
-constexpr int kChunkK = 64;  // components per online-LSE chunk
 // Score-term evaluations (chain x component x dimension) per thread below which a call stays on
 // one thread (about 50-100 us of work: more than waking a sleeping pool thread costs).
 constexpr int64_t kMixtureGrain = int64_t(1) << 18;
-
-template <typename T>
-struct Mixture {
-  int K = 0, D = 0;
-  std::vector<T> amu;  // (K, D): alpha * mu_k
-  std::vector<T> c;    // lw_k - (D/2) log(2 pi s_k)
-  std::vector<T> h;    // 1 / (2 s_k)
-  std::vector<T> r;    // 1 / s_k
-
-  Mixture(const T* means, const T* log_weights, const T* variances, int64_t K_, int64_t D_, double alpha,
-          double sigma2)
-      : K(checked_dim(K_, "K")), D(checked_dim(D_, "D")), amu(static_cast<size_t>(K) * D), c(K), h(K), r(K) {
-    // lw = log_weights - logsumexp(log_weights)
-    double mx = -std::numeric_limits<double>::infinity();
-    for (int k = 0; k < K; ++k) mx = std::max(mx, static_cast<double>(log_weights[k]));
-    double se = 0.0;
-    for (int k = 0; k < K; ++k) se += std::exp(static_cast<double>(log_weights[k]) - mx);
-    const T lse = static_cast<T>(mx + std::log(se));
-    const T a = static_cast<T>(alpha), a2 = static_cast<T>(alpha * alpha), s2 = static_cast<T>(sigma2);
-    const T halfD = static_cast<T>(0.5 * D);
-    for (int k = 0; k < K; ++k) {
-      const T s = a2 * variances[k] + s2;
-      c[k] = (log_weights[k] - lse) - halfD * std::log(static_cast<T>(kTwoPi) * s);
-      h[k] = T(0.5) / s;
-      r[k] = T(1) / s;
-      for (int d = 0; d < D; ++d) amu[static_cast<size_t>(k) * D + d] = a * means[static_cast<size_t>(k) * D + d];
-    }
-  }
-};
-
-// ---- register-resident path for compile-time D (GCC vector extensions) ----
-// One W-lane vector per dimension; the K loop is a single-pass online
-// log-sum-exp: with t = exp(-|l_k - m|), either the running sums are rescaled
-// by t (new maximum) or the new term has weight t; one exp per component.
-template <typename T>
-struct VecT {
-  typedef T V __attribute__((vector_size(64)));
-  typedef typename vm::Bits<T>::I I_;
-  typedef I_ VI __attribute__((vector_size(64)));
-};
-
-template <typename V, typename VI, typename T>
-FASTSAMP_VINLINE V vexp(V x) {
-  using C = vm::ExpC<T>;
-  x = x < C::lo ? V{} + C::lo : x;  // NaN passes both selects
-  x = x > C::hi ? V{} + C::hi : x;
-  const V t = x * C::log2e + C::shifter;
-  const V n = t - C::shifter;
-  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
-  V r = x - n * C::ln2_hi;
-  r = r - n * C::ln2_lo;
-  V p;
-  if constexpr (sizeof(T) == 4) {
-    p = V{} + T(1.9875691500e-4);
-    p = p * r + T(1.3981999507e-3);
-    p = p * r + T(8.3334519073e-3);
-    p = p * r + T(4.1665795894e-2);
-    p = p * r + T(1.6666665459e-1);
-    p = p * r + T(5.0000001201e-1);
-    p = (p * (r * r) + r) + T(1);
-  } else {
-    p = V{} + T(1.0 / 479001600.0);
-    p = p * r + T(1.0 / 39916800.0);
-    p = p * r + T(1.0 / 3628800.0);
-    p = p * r + T(1.0 / 362880.0);
-    p = p * r + T(1.0 / 40320.0);
-    p = p * r + T(1.0 / 5040.0);
-    p = p * r + T(1.0 / 720.0);
-    p = p * r + T(1.0 / 120.0);
-    p = p * r + T(1.0 / 24.0);
-    p = p * r + T(1.0 / 6.0);
-    p = p * r + T(0.5);
-    p = p * r + T(1);
-    p = p * r + T(1);
-  }
-  const VI n1 = ni >> 1;
-  const VI n2 = ni - n1;
-  const VI e1 = (n1 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
-  const VI e2 = (n2 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
-  return p * reinterpret_cast<const V&>(e1) * reinterpret_cast<const V&>(e2);
-}
-
-template <typename T, int W, int DC>
-FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict x, T* __restrict sc,
-                                      T* __restrict logp) {
-  static_assert(W * sizeof(T) == 64, "one 64-byte vector per dimension");
-  using V = typename VecT<T>::V;
-  using VI = typename VecT<T>::VI;
-  const int K = mx.K;
-  const T* __restrict amu = mx.amu.data();
-  const T* __restrict cc = mx.c.data();
-  const T* __restrict hh = mx.h.data();
-  const T* __restrict rr = mx.r.data();
-  const T ninf = -std::numeric_limits<T>::infinity();
-  V xv[DC], acc[DC];
-#pragma GCC unroll 16
-  for (int d = 0; d < DC; ++d) {
-    std::memcpy(&xv[d], x + d * W, sizeof(V));
-    acc[d] = V{};
-  }
-  V m = V{} + ninf, sum = V{};
-  for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
-    V df[DC];
-    V dist = V{};
-#pragma GCC unroll 16
-    for (int d = 0; d < DC; ++d) {
-      df[d] = mu[d] - xv[d];
-      dist = df[d] * df[d] + dist;
-    }
-    const V e = cc[k] - dist * hh[k];
-    const V dlt = e - m;
-    const V ad = dlt < T(0) ? -dlt : dlt;  // |e - m| (NaN stays NaN)
-    V t = vexp<V, VI, T>(-ad);
-    t = e == ninf ? V{} : t;  // a -inf term has weight 0 (also when m = -inf)
-    const VI up = e > m;
-    const V scl = up ? t : V{} + T(1);
-    const V w = up ? V{} + T(1) : t;
-    m = up ? e : m;
-    sum = sum * scl + w;
-    const V wr = w * rr[k];
-#pragma GCC unroll 16
-    for (int d = 0; d < DC; ++d) acc[d] = acc[d] * scl + wr * df[d];
-  }
-  alignas(64) T sm[W], mm[W];
-  std::memcpy(sm, &sum, sizeof(V));
-  std::memcpy(mm, &m, sizeof(V));
-#pragma omp simd
-  for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
-  const V inv = T(1) / sum;
-#pragma GCC unroll 16
-  for (int d = 0; d < DC; ++d) {
-    const V o = acc[d] * inv;
-    std::memcpy(sc + d * W, &o, sizeof(V));
-  }
-}
-
-// Score sc[D][W] and log-density logp[W] of the mixture at x[D][W].
-// ell: scratch of kChunkK * W values.
-template <typename T, int W, int DC>
-FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x,
-                                  T* __restrict sc, T* __restrict logp, T* __restrict ell) {
-  if constexpr (DC > 0 && W * sizeof(T) == 64) {
-    block_score_reg<T, W, DC>(mx, x, sc, logp);
-    return;
-  }
-  const int D = DC > 0 ? DC : Drt;
-  const int K = mx.K;
-  const T* __restrict amu = mx.amu.data();
-  const T* __restrict cc = mx.c.data();
-  const T* __restrict hh = mx.h.data();
-  const T* __restrict rr = mx.r.data();
-  alignas(64) T m[W], sum[W], cm[W], dist[W], wk[W];
-#pragma omp simd
-  for (int l = 0; l < W; ++l) {
-    m[l] = -std::numeric_limits<T>::infinity();
-    sum[l] = T(0);
-  }
-  for (int d = 0; d < D; ++d) {
-#pragma omp simd
-    for (int l = 0; l < W; ++l) sc[d * W + l] = T(0);
-  }
-  for (int k0 = 0; k0 < K; k0 += kChunkK) {
-    const int kn = std::min(kChunkK, K - k0);
-    // pass 1: ell_k and the chunk maximum
-#pragma omp simd
-    for (int l = 0; l < W; ++l) cm[l] = m[l];
-    for (int kk = 0; kk < kn; ++kk) {
-      const int k = k0 + kk;
-      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
-#pragma omp simd
-      for (int l = 0; l < W; ++l) dist[l] = T(0);
-      for (int d = 0; d < D; ++d) {
-        const T md = mu[d];
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          const T df = md - x[d * W + l];
-          dist[l] = vm::fma_(df, df, dist[l]);
-        }
-      }
-      const T ck = cc[k], hk = hh[k];
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        const T e = ck - dist[l] * hk;
-        ell[kk * W + l] = e;
-        cm[l] = vm::max_nan(cm[l], e);
-      }
-    }
-    // rescale the running sums to the new maximum
-    if (k0 > 0) {
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        const T scale = (cm[l] == m[l]) ? T(1) : vm::exp<T>(m[l] - cm[l]);
-        wk[l] = scale;
-        sum[l] *= scale;
-      }
-      for (int d = 0; d < D; ++d) {
-#pragma omp simd
-        for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
-      }
-    }
-#pragma omp simd
-    for (int l = 0; l < W; ++l) m[l] = cm[l];
-    // pass 2: weights and the weighted sum of (alpha mu_k - x) / s_k
-    for (int kk = 0; kk < kn; ++kk) {
-      const int k = k0 + kk;
-      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
-      const T rk = rr[k];
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        const T e = ell[kk * W + l];  // a -inf term has weight 0 (also when m = -inf: x infinite)
-        const T w = vm::blend<T>(e == -std::numeric_limits<T>::infinity(), T(0), vm::exp<T>(e - m[l]));
-        sum[l] += w;
-        wk[l] = w * rk;
-      }
-      for (int d = 0; d < D; ++d) {
-        const T md = mu[d];
-#pragma omp simd
-        for (int l = 0; l < W; ++l) sc[d * W + l] = vm::fma_(wk[l], md - x[d * W + l], sc[d * W + l]);
-      }
-    }
-  }
-#pragma omp simd
-  for (int l = 0; l < W; ++l) {
-    logp[l] = m[l] + vm::log<T>(sum[l]);
-    wk[l] = T(1) / sum[l];
-  }
-  for (int d = 0; d < D; ++d) {
-#pragma omp simd
-    for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
-  }
-}
 
 // x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`).
 template <typename T, int W>
@@ -334,6 +98,33 @@ FASTSAMP_VINLINE void block_copy(int Drt, T* __restrict dst, const T* __restrict
   for (int i = 0; i < n; ++i) dst[i] = src[i];
 }
 
+// Accept the proposals of the lanes with acc_f[l] = 1 (else keep the current state): count them in
+// nacc and take their log-density, state and score into (lp, x, s).
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void accept_block(int D, const T* __restrict acc_f, T* __restrict nacc, T* __restrict lp,
+                                   const T* __restrict lp_prop, T* __restrict x, const T* __restrict x_prop,
+                                   T* __restrict s, const T* __restrict s_prop) {
+#pragma omp simd
+  for (int l = 0; l < W; ++l) {
+    nacc[l] += acc_f[l];
+    lp[l] = acc_f[l] != T(0) ? lp_prop[l] : lp[l];
+  }
+  block_select<T, W, DC>(D, acc_f, x, x_prop);
+  block_select<T, W, DC>(D, acc_f, s, s_prop);
+}
+
+// Consecutive 64-byte-aligned pieces of a block's scratch: rows(n) is the next [n][W] array
+// (a per-lane vector is rows(1)).
+template <typename T, int W>
+struct Carve {
+  T* next;
+  T* rows(int64_t n) {
+    T* p = next;
+    next += n * W;
+    return p;
+  }
+};
+
 // The chain-block driver shared by the whole-move kernels: blocks of W chains in
 // parallel (nt threads), each with its state xc[D][W] (padding lanes 0), step sizes eps[W]
 // (padding 1) and accepted-move counts nacc[W] (zeroed); body(b0, xc, eps, nacc,
@@ -373,31 +164,22 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
   const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
   const int64_t n = n_trap;
   const T tn = static_cast<T>(n);
-  const size_t scratch = static_cast<size_t>(6 * D + Dp + 16 + kChunkK);
+  const size_t scratch = static_cast<size_t>(6 * D + Dp + 11 + kChunkK);  // the rows taken below
   const int nt = mixture_threads<W>(mx, B, n_steps * (mh == 0 ? n : 1) + 1);
   for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
                              [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
                                  T* __restrict ws) {
-    T* __restrict sc = ws;          // score at the current state
-    T* __restrict xp = sc + D * W;  // proposal
-    T* __restrict sp = xp + D * W;  // score at the proposal
-    T* __restrict dd = sp + D * W;  // x' - x
-    T* __restrict pt = dd + D * W;  // interior point
-    T* __restrict si = pt + D * W;  // score at the interior point
-    T* __restrict xi = si + D * W;  // noise, Dp rows
-    T* __restrict v = xi + Dp * W;  // per-lane vectors
-    T* __restrict lpc = v;
-    T* __restrict lpp = v + W;
-    T* __restrict sq2e = v + 3 * W;
-    T* __restrict acc = v + 4 * W;
-    T* __restrict tmp = v + 5 * W;
-    T* __restrict tmp2 = v + 6 * W;
-    T* __restrict logu = v + 7 * W;
-    T* __restrict lpi = v + 9 * W;
-    T* __restrict ffv = v + 10 * W;
-    T* __restrict bbv = v + 11 * W;
-    T* __restrict acc_f = v + 12 * W;
-    T* __restrict ell = v + 16 * W;
+    Carve<T, W> cv{ws};
+    // [D][W]: score at the current state, proposal, score at the proposal, x' - x, interior point and its
+    // score; noise (Dp rows); per-lane vectors; the online-LSE scratch
+    T *__restrict sc = cv.rows(D), *__restrict xp = cv.rows(D), *__restrict sp = cv.rows(D);
+    T *__restrict dd = cv.rows(D), *__restrict pt = cv.rows(D), *__restrict si = cv.rows(D);
+    T* __restrict xi = cv.rows(Dp);
+    T *__restrict lpc = cv.rows(1), *__restrict lpp = cv.rows(1), *__restrict lpi = cv.rows(1);
+    T *__restrict sq2e = cv.rows(1), *__restrict acc = cv.rows(1), *__restrict tmp = cv.rows(1);
+    T *__restrict tmp2 = cv.rows(1), *__restrict ffv = cv.rows(1), *__restrict bbv = cv.rows(1);
+    T *__restrict logu = cv.rows(1), *__restrict acc_f = cv.rows(1);
+    T* __restrict ell = cv.rows(kChunkK);
 #pragma omp simd
     for (int l = 0; l < W; ++l) sq2e[l] = std::sqrt(T(2) * eps[l]);
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
@@ -432,13 +214,9 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
       }
       block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
       if (mh == 2) {
-        block_copy<T, W, DC>(D, xc, xp);
-        block_copy<T, W, DC>(D, sc, sp);
 #pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          lpc[l] = lpp[l];
-          nacc[l] += T(1);
-        }
+        for (int l = 0; l < W; ++l) acc_f[l] = T(1);
+        accept_block<T, W, DC>(D, acc_f, nacc, lpc, lpp, xc, xp, sc, sp);
         continue;
       }
       // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); tmp = s.d, tmp2 = s'.d
@@ -473,13 +251,9 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
           delta = total / tn;
         }
         const T log_alpha = delta + (ffv[l] - bbv[l]) / (T(4) * eps[l]);
-        const bool a = logu[l] < log_alpha;
-        acc_f[l] = a ? T(1) : T(0);
-        nacc[l] += acc_f[l];
-        lpc[l] = a ? lpp[l] : lpc[l];
+        acc_f[l] = logu[l] < log_alpha ? T(1) : T(0);
       }
-      block_select<T, W, DC>(D, acc_f, xc, xp);
-      block_select<T, W, DC>(D, acc_f, sc, sp);
+      accept_block<T, W, DC>(D, acc_f, nacc, lpc, lpp, xc, xp, sc, sp);
     }
   });
 }
@@ -495,31 +269,23 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
   const int Dp = 4 * ((D + 3) / 4);
   const T damp = static_cast<T>(damping);
   const T c_n = static_cast<T>(std::sqrt(1.0 - damping * damping));
-  const size_t scratch = static_cast<size_t>(8 * D + Dp + 16 + kChunkK);
+  const size_t scratch = static_cast<size_t>(8 * D + Dp + 9 + kChunkK);  // the rows taken below
   const int nt = mixture_threads<W>(mx, B, n_steps * n_lf + 1);
   for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
                              [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
                                  T* __restrict ws) {
-    T* __restrict sc = ws;           // score at the current state
-    T* __restrict pc = sc + D * W;   // carried momentum
-    T* __restrict p0 = pc + D * W;   // refreshed momentum of this move
-    T* __restrict pl = p0 + D * W;   // momentum along the trajectory
-    T* xa = pl + D * W;              // trajectory state / score, two buffers each
-    T* xb = xa + D * W;
-    T* sa = xb + D * W;
-    T* sb = sa + D * W;
-    T* __restrict xi = sb + D * W;   // noise, Dp rows
-    T* __restrict v = xi + Dp * W;   // per-lane vectors
-    T* __restrict lpc = v;
-    T* __restrict lpl = v + W;
-    T* __restrict heps = v + 2 * W;
-    T* __restrict dlp = v + 3 * W;
-    T* __restrict tmp = v + 4 * W;
-    T* __restrict kin = v + 5 * W;
-    T* __restrict kin0 = v + 6 * W;
-    T* __restrict logu = v + 7 * W;
-    T* __restrict acc_f = v + 8 * W;
-    T* __restrict ell = v + 16 * W;
+    Carve<T, W> cv{ws};
+    // [D][W]: score at the current state, carried momentum, refreshed momentum of this move, momentum
+    // along the trajectory; trajectory state and score, two buffers each (swapped: not restrict);
+    // noise (Dp rows); per-lane vectors; the online-LSE scratch
+    T *__restrict sc = cv.rows(D), *__restrict pc = cv.rows(D), *__restrict p0 = cv.rows(D);
+    T* __restrict pl = cv.rows(D);
+    T *xa = cv.rows(D), *xb = cv.rows(D), *sa = cv.rows(D), *sb = cv.rows(D);
+    T* __restrict xi = cv.rows(Dp);
+    T *__restrict lpc = cv.rows(1), *__restrict lpl = cv.rows(1), *__restrict heps = cv.rows(1);
+    T *__restrict dlp = cv.rows(1), *__restrict tmp = cv.rows(1), *__restrict kin = cv.rows(1);
+    T *__restrict kin0 = cv.rows(1), *__restrict logu = cv.rows(1), *__restrict acc_f = cv.rows(1);
+    T* __restrict ell = cv.rows(kChunkK);
 #pragma omp simd
     for (int l = 0; l < W; ++l) heps[l] = T(0.5) * eps[l];
     std::memset(pc, 0, sizeof(T) * static_cast<size_t>(D) * W);
@@ -527,14 +293,12 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
     for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
       block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
-      for (int d = 0; d < D; ++d) {
+      // p0 = damping p + c_n xi (the rows d < D of xi)
 #pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          const int i = d * W + l;
-          const T p = damp * pc[i] + c_n * xi[i];
-          p0[i] = p;
-          pl[i] = p;
-        }
+      for (int i = 0; i < D * W; ++i) {
+        const T p = damp * pc[i] + c_n * xi[i];
+        p0[i] = p;
+        pl[i] = p;
       }
       block_copy<T, W, DC>(D, xa, xc);
       block_copy<T, W, DC>(D, sa, sc);
@@ -585,13 +349,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
           acc_f[l] = logu[l] < log_alpha ? T(1) : T(0);
         }
       }
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        nacc[l] += acc_f[l];
-        lpc[l] = acc_f[l] != T(0) ? lpl[l] : lpc[l];
-      }
-      block_select<T, W, DC>(D, acc_f, xc, xa);
-      block_select<T, W, DC>(D, acc_f, sc, sa);
+      accept_block<T, W, DC>(D, acc_f, nacc, lpc, lpl, xc, xa, sc, sa);
       // rejected: flip the momentum (p ← −p0), which keeps partial refresh exact
 #pragma omp simd
       for (int64_t i = 0; i < D * W; ++i) pc[i] = -p0[i];

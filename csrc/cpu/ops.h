@@ -5,6 +5,7 @@
 // See docs/backend-contract.md for the math of each op.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace fastsamp {
 namespace cpu {
@@ -67,6 +68,30 @@ void em_step_logprob_backward(int dtype, uintptr_t x, uintptr_t drift, uintptr_t
                               uintptr_t g_x_next, uintptr_t g_log_pf, uintptr_t g_log_pb, int64_t B, int64_t D,
                               double h, double s2, double e2, double c, double b2, bool reparam, uintptr_t g_x,
                               uintptr_t g_drift, uintptr_t g_log_var, uintptr_t g_x_next_out);
+
+// Whole-trajectory kernels of the DriftNet policy (trajectory_policy.cpp): temb (T, H); ws (H, D), bs (H);
+// hw, hb: the L hidden (H, H) weights and (H,) biases; wo (2D, H), bo (2D); ts (T,) float64 step times.
+// They take n_threads themselves (and set up their KernelScope). Rollout: states (T+1, B, D), log_pf,
+// log_pb (B, T); x0 nullable (zeros).
+void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintptr_t bs,
+                    const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
+                    uintptr_t ts, int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double explore,
+                    double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states,
+                    uintptr_t log_pf, uintptr_t log_pb);
+
+// log p_F (B, T) of the transitions of given states (T+1, B, D).
+void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
+                   const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
+                   int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
+                   uintptr_t log_pf);
+
+// Gradients of Σ g_log_pf · log_pf w.r.t. temb and every weight and bias (the states are constants).
+void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
+                            const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo,
+                            uintptr_t bo, uintptr_t g_log_pf, int64_t B, int64_t D, int64_t H, int64_t T, double sigma,
+                            double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
+                            const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
+                            uintptr_t g_bo);
 
 }  // namespace cpu
 }  // namespace fastsamp

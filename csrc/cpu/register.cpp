@@ -2,6 +2,7 @@
 // Tensors arrive as data pointers (python ints), optional tensors as 0;
 // seeds and offsets as uint64. The GIL is released while a kernel runs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "cpu/ops.h"
 #include "cpu/runtime.h"
@@ -84,4 +85,16 @@ void register_cpu_ops(py::module_& m) {
         "log_var"_a, "x_next"_a, "g_x_next"_a, "g_log_pf"_a, "g_log_pb"_a, "B"_a, "D"_a, "h"_a, "s2"_a, "e2"_a,
         "c"_a, "b2"_a, "reparam"_a, "g_x"_a, "g_drift"_a, "g_log_var"_a, "g_x_next_out"_a, "n_threads"_a,
         "Gradients of em_step_logprob (op 9).");
+  // the policy kernels take n_threads themselves (before their outputs)
+  m.def("cpu_policy_rollout", &c::policy_rollout, rel(), "dtype"_a, "x0"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a, "hb"_a,
+        "wo"_a, "bo"_a, "ts"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "explore"_a, "clip"_a, "seed"_a,
+        "chain_offset"_a, "n_threads"_a, "states"_a, "log_pf"_a, "log_pb"_a,
+        "Whole-trajectory rollout of the DriftNet policy with Euler-Maruyama steps and their log p_F / log p_B.");
+  m.def("cpu_policy_log_pf", &c::policy_log_pf, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a,
+        "hb"_a, "wo"_a, "bo"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "clip"_a, "n_threads"_a, "log_pf"_a,
+        "log p_F (B, T) of every transition of given trajectories under the DriftNet policy.");
+  m.def("cpu_policy_log_pf_backward", &c::policy_log_pf_backward, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a,
+        "bs"_a, "hw"_a, "hb"_a, "wo"_a, "bo"_a, "g_log_pf"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "clip"_a,
+        "n_threads"_a, "g_temb"_a, "g_ws"_a, "g_bs"_a, "g_hw"_a, "g_hb"_a, "g_wo"_a, "g_bo"_a,
+        "Gradients of sum(g_log_pf * log_pf) w.r.t. temb and every weight and bias of the policy.");
 }

@@ -1,0 +1,252 @@
+// The Gaussian mixture Σ_k π_k N(α μ_k, (α² v_k + σ²) I) of the gmm family (gmm.cpp): its
+// per-call constants and its score / log-density on a block of W chains (SIMD lanes) whose
+// state is transposed into [D][W] buffers. The score is an online (chunked) log-sum-exp over
+// the K components, so nothing of size (B, K, D) exists. D is a compile-time constant for D
+// in {1, 2, 4, 8, 16} (DC > 0; then the block lives in registers), a runtime value otherwise.
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/common.h"
+
+namespace fastsamp {
+namespace cpu {
+
+constexpr int kChunkK = 64;  // components per online-LSE chunk
+
+template <typename T>
+struct Mixture {
+  int K = 0, D = 0;
+  std::vector<T> amu;  // (K, D): alpha * mu_k
+  std::vector<T> c;    // lw_k - (D/2) log(2 pi s_k)
+  std::vector<T> h;    // 1 / (2 s_k)
+  std::vector<T> r;    // 1 / s_k
+
+  Mixture(const T* means, const T* log_weights, const T* variances, int64_t K_, int64_t D_, double alpha,
+          double sigma2)
+      : K(checked_dim(K_, "K")), D(checked_dim(D_, "D")), amu(static_cast<size_t>(K) * D), c(K), h(K), r(K) {
+    // lw = log_weights - logsumexp(log_weights)
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int k = 0; k < K; ++k) mx = std::max(mx, static_cast<double>(log_weights[k]));
+    double se = 0.0;
+    for (int k = 0; k < K; ++k) se += std::exp(static_cast<double>(log_weights[k]) - mx);
+    const T lse = static_cast<T>(mx + std::log(se));
+    const T a = static_cast<T>(alpha), a2 = static_cast<T>(alpha * alpha), s2 = static_cast<T>(sigma2);
+    const T halfD = static_cast<T>(0.5 * D);
+    for (int k = 0; k < K; ++k) {
+      const T s = a2 * variances[k] + s2;
+      c[k] = (log_weights[k] - lse) - halfD * std::log(static_cast<T>(kTwoPi) * s);
+      h[k] = T(0.5) / s;
+      r[k] = T(1) / s;
+      for (int d = 0; d < D; ++d) amu[static_cast<size_t>(k) * D + d] = a * means[static_cast<size_t>(k) * D + d];
+    }
+  }
+};
+
+// ---- register-resident path for compile-time D (GCC vector extensions) ----
+// One W-lane vector per dimension; the K loop is a single-pass online
+// log-sum-exp: with t = exp(-|l_k - m|), either the running sums are rescaled
+// by t (new maximum) or the new term has weight t; one exp per component.
+template <typename T>
+struct VecT {
+  typedef T V __attribute__((vector_size(64)));
+  typedef typename vm::Bits<T>::I I_;
+  typedef I_ VI __attribute__((vector_size(64)));
+};
+
+template <typename V, typename VI, typename T>
+FASTSAMP_VINLINE V vexp(V x) {
+  using C = vm::ExpC<T>;
+  x = x < C::lo ? V{} + C::lo : x;  // NaN passes both selects
+  x = x > C::hi ? V{} + C::hi : x;
+  const V t = x * C::log2e + C::shifter;
+  const V n = t - C::shifter;
+  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
+  V r = x - n * C::ln2_hi;
+  r = r - n * C::ln2_lo;
+  V p;
+  if constexpr (sizeof(T) == 4) {
+    p = V{} + T(1.9875691500e-4);
+    p = p * r + T(1.3981999507e-3);
+    p = p * r + T(8.3334519073e-3);
+    p = p * r + T(4.1665795894e-2);
+    p = p * r + T(1.6666665459e-1);
+    p = p * r + T(5.0000001201e-1);
+    p = (p * (r * r) + r) + T(1);
+  } else {
+    p = V{} + T(1.0 / 479001600.0);
+    p = p * r + T(1.0 / 39916800.0);
+    p = p * r + T(1.0 / 3628800.0);
+    p = p * r + T(1.0 / 362880.0);
+    p = p * r + T(1.0 / 40320.0);
+    p = p * r + T(1.0 / 5040.0);
+    p = p * r + T(1.0 / 720.0);
+    p = p * r + T(1.0 / 120.0);
+    p = p * r + T(1.0 / 24.0);
+    p = p * r + T(1.0 / 6.0);
+    p = p * r + T(0.5);
+    p = p * r + T(1);
+    p = p * r + T(1);
+  }
+  const VI n1 = ni >> 1;
+  const VI n2 = ni - n1;
+  const VI e1 = (n1 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
+  const VI e2 = (n2 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
+  return p * reinterpret_cast<const V&>(e1) * reinterpret_cast<const V&>(e2);
+}
+
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict x, T* __restrict sc,
+                                      T* __restrict logp) {
+  static_assert(W * sizeof(T) == 64, "one 64-byte vector per dimension");
+  using V = typename VecT<T>::V;
+  using VI = typename VecT<T>::VI;
+  const int K = mx.K;
+  const T* __restrict amu = mx.amu.data();
+  const T* __restrict cc = mx.c.data();
+  const T* __restrict hh = mx.h.data();
+  const T* __restrict rr = mx.r.data();
+  const T ninf = -std::numeric_limits<T>::infinity();
+  V xv[DC], acc[DC];
+#pragma GCC unroll 16
+  for (int d = 0; d < DC; ++d) {
+    std::memcpy(&xv[d], x + d * W, sizeof(V));
+    acc[d] = V{};
+  }
+  V m = V{} + ninf, sum = V{};
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
+    V df[DC];
+    V dist = V{};
+#pragma GCC unroll 16
+    for (int d = 0; d < DC; ++d) {
+      df[d] = mu[d] - xv[d];
+      dist = df[d] * df[d] + dist;
+    }
+    const V e = cc[k] - dist * hh[k];
+    const V dlt = e - m;
+    const V ad = dlt < T(0) ? -dlt : dlt;  // |e - m| (NaN stays NaN)
+    V t = vexp<V, VI, T>(-ad);
+    t = e == ninf ? V{} : t;  // a -inf term has weight 0 (also when m = -inf)
+    const VI up = e > m;
+    const V scl = up ? t : V{} + T(1);
+    const V w = up ? V{} + T(1) : t;
+    m = up ? e : m;
+    sum = sum * scl + w;
+    const V wr = w * rr[k];
+#pragma GCC unroll 16
+    for (int d = 0; d < DC; ++d) acc[d] = acc[d] * scl + wr * df[d];
+  }
+  alignas(64) T sm[W], mm[W];
+  std::memcpy(sm, &sum, sizeof(V));
+  std::memcpy(mm, &m, sizeof(V));
+#pragma omp simd
+  for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
+  const V inv = T(1) / sum;
+#pragma GCC unroll 16
+  for (int d = 0; d < DC; ++d) {
+    const V o = acc[d] * inv;
+    std::memcpy(sc + d * W, &o, sizeof(V));
+  }
+}
+
+// Score sc[D][W] and log-density logp[W] of the mixture at x[D][W].
+// ell: scratch of kChunkK * W values.
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x,
+                                  T* __restrict sc, T* __restrict logp, T* __restrict ell) {
+  if constexpr (DC > 0 && W * sizeof(T) == 64) {
+    block_score_reg<T, W, DC>(mx, x, sc, logp);
+    return;
+  }
+  const int D = DC > 0 ? DC : Drt;
+  const int K = mx.K;
+  const T* __restrict amu = mx.amu.data();
+  const T* __restrict cc = mx.c.data();
+  const T* __restrict hh = mx.h.data();
+  const T* __restrict rr = mx.r.data();
+  alignas(64) T m[W], sum[W], cm[W], dist[W], wk[W];
+#pragma omp simd
+  for (int l = 0; l < W; ++l) {
+    m[l] = -std::numeric_limits<T>::infinity();
+    sum[l] = T(0);
+  }
+  for (int d = 0; d < D; ++d) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) sc[d * W + l] = T(0);
+  }
+  for (int k0 = 0; k0 < K; k0 += kChunkK) {
+    const int kn = std::min(kChunkK, K - k0);
+    // pass 1: ell_k and the chunk maximum
+#pragma omp simd
+    for (int l = 0; l < W; ++l) cm[l] = m[l];
+    for (int kk = 0; kk < kn; ++kk) {
+      const int k = k0 + kk;
+      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
+#pragma omp simd
+      for (int l = 0; l < W; ++l) dist[l] = T(0);
+      for (int d = 0; d < D; ++d) {
+        const T md = mu[d];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) {
+          const T df = md - x[d * W + l];
+          dist[l] = vm::fma_(df, df, dist[l]);
+        }
+      }
+      const T ck = cc[k], hk = hh[k];
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        const T e = ck - dist[l] * hk;
+        ell[kk * W + l] = e;
+        cm[l] = vm::max_nan(cm[l], e);
+      }
+    }
+    // rescale the running sums to the new maximum
+    if (k0 > 0) {
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        const T scale = (cm[l] == m[l]) ? T(1) : vm::exp<T>(m[l] - cm[l]);
+        wk[l] = scale;
+        sum[l] *= scale;
+      }
+      for (int d = 0; d < D; ++d) {
+#pragma omp simd
+        for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
+      }
+    }
+#pragma omp simd
+    for (int l = 0; l < W; ++l) m[l] = cm[l];
+    // pass 2: weights and the weighted sum of (alpha mu_k - x) / s_k
+    for (int kk = 0; kk < kn; ++kk) {
+      const int k = k0 + kk;
+      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
+      const T rk = rr[k];
+#pragma omp simd
+      for (int l = 0; l < W; ++l) {
+        const T e = ell[kk * W + l];  // a -inf term has weight 0 (also when m = -inf: x infinite)
+        const T w = vm::blend<T>(e == -std::numeric_limits<T>::infinity(), T(0), vm::exp<T>(e - m[l]));
+        sum[l] += w;
+        wk[l] = w * rk;
+      }
+      for (int d = 0; d < D; ++d) {
+        const T md = mu[d];
+#pragma omp simd
+        for (int l = 0; l < W; ++l) sc[d * W + l] = vm::fma_(wk[l], md - x[d * W + l], sc[d * W + l]);
+      }
+    }
+  }
+#pragma omp simd
+  for (int l = 0; l < W; ++l) {
+    logp[l] = m[l] + vm::log<T>(sum[l]);
+    wk[l] = T(1) / sum[l];
+  }
+  for (int d = 0; d < D; ++d) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastsamp

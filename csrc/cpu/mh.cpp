@@ -1,0 +1,128 @@
+// MALA proposals and the score-based (trapezoidal line-integral) MH test: mala_propose (op 3),
+// line_points (op 4), score_mh_accept (op 5), streaming passes over rows (cpu/stream.h).
+// See docs/backend-contract.md.
+#include <cmath>
+
+#include "cpu/ops.h"
+#include "cpu/stream.h"
+
+namespace fastsamp {
+namespace cpu {
+namespace {
+
+// x' = x + eps s + sqrt(2 eps) xi, row by row (eps per chain).
+template <typename T, int DC>
+void mala_propose_impl(const T* __restrict x, const T* __restrict score, const T* __restrict step,
+                       const T* noise, int64_t B, int Drt, uint64_t seed, uint64_t offset, uint64_t chain0,
+                       T* __restrict out) {
+  const int D = DC > 0 ? DC : Drt;
+  const T* in[2] = {x, score};
+  rows_with_noise<T>(noise, B, D, seed, offset, chain0, in, 2, [&](int64_t b, const T* __restrict xi, int stride) {
+    const T e = step[b];
+    const T q = std::sqrt(T(2) * e);
+    const T* __restrict xr = x + b * D;
+    const T* __restrict sr = score + b * D;
+    T* __restrict o = out + b * D;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) o[d] = xr[d] + e * sr[d] + q * xi[d * stride];
+  });
+}
+
+// The interior trapezoid points x + (i/n)(x' - x), i = 1 .. n-1, as (n-1, B, D).
+template <typename T>
+void line_points_impl(const T* __restrict x, const T* __restrict xp, int64_t B, int64_t D, int64_t n,
+                      T* __restrict out) {
+  const int64_t N = B * D;
+  const T tn = static_cast<T>(n);
+  parallel_for(stream_threads(N * (n - 1)), N, [&](int64_t e0, int64_t e1) {
+    for (int64_t i = 1; i < n; ++i) {
+      const T t = static_cast<T>(i) / tn;
+      T* __restrict o = out + (i - 1) * N;
+#pragma omp simd
+      for (int64_t e = e0; e < e1; ++e) o[e] = x[e] + t * (xp[e] - x[e]);
+    }
+  });
+}
+
+// log alpha = (1/n)[1/2 s.d + sum_i s_i.d + 1/2 s'.d] + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps), d = x' - x.
+template <typename T, int DC>
+void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+                          const T* __restrict sp, const T* __restrict step, const T* __restrict u,
+                          const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
+                          T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
+  const int D = DC > 0 ? DC : Drt;
+  const int64_t N = B * D;
+  const T tn = static_cast<T>(m + 1);
+  parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const T e = step[b];
+      const T* __restrict xr = x + b * D;
+      const T* __restrict xpr = xp + b * D;
+      const T* __restrict sr = s + b * D;
+      const T* __restrict spr = sp + b * D;
+      T sd = 0, spd = 0, ff = 0, bb = 0;
+#pragma omp simd reduction(+ : sd, spd, ff, bb)
+      for (int d = 0; d < D; ++d) {
+        const T dd = xpr[d] - xr[d];
+        const T fwd = dd - e * sr[d];
+        const T bwd = dd + e * spr[d];
+        sd += sr[d] * dd;
+        spd += spr[d] * dd;
+        ff += fwd * fwd;
+        bb += bwd * bwd;
+      }
+      T total = T(0.5) * (sd + spd);
+      if (interior && m > 0) {
+        T si = 0;
+        for (int64_t i = 0; i < m; ++i) {
+          const T* __restrict ir = interior + i * N + b * D;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int d = 0; d < D; ++d) acc += ir[d] * (xpr[d] - xr[d]);
+          si += acc;
+        }
+        total = total + si;
+      }
+      accept_row<T>(b, total / tn + (ff - bb) / (T(4) * e), u, xpr, xr, spr, sr, D, x_new + b * D,
+                    s_new + b * D, accepted, log_alpha);
+    }
+  });
+}
+
+}  // namespace
+
+void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
+                  int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      mala_propose_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(step_size), ptr<T>(noise),
+                                                B, static_cast<int>(D), seed, offset, chain_offset,
+                                                ptr<T>(out));
+    });
+  });
+}
+
+void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D, int64_t n, uintptr_t out) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    line_points_impl<T>(ptr<T>(x), ptr<T>(x_prop), B, D, n, ptr<T>(out));
+  });
+}
+
+void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
+                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
+                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      score_mh_accept_impl<T, decltype(dc)::value>(
+          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size), ptr<T>(u),
+          ptr<T>(interior), m, B, static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
+          ptr<uint8_t>(accepted), ptr<T>(log_alpha));
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastsamp

@@ -1,0 +1,477 @@
+// The DriftNet MLP of the trained diffusion sampler (fastsamp/samplers/diffusion.py; plain case)
+// as register-tiled CPU kernels, for the whole-trajectory policy kernels (trajectory_policy.cpp):
+//
+//   z_0 = W_s x + b_s + temb[i];  u_0 = gelu(z_0);  z_k = W_k u_{k-1} + b_k, u_k = gelu(z_k) (k = 1..L);
+//   drift = clamp((W_o u_L + b_o)[:D], -clip, clip)      (gelu exact: z Φ(z))
+//
+// Layout: chains are rows ("chain-major"), every activation of a block of chains is a
+// [nb][Hp] row-major buffer (Hp = H rounded up to one 64-byte vector). Each layer is a small
+// GEMM whose register tile is MR chains x NV vectors of output features: the chain's input
+// value is broadcast, a row of the (transposed, padded) weight is loaded as NV vectors, MR*NV
+// FMAs per k (MR*NV = 24 of the 32 registers). GELU (and in the backward its derivative) is
+// applied to the accumulators in registers. A small-D output layer is D dot products per chain
+// instead (a padded GEMM would mostly multiply zeros). The same tiles give the backward
+// through a layer and the weight gradients (outer products over the chains of a block).
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "cpu/common.h"
+
+namespace fastsamp {
+namespace cpu {
+namespace mlp {
+
+template <typename T>
+using Vec = typename vm::V64<T>::V;
+template <typename T>
+using IVec = typename vm::V64<T>::I;
+template <typename T>
+constexpr int kW = 64 / static_cast<int>(sizeof(T));
+
+template <typename T>
+FASTSAMP_VINLINE Vec<T> ld(const T* p) {
+  return *reinterpret_cast<const Vec<T>*>(p);
+}
+template <typename T>
+FASTSAMP_VINLINE void st(T* p, Vec<T> v) {
+  *reinterpret_cast<Vec<T>*>(p) = v;
+}
+// Broadcast (not `Vec{} + x`: 0 + x is an add gcc may not drop, -0 + 0 being +0).
+template <typename T>
+FASTSAMP_VINLINE Vec<T> bc(T x) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm512_set1_ps(x));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm512_set1_pd(x));
+  }
+#else
+  return Vec<T>{} + x;
+#endif
+}
+
+// c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] by Horner's rule with FMAs.
+template <typename T, size_t N>
+FASTSAMP_VINLINE Vec<T> horner(Vec<T> x, const T (&c)[N]) {
+  Vec<T> p = bc<T>(c[0]);
+#pragma GCC unroll 16
+  for (size_t i = 1; i < N; ++i) p = vm::vfma(p, x, bc<T>(c[i]));
+  return p;
+}
+
+// ---------------------------------------------------------------- vector exp
+// vm::exp (cpu_math.h) on 64-byte vectors: same reduction, same polynomials.
+template <typename T>
+FASTSAMP_VINLINE Vec<T> vexp(Vec<T> x) {
+  using V = Vec<T>;
+  using I = IVec<T>;
+  using C = vm::ExpC<T>;
+  using BI = vm::Bits<T>;
+  x = x < C::lo ? bc<T>(C::lo) : x;  // NaN passes both selects
+  x = x > C::hi ? bc<T>(C::hi) : x;
+  const V t = vm::vfma(x, bc<T>(C::log2e), bc<T>(C::shifter));
+  const V n = t - C::shifter;
+  const I ni = reinterpret_cast<I>(t) - reinterpret_cast<I>(bc<T>(C::shifter));
+  V r = vm::vfma(-n, bc<T>(C::ln2_hi), x);
+  r = vm::vfma(-n, bc<T>(C::ln2_lo), r);
+  V p;
+  if constexpr (sizeof(T) == 4) {
+    p = horner<T>(r, {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
+        5.0000001201e-1f});
+    p = vm::vfma(p, r * r, r) + T(1);
+  } else {
+    p = horner<T>(r, {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+        1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0});
+  }
+  const I n1 = ni >> 1;
+  const I n2 = ni - n1;
+  const V s1 = reinterpret_cast<V>((n1 + BI::kBias) << BI::kMant);
+  const V s2 = reinterpret_cast<V>((n2 + BI::kBias) << BI::kMant);
+  return p * s1 * s2;
+}
+
+// ---------------------------------------------------------------- GELU
+// gelu(z) = z Φ(z), Φ(z) = ½ (1 + erf(z/√2)); gelu'(z) = Φ(z) + z φ(z), φ(z) = e^{-z²/2}/√(2π).
+//
+// float: erf(x) = x P(x²)/Q(x²) on |x| <= 4 (x clamped; 1 - erf(4) = 1.5e-8 is below float's
+// resolution at 1), P, Q of degree 5, fitted for minimax relative error (2.5e-8 in exact
+// arithmetic, 5e-8 with the coefficients rounded to float). Evaluated in float with FMAs (the
+// constants ½ and 1/√2 folded into the coefficients) the absolute error of Φ is < 1.9e-7 (3 ulp
+// at 1; all of it the float rounding of the Horner sums, the relative error of erf itself is
+// < 4e-7); no exp in the forward. 16 vector operations and one division per 16 values.
+// double: W. J. Cody's rational Chebyshev approximations (Math. Comp. 23, 1969; CALERF):
+// erf(x) = x A(x²)/B(x²) for |x| < 0.46875 and erfc(y) = e^{-y²} C(y)/D(y) for y = |x| >= 0.46875
+// (fitted on [0.46875, 4]; beyond 4 it stays within 1e-7 relative up to y = 26, where erfc
+// underflows, so the absolute error of Φ is < 2e-16 everywhere). One division: the numerator and
+// denominator are selected per lane before it. e^{-y²} is shared with φ in the backward.
+template <typename T, bool DERIV>
+FASTSAMP_VINLINE void gelu_v(Vec<T> z, Vec<T>* g, Vec<T>* dg) {
+  using V = Vec<T>;
+  constexpr T kRsqrt2 = T(0.70710678118654752440);
+  constexpr T kInvSqrt2Pi = T(0.39894228040143267794);
+  if constexpr (sizeof(T) == 4) {
+    // Φ = ½ + ½ x P(x²)/Q(x²) with x = z/√2, the factors ½, 1/√2 folded into the coefficients:
+    // Φ = ½ + zc P'(zc²)/Q'(zc²), zc = clamp(z, ±4√2)
+    V zc = z > 5.656854249f ? bc<T>(5.656854249f) : z;  // NaN passes
+    zc = zc < -5.656854249f ? bc<T>(-5.656854249f) : zc;
+    const V w = zc * zc;
+    V p = horner<T>(w, {2.1950317119490137e-08f, 6.287460109888343e-06f, 0.00017159221170004457f,
+        0.004693393129855394f, 0.0342118963599205f, 0.3989422619342804f});
+    V q = horner<T>(w, {1.1693128953993437e-06f, 7.408671081066132e-05f, 0.001900743693113327f, 0.028836052864789963f,
+        0.2524227797985077f, 1.0f});
+    const V phi = vm::vfma(zc, p / q, bc<T>(0.5f));
+    *g = z * phi;
+    if constexpr (DERIV) *dg = vm::vfma(z, vexp<T>((z * z) * T(-0.5)) * kInvSqrt2Pi, phi);
+  } else {
+    const V x = z * kRsqrt2;
+    const V y = x < 0.0 ? -x : x;
+    const V yc = y > 30.0 ? bc<T>(30.0) : y;  // erfc(30) underflows; keeps C/D finite at inf
+    const V u = x * x;
+    V a = horner<T>(u, {1.85777706184603153e-1, 3.16112374387056560e00, 1.13864154151050156e02,
+        3.77485237685302021e02, 3.20937758913846947e03});
+    V b = horner<T>(u, {1.0, 2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
+        2.84423683343917062e03});
+    V c = horner<T>(yc, {2.15311535474403846e-8, 5.64188496988670089e-1, 8.88314979438837594e00,
+        6.61191906371416295e01, 2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
+        2.05107837782607147e03, 1.23033935479799725e03});
+    V d = horner<T>(yc, {1.0, 1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
+        1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03, 3.43936767414372164e03,
+        1.23033935480374942e03});
+    const auto small = y < 0.46875;
+    const V r = (small ? x * a : c) / (small ? b : d);  // erf(x) (small) or erfc(y) e^{y²}
+    const V e = vexp<T>(-(yc * yc));
+    const V ec = e * r;
+    const V big = x > 0.0 ? T(1) - T(0.5) * ec : T(0.5) * ec;
+    const V phi = small ? vm::vfma(bc<T>(0.5), r, bc<T>(0.5)) : big;
+    *g = z * phi;
+    if constexpr (DERIV) *dg = vm::vfma(z, e * kInvSqrt2Pi, phi);
+  }
+}
+
+// ---------------------------------------------------------------- GEMM tiles
+// acc[r][v] += Σ_{k<K} a[r*ar + k*ak] * b[k*ldb + v*W .. +W]   (b 64-byte aligned rows)
+template <typename T, int MR, int NV>
+FASTSAMP_VINLINE void mk(const T* __restrict a, int64_t ar, int64_t ak, int K, const T* __restrict b, int64_t ldb,
+                         Vec<T> (&acc)[MR][NV]) {
+  constexpr int W = kW<T>;
+  for (int k = 0; k < K; ++k) {
+    Vec<T> bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = ld<T>(b + k * ldb + v * W);
+    const T* __restrict ak0 = a + k * ak;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const Vec<T> av = bc<T>(ak0[r * ar]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = vm::vfma(av, bv[v], acc[r][v]);
+    }
+  }
+}
+
+// Row tiles of MR (NV vectors wide: MR * NV <= 24 accumulators), then 8 / 4 / 2 / 1 for the rest.
+template <int NV>
+constexpr int tile_rows() {
+  return NV >= 4 ? 6 : (NV == 3 ? 8 : 12);
+}
+template <int NV, typename F>
+FASTSAMP_VINLINE void row_tiles(int M, F&& f) {
+  constexpr int MR = tile_rows<NV>();
+  int m = 0;
+  for (; m + MR <= M; m += MR) f(IntC<MR>(), m);
+  if constexpr (MR > 8) {
+    if (M - m >= 8) {
+      f(IntC<8>(), m);
+      m += 8;
+    }
+  }
+  if constexpr (MR > 4) {
+    if (M - m >= 4) {
+      f(IntC<4>(), m);
+      m += 4;
+    }
+  }
+  if (M - m >= 2) {
+    f(IntC<2>(), m);
+    m += 2;
+  }
+  if (M - m >= 1) f(IntC<1>(), m);
+}
+
+// f(IntC<NV>()) with NV the widest of 4, 3, 2, 1 vectors dividing NJ.
+template <typename F>
+FASTSAMP_VINLINE void with_nv(int NJ, F&& f) {
+  if (NJ % 4 == 0) {
+    f(IntC<4>());
+  } else if (NJ % 3 == 0) {
+    f(IntC<3>());
+  } else if (NJ % 2 == 0) {
+    f(IntC<2>());
+  } else {
+    f(IntC<1>());
+  }
+}
+// Register-tiled C = init + Σ_{k<K} A[r*ar + k*ak] B[k*ldb + :] for rows r < M and NJ vectors of
+// columns: init(col) is a tile's starting vector (bias or zero), epi(acc, r, col) consumes each
+// accumulator vector of row r, columns col .. col + W.
+template <typename T, int NV, class Init, class Epilogue>
+FASTSAMP_VINLINE void tiled_gemm(int M, const T* __restrict A, int64_t ar, int64_t ak, int K, const T* __restrict B,
+                                 int64_t ldb, int NJ, Init&& init, Epilogue&& epi) {
+  constexpr int W = kW<T>;
+  for (int c0 = 0; c0 < NJ; c0 += NV) {
+    const int cc = c0 * W;
+    row_tiles<NV>(M, [&](auto mr, int m0) {
+      constexpr int MR = decltype(mr)::value;
+      Vec<T> acc[MR][NV];
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = init(cc + v * W);
+      mk<T, MR, NV>(A + m0 * ar, ar, ak, K, B + cc, ldb, acc);
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) epi(acc[r][v], m0 + r, cc + v * W);
+    });
+  }
+}
+
+// Hidden / input layer forward: Z[l] = bias + Σ_k A[l*lda + k] Bt[k][:] (+ add), U = gelu(Z),
+// G = gelu'(Z) when DERIV. NJ vectors of output features, rows l < nb.
+template <typename T, int NV, bool DERIV>
+void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Bt, int64_t ldb, int NJ,
+               const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo) {
+  tiled_gemm<T, NV>(nb, A, lda, 1, K, Bt, ldb, NJ, [&](int col) { return ld<T>(bias + col); },
+                    [&](Vec<T> z, int l, int col) {
+                      const int64_t o = l * ldo + col;
+                      if (add) z += ld<T>(add + col);
+                      Vec<T> g, dg;
+                      gelu_v<T, DERIV>(z, &g, &dg);
+                      st<T>(U + o, g);
+                      if constexpr (DERIV) st<T>(G + o, dg);
+                    });
+}
+
+// Output layer: OUT[l] = bo + Σ_k U[l*ldu + k] WoT[k][:], DR = clamp(OUT, -clip, clip).
+template <typename T, int NV>
+void out_layer(int nb, const T* __restrict U, int64_t ldu, int K, const T* __restrict WoT, int64_t ldw, int NJ,
+               const T* __restrict bo, T clip, T* __restrict OUT, T* __restrict DR, int64_t ldo) {
+  tiled_gemm<T, NV>(nb, U, ldu, 1, K, WoT, ldw, NJ, [&](int col) { return ld<T>(bo + col); },
+                    [&](Vec<T> o, int l, int col) {
+                      const int64_t off = l * ldo + col;
+                      Vec<T> dr = o < -clip ? bc<T>(-clip) : o;  // NaN passes (torch.clamp propagates NaN)
+                      dr = dr > clip ? bc<T>(clip) : dr;
+                      if (OUT) st<T>(OUT + off, o);
+                      st<T>(DR + off, dr);
+                    });
+}
+
+template <typename T>
+FASTSAMP_VINLINE T hsum(Vec<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+  } else {
+    return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+  }
+#else
+  T s = 0;
+  for (int l = 0; l < kW<T>; ++l) s += v[l];
+  return s;
+#endif
+}
+
+// Output layer for small D (fewer than about H / (NJ + 8) outputs, where the padded GEMM above
+// would mostly multiply zeros): one dot product of NJ vectors and a horizontal sum per output.
+template <typename T>
+void out_layer_dot(int nb, const T* __restrict U, int64_t ldu, int NJ, const T* __restrict Wo, int64_t ldw, int D,
+                   const T* __restrict bo, T clip, T* __restrict OUT, T* __restrict DR, int64_t ldo) {
+  constexpr int W = kW<T>;
+  for (int l = 0; l < nb; ++l) {
+    const T* __restrict u = U + l * ldu;
+    for (int d = 0; d < D; ++d) {
+      const T* __restrict w = Wo + d * ldw;
+      Vec<T> a0 = Vec<T>{}, a1 = Vec<T>{};
+      int v = 0;
+      for (; v + 2 <= NJ; v += 2) {
+        a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
+        a1 = vm::vfma(ld<T>(u + (v + 1) * W), ld<T>(w + (v + 1) * W), a1);
+      }
+      if (v < NJ) a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
+      const T o = bo[d] + hsum<T>(a0 + a1);
+      T dr = o < -clip ? -clip : o;  // NaN passes
+      dr = dr > clip ? clip : dr;
+      if (OUT) OUT[l * ldo + d] = o;
+      DR[l * ldo + d] = dr;
+    }
+  }
+}
+
+
+// Backward through a linear layer and the GELU before it: out[l] = (Σ_k A[l*lda + k] Wm[k][:]) * G[l].
+template <typename T, int NV>
+void bwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Wm, int64_t ldw, int NJ,
+               const T* __restrict G, T* __restrict out, int64_t ldo) {
+  tiled_gemm<T, NV>(nb, A, lda, 1, K, Wm, ldw, NJ, [](int) { return Vec<T>{}; }, [&](Vec<T> acc, int l, int col) {
+    const int64_t o = l * ldo + col;
+    st<T>(out + o, acc * ld<T>(G + o));
+  });
+}
+
+// Weight gradient: C[m][:] += Σ_{l<nb} A[l*lda + m] Bm[l][:] for m < M (M rows of C, ldc): the
+// block's sum first, then one rounding at C's scale.
+template <typename T, int NV>
+void wgrad(int M, int nb, const T* __restrict A, int64_t lda, const T* __restrict Bm, int64_t ldb, int NJ,
+           T* __restrict C, int64_t ldc) {
+  tiled_gemm<T, NV>(M, A, 1, lda, nb, Bm, ldb, NJ, [](int) { return Vec<T>{}; }, [&](Vec<T> acc, int m, int col) {
+    T* c = C + m * ldc + col;
+    st<T>(c, ld<T>(c) + acc);
+  });
+}
+
+// acc[:] += Σ_{l<nb} A[l][:]  (NJ vectors)
+template <typename T>
+FASTSAMP_VINLINE void colsum(int nb, const T* __restrict A, int64_t lda, int NJ, T* __restrict acc) {
+  constexpr int W = kW<T>;
+  for (int v = 0; v < NJ; ++v) {
+    Vec<T> s = Vec<T>{};
+    for (int l = 0; l < nb; ++l) s += ld<T>(A + l * lda + v * W);
+    st<T>(acc + v * W, ld<T>(acc + v * W) + s);
+  }
+}
+
+// ---------------------------------------------------------------- the network, padded
+constexpr int kBlock = 48;  // chains per block (24 .. 96 time the same)
+
+FASTSAMP_VINLINE int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+template <typename T>
+struct ABuf {  // zeroed, 64-byte aligned
+  std::unique_ptr<Buf<T>> b;
+  T* p = nullptr;
+  ABuf() = default;
+  explicit ABuf(size_t n) : b(new Buf<T>(n + 64 / sizeof(T))), p(b->p) {
+    std::memset(p, 0, (n + 64 / sizeof(T)) * sizeof(T));
+  }
+};
+
+struct Ptrs {
+  uintptr_t temb, ws, bs, wo, bo;
+  std::vector<uintptr_t> hw, hb;
+};
+
+template <typename T>
+struct Net {
+  int D, H, L, Tn, Hp, NJ, Dq, NJo;
+  bool out_dot;  // output layer as dot products (small D)
+  T clip;
+  ABuf<T> wsT, bs, temb, wT, w, b, woT, wo, bo;
+
+  Net(const Ptrs& P, int64_t D_, int64_t H_, int64_t T_, double clip_, bool backward)
+      : D(static_cast<int>(D_)), H(static_cast<int>(H_)), L(static_cast<int>(P.hw.size())),
+        Tn(static_cast<int>(T_)), clip(static_cast<T>(clip_)) {
+    constexpr int W = kW<T>;
+    Hp = static_cast<int>(round_up(H, W));
+    NJ = Hp / W;
+    Dq = static_cast<int>(round_up(D, W));
+    NJo = Dq / W;
+    out_dot = D * (NJ + 8) < H * NJo;
+    const T* ws_ = ptr<T>(P.ws);
+    const T* bs_ = ptr<T>(P.bs);
+    const T* te_ = ptr<T>(P.temb);
+    const T* wo_ = ptr<T>(P.wo);
+    const T* bo_ = ptr<T>(P.bo);
+    wsT = ABuf<T>(static_cast<size_t>(D) * Hp);
+    bs = ABuf<T>(Hp);
+    temb = ABuf<T>(static_cast<size_t>(Tn) * Hp);
+    for (int j = 0; j < H; ++j) {
+      bs.p[j] = bs_[j];
+      for (int d = 0; d < D; ++d) wsT.p[d * Hp + j] = ws_[j * D + d];
+    }
+    for (int i = 0; i < Tn; ++i)
+      std::memcpy(temb.p + static_cast<size_t>(i) * Hp, te_ + static_cast<size_t>(i) * H, H * sizeof(T));
+    wT = ABuf<T>(static_cast<size_t>(std::max(L, 1)) * Hp * Hp);
+    b = ABuf<T>(static_cast<size_t>(std::max(L, 1)) * Hp);
+    if (backward) w = ABuf<T>(static_cast<size_t>(std::max(L, 1)) * Hp * Hp);
+    for (int k = 0; k < L; ++k) {
+      const T* wk = ptr<T>(P.hw[k]);
+      const T* bk = ptr<T>(P.hb[k]);
+      T* t = wT.p + static_cast<size_t>(k) * Hp * Hp;
+      for (int j = 0; j < H; ++j) {
+        b.p[k * Hp + j] = bk[j];
+        for (int m = 0; m < H; ++m) t[m * Hp + j] = wk[j * H + m];
+      }
+      if (backward) {
+        T* u = w.p + static_cast<size_t>(k) * Hp * Hp;
+        for (int j = 0; j < H; ++j) std::memcpy(u + j * Hp, wk + j * H, H * sizeof(T));
+      }
+    }
+    woT = ABuf<T>(static_cast<size_t>(Hp) * Dq);
+    bo = ABuf<T>(Dq);
+    wo = ABuf<T>(static_cast<size_t>(D) * Hp);
+    for (int d = 0; d < D; ++d) {
+      bo.p[d] = bo_[d];
+      for (int j = 0; j < H; ++j) {
+        woT.p[j * Dq + d] = wo_[d * H + j];
+        wo.p[d * Hp + j] = wo_[d * H + j];
+      }
+    }
+  }
+  const T* wT_k(int k) const { return wT.p + static_cast<size_t>(k) * Hp * Hp; }
+  const T* w_k(int k) const { return w.p + static_cast<size_t>(k) * Hp * Hp; }
+  const T* b_k(int k) const { return b.p + static_cast<size_t>(k) * Hp; }
+};
+
+// Per-thread activations of one block: U[k], G[k] (k = 0..L) [kBlock][Hp], OUT / DR / GO [kBlock][Dq].
+template <typename T>
+struct Work {
+  int Hp, Dq;
+  ABuf<T> TV, U, G, OUT, DR, GO, GA, GB, XI;
+  Work(const Net<T>& n, bool backward, bool normals) : Hp(n.Hp), Dq(n.Dq), TV(2 * static_cast<size_t>(n.D)) {
+    const size_t act = static_cast<size_t>(kBlock) * n.Hp;
+    U = ABuf<T>(act * (backward ? n.L + 1 : 2));
+    if (backward) {
+      G = ABuf<T>(act * (n.L + 1));
+      GA = ABuf<T>(act);
+      GB = ABuf<T>(act);
+      GO = ABuf<T>(static_cast<size_t>(kBlock) * n.Dq);
+      OUT = ABuf<T>(static_cast<size_t>(kBlock) * n.Dq);
+    }
+    DR = ABuf<T>(static_cast<size_t>(kBlock) * n.Dq);
+    if (normals) XI = ABuf<T>(static_cast<size_t>(64) * ((kBlock * ((n.D + 3) / 4) + 15) / 16));
+  }
+  T* u(int k) { return U.p + static_cast<size_t>(k) * kBlock * Hp; }
+  T* g(int k) { return G.p + static_cast<size_t>(k) * kBlock * Hp; }
+};
+
+// Forward of the network for the nb chains X (rows of D) at step i: drift into w.DR ([nb][Dq]),
+// the raw output into w.OUT (backward). BACKWARD keeps every layer's u and gelu' in w.U / w.G;
+// otherwise u ping-pongs between two buffers.
+template <typename T, bool BACKWARD>
+FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int nb, int i) {
+  const int Hp = n.Hp;
+  const T* temb_i = n.temb.p + static_cast<size_t>(i) * Hp;
+  auto ucur = [&](int k) { return BACKWARD ? w.u(k) : w.u(k & 1); };
+  with_nv(n.NJ, [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    fwd_layer<T, NV, BACKWARD>(nb, X, n.D, n.D, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
+                               BACKWARD ? w.g(0) : nullptr, Hp);
+    for (int k = 0; k < n.L; ++k)
+      fwd_layer<T, NV, BACKWARD>(nb, ucur(k), Hp, n.H, n.wT_k(k), Hp, n.NJ, n.b_k(k), nullptr, ucur(k + 1),
+                                 BACKWARD ? w.g(k + 1) : nullptr, Hp);
+  });
+  if (n.out_dot) {
+    out_layer_dot<T>(nb, ucur(n.L), Hp, n.NJ, n.wo.p, Hp, n.D, n.bo.p, n.clip, BACKWARD ? w.OUT.p : nullptr, w.DR.p,
+                     n.Dq);
+    return;
+  }
+  with_nv(n.NJo, [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    out_layer<T, NV>(nb, ucur(n.L), Hp, n.H, n.woT.p, n.Dq, n.NJo, n.bo.p, n.clip, BACKWARD ? w.OUT.p : nullptr,
+                     w.DR.p, n.Dq);
+  });
+}
+
+
+}  // namespace mlp
+}  // namespace cpu
+}  // namespace fastsamp
