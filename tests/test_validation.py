@@ -340,7 +340,6 @@ def test_infinite_chain_has_logp_minus_inf(any_backend):
 ])
 def test_policy_rollout_counts(kw, exc, match):
     """The whole-trajectory policy kernel takes C ints too (2**32 + 1 threads was 1 thread)."""
-    from fastsamp.ops import policy
     from fastsamp.samplers.diffusion import DiffusionSampler
     s = DiffusionSampler(type("Gauss", (), {"dim": 2, "log_prob": lambda self, x: -0.5 * (x * x).sum(-1)})(),
                          sigma=1.0, n_steps=4, fused=False, hidden=8, n_layers=1, n_harmonics=2)
@@ -348,4 +347,4 @@ def test_policy_rollout_counts(kw, exc, match):
     args = dict(batch_size=3, sigma=1.0, seed=0)
     args.update(kw)
     with pytest.raises(exc, match=match):
-        policy.policy_rollout(s.net, temb, args.pop("batch_size"), **args)
+        ops.policy_rollout(s.net, temb, args.pop("batch_size"), **args)

@@ -178,33 +178,38 @@ void em_step_logprob_backward_impl(const T* __restrict x, const T* __restrict dr
   });
 }
 
+// run(T(), IntC<DC>(), bool_constant<LV>(), EmConst<T>) for the dtype code, D and whether log_var is given.
+template <typename Run>
+void em_dispatch(int dtype, int64_t D, bool has_log_var, double h, double s2, double e2, double c, double b2,
+                 Run&& run) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const EmConst<T> k(D, h, s2, e2, c, b2);
+    dispatch_d(D, [&](auto dc) { dispatch_bool(has_log_var, [&](auto lvc) { run(tag, dc, lvc, k); }); });
+  });
+}
+
 }  // namespace
 
 void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
                      uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset,
                      double h, double s2, double e2, double c, double b2, uintptr_t y, uintptr_t log_pf, uintptr_t log_pb) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  const int mode = x_next ? 0 : (noise ? 1 : 2);  // given / noise tensor / Philox
+  em_dispatch(dtype, D, log_var != 0, h, s2, e2, c, b2, [&](auto tag, auto dc, auto lvc, const auto& k) {
     using T = decltype(tag);
-    const EmConst<T> k(D, h, s2, e2, c, b2);
-    const int mode = x_next ? 0 : (noise ? 1 : 2);  // given / noise tensor / Philox
-    dispatch_d(D, [&](auto dc) {
-      dispatch_bool(log_var != 0, [&](auto lvc) {
-        constexpr int DC = decltype(dc)::value;
-        constexpr bool LV = decltype(lvc)::value;
-        auto run = [&](auto given, auto has_noise) {
-          em_step_logprob_impl<T, DC, LV, decltype(given)::value, decltype(has_noise)::value>(
-              ptr<T>(x), ptr<T>(drift), ptr<T>(log_var), ptr<T>(x_next), ptr<T>(noise), B, static_cast<int>(D),
-              seed, offset, chain_offset, k, ptr<T>(y), ptr<T>(log_pf), ptr<T>(log_pb));
-        };
-        if (mode == 0) {
-          run(std::true_type(), std::false_type());
-        } else if (mode == 1) {
-          run(std::false_type(), std::true_type());
-        } else {
-          run(std::false_type(), std::false_type());
-        }
-      });
-    });
+    auto run = [&](auto given, auto has_noise) {
+      em_step_logprob_impl<T, decltype(dc)::value, decltype(lvc)::value, decltype(given)::value,
+                           decltype(has_noise)::value>(
+          ptr<T>(x), ptr<T>(drift), ptr<T>(log_var), ptr<T>(x_next), ptr<T>(noise), B, static_cast<int>(D), seed,
+          offset, chain_offset, k, ptr<T>(y), ptr<T>(log_pf), ptr<T>(log_pb));
+    };
+    if (mode == 0) {
+      run(std::true_type(), std::false_type());
+    } else if (mode == 1) {
+      run(std::false_type(), std::true_type());
+    } else {
+      run(std::false_type(), std::false_type());
+    }
   });
 }
 
@@ -212,22 +217,15 @@ void em_step_logprob_backward(int dtype, uintptr_t x, uintptr_t drift, uintptr_t
                               uintptr_t g_x_next, uintptr_t g_log_pf, uintptr_t g_log_pb, int64_t B, int64_t D,
                               double h, double s2, double e2, double c, double b2, bool reparam, uintptr_t g_x,
                               uintptr_t g_drift, uintptr_t g_log_var, uintptr_t g_x_next_out) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  em_dispatch(dtype, D, log_var != 0, h, s2, e2, c, b2, [&](auto tag, auto dc, auto lvc, const auto& k) {
     using T = decltype(tag);
-    const EmConst<T> k(D, h, s2, e2, c, b2);
-    dispatch_d(D, [&](auto dc) {
-      dispatch_bool(log_var != 0, [&](auto lvc) {
-        constexpr int DC = decltype(dc)::value;
-        constexpr bool LV = decltype(lvc)::value;
-        auto run = [&](auto rep, auto want) {
-          em_step_logprob_backward_impl<T, DC, LV, decltype(rep)::value, decltype(want)::value>(
-              ptr<T>(x), ptr<T>(drift), ptr<T>(log_var), ptr<T>(x_next), ptr<T>(g_x_next), ptr<T>(g_log_pf),
-              ptr<T>(g_log_pb), B, static_cast<int>(D), k, ptr<T>(g_x), ptr<T>(g_drift), ptr<T>(g_log_var),
-              ptr<T>(g_x_next_out));
-        };
-        dispatch_bool(reparam, [&](auto rep) {
-          dispatch_bool(g_x_next_out != 0, [&](auto want) { run(rep, want); });
-        });
+    dispatch_bool(reparam, [&](auto rep) {
+      dispatch_bool(g_x_next_out != 0, [&](auto want) {
+        em_step_logprob_backward_impl<T, decltype(dc)::value, decltype(lvc)::value, decltype(rep)::value,
+                                      decltype(want)::value>(
+            ptr<T>(x), ptr<T>(drift), ptr<T>(log_var), ptr<T>(x_next), ptr<T>(g_x_next), ptr<T>(g_log_pf),
+            ptr<T>(g_log_pb), B, static_cast<int>(D), k, ptr<T>(g_x), ptr<T>(g_drift), ptr<T>(g_log_var),
+            ptr<T>(g_x_next_out));
       });
     });
   });

@@ -126,25 +126,35 @@ void rollout_impl(const Net<T>& n, const T* x0, const double* ts, int64_t B, dou
 }
 
 // ---------------------------------------------------------------- kernel 2: log p_F of given states
+// For every block of chains and step i of the given states (T+1, B, D): the network forward at
+// X = states[i] into the thread's activations w, then f(tid, w, b0, nb, i, X, Y = states[i+1]).
+// Each thread takes its contiguous run of chains.
+template <typename T, bool BACKWARD, typename F>
+void for_given_steps(const Net<T>& n, const T* states, int64_t B, int nt, F&& f) {
+  const int64_t BD = B * n.D;
+  parallel(nt, [&](int tid, int nth) {
+    Work<T> w(n, BACKWARD, false);
+    for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
+      for (int i = 0; i < n.Tn; ++i) {
+        const T* X = states + i * BD + b0 * n.D;
+        net_forward<T, BACKWARD>(n, w, X, nb, i);
+        f(tid, w, b0, nb, i, X, X + BD);
+      }
+    });
+  });
+}
+
 template <typename T>
 void log_pf_impl(const Net<T>& n, const T* states, int64_t B, double sigma, double h, int nt, T* log_pf) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
   const EmConst<T> kc(D, h, sigma * sigma * h, 0.0, 0.0, 0.0);
-  const int64_t BD = B * D;
-  parallel(nt, [&](int tid, int nth) {
-    Work<T> w(n, false, false);
-    for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
-      for (int i = 0; i < Tn; ++i) {
-        const T* X = states + i * BD + b0 * D;
-        const T* Y = X + BD;
-        net_forward<T, false>(n, w, X, nb, i);
-        for (int l = 0; l < nb; ++l) {
-          T sv, su;
-          step_row<T, true>(X + l * D, w.DR.p + l * Dq, nullptr, const_cast<T*>(Y + l * D), w.TV.p, D, kc, &sv, &su);
-          log_pf[(b0 + l) * Tn + i] = T(-0.5) * (sv * kc.inv_s2 + kc.lpf0);
-        }
-      }
-    });
+  for_given_steps<T, false>(n, states, B, nt, [&](int, Work<T>& w, int64_t b0, int nb, int i, const T* X,
+                                                  const T* Y) {
+    for (int l = 0; l < nb; ++l) {
+      T sv, su;
+      step_row<T, true>(X + l * D, w.DR.p + l * Dq, nullptr, const_cast<T*>(Y + l * D), w.TV.p, D, kc, &sv, &su);
+      log_pf[(b0 + l) * Tn + i] = T(-0.5) * (sv * kc.inv_s2 + kc.lpf0);
+    }
   });
 }
 
@@ -197,53 +207,45 @@ void backward_impl(const Net<T>& n, const T* states, const T* g_pf, int64_t B, d
                    T* g_wo, T* g_bo) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq, Hp = n.Hp, H = n.H, L = n.L;
   const EmConst<T> kc(D, h, sigma * sigma * h, 0.0, 0.0, 0.0);
-  const int64_t BD = B * D;
   std::vector<std::unique_ptr<Grads<T>>> per(nt);
-  parallel(nt, [&](int tid, int nth) {
-    per[tid].reset(new Grads<T>(n));
+  for (auto& g : per) g.reset(new Grads<T>(n));
+  for_given_steps<T, true>(n, states, B, nt, [&](int tid, Work<T>& w, int64_t b0, int nb, int i, const T* X,
+                                                 const T* Y) {
     Grads<T>& gr = *per[tid];
-    Work<T> w(n, true, false);
-    for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
-      for (int i = 0; i < Tn; ++i) {
-        const T* X = states + i * BD + b0 * D;
-        const T* Y = X + BD;
-        net_forward<T, true>(n, w, X, nb, i);
-        // g_out = g h v / s² where |out| <= clip (clamp passes the gradient there), 0 elsewhere
-        for (int l = 0; l < nb; ++l) {
-          const T ga = g_pf[(b0 + l) * Tn + i] * kc.inv_s2;
-          const T* __restrict xr = X + l * D;
-          const T* __restrict yr = Y + l * D;
-          const T* __restrict dr = w.DR.p + l * Dq;
-          const T* __restrict orow = w.OUT.p + l * Dq;
-          T* __restrict go = w.GO.p + l * Dq;
-          for (int d = 0; d < D; ++d) {
-            const T v = yr[d] - (xr[d] + kc.h * dr[d]);
-            const bool pass = (orow[d] >= -n.clip) & (orow[d] <= n.clip);
-            go[d] = pass ? kc.h * (ga * v) : T(0);
-          }
-        }
-        colsum<T>(nb, w.GO.p, Dq, n.NJo, gr.dbo);
-        T* gz = w.GA.p;
-        T* gz2 = w.GB.p;
-        with_nv(n.NJ, [&](auto nv) {
-          constexpr int NV = decltype(nv)::value;
-          // output layer: dWo[d] += Σ_l go[l][d] u_L[l];  g z_L = (Σ_d go[l][d] Wo[d]) gelu'(z_L)
-          wgrad<T, NV>(D, nb, w.GO.p, Dq, w.u(L), Hp, n.NJ, gr.dwo, Hp);
-          bwd_layer<T, NV>(nb, w.GO.p, Dq, D, n.wo.p, Hp, n.NJ, w.g(L), gz, Hp);
-          for (int k = L - 1; k >= 0; --k) {
-            wgrad<T, NV>(H, nb, gz, Hp, w.u(k), Hp, n.NJ, gr.dw + static_cast<size_t>(k) * Hp * Hp, Hp);
-            colsum<T>(nb, gz, Hp, n.NJ, gr.db + static_cast<size_t>(k) * Hp);
-            bwd_layer<T, NV>(nb, gz, Hp, H, n.w_k(k), Hp, n.NJ, w.g(k), gz2, Hp);
-            std::swap(gz, gz2);
-          }
-          colsum<T>(nb, gz, Hp, n.NJ, gr.dtemb.p + static_cast<size_t>(i) * Hp);
-          wgrad<T, NV>(D, nb, X, D, gz, Hp, n.NJ, gr.dwsT, Hp);
-        });
-        gr.step_done(false);
+    // g_out = g h v / s² where |out| <= clip (clamp passes the gradient there), 0 elsewhere
+    for (int l = 0; l < nb; ++l) {
+      const T ga = g_pf[(b0 + l) * Tn + i] * kc.inv_s2;
+      const T* __restrict xr = X + l * D;
+      const T* __restrict yr = Y + l * D;
+      const T* __restrict dr = w.DR.p + l * Dq;
+      const T* __restrict orow = w.OUT.p + l * Dq;
+      T* __restrict go = w.GO.p + l * Dq;
+      for (int d = 0; d < D; ++d) {
+        const T v = yr[d] - (xr[d] + kc.h * dr[d]);
+        const bool pass = (orow[d] >= -n.clip) & (orow[d] <= n.clip);
+        go[d] = pass ? kc.h * (ga * v) : T(0);
       }
+    }
+    colsum<T>(nb, w.GO.p, Dq, n.NJo, gr.dbo);
+    T* gz = w.GA.p;
+    T* gz2 = w.GB.p;
+    with_nv(n.NJ, [&](auto nv) {
+      constexpr int NV = decltype(nv)::value;
+      // output layer: dWo[d] += Σ_l go[l][d] u_L[l];  g z_L = (Σ_d go[l][d] Wo[d]) gelu'(z_L)
+      wgrad<T, NV>(D, nb, w.GO.p, Dq, w.u(L), Hp, n.NJ, gr.dwo, Hp);
+      bwd_layer<T, NV>(nb, w.GO.p, Dq, D, n.wo.p, Hp, n.NJ, w.g(L), gz, Hp);
+      for (int k = L - 1; k >= 0; --k) {
+        wgrad<T, NV>(H, nb, gz, Hp, w.u(k), Hp, n.NJ, gr.dw + static_cast<size_t>(k) * Hp * Hp, Hp);
+        colsum<T>(nb, gz, Hp, n.NJ, gr.db + static_cast<size_t>(k) * Hp);
+        bwd_layer<T, NV>(nb, gz, Hp, H, n.w_k(k), Hp, n.NJ, w.g(k), gz2, Hp);
+        std::swap(gz, gz2);
+      }
+      colsum<T>(nb, gz, Hp, n.NJ, gr.dtemb.p + static_cast<size_t>(i) * Hp);
+      wgrad<T, NV>(D, nb, X, D, gz, Hp, n.NJ, gr.dwsT, Hp);
     });
-    gr.step_done(true);
+    gr.step_done(false);
   });
+  for (auto& g : per) g->step_done(true);
   // fixed-order reduction over the threads
   for (int i = 0; i < Tn; ++i)
     for (int j = 0; j < H; ++j) {
@@ -289,10 +291,15 @@ void backward_impl(const Net<T>& n, const T* states, const T* g_pf, int64_t B, d
   }
 }
 
-Ptrs make_ptrs(uintptr_t temb, uintptr_t ws, uintptr_t bs, const std::vector<uintptr_t>& hw,
-               const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo) {
+// run(T(), net) with the DriftNet of the given pointers in `dtype`, under the call's KernelScope.
+template <typename Run>
+void with_net(int dtype, int64_t n_threads, uintptr_t temb, uintptr_t ws, uintptr_t bs,
+              const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo, int64_t D,
+              int64_t H, int64_t T, double clip, bool backward, Run&& run) {
   if (hw.size() != hb.size()) throw std::invalid_argument("fastsamp._C: hidden weights and biases differ in number");
-  return Ptrs{temb, ws, bs, wo, bo, hw, hb};
+  const KernelScope scope(n_threads);
+  const Ptrs P{temb, ws, bs, wo, bo, hw, hb};
+  dispatch_dtype(dtype, [&](auto tag) { run(tag, Net<decltype(tag)>(P, D, H, T, clip, backward)); });
 }
 
 }  // namespace
@@ -302,11 +309,8 @@ void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintp
                     uintptr_t ts, int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double explore,
                     double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states, uintptr_t log_pf,
                     uintptr_t log_pb) {
-  const KernelScope scope(n_threads);
-  const Ptrs P = make_ptrs(temb, ws, bs, hw, hb, wo, bo);
-  dispatch_dtype(dtype, [&](auto tag) {
+  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, false, [&](auto tag, const auto& n) {
     using F = decltype(tag);
-    const Net<F> n(P, D, H, T, clip, false);
     rollout_impl<F>(n, ptr<F>(x0), reinterpret_cast<const double*>(ts), B, sigma, h, explore, seed,
                     chain_offset, pick_threads(B), ptr<F>(states), ptr<F>(log_pf), ptr<F>(log_pb));
   });
@@ -316,11 +320,8 @@ void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, ui
                    const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                    int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
                    uintptr_t log_pf) {
-  const KernelScope scope(n_threads);
-  const Ptrs P = make_ptrs(temb, ws, bs, hw, hb, wo, bo);
-  dispatch_dtype(dtype, [&](auto tag) {
+  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, false, [&](auto tag, const auto& n) {
     using F = decltype(tag);
-    const Net<F> n(P, D, H, T, clip, false);
     log_pf_impl<F>(n, ptr<F>(states), B, sigma, h, pick_threads(B), ptr<F>(log_pf));
   });
 }
@@ -331,13 +332,10 @@ void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr
                             double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
                             uintptr_t g_bo) {
-  const KernelScope scope(n_threads);
-  const Ptrs P = make_ptrs(temb, ws, bs, hw, hb, wo, bo);
   if (g_hw.size() != hw.size() || g_hb.size() != hb.size())
     throw std::invalid_argument("fastsamp._C: one gradient buffer per hidden weight and bias");
-  dispatch_dtype(dtype, [&](auto tag) {
+  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, true, [&](auto tag, const auto& n) {
     using F = decltype(tag);
-    const Net<F> n(P, D, H, T, clip, true);
     backward_impl<F>(n, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B), ptr<F>(g_temb),
                      ptr<F>(g_ws), ptr<F>(g_bs), g_hw, g_hb, ptr<F>(g_wo), ptr<F>(g_bo));
   });

@@ -10,8 +10,8 @@ import torch
 
 from fastsamp import _C
 
+from ._abi import accept_outputs, em_step_grad_outputs, em_step_outputs, move_outputs, score_outputs
 from ._abi import dtype_code as _dt
-from ._abi import em_step_grad_outputs, em_step_outputs
 from ._abi import ptr as _p
 from ._abi import u64 as _u64
 
@@ -22,8 +22,7 @@ _threads = torch.get_num_threads
 
 def gmm_score(x, means, log_weights, variances, alpha, sigma2):
     B, D = x.shape
-    score = torch.empty_like(x)
-    logp = torch.empty(B, dtype=x.dtype, device=x.device)
+    score, logp = score_outputs(x)
     if B > 0:
         _C.cpu_gmm_score(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                          B, D, means.shape[0], float(alpha), float(sigma2), score.data_ptr(), logp.data_ptr(),
@@ -70,10 +69,7 @@ def line_points(x, x_prop, n):
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
     B, D = x.shape
-    x_new = torch.empty_like(x)
-    score_new = torch.empty_like(x)
-    accepted = torch.empty(B, dtype=torch.bool, device=x.device)
-    log_alpha = torch.empty(B, dtype=x.dtype, device=x.device)
+    x_new, score_new, accepted, log_alpha = accept_outputs(x)
     m = 0 if interior is None else interior.shape[0]
     if B > 0:
         _C.cpu_score_mh_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
@@ -106,10 +102,7 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp)
 
 def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
     B, D = x.shape
-    x_new = torch.empty_like(x)
-    score_new = torch.empty_like(x)
-    accepted = torch.empty(B, dtype=torch.bool, device=x.device)
-    log_alpha = torch.empty(B, dtype=x.dtype, device=x.device)
+    x_new, score_new, accepted, log_alpha = accept_outputs(x)
     if B > 0:
         _C.cpu_hmc_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
                           p.data_ptr(), p_prop.data_ptr(), delta_logp.data_ptr(), u.data_ptr(), B, D,
@@ -129,8 +122,7 @@ def momentum_refresh(p, damping, noise, seed, offset, chain_offset):
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
              chain_offset, mh):
     B, D = x.shape
-    x_new = torch.empty_like(x)
-    rate = torch.empty(B, dtype=x.dtype, device=x.device)
+    x_new, rate = move_outputs(x)
     if B > 0:
         _C.cpu_gmm_mala(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                         step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_trapezoid), float(alpha),
@@ -142,8 +134,7 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2, seed, offset,
             chain_offset, mh, damping):
     B, D = x.shape
-    x_new = torch.empty_like(x)
-    rate = torch.empty(B, dtype=x.dtype, device=x.device)
+    x_new, rate = move_outputs(x)
     if B > 0:
         _C.cpu_gmm_hmc(_dt(x), x.data_ptr(), means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(),
                        step_size.data_ptr(), B, D, means.shape[0], int(n_steps), int(n_leapfrog), float(alpha),
@@ -174,6 +165,48 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
     return g_x, g_drift, g_log_var, g_xn
 
 
+def _net_ptrs(temb, params):
+    """temb and the DriftNet tensors params = [ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L] as the kernels take
+    them: temb, ws, bs, [W_k], [b_k], wo, bo."""
+    ws, bs, wo, bo, *hidden = params
+    return (temb.data_ptr(), ws.data_ptr(), bs.data_ptr(), [w.data_ptr() for w in hidden[0::2]],
+            [b.data_ptr() for b in hidden[1::2]], wo.data_ptr(), bo.data_ptr())
+
+
+def policy_rollout(x0, temb, params, ts, batch_size, sigma, h, explore, clip, seed, chain_offset, n_threads):
+    (T, H), D, B = temb.shape, params[0].shape[1], batch_size
+    states = torch.empty(T + 1, B, D, dtype=temb.dtype, device=temb.device)
+    log_pf, log_pb = (torch.empty(B, T, dtype=temb.dtype, device=temb.device) for _ in range(2))
+    if B > 0:
+        _C.cpu_policy_rollout(_dt(temb), _p(x0), *_net_ptrs(temb, params), ts.data_ptr(), B, D, H, T, float(sigma),
+                              float(h), float(explore), float(clip), _u64(seed), int(chain_offset), int(n_threads),
+                              states.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
+    return states, log_pf, log_pb
+
+
+def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):
+    (T, H), (B, D) = temb.shape, states.shape[1:]
+    log_pf = torch.empty(B, T, dtype=states.dtype, device=states.device)
+    if B > 0:
+        _C.cpu_policy_log_pf(_dt(states), states.data_ptr(), *_net_ptrs(temb, params), B, D, H, T, float(sigma),
+                             float(h), float(clip), int(n_threads), log_pf.data_ptr())
+    return log_pf
+
+
+def policy_log_pf_backward(states, temb, params, g_log_pf, sigma, h, clip, n_threads):
+    (T, H), (B, D) = temb.shape, states.shape[1:]
+    g_temb, g_params = torch.empty_like(temb), [torch.empty_like(t) for t in params]
+    if B > 0:
+        _, g_ws, g_bs, g_hw, g_hb, g_wo, g_bo = _net_ptrs(g_temb, g_params)
+        _C.cpu_policy_log_pf_backward(_dt(states), states.data_ptr(), *_net_ptrs(temb, params), g_log_pf.data_ptr(),
+                                      B, D, H, T, float(sigma), float(h), float(clip), int(n_threads),
+                                      g_temb.data_ptr(), g_ws, g_bs, g_hw, g_hb, g_wo, g_bo)
+    else:
+        for t in [g_temb] + g_params:
+            t.zero_()
+    return g_temb, g_params
+
+
 __all__ = ["gmm_score", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
            "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
-           "em_step_logprob", "em_step_logprob_backward"]
+           "em_step_logprob", "em_step_logprob_backward", "policy_rollout", "policy_log_pf", "policy_log_pf_backward"]

@@ -8,10 +8,10 @@ from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import energy_mh_accept, line_points, mala_propose, score_mh_accept
 from .random import normal, uniform
 from .sde import guided_sde_step, reverse_sde_step
-from .trajectory import em_step_logprob
+from .trajectory import em_step_logprob, policy_log_pf, policy_rollout
 
 __all__ = [
     "gmm_score", "gmm_mala", "gmm_hmc", "reverse_sde_step", "guided_sde_step", "mala_propose", "line_points",
-    "score_mh_accept", "energy_mh_accept", "em_step_logprob",
+    "score_mh_accept", "energy_mh_accept", "em_step_logprob", "policy_rollout", "policy_log_pf",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
 ]

@@ -32,15 +32,15 @@ def state(name: str, x) -> torch.Tensor:
     return resolved(x)
 
 
-def like(name: str, t, x: torch.Tensor, shape=None) -> torch.Tensor:
+def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> torch.Tensor:
     """A tensor with x's dtype and device and the given shape (default x's), resolved and contiguous."""
     shape = tuple(x.shape) if shape is None else tuple(shape)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != x.dtype:
-        raise TypeError(f"{name} must have dtype {x.dtype} like x, got {t.dtype}")
+        raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
     if t.device != x.device:
-        raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
+        raise ValueError(f"{name} must be on {x.device} like {x_name}, got {t.device}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return resolved(t)
@@ -122,6 +122,18 @@ def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi
     if dtype is not None:
         in_dtype(name, v, dtype, positive=positive)
     return v
+
+
+def float_dtype(name: str, dtype) -> torch.dtype:
+    """float32 or float64, the dtypes of the compiled kernels."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def threads(n_threads) -> int:
+    """The thread count of a compiled kernel call: torch.get_num_threads() or an int in [1, MAX_COUNT]."""
+    return torch.get_num_threads() if n_threads is None else integer("n_threads", n_threads, minimum=1)
 
 
 def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:

@@ -4,7 +4,8 @@ made independent of what is built where autograd or a kernel's size limit is con
 * Autograd: the compiled kernels of these ops have no backward. When grad mode is on and an
   input requires grad, `backend="auto"` runs the differentiable PyTorch reference (so "auto"
   never changes autograd semantics with the build) and an explicit compiled backend raises.
-  (`em_step_logprob` and the policy ops have fused backward kernels and do not come here.)
+  (`em_step_logprob` and `policy_log_pf` have fused backward kernels: they resolve their
+  backend functions themselves.)
 * Size limits: a compiled module that keeps whole rows in registers declares its largest D
   (`GMM_SCORE_MAX_D`, `GMM_MALA_MAX_D`); above it "auto" runs the reference and an explicit
   backend raises ValueError.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from . import random as _rng
 
@@ -254,3 +255,44 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
         if reparam:
             g_log_var = g_log_var + total * 0.5 * var * v / (var + e2)
     return g_x, g_drift, g_log_var, (total if want_g_x_next else None)
+
+
+# ---------------------------------------------------------------- the DriftNet policy (trajectory family)
+def _policy_drift(x, temb_rows, params, clip):
+    """clamp((W_o u_L + b_o)[:, :D], ±clip) with u_0 = gelu(W_s x + b_s + temb), u_k = gelu(W_k u_{k−1} + b_k);
+    params = [W_s, b_s, W_o, b_o, W_1, b_1, ..., W_L, b_L] (the DriftNet layers, exact GELU)."""
+    ws, bs, wo, bo, *hidden = params
+    u = F.gelu(F.linear(x, ws, bs) + temb_rows)
+    for w, b in zip(hidden[0::2], hidden[1::2]):
+        u = F.gelu(F.linear(u, w, b))
+    return F.linear(u, wo, bo)[:, :x.shape[1]].clamp(-clip, clip)
+
+
+def policy_rollout(x0, temb, params, ts, batch_size, sigma, h, explore, clip, seed, chain_offset, n_threads):
+    """T = len(temb) steps of em_step_logprob (log_var = None) with the policy's drift at (x_i, temb[i]),
+    t_i = ts[i], ξ_i the Philox draw (seed, offset = i); x_0 = x0 or 0. Returns states (T+1, B, D),
+    log_pf, log_pb (B, T). (n_threads: the compiled kernels' thread count, unused here.)"""
+    D = params[0].shape[1]
+    x = torch.zeros(batch_size, D, dtype=temb.dtype, device=temb.device) if x0 is None else x0
+    s2 = sigma * sigma * h
+    states, log_pf, log_pb = [x], [], []
+    for i in range(temb.shape[0]):
+        t = float(ts[i])
+        c = t / (t + h)
+        x, lpf, lpb = em_step_logprob(x, _policy_drift(x, temb[i:i + 1], params, clip), None, None, None, seed, i,
+                                      chain_offset, h, s2, explore * explore, c, s2 * c)
+        states.append(x)
+        log_pf.append(lpf)
+        log_pb.append(lpb)
+    return torch.stack(states), torch.stack(log_pf, 1), torch.stack(log_pb, 1)
+
+
+def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):
+    """log p_F (B, T) of the transitions states[i] → states[i+1] (one batched network call; differentiable):
+    −½ Σ_d (v²/s² + log 2π s²), v = x_{i+1} − x_i − h·drift(x_i, temb[i]), s² = σ²h."""
+    T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
+    x = states[:-1].reshape(T * B, D)
+    drift = _policy_drift(x, temb[:, None].expand(T, B, temb.shape[1]).reshape(T * B, -1), params, clip)
+    s2 = sigma * sigma * h
+    v = states[1:].reshape(T * B, D) - x - h * drift
+    return (-0.5 * (v * v / s2 + math.log(2 * math.pi * s2)).sum(-1)).view(T, B).T

@@ -1,11 +1,32 @@
-"""Euler–Maruyama transitions with their forward/backward log-densities, for training
-diffusion samplers (PIS, trajectory balance, VarGrad, SubTB) on unnormalised densities."""
+"""The trajectory family: Euler–Maruyama transitions with their forward/backward log-densities,
+for training diffusion samplers (PIS, trajectory balance, VarGrad, SubTB) on unnormalised
+densities, and the whole-trajectory kernels of the drift network of the trained diffusion
+sampler (`fastsamp.samplers.diffusion.DriftNet`, plain case: no Langevin term, fixed variance):
+
+    em_step_logprob(x, drift, ...)              one step and its log p_F / log p_B (fused backward)
+    policy_rollout(net, temb, B, sigma=…)       the whole simulation in one kernel call (no grad)
+    policy_log_pf(net, states, temb, sigma=…)   log p_F (B, T) of given trajectories in one kernel
+                                                call; autograd: one kernel call for the gradients
+                                                w.r.t. temb and every weight and bias it reads
+
+Per step i (t_i = i h) and chain x ∈ R^D the network is
+
+    z_0 = W_s x + b_s + temb[i];  u_0 = gelu(z_0);  z_k = W_k u_{k-1} + b_k, u_k = gelu(z_k)  (k = 1..L)
+    drift = clamp((W_o u_L + b_o)[:D], -clip, clip)
+
+(`DriftNet.state` is (W_s, b_s), `DriftNet.joint` = Sequential(GELU, [Linear(H, H), GELU] × L,
+Linear(H, 2D)); the last D outputs, the unused raw log-variance, are never computed), and the
+transition is `em_step_logprob` with log_var = None: x_{i+1} = x_i + h·drift + √(σ²h + explore²) ξ_i,
+ξ_i the Philox draw (seed, offset = i). The policy ops have a C++ kernel (CPU, float32/float64, all
+tensors in one dtype) and the PyTorch reference (`backend="torch"`, any device).
+"""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .. import backends
-from . import _checks
+from . import _checks, _dispatch
 
 
 class _EMStepLogProb(torch.autograd.Function):
@@ -89,3 +110,141 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
                                explore * explore, c, b2, reparam)
     return tuple(out) if x_next is None else (x_next,) + tuple(out)
+
+
+class PolicyParams:
+    """The tensors of a DriftNet that the policy ops read (views of the module's parameters):
+    ws (H, D), bs (H), hidden [(W_k (H, H), b_k (H))] × L, wo (2D, H), bo (2D); clip, D, H."""
+
+    def __init__(self, net):
+        if getattr(net, "langevin", False):
+            raise ValueError("the fused policy kernels do not support the Langevin parametrisation (net.langevin)")
+        if getattr(net, "learned_variance", False):
+            raise ValueError("the fused policy kernels need a fixed variance (net.learned_variance is set)")
+        mods = list(net.joint)
+        gelus = mods[0:-1:2]
+        linears = mods[1:-1:2]
+        ok = (len(mods) % 2 == 0 and len(mods) >= 2 and isinstance(mods[-1], nn.Linear)
+              and all(isinstance(g, nn.GELU) and g.approximate == "none" for g in gelus)
+              and all(isinstance(m, nn.Linear) for m in linears))
+        if not ok:
+            raise ValueError("net.joint must be Sequential(GELU, [Linear(H, H), GELU] * L, Linear(H, 2D)), "
+                             "exact (erf) GELU")
+        self.D, self.H = int(net.dim), int(net.state.out_features)
+        self.clip = float(net.clip)
+        self.ws, self.bs = net.state.weight, net.state.bias
+        self.hidden = [(m.weight, m.bias) for m in linears]
+        self.wo, self.bo = mods[-1].weight, mods[-1].bias
+        shapes_ok = (tuple(self.ws.shape) == (self.H, self.D) and tuple(self.wo.shape) == (2 * self.D, self.H)
+                     and all(tuple(w.shape) == (self.H, self.H) for w, _ in self.hidden))
+        if not shapes_ok or any(b is None for b in [self.bs, self.bo] + [b for _, b in self.hidden]):
+            raise ValueError("DriftNet layers have unexpected shapes or no bias")
+
+    def tensors(self):
+        """[ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L] (the order of the backends' `params`)"""
+        out = [self.ws, self.bs, self.wo, self.bo]
+        for w, b in self.hidden:
+            out += [w, b]
+        return out
+
+    def checked(self, like: torch.Tensor, like_name: str, cast: bool = False):
+        """tensors() with like's dtype (cast to it when `cast`, detached) and device, contiguous."""
+        names = ["ws", "bs", "wo", "bo"] + [f"{k}_{i}" for i in range(1, len(self.hidden) + 1) for k in ("W", "b")]
+        return [_checks.like(f"net parameter {n}", t.detach().to(like.dtype) if cast else t, like, t.shape,
+                             x_name=like_name) for n, t in zip(names, self.tensors())]
+
+
+def _step(T: int, h) -> float:
+    return _checks.finite_float("h", 1.0 / T if h is None else h, positive=True)
+
+
+@torch.no_grad()
+def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, chain_offset=0, x0=None,
+                   dtype=None, n_threads=None, backend="auto"):
+    """Simulate `batch_size` chains for T = temb.shape[0] steps from x0 (default 0) in one kernel call.
+
+    temb (T, H) is `net.time_features(ts[:-1])[0]` with ts = arange(T + 1)·h in `dtype`; h defaults
+    to 1/T. Returns (states (T+1, B, D), log_pf (B, T), log_pb (B, T)) in `dtype` (default temb's),
+    equal to T calls of `ops.em_step_logprob(x, drift, sigma=σ, t=ts[i], h=h, seed=seed, offset=i,
+    chain_offset=chain_offset, explore=explore)` with drift = net(x, temb[i]) — the C++ em_step_logprob
+    kernel's Philox normals and transition arithmetic exactly; the network itself up to float rounding.
+    `n_threads`: the C++ kernel's threads (default torch.get_num_threads()). No autograd.
+    """
+    p = PolicyParams(net)
+    if not isinstance(temb, torch.Tensor) or temb.dim() != 2 or temb.shape[1] != p.H:
+        raise ValueError(f"temb must be (T, {p.H}), got {tuple(getattr(temb, 'shape', ()))}")
+    dtype = _checks.float_dtype("dtype", temb.dtype if dtype is None else dtype)
+    T, B = _checks.integer("T = temb.shape[0]", temb.shape[0], minimum=1), _checks.integer("batch_size", batch_size,
+                                                                                          minimum=0)
+    h = _step(T, h)
+    sigma = _checks.finite_float("sigma", sigma, positive=True)
+    explore = _checks.finite_float("explore", explore, nonnegative=True)
+    seed, _ = _checks.seed_offset(seed, 0, T)
+    chain_offset = _checks.chain_offset(chain_offset, B)
+    n_threads = _checks.threads(n_threads)
+    temb = _checks.resolved(temb.detach().to(dtype))
+    params = p.checked(temb, "temb", cast=True)
+    if x0 is not None:
+        x0 = _checks.like("x0", x0.detach().to(dtype), temb, (B, p.D), x_name="temb")
+    ts = (torch.arange(T + 1, dtype=dtype) * h)[:-1].to(torch.float64).contiguous()
+    fn = _dispatch.kernel(backend, "policy_rollout", temb)
+    return fn(x0, temb, params, ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
+
+
+class _PolicyLogPF(torch.autograd.Function):
+    """Forward: the backend's policy_log_pf (or the given values); backward: its policy_log_pf_backward
+    (the states are constants)."""
+
+    @staticmethod
+    def forward(ctx, meta, states, temb, *params):
+        backend, sigma, h, clip, n_threads, given = meta
+        if given is None:
+            log_pf = backends.resolve(backend, "policy_log_pf", states.device)(states, temb, params, sigma, h, clip,
+                                                                              n_threads)
+        else:
+            log_pf = given.detach().clone()
+        ctx.meta = meta
+        ctx.save_for_backward(states, temb, *params)
+        return log_pf
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_log_pf):
+        backend, sigma, h, clip, n_threads, _ = ctx.meta
+        states, temb, *params = ctx.saved_tensors
+        bwd = backends.resolve(backend, "policy_log_pf_backward", states.device)
+        g_temb, g_params = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads)
+        return (None, None, g_temb, *g_params)
+
+
+def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, n_threads=None, backend="auto"):
+    """log p_F (B, T) of the transitions states[i] → states[i+1] (states (T+1, B, D)) under the
+    policy: −½ Σ_d (v²/s² + log 2π s²), v = x_{i+1} − x_i − h·drift(x_i, t_i), s² = σ²h, h default 1/T.
+
+    One kernel call forward; `backward()` is one kernel call that gives the gradients w.r.t. temb
+    (T, H) and the net's state / joint weights and biases (the states are treated as constants,
+    as in the off-policy objectives); the reference (`backend="torch"`) is differentiated by
+    autograd. All tensors in one dtype (float32/64) on one device. Equal to
+    `DiffusionSampler._evaluate(states, False)[0]` for the same net.
+
+    `log_pf`: the values, when already known — the log_pf that `policy_rollout` returned for these
+    states with the same net and temb is bit for bit what the forward kernel would compute — so
+    that the forward call is skipped and only the backward runs.
+    """
+    p = PolicyParams(net)
+    if not isinstance(states, torch.Tensor) or states.dim() != 3 or states.shape[2] != p.D or states.shape[0] < 2:
+        raise ValueError(f"states must be (T+1, B, {p.D}) with T >= 1, got {tuple(getattr(states, 'shape', ()))}")
+    T, B = states.shape[0] - 1, states.shape[1]
+    _checks.float_dtype("states", states.dtype)
+    _checks.integer("B = states.shape[1]", B, minimum=0)
+    states = _checks.resolved(states.detach())
+    temb = _checks.like("temb", temb, states, (T, p.H), x_name="states")
+    params = p.checked(states, "states")
+    if log_pf is not None:
+        log_pf = _checks.like("log_pf", log_pf, states, (B, T), x_name="states")
+    sigma = _checks.finite_float("sigma", sigma, positive=True)
+    h, n_threads = _step(T, h), _checks.threads(n_threads)
+    fn = backends.resolve(backend, "policy_log_pf", states.device)
+    if _dispatch.is_reference(fn):
+        return fn(states, temb, params, sigma, h, p.clip, n_threads)
+    return _PolicyLogPF.apply((backend, sigma, h, p.clip, n_threads, log_pf), states, temb, *params)

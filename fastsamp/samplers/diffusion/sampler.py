@@ -10,7 +10,7 @@ from torch import nn
 
 from ... import backends, ops
 from ...distributed import Comm
-from ...ops import policy
+from ...ops import trajectory
 from ..annealed import check_device
 from .networks import DriftNet
 
@@ -144,7 +144,7 @@ class DiffusionSampler(nn.Module):
                             log_f if with_flows else None)
 
     def _whole_trajectory_kernel(self, x) -> bool:
-        """Whether the C++ whole-trajectory policy kernels (ops.policy) serve this network: CPU,
+        """Whether the C++ whole-trajectory policy kernels (ops.trajectory) serve this network: CPU,
         the plain architecture (no Langevin term, fixed variance)."""
         return (x.device.type == "cpu" and not self.net.langevin and not self.net.learned_variance
                 and backends.is_available("cpp"))
@@ -155,10 +155,10 @@ class DiffusionSampler(nn.Module):
         ts = self._grid(like)
         temb = self.net.time_features(ts[:-1])[0]
         with torch.no_grad():
-            states, lpf, lpb = policy.policy_rollout(self.net, temb.detach(), batch_size, sigma=self.sigma,
-                                                     h=self.h, explore=explore, seed=seed,
-                                                     chain_offset=chain_offset, dtype=like.dtype)
-        log_pf = policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf)
+            states, lpf, lpb = trajectory.policy_rollout(self.net, temb.detach(), batch_size, sigma=self.sigma,
+                                                         h=self.h, explore=explore, seed=seed,
+                                                         chain_offset=chain_offset, dtype=like.dtype)
+        log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf)
         return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
 
     def _evaluate(self, states, with_flows):
@@ -169,7 +169,7 @@ class DiffusionSampler(nn.Module):
         ts = self._grid(states)
         if self.fused and not with_flows and self._whole_trajectory_kernel(states):
             temb = self.net.time_features(ts[:-1])[0]
-            return policy.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h), None
+            return trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h), None
         temb, lgv = self.net.time_features(ts[:-1])
         x = states[:-1].reshape(T * B, D)
         def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
