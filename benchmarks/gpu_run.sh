@@ -15,8 +15,9 @@ echo "build: ${SECONDS}s"
 python3 -m fastsamp.cli info > "$OUT/info.json"; grep -A5 backends "$OUT/info.json"
 SECONDS=0
 timeout "${TEST_TIMEOUT:-110}" python3 -m pytest -q -p no:cacheprovider -n 8 \
-  tests/test_ops.py tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py tests/test_validation.py \
-  -k "${1:-cuda or (triton and (gmm or accept or philox or sde_step))}" > "$OUT/pytest.log" 2>&1
+  tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py tests/test_trajectory.py \
+  tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py tests/test_validation.py \
+  -k "${1:-cuda or (triton and (gmm or accept or philox or sde_step or normals))}" > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest.log" | tail -15
 SECONDS=0
 timeout "${BENCH_TIMEOUT:-150}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \

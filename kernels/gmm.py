@@ -21,7 +21,7 @@ import triton.language as tl
 
 from fastsamp.backends._abi import move_outputs, score_outputs
 
-from ._launch import f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
+from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
 from .random import TWO_PI, global_chain, normal_rows, offset_add, uniform_mh
 from .tiles import div_ieee, row_index, sqrt_ieee
 
@@ -30,10 +30,11 @@ GMM_MALA_MAX_D = 128        # state x, s(x), x', s(x'), ... of BLOCK_B chains st
 LSE_BLOCK_K = 256
 # fp32 elements of one program's [BLOCK_B, BLOCK_D] tile (halved for fp64). Measured on
 # an H100 (fp32): gmm_mala 1024 is best for small D, 2048 for D >= 64 (~15% faster);
-# gmm_score 4096 is within noise of 2048 / 8192.
+# gmm_score 4096 is within noise of 2048 / 8192. Under the interpreter, where a program costs
+# a python-level loop over the moves and components, the whole-move tiles are 4x larger.
 GMM_SCORE_TILE = 4096
-GMM_MALA_TILE = 1024
-GMM_MALA_TILE_WIDE = 2048   # BLOCK_D >= 64
+GMM_MALA_TILE = 4096 if INTERPRET else 1024
+GMM_MALA_TILE_WIDE = 8192 if INTERPRET else 2048   # BLOCK_D >= 64
 
 
 @triton.jit

@@ -1,7 +1,10 @@
-"""Backends, devices and comparison helpers shared by the tests.
+"""Backends, devices, random inputs and comparison helpers shared by the tests.
 
 Triton kernels run under the interpreter (TRITON_INTERPRET=1) on machines
 without a GPU; CUDA tests are skipped, visibly, where no GPU is present.
+The per-family kernel tests (test_gmm, test_mh, test_sde, test_hmc, test_random,
+test_trajectory) compare every compiled backend with the float64 PyTorch reference
+on fresh random inputs.
 """
 import os
 
@@ -20,7 +23,13 @@ COMPILED = ("cpp", "triton", "cuda")
 # largest shapes of the heavy kernels are kept for the GPU.
 TRITON_INTERPRETED = not HAS_CUDA
 
-
+# (B, D) of the elementwise and row kernels: one chain and D = 1, a few chains, odd D, D a
+# multiple of the tiles with B not a multiple of the blocks, and more chains than a CUDA grid
+# dimension (65535) allows.
+SHAPES = [(1, 1), (3, 2), (1000, 7), (257, 64), (65537, 2)]
+GMM_SHAPES = [(1, 1), (3, 2), (1000, 7), (129, 64)]
+# (B, D, K) of the whole-move mixture kernels.
+MOVE_SHAPES = [(1, 1, 1), (3, 2, 5), (1000, 7, 16), (130, 17, 3)]
 
 def backend_device(name: str) -> torch.device:
     if name == "cpp":
@@ -69,3 +78,74 @@ def assert_close(out, ref, dtype, scale=1.0, name="output"):
     ref = ref.double().cpu()
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     torch.testing.assert_close(out, ref, rtol=rtol, atol=atol * scale, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+def interpreted_batch(name: str, B: int, cap: int) -> int:
+    """B, or at most `cap` chains for the Triton interpreter (a python loop per program): the
+    smaller batch runs the same code path (several programs, the last one partial)."""
+    return min(B, cap) if name == "triton" and backends.triton_interpreted() else B
+
+
+def rand(*shape, dtype, device, scale=1.0):
+    return (scale * torch.randn(*shape, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+
+def mixture(K, D, dtype, device):
+    """means (K, D), log_weights (K,), variances (K,) in [0.3, 1.3)."""
+    means = rand(K, D, dtype=dtype, device=device, scale=2.0)
+    log_weights = rand(K, dtype=dtype, device=device)
+    variances = (0.3 + torch.rand(K, dtype=torch.float64)).to(dtype=dtype, device=device)
+    return means, log_weights, variances
+
+
+def f64(*ts):
+    """The tensors as float64 on the CPU (None stays None): inputs of the reference."""
+    return [None if t is None else t.double().cpu() for t in ts]
+
+
+def step_sizes(per_chain, B, dtype, device):
+    if per_chain:
+        return (0.01 + 0.2 * torch.rand(B, dtype=torch.float64)).to(dtype=dtype, device=device)
+    return 0.07
+
+
+def eps64(eps, B):
+    return eps.double().cpu() if isinstance(eps, torch.Tensor) else torch.full((B,), eps, dtype=torch.float64)
+
+
+def accept_inputs(B, D, dtype, device, n_interior):
+    """x, x_prop, score, score_prop (B, D), interior (n_interior, B, D) or None, u (B,) of an MH accept."""
+    x, xp, s, sp = (rand(B, D, dtype=dtype, device=device) for _ in range(4))
+    xp = x + 0.3 * xp
+    interior = rand(n_interior, B, D, dtype=dtype, device=device) if n_interior else None
+    u = torch.rand(B, dtype=torch.float64).clamp_min(1e-12).to(dtype=dtype, device=device)
+    return x, xp, s, sp, interior, u
+
+
+def assert_accept_matches(out, expect, u, dtype, D):
+    """Outputs of an MH accept agree with the reference wherever the decision is not a
+    rounding-level tie between log u and log α."""
+    x_new, s_new, acc, log_alpha = out
+    e_x, e_s, e_acc, e_la = expect
+    assert acc.dtype == torch.bool and log_alpha.shape == e_la.shape
+    assert_close(log_alpha, e_la, dtype, scale=100 * D, name="log_alpha")
+    margin = (torch.log(u.double().cpu()) - e_la).abs() > 1e-3 * (1 + e_la.abs())
+    assert int(margin.sum()) >= margin.numel() - max(1, margin.numel() // 10)  # near-ties are rare
+    assert torch.equal(acc.cpu()[margin], e_acc[margin])
+    assert_close(x_new.cpu()[margin], e_x[margin], dtype, name="x_new")
+    assert_close(s_new.cpu()[margin], e_s[margin], dtype, name="score_new")
+
+
+def assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh):
+    """A whole-move kernel (gmm_mala, gmm_hmc) reproduces the reference moves. In float32 a chain
+    may leave the reference path where log u and log α tie to rounding level; such chains must
+    stay a tiny fraction."""
+    B, D = e_x.shape
+    assert x_new.shape == (B, D) and rate.shape == (B,) and rate.dtype == dtype
+    rtol, atol = tol(dtype)
+    err = ((x_new.double().cpu() - e_x).abs() / (atol * 100 + rtol * 100 * e_x.abs())).amax(1)
+    bad = (err > 1) | ((rate.double().cpu() - e_rate).abs() > 1e-6)
+    allowed = 0 if dtype == torch.float64 else max(1, int(0.002 * B))
+    assert int(bad.sum()) <= allowed, f"{int(bad.sum())} of {B} chains differ from the reference"
+    if mh == "none":
+        assert torch.all(rate == 1)

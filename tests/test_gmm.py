@@ -1,0 +1,152 @@
+"""The gmm family (gmm_score, gmm_mala, gmm_hmc): every compiled backend against the float64
+PyTorch reference on fresh random inputs."""
+import math
+
+import pytest
+import torch
+from conftest import (
+    GMM_SHAPES,
+    MOVE_SHAPES,
+    assert_close,
+    assert_moves_match,
+    eps64,
+    f64,
+    interpreted_batch,
+    mixture,
+    rand,
+    step_sizes,
+    tol,
+)
+
+from fastsamp import ops
+from fastsamp.ops import reference as ref
+
+# Chains of the whole-move kernels under the Triton interpreter (the rest of MOVE_SHAPES as is).
+INTERPRETED_MOVE_CHAINS = 200
+
+
+@pytest.mark.parametrize("B,D", GMM_SHAPES)
+@pytest.mark.parametrize("K", [1, 5, 16])
+def test_gmm_score(backend, dtype, B, D, K):
+    name, device = backend
+    x = rand(B, D, dtype=dtype, device=device, scale=3.0)
+    means, lw, var = mixture(K, D, dtype, device)
+    alpha, sigma2 = 0.8, 0.35
+    score, logp = ops.gmm_score(x, means, lw, var, alpha=alpha, sigma2=sigma2, backend=name)
+    r_score, r_logp = ref.gmm_score(*f64(x, means, lw, var), alpha, sigma2)
+    assert score.dtype == dtype and score.device.type == device.type
+    if dtype == torch.float64:
+        assert_close(score, r_score, dtype, scale=10, name="score")
+        assert_close(logp, r_logp, dtype, scale=10 * D, name="logp")
+        return
+    # float32: the softmax over log-densities of size ~|x − μ|²/(2s) amplifies rounding, so the
+    # bound is the float32 reference's own error against float64 (times a small factor)
+    s32, l32 = ref.gmm_score(*[t.cpu() for t in (x, means, lw, var)], alpha, sigma2)
+    for name_, out, exact, ref32 in (("score", score, r_score, s32), ("logp", logp, r_logp, l32)):
+        err = (out.double().cpu() - exact).abs().max().item()
+        err_ref = (ref32.double() - exact).abs().max().item()
+        assert err <= 4 * err_ref + 1e-5 * (1 + exact.abs().max().item()), (name_, err, err_ref)
+
+
+def test_gmm_score_far_from_modes(backend, dtype):
+    """Log-sum-exp stability: points far from every component (exp underflows naively)."""
+    name, device = backend
+    D, K = 5, 7
+    x = rand(64, D, dtype=dtype, device=device, scale=200.0)
+    means, lw, var = mixture(K, D, dtype, device)
+    score, logp = ops.gmm_score(x, means, lw, var, backend=name)
+    r_score, r_logp = ref.gmm_score(*f64(x, means, lw, var), 1.0, 0.0)
+    assert torch.isfinite(score).all() and torch.isfinite(logp).all()
+    assert_close(score, r_score, dtype, scale=1e3, name="score")
+    torch.testing.assert_close(logp.double().cpu(), r_logp, rtol=tol(dtype)[0] * 10, atol=0)
+
+
+# n_trapezoid only matters for the score (trapezoid) test
+@pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
+@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("energy", 1), ("none", 1)])
+def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
+    """The fused whole-move kernel reproduces n_steps reference moves (same Philox stream)."""
+    name, device = backend
+    B = interpreted_batch(name, B, INTERPRETED_MOVE_CHAINS)
+    x = rand(B, D, dtype=dtype, device=device, scale=2.0)
+    means, lw, var = mixture(K, D, dtype, device)
+    eps = step_sizes(True, B, dtype, device)
+    kw = dict(n_steps=6, n_trapezoid=n_trapezoid, alpha=0.9, sigma2=0.2, seed=123, offset=2**32 + 5, mh=mh)
+    x_new, rate = ops.gmm_mala(x, means, lw, var, step_size=eps, backend=name, **kw)
+    e_x, e_rate = ops.gmm_mala(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    again = ops.gmm_mala(x, means, lw, var, step_size=eps, backend=name, **kw)
+    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+
+
+def test_gmm_mala_nan_chain_stays_in_its_chain(backend, dtype):
+    name, device = backend
+    B, D, K = 37, 3, 4
+    x = rand(B, D, dtype=dtype, device=device)
+    x[5, 1] = math.nan
+    means, lw, var = mixture(K, D, dtype, device)
+    x_new, rate = ops.gmm_mala(x, means, lw, var, step_size=0.1, n_steps=4, n_trapezoid=2, seed=1, backend=name)
+    assert torch.isnan(x_new[5]).any()
+    keep = torch.arange(B, device=device) != 5
+    assert torch.isfinite(x_new[keep]).all() and torch.isfinite(rate[keep]).all()
+    e_x, _ = ops.gmm_mala(*f64(x[keep], means, lw, var), step_size=0.1, n_steps=4, n_trapezoid=2, seed=1,
+                          backend="torch")
+    # chain b of the NaN-free batch is chain b (< 5) or b + 1 of the full batch: compare those whose
+    # Philox streams coincide (b < 5)
+    assert_close(x_new[:5], e_x[:5], dtype, scale=100, name="x_new")
+
+
+@pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
+@pytest.mark.parametrize("mh", ["score", "energy", "none"])
+@pytest.mark.parametrize("n_leapfrog,damping", [(1, 0.0), (3, 0.0), (3, 0.8)])
+def test_gmm_hmc(backend, dtype, B, D, K, mh, n_leapfrog, damping):
+    """The fused HMC kernel reproduces n_steps reference moves (same Philox stream, momentum
+    carried across moves)."""
+    name, device = backend
+    B = interpreted_batch(name, B, INTERPRETED_MOVE_CHAINS)
+    x = rand(B, D, dtype=dtype, device=device, scale=2.0)
+    means, lw, var = mixture(K, D, dtype, device)
+    eps = step_sizes(True, B, dtype, device)
+    kw = dict(n_steps=5, n_leapfrog=n_leapfrog, alpha=0.9, sigma2=0.2, seed=321, offset=2**32 + 7, mh=mh,
+              damping=damping)
+    x_new, rate = ops.gmm_hmc(x, means, lw, var, step_size=eps, backend=name, **kw)
+    e_x, e_rate = ops.gmm_hmc(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    again = ops.gmm_hmc(x, means, lw, var, step_size=eps, backend=name, **kw)
+    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+
+
+def test_gmm_hmc_reference_one_leapfrog_oracle():
+    """One leapfrog step from p0 = ξ: the trapezoid ΔlogP and the kinetic terms combine to
+    log α = −(ε²/8)(|s_L|² − |s_0|²) exactly, so the reference accepts iff log u < that."""
+    B, D, K = 500, 3, 4
+    x = rand(B, D, dtype=torch.float64, device=torch.device("cpu"), scale=2.0)
+    means, lw, var = mixture(K, D, torch.float64, torch.device("cpu"))
+    eps = torch.full((B,), 0.7, dtype=torch.float64)
+    seed, offset = 9, 4
+    x_new, rate = ref.gmm_hmc(x, means, lw, var, eps, 1, 1, 1.0, 0.0, seed, offset, 0, 0, 0.0)
+    xi = ops.normal(seed, offset, B, D, torch.float64)
+    u = ops.uniform(seed, offset, B, torch.float64)
+    s0, _ = ref.gmm_score(x, means, lw, var, 1.0, 0.0)
+    x_l = x + eps[:, None] * (xi + 0.5 * eps[:, None] * s0)
+    s_l, _ = ref.gmm_score(x_l, means, lw, var, 1.0, 0.0)
+    log_alpha = -(eps ** 2 / 8) * ((s_l * s_l).sum(1) - (s0 * s0).sum(1))
+    accepted = torch.log(u) < log_alpha
+    assert 0 < int(accepted.sum()) < B
+    torch.testing.assert_close(rate, accepted.double())
+    torch.testing.assert_close(x_new, torch.where(accepted[:, None], x_l, x))
+
+
+def test_gmm_hmc_nan_chain_stays_in_its_chain(backend, dtype):
+    name, device = backend
+    B, D, K = 37, 3, 4
+    x = rand(B, D, dtype=dtype, device=device)
+    x[5, 1] = math.nan
+    means, lw, var = mixture(K, D, dtype, device)
+    kw = dict(step_size=0.1, n_steps=4, n_leapfrog=2, damping=0.5, seed=1)
+    x_new, rate = ops.gmm_hmc(x, means, lw, var, backend=name, **kw)
+    assert torch.isnan(x_new[5]).any()
+    keep = torch.arange(B, device=device) != 5
+    assert torch.isfinite(x_new[keep]).all() and torch.isfinite(rate[keep]).all()
+    e_x, _ = ops.gmm_hmc(*f64(x[keep], means, lw, var), backend="torch", **kw)
+    assert_close(x_new[:5], e_x[:5], dtype, scale=100, name="x_new")
