@@ -122,7 +122,7 @@ def accept_inputs(B, D, dtype, device, n_interior):
     return x, xp, s, sp, interior, u
 
 
-def assert_accept_matches(out, expect, u, dtype, D):
+def assert_accept(out, expect, u, dtype, D):
     """Outputs of an MH accept agree with the reference wherever the decision is not a
     rounding-level tie between log u and log α."""
     x_new, s_new, acc, log_alpha = out

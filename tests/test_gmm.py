@@ -79,23 +79,6 @@ def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
     assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
 
 
-def test_gmm_mala_nan_chain_stays_in_its_chain(backend, dtype):
-    name, device = backend
-    B, D, K = 37, 3, 4
-    x = rand(B, D, dtype=dtype, device=device)
-    x[5, 1] = math.nan
-    means, lw, var = mixture(K, D, dtype, device)
-    x_new, rate = ops.gmm_mala(x, means, lw, var, step_size=0.1, n_steps=4, n_trapezoid=2, seed=1, backend=name)
-    assert torch.isnan(x_new[5]).any()
-    keep = torch.arange(B, device=device) != 5
-    assert torch.isfinite(x_new[keep]).all() and torch.isfinite(rate[keep]).all()
-    e_x, _ = ops.gmm_mala(*f64(x[keep], means, lw, var), step_size=0.1, n_steps=4, n_trapezoid=2, seed=1,
-                          backend="torch")
-    # chain b of the NaN-free batch is chain b (< 5) or b + 1 of the full batch: compare those whose
-    # Philox streams coincide (b < 5)
-    assert_close(x_new[:5], e_x[:5], dtype, scale=100, name="x_new")
-
-
 @pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
 @pytest.mark.parametrize("mh", ["score", "energy", "none"])
 @pytest.mark.parametrize("n_leapfrog,damping", [(1, 0.0), (3, 0.0), (3, 0.8)])
@@ -137,16 +120,21 @@ def test_gmm_hmc_reference_one_leapfrog_oracle():
     torch.testing.assert_close(x_new, torch.where(accepted[:, None], x_l, x))
 
 
-def test_gmm_hmc_nan_chain_stays_in_its_chain(backend, dtype):
+@pytest.mark.parametrize("op,kw", [
+    ("gmm_mala", dict(step_size=0.1, n_steps=4, n_trapezoid=2, seed=1)),
+    ("gmm_hmc", dict(step_size=0.1, n_steps=4, n_leapfrog=2, damping=0.5, seed=1)),
+])
+def test_whole_move_nan_chain_stays_in_its_chain(backend, dtype, op, kw):
     name, device = backend
     B, D, K = 37, 3, 4
     x = rand(B, D, dtype=dtype, device=device)
     x[5, 1] = math.nan
     means, lw, var = mixture(K, D, dtype, device)
-    kw = dict(step_size=0.1, n_steps=4, n_leapfrog=2, damping=0.5, seed=1)
-    x_new, rate = ops.gmm_hmc(x, means, lw, var, backend=name, **kw)
+    x_new, rate = getattr(ops, op)(x, means, lw, var, backend=name, **kw)
     assert torch.isnan(x_new[5]).any()
     keep = torch.arange(B, device=device) != 5
     assert torch.isfinite(x_new[keep]).all() and torch.isfinite(rate[keep]).all()
-    e_x, _ = ops.gmm_hmc(*f64(x[keep], means, lw, var), backend="torch", **kw)
+    e_x, _ = getattr(ops, op)(*f64(x[keep], means, lw, var), backend="torch", **kw)
+    # chain b of the NaN-free batch is chain b (< 5) or b + 1 of the full batch: compare those whose
+    # Philox streams coincide (b < 5)
     assert_close(x_new[:5], e_x[:5], dtype, scale=100, name="x_new")
