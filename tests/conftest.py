@@ -80,6 +80,19 @@ def assert_close(out, ref, dtype, scale=1.0, name="output"):
     torch.testing.assert_close(out, ref, rtol=rtol, atol=atol * scale, equal_nan=True, msg=lambda m: f"{name}: {m}")
 
 
+# Chains of SHAPES under the Triton interpreter: more than its largest block (8192 groups of 4), so
+# that every kernel still runs several programs, the last one partial.
+INTERPRETED_CHAINS = 9000
+
+
+@pytest.fixture(params=SHAPES, ids=lambda shape: "-".join(map(str, shape)))
+def shape(request, backend):
+    """(B, D) of SHAPES for the backend under test, B at most INTERPRETED_CHAINS under the Triton
+    interpreter (65537 chains matter for the CUDA grids, not for the interpreted code path)."""
+    B, D = request.param
+    return interpreted_batch(backend[0], B, INTERPRETED_CHAINS), D
+
+
 def interpreted_batch(name: str, B: int, cap: int) -> int:
     """B, or at most `cap` chains for the Triton interpreter (a python loop per program): the
     smaller batch runs the same code path (several programs, the last one partial)."""

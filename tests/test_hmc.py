@@ -1,15 +1,15 @@
 """The hmc family (leapfrog, leapfrog_finish, hmc_accept, momentum_refresh): every compiled backend
 against the float64 PyTorch reference on fresh random inputs."""
 import pytest
-from conftest import SHAPES, accept_inputs, assert_accept, assert_close, eps64, f64, rand, skip_unless_op, step_sizes
+from conftest import accept_inputs, assert_accept, assert_close, eps64, f64, rand, skip_unless_op, step_sizes
 
 from fastsamp import ops
 from fastsamp.ops import reference as ref
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
-def test_leapfrog_and_finish(backend, dtype, B, D):
+def test_leapfrog_and_finish(backend, dtype, shape):
     name, device = backend
+    B, D = shape
     skip_unless_op(name, "leapfrog", "leapfrog_finish")
     x, p, s, s_next = (rand(B, D, dtype=dtype, device=device) for _ in range(4))
     eps = step_sizes(True, B, dtype, device)
@@ -24,9 +24,9 @@ def test_leapfrog_and_finish(backend, dtype, B, D):
     assert_close(d_next, e_d, dtype, scale=10 * D, name="delta_logp")
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
-def test_hmc_accept(backend, dtype, B, D):
+def test_hmc_accept(backend, dtype, shape):
     name, device = backend
+    B, D = shape
     skip_unless_op(name, "hmc_accept")
     x, xp, s, sp, _, u = accept_inputs(B, D, dtype, device, 0)
     p, pp = (0.3 * rand(B, D, dtype=dtype, device=device) for _ in range(2))
@@ -36,10 +36,10 @@ def test_hmc_accept(backend, dtype, B, D):
     assert_accept(out, expect, u, dtype, D)
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("damping", [0.0, 0.9])
-def test_momentum_refresh(backend, dtype, B, D, damping):
+def test_momentum_refresh(backend, dtype, shape, damping):
     name, device = backend
+    B, D = shape
     skip_unless_op(name, "momentum_refresh")
     p = rand(B, D, dtype=dtype, device=device)
     out = ops.momentum_refresh(p, damping, seed=5, offset=11, backend=name)

@@ -1,17 +1,17 @@
 """The mh family (mala_propose, line_points, score_mh_accept): every compiled backend against the
 float64 PyTorch reference on fresh random inputs."""
 import pytest
-from conftest import SHAPES, accept_inputs, assert_accept, assert_close, eps64, f64, rand, skip_unless_op, step_sizes
+from conftest import accept_inputs, assert_accept, assert_close, eps64, f64, rand, skip_unless_op, step_sizes
 
 from fastsamp import ops
 from fastsamp.ops import reference as ref
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("per_chain", [False, True], ids=["scalar_eps", "chain_eps"])
 @pytest.mark.parametrize("noise_src", ["tensor", "philox"])
-def test_mala_propose(backend, dtype, B, D, per_chain, noise_src):
+def test_mala_propose(backend, dtype, shape, per_chain, noise_src):
     name, device = backend
+    B, D = shape
     skip_unless_op(name, "mala_propose")
     x, s, xi = (rand(B, D, dtype=dtype, device=device) for _ in range(3))
     eps = step_sizes(per_chain, B, dtype, device)
@@ -22,10 +22,10 @@ def test_mala_propose(backend, dtype, B, D, per_chain, noise_src):
     assert_close(out, expect, dtype, scale=10, name="x_prop")
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("n", [1, 2, 5])
-def test_line_points(backend, dtype, B, D, n):
+def test_line_points(backend, dtype, shape, n):
     name, device = backend
+    B, D = shape
     skip_unless_op(name, "line_points")
     x, xp = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
     pts = ops.line_points(x, xp, n, backend=name)
@@ -33,11 +33,11 @@ def test_line_points(backend, dtype, B, D, n):
     assert_close(pts, ref.line_points(*f64(x, xp), n), dtype, name="points")
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("n_interior", [0, 1, 3])
 @pytest.mark.parametrize("per_chain", [False, True], ids=["scalar_eps", "chain_eps"])
-def test_score_mh_accept(backend, dtype, B, D, n_interior, per_chain):
+def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
     name, device = backend
+    B, D = shape
     x, xp, s, sp, interior, u = accept_inputs(B, D, dtype, device, n_interior)
     eps = step_sizes(per_chain, B, dtype, device)
     out = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior, backend=name)

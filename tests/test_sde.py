@@ -4,16 +4,16 @@ import math
 
 import pytest
 import torch
-from conftest import SHAPES, assert_close, f64, rand, skip_unless_op
+from conftest import assert_close, f64, rand, skip_unless_op
 
 from fastsamp import VE, VP, ops
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("schedule", [VP(), VE()], ids=["vp", "ve"])
 @pytest.mark.parametrize("with_extra", [False, True], ids=["", "extra"])
-def test_reverse_sde_step_noise_tensor(backend, dtype, B, D, schedule, with_extra):
+def test_reverse_sde_step_noise_tensor(backend, dtype, shape, schedule, with_extra):
     name, device = backend
+    B, D = shape
     x, s, xi = (rand(B, D, dtype=dtype, device=device) for _ in range(3))
     extra = rand(B, D, dtype=dtype, device=device) if with_extra else None
     out = ops.reverse_sde_step(x, s, t=0.6, h=0.01, schedule=schedule, noise=xi, extra_drift=extra, backend=name)
@@ -22,10 +22,10 @@ def test_reverse_sde_step_noise_tensor(backend, dtype, B, D, schedule, with_extr
     assert_close(out, expect, dtype, scale=10, name="x_new")
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
-def test_reverse_sde_step_philox(backend, dtype, B, D):
+def test_reverse_sde_step_philox(backend, dtype, shape):
     """In-kernel Philox noise is the stream of fastsamp.ops.random, on every backend."""
     name, device = backend
+    B, D = shape
     x, s = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
     seed, offset = 2**40 + 12345, 2**33 + 7
     out = ops.reverse_sde_step(x, s, t=0.3, h=0.02, schedule=VP(), seed=seed, offset=offset, backend=name)
@@ -52,10 +52,10 @@ def test_reverse_sde_step_out_and_in_place(backend, dtype, B, D):
     assert torch.equal(x_in, expect)
 
 
-@pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("noise_src", ["tensor", "philox"])
-def test_guided_sde_step(backend, dtype, B, D, noise_src):
+def test_guided_sde_step(backend, dtype, shape, noise_src):
     name, device = backend
+    B, D = shape
     skip_unless_op(name, "guided_sde_step")
     x, s, s_shift, v, xi = (rand(B, D, dtype=dtype, device=device) for _ in range(5))
     s_shift = s + 1e-3 * s_shift  # a finite difference: s(x + εv) close to s(x)
