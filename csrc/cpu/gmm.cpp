@@ -213,10 +213,14 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
         }
       }
       block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
-      if (mh == 2) {
+      if (mh == 2) {  // no test: take every proposal (copies; a select costs ~10% of a mh = none move)
+        block_copy<T, W, DC>(D, xc, xp);
+        block_copy<T, W, DC>(D, sc, sp);
 #pragma omp simd
-        for (int l = 0; l < W; ++l) acc_f[l] = T(1);
-        accept_block<T, W, DC>(D, acc_f, nacc, lpc, lpp, xc, xp, sc, sp);
+        for (int l = 0; l < W; ++l) {
+          lpc[l] = lpp[l];
+          nacc[l] += T(1);
+        }
         continue;
       }
       // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); tmp = s.d, tmp2 = s'.d
