@@ -51,7 +51,7 @@ def build(target_name: str, method: str, *, seed: int = 0, iterations: int | Non
           n_steps: int = 100, batch_size: int = 300, hidden: int = 64, device="cpu", **overrides):
     """(sampler, TrainConfig) for a method preset on `device`; `overrides` replace TrainConfig fields.
     On a GPU the sampler runs the per-step path with the fused em_step_logprob op (CUDA/Triton); the
-    whole-trajectory kernels of ops.policy serve the plain network on the CPU."""
+    whole-trajectory kernels ops.policy_rollout / ops.policy_log_pf serve the plain network on the CPU."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     dev = resolve_device(device)
