@@ -24,6 +24,7 @@ VERBS = {
     "importance": "tilting",
     "train": "offpolicy",
     "outsourced": "outsourced",
+    "product2d": "product2d",
 }
 
 

@@ -1,0 +1,180 @@
+"""The 2-D product experiment's networks: Du et al.'s residual MLP as an ε-predictor on a discrete
+DDPM schedule, in a score version and an energy version, and their training.
+
+ε-prediction at step i (time t = i/T, σ_t = √(1 − ᾱ_i)): the score is s(x, t) = −ε(x, t)/σ_t.
+
+* `EpsScoreNet`: ε = f(x, i), the residual MLP's output; no energy.
+* `EpsEnergyNet` (Du et al.'s energy parameterisation): E(x, i) = |f(x, i) − x|², ε = ∇_x E, so
+  log p_t(x) = −E(x, i)/σ_t + const and s = −∇_x E/σ_t (autograd).
+
+Both follow the model protocol (`dim`, `schedule`, `score(x, t)`; the energy one `log_prob` and
+`score_and_log_prob`) with t one of the schedule's grid times i/T, compute in the network's dtype
+(float32 unless converted) and return x's dtype (`casts_input`). `save`/`load` write and read {config, state_dict}.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch import nn
+
+from ...ddpm import DDPM
+from ...models import value_and_grad
+
+
+class ResidualMLP(nn.Module):
+    """x → Linear(h) → n_blocks × [LayerNorm, SiLU, Linear(h→wh) + Linear(emb→wh)(e_i), SiLU,
+    Linear(wh→wh), SiLU, Linear(wh→h) (zero init)] residual blocks → Linear(h→D) (zero init), with e_i a
+    learned embedding of the step i."""
+
+    def __init__(self, n_steps=100, dim=2, hidden=128, n_blocks=4, emb_dim=32, widen=2):
+        super().__init__()
+        wide = hidden * widen
+        self.emb = nn.Embedding(n_steps, emb_dim)
+        self.first = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList()
+        for _ in range(n_blocks):
+            block = nn.ModuleDict({"norm": nn.LayerNorm(hidden), "h": nn.Linear(hidden, wide),
+                                   "emb": nn.Linear(emb_dim, wide), "mid": nn.Linear(wide, wide),
+                                   "out": nn.Linear(wide, hidden)})
+            nn.init.zeros_(block["out"].weight)
+            nn.init.zeros_(block["out"].bias)
+            self.blocks.append(block)
+        self.last = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+
+    def forward(self, x, i):
+        e = self.emb(i)
+        h = self.first(x)
+        for b in self.blocks:
+            z = b["h"](nn.functional.silu(b["norm"](h))) + b["emb"](e)
+            z = b["mid"](nn.functional.silu(z))
+            h = h + b["out"](nn.functional.silu(z))
+        return self.last(h)
+
+
+class _EpsNet(nn.Module):
+    """The protocol side shared by both versions: schedule, step index of a time, dtype casting."""
+
+    casts_input = True
+    dim = 2
+
+    def __init__(self, schedule: DDPM | None = None, **net_config):
+        super().__init__()
+        self.schedule = schedule or DDPM()
+        self.net_config = net_config
+        self.net = ResidualMLP(n_steps=self.schedule.n_steps, **net_config)
+        self.register_buffer("sigmas", (1 - self.schedule.alpha_bars).sqrt().float())
+
+    def _step(self, x, t):
+        i = torch.full((x.shape[0],), self.schedule.index(t), dtype=torch.long, device=x.device)
+        return x.to(self.sigmas.dtype), i, self.sigmas[i[0]]
+
+    def config(self):
+        return {"version": self.version, "schedule": self.schedule.config(), "net": self.net_config}
+
+
+class EpsScoreNet(_EpsNet):
+    version = "score"
+    has_energy = False
+
+    def eps(self, x, i):
+        return self.net(x, i)
+
+    def score(self, x, t):
+        xf, i, sigma = self._step(x, t)
+        with torch.no_grad():
+            return (-self.net(xf, i) / sigma).to(x.dtype)
+
+
+class EpsEnergyNet(_EpsNet):
+    version = "energy"
+    has_energy = True
+
+    def energy(self, x, i):
+        return ((self.net(x, i) - x) ** 2).sum(1)
+
+    def eps(self, x, i):
+        """∇_x E, differentiable (for training)."""
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.requires_grad_(True)
+            (g,) = torch.autograd.grad(self.energy(x, i).sum(), x, create_graph=True)
+        return g
+
+    def score_and_log_prob(self, x, t):
+        xf, i, sigma = self._step(x, t)
+        e, g = value_and_grad(lambda z: self.energy(z, i), xf)
+        return (-g / sigma).to(x.dtype), (-e / sigma).to(x.dtype)
+
+    def score(self, x, t):
+        return self.score_and_log_prob(x, t)[0]
+
+    def log_prob(self, x, t):
+        xf, i, sigma = self._step(x, t)
+        with torch.no_grad():
+            return (-self.energy(xf, i) / sigma).to(x.dtype)
+
+
+VERSIONS = {"score": EpsScoreNet, "energy": EpsEnergyNet}
+
+
+def build(version, schedule=None, **net_config):
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {tuple(VERSIONS)}, got {version!r}")
+    return VERSIONS[version](schedule, **net_config)
+
+
+def save(model, path):
+    torch.save({"config": model.config(), "state": model.state_dict()}, path)
+
+
+def load(path):
+    form = torch.load(path, weights_only=True)
+    config = form["config"]
+    model = build(config["version"], DDPM(**config["schedule"]), **config["net"])
+    model.load_state_dict(form["state"])
+    return model.eval()
+
+
+def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.999, seed=0,
+          checkpoint=None, checkpoint_every=1000, log=None):
+    """ε-matching on fresh data each step: minimise E |ε_θ(√ᾱ_i x_0 + √(1−ᾱ_i) z, i) − z|², i uniform
+    over the T steps, by Adam; returns the EMA copy (decay `ema_decay`) in eval mode. With
+    `checkpoint` (a path), the training state is saved every `checkpoint_every` steps and a run
+    resumes from it."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    abar = model.schedule.alpha_bars.float()
+    start = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        ck = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        g.set_state(ck["rng"])
+        start = ck["step"]
+    for step in range(start, steps):
+        x0 = sample_data(batch_size, g).float()
+        i = torch.randint(0, len(abar), (batch_size,), generator=g)
+        z = torch.randn(x0.shape, generator=g)
+        a = abar[i][:, None]
+        loss = ((model.eps(a.sqrt() * x0 + (1 - a).sqrt() * z, i) - z) ** 2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(p, 1 - ema_decay)
+        if log is not None and (step % 1000 == 0 or step == steps - 1):
+            log(f"step {step} loss {loss.item():.4f}")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "rng": g.get_state(), "step": step + 1}, checkpoint)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    return ema.eval()

@@ -1,0 +1,183 @@
+"""The 2-D product experiment (`fastsamp product2d`): DDPM schedules against their closed forms, the
+targets' exact densities, the networks' protocol, the paper's HMC variants, and a short training +
+sampling run in which score-MH Langevin beats the unadjusted one."""
+import json
+import math
+
+import pytest
+import torch
+
+from fastsamp.ddpm import DDPM
+from fastsamp.experiments import product2d
+from fastsamp.experiments.product2d import networks, sampling, targets
+from fastsamp.models import GaussianMixture, Product
+from fastsamp.protocol import CountingModel
+from fastsamp.samplers.kernels import HMC, ChainState, EnergyMH, PhiloxKey
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The networks here are tiny: one thread is the fastest (and immune to a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def test_ddpm_cosine_matches_closed_form():
+    sched = DDPM(100, "cosine", s=0.008)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    closed = torch.tensor([f(i / 100) / f(0) for i in range(1, 101)], dtype=torch.float64)
+    unclipped = sched.betas < 0.999
+    assert int((~unclipped).sum()) <= 2 and not bool(unclipped[-1])  # only the last steps are clipped
+    k = int(unclipped.sum())
+    torch.testing.assert_close(sched.alpha_bars[:k], closed[:k], rtol=1e-12, atol=1e-14)
+    assert sched.betas[-1] == 0.999
+
+
+def test_ddpm_linear_and_protocol_times():
+    sched = DDPM(50, "linear", beta_start=1e-4, beta_end=0.02)
+    betas = torch.tensor([1e-4 + (0.02 - 1e-4) * i / 49 for i in range(50)], dtype=torch.float64)
+    torch.testing.assert_close(sched.betas, betas)
+    ab = math.prod(1 - b for b in betas.tolist()[:10])
+    t = 10 / 50
+    assert sched.alpha(t) == pytest.approx(math.sqrt(ab), rel=1e-12)
+    assert sched.sigma2(t) == pytest.approx(1 - ab, rel=1e-12)
+    assert sched.alpha(t) ** 2 + sched.sigma(t) ** 2 == pytest.approx(1.0)
+    tt = torch.tensor([t, 1.0], dtype=torch.float32)
+    out = sched.alpha(tt)
+    assert out.dtype == torch.float32 and out.shape == (2,)
+    assert float(out[0]) == pytest.approx(sched.alpha(t), rel=1e-6)
+    assert sched.index(1.0) == 49 and sched.index(0.02) == 0
+    with pytest.raises(ValueError, match="grid times"):
+        sched.alpha(0.011)
+    with pytest.raises(ValueError, match="kind"):
+        DDPM(10, "quadratic")
+    with pytest.raises(ValueError, match="n_steps"):
+        DDPM(0)
+
+
+@pytest.mark.parametrize("name", ["ring", "bar", "target"])
+def test_target_densities_are_normalised(name):
+    log_prob = {"ring": targets.ring_log_prob, "bar": targets.bar_log_prob, "target": targets.target_log_prob}[name]
+    h = 0.004
+    g = torch.arange(-1.2 + h / 2, 1.2, h, dtype=torch.float64)
+    xy = torch.cartesian_prod(g, g)
+    mass = float(log_prob(xy).exp().sum()) * h * h
+    assert mass == pytest.approx(1.0, abs=2e-3)
+
+
+def test_target_is_the_ring_modes_inside_the_bar():
+    x = targets.target_sample(4000, torch.Generator().manual_seed(0))
+    assert torch.isfinite(targets.bar_log_prob(x)).all()
+    # up to the product's normaliser, log ring + log bar = log target on the target's support
+    diff = targets.ring_log_prob(x) + targets.bar_log_prob(x) - targets.target_log_prob(x)
+    assert float(diff.max() - diff.min()) < 1e-5
+    ring = targets.ring_sample(4000, torch.Generator().manual_seed(1))
+    assert float(ring.norm(dim=1).mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_energy_network_score_is_the_gradient_of_its_log_prob():
+    torch.manual_seed(0)
+    net = networks.build("energy", DDPM(10)).double()
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = 0.3
+    s, logp = net.score_and_log_prob(x, t)
+    h = 1e-3
+    fd = torch.stack([(net.log_prob(x + h * e, t) - net.log_prob(x - h * e, t)) / (2 * h)
+                      for e in torch.eye(2, dtype=torch.float64)], 1)
+    torch.testing.assert_close(s, fd, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logp, net.log_prob(x, t))
+
+
+def test_networks_save_and_load(tmp_path):
+    for version in ("score", "energy"):
+        net = networks.build(version, DDPM(10), hidden=16, n_blocks=1)
+        for p in net.parameters():
+            p.data.normal_()
+        networks.save(net, tmp_path / f"{version}.pt")
+        back = networks.load(tmp_path / f"{version}.pt")
+        x = torch.randn(4, 2)
+        torch.testing.assert_close(back.score(x, 0.5), net.score(x, 0.5))
+
+
+def test_paper_method_names_map_points_to_sub_intervals():
+    names = {m.name: m for m in sampling.methods("score")}
+    assert [names[f"LA-{m}"].n_trapezoid for m in (3, 5, 10)] == [2, 4, 9]
+    assert [names[f"HMC-{m}"].n_trapezoid for m in (3, 5, 10)] == [2, 4, 9]
+    assert {m.name for m in sampling.methods("energy")} == {"Reverse", "U-LA", "LA", "U-HMC", "HMC", "HMC paper-rej"}
+
+
+def _gaussian_hmc(mh):
+    model = CountingModel(GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1),
+                                          torch.tensor([0.5])))
+    return HMC(model, 0.0, torch.full((64,), 0.9, dtype=torch.float64), mh, n_leapfrog=3, damping=0.5,
+               backend="torch")
+
+
+def test_straight_line_hmc_is_exact_on_a_gaussian_and_the_paper_rejection_keeps_momentum():
+    """On a Gaussian the trapezoid of a linear score is exact: the straight-line score MH equals the
+    energy MH; the paper's rejection keeps p₀ where fastsamp's gives −p₀."""
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    p = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
+    key = PhiloxKey(3, 0, 0)
+    results = {}
+    for name, method in (("line", sampling.Method("HMC-3", "hmc", "score", 3)),
+                         ("keep", sampling.Method("HMC-3 paper-rej", "hmc", "score", 3, flip=False))):
+        kernel = _gaussian_hmc(sampling.mh_test(method))
+        results[name] = kernel.step(kernel.init(x, p), key)
+    kernel = _gaussian_hmc(EnergyMH())
+    exact_state, exact_info = kernel.step(kernel.init(x, p), key)
+    state, info = results["line"]
+    torch.testing.assert_close(info.log_alpha, exact_info.log_alpha)
+    torch.testing.assert_close(state.x, exact_state.x)
+    rejected = ~info.accepted
+    assert 0 < int(rejected.sum()) < 64
+    kept, _ = results["keep"]
+    torch.testing.assert_close(kept.momentum[rejected], -state.momentum[rejected])
+    torch.testing.assert_close(kept.momentum[info.accepted], state.momentum[info.accepted])
+    assert isinstance(kept, ChainState)
+
+
+def test_short_training_and_sampling_score_mh_beats_unadjusted():
+    """Small networks, 10 DDPM levels, a step (0.1) too large for ULA at the sharp last levels: the
+    score-MH Langevin (trapezoid, 3 points) keeps the chains near the target where ULA does not; a
+    broken MH test (accept all) would equal ULA (the same noise)."""
+    torch.manual_seed(0)
+    sched = DDPM(10)
+    nets = [networks.train(networks.build("score", sched, hidden=32, n_blocks=2), targets.FACTORS[f][0],
+                           steps=80, batch_size=256, lr=3e-3, ema_decay=0.9, seed=i)
+            for i, f in enumerate(("ring", "bar"))]
+    model = Product(*nets)
+    settings = sampling.Settings(n_samples=200, n_steps=5, la_step=0.1)
+    ref = targets.target_sample(200, torch.Generator().manual_seed(5))
+    from fastsamp.metrics import wasserstein2
+    w2 = {}
+    for method in (sampling.Method("U-LA", "langevin"), sampling.Method("LA-3", "langevin", "score", 3)):
+        x, res = sampling.run_method(model, method, settings, seed=0)
+        xf = x[torch.isfinite(x).all(1)]
+        w2[method.name] = wasserstein2(xf, ref) if xf.shape[0] == x.shape[0] else math.inf
+    assert w2["LA-3"] < 0.6 * w2["U-LA"], w2  # seed 0: about 0.35 against 1.2
+
+
+def test_cli_runs_resumes_and_reports(tmp_path):
+    from fastsamp import cli
+    argv = ["product2d", "--out", str(tmp_path), "--retrains", "2", "--steps", "5", "--batch-size", "64",
+            "--samples", "40", "--mcmc-steps", "1", "--ddpm-steps", "4", "--versions", "score",
+            "--methods", "Reverse", "U-LA", "LA-3"]
+    assert cli.main(argv) == 0
+    run = json.loads((tmp_path / "runs" / "score-r1.json").read_text())
+    assert set(run["methods"]) == {"Reverse", "U-LA", "LA-3"}
+    assert run["methods"]["LA-3"]["n_trapezoid"] == 2 and run["methods"]["LA-3"]["points"] == 3
+    assert (tmp_path / "product2d.png").stat().st_size > 0
+    table = (tmp_path / "report.md").read_text()
+    assert "| score | LA-3 |" in table and "floor" in table
+    model_file = tmp_path / "models" / "score-ring-r0.pt"
+    stamp = model_file.stat().st_mtime_ns
+    assert cli.main(argv[:-3] + ["U-HMC"]) == 0  # resumes: models reused, one more method
+    assert model_file.stat().st_mtime_ns == stamp
+    assert "U-HMC" in json.loads((tmp_path / "runs" / "score-r0.json").read_text())["methods"]
+    with pytest.raises(SystemExit):
+        cli.main([a if a != "40" else "50" for a in argv])  # other settings, same OUT
+    assert product2d.SUMMARY
