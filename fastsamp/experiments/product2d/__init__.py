@@ -74,19 +74,24 @@ def reference_sets(n, retrain):
 def trained(args, out, version, retrain, log):
     """The version's two factor networks of a retrain: loaded from OUT/models, else trained and saved."""
     os.makedirs(os.path.join(out, "models"), exist_ok=True)
+    training = {k: v for k, v in _config(args).items() if k != "sampling"}
     nets = []
     for j, factor in enumerate(FACTOR_NAMES):
         path = os.path.join(out, "models", f"{version}-{factor}-r{retrain}.pt")
         if os.path.exists(path):
-            nets.append(networks.load(path))
+            try:
+                nets.append(networks.load(path, training))
+            except ValueError as e:
+                raise SystemExit(f"{e}: use another --out") from None
             continue
         t0 = time.perf_counter()
         model = networks.build(version, DDPM(args.ddpm_steps))
         seed = 1000 * retrain + 10 * VERSION_NAMES.index(version) + j
+        checkpoint = path[:-3] + f".ckpt-s{args.steps}-b{args.batch_size}.pt"
         model = networks.train(model, targets.FACTORS[factor][0], steps=args.steps, batch_size=args.batch_size,
-                               lr=args.lr, ema_decay=args.ema, seed=seed, checkpoint=path[:-3] + ".ckpt.pt",
+                               lr=args.lr, ema_decay=args.ema, seed=seed, checkpoint=checkpoint,
                                log=lambda s, what=f"{version} {factor} r{retrain}": log(f"  train {what}: {s}"))
-        networks.save(model, path)
+        networks.save(model, path, training)
         log(f"trained {version} {factor} r{retrain} in {time.perf_counter() - t0:.0f} s")
         nets.append(model)
     return nets

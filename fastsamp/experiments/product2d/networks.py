@@ -127,12 +127,16 @@ def build(version, schedule=None, **net_config):
     return VERSIONS[version](schedule, **net_config)
 
 
-def save(model, path):
-    torch.save({"config": model.config(), "state": model.state_dict()}, path)
+def save(model, path, training=None):
+    """Write the network's config, state_dict and (optionally) the settings it was trained with."""
+    torch.save({"config": model.config(), "state": model.state_dict(), "training": training}, path)
 
 
-def load(path):
+def load(path, training=None):
+    """The network written by `save`; with `training`, a ValueError unless it was trained with those settings."""
     form = torch.load(path, weights_only=True)
+    if training is not None and form.get("training") != training:
+        raise ValueError(f"{path} was trained with {form.get('training')}, not {training}")
     config = form["config"]
     model = build(config["version"], DDPM(**config["schedule"]), **config["net"])
     model.load_state_dict(form["state"])
