@@ -1,0 +1,196 @@
+"""Classifier-guided sampling of p_t(x)·p_t(y | x)^λ with MCMC correction at every DDPM level.
+
+The target at level t is π_t(x) ∝ p_t(x) p_t(y | x)^λ: score s_t(x) + λ ∇log p_t(y | x), log-density
+log p_t(x) + λ log p_t(y | x) (`GuidedModel`; an energy model gives log p_t = −E_θ). Its MH test is the
+library's: `ScoreMH` integrates the whole guided score along the segment (the λ-scaled classifier term is
+inside the integral), `EnergyMH` takes the log-density difference, classifier term λ Δlog p(y | x).
+The paper's code (Sjöberg et al. 2026) scales the classifier gradient by λ in the proposal but adds the
+*unscaled* Δlog p(y | x) in the acceptance; `GuidedModel(lam_mh=1)` reproduces that (an ablation).
+
+Each of the T = 1000 steps (`guided_sample`): one guided ancestral step from level i to i − 1,
+x ← (x + β_i s_i(x))/√(1 − β_i) + √β_i ξ (no noise at the last step), then, for i − 1 ≥ 1, the corrector
+moves at level i − 1 with step ε = a β_{i−1}^b (`Method`):
+
+    ULA / LA    6 Langevin moves (LA: MH; score-LA: the paper's "LA-10", 10 trapezoid points = n_trapezoid 9);
+    U-HMC / HMC 2 HMC moves of 3 leapfrog steps, partial refresh p ← 0.9 p + √(1 − 0.81) ξ, momentum drawn
+                afresh N(0, M) at each level and carried between its moves, mass M = β_{i−1}² I. With a
+                scalar mass, HMC with step ε and mass m is HMC with unit mass and step ε/√m, so the kernels run
+                unit mass with step ε/β_{i−1}. Score-HMC adds one trapezoid point per leapfrog segment
+                (`MidpointHMC`). Rejection flips the momentum (fastsamp's rule; exact with partial refresh).
+
+The corrector's last score is reused by the next ancestral step, so Reverse costs T evaluations and a
+corrector run one evaluation per proposal point. A "score evaluation" is one row of the guided target
+(the diffusion network and the classifier with its gradient).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ... import ops
+from ...models import value_and_grad
+from ...protocol import CountingModel, has_energy
+from ...samplers.kernels import HMC, ChainState, EnergyMH, Langevin, NoMH, PhiloxKey, ScoreMH
+
+LAMBDA = 20.0
+
+
+class GuidedModel:
+    """π_t(x) ∝ p_t(x) p_t(y | x)^λ for a prior (`fastsamp.models.ScoreModel` or `EnergyModel` of the
+    diffusion network) and a noise-aware classifier `classifier.log_prob(x, t, y)`; `y` (B,) labels of the
+    chains (inputs of k·B rows, as the kernels batch proposal points, take y repeated k times).
+    score = s_t + λ ∇log p_t(y | x); log_prob = log p_t + lam_mh·log p_t(y | x), lam_mh = λ unless given
+    (lam_mh = 1 is the paper's acceptance)."""
+
+    def __init__(self, prior, classifier, y, lam=LAMBDA, lam_mh=None):
+        self.prior, self.classifier, self.y = prior, classifier, torch.as_tensor(y).long()
+        self.lam = float(lam)
+        self.lam_mh = self.lam if lam_mh is None else float(lam_mh)
+        self.dim, self.schedule = prior.dim, prior.schedule
+        self.has_energy = has_energy(prior)
+
+    def labels(self, x):
+        B = self.y.shape[0]
+        if x.shape[0] % B:
+            raise ValueError(f"x has {x.shape[0]} rows, not a multiple of the {B} chains' labels")
+        return self.y.to(x.device).repeat(x.shape[0] // B)
+
+    def classifier_term(self, x, t):
+        """(log p_t(y | x), ∇ log p_t(y | x)) per row."""
+        y = self.labels(x)
+        return value_and_grad(lambda z: self.classifier.log_prob(z, t, y), x)
+
+    def score(self, x, t):
+        return self.prior.score(x, t) + self.lam * self.classifier_term(x, t)[1]
+
+    def log_prob(self, x, t):
+        return self.score_and_log_prob(x, t)[1]
+
+    def score_and_log_prob(self, x, t):
+        s, logp = self.prior.score_and_log_prob(x, t)
+        c, g = self.classifier_term(x, t)
+        return s + self.lam * g, logp + self.lam_mh * c
+
+
+class MidpointHMC(HMC):
+    """HMC whose ΔlogP trapezoid has one more point, the midpoint of each leapfrog segment x → x':
+    ¼ (s(x) + 2 s(½(x + x')) + s(x'))·(x' − x), i.e. half the library's segment plus ½ s_mid·(x' − x).
+    One extra score evaluation per leapfrog step (the paper's score-HMC, n_intermediate_steps = 1)."""
+
+    def trajectory(self, start: ChainState):
+        x, s, logp, p = start
+        B = x.shape[0]
+        delta = torch.zeros(B, dtype=x.dtype, device=x.device)
+        for _ in range(self.n_leapfrog):
+            x_next, p_half = ops.leapfrog(x, p, s, self.step_size, backend=self.backend)
+            scores = self.model.score(torch.cat([x_next, 0.5 * (x + x_next)]), self.t)
+            s_next, s_mid = scores[:B], scores[B:]
+            p, segment = ops.leapfrog_finish(x, x_next, p_half=p_half, score=s, score_next=s_next,
+                                             step_size=self.step_size, delta_logp=torch.zeros_like(delta),
+                                             backend=self.backend)
+            delta = delta + 0.5 * segment + 0.5 * (s_mid * (x_next - x)).sum(1)
+            x, s = x_next, s_next
+        return ChainState(x, s, logp, p), delta
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: a sampler `name` on the `model` ("score" or "energy") with its corrector
+    ("ula", "mala", "uhmc", "hmc"; None for Reverse) and the paper's settings; `lam_mh` the classifier
+    scale in the MH test (None: λ, the right one; 1: the paper's code)."""
+
+    name: str
+    model: str
+    corrector: str | None = None
+    n_steps: int = 0
+    n_trapezoid: int = 1
+    n_leapfrog: int = 3
+    damping: float = 0.9
+    midpoint: bool = False
+    lam_mh: float | None = None
+
+    @property
+    def label(self):
+        return f"{self.name} ({self.model})"
+
+    @property
+    def is_hmc(self):
+        return self.corrector in ("hmc", "uhmc")
+
+    @property
+    def mh(self):
+        if self.corrector in (None, "ula", "uhmc"):
+            return NoMH()
+        return EnergyMH() if self.model == "energy" else ScoreMH(self.n_trapezoid)
+
+
+def methods() -> list[Method]:
+    """The table's rows: Reverse, ULA, LA, U-HMC, HMC for the score and the energy model, and the energy
+    MH samplers with the paper's unscaled classifier term in the acceptance (ablation)."""
+    rows = []
+    for model in ("score", "energy"):
+        score = model == "score"
+        rows += [Method("Reverse", model),
+                 Method("ULA", model, "ula", 6),
+                 Method("LA-10" if score else "LA", model, "mala", 6, n_trapezoid=9 if score else 1),
+                 Method("U-HMC", model, "uhmc", 2),
+                 Method("HMC", model, "hmc", 2, midpoint=score)]
+    rows += [Method("LA, paper's MH (λ_mh=1)", "energy", "mala", 6, lam_mh=1.0),
+             Method("HMC, paper's MH (λ_mh=1)", "energy", "hmc", 2, lam_mh=1.0)]
+    return rows
+
+
+def step_size(a, b, beta, hmc):
+    """ε = a β^b (float64; a, b floats or per-chain (B,) tensors); HMC with mass β² I runs unit mass at ε/β."""
+    eps = torch.as_tensor(a, dtype=torch.float64) * beta ** torch.as_tensor(b, dtype=torch.float64)
+    return eps / beta if hmc else eps
+
+
+def _kernel(method, model, t, eps):
+    if method.is_hmc:
+        cls = MidpointHMC if method.midpoint else HMC
+        return cls(model, t, eps, method.mh, n_leapfrog=method.n_leapfrog, damping=method.damping)
+    return Langevin(model, t, eps, method.mh)
+
+
+def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, dtype=torch.float32):
+    """Samples x₀ (B, 64) of the guided target, B = len(model.y), in the diffusion's [−1, 1] scale, and
+    stats: score evaluations (rows), wall seconds, mean acceptance over the corrector moves (None for
+    unadjusted ones), the number of non-finite chains. (a, b): the step-size rule ε_t = a β_t^b, floats or
+    per-chain (B,) tensors."""
+    sched = model.schedule
+    T, betas = sched.n_steps, sched.betas.tolist()
+    B, D = model.y.shape[0], model.dim
+    f = CountingModel(model)
+    start = time.perf_counter()
+    x = ops.normal(seed, 0, B, D, dtype=dtype)
+    offset, s = 1, None
+    acc, n_moves = torch.zeros(B, dtype=torch.float64), 0
+    for i in range(T, 0, -1):
+        beta = betas[i - 1]
+        if s is None:
+            s = f.score(x, i / T)
+        x = (x + beta * s) / math.sqrt(1.0 - beta)
+        if i > 1:
+            x = x + math.sqrt(beta) * ops.normal(seed, offset, B, D, dtype=dtype)
+        offset, s = offset + 1, None
+        if i == 1 or method.corrector is None:
+            continue
+        eps = step_size(a, b, betas[i - 2], method.is_hmc).expand(B).to(dtype)
+        kernel = _kernel(method, f, (i - 1) / T, eps)
+        p0 = ops.normal(seed, offset, B, D, dtype=dtype) if method.is_hmc else None
+        state = kernel.init(x, p0)
+        offset += 1
+        for m in range(method.n_steps):
+            state, info = kernel.step(state, PhiloxKey(seed, offset + m, 0))
+            acc += info.accepted.double()
+        offset += method.n_steps
+        n_moves += method.n_steps
+        x, s = state.x, state.score
+    adjusted = not isinstance(method.mh, NoMH)
+    return x, {"score_evals": f.calls, "wall_s": time.perf_counter() - start,
+               "accept": float(acc.mean() / n_moves) if adjusted and n_moves else None,
+               "n_nonfinite": int((~torch.isfinite(x).all(1)).sum())}

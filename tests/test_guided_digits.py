@@ -1,0 +1,181 @@
+"""Classifier-guided digits (fastsamp.experiments.guided_digits): the guided target's score and log-density,
+the exactness of its MH test with the λ-scaled classifier term, the midpoint trapezoid of score-HMC, and a
+tiny end-to-end run of benchmarks/guided_digits.py."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastsamp.experiments.guided_digits import EnergyNet, EpsNet, GuidedModel, MidpointHMC, TimeClassifier
+from fastsamp.experiments.guided_digits.sampling import step_size
+from fastsamp.models import EnergyModel, ScoreModel
+from fastsamp.protocol import CountingModel
+from fastsamp.samplers.kernels import HMC, EnergyMH, Langevin, NoMH, PhiloxKey, ScoreMH
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _frozen(net):
+    torch.manual_seed(0)
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    return net.eval().requires_grad_(False)
+
+
+def _grad(f, x):
+    x = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x).sum(), x)
+    return g
+
+
+@pytest.mark.parametrize("kind", ["score", "energy"])
+def test_guided_score_is_prior_score_plus_lambda_classifier_gradient(kind):
+    torch.manual_seed(1)
+    clf = _frozen(TimeClassifier(hidden=16, n_blocks=1, n_steps=50))
+    x, y, t, lam = torch.randn(6, 64), torch.tensor([0, 3, 9]), 7 / 50, 20.0
+    if kind == "score":
+        net = _frozen(EpsNet(hidden=16, n_blocks=1, n_steps=50))
+        prior, prior_score = ScoreModel(net.score, 64, schedule=net.schedule), net.score(x, t)
+    else:
+        net = _frozen(EnergyNet(hidden=16, n_blocks=1, n_steps=50))
+        prior, prior_score = EnergyModel(net, 64, schedule=net.schedule), -_grad(lambda z: net(z, t), x)
+    model = GuidedModel(prior, clf, y, lam=lam)
+    y_rows = y.repeat(2)  # 6 rows of 3 chains: the kernels' batched proposal points
+    class_grad = _grad(lambda z: clf.log_prob(z, t, y_rows), x)
+    torch.testing.assert_close(model.score(x, t), prior_score + lam * class_grad, rtol=1e-5, atol=1e-5)
+    if kind == "energy":
+        s, logp = model.score_and_log_prob(x, t)
+        torch.testing.assert_close(s, prior_score + lam * class_grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logp, -net(x, t) + lam * clf.log_prob(x, t, y_rows))
+        paper = GuidedModel(prior, clf, y, lam=lam, lam_mh=1.0)
+        torch.testing.assert_close(paper.log_prob(x, t), -net(x, t) + clf.log_prob(x, t, y_rows))
+        torch.testing.assert_close(paper.score(x, t), model.score(x, t))  # the proposal keeps λ
+    with pytest.raises(ValueError, match="multiple"):
+        model.score(x[:4], t)
+
+
+class GaussianLikelihood:
+    """log p(y | x) = −½|x − m_y|²/v: a 'classifier' whose tempered product with N(0, I) is Gaussian."""
+
+    def __init__(self, means, v):
+        self.means, self.v = means, v
+
+    def log_prob(self, x, t, y):
+        return -0.5 * ((x - self.means[y]) ** 2).sum(1) / self.v
+
+
+def _gaussian_case(lam_mh=None, dtype=torch.float64):
+    means, v, lam = torch.tensor([[1.0, -0.5]], dtype=dtype), 4.0, 20.0
+    prior = EnergyModel(lambda x, t: 0.5 * (x**2).sum(1), 2)
+    model = GuidedModel(prior, GaussianLikelihood(means, v), torch.zeros(1, dtype=torch.long), lam=lam, lam_mh=lam_mh)
+    precision = 1 + lam / v  # N(0, I) · N(m, v/λ)
+    return model, (lam / v) * means[0] / precision, 1 / precision
+
+
+def test_mh_log_alpha_uses_the_lambda_scaled_classifier_term():
+    """One MALA step: log α equals the closed form for π ∝ N(0, I) exp(λ log p(y|x)), not for λ = 1."""
+    model, _, _ = _gaussian_case()
+    x = torch.tensor([[0.3, 0.2]], dtype=torch.float64)
+    eps = torch.tensor([0.3], dtype=torch.float64)
+    kernel = Langevin(CountingModel(model), 0.0, eps, EnergyMH(), backend="torch")
+    state, info = kernel.step(kernel.init(x.repeat(1, 1)), PhiloxKey(3, 0, 0))
+    from fastsamp import ops
+    xi = ops.normal(3, 0, 1, 2, dtype=torch.float64)
+    xp = x + eps * model.score(x, 0.0) + (2 * eps).sqrt() * xi
+
+    m = torch.tensor([1.0, -0.5], dtype=torch.float64)
+
+    def log_target(z):  # log N(0, I) + λ log p(y|x), λ = 20, v = 4
+        return -0.5 * (z**2).sum(1) + 20.0 * (-0.5 * ((z - m) ** 2).sum(1) / 4)
+
+    def log_q(to, frm):
+        return -((to - frm - eps * model.score(frm, 0.0)) ** 2).sum(1) / (4 * eps)
+
+    expected = log_target(xp) - log_target(x) + log_q(x, xp) - log_q(xp, x)
+    torch.testing.assert_close(info.log_alpha, expected)
+
+
+def _run_chains(model, mean, var, mh, seed, B=3000, n_moves=40):
+    """n_moves MALA moves (step ½ var) of B chains started at exact draws of the target N(mean, var I)."""
+    model.y = torch.zeros(B, dtype=torch.long)
+    kernel = Langevin(CountingModel(model), 0.0, torch.full((B,), 0.5 * var, dtype=torch.float64), mh)
+    x0 = mean + var**0.5 * torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    state = kernel.init(x0)
+    for m in range(n_moves):
+        state, _ = kernel.step(state, PhiloxKey(seed, m, 0))
+    return state.x
+
+
+@pytest.mark.parametrize("mh, exact", [(EnergyMH(), True), (ScoreMH(2), True), (NoMH(), False)])
+def test_mala_keeps_the_guided_gaussian_target(mh, exact):
+    """From exact draws, a large step: the MH-corrected chains keep the target's mean and variance (the
+    score-MH trapezoid is exact for a Gaussian); the unadjusted ones inflate the variance (by 1/(1 − εP/2))."""
+    model, mean, var = _gaussian_case()
+    x = _run_chains(model, mean, var, mh, seed=11)
+    err = max(float((x.mean(0) - mean).abs().max()) / var**0.5, float((x.var(0) / var - 1).abs().max()))
+    assert (err < 0.1) == exact, err
+
+
+def test_paper_mh_with_unscaled_classifier_term_is_biased():
+    """The paper's acceptance (λ in the proposal, log p(y|x) unscaled in the test) leaves the target."""
+    model, mean, var = _gaussian_case(lam_mh=1.0)
+    x = _run_chains(model, mean, var, EnergyMH(), seed=5)
+    assert float((x.var(0) / var - 1).abs().max()) > 0.3
+
+
+def test_midpoint_hmc_trapezoid_halves_the_error_of_the_path_trapezoid():
+    """ΔlogP along the leapfrog path for a quartic log-density: the midpoint rule's error is about a quarter
+    of the plain trapezoid's (2 vs 1 sub-intervals per segment)."""
+    class Quartic:
+        dim = 3
+
+        def score(self, x, t):
+            return -x**3
+
+    def logp(x):
+        return -0.25 * (x**4).sum(1)
+
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    eps = torch.full((64,), 0.4, dtype=torch.float64)
+    errors = {}
+    for cls in (HMC, MidpointHMC):
+        kernel = cls(CountingModel(Quartic()), 0.0, eps, ScoreMH(), n_leapfrog=3, backend="torch")
+        end, delta = kernel.trajectory(kernel.init(x, p))
+        errors[cls.__name__] = float((delta - (logp(end.x) - logp(x))).abs().mean())
+    assert errors["MidpointHMC"] < 0.35 * errors["HMC"]
+
+
+def test_step_size_rule_and_hmc_mass():
+    assert step_size(2.0, 1.5, 0.01, False).item() == pytest.approx(2.0 * 0.01**1.5)
+    assert step_size(2.0, 1.5, 0.01, True).item() == pytest.approx(2.0 * 0.01**1.5 / 0.01)
+    a = torch.tensor([1.0, 2.0])
+    assert step_size(a, 1.0, 0.1, False).tolist() == pytest.approx([0.1, 0.2])
+
+
+def test_tiny_end_to_end_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTSAMP_CACHE", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("guided_digits_runner", ROOT / "benchmarks" / "guided_digits.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    labels = ["LA-10 (score)", "HMC (score)", "LA (energy)", "LA, paper's MH (λ_mh=1) (energy)"]
+    out = tmp_path / "out"
+    assert runner.main(["--size", "tiny", "--per-class", "1", "--seeds", "2", "--candidates", "2",
+                        "--val-per-class", "1", "--out", str(out), "--methods", *labels]) == 0
+    result = json.loads((out / "guided_digits.json").read_text())
+    rows = {r["label"]: r for r in result["methods"]}
+    assert list(rows) == labels
+    assert rows["LA-10 (score)"]["n_trapezoid"] == 9 and rows["LA-10 (score)"]["n_trapezoid_points"] == 10
+    assert rows["LA, paper's MH (λ_mh=1) (energy)"]["lam_mh"] == 1.0
+    assert rows["LA, paper's MH (λ_mh=1) (energy)"]["a"] == rows["LA (energy)"]["a"]
+    T = result["settings"]["n_levels"]
+    # LA-10: per level below T, one evaluation at the start and 9 per move (x' and 8 interior points)
+    assert rows["LA-10 (score)"]["score_evals_per_sample"] == T + (T - 1) * (1 + 6 * 9) - (T - 1)
+    for r in rows.values():
+        assert len(r["per_seed"]) == 2 and all(math.isfinite(r[k]) for k in ("accuracy", "confident", "frechet"))
+    assert len(rows["LA (energy)"]["search"]["candidates"]) == 2
+    assert (out / "guided_digits.png").stat().st_size > 0
+    assert "| LA-10 | score |" in (out / "guided_digits.md").read_text()
