@@ -61,6 +61,7 @@ def check(args):
 
 def _config(args) -> dict:
     return {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+            "ema_warmup": "decay min(ema, (1 + k)/(10 + k)) at step k",
             "ddpm": DDPM(args.ddpm_steps).config(),
             "sampling": asdict(sampling.Settings(n_samples=args.samples, n_steps=args.mcmc_steps))}
 

@@ -146,7 +146,9 @@ def load(path, training=None):
 def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.999, seed=0,
           checkpoint=None, checkpoint_every=1000, log=None):
     """ε-matching on fresh data each step: minimise E |ε_θ(√ᾱ_i x_0 + √(1−ᾱ_i) z, i) − z|², i uniform
-    over the T steps, by Adam; returns the EMA copy (decay `ema_decay`) in eval mode. With
+    over the T steps, by Adam; returns the EMA copy in eval mode, with decay min(ema_decay, (1 + k)/(10 + k))
+    at step k (the usual warm-up: with 0.999 from the start, a run of a few hundred steps would still
+    be mostly its initial weights; at 15,001 steps the difference is nil). With
     `checkpoint` (a path), the training state is saved every `checkpoint_every` steps and a run
     resumes from it."""
     torch.manual_seed(seed)
@@ -171,9 +173,10 @@ def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.99
         opt.zero_grad()
         loss.backward()
         opt.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up: a short run is not its initial weights
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(p, 1 - ema_decay)
+                pe.lerp_(p, 1 - decay)
         if log is not None and (step % 1000 == 0 or step == steps - 1):
             log(f"step {step} loss {loss.item():.4f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
