@@ -190,6 +190,21 @@ def _move_normals(k0, k1, o0, o1, mv, rows, cmask, BLOCK_J: tl.constexpr, DT: tl
     return om0, om1, tl.where(cmask, xi, 0.0)
 
 
+@triton.jit
+def _mh_accepts(la, k0, k1, o0, o1, chains, rmask, DT: tl.constexpr):
+    """The MH decision of a move: log u < log α, u the move's uniform of draw (seed, offset) =
+    ((k1:k0), (o1:o0)) (NaN: reject); never for the padding rows."""
+    u = uniform_mh(k0, k1, o0, o1, chains, DT)
+    return (tl.log(u) < la) & rmask
+
+
+@triton.jit
+def _keep_accepted(acc, x, s, logp, xp, sp, logpp):
+    """The state (x, s(x), logp(x)) after a move: the proposal's where accepted."""
+    a2 = acc[:, None]
+    return tl.where(a2, xp, x), tl.where(a2, sp, s), tl.where(acc, logpp, logp)
+
+
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
                      k0, k1, o0, o1, chain0, B, D, K, n_steps, n_trap,
@@ -229,12 +244,8 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
             f = d - e2 * s
             bk = d + e2 * sp
             la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
-            u = uniform_mh(k0, k1, om0, om1, chains, DT)
-            acc = (tl.log(u) < la) & rmask
-        a2 = acc[:, None]
-        x = tl.where(a2, xp, x)
-        s = tl.where(a2, sp, s)
-        logp = tl.where(acc, logpp, logp)
+            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
+        x, s, logp = _keep_accepted(acc, x, s, logp, xp, sp, logpp)
         n_acc += acc.to(tl.int32)
     _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
@@ -280,13 +291,9 @@ def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: t
             if MH_MODE == 1:
                 dlogp = logpl - logp
             la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
-            u = uniform_mh(k0, k1, om0, om1, chains, DT)
-            acc = (tl.log(u) < la) & rmask
-        a2 = acc[:, None]
-        x = tl.where(a2, xl, x)
-        s = tl.where(a2, sl, s)
-        logp = tl.where(acc, logpl, logp)
-        p = tl.where(a2, pl, -p0)  # rejected: momentum flip keeps partial refresh exact
+            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
+        x, s, logp = _keep_accepted(acc, x, s, logp, xl, sl, logpl)
+        p = tl.where(acc[:, None], pl, -p0)  # rejected: momentum flip keeps partial refresh exact
         n_acc += acc.to(tl.int32)
     _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
