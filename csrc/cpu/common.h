@@ -375,20 +375,31 @@ struct GroupNormals {
 #endif
 };
 
+// Prefetch of the next chunk's inputs while rows_normals computes: bytes [begin, end) of each of
+// the nin arrays `in`, spread over the blocks, lines_per_block 64-byte lines after each (nin = 0: none).
+struct NormalsPrefetch {
+  const char* const* in = nullptr;
+  int nin = 0;
+  int64_t begin = 0, end = 0, lines_per_block = 0;
+};
+
 // Standard normals xi[b, d] of draw (seed, offset), row-major, for consecutive
 // runs of rows: `gen` (made for group g0 = b0 * J) must be at row b0, and is left
 // at row b0 + nb when nb * J is a multiple of 16. rows_normals(gen, st, nb, D, xi, pf)
 // writes the rows b0 .. b0+nb-1 densely into xi[(b - b0) * D + d] (xi: 64-byte
-// aligned, room for 64 * ceil(nb * J / 16) values) and calls pf(k, n) after
-// block k of the n blocks of 16 groups (for prefetching).
-template <typename T, typename Pf>
-FASTSAMP_VINLINE void rows_normals(GroupNormals<T>& gen, typename GroupNormals<T>::State& st, int64_t nb,
-                                   int D, T* __restrict xi, Pf&& pf) {
+// aligned, room for 64 * ceil(nb * J / 16) values). Out of line on purpose: every kernel
+// (the streaming ops and the policy rollout) runs this one instantiation, so their normals
+// have the same bits whatever FMA contractions the compiler would choose in each caller.
+template <typename T>
+__attribute__((noinline)) void rows_normals(GroupNormals<T>& gen, typename GroupNormals<T>::State& st,
+                                            int64_t nb, int D, T* __restrict xi, const NormalsPrefetch& pf) {
   const int J = (D + 3) / 4;
   const int64_t nblk = (nb * J + 15) / 16;
   for (int64_t k = 0; k < nblk; ++k) {
     gen.next(st, xi + 64 * k);
-    pf(k, nblk);
+    const int64_t o0 = pf.begin + 64 * pf.lines_per_block * k, o1 = std::min(pf.end, o0 + 64 * pf.lines_per_block);
+    for (int a = 0; a < pf.nin; ++a)
+      for (int64_t o = o0; o < o1; o += 64) __builtin_prefetch(pf.in[a] + o, 0, 3);
   }
   if (D % 4 != 0) {
     // compact rows of 4J to rows of D (in place: destinations never overtake sources)

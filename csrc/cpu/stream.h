@@ -62,17 +62,13 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t ch
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t b0 = c * R;
         const int64_t nb = std::min<int64_t>(R, B - b0);
-        // next chunk's input bytes [pf0, pf1) of each array, spread over the blocks
+        // next chunk's input bytes [e0, e1) * sizeof(T) of each array, spread over the blocks
         const int64_t e0 = std::min(B, b0 + R) * D, e1 = std::min(B, b0 + 2 * R) * D;
-        const char* const* inb = reinterpret_cast<const char* const*>(in);
         const int64_t pf0 = e0 * static_cast<int64_t>(sizeof(T)), pf1 = e1 * static_cast<int64_t>(sizeof(T));
         const int64_t nblk = (nb * J + 15) / 16;
         const int64_t lpb = ((pf1 - pf0 + 63) / 64 + nblk - 1) / nblk;  // lines per block
-        rows_normals<T>(gen, st, nb, D, xi.p, [&](int64_t k, int64_t) {
-          const int64_t o0 = pf0 + 64 * lpb * k, o1 = std::min(pf1, o0 + 64 * lpb);
-          for (int a = 0; a < nin; ++a)
-            for (int64_t o = o0; o < o1; o += 64) __builtin_prefetch(inb[a] + o, 0, 3);
-        });
+        rows_normals<T>(gen, st, nb, D, xi.p,
+                        NormalsPrefetch{reinterpret_cast<const char* const*>(in), nin, pf0, pf1, lpb});
         f(b0, nb, static_cast<const T*>(xi.p));
       }
     }

@@ -109,7 +109,7 @@ void rollout_impl(const Net<T>& n, const T* x0, const double* ts, int64_t B, dou
         GroupNormals<T> gen(seed, static_cast<uint64_t>(i), J, (chain0 + static_cast<uint64_t>(b0)) * J);
         typename GroupNormals<T>::State gst;
         gen.prime(gst);
-        rows_normals<T>(gen, gst, nb, D, w.XI.p, [](int64_t, int64_t) {});
+        rows_normals<T>(gen, gst, nb, D, w.XI.p, NormalsPrefetch{});
         T* Y = X + BD;
         const EmConst<T>& kc = k[i];
         for (int l = 0; l < nb; ++l) {
