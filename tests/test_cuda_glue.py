@@ -1,0 +1,69 @@
+"""fastsamp/backends/cuda.py without a GPU: the cuda_<op> kernels take the arguments of the
+cpu_<op> kernels in the same order, the CUDA stream in place of n_threads (csrc/cuda/register.cpp).
+So the CUDA glue, run on CPU tensors against a _C whose cuda_<op> calls cpu_<op>, must give
+exactly the C++ backend's results: every pointer, size and scalar in its place."""
+import contextlib
+import types
+
+import pytest
+import torch
+from conftest import skip_unless_available
+
+from fastsamp import backends
+
+
+@pytest.fixture
+def cuda_glue_on_cpu(monkeypatch):
+    skip_unless_available("cpp")
+    from fastsamp import _C
+    from fastsamp.backends import cuda
+
+    calls = []
+
+    def on_cpu(op):
+        def kernel(*args):
+            assert args[-1] == 12345, "the stream is the last argument"
+            calls.append(op)
+            return getattr(_C, "cpu_" + op)(*args[:-1], 1)
+        return kernel
+
+    fake = types.SimpleNamespace(**{"cuda_" + n[4:]: on_cpu(n[4:]) for n in dir(_C) if n.startswith("cpu_")})
+    monkeypatch.setattr(cuda, "_C", fake)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=12345))
+    return cuda, calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_cuda_glue_passes_the_cpu_arguments(cuda_glue_on_cpu, dtype):
+    cuda, calls = cuda_glue_on_cpu
+    cpp = backends._load("cpp")[0]
+    torch.manual_seed(0)
+    B, D, K = 37, 6, 3
+    x, s, xp, sp, e = (torch.randn(B, D, dtype=dtype) for _ in range(5))
+    means, lw, var = torch.randn(K, D, dtype=dtype), torch.randn(K, dtype=dtype), torch.rand(K, dtype=dtype) + 0.5
+    eps, u = 0.01 + 0.1 * torch.rand(B, dtype=dtype), torch.rand(B, dtype=dtype)
+    interior = torch.randn(2, B, D, dtype=dtype)
+    em = (0.01, 0.5, 0.1, 0.9, 0.3)  # h, s2, e2, c, b2
+    cases = [
+        ("gmm_score", (x, means, lw, var, 0.8, 0.3)),
+        ("sde_step", (x, s, e, None, 3, 4, 5, 0.9, 0.1, 0.2)),
+        ("sde_step", (x, s, None, e, 3, 4, 5, 0.9, 0.1, 0.2)),
+        ("score_mh_accept", (x, xp, s, sp, eps, u, interior)),
+        ("score_mh_accept", (x, xp, s, sp, eps, u, None)),
+        ("gmm_mala", (x, means, lw, var, eps, 4, 2, 0.9, 0.2, 7, 8, 9, 0)),
+        ("em_step_logprob", (x, s, None, None, None, 3, 4, 5, *em)),
+        ("em_step_logprob", (x, s, e, xp, None, 3, 4, 5, *em)),
+        ("em_step_logprob_backward", (x, s, e, xp, sp, u, eps, *em, True, True)),
+        ("em_step_logprob_backward", (x, s, None, xp, None, u, eps, *em, False, False)),
+    ]
+    for op, args in cases:
+        got, expect = getattr(cuda, op)(*args), getattr(cpp, op)(*args)
+        got, expect = (got, expect) if isinstance(got, tuple) else ((got,), (expect,))
+        for g, e_ in zip(got, expect):
+            assert (g is None) == (e_ is None), op
+            assert g is None or torch.equal(g, e_), op
+    assert sorted(set(calls)) == sorted(cuda.__all__)
+    n = len(calls)
+    cuda.gmm_score(x[:0], means, lw, var, 1.0, 0.0)
+    assert len(calls) == n, "nothing is launched for an empty batch"
