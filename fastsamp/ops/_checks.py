@@ -1,19 +1,80 @@
-"""Input validation shared by the public ops: clear exceptions naming the argument."""
+"""Input validation shared by the public ops: clear exceptions naming the argument.
+
+Two kinds of check:
+* structure: types, shapes, dtypes, devices, integer counts, seeds and offsets, aliasing of `out`.
+  They read only metadata on the host and always run (they keep the kernels' memory accesses safe).
+* values: finite / positive / in-range floating values, of float arguments and of tensor contents
+  (step sizes, mixture parameters). A tensor's contents cost a device sync (`.tolist()`) and
+  break a `torch.compile` graph, so these run only while `validating()`: validation switched on
+  (`set_validation`, the environment variable FASTSAMP_VALIDATE, default on) and not tracing.
+  With them off a bad value gives NaN/inf in the chains it reaches, as the kernels compute it.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
+import struct
 
-import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 MAX_COUNT = 2**31 - 1  # counts and sizes reach the kernels as C int / int32
 U64_MAX = 2**64 - 1    # seeds and offsets are 64-bit
+_FLOAT32 = struct.Struct("f")
+_ENV_VALUES = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
+def _validation_from_env() -> bool:
+    """FASTSAMP_VALIDATE: 1/true/on/yes (the default when unset or empty) or 0/false/off/no."""
+    raw = os.environ.get("FASTSAMP_VALIDATE", "").strip()
+    if not raw:
+        return True
+    if raw.lower() not in _ENV_VALUES:
+        raise ValueError(f"FASTSAMP_VALIDATE must be one of 1/0, true/false, on/off, yes/no, got {raw!r}")
+    return _ENV_VALUES[raw.lower()]
+
+
+_validate = _validation_from_env()
+
+
+def set_validation(enabled: bool) -> None:
+    """Switch the value checks of every fastsamp op on or off, process-wide (as
+    `torch.distributions.Distribution.set_default_validate_args`). Structure checks always run."""
+    global _validate
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _validate = enabled
+
+
+def validation_enabled() -> bool:
+    """Whether the value checks are switched on (they are skipped anyway while torch.compile traces)."""
+    return _validate
+
+
+@contextlib.contextmanager
+def validation(enabled: bool):
+    """`with fastsamp.validation(False): ...` runs the block with the value checks switched to
+    `enabled`, then restores the previous setting."""
+    previous = _validate
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        set_validation(previous)
+
+
+def validating() -> bool:
+    """Whether value checks run now: switched on and not under torch.compile tracing."""
+    return _validate and not torch.compiler.is_compiling()
 
 
 def resolved(t: torch.Tensor) -> torch.Tensor:
-    """t with any conj / neg-bit view materialised, made contiguous: the memory kernels read."""
+    """t with any conj / neg-bit view materialised, made contiguous: the memory kernels read.
+    (Eager fast path: t itself when there is nothing to do; dynamo cannot trace is_neg / is_conj.)"""
+    if not torch.compiler.is_compiling() and t.is_contiguous() and not t.is_neg() and not t.is_conj():
+        return t
     return t.resolve_conj().resolve_neg().contiguous()
 
 
@@ -23,12 +84,14 @@ def state(name: str, x) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape (B, D), got {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have B >= 1 chains and D >= 1 dims, got shape {tuple(x.shape)}")
-    if max(x.shape) > MAX_COUNT or x.numel() >= 2**62:
-        raise ValueError(f"{name} is too large: shape {tuple(x.shape)} (B and D must be <= {MAX_COUNT})")
+    shape = x.shape
+    if len(shape) != 2:
+        raise ValueError(f"{name} must have shape (B, D), got {tuple(shape)}")
+    B, D = shape
+    if B == 0 or D == 0:
+        raise ValueError(f"{name} must have B >= 1 chains and D >= 1 dims, got shape {tuple(shape)}")
+    if B > MAX_COUNT or D > MAX_COUNT or B * D >= 2**62:
+        raise ValueError(f"{name} is too large: shape {tuple(shape)} (B and D must be <= {MAX_COUNT})")
     return resolved(x)
 
 
@@ -41,7 +104,7 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
         raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"{name} must be on {x.device} like {x_name}, got {t.device}")
-    if tuple(t.shape) != shape:
+    if t.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return resolved(t)
 
@@ -83,12 +146,17 @@ def _rounded(v: float, dtype: torch.dtype) -> float:
     """The python float v rounded to `dtype` (float32: to nearest, inf past the largest value)."""
     if dtype == torch.float64:
         return v
-    with np.errstate(over="ignore"):
-        return float(np.asarray(v, dtype=np.float32))
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(v))[0]
+    except OverflowError:  # finite, but rounds past float32's largest value
+        return math.copysign(math.inf, v)
 
 
 def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> float:
-    """Check that the python float v stays finite (and > 0 if `positive`) once rounded to `dtype`."""
+    """Check that the python float v stays finite (and > 0 if `positive`) once rounded to `dtype`
+    (a value check: skipped when not `validating()`)."""
+    if not validating():
+        return v
     r = _rounded(v, dtype)
     dt = str(dtype).removeprefix("torch.")
     if not math.isfinite(r):
@@ -99,7 +167,10 @@ def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> floa
 
 
 def coefficients(dtype: torch.dtype, cause: str, **values: float) -> None:
-    """Kernel coefficients computed from the arguments (in float64) must be finite in `dtype`."""
+    """Kernel coefficients computed from the arguments (in float64) must be finite in `dtype`
+    (a value check)."""
+    if not validating():
+        return
     for name, v in values.items():
         if not math.isfinite(v) or not math.isfinite(_rounded(v, dtype)):
             raise ValueError(f"the kernel coefficient {name} = {v} is not finite in {dtype}: {cause} too large "
@@ -107,10 +178,14 @@ def coefficients(dtype: torch.dtype, cause: str, **values: float) -> None:
 
 
 def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi=None, dtype=None) -> float:
-    """A finite python float; with `dtype`, also finite (and > 0 if `positive`) in that dtype."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
+    """A python float; a value check makes it finite (and > 0 / >= 0 / in [lo, hi) as asked), and with
+    `dtype` also finite (and > 0 if `positive`) once rounded to that dtype."""
+    if type(v) is not float:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        v = float(v)
+    if not validating():
+        return v
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if positive and v <= 0:
@@ -138,7 +213,7 @@ def threads(n_threads) -> int:
 
 def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:
     """An int in [minimum, maximum]; counts default to at most MAX_COUNT (a C int)."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    if type(v) is not int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
@@ -149,7 +224,7 @@ def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:
 
 def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
     """A positive finite float or (B,) tensor -> (B,) tensor in x's dtype and device, > 0 and finite
-    after the conversion (1e-50 is 0 in float32)."""
+    after the conversion (1e-50 is 0 in float32; the values are checked when `validating()`)."""
     B = x.shape[0]
     if isinstance(v, torch.Tensor):
         if not v.is_floating_point():
@@ -160,11 +235,17 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
             v = v.expand(B)
         if tuple(v.shape) != (B,):
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
-        v = resolved(v.to(x.dtype))
-        if not bool(torch.all(torch.isfinite(v) & (v > 0))):
+        v = resolved(v if v.dtype == x.dtype else v.to(x.dtype))
+        if validating() and not _all_positive_finite(v):
             raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype})")
         return v
     return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
+
+
+def _all_positive_finite(v: torch.Tensor) -> bool:
+    """0 < v < inf for every element of a non-empty v (min and max propagate NaN); one host sync."""
+    lo, hi = torch.stack(torch.aminmax(v)).tolist()
+    return lo > 0 and hi < math.inf
 
 
 def uniforms(name: str, u, x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +285,8 @@ def chain_offset(v, B: int) -> int:
 
 
 def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
-    """Validated mixture parameters (means (K, D) finite, log_weights (K,), variances (K,) > 0), with every
-    component variance alpha² v_k + sigma2 finite and > 0 in x's dtype."""
+    """Validated mixture parameters (means (K, D), log_weights (K,), variances (K,) like x); their values
+    are checked (`_mixture_values`) when `validating()`."""
     if not isinstance(means, torch.Tensor):
         raise TypeError(f"means must be a torch.Tensor, got {type(means).__name__}")
     if means.dim() != 2:
@@ -220,19 +301,28 @@ def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     variances = like("variances", variances, x, (K,))
     alpha = finite_float("alpha", alpha, dtype=x.dtype)
     sigma2 = finite_float("sigma2", sigma2, nonnegative=True, dtype=x.dtype)
-    s = alpha * alpha * variances + sigma2  # in x's dtype, as the kernels compute it
-    means_ok, var_ok, s_ok, lw_ok = torch.stack([  # one host sync for the four checks
-        torch.isfinite(means).all(), (torch.isfinite(variances) & (variances > 0)).all(),
-        (torch.isfinite(s) & (s > 0)).all(),
-        (log_weights < math.inf).all() & (log_weights > -math.inf).any() & ~torch.isnan(log_weights).any(),
-    ]).tolist()
-    if not means_ok:
-        raise ValueError("means must be finite")
-    if not var_ok:
-        raise ValueError("variances must be finite and > 0")
-    if not s_ok:
-        raise ValueError(f"alpha**2 * variances + sigma2 must be finite and > 0 in {x.dtype} for every component "
-                         f"(alpha={alpha}, sigma2={sigma2}): a degenerate mixture")
-    if not lw_ok:
-        raise ValueError("log_weights must be < inf, not NaN, and not all -inf")
+    if validating():
+        _mixture_values(means, log_weights, variances, alpha, sigma2)
     return means, log_weights, variances, alpha, sigma2
+
+
+def _mixture_values(means, log_weights, variances, alpha, sigma2) -> None:
+    """means finite, variances finite and > 0, s_k = alpha² v_k + sigma2 (in their dtype, as the
+    kernels compute it) finite and > 0, log_weights < inf, not NaN and not all -inf; one host sync.
+
+    From extremes (min and max propagate NaN): s is nondecreasing in v_k (rounding is monotone),
+    so s is finite and > 0 everywhere iff it is at the smallest and the largest variance, and the
+    log-weights are valid iff their maximum is finite."""
+    v_lo_hi = torch.stack(torch.aminmax(variances))
+    s_lo_hi = alpha * alpha * v_lo_hi + sigma2
+    m_lo, m_hi, v_lo, v_hi, s_lo, s_hi, lw_max = torch.cat(
+        [torch.stack(torch.aminmax(means)), v_lo_hi, s_lo_hi, log_weights.max()[None]]).tolist()
+    if not (math.isfinite(m_lo) and math.isfinite(m_hi)):
+        raise ValueError("means must be finite")
+    if not (v_lo > 0 and v_hi < math.inf):
+        raise ValueError("variances must be finite and > 0")
+    if not (s_lo > 0 and s_hi < math.inf):
+        raise ValueError(f"alpha**2 * variances + sigma2 must be finite and > 0 in {means.dtype} for every component "
+                         f"(alpha={alpha}, sigma2={sigma2}): a degenerate mixture")
+    if not math.isfinite(lw_max):
+        raise ValueError("log_weights must be < inf, not NaN, and not all -inf")

@@ -26,7 +26,7 @@ _MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gm
 def max_d(fn, op: str):
     """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
     attr = _MAX_D_ATTR.get(op)
-    return None if attr is None else getattr(inspect.getmodule(fn), attr, None)
+    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
 
 
 def is_reference(fn) -> bool:

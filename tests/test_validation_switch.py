@@ -1,0 +1,195 @@
+"""The value-check switch: fastsamp.set_validation / validation / FASTSAMP_VALIDATE.
+
+Value checks (finite / positive / in-range values of float arguments and tensor contents) read
+tensors on the host; they run only with validation on and outside torch.compile tracing.
+Structure checks (types, shapes, dtypes, devices, counts) always run.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastsamp
+from fastsamp import VP, ops
+from fastsamp.ops import _checks
+
+F64 = torch.float64
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture(autouse=True)
+def _restore_validation():
+    before = fastsamp.validation_enabled()
+    yield
+    fastsamp.set_validation(before)
+
+
+def mix(D=3, K=2):
+    torch.manual_seed(1)
+    return torch.randn(K, D, dtype=F64), torch.zeros(K, dtype=F64), torch.ones(K, dtype=F64)
+
+
+def test_switch_and_context_manager():
+    fastsamp.set_validation(True)
+    assert fastsamp.validation_enabled()
+    with fastsamp.validation(False):
+        assert not fastsamp.validation_enabled()
+        with fastsamp.validation(True):
+            assert fastsamp.validation_enabled()
+        assert not fastsamp.validation_enabled()
+    assert fastsamp.validation_enabled()
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        fastsamp.set_validation("off")
+
+
+@pytest.mark.parametrize("raw,expect", [(None, True), ("", True), ("1", True), ("on", True), ("True", True),
+                                        ("0", False), ("off", False), ("no", False), ("FALSE", False)])
+def test_environment_variable(monkeypatch, raw, expect):
+    if raw is None:
+        monkeypatch.delenv("FASTSAMP_VALIDATE", raising=False)
+    else:
+        monkeypatch.setenv("FASTSAMP_VALIDATE", raw)
+    assert _checks._validation_from_env() is expect
+
+
+def test_environment_variable_sets_the_initial_value():
+    code = "import fastsamp; print(fastsamp.validation_enabled())"
+    for raw, expect in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, FASTSAMP_VALIDATE=raw)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expect
+    bad = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FASTSAMP_VALIDATE="maybe"),
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "FASTSAMP_VALIDATE must be one of" in bad.stderr
+
+
+def test_value_checks_are_off_structure_checks_stay():
+    x = torch.randn(4, 3, dtype=F64)
+    means, lw, var = mix()
+    bad_eps = torch.tensor([0.1, math.nan, -1.0, 0.1], dtype=F64)
+    bad_means = means.clone()
+    bad_means[0, 0] = math.inf
+    with fastsamp.validation(False):
+        ops.mala_propose(x, x, bad_eps, seed=0)
+        ops.mala_propose(x, x, math.nan, seed=0)
+        ops.gmm_score(x, bad_means, lw, -var)
+        ops.gmm_mala(x, means, lw, var, step_size=bad_eps, n_steps=1)
+        ops.reverse_sde_step(x, x, t=0.5, h=1e-50, schedule=VP(), seed=0)
+        with pytest.raises(ValueError, match="score must have shape"):
+            ops.mala_propose(x, x[:3], bad_eps, seed=0)
+        with pytest.raises(TypeError, match="step_size must be a real number"):
+            ops.mala_propose(x, x, "0.1", seed=0)
+        with pytest.raises(TypeError, match="means must have dtype"):
+            ops.gmm_score(x, bad_means.float(), lw, var)
+        with pytest.raises(ValueError, match="n_steps must be >= 1"):
+            ops.gmm_mala(x, means, lw, var, step_size=0.1, n_steps=0)
+    with pytest.raises(ValueError, match="step_size must be finite and > 0"):
+        ops.mala_propose(x, x, bad_eps, seed=0)
+    with pytest.raises(ValueError, match="means must be finite"):
+        ops.gmm_score(x, bad_means, lw, var)
+
+
+def _one_move(op, backend, x, eps, means, lw, var):
+    """The outputs of one call of `op` with per-chain step sizes eps."""
+    torch.manual_seed(2)
+    s, s2, u = torch.randn_like(x), torch.randn_like(x), torch.rand(x.shape[0], dtype=x.dtype)
+    if op == "mala_propose":
+        return (ops.mala_propose(x, s, eps, seed=3, backend=backend),)
+    if op == "score_mh_accept":
+        return ops.score_mh_accept(x, x + 0.1 * s2, s, s2, eps, u, backend=backend)
+    if op == "leapfrog":
+        return ops.leapfrog(x, s2, s, eps, backend=backend)
+    kw = dict(step_size=eps, n_steps=3, seed=4, backend=backend)
+    return getattr(ops, op)(x, means, lw, var, **kw)
+
+
+@pytest.mark.parametrize("op", ["mala_propose", "score_mh_accept", "leapfrog", "gmm_mala", "gmm_hmc"])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_non_finite_chain_stays_in_its_chain_with_validation_off(op, backend):
+    """A NaN (or negative) step size of one chain, unchecked, reaches only that chain: every other
+    chain's outputs are finite and equal to the validated run with a valid step size there."""
+    from conftest import skip_unless_available
+    if backend != "torch":
+        skip_unless_available(backend)
+    x = torch.randn(6, 3, dtype=F64)
+    means, lw, var = mix()
+    good = torch.full((6,), 0.05, dtype=F64)
+    expect = _one_move(op, backend, x, good, means, lw, var)
+    keep = torch.tensor([True, True, False, True, False, True])
+    bad = good.clone()
+    bad[2], bad[4] = math.nan, -1.0
+    with fastsamp.validation(False):
+        got = _one_move(op, backend, x, bad, means, lw, var)
+    for g, e in zip(got, expect):
+        if g.is_floating_point():
+            assert torch.isfinite(g[keep]).all()
+        torch.testing.assert_close(g[keep], e[keep], rtol=0, atol=0)
+    if op == "score_mh_accept":  # the NaN chain's log α is NaN: rejected
+        assert math.isnan(got[3][2]) and not got[2][2]
+    elif op in ("gmm_mala", "gmm_hmc"):  # NaN proposals are all rejected
+        assert got[1][2] == 0
+    else:
+        assert not torch.isfinite(got[0][2]).all()
+
+
+@pytest.fixture
+def no_host_reads(monkeypatch):
+    """Reading a tensor's value on the host (a device sync on a GPU) raises while the fixture is active."""
+    def refuse(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called: a host read of a tensor's value")
+        return read
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, refuse(name))
+
+
+def _calls_with_tensor_arguments(backend):
+    torch.manual_seed(0)
+    x, s = torch.randn(64, 8), torch.randn(64, 8)
+    eps, u = torch.full((64,), 0.1), torch.rand(64)
+    means, lw, var = torch.randn(4, 8), torch.zeros(4), torch.ones(4)
+    ops.gmm_score(x, means, lw, var, alpha=0.9, sigma2=0.1, backend=backend)
+    ops.gmm_mala(x, means, lw, var, step_size=eps, n_steps=2, seed=1, backend=backend)
+    ops.gmm_hmc(x, means, lw, var, step_size=eps, n_steps=2, seed=1, backend=backend)
+    ops.mala_propose(x, s, eps, seed=1, backend=backend)
+    ops.score_mh_accept(x, x, s, s, eps, u, backend=backend)
+    ops.leapfrog(x, s, s, eps, backend=backend)
+    ops.reverse_sde_step(x, s, t=0.5, h=0.01, schedule=VP(), seed=1, backend=backend)
+
+
+def test_no_host_read_of_tensor_values_with_validation_off(no_host_reads):
+    """With validation off, the checks of the cpp path read no tensor value on the host (no .item(),
+    bool(), .tolist()): on a GPU no device sync, under torch.compile no graph break from the checks."""
+    from conftest import skip_unless_available
+    skip_unless_available("cpp")
+    with fastsamp.validation(False):
+        _calls_with_tensor_arguments("cpp")
+    with pytest.raises(AssertionError, match="host read"):  # the validated path does read them
+        _calls_with_tensor_arguments("cpp")
+
+
+def test_checks_cause_no_graph_break_under_compile():
+    """While torch.compile traces, the value checks are skipped (default settings): no graph break comes
+    from fastsamp/ops/_checks.py. (The direct pybind call of the cpp kernel still breaks the graph
+    until the ops are registered with torch.library.)"""
+    from conftest import skip_unless_available
+    skip_unless_available("cpp")
+    assert fastsamp.validation_enabled()
+    means, lw, var = torch.randn(4, 3), torch.zeros(4), torch.ones(4)
+
+    def step(x, s, eps, u):
+        score, _ = ops.gmm_score(x, means, lw, var, backend="cpp")
+        x_prop = ops.mala_propose(x, score, eps, seed=0, backend="cpp")
+        return ops.score_mh_accept(x, x_prop, score, s, eps, u, backend="cpp")
+
+    torch._dynamo.reset()
+    try:
+        ex = torch._dynamo.explain(step)(torch.randn(8, 3), torch.randn(8, 3), torch.full((8,), 0.1), torch.rand(8))
+    finally:
+        torch._dynamo.reset()
+    frames = [f.filename for r in ex.break_reasons for f in r.user_stack]
+    assert frames, "expected the pybind call to break the graph (update this test once the ops are registered)"
+    assert not [f for f in frames if f.endswith("_checks.py")], ex.break_reasons
