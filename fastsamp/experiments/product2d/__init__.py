@@ -147,6 +147,12 @@ def write_report(out, log=print):
             f"{config['lr']}, EMA {config['ema']}; DDPM {config['ddpm']['kind']} {config['ddpm']['n_steps']} steps; "
             f"{s['n_samples']} samples; {s['n_steps']} MCMC moves per level; LA ε {s['la_step']}, HMC ε "
             f"{s['hmc_step']}, {s['n_leapfrog']} leapfrog, damping {s['damping']}")
+    published = {"retrains": (n_retrains, 5), "training steps": (config["steps"], 15001),
+                 "batch": (config["batch_size"], 2000), "samples": (s["n_samples"], 2000),
+                 "MCMC moves per level": (s["n_steps"], 10), "DDPM steps": (config["ddpm"]["n_steps"], 100)}
+    changed = [f"{k} {v} (published {p})" for k, (v, p) in published.items() if v != p]
+    if changed:
+        text = "REDUCED RUN, not the published settings: " + ", ".join(changed) + ". " + text
     rows, floor = report.summarise(runs, floor_runs)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report.markdown(rows, floor, text))
