@@ -181,3 +181,16 @@ def test_cli_runs_resumes_and_reports(tmp_path):
     with pytest.raises(SystemExit):
         cli.main([a if a != "40" else "50" for a in argv])  # other settings, same OUT
     assert product2d.SUMMARY
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["--methods", "LA-4"], "--methods: unknown LA-4"),
+    (["--versions", "energy", "--methods", "LA-3"], "--methods: unknown LA-3"),
+    (["--report-only"], "holds no results"),
+])
+def test_cli_argument_errors(tmp_path, capsys, argv, message):
+    from fastsamp import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(["product2d", "--out", str(tmp_path / "empty"), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err

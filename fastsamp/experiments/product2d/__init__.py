@@ -42,8 +42,8 @@ def add_arguments(p):
     p.add_argument("--out", default="benchmarks/results/product2d", help="output directory (models, runs, report)")
     p.add_argument("--retrains", type=count(1), default=5, help="independent model pairs")
     p.add_argument("--steps", type=count(1), default=15001, help="training steps per network")
-    p.add_argument("--batch-size", type=count(1), default=2000)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--batch-size", type=count(1), default=2000, help="training batch (fresh data each step)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the trained weights")
     p.add_argument("--ddpm-steps", type=count(2), default=100, help="DDPM steps = annealing levels")
     p.add_argument("--samples", type=count(2), default=2000, help="generated and exact samples per set")
@@ -57,6 +57,14 @@ def add_arguments(p):
 def check(args):
     if not 0.0 <= args.ema < 1.0:
         args.parser.error(f"--ema must be in [0, 1), got {args.ema}")
+    known = {m.name for v in args.versions for m in sampling.methods(v)}
+    unknown = sorted(set(args.methods or ()) - known)
+    if unknown:
+        args.parser.error(f"--methods: unknown {', '.join(unknown)}; the methods of {', '.join(args.versions)} "
+                          f"are {', '.join(sorted(known))}")
+    if args.report_only and not (os.path.isdir(os.path.join(args.out, "runs"))
+                                 and os.path.exists(os.path.join(args.out, "floor.json"))):
+        args.parser.error(f"--report-only: {args.out} holds no results (runs/ and floor.json) to report")
 
 
 def _config(args) -> dict:
