@@ -34,10 +34,22 @@ def is_reference(fn) -> bool:
     return inspect.getmodule(fn) is reference
 
 
+def _needs_grad(x: torch.Tensor, tensors) -> bool:
+    """Grad mode on and x or one of the other tensors (None allowed) requires grad (a plain loop: the
+    generator of any() costs about a microsecond per call)."""
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad:
+        return True
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
 def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     """The function implementing backend op `op` for state x (B, D) and the other tensor inputs."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + tensors)
-    if needs_grad and backend != "torch":
+    if backend != "torch" and _needs_grad(x, tensors):
         if backend == "auto":
             return getattr(reference, op)
         raise ValueError(f"{op} on backend {backend!r} is not differentiable and an input requires grad: use "

@@ -46,7 +46,7 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     _check_schedule(schedule)
     t = _checks.finite_float("t", t)
     h = _checks.finite_float("h", h, positive=True, dtype=x.dtype)
-    if _checks.validating() and not 0.0 <= t <= 1.0:
+    if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
@@ -77,7 +77,7 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     h = _checks.finite_float("h", h, positive=True, dtype=x.dtype)
     fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True, dtype=x.dtype)
     guidance = _checks.finite_float("guidance", guidance, nonnegative=True)
-    if _checks.validating() and not 0.0 < t <= 1.0:
+    if not 0.0 < t <= 1.0:
         raise ValueError(f"t must be in (0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
