@@ -193,3 +193,30 @@ def test_checks_cause_no_graph_break_under_compile():
     frames = [f.filename for r in ex.break_reasons for f in r.user_stack]
     assert frames, "expected the pybind call to break the graph (update this test once the ops are registered)"
     assert not [f for f in frames if f.endswith("_checks.py")], ex.break_reasons
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (counts device syncs)")
+def test_checks_do_not_sync_a_gpu_with_validation_off():
+    """On CUDA tensors the checks of a whole op's arguments make no device sync with validation off
+    (torch.cuda.set_sync_debug_mode raises on one), and do sync with it on."""
+    x, s = torch.randn(64, 8, device="cuda"), torch.randn(64, 8, device="cuda")
+    eps, u = torch.full((64,), 0.1, device="cuda"), torch.rand(64, device="cuda")
+    means, lw, var = torch.randn(4, 8, device="cuda"), torch.zeros(4, device="cuda"), torch.ones(4, device="cuda")
+
+    def check_all():
+        _checks.state("x", x)
+        _checks.like("score", s, x)
+        _checks.step_size(eps, x)
+        _checks.step_size(0.1, x)
+        _checks.uniforms("u", u, x)
+        _checks.mixture(x, means, lw, var, 0.9, 0.1)
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with fastsamp.validation(False):
+            check_all()
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            check_all()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
