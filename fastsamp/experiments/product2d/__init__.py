@@ -163,7 +163,7 @@ def write_report(out, log=print):
         text = "REDUCED RUN, not the published settings: " + ", ".join(changed) + ". " + text
     rows, floor = report.summarise(runs, floor_runs)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(report.markdown(rows, floor, text))
+        f.write(report.markdown(rows, floor, text, runs))
     reference, _ = reference_sets(s["n_samples"], 0)
     panels = [("exact product target", reference, None)]
     for version in runs:

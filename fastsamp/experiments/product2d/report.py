@@ -112,14 +112,15 @@ def ranking(rows, floor, version, metric="w2"):
     return [[n for n, _ in g] for g in groups]
 
 
-def relative_improvement(rows, version, base, corrected, metric="w2"):
-    b, c = rows.get((version, base)), rows.get((version, corrected))
-    if b is None or c is None or not b[metric][0]:
-        return None
-    return (b[metric][0] - c[metric][0]) / b[metric][0]
+def relative_improvement(runs, version, base, corrected, metric="w2"):
+    """(mean, sd) over the retrains holding both methods of (base − corrected)/base, paired by model pair."""
+    rel = [(r["methods"][base][metric] - r["methods"][corrected][metric]) / r["methods"][base][metric]
+           for r in runs.get(version, []) if base in r["methods"] and corrected in r["methods"]
+           and r["methods"][base][metric] and r["methods"][corrected][metric] is not None]
+    return mean_sd(rel) + (len(rel),) if rel else None
 
 
-def markdown(rows, floor, settings_text) -> str:
+def markdown(rows, floor, settings_text, runs) -> str:
     n = max(r["n"] for r in rows.values())
     lines = [f"Settings: {settings_text}", "",
              *(["**One retrain only: the ± sd columns are 0 and no ranking is resolved by seeds.**", ""]
@@ -131,10 +132,10 @@ def markdown(rows, floor, settings_text) -> str:
              "LA-m / HMC-m: the paper's m trapezoid points = fastsamp n_trapezoid m − 1. `paper-rej`: the "
              "paper's HMC rejection (refreshed momentum kept, no flip); the others flip. ≈floor: within "
              "2 (sd + floor sd) of the exact-vs-exact floor.", "",
-             "| model | method | LL ↑ | W2 ↓ | GMM-cov ↓ | evals/chain | accept | wall s |",
-             "|---|---|---|---|---|---|---|---|",
+             "| model | method | LL ↑ | W2 ↓ | GMM-cov ↓ | evals/chain | accept | wall s | retrains |",
+             "|---|---|---|---|---|---|---|---|---|",
              "| exact | floor (target vs target) | " + " | ".join(fmt(*floor[k], SPEC[k]) for k in METRICS)
-             + " | — | — | — |"]
+             + " | — | — | — | — |"]
     for (version, name), r in rows.items():
         cells = []
         for k in METRICS:
@@ -143,7 +144,7 @@ def markdown(rows, floor, settings_text) -> str:
                 cell += " ≈floor"
             cells.append(cell)
         lines.append(f"| {version} | {name} | " + " | ".join(cells) + f" | {r['score_evals_per_chain'][0]:.0f} | "
-                     + fmt(*r["mean_accept_rate"], ".3f") + f" | {r['wall_time_s'][0]:.0f} |")
+                     + fmt(*r["mean_accept_rate"], ".3f") + f" | {r['wall_time_s'][0]:.0f} | {r['n']} |")
     lines.append("")
     for version in dict.fromkeys(v for v, _ in rows):
         groups = ranking(rows, floor, version)
@@ -153,10 +154,17 @@ def markdown(rows, floor, settings_text) -> str:
     pairs = [("energy", "U-LA", "LA"), ("energy", "U-HMC", "HMC")]
     pairs += [("score", "U-LA", f"LA-{m}") for m in (3, 5, 10)]
     pairs += [("score", "U-HMC", f"HMC-{m}") for m in (3, 5, 10)] + [("score", "U-HMC", "HMC-path")]
-    rel = [f"{v} {c} vs {b}: {100 * x:+.1f}%" for v, b, c in pairs
-           if (x := relative_improvement(rows, v, b, c)) is not None]
+    rel = [f"{v} {c} vs {b}: {100 * x[0]:+.1f} ± {100 * x[1]:.1f}% (n={x[2]})" for v, b, c in pairs
+           if (x := relative_improvement(runs, v, b, c)) is not None]
     if rel:
-        lines.append("- Relative W2 improvement of the MH-corrected sampler over the unadjusted one: " + "; ".join(rel))
+        lines.append("- Relative W2 improvement of the MH-corrected sampler over the unadjusted one (paired by "
+                     "model pair, mean ± sd over retrains): " + "; ".join(rel))
+    flips = [f"{v} {c} vs {b}: {100 * x[0]:+.1f} ± {100 * x[1]:.1f}% (n={x[2]})"
+             for v, b, c in (("energy", "HMC", "HMC paper-rej"), ("score", "HMC-10", "HMC-10 paper-rej"))
+             if (x := relative_improvement(runs, v, b, c)) is not None]
+    if flips:
+        lines.append("- The paper's rejection (no momentum flip, not exact under damping 0.5) against fastsamp's "
+                     "flip, relative W2 change: " + "; ".join(flips))
     return "\n".join(lines) + "\n"
 
 
