@@ -157,14 +157,15 @@ def markdown(rows, floor, settings_text, runs) -> str:
     rel = [f"{v} {c} vs {b}: {100 * x[0]:+.1f} ± {100 * x[1]:.1f}% (n={x[2]})" for v, b, c in pairs
            if (x := relative_improvement(runs, v, b, c)) is not None]
     if rel:
-        lines.append("- Relative W2 improvement of the MH-corrected sampler over the unadjusted one (paired by "
-                     "model pair, mean ± sd over retrains): " + "; ".join(rel))
+        lines.append("- Relative W2 improvement (base − corrected)/base of the MH-corrected sampler over the "
+                     "unadjusted one (positive: MH helps; paired by model pair, mean ± sd over retrains): "
+                     + "; ".join(rel))
     flips = [f"{v} {c} vs {b}: {100 * x[0]:+.1f} ± {100 * x[1]:.1f}% (n={x[2]})"
              for v, b, c in (("energy", "HMC", "HMC paper-rej"), ("score", "HMC-10", "HMC-10 paper-rej"))
              if (x := relative_improvement(runs, v, b, c)) is not None]
     if flips:
         lines.append("- The paper's rejection (no momentum flip, not exact under damping 0.5) against fastsamp's "
-                     "flip, relative W2 change: " + "; ".join(flips))
+                     "flip, relative W2 improvement of the no-flip variant (positive: lower W2): " + "; ".join(flips))
     return "\n".join(lines) + "\n"
 
 
