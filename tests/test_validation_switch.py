@@ -220,3 +220,29 @@ def test_checks_do_not_sync_a_gpu_with_validation_off():
             check_all()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_degenerate_mixture_check_equals_the_elementwise_one(dtype):
+    """The mixture check evaluates alpha² v + sigma2 on the host at the extreme variances; it refuses
+    exactly the mixtures whose elementwise torch value is non-finite or <= 0 somewhere."""
+    gen = torch.Generator().manual_seed(5)
+    big = 300 if dtype == torch.float64 else 38
+    x = torch.zeros(2, 3, dtype=dtype)
+    for _ in range(300):
+        e = (torch.rand(4, generator=gen, dtype=torch.float64) * 2 - 1) * (big + 8)
+        alpha, sigma2 = 10 ** (e[0].item() / 2), (0.0 if e[1] < 0 else 10 ** e[1].item())
+        variances = (10 ** ((torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * big)).to(dtype)
+        if not (variances > 0).all() or not torch.isfinite(variances).all():
+            continue
+        s = alpha * alpha * variances + sigma2
+        expect_ok = bool((torch.isfinite(s) & (s > 0)).all())
+        means, lw = torch.zeros(3, 3, dtype=dtype), torch.zeros(3, dtype=dtype)
+        try:
+            _checks.mixture(x, means, lw, variances, alpha, sigma2)
+            ok = True
+        except ValueError as err:
+            if "degenerate mixture" not in str(err):  # alpha or sigma2 themselves out of the dtype's range
+                continue
+            ok = False
+        assert ok == expect_ok, (alpha, sigma2, variances)

@@ -307,16 +307,20 @@ def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
 
 
 def _mixture_values(means, log_weights, variances, alpha, sigma2) -> None:
-    """means finite, variances finite and > 0, s_k = alpha² v_k + sigma2 (in their dtype, as the
-    kernels compute it) finite and > 0, log_weights < inf, not NaN and not all -inf; one host sync.
+    """means finite, variances finite and > 0, s_k = alpha² v_k + sigma2 finite and > 0 in their dtype,
+    log_weights < inf, not NaN and not all -inf; one host sync.
 
-    From extremes (min and max propagate NaN): s is nondecreasing in v_k (rounding is monotone),
-    so s is finite and > 0 everywhere iff it is at the smallest and the largest variance, and the
-    log-weights are valid iff their maximum is finite."""
-    v_lo_hi = torch.stack(torch.aminmax(variances))
-    s_lo_hi = alpha * alpha * v_lo_hi + sigma2
-    m_lo, m_hi, v_lo, v_hi, s_lo, s_hi, lw_max = torch.cat(
-        [torch.stack(torch.aminmax(means)), v_lo_hi, s_lo_hi, log_weights.max()[None]]).tolist()
+    From extremes (min and max propagate NaN): the log-weights are valid iff their maximum is
+    finite, and s, nondecreasing in v_k (rounding is monotone), is finite and > 0 everywhere iff it
+    is at the smallest and the largest variance. s is evaluated there on the host with torch's
+    arithmetic for `alpha * alpha * variances + sigma2` (the scalar rounded to the dtype, then one
+    rounding per operation): a float32 product or sum computed in double and rounded once to
+    float32 is the correctly rounded float32 result."""
+    m_lo, m_hi, v_lo, v_hi, lw_max = torch.stack(
+        [*torch.aminmax(means), *torch.aminmax(variances), log_weights.max()]).tolist()
+    dtype = means.dtype
+    a2, s2 = _rounded(alpha * alpha, dtype), _rounded(sigma2, dtype)
+    s_lo, s_hi = (_rounded(_rounded(a2 * v, dtype) + s2, dtype) for v in (v_lo, v_hi))
     if not (math.isfinite(m_lo) and math.isfinite(m_hi)):
         raise ValueError("means must be finite")
     if not (v_lo > 0 and v_hi < math.inf):
