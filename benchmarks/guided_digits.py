@@ -1,6 +1,7 @@
 """Classifier-guided composition p_t(x)·p_t(y|x)^λ on scikit-learn's 8×8 digits (issue 15, part 2), from
 scratch: trains (or loads from the cache) the score, energy and noise-aware classifier networks, searches
-the step sizes, samples every method and writes <out>/guided_digits.{json,md,png}.
+the step sizes, samples every method and writes <out>/guided_digits.{json,md,png} (and the samples as
+guided_digits_samples.pt).
 
     python benchmarks/guided_digits.py                              # the recorded table (full size)
     python benchmarks/guided_digits.py --size tiny --per-class 1 --seeds 2 --candidates 2 --out /tmp/gd
@@ -61,6 +62,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "guided_digits.md"), "w") as f:
         f.write(markdown_table(result))
     save_labelled_grid(samples, labels, result, os.path.join(args.out, "guided_digits.png"))
+    # the samples (pixels) and labels, to redraw or re-measure without sampling again (*.pt is not committed)
+    torch.save({"samples": samples, "labels": labels}, os.path.join(args.out, "guided_digits_samples.pt"))
     print(markdown_table(result))
     return 0
 
