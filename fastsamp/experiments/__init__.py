@@ -8,6 +8,9 @@ command-line verb lives in one module, with its options (`add_arguments`), its c
     tilting           `fastsamp importance`: training-free importance sampling with exact answers
     offpolicy         `fastsamp train`: off-policy diffusion samplers on benchmark targets, the resumable table
     outsourced        `fastsamp outsourced`: posterior sampling in the noise space of the digit generators
+    product2d         `fastsamp product2d`: the MCMC-correction paper's 2-D product of trained ring × bar models
+    guided_digits     classifier-guided composition p_t(x)·p_t(y|x)^λ on the 8×8 digits
+                      (`python benchmarks/guided_digits.py`)
     digits            the 8×8 digit data, generators, classifiers, rewards and metrics behind `outsourced`
     options           argparse types (counts, positive numbers, devices, name lists) and shared options
     reporting         strict JSON results and per-seed mean ± sd summaries
