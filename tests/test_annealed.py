@@ -54,6 +54,19 @@ def test_fused_and_generic_paths_agree_in_distribution():
     assert metrics.mmd(xf, xg, max_n=3000) < 2e-3
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "generic"])
+def test_pure_annealed_mcmc_without_predictor(fused):
+    """predictor=False (the MCMC-correction paper's protocol): no reverse step between levels, so
+    n_levels − 1 fewer score evaluations per chain, and the MALA corrector alone reaches the mixture."""
+    common = dict(n_levels=20, corrector="mala", n_corrector_steps=10, step_size=0.1, n_trapezoid=2, seed=4,
+                  fused=fused, dtype=torch.float64)
+    x, st = annealed_mcmc(MIX, 8000, predictor=False, **common)
+    _, st_pred = annealed_mcmc(MIX, 8000, **common)
+    assert st_pred.n_score_evals - st.n_score_evals == 19 * 8000
+    assert abs((x[:, 0] > 0).double().mean().item() - 0.6) < 0.03
+    assert abs(var_right(x) - EXACT_VAR_RIGHT) < 0.04
+
+
 def composed():
     a = GaussianMixture(torch.tensor([[-2.5, 0.0], [2.5, 0.0], [0.0, 2.5]]), torch.zeros(3), torch.full((3,), 1.0))
     b = GaussianMixture(torch.tensor([[0.0, 0.0], [2.5, 2.5], [-2.5, 2.5]]), torch.log(torch.tensor([0.2, 0.3, 0.5])),

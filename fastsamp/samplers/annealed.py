@@ -139,10 +139,11 @@ class NonFiniteMonitor:
 def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, n_corrector_steps=5,
                   step_size=0.1, n_trapezoid=1, n_leapfrog=3, damping=0.8, data_scale=1.0, t_min=1e-3,
                   adapt=False, target_accept=None, seed=0, backend="auto", dtype=torch.float32, device="cpu",
-                  fused=True, progress=False, on_nonfinite="warn", group=None, gather=True):
+                  fused=True, progress=False, on_nonfinite="warn", group=None, gather=True, predictor=True):
     """Sample `model` at t = 0 by annealing over `n_levels` noise levels from t = 1 to `t_min`.
 
-    At each level t: one reverse Euler–Maruyama step from the previous level (predictor), then
+    At each level t: one reverse Euler–Maruyama step from the previous level (predictor; with
+    `predictor=False` none: pure annealed MCMC, the chains reach each level by the corrector alone), then
     `n_corrector_steps` corrector moves targeting p_t with step ε_t = step_size·(α_t² data_scale² + σ_t²)
     (proportional to the marginal variance), times a per-chain factor adapted towards
     `target_accept` ∈ (0, 1) when `adapt` is set (default targets: MALA 0.57, HMC 0.65).
@@ -209,7 +210,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
         t = ts[i]
         with comm.level(4) as lv:  # Σ acceptance, Σ step size, non-finite chains, score evaluations
             n_before = f.calls
-            if i > 0:
+            if i > 0 and predictor:
                 s = f.score(x, ts[i - 1])
                 x = ops.reverse_sde_step(x, s, t=ts[i - 1], h=ts[i - 1] - t, schedule=sched, seed=seed,
                                          offset=offset, chain_offset=chain0, backend=backend)
