@@ -18,6 +18,7 @@ failing rank's message (no rank is left waiting). Collectives also carry a timeo
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -53,7 +54,15 @@ def init(backend=None, timeout_s: float = DEFAULT_TIMEOUT_S):
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # a group left to the interpreter's teardown can abort the process ("terminate called without an
+        # active exception" from its worker threads): destroy what we created before that
+        atexit.register(_destroy_default_group)
     return Comm(dist.group.WORLD)
+
+
+def _destroy_default_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
