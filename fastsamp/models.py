@@ -116,7 +116,7 @@ class GaussianMixture:
                       offset=key.offset, chain_offset=key.chain_offset, backend=spec.backend)
         if spec.corrector in ("hmc", "uhmc"):
             return ops.gmm_hmc(x, *self._params(x), n_leapfrog=spec.n_leapfrog, mh=spec.mh,
-                               damping=spec.damping if spec.corrector == "uhmc" else 0.0, **common)
+                               damping=spec.damping, **common)
         return ops.gmm_mala(x, *self._params(x), n_trapezoid=spec.n_trapezoid,
                             mh="none" if spec.corrector == "ula" else spec.mh, **common)
 

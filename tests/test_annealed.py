@@ -26,6 +26,7 @@ def var_right(x):
     ("hmc", "score", {"n_leapfrog": 3}),
     ("mala", "energy", {}),
     ("hmc", "energy", {"n_leapfrog": 3}),
+    ("hmc", "score", {"n_leapfrog": 3, "damping": 0.7}),  # partial refresh: exact by the flip on rejection
 ])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "generic"])
 def test_corrector_keeps_mixture_invariant(corrector, mh, kw, fused):

@@ -139,7 +139,7 @@ def test_rejected_hmc_flips_the_momentum():
     x0 = MIX.sample(64, torch.Generator().manual_seed(1))
     spec = CorrectorSpec("hmc", "score", n_steps=1, n_leapfrog=3, damping=0.5)
     kernel = make_kernel(CountingModel(MIX), 0.0, torch.full((64,), 0.6, dtype=x0.dtype), spec)
-    assert isinstance(kernel, HMC) and kernel.damping == 0.0  # "hmc" is the full refresh
+    assert isinstance(kernel, HMC) and kernel.damping == 0.5  # an explicit damping applies to "hmc" too
     kernel = HMC(kernel.model, 0.0, kernel.step_size, kernel.mh, 3, damping=0.5)
     state = kernel.init(x0, torch.randn(64, 2, dtype=x0.dtype))
     refreshed = ops.momentum_refresh(state.momentum, 0.5, seed=0, offset=0)

@@ -81,6 +81,12 @@ def check_device(device) -> torch.device:
     return device
 
 
+def default_damping(corrector: str) -> float:
+    """The momentum damping γ when none is given: 0.8 for U-HMC, 0 (a full refresh) for HMC. An explicit
+    γ applies to both: with MH, the momentum flip on rejection keeps a partial refresh exact."""
+    return 0.8 if corrector == "uhmc" else 0.0
+
+
 def corrector_spec(model, *, corrector, mh, n_steps, n_trapezoid, n_leapfrog, damping, backend="auto",
                    steps_name="n_steps") -> CorrectorSpec:
     """One validation for the fused and the generic corrector paths (the same error whichever path the
@@ -95,7 +101,7 @@ def corrector_spec(model, *, corrector, mh, n_steps, n_trapezoid, n_leapfrog, da
     if mh == "energy" and not has_energy(model):
         raise ValueError(f"mh='energy' needs a model with an energy (log_prob); {model_name(model)} has "
                          f"only a score: use mh='score'")
-    damping = _checks.finite_float("damping", damping)
+    damping = _checks.finite_float("damping", default_damping(corrector) if damping is None else damping)
     if not 0.0 <= damping <= 1.0:
         raise ValueError(f"damping must be in [0, 1], got {damping}")
     return CorrectorSpec(corrector, mh, n_steps=count_arg(steps_name, n_steps, 0),
@@ -137,7 +143,7 @@ class NonFiniteMonitor:
 
 
 def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, n_corrector_steps=5,
-                  step_size=0.1, n_trapezoid=1, n_leapfrog=3, damping=0.8, data_scale=1.0, t_min=1e-3,
+                  step_size=0.1, n_trapezoid=1, n_leapfrog=3, damping=None, data_scale=1.0, t_min=1e-3,
                   adapt=False, target_accept=None, seed=0, backend="auto", dtype=torch.float32, device="cpu",
                   fused=True, progress=False, on_nonfinite="warn", group=None, gather=True, predictor=True):
     """Sample `model` at t = 0 by annealing over `n_levels` noise levels from t = 1 to `t_min`.
@@ -246,7 +252,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
 
 
 def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0.1, n_trapezoid=1,
-         n_leapfrog=3, damping=0.8, seed=0, offset=0, chain_offset=None, backend="auto", fused=True,
+         n_leapfrog=3, damping=None, seed=0, offset=0, chain_offset=None, backend="auto", fused=True,
          on_nonfinite="warn", group=None):
     """Run `n_steps` corrector moves targeting the model's marginal p_t from the chains `x` (B, D).
 

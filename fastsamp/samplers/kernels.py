@@ -221,7 +221,7 @@ def make_kernel(model, t, step_size, spec: CorrectorSpec):
     mh = mh_test(spec)
     if spec.is_hmc:
         return HMC(model, t, step_size, mh, n_leapfrog=spec.n_leapfrog,
-                   damping=spec.damping if spec.corrector == "uhmc" else 0.0, backend=spec.backend)
+                   damping=spec.damping, backend=spec.backend)
     return Langevin(model, t, step_size, mh, backend=spec.backend)
 
 
