@@ -44,17 +44,9 @@ def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
     if not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {seed!r}")
     path = cache_path(kind, size=size, seed=seed, cache_dir=cache_dir)
-    if path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            module = MODULES[kind](**blob["arch"])
-            module.load_state_dict(blob["state_dict"])
-        except Exception as e:  # an unreadable or stale file: train again and overwrite it
-            warnings.warn(f"ignoring unreadable cache file {path} ({type(e).__name__}: {e}); retraining", stacklevel=2)
-        else:
-            module.eval().requires_grad_(False)
-            module.info = dict(blob["info"], cached=True)
-            return module
+    module = load_cached(path, MODULES[kind])
+    if module is not None:
+        return module
     split = TRAIN_SPLIT[kind]
     x, y = load_digits_data(split)
     data = (x, y) if kind.endswith("classifier") else x
@@ -63,10 +55,33 @@ def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
         print(f"training {kind} ({size}, seed {seed}) on the {split!r} split ...", flush=True)
     module = TRAINERS[kind](data, seed=train_seed, size=size)
     arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in CONFIGS[kind][size]["arch"].items()}
+    return save_cached(path, module, arch, version=CACHE_VERSION, kind=kind)
+
+
+def load_cached(path: Path, make):
+    """The module saved at `path` by `save_cached` (a weights_only load; `make(**arch)` builds it), frozen
+    (eval mode, no grad) with `info["cached"] = True`; None when there is no file or it is unreadable
+    (with a warning: the caller trains again and overwrites it)."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        module = make(**blob["arch"])
+        module.load_state_dict(blob["state_dict"])
+    except Exception as e:  # an unreadable or stale file
+        warnings.warn(f"ignoring unreadable cache file {path} ({type(e).__name__}: {e}); retraining", stacklevel=3)
+        return None
+    module.eval().requires_grad_(False)
+    module.info = dict(blob["info"], cached=True)
+    return module
+
+
+def save_cached(path: Path, module, arch: dict, **extra):
+    """Save a trained module's architecture, state dict and `info` at `path` atomically (temporary file +
+    rename); returns it with `info["cached"] = False`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"version": CACHE_VERSION, "kind": kind, "arch": arch, "state_dict": module.state_dict(),
-                "info": module.info}, tmp)
+    torch.save({**extra, "arch": arch, "state_dict": module.state_dict(), "info": module.info}, tmp)
     os.replace(tmp, path)
     module.info = dict(module.info, cached=False)
     return module

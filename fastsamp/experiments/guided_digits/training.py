@@ -17,12 +17,12 @@ from __future__ import annotations
 import copy
 import os
 import time
-import warnings
 
 import torch
 
 from ...ddpm import DDPM
 from ..digits import cache_root, load_digits_data
+from ..digits.cache import load_cached, save_cached
 from ..digits.data import check_choice
 from ..digits.training import _training
 from .networks import EnergyNet, EpsNet, TimeClassifier
@@ -103,17 +103,13 @@ def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
     path = cache_file(kind, size=size, seed=seed, cache_dir=cache_dir)
-    if path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            net = MODULES[kind](**blob["arch"])
-            net.load_state_dict(blob["state_dict"])
-        except Exception as e:  # a stale or unreadable file: train again and overwrite it
-            warnings.warn(f"ignoring unreadable cache file {path} ({type(e).__name__}: {e}); retraining", stacklevel=2)
-        else:
-            net.eval().requires_grad_(False)
-            net.info = dict(blob["info"], cached=True)
-            return net
+    net = load_cached(path, MODULES[kind])
+    if net is not None:
+        return net
+    if verbose:
+        print(f"training guided-digits {kind} ({size}, seed {seed}) ...", flush=True)
+    net = train(kind, size=size, seed=seed)
+    return save_cached(path, net, net.arch)
     if verbose:
         print(f"training guided-digits {kind} ({size}, seed {seed}) ...", flush=True)
     net = train(kind, size=size, seed=seed)
