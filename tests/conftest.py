@@ -55,6 +55,16 @@ def skip_unless_op(name: str, *op_names: str):
         pytest.skip(f"backend {name!r} has no kernel for {', '.join(missing)}")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: small GEMMs run as fast, immune to a busy machine, and bitwise
+    comparisons get one fixed reduction order."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=COMPILED)
 def backend(request):
     """(backend name, device) for every compiled backend; skips the unavailable ones."""

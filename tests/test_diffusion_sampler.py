@@ -94,15 +94,6 @@ def test_fused_path_equals_eager_path(objective, net_kw):
     torch.testing.assert_close(grads[0], grads[1], rtol=2e-3, atol=2e-4)
 
 
-@pytest.fixture
-def one_thread():
-    """Small GEMMs: one intra-op thread is as fast and immune to oversubscription on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _delta_log_z(sampler, target, n=1000):
     m = sampler.evaluate(n, seed=99)
     return abs(m["elbo"] - target.log_Z), abs(m["log_Z"] - target.log_Z)

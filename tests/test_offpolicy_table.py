@@ -15,13 +15,7 @@ TINY = dict(batch_size=32, hidden=16, n_steps=10)
 LS_TINY = dict(ls_every=4, ls_steps=20, ls_burn_in=10, buffer_size=1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise comparisons need one fixed reduction order: one intra-op thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the resume tests compare bitwise
 
 
 def _trained(method, iterations, *, checkpoint=None, until=None, checkpoint_every=0, **kw):

@@ -14,14 +14,7 @@ from fastsamp.models import GaussianMixture, Product
 from fastsamp.protocol import CountingModel
 from fastsamp.samplers.kernels import HMC, ChainState, EnergyMH, PhiloxKey
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks here are tiny: one thread is the fastest (and immune to a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 def test_ddpm_cosine_matches_closed_form():
     sched = DDPM(100, "cosine", s=0.008)
