@@ -14,4 +14,5 @@ command-line verb lives in one module, with its options (`add_arguments`), its c
     digits            the 8×8 digit data, generators, classifiers, rewards and metrics behind `outsourced`
     options           argparse types (counts, positive numbers, devices, name lists) and shared options
     reporting         strict JSON results and per-seed mean ± sd summaries
+    training          pieces shared by the experiments' training loops (the weights' EMA)
 """

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..training import ema_update
 from .data import check_choice, check_labels, check_x
 from .networks import DigitClassifier, Discriminator, FlowGenerator, GANGenerator, VAEDecoder, VAEEncoder
 
@@ -146,9 +147,7 @@ def train_gan(data, *, steps=None, seed=0, size="full") -> GANGenerator:
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), gen.parameters()):
-                    pe.lerp_(p, 1 - decay)
+            ema_update(ema, gen, decay)
     return _finish(ema, "gan", size, seed, cfg, t0, loss_g)
 
 

@@ -25,6 +25,7 @@ from ..digits import cache_root, load_digits_data
 from ..digits.cache import load_cached, save_cached
 from ..digits.data import check_choice
 from ..digits.training import _training
+from ..training import ema_update
 from .networks import EnergyNet, EpsNet, TimeClassifier
 
 KINDS = ("eps", "energy", "classifier")
@@ -81,9 +82,7 @@ def train(kind, *, size="full", seed=0):
             loss.backward()
             opt.step()
             sched.step()
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(p, 1 - decay)
+            ema_update(ema, net, decay)
     out = ema if kind != "classifier" else net
     out.eval().requires_grad_(False)
     out.info = {"kind": kind, "size": size, "seed": int(seed), "steps": cfg["steps"], "batch": cfg["batch"],

@@ -21,6 +21,7 @@ from torch import nn
 
 from ...ddpm import DDPM
 from ...models import value_and_grad
+from ..training import ema_update
 
 
 class ResidualMLP(nn.Module):
@@ -174,9 +175,7 @@ def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.99
         loss.backward()
         opt.step()
         decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up: a short run is not its initial weights
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(p, 1 - decay)
+        ema_update(ema, model, decay)
         if log is not None and (step % 1000 == 0 or step == steps - 1):
             log(f"step {step} loss {loss.item():.4f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
