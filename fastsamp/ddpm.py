@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -51,7 +52,7 @@ class DDPM:
         f = lambda v: math.cos((v + self.s) / (1 + self.s) * math.pi / 2) ** 2  # noqa: E731
         return f(u) / f(0.0)
 
-    @property
+    @cached_property
     def betas(self) -> torch.Tensor:
         """β_1..β_T, float64 (T,)."""
         T = self.n_steps
@@ -60,7 +61,7 @@ class DDPM:
         ab = torch.tensor([self.cosine_alpha_bar(i / T) for i in range(T + 1)], dtype=torch.float64)
         return (1 - ab[1:] / ab[:-1]).clamp(max=self.beta_max)
 
-    @property
+    @cached_property
     def alpha_bars(self) -> torch.Tensor:
         """ᾱ_1..ᾱ_T, float64 (T,)."""
         return torch.cumprod(1 - self.betas, 0)
