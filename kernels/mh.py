@@ -9,7 +9,8 @@ import triton.language as tl
 
 from fastsamp.backends._abi import accept_outputs
 
-from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, row_grid, warps_for
+from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, row_grid, split64, warps_for
+from .random import global_chain, uniform_mh
 from .sde import affine_noise
 from .tiles import col_tile, div_ieee, row_tile
 
@@ -53,12 +54,13 @@ def line_points(x, x_prop, n):
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr, dlp_ptr, u_ptr,
-                   xo_ptr, so_ptr, acc_ptr, la_ptr, B, D, M, plane,
-                   MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                   xo_ptr, so_ptr, acc_ptr, la_ptr, B, D, M, plane, k0, k1, o0, o1, chain0,
+                   MODE: tl.constexpr, DRAW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
                    IDX64: tl.constexpr):
-    """Per-chain log_alpha, accept test and select, for BLOCK_B chains, looping over D.
+    """Per-chain log_alpha, accept test and select, for BLOCK_B chains, looping over D; u read from
+    u_ptr, or (DRAW) the MH uniforms of draw ((k1:k0), (o1:o0)) of chains chain0 + row.
 
     MODE 0 (score_mh_accept): n = M + 1, d = x' - x,
         dlogp = (0.5 (s.d + s'.d) + sum_i int_i.d) / n,
@@ -104,7 +106,10 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
             k += tl.sum(p * p, axis=1)
         dlp = tl.load(dlp_ptr + rows, mask=rmask, other=0.0)
         la = dlp - 0.5 * kp + 0.5 * k
-    u = tl.load(u_ptr + rows, mask=rmask, other=1.0)
+    if DRAW:
+        u = uniform_mh(k0, k1, o0, o1, global_chain(rows, chain0), DT)
+    else:
+        u = tl.load(u_ptr + rows, mask=rmask, other=1.0)
     acc = tl.log(u) < la  # NaN -> False
     tl.store(la_ptr + rows, la, mask=rmask)
     tl.store(acc_ptr + rows, acc, mask=rmask)
@@ -121,22 +126,26 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
 
 
 def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=None,
-                  p=None, p_prop=None, delta_logp=None, u=None):
+                  p=None, p_prop=None, delta_logp=None, u=None, seed=0, offset=0, chain_offset=0):
     """_accept_kernel in MODE 0 (score_mh_accept: step_size, interior) or 1 (hmc_accept: p, p_prop,
-    delta_logp)."""
+    delta_logp); u None: drawn in-kernel from (seed, offset, chain_offset)."""
     B, D = x.shape
     outputs = accept_outputs(x)
     if B == 0:
         return outputs
     M = 0 if interior is None else int(interior.shape[0])
     block_b, block_d, grid = row_grid(B, D, ACCEPT_MAX_BLOCK_D, ACCEPT_TILE)
+    k0, k1 = split64(seed)
+    o0, o1 = split64(offset)
     launch(_accept_kernel, grid, x, x_prop, score, score_prop, step_size, interior, p, p_prop, delta_logp, u,
-           *outputs, B, D, M, B * D, MODE=mode, BLOCK_B=block_b, BLOCK_D=block_d,
+           *outputs, B, D, M, B * D, k0, k1, o0, o1, int(chain_offset), MODE=mode, DRAW=u is None,
+           BLOCK_B=block_b, BLOCK_D=block_d,
            IDX64=need_idx64(B * D * max(M, 1)), num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
     return outputs
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed=0, offset=0, chain_offset=0):
     if interior is not None and interior.shape[0] == 0:
         interior = None
-    return launch_accept(0, x, x_prop, score, score_prop, step_size=step_size, interior=interior, u=u)
+    return launch_accept(0, x, x_prop, score, score_prop, step_size=step_size, interior=interior, u=u, seed=seed,
+                         offset=offset, chain_offset=chain_offset)

@@ -11,12 +11,15 @@ Stream layout (docs/backend-contract.md, identical bits on every backend):
 b is the global chain index: local row i of a batch that starts at global chain chain0
 draws with b = chain0 + i (global_chain), so chains draw the same noise in any batch.
 
-All seed / offset halves are uint32 scalars inside the kernels.
+All seed / offset halves are uint32 scalars inside the kernels. `normal` and `uniform` at the
+end are the Triton backend of ops.normal / ops.uniform.
 """
+import torch
 import triton
 import triton.language as tl
 
-from .tiles import sqrt_ieee
+from ._launch import FLAT_WARPS, QUAD_WARPS, flat_block, launch, need_idx64, quad_grid, split64
+from .tiles import quad_tile, sqrt_ieee
 
 PHILOX_M0 = tl.constexpr(0xD2511F53)
 PHILOX_M1 = tl.constexpr(0xCD9E8D57)
@@ -130,3 +133,49 @@ def uniform_mh(k0, k1, o0, o1, rows, DTYPE: tl.constexpr):
     c0 = tl.full(rows.shape, 0xFFFFFFFF, tl.uint32)
     r0, r1, r2, r3 = philox4x32_10(c0, rows, o0, o1, k0, k1)
     return uniform_open(r0, DTYPE)
+
+
+# ------------------------------------------------------------------ ops.normal, ops.uniform
+
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
+def _normal_kernel(out_ptr, k0, k1, o0, o1, chain0, D, J, n_groups,
+                   EVEN4: tl.constexpr, IDX64: tl.constexpr, BLOCK_G: tl.constexpr, DT: tl.constexpr):
+    """xi (B, D) over [BLOCK_G, 4] tiles of groups of 4 (one Philox call per group)."""
+    b, j, gmask, lane, offs, mask = quad_tile(tl.program_id(0), D, J, n_groups, BLOCK_G, EVEN4, IDX64)
+    z0, z1, z2, z3 = normal4(k0, k1, o0, o1, j, global_chain(b, chain0), DT)
+    tl.store(out_ptr + offs, select_lane(z0, z1, z2, z3, lane), mask=mask)
+
+
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
+def _uniform_kernel(out_ptr, k0, k1, o0, o1, chain0, B, BLOCK: tl.constexpr, DT: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < B
+    tl.store(out_ptr + rows, uniform_mh(k0, k1, o0, o1, global_chain(rows, chain0), DT), mask=mask)
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def normal(seed, offset, chain_offset, B, D, dtype, device):
+    out = torch.empty(B, D, dtype=dtype, device=device)
+    if out.numel() == 0:
+        return out
+    J, n_groups, block_g, grid = quad_grid(B, D)
+    k0, k1 = split64(seed)
+    o0, o1 = split64(offset)
+    launch(_normal_kernel, grid, out, k0, k1, o0, o1, int(chain_offset), D, J, n_groups, EVEN4=(D % 4 == 0),
+           IDX64=need_idx64(B * J * 4), BLOCK_G=block_g, DT=_TL_DTYPES[dtype], num_warps=QUAD_WARPS,
+           enable_fp_fusion=False)
+    return out
+
+
+def uniform(seed, offset, chain_offset, B, dtype, device):
+    out = torch.empty(B, dtype=dtype, device=device)
+    if B == 0:
+        return out
+    block = flat_block(B)
+    k0, k1 = split64(seed)
+    o0, o1 = split64(offset)
+    launch(_uniform_kernel, (triton.cdiv(B, block),), out, k0, k1, o0, o1, int(chain_offset), B, BLOCK=block,
+           DT=_TL_DTYPES[dtype], num_warps=FLAT_WARPS, enable_fp_fusion=False)
+    return out

@@ -51,6 +51,9 @@ def test_cuda_glue_passes_the_cpu_arguments(cuda_glue_on_cpu, dtype):
         ("sde_step", (x, s, None, e, 3, 4, 5, 0.9, 0.1, 0.2)),
         ("score_mh_accept", (x, xp, s, sp, eps, u, interior)),
         ("score_mh_accept", (x, xp, s, sp, eps, u, None)),
+        ("score_mh_accept", (x, xp, s, sp, eps, None, interior, 2**63 + 3, 2**40, 11)),  # u drawn in-kernel
+        ("normal", (2**63 + 3, 2**40, 11, B, D, dtype, x.device)),
+        ("uniform", (2**63 + 3, 2**40, 11, B, dtype, x.device)),
         ("gmm_mala", (x, means, lw, var, eps, 4, 2, 0.9, 0.2, 7, 8, 9, 0)),
         ("em_step_logprob", (x, s, None, None, None, 3, 4, 5, *em)),
         ("em_step_logprob", (x, s, e, xp, None, 3, 4, 5, *em)),

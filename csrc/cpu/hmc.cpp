@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cpu/ops.h"
+#include "cpu/random.h"
 #include "cpu/stream.h"
 
 namespace fastsamp {
@@ -58,11 +59,11 @@ void leapfrog_finish_impl(const T* __restrict x, const T* __restrict xn, const T
 template <typename T, int DC>
 void hmc_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
                      const T* __restrict sp, const T* __restrict p, const T* __restrict pp,
-                     const T* __restrict dlp, const T* __restrict u, int64_t B, int Drt, T* __restrict x_new,
+                     const T* __restrict dlp, const MhUniforms<T> un, int64_t B, int Drt, T* __restrict x_new,
                      T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
   const int D = DC > 0 ? DC : Drt;
   parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t b = b_begin; b < b_end; ++b) {
+    un.rows(b_begin, b_end, [&](int64_t b, T ub) {
       const int64_t o = b * D;
       T k0 = 0, k1 = 0;
 #pragma omp simd reduction(+ : k0, k1)
@@ -70,9 +71,9 @@ void hmc_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __r
         k0 += p[o + d] * p[o + d];
         k1 += pp[o + d] * pp[o + d];
       }
-      accept_row<T>(b, (dlp[b] - T(0.5) * k1) + T(0.5) * k0, u, xp + o, x + o, sp + o, s + o, D, x_new + o,
+      accept_row<T>(b, (dlp[b] - T(0.5) * k1) + T(0.5) * k0, ub, xp + o, x + o, sp + o, s + o, D, x_new + o,
                     s_new + o, accepted, log_alpha);
-    }
+    });
   });
 }
 
@@ -127,13 +128,15 @@ void leapfrog_finish(int dtype, uintptr_t x, uintptr_t x_next, uintptr_t p_half,
 }
 
 void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop, uintptr_t p,
-                uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, int64_t B, int64_t D, uintptr_t x_new,
-                uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha) {
+                uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, uint64_t seed, uint64_t offset,
+                uint64_t chain_offset, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
+                uintptr_t accepted, uintptr_t log_alpha) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_d(D, [&](auto dc) {
       hmc_accept_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop),
-                                              ptr<T>(p), ptr<T>(p_prop), ptr<T>(delta_logp), ptr<T>(u), B,
+                                              ptr<T>(p), ptr<T>(p_prop), ptr<T>(delta_logp),
+                                              MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, B,
                                               static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
                                               ptr<uint8_t>(accepted), ptr<T>(log_alpha));
     });

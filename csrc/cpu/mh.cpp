@@ -1,9 +1,11 @@
-// MALA proposals and the score-based (trapezoidal line-integral) MH test: mala_propose (op 3),
-// line_points (op 4), score_mh_accept (op 5), streaming passes over rows (cpu/stream.h).
+// MALA proposals and their MH tests: mala_propose (op 3), line_points (op 4), score_mh_accept
+// (op 5, the trapezoidal line integral of the score) and energy_mh_accept (the exact log-density
+// difference), streaming passes over rows (cpu/stream.h); the accepts read u or draw it (cpu/random.h).
 // See docs/backend-contract.md.
 #include <cmath>
 
 #include "cpu/ops.h"
+#include "cpu/random.h"
 #include "cpu/stream.h"
 
 namespace fastsamp {
@@ -47,14 +49,14 @@ void line_points_impl(const T* __restrict x, const T* __restrict xp, int64_t B, 
 // log alpha = (1/n)[1/2 s.d + sum_i s_i.d + 1/2 s'.d] + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps), d = x' - x.
 template <typename T, int DC>
 void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
-                          const T* __restrict sp, const T* __restrict step, const T* __restrict u,
+                          const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
                           const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
                           T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
   const int D = DC > 0 ? DC : Drt;
   const int64_t N = B * D;
   const T tn = static_cast<T>(m + 1);
   parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t b = b_begin; b < b_end; ++b) {
+    un.rows(b_begin, b_end, [&](int64_t b, T ub) {
       const T e = step[b];
       const T* __restrict xr = x + b * D;
       const T* __restrict xpr = xp + b * D;
@@ -83,9 +85,40 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
         }
         total = total + si;
       }
-      accept_row<T>(b, total / tn + (ff - bb) / (T(4) * e), u, xpr, xr, spr, sr, D, x_new + b * D,
+      accept_row<T>(b, total / tn + (ff - bb) / (T(4) * e), ub, xpr, xr, spr, sr, D, x_new + b * D,
                     s_new + b * D, accepted, log_alpha);
-    }
+    });
+  });
+}
+
+// log alpha = (logp' - logp) + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps), d = x' - x; logp_new selected with x.
+template <typename T, int DC>
+void energy_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+                           const T* __restrict sp, const T* __restrict lp, const T* __restrict lpp,
+                           const T* __restrict step, const MhUniforms<T> un, int64_t B, int Drt,
+                           T* __restrict x_new, T* __restrict s_new, T* __restrict lp_new,
+                           uint8_t* __restrict accepted, T* __restrict log_alpha) {
+  const int D = DC > 0 ? DC : Drt;
+  parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
+    un.rows(b_begin, b_end, [&](int64_t b, T ub) {
+      const T e = step[b];
+      const T* __restrict xr = x + b * D;
+      const T* __restrict xpr = xp + b * D;
+      const T* __restrict sr = s + b * D;
+      const T* __restrict spr = sp + b * D;
+      T ff = 0, bb = 0;
+#pragma omp simd reduction(+ : ff, bb)
+      for (int d = 0; d < D; ++d) {
+        const T dd = xpr[d] - xr[d];
+        const T fwd = dd - e * sr[d];
+        const T bwd = dd + e * spr[d];
+        ff += fwd * fwd;
+        bb += bwd * bwd;
+      }
+      accept_row<T>(b, (lpp[b] - lp[b]) + (ff - bb) / (T(4) * e), ub, xpr, xr, spr, sr, D, x_new + b * D,
+                    s_new + b * D, accepted, log_alpha);
+      lp_new[b] = accepted[b] ? lpp[b] : lp[b];
+    });
   });
 }
 
@@ -111,15 +144,31 @@ void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D,
 }
 
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
-                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
-                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha) {
+                     uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
+                     uintptr_t accepted, uintptr_t log_alpha) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_d(D, [&](auto dc) {
       score_mh_accept_impl<T, decltype(dc)::value>(
-          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size), ptr<T>(u),
-          ptr<T>(interior), m, B, static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
-          ptr<uint8_t>(accepted), ptr<T>(log_alpha));
+          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size),
+          MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, ptr<T>(interior), m, B, static_cast<int>(D),
+          ptr<T>(x_new), ptr<T>(score_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
+    });
+  });
+}
+
+void energy_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
+                      uintptr_t logp, uintptr_t logp_prop, uintptr_t step_size, uintptr_t u, uint64_t seed,
+                      uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t x_new,
+                      uintptr_t score_new, uintptr_t logp_new, uintptr_t accepted, uintptr_t log_alpha) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_d(D, [&](auto dc) {
+      energy_mh_accept_impl<T, decltype(dc)::value>(
+          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(logp), ptr<T>(logp_prop),
+          ptr<T>(step_size), MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, B, static_cast<int>(D),
+          ptr<T>(x_new), ptr<T>(score_new), ptr<T>(logp_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
     });
   });
 }

@@ -38,9 +38,17 @@ void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, 
 
 void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D, int64_t n, uintptr_t out);
 
+// The accepts read u (B,), or draw it when u is 0: the MH uniforms of (seed, offset) for chains
+// chain_offset + b (ops.uniform's bits).
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
-                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
-                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha);
+                     uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
+                     uintptr_t accepted, uintptr_t log_alpha);
+
+void energy_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
+                      uintptr_t logp, uintptr_t logp_prop, uintptr_t step_size, uintptr_t u, uint64_t seed,
+                      uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t x_new,
+                      uintptr_t score_new, uintptr_t logp_new, uintptr_t accepted, uintptr_t log_alpha);
 
 void leapfrog(int dtype, uintptr_t x, uintptr_t p, uintptr_t score, uintptr_t step_size, int64_t B,
               int64_t D, uintptr_t x_next, uintptr_t p_half);
@@ -50,8 +58,13 @@ void leapfrog_finish(int dtype, uintptr_t x, uintptr_t x_next, uintptr_t p_half,
                      uintptr_t p_next, uintptr_t delta_logp_next);
 
 void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop, uintptr_t p,
-                uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, int64_t B, int64_t D, uintptr_t x_new,
-                uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha);
+                uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, uint64_t seed, uint64_t offset,
+                uint64_t chain_offset, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
+                uintptr_t accepted, uintptr_t log_alpha);
+
+// ops.normal (B, D) and ops.uniform (B,) of draw (seed, offset) for chains chain_offset + b.
+void normal(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t out);
+void uniform(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, uintptr_t out);
 
 void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
                       uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out);

@@ -66,16 +66,26 @@ void register_cpu_ops(py::module_& m) {
   m.def("cpu_line_points", threaded(&c::line_points), rel(), "dtype"_a, "x"_a, "x_prop"_a, "B"_a, "D"_a, "n"_a,
         "out"_a, "n_threads"_a, "Interior trapezoid points (op 4).");
   m.def("cpu_score_mh_accept", threaded(&c::score_mh_accept), rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a,
-        "score_prop"_a, "step_size"_a, "u"_a, "interior"_a, "m"_a, "B"_a, "D"_a, "x_new"_a, "score_new"_a,
-        "accepted"_a, "log_alpha"_a, "n_threads"_a, "Score-based MH accept (op 5).");
+        "score_prop"_a, "step_size"_a, "u"_a, "seed"_a, "offset"_a, "chain_offset"_a, "interior"_a, "m"_a, "B"_a,
+        "D"_a, "x_new"_a, "score_new"_a, "accepted"_a, "log_alpha"_a, "n_threads"_a,
+        "Score-based MH accept (op 5); u = 0: drawn (seed, offset).");
+  m.def("cpu_energy_mh_accept", threaded(&c::energy_mh_accept), rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a,
+        "score_prop"_a, "logp"_a, "logp_prop"_a, "step_size"_a, "u"_a, "seed"_a, "offset"_a, "chain_offset"_a,
+        "B"_a, "D"_a, "x_new"_a, "score_new"_a, "logp_new"_a, "accepted"_a, "log_alpha"_a, "n_threads"_a,
+        "Exact-energy MALA MH accept; u = 0: drawn (seed, offset).");
+  m.def("cpu_normal", threaded(&c::normal), rel(), "dtype"_a, "seed"_a, "offset"_a, "chain_offset"_a, "B"_a, "D"_a,
+        "out"_a, "n_threads"_a, "Standard normals (B, D) of draw (seed, offset) (ops.normal).");
+  m.def("cpu_uniform", threaded(&c::uniform), rel(), "dtype"_a, "seed"_a, "offset"_a, "chain_offset"_a, "B"_a,
+        "out"_a, "n_threads"_a, "MH uniforms (B,) of draw (seed, offset) (ops.uniform).");
   m.def("cpu_leapfrog", threaded(&c::leapfrog), rel(), "dtype"_a, "x"_a, "p"_a, "score"_a, "step_size"_a, "B"_a, "D"_a,
         "x_next"_a, "p_half"_a, "n_threads"_a, "Half kick and drift (op 6a).");
   m.def("cpu_leapfrog_finish", threaded(&c::leapfrog_finish), rel(), "dtype"_a, "x"_a, "x_next"_a, "p_half"_a,
         "score"_a, "score_next"_a, "step_size"_a, "delta_logp"_a, "B"_a, "D"_a, "p_next"_a,
         "delta_logp_next"_a, "n_threads"_a, "Second half kick and trapezoid segment (op 6b).");
   m.def("cpu_hmc_accept", threaded(&c::hmc_accept), rel(), "dtype"_a, "x"_a, "x_prop"_a, "score"_a, "score_prop"_a,
-        "p"_a, "p_prop"_a, "delta_logp"_a, "u"_a, "B"_a, "D"_a, "x_new"_a, "score_new"_a, "accepted"_a,
-        "log_alpha"_a, "n_threads"_a, "HMC accept (op 6c).");
+        "p"_a, "p_prop"_a, "delta_logp"_a, "u"_a, "seed"_a, "offset"_a, "chain_offset"_a, "B"_a, "D"_a,
+        "x_new"_a, "score_new"_a, "accepted"_a, "log_alpha"_a, "n_threads"_a,
+        "HMC accept (op 6c); u = 0: drawn (seed, offset).");
   m.def("cpu_momentum_refresh", threaded(&c::momentum_refresh), rel(), "dtype"_a, "p"_a, "damping"_a, "noise"_a, "B"_a,
         "D"_a, "seed"_a, "offset"_a, "chain_offset"_a, "out"_a, "n_threads"_a, "Partial momentum refresh (op 6d).");
   m.def("cpu_em_step_logprob", threaded(&c::em_step_logprob), rel(), "dtype"_a, "x"_a, "drift"_a, "log_var"_a, "x_next"_a,

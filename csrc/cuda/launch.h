@@ -40,9 +40,15 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
 // Op 5. x, x_prop, score, score_prop (B, D); step_size, u (B,); interior (m, B, D) or 0
 //  -> x_new, score_new (B, D), accepted (B,) bool, log_alpha (B,).
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
-                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
-                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha,
-                     uintptr_t stream);
+                     uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
+                     uintptr_t accepted, uintptr_t log_alpha, uintptr_t stream);
+
+// ---------------------------------------------------- random (random.cu)
+void normal(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t out,
+            uintptr_t stream);
+void uniform(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, uintptr_t out,
+             uintptr_t stream);
 
 // ------------------------------------------------------------------ sde (sde.cu)
 

@@ -1,5 +1,5 @@
 // The mh family on CUDA: op 5, score_mh_accept -- MH test of a MALA proposal with the trapezoid
-// (path-integral) estimate of logp(x') - logp(x) from scores. (mala_propose and line_points
+// (path-integral) estimate of logp(x') - logp(x) from scores; u read, or drawn in-kernel. (mala_propose and line_points
 // have no CUDA kernel: the dispatcher runs them on Triton.)
 //
 // A group of G lanes of one warp reduces one chain over D (lane-strided, so
@@ -20,8 +20,9 @@ template <typename T, int G>
 __global__ void __launch_bounds__(kMhThreads)
     score_mh_accept_kernel(const T* __restrict__ x, const T* __restrict__ x_prop,
                            const T* __restrict__ score, const T* __restrict__ score_prop,
-                           const T* __restrict__ step_size, const T* __restrict__ u,
-                           const T* __restrict__ interior, const int64_t m,
+                           const T* __restrict__ step_size, const T* __restrict__ u, const uint64_t seed,
+                           const uint64_t offset, const uint64_t chain0, const T* __restrict__ interior,
+                           const int64_t m,
                            T* __restrict__ x_new, T* __restrict__ score_new,
                            bool* __restrict__ accepted, T* __restrict__ log_alpha,
                            const int64_t B, const int64_t D) {
@@ -59,7 +60,9 @@ __global__ void __launch_bounds__(kMhThreads)
 
   const T dlogp = (half * (a_s + a_sp) + a_int) / static_cast<T>(m + 1);
   const T la = dlogp + (sf - sb) / (static_cast<T>(4) * eps);
-  const bool ok = log(u[bc]) < la;  // NaN -> rejected
+  // u given, or the MH uniform of chain chain0 + bc in draw (seed, offset) (ops.uniform's bits)
+  const T ub = u ? u[bc] : mh_uniform<T>(seed, offset, static_cast<uint32_t>(chain0 + bc));
+  const bool ok = log(ub) < la;  // NaN -> rejected
 
   if (ch.active) {
     if (lane == 0) {
@@ -78,9 +81,9 @@ __global__ void __launch_bounds__(kMhThreads)
 }  // namespace
 
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
-                     uintptr_t step_size, uintptr_t u, uintptr_t interior, int64_t m, int64_t B, int64_t D,
-                     uintptr_t x_new, uintptr_t score_new, uintptr_t accepted, uintptr_t log_alpha,
-                     uintptr_t stream) {
+                     uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
+                     uintptr_t accepted, uintptr_t log_alpha, uintptr_t stream) {
   const char* op = "score_mh_accept";
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
@@ -91,8 +94,8 @@ void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, 
     with_group((D + 3) / 4, [&](auto g) {
       constexpr int G = decltype(g)::value;
       score_mh_accept_kernel<T, G><<<group_blocks(B, G, kMhThreads, op), kMhThreads, 0, as_stream(stream)>>>(
-          in<T>(x), in<T>(x_prop), in<T>(score), in<T>(score_prop), in<T>(step_size), in<T>(u), in<T>(interior),
-          m, out<T>(x_new), out<T>(score_new), out<bool>(accepted), out<T>(log_alpha), B, D);
+          in<T>(x), in<T>(x_prop), in<T>(score), in<T>(score_prop), in<T>(step_size), in<T>(u), seed, offset,
+          chain_offset, in<T>(interior), m, out<T>(x_new), out<T>(score_new), out<bool>(accepted), out<T>(log_alpha), B, D);
       check_launch(op);
     });
   });

@@ -22,8 +22,13 @@ void register_cuda_ops(py::module_& m) {
         "offset"_a, "chain_offset"_a, "mh"_a, "x_out"_a, "accept_rate"_a, "stream"_a,
         "Fused whole-move MALA on the mixture (op 7), CUDA, async on `stream`. D <= 1024.");
   m.def("cuda_score_mh_accept", &fc::score_mh_accept, "dtype"_a, "x"_a, "x_prop"_a, "score"_a, "score_prop"_a,
-        "step_size"_a, "u"_a, "interior"_a, "m"_a, "B"_a, "D"_a, "x_new"_a, "score_new"_a, "accepted"_a,
-        "log_alpha"_a, "stream"_a, "Score-based MH accept (op 5), CUDA, async on `stream`.");
+        "step_size"_a, "u"_a, "seed"_a, "offset"_a, "chain_offset"_a, "interior"_a, "m"_a, "B"_a, "D"_a, "x_new"_a,
+        "score_new"_a, "accepted"_a, "log_alpha"_a, "stream"_a,
+        "Score-based MH accept (op 5; u = 0: drawn (seed, offset)), CUDA, async on `stream`.");
+  m.def("cuda_normal", &fc::normal, "dtype"_a, "seed"_a, "offset"_a, "chain_offset"_a, "B"_a, "D"_a, "out"_a,
+        "stream"_a, "Standard normals (B, D) of draw (seed, offset) (ops.normal), CUDA, async on `stream`.");
+  m.def("cuda_uniform", &fc::uniform, "dtype"_a, "seed"_a, "offset"_a, "chain_offset"_a, "B"_a, "out"_a,
+        "stream"_a, "MH uniforms (B,) of draw (seed, offset) (ops.uniform), CUDA, async on `stream`.");
   m.def("cuda_sde_step", &fc::sde_step, "dtype"_a, "x"_a, "score"_a, "extra_drift"_a, "noise"_a, "B"_a, "D"_a,
         "seed"_a, "offset"_a, "chain_offset"_a, "a"_a, "c_s"_a, "c_n"_a, "out"_a, "stream"_a,
         "x_new = a x + c_s (score + extra_drift) + c_n xi (op 2), CUDA, async on `stream`.");

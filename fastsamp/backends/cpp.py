@@ -67,16 +67,28 @@ def line_points(x, x_prop, n):
     return out
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed=0, offset=0, chain_offset=0):
     B, D = x.shape
     x_new, score_new, accepted, log_alpha = accept_outputs(x)
     m = 0 if interior is None else interior.shape[0]
     if B > 0:
         _C.cpu_score_mh_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
-                               step_size.data_ptr(), u.data_ptr(), _p(interior) if m > 0 else 0, m, B, D,
-                               x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr(),
-                               _threads())
+                               step_size.data_ptr(), _p(u), _u64(seed), _u64(offset), int(chain_offset),
+                               _p(interior) if m > 0 else 0, m, B, D, x_new.data_ptr(), score_new.data_ptr(),
+                               accepted.data_ptr(), log_alpha.data_ptr(), _threads())
     return x_new, score_new, accepted, log_alpha
+
+
+def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u, seed=0, offset=0, chain_offset=0):
+    B, D = x.shape
+    x_new, score_new, accepted, log_alpha = accept_outputs(x)
+    logp_new = torch.empty_like(logp)
+    if B > 0:
+        _C.cpu_energy_mh_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
+                                logp.data_ptr(), logp_prop.data_ptr(), step_size.data_ptr(), _p(u), _u64(seed),
+                                _u64(offset), int(chain_offset), B, D, x_new.data_ptr(), score_new.data_ptr(),
+                                logp_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr(), _threads())
+    return x_new, score_new, logp_new, accepted, log_alpha
 
 
 def leapfrog(x, p, score, step_size):
@@ -100,14 +112,29 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp)
     return p_next, delta_next
 
 
-def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
+def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, seed=0, offset=0, chain_offset=0):
     B, D = x.shape
     x_new, score_new, accepted, log_alpha = accept_outputs(x)
     if B > 0:
         _C.cpu_hmc_accept(_dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(), score_prop.data_ptr(),
-                          p.data_ptr(), p_prop.data_ptr(), delta_logp.data_ptr(), u.data_ptr(), B, D,
-                          x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr(), _threads())
+                          p.data_ptr(), p_prop.data_ptr(), delta_logp.data_ptr(), _p(u), _u64(seed), _u64(offset),
+                          int(chain_offset), B, D, x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(),
+                          log_alpha.data_ptr(), _threads())
     return x_new, score_new, accepted, log_alpha
+
+
+def normal(seed, offset, chain_offset, B, D, dtype, device):
+    out = torch.empty(B, D, dtype=dtype, device=device)
+    if out.numel() > 0:
+        _C.cpu_normal(_dt(out), _u64(seed), _u64(offset), int(chain_offset), B, D, out.data_ptr(), _threads())
+    return out
+
+
+def uniform(seed, offset, chain_offset, B, dtype, device):
+    out = torch.empty(B, dtype=dtype, device=device)
+    if B > 0:
+        _C.cpu_uniform(_dt(out), _u64(seed), _u64(offset), int(chain_offset), B, out.data_ptr(), _threads())
+    return out
 
 
 def momentum_refresh(p, damping, noise, seed, offset, chain_offset):
@@ -208,5 +235,6 @@ def policy_log_pf_backward(states, temb, params, g_log_pf, sigma, h, clip, n_thr
 
 
 __all__ = ["gmm_score", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
-           "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
+           "energy_mh_accept", "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
+           "gmm_mala", "gmm_hmc",
            "em_step_logprob", "em_step_logprob_backward", "policy_rollout", "policy_log_pf", "policy_log_pf_backward"]

@@ -10,7 +10,7 @@ Sizes a kernel does not support (D above the limits below) raise ValueError from
 this module does not touch the CUDA runtime.
 
 Implemented ops (the starred ops of the contract): gmm_score, sde_step,
-score_mh_accept, gmm_mala, em_step_logprob (and its backward). The other ops
+score_mh_accept, gmm_mala, em_step_logprob (and its backward), normal and uniform. The other ops
 have no CUDA kernel (the dispatcher falls back to Triton / the reference for them).
 """
 from __future__ import annotations
@@ -55,14 +55,30 @@ def sde_step(x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c
     return out
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed=0, offset=0, chain_offset=0):
     B, D = x.shape
     x_new, score_new, accepted, log_alpha = accept_outputs(x)
     m = 0 if interior is None else interior.shape[0]
     _launch(_C.cuda_score_mh_accept, x, _dt(x), x.data_ptr(), x_prop.data_ptr(), score.data_ptr(),
-            score_prop.data_ptr(), step_size.data_ptr(), u.data_ptr(), _p(interior) if m > 0 else 0, m, B, D,
-            x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(), log_alpha.data_ptr())
+            score_prop.data_ptr(), step_size.data_ptr(), _p(u), _u64(seed), _u64(offset), int(chain_offset),
+            _p(interior) if m > 0 else 0, m, B, D, x_new.data_ptr(), score_new.data_ptr(), accepted.data_ptr(),
+            log_alpha.data_ptr())
     return x_new, score_new, accepted, log_alpha
+
+
+def normal(seed, offset, chain_offset, B, D, dtype, device):
+    out = torch.empty(B, D, dtype=dtype, device=device)
+    if out.numel() > 0:
+        _launch(_C.cuda_normal, out, _dt(out), _u64(seed), _u64(offset), int(chain_offset), B, D, out.data_ptr())
+    return out
+
+
+def uniform(seed, offset, chain_offset, B, dtype, device):
+    out = torch.empty(B, dtype=dtype, device=device)
+    if B > 0:
+        _launch(_C.cuda_uniform, out, _dt(out), _u64(seed), _u64(offset), int(chain_offset), B,
+                out.data_ptr())
+    return out
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2, seed, offset,
@@ -96,5 +112,5 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
     return g_x, g_drift, g_log_var, g_xn
 
 
-__all__ = ["gmm_score", "sde_step", "score_mh_accept", "gmm_mala", "em_step_logprob",
+__all__ = ["gmm_score", "sde_step", "score_mh_accept", "gmm_mala", "em_step_logprob", "normal", "uniform",
            "em_step_logprob_backward"]

@@ -10,6 +10,7 @@ A trajectory of L steps from (x₀, p₀, s₀):
 from __future__ import annotations
 
 from . import _checks, _dispatch
+from .mh import mh_uniform
 
 
 def leapfrog(x, p, score, step_size, *, backend="auto"):
@@ -35,8 +36,10 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp,
     return fn(x, x_next, p_half, score, score_next, eps, delta_logp)
 
 
-def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, *, backend="auto"):
-    """log α = ΔlogP − ½|p'|² + ½|p|²; accept iff log u < log α.
+def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u=None, *, seed=None, offset=0, chain_offset=0,
+               backend="auto"):
+    """log α = ΔlogP − ½|p'|² + ½|p|²; accept iff log u < log α. u: the (B,) uniforms, or drawn inside
+    the kernel from (`seed`, `offset`, `chain_offset`) as `ops.uniform` draws them.
     Returns (x_new, score_new, accepted, log_alpha)."""
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
@@ -45,9 +48,9 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, *, backen
     p = _checks.like("p", p, x)
     p_prop = _checks.like("p_prop", p_prop, x)
     delta_logp = _checks.like("delta_logp", delta_logp, x, (x.shape[0],))
-    u = _checks.uniforms("u", u, x)
+    u, seed, offset, chain_offset = mh_uniform(u, seed, offset, chain_offset, x)
     fn = _dispatch.kernel(backend, "hmc_accept", x, x_prop, score, score_prop, p, p_prop, delta_logp, u)
-    return fn(x, x_prop, score, score_prop, p, p_prop, delta_logp, u)
+    return fn(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, seed, offset, chain_offset)
 
 
 def momentum_refresh(p, damping=0.0, *, noise=None, seed=None, offset=0, chain_offset=0, backend="auto"):

@@ -29,12 +29,26 @@ def line_points(x, x_prop, n, *, backend="auto"):
     return _dispatch.kernel(backend, "line_points", x, x_prop)(x, x_prop, n)
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scores=None, backend="auto"):
+def mh_uniform(u, seed, offset, chain_offset, x):
+    """(u or None, seed, offset, chain_offset) of an MH accept: exactly one of the uniforms `u` (B,) and
+    `seed` (then the kernel draws u = ops.uniform(seed, offset, B, chain_offset=chain_offset))."""
+    if (u is None) == (seed is None):
+        raise ValueError("give exactly one of u (the (B,) uniforms) and seed (u drawn in the kernel from "
+                         f"(seed, offset, chain_offset)), got {'both' if u is not None else 'neither'}")
+    if u is not None:
+        return _checks.uniforms("u", u, x), 0, 0, 0
+    return (None,) + _checks.seed_offset(seed, offset) + (_checks.chain_offset(chain_offset, x.shape[0]),)
+
+
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior_scores=None, seed=None, offset=0,
+                    chain_offset=0, backend="auto"):
     """MH test of a MALA move for a model known only through its score.
 
     ΔlogP ≈ (1/n)[½ s(x)·d + Σ_i s(x + (i/n)d)·d + ½ s(x')·d] (trapezoid, d = x' − x,
     n = 1 + number of interior score sets), log α = ΔlogP + log q(x|x') − log q(x'|x)
     with log q(x'|x) = −|x' − x − ε s(x)|²/(4ε); accept iff log u < log α (NaN rejects).
+    u: the (B,) uniforms, or (`seed`, `offset`, `chain_offset`): drawn inside the kernel, the same
+    bits as `ops.uniform(seed, offset, B, chain_offset=chain_offset)` (no separate RNG op).
 
     Returns (x_new, score_new, accepted (B,) bool, log_alpha (B,)).
     """
@@ -43,7 +57,7 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scor
     score = _checks.like("score", score, x)
     score_prop = _checks.like("score_prop", score_prop, x)
     eps = _checks.step_size(step_size, x)
-    u = _checks.uniforms("u", u, x)
+    u, seed, offset, chain_offset = mh_uniform(u, seed, offset, chain_offset, x)
     if interior_scores is not None:
         if not isinstance(interior_scores, torch.Tensor) or interior_scores.dim() != 3:
             raise ValueError("interior_scores must be a (n-1, B, D) tensor")
@@ -53,18 +67,17 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scor
         if interior_scores.shape[0] == 0:
             interior_scores = None
     fn = _dispatch.kernel(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
-    return fn(x, x_prop, score, score_prop, eps, u, interior_scores)
+    return fn(x, x_prop, score, score_prop, eps, u, interior_scores, seed, offset, chain_offset)
 
 
-def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u, *, backend="auto"):
+def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u=None, *, seed=None, offset=0,
+                     chain_offset=0, backend="auto"):
     """MH test of a MALA move for a model with a log-density (exact energy difference):
     log α = log p(x') − log p(x) + log q(x|x') − log q(x'|x), q as in `score_mh_accept`; accept iff
-    log u < log α (NaN rejects).
+    log u < log α (NaN rejects). u or (seed, offset, chain_offset) as in `score_mh_accept`.
 
     Returns (x_new, score_new, logp_new, accepted (B,) bool, log_alpha (B,)).
-    Only the PyTorch reference implements it (backend "auto" and "torch" on every device; an explicit
-    compiled backend raises ValueError): it is a few elementwise operations beside the model's own
-    log-density evaluation.
+    Kernels: the reference and C++ (on CUDA devices "auto" runs the reference).
     """
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
@@ -73,6 +86,6 @@ def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u
     logp = _checks.like("logp", logp, x, (x.shape[0],))
     logp_prop = _checks.like("logp_prop", logp_prop, x, (x.shape[0],))
     eps = _checks.step_size(step_size, x)
-    u = _checks.uniforms("u", u, x)
+    u, seed, offset, chain_offset = mh_uniform(u, seed, offset, chain_offset, x)
     fn = _dispatch.kernel(backend, "energy_mh_accept", x, x_prop, score, score_prop, logp, logp_prop, eps, u)
-    return fn(x, x_prop, score, score_prop, logp, logp_prop, eps, u)
+    return fn(x, x_prop, score, score_prop, logp, logp_prop, eps, u, seed, offset, chain_offset)

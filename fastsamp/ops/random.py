@@ -7,7 +7,8 @@ even d and sin for odd d; the MH uniform of chain b from word 0 of counter
 (0xFFFFFFFF, b, offset_lo, offset_hi). b is the global chain index: local row i of a
 batch whose first chain is global chain `chain_offset` draws with b = chain_offset + i,
 so a chain gets the same noise whichever process and batch it runs in.
-Words are held in int64 tensors.
+Words are held in int64 tensors. `philox_normal` / `philox_uniform` are the reference
+(unchecked, backend signatures); `normal` / `uniform` the public ops, on every backend.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 
 import torch
 
+from .. import backends
 from . import _checks
 
 _MASK = 0xFFFFFFFF
@@ -67,10 +69,9 @@ def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return words.to(dtype) * _TWO_M32
 
 
-def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="cpu", *,
-           chain_offset: int = 0) -> torch.Tensor:
-    """Standard normals ξ (B, D) of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1."""
-    _check_draw(seed, offset, dtype, chain_offset, B=B, D=D)
+def philox_normal(seed: int, offset: int, chain_offset: int, B: int, D: int, dtype, device) -> torch.Tensor:
+    """The reference of the standard normals ξ (B, D) of draw (seed, offset) for global chains
+    chain_offset .. chain_offset + B − 1 (arguments unchecked: the public `normal` checks them)."""
     J = (D + 3) // 4
     j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)[:, None].expand(B, J)
@@ -88,12 +89,32 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
     return out.reshape(B, 4 * J)[:, :D].contiguous()
 
 
-def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *,
-            chain_offset: int = 0) -> torch.Tensor:
-    """MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1."""
-    _check_draw(seed, offset, dtype, chain_offset, B=B)
+def philox_uniform(seed: int, offset: int, chain_offset: int, B: int, dtype, device) -> torch.Tensor:
+    """The reference of the MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains
+    chain_offset .. chain_offset + B − 1 (arguments unchecked)."""
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)
     full = torch.full_like
     r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),
                       seed & _MASK, seed >> 32)
     return uniform_open(r[0], dtype)
+
+
+def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="cpu", *,
+           chain_offset: int = 0, backend: str = "auto") -> torch.Tensor:
+    """Standard normals ξ (B, D) of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1:
+    the normals every kernel draws in-kernel (the compiled backends equal the reference up to the
+    rounding of log/cos/sin in Box–Muller)."""
+    _check_draw(seed, offset, dtype, chain_offset, B=B, D=D)
+    device = torch.device(device)
+    return backends.resolve(backend, "normal", device)(int(seed), int(offset), int(chain_offset), int(B), int(D),
+                                                       dtype, device)
+
+
+def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *,
+            chain_offset: int = 0, backend: str = "auto") -> torch.Tensor:
+    """MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1
+    (the same bits on every backend: integer Philox and one rounding)."""
+    _check_draw(seed, offset, dtype, chain_offset, B=B)
+    device = torch.device(device)
+    return backends.resolve(backend, "uniform", device)(int(seed), int(offset), int(chain_offset), int(B), dtype,
+                                                        device)

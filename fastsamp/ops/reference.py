@@ -15,10 +15,27 @@ import torch.nn.functional as F
 from . import random as _rng
 
 
+def normal(seed, offset, chain_offset, B, D, dtype, device):
+    """Standard normals ξ (B, D) of draw (seed, offset), chains chain_offset + b (the Philox reference)."""
+    return _rng.philox_normal(seed, offset, chain_offset, B, D, dtype, device)
+
+
+def uniform(seed, offset, chain_offset, B, dtype, device):
+    """MH uniforms u (B,) of draw (seed, offset), chains chain_offset + b (the Philox reference)."""
+    return _rng.philox_uniform(seed, offset, chain_offset, B, dtype, device)
+
+
 def _noise(x, noise, seed, offset, chain_offset):
     if noise is not None:
         return noise
-    return _rng.normal(seed, offset, x.shape[0], x.shape[1], x.dtype, x.device, chain_offset=chain_offset)
+    return normal(seed, offset, chain_offset, x.shape[0], x.shape[1], x.dtype, x.device)
+
+
+def _log_u(x, u, seed, offset, chain_offset):
+    """log u of an MH test: of the given u (B,), else of the uniforms of draw (seed, offset)."""
+    if u is None:
+        u = uniform(seed, offset, chain_offset, x.shape[0], x.dtype, x.device)
+    return torch.log(u)
 
 
 def _dot(a, b):
@@ -87,18 +104,18 @@ def mala_log_q_ratio(x, x_prop, score, score_prop, eps):
     return (_dot(fwd, fwd) - _dot(bwd, bwd)) / (4 * eps)
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed=0, offset=0, chain_offset=0):
     log_alpha = trapezoid_delta_logp(x, x_prop, score, score_prop, interior) + mala_log_q_ratio(
         x, x_prop, score, score_prop, step_size
     )
-    accepted = torch.log(u) < log_alpha
+    accepted = _log_u(x, u, seed, offset, chain_offset) < log_alpha
     return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
 
 
-def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u):
+def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u, seed=0, offset=0, chain_offset=0):
     """MALA MH with the exact log-density difference: log α = logp' − logp + log q ratio."""
     log_alpha = logp_prop - logp + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
-    accepted = torch.log(u) < log_alpha
+    accepted = _log_u(x, u, seed, offset, chain_offset) < log_alpha
     return (_select(accepted, x_prop, x), _select(accepted, score_prop, score), torch.where(accepted, logp_prop, logp),
             accepted, log_alpha)
 
@@ -116,9 +133,9 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp)
     return p_next, delta_logp + 0.5 * _dot(score + score_next, x_next - x)
 
 
-def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u):
+def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, seed=0, offset=0, chain_offset=0):
     log_alpha = delta_logp - 0.5 * _dot(p_prop, p_prop) + 0.5 * _dot(p, p)
-    accepted = torch.log(u) < log_alpha
+    accepted = _log_u(x, u, seed, offset, chain_offset) < log_alpha
     return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
 
 
@@ -135,8 +152,8 @@ def _philox_draws(x, seed, offset, chain_offset):
     B, D = x.shape
 
     def draw(m):
-        return (_rng.normal(seed, offset + m, B, D, x.dtype, x.device, chain_offset=chain_offset),
-                _rng.uniform(seed, offset + m, B, x.dtype, x.device, chain_offset=chain_offset))
+        return (normal(seed, offset + m, chain_offset, B, D, x.dtype, x.device),
+                uniform(seed, offset + m, chain_offset, B, x.dtype, x.device))
     return draw
 
 

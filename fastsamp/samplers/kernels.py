@@ -73,8 +73,9 @@ class CorrectorSpec:
         return self.n_steps * per_move + 1
 
 
-def _uniform(x, key):
-    return ops.uniform(key.seed, key.offset, x.shape[0], dtype=x.dtype, device=x.device, chain_offset=key.chain_offset)
+def _draw(key):
+    """The accept ops' keyword arguments that draw u inside the kernel: the uniforms of move `key`."""
+    return {"seed": key.seed, "offset": key.offset, "chain_offset": key.chain_offset}
 
 
 def _all_accepted(x):
@@ -112,14 +113,14 @@ class ScoreMH(MHTest):
         pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
         scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
         x, s, accepted, log_alpha = ops.score_mh_accept(
-            x, x_prop, score=state.score, score_prop=scores[0], step_size=kernel.step_size, u=_uniform(x, key),
-            interior_scores=scores[1:], backend=kernel.backend)
+            x, x_prop, score=state.score, score_prop=scores[0], step_size=kernel.step_size,
+            interior_scores=scores[1:], backend=kernel.backend, **_draw(key))
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
         x, s, accepted, log_alpha = ops.hmc_accept(
             start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum, p_prop=end.momentum,
-            delta_logp=delta_logp, u=_uniform(start.x, key), backend=kernel.backend)
+            delta_logp=delta_logp, backend=kernel.backend, **_draw(key))
         momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
         logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
         return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
@@ -133,11 +134,11 @@ class EnergyMH(ScoreMH):
 
     def langevin(self, kernel, state, x_prop, key):
         s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
-        # only the PyTorch reference implements energy_mh_accept: "auto" picks it on every device
-        backend = "torch" if kernel.backend == "torch" else "auto"
+        # energy_mh_accept has reference and C++ kernels only: on CUDA "auto" runs the reference
+        backend = kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
         x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
             state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
-            step_size=kernel.step_size, u=_uniform(x_prop, key), backend=backend)
+            step_size=kernel.step_size, backend=backend, **_draw(key))
         return ChainState(x, s, logp), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
