@@ -1,0 +1,132 @@
+"""The generic annealed_mcmc against the plain PyTorch loop a user would write (issue 10, item 7).
+
+The setting: a user's own score network (an 8-D MLP `torch.nn.Module`, not a fastsamp model),
+2048 chains, annealed MALA with the score-based MH test (trapezoid, n_trapezoid = 1), one thread.
+Both sides make exactly the same score calls: per level one predictor call at the previous level's
+time (from the second level on), one call at the level's start, one per corrector move. The hand
+loop is written as one would write it well: no autograd, noise from torch.randn / torch.rand into
+preallocated buffers, the MH test in a handful of fused-where-possible tensor ops.
+
+    python benchmarks/generic_vs_hand.py [--chains 2048] [--levels 50] [--moves 5] [--hidden 64]
+                                         [--repeats 7] [--threads 1] [--device cpu] [--json out.json]
+
+Prints the median wall time of each side over interleaved repeats (A, B, A, B, ...: a loaded
+machine slows both alike) and the ratio generic / hand; the goal is <= 0.9.
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+
+from fastsamp.samplers.annealed import annealed_mcmc
+from fastsamp.schedules import VP
+
+
+class UserMLP(torch.nn.Module):
+    """A user's score network s(x, t): an MLP on [x, t] with SiLU activations."""
+
+    def __init__(self, dim=8, hidden=64, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.dim = dim
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+
+    def forward(self, x, t):
+        tt = x.new_full((x.shape[0], 1), float(t))
+        return self.net(torch.cat([x, tt], 1)) - x
+
+
+def hand_loop(net, n, *, n_levels, n_moves, step_size, t_min=1e-3, seed=0, device="cpu"):
+    """Annealed MALA with the trapezoid MH test (n_trapezoid = 1), as plain PyTorch. Returns (x, accept rate)."""
+    sched = VP()
+    D = net.dim
+    g = torch.Generator(device=device).manual_seed(seed)
+    ts = torch.linspace(1.0, t_min, n_levels, dtype=torch.float64).tolist()
+    x = math.sqrt(sched.alpha(1.0) ** 2 + sched.sigma2(1.0)) * torch.randn(n, D, generator=g, device=device)
+    noise = torch.empty(n, D, device=device)
+    u = torch.empty(n, device=device)
+    n_acc = torch.zeros(n, device=device)
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            if i > 0:  # reverse Euler-Maruyama from ts[i-1] to t
+                tp = ts[i - 1]
+                h, beta = tp - t, sched.beta(tp)
+                s = net(x, tp)
+                torch.randn(n, D, generator=g, out=noise)
+                x = (1 + 0.5 * h * beta) * x + (h * beta) * s + math.sqrt(h * beta) * noise
+            eps = step_size * (sched.alpha(t) ** 2 + sched.sigma2(t))
+            s = net(x, t)
+            for _ in range(n_moves):
+                torch.randn(n, D, generator=g, out=noise)
+                x_prop = (x + eps * s).add_(noise, alpha=math.sqrt(2 * eps))
+                s_prop = net(x_prop, t)
+                d = x_prop - x
+                fwd, bwd = d - eps * s, d + eps * s_prop
+                log_alpha = 0.5 * ((s + s_prop) * d).sum(1) + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
+                torch.rand(n, generator=g, out=u)
+                acc = u.log_() < log_alpha
+                x = torch.where(acc[:, None], x_prop, x)
+                s = torch.where(acc[:, None], s_prop, s)
+                n_acc += acc
+    return x, n_acc / (n_levels * n_moves)
+
+
+def generic(net, n, *, n_levels, n_moves, step_size, seed=0, device="cpu"):
+    x, stats = annealed_mcmc(net, n, n_levels=n_levels, corrector="mala", mh="score", n_corrector_steps=n_moves,
+                             n_trapezoid=1, step_size=step_size, seed=seed, device=device)
+    return x, stats
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chains", type=int, default=2048)
+    p.add_argument("--levels", type=int, default=50)
+    p.add_argument("--moves", type=int, default=5)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--step-size", type=float, default=0.05)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    net = UserMLP(8, a.hidden).to(a.device)
+    kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, device=a.device)
+    runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw)}
+    rates = {"generic": sum(runs["generic"]()[1].accept_rate) / a.levels, "hand": float(runs["hand"]()[1].mean())}
+    times = {k: [] for k in runs}
+    for _ in range(a.repeats):
+        for k, fn in runs.items():
+            times[k].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["generic"] / med["hand"]
+    calls = a.levels * (a.moves + 2) - 1
+    print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves, {calls} score calls of an 8-D MLP "
+          f"(hidden {a.hidden}), {a.threads} thread(s), {a.device}; median of {a.repeats} interleaved repeats")
+    for k in runs:
+        runs_ms = ", ".join(f"{t * 1e3:.0f}" for t in times[k])
+        print(f"  {k:8s} {med[k] * 1e3:8.1f} ms   (acceptance {rates[k]:.3f}; runs {runs_ms})")
+    print(f"  ratio generic / hand = {ratio:.3f}  (goal <= 0.9)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "times_s": times, "median_s": med, "ratio": ratio}, f, indent=1)
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
