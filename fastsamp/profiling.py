@@ -5,7 +5,8 @@ The samplers mark their phases with `record_function` ranges of stable names (`P
     fastsamp.predictor    the reverse-SDE step between noise levels (with its score call)
     fastsamp.corrector    the MCMC moves at one noise level
     fastsamp.score_model  one call of the user's model (score, log_prob); fastsamp.log_weight: the
-                          importance weight's gradient (also the user's model)
+                          importance weight's gradient; fastsamp.policy: the trained diffusion
+                          sampler's network (all three: the user's model)
 
 and fastsamp's ops registered with the dispatcher appear as `fastsamp::<op>` events. `breakdown()`
 profiles a block and splits its wall time into three shares that sum to 1:
@@ -33,7 +34,7 @@ import torch
 PREFIX = "fastsamp."
 OP_NAMESPACE = "fastsamp::"
 ROOT = PREFIX + "profile"
-MODEL_RANGES = (PREFIX + "score_model", PREFIX + "log_weight")
+MODEL_RANGES = (PREFIX + "score_model", PREFIX + "log_weight", PREFIX + "policy")
 PHASES = (PREFIX + "predictor", PREFIX + "corrector") + MODEL_RANGES
 
 _profiler_enabled = torch._C._autograd._profiler_enabled  # what RecordFunction itself consults (~0.1 µs)

@@ -119,3 +119,12 @@ def test_sample_verb_trace_needs_profile(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sample", "--trace", str(tmp_path / "t.json")])
     assert e.value.code == 2 and "--trace needs --profile" in capsys.readouterr().err
+
+
+def test_diffusion_sampler_network_is_model_time():
+    from fastsamp.samplers.diffusion import DiffusionSampler
+    from fastsamp.targets import get_target
+    sampler = DiffusionSampler(get_target("25gmm"), sigma=2.0, n_steps=4, fused=False, hidden=16, n_harmonics=4)
+    with profiling.breakdown() as b:
+        sampler.forward_trajectories(32)
+    assert b.phases["policy"] > 0 and b.score_model_s >= b.phases["policy"]
