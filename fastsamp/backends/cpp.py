@@ -207,6 +207,37 @@ def policy_log_pf_backward(states, temb, params, g_log_pf, sigma, h, clip, n_thr
     return g_temb, g_params
 
 
+def _score_sum(params, dims, scalars, mixture):
+    """The network and mixture arguments of cpu_mlp_score / cpu_mlp_mala (mixture None: K = 0)."""
+    if mixture is None:
+        mix = (0, 0, 0, 0, 0.0, 0.0)
+    else:
+        means, log_weights, variances, alpha, sigma2 = mixture
+        mix = (means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(), means.shape[0], float(alpha),
+               float(sigma2))
+    return ([t.data_ptr() for t in params], [int(d) for d in dims], [float(v) for v in scalars]) + mix
+
+
+def mlp_score(x, params, dims, scalars, mixture):
+    B, D = x.shape
+    score = torch.empty_like(x)
+    if B > 0:
+        _C.cpu_mlp_score(_dt(x), x.data_ptr(), B, D, *_score_sum(params, dims, scalars, mixture), score.data_ptr(),
+                         _threads())
+    return score
+
+
+def mlp_mala(x, params, dims, scalars, mixture, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+    B, D = x.shape
+    x_new, rate = move_outputs(x)
+    if B > 0:
+        _C.cpu_mlp_mala(_dt(x), x.data_ptr(), B, D, *_score_sum(params, dims, scalars, mixture), step_size.data_ptr(),
+                        int(n_steps), int(n_trapezoid), _u64(seed), _u64(offset), int(chain_offset), int(mh),
+                        x_new.data_ptr(), rate.data_ptr(), _threads())
+    return x_new, rate
+
+
 __all__ = ["gmm_score", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
            "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
-           "em_step_logprob", "em_step_logprob_backward", "policy_rollout", "policy_log_pf", "policy_log_pf_backward"]
+           "em_step_logprob", "em_step_logprob_backward", "policy_rollout", "policy_log_pf", "policy_log_pf_backward",
+           "mlp_score", "mlp_mala"]
