@@ -207,33 +207,32 @@ def policy_log_pf_backward(states, temb, params, g_log_pf, sigma, h, clip, n_thr
     return g_temb, g_params
 
 
-def _score_sum(params, dims, scalars, mixture):
-    """The network and mixture arguments of cpu_mlp_score / cpu_mlp_mala (mixture None: K = 0)."""
-    if mixture is None:
-        mix = (0, 0, 0, 0, 0.0, 0.0)
-    else:
-        means, log_weights, variances, alpha, sigma2 = mixture
-        mix = (means.data_ptr(), log_weights.data_ptr(), variances.data_ptr(), means.shape[0], float(alpha),
-               float(sigma2))
-    return ([t.data_ptr() for t in params], [int(d) for d in dims], [float(v) for v in scalars]) + mix
+def _score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """The network and mixture arguments of cpu_mlp_score / cpu_mlp_mala (no means: K = 0)."""
+    return ([t.data_ptr() for t in params], [int(d) for d in dims], [float(v) for v in scalars], _p(means),
+            _p(log_weights), _p(variances), 0 if means is None else means.shape[0], float(mix_alpha),
+            float(mix_sigma2))
 
 
-def mlp_score(x, params, dims, scalars, mixture):
+def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
     B, D = x.shape
     score = torch.empty_like(x)
     if B > 0:
-        _C.cpu_mlp_score(_dt(x), x.data_ptr(), B, D, *_score_sum(params, dims, scalars, mixture), score.data_ptr(),
-                         _threads())
+        _C.cpu_mlp_score(_dt(x), x.data_ptr(), B, D,
+                         *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
+                         score.data_ptr(), _threads())
     return score
 
 
-def mlp_mala(x, params, dims, scalars, mixture, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+             n_trapezoid, seed, offset, chain_offset, mh):
     B, D = x.shape
     x_new, rate = move_outputs(x)
     if B > 0:
-        _C.cpu_mlp_mala(_dt(x), x.data_ptr(), B, D, *_score_sum(params, dims, scalars, mixture), step_size.data_ptr(),
-                        int(n_steps), int(n_trapezoid), _u64(seed), _u64(offset), int(chain_offset), int(mh),
-                        x_new.data_ptr(), rate.data_ptr(), _threads())
+        _C.cpu_mlp_mala(_dt(x), x.data_ptr(), B, D,
+                        *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
+                        step_size.data_ptr(), int(n_steps), int(n_trapezoid), _u64(seed), _u64(offset),
+                        int(chain_offset), int(mh), x_new.data_ptr(), rate.data_ptr(), _threads())
     return x_new, rate
 
 

@@ -91,7 +91,8 @@ def _net_params(x, net, i):
 
 
 def _score_sum_args(x, nets, mixture):
-    """(x, flat params, dims, scalars, mixture tuple or None) of a sum of networks and a mixture."""
+    """The backend arguments of a sum of networks and a mixture: x, the flat network lists params, dims,
+    scalars, then means, log_weights, variances (None without a mixture), mix_alpha, mix_sigma2."""
     x = _checks.state("x", x)
     if isinstance(nets, ScoreNet):
         nets = [nets]
@@ -103,24 +104,22 @@ def _score_sum_args(x, nets, mixture):
         params += p
         dims += d
         scalars += s
-    if mixture is not None:
-        if not isinstance(mixture, MixtureScore):
-            raise TypeError(f"mixture must be a fastsamp.ops.MixtureScore or None, got {type(mixture).__name__}")
-        mixture = MixtureScore(*_checks.mixture(x, *mixture))
-    if not nets and mixture is None:
-        raise ValueError("nets is empty and no mixture is given: nothing to evaluate")
-    return x, params, dims, scalars, mixture
-
-
-def _kernel(backend, op, x, params, mixture):
-    return _dispatch.kernel(backend, op, x, *params, *(mixture[:3] if mixture is not None else ()))
+    if mixture is None:
+        if not nets:
+            raise ValueError("nets is empty and no mixture is given: nothing to evaluate")
+        mix = (None, None, None, 1.0, 0.0)
+    elif not isinstance(mixture, MixtureScore):
+        raise TypeError(f"mixture must be a fastsamp.ops.MixtureScore or None, got {type(mixture).__name__}")
+    else:
+        mix = _checks.mixture(x, *mixture)
+    return (x, params, dims, scalars) + tuple(mix)
 
 
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
     """Σ_i s_i(x) (+ the mixture's score): the scores of the `ScoreNet`s `nets` (one or a list) and of
     the optional `MixtureScore`, at x (B, D). Every tensor in x's dtype and device. Returns (B, D)."""
-    x, params, dims, scalars, mixture = _score_sum_args(x, nets, mixture)
-    return _kernel(backend, "mlp_score", x, params, mixture)(x, params, dims, scalars, mixture)
+    args = _score_sum_args(x, nets, mixture)
+    return _dispatch.kernel(backend, "mlp_score", args[0], *args[1], *args[4:7])(*args)
 
 
 def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0, offset=0, chain_offset=0,
@@ -135,7 +134,8 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
 
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
-    x, params, dims, scalars, mixture = _score_sum_args(x, nets, mixture)
+    args = _score_sum_args(x, nets, mixture)
+    x = args[0]
     eps = _checks.step_size(step_size, x)
     n_steps = _checks.integer("n_steps", n_steps, minimum=1)
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1, maximum=4096)
@@ -143,5 +143,5 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
     if not isinstance(mh, str) or mh not in _MH_MODES:
         raise ValueError(f"mh must be one of {tuple(_MH_MODES)} (a score network has no energy), got {mh!r}")
-    fn = _kernel(backend, "mlp_mala", x, params + [eps], mixture)
-    return fn(x, params, dims, scalars, mixture, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _MH_MODES[mh])
+    fn = _dispatch.kernel(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
+    return fn(*args, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _MH_MODES[mh])

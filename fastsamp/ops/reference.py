@@ -313,9 +313,9 @@ def _score_nets(params, dims, scalars):
         yield (freq, mean, layers, _MLP_ACTIVATIONS[act], *scalars[i:i + 4])
 
 
-def mlp_score(x, params, dims, scalars, mixture):
-    """Σ_i [(α_i m_i − x)/v_i + f_i([x, sin(t_i ω_i), cos(t_i ω_i)])/√v_i] (+ the mixture's score), v_i = α_i² σ_d,i²
-    + σ_i²: the ScoreMLP.forward formula per network (fastsamp.ops.mlp)."""
+def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """Σ_i [(α_i m_i − x)/v_i + f_i([x, sin(t_i ω_i), cos(t_i ω_i)])/√v_i] (+ the mixture's score when means is
+    given), v_i = α_i² σ_d,i² + σ_i²: the ScoreMLP.forward formula per network (fastsamp.ops.mlp)."""
     total = None
     for freq, mean, layers, act, t, alpha, sigma2, data_var in _score_nets(params, dims, scalars):
         tw = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device) * freq
@@ -325,17 +325,19 @@ def mlp_score(x, params, dims, scalars, mixture):
         v = alpha * alpha * data_var + sigma2
         s = (alpha * mean - x) / v + F.linear(u, *layers[-1]) / math.sqrt(v)
         total = s if total is None else total + s
-    if mixture is not None:
-        s = gmm_score(x, *mixture)[0]
+    if means is not None:
+        s = gmm_score(x, means, log_weights, variances, mix_alpha, mix_sigma2)[0]
         total = s if total is None else total + s
     return total
 
 
-def mlp_mala(x, params, dims, scalars, mixture, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+             n_trapezoid, seed, offset, chain_offset, mh):
     """n_steps MALA moves on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
     B, D = x.shape
     draw = _philox_draws(x, seed, offset, chain_offset)
-    score_at = lambda z: mlp_score(z, params, dims, scalars, mixture)  # noqa: E731
+    score_at = lambda z: mlp_score(z, params, dims, scalars, means, log_weights, variances, mix_alpha,  # noqa: E731
+                                   mix_sigma2)
     score = score_at(x)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
