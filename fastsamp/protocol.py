@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .profiling import phase
 from .schedules import VE, VP
 
 SCHEDULES = (VP, VE)
@@ -140,7 +141,8 @@ class CountingModel:
     def _call(self, method, x, t):
         self.calls += x.shape[0]
         try:
-            return getattr(self.model, method)(x, t)
+            with phase("score_model"):
+                return getattr(self.model, method)(x, t)
         except Exception as e:
             e.add_note(f"(raised inside model {model_name(self.model)}.{method}(x, t) with x of shape "
                        f"{tuple(x.shape)}, {x.dtype} on {x.device}, t = {t})")

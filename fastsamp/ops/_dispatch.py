@@ -1,5 +1,13 @@
-"""The backend function of a public op: the registry's choice (`fastsamp.backends.resolve`),
-made independent of what is built where autograd or a kernel's size limit is concerned.
+"""The function a public op calls: with backend="auto" its registered op `torch.ops.fastsamp.<op>`
+(`route`), with an explicit backend that backend's function (`kernel`: the registry's choice,
+`fastsamp.backends.resolve`, made independent of what is built where autograd or a kernel's size
+limit is concerned).
+
+* Registered ops (`_library`): eager calls with no input requiring grad go below the autograd key
+  (no Python autograd kernel on the hot path); under torch.compile tracing, or when an input requires
+  grad, the op is called through the dispatcher, so torch.compile sees one opaque op with a fake
+  implementation, and autograd runs the op's registered backward. An op without a backward runs the
+  differentiable reference instead when an input requires grad (as before registration).
 
 * Autograd: the compiled kernels of these ops have no backward. When grad mode is on and an
   input requires grad, `backend="auto"` runs the differentiable PyTorch reference (so "auto"
@@ -17,7 +25,7 @@ import inspect
 import torch
 
 from .. import backends
-from . import reference
+from . import _library, reference
 
 # backend op -> the module attribute holding its largest supported D
 _MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
@@ -63,3 +71,14 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
         raise ValueError(f"backend {backend!r} {op} supports D <= {limit}, got D = {x.shape[1]} "
                          f"(backend='auto' or 'torch' take any D)")
     return fn
+
+
+def route(backend: str, op: str, x: torch.Tensor, *tensors):
+    """The function the public op calls for backend op `op` (the backend signature): the registered op for
+    backend="auto" (where `op` is registered), else `kernel(backend, op, x, *tensors)`."""
+    entry = _library.ENTRIES.get(op) if backend == "auto" else None
+    if entry is None:
+        return kernel(backend, op, x, *tensors)
+    if _needs_grad(x, tensors):
+        return entry.graph if entry.differentiable else getattr(reference, op)
+    return entry.graph if torch.compiler.is_compiling() else entry.eager
