@@ -14,8 +14,9 @@ and optionally
 * ``with_backend(backend) -> model``: the same model computing with that backend of the
   fastsamp ops (the samplers pass their ``backend=``);
 * ``fused_corrector() -> callable | None``: a whole-move kernel for the corrector moves, or None
-  (`GaussianMixture`: ``ops.gmm_mala`` / ``ops.gmm_hmc``); the samplers run it instead of the
-  generic moves when ``fused=True``.
+  (`GaussianMixture`: ``ops.gmm_mala`` / ``ops.gmm_hmc``; `ScoreMLP` and `Product`s of ScoreMLPs and a
+  mixture: ``ops.mlp_mala``); the samplers run it instead of the generic moves when ``fused=True``,
+  unless ``fused_supports(spec) -> bool`` says it does not cover the corrector (e.g. HMC).
 
 A plain ``nn.Module`` or callable ``f(x, t)`` is accepted too: it is wrapped as a
 `fastsamp.models.ScoreModel` with the default VP schedule, its ``dim`` taken from a ``dim``
@@ -49,10 +50,16 @@ def with_backend(model, backend: str):
     return model if hook is None else hook(backend)
 
 
-def fused_corrector(model):
-    """The model's whole-move corrector kernel (`fused_corrector` hook), or None."""
+def fused_corrector(model, spec=None):
+    """The model's whole-move corrector kernel (`fused_corrector` hook), or None; with a corrector `spec`
+    also None when the model's `fused_supports(spec)` hook says its kernel does not run that corrector."""
     hook = getattr(model, "fused_corrector", None)
-    return None if hook is None else hook()
+    if hook is None:
+        return None
+    supports = getattr(model, "fused_supports", None)
+    if spec is not None and supports is not None and not supports(spec):
+        return None
+    return hook()
 
 
 def _not_a_model(model, what):

@@ -5,7 +5,7 @@ Inputs arrive validated and contiguous (the public ops in `fastsamp.ops` see to
 that); outputs are allocated here with `torch.empty` on x's device in x's dtype.
 The glue of every op with a plain C entry point is generated from the op table
 (`fastsamp/ops/_table.py`: `_table.glue_source(op, "cpu")` shows the source); the policy ops,
-which pass lists of layer pointers, are written out below.
+and the score-network ops, which pass lists of layer pointers, are written out below.
 """
 from __future__ import annotations
 
@@ -67,4 +67,33 @@ def policy_log_pf_backward(states, temb, params, g_log_pf, sigma, h, clip, n_thr
     return g_temb, g_params
 
 
-__all__ = _GENERATED + ["policy_rollout", "policy_log_pf", "policy_log_pf_backward"]
+def _score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """The network and mixture arguments of cpu_mlp_score / cpu_mlp_mala (no means: K = 0)."""
+    return ([t.data_ptr() for t in params], [int(d) for d in dims], [float(v) for v in scalars], _p(means),
+            _p(log_weights), _p(variances), 0 if means is None else means.shape[0], float(mix_alpha),
+            float(mix_sigma2))
+
+
+def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    B, D = x.shape
+    score = torch.empty_like(x)
+    if B > 0:
+        _C.cpu_mlp_score(_dt(x), x.data_ptr(), B, D,
+                         *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
+                         score.data_ptr(), _threads())
+    return score
+
+
+def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+             n_trapezoid, seed, offset, chain_offset, mh):
+    B, D = x.shape
+    x_new, rate = torch.empty_like(x), torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_mlp_mala(_dt(x), x.data_ptr(), B, D,
+                        *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
+                        step_size.data_ptr(), int(n_steps), int(n_trapezoid), _u64(seed), _u64(offset),
+                        int(chain_offset), int(mh), x_new.data_ptr(), rate.data_ptr(), _threads())
+    return x_new, rate
+
+
+__all__ = _GENERATED + ["policy_rollout", "policy_log_pf", "policy_log_pf_backward", "mlp_score", "mlp_mala"]

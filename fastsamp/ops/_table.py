@@ -18,6 +18,7 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            float int bool python scalars (C double / int64 / bool)
            u64            seed / offset / chain_offset: C uint64; int64 in the schema (two's complement)
            tensors        a list of tensors (Tensor[])
+           ints floats    a list of python ints / floats (int[] / float[])
            dtype device   of the outputs, for ops without a state tensor
            out            an optional preallocated output (not in the schema: registered ops are functional)
     outs:  "name:(B,D)" with an optional dtype suffix (bool, f64), "=arg" (the output is that argument when
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 
 U64_MASK = 2**64 - 1
 SCALARS = {"float": "float", "int": "int", "bool": "bool", "u64": "SymInt", "tensors": "Tensor[]",
+           "ints": "int[]", "floats": "float[]",
            "dtype": "ScalarType", "device": "Device"}
 
 
@@ -97,7 +99,7 @@ class Op:
         return f"{self.name}({args}) -> " + (outs if len(self.outs) == 1 else f"({outs})")
 
 
-_ARG = re.compile(r"(\w+):(?:(state|float|int|bool|u64|tensors|dtype|device|out)|\(([^)]*)\)(\?)?(f64)?)$")
+_ARG = re.compile(r"(\w+):(?:(state|floats|float|ints|int|bool|u64|tensors|dtype|device|out)|\(([^)]*)\)(\?)?(f64)?)$")
 _OUT = re.compile(r"(\w+):\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?$")
 
 
@@ -144,6 +146,11 @@ _ACCEPT = "x_new:(B,D) score_new:(B,D) accepted:(B,)bool log_alpha:(B,)"
 _ALL = ("cpp", "triton")
 _POLICY_NET = "temb:(T,H) params:tensors"
 _POLICY_DIMS = "T, H = temb.shape; D = params[0].shape[1]"
+# score networks (fastsamp/ops/mlp.py): flat per-network lists of layer tensors, dims and scalars, and an
+# optional mixture; the public functions take ScoreNet / MixtureScore objects instead
+_SCORE_SUM = ("x:state params:tensors dims:ints scalars:floats means:(K,D)? log_weights:(K,)? variances:(K,)? "
+              "mix_alpha:float mix_sigma2:float")
+_SCORE_SUM_RENAMES = {"params": None, "means": None, "log_weights": None, "variances": None}
 
 OPS: dict[str, Op] = {op.name: op for op in [
     _op("gmm_score", f"{_MIX} alpha:float sigma2:float", "score:(B,D) logp:(B,)",
@@ -201,6 +208,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("policy_log_pf_backward", f"states:(T+1,B,D) {_POLICY_NET} g_log_pf:(B,T) sigma:float h:float clip:float "
         "n_threads:int", "g_temb:(T,H)", None, public=None, dims=_POLICY_DIMS + "; B = states.shape[1]",
         reference=False),  # also g_params, a list like params; autograd differentiates the reference
+    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
+        "mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         None, (), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
