@@ -3,15 +3,13 @@
 `fastsamp.backends.resolve`, made independent of what is built where autograd or a kernel's size
 limit is concerned).
 
-* Registered ops (`_library`): eager calls with no input requiring grad go below the autograd key
-  (no Python autograd kernel on the hot path); under torch.compile tracing, or when an input requires
-  grad, the op is called through the dispatcher, so torch.compile sees one opaque op with a fake
-  implementation, and autograd runs the op's registered backward. An op without a backward runs the
-  differentiable reference instead when an input requires grad (as before registration).
-
-* Autograd: the compiled kernels of these ops have no backward. When grad mode is on and an
-  input requires grad, `backend="auto"` runs the differentiable PyTorch reference (so "auto"
-  never changes autograd semantics with the build) and an explicit compiled backend raises.
+* Registered ops (`_library`): under torch.compile tracing, or when an input requires grad, the op is
+  called through the dispatcher, so torch.compile sees one opaque op with a fake implementation and
+  autograd runs the op's registered backward (compiled forward, `_autograd.py`). In eager with nothing
+  watching the dispatcher, the kernel the op would run is called directly (see `route`).
+* Autograd of the ops without a backward formula: when grad mode is on and an input requires grad,
+  `backend="auto"` runs the differentiable PyTorch reference (so "auto" never changes autograd
+  semantics with the build) and an explicit compiled backend raises (so does the registered op).
   (`em_step_logprob` and `policy_log_pf` have fused backward kernels: they resolve their
   backend functions themselves.)
 * Size limits: a compiled module that keeps whole rows in registers declares its largest D
@@ -20,26 +18,11 @@ limit is concerned).
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from .. import backends
 from . import _library, reference
-
-# backend op -> the module attribute holding its largest supported D
-_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
-
-
-def max_d(fn, op: str):
-    """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
-    attr = _MAX_D_ATTR.get(op)
-    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
-
-
-def is_reference(fn) -> bool:
-    """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
-    return inspect.getmodule(fn) is reference
+from ._library import is_reference, max_d  # noqa: F401  (part of this module's interface)
 
 
 def _needs_grad(x: torch.Tensor, tensors) -> bool:
@@ -73,12 +56,31 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     return fn
 
 
+def _plain(x: torch.Tensor, tensors) -> bool:
+    """x and the other tensors (None allowed) are plain torch.Tensor objects (no subclass, e.g. FakeTensor)."""
+    if type(x) is not torch.Tensor:
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not torch.Tensor:
+            return False
+    return True
+
+
 def route(backend: str, op: str, x: torch.Tensor, *tensors):
-    """The function the public op calls for backend op `op` (the backend signature): the registered op for
-    backend="auto" (where `op` is registered), else `kernel(backend, op, x, *tensors)`."""
+    """The function the public op calls for backend op `op` (the backend signature).
+
+    backend="auto" (where `op` is registered): the registered op while torch.compile / export trace, when an
+    input requires grad (its backward; the reference for an op without one), or when something watches the
+    dispatcher (profiler, a dispatch or torch-function mode, a functorch transform, tensor subclasses);
+    otherwise, in plain eager, the backend function the registered op's kernel would run, called directly
+    (the same computation without the dispatcher's per-call cost). Other backends: `kernel(backend, ...)`."""
     entry = _library.ENTRIES.get(op) if backend == "auto" else None
     if entry is None:
         return kernel(backend, op, x, *tensors)
     if _needs_grad(x, tensors):
         return entry.graph if entry.differentiable else getattr(reference, op)
-    return entry.graph if torch.compiler.is_compiling() else entry.eager
+    if torch.compiler.is_compiling():
+        return entry.graph
+    if _library.observed() or not _plain(x, tensors):
+        return entry.eager
+    return _library.device_kernel(op, x.device.type)

@@ -19,6 +19,7 @@ The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -30,6 +31,21 @@ _INT64_MAX = 2**63 - 1
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
+
+
+# backend op -> the module attribute holding its largest supported D
+_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
+
+
+def max_d(fn, op: str):
+    """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
+    attr = _MAX_D_ATTR.get(op)
+    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
+
+
+def is_reference(fn) -> bool:
+    """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
+    return inspect.getmodule(fn) is reference
 
 
 def encode_u64(v):
@@ -56,17 +72,15 @@ def _decoded(fn, op: _table.Op):
 
 
 @functools.cache
-def _device_kernel(name: str, device_type: str):
+def device_kernel(name: str, device_type: str):
     """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
     reference above a compiled kernel's D limit."""
-    from . import _dispatch
-
     op = _table.OPS[name]
     fn = backends.resolve("auto", name, torch.device(device_type))
     ref = _decoded(getattr(reference, name), op)
-    if _dispatch.is_reference(fn):
+    if is_reference(fn):
         return ref
-    limit = _dispatch.max_d(fn, name)
+    limit = max_d(fn, name)
     if limit is None:
         return fn
     state = next(i for i, a in enumerate(op.schema_args) if a.kind == "state")
@@ -77,8 +91,9 @@ def _device_kernel(name: str, device_type: str):
 
 
 def _kernel_for(name: str, device_type: str):
+    """A kernel that resolves the backend function at its first call."""
     def kernel(*args):
-        return _device_kernel(name, device_type)(*args)
+        return device_kernel(name, device_type)(*args)
     kernel.__name__ = f"{name}_{device_type}"
     return kernel
 
@@ -95,9 +110,21 @@ def _refuse_grad(name: str, opobj):
     return kernel
 
 
+_profiler_enabled = torch._C._autograd._profiler_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
+def observed() -> bool:
+    """Something watches the dispatcher in eager: the profiler (registered ops appear by name), a dispatch
+    mode (FakeTensorMode, export's tracing), a torch-function mode or a functorch transform (vmap, grad)."""
+    return _profiler_enabled() or _dispatch_modes() > 0 or _function_modes() or _functorch_level() is not None
+
+
 class Entry:
     """How a public op calls its registered op: `graph` through the dispatcher (autograd, tracing),
-    `eager` below the autograd key (no input requires grad: skips the Python autograd kernel, about 5 µs).
+    `eager` below the autograd key (no input requires grad: skips the Python autograd kernel, several µs).
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
@@ -119,7 +146,7 @@ class Entry:
 
         def eager(*args, out=None):
             if out is not None:  # written in place by the backend function, as with backend= given
-                return _device_kernel(self.name, args[0].device.type)(*args, out=out)
+                return device_kernel(self.name, args[0].device.type)(*args, out=out)
             with _BELOW_AUTOGRAD():
                 return opobj(*encoded(args))
 
@@ -136,8 +163,8 @@ def _register(op: _table.Op) -> Entry:
     namespace = {"torch": torch}
     exec(compile(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", "exec"), namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
-    for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
-        _lib.impl(op.name, _kernel_for(op.name, device_type), key)
+    _lib.impl(op.name, device_kernel(op.name, "cpu"), "CPU")  # resolved now: no trampoline on the CPU path
+    _lib.impl(op.name, _kernel_for(op.name, "cuda"), "CUDA")  # resolved at the first call (imports Triton)
     if op.grad:
         torch.library.register_autograd(qualname, _autograd.FORMULAS[op.name], setup_context=_autograd.SETUP,
                                         lib=_lib)
