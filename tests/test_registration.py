@@ -181,3 +181,30 @@ def test_registered_ops_appear_by_name_in_the_profiler():
     with torch.profiler.profile() as prof:
         ops.gmm_score(x, torch.randn(K, D), torch.zeros(K), torch.ones(K))
     assert "fastsamp::gmm_score" in {e.key for e in prof.key_averages()}
+
+
+def test_compiled_step_takes_new_offsets_without_recompiling_each_time(dynamo_reset):
+    """Seeds and offsets are SymInts of the schema: after one recompile (the offset turns dynamic) new
+    offsets, past 2**63 too, reuse the graph and draw the eager stream."""
+    from torch._dynamo.testing import CompileCounter
+
+    def step(x, s, offset):
+        x_prop = ops.mala_propose(x, s, 0.1, seed=2**64 - 1, offset=offset)
+        return ops.reverse_sde_step(x_prop, s, t=0.5, h=0.01, schedule=VP(), seed=3, offset=offset)
+
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    x, s = torch.randn(8, D), torch.randn(8, D)
+    for m in range(5):
+        torch.testing.assert_close(compiled(x, s, 2**63 + m), step(x, s, 2**63 + m), rtol=0, atol=0)
+    assert counter.frame_count <= 2
+
+
+def test_public_ops_under_fake_tensor_mode():
+    """A dispatch mode watches: "auto" goes through the registered op (its fake implementation here)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with fastsamp.validation(False), FakeTensorMode():
+        x = torch.empty(6, D)
+        points = ops.line_points(x, x, 4)
+        score, logp = ops.gmm_score(x, torch.empty(K, D), torch.empty(K), torch.empty(K))
+    assert points.shape == (3, 6, D) and score.shape == (6, D) and logp.shape == (6,)
