@@ -78,7 +78,7 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp)
     return p_next, dlp_next
 
 
-def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, seed=0, offset=0, chain_offset=0):
+def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, seed, offset, chain_offset):
     return launch_accept(1, x, x_prop, score, score_prop, p=p, p_prop=p_prop, delta_logp=delta_logp, u=u, seed=seed,
                          offset=offset, chain_offset=chain_offset)
 

@@ -144,7 +144,7 @@ def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=N
     return outputs
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed=0, offset=0, chain_offset=0):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset):
     if interior is not None and interior.shape[0] == 0:
         interior = None
     return launch_accept(0, x, x_prop, score, score_prop, step_size=step_size, interior=interior, u=u, seed=seed,

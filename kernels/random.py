@@ -156,7 +156,7 @@ def _uniform_kernel(out_ptr, k0, k1, o0, o1, chain0, B, BLOCK: tl.constexpr, DT:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def normal(seed, offset, chain_offset, B, D, dtype, device):
+def normal(seed, offset, B, D, dtype, device, chain_offset):
     out = torch.empty(B, D, dtype=dtype, device=device)
     if out.numel() == 0:
         return out
@@ -169,7 +169,7 @@ def normal(seed, offset, chain_offset, B, D, dtype, device):
     return out
 
 
-def uniform(seed, offset, chain_offset, B, dtype, device):
+def uniform(seed, offset, B, dtype, device, chain_offset):
     out = torch.empty(B, dtype=dtype, device=device)
     if B == 0:
         return out

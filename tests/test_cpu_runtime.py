@@ -50,7 +50,8 @@ def kernel_calls(B, D, dtype):
         "sde_step": lambda: cpp.sde_step(x, s, None, None, 3, 0, 0, 1.01, 0.02, 0.1),
         "momentum_refresh": lambda: cpp.momentum_refresh(x, 0.5, None, 3, 0, 0),
         "em_step_logprob": lambda: cpp.em_step_logprob(x, s, None, None, None, 3, 0, 0, 0.1, 0.1, 0.0, 0.5, 0.05),
-        "score_mh_accept": lambda: cpp.score_mh_accept(x, x + 0.1 * s, s, s, eps, torch.rand(B, dtype=dtype), None),
+        "score_mh_accept": lambda: cpp.score_mh_accept(x, x + 0.1 * s, s, s, eps, torch.rand(B, dtype=dtype), None,
+                                                       0, 0, 0),
     }
 
 
@@ -156,9 +157,9 @@ def _streaming_calls(x, s, v, eps, u):
         "mala_propose": lambda: cpp.mala_propose(x, s, eps, None, 9, 5, 0),
         "momentum_refresh": lambda: cpp.momentum_refresh(x, 0.7, None, 9, 5, 0),
         "line_points": lambda: cpp.line_points(x, x + s, 3),
-        "score_mh_accept": lambda: cpp.score_mh_accept(x, x + 0.1 * v, s, v, eps, u, None),
+        "score_mh_accept": lambda: cpp.score_mh_accept(x, x + 0.1 * v, s, v, eps, u, None, 0, 0, 0),
         "leapfrog": lambda: cpp.leapfrog(x, v, s, eps),
-        "hmc_accept": lambda: cpp.hmc_accept(x, x + 0.1 * v, s, v, s, v, eps, u),
+        "hmc_accept": lambda: cpp.hmc_accept(x, x + 0.1 * v, s, v, s, v, eps, u, 0, 0, 0),
         "em_step_logprob": lambda: cpp.em_step_logprob(x, s, None, None, None, 9, 5, 0, 0.1, 0.09, 0.01, 0.5, 0.045),
         "em_step_logprob(log_var)": lambda: cpp.em_step_logprob(x, s, 0.1 * v, None, None, 9, 5, 0, 0.1, 0.09, 0.01,
                                                                 0.5, 0.045),

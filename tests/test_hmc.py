@@ -32,7 +32,7 @@ def test_hmc_accept(backend, dtype, shape):
     p, pp = (0.3 * rand(B, D, dtype=dtype, device=device) for _ in range(2))
     delta = 0.1 * rand(B, dtype=dtype, device=device)
     out = ops.hmc_accept(x, xp, s, sp, p, pp, delta, u, backend=name)
-    expect = ref.hmc_accept(*f64(x, xp, s, sp, p, pp, delta, u))
+    expect = ref.hmc_accept(*f64(x, xp, s, sp, p, pp, delta, u), 0, 0, 0)
     assert_accept(out, expect, u, dtype, D)
 
 

@@ -41,5 +41,5 @@ def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
     x, xp, s, sp, interior, u = accept_inputs(B, D, dtype, device, n_interior)
     eps = step_sizes(per_chain, B, dtype, device)
     out = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior, backend=name)
-    expect = ref.score_mh_accept(*f64(x, xp, s, sp), eps64(eps, B), *f64(u, interior))
+    expect = ref.score_mh_accept(*f64(x, xp, s, sp), eps64(eps, B), *f64(u, interior), 0, 0, 0)
     assert_accept(out, expect, u, dtype, D)

@@ -151,7 +151,7 @@ def _cases(device, dtype):
     cases["line_points"] = ((xs, xp, 3), 4 * size * B * D, 4 * B * D)
     u = torch.rand(B, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     interior = torch.stack([ss, ss])
-    cases["score_mh_accept"] = ((xs, xp, ss, ss, eps, u, interior),
+    cases["score_mh_accept"] = ((xs, xp, ss, ss, eps, u, interior, 0, 0, 0),
                                 size * (8 * B * D + 4 * B) + B, 14 * B * D)
     return cases
 

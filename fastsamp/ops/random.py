@@ -69,7 +69,7 @@ def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return words.to(dtype) * _TWO_M32
 
 
-def philox_normal(seed: int, offset: int, chain_offset: int, B: int, D: int, dtype, device) -> torch.Tensor:
+def philox_normal(seed: int, offset: int, B: int, D: int, dtype, device, chain_offset: int) -> torch.Tensor:
     """The reference of the standard normals ξ (B, D) of draw (seed, offset) for global chains
     chain_offset .. chain_offset + B − 1 (arguments unchecked: the public `normal` checks them)."""
     J = (D + 3) // 4
@@ -89,7 +89,7 @@ def philox_normal(seed: int, offset: int, chain_offset: int, B: int, D: int, dty
     return out.reshape(B, 4 * J)[:, :D].contiguous()
 
 
-def philox_uniform(seed: int, offset: int, chain_offset: int, B: int, dtype, device) -> torch.Tensor:
+def philox_uniform(seed: int, offset: int, B: int, dtype, device, chain_offset: int) -> torch.Tensor:
     """The reference of the MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains
     chain_offset .. chain_offset + B − 1 (arguments unchecked)."""
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)
@@ -106,8 +106,8 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
     rounding of log/cos/sin in Box–Muller)."""
     _check_draw(seed, offset, dtype, chain_offset, B=B, D=D)
     device = torch.device(device)
-    return backends.resolve(backend, "normal", device)(int(seed), int(offset), int(chain_offset), int(B), int(D),
-                                                       dtype, device)
+    return backends.resolve(backend, "normal", device)(int(seed), int(offset), int(B), int(D), dtype, device,
+                                                       int(chain_offset))
 
 
 def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *,
@@ -116,5 +116,5 @@ def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *
     (the same bits on every backend: integer Philox and one rounding)."""
     _check_draw(seed, offset, dtype, chain_offset, B=B)
     device = torch.device(device)
-    return backends.resolve(backend, "uniform", device)(int(seed), int(offset), int(chain_offset), int(B), dtype,
-                                                        device)
+    return backends.resolve(backend, "uniform", device)(int(seed), int(offset), int(B), dtype, device,
+                                                        int(chain_offset))
