@@ -109,12 +109,16 @@ class ScoreMH(MHTest):
 
     def langevin(self, kernel, state, x_prop, key):
         x, n = state.x, self.n_trapezoid
-        B, D = x.shape
-        pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
-        scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
+        if n == 1:  # no interior points: score x' alone
+            s_prop, interior = kernel.model.score(x_prop, kernel.t), None
+        else:
+            B, D = x.shape
+            pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
+            scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
+            s_prop, interior = scores[0], scores[1:]
         x, s, accepted, log_alpha = ops.score_mh_accept(
-            x, x_prop, score=state.score, score_prop=scores[0], step_size=kernel.step_size,
-            interior_scores=scores[1:], backend=kernel.backend, **_draw(key))
+            x, x_prop, score=state.score, score_prop=s_prop, step_size=kernel.step_size,
+            interior_scores=interior, backend=kernel.backend, **_draw(key))
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -243,5 +247,5 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(spec.n_steps):
         state, info = kernel.step(state, key.move(m))
-        n_acc += info.accepted.to(x.dtype)
+        n_acc.add_(info.accepted)
     return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps)
