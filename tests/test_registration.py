@@ -10,6 +10,7 @@ from fastsamp.ops import _library, _table
 
 F64 = torch.float64
 B, D, K = 5, 3, 2
+EM = (0.01, 0.5, 0.1, 0.9, 0.45)  # h, s2, e2, c, b2
 
 
 def rand(*shape, dtype=F64, positive=False, grad=False):
@@ -43,6 +44,11 @@ def op_args(name, dtype, grad=False, noise=True):
         "momentum_refresh": (x, 0.3, xi, seed, offset, 4),
         "gmm_mala": (x, *mix, eps * 0.1, 2, 2, 0.9, 0.1, seed, offset, 4, 0),
         "gmm_hmc": (x, *mix, eps * 0.1, 2, 2, 0.9, 0.1, seed, offset, 4, 0, 0.5),
+        "em_step_logprob": (x, s, rand(B, D, dtype=dtype), None if noise else rand(B, D, dtype=dtype), xi, seed,
+                            offset, 4, *EM),
+        "em_step_logprob_backward": (x, s, rand(B, D, dtype=dtype) if noise else None, rand(B, D, dtype=dtype),
+                                     rand(B, D, dtype=dtype) if noise else None, rand(B, dtype=dtype),
+                                     rand(B, dtype=dtype), *EM, noise, noise),
     }[name]
 
 
@@ -208,3 +214,23 @@ def test_public_ops_under_fake_tensor_mode():
         points = ops.line_points(x, x, 4)
         score, logp = ops.gmm_score(x, torch.empty(K, D), torch.empty(K), torch.empty(K))
     assert points.shape == (3, 6, D) and score.shape == (6, D) and logp.shape == (6,)
+
+
+def test_em_step_logprob_compiles_with_its_fused_backward(dynamo_reset):
+    """em_step_logprob's autograd.Function calls the registered forward and backward ops: a training step
+    compiles with no graph break and gives eager's values and gradients."""
+    torch.manual_seed(0)
+    net = nn.Linear(D, D)
+
+    def loss(x, offset):
+        x_next, log_pf, log_pb = ops.em_step_logprob(x, net(x), sigma=1.0, t=0.5, h=0.1, seed=2**64 - 1,
+                                                     offset=offset, reparam=False)
+        return x_next, (log_pf - log_pb).mean()
+
+    x = torch.randn(8, D)
+    explain = torch._dynamo.explain(loss)(x, 3)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    x_e, l_e = loss(x, 3)
+    x_c, l_c = torch.compile(loss, fullgraph=True, backend="aot_eager")(x, 3)
+    torch.testing.assert_close((x_c, l_c), (x_e, l_e), rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(l_c, net.weight), torch.autograd.grad(l_e, net.weight))

@@ -2,7 +2,8 @@
 `_table.registered()`, with the backend signature of docs/backend-contract.md.
 
 Per op, from the op table (`_table.py`):
-* the schema; seeds, offsets and chain offsets are `SymInt` (int64: a u64 value v >= 2**63 travels as
+* the schema (an output given by an input, em_step_logprob's x_next, is a copy); seeds, offsets and
+  chain offsets are `SymInt` (int64: a u64 value v >= 2**63 travels as
   v − 2**64, `encode_u64`, and the kernels read it back modulo 2**64, so the noise stream is unchanged);
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
@@ -90,6 +91,23 @@ def device_kernel(name: str, device_type: str):
     return kernel
 
 
+def _fresh_outputs(fn, op: _table.Op):
+    """fn, with each output that is a given input (em_step_logprob's x_next) copied: a registered op's outputs
+    may not alias its inputs."""
+    given = [(k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
+             if o.given_by and op.arg(o.given_by).kind != "out"]
+    if not given:
+        return fn
+
+    def kernel(*args):
+        outs = list(fn(*args))
+        for k, i in given:
+            if args[i] is not None:
+                outs[k] = outs[k].clone()
+        return tuple(outs)
+    return kernel
+
+
 def _kernel_for(name: str, device_type: str):
     """A kernel that resolves the backend function at its first call."""
     def kernel(*args):
@@ -163,8 +181,8 @@ def _register(op: _table.Op) -> Entry:
     namespace = {"torch": torch}
     exec(compile(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", "exec"), namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
-    _lib.impl(op.name, device_kernel(op.name, "cpu"), "CPU")  # resolved now: no trampoline on the CPU path
-    _lib.impl(op.name, _kernel_for(op.name, "cuda"), "CUDA")  # resolved at the first call (imports Triton)
+    _lib.impl(op.name, _fresh_outputs(device_kernel(op.name, "cpu"), op), "CPU")  # resolved now: no trampoline
+    _lib.impl(op.name, _fresh_outputs(_kernel_for(op.name, "cuda"), op), "CUDA")  # resolved at the first call
     if op.grad:
         torch.library.register_autograd(qualname, _autograd.FORMULAS[op.name], setup_context=_autograd.SETUP,
                                         lib=_lib)

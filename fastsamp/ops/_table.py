@@ -95,7 +95,7 @@ class Op:
                 return "Tensor?" if a.optional else "Tensor"
             return SCALARS[a.kind]
         args = ", ".join(f"{typ(a)} {a.name}" for a in self.schema_args)
-        outs = ", ".join("Tensor" for _ in self.outs)
+        outs = ", ".join("Tensor?" if o.present_if else "Tensor" for o in self.outs)
         return f"{self.name}({args}) -> " + (outs if len(self.outs) == 1 else f"({outs})")
 
 
@@ -219,14 +219,16 @@ OPS: dict[str, Op] = {op.name: op for op in [
 
 
 def registered() -> list[Op]:
-    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops whose
-    arguments fit a schema of tensors and scalars and whose outputs are fresh tensors. Not (yet): the
-    policy ops (lists of layer tensors), em_step_logprob (its first output is the given x_next) and
-    the factory ops normal / uniform (their public functions are the reference itself)."""
+    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops, and the
+    backward kernels of those, whose arguments fit a schema of tensors and scalars. An output that is a
+    given input (em_step_logprob's x_next) is a copy in the registered op; an output present only with some
+    argument is `Tensor?`. Not (yet): the policy and mlp ops (lists of layer tensors) and the factory ops
+    normal / uniform (their public functions are the reference itself)."""
     def fits(op):
-        return (all(a.kind not in ("tensors", "dtype", "device") for a in op.args)
-                and all(o.given_by is None or op.arg(o.given_by).kind == "out" for o in op.outs))
-    return [op for op in OPS.values() if op.public and fits(op)]
+        return all(a.kind not in ("tensors", "ints", "floats", "dtype", "device") for a in op.args)
+    public = {op.name for op in OPS.values() if op.public and fits(op)}
+    return [op for op in OPS.values() if fits(op) and (op.name in public or op.name.removesuffix("_backward")
+                                                       in public)]
 
 
 # ------------------------------------------------------------------ code generation
