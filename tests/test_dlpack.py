@@ -78,6 +78,11 @@ def test_conversion_is_zero_copy(dtype):
     assert eps.data_ptr() == a["eps"].ctypes.data
 
 
+def test_tensors_pass_unchanged():
+    x = torch.randn(3, 2)
+    assert _checks.from_dlpack("x", x) is x
+
+
 def test_out_array_is_written_in_place():
     a = arrays(np.float64)
     x = a["x"].copy()
