@@ -10,6 +10,7 @@ from fastsamp.ops import _library, _table
 
 F64 = torch.float64
 B, D, K = 5, 3, 2
+T, H = 2, 4  # policy steps, hidden width
 EM = (0.01, 0.5, 0.1, 0.9, 0.45)  # h, s2, e2, c, b2
 
 
@@ -28,6 +29,9 @@ def op_args(name, dtype, grad=False, noise=True):
     mix = (rand(K, D, dtype=dtype, grad=grad), rand(K, dtype=dtype, grad=grad),
            rand(K, dtype=dtype, positive=True, grad=grad))
     u = torch.rand(B, dtype=dtype)
+    temb, states = rand(T, H, dtype=dtype), rand(T + 1, B, D, dtype=dtype)
+    net = [0.3 * rand(*shape, dtype=dtype) for shape in ((H, D), (H,), (2 * D, H), (2 * D,), (H, H), (H,))]
+    ts = torch.arange(T, dtype=F64) * 0.5
     return {
         "gmm_score": (x, *mix, 0.8, 0.3),
         "sde_step": (x, s, rand(B, D, dtype=dtype, grad=grad), xi, seed, offset, 4, 1.01, 0.02, 0.1),
@@ -49,6 +53,10 @@ def op_args(name, dtype, grad=False, noise=True):
         "em_step_logprob_backward": (x, s, rand(B, D, dtype=dtype) if noise else None, rand(B, D, dtype=dtype),
                                      rand(B, D, dtype=dtype) if noise else None, rand(B, dtype=dtype),
                                      rand(B, dtype=dtype), *EM, noise, noise),
+        "policy_rollout": (rand(B, D, dtype=dtype) if noise else None, temb, net, ts, B, 1.0, 0.5, 0.1, 5.0, seed, 4,
+                           1),
+        "policy_log_pf": (states, temb, net, 1.0, 0.5, 5.0, 1),
+        "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1),
     }[name]
 
 

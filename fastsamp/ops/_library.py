@@ -77,13 +77,18 @@ def device_kernel(name: str, device_type: str):
     """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
     reference above a compiled kernel's D limit."""
     op = _table.OPS[name]
-    fn = backends.resolve("auto", name, torch.device(device_type))
-    ref = _decoded(getattr(reference, name), op)
+    try:
+        fn = backends.resolve("auto", name, torch.device(device_type))
+    except AttributeError:  # no kernel there and no reference (policy_log_pf_backward)
+        def missing(*args, **kwargs):
+            raise NotImplementedError(f"{name} has no kernel for {device_type} tensors (and no reference)")
+        return missing
     if is_reference(fn):
-        return ref
+        return _decoded(fn, op)
     limit = max_d(fn, name)
     if limit is None:
         return fn
+    ref = _decoded(getattr(reference, name), op)
     state = next(i for i, a in enumerate(op.schema_args) if a.kind == "state")
 
     def kernel(*args, **kwargs):
@@ -146,7 +151,7 @@ class Entry:
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
-        self.name, self.op, self.differentiable = op.name, opobj, bool(op.grad) or op.c is None
+        self.name, self.op, self.differentiable = op.name, opobj, bool(op.grad) or not op.backends
         at = _u64_positions(op)
 
         def encoded(args):
@@ -175,7 +180,7 @@ def _register(op: _table.Op) -> Entry:
     _lib.define(op.schema())
     qualname = f"{NAMESPACE}::{op.name}"
     opobj = getattr(getattr(torch.ops, NAMESPACE), op.name).default
-    if op.c is None:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
+    if not op.backends:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
         _lib.impl(op.name, getattr(reference, op.name), "CompositeImplicitAutograd")
         return Entry(op, opobj)
     namespace = {"torch": torch}

@@ -187,7 +187,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     if x0 is not None:
         x0 = _checks.like("x0", x0.detach().to(dtype), temb, (B, p.D), x_name="temb")
     ts = (torch.arange(T + 1, dtype=dtype) * h)[:-1].to(torch.float64).contiguous()
-    fn = _dispatch.kernel(backend, "policy_rollout", temb)
+    fn = _dispatch.route(backend, "policy_rollout", temb)
     return fn(x0, temb, params, ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
 
 
@@ -199,8 +199,8 @@ class _PolicyLogPF(torch.autograd.Function):
     def forward(ctx, meta, states, temb, *params):
         backend, sigma, h, clip, n_threads, given = meta
         if given is None:
-            log_pf = backends.resolve(backend, "policy_log_pf", states.device)(states, temb, params, sigma, h, clip,
-                                                                              n_threads)
+            log_pf = _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h,
+                                                                                      clip, n_threads)
         else:
             log_pf = given.detach().clone()
         ctx.meta = meta
@@ -212,7 +212,7 @@ class _PolicyLogPF(torch.autograd.Function):
     def backward(ctx, g_log_pf):
         backend, sigma, h, clip, n_threads, _ = ctx.meta
         states, temb, *params = ctx.saved_tensors
-        bwd = backends.resolve(backend, "policy_log_pf_backward", states.device)
+        bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
         g_temb, g_params = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads)
         return (None, None, g_temb, *g_params)
 
