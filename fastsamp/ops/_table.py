@@ -213,6 +213,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, renames=_SCORE_SUM_RENAMES),
     _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
+        "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         None, (), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
