@@ -50,6 +50,7 @@ def args_for(name, B, D, K=4):
         "momentum_refresh": (x, 0.3, None, seed, offset, 0),
         "gmm_mala": (x, *mix, eps, 1, 1, 0.9, 0.1, seed, offset, 0, 0),
         "gmm_hmc": (x, *mix, eps, 1, 1, 0.9, 0.1, seed, offset, 0, 0, 0.5),
+        "em_step_logprob": (x, s, None, None, None, seed, offset, 0, 0.01, 0.5, 0.0, 0.9, 0.45),
     }[name]
 
 
@@ -75,6 +76,7 @@ def public_call(name, backend, B, D, K=4):
         "momentum_refresh": lambda: ops.momentum_refresh(x, 0.3, seed=1, **kw),
         "gmm_mala": lambda: ops.gmm_mala(x, *mix, step_size=eps, n_steps=1, seed=1, **kw),
         "gmm_hmc": lambda: ops.gmm_hmc(x, *mix, step_size=eps, n_steps=1, seed=1, **kw),
+        "em_step_logprob": lambda: ops.em_step_logprob(x, s, sigma=1.0, t=0.5, h=0.01, seed=1, **kw),
     }[name]
 
 
@@ -129,6 +131,8 @@ def main():
     print("|" + "---|" * len(cols))
     fastsamp.set_validation(False)
     for op in _table.registered():
+        if op.public is None or any(arg.kind == "tensors" for arg in op.args):
+            continue  # backward kernels; the policy ops (whole trajectories, not a per-move op)
         args = args_for(op.name, a.B, a.D)
         raw_args = [v & _table.U64_MASK if s.kind == "u64" else v for v, s in zip(args, op.schema_args)]
         entry, opobj = _library.ENTRIES[op.name], getattr(torch.ops.fastsamp, op.name).default

@@ -184,21 +184,22 @@ class Product:
         return cls(*(from_saved_form(f) for f in config["factors"]))
 
     def _fusable(self) -> bool:
-        """Whether the fused score-network kernels (ops.mlp_mala) cover this product: ScoreMLP factors and at
-        most one GaussianMixture, at least one ScoreMLP."""
+        """Whether the fused score-network kernels (ops.mlp_mala, ops.mlp_hmc) cover this product: ScoreMLP
+        factors and at most one GaussianMixture, at least one ScoreMLP."""
         n_nets = sum(isinstance(m, ScoreMLP) for m in self.models)
         n_mix = sum(isinstance(m, GaussianMixture) for m in self.models)
         return n_nets >= 1 and n_mix <= 1 and n_nets + n_mix == len(self.models)
 
     def fused_corrector(self):
-        """ops.mlp_mala on the sum of the factors' scores (ScoreMLPs and at most one mixture), else None."""
+        """ops.mlp_mala / ops.mlp_hmc on the sum of the factors' scores (ScoreMLPs and at most one mixture), else
+        None."""
         return self.fused_moves if self._fusable() else None
 
     def fused_supports(self, spec) -> bool:
         return fused_mlp_supports(spec)
 
     def fused_moves(self, x, t, step_size, spec, key):
-        """spec.n_steps ULA / MALA moves at time t by ops.mlp_mala on Σ_i s_i (see ScoreMLP.fused_moves)."""
+        """spec.n_steps corrector moves at time t on Σ_i s_i (see ScoreMLP.fused_moves)."""
         nets = [m.score_net(t, x) for m in self.models if isinstance(m, ScoreMLP)]
         mixes = [m.mixture_score(t, x) for m in self.models if isinstance(m, GaussianMixture)]
         return mlp_moves(x, nets, mixes[0] if mixes else None, step_size, spec, key)
@@ -320,15 +321,16 @@ class ScoreMLP(torch.nn.Module):
                             float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
 
     def fused_corrector(self):
-        """The whole-move kernel ops.mlp_mala (ULA / MALA with the score trapezoid; the `fastsamp.protocol` hook)."""
+        """The whole-move kernels ops.mlp_mala (ULA / MALA) and ops.mlp_hmc (HMC / U-HMC) as one callable (the
+        `fastsamp.protocol` hook)."""
         return self.fused_moves
 
     def fused_supports(self, spec) -> bool:
         return fused_mlp_supports(spec)
 
     def fused_moves(self, x, t, step_size, spec, key):
-        """spec.n_steps ULA / MALA moves at time t from x with Philox key (seed, offset, chain_offset) by
-        ops.mlp_mala, the network evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
+        """spec.n_steps corrector moves at time t from x with Philox key (seed, offset, chain_offset) by
+        ops.mlp_mala / ops.mlp_hmc, the network evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
         return mlp_moves(x, [self.score_net(t, x)], None, step_size, spec, key)
 
     def config(self):
@@ -344,16 +346,21 @@ class ScoreMLP(torch.nn.Module):
 
 
 def fused_mlp_supports(spec) -> bool:
-    """Whether ops.mlp_mala runs corrector `spec`: ULA and MALA with the score trapezoid or no test (HMC and
-    U-HMC take the generic kernels)."""
-    return not spec.is_hmc and spec.mh in ("score", "none")
+    """Whether the score-network kernels run corrector `spec`: every corrector with the score trapezoid
+    or no test (a score network has no energy)."""
+    return spec.mh in ("score", "none")
 
 
 def mlp_moves(x, nets, mixture, step_size, spec, key):
-    """spec.n_steps moves of ops.mlp_mala on Σ nets (+ mixture) with the Philox key of the run."""
-    return ops.mlp_mala(x, nets, mixture=mixture, step_size=step_size, n_steps=spec.n_steps,
-                        n_trapezoid=spec.n_trapezoid, mh="none" if spec.corrector == "ula" else spec.mh,
-                        seed=key.seed, offset=key.offset, chain_offset=key.chain_offset, backend=spec.backend)
+    """spec.n_steps moves of ops.mlp_mala (ULA / MALA) or ops.mlp_hmc (HMC / U-HMC) on Σ nets (+ mixture)
+    with the Philox key of the run; the HMC momentum starts at 0 in the kernel."""
+    common = dict(mixture=mixture, step_size=step_size, n_steps=spec.n_steps, seed=key.seed, offset=key.offset,
+                  chain_offset=key.chain_offset, backend=spec.backend)
+    if spec.is_hmc:
+        return ops.mlp_hmc(x, nets, n_leapfrog=spec.n_leapfrog, mh="none" if spec.corrector == "uhmc" else spec.mh,
+                           damping=spec.damping, **common)
+    return ops.mlp_mala(x, nets, n_trapezoid=spec.n_trapezoid, mh="none" if spec.corrector == "ula" else spec.mh,
+                        **common)
 
 
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastsamp import ops
-from fastsamp.models import GaussianMixture, Product, ScoreMLP
+from fastsamp.models import GaussianMixture, Product, ScoreMLP, ScoreModel
 from fastsamp.samplers import annealed_mcmc, mcmc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,6 +98,27 @@ def test_mlp_mala_matches_reference(dtype, mh, n_trapezoid, B, D, with_mixture):
     assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mh,n_leapfrog,damping", [("score", 1, 0.0), ("score", 3, 0.0), ("score", 2, 0.8),
+                                                   ("none", 2, 0.8)])
+@pytest.mark.parametrize("B,D,with_mixture", [(1, 1, False), (50, 2, True), (97, 3, False)])
+def test_mlp_hmc_matches_reference(dtype, mh, n_leapfrog, damping, B, D, with_mixture):
+    nets = [random_net(D, 24, 2, 4, dtype, seed=3), random_net(D, 16, 1, 4, dtype, seed=4)]
+    mix = mixture_score(D, dtype) if with_mixture else None
+    x = torch.randn(B, D, dtype=dtype)
+    eps = torch.rand(B, dtype=dtype) * 0.2 + 0.05
+    kw = dict(step_size=eps, n_steps=5, n_leapfrog=n_leapfrog, seed=12, offset=7, chain_offset=3, mh=mh,
+              damping=damping)
+    x_new, rate = ops.mlp_hmc(x, nets, mixture=mix, backend="cpp", **kw)
+    e_x, e_rate = ops.mlp_hmc(x, nets, mixture=mix, backend="torch", **kw)
+    if dtype == torch.float64:
+        torch.testing.assert_close(x_new, e_x, **TOL[dtype])
+        torch.testing.assert_close(rate, e_rate, rtol=0, atol=0)
+    else:  # a float32 rounding may flip an accept that sits on the threshold (and the momentum with it)
+        close = ((x_new - e_x).abs() <= 2e-4 * (1 + e_x.abs())).all(1)
+        assert close.float().mean() >= 0.97 and (rate - e_rate).abs().mean() <= 0.02
+
+
 def test_mlp_mala_rows_are_independent_of_the_batch():
     """Chain b of a run equals chain b of a run on a prefix (same global index), and a NaN chain stays
     in its row."""
@@ -112,10 +133,13 @@ def test_mlp_mala_rows_are_independent_of_the_batch():
     assert rate[7] == 0
 
 
-@pytest.mark.parametrize("corrector,mh,n_trapezoid", [("mala", "score", 3), ("mala", "score", 1), ("ula", None, 1)])
+@pytest.mark.parametrize("corrector,mh,n_trapezoid,damping", [
+    ("mala", "score", 3, None), ("mala", "score", 1, None), ("ula", None, 1, None), ("hmc", "score", 1, None),
+    ("hmc", "score", 1, 0.7), ("uhmc", None, 1, None)])
 @pytest.mark.parametrize("with_mixture", [False, True])
-def test_fused_equals_generic_moves(corrector, mh, n_trapezoid, with_mixture):
-    """mcmc's fused path (ops.mlp_mala) equals its generic Langevin / ScoreMH kernels, same Philox draws."""
+def test_fused_equals_generic_moves(corrector, mh, n_trapezoid, damping, with_mixture):
+    """mcmc's fused path (ops.mlp_mala / ops.mlp_hmc) equals its generic Langevin / HMC kernels with ScoreMH or
+    NoMH, same Philox draws."""
     factors = [score_mlp(2, 32, seed=1), score_mlp(2, 16, seed=2)]
     if with_mixture:
         factors.append(GaussianMixture(torch.tensor([[1.0, 0.0], [-1.0, 0.5]], dtype=torch.float64),
@@ -123,8 +147,8 @@ def test_fused_equals_generic_moves(corrector, mh, n_trapezoid, with_mixture):
                                                                                          dtype=torch.float64)))
     model = Product(*factors)
     x0 = torch.randn(200, 2, dtype=torch.float64)
-    kw = dict(t=0.2, corrector=corrector, mh=mh, n_steps=8, step_size=0.05, n_trapezoid=n_trapezoid, seed=9,
-              offset=4)
+    kw = dict(t=0.2, corrector=corrector, mh=mh, n_steps=8, step_size=0.05, n_trapezoid=n_trapezoid, n_leapfrog=3,
+              damping=damping, seed=9, offset=4)
     xf, rf = mcmc(model, x0, fused=True, **kw)
     xg, rg = mcmc(model, x0, fused=False, **kw)
     torch.testing.assert_close(xf, xg, rtol=1e-9, atol=1e-9)
@@ -143,7 +167,10 @@ def test_annealed_mcmc_takes_the_fused_path():
     assert sf.n_score_evals == sg.n_score_evals
     torch.testing.assert_close(xf, xg, rtol=1e-3, atol=1e-3)
     _, sh = annealed_mcmc(model, 16, corrector="hmc", n_levels=3, n_corrector_steps=1)
-    assert not sh.fused  # the fused score-network kernels run ULA / MALA only
+    assert sh.fused
+    _, sm = annealed_mcmc(Product(model.models[0], ScoreModel(model.models[1], 2)), 16, n_levels=3,
+                          n_corrector_steps=1)
+    assert not sm.fused  # a factor the kernels do not know: the generic path
 
 
 # --- argument checks ---------------------------------------------------------------------------------
@@ -180,6 +207,10 @@ def test_bad_move_arguments():
     x = torch.randn(4, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="mh"):
         ops.mlp_mala(x, net, step_size=0.1, n_steps=1, mh="energy")
+    with pytest.raises(ValueError, match="mh"):
+        ops.mlp_hmc(x, net, step_size=0.1, n_steps=1, mh="energy")
+    with pytest.raises(ValueError, match="damping"):
+        ops.mlp_hmc(x, net, step_size=0.1, n_steps=1, damping=1.0)
     with pytest.raises(ValueError, match="n_trapezoid"):
         ops.mlp_mala(x, net, step_size=0.1, n_steps=1, n_trapezoid=0)
     with pytest.raises(ValueError, match="nothing to evaluate"):

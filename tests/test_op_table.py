@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import backend_device
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_map_only
 
 from fastsamp import backends, ops
 from fastsamp.ops import _autograd, _library, _table, reference
@@ -14,7 +15,7 @@ from fastsamp.ops import random as rng
 SIZES = {"B": 3, "D": 2, "K": 2, "M": 1, "T": 2, "H": 4}
 INTS = {"n": 3, "n_steps": 2, "n_trapezoid": 2, "n_leapfrog": 2, "mh": 0, "B": 3, "D": 2, "batch_size": 3,
         "n_threads": 1}
-POSITIVE = ("variances", "step_size", "u")
+POSITIVE = ("variances", "step_size", "u", "ts")
 GLUE_OPS = [op for op in _table.OPS.values() if op.c is not None]
 
 
@@ -43,12 +44,21 @@ def dims(op, **given):
     return lambda shape: tuple(eval(d, {}, env) for d in shape)  # the table's dim expressions
 
 
+def policy_params(dtype, device):
+    """DriftNet layers [W_s (H, D), b_s, W_o (2D, H), b_o, W_1 (H, H), b_1], small."""
+    H, D = SIZES["H"], SIZES["D"]
+    return [0.3 * torch.randn(shape, dtype=dtype, device=device) for shape in ((H, D), (H,), (2 * D, H), (2 * D,),
+                                                                              (H, H), (H,))]
+
+
 def make_args(op, dtype, device, *, optional: bool):
     """Arguments of the backend signature, sized by SIZES; optional tensors given or None."""
     shape_of = dims(op)
     out = []
     for a in op.args:
-        if a.kind in ("state", "tensor"):
+        if a.kind == "tensors":
+            out.append(policy_params(dtype, device))
+        elif a.kind in ("state", "tensor"):
             if a.optional and not optional:
                 out.append(None)
                 continue
@@ -71,6 +81,10 @@ def check_outputs(op, result, dtype, args):
         present = o.present_if is None or (given is not None and given is not False)
         if not present:
             assert r is None, (op.name, o.name)
+            continue
+        if o.like_list:
+            like = args[[a.name for a in op.args].index(o.like_list)]
+            assert [(t.shape, t.dtype) for t in r] == [(t.shape, t.dtype) for t in like], (op.name, o.name)
             continue
         want = {"x": dtype, "bool": torch.bool, "f64": torch.float64}[o.dtype]
         assert tuple(r.shape) == shape_of(o.shape) and r.dtype == want, (op.name, o.name, r.shape, r.dtype)
@@ -124,14 +138,15 @@ def test_public_functions_take_the_table_arguments():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("optional", [False, True], ids=["without_optional", "with_optional"])
 def test_outputs_match_the_table(dtype, optional):
-    """Reference, every available compiled backend and the fake implementation give the table's output shapes
-    and dtypes (ops taking lists of layer tensors are covered by tests/test_trajectory_policy.py)."""
+    """Reference and every available compiled backend give the table's output shapes and dtypes (the mlp ops,
+    whose lists of per-network dims follow the networks, are covered by tests/test_mlp.py)."""
     for op in _table.OPS.values():
-        if any(a.kind == "tensors" for a in op.args):
+        if any(a.kind in ("ints", "floats") for a in op.args):
             continue
         device = torch.device("cpu")
         args = make_args(op, dtype, device, optional=optional)
-        check_outputs(op, call(reference_of(op), op, args), dtype, args)
+        if op.reference:
+            check_outputs(op, call(reference_of(op), op, args), dtype, args)
         for name in op.backends:
             if backends.is_available(name) and backend_device(name) == device:
                 check_outputs(op, getattr(backends._load(name)[0], op.name)(*args), dtype, args)
@@ -147,7 +162,7 @@ def test_registered_ops_follow_the_table():
         args = [_library.encode_u64(a) if spec.kind == "u64" else a
                 for a, spec in zip(make_args(op, torch.float32, "cpu", optional=True), op.args) if spec.kind != "out"]
         with FakeTensorMode() as mode:
-            fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            fake = tree_map_only(torch.Tensor, mode.from_tensor, args)
             check_outputs(op, getattr(torch.ops.fastsamp, op.name)(*fake), torch.float32, args)
 
 

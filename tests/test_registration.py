@@ -10,6 +10,8 @@ from fastsamp.ops import _library, _table
 
 F64 = torch.float64
 B, D, K = 5, 3, 2
+T, H = 2, 4  # policy steps, hidden width
+EM = (0.01, 0.5, 0.1, 0.9, 0.45)  # h, s2, e2, c, b2
 
 
 def rand(*shape, dtype=F64, positive=False, grad=False):
@@ -27,6 +29,9 @@ def op_args(name, dtype, grad=False, noise=True):
     mix = (rand(K, D, dtype=dtype, grad=grad), rand(K, dtype=dtype, grad=grad),
            rand(K, dtype=dtype, positive=True, grad=grad))
     u = torch.rand(B, dtype=dtype)
+    temb, states = rand(T, H, dtype=dtype), rand(T + 1, B, D, dtype=dtype)
+    net = [0.3 * rand(*shape, dtype=dtype) for shape in ((H, D), (H,), (2 * D, H), (2 * D,), (H, H), (H,))]
+    ts = torch.arange(T, dtype=F64) * 0.5
     return {
         "gmm_score": (x, *mix, 0.8, 0.3),
         "sde_step": (x, s, rand(B, D, dtype=dtype, grad=grad), xi, seed, offset, 4, 1.01, 0.02, 0.1),
@@ -44,6 +49,15 @@ def op_args(name, dtype, grad=False, noise=True):
         "momentum_refresh": (x, 0.3, xi, seed, offset, 4),
         "gmm_mala": (x, *mix, eps * 0.1, 2, 2, 0.9, 0.1, seed, offset, 4, 0),
         "gmm_hmc": (x, *mix, eps * 0.1, 2, 2, 0.9, 0.1, seed, offset, 4, 0, 0.5),
+        "em_step_logprob": (x, s, rand(B, D, dtype=dtype), None if noise else rand(B, D, dtype=dtype), xi, seed,
+                            offset, 4, *EM),
+        "em_step_logprob_backward": (x, s, rand(B, D, dtype=dtype) if noise else None, rand(B, D, dtype=dtype),
+                                     rand(B, D, dtype=dtype) if noise else None, rand(B, dtype=dtype),
+                                     rand(B, dtype=dtype), *EM, noise, noise),
+        "policy_rollout": (rand(B, D, dtype=dtype) if noise else None, temb, net, ts, B, 1.0, 0.5, 0.1, 5.0, seed, 4,
+                           1),
+        "policy_log_pf": (states, temb, net, 1.0, 0.5, 5.0, 1),
+        "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1),
     }[name]
 
 
@@ -209,3 +223,23 @@ def test_public_ops_under_fake_tensor_mode():
         points = ops.line_points(x, x, 4)
         score, logp = ops.gmm_score(x, torch.empty(K, D), torch.empty(K), torch.empty(K))
     assert points.shape == (3, 6, D) and score.shape == (6, D) and logp.shape == (6,)
+
+
+def test_em_step_logprob_compiles_with_its_fused_backward(dynamo_reset):
+    """em_step_logprob's autograd.Function calls the registered forward and backward ops: a training step
+    compiles with no graph break and gives eager's values and gradients."""
+    torch.manual_seed(0)
+    net = nn.Linear(D, D)
+
+    def loss(x, offset):
+        x_next, log_pf, log_pb = ops.em_step_logprob(x, net(x), sigma=1.0, t=0.5, h=0.1, seed=2**64 - 1,
+                                                     offset=offset, reparam=False)
+        return x_next, (log_pf - log_pb).mean()
+
+    x = torch.randn(8, D)
+    explain = torch._dynamo.explain(loss)(x, 3)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    x_e, l_e = loss(x, 3)
+    x_c, l_c = torch.compile(loss, fullgraph=True, backend="aot_eager")(x, 3)
+    torch.testing.assert_close((x_c, l_c), (x_e, l_e), rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(l_c, net.weight), torch.autograd.grad(l_e, net.weight))

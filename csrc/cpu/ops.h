@@ -122,5 +122,12 @@ void mlp_mala(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<ui
               uintptr_t step_size, int64_t n_steps, int64_t n_trapezoid, uint64_t seed, uint64_t offset,
               uint64_t chain_offset, int64_t mh, uintptr_t x_out, uintptr_t accept_rate);
 
+// mlp_hmc: op 8 on that score with mh 0 (score) or 2 (none).
+void mlp_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+             const std::vector<int64_t>& dims, const std::vector<double>& scalars, uintptr_t means,
+             uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
+             uintptr_t step_size, int64_t n_steps, int64_t n_leapfrog, uint64_t seed, uint64_t offset,
+             uint64_t chain_offset, int64_t mh, double damping, uintptr_t x_out, uintptr_t accept_rate);
+
 }  // namespace cpu
 }  // namespace fastsamp

@@ -10,6 +10,7 @@
 // The time columns of W_0 meet the same emb(t) in every row: W_0[:, D:] emb(t) is computed once per
 // call (in double) and enters the engine as its additive per-call input temb.
 //
+// mlp_hmc (op 8 likewise): HMC / U-HMC, one batch of the block's rows per leapfrog step.
 // mlp_mala (contract: gmm_mala, op 7, mh 0 / 2): chains row-major in blocks of <= kBlock, each
 // thread a contiguous run of chains. Per move the block's proposal and the n − 1 interior trapezoid
 // points form one batch of n·nb rows through every network (weights reused over n·nb rows). The
@@ -286,6 +287,103 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
   });
 }
 
+// n_steps HMC moves (op 8 with mh 0 / 2): p starts at 0 and is carried across moves; move m refreshes
+// p0 = damping p + sqrt(1 − damping²) ξ, runs n_lf leapfrog steps (one batch of nb rows through every
+// network per step) with the trapezoid ΔlogP along the path, and flips p ← −p0 on rejection.
+template <typename T>
+void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int64_t n_steps, int n_lf,
+              uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out, T* rate) {
+  constexpr int W = Lanes<T>::W;
+  const int D = m.D;
+  const int J = (D + 3) / 4;
+  const T damp = static_cast<T>(damping);
+  const T c_n = static_cast<T>(std::sqrt(1.0 - damping * damping));
+  for_chain_runs(B, [&](int64_t c0, int64_t c1) {
+    SumWork<T> w(m, kBlock);
+    const size_t bd = static_cast<size_t>(kBlock) * D;
+    // current state, score, momentum; the refreshed momentum p0; the trajectory's state, score, momentum
+    ABuf<T> X(bd), S(bd), PC(bd), P0(bd), XA(bd), SA(bd), XB(bd), SB(bd), PL(bd);
+    ABuf<T> XI(static_cast<size_t>(64) * ((kBlock * J + 15) / 16));
+    ABuf<T> eps(kBlock), heps(kBlock), dlp(kBlock), nacc(kBlock), logu(kBlock + W);
+    for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
+      const int64_t nbd = static_cast<int64_t>(nb) * D;
+      std::memcpy(X.p, x_in + b0 * D, sizeof(T) * nbd);
+      std::memset(PC.p, 0, sizeof(T) * nbd);
+      for (int l = 0; l < nb; ++l) {
+        eps.p[l] = step[b0 + l];
+        heps.p[l] = T(0.5) * eps.p[l];
+        nacc.p[l] = T(0);
+      }
+      score_rows<T>(m, w, X.p, nb, S.p);
+      const uint64_t g0 = chain0 + static_cast<uint64_t>(b0);
+      for (int64_t mv = 0; mv < n_steps; ++mv) {
+        const uint64_t off = offset + static_cast<uint64_t>(mv);
+        GroupNormals<T> gen(seed, off, J, g0 * J);
+        typename GroupNormals<T>::State gst;
+        gen.prime(gst);
+        rows_normals<T>(gen, gst, nb, D, XI.p, NormalsPrefetch{});
+        for (int64_t i = 0; i < nbd; ++i) {
+          const T p = damp * PC.p[i] + c_n * XI.p[i];
+          P0.p[i] = p;
+          PL.p[i] = p;
+        }
+        std::memcpy(XA.p, X.p, sizeof(T) * nbd);
+        std::memcpy(SA.p, S.p, sizeof(T) * nbd);
+        for (int l = 0; l < nb; ++l) dlp.p[l] = T(0);
+        T *xa = XA.p, *sa = SA.p, *xb = XB.p, *sb = SB.p;
+        for (int j = 0; j < n_lf; ++j) {
+          // p_half = p + (eps/2) s, x' = x + eps p_half; s' = s(x'); p = p_half + (eps/2) s'
+          for (int l = 0; l < nb; ++l)
+            for (int d = 0; d < D; ++d) {
+              const int64_t i = static_cast<int64_t>(l) * D + d;
+              const T ph = PL.p[i] + heps.p[l] * sa[i];
+              PL.p[i] = ph;
+              xb[i] = xa[i] + eps.p[l] * ph;
+            }
+          score_rows<T>(m, w, xb, nb, sb);
+          for (int l = 0; l < nb; ++l) {
+            T seg = 0;  // (s + s').(x' - x)
+            for (int d = 0; d < D; ++d) {
+              const int64_t i = static_cast<int64_t>(l) * D + d;
+              PL.p[i] = PL.p[i] + heps.p[l] * sb[i];
+              seg += (sa[i] + sb[i]) * (xb[i] - xa[i]);
+            }
+            dlp.p[l] += T(0.5) * seg;
+          }
+          std::swap(xa, xb);
+          std::swap(sa, sb);
+        }
+        if (mh != 2)
+          for (int c = 0; c < nb; c += W) block_log_uniform<T, W>(seed, off, g0 + static_cast<uint64_t>(c), logu.p + c);
+        for (int l = 0; l < nb; ++l) {
+          const int64_t r = static_cast<int64_t>(l) * D;
+          bool acc = true;
+          if (mh != 2) {
+            T kin = 0, kin0 = 0;
+            for (int d = 0; d < D; ++d) {
+              kin += PL.p[r + d] * PL.p[r + d];
+              kin0 += P0.p[r + d] * P0.p[r + d];
+            }
+            acc = logu.p[l] < (dlp.p[l] - T(0.5) * kin) + T(0.5) * kin0;
+          }
+          if (acc) {
+            std::memcpy(X.p + r, xa + r, sizeof(T) * D);
+            std::memcpy(S.p + r, sa + r, sizeof(T) * D);
+            std::memcpy(PC.p + r, PL.p + r, sizeof(T) * D);
+            nacc.p[l] += T(1);
+          } else {
+            for (int d = 0; d < D; ++d) PC.p[r + d] = -P0.p[r + d];  // flip: keeps partial refresh exact
+          }
+        }
+      }
+      std::memcpy(x_out + b0 * D, X.p, sizeof(T) * nbd);
+      const T ns = static_cast<T>(n_steps);
+      for (int l = 0; l < nb; ++l) rate[b0 + l] = nacc.p[l] / ns;
+    }
+  });
+}
+
 // run(T(), sum) with the ScoreSum of the given networks and mixture (K = 0: none) in `dtype`.
 template <typename Run>
 void with_score_sum(int dtype, int64_t D, const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& dims,
@@ -330,6 +428,23 @@ void mlp_mala(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<ui
     using T = decltype(tag);
     mala_impl<T>(m, ptr<T>(x), ptr<T>(step_size), B, n_steps, static_cast<int>(n_trapezoid), seed, offset,
                  chain_offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
+  });
+}
+
+void mlp_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+             const std::vector<int64_t>& dims, const std::vector<double>& scalars, uintptr_t means,
+             uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
+             uintptr_t step_size, int64_t n_steps, int64_t n_leapfrog, uint64_t seed, uint64_t offset,
+             uint64_t chain_offset, int64_t mh, double damping, uintptr_t x_out, uintptr_t accept_rate) {
+  if (n_leapfrog < 1 || n_leapfrog > (int64_t(1) << 30)) throw std::invalid_argument("mlp_hmc: n_leapfrog must be >= 1");
+  if (mh != 0 && mh != 2) throw std::invalid_argument("mlp_hmc: mh must be 0 (score) or 2 (none)");
+  if (n_steps < 1) throw std::invalid_argument("mlp_hmc: n_steps must be >= 1");
+  if (!(damping >= 0.0 && damping < 1.0)) throw std::invalid_argument("mlp_hmc: damping must be in [0, 1)");
+  with_score_sum(dtype, D, ptrs, dims, scalars, means, log_weights, variances, K, mix_alpha, mix_sigma2,
+                 [&](auto tag, const auto& m) {
+    using T = decltype(tag);
+    hmc_impl<T>(m, ptr<T>(x), ptr<T>(step_size), B, n_steps, static_cast<int>(n_leapfrog), seed, offset,
+                chain_offset, static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
   });
 }
 

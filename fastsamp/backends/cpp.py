@@ -97,6 +97,18 @@ def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha,
     return x_new, rate
 
 
+def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+            n_leapfrog, seed, offset, chain_offset, mh, damping):
+    B, D = x.shape
+    x_new, rate = torch.empty_like(x), torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_mlp_hmc(_dt(x), x.data_ptr(), B, D,
+                       *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
+                       step_size.data_ptr(), int(n_steps), int(n_leapfrog), _u64(seed), _u64(offset),
+                       int(chain_offset), int(mh), float(damping), x_new.data_ptr(), rate.data_ptr(), _threads())
+    return x_new, rate
+
+
 def normal(seed, offset, B, D, dtype, device, chain_offset):
     out = torch.empty(B, D, dtype=dtype, device=device)
     if out.numel() > 0:
@@ -111,5 +123,5 @@ def uniform(seed, offset, B, dtype, device, chain_offset):
     return out
 
 
-__all__ = _GENERATED + ["policy_rollout", "policy_log_pf", "policy_log_pf_backward", "mlp_score", "mlp_mala", "normal",
-                        "uniform"]
+__all__ = _GENERATED + ["policy_rollout", "policy_log_pf", "policy_log_pf_backward", "mlp_score", "mlp_mala",
+                        "mlp_hmc", "normal", "uniform"]

@@ -85,7 +85,9 @@ def resolved(t: torch.Tensor) -> torch.Tensor:
 
 def from_dlpack(name: str, v):
     """v as a torch tensor on the same memory (zero-copy) when it is a NumPy array or has `__dlpack__`;
-    anything else unchanged (for the type check that follows to name it)."""
+    anything else (a torch tensor among them) unchanged, for the checks that follow."""
+    if isinstance(v, torch.Tensor):
+        return v
     if isinstance(v, np.ndarray):
         convert = torch.from_numpy  # clear errors for reversed views and foreign byte order
     elif hasattr(v, "__dlpack__"):

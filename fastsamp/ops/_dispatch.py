@@ -56,12 +56,16 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     return fn
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _plain(x: torch.Tensor, tensors) -> bool:
-    """x and the other tensors (None allowed) are plain torch.Tensor objects (no subclass, e.g. FakeTensor)."""
-    if type(x) is not torch.Tensor:
+    """x and the other tensors (None allowed) are plain tensors or parameters (no subclass that overrides
+    torch functions or dispatch, e.g. FakeTensor)."""
+    if type(x) not in _PLAIN:
         return False
     for t in tensors:
-        if t is not None and type(t) is not torch.Tensor:
+        if t is not None and type(t) not in _PLAIN:
             return False
     return True
 

@@ -2,7 +2,8 @@
 `_table.registered()`, with the backend signature of docs/backend-contract.md.
 
 Per op, from the op table (`_table.py`):
-* the schema; seeds, offsets and chain offsets are `SymInt` (int64: a u64 value v >= 2**63 travels as
+* the schema (an output given by an input, em_step_logprob's x_next, is a copy); seeds, offsets and
+  chain offsets are `SymInt` (int64: a u64 value v >= 2**63 travels as
   v − 2**64, `encode_u64`, and the kernels read it back modulo 2**64, so the noise stream is unchanged);
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
@@ -76,17 +77,39 @@ def device_kernel(name: str, device_type: str):
     """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
     reference above a compiled kernel's D limit."""
     op = _table.OPS[name]
-    fn = backends.resolve("auto", name, torch.device(device_type))
-    ref = _decoded(getattr(reference, name), op)
+    try:
+        fn = backends.resolve("auto", name, torch.device(device_type))
+    except AttributeError:  # no kernel there and no reference (policy_log_pf_backward)
+        def missing(*args, **kwargs):
+            raise NotImplementedError(f"{name} has no kernel for {device_type} tensors (and no reference)")
+        return missing
     if is_reference(fn):
-        return ref
+        return _decoded(fn, op)
     limit = max_d(fn, name)
     if limit is None:
         return fn
+    ref = _decoded(getattr(reference, name), op)
     state = next(i for i, a in enumerate(op.schema_args) if a.kind == "state")
 
     def kernel(*args, **kwargs):
         return (fn if args[state].shape[1] <= limit else ref)(*args, **kwargs)
+    return kernel
+
+
+def _fresh_outputs(fn, op: _table.Op):
+    """fn, with each output that is a given input (em_step_logprob's x_next) copied: a registered op's outputs
+    may not alias its inputs."""
+    given = [(k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
+             if o.given_by and op.arg(o.given_by).kind != "out"]
+    if not given:
+        return fn
+
+    def kernel(*args):
+        outs = list(fn(*args))
+        for k, i in given:
+            if args[i] is not None:
+                outs[k] = outs[k].clone()
+        return tuple(outs)
     return kernel
 
 
@@ -128,7 +151,7 @@ class Entry:
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
-        self.name, self.op, self.differentiable = op.name, opobj, bool(op.grad) or op.c is None
+        self.name, self.op, self.differentiable = op.name, opobj, bool(op.grad) or not op.backends
         at = _u64_positions(op)
 
         def encoded(args):
@@ -157,14 +180,14 @@ def _register(op: _table.Op) -> Entry:
     _lib.define(op.schema())
     qualname = f"{NAMESPACE}::{op.name}"
     opobj = getattr(getattr(torch.ops, NAMESPACE), op.name).default
-    if op.c is None:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
+    if not op.backends:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
         _lib.impl(op.name, getattr(reference, op.name), "CompositeImplicitAutograd")
         return Entry(op, opobj)
     namespace = {"torch": torch}
     exec(compile(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", "exec"), namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
-    _lib.impl(op.name, device_kernel(op.name, "cpu"), "CPU")  # resolved now: no trampoline on the CPU path
-    _lib.impl(op.name, _kernel_for(op.name, "cuda"), "CUDA")  # resolved at the first call (imports Triton)
+    _lib.impl(op.name, _fresh_outputs(device_kernel(op.name, "cpu"), op), "CPU")  # resolved now: no trampoline
+    _lib.impl(op.name, _fresh_outputs(_kernel_for(op.name, "cuda"), op), "CUDA")  # resolved at the first call
     if op.grad:
         torch.library.register_autograd(qualname, _autograd.FORMULAS[op.name], setup_context=_autograd.SETUP,
                                         lib=_lib)

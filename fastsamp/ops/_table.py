@@ -22,7 +22,8 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            dtype device   of the outputs, for ops without a state tensor
            out            an optional preallocated output (not in the schema: registered ops are functional)
     outs:  "name:(B,D)" with an optional dtype suffix (bool, f64), "=arg" (the output is that argument when
-           it is given) or "?arg" (present only when that argument is given / true: None otherwise)
+           it is given) or "?arg" (present only when that argument is given / true: None otherwise);
+           "name:[arg]" a list of tensors shaped like the list argument `arg`
     c:     the C argument order before the outputs ("dtype" = 0 float32 / 1 float64, dims by name); the
            outputs follow in order, then n_threads (cpu) or the stream (cuda). None: the glue is
            hand-written in the backend module (the policy ops pass lists of layer pointers and put
@@ -61,6 +62,7 @@ class Out:
     dtype: str = "x"        # "x", "bool", "f64"
     given_by: str | None = None
     present_if: str | None = None
+    like_list: str | None = None  # a list of tensors shaped like this list argument (Tensor[])
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,12 @@ class Op:
                 return "Tensor?" if a.optional else "Tensor"
             return SCALARS[a.kind]
         args = ", ".join(f"{typ(a)} {a.name}" for a in self.schema_args)
-        outs = ", ".join("Tensor" for _ in self.outs)
+        outs = ", ".join("Tensor[]" if o.like_list else "Tensor?" if o.present_if else "Tensor" for o in self.outs)
         return f"{self.name}({args}) -> " + (outs if len(self.outs) == 1 else f"({outs})")
 
 
 _ARG = re.compile(r"(\w+):(?:(state|floats|float|ints|int|bool|u64|tensors|dtype|device|out)|\(([^)]*)\)(\?)?(f64)?)$")
-_OUT = re.compile(r"(\w+):\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?$")
+_OUT = re.compile(r"(\w+):(?:\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?|\[(\w+)\])$")
 
 
 def _dims(text: str) -> tuple:
@@ -129,8 +131,8 @@ def _outs(text: str) -> tuple:
         m = _OUT.match(token)
         if m is None:
             raise ValueError(f"bad output spec {token!r}")
-        name, shape, dtype, given, present = m.groups()
-        out.append(Out(name, _dims(shape), dtype or "x", given, present))
+        name, shape, dtype, given, present, like = m.groups()
+        out.append(Out(name, _dims(shape or ""), dtype or "x", given, present, like))
     return tuple(out)
 
 
@@ -211,11 +213,13 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "log_pf:(B,T)", None, renames={"params": None, "clip": None},
         dims=_POLICY_DIMS + "; B = states.shape[1]"),
     _op("policy_log_pf_backward", f"states:(T+1,B,D) {_POLICY_NET} g_log_pf:(B,T) sigma:float h:float clip:float "
-        "n_threads:int", "g_temb:(T,H)", None, public=None, dims=_POLICY_DIMS + "; B = states.shape[1]",
-        reference=False),  # also g_params, a list like params; autograd differentiates the reference
+        "n_threads:int", "g_temb:(T,H) g_params:[params]", None, public=None,
+        dims=_POLICY_DIMS + "; B = states.shape[1]", reference=False),  # autograd differentiates the reference
     _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, renames=_SCORE_SUM_RENAMES),
     _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
+        "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         None, _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
@@ -224,14 +228,16 @@ OPS: dict[str, Op] = {op.name: op for op in [
 
 
 def registered() -> list[Op]:
-    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops whose
-    arguments fit a schema of tensors and scalars and whose outputs are fresh tensors. Not (yet): the
-    policy ops (lists of layer tensors), em_step_logprob (its first output is the given x_next) and
-    the factory ops normal / uniform (dtype and device arguments, no tensor input)."""
+    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops, and the
+    backward kernels of those, whose arguments fit a schema of tensors and scalars. An output that is a
+    given input (em_step_logprob's x_next) is a copy in the registered op; an output present only with some
+    argument is `Tensor?`. Not (yet): the mlp ops (lists of per-network dims and scalars) and the factory
+    ops normal / uniform (dtype and device arguments, no tensor input)."""
     def fits(op):
-        return (all(a.kind not in ("tensors", "dtype", "device") for a in op.args)
-                and all(o.given_by is None or op.arg(o.given_by).kind == "out" for o in op.outs))
-    return [op for op in OPS.values() if op.public and fits(op)]
+        return all(a.kind not in ("ints", "floats", "dtype", "device") for a in op.args)
+    public = {op.name for op in OPS.values() if op.public and fits(op)}
+    return [op for op in OPS.values() if fits(op) and (op.name in public or op.name.removesuffix("_backward")
+                                                       in public)]
 
 
 # ------------------------------------------------------------------ code generation
@@ -270,6 +276,8 @@ def _like(op: Op) -> str:
 def _alloc(op: Op, o: Out, functional: bool) -> str:
     """The expression allocating output o (functional: a fresh tensor even where the glue reuses an input)."""
     st = op.state
+    if o.like_list:
+        return f"[torch.empty_like(t) for t in {o.like_list}]"
     if o.dtype == "x" and st is not None and o.shape == st.shape:
         new = f"torch.empty_like({st.name})"
     else:

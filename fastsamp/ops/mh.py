@@ -59,6 +59,7 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
     eps = _checks.step_size(step_size, x)
     u, seed, offset, chain_offset = mh_uniform(u, seed, offset, chain_offset, x)
     if interior_scores is not None:
+        interior_scores = _checks.from_dlpack("interior_scores", interior_scores)
         if not isinstance(interior_scores, torch.Tensor) or interior_scores.dim() != 3:
             raise ValueError("interior_scores must be a (n-1, B, D) tensor")
         _checks.integer("interior_scores.shape[0]", interior_scores.shape[0], minimum=0)

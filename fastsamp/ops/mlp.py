@@ -1,6 +1,6 @@
 """Score-network ops: the score of `fastsamp.models.ScoreMLP` networks, alone or summed with each other
 and with an analytic Gaussian mixture (the composition p ∝ Π_i p_i of `fastsamp.models.Product`), and
-the fused whole-move MALA kernel on that score.
+the fused whole-move MALA and HMC kernels on that score.
 
 One network (`ScoreNet`) at time t, with the marginal (α, σ²) of its schedule at t:
 
@@ -141,7 +141,34 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1, maximum=4096)
     seed, offset = _checks.seed_offset(seed, offset, n_steps)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    fn = _dispatch.kernel(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
+    return fn(*args, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _mh_code(mh))
+
+
+def _mh_code(mh):
     if not isinstance(mh, str) or mh not in _MH_MODES:
         raise ValueError(f"mh must be one of {tuple(_MH_MODES)} (a score network has no energy), got {mh!r}")
-    fn = _dispatch.kernel(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
-    return fn(*args, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _MH_MODES[mh])
+    return _MH_MODES[mh]
+
+
+def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, offset=0, chain_offset=0,
+            mh="score", damping=0.0, backend="auto"):
+    """`n_steps` HMC moves on the score of `mlp_score(x, nets, mixture=mixture)`, fused in one kernel.
+
+    As `ops.gmm_hmc`: p starts at 0 and is carried across moves; move m draws ξ and u from Philox
+    (seed, offset + m) and refreshes p0 = damping·p + √(1 − damping²) ξ, then `n_leapfrog` leapfrog steps
+    with ΔlogP the trapezoid of the score along the path (mh="score") or no test (mh="none"); on rejection
+    x stays and p = −p0. A move costs `n_leapfrog` evaluations of every network.
+
+    Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
+    """
+    args = _score_sum_args(x, nets, mixture)
+    x = args[0]
+    eps = _checks.step_size(step_size, x)
+    n_steps = _checks.integer("n_steps", n_steps, minimum=1)
+    n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
+    seed, offset = _checks.seed_offset(seed, offset, n_steps)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
+    fn = _dispatch.kernel(backend, "mlp_hmc", x, *args[1], *args[4:7], eps)
+    return fn(*args, eps, n_steps, n_leapfrog, seed, offset, chain_offset, _mh_code(mh), damping)

@@ -366,3 +366,33 @@ def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha,
         score = _select(accepted, score_prop, score)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
+
+
+def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+            n_leapfrog, seed, offset, chain_offset, mh, damping):
+    """n_steps HMC moves (as gmm_hmc) on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
+    B = x.shape[0]
+    draw = _philox_draws(x, seed, offset, chain_offset)
+    score_at = lambda z: mlp_score(z, params, dims, scalars, means, log_weights, variances, mix_alpha,  # noqa: E731
+                                   mix_sigma2)
+    score, p = score_at(x), torch.zeros_like(x)
+    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for m in range(n_steps):
+        xi, u = draw(m)
+        p0 = momentum_refresh(p, damping, xi, seed, offset + m, chain_offset)
+        x_l, s_l, p_l = x, score, p0
+        delta = torch.zeros(B, dtype=x.dtype, device=x.device)
+        for _ in range(n_leapfrog):
+            x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
+            s_next = score_at(x_next)
+            p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
+            x_l, s_l = x_next, s_next
+        if mh == MH_NONE:
+            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
+        else:
+            accepted = torch.log(u) < delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
+        x = _select(accepted, x_l, x)
+        score = _select(accepted, s_l, score)
+        p = _select(accepted, p_l, -p0)
+        n_acc = n_acc + accepted.to(x.dtype)
+    return x, n_acc / max(n_steps, 1)

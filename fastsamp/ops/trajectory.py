@@ -34,7 +34,7 @@ class _EMStepLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
-        fwd = backends.resolve(backend, "em_step_logprob", x.device)
+        fwd = _dispatch.route(backend, "em_step_logprob", x, drift, log_var, x_next, noise)
         sampled = x_next is None
         y, log_pf, log_pb = fwd(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2)
         ctx.save_for_backward(x, drift, log_var, y)
@@ -54,7 +54,7 @@ class _EMStepLogProb(torch.autograd.Function):
         g_pf = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if g_pf is None else g_pf.contiguous()
         g_pb = torch.zeros_like(g_pf) if g_pb is None else g_pb.contiguous()
         g_y = g_y.contiguous() if (reparam and g_y is not None) else None
-        bwd = backends.resolve(backend, "em_step_logprob_backward", x.device)
+        bwd = _dispatch.route(backend, "em_step_logprob_backward", x, drift, log_var, y, g_y, g_pf, g_pb)
         want_g_y = not sampled and ctx.needs_input_grad[3]
         g_x, g_drift, g_log_var, g_x_next = bwd(x, drift, log_var, y, g_y, g_pf, g_pb, h, s2, e2, c, b2, reparam,
                                                 want_g_y)
@@ -187,7 +187,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     if x0 is not None:
         x0 = _checks.like("x0", x0.detach().to(dtype), temb, (B, p.D), x_name="temb")
     ts = (torch.arange(T + 1, dtype=dtype) * h)[:-1].to(torch.float64).contiguous()
-    fn = _dispatch.kernel(backend, "policy_rollout", temb)
+    fn = _dispatch.route(backend, "policy_rollout", temb)
     return fn(x0, temb, params, ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
 
 
@@ -199,8 +199,8 @@ class _PolicyLogPF(torch.autograd.Function):
     def forward(ctx, meta, states, temb, *params):
         backend, sigma, h, clip, n_threads, given = meta
         if given is None:
-            log_pf = backends.resolve(backend, "policy_log_pf", states.device)(states, temb, params, sigma, h, clip,
-                                                                              n_threads)
+            log_pf = _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h,
+                                                                                      clip, n_threads)
         else:
             log_pf = given.detach().clone()
         ctx.meta = meta
@@ -212,7 +212,7 @@ class _PolicyLogPF(torch.autograd.Function):
     def backward(ctx, g_log_pf):
         backend, sigma, h, clip, n_threads, _ = ctx.meta
         states, temb, *params = ctx.saved_tensors
-        bwd = backends.resolve(backend, "policy_log_pf_backward", states.device)
+        bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
         g_temb, g_params = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads)
         return (None, None, g_temb, *g_params)
 

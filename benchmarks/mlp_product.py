@@ -1,0 +1,106 @@
+"""Annealed MCMC on a Product of two ScoreMLPs: the fused score-network kernel (ops.mlp_mala) against the
+generic path (the samplers' Langevin / ScoreMH kernels, one batched PyTorch network call per move), and
+the kernel's GFLOP/s as a fraction of the fp32 GEMM rate measured in the same run (issue 11).
+
+Setting of the issue: hidden 128 (ScoreMLP: 3 hidden activations, 2 hidden H x H layers), D = 2, 4096
+chains, 100 levels x 10 MALA moves, n_trapezoid 3, one thread. Untrained (random, fixed-seed) networks:
+the cost does not depend on the weights.
+
+FLOPs counted: 2 (D H + L H² + H D) per network evaluation (the multiply-adds of the layers the kernel
+runs; the time-embedding columns of the first layer, constant over a call, are one (H, 2F) product per
+call in the kernel and are not counted; nor are the activations).
+
+    python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--json out.json]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from fastsamp import ops
+from fastsamp.experiments.bench import cpu_model, measure_roofline
+from fastsamp.models import Product, ScoreMLP
+from fastsamp.samplers import annealed_mcmc
+
+
+def product(hidden, dim=2):
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(ScoreMLP(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval())
+    return Product(*nets)
+
+
+def flops_per_eval(model):
+    """2 (D H + L H² + H D) summed over the factors (one evaluation of the product's score)."""
+    total = 0
+    for m in model.models:
+        linears = [x for x in m.net if isinstance(x, torch.nn.Linear)]
+        total += 2 * (m.dim * m.hidden + sum(x.in_features * x.out_features for x in linears[1:]))
+    return total
+
+
+def run_sampler(model, args, fused):
+    kw = dict(n_levels=args.levels, corrector="mala", n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid,
+              step_size=0.05, seed=0, fused=fused)
+    walls = []
+    for _ in range(args.repeats):
+        _, stats = annealed_mcmc(model, args.chains, **kw)
+        walls.append(stats.wall_time)
+    assert stats.fused == fused
+    return statistics.median(walls), stats.n_score_evals
+
+
+def run_kernel(model, args):
+    """Median wall time (s) of one ops.mlp_mala call: the chains, args.moves moves, at t = 0.5."""
+    x = torch.randn(args.chains, model.dim)
+    nets = [m.score_net(0.5, x) for m in model.models]
+    call = lambda: ops.mlp_mala(x, nets, step_size=0.01, n_steps=args.moves, n_trapezoid=args.n_trapezoid)  # noqa: E731
+    call()
+    times = []
+    for _ in range(max(args.repeats, 5)):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    evals = args.chains * (args.moves * args.n_trapezoid + 1)
+    return statistics.median(times), evals
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chains", type=int, default=4096)
+    p.add_argument("--levels", type=int, default=100)
+    p.add_argument("--moves", type=int, default=10)
+    p.add_argument("--n-trapezoid", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-generic", action="store_true", help="time the fused path and the kernel only")
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model = product(args.hidden)
+    fpe = flops_per_eval(model)
+    roof = measure_roofline(torch.device("cpu"))
+    gemm = roof["fp32_gemm_GFLOPs"]
+    k_wall, k_evals = run_kernel(model, args)
+    k_gflops = k_evals * fpe / k_wall / 1e9
+    f_wall, evals = run_sampler(model, args, True)
+    report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "args": vars(args),
+              "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe,
+              "kernel": {"wall_s": k_wall, "GFLOPs": k_gflops, "frac_gemm": k_gflops / gemm},
+              "fused": {"wall_s": f_wall, "n_score_evals": evals, "GFLOPs": evals * fpe / f_wall / 1e9}}
+    report["fused"]["frac_gemm"] = report["fused"]["GFLOPs"] / gemm
+    if not args.skip_generic:
+        g_wall, g_evals = run_sampler(model, args, False)
+        report["generic"] = {"wall_s": g_wall, "n_score_evals": g_evals, "GFLOPs": g_evals * fpe / g_wall / 1e9}
+        report["speedup"] = g_wall / f_wall
+    print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
