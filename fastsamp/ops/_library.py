@@ -121,13 +121,14 @@ def _kernel_for(name: str, device_type: str):
     return kernel
 
 
-def _refuse_grad(name: str, opobj):
+def _refuse_grad(op: _table.Op, opobj):
     """Autograd kernel of an op without a backward: raise when an input requires grad."""
+    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+
     def kernel(*args):
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            raise RuntimeError(f"torch.ops.fastsamp.{name} has no backward and an input requires grad: detach the "
-                               f"inputs or run under torch.no_grad() (fastsamp.ops.{name} with backend='auto' or "
-                               f"'torch' runs the differentiable reference)")
+            raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: detach "
+                               f"the inputs or run under torch.no_grad(){hint}")
         with _BELOW_AUTOGRAD():
             return opobj(*args)
     return kernel
@@ -151,7 +152,7 @@ class Entry:
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
-        self.name, self.op, self.differentiable = op.name, opobj, bool(op.grad) or not op.backends
+        self.name, self.differentiable = op.name, bool(op.grad) or not op.backends
         at = _u64_positions(op)
 
         def encoded(args):
@@ -184,7 +185,7 @@ def _register(op: _table.Op) -> Entry:
         _lib.impl(op.name, getattr(reference, op.name), "CompositeImplicitAutograd")
         return Entry(op, opobj)
     namespace = {"torch": torch}
-    exec(compile(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", "exec"), namespace)
+    _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
     _lib.impl(op.name, _fresh_outputs(device_kernel(op.name, "cpu"), op), "CPU")  # resolved now: no trampoline
     _lib.impl(op.name, _fresh_outputs(_kernel_for(op.name, "cuda"), op), "CUDA")  # resolved at the first call
@@ -192,7 +193,7 @@ def _register(op: _table.Op) -> Entry:
         torch.library.register_autograd(qualname, _autograd.FORMULAS[op.name], setup_context=_autograd.SETUP,
                                         lib=_lib)
     else:
-        _lib.impl(op.name, _refuse_grad(op.name, opobj), "Autograd")
+        _lib.impl(op.name, _refuse_grad(op, opobj), "Autograd")
     return Entry(op, opobj)
 
 

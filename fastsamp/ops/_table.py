@@ -37,6 +37,7 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
 """
 from __future__ import annotations
 
+import linecache
 import re
 from dataclasses import dataclass, field
 
@@ -263,14 +264,11 @@ def _dims_source(op: Op) -> list[str]:
     return lines
 
 
-def _like(op: Op) -> str:
-    """Keyword arguments giving an output x's dtype and device."""
-    if op.state is not None:
-        return f"dtype={op.state.name}.dtype, device={op.state.name}.device"
-    first = next((a for a in op.args if a.kind == "tensor" and not a.optional and a.dtype == "x"), None)
-    if first is None:
-        return "dtype=dtype, device=device"
-    return f"dtype={first.name}.dtype, device={first.name}.device"
+def _like(op: Op) -> tuple[str, str]:
+    """Expressions of the outputs' dtype ("x") and device: the state's, else the first required tensor's
+    of that dtype, else the `dtype` and `device` arguments."""
+    like = op.state or next((a for a in op.args if a.kind == "tensor" and not a.optional and a.dtype == "x"), None)
+    return ("dtype", "device") if like is None else (f"{like.name}.dtype", f"{like.name}.device")
 
 
 def _alloc(op: Op, o: Out, functional: bool) -> str:
@@ -282,11 +280,9 @@ def _alloc(op: Op, o: Out, functional: bool) -> str:
         new = f"torch.empty_like({st.name})"
     else:
         shape = ", ".join(o.shape) + ("," if len(o.shape) == 1 else "")
-        like = _like(op)
-        if o.dtype != "x":
-            device = like.split("device=")[1]
-            like = f"dtype=torch.{'bool' if o.dtype == 'bool' else 'float64'}, device={device}"
-        new = f"torch.empty(({shape}), {like})"
+        dtype, device = _like(op)
+        dtype = {"x": dtype, "bool": "torch.bool", "f64": "torch.float64"}[o.dtype]
+        new = f"torch.empty(({shape}), dtype={dtype}, device={device})"
     if o.given_by and not functional:
         return f"{new} if {o.given_by} is None else {o.given_by}"
     if o.present_if:
@@ -346,12 +342,18 @@ def glue_source(op: Op, target: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def define(source: str, filename: str, namespace: dict) -> None:
+    """Run generated source in `namespace`, its lines registered with linecache (tracebacks show them)."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+
+
 def install_glue(namespace: dict, target: str, backend: str) -> list[str]:
     """Define in `namespace` (a backend module's globals: its `_C`, `_dt`, `_p`, `_u64`, `torch` and, for cuda,
     `_launch`) the generated function of every op with a C entry point on `backend`; returns their names."""
     names = []
     for op in OPS.values():
         if backend in op.backends and op.c is not None:
-            exec(compile(glue_source(op, target), f"<fastsamp glue {target}_{op.name}>", "exec"), namespace)
+            define(glue_source(op, target), f"<fastsamp glue {target}_{op.name}>", namespace)
             names.append(op.name)
     return names
