@@ -171,6 +171,10 @@ def test_annealed_mcmc_takes_the_fused_path():
     _, sm = annealed_mcmc(Product(model.models[0], ScoreModel(model.models[1], 2)), 16, n_levels=3,
                           n_corrector_steps=1)
     assert not sm.fused  # a factor the kernels do not know: the generic path
+    odd = score_mlp(2, 8, seed=3, dtype=torch.float32)
+    odd.net[1] = torch.nn.Tanh()  # not the architecture the kernels evaluate: the generic path
+    for m in (odd, Product(odd, model.models[0])):
+        assert not annealed_mcmc(m, 16, n_levels=3, n_corrector_steps=1)[1].fused
 
 
 # --- argument checks ---------------------------------------------------------------------------------
