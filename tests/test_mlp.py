@@ -79,7 +79,7 @@ def test_sum_of_networks_and_a_mixture(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("none", 1)])
+@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("score", 6), ("none", 1)])
 @pytest.mark.parametrize("B,D,with_mixture", [(1, 1, False), (50, 2, True), (97, 3, False)])
 def test_mlp_mala_matches_reference(dtype, mh, n_trapezoid, B, D, with_mixture):
     nets = [random_net(D, 24, 2, 4, dtype, seed=3), random_net(D, 16, 1, 4, dtype, seed=4)]
