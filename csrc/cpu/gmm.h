@@ -46,9 +46,12 @@ struct Mixture {
 };
 
 // ---- register-resident path for compile-time D (GCC vector extensions) ----
-// One W-lane vector per dimension; the K loop is a single-pass online
-// log-sum-exp: with t = exp(-|l_k - m|), either the running sums are rescaled
-// by t (new maximum) or the new term has weight t; one exp per component.
+// One W-lane vector per dimension. Per chunk of kChunkK components, two passes: the log-terms
+// l_k = c_k - h_k |αμ_k - x|² and their maximum m (into the `ell` scratch), then the weights
+// exp(l_k - m) and the weighted sums. The components of a pass are independent of each other, so
+// the exp latency overlaps across components (a single-pass online log-sum-exp chains every
+// component's exp behind the previous running maximum); the running sums are rescaled once per
+// chunk, not once per component.
 template <typename T>
 struct VecT {
   typedef T V __attribute__((vector_size(64)));
@@ -56,20 +59,22 @@ struct VecT {
   typedef I_ VI __attribute__((vector_size(64)));
 };
 
+// exp(x) for x <= 0 or NaN (the log-sum-exp weights), the formula of vm::exp (a*b + c contracted
+// to one FMA, as everywhere in these kernels): x clamped below at
+// ExpC::lo, n = round(x / ln2) by the shifter, r = x - n ln2 in two parts, p = exp(r) by the same
+// polynomial, then p 2^n. On AVX-512 the scaling is one vscalef (exact for normal results, so the
+// same bits as the two exponent multiplies of vm::exp) instead of six integer/multiply operations.
 template <typename V, typename VI, typename T>
-FASTSAMP_VINLINE V vexp(V x) {
+FASTSAMP_VINLINE V vexp_nonpos(V x) {
   using C = vm::ExpC<T>;
-  x = x < C::lo ? V{} + C::lo : x;  // NaN passes both selects
-  x = x > C::hi ? V{} + C::hi : x;
+  x = C::lo > x ? V{} + C::lo : x;  // NaN passes (vmaxps(lo, x))
   const V t = x * C::log2e + C::shifter;
   const V n = t - C::shifter;
-  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
   V r = x - n * C::ln2_hi;
   r = r - n * C::ln2_lo;
   V p;
   if constexpr (sizeof(T) == 4) {
-    p = V{} + T(1.9875691500e-4);
-    p = p * r + T(1.3981999507e-3);
+    p = (V{} + T(1.9875691500e-4)) * r + T(1.3981999507e-3);
     p = p * r + T(8.3334519073e-3);
     p = p * r + T(4.1665795894e-2);
     p = p * r + T(1.6666665459e-1);
@@ -90,16 +95,27 @@ FASTSAMP_VINLINE V vexp(V x) {
     p = p * r + T(1);
     p = p * r + T(1);
   }
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<V>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+  } else {
+    return reinterpret_cast<V>(_mm512_scalef_pd(reinterpret_cast<__m512d>(p), reinterpret_cast<__m512d>(n)));
+  }
+#else
+  // 2^n as two factors so that subnormal results come out right
+  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
   const VI n1 = ni >> 1;
   const VI n2 = ni - n1;
   const VI e1 = (n1 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
   const VI e2 = (n2 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
   return p * reinterpret_cast<const V&>(e1) * reinterpret_cast<const V&>(e2);
+#endif
 }
 
+// ell: scratch of kChunkK * W values.
 template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict x, T* __restrict sc,
-                                      T* __restrict logp) {
+                                      T* __restrict logp, T* __restrict ell) {
   static_assert(W * sizeof(T) == 64, "one 64-byte vector per dimension");
   using V = typename VecT<T>::V;
   using VI = typename VecT<T>::VI;
@@ -116,28 +132,45 @@ FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict 
     acc[d] = V{};
   }
   V m = V{} + ninf, sum = V{};
-  for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
-    V df[DC];
-    V dist = V{};
+  for (int k0 = 0; k0 < K; k0 += kChunkK) {
+    const int kn = std::min(kChunkK, K - k0);
+    // pass 1: the log-terms and their maximum (cm = max(e, cm) is vmaxps: a NaN e is not taken
+    // into the maximum, but its weight exp(NaN) makes the sums NaN in pass 2)
+    V cm = m;
+    for (int kk = 0; kk < kn; ++kk) {
+      const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * DC;
+      V dist = V{};
 #pragma GCC unroll 16
-    for (int d = 0; d < DC; ++d) {
-      df[d] = mu[d] - xv[d];
-      dist = df[d] * df[d] + dist;
+      for (int d = 0; d < DC; ++d) {
+        const V df = mu[d] - xv[d];
+        dist = df * df + dist;
+      }
+      const V e = cc[k0 + kk] - dist * hh[k0 + kk];
+      std::memcpy(ell + kk * W, &e, sizeof(V));
+      cm = e > cm ? e : cm;
     }
-    const V e = cc[k] - dist * hh[k];
-    const V dlt = e - m;
-    const V ad = dlt < T(0) ? -dlt : dlt;  // |e - m| (NaN stays NaN)
-    V t = vexp<V, VI, T>(-ad);
-    t = e == ninf ? V{} : t;  // a -inf term has weight 0 (also when m = -inf)
-    const VI up = e > m;
-    const V scl = up ? t : V{} + T(1);
-    const V w = up ? V{} + T(1) : t;
-    m = up ? e : m;
-    sum = sum * scl + w;
-    const V wr = w * rr[k];
+    if (k0 > 0) {  // rescale the running sums to the new maximum (1 where it did not move)
+      V scl = vexp_nonpos<V, VI, T>(m - cm);
+      scl = cm == m ? V{} + T(1) : scl;
+      sum *= scl;
 #pragma GCC unroll 16
-    for (int d = 0; d < DC; ++d) acc[d] = acc[d] * scl + wr * df[d];
+      for (int d = 0; d < DC; ++d) acc[d] *= scl;
+    }
+    m = cm;
+    // pass 2: the weights (a -inf term has weight 0, also when m = -inf: x infinite) and the
+    // weighted sum of (αμ_k - x) / s_k
+    for (int kk = 0; kk < kn; ++kk) {
+      const int k = k0 + kk;
+      const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
+      V e;
+      std::memcpy(&e, ell + kk * W, sizeof(V));
+      V w = vexp_nonpos<V, VI, T>(e - m);
+      w = e == ninf ? V{} : w;
+      sum += w;
+      const V wr = w * rr[k];
+#pragma GCC unroll 16
+      for (int d = 0; d < DC; ++d) acc[d] = wr * (mu[d] - xv[d]) + acc[d];
+    }
   }
   alignas(64) T sm[W], mm[W];
   std::memcpy(sm, &sum, sizeof(V));
@@ -158,7 +191,7 @@ template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x,
                                   T* __restrict sc, T* __restrict logp, T* __restrict ell) {
   if constexpr (DC > 0 && W * sizeof(T) == 64) {
-    block_score_reg<T, W, DC>(mx, x, sc, logp);
+    block_score_reg<T, W, DC>(mx, x, sc, logp, ell);
     return;
   }
   const int D = DC > 0 ? DC : Drt;
