@@ -281,5 +281,113 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
   }
 }
 
+// ---- Philox across the lanes of a chain block (the whole-move kernels) ----
+// The normals and MH uniforms of docs/backend-contract.md for the W chains b0 .. b0+W-1 of a block,
+// written [row][W] as block_normals / block_log_uniform (cpu/common.h) do. On AVX-512 the Philox
+// runs on 64-bit lanes, 8 chains per register (vpmuludq reads the low 32 bits of each lane, as in
+// GroupNormals), and the Box–Muller is GroupNormals' vector one (vneg2log_unit, vsqrt, vsincos):
+// the same formulas as the scalar lane loops, to the last bits of log/sin/cos. Elsewhere those
+// lane loops.
+#if defined(__AVX512F__)
+template <typename T, int W>
+struct LanePhilox {
+  static constexpr int H = W / 8;  // registers of 8 chains per block: 2 (float), 1 (double)
+  using G = GroupNormals<T>;
+  using V = typename VecT<T>::V;
+  __m512i k0[10], k1[10];  // round keys, broadcast
+
+  explicit LanePhilox(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k0[r] = _mm512_set1_epi32(static_cast<int>(a));
+      k1[r] = _mm512_set1_epi32(static_cast<int>(b));
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+  }
+
+  // Philox4x32-10 of the counters (j, chain b0 + l, offset) into st (low 32 bits of each 64-bit lane).
+  FASTSAMP_VINLINE void run(uint32_t j, uint64_t b0, uint64_t offset, typename G::State& st) const {
+    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
+    const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int h = 0; h < H; ++h) {
+      st.c0[h] = _mm512_set1_epi64(j);
+      st.c1[h] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0 + 8 * h)), iota);
+      st.c2[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
+      st.c3[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset >> 32));
+    }
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; ++r) {
+#pragma GCC unroll 2
+      for (int h = 0; h < H; ++h) {
+        const __m512i p0 = _mm512_mul_epu32(st.c0[h], m0);
+        const __m512i p1 = _mm512_mul_epu32(st.c2[h], m1);
+        st.c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), st.c1[h], k0[r], 0x96);
+        st.c1[h] = p1;
+        st.c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st.c3[h], k1[r], 0x96);
+        st.c3[h] = p0;
+      }
+    }
+  }
+
+  // The 4 words of each lane as W-lane vectors of uint32 (U32x16 for float, U32x8 for double).
+  template <typename U>
+  static FASTSAMP_VINLINE void words(const typename G::State& st, U* w) {
+    if constexpr (H == 2) {
+      G::words(st, w);
+    } else {
+      const __m512i* c[4] = {st.c0, st.c1, st.c2, st.c3};
+      for (int q = 0; q < 4; ++q) w[q] = reinterpret_cast<U>(_mm512_cvtepi64_epi32(c[q][0]));
+    }
+  }
+
+  // Standard normals of draw (seed, offset) for the block's chains, rows d < D into xi[d][W] (xi
+  // holds 4 ceil(D/4) rows; rows D .. are scratch).
+  FASTSAMP_VINLINE void normals(uint64_t offset, uint64_t b0, int D, T* __restrict xi) const {
+    using U = std::conditional_t<H == 2, U32x16, U32x8>;
+    auto no_tick = [](int) {};
+    for (int j = 0; 4 * j < D; ++j) {
+      typename G::State st;
+      run(static_cast<uint32_t>(j), b0, offset, st);
+      U w[4];
+      words<U>(st, w);
+      V n[4];
+      if (4 * j + 2 < D) {
+        G::template box_muller_v<V, 2>(w, n, no_tick);
+      } else {
+        G::template box_muller_v<V, 1>(w, n, no_tick);
+        n[2] = n[3] = V{};
+      }
+      for (int q = 0; q < 4; ++q) std::memcpy(xi + (4 * j + q) * W, &n[q], sizeof(V));
+    }
+  }
+
+  // log u of the MH uniforms of draw (seed, offset) for the block's chains.
+  FASTSAMP_VINLINE void log_uniform(uint64_t offset, uint64_t b0, T* __restrict logu) const {
+    using U = std::conditional_t<H == 2, U32x16, U32x8>;
+    typename G::State st;
+    run(0xFFFFFFFFu, b0, offset, st);
+    U w[4];
+    words<U>(st, w);
+    const V u = __builtin_convertvector(w[0], V) * T(2.3283064365386963e-10) + T(1.1641532182693481e-10);
+    const V lu = vm::vneg2log_unit<T>(u) * T(-0.5);  // exact: -2 log u times -1/2
+    std::memcpy(logu, &lu, sizeof(V));
+  }
+};
+#else
+template <typename T, int W>
+struct LanePhilox {
+  uint64_t seed;
+  explicit LanePhilox(uint64_t seed_) : seed(seed_) {}
+  FASTSAMP_VINLINE void normals(uint64_t offset, uint64_t b0, int D, T* __restrict xi) const {
+    block_normals<T, W>(seed, offset, b0, D, xi);
+  }
+  FASTSAMP_VINLINE void log_uniform(uint64_t offset, uint64_t b0, T* __restrict logu) const {
+    block_log_uniform<T, W>(seed, offset, b0, logu);
+  }
+};
+#endif
+
+
 }  // namespace cpu
 }  // namespace fastsamp
