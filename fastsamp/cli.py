@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run `fastsamp ARGV` (sys.argv[1:] by default) and return its exit status."""
     args = parser().parse_args(argv)
-    for flag in ("json", "png"):  # outputs are checked before any work
+    for flag in ("json", "png", "trace"):  # outputs are checked before any work
         path = getattr(args, flag, None)
         why = path and unwritable(path)
         if why:

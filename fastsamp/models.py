@@ -120,6 +120,10 @@ class GaussianMixture:
         return ops.gmm_mala(x, *self._params(x), n_trapezoid=spec.n_trapezoid,
                             mh="none" if spec.corrector == "ula" else spec.mh, **common)
 
+    def mixture_score(self, t, x):
+        """This mixture's marginal at time t as a factor of the score-network ops (ops.MixtureScore)."""
+        return ops.MixtureScore(*self._params(x), *self.marginal(t))
+
     def config(self):
         return {"schedule": schedule_config(self.schedule), "backend": self.backend}
 
@@ -178,6 +182,26 @@ class Product:
     @classmethod
     def from_saved(cls, config, state):
         return cls(*(from_saved_form(f) for f in config["factors"]))
+
+    def _fusable(self) -> bool:
+        """Whether the fused score-network kernels (ops.mlp_mala) cover this product: ScoreMLP factors and at
+        most one GaussianMixture, at least one ScoreMLP."""
+        n_nets = sum(isinstance(m, ScoreMLP) for m in self.models)
+        n_mix = sum(isinstance(m, GaussianMixture) for m in self.models)
+        return n_nets >= 1 and n_mix <= 1 and n_nets + n_mix == len(self.models)
+
+    def fused_corrector(self):
+        """ops.mlp_mala on the sum of the factors' scores (ScoreMLPs and at most one mixture), else None."""
+        return self.fused_moves if self._fusable() else None
+
+    def fused_supports(self, spec) -> bool:
+        return fused_mlp_supports(spec)
+
+    def fused_moves(self, x, t, step_size, spec, key):
+        """spec.n_steps ULA / MALA moves at time t by ops.mlp_mala on Σ_i s_i (see ScoreMLP.fused_moves)."""
+        nets = [m.score_net(t, x) for m in self.models if isinstance(m, ScoreMLP)]
+        mixes = [m.mixture_score(t, x) for m in self.models if isinstance(m, GaussianMixture)]
+        return mlp_moves(x, nets, mixes[0] if mixes else None, step_size, spec, key)
 
     def as_mixture(self) -> GaussianMixture:
         """The product of isotropic Gaussian mixtures at t = 0 as one mixture:
@@ -281,6 +305,32 @@ class ScoreMLP(torch.nn.Module):
         with torch.no_grad():
             return self(x.to(dtype), float(t)).to(x.dtype)
 
+    def score_net(self, t, x):
+        """This network at time t as the fused score-network ops read it (ops.ScoreNet), its tensors detached
+        and in x's dtype and device; (α_t, σ_t²) from the schedule in float64."""
+        mods = list(self.net)
+        linears, acts = mods[0::2], mods[1::2]
+        if not (all(isinstance(m, torch.nn.Linear) for m in linears) and all(isinstance(a, torch.nn.SiLU)
+                                                                               for a in acts)):
+            raise TypeError("ScoreMLP.net must be Sequential(Linear, SiLU, ..., Linear) for the fused kernels")
+        conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
+        t = float(t)
+        return ops.ScoreNet(tuple(conv(m.weight) for m in linears), tuple(conv(m.bias) for m in linears),
+                            conv(self.freq), conv(self.data_mean), float(self.data_var), t,
+                            float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
+
+    def fused_corrector(self):
+        """The whole-move kernel ops.mlp_mala (ULA / MALA with the score trapezoid; the `fastsamp.protocol` hook)."""
+        return self.fused_moves
+
+    def fused_supports(self, spec) -> bool:
+        return fused_mlp_supports(spec)
+
+    def fused_moves(self, x, t, step_size, spec, key):
+        """spec.n_steps ULA / MALA moves at time t from x with Philox key (seed, offset, chain_offset) by
+        ops.mlp_mala, the network evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
+        return mlp_moves(x, [self.score_net(t, x)], None, step_size, spec, key)
+
     def config(self):
         return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
                 "schedule": schedule_config(self.schedule)}
@@ -291,6 +341,19 @@ class ScoreMLP(torch.nn.Module):
         model = cls(**config)
         model.load_state_dict(state)
         return model
+
+
+def fused_mlp_supports(spec) -> bool:
+    """Whether ops.mlp_mala runs corrector `spec`: ULA and MALA with the score trapezoid or no test (HMC and
+    U-HMC take the generic kernels)."""
+    return not spec.is_hmc and spec.mh in ("score", "none")
+
+
+def mlp_moves(x, nets, mixture, step_size, spec, key):
+    """spec.n_steps moves of ops.mlp_mala on Σ nets (+ mixture) with the Philox key of the run."""
+    return ops.mlp_mala(x, nets, mixture=mixture, step_size=step_size, n_steps=spec.n_steps,
+                        n_trapezoid=spec.n_trapezoid, mh="none" if spec.corrector == "ula" else spec.mh,
+                        seed=key.seed, offset=key.offset, chain_offset=key.chain_offset, backend=spec.backend)
 
 
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,

@@ -14,8 +14,9 @@ and optionally
 * ``with_backend(backend) -> model``: the same model computing with that backend of the
   fastsamp ops (the samplers pass their ``backend=``);
 * ``fused_corrector() -> callable | None``: a whole-move kernel for the corrector moves, or None
-  (`GaussianMixture`: ``ops.gmm_mala`` / ``ops.gmm_hmc``); the samplers run it instead of the
-  generic moves when ``fused=True``.
+  (`GaussianMixture`: ``ops.gmm_mala`` / ``ops.gmm_hmc``; `ScoreMLP` and `Product`s of ScoreMLPs and a
+  mixture: ``ops.mlp_mala``); the samplers run it instead of the generic moves when ``fused=True``,
+  unless ``fused_supports(spec) -> bool`` says it does not cover the corrector (e.g. HMC).
 
 A plain ``nn.Module`` or callable ``f(x, t)`` is accepted too: it is wrapped as a
 `fastsamp.models.ScoreModel` with the default VP schedule, its ``dim`` taken from a ``dim``
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .profiling import phase
 from .schedules import VE, VP
 
 SCHEDULES = (VP, VE)
@@ -48,10 +50,16 @@ def with_backend(model, backend: str):
     return model if hook is None else hook(backend)
 
 
-def fused_corrector(model):
-    """The model's whole-move corrector kernel (`fused_corrector` hook), or None."""
+def fused_corrector(model, spec=None):
+    """The model's whole-move corrector kernel (`fused_corrector` hook), or None; with a corrector `spec`
+    also None when the model's `fused_supports(spec)` hook says its kernel does not run that corrector."""
     hook = getattr(model, "fused_corrector", None)
-    return None if hook is None else hook()
+    if hook is None:
+        return None
+    supports = getattr(model, "fused_supports", None)
+    if spec is not None and supports is not None and not supports(spec):
+        return None
+    return hook()
 
 
 def _not_a_model(model, what):
@@ -133,7 +141,8 @@ class CountingModel:
     def _call(self, method, x, t):
         self.calls += x.shape[0]
         try:
-            return getattr(self.model, method)(x, t)
+            with phase("score_model"):
+                return getattr(self.model, method)(x, t)
         except Exception as e:
             e.add_note(f"(raised inside model {model_name(self.model)}.{method}(x, t) with x of shape "
                        f"{tuple(x.shape)}, {x.dtype} on {x.device}, t = {t})")

@@ -1,8 +1,14 @@
-// The DriftNet MLP of the trained diffusion sampler (fastsamp/samplers/diffusion.py; plain case)
-// as register-tiled CPU kernels, for the whole-trajectory policy kernels (trajectory_policy.cpp):
+// The fused MLP engine of the CPU kernels: one network shape, register-tiled, shared by the
+// DriftNet policy of the trained diffusion sampler (trajectory_policy.cpp) and the ScoreMLP
+// score networks (score_mlp.cpp):
 //
-//   z_0 = W_s x + b_s + temb[i];  u_0 = gelu(z_0);  z_k = W_k u_{k-1} + b_k, u_k = gelu(z_k) (k = 1..L);
-//   drift = clamp((W_o u_L + b_o)[:D], -clip, clip)      (gelu exact: z Φ(z))
+//   z_0 = W_s x + b_s + temb[i];  u_0 = act(z_0);  z_k = W_k u_{k-1} + b_k, u_k = act(z_k) (k = 1..L);
+//   out = clamp((W_o u_L + b_o)[:D], -clip, clip)
+//
+// act is GELU (exact: z Φ(z); DriftNet) or SiLU (z σ(z); ScoreMLP). temb[i] is a per-row-block
+// additive input: the DriftNet's time features, or a ScoreMLP's W_t emb(t) (the time columns of its
+// first layer times its Fourier features, one row per call). W_s may be the first D columns of a
+// wider matrix (row stride in_ld). The policy's clip is finite, a score network's is +inf.
 //
 // Layout: chains are rows ("chain-major"), every activation of a block of chains is a
 // [nb][Hp] row-major buffer (Hp = H rounded up to one 64-byte vector). Each layer is a small
@@ -20,137 +26,11 @@
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/mlp_activations.h"
 
 namespace fastsamp {
 namespace cpu {
 namespace mlp {
-
-template <typename T>
-using Vec = typename vm::V64<T>::V;
-template <typename T>
-using IVec = typename vm::V64<T>::I;
-template <typename T>
-constexpr int kW = 64 / static_cast<int>(sizeof(T));
-
-template <typename T>
-FASTSAMP_VINLINE Vec<T> ld(const T* p) {
-  return *reinterpret_cast<const Vec<T>*>(p);
-}
-template <typename T>
-FASTSAMP_VINLINE void st(T* p, Vec<T> v) {
-  *reinterpret_cast<Vec<T>*>(p) = v;
-}
-// Broadcast (not `Vec{} + x`: 0 + x is an add gcc may not drop, -0 + 0 being +0).
-template <typename T>
-FASTSAMP_VINLINE Vec<T> bc(T x) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) {
-    return reinterpret_cast<Vec<T>>(_mm512_set1_ps(x));
-  } else {
-    return reinterpret_cast<Vec<T>>(_mm512_set1_pd(x));
-  }
-#else
-  return Vec<T>{} + x;
-#endif
-}
-
-// c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] by Horner's rule with FMAs.
-template <typename T, size_t N>
-FASTSAMP_VINLINE Vec<T> horner(Vec<T> x, const T (&c)[N]) {
-  Vec<T> p = bc<T>(c[0]);
-#pragma GCC unroll 16
-  for (size_t i = 1; i < N; ++i) p = vm::vfma(p, x, bc<T>(c[i]));
-  return p;
-}
-
-// ---------------------------------------------------------------- vector exp
-// vm::exp (cpu_math.h) on 64-byte vectors: same reduction, same polynomials.
-template <typename T>
-FASTSAMP_VINLINE Vec<T> vexp(Vec<T> x) {
-  using V = Vec<T>;
-  using I = IVec<T>;
-  using C = vm::ExpC<T>;
-  using BI = vm::Bits<T>;
-  x = x < C::lo ? bc<T>(C::lo) : x;  // NaN passes both selects
-  x = x > C::hi ? bc<T>(C::hi) : x;
-  const V t = vm::vfma(x, bc<T>(C::log2e), bc<T>(C::shifter));
-  const V n = t - C::shifter;
-  const I ni = reinterpret_cast<I>(t) - reinterpret_cast<I>(bc<T>(C::shifter));
-  V r = vm::vfma(-n, bc<T>(C::ln2_hi), x);
-  r = vm::vfma(-n, bc<T>(C::ln2_lo), r);
-  V p;
-  if constexpr (sizeof(T) == 4) {
-    p = horner<T>(r, {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
-        5.0000001201e-1f});
-    p = vm::vfma(p, r * r, r) + T(1);
-  } else {
-    p = horner<T>(r, {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
-        1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0});
-  }
-  const I n1 = ni >> 1;
-  const I n2 = ni - n1;
-  const V s1 = reinterpret_cast<V>((n1 + BI::kBias) << BI::kMant);
-  const V s2 = reinterpret_cast<V>((n2 + BI::kBias) << BI::kMant);
-  return p * s1 * s2;
-}
-
-// ---------------------------------------------------------------- GELU
-// gelu(z) = z Φ(z), Φ(z) = ½ (1 + erf(z/√2)); gelu'(z) = Φ(z) + z φ(z), φ(z) = e^{-z²/2}/√(2π).
-//
-// float: erf(x) = x P(x²)/Q(x²) on |x| <= 4 (x clamped; 1 - erf(4) = 1.5e-8 is below float's
-// resolution at 1), P, Q of degree 5, fitted for minimax relative error (2.5e-8 in exact
-// arithmetic, 5e-8 with the coefficients rounded to float). Evaluated in float with FMAs (the
-// constants ½ and 1/√2 folded into the coefficients) the absolute error of Φ is < 1.9e-7 (3 ulp
-// at 1; all of it the float rounding of the Horner sums, the relative error of erf itself is
-// < 4e-7); no exp in the forward. 16 vector operations and one division per 16 values.
-// double: W. J. Cody's rational Chebyshev approximations (Math. Comp. 23, 1969; CALERF):
-// erf(x) = x A(x²)/B(x²) for |x| < 0.46875 and erfc(y) = e^{-y²} C(y)/D(y) for y = |x| >= 0.46875
-// (fitted on [0.46875, 4]; beyond 4 it stays within 1e-7 relative up to y = 26, where erfc
-// underflows, so the absolute error of Φ is < 2e-16 everywhere). One division: the numerator and
-// denominator are selected per lane before it. e^{-y²} is shared with φ in the backward.
-template <typename T, bool DERIV>
-FASTSAMP_VINLINE void gelu_v(Vec<T> z, Vec<T>* g, Vec<T>* dg) {
-  using V = Vec<T>;
-  constexpr T kRsqrt2 = T(0.70710678118654752440);
-  constexpr T kInvSqrt2Pi = T(0.39894228040143267794);
-  if constexpr (sizeof(T) == 4) {
-    // Φ = ½ + ½ x P(x²)/Q(x²) with x = z/√2, the factors ½, 1/√2 folded into the coefficients:
-    // Φ = ½ + zc P'(zc²)/Q'(zc²), zc = clamp(z, ±4√2)
-    V zc = z > 5.656854249f ? bc<T>(5.656854249f) : z;  // NaN passes
-    zc = zc < -5.656854249f ? bc<T>(-5.656854249f) : zc;
-    const V w = zc * zc;
-    V p = horner<T>(w, {2.1950317119490137e-08f, 6.287460109888343e-06f, 0.00017159221170004457f,
-        0.004693393129855394f, 0.0342118963599205f, 0.3989422619342804f});
-    V q = horner<T>(w, {1.1693128953993437e-06f, 7.408671081066132e-05f, 0.001900743693113327f, 0.028836052864789963f,
-        0.2524227797985077f, 1.0f});
-    const V phi = vm::vfma(zc, p / q, bc<T>(0.5f));
-    *g = z * phi;
-    if constexpr (DERIV) *dg = vm::vfma(z, vexp<T>((z * z) * T(-0.5)) * kInvSqrt2Pi, phi);
-  } else {
-    const V x = z * kRsqrt2;
-    const V y = x < 0.0 ? -x : x;
-    const V yc = y > 30.0 ? bc<T>(30.0) : y;  // erfc(30) underflows; keeps C/D finite at inf
-    const V u = x * x;
-    V a = horner<T>(u, {1.85777706184603153e-1, 3.16112374387056560e00, 1.13864154151050156e02,
-        3.77485237685302021e02, 3.20937758913846947e03});
-    V b = horner<T>(u, {1.0, 2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
-        2.84423683343917062e03});
-    V c = horner<T>(yc, {2.15311535474403846e-8, 5.64188496988670089e-1, 8.88314979438837594e00,
-        6.61191906371416295e01, 2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
-        2.05107837782607147e03, 1.23033935479799725e03});
-    V d = horner<T>(yc, {1.0, 1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
-        1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03, 3.43936767414372164e03,
-        1.23033935480374942e03});
-    const auto small = y < 0.46875;
-    const V r = (small ? x * a : c) / (small ? b : d);  // erf(x) (small) or erfc(y) e^{y²}
-    const V e = vexp<T>(-(yc * yc));
-    const V ec = e * r;
-    const V big = x > 0.0 ? T(1) - T(0.5) * ec : T(0.5) * ec;
-    const V phi = small ? vm::vfma(bc<T>(0.5), r, bc<T>(0.5)) : big;
-    *g = z * phi;
-    if constexpr (DERIV) *dg = vm::vfma(z, e * kInvSqrt2Pi, phi);
-  }
-}
 
 // ---------------------------------------------------------------- GEMM tiles
 // acc[r][v] += Σ_{k<K} a[r*ar + k*ak] * b[k*ldb + v*W .. +W]   (b 64-byte aligned rows)
@@ -235,9 +115,9 @@ FASTSAMP_VINLINE void tiled_gemm(int M, const T* __restrict A, int64_t ar, int64
   }
 }
 
-// Hidden / input layer forward: Z[l] = bias + Σ_k A[l*lda + k] Bt[k][:] (+ add), U = gelu(Z),
-// G = gelu'(Z) when DERIV. NJ vectors of output features, rows l < nb.
-template <typename T, int NV, bool DERIV>
+// Hidden / input layer forward: Z[l] = bias + Σ_k A[l*lda + k] Bt[k][:] (+ add), U = act(Z),
+// G = act'(Z) when DERIV. NJ vectors of output features, rows l < nb.
+template <typename T, int NV, int ACT, bool DERIV>
 void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Bt, int64_t ldb, int NJ,
                const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo) {
   tiled_gemm<T, NV>(nb, A, lda, 1, K, Bt, ldb, NJ, [&](int col) { return ld<T>(bias + col); },
@@ -245,7 +125,7 @@ void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __res
                       const int64_t o = l * ldo + col;
                       if (add) z += ld<T>(add + col);
                       Vec<T> g, dg;
-                      gelu_v<T, DERIV>(z, &g, &dg);
+                      act_v<T, ACT, DERIV>(z, &g, &dg);
                       st<T>(U + o, g);
                       if constexpr (DERIV) st<T>(G + o, dg);
                     });
@@ -307,7 +187,7 @@ void out_layer_dot(int nb, const T* __restrict U, int64_t ldu, int NJ, const T* 
 }
 
 
-// Backward through a linear layer and the GELU before it: out[l] = (Σ_k A[l*lda + k] Wm[k][:]) * G[l].
+// Backward through a linear layer and the activation before it: out[l] = (Σ_k A[l*lda + k] Wm[k][:]) * G[l].
 template <typename T, int NV>
 void bwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Wm, int64_t ldw, int NJ,
                const T* __restrict G, T* __restrict out, int64_t ldo) {
@@ -354,22 +234,27 @@ struct ABuf {  // zeroed, 64-byte aligned
   }
 };
 
+// The network's tensors: temb (T, H), ws (H, in_ld: the first D columns are read), bs (H), wo (>= D, H),
+// bo (>= D; the first D outputs are computed), the L hidden (H, H) weights and (H,) biases.
 struct Ptrs {
   uintptr_t temb, ws, bs, wo, bo;
   std::vector<uintptr_t> hw, hb;
+  int64_t in_ld = -1;  // row stride of ws (-1: D)
+  int act = kGelu;
 };
 
 template <typename T>
 struct Net {
-  int D, H, L, Tn, Hp, NJ, Dq, NJo;
+  int D, H, L, Tn, Hp, NJ, Dq, NJo, act;
   bool out_dot;  // output layer as dot products (small D)
   T clip;
   ABuf<T> wsT, bs, temb, wT, w, b, woT, wo, bo;
 
   Net(const Ptrs& P, int64_t D_, int64_t H_, int64_t T_, double clip_, bool backward)
       : D(static_cast<int>(D_)), H(static_cast<int>(H_)), L(static_cast<int>(P.hw.size())),
-        Tn(static_cast<int>(T_)), clip(static_cast<T>(clip_)) {
+        Tn(static_cast<int>(T_)), act(P.act), clip(static_cast<T>(clip_)) {
     constexpr int W = kW<T>;
+    const int64_t in_ld = P.in_ld < 0 ? D : P.in_ld;
     Hp = static_cast<int>(round_up(H, W));
     NJ = Hp / W;
     Dq = static_cast<int>(round_up(D, W));
@@ -385,7 +270,7 @@ struct Net {
     temb = ABuf<T>(static_cast<size_t>(Tn) * Hp);
     for (int j = 0; j < H; ++j) {
       bs.p[j] = bs_[j];
-      for (int d = 0; d < D; ++d) wsT.p[d * Hp + j] = ws_[j * D + d];
+      for (int d = 0; d < D; ++d) wsT.p[d * Hp + j] = ws_[j * in_ld + d];
     }
     for (int i = 0; i < Tn; ++i)
       std::memcpy(temb.p + static_cast<size_t>(i) * Hp, te_ + static_cast<size_t>(i) * H, H * sizeof(T));
@@ -421,29 +306,31 @@ struct Net {
   const T* b_k(int k) const { return b.p + static_cast<size_t>(k) * Hp; }
 };
 
-// Per-thread activations of one block: U[k], G[k] (k = 0..L) [kBlock][Hp], OUT / DR / GO [kBlock][Dq].
+// Per-thread activations of one block of up to `rows` (default kBlock) chains: U[k], G[k] (k = 0..L)
+// [rows][Hp], OUT / DR / GO [rows][Dq].
 template <typename T>
 struct Work {
-  int Hp, Dq;
+  int Hp, Dq, rows;
   ABuf<T> TV, U, G, OUT, DR, GO, GA, GB, XI;
-  Work(const Net<T>& n, bool backward, bool normals) : Hp(n.Hp), Dq(n.Dq), TV(2 * static_cast<size_t>(n.D)) {
-    const size_t act = static_cast<size_t>(kBlock) * n.Hp;
+  Work(const Net<T>& n, bool backward, bool normals, int rows_ = kBlock)
+      : Hp(n.Hp), Dq(n.Dq), rows(rows_), TV(2 * static_cast<size_t>(n.D)) {
+    const size_t act = static_cast<size_t>(rows) * n.Hp;
     U = ABuf<T>(act * (backward ? n.L + 1 : 2));
     if (backward) {
       G = ABuf<T>(act * (n.L + 1));
       GA = ABuf<T>(act);
       GB = ABuf<T>(act);
-      GO = ABuf<T>(static_cast<size_t>(kBlock) * n.Dq);
-      OUT = ABuf<T>(static_cast<size_t>(kBlock) * n.Dq);
+      GO = ABuf<T>(static_cast<size_t>(rows) * n.Dq);
+      OUT = ABuf<T>(static_cast<size_t>(rows) * n.Dq);
     }
-    DR = ABuf<T>(static_cast<size_t>(kBlock) * n.Dq);
-    if (normals) XI = ABuf<T>(static_cast<size_t>(64) * ((kBlock * ((n.D + 3) / 4) + 15) / 16));
+    DR = ABuf<T>(static_cast<size_t>(rows) * n.Dq);
+    if (normals) XI = ABuf<T>(static_cast<size_t>(64) * ((rows * ((n.D + 3) / 4) + 15) / 16));
   }
-  T* u(int k) { return U.p + static_cast<size_t>(k) * kBlock * Hp; }
-  T* g(int k) { return G.p + static_cast<size_t>(k) * kBlock * Hp; }
+  T* u(int k) { return U.p + static_cast<size_t>(k) * rows * Hp; }
+  T* g(int k) { return G.p + static_cast<size_t>(k) * rows * Hp; }
 };
 
-// Forward of the network for the nb chains X (rows of D) at step i: drift into w.DR ([nb][Dq]),
+// Forward of the network for the nb <= w.rows chains X (rows of D) at step i: out into w.DR ([nb][Dq]),
 // the raw output into w.OUT (backward). BACKWARD keeps every layer's u and gelu' in w.U / w.G;
 // otherwise u ping-pongs between two buffers.
 template <typename T, bool BACKWARD>
@@ -451,13 +338,16 @@ FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int n
   const int Hp = n.Hp;
   const T* temb_i = n.temb.p + static_cast<size_t>(i) * Hp;
   auto ucur = [&](int k) { return BACKWARD ? w.u(k) : w.u(k & 1); };
-  with_nv(n.NJ, [&](auto nv) {
-    constexpr int NV = decltype(nv)::value;
-    fwd_layer<T, NV, BACKWARD>(nb, X, n.D, n.D, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
-                               BACKWARD ? w.g(0) : nullptr, Hp);
-    for (int k = 0; k < n.L; ++k)
-      fwd_layer<T, NV, BACKWARD>(nb, ucur(k), Hp, n.H, n.wT_k(k), Hp, n.NJ, n.b_k(k), nullptr, ucur(k + 1),
-                                 BACKWARD ? w.g(k + 1) : nullptr, Hp);
+  with_act(n.act, [&](auto a) {
+    constexpr int ACT = decltype(a)::value;
+    with_nv(n.NJ, [&](auto nv) {
+      constexpr int NV = decltype(nv)::value;
+      fwd_layer<T, NV, ACT, BACKWARD>(nb, X, n.D, n.D, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
+                                      BACKWARD ? w.g(0) : nullptr, Hp);
+      for (int k = 0; k < n.L; ++k)
+        fwd_layer<T, NV, ACT, BACKWARD>(nb, ucur(k), Hp, n.H, n.wT_k(k), Hp, n.NJ, n.b_k(k), nullptr, ucur(k + 1),
+                                        BACKWARD ? w.g(k + 1) : nullptr, Hp);
+    });
   });
   if (n.out_dot) {
     out_layer_dot<T>(nb, ucur(n.L), Hp, n.NJ, n.wo.p, Hp, n.D, n.bo.p, n.clip, BACKWARD ? w.OUT.p : nullptr, w.DR.p,

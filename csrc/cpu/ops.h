@@ -93,5 +93,21 @@ void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
                             uintptr_t g_bo);
 
+// Score networks (score_mlp.cpp): the sum of the ScoreMLP networks given by the flat lists ptrs / dims /
+// scalars and, when K > 0, the Gaussian mixture (means, log_weights, variances; op 1 at mix_alpha,
+// mix_sigma2). Per network, in order: ptrs [freq (F), data_mean (D), W_0 (H, D + 2F), b_0, W_out (D, H),
+// b_out, W_1, b_1, ..., W_L, b_L], dims [F, H, L, act (0 GELU, 1 SiLU)], scalars [t, alpha, sigma2,
+// data_var]. mlp_score: score (B, D). mlp_mala: op 7 on that score with mh 0 (score) or 2 (none).
+void mlp_score(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+               const std::vector<int64_t>& dims, const std::vector<double>& scalars, uintptr_t means,
+               uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
+               uintptr_t score);
+
+void mlp_mala(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+              const std::vector<int64_t>& dims, const std::vector<double>& scalars, uintptr_t means,
+              uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
+              uintptr_t step_size, int64_t n_steps, int64_t n_trapezoid, uint64_t seed, uint64_t offset,
+              uint64_t chain_offset, int64_t mh, uintptr_t x_out, uintptr_t accept_rate);
+
 }  // namespace cpu
 }  // namespace fastsamp

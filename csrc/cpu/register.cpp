@@ -85,6 +85,13 @@ void register_cpu_ops(py::module_& m) {
         "log_var"_a, "x_next"_a, "g_x_next"_a, "g_log_pf"_a, "g_log_pb"_a, "B"_a, "D"_a, "h"_a, "s2"_a, "e2"_a,
         "c"_a, "b2"_a, "reparam"_a, "g_x"_a, "g_drift"_a, "g_log_var"_a, "g_x_next_out"_a, "n_threads"_a,
         "Gradients of em_step_logprob (op 9).");
+  m.def("cpu_mlp_score", threaded(&c::mlp_score), rel(), "dtype"_a, "x"_a, "B"_a, "D"_a, "ptrs"_a, "dims"_a,
+        "scalars"_a, "means"_a, "log_weights"_a, "variances"_a, "K"_a, "mix_alpha"_a, "mix_sigma2"_a, "score"_a,
+        "n_threads"_a, "Score of a sum of ScoreMLP networks (and a Gaussian mixture).");
+  m.def("cpu_mlp_mala", threaded(&c::mlp_mala), rel(), "dtype"_a, "x"_a, "B"_a, "D"_a, "ptrs"_a, "dims"_a,
+        "scalars"_a, "means"_a, "log_weights"_a, "variances"_a, "K"_a, "mix_alpha"_a, "mix_sigma2"_a,
+        "step_size"_a, "n_steps"_a, "n_trapezoid"_a, "seed"_a, "offset"_a, "chain_offset"_a, "mh"_a, "x_out"_a,
+        "accept_rate"_a, "n_threads"_a, "Fused whole-move MALA on a sum of ScoreMLP scores (and a mixture).");
   // the policy kernels take n_threads themselves (before their outputs)
   m.def("cpu_policy_rollout", &c::policy_rollout, rel(), "dtype"_a, "x0"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a, "hb"_a,
         "wo"_a, "bo"_a, "ts"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "explore"_a, "clip"_a, "seed"_a,

@@ -3,6 +3,7 @@ fused ops, a throughput summary and the mode-occupancy distance to exact samples
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -10,6 +11,7 @@ from .. import VP, backends, ops
 from ..distributed import Comm
 from ..metrics import mode_occupancy_tv
 from ..models import GaussianMixture
+from ..profiling import breakdown, phase
 from .options import MAX_SEED, count, device_arg, positive_float
 from .reporting import write_json
 
@@ -49,14 +51,53 @@ def add_arguments(s):
     s.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="random seed")
     s.add_argument("--json", default=None, help="write the summary as JSON here")
     s.add_argument("--save", default=None, help="write all samples (gathered on rank 0) as a .pt tensor")
+    s.add_argument("--profile", action="store_true",
+                   help="run the sampling under torch.profiler and print the share of wall time in the score "
+                        "model, in fastsamp's ops and in overhead (fastsamp.profiling)")
+    s.add_argument("--trace", default=None, help="with --profile: write the Chrome trace (JSON) here (rank 0)")
 
 
 def check(args):
-    """--backend must have a gmm_mala kernel for --device."""
+    """--backend must have a gmm_mala kernel for --device; --trace needs --profile."""
+    if args.trace and not args.profile:
+        args.parser.error("--trace needs --profile")
     try:
         backends.resolve(args.backend, "gmm_mala", torch.device(args.device))
     except (ValueError, RuntimeError) as e:
         args.parser.error(f"--backend {args.backend}: {e}")
+
+
+def run_levels(args, comm, x, means, lw, var, chain0):
+    """The timed part of the job: predictor and corrector over the noise levels from the chains x.
+    Returns (x, mean acceptance per level, the slowest rank's wall time in seconds)."""
+    vp, backend, device = VP(), args.backend, x.device
+    ts = [1.0 - i / (args.levels - 1) for i in range(args.levels)]
+    t0 = time.perf_counter()
+    rates = []
+    for i, t in enumerate(ts):
+        with comm.level(1) as lv:  # Σ acceptance rate over all chains
+            alpha, sigma2 = vp.alpha(t), vp.sigma2(t)
+            if i > 0:  # predictor: reverse Euler-Maruyama from the previous level to t
+                t_prev = ts[i - 1]
+                with phase("predictor"):
+                    with phase("score_model"):
+                        s_prev = ops.gmm_score(x, means, lw, var, alpha=vp.alpha(t_prev), sigma2=vp.sigma2(t_prev),
+                                               backend=backend)[0]
+                    x = ops.reverse_sde_step(x, s_prev, t=t_prev, h=t_prev - t, schedule=vp, seed=args.seed + 1,
+                                             offset=i, chain_offset=chain0, backend=backend)
+            # corrector: fused MALA moves with score-based MH on the marginal at t; step proportional
+            # to the smallest marginal variance at this level
+            step = args.step_scale * (alpha**2 * float(var.min()) + sigma2)
+            with phase("corrector"):
+                x, rate = ops.gmm_mala(x, means, lw, var, step_size=step, n_steps=args.moves,
+                                       n_trapezoid=args.n_trapezoid, alpha=alpha, sigma2=sigma2, seed=args.seed,
+                                       offset=i * args.moves, chain_offset=chain0, mh=args.mh, backend=backend)
+            lv.values[0] = float(rate.double().sum())
+        rates.append(float(lv.result[0]) / args.chains)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = float(comm.all_reduce([time.perf_counter() - t0], "max")[0])  # the slowest rank's wall time
+    return x, rates, wall
 
 
 def main(args) -> int:
@@ -67,38 +108,16 @@ def main(args) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     means, lw, var = random_mixture(args.dim, args.components, args.seed, dtype, device)
-    vp = VP()
     chain0, n_local = comm.shard(args.chains)
     x = ops.normal(args.seed + 1, 0, n_local, args.dim, dtype, device, chain_offset=chain0)
-    ts = [1.0 - i / (args.levels - 1) for i in range(args.levels)]
     backend = args.backend
     # warm-up (JIT compilation of GPU kernels; page faults on the CPU)
     ops.gmm_mala(x[:64], means, lw, var, step_size=0.01, n_steps=1, n_trapezoid=args.n_trapezoid, backend=backend)
     if device.type == "cuda":
         torch.cuda.synchronize()
     comm.barrier()
-    t0 = time.perf_counter()
-    rates = []
-    for i, t in enumerate(ts):
-        with comm.level(1) as lv:  # Σ acceptance rate over all chains
-            alpha, sigma2 = vp.alpha(t), vp.sigma2(t)
-            if i > 0:  # predictor: reverse Euler-Maruyama from the previous level to t
-                t_prev = ts[i - 1]
-                s_prev = ops.gmm_score(x, means, lw, var, alpha=vp.alpha(t_prev), sigma2=vp.sigma2(t_prev),
-                                       backend=backend)[0]
-                x = ops.reverse_sde_step(x, s_prev, t=t_prev, h=t_prev - t, schedule=vp, seed=args.seed + 1,
-                                         offset=i, chain_offset=chain0, backend=backend)
-            # corrector: fused MALA moves with score-based MH on the marginal at t; step proportional
-            # to the smallest marginal variance at this level
-            step = args.step_scale * (alpha**2 * float(var.min()) + sigma2)
-            x, rate = ops.gmm_mala(x, means, lw, var, step_size=step, n_steps=args.moves,
-                                   n_trapezoid=args.n_trapezoid, alpha=alpha, sigma2=sigma2, seed=args.seed,
-                                   offset=i * args.moves, chain_offset=chain0, mh=args.mh, backend=backend)
-            lv.values[0] = float(rate.double().sum())
-        rates.append(float(lv.result[0]) / args.chains)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    wall = float(comm.all_reduce([time.perf_counter() - t0], "max")[0])  # the slowest rank's wall time
+    with breakdown(args.trace if comm.rank == 0 else None) if args.profile else nullcontext() as profile:
+        x, rates, wall = run_levels(args, comm, x, means, lw, var, chain0)
     x = comm.gather(x)
     if x is None:  # ranks other than 0: rank 0 reports
         return 0
@@ -122,6 +141,9 @@ def main(args) -> int:
           f"{score_evals / wall / 1e6:.2f} M score evals/s (backend={backend}, device={device})")
     print(f"  acceptance first/last level {rates[0]:.3f}/{rates[-1]:.3f} | "
           f"mode-occupancy TV vs exact samples {tv:.4f}")
+    if profile is not None:
+        print(f"  {profile}".replace("\n", "\n  "))
+        summary["profile"] = profile.as_dict()
     if args.json:
         write_json(args.json, summary)
     if args.save:

@@ -8,6 +8,10 @@ Two kinds of check:
   break a `torch.compile` graph, so these run only while `validating()`: validation switched on
   (`set_validation`, the environment variable FASTSAMP_VALIDATE, default on) and not tracing.
   With them off a bad value gives NaN/inf in the chains it reaches, as the kernels compute it.
+
+Tensor arguments may also be given in any array library that speaks DLPack: a NumPy array, or any
+object with `__dlpack__` (JAX, CuPy, ...), is taken zero-copy as a torch tensor on the same memory
+(`from_dlpack`) before the checks; the ops return torch tensors.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numbers
 import os
 import struct
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -78,8 +83,31 @@ def resolved(t: torch.Tensor) -> torch.Tensor:
     return t.resolve_conj().resolve_neg().contiguous()
 
 
+def from_dlpack(name: str, v):
+    """v as a torch tensor on the same memory (zero-copy) when it is a NumPy array or has `__dlpack__`;
+    anything else unchanged (for the type check that follows to name it)."""
+    if isinstance(v, np.ndarray):
+        convert = torch.from_numpy  # clear errors for reversed views and foreign byte order
+    elif hasattr(v, "__dlpack__"):
+        strides = getattr(v, "strides", None)
+        if strides is not None and any(s < 0 for s in strides):  # torch 2.13's from_dlpack aborts the process
+            raise ValueError(f"{name} has negative strides (a reversed view), which a torch tensor cannot share: "
+                             f"pass a copy")
+        convert = torch.from_dlpack
+    else:
+        return v
+    try:
+        return convert(v)
+    except (BufferError, RuntimeError, TypeError, ValueError) as e:
+        raise TypeError(f"{name}: a {type(v).__name__} that torch cannot share zero-copy ({e}); pass a torch.Tensor "
+                        f"or a copy in native byte order with non-negative strides") from e
+
+
 def state(name: str, x) -> torch.Tensor:
-    """A (B, D) float32/float64 tensor with 1 <= B, D <= MAX_COUNT, resolved and contiguous."""
+    """A (B, D) float32/float64 tensor with 1 <= B, D <= MAX_COUNT, resolved and contiguous (from a
+    DLPack array zero-copy: `from_dlpack`)."""
+    if not isinstance(x, torch.Tensor):
+        x = from_dlpack(name, x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
@@ -98,6 +126,8 @@ def state(name: str, x) -> torch.Tensor:
 def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> torch.Tensor:
     """A tensor with x's dtype and device and the given shape (default x's), resolved and contiguous."""
     shape = tuple(x.shape) if shape is None else tuple(shape)
+    if not isinstance(t, torch.Tensor):
+        t = from_dlpack(name, t)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != x.dtype:
@@ -123,6 +153,10 @@ def output(out, x: torch.Tensor, /, **inputs):
     """
     if out is None:
         return None
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out is a read-only NumPy array")
+    if not isinstance(out, torch.Tensor):
+        out = from_dlpack("out", out)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     if not out.is_contiguous():
@@ -226,6 +260,8 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
     """A positive finite float or (B,) tensor -> (B,) tensor in x's dtype and device, > 0 and finite
     after the conversion (1e-50 is 0 in float32; the values are checked when `validating()`)."""
     B = x.shape[0]
+    if not isinstance(v, torch.Tensor):
+        v = from_dlpack(name, v)
     if isinstance(v, torch.Tensor):
         if not v.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {v.dtype}")
@@ -287,6 +323,8 @@ def chain_offset(v, B: int) -> int:
 def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     """Validated mixture parameters (means (K, D), log_weights (K,), variances (K,) like x); their values
     are checked (`_mixture_values`) when `validating()`."""
+    if not isinstance(means, torch.Tensor):
+        means = from_dlpack("means", means)
     if not isinstance(means, torch.Tensor):
         raise TypeError(f"means must be a torch.Tensor, got {type(means).__name__}")
     if means.dim() != 2:

@@ -1,9 +1,15 @@
-"""The backend function of a public op: the registry's choice (`fastsamp.backends.resolve`),
-made independent of what is built where autograd or a kernel's size limit is concerned.
+"""The function a public op calls: with backend="auto" its registered op `torch.ops.fastsamp.<op>`
+(`route`), with an explicit backend that backend's function (`kernel`: the registry's choice,
+`fastsamp.backends.resolve`, made independent of what is built where autograd or a kernel's size
+limit is concerned).
 
-* Autograd: the compiled kernels of these ops have no backward. When grad mode is on and an
-  input requires grad, `backend="auto"` runs the differentiable PyTorch reference (so "auto"
-  never changes autograd semantics with the build) and an explicit compiled backend raises.
+* Registered ops (`_library`): under torch.compile tracing, or when an input requires grad, the op is
+  called through the dispatcher, so torch.compile sees one opaque op with a fake implementation and
+  autograd runs the op's registered backward (compiled forward, `_autograd.py`). In eager with nothing
+  watching the dispatcher, the kernel the op would run is called directly (see `route`).
+* Autograd of the ops without a backward formula: when grad mode is on and an input requires grad,
+  `backend="auto"` runs the differentiable PyTorch reference (so "auto" never changes autograd
+  semantics with the build) and an explicit compiled backend raises (so does the registered op).
   (`em_step_logprob` and `policy_log_pf` have fused backward kernels: they resolve their
   backend functions themselves.)
 * Size limits: a compiled module that keeps whole rows in registers declares its largest D
@@ -12,26 +18,11 @@ made independent of what is built where autograd or a kernel's size limit is con
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from .. import backends
-from . import reference
-
-# backend op -> the module attribute holding its largest supported D
-_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
-
-
-def max_d(fn, op: str):
-    """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
-    attr = _MAX_D_ATTR.get(op)
-    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
-
-
-def is_reference(fn) -> bool:
-    """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
-    return inspect.getmodule(fn) is reference
+from . import _library, reference
+from ._library import is_reference, max_d  # noqa: F401  (part of this module's interface)
 
 
 def _needs_grad(x: torch.Tensor, tensors) -> bool:
@@ -63,3 +54,33 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
         raise ValueError(f"backend {backend!r} {op} supports D <= {limit}, got D = {x.shape[1]} "
                          f"(backend='auto' or 'torch' take any D)")
     return fn
+
+
+def _plain(x: torch.Tensor, tensors) -> bool:
+    """x and the other tensors (None allowed) are plain torch.Tensor objects (no subclass, e.g. FakeTensor)."""
+    if type(x) is not torch.Tensor:
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not torch.Tensor:
+            return False
+    return True
+
+
+def route(backend: str, op: str, x: torch.Tensor, *tensors):
+    """The function the public op calls for backend op `op` (the backend signature).
+
+    backend="auto" (where `op` is registered): the registered op while torch.compile / export trace, when an
+    input requires grad (its backward; the reference for an op without one), or when something watches the
+    dispatcher (profiler, a dispatch or torch-function mode, a functorch transform, tensor subclasses);
+    otherwise, in plain eager, the backend function the registered op's kernel would run, called directly
+    (the same computation without the dispatcher's per-call cost). Other backends: `kernel(backend, ...)`."""
+    entry = _library.ENTRIES.get(op) if backend == "auto" else None
+    if entry is None:
+        return kernel(backend, op, x, *tensors)
+    if _needs_grad(x, tensors):
+        return entry.graph if entry.differentiable else getattr(reference, op)
+    if torch.compiler.is_compiling():
+        return entry.graph
+    if _library.observed() or not _plain(x, tensors):
+        return entry.eager
+    return _library.device_kernel(op, x.device.type)

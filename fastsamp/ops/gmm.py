@@ -20,7 +20,7 @@ def gmm_score(x, means, log_weights, variances, *, alpha=1.0, sigma2=0.0, backen
     x = _checks.state("x", x)
     means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
                                                                    alpha, sigma2)
-    fn = _dispatch.kernel(backend, "gmm_score", x, means, log_weights, variances)
+    fn = _dispatch.route(backend, "gmm_score", x, means, log_weights, variances)
     return fn(x, means, log_weights, variances, alpha, sigma2)
 
 
@@ -56,7 +56,7 @@ def gmm_mala(x, means, log_weights, variances, *, step_size, n_steps, n_trapezoi
     x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mode = _whole_move_args(
         x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1)
-    fn = _dispatch.kernel(backend, "gmm_mala", x, means, log_weights, variances, eps)
+    fn = _dispatch.route(backend, "gmm_mala", x, means, log_weights, variances, eps)
     return fn(x, means, log_weights, variances, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset, chain_offset,
               mode)
 
@@ -82,6 +82,6 @@ def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=
         x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
-    fn = _dispatch.kernel(backend, "gmm_hmc", x, means, log_weights, variances, eps)
+    fn = _dispatch.route(backend, "gmm_hmc", x, means, log_weights, variances, eps)
     return fn(x, means, log_weights, variances, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, chain_offset,
               mode, damping)

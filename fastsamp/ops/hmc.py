@@ -18,7 +18,7 @@ def leapfrog(x, p, score, step_size, *, backend="auto"):
     p = _checks.like("p", p, x)
     score = _checks.like("score", score, x)
     eps = _checks.step_size(step_size, x)
-    return _dispatch.kernel(backend, "leapfrog", x, p, score, eps)(x, p, score, eps)
+    return _dispatch.route(backend, "leapfrog", x, p, score, eps)(x, p, score, eps)
 
 
 def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp, *, backend="auto"):
@@ -31,7 +31,7 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp,
     score_next = _checks.like("score_next", score_next, x)
     eps = _checks.step_size(step_size, x)
     delta_logp = _checks.like("delta_logp", delta_logp, x, (x.shape[0],))
-    fn = _dispatch.kernel(backend, "leapfrog_finish", x, x_next, p_half, score, score_next, eps, delta_logp)
+    fn = _dispatch.route(backend, "leapfrog_finish", x, x_next, p_half, score, score_next, eps, delta_logp)
     return fn(x, x_next, p_half, score, score_next, eps, delta_logp)
 
 
@@ -46,7 +46,7 @@ def hmc_accept(x, x_prop, score, score_prop, p, p_prop, delta_logp, u, *, backen
     p_prop = _checks.like("p_prop", p_prop, x)
     delta_logp = _checks.like("delta_logp", delta_logp, x, (x.shape[0],))
     u = _checks.uniforms("u", u, x)
-    fn = _dispatch.kernel(backend, "hmc_accept", x, x_prop, score, score_prop, p, p_prop, delta_logp, u)
+    fn = _dispatch.route(backend, "hmc_accept", x, x_prop, score, score_prop, p, p_prop, delta_logp, u)
     return fn(x, x_prop, score, score_prop, p, p_prop, delta_logp, u)
 
 
@@ -57,5 +57,5 @@ def momentum_refresh(p, damping=0.0, *, noise=None, seed=None, offset=0, chain_o
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, p)
     chain_offset = _checks.chain_offset(chain_offset, p.shape[0])
-    fn = _dispatch.kernel(backend, "momentum_refresh", p, noise)
+    fn = _dispatch.route(backend, "momentum_refresh", p, noise)
     return fn(p, damping, noise, seed, offset, chain_offset)

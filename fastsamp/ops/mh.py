@@ -14,7 +14,7 @@ def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_
     eps = _checks.step_size(step_size, x)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
-    fn = _dispatch.kernel(backend, "mala_propose", x, score, eps, noise)
+    fn = _dispatch.route(backend, "mala_propose", x, score, eps, noise)
     return fn(x, score, eps, noise, seed, offset, chain_offset)
 
 
@@ -26,7 +26,7 @@ def line_points(x, x_prop, n, *, backend="auto"):
     n = _checks.integer("n", n, minimum=1)
     if (n - 1) * x.numel() >= 2**62:
         raise ValueError(f"n is too large: the (n-1, B, D) = ({n - 1}, {x.shape[0]}, {x.shape[1]}) points")
-    return _dispatch.kernel(backend, "line_points", x, x_prop)(x, x_prop, n)
+    return _dispatch.route(backend, "line_points", x, x_prop)(x, x_prop, n)
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scores=None, backend="auto"):
@@ -52,7 +52,7 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u, *, interior_scor
                                        (interior_scores.shape[0],) + tuple(x.shape))
         if interior_scores.shape[0] == 0:
             interior_scores = None
-    fn = _dispatch.kernel(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
+    fn = _dispatch.route(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
     return fn(x, x_prop, score, score_prop, eps, u, interior_scores)
 
 
@@ -74,5 +74,5 @@ def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u
     logp_prop = _checks.like("logp_prop", logp_prop, x, (x.shape[0],))
     eps = _checks.step_size(step_size, x)
     u = _checks.uniforms("u", u, x)
-    fn = _dispatch.kernel(backend, "energy_mh_accept", x, x_prop, score, score_prop, logp, logp_prop, eps, u)
+    fn = _dispatch.route(backend, "energy_mh_accept", x, x_prop, score, score_prop, logp, logp_prop, eps, u)
     return fn(x, x_prop, score, score_prop, logp, logp_prop, eps, u)

@@ -296,3 +296,63 @@ def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):
     s2 = sigma * sigma * h
     v = states[1:].reshape(T * B, D) - x - h * drift
     return (-0.5 * (v * v / s2 + math.log(2 * math.pi * s2)).sum(-1)).view(T, B).T
+
+
+# ---------------------------------------------------------------- score networks (mlp family)
+_MLP_ACTIVATIONS = (F.gelu, F.silu)  # the activation codes of fastsamp.ops.mlp: 0 GELU (exact), 1 SiLU
+
+
+def _score_nets(params, dims, scalars):
+    """Per network of the flat backend lists: (freq, data_mean, [(W, b)] layers in order, act, t, α, σ², σ_d²)."""
+    p = 0
+    for i in range(0, len(dims), 4):
+        _, _, L, act = dims[i:i + 4]
+        freq, mean, w0, b0, wo, bo, *rest = params[p:p + 6 + 2 * L]
+        p += 6 + 2 * L
+        layers = [(w0, b0)] + list(zip(rest[0::2], rest[1::2])) + [(wo, bo)]
+        yield (freq, mean, layers, _MLP_ACTIVATIONS[act], *scalars[i:i + 4])
+
+
+def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """Σ_i [(α_i m_i − x)/v_i + f_i([x, sin(t_i ω_i), cos(t_i ω_i)])/√v_i] (+ the mixture's score when means is
+    given), v_i = α_i² σ_d,i² + σ_i²: the ScoreMLP.forward formula per network (fastsamp.ops.mlp)."""
+    total = None
+    for freq, mean, layers, act, t, alpha, sigma2, data_var in _score_nets(params, dims, scalars):
+        tw = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device) * freq
+        u = torch.cat([x, torch.sin(tw), torch.cos(tw)], 1)
+        for w, b in layers[:-1]:
+            u = act(F.linear(u, w, b))
+        v = alpha * alpha * data_var + sigma2
+        s = (alpha * mean - x) / v + F.linear(u, *layers[-1]) / math.sqrt(v)
+        total = s if total is None else total + s
+    if means is not None:
+        s = gmm_score(x, means, log_weights, variances, mix_alpha, mix_sigma2)[0]
+        total = s if total is None else total + s
+    return total
+
+
+def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+             n_trapezoid, seed, offset, chain_offset, mh):
+    """n_steps MALA moves on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
+    B, D = x.shape
+    draw = _philox_draws(x, seed, offset, chain_offset)
+    score_at = lambda z: mlp_score(z, params, dims, scalars, means, log_weights, variances, mix_alpha,  # noqa: E731
+                                   mix_sigma2)
+    score = score_at(x)
+    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for m in range(n_steps):
+        xi, u = draw(m)
+        x_prop = mala_propose(x, score, step_size, xi, seed, offset + m, chain_offset)
+        score_prop = score_at(x_prop)
+        if mh == MH_NONE:
+            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
+        else:
+            pts = line_points(x, x_prop, n_trapezoid)
+            interior = score_at(pts.reshape(-1, D)).reshape(pts.shape)
+            log_alpha = (trapezoid_delta_logp(x, x_prop, score, score_prop, interior)
+                         + mala_log_q_ratio(x, x_prop, score, score_prop, step_size))
+            accepted = torch.log(u) < log_alpha
+        x = _select(accepted, x_prop, x)
+        score = _select(accepted, score_prop, score)
+        n_acc = n_acc + accepted.to(x.dtype)
+    return x, n_acc / max(n_steps, 1)

@@ -53,7 +53,7 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     out = _checks.output(out, x, x=x, score=score, extra_drift=extra_drift, noise=noise)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     _checks.coefficients(x.dtype, "h", a=a, c_s=c_s, c_n=c_n)
-    fn = _dispatch.kernel(backend, "sde_step", x, score, extra_drift, noise)
+    fn = _dispatch.route(backend, "sde_step", x, score, extra_drift, noise)
     return _run_into(fn, out, x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n)
 
 
@@ -86,5 +86,5 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)
     c_v, c_diff = guidance / alpha, guidance * sigma2 / (fd_eps * alpha)
     _checks.coefficients(x.dtype, "h, fd_eps or guidance", a=a, c_s=c_s, c_v=c_v, c_diff=c_diff, c_n=c_n)
-    fn = _dispatch.kernel(backend, "guided_sde_step", x, score, score_shift, v, noise)
+    fn = _dispatch.route(backend, "guided_sde_step", x, score, score_shift, v, noise)
     return _run_into(fn, out, x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n)

@@ -34,7 +34,7 @@ class _EMStepLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
-        fwd = backends.resolve(backend, "em_step_logprob", x.device)
+        fwd = _dispatch.route(backend, "em_step_logprob", x, drift, log_var, x_next, noise)
         sampled = x_next is None
         y, log_pf, log_pb = fwd(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2)
         ctx.save_for_backward(x, drift, log_var, y)
@@ -54,7 +54,7 @@ class _EMStepLogProb(torch.autograd.Function):
         g_pf = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if g_pf is None else g_pf.contiguous()
         g_pb = torch.zeros_like(g_pf) if g_pb is None else g_pb.contiguous()
         g_y = g_y.contiguous() if (reparam and g_y is not None) else None
-        bwd = backends.resolve(backend, "em_step_logprob_backward", x.device)
+        bwd = _dispatch.route(backend, "em_step_logprob_backward", x, drift, log_var, y, g_y, g_pf, g_pb)
         want_g_y = not sampled and ctx.needs_input_grad[3]
         g_x, g_drift, g_log_var, g_x_next = bwd(x, drift, log_var, y, g_y, g_pf, g_pb, h, s2, e2, c, b2, reparam,
                                                 want_g_y)

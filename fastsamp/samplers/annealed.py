@@ -24,6 +24,7 @@ import torch
 from .. import ops
 from ..distributed import Comm
 from ..ops import _checks
+from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
 from .kernels import CorrectorSpec, PhiloxKey, run_corrector
 
@@ -45,8 +46,9 @@ class AnnealedStats:
     """Per-level mean acceptance rate (non-finite chains count as rejected; empty without corrector
     moves), mean step size, and number of chains with a non-finite coordinate after the level;
     the first level with such chains (None if none); total score evaluations (all chains), wall
-    time in seconds, and whether the fused mixture kernel was used. Distributed: the statistics
-    are over the chains of every rank, and (chain_offset, n_local) are this rank's chains."""
+    time in seconds, and whether a fused whole-move kernel (mixture or score network) was used.
+    Distributed: the statistics are over the chains of every rank, and (chain_offset, n_local) are this
+    rank's chains."""
 
     accept_rate: list = field(default_factory=list)
     step_size: list = field(default_factory=list)
@@ -193,7 +195,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     sched = model.schedule
     ts = torch.linspace(1.0, t_min, n_levels, dtype=torch.float64).tolist()
     f = CountingModel(with_backend(model, backend))
-    stats = AnnealedStats(fused=fused and fused_corrector(model) is not None, chain_offset=chain0, n_local=n_local)
+    stats = AnnealedStats(fused=fused and fused_corrector(model, spec) is not None, chain_offset=chain0,
+                          n_local=n_local)
     start = time.perf_counter()
     scale0 = (sched.alpha(1.0) ** 2 * data_scale**2 + sched.sigma2(1.0)) ** 0.5
     x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype=dtype, device=device, chain_offset=chain0)
@@ -217,14 +220,16 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
         with comm.level(4) as lv:  # Σ acceptance, Σ step size, non-finite chains, score evaluations
             n_before = f.calls
             if i > 0 and predictor:
-                s = f.score(x, ts[i - 1])
-                x = ops.reverse_sde_step(x, s, t=ts[i - 1], h=ts[i - 1] - t, schedule=sched, seed=seed,
-                                         offset=offset, chain_offset=chain0, backend=backend)
+                with phase("predictor"):
+                    s = f.score(x, ts[i - 1])
+                    x = ops.reverse_sde_step(x, s, t=ts[i - 1], h=ts[i - 1] - t, schedule=sched, seed=seed,
+                                             offset=offset, chain_offset=chain0, backend=backend)
                 offset += 1
             eps = step_size * (sched.alpha(t) ** 2 * data_scale**2 + sched.sigma2(t)) * factor
             if spec.n_steps > 0:
-                x, p, rate, offset = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
-                                                   key=PhiloxKey(seed, offset, chain0), fused=stats.fused)
+                with phase("corrector"):
+                    x, p, rate, offset = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
+                                                       key=PhiloxKey(seed, offset, chain0), fused=stats.fused)
             finite = monitor.record(i, x)
             rate_sum = 0.0
             if spec.n_steps > 0:
@@ -278,9 +283,10 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
     f = CountingModel(with_backend(model, backend))
     if chain_offset is None:
         chain_offset = Comm.resolve(group).chain_offset(x.shape[0])
-    x, _, rate, _ = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
-                                  key=PhiloxKey(seed, offset, chain_offset),
-                                  fused=fused and fused_corrector(model) is not None)
+    with phase("corrector"):
+        x, _, rate, _ = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
+                                      key=PhiloxKey(seed, offset, chain_offset),
+                                      fused=fused and fused_corrector(model, spec) is not None)
     rate = rate * monitor.record(0, x, was_finite)
     monitor.report("mcmc", lambda i: (
         f" (t = {t}, {spec.n_steps} {corrector} moves)",

@@ -28,6 +28,7 @@ from .. import ops
 from ..distributed import Comm
 from ..models import value_and_grad
 from ..ops import _checks
+from ..profiling import phase
 from ..protocol import CountingModel, has_energy, resolve_model, with_backend
 from .annealed import NonFiniteMonitor, check_device, corrector_spec, count_arg, mcmc
 
@@ -40,7 +41,8 @@ def guidance_strength(schedule, t: float, c: float) -> float:
 
 def grad_log_weight(log_weight, x):
     """∇ log l(x) by one backward pass through l (0 for a constant weight)."""
-    return value_and_grad(log_weight, x)[1]
+    with phase("log_weight"):
+        return value_and_grad(log_weight, x)[1]
 
 
 class Tilted:
@@ -135,13 +137,14 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
         with comm.level(1) as lv:  # the step's non-finite chains over all ranks (and the failure flag)
             t, h = ts[i], ts[i] - ts[i + 1]
             alpha, sigma2 = sched.alpha(t), sched.sigma2(t)
-            s = f.score(x, t)
-            x0_hat = (x + sigma2 * s) / alpha
-            v = grad_log_weight(log_weight, x0_hat)
-            s_shift = f.score(x + fd_eps * v, t)
-            x = ops.guided_sde_step(x, s, s_shift, v, t=t, h=h, schedule=sched, fd_eps=fd_eps,
-                                    guidance=weight_of(t), seed=seed, offset=i + 1, chain_offset=chain0, out=x,
-                                    backend=backend)
+            with phase("predictor"):
+                s = f.score(x, t)
+                x0_hat = (x + sigma2 * s) / alpha
+                v = grad_log_weight(log_weight, x0_hat)
+                s_shift = f.score(x + fd_eps * v, t)
+                x = ops.guided_sde_step(x, s, s_shift, v, t=t, h=h, schedule=sched, fd_eps=fd_eps,
+                                        guidance=weight_of(t), seed=seed, offset=i + 1, chain_offset=chain0, out=x,
+                                        backend=backend)
             monitor.record(i, x)
             lv.values[0] = monitor.counts[i]
         monitor.counts[i] = lv.result[0]

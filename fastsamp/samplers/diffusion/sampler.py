@@ -11,6 +11,7 @@ from torch import nn
 from ... import backends, ops
 from ...distributed import Comm
 from ...ops import trajectory
+from ...profiling import phase
 from ..annealed import check_device
 from .networks import DriftNet
 
@@ -109,7 +110,9 @@ class DiffusionSampler(nn.Module):
             temb, lgv = self.net.time_features(ts[:-1])
             states, log_pf, log_pb, log_f = [x], [], [], []
             for i in range(T):
-                drift, log_var, hid = self.net(x, temb[i:i + 1], None if lgv is None else lgv[i:i + 1], self._score(x))
+                with phase("policy"):
+                    drift, log_var, hid = self.net(x, temb[i:i + 1], None if lgv is None else lgv[i:i + 1],
+                                                   self._score(x))
                 if with_flows and not offline:
                     log_f.append(self._flow(x, hid, ts[i]))
                 x, lpf, lpb = ops.em_step_logprob(x, drift, sigma=self.sigma, t=float(ts[i]), h=self.h, seed=seed,
@@ -174,7 +177,8 @@ class DiffusionSampler(nn.Module):
         x = states[:-1].reshape(T * B, D)
         def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
             return a[:, None].expand(T, B, a.shape[-1]).reshape(T * B, -1)
-        drift, log_var, hid = self.net(x, per_row(temb), None if lgv is None else per_row(lgv), self._score(x))
+        with phase("policy"):
+            drift, log_var, hid = self.net(x, per_row(temb), None if lgv is None else per_row(lgv), self._score(x))
         _, log_pf, _ = ops.em_step_logprob(x, drift, sigma=self.sigma, t=0.0, h=self.h, log_var=log_var,
                                            x_next=states[1:].reshape(T * B, D), backend=self.backend)
         log_f = self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T if with_flows else None

@@ -1,0 +1,194 @@
+"""The public ops as PyTorch dispatcher ops: `torch.ops.fastsamp.<op>` for every op of
+`_table.registered()`, with the backend signature of docs/backend-contract.md.
+
+Per op, from the op table (`_table.py`):
+* the schema (an output given by an input, em_step_logprob's x_next, is a copy); seeds, offsets and
+  chain offsets are `SymInt` (int64: a u64 value v >= 2**63 travels as
+  v − 2**64, `encode_u64`, and the kernels read it back modulo 2**64, so the noise stream is unchanged);
+* a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
+  torch.compile / torch.export trace the op as one opaque node;
+* the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
+  else triton, else the reference; above a compiled kernel's D limit the reference), registered per
+  dispatch key;
+* autograd: the formulas of `_autograd.py` (`torch.library.register_autograd`) for the ops the table marks
+  differentiable; the other ops raise when an input requires grad (never a silent detach).
+
+Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
+one CPU thread the latter costs about 15–20 µs more per eager call (benchmarks/op_latency.py).
+The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` with backend="auto".
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from .. import backends
+from . import _autograd, _table, reference
+
+NAMESPACE = "fastsamp"
+_INT64_MAX = 2**63 - 1
+_BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
+
+_lib = torch.library.Library(NAMESPACE, "DEF")
+
+
+# backend op -> the module attribute holding its largest supported D
+_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
+
+
+def max_d(fn, op: str):
+    """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
+    attr = _MAX_D_ATTR.get(op)
+    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
+
+
+def is_reference(fn) -> bool:
+    """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
+    return inspect.getmodule(fn) is reference
+
+
+def encode_u64(v):
+    """A u64 (seed, offset) as the int64 of the schema: v − 2**64 when v >= 2**63 (two's complement)."""
+    return v - 2**64 if v > _INT64_MAX else v
+
+
+def _u64_positions(op: _table.Op) -> tuple:
+    return tuple(i for i, a in enumerate(op.schema_args) if a.kind == "u64")
+
+
+def _decoded(fn, op: _table.Op):
+    """fn called with its u64 arguments back in [0, 2**64) (the reference validates them)."""
+    at = _u64_positions(op)
+    if not at:
+        return fn
+
+    def kernel(*args, **kwargs):
+        args = list(args)
+        for i in at:
+            args[i] &= _table.U64_MASK
+        return fn(*args, **kwargs)
+    return kernel
+
+
+@functools.cache
+def device_kernel(name: str, device_type: str):
+    """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
+    reference above a compiled kernel's D limit."""
+    op = _table.OPS[name]
+    fn = backends.resolve("auto", name, torch.device(device_type))
+    ref = _decoded(getattr(reference, name), op)
+    if is_reference(fn):
+        return ref
+    limit = max_d(fn, name)
+    if limit is None:
+        return fn
+    state = next(i for i, a in enumerate(op.schema_args) if a.kind == "state")
+
+    def kernel(*args, **kwargs):
+        return (fn if args[state].shape[1] <= limit else ref)(*args, **kwargs)
+    return kernel
+
+
+def _fresh_outputs(fn, op: _table.Op):
+    """fn, with each output that is a given input (em_step_logprob's x_next) copied: a registered op's outputs
+    may not alias its inputs."""
+    given = [(k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
+             if o.given_by and op.arg(o.given_by).kind != "out"]
+    if not given:
+        return fn
+
+    def kernel(*args):
+        outs = list(fn(*args))
+        for k, i in given:
+            if args[i] is not None:
+                outs[k] = outs[k].clone()
+        return tuple(outs)
+    return kernel
+
+
+def _kernel_for(name: str, device_type: str):
+    """A kernel that resolves the backend function at its first call."""
+    def kernel(*args):
+        return device_kernel(name, device_type)(*args)
+    kernel.__name__ = f"{name}_{device_type}"
+    return kernel
+
+
+def _refuse_grad(name: str, opobj):
+    """Autograd kernel of an op without a backward: raise when an input requires grad."""
+    def kernel(*args):
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            raise RuntimeError(f"torch.ops.fastsamp.{name} has no backward and an input requires grad: detach the "
+                               f"inputs or run under torch.no_grad() (fastsamp.ops.{name} with backend='auto' or "
+                               f"'torch' runs the differentiable reference)")
+        with _BELOW_AUTOGRAD():
+            return opobj(*args)
+    return kernel
+
+
+_profiler_enabled = torch._C._autograd._profiler_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
+def observed() -> bool:
+    """Something watches the dispatcher in eager: the profiler (registered ops appear by name), a dispatch
+    mode (FakeTensorMode, export's tracing), a torch-function mode or a functorch transform (vmap, grad)."""
+    return _profiler_enabled() or _dispatch_modes() > 0 or _function_modes() or _functorch_level() is not None
+
+
+class Entry:
+    """How a public op calls its registered op: `graph` through the dispatcher (autograd, tracing),
+    `eager` below the autograd key (no input requires grad: skips the Python autograd kernel, several µs).
+    Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
+
+    def __init__(self, op: _table.Op, opobj):
+        self.name, self.op, self.differentiable = op.name, opobj, bool(op.grad) or op.c is None
+        at = _u64_positions(op)
+
+        def encoded(args):
+            if at:
+                args = list(args)
+                for i in at:
+                    if args[i] > _INT64_MAX:
+                        args[i] -= 2**64
+            return args
+
+        def graph(*args, out=None):
+            if out is None:
+                return opobj(*encoded(args))
+            return out.copy_(opobj(*encoded(args)))
+
+        def eager(*args, out=None):
+            if out is not None:  # written in place by the backend function, as with backend= given
+                return device_kernel(self.name, args[0].device.type)(*args, out=out)
+            with _BELOW_AUTOGRAD():
+                return opobj(*encoded(args))
+
+        self.graph, self.eager = graph, eager
+
+
+def _register(op: _table.Op) -> Entry:
+    _lib.define(op.schema())
+    qualname = f"{NAMESPACE}::{op.name}"
+    opobj = getattr(getattr(torch.ops, NAMESPACE), op.name).default
+    if op.c is None:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
+        _lib.impl(op.name, getattr(reference, op.name), "CompositeImplicitAutograd")
+        return Entry(op, opobj)
+    namespace = {"torch": torch}
+    exec(compile(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", "exec"), namespace)
+    torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
+    _lib.impl(op.name, _fresh_outputs(device_kernel(op.name, "cpu"), op), "CPU")  # resolved now: no trampoline
+    _lib.impl(op.name, _fresh_outputs(_kernel_for(op.name, "cuda"), op), "CUDA")  # resolved at the first call
+    if op.grad:
+        torch.library.register_autograd(qualname, _autograd.FORMULAS[op.name], setup_context=_autograd.SETUP,
+                                        lib=_lib)
+    else:
+        _lib.impl(op.name, _refuse_grad(op.name, opobj), "Autograd")
+    return Entry(op, opobj)
+
+
+ENTRIES: dict[str, Entry] = {op.name: _register(op) for op in _table.registered()}

@@ -1,0 +1,346 @@
+"""The op table: one spec per backend op, the single source of its signature.
+
+Each entry gives the backend signature of docs/backend-contract.md (ordered arguments with their
+kinds and shapes), the outputs (shapes and dtypes) and the argument order of the C entry points
+`fastsamp._C.cpu_<op>` / `cuda_<op>`. From it are generated:
+
+* the cpp and cuda glue (`fastsamp/backends/cpp.py`, `cuda.py`: `glue_source`),
+* the `torch.library` schema, fake (meta) implementation and kernels of the registered op
+  `torch.ops.fastsamp.<op>` (`fastsamp/ops/_library.py`),
+* the consistency test of the public functions, the reference and every backend (tests/test_op_table.py).
+
+Adding an op or an argument is one entry (or one token) here. The notation, parsed at import:
+
+    args:  "name:kind" separated by spaces, kinds:
+           state          the (B, D) tensor whose dtype and device every other tensor shares
+           (K,D)          a tensor of that shape (dims are names or expressions of earlier names);
+                          a suffix "?" makes it optional (None: pointer 0), "f64" fixes its dtype to float64
+           float int bool python scalars (C double / int64 / bool)
+           u64            seed / offset / chain_offset: C uint64; int64 in the schema (two's complement)
+           tensors        a list of tensors (Tensor[])
+           ints floats    a list of python ints / floats (int[] / float[])
+           dtype device   of the outputs, for ops without a state tensor
+           out            an optional preallocated output (not in the schema: registered ops are functional)
+    outs:  "name:(B,D)" with an optional dtype suffix (bool, f64), "=arg" (the output is that argument when
+           it is given) or "?arg" (present only when that argument is given / true: None otherwise)
+    c:     the C argument order before the outputs ("dtype" = 0 float32 / 1 float64, dims by name); the
+           outputs follow in order, then n_threads (cpu) or the stream (cuda). None: the glue is
+           hand-written in the backend module (the policy ops pass lists of layer pointers and put
+           n_threads before their outputs).
+    backends: the compiled backends that implement the op (the reference implements every op but
+           policy_log_pf_backward: `reference=False`).
+    public: the fastsamp.ops function that calls it (None: internal, e.g. a backward kernel), and renames of
+           arguments there ({backend name: public name or None when the public function takes no such argument}).
+    grad:  the inputs the registered op differentiates (fastsamp/ops/_autograd.py has the formula); an op
+           without grad raises when one of its inputs requires grad.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+U64_MASK = 2**64 - 1
+SCALARS = {"float": "float", "int": "int", "bool": "bool", "u64": "SymInt", "tensors": "Tensor[]",
+           "ints": "int[]", "floats": "float[]",
+           "dtype": "ScalarType", "device": "Device"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str               # "state", "tensor", "out" or a key of SCALARS
+    shape: tuple = ()       # dims of a tensor (names or python expressions)
+    optional: bool = False
+    dtype: str = "x"        # "x" (the state's), "f64"
+
+
+@dataclass(frozen=True)
+class Out:
+    name: str
+    shape: tuple
+    dtype: str = "x"        # "x", "bool", "f64"
+    given_by: str | None = None
+    present_if: str | None = None
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    args: tuple
+    outs: tuple
+    c: tuple | None
+    backends: tuple
+    public: str | None
+    renames: dict = field(default_factory=dict)
+    grad: tuple = ()
+    dims: str | None = None  # python statements defining the dims (default: from the first tensor having each)
+    reference: bool = True   # fastsamp/ops/reference.py (or, for normal / uniform, ops/random.py) implements it
+
+    def arg(self, name: str) -> Arg:
+        return next(a for a in self.args if a.name == name)
+
+    @property
+    def state(self) -> Arg | None:
+        return next((a for a in self.args if a.kind == "state"), None)
+
+    @property
+    def schema_args(self) -> tuple:
+        """The arguments of the registered op (all but a preallocated `out`)."""
+        return tuple(a for a in self.args if a.kind != "out")
+
+    def schema(self) -> str:
+        """The torch.library schema, e.g. "gmm_score(Tensor x, ..., float sigma2) -> (Tensor, Tensor)"."""
+        def typ(a):
+            if a.kind in ("state", "tensor"):
+                return "Tensor?" if a.optional else "Tensor"
+            return SCALARS[a.kind]
+        args = ", ".join(f"{typ(a)} {a.name}" for a in self.schema_args)
+        outs = ", ".join("Tensor?" if o.present_if else "Tensor" for o in self.outs)
+        return f"{self.name}({args}) -> " + (outs if len(self.outs) == 1 else f"({outs})")
+
+
+_ARG = re.compile(r"(\w+):(?:(state|floats|float|ints|int|bool|u64|tensors|dtype|device|out)|\(([^)]*)\)(\?)?(f64)?)$")
+_OUT = re.compile(r"(\w+):\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?$")
+
+
+def _dims(text: str) -> tuple:
+    return tuple(d.strip() for d in text.split(",") if d.strip())
+
+
+def _args(text: str) -> tuple:
+    out = []
+    for token in text.split():
+        m = _ARG.match(token)
+        if m is None:
+            raise ValueError(f"bad argument spec {token!r}")
+        name, kind, shape, opt, f64 = m.groups()
+        if kind == "state":
+            out.append(Arg(name, "state", ("B", "D")))
+        elif kind:
+            out.append(Arg(name, kind))
+        else:
+            out.append(Arg(name, "tensor", _dims(shape), bool(opt), "f64" if f64 else "x"))
+    return tuple(out)
+
+
+def _outs(text: str) -> tuple:
+    out = []
+    for token in text.split():
+        m = _OUT.match(token)
+        if m is None:
+            raise ValueError(f"bad output spec {token!r}")
+        name, shape, dtype, given, present = m.groups()
+        out.append(Out(name, _dims(shape), dtype or "x", given, present))
+    return tuple(out)
+
+
+def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True) -> Op:
+    return Op(name, _args(args), _outs(outs), None if c is None else tuple(c.split()), tuple(backends),
+              name if public == "" else public, renames or {}, tuple(grad.split()), dims, reference)
+
+
+_NOISE = "noise:(B,D)? seed:u64 offset:u64 chain_offset:u64"
+_C_NOISE = "noise B D seed offset chain_offset"
+_MIX = "x:state means:(K,D) log_weights:(K,) variances:(K,)"
+_ACCEPT = "x_new:(B,D) score_new:(B,D) accepted:(B,)bool log_alpha:(B,)"
+_ALL = ("cpp", "triton")
+_POLICY_NET = "temb:(T,H) params:tensors"
+_POLICY_DIMS = "T, H = temb.shape; D = params[0].shape[1]"
+# score networks (fastsamp/ops/mlp.py): flat per-network lists of layer tensors, dims and scalars, and an
+# optional mixture; the public functions take ScoreNet / MixtureScore objects instead
+_SCORE_SUM = ("x:state params:tensors dims:ints scalars:floats means:(K,D)? log_weights:(K,)? variances:(K,)? "
+              "mix_alpha:float mix_sigma2:float")
+_SCORE_SUM_RENAMES = {"params": None, "means": None, "log_weights": None, "variances": None}
+
+OPS: dict[str, Op] = {op.name: op for op in [
+    _op("gmm_score", f"{_MIX} alpha:float sigma2:float", "score:(B,D) logp:(B,)",
+        "dtype x means log_weights variances B D K alpha sigma2", _ALL + ("cuda",),
+        grad="x means log_weights variances"),
+    _op("sde_step", f"x:state score:(B,D) extra_drift:(B,D)? {_NOISE} a:float c_s:float c_n:float out:out",
+        "x_new:(B,D)=out", f"dtype x score extra_drift {_C_NOISE} a c_s c_n", _ALL + ("cuda",),
+        public="reverse_sde_step", grad="x score extra_drift noise"),
+    _op("guided_sde_step", f"x:state score:(B,D) score_shift:(B,D) v:(B,D) {_NOISE} a:float c_s:float c_v:float "
+        "c_diff:float c_n:float out:out", "x_new:(B,D)=out",
+        f"dtype x score score_shift v {_C_NOISE} a c_s c_v c_diff c_n", _ALL, grad="x score score_shift v noise"),
+    _op("mala_propose", f"x:state score:(B,D) step_size:(B,) {_NOISE}", "x_prop:(B,D)",
+        f"dtype x score step_size {_C_NOISE}", _ALL, grad="x score step_size noise"),
+    _op("line_points", "x:state x_prop:(B,D) n:int", "points:(n-1,B,D)", "dtype x x_prop B D n", _ALL,
+        grad="x x_prop"),
+    _op("score_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) step_size:(B,) u:(B,) "
+        "interior:(M,B,D)?", _ACCEPT, "dtype x x_prop score score_prop step_size u interior M B D",
+        _ALL + ("cuda",), renames={"interior": "interior_scores"}),
+    _op("energy_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) logp:(B,) logp_prop:(B,) "
+        "step_size:(B,) u:(B,)", "x_new:(B,D) score_new:(B,D) logp_new:(B,) accepted:(B,)bool log_alpha:(B,)",
+        None, ()),
+    _op("leapfrog", "x:state p:(B,D) score:(B,D) step_size:(B,)", "x_next:(B,D) p_half:(B,D)",
+        "dtype x p score step_size B D", _ALL, grad="x p score step_size"),
+    _op("leapfrog_finish", "x:state x_next:(B,D) p_half:(B,D) score:(B,D) score_next:(B,D) step_size:(B,) "
+        "delta_logp:(B,)", "p_next:(B,D) delta_logp_next:(B,)",
+        "dtype x x_next p_half score score_next step_size delta_logp B D", _ALL,
+        grad="x x_next p_half score score_next step_size delta_logp"),
+    _op("hmc_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) p:(B,D) p_prop:(B,D) delta_logp:(B,) "
+        "u:(B,)", _ACCEPT, "dtype x x_prop score score_prop p p_prop delta_logp u B D", _ALL),
+    _op("momentum_refresh", f"p:state damping:float {_NOISE}", "p_new:(B,D)", f"dtype p damping {_C_NOISE}", _ALL,
+        grad="p noise"),
+    _op("gmm_mala", f"{_MIX} step_size:(B,) n_steps:int n_trapezoid:int alpha:float sigma2:float seed:u64 "
+        "offset:u64 chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)",
+        "dtype x means log_weights variances step_size B D K n_steps n_trapezoid alpha sigma2 seed offset "
+        "chain_offset mh", _ALL + ("cuda",)),
+    _op("gmm_hmc", f"{_MIX} step_size:(B,) n_steps:int n_leapfrog:int alpha:float sigma2:float seed:u64 "
+        "offset:u64 chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)",
+        "dtype x means log_weights variances step_size B D K n_steps n_leapfrog alpha sigma2 seed offset "
+        "chain_offset mh damping", _ALL),
+    _op("em_step_logprob", f"x:state drift:(B,D) log_var:(B,D)? x_next:(B,D)? {_NOISE} h:float s2:float e2:float "
+        "c:float b2:float", "x_next_out:(B,D)=x_next log_pf:(B,) log_pb:(B,)",
+        f"dtype x drift log_var x_next {_C_NOISE} h s2 e2 c b2", _ALL + ("cuda",)),
+    _op("em_step_logprob_backward", "x:state drift:(B,D) log_var:(B,D)? x_next:(B,D) g_x_next:(B,D)? "
+        "g_log_pf:(B,) g_log_pb:(B,) h:float s2:float e2:float c:float b2:float reparam:bool want_g_x_next:bool",
+        "g_x:(B,D) g_drift:(B,D) g_log_var:(B,D)?log_var g_x_next_out:(B,D)?want_g_x_next",
+        "dtype x drift log_var x_next g_x_next g_log_pf g_log_pb B D h s2 e2 c b2 reparam", _ALL + ("cuda",),
+        public=None),
+    _op("policy_rollout", f"x0:(B,D)? {_POLICY_NET} ts:(T,)f64 batch_size:int sigma:float h:float explore:float "
+        "clip:float seed:u64 chain_offset:u64 n_threads:int", "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T)",
+        None, renames={"x0": "x0", "params": None, "ts": None, "clip": None},
+        dims=_POLICY_DIMS + "; B = batch_size"),
+    _op("policy_log_pf", f"states:(T+1,B,D) {_POLICY_NET} sigma:float h:float clip:float n_threads:int",
+        "log_pf:(B,T)", None, renames={"params": None, "clip": None},
+        dims=_POLICY_DIMS + "; B = states.shape[1]"),
+    _op("policy_log_pf_backward", f"states:(T+1,B,D) {_POLICY_NET} g_log_pf:(B,T) sigma:float h:float clip:float "
+        "n_threads:int", "g_temb:(T,H)", None, public=None, dims=_POLICY_DIMS + "; B = states.shape[1]",
+        reference=False),  # also g_params, a list like params; autograd differentiates the reference
+    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
+        "mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
+    _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
+        None, (), dims=""),
+    _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
+        None, (), dims=""),
+]}
+
+
+def registered() -> list[Op]:
+    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops, and the
+    backward kernels of those, whose arguments fit a schema of tensors and scalars. An output that is a
+    given input (em_step_logprob's x_next) is a copy in the registered op; an output present only with some
+    argument is `Tensor?`. Not (yet): the policy and mlp ops (lists of layer tensors) and the factory ops
+    normal / uniform (their public functions are the reference itself)."""
+    def fits(op):
+        return all(a.kind not in ("tensors", "ints", "floats", "dtype", "device") for a in op.args)
+    public = {op.name for op in OPS.values() if op.public and fits(op)}
+    return [op for op in OPS.values() if fits(op) and (op.name in public or op.name.removesuffix("_backward")
+                                                       in public)]
+
+
+# ------------------------------------------------------------------ code generation
+
+def _dims_source(op: Op) -> list[str]:
+    """Statements defining every dim the outputs and the C call use."""
+    if op.dims is not None:
+        return [s.strip() for s in op.dims.split(";") if s.strip()]
+    lines, known = [], set()
+    for a in op.args:
+        if a.kind not in ("state", "tensor"):
+            continue
+        names = [(i, d) for i, d in enumerate(a.shape) if d.isidentifier() and d not in known]
+        if not names:
+            continue
+        if a.kind == "state":
+            lines.append(f"{a.shape[0]}, {a.shape[1]} = {a.name}.shape")
+        else:
+            for i, d in names:
+                size = f"{a.name}.shape[{i}]"
+                lines.append(f"{d} = 0 if {a.name} is None else {size}" if a.optional else f"{d} = {size}")
+        known.update(d for _, d in names)
+    return lines
+
+
+def _like(op: Op) -> str:
+    """Keyword arguments giving an output x's dtype and device."""
+    if op.state is not None:
+        return f"dtype={op.state.name}.dtype, device={op.state.name}.device"
+    first = next((a for a in op.args if a.kind == "tensor" and not a.optional and a.dtype == "x"), None)
+    if first is None:
+        return "dtype=dtype, device=device"
+    return f"dtype={first.name}.dtype, device={first.name}.device"
+
+
+def _alloc(op: Op, o: Out, functional: bool) -> str:
+    """The expression allocating output o (functional: a fresh tensor even where the glue reuses an input)."""
+    st = op.state
+    if o.dtype == "x" and st is not None and o.shape == st.shape:
+        new = f"torch.empty_like({st.name})"
+    else:
+        shape = ", ".join(o.shape) + ("," if len(o.shape) == 1 else "")
+        like = _like(op)
+        if o.dtype != "x":
+            device = like.split("device=")[1]
+            like = f"dtype=torch.{'bool' if o.dtype == 'bool' else 'float64'}, device={device}"
+        new = f"torch.empty(({shape}), {like})"
+    if o.given_by and not functional:
+        return f"{new} if {o.given_by} is None else {o.given_by}"
+    if o.present_if:
+        a = op.arg(o.present_if)
+        cond = o.present_if if a.kind == "bool" else f"{o.present_if} is not None"
+        return f"{new} if {cond} else None"
+    return new
+
+
+def signature(op: Op, functional: bool = False) -> str:
+    return ", ".join(a.name + ("=None" if a.kind == "out" else "") for a in (op.schema_args if functional
+                                                                            else op.args))
+
+
+def outputs_source(op: Op, fname: str | None = None) -> str:
+    """A function of the schema arguments returning freshly allocated outputs (the fake implementation)."""
+    body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, True)}" for o in op.outs]
+    lines = [f"def {fname or op.name}({signature(op, True)}):"] + [f"    {s}" for s in body]
+    return "\n".join(lines + [f"    return {', '.join(o.name for o in op.outs)}"]) + "\n"
+
+
+def _c_token(op: Op, token: str) -> str:
+    if token == "dtype":
+        return f"_dt({op.state.name})"
+    try:
+        a = op.arg(token)
+    except StopIteration:
+        return token  # a dim
+    if a.kind in ("state", "tensor"):
+        return f"_p({a.name})" if a.optional else f"{a.name}.data_ptr()"
+    return {"float": "float({})", "int": "int({})", "bool": "bool({})", "u64": "_u64({})"}[a.kind].format(a.name)
+
+
+def _product_guard(op: Op) -> str:
+    """`some output has elements`: products of dims > 0 (dims are >= 0), a product dropped when another one
+    divides it (B * D > 0 implies B > 0)."""
+    prods = list(dict.fromkeys(o.shape for o in op.outs))
+    keep = [p for p in prods if not any(q != p and all(q.count(d) <= p.count(d) for d in q) for q in prods)]
+    return " or ".join(" * ".join(d if d.isidentifier() else f"({d})" for d in p) + " > 0" for p in keep)
+
+
+def glue_source(op: Op, target: str) -> str:
+    """Python source of the backend function of `op` for target "cpu" (fastsamp._C.cpu_<op>, guarded to skip
+    empty outputs, n_threads last) or "cuda" (fastsamp._C.cuda_<op> through `_launch`, which skips B = 0
+    and appends the stream)."""
+    if op.c is None:
+        raise ValueError(f"{op.name} has hand-written glue")
+    body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, False)}" for o in op.outs]
+    c_args = [_c_token(op, t) for t in op.c] + [
+        f"_p({o.name})" if o.present_if else f"{o.name}.data_ptr()" for o in op.outs]
+    if target == "cpu":
+        body += [f"if {_product_guard(op)}:", f"    _C.cpu_{op.name}({', '.join(c_args)}, _threads())"]
+    else:
+        body += [f"_launch(_C.cuda_{op.name}, {op.state.name}, {', '.join(c_args)})"]
+    ret = ", ".join(o.name for o in op.outs)
+    lines = [f"def {op.name}({signature(op)}):"] + [f"    {s}" for s in body] + [f"    return {ret}"]
+    return "\n".join(lines) + "\n"
+
+
+def install_glue(namespace: dict, target: str, backend: str) -> list[str]:
+    """Define in `namespace` (a backend module's globals: its `_C`, `_dt`, `_p`, `_u64`, `torch` and, for cuda,
+    `_launch`) the generated function of every op with a C entry point on `backend`; returns their names."""
+    names = []
+    for op in OPS.values():
+        if backend in op.backends and op.c is not None:
+            exec(compile(glue_source(op, target), f"<fastsamp glue {target}_{op.name}>", "exec"), namespace)
+            names.append(op.name)
+    return names

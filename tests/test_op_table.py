@@ -1,0 +1,162 @@
+"""The op table (fastsamp/ops/_table.py) is the one signature of every op: the public functions, the
+reference, every backend, the generated C glue and the registered torch.ops.fastsamp ops agree with it."""
+import inspect
+
+import pytest
+import torch
+from conftest import backend_device
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from fastsamp import backends, ops
+from fastsamp.ops import _autograd, _library, _table, reference
+from fastsamp.ops import random as rng
+
+SIZES = {"B": 3, "D": 2, "K": 2, "M": 1, "T": 2, "H": 4}
+INTS = {"n": 3, "n_steps": 2, "n_trapezoid": 2, "n_leapfrog": 2, "mh": 0, "B": 3, "D": 2, "batch_size": 3,
+        "n_threads": 1}
+POSITIVE = ("variances", "step_size", "u")
+GLUE_OPS = [op for op in _table.OPS.values() if op.c is not None]
+
+
+def takes(fn, names) -> bool:
+    """fn's parameters are `names` in order, then only keyword-only extras (e.g. the reference's `draw`)."""
+    params = list(inspect.signature(fn).parameters.values())
+    return [p.name for p in params[:len(names)]] == names and all(p.kind is p.KEYWORD_ONLY
+                                                                 for p in params[len(names):])
+
+
+def call(fn, op, args):
+    """fn(*args) with the arguments fn takes keyword-only (random.normal's chain_offset) by name."""
+    params = inspect.signature(fn).parameters.values()
+    k = sum(p.kind is not p.KEYWORD_ONLY for p in params)
+    return fn(*args[:k], **{a.name: v for a, v in zip(op.args[k:], args[k:])})
+
+
+def reference_of(op):
+    return getattr(reference, op.name, None) or getattr(rng, op.name)
+
+
+def dims(op, **given):
+    env = dict(SIZES)
+    env["n"] = INTS["n"]
+    env.update(given)
+    return lambda shape: tuple(eval(d, {}, env) for d in shape)  # the table's dim expressions
+
+
+def make_args(op, dtype, device, *, optional: bool):
+    """Arguments of the backend signature, sized by SIZES; optional tensors given or None."""
+    shape_of = dims(op)
+    out = []
+    for a in op.args:
+        if a.kind in ("state", "tensor"):
+            if a.optional and not optional:
+                out.append(None)
+                continue
+            t_dtype = torch.float64 if a.dtype == "f64" else dtype
+            t = torch.randn(shape_of(a.shape), dtype=t_dtype, device=device)
+            out.append(t.abs() + 0.5 if a.name in POSITIVE else t)
+        else:
+            u64 = 7 if a.name == "chain_offset" else 2**63 + 5  # seeds and offsets past int64
+            out.append({"float": 0.5, "int": INTS.get(a.name), "bool": True, "u64": u64, "dtype": dtype,
+                        "device": device, "out": None}[a.kind])
+    return out
+
+
+def check_outputs(op, result, dtype, args):
+    result = result if isinstance(result, tuple) else (result,)
+    assert len(result) == len(op.outs), op.name
+    shape_of = dims(op)
+    for o, r in zip(op.outs, result):
+        given = o.present_if and args[[a.name for a in op.args].index(o.present_if)]
+        present = o.present_if is None or (given is not None and given is not False)
+        if not present:
+            assert r is None, (op.name, o.name)
+            continue
+        want = {"x": dtype, "bool": torch.bool, "f64": torch.float64}[o.dtype]
+        assert tuple(r.shape) == shape_of(o.shape) and r.dtype == want, (op.name, o.name, r.shape, r.dtype)
+
+
+def test_the_table_parses_and_names_are_unique():
+    for op in _table.OPS.values():
+        names = [a.name for a in op.args] + [o.name for o in op.outs]
+        assert len(set(names)) == len(names), op.name
+        assert set(op.grad) <= {a.name for a in op.args if a.kind in ("state", "tensor")}, op.name
+        if op.c is not None:
+            known = {a.name for a in op.args} | {"dtype"} | set(SIZES) | {"n"}
+            assert set(op.c) <= known, op.name
+
+
+def test_reference_and_backends_take_the_table_signature():
+    for op in _table.OPS.values():
+        want = [a.name for a in op.args]
+        assert op.reference == (hasattr(reference, op.name) or hasattr(rng, op.name)), op.name
+        if not op.reference:
+            continue
+        assert takes(reference_of(op), want), op.name
+    for name in ("cpp", "cuda", "triton"):
+        if name == "cuda":
+            if not backends.is_available("cpp"):
+                continue
+            from fastsamp.backends import cuda as module  # the glue imports without a GPU
+        else:
+            module = backends._load(name)[0]
+            if module is None:
+                continue
+        for op in _table.OPS.values():
+            assert hasattr(module, op.name) == (name in op.backends), (name, op.name)
+            if name in op.backends:
+                assert takes(getattr(module, op.name), [a.name for a in op.args]), (name, op.name)
+
+
+def test_public_functions_take_the_table_arguments():
+    publics = {op.public for op in _table.OPS.values() if op.public}
+    assert publics == set(ops.__all__)
+    for op in _table.OPS.values():
+        if op.public is None:
+            continue
+        params = inspect.signature(getattr(ops, op.public)).parameters
+        for a in op.args:
+            if a.kind in ("state", "tensor", "out"):
+                public = op.renames.get(a.name, a.name)
+                assert public is None or public in params, (op.public, a.name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("optional", [False, True], ids=["without_optional", "with_optional"])
+def test_outputs_match_the_table(dtype, optional):
+    """Reference, every available compiled backend and the fake implementation give the table's output shapes
+    and dtypes (ops taking lists of layer tensors are covered by tests/test_trajectory_policy.py)."""
+    for op in _table.OPS.values():
+        if any(a.kind == "tensors" for a in op.args):
+            continue
+        device = torch.device("cpu")
+        args = make_args(op, dtype, device, optional=optional)
+        check_outputs(op, call(reference_of(op), op, args), dtype, args)
+        for name in op.backends:
+            if backends.is_available(name) and backend_device(name) == device:
+                check_outputs(op, getattr(backends._load(name)[0], op.name)(*args), dtype, args)
+
+
+def test_registered_ops_follow_the_table():
+    assert set(_library.ENTRIES) == {op.name for op in _table.registered()}
+    assert {n for n, op in _table.OPS.items() if op.grad} == set(_autograd.FORMULAS)
+    for op in _table.registered():
+        schema = getattr(torch.ops.fastsamp, op.name).default._schema
+        assert [a.name for a in schema.arguments] == [a.name for a in op.schema_args], op.name
+        assert len(schema.returns) == len(op.outs), op.name
+        args = [_library.encode_u64(a) if spec.kind == "u64" else a
+                for a, spec in zip(make_args(op, torch.float32, "cpu", optional=True), op.args) if spec.kind != "out"]
+        with FakeTensorMode() as mode:
+            fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            check_outputs(op, getattr(torch.ops.fastsamp, op.name)(*fake), torch.float32, args)
+
+
+@pytest.mark.parametrize("op", GLUE_OPS, ids=[op.name for op in GLUE_OPS])
+def test_generated_glue_is_what_the_backends_run(op):
+    """The cpp module's function is the table's generated source (no hand-written copy left)."""
+    if not backends.is_available("cpp") or "cpp" not in op.backends:
+        pytest.skip("cpp backend unavailable")
+    fn = getattr(backends._load("cpp")[0], op.name)
+    assert fn.__code__.co_filename == f"<fastsamp glue cpu_{op.name}>"
+    assert f"_C.cpu_{op.name}(" in _table.glue_source(op, "cpu")
+    assert f"_launch(_C.cuda_{op.name}, " in _table.glue_source(op, "cuda")

@@ -1,0 +1,42 @@
+"""Every code block of the README section "Using fastsamp inside your own code" runs as written: Python
+blocks in a fresh namespace, `fastsamp ...` lines of bash blocks through fastsamp.cli.main, each in an
+empty working directory."""
+import pathlib
+import re
+import shlex
+
+import pytest
+
+from fastsamp.cli import main
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Using fastsamp inside your own code"
+
+
+def section_blocks():
+    """(language, code) of each fenced block of the section."""
+    text = README.read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    body = text[start:end if end >= 0 else len(text)]
+    return re.findall(r"^```(\w+)\n(.*?)^```$", body, flags=re.S | re.M)
+
+
+BLOCKS = section_blocks()
+
+
+def test_the_section_has_examples():
+    assert sum(lang == "python" for lang, _ in BLOCKS) >= 2 and any(lang == "bash" for lang, _ in BLOCKS)
+
+
+@pytest.mark.parametrize("lang,code", BLOCKS, ids=[f"{lang}-{i}" for i, (lang, _) in enumerate(BLOCKS)])
+def test_example_runs(lang, code, tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    if lang == "python":
+        exec(compile(code, f"README example in {tmp_path}", "exec"), {"__name__": "readme_example"})
+        return
+    assert lang == "bash"
+    commands = [shlex.split(line) for line in code.splitlines() if line.startswith("fastsamp ")]
+    assert commands, "a bash example runs fastsamp"
+    for argv in commands:
+        assert main(argv[1:]) == 0

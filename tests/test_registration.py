@@ -1,0 +1,236 @@
+"""The registered ops torch.ops.fastsamp.<op> (fastsamp/ops/_library.py): opcheck, torch.compile with no
+graph break, torch.export, gradcheck through the registered autograd formulas, u64 seeds past int64."""
+import pytest
+import torch
+from torch import nn
+
+import fastsamp
+from fastsamp import VP, ops
+from fastsamp.ops import _library, _table
+
+F64 = torch.float64
+B, D, K = 5, 3, 2
+EM = (0.01, 0.5, 0.1, 0.9, 0.45)  # h, s2, e2, c, b2
+
+
+def rand(*shape, dtype=F64, positive=False, grad=False):
+    t = torch.randn(*shape, dtype=dtype)
+    t = t.abs() + 0.5 if positive else t
+    return t.requires_grad_(grad)
+
+
+def op_args(name, dtype, grad=False, noise=True):
+    """Backend-signature arguments of registered op `name` (u64 seeds past int64, encoded as the schema's int64)."""
+    seed, offset = _library.encode_u64(2**64 - 3), _library.encode_u64(2**63 + 11)
+    x, s = rand(B, D, dtype=dtype, grad=grad), rand(B, D, dtype=dtype, grad=grad)
+    eps = rand(B, dtype=dtype, positive=True, grad=grad)
+    xi = rand(B, D, dtype=dtype, grad=grad) if noise else None
+    mix = (rand(K, D, dtype=dtype, grad=grad), rand(K, dtype=dtype, grad=grad),
+           rand(K, dtype=dtype, positive=True, grad=grad))
+    u = torch.rand(B, dtype=dtype)
+    return {
+        "gmm_score": (x, *mix, 0.8, 0.3),
+        "sde_step": (x, s, rand(B, D, dtype=dtype, grad=grad), xi, seed, offset, 4, 1.01, 0.02, 0.1),
+        "guided_sde_step": (x, s, rand(B, D, dtype=dtype, grad=grad), rand(B, D, dtype=dtype, grad=grad), xi, seed,
+                            offset, 4, 1.01, 0.02, 0.5, 3.0, 0.1),
+        "mala_propose": (x, s, eps, xi, seed, offset, 4),
+        "line_points": (x, s, 3),
+        "score_mh_accept": (x, x + 0.1, s, s, eps, u, rand(2, B, D, dtype=dtype)),
+        "energy_mh_accept": (x, x + 0.1, s, s, rand(B, dtype=dtype), rand(B, dtype=dtype), eps, u),
+        "leapfrog": (x, rand(B, D, dtype=dtype, grad=grad), s, eps),
+        "leapfrog_finish": (x, rand(B, D, dtype=dtype, grad=grad), rand(B, D, dtype=dtype, grad=grad), s,
+                            rand(B, D, dtype=dtype, grad=grad), eps, rand(B, dtype=dtype, grad=grad)),
+        "hmc_accept": (x, x + 0.1, s, s, s, s * 0.5, rand(B, dtype=dtype), u),
+        "momentum_refresh": (x, 0.3, xi, seed, offset, 4),
+        "gmm_mala": (x, *mix, eps * 0.1, 2, 2, 0.9, 0.1, seed, offset, 4, 0),
+        "gmm_hmc": (x, *mix, eps * 0.1, 2, 2, 0.9, 0.1, seed, offset, 4, 0, 0.5),
+        "em_step_logprob": (x, s, rand(B, D, dtype=dtype), None if noise else rand(B, D, dtype=dtype), xi, seed,
+                            offset, 4, *EM),
+        "em_step_logprob_backward": (x, s, rand(B, D, dtype=dtype) if noise else None, rand(B, D, dtype=dtype),
+                                     rand(B, D, dtype=dtype) if noise else None, rand(B, dtype=dtype),
+                                     rand(B, dtype=dtype), *EM, noise, noise),
+    }[name]
+
+
+REGISTERED = [op.name for op in _table.registered()]
+DIFFERENTIABLE = [op.name for op in _table.registered() if op.grad]
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_opcheck(name):
+    """Schema, fake implementation, autograd registration and AOT dispatch (float64 with grad where the op has
+    a backward; float32 without)."""
+    op = getattr(torch.ops.fastsamp, name).default
+    torch.library.opcheck(op, op_args(name, F64, grad=name in DIFFERENTIABLE))
+    torch.library.opcheck(op, op_args(name, torch.float32, noise=False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_gradcheck(name):
+    """The registered backward formulas (closed forms; gmm_score through the reference's vjp) in float64."""
+    op = getattr(torch.ops.fastsamp, name).default
+    args = op_args(name, F64, grad=True)
+    assert torch.autograd.gradcheck(lambda *a: op(*a), args)
+    if "noise" in [a.name for a in _table.OPS[name].args]:
+        assert torch.autograd.gradcheck(lambda *a: op(*a), op_args(name, F64, grad=True, noise=False))
+
+
+def test_gradcheck_through_the_public_ops():
+    """backend="auto" with inputs that require grad: the compiled forward and the registered backward."""
+    x, s, xi = rand(B, D, grad=True), rand(B, D, grad=True), rand(B, D, grad=True)
+    eps = rand(B, positive=True, grad=True)
+    mix = rand(K, D, grad=True), rand(K, grad=True), rand(K, positive=True, grad=True)
+    score = ops.gmm_score(x, *mix, alpha=0.8, sigma2=0.3)[0]
+    assert "fastsamp_gmm_score" in type(score.grad_fn).__name__
+    assert torch.autograd.gradcheck(lambda *a: ops.gmm_score(*a, alpha=0.8, sigma2=0.3), (x, *mix))
+    vp = dict(t=0.5, h=0.01, schedule=VP())
+    assert torch.autograd.gradcheck(lambda *a: ops.reverse_sde_step(a[0], a[1], noise=a[2], **vp), (x, s, xi))
+    assert torch.autograd.gradcheck(lambda *a: ops.mala_propose(*a[:3], noise=a[3]), (x, s, eps, xi))
+    assert torch.autograd.gradcheck(lambda *a: ops.line_points(*a, 4), (x, s))
+    assert torch.autograd.gradcheck(lambda *a: ops.leapfrog(*a), (x, xi, s, eps))
+
+
+def test_op_without_backward_refuses_grad():
+    x = rand(B, D, grad=True)
+    args = op_args("score_mh_accept", F64)
+    with pytest.raises(RuntimeError, match="score_mh_accept has no backward"):
+        torch.ops.fastsamp.score_mh_accept(x, *args[1:])
+    with torch.no_grad():
+        torch.ops.fastsamp.score_mh_accept(x, *args[1:])
+    # the public op with backend="auto" runs the differentiable reference, as before registration
+    x_new = ops.score_mh_accept(x, *args[1:6])[0]
+    assert x_new.requires_grad
+
+
+@pytest.mark.parametrize("name", ["mala_propose", "sde_step", "momentum_refresh", "gmm_mala"])
+def test_u64_seeds_past_int64_draw_the_same_noise(name):
+    """Seeds and offsets >= 2**63 travel as int64 (two's complement): the registered op, the cpp glue and the
+    reference draw the same stream."""
+    from fastsamp import backends
+    from fastsamp.ops import reference
+    args = list(op_args(name, F64, noise=False))
+    got = getattr(torch.ops.fastsamp, name)(*args)
+    at = [i for i, a in enumerate(_table.OPS[name].schema_args) if a.kind == "u64"]
+    for i in at:
+        args[i] &= _table.U64_MASK
+    assert max(args[i] for i in at) >= 2**63
+    expect = getattr(reference, name)(*args)
+    torch.testing.assert_close(got, expect)
+    if backends.is_available("cpp"):
+        torch.testing.assert_close(getattr(backends._load("cpp")[0], name)(*args), got, rtol=0, atol=0)
+
+
+class ScoreNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, D))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def user_step(net, x, u):
+    """A user's MALA step with a network score (trapezoid MH, 2 interior points), then a reverse SDE step."""
+    with torch.no_grad():
+        s = net(x)
+        x_prop = ops.mala_propose(x, s, 0.05, seed=3, offset=7)
+        s_prop = net(x_prop)
+        pts = ops.line_points(x, x_prop, 3)
+        interior = net(pts.reshape(-1, D)).reshape(pts.shape)
+        x_new, s_new, accepted, _ = ops.score_mh_accept(x, x_prop, s, s_prop, 0.05, u, interior_scores=interior)
+        return ops.reverse_sde_step(x_new, s_new, t=0.5, h=0.01, schedule=VP(), seed=3, offset=8), accepted
+
+
+@pytest.fixture
+def dynamo_reset():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validation_on", "validation_off"])
+def test_compile_fullgraph_user_step(dynamo_reset, validate):
+    net, x, u = ScoreNet(), torch.randn(64, D), torch.rand(64)
+    with fastsamp.validation(validate):
+        explain = torch._dynamo.explain(user_step)(net, x, u)
+        assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+        nodes = [str(n.target) for g in explain.graphs for n in g.graph.nodes]
+        assert any("fastsamp.mala_propose" in t for t in nodes), nodes  # one opaque op
+        compiled = torch.compile(user_step, fullgraph=True, backend="aot_eager")
+        for got, expect in zip(compiled(net, x, u), user_step(net, x, u)):
+            torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+def test_export_user_step():
+    class Step(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.score = ScoreNet()
+
+        def forward(self, x, u):
+            return user_step(self.score, x, u)
+
+    x, u = torch.randn(64, D), torch.rand(64)
+    exported = torch.export.export(Step(), (x, u))
+    targets = {str(n.target) for m in exported.graph_module.modules() if isinstance(m, torch.fx.GraphModule)
+               for n in m.graph.nodes}  # the no_grad block is a submodule
+    assert {"fastsamp.mala_propose.default", "fastsamp.line_points.default", "fastsamp.score_mh_accept.default",
+            "fastsamp.sde_step.default"} <= targets, targets
+    for got, expect in zip(exported.module()(x, u), Step()(x, u)):
+        torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+def test_registered_ops_appear_by_name_in_the_profiler():
+    x = torch.randn(8, D)
+    with torch.profiler.profile() as prof:
+        ops.gmm_score(x, torch.randn(K, D), torch.zeros(K), torch.ones(K))
+    assert "fastsamp::gmm_score" in {e.key for e in prof.key_averages()}
+
+
+def test_compiled_step_takes_new_offsets_without_recompiling_each_time(dynamo_reset):
+    """Seeds and offsets are SymInts of the schema: after one recompile (the offset turns dynamic) new
+    offsets, past 2**63 too, reuse the graph and draw the eager stream."""
+    from torch._dynamo.testing import CompileCounter
+
+    def step(x, s, offset):
+        x_prop = ops.mala_propose(x, s, 0.1, seed=2**64 - 1, offset=offset)
+        return ops.reverse_sde_step(x_prop, s, t=0.5, h=0.01, schedule=VP(), seed=3, offset=offset)
+
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    x, s = torch.randn(8, D), torch.randn(8, D)
+    for m in range(5):
+        torch.testing.assert_close(compiled(x, s, 2**63 + m), step(x, s, 2**63 + m), rtol=0, atol=0)
+    assert counter.frame_count <= 2
+
+
+def test_public_ops_under_fake_tensor_mode():
+    """A dispatch mode watches: "auto" goes through the registered op (its fake implementation here)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with fastsamp.validation(False), FakeTensorMode():
+        x = torch.empty(6, D)
+        points = ops.line_points(x, x, 4)
+        score, logp = ops.gmm_score(x, torch.empty(K, D), torch.empty(K), torch.empty(K))
+    assert points.shape == (3, 6, D) and score.shape == (6, D) and logp.shape == (6,)
+
+
+def test_em_step_logprob_compiles_with_its_fused_backward(dynamo_reset):
+    """em_step_logprob's autograd.Function calls the registered forward and backward ops: a training step
+    compiles with no graph break and gives eager's values and gradients."""
+    torch.manual_seed(0)
+    net = nn.Linear(D, D)
+
+    def loss(x, offset):
+        x_next, log_pf, log_pb = ops.em_step_logprob(x, net(x), sigma=1.0, t=0.5, h=0.1, seed=2**64 - 1,
+                                                     offset=offset, reparam=False)
+        return x_next, (log_pf - log_pb).mean()
+
+    x = torch.randn(8, D)
+    explain = torch._dynamo.explain(loss)(x, 3)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    x_e, l_e = loss(x, 3)
+    x_c, l_c = torch.compile(loss, fullgraph=True, backend="aot_eager")(x, 3)
+    torch.testing.assert_close((x_c, l_c), (x_e, l_e), rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(l_c, net.weight), torch.autograd.grad(l_e, net.weight))
