@@ -157,15 +157,16 @@ FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict 
       for (int d = 0; d < DC; ++d) acc[d] *= scl;
     }
     m = cm;
-    // pass 2: the weights (a -inf term has weight 0, also when m = -inf: x infinite) and the
-    // weighted sum of (αμ_k - x) / s_k
+    // pass 2: the weights and the weighted sum of (αμ_k - x) / s_k. A -inf term has weight 0:
+    // exp(-inf - m) is exp(ExpC::lo), which rounds to 0, and where m = -inf (x infinite) the shift
+    // is 0 instead, so that no -inf - -inf = NaN appears.
+    const V shift = m == ninf ? V{} : m;
     for (int kk = 0; kk < kn; ++kk) {
       const int k = k0 + kk;
       const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
       V e;
       std::memcpy(&e, ell + kk * W, sizeof(V));
-      V w = vexp_nonpos<V, VI, T>(e - m);
-      w = e == ninf ? V{} : w;
+      const V w = vexp_nonpos<V, VI, T>(e - shift);
       sum += w;
       const V wr = w * rr[k];
 #pragma GCC unroll 16
