@@ -63,3 +63,8 @@ def test_step_size_values_read_once_per_tensor_version(monkeypatch):
     with pytest.raises(ValueError, match="step_size must be finite and > 0"):
         ops.mala_propose(x, s, eps, seed=1)
     assert len(reads) == 2
+    with torch.inference_mode():  # inference tensors have no version counter: read every time
+        eps = torch.full((5,), 0.1, dtype=torch.float64)
+        ops.mala_propose(x, s, eps, seed=1)
+        ops.mala_propose(x, s, eps, seed=1)
+    assert len(reads) == 4

@@ -288,8 +288,11 @@ _passed_step_sizes = (None, -1)
 
 def _step_sizes_valid(v: torch.Tensor) -> bool:
     """_all_positive_finite(v), without reading v again when it is the tensor that passed last, unmodified
-    since (same version counter: an in-place write bumps it)."""
+    since (same version counter: an in-place write bumps it). Inference tensors have no version counter:
+    they are read every time."""
     global _passed_step_sizes
+    if v.is_inference():
+        return _all_positive_finite(v)
     ref, version = _passed_step_sizes
     if ref is not None and ref() is v and v._version == version:
         return True
