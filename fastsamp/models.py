@@ -186,7 +186,7 @@ class Product:
     def _fusable(self) -> bool:
         """Whether the fused score-network kernels (ops.mlp_mala, ops.mlp_hmc) cover this product: ScoreMLP
         factors and at most one GaussianMixture, at least one ScoreMLP."""
-        n_nets = sum(isinstance(m, ScoreMLP) for m in self.models)
+        n_nets = sum(isinstance(m, ScoreMLP) and m.fusable() for m in self.models)
         n_mix = sum(isinstance(m, GaussianMixture) for m in self.models)
         return n_nets >= 1 and n_mix <= 1 and n_nets + n_mix == len(self.models)
 
@@ -306,14 +306,20 @@ class ScoreMLP(torch.nn.Module):
         with torch.no_grad():
             return self(x.to(dtype), float(t)).to(x.dtype)
 
+    def fusable(self) -> bool:
+        """Whether `net` has the architecture the fused kernels evaluate: Sequential(Linear, SiLU, ..., Linear)
+        with biases (a subclass or a replaced `net` may not)."""
+        mods = list(self.net) if isinstance(self.net, torch.nn.Sequential) else []
+        linears, acts = mods[0::2], mods[1::2]
+        return (len(mods) % 2 == 1 and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
+                and all(type(a) is torch.nn.SiLU for a in acts))
+
     def score_net(self, t, x):
         """This network at time t as the fused score-network ops read it (ops.ScoreNet), its tensors detached
         and in x's dtype and device; (α_t, σ_t²) from the schedule in float64."""
-        mods = list(self.net)
-        linears, acts = mods[0::2], mods[1::2]
-        if not (all(isinstance(m, torch.nn.Linear) for m in linears) and all(isinstance(a, torch.nn.SiLU)
-                                                                               for a in acts)):
+        if not self.fusable():
             raise TypeError("ScoreMLP.net must be Sequential(Linear, SiLU, ..., Linear) for the fused kernels")
+        linears = list(self.net)[0::2]
         conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
         t = float(t)
         return ops.ScoreNet(tuple(conv(m.weight) for m in linears), tuple(conv(m.bias) for m in linears),
@@ -322,8 +328,8 @@ class ScoreMLP(torch.nn.Module):
 
     def fused_corrector(self):
         """The whole-move kernels ops.mlp_mala (ULA / MALA) and ops.mlp_hmc (HMC / U-HMC) as one callable (the
-        `fastsamp.protocol` hook)."""
-        return self.fused_moves
+        `fastsamp.protocol` hook); None when `net` is not the standard architecture."""
+        return self.fused_moves if self.fusable() else None
 
     def fused_supports(self, spec) -> bool:
         return fused_mlp_supports(spec)

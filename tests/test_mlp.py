@@ -79,7 +79,7 @@ def test_sum_of_networks_and_a_mixture(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("none", 1)])
+@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("score", 6), ("none", 1)])
 @pytest.mark.parametrize("B,D,with_mixture", [(1, 1, False), (50, 2, True), (97, 3, False)])
 def test_mlp_mala_matches_reference(dtype, mh, n_trapezoid, B, D, with_mixture):
     nets = [random_net(D, 24, 2, 4, dtype, seed=3), random_net(D, 16, 1, 4, dtype, seed=4)]
@@ -171,6 +171,10 @@ def test_annealed_mcmc_takes_the_fused_path():
     _, sm = annealed_mcmc(Product(model.models[0], ScoreModel(model.models[1], 2)), 16, n_levels=3,
                           n_corrector_steps=1)
     assert not sm.fused  # a factor the kernels do not know: the generic path
+    odd = score_mlp(2, 8, seed=3, dtype=torch.float32)
+    odd.net[1] = torch.nn.Tanh()  # not the architecture the kernels evaluate: the generic path
+    for m in (odd, Product(odd, model.models[0])):
+        assert not annealed_mcmc(m, 16, n_levels=3, n_corrector_steps=1)[1].fused
 
 
 # --- argument checks ---------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def op_args(name, dtype, grad=False, noise=True):
         "policy_rollout": (rand(B, D, dtype=dtype) if noise else None, temb, net, ts, B, 1.0, 0.5, 0.1, 5.0, seed, 4,
                            1),
         "policy_log_pf": (states, temb, net, 1.0, 0.5, 5.0, 1),
+        "normal": (seed, offset, B, D, dtype, torch.device("cpu"), 4),
+        "uniform": (seed, offset, B, dtype, torch.device("cpu"), 4),
         "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1),
     }[name]
 
@@ -112,7 +114,7 @@ def test_op_without_backward_refuses_grad():
     assert x_new.requires_grad
 
 
-@pytest.mark.parametrize("name", ["mala_propose", "sde_step", "momentum_refresh", "gmm_mala"])
+@pytest.mark.parametrize("name", ["mala_propose", "sde_step", "momentum_refresh", "gmm_mala", "normal", "uniform"])
 def test_u64_seeds_past_int64_draw_the_same_noise(name):
     """Seeds and offsets >= 2**63 travel as int64 (two's complement): the registered op, the cpp glue and the
     reference draw the same stream."""
@@ -243,3 +245,17 @@ def test_em_step_logprob_compiles_with_its_fused_backward(dynamo_reset):
     x_c, l_c = torch.compile(loss, fullgraph=True, backend="aot_eager")(x, 3)
     torch.testing.assert_close((x_c, l_c), (x_e, l_e), rtol=0, atol=0)
     torch.testing.assert_close(torch.autograd.grad(l_c, net.weight), torch.autograd.grad(l_e, net.weight))
+
+
+def test_random_streams_compile(dynamo_reset):
+    """ops.normal / ops.uniform are registered factory ops: no graph break, eager's bits."""
+    def draw(x, offset):
+        B, D = x.shape
+        return x + ops.normal(5, offset, B, D, x.dtype, chain_offset=3), ops.uniform(5, offset, B, x.dtype)
+
+    x = torch.randn(8, D)
+    explain = torch._dynamo.explain(draw)(x, 2**63 + 1)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    for got, expect in zip(torch.compile(draw, fullgraph=True, backend="aot_eager")(x, 2**63 + 1),
+                           draw(x, 2**63 + 1)):
+        torch.testing.assert_close(got, expect, rtol=0, atol=0)

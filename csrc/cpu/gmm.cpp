@@ -18,9 +18,27 @@ namespace {
 // one thread (about 50-100 us of work: more than waking a sleeping pool thread costs).
 constexpr int64_t kMixtureGrain = int64_t(1) << 18;
 
-// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`).
+// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 each row of xt is
+// one gather and one 64-byte store (the score then loads it whole: a row written by W scalar stores
+// would stall that load on store forwarding).
 template <typename T, int W>
 FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
+#if defined(__AVX512F__)
+  const T* base = x + b0 * D;
+  if constexpr (sizeof(T) == 4) {
+    const __mmask16 live = static_cast<__mmask16>(nb >= 16 ? 0xFFFF : (1u << nb) - 1u);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(D));
+    for (int d = 0; d < D; ++d)
+      _mm512_store_ps(xt + d * W, _mm512_mask_i32gather_ps(_mm512_set1_ps(fill), live, idx, base + d, 4));
+  } else {
+    const __mmask8 live = static_cast<__mmask8>(nb >= 8 ? 0xFF : (1u << nb) - 1u);
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
+    for (int d = 0; d < D; ++d)
+      _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_set1_pd(fill), live, idx, base + d, 8));
+  }
+  return;
+#endif
   for (int l = 0; l < W; ++l) {
     if (l < nb) {
       const T* __restrict row = x + (b0 + l) * D;
@@ -69,48 +87,57 @@ void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* sco
   });
 }
 
-template <typename T, int W, int DC>
-FASTSAMP_VINLINE void block_dot(int Drt, const T* __restrict a, const T* __restrict b, T* __restrict out) {
-  const int D = DC > 0 ? DC : Drt;
-#pragma omp simd
-  for (int l = 0; l < W; ++l) out[l] = T(0);
-  for (int d = 0; d < D; ++d) {
-#pragma omp simd
-    for (int l = 0; l < W; ++l) out[l] = vm::fma_(a[d * W + l], b[d * W + l], out[l]);
-  }
+// One [W] row of a block: 64 bytes, W lanes of T. Every per-lane computation of the whole-move
+// kernels loads and stores rows whole, as the mixture score does: a 64-byte load of a row that
+// narrower stores wrote (an `omp simd` loop vectorised at 32 bytes) stalls on store forwarding.
+template <typename T>
+using Row = typename VecT<T>::V;
+template <typename T>
+using RowMask = typename VecT<T>::VI;
+
+template <typename T>
+FASTSAMP_VINLINE Row<T> ld(const T* p) {
+  Row<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+FASTSAMP_VINLINE void st(T* p, const Row<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
 }
 
-// dst[d][l] = accepted[l] ? src[d][l] : dst[d][l]
+// sum_d a[d][l] b[d][l]
 template <typename T, int W, int DC>
-FASTSAMP_VINLINE void block_select(int Drt, const T* __restrict acc_f, T* __restrict dst,
-                                   const T* __restrict src) {
+FASTSAMP_VINLINE Row<T> block_dot(int Drt, const T* a, const T* b) {
+  const int D = DC > 0 ? DC : Drt;
+  Row<T> s{};
+  for (int d = 0; d < D; ++d) s = ld(a + d * W) * ld(b + d * W) + s;
+  return s;
+}
+
+// dst[d][l] = take[l] ? src[d][l] : dst[d][l]
+template <typename T, int W, int DC>
+FASTSAMP_VINLINE void block_select(int Drt, const RowMask<T>& take, T* __restrict dst, const T* __restrict src) {
   const int D = DC > 0 ? DC : Drt;  // compile-time D unrolls the loop
-  for (int d = 0; d < D; ++d) {
-#pragma omp simd
-    for (int l = 0; l < W; ++l) dst[d * W + l] = acc_f[l] != T(0) ? src[d * W + l] : dst[d * W + l];
-  }
+  for (int d = 0; d < D; ++d) st(dst + d * W, take ? ld(src + d * W) : ld(dst + d * W));
 }
 
 template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_copy(int Drt, T* __restrict dst, const T* __restrict src) {
-  const int n = (DC > 0 ? DC : Drt) * W;
-#pragma omp simd
-  for (int i = 0; i < n; ++i) dst[i] = src[i];
+  const int D = DC > 0 ? DC : Drt;
+  for (int d = 0; d < D; ++d) st(dst + d * W, ld(src + d * W));
 }
 
-// Accept the proposals of the lanes with acc_f[l] = 1 (else keep the current state): count them in
+// Accept the proposals of the lanes with take[l] (else keep the current state): count them in
 // nacc and take their log-density, state and score into (lp, x, s).
 template <typename T, int W, int DC>
-FASTSAMP_VINLINE void accept_block(int D, const T* __restrict acc_f, T* __restrict nacc, T* __restrict lp,
+FASTSAMP_VINLINE void accept_block(int D, const RowMask<T>& take, Row<T>& nacc, T* __restrict lp,
                                    const T* __restrict lp_prop, T* __restrict x, const T* __restrict x_prop,
                                    T* __restrict s, const T* __restrict s_prop) {
-#pragma omp simd
-  for (int l = 0; l < W; ++l) {
-    nacc[l] += acc_f[l];
-    lp[l] = acc_f[l] != T(0) ? lp_prop[l] : lp[l];
-  }
-  block_select<T, W, DC>(D, acc_f, x, x_prop);
-  block_select<T, W, DC>(D, acc_f, s, s_prop);
+  nacc += take ? Row<T>{} + T(1) : Row<T>{};
+  st(lp, take ? ld(lp_prop) : ld(lp));
+  block_select<T, W, DC>(D, take, x, x_prop);
+  block_select<T, W, DC>(D, take, s, s_prop);
 }
 
 // Consecutive 64-byte-aligned pieces of a block's scratch: rows(n) is the next [n][W] array
@@ -126,32 +153,30 @@ struct Carve {
 };
 
 // The chain-block driver shared by the whole-move kernels: blocks of W chains in
-// parallel (nt threads), each with its state xc[D][W] (padding lanes 0), step sizes eps[W]
-// (padding 1) and accepted-move counts nacc[W] (zeroed); body(b0, xc, eps, nacc,
-// scratch) runs the moves, with `scratch_per_lane * W` values of 64-byte-aligned
-// scratch. Stores the state and the acceptance rate nacc / n_steps.
+// parallel (nt threads), each with its state xc[D][W] (padding lanes 0), step sizes eps (a row;
+// padding 1) and accepted-move counts nacc (a row, zeroed); body(b0, xc, eps, nacc, scratch) runs
+// the moves, with `scratch_per_lane * W` values of 64-byte-aligned scratch. Stores the state and
+// the acceptance rate nacc / n_steps.
 template <typename T, int W, typename Body>
 void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D, int64_t n_steps,
                           size_t scratch_per_lane, T* x_out, T* rate, Body body) {
   const int64_t nblk = (B + W - 1) / W;
   parallel_for(nt, nblk, [&](int64_t blk0, int64_t blk1) {
-    Buf<T> ws((static_cast<size_t>(D) + 2 + scratch_per_lane) * W);
+    Buf<T> ws((static_cast<size_t>(D) + scratch_per_lane) * W);
     T* __restrict xc = ws.p;
-    T* __restrict eps = xc + static_cast<int64_t>(D) * W;
-    T* __restrict nacc = eps + W;
-    T* __restrict scratch = nacc + W;
+    T* __restrict scratch = xc + static_cast<int64_t>(D) * W;
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t b0 = blk * W;
       const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
       load_block<T, W>(x_in, b0, nb, D, xc, T(0));
-      for (int l = 0; l < W; ++l) {
-        eps[l] = l < nb ? step[b0 + l] : T(1);
-        nacc[l] = T(0);
-      }
+      alignas(64) T lane[W];
+      for (int l = 0; l < W; ++l) lane[l] = l < nb ? step[b0 + l] : T(1);
+      const Row<T> eps = ld(lane);
+      Row<T> nacc{};
       body(b0, xc, eps, nacc, scratch);
       store_block<T, W>(xc, b0, nb, D, x_out);
-      const T ns = static_cast<T>(n_steps);
-      for (int l = 0; l < nb; ++l) rate[b0 + l] = nacc[l] / ns;
+      st(lane, nacc / static_cast<T>(n_steps));
+      for (int l = 0; l < nb; ++l) rate[b0 + l] = lane[l];
     }
   });
 }
@@ -160,104 +185,78 @@ template <typename T, int DC>
 void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int64_t n_steps,
                    int64_t n_trap, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
+  using R = Row<T>;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
   const int64_t n = n_trap;
   const T tn = static_cast<T>(n);
-  const size_t scratch = static_cast<size_t>(6 * D + Dp + 11 + kChunkK);  // the rows taken below
+  const size_t scratch = static_cast<size_t>(6 * D + Dp + 4 + kChunkK);  // the rows taken below
   const int nt = mixture_threads<W>(mx, B, n_steps * (mh == 0 ? n : 1) + 1);
+  const LanePhilox<T, W> draws(seed);
   for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
-                             [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
-                                 T* __restrict ws) {
+                             [&](int64_t b0, T* __restrict xc, const R& eps, R& nacc, T* __restrict ws) {
     Carve<T, W> cv{ws};
     // [D][W]: score at the current state, proposal, score at the proposal, x' - x, interior point and its
-    // score; noise (Dp rows); per-lane vectors; the online-LSE scratch
+    // score; noise (Dp rows); log-densities and MH log-uniforms; the log-sum-exp scratch
     T *__restrict sc = cv.rows(D), *__restrict xp = cv.rows(D), *__restrict sp = cv.rows(D);
     T *__restrict dd = cv.rows(D), *__restrict pt = cv.rows(D), *__restrict si = cv.rows(D);
     T* __restrict xi = cv.rows(Dp);
     T *__restrict lpc = cv.rows(1), *__restrict lpp = cv.rows(1), *__restrict lpi = cv.rows(1);
-    T *__restrict sq2e = cv.rows(1), *__restrict acc = cv.rows(1), *__restrict tmp = cv.rows(1);
-    T *__restrict tmp2 = cv.rows(1), *__restrict ffv = cv.rows(1), *__restrict bbv = cv.rows(1);
-    T *__restrict logu = cv.rows(1), *__restrict acc_f = cv.rows(1);
+    T* __restrict logu = cv.rows(1);
     T* __restrict ell = cv.rows(kChunkK);
-#pragma omp simd
-    for (int l = 0; l < W; ++l) sq2e[l] = std::sqrt(T(2) * eps[l]);
+    const R sq2e = vm::vsqrt(T(2) * eps);
+    const R four_eps = T(4) * eps;
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
-      block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
+      draws.normals(off, chain0 + static_cast<uint64_t>(b0), D, xi);
       // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
       for (int d = 0; d < D; ++d) {
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          const int i = d * W + l;
-          const T p = (xc[i] + eps[l] * sc[i]) + sq2e[l] * xi[i];
-          xp[i] = p;
-          dd[i] = p - xc[i];
-        }
+        const R x = ld(xc + d * W);
+        const R p = (x + eps * ld(sc + d * W)) + sq2e * ld(xi + d * W);
+        st(xp + d * W, p);
+        st(dd + d * W, p - x);
       }
+      R acc{};  // interior points of the trapezoid: sum_i s(x + t_i d) . d
       if (mh == 0 && n > 1) {
-        // interior points of the trapezoid: sum_i s(x + t_i d) . d
-#pragma omp simd
-        for (int l = 0; l < W; ++l) acc[l] = T(0);
         for (int64_t i = 1; i < n; ++i) {
           const T t = static_cast<T>(i) / static_cast<T>(n);
-          for (int d = 0; d < D; ++d) {
-#pragma omp simd
-            for (int l = 0; l < W; ++l) pt[d * W + l] = xc[d * W + l] + t * dd[d * W + l];
-          }
+          for (int d = 0; d < D; ++d) st(pt + d * W, ld(xc + d * W) + t * ld(dd + d * W));
           block_score<T, W, DC>(mx, D, pt, si, lpi, ell);
-          block_dot<T, W, DC>(D, si, dd, tmp);
-#pragma omp simd
-          for (int l = 0; l < W; ++l) acc[l] += tmp[l];
+          acc += block_dot<T, W, DC>(D, si, dd);
         }
       }
       block_score<T, W, DC>(mx, D, xp, sp, lpp, ell);
-      if (mh == 2) {  // no test: take every proposal (copies; a select costs ~10% of a mh = none move)
+      if (mh == 2) {  // no test: take every proposal
         block_copy<T, W, DC>(D, xc, xp);
         block_copy<T, W, DC>(D, sc, sp);
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          lpc[l] = lpp[l];
-          nacc[l] += T(1);
-        }
+        st(lpc, ld(lpp));
+        nacc += T(1);
         continue;
       }
-      // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); tmp = s.d, tmp2 = s'.d
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        tmp[l] = T(0);
-        tmp2[l] = T(0);
-        ffv[l] = T(0);  // |d - eps s|^2
-        bbv[l] = T(0);  // |d + eps s'|^2
-      }
+      // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); sd = s.d, spd = s'.d
+      R sd{}, spd{}, fwd2{}, bwd2{};
       for (int d = 0; d < D; ++d) {
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          const int i = d * W + l;
-          const T fwd = dd[i] - eps[l] * sc[i];
-          const T bwd = dd[i] + eps[l] * sp[i];
-          tmp[l] = vm::fma_(sc[i], dd[i], tmp[l]);
-          tmp2[l] = vm::fma_(sp[i], dd[i], tmp2[l]);
-          ffv[l] = vm::fma_(fwd, fwd, ffv[l]);
-          bbv[l] = vm::fma_(bwd, bwd, bbv[l]);
-        }
+        const R dv = ld(dd + d * W), s = ld(sc + d * W), sn = ld(sp + d * W);
+        const R fwd = dv - eps * s;
+        const R bwd = dv + eps * sn;
+        sd = s * dv + sd;
+        spd = sn * dv + spd;
+        fwd2 = fwd * fwd + fwd2;
+        bwd2 = bwd * bwd + bwd2;
       }
-      block_log_uniform<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), logu);
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        T delta;
-        if (mh == 1) {
-          delta = lpp[l] - lpc[l];
-        } else {
-          T total = T(0.5) * (tmp[l] + tmp2[l]);
-          if (n > 1) total += acc[l];
-          delta = total / tn;
-        }
-        const T log_alpha = delta + (ffv[l] - bbv[l]) / (T(4) * eps[l]);
-        acc_f[l] = logu[l] < log_alpha ? T(1) : T(0);
+      draws.log_uniform(off, chain0 + static_cast<uint64_t>(b0), logu);
+      R delta;
+      if (mh == 1) {
+        delta = ld(lpp) - ld(lpc);
+      } else {
+        R total = T(0.5) * (sd + spd);
+        if (n > 1) total += acc;
+        delta = total / tn;
       }
-      accept_block<T, W, DC>(D, acc_f, nacc, lpc, lpp, xc, xp, sc, sp);
+      const R log_alpha = delta + (fwd2 - bwd2) / four_eps;
+      const RowMask<T> take = ld(logu) < log_alpha;
+      accept_block<T, W, DC>(D, take, nacc, lpc, lpp, xc, xp, sc, sp);
     }
   });
 }
@@ -269,95 +268,73 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
                   int64_t n_lf, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out,
                   T* rate) {
   constexpr int W = Lanes<T>::W;
+  using R = Row<T>;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);
   const T damp = static_cast<T>(damping);
   const T c_n = static_cast<T>(std::sqrt(1.0 - damping * damping));
-  const size_t scratch = static_cast<size_t>(8 * D + Dp + 9 + kChunkK);  // the rows taken below
+  const size_t scratch = static_cast<size_t>(8 * D + Dp + 3 + kChunkK);  // the rows taken below
   const int nt = mixture_threads<W>(mx, B, n_steps * n_lf + 1);
+  const LanePhilox<T, W> draws(seed);
   for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
-                             [&](int64_t b0, T* __restrict xc, const T* __restrict eps, T* __restrict nacc,
-                                 T* __restrict ws) {
+                             [&](int64_t b0, T* __restrict xc, const R& eps, R& nacc, T* __restrict ws) {
     Carve<T, W> cv{ws};
     // [D][W]: score at the current state, carried momentum, refreshed momentum of this move, momentum
     // along the trajectory; trajectory state and score, two buffers each (swapped: not restrict);
-    // noise (Dp rows); per-lane vectors; the online-LSE scratch
+    // noise (Dp rows); log-densities and MH log-uniforms; the log-sum-exp scratch
     T *__restrict sc = cv.rows(D), *__restrict pc = cv.rows(D), *__restrict p0 = cv.rows(D);
     T* __restrict pl = cv.rows(D);
     T *xa = cv.rows(D), *xb = cv.rows(D), *sa = cv.rows(D), *sb = cv.rows(D);
     T* __restrict xi = cv.rows(Dp);
-    T *__restrict lpc = cv.rows(1), *__restrict lpl = cv.rows(1), *__restrict heps = cv.rows(1);
-    T *__restrict dlp = cv.rows(1), *__restrict tmp = cv.rows(1), *__restrict kin = cv.rows(1);
-    T *__restrict kin0 = cv.rows(1), *__restrict logu = cv.rows(1), *__restrict acc_f = cv.rows(1);
+    T *__restrict lpc = cv.rows(1), *__restrict lpl = cv.rows(1), *__restrict logu = cv.rows(1);
     T* __restrict ell = cv.rows(kChunkK);
-#pragma omp simd
-    for (int l = 0; l < W; ++l) heps[l] = T(0.5) * eps[l];
-    std::memset(pc, 0, sizeof(T) * static_cast<size_t>(D) * W);
+    const R heps = T(0.5) * eps;
+    for (int d = 0; d < D; ++d) st(pc + d * W, R{});
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
-      block_normals<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), D, xi);
+      draws.normals(off, chain0 + static_cast<uint64_t>(b0), D, xi);
       // p0 = damping p + c_n xi (the rows d < D of xi)
-#pragma omp simd
-      for (int i = 0; i < D * W; ++i) {
-        const T p = damp * pc[i] + c_n * xi[i];
-        p0[i] = p;
-        pl[i] = p;
+      for (int d = 0; d < D; ++d) {
+        const R p = damp * ld(pc + d * W) + c_n * ld(xi + d * W);
+        st(p0 + d * W, p);
+        st(pl + d * W, p);
       }
       block_copy<T, W, DC>(D, xa, xc);
       block_copy<T, W, DC>(D, sa, sc);
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        dlp[l] = T(0);
-        lpl[l] = lpc[l];
-      }
+      st(lpl, ld(lpc));
+      R dlp{};
       for (int64_t j = 0; j < n_lf; ++j) {
         // p_half = p + (eps/2) s, x' = x + eps p_half
         for (int d = 0; d < D; ++d) {
-#pragma omp simd
-          for (int l = 0; l < W; ++l) {
-            const int i = d * W + l;
-            const T ph = pl[i] + heps[l] * sa[i];
-            pl[i] = ph;
-            xb[i] = xa[i] + eps[l] * ph;
-          }
+          const R ph = ld(pl + d * W) + heps * ld(sa + d * W);
+          st(pl + d * W, ph);
+          st(xb + d * W, ld(xa + d * W) + eps * ph);
         }
         block_score<T, W, DC>(mx, D, xb, sb, lpl, ell);
         // p = p_half + (eps/2) s', dlogp += 1/2 (s + s').(x' - x)
-#pragma omp simd
-        for (int l = 0; l < W; ++l) tmp[l] = T(0);
+        R seg{};
         for (int d = 0; d < D; ++d) {
-#pragma omp simd
-          for (int l = 0; l < W; ++l) {
-            const int i = d * W + l;
-            pl[i] = pl[i] + heps[l] * sb[i];
-            tmp[l] = vm::fma_(sa[i] + sb[i], xb[i] - xa[i], tmp[l]);
-          }
+          const R s1 = ld(sb + d * W);
+          st(pl + d * W, ld(pl + d * W) + heps * s1);
+          seg = (ld(sa + d * W) + s1) * (ld(xb + d * W) - ld(xa + d * W)) + seg;
         }
-#pragma omp simd
-        for (int l = 0; l < W; ++l) dlp[l] += T(0.5) * tmp[l];
+        dlp += T(0.5) * seg;
         std::swap(xa, xb);
         std::swap(sa, sb);
       }
-      if (mh == 2) {
-#pragma omp simd
-        for (int l = 0; l < W; ++l) acc_f[l] = T(1);
-      } else {
-        block_dot<T, W, DC>(D, pl, pl, kin);
-        block_dot<T, W, DC>(D, p0, p0, kin0);
-        block_log_uniform<T, W>(seed, off, chain0 + static_cast<uint64_t>(b0), logu);
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          const T delta = mh == 1 ? lpl[l] - lpc[l] : dlp[l];
-          const T log_alpha = (delta - T(0.5) * kin[l]) + T(0.5) * kin0[l];
-          acc_f[l] = logu[l] < log_alpha ? T(1) : T(0);
-        }
+      RowMask<T> take = RowMask<T>{} - 1;  // mh = none: every lane
+      if (mh != 2) {
+        const R kin = block_dot<T, W, DC>(D, pl, pl);
+        const R kin0 = block_dot<T, W, DC>(D, p0, p0);
+        draws.log_uniform(off, chain0 + static_cast<uint64_t>(b0), logu);
+        const R delta = mh == 1 ? ld(lpl) - ld(lpc) : dlp;
+        const R log_alpha = (delta - T(0.5) * kin) + T(0.5) * kin0;
+        take = ld(logu) < log_alpha;
       }
-      accept_block<T, W, DC>(D, acc_f, nacc, lpc, lpl, xc, xa, sc, sa);
+      accept_block<T, W, DC>(D, take, nacc, lpc, lpl, xc, xa, sc, sa);
       // rejected: flip the momentum (p ← −p0), which keeps partial refresh exact
-#pragma omp simd
-      for (int64_t i = 0; i < D * W; ++i) pc[i] = -p0[i];
-      block_select<T, W, DC>(D, acc_f, pc, pl);
+      for (int d = 0; d < D; ++d) st(pc + d * W, take ? ld(pl + d * W) : -ld(p0 + d * W));
     }
   });
 }

@@ -46,9 +46,12 @@ struct Mixture {
 };
 
 // ---- register-resident path for compile-time D (GCC vector extensions) ----
-// One W-lane vector per dimension; the K loop is a single-pass online
-// log-sum-exp: with t = exp(-|l_k - m|), either the running sums are rescaled
-// by t (new maximum) or the new term has weight t; one exp per component.
+// One W-lane vector per dimension. Per chunk of kChunkK components, two passes: the log-terms
+// l_k = c_k - h_k |αμ_k - x|² and their maximum m (into the `ell` scratch), then the weights
+// exp(l_k - m) and the weighted sums. The components of a pass are independent of each other, so
+// the exp latency overlaps across components (a single-pass online log-sum-exp chains every
+// component's exp behind the previous running maximum); the running sums are rescaled once per
+// chunk, not once per component.
 template <typename T>
 struct VecT {
   typedef T V __attribute__((vector_size(64)));
@@ -56,20 +59,22 @@ struct VecT {
   typedef I_ VI __attribute__((vector_size(64)));
 };
 
+// exp(x) for x <= 0 or NaN (the log-sum-exp weights), the formula of vm::exp (a*b + c contracted
+// to one FMA, as everywhere in these kernels): x clamped below at
+// ExpC::lo, n = round(x / ln2) by the shifter, r = x - n ln2 in two parts, p = exp(r) by the same
+// polynomial, then p 2^n. On AVX-512 the scaling is one vscalef (exact for normal results, so the
+// same bits as the two exponent multiplies of vm::exp) instead of six integer/multiply operations.
 template <typename V, typename VI, typename T>
-FASTSAMP_VINLINE V vexp(V x) {
+FASTSAMP_VINLINE V vexp_nonpos(V x) {
   using C = vm::ExpC<T>;
-  x = x < C::lo ? V{} + C::lo : x;  // NaN passes both selects
-  x = x > C::hi ? V{} + C::hi : x;
+  x = C::lo > x ? V{} + C::lo : x;  // NaN passes (vmaxps(lo, x))
   const V t = x * C::log2e + C::shifter;
   const V n = t - C::shifter;
-  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
   V r = x - n * C::ln2_hi;
   r = r - n * C::ln2_lo;
   V p;
   if constexpr (sizeof(T) == 4) {
-    p = V{} + T(1.9875691500e-4);
-    p = p * r + T(1.3981999507e-3);
+    p = (V{} + T(1.9875691500e-4)) * r + T(1.3981999507e-3);
     p = p * r + T(8.3334519073e-3);
     p = p * r + T(4.1665795894e-2);
     p = p * r + T(1.6666665459e-1);
@@ -90,16 +95,27 @@ FASTSAMP_VINLINE V vexp(V x) {
     p = p * r + T(1);
     p = p * r + T(1);
   }
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<V>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+  } else {
+    return reinterpret_cast<V>(_mm512_scalef_pd(reinterpret_cast<__m512d>(p), reinterpret_cast<__m512d>(n)));
+  }
+#else
+  // 2^n as two factors so that subnormal results come out right
+  const VI ni = reinterpret_cast<const VI&>(t) - vm::as_int<T>(C::shifter);
   const VI n1 = ni >> 1;
   const VI n2 = ni - n1;
   const VI e1 = (n1 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
   const VI e2 = (n2 + vm::Bits<T>::kBias) << vm::Bits<T>::kMant;
   return p * reinterpret_cast<const V&>(e1) * reinterpret_cast<const V&>(e2);
+#endif
 }
 
+// ell: scratch of kChunkK * W values.
 template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict x, T* __restrict sc,
-                                      T* __restrict logp) {
+                                      T* __restrict logp, T* __restrict ell) {
   static_assert(W * sizeof(T) == 64, "one 64-byte vector per dimension");
   using V = typename VecT<T>::V;
   using VI = typename VecT<T>::VI;
@@ -116,28 +132,46 @@ FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict 
     acc[d] = V{};
   }
   V m = V{} + ninf, sum = V{};
-  for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
-    V df[DC];
-    V dist = V{};
+  for (int k0 = 0; k0 < K; k0 += kChunkK) {
+    const int kn = std::min(kChunkK, K - k0);
+    // pass 1: the log-terms and their maximum (cm = max(e, cm) is vmaxps: a NaN e is not taken
+    // into the maximum, but its weight exp(NaN) makes the sums NaN in pass 2)
+    V cm = m;
+    for (int kk = 0; kk < kn; ++kk) {
+      const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * DC;
+      V dist = V{};
 #pragma GCC unroll 16
-    for (int d = 0; d < DC; ++d) {
-      df[d] = mu[d] - xv[d];
-      dist = df[d] * df[d] + dist;
+      for (int d = 0; d < DC; ++d) {
+        const V df = mu[d] - xv[d];
+        dist = df * df + dist;
+      }
+      const V e = cc[k0 + kk] - dist * hh[k0 + kk];
+      std::memcpy(ell + kk * W, &e, sizeof(V));
+      cm = e > cm ? e : cm;
     }
-    const V e = cc[k] - dist * hh[k];
-    const V dlt = e - m;
-    const V ad = dlt < T(0) ? -dlt : dlt;  // |e - m| (NaN stays NaN)
-    V t = vexp<V, VI, T>(-ad);
-    t = e == ninf ? V{} : t;  // a -inf term has weight 0 (also when m = -inf)
-    const VI up = e > m;
-    const V scl = up ? t : V{} + T(1);
-    const V w = up ? V{} + T(1) : t;
-    m = up ? e : m;
-    sum = sum * scl + w;
-    const V wr = w * rr[k];
+    if (k0 > 0) {  // rescale the running sums to the new maximum (1 where it did not move)
+      V scl = vexp_nonpos<V, VI, T>(m - cm);
+      scl = cm == m ? V{} + T(1) : scl;
+      sum *= scl;
 #pragma GCC unroll 16
-    for (int d = 0; d < DC; ++d) acc[d] = acc[d] * scl + wr * df[d];
+      for (int d = 0; d < DC; ++d) acc[d] *= scl;
+    }
+    m = cm;
+    // pass 2: the weights and the weighted sum of (αμ_k - x) / s_k. A -inf term has weight 0:
+    // exp(-inf - m) is exp(ExpC::lo), which rounds to 0, and where m = -inf (x infinite) the shift
+    // is 0 instead, so that no -inf - -inf = NaN appears.
+    const V shift = m == ninf ? V{} : m;
+    for (int kk = 0; kk < kn; ++kk) {
+      const int k = k0 + kk;
+      const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
+      V e;
+      std::memcpy(&e, ell + kk * W, sizeof(V));
+      const V w = vexp_nonpos<V, VI, T>(e - shift);
+      sum += w;
+      const V wr = w * rr[k];
+#pragma GCC unroll 16
+      for (int d = 0; d < DC; ++d) acc[d] = wr * (mu[d] - xv[d]) + acc[d];
+    }
   }
   alignas(64) T sm[W], mm[W];
   std::memcpy(sm, &sum, sizeof(V));
@@ -158,7 +192,7 @@ template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x,
                                   T* __restrict sc, T* __restrict logp, T* __restrict ell) {
   if constexpr (DC > 0 && W * sizeof(T) == 64) {
-    block_score_reg<T, W, DC>(mx, x, sc, logp);
+    block_score_reg<T, W, DC>(mx, x, sc, logp, ell);
     return;
   }
   const int D = DC > 0 ? DC : Drt;
@@ -247,6 +281,114 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
     for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
   }
 }
+
+// ---- Philox across the lanes of a chain block (the whole-move kernels) ----
+// The normals and MH uniforms of docs/backend-contract.md for the W chains b0 .. b0+W-1 of a block,
+// written [row][W] as block_normals / block_log_uniform (cpu/common.h) do. On AVX-512 the Philox
+// runs on 64-bit lanes, 8 chains per register (vpmuludq reads the low 32 bits of each lane, as in
+// GroupNormals), and the Box–Muller is GroupNormals' vector one (vneg2log_unit, vsqrt, vsincos):
+// the same formulas as the scalar lane loops, to the last bits of log/sin/cos. Elsewhere those
+// lane loops.
+#if defined(__AVX512F__)
+template <typename T, int W>
+struct LanePhilox {
+  static constexpr int H = W / 8;  // registers of 8 chains per block: 2 (float), 1 (double)
+  using G = GroupNormals<T>;
+  using V = typename VecT<T>::V;
+  __m512i k0[10], k1[10];  // round keys, broadcast
+
+  explicit LanePhilox(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k0[r] = _mm512_set1_epi32(static_cast<int>(a));
+      k1[r] = _mm512_set1_epi32(static_cast<int>(b));
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+  }
+
+  // Philox4x32-10 of the counters (j, chain b0 + l, offset) into st (low 32 bits of each 64-bit lane).
+  FASTSAMP_VINLINE void run(uint32_t j, uint64_t b0, uint64_t offset, typename G::State& st) const {
+    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
+    const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int h = 0; h < H; ++h) {
+      st.c0[h] = _mm512_set1_epi64(j);
+      st.c1[h] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0 + 8 * h)), iota);
+      st.c2[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
+      st.c3[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset >> 32));
+    }
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; ++r) {
+#pragma GCC unroll 2
+      for (int h = 0; h < H; ++h) {
+        const __m512i p0 = _mm512_mul_epu32(st.c0[h], m0);
+        const __m512i p1 = _mm512_mul_epu32(st.c2[h], m1);
+        st.c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), st.c1[h], k0[r], 0x96);
+        st.c1[h] = p1;
+        st.c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st.c3[h], k1[r], 0x96);
+        st.c3[h] = p0;
+      }
+    }
+  }
+
+  // The 4 words of each lane as W-lane vectors of uint32 (U32x16 for float, U32x8 for double).
+  template <typename U>
+  static FASTSAMP_VINLINE void words(const typename G::State& st, U* w) {
+    if constexpr (H == 2) {
+      G::words(st, w);
+    } else {
+      const __m512i* c[4] = {st.c0, st.c1, st.c2, st.c3};
+      for (int q = 0; q < 4; ++q) w[q] = reinterpret_cast<U>(_mm512_cvtepi64_epi32(c[q][0]));
+    }
+  }
+
+  // Standard normals of draw (seed, offset) for the block's chains, rows d < D into xi[d][W] (xi
+  // holds 4 ceil(D/4) rows; rows D .. are scratch).
+  FASTSAMP_VINLINE void normals(uint64_t offset, uint64_t b0, int D, T* __restrict xi) const {
+    using U = std::conditional_t<H == 2, U32x16, U32x8>;
+    auto no_tick = [](int) {};
+    for (int j = 0; 4 * j < D; ++j) {
+      typename G::State st;
+      run(static_cast<uint32_t>(j), b0, offset, st);
+      U w[4];
+      words<U>(st, w);
+      V n[4];
+      if (4 * j + 2 < D) {
+        G::template box_muller_v<V, 2>(w, n, no_tick);
+      } else {
+        G::template box_muller_v<V, 1>(w, n, no_tick);
+        n[2] = n[3] = V{};
+      }
+      for (int q = 0; q < 4; ++q) std::memcpy(xi + (4 * j + q) * W, &n[q], sizeof(V));
+    }
+  }
+
+  // log u of the MH uniforms of draw (seed, offset) for the block's chains.
+  FASTSAMP_VINLINE void log_uniform(uint64_t offset, uint64_t b0, T* __restrict logu) const {
+    using U = std::conditional_t<H == 2, U32x16, U32x8>;
+    typename G::State st;
+    run(0xFFFFFFFFu, b0, offset, st);
+    U w[4];
+    words<U>(st, w);
+    const V u = __builtin_convertvector(w[0], V) * T(2.3283064365386963e-10) + T(1.1641532182693481e-10);
+    const V lu = vm::vneg2log_unit<T>(u) * T(-0.5);  // exact: -2 log u times -1/2
+    std::memcpy(logu, &lu, sizeof(V));
+  }
+};
+#else
+template <typename T, int W>
+struct LanePhilox {
+  uint64_t seed;
+  explicit LanePhilox(uint64_t seed_) : seed(seed_) {}
+  FASTSAMP_VINLINE void normals(uint64_t offset, uint64_t b0, int D, T* __restrict xi) const {
+    block_normals<T, W>(seed, offset, b0, D, xi);
+  }
+  FASTSAMP_VINLINE void log_uniform(uint64_t offset, uint64_t b0, T* __restrict logu) const {
+    block_log_uniform<T, W>(seed, offset, b0, logu);
+  }
+};
+#endif
+
 
 }  // namespace cpu
 }  // namespace fastsamp

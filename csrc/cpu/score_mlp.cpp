@@ -13,10 +13,10 @@
 // mlp_hmc (op 8 likewise): HMC / U-HMC, one batch of the block's rows per leapfrog step.
 // mlp_mala (contract: gmm_mala, op 7, mh 0 / 2): chains row-major in blocks of <= kBlock, each
 // thread a contiguous run of chains. Per move the block's proposal and the n − 1 interior trapezoid
-// points form one batch of n·nb rows through every network (weights reused over n·nb rows). The
-// normals are the contract's draw (seed, offset + m) by rows_normals (the bits of mala_propose /
-// sde_step), the uniforms block_log_uniform (counter 0xFFFFFFFF). Chains never mix: a NaN chain
-// stays in its row.
+// points go through every network in batches of up to kPointsPerBatch points (kPointsPerBatch·nb rows:
+// weights reused over them, memory bounded for any n_trapezoid). The normals are the contract's draw
+// (seed, offset + m) by rows_normals (the bits of mala_propose / sde_step), the uniforms
+// block_log_uniform (counter 0xFFFFFFFF). Chains never mix: a NaN chain stays in its row.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -203,6 +203,10 @@ void score_impl(const ScoreSum<T>& m, const T* x, int64_t B, T* score) {
   });
 }
 
+// Trapezoid points (proposal and interior) of a block evaluated per network call: the weights are
+// reused over up to kPointsPerBatch * kBlock rows, and the activations stay a few hundred KB.
+constexpr int kPointsPerBatch = 4;
+
 // n_steps MALA moves (mh 0: trapezoid with n sub-intervals, 2: none) of the chains of x.
 template <typename T>
 void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int64_t n_steps, int n_trap,
@@ -212,12 +216,14 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
   const int n = mh == 0 ? n_trap : 1;  // score evaluations per move: x' and the n − 1 interior points
   const int J = (D + 3) / 4;
   const T tn = static_cast<T>(n_trap);
+  const int per_call = std::min(n, kPointsPerBatch);  // points per network call
   for_chain_runs(B, [&](int64_t c0, int64_t c1) {
-    SumWork<T> w(m, n * kBlock);
+    SumWork<T> w(m, per_call * kBlock);
     const size_t bd = static_cast<size_t>(kBlock) * D;
-    ABuf<T> X(bd), S(bd), P(bd * n), SP(bd * n), DD(bd);
+    // state, score; proposal, its score, d = x' - x; a batch of points and their scores
+    ABuf<T> X(bd), S(bd), XP(bd), SPp(bd), DD(bd), PB(bd * per_call), SB(bd * per_call);
     ABuf<T> XI(static_cast<size_t>(64) * ((kBlock * J + 15) / 16));
-    ABuf<T> eps(kBlock), sq2e(kBlock), nacc(kBlock), logu(kBlock + W);
+    ABuf<T> eps(kBlock), sq2e(kBlock), nacc(kBlock), inner(kBlock), logu(kBlock + W);
     for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
       const int64_t nbd = static_cast<int64_t>(nb) * D;
@@ -235,47 +241,66 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
         typename GroupNormals<T>::State gst;
         gen.prime(gst);
         rows_normals<T>(gen, gst, nb, D, XI.p, NormalsPrefetch{});
-        // proposal x' = x + eps s + sqrt(2 eps) xi (rows 0..nb-1 of P), d = x' - x, interior points
+        // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
         for (int l = 0; l < nb; ++l)
           for (int d = 0; d < D; ++d) {
             const int64_t i = static_cast<int64_t>(l) * D + d;
             const T xp = (X.p[i] + eps.p[l] * S.p[i]) + sq2e.p[l] * XI.p[i];
-            P.p[i] = xp;
+            XP.p[i] = xp;
             DD.p[i] = xp - X.p[i];
           }
-        for (int k = 1; k < n; ++k) {
-          const T tk = static_cast<T>(k) / tn;
-          T* __restrict pk = P.p + k * nbd;
-          for (int64_t i = 0; i < nbd; ++i) pk[i] = X.p[i] + tk * DD.p[i];
+        // point k = 0 is x', k = 1 .. n-1 the interior points x + (k/n) d; per_call points per network call;
+        // inner = Σ_{k >= 1} s(x + (k/n) d) . d
+        for (int l = 0; l < nb; ++l) inner.p[l] = T(0);
+        for (int k0 = 0; k0 < n; k0 += per_call) {
+          const int kn = std::min(per_call, n - k0);
+          for (int j = 0; j < kn; ++j) {
+            const int k = k0 + j;
+            T* __restrict pk = PB.p + j * nbd;
+            if (k == 0) {
+              std::memcpy(pk, XP.p, sizeof(T) * nbd);
+            } else {
+              const T tk = static_cast<T>(k) / tn;
+              for (int64_t i = 0; i < nbd; ++i) pk[i] = X.p[i] + tk * DD.p[i];
+            }
+          }
+          score_rows<T>(m, w, PB.p, kn * nb, SB.p);
+          for (int j = 0; j < kn; ++j) {
+            const T* __restrict sk = SB.p + j * nbd;
+            if (k0 + j == 0) {
+              std::memcpy(SPp.p, sk, sizeof(T) * nbd);
+              continue;
+            }
+            for (int l = 0; l < nb; ++l) {
+              T dot = 0;
+              for (int d = 0; d < D; ++d) dot += sk[l * D + d] * DD.p[l * D + d];
+              inner.p[l] += dot;
+            }
+          }
         }
-        score_rows<T>(m, w, P.p, n * nb, SP.p);
         if (mh == 2) {
-          std::memcpy(X.p, P.p, sizeof(T) * nbd);
-          std::memcpy(S.p, SP.p, sizeof(T) * nbd);
+          std::memcpy(X.p, XP.p, sizeof(T) * nbd);
+          std::memcpy(S.p, SPp.p, sizeof(T) * nbd);
           for (int l = 0; l < nb; ++l) nacc.p[l] += T(1);
           continue;
         }
         for (int c = 0; c < nb; c += W) block_log_uniform<T, W>(seed, off, g0 + static_cast<uint64_t>(c), logu.p + c);
         for (int l = 0; l < nb; ++l) {
           const int64_t r = static_cast<int64_t>(l) * D;
-          T sd = 0, spd = 0, inner = 0, ff = 0, bb = 0;
+          T sd = 0, spd = 0, ff = 0, bb = 0;
           for (int d = 0; d < D; ++d) {
-            const T dd = DD.p[r + d], s = S.p[r + d], sp = SP.p[r + d];
+            const T dd = DD.p[r + d], s = S.p[r + d], sp = SPp.p[r + d];
             const T fwd = dd - eps.p[l] * s, bwd = dd + eps.p[l] * sp;
             sd += s * dd;
             spd += sp * dd;
             ff += fwd * fwd;
             bb += bwd * bwd;
           }
-          for (int k = 1; k < n; ++k) {
-            const T* __restrict sk = SP.p + k * nbd + r;
-            for (int d = 0; d < D; ++d) inner += sk[d] * DD.p[r + d];
-          }
-          const T delta = (T(0.5) * (sd + spd) + inner) / tn;
+          const T delta = (T(0.5) * (sd + spd) + inner.p[l]) / tn;
           const T log_alpha = delta + (ff - bb) / (T(4) * eps.p[l]);
           if (logu.p[l] < log_alpha) {
-            std::memcpy(X.p + r, P.p + r, sizeof(T) * D);
-            std::memcpy(S.p + r, SP.p + r, sizeof(T) * D);
+            std::memcpy(X.p + r, XP.p + r, sizeof(T) * D);
+            std::memcpy(S.p + r, SPp.p + r, sizeof(T) * D);
             nacc.p[l] += T(1);
           }
         }

@@ -5,8 +5,7 @@ Inputs arrive validated and contiguous (the public ops in `fastsamp.ops` see to
 that); outputs are allocated here with `torch.empty` on x's device in x's dtype.
 The glue of every op with a plain C entry point is generated from the op table
 (`fastsamp/ops/_table.py`: `_table.glue_source(op, "cpu")` shows the source); the policy ops,
-and the score-network ops, which pass lists of layer pointers, and the factory ops normal / uniform
-(no state tensor) are written out below.
+and the score-network ops, which pass lists of layer pointers, are written out below.
 """
 from __future__ import annotations
 
@@ -109,19 +108,5 @@ def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, 
     return x_new, rate
 
 
-def normal(seed, offset, B, D, dtype, device, chain_offset):
-    out = torch.empty(B, D, dtype=dtype, device=device)
-    if out.numel() > 0:
-        _C.cpu_normal(_dt(out), _u64(seed), _u64(offset), int(chain_offset), B, D, out.data_ptr(), _threads())
-    return out
-
-
-def uniform(seed, offset, B, dtype, device, chain_offset):
-    out = torch.empty(B, dtype=dtype, device=device)
-    if B > 0:
-        _C.cpu_uniform(_dt(out), _u64(seed), _u64(offset), int(chain_offset), B, out.data_ptr(), _threads())
-    return out
-
-
 __all__ = _GENERATED + ["policy_rollout", "policy_log_pf", "policy_log_pf_backward", "mlp_score", "mlp_mala",
-                        "mlp_hmc", "normal", "uniform"]
+                        "mlp_hmc"]

@@ -40,18 +40,4 @@ def _launch(kernel, x: torch.Tensor, *args) -> None:
         kernel(*args, torch.cuda.current_stream(x.device).cuda_stream)
 
 
-def normal(seed, offset, B, D, dtype, device, chain_offset):
-    out = torch.empty(B, D, dtype=dtype, device=device)
-    if out.numel() > 0:
-        _launch(_C.cuda_normal, out, _dt(out), _u64(seed), _u64(offset), int(chain_offset), B, D, out.data_ptr())
-    return out
-
-
-def uniform(seed, offset, B, dtype, device, chain_offset):
-    out = torch.empty(B, dtype=dtype, device=device)
-    if B > 0:
-        _launch(_C.cuda_uniform, out, _dt(out), _u64(seed), _u64(offset), int(chain_offset), B, out.data_ptr())
-    return out
-
-
-__all__ = _table.install_glue(globals(), "cuda", "cuda") + ["normal", "uniform"]
+__all__ = _table.install_glue(globals(), "cuda", "cuda")

@@ -2,6 +2,17 @@
 torch's generator) and torch.compile of it, measured in the same run, with the fraction of a roofline
 (memory triad bandwidth; GEMM FMA rate) measured in the same run too.
 
+The torch.compile baseline compiles one step with static shapes (dynamic=False), the noise drawn
+eagerly by torch and passed in: for the streaming ops the reference op itself, for the whole-move
+ops one move (reference.mala_move / hmc_move) called n_steps times, so that one small graph is
+compiled once and reused; the timed calls come after the warm-up calls that compile it. "best
+PyTorch" is the faster of eager and torch.compile, and every backend gets its ratio against it.
+
+FLOP counts: 5·K·D per mixture-score evaluation and chain (distance and weighted sum), as in earlier
+records (`flops`), and with the exp and log-sum-exp work counted too (`flops_exp`): per component 5
+flops of log-sum-exp bookkeeping and the exp as the flops of its evaluation (EXP_FLOPS). The Philox
+and Box-Muller work is not counted.
+
     fastsamp bench [--device cpu|cuda] [--ops gmm_mala,sde_step] [--json out.json]
 
 The mixture ops (gmm_score, gmm_mala, gmm_hmc) run on three mixtures, since far components make
@@ -97,6 +108,20 @@ def mixture(kind, D, K, seed=0):
     return means, log_weights, variances
 
 
+# Flops of one exp as the kernels evaluate it (range reduction 7, polynomial with FMAs counted 2, the
+# 2^n scaling 1): 22 in float32 (degree 6), 32 in float64 (degree 12). Plus, per mixture component,
+# the log-sum-exp bookkeeping: the log-term c - h·dist (2), the shift by the maximum (1), the weight
+# sum (1) and the weight times 1/s (1).
+EXP_FLOPS = {4: 22, 8: 32}
+LSE_FLOPS = 5
+
+
+def mixture_flops(evals, B, K, D, size):
+    """(flops, flops with the exp work) of `evals` mixture-score evaluations of B chains."""
+    base = 5 * evals * B * K * D
+    return base, base + evals * B * K * (LSE_FLOPS + EXP_FLOPS[size])
+
+
 STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept")
 
 
@@ -112,7 +137,7 @@ def unknown_ops(ops) -> list:
 
 
 def _cases(device, dtype):
-    """op name -> (args builder, bytes moved, flops) at the benchmark sizes."""
+    """op name -> (args, bytes moved, flops, flops with the exp work) at the benchmark sizes."""
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rnd(*shape):
@@ -129,12 +154,14 @@ def _cases(device, dtype):
         k = torch.randint(0, K, (B,), generator=g)
         x = means[k] + var[k, None].sqrt() * torch.randn(B, D, generator=g, dtype=torch.float64)
         x, means, lw, var = (t.to(device=device, dtype=dtype) for t in (x, means, lw, var))
+        # evaluations per chain: gmm_mala 10 moves x (proposal + 2 interior points) + the start,
+        # gmm_hmc 5 moves x 3 leapfrog steps + the start
         cases[f"gmm_score[{kind}]"] = ((x, means, lw, var, 0.9, 0.1), size * (2 * B * D + B + K * (D + 2)),
-                                       5 * B * K * D)
+                                       *mixture_flops(1, B, K, D, size))
         cases[f"gmm_mala[{kind}]"] = ((x, means, lw, var, eps, 10, 3, 1.0, 0.0, 7, 0, 0, 0), size * (2 * B * D + B),
-                                      10 * 3 * 5 * B * K * D)
+                                      *mixture_flops(10 * 3 + 1, B, K, D, size))
         cases[f"gmm_hmc[{kind}]"] = ((x, means, lw, var, eps, 5, 3, 1.0, 0.0, 7, 0, 0, 0, 0.0),
-                                     size * (2 * B * D + B), 5 * 3 * 5 * B * K * D)
+                                     size * (2 * B * D + B), *mixture_flops(5 * 3 + 1, B, K, D, size))
     # streaming ops: B=1<<20, D=16 (64 MiB per float32 array)
     B, D = 1 << 20, 16
     xs, ss = rnd(B, D), rnd(B, D)
@@ -156,35 +183,64 @@ def _cases(device, dtype):
     return cases
 
 
-def _torch_rng_draw(x):
-    """Noise from torch's own generator: the baseline a PyTorch user writes (the reference's
-    Philox-in-int64 stream is an oracle, not a fair speed baseline)."""
-    def draw(m):
-        return torch.randn_like(x), torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
-    return draw
+def _compiled(fn):
+    """torch.compile of one step: static shapes, compiled at the first (warm-up) call."""
+    return torch.compile(fn, dynamic=False)
 
 
-def baseline(op):
-    """The eager PyTorch implementation of `op` timed as the baseline (backend signature)."""
+def baseline(op, compiled=False):
+    """The PyTorch baseline of `op` (backend signature): the eager reference with noise from torch's
+    generator (the reference's Philox-in-int64 stream is an oracle, not a fair speed baseline), or, with
+    `compiled`, the same with its step compiled (the noise drawn eagerly and passed in)."""
     op = op_name(op)
+    if op in ("gmm_mala", "gmm_hmc"):
+        return _whole_move_baseline(op, compiled)
+    core = getattr(ref, op)
+    core = _compiled(core) if compiled else core
     if op.startswith("sde_step"):
         def sde_step(x, score, extra, noise, seed, offset, chain_offset, a, c_s, c_n, out=None):
-            return ref.sde_step(x, score, extra, torch.randn_like(x), seed, offset, 0, a, c_s, c_n, out)
+            return core(x, score, extra, torch.randn_like(x), seed, offset, 0, a, c_s, c_n, out)
         return sde_step
     if op == "guided_sde_step":
         def guided_sde_step(x, score, shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n):
-            return ref.guided_sde_step(x, score, shift, v, torch.randn_like(x), seed, offset, 0, a, c_s, c_v, c_diff,
-                                       c_n)
+            return core(x, score, shift, v, torch.randn_like(x), seed, offset, 0, a, c_s, c_v, c_diff, c_n)
         return guided_sde_step
     if op == "mala_propose":
         def mala_propose(x, score, eps, noise, seed, offset, chain_offset):
-            return ref.mala_propose(x, score, eps, torch.randn_like(x), seed, offset, chain_offset)
+            return core(x, score, eps, torch.randn_like(x), seed, offset, chain_offset)
         return mala_propose
-    if op in ("gmm_mala", "gmm_hmc"):
-        def whole_move(x, *args):
-            return getattr(ref, op)(x, *args, draw=_torch_rng_draw(x))
-        return whole_move
-    return getattr(ref, op)
+    return core
+
+
+def _whole_move_baseline(op, compiled):
+    """n_steps calls of one move (reference.mala_move / hmc_move), its noise drawn by torch."""
+    score_at = _compiled(ref.gmm_score) if compiled else ref.gmm_score
+    if op == "gmm_mala":
+        move = _compiled(ref.mala_move) if compiled else ref.mala_move
+
+        def gmm_mala(x, means, lw, var, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset, chain_offset, mh):
+            score, logp = score_at(x, means, lw, var, alpha, sigma2)
+            n_acc = torch.zeros_like(eps)
+            for _ in range(n_steps):
+                xi, u = torch.randn_like(x), torch.rand_like(eps)
+                x, score, logp, accepted = move(x, score, logp, xi, u, means, lw, var, eps, n_trapezoid, alpha,
+                                                sigma2, mh)
+                n_acc += accepted
+            return x, n_acc / n_steps
+        return gmm_mala
+    move = _compiled(ref.hmc_move) if compiled else ref.hmc_move
+
+    def gmm_hmc(x, means, lw, var, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, chain_offset, mh, damping):
+        score, logp = score_at(x, means, lw, var, alpha, sigma2)
+        p = torch.zeros_like(x)
+        n_acc = torch.zeros_like(eps)
+        for _ in range(n_steps):
+            xi, u = torch.randn_like(x), torch.rand_like(eps)
+            x, score, logp, p, accepted = move(x, score, logp, p, xi, u, means, lw, var, eps, n_leapfrog, alpha,
+                                               sigma2, mh, damping)
+            n_acc += accepted
+        return x, n_acc / n_steps
+    return gmm_hmc
 
 
 def op_name(case):
@@ -223,12 +279,14 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
     order = ("cpp",) if device.type == "cpu" else ("cuda", "triton")
     results = []
     for op in names:
-        args, nbytes, flops = cases[op]
+        args, nbytes, flops = cases[op][:3]
+        flops_exp = cases[op][3] if len(cases[op]) > 3 else flops
         # the triad is re-measured next to each op: a shared machine's bandwidth drifts
-        row = {"op": op, "bytes": nbytes, "flops": flops, "backends": {}, "triad_GBps": measure_triad(device)}
+        row = {"op": op, "bytes": nbytes, "flops": flops, "flops_exp": flops_exp, "backends": {},
+               "triad_GBps": measure_triad(device)}
         impls = {"eager": baseline(op)}
         if compile_reference:
-            impls["torch.compile"] = torch.compile(baseline(op), dynamic=False)
+            impls["torch.compile"] = baseline(op, compiled=True)
         for name in order:
             module = backends._load(name)[0]
             if module is not None and hasattr(module, op_name(op)):
@@ -239,26 +297,29 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
             except Exception as e:  # noqa: BLE001 - a failed compile is reported, not fatal
                 row["backends"][name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
                 continue
-            gbps = nbytes / (ms * 1e6)
-            gflops = flops / (ms * 1e6)
+            gbps, gflops, gflops_exp = nbytes / (ms * 1e6), flops / (ms * 1e6), flops_exp / (ms * 1e6)
             row["backends"][name] = {
-                "ms": ms, "GBps": gbps, "GFLOPs": gflops,
+                "ms": ms, "GBps": gbps, "GFLOPs": gflops, "GFLOPs_exp": gflops_exp,
                 "frac_triad": gbps / row["triad_GBps"], "frac_gemm": gflops / roof["fp32_gemm_GFLOPs"],
+                "frac_gemm_exp": gflops_exp / roof["fp32_gemm_GFLOPs"],
             }
         if "cpp" in impls and op_name(op).startswith("gmm_"):
             row["flush"] = flush_rows(impls["cpp"], args, device, min_time)
         base = row["backends"]["eager"].get("ms")
         comp = row["backends"].get("torch.compile", {}).get("ms")
+        best = min(t for t in (base, comp) if t)
+        row["best_pytorch"] = "torch.compile" if comp and comp < base else "eager"
         for r in row["backends"].values():
             if "ms" in r:
                 r["speedup_vs_eager"] = base / r["ms"]
+                r["speedup_vs_best_pytorch"] = best / r["ms"]
                 if comp:
                     r["speedup_vs_compile"] = comp / r["ms"]
         results.append(row)
         if verbose:
             for name, r in row["backends"].items():
-                print(f"  {op:22s} {name:14s} " + (f"{r['ms']:.4f} ms  {r['speedup_vs_eager']:.1f}x eager"
-                      if "ms" in r else r["error"]), flush=True)
+                print(f"  {op:22s} {name:14s} " + (f"{r['ms']:.4f} ms  {r['speedup_vs_eager']:.1f}x eager  "
+                      f"{r['speedup_vs_best_pytorch']:.1f}x best PyTorch" if "ms" in r else r["error"]), flush=True)
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
@@ -294,7 +355,7 @@ def format_table(report: dict) -> str:
              f"measured roofline: triad {info['roofline']['triad_GBps']:.1f} GB/s (re-measured per op: "
              f"%triad uses the op's own), fp32 GEMM {info['roofline']['fp32_gemm_GFLOPs']:.1f} GFLOP/s",
              f"{'op':22s} {'backend':14s} {'ms':>9s} {'GB/s':>8s} {'GFLOP/s':>8s} {'%triad':>7s} "
-             f"{'%gemm':>6s} {'x eager':>8s} {'x compile':>9s}"]
+             f"{'%gemm':>6s} {'%gemm+exp':>9s} {'x eager':>8s} {'x compile':>9s} {'x best PyTorch':>14s}"]
     for row in report["results"]:
         for name, r in row["backends"].items():
             if "error" in r:
@@ -302,7 +363,8 @@ def format_table(report: dict) -> str:
                 continue
             lines.append(f"{row['op']:22s} {name:14s} {r['ms']:9.3f} {r['GBps']:8.1f} {r['GFLOPs']:8.1f} "
                          f"{100 * r['frac_triad']:6.1f}% {100 * r['frac_gemm']:5.1f}% "
-                         f"{r['speedup_vs_eager']:8.1f} {r.get('speedup_vs_compile', float('nan')):9.1f}")
+                         f"{100 * r['frac_gemm_exp']:8.1f}% {r['speedup_vs_eager']:8.1f} "
+                         f"{r.get('speedup_vs_compile', float('nan')):9.1f} {r['speedup_vs_best_pytorch']:14.1f}")
         if "flush" in row:
             f = row["flush"]
             lines.append(f"{row['op']:22s} {'cpp flush':14s} ftz_ratio {f['ftz_ratio']:.2f} (vs FTZ forced by the "

@@ -88,3 +88,13 @@ def route(backend: str, op: str, x: torch.Tensor, *tensors):
     if _library.observed() or not _plain(x, tensors):
         return entry.eager
     return _library.device_kernel(op, x.device.type)
+
+
+def route_factory(backend: str, op: str, device: torch.device):
+    """`route` for the factory ops (normal, uniform: no tensor input, outputs on `device`)."""
+    entry = _library.ENTRIES.get(op) if backend == "auto" else None
+    if entry is None:
+        return backends.resolve(backend, op, device)
+    if torch.compiler.is_compiling():
+        return entry.graph
+    return entry.eager if _library.observed() else _library.device_kernel(op, device.type)

@@ -177,12 +177,27 @@ class Entry:
         self.graph, self.eager = graph, eager
 
 
+def _register_factory(op: _table.Op) -> None:
+    """normal / uniform: the kernel of the `device` argument's type (the dispatcher has no tensor to choose by)."""
+    at = next(i for i, a in enumerate(op.schema_args) if a.kind == "device")
+
+    def kernel(*args):
+        return device_kernel(op.name, torch.device(args[at]).type)(*args)
+    namespace = {"torch": torch}
+    _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
+    torch.library.register_fake(f"{NAMESPACE}::{op.name}", namespace["fake"], lib=_lib)
+    _lib.impl(op.name, kernel, "CompositeExplicitAutograd")
+
+
 def _register(op: _table.Op) -> Entry:
     _lib.define(op.schema())
     qualname = f"{NAMESPACE}::{op.name}"
     opobj = getattr(getattr(torch.ops, NAMESPACE), op.name).default
     if not op.backends:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
         _lib.impl(op.name, getattr(reference, op.name), "CompositeImplicitAutograd")
+        return Entry(op, opobj)
+    if op.state is None and any(a.kind == "device" for a in op.args):  # a factory op: no tensor to dispatch on
+        _register_factory(op)
         return Entry(op, opobj)
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)

@@ -25,8 +25,9 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            it is given) or "?arg" (present only when that argument is given / true: None otherwise);
            "name:[arg]" a list of tensors shaped like the list argument `arg`
     c:     the C argument order before the outputs ("dtype" = 0 float32 / 1 float64, dims by name); the
-           outputs follow in order, then n_threads (cpu) or the stream (cuda). None: the glue is
-           hand-written in the backend module (the policy ops pass lists of layer pointers and put
+           outputs follow in order, then n_threads (cpu) or the stream (cuda); ops without a state tensor
+           (normal, uniform) take the dtype and device of their first output. None: the glue is
+           hand-written in the backend module (the policy and mlp ops pass lists of layer pointers and put
            n_threads before their outputs).
     backends: the compiled backends that implement the op (the reference implements every op but
            policy_log_pf_backward: `reference=False`).
@@ -222,9 +223,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
-        None, _ALL + ("cuda",), dims=""),
+        "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
-        None, _ALL + ("cuda",), dims=""),
+        "dtype seed offset chain_offset B", _ALL + ("cuda",), dims=""),
 ]}
 
 
@@ -232,10 +233,9 @@ def registered() -> list[Op]:
     """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops, and the
     backward kernels of those, whose arguments fit a schema of tensors and scalars. An output that is a
     given input (em_step_logprob's x_next) is a copy in the registered op; an output present only with some
-    argument is `Tensor?`. Not (yet): the mlp ops (lists of per-network dims and scalars) and the factory
-    ops normal / uniform (dtype and device arguments, no tensor input)."""
+    argument is `Tensor?`. Not (yet): the mlp ops (lists of per-network dims and scalars)."""
     def fits(op):
-        return all(a.kind not in ("ints", "floats", "dtype", "device") for a in op.args)
+        return all(a.kind not in ("ints", "floats") for a in op.args)
     public = {op.name for op in OPS.values() if op.public and fits(op)}
     return [op for op in OPS.values() if fits(op) and (op.name in public or op.name.removesuffix("_backward")
                                                        in public)]
@@ -304,9 +304,14 @@ def outputs_source(op: Op, fname: str | None = None) -> str:
     return "\n".join(lines + [f"    return {', '.join(o.name for o in op.outs)}"]) + "\n"
 
 
+def _anchor(op: Op) -> str:
+    """The tensor giving the dtype code and device of a C call: the state, or (factory ops) the first output."""
+    return op.state.name if op.state is not None else op.outs[0].name
+
+
 def _c_token(op: Op, token: str) -> str:
     if token == "dtype":
-        return f"_dt({op.state.name})"
+        return f"_dt({_anchor(op)})"
     try:
         a = op.arg(token)
     except StopIteration:
@@ -325,18 +330,19 @@ def _product_guard(op: Op) -> str:
 
 
 def glue_source(op: Op, target: str) -> str:
-    """Python source of the backend function of `op` for target "cpu" (fastsamp._C.cpu_<op>, guarded to skip
-    empty outputs, n_threads last) or "cuda" (fastsamp._C.cuda_<op> through `_launch`, which skips B = 0
-    and appends the stream)."""
+    """Python source of the backend function of `op` for target "cpu" (fastsamp._C.cpu_<op>, n_threads last) or
+    "cuda" (fastsamp._C.cuda_<op> through `_launch`, which makes the device current and appends the stream);
+    no call when every output is empty."""
     if op.c is None:
         raise ValueError(f"{op.name} has hand-written glue")
     body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, False)}" for o in op.outs]
     c_args = [_c_token(op, t) for t in op.c] + [
         f"_p({o.name})" if o.present_if else f"{o.name}.data_ptr()" for o in op.outs]
+    body.append(f"if {_product_guard(op)}:")
     if target == "cpu":
-        body += [f"if {_product_guard(op)}:", f"    _C.cpu_{op.name}({', '.join(c_args)}, _threads())"]
+        body.append(f"    _C.cpu_{op.name}({', '.join(c_args)}, _threads())")
     else:
-        body += [f"_launch(_C.cuda_{op.name}, {op.state.name}, {', '.join(c_args)})"]
+        body.append(f"    _launch(_C.cuda_{op.name}, {_anchor(op)}, {', '.join(c_args)})")
     ret = ", ".join(o.name for o in op.outs)
     lines = [f"def {op.name}({signature(op)}):"] + [f"    {s}" for s in body] + [f"    return {ret}"]
     return "\n".join(lines) + "\n"

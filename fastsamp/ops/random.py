@@ -16,8 +16,7 @@ import math
 
 import torch
 
-from .. import backends
-from . import _checks
+from . import _checks, _dispatch
 
 _MASK = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -106,7 +105,7 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
     rounding of log/cos/sin in Box–Muller)."""
     _check_draw(seed, offset, dtype, chain_offset, B=B, D=D)
     device = torch.device(device)
-    return backends.resolve(backend, "normal", device)(int(seed), int(offset), int(B), int(D), dtype, device,
+    return _dispatch.route_factory(backend, "normal", device)(int(seed), int(offset), int(B), int(D), dtype, device,
                                                        int(chain_offset))
 
 
@@ -116,5 +115,5 @@ def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *
     (the same bits on every backend: integer Philox and one rounding)."""
     _check_draw(seed, offset, dtype, chain_offset, B=B)
     device = torch.device(device)
-    return backends.resolve(backend, "uniform", device)(int(seed), int(offset), int(B), dtype, device,
+    return _dispatch.route_factory(backend, "uniform", device)(int(seed), int(offset), int(B), dtype, device,
                                                         int(chain_offset))

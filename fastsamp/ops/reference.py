@@ -150,34 +150,63 @@ def _philox_draws(x, seed, offset, chain_offset):
     return draw
 
 
+def mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size, n_trapezoid, alpha, sigma2, mh):
+    """One MALA move of gmm_mala from (x, score, logp) with the draws (ξ, u): (x, score, logp, accepted)."""
+    D = x.shape[1]
+    x_prop = mala_propose(x, score, step_size, xi, 0, 0, 0)
+    score_prop, logp_prop = gmm_score(x_prop, means, log_weights, variances, alpha, sigma2)
+    if mh == MH_NONE:
+        accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    else:
+        if mh == MH_ENERGY:
+            delta = logp_prop - logp
+        else:
+            pts = line_points(x, x_prop, n_trapezoid)
+            interior = gmm_score(pts.reshape(-1, D), means, log_weights, variances, alpha, sigma2)[0]
+            delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior.reshape(pts.shape))
+        log_alpha = delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
+        accepted = torch.log(u) < log_alpha
+    return (_select(accepted, x_prop, x), _select(accepted, score_prop, score), torch.where(accepted, logp_prop, logp),
+            accepted)
+
+
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
              seed, offset, chain_offset, mh, *, draw=None):
     """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m (the benchmarks' torch-RNG baseline)."""
-    B, D = x.shape
     draw = draw or _philox_draws(x, seed, offset, chain_offset)
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
-    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    n_acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for m in range(n_steps):
         xi, u = draw(m)
-        x_prop = mala_propose(x, score, step_size, xi, seed, offset + m, chain_offset)
-        score_prop, logp_prop = gmm_score(x_prop, means, log_weights, variances, alpha, sigma2)
-        if mh == MH_NONE:
-            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
-        else:
-            if mh == MH_ENERGY:
-                delta = logp_prop - logp
-            else:
-                pts = line_points(x, x_prop, n_trapezoid)
-                interior = gmm_score(pts.reshape(-1, D), means, log_weights, variances, alpha, sigma2)[0]
-                delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior.reshape(pts.shape))
-            log_alpha = delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
-            accepted = torch.log(u) < log_alpha
-        x = _select(accepted, x_prop, x)
-        score = _select(accepted, score_prop, score)
-        logp = torch.where(accepted, logp_prop, logp)
+        x, score, logp, accepted = mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size,
+                                             n_trapezoid, alpha, sigma2, mh)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
+
+
+def hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size, n_leapfrog, alpha, sigma2, mh,
+             damping):
+    """One HMC move of gmm_hmc from (x, score, logp, momentum p) with the draws (ξ, u):
+    (x, score, logp, p, accepted)."""
+    p0 = momentum_refresh(p, damping, xi, 0, 0, 0)
+    x_l, s_l, p_l, logp_l = x, score, p0, logp
+    delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(n_leapfrog):
+        x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
+        s_next, logp_l = gmm_score(x_next, means, log_weights, variances, alpha, sigma2)
+        p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
+        x_l, s_l = x_next, s_next
+    if mh == MH_NONE:
+        accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    else:
+        if mh == MH_ENERGY:
+            delta = logp_l - logp
+        log_alpha = delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
+        accepted = torch.log(u) < log_alpha
+    # rejected: momentum flip (exact with partial refresh)
+    return (_select(accepted, x_l, x), _select(accepted, s_l, score), torch.where(accepted, logp_l, logp),
+            _select(accepted, p_l, -p0), accepted)
 
 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
@@ -185,32 +214,14 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
     """n_steps HMC moves (n_leapfrog leapfrog steps each, momentum refresh with `damping`)
     on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m."""
-    B, D = x.shape
     draw = draw or _philox_draws(x, seed, offset, chain_offset)
     score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
     p = torch.zeros_like(x)
-    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    n_acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for m in range(n_steps):
         xi, u = draw(m)
-        p0 = momentum_refresh(p, damping, xi, seed, offset + m, chain_offset)
-        x_l, s_l, p_l, logp_l = x, score, p0, logp
-        delta = torch.zeros(B, dtype=x.dtype, device=x.device)
-        for _ in range(n_leapfrog):
-            x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
-            s_next, logp_l = gmm_score(x_next, means, log_weights, variances, alpha, sigma2)
-            p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
-            x_l, s_l = x_next, s_next
-        if mh == MH_NONE:
-            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
-        else:
-            if mh == MH_ENERGY:
-                delta = logp_l - logp
-            log_alpha = delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
-            accepted = torch.log(u) < log_alpha
-        x = _select(accepted, x_l, x)
-        score = _select(accepted, s_l, score)
-        logp = torch.where(accepted, logp_l, logp)
-        p = _select(accepted, p_l, -p0)  # rejected: momentum flip (exact with partial refresh)
+        x, score, logp, p, accepted = hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size,
+                                               n_leapfrog, alpha, sigma2, mh, damping)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
 
