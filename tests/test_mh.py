@@ -1,6 +1,7 @@
 """The mh family (mala_propose, line_points, score_mh_accept): every compiled backend against the
 float64 PyTorch reference on fresh random inputs."""
 import pytest
+import torch
 from conftest import accept_inputs, assert_accept, assert_close, eps64, f64, rand, skip_unless_op, step_sizes
 
 from fastsamp import ops
@@ -43,3 +44,27 @@ def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
     out = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior, backend=name)
     expect = ref.score_mh_accept(*f64(x, xp, s, sp), eps64(eps, B), *f64(u, interior), 0, 0, 0)
     assert_accept(out, expect, u, dtype, D)
+
+
+def test_step_size_values_read_once_per_tensor_version(monkeypatch):
+    """A step-size tensor passed to op after op is value-checked once (the samplers pass one per level), and
+    again after an in-place write."""
+    from fastsamp.ops import _checks
+    reads = []
+    check = _checks._all_positive_finite
+    monkeypatch.setattr(_checks, "_all_positive_finite", lambda v: reads.append(1) or check(v))
+    x, s = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    eps = torch.full((5,), 0.1, dtype=torch.float64)
+    for _ in range(3):
+        ops.mala_propose(x, s, eps, seed=1)
+        ops.score_mh_accept(x, x, s, s, eps, seed=1)
+    assert len(reads) == 1
+    eps[2] = float("nan")
+    with pytest.raises(ValueError, match="step_size must be finite and > 0"):
+        ops.mala_propose(x, s, eps, seed=1)
+    assert len(reads) == 2
+    with torch.inference_mode():  # inference tensors have no version counter: read every time
+        eps = torch.full((5,), 0.1, dtype=torch.float64)
+        ops.mala_propose(x, s, eps, seed=1)
+        ops.mala_propose(x, s, eps, seed=1)
+    assert len(reads) == 4

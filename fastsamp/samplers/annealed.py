@@ -124,7 +124,7 @@ class NonFiniteMonitor:
     def record(self, level, x, was_finite=None):
         """Count the non-finite chains of x (B, D) at `level` (only those finite in `was_finite`, if
         given); returns the (B,) mask of finite chains."""
-        finite = torch.isfinite(x).all(1)
+        finite = x.abs().amax(1) < torch.inf  # amax propagates NaN; a third of isfinite(x).all(1)'s time on the CPU
         bad = ~finite if was_finite is None else was_finite & ~finite
         self.counts[level] = bad.sum()
         return finite
