@@ -109,9 +109,16 @@ def test_mlp_moves_take_tensor_seeds():
     x = torch.randn(5, 3, dtype=torch.float64)
     for move, kw in ((ops.mlp_mala, {}), (ops.mlp_hmc, {"damping": 0.1})):
         expect = move(x, net, step_size=0.05, n_steps=2, seed=BIG_SEED, offset=9, chain_offset=3, backend="cpp", **kw)
-        got = move(x, net, step_size=0.05, n_steps=2, seed=as_tensor(BIG_SEED, "cpu"), offset=as_tensor(9, "cpu"),
-                   chain_offset=as_tensor(3, "cpu"), backend="cpp", **kw)
-        _equal(got, expect)
+        for backend in ("cpp", "torch", "auto"):
+            got = move(x, net, step_size=0.05, n_steps=2, seed=as_tensor(BIG_SEED, "cpu"), offset=as_tensor(9, "cpu"),
+                       chain_offset=as_tensor(3, "cpu"), backend=backend, **kw)
+            if backend == "torch":
+                torch.testing.assert_close(got, expect)
+            else:
+                _equal(got, expect)
+        with torch.profiler.profile():  # through the registered op
+            _equal(move(x, net, step_size=0.05, n_steps=2, seed=BIG_SEED, offset=as_tensor(9, "cpu"), chain_offset=3,
+                        **kw), expect)
 
 
 @pytest.mark.parametrize("bad, error, match", [
@@ -153,6 +160,16 @@ def test_registered_ops_take_the_tensor_forms():
     torch.library.opcheck(torch.ops.fastsamp.mala_propose.default,
                           (x, x, eps, None, 0, 0, 0, as_tensor(BIG_SEED, "cpu"), as_tensor(5, "cpu"), None),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_autograd_through_the_registered_op_with_tensor_seeds():
+    """The registered backward gives no gradient to the tensor forms (and the same gradients as the ints)."""
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for seed, offset in ((BIG_SEED, 3), (as_tensor(BIG_SEED, "cpu"), as_tensor(3, "cpu"))):
+        out = ops.reverse_sde_step(x, x * 2, t=0.5, h=0.01, schedule=VP(), seed=seed, offset=offset)
+        grads.append(torch.autograd.grad((out ** 2).sum(), x)[0])
+    _equal(grads[1], grads[0])
 
 
 class _Score(nn.Module):

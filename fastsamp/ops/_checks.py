@@ -324,8 +324,6 @@ def _u64_tensor(name: str, v: torch.Tensor, device) -> torch.Tensor:
         device = torch.device(device)
         if v.device.type != device.type or (device.index is not None and v.device.index != device.index):
             raise ValueError(f"{name} must be on {device} like the op's tensors, got {v.device}")
-    if v.requires_grad:
-        raise ValueError(f"{name} must not require grad")
     return v
 
 

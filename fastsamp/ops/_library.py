@@ -126,10 +126,11 @@ def _with_u64_tensors(fn, op: _table.Op):
     n = len(op.schema_args)
 
     def kernel(*args):
-        if len(args) == n:
-            return fn(*args)
+        tail = args[n:]
+        if not any(t is not None for t in tail):
+            return fn(*args[:n])
         head = list(args[:n])
-        for i, t in zip(at, args[n:]):
+        for i, t in zip(at, tail):
             if t is not None:
                 head[i] = t
         return fn(*head)
@@ -193,14 +194,15 @@ class Entry:
             """The schema's arguments: u64 ints as int64, tensors as the trailing `<name>_t` (the int 0)."""
             if not at:
                 return args
-            args, tail = list(args), [None] * len(at)
+            args, tail = list(args), None
             for k, i in enumerate(at):
                 v = args[i]
                 if isinstance(v, torch.Tensor):
+                    tail = tail or [None] * len(at)
                     args[i], tail[k] = 0, v
                 elif v > _INT64_MAX:
                     args[i] = v - 2**64
-            return args + tail
+            return args if tail is None else args + tail
 
         def graph(*args, out=None):
             if out is None:
