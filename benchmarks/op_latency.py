@@ -51,6 +51,8 @@ def args_for(name, B, D, K=4):
         "gmm_mala": (x, *mix, eps, 1, 1, 0.9, 0.1, seed, offset, 0, 0),
         "gmm_hmc": (x, *mix, eps, 1, 1, 0.9, 0.1, seed, offset, 0, 0, 0.5),
         "em_step_logprob": (x, s, None, None, None, seed, offset, 0, 0.01, 0.5, 0.0, 0.9, 0.45),
+        "normal": (seed, offset, B, D, torch.float32, torch.device("cpu"), 0),
+        "uniform": (seed, offset, B, torch.float32, torch.device("cpu"), 0),
     }[name]
 
 
@@ -77,6 +79,8 @@ def public_call(name, backend, B, D, K=4):
         "gmm_mala": lambda: ops.gmm_mala(x, *mix, step_size=eps, n_steps=1, seed=1, **kw),
         "gmm_hmc": lambda: ops.gmm_hmc(x, *mix, step_size=eps, n_steps=1, seed=1, **kw),
         "em_step_logprob": lambda: ops.em_step_logprob(x, s, sigma=1.0, t=0.5, h=0.01, seed=1, **kw),
+        "normal": lambda: ops.normal(1, 5, B, D, torch.float32, **kw),
+        "uniform": lambda: ops.uniform(1, 5, B, torch.float32, **kw),
     }[name]
 
 

@@ -7,7 +7,7 @@ the energies of the public GFNOrg/gfn-diffusion code (``energy_sampling/energies
 name       D     density                                                      log Z
 =========  ====  ===========================================================  =================
 25gmm      2     (1/25) Σ_k N(x; μ_k, 0.3 I), μ_k ∈ {−10,−5,0,5,10}²             0
-funnel     10    N(x_0; 0, 1) Π_{i≥1} N(x_i; 0, e^{x_0})                      0
+funnel     10    N(x_0; 0, 3²) Π_{i≥1} N(x_i; 0, e^{x_0})                     0
 manywell   32    Π_{j<16} exp(−a_j⁴ + 6a_j² + a_j/2 − b_j²/2),  (a_j, b_j) =   16·log(Z_1 √(2π))
                  (x_{2j}, x_{2j+1})
 40gmm      50    (1/40) Σ_k N(x; μ_k, I), μ_k ~ U[−40, 40]^D (fixed seed)       0

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from fastsamp.experiments import offpolicy
-from fastsamp.samplers.diffusion import train
+from fastsamp.samplers.diffusion import local_search, train
+from fastsamp.samplers.diffusion.training import exploration_std
+from fastsamp.targets import get_target
 
 TINY = dict(batch_size=32, hidden=16, n_steps=10)
 LS_TINY = dict(ls_every=4, ls_steps=20, ls_burn_in=10, buffer_size=1000)
@@ -26,7 +28,7 @@ def _trained(method, iterations, *, checkpoint=None, until=None, checkpoint_ever
 
 @pytest.mark.parametrize("method,stop,kw", [("tb+expl", 6, {}), ("tb+expl+ls", 5, LS_TINY)])
 def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method, stop, kw):
-    """TB with exploration (decayed over the first half: the resumed half still explores) and TB with
+    """TB with exploration (decayed over 5000 iterations: the resumed half still explores) and TB with
     local search + both replay buffers (the stop falls between a forward and a buffer iteration,
     before a local search): k iterations, a checkpoint, a fresh process state resuming to 2k, and an
     uninterrupted run to 2k end with bitwise identical parameters, optimizer moments and losses."""
@@ -46,6 +48,35 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method, s
     # the run moved: a resume that silently restarted or skipped iterations would differ above
     assert not torch.equal(first.state_dict()["net.log_Z"], b["net.log_Z"])
     assert log2.cpu_seconds >= log1.cpu_seconds > 0
+
+
+@pytest.mark.parametrize("method,explore", [("tb+expl", 0.2), ("vargrad+expl", 0.2), ("tb+expl+lp", 0.2),
+                                            ("tb+expl+ls", 0.1), ("tb+expl+lp+ls", 0.1), ("vargrad+expl+lp+ls", 0.1)])
+def test_presets_follow_the_released_commands(method, explore):
+    """gfn-diffusion's README commands: --exploration_factor 0.2 (0.1 with --local_search) with
+    --exploration_wd, a linear decay to 0 over the first 5000 iterations whatever the run length; local
+    search with --ld_step 0.1 --ld_schedule, 200 moves, burn-in 100, every 100 iterations, two
+    600,000-state rank-prioritised buffers (rank_weight 0.01)."""
+    _, cfg = offpolicy.build("25gmm", method, **TINY)
+    assert cfg.explore == explore and cfg.explore_decay == 5000
+    stds = [exploration_std(cfg, it) for it in (0, 2500, 5000, 12500)]
+    assert stds == pytest.approx([explore, explore / 2, 0.0, 0.0])
+    if cfg.local_search:
+        assert (cfg.ls_step_size, cfg.ls_steps, cfg.ls_burn_in, cfg.ls_every, cfg.buffer_size, cfg.rank_weight) == (
+            0.1, 200, 100, 100, 600_000, 0.01)
+
+
+def test_local_search_adapts_the_step_before_every_move_and_keeps_accepted_proposals():
+    """As langevin_dynamics with --ld_schedule: ±1% before every move after the first (nothing accepted:
+    ε·0.99^29 after 30 moves; everything accepted: ε·1.01^29), and the kept states are the accepted
+    proposals of the moves after burn-in (moves 11..29: 19 per chain)."""
+    target = get_target("25gmm")
+    x0 = target.sample(64, torch.Generator().manual_seed(0))
+    found, _, eps = local_search(target, x0, n_steps=30, burn_in=10, step_size=1e3, seed=0)
+    assert eps == pytest.approx(1e3 * 0.99 ** 29) and found.shape == (0, 2)
+    found, log_r, eps = local_search(target, x0, n_steps=30, burn_in=10, step_size=1e-8, seed=0)
+    assert eps == pytest.approx(1e-8 * 1.01 ** 29) and found.shape == (64 * 19, 2)
+    torch.testing.assert_close(log_r, target.log_prob(found))
 
 
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):

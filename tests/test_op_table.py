@@ -159,6 +159,8 @@ def test_registered_ops_follow_the_table():
         schema = getattr(torch.ops.fastsamp, op.name).default._schema
         assert [a.name for a in schema.arguments] == [a.name for a in op.schema_args], op.name
         assert len(schema.returns) == len(op.outs), op.name
+        if any(a.kind in ("ints", "floats") for a in op.args):
+            continue  # the mlp ops' networks: their fake implementations run in tests/test_registration.py's opcheck
         args = [_library.encode_u64(a) if spec.kind == "u64" else a
                 for a, spec in zip(make_args(op, torch.float32, "cpu", optional=True), op.args) if spec.kind != "out"]
         with FakeTensorMode() as mode:

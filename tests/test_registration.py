@@ -20,6 +20,17 @@ def rand(*shape, dtype=F64, positive=False, grad=False):
     return t.requires_grad_(grad)
 
 
+def mlp_args(x):
+    """The backend arguments of a small ScoreMLP's score at t = 0.5 plus a mixture (fastsamp/ops/mlp.py)."""
+    from fastsamp.models import ScoreMLP
+    from fastsamp.ops.mlp import MixtureScore, _score_sum_args
+    torch.manual_seed(0)
+    net = ScoreMLP(D, hidden=8, n_freq=2, data_mean=torch.randn(D), data_var=1.7).to(x.dtype).requires_grad_(False)
+    mixture = MixtureScore(torch.randn(K, D, dtype=x.dtype), torch.zeros(K, dtype=x.dtype),
+                           torch.ones(K, dtype=x.dtype), 0.9, 0.1)
+    return _score_sum_args(x.detach(), net.score_net(0.5, x), mixture)
+
+
 def op_args(name, dtype, grad=False, noise=True):
     """Backend-signature arguments of registered op `name` (u64 seeds past int64, encoded as the schema's int64)."""
     seed, offset = _library.encode_u64(2**64 - 3), _library.encode_u64(2**63 + 11)
@@ -57,6 +68,9 @@ def op_args(name, dtype, grad=False, noise=True):
         "policy_rollout": (rand(B, D, dtype=dtype) if noise else None, temb, net, ts, B, 1.0, 0.5, 0.1, 5.0, seed, 4,
                            1),
         "policy_log_pf": (states, temb, net, 1.0, 0.5, 5.0, 1),
+        "mlp_score": mlp_args(x),
+        "mlp_mala": mlp_args(x) + (eps * 0.1, 2, 2, seed, offset, 4, 0),
+        "mlp_hmc": mlp_args(x) + (eps * 0.1, 2, 2, seed, offset, 4, 0, 0.5),
         "normal": (seed, offset, B, D, dtype, torch.device("cpu"), 4),
         "uniform": (seed, offset, B, dtype, torch.device("cpu"), 4),
         "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1),

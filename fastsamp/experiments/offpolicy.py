@@ -37,8 +37,8 @@ METHODS = {
     "subtb+lp": (dict(objective="subtb", lr_flow=1e-2), dict(flow=True, langevin=True), 10000),
     "tb+expl+ls": (dict(objective="tb", explore=0.1, local_search=True), {}, 25000),
     "tb+expl+lp": (dict(objective="tb", explore=0.2), dict(langevin=True), 10000),
-    "tb+expl+lp+ls": (dict(objective="tb", explore=0.2, local_search=True), dict(langevin=True), 10000),
-    "vargrad+expl+lp+ls": (dict(objective="vargrad", explore=0.2, local_search=True), dict(langevin=True), 10000),
+    "tb+expl+lp+ls": (dict(objective="tb", explore=0.1, local_search=True), dict(langevin=True), 10000),
+    "vargrad+expl+lp+ls": (dict(objective="vargrad", explore=0.1, local_search=True), dict(langevin=True), 10000),
 }
 
 

@@ -230,15 +230,11 @@ OPS: dict[str, Op] = {op.name: op for op in [
 
 
 def registered() -> list[Op]:
-    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): the public ops, and the
-    backward kernels of those, whose arguments fit a schema of tensors and scalars. An output that is a
-    given input (em_step_logprob's x_next) is a copy in the registered op; an output present only with some
-    argument is `Tensor?`. Not (yet): the mlp ops (lists of per-network dims and scalars)."""
-    def fits(op):
-        return all(a.kind not in ("ints", "floats") for a in op.args)
-    public = {op.name for op in OPS.values() if op.public and fits(op)}
-    return [op for op in OPS.values() if fits(op) and (op.name in public or op.name.removesuffix("_backward")
-                                                       in public)]
+    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): every public op and the
+    backward kernels of those. An output that is a given input (em_step_logprob's x_next) is a copy in the
+    registered op; an output present only with some argument is `Tensor?`."""
+    public = {op.name for op in OPS.values() if op.public}
+    return [op for op in OPS.values() if op.name in public or op.name.removesuffix("_backward") in public]
 
 
 # ------------------------------------------------------------------ code generation

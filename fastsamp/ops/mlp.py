@@ -119,7 +119,7 @@ def mlp_score(x, nets, *, mixture=None, backend="auto"):
     """Σ_i s_i(x) (+ the mixture's score): the scores of the `ScoreNet`s `nets` (one or a list) and of
     the optional `MixtureScore`, at x (B, D). Every tensor in x's dtype and device. Returns (B, D)."""
     args = _score_sum_args(x, nets, mixture)
-    return _dispatch.kernel(backend, "mlp_score", args[0], *args[1], *args[4:7])(*args)
+    return _dispatch.route(backend, "mlp_score", args[0], *args[1], *args[4:7])(*args)
 
 
 def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0, offset=0, chain_offset=0,
@@ -141,7 +141,7 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1, maximum=4096)
     seed, offset = _checks.seed_offset(seed, offset, n_steps)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
-    fn = _dispatch.kernel(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
+    fn = _dispatch.route(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
     return fn(*args, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _mh_code(mh))
 
 
@@ -170,5 +170,5 @@ def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, 
     seed, offset = _checks.seed_offset(seed, offset, n_steps)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
-    fn = _dispatch.kernel(backend, "mlp_hmc", x, *args[1], *args[4:7], eps)
+    fn = _dispatch.route(backend, "mlp_hmc", x, *args[1], *args[4:7], eps)
     return fn(*args, eps, n_steps, n_leapfrog, seed, offset, chain_offset, _mh_code(mh), damping)

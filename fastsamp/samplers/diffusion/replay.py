@@ -58,18 +58,25 @@ class ReplayBuffer:
         return self.x[idx], self.log_r[idx]
 
 
-def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.01, target_acceptance=0.574,
-                 adapt_every=5, adapt_factor=0.01, seed=0):
-    """MALA (energy MH) from the states x; the global step size is multiplied by 1 ± adapt_factor
-    every `adapt_every` moves towards the target acceptance rate. Returns (states after each
-    block past burn-in, stacked (n_blocks·B, D), their log R, final step size). The target is the
-    MCMC model itself (fastsamp.protocol: its score and log_prob ignore the time)."""
-    kept, eps, offset = [], float(step_size), 0
-    for block in range(-(-n_steps // adapt_every)):
-        x, rate = mcmc(target, x, mh="energy", n_steps=adapt_every, step_size=eps, seed=seed, offset=offset)
-        offset += adapt_every
-        eps *= 1 + adapt_factor if float(rate.mean()) > target_acceptance else 1 - adapt_factor
-        if (block + 1) * adapt_every > burn_in:
-            kept.append(x)
-    x_all = torch.cat(kept) if kept else x
+def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.1, target_acceptance=0.574,
+                 adapt_window=5, adapt_factor=0.01, seed=0):
+    """MALA (energy MH, x' = x + ε ∇log R + √(2ε) ξ) from the states x, as gfn-diffusion's
+    langevin_dynamics with --ld_schedule: before every move but the first, ε is multiplied by
+    1 + adapt_factor if the acceptance rate of the last window exceeds `target_acceptance`, else by
+    1 − adapt_factor; the rate is taken over move 0, then over every `adapt_window` moves after it.
+    Keeps the accepted proposals of the moves after `burn_in` (moves burn_in + 1 .. n_steps − 1).
+    Returns (the kept states (N, D), their log R, final step size). The target is the MCMC model
+    itself (fastsamp.protocol: its score and log_prob ignore the time)."""
+    kept, eps, rate, n_accepted, n_proposed = [], float(step_size), 0.0, 0, 0
+    for move in range(n_steps):
+        if move > 0:
+            eps *= 1 + adapt_factor if rate > target_acceptance else 1 - adapt_factor
+        x, accepted = mcmc(target, x, mh="energy", n_steps=1, step_size=eps, seed=seed, offset=move)
+        accepted = accepted > 0
+        if move > burn_in:
+            kept.append(x[accepted])
+        n_accepted, n_proposed = n_accepted + int(accepted.sum()), n_proposed + accepted.numel()
+        if move % adapt_window == 0:
+            rate, n_accepted, n_proposed = n_accepted / n_proposed, 0, 0
+    x_all = torch.cat(kept) if kept else x[:0]
     return x_all, target.log_prob(x_all), eps

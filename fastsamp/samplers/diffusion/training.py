@@ -24,7 +24,8 @@ class TrainConfig:
     batch_size: int = 300
     lr_policy: float = 1e-3
     lr_flow: float = 1e-1            # log Z (TB) or the flow network (SubTB: 1e-2 in the paper)
-    explore: float = 0.0             # extra sampling std per step, decayed linearly to 0 at half of training
+    explore: float = 0.0             # extra sampling std per step, decayed linearly to 0 over explore_decay
+    explore_decay: int = 5000        # iterations (gfn-diffusion's --exploration_wd: 5000, whatever the run length)
     local_search: bool = False       # alternate forward and buffer (backward) trajectories with MALA local search
     replay: bool = False             # alternate forward and backward trajectories from the buffer (no local search)
     prior_every: int = 0             # every k-th iteration: backward trajectories from x_T ~ N(0, σ² I), the
@@ -34,7 +35,7 @@ class TrainConfig:
     ls_every: int = 100
     ls_steps: int = 200
     ls_burn_in: int = 100
-    ls_step_size: float = 0.01
+    ls_step_size: float = 0.1       # initial MALA step ε, adapted per move (--ld_step 0.1 --ld_schedule)
     ls_target_acceptance: float = 0.574
     subtb_lambda: float = 2.0
     grad_clip: float | None = None
@@ -136,7 +137,7 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     def iteration_loss(it):
         seed = cfg.seed * 1_000_003 + it
         bwd_seed = seed + 7919 * comm.rank  # backward trajectories: per-rank torch generator noise
-        explore = cfg.explore * max(0.0, 1.0 - it / max(cfg.iterations / 2, 1))
+        explore = exploration_std(cfg, it)
         if cfg.prior_every and it % cfg.prior_every == cfg.prior_every - 1:
             x_T = sampler.sigma * torch.randn(cfg.batch_size, D, generator=gen)
             traj = sampler.backward_trajectories(x_T.to(device), seed=bwd_seed, with_flows=with_flows)
@@ -205,6 +206,12 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     if bar is not None:
         bar.close()
     return log
+
+
+def exploration_std(cfg: TrainConfig, it: int) -> float:
+    """The extra sampling std of iteration `it`: explore · max(0, 1 − it / explore_decay), a linear decay
+    to 0 at iteration explore_decay (gfn-diffusion's get_exploration_std with --exploration_wd)."""
+    return cfg.explore * max(0.0, 1.0 - it / max(cfg.explore_decay, 1))
 
 
 CHECKPOINT_FORMAT = 1
