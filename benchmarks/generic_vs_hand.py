@@ -1,14 +1,16 @@
 """The generic annealed_mcmc against the plain PyTorch loop a user would write (issue 10, item 7).
 
 The setting: a user's own score network (an 8-D MLP `torch.nn.Module`, not a fastsamp model),
-2048 chains, annealed MALA with the score-based MH test (trapezoid, n_trapezoid = 1), one thread.
-Both sides make exactly the same score calls: per level one predictor call at the previous level's
-time (from the second level on), one call at the level's start, one per corrector move. The hand
-loop is written as one would write it well: no autograd, noise from torch.randn / torch.rand into
-preallocated buffers, the MH test in a handful of fused-where-possible tensor ops.
+2048 chains, annealed MALA with the score-based MH test (trapezoid with n_trapezoid sub-intervals,
+default 1), one thread. Both sides make exactly the same score calls: per level one predictor call at
+the previous level's time (from the second level on), one call at the level's start, one per corrector
+move (on x' and the n_trapezoid - 1 interior points as one batch). The hand loop is written as one would
+write it well: no autograd, noise from torch.randn / torch.rand into preallocated buffers, the MH test
+in a handful of tensor ops.
 
     python benchmarks/generic_vs_hand.py [--chains 2048] [--levels 50] [--moves 5] [--hidden 64]
-                                         [--repeats 7] [--threads 1] [--device cpu] [--json out.json]
+                                         [--n-trapezoid 1] [--repeats 7] [--threads 1] [--device cpu]
+                                         [--json out.json]
 
 Prints the median wall time of each side over interleaved repeats (A, B, A, B, ...: a loaded
 machine slows both alike) and the ratio generic / hand; the goal is <= 0.9.
@@ -43,8 +45,8 @@ class UserMLP(torch.nn.Module):
         return self.net(torch.cat([x, tt], 1)) - x
 
 
-def hand_loop(net, n, *, n_levels, n_moves, step_size, t_min=1e-3, seed=0, device="cpu"):
-    """Annealed MALA with the trapezoid MH test (n_trapezoid = 1), as plain PyTorch. Returns (x, accept rate)."""
+def hand_loop(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, t_min=1e-3, seed=0, device="cpu"):
+    """Annealed MALA with the trapezoid MH test, as plain PyTorch. Returns (x, accept rate)."""
     sched = VP()
     D = net.dim
     g = torch.Generator(device=device).manual_seed(seed)
@@ -53,6 +55,7 @@ def hand_loop(net, n, *, n_levels, n_moves, step_size, t_min=1e-3, seed=0, devic
     noise = torch.empty(n, D, device=device)
     u = torch.empty(n, device=device)
     n_acc = torch.zeros(n, device=device)
+    frac = torch.arange(1, n_trapezoid, device=device)[:, None, None] / n_trapezoid  # interior points i/n
     with torch.no_grad():
         for i, t in enumerate(ts):
             if i > 0:  # reverse Euler-Maruyama from ts[i-1] to t
@@ -66,10 +69,16 @@ def hand_loop(net, n, *, n_levels, n_moves, step_size, t_min=1e-3, seed=0, devic
             for _ in range(n_moves):
                 torch.randn(n, D, generator=g, out=noise)
                 x_prop = (x + eps * s).add_(noise, alpha=math.sqrt(2 * eps))
-                s_prop = net(x_prop, t)
                 d = x_prop - x
+                if n_trapezoid == 1:
+                    s_prop = net(x_prop, t)
+                    path = 0.5 * ((s + s_prop) * d).sum(1)
+                else:  # x' and the interior points x + (i/n) d in one call
+                    scores = net(torch.cat([x_prop[None], x + frac * d]).reshape(-1, D), t).reshape(n_trapezoid, n, D)
+                    s_prop = scores[0]
+                    path = (0.5 * ((s + s_prop) * d).sum(1) + (scores[1:] * d).sum((0, 2))) / n_trapezoid
                 fwd, bwd = d - eps * s, d + eps * s_prop
-                log_alpha = 0.5 * ((s + s_prop) * d).sum(1) + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
+                log_alpha = path + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
                 torch.rand(n, generator=g, out=u)
                 acc = u.log_() < log_alpha
                 x = torch.where(acc[:, None], x_prop, x)
@@ -78,9 +87,9 @@ def hand_loop(net, n, *, n_levels, n_moves, step_size, t_min=1e-3, seed=0, devic
     return x, n_acc / (n_levels * n_moves)
 
 
-def generic(net, n, *, n_levels, n_moves, step_size, seed=0, device="cpu"):
+def generic(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, seed=0, device="cpu"):
     x, stats = annealed_mcmc(net, n, n_levels=n_levels, corrector="mala", mh="score", n_corrector_steps=n_moves,
-                             n_trapezoid=1, step_size=step_size, seed=seed, device=device)
+                             n_trapezoid=n_trapezoid, step_size=step_size, seed=seed, device=device)
     return x, stats
 
 
@@ -98,6 +107,7 @@ def main(argv=None):
     p.add_argument("--levels", type=int, default=50)
     p.add_argument("--moves", type=int, default=5)
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--n-trapezoid", type=int, default=1)
     p.add_argument("--step-size", type=float, default=0.05)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
@@ -106,7 +116,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     net = UserMLP(8, a.hidden).to(a.device)
-    kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, device=a.device)
+    kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
     runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw)}
     rates = {"generic": sum(runs["generic"]()[1].accept_rate) / a.levels, "hand": float(runs["hand"]()[1].mean())}
     times = {k: [] for k in runs}
@@ -116,8 +126,9 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["generic"] / med["hand"]
     calls = a.levels * (a.moves + 2) - 1
-    print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves, {calls} score calls of an 8-D MLP "
-          f"(hidden {a.hidden}), {a.threads} thread(s), {a.device}; median of {a.repeats} interleaved repeats")
+    print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves (n_trapezoid {a.n_trapezoid}), {calls} score "
+          f"calls of an 8-D MLP (hidden {a.hidden}), {a.threads} thread(s), {a.device}; median of {a.repeats} "
+          f"interleaved repeats")
     for k in runs:
         runs_ms = ", ".join(f"{t * 1e3:.0f}" for t in times[k])
         print(f"  {k:8s} {med[k] * 1e3:8.1f} ms   (acceptance {rates[k]:.3f}; runs {runs_ms})")

@@ -1,4 +1,5 @@
 """`fastsamp bench`: the PyTorch baselines compute the reference, and the report's ratios."""
+import pytest
 import torch
 
 from fastsamp.experiments import bench
@@ -34,3 +35,11 @@ def test_report_gives_ratios_against_the_best_pytorch():
     for r in row["backends"].values():
         assert r["speedup_vs_best_pytorch"] == r["speedup_vs_eager"] and r["frac_gemm_exp"] > r["frac_gemm"]
     assert "x best PyTorch" in bench.format_table(report)
+
+
+def test_cpu_time_needs_one_thread(one_thread):
+    report = bench.run("cpu", ["gmm_score[compact]"], compile_reference=False, min_time=0.01, cpu_time=True)
+    assert report["info"]["clock"] == "thread CPU time"
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match="one thread"):
+        bench.run("cpu", ["gmm_score[compact]"], cpu_time=True)

@@ -122,3 +122,24 @@ def test_accept_takes_exactly_one_of_u_and_seed(op):
         call("auto", seed=1, chain_offset=2**32 - 3)
     with pytest.raises(ValueError, match="offset must be <="):
         call("auto", seed=1, offset=2**64)
+
+
+@pytest.mark.parametrize("corrector,mh", [("mala", "score"), ("hmc", "score"), ("mala", "energy")])
+def test_generic_samplers_draw_no_separate_uniforms(monkeypatch, corrector, mh):
+    """The generic MALA / HMC moves draw their MH uniform inside the accept kernel: no ops.uniform call and
+    no reference Philox uniform per move."""
+    from fastsamp import models
+    from fastsamp.ops import random as rng
+    from fastsamp.samplers import annealed_mcmc
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a separate uniform draw")
+
+    for module in (ops, rng):
+        monkeypatch.setattr(module, "uniform", refuse)
+    monkeypatch.setattr(rng, "philox_uniform", refuse)
+    mix = models.GaussianMixture(torch.randn(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                                 torch.ones(3, dtype=torch.float64))
+    x, stats = annealed_mcmc(mix, 64, n_levels=3, corrector=corrector, mh=mh, n_corrector_steps=2, fused=False,
+                             dtype=torch.float64)
+    assert x.shape == (64, 2) and 0 < sum(stats.accept_rate)

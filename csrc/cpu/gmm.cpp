@@ -209,7 +209,7 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
-      draws.normals(off, chain0 + static_cast<uint64_t>(b0), D, xi);
+      draws.draw(off, chain0 + static_cast<uint64_t>(b0), D, xi, mh == 2 ? nullptr : logu);
       // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
       for (int d = 0; d < D; ++d) {
         const R x = ld(xc + d * W);
@@ -245,7 +245,6 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
         fwd2 = fwd * fwd + fwd2;
         bwd2 = bwd * bwd + bwd2;
       }
-      draws.log_uniform(off, chain0 + static_cast<uint64_t>(b0), logu);
       R delta;
       if (mh == 1) {
         delta = ld(lpp) - ld(lpc);
@@ -293,7 +292,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
-      draws.normals(off, chain0 + static_cast<uint64_t>(b0), D, xi);
+      draws.draw(off, chain0 + static_cast<uint64_t>(b0), D, xi, mh == 2 ? nullptr : logu);
       // p0 = damping p + c_n xi (the rows d < D of xi)
       for (int d = 0; d < D; ++d) {
         const R p = damp * ld(pc + d * W) + c_n * ld(xi + d * W);
@@ -327,8 +326,7 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
       if (mh != 2) {
         const R kin = block_dot<T, W, DC>(D, pl, pl);
         const R kin0 = block_dot<T, W, DC>(D, p0, p0);
-        draws.log_uniform(off, chain0 + static_cast<uint64_t>(b0), logu);
-        const R delta = mh == 1 ? ld(lpl) - ld(lpc) : dlp;
+          const R delta = mh == 1 ? ld(lpl) - ld(lpc) : dlp;
         const R log_alpha = (delta - T(0.5) * kin) + T(0.5) * kin0;
         take = ld(logu) < log_alpha;
       }

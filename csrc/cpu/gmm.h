@@ -307,26 +307,33 @@ struct LanePhilox {
     }
   }
 
-  // Philox4x32-10 of the counters (j, chain b0 + l, offset) into st (low 32 bits of each 64-bit lane).
-  FASTSAMP_VINLINE void run(uint32_t j, uint64_t b0, uint64_t offset, typename G::State& st) const {
+  // Philox4x32-10 of the NC counters (js[i], chain b0 + l, offset) into st[i] (low 32 bits of each
+  // 64-bit lane), their rounds interleaved (independent multiply chains).
+  template <int NC>
+  FASTSAMP_VINLINE void run(const uint32_t* js, uint64_t b0, uint64_t offset, typename G::State* st) const {
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
     const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int h = 0; h < H; ++h) {
-      st.c0[h] = _mm512_set1_epi64(j);
-      st.c1[h] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0 + 8 * h)), iota);
-      st.c2[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
-      st.c3[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset >> 32));
+    for (int c = 0; c < NC; ++c) {
+      for (int h = 0; h < H; ++h) {
+        st[c].c0[h] = _mm512_set1_epi64(js[c]);
+        st[c].c1[h] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0 + 8 * h)), iota);
+        st[c].c2[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
+        st[c].c3[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset >> 32));
+      }
     }
 #pragma GCC unroll 10
     for (int r = 0; r < 10; ++r) {
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
 #pragma GCC unroll 2
-      for (int h = 0; h < H; ++h) {
-        const __m512i p0 = _mm512_mul_epu32(st.c0[h], m0);
-        const __m512i p1 = _mm512_mul_epu32(st.c2[h], m1);
-        st.c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), st.c1[h], k0[r], 0x96);
-        st.c1[h] = p1;
-        st.c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st.c3[h], k1[r], 0x96);
-        st.c3[h] = p0;
+        for (int h = 0; h < H; ++h) {
+          const __m512i p0 = _mm512_mul_epu32(st[c].c0[h], m0);
+          const __m512i p1 = _mm512_mul_epu32(st[c].c2[h], m1);
+          st[c].c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), st[c].c1[h], k0[r], 0x96);
+          st[c].c1[h] = p1;
+          st[c].c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st[c].c3[h], k1[r], 0x96);
+          st[c].c3[h] = p0;
+        }
       }
     }
   }
@@ -342,37 +349,45 @@ struct LanePhilox {
     }
   }
 
-  // Standard normals of draw (seed, offset) for the block's chains, rows d < D into xi[d][W] (xi
-  // holds 4 ceil(D/4) rows; rows D .. are scratch).
-  FASTSAMP_VINLINE void normals(uint64_t offset, uint64_t b0, int D, T* __restrict xi) const {
+  // The draws (seed, offset) of the block's chains: standard normals, rows d < D into xi[d][W] (xi
+  // holds 4 ceil(D/4) rows; rows D .. are scratch), and, when logu is not null, the log of the MH
+  // uniforms into logu[W]. The Philox of up to 4 counters runs at a time.
+  FASTSAMP_VINLINE void draw(uint64_t offset, uint64_t b0, int D, T* __restrict xi, T* __restrict logu) const {
     using U = std::conditional_t<H == 2, U32x16, U32x8>;
-    auto no_tick = [](int) {};
-    for (int j = 0; 4 * j < D; ++j) {
-      typename G::State st;
-      run(static_cast<uint32_t>(j), b0, offset, st);
-      U w[4];
-      words<U>(st, w);
-      V n[4];
-      if (4 * j + 2 < D) {
-        G::template box_muller_v<V, 2>(w, n, no_tick);
-      } else {
-        G::template box_muller_v<V, 1>(w, n, no_tick);
-        n[2] = n[3] = V{};
+    const int J = (D + 3) / 4;
+    const int nc = J + (logu ? 1 : 0);
+    for (int c0 = 0; c0 < nc; c0 += 4) {
+      const int ncur = std::min(4, nc - c0);
+      uint32_t js[4];
+      for (int i = 0; i < ncur; ++i) js[i] = c0 + i < J ? static_cast<uint32_t>(c0 + i) : 0xFFFFFFFFu;
+      typename G::State st[4];
+      switch (ncur) {
+        case 1: run<1>(js, b0, offset, st); break;
+        case 2: run<2>(js, b0, offset, st); break;
+        case 3: run<3>(js, b0, offset, st); break;
+        default: run<4>(js, b0, offset, st); break;
       }
-      for (int q = 0; q < 4; ++q) std::memcpy(xi + (4 * j + q) * W, &n[q], sizeof(V));
+      for (int i = 0; i < ncur; ++i) {
+        U w[4];
+        words<U>(st[i], w);
+        const int j = c0 + i;
+        if (j == J) {  // the MH uniform: log u = -1/2 (-2 log u), exact
+          const V u = __builtin_convertvector(w[0], V) * T(2.3283064365386963e-10) + T(1.1641532182693481e-10);
+          const V lu = vm::vneg2log_unit<T>(u) * T(-0.5);
+          std::memcpy(logu, &lu, sizeof(V));
+          continue;
+        }
+        V n[4];
+        auto no_tick = [](int) {};
+        if (4 * j + 2 < D) {
+          G::template box_muller_v<V, 2>(w, n, no_tick);
+        } else {
+          G::template box_muller_v<V, 1>(w, n, no_tick);
+          n[2] = n[3] = V{};
+        }
+        for (int q = 0; q < 4; ++q) std::memcpy(xi + (4 * j + q) * W, &n[q], sizeof(V));
+      }
     }
-  }
-
-  // log u of the MH uniforms of draw (seed, offset) for the block's chains.
-  FASTSAMP_VINLINE void log_uniform(uint64_t offset, uint64_t b0, T* __restrict logu) const {
-    using U = std::conditional_t<H == 2, U32x16, U32x8>;
-    typename G::State st;
-    run(0xFFFFFFFFu, b0, offset, st);
-    U w[4];
-    words<U>(st, w);
-    const V u = __builtin_convertvector(w[0], V) * T(2.3283064365386963e-10) + T(1.1641532182693481e-10);
-    const V lu = vm::vneg2log_unit<T>(u) * T(-0.5);  // exact: -2 log u times -1/2
-    std::memcpy(logu, &lu, sizeof(V));
   }
 };
 #else
@@ -380,11 +395,9 @@ template <typename T, int W>
 struct LanePhilox {
   uint64_t seed;
   explicit LanePhilox(uint64_t seed_) : seed(seed_) {}
-  FASTSAMP_VINLINE void normals(uint64_t offset, uint64_t b0, int D, T* __restrict xi) const {
+  FASTSAMP_VINLINE void draw(uint64_t offset, uint64_t b0, int D, T* __restrict xi, T* __restrict logu) const {
     block_normals<T, W>(seed, offset, b0, D, xi);
-  }
-  FASTSAMP_VINLINE void log_uniform(uint64_t offset, uint64_t b0, T* __restrict logu) const {
-    block_log_uniform<T, W>(seed, offset, b0, logu);
+    if (logu) block_log_uniform<T, W>(seed, offset, b0, logu);
   }
 };
 #endif

@@ -48,8 +48,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+# The clock of CPU timings: wall time, or with run(cpu_time=True) the calling thread's CPU time
+# (single-threaded runs on a shared machine: other processes' load then does not count).
+_clock = time.perf_counter
+
+
 def timeit(fn, device, *, min_time=0.5, warmup=2, max_reps=200) -> float:
-    """Median wall time of fn() in milliseconds (device work synchronised)."""
+    """Median time of fn() in milliseconds (device work synchronised; on the CPU by `_clock`)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -64,9 +69,9 @@ def timeit(fn, device, *, min_time=0.5, warmup=2, max_reps=200) -> float:
             b.synchronize()
             times.append(a.elapsed_time(b))
         else:
-            t0 = time.perf_counter()
+            t0 = _clock()
             fn()
-            times.append(1e3 * (time.perf_counter() - t0))
+            times.append(1e3 * (_clock() - t0))
     return statistics.median(times)
 
 
@@ -268,8 +273,21 @@ def flush_rows(fn, args, device, min_time) -> dict:
 
 
 def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min_time=0.5,
-        verbose=False) -> dict:
+        verbose=False, cpu_time=False) -> dict:
+    """The report: roofline and every case's rows. cpu_time: time by the calling thread's CPU time
+    (CPU, one thread only: every kernel then runs on the calling thread)."""
+    global _clock
     device = torch.device(device)
+    if cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("cpu_time needs the CPU and one thread (torch.set_num_threads(1) / OMP_NUM_THREADS=1)")
+    _clock = time.thread_time if cpu_time else time.perf_counter
+    try:
+        return _run(device, ops, dtype, compile_reference, min_time, verbose, cpu_time)
+    finally:
+        _clock = time.perf_counter
+
+
+def _run(device, ops, dtype, compile_reference, min_time, verbose, cpu_time) -> dict:
     roof = measure_roofline(device)
     cases = _cases(device, dtype)
     unknown = unknown_ops(ops or ())
@@ -324,7 +342,7 @@ def run(device="cpu", ops=None, dtype=torch.float32, compile_reference=True, min
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "dtype": str(dtype), "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"), "roofline": roof,
+        "date": time.strftime("%Y-%m-%d"), "roofline": roof, "clock": "thread CPU time" if cpu_time else "wall",
     }
     return {"info": info, "results": results}
 
@@ -351,6 +369,7 @@ def cpu_model() -> str:
 def format_table(report: dict) -> str:
     info = report["info"]
     lines = [f"device: {info['device']}  cpu: {info.get('cpu', '?')}  threads: {info['threads']}  "
+             f"clock: {info.get('clock', 'wall')}  "
              f"{info['dtype']}  torch {info['torch']}",
              f"measured roofline: triad {info['roofline']['triad_GBps']:.1f} GB/s (re-measured per op: "
              f"%triad uses the op's own), fp32 GEMM {info['roofline']['fp32_gemm_GFLOPs']:.1f} GFLOP/s",
@@ -381,6 +400,9 @@ def add_arguments(b):
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     b.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timing per measurement")
     b.add_argument("--json", default=None, help="write the report as JSON here")
+    b.add_argument("--cpu-time", action="store_true",
+                   help="time by the calling thread's CPU time instead of wall time (CPU, one thread: "
+                        "OMP_NUM_THREADS=1); on a shared machine other processes' load then does not count")
 
 
 def check(args):
@@ -398,7 +420,7 @@ def main(args) -> int:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     try:
         report = run(args.device, ops, dtype, compile_reference=not args.no_compile, min_time=args.min_time,
-                     verbose=True)
+                     verbose=True, cpu_time=args.cpu_time)
     except ValueError as e:
         print(f"fastsamp bench: error: {e}", file=sys.stderr)
         return 2
