@@ -121,6 +121,19 @@ def test_mlp_moves_take_tensor_seeds():
                         **kw), expect)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_policy_rollout_takes_tensor_seeds(backend):
+    if backend == "cpp":
+        skip_unless_available("cpp")
+    from test_trajectory_policy import POLICY_SIGMA, make_sampler, temb_of
+    s = make_sampler(3, 8, 1, 4, torch.float64)
+    temb = temb_of(s, torch.float64)
+    kw = dict(sigma=POLICY_SIGMA, explore=0.3, backend=backend)
+    expect = ops.policy_rollout(s.net, temb, 5, seed=BIG_SEED, chain_offset=2, **kw)
+    got = ops.policy_rollout(s.net, temb, 5, seed=as_tensor(BIG_SEED, "cpu"), chain_offset=as_tensor(2, "cpu"), **kw)
+    _equal(got, expect)
+
+
 @pytest.mark.parametrize("bad, error, match", [
     (torch.tensor(3, dtype=torch.int32), TypeError, "int64"),
     (torch.tensor(3.0), TypeError, "int64"),
