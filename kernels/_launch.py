@@ -6,6 +6,7 @@
   otherwise turn a python float into an fp32 constant, so there it is wrapped
   into a float64 interpreter tensor.
 * ``split64(v)``: a 64-bit seed / offset as its two 32-bit halves.
+* ``rng_args(seed, offset, chain_offset, device)``: the Philox arguments of a kernel (ints or tensors).
 * ``launch(kernel, grid, ...)``: the launch, with placeholders for absent optional tensors.
 * block-size heuristics.
 """
@@ -68,6 +69,26 @@ def launch(kernel, grid, *args, **kwargs):
 def split64(v):
     v = 0 if v is None else int(v)
     return v & 0xFFFFFFFF, (v >> 32) & 0xFFFFFFFF
+
+
+def rng_args(seed, offset, chain_offset, device):
+    """The Philox arguments of a kernel launch, ((k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p), RNG_T): the
+    32-bit words of an int seed / offset (0 for a tensor), the int chain offset, the one-element int64 tensors
+    (None for an int) and RNG_T, the bit mask of the tensors (1 seed, 2 offset, 4 chain offset) that the kernel
+    loads (`random.rng_words`): a CUDA graph replays with their current values."""
+    words, ptrs, flag = [], [], 0
+    for bit, (name, v) in enumerate((("seed", seed), ("offset", offset), ("chain_offset", chain_offset))):
+        if isinstance(v, torch.Tensor):
+            if v.dtype != torch.int64 or v.numel() != 1 or v.device != torch.device(device):
+                raise ValueError(f"{name} as a tensor must be one int64 element on {device}, got {v.dtype} "
+                                 f"{tuple(v.shape)} on {v.device}")
+            words.append(0)
+            ptrs.append(v)
+            flag |= 1 << bit
+        else:
+            words.append(v)
+            ptrs.append(None)
+    return (*split64(words[0]), *split64(words[1]), int(words[2]), *ptrs), flag
 
 
 def next_pow2(n):

@@ -21,8 +21,8 @@ import triton.language as tl
 
 from fastsamp.backends._abi import move_outputs, score_outputs
 
-from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rows_block, split64, warps_for
-from .random import TWO_PI, global_chain, normal_rows, offset_add, uniform_mh
+from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rng_args, rows_block, warps_for
+from .random import TWO_PI, global_chain, normal_rows, offset_add, rng_words, uniform_mh
 from .tiles import div_ieee, row_index, sqrt_ieee
 
 GMM_SCORE_MAX_D = 4096      # whole rows in registers: BLOCK_D = next_pow2(D) <= 4096
@@ -207,13 +207,14 @@ def _keep_accepted(acc, x, s, logp, xp, sp, logpp):
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
-                     k0, k1, o0, o1, chain0, B, D, K, n_steps, n_trap,
+                     k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, K, n_steps, n_trap,
                      MH_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
-                     IDX64: tl.constexpr):
+                     IDX64: tl.constexpr, RNG_T: tl.constexpr):
     """n_steps MALA moves of BLOCK_B chains; x, s(x), logp(x) stay in registers.
 
     MH_MODE 0: trapezoid score test with n_trap sub-intervals, 1: exact energy test,
     2: no test (ULA). Move m draws xi and u from (seed, offset + m)."""
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
     chains = global_chain(rows, chain0)
     DT: tl.constexpr = x.dtype
@@ -252,12 +253,14 @@ def _gmm_mala_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: 
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _gmm_hmc_kernel(x_ptr, mu_ptr, tab_ptr, eps_ptr, xo_ptr, rate_ptr, alpha_: tl.float64,
-                    k0, k1, o0, o1, chain0, B, D, K, n_steps, n_lf, damping_: tl.float64, c_n_: tl.float64,
+                    k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, K, n_steps, n_lf, damping_: tl.float64,
+                    c_n_: tl.float64,
                     MH_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
-                    IDX64: tl.constexpr):
+                    IDX64: tl.constexpr, RNG_T: tl.constexpr):
     """n_steps HMC moves of BLOCK_B chains; x, s(x), logp(x) and the momentum p stay in
     registers. Move m: p0 = damping p + c_n xi, n_lf leapfrog steps, then the trapezoid
     (MH_MODE 0), energy (1) or no (2) test; on rejection p = −p0."""
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
     chains = global_chain(rows, chain0)
     DT: tl.constexpr = x.dtype
@@ -321,13 +324,12 @@ def _whole_move(kernel, name, x, means, log_weights, variances, step_size, n_ste
     block_d = 4 * block_j
     block_b, warps = _gmm_blocks(B, block_d, x.dtype, GMM_MALA_TILE_WIDE if block_d >= 64 else GMM_MALA_TILE)
     grid = (triton.cdiv(B, block_b),)
-    k0, k1 = split64(seed)
-    o0, o1 = split64(offset)
+    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
     alpha = float(alpha)
     tab = _gmm_table(log_weights, variances, D, alpha, sigma2)
-    launch(kernel, grid, x, means, tab, step_size, x_new, rate, f64(alpha), k0, k1, o0, o1, int(chain_offset),
+    launch(kernel, grid, x, means, tab, step_size, x_new, rate, f64(alpha), *rng,
            B, D, K, n_steps, int(n_inner), *extra, MH_MODE=mh, BLOCK_B=block_b, BLOCK_J=block_j,
-           IDX64=need_idx64(B * D), num_warps=warps)
+           IDX64=need_idx64(B * D), RNG_T=rng_t, num_warps=warps)
     return x_new, rate
 
 

@@ -9,8 +9,8 @@ import triton.language as tl
 
 from fastsamp.backends._abi import accept_outputs
 
-from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, row_grid, split64, warps_for
-from .random import global_chain, uniform_mh
+from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, rng_args, row_grid, warps_for
+from .random import global_chain, rng_words, uniform_mh
 from .sde import affine_noise
 from .tiles import col_tile, div_ieee, row_tile
 
@@ -56,9 +56,9 @@ def line_points(x, x_prop, n):
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr, dlp_ptr, u_ptr,
-                   xo_ptr, so_ptr, acc_ptr, la_ptr, B, D, M, plane, k0, k1, o0, o1, chain0,
+                   xo_ptr, so_ptr, acc_ptr, la_ptr, B, D, M, plane, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p,
                    MODE: tl.constexpr, DRAW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                   IDX64: tl.constexpr):
+                   IDX64: tl.constexpr, RNG_T: tl.constexpr):
     """Per-chain log_alpha, accept test and select, for BLOCK_B chains, looping over D; u read from
     u_ptr, or (DRAW) the MH uniforms of draw ((k1:k0), (o1:o0)) of chains chain0 + row.
 
@@ -67,6 +67,7 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
         log_alpha = dlogp + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps).
     MODE 1 (hmc_accept): log_alpha = delta_logp - 0.5 |p'|^2 + 0.5 |p|^2.
     """
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     rows, rmask, base, cols0 = row_tile(B, D, BLOCK_B, BLOCK_D, IDX64)
     DT: tl.constexpr = x_ptr.dtype.element_ty
     zero = tl.zeros([BLOCK_B], DT)
@@ -135,12 +136,12 @@ def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=N
         return outputs
     M = 0 if interior is None else int(interior.shape[0])
     block_b, block_d, grid = row_grid(B, D, ACCEPT_MAX_BLOCK_D, ACCEPT_TILE)
-    k0, k1 = split64(seed)
-    o0, o1 = split64(offset)
+    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
     launch(_accept_kernel, grid, x, x_prop, score, score_prop, step_size, interior, p, p_prop, delta_logp, u,
-           *outputs, B, D, M, B * D, k0, k1, o0, o1, int(chain_offset), MODE=mode, DRAW=u is None,
+           *outputs, B, D, M, B * D, *rng, MODE=mode, DRAW=u is None,
            BLOCK_B=block_b, BLOCK_D=block_d,
-           IDX64=need_idx64(B * D * max(M, 1)), num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
+           IDX64=need_idx64(B * D * max(M, 1)), RNG_T=rng_t, num_warps=warps_for(block_b * block_d),
+           enable_fp_fusion=False)
     return outputs
 
 

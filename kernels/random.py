@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import FLAT_WARPS, QUAD_WARPS, flat_block, launch, need_idx64, quad_grid, split64
+from ._launch import FLAT_WARPS, QUAD_WARPS, flat_block, launch, need_idx64, quad_grid, rng_args
 from .tiles import quad_tile, sqrt_ieee
 
 PHILOX_M0 = tl.constexpr(0xD2511F53)
@@ -135,19 +135,43 @@ def uniform_mh(k0, k1, o0, o1, rows, DTYPE: tl.constexpr):
     return uniform_open(r0, DTYPE)
 
 
+@triton.jit
+def _u64_words(p):
+    """The uint32 halves (lo, hi) of the int64 at p (a u64 in two's complement)."""
+    v = tl.load(p).to(tl.uint64, bitcast=True)
+    return v.to(tl.uint32), (v >> 32).to(tl.uint32)
+
+
+@triton.jit
+def rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T: tl.constexpr):
+    """The Philox arguments of a kernel: the scalars, or those RNG_T marks (1 seed, 2 offset, 4 chain
+    offset) loaded from their one-element int64 tensors (`_launch.rng_args`)."""
+    if RNG_T & 1:
+        k0, k1 = _u64_words(seed_p)
+    if RNG_T & 2:
+        o0, o1 = _u64_words(offset_p)
+    if RNG_T & 4:
+        chain0 = tl.load(chain_p)
+    return k0, k1, o0, o1, chain0
+
+
 # ------------------------------------------------------------------ ops.normal, ops.uniform
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
-def _normal_kernel(out_ptr, k0, k1, o0, o1, chain0, D, J, n_groups,
-                   EVEN4: tl.constexpr, IDX64: tl.constexpr, BLOCK_G: tl.constexpr, DT: tl.constexpr):
+def _normal_kernel(out_ptr, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, D, J, n_groups,
+                   EVEN4: tl.constexpr, IDX64: tl.constexpr, BLOCK_G: tl.constexpr, DT: tl.constexpr,
+                   RNG_T: tl.constexpr):
     """xi (B, D) over [BLOCK_G, 4] tiles of groups of 4 (one Philox call per group)."""
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     b, j, gmask, lane, offs, mask = quad_tile(tl.program_id(0), D, J, n_groups, BLOCK_G, EVEN4, IDX64)
     z0, z1, z2, z3 = normal4(k0, k1, o0, o1, j, global_chain(b, chain0), DT)
     tl.store(out_ptr + offs, select_lane(z0, z1, z2, z3, lane), mask=mask)
 
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
-def _uniform_kernel(out_ptr, k0, k1, o0, o1, chain0, B, BLOCK: tl.constexpr, DT: tl.constexpr):
+def _uniform_kernel(out_ptr, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, BLOCK: tl.constexpr,
+                    DT: tl.constexpr, RNG_T: tl.constexpr):
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < B
     tl.store(out_ptr + rows, uniform_mh(k0, k1, o0, o1, global_chain(rows, chain0), DT), mask=mask)
@@ -161,10 +185,9 @@ def normal(seed, offset, B, D, dtype, device, chain_offset):
     if out.numel() == 0:
         return out
     J, n_groups, block_g, grid = quad_grid(B, D)
-    k0, k1 = split64(seed)
-    o0, o1 = split64(offset)
-    launch(_normal_kernel, grid, out, k0, k1, o0, o1, int(chain_offset), D, J, n_groups, EVEN4=(D % 4 == 0),
-           IDX64=need_idx64(B * J * 4), BLOCK_G=block_g, DT=_TL_DTYPES[dtype], num_warps=QUAD_WARPS,
+    rng, rng_t = rng_args(seed, offset, chain_offset, out.device)
+    launch(_normal_kernel, grid, out, *rng, D, J, n_groups, EVEN4=(D % 4 == 0),
+           IDX64=need_idx64(B * J * 4), BLOCK_G=block_g, DT=_TL_DTYPES[dtype], RNG_T=rng_t, num_warps=QUAD_WARPS,
            enable_fp_fusion=False)
     return out
 
@@ -174,8 +197,7 @@ def uniform(seed, offset, B, dtype, device, chain_offset):
     if B == 0:
         return out
     block = flat_block(B)
-    k0, k1 = split64(seed)
-    o0, o1 = split64(offset)
-    launch(_uniform_kernel, (triton.cdiv(B, block),), out, k0, k1, o0, o1, int(chain_offset), B, BLOCK=block,
-           DT=_TL_DTYPES[dtype], num_warps=FLAT_WARPS, enable_fp_fusion=False)
+    rng, rng_t = rng_args(seed, offset, chain_offset, out.device)
+    launch(_uniform_kernel, (triton.cdiv(B, block),), out, *rng, B, BLOCK=block,
+           DT=_TL_DTYPES[dtype], RNG_T=rng_t, num_warps=FLAT_WARPS, enable_fp_fusion=False)
     return out

@@ -16,18 +16,19 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import QUAD_WARPS, f64, launch, need_idx64, quad_grid, split64
-from .random import global_chain, normal4, select_lane
+from ._launch import QUAD_WARPS, f64, launch, need_idx64, quad_grid, rng_args
+from .random import global_chain, normal4, rng_words, select_lane
 from .tiles import quad_tile, sqrt_ieee
 
 
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _affine_noise_kernel(x_ptr, score_ptr, extra_ptr, shift_ptr, noise_ptr, eps_ptr, out_ptr,
                          a: tl.float64, c_s: tl.float64, c_v: tl.float64, c_diff: tl.float64, c_n: tl.float64,
-                         k0, k1, o0, o1, chain0, D, J, n_groups,
+                         k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, D, J, n_groups,
                          HAS_SCORE: tl.constexpr, HAS_EXTRA: tl.constexpr, GUIDED: tl.constexpr,
                          HAS_NOISE: tl.constexpr, PER_CHAIN: tl.constexpr, EVEN4: tl.constexpr,
-                         IDX64: tl.constexpr, BLOCK_G: tl.constexpr):
+                         IDX64: tl.constexpr, BLOCK_G: tl.constexpr, RNG_T: tl.constexpr):
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     pid = tl.program_id(0)
     b, j, gmask, lane, offs, mask = quad_tile(pid, D, J, n_groups, BLOCK_G, EVEN4, IDX64)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
@@ -69,16 +70,15 @@ def affine_noise(x, score, extra, noise, eps, a, c_s, c_n, seed, offset, chain_o
     if x.numel() == 0:
         return out
     J, n_groups, block_g, grid = quad_grid(B, D)
-    k0, k1 = split64(seed)
-    o0, o1 = split64(offset)
+    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
     launch(_affine_noise_kernel, grid,
         x, score if score is not None else x, extra if extra is not None else x,
         shift if shift is not None else x, noise if noise is not None else x, eps if eps is not None else x, out,
-        f64(a), f64(c_s), f64(c_v), f64(c_diff), f64(c_n), k0, k1, o0, o1, int(chain_offset), D, J, n_groups,
+        f64(a), f64(c_s), f64(c_v), f64(c_diff), f64(c_n), *rng, D, J, n_groups,
         HAS_SCORE=score is not None, HAS_EXTRA=extra is not None, GUIDED=shift is not None,
         HAS_NOISE=noise is not None,
         PER_CHAIN=eps is not None, EVEN4=(D % 4 == 0), IDX64=need_idx64(B * J * 4),
-        BLOCK_G=block_g, num_warps=QUAD_WARPS, enable_fp_fusion=False)
+        BLOCK_G=block_g, RNG_T=rng_t, num_warps=QUAD_WARPS, enable_fp_fusion=False)
     return out
 
 

@@ -21,8 +21,8 @@ import triton.language as tl
 
 from fastsamp.backends._abi import em_step_grad_outputs, em_step_outputs
 
-from ._launch import INTERPRET, f64, launch, need_idx64, row_grid, split64, warps_for
-from .random import global_chain, normal_cols
+from ._launch import INTERPRET, f64, launch, need_idx64, rng_args, row_grid, warps_for
+from .random import global_chain, normal_cols, rng_words
 from .tiles import col_tile, div_ieee, row_tile, sqrt_ieee
 
 EM_MAX_BLOCK_D = 128
@@ -33,13 +33,14 @@ EM_TILE = 16384 if INTERPRET else 2048  # elements per program (fewer, larger on
 def _em_step_logprob_kernel(x_ptr, dr_ptr, lv_ptr, xn_ptr, noise_ptr, y_ptr, pf_ptr, pb_ptr,
                             h: tl.float64, s2: tl.float64, e2: tl.float64, c: tl.float64, inv_s2: tl.float64,
                             inv_b2: tl.float64, q: tl.float64, lpf0: tl.float64, lpb0: tl.float64,
-                            k0, k1, o0, o1, chain0, B, D,
+                            k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D,
                             HAS_LV: tl.constexpr, GIVEN: tl.constexpr, HAS_NOISE: tl.constexpr,
                             HAS_PB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                            IDX64: tl.constexpr):
+                            IDX64: tl.constexpr, RNG_T: tl.constexpr):
     """mean = x + h drift, s² = s2 e^{log_var}; x_next = mean + sqrt(s² + e2) xi unless GIVEN;
     v = x_next - mean, u = x - c x_next;
     log_pf = -½ (Σ v²/s² + Σ log_var + lpf0), log_pb = -½ (Σ u² / b2 + lpb0) (0 without HAS_PB)."""
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     rows, rmask, base, cols0 = row_tile(B, D, BLOCK_B, BLOCK_D, IDX64)
     DT: tl.constexpr = x_ptr.dtype.element_ty
     hh = h.to(DT)
@@ -145,17 +146,16 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset
     if B == 0:
         return y, log_pf, log_pb
     block_b, block_d, grid = _geometry(B, D)
-    k0, k1 = split64(seed)
-    o0, o1 = split64(offset)
+    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
     has_pb = b2 != 0.0
     launch(_em_step_logprob_kernel, grid, x, drift, log_var, x_next, noise, y, log_pf, log_pb,
            f64(h), f64(s2), f64(e2), f64(c), f64(1.0 / s2), f64(1.0 / b2 if has_pb else 0.0),
            f64(math.sqrt(s2 + e2)), f64(D * math.log(2 * math.pi * s2)),
            f64(D * math.log(2 * math.pi * b2) if has_pb else 0.0),
-           k0, k1, o0, o1, int(chain_offset), B, D,
+           *rng, B, D,
            HAS_LV=log_var is not None, GIVEN=x_next is not None, HAS_NOISE=noise is not None, HAS_PB=has_pb,
            BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D),
-           num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
+           RNG_T=rng_t, num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)
     return y, log_pf, log_pb
 
 

@@ -157,7 +157,8 @@ def test_registered_ops_follow_the_table():
     assert {n for n, op in _table.OPS.items() if op.grad} == set(_autograd.FORMULAS)
     for op in _table.registered():
         schema = getattr(torch.ops.fastsamp, op.name).default._schema
-        assert [a.name for a in schema.arguments] == [a.name for a in op.schema_args], op.name
+        assert [a.name for a in schema.arguments] == ([a.name for a in op.schema_args]
+                                                      + [f"{a.name}_t" for a in op.u64_args]), op.name
         assert len(schema.returns) == len(op.outs), op.name
         if any(a.kind in ("ints", "floats") for a in op.args):
             continue  # the mlp ops' networks: their fake implementations run in tests/test_registration.py's opcheck

@@ -194,6 +194,18 @@ __device__ __forceinline__ void box_muller(uint32_t w1, uint32_t w2, T& z_cos, T
   z_sin = rad * s;
 }
 
+// A seed / offset / chain offset argument of a kernel: the launch's value, or, with ptr set, the int64
+// that a one-element tensor holds when the kernel runs (a u64 in two's complement), so that a
+// replayed CUDA graph draws from the tensor's current value.
+struct U64Arg {
+  uint64_t value;
+  const int64_t* ptr;
+  __device__ __forceinline__ uint64_t get() const { return ptr ? static_cast<uint64_t>(*ptr) : value; }
+};
+
+// The U64Arg of an entry point's (value, pointer or 0) pair.
+inline U64Arg u64_arg(uint64_t value, uintptr_t ptr) { return U64Arg{value, reinterpret_cast<const int64_t*>(ptr)}; }
+
 // xi[b, 4j + r], r = 0..3, of draw (seed, offset).
 template <typename T>
 __device__ __forceinline__ void normal4(uint64_t seed, uint64_t offset, uint32_t b, uint32_t j,

@@ -71,8 +71,9 @@ template <typename T, int G, int NQ, int MH>
 __global__ void __launch_bounds__(kMalaMaxThreads, 1)
     gmm_mala_kernel(const T* __restrict__ x_in, const T* __restrict__ step_size,
                     const MixArgs<T> a, T* __restrict__ x_out, T* __restrict__ accept_rate,
-                    const int64_t B, const int64_t n_steps, const int64_t n_trap, const uint64_t seed,
-                    const uint64_t offset, const uint64_t chain0) {
+                    const int64_t B, const int64_t n_steps, const int64_t n_trap, const U64Arg seed_a,
+                    const U64Arg offset_a, const U64Arg chain_a) {
+  const uint64_t seed = seed_a.get(), offset = offset_a.get(), chain0 = chain_a.get();
   static_assert(MH >= 0 && MH <= 2, "mh mode");
   static_assert(kMalaMaxThreads % G == 0, "G must divide the block");
   extern __shared__ __align__(16) unsigned char smem[];
@@ -206,7 +207,8 @@ void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, u
 
 void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
               uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-              double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int mh,
+              double alpha, double sigma2, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t,
+              uint64_t chain_offset, uintptr_t chain_offset_t, int mh,
               uintptr_t x_out, uintptr_t accept_rate, uintptr_t stream) {
   const char* op = "gmm_mala";
   dispatch_dtype(dtype, op, [&](auto tag) {
@@ -227,8 +229,9 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
         constexpr int G = decltype(g)::value, NQ = decltype(nq)::value, MH = decltype(mode)::value;
         const MixGrid grid = mix_grid(a, B, G, kMalaMaxThreads, op);
         gmm_mala_kernel<T, G, NQ, MH><<<grid.blocks, grid.threads, grid.smem, as_stream(stream)>>>(
-            in<T>(x), in<T>(step_size), a, out<T>(x_out), out<T>(accept_rate), B, n_steps, n_trap, seed,
-            offset, chain_offset);
+            in<T>(x), in<T>(step_size), a, out<T>(x_out), out<T>(accept_rate), B, n_steps, n_trap, u64_arg(seed,
+            seed_t),
+            u64_arg(offset, offset_t), u64_arg(chain_offset, chain_offset_t));
         check_launch(op);
       });
     });

@@ -32,7 +32,8 @@ void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, u
 // mh: 0 score (trapezoid), 1 energy, 2 none. D <= kGmmMalaMaxD.
 void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
               uintptr_t step_size, int64_t B, int64_t D, int64_t K, int64_t n_steps, int64_t n_trapezoid,
-              double alpha, double sigma2, uint64_t seed, uint64_t offset, uint64_t chain_offset, int mh,
+              double alpha, double sigma2, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t,
+              uint64_t chain_offset, uintptr_t chain_offset_t, int mh,
               uintptr_t x_out, uintptr_t accept_rate, uintptr_t stream);
 
 // ------------------------------------------------------------------- mh (mh.cu)
@@ -40,21 +41,25 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
 // Op 5. x, x_prop, score, score_prop (B, D); step_size, u (B,); interior (m, B, D) or 0
 //  -> x_new, score_new (B, D), accepted (B,) bool, log_alpha (B,).
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
-                     uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     uintptr_t step_size, uintptr_t u, uint64_t seed, uintptr_t seed_t, uint64_t offset,
+                     uintptr_t offset_t, uint64_t chain_offset, uintptr_t chain_offset_t,
                      uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
                      uintptr_t accepted, uintptr_t log_alpha, uintptr_t stream);
 
 // ---------------------------------------------------- random (random.cu)
-void normal(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t out,
+void normal(int dtype, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t, uint64_t chain_offset,
+uintptr_t chain_offset_t, int64_t B, int64_t D, uintptr_t out,
             uintptr_t stream);
-void uniform(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, uintptr_t out,
+void uniform(int dtype, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t, uint64_t chain_offset,
+uintptr_t chain_offset_t, int64_t B, uintptr_t out,
              uintptr_t stream);
 
 // ------------------------------------------------------------------ sde (sde.cu)
 
 // Op 2. x, score, extra_drift (optional), noise (optional: Philox) (B, D) -> out (B, D).
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
-              int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double a, double c_s, double c_n,
+              int64_t D, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t, uint64_t chain_offset,
+              uintptr_t chain_offset_t, double a, double c_s, double c_n,
               uintptr_t out, uintptr_t stream);
 
 // ---------------------------------------------------- trajectory (trajectory.cu)
@@ -62,8 +67,10 @@ void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, ui
 // Op 9. x, drift, log_var (optional), x_next (optional: sample), noise (optional: Philox) (B, D)
 //  -> y (B, D; not written when x_next is given), log_pf, log_pb (B,).
 void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
-                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset,
-                     uint64_t chain_offset, double h, double s2, double e2, double c, double b2, uintptr_t y,
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uintptr_t seed_t, uint64_t offset,
+                     uintptr_t offset_t,
+                     uint64_t chain_offset, uintptr_t chain_offset_t, double h, double s2, double e2, double c,
+                     double b2, uintptr_t y,
                      uintptr_t log_pf, uintptr_t log_pb, uintptr_t stream);
 
 // Op 9 backward. g_x_next optional (0); g_log_var written when log_var is given, g_x_next_out

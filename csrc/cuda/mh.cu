@@ -20,12 +20,13 @@ template <typename T, int G>
 __global__ void __launch_bounds__(kMhThreads)
     score_mh_accept_kernel(const T* __restrict__ x, const T* __restrict__ x_prop,
                            const T* __restrict__ score, const T* __restrict__ score_prop,
-                           const T* __restrict__ step_size, const T* __restrict__ u, const uint64_t seed,
-                           const uint64_t offset, const uint64_t chain0, const T* __restrict__ interior,
+                           const T* __restrict__ step_size, const T* __restrict__ u, const U64Arg seed_a,
+                           const U64Arg offset_a, const U64Arg chain_a, const T* __restrict__ interior,
                            const int64_t m,
                            T* __restrict__ x_new, T* __restrict__ score_new,
                            bool* __restrict__ accepted, T* __restrict__ log_alpha,
                            const int64_t B, const int64_t D) {
+  const uint64_t seed = seed_a.get(), offset = offset_a.get(), chain0 = chain_a.get();
   static_assert(kMhThreads % G == 0, "G must divide the block");
   const GroupChain ch = group_chain<G>(B);
   const int lane = ch.lane;
@@ -81,7 +82,8 @@ __global__ void __launch_bounds__(kMhThreads)
 }  // namespace
 
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
-                     uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
+                     uintptr_t step_size, uintptr_t u, uint64_t seed, uintptr_t seed_t, uint64_t offset,
+                     uintptr_t offset_t, uint64_t chain_offset, uintptr_t chain_offset_t,
                      uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
                      uintptr_t accepted, uintptr_t log_alpha, uintptr_t stream) {
   const char* op = "score_mh_accept";
@@ -94,8 +96,10 @@ void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, 
     with_group((D + 3) / 4, [&](auto g) {
       constexpr int G = decltype(g)::value;
       score_mh_accept_kernel<T, G><<<group_blocks(B, G, kMhThreads, op), kMhThreads, 0, as_stream(stream)>>>(
-          in<T>(x), in<T>(x_prop), in<T>(score), in<T>(score_prop), in<T>(step_size), in<T>(u), seed, offset,
-          chain_offset, in<T>(interior), m, out<T>(x_new), out<T>(score_new), out<bool>(accepted), out<T>(log_alpha), B, D);
+          in<T>(x), in<T>(x_prop), in<T>(score), in<T>(score_prop), in<T>(step_size), in<T>(u), u64_arg(seed, seed_t),
+          u64_arg(offset, offset_t),
+          u64_arg(chain_offset, chain_offset_t), in<T>(interior), m, out<T>(x_new), out<T>(score_new),
+          out<bool>(accepted), out<T>(log_alpha), B, D);
       check_launch(op);
     });
   });

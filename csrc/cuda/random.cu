@@ -15,8 +15,9 @@ constexpr int kRandomThreads = 256;
 
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(kRandomThreads)
-    normal_kernel(T* __restrict__ out, const int64_t B, const int64_t D, const int64_t Q, const uint64_t seed,
-                  const uint64_t offset, const uint64_t chain0) {
+    normal_kernel(T* __restrict__ out, const int64_t B, const int64_t D, const int64_t Q, const U64Arg seed_a,
+                  const U64Arg offset_a, const U64Arg chain_a) {
+  const uint64_t seed = seed_a.get(), offset = offset_a.get(), chain0 = chain_a.get();
   const int64_t total = B * Q;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const bool idx32 = total <= 0xFFFFFFFFLL;
@@ -37,8 +38,9 @@ __global__ void __launch_bounds__(kRandomThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kRandomThreads)
-    uniform_kernel(T* __restrict__ out, const int64_t B, const uint64_t seed, const uint64_t offset,
-                   const uint64_t chain0) {
+    uniform_kernel(T* __restrict__ out, const int64_t B, const U64Arg seed_a, const U64Arg offset_a,
+                   const U64Arg chain_a) {
+  const uint64_t seed = seed_a.get(), offset = offset_a.get(), chain0 = chain_a.get();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < B; b += stride)
     out[b] = mh_uniform<T>(seed, offset, static_cast<uint32_t>(chain0 + b));
@@ -46,7 +48,8 @@ __global__ void __launch_bounds__(kRandomThreads)
 
 }  // namespace
 
-void normal(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t out_,
+void normal(int dtype, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t, uint64_t chain_offset,
+uintptr_t chain_offset_t, int64_t B, int64_t D, uintptr_t out_,
             uintptr_t stream) {
   const char* op = "normal";
   dispatch_dtype(dtype, op, [&](auto tag) {
@@ -57,13 +60,15 @@ void normal(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, in
     with_const<2>(vec_quads(D, {out_}), [&](auto is_vec) {
       normal_kernel<T, decltype(is_vec)::value>
           <<<stride_blocks(B * Q, kRandomThreads, op), kRandomThreads, 0, as_stream(stream)>>>(
-              out<T>(out_), B, D, Q, seed, offset, chain_offset);
+              out<T>(out_), B, D, Q, u64_arg(seed, seed_t), u64_arg(offset, offset_t), u64_arg(chain_offset,
+              chain_offset_t));
       check_launch(op);
     });
   });
 }
 
-void uniform(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t B, uintptr_t out_,
+void uniform(int dtype, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t, uint64_t chain_offset,
+uintptr_t chain_offset_t, int64_t B, uintptr_t out_,
              uintptr_t stream) {
   const char* op = "uniform";
   dispatch_dtype(dtype, op, [&](auto tag) {
@@ -71,7 +76,7 @@ void uniform(int dtype, uint64_t seed, uint64_t offset, uint64_t chain_offset, i
     if (B < 0) throw std::invalid_argument(op_error(op, "bad sizes"));
     if (B == 0) return;
     uniform_kernel<T><<<stride_blocks(B, kRandomThreads, op), kRandomThreads, 0, as_stream(stream)>>>(
-        out<T>(out_), B, seed, offset, chain_offset);
+        out<T>(out_), B, u64_arg(seed, seed_t), u64_arg(offset, offset_t), u64_arg(chain_offset, chain_offset_t));
     check_launch(op);
   });
 }

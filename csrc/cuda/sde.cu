@@ -22,8 +22,9 @@ template <typename T, bool NOISE, bool EXTRA, bool VEC>
 __global__ void __launch_bounds__(kSdeThreads)
     sde_step_kernel(const T* __restrict__ x, const T* __restrict__ score,
                     const T* __restrict__ extra, const T* __restrict__ noise, T* __restrict__ out,
-                    const int64_t B, const int64_t D, const int64_t Q, const uint64_t seed,
-                    const uint64_t offset, uint64_t chain0, const T a, const T c_s, const T c_n) {
+                    const int64_t B, const int64_t D, const int64_t Q, const U64Arg seed_a,
+                    const U64Arg offset_a, const U64Arg chain_a, const T a, const T c_s, const T c_n) {
+  const uint64_t seed = seed_a.get(), offset = offset_a.get(), chain0 = chain_a.get();
   const int64_t total = B * Q;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const bool idx32 = total <= 0xFFFFFFFFLL;
@@ -60,7 +61,8 @@ __global__ void __launch_bounds__(kSdeThreads)
 }  // namespace
 
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
-              int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double a, double c_s, double c_n,
+              int64_t D, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr_t offset_t, uint64_t chain_offset,
+              uintptr_t chain_offset_t, double a, double c_s, double c_n,
               uintptr_t out_, uintptr_t stream) {
   const char* op = "sde_step";
   dispatch_dtype(dtype, op, [&](auto tag) {
@@ -74,8 +76,9 @@ void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, ui
         with_const<2>(vec, [&](auto is_vec) {
           sde_step_kernel<T, decltype(has_noise)::value, decltype(has_extra)::value, decltype(is_vec)::value>
               <<<stride_blocks(B * Q, kSdeThreads, op), kSdeThreads, 0, as_stream(stream)>>>(
-                  in<T>(x), in<T>(score), in<T>(extra_drift), in<T>(noise), out<T>(out_), B, D, Q, seed, offset,
-                  chain_offset, static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_n));
+                  in<T>(x), in<T>(score), in<T>(extra_drift), in<T>(noise), out<T>(out_), B, D, Q, u64_arg(seed,
+                  seed_t), u64_arg(offset, offset_t),
+                  u64_arg(chain_offset, chain_offset_t), static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_n));
           check_launch(op);
         });
       });

@@ -58,8 +58,9 @@ __global__ void __launch_bounds__(kEmThreads)
                            const T* __restrict__ log_var, const T* __restrict__ x_next,
                            const T* __restrict__ noise, T* __restrict__ y, T* __restrict__ log_pf,
                            T* __restrict__ log_pb, const int64_t B, const int64_t D,
-                           const uint64_t seed, const uint64_t offset, uint64_t chain0, const EmConst<T> k,
+                           const U64Arg seed_a, const U64Arg offset_a, const U64Arg chain_a, const EmConst<T> k,
                            const bool vec) {
+  const uint64_t seed = seed_a.get(), offset = offset_a.get(), chain0 = chain_a.get();
   static_assert(kEmThreads % G == 0, "G must divide the block");
   const GroupChain ch = group_chain<G>(B);
   const int lane = ch.lane;
@@ -185,8 +186,10 @@ void with_em_const(int dtype, const char* op, int64_t B, int64_t D, double h, do
 }  // namespace
 
 void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var, uintptr_t x_next,
-                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset,
-                     uint64_t chain_offset, double h, double s2, double e2, double c, double b2, uintptr_t y,
+                     uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uintptr_t seed_t, uint64_t offset,
+                     uintptr_t offset_t,
+                     uint64_t chain_offset, uintptr_t chain_offset_t, double h, double s2, double e2, double c,
+                     double b2, uintptr_t y,
                      uintptr_t log_pf, uintptr_t log_pb, uintptr_t stream) {
   const char* op = "em_step_logprob";
   with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k) {
@@ -201,7 +204,8 @@ void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var,
           em_step_logprob_kernel<T, G, decltype(has_lv)::value, S == 0, S == 1>
               <<<group_blocks(B, G, kEmThreads, op), kEmThreads, 0, as_stream(stream)>>>(
                   in<T>(x), in<T>(drift), in<T>(log_var), in<T>(x_next), in<T>(noise), out<T>(y), out<T>(log_pf),
-                  out<T>(log_pb), B, D, seed, offset, chain_offset, k, vec);
+                  out<T>(log_pb), B, D, u64_arg(seed, seed_t), u64_arg(offset, offset_t), u64_arg(chain_offset,
+                  chain_offset_t), k, vec);
           check_launch(op);
         });
       });

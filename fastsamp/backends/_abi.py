@@ -20,7 +20,20 @@ def ptr(t) -> int:
 
 
 def u64(v) -> int:
+    """A seed / offset / chain offset as a C uint64 read on the host: an int, or a one-element int64 CPU tensor
+    (two's complement)."""
     return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
+
+
+def rng(v, name: str, like: torch.Tensor) -> tuple[int, int]:
+    """A seed / offset / chain offset as the (value, pointer) pair of a CUDA entry point: (the int, 0), or for a
+    one-element int64 tensor on like's device (0, its data pointer), read by the kernel when it runs."""
+    if not isinstance(v, torch.Tensor):
+        return u64(v), 0
+    if v.dtype != torch.int64 or v.numel() != 1 or v.device != like.device:
+        raise ValueError(f"{name} as a tensor must be one int64 element on {like.device}, got {v.dtype} "
+                         f"{tuple(v.shape)} on {v.device}")
+    return 0, v.data_ptr()
 
 
 def em_step_outputs(x, x_next):

@@ -24,6 +24,7 @@ from fastsamp import _C  # noqa: F401  (the names the generated glue calls)
 from ..ops import _table
 from ._abi import dtype_code as _dt  # noqa: F401
 from ._abi import ptr as _p  # noqa: F401
+from ._abi import rng as _rng  # noqa: F401
 from ._abi import u64 as _u64  # noqa: F401
 
 # Largest D the mixture kernels support (csrc/cuda/launch.h); the dispatcher reads them.

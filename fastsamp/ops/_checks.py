@@ -312,12 +312,31 @@ def uniforms(name: str, u, x: torch.Tensor) -> torch.Tensor:
     return like(name, u, x, (x.shape[0],))
 
 
-def seed_offset(seed, offset, n_draws: int = 1):
-    """(seed, offset) as ints in [0, 2**64) (seed None: drawn from torch's generator); the draws
+def _u64_tensor(name: str, v: torch.Tensor, device) -> torch.Tensor:
+    """A seed / offset / chain offset given as a tensor: one int64 element (0-d or 1 element) on `device`,
+    read inside the kernel (CUDA graphs replay it with its current value). An int64 holds a u64 in two's
+    complement: v < 0 stands for v + 2**64, as in the op table's schema encoding."""
+    if v.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int or an int64 tensor, got a {v.dtype} tensor")
+    if v.numel() != 1:
+        raise ValueError(f"{name} as a tensor must have one element, got shape {tuple(v.shape)}")
+    if device is not None:
+        device = torch.device(device)
+        if v.device.type != device.type or (device.index is not None and v.device.index != device.index):
+            raise ValueError(f"{name} must be on {device} like the op's tensors, got {v.device}")
+    return v
+
+
+def seed_offset(seed, offset, n_draws: int = 1, device=None):
+    """(seed, offset) as ints in [0, 2**64) or one-element int64 tensors on `device` (two's complement, read in
+    the kernel; their draws wrap modulo 2**64) (seed None: drawn from torch's generator); the int draws
     offset .. offset + n_draws − 1 must not wrap past 2**64."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    seed = integer("seed", seed, minimum=0, maximum=U64_MAX)
+    seed = _u64_tensor("seed", seed, device) if isinstance(seed, torch.Tensor) else integer(
+        "seed", seed, minimum=0, maximum=U64_MAX)
+    if isinstance(offset, torch.Tensor):
+        return seed, _u64_tensor("offset", offset, device)
     offset = integer("offset", offset, minimum=0, maximum=U64_MAX)
     if offset + n_draws - 1 > U64_MAX:
         raise ValueError(f"offset + n_steps - 1 must be < 2**64 (move m draws offset + m), got offset={offset}, "
@@ -330,13 +349,20 @@ def noise_or_seed(noise, seed, offset, x: torch.Tensor):
     if noise is not None:
         if seed is not None:
             raise ValueError("give either noise or seed, not both")
-        return like("noise", noise, x), 0, seed_offset(0, offset)[1]
-    return (None,) + seed_offset(seed, offset)
+        return like("noise", noise, x), 0, seed_offset(0, offset, device=x.device)[1]
+    return (None,) + seed_offset(seed, offset, device=x.device)
 
 
-def chain_offset(v, B: int) -> int:
+def chain_offset(v, B: int, device=None):
     """The global index of the first of B local chains: an int >= 0 with v + B <= 2**32
-    (the chain index is one 32-bit word of the Philox counter)."""
+    (the chain index is one 32-bit word of the Philox counter), or a one-element int64 tensor on `device`
+    (its value is checked on the CPU while `validating()`; on a GPU it is not read on the host)."""
+    if isinstance(v, torch.Tensor):
+        v = _u64_tensor("chain_offset", v, device)
+        if validating() and v.device.type == "cpu" and not 0 <= int(v) <= 2**32 - B:
+            raise ValueError(f"chain_offset must be >= 0 with chain_offset + B <= 2**32, got chain_offset = "
+                             f"{int(v)}, B = {B}")
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"chain_offset must be an int, got {type(v).__name__}")
     if v < 0 or v + B > 2**32:

@@ -4,7 +4,10 @@
 Per op, from the op table (`_table.py`):
 * the schema (an output given by an input, em_step_logprob's x_next, is a copy); seeds, offsets and
   chain offsets are `SymInt` (int64: a u64 value v >= 2**63 travels as
-  v − 2**64, `encode_u64`, and the kernels read it back modulo 2**64, so the noise stream is unchanged);
+  v − 2**64, `encode_u64`, and the kernels read it back modulo 2**64, so the noise stream is unchanged),
+  or one-element int64 tensors, passed as the trailing `Tensor? <name>_t` (the SymInt is then 0) and read
+  inside the kernel (a captured CUDA graph replays with the tensor's current value; compiled graphs take
+  a new value without recompiling);
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
@@ -67,7 +70,8 @@ def _decoded(fn, op: _table.Op):
     def kernel(*args, **kwargs):
         args = list(args)
         for i in at:
-            args[i] &= _table.U64_MASK
+            if not isinstance(args[i], torch.Tensor):
+                args[i] &= _table.U64_MASK
         return fn(*args, **kwargs)
     return kernel
 
@@ -110,6 +114,37 @@ def _fresh_outputs(fn, op: _table.Op):
             if args[i] is not None:
                 outs[k] = outs[k].clone()
         return tuple(outs)
+    return kernel
+
+
+def _with_u64_tensors(fn, op: _table.Op):
+    """fn (the backend signature) called by the registered op: each given trailing tensor form `<name>_t`
+    of a u64 argument replaces that argument."""
+    at = _u64_positions(op)
+    if not at:
+        return fn
+    n = len(op.schema_args)
+
+    def kernel(*args):
+        tail = args[n:]
+        if not any(t is not None for t in tail):
+            return fn(*args[:n])
+        head = list(args[:n])
+        for i, t in zip(at, tail):
+            if t is not None:
+                head[i] = t
+        return fn(*head)
+    return kernel
+
+
+def _backward_with_u64_tensors(backward, op: _table.Op):
+    """The autograd formula, with no gradient for the trailing tensor forms of the u64 arguments."""
+    pad = (None,) * len(op.u64_args)
+    if not pad:
+        return backward
+
+    def kernel(ctx, *grads):
+        return tuple(backward(ctx, *grads)) + pad
     return kernel
 
 
@@ -156,12 +191,18 @@ class Entry:
         at = _u64_positions(op)
 
         def encoded(args):
-            if at:
-                args = list(args)
-                for i in at:
-                    if args[i] > _INT64_MAX:
-                        args[i] -= 2**64
-            return args
+            """The schema's arguments: u64 ints as int64, tensors as the trailing `<name>_t` (the int 0)."""
+            if not at:
+                return args
+            args, tail = list(args), None
+            for k, i in enumerate(at):
+                v = args[i]
+                if isinstance(v, torch.Tensor):
+                    tail = tail or [None] * len(at)
+                    args[i], tail[k] = 0, v
+                elif v > _INT64_MAX:
+                    args[i] = v - 2**64
+            return args if tail is None else args + tail
 
         def graph(*args, out=None):
             if out is None:
@@ -183,6 +224,7 @@ def _register_factory(op: _table.Op) -> None:
 
     def kernel(*args):
         return device_kernel(op.name, torch.device(args[at]).type)(*args)
+    kernel = _with_u64_tensors(kernel, op)
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(f"{NAMESPACE}::{op.name}", namespace["fake"], lib=_lib)
@@ -194,7 +236,7 @@ def _register(op: _table.Op) -> Entry:
     qualname = f"{NAMESPACE}::{op.name}"
     opobj = getattr(getattr(torch.ops, NAMESPACE), op.name).default
     if not op.backends:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
-        _lib.impl(op.name, getattr(reference, op.name), "CompositeImplicitAutograd")
+        _lib.impl(op.name, _with_u64_tensors(getattr(reference, op.name), op), "CompositeImplicitAutograd")
         return Entry(op, opobj)
     if op.state is None and any(a.kind == "device" for a in op.args):  # a factory op: no tensor to dispatch on
         _register_factory(op)
@@ -202,10 +244,11 @@ def _register(op: _table.Op) -> Entry:
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
-    _lib.impl(op.name, _fresh_outputs(device_kernel(op.name, "cpu"), op), "CPU")  # resolved now: no trampoline
-    _lib.impl(op.name, _fresh_outputs(_kernel_for(op.name, "cuda"), op), "CUDA")  # resolved at the first call
+    _lib.impl(op.name, _fresh_outputs(_with_u64_tensors(device_kernel(op.name, "cpu"), op), op), "CPU")  # no trampoline
+    _lib.impl(op.name, _fresh_outputs(_with_u64_tensors(_kernel_for(op.name, "cuda"), op), op), "CUDA")  # at 1st call
     if op.grad:
-        torch.library.register_autograd(qualname, _autograd.FORMULAS[op.name], setup_context=_autograd.SETUP,
+        torch.library.register_autograd(qualname, _backward_with_u64_tensors(_autograd.FORMULAS[op.name], op),
+                                        setup_context=_autograd.SETUP,
                                         lib=_lib)
     else:
         _lib.impl(op.name, _refuse_grad(op, opobj), "Autograd")

@@ -16,7 +16,10 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            (K,D)          a tensor of that shape (dims are names or expressions of earlier names);
                           a suffix "?" makes it optional (None: pointer 0), "f64" fixes its dtype to float64
            float int bool python scalars (C double / int64 / bool)
-           u64            seed / offset / chain_offset: C uint64; int64 in the schema (two's complement)
+           u64            seed / offset / chain_offset: C uint64; int64 in the schema (two's complement). Also
+                          a one-element int64 tensor on the op's device, read inside the kernel (CUDA graphs):
+                          in the schema a trailing `Tensor? <name>_t=None` (the int argument is then 0); the
+                          cuda C entry points take (value, pointer or 0) pairs, the cpu glue reads it on the host
            tensors        a list of tensors (Tensor[])
            ints floats    a list of python ints / floats (int[] / float[])
            dtype device   of the outputs, for ops without a state tensor
@@ -88,6 +91,11 @@ class Op:
         return next((a for a in self.args if a.kind == "state"), None)
 
     @property
+    def u64_args(self) -> tuple:
+        """The seed / offset / chain offset arguments (each with a tensor form, `<name>_t` in the schema)."""
+        return tuple(a for a in self.args if a.kind == "u64")
+
+    @property
     def schema_args(self) -> tuple:
         """The arguments of the registered op (all but a preallocated `out`)."""
         return tuple(a for a in self.args if a.kind != "out")
@@ -99,6 +107,7 @@ class Op:
                 return "Tensor?" if a.optional else "Tensor"
             return SCALARS[a.kind]
         args = ", ".join(f"{typ(a)} {a.name}" for a in self.schema_args)
+        args += "".join(f", Tensor? {a.name}_t=None" for a in self.u64_args)
         outs = ", ".join("Tensor[]" if o.like_list else "Tensor?" if o.present_if else "Tensor" for o in self.outs)
         return f"{self.name}({args}) -> " + (outs if len(self.outs) == 1 else f"({outs})")
 
@@ -289,8 +298,10 @@ def _alloc(op: Op, o: Out, functional: bool) -> str:
 
 
 def signature(op: Op, functional: bool = False) -> str:
-    return ", ".join(a.name + ("=None" if a.kind == "out" else "") for a in (op.schema_args if functional
-                                                                            else op.args))
+    """The backend signature, or (functional) the schema's: no `out`, the tensor forms of u64 arguments last."""
+    if functional:
+        return ", ".join([a.name for a in op.schema_args] + [f"{a.name}_t=None" for a in op.u64_args])
+    return ", ".join(a.name + ("=None" if a.kind == "out" else "") for a in op.args)
 
 
 def outputs_source(op: Op, fname: str | None = None) -> str:
@@ -305,7 +316,7 @@ def _anchor(op: Op) -> str:
     return op.state.name if op.state is not None else op.outs[0].name
 
 
-def _c_token(op: Op, token: str) -> str:
+def _c_token(op: Op, token: str, target: str) -> str:
     if token == "dtype":
         return f"_dt({_anchor(op)})"
     try:
@@ -314,7 +325,9 @@ def _c_token(op: Op, token: str) -> str:
         return token  # a dim
     if a.kind in ("state", "tensor"):
         return f"_p({a.name})" if a.optional else f"{a.name}.data_ptr()"
-    return {"float": "float({})", "int": "int({})", "bool": "bool({})", "u64": "_u64({})"}[a.kind].format(a.name)
+    if a.kind == "u64":  # cpu: the value (a tensor's read on the host); cuda: (value, pointer or 0)
+        return f"_u64({a.name})" if target == "cpu" else f"*_rng({a.name}, {a.name!r}, {_anchor(op)})"
+    return {"float": "float({})", "int": "int({})", "bool": "bool({})"}[a.kind].format(a.name)
 
 
 def _product_guard(op: Op) -> str:
@@ -332,7 +345,7 @@ def glue_source(op: Op, target: str) -> str:
     if op.c is None:
         raise ValueError(f"{op.name} has hand-written glue")
     body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, False)}" for o in op.outs]
-    c_args = [_c_token(op, t) for t in op.c] + [
+    c_args = [_c_token(op, t, target) for t in op.c] + [
         f"_p({o.name})" if o.present_if else f"{o.name}.data_ptr()" for o in op.outs]
     body.append(f"if {_product_guard(op)}:")
     if target == "cpu":

@@ -32,8 +32,8 @@ def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size,
                                                                    alpha, sigma2)
     eps = _checks.step_size(step_size, x)
     n_steps = _checks.integer("n_steps", n_steps, minimum=1)
-    seed, offset = _checks.seed_offset(seed, offset, n_steps)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     if not isinstance(mh, str) or mh not in _MH_MODES:
         raise ValueError(f"mh must be one of {tuple(_MH_MODES)}, got {mh!r}")
     return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, _MH_MODES[mh]

@@ -13,7 +13,7 @@ def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_
     score = _checks.like("score", score, x)
     eps = _checks.step_size(step_size, x)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     fn = _dispatch.route(backend, "mala_propose", x, score, eps, noise)
     return fn(x, score, eps, noise, seed, offset, chain_offset)
 
@@ -37,7 +37,8 @@ def mh_uniform(u, seed, offset, chain_offset, x):
                          f"(seed, offset, chain_offset)), got {'both' if u is not None else 'neither'}")
     if u is not None:
         return _checks.uniforms("u", u, x), 0, 0, 0
-    return (None,) + _checks.seed_offset(seed, offset) + (_checks.chain_offset(chain_offset, x.shape[0]),)
+    return ((None,) + _checks.seed_offset(seed, offset, device=x.device)
+            + (_checks.chain_offset(chain_offset, x.shape[0], x.device),))
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior_scores=None, seed=None, offset=0,

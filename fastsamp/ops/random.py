@@ -19,6 +19,7 @@ import torch
 from . import _checks, _dispatch
 
 _MASK = 0xFFFFFFFF
+_U64 = 2**64 - 1
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _TWO_M32 = 2.0**-32
@@ -47,16 +48,22 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def _check_draw(seed, offset, dtype, chain_offset, **sizes) -> None:
-    """seed, offset in [0, 2**64), float32/float64 (the uniform's 2^-33 is 0 in float16, and
-    integer dtypes truncate), sizes in [0, 2**31), chain_offset + B <= 2**32."""
-    _checks.integer("seed", seed, minimum=0, maximum=_checks.U64_MAX)
-    _checks.integer("offset", offset, minimum=0, maximum=_checks.U64_MAX)
+def _check_draw(seed, offset, dtype, device, chain_offset, **sizes):
+    """(seed, offset, chain_offset) checked: ints in [0, 2**64) or one-element int64 tensors on `device`
+    (`_checks.seed_offset`), float32/float64 (the uniform's 2^-33 is 0 in float16, and integer dtypes
+    truncate), sizes in [0, 2**31), chain_offset + B <= 2**32."""
+    seed, offset = _checks.seed_offset(seed, offset, device=device)
     if dtype not in _checks.FLOAT_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     for name, v in sizes.items():
         _checks.integer(name, v, minimum=0)
-    _checks.chain_offset(chain_offset, sizes["B"])
+    return seed, offset, _checks.chain_offset(chain_offset, sizes["B"], device)
+
+
+def host_u64(v) -> int:
+    """A seed / offset / chain offset as a python int in [0, 2**64): an int, or a one-element int64 tensor
+    (two's complement; read on the host, a device sync for a GPU tensor)."""
+    return int(v) & _U64
 
 
 def uniform_open(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -71,6 +78,7 @@ def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def philox_normal(seed: int, offset: int, B: int, D: int, dtype, device, chain_offset: int) -> torch.Tensor:
     """The reference of the standard normals ξ (B, D) of draw (seed, offset) for global chains
     chain_offset .. chain_offset + B − 1 (arguments unchecked: the public `normal` checks them)."""
+    seed, offset, chain_offset = host_u64(seed), host_u64(offset), host_u64(chain_offset)
     J = (D + 3) // 4
     j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)[:, None].expand(B, J)
@@ -91,6 +99,7 @@ def philox_normal(seed: int, offset: int, B: int, D: int, dtype, device, chain_o
 def philox_uniform(seed: int, offset: int, B: int, dtype, device, chain_offset: int) -> torch.Tensor:
     """The reference of the MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains
     chain_offset .. chain_offset + B − 1 (arguments unchecked)."""
+    seed, offset, chain_offset = host_u64(seed), host_u64(offset), host_u64(chain_offset)
     b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)
     full = torch.full_like
     r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),
@@ -103,17 +112,16 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
     """Standard normals ξ (B, D) of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1:
     the normals every kernel draws in-kernel (the compiled backends equal the reference up to the
     rounding of log/cos/sin in Box–Muller)."""
-    _check_draw(seed, offset, dtype, chain_offset, B=B, D=D)
     device = torch.device(device)
-    return _dispatch.route_factory(backend, "normal", device)(int(seed), int(offset), int(B), int(D), dtype, device,
-                                                       int(chain_offset))
+    seed, offset, chain_offset = _check_draw(seed, offset, dtype, device, chain_offset, B=B, D=D)
+    return _dispatch.route_factory(backend, "normal", device)(seed, offset, int(B), int(D), dtype, device,
+                                                              chain_offset)
 
 
 def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *,
             chain_offset: int = 0, backend: str = "auto") -> torch.Tensor:
     """MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1
     (the same bits on every backend: integer Philox and one rounding)."""
-    _check_draw(seed, offset, dtype, chain_offset, B=B)
     device = torch.device(device)
-    return _dispatch.route_factory(backend, "uniform", device)(int(seed), int(offset), int(B), dtype, device,
-                                                        int(chain_offset))
+    seed, offset, chain_offset = _check_draw(seed, offset, dtype, device, chain_offset, B=B)
+    return _dispatch.route_factory(backend, "uniform", device)(seed, offset, int(B), dtype, device, chain_offset)

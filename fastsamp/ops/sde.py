@@ -49,7 +49,7 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     out = _checks.output(out, x, x=x, score=score, extra_drift=extra_drift, noise=noise)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     _checks.coefficients(x.dtype, "h", a=a, c_s=c_s, c_n=c_n)
@@ -80,7 +80,7 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     if not 0.0 < t <= 1.0:
         raise ValueError(f"t must be in (0, 1], got {t}")
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     out = _checks.output(out, x, x=x, score=score, score_shift=score_shift, v=v, noise=noise)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)

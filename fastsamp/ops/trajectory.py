@@ -97,11 +97,11 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
         if explore != 0.0:
             raise ValueError("explore only widens sampling; it must be 0 when x_next is given")
         reparam = False
-        seed, offset = _checks.seed_offset(0, offset)
+        seed, offset = _checks.seed_offset(0, offset, device=x.device)
     else:
         noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
         reparam = True if reparam is None else bool(reparam)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0])
+    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     s2 = sigma * sigma * h
     c = t / (t + h)
     b2 = s2 * c
