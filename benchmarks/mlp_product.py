@@ -10,6 +10,10 @@ FLOPs counted: 2 (D H + L H² + H D) per network evaluation (the multiply-adds o
 runs; the time-embedding columns of the first layer, constant over a call, are one (H, 2F) product per
 call in the kernel and are not counted; nor are the activations).
 
+Times are medians over the repeats, of wall time and of this process's CPU time (time.process_time: on
+a machine shared with other work, CPU time is the steadier of the two; one thread, so it is the
+kernel's own time). The GEMM rate is measured both ways too (a 1024³ float32 matmul).
+
     python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--json out.json]
 """
 import argparse
@@ -42,30 +46,41 @@ def flops_per_eval(model):
     return total
 
 
+def timed(fn, repeats):
+    """(median wall s, median CPU s of this process, last result) of `repeats` calls of fn()."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus), out
+
+
 def run_sampler(model, args, fused):
     kw = dict(n_levels=args.levels, corrector="mala", n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid,
               step_size=0.05, seed=0, fused=fused)
-    walls = []
-    for _ in range(args.repeats):
-        _, stats = annealed_mcmc(model, args.chains, **kw)
-        walls.append(stats.wall_time)
+    wall, cpu, (_, stats) = timed(lambda: annealed_mcmc(model, args.chains, **kw), args.repeats)
     assert stats.fused == fused
-    return statistics.median(walls), stats.n_score_evals
+    return wall, cpu, stats.n_score_evals
 
 
 def run_kernel(model, args):
-    """Median wall time (s) of one ops.mlp_mala call: the chains, args.moves moves, at t = 0.5."""
+    """Median wall and CPU time (s) of one ops.mlp_mala call: the chains, args.moves moves, at t = 0.5."""
     x = torch.randn(args.chains, model.dim)
     nets = [m.score_net(0.5, x) for m in model.models]
     call = lambda: ops.mlp_mala(x, nets, step_size=0.01, n_steps=args.moves, n_trapezoid=args.n_trapezoid)  # noqa: E731
     call()
-    times = []
-    for _ in range(max(args.repeats, 5)):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    evals = args.chains * (args.moves * args.n_trapezoid + 1)
-    return statistics.median(times), evals
+    wall, cpu, _ = timed(call, max(args.repeats, 5))
+    return wall, cpu, args.chains * (args.moves * args.n_trapezoid + 1)
+
+
+def gemm_rate_cpu_time(m=1024, repeats=15):
+    """GFLOP/s of a float32 m³ matmul by this process's CPU time (median)."""
+    x, y = torch.randn(m, m), torch.randn(m, m)
+    x @ y
+    _, cpu, _ = timed(lambda: x @ y, repeats)
+    return 2 * m**3 / cpu / 1e9
 
 
 def main():
@@ -82,20 +97,19 @@ def main():
     torch.set_num_threads(1)
     model = product(args.hidden)
     fpe = flops_per_eval(model)
-    roof = measure_roofline(torch.device("cpu"))
-    gemm = roof["fp32_gemm_GFLOPs"]
-    k_wall, k_evals = run_kernel(model, args)
-    k_gflops = k_evals * fpe / k_wall / 1e9
-    f_wall, evals = run_sampler(model, args, True)
+    gemm = {"wall": measure_roofline(torch.device("cpu"))["fp32_gemm_GFLOPs"], "cpu": gemm_rate_cpu_time()}
+
+    def entry(wall, cpu, evals):
+        rates = {"wall": evals * fpe / wall / 1e9, "cpu": evals * fpe / cpu / 1e9}
+        return {"wall_s": wall, "cpu_s": cpu, "n_score_evals": evals, "GFLOPs": rates,
+                "frac_gemm": {k: rates[k] / gemm[k] for k in rates}}
+
     report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "args": vars(args),
               "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe,
-              "kernel": {"wall_s": k_wall, "GFLOPs": k_gflops, "frac_gemm": k_gflops / gemm},
-              "fused": {"wall_s": f_wall, "n_score_evals": evals, "GFLOPs": evals * fpe / f_wall / 1e9}}
-    report["fused"]["frac_gemm"] = report["fused"]["GFLOPs"] / gemm
+              "kernel": entry(*run_kernel(model, args)), "fused": entry(*run_sampler(model, args, True))}
     if not args.skip_generic:
-        g_wall, g_evals = run_sampler(model, args, False)
-        report["generic"] = {"wall_s": g_wall, "n_score_evals": g_evals, "GFLOPs": g_evals * fpe / g_wall / 1e9}
-        report["speedup"] = g_wall / f_wall
+        report["generic"] = entry(*run_sampler(model, args, False))
+        report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in ("wall", "cpu")}
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w") as f:
