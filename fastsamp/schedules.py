@@ -1,9 +1,15 @@
 """Noise schedules (docs/design.md: data at t = 0, noise at t = 1).
 
 A forward SDE dx = f(t) x dt + g(t) dW with marginal x_t | x_0 ~ N(α_t x_0, σ_t² I).
-Every method takes a time as a python float (returning a float; checked to be in [0, 1]) or as
-a floating tensor of times (returning a tensor of the same shape, dtype and device, computed
-with the same formulas; not range-checked, so that no host synchronisation is needed).
+Every method takes a time as a python float (returning a float) or as a floating tensor of times
+(returning a tensor of the same shape, dtype and device, computed with the same formulas; not
+range-checked, so that no host synchronisation is needed). A float time is checked to be finite and
+in [0, 1] when the value checks run (`fastsamp.ops._checks.validating()`: validation switched on and
+not under torch.compile tracing), so a step whose t changes between calls compiles without a graph break.
+
+Under torch.compile a float time is a constant of the graph: a new value recompiles the step (the ops
+take their t-dependent coefficients as float arguments, which torch specializes anyway). A 0-d tensor
+time is an input of the graph: new values reuse it.
 """
 from __future__ import annotations
 
@@ -12,17 +18,31 @@ from dataclasses import dataclass
 
 import torch
 
+from .ops._checks import validating
+
 
 def _check_t(t, name: str = "t"):
-    """A float time in [0, 1], or a floating tensor of times (returned as it is)."""
+    """A float time (in [0, 1]: a value check), or a floating tensor of times (returned as it is)."""
     if isinstance(t, torch.Tensor):
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a float or a floating tensor, got a tensor of {t.dtype}")
         return t
     t = float(t)
-    if not math.isfinite(t) or not 0.0 <= t <= 1.0:
+    if torch.compiler.is_compiling():
+        return _graph_constant(t)
+    if validating() and not (math.isfinite(t) and 0.0 <= t <= 1.0):
         raise ValueError(f"{name} must be a finite time in [0, 1], got {t!r}")
     return t
+
+
+def _graph_constant(t: float) -> float:
+    """t itself (copysign(|t|, t) = t, NaN and −0.0 included), made a constant of the graph when torch.compile
+    traces it as a symbolic float (a float input turns symbolic at its first recompile): math.fabs has no
+    symbolic form, so torch specializes t here, guarding on `t == value`. Otherwise torch would specialize
+    expressions of t further on (math.expm1 and the ops' float arguments have no symbolic form), and torch
+    2.13's guard on such an expression can fail by a rounding difference on the frame that created it
+    (AssertionError: "Guard failed on the same frame it was created")."""
+    return math.copysign(math.fabs(t), t)
 
 
 def _exp(v):
@@ -108,6 +128,9 @@ class VE:
 
 def reverse_em_coefficients(schedule, t: float, h: float) -> tuple[float, float, float]:
     """(a, c_s, c_n) of the reverse Euler–Maruyama step t → t − h:
-    x ← x + h[−f x + g²(s + e)] + g√h ξ = a x + c_s (s + e) + c_n ξ."""
+    x ← x + h[−f x + g²(s + e)] + g√h ξ = a x + c_s (s + e) + c_n ξ.
+    (Float kernel arguments: under torch.compile, t and h are constants of the graph, `_graph_constant`.)"""
+    if torch.compiler.is_compiling():
+        h = _graph_constant(h)
     g2 = schedule.g2(t)
     return 1.0 - h * schedule.drift_coef(t), h * g2, math.sqrt(h * g2)
