@@ -1,7 +1,6 @@
 """Backend registry and dispatch: "torch" (reference), "cpp", "triton", "cuda"."""
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 
@@ -14,9 +13,18 @@ _MODULES = {
 }
 
 
-@functools.cache
+_loaded: dict[str, tuple] = {}  # name -> _import(name); a plain dict, which torch.compile reads as a constant
+
+
 def _load(name: str):
-    """(module, None) or (None, reason it is unavailable)."""
+    """(module, None) or (None, reason it is unavailable), imported once (`resolve` is then traceable: the
+    import machinery is not)."""
+    if name not in _loaded:
+        _loaded[name] = _import(name)
+    return _loaded[name]
+
+
+def _import(name: str):
     try:
         if name in ("cpp", "cuda"):
             from fastsamp import _C

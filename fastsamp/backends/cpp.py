@@ -22,6 +22,13 @@ from ._abi import u64 as _u64
 # small calls run on the calling thread alone (csrc/cpu/runtime.h).
 _threads = torch.get_num_threads
 
+
+def _policy_threads(n_threads) -> int:
+    """The policy kernels' thread count: n_threads, or torch's when it is 0 (the public ops' default, so that
+    torch.compile never traces torch.get_num_threads())."""
+    return int(n_threads) or _threads()
+
+
 _GENERATED = _table.install_glue(globals(), "cpu", "cpp")
 
 
@@ -39,8 +46,8 @@ def policy_rollout(x0, temb, params, ts, batch_size, sigma, h, explore, clip, se
     log_pf, log_pb = (torch.empty(B, T, dtype=temb.dtype, device=temb.device) for _ in range(2))
     if B > 0:
         _C.cpu_policy_rollout(_dt(temb), _p(x0), *_net_ptrs(temb, params), ts.data_ptr(), B, D, H, T, float(sigma),
-                              float(h), float(explore), float(clip), _u64(seed), int(chain_offset), int(n_threads),
-                              states.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
+                              float(h), float(explore), float(clip), _u64(seed), int(chain_offset),
+                              _policy_threads(n_threads), states.data_ptr(), log_pf.data_ptr(), log_pb.data_ptr())
     return states, log_pf, log_pb
 
 
@@ -49,7 +56,7 @@ def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):
     log_pf = torch.empty(B, T, dtype=states.dtype, device=states.device)
     if B > 0:
         _C.cpu_policy_log_pf(_dt(states), states.data_ptr(), *_net_ptrs(temb, params), B, D, H, T, float(sigma),
-                             float(h), float(clip), int(n_threads), log_pf.data_ptr())
+                             float(h), float(clip), _policy_threads(n_threads), log_pf.data_ptr())
     return log_pf
 
 
@@ -59,7 +66,7 @@ def policy_log_pf_backward(states, temb, params, g_log_pf, sigma, h, clip, n_thr
     if B > 0:
         _, g_ws, g_bs, g_hw, g_hb, g_wo, g_bo = _net_ptrs(g_temb, g_params)
         _C.cpu_policy_log_pf_backward(_dt(states), states.data_ptr(), *_net_ptrs(temb, params), g_log_pf.data_ptr(),
-                                      B, D, H, T, float(sigma), float(h), float(clip), int(n_threads),
+                                      B, D, H, T, float(sigma), float(h), float(clip), _policy_threads(n_threads),
                                       g_temb.data_ptr(), g_ws, g_bs, g_hw, g_hb, g_wo, g_bo)
     else:
         for t in [g_temb] + g_params:

@@ -153,6 +153,9 @@ def output(out, x: torch.Tensor, /, **inputs):
     `out` may be exactly one of the (contiguous) `inputs` (an in-place update: the kernels read
     element i before writing it) but may not overlap one partially, e.g. x shifted by a row.
     With grad mode on it must not require grad: the compiled kernels write it without autograd.
+    The overlap check reads memory addresses, which torch.compile cannot trace; under tracing it is
+    skipped, and needed no more: the traced op is functional and its result is copied into `out`
+    afterwards (`_library.Entry.graph`), so no kernel reads memory it has already written.
     """
     if out is None:
         return None
@@ -168,6 +171,8 @@ def output(out, x: torch.Tensor, /, **inputs):
     if torch.is_grad_enabled() and out.requires_grad:
         raise ValueError("out requires grad: in-place writes are not differentiable (like torch's in-place ops "
                          "on leaves); pass a tensor that does not require grad, or run under torch.no_grad()")
+    if torch.compiler.is_compiling():
+        return out
     lo, hi = _bytes(out)
     for name, t in inputs.items():
         if t is None or t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
@@ -244,8 +249,9 @@ def float_dtype(name: str, dtype) -> torch.dtype:
 
 
 def threads(n_threads) -> int:
-    """The thread count of a compiled kernel call: torch.get_num_threads() or an int in [1, MAX_COUNT]."""
-    return torch.get_num_threads() if n_threads is None else integer("n_threads", n_threads, minimum=1)
+    """The thread count of a compiled kernel call: an int in [1, MAX_COUNT], or 0 for None: torch's intra-op
+    thread count, read by the kernel's glue at the call (torch.compile cannot trace torch.get_num_threads())."""
+    return 0 if n_threads is None else integer("n_threads", n_threads, minimum=1)
 
 
 def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:

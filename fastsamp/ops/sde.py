@@ -17,9 +17,10 @@ def _run_into(fn, out, *args):
 
     A compiled kernel writes out's memory behind autograd's back, so its version counter is
     bumped as torch's in-place ops do (a graph that saved it then refuses to backpropagate);
-    a neg-bit view is written through torch's copy, which honours the bit."""
-    if out is None:
-        return fn(*args, out=None)
+    a neg-bit view is written through torch's copy, which honours the bit. Under torch.compile tracing fn
+    is the registered op, which copies its result into `out` itself."""
+    if out is None or torch.compiler.is_compiling():
+        return fn(*args, out=out)
     if out.is_neg():
         return out.copy_(fn(*args, out=None))
     fn(*args, out=out)
