@@ -1,0 +1,151 @@
+"""torch.compile(fullgraph=True) of the steps users write around fastsamp's ops: a t-dependent annealed
+level (the time changes between calls), out= calls and the policy ops; no graph break, eager's values, and
+the number of compiles over the levels (a float t: one graph per value; a 0-d tensor t: the graph is reused)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounter
+
+import fastsamp
+from fastsamp import VE, VP, ops
+
+D = 3
+SCHEDULE = VP()
+LEVELS = (0.9, 0.7, 0.5, 0.3, 0.1)
+
+
+class TimeScore(nn.Module):
+    """A user's score network s(x, t) (t a float or a 0-d tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(D + 1, 16), nn.Tanh(), nn.Linear(16, D))
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, torch.ones_like(x[:, :1]) * t], 1))
+
+
+def corrector(net, x, t, offset):
+    """One annealed MALA move at level t with the score-MH test (trapezoid, 2 interior points): step size
+    0.1 σ_t², the network's score divided by σ_t (the schedule's marginal)."""
+    sigma = SCHEDULE.sigma(t)
+    eps = 0.1 * SCHEDULE.sigma2(t)
+    s = net(x, t) / sigma
+    x_prop = ops.mala_propose(x, s, eps, seed=3, offset=offset)
+    pts = ops.line_points(x, x_prop, 3)
+    s_prop = net(x_prop, t) / sigma
+    interior = net(pts.reshape(-1, D), t).reshape(pts.shape) / sigma
+    return ops.score_mh_accept(x, x_prop, s, s_prop, eps, interior_scores=interior, seed=3, offset=offset)
+
+
+def level(net, x, t, offset):
+    """A corrector move at t, then the reverse SDE step t → t − 0.05."""
+    with torch.no_grad():
+        x, s, accepted, _ = corrector(net, x, t, offset)
+        return ops.reverse_sde_step(x, s, t=t, h=0.05, schedule=SCHEDULE, seed=4, offset=offset), accepted
+
+
+@pytest.fixture
+def dynamo_reset():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_annealed_level_with_a_float_time(dynamo_reset):
+    """No graph break with validation on (the schedule's and the ops' value checks are skipped while tracing);
+    one graph per level: a float t is a constant of the graph (t-dependent kernel coefficients are floats)."""
+    net, x = TimeScore(), torch.randn(64, D)
+    assert fastsamp.validation_enabled()
+    explain = torch._dynamo.explain(level)(net, x, 0.5, 1)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(level, backend=counter, fullgraph=True)
+    for i, t in enumerate(LEVELS):
+        for got, expect in zip(compiled(net, x, t, i), level(net, x, t, i)):
+            torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    assert counter.frame_count == len(LEVELS)
+
+
+def test_corrector_with_a_tensor_time_reuses_its_graph(dynamo_reset):
+    """A 0-d tensor t is an input of the graph: five levels compile at most twice (the second time the
+    offset turns dynamic) and match eager."""
+    net, x = TimeScore(), torch.randn(64, D)
+
+    def step(x, t, offset):
+        with torch.no_grad():
+            return corrector(net, x, t, offset)[:3]
+
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for i, t in enumerate(LEVELS):
+        t = torch.tensor(t)
+        for got, expect in zip(compiled(x, t, i), step(x, t, i)):
+            torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    assert counter.frame_count <= 2
+
+
+@pytest.mark.parametrize("schedule", [VP(), VE()], ids=["VP", "VE"])
+def test_schedule_time_check_follows_the_validation_switch(schedule):
+    """A float time outside [0, 1] or not finite: ValueError with validation on, the formula's value with it
+    off; a tensor of integer times is refused either way (a structure check)."""
+    for bad in (1.5, -0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="t must be a finite time in"):
+            schedule.sigma2(bad)
+    with fastsamp.validation(False):
+        assert isinstance(schedule.sigma2(1.5), float)
+        with pytest.raises(TypeError, match="t must be a float or a floating tensor"):
+            schedule.sigma2(torch.tensor(1))
+    with pytest.raises(ValueError, match="t must be a finite time"):
+        schedule.g2(2.0)
+
+
+def test_out_call_compiles(dynamo_reset):
+    """out= under torch.compile: no graph break (the overlap check reads addresses only in eager; the traced op
+    is functional and copied into out); out is written in place as in eager."""
+    def step(x, s):
+        with torch.no_grad():
+            return ops.reverse_sde_step(x, s, t=0.5, h=0.01, schedule=SCHEDULE, seed=3, offset=1, out=x)
+
+    x, s = torch.randn(8, D), torch.randn(8, D)
+    explain = torch._dynamo.explain(step)(x.clone(), s)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    x_c, x_e = x.clone(), x.clone()
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(x_c, s)
+    expect = step(x_e, s)
+    assert expect is x_e
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    torch.testing.assert_close(x_c, x_e, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out partially overlaps x"):  # eager: as before
+        buf = torch.randn(9, D)
+        ops.reverse_sde_step(buf[1:], s, t=0.5, h=0.01, schedule=SCHEDULE, seed=3, out=buf[:-1])
+
+
+def test_policy_ops_compile(dynamo_reset):
+    """policy_log_pf (forward and its fused backward) and policy_rollout: no graph break (the thread count is
+    read by the kernel's glue, the backend resolved from loaded modules), eager's values and gradients."""
+    from fastsamp.samplers.diffusion import DriftNet
+    torch.manual_seed(0)
+    T, B, H = 3, 5, 8
+    net = DriftNet(2, hidden=H, n_harmonics=4, n_layers=1).double()
+    states, temb = torch.randn(T + 1, B, 2, dtype=torch.float64), torch.randn(T, H, dtype=torch.float64)
+
+    def log_pf(states, temb):
+        return ops.policy_log_pf(net, states, temb, sigma=1.0)
+
+    def rollout(temb):
+        return ops.policy_rollout(net, temb, B, sigma=1.0, seed=1)
+
+    for fn, args in ((log_pf, (states, temb)), (rollout, (temb,))):
+        explain = torch._dynamo.explain(fn)(*args)
+        assert explain.graph_break_count == 0, explain.break_reasons
+        for got, expect in zip(torch.compile(fn, fullgraph=True, backend="aot_eager")(*args), fn(*args)):
+            torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    temb = temb.requires_grad_()
+    compiled = torch.compile(log_pf, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(torch.autograd.grad(compiled(states, temb).sum(), temb),
+                               torch.autograd.grad(log_pf(states, temb).sum(), temb), rtol=0, atol=0)
