@@ -175,6 +175,9 @@ def test_annealed_mcmc_takes_the_fused_path():
     odd.net[1] = torch.nn.Tanh()  # not the architecture the kernels evaluate: the generic path
     for m in (odd, Product(odd, model.models[0])):
         assert not annealed_mcmc(m, 16, n_levels=3, n_corrector_steps=1)[1].fused
+    away = score_mlp(2, 8, seed=4, dtype=torch.float32).to("meta")  # off the CPU: no kernel, so not fused
+    assert not away.fusable() and away.fused_corrector() is None
+    assert Product(away, model.models[0]).fused_corrector() is None
 
 
 # --- argument checks ---------------------------------------------------------------------------------

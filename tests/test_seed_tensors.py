@@ -119,6 +119,10 @@ def test_mlp_moves_take_tensor_seeds():
         with torch.profiler.profile():  # through the registered op
             _equal(move(x, net, step_size=0.05, n_steps=2, seed=BIG_SEED, offset=as_tensor(9, "cpu"), chain_offset=3,
                         **kw), expect)
+        for arg in ("seed", "offset", "chain_offset"):  # a tensor on another device names its argument
+            with pytest.raises(ValueError, match=f"{arg}.*must be on cpu"):
+                move(x, net, step_size=0.05, n_steps=2, **{"seed": 1, "offset": 0, "chain_offset": 0,
+                                                             arg: torch.tensor(3, device="meta")}, **kw)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
