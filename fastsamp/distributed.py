@@ -14,6 +14,11 @@ failing rank's message (no rank is left waiting). Collectives also carry a timeo
     with comm.level(2) as lv:           # one all_reduce of [sum, sum, failed]
         lv.values[:] = [...]
     totals = lv.result
+    sums = comm.level_sums(2)           # per-level sums read once after the last level
+    for i in range(n_levels):
+        with sums.level() as values:    # distributed: comm.level; one process: nothing per level
+            values[:] = [...]
+    table = sums.totals()               # (n_levels, 2) float64
     x_all = comm.gather(x_local)        # rank 0: all chains in global order; other ranks: None
 """
 from __future__ import annotations
@@ -78,6 +83,53 @@ class _Level:
     def __init__(self, n: int):
         self.values = [0.0] * n
         self.result = None
+
+
+class LevelSums:
+    """A sampler's per-level statistics summed over the ranks, read once after the last level.
+
+    `level()` is one level's context yielding the list to fill with n_values floats or one-element
+    tensors. Distributed, it is `Comm.level` (one all_reduce with the failure flag per level); in one
+    process it runs nothing: the values are kept as they are, with no torch op and no host
+    synchronisation per level, and `totals()` stacks them once."""
+
+    def __init__(self, comm: Comm, n_values: int, op: str = "sum"):
+        self.comm, self.n_values, self.op = comm, n_values, op
+        self.rows = []
+
+    def level(self):
+        if self.comm.distributed:
+            return self._reduced_level()
+        values = [0.0] * self.n_values
+        self.rows.append(values)
+        return contextlib.nullcontext(values)
+
+    @contextlib.contextmanager
+    def _reduced_level(self):
+        with self.comm.level(self.n_values, self.op) as lv:
+            yield lv.values
+        self.rows.append(lv.result)
+
+    def totals(self) -> torch.Tensor:
+        """The (n_levels, n_values) float64 table of the levels' values, summed over the ranks (on the
+        device of the values' tensors)."""
+        if not self.rows:
+            return torch.zeros(0, self.n_values, dtype=torch.float64)
+        if self.comm.distributed:
+            return torch.stack(self.rows)
+        columns = [_column(values) for values in zip(*self.rows)]
+        dev = next((c.device for c in columns if c.device.type != "cpu"), torch.device("cpu"))
+        return torch.stack([c.to(dev) for c in columns], 1)
+
+
+def _column(values) -> torch.Tensor:
+    """Floats or one-element tensors (on one device) as a float64 vector."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return torch.tensor(values, dtype=torch.float64)
+    dev = tensors[0].device
+    return torch.stack([v.detach().reshape(()) if isinstance(v, torch.Tensor)
+                        else torch.tensor(float(v), dtype=torch.float64, device=dev) for v in values]).to(torch.float64)
 
 
 class Comm:
@@ -148,6 +200,10 @@ class Comm:
             self.all_reduce([0.0] * n_values, op, error=e)
             raise
         lv.result = self.all_reduce(lv.values, op)
+
+    def level_sums(self, n_values: int, op: str = "sum") -> LevelSums:
+        """Per-level statistics that are read only after the last level (see `LevelSums`)."""
+        return LevelSums(self, n_values, op)
 
     def chain_offset(self, local_count: int) -> int:
         """The global index of this rank's first chain when rank r holds local_count_r chains (an

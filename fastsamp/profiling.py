@@ -4,6 +4,7 @@ The samplers mark their phases with `record_function` ranges of stable names (`P
 
     fastsamp.predictor    the reverse-SDE step between noise levels (with its score call)
     fastsamp.corrector    the MCMC moves at one noise level
+    fastsamp.mh           the MH test of a generic corrector move (its accept op; inside the corrector)
     fastsamp.score_model  one call of the user's model (score, log_prob); fastsamp.log_weight: the
                           importance weight's gradient; fastsamp.policy: the trained diffusion
                           sampler's network (all three: the user's model)
@@ -35,7 +36,7 @@ PREFIX = "fastsamp."
 OP_NAMESPACE = "fastsamp::"
 ROOT = PREFIX + "profile"
 MODEL_RANGES = (PREFIX + "score_model", PREFIX + "log_weight", PREFIX + "policy")
-PHASES = (PREFIX + "predictor", PREFIX + "corrector") + MODEL_RANGES
+PHASES = (PREFIX + "predictor", PREFIX + "corrector", PREFIX + "mh") + MODEL_RANGES
 
 _profiler_enabled = torch._C._autograd._profiler_enabled  # what RecordFunction itself consults (~0.1 µs)
 _NO_RANGE = contextlib.nullcontext()

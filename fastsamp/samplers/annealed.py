@@ -201,11 +201,9 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     scale0 = (sched.alpha(1.0) ** 2 * data_scale**2 + sched.sigma2(1.0)) ** 0.5
     x = scale0 * ops.normal(seed, 0, n_local, model.dim, dtype=dtype, device=device, chain_offset=chain0)
     factor = torch.ones(n_local, dtype=dtype, device=device)
-    # per-level statistics stay on the device until the end: no host synchronisation per level in
-    # one process (distributed: one all_reduce per level, whose failure flag is read on the host)
-    rates = torch.zeros(n_levels, dtype=torch.float64, device=device)
-    steps = torch.zeros(n_levels, dtype=torch.float64, device=device)
-    n_evals = torch.zeros((), dtype=torch.float64, device=device)
+    # per-level statistics stay on the device until the end: nothing per level in one process
+    # (distributed: one all_reduce per level, whose failure flag is read on the host)
+    level_sums = comm.level_sums(4)  # Σ acceptance, Σ step size, non-finite chains, score evaluations
     p = torch.zeros_like(x)
     offset = 1
     levels = range(n_levels)
@@ -217,7 +215,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
             pass
     for i in levels:
         t = ts[i]
-        with comm.level(4) as lv:  # Σ acceptance, Σ step size, non-finite chains, score evaluations
+        with level_sums.level() as values:
             n_before = f.calls
             if i > 0 and predictor:
                 with phase("predictor"):
@@ -237,16 +235,15 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                 if adapt and corrector in ("mala", "hmc"):
                     factor = factor * torch.exp(rate - target_accept)  # Robbins-Monro on log ε, gain 1
                 rate_sum = rate.double().sum()
-            lv.values[:] = [rate_sum, eps.double().sum(), monitor.counts[i], f.calls - n_before]
-        rates[i], steps[i] = lv.result[0] / n_samples, lv.result[1] / n_samples
-        monitor.counts[i] = lv.result[2]  # over all ranks
-        n_evals += lv.result[3]
-    stats.n_score_evals = int(n_evals)
+            values[:] = [rate_sum, eps.double().sum(), monitor.counts[i], f.calls - n_before]
+    totals = level_sums.totals().to(device)
+    monitor.counts.copy_(totals[:, 2])  # over all ranks
+    stats.n_score_evals = int(totals[:, 3].sum())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.wall_time = time.perf_counter() - start
-    stats.step_size = steps.tolist()
-    stats.accept_rate = rates.tolist() if spec.n_steps > 0 else []
+    stats.step_size = (totals[:, 1] / n_samples).tolist()
+    stats.accept_rate = (totals[:, 0] / n_samples).tolist() if spec.n_steps > 0 else []
     stats.n_nonfinite, stats.first_nonfinite_level = monitor.report("annealed_mcmc", lambda i: (
         f" of {n_levels} (t = {ts[i]:.4g}, mean step size ε_t = {stats.step_size[i]:.3g})",
         "the step size is too large for this model (lower step_size, or adapt=True), or the score model's "

@@ -9,6 +9,7 @@ trapezoidal line integral of the score, `ops.score_mh_accept`; for HMC along the
 `EnergyMH` (the exact log-density difference, `ops.energy_mh_accept` / `ops.hmc_accept`) or
 `NoMH` (unadjusted: ULA, U-HMC). Move m of a run uses the Philox draws (seed, offset + m) of the
 global chains chain_offset + b: the proposal noise ξ (or the momentum refresh) and the uniform u.
+The MH tests' accept ops run inside the profiler range `fastsamp.mh` (`fastsamp.profiling`).
 
 HMC rejection keeps the position and flips the momentum, p ← −p₀ (as the fused kernel does): with a
 full refresh (damping 0) the flip is invisible, with a partial refresh it makes the move exact.
@@ -21,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from .. import ops
+from ..profiling import phase
 from ..protocol import fused_corrector
 
 
@@ -116,15 +118,17 @@ class ScoreMH(MHTest):
             pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
             scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
             s_prop, interior = scores[0], scores[1:]
-        x, s, accepted, log_alpha = ops.score_mh_accept(
-            x, x_prop, score=state.score, score_prop=s_prop, step_size=kernel.step_size,
-            interior_scores=interior, backend=kernel.backend, **_draw(key))
+        with phase("mh"):
+            x, s, accepted, log_alpha = ops.score_mh_accept(
+                x, x_prop, score=state.score, score_prop=s_prop, step_size=kernel.step_size,
+                interior_scores=interior, backend=kernel.backend, **_draw(key))
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
-        x, s, accepted, log_alpha = ops.hmc_accept(
-            start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum, p_prop=end.momentum,
-            delta_logp=delta_logp, backend=kernel.backend, **_draw(key))
+        with phase("mh"):
+            x, s, accepted, log_alpha = ops.hmc_accept(
+                start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum, p_prop=end.momentum,
+                delta_logp=delta_logp, backend=kernel.backend, **_draw(key))
         momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
         logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
         return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
@@ -140,9 +144,10 @@ class EnergyMH(ScoreMH):
         s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
         # energy_mh_accept has reference and C++ kernels only: on CUDA "auto" runs the reference
         backend = kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
-        x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
-            state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
-            step_size=kernel.step_size, backend=backend, **_draw(key))
+        with phase("mh"):
+            x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
+                state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
+                step_size=kernel.step_size, backend=backend, **_draw(key))
         return ChainState(x, s, logp), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
