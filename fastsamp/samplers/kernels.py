@@ -16,12 +16,14 @@ full refresh (damping 0) the flip is invisible, with a partial refresh it makes 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .. import ops
+from ..ops import _checks, _dispatch
 from ..profiling import phase
 from ..protocol import fused_corrector
 
@@ -119,9 +121,17 @@ class ScoreMH(MHTest):
             scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
             s_prop, interior = scores[0], scores[1:]
         with phase("mh"):
-            x, s, accepted, log_alpha = ops.score_mh_accept(
-                x, x_prop, score=state.score, score_prop=s_prop, step_size=kernel.step_size,
-                interior_scores=interior, backend=kernel.backend, **_draw(key))
+            if kernel.checked:  # the run's step size, key and backend passed once (`run_corrector`)
+                s_prop = _checks.resolved(s_prop)
+                interior = None if interior is None else _checks.resolved(interior)
+                fn = _dispatch.route(kernel.backend, "score_mh_accept", x, x_prop, state.score, s_prop,
+                                     kernel.step_size, None, interior)
+                x, s, accepted, log_alpha = fn(x, x_prop, state.score, s_prop, kernel.step_size, None, interior,
+                                               key.seed, key.offset, key.chain_offset)
+            else:
+                x, s, accepted, log_alpha = ops.score_mh_accept(
+                    x, x_prop, score=state.score, score_prop=s_prop, step_size=kernel.step_size,
+                    interior_scores=interior, backend=kernel.backend, **_draw(key))
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -170,14 +180,20 @@ class Langevin:
     step_size: torch.Tensor
     mh: MHTest
     backend: str = "auto"
+    checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
 
     def init(self, x, momentum=None) -> ChainState:
         s, logp = self.mh.evaluate(self.model, x, self.t)
         return ChainState(x, s, logp, momentum)
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
-        x_prop = ops.mala_propose(state.x, state.score, self.step_size, seed=key.seed, offset=key.offset,
-                                  chain_offset=key.chain_offset, backend=self.backend)
+        if self.checked:
+            score = _checks.resolved(state.score)
+            fn = _dispatch.route(self.backend, "mala_propose", state.x, score, self.step_size, None)
+            x_prop = fn(state.x, score, self.step_size, None, key.seed, key.offset, key.chain_offset)
+        else:
+            x_prop = ops.mala_propose(state.x, state.score, self.step_size, seed=key.seed, offset=key.offset,
+                                      chain_offset=key.chain_offset, backend=self.backend)
         new, info = self.mh.langevin(self, state, x_prop, key)
         return new._replace(momentum=state.momentum), info
 
@@ -235,6 +251,17 @@ def make_kernel(model, t, step_size, spec: CorrectorSpec):
     return Langevin(model, t, step_size, mh, backend=spec.backend)
 
 
+def checked_kernel(kernel: Langevin, x, key: PhiloxKey, n_steps: int) -> tuple[Langevin, PhiloxKey]:
+    """(kernel, key) of a run of n_steps Langevin moves from x (contiguous), with the run's constants
+    checked once as the public ops check them (the step size, the seed and chain offset, the offsets
+    of every move): the kernel's moves then call the ops' kernels with no per-move check of those (the
+    scores that change per move are made contiguous; the counting model checks the model's outputs)."""
+    eps = _checks.step_size(kernel.step_size, x)
+    seed, _ = _checks.seed_offset(key.seed, key.offset, n_steps, device=x.device)
+    chain_offset = _checks.chain_offset(key.chain_offset, x.shape[0], x.device)
+    return dataclasses.replace(kernel, step_size=eps, checked=True), PhiloxKey(seed, key.offset, chain_offset)
+
+
 def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,
                   fused: bool) -> CorrectorResult:
     """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
@@ -248,6 +275,9 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         model.calls += B * spec.score_evals_per_chain()
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
     kernel = make_kernel(model, t, step_size, spec)
+    if not spec.is_hmc and spec.mh in ("score", "none") and key.seed is not None:
+        x = _checks.resolved(x)
+        kernel, key = checked_kernel(kernel, x, key, spec.n_steps)
     state = kernel.init(x, momentum)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(spec.n_steps):
