@@ -52,7 +52,7 @@ class PhiloxKey(NamedTuple):
     chain_offset: int
 
     def move(self, m: int) -> PhiloxKey:
-        return self._replace(offset=self.offset + m)
+        return PhiloxKey(self.seed, self.offset + m, self.chain_offset)  # (_replace: 4x the time)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Langevin:
             x_prop = ops.mala_propose(state.x, state.score, self.step_size, seed=key.seed, offset=key.offset,
                                       chain_offset=key.chain_offset, backend=self.backend)
         new, info = self.mh.langevin(self, state, x_prop, key)
-        return new._replace(momentum=state.momentum), info
+        return ChainState(new.x, new.score, new.logp, state.momentum), info
 
 
 @dataclass(frozen=True)
