@@ -136,9 +136,16 @@ class ScoreMH(MHTest):
 
     def hmc(self, kernel, start, end, delta_logp, key):
         with phase("mh"):
-            x, s, accepted, log_alpha = ops.hmc_accept(
-                start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum, p_prop=end.momentum,
-                delta_logp=delta_logp, backend=kernel.backend, **_draw(key))
+            if kernel.checked:  # the start is a move's own output; the end's score is made contiguous
+                s_end = _checks.resolved(end.score)
+                fn = _dispatch.route(kernel.backend, "hmc_accept", start.x, end.x, start.score, s_end,
+                                     start.momentum, end.momentum, delta_logp, None)
+                x, s, accepted, log_alpha = fn(start.x, end.x, start.score, s_end, start.momentum, end.momentum,
+                                               delta_logp, None, key.seed, key.offset, key.chain_offset)
+            else:
+                x, s, accepted, log_alpha = ops.hmc_accept(
+                    start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum,
+                    p_prop=end.momentum, delta_logp=delta_logp, backend=kernel.backend, **_draw(key))
         momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
         logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
         return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
@@ -155,9 +162,17 @@ class EnergyMH(ScoreMH):
         # energy_mh_accept has reference and C++ kernels only: on CUDA "auto" runs the reference
         backend = kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
         with phase("mh"):
-            x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
-                state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
-                step_size=kernel.step_size, backend=backend, **_draw(key))
+            if kernel.checked:
+                s_prop, logp_prop = _checks.resolved(s_prop), _checks.resolved(logp_prop)
+                logp = _checks.resolved(state.logp)
+                fn = _dispatch.route(backend, "energy_mh_accept", state.x, x_prop, state.score, s_prop, logp,
+                                     logp_prop, kernel.step_size, None)
+                x, s, logp, accepted, log_alpha = fn(state.x, x_prop, state.score, s_prop, logp, logp_prop,
+                                                     kernel.step_size, None, key.seed, key.offset, key.chain_offset)
+            else:
+                x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
+                    state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
+                    step_size=kernel.step_size, backend=backend, **_draw(key))
         return ChainState(x, s, logp), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -210,6 +225,7 @@ class HMC:
     n_leapfrog: int = 1
     damping: float = 0.0
     backend: str = "auto"
+    checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
 
     def init(self, x, momentum=None) -> ChainState:
         s, logp = self.mh.evaluate(self.model, x, self.t)
@@ -219,18 +235,32 @@ class HMC:
         """(end state, ΔlogP by the trapezoid along the path) of n_leapfrog leapfrog steps."""
         x, s, logp, p = start
         delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        eps, backend, checked = self.step_size, self.backend, self.checked
         for _ in range(self.n_leapfrog):
-            x_next, p_half = ops.leapfrog(x, p, s, self.step_size, backend=self.backend)
-            s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
-            p, delta = ops.leapfrog_finish(x, x_next, p_half=p_half, score=s, score_next=s_next,
-                                           step_size=self.step_size, delta_logp=delta, backend=self.backend)
+            if checked:  # x, p and delta are the kernels' own outputs; the scores are made contiguous
+                s = _checks.resolved(s)
+                x_next, p_half = _dispatch.route(backend, "leapfrog", x, p, s, eps)(x, p, s, eps)
+                s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
+                s_next = _checks.resolved(s_next)
+                fn = _dispatch.route(backend, "leapfrog_finish", x, x_next, p_half, s, s_next, eps, delta)
+                p, delta = fn(x, x_next, p_half, s, s_next, eps, delta)
+            else:
+                x_next, p_half = ops.leapfrog(x, p, s, eps, backend=backend)
+                s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
+                p, delta = ops.leapfrog_finish(x, x_next, p_half=p_half, score=s, score_next=s_next,
+                                               step_size=eps, delta_logp=delta, backend=backend)
             x, s = x_next, s_next
         return ChainState(x, s, logp, p), delta
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
-        p = ops.momentum_refresh(state.momentum, self.damping, seed=key.seed, offset=key.offset,
-                                 chain_offset=key.chain_offset, backend=self.backend)
-        start = state._replace(momentum=p)
+        if self.checked:
+            p = _checks.resolved(state.momentum)
+            p = _dispatch.route(self.backend, "momentum_refresh", p, None)(
+                p, self.damping, None, key.seed, key.offset, key.chain_offset)
+        else:
+            p = ops.momentum_refresh(state.momentum, self.damping, seed=key.seed, offset=key.offset,
+                                     chain_offset=key.chain_offset, backend=self.backend)
+        start = ChainState(state.x, state.score, state.logp, p)
         end, delta = self.trajectory(start)
         return self.mh.hmc(self, start, end, delta, key)
 
@@ -251,15 +281,22 @@ def make_kernel(model, t, step_size, spec: CorrectorSpec):
     return Langevin(model, t, step_size, mh, backend=spec.backend)
 
 
-def checked_kernel(kernel: Langevin, x, key: PhiloxKey, n_steps: int) -> tuple[Langevin, PhiloxKey]:
-    """(kernel, key) of a run of n_steps Langevin moves from x (contiguous), with the run's constants
-    checked once as the public ops check them (the step size, the seed and chain offset, the offsets
-    of every move): the kernel's moves then call the ops' kernels with no per-move check of those (the
-    scores that change per move are made contiguous; the counting model checks the model's outputs)."""
+def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
+    """(kernel, x, momentum, key) of a run of n_steps moves of a Langevin or HMC kernel from x, with the
+    run's constants checked once as the public ops check them (x and the momentum as states, the step
+    size, the HMC damping, the seed and chain offset, the offsets of every move): the kernel's moves then
+    call the ops' kernels with no per-move check of those (the tensors that change per move are the
+    kernels' own outputs, or the model's, which the counting model checks and the moves make contiguous)."""
+    x = _checks.state("x", x)
     eps = _checks.step_size(kernel.step_size, x)
     seed, _ = _checks.seed_offset(key.seed, key.offset, n_steps, device=x.device)
     chain_offset = _checks.chain_offset(key.chain_offset, x.shape[0], x.device)
-    return dataclasses.replace(kernel, step_size=eps, checked=True), PhiloxKey(seed, key.offset, chain_offset)
+    changes = {"step_size": eps, "checked": True}
+    if isinstance(kernel, HMC):
+        changes["damping"] = _checks.finite_float("damping", kernel.damping, lo=0.0, hi=1.0)
+        if momentum is not None:
+            momentum = _checks.like("p", _checks.state("p", momentum), x)
+    return dataclasses.replace(kernel, **changes), x, momentum, PhiloxKey(seed, key.offset, chain_offset)
 
 
 def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,
@@ -275,9 +312,8 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         model.calls += B * spec.score_evals_per_chain()
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
     kernel = make_kernel(model, t, step_size, spec)
-    if not spec.is_hmc and spec.mh in ("score", "none") and key.seed is not None:
-        x = _checks.resolved(x)
-        kernel, key = checked_kernel(kernel, x, key, spec.n_steps)
+    if key.seed is not None:
+        kernel, x, momentum, key = checked_kernel(kernel, x, momentum, key, spec.n_steps)
     state = kernel.init(x, momentum)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(spec.n_steps):
