@@ -18,7 +18,7 @@ final-level MALA acceptance 0.699-0.701. A broken MH (the "MALA" run with mh="no
 always-accept kernel does) gives the ULA samples: W2 0.335, acceptance 1.000, and fails every bound below
 (checked by running the test so broken: `W2(MALA) <= 0.2` fires).
 Bounds: W2(MALA) ≤ 0.2, W2(ULA) - W2(MALA) ≥ 0.1, final-level acceptance in [0.5, 0.9]. The generic path
-(fused=False) gives the same samples to 1e-8 and the same acceptance (same Philox stream). About 13 s on
+(fused=False) gives the same samples to 1e-8 and the same acceptance (same Philox stream). About 13-15 s on
 one thread (training 6 s).
 """
 import pytest
