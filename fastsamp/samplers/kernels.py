@@ -82,6 +82,15 @@ def _draw(key):
     return {"seed": key.seed, "offset": key.offset, "chain_offset": key.chain_offset}
 
 
+def _first_outputs(kernel, x):
+    """The model's (score, log-density or None) at the first state; contiguous for a checked kernel, whose
+    accept ops read them with no check."""
+    s, logp = kernel.mh.evaluate(kernel.model, x, kernel.t)
+    if kernel.checked:
+        s, logp = _checks.resolved(s), None if logp is None else _checks.resolved(logp)
+    return s, logp
+
+
 def _all_accepted(x):
     return Info(torch.ones(x.shape[0], dtype=torch.bool, device=x.device), None)
 
@@ -136,12 +145,12 @@ class ScoreMH(MHTest):
 
     def hmc(self, kernel, start, end, delta_logp, key):
         with phase("mh"):
-            if kernel.checked:  # the start is a move's own output; the end's score is made contiguous
-                s_end = _checks.resolved(end.score)
-                fn = _dispatch.route(kernel.backend, "hmc_accept", start.x, end.x, start.score, s_end,
+            if kernel.checked:  # every tensor is a kernel's output or a contiguous model output (trajectory)
+                fn = _dispatch.route(kernel.backend, "hmc_accept", start.x, end.x, start.score, end.score,
                                      start.momentum, end.momentum, delta_logp, None)
-                x, s, accepted, log_alpha = fn(start.x, end.x, start.score, s_end, start.momentum, end.momentum,
-                                               delta_logp, None, key.seed, key.offset, key.chain_offset)
+                x, s, accepted, log_alpha = fn(start.x, end.x, start.score, end.score, start.momentum,
+                                               end.momentum, delta_logp, None, key.seed, key.offset,
+                                               key.chain_offset)
             else:
                 x, s, accepted, log_alpha = ops.hmc_accept(
                     start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum,
@@ -164,10 +173,9 @@ class EnergyMH(ScoreMH):
         with phase("mh"):
             if kernel.checked:
                 s_prop, logp_prop = _checks.resolved(s_prop), _checks.resolved(logp_prop)
-                logp = _checks.resolved(state.logp)
-                fn = _dispatch.route(backend, "energy_mh_accept", state.x, x_prop, state.score, s_prop, logp,
-                                     logp_prop, kernel.step_size, None)
-                x, s, logp, accepted, log_alpha = fn(state.x, x_prop, state.score, s_prop, logp, logp_prop,
+                fn = _dispatch.route(backend, "energy_mh_accept", state.x, x_prop, state.score, s_prop,
+                                     state.logp, logp_prop, kernel.step_size, None)
+                x, s, logp, accepted, log_alpha = fn(state.x, x_prop, state.score, s_prop, state.logp, logp_prop,
                                                      kernel.step_size, None, key.seed, key.offset, key.chain_offset)
             else:
                 x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
@@ -198,7 +206,7 @@ class Langevin:
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
 
     def init(self, x, momentum=None) -> ChainState:
-        s, logp = self.mh.evaluate(self.model, x, self.t)
+        s, logp = _first_outputs(self, x)
         return ChainState(x, s, logp, momentum)
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
@@ -228,7 +236,7 @@ class HMC:
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
 
     def init(self, x, momentum=None) -> ChainState:
-        s, logp = self.mh.evaluate(self.model, x, self.t)
+        s, logp = _first_outputs(self, x)
         return ChainState(x, s, logp, torch.zeros_like(x) if momentum is None else momentum)
 
     def trajectory(self, start: ChainState):
@@ -237,8 +245,7 @@ class HMC:
         delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         eps, backend, checked = self.step_size, self.backend, self.checked
         for _ in range(self.n_leapfrog):
-            if checked:  # x, p and delta are the kernels' own outputs; the scores are made contiguous
-                s = _checks.resolved(s)
+            if checked:  # x, p, delta: the kernels' outputs; s: contiguous (init, hmc_accept or the last step)
                 x_next, p_half = _dispatch.route(backend, "leapfrog", x, p, s, eps)(x, p, s, eps)
                 s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
                 s_next = _checks.resolved(s_next)
