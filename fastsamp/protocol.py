@@ -149,17 +149,18 @@ class CountingModel:
             raise
 
     def _check(self, method, out, x, shape):
+        """out, when it is a tensor of `shape` (a tuple or torch.Size) with x's dtype and device."""
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model {model_name(self.model)}.{method}(x, t) returned {model_name(out)}, expected "
-                            f"a tensor of shape {shape}")
-        if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+                            f"a tensor of shape {tuple(shape)}")
+        if out.shape != shape or out.dtype != x.dtype or out.device != x.device:
             raise TypeError(f"model {model_name(self.model)}.{method}(x, t) returned a tensor of shape "
-                            f"{tuple(out.shape)}, {out.dtype} on {out.device}; expected shape {shape}, {x.dtype} "
-                            f"on {x.device} like x (the model's output, not the sampler's input, is wrong)")
+                            f"{tuple(out.shape)}, {out.dtype} on {out.device}; expected shape {tuple(shape)}, "
+                            f"{x.dtype} on {x.device} like x (the model's output, not the sampler's input, is wrong)")
         return out
 
     def score(self, x, t=None):
-        return self._check("score", self._call("score", x, t), x, tuple(x.shape))
+        return self._check("score", self._call("score", x, t), x, x.shape)
 
     def log_prob(self, x, t=None):
         return self._check("log_prob", self._call("log_prob", x, t), x, (x.shape[0],))
@@ -170,4 +171,4 @@ class CountingModel:
         else:
             s = self._call("score", x, t)
             logp = self.model.log_prob(x, t)
-        return self._check("score", s, x, tuple(x.shape)), self._check("log_prob", logp, x, (x.shape[0],))
+        return self._check("score", s, x, x.shape), self._check("log_prob", logp, x, (x.shape[0],))
