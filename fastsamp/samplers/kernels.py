@@ -294,15 +294,18 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
     size, the HMC damping, the seed and chain offset, the offsets of every move): the kernel's moves then
     call the ops' kernels with no per-move check of those (the tensors that change per move are the
     kernels' own outputs, or the model's, which the counting model checks and the moves make contiguous)."""
+    is_hmc = isinstance(kernel, HMC)
+    if is_hmc:  # an HMC move's first op checks the momentum (zeros like x when none is carried), then x
+        p = _checks.state("p", x if momentum is None else momentum)
     x = _checks.state("x", x)
     eps = _checks.step_size(kernel.step_size, x)
     seed, _ = _checks.seed_offset(key.seed, key.offset, n_steps, device=x.device)
     chain_offset = _checks.chain_offset(key.chain_offset, x.shape[0], x.device)
     changes = {"step_size": eps, "checked": True}
-    if isinstance(kernel, HMC):
+    if is_hmc:
         changes["damping"] = _checks.finite_float("damping", kernel.damping, lo=0.0, hi=1.0)
         if momentum is not None:
-            momentum = _checks.like("p", _checks.state("p", momentum), x)
+            momentum = _checks.like("p", p, x)
     return dataclasses.replace(kernel, **changes), x, momentum, PhiloxKey(seed, key.offset, chain_offset)
 
 
