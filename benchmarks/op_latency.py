@@ -92,6 +92,8 @@ def custom_op_of(op: _table.Op):
     name = f"fastsamp_bench::{op.name}"
     if op.c is None:  # reference only: the decomposed reference is what fastsamp registers; time it as such
         return None
+    if not any(arg.kind in ("state", "tensor") for arg in op.args):
+        return None  # a factory op (normal, uniform): custom_op cannot dispatch a call without a tensor argument
     custom = torch.library.custom_op(name, kernel, mutates_args=(), device_types="cpu", schema=schema)
     namespace = {"torch": torch}
     exec(_table.outputs_source(op, "fake"), namespace)
