@@ -265,16 +265,12 @@ class EnergyModel(torch.nn.Module):
             return -self.energy(x, t)
 
 
-class ScoreMLP(torch.nn.Module):
-    """s_θ(x, t) = (α_t m − x)/v_t + MLP([x, Fourier(t)])/√v_t, v_t = α_t² σ_d² + σ_t²:
-    the score of the moment-matched Gaussian (data mean m, variance σ_d²) plus a learned
-    correction, an MLP with a sinusoidal time embedding. The Gaussian part keeps the score
-    well scaled at small t and far from the data, where the network has seen little.
+class FourierMLP(torch.nn.Module):
+    """What ScoreMLP and EnergyMLP share: f(x, t) = MLP([x, Fourier(t)]) (hidden width `hidden`, three
+    SiLU layers, n_freq sinusoidal frequencies of t) and the moment-matched Gaussian of the data
+    (mean m, variance σ_d²): at time t it is N(α_t m, v_t I), v_t = α_t² σ_d² + σ_t². Both compute in
+    their own dtype and return x's dtype (`casts_input`): a float32 network serves float64 chains."""
 
-    As a model, `score(x, t)` evaluates the network in its own dtype (no grad) and returns the
-    score in x's dtype (`casts_input`): a float32 network serves float64 chains."""
-
-    has_energy = False
     casts_input = True
 
     def __init__(self, dim, hidden=128, n_freq=16, schedule=None, data_mean=None, data_var=1.0):
@@ -294,12 +290,38 @@ class ScoreMLP(torch.nn.Module):
         """(α_t, σ_t²) of the schedule for a tensor of times."""
         return self.schedule.alpha(t), self.schedule.sigma2(t)
 
-    def forward(self, x, t):
+    def gaussian_and_net(self, x, t):
+        """(α_t m, v_t, f(x, t)) for a batch x and a time t (scalar or (B,)), in x's dtype, differentiable."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
         alpha, sigma2 = self.marginal(t)
-        v = alpha**2 * self.data_var + sigma2
         emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
-        return (alpha * self.data_mean - x) / v + self.net(torch.cat([x, emb], 1)) / v.sqrt()
+        return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, self.net(torch.cat([x, emb], 1))
+
+    def config(self):
+        return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
+                "schedule": schedule_config(self.schedule)}
+
+    @classmethod
+    def from_saved(cls, config, state):
+        config = dict(config, schedule=schedule_from_config(config["schedule"]))
+        model = cls(**config)
+        model.load_state_dict(state)
+        return model
+
+
+class ScoreMLP(FourierMLP):
+    """s_θ(x, t) = (α_t m − x)/v_t + f(x, t)/√v_t (see FourierMLP): the score of the moment-matched
+    Gaussian plus a learned correction. The Gaussian part keeps the score well scaled at small t and
+    far from the data, where the network has seen little.
+
+    As a model, `score(x, t)` evaluates the network in its own dtype (no grad) and returns the
+    score in x's dtype (`casts_input`). `forward` is the differentiable score (training)."""
+
+    has_energy = False
+
+    def forward(self, x, t):
+        mean, v, f = self.gaussian_and_net(x, t)
+        return (mean - x) / v + f / v.sqrt()
 
     def score(self, x, t):
         dtype = self.freq.dtype
@@ -340,16 +362,42 @@ class ScoreMLP(torch.nn.Module):
         ops.mlp_mala / ops.mlp_hmc, the network evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
         return mlp_moves(x, [self.score_net(t, x)], None, step_size, spec, key)
 
-    def config(self):
-        return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
-                "schedule": schedule_config(self.schedule)}
 
-    @classmethod
-    def from_saved(cls, config, state):
-        config = dict(config, schedule=schedule_from_config(config["schedule"]))
-        model = cls(**config)
-        model.load_state_dict(state)
-        return model
+class EnergyMLP(FourierMLP):
+    """Energy-parameterised twin of ScoreMLP (same network, Du et al. 2023's residual form with the
+    Gaussian skip): log p_t(x) = −E(x, t) + const,
+
+        E(x, t) = |x − α_t m − √v_t f(x, t)|² / (2 v_t),
+
+    so that for an f that does not depend on x the score −∇_x E equals ScoreMLP's (α_t m − x)/v_t + f/√v_t.
+    The score comes by autograd: `score_and_log_prob` is one forward and one backward (it enables grad
+    locally, so it works under torch.no_grad); `forward` is the score with create_graph=True (training).
+    No fused kernel covers it (has_energy: exact energy MH on the generic path)."""
+
+    has_energy = True
+
+    def energy(self, x, t):
+        """E(x, t), (B,), differentiable."""
+        mean, v, f = self.gaussian_and_net(x, t)
+        return ((x - mean - v.sqrt() * f) ** 2).sum(1) / (2 * v[:, 0])
+
+    def forward(self, x, t):
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.energy(x, t).sum(), x, create_graph=True)
+        return -g
+
+    def score_and_log_prob(self, x, t):
+        e, g = value_and_grad(lambda z: self.energy(z, float(t)), x.to(self.freq.dtype))
+        return (-g).to(x.dtype), (-e).to(x.dtype)
+
+    def score(self, x, t):
+        return self.score_and_log_prob(x, t)[0]
+
+    def log_prob(self, x, t):
+        with torch.no_grad():
+            return -self.energy(x.to(self.freq.dtype), float(t)).to(x.dtype)
 
 
 def fused_mlp_supports(spec) -> bool:
@@ -370,19 +418,26 @@ def mlp_moves(x, nets, mixture, step_size, spec, key):
                         **common)
 
 
+PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
+
+
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
-                    schedule=None) -> ScoreMLP:
+                    schedule=None, parameterisation="score") -> ScoreMLP | EnergyMLP:
     """Denoising score matching on data samples (VP schedule): minimise
-    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1). Returns the trained ScoreMLP
-    (float32, eval mode), a model that saves and loads."""
+    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1). `parameterisation` "score" trains a
+    ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through its autograd score), so that
+    score-MH and energy-MH compare on equal networks. Returns the trained model (float32, eval mode),
+    a model that saves and loads."""
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(f"parameterisation must be one of {tuple(PARAMETERISATIONS)}, got {parameterisation!r}")
     schedule = schedule or VP()
     if not isinstance(schedule, VP):
         raise TypeError("train_score_mlp supports the VP schedule")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = samples.detach().float().cpu()
-    net = ScoreMLP(data.shape[1], hidden=hidden, schedule=schedule, data_mean=data.mean(0),
-                   data_var=float(data.var(0).mean()))
+    net = PARAMETERISATIONS[parameterisation](data.shape[1], hidden=hidden, schedule=schedule,
+                                              data_mean=data.mean(0), data_var=float(data.var(0).mean()))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters)
     for _ in range(n_iters):
@@ -418,7 +473,7 @@ def schedule_from_config(config):
     return SCHEDULE_KINDS[config.pop("kind")](**config)
 
 
-SAVABLE = {"GaussianMixture": GaussianMixture, "Product": Product, "ScoreMLP": ScoreMLP}
+SAVABLE = {"GaussianMixture": GaussianMixture, "Product": Product, "ScoreMLP": ScoreMLP, "EnergyMLP": EnergyMLP}
 
 
 def saved_form(model) -> dict:
@@ -438,7 +493,7 @@ def from_saved_form(form):
 
 
 def save(model, path) -> None:
-    """Write `model` (GaussianMixture, Product of them, ScoreMLP) to `path`: its class name, config and
+    """Write `model` (GaussianMixture, Product of them, ScoreMLP, EnergyMLP) to `path`: its class name, config and
     state_dict, which `torch.load(path)` reads with the default weights_only=True."""
     torch.save({"format": 1, **saved_form(model)}, path)
 
