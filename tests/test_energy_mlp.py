@@ -69,12 +69,16 @@ def test_annealed_mcmc_runs_exact_energy_mh_on_the_generic_path():
     net = energy_mlp(dtype=torch.float32)
     assert has_energy(net) and fused_corrector(net) is None
     assert fused_corrector(Product(net, TWO_MODES)) is None  # ScoreMLP's fused hooks never take an EnergyMLP
+    calls, exact = [], net.score_and_log_prob
+    net.score_and_log_prob = lambda x, t: calls.append(len(x)) or exact(x, t)  # the energy MH's evaluation
     for corrector in ("mala", "hmc"):
+        calls.clear()
         x, stats = annealed_mcmc(net, 64, n_levels=5, n_corrector_steps=2, corrector=corrector, mh="energy",
                                  step_size=1.5)
         assert x.shape == (64, 2) and torch.isfinite(x).all()
         assert stats.fused is False and len(stats.accept_rate) == 5
         assert all(0 <= r <= 1 for r in stats.accept_rate) and min(stats.accept_rate) < 1  # a real MH test ran
+        assert sum(calls) > 0  # on log-densities: the exact energy test
 
 
 def dsm_loss(net, data, seed=5):
