@@ -171,7 +171,12 @@ class Product:
         return sum(m.log_prob(x, t) for m in self.models)
 
     def score_and_log_prob(self, x, t):
-        return self.score(x, t), self.log_prob(x, t)
+        """Σ_i s_i and Σ_i log p_i from one evaluation of each factor (a mixture's kernel or an energy
+        network's forward and backward give both at once)."""
+        if not self.has_energy:
+            raise TypeError("log_prob needs every factor to have an energy")
+        pairs = [m.score_and_log_prob(x, t) for m in self.models]
+        return sum(s for s, _ in pairs), sum(lp for _, lp in pairs)
 
     def config(self):
         return {"factors": [saved_form(m) for m in self.models]}
