@@ -23,10 +23,16 @@ def line_points(x, x_prop, n, *, backend="auto"):
     so that any score model scores them in one batched call."""
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
+    n = line_points_count(n, x)
+    return _dispatch.route(backend, "line_points", x, x_prop)(x, x_prop, n)
+
+
+def line_points_count(n, x):
+    """`line_points`' check of n for the states x (B, D): an int >= 1 whose (n − 1, B, D) points can be indexed."""
     n = _checks.integer("n", n, minimum=1)
     if (n - 1) * x.numel() >= 2**62:
         raise ValueError(f"n is too large: the (n-1, B, D) = ({n - 1}, {x.shape[0]}, {x.shape[1]}) points")
-    return _dispatch.route(backend, "line_points", x, x_prop)(x, x_prop, n)
+    return n
 
 
 def mh_uniform(u, seed, offset, chain_offset, x):

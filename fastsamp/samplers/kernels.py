@@ -24,6 +24,7 @@ import torch
 
 from .. import ops
 from ..ops import _checks, _dispatch
+from ..ops.mh import line_points_count
 from ..profiling import phase
 from ..protocol import fused_corrector
 
@@ -102,12 +103,18 @@ class MHTest:
     def evaluate(self, model, x, t):
         return model.score(x, t), None
 
+    def check_langevin_run(self, x):
+        """The per-run checks of what a checked Langevin kernel's moves pass this MH piece's ops unchecked."""
+
 
 class NoMH(MHTest):
     """Unadjusted moves: every proposal is kept."""
 
     def langevin(self, kernel, state, x_prop, key):
-        return ChainState(x_prop, kernel.model.score(x_prop, kernel.t)), _all_accepted(x_prop)
+        s = kernel.model.score(x_prop, kernel.t)
+        if kernel.checked:  # the next move's mala_propose reads it with no check
+            s = _checks.resolved(s)
+        return ChainState(x_prop, s), _all_accepted(x_prop)
 
     def hmc(self, kernel, start, end, delta_logp, key):
         return end, _all_accepted(end.x)
@@ -120,19 +127,26 @@ class ScoreMH(MHTest):
     def __init__(self, n_trapezoid: int = 1):
         self.n_trapezoid = n_trapezoid
 
+    def check_langevin_run(self, x):
+        if self.n_trapezoid > 1:
+            line_points_count(self.n_trapezoid, x)
+
     def langevin(self, kernel, state, x_prop, key):
         x, n = state.x, self.n_trapezoid
         if n == 1:  # no interior points: score x' alone
-            s_prop, interior = kernel.model.score(x_prop, kernel.t), None
-        else:
-            B, D = x.shape
-            pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
-            scores = kernel.model.score(torch.cat([x_prop[None], pts]).reshape(-1, D), kernel.t).reshape(n, B, D)
-            s_prop, interior = scores[0], scores[1:]
+            scores = kernel.model.score(x_prop, kernel.t)
+        else:  # x' and the n - 1 interior points in one batched call
+            if kernel.checked:  # x, x': kernel outputs; n checked once (`check_langevin_run`)
+                pts = _dispatch.route(kernel.backend, "line_points", x, x_prop)(x, x_prop, n)
+            else:
+                pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
+            scores = kernel.model.score(torch.cat([x_prop[None], pts]).view(-1, x.shape[1]), kernel.t)
+        if kernel.checked:  # the model's output made contiguous once: its slices then are too
+            scores = _checks.resolved(scores)
+        B = x.shape[0]
+        s_prop, interior = (scores, None) if n == 1 else (scores[:B], scores[B:].reshape(n - 1, *x.shape))
         with phase("mh"):
             if kernel.checked:  # the run's step size, key and backend passed once (`run_corrector`)
-                s_prop = _checks.resolved(s_prop)
-                interior = None if interior is None else _checks.resolved(interior)
                 fn = _dispatch.route(kernel.backend, "score_mh_accept", x, x_prop, state.score, s_prop,
                                      kernel.step_size, None, interior)
                 x, s, accepted, log_alpha = fn(x, x_prop, state.score, s_prop, kernel.step_size, None, interior,
@@ -210,10 +224,9 @@ class Langevin:
         return ChainState(x, s, logp, momentum)
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
-        if self.checked:
-            score = _checks.resolved(state.score)
-            fn = _dispatch.route(self.backend, "mala_propose", state.x, score, self.step_size, None)
-            x_prop = fn(state.x, score, self.step_size, None, key.seed, key.offset, key.chain_offset)
+        if self.checked:  # state.score: resolved by init or the last move (a kernel's output or a resolved model's)
+            fn = _dispatch.route(self.backend, "mala_propose", state.x, state.score, self.step_size, None)
+            x_prop = fn(state.x, state.score, self.step_size, None, key.seed, key.offset, key.chain_offset)
         else:
             x_prop = ops.mala_propose(state.x, state.score, self.step_size, seed=key.seed, offset=key.offset,
                                       chain_offset=key.chain_offset, backend=self.backend)
@@ -291,9 +304,9 @@ def make_kernel(model, t, step_size, spec: CorrectorSpec):
 def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
     """(kernel, x, momentum, key) of a run of n_steps moves of a Langevin or HMC kernel from x, with the
     run's constants checked once as the public ops check them (x and the momentum as states, the step
-    size, the HMC damping, the seed and chain offset, the offsets of every move): the kernel's moves then
-    call the ops' kernels with no per-move check of those (the tensors that change per move are the
-    kernels' own outputs, or the model's, which the counting model checks and the moves make contiguous)."""
+    size, the HMC damping, the seed and chain offset, the offsets of every move, the MALA trapezoid's n): the
+    kernel's moves then call the ops' kernels with no per-move check of those (the tensors that change per move
+    are the kernels' own outputs, or the model's, which the counting model checks and the moves make contiguous)."""
     is_hmc = isinstance(kernel, HMC)
     if is_hmc:  # an HMC move's first op checks the momentum (zeros like x when none is carried), then x
         p = _checks.state("p", x if momentum is None else momentum)
@@ -306,6 +319,8 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
         changes["damping"] = _checks.finite_float("damping", kernel.damping, lo=0.0, hi=1.0)
         if momentum is not None:
             momentum = _checks.like("p", p, x)
+    else:
+        kernel.mh.check_langevin_run(x)
     return dataclasses.replace(kernel, **changes), x, momentum, PhiloxKey(seed, key.offset, chain_offset)
 
 
