@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastsamp.backends._abi import check_u64_tensor
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Programs per SM we aim for when splitting the chains (H100: 132 SMs). Under the
@@ -79,9 +81,7 @@ def rng_args(seed, offset, chain_offset, device):
     words, ptrs, flag = [], [], 0
     for bit, (name, v) in enumerate((("seed", seed), ("offset", offset), ("chain_offset", chain_offset))):
         if isinstance(v, torch.Tensor):
-            if v.dtype != torch.int64 or v.numel() != 1 or v.device != torch.device(device):
-                raise ValueError(f"{name} as a tensor must be one int64 element on {device}, got {v.dtype} "
-                                 f"{tuple(v.shape)} on {v.device}")
+            check_u64_tensor(v, name, device)
             words.append(0)
             ptrs.append(v)
             flag |= 1 << bit

@@ -14,7 +14,7 @@
 // [nb][Hp] row-major buffer (Hp = H rounded up to one 64-byte vector). Each layer is a small
 // GEMM whose register tile is MR chains x NV vectors of output features: the chain's input
 // value is broadcast, a row of the (transposed, padded) weight is loaded as NV vectors, MR*NV
-// FMAs per k (MR*NV = 24 of the 32 registers). GELU (and in the backward its derivative) is
+// FMAs per k (MR*NV = 24 of the 32 registers). The activation (GELU or SiLU; in the backward its derivative) is
 // applied to the accumulators in registers. A small-D output layer is D dot products per chain
 // instead (a padded GEMM would mostly multiply zeros). The same tiles give the backward
 // through a layer and the weight gradients (outer products over the chains of a block).
@@ -331,7 +331,7 @@ struct Work {
 };
 
 // Forward of the network for the nb <= w.rows chains X (rows of D) at step i: out into w.DR ([nb][Dq]),
-// the raw output into w.OUT (backward). BACKWARD keeps every layer's u and gelu' in w.U / w.G;
+// the raw output into w.OUT (backward). BACKWARD keeps every layer's u and act' in w.U / w.G;
 // otherwise u ping-pongs between two buffers.
 template <typename T, bool BACKWARD>
 FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int nb, int i) {

@@ -25,14 +25,19 @@ def u64(v) -> int:
     return 0 if v is None else int(v) & 0xFFFFFFFFFFFFFFFF
 
 
+def check_u64_tensor(v: torch.Tensor, name: str, device) -> None:
+    """A seed / offset / chain offset tensor handed to a kernel: one int64 element on the kernel's device."""
+    if v.dtype != torch.int64 or v.numel() != 1 or v.device != torch.device(device):
+        raise ValueError(f"{name} as a tensor must be one int64 element on {device}, got {v.dtype} "
+                         f"{tuple(v.shape)} on {v.device}")
+
+
 def rng(v, name: str, like: torch.Tensor) -> tuple[int, int]:
     """A seed / offset / chain offset as the (value, pointer) pair of a CUDA entry point: (the int, 0), or for a
     one-element int64 tensor on like's device (0, its data pointer), read by the kernel when it runs."""
     if not isinstance(v, torch.Tensor):
         return u64(v), 0
-    if v.dtype != torch.int64 or v.numel() != 1 or v.device != like.device:
-        raise ValueError(f"{name} as a tensor must be one int64 element on {like.device}, got {v.dtype} "
-                         f"{tuple(v.shape)} on {v.device}")
+    check_u64_tensor(v, name, like.device)
     return 0, v.data_ptr()
 
 
@@ -49,7 +54,8 @@ def em_step_grad_outputs(x, log_var, want_g_x_next):
             torch.empty_like(x) if want_g_x_next else None)
 
 
-# Outputs of the other ops, shared by the cpp, cuda and triton backends (allocated on x's device in x's dtype).
+# Outputs of the other ops for the Triton backend and the list-of-layers cpp glue (the table-generated cpp/cuda
+# glue allocates from the op table); on x's device in x's dtype.
 
 def score_outputs(x):
     """Outputs of gmm_score: score (B, D), logp (B,)."""

@@ -15,6 +15,7 @@ from fastsamp import _C
 
 from ..ops import _table
 from ._abi import dtype_code as _dt
+from ._abi import move_outputs
 from ._abi import ptr as _p
 from ._abi import u64 as _u64
 
@@ -94,7 +95,7 @@ def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha
 def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
              n_trapezoid, seed, offset, chain_offset, mh):
     B, D = x.shape
-    x_new, rate = torch.empty_like(x), torch.empty(B, dtype=x.dtype, device=x.device)
+    x_new, rate = move_outputs(x)
     if B > 0:
         _C.cpu_mlp_mala(_dt(x), x.data_ptr(), B, D,
                         *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
@@ -106,7 +107,7 @@ def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha,
 def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
             n_leapfrog, seed, offset, chain_offset, mh, damping):
     B, D = x.shape
-    x_new, rate = torch.empty_like(x), torch.empty(B, dtype=x.dtype, device=x.device)
+    x_new, rate = move_outputs(x)
     if B > 0:
         _C.cpu_mlp_hmc(_dt(x), x.data_ptr(), B, D,
                        *_score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
