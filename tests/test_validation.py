@@ -164,7 +164,7 @@ def test_shape_past_c_int_is_refused():
 def test_kernel_size_limits(monkeypatch):
     """An explicit backend above its documented D limit raises ValueError; "auto" runs the reference."""
     from fastsamp import backends
-    from fastsamp.ops import _dispatch, reference
+    from fastsamp.ops import _library, reference
     if backends.is_available("triton"):
         with pytest.raises(ValueError, match="backend 'triton' gmm_mala supports D <= 128, got D = 129"):
             ops.gmm_mala(x_(D=129), *mix(D=129), step_size=0.1, n_steps=1, backend="triton")
@@ -174,8 +174,20 @@ def test_kernel_size_limits(monkeypatch):
         pytest.skip("the auto fallback is shown on the cpp backend with a pretend limit")
     cpp = backends._load("cpp")[0]
     monkeypatch.setattr(cpp, "GMM_SCORE_MAX_D", 2, raising=False)
-    assert _dispatch.kernel("auto", "gmm_score", x_(D=3)) is reference.gmm_score
-    assert _dispatch.kernel("auto", "gmm_score", x_(D=2)) is cpp.gmm_score
+    reference_calls, reference_score = [], reference.gmm_score
+
+    def counted(x, *args):
+        reference_calls.append(x.shape[1])
+        return reference_score(x, *args)
+    monkeypatch.setattr(reference, "gmm_score", counted)
+    _library.device_kernel.cache_clear()  # the kernel "auto" runs on CPU tensors, rebuilt with the pretend limit
+    try:
+        auto_cpu = _library.device_kernel("gmm_score", "cpu")
+        auto_cpu(x_(D=3), *mix(D=3), 1.0, 0.0)
+        auto_cpu(x_(D=2), *mix(D=2), 1.0, 0.0)
+    finally:
+        _library.device_kernel.cache_clear()
+    assert reference_calls == [3]  # above the limit the reference, at it the cpp kernel
     with pytest.raises(ValueError, match="backend 'cpp' gmm_score supports D <= 2, got D = 3"):
         ops.gmm_score(x_(D=3), *mix(D=3), backend="cpp")
 

@@ -39,18 +39,16 @@ def _needs_grad(x: torch.Tensor, tensors) -> bool:
 
 
 def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
-    """The function implementing backend op `op` for state x (B, D) and the other tensor inputs."""
+    """The function of explicit backend `backend` for backend op `op`, state x (B, D) and the other tensor
+    inputs ("auto" goes through `route`: the registered op, whose CPU/CUDA kernels fall back to the
+    reference above a compiled kernel's D limit, `_library.device_kernel`)."""
     if backend != "torch" and _needs_grad(x, tensors):
-        if backend == "auto":
-            return getattr(reference, op)
         raise ValueError(f"{op} on backend {backend!r} is not differentiable and an input requires grad: use "
                          f"backend='torch' or 'auto' (the differentiable reference), or detach the inputs / "
                          f"run under torch.no_grad()")
     fn = backends.resolve(backend, op, x.device)
     limit = max_d(fn, op)
     if limit is not None and x.shape[1] > limit:
-        if backend == "auto":
-            return getattr(reference, op)
         raise ValueError(f"backend {backend!r} {op} supports D <= {limit}, got D = {x.shape[1]} "
                          f"(backend='auto' or 'torch' take any D)")
     return fn
@@ -78,9 +76,9 @@ def route(backend: str, op: str, x: torch.Tensor, *tensors):
     dispatcher (profiler, a dispatch or torch-function mode, a functorch transform, tensor subclasses);
     otherwise, in plain eager, the backend function the registered op's kernel would run, called directly
     (the same computation without the dispatcher's per-call cost). Other backends: `kernel(backend, ...)`."""
-    entry = _library.ENTRIES.get(op) if backend == "auto" else None
-    if entry is None:
+    if backend != "auto":
         return kernel(backend, op, x, *tensors)
+    entry = _library.ENTRIES[op]
     if _needs_grad(x, tensors):
         return entry.graph if entry.differentiable else getattr(reference, op)
     if torch.compiler.is_compiling():
@@ -92,9 +90,9 @@ def route(backend: str, op: str, x: torch.Tensor, *tensors):
 
 def route_factory(backend: str, op: str, device: torch.device):
     """`route` for the factory ops (normal, uniform: no tensor input, outputs on `device`)."""
-    entry = _library.ENTRIES.get(op) if backend == "auto" else None
-    if entry is None:
+    if backend != "auto":
         return backends.resolve(backend, op, device)
+    entry = _library.ENTRIES[op]
     if torch.compiler.is_compiling():
         return entry.graph
     return entry.eager if _library.observed() else _library.device_kernel(op, device.type)
