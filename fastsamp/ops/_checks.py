@@ -20,7 +20,6 @@ import math
 import numbers
 import os
 import struct
-import weakref
 
 import numpy as np
 import torch
@@ -281,31 +280,10 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
         if tuple(v.shape) != (B,):
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
         v = resolved(v if v.dtype == x.dtype else v.to(x.dtype))
-        if validating() and not _step_sizes_valid(v):
+        if validating() and not _all_positive_finite(v):
             raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype})")
         return v
     return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
-
-
-# The step-size tensor whose values passed the last check (a weak reference) and its version counter then:
-# a sampler passes one step-size tensor to every op of a level, so its values are read once, not per op.
-_passed_step_sizes = (None, -1)
-
-
-def _step_sizes_valid(v: torch.Tensor) -> bool:
-    """_all_positive_finite(v), without reading v again when it is the tensor that passed last, unmodified
-    since (same version counter: an in-place write bumps it). Inference tensors have no version counter:
-    they are read every time."""
-    global _passed_step_sizes
-    if v.is_inference():
-        return _all_positive_finite(v)
-    ref, version = _passed_step_sizes
-    if ref is not None and ref() is v and v._version == version:
-        return True
-    if not _all_positive_finite(v):
-        return False
-    _passed_step_sizes = (weakref.ref(v), v._version)
-    return True
 
 
 def _all_positive_finite(v: torch.Tensor) -> bool:
