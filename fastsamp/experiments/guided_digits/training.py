@@ -15,7 +15,6 @@ cache root ($FASTSAMP_CACHE or ~/.cache/fastsamp/generative) as guided-<kind>-<s
 from __future__ import annotations
 
 import copy
-import os
 import time
 
 import torch
@@ -109,12 +108,3 @@ def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
         print(f"training guided-digits {kind} ({size}, seed {seed}) ...", flush=True)
     net = train(kind, size=size, seed=seed)
     return save_cached(path, net, net.arch)
-    if verbose:
-        print(f"training guided-digits {kind} ({size}, seed {seed}) ...", flush=True)
-    net = train(kind, size=size, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"arch": net.arch, "state_dict": net.state_dict(), "info": net.info}, tmp)
-    os.replace(tmp, path)
-    net.info = dict(net.info, cached=False)
-    return net
