@@ -119,6 +119,15 @@ def test_a_noncontiguous_score_gives_the_same_chains(corrector, dtype):
     torch.testing.assert_close(x1, x0, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("corrector,mh", [("mala", "score"), ("mala", "energy"), ("hmc", "score"), ("ula", "none")])
+def test_generic_moves_take_seed_none(corrector, mh):
+    """seed=None (a seed drawn from torch's generator) runs on the generic path as on the fused one."""
+    x = torch.randn(64, 2, dtype=torch.float64)
+    for fused in (True, False):
+        y, rate = mcmc(MIX, x, corrector=corrector, mh=mh, n_steps=3, step_size=0.1, seed=None, fused=fused)
+        assert y.shape == x.shape and torch.isfinite(y).all() and rate.shape == (64,)
+
+
 def test_energy_and_score_models_wrap_callables():
     energy = EnergyModel(lambda x, t: 0.5 * (x**2).sum(1), dim=2)
     x = torch.randn(10, 2)

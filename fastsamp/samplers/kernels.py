@@ -336,9 +336,7 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         x, rate = fused_corrector(model.model)(x, t, step_size, spec, key)
         model.calls += B * spec.score_evals_per_chain()
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
-    kernel = make_kernel(model, t, step_size, spec)
-    if key.seed is not None:
-        kernel, x, momentum, key = checked_kernel(kernel, x, momentum, key, spec.n_steps)
+    kernel, x, momentum, key = checked_kernel(make_kernel(model, t, step_size, spec), x, momentum, key, spec.n_steps)
     state = kernel.init(x, momentum)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(spec.n_steps):
