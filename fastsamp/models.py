@@ -200,9 +200,6 @@ class Product:
         None."""
         return self.fused_moves if self._fusable() else None
 
-    def fused_supports(self, spec) -> bool:
-        return fused_mlp_supports(spec)
-
     def fused_moves(self, x, t, step_size, spec, key):
         """spec.n_steps corrector moves at time t on Σ_i s_i (see ScoreMLP.fused_moves)."""
         nets = [m.score_net(t, x) for m in self.models if isinstance(m, ScoreMLP)]
@@ -359,9 +356,6 @@ class ScoreMLP(FourierMLP):
         `fastsamp.protocol` hook); None when `net` is not the standard architecture."""
         return self.fused_moves if self.fusable() else None
 
-    def fused_supports(self, spec) -> bool:
-        return fused_mlp_supports(spec)
-
     def fused_moves(self, x, t, step_size, spec, key):
         """spec.n_steps corrector moves at time t from x with Philox key (seed, offset, chain_offset) by
         ops.mlp_mala / ops.mlp_hmc, the network evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
@@ -403,12 +397,6 @@ class EnergyMLP(FourierMLP):
     def log_prob(self, x, t):
         with torch.no_grad():
             return -self.energy(x.to(self.freq.dtype), float(t)).to(x.dtype)
-
-
-def fused_mlp_supports(spec) -> bool:
-    """Whether the score-network kernels run corrector `spec`: every corrector with the score trapezoid
-    or no test (a score network has no energy)."""
-    return spec.mh in ("score", "none")
 
 
 def mlp_moves(x, nets, mixture, step_size, spec, key):

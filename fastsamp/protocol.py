@@ -15,8 +15,8 @@ and optionally
   fastsamp ops (the samplers pass their ``backend=``);
 * ``fused_corrector() -> callable | None``: a whole-move kernel for the corrector moves, or None
   (`GaussianMixture`: ``ops.gmm_mala`` / ``ops.gmm_hmc``; `ScoreMLP` and `Product`s of ScoreMLPs and a
-  mixture: ``ops.mlp_mala``); the samplers run it instead of the generic moves when ``fused=True``,
-  unless ``fused_supports(spec) -> bool`` says it does not cover the corrector (e.g. HMC).
+  mixture: ``ops.mlp_mala`` / ``ops.mlp_hmc``); the samplers run it instead of the generic moves when
+  ``fused=True``.
 
 A plain ``nn.Module`` or callable ``f(x, t)`` is accepted too: it is wrapped as a
 `fastsamp.models.ScoreModel` with the default VP schedule, its ``dim`` taken from a ``dim``
@@ -50,16 +50,10 @@ def with_backend(model, backend: str):
     return model if hook is None else hook(backend)
 
 
-def fused_corrector(model, spec=None):
-    """The model's whole-move corrector kernel (`fused_corrector` hook), or None; with a corrector `spec`
-    also None when the model's `fused_supports(spec)` hook says its kernel does not run that corrector."""
+def fused_corrector(model):
+    """The model's whole-move corrector kernel (`fused_corrector` hook), or None."""
     hook = getattr(model, "fused_corrector", None)
-    if hook is None:
-        return None
-    supports = getattr(model, "fused_supports", None)
-    if spec is not None and supports is not None and not supports(spec):
-        return None
-    return hook()
+    return None if hook is None else hook()
 
 
 def _not_a_model(model, what):

@@ -195,7 +195,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     sched = model.schedule
     ts = torch.linspace(1.0, t_min, n_levels, dtype=torch.float64).tolist()
     f = CountingModel(with_backend(model, backend))
-    stats = AnnealedStats(fused=fused and fused_corrector(model, spec) is not None, chain_offset=chain0,
+    stats = AnnealedStats(fused=fused and fused_corrector(model) is not None, chain_offset=chain0,
                           n_local=n_local)
     start = time.perf_counter()
     scale0 = (sched.alpha(1.0) ** 2 * data_scale**2 + sched.sigma2(1.0)) ** 0.5
@@ -283,7 +283,7 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
     with phase("corrector"):
         x, _, rate, _ = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
                                       key=PhiloxKey(seed, offset, chain_offset),
-                                      fused=fused and fused_corrector(model, spec) is not None)
+                                      fused=fused and fused_corrector(model) is not None)
     rate = rate * monitor.record(0, x, was_finite)
     monitor.report("mcmc", lambda i: (
         f" (t = {t}, {spec.n_steps} {corrector} moves)",
