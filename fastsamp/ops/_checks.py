@@ -105,13 +105,19 @@ def from_dlpack(name: str, v):
                         f"or a copy in native byte order with non-negative strides") from e
 
 
+def as_tensor(name: str, v) -> torch.Tensor:
+    """v as a torch tensor (`from_dlpack`), or a TypeError naming it."""
+    t = from_dlpack(name, v)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    return t
+
+
 def state(name: str, x) -> torch.Tensor:
     """A (B, D) float32/float64 tensor with 1 <= B, D <= MAX_COUNT, resolved and contiguous (from a
     DLPack array zero-copy: `from_dlpack`)."""
     if not isinstance(x, torch.Tensor):
-        x = from_dlpack(name, x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        x = as_tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     shape = x.shape
@@ -129,9 +135,7 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
     """A tensor with x's dtype and device and the given shape (default x's), resolved and contiguous."""
     shape = tuple(x.shape) if shape is None else tuple(shape)
     if not isinstance(t, torch.Tensor):
-        t = from_dlpack(name, t)
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        t = as_tensor(name, t)
     if t.dtype != x.dtype:
         raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
     if t.device != x.device:
@@ -161,9 +165,7 @@ def output(out, x: torch.Tensor, /, **inputs):
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out is a read-only NumPy array")
     if not isinstance(out, torch.Tensor):
-        out = from_dlpack("out", out)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        out = as_tensor("out", out)
     if not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor")
     like("out", out, x)
@@ -358,9 +360,7 @@ def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     """Validated mixture parameters (means (K, D), log_weights (K,), variances (K,) like x); their values
     are checked (`_mixture_values`) when `validating()`."""
     if not isinstance(means, torch.Tensor):
-        means = from_dlpack("means", means)
-    if not isinstance(means, torch.Tensor):
-        raise TypeError(f"means must be a torch.Tensor, got {type(means).__name__}")
+        means = as_tensor("means", means)
     if means.dim() != 2:
         raise ValueError(f"means must be a (K, D) tensor, got shape {tuple(means.shape)}")
     K = means.shape[0]
