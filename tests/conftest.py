@@ -65,6 +65,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def dynamo_reset():
+    """A fresh torch.compile cache before and after the test (compile counts start at zero)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(params=COMPILED)
 def backend(request):
     """(backend name, device) for every compiled backend; skips the unavailable ones."""

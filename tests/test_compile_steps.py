@@ -48,13 +48,6 @@ def level(net, x, t, offset):
         return ops.reverse_sde_step(x, s, t=t, h=0.05, schedule=SCHEDULE, seed=4, offset=offset), accepted
 
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def test_annealed_level_with_a_float_time(dynamo_reset):
     """No graph break with validation on (the schedule's and the ops' value checks are skipped while tracing);
     one graph per level: a float t is a constant of the graph (t-dependent kernel coefficients are floats)."""

@@ -168,13 +168,6 @@ def user_step(net, x, u):
         return ops.reverse_sde_step(x_new, s_new, t=0.5, h=0.01, schedule=VP(), seed=3, offset=8), accepted
 
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("validate", [True, False], ids=["validation_on", "validation_off"])
 def test_compile_fullgraph_user_step(dynamo_reset, validate):
     net, x, u = ScoreNet(), torch.randn(64, D), torch.rand(64)

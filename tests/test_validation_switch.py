@@ -196,7 +196,7 @@ def test_checks_cause_no_graph_break_under_compile():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (counts device syncs)")
-def test_checks_do_not_sync_a_gpu_with_validation_off():
+def test_checks_do_not_sync_cuda_with_validation_off():
     """On CUDA tensors the checks of a whole op's arguments make no device sync with validation off
     (torch.cuda.set_sync_debug_mode raises on one), and do sync with it on."""
     x, s = torch.randn(64, 8, device="cuda"), torch.randn(64, 8, device="cuda")
