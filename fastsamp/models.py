@@ -189,20 +189,22 @@ class Product:
         return cls(*(from_saved_form(f) for f in config["factors"]))
 
     def _fusable(self) -> bool:
-        """Whether the fused score-network kernels (ops.mlp_mala, ops.mlp_hmc) cover this product: ScoreMLP
-        factors and at most one GaussianMixture, at least one ScoreMLP."""
-        n_nets = sum(isinstance(m, ScoreMLP) and m.fusable() for m in self.models)
+        """Whether the fused network kernels (ops.mlp_mala / mlp_hmc, with energy networks ops.mlp_energy_mala /
+        mlp_energy_hmc) cover this product: ScoreMLP and EnergyMLP factors and at most one GaussianMixture, at
+        least one network. (mh="energy" reaches them only when every factor has an energy: annealed_mcmc and mcmc
+        refuse it earlier for a product with a ScoreMLP.)"""
+        n_nets = sum(isinstance(m, FourierMLP) and m.fusable() for m in self.models)
         n_mix = sum(isinstance(m, GaussianMixture) for m in self.models)
         return n_nets >= 1 and n_mix <= 1 and n_nets + n_mix == len(self.models)
 
     def fused_corrector(self):
-        """ops.mlp_mala / ops.mlp_hmc on the sum of the factors' scores (ScoreMLPs and at most one mixture), else
-        None."""
+        """The fused network kernels on the sum of the factors' scores (ScoreMLPs, EnergyMLPs and at most one
+        mixture), else None."""
         return self.fused_moves if self._fusable() else None
 
     def fused_moves(self, x, t, step_size, spec, key):
         """spec.n_steps corrector moves at time t on Σ_i s_i (see ScoreMLP.fused_moves)."""
-        nets = [m.score_net(t, x) for m in self.models if isinstance(m, ScoreMLP)]
+        nets = [m.fused_net(t, x) for m in self.models if isinstance(m, FourierMLP)]
         mixes = [m.mixture_score(t, x) for m in self.models if isinstance(m, GaussianMixture)]
         return mlp_moves(x, nets, mixes[0] if mixes else None, step_size, spec, key)
 
@@ -303,6 +305,40 @@ class FourierMLP(torch.nn.Module):
         return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
                 "schedule": schedule_config(self.schedule)}
 
+    def fusable(self) -> bool:
+        """Whether the fused kernels evaluate this network: `net` is Sequential(Linear, SiLU, ..., Linear) with
+        biases (a subclass or a replaced `net` may not be) and lives on the CPU (the score-network kernels are
+        C++ only: on a GPU the generic path runs, and AnnealedStats.fused says so)."""
+        mods = list(self.net) if isinstance(self.net, torch.nn.Sequential) else []
+        linears, acts = mods[0::2], mods[1::2]
+        return (len(mods) % 2 == 1 and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
+                and all(type(a) is torch.nn.SiLU for a in acts) and linears[0].weight.device.type == "cpu")
+
+    def fused_net(self, t, x):
+        """This network at time t as the fused network ops read it (ops.ScoreNet for a ScoreMLP, ops.EnergyNet for
+        an EnergyMLP: `FUSED_NET`), its tensors detached and in x's dtype and device; (α_t, σ_t²) from the schedule
+        in float64."""
+        if not self.fusable():
+            raise TypeError(f"{type(self).__name__}.net must be Sequential(Linear, SiLU, ..., Linear) on the CPU for "
+                            f"the fused kernels")
+        linears = list(self.net)[0::2]
+        conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
+        t = float(t)
+        return self.FUSED_NET(tuple(conv(m.weight) for m in linears), tuple(conv(m.bias) for m in linears),
+                              conv(self.freq), conv(self.data_mean), float(self.data_var), t,
+                              float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
+
+    def fused_corrector(self):
+        """The whole-move kernels (ULA / MALA and HMC / U-HMC: ops.mlp_mala and ops.mlp_hmc for a ScoreMLP,
+        ops.mlp_energy_mala and ops.mlp_energy_hmc for an EnergyMLP) as one callable (the `fastsamp.protocol`
+        hook); None when `net` is not the standard architecture."""
+        return self.fused_moves if self.fusable() else None
+
+    def fused_moves(self, x, t, step_size, spec, key):
+        """spec.n_steps corrector moves at time t from x with Philox key (seed, offset, chain_offset), the network
+        evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
+        return mlp_moves(x, [self.fused_net(t, x)], None, step_size, spec, key)
+
     @classmethod
     def from_saved(cls, config, state):
         config = dict(config, schedule=schedule_from_config(config["schedule"]))
@@ -330,36 +366,11 @@ class ScoreMLP(FourierMLP):
         with torch.no_grad():
             return self(x.to(dtype), float(t)).to(x.dtype)
 
-    def fusable(self) -> bool:
-        """Whether the fused kernels evaluate this network: `net` is Sequential(Linear, SiLU, ..., Linear) with
-        biases (a subclass or a replaced `net` may not be) and lives on the CPU (the score-network kernels are
-        C++ only: on a GPU the generic path runs, and AnnealedStats.fused says so)."""
-        mods = list(self.net) if isinstance(self.net, torch.nn.Sequential) else []
-        linears, acts = mods[0::2], mods[1::2]
-        return (len(mods) % 2 == 1 and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
-                and all(type(a) is torch.nn.SiLU for a in acts) and linears[0].weight.device.type == "cpu")
+    FUSED_NET = ops.ScoreNet
 
     def score_net(self, t, x):
-        """This network at time t as the fused score-network ops read it (ops.ScoreNet), its tensors detached
-        and in x's dtype and device; (α_t, σ_t²) from the schedule in float64."""
-        if not self.fusable():
-            raise TypeError("ScoreMLP.net must be Sequential(Linear, SiLU, ..., Linear) for the fused kernels")
-        linears = list(self.net)[0::2]
-        conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
-        t = float(t)
-        return ops.ScoreNet(tuple(conv(m.weight) for m in linears), tuple(conv(m.bias) for m in linears),
-                            conv(self.freq), conv(self.data_mean), float(self.data_var), t,
-                            float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
-
-    def fused_corrector(self):
-        """The whole-move kernels ops.mlp_mala (ULA / MALA) and ops.mlp_hmc (HMC / U-HMC) as one callable (the
-        `fastsamp.protocol` hook); None when `net` is not the standard architecture."""
-        return self.fused_moves if self.fusable() else None
-
-    def fused_moves(self, x, t, step_size, spec, key):
-        """spec.n_steps corrector moves at time t from x with Philox key (seed, offset, chain_offset) by
-        ops.mlp_mala / ops.mlp_hmc, the network evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
-        return mlp_moves(x, [self.score_net(t, x)], None, step_size, spec, key)
+        """`fused_net`: this network at time t as an ops.ScoreNet."""
+        return self.fused_net(t, x)
 
 
 class EnergyMLP(FourierMLP):
@@ -368,12 +379,20 @@ class EnergyMLP(FourierMLP):
 
         E(x, t) = |x − α_t m − √v_t f(x, t)|² / (2 v_t),
 
-    so that for an f that does not depend on x the score −∇_x E equals ScoreMLP's (α_t m − x)/v_t + f/√v_t.
+    so that for an f that does not depend on x the score −∇_x E equals ScoreMLP's (α_t m − x)/v_t + f/√v_t;
+    in general −∇_x E = −r/v_t + J_fᵀ r/√v_t, r = x − α_t m − √v_t f (J_f = ∂f/∂x).
     The score comes by autograd: `score_and_log_prob` is one forward and one backward (it enables grad
     locally, so it works under torch.no_grad); `forward` is the score with create_graph=True (training).
-    No fused kernel covers it (has_energy: exact energy MH on the generic path)."""
+    The samplers' fused path runs ops.mlp_energy_mala / mlp_energy_hmc (energy and score in one forward and
+    one backward through the layers inside the kernel), with the exact energy MH (mh="energy") among others;
+    ops.mlp_energy(x, net.energy_net(t, x)) is the fused (score, log p)."""
 
     has_energy = True
+    FUSED_NET = ops.EnergyNet
+
+    def energy_net(self, t, x):
+        """`fused_net`: this network at time t as an ops.EnergyNet."""
+        return self.fused_net(t, x)
 
     def energy(self, x, t):
         """E(x, t), (B,), differentiable."""
@@ -401,14 +420,17 @@ class EnergyMLP(FourierMLP):
 
 def mlp_moves(x, nets, mixture, step_size, spec, key):
     """spec.n_steps moves of ops.mlp_mala (ULA / MALA) or ops.mlp_hmc (HMC / U-HMC) on Σ nets (+ mixture)
-    with the Philox key of the run; the HMC momentum starts at 0 in the kernel."""
+    with the Philox key of the run, ops.mlp_energy_mala / mlp_energy_hmc when an energy network is among the
+    nets; the HMC momentum starts at 0 in the kernel."""
     common = dict(mixture=mixture, step_size=step_size, n_steps=spec.n_steps, seed=key.seed, offset=key.offset,
                   chain_offset=key.chain_offset, backend=spec.backend)
+    energy = any(isinstance(n, ops.EnergyNet) for n in nets)
     if spec.is_hmc:
-        return ops.mlp_hmc(x, nets, n_leapfrog=spec.n_leapfrog, mh="none" if spec.corrector == "uhmc" else spec.mh,
-                           damping=spec.damping, **common)
-    return ops.mlp_mala(x, nets, n_trapezoid=spec.n_trapezoid, mh="none" if spec.corrector == "ula" else spec.mh,
-                        **common)
+        hmc = ops.mlp_energy_hmc if energy else ops.mlp_hmc
+        return hmc(x, nets, n_leapfrog=spec.n_leapfrog, mh="none" if spec.corrector == "uhmc" else spec.mh,
+                   damping=spec.damping, **common)
+    mala = ops.mlp_energy_mala if energy else ops.mlp_mala
+    return mala(x, nets, n_trapezoid=spec.n_trapezoid, mh="none" if spec.corrector == "ula" else spec.mh, **common)
 
 
 PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}

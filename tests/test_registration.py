@@ -20,14 +20,18 @@ def rand(*shape, dtype=F64, positive=False, grad=False):
     return t.requires_grad_(grad)
 
 
-def mlp_args(x):
-    """The backend arguments of a small ScoreMLP's score at t = 0.5 plus a mixture (fastsamp/ops/mlp.py)."""
-    from fastsamp.models import ScoreMLP
-    from fastsamp.ops.mlp import MixtureScore, _score_sum_args
+def mlp_args(x, energy=False):
+    """The backend arguments of a small ScoreMLP's score (EnergyMLP's with `energy`) at t = 0.5 plus a mixture
+    (fastsamp/ops/mlp.py)."""
+    from fastsamp.models import EnergyMLP, ScoreMLP
+    from fastsamp.ops.mlp import MixtureScore, _energy_sum_args, _score_sum_args
     torch.manual_seed(0)
-    net = ScoreMLP(D, hidden=8, n_freq=2, data_mean=torch.randn(D), data_var=1.7).to(x.dtype).requires_grad_(False)
+    net = (EnergyMLP if energy else ScoreMLP)(D, hidden=8, n_freq=2, data_mean=torch.randn(D), data_var=1.7).to(
+        x.dtype).requires_grad_(False)
     mixture = MixtureScore(torch.randn(K, D, dtype=x.dtype), torch.zeros(K, dtype=x.dtype),
                            torch.ones(K, dtype=x.dtype), 0.9, 0.1)
+    if energy:
+        return _energy_sum_args(x.detach(), net.fused_net(0.5, x), mixture, need_energy=True)
     return _score_sum_args(x.detach(), net.score_net(0.5, x), mixture)
 
 
@@ -71,6 +75,9 @@ def op_args(name, dtype, grad=False, noise=True):
         "mlp_score": mlp_args(x),
         "mlp_mala": mlp_args(x) + (eps * 0.1, 2, 2, seed, offset, 4, 0),
         "mlp_hmc": mlp_args(x) + (eps * 0.1, 2, 2, seed, offset, 4, 0, 0.5),
+        "mlp_energy": mlp_args(x, energy=True),
+        "mlp_energy_mala": mlp_args(x, energy=True) + (eps * 0.1, 2, 2, seed, offset, 4, 1),
+        "mlp_energy_hmc": mlp_args(x, energy=True) + (eps * 0.1, 2, 2, seed, offset, 4, 1, 0.5),
         "normal": (seed, offset, B, D, dtype, torch.device("cpu"), 4),
         "uniform": (seed, offset, B, dtype, torch.device("cpu"), 4),
         "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1),

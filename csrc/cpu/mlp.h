@@ -23,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "cpu/common.h"
@@ -160,24 +161,29 @@ FASTSAMP_VINLINE T hsum(Vec<T> v) {
 #endif
 }
 
+// Σ_j u[j] w[j] over NJ vectors (two accumulators, one horizontal sum).
+template <typename T>
+FASTSAMP_VINLINE T dot_nj(const T* __restrict u, const T* __restrict w, int NJ) {
+  constexpr int W = kW<T>;
+  Vec<T> a0 = Vec<T>{}, a1 = Vec<T>{};
+  int v = 0;
+  for (; v + 2 <= NJ; v += 2) {
+    a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
+    a1 = vm::vfma(ld<T>(u + (v + 1) * W), ld<T>(w + (v + 1) * W), a1);
+  }
+  if (v < NJ) a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
+  return hsum<T>(a0 + a1);
+}
+
 // Output layer for small D (fewer than about H / (NJ + 8) outputs, where the padded GEMM above
 // would mostly multiply zeros): one dot product of NJ vectors and a horizontal sum per output.
 template <typename T>
 void out_layer_dot(int nb, const T* __restrict U, int64_t ldu, int NJ, const T* __restrict Wo, int64_t ldw, int D,
                    const T* __restrict bo, T clip, T* __restrict OUT, T* __restrict DR, int64_t ldo) {
-  constexpr int W = kW<T>;
   for (int l = 0; l < nb; ++l) {
     const T* __restrict u = U + l * ldu;
     for (int d = 0; d < D; ++d) {
-      const T* __restrict w = Wo + d * ldw;
-      Vec<T> a0 = Vec<T>{}, a1 = Vec<T>{};
-      int v = 0;
-      for (; v + 2 <= NJ; v += 2) {
-        a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
-        a1 = vm::vfma(ld<T>(u + (v + 1) * W), ld<T>(w + (v + 1) * W), a1);
-      }
-      if (v < NJ) a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
-      const T o = bo[d] + hsum<T>(a0 + a1);
+      const T o = bo[d] + dot_nj<T>(u, Wo + d * ldw, NJ);
       T dr = o < -clip ? -clip : o;  // NaN passes
       dr = dr > clip ? clip : dr;
       if (OUT) OUT[l * ldo + d] = o;
@@ -361,6 +367,31 @@ FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int n
   });
 }
 
+// The network's vector-Jacobian product to its input, after net_forward<T, true> of the same nb chains
+// (w.U, w.G hold its activations u_k and act'(z_k)): with the output cotangent g (w.GO, [nb][Dq], D
+// columns read), GX[l*ldx + d] = (J_f(x_l)ᵀ g_l)_d, by the backward through the layers
+//
+//   δz_L = (W_oᵀ g) ⊙ act'(z_L),  δz_k = (W_kᵀ δz_{k+1}) ⊙ act'(z_k) (k = L−1 .. 0),  J_fᵀ g = W_sᵀ δz_0
+//
+// (W_s: the x columns of the input layer; the time input is constant in x). The output clamp is taken as
+// the identity: for networks with clip = +inf (the score and energy networks). The Net needs its
+// untransposed hidden weights (built with backward = true), the Work its backward buffers.
+template <typename T>
+void net_input_vjp(const Net<T>& n, Work<T>& w, int nb, T* __restrict GX, int64_t ldx) {
+  const int Hp = n.Hp;
+  T* gz = w.GA.p;
+  T* gz2 = w.GB.p;
+  with_nv(n.NJ, [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    bwd_layer<T, NV>(nb, w.GO.p, n.Dq, n.D, n.wo.p, Hp, n.NJ, w.g(n.L), gz, Hp);
+    for (int k = n.L - 1; k >= 0; --k) {
+      bwd_layer<T, NV>(nb, gz, Hp, n.H, n.w_k(k), Hp, n.NJ, w.g(k), gz2, Hp);
+      std::swap(gz, gz2);
+    }
+  });
+  for (int l = 0; l < nb; ++l)
+    for (int d = 0; d < n.D; ++d) GX[l * ldx + d] = dot_nj<T>(gz + static_cast<int64_t>(l) * Hp, n.wsT.p + d * Hp, n.NJ);
+}
 
 }  // namespace mlp
 }  // namespace cpu

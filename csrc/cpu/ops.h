@@ -129,5 +129,28 @@ void mlp_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uin
              uintptr_t step_size, int64_t n_steps, int64_t n_leapfrog, uint64_t seed, uint64_t offset,
              uint64_t chain_offset, int64_t mh, double damping, uintptr_t x_out, uintptr_t accept_rate);
 
+// Sums with energy networks (score_mlp.cpp, cpu/mlp_sum.h): the lists above and `energy`, one flag per network
+// (1: an EnergyMLP energy network, E = |x − α m − √v f|²/(2v); 0: a score network). mlp_energy: score (B, D)
+// and log-density (B,) of a sum of energy networks (and the mixture). mlp_energy_mala / mlp_energy_hmc: op 7 /
+// op 8 with mh 0 (score), 1 (exact energy: every factor an energy network or the mixture) or 2 (none).
+void mlp_energy(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+                const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+                const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                int64_t K, double mix_alpha, double mix_sigma2, uintptr_t score, uintptr_t logp);
+
+void mlp_energy_mala(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+                     const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+                     const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                     int64_t K, double mix_alpha, double mix_sigma2, uintptr_t step_size, int64_t n_steps,
+                     int64_t n_trapezoid, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
+                     uintptr_t x_out, uintptr_t accept_rate);
+
+void mlp_energy_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+                    const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+                    const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                    int64_t K, double mix_alpha, double mix_sigma2, uintptr_t step_size, int64_t n_steps,
+                    int64_t n_leapfrog, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
+                    double damping, uintptr_t x_out, uintptr_t accept_rate);
+
 }  // namespace cpu
 }  // namespace fastsamp

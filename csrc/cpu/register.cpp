@@ -106,6 +106,19 @@ void register_cpu_ops(py::module_& m) {
         "scalars"_a, "means"_a, "log_weights"_a, "variances"_a, "K"_a, "mix_alpha"_a, "mix_sigma2"_a,
         "step_size"_a, "n_steps"_a, "n_leapfrog"_a, "seed"_a, "offset"_a, "chain_offset"_a, "mh"_a, "damping"_a,
         "x_out"_a, "accept_rate"_a, "n_threads"_a, "Fused whole-move HMC on a sum of ScoreMLP scores (and a mixture).");
+  m.def("cpu_mlp_energy", threaded(&c::mlp_energy), rel(), "dtype"_a, "x"_a, "B"_a, "D"_a, "ptrs"_a, "dims"_a,
+        "scalars"_a, "energy"_a, "means"_a, "log_weights"_a, "variances"_a, "K"_a, "mix_alpha"_a, "mix_sigma2"_a,
+        "score"_a, "logp"_a, "n_threads"_a, "Score and log-density of a sum of EnergyMLP networks (and a mixture).");
+  m.def("cpu_mlp_energy_mala", threaded(&c::mlp_energy_mala), rel(), "dtype"_a, "x"_a, "B"_a, "D"_a, "ptrs"_a,
+        "dims"_a, "scalars"_a, "energy"_a, "means"_a, "log_weights"_a, "variances"_a, "K"_a, "mix_alpha"_a,
+        "mix_sigma2"_a, "step_size"_a, "n_steps"_a, "n_trapezoid"_a, "seed"_a, "offset"_a, "chain_offset"_a, "mh"_a,
+        "x_out"_a, "accept_rate"_a, "n_threads"_a,
+        "Fused whole-move MALA (score, exact energy or no MH) on a sum of score and energy networks (and a mixture).");
+  m.def("cpu_mlp_energy_hmc", threaded(&c::mlp_energy_hmc), rel(), "dtype"_a, "x"_a, "B"_a, "D"_a, "ptrs"_a,
+        "dims"_a, "scalars"_a, "energy"_a, "means"_a, "log_weights"_a, "variances"_a, "K"_a, "mix_alpha"_a,
+        "mix_sigma2"_a, "step_size"_a, "n_steps"_a, "n_leapfrog"_a, "seed"_a, "offset"_a, "chain_offset"_a, "mh"_a,
+        "damping"_a, "x_out"_a, "accept_rate"_a, "n_threads"_a,
+        "Fused whole-move HMC (score, exact energy or no MH) on a sum of score and energy networks (and a mixture).");
   // the policy kernels take n_threads themselves (before their outputs)
   m.def("cpu_policy_rollout", &c::policy_rollout, rel(), "dtype"_a, "x0"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a, "hb"_a,
         "wo"_a, "bo"_a, "ts"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "explore"_a, "clip"_a, "seed"_a,

@@ -1,32 +1,28 @@
-// Score networks (fastsamp.models.ScoreMLP) on the fused MLP engine of cpu/mlp.h: the score op
-// mlp_score and the whole-move kernel mlp_mala, for a sum of several networks and optionally an
-// analytic Gaussian mixture (cpu/gmm.h): the composition p ∝ Π_i p_i of fastsamp.models.Product.
+// The score-network ops on sums of network factors (cpu/mlp_sum.h: ScoreMLP score networks, EnergyMLP
+// energy networks, optionally one Gaussian mixture): mlp_score (the score of score networks),
+// mlp_energy (score and log-density of energy networks), and the whole-move kernels mlp_mala /
+// mlp_energy_mala (contract: gmm_mala, op 7) and mlp_hmc / mlp_energy_hmc (op 8). The mlp_* ops take score
+// networks and MH by the score trapezoid (mh 0) or none (2); the mlp_energy_* ops any mix of both kinds,
+// and mh 1 too, the exact energy test, when every factor has an energy.
 //
-// One network at time t (α, σ² its schedule's marginal, m, σ_d² its data mean and variance):
-//
-//   s(x) = (α m − x)/v + f([x, sin(t ω), cos(t ω)])/√v,   v = α² σ_d² + σ²,
-//   f = W_o act(... act(W_1 act(W_0 [x, emb] + b_0) + b_1) ...) + b_o   (act = SiLU or GELU).
-//
-// The time columns of W_0 meet the same emb(t) in every row: W_0[:, D:] emb(t) is computed once per
-// call (in double) and enters the engine as its additive per-call input temb.
-//
-// mlp_hmc (op 8 likewise): HMC / U-HMC, one batch of the block's rows per leapfrog step.
-// mlp_mala (contract: gmm_mala, op 7, mh 0 / 2): chains row-major in blocks of <= kBlock, each
-// thread a contiguous run of chains. Per move the block's proposal and the n − 1 interior trapezoid
-// points go through every network in batches of up to kPointsPerBatch points (kPointsPerBatch·nb rows:
-// weights reused over them, memory bounded for any n_trapezoid). The normals are the contract's draw
-// (seed, offset + m) by rows_normals (the bits of mala_propose / sde_step), the uniforms
-// block_log_uniform (counter 0xFFFFFFFF). Chains never mix: a NaN chain stays in its row.
+// mlp_mala: chains row-major in blocks of <= kBlock, each thread a contiguous run of chains. Per move the
+// block's proposal and the n − 1 interior trapezoid points go through every network in batches of up to
+// kPointsPerBatch points (kPointsPerBatch·nb rows: weights reused over them, memory bounded for any
+// n_trapezoid); the energy test needs the proposal alone, its log-density carried with the state. The
+// normals are the contract's draw (seed, offset + m) by rows_normals (the bits of mala_propose / sde_step),
+// the uniforms block_log_uniform (counter 0xFFFFFFFF). Chains never mix: a NaN chain stays in its row.
+// mlp_hmc: HMC / U-HMC, one batch of the block's rows per leapfrog step.
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu/common.h"
 #include "cpu/gmm.h"
 #include "cpu/mlp.h"
+#include "cpu/mlp_sum.h"
 #include "cpu/ops.h"
 
 namespace fastsamp {
@@ -35,170 +31,20 @@ namespace {
 
 using mlp::ABuf;
 using mlp::kBlock;
+using mlp_sum::for_chain_runs;
+using mlp_sum::NetSum;
+using mlp_sum::SumWork;
+using mlp_sum::sum_rows;
 
-// One network's arguments from the flat lists of the ABI (see ops.h).
-struct NetArgs {
-  uintptr_t freq, mean, w_in, b_in, w_out, b_out;
-  std::vector<uintptr_t> hw, hb;
-  int F, H, act;
-  double t, alpha, sigma2, data_var;
-};
-
-std::vector<NetArgs> parse_nets(const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& dims,
-                                const std::vector<double>& scalars) {
-  if (dims.size() % 4 != 0 || scalars.size() != dims.size())
-    throw std::invalid_argument("fastsamp._C: mlp dims and scalars must hold 4 values per network");
-  std::vector<NetArgs> nets;
-  size_t p = 0;
-  for (size_t i = 0; i < dims.size(); i += 4) {
-    NetArgs a;
-    a.F = checked_dim(dims[i], "n_freq");
-    a.H = checked_dim(dims[i + 1], "hidden");
-    const int L = checked_dim(dims[i + 2], "n_hidden");
-    a.act = static_cast<int>(dims[i + 3]);
-    if (a.H < 1) throw std::invalid_argument("fastsamp._C: mlp hidden width must be >= 1");
-    if (a.act != mlp::kGelu && a.act != mlp::kSilu) throw std::invalid_argument("fastsamp._C: unknown activation");
-    if (ptrs.size() < p + 6 + 2 * static_cast<size_t>(L))
-      throw std::invalid_argument("fastsamp._C: too few mlp parameter pointers");
-    a.freq = ptrs[p];
-    a.mean = ptrs[p + 1];
-    a.w_in = ptrs[p + 2];
-    a.b_in = ptrs[p + 3];
-    a.w_out = ptrs[p + 4];
-    a.b_out = ptrs[p + 5];
-    for (int k = 0; k < L; ++k) {
-      a.hw.push_back(ptrs[p + 6 + 2 * k]);
-      a.hb.push_back(ptrs[p + 7 + 2 * k]);
-    }
-    p += 6 + 2 * static_cast<size_t>(L);
-    a.t = scalars[i];
-    a.alpha = scalars[i + 1];
-    a.sigma2 = scalars[i + 2];
-    a.data_var = scalars[i + 3];
-    nets.push_back(std::move(a));
-  }
-  if (p != ptrs.size()) throw std::invalid_argument("fastsamp._C: too many mlp parameter pointers");
-  return nets;
-}
-
-// W_0[:, D:] emb(t), emb = [sin(t ω_f)]_f ++ [cos(t ω_f)]_f with t ω_f rounded to T (as the
-// reference computes it in x's dtype); summed in double.
+// The score (and, with logp, the log-density) of the sum at the chains of x.
 template <typename T>
-std::vector<T> time_input(const NetArgs& a, int D) {
-  const T* w = ptr<T>(a.w_in);
-  const T* freq = ptr<T>(a.freq);
-  const int F = a.F, ld = D + 2 * F;
-  const T tt = static_cast<T>(a.t);
-  std::vector<double> emb(2 * static_cast<size_t>(F));
-  for (int f = 0; f < F; ++f) {
-    const T arg = tt * freq[f];
-    emb[f] = static_cast<double>(static_cast<T>(std::sin(static_cast<double>(arg))));
-    emb[F + f] = static_cast<double>(static_cast<T>(std::cos(static_cast<double>(arg))));
-  }
-  std::vector<T> out(a.H);
-  for (int j = 0; j < a.H; ++j) {
-    double s = 0.0;
-    for (int e = 0; e < 2 * F; ++e) s += static_cast<double>(w[static_cast<int64_t>(j) * ld + D + e]) * emb[e];
-    out[j] = static_cast<T>(s);
-  }
-  return out;
-}
-
-// One network at its time t: the engine's padded weights, α m and the scales v, √v.
-template <typename T>
-struct ScoreNet {
-  std::vector<T> temb;  // W_0[:, D:] emb(t) (H,)
-  mlp::Net<T> net;
-  std::vector<T> am;  // α m (D,)
-  T v, sv;
-
-  ScoreNet(const NetArgs& a, int D)
-      : temb(time_input<T>(a, D)),
-        net(mlp::Ptrs{reinterpret_cast<uintptr_t>(temb.data()), a.w_in, a.b_in, a.w_out, a.b_out, a.hw, a.hb,
-                      D + 2 * a.F, a.act},
-            D, a.H, 1, std::numeric_limits<double>::infinity(), false),
-        am(D) {
-    const T alpha = static_cast<T>(a.alpha);
-    const T* mean = ptr<T>(a.mean);
-    for (int d = 0; d < D; ++d) am[d] = alpha * mean[d];
-    v = alpha * alpha * static_cast<T>(a.data_var) + static_cast<T>(a.sigma2);
-    sv = std::sqrt(v);
-  }
-};
-
-// Σ_i s_i (+ the mixture's score): the networks and the optional mixture of one call.
-template <typename T>
-struct ScoreSum {
-  int D;
-  std::vector<std::unique_ptr<ScoreNet<T>>> nets;
-  std::unique_ptr<Mixture<T>> mix;
-};
-
-// Per-thread buffers of a ScoreSum for batches of up to `rows` rows.
-template <typename T>
-struct SumWork {
-  static constexpr int W = Lanes<T>::W;
-  std::vector<std::unique_ptr<mlp::Work<T>>> work;
-  Buf<T> xt, st, lp, ell;
-  SumWork(const ScoreSum<T>& m, int rows)
-      : xt(static_cast<size_t>(m.D) * W), st(static_cast<size_t>(m.D) * W), lp(W), ell(kChunkK * W) {
-    for (const auto& n : m.nets) work.emplace_back(new mlp::Work<T>(n->net, false, false, rows));
-  }
-};
-
-// S[r] = Σ_i s_i(X[r]) for rows r < nr (row-major, D per row), nr <= the SumWork's rows: factors
-// in order (networks, then the mixture).
-template <typename T>
-void score_rows(const ScoreSum<T>& m, SumWork<T>& w, const T* __restrict X, int nr, T* __restrict S) {
-  const int D = m.D;
-  for (size_t i = 0; i < m.nets.size(); ++i) {
-    const ScoreNet<T>& sn = *m.nets[i];
-    mlp::Work<T>& wk = *w.work[i];
-    mlp::net_forward<T, false>(sn.net, wk, X, nr, 0);
-    const T v = sn.v, sv = sn.sv;
-    const int Dq = sn.net.Dq;
-    for (int r = 0; r < nr; ++r) {
-      const T* __restrict xr = X + static_cast<int64_t>(r) * D;
-      const T* __restrict o = wk.DR.p + static_cast<int64_t>(r) * Dq;
-      T* __restrict sr = S + static_cast<int64_t>(r) * D;
-      for (int d = 0; d < D; ++d) {
-        const T s = (sn.am[d] - xr[d]) / v + o[d] / sv;
-        sr[d] = i == 0 ? s : sr[d] + s;
-      }
-    }
-  }
-  if (!m.mix) return;
-  constexpr int W = SumWork<T>::W;
-  for (int r0 = 0; r0 < nr; r0 += W) {
-    const int nl = std::min(W, nr - r0);
-    for (int l = 0; l < W; ++l)
-      for (int d = 0; d < D; ++d) w.xt.p[d * W + l] = l < nl ? X[static_cast<int64_t>(r0 + l) * D + d] : T(0);
-    block_score<T, W, 0>(*m.mix, D, w.xt.p, w.st.p, w.lp.p, w.ell.p);
-    for (int l = 0; l < nl; ++l)
-      for (int d = 0; d < D; ++d) {
-        T& sr = S[static_cast<int64_t>(r0 + l) * D + d];
-        sr = m.nets.empty() ? w.st.p[d * W + l] : sr + w.st.p[d * W + l];
-      }
-  }
-}
-
-// f(c0, c1) on each thread's contiguous run of chains [c0, c1) (at least 16 chains per thread).
-template <typename F>
-void for_chain_runs(int64_t B, F&& f) {
-  parallel(threads_for(B, 16), [&](int tid, int nt) {
-    const int64_t c0 = B * tid / nt, c1 = B * (tid + 1) / nt;
-    if (c0 < c1) f(c0, c1);
-  });
-}
-
-template <typename T>
-void score_impl(const ScoreSum<T>& m, const T* x, int64_t B, T* score) {
+void score_impl(const NetSum<T>& m, const T* x, int64_t B, T* score, T* logp) {
   const int D = m.D;
   for_chain_runs(B, [&](int64_t c0, int64_t c1) {
     SumWork<T> w(m, kBlock);
     for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
-      score_rows<T>(m, w, x + b0 * D, nb, score + b0 * D);
+      sum_rows<T>(m, w, x + b0 * D, nb, score + b0 * D, logp ? logp + b0 : nullptr);
     }
   });
 }
@@ -207,9 +53,9 @@ void score_impl(const ScoreSum<T>& m, const T* x, int64_t B, T* score) {
 // reused over up to kPointsPerBatch * kBlock rows, and the activations stay a few hundred KB.
 constexpr int kPointsPerBatch = 4;
 
-// n_steps MALA moves (mh 0: trapezoid with n sub-intervals, 2: none) of the chains of x.
+// n_steps MALA moves (mh 0: trapezoid with n sub-intervals, 1: exact energy, 2: none) of the chains of x.
 template <typename T>
-void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int64_t n_steps, int n_trap,
+void mala_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int64_t n_steps, int n_trap,
                uint64_t seed, uint64_t offset, uint64_t chain0, int mh, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = m.D;
@@ -222,6 +68,9 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
     const size_t bd = static_cast<size_t>(kBlock) * D;
     // state, score; proposal, its score, d = x' - x; a batch of points and their scores
     ABuf<T> X(bd), S(bd), XP(bd), SPp(bd), DD(bd), PB(bd * per_call), SB(bd * per_call);
+    ABuf<T> LP(kBlock), LPp(kBlock);  // energy test: log p at the state and at the proposal
+    T* const lp = mh == 1 ? LP.p : nullptr;
+    T* const lpp = mh == 1 ? LPp.p : nullptr;
     ABuf<T> XI(static_cast<size_t>(64) * ((kBlock * J + 15) / 16));
     ABuf<T> eps(kBlock), sq2e(kBlock), nacc(kBlock), inner(kBlock), logu(kBlock + W);
     for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
@@ -233,7 +82,7 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
         sq2e.p[l] = std::sqrt(T(2) * eps.p[l]);
         nacc.p[l] = T(0);
       }
-      score_rows<T>(m, w, X.p, nb, S.p);
+      sum_rows<T>(m, w, X.p, nb, S.p, lp);
       const uint64_t g0 = chain0 + static_cast<uint64_t>(b0);
       for (int64_t mv = 0; mv < n_steps; ++mv) {
         const uint64_t off = offset + static_cast<uint64_t>(mv);
@@ -264,7 +113,7 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
               for (int64_t i = 0; i < nbd; ++i) pk[i] = X.p[i] + tk * DD.p[i];
             }
           }
-          score_rows<T>(m, w, PB.p, kn * nb, SB.p);
+          sum_rows<T>(m, w, PB.p, kn * nb, SB.p, lpp);  // mh 1: kn = 1 (the proposal alone)
           for (int j = 0; j < kn; ++j) {
             const T* __restrict sk = SB.p + j * nbd;
             if (k0 + j == 0) {
@@ -296,11 +145,12 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
             ff += fwd * fwd;
             bb += bwd * bwd;
           }
-          const T delta = (T(0.5) * (sd + spd) + inner.p[l]) / tn;
+          const T delta = mh == 1 ? LPp.p[l] - LP.p[l] : (T(0.5) * (sd + spd) + inner.p[l]) / tn;
           const T log_alpha = delta + (ff - bb) / (T(4) * eps.p[l]);
           if (logu.p[l] < log_alpha) {
             std::memcpy(X.p + r, XP.p + r, sizeof(T) * D);
             std::memcpy(S.p + r, SPp.p + r, sizeof(T) * D);
+            if (mh == 1) LP.p[l] = LPp.p[l];
             nacc.p[l] += T(1);
           }
         }
@@ -312,11 +162,12 @@ void mala_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, in
   });
 }
 
-// n_steps HMC moves (op 8 with mh 0 / 2): p starts at 0 and is carried across moves; move m refreshes
+// n_steps HMC moves (op 8 with mh 0 / 1 / 2): p starts at 0 and is carried across moves; move m refreshes
 // p0 = damping p + sqrt(1 − damping²) ξ, runs n_lf leapfrog steps (one batch of nb rows through every
-// network per step) with the trapezoid ΔlogP along the path, and flips p ← −p0 on rejection.
+// network per step) with ΔlogP the trapezoid along the path (mh 0) or the exact log p(end) − log p(start)
+// (mh 1), and flips p ← −p0 on rejection.
 template <typename T>
-void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int64_t n_steps, int n_lf,
+void hmc_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int64_t n_steps, int n_lf,
               uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = m.D;
@@ -330,6 +181,8 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
     ABuf<T> X(bd), S(bd), PC(bd), P0(bd), XA(bd), SA(bd), XB(bd), SB(bd), PL(bd);
     ABuf<T> XI(static_cast<size_t>(64) * ((kBlock * J + 15) / 16));
     ABuf<T> eps(kBlock), heps(kBlock), dlp(kBlock), nacc(kBlock), logu(kBlock + W);
+    ABuf<T> LP(kBlock), LA(kBlock), LB(kBlock);  // energy test: log p at the state and along the trajectory
+    const bool energy = mh == 1;
     for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
       const int64_t nbd = static_cast<int64_t>(nb) * D;
@@ -340,7 +193,7 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
         heps.p[l] = T(0.5) * eps.p[l];
         nacc.p[l] = T(0);
       }
-      score_rows<T>(m, w, X.p, nb, S.p);
+      sum_rows<T>(m, w, X.p, nb, S.p, energy ? LP.p : nullptr);
       const uint64_t g0 = chain0 + static_cast<uint64_t>(b0);
       for (int64_t mv = 0; mv < n_steps; ++mv) {
         const uint64_t off = offset + static_cast<uint64_t>(mv);
@@ -356,7 +209,7 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
         std::memcpy(XA.p, X.p, sizeof(T) * nbd);
         std::memcpy(SA.p, S.p, sizeof(T) * nbd);
         for (int l = 0; l < nb; ++l) dlp.p[l] = T(0);
-        T *xa = XA.p, *sa = SA.p, *xb = XB.p, *sb = SB.p;
+        T *xa = XA.p, *sa = SA.p, *xb = XB.p, *sb = SB.p, *la = LA.p, *lb = LB.p;
         for (int j = 0; j < n_lf; ++j) {
           // p_half = p + (eps/2) s, x' = x + eps p_half; s' = s(x'); p = p_half + (eps/2) s'
           for (int l = 0; l < nb; ++l)
@@ -366,7 +219,7 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
               PL.p[i] = ph;
               xb[i] = xa[i] + eps.p[l] * ph;
             }
-          score_rows<T>(m, w, xb, nb, sb);
+          sum_rows<T>(m, w, xb, nb, sb, energy ? lb : nullptr);
           for (int l = 0; l < nb; ++l) {
             T seg = 0;  // (s + s').(x' - x)
             for (int d = 0; d < D; ++d) {
@@ -378,6 +231,7 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
           }
           std::swap(xa, xb);
           std::swap(sa, sb);
+          std::swap(la, lb);
         }
         if (mh != 2)
           for (int c = 0; c < nb; c += W) block_log_uniform<T, W>(seed, off, g0 + static_cast<uint64_t>(c), logu.p + c);
@@ -390,12 +244,14 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
               kin += PL.p[r + d] * PL.p[r + d];
               kin0 += P0.p[r + d] * P0.p[r + d];
             }
-            acc = logu.p[l] < (dlp.p[l] - T(0.5) * kin) + T(0.5) * kin0;
+            const T delta = energy ? la[l] - LP.p[l] : dlp.p[l];
+            acc = logu.p[l] < (delta - T(0.5) * kin) + T(0.5) * kin0;
           }
           if (acc) {
             std::memcpy(X.p + r, xa + r, sizeof(T) * D);
             std::memcpy(S.p + r, sa + r, sizeof(T) * D);
             std::memcpy(PC.p + r, PL.p + r, sizeof(T) * D);
+            if (energy) LP.p[l] = la[l];
             nacc.p[l] += T(1);
           } else {
             for (int d = 0; d < D; ++d) PC.p[r + d] = -P0.p[r + d];  // flip: keeps partial refresh exact
@@ -409,21 +265,58 @@ void hmc_impl(const ScoreSum<T>& m, const T* x_in, const T* step, int64_t B, int
   });
 }
 
-// run(T(), sum) with the ScoreSum of the given networks and mixture (K = 0: none) in `dtype`.
-template <typename Run>
-void with_score_sum(int dtype, int64_t D, const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& dims,
-                    const std::vector<double>& scalars, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
-                    int64_t K, double mix_alpha, double mix_sigma2, Run&& run) {
-  const std::vector<NetArgs> args = parse_nets(ptrs, dims, scalars);
-  if (args.empty() && K <= 0) throw std::invalid_argument("fastsamp._C: mlp ops need a network or a mixture");
-  dispatch_dtype(dtype, [&](auto tag) {
+// mh of a move op: 0 (score) or 2 (none); the energy ops take 1 (exact energy) too.
+void check_mh(const char* op, int64_t mh, bool energy_op) {
+  if (mh == 0 || mh == 2 || (energy_op && mh == 1)) return;
+  throw std::invalid_argument(std::string(op) + (energy_op ? ": mh must be 0 (score), 1 (energy) or 2 (none)"
+                                                           : ": mh must be 0 (score) or 2 (none)"));
+}
+
+// A log-density (mlp_energy's output, the energy test) needs every factor's: refuse a score network.
+template <typename T>
+void need_energy(const NetSum<T>& m, const char* op) {
+  const int i = m.first_score_net();
+  if (i >= 0)
+    throw std::invalid_argument(std::string(op) + ": the log-density needs every factor's energy, network " +
+                                std::to_string(i) + " is a score network");
+}
+
+void mala_op(const char* op, bool energy_op, int dtype, uintptr_t x, int64_t B, int64_t D,
+             const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+             const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances, int64_t K,
+             double mix_alpha, double mix_sigma2, uintptr_t step_size, int64_t n_steps, int64_t n_trapezoid,
+             uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh, uintptr_t x_out,
+             uintptr_t accept_rate) {
+  if (n_trapezoid < 1 || n_trapezoid > 4096)
+    throw std::invalid_argument(std::string(op) + ": n_trapezoid must be in [1, 4096]");
+  check_mh(op, mh, energy_op);
+  if (n_steps < 1) throw std::invalid_argument(std::string(op) + ": n_steps must be >= 1");
+  mlp_sum::with_net_sum(dtype, D, ptrs, dims, scalars, energy, means, log_weights, variances, K, mix_alpha,
+                        mix_sigma2, [&](auto tag, const auto& m) {
     using T = decltype(tag);
-    ScoreSum<T> m;
-    m.D = checked_dim(D, "D");
-    for (const NetArgs& a : args) m.nets.emplace_back(new ScoreNet<T>(a, m.D));
-    if (K > 0)
-      m.mix.reset(new Mixture<T>(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), K, D, mix_alpha, mix_sigma2));
-    run(tag, m);
+    if (mh == 1) need_energy(m, op);
+    mala_impl<T>(m, ptr<T>(x), ptr<T>(step_size), B, n_steps, static_cast<int>(n_trapezoid), seed, offset,
+                 chain_offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
+  });
+}
+
+void hmc_op(const char* op, bool energy_op, int dtype, uintptr_t x, int64_t B, int64_t D,
+            const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+            const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances, int64_t K,
+            double mix_alpha, double mix_sigma2, uintptr_t step_size, int64_t n_steps, int64_t n_leapfrog,
+            uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh, double damping, uintptr_t x_out,
+            uintptr_t accept_rate) {
+  if (n_leapfrog < 1 || n_leapfrog > (int64_t(1) << 30))
+    throw std::invalid_argument(std::string(op) + ": n_leapfrog must be >= 1");
+  check_mh(op, mh, energy_op);
+  if (n_steps < 1) throw std::invalid_argument(std::string(op) + ": n_steps must be >= 1");
+  if (!(damping >= 0.0 && damping < 1.0)) throw std::invalid_argument(std::string(op) + ": damping must be in [0, 1)");
+  mlp_sum::with_net_sum(dtype, D, ptrs, dims, scalars, energy, means, log_weights, variances, K, mix_alpha,
+                        mix_sigma2, [&](auto tag, const auto& m) {
+    using T = decltype(tag);
+    if (mh == 1) need_energy(m, op);
+    hmc_impl<T>(m, ptr<T>(x), ptr<T>(step_size), B, n_steps, static_cast<int>(n_leapfrog), seed, offset,
+                chain_offset, static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
   });
 }
 
@@ -433,10 +326,22 @@ void mlp_score(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<u
                const std::vector<int64_t>& dims, const std::vector<double>& scalars, uintptr_t means,
                uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
                uintptr_t score) {
-  with_score_sum(dtype, D, ptrs, dims, scalars, means, log_weights, variances, K, mix_alpha, mix_sigma2,
-                 [&](auto tag, const auto& m) {
+  mlp_sum::with_net_sum(dtype, D, ptrs, dims, scalars, {}, means, log_weights, variances, K, mix_alpha, mix_sigma2,
+                        [&](auto tag, const auto& m) {
     using T = decltype(tag);
-    score_impl<T>(m, ptr<T>(x), B, ptr<T>(score));
+    score_impl<T>(m, ptr<T>(x), B, ptr<T>(score), nullptr);
+  });
+}
+
+void mlp_energy(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+                const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+                const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                int64_t K, double mix_alpha, double mix_sigma2, uintptr_t score, uintptr_t logp) {
+  mlp_sum::with_net_sum(dtype, D, ptrs, dims, scalars, energy, means, log_weights, variances, K, mix_alpha,
+                        mix_sigma2, [&](auto tag, const auto& m) {
+    using T = decltype(tag);
+    need_energy(m, "mlp_energy");
+    score_impl<T>(m, ptr<T>(x), B, ptr<T>(score), ptr<T>(logp));
   });
 }
 
@@ -445,15 +350,18 @@ void mlp_mala(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<ui
               uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
               uintptr_t step_size, int64_t n_steps, int64_t n_trapezoid, uint64_t seed, uint64_t offset,
               uint64_t chain_offset, int64_t mh, uintptr_t x_out, uintptr_t accept_rate) {
-  if (n_trapezoid < 1 || n_trapezoid > 4096) throw std::invalid_argument("mlp_mala: n_trapezoid must be in [1, 4096]");
-  if (mh != 0 && mh != 2) throw std::invalid_argument("mlp_mala: mh must be 0 (score) or 2 (none)");
-  if (n_steps < 1) throw std::invalid_argument("mlp_mala: n_steps must be >= 1");
-  with_score_sum(dtype, D, ptrs, dims, scalars, means, log_weights, variances, K, mix_alpha, mix_sigma2,
-                 [&](auto tag, const auto& m) {
-    using T = decltype(tag);
-    mala_impl<T>(m, ptr<T>(x), ptr<T>(step_size), B, n_steps, static_cast<int>(n_trapezoid), seed, offset,
-                 chain_offset, static_cast<int>(mh), ptr<T>(x_out), ptr<T>(accept_rate));
-  });
+  mala_op("mlp_mala", false, dtype, x, B, D, ptrs, dims, scalars, {}, means, log_weights, variances, K, mix_alpha,
+          mix_sigma2, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh, x_out, accept_rate);
+}
+
+void mlp_energy_mala(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+                     const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+                     const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                     int64_t K, double mix_alpha, double mix_sigma2, uintptr_t step_size, int64_t n_steps,
+                     int64_t n_trapezoid, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
+                     uintptr_t x_out, uintptr_t accept_rate) {
+  mala_op("mlp_energy_mala", true, dtype, x, B, D, ptrs, dims, scalars, energy, means, log_weights, variances, K,
+          mix_alpha, mix_sigma2, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh, x_out, accept_rate);
 }
 
 void mlp_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
@@ -461,16 +369,19 @@ void mlp_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uin
              uintptr_t log_weights, uintptr_t variances, int64_t K, double mix_alpha, double mix_sigma2,
              uintptr_t step_size, int64_t n_steps, int64_t n_leapfrog, uint64_t seed, uint64_t offset,
              uint64_t chain_offset, int64_t mh, double damping, uintptr_t x_out, uintptr_t accept_rate) {
-  if (n_leapfrog < 1 || n_leapfrog > (int64_t(1) << 30)) throw std::invalid_argument("mlp_hmc: n_leapfrog must be >= 1");
-  if (mh != 0 && mh != 2) throw std::invalid_argument("mlp_hmc: mh must be 0 (score) or 2 (none)");
-  if (n_steps < 1) throw std::invalid_argument("mlp_hmc: n_steps must be >= 1");
-  if (!(damping >= 0.0 && damping < 1.0)) throw std::invalid_argument("mlp_hmc: damping must be in [0, 1)");
-  with_score_sum(dtype, D, ptrs, dims, scalars, means, log_weights, variances, K, mix_alpha, mix_sigma2,
-                 [&](auto tag, const auto& m) {
-    using T = decltype(tag);
-    hmc_impl<T>(m, ptr<T>(x), ptr<T>(step_size), B, n_steps, static_cast<int>(n_leapfrog), seed, offset,
-                chain_offset, static_cast<int>(mh), damping, ptr<T>(x_out), ptr<T>(accept_rate));
-  });
+  hmc_op("mlp_hmc", false, dtype, x, B, D, ptrs, dims, scalars, {}, means, log_weights, variances, K, mix_alpha,
+         mix_sigma2, step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping, x_out, accept_rate);
+}
+
+void mlp_energy_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vector<uintptr_t>& ptrs,
+                    const std::vector<int64_t>& dims, const std::vector<double>& scalars,
+                    const std::vector<int64_t>& energy, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
+                    int64_t K, double mix_alpha, double mix_sigma2, uintptr_t step_size, int64_t n_steps,
+                    int64_t n_leapfrog, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
+                    double damping, uintptr_t x_out, uintptr_t accept_rate) {
+  hmc_op("mlp_energy_hmc", true, dtype, x, B, D, ptrs, dims, scalars, energy, means, log_weights, variances, K,
+         mix_alpha, mix_sigma2, step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping, x_out,
+         accept_rate);
 }
 
 }  // namespace cpu

@@ -116,5 +116,49 @@ def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, 
     return x_new, rate
 
 
+def _energy_sum(params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """The network and mixture arguments of the cpu_mlp_energy* kernels: _score_sum's with the energy flags."""
+    ptrs, dims, scalars, *mix = _score_sum(params, dims, scalars, means, log_weights, variances, mix_alpha,
+                                           mix_sigma2)
+    return (ptrs, dims, scalars, [int(e) for e in energy], *mix)
+
+
+def mlp_energy(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2):
+    B, D = x.shape
+    score = torch.empty_like(x)
+    logp = torch.empty(B, dtype=x.dtype, device=x.device)
+    if B > 0:
+        _C.cpu_mlp_energy(_dt(x), x.data_ptr(), B, D,
+                          *_energy_sum(params, dims, scalars, energy, means, log_weights, variances, mix_alpha,
+                                       mix_sigma2), score.data_ptr(), logp.data_ptr(), _threads())
+    return score, logp
+
+
+def mlp_energy_mala(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, step_size,
+                    n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+    B, D = x.shape
+    x_new, rate = move_outputs(x)
+    if B > 0:
+        _C.cpu_mlp_energy_mala(_dt(x), x.data_ptr(), B, D,
+                               *_energy_sum(params, dims, scalars, energy, means, log_weights, variances, mix_alpha,
+                                            mix_sigma2), step_size.data_ptr(), int(n_steps), int(n_trapezoid),
+                               _u64(seed), _u64(offset), int(chain_offset), int(mh), x_new.data_ptr(),
+                               rate.data_ptr(), _threads())
+    return x_new, rate
+
+
+def mlp_energy_hmc(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, step_size,
+                   n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping):
+    B, D = x.shape
+    x_new, rate = move_outputs(x)
+    if B > 0:
+        _C.cpu_mlp_energy_hmc(_dt(x), x.data_ptr(), B, D,
+                              *_energy_sum(params, dims, scalars, energy, means, log_weights, variances, mix_alpha,
+                                           mix_sigma2), step_size.data_ptr(), int(n_steps), int(n_leapfrog),
+                              _u64(seed), _u64(offset), int(chain_offset), int(mh), float(damping), x_new.data_ptr(),
+                              rate.data_ptr(), _threads())
+    return x_new, rate
+
+
 __all__ = _GENERATED + ["policy_rollout", "policy_log_pf", "policy_log_pf_backward", "mlp_score", "mlp_mala",
-                        "mlp_hmc"]
+                        "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc"]

@@ -167,6 +167,10 @@ _POLICY_DIMS = "T, H = temb.shape; D = params[0].shape[1]"
 _SCORE_SUM = ("x:state params:tensors dims:ints scalars:floats means:(K,D)? log_weights:(K,)? variances:(K,)? "
               "mix_alpha:float mix_sigma2:float")
 _SCORE_SUM_RENAMES = {"params": None, "means": None, "log_weights": None, "variances": None}
+# sums with energy networks: the same lists and one flag per network (1: an EnergyNet)
+_ENERGY_SUM = ("x:state params:tensors dims:ints scalars:floats energy:ints means:(K,D)? log_weights:(K,)? "
+               "variances:(K,)? mix_alpha:float mix_sigma2:float")
+_ENERGY_SUM_RENAMES = {**_SCORE_SUM_RENAMES, "energy": None}
 
 OPS: dict[str, Op] = {op.name: op for op in [
     _op("gmm_score", f"{_MIX} alpha:float sigma2:float", "score:(B,D) logp:(B,)",
@@ -231,6 +235,11 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", None, renames=_ENERGY_SUM_RENAMES),
+    _op("mlp_energy_mala", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 "
+        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_ENERGY_SUM_RENAMES),
+    _op("mlp_energy_hmc", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 "
+        "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_ENERGY_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",

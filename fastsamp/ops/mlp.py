@@ -1,14 +1,26 @@
-"""Score-network ops: the score of `fastsamp.models.ScoreMLP` networks, alone or summed with each other
-and with an analytic Gaussian mixture (the composition p ∝ Π_i p_i of `fastsamp.models.Product`), and
-the fused whole-move MALA and HMC kernels on that score.
+"""Score-network ops: sums of MLP networks, alone or with an analytic Gaussian mixture (the composition
+p ∝ Π_i p_i of `fastsamp.models.Product`), and the fused whole-move MALA and HMC kernels on them.
 
-One network (`ScoreNet`) at time t, with the marginal (α, σ²) of its schedule at t:
+One network at time t, with the marginal (α, σ²) of its schedule at t, v = α² σ_d² + σ² and
 
-    s(x) = (α m − x)/v + f([x, sin(t ω), cos(t ω)])/√v,   v = α² σ_d² + σ²,
-    f(z) = W_out act(W_L act(… act(W_0 z + b_0) …) + b_L) + b_out,   act = SiLU (ScoreMLP) or exact GELU.
+    f(x) = W_out act(W_L act(… act(W_0 [x, sin(t ω), cos(t ω)] + b_0) …) + b_L) + b_out,   act = SiLU or exact GELU,
+
+is either a score network (`ScoreNet`, `fastsamp.models.ScoreMLP`): s(x) = (α m − x)/v + f(x)/√v, or an
+energy network (`EnergyNet`, `fastsamp.models.EnergyMLP`):
+
+    E(x) = |r|²/(2v),  r = x − α m − √v f(x),  log p = −E,
+    s(x) = −∇E = −(I − √v J_f)ᵀ r / v = −r/v + J_f(x)ᵀ r / √v   (J_f = ∂f/∂x),
+
+whose score the kernel computes by one backward through the layers after the forward: energy and score in
+one pass.
+
+* `mlp_score`, `mlp_mala`, `mlp_hmc`: sums of score networks (MH by the score trapezoid or none);
+* `mlp_energy` (score and log-density of energy networks), `mlp_energy_mala`, `mlp_energy_hmc`: sums of
+  networks of both kinds, with MH by the exact energy too when every factor has one.
 
 The C++ kernel evaluates every network on blocks of chains with register-tiled GEMMs (the MLP engine
-of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); the reference is plain PyTorch.
+of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); the reference is plain PyTorch (autograd
+for an energy network's score).
 """
 from __future__ import annotations
 
@@ -20,12 +32,12 @@ import torch
 from . import _checks, _dispatch
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
-_MH_MODES = {"score": 0, "none": 2}
+_MH_MODES = {"score": 0, "energy": 1, "none": 2}
 
 
 @dataclass(frozen=True)
-class ScoreNet:
-    """One score network at one time t, as the mlp ops read it (`ScoreMLP.score_net(t, x)` builds it).
+class _NetAtTime:
+    """One network at one time t, as the mlp ops read it.
 
     weights: W_0 (H, D + 2F), then L hidden (H, H), then W_out (D, H); biases: (H,) ... (D,);
     freq ω (F,); data_mean m (D,); data_var σ_d² > 0; t, alpha α, sigma2 σ² ≥ 0 python floats;
@@ -42,6 +54,16 @@ class ScoreNet:
     activation: str = "silu"
 
 
+class ScoreNet(_NetAtTime):
+    """A score network: s(x) = (α m − x)/v + f(x)/√v (`ScoreMLP.score_net(t, x)` builds it; fields: see
+    `_NetAtTime`)."""
+
+
+class EnergyNet(_NetAtTime):
+    """An energy network: log p(x) = −|x − α m − √v f(x)|²/(2v) (`EnergyMLP.energy_net(t, x)` builds it;
+    fields as ScoreNet's)."""
+
+
 class MixtureScore(NamedTuple):
     """A Gaussian-mixture factor of a sum of scores: the mixture of `ops.gmm_score` at (alpha, sigma2)."""
 
@@ -52,11 +74,15 @@ class MixtureScore(NamedTuple):
     sigma2: float
 
 
-def _net_params(x, net, i):
-    """The validated tensors of network i as the backends take them, its dims and its scalars."""
+def _net_params(x, net, i, kinds):
+    """The validated tensors of network i (an instance of one of `kinds`) as the backends take them, its dims
+    and its scalars."""
     name = f"nets[{i}]"
-    if not isinstance(net, ScoreNet):
-        raise TypeError(f"{name} must be a fastsamp.ops.ScoreNet, got {type(net).__name__}")
+    if not isinstance(net, kinds):
+        allowed = " or ".join(f"fastsamp.ops.{k.__name__}" for k in kinds)
+        hint = " (energy networks go to ops.mlp_energy, mlp_energy_mala, mlp_energy_hmc)" if isinstance(
+            net, EnergyNet) else ""
+        raise TypeError(f"{name} must be a {allowed}, got {type(net).__name__}{hint}")
     D = x.shape[1]
     weights, biases = tuple(net.weights), tuple(net.biases)
     if len(weights) < 2 or len(weights) != len(biases):
@@ -90,17 +116,19 @@ def _net_params(x, net, i):
     return params, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
 
 
-def _score_sum_args(x, nets, mixture):
-    """The backend arguments of a sum of networks and a mixture: x, the flat network lists params, dims,
-    scalars, then means, log_weights, variances (None without a mixture), mix_alpha, mix_sigma2."""
+def _sum_args(x, nets, mixture, kinds):
+    """The backend arguments of a sum of networks (instances of `kinds`) and a mixture: x, the flat network
+    lists params, dims, scalars, the per-network energy flags, then means, log_weights, variances (None without
+    a mixture), mix_alpha, mix_sigma2."""
     x = _checks.state("x", x)
-    if isinstance(nets, ScoreNet):
+    if isinstance(nets, _NetAtTime):
         nets = [nets]
     if not isinstance(nets, (list, tuple)):
-        raise TypeError(f"nets must be a ScoreNet or a list of them, got {type(nets).__name__}")
+        raise TypeError(f"nets must be a network ({' or '.join(k.__name__ for k in kinds)}) or a list of them, got "
+                        f"{type(nets).__name__}")
     params, dims, scalars = [], [], []
     for i, net in enumerate(nets):
-        p, d, s = _net_params(x, net, i)
+        p, d, s = _net_params(x, net, i, kinds)
         params += p
         dims += d
         scalars += s
@@ -112,7 +140,24 @@ def _score_sum_args(x, nets, mixture):
         raise TypeError(f"mixture must be a fastsamp.ops.MixtureScore or None, got {type(mixture).__name__}")
     else:
         mix = _checks.mixture(x, *mixture)
-    return (x, params, dims, scalars) + tuple(mix)
+    energy = [int(isinstance(n, EnergyNet)) for n in nets]
+    return (x, params, dims, scalars, energy) + tuple(mix)
+
+
+def _score_sum_args(x, nets, mixture):
+    """`_sum_args` of score networks, without the energy flags (the mlp_score / mlp_mala / mlp_hmc signature)."""
+    args = _sum_args(x, nets, mixture, (ScoreNet,))
+    return args[:4] + args[5:]
+
+
+def _energy_sum_args(x, nets, mixture, *, need_energy):
+    """`_sum_args` of score and energy networks; need_energy: a log-density is asked for (mlp_energy, the energy
+    test), which every factor must have."""
+    args = _sum_args(x, nets, mixture, (ScoreNet, EnergyNet))
+    if need_energy and 0 in args[4]:
+        raise ValueError(f"nets[{args[4].index(0)}] is a ScoreNet: the log-density (mh='energy', mlp_energy) needs "
+                         f"every factor's energy (EnergyNets and the mixture)")
+    return args
 
 
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
@@ -120,6 +165,22 @@ def mlp_score(x, nets, *, mixture=None, backend="auto"):
     the optional `MixtureScore`, at x (B, D). Every tensor in x's dtype and device. Returns (B, D)."""
     args = _score_sum_args(x, nets, mixture)
     return _dispatch.route(backend, "mlp_score", args[0], *args[1], *args[4:7])(*args)
+
+
+def mlp_energy(x, nets, *, mixture=None, backend="auto"):
+    """(Σ_i s_i(x), Σ_i log p_i(x)) of the `EnergyNet`s `nets` (one or a list) and the optional `MixtureScore`
+    at x (B, D): each network's energy and score −∇E from one forward and one backward pass (the mixture's
+    log-density is exact, the networks' are −E, up to their constants). Returns ((B, D), (B,))."""
+    args = _sum_args(x, nets, mixture, (EnergyNet,))
+    return _dispatch.route(backend, "mlp_energy", args[0], *args[1], *args[5:8])(*args)
+
+
+def _mh_code(mh, energy_ok):
+    modes = _MH_MODES if energy_ok else {k: v for k, v in _MH_MODES.items() if k != "energy"}
+    if not isinstance(mh, str) or mh not in modes:
+        why = "" if energy_ok else " (a score network has no energy: mlp_energy_mala / mlp_energy_hmc take EnergyNets)"
+        raise ValueError(f"mh must be one of {tuple(modes)}{why}, got {mh!r}")
+    return modes[mh]
 
 
 def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0, offset=0, chain_offset=0,
@@ -135,20 +196,23 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     args = _score_sum_args(x, nets, mixture)
-    x = args[0]
-    eps = _checks.step_size(step_size, x)
-    n_steps = _checks.integer("n_steps", n_steps, minimum=1)
-    n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1, maximum=4096)
-    seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
-    fn = _dispatch.route(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
-    return fn(*args, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _mh_code(mh))
+    return _moves("mlp_mala", args, 4, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
+                  chain_offset, _mh_code(mh, False))
 
 
-def _mh_code(mh):
-    if not isinstance(mh, str) or mh not in _MH_MODES:
-        raise ValueError(f"mh must be one of {tuple(_MH_MODES)} (a score network has no energy), got {mh!r}")
-    return _MH_MODES[mh]
+def mlp_energy_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0, offset=0, chain_offset=0,
+                    mh="energy", backend="auto"):
+    """`n_steps` MALA moves (as `mlp_mala`) on Σ_i s_i of score and energy networks (`ScoreNet`s and
+    `EnergyNet`s) and the optional mixture, fused in one kernel, with MH by the exact energy (mh="energy":
+    ΔlogP = log p(x') − log p(x), one evaluation per move; every factor an EnergyNet or the mixture), the
+    score trapezoid (mh="score") or none (mh="none").
+
+    Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
+    """
+    code = _mh_code(mh, True)
+    args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
+    return _moves("mlp_energy_mala", args, 5, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
+                  chain_offset, code)
 
 
 def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, offset=0, chain_offset=0,
@@ -163,12 +227,34 @@ def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, 
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     args = _score_sum_args(x, nets, mixture)
+    return _moves("mlp_hmc", args, 4, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
+                  chain_offset, _mh_code(mh, False), damping)
+
+
+def mlp_energy_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, offset=0, chain_offset=0,
+                   mh="energy", damping=0.0, backend="auto"):
+    """`n_steps` HMC moves (as `mlp_hmc`) on Σ_i s_i of score and energy networks and the optional mixture,
+    fused in one kernel, with ΔlogP the exact log p(end) − log p(start) (mh="energy": every factor an
+    EnergyNet or the mixture), the trapezoid along the path (mh="score") or no test (mh="none").
+
+    Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
+    """
+    code = _mh_code(mh, True)
+    args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
+    return _moves("mlp_energy_hmc", args, 5, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
+                  chain_offset, code, damping)
+
+
+def _moves(op, args, n_lists, backend, step_size, n_steps, n_name, n, seed, offset, chain_offset, mh, *damping):
+    """The call of whole-move op `op` on the sum `args` (its n_lists list arguments, then the mixture's three
+    tensors) with the checked move arguments: n is n_trapezoid or n_leapfrog (`n_name`); damping for HMC."""
     x = args[0]
     eps = _checks.step_size(step_size, x)
     n_steps = _checks.integer("n_steps", n_steps, minimum=1)
-    n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
+    n = _checks.integer(n_name, n, minimum=1, **({"maximum": 4096} if n_name == "n_trapezoid" else {}))
     seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
-    damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
-    fn = _dispatch.route(backend, "mlp_hmc", x, *args[1], *args[4:7], eps)
-    return fn(*args, eps, n_steps, n_leapfrog, seed, offset, chain_offset, _mh_code(mh), damping)
+    if damping:
+        damping = (_checks.finite_float("damping", damping[0], lo=0.0, hi=1.0),)
+    fn = _dispatch.route(backend, op, x, *args[1], *args[n_lists:n_lists + 3], eps)
+    return fn(*args, eps, n_steps, n, seed, offset, chain_offset, mh, *damping)

@@ -323,87 +323,153 @@ def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):
 _MLP_ACTIVATIONS = (F.gelu, F.silu)  # the activation codes of fastsamp.ops.mlp: 0 GELU (exact), 1 SiLU
 
 
-def _score_nets(params, dims, scalars):
-    """Per network of the flat backend lists: (freq, data_mean, [(W, b)] layers in order, act, t, α, σ², σ_d²)."""
+def _nets(params, dims, scalars, energy):
+    """Per network of the flat backend lists: (energy flag, f: x -> the network's output, α m, v)."""
     p = 0
     for i in range(0, len(dims), 4):
         _, _, L, act = dims[i:i + 4]
         freq, mean, w0, b0, wo, bo, *rest = params[p:p + 6 + 2 * L]
         p += 6 + 2 * L
         layers = [(w0, b0)] + list(zip(rest[0::2], rest[1::2])) + [(wo, bo)]
-        yield (freq, mean, layers, _MLP_ACTIVATIONS[act], *scalars[i:i + 4])
+        t, alpha, sigma2, data_var = scalars[i:i + 4]
+        yield (bool(energy[i // 4]) if energy else False,
+               _fourier_mlp(freq, layers, _MLP_ACTIVATIONS[act], t), alpha * mean, alpha * alpha * data_var + sigma2)
+
+
+def _fourier_mlp(freq, layers, act, t):
+    """f(x) = W_out act(… act(W_0 [x, sin(t ω), cos(t ω)] + b_0) …) + b_out."""
+    def f(x):
+        tw = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device) * freq
+        u = torch.cat([x, torch.sin(tw), torch.cos(tw)], 1)
+        for w, b in layers[:-1]:
+            u = act(F.linear(u, w, b))
+        return F.linear(u, *layers[-1])
+    return f
+
+
+def _energy_net(x, f, am, v):
+    """(score, log p) of an energy network: E = |x − α m − √v f(x)|²/(2v), log p = −E, score = −∇E by autograd
+    (differentiable when grad is on and x or a weight requires grad)."""
+    graph = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x if x.requires_grad else x.detach().clone().requires_grad_(True)
+        energy = ((xg - am - math.sqrt(v) * f(xg)) ** 2).sum(1) / (2 * v)
+        (g,) = torch.autograd.grad(energy.sum(), xg, create_graph=graph and energy.requires_grad)
+    return (-g, -energy) if graph else (-g.detach(), -energy.detach())
+
+
+def _net_sum(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, logp=False):
+    """Σ_i s_i(x) (+ the mixture's score when means is given) and, with logp, Σ_i log p_i(x) (every network an
+    energy network; else None): a score network's s = (α m − x)/v + f(x)/√v (ScoreMLP.forward), an energy
+    network's by `_energy_net` (EnergyMLP's)."""
+    total, total_lp = None, None
+    for is_energy, f, am, v in _nets(params, dims, scalars, energy):
+        if is_energy:
+            s, lp = _energy_net(x, f, am, v)
+            total_lp = lp if total_lp is None else total_lp + lp
+        else:
+            s = (am - x) / v + f(x) / math.sqrt(v)
+        total = s if total is None else total + s
+    if means is not None:
+        s, lp = gmm_score(x, means, log_weights, variances, mix_alpha, mix_sigma2)
+        total = s if total is None else total + s
+        total_lp = lp if total_lp is None else total_lp + lp
+    return total, total_lp if logp else None
 
 
 def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
     """Σ_i [(α_i m_i − x)/v_i + f_i([x, sin(t_i ω_i), cos(t_i ω_i)])/√v_i] (+ the mixture's score when means is
     given), v_i = α_i² σ_d,i² + σ_i²: the ScoreMLP.forward formula per network (fastsamp.ops.mlp)."""
-    total = None
-    for freq, mean, layers, act, t, alpha, sigma2, data_var in _score_nets(params, dims, scalars):
-        tw = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device) * freq
-        u = torch.cat([x, torch.sin(tw), torch.cos(tw)], 1)
-        for w, b in layers[:-1]:
-            u = act(F.linear(u, w, b))
-        v = alpha * alpha * data_var + sigma2
-        s = (alpha * mean - x) / v + F.linear(u, *layers[-1]) / math.sqrt(v)
-        total = s if total is None else total + s
-    if means is not None:
-        s = gmm_score(x, means, log_weights, variances, mix_alpha, mix_sigma2)[0]
-        total = s if total is None else total + s
-    return total
+    return _net_sum(x, params, dims, scalars, (), means, log_weights, variances, mix_alpha, mix_sigma2)[0]
 
 
-def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
-             n_trapezoid, seed, offset, chain_offset, mh):
-    """n_steps MALA moves on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
+def mlp_energy(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """(Σ_i s_i, Σ_i log p_i) of energy networks (+ the mixture): EnergyMLP's energy and autograd score."""
+    return _net_sum(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, True)
+
+
+def _mlp_mala(x, evaluate, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+    """n_steps MALA moves with score (trapezoid), energy or no MH on evaluate(z) -> (score, log p or None)."""
     B, D = x.shape
     draw = _philox_draws(x, seed, offset, chain_offset)
-    score_at = lambda z: mlp_score(z, params, dims, scalars, means, log_weights, variances, mix_alpha,  # noqa: E731
-                                   mix_sigma2)
-    score = score_at(x)
+    score, logp = evaluate(x)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
         xi, u = draw(m)
         x_prop = mala_propose(x, score, step_size, xi, seed, offset + m, chain_offset)
-        score_prop = score_at(x_prop)
+        score_prop, logp_prop = evaluate(x_prop)
         if mh == MH_NONE:
             accepted = torch.ones(B, dtype=torch.bool, device=x.device)
         else:
-            pts = line_points(x, x_prop, n_trapezoid)
-            interior = score_at(pts.reshape(-1, D)).reshape(pts.shape)
-            log_alpha = (trapezoid_delta_logp(x, x_prop, score, score_prop, interior)
-                         + mala_log_q_ratio(x, x_prop, score, score_prop, step_size))
-            accepted = torch.log(u) < log_alpha
+            if mh == MH_ENERGY:
+                delta = logp_prop - logp
+            else:
+                pts = line_points(x, x_prop, n_trapezoid)
+                interior = evaluate(pts.reshape(-1, D))[0].reshape(pts.shape)
+                delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior)
+            accepted = torch.log(u) < delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
         x = _select(accepted, x_prop, x)
         score = _select(accepted, score_prop, score)
+        logp = logp_prop if logp is None else torch.where(accepted, logp_prop, logp)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
 
 
-def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
-            n_leapfrog, seed, offset, chain_offset, mh, damping):
-    """n_steps HMC moves (as gmm_hmc) on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
+def _mlp_hmc(x, evaluate, step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping):
+    """n_steps HMC moves (as gmm_hmc) with score (trapezoid), energy or no MH on evaluate(z) -> (score, log p)."""
     B = x.shape[0]
     draw = _philox_draws(x, seed, offset, chain_offset)
-    score_at = lambda z: mlp_score(z, params, dims, scalars, means, log_weights, variances, mix_alpha,  # noqa: E731
-                                   mix_sigma2)
-    score, p = score_at(x), torch.zeros_like(x)
+    (score, logp), p = evaluate(x), torch.zeros_like(x)
     n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
     for m in range(n_steps):
         xi, u = draw(m)
         p0 = momentum_refresh(p, damping, xi, seed, offset + m, chain_offset)
-        x_l, s_l, p_l = x, score, p0
+        x_l, s_l, p_l, logp_l = x, score, p0, logp
         delta = torch.zeros(B, dtype=x.dtype, device=x.device)
         for _ in range(n_leapfrog):
             x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
-            s_next = score_at(x_next)
+            s_next, logp_l = evaluate(x_next)
             p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
             x_l, s_l = x_next, s_next
         if mh == MH_NONE:
             accepted = torch.ones(B, dtype=torch.bool, device=x.device)
         else:
+            if mh == MH_ENERGY:
+                delta = logp_l - logp
             accepted = torch.log(u) < delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
         x = _select(accepted, x_l, x)
         score = _select(accepted, s_l, score)
+        logp = logp_l if logp is None else torch.where(accepted, logp_l, logp)
         p = _select(accepted, p_l, -p0)
         n_acc = n_acc + accepted.to(x.dtype)
     return x, n_acc / max(n_steps, 1)
+
+
+def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+             n_trapezoid, seed, offset, chain_offset, mh):
+    """n_steps MALA moves on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
+    return mlp_energy_mala(x, params, dims, scalars, (), means, log_weights, variances, mix_alpha, mix_sigma2,
+                           step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh)
+
+
+def mlp_energy_mala(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, step_size,
+                    n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+    """n_steps MALA moves on a sum of score and energy networks with score, energy or no MH; (x, accept rate)."""
+    evaluate = lambda z: _net_sum(z, params, dims, scalars, energy, means, log_weights, variances,  # noqa: E731
+                                  mix_alpha, mix_sigma2, mh == MH_ENERGY)
+    return _mlp_mala(x, evaluate, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh)
+
+
+def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+            n_leapfrog, seed, offset, chain_offset, mh, damping):
+    """n_steps HMC moves (as gmm_hmc) on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
+    return mlp_energy_hmc(x, params, dims, scalars, (), means, log_weights, variances, mix_alpha, mix_sigma2,
+                          step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping)
+
+
+def mlp_energy_hmc(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, step_size,
+                   n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping):
+    """n_steps HMC moves on a sum of score and energy networks with score, energy or no MH; (x, accept rate)."""
+    evaluate = lambda z: _net_sum(z, params, dims, scalars, energy, means, log_weights, variances,  # noqa: E731
+                                  mix_alpha, mix_sigma2, mh == MH_ENERGY)
+    return _mlp_hmc(x, evaluate, step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping)
