@@ -1,6 +1,8 @@
 """Annealed MCMC on a Product of two ScoreMLPs: the fused score-network kernel (ops.mlp_mala) against the
 generic path (the samplers' Langevin / ScoreMH kernels, one batched PyTorch network call per move), and
 the kernel's GFLOP/s as a fraction of the fp32 GEMM rate measured in the same run (issue 11).
+`--parameterisation energy`: a Product of two EnergyMLPs with the exact energy MH, the fused
+ops.mlp_energy_mala against the generic EnergyMH path (autograd forward and backward per proposal).
 
 Setting of the issue: hidden 128 (ScoreMLP: 3 hidden activations, 2 hidden H x H layers), D = 2, 4096
 chains, 100 levels x 10 MALA moves, n_trapezoid 3, one thread. Untrained (random, fixed-seed) networks:
@@ -8,41 +10,50 @@ the cost does not depend on the weights.
 
 FLOPs counted: 2 (D H + L H² + H D) per network evaluation (the multiply-adds of the layers the kernel
 runs; the time-embedding columns of the first layer, constant over a call, are one (H, 2F) product per
-call in the kernel and are not counted; nor are the activations).
+call in the kernel and are not counted; nor are the activations), twice that for an energy network (the
+backward through the layers to the input has the same multiply-adds).
+
+The fused and generic samplers run interleaved (fused, generic, fused, ...): on a loaded machine both see
+the same load.
 
 Times are medians over the repeats, of wall time and of this process's CPU time (time.process_time: on
 a machine shared with other work, CPU time is the steadier of the two; one thread, so it is the
 kernel's own time). The GEMM rate is measured both ways too (a 1024³ float32 matmul).
 
     python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--json out.json]
+                                     [--parameterisation energy]
 """
 import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import torch
 
 from fastsamp import ops
 from fastsamp.experiments.bench import cpu_model, measure_roofline
-from fastsamp.models import Product, ScoreMLP
+from fastsamp.models import PARAMETERISATIONS, EnergyMLP, Product
 from fastsamp.samplers import annealed_mcmc
 
 
-def product(hidden, dim=2):
+def product(hidden, parameterisation="score", dim=2):
     nets = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        nets.append(ScoreMLP(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval())
+        cls = PARAMETERISATIONS[parameterisation]
+        nets.append(cls(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval())
     return Product(*nets)
 
 
 def flops_per_eval(model):
-    """2 (D H + L H² + H D) summed over the factors (one evaluation of the product's score)."""
+    """2 (D H + L H² + H D) summed over the factors (one evaluation of the product's score), twice that for an
+    energy network (forward and backward)."""
     total = 0
     for m in model.models:
         linears = [x for x in m.net if isinstance(x, torch.nn.Linear)]
-        total += 2 * (m.dim * m.hidden + sum(x.in_features * x.out_features for x in linears[1:]))
+        per_pass = 2 * (m.dim * m.hidden + sum(x.in_features * x.out_features for x in linears[1:]))
+        total += per_pass * (2 if isinstance(m, EnergyMLP) else 1)
     return total
 
 
@@ -57,22 +68,41 @@ def timed(fn, repeats):
     return statistics.median(walls), statistics.median(cpus), out
 
 
-def run_sampler(model, args, fused):
+def run_samplers(model, args, which):
+    """{fused: (median wall s, median CPU s, score evaluations)} of annealed_mcmc for each `fused` in `which`, the
+    runs interleaved."""
     kw = dict(n_levels=args.levels, corrector="mala", n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid,
-              step_size=0.05, seed=0, fused=fused)
-    wall, cpu, (_, stats) = timed(lambda: annealed_mcmc(model, args.chains, **kw), args.repeats)
-    assert stats.fused == fused
-    return wall, cpu, stats.n_score_evals
+              step_size=0.05, seed=0, mh=mh_of(args))
+    walls, cpus, evals = {f: [] for f in which}, {f: [] for f in which}, {}
+    for _ in range(args.repeats):
+        for fused in which:
+            wall, cpu, (_, stats) = timed(partial(annealed_mcmc, model, args.chains, fused=fused, **kw), 1)
+            assert stats.fused == fused
+            walls[fused].append(wall)
+            cpus[fused].append(cpu)
+            evals[fused] = stats.n_score_evals
+    return {f: (statistics.median(walls[f]), statistics.median(cpus[f]), evals[f]) for f in which}
+
+
+def mh_of(args):
+    return "energy" if args.parameterisation == "energy" else "score"
 
 
 def run_kernel(model, args):
-    """Median wall and CPU time (s) of one ops.mlp_mala call: the chains, args.moves moves, at t = 0.5."""
+    """Median wall and CPU time (s) of one ops.mlp_mala (energy: ops.mlp_energy_mala with the energy MH) call:
+    the chains, args.moves moves, at t = 0.5."""
     x = torch.randn(args.chains, model.dim)
-    nets = [m.score_net(0.5, x) for m in model.models]
-    call = lambda: ops.mlp_mala(x, nets, step_size=0.01, n_steps=args.moves, n_trapezoid=args.n_trapezoid)  # noqa: E731
+    nets = [m.fused_net(0.5, x) for m in model.models]
+    if args.parameterisation == "energy":
+        call = lambda: ops.mlp_energy_mala(x, nets, step_size=0.01, n_steps=args.moves)  # noqa: E731
+        per_move = 1
+    else:
+        call = lambda: ops.mlp_mala(x, nets, step_size=0.01, n_steps=args.moves,  # noqa: E731
+                                    n_trapezoid=args.n_trapezoid)
+        per_move = args.n_trapezoid
     call()
     wall, cpu, _ = timed(call, max(args.repeats, 5))
-    return wall, cpu, args.chains * (args.moves * args.n_trapezoid + 1)
+    return wall, cpu, args.chains * (args.moves * per_move + 1)
 
 
 def gemm_rate_cpu_time(m=1024, repeats=15):
@@ -90,12 +120,14 @@ def main():
     p.add_argument("--moves", type=int, default=10)
     p.add_argument("--n-trapezoid", type=int, default=3)
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--parameterisation", choices=tuple(PARAMETERISATIONS), default="score",
+                   help="energy: EnergyMLPs with the exact energy MH (n_trapezoid unused)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-generic", action="store_true", help="time the fused path and the kernel only")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
-    model = product(args.hidden)
+    model = product(args.hidden, args.parameterisation)
     fpe = flops_per_eval(model)
     gemm = {"wall": measure_roofline(torch.device("cpu"))["fp32_gemm_GFLOPs"], "cpu": gemm_rate_cpu_time()}
 
@@ -105,10 +137,11 @@ def main():
                 "frac_gemm": {k: rates[k] / gemm[k] for k in rates}}
 
     report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "args": vars(args),
-              "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe,
-              "kernel": entry(*run_kernel(model, args)), "fused": entry(*run_sampler(model, args, True))}
+              "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe, "kernel": entry(*run_kernel(model, args))}
+    samplers = run_samplers(model, args, (True,) if args.skip_generic else (True, False))
+    report["fused"] = entry(*samplers[True])
     if not args.skip_generic:
-        report["generic"] = entry(*run_sampler(model, args, False))
+        report["generic"] = entry(*samplers[False])
         report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in ("wall", "cpu")}
     print(json.dumps(report, indent=1))
     if args.json:
