@@ -226,11 +226,11 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("policy_log_pf_backward", f"states:(T+1,B,D) {_POLICY_NET} g_log_pf:(B,T) sigma:float h:float clip:float "
         "n_threads:int", "g_temb:(T,H) g_params:[params]", None, public=None,
         dims=_POLICY_DIMS + "; B = states.shape[1]", reference=False),  # autograd differentiates the reference
-    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, _ALL, renames=_SCORE_SUM_RENAMES),
     _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
-        "mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
+        "mh:int", "x_new:(B,D) accept_rate:(B,)", None, _ALL, renames=_SCORE_SUM_RENAMES),
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
-        "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_SCORE_SUM_RENAMES),
+        "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, _ALL, renames=_SCORE_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",

@@ -8,15 +8,18 @@ One network (`ScoreNet`) at time t, with the marginal (α, σ²) of its schedule
     f(z) = W_out act(W_L act(… act(W_0 z + b_0) …) + b_L) + b_out,   act = SiLU (ScoreMLP) or exact GELU.
 
 The C++ kernel evaluates every network on blocks of chains with register-tiled GEMMs (the MLP engine
-of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); the reference is plain PyTorch.
+of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); on CUDA tensors the Triton kernels of
+kernels/mlp.py (one program per block of chains, its activations on chip) run; the reference is plain PyTorch.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from .. import backends
 from . import _checks, _dispatch
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
@@ -115,11 +118,35 @@ def _score_sum_args(x, nets, mixture):
     return (x, params, dims, scalars) + tuple(mix)
 
 
+def _limits(device):
+    """(largest D, largest hidden width) of the compiled kernel backend="auto" runs on `device` (None: no limit)."""
+    module = inspect.getmodule(backends.resolve("auto", "mlp_score", device))
+    return getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+
+
+def _route(backend, op, args, *tensors):
+    """`_dispatch.route` of a score-sum op (args: `_score_sum_args`), except that backend="auto" runs the reference
+    off the CPU where the call exceeds the compiled kernel's limits (the Triton engine's D and hidden width)."""
+    x = args[0]
+    if backend == "auto" and not x.is_cpu:
+        max_d, max_h = _limits(x.device)
+        if (max_d is not None and x.shape[1] > max_d) or (max_h is not None and max(args[2][1::4], default=0) > max_h):
+            backend = "torch"
+    return _dispatch.route(backend, op, x, *args[1], *args[4:7], *tensors)
+
+
+def has_fused_kernel(device) -> bool:
+    """Whether backend="auto" runs a compiled score-network kernel on tensors on `device`: the C++ engine on the
+    CPU, the Triton one (kernels/mlp.py) on CUDA when triton is installed."""
+    device = torch.device(device)
+    return device.type == "cpu" or not _dispatch.is_reference(backends.resolve("auto", "mlp_mala", device))
+
+
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
     """Σ_i s_i(x) (+ the mixture's score): the scores of the `ScoreNet`s `nets` (one or a list) and of
     the optional `MixtureScore`, at x (B, D). Every tensor in x's dtype and device. Returns (B, D)."""
     args = _score_sum_args(x, nets, mixture)
-    return _dispatch.route(backend, "mlp_score", args[0], *args[1], *args[4:7])(*args)
+    return _route(backend, "mlp_score", args)(*args)
 
 
 def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0, offset=0, chain_offset=0,
@@ -141,7 +168,7 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     n_trapezoid = _checks.integer("n_trapezoid", n_trapezoid, minimum=1, maximum=4096)
     seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
-    fn = _dispatch.route(backend, "mlp_mala", x, *args[1], *args[4:7], eps)
+    fn = _route(backend, "mlp_mala", args, eps)
     return fn(*args, eps, n_steps, n_trapezoid, seed, offset, chain_offset, _mh_code(mh))
 
 
@@ -170,5 +197,5 @@ def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, 
     seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
-    fn = _dispatch.route(backend, "mlp_hmc", x, *args[1], *args[4:7], eps)
+    fn = _route(backend, "mlp_hmc", args, eps)
     return fn(*args, eps, n_steps, n_leapfrog, seed, offset, chain_offset, _mh_code(mh), damping)
