@@ -290,6 +290,7 @@ class CorrectorResult(NamedTuple):
     momentum: torch.Tensor
     rate: torch.Tensor       # per-chain acceptance rate over the run's moves
     offset: int              # the Philox offset after the run
+    score: torch.Tensor | None = None  # the model's score of x at the run's t (generic moves), else None
 
 
 def make_kernel(model, t, step_size, spec: CorrectorSpec):
@@ -328,7 +329,10 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
                   fused: bool) -> CorrectorResult:
     """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
     (the HMC momentum then starts at 0 inside the kernel), else the generic kernel's steps with the
-    momentum carried in. Counts the score evaluations in the counting model."""
+    momentum carried in. Counts the score evaluations in the counting model. The generic moves also
+    return the score of the final x at t, which the last move holds (the proposal's score when it was
+    accepted, the kept state's when not): a reverse-SDE step from (x, t) reuses it instead of calling
+    the model again; the fused kernels and a run of no moves return None."""
     B = x.shape[0]
     if spec.n_steps == 0:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
@@ -342,4 +346,4 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
     for m in range(spec.n_steps):
         state, info = kernel.step(state, key.move(m))
         n_acc.add_(info.accepted)
-    return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps)
+    return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps, state.score)
