@@ -14,7 +14,12 @@ Times are medians over the repeats, of wall time and of this process's CPU time 
 a machine shared with other work, CPU time is the steadier of the two; one thread, so it is the
 kernel's own time). The GEMM rate is measured both ways too (a 1024³ float32 matmul).
 
-    python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--json out.json]
+--device cuda: the networks and chains on the GPU, the fused path on the Triton engine (kernels/mlp.py), the
+generic path on PyTorch's CUDA kernels; wall times only (after a device synchronisation), against the fp32
+GEMM rate of a 4096³ matmul without TF32 (the engine's dots run at ieee fp32 precision too).
+
+    python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--device cuda]
+                                     [--json out.json]
 """
 import argparse
 import json
@@ -29,11 +34,11 @@ from fastsamp.models import Product, ScoreMLP
 from fastsamp.samplers import annealed_mcmc
 
 
-def product(hidden, dim=2):
+def product(hidden, device, dim=2):
     nets = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        nets.append(ScoreMLP(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval())
+        nets.append(ScoreMLP(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval().to(device))
     return Product(*nets)
 
 
@@ -46,12 +51,18 @@ def flops_per_eval(model):
     return total
 
 
-def timed(fn, repeats):
-    """(median wall s, median CPU s of this process, last result) of `repeats` calls of fn()."""
+CPU = torch.device("cpu")
+
+
+def timed(fn, repeats, device=CPU):
+    """(median wall s, median CPU s of this process, last result) of `repeats` calls of fn() (on a GPU the wall
+    time runs to the device's synchronisation)."""
     walls, cpus = [], []
     for _ in range(repeats):
         w0, c0 = time.perf_counter(), time.process_time()
         out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     return statistics.median(walls), statistics.median(cpus), out
@@ -59,19 +70,19 @@ def timed(fn, repeats):
 
 def run_sampler(model, args, fused):
     kw = dict(n_levels=args.levels, corrector="mala", n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid,
-              step_size=0.05, seed=0, fused=fused)
-    wall, cpu, (_, stats) = timed(lambda: annealed_mcmc(model, args.chains, **kw), args.repeats)
+              step_size=0.05, seed=0, fused=fused, device=args.device)
+    wall, cpu, (_, stats) = timed(lambda: annealed_mcmc(model, args.chains, **kw), args.repeats, args.device)
     assert stats.fused == fused
     return wall, cpu, stats.n_score_evals
 
 
 def run_kernel(model, args):
     """Median wall and CPU time (s) of one ops.mlp_mala call: the chains, args.moves moves, at t = 0.5."""
-    x = torch.randn(args.chains, model.dim)
+    x = torch.randn(args.chains, model.dim, device=args.device)
     nets = [m.score_net(0.5, x) for m in model.models]
     call = lambda: ops.mlp_mala(x, nets, step_size=0.01, n_steps=args.moves, n_trapezoid=args.n_trapezoid)  # noqa: E731
     call()
-    wall, cpu, _ = timed(call, max(args.repeats, 5))
+    wall, cpu, _ = timed(call, max(args.repeats, 5), args.device)
     return wall, cpu, args.chains * (args.moves * args.n_trapezoid + 1)
 
 
@@ -92,24 +103,30 @@ def main():
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-generic", action="store_true", help="time the fused path and the kernel only")
+    p.add_argument("--device", type=torch.device, default=CPU)
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
-    model = product(args.hidden)
+    model = product(args.hidden, args.device)
     fpe = flops_per_eval(model)
-    gemm = {"wall": measure_roofline(torch.device("cpu"))["fp32_gemm_GFLOPs"], "cpu": gemm_rate_cpu_time()}
+    gemm = {"wall": measure_roofline(args.device)["fp32_gemm_GFLOPs"]}
+    clocks = ("wall",) if args.device.type == "cuda" else ("wall", "cpu")  # the host's CPU time says nothing there
+    if "cpu" in clocks:
+        gemm["cpu"] = gemm_rate_cpu_time()
 
     def entry(wall, cpu, evals):
-        rates = {"wall": evals * fpe / wall / 1e9, "cpu": evals * fpe / cpu / 1e9}
+        rates = {k: evals * fpe / {"wall": wall, "cpu": cpu}[k] / 1e9 for k in clocks}
         return {"wall_s": wall, "cpu_s": cpu, "n_score_evals": evals, "GFLOPs": rates,
                 "frac_gemm": {k: rates[k] / gemm[k] for k in rates}}
 
-    report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "args": vars(args),
+    device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else cpu_model()
+    report = {"cpu": cpu_model(), "device": device, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1,
+              "args": {**vars(args), "device": str(args.device)},
               "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe,
               "kernel": entry(*run_kernel(model, args)), "fused": entry(*run_sampler(model, args, True))}
     if not args.skip_generic:
         report["generic"] = entry(*run_sampler(model, args, False))
-        report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in ("wall", "cpu")}
+        report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in clocks}
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -5,9 +5,11 @@ the interpreter, at most 32 compiled), so every run has a partial last block."""
 import pytest
 import torch
 from conftest import assert_moves_match, backend_device, skip_unless_available
-from test_mlp import mixture_score, random_net
+from test_mlp import mixture_score, random_net, score_mlp
 
 from fastsamp import backends, ops
+from fastsamp.models import Product
+from fastsamp.samplers import annealed_mcmc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,3 +154,26 @@ def test_bad_inputs_raise_what_the_cpu_backend_raises(device, change):
     for bad, words in ((dict(mh="energy"), "mh"), (dict(n_trapezoid=0), "n_trapezoid"), (dict(step_size=-1.0), "step")):
         with pytest.raises(ValueError, match=words):
             ops.mlp_mala(x, net, **{"step_size": 0.1, "n_steps": 1, **bad}, backend="triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA-resident ScoreMLPs)")
+def test_annealed_mcmc_fuses_cuda_score_mlps():
+    """On CUDA, backend="auto" runs the Triton engine (the reference above its limits) and annealed_mcmc takes the
+    fused path for a Product of CUDA-resident ScoreMLPs, equal to the generic path with the same draws."""
+    skip_unless_available("triton")
+    model = Product(score_mlp(2, 32, seed=1, dtype=torch.float32).cuda(), score_mlp(2, 16, seed=2,
+                                                                                   dtype=torch.float32).cuda())
+    assert all(m.fusable() for m in model.models) and ops.mlp.has_fused_kernel("cuda")
+    kw = dict(n_levels=6, n_corrector_steps=3, n_trapezoid=2, step_size=0.05, seed=1, device="cuda")
+    xf, sf = annealed_mcmc(model, 200, **kw)
+    xg, sg = annealed_mcmc(model, 200, fused=False, **kw)
+    assert sf.fused and not sg.fused and xf.is_cuda
+    close = ((xf - xg).abs() <= 1e-3 * (1 + xg.abs())).all(1)
+    assert close.float().mean() >= 0.99
+    _, sh = annealed_mcmc(model, 64, corrector="hmc", n_levels=3, n_corrector_steps=1, device="cuda")
+    assert sh.fused
+    wide_h = backends._load("triton")[0].MLP_MAX_HIDDEN + 1
+    wide = problem(2, [(wide_h, 1, "silu")], torch.float32, torch.device("cuda"), False)[0]
+    x = torch.randn(5, 2, device="cuda")
+    torch.testing.assert_close(ops.mlp_score(x, wide), ops.mlp_score(x, wide, backend="torch"))
+
