@@ -3,6 +3,7 @@ uninterrupted run bit for bit (one thread, same seeds), the table script runs en
 sizes (skipping finished runs, resuming unfinished ones), and device selection fails clearly."""
 import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from fastsamp import metrics
 from fastsamp.experiments import offpolicy
-from fastsamp.samplers.diffusion import local_search, train
+from fastsamp.samplers.diffusion import DiffusionSampler, local_search, train
 from fastsamp.samplers.diffusion.training import exploration_std
 from fastsamp.targets import get_target
 
@@ -240,3 +241,17 @@ def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_pa
     bench.main(["report", *argv])
     text = capsys.readouterr().out
     assert f"1 / {timed['25gmm/tb+expl+ls']['eager_ms']:.0f} (" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_evaluation_and_timing(tmp_path):
+    """Item 1 of issue 13 on a lent GPU: a preset with Langevin drift and local search trains on the
+    GPU (per-step path with the fused em_step_logprob) with checkpoints, is evaluated with
+    every diagnostic, its model loads on the CPU, and `timing` takes wall time there."""
+    res = offpolicy.run("25gmm", "tb+expl+lp+ls", iterations=6, out_dir=str(tmp_path), progress=False,
+                        eval_samples=100, device="cuda", checkpoint_every=2, **TINY, **LS_TINY)
+    assert res["device"].startswith("cuda") and math.isfinite(res["metrics"]["w2_equal_counts"])
+    x, _ = DiffusionSampler.load(res["model_path"], map_location="cpu").sample(8)  # a GPU model loads anywhere
+    assert x.device.type == "cpu" and bool(torch.isfinite(x).all())
+    timed = offpolicy.time_iterations("25gmm", "tb", iterations=2, warmup=1, repeats=1, device="cuda", **TINY)
+    assert timed["clock"] == "wall" and timed["fused_ms"] > 0
