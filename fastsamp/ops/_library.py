@@ -270,9 +270,15 @@ class Entry:
                 return opobj(*encoded(args))
             return out.copy_(opobj(*encoded(args)))
 
+        event = f"fastsamp::{op.name}"
+
         def eager(*args, out=None):
             if out is not None:  # written in place by the backend function, as with backend= given
-                return device_kernel(self.name, args[0].device.type)(*args, out=out)
+                fn = device_kernel(self.name, args[0].device.type)
+                if _profiler_enabled():  # not through the dispatcher: a range named as the op's own events
+                    with torch.profiler.record_function(event):
+                        return fn(*args, out=out)
+                return fn(*args, out=out)
             with _BELOW_AUTOGRAD():
                 return opobj(*encoded(args))
 
