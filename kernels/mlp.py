@@ -49,6 +49,10 @@ _MIN_DOT = 16
 # chains per program: under the interpreter (a python loop per program) larger blocks
 _BLOCK_B_MAX = 64 if INTERPRET else 32
 _MIN_PROGRAMS = 264
+# Compiled for sm_90 (triton 3.9, HP = 128, BLOCK_B = 16, 4 warps): the default software pipelining (3 stages)
+# double-buffers the layer loop's weight tile in shared memory, 280 KB in float64 (over the 227 KB an H100/H200
+# block may use); one stage: 75 KB (float32) / 150 KB (float64). Checked by compiling without a GPU, not run.
+_STAGES = 1
 
 
 @triton.jit
@@ -314,7 +318,7 @@ def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha
         return score
     block_b, block_j, grid = _blocks(B, D, x.dtype)
     launch(_mlp_score_kernel, grid, x, score, *eng.args, B, D, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b,
-           BLOCK_D=4 * block_j, IDX64=need_idx64(B * D), num_warps=4)
+           BLOCK_D=4 * block_j, IDX64=need_idx64(B * D), num_warps=4, num_stages=_STAGES)
     return score
 
 
@@ -338,7 +342,7 @@ def _moves(kernel, name, x, engine_args, step_size, n_steps, n_inner, seed, offs
     rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
     launch(kernel, grid, x, step_size, x_new, rate, *eng.args, *rng, B, D, n_steps, int(n_inner), *extra,
            MH_MODE=mh, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b, BLOCK_J=block_j, IDX64=need_idx64(B * D),
-           RNG_T=rng_t, num_warps=4)
+           RNG_T=rng_t, num_warps=4, num_stages=_STAGES)
     return x_new, rate
 
 
