@@ -156,6 +156,21 @@ def test_bad_inputs_raise_what_the_cpu_backend_raises(device, change):
             ops.mlp_mala(x, net, **{"step_size": 0.1, "n_steps": 1, **bad}, backend="triton")
 
 
+def test_annealed_mcmc_fused_path_on_the_triton_engine(device):
+    """annealed_mcmc(backend="triton") runs the fused path on the Triton engine, equal to its generic path and
+    to the C++ engine's fused run (same Philox draws)."""
+    model = Product(*(score_mlp(2, h, seed=s, dtype=torch.float32).to(device) for s, h in ((1, 32), (2, 16))))
+    kw = dict(n_levels=4, n_corrector_steps=2, n_trapezoid=2, step_size=0.05, seed=1, backend="triton", device=device)
+    xf, sf = annealed_mcmc(model, 40, **kw)
+    xg, sg = annealed_mcmc(model, 40, fused=False, **kw)
+    assert sf.fused and not sg.fused
+    torch.testing.assert_close(xf, xg, rtol=1e-3, atol=1e-3)
+    if device.type == "cpu":
+        xc, sc = annealed_mcmc(model, 40, **{**kw, "backend": "auto"})
+        assert sc.fused
+        torch.testing.assert_close(xf, xc, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA-resident ScoreMLPs)")
 def test_annealed_mcmc_fuses_cuda_score_mlps():
     """On CUDA, backend="auto" runs the Triton engine (the reference above its limits) and annealed_mcmc takes the
