@@ -5,17 +5,17 @@ The setting: a user's own score network (an 8-D MLP `torch.nn.Module`, not a fas
 default 1), one thread. The hand loop is written as one would write it well: no autograd, noise from
 torch.randn / torch.rand into preallocated buffers, the MH test in a handful of tensor ops, and per level
 one score call at the level's start and one per corrector move (on x' and the n_trapezoid - 1 interior
-points as one batch); its predictor step reuses the score the last move kept in sync with x.
-annealed_mcmc makes one call more per level from the second on: its predictor evaluates the score at the
-previous level's time again (the corrector's final score is not passed on), so it makes n_levels - 1
-calls more than the hand loop, and the ratio includes that cost.
+points as one batch); its predictor step reuses the score the last move kept in sync with x, and so does
+annealed_mcmc's: both make n_levels * (moves + 1) network calls.
 
     python benchmarks/generic_vs_hand.py [--chains 2048] [--levels 50] [--moves 5] [--hidden 64]
                                          [--n-trapezoid 1] [--repeats 7] [--threads 1] [--device cpu]
-                                         [--json out.json]
+                                         [--clock wall|cpu] [--json out.json]
 
-Prints the median wall time of each side over interleaved repeats (A, B, A, B, ...: a loaded
-machine slows both alike) and the ratio generic / hand; the goal is <= 0.9.
+Prints the median time of each side over interleaved repeats (A, B, A, B, ...: a loaded machine slows
+both alike) and the ratio generic / hand; the goal is <= 0.9. --clock cpu times the process's CPU time
+instead of the wall time (on the CPU: steadier on a loaded machine, where the wall time also counts the
+time the process waits for a core; not for GPU runs, whose kernels run off the process's CPU time).
 """
 import argparse
 import json
@@ -96,12 +96,12 @@ def generic(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, seed=0, devi
     return x, stats
 
 
-def timed(fn):
-    t0 = time.perf_counter()
+def timed(fn, clock=time.perf_counter):
+    t0 = clock()
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main(argv=None):
@@ -115,23 +115,28 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     net = UserMLP(8, a.hidden).to(a.device)
     kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
     runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw)}
-    rates = {"generic": sum(runs["generic"]()[1].accept_rate) / a.levels, "hand": float(runs["hand"]()[1].mean())}
+    stats = runs["generic"]()[1]
+    calls, evals = a.levels * (a.moves + 1), a.levels * (a.moves * a.n_trapezoid + 1)  # per chain
+    if stats.n_score_evals != evals * a.chains:
+        raise RuntimeError(f"annealed_mcmc made {stats.n_score_evals / a.chains} score evaluations per chain, "
+                           f"the hand loop {evals}")
+    rates = {"generic": sum(stats.accept_rate) / a.levels, "hand": float(runs["hand"]()[1].mean())}
     times = {k: [] for k in runs}
     for _ in range(a.repeats):
         for k, fn in runs.items():
-            times[k].append(timed(fn))
+            times[k].append(timed(fn, time.perf_counter if a.clock == "wall" else time.process_time))
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["generic"] / med["hand"]
-    calls = a.levels * (a.moves + 1)
     print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves (n_trapezoid {a.n_trapezoid}), score calls of "
-          f"an 8-D MLP (hidden {a.hidden}): hand {calls}, generic {calls + a.levels - 1}; {a.threads} thread(s), "
-          f"{a.device}; median of {a.repeats} interleaved repeats")
+          f"an 8-D MLP (hidden {a.hidden}): {calls} on each side; {a.threads} thread(s), "
+          f"{a.device}; {a.clock} time, median of {a.repeats} interleaved repeats")
     for k in runs:
         runs_ms = ", ".join(f"{t * 1e3:.0f}" for t in times[k])
         print(f"  {k:8s} {med[k] * 1e3:8.1f} ms   (acceptance {rates[k]:.3f}; runs {runs_ms})")

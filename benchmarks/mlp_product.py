@@ -2,7 +2,7 @@
 generic path (the samplers' Langevin / ScoreMH kernels, one batched PyTorch network call per move), and
 the kernel's GFLOP/s as a fraction of the fp32 GEMM rate measured in the same run (issue 11).
 `--parameterisation energy`: a Product of two EnergyMLPs with the exact energy MH, the fused
-ops.mlp_energy_mala against the generic EnergyMH path (autograd forward and backward per proposal).
+ops.mlp_energy_mala against the generic EnergyMH path (autograd forward and backward per proposal; CPU only).
 
 Setting of the issue: hidden 128 (ScoreMLP: 3 hidden activations, 2 hidden H x H layers), D = 2, 4096
 chains, 100 levels x 10 MALA moves, n_trapezoid 3, one thread. Untrained (random, fixed-seed) networks:
@@ -13,15 +13,17 @@ runs; the time-embedding columns of the first layer, constant over a call, are o
 call in the kernel and are not counted; nor are the activations), twice that for an energy network (the
 backward through the layers to the input has the same multiply-adds).
 
-The fused and generic samplers run interleaved (fused, generic, fused, ...): on a loaded machine both see
-the same load.
-
 Times are medians over the repeats, of wall time and of this process's CPU time (time.process_time: on
 a machine shared with other work, CPU time is the steadier of the two; one thread, so it is the
-kernel's own time). The GEMM rate is measured both ways too (a 1024³ float32 matmul).
+kernel's own time). The GEMM rate is measured both ways too (a 1024³ float32 matmul). The fused and generic
+samplers run interleaved (fused, generic, fused, ...): on a loaded machine both see the same load.
 
-    python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--json out.json]
-                                     [--parameterisation energy]
+--device cuda: the networks and chains on the GPU, the fused path on the Triton engine (kernels/mlp.py), the
+generic path on PyTorch's CUDA kernels; wall times only (after a device synchronisation), against the fp32
+GEMM rate of a 4096³ matmul without TF32 (the engine's dots run at ieee fp32 precision too).
+
+    python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--device cuda]
+                                     [--parameterisation energy] [--json out.json]
 """
 import argparse
 import json
@@ -37,12 +39,12 @@ from fastsamp.models import PARAMETERISATIONS, EnergyMLP, Product
 from fastsamp.samplers import annealed_mcmc
 
 
-def product(hidden, parameterisation="score", dim=2):
+def product(hidden, device, parameterisation="score", dim=2):
     nets = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         cls = PARAMETERISATIONS[parameterisation]
-        nets.append(cls(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval())
+        nets.append(cls(dim, hidden=hidden, data_mean=torch.randn(dim) * 0.5, data_var=1.0).eval().to(device))
     return Product(*nets)
 
 
@@ -57,12 +59,18 @@ def flops_per_eval(model):
     return total
 
 
-def timed(fn, repeats):
-    """(median wall s, median CPU s of this process, last result) of `repeats` calls of fn()."""
+CPU = torch.device("cpu")
+
+
+def timed(fn, repeats, device=CPU):
+    """(median wall s, median CPU s of this process, last result) of `repeats` calls of fn() (on a GPU the wall
+    time runs to the device's synchronisation)."""
     walls, cpus = [], []
     for _ in range(repeats):
         w0, c0 = time.perf_counter(), time.process_time()
         out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     return statistics.median(walls), statistics.median(cpus), out
@@ -72,11 +80,11 @@ def run_samplers(model, args, which):
     """{fused: (median wall s, median CPU s, score evaluations)} of annealed_mcmc for each `fused` in `which`, the
     runs interleaved."""
     kw = dict(n_levels=args.levels, corrector="mala", n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid,
-              step_size=0.05, seed=0, mh=mh_of(args))
+              step_size=0.05, seed=0, device=args.device, mh="energy" if args.parameterisation == "energy" else "score")
     walls, cpus, evals = {f: [] for f in which}, {f: [] for f in which}, {}
     for _ in range(args.repeats):
         for fused in which:
-            wall, cpu, (_, stats) = timed(partial(annealed_mcmc, model, args.chains, fused=fused, **kw), 1)
+            wall, cpu, (_, stats) = timed(partial(annealed_mcmc, model, args.chains, fused=fused, **kw), 1, args.device)
             assert stats.fused == fused
             walls[fused].append(wall)
             cpus[fused].append(cpu)
@@ -84,14 +92,10 @@ def run_samplers(model, args, which):
     return {f: (statistics.median(walls[f]), statistics.median(cpus[f]), evals[f]) for f in which}
 
 
-def mh_of(args):
-    return "energy" if args.parameterisation == "energy" else "score"
-
-
 def run_kernel(model, args):
     """Median wall and CPU time (s) of one ops.mlp_mala (energy: ops.mlp_energy_mala with the energy MH) call:
     the chains, args.moves moves, at t = 0.5."""
-    x = torch.randn(args.chains, model.dim)
+    x = torch.randn(args.chains, model.dim, device=args.device)
     nets = [m.fused_net(0.5, x) for m in model.models]
     if args.parameterisation == "energy":
         call = lambda: ops.mlp_energy_mala(x, nets, step_size=0.01, n_steps=args.moves)  # noqa: E731
@@ -101,7 +105,7 @@ def run_kernel(model, args):
                                     n_trapezoid=args.n_trapezoid)
         per_move = args.n_trapezoid
     call()
-    wall, cpu, _ = timed(call, max(args.repeats, 5))
+    wall, cpu, _ = timed(call, max(args.repeats, 5), args.device)
     return wall, cpu, args.chains * (args.moves * per_move + 1)
 
 
@@ -124,25 +128,32 @@ def main():
                    help="energy: EnergyMLPs with the exact energy MH (n_trapezoid unused)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-generic", action="store_true", help="time the fused path and the kernel only")
+    p.add_argument("--device", type=torch.device, default=CPU)
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
-    model = product(args.hidden, args.parameterisation)
+    model = product(args.hidden, args.device, args.parameterisation)
     fpe = flops_per_eval(model)
-    gemm = {"wall": measure_roofline(torch.device("cpu"))["fp32_gemm_GFLOPs"], "cpu": gemm_rate_cpu_time()}
+    gemm = {"wall": measure_roofline(args.device)["fp32_gemm_GFLOPs"]}
+    clocks = ("wall",) if args.device.type == "cuda" else ("wall", "cpu")  # the host's CPU time says nothing there
+    if "cpu" in clocks:
+        gemm["cpu"] = gemm_rate_cpu_time()
 
     def entry(wall, cpu, evals):
-        rates = {"wall": evals * fpe / wall / 1e9, "cpu": evals * fpe / cpu / 1e9}
+        rates = {k: evals * fpe / {"wall": wall, "cpu": cpu}[k] / 1e9 for k in clocks}
         return {"wall_s": wall, "cpu_s": cpu, "n_score_evals": evals, "GFLOPs": rates,
                 "frac_gemm": {k: rates[k] / gemm[k] for k in rates}}
 
-    report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "args": vars(args),
-              "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe, "kernel": entry(*run_kernel(model, args))}
+    device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else cpu_model()
+    report = {"cpu": cpu_model(), "device": device, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1,
+              "args": {**vars(args), "device": str(args.device)},
+              "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe,
+              "kernel": entry(*run_kernel(model, args))}
     samplers = run_samplers(model, args, (True,) if args.skip_generic else (True, False))
     report["fused"] = entry(*samplers[True])
     if not args.skip_generic:
         report["generic"] = entry(*samplers[False])
-        report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in ("wall", "cpu")}
+        report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in clocks}
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,6 +1,6 @@
 """fastsamp command line: `fastsamp sample` (the main job), `bench`, `compose`, `importance`, `train`,
-`outsourced`, `info`. Every bad argument is an argparse error (exit status 2); every JSON result is
-strict JSON (NaN and ±inf written as null) and records the thread count."""
+`outsourced`, `product2d`, `guided-digits`, `info`. Every bad argument is an argparse error (exit status 2);
+every JSON result is strict JSON (NaN and ±inf written as null) and records the thread count."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,7 @@ VERBS = {
     "train": "offpolicy",
     "outsourced": "outsourced",
     "product2d": "product2d",
+    "guided-digits": "guided_digits.command",
 }
 
 

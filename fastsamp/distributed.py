@@ -122,14 +122,19 @@ class LevelSums:
         return torch.stack([c.to(dev) for c in columns], 1)
 
 
+def _float64_vector(values, device) -> torch.Tensor:
+    """Floats or one-element tensors as one float64 vector on `device`."""
+    return torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) if isinstance(v, torch.Tensor)
+                        else torch.full((), float(v), dtype=torch.float64, device=device) for v in values])
+
+
+def _first_device(values) -> torch.device:
+    return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+
+
 def _column(values) -> torch.Tensor:
     """Floats or one-element tensors (on one device) as a float64 vector."""
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    if not tensors:
-        return torch.tensor(values, dtype=torch.float64)
-    dev = tensors[0].device
-    return torch.stack([v.detach().reshape(()) if isinstance(v, torch.Tensor)
-                        else torch.tensor(float(v), dtype=torch.float64, device=dev) for v in values]).to(torch.float64)
+    return _float64_vector(values, _first_device(values))
 
 
 class Comm:
@@ -166,13 +171,9 @@ class Comm:
         by one all_reduce with a failure flag appended: when any rank passes an `error`, every rank
         raises (its own error, or RankFailedError naming the failing rank and its message). In one
         process nothing is communicated and tensors stay on their device (no host synchronisation)."""
-        if self.distributed:
-            dev = self._device()
-        else:
-            dev = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        dev = self._device() if self.distributed else _first_device(values)
         flag = 1.0 if error is not None else 0.0
-        buf = torch.stack([v.detach().to(device=dev, dtype=torch.float64).reshape(()) if isinstance(v, torch.Tensor)
-                           else torch.full((), float(v), dtype=torch.float64, device=dev) for v in (*values, flag)])
+        buf = _float64_vector((*values, flag), dev)
         if not self.distributed:
             if error is not None:
                 raise error

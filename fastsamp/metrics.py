@@ -72,6 +72,13 @@ def mode_assignment(x, mixture):
     return (torch.log_softmax(lw, 0) - 0.5 * d2 / var - 0.5 * x.shape[1] * torch.log(var)).argmax(1)
 
 
+def nearest_mode_weights(x, means) -> torch.Tensor:
+    """(K,) fraction of the samples x (n, D) whose nearest mean is each of means (K, D): the mode
+    weights of an equal-weight, equal-variance isotropic mixture's samples (mode_assignment's rule there)."""
+    nearest = torch.cdist(x.double().cpu(), means.double().cpu()).argmin(1)
+    return torch.bincount(nearest, minlength=means.shape[0]).double() / x.shape[0]
+
+
 def mode_occupancy_tv(x, y, mixture) -> float:
     """Total variation between the component occupancies of two sample sets."""
     K = mixture.means.shape[0]

@@ -12,6 +12,7 @@ ValueError above. K is unrestricted (online log-sum-exp loop). em_step_logprob a
 from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_hmc, gmm_mala, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import line_points, mala_propose, score_mh_accept
+from .mlp import MLP_MAX_D, MLP_MAX_HIDDEN, mlp_hmc, mlp_mala, mlp_score
 from .random import normal, uniform
 from .sde import guided_sde_step, sde_step
 from .trajectory import em_step_logprob, em_step_logprob_backward
@@ -19,5 +20,6 @@ from .trajectory import em_step_logprob, em_step_logprob_backward
 __all__ = [
     "gmm_score", "gmm_mala", "gmm_hmc", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "em_step_logprob", "em_step_logprob_backward",
-    "normal", "uniform", "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D",
+    "normal", "uniform", "mlp_score", "mlp_mala", "mlp_hmc", "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D", "MLP_MAX_D",
+    "MLP_MAX_HIDDEN",
 ]

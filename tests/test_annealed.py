@@ -58,14 +58,66 @@ def test_fused_and_generic_paths_agree_in_distribution():
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "generic"])
 def test_pure_annealed_mcmc_without_predictor(fused):
     """predictor=False (the MCMC-correction paper's protocol): no reverse step between levels, so
-    n_levels − 1 fewer score evaluations per chain, and the MALA corrector alone reaches the mixture."""
+    n_levels − 1 fewer score evaluations per chain on the fused path (the generic path's predictor takes
+    the score its corrector holds: no call either way), and the MALA corrector alone reaches the mixture."""
     common = dict(n_levels=20, corrector="mala", n_corrector_steps=10, step_size=0.1, n_trapezoid=2, seed=4,
                   fused=fused, dtype=torch.float64)
     x, st = annealed_mcmc(MIX, 8000, predictor=False, **common)
     _, st_pred = annealed_mcmc(MIX, 8000, **common)
-    assert st_pred.n_score_evals - st.n_score_evals == 19 * 8000
+    assert st_pred.n_score_evals - st.n_score_evals == (19 * 8000 if fused else 0)
     assert abs((x[:, 0] > 0).double().mean().item() - 0.6) < 0.03
     assert abs(var_right(x) - EXACT_VAR_RIGHT) < 0.04
+
+
+class RowCounter:
+    """MIX's score as a plain callable that counts the rows it is called on."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, x, t):
+        self.rows += x.shape[0]
+        return MIX.score(x, t)
+
+
+@pytest.mark.parametrize("corrector,mh,kw", [
+    ("mala", "score", {}), ("mala", "score", {"n_trapezoid": 3}), ("mala", "energy", {}), ("ula", "none", {}),
+    ("hmc", "score", {"n_leapfrog": 2}), ("uhmc", "none", {"n_leapfrog": 2})])
+def test_predictor_reuses_the_correctors_score_exactly(corrector, mh, kw, monkeypatch):
+    """The generic predictor takes the score of x at the previous level's t that the corrector's last move
+    holds: the same chains, bit for bit, as recomputing it (a run whose corrector hands no score on),
+    with n_levels − 1 fewer score evaluations per chain."""
+    common = dict(n_levels=6, corrector=corrector, mh=mh, n_corrector_steps=3, step_size=0.1, seed=2,
+                  fused=False, dtype=torch.float64, **kw)
+    x, st = annealed_mcmc(MIX, 500, **common)
+    from fastsamp.samplers import annealed
+    run = annealed.run_corrector
+    monkeypatch.setattr(annealed, "run_corrector", lambda *a, **k: run(*a, **k)._replace(score=None))
+    x_recomputed, st_recomputed = annealed_mcmc(MIX, 500, **common)
+    torch.testing.assert_close(x, x_recomputed, rtol=0, atol=0)
+    assert st.accept_rate == st_recomputed.accept_rate
+    assert st_recomputed.n_score_evals - st.n_score_evals == 5 * 500
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "generic"])
+@pytest.mark.parametrize("corrector,kw", [("mala", {"n_trapezoid": 2}), ("hmc", {"n_leapfrog": 3}), ("ula", {})])
+@pytest.mark.parametrize("n_steps,predictor", [(2, True), (0, True), (2, False)])
+def test_n_score_evals_counts_the_model_calls(fused, corrector, kw, n_steps, predictor):
+    """stats.n_score_evals is the number of states the model was called on (the generic path, counted here
+    by the model itself) or evaluated inside the fused kernel, the predictor's calls included (the generic
+    predictor makes none after corrector moves: it reuses their score)."""
+    counter = RowCounter()
+    n, levels = 100, 5
+    _, st = annealed_mcmc(MIX if fused else ScoreModel(counter, dim=2), n, n_levels=levels, corrector=corrector,
+                          n_corrector_steps=n_steps, step_size=0.1, seed=1, predictor=predictor,
+                          dtype=torch.float64, **kw)
+    assert st.fused == fused
+    per_move = kw.get("n_trapezoid", kw.get("n_leapfrog", 1))
+    corrector_rows = levels * n * (n_steps * per_move + 1) if n_steps else 0
+    predictor_rows = (levels - 1) * n if predictor and (fused or n_steps == 0) else 0
+    assert st.n_score_evals == corrector_rows + predictor_rows
+    if not fused:
+        assert counter.rows == st.n_score_evals
 
 
 def composed():

@@ -51,6 +51,10 @@ def strict_json(path):
     (["outsourced", "--priors", "vae,dcgan"], "--priors: expected a comma-separated list"),
     (["outsourced", "--digit", "10"], "--digit: must be <= 9"),
     (["outsourced", "--samples", "256", "--budget", "300"], "--budget 300 is below what the samplers need"),
+    (["guided-digits", "--seeds", "0"], "--seeds: must be >= 1"),
+    (["guided-digits", "--methods", "LA (nothing)"], "--methods: invalid choice"),
+    (["guided-digits", "--add"], "--add needs --methods"),
+    (["guided-digits", "--add", "--methods", "LA (energy)", "--out", "/nonexistent"], "--add: .* does not exist"),
 ])
 def test_bad_arguments_are_argparse_errors(argv, message, capsys):
     assert exit_code(argv) == 2

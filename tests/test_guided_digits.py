@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastsamp import ops
 from fastsamp.experiments.guided_digits import EnergyNet, EpsNet, GuidedModel, MidpointHMC, TimeClassifier
-from fastsamp.experiments.guided_digits.sampling import step_size
+from fastsamp.experiments.guided_digits.sampling import HybridLangevin, step_size
 from fastsamp.models import EnergyModel, ScoreModel
 from fastsamp.protocol import CountingModel
 from fastsamp.samplers.kernels import HMC, EnergyMH, Langevin, NoMH, PhiloxKey, ScoreMH
@@ -126,6 +127,74 @@ def test_paper_mh_with_unscaled_classifier_term_is_biased():
     assert float((x.var(0) / var - 1).abs().max()) > 0.3
 
 
+def _hybrid_case(prior_net, lam_mh, n_trapezoid, B=5, seed=4):
+    """One HybridLangevin move (float64) of B chains of π ∝ p_t(x) p_t(y|x)^20, a frozen TimeClassifier:
+    (the kernel's log α, x, x', the guided score, ε)."""
+    torch.manual_seed(0)
+    clf = _frozen(TimeClassifier(hidden=16, n_blocks=1, n_steps=50)).double()
+    y, t = torch.arange(B) % 10, 7 / 50
+    model = GuidedModel(ScoreModel(prior_net, 64), clf, y, lam=20.0, lam_mh=lam_mh)
+    x = 0.5 * torch.randn(B, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    eps = torch.full((B,), 2e-3, dtype=torch.float64)
+    kernel = HybridLangevin(model, CountingModel(model.prior), t, eps, n_trapezoid, backend="torch")
+    state, info = kernel.step(kernel.init(x), PhiloxKey(seed, 0, 0))
+    x_prop = x + eps[:, None] * model.score(x, t) + (2 * eps[:, None]).sqrt() * ops.normal(seed, 0, B, 64,
+                                                                                           dtype=torch.float64)
+
+    def log_q(to, frm):  # the guided MALA proposal density, up to a constant
+        return -((to - frm - eps[:, None] * model.score(frm, t)) ** 2).sum(1) / (4 * eps)
+
+    log_class = clf.log_prob(x_prop, t, y) - clf.log_prob(x, t, y)
+    return info.log_alpha, log_q(x, x_prop) - log_q(x_prop, x) + (model.lam_mh * log_class), x, x_prop, t
+
+
+@pytest.mark.parametrize("lam_mh", [None, 1.0])
+def test_hybrid_mh_is_exact_for_a_gaussian_prior(lam_mh):
+    """The prior N(0, I) (linear score: the trapezoid is exact for any n): log α = log N(x'; 0, I) −
+    log N(x; 0, I) + λ_mh Δlog p(y|x) + the proposal ratio, in closed form (λ_mh = λ, and the paper's 1)."""
+    for n in (1, 9):
+        log_alpha, rest, x, x_prop, _ = _hybrid_case(lambda z, t: -z, lam_mh, n)
+        exact = -0.5 * (x_prop**2).sum(1) + 0.5 * (x**2).sum(1) + rest
+        torch.testing.assert_close(log_alpha, exact, rtol=0, atol=1e-10)
+
+
+def test_hybrid_mh_trapezoid_converges_to_the_brute_force_line_integral():
+    """A frozen ε-network prior (float64): the hybrid log α against the float64 brute-force line integral
+    of its score (20,001-point trapezoid): the error is small and falls about as 1/n² with the paper's
+    10 points (n = 9) against 2 points (n = 1)."""
+    net = _frozen(EpsNet(hidden=16, n_blocks=1, n_steps=50)).double()
+    errors = {}
+    for n in (1, 9):
+        log_alpha, rest, x, x_prop, t = _hybrid_case(net.score, None, n)
+        s = torch.linspace(0, 1, 20001, dtype=torch.float64)
+        d = x_prop - x
+        along = torch.stack([(net.score(x + si * d, t) * d).sum(1) for si in s])  # (20001, B)
+        integral = torch.trapezoid(along, s, dim=0)
+        errors[n] = float((log_alpha - (integral + rest)).abs().max())
+    assert errors[9] < 1e-3 * max(1.0, float(integral.abs().max()))
+    assert errors[9] < errors[1] / 20, errors
+
+
+def test_hybrid_mh_keeps_the_guided_gaussian_target_and_the_papers_term_does_not():
+    """N(0, I) as a score-only prior times the Gaussian 'classifier' to the λ: from exact draws, 40 hybrid
+    moves keep the target's mean and variance with λ_mh = λ and leave it with the paper's λ_mh = 1."""
+    means, v, lam, B, seed = torch.tensor([[1.0, -0.5]], dtype=torch.float64), 4.0, 20.0, 3000, 7
+    precision = 1 + lam / v
+    mean, var = (lam / v) * means[0] / precision, 1 / precision
+    for lam_mh, exact in ((None, True), (1.0, False)):
+        model = GuidedModel(ScoreModel(lambda z, t: -z, 2), GaussianLikelihood(means, v),
+                            torch.zeros(B, dtype=torch.long), lam=lam, lam_mh=lam_mh)
+        kernel = HybridLangevin(model, CountingModel(model.prior), 0.0,
+                                torch.full((B,), 0.5 * var, dtype=torch.float64), 2)
+        x0 = mean + var**0.5 * torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        state = kernel.init(x0)
+        for m in range(40):
+            state, _ = kernel.step(state, PhiloxKey(seed, m, 0))
+        err = max(float((state.x.mean(0) - mean).abs().max()) / var**0.5,
+                  float((state.x.var(0) / var - 1).abs().max()))
+        assert (err < 0.1) == exact, (lam_mh, err)
+
+
 def test_midpoint_hmc_trapezoid_halves_the_error_of_the_path_trapezoid():
     """ΔlogP along the leapfrog path for a quartic log-density: the midpoint rule's error is about a quarter
     of the plain trapezoid's (2 vs 1 sub-intervals per segment)."""
@@ -179,3 +248,31 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     assert len(rows["LA (energy)"]["search"]["candidates"]) == 2
     assert (out / "guided_digits.png").stat().st_size > 0
     assert "| LA-10 | score |" in (out / "guided_digits.md").read_text()
+
+
+def test_cli_verb_adds_the_hybrid_rows_to_a_recorded_table(tmp_path, monkeypatch):
+    """`fastsamp guided-digits` (tiny): a one-row table, then `--add` of the score-LA-10 hybrid-MH ablation
+    rows: they reuse LA-10's searched step size, keep the recorded row, and count the network at all 10
+    points but the classifier only at x' (per level below T: 1 + 6 moves)."""
+    from fastsamp.cli import main
+    monkeypatch.setenv("FASTSAMP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    common = ["guided-digits", "--size", "tiny", "--per-class", "1", "--seeds", "2", "--candidates", "2",
+              "--val-per-class", "1", "--out", str(out)]
+    assert main(common + ["--methods", "LA-10 (score)"]) == 0
+    hybrid = ["LA-10, hybrid MH (λ_mh=λ) (score)", "LA-10, paper's MH (λ_mh=1) (score)"]
+    assert main(common + ["--add", "--methods", *hybrid]) == 0
+    result = json.loads((out / "guided_digits.json").read_text())
+    rows = {r["label"]: r for r in result["methods"]}
+    assert list(rows) == ["LA-10 (score)", *hybrid]
+    T = result["settings"]["n_levels"]
+    for label in hybrid:
+        assert (rows[label]["a"], rows[label]["b"]) == (rows["LA-10 (score)"]["a"], rows["LA-10 (score)"]["b"])
+        assert rows[label]["search"] == "the step size of the LA-10 (score) row"
+        assert rows[label]["score_evals_per_sample"] == rows["LA-10 (score)"]["score_evals_per_sample"]
+        assert rows[label]["classifier_evals"] == len(rows[label]["per_seed"]) * 10 * (1 + 7 * (T - 1))
+    assert rows[hybrid[1]]["lam_mh"] == 1.0 and rows[hybrid[0]]["lam_mh"] == result["settings"]["lambda"]
+    assert [a["labels"] for a in result["added"]] == [hybrid]
+    assert "--add" in result["added"][0]["command"]
+    table = (out / "guided_digits.md").read_text()
+    assert "| LA-10, hybrid MH (λ_mh=λ) | score |" in table and f"({1 + 7 * (T - 1)} clf)" in table

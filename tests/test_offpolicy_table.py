@@ -3,13 +3,15 @@ uninterrupted run bit for bit (one thread, same seeds), the table script runs en
 sizes (skipping finished runs, resuming unfinished ones), and device selection fails clearly."""
 import importlib.util
 import json
+import math
 import os
 
 import pytest
 import torch
 
+from fastsamp import metrics
 from fastsamp.experiments import offpolicy
-from fastsamp.samplers.diffusion import local_search, train
+from fastsamp.samplers.diffusion import DiffusionSampler, local_search, train
 from fastsamp.samplers.diffusion.training import exploration_std
 from fastsamp.targets import get_target
 
@@ -156,3 +158,100 @@ def test_device_argument():
     assert sampler.device == torch.device("cpu")
     x, log_w = sampler.sample(5)
     assert x.device.type == "cpu" and x.shape == (5, 10) and log_w.shape == (5,)
+
+
+def test_equal_count_reference_has_the_papers_80_draws_per_mode():
+    """The 25GMM reference set of the released code at publication: n // 25 draws per mode, no
+    multinomial noise in the mode counts (an exact i.i.d. sample has it)."""
+    target = get_target("25gmm")
+    ref = offpolicy.equal_count_reference(target, 2000, torch.Generator().manual_seed(0))
+    assert ref.shape == (2000, 2)
+    assert torch.equal(metrics.nearest_mode_weights(ref, target.means) * 25, torch.ones(25, dtype=torch.float64))
+    iid = metrics.nearest_mode_weights(target.sample(2000, torch.Generator().manual_seed(0)), target.means)
+    assert iid.sum() == pytest.approx(1.0) and not torch.equal(iid * 25, torch.ones(25, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("target_name", ["25gmm", "manywell", "funnel"])
+def test_evaluate_adds_diagnostics_on_the_samples_of_w2(target_name):
+    """The diagnostics are computed on the very samples W2 was (same seed): the mode weights of
+    sampler.sample(n, seed) and of evaluate agree, and W2 is sampler.evaluate's, unchanged."""
+    sampler, _ = offpolicy.build(target_name, "tb", **TINY)
+    target = sampler.target
+    m = offpolicy.evaluate(sampler, target, n=100, seed=7)
+    exact = target.sample(100, torch.Generator().manual_seed(7))
+    assert m["w2"] == sampler.evaluate(100, seed=7, exact_samples=exact)["w2"]
+    assert m["w2_exact"] > 0
+    if target_name == "25gmm":
+        x, _ = sampler.sample(100, seed=7)
+        assert m["mode_weights"] == (metrics.nearest_mode_weights(x, target.means) * 25).tolist()
+        assert sum(m["mode_weights"]) == pytest.approx(25) and 1 <= m["modes_hit"] <= 25
+        assert m["mode_weight_min"] <= 1 <= m["mode_weight_max"]
+        assert m["w2_equal_counts"] > 0 and m["w2_exact_equal_counts"] > 0
+    if target_name == "manywell":
+        assert 0 <= m["right_well_fraction"] <= 1 and 0.75 < m["right_well_fraction_exact"] < 0.95  # exact 0.844
+    if target_name == "funnel":
+        assert "mode_weights" not in m and "right_well_fraction" not in m
+
+
+def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys):
+    """A finished run whose JSON predates the diagnostics gets them from its saved model, with its
+    old metrics reproduced bit for bit; a run without a model is reported and left alone."""
+    bench = _bench()
+    out = str(tmp_path)
+    argv = ["--iterations", "4", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
+            "--out", out]
+    bench.main(["table", *argv, "--eval-samples", "64"])
+    paths = [os.path.join(out, f"25gmm_tb_seed{s}.json") for s in (0, 1)]
+    full = json.load(open(paths[0]))
+    for path in paths:  # as written before the diagnostics existed
+        res = json.load(open(path))
+        res["metrics"] = {k: v for k, v in res["metrics"].items() if k in (
+            "log_Z", "elbo", "ess", "n", "n_finite", "log_Z_learned", "w2", "eubo", "log_Z_true", "delta_log_Z",
+            "delta_log_Z_rw")}
+        json.dump(res, open(path, "w"))
+    os.remove(os.path.join(out, "25gmm_tb_seed1.pt"))
+    before = json.load(open(paths[1]))
+    capsys.readouterr()
+    bench.main(["reevaluate", *argv])
+    text = capsys.readouterr().out
+    assert "25gmm tb seed 0: metrics reproduced" in text and "seed 1: no saved model" in text
+    res = json.load(open(paths[0]))
+    assert res["metrics"] == full["metrics"] and res["reevaluation"]["changed"] == {}
+    assert "w2_equal_counts" in res["reevaluation"]["added"]
+    assert json.load(open(paths[1])) == before
+    bench.main(["report", *argv, "--eval-samples", "64"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25gmm | tb |")][0]
+    assert "(80/mode:" not in row  # seed 1 lacks the reference-set W2: no mean over one seed of two
+
+
+def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_path, capsys):
+    bench = _bench()
+    out = str(tmp_path)
+    argv = ["--targets", "25gmm", "--methods", "tb", "tb+expl+ls", "--out", out]
+    res = offpolicy.time_iterations("25gmm", "tb+expl+ls", iterations=2, warmup=1, repeats=2, **TINY, **LS_TINY)
+    assert res["iterations_per_round"] == LS_TINY["ls_every"]  # a round holds one local-search period
+    assert len(res["rounds_ms"]["eager"]) == 2 and res["speedup"] == res["eager_ms"] / res["fused_ms"]
+    assert res["clock"] == "process CPU"
+    json.dump({"threads": 1, "device": "cpu", "results": {"25gmm/tb+expl+ls": dict(res, fused_ms=1.0)}},
+              open(os.path.join(out, "timing_cpu_1thread.json"), "w"))
+    bench.main(["timing", *argv, "--iterations", "2", "--repeats", "1"])  # times only the missing cell
+    timed = json.load(open(os.path.join(out, "timing_cpu_1thread.json")))["results"]
+    assert timed["25gmm/tb+expl+ls"]["fused_ms"] == 1.0 and timed["25gmm/tb"]["eager_ms"] > 0
+    capsys.readouterr()
+    bench.main(["report", *argv])
+    text = capsys.readouterr().out
+    assert f"1 / {timed['25gmm/tb+expl+ls']['eager_ms']:.0f} (" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_evaluation_and_timing(tmp_path):
+    """Item 1 of issue 13 on a lent GPU: a preset with Langevin drift and local search trains on the
+    GPU (per-step path with the fused em_step_logprob) with checkpoints, is evaluated with
+    every diagnostic, its model loads on the CPU, and `timing` takes wall time there."""
+    res = offpolicy.run("25gmm", "tb+expl+lp+ls", iterations=6, out_dir=str(tmp_path), progress=False,
+                        eval_samples=100, device="cuda", checkpoint_every=2, **TINY, **LS_TINY)
+    assert res["device"].startswith("cuda") and math.isfinite(res["metrics"]["w2_equal_counts"])
+    x, _ = DiffusionSampler.load(res["model_path"], map_location="cpu").sample(8)  # a GPU model loads anywhere
+    assert x.device.type == "cpu" and bool(torch.isfinite(x).all())
+    timed = offpolicy.time_iterations("25gmm", "tb", iterations=2, warmup=1, repeats=1, device="cuda", **TINY)
+    assert timed["clock"] == "wall" and timed["fused_ms"] > 0

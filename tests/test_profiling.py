@@ -128,3 +128,14 @@ def test_diffusion_sampler_network_is_model_time():
     with profiling.breakdown() as b:
         sampler.forward_trajectories(32)
     assert b.phases["policy"] > 0 and b.score_model_s >= b.phases["policy"]
+
+
+def test_an_op_writing_into_out_counts_as_an_op():
+    """A public op given `out=` (importance_sde's guided step, a user's in-place reverse step) runs the backend
+    function outside the dispatcher: it still appears as a fastsamp:: op in the breakdown."""
+    from fastsamp import ops
+    from fastsamp.schedules import VP
+    x, s = torch.randn(64, 2), torch.randn(64, 2)
+    with profiling.breakdown() as b:
+        y = ops.reverse_sde_step(x, s, t=0.5, h=0.01, schedule=VP(), seed=0, out=x)
+    assert y is x and b.ops.get("sde_step", 0) > 0

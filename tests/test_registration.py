@@ -273,3 +273,29 @@ def test_random_streams_compile(dynamo_reset):
     for got, expect in zip(torch.compile(draw, fullgraph=True, backend="aot_eager")(x, 2**63 + 1),
                            draw(x, 2**63 + 1)):
         torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["gmm_mala", "sde_step", "em_step_logprob", "score_mh_accept"])
+def test_autograd_kernel_calls_the_backend_kernel_as_the_dispatcher_would(name):
+    """With no input requiring grad, the Autograd kernel calls the op's CPU kernel itself; under a dispatch mode it
+    redispatches (the mode sees the op). Both give the same outputs, and the mode-free call again after the mode
+    (the per-key-set choice is memoised)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    op = getattr(torch.ops.fastsamp, name).default
+    args = op_args(name, F64)
+    plain = op(*args)
+    with Seen() as mode:
+        watched = op(*args)
+    assert op in mode.ops
+    torch.testing.assert_close(watched, plain, rtol=0, atol=0)
+    torch.testing.assert_close(op(*args), plain, rtol=0, atol=0)

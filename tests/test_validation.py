@@ -1,4 +1,5 @@
 """Bad input raises a clear exception naming the argument, on every entry point."""
+import contextlib
 import math
 
 import pytest
@@ -7,6 +8,16 @@ import torch
 from fastsamp import VP, ops
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_watching():
+    """No test here leaves a dispatch / torch-function mode or the profiler on: later tests would see
+    `_library.observed()` and take the dispatcher path instead of the plain eager one."""
+    from fastsamp.ops import _library
+    assert not _library.observed()
+    yield
+    assert not _library.observed(), "the test left a mode active"
 
 
 def mix(D=3, K=2, dtype=F64):
@@ -126,13 +137,17 @@ ALL_BACKENDS = ("torch", "cpp", "triton", "cuda")
 
 @pytest.fixture(params=ALL_BACKENDS)
 def any_backend(request):
-    """A backend name; tensors are created on its device (torch.set_default_device) for the test."""
+    """A backend name; tensors are created on its device for the test (`with torch.device`, off the CPU only).
+
+    Not torch.set_default_device: that enters a global torch-function mode (DeviceContext), and setting it
+    back to "cpu" enters another one instead of leaving it (only None does), so every later test ran with a
+    function mode active (`_library.observed()`, the dispatcher path)."""
     from conftest import backend_device, skip_unless_available
     if request.param != "torch":
         skip_unless_available(request.param)
-    torch.set_default_device(backend_device(request.param) if request.param != "torch" else "cpu")
-    yield request.param
-    torch.set_default_device("cpu")
+    device = backend_device(request.param) if request.param != "torch" else torch.device("cpu")
+    with contextlib.nullcontext() if device.type == "cpu" else torch.device(device):
+        yield request.param
 
 
 def has_kernel(backend, op):

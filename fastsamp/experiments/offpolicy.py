@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -65,14 +66,50 @@ def build(target_name: str, method: str, *, seed: int = 0, iterations: int | Non
     return sampler.to(dev), cfg
 
 
+def equal_count_reference(target, n: int, generator=None) -> torch.Tensor:
+    """n // K exact draws from each of the K components of an equal-weight mixture target (in
+    component order): the 25GMM reference set of gfn-diffusion's twenty_five_gmm.py before its
+    2025-02 fix ("previously all modes were covered with an equal number of samples"), so the set the
+    paper's W2 was computed against (2000 // 25 = 80 per mode). Not an i.i.d. sample: its mode counts
+    carry none of the multinomial noise that an exact sample's W2 pays for."""
+    k = torch.arange(target.n_modes).repeat_interleave(n // target.n_modes)
+    eps = torch.randn(k.numel(), target.dim, generator=generator, dtype=torch.float64)
+    return target.means.cpu()[k] + math.sqrt(target.variance) * eps
+
+
+def _sample_diagnostics(x, exact, target, seed) -> dict:
+    """What W2 mixes together, separately: W2 of a second exact sample against the same reference
+    (what a perfect sampler scores, one draw), mode weights for mixtures (×K, 1 = exact; and W2 against
+    the paper's equal-count 25GMM reference), the right-well fraction per Manywell coordinate pair."""
+    from .. import metrics
+    extra = torch.Generator().manual_seed(seed + 10**9)
+    out = {"w2_exact": metrics.wasserstein2(target.sample(len(exact), extra), exact)}
+    if hasattr(target, "n_modes"):
+        w = metrics.nearest_mode_weights(x, target.means) * target.n_modes
+        out.update(mode_weights=w.tolist(), mode_weight_min=float(w.min()), mode_weight_max=float(w.max()),
+                   modes_hit=int((w > 0).sum()))
+    if target.name == "25gmm":
+        ref = equal_count_reference(target, len(exact), torch.Generator().manual_seed(seed + 2 * 10**9))
+        out["w2_equal_counts"] = metrics.wasserstein2(x, ref)
+        out["w2_exact_equal_counts"] = metrics.wasserstein2(target.sample(len(exact), extra), ref)
+    if target.name == "manywell":
+        out["right_well_fraction"] = float((x[:, 0::2] > 0).double().mean())
+        out["right_well_fraction_exact"] = float((exact[:, 0::2] > 0).double().mean())
+    return out
+
+
 def evaluate(sampler, target, *, n=2000, seed=12345):
-    """log Z errors against the ground truth (where known), ELBO/EUBO, ESS, and W2 to exact samples."""
+    """log Z errors against the ground truth (where known), ELBO/EUBO, ESS, W2 to exact samples and
+    the diagnostics of `_sample_diagnostics` (model samples and reference set as for W2)."""
     exact = None
     try:
         exact = target.sample(n, torch.Generator().manual_seed(seed))
     except NotImplementedError:
         pass
     m = sampler.evaluate(n, seed=seed, exact_samples=exact)
+    if exact is not None:
+        x, _ = sampler.sample(n, seed=seed, group=Comm(None))  # the samples of W2 (same seed: same draws)
+        m.update(_sample_diagnostics(x.detach().cpu(), exact.cpu(), target, seed))
     if target.log_Z is not None:
         m["log_Z_true"] = target.log_Z
         m["delta_log_Z"] = abs(m["elbo"] - target.log_Z)        # Δlog Z of the paper (from the ELBO)
@@ -232,17 +269,56 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
     return results
 
 
-def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, seed=0, **kw) -> dict:
-    """Seconds per training iteration of the fused path and of the eager PyTorch path of the same
-    loop (per-step autograd through the reference op), measured back to back in this process."""
-    out = {}
+def reevaluate(plan, out_dir: str, *, batch_size: int | None = None, log=print) -> list[dict]:
+    """Recompute the metrics of the finished runs of `plan` from their saved models (.pt), with the
+    evaluation `run` made (`evaluate`, the JSON's sample count, seed 10,000 + seed), and rewrite each
+    JSON (atomically) with the new metrics. Metrics whose value changed keep their old value under
+    'reevaluation' → 'changed'; runs without a model are reported and left as they are."""
+    done = []
+    for r in plan:
+        res = finished_result(r, out_dir, batch_size)
+        stem = run_stem(out_dir, r.target, r.method, r.seed)
+        if res is None:
+            continue
+        if not os.path.exists(stem + ".pt"):
+            log(f"{r.target} {r.method} seed {r.seed}: no saved model, metrics left as they are")
+            continue
+        sampler = DiffusionSampler.load(stem + ".pt", map_location="cpu")
+        new = evaluate(sampler, sampler.target, n=res["metrics"]["n"], seed=10_000 + r.seed)
+        old = res["metrics"]
+        changed = {k: [old[k], new.get(k)] for k in old if old[k] != new.get(k)}
+        res["metrics"] = new
+        res["reevaluation"] = {"added": sorted(set(new) - set(old)), "changed": changed}
+        atomic_write(stem + ".json", lambda f, res=res: f.write(json.dumps(res, indent=2).encode()))
+        log(f"{r.target} {r.method} seed {r.seed}: " + (f"CHANGED {sorted(changed)}" if changed else
+                                                          "metrics reproduced") + f", added {len(new) - len(old)}")
+        done.append(res)
+    return done
+
+
+def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, repeats=3, seed=0, **kw) -> dict:
+    """Milliseconds per training iteration of the fused path and of the eager PyTorch path of the same
+    loop (per-step autograd through the reference op), in this process: after a warm-up of each,
+    `repeats` rounds alternate fused, eager, fused, ... and each path's median round counts. A round
+    is `iterations` iterations from iteration 0, at least one local-search period (ls_every) for
+    presets with local search, so one search per period is charged as in training. On the CPU the
+    time is process CPU time (one thread: other jobs on the machine do not count), on a GPU wall time."""
+    runs = {}
     for fused in (True, False):
         sampler, cfg = build(target_name, method, seed=seed, iterations=warmup, fused=fused, **kw)
         train(sampler, cfg, progress=False)
-        cfg = dataclasses.replace(cfg, iterations=iterations)
-        out["fused" if fused else "eager"] = train(sampler, cfg, progress=False).seconds_per_iteration
-    out["speedup"] = out["eager"] / out["fused"]
-    return out
+        n = max(iterations, cfg.ls_every if cfg.local_search else 1)
+        runs[fused] = (sampler, dataclasses.replace(cfg, iterations=n))
+    on_cpu = runs[True][0].device.type == "cpu"
+    rounds = {True: [], False: []}
+    for _ in range(repeats):
+        for fused, (sampler, cfg) in runs.items():
+            log = train(sampler, cfg, progress=False)
+            rounds[fused].append(1e3 * (log.cpu_seconds_per_iteration if on_cpu else log.seconds_per_iteration))
+    fused_ms, eager_ms = (statistics.median(rounds[f]) for f in (True, False))
+    return {"fused_ms": fused_ms, "eager_ms": eager_ms, "speedup": eager_ms / fused_ms,
+            "clock": "process CPU" if on_cpu else "wall", "iterations_per_round": runs[True][1].iterations,
+            "rounds_ms": {"fused": rounds[True], "eager": rounds[False]}}
 
 
 def add_arguments(r):

@@ -1,4 +1,4 @@
-"""Backward formulas of the registered ops that users differentiate (`torch.library.register_autograd`).
+"""Backward formulas of the registered ops that users differentiate (the Autograd kernels of `_library.py`).
 
 Each entry is (setup_context, backward) for `torch.ops.fastsamp.<op>`; backward returns one gradient per
 schema argument (None for scalars, absent optional tensors and inputs without a gradient). The streaming

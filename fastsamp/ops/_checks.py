@@ -330,6 +330,21 @@ def seed_offset(seed, offset, n_draws: int = 1, device=None):
     return seed, offset
 
 
+def whole_moves(x: torch.Tensor, step, n_steps, seed, offset, first_chain) -> tuple:
+    """The constants of a run of n_steps whole moves from the (checked) state x, as the fused move kernels take
+    them: (step sizes (B,) in x's dtype, n_steps >= 1, seed, offset, chain offset); move m draws Philox
+    (seed, offset + m) for global chains first_chain + b, so offset + n_steps − 1 must not wrap."""
+    eps = step_size(step, x)
+    n_steps = integer("n_steps", n_steps, minimum=1)
+    seed, offset = seed_offset(seed, offset, n_steps, x.device)
+    return eps, n_steps, seed, offset, chain_offset(first_chain, x.shape[0], x.device)
+
+
+def damping(v) -> float:
+    """The momentum damping of partial-refresh HMC, in [0, 1)."""
+    return finite_float("damping", v, lo=0.0, hi=1.0)
+
+
 def noise_or_seed(noise, seed, offset, x: torch.Tensor):
     """(noise tensor or None, seed, offset); a seed is drawn from torch's generator if neither is given."""
     if noise is not None:

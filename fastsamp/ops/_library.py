@@ -13,11 +13,15 @@ Per op, from the op table (`_table.py`):
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
   else triton, else the reference; above a compiled kernel's D limit the reference), registered per
   dispatch key;
-* autograd: the formulas of `_autograd.py` (`torch.library.register_autograd`) for the ops the table marks
-  differentiable; the other ops raise when an input requires grad (never a silent detach).
+* an Autograd kernel (`_autograd_kernel`): the formulas of `_autograd.py` for the ops the table marks
+  differentiable, through an autograd.Function (what `torch.library.register_autograd` builds, without its
+  per-call cost); the other ops raise when an input requires grad (never a silent detach). With no input
+  requiring grad it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
-one CPU thread the latter costs about 15–20 µs more per eager call (benchmarks/op_latency.py).
+one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
+makes it (through the Autograd kernel) adds about 2.5–7 µs to the backend function (one trip from the
+dispatcher into Python; 16-argument ops cost the most).
 The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` with backend="auto".
 """
 from __future__ import annotations
@@ -76,96 +80,153 @@ def _decoded(fn, op: _table.Op):
     return kernel
 
 
-@functools.cache
-def device_kernel(name: str, device_type: str):
-    """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
-    reference above a compiled kernel's D limit."""
+def _kernel_choice(name: str, device_type: str) -> tuple:
+    """(fn, limit, ref): "auto"'s backend function of op `name` for tensors of `device_type` (u64 arguments as
+    int64), the largest D it takes (None: any) and the reference that runs above it."""
     op = _table.OPS[name]
     try:
         fn = backends.resolve("auto", name, torch.device(device_type))
     except AttributeError:  # no kernel there and no reference (policy_log_pf_backward)
         def missing(*args, **kwargs):
             raise NotImplementedError(f"{name} has no kernel for {device_type} tensors (and no reference)")
-        return missing
+        return missing, None, None
     if is_reference(fn):
-        return _decoded(fn, op)
+        return _decoded(fn, op), None, None
     limit = max_d(fn, name)
+    return fn, limit, None if limit is None else _decoded(getattr(reference, name), op)
+
+
+@functools.cache
+def device_kernel(name: str, device_type: str):
+    """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
+    reference above a compiled kernel's D limit."""
+    fn, limit, ref = _kernel_choice(name, device_type)
     if limit is None:
         return fn
-    ref = _decoded(getattr(reference, name), op)
-    state = next(i for i, a in enumerate(op.schema_args) if a.kind == "state")
+    state = _state_position(_table.OPS[name])
 
     def kernel(*args, **kwargs):
         return (fn if args[state].shape[1] <= limit else ref)(*args, **kwargs)
     return kernel
 
 
-def _fresh_outputs(fn, op: _table.Op):
-    """fn, with each output that is a given input (em_step_logprob's x_next) copied: a registered op's outputs
-    may not alias its inputs."""
-    given = [(k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
-             if o.given_by and op.arg(o.given_by).kind != "out"]
-    if not given:
-        return fn
+def _state_position(op: _table.Op) -> int | None:
+    return next((i for i, a in enumerate(op.schema_args) if a.kind == "state"), None)
 
-    def kernel(*args):
-        outs = list(fn(*args))
-        for k, i in given:
-            if args[i] is not None:
-                outs[k] = outs[k].clone()
-        return tuple(outs)
-    return kernel
+
+def _given_tensor_forms(args: tuple, at: tuple, n: int) -> tuple:
+    """The n schema arguments, each u64 argument (positions `at`) replaced by its trailing tensor form when given."""
+    head = list(args[:n])
+    for i, t in zip(at, args[n:]):
+        if t is not None:
+            head[i] = t
+    return tuple(head)
 
 
 def _with_u64_tensors(fn, op: _table.Op):
-    """fn (the backend signature) called by the registered op: each given trailing tensor form `<name>_t`
+    """fn (the backend signature) called with the schema's arguments: each given trailing tensor form `<name>_t`
     of a u64 argument replaces that argument."""
-    at = _u64_positions(op)
+    at, n = _u64_positions(op), len(op.schema_args)
     if not at:
         return fn
-    n = len(op.schema_args)
 
     def kernel(*args):
-        tail = args[n:]
-        if not any(t is not None for t in tail):
-            return fn(*args[:n])
-        head = list(args[:n])
-        for i, t in zip(at, tail):
-            if t is not None:
-                head[i] = t
-        return fn(*head)
+        return fn(*(args if len(args) == n else _given_tensor_forms(args, at, n)))
     return kernel
 
 
-def _backward_with_u64_tensors(backward, op: _table.Op):
-    """The autograd formula, with no gradient for the trailing tensor forms of the u64 arguments."""
-    pad = (None,) * len(op.u64_args)
-    if not pad:
-        return backward
+def _backend_kernel(op: _table.Op, device_type: str):
+    """The op's registered kernel for `device_type` tensors, in one Python frame (several µs of a call are frames):
+    the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments only up to the last
+    one given: they replace those arguments), "auto"'s backend function (resolved at the first call; the reference
+    above its D limit), and each output that is a given input (em_step_logprob's x_next) copied, since a registered
+    op's outputs may not alias its inputs."""
+    name, at, n = op.name, _u64_positions(op), len(op.schema_args)
+    state = _state_position(op)
+    copies = tuple((k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
+                   if o.given_by and op.arg(o.given_by).kind != "out")
 
-    def kernel(ctx, *grads):
-        return tuple(backward(ctx, *grads)) + pad
-    return kernel
+    choice = None
 
-
-def _kernel_for(name: str, device_type: str):
-    """A kernel that resolves the backend function at its first call."""
     def kernel(*args):
-        return device_kernel(name, device_type)(*args)
+        nonlocal choice
+        if len(args) != n:
+            args = _given_tensor_forms(args, at, n)
+        if choice is None:
+            choice = _kernel_choice(name, device_type)
+        fn, limit, ref = choice
+        if limit is not None and args[state].shape[1] > limit:
+            fn = ref
+        outs = fn(*args)
+        if copies:
+            outs = list(outs)
+            for k, i in copies:
+                if args[i] is not None:
+                    outs[k] = outs[k].clone()
+            outs = tuple(outs)
+        return outs
     kernel.__name__ = f"{name}_{device_type}"
     return kernel
 
 
-def _refuse_grad(op: _table.Op, opobj):
-    """Autograd kernel of an op without a backward: raise when an input requires grad."""
-    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+_is_grad_enabled = torch._C.is_grad_enabled
 
-    def kernel(*args):
-        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: detach "
-                               f"the inputs or run under torch.no_grad(){hint}")
+
+def _function(op: _table.Op, handle):
+    """The autograd.Function of an op with a backward formula (`_autograd.FORMULAS`): forward redispatches below
+    the autograd key; backward gives one gradient per schema argument, and none for the key set and for the
+    trailing tensor forms of the u64 arguments (which the dispatcher passes only up to the last one given)."""
+    formula, n = _autograd.FORMULAS[op.name], len(op.schema_args)
+
+    def forward(ctx, keyset, *args):
         with _BELOW_AUTOGRAD():
-            return opobj(*args)
+            output = handle.redispatch_boxed(keyset & _AFTER_AUTOGRAD, *args)
+        _autograd.SETUP(ctx, args[:n], output)
+        ctx.n_tail = len(args) - n
+        return output
+
+    def backward(ctx, *grads):
+        return (None, *formula(ctx, *grads)) + (None,) * ctx.n_tail
+
+    return type(f"{NAMESPACE}_{op.name}", (torch.autograd.Function,),  # grad_fn: fastsamp_<op>Backward
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+_UNSEEN = object()
+
+
+def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict):
+    """The op's kernel at the Autograd key (called with the dispatch key set).
+
+    Grad mode on and an input requires grad: the autograd.Function of the op's backward formula, or, for an op
+    without one, a RuntimeError (never a silent detach). Otherwise the op runs below the autograd key: where the
+    dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or transform in
+    between), that kernel (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second
+    trip into Python (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is
+    memoised by its bits (a few distinct key sets occur), and the requires-grad test reads only the op's tensor
+    positions (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
+    function = _function(op, handle) if op.grad else None
+    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+    namespace = {}
+    _table.define(_table.requires_grad_source(op), f"<fastsamp requires_grad {op.name}>", namespace)
+    requires_grad = namespace["requires_grad"]
+    direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
+
+    def kernel(keyset, *args):
+        if _is_grad_enabled() and requires_grad(args):
+            if function is None:
+                raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
+                                   f"detach the inputs or run under torch.no_grad(){hint}")
+            return function.apply(keyset, *args)
+        keys = keyset.raw_repr()
+        direct = direct_by_keys.get(keys, _UNSEEN)
+        if direct is _UNSEEN:
+            direct = direct_by_keys[keys] = backend_kernels.get((keyset & _AFTER_AUTOGRAD).highestPriorityTypeId())
+        if direct is not None:
+            return direct(*args)
+        return handle.redispatch_boxed(keyset & _AFTER_AUTOGRAD, *args)
+    kernel.__name__ = f"{op.name}_autograd"
     return kernel
 
 
@@ -209,9 +270,15 @@ class Entry:
                 return opobj(*encoded(args))
             return out.copy_(opobj(*encoded(args)))
 
+        event = f"fastsamp::{op.name}"
+
         def eager(*args, out=None):
             if out is not None:  # written in place by the backend function, as with backend= given
-                return device_kernel(self.name, args[0].device.type)(*args, out=out)
+                fn = device_kernel(self.name, args[0].device.type)
+                if _profiler_enabled():  # not through the dispatcher: a range named as the op's own events
+                    with torch.profiler.record_function(event):
+                        return fn(*args, out=out)
+                return fn(*args, out=out)
             with _BELOW_AUTOGRAD():
                 return opobj(*encoded(args))
 
@@ -244,14 +311,11 @@ def _register(op: _table.Op) -> Entry:
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
-    _lib.impl(op.name, _fresh_outputs(_with_u64_tensors(device_kernel(op.name, "cpu"), op), op), "CPU")  # no trampoline
-    _lib.impl(op.name, _fresh_outputs(_with_u64_tensors(_kernel_for(op.name, "cuda"), op), op), "CUDA")  # at 1st call
-    if op.grad:
-        torch.library.register_autograd(qualname, _backward_with_u64_tensors(_autograd.FORMULAS[op.name], op),
-                                        setup_context=_autograd.SETUP,
-                                        lib=_lib)
-    else:
-        _lib.impl(op.name, _refuse_grad(op, opobj), "Autograd")
+    backend_kernels = {torch._C.DispatchKey.CPU: _backend_kernel(op, "cpu"),
+                       torch._C.DispatchKey.CUDA: _backend_kernel(op, "cuda")}
+    for key, kernel in backend_kernels.items():
+        _lib.impl(op.name, kernel, key.name)
+    _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels), "Autograd", with_keyset=True)
     return Entry(op, opobj)
 
 

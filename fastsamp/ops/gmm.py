@@ -30,10 +30,7 @@ def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size,
     x = _checks.state("x", x)
     means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
                                                                    alpha, sigma2)
-    eps = _checks.step_size(step_size, x)
-    n_steps = _checks.integer("n_steps", n_steps, minimum=1)
-    seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
+    eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset)
     if not isinstance(mh, str) or mh not in _MH_MODES:
         raise ValueError(f"mh must be one of {tuple(_MH_MODES)}, got {mh!r}")
     return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, _MH_MODES[mh]
@@ -81,7 +78,7 @@ def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=
     x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mode = _whole_move_args(
         x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
     n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
-    damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
+    damping = _checks.damping(damping)
     fn = _dispatch.route(backend, "gmm_hmc", x, means, log_weights, variances, eps)
     return fn(x, means, log_weights, variances, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, chain_offset,
               mode, damping)

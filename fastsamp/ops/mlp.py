@@ -19,16 +19,19 @@ one pass.
   networks of both kinds, with MH by the exact energy too when every factor has one.
 
 The C++ kernel evaluates every network on blocks of chains with register-tiled GEMMs (the MLP engine
-of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); the reference is plain PyTorch (autograd
-for an energy network's score).
+of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); on CUDA tensors the Triton kernels of
+kernels/mlp.py (one program per block of chains, its activations on chip) run the score-network ops; the
+reference is plain PyTorch (autograd for an energy network's score).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from .. import backends
 from . import _checks, _dispatch
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
@@ -160,11 +163,38 @@ def _energy_sum_args(x, nets, mixture, *, need_energy):
     return args
 
 
+def _limits(device):
+    """(largest D, largest hidden width) of the compiled kernel backend="auto" runs on `device` (None: no limit)."""
+    module = inspect.getmodule(backends.resolve("auto", "mlp_score", device))
+    return getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+
+
+def _route(backend, op, args, *tensors):
+    """`_dispatch.route` of a network-sum op (args: `_score_sum_args` or `_energy_sum_args`, both ending with the
+    mixture's three tensors and two floats), except that backend="auto" runs the reference off the CPU where the
+    call exceeds the compiled kernel's limits (the Triton engine's D and hidden width)."""
+    x = args[0]
+    if backend == "auto" and not x.is_cpu:
+        max_d, max_h = _limits(x.device)
+        if (max_d is not None and x.shape[1] > max_d) or (max_h is not None and max(args[2][1::4], default=0) > max_h):
+            backend = "torch"
+    return _dispatch.route(backend, op, x, *args[1], *args[-5:-2], *tensors)
+
+
+def has_fused_kernel(device, net_type=None) -> bool:
+    """Whether backend="auto" runs a compiled kernel for networks of `net_type` (ScoreNet, the default, or EnergyNet)
+    on tensors on `device`: the C++ engine on the CPU, for score networks the Triton one (kernels/mlp.py) on CUDA when
+    triton is installed."""
+    device = torch.device(device)
+    op = "mlp_energy_mala" if net_type is EnergyNet else "mlp_mala"
+    return device.type == "cpu" or not _dispatch.is_reference(backends.resolve("auto", op, device))
+
+
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
     """Σ_i s_i(x) (+ the mixture's score): the scores of the `ScoreNet`s `nets` (one or a list) and of
     the optional `MixtureScore`, at x (B, D). Every tensor in x's dtype and device. Returns (B, D)."""
     args = _score_sum_args(x, nets, mixture)
-    return _dispatch.route(backend, "mlp_score", args[0], *args[1], *args[4:7])(*args)
+    return _route(backend, "mlp_score", args)(*args)
 
 
 def mlp_energy(x, nets, *, mixture=None, backend="auto"):
@@ -172,7 +202,7 @@ def mlp_energy(x, nets, *, mixture=None, backend="auto"):
     at x (B, D): each network's energy and score −∇E from one forward and one backward pass (the mixture's
     log-density is exact, the networks' are −E, up to their constants). Returns ((B, D), (B,))."""
     args = _sum_args(x, nets, mixture, (EnergyNet,))
-    return _dispatch.route(backend, "mlp_energy", args[0], *args[1], *args[5:8])(*args)
+    return _route(backend, "mlp_energy", args)(*args)
 
 
 def _mh_code(mh, energy_ok):
@@ -196,7 +226,7 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     args = _score_sum_args(x, nets, mixture)
-    return _moves("mlp_mala", args, 4, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
+    return _moves("mlp_mala", args, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
                   chain_offset, _mh_code(mh, False))
 
 
@@ -211,7 +241,7 @@ def mlp_energy_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1,
     """
     code = _mh_code(mh, True)
     args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
-    return _moves("mlp_energy_mala", args, 5, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
+    return _moves("mlp_energy_mala", args, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
                   chain_offset, code)
 
 
@@ -227,7 +257,7 @@ def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, 
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     args = _score_sum_args(x, nets, mixture)
-    return _moves("mlp_hmc", args, 4, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
+    return _moves("mlp_hmc", args, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
                   chain_offset, _mh_code(mh, False), damping)
 
 
@@ -241,20 +271,15 @@ def mlp_energy_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, s
     """
     code = _mh_code(mh, True)
     args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
-    return _moves("mlp_energy_hmc", args, 5, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
+    return _moves("mlp_energy_hmc", args, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
                   chain_offset, code, damping)
 
 
-def _moves(op, args, n_lists, backend, step_size, n_steps, n_name, n, seed, offset, chain_offset, mh, *damping):
-    """The call of whole-move op `op` on the sum `args` (its n_lists list arguments, then the mixture's three
-    tensors) with the checked move arguments: n is n_trapezoid or n_leapfrog (`n_name`); damping for HMC."""
+def _moves(op, args, backend, step_size, n_steps, n_name, n, seed, offset, chain_offset, mh, *damping):
+    """The call of whole-move op `op` on the network sum `args` with the checked move arguments: n is n_trapezoid or
+    n_leapfrog (`n_name`); damping for HMC."""
     x = args[0]
-    eps = _checks.step_size(step_size, x)
-    n_steps = _checks.integer("n_steps", n_steps, minimum=1)
+    eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset)
     n = _checks.integer(n_name, n, minimum=1, **({"maximum": 4096} if n_name == "n_trapezoid" else {}))
-    seed, offset = _checks.seed_offset(seed, offset, n_steps, x.device)
-    chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
-    if damping:
-        damping = (_checks.finite_float("damping", damping[0], lo=0.0, hi=1.0),)
-    fn = _dispatch.route(backend, op, x, *args[1], *args[n_lists:n_lists + 3], eps)
-    return fn(*args, eps, n_steps, n, seed, offset, chain_offset, mh, *damping)
+    damping = tuple(_checks.damping(d) for d in damping)
+    return _route(backend, op, args, eps)(*args, eps, n_steps, n, seed, offset, chain_offset, mh, *damping)

@@ -151,7 +151,9 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     """Sample `model` at t = 0 by annealing over `n_levels` noise levels from t = 1 to `t_min`.
 
     At each level t: one reverse Euler–Maruyama step from the previous level (predictor; with
-    `predictor=False` none: pure annealed MCMC, the chains reach each level by the corrector alone), then
+    `predictor=False` none: pure annealed MCMC, the chains reach each level by the corrector alone; after
+    generic corrector moves it takes the score at the previous level's t that the last move holds instead
+    of calling the model again: the same x and t, so the same value), then
     `n_corrector_steps` corrector moves targeting p_t with step ε_t = step_size·(α_t² data_scale² + σ_t²)
     (proportional to the marginal variance), times a per-chain factor adapted towards
     `target_accept` ∈ (0, 1) when `adapt` is set (default targets: MALA 0.57, HMC 0.65).
@@ -205,6 +207,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     # (distributed: one all_reduce per level, whose failure flag is read on the host)
     level_sums = comm.level_sums(4)  # Σ acceptance, Σ step size, non-finite chains, score evaluations
     p = torch.zeros_like(x)
+    s_held = None  # the score of x at the last level's t that the generic corrector's last move holds
     offset = 1
     levels = range(n_levels)
     if progress:
@@ -219,15 +222,15 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
             n_before = f.calls
             if i > 0 and predictor:
                 with phase("predictor"):
-                    s = f.score(x, ts[i - 1])
+                    s = f.score(x, ts[i - 1]) if s_held is None else s_held  # the same x and t: the same value
                     x = ops.reverse_sde_step(x, s, t=ts[i - 1], h=ts[i - 1] - t, schedule=sched, seed=seed,
                                              offset=offset, chain_offset=chain0, backend=backend)
                 offset += 1
             eps = step_size * (sched.alpha(t) ** 2 * data_scale**2 + sched.sigma2(t)) * factor
             if spec.n_steps > 0:
                 with phase("corrector"):
-                    x, p, rate, offset = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
-                                                       key=PhiloxKey(seed, offset, chain0), fused=stats.fused)
+                    x, p, rate, offset, s_held = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
+                                                               key=PhiloxKey(seed, offset, chain0), fused=stats.fused)
             finite = monitor.record(i, x)
             rate_sum = 0.0
             if spec.n_steps > 0:
@@ -281,7 +284,7 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
     if chain_offset is None:
         chain_offset = Comm.resolve(group).chain_offset(x.shape[0])
     with phase("corrector"):
-        x, _, rate, _ = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
+        x, _, rate, _, _ = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
                                       key=PhiloxKey(seed, offset, chain_offset),
                                       fused=fused and fused_corrector(model) is not None)
     rate = rate * monitor.record(0, x, was_finite)

@@ -24,6 +24,7 @@ import torch
 
 from .. import ops
 from ..ops import _checks, _dispatch
+from ..ops._table import OPS
 from ..ops.mh import line_points_count
 from ..profiling import phase
 from ..protocol import fused_corrector
@@ -78,9 +79,30 @@ class CorrectorSpec:
         return self.n_steps * per_move + 1
 
 
-def _draw(key):
-    """The accept ops' keyword arguments that draw u inside the kernel: the uniforms of move `key`."""
-    return {"seed": key.seed, "offset": key.offset, "chain_offset": key.chain_offset}
+def _public(name):
+    """The public op of backend op `name` called with the backend signature's arguments in order."""
+    op = OPS[name]
+    names = tuple(op.renames.get(a.name, a.name) for a in op.args)
+    public = getattr(ops, op.public)
+
+    def call(backend, *args):
+        return public(**dict(zip(names, args)), backend=backend)
+    return call
+
+
+_PUBLIC = {name: _public(name) for name in ("mala_propose", "line_points", "score_mh_accept", "energy_mh_accept",
+                                            "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh")}
+
+
+def _op(kernel, name, tensors, rest=(), backend=None):
+    """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend choice
+    looks at, `_dispatch.route`). A checked kernel's run has checked its constants once and passes the ops
+    the kernels' own outputs and contiguous model outputs (`checked_kernel`): the routed function directly,
+    with no per-call check; a hand-built kernel: the public op, which checks every argument."""
+    backend = kernel.backend if backend is None else backend
+    if kernel.checked:
+        return _dispatch.route(backend, name, *tensors)(*tensors, *rest)
+    return _PUBLIC[name](backend, *tensors, *rest)
 
 
 def _first_outputs(kernel, x):
@@ -135,40 +157,22 @@ class ScoreMH(MHTest):
         x, n = state.x, self.n_trapezoid
         if n == 1:  # no interior points: score x' alone
             scores = kernel.model.score(x_prop, kernel.t)
-        else:  # x' and the n - 1 interior points in one batched call
-            if kernel.checked:  # x, x': kernel outputs; n checked once (`check_langevin_run`)
-                pts = _dispatch.route(kernel.backend, "line_points", x, x_prop)(x, x_prop, n)
-            else:
-                pts = ops.line_points(x, x_prop, n, backend=kernel.backend)
+        else:  # x' and the n - 1 interior points in one batched call (n checked once: `check_langevin_run`)
+            pts = _op(kernel, "line_points", (x, x_prop), (n,))
             scores = kernel.model.score(torch.cat([x_prop[None], pts]).view(-1, x.shape[1]), kernel.t)
         if kernel.checked:  # the model's output made contiguous once: its slices then are too
             scores = _checks.resolved(scores)
         B = x.shape[0]
         s_prop, interior = (scores, None) if n == 1 else (scores[:B], scores[B:].reshape(n - 1, *x.shape))
         with phase("mh"):
-            if kernel.checked:  # the run's step size, key and backend passed once (`run_corrector`)
-                fn = _dispatch.route(kernel.backend, "score_mh_accept", x, x_prop, state.score, s_prop,
-                                     kernel.step_size, None, interior)
-                x, s, accepted, log_alpha = fn(x, x_prop, state.score, s_prop, kernel.step_size, None, interior,
-                                               key.seed, key.offset, key.chain_offset)
-            else:
-                x, s, accepted, log_alpha = ops.score_mh_accept(
-                    x, x_prop, score=state.score, score_prop=s_prop, step_size=kernel.step_size,
-                    interior_scores=interior, backend=kernel.backend, **_draw(key))
+            x, s, accepted, log_alpha = _op(kernel, "score_mh_accept",
+                                            (x, x_prop, state.score, s_prop, kernel.step_size, None, interior), key)
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
         with phase("mh"):
-            if kernel.checked:  # every tensor is a kernel's output or a contiguous model output (trajectory)
-                fn = _dispatch.route(kernel.backend, "hmc_accept", start.x, end.x, start.score, end.score,
-                                     start.momentum, end.momentum, delta_logp, None)
-                x, s, accepted, log_alpha = fn(start.x, end.x, start.score, end.score, start.momentum,
-                                               end.momentum, delta_logp, None, key.seed, key.offset,
-                                               key.chain_offset)
-            else:
-                x, s, accepted, log_alpha = ops.hmc_accept(
-                    start.x, end.x, score=start.score, score_prop=end.score, p=start.momentum,
-                    p_prop=end.momentum, delta_logp=delta_logp, backend=kernel.backend, **_draw(key))
+            x, s, accepted, log_alpha = _op(kernel, "hmc_accept", (start.x, end.x, start.score, end.score,
+                                                                   start.momentum, end.momentum, delta_logp, None), key)
         momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
         logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
         return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
@@ -184,17 +188,11 @@ class EnergyMH(ScoreMH):
         s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
         # energy_mh_accept has reference and C++ kernels only: on CUDA "auto" runs the reference
         backend = kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
+        if kernel.checked:
+            s_prop, logp_prop = _checks.resolved(s_prop), _checks.resolved(logp_prop)
         with phase("mh"):
-            if kernel.checked:
-                s_prop, logp_prop = _checks.resolved(s_prop), _checks.resolved(logp_prop)
-                fn = _dispatch.route(backend, "energy_mh_accept", state.x, x_prop, state.score, s_prop,
-                                     state.logp, logp_prop, kernel.step_size, None)
-                x, s, logp, accepted, log_alpha = fn(state.x, x_prop, state.score, s_prop, state.logp, logp_prop,
-                                                     kernel.step_size, None, key.seed, key.offset, key.chain_offset)
-            else:
-                x, s, logp, accepted, log_alpha = ops.energy_mh_accept(
-                    state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop,
-                    step_size=kernel.step_size, backend=backend, **_draw(key))
+            x, s, logp, accepted, log_alpha = _op(kernel, "energy_mh_accept", (
+                state.x, x_prop, state.score, s_prop, state.logp, logp_prop, kernel.step_size, None), key, backend)
         return ChainState(x, s, logp), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -224,12 +222,8 @@ class Langevin:
         return ChainState(x, s, logp, momentum)
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
-        if self.checked:  # state.score: resolved by init or the last move (a kernel's output or a resolved model's)
-            fn = _dispatch.route(self.backend, "mala_propose", state.x, state.score, self.step_size, None)
-            x_prop = fn(state.x, state.score, self.step_size, None, key.seed, key.offset, key.chain_offset)
-        else:
-            x_prop = ops.mala_propose(state.x, state.score, self.step_size, seed=key.seed, offset=key.offset,
-                                      chain_offset=key.chain_offset, backend=self.backend)
+        # state.score: resolved by init or the last move (a kernel's output or a resolved model's)
+        x_prop = _op(self, "mala_propose", (state.x, state.score, self.step_size, None), key)
         new, info = self.mh.langevin(self, state, x_prop, key)
         return ChainState(new.x, new.score, new.logp, state.momentum), info
 
@@ -256,30 +250,20 @@ class HMC:
         """(end state, ΔlogP by the trapezoid along the path) of n_leapfrog leapfrog steps."""
         x, s, logp, p = start
         delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        eps, backend, checked = self.step_size, self.backend, self.checked
+        eps = self.step_size
         for _ in range(self.n_leapfrog):
-            if checked:  # x, p, delta: the kernels' outputs; s: contiguous (init, hmc_accept or the last step)
-                x_next, p_half = _dispatch.route(backend, "leapfrog", x, p, s, eps)(x, p, s, eps)
-                s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
+            # checked: x, p, delta are the kernels' outputs; s contiguous (init, hmc_accept or the last step)
+            x_next, p_half = _op(self, "leapfrog", (x, p, s, eps))
+            s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
+            if self.checked:
                 s_next = _checks.resolved(s_next)
-                fn = _dispatch.route(backend, "leapfrog_finish", x, x_next, p_half, s, s_next, eps, delta)
-                p, delta = fn(x, x_next, p_half, s, s_next, eps, delta)
-            else:
-                x_next, p_half = ops.leapfrog(x, p, s, eps, backend=backend)
-                s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
-                p, delta = ops.leapfrog_finish(x, x_next, p_half=p_half, score=s, score_next=s_next,
-                                               step_size=eps, delta_logp=delta, backend=backend)
+            p, delta = _op(self, "leapfrog_finish", (x, x_next, p_half, s, s_next, eps, delta))
             x, s = x_next, s_next
         return ChainState(x, s, logp, p), delta
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
-        if self.checked:
-            p = _checks.resolved(state.momentum)
-            p = _dispatch.route(self.backend, "momentum_refresh", p, None)(
-                p, self.damping, None, key.seed, key.offset, key.chain_offset)
-        else:
-            p = ops.momentum_refresh(state.momentum, self.damping, seed=key.seed, offset=key.offset,
-                                     chain_offset=key.chain_offset, backend=self.backend)
+        p = _checks.resolved(state.momentum) if self.checked else state.momentum
+        p = _op(self, "momentum_refresh", (p,), (self.damping, None) + key)
         start = ChainState(state.x, state.score, state.logp, p)
         end, delta = self.trajectory(start)
         return self.mh.hmc(self, start, end, delta, key)
@@ -290,6 +274,7 @@ class CorrectorResult(NamedTuple):
     momentum: torch.Tensor
     rate: torch.Tensor       # per-chain acceptance rate over the run's moves
     offset: int              # the Philox offset after the run
+    score: torch.Tensor | None = None  # the model's score of x at the run's t (generic moves), else None
 
 
 def make_kernel(model, t, step_size, spec: CorrectorSpec):
@@ -328,7 +313,10 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
                   fused: bool) -> CorrectorResult:
     """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
     (the HMC momentum then starts at 0 inside the kernel), else the generic kernel's steps with the
-    momentum carried in. Counts the score evaluations in the counting model."""
+    momentum carried in. Counts the score evaluations in the counting model. The generic moves also
+    return the score of the final x at t, which the last move holds (the proposal's score when it was
+    accepted, the kept state's when not): a reverse-SDE step from (x, t) reuses it instead of calling
+    the model again; the fused kernels and a run of no moves return None."""
     B = x.shape[0]
     if spec.n_steps == 0:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
@@ -342,4 +330,4 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
     for m in range(spec.n_steps):
         state, info = kernel.step(state, key.move(m))
         n_acc.add_(info.accepted)
-    return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps)
+    return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps, state.score)

@@ -4,7 +4,8 @@ digits).
 
     networks    ε-prediction network, energy network, noise-aware classifier (residual MLPs);
     training    seeded, cached training on the "prior" split (`load_or_train`);
-    sampling    `GuidedModel` (the target as a fastsamp model), `MidpointHMC`, `Method`/`methods()` (the
+    sampling    `GuidedModel` (the target as a fastsamp model), `MidpointHMC`, `HybridLangevin` (score-LA
+                with the trapezoid on the prior's score and the exact classifier term), `Method`/`methods()` (the
                 rows), `guided_sample` (DDPM ancestral steps + corrector moves through fastsamp's kernels);
     experiment  step-size search, metrics and floors, `run_table`;
     report      markdown table and labelled PNG.
@@ -14,9 +15,9 @@ The runner is benchmarks/guided_digits.py. Naming: the paper's "LA-10" counts tr
 """
 from .experiment import run_table, sample_metrics
 from .networks import EnergyNet, EpsNet, ResMLP, TimeClassifier
-from .sampling import LAMBDA, GuidedModel, Method, MidpointHMC, guided_sample, methods
+from .sampling import LAMBDA, GuidedModel, HybridLangevin, Method, MidpointHMC, guided_sample, methods
 from .training import load_or_train, to_diffusion, to_pixels
 
 __all__ = ["run_table", "sample_metrics", "EnergyNet", "EpsNet", "ResMLP", "TimeClassifier", "LAMBDA",
-           "GuidedModel", "Method", "MidpointHMC", "guided_sample", "methods", "load_or_train", "to_diffusion",
-           "to_pixels"]
+           "GuidedModel", "HybridLangevin", "Method", "MidpointHMC", "guided_sample", "methods", "load_or_train",
+           "to_diffusion", "to_pixels"]

@@ -131,10 +131,12 @@ def summarise(per_seed):
 
 
 def run_table(*, size="full", n_per_class=4, n_seeds=3, n_candidates=6, n_val_per_class=2, seed=0,
-              lam=LAMBDA, only=None, log=print):
+              lam=LAMBDA, only=None, step_sizes=None, log=print):
     """The whole table (module docstring): a dict with the settings, training info, floors, and per method
     the step-size search, per-replicate metrics, their mean ± sd, score evaluations and wall time.
-    `only`: method labels to run (default all). Returns (result, samples {label: pixels (N, 64)}, labels)."""
+    `only`: method labels to run (default all). `step_sizes`: {label: (a, b)} chosen before (a recorded
+    table's); a row whose label, or whose `step_from` row's label, is there or was searched in this run
+    reuses that step size instead of searching. Returns (result, samples {label: pixels (N, 64)}, labels)."""
     models = load_models(size, seed, verbose=True)
     heldout = models["heldout"]
     test = digits.load_digits_data("test")[0]
@@ -146,23 +148,24 @@ def run_table(*, size="full", n_per_class=4, n_seeds=3, n_candidates=6, n_val_pe
                            "n_candidates": n_candidates, "n_val_per_class": n_val_per_class, "seed": seed,
                            "search_ranges": SEARCH_RANGES, "acc_slack": ACC_SLACK},
               "training": models["info"], "floor": {"per_seed": floors, **summarise(floors)}, "methods": []}
-    samples, chosen = {}, {}
+    samples, chosen = {}, dict(step_sizes or {})
     for method in methods():
         if only and method.label not in only:
             continue
         row = {"label": method.label, "name": method.name, "model": method.model, "corrector": method.corrector,
                "n_steps": method.n_steps, "n_trapezoid": method.n_trapezoid,
                "n_trapezoid_points": method.n_trapezoid + 1,
-               "midpoint": method.midpoint, "lam_mh": lam if method.lam_mh is None else method.lam_mh}
+               "midpoint": method.midpoint, "hybrid_mh": method.hybrid,
+               "lam_mh": lam if method.lam_mh is None else method.lam_mh}
         a, b = 1.0, 1.0
         if method.corrector is not None:
-            key = (method.model, method.corrector, method.n_trapezoid, method.midpoint)
-            if method.lam_mh is not None and key in chosen:  # the ablation reuses its method's step size
-                (a, b), row["search"] = chosen[key], "as the λ_mh = λ row"
+            reused = next((label for label in (method.label, method.step_from) if label in chosen), None)
+            if reused is not None:
+                (a, b), row["search"] = chosen[reused], f"the step size of the {reused} row"
             else:
                 (a, b), row["search"] = search_step_size(models, method, n_candidates=n_candidates,
                                                          n_val_per_class=n_val_per_class, seed=seed + 1000, lam=lam)
-                chosen[key] = (a, b)
+                chosen[method.label] = (a, b)
             row["a"], row["b"] = a, b
         x, stats = guided_sample(_guided(models, method, y, lam), method, a=a, b=b, seed=seed)
         px = to_pixels(x)

@@ -33,8 +33,11 @@ def markdown_table(result) -> str:
     for r in result["methods"]:
         step = f"{r['a']:.3g}·β^{r['b']:.2f}" if "a" in r else "—"
         acc = "—" if r.get("accept") is None else f"{r['accept']:.2f}"
+        evals = f"{r['score_evals_per_sample']:.0f}"
+        if r.get("hybrid_mh"):
+            evals += f" ({r['classifier_evals'] / r['score_evals'] * r['score_evals_per_sample']:.0f} clf)"
         lines.append(f"| {r['name']} | {r['model']} | " + " | ".join(_cell(r, k) for k in METRICS)
-                     + f" | {step} | {acc} | {r['score_evals_per_sample']:.0f} | {r['wall_s']:.0f} |")
+                     + f" | {step} | {acc} | {evals} | {r['wall_s']:.0f} |")
     lines += ["",
               "Floor: real digits of the prior split with the same counts per class, measured the same way (one draw "
               "per replicate); differences smaller than the spread of the floor and of the rows are unresolved. "
@@ -42,8 +45,12 @@ def markdown_table(result) -> str:
               "name (10 trapezoid points) = fastsamp n_trapezoid 9; score-HMC has one extra trapezoid point per "
               "leapfrog segment; HMC/U-HMC: mass β_t² I, damping 0.9, 3 leapfrog steps. \"paper's MH\": the "
               "classifier term enters the MH test unscaled (λ_mh = 1) while the proposal uses λ (the paper's "
-              "code); step size as the λ_mh = λ row. evals/sample: guided-target evaluations (network + "
-              "classifier gradient) per sample."]
+              "code; for score-LA-10 the hybrid test with λ_mh = 1); step size as the λ_mh = λ row (score: the LA-10 "
+              "row). \"hybrid MH\" (score-LA-10): the trapezoid (10 points) on the network's score plus the exact "
+              "classifier term λ_mh·Δlog p(y|x), instead of the trapezoid of the whole guided score. "
+              "evals/sample: guided-target evaluations (network + "
+              "classifier value and gradient) per sample; the hybrid rows evaluate the network alone at the interior "
+              "points, so their classifier evaluations are given apart (clf)."]
     return "\n".join(lines) + "\n"
 
 

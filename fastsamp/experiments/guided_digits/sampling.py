@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from ... import ops
 from ...models import value_and_grad
 from ...protocol import CountingModel, has_energy
-from ...samplers.kernels import HMC, ChainState, EnergyMH, Langevin, NoMH, PhiloxKey, ScoreMH
+from ...samplers.kernels import HMC, ChainState, EnergyMH, Info, Langevin, NoMH, PhiloxKey, ScoreMH
 
 LAMBDA = 20.0
 
@@ -96,11 +97,71 @@ class MidpointHMC(HMC):
         return ChainState(x, s, logp, p), delta
 
 
+class HybridState(NamedTuple):
+    """A `HybridLangevin` chain: x, the guided score s_t + λ∇log p_t(y | x), the prior's score s_t and
+    log p_t(y | x), all at x."""
+
+    x: torch.Tensor
+    score: torch.Tensor
+    prior_score: torch.Tensor
+    log_class: torch.Tensor
+
+
+@dataclass(frozen=True)
+class HybridLangevin:
+    """MALA on π_t ∝ p_t(x) p_t(y | x)^λ for a score-only prior (no log p_t), with a hybrid MH test:
+
+        log π(x') − log π(x) ≈ T_n[s_t](x → x') + λ_mh [log p_t(y | x') − log p_t(y | x)],
+
+    T_n[s](x → x') = (1/n) [½ s(x) + Σ_{i=1}^{n−1} s(x + (i/n) d) + ½ s(x')]·d, d = x' − x, the trapezoid
+    rule (n sub-intervals, the paper's LA-(n+1)) on the prior's score only; the classifier term is exact.
+    log α adds log q(x | x') − log q(x' | x) of the guided proposal x' = x + ε(s_t + λ∇log p_t(y | x)) +
+    √(2ε) ξ. λ_mh = λ (`model.lam_mh`) targets π exactly up to the trapezoid's error; λ_mh = 1 is the paper's
+    code. Per move: the classifier (value and gradient) at x', the prior's score at x' and the n − 1 interior
+    points in one call of `prior` (a `CountingModel` of `model.prior`, so its evaluations are counted)."""
+
+    model: GuidedModel
+    prior: CountingModel
+    t: float
+    step_size: torch.Tensor
+    n_trapezoid: int
+    backend: str = "auto"
+
+    def _evaluate(self, x, prior_score):
+        log_class, grad = self.model.classifier_term(x, self.t)
+        return prior_score + self.model.lam * grad, log_class
+
+    def init(self, x, momentum=None) -> HybridState:
+        prior_score = self.prior.score(x, self.t)
+        score, log_class = self._evaluate(x, prior_score)
+        return HybridState(x, score, prior_score, log_class)
+
+    def step(self, state: HybridState, key: PhiloxKey) -> tuple[HybridState, Info]:
+        x, n = state.x, self.n_trapezoid
+        x_prop = ops.mala_propose(x, state.score, self.step_size, seed=key.seed, offset=key.offset,
+                                  chain_offset=key.chain_offset, backend=self.backend)
+        points = x_prop if n == 1 else torch.cat([x_prop[None], ops.line_points(x, x_prop, n, backend=self.backend)])
+        prior_scores = self.prior.score(points.reshape(-1, x.shape[1]), self.t).reshape(n, *x.shape)
+        prior_prop = prior_scores[0]
+        score_prop, log_class_prop = self._evaluate(x_prop, prior_prop)
+        path = 0.5 * (state.prior_score + prior_prop) + prior_scores[1:].sum(0)
+        delta_logp = (path * (x_prop - x)).sum(1) / n + self.model.lam_mh * (log_class_prop - state.log_class)
+        x_new, s_new, _, accepted, log_alpha = ops.energy_mh_accept(
+            x, x_prop, score=state.score, score_prop=score_prop, logp=torch.zeros_like(delta_logp),
+            logp_prop=delta_logp, step_size=self.step_size, backend=self.backend, seed=key.seed,
+            offset=key.offset, chain_offset=key.chain_offset)
+        keep = accepted[:, None]
+        return (HybridState(x_new, s_new, torch.where(keep, prior_prop, state.prior_score),
+                            torch.where(accepted, log_class_prop, state.log_class)), Info(accepted, log_alpha))
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the table: a sampler `name` on the `model` ("score" or "energy") with its corrector
     ("ula", "mala", "uhmc", "hmc"; None for Reverse) and the paper's settings; `lam_mh` the classifier
-    scale in the MH test (None: λ, the right one; 1: the paper's code)."""
+    scale in the MH test (None: λ, the right one; 1: the paper's code); `hybrid`: score-LA with
+    `HybridLangevin`'s MH test (trapezoid on the prior's score, exact classifier term); `step_from`: the
+    label of the row whose searched step size this ablation row reuses."""
 
     name: str
     model: str
@@ -111,6 +172,8 @@ class Method:
     damping: float = 0.9
     midpoint: bool = False
     lam_mh: float | None = None
+    hybrid: bool = False
+    step_from: str | None = None
 
     @property
     def label(self):
@@ -128,8 +191,9 @@ class Method:
 
 
 def methods() -> list[Method]:
-    """The table's rows: Reverse, ULA, LA, U-HMC, HMC for the score and the energy model, and the energy
-    MH samplers with the paper's unscaled classifier term in the acceptance (ablation)."""
+    """The table's rows: Reverse, ULA, LA, U-HMC, HMC for the score and the energy model; the ablations of
+    the classifier term in the MH test: the energy MH samplers with the paper's unscaled term, and score-LA-10
+    with the hybrid test (`HybridLangevin`) at λ_mh = λ and at the paper's λ_mh = 1."""
     rows = []
     for model in ("score", "energy"):
         score = model == "score"
@@ -138,8 +202,10 @@ def methods() -> list[Method]:
                  Method("LA-10" if score else "LA", model, "mala", 6, n_trapezoid=9 if score else 1),
                  Method("U-HMC", model, "uhmc", 2),
                  Method("HMC", model, "hmc", 2, midpoint=score)]
-    rows += [Method("LA, paper's MH (λ_mh=1)", "energy", "mala", 6, lam_mh=1.0),
-             Method("HMC, paper's MH (λ_mh=1)", "energy", "hmc", 2, lam_mh=1.0)]
+    rows += [Method("LA, paper's MH (λ_mh=1)", "energy", "mala", 6, lam_mh=1.0, step_from="LA (energy)"),
+             Method("HMC, paper's MH (λ_mh=1)", "energy", "hmc", 2, lam_mh=1.0, step_from="HMC (energy)")]
+    rows += [Method(name, "score", "mala", 6, n_trapezoid=9, lam_mh=lam_mh, hybrid=True, step_from="LA-10 (score)")
+             for name, lam_mh in (("LA-10, hybrid MH (λ_mh=λ)", None), ("LA-10, paper's MH (λ_mh=1)", 1.0))]
     return rows
 
 
@@ -149,7 +215,9 @@ def step_size(a, b, beta, hmc):
     return eps / beta if hmc else eps
 
 
-def _kernel(method, model, t, eps):
+def _kernel(method, model, prior, t, eps):
+    if method.hybrid:
+        return HybridLangevin(model.model, prior, t, eps, method.n_trapezoid)
     if method.is_hmc:
         cls = MidpointHMC if method.midpoint else HMC
         return cls(model, t, eps, method.mh, n_leapfrog=method.n_leapfrog, damping=method.damping)
@@ -158,13 +226,15 @@ def _kernel(method, model, t, eps):
 
 def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, dtype=torch.float32):
     """Samples x₀ (B, 64) of the guided target, B = len(model.y), in the diffusion's [−1, 1] scale, and
-    stats: score evaluations (rows), wall seconds, mean acceptance over the corrector moves (None for
-    unadjusted ones), the number of non-finite chains. (a, b): the step-size rule ε_t = a β_t^b, floats or
-    per-chain (B,) tensors."""
+    stats: score evaluations (rows of the diffusion network), classifier evaluations (rows of its value and
+    gradient; the same count except for the hybrid test, which scores interior points with the network
+    alone), wall seconds, mean acceptance over the corrector moves (None for unadjusted ones), the number of
+    non-finite chains. (a, b): the step-size rule ε_t = a β_t^b, floats or per-chain (B,) tensors."""
     sched = model.schedule
     T, betas = sched.n_steps, sched.betas.tolist()
     B, D = model.y.shape[0], model.dim
-    f = CountingModel(model)
+    f, prior = CountingModel(model), CountingModel(model.prior)
+    hybrid_class_rows = 0
     start = time.perf_counter()
     x = ops.normal(seed, 0, B, D, dtype=dtype)
     offset, s = 1, None
@@ -180,7 +250,7 @@ def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, d
         if i == 1 or method.corrector is None:
             continue
         eps = step_size(a, b, betas[i - 2], method.is_hmc).expand(B).to(dtype)
-        kernel = _kernel(method, f, (i - 1) / T, eps)
+        kernel = _kernel(method, f, prior, (i - 1) / T, eps)
         p0 = ops.normal(seed, offset, B, D, dtype=dtype) if method.is_hmc else None
         state = kernel.init(x, p0)
         offset += 1
@@ -189,8 +259,10 @@ def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, d
             acc += info.accepted.double()
         offset += method.n_steps
         n_moves += method.n_steps
+        hybrid_class_rows += B * (1 + method.n_steps) if method.hybrid else 0
         x, s = state.x, state.score
     adjusted = not isinstance(method.mh, NoMH)
-    return x, {"score_evals": f.calls, "wall_s": time.perf_counter() - start,
+    return x, {"score_evals": f.calls + prior.calls, "classifier_evals": f.calls + hybrid_class_rows,
+               "wall_s": time.perf_counter() - start,
                "accept": float(acc.mean() / n_moves) if adjusted and n_moves else None,
                "n_nonfinite": int((~torch.isfinite(x).all(1)).sum())}

@@ -51,6 +51,11 @@ def add_arguments(p):
     p.add_argument("--versions", nargs="+", choices=VERSION_NAMES, default=list(VERSION_NAMES))
     p.add_argument("--methods", nargs="+", default=None, help="only these method names (default: all)")
     p.add_argument("--threads", type=count(1), default=None, help="torch threads (default: torch's)")
+    p.add_argument("--compile", action="store_true",
+                   help="train with the loss and its gradient compiled by torch.compile (same architecture and "
+                        "hyperparameters; float32 rounding differs from eager)")
+    p.add_argument("--checkpoint-every", type=count(1), default=200,
+                   help="training steps between checkpoints of a network (a killed run resumes from the last)")
     p.add_argument("--report-only", action="store_true", help="only write report.md and product2d.png from OUT")
 
 
@@ -68,10 +73,13 @@ def check(args):
 
 
 def _config(args) -> dict:
-    return {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-            "ema_warmup": "decay min(ema, (1 + k)/(10 + k)) at step k",
-            "ddpm": DDPM(args.ddpm_steps).config(),
-            "sampling": asdict(sampling.Settings(n_samples=args.samples, n_steps=args.mcmc_steps))}
+    config = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+              "ema_warmup": "decay min(ema, (1 + k)/(10 + k)) at step k",
+              "ddpm": DDPM(args.ddpm_steps).config(),
+              "sampling": asdict(sampling.Settings(n_samples=args.samples, n_steps=args.mcmc_steps))}
+    if args.compile:  # only then: the runs recorded before --compile existed keep their configuration
+        config["compiled_training"] = True
+    return config
 
 
 def reference_sets(n, retrain):
@@ -94,11 +102,14 @@ def trained(args, out, version, retrain, log):
                 raise SystemExit(f"{e}: use another --out") from None
             continue
         t0 = time.perf_counter()
-        model = networks.build(version, DDPM(args.ddpm_steps))
         seed = 1000 * retrain + 10 * VERSION_NAMES.index(version) + j
-        checkpoint = path[:-3] + f".ckpt-s{args.steps}-b{args.batch_size}.pt"
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed alone (not from what ran before)
+            torch.manual_seed(seed)
+            model = networks.build(version, DDPM(args.ddpm_steps))
+        checkpoint = path[:-3] + f".ckpt-s{args.steps}-b{args.batch_size}{'-compiled' if args.compile else ''}.pt"
         model = networks.train(model, targets.FACTORS[factor][0], steps=args.steps, batch_size=args.batch_size,
                                lr=args.lr, ema_decay=args.ema, seed=seed, checkpoint=checkpoint,
+                               checkpoint_every=args.checkpoint_every, compile=args.compile,
                                log=lambda s, what=f"{version} {factor} r{retrain}": log(f"  train {what}: {s}"))
         networks.save(model, path, training)
         log(f"trained {version} {factor} r{retrain} in {time.perf_counter() - t0:.0f} s")
@@ -132,8 +143,9 @@ def run_version(args, out, version, retrain, log):
                    points=method.points or None, flip=method.flip)
         result["methods"][method.name] = res
         samples[method.name] = x.float()
-        torch.save(samples, samples_path)
-        write_json(path, result)
+        networks.atomic_save(samples, samples_path)
+        write_json(path + ".tmp", result)  # then renamed: a run killed while writing keeps the last good file
+        os.replace(path + ".tmp", path)
         log(f"{version} r{retrain} {method.name}: W2 {res['w2']:.4f} LL {res['loglik']:.3f} "
             f"evals {res['score_evals_per_chain']:.0f} {res['wall_time_s']:.0f} s")
 

@@ -18,6 +18,7 @@ import os
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ...ddpm import DDPM
 from ...models import value_and_grad
@@ -128,9 +129,16 @@ def build(version, schedule=None, **net_config):
     return VERSIONS[version](schedule, **net_config)
 
 
+def atomic_save(obj, path):
+    """torch.save through a temporary file and a rename: a run killed while writing leaves the old file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def save(model, path, training=None):
     """Write the network's config, state_dict and (optionally) the settings it was trained with."""
-    torch.save({"config": model.config(), "state": model.state_dict(), "training": training}, path)
+    atomic_save({"config": model.config(), "state": model.state_dict(), "training": training}, path)
 
 
 def load(path, training=None):
@@ -144,14 +152,43 @@ def load(path, training=None):
     return model.eval()
 
 
+def eps_loss(net, params, x_t, i, z):
+    """|ε_θ(x_t, i) − z|² averaged over the batch, for the architecture `net` (a `_EpsNet`) at the parameters
+    `params` ({name: tensor} of net.net), by torch.func (so that torch.compile takes the energy version's
+    ε = ∇_x E whole, with the double backward of its training)."""
+    if net.version == "score":
+        eps = functional_call(net.net, params, (x_t, i))
+    else:
+        eps = torch.func.grad(lambda x: ((functional_call(net.net, params, (x, i)) - x) ** 2).sum())(x_t)
+    return ((eps - z) ** 2).sum(1).mean()
+
+
+_COMPILED = {}
+
+
+def compiled_eps_loss(model):
+    """`eps_loss` compiled by torch.compile (inductor, C++ on CPU) with a template network of `model`'s
+    version and configuration as `net`: one compilation per (version, configuration) and process, whatever
+    the number of networks trained (the parameters are inputs). Returns loss(params, x_t, i, z)."""
+    key = (model.version, repr(model.net_config), model.schedule.n_steps)
+    if key not in _COMPILED:
+        template = build(model.version, model.schedule, **model.net_config).requires_grad_(False)
+        fn = torch.compile(eps_loss, dynamic=False)
+        _COMPILED[key] = lambda params, x_t, i, z: fn(template, params, x_t, i, z)
+    return _COMPILED[key]
+
+
 def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.999, seed=0,
-          checkpoint=None, checkpoint_every=1000, log=None):
+          checkpoint=None, checkpoint_every=1000, compile=False, log=None):
     """ε-matching on fresh data each step: minimise E |ε_θ(√ᾱ_i x_0 + √(1−ᾱ_i) z, i) − z|², i uniform
     over the T steps, by Adam; returns the EMA copy in eval mode, with decay min(ema_decay, (1 + k)/(10 + k))
     at step k (the usual warm-up: with 0.999 from the start, a run of a few hundred steps would still
     be mostly its initial weights; at 15,001 steps the difference is nil). With
-    `checkpoint` (a path), the training state is saved every `checkpoint_every` steps and a run
-    resumes from it."""
+    `checkpoint` (a path), the training state (weights, EMA, Adam, data generator, step) is saved
+    atomically every `checkpoint_every` steps and a run resumes from it: a run killed after step k and
+    rerun ends with the same parameters as a run never stopped. `compile`: the loss and its gradient by
+    `compiled_eps_loss` (same architecture, data and optimiser; equal to the eager loss up to float32
+    rounding, not bit-identical to an eager run)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -170,7 +207,11 @@ def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.99
         i = torch.randint(0, len(abar), (batch_size,), generator=g)
         z = torch.randn(x0.shape, generator=g)
         a = abar[i][:, None]
-        loss = ((model.eps(a.sqrt() * x0 + (1 - a).sqrt() * z, i) - z) ** 2).sum(1).mean()
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * z
+        if compile:
+            loss = compiled_eps_loss(model)(dict(model.net.named_parameters()), x_t, i, z)
+        else:
+            loss = ((model.eps(x_t, i) - z) ** 2).sum(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -179,8 +220,8 @@ def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.99
         if log is not None and (step % 1000 == 0 or step == steps - 1):
             log(f"step {step} loss {loss.item():.4f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "rng": g.get_state(), "step": step + 1}, checkpoint)
+            atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "rng": g.get_state(), "step": step + 1}, checkpoint)
     if checkpoint is not None and os.path.exists(checkpoint):
         os.remove(checkpoint)
     return ema.eval()

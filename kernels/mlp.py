@@ -1,0 +1,361 @@
+"""Score-network kernels: mlp_score and the whole-move mlp_mala and mlp_hmc (the Triton engine of
+fastsamp.ops.mlp; backend op signatures of docs/backend-contract.md).
+
+One network at time t, with its schedule's marginal (α, σ²), data mean m and variance σ_d²:
+
+    s(x) = (α m − x)/v + (W_o h_L + b_o)/√v,   v = α² σ_d² + σ²,
+    h_0 = act(W_0[:, :D] x + c),   h_k = act(W_k h_{k−1} + b_k),   act = SiLU or exact GELU,
+    c = b_0 + W_0[:, D:] [sin(t ω), cos(t ω)]   (t ω rounded to x's dtype; the time-embedding columns
+                                                  summed in float64, as the CPU engine csrc/cpu/score_mlp.cpp)
+
+c is the per-call row input of the input layer: every row meets the same embedding, so it is computed
+once per call. The op's score is Σ_i s_i(x) (+ an analytic Gaussian mixture's, `gmm.gmm_eval`).
+
+One program holds BLOCK_B chains: their state, score and activations stay in registers; every layer is
+one tl.dot of the [BLOCK_B, HP] activations with the layer's transposed weight tile (ieee precision:
+no TF32, so float32 agrees with the reference to float32 rounding; float64 dots are exact-rounding FMA).
+Dots need every dim >= 16, so the state tile is BLOCK_D = 4 BLOCK_J >= 16 columns (zeros beyond D) and
+the hidden tile HP = max(16, next_pow2(H_max)) (zero weights and biases beyond a network's H: act(0) = 0,
+so the padding is exact). The whole-move kernels draw ξ and u from the in-kernel Philox of `random.py`
+(the bits of ops.mala_propose / momentum_refresh / the accept ops), so they reproduce the reference moves.
+
+Host side of a call (`_Engine`): the networks' tensors are concatenated into one flat buffer, and one
+`_net_prep_kernel` launch per network writes its row of an int64 table (offsets, H, L, activation) and its
+per-call constants (c, α m, v, √v): the python-float scalars reach the device as kernel arguments, never by
+a host-to-device copy (no synchronisation). The main kernel loops over the networks and layers at run time.
+
+Limits: D <= MLP_MAX_D (whole rows in registers), hidden width H <= MLP_MAX_HIDDEN (a layer's weight tile
+on chip); above them the functions raise ValueError (fastsamp.ops.mlp's backend="auto" then runs the
+reference). n_trapezoid and n_leapfrog evaluations run one after the other (no point batching).
+"""
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from fastsamp.backends._abi import move_outputs
+
+from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rng_args
+from .gmm import _chain_tile, _gmm_table, _mh_accepts, _move_normals, _store_moves, _whole_rows, gmm_eval
+from .random import global_chain, rng_words
+from .tiles import div_ieee, sqrt_ieee
+
+MLP_MAX_D = 128
+MLP_MAX_HIDDEN = 128
+META = tl.constexpr(8)  # int64 table row of a network: off_w0, ld0, off_wo, off_bo, off_hidden, H, L, act
+_MIN_DOT = 16
+# chains per program: under the interpreter (a python loop per program) larger blocks
+_BLOCK_B_MAX = 64 if INTERPRET else 32
+_MIN_PROGRAMS = 264
+# Compiled for sm_90 (triton 3.9, HP = 128, BLOCK_B = 16, 4 warps): the default software pipelining (3 stages)
+# double-buffers the layer loop's weight tile in shared memory, 280 KB in float64 (over the 227 KB an H100/H200
+# block may use); one stage: 75 KB (float32) / 150 KB (float64). Checked by compiling without a GPU, not run.
+_STAGES = 1
+
+
+@triton.jit
+def _net_prep_kernel(w_ptr, meta_ptr, c_ptr, n, off_freq, off_mean, off_w0, off_b0, off_wo, off_bo, off_hidden,
+                     D, F, H, L, act, CS, t_: tl.float64, alpha_: tl.float64, v_: tl.float64, sv_: tl.float64,
+                     HP: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Network n's table row and constants at c_ptr + n CS: c (H,), then at HP: α m (D,), v, √v."""
+    DT: tl.constexpr = w_ptr.dtype.element_ty
+    row = meta_ptr + n * META
+    ld0 = D + 2 * F
+    tl.store(row + 0, tl.cast(off_w0, tl.int64))
+    tl.store(row + 1, tl.cast(ld0, tl.int64))
+    tl.store(row + 2, tl.cast(off_wo, tl.int64))
+    tl.store(row + 3, tl.cast(off_bo, tl.int64))
+    tl.store(row + 4, tl.cast(off_hidden, tl.int64))
+    tl.store(row + 5, tl.cast(H, tl.int64))
+    tl.store(row + 6, tl.cast(L, tl.int64))
+    tl.store(row + 7, tl.cast(act, tl.int64))
+    j = tl.arange(0, HP)
+    jm = j < H
+    tt = t_.to(DT)
+    emb = tl.zeros([HP], tl.float64)
+    for f0 in range(0, F, BLOCK_F):
+        f = f0 + tl.arange(0, BLOCK_F)
+        fm = f < F
+        arg = (tt * tl.load(w_ptr + off_freq + f, mask=fm, other=0.0)).to(tl.float64)
+        e_sin = tl.sin(arg).to(DT).to(tl.float64)
+        e_cos = tl.cos(arg).to(DT).to(tl.float64)
+        m2 = jm[:, None] & fm[None, :]
+        w_sin = tl.load(w_ptr + off_w0 + j[:, None] * ld0 + D + f[None, :], mask=m2, other=0.0).to(tl.float64)
+        w_cos = tl.load(w_ptr + off_w0 + j[:, None] * ld0 + D + F + f[None, :], mask=m2, other=0.0).to(tl.float64)
+        emb += tl.sum(w_sin * e_sin[None, :] + w_cos * e_cos[None, :], axis=1)
+    base = c_ptr + n * CS
+    tl.store(base + j, emb.to(DT) + tl.load(w_ptr + off_b0 + j, mask=jm, other=0.0), mask=jm)
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    tl.store(base + HP + d, alpha_.to(DT) * tl.load(w_ptr + off_mean + d, mask=dm, other=0.0), mask=dm)
+    tl.store(base + HP + D, v_.to(DT))
+    tl.store(base + HP + D + 1, sv_.to(DT))
+
+
+@triton.jit
+def _act(z, act):
+    """SiLU z / (1 + e^−z) (act 1) or exact GELU z (1 + erf(z / √2)) / 2 (act 0): the codes of
+    fastsamp.ops.mlp.ACTIVATIONS."""
+    if act == 1:
+        y = div_ieee(z, 1.0 + tl.exp(-z))
+    else:
+        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    return y
+
+
+@triton.jit
+def _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP: tl.constexpr):
+    """s_n(x) [BLOCK_B, BLOCK_D] of network n at the rows of x (zeros in the padding columns)."""
+    row = meta_ptr + n * META
+    off_w0 = tl.load(row + 0)
+    ld0 = tl.load(row + 1)
+    off_wo = tl.load(row + 2)
+    off_bo = tl.load(row + 3)
+    off_h = tl.load(row + 4)
+    H = tl.load(row + 5)
+    L = tl.load(row + 6)
+    act = tl.load(row + 7)
+    base = c_ptr + n * CS
+    j = tl.arange(0, HP)
+    jm = j < H
+    d = tl.arange(0, x.shape[1])
+    dm = d < D
+    w0t = tl.load(w_ptr + off_w0 + j[None, :] * ld0 + d[:, None], mask=dm[:, None] & jm[None, :], other=0.0)
+    c = tl.load(base + j, mask=jm, other=0.0)
+    h = _act(tl.dot(x, w0t, input_precision="ieee") + c[None, :], act)
+    hm = jm[:, None] & jm[None, :]
+    for k in range(L):
+        off = off_h + k * (H * H + H)
+        wt = tl.load(w_ptr + off + j[None, :] * H + j[:, None], mask=hm, other=0.0)  # wt[i, o] = W_k[o, i]
+        b = tl.load(w_ptr + off + H * H + j, mask=jm, other=0.0)
+        h = _act(tl.dot(h, wt, input_precision="ieee") + b[None, :], act)
+    wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & dm[None, :], other=0.0)
+    o = tl.dot(h, wot, input_precision="ieee") + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
+    am = tl.load(base + HP + cols, mask=cmask, other=0.0)
+    return div_ieee(am - x, tl.load(base + HP + D)) + div_ieee(o, tl.load(base + HP + D + 1))
+
+
+@triton.jit
+def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
+               HP: tl.constexpr, HAS_MIX: tl.constexpr):
+    """Σ_n s_n(x) (+ the mixture's score), factors in order (networks, then the mixture)."""
+    s = tl.zeros(x.shape, x.dtype)
+    for n in range(n_nets):
+        s += _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP)
+    if HAS_MIX:
+        s_mix, _ = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, mix_alpha, x.shape[0])
+        s += s_mix
+    return s
+
+
+@triton.jit
+def _mlp_score_kernel(x_ptr, score_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
+                      mix_alpha_: tl.float64, B, D, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
+                      BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, BLOCK_D, IDX64)
+    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha_.to(x.dtype), D, cols,
+                   cmask, HP, HAS_MIX)
+    tl.store(score_ptr + offs, s, mask=m2)
+
+
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
+def _mlp_mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
+                     mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_trap,
+                     MH_MODE: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
+                     BLOCK_J: tl.constexpr, IDX64: tl.constexpr, RNG_T: tl.constexpr):
+    """n_steps MALA moves of BLOCK_B chains (as gmm._gmm_mala_kernel; MH_MODE 0: trapezoid score test with
+    n_trap sub-intervals, 2: none); x and s(x) stay in registers, the score carried across moves."""
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
+    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
+    chains = global_chain(rows, chain0)
+    DT: tl.constexpr = x.dtype
+    mix_alpha = mix_alpha_.to(DT)
+    e2 = eps[:, None]
+    c_n = sqrt_ieee(2.0 * eps)[:, None]
+    e4 = 4.0 * eps
+    nf = tl.cast(n_trap, DT)
+    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP, HAS_MIX)
+    n_acc = tl.zeros([BLOCK_B], tl.int32)
+    for mv in range(n_steps):
+        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
+        xp = x + e2 * s + c_n * xi
+        sp = _score_sum(xp, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP,
+                        HAS_MIX)
+        if MH_MODE == 2:
+            acc = rmask
+        else:
+            d = xp - x
+            si = tl.zeros([BLOCK_B], DT)
+            for i in range(1, n_trap):
+                t = div_ieee(tl.cast(i, DT), nf)
+                si_s = _score_sum(x + t * d, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D,
+                                  cols, cmask, HP, HAS_MIX)
+                si += tl.sum(si_s * d, axis=1)
+            dlogp = div_ieee(0.5 * (tl.sum(s * d, axis=1) + tl.sum(sp * d, axis=1)) + si, nf)
+            f = d - e2 * s
+            bk = d + e2 * sp
+            la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
+            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
+        a2 = acc[:, None]
+        x = tl.where(a2, xp, x)
+        s = tl.where(a2, sp, s)
+        n_acc += acc.to(tl.int32)
+    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
+
+
+@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
+def _mlp_hmc_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
+                    mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_lf,
+                    damping_: tl.float64, c_n_: tl.float64, MH_MODE: tl.constexpr, HP: tl.constexpr,
+                    HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr,
+                    RNG_T: tl.constexpr):
+    """n_steps HMC moves of BLOCK_B chains (as gmm._gmm_hmc_kernel; MH_MODE 0: trapezoid score test along the
+    leapfrog path, 2: none); x, s(x) and the momentum p stay in registers; on rejection p = −p0."""
+    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
+    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
+    chains = global_chain(rows, chain0)
+    DT: tl.constexpr = x.dtype
+    mix_alpha = mix_alpha_.to(DT)
+    damping = damping_.to(DT)
+    c_n = c_n_.to(DT)
+    e2 = eps[:, None]
+    he = (0.5 * eps)[:, None]
+    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP, HAS_MIX)
+    p = tl.zeros(x.shape, DT)
+    n_acc = tl.zeros([BLOCK_B], tl.int32)
+    for mv in range(n_steps):
+        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
+        p0 = damping * p + c_n * xi
+        xl = x
+        sl = s
+        pl = p0
+        dlogp = tl.zeros([BLOCK_B], DT)
+        for _j in range(n_lf):
+            ph = pl + he * sl
+            xn = xl + e2 * ph
+            sn = _score_sum(xn, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
+                            HP, HAS_MIX)
+            pl = ph + he * sn
+            dlogp += 0.5 * tl.sum((sl + sn) * (xn - xl), axis=1)
+            xl = xn
+            sl = sn
+        if MH_MODE == 2:
+            acc = rmask
+        else:
+            la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
+            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
+        a2 = acc[:, None]
+        x = tl.where(a2, xl, x)
+        s = tl.where(a2, sl, s)
+        p = tl.where(a2, pl, -p0)  # rejected: momentum flip keeps partial refresh exact
+        n_acc += acc.to(tl.int32)
+    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
+
+
+# ------------------------------------------------------------------ host side
+
+class _Engine(NamedTuple):
+    """The per-call arguments of the main kernels shared by the three ops (`_engine`)."""
+
+    args: tuple       # w, consts, meta, n_nets, CS, means, tab, K, mix_alpha (the kernels' order)
+    HP: int
+    HAS_MIX: bool
+
+
+def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    """Checks the Triton limits, concatenates the networks' tensors, launches one `_net_prep_kernel` per
+    network (its table row and constants) and the mixture's component table."""
+    D = x.shape[1]
+    if D > MLP_MAX_D:
+        raise ValueError(f"triton {name} supports D <= {MLP_MAX_D}, got D={D}")
+    n_nets = len(dims) // 4
+    hidden = [int(dims[4 * i + 1]) for i in range(n_nets)]
+    if hidden and max(hidden) > MLP_MAX_HIDDEN:
+        raise ValueError(f"triton {name} supports hidden widths H <= {MLP_MAX_HIDDEN}, got H={max(hidden)}")
+    HP = max(_MIN_DOT, next_pow2(max(hidden, default=1)))
+    CS = HP + D + 2
+    w = consts = meta = None
+    if n_nets:
+        w = torch.cat([p.reshape(-1) for p in params])
+        consts = torch.empty(n_nets * CS, dtype=x.dtype, device=x.device)
+        meta = torch.empty(n_nets * META.value, dtype=torch.int64, device=x.device)
+    offs = [0]
+    for p in params:
+        offs.append(offs[-1] + p.numel())
+    k = 0
+    for i in range(n_nets):
+        F, H, L, act = (int(v) for v in dims[4 * i:4 * i + 4])
+        t, alpha, sigma2, data_var = (float(v) for v in scalars[4 * i:4 * i + 4])
+        v = alpha * alpha * data_var + sigma2
+        # flat order of a network: freq, mean, W_0, b_0, W_o, b_o, then (W_k, b_k) per hidden layer
+        launch(_net_prep_kernel, (1,), w, meta, consts, i, *offs[k:k + 7], D, F, H, L, act, CS, f64(t), f64(alpha),
+               f64(v), f64(math.sqrt(v)), HP=HP, BLOCK_F=min(max(next_pow2(F), 1), 64), BLOCK_D=next_pow2(D),
+               num_warps=4)
+        k += 6 + 2 * L
+    has_mix = means is not None
+    tab = _gmm_table(log_weights, variances, D, float(mix_alpha), mix_sigma2) if has_mix else None
+    K = means.shape[0] if has_mix else 0
+    return _Engine((w, consts, meta, n_nets, CS, means, tab, K, f64(mix_alpha)), HP, has_mix)
+
+
+def _blocks(B, D, dtype):
+    """BLOCK_B, BLOCK_J (state tile 4 BLOCK_J >= 16 columns) and the grid of a call."""
+    block_j = max(_MIN_DOT // 4, next_pow2((D + 3) // 4))
+    block_b = _BLOCK_B_MAX if dtype == torch.float32 or INTERPRET else _BLOCK_B_MAX // 2
+    if not INTERPRET:
+        block_b = min(block_b, next_pow2(triton.cdiv(B, _MIN_PROGRAMS)))
+    block_b = max(_MIN_DOT, min(block_b, next_pow2(B)))
+    return block_b, block_j, (triton.cdiv(B, block_b),)
+
+
+def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    B, D = x.shape
+    eng = _engine("mlp_score", x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2)
+    score = torch.empty_like(x)
+    if B == 0:
+        return score
+    block_b, block_j, grid = _blocks(B, D, x.dtype)
+    launch(_mlp_score_kernel, grid, x, score, *eng.args, B, D, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b,
+           BLOCK_D=4 * block_j, IDX64=need_idx64(B * D), num_warps=4, num_stages=_STAGES)
+    return score
+
+
+def _moves(kernel, name, x, engine_args, step_size, n_steps, n_inner, seed, offset, chain_offset, mh, *extra):
+    """Host side of the whole-move kernels: checks, outputs, the n_steps <= 0 copy, blocks and the launch with
+    (..., n_steps, n_inner, *extra)."""
+    B, D = x.shape
+    mh = int(mh)
+    if mh not in (0, 2):
+        raise ValueError(f"triton {name}: mh must be 0 (score) or 2 (none): a score network has no energy, got {mh}")
+    eng = _engine(name, x, *engine_args)
+    x_new, rate = move_outputs(x)
+    if B == 0:
+        return x_new, rate
+    n_steps = int(n_steps)
+    if n_steps <= 0:
+        x_new.copy_(x)
+        rate.zero_()
+        return x_new, rate
+    block_b, block_j, grid = _blocks(B, D, x.dtype)
+    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
+    launch(kernel, grid, x, step_size, x_new, rate, *eng.args, *rng, B, D, n_steps, int(n_inner), *extra,
+           MH_MODE=mh, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b, BLOCK_J=block_j, IDX64=need_idx64(B * D),
+           RNG_T=rng_t, num_warps=4, num_stages=_STAGES)
+    return x_new, rate
+
+
+def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+             n_trapezoid, seed, offset, chain_offset, mh):
+    return _moves(_mlp_mala_kernel, "mlp_mala", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
+                                                     mix_sigma2), step_size, n_steps, n_trapezoid, seed, offset,
+                  chain_offset, mh)
+
+
+def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
+            n_leapfrog, seed, offset, chain_offset, mh, damping):
+    damping = float(damping)
+    return _moves(_mlp_hmc_kernel, "mlp_hmc", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
+                                                   mix_sigma2), step_size, n_steps, n_leapfrog, seed, offset,
+                  chain_offset, mh, f64(damping), f64(math.sqrt(1.0 - damping * damping)))

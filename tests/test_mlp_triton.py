@@ -1,0 +1,194 @@
+"""The Triton score-network engine (kernels/mlp.py: mlp_score, mlp_mala, mlp_hmc) against the float64 PyTorch
+reference: on a CPU-only machine under TRITON_INTERPRET=1 (conftest), on a GPU compiled. Small sizes: the
+interpreter runs a python loop per program. Chain counts are odd and not multiples of the block (64 chains under
+the interpreter, at most 32 compiled), so every run has a partial last block."""
+import pytest
+import torch
+from conftest import assert_moves_match, backend_device, skip_unless_available
+from test_mlp import mixture_score, random_net, score_mlp
+
+from fastsamp import backends, ops
+from fastsamp.models import Product
+from fastsamp.samplers import annealed_mcmc
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def device():
+    skip_unless_available("triton")
+    return backend_device("triton")
+
+
+def to(net, dtype, device):
+    """A ScoreNet (or MixtureScore) with its tensors in dtype on device."""
+    conv = lambda v: v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    if isinstance(net, ops.MixtureScore):
+        return ops.MixtureScore(*(conv(v) for v in net))
+    return ops.ScoreNet(*(tuple(conv(t) for t in v) if isinstance(v, tuple) else conv(v) for v in vars(net).values()))
+
+
+def problem(D, arch, dtype, device, with_mixture):
+    """The networks (one per (H, L, activation) of arch) and the optional mixture in dtype on device, and their
+    float64 CPU copies for the reference."""
+    nets64 = [random_net(D, H, L, 4, torch.float64, seed=10 * i + H + L, activation=act)
+              for i, (H, L, act) in enumerate(arch)]
+    mix64 = mixture_score(D, torch.float64) if with_mixture else None
+    nets = [to(n, dtype, device) for n in nets64]
+    mix = to(mix64, dtype, device) if with_mixture else None
+    return nets, mix, nets64, mix64
+
+
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+# (B, D, [(hidden, hidden layers, activation)], mixture): D = 1, 2, 5; hidden 16/32/64 (and 7: padded); 1-3 layers
+SCORE_CASES = [(37, 1, [(16, 1, "silu")], False), (101, 2, [(32, 2, "silu"), (64, 3, "gelu")], True),
+               (65, 5, [(7, 3, "gelu")], True), (3, 2, [], True)]
+
+
+@DTYPES
+@pytest.mark.parametrize("B,D,arch,with_mixture", SCORE_CASES)
+def test_mlp_score_matches_reference(device, dtype, B, D, arch, with_mixture):
+    nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
+    x64 = torch.randn(B, D, dtype=torch.float64) * 2
+    got = ops.mlp_score(x64.to(dtype=dtype, device=device), nets, mixture=mix, backend="triton")
+    want = ops.mlp_score(x64, nets64, mixture=mix64, backend="torch")
+    assert got.dtype == dtype and got.device.type == device.type
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.double().cpu(), want, **tol)
+
+
+MOVE_CASES = [(37, 1, [(16, 1, "silu")], False), (101, 2, [(32, 2, "silu"), (16, 1, "gelu")], True),
+              (65, 5, [(64, 3, "silu")], False)]
+
+
+@DTYPES
+@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("none", 1)])
+@pytest.mark.parametrize("B,D,arch,with_mixture", MOVE_CASES)
+def test_mlp_mala_matches_reference(device, dtype, mh, n_trapezoid, B, D, arch, with_mixture):
+    """The whole-move kernel reproduces the reference moves with the same Philox draws."""
+    nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
+    x64 = torch.randn(B, D, dtype=torch.float64)
+    eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
+    kw = dict(n_steps=5, n_trapezoid=n_trapezoid, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh)
+    x, eps = x64.to(dtype=dtype, device=device), eps64.to(dtype=dtype, device=device)
+    x_new, rate = ops.mlp_mala(x, nets, mixture=mix, step_size=eps, backend="triton", **kw)
+    e_x, e_rate = ops.mlp_mala(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    again = ops.mlp_mala(x, nets, mixture=mix, step_size=eps, backend="triton", **kw)
+    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+
+
+@DTYPES
+@pytest.mark.parametrize("mh,n_leapfrog,damping", [("score", 1, 0.0), ("score", 3, 0.8), ("none", 2, 0.8)])
+@pytest.mark.parametrize("B,D,arch,with_mixture", MOVE_CASES)
+def test_mlp_hmc_matches_reference(device, dtype, mh, n_leapfrog, damping, B, D, arch, with_mixture):
+    nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
+    x64 = torch.randn(B, D, dtype=torch.float64)
+    eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
+    kw = dict(n_steps=4, n_leapfrog=n_leapfrog, seed=12, offset=7, chain_offset=3, mh=mh, damping=damping)
+    x_new, rate = ops.mlp_hmc(x64.to(dtype=dtype, device=device), nets, mixture=mix,
+                              step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
+    e_x, e_rate = ops.mlp_hmc(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+
+
+def test_rows_are_independent_of_the_batch_and_seed_tensors_read_in_kernel(device):
+    """Chain b of a run equals chain b of a run on a suffix with the matching chain offset; seed / offset /
+    chain offset as one-element int64 tensors give the same moves as the ints; a NaN chain stays in its row."""
+    nets, _, _, _ = problem(2, [(16, 2, "silu")], torch.float64, device, False)
+    x = torch.randn(70, 2, dtype=torch.float64, device=device)
+    x[7] = float("nan")
+    kw = dict(step_size=0.1, n_steps=3, n_trapezoid=2, backend="triton")
+    full, rate = ops.mlp_mala(x, nets, seed=3, offset=1, **kw)
+    part, _ = ops.mlp_mala(x[40:], nets, seed=3, offset=1, chain_offset=40, **kw)
+    assert torch.equal(full[40:], part)
+    as_t = lambda v: torch.tensor([v], dtype=torch.int64, device=device)  # noqa: E731
+    tens, _ = ops.mlp_mala(x[40:], nets, seed=as_t(3), offset=as_t(1), chain_offset=as_t(40), **kw)
+    assert torch.equal(tens, part)
+    assert torch.isnan(full[7]).all() and torch.isfinite(full[torch.arange(70, device=device) != 7]).all()
+    assert rate[7] == 0
+
+
+def test_limits_are_named(device):
+    """Above the engine's limits the Triton functions raise (backend="auto" runs the reference there)."""
+    kernels = backends._load("triton")[0]
+    MLP_MAX_D, MLP_MAX_HIDDEN = kernels.MLP_MAX_D, kernels.MLP_MAX_HIDDEN
+    wide = problem(2, [(MLP_MAX_HIDDEN + 1, 1, "silu")], torch.float64, device, False)[0]
+    x = torch.randn(3, 2, dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match="hidden widths H <= "):
+        ops.mlp_score(x, wide, backend="triton")
+    tall = problem(MLP_MAX_D + 1, [(16, 1, "silu")], torch.float64, device, False)[0]
+    with pytest.raises(ValueError, match=f"D <= {MLP_MAX_D}"):
+        ops.mlp_mala(torch.randn(3, MLP_MAX_D + 1, dtype=torch.float64, device=device), tall, step_size=0.1,
+                     n_steps=1, backend="triton")
+    assert ops.mlp.has_fused_kernel("cpu") and not ops.mlp.has_fused_kernel("meta")
+
+
+def _replace(net, **kw):
+    return ops.ScoreNet(**{**vars(net), **kw})
+
+
+@pytest.mark.parametrize("change", [
+    lambda n: _replace(n, weights=(n.weights[0][:, :-1],) + n.weights[1:]),
+    lambda n: _replace(n, weights=n.weights[:1] + (n.weights[1][:-1],) + n.weights[2:]),
+    lambda n: _replace(n, biases=n.biases[:-1]),
+    lambda n: _replace(n, weights=(n.weights[0].float(),) + n.weights[1:]),
+    lambda n: _replace(n, data_mean=n.data_mean[:1]),
+    lambda n: _replace(n, activation="relu"),
+    lambda n: _replace(n, data_var=-1.0),
+    lambda n: "not a net",
+], ids=["w0", "hidden", "biases", "dtype", "mean", "activation", "data_var", "type"])
+def test_bad_inputs_raise_what_the_cpu_backend_raises(device, change):
+    net = to(random_net(2, 8, 2, 3, torch.float64, seed=0), torch.float64, device)
+    x = torch.randn(4, 2, dtype=torch.float64, device=device)
+    cpu = "cpp" if ops.mlp.has_fused_kernel("cpu") else "torch"
+    calls = [lambda b, xx, nn: ops.mlp_score(xx, [nn], backend=b),
+             lambda b, xx, nn: ops.mlp_mala(xx, [nn], step_size=0.1, n_steps=1, backend=b),
+             lambda b, xx, nn: ops.mlp_hmc(xx, [nn], step_size=0.1, n_steps=1, backend=b)]
+    for call in calls:
+        with pytest.raises((TypeError, ValueError)) as on_cpu:
+            call(cpu, x.cpu(), change(to(net, torch.float64, "cpu")))
+        with pytest.raises(type(on_cpu.value)) as on_triton:
+            call("triton", x, change(net))
+        assert str(on_triton.value) == str(on_cpu.value).replace("cpu", device.type)
+    for bad, words in ((dict(mh="energy"), "mh"), (dict(n_trapezoid=0), "n_trapezoid"), (dict(step_size=-1.0), "step")):
+        with pytest.raises(ValueError, match=words):
+            ops.mlp_mala(x, net, **{"step_size": 0.1, "n_steps": 1, **bad}, backend="triton")
+
+
+def test_annealed_mcmc_fused_path_on_the_triton_engine(device):
+    """annealed_mcmc(backend="triton") runs the fused path on the Triton engine, equal to its generic path and
+    to the C++ engine's fused run (same Philox draws)."""
+    model = Product(*(score_mlp(2, h, seed=s, dtype=torch.float32).to(device) for s, h in ((1, 32), (2, 16))))
+    kw = dict(n_levels=4, n_corrector_steps=2, n_trapezoid=2, step_size=0.05, seed=1, backend="triton", device=device)
+    xf, sf = annealed_mcmc(model, 40, **kw)
+    xg, sg = annealed_mcmc(model, 40, fused=False, **kw)
+    assert sf.fused and not sg.fused
+    torch.testing.assert_close(xf, xg, rtol=1e-3, atol=1e-3)
+    if device.type == "cpu":
+        xc, sc = annealed_mcmc(model, 40, **{**kw, "backend": "auto"})
+        assert sc.fused
+        torch.testing.assert_close(xf, xc, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA-resident ScoreMLPs)")
+def test_annealed_mcmc_fuses_cuda_score_mlps():
+    """On CUDA, backend="auto" runs the Triton engine (the reference above its limits) and annealed_mcmc takes the
+    fused path for a Product of CUDA-resident ScoreMLPs, equal to the generic path with the same draws."""
+    skip_unless_available("triton")
+    model = Product(score_mlp(2, 32, seed=1, dtype=torch.float32).cuda(), score_mlp(2, 16, seed=2,
+                                                                                   dtype=torch.float32).cuda())
+    assert all(m.fusable() for m in model.models) and ops.mlp.has_fused_kernel("cuda")
+    kw = dict(n_levels=6, n_corrector_steps=3, n_trapezoid=2, step_size=0.05, seed=1, device="cuda")
+    xf, sf = annealed_mcmc(model, 200, **kw)
+    xg, sg = annealed_mcmc(model, 200, fused=False, **kw)
+    assert sf.fused and not sg.fused and xf.is_cuda
+    close = ((xf - xg).abs() <= 1e-3 * (1 + xg.abs())).all(1)
+    assert close.float().mean() >= 0.99
+    _, sh = annealed_mcmc(model, 64, corrector="hmc", n_levels=3, n_corrector_steps=1, device="cuda")
+    assert sh.fused
+    wide_h = backends._load("triton")[0].MLP_MAX_HIDDEN + 1
+    wide = problem(2, [(wide_h, 1, "silu")], torch.float32, torch.device("cuda"), False)[0]
+    x = torch.randn(5, 2, device="cuda")
+    torch.testing.assert_close(ops.mlp_score(x, wide), ops.mlp_score(x, wide, backend="torch"))
+
