@@ -265,7 +265,8 @@ def test_annealed_mcmc_takes_the_fused_path_for_energy_products():
     for model in (Product(a, b), Product(a, _two_modes(torch.float32))):
         xf, sf = annealed_mcmc(model, 64, **kw)
         xg, sg = annealed_mcmc(model, 64, fused=False, **kw)
-        assert sf.fused and not sg.fused and sf.n_score_evals == sg.n_score_evals
+        assert sf.fused and not sg.fused
+        assert sf.n_score_evals - sg.n_score_evals == 5 * 64  # the generic predictor reuses its corrector's score
         torch.testing.assert_close(xf, xg, rtol=1e-3, atol=1e-3)
     mixed = Product(a, score_mlp(2, 8, seed=3, dtype=torch.float32))
     assert annealed_mcmc(mixed, 16, n_levels=3, n_corrector_steps=1, mh="score")[1].fused
