@@ -118,28 +118,28 @@ def _score_sum_args(x, nets, mixture):
     return (x, params, dims, scalars) + tuple(mix)
 
 
-def _limits(device):
-    """(largest D, largest hidden width) of the compiled kernel backend="auto" runs on `device` (None: no limit)."""
-    module = inspect.getmodule(backends.resolve("auto", "mlp_score", device))
-    return getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+def has_fused_kernel(device, dim=1, hidden=1) -> bool:
+    """Whether backend="auto" runs a compiled score-network kernel for networks of width `hidden` on `dim`-dimensional
+    chains on `device`: the C++ engine on the CPU (any size), the Triton one (kernels/mlp.py) on CUDA when triton is
+    installed and the sizes are within its limits (MLP_MAX_D, MLP_MAX_HIDDEN)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    fn = backends.resolve("auto", "mlp_mala", device)
+    if _dispatch.is_reference(fn):
+        return False
+    module = inspect.getmodule(fn)
+    max_d, max_h = getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+    return (max_d is None or dim <= max_d) and (max_h is None or hidden <= max_h)
 
 
 def _route(backend, op, args, *tensors):
     """`_dispatch.route` of a score-sum op (args: `_score_sum_args`), except that backend="auto" runs the reference
-    off the CPU where the call exceeds the compiled kernel's limits (the Triton engine's D and hidden width)."""
+    off the CPU where no compiled kernel takes the call (`has_fused_kernel`: the Triton engine's size limits)."""
     x = args[0]
-    if backend == "auto" and not x.is_cpu:
-        max_d, max_h = _limits(x.device)
-        if (max_d is not None and x.shape[1] > max_d) or (max_h is not None and max(args[2][1::4], default=0) > max_h):
-            backend = "torch"
+    if backend == "auto" and not x.is_cpu and not has_fused_kernel(x.device, x.shape[1], max(args[2][1::4], default=1)):
+        backend = "torch"
     return _dispatch.route(backend, op, x, *args[1], *args[4:7], *tensors)
-
-
-def has_fused_kernel(device) -> bool:
-    """Whether backend="auto" runs a compiled score-network kernel on tensors on `device`: the C++ engine on the
-    CPU, the Triton one (kernels/mlp.py) on CUDA when triton is installed."""
-    device = torch.device(device)
-    return device.type == "cpu" or not _dispatch.is_reference(backends.resolve("auto", "mlp_mala", device))
 
 
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
