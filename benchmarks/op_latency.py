@@ -1,7 +1,7 @@
 """Per-call eager latency of the registered ops at small batch (issue 10): raw backend function against the
 registered op, and torch.library.Library define/impl (what fastsamp registers) against torch.library.custom_op.
 
-    python benchmarks/op_latency.py [--B 64] [--D 8] [--calls 500] [--repeats 21]
+    python benchmarks/op_latency.py [--B 64] [--D 8] [--calls 500] [--repeats 21] [--against REV]
 
 Columns (µs per call, median of `repeats` timings of `calls` calls each, the columns timed in turn within
 each repeat; one intra-op thread, float32):
@@ -9,6 +9,9 @@ each repeat; one intra-op thread, float32):
   library      torch.ops.fastsamp.<op> below the autograd key (`_library.Entry.eager`: how the public ops call it
                in eager while the profiler or a dispatch mode watches)
   library+ag   torch.ops.fastsamp.<op> called plainly (through its Python autograd kernel)
+  ag @REV      with --against REV: the same call of the op as fastsamp/ops/_library.py registered it at git revision
+               REV (registered again in this process under the namespace fastsamp_at_REV: a before/after
+               comparison timed in turn with the other columns)
   custom_op    the same kernel, fake and autograd formula registered with torch.library.custom_op
   public auto  fastsamp.ops.<public>(..., backend="auto") with validation off: checks + `_dispatch.route`, which in
                plain eager calls the kernel of the registered op directly
@@ -19,9 +22,13 @@ torch.ops.fastsamp.<op> directly). Timings depend on the machine's load.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
 import time
+import types
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -101,6 +108,19 @@ def custom_op_of(op: _table.Op):
     return custom
 
 
+def registered_at(rev: str):
+    """torch.ops.<namespace> of the op table's ops registered by fastsamp/ops/_library.py as it was at git revision
+    `rev` (with today's op table, kernels and formulas), under the namespace fastsamp_at_<rev>."""
+    source = subprocess.run(["git", "show", f"{rev}:fastsamp/ops/_library.py"], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parent).stdout
+    namespace = "fastsamp_at_" + re.sub(r"\W", "_", rev)
+    module = types.ModuleType(f"fastsamp.ops._library_{namespace}")
+    module.__package__ = "fastsamp.ops"
+    exec(compile(source.replace('NAMESPACE = "fastsamp"', f'NAMESPACE = "{namespace}"'), f"{rev}:_library.py", "exec"),
+         module.__dict__)
+    return getattr(torch.ops, namespace)
+
+
 def medians_us(fns, calls, repeats):
     """Median µs per call of each function; the functions are timed in turn within each repeat, so that a
     load change on the machine shifts them alike."""
@@ -123,6 +143,7 @@ def main():
     parser.add_argument("--D", type=int, default=8)
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--against", metavar="REV", help="also time the op as registered at this git revision")
     a = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -130,7 +151,9 @@ def main():
         raise SystemExit("needs the cpp backend (fastsamp._C)")
     cpp = backends._load("cpp")[0]
     print(f"B = {a.B}, D = {a.D}, float32, 1 thread, median of {a.repeats} x {a.calls} calls (µs per call)")
-    cols = ("op", "raw", "library", "library+ag", "custom_op", "public auto", "public cpp")
+    before = registered_at(a.against) if a.against else None
+    cols = ("op", "raw", "library", "library+ag") + ((f"ag @{a.against}",) if before else ()) + (
+        "custom_op", "public auto", "public cpp")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     fastsamp.set_validation(False)
@@ -142,10 +165,14 @@ def main():
         entry, opobj = _library.ENTRIES[op.name], getattr(torch.ops.fastsamp, op.name).default
         raw_fn = getattr(cpp, op.name, None)
         custom = custom_op_of(op)
-        fns = [raw_fn and partial(raw_fn, *raw_args), partial(entry.eager, *args), partial(opobj, *args),
-               custom and partial(custom, *args), public_call(op.name, "auto", a.B, a.D),
-               public_call(op.name, "cpp", a.B, a.D)]
-        present = [raw_fn is not None, True, True, custom is not None, True, raw_fn is not None]
+        fns = [raw_fn and partial(raw_fn, *raw_args), partial(entry.eager, *args), partial(opobj, *args)]
+        present = [raw_fn is not None, True, True]
+        if before:
+            fns.append(partial(getattr(before, op.name).default, *args))
+            present.append(True)
+        fns += [custom and partial(custom, *args), public_call(op.name, "auto", a.B, a.D),
+                public_call(op.name, "cpp", a.B, a.D)]
+        present += [custom is not None, True, raw_fn is not None]
         timed = iter(medians_us([f for f, p in zip(fns, present) if p], a.calls, a.repeats))
         row = [next(timed) if p else float("nan") for p in present]
         print(f"| {op.name} | " + " | ".join(f"{v:.1f}" for v in row) + " |", flush=True)

@@ -307,14 +307,15 @@ class FourierMLP(torch.nn.Module):
 
     def fusable(self) -> bool:
         """Whether the fused kernels evaluate this network: `net` is Sequential(Linear, SiLU, ..., Linear) with
-        biases (a subclass or a replaced `net` may not be) and lives where a kernel for it runs (score networks: the
-        C++ engine on the CPU, the Triton one on CUDA; energy networks: the CPU; elsewhere the generic path runs, and
-        AnnealedStats.fused says so)."""
+        biases (a subclass or a replaced `net` may not be) and lives where a kernel takes it (score networks: the C++
+        engine on the CPU, the Triton one on CUDA up to its D and width limits; energy networks: the CPU;
+        `ops.mlp.has_fused_kernel`); elsewhere the generic path runs, and AnnealedStats.fused says so."""
         mods = list(self.net) if isinstance(self.net, torch.nn.Sequential) else []
         linears, acts = mods[0::2], mods[1::2]
         return (len(mods) % 2 == 1 and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
                 and all(type(a) is torch.nn.SiLU for a in acts)
-                and ops.mlp.has_fused_kernel(linears[0].weight.device, self.FUSED_NET))
+                and ops.mlp.has_fused_kernel(linears[0].weight.device, self.dim, linears[0].out_features,
+                                             self.FUSED_NET))
 
     def fused_net(self, t, x):
         """This network at time t as the fused network ops read it (ops.ScoreNet for a ScoreMLP, ops.EnergyNet for

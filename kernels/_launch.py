@@ -7,7 +7,8 @@
   into a float64 interpreter tensor.
 * ``split64(v)``: a 64-bit seed / offset as its two 32-bit halves.
 * ``rng_args(seed, offset, chain_offset, device)``: the Philox arguments of a kernel (ints or tensors).
-* ``launch(kernel, grid, ...)``: the launch, with placeholders for absent optional tensors.
+* ``launch(kernel, grid, ...)``: the launch, with placeholders for absent optional tensors; on the
+  FunctionalTensors of a torch.compile trace through ``wrap_triton`` (a graph node Inductor compiles).
 * block-size heuristics.
 """
 import os
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.functional_tensor import FunctionalTensor
+from torch.library import wrap_triton
 
 from fastsamp.backends._abi import check_u64_tensor
 
@@ -63,6 +66,8 @@ def launch(kernel, grid, *args, **kwargs):
     1-element arrays cannot be used as loop bounds (`range(n)`) with numpy >= 2.4."""
     placeholder = next(a for a in args if isinstance(a, torch.Tensor))
     args = [placeholder if a is None else a for a in args]
+    if isinstance(placeholder, FunctionalTensor):  # traced for Inductor (fastsamp/ops/_library._triton_decomposition)
+        kernel = wrap_triton(kernel)
     if INTERPRET:
         args = [_interp_int(a) if isinstance(a, int) and not isinstance(a, bool) else a for a in args]
     return kernel[grid](*args, **kwargs)

@@ -121,7 +121,8 @@ def test_limits_are_named(device):
     with pytest.raises(ValueError, match=f"D <= {MLP_MAX_D}"):
         ops.mlp_mala(torch.randn(3, MLP_MAX_D + 1, dtype=torch.float64, device=device), tall, step_size=0.1,
                      n_steps=1, backend="triton")
-    assert ops.mlp.has_fused_kernel("cpu") and not ops.mlp.has_fused_kernel("meta")
+    assert ops.mlp.has_fused_kernel("cpu", MLP_MAX_D + 1, MLP_MAX_HIDDEN + 1)  # the C++ engine: any size
+    assert not ops.mlp.has_fused_kernel("meta")
 
 
 def _replace(net, **kw):
@@ -191,4 +192,6 @@ def test_annealed_mcmc_fuses_cuda_score_mlps():
     wide = problem(2, [(wide_h, 1, "silu")], torch.float32, torch.device("cuda"), False)[0]
     x = torch.randn(5, 2, device="cuda")
     torch.testing.assert_close(ops.mlp_score(x, wide), ops.mlp_score(x, wide, backend="torch"))
+    assert not ops.mlp.has_fused_kernel("cuda", 2, wide_h) and ops.mlp.has_fused_kernel("cuda", 2, wide_h - 1)
+    assert not score_mlp(2, wide_h, seed=3, dtype=torch.float32).cuda().fusable()
 

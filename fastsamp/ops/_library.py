@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 
 import torch
 
@@ -296,6 +297,42 @@ def _register_factory(op: _table.Op) -> None:
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(f"{NAMESPACE}::{op.name}", namespace["fake"], lib=_lib)
     _lib.impl(op.name, kernel, "CompositeExplicitAutograd")
+    if "triton" in op.backends:
+        _triton_decomposition(op, kernel)
+
+
+TRACE_TRITON = os.environ.get("FASTSAMP_TRACE_TRITON", "0") == "1"
+"""Whether torch.compile traces into the Triton kernels of ops on CUDA tensors (`_triton_decomposition`); off
+until a lent GPU has run tests/test_triton_inductor.py (set FASTSAMP_TRACE_TRITON=1, or this attribute)."""
+
+
+def _is_triton(fn) -> bool:
+    module = inspect.getmodule(fn)
+    return module is not None and module.__name__.startswith("fastsamp.kernels")
+
+
+def _triton_decomposition(op: _table.Op, cuda_kernel) -> None:
+    """`torch.library.triton_op`'s mechanism on this Library op: while AOTAutograd functionalizes a graph for
+    Inductor (FunctionalTensorMode), a call on CUDA tensors whose "auto" kernel is a Triton launcher runs that
+    launcher under the mode, so its launches become `triton_kernel_wrapper_functional` nodes (`wrap_triton`, in
+    kernels/_launch.launch) that Inductor compiles into its own code. Otherwise (TRACE_TRITON off, CPU tensors,
+    the CUDA C++ kernel, torch.export, tensor subclasses) the op stays one opaque node, as triton_op does.
+    (Not triton_op itself: it is a custom_op, several µs slower per eager call, and names a second op.)"""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
+    from torch.export._trace import custom_triton_ops_decomposition_disabled
+    at = next(i for i, a in enumerate(op.schema_args) if a.kind in ("state", "device"))
+    known = (torch.Tensor, FakeTensor, FunctionalTensor)
+
+    def rule(mode, func, types, args, kwargs):
+        where = args[at]
+        device_type = where.device.type if isinstance(where, torch.Tensor) else torch.device(where).type
+        if (not TRACE_TRITON or device_type != "cuda" or custom_triton_ops_decomposition_disabled()
+                or not _is_triton(_kernel_choice(op.name, "cuda")[0]) or not all(issubclass(t, known) for t in types)):
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+        with mode:
+            return cuda_kernel(*args, **kwargs)
+    torch.library.register_torch_dispatch(f"{NAMESPACE}::{op.name}", FunctionalTensorMode, rule, lib=_lib)
 
 
 def _register(op: _table.Op) -> Entry:
@@ -316,6 +353,8 @@ def _register(op: _table.Op) -> Entry:
     for key, kernel in backend_kernels.items():
         _lib.impl(op.name, kernel, key.name)
     _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels), "Autograd", with_keyset=True)
+    if "triton" in op.backends:
+        _triton_decomposition(op, backend_kernels[torch._C.DispatchKey.CUDA])
     return Entry(op, opobj)
 
 

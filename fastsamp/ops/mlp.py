@@ -163,31 +163,33 @@ def _energy_sum_args(x, nets, mixture, *, need_energy):
     return args
 
 
-def _limits(device):
-    """(largest D, largest hidden width) of the compiled kernel backend="auto" runs on `device` (None: no limit)."""
-    module = inspect.getmodule(backends.resolve("auto", "mlp_score", device))
-    return getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+def has_fused_kernel(device, dim=1, hidden=1, net_type=None) -> bool:
+    """Whether backend="auto" runs a compiled kernel for networks of `net_type` (ScoreNet, the default, or EnergyNet)
+    of width `hidden` on `dim`-dimensional chains on `device`: the C++ engine on the CPU (any size), for score
+    networks the Triton one (kernels/mlp.py) on CUDA when triton is installed and the sizes are within its limits
+    (MLP_MAX_D, MLP_MAX_HIDDEN)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    fn = backends.resolve("auto", "mlp_energy_mala" if net_type is EnergyNet else "mlp_mala", device)
+    if _dispatch.is_reference(fn):
+        return False
+    module = inspect.getmodule(fn)
+    max_d, max_h = getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+    return (max_d is None or dim <= max_d) and (max_h is None or hidden <= max_h)
 
 
 def _route(backend, op, args, *tensors):
-    """`_dispatch.route` of a network-sum op (args: `_score_sum_args` or `_energy_sum_args`, both ending with the
-    mixture's three tensors and two floats), except that backend="auto" runs the reference off the CPU where the
-    call exceeds the compiled kernel's limits (the Triton engine's D and hidden width)."""
+    """`_dispatch.route` of a network-sum op (args: `_score_sum_args` or, for the mlp_energy ops, `_energy_sum_args`,
+    both ending with the mixture's three tensors and two floats), except that backend="auto" runs the reference off
+    the CPU where no compiled kernel takes the call (`has_fused_kernel`: the Triton engine's size limits; no GPU
+    kernel for energy networks)."""
     x = args[0]
-    if backend == "auto" and not x.is_cpu:
-        max_d, max_h = _limits(x.device)
-        if (max_d is not None and x.shape[1] > max_d) or (max_h is not None and max(args[2][1::4], default=0) > max_h):
-            backend = "torch"
+    net_type = EnergyNet if op.startswith("mlp_energy") else ScoreNet
+    if backend == "auto" and not x.is_cpu and not has_fused_kernel(x.device, x.shape[1], max(args[2][1::4], default=1),
+                                                                   net_type):
+        backend = "torch"
     return _dispatch.route(backend, op, x, *args[1], *args[-5:-2], *tensors)
-
-
-def has_fused_kernel(device, net_type=None) -> bool:
-    """Whether backend="auto" runs a compiled kernel for networks of `net_type` (ScoreNet, the default, or EnergyNet)
-    on tensors on `device`: the C++ engine on the CPU, for score networks the Triton one (kernels/mlp.py) on CUDA when
-    triton is installed."""
-    device = torch.device(device)
-    op = "mlp_energy_mala" if net_type is EnergyNet else "mlp_mala"
-    return device.type == "cpu" or not _dispatch.is_reference(backends.resolve("auto", op, device))
 
 
 def mlp_score(x, nets, *, mixture=None, backend="auto"):

@@ -1,0 +1,75 @@
+"""torch.compile tracing into fastsamp's Triton kernels (issue 10 item 1: "the Triton kernels through
+torch.library.triton_op / wrap_triton, where that lets Inductor trace them").
+
+The registered op gets triton_op's mechanism (`fastsamp/ops/_library._triton_decomposition`, switched by
+`_library.TRACE_TRITON` / FASTSAMP_TRACE_TRITON=1): while AOTAutograd functionalizes a graph, a call on CUDA
+tensors whose "auto" kernel is Triton runs its launcher, whose launches become `wrap_triton` graph nodes that
+Inductor compiles. That needs CUDA tensors: on the CPU, under TRITON_INTERPRET=1, torch 2.13's wrap_triton returns
+the interpreted kernel itself (no traceable wrapper; it would run on fake tensors: "Cannot access data pointer"),
+and Inductor compiles user-defined Triton kernels for GPUs only. So on the CPU the op stays one opaque node
+(checked here), and the tracing tests run on a lent GPU (benchmarks/gpu_run.sh; `-k cuda`).
+"""
+import pytest
+import torch
+
+from fastsamp import ops
+from fastsamp.ops import _library
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="Inductor traces user-defined Triton kernels on CUDA tensors only: no GPU here")
+
+
+@pytest.fixture
+def trace_triton(monkeypatch, dynamo_reset):
+    monkeypatch.setattr(_library, "TRACE_TRITON", True)
+
+
+def _step(x, s, eps, offset):
+    """Ops whose CUDA kernel is Triton even where the CUDA C++ kernels are built."""
+    x_prop = ops.mala_propose(x, s, eps, seed=3, offset=offset)
+    return x_prop, ops.line_points(x, x_prop, 3)
+
+
+def _inputs(device, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, device=device, dtype=dtype)
+    return x, torch.randn_like(x), torch.full((64,), 0.05, device=device, dtype=dtype)
+
+
+def _compiled_code(*args):
+    from torch._inductor.utils import run_and_get_code
+    assert torch._dynamo.explain(_step)(*args).graph_break_count == 0
+    torch._dynamo.reset()
+    out, code = run_and_get_code(torch.compile(_step, fullgraph=True), *args)
+    return out, "\n".join(code)
+
+
+def test_cpu_compile_keeps_the_op_opaque(trace_triton):
+    """CPU tensors (the cpp kernel, or Triton interpreted): one opaque node per op, no graph break, eager's values."""
+    args = _inputs("cpu", torch.float32) + (2,)
+    out, code = _compiled_code(*args)
+    assert "fastsamp.mala_propose" in code and "fastsamp.line_points" in code
+    torch.testing.assert_close(out, _step(*args), rtol=0, atol=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_compile_traces_into_the_triton_kernels(trace_triton, dtype):
+    """No graph break; Inductor's code holds the Triton kernels themselves, not calls of the ops; eager's values
+    (up to FMA contraction inside Inductor's compilation)."""
+    args = _inputs("cuda", dtype) + (2,)
+    out, code = _compiled_code(*args)
+    assert "_affine_noise_kernel" in code and "_line_points_kernel" in code
+    assert "fastsamp.mala_propose" not in code and "fastsamp.line_points" not in code
+    torch.testing.assert_close(out, _step(*args))
+    out_next, _ = _compiled_code(*args[:3], 3)  # a new offset draws new noise
+    assert not torch.equal(out_next[0], out[0])
+
+
+@needs_gpu
+def test_cuda_compile_keeps_the_op_opaque_when_switched_off(monkeypatch, dynamo_reset):
+    monkeypatch.setattr(_library, "TRACE_TRITON", False)
+    args = _inputs("cuda", torch.float32) + (2,)
+    out, code = _compiled_code(*args)
+    assert "fastsamp.mala_propose" in code
+    torch.testing.assert_close(out, _step(*args), rtol=0, atol=0)
