@@ -13,7 +13,8 @@ once per call. The op's score is Σ_i s_i(x) (+ an analytic Gaussian mixture's, 
 
 One program holds BLOCK_B chains: their state, score and activations stay in registers; every layer is
 one tl.dot of the [BLOCK_B, HP] activations with the layer's transposed weight tile (ieee precision:
-no TF32, so float32 agrees with the reference to float32 rounding; float64 dots are exact-rounding FMA).
+no TF32, so float32 agrees with the reference to float32 rounding: FMA dots on the GPU, not tensor cores;
+float64 dots in float64, DMMA on sm_90).
 Dots need every dim >= 16, so the state tile is BLOCK_D = 4 BLOCK_J >= 16 columns (zeros beyond D) and
 the hidden tile HP = max(16, next_pow2(H_max)) (zero weights and biases beyond a network's H: act(0) = 0,
 so the padding is exact). The whole-move kernels draw ξ and u from the in-kernel Philox of `random.py`

@@ -2,6 +2,8 @@
 reference: on a CPU-only machine under TRITON_INTERPRET=1 (conftest), on a GPU compiled. Small sizes: the
 interpreter runs a python loop per program. Chain counts are odd and not multiples of the block (64 chains under
 the interpreter, at most 32 compiled), so every run has a partial last block."""
+import os
+
 import pytest
 import torch
 from conftest import assert_moves_match, backend_device, skip_unless_available
@@ -195,3 +197,34 @@ def test_annealed_mcmc_fuses_cuda_score_mlps():
     assert not ops.mlp.has_fused_kernel("cuda", 2, wide_h) and ops.mlp.has_fused_kernel("cuda", 2, wide_h - 1)
     assert not score_mlp(2, wide_h, seed=3, dtype=torch.float32).cuda().fusable()
 
+
+
+# opt-in, ~2 min: FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0 pytest tests/test_mlp_triton.py -k sm90
+@pytest.mark.skipif(os.environ.get("FASTSAMP_TRITON_AOT") != "1" or backends.triton_interpreted(),
+                    reason="opt-in (FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0): compiles for sm_90 without a GPU")
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_kernels_compile_for_sm90_within_shared_memory(dtype):
+    """The compiled path on a machine without a GPU: every mlp kernel compiles for sm_90 (triton.compile with the
+    wheel's ptxas) at the largest hidden tile, using at most the 227 KB of shared memory an H100/H200 block may."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    mlp = backends._load("triton")[0].mlp
+    hp = mlp.MLP_MAX_HIDDEN
+    cases = [(mlp._mlp_mala_kernel, dict(MH_MODE=0, HAS_MIX=True, BLOCK_J=4, RNG_T=0)),
+             (mlp._mlp_hmc_kernel, dict(MH_MODE=0, HAS_MIX=True, BLOCK_J=4, RNG_T=7)),
+             (mlp._mlp_score_kernel, dict(HAS_MIX=True, BLOCK_D=16)),
+             (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2))]
+    for fn, consts in cases:
+        consts = {"HP": hp, "BLOCK_B": 16, "IDX64": False, **consts}
+        consts = {p.name: consts[p.name] for p in fn.params if p.is_constexpr}
+
+        def typ(p):
+            if p.name.endswith("_ptr"):
+                return "*i64" if p.name == "meta_ptr" else f"*{dtype}"
+            return "*i64" if p.name.endswith("_p") else p.annotation or "i32"
+        signature = {p.name: "constexpr" if p.is_constexpr else typ(p) for p in fn.params}
+        k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                           options=dict(num_warps=4, num_stages=mlp._STAGES))
+        assert k.metadata.shared <= 227 * 1024, (fn.__name__, k.metadata.shared)

@@ -194,10 +194,10 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("version", ["score", "energy"])
-def test_training_killed_and_resumed_ends_where_an_uninterrupted_run_ends(tmp_path, version):
+@pytest.mark.parametrize("version, compile", [("score", False), ("energy", False), ("energy", True)])
+def test_training_killed_and_resumed_ends_where_an_uninterrupted_run_ends(tmp_path, version, compile):
     """k steps, killed (the data sampler raises at step k), rerun to 2k from the checkpoint == 2k straight:
-    identical EMA weights; the checkpoint is removed at the end."""
+    identical EMA weights (eager, and compiled against compiled); the checkpoint is removed at the end."""
     k, sample = 6, targets.FACTORS["ring"][0]
 
     def run(sample_data, checkpoint=None):
@@ -205,7 +205,7 @@ def test_training_killed_and_resumed_ends_where_an_uninterrupted_run_ends(tmp_pa
             torch.manual_seed(3)
             model = networks.build(version, DDPM(10), hidden=16, n_blocks=1)
         return networks.train(model, sample_data, steps=2 * k, batch_size=32, ema_decay=0.9, seed=7,
-                              checkpoint=checkpoint, checkpoint_every=k)
+                              checkpoint=checkpoint, checkpoint_every=k, compile=compile)
 
     calls = []
 

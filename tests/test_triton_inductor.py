@@ -7,7 +7,8 @@ tensors whose "auto" kernel is Triton runs its launcher, whose launches become `
 Inductor compiles. That needs CUDA tensors: on the CPU, under TRITON_INTERPRET=1, torch 2.13's wrap_triton returns
 the interpreted kernel itself (no traceable wrapper; it would run on fake tensors: "Cannot access data pointer"),
 and Inductor compiles user-defined Triton kernels for GPUs only. So on the CPU the op stays one opaque node
-(checked here), and the tracing tests run on a lent GPU (benchmarks/gpu_run.sh; `-k cuda`).
+(checked here); without a GPU the functionalized trace on fake CUDA tensors is checked (a subprocess with the
+Triton kernels not interpreted), and Inductor's compilation runs on a lent GPU (benchmarks/gpu_run.sh; `-k cuda`).
 """
 import pytest
 import torch
@@ -50,6 +51,55 @@ def test_cpu_compile_keeps_the_op_opaque(trace_triton):
     out, code = _compiled_code(*args)
     assert "fastsamp.mala_propose" in code and "fastsamp.line_points" in code
     torch.testing.assert_close(out, _step(*args), rtol=0, atol=0)
+
+
+_FAKE_CUDA_TRACE = """
+import torch
+from torch._functorch._aot_autograd.functional_utils import from_fun, to_fun
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+import fastsamp
+from fastsamp import ops
+from fastsamp.ops import _library
+_library.TRACE_TRITON = {trace}
+fastsamp.set_validation(False)  # as under torch.compile: no value check reads a (fake) tensor
+
+def step(x, s, eps):
+    x_prop = ops.mala_propose(x, s, eps, seed=3, offset=2)
+    return x_prop, ops.line_points(x, x_prop, 3)
+
+def functional(x, s, eps):  # what AOTAutograd does before Inductor: functionalize, on fake tensors
+    with FunctionalTensorMode():
+        out = step(*map(to_fun, (x, s, eps)))
+    return tuple(map(from_fun, out))
+
+with FakeTensorMode(allow_non_fake_inputs=True):
+    x, s, eps = torch.empty(64, 5, device="cuda"), torch.empty(64, 5, device="cuda"), torch.empty(64, device="cuda")
+print(make_fx(functional, tracing_mode="fake")(x, s, eps).code)
+"""
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_fake_cuda_trace_reaches_the_triton_launches(trace):
+    """Without a GPU: AOTAutograd's functionalization of a step on fake CUDA tensors, with the Triton kernels
+    compiled-mode (TRITON_INTERPRET unset, in a subprocess): switched on, the graph holds the kernels' launches as
+    `triton_kernel_wrapper_functional` nodes and no fastsamp op; off, the opaque ops. (Inductor's compilation of
+    those nodes needs the GPU test below.)"""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _FAKE_CUDA_TRACE.format(trace=trace)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    code = run.stdout
+    if trace:
+        assert code.count("triton_kernel_wrapper_functional(") == 2 and "fastsamp" not in code
+        assert "'BLOCK_G'" in code and "'n': 3" in code  # _affine_noise_kernel's and _line_points_kernel's launches
+    else:
+        assert "fastsamp.mala_propose" in code and "fastsamp.line_points" in code
+        assert "triton_kernel_wrapper" not in code
 
 
 @needs_gpu

@@ -80,7 +80,8 @@ def equal_count_reference(target, n: int, generator=None) -> torch.Tensor:
 def _sample_diagnostics(x, exact, target, seed) -> dict:
     """What W2 mixes together, separately: W2 of a second exact sample against the same reference
     (what a perfect sampler scores, one draw), mode weights for mixtures (×K, 1 = exact; and W2 against
-    the paper's equal-count 25GMM reference), the right-well fraction per Manywell coordinate pair."""
+    the paper's equal-count 25GMM reference), and the fraction of Manywell's double-well coordinates
+    in the right well (a > 0; exact 0.844) for the model and the exact samples."""
     from .. import metrics
     extra = torch.Generator().manual_seed(seed + 10**9)
     out = {"w2_exact": metrics.wasserstein2(target.sample(len(exact), extra), exact)}

@@ -43,7 +43,8 @@ _lib = torch.library.Library(NAMESPACE, "DEF")
 
 
 # backend op -> the module attribute holding its largest supported D
-_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D"}
+_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D",
+               "mlp_score": "MLP_MAX_D", "mlp_mala": "MLP_MAX_D", "mlp_hmc": "MLP_MAX_D"}
 
 
 def max_d(fn, op: str):

@@ -178,6 +178,25 @@ def compiled_eps_loss(model):
     return _COMPILED[key]
 
 
+def training_step(model, opt, sample_data, g, batch_size, compile=False):
+    """One Adam step of `train` on a fresh batch (x_0 from sample_data(batch_size, g), i and z from g);
+    returns the loss."""
+    abar = model.schedule.alpha_bars.float()
+    x0 = sample_data(batch_size, g).float()
+    i = torch.randint(0, len(abar), (batch_size,), generator=g)
+    z = torch.randn(x0.shape, generator=g)
+    a = abar[i][:, None]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * z
+    if compile:
+        loss = compiled_eps_loss(model)(dict(model.net.named_parameters()), x_t, i, z)
+    else:
+        loss = ((model.eps(x_t, i) - z) ** 2).sum(1).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.999, seed=0,
           checkpoint=None, checkpoint_every=1000, compile=False, log=None):
     """ε-matching on fresh data each step: minimise E |ε_θ(√ᾱ_i x_0 + √(1−ᾱ_i) z, i) − z|², i uniform
@@ -193,7 +212,6 @@ def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.99
     g = torch.Generator().manual_seed(seed)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    abar = model.schedule.alpha_bars.float()
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
         ck = torch.load(checkpoint, weights_only=True)
@@ -203,18 +221,7 @@ def train(model, sample_data, *, steps, batch_size=2000, lr=1e-3, ema_decay=0.99
         g.set_state(ck["rng"])
         start = ck["step"]
     for step in range(start, steps):
-        x0 = sample_data(batch_size, g).float()
-        i = torch.randint(0, len(abar), (batch_size,), generator=g)
-        z = torch.randn(x0.shape, generator=g)
-        a = abar[i][:, None]
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * z
-        if compile:
-            loss = compiled_eps_loss(model)(dict(model.net.named_parameters()), x_t, i, z)
-        else:
-            loss = ((model.eps(x_t, i) - z) ** 2).sum(1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = training_step(model, opt, sample_data, g, batch_size, compile)
         decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up: a short run is not its initial weights
         ema_update(ema, model, decay)
         if log is not None and (step % 1000 == 0 or step == steps - 1):
