@@ -1,0 +1,216 @@
+"""The small trained MLP models: `ScoreMLP` (a score network) and its energy-parameterised twin `EnergyMLP`,
+their shared `FourierMLP` architecture, `train_score_mlp` (denoising score matching for either) and `mlp_moves`,
+the fused whole-move kernels on sums of them (fastsamp.ops.mlp). Imported from `fastsamp.models` as well."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ops
+from ._model_base import schedule_config, schedule_from_config, value_and_grad
+from .schedules import VP
+
+
+class FourierMLP(torch.nn.Module):
+    """What ScoreMLP and EnergyMLP share: f(x, t) = MLP([x, Fourier(t)]) (hidden width `hidden`, three
+    SiLU layers, n_freq sinusoidal frequencies of t) and the moment-matched Gaussian of the data
+    (mean m, variance σ_d²): at time t it is N(α_t m, v_t I), v_t = α_t² σ_d² + σ_t². Both compute in
+    their own dtype and return x's dtype (`casts_input`): a float32 network serves float64 chains."""
+
+    casts_input = True
+
+    def __init__(self, dim, hidden=128, n_freq=16, schedule=None, data_mean=None, data_var=1.0):
+        super().__init__()
+        self.dim, self.hidden, self.n_freq = int(dim), int(hidden), int(n_freq)
+        self.schedule = schedule or VP()
+        self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(1000.0), n_freq)))
+        self.register_buffer("data_mean", torch.zeros(dim) if data_mean is None else data_mean.float())
+        self.register_buffer("data_var", torch.tensor(float(data_var)))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim + 2 * n_freq, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+            torch.nn.Linear(hidden, dim))
+
+    def marginal(self, t):
+        """(α_t, σ_t²) of the schedule for a tensor of times."""
+        return self.schedule.alpha(t), self.schedule.sigma2(t)
+
+    def gaussian_and_net(self, x, t):
+        """(α_t m, v_t, f(x, t)) for a batch x and a time t (scalar or (B,)), in x's dtype, differentiable."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
+        alpha, sigma2 = self.marginal(t)
+        emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
+        return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, self.net(torch.cat([x, emb], 1))
+
+    def config(self):
+        return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
+                "schedule": schedule_config(self.schedule)}
+
+    def fusable(self) -> bool:
+        """Whether the fused kernels evaluate this network: `net` is Sequential(Linear, SiLU, ..., Linear) with
+        biases (a subclass or a replaced `net` may not be) and lives where a kernel takes it (score networks: the C++
+        engine on the CPU, the Triton one on CUDA up to its D and width limits; energy networks: the CPU;
+        `ops.mlp.has_fused_kernel`); elsewhere the generic path runs, and AnnealedStats.fused says so."""
+        mods = list(self.net) if isinstance(self.net, torch.nn.Sequential) else []
+        linears, acts = mods[0::2], mods[1::2]
+        return (len(mods) % 2 == 1 and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
+                and all(type(a) is torch.nn.SiLU for a in acts)
+                and ops.mlp.has_fused_kernel(linears[0].weight.device, self.dim, linears[0].out_features,
+                                             self.FUSED_NET))
+
+    def fused_net(self, t, x):
+        """This network at time t as the fused network ops read it (ops.ScoreNet for a ScoreMLP, ops.EnergyNet for
+        an EnergyMLP: `FUSED_NET`), its tensors detached and in x's dtype and device; (α_t, σ_t²) from the schedule
+        in float64."""
+        if not self.fusable():
+            raise TypeError(f"{type(self).__name__}.net must be Sequential(Linear, SiLU, ..., Linear) on a device with "
+                            f"a fused kernel")
+        linears = list(self.net)[0::2]
+        conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
+        t = float(t)
+        return self.FUSED_NET(tuple(conv(m.weight) for m in linears), tuple(conv(m.bias) for m in linears),
+                              conv(self.freq), conv(self.data_mean), float(self.data_var), t,
+                              float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
+
+    def fused_corrector(self):
+        """The whole-move kernels (ULA / MALA and HMC / U-HMC: ops.mlp_mala and ops.mlp_hmc for a ScoreMLP,
+        ops.mlp_energy_mala and ops.mlp_energy_hmc for an EnergyMLP) as one callable (the `fastsamp.protocol`
+        hook); None when `net` is not the standard architecture."""
+        return self.fused_moves if self.fusable() else None
+
+    def fused_moves(self, x, t, step_size, spec, key):
+        """spec.n_steps corrector moves at time t from x with Philox key (seed, offset, chain_offset), the network
+        evaluated in x's dtype; returns (x, per-chain acceptance rate)."""
+        return mlp_moves(x, [self.fused_net(t, x)], None, step_size, spec, key)
+
+    @classmethod
+    def from_saved(cls, config, state):
+        config = dict(config, schedule=schedule_from_config(config["schedule"]))
+        model = cls(**config)
+        model.load_state_dict(state)
+        return model
+
+
+class ScoreMLP(FourierMLP):
+    """s_θ(x, t) = (α_t m − x)/v_t + f(x, t)/√v_t (see FourierMLP): the score of the moment-matched
+    Gaussian plus a learned correction. The Gaussian part keeps the score well scaled at small t and
+    far from the data, where the network has seen little.
+
+    As a model, `score(x, t)` evaluates the network in its own dtype (no grad) and returns the
+    score in x's dtype (`casts_input`). `forward` is the differentiable score (training)."""
+
+    has_energy = False
+
+    def forward(self, x, t):
+        mean, v, f = self.gaussian_and_net(x, t)
+        return (mean - x) / v + f / v.sqrt()
+
+    def score(self, x, t):
+        dtype = self.freq.dtype
+        with torch.no_grad():
+            return self(x.to(dtype), float(t)).to(x.dtype)
+
+    FUSED_NET = ops.ScoreNet
+
+    def score_net(self, t, x):
+        """`fused_net`: this network at time t as an ops.ScoreNet."""
+        return self.fused_net(t, x)
+
+
+class EnergyMLP(FourierMLP):
+    """Energy-parameterised twin of ScoreMLP (same network, Du et al. 2023's residual form with the
+    Gaussian skip): log p_t(x) = −E(x, t) + const,
+
+        E(x, t) = |x − α_t m − √v_t f(x, t)|² / (2 v_t),
+
+    so that for an f that does not depend on x the score −∇_x E equals ScoreMLP's (α_t m − x)/v_t + f/√v_t;
+    in general −∇_x E = −r/v_t + J_fᵀ r/√v_t, r = x − α_t m − √v_t f (J_f = ∂f/∂x).
+    The score comes by autograd: `score_and_log_prob` is one forward and one backward (it enables grad
+    locally, so it works under torch.no_grad); `forward` is the score with create_graph=True (training).
+    The samplers' fused path runs ops.mlp_energy_mala / mlp_energy_hmc (energy and score in one forward and
+    one backward through the layers inside the kernel), with the exact energy MH (mh="energy") among others;
+    ops.mlp_energy(x, net.energy_net(t, x)) is the fused (score, log p)."""
+
+    has_energy = True
+    FUSED_NET = ops.EnergyNet
+
+    def energy_net(self, t, x):
+        """`fused_net`: this network at time t as an ops.EnergyNet."""
+        return self.fused_net(t, x)
+
+    def energy(self, x, t):
+        """E(x, t), (B,), differentiable."""
+        mean, v, f = self.gaussian_and_net(x, t)
+        return ((x - mean - v.sqrt() * f) ** 2).sum(1) / (2 * v[:, 0])
+
+    def forward(self, x, t):
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.energy(x, t).sum(), x, create_graph=True)
+        return -g
+
+    def score_and_log_prob(self, x, t):
+        e, g = value_and_grad(lambda z: self.energy(z, float(t)), x.to(self.freq.dtype))
+        return (-g).to(x.dtype), (-e).to(x.dtype)
+
+    def score(self, x, t):
+        return self.score_and_log_prob(x, t)[0]
+
+    def log_prob(self, x, t):
+        with torch.no_grad():
+            return -self.energy(x.to(self.freq.dtype), float(t)).to(x.dtype)
+
+
+def mlp_moves(x, nets, mixture, step_size, spec, key):
+    """spec.n_steps moves of ops.mlp_mala (ULA / MALA) or ops.mlp_hmc (HMC / U-HMC) on Σ nets (+ mixture)
+    with the Philox key of the run, ops.mlp_energy_mala / mlp_energy_hmc when an energy network is among the
+    nets; the HMC momentum starts at 0 in the kernel."""
+    common = dict(mixture=mixture, step_size=step_size, n_steps=spec.n_steps, seed=key.seed, offset=key.offset,
+                  chain_offset=key.chain_offset, backend=spec.backend)
+    energy = any(isinstance(n, ops.EnergyNet) for n in nets)
+    if spec.is_hmc:
+        hmc = ops.mlp_energy_hmc if energy else ops.mlp_hmc
+        return hmc(x, nets, n_leapfrog=spec.n_leapfrog, mh="none" if spec.corrector == "uhmc" else spec.mh,
+                   damping=spec.damping, **common)
+    mala = ops.mlp_energy_mala if energy else ops.mlp_mala
+    return mala(x, nets, n_trapezoid=spec.n_trapezoid, mh="none" if spec.corrector == "ula" else spec.mh, **common)
+
+
+PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
+
+
+def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
+                    schedule=None, parameterisation="score") -> ScoreMLP | EnergyMLP:
+    """Denoising score matching on data samples (VP schedule): minimise
+    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1). `parameterisation` "score" trains a
+    ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through its autograd score), so that
+    score-MH and energy-MH compare on equal networks. Returns the trained model (float32, eval mode),
+    a model that saves and loads."""
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(f"parameterisation must be one of {tuple(PARAMETERISATIONS)}, got {parameterisation!r}")
+    schedule = schedule or VP()
+    if not isinstance(schedule, VP):
+        raise TypeError("train_score_mlp supports the VP schedule")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    data = samples.detach().float().cpu()
+    net = PARAMETERISATIONS[parameterisation](data.shape[1], hidden=hidden, schedule=schedule,
+                                              data_mean=data.mean(0), data_var=float(data.var(0).mean()))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters)
+    for _ in range(n_iters):
+        x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
+        t = t_min + (1 - t_min) * torch.rand(batch_size, 1, generator=g)
+        alpha, sigma2 = net.marginal(t)
+        sigma = sigma2.sqrt()
+        z = torch.randn(x0.shape, generator=g)
+        s = net(alpha * x0 + sigma * z, t[:, 0])
+        loss = ((sigma * s + z) ** 2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
