@@ -54,9 +54,13 @@ _MIN_PROGRAMS = 264
 # double-buffers the layer loop's weight tile in shared memory, 280 KB in float64 (over the 227 KB an H100/H200
 # block may use); one stage: 75 KB (float32) / 150 KB (float64). Checked by compiling without a GPU, not run.
 _STAGES = 1
+# Integer arguments are not specialised (value 1, multiples of 16): one compiled variant per dtype and block shape
+# whatever the sizes, step counts and offsets of a call (each variant of the move kernels compiles in ~10-40 s).
+_RUNTIME_INTS = ["n", "off_freq", "off_mean", "off_w0", "off_b0", "off_wo", "off_bo", "off_hidden", "D", "F", "H", "L",
+                 "act", "CS", "n_nets", "K", "B", "n_steps", "n_trap", "n_lf", "k0", "k1", "o0", "o1", "chain0"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _net_prep_kernel(w_ptr, meta_ptr, c_ptr, n, off_freq, off_mean, off_w0, off_b0, off_wo, off_bo, off_hidden,
                      D, F, H, L, act, CS, t_: tl.float64, alpha_: tl.float64, v_: tl.float64, sv_: tl.float64,
                      HP: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -151,7 +155,7 @@ def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_al
     return s
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _mlp_score_kernel(x_ptr, score_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
                       mix_alpha_: tl.float64, B, D, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
                       BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
@@ -161,7 +165,7 @@ def _mlp_score_kernel(x_ptr, score_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_p
     tl.store(score_ptr + offs, s, mask=m2)
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _mlp_mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
                      mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_trap,
                      MH_MODE: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -206,7 +210,7 @@ def _mlp_mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n
     _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _mlp_hmc_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
                     mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_lf,
                     damping_: tl.float64, c_n_: tl.float64, MH_MODE: tl.constexpr, HP: tl.constexpr,

@@ -276,3 +276,15 @@ def test_cli_verb_adds_the_hybrid_rows_to_a_recorded_table(tmp_path, monkeypatch
     assert "--add" in result["added"][0]["command"]
     table = (out / "guided_digits.md").read_text()
     assert "| LA-10, hybrid MH (λ_mh=λ) | score |" in table and f"({1 + 7 * (T - 1)} clf)" in table
+
+
+def test_paper_rejection_rows_keep_the_momentum_and_reuse_the_hmc_step_size():
+    """The HMC keep-vs-flip rows: the paper's rejection wraps each model's HMC test (score: the midpoint
+    trapezoid) and takes the HMC row's step size."""
+    from fastsamp.experiments.guided_digits import methods
+    from fastsamp.experiments.product2d.sampling import KeepMomentumOnReject
+    rows = {m.label: m for m in methods()}
+    for model, inner in (("score", ScoreMH), ("energy", EnergyMH)):
+        keep, flip = rows[f"HMC, paper's rejection (no flip) ({model})"], rows[f"HMC ({model})"]
+        assert isinstance(keep.mh, KeepMomentumOnReject) and type(keep.mh.inner) is inner
+        assert type(flip.mh) is inner and keep.step_from == flip.label and keep.midpoint == flip.midpoint

@@ -241,3 +241,20 @@ def test_compiled_training_loss_and_gradients_match_eager(version):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for g_c, g_e in zip(torch.autograd.grad(compiled, list(params.values())), grads):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)
+
+
+def test_claim_check_verdicts():
+    """The claim line: holds when score-MH's relative W2 gain matches energy-MH's within the spreads, does
+    not hold when it does not, untestable when energy-MH's own gain is inside its spread."""
+    from fastsamp.experiments.product2d.report import claim_check
+
+    def runs(energy_w2, score_w2):  # per retrain: (unadjusted, MH) W2
+        return {"energy": [{"methods": {"U-LA": {"w2": b}, "LA": {"w2": c}}} for b, c in energy_w2],
+                "score": [{"methods": {"U-LA": {"w2": b}, "LA-10": {"w2": c}}} for b, c in score_w2]}
+
+    gain = [(1.0, 0.5), (1.0, 0.52), (1.0, 0.48)]  # 50 ± 2 %
+    assert "holds" in claim_check(runs(gain, [(1.0, 0.51), (1.0, 0.49), (1.0, 0.5)]))[0]
+    assert "does not hold" in claim_check(runs(gain, [(1.0, 0.95), (1.0, 0.97), (1.0, 0.96)]))[0]
+    noisy = [(1.0, 0.9), (1.0, 1.1), (1.0, 0.95)]
+    assert "untestable" in claim_check(runs(noisy, gain))[0]
+    assert claim_check({"energy": [], "score": []}) == []

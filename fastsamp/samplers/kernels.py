@@ -95,10 +95,11 @@ _PUBLIC = {name: _public(name) for name in ("mala_propose", "line_points", "scor
 
 
 def _op(kernel, name, tensors, rest=(), backend=None):
-    """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend choice
-    looks at, `_dispatch.route`). A checked kernel's run has checked its constants once and passes the ops
-    the kernels' own outputs and contiguous model outputs (`checked_kernel`): the routed function directly,
-    with no per-call check; a hand-built kernel: the public op, which checks every argument."""
+    """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend
+    choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset).
+    A checked kernel's run has checked its constants once and passes the ops the kernels' own outputs and
+    contiguous model outputs (`checked_kernel`): the routed function directly, with no per-call check; a
+    hand-built kernel: the public op, which checks every argument."""
     backend = kernel.backend if backend is None else backend
     if kernel.checked:
         return _dispatch.route(backend, name, *tensors)(*tensors, *rest)

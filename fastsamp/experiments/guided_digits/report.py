@@ -47,7 +47,9 @@ def markdown_table(result) -> str:
               "classifier term enters the MH test unscaled (λ_mh = 1) while the proposal uses λ (the paper's "
               "code; for score-LA-10 the hybrid test with λ_mh = 1); step size as the λ_mh = λ row (score: the LA-10 "
               "row). \"hybrid MH\" (score-LA-10): the trapezoid (10 points) on the network's score plus the exact "
-              "classifier term λ_mh·Δlog p(y|x), instead of the trapezoid of the whole guided score. "
+              "classifier term λ_mh·Δlog p(y|x), instead of the trapezoid of the whole guided score. \"paper's "
+              "rejection (no flip)\": HMC whose rejected chains keep the refreshed momentum (the paper's code; "
+              "fastsamp flips it, which keeps the partial refresh exact); step size as the HMC row. "
               "evals/sample: guided-target evaluations (network + "
               "classifier value and gradient) per sample; the hybrid rows evaluate the network alone at the interior "
               "points, so their classifier evaluations are given apart (clf)."]

@@ -35,6 +35,7 @@ from ... import ops
 from ...models import value_and_grad
 from ...protocol import CountingModel, has_energy
 from ...samplers.kernels import HMC, ChainState, EnergyMH, Info, Langevin, NoMH, PhiloxKey, ScoreMH
+from ..product2d.sampling import KeepMomentumOnReject
 
 LAMBDA = 20.0
 
@@ -161,7 +162,9 @@ class Method:
     ("ula", "mala", "uhmc", "hmc"; None for Reverse) and the paper's settings; `lam_mh` the classifier
     scale in the MH test (None: λ, the right one; 1: the paper's code); `hybrid`: score-LA with
     `HybridLangevin`'s MH test (trapezoid on the prior's score, exact classifier term); `step_from`: the
-    label of the row whose searched step size this ablation row reuses."""
+    label of the row whose searched step size this ablation row reuses; `keep_momentum`: HMC with the
+    paper's rejection (a rejected chain keeps its refreshed momentum, no flip; exact only with a full
+    refresh, and the refresh here is partial, damping 0.9)."""
 
     name: str
     model: str
@@ -174,6 +177,7 @@ class Method:
     lam_mh: float | None = None
     hybrid: bool = False
     step_from: str | None = None
+    keep_momentum: bool = False
 
     @property
     def label(self):
@@ -187,13 +191,15 @@ class Method:
     def mh(self):
         if self.corrector in (None, "ula", "uhmc"):
             return NoMH()
-        return EnergyMH() if self.model == "energy" else ScoreMH(self.n_trapezoid)
+        test = EnergyMH() if self.model == "energy" else ScoreMH(self.n_trapezoid)
+        return KeepMomentumOnReject(test) if self.keep_momentum else test
 
 
 def methods() -> list[Method]:
     """The table's rows: Reverse, ULA, LA, U-HMC, HMC for the score and the energy model; the ablations of
     the classifier term in the MH test: the energy MH samplers with the paper's unscaled term, and score-LA-10
-    with the hybrid test (`HybridLangevin`) at λ_mh = λ and at the paper's λ_mh = 1."""
+    with the hybrid test (`HybridLangevin`) at λ_mh = λ and at the paper's λ_mh = 1; HMC with the paper's
+    rejection (momentum kept, no flip) for both models."""
     rows = []
     for model in ("score", "energy"):
         score = model == "score"
@@ -206,6 +212,8 @@ def methods() -> list[Method]:
              Method("HMC, paper's MH (λ_mh=1)", "energy", "hmc", 2, lam_mh=1.0, step_from="HMC (energy)")]
     rows += [Method(name, "score", "mala", 6, n_trapezoid=9, lam_mh=lam_mh, hybrid=True, step_from="LA-10 (score)")
              for name, lam_mh in (("LA-10, hybrid MH (λ_mh=λ)", None), ("LA-10, paper's MH (λ_mh=1)", 1.0))]
+    rows += [Method("HMC, paper's rejection (no flip)", model, "hmc", 2, midpoint=model == "score",
+                    keep_momentum=True, step_from=f"HMC ({model})") for model in ("score", "energy")]
     return rows
 
 

@@ -5,10 +5,13 @@ Two factors (an 8-mode ring, a uniform bar) are each trained as a residual-MLP �
 cosine DDPM schedule, in a score and an energy version; their product is sampled by pure annealed
 MCMC (100 levels × 10 moves from N(0, I), no reverse steps) and by ancestral sampling, and compared
 with exact target samples (`report`). Resumable: every trained model is cached in OUT/models (one
-file per version, factor and retrain; training checkpoints in between), every method's result is
-written to OUT/runs/VERSION-rK.json as soon as it is done, and a rerun skips what exists.
+file per version, factor and retrain; a training checkpoint every --checkpoint-every steps in between,
+from which a killed run resumes to the same weights), every method's result is written to
+OUT/runs/VERSION-rK.json as soon as it is done, and a rerun skips what exists; files are written
+atomically. `--compile` compiles the training loss and its gradient (`networks.compiled_eps_loss`).
 
-    fastsamp product2d [--out DIR] [--retrains 5] [--steps 15001] [--samples 2000] [--report-only]
+    fastsamp product2d [--out DIR] [--retrains 5] [--steps 15001] [--samples 2000] [--compile]
+                       [--checkpoint-every 200] [--report-only]
 
 Package layout: targets (the densities), networks (ε-nets and training), sampling (the methods),
 report (metrics, markdown table, figure).

@@ -120,6 +120,32 @@ def relative_improvement(runs, version, base, corrected, metric="w2"):
     return mean_sd(rel) + (len(rel),) if rel else None
 
 
+CLAIM_PAIRS = (("LA", ("energy", "U-LA", "LA"), ("score", "U-LA", "LA-10")),
+               ("HMC", ("energy", "U-HMC", "HMC"), ("score", "U-HMC", "HMC-10")))
+
+
+def claim_check(runs):
+    """The paper's claim, that score-MH improves on the unadjusted sampler about as much as energy-MH does,
+    per sampler family: the relative W2 improvements (`relative_improvement`) of energy-MH and score-MH and
+    a verdict: "untestable" when energy-MH's own gain is within its sd, "holds" when the two gains are
+    within the sum of their sds, else "does not hold". Returns the report's lines."""
+    lines = []
+    for family, energy, score in CLAIM_PAIRS:
+        e, s = relative_improvement(runs, *energy), relative_improvement(runs, *score)
+        if e is None or s is None:
+            continue
+        if e[2] < 2 or abs(e[0]) <= e[1]:
+            verdict = "untestable here: energy-MH's own gain is inside its spread"
+        elif abs(e[0] - s[0]) <= e[1] + s[1]:
+            verdict = "holds: the two gains agree within their spreads"
+        else:
+            verdict = "does not hold: the gains differ by more than their spreads"
+        lines.append(f"- The paper's claim, {family}: energy {energy[2]} vs {energy[1]} {100 * e[0]:+.1f} ± "
+                     f"{100 * e[1]:.1f}%, score {score[2]} vs {score[1]} {100 * s[0]:+.1f} ± {100 * s[1]:.1f}% "
+                     f"(relative W2 improvement, n={min(e[2], s[2])}): {verdict}.")
+    return lines
+
+
 def markdown(rows, floor, settings_text, runs) -> str:
     n = max(r["n"] for r in rows.values())
     lines = [f"Settings: {settings_text}", "",
@@ -166,6 +192,7 @@ def markdown(rows, floor, settings_text, runs) -> str:
     if flips:
         lines.append("- The paper's rejection (no momentum flip, not exact under damping 0.5) against fastsamp's "
                      "flip, relative W2 improvement of the no-flip variant (positive: lower W2): " + "; ".join(flips))
+    lines += claim_check(runs)
     return "\n".join(lines) + "\n"
 
 
