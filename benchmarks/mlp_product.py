@@ -2,7 +2,9 @@
 generic path (the samplers' Langevin / ScoreMH kernels, one batched PyTorch network call per move), and
 the kernel's GFLOP/s as a fraction of the fp32 GEMM rate measured in the same run (issue 11).
 `--parameterisation energy`: a Product of two EnergyMLPs with the exact energy MH, the fused
-ops.mlp_energy_mala against the generic EnergyMH path (autograd forward and backward per proposal; CPU only).
+ops.mlp_energy_mala against the generic EnergyMH path (autograd forward and backward per proposal; CPU only);
+`--compile` adds a fair torch.compile of one generic energy-MALA step (static shapes, noise passed in, timed
+after the warm-up) against the kernel, per move.
 
 Setting of the issue: hidden 128 (ScoreMLP: 3 hidden activations, 2 hidden H x H layers), D = 2, 4096
 chains, 100 levels x 10 MALA moves, n_trapezoid 3, one thread. Untrained (random, fixed-seed) networks:
@@ -23,7 +25,7 @@ generic path on PyTorch's CUDA kernels; wall times only (after a device synchron
 GEMM rate of a 4096³ matmul without TF32 (the engine's dots run at ieee fp32 precision too).
 
     python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--device cuda]
-                                     [--parameterisation energy] [--json out.json]
+                                     [--parameterisation energy [--compile]] [--json out.json]
 """
 import argparse
 import json
@@ -109,6 +111,44 @@ def run_kernel(model, args):
     return wall, cpu, args.chains * (args.moves * per_move + 1)
 
 
+def run_compiled_energy_step(model, args):
+    """Median wall and CPU time (s) of args.moves calls of one generic energy-MALA step compiled by torch.compile (a
+    fair compile: one step function, static shapes, the noise and log-uniforms passed in, timed after the warm-up
+    that compiles it) at t = 0.5, the energies' score by torch.func.grad_and_value; and the compile time."""
+    t = 0.5
+
+    def energies(z):
+        e = sum(m.energy(z, t) for m in model.models)
+        return e.sum(), e
+
+    grad_energies = torch.func.grad_and_value(energies, has_aux=True)
+
+    def step(x, g, e, xi, log_u, eps):  # g = ∇E(x), e = E(x) per chain
+        x_prop = x - eps * g + (2 * eps) ** 0.5 * xi
+        g_prop, (_, e_prop) = grad_energies(x_prop)
+        fwd, bwd = x_prop - x + eps * g, x - x_prop + eps * g_prop
+        log_alpha = (e - e_prop) + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
+        take = log_u < log_alpha
+        return (torch.where(take[:, None], x_prop, x), torch.where(take[:, None], g_prop, g),
+                torch.where(take, e_prop, e))
+
+    x = torch.randn(args.chains, model.dim, device=args.device)
+    g, (_, e) = grad_energies(x)
+    xi, log_u = torch.randn_like(x), torch.rand(args.chains, device=args.device).log()
+    compiled = torch.compile(step, dynamic=False)
+    w0 = time.perf_counter()
+    compiled(x, g, e, xi, log_u, 0.01)
+    compile_s = time.perf_counter() - w0
+
+    def moves():
+        state = (x, g, e)
+        for _ in range(args.moves):
+            state = compiled(*state, xi, log_u, 0.01)
+        return state
+    wall, cpu, _ = timed(moves, max(args.repeats, 5), args.device)
+    return wall, cpu, compile_s
+
+
 def gemm_rate_cpu_time(m=1024, repeats=15):
     """GFLOP/s of a float32 m³ matmul by this process's CPU time (median)."""
     x, y = torch.randn(m, m), torch.randn(m, m)
@@ -128,6 +168,8 @@ def main():
                    help="energy: EnergyMLPs with the exact energy MH (n_trapezoid unused)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-generic", action="store_true", help="time the fused path and the kernel only")
+    p.add_argument("--compile", action="store_true",
+                   help="energy: also time a torch.compile'd generic energy-MALA step against the kernel, per move")
     p.add_argument("--device", type=torch.device, default=CPU)
     p.add_argument("--json")
     args = p.parse_args()
@@ -154,6 +196,13 @@ def main():
     if not args.skip_generic:
         report["generic"] = entry(*samplers[False])
         report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in clocks}
+    if args.compile:
+        if args.parameterisation != "energy":
+            raise SystemExit("--compile times the energy step: give --parameterisation energy")
+        wall, cpu, compile_s = run_compiled_energy_step(model, args)
+        report["compiled_step"] = {"wall_s": wall, "cpu_s": cpu, "moves": args.moves, "compile_s": compile_s}
+        report["kernel_vs_compiled_step"] = {k: report["compiled_step"][f"{k}_s"] / report["kernel"][f"{k}_s"]
+                                             for k in clocks}
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w") as f:
