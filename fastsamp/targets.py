@@ -111,6 +111,16 @@ class Target:
         x = self._check(x)
         return self._score(x.reshape(-1, self.dim)).reshape(x.shape)
 
+    def score_kernel(self, dtype: torch.dtype):
+        """The C++ policy kernels' description of ``score`` (csrc/cpu/target_score.h), for the Langevin
+        parametrisation of the fused diffusion sampler: (kind, means (K, D) in ``dtype`` or None,
+        parameter), or None where there is none (also for subclasses that override ``_score``)."""
+        return None
+
+    def _kernel_if_own(self, cls, spec):
+        """spec when ``_score`` is that of ``cls`` (a subclass with its own score has no kernel), else None."""
+        return spec if type(self)._score is cls._score else None
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact samples, shape (n, dim), in ``self.dtype`` on ``self.device``.
 
@@ -174,6 +184,10 @@ class _IsotropicMixture(Target):
     def _score(self, x):
         r = torch.softmax(self._logits(x), dim=1)
         return (r @ self._p("means", x) - x) / self.variance
+
+    def score_kernel(self, dtype):
+        means = self._params["means"].to(dtype).cpu().contiguous()
+        return self._kernel_if_own(_IsotropicMixture, (1, means, self.variance))
 
     def _sample(self, n, generator, device):
         k = torch.randint(self.n_modes, (n,), generator=generator, device=device)
@@ -253,6 +267,9 @@ class Funnel(Target):
         g0 = -x0 / self.sigma**2 - 0.5 * (self.dim - 1) + 0.5 * inv_var * (xr**2).sum(1, keepdim=True)
         return torch.cat([g0, -xr * inv_var], dim=1)
 
+    def score_kernel(self, dtype):
+        return self._kernel_if_own(Funnel, (2, None, self.sigma))
+
     def _sample(self, n, generator, device):
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=torch.float64)
         x0 = self.sigma * z[:, :1]
@@ -320,6 +337,9 @@ class ManyWell(Target):
     def _score(self, x):
         a, b = x[:, 0::2], x[:, 1::2]
         return torch.stack([-4.0 * a**3 + 12.0 * a + 0.5, -b], dim=2).reshape(x.shape)
+
+    def score_kernel(self, dtype):
+        return self._kernel_if_own(ManyWell, (3, None, 0.0))
 
     def _sample_well(self, m, generator, device):
         """m exact draws of the double-well coordinate by rejection sampling."""

@@ -273,6 +273,7 @@ def test_cli_verb_adds_the_hybrid_rows_to_a_recorded_table(tmp_path, monkeypatch
         assert rows[label]["classifier_evals"] == len(rows[label]["per_seed"]) * 10 * (1 + 7 * (T - 1))
     assert rows[hybrid[1]]["lam_mh"] == 1.0 and rows[hybrid[0]]["lam_mh"] == result["settings"]["lambda"]
     assert [a["labels"] for a in result["added"]] == [hybrid]
+    assert result["added"][0]["command"].startswith("fastsamp guided-digits --size tiny ")
     assert "--add" in result["added"][0]["command"]
     table = (out / "guided_digits.md").read_text()
     assert "| LA-10, hybrid MH (λ_mh=λ) | score |" in table and f"({1 + 7 * (T - 1)} clf)" in table

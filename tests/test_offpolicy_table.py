@@ -232,6 +232,9 @@ def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_pa
     assert res["iterations_per_round"] == LS_TINY["ls_every"]  # a round holds one local-search period
     assert len(res["rounds_ms"]["eager"]) == 2 and res["speedup"] == res["eager_ms"] / res["fused_ms"]
     assert res["clock"] == "process CPU"
+    torch.set_num_threads(2)  # waiting threads count as CPU time: wall time then (the fixture restores 1)
+    assert offpolicy.time_iterations("25gmm", "tb", iterations=1, warmup=1, repeats=1, **TINY)["clock"] == "wall"
+    torch.set_num_threads(1)
     json.dump({"threads": 1, "device": "cpu", "results": {"25gmm/tb+expl+ls": dict(res, fused_ms=1.0)}},
               open(os.path.join(out, "timing_cpu_1thread.json"), "w"))
     bench.main(["timing", *argv, "--iterations", "2", "--repeats", "1"])  # times only the missing cell

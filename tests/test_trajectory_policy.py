@@ -180,6 +180,49 @@ def test_log_pf_gradients(dtype, B, D, H, L, T, explore, clip):
     assert (out["joint." + str(2 * L + 1) + ".weight"][D:] == 0).all()
 
 
+def _reparam_grads(s, B, explore, weights, backend, dtype):
+    """Outputs of the reparameterised rollout and the gradients w.r.t. every net parameter of
+    Σ a·states + Σ b·log_pb + Σ log_pf + ½|x_T|² (weights = (a, b))."""
+    s.net.zero_grad(set_to_none=True)
+    out = ops.policy_rollout(s.net, temb_of(s, dtype), B, sigma=POLICY_SIGMA, explore=explore, seed=5, reparam=True,
+                             backend=backend)
+    states, log_pf, log_pb = out
+    a, b = (w.to(dtype) for w in weights)
+    ((a * states).sum() + (b * log_pb).sum() + log_pf.sum() + 0.5 * (states[-1] ** 2).sum()).backward()
+    return [t.detach() for t in out], {n: p.grad.clone() for n, p in s.net.named_parameters() if p.grad is not None}
+
+
+@cpp_only
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B,D,H,L,T,explore,clip", [c + (None,) for c in POLICY_CASES] + [(7, 2, 16, 2, 25, 0.0, 0.5)],
+                         ids=POLICY_IDS + ["clamped"])
+def test_reparam_rollout_gradients(dtype, B, D, H, L, T, explore, clip):
+    """policy_rollout(reparam=True) (PIS): its outputs equal the no-grad rollout's, and the one-kernel
+    backward (the adjoint sweep through the steps) equals autograd through the PyTorch reference, for
+    gradients on the states (every step and x_T), on log p_B and (none) on log p_F; the last case
+    clamps about half of the drift outputs."""
+    s = make_sampler(D, H, L, T, dtype, seed=3, clip=clip)
+    g = torch.Generator().manual_seed(1)
+    weights = (torch.randn(T + 1, B, D, generator=g, dtype=torch.float64),
+               torch.randn(B, T, generator=g, dtype=torch.float64))
+    outs, grads = _reparam_grads(s, B, explore, weights, "auto", dtype)
+    ref_outs, ref = _reparam_grads(s, B, explore, weights, "torch", dtype)
+    with torch.no_grad():
+        plain = ops.policy_rollout(s.net, temb_of(s, dtype), B, sigma=POLICY_SIGMA, explore=explore, seed=5)
+    for o, p in zip(outs, plain):
+        assert torch.equal(o, p)
+    assert grads.keys() == ref.keys() and len(grads) == 5 + 2 + 2 * L + 2
+    ref64 = None
+    if dtype == torch.float32:
+        s64 = copy.deepcopy(s).double()
+        ref_outs64, ref64 = _reparam_grads(s64, B, explore, weights, "torch", torch.float64)
+    for name, o, r in zip(("states", "log_pf", "log_pb"), outs, ref_outs):
+        check(name, o, r, dtype, r, None if ref64 is None else ref_outs64[("states", "log_pf", "log_pb").index(name)])
+    for name in grads:
+        check(f"grad {name}", grads[name], ref[name], dtype, ref[name], None if ref64 is None else ref64[name],
+              rtol=1e-9)
+
+
 @cpp_only
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("D", [1, 2, 3, 32])
@@ -283,6 +326,54 @@ def test_rejects_unsupported_nets_and_inputs():
         ops.policy_rollout(net, temb, 4, sigma=-1.0)
     s, lpf, lpb = ops.policy_rollout(net, temb, 0, sigma=1.0)
     assert s.shape == (11, 0, 2) and lpf.shape == (0, 10)
+
+
+@cpp_only
+@pytest.mark.parametrize("target_name", ["25gmm", "40gmm", "funnel", "manywell"])
+def test_langevin_target_scores_in_the_kernel(target_name):
+    """The kernels' target scores (csrc/cpu/target_score.h, from target.score_kernel) = target.score:
+    policy_log_pf with the score computed in the kernel equals it with target.score's values (float64,
+    states spread over the modes and the funnel's neck), and its backward gives the same gradients."""
+    from fastsamp.targets import get_target
+    target = get_target(target_name).to(torch.float64)
+    T, B, D = 6, 37, target.dim
+    torch.manual_seed(0)
+    net = DriftNet(D, hidden=16, n_harmonics=8, langevin=True, lgv_per_dim=target_name == "funnel").double()
+    with torch.no_grad():
+        net.lgv_scale.mlp[-1].bias.normal_(0.0, 0.3)
+        net.joint[-1].weight.normal_(0.0, 0.3)
+    states = 3 * torch.randn(T + 1, B, D, dtype=torch.float64)
+    outs = []
+    for kw in ({"target": target}, {"scores": target.score(states[:-1])}):
+        net.zero_grad(set_to_none=True)
+        temb, lgv = net.time_features(torch.arange(T, dtype=torch.float64) / T)
+        lp = ops.policy_log_pf(net, states, temb, lgv=lgv, sigma=POLICY_SIGMA, **kw)
+        lp.sum().backward()
+        outs.append([lp.detach()] + [p.grad.clone() for p in net.parameters() if p.grad is not None])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11 * float(b.abs().max()))
+
+
+@cpp_only
+def test_langevin_rejections():
+    from fastsamp.targets import GMM25
+    class OwnScore(GMM25):
+        def _score(self, x):
+            return -x
+    assert GMM25().score_kernel(torch.float32) is not None and OwnScore().score_kernel(torch.float32) is None
+    net = DriftNet(2, hidden=16, n_harmonics=8, langevin=True)
+    temb, lgv = (t.detach() for t in net.time_features(torch.arange(10) / 10))
+    with pytest.raises(ValueError, match="score_kernel"):
+        ops.policy_rollout(net, temb, 4, lgv=lgv, target=OwnScore(), sigma=1.0)
+    with pytest.raises(ValueError, match="C\\+\\+"):
+        ops.policy_rollout(net, temb, 4, lgv=lgv, target=GMM25(), sigma=1.0, backend="torch")
+    with pytest.raises(ValueError, match="lgv"):
+        ops.policy_rollout(DriftNet(2, hidden=16, n_harmonics=8), temb, 4, lgv=lgv, target=GMM25(), sigma=1.0)
+    with pytest.raises(ValueError, match="scores= .* or target="):
+        ops.policy_log_pf(net, torch.zeros(11, 4, 2), temb, lgv=lgv, sigma=1.0)
+    states, lpf, lpb, scores = ops.policy_rollout(net, temb, 4, lgv=lgv, target=GMM25(), sigma=1.0)
+    assert scores.shape == (10, 4, 2)
+    torch.testing.assert_close(scores, GMM25().score(states[:-1]))
 
 
 def gelu_probe(dtype, x):

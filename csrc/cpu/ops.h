@@ -82,6 +82,22 @@ void em_step_logprob_backward(int dtype, uintptr_t x, uintptr_t drift, uintptr_t
                               double h, double s2, double e2, double c, double b2, bool reparam, uintptr_t g_x,
                               uintptr_t g_drift, uintptr_t g_log_var, uintptr_t g_x_next_out);
 
+// The Langevin term of a DriftNet (langevin=True) for the policy kernels (lgv = 0: none):
+// drift = clamp(net + lgv[i] ⊙ clamp(score, ±lgv_clip), ±clip), lgv (T, width) with width 1 or D, scores
+// (T, B, D) the target's scores at states[:-1]: given, or (target_kind != 0; always in the rollout) computed
+// and written there for the target of target_kind: 1 isotropic mixture (target_means (K, D), target_param =
+// its variance), 2 funnel (target_param = σ), 3 many-well (cpu/target_score.h).
+struct LangevinArgs {
+  uintptr_t lgv = 0;
+  int64_t width = 0;
+  double lgv_clip = 0;
+  uintptr_t scores = 0;
+  int64_t target_kind = 0;
+  uintptr_t target_means = 0;
+  int64_t target_K = 0;
+  double target_param = 0;
+};
+
 // Whole-trajectory kernels of the DriftNet policy (trajectory_policy.cpp): temb (T, H); ws (H, D), bs (H);
 // hw, hb: the L hidden (H, H) weights and (H,) biases; wo (2D, H), bo (2D); ts (T,) float64 step times.
 // They take n_threads themselves (and set up their KernelScope). Rollout: states (T+1, B, D), log_pf,
@@ -90,21 +106,32 @@ void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintp
                     const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                     uintptr_t ts, int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double explore,
                     double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states,
-                    uintptr_t log_pf, uintptr_t log_pb);
+                    uintptr_t log_pf, uintptr_t log_pb, const LangevinArgs& la);
 
 // log p_F (B, T) of the transitions of given states (T+1, B, D).
 void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
                    const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                    int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
-                   uintptr_t log_pf);
+                   uintptr_t log_pf, const LangevinArgs& la);
 
-// Gradients of Σ g_log_pf · log_pf w.r.t. temb and every weight and bias (the states are constants).
+// Gradients of Σ g_log_pf · log_pf w.r.t. temb, every weight and bias (and lgv: g_lgv) (the states are constants).
 void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
                             const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo,
                             uintptr_t bo, uintptr_t g_log_pf, int64_t B, int64_t D, int64_t H, int64_t T, double sigma,
                             double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
-                            uintptr_t g_bo);
+                            uintptr_t g_bo, const LangevinArgs& la, uintptr_t g_lgv);
+
+// Gradients through the reparameterised rollout (PIS): of a loss with gradients g_states (T+1, B, D) on
+// the states and g_log_pb (B, T) on their log p_B (either nullable), w.r.t. temb and every weight and
+// bias (and lgv); ts (T,) float64 step times. log p_F has no gradient on a reparameterised path (v = q ξ).
+void policy_reparam_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
+                             const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo,
+                             uintptr_t bo, uintptr_t ts, uintptr_t g_states, uintptr_t g_log_pb, int64_t B, int64_t D,
+                             int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
+                             uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs, const std::vector<uintptr_t>& g_hw,
+                             const std::vector<uintptr_t>& g_hb, uintptr_t g_wo, uintptr_t g_bo, const LangevinArgs& la,
+                             uintptr_t g_lgv);
 
 // Score networks (score_mlp.cpp): the sum of the ScoreMLP networks given by the flat lists ptrs / dims /
 // scalars and, when K > 0, the Gaussian mixture (means, log_weights, variances; op 1 at mix_alpha,

@@ -119,16 +119,30 @@ void register_cpu_ops(py::module_& m) {
         "mix_sigma2"_a, "step_size"_a, "n_steps"_a, "n_leapfrog"_a, "seed"_a, "offset"_a, "chain_offset"_a, "mh"_a,
         "damping"_a, "x_out"_a, "accept_rate"_a, "n_threads"_a,
         "Fused whole-move HMC (score, exact energy or no MH) on a sum of score and energy networks (and a mixture).");
-  // the policy kernels take n_threads themselves (before their outputs)
+  // the policy kernels take n_threads themselves (before their outputs), and the Langevin term last
+  py::class_<c::LangevinArgs>(m, "PolicyLangevin", "The Langevin term of the policy kernels (default: none).")
+      .def(py::init([](uintptr_t lgv, int64_t width, double lgv_clip, uintptr_t scores, int64_t target_kind,
+                       uintptr_t target_means, int64_t target_K, double target_param) {
+             return c::LangevinArgs{lgv, width, lgv_clip, scores, target_kind, target_means, target_K, target_param};
+           }),
+           "lgv"_a = 0, "width"_a = 0, "lgv_clip"_a = 0.0, "scores"_a = 0, "target_kind"_a = 0, "target_means"_a = 0,
+           "target_K"_a = 0, "target_param"_a = 0.0);
   m.def("cpu_policy_rollout", &c::policy_rollout, rel(), "dtype"_a, "x0"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a, "hb"_a,
         "wo"_a, "bo"_a, "ts"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "explore"_a, "clip"_a, "seed"_a,
-        "chain_offset"_a, "n_threads"_a, "states"_a, "log_pf"_a, "log_pb"_a,
+        "chain_offset"_a, "n_threads"_a, "states"_a, "log_pf"_a, "log_pb"_a, "langevin"_a = c::LangevinArgs(),
         "Whole-trajectory rollout of the DriftNet policy with Euler-Maruyama steps and their log p_F / log p_B.");
   m.def("cpu_policy_log_pf", &c::policy_log_pf, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a,
         "hb"_a, "wo"_a, "bo"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "clip"_a, "n_threads"_a, "log_pf"_a,
+        "langevin"_a = c::LangevinArgs(),
         "log p_F (B, T) of every transition of given trajectories under the DriftNet policy.");
   m.def("cpu_policy_log_pf_backward", &c::policy_log_pf_backward, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a,
         "bs"_a, "hw"_a, "hb"_a, "wo"_a, "bo"_a, "g_log_pf"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "clip"_a,
         "n_threads"_a, "g_temb"_a, "g_ws"_a, "g_bs"_a, "g_hw"_a, "g_hb"_a, "g_wo"_a, "g_bo"_a,
+        "langevin"_a = c::LangevinArgs(), "g_lgv"_a = 0,
         "Gradients of sum(g_log_pf * log_pf) w.r.t. temb and every weight and bias of the policy.");
+  m.def("cpu_policy_reparam_backward", &c::policy_reparam_backward, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a,
+        "bs"_a, "hw"_a, "hb"_a, "wo"_a, "bo"_a, "ts"_a, "g_states"_a, "g_log_pb"_a, "B"_a, "D"_a, "H"_a, "T"_a,
+        "sigma"_a, "h"_a, "clip"_a, "n_threads"_a, "g_temb"_a, "g_ws"_a, "g_bs"_a, "g_hw"_a, "g_hb"_a, "g_wo"_a,
+        "g_bo"_a, "langevin"_a = c::LangevinArgs(), "g_lgv"_a = 0,
+        "Gradients through the reparameterised policy rollout (PIS) w.r.t. temb and every weight and bias.");
 }

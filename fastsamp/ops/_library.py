@@ -246,7 +246,8 @@ def observed() -> bool:
 
 class Entry:
     """How a public op calls its registered op: `graph` through the dispatcher (autograd, tracing),
-    `eager` below the autograd key (no input requires grad: skips the Python autograd kernel, several µs).
+    `eager` below the autograd key (no input requires grad; under a dispatch mode, one trip into Python fewer
+    than through the Autograd kernel, which would redispatch).
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):

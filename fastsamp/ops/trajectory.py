@@ -4,7 +4,8 @@ densities, and the whole-trajectory kernels of the drift network of the trained 
 sampler (`fastsamp.samplers.diffusion.DriftNet`, plain case: no Langevin term, fixed variance):
 
     em_step_logprob(x, drift, ...)              one step and its log p_F / log p_B (fused backward)
-    policy_rollout(net, temb, B, sigma=…)       the whole simulation in one kernel call (no grad)
+    policy_rollout(net, temb, B, sigma=…)       the whole simulation in one kernel call (no grad; with
+                                                reparam=True differentiable, PIS: one kernel call backward)
     policy_log_pf(net, states, temb, sigma=…)   log p_F (B, T) of given trajectories in one kernel
                                                 call; autograd: one kernel call for the gradients
                                                 w.r.t. temb and every weight and bias it reads
@@ -114,11 +115,14 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
 
 class PolicyParams:
     """The tensors of a DriftNet that the policy ops read (views of the module's parameters):
-    ws (H, D), bs (H), hidden [(W_k (H, H), b_k (H))] × L, wo (2D, H), bo (2D); clip, D, H."""
+    ws (H, D), bs (H), hidden [(W_k (H, H), b_k (H))] × L, wo (2D, H), bo (2D); clip, D, H; with the
+    Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
 
     def __init__(self, net):
-        if getattr(net, "langevin", False):
-            raise ValueError("the fused policy kernels do not support the Langevin parametrisation (net.langevin)")
+        self.langevin = bool(getattr(net, "langevin", False))
+        if self.langevin:
+            self.lgv_clip = float(net.lgv_clip)
+            self.lgv_width = int(net.lgv_scale.mlp[-1].out_features)
         if getattr(net, "learned_variance", False):
             raise ValueError("the fused policy kernels need a fixed variance (net.learned_variance is set)")
         mods = list(net.joint)
@@ -147,6 +151,13 @@ class PolicyParams:
             out += [w, b]
         return out
 
+    def checked_lgv(self, lgv, like: torch.Tensor, like_name: str, T: int):
+        """lgv (T, 1|D) like `like` (None without the Langevin term); a Langevin net needs it."""
+        if self.langevin != (lgv is not None):
+            raise ValueError("a DriftNet with the Langevin parametrisation (net.langevin) needs lgv = "
+                             "net.time_features(ts)[1], and only such a net takes it")
+        return None if lgv is None else _checks.like("lgv", lgv, like, (T, self.lgv_width), x_name=like_name)
+
     def checked(self, like: torch.Tensor, like_name: str, cast: bool = False):
         """tensors() with like's dtype (cast to it when `cast`, detached) and device, contiguous."""
         names = ["ws", "bs", "wo", "bo"] + [f"{k}_{i}" for i in range(1, len(self.hidden) + 1) for k in ("W", "b")]
@@ -158,9 +169,8 @@ def _step(T: int, h) -> float:
     return _checks.finite_float("h", 1.0 / T if h is None else h, positive=True)
 
 
-@torch.no_grad()
 def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, chain_offset=0, x0=None,
-                   dtype=None, n_threads=None, backend="auto"):
+                   dtype=None, reparam=False, lgv=None, target=None, n_threads=None, backend="auto"):
     """Simulate `batch_size` chains for T = temb.shape[0] steps from x0 (default 0) in one kernel call.
 
     temb (T, H) is `net.time_features(ts[:-1])[0]` with ts = arange(T + 1)·h in `dtype`; h defaults
@@ -168,7 +178,20 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     equal to T calls of `ops.em_step_logprob(x, drift, sigma=σ, t=ts[i], h=h, seed=seed, offset=i,
     chain_offset=chain_offset, explore=explore)` with drift = net(x, temb[i]) — the C++ em_step_logprob
     kernel's Philox normals and transition arithmetic exactly; the network itself up to float rounding.
-    `n_threads`: the C++ kernel's threads (default torch.get_num_threads()). No autograd.
+    `n_threads`: the C++ kernel's threads (default torch.get_num_threads()).
+
+    reparam=False: no autograd. reparam=True (PIS): the path x_{i+1} = x_i + h·drift(x_i, t_i) + qξ_i is
+    differentiable — states and log_pb w.r.t. temb and the net's weights and biases (x0 and the
+    noise are constants; log_pf = log N(qξ_i; 0, σ²h) has no gradient: v = qξ_i does not depend on
+    them). Its backward is one kernel call (an adjoint sweep T−1 .. 0 that recomputes each step's
+    activations, `cpu_policy_reparam_backward`); the reference (`backend="torch"`) is differentiated
+    by autograd. With reparam, temb and the weights must already be in `dtype`.
+
+    Langevin parametrisation (net.langevin, C++ backend): drift = clamp(net(x, temb[i]) + lgv[i] ⊙
+    clamp(∇log R(x), ±lgv_clip), ±clip) with lgv (T, 1|D) = net.time_features(ts[:-1])[1] (differentiable
+    like temb) and ∇log R computed in the kernel for `target` (a fastsamp.targets target whose
+    `score_kernel` is not None; the score is a constant, as in the sampler). Then also returns the
+    scores (T, B, D) at states[:-1], for policy_log_pf.
     """
     p = PolicyParams(net)
     if not isinstance(temb, torch.Tensor) or temb.dim() != 2 or temb.shape[1] != p.H:
@@ -182,42 +205,170 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     seed, _ = _checks.seed_offset(seed, 0, T)
     chain_offset = _checks.chain_offset(chain_offset, B)
     n_threads = _checks.threads(n_threads)
-    temb = _checks.resolved(temb.detach().to(dtype))
-    params = p.checked(temb, "temb", cast=True)
     if x0 is not None:
-        x0 = _checks.like("x0", x0.detach().to(dtype), temb, (B, p.D), x_name="temb")
+        x0 = _checks.like("x0", x0.detach().to(dtype), temb.detach().to(dtype), (B, p.D), x_name="temb")
     ts = (torch.arange(T + 1, dtype=dtype) * h)[:-1].to(torch.float64).contiguous()
-    fn = _dispatch.route(backend, "policy_rollout", temb)
-    return fn(x0, temb, params, ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
+    args = (ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
+    lp = None
+    if p.langevin or lgv is not None:
+        lgv = p.checked_lgv(lgv, temb, "temb", T)
+        spec = getattr(target, "score_kernel", lambda _: None)(dtype)
+        if spec is None:
+            raise ValueError(f"the Langevin rollout needs a target with a C++ score (score_kernel), got {target!r}")
+        _cpp_only(backend, temb.device, "the Langevin parametrisation")
+        lp = (p.lgv_clip, spec)
+    if not reparam:
+        with torch.no_grad():
+            temb = _checks.resolved(temb.detach().to(dtype))
+            params = p.checked(temb, "temb", cast=True)
+            if lp is not None:
+                return _cpu_rollout(x0, temb, params, args, lgv.detach().to(dtype), *lp)
+            return _dispatch.route(backend, "policy_rollout", temb)(x0, temb, params, *args)
+    if temb.dtype != dtype:
+        raise ValueError(f"reparam=True needs temb in dtype {dtype}, got {temb.dtype}")
+    temb = _checks.resolved(temb)
+    params = p.checked(temb, "temb")
+    if lp is None:
+        fn = backends.resolve(backend, "policy_rollout", temb.device)
+        if _dispatch.is_reference(fn):
+            with torch.enable_grad():
+                return fn(x0, temb, params, *args)
+        _cpp_only(backend, temb.device, "reparam=True")
+    return _PolicyReparam.apply((x0, args, lp), temb, _checks.resolved(lgv) if lgv is not None else None, *params)
+
+
+def _cpp_only(backend, device, what):
+    if backend not in ("auto", "cpp") or device.type != "cpu" or not backends.is_available("cpp"):
+        raise ValueError(f"{what} has fused kernels on the C++ CPU backend only (backend='auto' or 'cpp' "
+                         f"with CPU tensors), got backend={backend!r} on {device}")
+
+
+class _PolicyReparam(torch.autograd.Function):
+    """Forward: the C++ policy rollout; backward: its adjoint sweep (cpu_policy_reparam_backward).
+    meta = (x0, args, None or (lgv_clip, target spec)); lgv None without the Langevin term."""
+
+    @staticmethod
+    def forward(ctx, meta, temb, lgv, *params):
+        x0, args, langevin = meta
+        if lgv is None:
+            out = _dispatch.route("cpp", "policy_rollout", temb)(x0, temb, list(params), *args)
+            scores = None
+        else:
+            out = _cpu_rollout(x0, temb, list(params), args, lgv, *langevin)
+            scores = out[3]
+        ctx.args, ctx.lgv_clip = args, None if lgv is None else langevin[0]
+        ctx.save_for_backward(out[0], temb, lgv, scores, *params)
+        ctx.mark_non_differentiable(*out[1:2], *out[3:])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_states, _g_log_pf, g_log_pb, *_g_scores):
+        states, temb, lgv, scores, *params = ctx.saved_tensors
+        ts, _, sigma, h, _, clip, _, _, n_threads = ctx.args
+        from ..backends import cpp
+        g_temb, g_lgv, g_params, ptrs = _grad_buffers(temb, lgv, params)
+        g_states = None if g_states is None else g_states.contiguous()
+        g_log_pb = None if g_log_pb is None else g_log_pb.contiguous()
+        if states.shape[1] > 0:
+            cpp._C.cpu_policy_reparam_backward(
+                cpp._dt(states), states.data_ptr(), *cpp._net_ptrs(temb, params), ts.data_ptr(),
+                _ptr(g_states), _ptr(g_log_pb), states.shape[1], states.shape[2], temb.shape[1], temb.shape[0],
+                float(sigma), float(h), float(clip), cpp._policy_threads(n_threads), *ptrs,
+                langevin=_langevin(lgv, ctx.lgv_clip, scores), g_lgv=_ptr(g_lgv))
+        return (None, g_temb, g_lgv, *g_params)
+
+
+def _ptr(t):
+    """A contiguous tensor's data pointer, 0 for None."""
+    return 0 if t is None else t.data_ptr()
+
+
+def _langevin(lgv, lgv_clip, scores, target=(0, None, 0.0)):
+    """The kernels' PolicyLangevin (none when lgv is None); target: (kind, means, parameter) of score_kernel."""
+    from .. import _C
+    if lgv is None:
+        return _C.PolicyLangevin()
+    kind, means, param = target
+    return _C.PolicyLangevin(lgv.data_ptr(), lgv.shape[1], float(lgv_clip), scores.data_ptr(), int(kind),
+                             _ptr(means), 0 if means is None else means.shape[0], float(param))
+
+
+def _grad_buffers(temb, lgv, params):
+    """Zeroed gradient tensors of temb, lgv (or None) and params, and the kernels' output pointers
+    (g_temb, g_ws, g_bs, [g_W_k], [g_b_k], g_wo, g_bo)."""
+    from ..backends import cpp
+    g_temb, g_params = torch.zeros_like(temb), [torch.zeros_like(t) for t in params]
+    g_lgv = None if lgv is None else torch.zeros_like(lgv)
+    return g_temb, g_lgv, g_params, cpp._net_ptrs(g_temb, g_params)
+
+
+def _cpu_rollout(x0, temb, params, args, lgv, lgv_clip, target):
+    """The C++ rollout with the Langevin term: (states, log_pf, log_pb, scores (T, B, D))."""
+    from ..backends import cpp
+    ts, B, sigma, h, explore, clip, seed, chain_offset, n_threads = args
+    (T, H), D = temb.shape, params[0].shape[1]
+    states = torch.empty(T + 1, B, D, dtype=temb.dtype)
+    scores = torch.empty(T, B, D, dtype=temb.dtype)
+    log_pf, log_pb = (torch.empty(B, T, dtype=temb.dtype) for _ in range(2))
+    lgv = lgv.contiguous()
+    if B > 0:
+        cpp._C.cpu_policy_rollout(cpp._dt(temb), _ptr(x0), *cpp._net_ptrs(temb, params), ts.data_ptr(), B, D, H, T,
+                                  float(sigma), float(h), float(explore), float(clip), cpp._u64(seed),
+                                  int(chain_offset), cpp._policy_threads(n_threads), states.data_ptr(),
+                                  log_pf.data_ptr(), log_pb.data_ptr(),
+                                  langevin=_langevin(lgv, lgv_clip, scores, target))
+    return states, log_pf, log_pb, scores
 
 
 class _PolicyLogPF(torch.autograd.Function):
     """Forward: the backend's policy_log_pf (or the given values); backward: its policy_log_pf_backward
-    (the states are constants)."""
+    (the states are constants). With the Langevin term (lgv, scores; C++ only) the kernels take it and
+    the backward also gives lgv's gradient."""
 
     @staticmethod
-    def forward(ctx, meta, states, temb, *params):
-        backend, sigma, h, clip, n_threads, given = meta
-        if given is None:
+    def forward(ctx, meta, states, temb, lgv, *params):
+        backend, sigma, h, clip, n_threads, given, lgv_clip, scores, target = meta
+        if given is not None:
+            log_pf = given.detach().clone()
+        elif lgv is None:
             log_pf = _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h,
                                                                                       clip, n_threads)
         else:
-            log_pf = given.detach().clone()
+            from ..backends import cpp
+            (T, B, D), H = states.shape, temb.shape[1]
+            log_pf = torch.empty(B, T - 1, dtype=states.dtype)
+            if B > 0:
+                cpp._C.cpu_policy_log_pf(cpp._dt(states), states.data_ptr(), *cpp._net_ptrs(temb, params), B, D, H,
+                                         T - 1, float(sigma), float(h), float(clip), cpp._policy_threads(n_threads),
+                                         log_pf.data_ptr(), langevin=_langevin(lgv, lgv_clip, scores, target))
         ctx.meta = meta
-        ctx.save_for_backward(states, temb, *params)
+        ctx.save_for_backward(states, temb, lgv, *params)
         return log_pf
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_log_pf):
-        backend, sigma, h, clip, n_threads, _ = ctx.meta
-        states, temb, *params = ctx.saved_tensors
-        bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
-        g_temb, g_params = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads)
-        return (None, None, g_temb, *g_params)
+        backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _ = ctx.meta
+        states, temb, lgv, *params = ctx.saved_tensors
+        g_log_pf = g_log_pf.contiguous()
+        if lgv is None:
+            bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
+            g_temb, g_params = bwd(states, temb, params, g_log_pf, sigma, h, clip, n_threads)
+            return (None, None, g_temb, None, *g_params)
+        from ..backends import cpp
+        g_temb, g_lgv, g_params, ptrs = _grad_buffers(temb, lgv, params)
+        (T, B, D), H = states.shape, temb.shape[1]
+        if B > 0:
+            cpp._C.cpu_policy_log_pf_backward(cpp._dt(states), states.data_ptr(), *cpp._net_ptrs(temb, params),
+                                              g_log_pf.data_ptr(), B, D, H, T - 1, float(sigma), float(h), float(clip),
+                                              cpp._policy_threads(n_threads), *ptrs,
+                                              langevin=_langevin(lgv, lgv_clip, scores), g_lgv=_ptr(g_lgv))
+        return (None, None, g_temb, g_lgv, *g_params)
 
 
-def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, n_threads=None, backend="auto"):
+def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, scores=None, target=None,
+                  n_threads=None, backend="auto"):
     """log p_F (B, T) of the transitions states[i] → states[i+1] (states (T+1, B, D)) under the
     policy: −½ Σ_d (v²/s² + log 2π s²), v = x_{i+1} − x_i − h·drift(x_i, t_i), s² = σ²h, h default 1/T.
 
@@ -230,6 +381,11 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, n_threads=No
     `log_pf`: the values, when already known — the log_pf that `policy_rollout` returned for these
     states with the same net and temb is bit for bit what the forward kernel would compute — so
     that the forward call is skipped and only the backward runs.
+
+    Langevin parametrisation (net.langevin; C++ backend): lgv (T, 1|D) as in policy_rollout (its
+    gradient too) and the target's ∇log R at states[:-1] (constants): `scores` (T, B, D) (required with
+    `log_pf`: the rollout's), or computed from `target` — in the forward kernel when it has a
+    `score_kernel`, else by target.score.
     """
     p = PolicyParams(net)
     if not isinstance(states, torch.Tensor) or states.dim() != 3 or states.shape[2] != p.D or states.shape[0] < 2:
@@ -240,11 +396,25 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, n_threads=No
     states = _checks.resolved(states.detach())
     temb = _checks.like("temb", temb, states, (T, p.H), x_name="states")
     params = p.checked(states, "states")
+    lgv = p.checked_lgv(lgv, states, "states", T)
+    spec = (0, None, 0.0)
+    if lgv is not None:
+        _cpp_only(backend, states.device, "the Langevin parametrisation")
+        if scores is None and (log_pf is not None or target is None):
+            raise ValueError("the Langevin term needs scores= (always with log_pf=) or target=")
+        if scores is None:
+            spec = getattr(target, "score_kernel", lambda _: None)(states.dtype)
+            if spec is None:
+                scores, spec = target.score(states[:-1]).detach(), (0, None, 0.0)
+            else:
+                scores = torch.empty(T, B, p.D, dtype=states.dtype)
+        scores = _checks.resolved(_checks.like("scores", scores, states, (T, B, p.D), x_name="states").detach())
     if log_pf is not None:
         log_pf = _checks.like("log_pf", log_pf, states, (B, T), x_name="states")
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     h, n_threads = _step(T, h), _checks.threads(n_threads)
     fn = backends.resolve(backend, "policy_log_pf", states.device)
-    if _dispatch.is_reference(fn):
+    if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
-    return _PolicyLogPF.apply((backend, sigma, h, p.clip, n_threads, log_pf), states, temb, *params)
+    meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else None, scores, spec)
+    return _PolicyLogPF.apply(meta, states, temb, lgv, *params)

@@ -89,8 +89,9 @@ def merged(old, new):
 
 def command_line(args, program="fastsamp guided-digits"):
     """The command that reruns `args` (every option spelled out)."""
-    words = [program, "--size", args.size, "--per-class", args.per_class, "--seeds", args.seeds, "--candidates",
-             args.candidates, "--val-per-class", args.val_per_class, "--seed", args.seed, "--lam", f"{args.lam:g}"]
+    words = [*shlex.split(program), "--size", args.size, "--per-class", args.per_class, "--seeds", args.seeds,
+             "--candidates", args.candidates, "--val-per-class", args.val_per_class, "--seed", args.seed,
+             "--lam", f"{args.lam:g}"]
     words += ["--methods", *args.methods] if args.methods else []
     words += ["--add"] if args.add else []
     return shlex.join(str(w) for w in words + ["--out", args.out])

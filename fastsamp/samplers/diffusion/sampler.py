@@ -104,8 +104,8 @@ class DiffusionSampler(nn.Module):
         x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else check_device(device))
         ts = self._grid(x)
         offline = self.fused and not reparam
-        if offline and not with_flows and self._whole_trajectory_kernel(x):
-            return self._fused_forward(batch_size, explore, seed, chain_offset, x)
+        if self.fused and not with_flows and self._whole_trajectory_kernel(x, rollout=True):
+            return self._fused_forward(batch_size, explore, reparam, seed, chain_offset, x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not offline):
             temb, lgv = self.net.time_features(ts[:-1])
             states, log_pf, log_pb, log_f = [x], [], [], []
@@ -146,22 +146,35 @@ class DiffusionSampler(nn.Module):
         return self._finish(states, log_pf, self._bridge_log_pb(states), self.target.log_prob(x_T).detach(),
                             log_f if with_flows else None)
 
-    def _whole_trajectory_kernel(self, x) -> bool:
+    def _whole_trajectory_kernel(self, x, rollout=False) -> bool:
         """Whether the C++ whole-trajectory policy kernels (ops.trajectory) serve this network: CPU,
-        the plain architecture (no Langevin term, fixed variance)."""
-        return (x.device.type == "cpu" and not self.net.langevin and not self.net.learned_variance
-                and backends.is_available("cpp"))
+        a fixed variance; with the Langevin term, a rollout also needs the target's score in C++
+        (`target.score_kernel`; the log p_F of given states takes its scores from target.score)."""
+        if x.device.type != "cpu" or self.net.learned_variance or not backends.is_available("cpp"):
+            return False
+        return not (rollout and self.net.langevin) or getattr(self.target, "score_kernel", lambda _: None)(
+            x.dtype) is not None
 
-    def _fused_forward(self, batch_size, explore, seed, chain_offset, like):
-        """Forward trajectories by one rollout kernel (no grad) and log p_F through one kernel
-        whose backward is one kernel (the rollout's log p_F is reused, not recomputed)."""
+    def _fused_forward(self, batch_size, explore, reparam, seed, chain_offset, like):
+        """Forward trajectories by one rollout kernel. Off-policy (no reparam): no grad, and log p_F
+        through one kernel whose backward is one kernel (the rollout's log p_F is reused, not
+        recomputed). reparam (PIS): the rollout is differentiable and its backward is one kernel.
+        With the Langevin term the rollout computes the target's scores, which log p_F reuses."""
         ts = self._grid(like)
-        temb = self.net.time_features(ts[:-1])[0]
-        with torch.no_grad():
-            states, lpf, lpb = trajectory.policy_rollout(self.net, temb.detach(), batch_size, sigma=self.sigma,
-                                                         h=self.h, explore=explore, seed=seed,
-                                                         chain_offset=chain_offset, dtype=like.dtype)
-        log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf)
+        temb, lgv = self.net.time_features(ts[:-1])
+        kw = dict(sigma=self.sigma, h=self.h, explore=explore, seed=seed, chain_offset=chain_offset)
+        if lgv is not None:
+            kw.update(lgv=lgv if reparam else lgv.detach(), target=self.target)
+        if reparam:
+            with phase("policy"):
+                states, log_pf, log_pb, *_ = trajectory.policy_rollout(self.net, temb, batch_size, reparam=True, **kw)
+            return self._finish(states, log_pf, log_pb, self.target.log_prob(states[-1]), None)
+        with torch.no_grad(), phase("policy"):
+            states, lpf, lpb, *scores = trajectory.policy_rollout(self.net, temb.detach(), batch_size,
+                                                                  dtype=like.dtype, **kw)
+        lp = {} if lgv is None else dict(lgv=lgv, scores=scores[0])
+        with phase("policy"):
+            log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf, **lp)
         return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
 
     def _evaluate(self, states, with_flows):
@@ -170,10 +183,11 @@ class DiffusionSampler(nn.Module):
         network on the CPU, one whole-trajectory kernel."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         ts = self._grid(states)
-        if self.fused and not with_flows and self._whole_trajectory_kernel(states):
-            temb = self.net.time_features(ts[:-1])[0]
-            return trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h), None
         temb, lgv = self.net.time_features(ts[:-1])
+        if self.fused and not with_flows and self._whole_trajectory_kernel(states):
+            lp = {} if lgv is None else dict(lgv=lgv, target=self.target)
+            with phase("policy"):
+                return trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, **lp), None
         x = states[:-1].reshape(T * B, D)
         def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
             return a[:, None].expand(T, B, a.shape[-1]).reshape(T * B, -1)

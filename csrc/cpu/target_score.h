@@ -1,0 +1,84 @@
+// The scores ∇log R(x) of the analytic benchmark targets of fastsamp/targets.py, for the Langevin
+// parametrisation of the whole-trajectory policy kernels (trajectory_policy.cpp), which need the
+// target's score at every step of a rollout:
+//
+//   kIsoMixture  (1/K) Σ_k N(μ_k, v I)  (GMM25, GMM40): (Σ_k r_k μ_k − x) / v,
+//                r = softmax_k(−|x − μ_k|² / (2v))
+//   kFunnel      Neal's funnel, σ: ∂_0 = −x_0/σ² − (D−1)/2 + e^{−x_0} Σ_{i≥1} x_i² / 2, ∂_i = −x_i e^{−x_0}
+//   kManyWell    pairs (a, b): ∂_a = −4a³ + 12a + 1/2, ∂_b = −b
+//
+// the formulas of the targets' `_score` methods (the same operations up to float rounding).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+
+#include "cpu/common.h"
+
+namespace fastsamp {
+namespace cpu {
+
+enum TargetKind { kNoTarget = 0, kIsoMixture = 1, kFunnel = 2, kManyWell = 3 };
+
+template <typename T>
+struct TargetScore {
+  int kind = kNoTarget, D = 0, K = 0;
+  const T* means = nullptr;  // (K, D), kIsoMixture
+  T param = 0;               // kIsoMixture: the variance v; kFunnel: σ
+
+  // sc[l*D + d] = ∇log R at the nb rows x[l*D + d]; scratch: K values.
+  void operator()(const T* __restrict x, int nb, T* __restrict sc, T* __restrict scratch) const {
+    if (kind == kIsoMixture) {
+      const T inv2v = T(1) / (T(2) * param), inv_v = T(1) / param;
+      for (int l = 0; l < nb; ++l) {
+        const T* __restrict xr = x + l * D;
+        T m = -INFINITY;
+        for (int k = 0; k < K; ++k) {
+          const T* __restrict mu = means + k * D;
+          T s = 0;
+          for (int d = 0; d < D; ++d) s += (xr[d] - mu[d]) * (xr[d] - mu[d]);
+          scratch[k] = -s * inv2v;
+          m = scratch[k] > m ? scratch[k] : m;
+        }
+        T tot = 0;
+#pragma omp simd reduction(+ : tot)
+        for (int k = 0; k < K; ++k) {
+          scratch[k] = vm::exp<T>(scratch[k] - m);
+          tot += scratch[k];
+        }
+        const T inv_tot = T(1) / tot;
+        for (int d = 0; d < D; ++d) {
+          T a = 0;
+          for (int k = 0; k < K; ++k) a += scratch[k] * means[k * D + d];
+          sc[l * D + d] = (a * inv_tot - xr[d]) * inv_v;
+        }
+      }
+    } else if (kind == kFunnel) {
+      const T inv_s2 = T(1) / (param * param);
+      for (int l = 0; l < nb; ++l) {
+        const T* __restrict xr = x + l * D;
+        const T inv_var = std::exp(-xr[0]);
+        T sq = 0;
+        for (int d = 1; d < D; ++d) sq += xr[d] * xr[d];
+        sc[l * D] = -xr[0] * inv_s2 - T(0.5) * static_cast<T>(D - 1) + T(0.5) * inv_var * sq;
+        for (int d = 1; d < D; ++d) sc[l * D + d] = -xr[d] * inv_var;
+      }
+    } else {  // kManyWell (the entry points check the kind)
+      for (int e = 0; e < nb * D; e += 2) {
+        const T a = x[e];
+        sc[e] = T(-4) * a * a * a + T(12) * a + T(0.5);
+        sc[e + 1] = -x[e + 1];
+      }
+    }
+  }
+};
+
+// The kind code checked against D (ManyWell needs an even D), before any thread starts.
+inline void check_target(int kind, int64_t D, int64_t K) {
+  if (kind < kIsoMixture || kind > kManyWell) throw std::invalid_argument("fastsamp._C: unknown target kind");
+  if ((kind == kManyWell && D % 2) || (kind == kFunnel && D < 2) || (kind == kIsoMixture && K < 1))
+    throw std::invalid_argument("fastsamp._C: target parameters do not fit D");
+}
+
+}  // namespace cpu
+}  // namespace fastsamp
