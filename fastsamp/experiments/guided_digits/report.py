@@ -69,9 +69,12 @@ def save_labelled_grid(samples, labels, result, path, per_class=1, dpi=110):
     n_cols = digits.N_CLASSES * per_class
     row_h, top, bottom = 0.55, 0.85, 0.1  # inches: a row, the title and class labels, the margin below
     height = row_h * len(rows) + top + bottom
-    fig = Figure(figsize=(2.6 + 0.42 * n_cols, height))
+    label_w, grid_w = 3.0, 0.42 * n_cols  # inches: the row labels (the longest method names fit), the digits
+    width = label_w + grid_w + 0.15
+    fig = Figure(figsize=(width, height))
     for i, (label, px, y, r) in enumerate(rows):
-        ax = fig.add_axes([0.30, (height - top - (i + 1) * row_h) / height, 0.68, 0.9 * row_h / height])
+        ax = fig.add_axes([label_w / width, (height - top - (i + 1) * row_h) / height, grid_w / width,
+                           0.9 * row_h / height])
         tiles = []
         for c in range(digits.N_CLASSES):
             idx = torch.nonzero(y == c)[:, 0][:per_class]
