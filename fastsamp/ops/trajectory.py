@@ -1,7 +1,7 @@
 """The trajectory family: Euler–Maruyama transitions with their forward/backward log-densities,
 for training diffusion samplers (PIS, trajectory balance, VarGrad, SubTB) on unnormalised
 densities, and the whole-trajectory kernels of the drift network of the trained diffusion
-sampler (`fastsamp.samplers.diffusion.DriftNet`, plain case: no Langevin term, fixed variance):
+sampler (`fastsamp.samplers.diffusion.DriftNet` with a fixed variance):
 
     em_step_logprob(x, drift, ...)              one step and its log p_F / log p_B (fused backward)
     policy_rollout(net, temb, B, sigma=…)       the whole simulation in one kernel call (no grad; with
@@ -13,13 +13,14 @@ sampler (`fastsamp.samplers.diffusion.DriftNet`, plain case: no Langevin term, f
 Per step i (t_i = i h) and chain x ∈ R^D the network is
 
     z_0 = W_s x + b_s + temb[i];  u_0 = gelu(z_0);  z_k = W_k u_{k-1} + b_k, u_k = gelu(z_k)  (k = 1..L)
-    drift = clamp((W_o u_L + b_o)[:D], -clip, clip)
+    drift = clamp((W_o u_L + b_o)[:D] (+ lgv[i] ⊙ clamp(∇log R(x), ±lgv_clip) with the Langevin term), -clip, clip)
 
 (`DriftNet.state` is (W_s, b_s), `DriftNet.joint` = Sequential(GELU, [Linear(H, H), GELU] × L,
 Linear(H, 2D)); the last D outputs, the unused raw log-variance, are never computed), and the
 transition is `em_step_logprob` with log_var = None: x_{i+1} = x_i + h·drift + √(σ²h + explore²) ξ_i,
 ξ_i the Philox draw (seed, offset = i). The policy ops have a C++ kernel (CPU, float32/float64, all
-tensors in one dtype) and the PyTorch reference (`backend="torch"`, any device).
+tensors in one dtype) and the PyTorch reference (`backend="torch"`, any device; not for the Langevin
+term, whose reference is the sampler's eager path, `DiffusionSampler(fused=False)`).
 """
 from __future__ import annotations
 

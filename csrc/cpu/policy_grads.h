@@ -1,0 +1,173 @@
+// The gradient side of the whole-trajectory policy kernels (trajectory_policy.cpp): per-thread
+// gradient sums of the DriftNet's weights, biases, time embedding and Langevin scale, the backward
+// through the network of one (block of chains, step) whose activations are in a Work, and the
+// fixed-order reduction of the per-thread sums into the outputs.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cpu/common.h"
+#include "cpu/mlp.h"
+
+namespace fastsamp {
+namespace cpu {
+namespace policy {
+
+using namespace mlp;
+
+// Per-thread gradient sums, padded layouts. The sums over (block, step) of the weight and bias
+// gradients go in two levels: `stage` collects kFlush (block, step) partials, then is added to
+// `total` and cleared, so that no float32 running sum takes more than ~kFlush + n / kFlush
+// roundings at its own scale (a single running sum over the 300 partials of a typical call was
+// ~8x less accurate than PyTorch's blocked GEMM / pairwise sums). dtemb rows only sum over blocks.
+constexpr int kFlush = 16;
+template <typename T>
+struct Grads {
+  size_t n_stage;
+  ABuf<T> stage, total, dtemb, dlgv;
+  T *dw, *db, *dwo, *dbo, *dwsT;
+  int pending = 0, lgv_width;
+  Grads(const Net<T>& n, int lgv_width_) : lgv_width(lgv_width_) {
+    const size_t L = static_cast<size_t>(std::max(n.L, 1)), Hp = n.Hp, D = n.D;
+    const size_t sz[5] = {L * Hp * Hp, L * Hp, D * Hp, static_cast<size_t>(n.Dq), D * Hp};
+    size_t off[5], o = 0;
+    for (int k = 0; k < 5; ++k) {
+      off[k] = o;
+      o += round_up(sz[k], kW<T>);
+    }
+    n_stage = o;
+    stage = ABuf<T>(o);
+    total = ABuf<T>(o);
+    dw = stage.p + off[0];
+    db = stage.p + off[1];
+    dwo = stage.p + off[2];
+    dbo = stage.p + off[3];
+    dwsT = stage.p + off[4];
+    dtemb = ABuf<T>(static_cast<size_t>(n.Tn) * n.Hp);
+    dlgv = ABuf<T>(static_cast<size_t>(n.Tn) * lgv_width);
+  }
+  // the total of a staged array (same offset in `total`)
+  const T* tot(const T* staged) const { return total.p + (staged - stage.p); }
+  void step_done(bool last) {
+    if (++pending < kFlush && !last) return;
+    for (size_t i = 0; i < n_stage; i += kW<T>) {
+      st<T>(total.p + i, ld<T>(total.p + i) + ld<T>(stage.p + i));
+      st<T>(stage.p + i, Vec<T>{});
+    }
+    pending = 0;
+  }
+};
+
+// Backward through the network of one (block, step i) whose forward (BACKWARD) is in w, from the
+// gradient w.GO [nb][Dq] of its (pre-clamp, masked) output: the weight / bias / temb[i] gradients
+// into gr; with gx, gx[l][d] += (W_s^T g z_0)[l][d], the gradient w.r.t. the input X.
+template <typename T>
+void net_backward(const Net<T>& n, Work<T>& w, Grads<T>& gr, const T* X, int nb, int i, T* __restrict gx) {
+  const int D = n.D, Dq = n.Dq, Hp = n.Hp, H = n.H, L = n.L;
+  colsum<T>(nb, w.GO.p, Dq, n.NJo, gr.dbo);
+  T* gz = w.GA.p;
+  T* gz2 = w.GB.p;
+  with_nv(n.NJ, [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    // output layer: dWo[d] += Σ_l go[l][d] u_L[l];  g z_L = (Σ_d go[l][d] Wo[d]) gelu'(z_L)
+    wgrad<T, NV>(D, nb, w.GO.p, Dq, w.u(L), Hp, n.NJ, gr.dwo, Hp);
+    bwd_layer<T, NV>(nb, w.GO.p, Dq, D, n.wo.p, Hp, n.NJ, w.g(L), gz, Hp);
+    for (int k = L - 1; k >= 0; --k) {
+      wgrad<T, NV>(H, nb, gz, Hp, w.u(k), Hp, n.NJ, gr.dw + static_cast<size_t>(k) * Hp * Hp, Hp);
+      colsum<T>(nb, gz, Hp, n.NJ, gr.db + static_cast<size_t>(k) * Hp);
+      bwd_layer<T, NV>(nb, gz, Hp, H, n.w_k(k), Hp, n.NJ, w.g(k), gz2, Hp);
+      std::swap(gz, gz2);
+    }
+    colsum<T>(nb, gz, Hp, n.NJ, gr.dtemb.p + static_cast<size_t>(i) * Hp);
+    wgrad<T, NV>(D, nb, X, D, gz, Hp, n.NJ, gr.dwsT, Hp);
+  });
+  if (gx) {
+    constexpr int W = kW<T>;
+    for (int l = 0; l < nb; ++l)
+      for (int d = 0; d < D; ++d) {
+        Vec<T> a = Vec<T>{};
+        for (int v = 0; v < n.NJ; ++v) a = vm::vfma(ld<T>(gz + l * Hp + v * W), ld<T>(n.wsT.p + d * Hp + v * W), a);
+        gx[l * D + d] += hsum<T>(a);
+      }
+  }
+  gr.step_done(false);
+}
+
+// The gradient outputs (row-major, unpadded): temb (T, H), ws (H, D), bs (H), the L hidden (H, H)
+// weights and (H,) biases, wo (2D, H), bo (2D) (the unused log-variance half gets zeros).
+template <typename T>
+struct GradOut {
+  T *temb, *ws, *bs, *wo, *bo;
+  const std::vector<uintptr_t>&hw, &hb;
+  T* lgv;  // (T, width) with the Langevin term
+};
+
+// The per-thread sums, reduced in a fixed order into the outputs.
+template <typename T>
+void reduce_grads(const Net<T>& n, std::vector<std::unique_ptr<Grads<T>>>& per, const GradOut<T>& g) {
+  const int D = n.D, Tn = n.Tn, Hp = n.Hp, H = n.H, L = n.L, nt = static_cast<int>(per.size());
+  for (auto& p : per) p->step_done(true);
+  for (int i = 0; i < Tn; ++i)
+    for (int j = 0; j < H; ++j) {
+      T s = 0;
+      for (int t = 0; t < nt; ++t) s += per[t]->dtemb.p[static_cast<size_t>(i) * Hp + j];
+      g.temb[static_cast<size_t>(i) * H + j] = s;
+    }
+  for (int j = 0; j < H; ++j) {
+    T s = 0;
+    for (int i = 0; i < Tn; ++i) s += g.temb[static_cast<size_t>(i) * H + j];
+    g.bs[j] = s;
+    for (int d = 0; d < D; ++d) {
+      T a = 0;
+      for (int t = 0; t < nt; ++t) a += per[t]->tot(per[t]->dwsT)[d * Hp + j];
+      g.ws[j * D + d] = a;
+    }
+  }
+  for (int k = 0; k < L; ++k) {
+    T* gw = ptr<T>(g.hw[k]);
+    T* gb = ptr<T>(g.hb[k]);
+    for (int j = 0; j < H; ++j) {
+      T s = 0;
+      for (int t = 0; t < nt; ++t) s += per[t]->tot(per[t]->db)[static_cast<size_t>(k) * Hp + j];
+      gb[j] = s;
+      for (int m = 0; m < H; ++m) {
+        T a = 0;
+        for (int t = 0; t < nt; ++t) a += per[t]->tot(per[t]->dw)[(static_cast<size_t>(k) * Hp + j) * Hp + m];
+        gw[static_cast<size_t>(j) * H + m] = a;
+      }
+    }
+  }
+  for (int d = 0; d < 2 * D; ++d) {
+    T s = 0;
+    if (d < D)
+      for (int t = 0; t < nt; ++t) s += per[t]->tot(per[t]->dbo)[d];
+    g.bo[d] = s;
+    for (int j = 0; j < H; ++j) {
+      T a = 0;
+      if (d < D)
+        for (int t = 0; t < nt; ++t) a += per[t]->tot(per[t]->dwo)[d * Hp + j];
+      g.wo[static_cast<size_t>(d) * H + j] = a;
+    }
+  }
+  if (g.lgv) {
+    const size_t m = static_cast<size_t>(Tn) * per[0]->lgv_width;
+    for (size_t e = 0; e < m; ++e) {
+      T s = 0;
+      for (int t = 0; t < nt; ++t) s += per[t]->dlgv.p[e];
+      g.lgv[e] = s;
+    }
+  }
+}
+
+template <typename T>
+std::vector<std::unique_ptr<Grads<T>>> thread_grads(const Net<T>& n, int lgv_width, int nt) {
+  std::vector<std::unique_ptr<Grads<T>>> per(nt);
+  for (auto& g : per) g.reset(new Grads<T>(n, lgv_width));
+  return per;
+}
+
+}  // namespace policy
+}  // namespace cpu
+}  // namespace fastsamp
