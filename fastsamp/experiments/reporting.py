@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import torch
+
+from ..samplers.diffusion import atomic_write
 
 
 def json_safe(obj):
@@ -27,11 +28,11 @@ def json_safe(obj):
 
 def write_json(path: str, result) -> None:
     """Write a result (a dict, or a list as {"rows": ...}) as strict JSON with the thread count
-    torch.get_num_threads(); missing directories are created."""
+    torch.get_num_threads(), atomically (`atomic_write`: a run killed while writing leaves the old file);
+    missing directories are created."""
     result = result if isinstance(result, dict) else {"rows": result}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(json_safe({"threads": torch.get_num_threads(), **result}), f, indent=2, allow_nan=False)
+    text = json.dumps(json_safe({"threads": torch.get_num_threads(), **result}), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def mean_sd(mean: float, sd: float | None, spec: str = ".3f") -> str:

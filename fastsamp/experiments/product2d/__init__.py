@@ -147,8 +147,7 @@ def run_version(args, out, version, retrain, log):
         result["methods"][method.name] = res
         samples[method.name] = x.float()
         networks.atomic_save(samples, samples_path)
-        write_json(path + ".tmp", result)  # then renamed: a run killed while writing keeps the last good file
-        os.replace(path + ".tmp", path)
+        write_json(path, result)  # atomic: a run killed while writing keeps the last good file
         log(f"{version} r{retrain} {method.name}: W2 {res['w2']:.4f} LL {res['loglik']:.3f} "
             f"evals {res['score_evals_per_chain']:.0f} {res['wall_time_s']:.0f} s")
 

@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from ...ddpm import DDPM
 from ...models import value_and_grad
+from ...samplers.diffusion import atomic_write
 from ..training import ema_update
 
 
@@ -130,10 +131,8 @@ def build(version, schedule=None, **net_config):
 
 
 def atomic_save(obj, path):
-    """torch.save through a temporary file and a rename: a run killed while writing leaves the old file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through `atomic_write` (a temporary file, then a rename): a killed write leaves the old file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save(model, path, training=None):
