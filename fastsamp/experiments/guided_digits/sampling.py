@@ -33,6 +33,7 @@ import torch
 
 from ... import ops
 from ...models import value_and_grad
+from ...ops.reference import trapezoid_delta_logp
 from ...protocol import CountingModel, has_energy
 from ...samplers.kernels import HMC, ChainState, EnergyMH, Info, Langevin, NoMH, PhiloxKey, ScoreMH
 from ..product2d.sampling import KeepMomentumOnReject
@@ -145,8 +146,8 @@ class HybridLangevin:
         prior_scores = self.prior.score(points.reshape(-1, x.shape[1]), self.t).reshape(n, *x.shape)
         prior_prop = prior_scores[0]
         score_prop, log_class_prop = self._evaluate(x_prop, prior_prop)
-        path = 0.5 * (state.prior_score + prior_prop) + prior_scores[1:].sum(0)
-        delta_logp = (path * (x_prop - x)).sum(1) / n + self.model.lam_mh * (log_class_prop - state.log_class)
+        delta_logp = (trapezoid_delta_logp(x, x_prop, state.prior_score, prior_prop, prior_scores[1:])
+                      + self.model.lam_mh * (log_class_prop - state.log_class))
         x_new, s_new, _, accepted, log_alpha = ops.energy_mh_accept(
             x, x_prop, score=state.score, score_prop=score_prop, logp=torch.zeros_like(delta_logp),
             logp_prop=delta_logp, step_size=self.step_size, backend=self.backend, seed=key.seed,
