@@ -118,6 +118,7 @@ def main(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
     torch.set_num_threads(a.threads)
     net = UserMLP(8, a.hidden).to(a.device)
     kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
@@ -131,7 +132,7 @@ def main(argv=None):
     times = {k: [] for k in runs}
     for _ in range(a.repeats):
         for k, fn in runs.items():
-            times[k].append(timed(fn, time.perf_counter if a.clock == "wall" else time.process_time))
+            times[k].append(timed(fn, clock))
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["generic"] / med["hand"]
     print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves (n_trapezoid {a.n_trapezoid}), score calls of "

@@ -117,7 +117,7 @@ class LevelSums:
             return torch.zeros(0, self.n_values, dtype=torch.float64)
         if self.comm.distributed:
             return torch.stack(self.rows)
-        columns = [_column(values) for values in zip(*self.rows)]
+        columns = [_float64_vector(values, _first_device(values)) for values in zip(*self.rows)]
         dev = next((c.device for c in columns if c.device.type != "cpu"), torch.device("cpu"))
         return torch.stack([c.to(dev) for c in columns], 1)
 
@@ -130,11 +130,6 @@ def _float64_vector(values, device) -> torch.Tensor:
 
 def _first_device(values) -> torch.device:
     return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
-
-
-def _column(values) -> torch.Tensor:
-    """Floats or one-element tensors (on one device) as a float64 vector."""
-    return _float64_vector(values, _first_device(values))
 
 
 class Comm:

@@ -151,9 +151,9 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     """Sample `model` at t = 0 by annealing over `n_levels` noise levels from t = 1 to `t_min`.
 
     At each level t: one reverse Euler–Maruyama step from the previous level (predictor; with
-    `predictor=False` none: pure annealed MCMC, the chains reach each level by the corrector alone; after
-    generic corrector moves it takes the score at the previous level's t that the last move holds instead
-    of calling the model again: the same x and t, so the same value), then
+    `predictor=False` none: pure annealed MCMC, the chains reach each level by the corrector alone). After
+    generic corrector moves the predictor takes the score at the previous level's t that the last move holds
+    instead of calling the model again (the same x and t, so the same value). Then
     `n_corrector_steps` corrector moves targeting p_t with step ε_t = step_size·(α_t² data_scale² + σ_t²)
     (proportional to the marginal variance), times a per-chain factor adapted towards
     `target_accept` ∈ (0, 1) when `adapt` is set (default targets: MALA 0.57, HMC 0.65).
@@ -284,9 +284,10 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
     if chain_offset is None:
         chain_offset = Comm.resolve(group).chain_offset(x.shape[0])
     with phase("corrector"):
-        x, _, rate, _, _ = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
-                                      key=PhiloxKey(seed, offset, chain_offset),
-                                      fused=fused and fused_corrector(model) is not None)
+        res = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
+                            key=PhiloxKey(seed, offset, chain_offset),
+                            fused=fused and fused_corrector(model) is not None)
+    x, rate = res.x, res.rate
     rate = rate * monitor.record(0, x, was_finite)
     monitor.report("mcmc", lambda i: (
         f" (t = {t}, {spec.n_steps} {corrector} moves)",

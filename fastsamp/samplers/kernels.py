@@ -297,12 +297,11 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
     if is_hmc:  # an HMC move's first op checks the momentum (zeros like x when none is carried), then x
         p = _checks.state("p", x if momentum is None else momentum)
     x = _checks.state("x", x)
-    eps = _checks.step_size(kernel.step_size, x)
-    seed, _ = _checks.seed_offset(key.seed, key.offset, n_steps, device=x.device)
-    chain_offset = _checks.chain_offset(key.chain_offset, x.shape[0], x.device)
+    eps, _, seed, _, chain_offset = _checks.whole_moves(x, kernel.step_size, n_steps, key.seed, key.offset,
+                                                        key.chain_offset)
     changes = {"step_size": eps, "checked": True}
     if is_hmc:
-        changes["damping"] = _checks.finite_float("damping", kernel.damping, lo=0.0, hi=1.0)
+        changes["damping"] = _checks.damping(kernel.damping)
         if momentum is not None:
             momentum = _checks.like("p", p, x)
     else:
