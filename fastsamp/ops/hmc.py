@@ -57,7 +57,7 @@ def momentum_refresh(p, damping=0.0, *, noise=None, seed=None, offset=0, chain_o
     """p' = damping·p + √(1 − damping²) ξ: damping 0 is a full refresh (HMC), 0 < damping < 1
     the partial refresh of underdamped (U-)HMC."""
     p = _checks.state("p", p)
-    damping = _checks.finite_float("damping", damping, lo=0.0, hi=1.0)
+    damping = _checks.damping(damping)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, p)
     chain_offset = _checks.chain_offset(chain_offset, p.shape[0], p.device)
     fn = _dispatch.route(backend, "momentum_refresh", p, noise)
