@@ -283,7 +283,7 @@ def test_paper_rejection_rows_keep_the_momentum_and_reuse_the_hmc_step_size():
     """The HMC keep-vs-flip rows: the paper's rejection wraps each model's HMC test (score: the midpoint
     trapezoid) and takes the HMC row's step size."""
     from fastsamp.experiments.guided_digits import methods
-    from fastsamp.experiments.product2d.sampling import KeepMomentumOnReject
+    from fastsamp.samplers.kernels import KeepMomentumOnReject
     rows = {m.label: m for m in methods()}
     for model, inner in (("score", ScoreMH), ("energy", EnergyMH)):
         keep, flip = rows[f"HMC, paper's rejection (no flip) ({model})"], rows[f"HMC ({model})"]

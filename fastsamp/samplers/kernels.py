@@ -12,7 +12,8 @@ global chains chain_offset + b: the proposal noise ξ (or the momentum refresh) 
 The MH tests' accept ops run inside the profiler range `fastsamp.mh` (`fastsamp.profiling`).
 
 HMC rejection keeps the position and flips the momentum, p ← −p₀ (as the fused kernel does): with a
-full refresh (damping 0) the flip is invisible, with a partial refresh it makes the move exact.
+full refresh (damping 0) the flip is invisible, with a partial refresh it makes the move exact;
+`KeepMomentumOnReject(test)` is the MCMC-correction paper's rule instead (the refreshed momentum kept).
 """
 from __future__ import annotations
 
@@ -198,6 +199,21 @@ class EnergyMH(ScoreMH):
 
     def hmc(self, kernel, start, end, delta_logp, key):
         return super().hmc(kernel, start, end, end.logp - start.logp, key)
+
+
+class KeepMomentumOnReject(MHTest):
+    """The MCMC-correction paper's HMC rejection: the wrapped test's result, but a rejected chain keeps
+    the refreshed momentum p₀ instead of −p₀ (exact only with a full refresh)."""
+
+    def __init__(self, inner: MHTest):
+        self.inner = inner
+
+    def evaluate(self, model, x, t):
+        return self.inner.evaluate(model, x, t)
+
+    def hmc(self, kernel, start, end, delta_logp, key):
+        new, info = self.inner.hmc(kernel, start, end, delta_logp, key)
+        return new._replace(momentum=torch.where(info.accepted[:, None], end.momentum, start.momentum)), info
 
 
 def mh_test(spec: CorrectorSpec):

@@ -35,8 +35,17 @@ from ... import ops
 from ...models import value_and_grad
 from ...ops.reference import trapezoid_delta_logp
 from ...protocol import CountingModel, has_energy
-from ...samplers.kernels import HMC, ChainState, EnergyMH, Info, Langevin, NoMH, PhiloxKey, ScoreMH
-from ..product2d.sampling import KeepMomentumOnReject
+from ...samplers.kernels import (
+    HMC,
+    ChainState,
+    EnergyMH,
+    Info,
+    KeepMomentumOnReject,
+    Langevin,
+    NoMH,
+    PhiloxKey,
+    ScoreMH,
+)
 
 LAMBDA = 20.0
 

@@ -29,7 +29,7 @@ import torch
 from ... import ops
 from ...ops.reference import trapezoid_delta_logp
 from ...protocol import CountingModel
-from ...samplers.kernels import HMC, EnergyMH, Langevin, MHTest, NoMH, PhiloxKey, ScoreMH
+from ...samplers.kernels import HMC, EnergyMH, KeepMomentumOnReject, Langevin, MHTest, NoMH, PhiloxKey, ScoreMH
 
 
 @dataclass(frozen=True)
@@ -87,21 +87,6 @@ class LineScoreMH(ScoreMH):
             interior = kernel.model.score(pts.reshape(-1, D), kernel.t).reshape(n - 1, B, D)
         delta = trapezoid_delta_logp(start.x, end.x, start.score, end.score, interior)
         return super().hmc(kernel, start, end, delta, key)
-
-
-class KeepMomentumOnReject(MHTest):
-    """The paper's HMC rejection: the wrapped test's result, but a rejected chain keeps the refreshed
-    momentum p₀ instead of −p₀ (exact only with a full refresh)."""
-
-    def __init__(self, inner: MHTest):
-        self.inner = inner
-
-    def evaluate(self, model, x, t):
-        return self.inner.evaluate(model, x, t)
-
-    def hmc(self, kernel, start, end, delta_logp, key):
-        new, info = self.inner.hmc(kernel, start, end, delta_logp, key)
-        return new._replace(momentum=torch.where(info.accepted[:, None], end.momentum, start.momentum)), info
 
 
 def mh_test(method: Method) -> MHTest:
