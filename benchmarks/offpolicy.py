@@ -114,12 +114,16 @@ def _w2_cells(done, empty):
     return ours, exact
 
 
+def timing_path(out: str, device: str, threads: int) -> str:
+    """OUT/timing_<device, colon dropped>_<threads>thread.json: where `timing` writes and `report` reads."""
+    return os.path.join(out, f"timing_{device.replace(':', '')}_{threads}thread.json")
+
+
 def _timed(out, target, method):
     """'fused / eager ms (speed-up)' of the timing JSONs in out (CPU, one thread; GPU where one was timed)."""
     cells = []
-    for name, label in (("timing_cpu_1thread.json", ""), ("timing_cuda_1thread.json", "GPU "),
-                        ("timing_cuda0_1thread.json", "GPU ")):
-        path = os.path.join(out, name)
+    for device, label in (("cpu", ""), ("cuda", "GPU "), ("cuda:0", "GPU ")):
+        path = timing_path(out, device, 1)
         if os.path.exists(path):
             with open(path) as f:
                 r = json.load(f)["results"].get(f"{target}/{method}")
@@ -174,10 +178,6 @@ def report(args) -> str:
         with open(os.path.join(args.out, "table.md"), "w") as f:
             f.write(text)
     return text
-
-
-def timing_path(out: str, device: str, threads: int) -> str:
-    return os.path.join(out, f"timing_{device.replace(':', '')}_{threads}thread.json")
 
 
 def timing(args):
