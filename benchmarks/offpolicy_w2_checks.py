@@ -85,7 +85,7 @@ def model_checks(path, repeats):
     res = {k: _ms(v) for k, v in res.items() if v}
     for k, v in res.items():
         _line(f"{os.path.basename(path)}: {k}", v)
-    x, log_w = smp.sample(20_000, seed=777)
+    x, _ = smp.sample(20_000, seed=777)
     x = x.double()
     g = torch.Generator().manual_seed(40_000)
     if t.name == "25gmm":
