@@ -12,7 +12,9 @@ with LP; batch 300, T = 100, 2000 evaluation samples), seed 0 of every run first
 each run writes OUT/<target>_<method>_seed<s>.json (+ the model .pt) when done and checkpoints its
 whole training state to OUT/checkpoints/ every --checkpoint-every iterations; a rerun skips finished
 runs and resumes the others. It prints runs done / planned and iterations done / planned.
-`report` writes the table (mean ± std over the finished seeds) from the JSONs to OUT/table.md.
+`report` prints the table (mean ± std over the finished seeds) of the runs asked for from the JSONs;
+`table` and `report` (without --brief) write the whole plan's table to OUT/table.md (every cell, seeds
+0-4 and any others asked for), whatever subset they ran or printed.
 `reevaluate` recomputes the finished runs' metrics from their saved models with the current
 evaluation (the old metrics are reproduced bit for bit; the JSON gains the new diagnostics).
 `timing` measures ms per iteration, fused against eager, for every cell of the plan into
@@ -65,13 +67,18 @@ PUBLISHED = {
     ("manywell", "tb+expl+lp+ls"): ("4.68±0.49", "0.07±0.17", "5.33±0.03"),
 }
 METRICS = ("delta_log_Z", "delta_log_Z_rw", "w2")
+SEEDS = (0, 1, 2, 3, 4)  # the paper's 5 runs per cell
 
 
-def make_plan(args):
-    groups = ([(args.targets, args.methods)] if args.targets or args.methods else
+def make_plan(args, *, whole=False):
+    """The runs asked for (--targets, --methods, --seeds; default: the whole plan); with `whole`, the
+    whole plan (the paper's seeds and any others asked for) whatever the filters."""
+    filtered = not whole and (args.targets or args.methods)
+    groups = ([(args.targets, args.methods)] if filtered else
               [(MAIN_TARGETS, MAIN_METHODS), (EXTRA_TARGETS, EXTRA_METHODS)])
+    seeds = sorted(set(args.seeds) | set(SEEDS)) if whole else args.seeds
     plan = [r for targets, methods in groups
-            for r in plan_table(targets or MAIN_TARGETS, methods or MAIN_METHODS, args.seeds,
+            for r in plan_table(targets or MAIN_TARGETS, methods or MAIN_METHODS, seeds,
                                 fraction=args.fraction, iterations=args.iterations)]
     return sorted(plan, key=lambda r: r.seed)  # stable: seed 0 of every run first
 
@@ -133,8 +140,20 @@ def _timed(out, target, method):
 
 
 def report(args) -> str:
-    """The markdown table of the finished runs of the plan, with the published numbers."""
-    plan = make_plan(args)
+    """Print the markdown table of the runs asked for (finished ones with mean ± std, the published
+    numbers beside them) and, without --brief, write the whole plan's table to OUT/table.md, so that a
+    `table` or `report` of a subset never leaves table.md holding only that subset. Returns the printed table."""
+    text = _table(make_plan(args), args, brief=args.brief)
+    print(text)
+    if not args.brief:
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+            f.write(_table(make_plan(args, whole=True), args, brief=False))
+    return text
+
+
+def _table(plan, args, *, brief) -> str:
+    """The markdown table of the finished runs of `plan`, with the published numbers; `brief`: only the
+    cells with results, a run in progress or published numbers."""
     rows = ["| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
             "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | W2, exact samples | ms / iteration "
             "| fused / eager ms (timed) | outside paper ± std |", "|" + "---|" * 14]
@@ -146,7 +165,7 @@ def report(args) -> str:
         running = any(os.path.exists(checkpoint_path(args.out, r.target, r.method, r.seed)) for r in runs)
         empty = "running" if running else "planned"
         pub = PUBLISHED.get((target, method))
-        if args.brief and not (done or running or pub):
+        if brief and not (done or running or pub):
             continue
         w2, w2_exact = _w2_cells(done, empty)
         if done and "delta_log_Z" not in done[0]["metrics"]:  # log Z unknown (LGCP): the estimates themselves
@@ -172,12 +191,8 @@ def report(args) -> str:
                     f"| {ours[1]} | {pub[1]} | {ours[2]} | {pub[2]} | {w2_exact} | {ms} "
                     f"| {_timed(args.out, target, method)} | {', '.join(outside) or '–'} |")
     progress = format_progress(table_progress(plan, args.out, args.batch_size))
-    text = "\n".join(rows) + f"\n\n{progress}; seeds {list(args.seeds)}; {args.eval_samples} evaluation samples.\n"
-    print(text)
-    if not args.brief:
-        with open(os.path.join(args.out, "table.md"), "w") as f:
-            f.write(text)
-    return text
+    seeds = sorted(dict.fromkeys(r.seed for r in plan))
+    return "\n".join(rows) + f"\n\n{progress}; seeds {seeds}; {args.eval_samples} evaluation samples.\n"
 
 
 def timing(args):
@@ -215,7 +230,7 @@ def main(argv=None):
         a.add_argument("--fraction", type=positive_float, default=1.0, help="fraction of the paper's iteration counts")
         a.add_argument("--iterations", type=count(1), default=None,
                        help="iterations of every run (overrides --fraction); timing: iterations per round (20)")
-        a.add_argument("--seeds", type=count(0, MAX_SEED), nargs="+", default=[0, 1, 2, 3, 4])
+        a.add_argument("--seeds", type=count(0, MAX_SEED), nargs="+", default=list(SEEDS))
         a.add_argument("--targets", nargs="+", choices=TARGETS, default=None,
                        help="default: the full plan (module docstring)")
         a.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=None)

@@ -117,9 +117,11 @@ def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
         assert res["iterations"] == 6 and res["metrics"]["n"] == 64 and res["ms_per_iteration"] > 0
         assert res["device"] == "cpu" and res["config"]["batch_size"] == 16
     assert not os.listdir(os.path.join(out, "checkpoints"))  # finished runs leave no checkpoint
-    table = open(os.path.join(out, "table.md")).read()
-    assert "| 25gmm | tb+expl+lp+ls" not in table and "| 25gmm | tb | 1/1 | 6 |" in table
-    assert "1.176±0.109" in table  # the published TB row sits next to ours
+    printed = text[text.index("| target |"):]  # the table of the runs asked for
+    assert "| 25gmm | tb+expl+lp+ls" not in printed and "| 25gmm | tb | 1/1 | 6 |" in printed
+    assert "1.176±0.109" in printed  # the published TB row sits next to ours
+    table = open(os.path.join(out, "table.md")).read()  # the whole plan, 5 seeds
+    assert "| 25gmm | tb | 1/5 | 6 |" in table and "1.176±0.109" in table
     mtime = os.path.getmtime(os.path.join(out, "25gmm_tb_seed0.json"))
     bench.main(["table", *argv])
     text = capsys.readouterr().out
@@ -138,6 +140,33 @@ def test_full_plan_is_seed_major_and_covers_the_table():
     iters = {(r.target, r.method): r.iterations for r in plan}
     assert iters[("funnel", "pis")] == 25000 and iters[("manywell", "tb+expl+lp+ls")] == 10000
     assert ("lgcp", "tb") in iters and ("40gmm", "tb+expl+lp+ls") in iters
+    filtered = type("A", (), dict(targets=["funnel"], methods=["tb"], seeds=[7], fraction=1.0, iterations=None))
+    assert [(r.target, r.method, r.seed) for r in bench.make_plan(filtered)] == [("funnel", "tb", 7)]
+    whole = bench.make_plan(filtered, whole=True)  # every cell, the paper's seeds and the one asked for
+    assert len(whole) == 6 * 37 and sorted({r.seed for r in whole}) == [0, 1, 2, 3, 4, 7]
+
+
+def test_table_md_is_the_whole_plan_whatever_subset_ran(tmp_path, capsys):
+    """`table` of one cell, then `table` of another and `report` of a third (tiny runs): each prints the
+    runs it was asked for, and table.md always holds all 37 cells of the plan, both finished runs in
+    theirs; `report --brief` prints and leaves table.md alone."""
+    bench = _bench()
+    out = str(tmp_path)
+    tiny = ["--iterations", "2", "--batch-size", "8", "--eval-samples", "32", "--out", out]
+    bench.main(["table", "--targets", "25gmm", "--methods", "tb", "--seeds", "0", *tiny])
+    bench.main(["table", "--targets", "funnel", "--methods", "pis", "--seeds", "1", *tiny])
+    bench.main(["report", "--targets", "manywell", "--methods", "subtb", "--seeds", "0", *tiny])
+    printed = capsys.readouterr().out.split("| target |")
+    assert len(printed) == 4 and "| manywell | subtb | 0/1 | 2 | planned |" in printed[3]
+    assert "| 25gmm | tb |" not in printed[3] and "| funnel | pis | 1/1 | 2 |" in printed[2]
+    table = open(os.path.join(out, "table.md")).read()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| target")]
+    assert len(rows) == 3 * 11 + 2 * 2 and len({tuple(r.split(" | ")[:2]) for r in rows}) == len(rows)
+    assert "| 25gmm | tb | 1/5 | 2 |" in table and "| funnel | pis | 1/5 | 2 |" in table
+    assert "| lgcp | tb+expl+lp+ls | 0/5 | 2 | planned |" in table
+    assert "table: 2/185 runs done, 4/370 iterations done" in table and "seeds [0, 1, 2, 3, 4]" in table
+    bench.main(["report", "--brief", "--targets", "25gmm", "--methods", "tb", "--seeds", "0", *tiny])
+    assert open(os.path.join(out, "table.md")).read() == table
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
