@@ -36,6 +36,8 @@ from . import _checks, _dispatch
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
 _MH_MODES = {"score": 0, "energy": 1, "none": 2}
+_N_TRAPEZOID = ("n_trapezoid", 4096)  # (name, largest value) of the whole-move ops' evaluation counts
+_N_LEAPFROG = ("n_leapfrog", _checks.MAX_COUNT)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,34 @@ def _net_params(x, net, i, kinds):
     return params, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
 
 
+class _FlatNet(NamedTuple):
+    """One network of the flat backend lists (`_unflatten`): its tensors params[start:start + 6 + 2L] in the
+    order freq, mean, W_0, b_0, W_out, b_out, (W_k, b_k) per hidden layer; dims F, H, L, act; scalars t, α, σ², σ_d²."""
+
+    start: int
+    tensors: list
+    F: int
+    H: int
+    L: int
+    act: int
+    t: float
+    alpha: float
+    sigma2: float
+    data_var: float
+
+
+def _unflatten(params, dims, scalars):
+    """The networks of the flat lists of `_net_params` (params, dims [F, H, L, act] and scalars [t, α, σ², σ_d²]
+    of every network, concatenated), one `_FlatNet` each."""
+    start = 0
+    for i in range(0, len(dims), 4):
+        F, H, L, act = (int(v) for v in dims[i:i + 4])
+        t, alpha, sigma2, data_var = (float(v) for v in scalars[i:i + 4])
+        end = start + 6 + 2 * L
+        yield _FlatNet(start, list(params[start:end]), F, H, L, act, t, alpha, sigma2, data_var)
+        start = end
+
+
 def _sum_args(x, nets, mixture, kinds):
     """The backend arguments of a sum of networks (instances of `kinds`) and a mixture: x, the flat network
     lists params, dims, scalars, the per-network energy flags, then means, log_weights, variances (None without
@@ -171,11 +201,11 @@ def has_fused_kernel(device, dim=1, hidden=1, net_type=None) -> bool:
     device = torch.device(device)
     if device.type == "cpu":
         return True
-    fn = backends.resolve("auto", "mlp_energy_mala" if net_type is EnergyNet else "mlp_mala", device)
+    op = "mlp_energy_mala" if net_type is EnergyNet else "mlp_mala"
+    fn = backends.resolve("auto", op, device)
     if _dispatch.is_reference(fn):
         return False
-    module = inspect.getmodule(fn)
-    max_d, max_h = getattr(module, "MLP_MAX_D", None), getattr(module, "MLP_MAX_HIDDEN", None)
+    max_d, max_h = _dispatch.max_d(fn, op), getattr(inspect.getmodule(fn), "MLP_MAX_HIDDEN", None)
     return (max_d is None or dim <= max_d) and (max_h is None or hidden <= max_h)
 
 
@@ -186,9 +216,10 @@ def _route(backend, op, args, *tensors):
     kernel for energy networks)."""
     x = args[0]
     net_type = EnergyNet if op.startswith("mlp_energy") else ScoreNet
-    if backend == "auto" and not x.is_cpu and not has_fused_kernel(x.device, x.shape[1], max(args[2][1::4], default=1),
-                                                                   net_type):
-        backend = "torch"
+    if backend == "auto" and not x.is_cpu:
+        hidden = max((net.H for net in _unflatten(*args[1:4])), default=1)
+        if not has_fused_kernel(x.device, x.shape[1], hidden, net_type):
+            backend = "torch"
     return _dispatch.route(backend, op, x, *args[1], *args[-5:-2], *tensors)
 
 
@@ -228,7 +259,7 @@ def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     args = _score_sum_args(x, nets, mixture)
-    return _moves("mlp_mala", args, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
+    return _moves("mlp_mala", args, backend, step_size, n_steps, _N_TRAPEZOID, n_trapezoid, seed, offset,
                   chain_offset, _mh_code(mh, False))
 
 
@@ -243,7 +274,7 @@ def mlp_energy_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1,
     """
     code = _mh_code(mh, True)
     args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
-    return _moves("mlp_energy_mala", args, backend, step_size, n_steps, "n_trapezoid", n_trapezoid, seed, offset,
+    return _moves("mlp_energy_mala", args, backend, step_size, n_steps, _N_TRAPEZOID, n_trapezoid, seed, offset,
                   chain_offset, code)
 
 
@@ -259,7 +290,7 @@ def mlp_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, seed=0, 
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     args = _score_sum_args(x, nets, mixture)
-    return _moves("mlp_hmc", args, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
+    return _moves("mlp_hmc", args, backend, step_size, n_steps, _N_LEAPFROG, n_leapfrog, seed, offset,
                   chain_offset, _mh_code(mh, False), damping)
 
 
@@ -273,15 +304,16 @@ def mlp_energy_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, s
     """
     code = _mh_code(mh, True)
     args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
-    return _moves("mlp_energy_hmc", args, backend, step_size, n_steps, "n_leapfrog", n_leapfrog, seed, offset,
+    return _moves("mlp_energy_hmc", args, backend, step_size, n_steps, _N_LEAPFROG, n_leapfrog, seed, offset,
                   chain_offset, code, damping)
 
 
-def _moves(op, args, backend, step_size, n_steps, n_name, n, seed, offset, chain_offset, mh, *damping):
+def _moves(op, args, backend, step_size, n_steps, n_limit, n, seed, offset, chain_offset, mh, *damping):
     """The call of whole-move op `op` on the network sum `args` with the checked move arguments: n is n_trapezoid or
-    n_leapfrog (`n_name`); damping for HMC."""
+    n_leapfrog, n_limit its (name, largest value); damping for HMC."""
     x = args[0]
     eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset)
-    n = _checks.integer(n_name, n, minimum=1, **({"maximum": 4096} if n_name == "n_trapezoid" else {}))
+    n_name, n_max = n_limit
+    n = _checks.integer(n_name, n, minimum=1, maximum=n_max)
     damping = tuple(_checks.damping(d) for d in damping)
     return _route(backend, op, args, eps)(*args, eps, n_steps, n, seed, offset, chain_offset, mh, *damping)

@@ -150,11 +150,13 @@ def _philox_draws(x, seed, offset, chain_offset):
     return draw
 
 
-def mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size, n_trapezoid, alpha, sigma2, mh):
-    """One MALA move of gmm_mala from (x, score, logp) with the draws (ξ, u): (x, score, logp, accepted)."""
-    D = x.shape[1]
+def _mala_step(x, score, logp, xi, u, evaluate, step_size, n_trapezoid, mh):
+    """One MALA move from (x, score, logp) with the draws (ξ, u) on evaluate(z) -> (score, log p or None):
+    x' = x + ε s + √(2ε) ξ, log α = ΔlogP + log q(x|x') − log q(x'|x) with ΔlogP = logp' − logp (MH_ENERGY)
+    or the score trapezoid with n_trapezoid sub-intervals (MH_SCORE); no test (MH_NONE).
+    Returns (x, score, logp, accepted)."""
     x_prop = mala_propose(x, score, step_size, xi, 0, 0, 0)
-    score_prop, logp_prop = gmm_score(x_prop, means, log_weights, variances, alpha, sigma2)
+    score_prop, logp_prop = evaluate(x_prop)
     if mh == MH_NONE:
         accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     else:
@@ -162,39 +164,24 @@ def mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size, n
             delta = logp_prop - logp
         else:
             pts = line_points(x, x_prop, n_trapezoid)
-            interior = gmm_score(pts.reshape(-1, D), means, log_weights, variances, alpha, sigma2)[0]
-            delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior.reshape(pts.shape))
-        log_alpha = delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
-        accepted = torch.log(u) < log_alpha
-    return (_select(accepted, x_prop, x), _select(accepted, score_prop, score), torch.where(accepted, logp_prop, logp),
-            accepted)
+            interior = evaluate(pts.reshape(-1, x.shape[1]))[0].reshape(pts.shape)
+            delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior)
+        accepted = torch.log(u) < delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
+    logp = logp_prop if logp is None else torch.where(accepted, logp_prop, logp)
+    return _select(accepted, x_prop, x), _select(accepted, score_prop, score), logp, accepted
 
 
-def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
-             seed, offset, chain_offset, mh, *, draw=None):
-    """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate).
-    `draw(m) -> (ξ, u)` replaces the Philox draws of move m (the benchmarks' torch-RNG baseline)."""
-    draw = draw or _philox_draws(x, seed, offset, chain_offset)
-    score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
-    n_acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for m in range(n_steps):
-        xi, u = draw(m)
-        x, score, logp, accepted = mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size,
-                                             n_trapezoid, alpha, sigma2, mh)
-        n_acc = n_acc + accepted.to(x.dtype)
-    return x, n_acc / max(n_steps, 1)
-
-
-def hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size, n_leapfrog, alpha, sigma2, mh,
-             damping):
-    """One HMC move of gmm_hmc from (x, score, logp, momentum p) with the draws (ξ, u):
-    (x, score, logp, p, accepted)."""
+def _hmc_step(x, score, logp, p, xi, u, evaluate, step_size, n_leapfrog, mh, damping):
+    """One HMC move from (x, score, logp, momentum p) with the draws (ξ, u) on evaluate(z) -> (score, log p or
+    None): p0 = damping·p + √(1 − damping²) ξ, n_leapfrog leapfrog steps, log α = ΔlogP − ½|p_L|² + ½|p0|² with
+    ΔlogP the trapezoid along the path (MH_SCORE) or logp(end) − logp (MH_ENERGY); no test (MH_NONE);
+    rejected: x stays and p = −p0. Returns (x, score, logp, p, accepted)."""
     p0 = momentum_refresh(p, damping, xi, 0, 0, 0)
     x_l, s_l, p_l, logp_l = x, score, p0, logp
     delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for _ in range(n_leapfrog):
         x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
-        s_next, logp_l = gmm_score(x_next, means, log_weights, variances, alpha, sigma2)
+        s_next, logp_l = evaluate(x_next)
         p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
         x_l, s_l = x_next, s_next
     if mh == MH_NONE:
@@ -202,11 +189,61 @@ def hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size,
     else:
         if mh == MH_ENERGY:
             delta = logp_l - logp
-        log_alpha = delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
-        accepted = torch.log(u) < log_alpha
+        accepted = torch.log(u) < delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
+    logp = logp_l if logp is None else torch.where(accepted, logp_l, logp)
     # rejected: momentum flip (exact with partial refresh)
-    return (_select(accepted, x_l, x), _select(accepted, s_l, score), torch.where(accepted, logp_l, logp),
-            _select(accepted, p_l, -p0), accepted)
+    return _select(accepted, x_l, x), _select(accepted, s_l, score), logp, _select(accepted, p_l, -p0), accepted
+
+
+def _mala_moves(x, evaluate, step_size, n_steps, n_trapezoid, mh, draw):
+    """n_steps `_mala_step`s, move m with the draws draw(m) -> (ξ, u); (x, accept rate)."""
+    score, logp = evaluate(x)
+    n_acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for m in range(n_steps):
+        xi, u = draw(m)
+        x, score, logp, accepted = _mala_step(x, score, logp, xi, u, evaluate, step_size, n_trapezoid, mh)
+        n_acc = n_acc + accepted.to(x.dtype)
+    return x, n_acc / max(n_steps, 1)
+
+
+def _hmc_moves(x, evaluate, step_size, n_steps, n_leapfrog, mh, damping, draw):
+    """n_steps `_hmc_step`s from p = 0, move m with the draws draw(m) -> (ξ, u); (x, accept rate)."""
+    score, logp = evaluate(x)
+    p = torch.zeros_like(x)
+    n_acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for m in range(n_steps):
+        xi, u = draw(m)
+        x, score, logp, p, accepted = _hmc_step(x, score, logp, p, xi, u, evaluate, step_size, n_leapfrog, mh,
+                                                damping)
+        n_acc = n_acc + accepted.to(x.dtype)
+    return x, n_acc / max(n_steps, 1)
+
+
+def _gmm_evaluate(means, log_weights, variances, alpha, sigma2):
+    """z -> gmm_score(z, ...): (score, log p) of the mixture."""
+    return lambda z: gmm_score(z, means, log_weights, variances, alpha, sigma2)
+
+
+def mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size, n_trapezoid, alpha, sigma2, mh):
+    """One MALA move of gmm_mala from (x, score, logp) with the draws (ξ, u): (x, score, logp, accepted)."""
+    return _mala_step(x, score, logp, xi, u, _gmm_evaluate(means, log_weights, variances, alpha, sigma2), step_size,
+                      n_trapezoid, mh)
+
+
+def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
+             seed, offset, chain_offset, mh, *, draw=None):
+    """n_steps MALA moves on a Gaussian mixture with score/energy/no MH; (x, accept rate).
+    `draw(m) -> (ξ, u)` replaces the Philox draws of move m (the benchmarks' torch-RNG baseline)."""
+    return _mala_moves(x, _gmm_evaluate(means, log_weights, variances, alpha, sigma2), step_size, n_steps,
+                       n_trapezoid, mh, draw or _philox_draws(x, seed, offset, chain_offset))
+
+
+def hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size, n_leapfrog, alpha, sigma2, mh,
+             damping):
+    """One HMC move of gmm_hmc from (x, score, logp, momentum p) with the draws (ξ, u):
+    (x, score, logp, p, accepted)."""
+    return _hmc_step(x, score, logp, p, xi, u, _gmm_evaluate(means, log_weights, variances, alpha, sigma2),
+                     step_size, n_leapfrog, mh, damping)
 
 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
@@ -214,16 +251,8 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
     """n_steps HMC moves (n_leapfrog leapfrog steps each, momentum refresh with `damping`)
     on a Gaussian mixture with score/energy/no MH; (x, accept rate).
     `draw(m) -> (ξ, u)` replaces the Philox draws of move m."""
-    draw = draw or _philox_draws(x, seed, offset, chain_offset)
-    score, logp = gmm_score(x, means, log_weights, variances, alpha, sigma2)
-    p = torch.zeros_like(x)
-    n_acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for m in range(n_steps):
-        xi, u = draw(m)
-        x, score, logp, p, accepted = hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size,
-                                               n_leapfrog, alpha, sigma2, mh, damping)
-        n_acc = n_acc + accepted.to(x.dtype)
-    return x, n_acc / max(n_steps, 1)
+    return _hmc_moves(x, _gmm_evaluate(means, log_weights, variances, alpha, sigma2), step_size, n_steps,
+                      n_leapfrog, mh, damping, draw or _philox_draws(x, seed, offset, chain_offset))
 
 
 def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2):
@@ -325,15 +354,12 @@ _MLP_ACTIVATIONS = (F.gelu, F.silu)  # the activation codes of fastsamp.ops.mlp:
 
 def _nets(params, dims, scalars, energy):
     """Per network of the flat backend lists: (energy flag, f: x -> the network's output, α m, v)."""
-    p = 0
-    for i in range(0, len(dims), 4):
-        _, _, L, act = dims[i:i + 4]
-        freq, mean, w0, b0, wo, bo, *rest = params[p:p + 6 + 2 * L]
-        p += 6 + 2 * L
+    from .mlp import _unflatten  # here: fastsamp.ops.mlp imports _dispatch, which imports this module
+    for i, net in enumerate(_unflatten(params, dims, scalars)):
+        freq, mean, w0, b0, wo, bo, *rest = net.tensors
         layers = [(w0, b0)] + list(zip(rest[0::2], rest[1::2])) + [(wo, bo)]
-        t, alpha, sigma2, data_var = scalars[i:i + 4]
-        yield (bool(energy[i // 4]) if energy else False,
-               _fourier_mlp(freq, layers, _MLP_ACTIVATIONS[act], t), alpha * mean, alpha * alpha * data_var + sigma2)
+        yield (bool(energy[i]) if energy else False, _fourier_mlp(freq, layers, _MLP_ACTIVATIONS[net.act], net.t),
+               net.alpha * mean, net.alpha * net.alpha * net.data_var + net.sigma2)
 
 
 def _fourier_mlp(freq, layers, act, t):
@@ -388,63 +414,6 @@ def mlp_energy(x, params, dims, scalars, energy, means, log_weights, variances, 
     return _net_sum(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, True)
 
 
-def _mlp_mala(x, evaluate, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh):
-    """n_steps MALA moves with score (trapezoid), energy or no MH on evaluate(z) -> (score, log p or None)."""
-    B, D = x.shape
-    draw = _philox_draws(x, seed, offset, chain_offset)
-    score, logp = evaluate(x)
-    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
-    for m in range(n_steps):
-        xi, u = draw(m)
-        x_prop = mala_propose(x, score, step_size, xi, seed, offset + m, chain_offset)
-        score_prop, logp_prop = evaluate(x_prop)
-        if mh == MH_NONE:
-            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
-        else:
-            if mh == MH_ENERGY:
-                delta = logp_prop - logp
-            else:
-                pts = line_points(x, x_prop, n_trapezoid)
-                interior = evaluate(pts.reshape(-1, D))[0].reshape(pts.shape)
-                delta = trapezoid_delta_logp(x, x_prop, score, score_prop, interior)
-            accepted = torch.log(u) < delta + mala_log_q_ratio(x, x_prop, score, score_prop, step_size)
-        x = _select(accepted, x_prop, x)
-        score = _select(accepted, score_prop, score)
-        logp = logp_prop if logp is None else torch.where(accepted, logp_prop, logp)
-        n_acc = n_acc + accepted.to(x.dtype)
-    return x, n_acc / max(n_steps, 1)
-
-
-def _mlp_hmc(x, evaluate, step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping):
-    """n_steps HMC moves (as gmm_hmc) with score (trapezoid), energy or no MH on evaluate(z) -> (score, log p)."""
-    B = x.shape[0]
-    draw = _philox_draws(x, seed, offset, chain_offset)
-    (score, logp), p = evaluate(x), torch.zeros_like(x)
-    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
-    for m in range(n_steps):
-        xi, u = draw(m)
-        p0 = momentum_refresh(p, damping, xi, seed, offset + m, chain_offset)
-        x_l, s_l, p_l, logp_l = x, score, p0, logp
-        delta = torch.zeros(B, dtype=x.dtype, device=x.device)
-        for _ in range(n_leapfrog):
-            x_next, p_half = leapfrog(x_l, p_l, s_l, step_size)
-            s_next, logp_l = evaluate(x_next)
-            p_l, delta = leapfrog_finish(x_l, x_next, p_half, s_l, s_next, step_size, delta)
-            x_l, s_l = x_next, s_next
-        if mh == MH_NONE:
-            accepted = torch.ones(B, dtype=torch.bool, device=x.device)
-        else:
-            if mh == MH_ENERGY:
-                delta = logp_l - logp
-            accepted = torch.log(u) < delta - 0.5 * _dot(p_l, p_l) + 0.5 * _dot(p0, p0)
-        x = _select(accepted, x_l, x)
-        score = _select(accepted, s_l, score)
-        logp = logp_l if logp is None else torch.where(accepted, logp_l, logp)
-        p = _select(accepted, p_l, -p0)
-        n_acc = n_acc + accepted.to(x.dtype)
-    return x, n_acc / max(n_steps, 1)
-
-
 def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
              n_trapezoid, seed, offset, chain_offset, mh):
     """n_steps MALA moves on the score of mlp_score with score (trapezoid) or no MH; (x, accept rate)."""
@@ -457,7 +426,7 @@ def mlp_energy_mala(x, params, dims, scalars, energy, means, log_weights, varian
     """n_steps MALA moves on a sum of score and energy networks with score, energy or no MH; (x, accept rate)."""
     evaluate = lambda z: _net_sum(z, params, dims, scalars, energy, means, log_weights, variances,  # noqa: E731
                                   mix_alpha, mix_sigma2, mh == MH_ENERGY)
-    return _mlp_mala(x, evaluate, step_size, n_steps, n_trapezoid, seed, offset, chain_offset, mh)
+    return _mala_moves(x, evaluate, step_size, n_steps, n_trapezoid, mh, _philox_draws(x, seed, offset, chain_offset))
 
 
 def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
@@ -472,4 +441,5 @@ def mlp_energy_hmc(x, params, dims, scalars, energy, means, log_weights, varianc
     """n_steps HMC moves on a sum of score and energy networks with score, energy or no MH; (x, accept rate)."""
     evaluate = lambda z: _net_sum(z, params, dims, scalars, energy, means, log_weights, variances,  # noqa: E731
                                   mix_alpha, mix_sigma2, mh == MH_ENERGY)
-    return _mlp_hmc(x, evaluate, step_size, n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping)
+    return _hmc_moves(x, evaluate, step_size, n_steps, n_leapfrog, mh, damping,
+                      _philox_draws(x, seed, offset, chain_offset))
