@@ -20,7 +20,6 @@ def value_and_grad(fn, x):
     return f.detach(), g.detach()
 
 
-
 SCHEDULE_KINDS = {"VP": VP, "VE": VE}
 
 

@@ -15,7 +15,6 @@ import math
 import torch
 
 from . import ops
-from ._model_base import SCHEDULE_KINDS as SCHEDULE_KINDS
 from ._model_base import schedule_config, schedule_from_config
 from ._model_base import value_and_grad as value_and_grad
 from .mlp_models import PARAMETERISATIONS as PARAMETERISATIONS
@@ -37,7 +36,6 @@ def _float_tensor(name, v, dtype=None, device=None):
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
     return t.to(dtype=dtype or t.dtype, device=device or t.device)
-
 
 
 class GaussianMixture:
