@@ -33,6 +33,27 @@ def random_net(D, H, L, F, dtype, seed, activation="silu"):
                         torch.randn(D, generator=g, dtype=torch.float64).to(dtype), 1.3, 0.37, 0.8, 0.36, activation)
 
 
+def to(net, dtype, device="cpu"):
+    """A ScoreNet, EnergyNet or MixtureScore with its tensors in dtype on device."""
+    conv = lambda v: v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    if isinstance(net, ops.MixtureScore):
+        return ops.MixtureScore(*(conv(v) for v in net))
+    return type(net)(**{k: tuple(conv(t) for t in v) if isinstance(v, tuple) else conv(v)
+                        for k, v in vars(net).items()})
+
+
+def assert_moves_close(dtype, got, want):
+    """(x, rate) of a whole-move kernel equal to the reference's: to TOL (rates exactly) in float64; in float32 a
+    rounding may flip an accept that sits on the threshold (and an HMC momentum with it), in few chains."""
+    (x_new, rate), (e_x, e_rate) = got, want
+    if dtype == torch.float64:
+        torch.testing.assert_close(x_new, e_x, **TOL[dtype])
+        torch.testing.assert_close(rate, e_rate, rtol=0, atol=0)
+    else:
+        close = ((x_new - e_x).abs() <= 2e-4 * (1 + e_x.abs())).all(1)
+        assert close.float().mean() >= 0.97 and (rate - e_rate).abs().mean() <= 0.02
+
+
 def mixture_score(D, dtype, alpha=0.8, sigma2=0.36):
     g = torch.Generator().manual_seed(7)
     return ops.MixtureScore(torch.randn(3, D, generator=g, dtype=dtype) * 2, torch.randn(3, generator=g, dtype=dtype),
@@ -47,9 +68,7 @@ def test_mlp_score_matches_reference(dtype, B, D, H, L, F, activation):
     net = random_net(D, H, L, F, dtype, seed=B + D + H, activation=activation)
     x = torch.randn(B, D, dtype=dtype) * 2
     got = ops.mlp_score(x, net, backend="cpp")
-    net64 = ops.ScoreNet(*(tuple(t.double() for t in v) if isinstance(v, tuple) else
-                           v.double() if isinstance(v, torch.Tensor) else v for v in vars(net).values()))
-    want = ops.mlp_score(x.double(), net64, backend="torch")
+    want = ops.mlp_score(x.double(), to(net, torch.float64), backend="torch")
     torch.testing.assert_close(got.double(), want, **TOL[dtype])
 
 
@@ -109,14 +128,8 @@ def test_mlp_hmc_matches_reference(dtype, mh, n_leapfrog, damping, B, D, with_mi
     eps = torch.rand(B, dtype=dtype) * 0.2 + 0.05
     kw = dict(step_size=eps, n_steps=5, n_leapfrog=n_leapfrog, seed=12, offset=7, chain_offset=3, mh=mh,
               damping=damping)
-    x_new, rate = ops.mlp_hmc(x, nets, mixture=mix, backend="cpp", **kw)
-    e_x, e_rate = ops.mlp_hmc(x, nets, mixture=mix, backend="torch", **kw)
-    if dtype == torch.float64:
-        torch.testing.assert_close(x_new, e_x, **TOL[dtype])
-        torch.testing.assert_close(rate, e_rate, rtol=0, atol=0)
-    else:  # a float32 rounding may flip an accept that sits on the threshold (and the momentum with it)
-        close = ((x_new - e_x).abs() <= 2e-4 * (1 + e_x.abs())).all(1)
-        assert close.float().mean() >= 0.97 and (rate - e_rate).abs().mean() <= 0.02
+    assert_moves_close(dtype, ops.mlp_hmc(x, nets, mixture=mix, backend="cpp", **kw),
+                       ops.mlp_hmc(x, nets, mixture=mix, backend="torch", **kw))
 
 
 def test_mlp_mala_rows_are_independent_of_the_batch():
