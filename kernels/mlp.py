@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from fastsamp.backends._abi import move_outputs
+from fastsamp.ops.mlp import _unflatten
 
 from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rng_args
 from .gmm import _chain_tile, _gmm_table, _mh_accepts, _move_normals, _store_moves, _whole_rows, gmm_eval
@@ -275,8 +276,9 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
     D = x.shape[1]
     if D > MLP_MAX_D:
         raise ValueError(f"triton {name} supports D <= {MLP_MAX_D}, got D={D}")
-    n_nets = len(dims) // 4
-    hidden = [int(dims[4 * i + 1]) for i in range(n_nets)]
+    nets = list(_unflatten(params, dims, scalars))
+    n_nets = len(nets)
+    hidden = [net.H for net in nets]
     if hidden and max(hidden) > MLP_MAX_HIDDEN:
         raise ValueError(f"triton {name} supports hidden widths H <= {MLP_MAX_HIDDEN}, got H={max(hidden)}")
     HP = max(_MIN_DOT, next_pow2(max(hidden, default=1)))
@@ -289,16 +291,12 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
     offs = [0]
     for p in params:
         offs.append(offs[-1] + p.numel())
-    k = 0
-    for i in range(n_nets):
-        F, H, L, act = (int(v) for v in dims[4 * i:4 * i + 4])
-        t, alpha, sigma2, data_var = (float(v) for v in scalars[4 * i:4 * i + 4])
-        v = alpha * alpha * data_var + sigma2
-        # flat order of a network: freq, mean, W_0, b_0, W_o, b_o, then (W_k, b_k) per hidden layer
-        launch(_net_prep_kernel, (1,), w, meta, consts, i, *offs[k:k + 7], D, F, H, L, act, CS, f64(t), f64(alpha),
-               f64(v), f64(math.sqrt(v)), HP=HP, BLOCK_F=min(max(next_pow2(F), 1), 64), BLOCK_D=next_pow2(D),
-               num_warps=4)
-        k += 6 + 2 * L
+    for i, net in enumerate(nets):
+        v = net.alpha * net.alpha * net.data_var + net.sigma2
+        # buffer offsets of freq, mean, W_0, b_0, W_o, b_o and the first hidden layer (the flat order of a network)
+        launch(_net_prep_kernel, (1,), w, meta, consts, i, *offs[net.start:net.start + 7], D, net.F, net.H, net.L,
+               net.act, CS, f64(net.t), f64(net.alpha), f64(v), f64(math.sqrt(v)), HP=HP,
+               BLOCK_F=min(max(next_pow2(net.F), 1), 64), BLOCK_D=next_pow2(D), num_warps=4)
     has_mix = means is not None
     tab = _gmm_table(log_weights, variances, D, float(mix_alpha), mix_sigma2) if has_mix else None
     K = means.shape[0] if has_mix else 0
