@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import backends
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _layers
 
 
 class _EMStepLogProb(torch.autograd.Function):
@@ -115,9 +115,10 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
 
 
 class PolicyParams:
-    """The tensors of a DriftNet that the policy ops read (views of the module's parameters):
-    ws (H, D), bs (H), hidden [(W_k (H, H), b_k (H))] × L, wo (2D, H), bo (2D); clip, D, H; with the
-    Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
+    """The layers of a DriftNet that the policy ops read (the module's parameters): in network order
+    weights [W_s (H, D), W_1 .. W_L (H, H), W_o (2D, H)] and their biases, packed for the kernels as every
+    fused network is (`_layers.pack_layers`: [ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L]); clip, D, H; with
+    the Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
 
     def __init__(self, net):
         self.langevin = bool(getattr(net, "langevin", False))
@@ -137,20 +138,18 @@ class PolicyParams:
                              "exact (erf) GELU")
         self.D, self.H = int(net.dim), int(net.state.out_features)
         self.clip = float(net.clip)
-        self.ws, self.bs = net.state.weight, net.state.bias
-        self.hidden = [(m.weight, m.bias) for m in linears]
-        self.wo, self.bo = mods[-1].weight, mods[-1].bias
-        shapes_ok = (tuple(self.ws.shape) == (self.H, self.D) and tuple(self.wo.shape) == (2 * self.D, self.H)
-                     and all(tuple(w.shape) == (self.H, self.H) for w, _ in self.hidden))
-        if not shapes_ok or any(b is None for b in [self.bs, self.bo] + [b for _, b in self.hidden]):
-            raise ValueError("DriftNet layers have unexpected shapes or no bias")
+        layers = [net.state] + linears + [mods[-1]]
+        self.weights, self.biases = [m.weight for m in layers], [m.bias for m in layers]
+        self.widths = [(self.H, self.D)] + [(self.H, self.H)] * len(linears) + [(2 * self.D, self.H)]
+        if any(b is None for b in self.biases):
+            raise ValueError("the DriftNet's linear layers need biases")
+        L = len(linears)
+        self._names = (["ws"] + [f"W_{k}" for k in range(1, L + 1)] + ["wo"],
+                       ["bs"] + [f"b_{k}" for k in range(1, L + 1)] + ["bo"])
 
     def tensors(self):
-        """[ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L] (the order of the backends' `params`)"""
-        out = [self.ws, self.bs, self.wo, self.bo]
-        for w, b in self.hidden:
-            out += [w, b]
-        return out
+        """The packed layers [ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L] (the backends' `params`)."""
+        return _layers.packed(self.weights, self.biases)
 
     def checked_lgv(self, lgv, like: torch.Tensor, like_name: str, T: int):
         """lgv (T, 1|D) like `like` (None without the Langevin term); a Langevin net needs it."""
@@ -160,10 +159,10 @@ class PolicyParams:
         return None if lgv is None else _checks.like("lgv", lgv, like, (T, self.lgv_width), x_name=like_name)
 
     def checked(self, like: torch.Tensor, like_name: str, cast: bool = False):
-        """tensors() with like's dtype (cast to it when `cast`, detached) and device, contiguous."""
-        names = ["ws", "bs", "wo", "bo"] + [f"{k}_{i}" for i in range(1, len(self.hidden) + 1) for k in ("W", "b")]
-        return [_checks.like(f"net parameter {n}", t.detach().to(like.dtype) if cast else t, like, t.shape,
-                             x_name=like_name) for n, t in zip(names, self.tensors())]
+        """tensors() checked to have like's dtype (cast to it when `cast`, detached) and device, contiguous."""
+        weight_names, bias_names = (["net parameter " + n for n in names] for names in self._names)
+        return _layers.pack_layers(self.weights, self.biases, self.widths, like, weight_names=weight_names,
+                                   bias_names=bias_names, like_name=like_name, cast=cast)
 
 
 def _step(T: int, h) -> float:
