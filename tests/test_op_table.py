@@ -12,9 +12,9 @@ from fastsamp import backends, ops
 from fastsamp.ops import _autograd, _library, _table, reference
 from fastsamp.ops import random as rng
 
-SIZES = {"B": 3, "D": 2, "K": 2, "M": 1, "T": 2, "H": 4}
+SIZES = {"B": 3, "D": 2, "K": 2, "M": 1, "T": 2, "H": 4, "W": 2}
 INTS = {"n": 3, "n_steps": 2, "n_trapezoid": 2, "n_leapfrog": 2, "mh": 0, "B": 3, "D": 2, "batch_size": 3,
-        "n_threads": 1}
+        "n_threads": 1, "target_kind": 2}  # the policy kernels' Langevin target: Neal's funnel
 POSITIVE = ("variances", "step_size", "u", "ts")
 GLUE_OPS = [op for op in _table.OPS.values() if op.c is not None]
 
@@ -67,8 +67,8 @@ def make_args(op, dtype, device, *, optional: bool):
             out.append(t.abs() + 0.5 if a.name in POSITIVE else t)
         else:
             u64 = 7 if a.name == "chain_offset" else 2**63 + 5  # seeds and offsets past int64
-            out.append({"float": 0.5, "int": INTS.get(a.name), "bool": True, "u64": u64, "dtype": dtype,
-                        "device": device, "out": None}[a.kind])
+            out.append({"float": 0.5, "int": INTS.get(a.name), "threads": INTS.get(a.name), "bool": True, "u64": u64,
+                        "dtype": dtype, "device": device, "out": None}[a.kind])
     return out
 
 
@@ -96,8 +96,8 @@ def test_the_table_parses_and_names_are_unique():
         assert len(set(names)) == len(names), op.name
         assert set(op.grad) <= {a.name for a in op.args if a.kind in ("state", "tensor")}, op.name
         if op.c is not None:
-            known = {a.name for a in op.args} | {"dtype"} | set(SIZES) | {"n"}
-            assert set(op.c) <= known, op.name
+            known = {a.name for a in op.args} | {o.name for o in op.outs} | {"dtype"} | set(SIZES) | {"n", "0"}
+            assert _table.c_names(op) <= known, op.name
 
 
 def test_reference_and_backends_take_the_table_signature():
@@ -176,5 +176,5 @@ def test_generated_glue_is_what_the_backends_run(op):
         pytest.skip("cpp backend unavailable")
     fn = getattr(backends._load("cpp")[0], op.name)
     assert fn.__code__.co_filename == f"<fastsamp glue cpu_{op.name}>"
-    assert f"_C.cpu_{op.name}(" in _table.glue_source(op, "cpu")
-    assert f"_launch(_C.cuda_{op.name}, " in _table.glue_source(op, "cuda")
+    assert f"_C.cpu_{op.kernel}(" in _table.glue_source(op, "cpu")
+    assert f"_launch(_C.cuda_{op.kernel}, " in _table.glue_source(op, "cuda")

@@ -80,7 +80,9 @@ def op_args(name, dtype, grad=False, noise=True):
         "mlp_energy_hmc": mlp_args(x, energy=True) + (eps * 0.1, 2, 2, seed, offset, 4, 1, 0.5),
         "normal": (seed, offset, B, D, dtype, torch.device("cpu"), 4),
         "uniform": (seed, offset, B, dtype, torch.device("cpu"), 4),
-        "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1),
+        "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1,
+                                   *((rand(T, D, dtype=dtype), 0.3, rand(T, B, D, dtype=dtype)) if noise
+                                     else (None, 0.0, None))),  # with / without the Langevin term
     }[name]
 
 

@@ -16,6 +16,7 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            (K,D)          a tensor of that shape (dims are names or expressions of earlier names);
                           a suffix "?" makes it optional (None: pointer 0), "f64" fixes its dtype to float64
            float int bool python scalars (C double / int64 / bool)
+           threads        an int thread count for a kernel that takes it as an argument (0: torch's intra-op count)
            u64            seed / offset / chain_offset: C uint64; int64 in the schema (two's complement). Also
                           a one-element int64 tensor on the op's device, read inside the kernel (CUDA graphs):
                           in the schema a trailing `Tensor? <name>_t=None` (the int argument is then 0); the
@@ -27,11 +28,17 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
     outs:  "name:(B,D)" with an optional dtype suffix (bool, f64), "=arg" (the output is that argument when
            it is given) or "?arg" (present only when that argument is given / true: None otherwise);
            "name:[arg]" a list of tensors shaped like the list argument `arg`
-    c:     the C argument order before the outputs ("dtype" = 0 float32 / 1 float64, dims by name); the
-           outputs follow in order, then n_threads (cpu) or the stream (cuda); ops without a state tensor
-           (normal, uniform) take the dtype and device of their first output. None: the glue is
-           hand-written in the backend module (the policy and mlp ops pass lists of layer pointers and put
-           n_threads before their outputs).
+    c:     the C argument order ("dtype" = 0 float32 / 1 float64, dims by name, other tokens literal); the
+           outputs it does not name follow in order, then n_threads (cpu; unless c names a `threads`
+           argument) or the stream (cuda); ops without a state tensor (normal, uniform) take the dtype and
+           device of their first output. A list of tensors (argument or output) passes its pointers, or
+           `name[i]` one of them, `name[a:b:c]` a slice; ints / floats lists pass their values;
+           `Struct(tok,...)` passes `_C.Struct(...)` built from those tokens (the policy kernels'
+           PolicyLangevin). None: the glue is hand-written in the backend module (the mlp ops).
+    kernel: the C entry point's name when it is not the op's (cpu_<kernel>): ops that are variants of one
+           kernel (the policy kernels with the Langevin term).
+    guard: the condition under which the glue calls the kernel, the outputs zeroed otherwise (gradients
+           summed over an empty batch); default: some output has elements.
     backends: the compiled backends that implement the op (the reference implements every op but
            policy_log_pf_backward: `reference=False`).
     public: the fastsamp.ops function that calls it (None: internal, e.g. a backward kernel), and renames of
@@ -46,7 +53,7 @@ import re
 from dataclasses import dataclass, field
 
 U64_MASK = 2**64 - 1
-SCALARS = {"float": "float", "int": "int", "bool": "bool", "u64": "SymInt", "tensors": "Tensor[]",
+SCALARS = {"float": "float", "int": "int", "threads": "int", "bool": "bool", "u64": "SymInt", "tensors": "Tensor[]",
            "ints": "int[]", "floats": "float[]",
            "dtype": "ScalarType", "device": "Device"}
 
@@ -82,6 +89,8 @@ class Op:
     grad: tuple = ()
     dims: str | None = None  # python statements defining the dims (default: from the first tensor having each)
     reference: bool = True   # fastsamp/ops/reference.py (or, for normal / uniform, ops/random.py) implements it
+    kernel: str = ""         # the C entry point's name (default: the op's)
+    guard: str | None = None  # when the glue calls the kernel (else it zeroes the outputs); default: outputs nonempty
 
     def arg(self, name: str) -> Arg:
         return next(a for a in self.args if a.name == name)
@@ -112,7 +121,8 @@ class Op:
         return f"{self.name}({args}) -> " + (outs if len(self.outs) == 1 else f"({outs})")
 
 
-_ARG = re.compile(r"(\w+):(?:(state|floats|float|ints|int|bool|u64|tensors|dtype|device|out)|\(([^)]*)\)(\?)?(f64)?)$")
+_KINDS = "state|floats|float|ints|int|threads|bool|u64|tensors|dtype|device|out"
+_ARG = re.compile(rf"(\w+):(?:({_KINDS})|\(([^)]*)\)(\?)?(f64)?)$")
 _OUT = re.compile(r"(\w+):(?:\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?|\[(\w+)\])$")
 
 
@@ -147,9 +157,11 @@ def _outs(text: str) -> tuple:
     return tuple(out)
 
 
-def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True) -> Op:
+def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True,
+        kernel=None, guard=None) -> Op:
     return Op(name, _args(args), _outs(outs), None if c is None else tuple(c.split()), tuple(backends),
-              name if public == "" else public, renames or {}, tuple(grad.split()), dims, reference)
+              name if public == "" else public, renames or {}, tuple(grad.split()), dims, reference, kernel or name,
+              guard)
 
 
 _NOISE = "noise:(B,D)? seed:u64 offset:u64 chain_offset:u64"
@@ -160,8 +172,21 @@ _ACCEPT = "x_new:(B,D) score_new:(B,D) accepted:(B,)bool log_alpha:(B,)"
 _DRAW = "seed:u64 offset:u64 chain_offset:u64"
 _DRAW_C = "seed offset chain_offset"
 _ALL = ("cpp", "triton")
+# the DriftNet policy kernels (fastsamp/ops/trajectory.py): temb and the layers params = [ws, bs, wo, bo, W_1, b_1,
+# ..., W_L, b_L] (trajectory.PolicyParams.tensors()), passed to C as temb, ws, bs, [W_k], [b_k], wo, bo
 _POLICY_NET = "temb:(T,H) params:tensors"
+_POLICY_NET_C = "temb params[0] params[1] params[4::2] params[5::2] params[2] params[3]"
+_POLICY_GRADS_C = "g_temb g_params[0] g_params[1] g_params[4::2] g_params[5::2] g_params[2] g_params[3]"
 _POLICY_DIMS = "T, H = temb.shape; D = params[0].shape[1]"
+_POLICY_BACKWARD_OUTS = "g_temb:(T,H) g_params:[params] g_lgv:(T,W)?lgv"
+# the Langevin term: lgv (T, W) its scale (W = 1 or D), scores (T, B, D) ∇log R at the states, the target whose
+# score the kernel computes (target_kind 0: none, the scores are given); the backward kernels take the scores
+_LANGEVIN = "lgv:(T,W) lgv_clip:float"
+_LANGEVIN_TARGET = "target_kind:int target_means:(K,D)? target_param:float"
+_LANGEVIN_C = "PolicyLangevin(lgv,W,lgv_clip,scores,target_kind,target_means,K,target_param)"
+_LANGEVIN_DIMS = "; W = 0 if lgv is None else lgv.shape[1]; K = 0 if target_means is None else target_means.shape[0]"
+_BACKWARD_LANGEVIN = "lgv:(T,W)? lgv_clip:float scores:(T,B,D)?"  # optional: None without the term
+_BACKWARD_LANGEVIN_C = "PolicyLangevin(lgv,W,lgv_clip,scores,0,0,0,0) g_lgv"
 # score networks (fastsamp/ops/mlp.py): flat per-network lists of layer tensors, dims and scalars, and an
 # optional mixture; the public functions take ScoreNet / MixtureScore objects instead
 _SCORE_SUM = ("x:state params:tensors dims:ints scalars:floats means:(K,D)? log_weights:(K,)? variances:(K,)? "
@@ -221,15 +246,36 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "dtype x drift log_var x_next g_x_next g_log_pf g_log_pb B D h s2 e2 c b2 reparam", _ALL + ("cuda",),
         public=None),
     _op("policy_rollout", f"x0:(B,D)? {_POLICY_NET} ts:(T,)f64 batch_size:int sigma:float h:float explore:float "
-        "clip:float seed:u64 chain_offset:u64 n_threads:int", "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T)",
-        None, renames={"x0": "x0", "params": None, "ts": None, "clip": None},
-        dims=_POLICY_DIMS + "; B = batch_size"),
-    _op("policy_log_pf", f"states:(T+1,B,D) {_POLICY_NET} sigma:float h:float clip:float n_threads:int",
-        "log_pf:(B,T)", None, renames={"params": None, "clip": None},
-        dims=_POLICY_DIMS + "; B = states.shape[1]"),
+        "clip:float seed:u64 chain_offset:u64 n_threads:threads", "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T)",
+        f"dtype x0 {_POLICY_NET_C} ts B D H T sigma h explore clip seed chain_offset n_threads",
+        renames={"x0": "x0", "params": None, "ts": None, "clip": None}, dims=_POLICY_DIMS + "; B = batch_size"),
+    _op("policy_log_pf", f"states:(T+1,B,D) {_POLICY_NET} sigma:float h:float clip:float n_threads:threads",
+        "log_pf:(B,T)", f"dtype states {_POLICY_NET_C} B D H T sigma h clip n_threads",
+        renames={"params": None, "clip": None}, dims=_POLICY_DIMS + "; B = states.shape[1]"),
     _op("policy_log_pf_backward", f"states:(T+1,B,D) {_POLICY_NET} g_log_pf:(B,T) sigma:float h:float clip:float "
-        "n_threads:int", "g_temb:(T,H) g_params:[params]", None, public=None,
-        dims=_POLICY_DIMS + "; B = states.shape[1]", reference=False),  # autograd differentiates the reference
+        f"n_threads:threads {_BACKWARD_LANGEVIN}", _POLICY_BACKWARD_OUTS,
+        f"dtype states {_POLICY_NET_C} g_log_pf B D H T sigma h clip n_threads {_POLICY_GRADS_C} "
+        f"{_BACKWARD_LANGEVIN_C}", public=None,
+        dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]",
+        reference=False, guard="B > 0"),  # autograd differentiates the reference
+    # internal (C++ only): the rollout and log_pf with the Langevin term (the reference is the sampler's eager
+    # path), and the adjoint sweep of the reparameterised rollout (the reference is differentiated by autograd)
+    _op("policy_langevin_rollout", f"x0:(B,D)? {_POLICY_NET} {_LANGEVIN} ts:(T,)f64 batch_size:int sigma:float "
+        f"h:float explore:float clip:float seed:u64 chain_offset:u64 {_LANGEVIN_TARGET} n_threads:threads",
+        "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T) scores:(T,B,D)",
+        f"dtype x0 {_POLICY_NET_C} ts B D H T sigma h explore clip seed chain_offset n_threads states log_pf log_pb "
+        f"{_LANGEVIN_C}", public=None, dims=_POLICY_DIMS + "; B = batch_size" + _LANGEVIN_DIMS, reference=False,
+        kernel="policy_rollout"),
+    _op("policy_langevin_log_pf", f"states:(T+1,B,D) {_POLICY_NET} {_LANGEVIN} scores:(T,B,D) {_LANGEVIN_TARGET} "
+        "sigma:float h:float clip:float n_threads:threads", "log_pf:(B,T)",
+        f"dtype states {_POLICY_NET_C} B D H T sigma h clip n_threads log_pf {_LANGEVIN_C}", public=None,
+        dims=_POLICY_DIMS + "; B = states.shape[1]" + _LANGEVIN_DIMS, reference=False, kernel="policy_log_pf"),
+    _op("policy_reparam_backward", f"states:(T+1,B,D) {_POLICY_NET} ts:(T,)f64 g_states:(T+1,B,D)? g_log_pb:(B,T)? "
+        f"sigma:float h:float clip:float n_threads:threads {_BACKWARD_LANGEVIN}", _POLICY_BACKWARD_OUTS,
+        f"dtype states {_POLICY_NET_C} ts g_states g_log_pb B D H T sigma h clip n_threads {_POLICY_GRADS_C} "
+        f"{_BACKWARD_LANGEVIN_C}", public=None,
+        dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]", reference=False,
+        guard="B > 0"),
     _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, _ALL, renames=_SCORE_SUM_RENAMES),
     _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int", "x_new:(B,D) accept_rate:(B,)", None, _ALL, renames=_SCORE_SUM_RENAMES),
@@ -339,24 +385,60 @@ def _anchor(op: Op) -> str:
     return op.state.name if op.state is not None else op.outs[0].name
 
 
+_C_STRUCT = re.compile(r"(\w+)\((.*)\)$")
+_C_ITEM = re.compile(r"(\w+)(?:\[([-\d:]+)\])?$")
+
+
+def c_names(op: Op) -> set:
+    """The argument, output, dim and literal names the C order of `op` uses (inside structs, without subscripts)."""
+    names = set()
+    for token in op.c or ():
+        m = _C_STRUCT.match(token)
+        for t in (m[2].split(",") if m else [token]):
+            names.add(_C_ITEM.match(t)[1])
+    return names
+
+
+def _pointers(name: str, sub: str | None) -> str:
+    """The pointers of a list of tensors: all, one (`name[i]`) or a slice (`name[a:b]`)."""
+    if sub is None or ":" in sub:
+        return f"[t.data_ptr() for t in {name if sub is None else f'{name}[{sub}]'}]"
+    return f"{name}[{sub}].data_ptr()"
+
+
 def _c_token(op: Op, token: str, target: str) -> str:
     if token == "dtype":
         return f"_dt({_anchor(op)})"
+    m = _C_STRUCT.match(token)
+    if m:
+        return f"_C.{m[1]}({', '.join(_c_token(op, t, target) for t in m[2].split(','))})"
+    name, sub = _C_ITEM.match(token).groups()
+    out = next((o for o in op.outs if o.name == name), None)
+    if out is not None:
+        if out.like_list:
+            return _pointers(name, sub)
+        return f"_p({name})" if out.present_if else f"{name}.data_ptr()"
     try:
-        a = op.arg(token)
+        a = op.arg(name)
     except StopIteration:
-        return token  # a dim
+        return token  # a dim or a literal
+    if a.kind == "tensors":
+        return _pointers(name, sub)
     if a.kind in ("state", "tensor"):
         return f"_p({a.name})" if a.optional else f"{a.name}.data_ptr()"
     if a.kind == "u64":  # cpu: the value (a tensor's read on the host); cuda: (value, pointer or 0)
         return f"_u64({a.name})" if target == "cpu" else f"*_rng({a.name}, {a.name!r}, {_anchor(op)})"
+    if a.kind in ("ints", "floats"):
+        return f"[{a.kind[:-1]}(v) for v in {a.name}]"
+    if a.kind == "threads":
+        return f"_threads({a.name})" if target == "cpu" else f"int({a.name})"
     return {"float": "float({})", "int": "int({})", "bool": "bool({})"}[a.kind].format(a.name)
 
 
 def _product_guard(op: Op) -> str:
     """`some output has elements`: products of dims > 0 (dims are >= 0), a product dropped when another one
     divides it (B * D > 0 implies B > 0)."""
-    prods = list(dict.fromkeys(o.shape for o in op.outs))
+    prods = list(dict.fromkeys(o.shape for o in op.outs if not o.like_list))
     keep = [p for p in prods if not any(q != p and all(q.count(d) <= p.count(d) for d in q) for q in prods)]
     return " or ".join(" * ".join(d if d.isidentifier() else f"({d})" for d in p) + " > 0" for p in keep)
 
@@ -368,13 +450,21 @@ def glue_source(op: Op, target: str) -> str:
     if op.c is None:
         raise ValueError(f"{op.name} has hand-written glue")
     body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, False)}" for o in op.outs]
+    named = c_names(op)
     c_args = [_c_token(op, t, target) for t in op.c] + [
-        f"_p({o.name})" if o.present_if else f"{o.name}.data_ptr()" for o in op.outs]
-    body.append(f"if {_product_guard(op)}:")
+        _c_token(op, o.name, target) for o in op.outs if o.name not in named]
+    if target == "cpu" and not any(a.kind == "threads" and a.name in named for a in op.args):
+        c_args.append("_threads()")
+    body.append(f"if {op.guard or _product_guard(op)}:")
     if target == "cpu":
-        body.append(f"    _C.cpu_{op.name}({', '.join(c_args)}, _threads())")
+        body.append(f"    _C.cpu_{op.kernel}({', '.join(c_args)})")
     else:
-        body.append(f"    _launch(_C.cuda_{op.name}, {_anchor(op)}, {', '.join(c_args)})")
+        body.append(f"    _launch(_C.cuda_{op.kernel}, {_anchor(op)}, {', '.join(c_args)})")
+    if op.guard:
+        body.append("else:")
+        for o in op.outs:
+            zero = f"for t in {o.name}: t.zero_()" if o.like_list else f"{o.name}.zero_()"
+            body.append(f"    if {o.name} is not None: {zero}" if o.present_if else f"    {zero}")
     ret = ", ".join(o.name for o in op.outs)
     lines = [f"def {op.name}({signature(op)}):"] + [f"    {s}" for s in body] + [f"    return {ret}"]
     return "\n".join(lines) + "\n"
@@ -387,8 +477,8 @@ def define(source: str, filename: str, namespace: dict) -> None:
 
 
 def install_glue(namespace: dict, target: str, backend: str) -> list[str]:
-    """Define in `namespace` (a backend module's globals: its `_C`, `_dt`, `_p`, `_u64`, `torch` and, for cuda,
-    `_launch`) the generated function of every op with a C entry point on `backend`; returns their names."""
+    """Define in `namespace` (a backend module's globals: its `_C`, `_dt`, `_p`, `_u64`, `_threads`, `torch` and,
+    for cuda, `_launch`) the generated function of every op with a C entry point on `backend`; returns their names."""
     names = []
     for op in OPS.values():
         if backend in op.backends and op.c is not None:

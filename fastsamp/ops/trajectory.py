@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import backends
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _layers
 
 
 class _EMStepLogProb(torch.autograd.Function):
@@ -115,9 +115,10 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
 
 
 class PolicyParams:
-    """The tensors of a DriftNet that the policy ops read (views of the module's parameters):
-    ws (H, D), bs (H), hidden [(W_k (H, H), b_k (H))] × L, wo (2D, H), bo (2D); clip, D, H; with the
-    Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
+    """The layers of a DriftNet that the policy ops read (the module's parameters): in network order
+    weights [W_s (H, D), W_1 .. W_L (H, H), W_o (2D, H)] and their biases, packed for the kernels as every
+    fused network is (`_layers.pack_layers`: [ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L]); clip, D, H; with
+    the Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
 
     def __init__(self, net):
         self.langevin = bool(getattr(net, "langevin", False))
@@ -137,20 +138,18 @@ class PolicyParams:
                              "exact (erf) GELU")
         self.D, self.H = int(net.dim), int(net.state.out_features)
         self.clip = float(net.clip)
-        self.ws, self.bs = net.state.weight, net.state.bias
-        self.hidden = [(m.weight, m.bias) for m in linears]
-        self.wo, self.bo = mods[-1].weight, mods[-1].bias
-        shapes_ok = (tuple(self.ws.shape) == (self.H, self.D) and tuple(self.wo.shape) == (2 * self.D, self.H)
-                     and all(tuple(w.shape) == (self.H, self.H) for w, _ in self.hidden))
-        if not shapes_ok or any(b is None for b in [self.bs, self.bo] + [b for _, b in self.hidden]):
-            raise ValueError("DriftNet layers have unexpected shapes or no bias")
+        layers = [net.state] + linears + [mods[-1]]
+        self.weights, self.biases = [m.weight for m in layers], [m.bias for m in layers]
+        self.widths = [(self.H, self.D)] + [(self.H, self.H)] * len(linears) + [(2 * self.D, self.H)]
+        if any(b is None for b in self.biases):
+            raise ValueError("the DriftNet's linear layers need biases")
+        L = len(linears)
+        self._names = (["ws"] + [f"W_{k}" for k in range(1, L + 1)] + ["wo"],
+                       ["bs"] + [f"b_{k}" for k in range(1, L + 1)] + ["bo"])
 
     def tensors(self):
-        """[ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L] (the order of the backends' `params`)"""
-        out = [self.ws, self.bs, self.wo, self.bo]
-        for w, b in self.hidden:
-            out += [w, b]
-        return out
+        """The packed layers [ws, bs, wo, bo, W_1, b_1, ..., W_L, b_L] (the backends' `params`)."""
+        return _layers.packed(self.weights, self.biases)
 
     def checked_lgv(self, lgv, like: torch.Tensor, like_name: str, T: int):
         """lgv (T, 1|D) like `like` (None without the Langevin term); a Langevin net needs it."""
@@ -160,10 +159,10 @@ class PolicyParams:
         return None if lgv is None else _checks.like("lgv", lgv, like, (T, self.lgv_width), x_name=like_name)
 
     def checked(self, like: torch.Tensor, like_name: str, cast: bool = False):
-        """tensors() with like's dtype (cast to it when `cast`, detached) and device, contiguous."""
-        names = ["ws", "bs", "wo", "bo"] + [f"{k}_{i}" for i in range(1, len(self.hidden) + 1) for k in ("W", "b")]
-        return [_checks.like(f"net parameter {n}", t.detach().to(like.dtype) if cast else t, like, t.shape,
-                             x_name=like_name) for n, t in zip(names, self.tensors())]
+        """tensors() checked to have like's dtype (cast to it when `cast`, detached) and device, contiguous."""
+        weight_names, bias_names = (["net parameter " + n for n in names] for names in self._names)
+        return _layers.pack_layers(self.weights, self.biases, self.widths, like, weight_names=weight_names,
+                                   bias_names=bias_names, like_name=like_name, cast=cast)
 
 
 def _step(T: int, h) -> float:
@@ -223,7 +222,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
             temb = _checks.resolved(temb.detach().to(dtype))
             params = p.checked(temb, "temb", cast=True)
             if lp is not None:
-                return _cpu_rollout(x0, temb, params, args, lgv.detach().to(dtype), *lp)
+                return _langevin_rollout(x0, temb, params, args, lgv.detach().to(dtype), *lp)
             return _dispatch.route(backend, "policy_rollout", temb)(x0, temb, params, *args)
     if temb.dtype != dtype:
         raise ValueError(f"reparam=True needs temb in dtype {dtype}, got {temb.dtype}")
@@ -245,7 +244,7 @@ def _cpp_only(backend, device, what):
 
 
 class _PolicyReparam(torch.autograd.Function):
-    """Forward: the C++ policy rollout; backward: its adjoint sweep (cpu_policy_reparam_backward).
+    """Forward: the C++ policy rollout; backward: its adjoint sweep (the op policy_reparam_backward).
     meta = (x0, args, None or (lgv_clip, target spec)); lgv None without the Langevin term."""
 
     @staticmethod
@@ -255,9 +254,9 @@ class _PolicyReparam(torch.autograd.Function):
             out = _dispatch.route("cpp", "policy_rollout", temb)(x0, temb, list(params), *args)
             scores = None
         else:
-            out = _cpu_rollout(x0, temb, list(params), args, lgv, *langevin)
+            out = _langevin_rollout(x0, temb, list(params), args, lgv, *langevin)
             scores = out[3]
-        ctx.args, ctx.lgv_clip = args, None if lgv is None else langevin[0]
+        ctx.args, ctx.lgv_clip = args, 0.0 if lgv is None else langevin[0]
         ctx.save_for_backward(out[0], temb, lgv, scores, *params)
         ctx.mark_non_differentiable(*out[1:2], *out[3:])
         return out
@@ -267,59 +266,25 @@ class _PolicyReparam(torch.autograd.Function):
     def backward(ctx, g_states, _g_log_pf, g_log_pb, *_g_scores):
         states, temb, lgv, scores, *params = ctx.saved_tensors
         ts, _, sigma, h, _, clip, _, _, n_threads = ctx.args
-        from ..backends import cpp
-        g_temb, g_lgv, g_params, ptrs = _grad_buffers(temb, lgv, params)
         g_states = None if g_states is None else g_states.contiguous()
         g_log_pb = None if g_log_pb is None else g_log_pb.contiguous()
-        if states.shape[1] > 0:
-            cpp._C.cpu_policy_reparam_backward(
-                cpp._dt(states), states.data_ptr(), *cpp._net_ptrs(temb, params), ts.data_ptr(),
-                _ptr(g_states), _ptr(g_log_pb), states.shape[1], states.shape[2], temb.shape[1], temb.shape[0],
-                float(sigma), float(h), float(clip), cpp._policy_threads(n_threads), *ptrs,
-                langevin=_langevin(lgv, ctx.lgv_clip, scores), g_lgv=_ptr(g_lgv))
+        g_temb, g_params, g_lgv = _cpp("policy_reparam_backward")(states, temb, params, ts, g_states, g_log_pb, sigma,
+                                                                  h, clip, n_threads, lgv, ctx.lgv_clip, scores)
         return (None, g_temb, g_lgv, *g_params)
 
 
-def _ptr(t):
-    """A contiguous tensor's data pointer, 0 for None."""
-    return 0 if t is None else t.data_ptr()
+def _cpp(op: str):
+    """The C++ CPU backend's function of an internal policy op (fused only: no reference, not registered)."""
+    return backends.resolve("cpp", op, torch.device("cpu"))
 
 
-def _langevin(lgv, lgv_clip, scores, target=(0, None, 0.0)):
-    """The kernels' PolicyLangevin (none when lgv is None); target: (kind, means, parameter) of score_kernel."""
-    from .. import _C
-    if lgv is None:
-        return _C.PolicyLangevin()
-    kind, means, param = target
-    return _C.PolicyLangevin(lgv.data_ptr(), lgv.shape[1], float(lgv_clip), scores.data_ptr(), int(kind),
-                             _ptr(means), 0 if means is None else means.shape[0], float(param))
-
-
-def _grad_buffers(temb, lgv, params):
-    """Zeroed gradient tensors of temb, lgv (or None) and params, and the kernels' output pointers
-    (g_temb, g_ws, g_bs, [g_W_k], [g_b_k], g_wo, g_bo)."""
-    from ..backends import cpp
-    g_temb, g_params = torch.zeros_like(temb), [torch.zeros_like(t) for t in params]
-    g_lgv = None if lgv is None else torch.zeros_like(lgv)
-    return g_temb, g_lgv, g_params, cpp._net_ptrs(g_temb, g_params)
-
-
-def _cpu_rollout(x0, temb, params, args, lgv, lgv_clip, target):
-    """The C++ rollout with the Langevin term: (states, log_pf, log_pb, scores (T, B, D))."""
-    from ..backends import cpp
+def _langevin_rollout(x0, temb, params, args, lgv, lgv_clip, target):
+    """The C++ rollout with the Langevin term: (states, log_pf, log_pb, scores (T, B, D)); target: the
+    (kind, means, parameter) of the target's score_kernel."""
     ts, B, sigma, h, explore, clip, seed, chain_offset, n_threads = args
-    (T, H), D = temb.shape, params[0].shape[1]
-    states = torch.empty(T + 1, B, D, dtype=temb.dtype)
-    scores = torch.empty(T, B, D, dtype=temb.dtype)
-    log_pf, log_pb = (torch.empty(B, T, dtype=temb.dtype) for _ in range(2))
-    lgv = lgv.contiguous()
-    if B > 0:
-        cpp._C.cpu_policy_rollout(cpp._dt(temb), _ptr(x0), *cpp._net_ptrs(temb, params), ts.data_ptr(), B, D, H, T,
-                                  float(sigma), float(h), float(explore), float(clip), cpp._u64(seed),
-                                  int(chain_offset), cpp._policy_threads(n_threads), states.data_ptr(),
-                                  log_pf.data_ptr(), log_pb.data_ptr(),
-                                  langevin=_langevin(lgv, lgv_clip, scores, target))
-    return states, log_pf, log_pb, scores
+    kind, means, param = target
+    return _cpp("policy_langevin_rollout")(x0, temb, params, lgv.contiguous(), lgv_clip, ts, B, sigma, h, explore,
+                                           clip, seed, chain_offset, kind, means, param, n_threads)
 
 
 class _PolicyLogPF(torch.autograd.Function):
@@ -336,13 +301,9 @@ class _PolicyLogPF(torch.autograd.Function):
             log_pf = _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h,
                                                                                       clip, n_threads)
         else:
-            from ..backends import cpp
-            (T, B, D), H = states.shape, temb.shape[1]
-            log_pf = torch.empty(B, T - 1, dtype=states.dtype)
-            if B > 0:
-                cpp._C.cpu_policy_log_pf(cpp._dt(states), states.data_ptr(), *cpp._net_ptrs(temb, params), B, D, H,
-                                         T - 1, float(sigma), float(h), float(clip), cpp._policy_threads(n_threads),
-                                         log_pf.data_ptr(), langevin=_langevin(lgv, lgv_clip, scores, target))
+            kind, means, param = target
+            log_pf = _cpp("policy_langevin_log_pf")(states, temb, params, lgv, lgv_clip, scores, kind, means, param,
+                                                    sigma, h, clip, n_threads)
         ctx.meta = meta
         ctx.save_for_backward(states, temb, lgv, *params)
         return log_pf
@@ -352,19 +313,9 @@ class _PolicyLogPF(torch.autograd.Function):
     def backward(ctx, g_log_pf):
         backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _ = ctx.meta
         states, temb, lgv, *params = ctx.saved_tensors
-        g_log_pf = g_log_pf.contiguous()
-        if lgv is None:
-            bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
-            g_temb, g_params = bwd(states, temb, params, g_log_pf, sigma, h, clip, n_threads)
-            return (None, None, g_temb, None, *g_params)
-        from ..backends import cpp
-        g_temb, g_lgv, g_params, ptrs = _grad_buffers(temb, lgv, params)
-        (T, B, D), H = states.shape, temb.shape[1]
-        if B > 0:
-            cpp._C.cpu_policy_log_pf_backward(cpp._dt(states), states.data_ptr(), *cpp._net_ptrs(temb, params),
-                                              g_log_pf.data_ptr(), B, D, H, T - 1, float(sigma), float(h), float(clip),
-                                              cpp._policy_threads(n_threads), *ptrs,
-                                              langevin=_langevin(lgv, lgv_clip, scores), g_lgv=_ptr(g_lgv))
+        bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
+        g_temb, g_params, g_lgv = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads, lgv,
+                                      lgv_clip, scores if lgv is not None else None)
         return (None, None, g_temb, g_lgv, *g_params)
 
 
@@ -417,5 +368,5 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     fn = backends.resolve(backend, "policy_log_pf", states.device)
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
-    meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else None, scores, spec)
+    meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec)
     return _PolicyLogPF.apply(meta, states, temb, lgv, *params)
