@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 
 from .. import backends
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _layers
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
 _MH_MODES = {"score": 0, "energy": 1, "none": 2}
@@ -105,9 +105,9 @@ def _net_params(x, net, i, kinds):
     H = w0.shape[0]
     widths = [(H, D + 2 * F)] + [(H, H)] * (len(weights) - 2) + [(D, H)]
     what = ["input layer: (H, D + 2·n_freq)"] + ["hidden layer: (H, H)"] * (len(weights) - 2) + ["output: (D, H)"]
-    ws = [_checks.like(f"{name}.weights[{k}] ({what[k]})", w, x, shape) for k, (w, shape) in
-          enumerate(zip(weights, widths))]
-    bs = [_checks.like(f"{name}.biases[{k}]", b, x, (shape[0],)) for k, (b, shape) in enumerate(zip(biases, widths))]
+    layers = _layers.pack_layers(
+        weights, biases, widths, x, weight_names=[f"{name}.weights[{k}] ({w})" for k, w in enumerate(what)],
+        bias_names=[f"{name}.biases[{k}]" for k in range(len(biases))])
     if net.activation not in ACTIVATIONS:
         raise ValueError(f"{name}.activation must be one of {tuple(ACTIVATIONS)}, got {net.activation!r}")
     t = _checks.finite_float(f"{name}.t", net.t)
@@ -115,10 +115,7 @@ def _net_params(x, net, i, kinds):
     sigma2 = _checks.finite_float(f"{name}.sigma2", net.sigma2, nonnegative=True)
     data_var = _checks.finite_float(f"{name}.data_var", net.data_var, positive=True)
     _checks.in_dtype(f"{name}: alpha**2 * data_var + sigma2", alpha * alpha * data_var + sigma2, x.dtype, positive=True)
-    params = [freq, mean, ws[0], bs[0], ws[-1], bs[-1]]
-    for w, b in zip(ws[1:-1], bs[1:-1]):
-        params += [w, b]
-    return params, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
+    return [freq, mean] + layers, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
 
 
 class _FlatNet(NamedTuple):
