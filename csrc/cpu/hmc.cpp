@@ -63,7 +63,7 @@ void hmc_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __r
                      T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
   const int D = DC > 0 ? DC : Drt;
   parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
-    un.rows(b_begin, b_end, [&](int64_t b, T ub) {
+    un.rows(b_begin, b_end, [&](int64_t b, T log_u) __attribute__((always_inline)) {
       const int64_t o = b * D;
       T k0 = 0, k1 = 0;
 #pragma omp simd reduction(+ : k0, k1)
@@ -71,7 +71,7 @@ void hmc_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __r
         k0 += p[o + d] * p[o + d];
         k1 += pp[o + d] * pp[o + d];
       }
-      accept_row<T>(b, (dlp[b] - T(0.5) * k1) + T(0.5) * k0, ub, xp + o, x + o, sp + o, s + o, D, x_new + o,
+      accept_row<T>(b, (dlp[b] - T(0.5) * k1) + T(0.5) * k0, log_u, xp + o, x + o, sp + o, s + o, D, x_new + o,
                     s_new + o, accepted, log_alpha);
     });
   });

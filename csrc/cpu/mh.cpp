@@ -56,7 +56,7 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
   const int64_t N = B * D;
   const T tn = static_cast<T>(m + 1);
   parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
-    un.rows(b_begin, b_end, [&](int64_t b, T ub) {
+    un.rows(b_begin, b_end, [&](int64_t b, T log_u) __attribute__((always_inline)) {
       const T e = step[b];
       const T* __restrict xr = x + b * D;
       const T* __restrict xpr = xp + b * D;
@@ -85,7 +85,7 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
         }
         total = total + si;
       }
-      accept_row<T>(b, total / tn + (ff - bb) / (T(4) * e), ub, xpr, xr, spr, sr, D, x_new + b * D,
+      accept_row<T>(b, total / tn + (ff - bb) / (T(4) * e), log_u, xpr, xr, spr, sr, D, x_new + b * D,
                     s_new + b * D, accepted, log_alpha);
     });
   });
@@ -100,7 +100,7 @@ void energy_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const 
                            uint8_t* __restrict accepted, T* __restrict log_alpha) {
   const int D = DC > 0 ? DC : Drt;
   parallel_for(stream_threads(B * D), B, [&](int64_t b_begin, int64_t b_end) {
-    un.rows(b_begin, b_end, [&](int64_t b, T ub) {
+    un.rows(b_begin, b_end, [&](int64_t b, T log_u) __attribute__((always_inline)) {
       const T e = step[b];
       const T* __restrict xr = x + b * D;
       const T* __restrict xpr = xp + b * D;
@@ -115,7 +115,7 @@ void energy_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const 
         ff += fwd * fwd;
         bb += bwd * bwd;
       }
-      accept_row<T>(b, (lpp[b] - lp[b]) + (ff - bb) / (T(4) * e), ub, xpr, xr, spr, sr, D, x_new + b * D,
+      accept_row<T>(b, (lpp[b] - lp[b]) + (ff - bb) / (T(4) * e), log_u, xpr, xr, spr, sr, D, x_new + b * D,
                     s_new + b * D, accepted, log_alpha);
       lp_new[b] = accepted[b] ? lpp[b] : lp[b];
     });

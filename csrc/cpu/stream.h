@@ -269,14 +269,14 @@ void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset
   });
 }
 
-// The MH decision of row b with uniform u_b: accept iff log u_b < log alpha (NaN rejects); writes
+// The MH decision of row b with log_u_b = log u_b: accept iff log u_b < log alpha (NaN rejects); writes
 // log_alpha[b], accepted[b] and the rows of (x_new, s_new): (xp, sp) if accepted, else (x, s).
 template <typename T>
-FASTSAMP_VINLINE void accept_row(int64_t b, T log_alpha_b, T u_b, const T* __restrict xp,
+FASTSAMP_VINLINE void accept_row(int64_t b, T log_alpha_b, T log_u_b, const T* __restrict xp,
                                  const T* __restrict x, const T* __restrict sp, const T* __restrict s, int D,
                                  T* __restrict x_new, T* __restrict s_new, uint8_t* __restrict accepted,
                                  T* __restrict log_alpha) {
-  const bool acc = std::log(u_b) < log_alpha_b;
+  const bool acc = log_u_b < log_alpha_b;
   log_alpha[b] = log_alpha_b;
   accepted[b] = acc ? 1 : 0;
   const T* __restrict xs = acc ? xp : x;
