@@ -282,6 +282,26 @@ def test_thread_count_and_blocking_do_not_change_results():
 
 
 @cpp_only
+def test_empty_batch_gives_zero_gradients():
+    """B = 0: the backward kernels are not called (the op table's guard) and every gradient is zero, with and
+    without the Langevin term (whose kernels need a non-null scores pointer)."""
+    s = make_sampler(2, 16, 2, 5, torch.float64)
+    temb = temb_of(s, torch.float64).detach().requires_grad_()
+    params = PolicyParams(s.net).tensors()
+    ops.policy_log_pf(s.net, torch.zeros(6, 0, 2, dtype=torch.float64), temb, sigma=POLICY_SIGMA).sum().backward()
+    states, _, log_pb = ops.policy_rollout(s.net, temb, 0, sigma=POLICY_SIGMA, reparam=True)
+    (states.sum() + log_pb.sum()).backward()
+    for t in [temb] + params:
+        assert t.grad is not None and not t.grad.any()
+    lgv, scores = torch.ones(5, 1, dtype=torch.float64), torch.zeros(5, 0, 2, dtype=torch.float64)
+    for op, extra in [("policy_log_pf_backward", (torch.zeros(0, 5, dtype=torch.float64),)),
+                      ("policy_reparam_backward", (torch.arange(5, dtype=torch.float64) * s.h, None, None))]:
+        grads = backends.resolve("cpp", op, torch.device("cpu"))(states, temb.detach(), [p.detach() for p in params],
+                                                                 *extra, POLICY_SIGMA, s.h, 5.0, 0, lgv, 0.3, scores)
+        assert not grads[0].any() and not any(g.any() for g in grads[1]) and not grads[2].any(), op
+
+
+@cpp_only
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_nan_chain_stays_in_its_chain(dtype):
     s = make_sampler(3, 16, 2, 20, dtype, seed=4)

@@ -367,17 +367,16 @@ FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int n
   });
 }
 
-// The network's vector-Jacobian product to its input, after net_forward<T, true> of the same nb chains
-// (w.U, w.G hold its activations u_k and act'(z_k)): with the output cotangent g (w.GO, [nb][Dq], D
-// columns read), GX[l*ldx + d] = (J_f(x_l)ᵀ g_l)_d, by the backward through the layers
+// The backward through the layers after net_forward<T, true> of nb chains (w.U, w.G hold its activations
+// u_k and act'(z_k)), from the output cotangent g (w.GO, [nb][Dq], D columns read):
 //
-//   δz_L = (W_oᵀ g) ⊙ act'(z_L),  δz_k = (W_kᵀ δz_{k+1}) ⊙ act'(z_k) (k = L−1 .. 0),  J_fᵀ g = W_sᵀ δz_0
+//   δz_L = (W_oᵀ g) ⊙ act'(z_L),  δz_k = (W_kᵀ δz_{k+1}) ⊙ act'(z_k)  (k = L−1 .. 0),
 //
-// (W_s: the x columns of the input layer; the time input is constant in x). The output clamp is taken as
-// the identity: for networks with clip = +inf (the score and energy networks). The Net needs its
-// untransposed hidden weights (built with backward = true), the Work its backward buffers.
-template <typename T>
-void net_input_vjp(const Net<T>& n, Work<T>& w, int nb, T* __restrict GX, int64_t ldx) {
+// each δz_k ([nb][Hp], in w.GA or w.GB) passed to visit(k, δz_k, nv) (nv: the NJ tag of with_nv) before
+// δz_{k−1} is computed (the weight gradients read it there); returns δz_0. The output clamp is the
+// caller's (g masked). The Net needs its untransposed hidden weights (built with backward = true).
+template <typename T, typename Visit>
+const T* backprop_layers(const Net<T>& n, Work<T>& w, int nb, Visit&& visit) {
   const int Hp = n.Hp;
   T* gz = w.GA.p;
   T* gz2 = w.GB.p;
@@ -385,12 +384,32 @@ void net_input_vjp(const Net<T>& n, Work<T>& w, int nb, T* __restrict GX, int64_
     constexpr int NV = decltype(nv)::value;
     bwd_layer<T, NV>(nb, w.GO.p, n.Dq, n.D, n.wo.p, Hp, n.NJ, w.g(n.L), gz, Hp);
     for (int k = n.L - 1; k >= 0; --k) {
+      visit(k + 1, static_cast<const T*>(gz), nv);
       bwd_layer<T, NV>(nb, gz, Hp, n.H, n.w_k(k), Hp, n.NJ, w.g(k), gz2, Hp);
       std::swap(gz, gz2);
     }
+    visit(0, static_cast<const T*>(gz), nv);
   });
+  return gz;
+}
+
+// (W_sᵀ δz_0) of nb chains into GX[l*ldx + d] (ADD: added to it); W_s: the x columns of the input layer.
+template <typename T, bool ADD>
+void input_layer_vjp(const Net<T>& n, const T* __restrict gz0, int nb, T* __restrict GX, int64_t ldx) {
   for (int l = 0; l < nb; ++l)
-    for (int d = 0; d < n.D; ++d) GX[l * ldx + d] = dot_nj<T>(gz + static_cast<int64_t>(l) * Hp, n.wsT.p + d * Hp, n.NJ);
+    for (int d = 0; d < n.D; ++d) {
+      const T v = dot_nj<T>(gz0 + static_cast<int64_t>(l) * n.Hp, n.wsT.p + d * n.Hp, n.NJ);
+      GX[l * ldx + d] = ADD ? GX[l * ldx + d] + v : v;
+    }
+}
+
+// The network's vector-Jacobian product to its input, after net_forward<T, true> of the same nb chains:
+// GX[l*ldx + d] = (J_f(x_l)ᵀ g_l)_d = (W_sᵀ δz_0)_d (backprop_layers; the time input is constant in x).
+// The output clamp is taken as the identity: for networks with clip = +inf (the score and energy networks).
+template <typename T>
+void net_input_vjp(const Net<T>& n, Work<T>& w, int nb, T* __restrict GX, int64_t ldx) {
+  const T* gz0 = backprop_layers(n, w, nb, [](int, const T*, auto) {});
+  input_layer_vjp<T, false>(n, gz0, nb, GX, ldx);
 }
 
 }  // namespace mlp

@@ -61,37 +61,25 @@ struct Grads {
 };
 
 // Backward through the network of one (block, step i) whose forward (BACKWARD) is in w, from the
-// gradient w.GO [nb][Dq] of its (pre-clamp, masked) output: the weight / bias / temb[i] gradients
-// into gr; with gx, gx[l][d] += (W_s^T g z_0)[l][d], the gradient w.r.t. the input X.
+// gradient w.GO [nb][Dq] of its (pre-clamp, masked) output (mlp::backprop_layers): the weight / bias /
+// temb[i] gradients into gr; with gx, gx[l][d] += (W_s^T g z_0)[l][d], the gradient w.r.t. the input X.
 template <typename T>
 void net_backward(const Net<T>& n, Work<T>& w, Grads<T>& gr, const T* X, int nb, int i, T* __restrict gx) {
   const int D = n.D, Dq = n.Dq, Hp = n.Hp, H = n.H, L = n.L;
   colsum<T>(nb, w.GO.p, Dq, n.NJo, gr.dbo);
-  T* gz = w.GA.p;
-  T* gz2 = w.GB.p;
-  with_nv(n.NJ, [&](auto nv) {
+  // output layer: dWo[d] += Σ_l go[l][d] u_L[l]
+  with_nv(n.NJ, [&](auto nv) { wgrad<T, decltype(nv)::value>(D, nb, w.GO.p, Dq, w.u(L), Hp, n.NJ, gr.dwo, Hp); });
+  const T* gz0 = backprop_layers(n, w, nb, [&](int k, const T* gz, auto nv) {
     constexpr int NV = decltype(nv)::value;
-    // output layer: dWo[d] += Σ_l go[l][d] u_L[l];  g z_L = (Σ_d go[l][d] Wo[d]) gelu'(z_L)
-    wgrad<T, NV>(D, nb, w.GO.p, Dq, w.u(L), Hp, n.NJ, gr.dwo, Hp);
-    bwd_layer<T, NV>(nb, w.GO.p, Dq, D, n.wo.p, Hp, n.NJ, w.g(L), gz, Hp);
-    for (int k = L - 1; k >= 0; --k) {
-      wgrad<T, NV>(H, nb, gz, Hp, w.u(k), Hp, n.NJ, gr.dw + static_cast<size_t>(k) * Hp * Hp, Hp);
-      colsum<T>(nb, gz, Hp, n.NJ, gr.db + static_cast<size_t>(k) * Hp);
-      bwd_layer<T, NV>(nb, gz, Hp, H, n.w_k(k), Hp, n.NJ, w.g(k), gz2, Hp);
-      std::swap(gz, gz2);
+    if (k > 0) {  // layer k−1 → k: dW += Σ_l δz_k[l] u_{k−1}[l]ᵀ, db += Σ_l δz_k[l]
+      wgrad<T, NV>(H, nb, gz, Hp, w.u(k - 1), Hp, n.NJ, gr.dw + static_cast<size_t>(k - 1) * Hp * Hp, Hp);
+      colsum<T>(nb, gz, Hp, n.NJ, gr.db + static_cast<size_t>(k - 1) * Hp);
+    } else {  // the input layer: temb[i] and W_s
+      colsum<T>(nb, gz, Hp, n.NJ, gr.dtemb.p + static_cast<size_t>(i) * Hp);
+      wgrad<T, NV>(D, nb, X, D, gz, Hp, n.NJ, gr.dwsT, Hp);
     }
-    colsum<T>(nb, gz, Hp, n.NJ, gr.dtemb.p + static_cast<size_t>(i) * Hp);
-    wgrad<T, NV>(D, nb, X, D, gz, Hp, n.NJ, gr.dwsT, Hp);
   });
-  if (gx) {
-    constexpr int W = kW<T>;
-    for (int l = 0; l < nb; ++l)
-      for (int d = 0; d < D; ++d) {
-        Vec<T> a = Vec<T>{};
-        for (int v = 0; v < n.NJ; ++v) a = vm::vfma(ld<T>(gz + l * Hp + v * W), ld<T>(n.wsT.p + d * Hp + v * W), a);
-        gx[l * D + d] += hsum<T>(a);
-      }
-  }
+  if (gx) input_layer_vjp<T, true>(n, gz0, nb, gx, D);
   gr.step_done(false);
 }
 
