@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from conftest import assert_moves_match, backend_device, skip_unless_available
-from test_mlp import mixture_score, random_net, score_mlp
+from test_mlp import _replace, mixture_score, random_net, score_mlp, to
 
 from fastsamp import backends, ops
 from fastsamp.models import Product
@@ -20,14 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def device():
     skip_unless_available("triton")
     return backend_device("triton")
-
-
-def to(net, dtype, device):
-    """A ScoreNet (or MixtureScore) with its tensors in dtype on device."""
-    conv = lambda v: v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else v  # noqa: E731
-    if isinstance(net, ops.MixtureScore):
-        return ops.MixtureScore(*(conv(v) for v in net))
-    return ops.ScoreNet(*(tuple(conv(t) for t in v) if isinstance(v, tuple) else conv(v) for v in vars(net).values()))
 
 
 def problem(D, arch, dtype, device, with_mixture):
@@ -125,10 +117,6 @@ def test_limits_are_named(device):
                      n_steps=1, backend="triton")
     assert ops.mlp.has_fused_kernel("cpu", MLP_MAX_D + 1, MLP_MAX_HIDDEN + 1)  # the C++ engine: any size
     assert not ops.mlp.has_fused_kernel("meta")
-
-
-def _replace(net, **kw):
-    return ops.ScoreNet(**{**vars(net), **kw})
 
 
 @pytest.mark.parametrize("change", [
