@@ -340,6 +340,16 @@ def whole_moves(x: torch.Tensor, step, n_steps, seed, offset, first_chain) -> tu
     return eps, n_steps, seed, offset, chain_offset(first_chain, x.shape[0], x.device)
 
 
+MH_CODES = {"score": 0, "energy": 1, "none": 2}  # the fused move kernels' `mh` argument
+
+
+def mh_code(mh, allowed=MH_CODES, why: str = "") -> int:
+    """The kernel code of the MH rule `mh` among `allowed` (a sub-dict of MH_CODES); `why` explains a missing rule."""
+    if not isinstance(mh, str) or mh not in allowed:
+        raise ValueError(f"mh must be one of {tuple(allowed)}{why}, got {mh!r}")
+    return allowed[mh]
+
+
 def damping(v) -> float:
     """The momentum damping of partial-refresh HMC, in [0, 1)."""
     return finite_float("damping", v, lo=0.0, hi=1.0)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from . import _checks, _dispatch
 
-_MH_MODES = {"score": 0, "energy": 1, "none": 2}
-
 
 def gmm_score(x, means, log_weights, variances, *, alpha=1.0, sigma2=0.0, backend="auto"):
     """Score and log-density of p(x) = Σ_k π_k N(x; α μ_k, (α² v_k + σ²) I).
@@ -31,9 +29,8 @@ def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size,
     means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
                                                                    alpha, sigma2)
     eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset)
-    if not isinstance(mh, str) or mh not in _MH_MODES:
-        raise ValueError(f"mh must be one of {tuple(_MH_MODES)}, got {mh!r}")
-    return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, _MH_MODES[mh]
+    mh = _checks.mh_code(mh)
+    return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mh
 
 
 def gmm_mala(x, means, log_weights, variances, *, step_size, n_steps, n_trapezoid=1, alpha=1.0,

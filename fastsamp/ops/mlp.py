@@ -35,7 +35,6 @@ from .. import backends
 from . import _checks, _dispatch, _layers
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
-_MH_MODES = {"score": 0, "energy": 1, "none": 2}
 _N_TRAPEZOID = ("n_trapezoid", 4096)  # (name, largest value) of the whole-move ops' evaluation counts
 _N_LEAPFROG = ("n_leapfrog", _checks.MAX_COUNT)
 
@@ -236,11 +235,10 @@ def mlp_energy(x, nets, *, mixture=None, backend="auto"):
 
 
 def _mh_code(mh, energy_ok):
-    modes = _MH_MODES if energy_ok else {k: v for k, v in _MH_MODES.items() if k != "energy"}
-    if not isinstance(mh, str) or mh not in modes:
-        why = "" if energy_ok else " (a score network has no energy: mlp_energy_mala / mlp_energy_hmc take EnergyNets)"
-        raise ValueError(f"mh must be one of {tuple(modes)}{why}, got {mh!r}")
-    return modes[mh]
+    if energy_ok:
+        return _checks.mh_code(mh)
+    return _checks.mh_code(mh, {k: v for k, v in _checks.MH_CODES.items() if k != "energy"},
+                           " (a score network has no energy: mlp_energy_mala / mlp_energy_hmc take EnergyNets)")
 
 
 def mlp_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1, seed=0, offset=0, chain_offset=0,
@@ -270,7 +268,7 @@ def mlp_energy_mala(x, nets, *, mixture=None, step_size, n_steps, n_trapezoid=1,
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     code = _mh_code(mh, True)
-    args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
+    args = _energy_sum_args(x, nets, mixture, need_energy=code == _checks.MH_CODES["energy"])
     return _moves("mlp_energy_mala", args, backend, step_size, n_steps, _N_TRAPEZOID, n_trapezoid, seed, offset,
                   chain_offset, code)
 
@@ -300,7 +298,7 @@ def mlp_energy_hmc(x, nets, *, mixture=None, step_size, n_steps, n_leapfrog=1, s
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     code = _mh_code(mh, True)
-    args = _energy_sum_args(x, nets, mixture, need_energy=code == _MH_MODES["energy"])
+    args = _energy_sum_args(x, nets, mixture, need_energy=code == _checks.MH_CODES["energy"])
     return _moves("mlp_energy_hmc", args, backend, step_size, n_steps, _N_LEAPFROG, n_leapfrog, seed, offset,
                   chain_offset, code, damping)
 
