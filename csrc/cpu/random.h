@@ -82,22 +82,25 @@ struct MhUniforms {
   const T* u;
   uint64_t seed, offset, chain0;
 
-  // f(b, log u_b) for the rows b0 .. b1 - 1, in order.
+  // f(b, log u_b) for the rows b0 .. b1 - 1, in order: the log u of kRows rows first (the Philox
+  // blocks, then one vectorised log), then f over those rows.
+  static constexpr int kRows = 16 * kUniformBlock;
   template <typename F>
   FASTSAMP_VINLINE void rows(int64_t b0, int64_t b1, F&& f) const {
-    constexpr int W = kUniformBlock;
-    alignas(64) T ub[W];
-    for (int64_t c = b0; c < b1; c += W) {
-      const int n = static_cast<int>(std::min<int64_t>(W, b1 - c));
+    alignas(64) T lu[kRows];
+    for (int64_t c = b0; c < b1; c += kRows) {
+      const int n = static_cast<int>(std::min<int64_t>(kRows, b1 - c));
       if (u) {
-        for (int l = 0; l < n; ++l) ub[l] = u[c + l];
-        for (int l = n; l < W; ++l) ub[l] = T(1);
+        for (int l = 0; l < n; ++l) lu[l] = u[c + l];
       } else {
-        uniform_block<T>(seed, offset, chain0 + static_cast<uint64_t>(c), W, ub);
+        for (int k = 0; k < n; k += kUniformBlock)
+          uniform_block<T>(seed, offset, chain0 + static_cast<uint64_t>(c + k), kUniformBlock, lu + k);
       }
+      const int nv = (n + kUniformBlock - 1) / kUniformBlock * kUniformBlock;
+      for (int l = n; l < nv; ++l) lu[l] = T(1);
 #pragma omp simd
-      for (int l = 0; l < W; ++l) ub[l] = vm::log<T>(ub[l]);
-      for (int l = 0; l < n; ++l) f(c + l, ub[l]);
+      for (int l = 0; l < nv; ++l) lu[l] = vm::log<T>(lu[l]);
+      for (int l = 0; l < n; ++l) f(c + l, lu[l]);
     }
   }
 };
