@@ -34,7 +34,7 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            device of their first output. A list of tensors (argument or output) passes its pointers, or
            `name[i]` one of them, `name[a:b:c]` a slice; ints / floats lists pass their values;
            `Struct(tok,...)` passes `_C.Struct(...)` built from those tokens (the policy kernels'
-           PolicyLangevin). None: the glue is hand-written in the backend module (the mlp ops).
+           PolicyLangevin). None: the glue is hand-written in the backend module (no op now).
     kernel: the C entry point's name when it is not the op's (cpu_<kernel>): ops that are variants of one
            kernel (the policy kernels with the Langevin term).
     guard: the condition under which the glue calls the kernel, the outputs zeroed otherwise (gradients
@@ -196,6 +196,11 @@ _SCORE_SUM_RENAMES = {"params": None, "means": None, "log_weights": None, "varia
 _ENERGY_SUM = ("x:state params:tensors dims:ints scalars:floats energy:ints means:(K,D)? log_weights:(K,)? "
                "variances:(K,)? mix_alpha:float mix_sigma2:float")
 _ENERGY_SUM_RENAMES = {**_SCORE_SUM_RENAMES, "energy": None}
+# their C orders (the layer pointers, dims and scalars as lists; K = 0 without a mixture)
+_SCORE_SUM_C = "dtype x B D params dims scalars means log_weights variances K mix_alpha mix_sigma2"
+_ENERGY_SUM_C = "dtype x B D params dims scalars energy means log_weights variances K mix_alpha mix_sigma2"
+_MLP_MALA_C = "step_size n_steps n_trapezoid seed offset chain_offset mh"
+_MLP_HMC_C = "step_size n_steps n_leapfrog seed offset chain_offset mh damping"
 
 OPS: dict[str, Op] = {op.name: op for op in [
     _op("gmm_score", f"{_MIX} alpha:float sigma2:float", "score:(B,D) logp:(B,)",
@@ -276,16 +281,19 @@ OPS: dict[str, Op] = {op.name: op for op in [
         f"{_BACKWARD_LANGEVIN_C}", public=None,
         dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]", reference=False,
         guard="B > 0"),
-    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", None, _ALL, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", _SCORE_SUM_C, _ALL, renames=_SCORE_SUM_RENAMES),
     _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
-        "mh:int", "x_new:(B,D) accept_rate:(B,)", None, _ALL, renames=_SCORE_SUM_RENAMES),
+        "mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_MALA_C}", _ALL, renames=_SCORE_SUM_RENAMES),
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
-        "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, _ALL, renames=_SCORE_SUM_RENAMES),
-    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", None, renames=_ENERGY_SUM_RENAMES),
+        "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_HMC_C}", _ALL,
+        renames=_SCORE_SUM_RENAMES),
+    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, renames=_ENERGY_SUM_RENAMES),
     _op("mlp_energy_mala", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 "
-        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", None, renames=_ENERGY_SUM_RENAMES),
+        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_MALA_C}",
+        renames=_ENERGY_SUM_RENAMES),
     _op("mlp_energy_hmc", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 "
-        "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", None, renames=_ENERGY_SUM_RENAMES),
+        "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_HMC_C}",
+        renames=_ENERGY_SUM_RENAMES),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
