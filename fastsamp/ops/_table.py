@@ -34,7 +34,7 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            device of their first output. A list of tensors (argument or output) passes its pointers, or
            `name[i]` one of them, `name[a:b:c]` a slice; ints / floats lists pass their values;
            `Struct(tok,...)` passes `_C.Struct(...)` built from those tokens (the policy kernels'
-           PolicyLangevin). None: the glue is hand-written in the backend module (no op now).
+           PolicyLangevin).
     kernel: the C entry point's name when it is not the op's (cpu_<kernel>): ops that are variants of one
            kernel (the policy kernels with the Langevin term).
     guard: the condition under which the glue calls the kernel, the outputs zeroed otherwise (gradients
@@ -82,7 +82,7 @@ class Op:
     name: str
     args: tuple
     outs: tuple
-    c: tuple | None
+    c: tuple
     backends: tuple
     public: str | None
     renames: dict = field(default_factory=dict)
@@ -159,7 +159,7 @@ def _outs(text: str) -> tuple:
 
 def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True,
         kernel=None, guard=None) -> Op:
-    return Op(name, _args(args), _outs(outs), None if c is None else tuple(c.split()), tuple(backends),
+    return Op(name, _args(args), _outs(outs), tuple(c.split()), tuple(backends),
               name if public == "" else public, renames or {}, tuple(grad.split()), dims, reference, kernel or name,
               guard)
 
@@ -400,7 +400,7 @@ _C_ITEM = re.compile(r"(\w+)(?:\[([-\d:]+)\])?$")
 def c_names(op: Op) -> set:
     """The argument, output, dim and literal names the C order of `op` uses (inside structs, without subscripts)."""
     names = set()
-    for token in op.c or ():
+    for token in op.c:
         m = _C_STRUCT.match(token)
         for t in (m[2].split(",") if m else [token]):
             names.add(_C_ITEM.match(t)[1])
@@ -455,8 +455,6 @@ def glue_source(op: Op, target: str) -> str:
     """Python source of the backend function of `op` for target "cpu" (fastsamp._C.cpu_<op>, n_threads last) or
     "cuda" (fastsamp._C.cuda_<op> through `_launch`, which makes the device current and appends the stream);
     no call when every output is empty."""
-    if op.c is None:
-        raise ValueError(f"{op.name} has hand-written glue")
     body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, False)}" for o in op.outs]
     named = c_names(op)
     c_args = [_c_token(op, t, target) for t in op.c] + [
@@ -489,7 +487,7 @@ def install_glue(namespace: dict, target: str, backend: str) -> list[str]:
     for cuda, `_launch`) the generated function of every op with a C entry point on `backend`; returns their names."""
     names = []
     for op in OPS.values():
-        if backend in op.backends and op.c is not None:
+        if backend in op.backends:
             define(glue_source(op, target), f"<fastsamp glue {target}_{op.name}>", namespace)
             names.append(op.name)
     return names
