@@ -96,9 +96,8 @@ def model_checks(path, repeats):
               f"{res['mode_chi2_20000']:.0f} on 24 df:\n" + "\n".join(
                   "    " + " ".join(f"{v:.2f}" for v in row) for row in w.view(5, 5).tolist()))
         k = torch.multinomial(w, N * repeats, replacement=True, generator=g).view(repeats, N)
-        same = [wasserstein2(t.means.cpu()[kk] + math.sqrt(t.variance) * torch.randn(N, 2, generator=g,
-                                                                                      dtype=torch.float64),
-                             ref) for kk, ref in zip(k, [equal_count_reference(t, N, g) for _ in range(repeats)])]
+        same = [wasserstein2(t._draw(kk, g, torch.device("cpu")), ref)
+                for kk, ref in zip(k, [equal_count_reference(t, N, g) for _ in range(repeats)])]
         res["synthetic_model_weights_exact_modes_w2_80_per_mode"] = _ms(same)
         _line("synthetic: its mode weights, exact modes, vs 80/mode", res[
             "synthetic_model_weights_exact_modes_w2_80_per_mode"])

@@ -191,7 +191,11 @@ class _IsotropicMixture(Target):
 
     def _sample(self, n, generator, device):
         k = torch.randint(self.n_modes, (n,), generator=generator, device=device)
-        eps = torch.randn(n, self.dim, generator=generator, device=device, dtype=torch.float64)
+        return self._draw(k, generator, device)
+
+    def _draw(self, k, generator, device):
+        """One draw of each component k (n,): μ_k + √variance · ξ, ξ ~ N(0, I) drawn in float64."""
+        eps = torch.randn(len(k), self.dim, generator=generator, device=device, dtype=torch.float64)
         return self.means.to(device)[k] + math.sqrt(self.variance) * eps
 
 

@@ -73,8 +73,7 @@ def equal_count_reference(target, n: int, generator=None) -> torch.Tensor:
     paper's W2 was computed against (2000 // 25 = 80 per mode). Not an i.i.d. sample: its mode counts
     carry none of the multinomial noise that an exact sample's W2 pays for."""
     k = torch.arange(target.n_modes).repeat_interleave(n // target.n_modes)
-    eps = torch.randn(k.numel(), target.dim, generator=generator, dtype=torch.float64)
-    return target.means.cpu()[k] + math.sqrt(target.variance) * eps
+    return target._draw(k, generator, torch.device("cpu"))
 
 
 def _sample_diagnostics(x, exact, target, seed) -> dict:
@@ -108,10 +107,10 @@ def evaluate(sampler, target, *, n=2000, seed=12345):
         exact = target.sample(n, torch.Generator().manual_seed(seed))
     except NotImplementedError:
         pass
-    m = sampler.evaluate(n, seed=seed, exact_samples=exact)
+    x, log_w = sampler.sample(n, seed=seed, group=Comm(None))  # one rollout: the samples of W2 and diagnostics
+    m = sampler.evaluate(n, seed=seed, exact_samples=exact, samples=(x, log_w))
     if exact is not None:
-        x, _ = sampler.sample(n, seed=seed, group=Comm(None))  # the samples of W2 (same seed: same draws)
-        m.update(_sample_diagnostics(x.detach().cpu(), exact.cpu(), target, seed))
+        m.update(_sample_diagnostics(x.cpu(), exact.cpu(), target, seed))
     if target.log_Z is not None:
         m["log_Z_true"] = target.log_Z
         m["delta_log_Z"] = abs(m["elbo"] - target.log_Z)        # Δlog Z of the paper (from the ELBO)

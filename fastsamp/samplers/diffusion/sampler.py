@@ -265,11 +265,12 @@ class DiffusionSampler(nn.Module):
         return (None, None) if both is None else (both[:, :-1], both[:, -1])
 
     @torch.no_grad()
-    def evaluate(self, n=2000, *, seed=10**6, exact_samples=None, n_eubo_repeats=1):
+    def evaluate(self, n=2000, *, seed=10**6, exact_samples=None, n_eubo_repeats=1, samples=None):
         """log Z estimates (ELBO = mean log w, importance-weighted log-mean-exp), ESS/n, learned log Z,
-        and with exact samples the EUBO and the 2-Wasserstein distance."""
+        and with exact samples the EUBO and the 2-Wasserstein distance. `samples`: the (x, log w) of
+        `sample(n, seed=seed)` when the caller has drawn them already (not drawn again)."""
         from ... import metrics
-        x, log_w = self.sample(n, seed=seed, group=Comm(None))
+        x, log_w = self.sample(n, seed=seed, group=Comm(None)) if samples is None else samples
         out = metrics.log_z_estimates(log_w)
         out["log_Z_learned"] = float(self.net.log_Z)
         if exact_samples is not None:
