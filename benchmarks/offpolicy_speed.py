@@ -46,7 +46,8 @@ def time_paths(target, method, paths, *, iterations, segment, warmup, batch_size
         for path in paths:
             sampler, cfg = build(target, method, seed=0, iterations=warmup + iterations, fused=path == "fused",
                                  batch_size=batch_size)
-            if path == "compile":
+            if path == "compile":  # a fresh cache per cell: the cells share DriftNet.forward's code object, and
+                torch._dynamo.reset()  # past dynamo's recompile limit the later cells would silently run eager
                 sampler.net.forward = torch.compile(sampler.net.forward, dynamic=False)
             ckpt = os.path.join(tmp, f"{path}.ckpt")
             log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=warmup)
