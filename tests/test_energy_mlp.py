@@ -167,6 +167,13 @@ def _nets(kinds, D, dtype):
     return [make[k](D, (24, 16, 8)[i], (2, 1, 0)[i], 4, dtype, seed=3 + i) for i, k in enumerate(kinds)]
 
 
+def _move_inputs(kinds, B, D, with_mixture, dtype):
+    """(nets, mixture or None, x, per-chain step sizes) of a move test."""
+    nets = _nets(kinds, D, dtype)
+    mix = mixture_score(D, dtype) if with_mixture else None
+    return nets, mix, torch.randn(B, D, dtype=dtype), torch.rand(B, dtype=dtype) * 0.2 + 0.05
+
+
 MOVE_CASES = [("ee", "energy", 1), ("e", "energy", 1), ("ee", "score", 3), ("es", "score", 2), ("se", "none", 1),
               ("e", "none", 1)]
 
@@ -175,10 +182,7 @@ MOVE_CASES = [("ee", "energy", 1), ("e", "energy", 1), ("ee", "score", 3), ("es"
 @pytest.mark.parametrize("kinds,mh,n_trapezoid", MOVE_CASES)
 @pytest.mark.parametrize("B,D,with_mixture", [(1, 1, False), (50, 2, True), (97, 3, False)])
 def test_mlp_energy_mala_matches_reference(dtype, kinds, mh, n_trapezoid, B, D, with_mixture):
-    nets = _nets(kinds, D, dtype)
-    mix = mixture_score(D, dtype) if with_mixture else None
-    x = torch.randn(B, D, dtype=dtype)
-    eps = torch.rand(B, dtype=dtype) * 0.2 + 0.05
+    nets, mix, x, eps = _move_inputs(kinds, B, D, with_mixture, dtype)
     kw = dict(step_size=eps, n_steps=6, n_trapezoid=n_trapezoid, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh)
     x_new, rate = ops.mlp_energy_mala(x, nets, mixture=mix, backend="cpp", **kw)
     assert_moves_close(dtype, (x_new, rate), ops.mlp_energy_mala(x, nets, mixture=mix, backend="torch", **kw))
@@ -191,10 +195,7 @@ def test_mlp_energy_mala_matches_reference(dtype, kinds, mh, n_trapezoid, B, D, 
                                               ("e", "none", 0.8)])
 @pytest.mark.parametrize("B,D,with_mixture", [(1, 1, False), (50, 2, True), (97, 3, False)])
 def test_mlp_energy_hmc_matches_reference(dtype, kinds, mh, damping, B, D, with_mixture):
-    nets = _nets(kinds, D, dtype)
-    mix = mixture_score(D, dtype) if with_mixture else None
-    x = torch.randn(B, D, dtype=dtype)
-    eps = torch.rand(B, dtype=dtype) * 0.2 + 0.05
+    nets, mix, x, eps = _move_inputs(kinds, B, D, with_mixture, dtype)
     kw = dict(step_size=eps, n_steps=5, n_leapfrog=3, seed=12, offset=7, chain_offset=3, mh=mh, damping=damping)
     assert_moves_close(dtype, ops.mlp_energy_hmc(x, nets, mixture=mix, backend="cpp", **kw),
                        ops.mlp_energy_hmc(x, nets, mixture=mix, backend="torch", **kw))
