@@ -92,61 +92,52 @@ struct GradOut {
   T* lgv;  // (T, width) with the Langevin term
 };
 
+// Σ over the threads, in thread order, of element e of the per-thread array that part(thread's Grads) points to.
+template <typename T, typename Part>
+T thread_sum(const std::vector<std::unique_ptr<Grads<T>>>& per, Part&& part, size_t e) {
+  T s = 0;
+  for (const auto& p : per) s += part(*p)[e];
+  return s;
+}
+
 // The per-thread sums, reduced in a fixed order into the outputs.
 template <typename T>
 void reduce_grads(const Net<T>& n, std::vector<std::unique_ptr<Grads<T>>>& per, const GradOut<T>& g) {
-  const int D = n.D, Tn = n.Tn, Hp = n.Hp, H = n.H, L = n.L, nt = static_cast<int>(per.size());
+  const int D = n.D, Tn = n.Tn, Hp = n.Hp, H = n.H, L = n.L;
   for (auto& p : per) p->step_done(true);
+  const auto dtemb = [](const Grads<T>& p) { return p.dtemb.p; };
+  const auto dwsT = [](const Grads<T>& p) { return p.tot(p.dwsT); };
+  const auto db = [](const Grads<T>& p) { return p.tot(p.db); };
+  const auto dw = [](const Grads<T>& p) { return p.tot(p.dw); };
+  const auto dbo = [](const Grads<T>& p) { return p.tot(p.dbo); };
+  const auto dwo = [](const Grads<T>& p) { return p.tot(p.dwo); };
+  const auto dlgv = [](const Grads<T>& p) { return p.dlgv.p; };
   for (int i = 0; i < Tn; ++i)
-    for (int j = 0; j < H; ++j) {
-      T s = 0;
-      for (int t = 0; t < nt; ++t) s += per[t]->dtemb.p[static_cast<size_t>(i) * Hp + j];
-      g.temb[static_cast<size_t>(i) * H + j] = s;
-    }
+    for (int j = 0; j < H; ++j)
+      g.temb[static_cast<size_t>(i) * H + j] = thread_sum(per, dtemb, static_cast<size_t>(i) * Hp + j);
   for (int j = 0; j < H; ++j) {
     T s = 0;
     for (int i = 0; i < Tn; ++i) s += g.temb[static_cast<size_t>(i) * H + j];
     g.bs[j] = s;
-    for (int d = 0; d < D; ++d) {
-      T a = 0;
-      for (int t = 0; t < nt; ++t) a += per[t]->tot(per[t]->dwsT)[d * Hp + j];
-      g.ws[j * D + d] = a;
-    }
+    for (int d = 0; d < D; ++d) g.ws[j * D + d] = thread_sum(per, dwsT, static_cast<size_t>(d) * Hp + j);
   }
   for (int k = 0; k < L; ++k) {
     T* gw = ptr<T>(g.hw[k]);
     T* gb = ptr<T>(g.hb[k]);
     for (int j = 0; j < H; ++j) {
-      T s = 0;
-      for (int t = 0; t < nt; ++t) s += per[t]->tot(per[t]->db)[static_cast<size_t>(k) * Hp + j];
-      gb[j] = s;
-      for (int m = 0; m < H; ++m) {
-        T a = 0;
-        for (int t = 0; t < nt; ++t) a += per[t]->tot(per[t]->dw)[(static_cast<size_t>(k) * Hp + j) * Hp + m];
-        gw[static_cast<size_t>(j) * H + m] = a;
-      }
+      const size_t row = static_cast<size_t>(k) * Hp + j;
+      gb[j] = thread_sum(per, db, row);
+      for (int m = 0; m < H; ++m) gw[static_cast<size_t>(j) * H + m] = thread_sum(per, dw, row * Hp + m);
     }
   }
-  for (int d = 0; d < 2 * D; ++d) {
-    T s = 0;
-    if (d < D)
-      for (int t = 0; t < nt; ++t) s += per[t]->tot(per[t]->dbo)[d];
-    g.bo[d] = s;
-    for (int j = 0; j < H; ++j) {
-      T a = 0;
-      if (d < D)
-        for (int t = 0; t < nt; ++t) a += per[t]->tot(per[t]->dwo)[d * Hp + j];
-      g.wo[static_cast<size_t>(d) * H + j] = a;
-    }
+  for (int d = 0; d < 2 * D; ++d) {  // the unused log-variance half (d >= D) gets zeros
+    g.bo[d] = d < D ? thread_sum(per, dbo, d) : T(0);
+    for (int j = 0; j < H; ++j)
+      g.wo[static_cast<size_t>(d) * H + j] = d < D ? thread_sum(per, dwo, static_cast<size_t>(d) * Hp + j) : T(0);
   }
-  if (g.lgv) {
-    const size_t m = static_cast<size_t>(Tn) * per[0]->lgv_width;
-    for (size_t e = 0; e < m; ++e) {
-      T s = 0;
-      for (int t = 0; t < nt; ++t) s += per[t]->dlgv.p[e];
-      g.lgv[e] = s;
-    }
-  }
+  if (g.lgv)
+    for (size_t e = 0, m = static_cast<size_t>(Tn) * per[0]->lgv_width; e < m; ++e)
+      g.lgv[e] = thread_sum(per, dlgv, e);
 }
 
 template <typename T>

@@ -123,18 +123,24 @@ struct Langevin {
   }
 };
 
+// The transition constants of the steps i = 0 .. T-1 at times ts[i]: c_i = t_i / (t_i + h), b2_i = s2 c_i.
+template <typename T>
+std::vector<EmConst<T>> step_consts(const Net<T>& n, const double* ts, double h, double s2, double e2) {
+  std::vector<EmConst<T>> k;
+  k.reserve(n.Tn);
+  for (int i = 0; i < n.Tn; ++i) {
+    const double t = ts[i], c = t / (t + h);
+    k.emplace_back(n.D, h, s2, e2, c, s2 * c);
+  }
+  return k;
+}
+
 // ---------------------------------------------------------------- kernel 1: rollout
 template <typename T>
 void rollout_impl(const Net<T>& n, const Langevin<T>& lp, const T* x0, const double* ts, int64_t B, double sigma,
                   double h, double explore, uint64_t seed, uint64_t chain0, int nt, T* states, T* log_pf, T* log_pb) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
-  const double s2 = sigma * sigma * h, e2 = explore * explore;
-  std::vector<EmConst<T>> k;
-  k.reserve(Tn);
-  for (int i = 0; i < Tn; ++i) {
-    const double t = ts[i], c = t / (t + h);
-    k.emplace_back(D, h, s2, e2, c, s2 * c);
-  }
+  const std::vector<EmConst<T>> k = step_consts(n, ts, h, sigma * sigma * h, explore * explore);
   const int J = (D + 3) / 4;
   const int64_t BD = B * D;
   parallel(nt, [&](int tid, int nth) {
@@ -220,17 +226,33 @@ void log_pf_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_
 
 // ---------------------------------------------------------------- kernels 3, 4: gradients
 // (per-thread sums, the backward through the network and the reduction: cpu/policy_grads.h)
+// The sweep of both: for every block of chains and step of the given states (REVERSE: i = T-1 .. 0, as
+// for_given_steps) go(tid, w, b0, nb, i, X, Y) fills w.GO, the gradient of the network's (pre-clamp, masked)
+// output, and returns the buffer that takes the gradient w.r.t. the input X (null: none); then lgv's gradient,
+// the backward through the network into the thread's sums, and at the end their fixed-order reduction into out.
+template <typename T, bool REVERSE, typename Block, typename Go>
+void grad_sweep(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_t B, int nt, const GradOut<T>& out,
+                Block&& block, Go&& go) {
+  const int64_t BD = B * n.D;
+  auto per = thread_grads(n, lp.width, nt);
+  for_given_steps<T, true, REVERSE>(n, lp, states, B, nt, block, [&](int tid, Work<T>& w, int64_t b0, int nb, int i,
+                                                                   const T* X, const T* Y) {
+    T* gx = go(tid, w, b0, nb, i, X, Y);
+    if (lp.on()) lp.grad(w, lp.scores + i * BD + b0 * n.D, nb, n.D, n.Dq, per[tid]->dlgv.p + i * lp.width);
+    net_backward<T>(n, w, *per[tid], X, nb, i, gx);
+  });
+  reduce_grads(n, per, out);
+}
+
 // Kernel 3: the gradients of Σ g log p_F (the states are constants).
 template <typename T>
 void backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, const T* g_pf, int64_t B, double sigma,
                    double h, int nt, const GradOut<T>& out) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
-  const int64_t BD = B * D;
   const EmConst<T> kc(D, h, sigma * sigma * h, 0.0, 0.0, 0.0);
   const T clip = lp.on() ? lp.clip : n.clip;
-  auto per = thread_grads(n, lp.width, nt);
-  for_given_steps<T, true>(n, lp, states, B, nt, kNoBlock, [&](int tid, Work<T>& w, int64_t b0, int nb, int i,
-                                                           const T* X, const T* Y) {
+  grad_sweep<T, false>(n, lp, states, B, nt, out, kNoBlock, [&](int, Work<T>& w, int64_t b0, int nb, int i,
+                                                                const T* X, const T* Y) -> T* {
     // g_out = g h v / s² where |out| <= clip (clamp passes the gradient there), 0 elsewhere
     for (int l = 0; l < nb; ++l) {
       const T ga = g_pf[(b0 + l) * Tn + i] * kc.inv_s2;
@@ -245,10 +267,8 @@ void backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, cons
         go[d] = pass ? kc.h * (ga * v) : T(0);
       }
     }
-    if (lp.on()) lp.grad(w, lp.scores + i * BD + b0 * D, nb, D, Dq, per[tid]->dlgv.p + i * lp.width);
-    net_backward<T>(n, w, *per[tid], X, nb, i, nullptr);
+    return nullptr;
   });
-  reduce_grads(n, per, out);
 }
 
 // Kernel 4: the gradients through the reparameterised trajectory (PIS): x_{i+1} = x_i + h drift(x_i, t_i) +
@@ -263,15 +283,8 @@ void reparam_backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* stat
                            const double* ts, int64_t B, double sigma, double h, int nt, const GradOut<T>& out) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
   const int64_t BD = B * D;
-  const double s2 = sigma * sigma * h;
-  std::vector<EmConst<T>> k;
-  k.reserve(Tn);
-  for (int i = 0; i < Tn; ++i) {
-    const double t = ts[i], c = t / (t + h);
-    k.emplace_back(D, h, s2, 0.0, c, s2 * c);
-  }
+  const std::vector<EmConst<T>> k = step_consts(n, ts, h, sigma * sigma * h, 0.0);
   const T clip = lp.on() ? lp.clip : n.clip;
-  auto per = thread_grads(n, lp.width, nt);
   std::vector<ABuf<T>> adj(nt);
   for (auto& a : adj) a = ABuf<T>(static_cast<size_t>(kBlock) * D);
   auto block = [&](int tid, int64_t b0, int nb) {
@@ -282,8 +295,8 @@ void reparam_backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* stat
       std::memset(G, 0, static_cast<size_t>(nb) * D * sizeof(T));
     }
   };
-  for_given_steps<T, true, true>(n, lp, states, B, nt, block, [&](int tid, Work<T>& w, int64_t b0, int nb, int i,
-                                                              const T* X, const T* Y) {
+  grad_sweep<T, true>(n, lp, states, B, nt, out, block, [&](int tid, Work<T>& w, int64_t b0, int nb, int i,
+                                                            const T* X, const T* Y) -> T* {
     const EmConst<T>& kc = k[i];
     T* __restrict G = adj[tid].p;
     for (int l = 0; l < nb; ++l) {
@@ -302,24 +315,21 @@ void reparam_backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* stat
         gl[d] = (lam - wv) + (gs ? gs[d] : T(0));
       }
     }
-    if (lp.on()) lp.grad(w, lp.scores + i * BD + b0 * D, nb, D, Dq, per[tid]->dlgv.p + i * lp.width);
-    net_backward<T>(n, w, *per[tid], X, nb, i, G);
+    return G;
   });
-  reduce_grads(n, per, out);
 }
 
 // run(T(), net, lp) with the DriftNet of the given pointers in `dtype` and its Langevin term (lgv null: none;
 // then the network clamps its output itself, else the term does), under the call's KernelScope.
 template <typename Run>
-void with_net(int dtype, int64_t n_threads, uintptr_t temb, uintptr_t ws, uintptr_t bs,
-              const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo, int64_t D,
-              int64_t H, int64_t T, double clip, bool backward, const LangevinArgs& la, Run&& run) {
-  if (hw.size() != hb.size()) throw std::invalid_argument("fastsamp._C: hidden weights and biases differ in number");
+void with_net(int dtype, int64_t n_threads, const Ptrs& P, int64_t D, int64_t H, int64_t T, double clip, bool backward,
+              const LangevinArgs& la, Run&& run) {
+  if (P.hw.size() != P.hb.size())
+    throw std::invalid_argument("fastsamp._C: hidden weights and biases differ in number");
   if (la.lgv && (!la.scores || (la.width != 1 && la.width != D)))
     throw std::invalid_argument("fastsamp._C: the Langevin term needs scores and lgv of width 1 or D");
   if (la.lgv && la.target_kind) check_target(static_cast<int>(la.target_kind), D, la.target_K);
   const KernelScope scope(n_threads);
-  const Ptrs P{temb, ws, bs, wo, bo, hw, hb};
   dispatch_dtype(dtype, [&](auto tag) {
     using F = decltype(tag);
     Langevin<F> lp;
@@ -336,12 +346,19 @@ void with_net(int dtype, int64_t n_threads, uintptr_t temb, uintptr_t ws, uintpt
   });
 }
 
-void check_grad_buffers(const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb,
-                        const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, const LangevinArgs& la,
-                        uintptr_t g_lgv) {
-  if (g_hw.size() != hw.size() || g_hb.size() != hb.size())
+// with_net for the gradient kernels: run(T(), net, lp, out), out the GradOut of the gradient buffers G (one per
+// pointer of the network's P, in its layout) and g_lgv (the Langevin scale's; null without the term).
+template <typename Run>
+void with_grad_net(int dtype, int64_t n_threads, const Ptrs& P, const Ptrs& G, uintptr_t g_lgv, int64_t D, int64_t H,
+                   int64_t T, double clip, const LangevinArgs& la, Run&& run) {
+  if (G.hw.size() != P.hw.size() || G.hb.size() != P.hb.size())
     throw std::invalid_argument("fastsamp._C: one gradient buffer per hidden weight and bias");
   if (la.lgv && !g_lgv) throw std::invalid_argument("fastsamp._C: the Langevin term needs its gradient buffer g_lgv");
+  with_net(dtype, n_threads, P, D, H, T, clip, true, la, [&](auto tag, const auto& n, const auto& lp) {
+    using F = decltype(tag);
+    run(tag, n, lp, GradOut<F>{ptr<F>(G.temb), ptr<F>(G.ws), ptr<F>(G.bs), ptr<F>(G.wo), ptr<F>(G.bo), G.hw, G.hb,
+                               ptr<F>(g_lgv)});
+  });
 }
 
 }  // namespace
@@ -352,7 +369,7 @@ void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintp
                     double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states, uintptr_t log_pf,
                     uintptr_t log_pb, const LangevinArgs& la) {
   if (la.lgv && !la.target_kind) throw std::invalid_argument("fastsamp._C: the Langevin rollout needs a target kind");
-  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, false, la,
+  with_net(dtype, n_threads, {temb, ws, bs, wo, bo, hw, hb}, D, H, T, clip, false, la,
            [&](auto tag, const auto& n, const auto& lp) {
              using F = decltype(tag);
              rollout_impl<F>(n, lp, ptr<F>(x0), reinterpret_cast<const double*>(ts), B, sigma, h, explore, seed,
@@ -364,7 +381,7 @@ void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, ui
                    const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                    int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
                    uintptr_t log_pf, const LangevinArgs& la) {
-  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, false, la,
+  with_net(dtype, n_threads, {temb, ws, bs, wo, bo, hw, hb}, D, H, T, clip, false, la,
            [&](auto tag, const auto& n, const auto& lp) {
              using F = decltype(tag);
              log_pf_impl<F>(n, lp, ptr<F>(states), B, sigma, h, pick_threads(B), ptr<F>(log_pf));
@@ -377,14 +394,11 @@ void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr
                             double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
                             uintptr_t g_bo, const LangevinArgs& la, uintptr_t g_lgv) {
-  check_grad_buffers(hw, hb, g_hw, g_hb, la, g_lgv);
-  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, true, la,
-           [&](auto tag, const auto& n, const auto& lp) {
-             using F = decltype(tag);
-             const GradOut<F> out{ptr<F>(g_temb), ptr<F>(g_ws), ptr<F>(g_bs), ptr<F>(g_wo), ptr<F>(g_bo), g_hw, g_hb,
-                                  ptr<F>(g_lgv)};
-             backward_impl<F>(n, lp, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B), out);
-           });
+  with_grad_net(dtype, n_threads, {temb, ws, bs, wo, bo, hw, hb}, {g_temb, g_ws, g_bs, g_wo, g_bo, g_hw, g_hb}, g_lgv,
+                D, H, T, clip, la, [&](auto tag, const auto& n, const auto& lp, const auto& out) {
+                  using F = decltype(tag);
+                  backward_impl<F>(n, lp, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B), out);
+                });
 }
 
 void policy_reparam_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
@@ -394,15 +408,12 @@ void policy_reparam_backward(int dtype, uintptr_t states, uintptr_t temb, uintpt
                              uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs, const std::vector<uintptr_t>& g_hw,
                              const std::vector<uintptr_t>& g_hb, uintptr_t g_wo, uintptr_t g_bo, const LangevinArgs& la,
                              uintptr_t g_lgv) {
-  check_grad_buffers(hw, hb, g_hw, g_hb, la, g_lgv);
-  with_net(dtype, n_threads, temb, ws, bs, hw, hb, wo, bo, D, H, T, clip, true, la,
-           [&](auto tag, const auto& n, const auto& lp) {
-             using F = decltype(tag);
-             const GradOut<F> out{ptr<F>(g_temb), ptr<F>(g_ws), ptr<F>(g_bs), ptr<F>(g_wo), ptr<F>(g_bo), g_hw, g_hb,
-                                  ptr<F>(g_lgv)};
-             reparam_backward_impl<F>(n, lp, ptr<F>(states), ptr<F>(g_states), ptr<F>(g_log_pb),
-                                      reinterpret_cast<const double*>(ts), B, sigma, h, pick_threads(B), out);
-           });
+  with_grad_net(dtype, n_threads, {temb, ws, bs, wo, bo, hw, hb}, {g_temb, g_ws, g_bs, g_wo, g_bo, g_hw, g_hb}, g_lgv,
+                D, H, T, clip, la, [&](auto tag, const auto& n, const auto& lp, const auto& out) {
+                  using F = decltype(tag);
+                  reparam_backward_impl<F>(n, lp, ptr<F>(states), ptr<F>(g_states), ptr<F>(g_log_pb),
+                                           reinterpret_cast<const double*>(ts), B, sigma, h, pick_threads(B), out);
+                });
 }
 
 }  // namespace cpu
