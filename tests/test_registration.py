@@ -72,6 +72,17 @@ def op_args(name, dtype, grad=False, noise=True):
         "policy_rollout": (rand(B, D, dtype=dtype) if noise else None, temb, net, ts, B, 1.0, 0.5, 0.1, 5.0, seed, 4,
                            1),
         "policy_log_pf": (states, temb, net, 1.0, 0.5, 5.0, 1),
+        # the Langevin rollout: an isotropic mixture target (kind 1) with x0 and lgv (T, D); Neal's funnel (kind 2)
+        # from 0 with lgv (T, 1)
+        "policy_langevin_rollout": (*((rand(B, D, dtype=dtype), temb, net, rand(T, D, dtype=dtype), 0.3, ts, B, 1.0,
+                                       0.5, 0.1, 5.0, seed, 4, 1, rand(K, D, dtype=dtype), 1.5) if noise
+                                      else (None, temb, net, rand(T, 1, dtype=dtype), 0.3, ts, B, 1.0, 0.5, 0.1, 5.0,
+                                            seed, 4, 2, None, 3.0)), 1),
+        "policy_reparam_backward": (states, temb, net, ts, *((rand(T + 1, B, D, dtype=dtype), rand(B, T, dtype=dtype),
+                                                              1.0, 0.5, 5.0, 1, rand(T, D, dtype=dtype), 0.3,
+                                                              rand(T, B, D, dtype=dtype)) if noise
+                                                             else (None, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1,
+                                                                   None, 0.0, None))),
         "mlp_score": mlp_args(x),
         "mlp_mala": mlp_args(x) + (eps * 0.1, 2, 2, seed, offset, 4, 0),
         "mlp_hmc": mlp_args(x) + (eps * 0.1, 2, 2, seed, offset, 4, 0, 0.5),
@@ -301,3 +312,85 @@ def test_autograd_kernel_calls_the_backend_kernel_as_the_dispatcher_would(name):
     assert op in mode.ops
     torch.testing.assert_close(watched, plain, rtol=0, atol=0)
     torch.testing.assert_close(op(*args), plain, rtol=0, atol=0)
+
+
+def _drift_net(langevin):
+    """A small float64 DriftNet (D = 2, H hidden, one hidden layer) with a non-zero head (it is zero-initialised);
+    with the Langevin parametrisation, Neal's funnel as the target (its score computed inside the kernels) and
+    lgv_clip small enough that every score past x0 = 0 is clamped: the kernels treat the score as a constant (as
+    the sampler does), which is then exact, so finite differences agree with the fused gradients."""
+    from fastsamp.samplers.diffusion import DriftNet
+    from fastsamp.targets import Funnel
+    torch.manual_seed(0)
+    net = DriftNet(2, hidden=H, n_harmonics=2, n_layers=1, langevin=langevin).double()
+    with torch.no_grad():
+        net.joint[-1].weight.normal_(0.0, 0.6)
+        net.joint[-1].bias.normal_(0.0, 0.6)
+    if langevin:
+        net.lgv_clip = 0.05
+    return net, (Funnel(dim=2) if langevin else None)
+
+
+class _PISLoss(nn.Module):
+    """Σ ½|x_T|² + Σ log p_B of the reparameterised rollout (PIS) of `net` (a module, so that functional_call can
+    substitute its weights)."""
+
+    def __init__(self, net, target):
+        super().__init__()
+        self.net, self.target = net, target
+
+    def forward(self, temb, lgv=None):
+        states, _, log_pb, *scores = ops.policy_rollout(self.net, temb, B, sigma=1.0, seed=1, reparam=True, lgv=lgv,
+                                                        target=self.target)
+        if scores:
+            assert (scores[0][1:].abs() > 2 * self.net.lgv_clip).all()  # clamped (see _drift_net)
+        return 0.5 * (states[-1] ** 2).sum() + log_pb.sum()
+
+
+@pytest.mark.parametrize("langevin", [False, True], ids=["plain", "langevin"])
+def test_policy_reparam_rollout_gradcheck(langevin):
+    """policy_rollout(reparam=True) runs the registered forward op (policy_rollout / policy_langevin_rollout) and
+    the registered adjoint sweep policy_reparam_backward: gradcheck in float64 w.r.t. temb, lgv and every weight
+    and bias the kernels read, and the backward is the registered op (the profiler sees it by name)."""
+    from fastsamp.ops.trajectory import PolicyParams
+    pytest.importorskip("fastsamp._C")
+    net, target = _drift_net(langevin)
+    loss = _PISLoss(net, target)
+    read = {id(t) for t in PolicyParams(net).tensors()}
+    names = [n for n, p in loss.named_parameters() if id(p) in read]
+    weights = [p.detach().clone().requires_grad_() for n, p in loss.named_parameters() if id(p) in read]
+    temb, lgv = rand(T, H, grad=True), (0.5 * rand(T, 1)).requires_grad_() if langevin else None
+    extra = (lgv,) if langevin else ()
+
+    def f(temb, *rest):
+        return torch.func.functional_call(loss, dict(zip(names, rest[len(extra):])), (temb, *rest[:len(extra)]))
+    assert torch.autograd.gradcheck(f, (temb, *extra, *weights))
+    with torch.profiler.profile() as prof:
+        f(temb, *extra, *weights).backward()
+    seen = {e.key for e in prof.key_averages()}
+    assert {"fastsamp::policy_langevin_rollout" if langevin else "fastsamp::policy_rollout",
+            "fastsamp::policy_reparam_backward"} <= seen, seen
+
+
+def test_policy_reparam_rollout_compiles_with_its_fused_backward(dynamo_reset):
+    """A PIS loss through policy_rollout(reparam=True) compiles with no graph break (the rollout one opaque op)
+    and gives eager's value and gradients (the backward graph calls policy_reparam_backward)."""
+    pytest.importorskip("fastsamp._C")
+    net, _ = _drift_net(False)
+    loss = _PISLoss(net, None)
+    temb = rand(T, H, grad=True)
+    explain = torch._dynamo.explain(loss)(temb)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    nodes = {str(n.target) for g in explain.graphs for m in g.modules() if isinstance(m, torch.fx.GraphModule)
+             for n in m.graph.nodes}  # the autograd.Function's forward and backward are submodules
+    assert {"fastsamp.policy_rollout.default", "fastsamp.policy_reparam_backward.default"} <= nodes, nodes
+    inputs = [temb, *net.parameters()]
+    l_e = loss(temb)
+    g_e = torch.autograd.grad(l_e, inputs, allow_unused=True)
+    l_c = torch.compile(loss, fullgraph=True, backend="aot_eager")(temb)
+    g_c = torch.autograd.grad(l_c, inputs, allow_unused=True)
+    torch.testing.assert_close(l_c, l_e, rtol=0, atol=0)
+    for a, b in zip(g_c, g_e):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -45,6 +45,8 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            arguments there ({backend name: public name or None when the public function takes no such argument}).
     grad:  the inputs the registered op differentiates (fastsamp/ops/_autograd.py has the formula); an op
            without grad raises when one of its inputs requires grad.
+    functional: False for a kernel that writes into one of its inputs (policy_langevin_log_pf computes the
+           target's scores into `scores`): not registered (a registered op's inputs are read-only).
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ class Op:
     reference: bool = True   # fastsamp/ops/reference.py (or, for normal / uniform, ops/random.py) implements it
     kernel: str = ""         # the C entry point's name (default: the op's)
     guard: str | None = None  # when the glue calls the kernel (else it zeroes the outputs); default: outputs nonempty
+    functional: bool = True  # False: the kernel writes into an input (not registered)
 
     def arg(self, name: str) -> Arg:
         return next(a for a in self.args if a.name == name)
@@ -158,10 +161,10 @@ def _outs(text: str) -> tuple:
 
 
 def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True,
-        kernel=None, guard=None) -> Op:
+        kernel=None, guard=None, functional=True) -> Op:
     return Op(name, _args(args), _outs(outs), tuple(c.split()), tuple(backends),
               name if public == "" else public, renames or {}, tuple(grad.split()), dims, reference, kernel or name,
-              guard)
+              guard, functional)
 
 
 _NOISE = "noise:(B,D)? seed:u64 offset:u64 chain_offset:u64"
@@ -264,7 +267,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
         dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]",
         reference=False, guard="B > 0"),  # autograd differentiates the reference
     # internal (C++ only): the rollout and log_pf with the Langevin term (the reference is the sampler's eager
-    # path), and the adjoint sweep of the reparameterised rollout (the reference is differentiated by autograd)
+    # path), and the adjoint sweep of the reparameterised rollout (the reference is differentiated by autograd);
+    # registered, but for policy_langevin_log_pf, which writes the target's scores into `scores` when it computes
+    # them (target_kind != 0)
     _op("policy_langevin_rollout", f"x0:(B,D)? {_POLICY_NET} {_LANGEVIN} ts:(T,)f64 batch_size:int sigma:float "
         f"h:float explore:float clip:float seed:u64 chain_offset:u64 {_LANGEVIN_TARGET} n_threads:threads",
         "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T) scores:(T,B,D)",
@@ -274,7 +279,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("policy_langevin_log_pf", f"states:(T+1,B,D) {_POLICY_NET} {_LANGEVIN} scores:(T,B,D) {_LANGEVIN_TARGET} "
         "sigma:float h:float clip:float n_threads:threads", "log_pf:(B,T)",
         f"dtype states {_POLICY_NET_C} B D H T sigma h clip n_threads log_pf {_LANGEVIN_C}", public=None,
-        dims=_POLICY_DIMS + "; B = states.shape[1]" + _LANGEVIN_DIMS, reference=False, kernel="policy_log_pf"),
+        dims=_POLICY_DIMS + "; B = states.shape[1]" + _LANGEVIN_DIMS, reference=False, kernel="policy_log_pf",
+        functional=False),
     _op("policy_reparam_backward", f"states:(T+1,B,D) {_POLICY_NET} ts:(T,)f64 g_states:(T+1,B,D)? g_log_pb:(B,T)? "
         f"sigma:float h:float clip:float n_threads:threads {_BACKWARD_LANGEVIN}", _POLICY_BACKWARD_OUTS,
         f"dtype states {_POLICY_NET_C} ts g_states g_log_pb B D H T sigma h clip n_threads {_POLICY_GRADS_C} "
@@ -302,11 +308,11 @@ OPS: dict[str, Op] = {op.name: op for op in [
 
 
 def registered() -> list[Op]:
-    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): every public op and the
-    backward kernels of those. An output that is a given input (em_step_logprob's x_next) is a copy in the
-    registered op; an output present only with some argument is `Tensor?`."""
-    public = {op.name for op in OPS.values() if op.public}
-    return [op for op in OPS.values() if op.name in public or op.name.removesuffix("_backward") in public]
+    """The ops registered as torch.ops.fastsamp.<name> (fastsamp/ops/_library.py): every functional op (the public
+    ops, their backward kernels and the internal policy kernels). An output that is a given input
+    (em_step_logprob's x_next) is a copy in the registered op; an output present only with some argument is
+    `Tensor?`."""
+    return [op for op in OPS.values() if op.functional]
 
 
 # ------------------------------------------------------------------ code generation

@@ -183,9 +183,10 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     reparam=False: no autograd. reparam=True (PIS): the path x_{i+1} = x_i + h·drift(x_i, t_i) + qξ_i is
     differentiable — states and log_pb w.r.t. temb and the net's weights and biases (x0 and the
     noise are constants; log_pf = log N(qξ_i; 0, σ²h) has no gradient: v = qξ_i does not depend on
-    them). Its backward is one kernel call (an adjoint sweep T−1 .. 0 that recomputes each step's
-    activations, `cpu_policy_reparam_backward`); the reference (`backend="torch"`) is differentiated
-    by autograd. With reparam, temb and the weights must already be in `dtype`.
+    them). Forward and backward are registered ops (torch.ops.fastsamp.policy_rollout, or
+    policy_langevin_rollout, and policy_reparam_backward: torch.compile sees them); the backward is one
+    kernel call (an adjoint sweep T−1 .. 0 that recomputes each step's activations); the reference
+    (`backend="torch"`) is differentiated by autograd. With reparam, temb and the weights must already be in `dtype`.
 
     Langevin parametrisation (net.langevin, C++ backend): drift = clamp(net(x, temb[i]) + lgv[i] ⊙
     clamp(∇log R(x), ±lgv_clip), ±clip) with lgv (T, 1|D) = net.time_features(ts[:-1])[1] (differentiable
@@ -222,7 +223,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
             temb = _checks.resolved(temb.detach().to(dtype))
             params = p.checked(temb, "temb", cast=True)
             if lp is not None:
-                return _langevin_rollout(x0, temb, params, args, lgv.detach().to(dtype), *lp)
+                return _langevin_rollout(backend, x0, temb, params, args, lgv.detach().to(dtype), *lp)
             return _dispatch.route(backend, "policy_rollout", temb)(x0, temb, params, *args)
     if temb.dtype != dtype:
         raise ValueError(f"reparam=True needs temb in dtype {dtype}, got {temb.dtype}")
@@ -234,7 +235,8 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
             with torch.enable_grad():
                 return fn(x0, temb, params, *args)
         _cpp_only(backend, temb.device, "reparam=True")
-    return _PolicyReparam.apply((x0, args, lp), temb, _checks.resolved(lgv) if lgv is not None else None, *params)
+    return _PolicyReparam.apply((backend, x0, args, lp), temb, _checks.resolved(lgv) if lgv is not None else None,
+                                *params)
 
 
 def _cpp_only(backend, device, what):
@@ -244,19 +246,21 @@ def _cpp_only(backend, device, what):
 
 
 class _PolicyReparam(torch.autograd.Function):
-    """Forward: the C++ policy rollout; backward: its adjoint sweep (the op policy_reparam_backward).
-    meta = (x0, args, None or (lgv_clip, target spec)); lgv None without the Langevin term."""
+    """Forward: the registered op policy_rollout (policy_langevin_rollout with the Langevin term); backward: its
+    adjoint sweep, the registered op policy_reparam_backward (torch.compile traces both as opaque ops).
+    meta = (backend: "auto" or "cpp", x0, args, None or (lgv_clip, target spec)); lgv None without the Langevin
+    term."""
 
     @staticmethod
     def forward(ctx, meta, temb, lgv, *params):
-        x0, args, langevin = meta
+        backend, x0, args, langevin = meta
         if lgv is None:
-            out = _dispatch.route("cpp", "policy_rollout", temb)(x0, temb, list(params), *args)
+            out = _dispatch.route(backend, "policy_rollout", temb, x0, *params)(x0, temb, list(params), *args)
             scores = None
         else:
-            out = _langevin_rollout(x0, temb, list(params), args, lgv, *langevin)
+            out = _langevin_rollout(backend, x0, temb, list(params), args, lgv, *langevin)
             scores = out[3]
-        ctx.args, ctx.lgv_clip = args, 0.0 if lgv is None else langevin[0]
+        ctx.backend, ctx.args, ctx.lgv_clip = backend, args, 0.0 if lgv is None else langevin[0]
         ctx.save_for_backward(out[0], temb, lgv, scores, *params)
         ctx.mark_non_differentiable(*out[1:2], *out[3:])
         return out
@@ -268,23 +272,23 @@ class _PolicyReparam(torch.autograd.Function):
         ts, _, sigma, h, _, clip, _, _, n_threads = ctx.args
         g_states = None if g_states is None else g_states.contiguous()
         g_log_pb = None if g_log_pb is None else g_log_pb.contiguous()
-        g_temb, g_params, g_lgv = _cpp("policy_reparam_backward")(states, temb, params, ts, g_states, g_log_pb, sigma,
-                                                                  h, clip, n_threads, lgv, ctx.lgv_clip, scores)
+        bwd = _dispatch.route(ctx.backend, "policy_reparam_backward", states, temb, g_states, g_log_pb, lgv, scores,
+                              *params)
+        g_temb, g_params, g_lgv = bwd(states, temb, params, ts, g_states, g_log_pb, sigma, h, clip, n_threads, lgv,
+                                      ctx.lgv_clip, scores)
         return (None, g_temb, g_lgv, *g_params)
 
 
-def _cpp(op: str):
-    """The C++ CPU backend's function of an internal policy op (fused only: no reference, not registered)."""
-    return backends.resolve("cpp", op, torch.device("cpu"))
-
-
-def _langevin_rollout(x0, temb, params, args, lgv, lgv_clip, target):
-    """The C++ rollout with the Langevin term: (states, log_pf, log_pb, scores (T, B, D)); target: the
-    (kind, means, parameter) of the target's score_kernel."""
+def _langevin_rollout(backend, x0, temb, params, args, lgv, lgv_clip, target):
+    """The rollout with the Langevin term (the registered op policy_langevin_rollout; backend "auto" or "cpp"):
+    (states, log_pf, log_pb, scores (T, B, D)); target: the (kind, means, parameter) of the target's
+    score_kernel."""
     ts, B, sigma, h, explore, clip, seed, chain_offset, n_threads = args
     kind, means, param = target
-    return _cpp("policy_langevin_rollout")(x0, temb, params, lgv.contiguous(), lgv_clip, ts, B, sigma, h, explore,
-                                           clip, seed, chain_offset, kind, means, param, n_threads)
+    lgv = lgv.contiguous()
+    fn = _dispatch.route(backend, "policy_langevin_rollout", temb, x0, lgv, means, *params)
+    return fn(x0, temb, params, lgv, lgv_clip, ts, B, sigma, h, explore, clip, seed, chain_offset, kind, means, param,
+              n_threads)
 
 
 class _PolicyLogPF(torch.autograd.Function):
@@ -301,9 +305,10 @@ class _PolicyLogPF(torch.autograd.Function):
             log_pf = _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h,
                                                                                       clip, n_threads)
         else:
+            # not a registered op: it writes the target's scores into `scores` when it computes them
             kind, means, param = target
-            log_pf = _cpp("policy_langevin_log_pf")(states, temb, params, lgv, lgv_clip, scores, kind, means, param,
-                                                    sigma, h, clip, n_threads)
+            fn = backends.resolve("cpp", "policy_langevin_log_pf", states.device)
+            log_pf = fn(states, temb, params, lgv, lgv_clip, scores, kind, means, param, sigma, h, clip, n_threads)
         ctx.meta = meta
         ctx.save_for_backward(states, temb, lgv, *params)
         return log_pf
