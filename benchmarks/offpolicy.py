@@ -5,6 +5,7 @@ numbers, and the time per training iteration of the fused path against the eager
     python benchmarks/offpolicy.py report [--out DIR] [--seeds ...]
     python benchmarks/offpolicy.py reevaluate [--out DIR] [--targets ...] [--methods ...] [--seeds ...]
     python benchmarks/offpolicy.py timing [--out DIR] [--targets ...] [--methods ...] [--device cpu]
+                                          [--iterations N] [--segment N] [--compile] [--profile] [--force]
 
 `table` runs the plan (default: every method preset on 25GMM, Funnel and Manywell, and TB and
 TB + Expl. + LP + LS on 40GMM and LGCP) at `--fraction` of the paper's iteration counts (25k, 10k
@@ -17,8 +18,19 @@ runs and resumes the others. It prints runs done / planned and iterations done /
 0-4 and any others asked for), whatever subset they ran or printed.
 `reevaluate` recomputes the finished runs' metrics from their saved models with the current
 evaluation (the old metrics are reproduced bit for bit; the JSON gains the new diagnostics).
-`timing` measures ms per iteration, fused against eager, for every cell of the plan into
-OUT/timing_<device>_<threads>thread.json (resumable: timed cells are skipped); `report` shows it.
+`timing` measures ms per training iteration, fused against eager, for every cell of the plan (or the
+--targets / --methods asked for) into OUT/timing_<device>_<threads>thread.json (resumable: timed cells are
+skipped unless --force); `report` shows it. Each path (fused: DiffusionSampler(fused=True), the whole-trajectory
+kernels; eager: the per-step autograd loop on the reference op; with --compile, the eager path with its
+DriftNet compiled, torch.compile of DriftNet.forward with static shapes after warm-up, a fresh dynamo cache per
+cell) trains its own sampler of the preset from the same initialisation through `train()` itself, resumed from
+a checkpoint every --segment iterations so that the paths run interleaved (fused, eager, compile, fused, ...) on
+the same machine state (checkpoint writes are not timed). Reported per path: the median over the segments of
+the time per iteration (process CPU time on the CPU with one thread, else wall time), the mean, and the ratios
+eager / fused and (--compile) best PyTorch / fused, "best PyTorch" the faster of eager and compile. Default
+segments: 20 iterations, or one local-search period (ls_every: 100) for presets with local search, so that each
+segment charges one search per period as training does; default --iterations: 3 segments.
+--profile adds the share of the fused iterations spent in the policy kernels.
 """
 from __future__ import annotations
 
@@ -27,11 +39,13 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 
 import torch
 
 from fastsamp.experiments.offpolicy import (
     METHODS,
+    build,
     checkpoint_path,
     finished_result,
     format_progress,
@@ -39,9 +53,10 @@ from fastsamp.experiments.offpolicy import (
     reevaluate,
     run_table,
     table_progress,
-    time_iterations,
 )
 from fastsamp.experiments.options import MAX_SEED, count, device_arg, positive_float
+from fastsamp.profiling import PREFIX
+from fastsamp.samplers.diffusion import train
 from fastsamp.targets import TARGETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -195,8 +210,83 @@ def _table(plan, args, *, brief) -> str:
     return "\n".join(rows) + f"\n\n{progress}; seeds {seeds}; {args.eval_samples} evaluation samples.\n"
 
 
+def time_paths(target, method, paths, *, iterations, segment, warmup, device, **build_kw):
+    """({path: [ms per iteration of each segment]}, clock, segment) for the interleaved paths ("fused", "eager",
+    "compile"; module docstring) of the preset (`build_kw`: build's options, e.g. batch_size); segment None: 20,
+    or one local-search period for presets with local search; iterations None: 3 segments."""
+    if segment is None:
+        cfg = build(target, method, iterations=1, device=device, **build_kw)[1]
+        segment = cfg.ls_every if cfg.local_search else 20
+    total = warmup + (iterations or 3 * segment)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            sampler, cfg = build(target, method, seed=0, iterations=total, fused=path == "fused", device=device,
+                                 **build_kw)
+            if path == "compile":  # a fresh cache per cell: the cells share DriftNet.forward's code object, and
+                torch._dynamo.reset()  # past dynamo's recompile limit the later cells would silently run eager
+                sampler.net.forward = torch.compile(sampler.net.forward, dynamic=False)
+            ckpt = os.path.join(tmp, f"{path}.ckpt")
+            log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=warmup)
+            runs[path] = (sampler, cfg, ckpt, log, [])
+        cpu_clock = sampler.device.type == "cpu" and torch.get_num_threads() == 1
+        clock = (lambda log: log.cpu_seconds) if cpu_clock else (lambda log: log.seconds)
+        for start in range(warmup, total, segment):
+            stop = min(start + segment, total)
+            for path in paths:
+                sampler, cfg, ckpt, prev, per = runs[path]
+                log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=stop)
+                per.append(1e3 * (clock(log) - clock(prev)) / (stop - start))
+                runs[path] = (sampler, cfg, ckpt, log, per)
+    return {path: run[4] for path, run in runs.items()}, "process CPU" if cpu_clock else "wall", segment
+
+
+def profile_fused(target, method, *, iterations, batch_size, device):
+    """Shares of the fused iterations' wall time (under torch.profiler): the policy kernels (the
+    sampler's `fastsamp.policy` ranges around the rollout / log p_F calls, and their backward
+    nodes), and the rest (the target's log-density, the time-embedding MLP, Adam, Python, ...),
+    with the largest torch events of the rest."""
+    sampler, cfg = build(target, method, seed=0, iterations=iterations + 2, batch_size=batch_size, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "fused.ckpt")
+        before = train(sampler, cfg, progress=False, checkpoint=ckpt, until=2).seconds
+        with torch.profiler.profile() as prof:
+            log = train(sampler, cfg, progress=False, checkpoint=ckpt)
+    total = 1e6 * (log.seconds - before)
+    events = prof.key_averages()
+    ranges = sum(e.cpu_time_total for e in events if e.key == PREFIX + "policy")
+    backward = [e for e in events if (e.key.startswith("_Policy") and "Backward" in e.key)
+                or (e.key.startswith("fastsamp::policy") and e.key.endswith("_backward"))]
+    backward_ids = {id(e) for e in backward}
+    backward = sum(e.self_cpu_time_total for e in backward)
+    rest = [e for e in events if e.key != PREFIX + "policy" and id(e) not in backward_ids
+            and not e.key.startswith(("_Policy", "fastsamp::policy"))]
+    return {"kernels": (ranges + backward) / total, "other": 1 - (ranges + backward) / total,
+            "top_rest": [(e.key, round(e.self_cpu_time_total / total, 3))
+                         for e in sorted(rest, key=lambda e: -e.self_cpu_time_total)[:5]]}
+
+
+def time_cell(target, method, args) -> dict:
+    """The timing JSON's entry of one cell: fused_ms, eager_ms (medians), speedup = eager / fused, clock,
+    iterations_per_round (the segment), rounds_ms (every segment) and mean_ms per path; with --compile compile_ms
+    and best_pytorch_over_fused, with --profile fused_profile."""
+    paths = ["fused", "eager"] + (["compile"] if args.compile else [])
+    per, clock, segment = time_paths(target, method, paths, iterations=args.iterations, segment=args.segment,
+                                     warmup=args.warmup, batch_size=args.batch_size, device=args.device)
+    med = {k: statistics.median(v) for k, v in per.items()}
+    r = {"fused_ms": med["fused"], "eager_ms": med["eager"], "speedup": med["eager"] / med["fused"], "clock": clock,
+         "iterations_per_round": segment, "rounds_ms": per, "mean_ms": {k: statistics.mean(v) for k, v in per.items()}}
+    if args.compile:
+        r["compile_ms"] = med["compile"]
+        r["best_pytorch_over_fused"] = min(med["eager"], med["compile"]) / med["fused"]
+    if args.profile:
+        r["fused_profile"] = profile_fused(target, method, iterations=segment, batch_size=args.batch_size,
+                                           device=args.device)
+    return r
+
+
 def timing(args):
-    """ms per iteration of every cell of the plan, fused against eager (`time_iterations`), merged into
+    """ms per iteration of every cell of the plan, fused against eager (`time_cell`), merged into
     OUT/timing_<device>_<threads>thread.json; cells already there are skipped unless --force."""
     torch.set_num_threads(args.threads)
     path = timing_path(args.out, args.device, args.threads)
@@ -204,14 +294,22 @@ def timing(args):
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
+    print(f"ms per training iteration (median of interleaved segments; {args.threads} thread(s), batch "
+          f"{args.batch_size}, T = 100)", flush=True)
     for target, method in dict.fromkeys((r.target, r.method) for r in make_plan(args)):
         key = f"{target}/{method}"
         if key in saved["results"] and not args.force:
             continue
-        saved["results"][key] = r = time_iterations(target, method, iterations=args.iterations or 20,
-                                                    repeats=args.repeats, device=args.device)
-        print(f"{target:9s} {method:19s} fused {r['fused_ms']:8.1f} ms  eager {r['eager_ms']:8.1f} ms  "
-              f"speed-up {r['speedup']:.2f}x ({r['clock']} time)", flush=True)
+        saved["results"][key] = r = time_cell(target, method, args)
+        line = (f"{target:9s} {method:19s} fused {r['fused_ms']:8.1f} ms  eager {r['eager_ms']:8.1f} ms  "
+                f"speed-up {r['speedup']:.2f}x")
+        if args.compile:
+            line += f"  compile {r['compile_ms']:8.1f} ms  best PyTorch / fused {r['best_pytorch_over_fused']:.2f}x"
+        line += (f"  ({len(r['rounds_ms']['fused'])} segments of {r['iterations_per_round']}, {r['clock']} time; "
+                 f"mean: fused {r['mean_ms']['fused']:.1f}, eager {r['mean_ms']['eager']:.1f})")
+        if args.profile:
+            line += f"  fused: {100 * r['fused_profile']['kernels']:.0f}% in the policy kernels"
+        print(line, flush=True)
         with open(path, "w") as f:  # after every cell: an interrupted timing keeps what it measured
             json.dump(saved, f, indent=2)
 
@@ -229,7 +327,8 @@ def main(argv=None):
         a = sub.add_parser(name)
         a.add_argument("--fraction", type=positive_float, default=1.0, help="fraction of the paper's iteration counts")
         a.add_argument("--iterations", type=count(1), default=None,
-                       help="iterations of every run (overrides --fraction); timing: iterations per round (20)")
+                       help="iterations of every run (overrides --fraction); timing: timed iterations per path "
+                       "(default: 3 segments)")
         a.add_argument("--seeds", type=count(0, MAX_SEED), nargs="+", default=list(SEEDS))
         a.add_argument("--targets", nargs="+", choices=TARGETS, default=None,
                        help="default: the full plan (module docstring)")
@@ -248,7 +347,11 @@ def main(argv=None):
             a.add_argument("--checkpoint-every", type=count(0), default=500)
         if name == "timing":
             a.add_argument("--threads", type=count(1), default=1)
-            a.add_argument("--repeats", type=count(1), default=3, help="alternating fused/eager rounds (median)")
+            a.add_argument("--segment", type=count(1), default=None, help="iterations per interleaved segment "
+                           "(default: 20, one local-search period for presets with local search)")
+            a.add_argument("--warmup", type=count(1), default=3, help="untimed iterations of each path first")
+            a.add_argument("--compile", action="store_true", help="also time the eager path with a compiled DriftNet")
+            a.add_argument("--profile", action="store_true", help="also profile the fused iterations")
             a.add_argument("--force", action="store_true", help="time again the cells already in the timing JSON")
         a.set_defaults(fn=fn)
     args = p.parse_args(argv)

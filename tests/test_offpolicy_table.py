@@ -253,6 +253,15 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
     assert "(80/mode:" not in row  # seed 1 lacks the reference-set W2: no mean over one seed of two
 
 
+def test_timing_segments_default_to_one_local_search_period():
+    """`timing`'s paths run interleaved segments of train() resumed from checkpoints; a preset with local search
+    gets segments of one search period (ls_every) by default, 3 of them."""
+    per, clock, segment = _bench().time_paths("25gmm", "tb+expl+ls", ["fused", "eager"], iterations=None,
+                                              segment=None, warmup=1, device="cpu", **TINY, **LS_TINY)
+    assert segment == LS_TINY["ls_every"] and clock == "process CPU"
+    assert [len(v) for v in per.values()] == [3, 3] and all(t > 0 for v in per.values() for t in v)
+
+
 def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_path, capsys):
     bench = _bench()
     out = str(tmp_path)
@@ -266,9 +275,15 @@ def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_pa
     torch.set_num_threads(1)
     json.dump({"threads": 1, "device": "cpu", "results": {"25gmm/tb+expl+ls": dict(res, fused_ms=1.0)}},
               open(os.path.join(out, "timing_cpu_1thread.json"), "w"))
-    bench.main(["timing", *argv, "--iterations", "2", "--repeats", "1"])  # times only the missing cell
+    # times only the missing cell: 2 interleaved segments of 1 iteration per path, the compiled DriftNet too
+    bench.main(["timing", *argv, "--iterations", "2", "--segment", "1", "--warmup", "1", "--compile",
+                "--batch-size", "32"])
     timed = json.load(open(os.path.join(out, "timing_cpu_1thread.json")))["results"]
     assert timed["25gmm/tb+expl+ls"]["fused_ms"] == 1.0 and timed["25gmm/tb"]["eager_ms"] > 0
+    cell = timed["25gmm/tb"]
+    assert {k: len(v) for k, v in cell["rounds_ms"].items()} == {"fused": 2, "eager": 2, "compile": 2}
+    assert cell["best_pytorch_over_fused"] == min(cell["eager_ms"], cell["compile_ms"]) / cell["fused_ms"]
+    assert cell["speedup"] == cell["eager_ms"] / cell["fused_ms"] and cell["clock"] == "process CPU"
     capsys.readouterr()
     bench.main(["report", *argv])
     text = capsys.readouterr().out
