@@ -36,13 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsamp.backends._abi import move_outputs
 from fastsamp.ops.mlp import _unflatten
 
-from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rng_args
-from .gmm import _chain_tile, _gmm_table, _mh_accepts, _move_normals, _store_moves, _whole_rows, gmm_eval
-from .random import global_chain, rng_words
-from .tiles import div_ieee, sqrt_ieee
+from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2
+from .gmm import _gmm_table, _whole_rows, gmm_eval
+from .tiles import div_ieee
 
 MLP_MAX_D = 128
 MLP_MAX_HIDDEN = 128
@@ -156,6 +154,26 @@ def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_al
     return s
 
 
+# The score evaluators of the move kernels (moves.py), a constexpr EVAL of `evaluate`
+EVAL_MIXTURE = tl.constexpr(0)
+EVAL_SCORE_NETS = tl.constexpr(1)
+
+
+@triton.jit
+def evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
+             EVAL: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr):
+    """(score, log p) [BLOCK_B, BLOCK_D], [BLOCK_B] at the rows of x of evaluator EVAL: EVAL_MIXTURE the mixture
+    (mu_ptr, tab_ptr, K at alpha: `gmm.gmm_eval`), EVAL_SCORE_NETS the sum of the n_nets score networks of the
+    engine's buffers (w_ptr, c_ptr, meta_ptr, CS) and, with HAS_MIX, the mixture at alpha (log p: zeros, unused: a
+    score network has none). zs_ptr, NZ: the energy networks' scratch (unused here)."""
+    if EVAL == EVAL_MIXTURE:
+        s, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, x.shape[0])
+    else:
+        s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, alpha, D, cols, cmask, HP, HAS_MIX)
+        logp = tl.zeros([x.shape[0]], x.dtype)
+    return s, logp
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _mlp_score_kernel(x_ptr, score_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
                       mix_alpha_: tl.float64, B, D, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -166,100 +184,6 @@ def _mlp_score_kernel(x_ptr, score_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_p
     tl.store(score_ptr + offs, s, mask=m2)
 
 
-@triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _mlp_mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
-                     mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_trap,
-                     MH_MODE: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BLOCK_J: tl.constexpr, IDX64: tl.constexpr, RNG_T: tl.constexpr):
-    """n_steps MALA moves of BLOCK_B chains (as gmm._gmm_mala_kernel; MH_MODE 0: trapezoid score test with
-    n_trap sub-intervals, 2: none); x and s(x) stay in registers, the score carried across moves."""
-    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
-    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
-    chains = global_chain(rows, chain0)
-    DT: tl.constexpr = x.dtype
-    mix_alpha = mix_alpha_.to(DT)
-    e2 = eps[:, None]
-    c_n = sqrt_ieee(2.0 * eps)[:, None]
-    e4 = 4.0 * eps
-    nf = tl.cast(n_trap, DT)
-    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP, HAS_MIX)
-    n_acc = tl.zeros([BLOCK_B], tl.int32)
-    for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
-        xp = x + e2 * s + c_n * xi
-        sp = _score_sum(xp, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP,
-                        HAS_MIX)
-        if MH_MODE == 2:
-            acc = rmask
-        else:
-            d = xp - x
-            si = tl.zeros([BLOCK_B], DT)
-            for i in range(1, n_trap):
-                t = div_ieee(tl.cast(i, DT), nf)
-                si_s = _score_sum(x + t * d, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D,
-                                  cols, cmask, HP, HAS_MIX)
-                si += tl.sum(si_s * d, axis=1)
-            dlogp = div_ieee(0.5 * (tl.sum(s * d, axis=1) + tl.sum(sp * d, axis=1)) + si, nf)
-            f = d - e2 * s
-            bk = d + e2 * sp
-            la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
-            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
-        a2 = acc[:, None]
-        x = tl.where(a2, xp, x)
-        s = tl.where(a2, sp, s)
-        n_acc += acc.to(tl.int32)
-    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
-
-
-@triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _mlp_hmc_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
-                    mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_lf,
-                    damping_: tl.float64, c_n_: tl.float64, MH_MODE: tl.constexpr, HP: tl.constexpr,
-                    HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr,
-                    RNG_T: tl.constexpr):
-    """n_steps HMC moves of BLOCK_B chains (as gmm._gmm_hmc_kernel; MH_MODE 0: trapezoid score test along the
-    leapfrog path, 2: none); x, s(x) and the momentum p stay in registers; on rejection p = −p0."""
-    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
-    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
-    chains = global_chain(rows, chain0)
-    DT: tl.constexpr = x.dtype
-    mix_alpha = mix_alpha_.to(DT)
-    damping = damping_.to(DT)
-    c_n = c_n_.to(DT)
-    e2 = eps[:, None]
-    he = (0.5 * eps)[:, None]
-    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP, HAS_MIX)
-    p = tl.zeros(x.shape, DT)
-    n_acc = tl.zeros([BLOCK_B], tl.int32)
-    for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
-        p0 = damping * p + c_n * xi
-        xl = x
-        sl = s
-        pl = p0
-        dlogp = tl.zeros([BLOCK_B], DT)
-        for _j in range(n_lf):
-            ph = pl + he * sl
-            xn = xl + e2 * ph
-            sn = _score_sum(xn, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
-                            HP, HAS_MIX)
-            pl = ph + he * sn
-            dlogp += 0.5 * tl.sum((sl + sn) * (xn - xl), axis=1)
-            xl = xn
-            sl = sn
-        if MH_MODE == 2:
-            acc = rmask
-        else:
-            la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
-            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
-        a2 = acc[:, None]
-        x = tl.where(a2, xl, x)
-        s = tl.where(a2, sl, s)
-        p = tl.where(a2, pl, -p0)  # rejected: momentum flip keeps partial refresh exact
-        n_acc += acc.to(tl.int32)
-    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
-
-
 # ------------------------------------------------------------------ host side
 
 class _Engine(NamedTuple):
@@ -268,6 +192,12 @@ class _Engine(NamedTuple):
     args: tuple       # w, consts, meta, n_nets, CS, means, tab, K, mix_alpha (the kernels' order)
     HP: int
     HAS_MIX: bool
+    EVAL = EVAL_SCORE_NETS.value
+
+    def arguments(self, n_programs, block_b):
+        """`evaluate`'s arguments w_ptr .. alpha of a launch of n_programs programs of block_b chains."""
+        w, consts, meta, n_nets, CS, means, tab, K, mix_alpha = self.args
+        return w, consts, meta, n_nets, CS, None, 0, means, tab, K, mix_alpha
 
 
 def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
@@ -323,42 +253,3 @@ def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha
     launch(_mlp_score_kernel, grid, x, score, *eng.args, B, D, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b,
            BLOCK_D=4 * block_j, IDX64=need_idx64(B * D), num_warps=4, num_stages=_STAGES)
     return score
-
-
-def _moves(kernel, name, x, engine_args, step_size, n_steps, n_inner, seed, offset, chain_offset, mh, *extra):
-    """Host side of the whole-move kernels: checks, outputs, the n_steps <= 0 copy, blocks and the launch with
-    (..., n_steps, n_inner, *extra)."""
-    B, D = x.shape
-    mh = int(mh)
-    if mh not in (0, 2):
-        raise ValueError(f"triton {name}: mh must be 0 (score) or 2 (none): a score network has no energy, got {mh}")
-    eng = _engine(name, x, *engine_args)
-    x_new, rate = move_outputs(x)
-    if B == 0:
-        return x_new, rate
-    n_steps = int(n_steps)
-    if n_steps <= 0:
-        x_new.copy_(x)
-        rate.zero_()
-        return x_new, rate
-    block_b, block_j, grid = _blocks(B, D, x.dtype)
-    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
-    launch(kernel, grid, x, step_size, x_new, rate, *eng.args, *rng, B, D, n_steps, int(n_inner), *extra,
-           MH_MODE=mh, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b, BLOCK_J=block_j, IDX64=need_idx64(B * D),
-           RNG_T=rng_t, num_warps=4, num_stages=_STAGES)
-    return x_new, rate
-
-
-def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
-             n_trapezoid, seed, offset, chain_offset, mh):
-    return _moves(_mlp_mala_kernel, "mlp_mala", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
-                                                     mix_sigma2), step_size, n_steps, n_trapezoid, seed, offset,
-                  chain_offset, mh)
-
-
-def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
-            n_leapfrog, seed, offset, chain_offset, mh, damping):
-    damping = float(damping)
-    return _moves(_mlp_hmc_kernel, "mlp_hmc", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
-                                                   mix_sigma2), step_size, n_steps, n_leapfrog, seed, offset,
-                  chain_offset, mh, f64(damping), f64(math.sqrt(1.0 - damping * damping)))

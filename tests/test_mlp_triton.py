@@ -192,16 +192,20 @@ def test_annealed_mcmc_fuses_cuda_score_mlps():
                     reason="opt-in (FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0): compiles for sm_90 without a GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_kernels_compile_for_sm90_within_shared_memory(dtype):
-    """The compiled path on a machine without a GPU: every mlp kernel compiles for sm_90 (triton.compile with the
-    wheel's ptxas) at the largest hidden tile, using at most the 227 KB of shared memory an H100/H200 block may."""
+    """The compiled path on a machine without a GPU: every mlp kernel and the move kernels on each evaluator compile
+    for sm_90 (triton.compile with the wheel's ptxas) at the largest hidden tile, using at most the 227 KB of shared
+    memory an H100/H200 block may."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    mlp = backends._load("triton")[0].mlp
+    kernels = backends._load("triton")[0]
+    mlp, moves = kernels.mlp, kernels.moves
     hp = mlp.MLP_MAX_HIDDEN
-    cases = [(mlp._mlp_mala_kernel, dict(MH_MODE=0, HAS_MIX=True, BLOCK_J=4, RNG_T=0)),
-             (mlp._mlp_hmc_kernel, dict(MH_MODE=0, HAS_MIX=True, BLOCK_J=4, RNG_T=7)),
+    nets = dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_J=4)
+    cases = [(moves._mala_kernel, dict(MH_MODE=0, RNG_T=0, **nets)),
+             (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=7, **nets)),
+             (moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
              (mlp._mlp_score_kernel, dict(HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2))]
     for fn, consts in cases:
