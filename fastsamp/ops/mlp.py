@@ -234,6 +234,54 @@ def mlp_energy(x, nets, *, mixture=None, backend="auto"):
     return _route(backend, "mlp_energy", args)(*args)
 
 
+class _MLPNet(torch.autograd.Function):
+    """Forward: the backend's mlp_net; backward: its mlp_net_backward (one kernel call for every parameter's gradient,
+    and x's when x requires grad; the C++ kernel recomputes the forward of each block of rows, keeping its
+    activations in cache, instead of storing them)."""
+
+    @staticmethod
+    def forward(ctx, backend, act, x, *params):
+        ctx.meta = backend, act
+        ctx.save_for_backward(x, *params)
+        return _dispatch.route(backend, "mlp_net", x, *params)(x, list(params), act)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        backend, act = ctx.meta
+        x, *params = ctx.saved_tensors
+        bwd = _dispatch.route(backend, "mlp_net_backward", x, *params)
+        g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2])
+        return (None, None, g_x, *g_params)
+
+
+def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
+    """One MLP on its input rows x (B, D_in), the training pass of the fused engine:
+
+        f(x) = W_out act(W_L act(… act(W_0 x + b_0) …) + b_L) + b_out,   act = SiLU or exact GELU,
+
+    weights in network order [W_0 (H, D_in), W_1 … W_L (H, H), W_out (O, H)] (L >= 0) and their biases, all in x's
+    dtype (float32 / float64) and device. Differentiable (first order): the forward is one kernel call, the backward
+    one more that gives the gradients of every weight and bias (and of x when it requires grad); the C++ kernel on
+    the CPU, the PyTorch reference elsewhere or with backend="torch". `FourierMLP` trains through it
+    (`train_score_mlp`: x = [x_t, sin(t ω), cos(t ω)]). Returns (B, O)."""
+    x = _checks.state("x", x)
+    weights, biases = list(weights), list(biases)
+    for k in (0, -1):
+        w = weights[k] if weights else None
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or min(w.shape) < 1:
+            raise ValueError(f"weights[{k}] must be a 2-D tensor ({'(H, D_in)' if k == 0 else '(O, H)'}), got "
+                             f"{tuple(getattr(w, 'shape', ())) if w is not None else 'no weights'}")
+    H, O, L = weights[0].shape[0], weights[-1].shape[0], len(weights) - 2
+    widths = [(H, x.shape[1])] + [(H, H)] * L + [(O, H)]
+    layers = _layers.pack_layers(weights, biases, widths, x,
+                                 weight_names=[f"weights[{k}] {w}" for k, w in enumerate(widths)],
+                                 bias_names=[f"biases[{k}]" for k in range(len(biases))])
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    return _MLPNet.apply(backend, ACTIVATIONS[activation], x, *layers)
+
+
 def _mh_code(mh, energy_ok):
     if energy_ok:
         return _checks.mh_code(mh)
