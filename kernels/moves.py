@@ -2,7 +2,10 @@
 BLOCK_B chains on the score evaluator chosen at compile time by the constexpr EVAL (`mlp.evaluate`):
 
 * EVAL_MIXTURE: a Gaussian mixture (`gmm.gmm_eval`): gmm_mala, gmm_hmc;
-* EVAL_SCORE_NETS: a sum of score networks, optionally with a mixture: mlp_mala, mlp_hmc.
+* EVAL_SCORE_NETS: a sum of score networks, optionally with a mixture: mlp_mala, mlp_hmc (and the
+  mlp_energy ones when no factor has to give its energy);
+* EVAL_ENERGY_NETS: a sum of score and energy networks, optionally with a mixture (`mlp._energy_sum`: one forward
+  and one backward per energy network): mlp_energy_mala, mlp_energy_hmc.
 
 Every evaluator returns (score, log p) at a [BLOCK_B, BLOCK_D] tile of whole rows (log p only where every
 factor has one). The state x, s(x), log p(x) (and the HMC momentum) stay in registers across the moves.
@@ -40,7 +43,7 @@ from .mlp import (
 from .random import global_chain, normal_rows, offset_add, rng_words, uniform_mh
 from .tiles import div_ieee, sqrt_ieee
 
-__all__ = ["gmm_mala", "gmm_hmc", "mlp_mala", "mlp_hmc", "GMM_MALA_MAX_D",
+__all__ = ["gmm_mala", "gmm_hmc", "mlp_mala", "mlp_hmc", "mlp_energy_mala", "mlp_energy_hmc", "GMM_MALA_MAX_D",
            "MLP_MAX_D", "MLP_MAX_HIDDEN"]
 
 # fp32 elements of one program's [BLOCK_B, BLOCK_D] tile of the mixture moves (halved for fp64). Measured on an
@@ -260,11 +263,11 @@ def _net_moves(kernel, name, x, net_args, energy, step_size, n_steps, n_inner, s
         raise ValueError(f"triton {name}: mh must be 0 (score) or 2 (none): a score network has no energy, got {mh}")
     if mh not in (0, 1, 2):
         raise ValueError(f"triton {name}: mh must be 0 (score), 1 (energy) or 2 (none), got {mh}")
-    eng = _engine(name, x, *net_args)
+    eng = _engine(name, x, *net_args, energy=energy, need_energy=mh == 1)
     blocks = (*_blocks(x.shape[0], x.shape[1], x.dtype), dict(num_warps=4, num_stages=_STAGES))
 
     def evaluator(n_programs, block_b):
-        return eng.arguments(n_programs, block_b), dict(EVAL=eng.EVAL, HP=eng.HP, HAS_MIX=eng.HAS_MIX)
+        return eng.arguments(x, n_programs, block_b), dict(EVAL=eng.EVAL, HP=eng.HP, HAS_MIX=eng.HAS_MIX)
     return _launch_moves(kernel, x, evaluator, step_size, n_steps, n_inner, seed, offset, chain_offset, mh, extra,
                          blocks)
 
@@ -286,3 +289,17 @@ def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, 
     return _net_moves(_hmc_kernel, "mlp_hmc", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
                                                   mix_sigma2), None, step_size, n_steps, n_leapfrog, seed, offset,
                       chain_offset, mh, *_hmc_extra(damping))
+
+
+def mlp_energy_mala(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, step_size,
+                    n_steps, n_trapezoid, seed, offset, chain_offset, mh):
+    return _net_moves(_mala_kernel, "mlp_energy_mala", x, (params, dims, scalars, means, log_weights, variances,
+                                                           mix_alpha, mix_sigma2), energy, step_size, n_steps,
+                      n_trapezoid, seed, offset, chain_offset, mh)
+
+
+def mlp_energy_hmc(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2, step_size,
+                   n_steps, n_leapfrog, seed, offset, chain_offset, mh, damping):
+    return _net_moves(_hmc_kernel, "mlp_energy_hmc", x, (params, dims, scalars, means, log_weights, variances,
+                                                         mix_alpha, mix_sigma2), energy, step_size, n_steps,
+                      n_leapfrog, seed, offset, chain_offset, mh, *_hmc_extra(damping))

@@ -293,13 +293,13 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_HMC_C}", _ALL,
         renames=_SCORE_SUM_RENAMES),
-    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, renames=_ENERGY_SUM_RENAMES),
+    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, _ALL, renames=_ENERGY_SUM_RENAMES),
     _op("mlp_energy_mala", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 "
-        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_MALA_C}",
+        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_MALA_C}", _ALL,
         renames=_ENERGY_SUM_RENAMES),
     _op("mlp_energy_hmc", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 "
         "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_HMC_C}",
-        renames=_ENERGY_SUM_RENAMES),
+        _ALL, renames=_ENERGY_SUM_RENAMES),
     _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, dims=_MLP_NET_DIMS),
     _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool", "g_x:(B,D)?want_g_x g_params:[params]",
         f"{_MLP_NET_C} g_out g_x g_params", public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
