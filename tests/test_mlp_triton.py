@@ -11,6 +11,7 @@ from test_mlp import _replace, mixture_score, random_net, score_mlp, to
 
 from fastsamp import backends, ops
 from fastsamp.models import Product
+from fastsamp.ops import _library, _table
 from fastsamp.samplers import annealed_mcmc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,6 +118,27 @@ def test_limits_are_named(device):
                      n_steps=1, backend="triton")
     assert ops.mlp.has_fused_kernel("cpu", MLP_MAX_D + 1, MLP_MAX_HIDDEN + 1)  # the C++ engine: any size
     assert not ops.mlp.has_fused_kernel("meta")
+
+
+def test_size_limits_are_declared_once_for_every_network_op(device):
+    """The Triton engine's D and hidden-width limits, declared beside _library._MAX_D_ATTR for all six network ops:
+    the registered ops' kernels run the reference above them (`_above_limits`), and has_fused_kernel reads them for
+    both network kinds (the CUDA choice resolves without a GPU)."""
+    kernels = backends._load("triton")[0]
+    most_d, most_h = kernels.MLP_MAX_D, kernels.MLP_MAX_HIDDEN
+    kinds = (ops.ScoreNet, ops.EnergyNet)
+    for name in ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc"):
+        fn = getattr(kernels, name)
+        assert (_library.max_d(fn, name), _library.max_hidden(fn, name)) == (most_d, most_h)
+        above = _library._above_limits(fn, _table.OPS[name])
+        for D, H, want in ((most_d, most_h, False), (2, most_h + 1, True), (most_d + 1, 16, True)):
+            nets = [random_net(D, 16, 1, 2, torch.float64, seed=0), random_net(D, H, 0, 2, torch.float64, seed=1)]
+            args = ops.mlp._sum_args(torch.zeros(1, D, dtype=torch.float64), nets, None, kinds)
+            assert above(args) == want, (name, D, H)
+    for net_type in kinds:
+        assert ops.mlp.has_fused_kernel("cuda", most_d, most_h, net_type)
+        assert not ops.mlp.has_fused_kernel("cuda", most_d, most_h + 1, net_type)
+        assert not ops.mlp.has_fused_kernel("cuda", most_d + 1, most_h, net_type)
 
 
 @pytest.mark.parametrize("change", [

@@ -25,14 +25,13 @@ reference is plain PyTorch (autograd for an energy network's score).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .. import backends
-from . import _checks, _dispatch, _layers
+from . import _checks, _dispatch, _layers, _library
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
 _N_TRAPEZOID = ("n_trapezoid", 4096)  # (name, largest value) of the whole-move ops' evaluation counts
@@ -191,9 +190,9 @@ def _energy_sum_args(x, nets, mixture, *, need_energy):
 
 def has_fused_kernel(device, dim=1, hidden=1, net_type=None) -> bool:
     """Whether backend="auto" runs a compiled kernel for networks of `net_type` (ScoreNet, the default, or EnergyNet)
-    of width `hidden` on `dim`-dimensional chains on `device`: the C++ engine on the CPU (any size), for score
-    networks the Triton one (kernels/mlp.py) on CUDA when triton is installed and the sizes are within its limits
-    (MLP_MAX_D, MLP_MAX_HIDDEN)."""
+    of width `hidden` on `dim`-dimensional chains on `device`: the C++ engine on the CPU (any size), the Triton one
+    (kernels/mlp.py) on CUDA when triton is installed and the sizes are within its limits (`_library.max_d`,
+    `_library.max_hidden`: MLP_MAX_D, MLP_MAX_HIDDEN)."""
     device = torch.device(device)
     if device.type == "cpu":
         return True
@@ -201,22 +200,15 @@ def has_fused_kernel(device, dim=1, hidden=1, net_type=None) -> bool:
     fn = backends.resolve("auto", op, device)
     if _dispatch.is_reference(fn):
         return False
-    max_d, max_h = _dispatch.max_d(fn, op), getattr(inspect.getmodule(fn), "MLP_MAX_HIDDEN", None)
+    max_d, max_h = _library.max_d(fn, op), _library.max_hidden(fn, op)
     return (max_d is None or dim <= max_d) and (max_h is None or hidden <= max_h)
 
 
 def _route(backend, op, args, *tensors):
     """`_dispatch.route` of a network-sum op (args: `_score_sum_args` or, for the mlp_energy ops, `_energy_sum_args`,
-    both ending with the mixture's three tensors and two floats), except that backend="auto" runs the reference off
-    the CPU where no compiled kernel takes the call (`has_fused_kernel`: the Triton engine's size limits; no GPU
-    kernel for energy networks)."""
-    x = args[0]
-    net_type = EnergyNet if op.startswith("mlp_energy") else ScoreNet
-    if backend == "auto" and not x.is_cpu:
-        hidden = max((net.H for net in _unflatten(*args[1:4])), default=1)
-        if not has_fused_kernel(x.device, x.shape[1], hidden, net_type):
-            backend = "torch"
-    return _dispatch.route(backend, op, x, *args[1], *args[-5:-2], *tensors)
+    both ending with the mixture's three tensors and two floats); backend="auto" runs the reference above a compiled
+    kernel's size limits, D and the hidden width (`_library._above_limits`)."""
+    return _dispatch.route(backend, op, args[0], *args[1], *args[-5:-2], *tensors)
 
 
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
