@@ -13,6 +13,9 @@ with LP; batch 300, T = 100, 2000 evaluation samples), seed 0 of every run first
 each run writes OUT/<target>_<method>_seed<s>.json (+ the model .pt) when done and checkpoints its
 whole training state to OUT/checkpoints/ every --checkpoint-every iterations; a rerun skips finished
 runs and resumes the others. It prints runs done / planned and iterations done / planned.
+LGCP runs use the Finnish pines where they are installed (fastsamp.datasets), else the synthetic
+pattern: each run's JSON (lgcp_points) and table.md say which, and `table` refuses to add runs on
+one pattern to an out directory that holds runs on the other.
 `report` prints the table (mean ± std over the finished seeds) of the runs asked for from the JSONs;
 `table` and `report` (without --brief) write the whole plan's table to OUT/table.md (every cell, seeds
 0-4 and any others asked for), whatever subset they ran or printed.
@@ -57,7 +60,7 @@ from fastsamp.experiments.offpolicy import (
 from fastsamp.experiments.options import MAX_SEED, count, device_arg, positive_float
 from fastsamp.profiling import PREFIX
 from fastsamp.samplers.diffusion import train
-from fastsamp.targets import TARGETS
+from fastsamp.targets import LGCP, TARGETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "offpolicy_full")
@@ -100,9 +103,28 @@ def make_plan(args, *, whole=False):
 
 def table(args):
     torch.set_num_threads(1)
+    _check_lgcp_points(make_plan(args), args)
     run_table(make_plan(args), args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
               batch_size=args.batch_size, eval_samples=args.eval_samples, log=lambda s: print(s, flush=True))
     report(args)
+
+
+def _lgcp_points(plan, args) -> dict:
+    """{point pattern: finished LGCP runs of `plan` on it}: each run's JSON says which (lgcp_points; a run
+    from before the Finnish pines were supported has no such field and used the synthetic pattern)."""
+    done = [res.get("lgcp_points", "synthetic") for r in plan if r.target == "lgcp"
+            and (res := finished_result(r, args.out, args.batch_size))]
+    return {p: done.count(p) for p in sorted(set(done))}
+
+
+def _check_lgcp_points(plan, args):
+    """LGCP runs started here use the Finnish pines where they are installed, else the synthetic pattern
+    (LGCP.default_points); a table whose finished LGCP runs used the other pattern is an error, not a mix."""
+    here = LGCP.default_points()
+    other = sorted(set(_lgcp_points(plan, args)) - {here})
+    if any(r.target == "lgcp" for r in plan) and other:
+        raise ValueError(f"{args.out} holds LGCP runs on the {' and '.join(other)} point pattern, but runs started "
+                         f"here use the {here} one (fastsamp.datasets): use another out directory")
 
 
 def _stats(values, empty="planned"):
@@ -207,7 +229,12 @@ def _table(plan, args, *, brief) -> str:
                     f"| {_timed(args.out, target, method)} | {', '.join(outside) or '–'} |")
     progress = format_progress(table_progress(plan, args.out, args.batch_size))
     seeds = sorted(dict.fromkeys(r.seed for r in plan))
-    return "\n".join(rows) + f"\n\n{progress}; seeds {seeds}; {args.eval_samples} evaluation samples.\n"
+    text = "\n".join(rows) + f"\n\n{progress}; seeds {seeds}; {args.eval_samples} evaluation samples.\n"
+    if any(r.target == "lgcp" for r in plan):
+        finished = ", ".join(f"{p} ({n} finished)" for p, n in _lgcp_points(plan, args).items()) or "no run finished"
+        text += (f"LGCP point pattern: {finished}; runs started here use {LGCP.default_points()} "
+                 "(finpines: the Finnish pines of the paper; synthetic: drawn from the model).\n")
+    return text
 
 
 def time_paths(target, method, paths, *, iterations, segment, warmup, device, **build_kw):

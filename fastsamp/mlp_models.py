@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from . import ops
+from . import backends, ops
 from ._model_base import schedule_config, schedule_from_config, value_and_grad
 from .schedules import VP
 
@@ -37,12 +37,20 @@ class FourierMLP(torch.nn.Module):
         """(α_t, σ_t²) of the schedule for a tensor of times."""
         return self.schedule.alpha(t), self.schedule.sigma2(t)
 
-    def gaussian_and_net(self, x, t):
-        """(α_t m, v_t, f(x, t)) for a batch x and a time t (scalar or (B,)), in x's dtype, differentiable."""
+    def gaussian_and_net(self, x, t, fused=False):
+        """(α_t m, v_t, f(x, t)) for a batch x and a time t (scalar or (B,)), in x's dtype, differentiable; with
+        `fused`, f through ops.mlp_net (the fused engine's forward, and one kernel call backward for every weight)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
         alpha, sigma2 = self.marginal(t)
         emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
-        return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, self.net(torch.cat([x, emb], 1))
+        inp = torch.cat([x, emb], 1)
+        f = ops.mlp_net(inp, *self._layers(), activation="silu") if fused else self.net(inp)
+        return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, f
+
+    def _layers(self):
+        """(weights, biases) of `net`'s Linear layers, the parameters themselves (the fused ops' network order)."""
+        linears = list(self.net)[0::2]
+        return [m.weight for m in linears], [m.bias for m in linears]
 
     def config(self):
         return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
@@ -67,10 +75,10 @@ class FourierMLP(torch.nn.Module):
         if not self.fusable():
             raise TypeError(f"{type(self).__name__}.net must be Sequential(Linear, SiLU, ..., Linear) on a device with "
                             f"a fused kernel")
-        linears = list(self.net)[0::2]
+        weights, biases = self._layers()
         conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
         t = float(t)
-        return self.FUSED_NET(tuple(conv(m.weight) for m in linears), tuple(conv(m.bias) for m in linears),
+        return self.FUSED_NET(tuple(conv(w) for w in weights), tuple(conv(b) for b in biases),
                               conv(self.freq), conv(self.data_mean), float(self.data_var), t,
                               float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
 
@@ -99,12 +107,13 @@ class ScoreMLP(FourierMLP):
     far from the data, where the network has seen little.
 
     As a model, `score(x, t)` evaluates the network in its own dtype (no grad) and returns the
-    score in x's dtype (`casts_input`). `forward` is the differentiable score (training)."""
+    score in x's dtype (`casts_input`). `forward` is the differentiable score (training;
+    `fused`: its network through ops.mlp_net)."""
 
     has_energy = False
 
-    def forward(self, x, t):
-        mean, v, f = self.gaussian_and_net(x, t)
+    def forward(self, x, t, fused=False):
+        mean, v, f = self.gaussian_and_net(x, t, fused)
         return (mean - x) / v + f / v.sqrt()
 
     def score(self, x, t):
@@ -182,33 +191,54 @@ def mlp_moves(x, nets, mixture, step_size, spec, key):
 PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
 
 
+def dsm_loss(net, x0, t, z, *, fused=False):
+    """The denoising score-matching loss of one batch: mean_b |σ_t s_θ(α_t x0 + σ_t z, t) + z|² (t (B, 1), z (B, D)
+    the draws); `fused`: a ScoreMLP's network through ops.mlp_net (fused forward and backward)."""
+    alpha, sigma2 = net.marginal(t)
+    sigma = sigma2.sqrt()
+    xt = alpha * x0 + sigma * z
+    s = net(xt, t[:, 0], fused=True) if fused else net(xt, t[:, 0])
+    return ((sigma * s + z) ** 2).sum(1).mean()
+
+
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
-                    schedule=None, parameterisation="score") -> ScoreMLP | EnergyMLP:
+                    schedule=None, parameterisation="score", fused=None, dtype=torch.float32) -> ScoreMLP | EnergyMLP:
     """Denoising score matching on data samples (VP schedule): minimise
-    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1). `parameterisation` "score" trains a
-    ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through its autograd score), so that
-    score-MH and energy-MH compare on equal networks. Returns the trained model (float32, eval mode),
-    a model that saves and loads."""
+    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1) (`dsm_loss`, Adam with a cosine schedule).
+    `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through
+    its autograd score), so that score-MH and energy-MH compare on equal networks.
+
+    `fused`: the score parameterisation's network runs forward and backward in the fused C++ engine
+    (ops.mlp_net: one kernel call each way, every weight's gradient from the backward one); None (default) uses it
+    when the C++ backend is built, False trains in eager PyTorch. Both take the same draws and the same loss: the
+    parameters after n steps agree to float rounding. The energy parameterisation trains eager (its loss needs
+    the gradient of ∇_x E to the weights, a double backward the engine does not have).
+
+    Returns the trained model (in `dtype`, float32 by default; eval mode), a model that saves and loads."""
     if parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {tuple(PARAMETERISATIONS)}, got {parameterisation!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     schedule = schedule or VP()
     if not isinstance(schedule, VP):
         raise TypeError("train_score_mlp supports the VP schedule")
+    if fused and parameterisation != "score":
+        raise ValueError("fused=True trains the score parameterisation only (the energy one needs a double "
+                         "backward: it trains eager)")
+    if fused is None:
+        fused = parameterisation == "score" and backends.is_available("cpp")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    data = samples.detach().float().cpu()
+    data = samples.detach().to(dtype).cpu()
     net = PARAMETERISATIONS[parameterisation](data.shape[1], hidden=hidden, schedule=schedule,
-                                              data_mean=data.mean(0), data_var=float(data.var(0).mean()))
+                                              data_mean=data.mean(0), data_var=float(data.var(0).mean())).to(dtype)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters)
     for _ in range(n_iters):
         x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
-        t = t_min + (1 - t_min) * torch.rand(batch_size, 1, generator=g)
-        alpha, sigma2 = net.marginal(t)
-        sigma = sigma2.sqrt()
-        z = torch.randn(x0.shape, generator=g)
-        s = net(alpha * x0 + sigma * z, t[:, 0])
-        loss = ((sigma * s + z) ** 2).sum(1).mean()
+        t = t_min + (1 - t_min) * torch.rand(batch_size, 1, generator=g, dtype=dtype)
+        z = torch.randn(x0.shape, generator=g, dtype=dtype)
+        loss = dsm_loss(net, x0, t, z, fused=fused)
         opt.zero_grad()
         loss.backward()
         opt.step()

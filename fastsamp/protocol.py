@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .ops._checks import resolved
 from .profiling import phase
 from .schedules import VE, VP
 
@@ -116,7 +117,8 @@ class CountingModel:
     """The one call-counting wrapper: the model as the samplers call it. Counts the states evaluated
     (`calls`: rows of x over every score / log_prob call) and checks that each output is the tensor
     the protocol promises (score: x's shape, dtype and device; log_prob: (B,)), naming the model when
-    it is not; an exception raised inside the model gets a note naming it. It follows the protocol
+    it is not, and returns it contiguous (the memory the compiled kernels read; the output itself when it
+    is); an exception raised inside the model gets a note naming it. It follows the protocol
     itself (t defaults to None for targets, which ignore it), so a sampler or a DiffusionSampler can
     run on it and the caller reads `calls` afterwards."""
 
@@ -143,7 +145,8 @@ class CountingModel:
             raise
 
     def _check(self, method, out, x, shape):
-        """out, when it is a tensor of `shape` (a tuple or torch.Size) with x's dtype and device."""
+        """out, resolved and contiguous, when it is a tensor of `shape` (a tuple or torch.Size) with x's dtype
+        and device."""
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model {model_name(self.model)}.{method}(x, t) returned {model_name(out)}, expected "
                             f"a tensor of shape {tuple(shape)}")
@@ -151,7 +154,7 @@ class CountingModel:
             raise TypeError(f"model {model_name(self.model)}.{method}(x, t) returned a tensor of shape "
                             f"{tuple(out.shape)}, {out.dtype} on {out.device}; expected shape {tuple(shape)}, "
                             f"{x.dtype} on {x.device} like x (the model's output, not the sampler's input, is wrong)")
-        return out
+        return resolved(out)
 
     def score(self, x, t=None):
         return self._check("score", self._call("score", x, t), x, x.shape)

@@ -11,7 +11,7 @@ funnel     10    N(x_0; 0, 3²) Π_{i≥1} N(x_i; 0, e^{x_0})                   
 manywell   32    Π_{j<16} exp(−a_j⁴ + 6a_j² + a_j/2 − b_j²/2),  (a_j, b_j) =   16·log(Z_1 √(2π))
                  (x_{2j}, x_{2j+1})
 40gmm      50    (1/40) Σ_k N(x; μ_k, I), μ_k ~ U[−40, 40]^D (fixed seed)       0
-lgcp       1600  GP prior × Poisson likelihood on a 40×40 grid                None (unknown)
+lgcp       1600  GP prior × Poisson likelihood on a 40×40 grid (Finnish pines)  None (unknown)
 =========  ====  ===========================================================  =================
 
 Common interface (:class:`Target`): ``dim``, ``name``, ``log_prob(x)`` (log R, shape (B,)), ``energy``,
@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 import torch
+
+from .datasets import finpines_path, finpines_points
 
 __all__ = ["Target", "GMM25", "Funnel", "ManyWell", "GMM40", "LGCP", "TARGETS", "get_target"]
 
@@ -379,13 +381,19 @@ class LGCP(Target):
         likelihood  n_i | x ~ Poisson(a e^{x_i}), a = 1/D (cell area), n_i the points in cell i;
         log R(x) = −½|L⁻¹(x − μ_0)|² − (D/2) log 2π − Σ log L_ii + Σ_i (n_i x_i − a e^{x_i}),   K = L Lᵀ,
         ∇ log R(x) = −K⁻¹(x − μ_0) + n − a e^{x}.
-    (The unwhitened posterior, as used there; the Poisson term omits −log n_i!.)
+    (The unwhitened posterior, as used there; the Poisson term omits −log n_i!.) The score of a (B, D)
+    batch is one GEMM with the precision K⁻¹ (formed once from L; cond K ≈ 28 on 40×40, so float32 rounds as the
+    two triangular solves did), the samplers' per-step cost on this target.
 
-    ``points``: ``"synthetic"`` (default) or an (N, 2) array of points in [0, 1]². The Finnish pines
-    data of the benchmark are NOT shipped here: ``"synthetic"`` draws a point pattern from this same
-    model with ``torch.Generator().manual_seed(seed)`` — a latent field x* ~ prior (kept as
-    ``true_latent``), counts n_i ~ Poisson(a e^{x*_i}), and points uniform within their cells — so its
-    posterior differs from the pines posterior. log Z is unknown (None) and no exact sampler exists.
+    ``points``: ``"finpines"``, the Finnish pines of the benchmark (126 points, spatstat's window
+    [−5, 5] × [−8, 2] mapped onto [0, 1]² as in the benchmark's code; read by
+    :func:`fastsamp.datasets.finpines_points` from Debian's r-cran-spatstat.data, not shipped here);
+    ``"synthetic"``, a point pattern drawn from this same model with ``torch.Generator().manual_seed(seed)``
+    — a latent field x* ~ prior (kept as ``true_latent``), counts n_i ~ Poisson(a e^{x*_i}), and points
+    uniform within their cells — whose posterior differs from the pines posterior; ``"auto"`` (default),
+    the pines where the data is installed, else the synthetic pattern; or an (N, 2) array of points in
+    [0, 1]². ``points_source`` says which ("finpines", "synthetic" or "user"). log Z is unknown (None)
+    and no exact sampler exists.
     """
 
     name = "lgcp"
@@ -393,7 +401,7 @@ class LGCP(Target):
     signal_variance = 1.91
     beta = 1.0 / 33.0
 
-    def __init__(self, points="synthetic", grid: int = 40, seed: int = 0, device=None, dtype=None):
+    def __init__(self, points="auto", grid: int = 40, seed: int = 0, device=None, dtype=None):
         super().__init__(device, dtype)
         self.grid = int(grid)
         if self.grid < 1:
@@ -408,16 +416,25 @@ class LGCP(Target):
         self.half_log_det = float(torch.log(torch.diagonal(chol)).sum())
         self.true_latent = None
         if isinstance(points, str):
-            if points != "synthetic":
-                raise ValueError(f"points must be 'synthetic' or an (N, 2) array in [0, 1]^2, got {points!r}")
-            self.points_source = "synthetic"
-            points = self._synthetic_points(chol, int(seed))
+            if points not in ("auto", "finpines", "synthetic"):
+                raise ValueError("points must be 'auto', 'finpines', 'synthetic' or an (N, 2) array in [0, 1]^2, "
+                                 f"got {points!r}")
+            if points == "auto":
+                points = self.default_points()
+            self.points_source = points
+            points = finpines_points() if points == "finpines" else self._synthetic_points(chol, int(seed))
         else:
             self.points_source = "user"
         self.points = torch.as_tensor(np.asarray(points, dtype=np.float64))
         self._register("gram", gram)
         self._register("chol", chol)
+        self._register("precision", torch.cholesky_inverse(chol))
         self._register("counts", self.bin_counts(self.points, self.grid).reshape(-1))
+
+    @staticmethod
+    def default_points() -> str:
+        """The pattern ``points="auto"`` takes: "finpines" where the data is installed, else "synthetic"."""
+        return "finpines" if finpines_path() is not None else "synthetic"
 
     @property
     def counts(self) -> torch.Tensor:
@@ -456,9 +473,8 @@ class LGCP(Target):
         return prior + (x * n - self.bin_area * torch.exp(x)).sum(1)
 
     def _score(self, x):
-        chol, n = self._p("chol", x), self._p("counts", x)
-        prec_x = torch.cholesky_solve((x - self.mu0).T, chol, upper=False).T
-        return -prec_x + n - self.bin_area * torch.exp(x)
+        precision, n = self._p("precision", x), self._p("counts", x)
+        return torch.addmm(n - self.bin_area * torch.exp(x), x - self.mu0, precision, alpha=-1)  # K⁻¹ symmetric
 
     def _sample(self, n, generator, device):
         raise NotImplementedError("LGCP has no exact sampler (its posterior is only known up to a constant); "

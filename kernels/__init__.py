@@ -9,10 +9,11 @@ Limits: gmm_score D <= 4096 (whole rows in registers), gmm_mala and gmm_hmc D <=
 ValueError above. K is unrestricted (online log-sum-exp loop). em_step_logprob and its backward
 (row kernels, D tiled in a loop) take any D.
 """
-from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_hmc, gmm_mala, gmm_score
+from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
 from .mh import line_points, mala_propose, score_mh_accept
-from .mlp import MLP_MAX_D, MLP_MAX_HIDDEN, mlp_hmc, mlp_mala, mlp_score
+from .mlp import MLP_MAX_D, MLP_MAX_HIDDEN, mlp_energy, mlp_score
+from .moves import gmm_hmc, gmm_mala, mlp_energy_hmc, mlp_energy_mala, mlp_hmc, mlp_mala
 from .random import normal, uniform
 from .sde import guided_sde_step, sde_step
 from .trajectory import em_step_logprob, em_step_logprob_backward
@@ -20,6 +21,7 @@ from .trajectory import em_step_logprob, em_step_logprob_backward
 __all__ = [
     "gmm_score", "gmm_mala", "gmm_hmc", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "em_step_logprob", "em_step_logprob_backward",
-    "normal", "uniform", "mlp_score", "mlp_mala", "mlp_hmc", "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D", "MLP_MAX_D",
+    "normal", "uniform", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc",
+    "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D", "MLP_MAX_D",
     "MLP_MAX_HIDDEN",
 ]

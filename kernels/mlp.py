@@ -36,17 +36,15 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsamp.backends._abi import move_outputs
 from fastsamp.ops.mlp import _unflatten
 
-from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2, rng_args
-from .gmm import _chain_tile, _gmm_table, _mh_accepts, _move_normals, _store_moves, _whole_rows, gmm_eval
-from .random import global_chain, rng_words
-from .tiles import div_ieee, sqrt_ieee
+from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2
+from .gmm import _gmm_table, _whole_rows, gmm_eval
+from .tiles import div_ieee
 
 MLP_MAX_D = 128
 MLP_MAX_HIDDEN = 128
-META = tl.constexpr(8)  # int64 table row of a network: off_w0, ld0, off_wo, off_bo, off_hidden, H, L, act
+META = tl.constexpr(9)  # int64 table row of a network: off_w0, ld0, off_wo, off_bo, off_hidden, H, L, act, energy
 _MIN_DOT = 16
 # chains per program: under the interpreter (a python loop per program) larger blocks
 _BLOCK_B_MAX = 64 if INTERPRET else 32
@@ -58,12 +56,13 @@ _STAGES = 1
 # Integer arguments are not specialised (value 1, multiples of 16): one compiled variant per dtype and block shape
 # whatever the sizes, step counts and offsets of a call (each variant of the move kernels compiles in ~10-40 s).
 _RUNTIME_INTS = ["n", "off_freq", "off_mean", "off_w0", "off_b0", "off_wo", "off_bo", "off_hidden", "D", "F", "H", "L",
-                 "act", "CS", "n_nets", "K", "B", "n_steps", "n_trap", "n_lf", "k0", "k1", "o0", "o1", "chain0"]
+                 "act", "energy", "CS", "NZ", "n_nets", "K", "B", "n_steps", "n_trap", "n_lf", "k0", "k1", "o0", "o1",
+                 "chain0"]
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _net_prep_kernel(w_ptr, meta_ptr, c_ptr, n, off_freq, off_mean, off_w0, off_b0, off_wo, off_bo, off_hidden,
-                     D, F, H, L, act, CS, t_: tl.float64, alpha_: tl.float64, v_: tl.float64, sv_: tl.float64,
+                     D, F, H, L, act, energy, CS, t_: tl.float64, alpha_: tl.float64, v_: tl.float64, sv_: tl.float64,
                      HP: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
     """Network n's table row and constants at c_ptr + n CS: c (H,), then at HP: α m (D,), v, √v."""
     DT: tl.constexpr = w_ptr.dtype.element_ty
@@ -77,6 +76,7 @@ def _net_prep_kernel(w_ptr, meta_ptr, c_ptr, n, off_freq, off_mean, off_w0, off_
     tl.store(row + 5, tl.cast(H, tl.int64))
     tl.store(row + 6, tl.cast(L, tl.int64))
     tl.store(row + 7, tl.cast(act, tl.int64))
+    tl.store(row + 8, tl.cast(energy, tl.int64))
     j = tl.arange(0, HP)
     jm = j < H
     tt = t_.to(DT)
@@ -109,6 +109,22 @@ def _act(z, act):
     else:
         y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
     return y
+
+
+@triton.jit
+def _act_grad(z, act):
+    """(act(z), act'(z)): `_act` (the same bits) and its derivative, SiLU σ (1 + z (1 − σ)) with
+    σ = 1 / (1 + e^−z), GELU Φ(z) + z φ(z)."""
+    if act == 1:
+        q = 1.0 + tl.exp(-z)
+        y = div_ieee(z, q)
+        sig = div_ieee(tl.full(z.shape, 1.0, z.dtype), q)
+        dy = sig * (1.0 + z * (1.0 - sig))
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        dy = cdf + z * (0.3989422804014327 * tl.exp(-0.5 * z * z))
+    return y, dy
 
 
 @triton.jit
@@ -156,123 +172,150 @@ def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_al
     return s
 
 
+@triton.jit
+def _net_energy(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP: tl.constexpr):
+    """(s_n(x), E_n(x)) of energy network n at the rows of x: the forward (as `_net_score`) keeps act'(z_k) of
+    every layer k = 0 .. L in the program's scratch zs ([L + 1, BLOCK_B, HP]), then r = (x − α m) − √v f,
+    E = |r|²/(2v) and the backward g_L = (r W_out) ⊙ act'(z_L), g_{k−1} = (g_k W_k) ⊙ act'(z_{k−1}),
+    J_fᵀ r = g_0 W_0[:, :D]; s = J_fᵀ r/√v − r/v (the C++ engine's order, csrc/cpu/mlp_sum.h)."""
+    row = meta_ptr + n * META
+    off_w0 = tl.load(row + 0)
+    ld0 = tl.load(row + 1)
+    off_wo = tl.load(row + 2)
+    off_bo = tl.load(row + 3)
+    off_h = tl.load(row + 4)
+    H = tl.load(row + 5)
+    L = tl.load(row + 6)
+    act = tl.load(row + 7)
+    base = c_ptr + n * CS
+    BB: tl.constexpr = x.shape[0]
+    j = tl.arange(0, HP)
+    jm = j < H
+    d = tl.arange(0, x.shape[1])
+    dm = d < D
+    slot = tl.arange(0, BB)[:, None] * HP + j[None, :]  # a layer's [BLOCK_B, HP] in the scratch
+    w0t = tl.load(w_ptr + off_w0 + j[None, :] * ld0 + d[:, None], mask=dm[:, None] & jm[None, :], other=0.0)
+    c = tl.load(base + j, mask=jm, other=0.0)
+    h, dh = _act_grad(tl.dot(x, w0t, input_precision="ieee") + c[None, :], act)
+    tl.store(zs + slot, dh)
+    hm = jm[:, None] & jm[None, :]
+    for k in range(L):
+        off = off_h + k * (H * H + H)
+        wt = tl.load(w_ptr + off + j[None, :] * H + j[:, None], mask=hm, other=0.0)  # wt[i, o] = W_k[o, i]
+        b = tl.load(w_ptr + off + H * H + j, mask=jm, other=0.0)
+        h, dh = _act_grad(tl.dot(h, wt, input_precision="ieee") + b[None, :], act)
+        tl.store(zs + (k + 1) * (BB * HP) + slot, dh)
+    wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & dm[None, :], other=0.0)
+    o = tl.dot(h, wot, input_precision="ieee") + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
+    am = tl.load(base + HP + cols, mask=cmask, other=0.0)
+    v = tl.load(base + HP + D)
+    sv = tl.load(base + HP + D + 1)
+    r = (x - am) - sv * o  # zeros in the padding columns
+    energy = div_ieee(tl.sum(r * r, axis=1), 2.0 * v)
+    tl.debug_barrier()  # the scratch rows were stored by other threads of the program
+    wo = tl.load(w_ptr + off_wo + d[:, None] * H + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
+    g = tl.dot(r, wo, input_precision="ieee") * tl.load(zs + L * (BB * HP) + slot)
+    for kk in range(L):
+        k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
+        off = off_h + k * (H * H + H)
+        wk = tl.load(w_ptr + off + j[:, None] * H + j[None, :], mask=hm, other=0.0)  # wk[o, i] = W_k[o, i]
+        g = tl.dot(g, wk, input_precision="ieee") * tl.load(zs + k * (BB * HP) + slot)
+    w0x = tl.load(w_ptr + off_w0 + j[:, None] * ld0 + d[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
+    gx = tl.dot(g, w0x, input_precision="ieee")
+    tl.debug_barrier()  # every thread has read the scratch before the next evaluation writes it
+    return div_ieee(gx, sv) - div_ieee(r, v), energy
+
+
+@triton.jit
+def _energy_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
+                HP: tl.constexpr, HAS_MIX: tl.constexpr):
+    """(Σ_n s_n(x), Σ_n log p_n(x)) of score and energy networks (meta row flag 8) (+ the mixture's score and log
+    p), factors in order (networks, then the mixture); log p = −E_n of the energy networks (the score networks have
+    none: the sum is the log-density only when every factor is an energy network or the mixture). zs_ptr: NZ
+    layers of [BLOCK_B, HP] scratch per program."""
+    BB: tl.constexpr = x.shape[0]
+    zs = zs_ptr + tl.program_id(0).to(tl.int64) * NZ * (BB * HP)
+    s = tl.zeros(x.shape, x.dtype)
+    logp = tl.zeros([BB], x.dtype)
+    for n in range(n_nets):
+        if tl.load(meta_ptr + n * META + 8) != 0:
+            s_n, e_n = _net_energy(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP)
+            logp -= e_n
+        else:
+            s_n = _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP)
+        s += s_n
+    if HAS_MIX:
+        s_mix, lp_mix = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, mix_alpha, BB)
+        s += s_mix
+        logp += lp_mix
+    return s, logp
+
+
+# The score evaluators of the kernels (`evaluate`'s constexpr EVAL)
+EVAL_MIXTURE = tl.constexpr(0)
+EVAL_SCORE_NETS = tl.constexpr(1)
+EVAL_ENERGY_NETS = tl.constexpr(2)
+
+
+@triton.jit
+def evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
+             EVAL: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr):
+    """(score, log p) [BLOCK_B, BLOCK_D], [BLOCK_B] at the rows of x of evaluator EVAL: EVAL_MIXTURE the mixture
+    (mu_ptr, tab_ptr, K at alpha: `gmm.gmm_eval`), EVAL_SCORE_NETS the sum of the n_nets score networks of the
+    engine's buffers (w_ptr, c_ptr, meta_ptr, CS) and, with HAS_MIX, the mixture at alpha (log p: zeros, unused: a
+    score network has none), EVAL_ENERGY_NETS the sum of score and energy networks (`_energy_sum`; zs_ptr, NZ: its
+    scratch)."""
+    if EVAL == EVAL_MIXTURE:
+        s, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, x.shape[0])
+    elif EVAL == EVAL_SCORE_NETS:
+        s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, alpha, D, cols, cmask, HP, HAS_MIX)
+        logp = tl.zeros([x.shape[0]], x.dtype)
+    else:
+        s, logp = _energy_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols,
+                              cmask, HP, HAS_MIX)
+    return s, logp
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _mlp_score_kernel(x_ptr, score_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
-                      mix_alpha_: tl.float64, B, D, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
-                      BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+def _net_sum_kernel(x_ptr, score_ptr, logp_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K,
+                    mix_alpha_: tl.float64, B, D, EVAL: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    """mlp_score (EVAL_SCORE_NETS: the score) and mlp_energy (EVAL_ENERGY_NETS: the score and log p)."""
     rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, BLOCK_D, IDX64)
-    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha_.to(x.dtype), D, cols,
-                   cmask, HP, HAS_MIX)
+    s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, mix_alpha_.to(x.dtype),
+                       D, cols, cmask, EVAL, HP, HAS_MIX)
     tl.store(score_ptr + offs, s, mask=m2)
-
-
-@triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _mlp_mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
-                     mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_trap,
-                     MH_MODE: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BLOCK_J: tl.constexpr, IDX64: tl.constexpr, RNG_T: tl.constexpr):
-    """n_steps MALA moves of BLOCK_B chains (as gmm._gmm_mala_kernel; MH_MODE 0: trapezoid score test with
-    n_trap sub-intervals, 2: none); x and s(x) stay in registers, the score carried across moves."""
-    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
-    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
-    chains = global_chain(rows, chain0)
-    DT: tl.constexpr = x.dtype
-    mix_alpha = mix_alpha_.to(DT)
-    e2 = eps[:, None]
-    c_n = sqrt_ieee(2.0 * eps)[:, None]
-    e4 = 4.0 * eps
-    nf = tl.cast(n_trap, DT)
-    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP, HAS_MIX)
-    n_acc = tl.zeros([BLOCK_B], tl.int32)
-    for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
-        xp = x + e2 * s + c_n * xi
-        sp = _score_sum(xp, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP,
-                        HAS_MIX)
-        if MH_MODE == 2:
-            acc = rmask
-        else:
-            d = xp - x
-            si = tl.zeros([BLOCK_B], DT)
-            for i in range(1, n_trap):
-                t = div_ieee(tl.cast(i, DT), nf)
-                si_s = _score_sum(x + t * d, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D,
-                                  cols, cmask, HP, HAS_MIX)
-                si += tl.sum(si_s * d, axis=1)
-            dlogp = div_ieee(0.5 * (tl.sum(s * d, axis=1) + tl.sum(sp * d, axis=1)) + si, nf)
-            f = d - e2 * s
-            bk = d + e2 * sp
-            la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
-            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
-        a2 = acc[:, None]
-        x = tl.where(a2, xp, x)
-        s = tl.where(a2, sp, s)
-        n_acc += acc.to(tl.int32)
-    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
-
-
-@triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _mlp_hmc_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K,
-                    mix_alpha_: tl.float64, k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, B, D, n_steps, n_lf,
-                    damping_: tl.float64, c_n_: tl.float64, MH_MODE: tl.constexpr, HP: tl.constexpr,
-                    HAS_MIX: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr,
-                    RNG_T: tl.constexpr):
-    """n_steps HMC moves of BLOCK_B chains (as gmm._gmm_hmc_kernel; MH_MODE 0: trapezoid score test along the
-    leapfrog path, 2: none); x, s(x) and the momentum p stay in registers; on rejection p = −p0."""
-    k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
-    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
-    chains = global_chain(rows, chain0)
-    DT: tl.constexpr = x.dtype
-    mix_alpha = mix_alpha_.to(DT)
-    damping = damping_.to(DT)
-    c_n = c_n_.to(DT)
-    e2 = eps[:, None]
-    he = (0.5 * eps)[:, None]
-    s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask, HP, HAS_MIX)
-    p = tl.zeros(x.shape, DT)
-    n_acc = tl.zeros([BLOCK_B], tl.int32)
-    for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
-        p0 = damping * p + c_n * xi
-        xl = x
-        sl = s
-        pl = p0
-        dlogp = tl.zeros([BLOCK_B], DT)
-        for _j in range(n_lf):
-            ph = pl + he * sl
-            xn = xl + e2 * ph
-            sn = _score_sum(xn, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
-                            HP, HAS_MIX)
-            pl = ph + he * sn
-            dlogp += 0.5 * tl.sum((sl + sn) * (xn - xl), axis=1)
-            xl = xn
-            sl = sn
-        if MH_MODE == 2:
-            acc = rmask
-        else:
-            la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
-            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
-        a2 = acc[:, None]
-        x = tl.where(a2, xl, x)
-        s = tl.where(a2, sl, s)
-        p = tl.where(a2, pl, -p0)  # rejected: momentum flip keeps partial refresh exact
-        n_acc += acc.to(tl.int32)
-    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
+    if EVAL == EVAL_ENERGY_NETS:
+        tl.store(logp_ptr + rows, logp, mask=rmask)
 
 
 # ------------------------------------------------------------------ host side
 
 class _Engine(NamedTuple):
-    """The per-call arguments of the main kernels shared by the three ops (`_engine`)."""
+    """The per-call arguments of the kernels' evaluator shared by the network ops (`_engine`)."""
 
-    args: tuple       # w, consts, meta, n_nets, CS, means, tab, K, mix_alpha (the kernels' order)
+    nets: tuple       # w, consts, meta, n_nets, CS (`evaluate`'s order)
+    NZ: int           # layers of the energy networks' scratch (max L + 1; 0 without energy networks)
+    mixture: tuple    # means, tab, K, mix_alpha
     HP: int
     HAS_MIX: bool
+    EVAL: int
+
+    def arguments(self, x, n_programs, block_b):
+        """`evaluate`'s arguments w_ptr .. alpha of a launch on x of n_programs programs of block_b chains (with the
+        energy networks' scratch: NZ layers of [block_b, HP] per program)."""
+        zs = None
+        if self.NZ:
+            zs = torch.empty(n_programs * self.NZ * block_b * self.HP, dtype=x.dtype, device=x.device)
+        return (*self.nets, zs, self.NZ, *self.mixture)
 
 
-def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, energy=None,
+            need_energy=False):
     """Checks the Triton limits, concatenates the networks' tensors, launches one `_net_prep_kernel` per
-    network (its table row and constants) and the mixture's component table."""
+    network (its table row and constants) and the mixture's component table. energy: the per-network energy
+    flags (the mlp_energy ops; None: score networks); need_energy: the log-density is asked for (mlp_energy, the
+    energy test), which every network must have."""
     D = x.shape[1]
     if D > MLP_MAX_D:
         raise ValueError(f"triton {name} supports D <= {MLP_MAX_D}, got D={D}")
@@ -281,6 +324,12 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
     hidden = [net.H for net in nets]
     if hidden and max(hidden) > MLP_MAX_HIDDEN:
         raise ValueError(f"triton {name} supports hidden widths H <= {MLP_MAX_HIDDEN}, got H={max(hidden)}")
+    flags = [int(bool(e)) for e in energy] if energy else [0] * n_nets
+    if len(flags) != n_nets:
+        raise ValueError(f"triton {name}: energy must hold one flag per network ({n_nets}), got {len(flags)}")
+    if need_energy and 0 in flags:
+        raise ValueError(f"triton {name}: the log-density needs every factor's energy, network {flags.index(0)} is a "
+                         f"score network")
     HP = max(_MIN_DOT, next_pow2(max(hidden, default=1)))
     CS = HP + D + 2
     w = consts = meta = None
@@ -295,12 +344,14 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
         v = net.alpha * net.alpha * net.data_var + net.sigma2
         # buffer offsets of freq, mean, W_0, b_0, W_o, b_o and the first hidden layer (the flat order of a network)
         launch(_net_prep_kernel, (1,), w, meta, consts, i, *offs[net.start:net.start + 7], D, net.F, net.H, net.L,
-               net.act, CS, f64(net.t), f64(net.alpha), f64(v), f64(math.sqrt(v)), HP=HP,
+               net.act, flags[i], CS, f64(net.t), f64(net.alpha), f64(v), f64(math.sqrt(v)), HP=HP,
                BLOCK_F=min(max(next_pow2(net.F), 1), 64), BLOCK_D=next_pow2(D), num_warps=4)
     has_mix = means is not None
     tab = _gmm_table(log_weights, variances, D, float(mix_alpha), mix_sigma2) if has_mix else None
     K = means.shape[0] if has_mix else 0
-    return _Engine((w, consts, meta, n_nets, CS, means, tab, K, f64(mix_alpha)), HP, has_mix)
+    NZ = max((net.L + 1 for net, f in zip(nets, flags) if f), default=0)
+    ev = EVAL_ENERGY_NETS if NZ or need_energy else EVAL_SCORE_NETS
+    return _Engine((w, consts, meta, n_nets, CS), NZ, (means, tab, K, f64(mix_alpha)), HP, has_mix, ev.value)
 
 
 def _blocks(B, D, dtype):
@@ -313,52 +364,24 @@ def _blocks(B, D, dtype):
     return block_b, block_j, (triton.cdiv(B, block_b),)
 
 
-def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+def _net_sum(name, x, engine_args, energy=None):
+    """mlp_score (energy None: the score) or mlp_energy (the score and log p)."""
     B, D = x.shape
-    eng = _engine("mlp_score", x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2)
+    eng = _engine(name, x, *engine_args, energy=energy, need_energy=energy is not None)
     score = torch.empty_like(x)
-    if B == 0:
-        return score
-    block_b, block_j, grid = _blocks(B, D, x.dtype)
-    launch(_mlp_score_kernel, grid, x, score, *eng.args, B, D, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b,
-           BLOCK_D=4 * block_j, IDX64=need_idx64(B * D), num_warps=4, num_stages=_STAGES)
-    return score
+    logp = None if energy is None else torch.empty((B,), dtype=x.dtype, device=x.device)
+    if B:
+        block_b, block_j, grid = _blocks(B, D, x.dtype)
+        launch(_net_sum_kernel, grid, x, score, logp, *eng.arguments(x, grid[0], block_b), B, D, EVAL=eng.EVAL,
+               HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b, BLOCK_D=4 * block_j, IDX64=need_idx64(B * D),
+               num_warps=4, num_stages=_STAGES)
+    return score if energy is None else (score, logp)
 
 
-def _moves(kernel, name, x, engine_args, step_size, n_steps, n_inner, seed, offset, chain_offset, mh, *extra):
-    """Host side of the whole-move kernels: checks, outputs, the n_steps <= 0 copy, blocks and the launch with
-    (..., n_steps, n_inner, *extra)."""
-    B, D = x.shape
-    mh = int(mh)
-    if mh not in (0, 2):
-        raise ValueError(f"triton {name}: mh must be 0 (score) or 2 (none): a score network has no energy, got {mh}")
-    eng = _engine(name, x, *engine_args)
-    x_new, rate = move_outputs(x)
-    if B == 0:
-        return x_new, rate
-    n_steps = int(n_steps)
-    if n_steps <= 0:
-        x_new.copy_(x)
-        rate.zero_()
-        return x_new, rate
-    block_b, block_j, grid = _blocks(B, D, x.dtype)
-    rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
-    launch(kernel, grid, x, step_size, x_new, rate, *eng.args, *rng, B, D, n_steps, int(n_inner), *extra,
-           MH_MODE=mh, HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b, BLOCK_J=block_j, IDX64=need_idx64(B * D),
-           RNG_T=rng_t, num_warps=4, num_stages=_STAGES)
-    return x_new, rate
+def mlp_score(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2):
+    return _net_sum("mlp_score", x, (params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2))
 
 
-def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
-             n_trapezoid, seed, offset, chain_offset, mh):
-    return _moves(_mlp_mala_kernel, "mlp_mala", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
-                                                     mix_sigma2), step_size, n_steps, n_trapezoid, seed, offset,
-                  chain_offset, mh)
-
-
-def mlp_hmc(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
-            n_leapfrog, seed, offset, chain_offset, mh, damping):
-    damping = float(damping)
-    return _moves(_mlp_hmc_kernel, "mlp_hmc", x, (params, dims, scalars, means, log_weights, variances, mix_alpha,
-                                                   mix_sigma2), step_size, n_steps, n_leapfrog, seed, offset,
-                  chain_offset, mh, f64(damping), f64(math.sqrt(1.0 - damping * damping)))
+def mlp_energy(x, params, dims, scalars, energy, means, log_weights, variances, mix_alpha, mix_sigma2):
+    return _net_sum("mlp_energy", x, (params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2),
+                    energy)

@@ -11,6 +11,7 @@ from test_mlp import _replace, mixture_score, random_net, score_mlp, to
 
 from fastsamp import backends, ops
 from fastsamp.models import Product
+from fastsamp.ops import _library, _table
 from fastsamp.samplers import annealed_mcmc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,6 +120,27 @@ def test_limits_are_named(device):
     assert not ops.mlp.has_fused_kernel("meta")
 
 
+def test_size_limits_are_declared_once_for_every_network_op(device):
+    """The Triton engine's D and hidden-width limits, declared beside _library._MAX_D_ATTR for all six network ops:
+    the registered ops' kernels run the reference above them (`_above_limits`), and has_fused_kernel reads them for
+    both network kinds (the CUDA choice resolves without a GPU)."""
+    kernels = backends._load("triton")[0]
+    most_d, most_h = kernels.MLP_MAX_D, kernels.MLP_MAX_HIDDEN
+    kinds = (ops.ScoreNet, ops.EnergyNet)
+    for name in ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc"):
+        fn = getattr(kernels, name)
+        assert (_library.max_d(fn, name), _library.max_hidden(fn, name)) == (most_d, most_h)
+        above = _library._above_limits(fn, _table.OPS[name])
+        for D, H, want in ((most_d, most_h, False), (2, most_h + 1, True), (most_d + 1, 16, True)):
+            nets = [random_net(D, 16, 1, 2, torch.float64, seed=0), random_net(D, H, 0, 2, torch.float64, seed=1)]
+            args = ops.mlp._sum_args(torch.zeros(1, D, dtype=torch.float64), nets, None, kinds)
+            assert above(args) == want, (name, D, H)
+    for net_type in kinds:
+        assert ops.mlp.has_fused_kernel("cuda", most_d, most_h, net_type)
+        assert not ops.mlp.has_fused_kernel("cuda", most_d, most_h + 1, net_type)
+        assert not ops.mlp.has_fused_kernel("cuda", most_d + 1, most_h, net_type)
+
+
 @pytest.mark.parametrize("change", [
     lambda n: _replace(n, weights=(n.weights[0][:, :-1],) + n.weights[1:]),
     lambda n: _replace(n, weights=n.weights[:1] + (n.weights[1][:-1],) + n.weights[2:]),
@@ -187,22 +209,52 @@ def test_annealed_mcmc_fuses_cuda_score_mlps():
 
 
 
-# opt-in, ~2 min: FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0 pytest tests/test_mlp_triton.py -k sm90
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA-resident EnergyMLPs)")
+def test_annealed_mcmc_fuses_cuda_energy_mlps():
+    """On CUDA, backend="auto" runs the Triton energy kernels and annealed_mcmc takes the fused path with exact
+    energy MH for Products of CUDA-resident EnergyMLPs (with a ScoreMLP under score MH), equal to the generic path."""
+    skip_unless_available("triton")
+    from test_energy_mlp import energy_mlp
+    a, b = energy_mlp(1, dtype=torch.float32).cuda(), energy_mlp(2, dtype=torch.float32, hidden=8).cuda()
+    assert a.fusable() and ops.mlp.has_fused_kernel("cuda", 2, 16, ops.EnergyNet)
+    kw = dict(n_levels=6, n_corrector_steps=3, step_size=0.05, seed=1, device="cuda")
+    for model, mh in ((Product(a, b), "energy"), (Product(a, score_mlp(2, 8, seed=3, dtype=torch.float32).cuda()),
+                                                  "score")):
+        xf, sf = annealed_mcmc(model, 200, mh=mh, **kw)
+        xg, sg = annealed_mcmc(model, 200, mh=mh, fused=False, **kw)
+        assert sf.fused and not sg.fused and xf.is_cuda
+        close = ((xf - xg).abs() <= 1e-3 * (1 + xg.abs())).all(1)
+        assert close.float().mean() >= 0.99
+    _, sh = annealed_mcmc(Product(a, b), 64, corrector="hmc", mh="energy", n_levels=3, n_corrector_steps=1,
+                          device="cuda")
+    assert sh.fused
+
+
+# opt-in, ~4 min: FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0 pytest tests/test_mlp_triton.py -k sm90
 @pytest.mark.skipif(os.environ.get("FASTSAMP_TRITON_AOT") != "1" or backends.triton_interpreted(),
                     reason="opt-in (FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0): compiles for sm_90 without a GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_kernels_compile_for_sm90_within_shared_memory(dtype):
-    """The compiled path on a machine without a GPU: every mlp kernel compiles for sm_90 (triton.compile with the
-    wheel's ptxas) at the largest hidden tile, using at most the 227 KB of shared memory an H100/H200 block may."""
+    """The compiled path on a machine without a GPU: every mlp kernel and the move kernels on each evaluator compile
+    for sm_90 (triton.compile with the wheel's ptxas) at the largest hidden tile, using at most the 227 KB of shared
+    memory an H100/H200 block may."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    mlp = backends._load("triton")[0].mlp
+    kernels = backends._load("triton")[0]
+    mlp, moves = kernels.mlp, kernels.moves
     hp = mlp.MLP_MAX_HIDDEN
-    cases = [(mlp._mlp_mala_kernel, dict(MH_MODE=0, HAS_MIX=True, BLOCK_J=4, RNG_T=0)),
-             (mlp._mlp_hmc_kernel, dict(MH_MODE=0, HAS_MIX=True, BLOCK_J=4, RNG_T=7)),
-             (mlp._mlp_score_kernel, dict(HAS_MIX=True, BLOCK_D=16)),
+    nets = dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_J=4)
+    energy = dict(nets, EVAL=mlp.EVAL_ENERGY_NETS.value)
+    cases = [(moves._mala_kernel, dict(MH_MODE=0, RNG_T=0, **nets)),
+             (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=7, **nets)),
+             (moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, **energy)),
+             (moves._hmc_kernel, dict(MH_MODE=1, RNG_T=7, **energy)),
+             (moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
+             (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
+             (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_D=16)),
+             (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_ENERGY_NETS.value, HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2))]
     for fn, consts in cases:
         consts = {"HP": hp, "BLOCK_B": 16, "IDX64": False, **consts}
@@ -216,3 +268,86 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype):
         k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=4, num_stages=mlp._STAGES))
         assert k.metadata.shared <= 227 * 1024, (fn.__name__, k.metadata.shared)
+
+
+# ------------------------------------------------------------------ energy networks (mlp_energy, _mala, _hmc)
+
+def energy_problem(D, kinds, dtype, device, with_mixture):
+    """Networks of the given kinds ("e" energy, "s" score: widths 24 / 16 / 8, 2 / 1 / 0 hidden layers, the first
+    GELU) and the optional mixture in dtype on device, and their float64 CPU copies."""
+    nets64 = [(ops.EnergyNet if k == "e" else ops.ScoreNet)(**vars(random_net(
+        D, (24, 16, 8)[i], (2, 1, 0)[i], 4, torch.float64, seed=3 + i, activation=("gelu", "silu", "silu")[i])))
+        for i, k in enumerate(kinds)]
+    mix64 = mixture_score(D, torch.float64) if with_mixture else None
+    return ([to(n, dtype, device) for n in nets64], to(mix64, dtype, device) if with_mixture else None, nets64,
+            mix64)
+
+
+# (B, D, kinds, mixture): D = 1, 2, 5; B not a multiple of the block; one case with no network (the mixture alone)
+ENERGY_CASES = [(37, 1, "e", False), (101, 2, "ee", True), (65, 5, "e", True), (3, 2, "", True)]
+
+
+@DTYPES
+@pytest.mark.parametrize("B,D,kinds,with_mixture", ENERGY_CASES)
+def test_mlp_energy_matches_reference(device, dtype, B, D, kinds, with_mixture):
+    """Score and log-density of the Triton energy kernel (forward and backward through the layers in the kernel)
+    equal the autograd reference."""
+    nets, mix, nets64, mix64 = energy_problem(D, kinds, dtype, device, with_mixture)
+    x64 = torch.randn(B, D, dtype=torch.float64) * 2
+    score, logp = ops.mlp_energy(x64.to(dtype=dtype, device=device), nets, mixture=mix, backend="triton")
+    want_s, want_lp = ops.mlp_energy(x64, nets64, mixture=mix64, backend="torch")
+    assert score.dtype == logp.dtype == dtype and score.device.type == device.type
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(score.double().cpu(), want_s, **tol)
+    torch.testing.assert_close(logp.double().cpu(), want_lp, **tol)
+
+
+ENERGY_MOVE_SHAPES = pytest.mark.parametrize("B,D,with_mixture", [(37, 1, False), (101, 2, True)])
+
+
+@DTYPES
+@pytest.mark.parametrize("kinds,mh,n_trapezoid", [("ee", "energy", 1), ("es", "score", 2), ("e", "none", 1)])
+@ENERGY_MOVE_SHAPES
+def test_mlp_energy_mala_matches_reference(device, dtype, kinds, mh, n_trapezoid, B, D, with_mixture):
+    nets, mix, nets64, mix64 = energy_problem(D, kinds, dtype, device, with_mixture)
+    x64 = torch.randn(B, D, dtype=torch.float64)
+    eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
+    kw = dict(n_steps=4, n_trapezoid=n_trapezoid, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh)
+    x_new, rate = ops.mlp_energy_mala(x64.to(dtype=dtype, device=device), nets, mixture=mix,
+                                      step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
+    e_x, e_rate = ops.mlp_energy_mala(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    if mh != "none":
+        assert 0 < e_rate.mean() < 1  # a real test ran
+
+
+@DTYPES
+@pytest.mark.parametrize("kinds,mh,damping", [("ee", "energy", 0.0), ("e", "energy", 0.8), ("es", "score", 0.0),
+                                              ("e", "none", 0.8)])
+@ENERGY_MOVE_SHAPES
+def test_mlp_energy_hmc_matches_reference(device, dtype, kinds, mh, damping, B, D, with_mixture):
+    nets, mix, nets64, mix64 = energy_problem(D, kinds, dtype, device, with_mixture)
+    x64 = torch.randn(B, D, dtype=torch.float64)
+    eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
+    kw = dict(n_steps=3, n_leapfrog=2, seed=12, offset=7, chain_offset=3, mh=mh, damping=damping)
+    x_new, rate = ops.mlp_energy_hmc(x64.to(dtype=dtype, device=device), nets, mixture=mix,
+                                     step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
+    e_x, e_rate = ops.mlp_energy_hmc(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+
+
+def test_energy_kernels_refuse_what_the_cpu_kernels_refuse(device):
+    """Called directly (the registered op's signature), the Triton energy kernels refuse a log-density of a score
+    network and an energy test on the score ops, as the C++ ones do."""
+    kernels = backends._load("triton")[0]
+    nets, _, _, _ = energy_problem(2, "se", torch.float64, device, False)
+    x = torch.randn(5, 2, dtype=torch.float64, device=device)
+    args = ops.mlp._sum_args(x, nets, None, (ops.ScoreNet, ops.EnergyNet))
+    eps = torch.full((5,), 0.1, dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match="network 0 is a score network"):
+        kernels.mlp_energy(*args)
+    with pytest.raises(ValueError, match="network 0 is a score network"):
+        kernels.mlp_energy_mala(*args, eps, 1, 1, 0, 0, 0, 1)
+    score_args = args[:4] + args[5:]
+    with pytest.raises(ValueError, match="a score network has no energy"):
+        kernels.mlp_mala(*score_args, eps, 1, 1, 0, 0, 0, 1)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastsamp import datasets
 from fastsamp.targets import GMM25, GMM40, LGCP, TARGETS, Funnel, ManyWell, Target, get_target
 
 F64 = torch.float64
@@ -253,8 +254,8 @@ def test_manywell_samples_match_marginals():
 # ------------------------------------------------------------------------------------------------
 # LGCP
 # ------------------------------------------------------------------------------------------------
-def test_lgcp_definition(targets):
-    t = targets["lgcp"]
+def test_lgcp_definition():
+    t = LGCP(points="synthetic")
     assert t.dim == 1600 and t.grid == 40 and t.points_source == "synthetic"
     assert t.counts.sum().item() == t.points.shape[0] > 0
     assert abs(t.mu0 - (math.log(126) - 0.5 * 1.91)) < 1e-12
@@ -265,7 +266,7 @@ def test_lgcp_definition(targets):
     lp, s = t.log_prob(x), t.score(x)
     assert lp.shape == (4,) and s.shape == (4, 1600) and torch.isfinite(lp).all() and torch.isfinite(s).all()
     # the synthetic pattern is reproducible
-    torch.testing.assert_close(LGCP(grid=8, seed=5).points, LGCP(grid=8, seed=5).points)
+    torch.testing.assert_close(LGCP("synthetic", grid=8, seed=5).points, LGCP("synthetic", grid=8, seed=5).points)
 
 
 def test_lgcp_log_prob_against_dense_formula():
@@ -282,5 +283,87 @@ def test_lgcp_log_prob_against_dense_formula():
     torch.testing.assert_close(t.log_prob(x), ref)
     with pytest.raises(ValueError, match="points"):
         LGCP(points=np.array([[0.5, 1.5]]), grid=4)
-    with pytest.raises(ValueError, match="synthetic"):
+    with pytest.raises(ValueError, match="'finpines', 'synthetic'"):
         LGCP(points="pines")
+
+
+needs_finpines = pytest.mark.skipif(datasets.finpines_path() is None, reason="the Finnish pines data is not "
+                                    "installed (apt-get install r-cran-spatstat.data, or bash .ci/run)")
+
+
+@needs_finpines
+def test_finpines_loader_and_binning():
+    """spatstat's finpines: 126 points in [−5, 5] × [−8, 2] m; the window mapped onto [0, 1]² as the
+    benchmark's csv has them (gfn-diffusion's df_pines.csv row 1: 0.3006125, 0.89297642, from the
+    first pine at (−1.993875, 0.9297642)); binned on 40 × 40 they fill 111 cells, at most 3 per cell."""
+    xy, u = datasets.finpines_points(unit_square=False), datasets.finpines_points()
+    assert xy.shape == u.shape == (126, 2) and xy.dtype == u.dtype == np.float64
+    np.testing.assert_allclose(xy[0], [-1.993875, 0.9297642], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(u[0], [0.3006125, 0.89297642], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(u, (xy + [5.0, 8.0]) / 10.0, rtol=0, atol=1e-15)
+    assert (u >= 0).all() and (u <= 1).all()
+    for t in (LGCP(points="finpines"), LGCP()):  # the default takes the pines where they are installed
+        assert t.points_source == "finpines" and t.dim == 1600 and t.grid == 40
+        assert t.counts.shape == (1600,) and t.counts.dtype == F64
+        assert t.counts.sum().item() == 126 and (t.counts > 0).sum().item() == 111 and t.counts.max().item() == 3
+    # the binning by hand: the pine (p, q) in cell ⌊40p⌋·40 + ⌊40q⌋ (no point lies on the last edge)
+    expected = np.zeros(1600)
+    for p, q in u:
+        expected[int(np.floor(40 * p)) * 40 + int(np.floor(40 * q))] += 1
+    np.testing.assert_array_equal(t.counts.numpy(), expected)
+
+
+@needs_finpines
+def test_lgcp_finpines_against_brute_force():
+    """log R and ∇ log R on the pines, in float64 and float32, against a float64 computation from the
+    definition: K_ij from every cell pair's distance, the Gaussian log density and K⁻¹(x − μ_0) by a
+    dense solve."""
+    t = LGCP(points="finpines")
+    g = 40
+    cells = np.array([(r, c) for r in range(g) for c in range(g)], dtype=np.float64)
+    dist = np.sqrt(((cells[:, None, :] - cells[None, :, :]) ** 2).sum(-1))
+    gram = 1.91 * np.exp(-dist / (g / 33.0))
+    mu0 = np.log(126.0) - 1.91 / 2
+    n = t.counts.numpy()
+    x64 = mu0 + 1.5 * np.random.default_rng(7).standard_normal((3, 1600))
+    centred = x64 - mu0
+    _, logdet = np.linalg.slogdet(gram)
+    solved = np.linalg.solve(gram, centred.T).T
+    log_r = (-0.5 * (centred * solved).sum(1) - 0.5 * 1600 * np.log(2 * np.pi) - 0.5 * logdet
+             + (x64 * n - np.exp(x64) / 1600).sum(1))
+    score = -solved + n - np.exp(x64) / 1600
+    for dtype, tol in ((F64, dict(rtol=1e-9, atol=1e-9)), (torch.float32, dict(rtol=1e-5, atol=1e-3))):
+        x = torch.from_numpy(x64).to(dtype)
+        lp, s = t.log_prob(x), t.score(x)
+        assert lp.dtype == s.dtype == dtype
+        torch.testing.assert_close(lp.double(), torch.from_numpy(log_r), **tol)
+        torch.testing.assert_close(s.double(), torch.from_numpy(score), **tol)
+
+
+def test_finpines_absent_is_a_clear_error(monkeypatch, tmp_path):
+    """Without the data: the loader and LGCP(points="finpines") name what to install; the default
+    falls back to the synthetic pattern and says so."""
+    monkeypatch.setattr(datasets, "spatstat_data_dirs", lambda: [str(tmp_path / "nowhere")])
+    assert datasets.finpines_path() is None
+    with pytest.raises(FileNotFoundError, match="apt-get install r-cran-spatstat.data"):
+        datasets.finpines_points()
+    with pytest.raises(FileNotFoundError, match="FASTSAMP_SPATSTAT_DATA"):
+        LGCP(points="finpines", grid=4)
+    assert LGCP(grid=4).points_source == "synthetic"
+
+
+def test_finpines_read_from_the_environment_variable(monkeypatch, tmp_path):
+    """$FASTSAMP_SPATSTAT_DATA names the spatstat.data directory; the file's columns are x y diameter
+    height after a header line; points outside the finpines window are refused."""
+    path = tmp_path / "rawdata" / "finpines"
+    path.mkdir(parents=True)
+    (path / "finpines.txt").write_text("  x  y  diameter  height\n -5.0 -8.0 1 1.7\n 5.0 2.0 2 1.8\n"
+                                       " 0.0 -3.0 3 2.0\n")
+    monkeypatch.setenv(datasets.SPATSTAT_DATA_ENV, str(tmp_path))
+    assert datasets.spatstat_data_dirs()[0] == str(tmp_path)
+    np.testing.assert_array_equal(datasets.finpines_points(), [[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]])
+    t = LGCP(points="finpines", grid=2)  # the corner (1, 1) goes into the last cell
+    np.testing.assert_array_equal(t.counts.numpy(), [1, 0, 0, 2])
+    (path / "finpines.txt").write_text("x y diameter height\n 6.0 0.0 1 1.0\n")
+    with pytest.raises(ValueError, match="window"):
+        datasets.finpines_points()

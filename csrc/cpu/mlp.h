@@ -1,6 +1,6 @@
 // The fused MLP engine of the CPU kernels: one network shape, register-tiled, shared by the
-// DriftNet policy of the trained diffusion sampler (trajectory_policy.cpp) and the ScoreMLP
-// score networks (score_mlp.cpp):
+// DriftNet policy of the trained diffusion sampler (trajectory_policy.cpp), the ScoreMLP
+// score networks (score_mlp.cpp) and the training pass of one MLP (mlp_net.cpp):
 //
 //   z_0 = W_s x + b_s + temb[i];  u_0 = act(z_0);  z_k = W_k u_{k-1} + b_k, u_k = act(z_k) (k = 1..L);
 //   out = clamp((W_o u_L + b_o)[:D], -clip, clip)
@@ -240,27 +240,28 @@ struct ABuf {  // zeroed, 64-byte aligned
   }
 };
 
-// The network's tensors: temb (T, H), ws (H, in_ld: the first D columns are read), bs (H), wo (>= D, H),
-// bo (>= D; the first D outputs are computed), the L hidden (H, H) weights and (H,) biases.
+// The network's tensors: temb (T, H; T = 0: none), ws (H, in_ld: the first Din columns are read), bs (H),
+// wo (>= D, H), bo (>= D; the first D outputs are computed), the L hidden (H, H) weights and (H,) biases.
+// Din, the width of the input rows, is D unless the Net is built with another (a generic MLP, mlp_net).
 struct Ptrs {
   uintptr_t temb, ws, bs, wo, bo;
   std::vector<uintptr_t> hw, hb;
-  int64_t in_ld = -1;  // row stride of ws (-1: D)
+  int64_t in_ld = -1;  // row stride of ws (-1: Din)
   int act = kGelu;
 };
 
 template <typename T>
 struct Net {
-  int D, H, L, Tn, Hp, NJ, Dq, NJo, act;
+  int D, Din, H, L, Tn, Hp, NJ, Dq, NJo, act;  // D outputs, Din inputs
   bool out_dot;  // output layer as dot products (small D)
   T clip;
   ABuf<T> wsT, bs, temb, wT, w, b, woT, wo, bo;
 
-  Net(const Ptrs& P, int64_t D_, int64_t H_, int64_t T_, double clip_, bool backward)
-      : D(static_cast<int>(D_)), H(static_cast<int>(H_)), L(static_cast<int>(P.hw.size())),
-        Tn(static_cast<int>(T_)), act(P.act), clip(static_cast<T>(clip_)) {
+  Net(const Ptrs& P, int64_t D_, int64_t H_, int64_t T_, double clip_, bool backward, int64_t Din_ = -1)
+      : D(static_cast<int>(D_)), Din(static_cast<int>(Din_ < 0 ? D_ : Din_)), H(static_cast<int>(H_)),
+        L(static_cast<int>(P.hw.size())), Tn(static_cast<int>(T_)), act(P.act), clip(static_cast<T>(clip_)) {
     constexpr int W = kW<T>;
-    const int64_t in_ld = P.in_ld < 0 ? D : P.in_ld;
+    const int64_t in_ld = P.in_ld < 0 ? Din : P.in_ld;
     Hp = static_cast<int>(round_up(H, W));
     NJ = Hp / W;
     Dq = static_cast<int>(round_up(D, W));
@@ -271,12 +272,12 @@ struct Net {
     const T* te_ = ptr<T>(P.temb);
     const T* wo_ = ptr<T>(P.wo);
     const T* bo_ = ptr<T>(P.bo);
-    wsT = ABuf<T>(static_cast<size_t>(D) * Hp);
+    wsT = ABuf<T>(static_cast<size_t>(Din) * Hp);
     bs = ABuf<T>(Hp);
     temb = ABuf<T>(static_cast<size_t>(Tn) * Hp);
     for (int j = 0; j < H; ++j) {
       bs.p[j] = bs_[j];
-      for (int d = 0; d < D; ++d) wsT.p[d * Hp + j] = ws_[j * in_ld + d];
+      for (int d = 0; d < Din; ++d) wsT.p[d * Hp + j] = ws_[j * in_ld + d];
     }
     for (int i = 0; i < Tn; ++i)
       std::memcpy(temb.p + static_cast<size_t>(i) * Hp, te_ + static_cast<size_t>(i) * H, H * sizeof(T));
@@ -336,19 +337,19 @@ struct Work {
   T* g(int k) { return G.p + static_cast<size_t>(k) * rows * Hp; }
 };
 
-// Forward of the network for the nb <= w.rows chains X (rows of D) at step i: out into w.DR ([nb][Dq]),
-// the raw output into w.OUT (backward). BACKWARD keeps every layer's u and act' in w.U / w.G;
+// Forward of the network for the nb <= w.rows chains X (rows of Din) at step i (no temb when Tn = 0): out into
+// w.DR ([nb][Dq]), the raw output into w.OUT (backward). BACKWARD keeps every layer's u and act' in w.U / w.G;
 // otherwise u ping-pongs between two buffers.
 template <typename T, bool BACKWARD>
 FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int nb, int i) {
   const int Hp = n.Hp;
-  const T* temb_i = n.temb.p + static_cast<size_t>(i) * Hp;
+  const T* temb_i = n.Tn > 0 ? n.temb.p + static_cast<size_t>(i) * Hp : nullptr;
   auto ucur = [&](int k) { return BACKWARD ? w.u(k) : w.u(k & 1); };
   with_act(n.act, [&](auto a) {
     constexpr int ACT = decltype(a)::value;
     with_nv(n.NJ, [&](auto nv) {
       constexpr int NV = decltype(nv)::value;
-      fwd_layer<T, NV, ACT, BACKWARD>(nb, X, n.D, n.D, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
+      fwd_layer<T, NV, ACT, BACKWARD>(nb, X, n.Din, n.Din, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
                                       BACKWARD ? w.g(0) : nullptr, Hp);
       for (int k = 0; k < n.L; ++k)
         fwd_layer<T, NV, ACT, BACKWARD>(nb, ucur(k), Hp, n.H, n.wT_k(k), Hp, n.NJ, n.b_k(k), nullptr, ucur(k + 1),
@@ -393,11 +394,43 @@ const T* backprop_layers(const Net<T>& n, Work<T>& w, int nb, Visit&& visit) {
   return gz;
 }
 
-// (W_sᵀ δz_0) of nb chains into GX[l*ldx + d] (ADD: added to it); W_s: the x columns of the input layer.
+// Pointers to padded gradient sums in the Net's layouts: the L hidden weights dw (H rows of Hp each, Hp² apart)
+// and biases db (Hp apart), the output layer's dwo (D rows of Hp) and dbo, the input layer's dwsT (Din rows of
+// Hp: its transpose) and db0 (Hp).
+template <typename T>
+struct LayerGrads {
+  T *dw, *db, *dwo, *dbo, *dwsT, *db0;
+};
+
+// The parameter gradients of nb rows X after net_forward<T, true> of them, from the output cotangent w.GO (the
+// clamp is the caller's, as in backprop_layers), added to the sums g (each block's sum first, then one rounding):
+//
+//   dbo += Σ_l g_l,  dW_o += Σ_l g_l u_L,lᵀ,  dW_k += Σ_l δz_k,l u_{k−1},lᵀ,  db_k += Σ_l δz_k,l  (k = 1..L),
+//   dW_s += Σ_l δz_0,l x_lᵀ,  db0 += Σ_l δz_0,l;
+//
+// returns δz_0 (input_layer_vjp of it is the input's gradient).
+template <typename T>
+const T* layer_grads(const Net<T>& n, Work<T>& w, const T* X, int nb, const LayerGrads<T>& g) {
+  const int Hp = n.Hp, L = n.L;
+  colsum<T>(nb, w.GO.p, n.Dq, n.NJo, g.dbo);
+  with_nv(n.NJ, [&](auto nv) { wgrad<T, decltype(nv)::value>(n.D, nb, w.GO.p, n.Dq, w.u(L), Hp, n.NJ, g.dwo, Hp); });
+  return backprop_layers(n, w, nb, [&](int k, const T* gz, auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    if (k > 0) {
+      wgrad<T, NV>(n.H, nb, gz, Hp, w.u(k - 1), Hp, n.NJ, g.dw + static_cast<size_t>(k - 1) * Hp * Hp, Hp);
+      colsum<T>(nb, gz, Hp, n.NJ, g.db + static_cast<size_t>(k - 1) * Hp);
+    } else {
+      colsum<T>(nb, gz, Hp, n.NJ, g.db0);
+      wgrad<T, NV>(n.Din, nb, X, n.Din, gz, Hp, n.NJ, g.dwsT, Hp);
+    }
+  });
+}
+
+// (W_sᵀ δz_0) of nb chains into GX[l*ldx + d] (ADD: added to it); W_s: the Din input columns of the input layer.
 template <typename T, bool ADD>
 void input_layer_vjp(const Net<T>& n, const T* __restrict gz0, int nb, T* __restrict GX, int64_t ldx) {
   for (int l = 0; l < nb; ++l)
-    for (int d = 0; d < n.D; ++d) {
+    for (int d = 0; d < n.Din; ++d) {
       const T v = dot_nj<T>(gz0 + static_cast<int64_t>(l) * n.Hp, n.wsT.p + d * n.Hp, n.NJ);
       GX[l * ldx + d] = ADD ? GX[l * ldx + d] + v : v;
     }

@@ -179,5 +179,16 @@ void mlp_energy_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vec
                     int64_t n_leapfrog, uint64_t seed, uint64_t offset, uint64_t chain_offset, int64_t mh,
                     double damping, uintptr_t x_out, uintptr_t accept_rate);
 
+// One MLP (mlp_net.cpp), for training: out (B, O) of the input rows x (B, Din) through params = [W_in (H, Din),
+// b_in, W_out (O, H), b_out, W_1, b_1, ..., W_L, b_L] with act (0 GELU, 1 SiLU) after every layer but the last.
+void mlp_net(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O, const std::vector<uintptr_t>& params,
+             int64_t act, uintptr_t out);
+
+// Its backward: the gradients of Σ g_out · out w.r.t. every parameter (g_params, shaped as params) and, when
+// g_x is not 0, w.r.t. x.
+void mlp_net_backward(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
+                      const std::vector<uintptr_t>& params, int64_t act, uintptr_t g_out, uintptr_t g_x,
+                      const std::vector<uintptr_t>& g_params);
+
 }  // namespace cpu
 }  // namespace fastsamp

@@ -119,6 +119,11 @@ void register_cpu_ops(py::module_& m) {
         "mix_sigma2"_a, "step_size"_a, "n_steps"_a, "n_leapfrog"_a, "seed"_a, "offset"_a, "chain_offset"_a, "mh"_a,
         "damping"_a, "x_out"_a, "accept_rate"_a, "n_threads"_a,
         "Fused whole-move HMC (score, exact energy or no MH) on a sum of score and energy networks (and a mixture).");
+  m.def("cpu_mlp_net", threaded(&c::mlp_net), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a, "O"_a, "params"_a,
+        "act"_a, "out"_a, "n_threads"_a, "One MLP's output on its input rows (the training pass's forward).");
+  m.def("cpu_mlp_net_backward", threaded(&c::mlp_net_backward), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a,
+        "O"_a, "params"_a, "act"_a, "g_out"_a, "g_x"_a, "g_params"_a, "n_threads"_a,
+        "Gradients of sum(g_out * out) of mlp_net w.r.t. every weight and bias (and its input).");
   // the policy kernels take n_threads themselves (before their outputs), and the Langevin term last
   py::class_<c::LangevinArgs>(m, "PolicyLangevin", "The Langevin term of the policy kernels (default: none).")
       .def(py::init([](uintptr_t lgv, int64_t width, double lgv_clip, uintptr_t scores, int64_t target_kind,

@@ -11,7 +11,7 @@ Per op, from the op table (`_table.py`):
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
-  else triton, else the reference; above a compiled kernel's D limit the reference), registered per
+  else triton, else the reference; above a compiled kernel's size limits the reference), registered per
   dispatch key;
 * an Autograd kernel (`_autograd_kernel`): the formulas of `_autograd.py` for the ops the table marks
   differentiable, through an autograd.Function (what `torch.library.register_autograd` builds, without its
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 
 import torch
@@ -42,15 +43,44 @@ _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 _lib = torch.library.Library(NAMESPACE, "DEF")
 
 
-# backend op -> the module attribute holding its largest supported D
+# The size limits of the compiled kernels: backend op -> the module attribute holding its largest supported D, and
+# for the network ops the one holding the largest hidden width H (the Triton engine, kernels/mlp.py: MLP_MAX_D,
+# MLP_MAX_HIDDEN; a module without the attribute has no such limit). Above them "auto" runs the reference.
+_MLP_OPS = ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc")
 _MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D",
-               "mlp_score": "MLP_MAX_D", "mlp_mala": "MLP_MAX_D", "mlp_hmc": "MLP_MAX_D"}
+               **{op: "MLP_MAX_D" for op in _MLP_OPS}}
+_MAX_HIDDEN_ATTR = {op: "MLP_MAX_HIDDEN" for op in _MLP_OPS}
+
+
+def _limit(attrs: dict, fn, op: str):
+    attr = attrs.get(op)
+    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
 
 
 def max_d(fn, op: str):
     """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
-    attr = _MAX_D_ATTR.get(op)
-    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
+    return _limit(_MAX_D_ATTR, fn, op)
+
+
+def max_hidden(fn, op: str):
+    """The largest hidden width H of a network that backend function `fn` of network op `op` supports, or None (no
+    limit)."""
+    return _limit(_MAX_HIDDEN_ATTR, fn, op)
+
+
+def _above_limits(fn, op: _table.Op):
+    """args -> whether a call of `op` (the schema's arguments) is above backend function `fn`'s size limits: the
+    state's D and, for the network ops, the widest network of the `dims` argument ([F, H, L, act] per network);
+    None where `fn` has no limit."""
+    most_d, most_h = max_d(fn, op.name), max_hidden(fn, op.name)
+    if most_d is None and most_h is None:
+        return None
+    state = _state_position(op)
+    if most_h is None:
+        return lambda args: args[state].shape[1] > most_d
+    dims = [a.name for a in op.schema_args].index("dims")
+    most_d = math.inf if most_d is None else most_d
+    return lambda args: args[state].shape[1] > most_d or max(args[dims][1::4], default=0) > most_h
 
 
 def is_reference(fn) -> bool:
@@ -83,8 +113,9 @@ def _decoded(fn, op: _table.Op):
 
 
 def _kernel_choice(name: str, device_type: str) -> tuple:
-    """(fn, limit, ref): "auto"'s backend function of op `name` for tensors of `device_type` (u64 arguments as
-    int64), the largest D it takes (None: any) and the reference that runs above it."""
+    """(fn, above, ref): "auto"'s backend function of op `name` for tensors of `device_type` (u64 arguments as
+    int64), whether a call is above its size limits (`_above_limits`; None: it takes any size) and the reference
+    that runs there."""
     op = _table.OPS[name]
     try:
         fn = backends.resolve("auto", name, torch.device(device_type))
@@ -94,21 +125,20 @@ def _kernel_choice(name: str, device_type: str) -> tuple:
         return missing, None, None
     if is_reference(fn):
         return _decoded(fn, op), None, None
-    limit = max_d(fn, name)
-    return fn, limit, None if limit is None else _decoded(getattr(reference, name), op)
+    above = _above_limits(fn, op)
+    return fn, above, None if above is None else _decoded(getattr(reference, name), op)
 
 
 @functools.cache
 def device_kernel(name: str, device_type: str):
     """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
-    reference above a compiled kernel's D limit."""
-    fn, limit, ref = _kernel_choice(name, device_type)
-    if limit is None:
+    reference above a compiled kernel's size limits."""
+    fn, above, ref = _kernel_choice(name, device_type)
+    if above is None:
         return fn
-    state = _state_position(_table.OPS[name])
 
     def kernel(*args, **kwargs):
-        return (fn if args[state].shape[1] <= limit else ref)(*args, **kwargs)
+        return (ref if above(args) else fn)(*args, **kwargs)
     return kernel
 
 
@@ -141,10 +171,9 @@ def _backend_kernel(op: _table.Op, device_type: str):
     """The op's registered kernel for `device_type` tensors, in one Python frame (several µs of a call are frames):
     the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments only up to the last
     one given: they replace those arguments), "auto"'s backend function (resolved at the first call; the reference
-    above its D limit), and each output that is a given input (em_step_logprob's x_next) copied, since a registered
+    above its size limits), and each output that is a given input (em_step_logprob's x_next) copied, since a registered
     op's outputs may not alias its inputs."""
     name, at, n = op.name, _u64_positions(op), len(op.schema_args)
-    state = _state_position(op)
     copies = tuple((k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
                    if o.given_by and op.arg(o.given_by).kind != "out")
 
@@ -156,8 +185,8 @@ def _backend_kernel(op: _table.Op, device_type: str):
             args = _given_tensor_forms(args, at, n)
         if choice is None:
             choice = _kernel_choice(name, device_type)
-        fn, limit, ref = choice
-        if limit is not None and args[state].shape[1] > limit:
+        fn, above, ref = choice
+        if above is not None and above(args):
             fn = ref
         outs = fn(*args)
         if copies:

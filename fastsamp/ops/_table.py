@@ -204,6 +204,12 @@ _SCORE_SUM_C = "dtype x B D params dims scalars means log_weights variances K mi
 _ENERGY_SUM_C = "dtype x B D params dims scalars energy means log_weights variances K mix_alpha mix_sigma2"
 _MLP_MALA_C = "step_size n_steps n_trapezoid seed offset chain_offset mh"
 _MLP_HMC_C = "step_size n_steps n_leapfrog seed offset chain_offset mh damping"
+# one MLP, the training pass of the score networks (fastsamp/ops/mlp.py: mlp_net): its input rows x (B, D) and its
+# layers packed by _layers.packed, [W_in (H, D), b_in, W_out (O, H), b_out, W_1, b_1, ..., W_L, b_L]; act: the code
+# of ops.mlp.ACTIVATIONS
+_MLP_NET = "x:state params:tensors act:int"
+_MLP_NET_C = "dtype x B D H O params act"
+_MLP_NET_DIMS = "B, D = x.shape; H = params[0].shape[0]; O = params[2].shape[0]"
 
 OPS: dict[str, Op] = {op.name: op for op in [
     _op("gmm_score", f"{_MIX} alpha:float sigma2:float", "score:(B,D) logp:(B,)",
@@ -293,13 +299,16 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_HMC_C}", _ALL,
         renames=_SCORE_SUM_RENAMES),
-    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, renames=_ENERGY_SUM_RENAMES),
+    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, _ALL, renames=_ENERGY_SUM_RENAMES),
     _op("mlp_energy_mala", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 "
-        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_MALA_C}",
+        "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_MALA_C}", _ALL,
         renames=_ENERGY_SUM_RENAMES),
     _op("mlp_energy_hmc", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 "
         "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_HMC_C}",
-        renames=_ENERGY_SUM_RENAMES),
+        _ALL, renames=_ENERGY_SUM_RENAMES),
+    _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, dims=_MLP_NET_DIMS),
+    _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool", "g_x:(B,D)?want_g_x g_params:[params]",
+        f"{_MLP_NET_C} g_out g_x g_params", public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",

@@ -25,14 +25,13 @@ reference is plain PyTorch (autograd for an energy network's score).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .. import backends
-from . import _checks, _dispatch, _layers
+from . import _checks, _dispatch, _layers, _library
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
 _N_TRAPEZOID = ("n_trapezoid", 4096)  # (name, largest value) of the whole-move ops' evaluation counts
@@ -191,9 +190,9 @@ def _energy_sum_args(x, nets, mixture, *, need_energy):
 
 def has_fused_kernel(device, dim=1, hidden=1, net_type=None) -> bool:
     """Whether backend="auto" runs a compiled kernel for networks of `net_type` (ScoreNet, the default, or EnergyNet)
-    of width `hidden` on `dim`-dimensional chains on `device`: the C++ engine on the CPU (any size), for score
-    networks the Triton one (kernels/mlp.py) on CUDA when triton is installed and the sizes are within its limits
-    (MLP_MAX_D, MLP_MAX_HIDDEN)."""
+    of width `hidden` on `dim`-dimensional chains on `device`: the C++ engine on the CPU (any size), the Triton one
+    (kernels/mlp.py) on CUDA when triton is installed and the sizes are within its limits (`_library.max_d`,
+    `_library.max_hidden`: MLP_MAX_D, MLP_MAX_HIDDEN)."""
     device = torch.device(device)
     if device.type == "cpu":
         return True
@@ -201,22 +200,15 @@ def has_fused_kernel(device, dim=1, hidden=1, net_type=None) -> bool:
     fn = backends.resolve("auto", op, device)
     if _dispatch.is_reference(fn):
         return False
-    max_d, max_h = _dispatch.max_d(fn, op), getattr(inspect.getmodule(fn), "MLP_MAX_HIDDEN", None)
+    max_d, max_h = _library.max_d(fn, op), _library.max_hidden(fn, op)
     return (max_d is None or dim <= max_d) and (max_h is None or hidden <= max_h)
 
 
 def _route(backend, op, args, *tensors):
     """`_dispatch.route` of a network-sum op (args: `_score_sum_args` or, for the mlp_energy ops, `_energy_sum_args`,
-    both ending with the mixture's three tensors and two floats), except that backend="auto" runs the reference off
-    the CPU where no compiled kernel takes the call (`has_fused_kernel`: the Triton engine's size limits; no GPU
-    kernel for energy networks)."""
-    x = args[0]
-    net_type = EnergyNet if op.startswith("mlp_energy") else ScoreNet
-    if backend == "auto" and not x.is_cpu:
-        hidden = max((net.H for net in _unflatten(*args[1:4])), default=1)
-        if not has_fused_kernel(x.device, x.shape[1], hidden, net_type):
-            backend = "torch"
-    return _dispatch.route(backend, op, x, *args[1], *args[-5:-2], *tensors)
+    both ending with the mixture's three tensors and two floats); backend="auto" runs the reference above a compiled
+    kernel's size limits, D and the hidden width (`_library._above_limits`)."""
+    return _dispatch.route(backend, op, args[0], *args[1], *args[-5:-2], *tensors)
 
 
 def mlp_score(x, nets, *, mixture=None, backend="auto"):
@@ -232,6 +224,54 @@ def mlp_energy(x, nets, *, mixture=None, backend="auto"):
     log-density is exact, the networks' are −E, up to their constants). Returns ((B, D), (B,))."""
     args = _sum_args(x, nets, mixture, (EnergyNet,))
     return _route(backend, "mlp_energy", args)(*args)
+
+
+class _MLPNet(torch.autograd.Function):
+    """Forward: the backend's mlp_net; backward: its mlp_net_backward (one kernel call for every parameter's gradient,
+    and x's when x requires grad; the C++ kernel recomputes the forward of each block of rows, keeping its
+    activations in cache, instead of storing them)."""
+
+    @staticmethod
+    def forward(ctx, backend, act, x, *params):
+        ctx.meta = backend, act
+        ctx.save_for_backward(x, *params)
+        return _dispatch.route(backend, "mlp_net", x, *params)(x, list(params), act)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        backend, act = ctx.meta
+        x, *params = ctx.saved_tensors
+        bwd = _dispatch.route(backend, "mlp_net_backward", x, *params)
+        g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2])
+        return (None, None, g_x, *g_params)
+
+
+def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
+    """One MLP on its input rows x (B, D_in), the training pass of the fused engine:
+
+        f(x) = W_out act(W_L act(… act(W_0 x + b_0) …) + b_L) + b_out,   act = SiLU or exact GELU,
+
+    weights in network order [W_0 (H, D_in), W_1 … W_L (H, H), W_out (O, H)] (L >= 0) and their biases, all in x's
+    dtype (float32 / float64) and device. Differentiable (first order): the forward is one kernel call, the backward
+    one more that gives the gradients of every weight and bias (and of x when it requires grad); the C++ kernel on
+    the CPU, the PyTorch reference elsewhere or with backend="torch". `FourierMLP` trains through it
+    (`train_score_mlp`: x = [x_t, sin(t ω), cos(t ω)]). Returns (B, O)."""
+    x = _checks.state("x", x)
+    weights, biases = list(weights), list(biases)
+    for k in (0, -1):
+        w = weights[k] if weights else None
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or min(w.shape) < 1:
+            raise ValueError(f"weights[{k}] must be a 2-D tensor ({'(H, D_in)' if k == 0 else '(O, H)'}), got "
+                             f"{tuple(getattr(w, 'shape', ())) if w is not None else 'no weights'}")
+    H, O, L = weights[0].shape[0], weights[-1].shape[0], len(weights) - 2
+    widths = [(H, x.shape[1])] + [(H, H)] * L + [(O, H)]
+    layers = _layers.pack_layers(weights, biases, widths, x,
+                                 weight_names=[f"weights[{k}] {w}" for k, w in enumerate(widths)],
+                                 bias_names=[f"biases[{k}]" for k in range(len(biases))])
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    return _MLPNet.apply(backend, ACTIVATIONS[activation], x, *layers)
 
 
 def _mh_code(mh, energy_ok):

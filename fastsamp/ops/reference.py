@@ -443,3 +443,21 @@ def mlp_energy_hmc(x, params, dims, scalars, energy, means, log_weights, varianc
                                   mix_alpha, mix_sigma2, mh == MH_ENERGY)
     return _hmc_moves(x, evaluate, step_size, n_steps, n_leapfrog, mh, damping,
                       _philox_draws(x, seed, offset, chain_offset))
+
+
+def mlp_net(x, params, act):
+    """W_out u_L + b_out, u_0 = act(W_in x + b_in), u_k = act(W_k u_{k−1} + b_k); params = [W_in, b_in, W_out, b_out,
+    W_1, b_1, ..., W_L, b_L] (`_layers.packed`), act a code of fastsamp.ops.mlp.ACTIVATIONS (differentiable)."""
+    w_in, b_in, w_out, b_out, *hidden = params
+    a = _MLP_ACTIVATIONS[act]
+    u = a(F.linear(x, w_in, b_in))
+    for w, b in zip(hidden[0::2], hidden[1::2]):
+        u = a(F.linear(u, w, b))
+    return F.linear(u, w_out, b_out)
+
+
+def mlp_net_backward(x, params, act, g_out, want_g_x):
+    """(∂/∂x of Σ g_out · mlp_net when want_g_x, else None; [∂/∂p of it for p in params]) by torch.func.vjp."""
+    _, vjp = torch.func.vjp(lambda x_, *p: mlp_net(x_, p, act), x, *params)
+    g_x, *g_params = vjp(g_out)
+    return (g_x if want_g_x else None), list(g_params)

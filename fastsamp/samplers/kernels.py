@@ -99,21 +99,12 @@ def _op(kernel, name, tensors, rest=(), backend=None):
     """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend
     choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset).
     A checked kernel's run has checked its constants once and passes the ops the kernels' own outputs and
-    contiguous model outputs (`checked_kernel`): the routed function directly, with no per-call check; a
-    hand-built kernel: the public op, which checks every argument."""
+    the counting model's (contiguous) outputs (`checked_kernel`): the routed function directly, with no
+    per-call check; a hand-built kernel: the public op, which checks every argument."""
     backend = kernel.backend if backend is None else backend
     if kernel.checked:
         return _dispatch.route(backend, name, *tensors)(*tensors, *rest)
     return _PUBLIC[name](backend, *tensors, *rest)
-
-
-def _first_outputs(kernel, x):
-    """The model's (score, log-density or None) at the first state; contiguous for a checked kernel, whose
-    accept ops read them with no check."""
-    s, logp = kernel.mh.evaluate(kernel.model, x, kernel.t)
-    if kernel.checked:
-        s, logp = _checks.resolved(s), None if logp is None else _checks.resolved(logp)
-    return s, logp
 
 
 def _all_accepted(x):
@@ -135,10 +126,7 @@ class NoMH(MHTest):
     """Unadjusted moves: every proposal is kept."""
 
     def langevin(self, kernel, state, x_prop, key):
-        s = kernel.model.score(x_prop, kernel.t)
-        if kernel.checked:  # the next move's mala_propose reads it with no check
-            s = _checks.resolved(s)
-        return ChainState(x_prop, s), _all_accepted(x_prop)
+        return ChainState(x_prop, kernel.model.score(x_prop, kernel.t)), _all_accepted(x_prop)
 
     def hmc(self, kernel, start, end, delta_logp, key):
         return end, _all_accepted(end.x)
@@ -162,9 +150,7 @@ class ScoreMH(MHTest):
         else:  # x' and the n - 1 interior points in one batched call (n checked once: `check_langevin_run`)
             pts = _op(kernel, "line_points", (x, x_prop), (n,))
             scores = kernel.model.score(torch.cat([x_prop[None], pts]).view(-1, x.shape[1]), kernel.t)
-        if kernel.checked:  # the model's output made contiguous once: its slices then are too
-            scores = _checks.resolved(scores)
-        B = x.shape[0]
+        B = x.shape[0]  # the model's output is contiguous (the counting model's), and so are these slices
         s_prop, interior = (scores, None) if n == 1 else (scores[:B], scores[B:].reshape(n - 1, *x.shape))
         with phase("mh"):
             x, s, accepted, log_alpha = _op(kernel, "score_mh_accept",
@@ -190,8 +176,6 @@ class EnergyMH(ScoreMH):
         s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
         # energy_mh_accept has reference and C++ kernels only: on CUDA "auto" runs the reference
         backend = kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
-        if kernel.checked:
-            s_prop, logp_prop = _checks.resolved(s_prop), _checks.resolved(logp_prop)
         with phase("mh"):
             x, s, logp, accepted, log_alpha = _op(kernel, "energy_mh_accept", (
                 state.x, x_prop, state.score, s_prop, state.logp, logp_prop, kernel.step_size, None), key, backend)
@@ -235,7 +219,7 @@ class Langevin:
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
 
     def init(self, x, momentum=None) -> ChainState:
-        s, logp = _first_outputs(self, x)
+        s, logp = self.mh.evaluate(self.model, x, self.t)
         return ChainState(x, s, logp, momentum)
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
@@ -260,7 +244,7 @@ class HMC:
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
 
     def init(self, x, momentum=None) -> ChainState:
-        s, logp = _first_outputs(self, x)
+        s, logp = self.mh.evaluate(self.model, x, self.t)
         return ChainState(x, s, logp, torch.zeros_like(x) if momentum is None else momentum)
 
     def trajectory(self, start: ChainState):
@@ -269,18 +253,16 @@ class HMC:
         delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         eps = self.step_size
         for _ in range(self.n_leapfrog):
-            # checked: x, p, delta are the kernels' outputs; s contiguous (init, hmc_accept or the last step)
+            # checked: x, p, delta are the kernels' outputs; s the counting model's or hmc_accept's
             x_next, p_half = _op(self, "leapfrog", (x, p, s, eps))
             s_next, logp = self.mh.evaluate(self.model, x_next, self.t)
-            if self.checked:
-                s_next = _checks.resolved(s_next)
             p, delta = _op(self, "leapfrog_finish", (x, x_next, p_half, s, s_next, eps, delta))
             x, s = x_next, s_next
         return ChainState(x, s, logp, p), delta
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
-        p = _checks.resolved(state.momentum) if self.checked else state.momentum
-        p = _op(self, "momentum_refresh", (p,), (self.damping, None) + key)
+        # checked: the momentum is checked_kernel's, zeros like x or the last move's (contiguous)
+        p = _op(self, "momentum_refresh", (state.momentum,), (self.damping, None) + key)
         start = ChainState(state.x, state.score, state.logp, p)
         end, delta = self.trajectory(start)
         return self.mh.hmc(self, start, end, delta, key)
@@ -342,8 +324,9 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
     kernel, x, momentum, key = checked_kernel(make_kernel(model, t, step_size, spec), x, momentum, key, spec.n_steps)
     state = kernel.init(x, momentum)
-    n_acc = torch.zeros(B, dtype=x.dtype, device=x.device)
+    n_acc = torch.zeros(B, dtype=torch.int32, device=x.device)  # adding bools to ints: no per-move cast to floats
     for m in range(spec.n_steps):
         state, info = kernel.step(state, key.move(m))
         n_acc.add_(info.accepted)
-    return CorrectorResult(state.x, state.momentum, n_acc / spec.n_steps, key.offset + spec.n_steps, state.score)
+    rate = n_acc.to(x.dtype) / spec.n_steps
+    return CorrectorResult(state.x, state.momentum, rate, key.offset + spec.n_steps, state.score)

@@ -1,0 +1,140 @@
+"""The training pass of the fused MLP engine (ops.mlp_net, csrc/cpu/mlp_net.cpp): forward and backward (every
+weight, bias and the input) equal to the PyTorch reference on many shapes, gradcheck in float64, the argument
+checks, and train_score_mlp on it: the same parameters as eager training after n steps."""
+import pytest
+import torch
+from conftest import skip_unless_available
+
+from fastsamp import ops
+from fastsamp.models import GaussianMixture, train_score_mlp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+# (B, D_in, H, O, L): one row and one input, odd batches, hidden widths that are not a multiple of the tile
+# (16 float32 / 8 float64 lanes) or of the row blocks (48), no hidden layer, a wide output (the GEMM output layer)
+SHAPES = [(1, 1, 1, 1, 0), (3, 2, 7, 1, 1), (5, 1, 16, 2, 2), (97, 34, 33, 2, 2), (50, 40, 128, 8, 3),
+          (131, 9, 130, 40, 1)]
+
+
+@pytest.fixture(autouse=True)
+def cpp():
+    skip_unless_available("cpp")
+
+
+def layers(D, H, O, L, dtype, seed=0):
+    """Random weights [W_0 (H, D), W_1 .. W_L (H, H), W_out (O, H)] and biases, O(1) activations, requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    widths = [(H, D)] + [(H, H)] * L + [(O, H)]
+    ws = [(2 * torch.randn(*w, generator=g, dtype=torch.float64) / w[1] ** 0.5).to(dtype) for w in widths]
+    bs = [(0.5 * torch.randn(w[0], generator=g, dtype=torch.float64)).to(dtype) for w in widths]
+    return [t.requires_grad_(True) for t in ws], [t.requires_grad_(True) for t in bs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_forward_and_backward_equal_the_reference(shape, activation, dtype):
+    B, D, H, O, L = shape
+    ws, bs = layers(D, H, O, L, dtype)
+    x = torch.randn(B, D, dtype=dtype, requires_grad=True)
+    g = torch.randn(B, O, dtype=dtype)
+    out = ops.mlp_net(x, ws, bs, activation=activation)
+    ref = ops.mlp_net(x, ws, bs, activation=activation, backend="torch")
+    assert type(out.grad_fn).__name__ == "_MLPNetBackward"
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    got = torch.autograd.grad(out, [x, *ws, *bs], g)
+    want = torch.autograd.grad(ref, [x, *ws, *bs], g)
+    for name, a, b in zip(["x"] + [f"W{k}" for k in range(len(ws))] + [f"b{k}" for k in range(len(bs))], got, want):
+        scale = b.abs().max().clamp(min=1.0)  # float32 sums over B rows: relative to the gradient's size
+        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype], msg=name)
+
+
+def test_gradcheck_float64():
+    for B, D, H, O, L in [(3, 2, 5, 2, 1), (1, 1, 3, 1, 0), (7, 3, 9, 4, 2)]:
+        ws, bs = layers(D, H, O, L, torch.float64, seed=B)
+        x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+        n = len(ws)
+        for activation in ("silu", "gelu"):
+            def f(x_, *p, n=n, activation=activation):
+                return ops.mlp_net(x_, p[:n], p[n:], activation=activation)
+            assert torch.autograd.gradcheck(f, (x, *ws, *bs))
+
+
+def test_the_input_gradient_only_when_asked():
+    ws, bs = layers(3, 8, 2, 1, torch.float64)
+    x = torch.randn(10, 3, dtype=torch.float64)  # no grad: the backward kernel skips W_0ᵀ δz_0
+    ops.mlp_net(x, ws, bs).sum().backward()
+    assert x.grad is None and all(p.grad is not None for p in ws + bs)
+    params = [ws[0], bs[0], ws[-1], bs[-1], ws[1], bs[1]]
+    g_x, g_params = torch.ops.fastsamp.mlp_net_backward(x, [p.detach() for p in params], 1,
+                                                        torch.ones(10, 2, dtype=torch.float64), False)
+    assert g_x is None and [g.shape for g in g_params] == [p.shape for p in params]
+
+
+def test_several_threads_equal_one():
+    ws, bs = layers(6, 64, 3, 2, torch.float64)
+    x = torch.randn(1000, 6, dtype=torch.float64)
+    one = torch.autograd.grad(ops.mlp_net(x, ws, bs).square().sum(), ws + bs)
+    torch.set_num_threads(2)  # the one_thread fixture restores it
+    two = torch.autograd.grad(ops.mlp_net(x, ws, bs).square().sum(), ws + bs)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_inputs_name_the_argument():
+    ws, bs = layers(3, 8, 2, 1, torch.float32)
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        ops.mlp_net(x, [ws[0], torch.zeros(8, 7), ws[2]], bs)
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        ops.mlp_net(torch.randn(4, 5), ws, bs)  # W_0 takes 3 inputs
+    with pytest.raises(ValueError, match=r"biases\[2\]"):
+        ops.mlp_net(x, ws, [bs[0], bs[1], torch.zeros(3)])
+    with pytest.raises(TypeError, match=r"biases\[0\].*dtype"):
+        ops.mlp_net(x, ws, [bs[0].double(), bs[1], bs[2]])
+    with pytest.raises(ValueError, match="weights and biases"):
+        ops.mlp_net(x, ws, bs[:2])
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        ops.mlp_net(x, [], [])
+    with pytest.raises(ValueError, match="activation"):
+        ops.mlp_net(x, ws, bs, activation="relu")
+    with pytest.raises(ValueError, match="x must have shape"):
+        ops.mlp_net(torch.randn(3), ws, bs)
+
+
+DATA = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.log(torch.tensor([0.4, 0.6])),
+                       torch.tensor([0.5, 0.3])).sample(1024, torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_fused_training_equals_eager(dtype):
+    """Same draws, same loss: the parameters after 25 Adam steps agree to rounding (float32: Adam's g/√v
+    divides rounding-level gradient differences by small second moments, hence 1e-4 of the parameter scale)."""
+    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype)
+    fused, eager = train_score_mlp(DATA, fused=True, **kw), train_score_mlp(DATA, fused=False, **kw)
+    assert next(fused.parameters()).dtype == dtype
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(fused.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, **tol, msg=name)
+    fresh = train_score_mlp(DATA, fused=False, **dict(kw, n_iters=0))
+    moved = max((p - q).abs().max().item() for p, q in zip(eager.parameters(), fresh.parameters()))
+    assert moved > 1e-3  # the comparison is not between untrained networks
+
+
+def test_training_runs_fused_by_default(monkeypatch):
+    calls = []
+    real = ops.mlp_net
+    monkeypatch.setattr(ops, "mlp_net", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)
+    assert len(calls) == 2
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, fused=False)
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy")  # eager: double backward
+    assert len(calls) == 2
+
+
+def test_fused_energy_training_is_refused():
+    with pytest.raises(ValueError, match="fused=True trains the score parameterisation"):
+        train_score_mlp(DATA, n_iters=1, parameterisation="energy", fused=True)
+    with pytest.raises(TypeError, match="dtype"):
+        train_score_mlp(DATA, n_iters=1, dtype=torch.float16)
