@@ -5,9 +5,9 @@ inputs arrive validated and contiguous, outputs are allocated with torch.empty o
 x.device in x.dtype (``accepted`` is torch.bool). Kernels run on CUDA devices, or on
 CPU tensors under ``TRITON_INTERPRET=1``.
 
-Limits: gmm_score D <= 4096 (whole rows in registers), gmm_mala and gmm_hmc D <= 128; all raise
-ValueError above. K is unrestricted (online log-sum-exp loop). em_step_logprob and its backward
-(row kernels, D tiled in a loop) take any D.
+Limits: gmm_score D <= 4096 (whole rows in registers), gmm_mala and gmm_hmc D <= 128, the network ops
+(mlp_*) D <= 128 and hidden width <= 128; all raise ValueError above. K is unrestricted (online log-sum-exp
+loop). em_step_logprob and its backward (row kernels, D tiled in a loop) take any D.
 """
 from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh

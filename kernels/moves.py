@@ -3,7 +3,7 @@ BLOCK_B chains on the score evaluator chosen at compile time by the constexpr EV
 
 * EVAL_MIXTURE: a Gaussian mixture (`gmm.gmm_eval`): gmm_mala, gmm_hmc;
 * EVAL_SCORE_NETS: a sum of score networks, optionally with a mixture: mlp_mala, mlp_hmc (and the
-  mlp_energy ones when no factor has to give its energy);
+  mlp_energy ones when no factor is an energy network);
 * EVAL_ENERGY_NETS: a sum of score and energy networks, optionally with a mixture (`mlp._energy_sum`: one forward
   and one backward per energy network): mlp_energy_mala, mlp_energy_hmc.
 
@@ -215,10 +215,17 @@ def _launch_moves(kernel, x, evaluator, step_size, n_steps, n_inner, seed, offse
     return x_new, rate
 
 
+def _hmc_extra(damping):
+    """The HMC kernel's (damping, c_n = √(1 − damping²)) arguments."""
+    damping = float(damping)
+    return f64(damping), f64(math.sqrt(1.0 - damping * damping))
+
+
 # ------------------------------------------------------------------ the mixture
 
 def _gmm_moves(kernel, name, x, means, log_weights, variances, step_size, n_steps, n_inner, alpha, sigma2, seed,
                offset, chain_offset, mh, *extra):
+    """A move op on the mixture (EVAL_MIXTURE): its checks, register tiles and component table."""
     B, D = x.shape
     if D > GMM_MALA_MAX_D:
         raise ValueError(f"triton {name} supports D <= {GMM_MALA_MAX_D}, got D={D}")
@@ -247,10 +254,8 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
 
 def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, alpha, sigma2,
             seed, offset, chain_offset, mh, damping):
-    damping = float(damping)
     return _gmm_moves(_hmc_kernel, "gmm_hmc", x, means, log_weights, variances, step_size, n_steps, n_leapfrog,
-                      alpha, sigma2, seed, offset, chain_offset, mh, f64(damping),
-                      f64(math.sqrt(1.0 - damping * damping)))
+                      alpha, sigma2, seed, offset, chain_offset, mh, *_hmc_extra(damping))
 
 
 # ------------------------------------------------------------------ network sums
@@ -270,11 +275,6 @@ def _net_moves(kernel, name, x, net_args, energy, step_size, n_steps, n_inner, s
         return eng.arguments(x, n_programs, block_b), dict(EVAL=eng.EVAL, HP=eng.HP, HAS_MIX=eng.HAS_MIX)
     return _launch_moves(kernel, x, evaluator, step_size, n_steps, n_inner, seed, offset, chain_offset, mh, extra,
                          blocks)
-
-
-def _hmc_extra(damping):
-    damping = float(damping)
-    return f64(damping), f64(math.sqrt(1.0 - damping * damping))
 
 
 def mlp_mala(x, params, dims, scalars, means, log_weights, variances, mix_alpha, mix_sigma2, step_size, n_steps,
