@@ -37,15 +37,18 @@ class FourierMLP(torch.nn.Module):
         """(α_t, σ_t²) of the schedule for a tensor of times."""
         return self.schedule.alpha(t), self.schedule.sigma2(t)
 
-    def gaussian_and_net(self, x, t, fused=False):
-        """(α_t m, v_t, f(x, t)) for a batch x and a time t (scalar or (B,)), in x's dtype, differentiable; with
-        `fused`, f through ops.mlp_net (the fused engine's forward, and one kernel call backward for every weight)."""
+    def gaussian_and_input(self, x, t):
+        """(α_t m, v_t, the network's input [x, sin(t ω), cos(t ω)]) for a batch x and a time t (scalar or (B,))."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
         alpha, sigma2 = self.marginal(t)
         emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
-        inp = torch.cat([x, emb], 1)
-        f = ops.mlp_net(inp, *self._layers(), activation="silu") if fused else self.net(inp)
-        return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, f
+        return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, torch.cat([x, emb], 1)
+
+    def gaussian_and_net(self, x, t, fused=False):
+        """(α_t m, v_t, f(x, t)) in x's dtype, differentiable; with `fused`, f through ops.mlp_net (the fused
+        engine's forward, and one kernel call backward for every weight)."""
+        mean, v, inp = self.gaussian_and_input(x, t)
+        return mean, v, ops.mlp_net(inp, *self._layers(), activation="silu") if fused else self.net(inp)
 
     def _layers(self):
         """(weights, biases) of `net`'s Linear layers, the parameters themselves (the fused ops' network order)."""
@@ -193,12 +196,16 @@ PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
 
 def dsm_loss(net, x0, t, z, *, fused=False):
     """The denoising score-matching loss of one batch: mean_b |σ_t s_θ(α_t x0 + σ_t z, t) + z|² (t (B, 1), z (B, D)
-    the draws); `fused`: a ScoreMLP's network through ops.mlp_net (fused forward and backward)."""
+    the draws). `fused` (a ScoreMLP): σ s + z = c + k f with c = σ(α m − x_t)/v + z and k = σ/√v constants of the
+    weights, so the loss is ops.mlp_net_lsq of the network: the loss and every weight's gradient in one kernel call."""
     alpha, sigma2 = net.marginal(t)
     sigma = sigma2.sqrt()
     xt = alpha * x0 + sigma * z
-    s = net(xt, t[:, 0], fused=True) if fused else net(xt, t[:, 0])
-    return ((sigma * s + z) ** 2).sum(1).mean()
+    if not fused:
+        return ((sigma * net(xt, t[:, 0]) + z) ** 2).sum(1).mean()
+    mean, v, inp = net.gaussian_and_input(xt, t[:, 0])
+    c = sigma * (mean - xt) / v + z
+    return ops.mlp_net_lsq(inp, *net._layers(), c, (sigma / v.sqrt())[:, 0], activation="silu")
 
 
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
@@ -208,8 +215,8 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through
     its autograd score), so that score-MH and energy-MH compare on equal networks.
 
-    `fused`: the score parameterisation's network runs forward and backward in the fused C++ engine
-    (ops.mlp_net: one kernel call each way, every weight's gradient from the backward one); None (default) uses it
+    `fused`: the score parameterisation's loss and gradient run in the fused C++ engine (ops.mlp_net_lsq: the
+    network's forward, the loss and the backward to every weight in one kernel call); None (default) uses it
     when the C++ backend is built, False trains in eager PyTorch. Both take the same draws and the same loss: the
     parameters after n steps agree to float rounding. The energy parameterisation trains eager (its loss needs
     the gradient of ∇_x E to the weights, a double backward the engine does not have).

@@ -1,6 +1,7 @@
-"""The training pass of the fused MLP engine (ops.mlp_net, csrc/cpu/mlp_net.cpp): forward and backward (every
-weight, bias and the input) equal to the PyTorch reference on many shapes, gradcheck in float64, the argument
-checks, and train_score_mlp on it: the same parameters as eager training after n steps."""
+"""The training pass of the fused MLP engine (ops.mlp_net and ops.mlp_net_lsq, csrc/cpu/mlp_net.cpp): forward and
+backward (every weight, bias and the input) and the least-squares loss with its gradient equal to the PyTorch
+reference on many shapes, gradcheck in float64, the argument checks, and train_score_mlp on it: the same
+parameters as eager training after n steps."""
 import pytest
 import torch
 from conftest import skip_unless_available
@@ -50,6 +51,21 @@ def test_forward_and_backward_equal_the_reference(shape, activation, dtype):
         torch.testing.assert_close(a / scale, b / scale, **TOL[dtype], msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_lsq_loss_and_gradient_equal_the_reference(shape, dtype):
+    B, D, H, O, L = shape
+    ws, bs = layers(D, H, O, L, dtype)
+    x, c, k = torch.randn(B, D, dtype=dtype), torch.randn(B, O, dtype=dtype), torch.rand(B, dtype=dtype) + 0.5
+    loss = ops.mlp_net_lsq(x, ws, bs, c, k)
+    ref = ((c + k[:, None] * ops.mlp_net(x, ws, bs, backend="torch")) ** 2).sum(1).mean()
+    torch.testing.assert_close(loss, ref, **TOL[dtype])
+    for a, b in zip(torch.autograd.grad(2.5 * loss, ws + bs), torch.autograd.grad(2.5 * ref, ws + bs)):
+        scale = b.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])
+    torch.testing.assert_close(ops.mlp_net_lsq(x, ws, bs, c, k, backend="torch"), ref, **TOL[dtype])
+
+
 def test_gradcheck_float64():
     for B, D, H, O, L in [(3, 2, 5, 2, 1), (1, 1, 3, 1, 0), (7, 3, 9, 4, 2)]:
         ws, bs = layers(D, H, O, L, torch.float64, seed=B)
@@ -59,6 +75,11 @@ def test_gradcheck_float64():
             def f(x_, *p, n=n, activation=activation):
                 return ops.mlp_net(x_, p[:n], p[n:], activation=activation)
             assert torch.autograd.gradcheck(f, (x, *ws, *bs))
+        c, k, x = torch.randn(B, O, dtype=torch.float64), torch.rand(B, dtype=torch.float64) + 0.5, x.detach()
+
+        def lsq(*p, n=n, x=x, c=c, k=k):
+            return ops.mlp_net_lsq(x, p[:n], p[n:], c, k)
+        assert torch.autograd.gradcheck(lsq, (*ws, *bs))
 
 
 def test_the_input_gradient_only_when_asked():
@@ -101,6 +122,12 @@ def test_bad_inputs_name_the_argument():
         ops.mlp_net(x, ws, bs, activation="relu")
     with pytest.raises(ValueError, match="x must have shape"):
         ops.mlp_net(torch.randn(3), ws, bs)
+    with pytest.raises(ValueError, match=r"c must have shape \(4, 2\)"):
+        ops.mlp_net_lsq(x, ws, bs, torch.zeros(4, 3), torch.ones(4))
+    with pytest.raises(ValueError, match=r"k must have shape \(4,\)"):
+        ops.mlp_net_lsq(x, ws, bs, torch.zeros(4, 2), torch.ones(4, 1))
+    with pytest.raises(ValueError, match="must not require grad"):
+        ops.mlp_net_lsq(x.requires_grad_(True), ws, bs, torch.zeros(4, 2), torch.ones(4))
 
 
 DATA = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.log(torch.tensor([0.4, 0.6])),
@@ -124,8 +151,8 @@ def test_fused_training_equals_eager(dtype):
 
 def test_training_runs_fused_by_default(monkeypatch):
     calls = []
-    real = ops.mlp_net
-    monkeypatch.setattr(ops, "mlp_net", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ops.mlp_net_lsq
+    monkeypatch.setattr(ops, "mlp_net_lsq", lambda *a, **k: calls.append(1) or real(*a, **k))
     train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)
     assert len(calls) == 2
     train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, fused=False)

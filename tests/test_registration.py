@@ -91,6 +91,7 @@ def op_args(name, dtype, grad=False, noise=True):
         "mlp_energy_hmc": mlp_args(x, energy=True) + (eps * 0.1, 2, 2, seed, offset, 4, 1, 0.5),
         "mlp_net": (x, net, 1),  # the DriftNet layers as one MLP (D inputs, 2D outputs), SiLU
         "mlp_net_backward": (x, net, 1, rand(B, 2 * D, dtype=dtype), noise),
+        "mlp_net_lsq": (x, net, 1, rand(B, 2 * D, dtype=dtype), rand(B, dtype=dtype)),
         "normal": (seed, offset, B, D, dtype, torch.device("cpu"), 4),
         "uniform": (seed, offset, B, dtype, torch.device("cpu"), 4),
         "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1,

@@ -1,10 +1,13 @@
-// One MLP on the fused engine of cpu/mlp.h, for training (fastsamp.ops.mlp_net, its backward mlp_net_backward):
+// One MLP on the fused engine of cpu/mlp.h, for training (fastsamp.ops.mlp_net, its backward mlp_net_backward, and
+// mlp_net_lsq, a least-squares loss of it with its gradient in one pass):
 //
 //   u_0 = act(W_in x + b_in),  u_k = act(W_k u_{k−1} + b_k) (k = 1..L),  out = W_out u_L + b_out,
 //
 // x the network's input rows (B, Din), out (B, O), act SiLU or exact GELU; the layers packed as every fused
 // network is (fastsamp/ops/_layers.py): params = [W_in (H, Din), b_in, W_out (O, H), b_out, W_1, b_1, ..., W_L,
-// b_L]. The backward recomputes the block's forward (keeping its activations), then mlp::layer_grads
+// b_L]. mlp_net_lsq: the rows' losses |r_b|², r_b = c_b + k_b out_b, and the gradients of their mean (the denoising
+// score-matching loss of a ScoreMLP is one: fastsamp.models.dsm_loss). The backward recomputes the block's
+// forward (keeping its activations; mlp_net_lsq runs it once), then mlp::layer_grads
 // (mlp::backprop_layers' δz chain) gives every weight and bias gradient, and mlp::input_layer_vjp the input's.
 // Each thread takes a contiguous run of rows in blocks of kBlock and keeps padded per-thread sums, reduced in
 // thread order (the result depends on the thread count only by rounding).
@@ -93,8 +96,11 @@ void reduce(const std::vector<std::unique_ptr<ThreadGrads<T>>>& per, ABuf<T> Thr
     }
 }
 
-template <typename T>
-void backward_impl(const mlp::Net<T>& n, const T* x, const T* g_out, int64_t B, T* g_x,
+// The forward with activations and the backward of every block: cotangent(b0, nb, w) writes the block's output
+// cotangent into w.GO ([nb][Dq]; its padding columns stay 0) from its raw output w.OUT; then the parameters'
+// gradients into g_params (shaped as params) and, when g_x is not null, the input's.
+template <typename T, typename Cotangent>
+void backward_impl(const mlp::Net<T>& n, const T* x, int64_t B, Cotangent&& cotangent, T* g_x,
                    const std::vector<uintptr_t>& g_params) {
   const int nt = threads_for(B, 16);
   std::vector<std::unique_ptr<ThreadGrads<T>>> per(nt);
@@ -106,8 +112,7 @@ void backward_impl(const mlp::Net<T>& n, const T* x, const T* g_out, int64_t B, 
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
       const T* xb = x + b0 * n.Din;
       mlp::net_forward<T, true>(n, w, xb, nb, 0);
-      for (int l = 0; l < nb; ++l)  // the padding columns of w.GO stay 0
-        std::memcpy(w.GO.p + static_cast<size_t>(l) * n.Dq, g_out + (b0 + l) * n.D, sizeof(T) * n.D);
+      cotangent(b0, nb, w);
       const T* gz0 = mlp::layer_grads(n, w, xb, nb, sums);
       if (g_x) mlp::input_layer_vjp<T, false>(n, gz0, nb, g_x + b0 * n.Din, n.Din);
     }
@@ -142,7 +147,42 @@ void mlp_net_backward(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H,
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const mlp::Net<T> n = make_net<T>(Din, H, O, params, act, true);
-    backward_impl<T>(n, ptr<T>(x), ptr<T>(g_out), B, g_x ? ptr<T>(g_x) : nullptr, g_params);
+    const T* go = ptr<T>(g_out);
+    auto given = [&](int64_t b0, int nb, mlp::Work<T>& w) {
+      for (int l = 0; l < nb; ++l)
+        std::memcpy(w.GO.p + static_cast<size_t>(l) * n.Dq, go + (b0 + l) * n.D, sizeof(T) * n.D);
+    };
+    backward_impl<T>(n, ptr<T>(x), B, given, g_x ? ptr<T>(g_x) : nullptr, g_params);
+  });
+}
+
+void mlp_net_lsq(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
+                 const std::vector<uintptr_t>& params, int64_t act, uintptr_t c, uintptr_t k, uintptr_t loss,
+                 const std::vector<uintptr_t>& g_params) {
+  if (g_params.size() != params.size())
+    throw std::invalid_argument("fastsamp._C: mlp_net_lsq needs one gradient per parameter");
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const mlp::Net<T> n = make_net<T>(Din, H, O, params, act, true);
+    const T *cc = ptr<T>(c), *kk = ptr<T>(k);
+    T* lo = ptr<T>(loss);
+    const T scale = T(2) / static_cast<T>(B);  // d(mean_b |r_b|²)/dr_b = 2 r_b / B
+    // r = c + k out: the row's loss |r|² and the cotangent (2/B) k r
+    auto residual = [&](int64_t b0, int nb, mlp::Work<T>& w) {
+      for (int l = 0; l < nb; ++l) {
+        const int64_t b = b0 + l;
+        const T* __restrict o = w.OUT.p + static_cast<size_t>(l) * n.Dq;
+        T* __restrict go = w.GO.p + static_cast<size_t>(l) * n.Dq;
+        T sum = 0;
+        for (int d = 0; d < n.D; ++d) {
+          const T r = cc[b * n.D + d] + kk[b] * o[d];
+          sum += r * r;
+          go[d] = scale * kk[b] * r;
+        }
+        lo[b] = sum;
+      }
+    };
+    backward_impl<T>(n, ptr<T>(x), B, residual, nullptr, g_params);
   });
 }
 

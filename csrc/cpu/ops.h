@@ -190,5 +190,11 @@ void mlp_net_backward(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H,
                       const std::vector<uintptr_t>& params, int64_t act, uintptr_t g_out, uintptr_t g_x,
                       const std::vector<uintptr_t>& g_params);
 
+// A least-squares loss of it: loss (B,) the rows' |r_b|², r_b = c_b + k_b out_b (c (B, O), k (B,)), and g_params the
+// gradients of their mean w.r.t. every parameter, in one pass.
+void mlp_net_lsq(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
+                 const std::vector<uintptr_t>& params, int64_t act, uintptr_t c, uintptr_t k, uintptr_t loss,
+                 const std::vector<uintptr_t>& g_params);
+
 }  // namespace cpu
 }  // namespace fastsamp

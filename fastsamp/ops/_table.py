@@ -309,6 +309,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, dims=_MLP_NET_DIMS),
     _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool", "g_x:(B,D)?want_g_x g_params:[params]",
         f"{_MLP_NET_C} g_out g_x g_params", public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
+    _op("mlp_net_lsq", f"{_MLP_NET} c:(B,O) k:(B,)", "loss:(B,) g_params:[params]", f"{_MLP_NET_C} c k",
+        dims=_MLP_NET_DIMS, guard="B > 0"),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",

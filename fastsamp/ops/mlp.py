@@ -256,8 +256,14 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     dtype (float32 / float64) and device. Differentiable (first order): the forward is one kernel call, the backward
     one more that gives the gradients of every weight and bias (and of x when it requires grad); the C++ kernel on
     the CPU, the PyTorch reference elsewhere or with backend="torch". `FourierMLP` trains through it
-    (`train_score_mlp`: x = [x_t, sin(t ω), cos(t ω)]). Returns (B, O)."""
+    (ScoreMLP.forward(x, t, fused=True): its input [x, sin(t ω), cos(t ω)]). Returns (B, O)."""
     x = _checks.state("x", x)
+    layers, act = _net_layers(x, weights, biases, activation)
+    return _MLPNet.apply(backend, act, x, *layers)
+
+
+def _net_layers(x, weights, biases, activation):
+    """The checked, packed layers of `mlp_net`'s arguments (`_layers.pack_layers`) and the activation's code."""
     weights, biases = list(weights), list(biases)
     for k in (0, -1):
         w = weights[k] if weights else None
@@ -271,7 +277,39 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
                                  bias_names=[f"biases[{k}]" for k in range(len(biases))])
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    return _MLPNet.apply(backend, ACTIVATIONS[activation], x, *layers)
+    return layers, ACTIVATIONS[activation]
+
+
+class _MLPNetLsq(torch.autograd.Function):
+    """Forward: the backend's mlp_net_lsq, the mean loss, with every parameter's gradient from the same kernel call
+    (kept); backward: those gradients times the loss's cotangent."""
+
+    @staticmethod
+    def forward(ctx, backend, act, x, c, k, *params):
+        rows, grads = _dispatch.route(backend, "mlp_net_lsq", x, c, k, *params)(x, list(params), act, c, k)
+        ctx.save_for_backward(*grads)
+        return rows.mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return (None,) * 5 + tuple(g * gp for gp in ctx.saved_tensors)
+
+
+def mlp_net_lsq(x, weights, biases, c, k, *, activation="silu", backend="auto"):
+    """mean_b |c_b + k_b f(x_b)|², f the MLP of `mlp_net` (c (B, O), k (B,) constants), differentiable in the weights
+    and biases: one kernel call gives the loss and every parameter's gradient (the block's activations stay in cache
+    from the forward to the backward; the loss's cotangent never leaves the kernel). The denoising score-matching
+    loss of a ScoreMLP is one (`fastsamp.models.dsm_loss`: σ s + z = c + k f with c = σ(α m − x)/v + z,
+    k = σ/√v). Returns the loss (0-dim)."""
+    x = _checks.state("x", x)
+    layers, act = _net_layers(x, weights, biases, activation)
+    B, O = x.shape[0], layers[2].shape[0]
+    c = _checks.like("c", c, x, (B, O))
+    k = _checks.like("k", k, x, (B,))
+    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or k.requires_grad):
+        raise ValueError("mlp_net_lsq differentiates the weights and biases only: x, c and k must not require grad")
+    return _MLPNetLsq.apply(backend, act, x, c, k, *layers)
 
 
 def _mh_code(mh, energy_ok):

@@ -461,3 +461,10 @@ def mlp_net_backward(x, params, act, g_out, want_g_x):
     _, vjp = torch.func.vjp(lambda x_, *p: mlp_net(x_, p, act), x, *params)
     g_x, *g_params = vjp(g_out)
     return (g_x if want_g_x else None), list(g_params)
+
+
+def mlp_net_lsq(x, params, act, c, k):
+    """(the rows' |r_b|², r_b = c_b + k_b mlp_net(x)_b; [∂/∂p of their mean for p in params]) by torch.func.vjp."""
+    rows = lambda *p: ((c + k[:, None] * mlp_net(x, p, act)) ** 2).sum(1)  # noqa: E731
+    loss, vjp = torch.func.vjp(rows, *params)
+    return loss, list(vjp(torch.full_like(loss, 1.0 / max(loss.shape[0], 1))))
