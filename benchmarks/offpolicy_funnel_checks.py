@@ -1,0 +1,230 @@
+"""The checks behind the Funnel TB Δlog Z gap of the off-policy table (issue 13): ours 0.522 against
+the published 0.690 ± 0.018 (Sendera et al. 2024, Table C.1). Findings: checks/funnel_tb.md.
+
+    python benchmarks/offpolicy_funnel_checks.py evaluate [--repeats 5] [--models PATH ...]
+    python benchmarks/offpolicy_funnel_checks.py manywell [--repeats 20] [--models PATH ...]
+    python benchmarks/offpolicy_funnel_checks.py train --iterations 3000 --seeds 0 1 [--sigma2 1] [--lr-flow 0.1]
+                                                       [--released]
+
+The "released" estimator and training step are written here from the formulas of gfn-diffusion's
+`GFN.get_trajectory_fwd`, `fwd_tb` and `log_partition_function` (energy_sampling/, commit 255b499),
+independently of fastsamp's fused kernels and em_step op, on the same DriftNet weights:
+    x_{i+1} = x_i + h μ_θ(x_i, t_i) + σ √h ε   (ε ~ N(0, I) from torch's global generator),
+    log p_F = log N(x_{i+1}; x_i + h μ, σ² h) with the noise recomputed from the states,
+    log p_B(x_i | x_{i+1}) = log N(x_i; x_{i+1} i/(i+1), σ² h i/(i+1)) for i ≥ 1 (0 for i = 0),
+    log R = log N(x_0; 0, 3²) + Σ_{k≥1} log N(x_k; 0, e^{x_0}) (hard_funnel.py, via torch.distributions),
+    TB loss = ½ mean (log Z_θ + Σ log p_F − Σ log p_B − log R)², Adam (policy 1e-3, log Z 1e-1).
+`evaluate`: for each saved Funnel TB model, log w of the same trajectories by fastsamp and by these
+formulas (largest difference), then Δlog Z and Δlog Z^RW over `--repeats` evaluation seeds of 2000
+samples with both estimators. `train`: the same initial network (fastsamp.experiments.offpolicy.build at
+the seed) trained by `fastsamp.samplers.diffusion.train` (fused) or, with --released, by the step
+above, optionally with another σ² of the reference process or log Z learning rate; then the evaluation
+of `evaluate`.
+One thread; prints one JSON line per model.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+
+from fastsamp.experiments.offpolicy import build, evaluate
+from fastsamp.metrics import log_z_estimates
+from fastsamp.samplers.diffusion import DiffusionSampler, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "results", "offpolicy_full")
+N = 2000  # the paper's evaluation batch (eval_data_size)
+
+
+def released_log_r(x):
+    """hard_funnel.py's log density: x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})."""
+    d = torch.distributions
+    return d.Normal(0.0, 3.0).log_prob(x[:, 0]) + d.Normal(0.0, torch.exp(0.5 * x[:, :1])).log_prob(x[:, 1:]).sum(1)
+
+
+def released_log_w(sampler, states, drifts=None):
+    """log R(x_T) + Σ log p_B − Σ log p_F of given states (T+1, B, D) by the released formulas;
+    `drifts` (T, B, D) if already computed, else the network's at each state (no grad)."""
+    T, h, s2 = sampler.n_steps, sampler.h, sampler.sigma ** 2
+    if drifts is None:
+        with torch.no_grad():
+            temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
+            drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
+    noise = ((states[1:] - states[:-1]) - h * drifts) / math.sqrt(h * s2)
+    log_pf = -0.5 * (noise ** 2 + math.log(2 * math.pi) + math.log(h * s2)).sum((0, 2))
+    i = torch.arange(1, T, dtype=states.dtype)[:, None, None]
+    back_var = s2 * h * i / (i + 1)
+    u = (states[1:-1] - states[2:] * i / (i + 1)) / back_var.sqrt()
+    log_pb = -0.5 * (u ** 2 + math.log(2 * math.pi) + back_var.log()).sum((0, 2))
+    return released_log_r(states[-1]) + log_pb - log_pf
+
+
+def released_rollout(sampler, batch):
+    """Forward trajectories as gfn-diffusion simulates them (noise from torch's global generator):
+    states (T+1, B, D) without grad and the drifts (T, B, D) with grad (the TB gradient's path)."""
+    T, h, sigma = sampler.n_steps, sampler.h, sampler.sigma
+    temb, _ = sampler.net.time_features(torch.arange(T, dtype=torch.float32) * h)
+    x = torch.zeros(batch, sampler.target.dim)
+    states, drifts = [x], []
+    for i in range(T):
+        drift = sampler.net(x, temb[i:i + 1], None)[0]
+        x = x + h * drift.detach() + math.sqrt(h) * sigma * torch.randn_like(x)
+        states.append(x)
+        drifts.append(drift)
+    return torch.stack(states), torch.stack(drifts)
+
+
+def released_estimates(sampler, seed):
+    """Δlog Z (ELBO) and Δlog Z^RW of 2000 released-style samples (log Z = 0)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        states, drifts = released_rollout(sampler, N)
+        m = log_z_estimates(released_log_w(sampler, states, drifts))
+    return {"delta_log_Z": abs(m["elbo"]), "delta_log_Z_rw": abs(m["log_Z"]), "ess": m["ess"]}
+
+
+def released_train(sampler, iterations, seed, lr_policy=1e-3, lr_flow=1e-1):
+    """gfn-diffusion's forward-TB training loop (train_step with fwd_tb) on the sampler's network."""
+    torch.manual_seed(seed)
+    net = sampler.net
+    policy = [p for name, p in net.named_parameters() if name != "log_Z"]
+    opt = torch.optim.Adam([{"params": policy, "lr": lr_policy}, {"params": [net.log_Z], "lr": lr_flow}])
+    losses = []
+    for _ in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        states, drifts = released_rollout(sampler, 300)
+        log_w = released_log_w(sampler, states, drifts)
+        loss = 0.5 * ((net.log_Z - log_w) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _summary(values):
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def evaluate_model(sampler, repeats, name):
+    """Same-trajectory agreement of the two log w, and both estimators over `repeats` seeds."""
+    traj = sampler.forward_trajectories(N, seed=10**6)
+    ours_lw = traj.log_weights().detach().double()
+    released_lw = released_log_w(sampler, traj.states).double()
+    ours = [evaluate(sampler, sampler.target, n=N, seed=s) for s in range(1, repeats + 1)]
+    rel = [released_estimates(sampler, s) for s in range(1, repeats + 1)]
+    out = {"model": name, "log_Z_learned": float(sampler.net.log_Z.detach()),
+           "same_trajectories_max_abs_log_w_diff": float((ours_lw - released_lw).abs().max()),
+           "same_trajectories_elbo": [float(ours_lw.mean()), float(released_lw.mean())]}
+    for key in ("delta_log_Z", "delta_log_Z_rw", "ess"):
+        out[f"ours_{key}"] = _summary([m[key] for m in ours])
+        out[f"released_{key}"] = _summary([m[key] for m in rel])
+    return out
+
+
+def _curve_point(sampler, repeats):
+    """Δlog Z (mean over `repeats` evaluation seeds of 2000 samples) during training."""
+    return {"delta_log_Z": statistics.mean(evaluate(sampler, sampler.target, n=N, seed=s)["delta_log_Z"]
+                                           for s in range(1, repeats + 1))}
+
+
+def load_model(path):
+    """A saved DiffusionSampler (.pt) or the model of a training checkpoint (.ckpt)."""
+    if path.endswith(".pt"):
+        return DiffusionSampler.load(path)
+    sampler, _ = build("funnel", "tb")
+    sampler.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    return sampler
+
+
+def cmd_evaluate(args):
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, "funnel_tb_seed*.pt")))
+    for path in paths:
+        print(json.dumps(evaluate_model(load_model(path), args.repeats, os.path.basename(path))), flush=True)
+
+
+def cmd_train(args):
+    for seed in args.seeds:
+        sampler, cfg = build("funnel", "tb", seed=seed, iterations=args.iterations, lr_flow=args.lr_flow)
+        sampler.sigma = math.sqrt(args.sigma2)  # the network does not depend on σ: same initial weights
+        t0, curve = time.process_time(), []
+        if args.released:
+            losses = released_train(sampler, args.iterations, seed, lr_flow=args.lr_flow)
+        else:
+            log = train(sampler, dataclasses.replace(cfg, eval_every=args.curve), progress=False,
+                        callback=lambda it, s=sampler: {"iteration": it, **_curve_point(s, args.repeats)})
+            losses, curve = log.loss, log.evals
+        cpu = time.process_time() - t0
+        name = (f"{'released' if args.released else 'fastsamp'} seed {seed} sigma2 {args.sigma2} "
+                f"lr_flow {args.lr_flow} it {args.iterations}")
+        out = evaluate_model(sampler, args.repeats, name)
+        out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
+        print(json.dumps(out), flush=True)
+
+
+def orthant_limit(target):
+    """Δlog Z^RW of a sampler exact on the dominant orthant (every a_j > 0) and empty elsewhere, as n → ∞:
+    −(D/2) log P(a > 0), P by the trapezoidal rule on the grid of ManyWell.Z_well."""
+    a = torch.linspace(-6.0, 6.0, 24001, dtype=torch.float64)
+    f = torch.exp(target.well_log_density(a, normalised=False))
+    f[0] *= 0.5
+    f[-1] *= 0.5
+    p_right = float(f[a > 0].sum() + 0.5 * f[a == 0].sum()) / float(f.sum())
+    return p_right, -target.n_wells * math.log(p_right)
+
+
+def cmd_manywell(args):
+    """Manywell TB: Δlog Z^RW per 2000 samples over `--repeats` seeds, pooled over all of them, the
+    collapse's limit and the share of samples with every double-well coordinate in the right well."""
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, "manywell_tb_seed*.pt")))
+    for path in paths:
+        sampler = DiffusionSampler.load(path)
+        target = sampler.target
+        p_right, limit = orthant_limit(target)
+        log_w, right, all_right = [], [], []
+        for s in range(1, args.repeats + 1):
+            x, lw = sampler.sample(N, seed=s)
+            log_w.append(lw.double())
+            right.append(float((x[:, 0::2] > 0).double().mean()))
+            all_right.append(float((x[:, 0::2] > 0).all(1).double().mean()))
+        per_draw = [abs(log_z_estimates(lw)["log_Z"] - target.log_Z) for lw in log_w]
+        pooled = log_z_estimates(torch.cat(log_w))
+        print(json.dumps({"model": os.path.basename(path), "p_right_exact": p_right, "orthant_limit": limit,
+                          "delta_log_Z_rw_per_2000": _summary(per_draw),
+                          "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - target.log_Z), "pooled_n": pooled["n"],
+                          "pooled_ess": pooled["ess"], "delta_log_Z_pooled": abs(pooled["elbo"] - target.log_Z),
+                          "right_well_fraction": statistics.mean(right),
+                          "all_right_fraction": statistics.mean(all_right)}), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("evaluate", help="both estimators on saved Funnel TB models")
+    e.add_argument("--models", nargs="*", help="model .pt or training .ckpt files (default: OUT/funnel_tb_seed*.pt)")
+    t = sub.add_parser("train", help="train from the preset's initial network, then evaluate")
+    t.add_argument("--iterations", type=int, default=3000)
+    t.add_argument("--seeds", type=int, nargs="+", default=[0])
+    t.add_argument("--sigma2", type=float, default=1.0, help="σ² of the reference process (the preset: 1)")
+    t.add_argument("--lr-flow", type=float, default=1e-1, help="Adam lr of log Z (the preset: 0.1)")
+    t.add_argument("--curve", type=int, default=0, help="fastsamp only: Δlog Z every CURVE iterations (0: none)")
+    t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
+    m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell TB models against the orthant collapse")
+    m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_tb_seed*.pt)")
+    for q in (e, t, m):
+        q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    {"evaluate": cmd_evaluate, "train": cmd_train, "manywell": cmd_manywell}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
