@@ -165,3 +165,17 @@ def test_fused_energy_training_is_refused():
         train_score_mlp(DATA, n_iters=1, parameterisation="energy", fused=True)
     with pytest.raises(TypeError, match="dtype"):
         train_score_mlp(DATA, n_iters=1, dtype=torch.float16)
+
+
+def test_score_mlp_forward_through_the_fused_network():
+    """ScoreMLP.forward(x, t, fused=True) (the network through ops.mlp_net) equals the eager forward, gradients too."""
+    from fastsamp.models import ScoreMLP
+    torch.manual_seed(0)
+    net = ScoreMLP(3, hidden=20, n_freq=4, data_mean=torch.randn(3), data_var=1.4).double()
+    x, t = torch.randn(50, 3, dtype=torch.float64), torch.rand(50, dtype=torch.float64)
+    fused, eager = net(x, t, fused=True), net(x, t)
+    torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-12)
+    params = list(net.parameters())
+    grads = [torch.autograd.grad(out.square().sum(), params) for out in (fused, eager)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,169 @@
+"""One training iteration of a ScoreMLP (denoising score matching, `fastsamp.models.dsm_loss` + Adam): the fused
+engine (ops.mlp_net_lsq: the network's forward, the loss and the backward to every weight in one C++ kernel call)
+against eager PyTorch and a fair torch.compile of the eager step, and the fused pass's GFLOP/s against the fp32
+GEMM rate measured in the same run (issue 11 item 1).
+
+Setting: batch 512, hidden 128 (three SiLU layers, 16 Fourier frequencies: network input D + 32), D = 2 and 8,
+float32, one thread. Every variant runs the same step on the same draws (x0, t, z passed in):
+zero_grad, loss, backward, Adam step; the optimizer is the same eager Adam in all three.
+* eager: `dsm_loss(net, x0, t, z)`;
+* fused: `dsm_loss(net, x0, t, z, fused=True)` (ops.mlp_net_lsq, what train_score_mlp runs);
+* fused_pair: the loss on `net(x_t, t, fused=True)`, the network through the op pair ops.mlp_net (forward kernel,
+  autograd through the loss, backward kernel, which recomputes the forward): the alternative measured against;
+* compile: torch.compile(dynamic=False) of the loss function (AOTAutograd compiles its forward and backward
+  graphs), called after a warm-up, static shapes.
+The network pass alone is timed too, on the network's input rows: lsq_pass (ops.mlp_net_lsq and its backward),
+pair_pass (ops.mlp_net forward + backward), pair_forward (its forward alone, which the pair's backward kernel runs
+again), eager_pass (the nn.Sequential forward + autograd backward).
+
+FLOPs of the pass: forward 2B(Din H + L H² + H D), backward the same for the weight gradients plus 2B(L H² + H D)
+for the δ chain (no input gradient: the input is data); activations not counted. GFLOP/s (lsq_pass) use these
+(useful) FLOPs; the op pair runs the forward once more (`executed`).
+
+Times: medians of per-iteration wall and process CPU time (one thread: the CPU time is the step's own), the
+variants interleaved (fused, eager, compile, fused, ...) so that on a loaded machine all see the same load.
+
+    python benchmarks/mlp_train.py [--dims 2 8] [--iters 20] [--repeats 7] [--json out.json]
+"""
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+from fastsamp import ops
+from fastsamp.experiments.bench import cpu_model
+from fastsamp.mlp_models import dsm_loss
+from fastsamp.models import ScoreMLP
+
+
+def gemm_rate(m=1024, repeats=15):
+    """GFLOP/s of a float32 m³ matmul: median wall, median CPU time."""
+    x, y = torch.randn(m, m), torch.randn(m, m)
+    x @ y
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        x @ y
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return {"wall": 2 * m**3 / statistics.median(walls) / 1e9, "cpu": 2 * m**3 / statistics.median(cpus) / 1e9}
+
+
+def trainer(net, loss_fn):
+    """One training iteration on the draws: zero_grad, loss, backward, Adam step."""
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step(x0, t, z):
+        opt.zero_grad()
+        loss = loss_fn(x0, t, z)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def pass_flops(net, batch):
+    linears = list(net.net)[0::2]
+    fwd = 2 * batch * sum(m.in_features * m.out_features for m in linears)
+    chain = 2 * batch * sum(m.in_features * m.out_features for m in linears[1:])
+    return {"useful": 2 * fwd + chain, "executed": 3 * fwd + chain}
+
+
+def bench_dim(D, args):
+    torch.manual_seed(0)
+    base = ScoreMLP(D, hidden=args.hidden, data_mean=torch.randn(D) * 0.5, data_var=1.0)
+    g = torch.Generator().manual_seed(1)
+    B = args.batch
+    x0 = torch.randn(B, D, generator=g)
+    t = 1e-3 + (1 - 1e-3) * torch.rand(B, 1, generator=g)
+    z = torch.randn(B, D, generator=g)
+    nets = {k: copy.deepcopy(base) for k in ("fused", "fused_pair", "eager", "compile")}
+    compiled = torch.compile(lambda a, b, c: dsm_loss(nets["compile"], a, b, c), dynamic=False)
+
+    def pair_loss(a, b, c):
+        alpha, sigma2 = nets["fused_pair"].marginal(b)
+        xt = alpha * a + sigma2.sqrt() * c
+        return ((sigma2.sqrt() * nets["fused_pair"](xt, b[:, 0], fused=True) + c) ** 2).sum(1).mean()
+    steps = {"fused": trainer(nets["fused"], lambda a, b, c: dsm_loss(nets["fused"], a, b, c, fused=True)),
+             "fused_pair": trainer(nets["fused_pair"], pair_loss),
+             "eager": trainer(nets["eager"], lambda a, b, c: dsm_loss(nets["eager"], a, b, c)),
+             "compile": trainer(nets["compile"], compiled)}
+    # the network pass alone: input rows [x_t, emb(t)], an output cotangent, the loss's c and k
+    inp = torch.randn(B, D + 2 * base.n_freq, generator=g)
+    g_out, lsq_c, lsq_k = torch.randn(B, D, generator=g), torch.randn(B, D, generator=g), torch.rand(B, generator=g)
+    weights, biases = nets["fused"]._layers()
+
+    def lsq_pass():
+        ops.mlp_net_lsq(inp, weights, biases, lsq_c, lsq_k).backward()
+
+    def pair_pass():
+        ops.mlp_net(inp, weights, biases).backward(g_out)
+
+    def pair_forward():
+        with torch.no_grad():
+            ops.mlp_net(inp, weights, biases)
+
+    def eager_pass():
+        nets["eager"].net(inp).backward(g_out)
+
+    runs = {**{k: (lambda s=s: s(x0, t, z)) for k, s in steps.items()},
+            "lsq_pass": lsq_pass, "pair_pass": pair_pass, "pair_forward": pair_forward, "eager_pass": eager_pass}
+    compile_w0 = time.perf_counter()
+    for fn in runs.values():  # warm-up (compiles the compiled step)
+        for _ in range(3):
+            fn()
+    compile_s = time.perf_counter() - compile_w0
+    walls, cpus = {k: [] for k in runs}, {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for k, fn in runs.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.iters):
+                fn()
+            walls[k].append((time.perf_counter() - w0) / args.iters)
+            cpus[k].append((time.process_time() - c0) / args.iters)
+    med = {k: {"wall_s": statistics.median(walls[k]), "cpu_s": statistics.median(cpus[k])} for k in runs}
+    return med, pass_flops(base, B), compile_s
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 8])
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--iters", type=int, default=20, help="iterations per timed sample")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    gemm = gemm_rate()
+    report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "args": vars(args),
+              "fp32_gemm_GFLOPs": gemm, "dims": {}}
+    print(f"{report['cpu']}, one thread; fp32 GEMM {gemm['wall']:.1f} GFLOP/s wall, {gemm['cpu']:.1f} CPU")
+    for D in args.dims:
+        med, flops, compile_s = bench_dim(D, args)
+        best_torch = min(med["eager"]["cpu_s"], med["compile"]["cpu_s"])
+        rate = {c: flops["useful"] / med["lsq_pass"][f"{c}_s"] / 1e9 for c in ("wall", "cpu")}
+        entry = {"times": med, "flops": flops, "compile_s": compile_s,
+                 "speedup_cpu": {k: med[k]["cpu_s"] / med["fused"]["cpu_s"] for k in ("eager", "compile", "fused_pair")}
+                 | {"best_pytorch": best_torch / med["fused"]["cpu_s"]},
+                 "fused_pass_GFLOPs": rate, "fused_pass_frac_gemm": {c: rate[c] / gemm[c] for c in rate},
+                 "outside_pass_share_of_step": 1 - med["lsq_pass"]["cpu_s"] / med["fused"]["cpu_s"]}
+        report["dims"][D] = entry
+        us = {k: 1e6 * v["cpu_s"] for k, v in med.items()}
+        sp = entry["speedup_cpu"]
+        print(f"D={D} (CPU time): step fused {us['fused']:.0f} us, op pair {us['fused_pair']:.0f}, eager "
+              f"{us['eager']:.0f}, compile {us['compile']:.0f}: x{sp['eager']:.2f} eager, x{sp['compile']:.2f} "
+              f"compile, x{sp['best_pytorch']:.2f} best PyTorch, x{sp['fused_pair']:.2f} op pair; pass lsq "
+              f"{us['lsq_pass']:.0f} us, op pair {us['pair_pass']:.0f} (forward {us['pair_forward']:.0f}), eager "
+              f"{us['eager_pass']:.0f}; "
+              f"lsq pass {rate['cpu']:.1f} GFLOP/s = {100 * entry['fused_pass_frac_gemm']['cpu']:.0f}% of GEMM; "
+              f"{100 * entry['outside_pass_share_of_step']:.0f}% of the fused step outside the pass")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
