@@ -1,10 +1,14 @@
 """Per-call eager latency of the registered ops at small batch (issue 10): raw backend function against the
 registered op, and torch.library.Library define/impl (what fastsamp registers) against torch.library.custom_op.
 
-    python benchmarks/op_latency.py [--B 64] [--D 8] [--calls 500] [--repeats 21] [--against REV]
+    python benchmarks/op_latency.py [--B 64] [--D 8] [--calls 500] [--repeats 21] [--against REV] [--clock cpu]
+                                    [--ops OP ...]
 
+Every registered op (`_table.registered()`: the public ops, their backward kernels, the policy and network ops
+with their lists of layers, built from a small DriftNet and score / energy / plain MLPs at (B, D)).
 Columns (µs per call, median of `repeats` timings of `calls` calls each, the columns timed in turn within
-each repeat; one intra-op thread, float32):
+each repeat; one intra-op thread, float32; `--clock cpu` times the thread's CPU time instead of wall time;
+nan: no such function, e.g. no public op for a backward kernel, no custom_op for a factory op):
   raw          the backend function itself (fastsamp.backends.cpp.<op>: output allocation + the _C call)
   library      torch.ops.fastsamp.<op> below the autograd key (`_library.Entry.eager`: how the public ops call it
                in eager while the profiler or a dispatch mode watches)
@@ -34,15 +38,50 @@ import torch
 
 import fastsamp
 from fastsamp import VP, backends, ops
-from fastsamp.ops import _autograd, _library, _table
+from fastsamp.ops import _autograd, _layers, _library, _table
+from fastsamp.ops.trajectory import PolicyParams
+from fastsamp.samplers.diffusion import DriftNet
 
 
-def args_for(name, B, D, K=4):
+class Nets:
+    """The networks of the list-taking ops at (B, D): a DriftNet policy (T = 4 steps, hidden width H, one hidden
+    layer) with its time embedding, states and gradients; one score network and one energy network (F = 2 Fourier
+    frequencies, one hidden layer), flat as the mlp ops take them (`params`, `dims`, `scalars`) and as the public
+    ScoreNet / EnergyNet; one MLP for mlp_net (O = D outputs)."""
+
+    def __init__(self, B, D, T=4, H=16, F=2):
+        self.T = T
+        self.policy = DriftNet(D, hidden=H, n_harmonics=4, n_layers=1).requires_grad_(False)
+        self.temb = torch.randn(T, H)
+        self.policy_params = PolicyParams(self.policy).tensors()
+        self.ts = torch.arange(T + 1, dtype=torch.float64) / T
+        self.lgv = torch.full((T, 1), 0.01)
+        self.states = torch.randn(T + 1, B, D)
+        self.g_states, self.g_log = torch.randn(T + 1, B, D), torch.randn(B, T)
+        self.scores = torch.randn(T, B, D)
+        weights = [0.3 * torch.randn(H, D + 2 * F), 0.3 * torch.randn(H, H), 0.3 * torch.randn(D, H)]
+        biases = [torch.zeros(H), torch.zeros(H), torch.zeros(D)]
+        freq, mean = torch.linspace(0.5, 2.0, F), torch.zeros(D)
+        at = dict(data_var=1.0, t=0.5, alpha=0.8, sigma2=0.3)
+        self.score_net = ops.ScoreNet(weights, biases, freq, mean, **at)
+        self.energy_net = ops.EnergyNet(weights, biases, freq, mean, **at)
+        self.mlp_params = [freq, mean] + _layers.packed(weights, biases)
+        self.dims, self.scalars = [F, H, 1, 0], [at["t"], at["alpha"], at["sigma2"], at["data_var"]]
+        self.weights = [0.3 * torch.randn(H, D), 0.3 * torch.randn(H, H), 0.3 * torch.randn(D, H)]
+        self.biases = [torch.zeros(H), torch.zeros(H), torch.zeros(D)]
+        self.net_params = _layers.packed(self.weights, self.biases)
+
+
+def args_for(name, B, D, nets, K=4):
     """Backend-signature arguments at (B, D), seeds past int64 in the schema's encoding."""
     x, s, xi = torch.randn(B, D), torch.randn(B, D), torch.randn(B, D)
     eps, u = torch.full((B,), 0.05), torch.rand(B)
     mix = torch.randn(K, D), torch.zeros(K), torch.ones(K)
     seed, offset = _library.encode_u64(2**64 - 3), 5
+    n = nets
+    policy, lgv = (n.temb, n.policy_params), (n.lgv, 0.3)
+    score_sum = (x, n.mlp_params, n.dims, n.scalars)
+    no_mix = (None, None, None, 1.0, 0.0)
     return {
         "gmm_score": (x, *mix, 0.8, 0.3),
         "sde_step": (x, s, None, None, seed, offset, 0, 1.01, 0.02, 0.1),
@@ -60,16 +99,33 @@ def args_for(name, B, D, K=4):
         "em_step_logprob": (x, s, None, None, None, seed, offset, 0, 0.01, 0.5, 0.0, 0.9, 0.45),
         "normal": (seed, offset, B, D, torch.float32, torch.device("cpu"), 0),
         "uniform": (seed, offset, B, torch.float32, torch.device("cpu"), 0),
+        "em_step_logprob_backward": (x, s, None, xi, None, u, u, 0.01, 0.5, 0.0, 0.9, 0.45, False, False),
+        "policy_rollout": (None, *policy, n.ts, B, 1.0, 1 / n.T, 0.0, 1e4, seed, 0, 1),
+        "policy_langevin_rollout": (None, *policy, *lgv, n.ts, B, 1.0, 1 / n.T, 0.0, 1e4, seed, 0, 2, None, 3.0, 1),
+        "policy_log_pf": (n.states, *policy, 1.0, 1 / n.T, 1e4, 1),
+        "policy_log_pf_backward": (n.states, *policy, n.g_log, 1.0, 1 / n.T, 1e4, 1, *lgv, n.scores),
+        "policy_reparam_backward": (n.states, *policy, n.ts, n.g_states, n.g_log, 1.0, 1 / n.T, 1e4, 1, *lgv,
+                                    n.scores),
+        "mlp_score": (*score_sum, *no_mix),
+        "mlp_mala": (*score_sum, *no_mix, eps, 1, 1, seed, offset, 0, 0),
+        "mlp_hmc": (*score_sum, *no_mix, eps, 1, 1, seed, offset, 0, 0, 0.5),
+        "mlp_energy": (*score_sum, [1], *no_mix),
+        "mlp_energy_mala": (*score_sum, [1], *no_mix, eps, 1, 1, seed, offset, 0, 1),
+        "mlp_energy_hmc": (*score_sum, [1], *no_mix, eps, 1, 1, seed, offset, 0, 1, 0.5),
+        "mlp_net": (x, n.net_params, 0),
+        "mlp_net_backward": (x, n.net_params, 0, s, True),
+        "mlp_net_lsq": (x, n.net_params, 0, s, u),
     }[name]
 
 
-def public_call(name, backend, B, D, K=4):
-    """A call of the public op (validation switched off by the caller)."""
+def public_call(name, backend, B, D, nets, K=4):
+    """A call of the public op (validation switched off by the caller); None for an op without one."""
     x, s, xi = torch.randn(B, D), torch.randn(B, D), torch.randn(B, D)
     eps, u = torch.full((B,), 0.05), torch.rand(B)
     mix = torch.randn(K, D), torch.zeros(K), torch.ones(K)
     inner = torch.randn(2, B, D)
     kw = dict(backend=backend)
+    n = nets
     return {
         "gmm_score": lambda: ops.gmm_score(x, *mix, alpha=0.8, sigma2=0.3, **kw),
         "sde_step": lambda: ops.reverse_sde_step(x, s, t=0.5, h=0.01, schedule=VP(), seed=1, **kw),
@@ -88,7 +144,17 @@ def public_call(name, backend, B, D, K=4):
         "em_step_logprob": lambda: ops.em_step_logprob(x, s, sigma=1.0, t=0.5, h=0.01, seed=1, **kw),
         "normal": lambda: ops.normal(1, 5, B, D, torch.float32, **kw),
         "uniform": lambda: ops.uniform(1, 5, B, torch.float32, **kw),
-    }[name]
+        "policy_rollout": lambda: ops.policy_rollout(n.policy, n.temb, B, sigma=1.0, seed=1, **kw),
+        "policy_log_pf": lambda: ops.policy_log_pf(n.policy, n.states, n.temb, sigma=1.0, **kw),
+        "mlp_score": lambda: ops.mlp_score(x, n.score_net, **kw),
+        "mlp_mala": lambda: ops.mlp_mala(x, n.score_net, step_size=eps, n_steps=1, seed=1, **kw),
+        "mlp_hmc": lambda: ops.mlp_hmc(x, n.score_net, step_size=eps, n_steps=1, seed=1, **kw),
+        "mlp_energy": lambda: ops.mlp_energy(x, n.energy_net, **kw),
+        "mlp_energy_mala": lambda: ops.mlp_energy_mala(x, n.energy_net, step_size=eps, n_steps=1, seed=1, **kw),
+        "mlp_energy_hmc": lambda: ops.mlp_energy_hmc(x, n.energy_net, step_size=eps, n_steps=1, seed=1, **kw),
+        "mlp_net": lambda: ops.mlp_net(x, n.weights, n.biases, **kw),
+        "mlp_net_lsq": lambda: ops.mlp_net_lsq(x, n.weights, n.biases, s, u, **kw),
+    }.get(name)
 
 
 def custom_op_of(op: _table.Op):
@@ -121,19 +187,23 @@ def registered_at(rev: str):
     return getattr(torch.ops, namespace)
 
 
-def medians_us(fns, calls, repeats):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def medians_us(fns, calls, repeats, clock=time.perf_counter):
     """Median µs per call of each function; the functions are timed in turn within each repeat, so that a
-    load change on the machine shifts them alike."""
+    load change on the machine shifts them alike. clock: wall time, or the calling thread's CPU time
+    (time.thread_time: on a loaded machine it leaves out the time the thread waits for a core)."""
     for fn in fns:
         for _ in range(min(calls, 200)):
             fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, t in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls):
                 fn()
-            t.append((time.perf_counter() - t0) / calls * 1e6)
+            t.append((clock() - t0) / calls * 1e6)
     return [statistics.median(t) for t in times]
 
 
@@ -144,23 +214,28 @@ def main():
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--against", metavar="REV", help="also time the op as registered at this git revision")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall time, or the thread's CPU time (the cost of a call on a loaded machine)")
+    parser.add_argument("--ops", nargs="+", metavar="OP", help="only these registered ops")
     a = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if not backends.is_available("cpp"):
         raise SystemExit("needs the cpp backend (fastsamp._C)")
     cpp = backends._load("cpp")[0]
-    print(f"B = {a.B}, D = {a.D}, float32, 1 thread, median of {a.repeats} x {a.calls} calls (µs per call)")
+    print(f"B = {a.B}, D = {a.D}, float32, 1 thread, median of {a.repeats} x {a.calls} calls (µs per call, "
+          f"{a.clock} clock)")
     before = registered_at(a.against) if a.against else None
     cols = ("op", "raw", "library", "library+ag") + ((f"ag @{a.against}",) if before else ()) + (
         "custom_op", "public auto", "public cpp")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     fastsamp.set_validation(False)
+    nets = Nets(a.B, a.D)
     for op in _table.registered():
-        if op.public is None or any(arg.kind == "tensors" for arg in op.args):
-            continue  # backward kernels; the policy ops (whole trajectories, not a per-move op)
-        args = args_for(op.name, a.B, a.D)
+        if a.ops and op.name not in a.ops:
+            continue
+        args = args_for(op.name, a.B, a.D, nets)
         raw_args = [v & _table.U64_MASK if s.kind == "u64" else v for v, s in zip(args, op.schema_args)]
         entry, opobj = _library.ENTRIES[op.name], getattr(torch.ops.fastsamp, op.name).default
         raw_fn = getattr(cpp, op.name, None)
@@ -170,10 +245,10 @@ def main():
         if before:
             fns.append(partial(getattr(before, op.name).default, *args))
             present.append(True)
-        fns += [custom and partial(custom, *args), public_call(op.name, "auto", a.B, a.D),
-                public_call(op.name, "cpp", a.B, a.D)]
-        present += [custom is not None, True, raw_fn is not None]
-        timed = iter(medians_us([f for f, p in zip(fns, present) if p], a.calls, a.repeats))
+        public = [public_call(op.name, backend, a.B, a.D, nets) for backend in ("auto", "cpp")]
+        fns += [custom and partial(custom, *args), *public]
+        present += [custom is not None, public[0] is not None, public[1] is not None and raw_fn is not None]
+        timed = iter(medians_us([f for f, p in zip(fns, present) if p], a.calls, a.repeats, CLOCKS[a.clock]))
         row = [next(timed) if p else float("nan") for p in present]
         print(f"| {op.name} | " + " | ".join(f"{v:.1f}" for v in row) + " |", flush=True)
 
