@@ -356,20 +356,16 @@ def _nets(params, dims, scalars, energy):
     """Per network of the flat backend lists: (energy flag, f: x -> the network's output, α m, v)."""
     from .mlp import _unflatten  # here: fastsamp.ops.mlp imports _dispatch, which imports this module
     for i, net in enumerate(_unflatten(params, dims, scalars)):
-        freq, mean, w0, b0, wo, bo, *rest = net.tensors
-        layers = [(w0, b0)] + list(zip(rest[0::2], rest[1::2])) + [(wo, bo)]
-        yield (bool(energy[i]) if energy else False, _fourier_mlp(freq, layers, _MLP_ACTIVATIONS[net.act], net.t),
+        freq, mean = net.tensors[:2]
+        yield (bool(energy[i]) if energy else False, _fourier_mlp(freq, net.tensors[2:], net.act, net.t),
                net.alpha * mean, net.alpha * net.alpha * net.data_var + net.sigma2)
 
 
 def _fourier_mlp(freq, layers, act, t):
-    """f(x) = W_out act(… act(W_0 [x, sin(t ω), cos(t ω)] + b_0) …) + b_out."""
+    """f(x) = mlp_net([x, sin(t ω), cos(t ω)]) of the packed layers (W_in, b_in, W_out, b_out, W_1, b_1, ...)."""
     def f(x):
         tw = torch.full((x.shape[0], 1), t, dtype=x.dtype, device=x.device) * freq
-        u = torch.cat([x, torch.sin(tw), torch.cos(tw)], 1)
-        for w, b in layers[:-1]:
-            u = act(F.linear(u, w, b))
-        return F.linear(u, *layers[-1])
+        return mlp_net(torch.cat([x, torch.sin(tw), torch.cos(tw)], 1), layers, act)
     return f
 
 
