@@ -16,39 +16,43 @@ class FourierMLP(torch.nn.Module):
     """What ScoreMLP and EnergyMLP share: f(x, t) = MLP([x, Fourier(t)]) (hidden width `hidden`, three
     SiLU layers, n_freq sinusoidal frequencies of t) and the moment-matched Gaussian of the data
     (mean m, variance σ_d²): at time t it is N(α_t m, v_t I), v_t = α_t² σ_d² + σ_t². Both compute in
-    their own dtype and return x's dtype (`casts_input`): a float32 network serves float64 chains."""
+    their own dtype and return x's dtype (`casts_input`): a float32 network serves float64 chains. `dtype`
+    (default torch's default dtype) is that of the parameters and of the buffers (ω, m, σ_d²), made in it."""
 
     casts_input = True
 
-    def __init__(self, dim, hidden=128, n_freq=16, schedule=None, data_mean=None, data_var=1.0):
+    def __init__(self, dim, hidden=128, n_freq=16, schedule=None, data_mean=None, data_var=1.0, dtype=None):
         super().__init__()
         self.dim, self.hidden, self.n_freq = int(dim), int(hidden), int(n_freq)
         self.schedule = schedule or VP()
-        self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(1000.0), n_freq)))
-        self.register_buffer("data_mean", torch.zeros(dim) if data_mean is None else data_mean.float())
-        self.register_buffer("data_var", torch.tensor(float(data_var)))
+        dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(1000.0), n_freq, dtype=dtype)))
+        self.register_buffer("data_mean", torch.zeros(dim, dtype=dtype) if data_mean is None
+                             else data_mean.detach().to(dtype=dtype, copy=True))
+        self.register_buffer("data_var", torch.tensor(float(data_var), dtype=dtype))
+        linear = lambda n_in, n_out: torch.nn.Linear(n_in, n_out, dtype=dtype)  # noqa: E731
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim + 2 * n_freq, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, dim))
+            linear(dim + 2 * n_freq, hidden), torch.nn.SiLU(),
+            linear(hidden, hidden), torch.nn.SiLU(),
+            linear(hidden, hidden), torch.nn.SiLU(),
+            linear(hidden, dim))
 
     def marginal(self, t):
         """(α_t, σ_t²) of the schedule for a tensor of times."""
         return self.schedule.alpha(t), self.schedule.sigma2(t)
 
-    def gaussian_and_input(self, x, t):
-        """(α_t m, v_t, the network's input [x, sin(t ω), cos(t ω)]) for a batch x and a time t (scalar or (B,))."""
+    def gaussian_and_input(self, x, t, marginal=None):
+        """(α_t m, v_t, the network's input [x, sin(t ω), cos(t ω)]) for a batch x and a time t (scalar or (B,));
+        `marginal`: the caller's (α_t, σ_t²) of these times, (B, 1) each (else computed here)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
-        alpha, sigma2 = self.marginal(t)
+        alpha, sigma2 = self.marginal(t) if marginal is None else marginal
         emb = torch.cat([torch.sin(t * self.freq), torch.cos(t * self.freq)], 1)
         return alpha * self.data_mean, alpha**2 * self.data_var + sigma2, torch.cat([x, emb], 1)
 
-    def gaussian_and_net(self, x, t, fused=False):
-        """(α_t m, v_t, f(x, t)) in x's dtype, differentiable; with `fused`, f through ops.mlp_net (the fused
-        engine's forward, and one kernel call backward for every weight)."""
+    def gaussian_and_net(self, x, t):
+        """(α_t m, v_t, f(x, t)) in x's dtype, differentiable."""
         mean, v, inp = self.gaussian_and_input(x, t)
-        return mean, v, ops.mlp_net(inp, *self._layers(), activation="silu") if fused else self.net(inp)
+        return mean, v, self.net(inp)
 
     def _layers(self):
         """(weights, biases) of `net`'s Linear layers, the parameters themselves (the fused ops' network order)."""
@@ -59,17 +63,22 @@ class FourierMLP(torch.nn.Module):
         return {"dim": self.dim, "hidden": self.hidden, "n_freq": self.n_freq,
                 "schedule": schedule_config(self.schedule)}
 
-    def fusable(self) -> bool:
-        """Whether the fused kernels evaluate this network: `net` is Sequential(Linear, SiLU, ..., Linear) with
-        biases (a subclass or a replaced `net` may not be) and lives where a kernel takes it (score networks: the C++
-        engine on the CPU, the Triton one on CUDA up to its D and width limits; energy networks: the CPU;
-        `ops.mlp.has_fused_kernel`); elsewhere the generic path runs, and AnnealedStats.fused says so."""
+    def has_standard_net(self) -> bool:
+        """Whether `net` is Sequential(Linear, SiLU, ..., Linear) with biases, the network the fused ops take (a
+        subclass or a replaced `net` may not be)."""
         mods = list(self.net) if isinstance(self.net, torch.nn.Sequential) else []
         linears, acts = mods[0::2], mods[1::2]
         return (len(mods) % 2 == 1 and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
-                and all(type(a) is torch.nn.SiLU for a in acts)
-                and ops.mlp.has_fused_kernel(linears[0].weight.device, self.dim, linears[0].out_features,
-                                             self.FUSED_NET))
+                and all(type(a) is torch.nn.SiLU for a in acts))
+
+    def fusable(self) -> bool:
+        """Whether the fused kernels evaluate this network: `has_standard_net` and it lives where a kernel takes it
+        (the C++ engine on the CPU, the Triton one on CUDA up to its D and width limits, for score and energy
+        networks: `ops.mlp.has_fused_kernel`); elsewhere the generic path runs, and AnnealedStats.fused says so."""
+        if not self.has_standard_net():
+            return False
+        first = self.net[0]
+        return ops.mlp.has_fused_kernel(first.weight.device, self.dim, first.out_features, self.FUSED_NET)
 
     def fused_net(self, t, x):
         """This network at time t as the fused network ops read it (ops.ScoreNet for a ScoreMLP, ops.EnergyNet for
@@ -110,13 +119,12 @@ class ScoreMLP(FourierMLP):
     far from the data, where the network has seen little.
 
     As a model, `score(x, t)` evaluates the network in its own dtype (no grad) and returns the
-    score in x's dtype (`casts_input`). `forward` is the differentiable score (training;
-    `fused`: its network through ops.mlp_net)."""
+    score in x's dtype (`casts_input`). `forward` is the differentiable score (training)."""
 
     has_energy = False
 
-    def forward(self, x, t, fused=False):
-        mean, v, f = self.gaussian_and_net(x, t, fused)
+    def forward(self, x, t):
+        mean, v, f = self.gaussian_and_net(x, t)
         return (mean - x) / v + f / v.sqrt()
 
     def score(self, x, t):
@@ -196,14 +204,19 @@ PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
 
 def dsm_loss(net, x0, t, z, *, fused=False):
     """The denoising score-matching loss of one batch: mean_b |σ_t s_θ(α_t x0 + σ_t z, t) + z|² (t (B, 1), z (B, D)
-    the draws). `fused` (a ScoreMLP): σ s + z = c + k f with c = σ(α m − x_t)/v + z and k = σ/√v constants of the
-    weights, so the loss is ops.mlp_net_lsq of the network: the loss and every weight's gradient in one kernel call."""
+    the draws). `fused` (a ScoreMLP with `has_standard_net`, else TypeError): σ s + z = c + k f with
+    c = σ(α m − x_t)/v + z and k = σ/√v constants of the weights, so the loss is ops.mlp_net_lsq of the network: the
+    loss and every weight's gradient in one kernel call."""
+    if fused and not (isinstance(net, ScoreMLP) and net.has_standard_net()):
+        net_type = type(getattr(net, "net", None)).__name__
+        raise TypeError(f"dsm_loss(fused=True) needs a ScoreMLP whose net is Sequential(Linear, SiLU, ..., Linear) "
+                        f"with biases, got a {type(net).__name__} with net {net_type}: use fused=False")
     alpha, sigma2 = net.marginal(t)
     sigma = sigma2.sqrt()
     xt = alpha * x0 + sigma * z
     if not fused:
         return ((sigma * net(xt, t[:, 0]) + z) ** 2).sum(1).mean()
-    mean, v, inp = net.gaussian_and_input(xt, t[:, 0])
+    mean, v, inp = net.gaussian_and_input(xt, t[:, 0], (alpha, sigma2))
     c = sigma * (mean - xt) / v + z
     return ops.mlp_net_lsq(inp, *net._layers(), c, (sigma / v.sqrt())[:, 0], activation="silu")
 
@@ -211,7 +224,8 @@ def dsm_loss(net, x0, t, z, *, fused=False):
 def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=128, t_min=1e-3, seed=0,
                     schedule=None, parameterisation="score", fused=None, dtype=torch.float32) -> ScoreMLP | EnergyMLP:
     """Denoising score matching on data samples (VP schedule): minimise
-    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1) (`dsm_loss`, Adam with a cosine schedule).
+    E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1) (`dsm_loss`, Adam with a cosine schedule; PyTorch's
+    fused Adam, one kernel for all the parameters, on either path).
     `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through
     its autograd score), so that score-MH and energy-MH compare on equal networks.
 
@@ -221,7 +235,8 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     parameters after n steps agree to float rounding. The energy parameterisation trains eager (its loss needs
     the gradient of ∇_x E to the weights, a double backward the engine does not have).
 
-    Returns the trained model (in `dtype`, float32 by default; eval mode), a model that saves and loads."""
+    Returns the trained model (its parameters and buffers in `dtype`, float32 by default; eval mode), a model that
+    saves and loads."""
     if parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {tuple(PARAMETERISATIONS)}, got {parameterisation!r}")
     if dtype not in (torch.float32, torch.float64):
@@ -237,9 +252,9 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = samples.detach().to(dtype).cpu()
-    net = PARAMETERISATIONS[parameterisation](data.shape[1], hidden=hidden, schedule=schedule,
-                                              data_mean=data.mean(0), data_var=float(data.var(0).mean())).to(dtype)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net = PARAMETERISATIONS[parameterisation](data.shape[1], hidden=hidden, schedule=schedule, data_mean=data.mean(0),
+                                              data_var=float(data.var(0).mean()), dtype=dtype)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters)
     for _ in range(n_iters):
         x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]

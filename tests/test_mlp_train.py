@@ -167,15 +167,41 @@ def test_fused_energy_training_is_refused():
         train_score_mlp(DATA, n_iters=1, dtype=torch.float16)
 
 
-def test_score_mlp_forward_through_the_fused_network():
-    """ScoreMLP.forward(x, t, fused=True) (the network through ops.mlp_net) equals the eager forward, gradients too."""
+def test_mlp_net_on_a_score_mlps_layers_equals_its_network():
+    """ops.mlp_net on a ScoreMLP's input rows [x, sin(t ω), cos(t ω)] and its Linear layers equals net.net (the
+    eager network), gradients to every parameter too."""
     from fastsamp.models import ScoreMLP
     torch.manual_seed(0)
-    net = ScoreMLP(3, hidden=20, n_freq=4, data_mean=torch.randn(3), data_var=1.4).double()
+    net = ScoreMLP(3, hidden=20, n_freq=4, data_mean=torch.randn(3), data_var=1.4, dtype=torch.float64)
     x, t = torch.randn(50, 3, dtype=torch.float64), torch.rand(50, dtype=torch.float64)
-    fused, eager = net(x, t, fused=True), net(x, t)
+    inp = net.gaussian_and_input(x, t)[2]
+    fused, eager = ops.mlp_net(inp, *net._layers()), net.net(inp)
     torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-12)
     params = list(net.parameters())
     grads = [torch.autograd.grad(out.square().sum(), params) for out in (fused, eager)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_dsm_loss_refuses_a_network_it_cannot_pack():
+    """dsm_loss(fused=True) takes a ScoreMLP's standard Sequential(Linear, SiLU, ..., Linear) only: a replaced
+    net or an EnergyMLP (whose loss is not ops.mlp_net_lsq's) raises instead of giving a wrong loss."""
+    from fastsamp.mlp_models import dsm_loss
+    from fastsamp.models import EnergyMLP, ScoreMLP
+    x0, t, z = torch.randn(8, 2), torch.rand(8, 1), torch.randn(8, 2)
+    tanh_net = ScoreMLP(2, hidden=8, n_freq=2)
+    tanh_net.net[1] = torch.nn.Tanh()
+    for net in (tanh_net, EnergyMLP(2, hidden=8, n_freq=2)):
+        with pytest.raises(TypeError, match=r"dsm_loss\(fused=True\) needs a ScoreMLP"):
+            dsm_loss(net, x0, t, z, fused=True)
+        assert torch.isfinite(dsm_loss(net, x0, t, z))  # the eager loss takes any network
+
+
+def test_float64_training_keeps_the_buffers_in_double():
+    """dtype=torch.float64: the data mean and variance and the frequencies are float64 values, not rounded
+    through float32."""
+    data = DATA.double() + 1e-9
+    net = train_score_mlp(data, n_iters=0, hidden=8, dtype=torch.float64)
+    assert all(b.dtype == torch.float64 for b in net.buffers())
+    torch.testing.assert_close(net.data_mean, data.mean(0), rtol=0, atol=0)
+    assert net.data_var.item() == float(data.var(0).mean())

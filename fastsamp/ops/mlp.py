@@ -255,8 +255,8 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     weights in network order [W_0 (H, D_in), W_1 … W_L (H, H), W_out (O, H)] (L >= 0) and their biases, all in x's
     dtype (float32 / float64) and device. Differentiable (first order): the forward is one kernel call, the backward
     one more that gives the gradients of every weight and bias (and of x when it requires grad); the C++ kernel on
-    the CPU, the PyTorch reference elsewhere or with backend="torch". `FourierMLP` trains through it
-    (ScoreMLP.forward(x, t, fused=True): its input [x, sin(t ω), cos(t ω)]). Returns (B, O)."""
+    the CPU, the PyTorch reference elsewhere or with backend="torch": the network alone, for any loss (training a
+    ScoreMLP goes through `mlp_net_lsq`, the loss and the gradients in one call). Returns (B, O)."""
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
     return _MLPNet.apply(backend, act, x, *layers)
