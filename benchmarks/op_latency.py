@@ -13,6 +13,8 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
   library      torch.ops.fastsamp.<op> below the autograd key (`_library.Entry.eager`: how the public ops call it
                in eager while the profiler or a dispatch mode watches)
   library+ag   torch.ops.fastsamp.<op> called plainly (through its Python autograd kernel)
+  floor        a trivial op with the same schema (`floor_op`: its kernel returns precomputed outputs): torch's own
+               cost of the arguments through the dispatcher; `library - raw - floor` is what fastsamp's Python adds
   ag @REV      with --against REV: the same call of the op as fastsamp/ops/_library.py registered it at git revision
                REV (registered again in this process under the namespace fastsamp_at_REV: a before/after
                comparison timed in turn with the other columns)
@@ -22,6 +24,7 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
   public cpp   the same with backend="cpp" (checks + the raw backend function)
 A call through the dispatcher adds `library - raw` (`library+ag - raw` from user code calling
 torch.ops.fastsamp.<op> directly). Timings depend on the machine's load.
+`--list-floor` first prints the floor of a list of N tensors (`list_floor`).
 """
 from __future__ import annotations
 
@@ -174,6 +177,28 @@ def custom_op_of(op: _table.Op):
     return custom
 
 
+_floor_lib = torch.library.Library("fastsamp_floor", "DEF")
+
+
+def floor_op(op: _table.Op, outputs):
+    """The op's schema registered under the namespace fastsamp_floor with a CPU kernel that returns `outputs` (one
+    call's, computed beforehand): what the dispatcher costs for these arguments alone (parsing them, boxing them for
+    a Python kernel and back), whatever the kernel does."""
+    _floor_lib.define(op.schema())
+    _floor_lib.impl(op.name, lambda *args: outputs, "CompositeExplicitAutograd")
+    return getattr(torch.ops.fastsamp_floor, op.name).default
+
+
+def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
+    """µs per call of a trivial registered op `(Tensor x, Tensor[] tensors) -> Tensor` (its kernel returns x)
+    against the list's length: torch's own cost of a list of tensors through the dispatcher into Python."""
+    _floor_lib.define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
+    _floor_lib.impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
+    x = torch.randn(8, 8)
+    fn = torch.ops.fastsamp_floor.tensor_list.default
+    return medians_us([partial(fn, x, [torch.randn(8) for _ in range(n)]) for n in sizes], calls, repeats, clock)
+
+
 def registered_at(rev: str):
     """torch.ops.<namespace> of the op table's ops registered by fastsamp/ops/_library.py as it was at git revision
     `rev` (with today's op table, kernels and formulas), under the namespace fastsamp_at_<rev>."""
@@ -217,6 +242,7 @@ def main():
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="wall time, or the thread's CPU time (the cost of a call on a loaded machine)")
     parser.add_argument("--ops", nargs="+", metavar="OP", help="only these registered ops")
+    parser.add_argument("--list-floor", action="store_true", help="first, a trivial op taking a list of N tensors")
     a = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -225,8 +251,14 @@ def main():
     cpp = backends._load("cpp")[0]
     print(f"B = {a.B}, D = {a.D}, float32, 1 thread, median of {a.repeats} x {a.calls} calls (µs per call, "
           f"{a.clock} clock)")
+    if a.list_floor:
+        sizes = (0, 1, 2, 4, 8, 16, 32)
+        print("trivial op (Tensor x, Tensor[] tensors) -> Tensor, µs per call against N = len(tensors):")
+        print("| N | " + " | ".join(map(str, sizes)) + " |\n|" + "---|" * (len(sizes) + 1))
+        print("| µs | " + " | ".join(f"{v:.2f}" for v in list_floor(a.calls, a.repeats, CLOCKS[a.clock], sizes))
+              + " |\n", flush=True)
     before = registered_at(a.against) if a.against else None
-    cols = ("op", "raw", "library", "library+ag") + ((f"ag @{a.against}",) if before else ()) + (
+    cols = ("op", "raw", "library", "library+ag", "floor") + ((f"ag @{a.against}",) if before else ()) + (
         "custom_op", "public auto", "public cpp")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -240,8 +272,10 @@ def main():
         entry, opobj = _library.ENTRIES[op.name], getattr(torch.ops.fastsamp, op.name).default
         raw_fn = getattr(cpp, op.name, None)
         custom = custom_op_of(op)
-        fns = [raw_fn and partial(raw_fn, *raw_args), partial(entry.eager, *args), partial(opobj, *args)]
-        present = [raw_fn is not None, True, True]
+        floor = floor_op(op, opobj(*args))
+        fns = [raw_fn and partial(raw_fn, *raw_args), partial(entry.eager, *args), partial(opobj, *args),
+               partial(floor, *args)]
+        present = [raw_fn is not None, True, True, True]
         if before:
             fns.append(partial(getattr(before, op.name).default, *args))
             present.append(True)

@@ -397,3 +397,38 @@ def test_policy_reparam_rollout_compiles_with_its_fused_backward(dynamo_reset):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_registered_op_returns_what_its_kernel_returns(name):
+    """The op as called (through its Autograd kernel) and below the autograd key (`Entry.eager`, what the public
+    ops call under the profiler) give exactly the outputs of "auto"'s kernel called directly
+    (`_library.device_kernel`, what plain eager runs)."""
+    op = getattr(torch.ops.fastsamp, name).default
+    args = op_args(name, F64)
+    direct = _library.device_kernel(name, "cpu")(*args)
+    torch.testing.assert_close(op(*args), direct, rtol=0, atol=0)
+    torch.testing.assert_close(_library.ENTRIES[name].eager(*args), direct, rtol=0, atol=0)
+
+
+def test_op_latency_benchmark_covers_every_registered_op():
+    """benchmarks/op_latency.py builds inputs for every registered op (its latency table covers them all), which
+    its raw column (the cpp backend function, u64 arguments decoded) and the registered op both take."""
+    import importlib.util
+    from pathlib import Path
+
+    from fastsamp import backends
+    if not backends.is_available("cpp"):
+        pytest.skip("the benchmark times the cpp backend")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "op_latency.py"
+    spec = importlib.util.spec_from_file_location("op_latency_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    nets = bench.Nets(4, 3)
+    cpp = backends._load("cpp")[0]
+    for op in _table.registered():
+        args = bench.args_for(op.name, 4, 3, nets)
+        getattr(torch.ops.fastsamp, op.name).default(*args)
+        if hasattr(cpp, op.name):
+            getattr(cpp, op.name)(*(v & _table.U64_MASK if s.kind == "u64" else v
+                                    for v, s in zip(args, op.schema_args)))
