@@ -391,14 +391,23 @@ def outputs_source(op: Op, fname: str | None = None) -> str:
     return "\n".join(lines + [f"    return {', '.join(o.name for o in op.outs)}"]) + "\n"
 
 
+def any_requires_grad(tensors) -> bool:
+    """Whether a tensor of the list requires grad (a plain loop: about half the time of any() over a generator)."""
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
+
+
 def requires_grad_source(op: Op, fname: str = "requires_grad") -> str:
     """A function of the schema's argument tuple: whether a tensor argument requires grad, one expression over
-    the op's tensor positions (about 4x faster than torch._C._any_requires_grad, which inspects every argument).
+    the op's tensor positions (about 4x faster than torch._C._any_requires_grad, which inspects every argument;
+    a list of tensors through `any_requires_grad`, which the namespace of its definition provides).
     The trailing tensor forms of the u64 arguments are int64 tensors, which cannot require grad."""
     terms = []
     for i, a in enumerate(op.schema_args):
         if a.kind == "tensors":
-            terms.append(f"any(t.requires_grad for t in args[{i}])")
+            terms.append(f"any_requires_grad(args[{i}])")
         elif a.kind in ("state", "tensor"):
             t = f"args[{i}].requires_grad"
             terms.append(f"(args[{i}] is not None and {t})" if a.optional else t)
