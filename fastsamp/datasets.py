@@ -37,7 +37,13 @@ def spatstat_data_dirs() -> list[str]:
 
 
 def finpines_path() -> str | None:
-    """The path of spatstat.data's finpines.txt, or None where it is not installed."""
+    """The path of spatstat.data's finpines.txt, or None where it is not installed. A set
+    ``$FASTSAMP_SPATSTAT_DATA`` without the file raises FileNotFoundError (an explicit choice that points
+    nowhere is not passed over for the system directories)."""
+    env = os.environ.get(SPATSTAT_DATA_ENV)
+    if env and not os.path.isfile(os.path.join(env, _FINPINES_FILE)):
+        raise FileNotFoundError(f"{SPATSTAT_DATA_ENV}={env} holds no {_FINPINES_FILE}: set it to the spatstat.data "
+                                "package directory (DIR/usr/lib/R/site-library/spatstat.data) or unset it")
     for d in spatstat_data_dirs():
         path = os.path.join(d, _FINPINES_FILE)
         if os.path.isfile(path):
@@ -60,7 +66,7 @@ def finpines_points(unit_square: bool = True) -> np.ndarray:
             f"r-cran-spatstat.data_*.deb DIR` and set {SPATSTAT_DATA_ENV}=DIR/usr/lib/R/site-library/spatstat.data")
     xy = np.loadtxt(path, skiprows=1, usecols=(0, 1), dtype=np.float64, ndmin=2)  # columns x y diameter height
     (x0, x1), (y0, y1) = FINPINES_WINDOW
-    if xy.shape[1] != 2 or not ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).all():
+    if not ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).all():
         raise ValueError(f"{path} does not hold points (x, y) in the finpines window {FINPINES_WINDOW}")
     if not unit_square:
         return xy

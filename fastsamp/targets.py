@@ -27,6 +27,7 @@ Parameters are kept in float64; every evaluation runs in the dtype and on the de
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -391,9 +392,9 @@ class LGCP(Target):
     ``"synthetic"``, a point pattern drawn from this same model with ``torch.Generator().manual_seed(seed)``
     — a latent field x* ~ prior (kept as ``true_latent``), counts n_i ~ Poisson(a e^{x*_i}), and points
     uniform within their cells — whose posterior differs from the pines posterior; ``"auto"`` (default),
-    the pines where the data is installed, else the synthetic pattern; or an (N, 2) array of points in
-    [0, 1]². ``points_source`` says which ("finpines", "synthetic" or "user"). log Z is unknown (None)
-    and no exact sampler exists.
+    the pines where the data is installed, else the synthetic pattern with a UserWarning; or an (N, 2)
+    array of points in [0, 1]². ``points_source`` says which ("finpines", "synthetic" or "user"; also in
+    the repr). log Z is unknown (None) and no exact sampler exists.
     """
 
     name = "lgcp"
@@ -421,6 +422,11 @@ class LGCP(Target):
                                  f"got {points!r}")
             if points == "auto":
                 points = self.default_points()
+                if points == "synthetic":
+                    warnings.warn("LGCP(points='auto'): the Finnish pines data is not installed (see "
+                                  "fastsamp.datasets.finpines_points), so this LGCP uses the synthetic point pattern, "
+                                  "whose posterior differs from the benchmark's; pass points='synthetic' to choose it",
+                                  UserWarning, stacklevel=2)
             self.points_source = points
             points = finpines_points() if points == "finpines" else self._synthetic_points(chol, int(seed))
         else:
@@ -430,6 +436,9 @@ class LGCP(Target):
         self._register("chol", chol)
         self._register("precision", torch.cholesky_inverse(chol))
         self._register("counts", self.bin_counts(self.points, self.grid).reshape(-1))
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, points={self.points_source!r})"
 
     @staticmethod
     def default_points() -> str:

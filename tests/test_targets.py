@@ -1,6 +1,7 @@
 """Benchmark targets: scores against autograd, normalising constants by quadrature, exact samplers
 against their known marginals, the registry and input validation."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -303,7 +304,7 @@ def test_finpines_loader_and_binning():
     np.testing.assert_allclose(u, (xy + [5.0, 8.0]) / 10.0, rtol=0, atol=1e-15)
     assert (u >= 0).all() and (u <= 1).all()
     for t in (LGCP(points="finpines"), LGCP()):  # the default takes the pines where they are installed
-        assert t.points_source == "finpines" and t.dim == 1600 and t.grid == 40
+        assert t.points_source == "finpines" and t.dim == 1600 and t.grid == 40 and "points='finpines'" in repr(t)
         assert t.counts.shape == (1600,) and t.counts.dtype == F64
         assert t.counts.sum().item() == 126 and (t.counts > 0).sum().item() == 111 and t.counts.max().item() == 3
     # the binning by hand: the pine (p, q) in cell ⌊40p⌋·40 + ⌊40q⌋ (no point lies on the last edge)
@@ -349,7 +350,21 @@ def test_finpines_absent_is_a_clear_error(monkeypatch, tmp_path):
         datasets.finpines_points()
     with pytest.raises(FileNotFoundError, match="FASTSAMP_SPATSTAT_DATA"):
         LGCP(points="finpines", grid=4)
-    assert LGCP(grid=4).points_source == "synthetic"
+    with pytest.warns(UserWarning, match="not installed.*synthetic point pattern"):
+        t = LGCP(grid=4)
+    assert t.points_source == "synthetic" and "points='synthetic'" in repr(t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asking for the synthetic pattern is silent
+        assert get_target("lgcp", points="synthetic", grid=4).points_source == "synthetic"
+
+
+def test_spatstat_variable_that_points_nowhere_raises(monkeypatch, tmp_path):
+    """An explicit $FASTSAMP_SPATSTAT_DATA without finpines.txt is an error, not a fall-through to the
+    system directories (nor, for points="auto", to the synthetic pattern)."""
+    monkeypatch.setenv(datasets.SPATSTAT_DATA_ENV, str(tmp_path / "nowhere"))
+    for call in (datasets.finpines_path, datasets.finpines_points, LGCP.default_points, lambda: LGCP(grid=4)):
+        with pytest.raises(FileNotFoundError, match="FASTSAMP_SPATSTAT_DATA=.*nowhere holds no"):
+            call()
 
 
 def test_finpines_read_from_the_environment_variable(monkeypatch, tmp_path):
