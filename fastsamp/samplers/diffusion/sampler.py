@@ -34,6 +34,21 @@ class Trajectories:
         return self.log_r + self.log_pb.sum(-1) - self.log_pf.sum(-1)
 
 
+def _saved_target(path, cfg):
+    """The registered target a saved sampler names, on the point pattern it was trained on (cfg["points"],
+    absent for targets without one and in files saved before it was recorded)."""
+    from ...targets import get_target
+    if "points" not in cfg:
+        return get_target(cfg["target"])
+    if cfg["points"] == "user":
+        raise ValueError(f"{path} was trained on user-given {cfg['target']} points: pass target=")
+    try:
+        return get_target(cfg["target"], points=cfg["points"])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} was trained on the {cfg['points']} {cfg['target']} point pattern, "
+                                f"which is not available here: {e}") from e
+
+
 class DiffusionSampler(nn.Module):
     """Drift network + the pinned-Brownian reference process (σ, T). `fused=True` runs the
     fast path: no-grad simulation, then one batched network evaluation of every visited state
@@ -50,9 +65,13 @@ class DiffusionSampler(nn.Module):
     # -- saving and loading ---------------------------------------------------------------------
     def config(self) -> dict:
         """The settings that rebuild this sampler (plain values): the target's registered name (None if
-        it has none) and dim, σ, T, fused and the DriftNet keyword arguments."""
-        return {"target": getattr(self.target, "name", None), "dim": self.target.dim, "sigma": self.sigma,
-                "n_steps": self.n_steps, "fused": self.fused, "net": dict(self.net_config)}
+        it has none), its point pattern where it has one (LGCP's points_source, as "points") and dim, σ, T,
+        fused and the DriftNet keyword arguments."""
+        cfg = {"target": getattr(self.target, "name", None), "dim": self.target.dim, "sigma": self.sigma,
+               "n_steps": self.n_steps, "fused": self.fused, "net": dict(self.net_config)}
+        if hasattr(self.target, "points_source"):
+            cfg["points"] = self.target.points_source
+        return cfg
 
     def save(self, path) -> None:
         """Write config and state_dict to `path`; `torch.load(path)` reads it with the default
@@ -63,7 +82,7 @@ class DiffusionSampler(nn.Module):
     @classmethod
     def load(cls, path, target=None, map_location=None) -> DiffusionSampler:
         """The sampler written by `save`, on `target` (default: the registered target of the saved name,
-        `fastsamp.targets.get_target(name)` with its default settings)."""
+        `fastsamp.targets.get_target(name)` with its default settings and the saved point pattern, if any)."""
         saved = torch.load(path, map_location=map_location, weights_only=True)
         if saved.get("format") != SAVE_FORMAT or saved.get("class") != "DiffusionSampler":
             raise ValueError(f"{path} is not a DiffusionSampler written by DiffusionSampler.save")
@@ -71,8 +90,7 @@ class DiffusionSampler(nn.Module):
         if target is None:
             if cfg["target"] is None:
                 raise ValueError(f"{path} was saved with a target that has no registered name: pass target=")
-            from ...targets import get_target
-            target = get_target(cfg["target"])
+            target = _saved_target(path, cfg)
         if target.dim != cfg["dim"]:
             raise ValueError(f"target has dim {target.dim} but the sampler in {path} was trained for dim {cfg['dim']}")
         sampler = cls(target, sigma=cfg["sigma"], n_steps=cfg["n_steps"], fused=cfg["fused"], **cfg["net"])

@@ -242,6 +242,8 @@ def _save_checkpoint(path, iteration, training: TrainingState):
         "loss": log.loss, "evals": log.evals, "seconds": log.seconds, "cpu_seconds": log.cpu_seconds,
         "resumed_from": log.resumed_from,
     }
+    if hasattr(sampler.target, "points_source"):  # LGCP: the point pattern the run trains on
+        state["target_points"] = sampler.target.points_source
     atomic_write(path, lambda f: torch.save(state, f))
 
 
@@ -274,6 +276,7 @@ def _load_checkpoint(path, training: TrainingState) -> int:
         diff = {k: (v, state["config"].get(k)) for k, v in dataclasses.asdict(cfg).items()
                 if state["config"].get(k) != v}
         raise ValueError(f"checkpoint {path} was written with another TrainConfig (now, then): {diff}")
+    _check_target_points(path, state, sampler.target)
     if set(state["buffers"]) != set(buffers):
         raise ValueError(f"checkpoint {path} holds buffers {sorted(state['buffers'])}, expected {sorted(buffers)}")
     sampler.load_state_dict(state["model"])
@@ -288,6 +291,16 @@ def _load_checkpoint(path, training: TrainingState) -> int:
     log.seconds, log.cpu_seconds = state["seconds"], state["cpu_seconds"]
     log.resumed_from = list(state["resumed_from"])
     return int(state["iteration"])
+
+
+def _check_target_points(path, state, target):
+    """Refuse to resume a run on another point pattern than the one its checkpoint was written on (the
+    "target_points" of LGCP checkpoints; checkpoints of other targets, and those written before it was
+    recorded, have none and resume as before)."""
+    then, now = state.get("target_points"), getattr(target, "points_source", None)
+    if "target_points" in state and then != now:
+        raise ValueError(f"checkpoint {path} was written on the {then} {target.name} point pattern, but this run's "
+                         f"target uses the {now} one (fastsamp.datasets): use another checkpoint path")
 
 
 def read_checkpoint_iteration(path) -> int:
