@@ -103,8 +103,9 @@ def make_plan(args, *, whole=False):
 
 def table(args):
     torch.set_num_threads(1)
-    _check_lgcp_points(make_plan(args), args)
-    run_table(make_plan(args), args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
+    plan = make_plan(args)
+    _check_lgcp_points(plan, args)
+    run_table(plan, args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
               batch_size=args.batch_size, eval_samples=args.eval_samples, log=lambda s: print(s, flush=True))
     report(args)
 
@@ -120,9 +121,12 @@ def _lgcp_points(plan, args) -> dict:
 def _check_lgcp_points(plan, args):
     """LGCP runs started here use the Finnish pines where they are installed, else the synthetic pattern
     (LGCP.default_points); a table whose finished LGCP runs used the other pattern is an error, not a mix."""
+    done = _lgcp_points(plan, args)
+    if not done:
+        return
     here = LGCP.default_points()
-    other = sorted(set(_lgcp_points(plan, args)) - {here})
-    if any(r.target == "lgcp" for r in plan) and other:
+    other = sorted(set(done) - {here})
+    if other:
         raise ValueError(f"{args.out} holds LGCP runs on the {' and '.join(other)} point pattern, but runs started "
                          f"here use the {here} one (fastsamp.datasets): use another out directory")
 

@@ -131,6 +131,30 @@ def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
         bench.main(["table", *argv[:1], "7", *argv[2:]])
 
 
+def test_table_refuses_lgcp_runs_on_another_point_pattern(tmp_path, monkeypatch):
+    """`table` adds LGCP runs on the pattern LGCP.default_points gives here; finished LGCP runs on the
+    other one (lgcp_points in their JSON; none: synthetic, from before the pines) are an error. The
+    data lookup is made only where the folder holds finished LGCP runs."""
+    bench = _bench()
+    args = type("A", (), dict(out=str(tmp_path), batch_size=None))
+    lgcp = offpolicy.plan_table(["lgcp"], ["tb"], [0, 1], iterations=4)
+    gmm = offpolicy.plan_table(["25gmm"], ["tb"], [0], iterations=4)
+
+    def lookup_fails():
+        raise AssertionError("LGCP.default_points called without finished LGCP runs")
+    monkeypatch.setattr(bench.LGCP, "default_points", staticmethod(lookup_fails))
+    bench._check_lgcp_points(lgcp + gmm, args)  # no finished run: nothing to mix
+    for seed, points in ((0, {"lgcp_points": "synthetic"}), (1, {})):
+        with open(offpolicy.run_stem(args.out, "lgcp", "tb", seed) + ".json", "w") as f:
+            json.dump({"iterations": 4, "config": {"batch_size": 16}, **points}, f)
+    bench._check_lgcp_points(gmm, args)
+    monkeypatch.setattr(bench.LGCP, "default_points", staticmethod(lambda: "synthetic"))
+    bench._check_lgcp_points(lgcp, args)
+    monkeypatch.setattr(bench.LGCP, "default_points", staticmethod(lambda: "finpines"))
+    with pytest.raises(ValueError, match="holds LGCP runs on the synthetic point pattern.*use the finpines one"):
+        bench._check_lgcp_points(lgcp, args)
+
+
 def test_full_plan_is_seed_major_and_covers_the_table():
     bench = _bench()
     args = type("A", (), dict(targets=None, methods=None, seeds=[0, 1], fraction=1.0, iterations=None))
