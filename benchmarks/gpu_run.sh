@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # One device session: build with nvcc, run the GPU tests, the GPU benchmarks and the
-# main job on the GPU. Writes logs and JSON under $OUT (default ./gpu_out). The stage timeouts
-# sum to 575 s, inside one device call (600 s at most).
+# main job on the GPU. Writes logs and JSON under $OUT (default ./gpu_out). Every step that starts
+# a process heavier than echo/grep/tail runs under a timeout: nvidia-smi 5 s, build 150, versions
+# and info 20, tests 100 + 160, bench 80, mlp_product 60 + its summary 5, main job 15: 595 s in
+# all, inside one device call (600 s at most; what runs between them takes milliseconds).
+# Without an NVIDIA GPU (no nvidia-smi, or it lists none) it stops before the build, exit status 1.
 #   bash benchmarks/gpu_run.sh [pytest -k expression]
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
-date -u | tee -a "$OUT/device.txt"
+if ! timeout 5 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    > "$OUT/device.txt" 2>&1 || [ "$(wc -l < "$OUT/device.txt")" -lt 2 ]; then
+  echo "gpu_run.sh: no NVIDIA GPU here (nvidia-smi: $(head -c 200 "$OUT/device.txt")): nothing run" >&2
+  exit 1
+fi
+date -u >> "$OUT/device.txt"; cat "$OUT/device.txt"
 SECONDS=0
 FASTSAMP_CUDA_ARCHS=90 timeout 150 python3 -m pip install --no-build-isolation --no-deps -e . -q > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: ${SECONDS}s"
-python3 -m fastsamp.cli info > "$OUT/info.json"; grep -A5 backends "$OUT/info.json"
+timeout 20 python3 -c "import sys, triton; from fastsamp import cli; print('triton', triton.__version__, file=sys.stderr); \
+sys.exit(cli.main(['info']))" > "$OUT/info.json" 2>> "$OUT/device.txt"  # info: the torch version, CUDA, backends
+grep -m1 '^triton ' "$OUT/device.txt"; grep -E -A5 '"torch"|backends' "$OUT/info.json"
 SECONDS=0
 timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider -n 8 \
   tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py tests/test_trajectory.py \
@@ -35,7 +43,9 @@ SECONDS=0  # the Triton score-network engine: annealed MCMC on a Product of two 
 timeout "${MLP_TIMEOUT:-60}" python3 benchmarks/mlp_product.py --device cuda --repeats 1 \
   --json "$OUT/mlp_product_cuda.json" > "$OUT/mlp_product.log" 2>&1
 echo "mlp_product rc=$? ${SECONDS}s"
-python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: round(r[k]['wall_s'], 4) for k in ('kernel', \
-'fused', 'generic')}, 'fused/generic speedup', r['speedup'], 'kernel frac of fp32 GEMM', r['kernel']['frac_gemm'])" \
-  "$OUT/mlp_product_cuda.json" || tail -20 "$OUT/mlp_product.log"
-timeout 25 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$OUT/sample_cuda.json" 2>&1 | tail -4
+timeout 5 python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: round(r[k]['wall_s'], 4) for k in \
+('kernel', 'fused', 'generic')}, 'fused/generic speedup', r['speedup'], 'kernel frac of fp32 GEMM', \
+r['kernel']['frac_gemm'])" "$OUT/mlp_product_cuda.json" || tail -20 "$OUT/mlp_product.log"
+SECONDS=0
+timeout 15 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$OUT/sample_cuda.json" 2>&1 | tail -4
+echo "sample rc=${PIPESTATUS[0]} ${SECONDS}s"
