@@ -67,6 +67,33 @@ def released_log_w(sampler, states, drifts=None):
     return released_log_r(states[-1]) + log_pb - log_pf
 
 
+class DefaultNetwork(torch.nn.Module):
+    """The network gfn-diffusion's train.py builds without --pis_architectures and --zero_init (its
+    defaults): t ↦ MLP([sin 2πkt, cos 2πkt]_{k=1..64}) and x ↦ MLP(x) (Linear-GELU-Linear-GELU, 64 wide),
+    concatenated into a joint MLP (Linear-GELU-Linear-GELU-Linear, default initialisation) giving
+    (drift, log-variance); the variance is fixed, so only the drift is used. DriftNet's interface."""
+
+    langevin = learned_variance = False
+
+    def __init__(self, dim, hidden=64, harmonics=64):
+        super().__init__()
+        nn, self.dim = torch.nn, dim
+        self.register_buffer("pe", 2 * math.pi * torch.arange(1, harmonics + 1, dtype=torch.float32)[None])
+        self.time = nn.Sequential(nn.Linear(2 * harmonics, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.state = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.joint = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                   nn.Linear(hidden, 2 * dim))
+        self.log_Z = nn.Parameter(torch.zeros(()))
+
+    def time_features(self, ts):
+        arg = ts[:, None] * self.pe
+        return self.time(torch.cat([arg.sin(), arg.cos()], -1)), None
+
+    def forward(self, x, temb, lgv=None, score=None):
+        hid = torch.cat([self.state(x), temb.expand(x.shape[0], -1)], -1)
+        return self.joint(hid)[:, :self.dim], None, hid
+
+
 def released_rollout(sampler, batch):
     """Forward trajectories as gfn-diffusion simulates them (noise from torch's global generator):
     states (T+1, B, D) without grad and the drifts (T, B, D) with grad (the TB gradient's path)."""
@@ -155,6 +182,9 @@ def cmd_train(args):
     for seed in args.seeds:
         sampler, cfg = build("funnel", "tb", seed=seed, iterations=args.iterations, lr_flow=args.lr_flow)
         sampler.sigma = math.sqrt(args.sigma2)  # the network does not depend on σ: same initial weights
+        if args.default_network:  # eager per-step path with the torch op (the fused kernels need a DriftNet)
+            torch.manual_seed(seed)
+            sampler.net, sampler.fused, sampler.backend = DefaultNetwork(sampler.target.dim), False, "torch"
         t0, curve = time.process_time(), []
         if args.released:
             losses = released_train(sampler, args.iterations, seed, lr_flow=args.lr_flow)
@@ -164,7 +194,7 @@ def cmd_train(args):
             losses, curve = log.loss, log.evals
         cpu = time.process_time() - t0
         name = (f"{'released' if args.released else 'fastsamp'} seed {seed} sigma2 {args.sigma2} "
-                f"lr_flow {args.lr_flow} it {args.iterations}")
+                f"lr_flow {args.lr_flow} it {args.iterations}{' default network' if args.default_network else ''}")
         out = evaluate_model(sampler, args.repeats, name)
         out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
         print(json.dumps(out), flush=True)
@@ -216,6 +246,8 @@ def main(argv=None):
     t.add_argument("--sigma2", type=float, default=1.0, help="σ² of the reference process (the preset: 1)")
     t.add_argument("--lr-flow", type=float, default=1e-1, help="Adam lr of log Z (the preset: 0.1)")
     t.add_argument("--curve", type=int, default=0, help="fastsamp only: Δlog Z every CURVE iterations (0: none)")
+    t.add_argument("--default-network", action="store_true",
+                   help="with --released: train.py's default network instead of the PIS architecture")
     t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
     m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell TB models against the orthant collapse")
     m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_tb_seed*.pt)")
