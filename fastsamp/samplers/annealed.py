@@ -23,9 +23,10 @@ import torch
 
 from .. import ops
 from ..distributed import Comm
-from ..ops import _checks
+from ..ops import _checks, _dispatch
 from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
+from ..schedules import reverse_em_coefficients
 from .kernels import CorrectorSpec, PhiloxKey, run_corrector
 
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
@@ -110,6 +111,18 @@ def corrector_spec(model, *, corrector, mh, n_steps, n_trapezoid, n_leapfrog, da
     return CorrectorSpec(corrector, mh, n_steps=count_arg(steps_name, n_steps, 0),
                          n_trapezoid=count_arg("n_trapezoid", n_trapezoid, 1),
                          n_leapfrog=count_arg("n_leapfrog", n_leapfrog, 1), damping=damping, backend=backend)
+
+
+def reverse_em_steps(schedule, ts, dtype) -> list:
+    """[None, (a, c_s, c_n) of the reverse Euler–Maruyama step ts[0] → ts[1], ts[1] → ts[2], ...], t and
+    h = ts[i-1] − ts[i] checked as `ops.reverse_sde_step` checks them: once per run, not per level."""
+    steps = [None]
+    for t_prev, t in zip(ts, ts[1:]):
+        h = _checks.finite_float("h", t_prev - t, positive=True, dtype=dtype)
+        a, c_s, c_n = reverse_em_coefficients(schedule, _checks.finite_float("t", t_prev), h)
+        _checks.coefficients(dtype, "h", a=a, c_s=c_s, c_n=c_n)
+        steps.append((a, c_s, c_n))
+    return steps
 
 
 class NonFiniteMonitor:
@@ -197,6 +210,10 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     monitor = NonFiniteMonitor(n_levels, device, on_nonfinite)
     sched = model.schedule
     ts = torch.linspace(1.0, t_min, n_levels, dtype=torch.float64).tolist()
+    # the predictor calls the sde_step kernel as ops.reverse_sde_step would, with the run's constants checked here
+    # once: x is the normal draw's or a kernel's output, its score the counting model's or the last move's
+    steps = reverse_em_steps(sched, ts, dtype) if predictor else None
+    chain0 = _checks.chain_offset(chain0, n_local, device)
     f = CountingModel(with_backend(model, backend))
     stats = AnnealedStats(fused=fused and fused_corrector(model) is not None, chain_offset=chain0,
                           n_local=n_local)
@@ -224,8 +241,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
             if i > 0 and predictor:
                 with phase("predictor"):
                     s = f.score(x, ts[i - 1]) if s_held is None else s_held  # the same x and t: the same value
-                    x = ops.reverse_sde_step(x, s, t=ts[i - 1], h=ts[i - 1] - t, schedule=sched, seed=seed,
-                                             offset=offset, chain_offset=chain0, backend=backend)
+                    sde_step = _dispatch.route(backend, "sde_step", x, s, None, None)
+                    x = sde_step(x, s, None, None, *_checks.seed_offset(seed, offset, device=device), chain0, *steps[i])
                 offset += 1
             eps = step_size * (sched.alpha(t) ** 2 * data_scale**2 + sched.sigma2(t)) * factor
             if spec.n_steps > 0:
@@ -238,8 +255,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                 rate = rate * finite  # a non-finite chain is not accepted
                 if adapt and corrector in ("mala", "hmc"):
                     factor = factor * torch.exp(rate - target_accept)  # Robbins-Monro on log ε, gain 1
-                rate_sum = rate.double().sum()
-            values[:] = [rate_sum, eps.double().sum(), monitor.counts[i], f.calls - n_before]
+                rate_sum = rate.sum(dtype=torch.float64)
+            values[:] = [rate_sum, eps.sum(dtype=torch.float64), monitor.counts[i], f.calls - n_before]
     totals = level_sums.totals().to(device)
     monitor.counts.copy_(totals[:, 2])  # over all ranks
     stats.n_score_evals = int(totals[:, 3].sum())

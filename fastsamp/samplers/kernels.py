@@ -149,9 +149,9 @@ class ScoreMH(MHTest):
             scores = kernel.model.score(x_prop, kernel.t)
         else:  # x' and the n - 1 interior points in one batched call (n checked once: `check_langevin_run`)
             pts = _op(kernel, "line_points", (x, x_prop), (n,))
-            scores = kernel.model.score(torch.cat([x_prop[None], pts]).view(-1, x.shape[1]), kernel.t)
-        B = x.shape[0]  # the model's output is contiguous (the counting model's), and so are these slices
-        s_prop, interior = (scores, None) if n == 1 else (scores[:B], scores[B:].reshape(n - 1, *x.shape))
+            scores = kernel.model.score(torch.cat([x_prop, pts.view(-1, x.shape[1])]), kernel.t)
+        B, D = x.shape  # the model's output is contiguous (the counting model's), and so are these slices
+        s_prop, interior = (scores, None) if n == 1 else (scores[:B], scores[B:].view(n - 1, B, D))
         with phase("mh"):
             x, s, accepted, log_alpha = _op(kernel, "score_mh_accept",
                                             (x, x_prop, state.score, s_prop, kernel.step_size, None, interior), key)
