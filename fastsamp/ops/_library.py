@@ -241,7 +241,7 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict):
     positions (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
     function = _function(op, handle) if op.grad else None
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
-    namespace = {"any_requires_grad": _table.any_requires_grad}
+    namespace = {}
     _table.define(_table.requires_grad_source(op), f"<fastsamp requires_grad {op.name}>", namespace)
     requires_grad = namespace["requires_grad"]
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
