@@ -4,10 +4,13 @@ outside the network calls"): fastsamp.profiling's breakdown of one run and, with
 cost, the share of unprofiled runs outside the network's forward (timed around each call).
 
     python benchmarks/profile_network.py [--chains 2048 --levels 20 --moves 5 --hidden 64 --trace t.json]
-                                         [--clock wall|cpu]
+                                         [--clock wall|cpu] [--pieces]
 
 --clock cpu times the unprofiled runs and the network calls by the process's CPU time (steadier on a loaded
-CPU machine, where the wall time also counts waiting for a core).
+CPU machine, where the wall time also counts waiting for a core). --pieces also prints, from one more run with a
+timer around each piece of the generic path (the network's forward, each kernel, the dispatch choice, the model
+wrappers, the corrector's and the sampler's own Python; about 1 us per timed call), each piece's self time per
+move: where the time outside the network goes, without the profiler's cost per torch op.
 """
 from __future__ import annotations
 
@@ -15,11 +18,14 @@ import argparse
 import json
 import statistics
 import time
+from collections import Counter
 
 import torch
 
 import fastsamp
-from fastsamp.samplers import annealed_mcmc
+from fastsamp import models, protocol
+from fastsamp.ops import _dispatch
+from fastsamp.samplers import annealed, kernels
 
 
 class MLPScore(torch.nn.Module):
@@ -35,6 +41,75 @@ class MLPScore(torch.nn.Module):
         return self.net(torch.cat([x, torch.full_like(x[:, :1], t)], 1))
 
 
+class PieceTimer:
+    """Self time (the timed callees' excluded) and calls of each wrapped function, by `clock` (ns)."""
+
+    def __init__(self, clock):
+        self.clock, self.self_ns, self.calls, self._stack, self._undo = clock, Counter(), Counter(), [], []
+
+    def timed(self, label, fn):
+        def call(*args, **kwargs):
+            self._stack.append(0)
+            t0 = self.clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed, inner = self.clock() - t0, self._stack.pop()
+                self.self_ns[label] += elapsed - inner
+                self.calls[label] += 1
+                if self._stack:
+                    self._stack[-1] += elapsed
+        return call
+
+    def wrap(self, owner, name, label, fn=None):
+        """owner.name timed as `label` (fn: what to time instead of owner.name) until `restore`."""
+        self._undo.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, self.timed(label, fn or getattr(owner, name)))
+
+    def restore(self):
+        for owner, name, old in reversed(self._undo):
+            if old is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
+
+
+PIECES = [(protocol.CountingModel, "score", "CountingModel.score (count, output check)"),
+          (models.ScoreModel, "score", "ScoreModel.score (no_grad, the module's call)"),
+          (kernels.ScoreMH, "langevin", "MH piece: the points' batch, slices"),
+          (kernels.Langevin, "step", "Langevin.step"), (kernels.Langevin, "init", "Langevin.init (per level)"),
+          (kernels, "checked_kernel", "checked_kernel (per level)"),
+          (annealed, "run_corrector", "run_corrector: loop, accept count (per level)"),
+          (annealed.NonFiniteMonitor, "record", "non-finite count (per level)"),
+          (annealed, "annealed_mcmc", "annealed_mcmc: setup, per-level work, end")]
+
+
+def pieces(model, run, clock):
+    """{piece: (self seconds, calls)} of one run() of the generic path with each piece timed around its calls."""
+    timer = PieceTimer(clock)
+    route = _dispatch.route
+    timer.wrap(model, "forward", "network forward")
+    timer.wrap(_dispatch, "route", "dispatch choice (route)",
+               lambda backend, op, *t: timer.timed(f"kernel {op}", route(backend, op, *t)))
+    for owner, name, label in PIECES:
+        timer.wrap(owner, name, label)
+    try:
+        run()
+    finally:
+        timer.restore()
+    return {k: (timer.self_ns[k] * 1e-9, timer.calls[k]) for k in timer.self_ns}
+
+
+def print_pieces(split, n_moves):
+    total = sum(s for s, _ in split.values())
+    outside = total - split["network forward"][0]
+    print(f"pieces of one more run (timed around each call, self time): {total * 1e3:.1f} ms, outside the network "
+          f"{outside * 1e3:.1f} ms = {outside / n_moves * 1e6:.0f} us per move ({n_moves} moves; per-level pieces "
+          f"spread over the moves)")
+    for k, (s, n) in sorted(split.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {k:48s} {s / n_moves * 1e6:7.1f} us/move {n:5d} calls {s / n * 1e6:8.1f} us/call")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chains", type=int, default=2048)
@@ -47,6 +122,7 @@ def main():
     p.add_argument("--trace", default=None)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--json", default=None)
+    p.add_argument("--pieces", action="store_true")
     args = p.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(1)
@@ -55,7 +131,7 @@ def main():
     model = MLPScore(args.dim, args.hidden)
 
     def run():
-        return annealed_mcmc(model, args.chains, n_levels=args.levels, corrector="mala", mh="score",
+        return annealed.annealed_mcmc(model, args.chains, n_levels=args.levels, corrector="mala", mh="score",
                              n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid, step_size=0.05, seed=0,
                              on_nonfinite="ignore")
 
@@ -88,6 +164,9 @@ def main():
     print(f"profiled wall {b.wall_s:.3f} s" + (f" ({b.wall_s / wall:.2f}x the unprofiled run)" if args.clock == "wall"
                                                 else ""))
     print(b)
+    if args.pieces:
+        print_pieces(pieces(model, run, time.process_time_ns if args.clock == "cpu" else time.perf_counter_ns),
+                     args.levels * args.moves)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), f"{args.clock}_s": wall, "outside_network_share_unprofiled": outside,
