@@ -23,7 +23,8 @@ one pattern to an out directory that holds runs on the other.
 evaluation (the old metrics are reproduced bit for bit; the JSON gains the new diagnostics).
 `timing` measures ms per training iteration, fused against eager, for every cell of the plan (or the
 --targets / --methods asked for) into OUT/timing_<device>_<threads>thread.json (resumable: timed cells are
-skipped unless --force); `report` shows it. Each path (fused: DiffusionSampler(fused=True), the whole-trajectory
+skipped unless --force); `report` shows it. It is fastsamp.experiments.offpolicy.time_fused_vs_eager (also
+`fastsamp train --time`): each path (fused: DiffusionSampler(fused=True), the whole-trajectory
 kernels; eager: the per-step autograd loop on the reference op; with --compile, the eager path with its
 DriftNet compiled, torch.compile of DriftNet.forward with static shapes after warm-up, a fresh dynamo cache per
 cell) trains its own sampler of the preset from the same initialisation through `train()` itself, resumed from
@@ -56,6 +57,7 @@ from fastsamp.experiments.offpolicy import (
     reevaluate,
     run_table,
     table_progress,
+    time_fused_vs_eager,
 )
 from fastsamp.experiments.options import MAX_SEED, count, device_arg, positive_float
 from fastsamp.profiling import PREFIX
@@ -241,37 +243,6 @@ def _table(plan, args, *, brief) -> str:
     return text
 
 
-def time_paths(target, method, paths, *, iterations, segment, warmup, device, **build_kw):
-    """({path: [ms per iteration of each segment]}, clock, segment) for the interleaved paths ("fused", "eager",
-    "compile"; module docstring) of the preset (`build_kw`: build's options, e.g. batch_size); segment None: 20,
-    or one local-search period for presets with local search; iterations None: 3 segments."""
-    if segment is None:
-        cfg = build(target, method, iterations=1, device=device, **build_kw)[1]
-        segment = cfg.ls_every if cfg.local_search else 20
-    total = warmup + (iterations or 3 * segment)
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
-            sampler, cfg = build(target, method, seed=0, iterations=total, fused=path == "fused", device=device,
-                                 **build_kw)
-            if path == "compile":  # a fresh cache per cell: the cells share DriftNet.forward's code object, and
-                torch._dynamo.reset()  # past dynamo's recompile limit the later cells would silently run eager
-                sampler.net.forward = torch.compile(sampler.net.forward, dynamic=False)
-            ckpt = os.path.join(tmp, f"{path}.ckpt")
-            log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=warmup)
-            runs[path] = (sampler, cfg, ckpt, log, [])
-        cpu_clock = sampler.device.type == "cpu" and torch.get_num_threads() == 1
-        clock = (lambda log: log.cpu_seconds) if cpu_clock else (lambda log: log.seconds)
-        for start in range(warmup, total, segment):
-            stop = min(start + segment, total)
-            for path in paths:
-                sampler, cfg, ckpt, prev, per = runs[path]
-                log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=stop)
-                per.append(1e3 * (clock(log) - clock(prev)) / (stop - start))
-                runs[path] = (sampler, cfg, ckpt, log, per)
-    return {path: run[4] for path, run in runs.items()}, "process CPU" if cpu_clock else "wall", segment
-
-
 def profile_fused(target, method, *, iterations, batch_size, device):
     """Shares of the fused iterations' wall time (under torch.profiler): the policy kernels (the
     sampler's `fastsamp.policy` ranges around the rollout / log p_F calls, and their backward
@@ -298,21 +269,14 @@ def profile_fused(target, method, *, iterations, batch_size, device):
 
 
 def time_cell(target, method, args) -> dict:
-    """The timing JSON's entry of one cell: fused_ms, eager_ms (medians), speedup = eager / fused, clock,
-    iterations_per_round (the segment), rounds_ms (every segment) and mean_ms per path; with --compile compile_ms
-    and best_pytorch_over_fused, with --profile fused_profile."""
-    paths = ["fused", "eager"] + (["compile"] if args.compile else [])
-    per, clock, segment = time_paths(target, method, paths, iterations=args.iterations, segment=args.segment,
-                                     warmup=args.warmup, batch_size=args.batch_size, device=args.device)
-    med = {k: statistics.median(v) for k, v in per.items()}
-    r = {"fused_ms": med["fused"], "eager_ms": med["eager"], "speedup": med["eager"] / med["fused"], "clock": clock,
-         "iterations_per_round": segment, "rounds_ms": per, "mean_ms": {k: statistics.mean(v) for k, v in per.items()}}
-    if args.compile:
-        r["compile_ms"] = med["compile"]
-        r["best_pytorch_over_fused"] = min(med["eager"], med["compile"]) / med["fused"]
+    """The timing JSON's entry of one cell: fastsamp.experiments.offpolicy.time_fused_vs_eager's (fused_ms, eager_ms,
+    speedup, clock, iterations_per_round, rounds_ms, mean_ms; with --compile compile_ms and best_pytorch_over_fused),
+    with --profile also fused_profile."""
+    r = time_fused_vs_eager(target, method, compile=args.compile, iterations=args.iterations, segment=args.segment,
+                            warmup=args.warmup, batch_size=args.batch_size, device=args.device)
     if args.profile:
-        r["fused_profile"] = profile_fused(target, method, iterations=segment, batch_size=args.batch_size,
-                                           device=args.device)
+        r["fused_profile"] = profile_fused(target, method, iterations=r["iterations_per_round"],
+                                           batch_size=args.batch_size, device=args.device)
     return r
 
 

@@ -103,6 +103,28 @@ def test_several_threads_equal_one():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_float32_gradient_sums_over_a_large_batch_are_as_accurate_as_pytorch():
+    """B = 65536 rows are ~1400 blocks of 48 per thread: the kernel's per-thread sums are staged per kFlush blocks
+    (mlp::StagedGrads), so its float32 gradients stay within a few times PyTorch's float32 error against the float64
+    gradients of the same (float32-valued) inputs (plus one float32 epsilon of the gradient's scale); a single
+    running sum over the blocks was up to ~19x PyTorch's error here (the biases)."""
+    B, D, H, O, L = 65536, 4, 32, 4, 1
+    ws, bs = layers(D, H, O, L, torch.float32, seed=3)
+    g = torch.Generator().manual_seed(4)
+    x, c = torch.randn(B, D, generator=g), torch.randn(B, O, generator=g)
+    k = torch.rand(B, generator=g) + 0.5
+    ps = ws + bs
+    fused = torch.autograd.grad(ops.mlp_net_lsq(x, ws, bs, c, k), ps)
+    torch32 = torch.autograd.grad(ops.mlp_net_lsq(x, ws, bs, c, k, backend="torch"), ps)
+    p64 = [p.detach().double().requires_grad_(True) for p in ps]
+    n = len(ws)
+    ref = torch.autograd.grad(ops.mlp_net_lsq(x.double(), p64[:n], p64[n:], c.double(), k.double(), backend="torch"),
+                              p64)
+    for i, (a, t, r) in enumerate(zip(fused, torch32, ref)):
+        e_k, e_t = (a.double() - r).abs().max().item(), (t.double() - r).abs().max().item()
+        assert e_k <= 4 * e_t + 1.2e-7 * r.abs().max().item(), f"parameter {i}: {e_k:.3e} vs torch {e_t:.3e}"
+
+
 def test_bad_inputs_name_the_argument():
     ws, bs = layers(3, 8, 2, 1, torch.float32)
     x = torch.randn(4, 3)

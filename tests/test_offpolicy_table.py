@@ -280,8 +280,8 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
 def test_timing_segments_default_to_one_local_search_period():
     """`timing`'s paths run interleaved segments of train() resumed from checkpoints; a preset with local search
     gets segments of one search period (ls_every) by default, 3 of them."""
-    per, clock, segment = _bench().time_paths("25gmm", "tb+expl+ls", ["fused", "eager"], iterations=None,
-                                              segment=None, warmup=1, device="cpu", **TINY, **LS_TINY)
+    per, clock, segment = offpolicy.time_paths("25gmm", "tb+expl+ls", ["fused", "eager"], iterations=None,
+                                               segment=None, warmup=1, device="cpu", **TINY, **LS_TINY)
     assert segment == LS_TINY["ls_every"] and clock == "process CPU"
     assert [len(v) for v in per.values()] == [3, 3] and all(t > 0 for v in per.values() for t in v)
 
@@ -290,12 +290,12 @@ def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_pa
     bench = _bench()
     out = str(tmp_path)
     argv = ["--targets", "25gmm", "--methods", "tb", "tb+expl+ls", "--out", out]
-    res = offpolicy.time_iterations("25gmm", "tb+expl+ls", iterations=2, warmup=1, repeats=2, **TINY, **LS_TINY)
-    assert res["iterations_per_round"] == LS_TINY["ls_every"]  # a round holds one local-search period
+    # `fastsamp train --time`'s and `timing`'s measurement: 2 interleaved segments of 1 iteration per path
+    res = offpolicy.time_fused_vs_eager("25gmm", "tb+expl+ls", iterations=2, segment=1, warmup=1, **TINY, **LS_TINY)
     assert len(res["rounds_ms"]["eager"]) == 2 and res["speedup"] == res["eager_ms"] / res["fused_ms"]
     assert res["clock"] == "process CPU"
     torch.set_num_threads(2)  # waiting threads count as CPU time: wall time then (the fixture restores 1)
-    assert offpolicy.time_iterations("25gmm", "tb", iterations=1, warmup=1, repeats=1, **TINY)["clock"] == "wall"
+    assert offpolicy.time_fused_vs_eager("25gmm", "tb", iterations=1, warmup=1, **TINY)["clock"] == "wall"
     torch.set_num_threads(1)
     json.dump({"threads": 1, "device": "cpu", "results": {"25gmm/tb+expl+ls": dict(res, fused_ms=1.0)}},
               open(os.path.join(out, "timing_cpu_1thread.json"), "w"))
@@ -324,8 +324,8 @@ def test_cuda_training_evaluation_and_timing(tmp_path):
     assert res["device"].startswith("cuda") and math.isfinite(res["metrics"]["w2_equal_counts"])
     x, _ = DiffusionSampler.load(res["model_path"], map_location="cpu").sample(8)  # a GPU model loads anywhere
     assert x.device.type == "cpu" and bool(torch.isfinite(x).all())
-    timed = offpolicy.time_iterations("25gmm", "tb", iterations=2, warmup=1, repeats=1, device="cuda", **TINY)
-    assert timed["clock"] == "wall" and timed["fused_ms"] > 0
+    timed = offpolicy.time_fused_vs_eager("25gmm", "tb", iterations=2, segment=1, warmup=1, device="cuda", **TINY)
+    assert timed["clock"] == "wall" and timed["fused_ms"] > 0 and len(timed["rounds_ms"]["fused"]) == 2
 
 
 def test_report_says_when_the_papers_w2_is_below_what_exact_samples_score(tmp_path, capsys):

@@ -228,6 +228,16 @@ FASTSAMP_VINLINE void colsum(int nb, const T* __restrict A, int64_t lda, int NJ,
 // ---------------------------------------------------------------- the network, padded
 constexpr int kBlock = 48;  // chains per block (24 .. 96 time the same)
 
+// The partition of every engine kernel: thread tid of nt takes the contiguous run of rows [B tid / nt, B (tid+1) / nt).
+inline std::pair<int64_t, int64_t> row_run(int64_t B, int tid, int nt) { return {B * tid / nt, B * (tid + 1) / nt}; }
+
+// f(b0, nb) on each block [b0, b0 + nb) of nb <= kBlock rows of thread tid's run, in order.
+template <typename F>
+void for_blocks(int64_t B, int tid, int nt, F&& f) {
+  const auto [c0, c1] = row_run(B, tid, nt);
+  for (int64_t b0 = c0; b0 < c1; b0 += kBlock) f(b0, static_cast<int>(c1 - b0 < kBlock ? c1 - b0 : kBlock));
+}
+
 FASTSAMP_VINLINE int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 template <typename T>

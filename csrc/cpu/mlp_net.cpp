@@ -9,8 +9,9 @@
 // score-matching loss of a ScoreMLP is one: fastsamp.models.dsm_loss). The backward recomputes the block's
 // forward (keeping its activations; mlp_net_lsq runs it once), then mlp::layer_grads
 // (mlp::backprop_layers' δz chain) gives every weight and bias gradient, and mlp::input_layer_vjp the input's.
-// Each thread takes a contiguous run of rows in blocks of kBlock and keeps padded per-thread sums, reduced in
-// thread order (the result depends on the thread count only by rounding).
+// Each thread takes a contiguous run of rows in blocks of kBlock (mlp::for_blocks) and keeps padded per-thread
+// sums staged per kFlush blocks (mlp::StagedGrads, as the policy kernels), reduced in thread order (the result
+// depends on the thread count only by rounding).
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/grad_sums.h"
 #include "cpu/mlp.h"
 #include "cpu/ops.h"
 #include "cpu/runtime.h"
@@ -28,8 +30,6 @@ namespace fastsamp {
 namespace cpu {
 namespace {
 
-using mlp::ABuf;
-using mlp::kBlock;
 
 // The engine's Net of params (the packing above): O outputs, Din inputs, no time input, no clamp.
 template <typename T>
@@ -50,50 +50,28 @@ mlp::Net<T> make_net(int64_t Din, int64_t H, int64_t O, const std::vector<uintpt
                      H, 0, std::numeric_limits<double>::infinity(), backward, Din);
 }
 
-// f(c0, c1, tid) on each thread's contiguous run of rows [c0, c1) (at least 16 rows per thread), nt threads.
-template <typename F>
-void for_row_runs(int64_t B, int nt, F&& f) {
-  parallel(nt, [&](int tid, int n) {
-    const int64_t c0 = B * tid / n, c1 = B * (tid + 1) / n;
-    if (c0 < c1) f(c0, c1, tid);
-  });
-}
-
 template <typename T>
 void forward_impl(const mlp::Net<T>& n, const T* x, int64_t B, T* out) {
-  for_row_runs(B, threads_for(B, 16), [&](int64_t c0, int64_t c1, int) {
+  parallel(threads_for(B, 16), [&](int tid, int nt) {
     mlp::Work<T> w(n, false, false);
-    for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
-      const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
+    mlp::for_blocks(B, tid, nt, [&](int64_t b0, int nb) {
       mlp::net_forward<T, false>(n, w, x + b0 * n.Din, nb, 0);
       for (int l = 0; l < nb; ++l)
         std::memcpy(out + (b0 + l) * n.D, w.DR.p + static_cast<size_t>(l) * n.Dq, sizeof(T) * n.D);
-    }
+    });
   });
 }
 
-// One thread's padded gradient sums (mlp::LayerGrads' layouts).
-template <typename T>
-struct ThreadGrads {
-  ABuf<T> dw, db, dwo, dbo, dwsT, db0;
-  explicit ThreadGrads(const mlp::Net<T>& n)
-      : dw(static_cast<size_t>(std::max(n.L, 1)) * n.Hp * n.Hp), db(static_cast<size_t>(std::max(n.L, 1)) * n.Hp),
-        dwo(static_cast<size_t>(n.D) * n.Hp), dbo(n.Dq), dwsT(static_cast<size_t>(n.Din) * n.Hp), db0(n.Hp) {}
-  mlp::LayerGrads<T> sums() { return {dw.p, db.p, dwo.p, dbo.p, dwsT.p, db0.p}; }
-};
-
-// out[r * cols + c] = Σ_t (per[t] + at)[r * ld + c] (threads in order, a thread without rows skipped); transposed:
-// out[c * rows + r].
-template <typename T>
-void reduce(const std::vector<std::unique_ptr<ThreadGrads<T>>>& per, ABuf<T> ThreadGrads<T>::*arr, size_t at,
-            int rows, int cols, int64_t ld, bool transposed, T* out) {
+// out[r * cols + c] = Σ_t total_t[r * ld + c] (threads in order) of the array that part(thread's sums) points to;
+// transposed: out[c * rows + r].
+template <typename T, typename Part>
+void reduce(const std::vector<std::unique_ptr<mlp::StagedGrads<T>>>& per, Part&& part, int rows, int cols, int64_t ld,
+            bool transposed, T* out) {
+  const auto total = [&](const mlp::StagedGrads<T>& g) { return g.tot(part(g.sums)); };
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) {
-      T s = 0;
-      for (const auto& g : per)
-        if (g) s += ((*g).*arr).p[at + static_cast<size_t>(r) * ld + c];
-      out[transposed ? static_cast<size_t>(c) * rows + r : static_cast<size_t>(r) * cols + c] = s;
-    }
+    for (int c = 0; c < cols; ++c)
+      out[transposed ? static_cast<size_t>(c) * rows + r : static_cast<size_t>(r) * cols + c] =
+          mlp::thread_sum<T>(per, total, static_cast<size_t>(r) * ld + c);
 }
 
 // The forward with activations and the backward of every block: cotangent(b0, nb, w) writes the block's output
@@ -103,28 +81,30 @@ template <typename T, typename Cotangent>
 void backward_impl(const mlp::Net<T>& n, const T* x, int64_t B, Cotangent&& cotangent, T* g_x,
                    const std::vector<uintptr_t>& g_params) {
   const int nt = threads_for(B, 16);
-  std::vector<std::unique_ptr<ThreadGrads<T>>> per(nt);
-  for_row_runs(B, nt, [&](int64_t c0, int64_t c1, int tid) {
-    per[tid].reset(new ThreadGrads<T>(n));
-    const mlp::LayerGrads<T> sums = per[tid]->sums();
+  std::vector<std::unique_ptr<mlp::StagedGrads<T>>> per(nt);
+  parallel(nt, [&](int tid, int nth) {
+    mlp::StagedGrads<T>& sums = *(per[tid] = std::make_unique<mlp::StagedGrads<T>>(n));
     mlp::Work<T> w(n, true, false);
-    for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
-      const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
+    mlp::for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
       const T* xb = x + b0 * n.Din;
       mlp::net_forward<T, true>(n, w, xb, nb, 0);
       cotangent(b0, nb, w);
-      const T* gz0 = mlp::layer_grads(n, w, xb, nb, sums);
+      const T* gz0 = mlp::layer_grads(n, w, xb, nb, sums.sums);
       if (g_x) mlp::input_layer_vjp<T, false>(n, gz0, nb, g_x + b0 * n.Din, n.Din);
-    }
+      sums.step_done(false);
+    });
   });
+  for (auto& p : per) p->step_done(true);
+  using LG = mlp::LayerGrads<T>;
   const int H = n.H, Hp = n.Hp;
-  reduce(per, &ThreadGrads<T>::dwsT, 0, n.Din, H, Hp, true, ptr<T>(g_params[0]));  // W_in (H, Din)
-  reduce(per, &ThreadGrads<T>::db0, 0, 1, H, Hp, false, ptr<T>(g_params[1]));
-  reduce(per, &ThreadGrads<T>::dwo, 0, n.D, H, Hp, false, ptr<T>(g_params[2]));  // W_out (O, H)
-  reduce(per, &ThreadGrads<T>::dbo, 0, 1, n.D, n.Dq, false, ptr<T>(g_params[3]));
+  reduce(per, [](const LG& g) { return g.dwsT; }, n.Din, H, Hp, true, ptr<T>(g_params[0]));  // W_in (H, Din)
+  reduce(per, [](const LG& g) { return g.db0; }, 1, H, Hp, false, ptr<T>(g_params[1]));
+  reduce(per, [](const LG& g) { return g.dwo; }, n.D, H, Hp, false, ptr<T>(g_params[2]));  // W_out (O, H)
+  reduce(per, [](const LG& g) { return g.dbo; }, 1, n.D, n.Dq, false, ptr<T>(g_params[3]));
   for (int k = 0; k < n.L; ++k) {
-    reduce(per, &ThreadGrads<T>::dw, static_cast<size_t>(k) * Hp * Hp, H, H, Hp, false, ptr<T>(g_params[4 + 2 * k]));
-    reduce(per, &ThreadGrads<T>::db, static_cast<size_t>(k) * Hp, 1, H, Hp, false, ptr<T>(g_params[5 + 2 * k]));
+    const size_t wk = static_cast<size_t>(k) * Hp * Hp, bk = static_cast<size_t>(k) * Hp;
+    reduce(per, [wk](const LG& g) { return g.dw + wk; }, H, H, Hp, false, ptr<T>(g_params[4 + 2 * k]));
+    reduce(per, [bk](const LG& g) { return g.db + bk; }, 1, H, Hp, false, ptr<T>(g_params[5 + 2 * k]));
   }
 }
 

@@ -234,11 +234,11 @@ void sum_rows(const NetSum<T>& m, SumWork<T>& w, const T* __restrict X, int nr, 
   }
 }
 
-// f(c0, c1) on each thread's contiguous run of chains [c0, c1) (at least 16 chains per thread).
+// f(c0, c1) on each thread's contiguous run of chains [c0, c1) (mlp::row_run; at least 16 chains per thread).
 template <typename F>
 void for_chain_runs(int64_t B, F&& f) {
   parallel(threads_for(B, 16), [&](int tid, int nt) {
-    const int64_t c0 = B * tid / nt, c1 = B * (tid + 1) / nt;
+    const auto [c0, c1] = mlp::row_run(B, tid, nt);
     if (c0 < c1) f(c0, c1);
   });
 }

@@ -76,14 +76,8 @@ FASTSAMP_VINLINE void step_row(const T* __restrict xr, const T* __restrict dr, c
 
 
 // Threads: contiguous runs of chains (at least 16 per thread: a chain runs all T steps of the
-// network), blocks of <= kBlock chains; the thread count is the call's (KernelScope) budget.
+// network), blocks of <= kBlock chains (mlp::for_blocks); the thread count is the call's (KernelScope) budget.
 inline int pick_threads(int64_t B) { return threads_for(B, 16); }
-
-template <typename F>
-void for_blocks(int64_t B, int tid, int nt, F&& f) {
-  const int64_t c0 = B * tid / nt, c1 = B * (tid + 1) / nt;
-  for (int64_t b0 = c0; b0 < c1; b0 += kBlock) f(b0, static_cast<int>(std::min<int64_t>(kBlock, c1 - b0)));
-}
 
 // ---------------------------------------------------------------- the Langevin parametrisation
 // DriftNet(langevin=True): drift = clamp(out + lgv[i] ⊙ clamp(score, ±lgv_clip), ±clip), lgv (T, width),
@@ -227,17 +221,27 @@ void log_pf_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_
 // ---------------------------------------------------------------- kernels 3, 4: gradients
 // (per-thread sums, the backward through the network and the reduction: cpu/policy_grads.h)
 // The sweep of both: for every block of chains and step of the given states (REVERSE: i = T-1 .. 0, as
-// for_given_steps) go(tid, w, b0, nb, i, X, Y) fills w.GO, the gradient of the network's (pre-clamp, masked)
-// output, and returns the buffer that takes the gradient w.r.t. the input X (null: none); then lgv's gradient,
-// the backward through the network into the thread's sums, and at the end their fixed-order reduction into out.
+// for_given_steps) go(tid, w, b0, nb, i, X, Y) fills w.GO with the gradient w.r.t. the (clamped) drift and returns
+// the buffer that takes the gradient w.r.t. the input X (null: none); then the clamp's mask (g = 0 where the
+// pre-clamp output w.OUT is outside ±clip, NaN included, as torch.clamp's gradient), lgv's gradient, the backward
+// through the network into the thread's sums, and at the end their fixed-order reduction into out.
 template <typename T, bool REVERSE, typename Block, typename Go>
 void grad_sweep(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_t B, int nt, const GradOut<T>& out,
                 Block&& block, Go&& go) {
   const int64_t BD = B * n.D;
+  const T clip = lp.on() ? lp.clip : n.clip;
   auto per = thread_grads(n, lp.width, nt);
   for_given_steps<T, true, REVERSE>(n, lp, states, B, nt, block, [&](int tid, Work<T>& w, int64_t b0, int nb, int i,
                                                                    const T* X, const T* Y) {
     T* gx = go(tid, w, b0, nb, i, X, Y);
+    for (int l = 0; l < nb; ++l) {
+      const T* __restrict orow = w.OUT.p + l * n.Dq;
+      T* __restrict gorow = w.GO.p + l * n.Dq;
+      for (int d = 0; d < n.D; ++d) {
+        const bool pass = (orow[d] >= -clip) & (orow[d] <= clip);
+        gorow[d] = pass ? gorow[d] : T(0);
+      }
+    }
     if (lp.on()) lp.grad(w, lp.scores + i * BD + b0 * n.D, nb, n.D, n.Dq, per[tid]->dlgv.p + i * lp.width);
     net_backward<T>(n, w, *per[tid], X, nb, i, gx);
   });
@@ -250,21 +254,18 @@ void backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, cons
                    double h, int nt, const GradOut<T>& out) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
   const EmConst<T> kc(D, h, sigma * sigma * h, 0.0, 0.0, 0.0);
-  const T clip = lp.on() ? lp.clip : n.clip;
   grad_sweep<T, false>(n, lp, states, B, nt, out, kNoBlock, [&](int, Work<T>& w, int64_t b0, int nb, int i,
                                                                 const T* X, const T* Y) -> T* {
-    // g_out = g h v / s² where |out| <= clip (clamp passes the gradient there), 0 elsewhere
+    // g_out = g h v / s² (masked by grad_sweep where the clamp is active)
     for (int l = 0; l < nb; ++l) {
       const T ga = g_pf[(b0 + l) * Tn + i] * kc.inv_s2;
       const T* __restrict xr = X + l * D;
       const T* __restrict yr = Y + l * D;
       const T* __restrict dr = w.DR.p + l * Dq;
-      const T* __restrict orow = w.OUT.p + l * Dq;
       T* __restrict go = w.GO.p + l * Dq;
       for (int d = 0; d < D; ++d) {
         const T v = yr[d] - (xr[d] + kc.h * dr[d]);
-        const bool pass = (orow[d] >= -clip) & (orow[d] <= clip);
-        go[d] = pass ? kc.h * (ga * v) : T(0);
+        go[d] = kc.h * (ga * v);
       }
     }
     return nullptr;
@@ -284,7 +285,6 @@ void reparam_backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* stat
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
   const int64_t BD = B * D;
   const std::vector<EmConst<T>> k = step_consts(n, ts, h, sigma * sigma * h, 0.0);
-  const T clip = lp.on() ? lp.clip : n.clip;
   std::vector<ABuf<T>> adj(nt);
   for (auto& a : adj) a = ABuf<T>(static_cast<size_t>(kBlock) * D);
   auto block = [&](int tid, int64_t b0, int nb) {
@@ -303,15 +303,13 @@ void reparam_backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* stat
       const T gw = (kc.has_pb && g_pb) ? g_pb[(b0 + l) * Tn + i] * kc.inv_b2 : T(0);
       const T* __restrict xr = X + l * D;
       const T* __restrict yr = Y + l * D;
-      const T* __restrict orow = w.OUT.p + l * Dq;
       const T* __restrict gs = g_states ? g_states + i * BD + (b0 + l) * D : nullptr;
       T* __restrict go = w.GO.p + l * Dq;
       T* __restrict gl = G + l * D;
       for (int d = 0; d < D; ++d) {
         const T wv = gw * (xr[d] - kc.c * yr[d]);
         const T lam = kc.c * wv + gl[d];
-        const bool pass = (orow[d] >= -clip) & (orow[d] <= clip);
-        go[d] = pass ? kc.h * lam : T(0);
+        go[d] = kc.h * lam;  // masked by grad_sweep
         gl[d] = (lam - wv) + (gs ? gs[d] : T(0));
       }
     }

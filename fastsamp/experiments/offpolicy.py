@@ -10,6 +10,7 @@ import json
 import math
 import os
 import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -297,30 +298,59 @@ def reevaluate(plan, out_dir: str, *, batch_size: int | None = None, log=print) 
     return done
 
 
-def time_iterations(target_name: str, method: str, *, iterations=20, warmup=3, repeats=3, seed=0, **kw) -> dict:
-    """Milliseconds per training iteration of the fused path and of the eager PyTorch path of the same
-    loop (per-step autograd through the reference op), in this process: after a warm-up of each,
-    `repeats` rounds alternate fused, eager, fused, ... and each path's median round counts. A round
-    is `iterations` iterations from iteration 0, at least one local-search period (ls_every) for
-    presets with local search, so one search per period is charged as in training. On the CPU with
-    one torch thread the time is process CPU time (other jobs on the machine do not count); with more
-    threads (whose waits count as CPU time) and on a GPU it is wall time."""
-    runs = {}
-    for fused in (True, False):
-        sampler, cfg = build(target_name, method, seed=seed, iterations=warmup, fused=fused, **kw)
-        train(sampler, cfg, progress=False)
-        n = max(iterations, cfg.ls_every if cfg.local_search else 1)
-        runs[fused] = (sampler, dataclasses.replace(cfg, iterations=n))
-    cpu_clock = runs[True][0].device.type == "cpu" and torch.get_num_threads() == 1
-    rounds = {True: [], False: []}
-    for _ in range(repeats):
-        for fused, (sampler, cfg) in runs.items():
-            log = train(sampler, cfg, progress=False)
-            rounds[fused].append(1e3 * (log.cpu_seconds_per_iteration if cpu_clock else log.seconds_per_iteration))
-    fused_ms, eager_ms = (statistics.median(rounds[f]) for f in (True, False))
-    return {"fused_ms": fused_ms, "eager_ms": eager_ms, "speedup": eager_ms / fused_ms,
-            "clock": "process CPU" if cpu_clock else "wall", "iterations_per_round": runs[True][1].iterations,
-            "rounds_ms": {"fused": rounds[True], "eager": rounds[False]}}
+def time_paths(target_name: str, method: str, paths, *, iterations=None, segment=None, warmup=3, seed=0,
+               device="cpu", **build_kw):
+    """({path: [ms per iteration of each segment]}, clock, segment): the training iterations of the preset on the
+    interleaved paths ("fused": DiffusionSampler(fused=True), the whole-trajectory kernels; "eager": the per-step
+    autograd loop on the reference op; "compile": the eager path with DriftNet.forward under torch.compile, static
+    shapes, a fresh dynamo cache). Each path trains its own sampler from the same initialisation through `train()`
+    itself, `warmup` untimed iterations first, then resumed from a checkpoint every `segment` iterations so that
+    the paths run interleaved (fused, eager, compile, fused, ...) on the same machine state (checkpoint writes are
+    not timed). segment None: 20, or one local-search period (ls_every) for presets with local search, so that a
+    segment charges one search per period as training does; iterations None: 3 segments. The time is process
+    CPU time on the CPU with one torch thread (other jobs on the machine do not count), else wall time (waiting
+    threads would count as CPU time). build_kw: build's options (batch_size, hidden, TrainConfig fields ...)."""
+    runs, total = {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            sampler, cfg = build(target_name, method, seed=seed, fused=path == "fused", device=device, **build_kw)
+            if total is None:
+                segment = segment or (cfg.ls_every if cfg.local_search else 20)
+                total = warmup + (iterations or 3 * segment)
+            cfg = dataclasses.replace(cfg, iterations=total)
+            if path == "compile":  # a fresh cache per cell: the cells share DriftNet.forward's code object, and
+                torch._dynamo.reset()  # past dynamo's recompile limit the later cells would silently run eager
+                sampler.net.forward = torch.compile(sampler.net.forward, dynamic=False)
+            ckpt = os.path.join(tmp, f"{path}.ckpt")
+            log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=warmup)
+            runs[path] = (sampler, cfg, ckpt, log, [])
+        cpu_clock = sampler.device.type == "cpu" and torch.get_num_threads() == 1
+        clock = (lambda log: log.cpu_seconds) if cpu_clock else (lambda log: log.seconds)
+        for start in range(warmup, total, segment):
+            stop = min(start + segment, total)
+            for path in paths:
+                sampler, cfg, ckpt, prev, per = runs[path]
+                log = train(sampler, cfg, progress=False, checkpoint=ckpt, until=stop)
+                per.append(1e3 * (clock(log) - clock(prev)) / (stop - start))
+                runs[path] = (sampler, cfg, ckpt, log, per)
+    return {path: run[4] for path, run in runs.items()}, "process CPU" if cpu_clock else "wall", segment
+
+
+def time_fused_vs_eager(target_name: str, method: str, *, compile=False, **kw) -> dict:
+    """ms per training iteration, fused against eager (`time_paths`; kw: its options): fused_ms, eager_ms (the
+    medians over the segments), speedup = eager / fused, clock, iterations_per_round (the segment), rounds_ms
+    (every segment's) and mean_ms per path; with compile also the compiled eager path: compile_ms and
+    best_pytorch_over_fused = min(eager, compile) / fused. `fastsamp train --time` prints it, and
+    benchmarks/offpolicy.py `timing` stores it per cell."""
+    paths = ["fused", "eager"] + (["compile"] if compile else [])
+    per, clock, segment = time_paths(target_name, method, paths, **kw)
+    med = {k: statistics.median(v) for k, v in per.items()}
+    r = {"fused_ms": med["fused"], "eager_ms": med["eager"], "speedup": med["eager"] / med["fused"], "clock": clock,
+         "iterations_per_round": segment, "rounds_ms": per, "mean_ms": {k: statistics.mean(v) for k, v in per.items()}}
+    if compile:
+        r["compile_ms"] = med["compile"]
+        r["best_pytorch_over_fused"] = min(med["eager"], med["compile"]) / med["fused"]
+    return r
 
 
 def add_arguments(r):
@@ -338,7 +368,8 @@ def add_arguments(r):
     r.add_argument("--checkpoint-every", type=count(0), default=0,
                    help="with --out: checkpoint every N iterations into OUT/checkpoints/ and resume from there")
     r.add_argument("--eager", action="store_true", help="train on the eager PyTorch path instead of the fused one")
-    r.add_argument("--time", action="store_true", help="only time fused vs eager iterations")
+    r.add_argument("--time", action="store_true", help="only time fused vs eager iterations (interleaved segments; "
+                   "--iterations: the timed iterations per path, default 3 segments)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", action="store_true", help="print the full result JSON")
 
@@ -352,8 +383,8 @@ def check(args):
 def main(args) -> int:
     """`fastsamp train`: train, evaluate, save; prints the JSON summary."""
     if args.time:
-        res = time_iterations(args.target, args.method, iterations=args.iterations or 20, seed=args.seed,
-                              batch_size=args.batch_size, device=args.device)
+        res = time_fused_vs_eager(args.target, args.method, iterations=args.iterations, seed=args.seed,
+                                  batch_size=args.batch_size, device=args.device)
         print(json.dumps(res, indent=2))
         return 0
     res = run(args.target, args.method, seed=args.seed, iterations=args.iterations, out_dir=args.out,

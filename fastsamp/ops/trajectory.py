@@ -222,9 +222,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
         with torch.no_grad():
             temb = _checks.resolved(temb.detach().to(dtype))
             params = p.checked(temb, "temb", cast=True)
-            if lp is not None:
-                return _langevin_rollout(backend, x0, temb, params, args, lgv.detach().to(dtype), *lp)
-            return _dispatch.route(backend, "policy_rollout", temb)(x0, temb, params, *args)
+            return _rollout(backend, x0, temb, params, args, None if lp is None else lgv.detach().to(dtype), lp)
     if temb.dtype != dtype:
         raise ValueError(f"reparam=True needs temb in dtype {dtype}, got {temb.dtype}")
     temb = _checks.resolved(temb)
@@ -254,12 +252,8 @@ class _PolicyReparam(torch.autograd.Function):
     @staticmethod
     def forward(ctx, meta, temb, lgv, *params):
         backend, x0, args, langevin = meta
-        if lgv is None:
-            out = _dispatch.route(backend, "policy_rollout", temb, x0, *params)(x0, temb, list(params), *args)
-            scores = None
-        else:
-            out = _langevin_rollout(backend, x0, temb, list(params), args, lgv, *langevin)
-            scores = out[3]
+        out = _rollout(backend, x0, temb, params, args, lgv, langevin)
+        scores = None if lgv is None else out[3]
         ctx.backend, ctx.args, ctx.lgv_clip = backend, args, 0.0 if lgv is None else langevin[0]
         ctx.save_for_backward(out[0], temb, lgv, scores, *params)
         ctx.mark_non_differentiable(*out[1:2], *out[3:])
@@ -277,6 +271,14 @@ class _PolicyReparam(torch.autograd.Function):
         g_temb, g_params, g_lgv = bwd(states, temb, params, ts, g_states, g_log_pb, sigma, h, clip, n_threads, lgv,
                                       ctx.lgv_clip, scores)
         return (None, g_temb, g_lgv, *g_params)
+
+
+def _rollout(backend, x0, temb, params, args, lgv, langevin):
+    """The rollout's op: policy_rollout, or with the Langevin term (lgv not None; langevin = (lgv_clip, the
+    target's score_kernel spec)) policy_langevin_rollout (`_langevin_rollout`)."""
+    if lgv is None:
+        return _dispatch.route(backend, "policy_rollout", temb, x0, *params)(x0, temb, list(params), *args)
+    return _langevin_rollout(backend, x0, temb, list(params), args, lgv, *langevin)
 
 
 def _langevin_rollout(backend, x0, temb, params, args, lgv, lgv_clip, target):
