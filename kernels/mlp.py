@@ -1,7 +1,9 @@
-"""Score-network kernels: mlp_score and the whole-move mlp_mala and mlp_hmc (the Triton engine of
-fastsamp.ops.mlp; backend op signatures of docs/backend-contract.md).
+"""The network evaluators of the Triton engine of fastsamp.ops.mlp: `evaluate` (the score and log p at a tile of
+whole rows of a Gaussian mixture, a sum of score networks, or a sum of score and energy networks: the evaluator of
+every move kernel of `moves.py`) and the ops mlp_score and mlp_energy (backend op signatures of
+docs/backend-contract.md).
 
-One network at time t, with its schedule's marginal (α, σ²), data mean m and variance σ_d²:
+One score network at time t, with its schedule's marginal (α, σ²), data mean m and variance σ_d²:
 
     s(x) = (α m − x)/v + (W_o h_L + b_o)/√v,   v = α² σ_d² + σ²,
     h_0 = act(W_0[:, :D] x + c),   h_k = act(W_k h_{k−1} + b_k),   act = SiLU or exact GELU,
@@ -9,7 +11,9 @@ One network at time t, with its schedule's marginal (α, σ²), data mean m and 
                                                   summed in float64, as the CPU engine csrc/cpu/score_mlp.cpp)
 
 c is the per-call row input of the input layer: every row meets the same embedding, so it is computed
-once per call. The op's score is Σ_i s_i(x) (+ an analytic Gaussian mixture's, `gmm.gmm_eval`).
+once per call. An energy network has the same forward f(x) = W_o h_L + b_o and E(x) = |r|²/(2v),
+r = (x − α m) − √v f(x), s = −∇E (`_net_energy`: one forward and one backward). The op's score is Σ_i s_i(x)
+(+ an analytic Gaussian mixture's, `gmm.gmm_eval`), its log p Σ_i −E_i(x) (+ the mixture's).
 
 One program holds BLOCK_B chains: their state, score and activations stay in registers; every layer is
 one tl.dot of the [BLOCK_B, HP] activations with the layer's transposed weight tile (ieee precision:
@@ -17,17 +21,17 @@ no TF32, so float32 agrees with the reference to float32 rounding: FMA dots on t
 float64 dots in float64, DMMA on sm_90).
 Dots need every dim >= 16, so the state tile is BLOCK_D = 4 BLOCK_J >= 16 columns (zeros beyond D) and
 the hidden tile HP = max(16, next_pow2(H_max)) (zero weights and biases beyond a network's H: act(0) = 0,
-so the padding is exact). The whole-move kernels draw ξ and u from the in-kernel Philox of `random.py`
-(the bits of ops.mala_propose / momentum_refresh / the accept ops), so they reproduce the reference moves.
+so the padding is exact). An energy network's backward reads act'(z_k) of every layer from a per-program scratch
+in global memory (L + 1 tiles of [BLOCK_B, HP]) written by its forward.
 
 Host side of a call (`_Engine`): the networks' tensors are concatenated into one flat buffer, and one
-`_net_prep_kernel` launch per network writes its row of an int64 table (offsets, H, L, activation) and its
+`_net_prep_kernel` launch per network writes its row of an int64 table (offsets, H, L, activation, energy flag) and its
 per-call constants (c, α m, v, √v): the python-float scalars reach the device as kernel arguments, never by
-a host-to-device copy (no synchronisation). The main kernel loops over the networks and layers at run time.
+a host-to-device copy (no synchronisation). The evaluators loop over the networks and layers at run time.
 
 Limits: D <= MLP_MAX_D (whole rows in registers), hidden width H <= MLP_MAX_HIDDEN (a layer's weight tile
 on chip); above them the functions raise ValueError (fastsamp.ops.mlp's backend="auto" then runs the
-reference). n_trapezoid and n_leapfrog evaluations run one after the other (no point batching).
+reference). The move kernels run their n_trapezoid and n_leapfrog evaluations one after the other.
 """
 import math
 from typing import NamedTuple
@@ -128,35 +132,55 @@ def _act_grad(z, act):
 
 
 @triton.jit
-def _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP: tl.constexpr):
-    """s_n(x) [BLOCK_B, BLOCK_D] of network n at the rows of x (zeros in the padding columns)."""
+def _net_row(meta_ptr, n):
+    """Network n's table row (`_net_prep_kernel`): off_w0, ld0, off_wo, off_bo, off_hidden, H, L, act."""
     row = meta_ptr + n * META
-    off_w0 = tl.load(row + 0)
-    ld0 = tl.load(row + 1)
-    off_wo = tl.load(row + 2)
-    off_bo = tl.load(row + 3)
-    off_h = tl.load(row + 4)
-    H = tl.load(row + 5)
-    L = tl.load(row + 6)
-    act = tl.load(row + 7)
-    base = c_ptr + n * CS
+    return (tl.load(row + 0), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(row + 4),
+            tl.load(row + 5), tl.load(row + 6), tl.load(row + 7))
+
+
+@triton.jit
+def _net_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
+    """A network's forward at the rows of x (row: its `_net_row`, base: its constants, c_ptr + n CS):
+    (o, α m, v, √v) with o = W_o h_L + b_o [BLOCK_B, BLOCK_D] (zeros in the padding columns); with KEEP, act'(z_k)
+    of every layer k = 0 .. L stored in the program's scratch zs ([L + 1, BLOCK_B, HP]) for `_net_energy`."""
+    off_w0, ld0, off_wo, off_bo, off_h, H, L, act = row
+    BB: tl.constexpr = x.shape[0]
     j = tl.arange(0, HP)
     jm = j < H
     d = tl.arange(0, x.shape[1])
     dm = d < D
+    slot = tl.arange(0, BB)[:, None] * HP + j[None, :]  # a layer's [BLOCK_B, HP] in the scratch
     w0t = tl.load(w_ptr + off_w0 + j[None, :] * ld0 + d[:, None], mask=dm[:, None] & jm[None, :], other=0.0)
     c = tl.load(base + j, mask=jm, other=0.0)
-    h = _act(tl.dot(x, w0t, input_precision="ieee") + c[None, :], act)
+    z = tl.dot(x, w0t, input_precision="ieee") + c[None, :]
+    if KEEP:
+        h, dh = _act_grad(z, act)
+        tl.store(zs + slot, dh)
+    else:
+        h = _act(z, act)
     hm = jm[:, None] & jm[None, :]
     for k in range(L):
         off = off_h + k * (H * H + H)
         wt = tl.load(w_ptr + off + j[None, :] * H + j[:, None], mask=hm, other=0.0)  # wt[i, o] = W_k[o, i]
         b = tl.load(w_ptr + off + H * H + j, mask=jm, other=0.0)
-        h = _act(tl.dot(h, wt, input_precision="ieee") + b[None, :], act)
+        z = tl.dot(h, wt, input_precision="ieee") + b[None, :]
+        if KEEP:
+            h, dh = _act_grad(z, act)
+            tl.store(zs + (k + 1) * (BB * HP) + slot, dh)
+        else:
+            h = _act(z, act)
     wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & dm[None, :], other=0.0)
     o = tl.dot(h, wot, input_precision="ieee") + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
     am = tl.load(base + HP + cols, mask=cmask, other=0.0)
-    return div_ieee(am - x, tl.load(base + HP + D)) + div_ieee(o, tl.load(base + HP + D + 1))
+    return o, am, tl.load(base + HP + D), tl.load(base + HP + D + 1)
+
+
+@triton.jit
+def _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP: tl.constexpr):
+    """s_n(x) = (α m − x)/v + o/√v [BLOCK_B, BLOCK_D] of network n at the rows of x (zeros in the padding columns)."""
+    o, am, v, sv = _net_forward(x, w_ptr, c_ptr + n * CS, _net_row(meta_ptr, n), None, D, cols, cmask, HP, False)
+    return div_ieee(am - x, v) + div_ieee(o, sv)
 
 
 @triton.jit
@@ -174,47 +198,25 @@ def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_al
 
 @triton.jit
 def _net_energy(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP: tl.constexpr):
-    """(s_n(x), E_n(x)) of energy network n at the rows of x: the forward (as `_net_score`) keeps act'(z_k) of
-    every layer k = 0 .. L in the program's scratch zs ([L + 1, BLOCK_B, HP]), then r = (x − α m) − √v f,
-    E = |r|²/(2v) and the backward g_L = (r W_out) ⊙ act'(z_L), g_{k−1} = (g_k W_k) ⊙ act'(z_{k−1}),
-    J_fᵀ r = g_0 W_0[:, :D]; s = J_fᵀ r/√v − r/v (the C++ engine's order, csrc/cpu/mlp_sum.h)."""
-    row = meta_ptr + n * META
-    off_w0 = tl.load(row + 0)
-    ld0 = tl.load(row + 1)
-    off_wo = tl.load(row + 2)
-    off_bo = tl.load(row + 3)
-    off_h = tl.load(row + 4)
-    H = tl.load(row + 5)
-    L = tl.load(row + 6)
-    act = tl.load(row + 7)
-    base = c_ptr + n * CS
+    """(s_n(x), E_n(x)) of energy network n at the rows of x: the forward keeps act'(z_k) of every layer in the
+    program's scratch zs (`_net_forward`), then r = (x − α m) − √v o, E = |r|²/(2v) and the backward
+    g_L = (r W_out) ⊙ act'(z_L), g_{k−1} = (g_k W_k) ⊙ act'(z_{k−1}), J_fᵀ r = g_0 W_0[:, :D];
+    s = J_fᵀ r/√v − r/v (the C++ engine's order, csrc/cpu/mlp_sum.h)."""
+    row = _net_row(meta_ptr, n)
+    o, am, v, sv = _net_forward(x, w_ptr, c_ptr + n * CS, row, zs, D, cols, cmask, HP, True)
+    r = (x - am) - sv * o  # zeros in the padding columns
+    energy = div_ieee(tl.sum(r * r, axis=1), 2.0 * v)
+    off_w0, ld0, off_wo, _, off_h, H, L, _ = row
     BB: tl.constexpr = x.shape[0]
     j = tl.arange(0, HP)
     jm = j < H
     d = tl.arange(0, x.shape[1])
     dm = d < D
-    slot = tl.arange(0, BB)[:, None] * HP + j[None, :]  # a layer's [BLOCK_B, HP] in the scratch
-    w0t = tl.load(w_ptr + off_w0 + j[None, :] * ld0 + d[:, None], mask=dm[:, None] & jm[None, :], other=0.0)
-    c = tl.load(base + j, mask=jm, other=0.0)
-    h, dh = _act_grad(tl.dot(x, w0t, input_precision="ieee") + c[None, :], act)
-    tl.store(zs + slot, dh)
-    hm = jm[:, None] & jm[None, :]
-    for k in range(L):
-        off = off_h + k * (H * H + H)
-        wt = tl.load(w_ptr + off + j[None, :] * H + j[:, None], mask=hm, other=0.0)  # wt[i, o] = W_k[o, i]
-        b = tl.load(w_ptr + off + H * H + j, mask=jm, other=0.0)
-        h, dh = _act_grad(tl.dot(h, wt, input_precision="ieee") + b[None, :], act)
-        tl.store(zs + (k + 1) * (BB * HP) + slot, dh)
-    wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & dm[None, :], other=0.0)
-    o = tl.dot(h, wot, input_precision="ieee") + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
-    am = tl.load(base + HP + cols, mask=cmask, other=0.0)
-    v = tl.load(base + HP + D)
-    sv = tl.load(base + HP + D + 1)
-    r = (x - am) - sv * o  # zeros in the padding columns
-    energy = div_ieee(tl.sum(r * r, axis=1), 2.0 * v)
+    slot = tl.arange(0, BB)[:, None] * HP + j[None, :]
     tl.debug_barrier()  # the scratch rows were stored by other threads of the program
     wo = tl.load(w_ptr + off_wo + d[:, None] * H + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
     g = tl.dot(r, wo, input_precision="ieee") * tl.load(zs + L * (BB * HP) + slot)
+    hm = jm[:, None] & jm[None, :]
     for kk in range(L):
         k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
         off = off_h + k * (H * H + H)
