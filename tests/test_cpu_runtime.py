@@ -268,3 +268,16 @@ def test_bench_case_names_match_the_cases():
     assert case_names() == list(_cases(torch.device("cpu"), torch.float32))
     assert unknown_ops(["gmm_mala", "gmm_hmc[separated]", "sde_step(out=)"]) == []
     assert unknown_ops(["bogus", "gmm_mala"]) == ["bogus"]
+
+
+def test_a_missing_extension_is_announced_not_silent(monkeypatch):
+    """Without the C++ extension, backend='auto' on the CPU runs the reference: the import says so once."""
+    import sys
+
+    import fastsamp
+
+    monkeypatch.delattr(fastsamp, "_C")
+    monkeypatch.setitem(sys.modules, "fastsamp._C", None)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ extension is unavailable.*PyTorch reference"):
+        module, reason = backends._import("cpp")
+    assert module is None and "fastsamp._C" in reason

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 _MODULES = {
@@ -32,7 +33,12 @@ def _import(name: str):
                 return None, "fastsamp._C was built without CUDA kernels (nvcc not found at build time)"
         module = importlib.import_module(_MODULES[name])
     except ImportError as e:  # extension not built, triton not installed
-        return None, f"{type(e).__name__}: {e}"
+        reason = f"{type(e).__name__}: {e}"
+        if name == "cpp":  # backend="auto" then runs the reference on the CPU: say so once, not silently
+            warnings.warn(f"fastsamp's C++ extension is unavailable ({reason}); CPU ops with backend='auto' run the "
+                          "PyTorch reference, many times slower. Build it with `pip install -e .`.",
+                          RuntimeWarning, stacklevel=3)
+        return None, reason
     return module, None
 
 
