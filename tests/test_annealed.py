@@ -281,7 +281,7 @@ def _error(fn):
     (dict(n_steps=2.5), TypeError, "n_steps must be an int"),
     (dict(corrector="ula", mh="score"), ValueError, "has no MH step"),
     (dict(corrector="uhmc", mh="none", damping=1.5), ValueError, "damping must be in"),
-    (dict(corrector="hmc", damping=1.0), ValueError, "damping must be in \\[0, 1\\)"),  # the ops' range
+    (dict(corrector="hmc", damping=1.0), ValueError, "damping must be in \\[0.0, 1.0\\)"),  # the ops' range
     (dict(step_size=-0.1), ValueError, "step_size"),
 ])
 def test_mcmc_paths_validate_alike(kw, exc, match):

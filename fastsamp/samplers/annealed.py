@@ -104,10 +104,7 @@ def corrector_spec(model, *, corrector, mh, n_steps, n_trapezoid, n_leapfrog, da
     if mh == "energy" and not has_energy(model):
         raise ValueError(f"mh='energy' needs a model with an energy (log_prob); {model_name(model)} has "
                          f"only a score: use mh='score'")
-    damping = _checks.finite_float("damping", default_damping(corrector) if damping is None else damping)
-    if not 0.0 <= damping < 1.0:  # as the ops check it: γ = 1 keeps p, never refreshing it (not ergodic)
-        raise ValueError(f"damping must be in [0, 1) (0: a full momentum refresh; 1 would never refresh it), "
-                         f"got {damping}")
+    damping = _checks.damping(default_damping(corrector) if damping is None else damping)  # γ = 1 never refreshes p
     return CorrectorSpec(corrector, mh, n_steps=count_arg(steps_name, n_steps, 0),
                          n_trapezoid=count_arg("n_trapezoid", n_trapezoid, 1),
                          n_leapfrog=count_arg("n_leapfrog", n_leapfrog, 1), damping=damping, backend=backend)

@@ -290,7 +290,7 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
     run's constants checked once as the public ops check them (x and the momentum as states, the step
     size, the HMC damping, the seed and chain offset, the offsets of every move, the MALA trapezoid's n): the
     kernel's moves then call the ops' kernels with no per-move check of those (the tensors that change per move
-    are the kernels' own outputs, or the model's, which the counting model checks and the moves make contiguous)."""
+    are the kernels' own outputs, or the model's, which the counting model checks and returns contiguous)."""
     is_hmc = isinstance(kernel, HMC)
     if is_hmc:  # an HMC move's first op checks the momentum (zeros like x when none is carried), then x
         p = _checks.state("p", x if momentum is None else momentum)
