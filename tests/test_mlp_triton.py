@@ -229,7 +229,8 @@ def test_annealed_mcmc_fuses_cuda_energy_mlps():
     assert sh.fused
 
 
-# opt-in, ~4 min: FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0 pytest tests/test_mlp_triton.py -k sm90
+# opt-in, 9-11 min on the loaded 2-core dev machine (~2.5 min of CPU time), measured: FASTSAMP_TRITON_AOT=1
+# TRITON_INTERPRET=0 pytest tests/test_mlp_triton.py -k sm90
 @pytest.mark.skipif(os.environ.get("FASTSAMP_TRITON_AOT") != "1" or backends.triton_interpreted(),
                     reason="opt-in (FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0): compiles for sm_90 without a GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
