@@ -307,15 +307,16 @@ def time_paths(target_name: str, method: str, paths, *, iterations=None, segment
     itself, `warmup` untimed iterations first, then resumed from a checkpoint every `segment` iterations so that
     the paths run interleaved (fused, eager, compile, fused, ...) on the same machine state (checkpoint writes are
     not timed). segment None: 20, or one local-search period (ls_every) for presets with local search, so that a
-    segment charges one search per period as training does; iterations None: 3 segments. The time is process
-    CPU time on the CPU with one torch thread (other jobs on the machine do not count), else wall time (waiting
-    threads would count as CPU time). build_kw: build's options (batch_size, hidden, TrainConfig fields ...)."""
+    segment charges one search per period as training does (at most `iterations`); iterations None: 3 segments.
+    The time is process CPU time on the CPU with one torch thread (other jobs on the machine do not count), else
+    wall time (waiting threads would count as CPU time). build_kw: build's options (batch_size, hidden,
+    TrainConfig fields ...)."""
     runs, total = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
             sampler, cfg = build(target_name, method, seed=seed, fused=path == "fused", device=device, **build_kw)
             if total is None:
-                segment = segment or (cfg.ls_every if cfg.local_search else 20)
+                segment = min(segment or (cfg.ls_every if cfg.local_search else 20), iterations or math.inf)
                 total = warmup + (iterations or 3 * segment)
             cfg = dataclasses.replace(cfg, iterations=total)
             if path == "compile":  # a fresh cache per cell: the cells share DriftNet.forward's code object, and
