@@ -14,7 +14,8 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
                in eager while the profiler or a dispatch mode watches)
   library+ag   torch.ops.fastsamp.<op> called plainly (through its Python autograd kernel)
   floor        a trivial op with the same schema (`floor_op`: its kernel returns precomputed outputs): torch's own
-               cost of the arguments through the dispatcher; `library - raw - floor` is what fastsamp's Python adds
+               cost of the arguments through the dispatcher (the autograd key included); `library+ag - raw - floor`
+               is what fastsamp's Python adds
   ag @REV      with --against REV: the same call of the op as fastsamp/ops/_library.py registered it at git revision
                REV (registered again in this process under the namespace fastsamp_at_REV: a before/after
                comparison timed in turn with the other columns)
@@ -177,23 +178,29 @@ def custom_op_of(op: _table.Op):
     return custom
 
 
-_floor_lib = torch.library.Library("fastsamp_floor", "DEF")
+_floor_libs: list = []  # the fastsamp_floor library, made on first use (not at import: one DEF per namespace)
+
+
+def _floor_lib():
+    if not _floor_libs:
+        _floor_libs.append(torch.library.Library("fastsamp_floor", "DEF"))
+    return _floor_libs[0]
 
 
 def floor_op(op: _table.Op, outputs):
     """The op's schema registered under the namespace fastsamp_floor with a CPU kernel that returns `outputs` (one
     call's, computed beforehand): what the dispatcher costs for these arguments alone (parsing them, boxing them for
     a Python kernel and back), whatever the kernel does."""
-    _floor_lib.define(op.schema())
-    _floor_lib.impl(op.name, lambda *args: outputs, "CompositeExplicitAutograd")
+    _floor_lib().define(op.schema())
+    _floor_lib().impl(op.name, lambda *args: outputs, "CompositeExplicitAutograd")
     return getattr(torch.ops.fastsamp_floor, op.name).default
 
 
 def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
     """µs per call of a trivial registered op `(Tensor x, Tensor[] tensors) -> Tensor` (its kernel returns x)
     against the list's length: torch's own cost of a list of tensors through the dispatcher into Python."""
-    _floor_lib.define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
-    _floor_lib.impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
+    _floor_lib().define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
+    _floor_lib().impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
     x = torch.randn(8, 8)
     fn = torch.ops.fastsamp_floor.tensor_list.default
     return medians_us([partial(fn, x, [torch.randn(8) for _ in range(n)]) for n in sizes], calls, repeats, clock)

@@ -295,7 +295,8 @@ def test_timing_measures_fused_and_eager_per_cell_and_the_report_shows_it(tmp_pa
     assert len(res["rounds_ms"]["eager"]) == 2 and res["speedup"] == res["eager_ms"] / res["fused_ms"]
     assert res["clock"] == "process CPU"
     torch.set_num_threads(2)  # waiting threads count as CPU time: wall time then (the fixture restores 1)
-    assert offpolicy.time_fused_vs_eager("25gmm", "tb", iterations=1, warmup=1, **TINY)["clock"] == "wall"
+    wall = offpolicy.time_fused_vs_eager("25gmm", "tb", iterations=1, warmup=1, **TINY)
+    assert wall["clock"] == "wall" and wall["iterations_per_round"] == 1  # the segment is at most --iterations
     torch.set_num_threads(1)
     json.dump({"threads": 1, "device": "cpu", "results": {"25gmm/tb+expl+ls": dict(res, fused_ms=1.0)}},
               open(os.path.join(out, "timing_cpu_1thread.json"), "w"))

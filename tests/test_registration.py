@@ -432,3 +432,6 @@ def test_op_latency_benchmark_covers_every_registered_op():
         if hasattr(cpp, op.name):
             getattr(cpp, op.name)(*(v & _table.U64_MASK if s.kind == "u64" else v
                                     for v, s in zip(args, op.schema_args)))
+        for backend in ("auto", "cpp"):  # the "public" columns' calls (validation on: their arguments checked)
+            if (call := bench.public_call(op.name, backend, 4, 3, nets)) is not None:
+                call()

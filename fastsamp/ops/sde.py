@@ -29,6 +29,19 @@ def _run_into(fn, out, *args):
     return out
 
 
+def em_coefficients(schedule, t, h, dtype) -> tuple[float, float, float]:
+    """(a, c_s, c_n) of the reverse Euler–Maruyama step t → t − h (`schedules.reverse_em_coefficients`), with t in
+    [0, 1] and h > 0 checked and the coefficients finite in `dtype`: the checks of `reverse_sde_step`, which
+    annealed_mcmc's predictor makes once per run."""
+    t = _checks.finite_float("t", t)
+    h = _checks.finite_float("h", h, positive=True, dtype=dtype)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
+    a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
+    _checks.coefficients(dtype, "h", a=a, c_s=c_s, c_n=c_n)
+    return a, c_s, c_n
+
+
 def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=0, chain_offset=0, extra_drift=None,
                      out=None, backend="auto"):
     """One reverse Euler–Maruyama step from t to t − h:
@@ -45,15 +58,10 @@ def reverse_sde_step(x, score, *, t, h, schedule, noise=None, seed=None, offset=
     if extra_drift is not None:
         extra_drift = _checks.like("extra_drift", extra_drift, x)
     _check_schedule(schedule)
-    t = _checks.finite_float("t", t)
-    h = _checks.finite_float("h", h, positive=True, dtype=x.dtype)
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must be in [0, 1], got {t}")
+    a, c_s, c_n = em_coefficients(schedule, t, h, x.dtype)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     out = _checks.output(out, x, x=x, score=score, extra_drift=extra_drift, noise=noise)
-    a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
-    _checks.coefficients(x.dtype, "h", a=a, c_s=c_s, c_n=c_n)
     fn = _dispatch.route(backend, "sde_step", x, score, extra_drift, noise)
     return _run_into(fn, out, x, score, extra_drift, noise, seed, offset, chain_offset, a, c_s, c_n)
 

@@ -24,9 +24,9 @@ import torch
 from .. import ops
 from ..distributed import Comm
 from ..ops import _checks, _dispatch
+from ..ops.sde import em_coefficients
 from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
-from ..schedules import reverse_em_coefficients
 from .kernels import CorrectorSpec, PhiloxKey, run_corrector
 
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
@@ -111,15 +111,9 @@ def corrector_spec(model, *, corrector, mh, n_steps, n_trapezoid, n_leapfrog, da
 
 
 def reverse_em_steps(schedule, ts, dtype) -> list:
-    """[None, (a, c_s, c_n) of the reverse Euler–Maruyama step ts[0] → ts[1], ts[1] → ts[2], ...], t and
-    h = ts[i-1] − ts[i] checked as `ops.reverse_sde_step` checks them: once per run, not per level."""
-    steps = [None]
-    for t_prev, t in zip(ts, ts[1:]):
-        h = _checks.finite_float("h", t_prev - t, positive=True, dtype=dtype)
-        a, c_s, c_n = reverse_em_coefficients(schedule, _checks.finite_float("t", t_prev), h)
-        _checks.coefficients(dtype, "h", a=a, c_s=c_s, c_n=c_n)
-        steps.append((a, c_s, c_n))
-    return steps
+    """[None, (a, c_s, c_n) of the reverse Euler–Maruyama step ts[0] → ts[1], ts[1] → ts[2], ...], checked as
+    `ops.reverse_sde_step` checks them (`ops.sde.em_coefficients`): once per run, not per level."""
+    return [None] + [em_coefficients(schedule, t_prev, t_prev - t, dtype) for t_prev, t in zip(ts, ts[1:])]
 
 
 class NonFiniteMonitor:
