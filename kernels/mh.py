@@ -18,8 +18,8 @@ ACCEPT_MAX_BLOCK_D = 256
 ACCEPT_TILE = 2048
 
 
-def mala_propose(x, score, step_size, noise, seed, offset, chain_offset):
-    return affine_noise(x, score, None, noise, step_size, 1.0, 0.0, 0.0, seed, offset, chain_offset)
+def mala_propose(x, score, step_size, noise, seed, offset, chain_offset, out=None):
+    return affine_noise(x, score, None, noise, step_size, 1.0, 0.0, 0.0, seed, offset, chain_offset, out)
 
 
 @triton.jit
@@ -40,10 +40,11 @@ def _line_points_kernel(x_ptr, xp_ptr, out_ptr, numel, n, BLOCK: tl.constexpr, I
         out += numel
 
 
-def line_points(x, x_prop, n):
+def line_points(x, x_prop, n, out=None):
     B, D = x.shape
     n = int(n)
-    out = torch.empty((max(n - 1, 0), B, D), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((max(n - 1, 0), B, D), dtype=x.dtype, device=x.device)
     numel = x.numel()
     if numel == 0 or n <= 1:
         return out

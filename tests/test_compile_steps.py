@@ -97,6 +97,32 @@ def test_schedule_time_check_follows_the_validation_switch(schedule):
         schedule.g2(2.0)
 
 
+def test_mala_move_into_one_batch_compiles(dynamo_reset):
+    """The generic MALA move's batch under torch.compile: mala_propose and line_points with out= views of one
+    (3B, D) batch the network scores in one call; no graph break, eager's values and batch."""
+    net = TimeScore()
+
+    def move(x, batch):
+        with torch.no_grad():
+            B = x.shape[0]
+            s = net(x, 0.5)
+            x_prop = ops.mala_propose(x, s, 0.05, seed=3, offset=2, out=batch[:B])
+            ops.line_points(x, x_prop, 3, out=batch[B:].view(2, B, D))
+            scores = net(batch, 0.5)
+            return ops.score_mh_accept(x, x_prop, s, scores[:B], 0.05, interior_scores=scores[B:].view(2, B, D),
+                                       seed=3, offset=2)
+
+    x = torch.randn(9, D)
+    explain = torch._dynamo.explain(move)(x, torch.empty(27, D))
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    batch_c, batch_e = torch.empty(27, D), torch.empty(27, D)
+    got = torch.compile(move, fullgraph=True, backend="aot_eager")(x, batch_c)
+    expect = move(x, batch_e)
+    for g, e in zip(got, expect):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    torch.testing.assert_close(batch_c, batch_e, rtol=0, atol=0)
+
+
 def test_out_call_compiles(dynamo_reset):
     """out= under torch.compile: no graph break (the overlap check reads addresses only in eager; the traced op
     is functional and copied into out); out is written in place as in eager."""

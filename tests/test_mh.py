@@ -2,7 +2,19 @@
 float64 PyTorch reference on fresh random inputs."""
 import pytest
 import torch
-from conftest import accept_inputs, assert_accept, assert_close, eps64, f64, rand, skip_unless_op, step_sizes
+from conftest import (
+    COMPILED,
+    accept_inputs,
+    assert_accept,
+    assert_close,
+    backend_device,
+    eps64,
+    f64,
+    rand,
+    skip_unless_available,
+    skip_unless_op,
+    step_sizes,
+)
 
 from fastsamp import ops
 from fastsamp.ops import reference as ref
@@ -60,3 +72,82 @@ def test_step_size_values_are_read_on_every_call():
     eps.numpy()[1] = -1.0
     with pytest.raises(ValueError, match="step_size must be finite and > 0"):
         ops.score_mh_accept(x, x, s, s, eps, seed=1)
+
+
+OUT_SHAPES = [(1, 1), (3, 2), (257, 1)]  # odd B, D = 1
+
+
+@pytest.mark.parametrize("B,D", OUT_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("name", ("torch",) + COMPILED)
+def test_out_views_of_one_batch(name, dtype, B, D):
+    """mala_propose and line_points write into `out`, here the proposal's and the points' views of one
+    (n·B, D) batch (the generic MALA move's): returned as `out`, the bits of the fresh results, the rows
+    around untouched."""
+    if name != "torch":
+        skip_unless_available(name)
+    device = backend_device(name)
+    x, s = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
+    n, sentinel = 3, 7.0
+    batch = torch.full(((n + 1) * B, D), sentinel, dtype=dtype, device=device)  # a row block past the points
+    prop, points = batch[:B], batch[B:n * B].view(n - 1, B, D)
+    assert ops.mala_propose(x, s, 0.1, seed=5, offset=2, out=prop, backend=name) is prop
+    assert torch.equal(prop, ops.mala_propose(x, s, 0.1, seed=5, offset=2, backend=name))
+    assert ops.line_points(x, prop, n, out=points, backend=name) is points
+    assert torch.equal(points, ops.line_points(x, prop, n, backend=name))
+    assert (batch[n * B:] == sentinel).all()
+    assert ops.mala_propose(x, s, 0.1, seed=5, offset=2, out=x, backend=name) is x  # in place
+    assert torch.equal(x, prop)
+
+
+@pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
+def test_out_is_checked_like_reverse_sde_steps(name):
+    """A wrong shape, dtype or device, a non-contiguous out or one overlapping an input: a clear error."""
+    if name != "torch":
+        skip_unless_available(name)
+    x, s = torch.randn(5, 2), torch.randn(5, 2)
+    buf = torch.zeros(20, 2)
+    for bad, err, match in ((buf[:4], ValueError, r"out must have shape \(5, 2\)"),
+                            (buf[:5].double(), TypeError, "out must have dtype"),
+                            (buf[:10:2], ValueError, "out must be a contiguous"),
+                            (buf, ValueError, "out must have shape")):
+        with pytest.raises(err, match=match):
+            ops.mala_propose(x, s, 0.1, seed=1, out=bad, backend=name)
+    with pytest.raises(ValueError, match="out partially overlaps x"):
+        ops.mala_propose(buf[1:6], s, 0.1, seed=1, out=buf[:5], backend=name)
+    xp = buf[:5]
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 5, 2\)"):
+        ops.line_points(x, xp, 3, out=buf[5:10], backend=name)
+    with pytest.raises(ValueError, match="out overlaps x_prop"):  # even exactly: plane 1 lies past x_prop
+        ops.line_points(x, xp, 3, out=buf[:10].view(2, 5, 2), backend=name)
+    with pytest.raises(ValueError, match="out partially overlaps x_prop"):
+        ops.line_points(x, xp, 3, out=buf[2:12].view(2, 5, 2), backend=name)
+    with pytest.raises(TypeError, match="out must have dtype"):
+        ops.line_points(x, xp, 3, out=torch.empty(2, 5, 2, dtype=torch.float64), backend=name)
+
+
+@pytest.mark.parametrize("n_trapezoid", [2, 3])
+def test_generic_mala_states_outlive_the_moves_batch(n_trapezoid):
+    """The generic MALA move writes x' and the points into one batch per run: a state kept from an earlier
+    move is not a view of it (the next move leaves it unchanged), and a NaN chain stays in its chain."""
+    from fastsamp.protocol import CountingModel
+    from fastsamp.samplers.kernels import Langevin, PhiloxKey, ScoreMH, checked_kernel
+
+    class Gaussian:
+        dim = 2
+
+        def score(self, x, t):
+            return -x * (1.0 + 0.1 * t)
+
+    model = CountingModel(Gaussian())
+    x = torch.randn(7, 2, dtype=torch.float64)
+    x[3] = float("nan")
+    kernel = Langevin(model, 0.5, torch.full((7,), 0.2, dtype=torch.float64), ScoreMH(n_trapezoid))
+    kernel, x, _, key = checked_kernel(kernel, x, None, PhiloxKey(1, 0, 0), 3)
+    states = [kernel.init(x)]
+    for m in range(3):
+        states.append(kernel.step(states[-1], key.move(m))[0])
+    kept = [(st.x.clone(), st.score.clone()) for st in states]
+    kernel.step(states[-1], key.move(3))
+    for st, (xk, sk) in zip(states, kept):
+        assert torch.equal(st.x.nan_to_num(), xk.nan_to_num()) and torch.equal(st.score.nan_to_num(), sk.nan_to_num())
+    assert states[-1].x[3].isnan().all() and states[-1].x[[0, 1, 2, 4, 5, 6]].isfinite().all()

@@ -221,9 +221,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("guided_sde_step", f"x:state score:(B,D) score_shift:(B,D) v:(B,D) {_NOISE} a:float c_s:float c_v:float "
         "c_diff:float c_n:float out:out", "x_new:(B,D)=out",
         f"dtype x score score_shift v {_C_NOISE} a c_s c_v c_diff c_n", _ALL, grad="x score score_shift v noise"),
-    _op("mala_propose", f"x:state score:(B,D) step_size:(B,) {_NOISE}", "x_prop:(B,D)",
+    _op("mala_propose", f"x:state score:(B,D) step_size:(B,) {_NOISE} out:out", "x_prop:(B,D)=out",
         f"dtype x score step_size {_C_NOISE}", _ALL, grad="x score step_size noise"),
-    _op("line_points", "x:state x_prop:(B,D) n:int", "points:(n-1,B,D)", "dtype x x_prop B D n", _ALL,
+    _op("line_points", "x:state x_prop:(B,D) n:int out:out", "points:(n-1,B,D)=out", "dtype x x_prop B D n", _ALL,
         grad="x x_prop"),
     _op("score_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) step_size:(B,) u:(B,)? "
         f"interior:(M,B,D)? {_DRAW}", _ACCEPT,

@@ -4,27 +4,43 @@ from __future__ import annotations
 import torch
 
 from . import _checks, _dispatch
+from .sde import _run_into
 
 
-def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_offset=0, backend="auto"):
+def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_offset=0, out=None, backend="auto"):
     """x' = x + ε score + √(2ε) ξ, with ε a float or one step size per chain (B,); ξ drawn for the global
-    chains chain_offset + b."""
+    chains chain_offset + b. `out` (B, D) receives x' (e.g. the first B rows of a batch that also holds the
+    trapezoid points, `line_points(..., out=)`: one score call, no concatenation)."""
     x = _checks.state("x", x)
     score = _checks.like("score", score, x)
     eps = _checks.step_size(step_size, x)
     noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
+    out = _checks.output(out, x, x=x, score=score, step_size=eps, noise=noise)
     fn = _dispatch.route(backend, "mala_propose", x, score, eps, noise)
-    return fn(x, score, eps, noise, seed, offset, chain_offset)
+    return _run_into(fn, out, x, score, eps, noise, seed, offset, chain_offset)
 
 
-def line_points(x, x_prop, n, *, backend="auto"):
+def line_points(x, x_prop, n, *, out=None, backend="auto"):
     """The n − 1 interior points x + (i/n)(x' − x), i = 1..n−1, as one (n−1, B, D) tensor,
-    so that any score model scores them in one batched call."""
+    so that any score model scores them in one batched call. `out` (n−1, B, D) receives them."""
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
     n = line_points_count(n, x)
-    return _dispatch.route(backend, "line_points", x, x_prop)(x, x_prop, n)
+    out = points_out(out, x, x_prop, n)
+    return _run_into(_dispatch.route(backend, "line_points", x, x_prop), out, x, x_prop, n)
+
+
+def points_out(out, x, x_prop, n):
+    """`line_points`' check of `out`: None, or a contiguous (n − 1, B, D) tensor like x that overlaps neither x
+    nor x_prop (not even exactly: plane 1 would lie past the input; the overlap is not checked under tracing)."""
+    out = _checks.output(out, x.expand(n - 1, *x.shape), x=x, x_prop=x_prop)
+    if out is None or out.numel() == 0 or torch.compiler.is_compiling():
+        return out
+    for name, t in (("x", x), ("x_prop", x_prop)):
+        if t.numel() and t.data_ptr() == out.data_ptr():
+            raise ValueError(f"out overlaps {name}: the points cannot be written over their inputs")
+    return out
 
 
 def line_points_count(n, x):

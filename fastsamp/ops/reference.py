@@ -62,16 +62,18 @@ def guided_sde_step(x, score, score_shift, v, noise, seed, offset, chain_offset,
     return x_new if out is None else out.copy_(x_new)
 
 
-def mala_propose(x, score, step_size, noise, seed, offset, chain_offset):
-    """x' = x + ε score + √(2ε) ξ."""
+def mala_propose(x, score, step_size, noise, seed, offset, chain_offset, out=None):
+    """x' = x + ε score + √(2ε) ξ (written into `out` when given)."""
     eps = step_size[:, None]
-    return x + eps * score + torch.sqrt(2 * eps) * _noise(x, noise, seed, offset, chain_offset)
+    x_prop = x + eps * score + torch.sqrt(2 * eps) * _noise(x, noise, seed, offset, chain_offset)
+    return x_prop if out is None else out.copy_(x_prop)
 
 
-def line_points(x, x_prop, n):
-    """(n−1, B, D) interior points x + (i/n)(x' − x), i = 1..n−1."""
+def line_points(x, x_prop, n, out=None):
+    """(n−1, B, D) interior points x + (i/n)(x' − x), i = 1..n−1 (written into `out` when given)."""
     t = torch.arange(1, n, dtype=x.dtype, device=x.device) / n
-    return x + t[:, None, None] * (x_prop - x)
+    points = x + t[:, None, None] * (x_prop - x)
+    return points if out is None else out.copy_(points)
 
 
 def _select(accepted, a, b):

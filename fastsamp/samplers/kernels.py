@@ -95,16 +95,18 @@ _PUBLIC = {name: _public(name) for name in ("mala_propose", "line_points", "scor
                                             "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh")}
 
 
-def _op(kernel, name, tensors, rest=(), backend=None):
+def _op(kernel, name, tensors, rest=(), backend=None, out=None):
     """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend
-    choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset).
+    choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset),
+    writing into `out` when given (ops with an `out`).
     A checked kernel's run has checked its constants once and passes the ops the kernels' own outputs and
     the counting model's (contiguous) outputs (`checked_kernel`): the routed function directly, with no
     per-call check; a hand-built kernel: the public op, which checks every argument."""
     backend = kernel.backend if backend is None else backend
+    into = {} if out is None else {"out": out}
     if kernel.checked:
-        return _dispatch.route(backend, name, *tensors)(*tensors, *rest)
-    return _PUBLIC[name](backend, *tensors, *rest)
+        return _dispatch.route(backend, name, *tensors)(*tensors, *rest, **into)
+    return _PUBLIC[name](backend, *tensors, *rest, **into)
 
 
 def _all_accepted(x):
@@ -120,6 +122,11 @@ class MHTest:
 
     def check_langevin_run(self, x):
         """The per-run checks of what a checked Langevin kernel's moves pass this MH piece's ops unchecked."""
+
+    def proposal_out(self, x):
+        """Where a Langevin move from the chains x writes its proposal x' (None: a fresh tensor). A piece that
+        gives a buffer must not keep x' past its `langevin` call: the next move overwrites it."""
+        return None
 
 
 class NoMH(MHTest):
@@ -138,20 +145,38 @@ class ScoreMH(MHTest):
 
     def __init__(self, n_trapezoid: int = 1):
         self.n_trapezoid = n_trapezoid
+        self._batch = None  # n > 1: (batch (n·B, D), its proposal rows (B, D), its points (n − 1, B, D))
 
     def check_langevin_run(self, x):
         if self.n_trapezoid > 1:
             line_points_count(self.n_trapezoid, x)
 
+    def proposal_out(self, x):
+        """n > 1: the first B rows of the (n·B, D) batch the model scores, allocated once per shape, dtype and
+        device (one kernel's moves reuse it: the accepted x and score are the accept op's own outputs, never
+        views of it; one ScoreMH is not for concurrent runs)."""
+        if self.n_trapezoid == 1:
+            return None
+        batch = self._batch
+        if batch is None or batch[1].shape != x.shape or batch[1].dtype != x.dtype or batch[1].device != x.device:
+            (B, D), n = x.shape, self.n_trapezoid
+            whole = torch.empty(n * B, D, dtype=x.dtype, device=x.device)
+            batch = self._batch = (whole, whole[:B], whole[B:].view(n - 1, B, D))
+        return batch[1]
+
     def langevin(self, kernel, state, x_prop, key):
         x, n = state.x, self.n_trapezoid
         if n == 1:  # no interior points: score x' alone
-            scores = kernel.model.score(x_prop, kernel.t)
+            s_prop, interior = kernel.model.score(x_prop, kernel.t), None
         else:  # x' and the n - 1 interior points in one batched call (n checked once: `check_langevin_run`)
-            pts = _op(kernel, "line_points", (x, x_prop), (n,))
-            scores = kernel.model.score(torch.cat([x_prop, pts.view(-1, x.shape[1])]), kernel.t)
-        B, D = x.shape  # the model's output is contiguous (the counting model's), and so are these slices
-        s_prop, interior = (scores, None) if n == 1 else (scores[:B], scores[B:].view(n - 1, B, D))
+            prop = self.proposal_out(x)  # the views made for this shape: x' is written there by `Langevin.step`
+            if x_prop is not prop:  # a proposal made elsewhere (a step of another kernel)
+                prop.copy_(x_prop)
+            batch, _, points = self._batch
+            _op(kernel, "line_points", (x, x_prop), (n,), out=points)
+            scores = kernel.model.score(batch, kernel.t)
+            B, D = x.shape  # the model's output is contiguous (the counting model's), and so are these slices
+            s_prop, interior = scores[:B], scores[B:].view(n - 1, B, D)
         with phase("mh"):
             x, s, accepted, log_alpha = _op(kernel, "score_mh_accept",
                                             (x, x_prop, state.score, s_prop, kernel.step_size, None, interior), key)
@@ -224,7 +249,8 @@ class Langevin:
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
         # state.score: resolved by init or the last move (a kernel's output or a resolved model's)
-        x_prop = _op(self, "mala_propose", (state.x, state.score, self.step_size, None), key)
+        x_prop = _op(self, "mala_propose", (state.x, state.score, self.step_size, None), key,
+                     out=self.mh.proposal_out(state.x))
         new, info = self.mh.langevin(self, state, x_prop, key)
         return ChainState(new.x, new.score, new.logp, state.momentum), info
 
