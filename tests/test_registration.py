@@ -230,6 +230,29 @@ def test_registered_ops_appear_by_name_in_the_profiler():
     assert "fastsamp::gmm_score" in {e.key for e in prof.key_averages()}
 
 
+def test_out_through_the_registered_op():
+    """out= where "auto" takes the registered op: under the profiler (named, written in place) and with an input
+    that requires grad (the op's backward, its result copied into out): the fresh call's values and gradients."""
+    x, s = torch.randn(5, D, dtype=F64), torch.randn(5, D, dtype=F64)
+    batch = torch.empty(15, D, dtype=F64)
+    with torch.profiler.profile() as prof:
+        x_prop = ops.mala_propose(x, s, 0.1, seed=3, offset=1, out=batch[:5])
+        points = ops.line_points(x, x_prop, 3, out=batch[5:].view(2, 5, D))
+    assert {"fastsamp::mala_propose", "fastsamp::line_points"} <= {e.key for e in prof.key_averages()}
+    assert x_prop.data_ptr() == batch.data_ptr() and points.data_ptr() == batch[5:].data_ptr()
+    assert torch.equal(batch[:5], ops.mala_propose(x, s, 0.1, seed=3, offset=1))
+    assert torch.equal(batch[5:].view(2, 5, D), ops.line_points(x, x_prop, 3))
+    grads = []  # (out= refuses a tensor that requires grad: x' and the points in separate outs here)
+    for outs in ((torch.empty(5, D, dtype=F64), torch.empty(2, 5, D, dtype=F64)), (None, None)):
+        xg = x.clone().requires_grad_()
+        xp = ops.mala_propose(xg, s, 0.1, seed=3, offset=1, out=outs[0])
+        pts = ops.line_points(xg, xp, 3, out=outs[1])
+        assert outs[0] is None or (xp is outs[0] and pts is outs[1])
+        (xp.sum() + (pts * pts).sum()).backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_compiled_step_takes_new_offsets_without_recompiling_each_time(dynamo_reset):
     """Seeds and offsets are SymInts of the schema: after one recompile (the offset turns dynamic) new
     offsets, past 2**63 too, reuse the graph and draw the eager stream."""
