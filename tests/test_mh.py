@@ -125,8 +125,9 @@ def test_out_is_checked_like_reverse_sde_steps(name):
         ops.line_points(x, xp, 3, out=torch.empty(2, 5, 2, dtype=torch.float64), backend=name)
 
 
+@pytest.mark.parametrize("checked", [True, False], ids=["checked_run", "hand_built"])
 @pytest.mark.parametrize("n_trapezoid", [2, 3])
-def test_generic_mala_states_outlive_the_moves_batch(n_trapezoid):
+def test_generic_mala_states_outlive_the_moves_batch(n_trapezoid, checked):
     """The generic MALA move writes x' and the points into one batch per run: a state kept from an earlier
     move is not a view of it (the next move leaves it unchanged), and a NaN chain stays in its chain."""
     from fastsamp.protocol import CountingModel
@@ -142,7 +143,9 @@ def test_generic_mala_states_outlive_the_moves_batch(n_trapezoid):
     x = torch.randn(7, 2, dtype=torch.float64)
     x[3] = float("nan")
     kernel = Langevin(model, 0.5, torch.full((7,), 0.2, dtype=torch.float64), ScoreMH(n_trapezoid))
-    kernel, x, _, key = checked_kernel(kernel, x, None, PhiloxKey(1, 0, 0), 3)
+    key = PhiloxKey(1, 0, 0)
+    if checked:  # the ops' kernels called directly; hand-built: the public ops
+        kernel, x, _, key = checked_kernel(kernel, x, None, key, 4)
     states = [kernel.init(x)]
     for m in range(3):
         states.append(kernel.step(states[-1], key.move(m))[0])

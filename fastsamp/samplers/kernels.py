@@ -86,8 +86,8 @@ def _public(name):
     names = tuple(op.renames.get(a.name, a.name) for a in op.args)
     public = getattr(ops, op.public)
 
-    def call(backend, *args):
-        return public(**dict(zip(names, args)), backend=backend)
+    def call(backend, *args, **out):
+        return public(**dict(zip(names, args)), **out, backend=backend)
     return call
 
 
