@@ -169,9 +169,8 @@ class ScoreMH(MHTest):
         if n == 1:  # no interior points: score x' alone
             s_prop, interior = kernel.model.score(x_prop, kernel.t), None
         else:  # x' and the n - 1 interior points in one batched call (n checked once: `check_langevin_run`)
-            prop = self.proposal_out(x)  # the views made for this shape: x' is written there by `Langevin.step`
-            if x_prop is not prop:  # a proposal made elsewhere (a step of another kernel)
-                prop.copy_(x_prop)
+            if self._batch is None or x_prop is not self._batch[1]:  # a proposal made elsewhere (another kernel's
+                self.proposal_out(x).copy_(x_prop)  # step); `Langevin.step` wrote it into the batch already
             batch, _, points = self._batch
             _op(kernel, "line_points", (x, x_prop), (n,), out=points)
             scores = kernel.model.score(batch, kernel.t)
