@@ -140,17 +140,25 @@ def _net_row(meta_ptr, n):
 
 
 @triton.jit
+def _net_lanes(x, H, D, HP: tl.constexpr):
+    """The lanes of a network's layers at the rows of x: hidden units j (mask jm, of H), input/output columns d
+    (mask dm, of D), the hidden-by-hidden mask hm and a layer's [BLOCK_B, HP] slot in the scratch."""
+    j = tl.arange(0, HP)
+    jm = j < H
+    d = tl.arange(0, x.shape[1])
+    dm = d < D
+    slot = tl.arange(0, x.shape[0])[:, None] * HP + j[None, :]
+    return j, jm, d, dm, jm[:, None] & jm[None, :], slot
+
+
+@triton.jit
 def _net_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
     """A network's forward at the rows of x (row: its `_net_row`, base: its constants, c_ptr + n CS):
     (o, α m, v, √v) with o = W_o h_L + b_o [BLOCK_B, BLOCK_D] (zeros in the padding columns); with KEEP, act'(z_k)
     of every layer k = 0 .. L stored in the program's scratch zs ([L + 1, BLOCK_B, HP]) for `_net_energy`."""
     off_w0, ld0, off_wo, off_bo, off_h, H, L, act = row
     BB: tl.constexpr = x.shape[0]
-    j = tl.arange(0, HP)
-    jm = j < H
-    d = tl.arange(0, x.shape[1])
-    dm = d < D
-    slot = tl.arange(0, BB)[:, None] * HP + j[None, :]  # a layer's [BLOCK_B, HP] in the scratch
+    j, jm, d, dm, hm, slot = _net_lanes(x, H, D, HP)
     w0t = tl.load(w_ptr + off_w0 + j[None, :] * ld0 + d[:, None], mask=dm[:, None] & jm[None, :], other=0.0)
     c = tl.load(base + j, mask=jm, other=0.0)
     z = tl.dot(x, w0t, input_precision="ieee") + c[None, :]
@@ -159,7 +167,6 @@ def _net_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP
         tl.store(zs + slot, dh)
     else:
         h = _act(z, act)
-    hm = jm[:, None] & jm[None, :]
     for k in range(L):
         off = off_h + k * (H * H + H)
         wt = tl.load(w_ptr + off + j[None, :] * H + j[:, None], mask=hm, other=0.0)  # wt[i, o] = W_k[o, i]
@@ -208,15 +215,10 @@ def _net_energy(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP: tl.con
     energy = div_ieee(tl.sum(r * r, axis=1), 2.0 * v)
     off_w0, ld0, off_wo, _, off_h, H, L, _ = row
     BB: tl.constexpr = x.shape[0]
-    j = tl.arange(0, HP)
-    jm = j < H
-    d = tl.arange(0, x.shape[1])
-    dm = d < D
-    slot = tl.arange(0, BB)[:, None] * HP + j[None, :]
+    j, jm, d, dm, hm, slot = _net_lanes(x, H, D, HP)
     tl.debug_barrier()  # the scratch rows were stored by other threads of the program
     wo = tl.load(w_ptr + off_wo + d[:, None] * H + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
     g = tl.dot(r, wo, input_precision="ieee") * tl.load(zs + L * (BB * HP) + slot)
-    hm = jm[:, None] & jm[None, :]
     for kk in range(L):
         k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
         off = off_h + k * (H * H + H)
