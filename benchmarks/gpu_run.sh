@@ -27,7 +27,7 @@ timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider -n 8 \
   tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py tests/test_trajectory.py \
   tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py tests/test_validation.py tests/test_cuda_graphs.py \
   tests/test_seed_tensors.py tests/test_validation_switch.py tests/test_triton_inductor.py tests/test_offpolicy_table.py \
-  -k "${1:-cuda or (triton and (gmm or accept or philox or sde_step or normals))}" > "$OUT/pytest.log" 2>&1
+  -k "${1:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}" > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest.log" | tail -15
 SECONDS=0  # the Triton network engine (issue 11): score and energy networks, the shared move kernels on every
 # evaluator, CUDA-resident ScoreMLPs / EnergyMLPs in annealed_mcmc; its own budget, ~50 kernel variants to compile
