@@ -107,7 +107,10 @@ class FourierMLP(torch.nn.Module):
 
     @classmethod
     def from_saved(cls, config, state):
-        config = dict(config, schedule=schedule_from_config(config["schedule"]))
+        """The model `fastsamp.save` wrote: built in the dtype of its saved tensors (all share one, `freq`'s), so a
+        float64 network comes back float64 (the config holds no dtype; load_state_dict alone would cast the
+        tensors into the default dtype)."""
+        config = dict(config, schedule=schedule_from_config(config["schedule"]), dtype=state["freq"].dtype)
         model = cls(**config)
         model.load_state_dict(state)
         return model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastsamp import models
-from fastsamp.models import GaussianMixture, Product, ScoreMLP, ScoreModel, train_score_mlp
+from fastsamp.models import EnergyMLP, GaussianMixture, Product, ScoreMLP, ScoreModel, train_score_mlp
 from fastsamp.samplers.diffusion import DiffusionSampler
 from fastsamp.schedules import VE
 from fastsamp.targets import get_target
@@ -45,6 +45,20 @@ def test_trained_score_mlp_is_a_module_that_saves_and_pickles(tmp_path):
     fresh = ScoreMLP(2, hidden=16)
     fresh.load_state_dict(torch.load(tmp_path / "sd.pt"))
     torch.testing.assert_close(fresh.score(X, 0.5), net.score(X, 0.5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls", [ScoreMLP, EnergyMLP])
+def test_network_round_trip_keeps_its_dtype(cls, dtype, tmp_path):
+    """The dtype is that of the saved tensors (files written before this test load the same way)."""
+    torch.manual_seed(0)
+    net = cls(2, hidden=16, data_mean=torch.tensor([0.5, -1.0]), data_var=2.0, dtype=dtype).eval()
+    again = round_trip(net, tmp_path)
+    assert again.freq.dtype == dtype and all(p.dtype == dtype for p in again.parameters())
+    for name, p in net.state_dict().items():
+        assert torch.equal(again.state_dict()[name], p), name
+    x = X.to(dtype)
+    torch.testing.assert_close(again.score(x, 0.5), net.score(x, 0.5), rtol=0, atol=0)
 
 
 def test_wrappers_of_user_code_say_how_to_save():
