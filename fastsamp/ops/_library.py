@@ -13,17 +13,19 @@ Per op, from the op table (`_table.py`):
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
   else triton, else the reference; above a compiled kernel's size limits the reference), registered per
   dispatch key;
-* an Autograd kernel (`_autograd_kernel`): the formulas of `_autograd.py` for the ops the table marks
-  differentiable, through an autograd.Function (what `torch.library.register_autograd` builds, without its
-  per-call cost); the other ops raise when an input requires grad (never a silent detach). With no input
-  requiring grad it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
+* for the ops the table marks differentiable, an Autograd kernel (`_autograd_kernel`): the formulas of
+  `_autograd.py` through an autograd.Function (what `torch.library.register_autograd` builds, without its
+  per-call cost); with no input requiring grad it calls the op's CPU / CUDA kernel itself where the dispatcher
+  would go there next. The other ops register no Autograd kernel: torch's autograd fallback (C++) passes the
+  call on to their CPU / CUDA kernel (or fake), which raises when grad mode is on and an input requires grad
+  (never a silent detach); one Python frame fewer per call than a Python Autograd kernel.
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
-makes it (through the Autograd kernel) adds about 2.5–7 µs to the backend function (one trip from the
-dispatcher into Python; 16-argument ops cost the most), the policy and network ops (7–18 arguments) more:
-most of it is torch's boxing of the arguments into a Python kernel and back, about 0.2 µs per scalar and
-0.1 µs per tensor of a list (op_latency.py's "floor" column); the Autograd kernel's own Python 1–2 µs.
+makes it adds about 2.5–7 µs to the backend function (one trip from the dispatcher into Python; 16-argument
+ops cost the most), the policy and network ops (7–18 arguments) more: most of it is torch's boxing of the
+arguments into a Python kernel and back, about 0.2 µs per scalar and 0.1 µs per tensor of a list
+(op_latency.py's "floor" column); fastsamp's own Python kernel 1–2 µs.
 The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` with backend="auto".
 """
 from __future__ import annotations
@@ -169,20 +171,38 @@ def _with_u64_tensors(fn, op: _table.Op):
     return kernel
 
 
+def _grad_refusal(op: _table.Op):
+    """args -> raises when grad mode is on and a tensor argument of `op` (an op without backward) requires grad."""
+    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+    namespace = {}
+    _table.define(_table.requires_grad_source(op), f"<fastsamp requires_grad {op.name}>", namespace)
+    requires_grad = namespace["requires_grad"]
+
+    def refuse(args):
+        if _is_grad_enabled() and requires_grad(args):
+            raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
+                               f"detach the inputs or run under torch.no_grad(){hint}")
+    return refuse
+
+
 def _backend_kernel(op: _table.Op, device_type: str):
     """The op's registered kernel for `device_type` tensors, in one Python frame (several µs of a call are frames):
-    the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments only up to the last
-    one given: they replace those arguments), "auto"'s backend function (resolved at the first call; the reference
-    above its size limits), and each output that is a given input (em_step_logprob's x_next) copied, since a registered
-    op's outputs may not alias its inputs."""
+    for an op without backward (reached through torch's autograd fallback) the refusal of inputs that require grad
+    (`_grad_refusal`); the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments
+    only up to the last one given: they replace those arguments), "auto"'s backend function (resolved at the first
+    call; the reference above its size limits), and each output that is a given input (em_step_logprob's x_next)
+    copied, since a registered op's outputs may not alias its inputs."""
     name, at, n = op.name, _u64_positions(op), len(op.schema_args)
     copies = tuple((k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
                    if o.given_by and op.arg(o.given_by).kind != "out")
+    refuse = None if op.grad else _grad_refusal(op)
 
     choice = None
 
     def kernel(*args):
         nonlocal choice
+        if refuse is not None:
+            refuse(args)
         if len(args) != n:
             args = _given_tensor_forms(args, at, n)
         if choice is None:
@@ -230,17 +250,16 @@ _UNSEEN = object()
 
 
 def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict):
-    """The op's kernel at the Autograd key (called with the dispatch key set).
+    """The Autograd kernel of an op with a backward formula (called with the dispatch key set).
 
-    Grad mode on and an input requires grad: the autograd.Function of the op's backward formula, or, for an op
-    without one, a RuntimeError (never a silent detach). Otherwise the op runs below the autograd key: where the
-    dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or transform in
-    between), that kernel (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second
-    trip into Python (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is
-    memoised by its bits (a few distinct key sets occur), and the requires-grad test reads only the op's tensor
-    positions (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
-    function = _function(op, handle) if op.grad else None
-    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+    Grad mode on and an input requires grad: the autograd.Function of the op's backward formula. Otherwise the op
+    runs below the autograd key: where the dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode,
+    tensor subclass or transform in between), that kernel (`backend_kernels`, by dispatch key) is called here,
+    which saves the dispatcher's second trip into Python (about 3 µs per call); else the call is redispatched.
+    Which of the two a key set takes is memoised by its bits (a few distinct key sets occur), and the requires-grad
+    test reads only the op's tensor positions (`_table.requires_grad_source`): together about 3 µs less than
+    torch's own helpers."""
+    function = _function(op, handle)
     namespace = {}
     _table.define(_table.requires_grad_source(op), f"<fastsamp requires_grad {op.name}>", namespace)
     requires_grad = namespace["requires_grad"]
@@ -248,9 +267,6 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict):
 
     def kernel(keyset, *args):
         if _is_grad_enabled() and requires_grad(args):
-            if function is None:
-                raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
-                                   f"detach the inputs or run under torch.no_grad(){hint}")
             return function.apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
@@ -368,6 +384,19 @@ def _triton_decomposition(op: _table.Op, cuda_kernel) -> None:
     torch.library.register_torch_dispatch(f"{NAMESPACE}::{op.name}", FunctionalTensorMode, rule, lib=_lib)
 
 
+def _refusing(op: _table.Op, fake):
+    """The fake implementation, refusing inputs that require grad for an op without backward (as its kernels do:
+    tracing raises where eager would)."""
+    if op.grad:
+        return fake
+    refuse = _grad_refusal(op)
+
+    def checked(*args, **kwargs):
+        refuse(args)
+        return fake(*args, **kwargs)
+    return checked
+
+
 def _register(op: _table.Op) -> Entry:
     _lib.define(op.schema())
     qualname = f"{NAMESPACE}::{op.name}"
@@ -380,12 +409,13 @@ def _register(op: _table.Op) -> Entry:
         return Entry(op, opobj)
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
-    torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
+    torch.library.register_fake(qualname, _refusing(op, namespace["fake"]), lib=_lib)
     backend_kernels = {torch._C.DispatchKey.CPU: _backend_kernel(op, "cpu"),
                        torch._C.DispatchKey.CUDA: _backend_kernel(op, "cuda")}
     for key, kernel in backend_kernels.items():
         _lib.impl(op.name, kernel, key.name)
-    _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels), "Autograd", with_keyset=True)
+    if op.grad:  # else torch's autograd fallback passes the call on; the kernels and the fake refuse grad
+        _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels), "Autograd", with_keyset=True)
     if "triton" in op.backends:
         _triton_decomposition(op, backend_kernels[torch._C.DispatchKey.CUDA])
     return Entry(op, opobj)
