@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastsamp import datasets, metrics
+from fastsamp.samplers.annealed import mcmc
 from fastsamp.samplers.diffusion import DiffusionSampler, ReplayBuffer, TrainConfig, Trajectories, local_search, train
 from fastsamp.targets import LGCP, Target, get_target
 
@@ -129,6 +130,49 @@ def test_fused_langevin_equals_eager(target_name, objective, net_kw):
         torch.testing.assert_close(grad, grad_e, rtol=2e-3, atol=2e-4 * float(grad_e.abs().max()))
 
 
+class _CountedScore:
+    """Counts the rows the target's score and log R are evaluated on (instance attributes over the methods)."""
+
+    def __init__(self, target):
+        self.score_rows, self.log_prob_rows = 0, 0
+        score, log_prob = target.score, target.log_prob
+
+        def counted_score(x, t=None):
+            self.score_rows += x.reshape(-1, target.dim).shape[0]
+            return score(x, t)
+
+        def counted_log_prob(x, t=None):
+            self.log_prob_rows += x.reshape(-1, target.dim).shape[0]
+            return log_prob(x, t)
+        target.score, target.log_prob = counted_score, counted_log_prob
+
+
+def test_langevin_rollout_without_a_score_kernel_scores_each_state_once():
+    """The Langevin parametrisation on a target whose score has no C++ kernel (LGCP: the per-step rollout, then the
+    log p_F kernel): log p_F reuses the rollout's scores (T·B rows of target.score, not 2·T·B), bit for bit what
+    scoring the states again gives, and the loss and gradients are the eager path's."""
+    target = LGCP(points="synthetic", grid=3)
+    T, B = 12, 40
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        s = DiffusionSampler(target, sigma=2.0, n_steps=T, fused=fused, hidden=16, n_harmonics=8, langevin=True)
+        _perturb(s)
+        counted = _CountedScore(target)
+        traj = s.forward_trajectories(B, explore=0.3, seed=7)
+        if fused:
+            assert counted.score_rows == T * B
+            assert torch.equal(traj.log_pf, s._evaluate(traj.states, False)[0])  # the states scored again
+        loss = s.loss(traj, "tb")
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in s.parameters() if p.grad is not None])))
+        del target.score, target.log_prob
+    (loss, grad), (loss_e, grad_e) = results
+    torch.testing.assert_close(loss, loss_e, rtol=2e-5, atol=1e-5)
+    assert grad.shape == grad_e.shape and grad_e.abs().max() > 0
+    torch.testing.assert_close(grad, grad_e, rtol=2e-3, atol=2e-4 * float(grad_e.abs().max()))
+
+
 def _delta_log_z(sampler, target, n=1000):
     m = sampler.evaluate(n, seed=99)
     return abs(m["elbo"] - target.log_Z), abs(m["log_Z"] - target.log_Z)
@@ -197,6 +241,43 @@ def test_local_search_moves_towards_high_reward_and_adapts_the_step():
     torch.testing.assert_close(log_r, target.log_prob(found))
     assert float(log_r.mean()) > float(target.log_prob(x0).mean()) + 1.0
     assert eps < 0.5  # the step shrinks towards 57% acceptance from a far too large start
+
+
+def _local_search_by_mcmc(target, x, *, n_steps, burn_in, step_size, seed):
+    """The local search as one `mcmc` call per move (the definition; each move evaluates its start again),
+    with the adaptation of `local_search`'s defaults (window 5, factor 0.01, target acceptance 0.574)."""
+    kept, eps, rate, n_accepted, n_proposed = [], step_size, 0.0, 0, 0
+    for move in range(n_steps):
+        if move > 0:
+            eps *= 1.01 if rate > 0.574 else 0.99
+        x, accepted = mcmc(target, x, mh="energy", n_steps=1, step_size=eps, seed=seed, offset=move)
+        accepted = accepted > 0
+        if move > burn_in:
+            kept.append(x[accepted])
+        n_accepted, n_proposed = n_accepted + int(accepted.sum()), n_proposed + accepted.numel()
+        if move % 5 == 0:
+            rate, n_accepted, n_proposed = n_accepted / n_proposed, 0, 0
+    found = torch.cat(kept)
+    return found, target.log_prob(found), eps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("target_name", ["25gmm", "lgcp"])
+def test_local_search_equals_one_mcmc_call_per_move_with_half_the_evaluations(target_name, dtype):
+    """local_search carries each chain's score and log R from move to move: the kept states, their log R and
+    the final step are bit for bit those of one mcmc(mh="energy") call per move, with one score and one log R
+    evaluation per move (of the proposals) and one of the start, instead of two per move and the kept states'."""
+    target = get_target("25gmm") if target_name == "25gmm" else LGCP(points="synthetic", grid=4)
+    g = torch.Generator().manual_seed(0)
+    x0 = (target.mu0 + 0.5 * torch.randn(64, target.dim, generator=g, dtype=torch.float64) if target_name == "lgcp"
+          else target.sample(64, g).double() + 1.5 * torch.randn(64, 2, generator=g, dtype=torch.float64)).to(dtype)
+    kw = dict(n_steps=40, burn_in=20, step_size=0.05 if target_name == "lgcp" else 0.5, seed=3)
+    counted = _CountedScore(target)
+    found, log_r, eps = local_search(target, x0, **kw)
+    assert (counted.score_rows, counted.log_prob_rows) == (64 * 41, 64 * 41)
+    ref_found, ref_log_r, ref_eps = _local_search_by_mcmc(target, x0, **kw)
+    assert 0 < found.shape[0] < 64 * 19 and found.dtype == log_r.dtype == dtype
+    assert torch.equal(found, ref_found) and torch.equal(log_r, ref_log_r) and eps == ref_eps
 
 
 def test_log_z_estimates_and_w2():

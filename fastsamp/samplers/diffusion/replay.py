@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..annealed import mcmc
+from ...distributed import Comm
+from ...ops import _checks
+from ...profiling import phase
+from ...protocol import CountingModel
+from ..annealed import NonFiniteMonitor, corrector_spec
+from ..kernels import ChainState, PhiloxKey, checked_kernel, make_kernel
 
 
 class ReplayBuffer:
@@ -66,17 +71,43 @@ def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.1, target_a
     1 − adapt_factor; the rate is taken over move 0, then over every `adapt_window` moves after it.
     Keeps the accepted proposals of the moves after `burn_in` (moves burn_in + 1 .. n_steps − 1).
     Returns (the kept states (N, D), their log R, final step size). The target is the MCMC model
-    itself (fastsamp.protocol: its score and log_prob ignore the time)."""
-    kept, eps, rate, n_accepted, n_proposed = [], float(step_size), 0.0, 0, 0
-    for move in range(n_steps):
-        if move > 0:
-            eps *= 1 + adapt_factor if rate > target_acceptance else 1 - adapt_factor
-        x, accepted = mcmc(target, x, mh="energy", n_steps=1, step_size=eps, seed=seed, offset=move)
-        accepted = accepted > 0
-        if move > burn_in:
-            kept.append(x[accepted])
-        n_accepted, n_proposed = n_accepted + int(accepted.sum()), n_proposed + accepted.numel()
-        if move % adapt_window == 0:
-            rate, n_accepted, n_proposed = n_accepted / n_proposed, 0, 0
-    x_all = torch.cat(kept) if kept else x[:0]
-    return x_all, target.log_prob(x_all), eps
+    itself (fastsamp.protocol: its score and log_prob ignore the time).
+
+    Move m is `mcmc(target, x, mh="energy", n_steps=1, step_size=ε_m, seed=seed, offset=m)` (the same
+    Philox draws, kernels and MH test), but the chains' score and log R are carried from move to move (the
+    MH test's kept values) instead of evaluated again at the start of each move, and the kept states' log R
+    are those carried values: one score and one log R evaluation per move (of the proposals), not two plus
+    a last log R of every kept state. Chains that become non-finite are not kept, and reported (as mcmc
+    does) once, at the end."""
+    spec = corrector_spec(target, corrector="mala", mh="energy", n_steps=1, n_trapezoid=1, n_leapfrog=1,
+                          damping=None)
+    x = _checks.state("x", x)
+    if x.shape[1] != target.dim:
+        raise ValueError(f"x must have shape (B, {target.dim}) for this target, got {tuple(x.shape)}")
+    model = CountingModel(target)
+    chain0 = Comm.resolve(None).chain_offset(x.shape[0])
+    monitor = NonFiniteMonitor(n_steps, x.device, "warn")
+    kept, kept_log_r, eps, rate, n_accepted, n_proposed = [], [], float(step_size), 0.0, 0, 0
+    with phase("corrector"):
+        state = ChainState(x, *model.score_and_log_prob(x, 0.0))  # the starting states' score and log R
+        finite = torch.isfinite(x).all(1)
+        for move in range(n_steps):
+            if move > 0:
+                eps *= 1 + adapt_factor if rate > target_acceptance else 1 - adapt_factor
+            kernel, _, _, key = checked_kernel(make_kernel(model, 0.0, eps, spec), state.x, None,
+                                               PhiloxKey(seed, move, chain0), 1)
+            state, info = kernel.step(state, key)
+            finite = monitor.record(move, state.x, finite)
+            accepted = info.accepted & finite
+            if move > burn_in:
+                kept.append(state.x[accepted])
+                kept_log_r.append(state.logp[accepted])
+            n_accepted, n_proposed = n_accepted + int(accepted.sum()), n_proposed + accepted.numel()
+            if move % adapt_window == 0:
+                rate, n_accepted, n_proposed = n_accepted / n_proposed, 0, 0
+    monitor.report("local_search", lambda m: (
+        f" (move {m} of {n_steps} MALA moves, step size {eps:.3g} at the end)",
+        "the step size is too large for this target, or its score or log R is non-finite there"))
+    if not kept:
+        return state.x[:0], state.logp[:0], eps
+    return torch.cat(kept), torch.cat(kept_log_r), eps

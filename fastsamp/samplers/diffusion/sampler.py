@@ -127,10 +127,14 @@ class DiffusionSampler(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not offline):
             temb, lgv = self.net.time_features(ts[:-1])
             states, log_pf, log_pb, log_f = [x], [], [], []
+            # offline with the Langevin term: the target's scores along the rollout, which log p_F reuses
+            scores = x.new_empty(T, *x.shape) if offline and lgv is not None else None
             for i in range(T):
                 with phase("policy"):
-                    drift, log_var, hid = self.net(x, temb[i:i + 1], None if lgv is None else lgv[i:i + 1],
-                                                   self._score(x))
+                    score = self._score(x)
+                    drift, log_var, hid = self.net(x, temb[i:i + 1], None if lgv is None else lgv[i:i + 1], score)
+                if scores is not None:
+                    scores[i] = score
                 if with_flows and not offline:
                     log_f.append(self._flow(x, hid, ts[i]))
                 x, lpf, lpb = ops.em_step_logprob(x, drift, sigma=self.sigma, t=float(ts[i]), h=self.h, seed=seed,
@@ -142,7 +146,7 @@ class DiffusionSampler(nn.Module):
         states = torch.stack(states)
         log_pb = torch.stack(log_pb, 1)
         if offline:
-            log_pf, log_f = self._evaluate(states, with_flows)
+            log_pf, log_f = self._evaluate(states, with_flows, scores)
         else:
             log_pf = torch.stack(log_pf, 1)
             if with_flows:
@@ -152,13 +156,17 @@ class DiffusionSampler(nn.Module):
 
     def backward_trajectories(self, x_T, *, seed=0, with_flows=False):
         """Brownian-bridge trajectories from the terminal states x_T back to x_0 = 0:
-        X_t = t x_T + σ (W_t − t W_1) on the grid, drawn in one shot."""
+        X_t = t x_T + σ (W_t − t W_1) on the grid, drawn in one shot (in place on W: the (T+1, B, D)
+        arrays are the largest of an iteration at D = 1600)."""
         T, (B, D) = self.n_steps, x_T.shape
-        ts = self._grid(x_T)
+        ts = self._grid(x_T)[:, None, None]
         g = torch.Generator(device=x_T.device).manual_seed(seed)
-        dw = torch.randn(T, B, D, generator=g, dtype=x_T.dtype, device=x_T.device) * math.sqrt(self.h)
-        w = torch.cat([torch.zeros(1, B, D, dtype=x_T.dtype, device=x_T.device), dw.cumsum(0)])
-        states = ts[:, None, None] * x_T[None] + self.sigma * (w - ts[:, None, None] * w[-1:])
+        dw = torch.randn(T, B, D, generator=g, dtype=x_T.dtype, device=x_T.device).mul_(math.sqrt(self.h))
+        w = x_T.new_empty(T + 1, B, D)
+        w[0] = 0
+        torch.cumsum(dw, 0, out=w[1:])
+        del dw
+        states = w.sub_(ts * w[-1:]).mul_(self.sigma).add_(ts * x_T[None])
         states[-1] = x_T
         log_pf, log_f = self._evaluate(states, with_flows)
         return self._finish(states, log_pf, self._bridge_log_pb(states), self.target.log_prob(x_T).detach(),
@@ -195,22 +203,24 @@ class DiffusionSampler(nn.Module):
             log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf, **lp)
         return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
 
-    def _evaluate(self, states, with_flows):
+    def _evaluate(self, states, with_flows, scores=None):
         """log p_F of every transition of fixed trajectories (and the flows): one batched network
         call over all T·B states and one fused op call (uniform h, so one variance); for the plain
-        network on the CPU, one whole-trajectory kernel."""
+        network on the CPU, one whole-trajectory kernel. With the Langevin term, `scores` (T, B, D):
+        the target's scores at states[:-1] when the caller has them (a rollout's), else computed here."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         ts = self._grid(states)
         temb, lgv = self.net.time_features(ts[:-1])
         if self.fused and not with_flows and self._whole_trajectory_kernel(states):
-            lp = {} if lgv is None else dict(lgv=lgv, target=self.target)
+            lp = {} if lgv is None else dict(lgv=lgv, target=self.target, scores=scores)
             with phase("policy"):
                 return trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, **lp), None
         x = states[:-1].reshape(T * B, D)
         def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
             return a[:, None].expand(T, B, a.shape[-1]).reshape(T * B, -1)
         with phase("policy"):
-            drift, log_var, hid = self.net(x, per_row(temb), None if lgv is None else per_row(lgv), self._score(x))
+            score = self._score(x) if scores is None else scores.view(T * B, D)
+            drift, log_var, hid = self.net(x, per_row(temb), None if lgv is None else per_row(lgv), score)
         _, log_pf, _ = ops.em_step_logprob(x, drift, sigma=self.sigma, t=0.0, h=self.h, log_var=log_var,
                                            x_next=states[1:].reshape(T * B, D), backend=self.backend)
         log_f = self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T if with_flows else None
@@ -221,8 +231,8 @@ class DiffusionSampler(nn.Module):
         ts = self._grid(states)
         c = (ts[1:-1] / ts[2:])[:, None, None]
         var = self.sigma ** 2 * self.h * c
-        u = states[1:-1] - c * states[2:]
-        lpb = -0.5 * (u * u / var + torch.log(2 * math.pi * var)).sum(-1)  # (T−1, B)
+        u = (c * states[2:]).sub_(states[1:-1])  # −(x_i − c x_{i+1}), exactly: the same square
+        lpb = -0.5 * (u * u).div_(var).add_(torch.log(2 * math.pi * var)).sum(-1)  # (T−1, B)
         return torch.cat([torch.zeros_like(lpb[:1]), lpb]).T
 
     def _flow(self, x, hid, t):
