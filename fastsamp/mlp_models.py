@@ -107,12 +107,12 @@ class FourierMLP(torch.nn.Module):
 
     @classmethod
     def from_saved(cls, config, state):
-        """The model `fastsamp.save` wrote: built in the dtype of its saved tensors (all share one, `freq`'s), so a
-        float64 network comes back float64 (the config holds no dtype; load_state_dict alone would cast the
-        tensors into the default dtype)."""
+        """The model `fastsamp.save` wrote, holding the saved tensors themselves: their dtype (all share one,
+        `freq`'s; the config holds none) and the device `fastsamp.load`'s map_location put them on (a plain
+        load_state_dict would copy them into the default dtype on the CPU)."""
         config = dict(config, schedule=schedule_from_config(config["schedule"]), dtype=state["freq"].dtype)
         model = cls(**config)
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
         return model
 
 

@@ -94,6 +94,21 @@ def test_sample_writes_strict_json_with_threads(tmp_path, capsys):
     assert "chain-moves/s" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv,threads", [([], 1), (["--threads", "2"], 2)])
+def test_train_time_runs_on_one_thread_unless_told(argv, threads, monkeypatch, capsys):
+    """`fastsamp train --time` times on one thread by default, like every timing command, and says so."""
+    from fastsamp.experiments import offpolicy
+    seen = []
+    monkeypatch.setattr(offpolicy, "time_fused_vs_eager", lambda *a, **kw: seen.append(torch.get_num_threads())
+                        or {"fused_ms": 1.0})
+    n = torch.get_num_threads()
+    try:
+        assert main(["train", "--time", *argv]) == 0
+    finally:
+        torch.set_num_threads(n)
+    assert seen == [threads] and json.loads(capsys.readouterr().out) == {"threads": threads, "fused_ms": 1.0}
+
+
 def test_write_json_turns_non_finite_numbers_into_null(tmp_path):
     path = tmp_path / "r.json"
     write_json(str(path), {"a": math.nan, "b": [math.inf, 1.5], "c": torch.tensor([2.0, -math.inf])})

@@ -5,6 +5,7 @@ mlp_energy_hmc; csrc/cpu/score_mlp.cpp) equal the autograd reference in energy a
 equal the reference and the samplers' generic moves with the same Philox draws (exact energy MH, score MH and none,
 on energy networks, their sums, with a mixture, and mixed with score networks), annealed_mcmc and mcmc take the
 fused path for EnergyMLPs and their Products, and bad input gives named errors."""
+import dataclasses
 import pickle
 
 import pytest
@@ -126,7 +127,12 @@ def test_unknown_parameterisation_is_named():
 # --- the fused kernels ------------------------------------------------------------------------------------------
 def energy_net(D, H, L, F, dtype, seed, activation="silu"):
     """test_mlp.random_net's network as an energy network."""
-    return ops.EnergyNet(**vars(random_net(D, H, L, F, dtype, seed, activation)))
+    return ops.EnergyNet(**net_fields(random_net(D, H, L, F, dtype, seed, activation)))
+
+
+def net_fields(net):
+    """The constructor arguments of a network op's dataclass (not its internal fields)."""
+    return {f.name: getattr(net, f.name) for f in dataclasses.fields(net) if f.init}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -278,7 +284,7 @@ def test_bad_energy_arguments_are_named():
     with pytest.raises(ValueError, match="mh must be one of"):
         ops.mlp_energy_mala(x, e, step_size=0.1, n_steps=1, mh="exact")
     with pytest.raises(ValueError, match=r"nets\[0\].weights\[1\]"):
-        ops.mlp_energy(x, ops.EnergyNet(**{**vars(e), "weights": (e.weights[0], e.weights[1][:-1], e.weights[2])}))
+        ops.mlp_energy(x, dataclasses.replace(e, weights=(e.weights[0], e.weights[1][:-1], e.weights[2])))
     with pytest.raises(ValueError, match="damping"):
         ops.mlp_energy_hmc(x, e, step_size=0.1, n_steps=1, damping=1.0)
     with pytest.raises(ValueError, match="n_trapezoid"):

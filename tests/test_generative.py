@@ -151,6 +151,17 @@ def test_cache_round_trip(tmp_path, monkeypatch, kind):
         G.load_or_train(kind, size="tiny", seed=3)
 
 
+def test_digits_and_guided_digits_cache_files_check_the_seed_alike(tmp_path):
+    """One cache-file rule for both caches: an integer seed (NumPy's too), never a bool."""
+    from fastsamp.experiments.guided_digits.training import cache_file
+    assert G.cache_path("vae", size="tiny", seed=np.int64(2)) == G.cache_path("vae", size="tiny", seed=2)
+    assert cache_file("eps", size="tiny", seed=np.int64(2), cache_dir=tmp_path).name == "guided-eps-tiny-seed2-v1.pt"
+    for path_of, kind in ((G.cache_path, "vae"), (cache_file, "eps")):
+        for seed in (True, 1.0, "1"):
+            with pytest.raises(ValueError, match="seed must be an int"):
+                path_of(kind, size="tiny", seed=seed)
+
+
 def test_corrupt_cache_file_is_retrained_with_a_warning():
     path = G.cache_path("classifier", size="tiny", seed=0)
     path.parent.mkdir(parents=True)

@@ -59,6 +59,8 @@ def test_network_round_trip_keeps_its_dtype(cls, dtype, tmp_path):
         assert torch.equal(again.state_dict()[name], p), name
     x = X.to(dtype)
     torch.testing.assert_close(again.score(x, 0.5), net.score(x, 0.5), rtol=0, atol=0)
+    on_meta = models.load(tmp_path / "model.pt", map_location="meta")  # the device follows map_location
+    assert all(t.device.type == "meta" and t.dtype == dtype for t in on_meta.state_dict().values())
 
 
 def test_wrappers_of_user_code_say_how_to_save():

@@ -430,3 +430,38 @@ def test_gelu_accuracy():
         if dtype == torch.float32:  # torch's own float32 GELU is no more accurate
             t32 = gelu(gelu(xd)).double()
             assert worst <= 4 * ((t32 - ref).abs() / scale).max().item() + 1e-7
+
+
+@cpp_only
+def test_memoised_layers_see_every_change(monkeypatch):
+    """Repeated policy calls with unchanged weights check and pack the layers once (bits unchanged against a copy
+    of the net, whose memo is its own); an in-place write (an optimizer step), a new Parameter and a dtype change
+    of the module (`.data =`) are seen."""
+    from fastsamp.ops import _layers
+    builds = []
+    pack = _layers.pack_layers
+    monkeypatch.setattr(_layers, "pack_layers", lambda *a, **k: builds.append(1) or pack(*a, **k))
+    s = make_sampler(2, 8, 1, 3, torch.float64, seed=4)
+    temb = temb_of(s, torch.float64)
+
+    def both(net):
+        states, log_pf, _ = ops.policy_rollout(net, temb, 5, sigma=POLICY_SIGMA, seed=2)
+        return states, log_pf, ops.policy_log_pf(net, states, temb, sigma=POLICY_SIGMA)
+
+    def same(a, b):
+        return all(torch.equal(u, v) for u, v in zip(a, b))
+
+    first = both(s.net)
+    assert same(both(s.net), first) and len(builds) == 2  # rollout (cast, no grad) and log_pf: one memo each
+    assert same(both(copy.deepcopy(s.net)), first) and len(builds) == 4
+    with torch.no_grad():
+        s.net.state.weight.add_(0.25)
+    n = len(builds)
+    stepped = both(s.net)
+    assert len(builds) == n + 2 and not same(stepped, first) and same(stepped, both(copy.deepcopy(s.net)))
+    s.net.joint[1].weight = torch.nn.Parameter(s.net.joint[1].weight.detach() * 0.5)
+    n = len(builds)
+    assert same(both(s.net), both(copy.deepcopy(s.net))) and len(builds) == n + 4
+    s.net.float()  # parameters converted in place (`.data =`): same objects, new dtype
+    with pytest.raises(TypeError, match="dtype"):
+        ops.policy_log_pf(s.net, first[0], temb, sigma=POLICY_SIGMA)

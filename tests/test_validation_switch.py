@@ -2,7 +2,7 @@
 
 Value checks (finite / positive / in-range values of float arguments and tensor contents) read
 tensors on the host; they run only with validation on and outside torch.compile tracing.
-Structure checks (types, shapes, dtypes, devices, counts) always run.
+Structure checks (types, shapes, dtypes, devices, counts, the HMC damping's range) always run.
 """
 import math
 import os
@@ -90,6 +90,25 @@ def test_value_checks_are_off_structure_checks_stay():
         ops.mala_propose(x, x, bad_eps, seed=0)
     with pytest.raises(ValueError, match="means must be finite"):
         ops.gmm_score(x, bad_means, lw, var)
+
+
+@pytest.mark.parametrize("damping", [1.0, 1.5, -0.1, math.nan])
+def test_damping_is_checked_with_validation_off(damping):
+    """The HMC damping's range is checked whatever the switch (a Python scalar, once per call): γ = 1 never
+    refreshes the momentum, so chains from one point stay one deterministic trajectory with acceptance 1 and
+    no NaN to show it; the fused CPU kernels reject it themselves, and the generic path says the same."""
+    from fastsamp.models import GaussianMixture
+    from fastsamp.samplers.annealed import mcmc
+    x = torch.randn(4, 3, dtype=F64)
+    means, lw, var = mix()
+    message = "damping must be in \\[0.0, 1.0\\), got"
+    with fastsamp.validation(False):
+        with pytest.raises(ValueError, match=message):
+            ops.momentum_refresh(x, damping, seed=0)
+        with pytest.raises(ValueError, match=message):
+            ops.gmm_hmc(x, means, lw, var, step_size=0.1, n_steps=1, damping=damping)
+        with pytest.raises(ValueError, match=message):
+            mcmc(GaussianMixture(means, lw, var), x, corrector="hmc", damping=damping, n_steps=1, fused=False)
 
 
 def _one_move(op, backend, x, eps, means, lw, var):

@@ -371,6 +371,9 @@ def add_arguments(r):
     r.add_argument("--eager", action="store_true", help="train on the eager PyTorch path instead of the fused one")
     r.add_argument("--time", action="store_true", help="only time fused vs eager iterations (interleaved segments; "
                    "--iterations: the timed iterations per path, default 3 segments)")
+    r.add_argument("--threads", type=count(1), default=None,
+                   help="torch threads (default: 1 with --time, as every timing command of the project; torch's "
+                        "otherwise)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", action="store_true", help="print the full result JSON")
 
@@ -382,11 +385,15 @@ def check(args):
 
 
 def main(args) -> int:
-    """`fastsamp train`: train, evaluate, save; prints the JSON summary."""
+    """`fastsamp train`: train, evaluate, save; prints the JSON summary (with --time, the timing and its thread
+    count)."""
+    threads = args.threads or (1 if args.time else None)
+    if threads:
+        torch.set_num_threads(threads)
     if args.time:
         res = time_fused_vs_eager(args.target, args.method, iterations=args.iterations, seed=args.seed,
                                   batch_size=args.batch_size, device=args.device)
-        print(json.dumps(res, indent=2))
+        print(json.dumps({"threads": torch.get_num_threads(), **res}, indent=2))
         return 0
     res = run(args.target, args.method, seed=args.seed, iterations=args.iterations, out_dir=args.out,
               progress=not args.no_progress, batch_size=args.batch_size, fused=not args.eager,

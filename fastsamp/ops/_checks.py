@@ -1,8 +1,9 @@
 """Input validation shared by the public ops: clear exceptions naming the argument.
 
 Two kinds of check:
-* structure: types, shapes, dtypes, devices, integer counts, seeds and offsets, aliasing of `out`.
-  They read only metadata on the host and always run (they keep the kernels' memory accesses safe).
+* structure: types, shapes, dtypes, devices, integer counts, seeds and offsets, aliasing of `out`, and
+  the HMC damping's range. They read only metadata and Python scalars on the host and always run (they keep
+  the kernels' memory accesses safe; a damping of 1 would silently stop the momentum refresh).
 * values: finite / positive / in-range floating values, of float arguments and of tensor contents
   (step sizes, mixture parameters). A tensor's contents cost a device sync (`.tolist()`) and
   break a `torch.compile` graph, so these run only while `validating()`: validation switched on
@@ -351,8 +352,13 @@ def mh_code(mh, allowed=MH_CODES, why: str = "") -> int:
 
 
 def damping(v) -> float:
-    """The momentum damping of partial-refresh HMC, in [0, 1)."""
-    return finite_float("damping", v, lo=0.0, hi=1.0)
+    """The momentum damping γ of partial-refresh HMC (p ← γ p + √(1 − γ²) ξ), in [0, 1). Checked whatever the
+    validation switch, like the counts (a Python scalar, once per call: no cost): γ = 1 never refreshes the momentum
+    (deterministic, non-ergodic chains that show no NaN) and the fused CPU kernels reject it themselves."""
+    v = finite_float("damping", v)
+    if not 0.0 <= v < 1.0:  # also NaN
+        raise ValueError(f"damping must be in [0.0, 1.0), got {v}")
+    return v
 
 
 def noise_or_seed(noise, seed, offset, x: torch.Tensor):

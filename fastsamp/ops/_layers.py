@@ -6,7 +6,11 @@ networks (fastsamp/ops/mlp.py: ScoreNet, EnergyNet) and the DriftNet policy (fas
 the input layer, the output layer, then the L hidden layers, each weight (out, in) row-major beside its
 bias. The C kernels take W_in, b_in, W_out, b_out and the hidden lists params[4::2], params[5::2]
 (the op table's C orders); a score network's backend list puts its Fourier frequencies and data mean
-before these."""
+before these.
+
+The public network ops check and pack a network's layers once per state of its tensors (`memoised`): a repeated
+call with unchanged layers reuses the checked list, while an in-place write (an optimizer step), a new tensor, a
+new dtype or device or shape, or a change of requires_grad is seen at the next call."""
 from __future__ import annotations
 
 import torch
@@ -39,3 +43,41 @@ def packed(weights, biases) -> list:
     for w, b in zip(weights[1:-1], biases[1:-1]):
         out += [w, b]
     return out
+
+
+def tensors_key(tensors) -> tuple | None:
+    """What can change a check or a packing of `tensors`: per tensor its identity, version counter (bumped by every
+    in-place write), data pointer, dtype, device, shape and requires_grad (`.data =` and `requires_grad_` bump no
+    version). None when one of them is not a torch.Tensor (or there are none): not memoised."""
+    try:
+        return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, t.shape, t.requires_grad) for t in tensors)
+    except (AttributeError, RuntimeError, TypeError):  # not a tensor, or one without storage (fake, meta-less)
+        return None
+
+
+def memoised(memo: dict, context, tensors, build):
+    """build() (the checked, packed layers of `tensors`), kept in `memo` (the network's own dict) per `context`
+    (hashable: what else the result depends on, e.g. the dtype, device and width of the chains, whether values are
+    validated, grad mode) and reused while `tensors_key(tensors)` is unchanged. The entry keeps the tensors alive,
+    so that no new tensor can take a kept one's identity. Not memoised: under torch.compile tracing (the plain path
+    is traced), a result holding an autograd node (a copy of a tensor that requires grad belongs to one graph)."""
+    if torch.compiler.is_compiling():
+        return build()
+    tensors = tuple(tensors)
+    key = tensors_key(tensors)
+    if key is None:
+        return build()
+    entry = memo.get(context)
+    if entry is not None and entry[0] == key:
+        return entry[2]
+    out = build()
+    if not _holds_graph(out):
+        memo[context] = (key, tensors, out)
+    return out
+
+
+def _holds_graph(v) -> bool:
+    """Whether v (a tensor, or lists and tuples of them and of other values) holds a tensor with an autograd node."""
+    if isinstance(v, (list, tuple)):
+        return any(_holds_graph(e) for e in v)
+    return isinstance(v, torch.Tensor) and v.grad_fn is not None

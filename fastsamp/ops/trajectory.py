@@ -24,6 +24,9 @@ term, whose reference is the sampler's eager path, `DiffusionSampler(fused=False
 """
 from __future__ import annotations
 
+import functools
+import weakref
+
 import torch
 from torch import nn
 
@@ -114,6 +117,9 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     return tuple(out) if x_next is None else (x_next,) + tuple(out)
 
 
+_CHECKED = weakref.WeakKeyDictionary()  # DriftNet -> its memo of checked, packed layers (`PolicyParams.checked`)
+
+
 class PolicyParams:
     """The layers of a DriftNet that the policy ops read (the module's parameters): in network order
     weights [W_s (H, D), W_1 .. W_L (H, H), W_o (2D, H)] and their biases, packed for the kernels as every
@@ -121,6 +127,7 @@ class PolicyParams:
     the Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
 
     def __init__(self, net):
+        self._memo = _CHECKED.setdefault(net, {})
         self.langevin = bool(getattr(net, "langevin", False))
         if self.langevin:
             self.lgv_clip = float(net.lgv_clip)
@@ -159,10 +166,30 @@ class PolicyParams:
         return None if lgv is None else _checks.like("lgv", lgv, like, (T, self.lgv_width), x_name=like_name)
 
     def checked(self, like: torch.Tensor, like_name: str, cast: bool = False):
-        """tensors() checked to have like's dtype (cast to it when `cast`, detached) and device, contiguous."""
-        weight_names, bias_names = (["net parameter " + n for n in names] for names in self._names)
-        return _layers.pack_layers(self.weights, self.biases, self.widths, like, weight_names=weight_names,
-                                   bias_names=bias_names, like_name=like_name, cast=cast)
+        """tensors() checked to have like's dtype (cast to it when `cast`, detached) and device, contiguous; kept
+        for the net while its layers are unchanged (`_layers.memoised`)."""
+        def pack():
+            weight_names, bias_names = (["net parameter " + n for n in names] for names in self._names)
+            return _layers.pack_layers(self.weights, self.biases, self.widths, like, weight_names=weight_names,
+                                       bias_names=bias_names, like_name=like_name, cast=cast)
+        context = (like.dtype, like.device, cast, tuple(self.widths), torch.is_grad_enabled())
+        return _layers.memoised(self._memo, context, self.weights + self.biases, pack)
+
+
+def _computed_times(T: int, h: float, dtype) -> torch.Tensor:
+    """The step times t_i = i·h (i < T), computed in `dtype` and held in float64 (T,): the kernels' ts."""
+    return (torch.arange(T + 1, dtype=dtype) * h)[:-1].to(torch.float64).contiguous()
+
+
+_kept_times = functools.lru_cache(maxsize=64)(_computed_times)
+
+
+def _times(T: int, h: float, dtype) -> torch.Tensor:
+    """`_computed_times`, kept per (T, h, dtype) in eager (read-only: the ops never write it); computed afresh
+    under torch.compile tracing and in inference mode (whose tensors could not be kept for later autograd)."""
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        return _computed_times(T, h, dtype)
+    return _kept_times(T, h, dtype)
 
 
 def _step(T: int, h) -> float:
@@ -208,7 +235,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     n_threads = _checks.threads(n_threads)
     if x0 is not None:
         x0 = _checks.like("x0", x0.detach().to(dtype), temb.detach().to(dtype), (B, p.D), x_name="temb")
-    ts = (torch.arange(T + 1, dtype=dtype) * h)[:-1].to(torch.float64).contiguous()
+    ts = _times(T, h, dtype)
     args = (ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
     lp = None
     if p.langevin or lgv is not None:

@@ -26,10 +26,19 @@ def cache_root(cache_dir=None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "fastsamp" / "generative"
 
 
+def cache_file(prefix, kind, kinds, size, sizes, seed, version, cache_dir=None) -> Path:
+    """`cache_root(cache_dir)/<prefix><kind>-<size>-seed<seed>-<version>.pt`, after checking kind and size against
+    their choices and seed (an integer, not a bool); shared by the digits and guided-digits caches."""
+    check_choice("kind", kind, kinds)
+    check_choice("size", size, sizes)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return cache_root(cache_dir) / f"{prefix}{kind}-{size}-seed{int(seed)}-{version}.pt"
+
+
 def cache_path(kind, *, size="full", seed=0, cache_dir=None) -> Path:
-    check_choice("kind", kind, KINDS)
-    check_choice("size", size, SIZES)
-    return cache_root(cache_dir) / f"{kind}-{size}-seed{int(seed)}-{CACHE_VERSION}.pt"
+    """The cache file of a digits network (`cache_file`)."""
+    return cache_file("", kind, KINDS, size, SIZES, seed, CACHE_VERSION, cache_dir)
 
 
 def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
@@ -41,8 +50,6 @@ def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
     weights_only=True); an unreadable file is retrained over, with a warning. Writes are atomic (temporary
     file + rename). The module comes back frozen (eval mode, parameters without grad) with an `info` dict
     (training time, steps, last loss, `cached`)."""
-    if not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int, got {seed!r}")
     path = cache_path(kind, size=size, seed=seed, cache_dir=cache_dir)
     module = load_cached(path, MODULES[kind])
     if module is not None:

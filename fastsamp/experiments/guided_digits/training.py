@@ -20,7 +20,8 @@ import time
 import torch
 
 from ...ddpm import DDPM
-from ..digits import cache_root, load_digits_data
+from ..digits import load_digits_data
+from ..digits.cache import cache_file as digits_cache_file
 from ..digits.cache import load_cached, save_cached
 from ..digits.data import check_choice
 from ..digits.training import _training
@@ -90,16 +91,13 @@ def train(kind, *, size="full", seed=0):
 
 
 def cache_file(kind, *, size="full", seed=0, cache_dir=None):
-    check_choice("kind", kind, KINDS)
-    check_choice("size", size, SIZES)
-    return cache_root(cache_dir) / f"guided-{kind}-{size}-seed{int(seed)}-{CACHE_VERSION}.pt"
+    """The cache file of a guided-digits network (`digits.cache.cache_file`, prefix "guided-")."""
+    return digits_cache_file("guided-", kind, KINDS, size, SIZES, seed, CACHE_VERSION, cache_dir)
 
 
 def load_or_train(kind, *, size="full", seed=0, cache_dir=None, verbose=False):
     """The network of `kind`, from the cache when there (weights_only load), else trained and saved
     atomically; an unreadable cache file is retrained over with a warning. `info["cached"]` says which."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}")
     path = cache_file(kind, size=size, seed=seed, cache_dir=cache_dir)
     net = load_cached(path, MODULES[kind])
     if net is not None:

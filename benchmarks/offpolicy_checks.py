@@ -1,0 +1,379 @@
+"""The checks behind the off-policy table's rows that differ from Sendera et al. (2024, Table C.1) by more
+than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW (checks/funnel_tb.md),
+25GMM PIS (checks/pis_25gmm.md).
+
+    python benchmarks/offpolicy_checks.py evaluate [--target funnel] [--method tb] [--repeats 5] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py gradients [--target 25gmm] [--batch 300] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py manywell [--repeats 20] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
+                                  [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
+
+The "released" estimator and training steps are written here from the formulas of gfn-diffusion's
+`GFN.get_trajectory_fwd`, `fwd_tb`, `pis` and `log_partition_function` (energy_sampling/, commit 255b499),
+independently of fastsamp's fused kernels and em_step op, on the same DriftNet weights:
+    x_{i+1} = x_i + h μ_θ(x_i, t_i) + σ √h ε   (ε ~ N(0, I) from torch's global generator),
+    log p_F = log N(x_{i+1}; x_i + h μ, σ² h) with the noise recomputed from the states,
+    log p_B(x_i | x_{i+1}) = log N(x_i; x_{i+1} i/(i+1), σ² h i/(i+1)) for i ≥ 1 (0 for i = 0),
+    log R: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})) or twenty_five_gmm.py
+           (log-mean over the 25 modes of N(μ_k, 0.3 I)), via torch.distributions,
+    TB loss = ½ mean (log Z_θ + Σ log p_F − Σ log p_B − log R)², μ detached in the state update;
+    PIS loss = mean (Σ log p_F − Σ log p_B − log R) / D with the state update differentiable
+              (the whole simulation is back-propagated; log p_F's recomputed noise carries no gradient);
+    Adam (policy 1e-3, log Z 1e-1).
+`evaluate`: for each saved model, log w of the same trajectories by fastsamp and by these formulas
+(largest difference), then Δlog Z and Δlog Z^RW over `--repeats` evaluation seeds of 2000 samples with
+both estimators. `gradients` (PIS): our PIS loss and its gradient (fused kernels and the eager per-step
+path) against the released PIS step run on the same noise (recovered from our states), for saved models
+and the preset's initial network. `train`: the preset's initial network (fastsamp.experiments.offpolicy.build
+at the seed) trained by `fastsamp.samplers.diffusion.train` (fused) or, with --released, by the released
+step, optionally with another σ² of the reference process, log Z learning rate or train.py's default
+network; then the evaluation of `evaluate`, and with --curve the metrics along training.
+One thread; prints one JSON line per model.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from fastsamp.experiments.offpolicy import build, evaluate
+from fastsamp.metrics import log_z_estimates
+from fastsamp.samplers.diffusion import DiffusionSampler, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "results", "offpolicy_full")
+N = 2000  # the paper's evaluation batch (eval_data_size)
+
+
+def released_log_r(name, x):
+    """The released log density of target `name`: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0}))
+    or twenty_five_gmm.py (logsumexp_k log N(x; μ_k, 0.3 I) − log 25, μ_k ∈ {−10, −5, 0, 5, 10}²)."""
+    d = torch.distributions
+    if name == "funnel":
+        return d.Normal(0.0, 3.0).log_prob(x[:, 0]) + d.Normal(0.0, torch.exp(0.5 * x[:, :1])).log_prob(x[:, 1:]).sum(1)
+    if name == "25gmm":
+        modes = torch.tensor([(a, b) for a in [-10, -5, 0, 5, 10] for b in [-10, -5, 0, 5, 10]], dtype=x.dtype)
+        log_p = torch.stack([d.MultivariateNormal(m, covariance_matrix=0.3 * torch.eye(2, dtype=x.dtype)).log_prob(x)
+                             for m in modes])
+        return torch.logsumexp(log_p, 0) - math.log(25)
+    raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm)")
+
+
+def released_log_w(sampler, states, drifts=None):
+    """log R(x_T) + Σ log p_B − Σ log p_F of given states (T+1, B, D) by the released formulas;
+    `drifts` (T, B, D) if already computed, else the network's at each state (no grad)."""
+    T, h, s2 = sampler.n_steps, sampler.h, sampler.sigma ** 2
+    if drifts is None:
+        with torch.no_grad():
+            temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
+            drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
+    noise = ((states[1:] - states[:-1]) - h * drifts) / math.sqrt(h * s2)
+    log_pf = -0.5 * (noise ** 2 + math.log(2 * math.pi) + math.log(h * s2)).sum((0, 2))
+    i = torch.arange(1, T, dtype=states.dtype)[:, None, None]
+    back_var = s2 * h * i / (i + 1)
+    u = (states[1:-1] - states[2:] * i / (i + 1)) / back_var.sqrt()
+    log_pb = -0.5 * (u ** 2 + math.log(2 * math.pi) + back_var.log()).sum((0, 2))
+    return released_log_r(sampler.target.name, states[-1]) + log_pb - log_pf
+
+
+class DefaultNetwork(torch.nn.Module):
+    """The network gfn-diffusion's train.py builds without --pis_architectures and --zero_init (its
+    defaults): t ↦ MLP([sin 2πkt, cos 2πkt]_{k=1..64}) and x ↦ MLP(x) (Linear-GELU-Linear-GELU, 64 wide),
+    concatenated into a joint MLP (Linear-GELU-Linear-GELU-Linear, default initialisation) giving
+    (drift, log-variance); the variance is fixed, so only the drift is used. DriftNet's interface."""
+
+    langevin = learned_variance = False
+
+    def __init__(self, dim, hidden=64, harmonics=64):
+        super().__init__()
+        nn, self.dim = torch.nn, dim
+        self.register_buffer("pe", 2 * math.pi * torch.arange(1, harmonics + 1, dtype=torch.float32)[None])
+        self.time = nn.Sequential(nn.Linear(2 * harmonics, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.state = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.joint = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                   nn.Linear(hidden, 2 * dim))
+        self.log_Z = nn.Parameter(torch.zeros(()))
+
+    def time_features(self, ts):
+        arg = ts[:, None] * self.pe
+        return self.time(torch.cat([arg.sin(), arg.cos()], -1)), None
+
+    def forward(self, x, temb, lgv=None, score=None):
+        hid = torch.cat([self.state(x), temb.expand(x.shape[0], -1)], -1)
+        return self.joint(hid)[:, :self.dim], None, hid
+
+
+def released_rollout(sampler, batch, reparam=False, noise=None):
+    """Forward trajectories as gfn-diffusion simulates them (noise from torch's global generator, or
+    `noise` (T, B, D)): states (T+1, B, D) and the drifts (T, B, D) with grad. TB (reparam=False): the
+    state update takes the drift detached, so the states carry no grad; PIS (reparam=True,
+    get_trajectory_fwd(pis=True)): the update is differentiable, the whole path carries the gradient."""
+    T, h, sigma = sampler.n_steps, sampler.h, sampler.sigma
+    temb, _ = sampler.net.time_features(torch.arange(T, dtype=torch.float32) * h)
+    x = torch.zeros(batch, sampler.target.dim)
+    states, drifts = [x], []
+    for i in range(T):
+        drift = sampler.net(x, temb[i:i + 1], None)[0]
+        eps = torch.randn_like(x) if noise is None else noise[i]
+        x = x + h * (drift if reparam else drift.detach()) + math.sqrt(h) * sigma * eps
+        states.append(x)
+        drifts.append(drift)
+    return torch.stack(states), torch.stack(drifts)
+
+
+def released_estimates(sampler, seed):
+    """Δlog Z (ELBO) and Δlog Z^RW of 2000 released-style samples (log Z = 0)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        states, drifts = released_rollout(sampler, N)
+        m = log_z_estimates(released_log_w(sampler, states, drifts))
+    return {"delta_log_Z": abs(m["elbo"]), "delta_log_Z_rw": abs(m["log_Z"]), "ess": m["ess"]}
+
+
+def released_loss(sampler, objective, batch=300, noise=None):
+    """gfn-diffusion's forward loss on `batch` fresh trajectories: fwd_tb ("tb") or pis ("pis")."""
+    states, drifts = released_rollout(sampler, batch, reparam=objective == "pis", noise=noise)
+    log_w = released_log_w(sampler, states, drifts)
+    if objective == "pis":
+        return (-log_w).mean() / sampler.target.dim
+    if objective == "tb":
+        return 0.5 * ((sampler.net.log_Z - log_w) ** 2).mean()
+    raise ValueError(f"objective must be 'tb' or 'pis' for the released step, got {objective!r}")
+
+
+def released_train(sampler, iterations, seed, objective="tb", lr_policy=1e-3, lr_flow=1e-1, curve=0, point=None):
+    """gfn-diffusion's forward training loop (train_step with fwd_tb or pis) on the sampler's network;
+    with curve > 0, `point(iteration)` every `curve` iterations. Returns (losses, curve points)."""
+    torch.manual_seed(seed)
+    net = sampler.net
+    policy = [p for name, p in net.named_parameters() if name != "log_Z"]
+    opt = torch.optim.Adam([{"params": policy, "lr": lr_policy}, {"params": [net.log_Z], "lr": lr_flow}])
+    losses, points = [], []
+    for it in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        loss = released_loss(sampler, objective)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if curve and (it + 1) % curve == 0:
+            points.append(point(it + 1))
+    return losses, points
+
+
+def _summary(values):
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def evaluate_model(sampler, repeats, name):
+    """Same-trajectory agreement of the two log w, and both estimators over `repeats` seeds."""
+    traj = sampler.forward_trajectories(N, seed=10**6)
+    ours_lw = traj.log_weights().detach().double()
+    released_lw = released_log_w(sampler, traj.states).double()
+    ours = [evaluate(sampler, sampler.target, n=N, seed=s) for s in range(1, repeats + 1)]
+    rel = [released_estimates(sampler, s) for s in range(1, repeats + 1)]
+    out = {"model": name, "log_Z_learned": float(sampler.net.log_Z.detach()),
+           "same_trajectories_max_abs_log_w_diff": float((ours_lw - released_lw).abs().max()),
+           "same_trajectories_elbo": [float(ours_lw.mean()), float(released_lw.mean())]}
+    for key in ("delta_log_Z", "delta_log_Z_rw", "ess"):
+        out[f"ours_{key}"] = _summary([m[key] for m in ours])
+        out[f"released_{key}"] = _summary([m[key] for m in rel])
+    for key in ("w2", "modes_hit"):
+        if key in ours[0]:
+            out[f"ours_{key}"] = _summary([m[key] for m in ours])
+    return out
+
+
+def _max_rel(a, b):
+    """max |a − b| / max |b| (0 where both are 0)."""
+    scale = float(b.abs().max())
+    return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max())
+
+
+def compare_pis_gradients(sampler, batch, seed, name):
+    """Our PIS loss and gradient on one batch (the fused reparameterised rollout kernel, and the eager
+    per-step path with the PyTorch op) against the released PIS step run on the same noise, recovered
+    from our fused trajectories as ε_i = (x_{i+1} − x_i − h μ_θ(x_i, t_i)) / (σ√h)."""
+    params = [(n, p) for n, p in sampler.net.named_parameters() if n != "log_Z"]
+    T, h, sigma = sampler.n_steps, sampler.h, sampler.sigma
+    fused, backend = sampler.fused, sampler.backend
+
+    def ours(is_fused):
+        sampler.fused, sampler.backend = is_fused, "auto" if is_fused else "torch"
+        sampler.zero_grad(set_to_none=True)
+        traj = sampler.forward_trajectories(batch, reparam=True, seed=seed)
+        loss = sampler.loss(traj, "pis")
+        loss.backward()
+        return traj.states.detach(), float(loss.detach()), [p.grad.clone() for _, p in params]
+
+    states, loss_f, grad_f = ours(True)
+    states_e, loss_e, grad_e = ours(False)
+    sampler.fused, sampler.backend = fused, backend
+    with torch.no_grad():
+        temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
+        drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
+        noise = (states[1:] - states[:-1] - h * drifts) / (sigma * math.sqrt(h))
+    sampler.zero_grad(set_to_none=True)
+    loss_r = released_loss(sampler, "pis", batch, noise=noise)
+    loss_r.backward()
+    grad_r = [p.grad.clone() for _, p in params]
+    with torch.no_grad():
+        states_r, _ = released_rollout(sampler, batch, reparam=True, noise=noise)
+    flat = {k: torch.cat([g.flatten() for g in v]) for k, v in (("fused", grad_f), ("eager", grad_e),
+                                                               ("released", grad_r))}
+    out = {"model": name, "batch": batch, "seed": seed, "loss_fused": loss_f, "loss_eager": loss_e,
+           "loss_released": float(loss_r.detach()),
+           "states_max_abs_diff_fused_vs_released": float((states - states_r).abs().max()),
+           "states_max_abs_diff_fused_vs_eager": float((states - states_e).abs().max()),
+           "grad_norm_released": float(flat["released"].norm())}
+    for k in ("fused", "eager"):
+        out[f"grad_{k}_vs_released_max_rel"] = _max_rel(flat[k], flat["released"])
+        out[f"grad_{k}_vs_released_cosine"] = float(torch.nn.functional.cosine_similarity(
+            flat[k].double(), flat["released"].double(), 0))
+        out[f"grad_{k}_vs_released_per_tensor_max_rel"] = max(
+            _max_rel(a, b) for a, b in zip(grad_f if k == "fused" else grad_e, grad_r))
+    return out
+
+
+def _curve_point(sampler, repeats):
+    """Δlog Z, Δlog Z^RW, W2 (and modes hit, mixtures) during training: means over `repeats` evaluation
+    seeds of 2000 samples."""
+    ms = [evaluate(sampler, sampler.target, n=N, seed=s) for s in range(1, repeats + 1)]
+    return {key: statistics.mean(m[key] for m in ms) for key in ("delta_log_Z", "delta_log_Z_rw", "w2", "modes_hit")
+            if key in ms[0]}
+
+
+def load_model(path, target="funnel", method="tb"):
+    """A saved DiffusionSampler (.pt) or the model of a training checkpoint (.ckpt) of (target, method)."""
+    if path.endswith(".pt"):
+        return DiffusionSampler.load(path)
+    sampler, _ = build(target, method)
+    sampler.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    return sampler
+
+
+def cmd_evaluate(args):
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_{args.method}_seed*.pt")))
+    for path in paths:
+        model = load_model(path, args.target, args.method)
+        print(json.dumps(evaluate_model(model, args.repeats, os.path.basename(path))), flush=True)
+
+
+def cmd_gradients(args):
+    """The preset's initial PIS network (seed 0) and the saved PIS models, evaluation seeds 1 .. repeats."""
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_pis_seed*.pt")))
+    models = [("initial network (seed 0)", build(args.target, "pis", seed=0)[0])]
+    models += [(os.path.basename(p), load_model(p, args.target, "pis")) for p in paths]
+    for name, sampler in models:
+        for s in range(1, args.repeats + 1):
+            print(json.dumps(compare_pis_gradients(sampler, args.batch, s, name)), flush=True)
+
+
+def cmd_train(args):
+    objective = "pis" if args.method == "pis" else "tb"
+    for seed in args.seeds:
+        sampler, cfg = build(args.target, args.method, seed=seed, iterations=args.iterations, lr_flow=args.lr_flow)
+        if args.sigma2 is not None:  # the network does not depend on σ: same initial weights
+            sampler.sigma = math.sqrt(args.sigma2)
+        if args.default_network:  # eager per-step path with the torch op (the fused kernels need a DriftNet)
+            torch.manual_seed(seed)
+            sampler.net, sampler.fused, sampler.backend = DefaultNetwork(sampler.target.dim), False, "torch"
+        t0, curve = time.process_time(), []
+
+        def point(it, s=sampler):
+            out = {"iteration": it, **_curve_point(s, args.repeats)}
+            print(json.dumps(out), file=sys.stderr, flush=True)  # progress of a long run
+            return out
+        if args.released:
+            losses, curve = released_train(sampler, args.iterations, seed, objective, lr_flow=args.lr_flow,
+                                           curve=args.curve, point=point)
+        else:
+            log = train(sampler, dataclasses.replace(cfg, eval_every=args.curve), progress=False,
+                        callback=point)
+            losses, curve = log.loss, log.evals
+        cpu = time.process_time() - t0
+        name = (f"{args.target} {args.method} {'released' if args.released else 'fastsamp'} seed {seed} "
+                f"sigma2 {sampler.sigma ** 2:g} lr_flow {args.lr_flow} it {args.iterations}"
+                f"{' default network' if args.default_network else ''}")
+        out = evaluate_model(sampler, args.repeats, name)
+        out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
+        print(json.dumps(out), flush=True)
+
+
+def orthant_limit(target):
+    """Δlog Z^RW of a sampler exact on the dominant orthant (every a_j > 0) and empty elsewhere, as n → ∞:
+    −(D/2) log P(a > 0), P by the trapezoidal rule on the grid of ManyWell.Z_well."""
+    a = torch.linspace(-6.0, 6.0, 24001, dtype=torch.float64)
+    f = torch.exp(target.well_log_density(a, normalised=False))
+    f[0] *= 0.5
+    f[-1] *= 0.5
+    p_right = float(f[a > 0].sum() + 0.5 * f[a == 0].sum()) / float(f.sum())
+    return p_right, -target.n_wells * math.log(p_right)
+
+
+def cmd_manywell(args):
+    """Manywell TB: Δlog Z^RW per 2000 samples over `--repeats` seeds, pooled over all of them, the
+    collapse's limit and the share of samples with every double-well coordinate in the right well."""
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, "manywell_tb_seed*.pt")))
+    for path in paths:
+        sampler = DiffusionSampler.load(path)
+        target = sampler.target
+        p_right, limit = orthant_limit(target)
+        log_w, right, all_right = [], [], []
+        for s in range(1, args.repeats + 1):
+            x, lw = sampler.sample(N, seed=s)
+            log_w.append(lw.double())
+            right.append(float((x[:, 0::2] > 0).double().mean()))
+            all_right.append(float((x[:, 0::2] > 0).all(1).double().mean()))
+        per_draw = [abs(log_z_estimates(lw)["log_Z"] - target.log_Z) for lw in log_w]
+        pooled = log_z_estimates(torch.cat(log_w))
+        print(json.dumps({"model": os.path.basename(path), "p_right_exact": p_right, "orthant_limit": limit,
+                          "delta_log_Z_rw_per_2000": _summary(per_draw),
+                          "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - target.log_Z), "pooled_n": pooled["n"],
+                          "pooled_ess": pooled["ess"], "delta_log_Z_pooled": abs(pooled["elbo"] - target.log_Z),
+                          "right_well_fraction": statistics.mean(right),
+                          "all_right_fraction": statistics.mean(all_right)}), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("evaluate", help="both estimators on saved models")
+    e.add_argument("--models", nargs="*",
+                   help="model .pt or training .ckpt files (default: OUT/<target>_<method>_seed*.pt)")
+    g = sub.add_parser("gradients", help="our PIS loss and gradient against the released PIS step, same noise")
+    g.add_argument("--models", nargs="*", help="PIS model .pt files (default: OUT/<target>_pis_seed*.pt)")
+    g.add_argument("--batch", type=int, default=300, help="trajectories per comparison")
+    t = sub.add_parser("train", help="train from the preset's initial network, then evaluate")
+    t.add_argument("--iterations", type=int, default=3000)
+    t.add_argument("--seeds", type=int, nargs="+", default=[0])
+    t.add_argument("--sigma2", type=float, default=None, help="σ² of the reference process (default: the preset's)")
+    t.add_argument("--lr-flow", type=float, default=1e-1, help="Adam lr of log Z (the preset: 0.1)")
+    t.add_argument("--curve", type=int, default=0, help="the metrics every CURVE iterations (0: none)")
+    t.add_argument("--default-network", action="store_true",
+                   help="train.py's default network instead of the PIS architecture")
+    t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
+    m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell TB models against the orthant collapse")
+    m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_tb_seed*.pt)")
+    for q in (e, g, t):
+        q.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
+    for q in (e, t):
+        q.add_argument("--method", default="tb", choices=("tb", "pis"), help="the preset (and released objective)")
+    for q in (e, g, t, m):
+        q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    {"evaluate": cmd_evaluate, "gradients": cmd_gradients, "train": cmd_train,
+     "manywell": cmd_manywell}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
