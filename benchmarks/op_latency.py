@@ -119,6 +119,7 @@ def args_for(name, B, D, nets, K=4):
         "mlp_net": (x, n.net_params, 0),
         "mlp_net_backward": (x, n.net_params, 0, s, True),
         "mlp_net_lsq": (x, n.net_params, 0, s, u),
+        "mlp_net_energy_lsq": (x, n.net_params, 0, s, eps, u, xi),
     }[name]
 
 
@@ -158,6 +159,7 @@ def public_call(name, backend, B, D, nets, K=4):
         "mlp_energy_hmc": lambda: ops.mlp_energy_hmc(x, n.energy_net, step_size=eps, n_steps=1, seed=1, **kw),
         "mlp_net": lambda: ops.mlp_net(x, n.weights, n.biases, **kw),
         "mlp_net_lsq": lambda: ops.mlp_net_lsq(x, n.weights, n.biases, s, u, **kw),
+        "mlp_net_energy_lsq": lambda: ops.mlp_net_energy_lsq(x, n.weights, n.biases, s, eps, u, xi, **kw),
     }.get(name)
 
 

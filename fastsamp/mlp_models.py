@@ -207,19 +207,22 @@ PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
 
 def dsm_loss(net, x0, t, z, *, fused=False):
     """The denoising score-matching loss of one batch: mean_b |σ_t s_θ(α_t x0 + σ_t z, t) + z|² (t (B, 1), z (B, D)
-    the draws). `fused` (a ScoreMLP with `has_standard_net`, else TypeError): σ s + z = c + k f with
-    c = σ(α m − x_t)/v + z and k = σ/√v constants of the weights, so the loss is ops.mlp_net_lsq of the network: the
-    loss and every weight's gradient in one kernel call."""
-    if fused and not (isinstance(net, ScoreMLP) and net.has_standard_net()):
+    the draws). `fused` (a ScoreMLP or EnergyMLP with `has_standard_net`, else TypeError): the loss and every
+    weight's gradient in one kernel call. A ScoreMLP's σ s + z = c + k f with c = σ(α m − x_t)/v + z and k = σ/√v
+    constants of the weights: ops.mlp_net_lsq of the network. An EnergyMLP's s = −r/v + J_fᵀ r/√v with
+    r = c − √v f, c = x_t − α m: ops.mlp_net_energy_lsq (its gradient goes through J_f: a double backward)."""
+    if fused and not (isinstance(net, (ScoreMLP, EnergyMLP)) and net.has_standard_net()):
         net_type = type(getattr(net, "net", None)).__name__
-        raise TypeError(f"dsm_loss(fused=True) needs a ScoreMLP whose net is Sequential(Linear, SiLU, ..., Linear) "
-                        f"with biases, got a {type(net).__name__} with net {net_type}: use fused=False")
+        raise TypeError(f"dsm_loss(fused=True) needs a ScoreMLP or EnergyMLP whose net is Sequential(Linear, SiLU, "
+                        f"..., Linear) with biases, got a {type(net).__name__} with net {net_type}: use fused=False")
     alpha, sigma2 = net.marginal(t)
     sigma = sigma2.sqrt()
     xt = alpha * x0 + sigma * z
     if not fused:
         return ((sigma * net(xt, t[:, 0]) + z) ** 2).sum(1).mean()
     mean, v, inp = net.gaussian_and_input(xt, t[:, 0], (alpha, sigma2))
+    if isinstance(net, EnergyMLP):
+        return ops.mlp_net_energy_lsq(inp, *net._layers(), xt - mean, v[:, 0], sigma[:, 0], z, activation="silu")
     c = sigma * (mean - xt) / v + z
     return ops.mlp_net_lsq(inp, *net._layers(), c, (sigma / v.sqrt())[:, 0], activation="silu")
 
@@ -232,11 +235,11 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through
     its autograd score), so that score-MH and energy-MH compare on equal networks.
 
-    `fused`: the score parameterisation's loss and gradient run in the fused C++ engine (ops.mlp_net_lsq: the
-    network's forward, the loss and the backward to every weight in one kernel call); None (default) uses it
-    when the C++ backend is built, False trains in eager PyTorch. Both take the same draws and the same loss: the
-    parameters after n steps agree to float rounding. The energy parameterisation trains eager (its loss needs
-    the gradient of ∇_x E to the weights, a double backward the engine does not have).
+    `fused`: the loss and gradient run in the fused C++ engine (ops.mlp_net_lsq for the score parameterisation,
+    ops.mlp_net_energy_lsq for the energy one, whose gradient of ∇_x E to the weights, a double backward, the
+    kernel does exactly: the network's forward, the loss and the backward to every weight in one kernel call);
+    None (default) uses it when the C++ backend is built, False trains in eager PyTorch. Both take the same draws
+    and the same loss: the parameters after n steps agree to float rounding.
 
     Returns the trained model (its parameters and buffers in `dtype`, float32 by default; eval mode), a model that
     saves and loads."""
@@ -247,11 +250,8 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     schedule = schedule or VP()
     if not isinstance(schedule, VP):
         raise TypeError("train_score_mlp supports the VP schedule")
-    if fused and parameterisation != "score":
-        raise ValueError("fused=True trains the score parameterisation only (the energy one needs a double "
-                         "backward: it trains eager)")
     if fused is None:
-        fused = parameterisation == "score" and backends.is_available("cpp")
+        fused = backends.is_available("cpp")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = samples.detach().to(dtype).cpu()

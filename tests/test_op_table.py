@@ -140,8 +140,8 @@ def test_outputs_match_the_table(dtype, optional):
     """Reference and every available compiled backend give the table's output shapes and dtypes (the mlp ops,
     whose lists of per-network dims follow the networks, are covered by tests/test_mlp.py)."""
     for op in _table.OPS.values():
-        if any(a.kind in ("ints", "floats") for a in op.args):
-            continue
+        if any(a.kind in ("ints", "floats") for a in op.args) or op.name == "mlp_net_energy_lsq":
+            continue  # mlp_net_energy_lsq needs O <= D (policy_params has O = 2D): tests/test_registration.py's opcheck
         device = torch.device("cpu")
         args = make_args(op, dtype, device, optional=optional)
         if op.reference:

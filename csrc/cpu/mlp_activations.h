@@ -159,6 +159,21 @@ FASTSAMP_VINLINE void act_v(Vec<T> z, Vec<T>* g, Vec<T>* dg) {
   }
 }
 
+// act, act' and act'' (the energy network's training pass, cpu/mlp_net.cpp; act and act' as act_v's):
+// silu''(z) = σ(1 − σ)(2 + z(1 − 2σ)),  gelu''(z) = φ(z)(2 − z²).
+template <typename T, int ACT>
+FASTSAMP_VINLINE void act_v2(Vec<T> z, Vec<T>* g, Vec<T>* dg, Vec<T>* d2g) {
+  if constexpr (ACT == kSilu) {
+    const Vec<T> sig = T(1) / (vexp<T>(-z) + T(1));
+    *g = z * sig;
+    *dg = sig * vm::vfma(z, T(1) - sig, bc<T>(T(1)));
+    *d2g = (sig * (T(1) - sig)) * vm::vfma(z, T(1) - T(2) * sig, bc<T>(T(2)));
+  } else {
+    gelu_v<T, true>(z, g, dg);
+    *d2g = vexp<T>((z * z) * T(-0.5)) * T(0.39894228040143267794) * (T(2) - z * z);
+  }
+}
+
 // f(IntC<ACT>()) for the runtime activation code act.
 template <typename F>
 FASTSAMP_VINLINE void with_act(int act, F&& f) {

@@ -196,5 +196,12 @@ void mlp_net_lsq(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int6
                  const std::vector<uintptr_t>& params, int64_t act, uintptr_t c, uintptr_t k, uintptr_t loss,
                  const std::vector<uintptr_t>& g_params);
 
+// The same loss for the score of an energy network, E = |r|²/(2v), r = c − √v out, s = −∇E = −r/v + J_fᵀ r/√v
+// (J_f the Jacobian of out in the first O input columns, O <= Din): loss (B,) the rows' |σ_b s_b + z_b|² (c, z
+// (B, O), v, sigma (B,)) and g_params the gradients of their mean w.r.t. every parameter (through J_f: exact).
+void mlp_net_energy_lsq(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
+                        const std::vector<uintptr_t>& params, int64_t act, uintptr_t c, uintptr_t v, uintptr_t sigma,
+                        uintptr_t z, uintptr_t loss, const std::vector<uintptr_t>& g_params);
+
 }  // namespace cpu
 }  // namespace fastsamp

@@ -127,6 +127,10 @@ void register_cpu_ops(py::module_& m) {
   m.def("cpu_mlp_net_lsq", threaded(&c::mlp_net_lsq), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a, "O"_a,
         "params"_a, "act"_a, "c"_a, "k"_a, "loss"_a, "g_params"_a, "n_threads"_a,
         "The rows' |c + k out|^2 of mlp_net and the gradients of their mean w.r.t. every weight and bias.");
+  m.def("cpu_mlp_net_energy_lsq", threaded(&c::mlp_net_energy_lsq), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a,
+        "O"_a, "params"_a, "act"_a, "c"_a, "v"_a, "sigma"_a, "z"_a, "loss"_a, "g_params"_a, "n_threads"_a,
+        "The rows' |sigma s + z|^2 of the energy network's score s and the gradients of their mean w.r.t. every "
+        "weight and bias.");
   // the policy kernels take n_threads themselves (before their outputs), and the Langevin term last
   py::class_<c::LangevinArgs>(m, "PolicyLangevin", "The Langevin term of the policy kernels (default: none).")
       .def(py::init([](uintptr_t lgv, int64_t width, double lgv_clip, uintptr_t scores, int64_t target_kind,

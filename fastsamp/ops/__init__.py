@@ -12,7 +12,17 @@ from .mh import energy_mh_accept, line_points, mala_propose, score_mh_accept
 from .mlp import EnergyNet as EnergyNet
 from .mlp import MixtureScore as MixtureScore
 from .mlp import ScoreNet as ScoreNet
-from .mlp import mlp_energy, mlp_energy_hmc, mlp_energy_mala, mlp_hmc, mlp_mala, mlp_net, mlp_net_lsq, mlp_score
+from .mlp import (
+    mlp_energy,
+    mlp_energy_hmc,
+    mlp_energy_mala,
+    mlp_hmc,
+    mlp_mala,
+    mlp_net,
+    mlp_net_energy_lsq,
+    mlp_net_lsq,
+    mlp_score,
+)
 from .random import normal, uniform
 from .sde import guided_sde_step, reverse_sde_step
 from .trajectory import em_step_logprob, policy_log_pf, policy_rollout
@@ -22,5 +32,5 @@ __all__ = [
     "score_mh_accept", "energy_mh_accept", "em_step_logprob", "policy_rollout", "policy_log_pf",
     "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "normal", "uniform",
     "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc", "mlp_net",
-    "mlp_net_lsq",
+    "mlp_net_lsq", "mlp_net_energy_lsq",
 ]

@@ -291,12 +291,13 @@ def _net_layers(x, weights, biases, activation):
 
 
 class _MLPNetLsq(torch.autograd.Function):
-    """Forward: the backend's mlp_net_lsq, the mean loss, with every parameter's gradient from the same kernel call
-    (kept); backward: those gradients times the loss's cotangent."""
+    """Forward: the backend's loss op `op` (mlp_net_lsq, mlp_net_energy_lsq) of x and its constants `consts`, the
+    mean loss, with every parameter's gradient from the same kernel call (kept); backward: those gradients times the
+    loss's cotangent."""
 
     @staticmethod
-    def forward(ctx, backend, act, x, c, k, *params):
-        rows, grads = _dispatch.route(backend, "mlp_net_lsq", x, c, k, *params)(x, list(params), act, c, k)
+    def forward(ctx, backend, op, act, x, consts, *params):
+        rows, grads = _dispatch.route(backend, op, x, *consts, *params)(x, list(params), act, *consts)
         ctx.save_for_backward(*grads)
         return rows.mean()
 
@@ -304,6 +305,15 @@ class _MLPNetLsq(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         return (None,) * 5 + tuple(g * gp for gp in ctx.saved_tensors)
+
+
+def _constants(op, x, **tensors):
+    """The loss op's constants (name: (tensor, shape)) checked like x; none may require grad (nor x)."""
+    checked = [_checks.like(name, t, x, shape) for name, (t, shape) in tensors.items()]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *checked)):
+        raise ValueError(f"{op} differentiates the weights and biases only: x, {', '.join(tensors)} must not require "
+                         f"grad")
+    return tuple(checked)
 
 
 def mlp_net_lsq(x, weights, biases, c, k, *, activation="silu", backend="auto"):
@@ -315,11 +325,30 @@ def mlp_net_lsq(x, weights, biases, c, k, *, activation="silu", backend="auto"):
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
     B, O = x.shape[0], layers[2].shape[0]
-    c = _checks.like("c", c, x, (B, O))
-    k = _checks.like("k", k, x, (B,))
-    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or k.requires_grad):
-        raise ValueError("mlp_net_lsq differentiates the weights and biases only: x, c and k must not require grad")
-    return _MLPNetLsq.apply(backend, act, x, c, k, *layers)
+    consts = _constants("mlp_net_lsq", x, c=(c, (B, O)), k=(k, (B,)))
+    return _MLPNetLsq.apply(backend, "mlp_net_lsq", act, x, consts, *layers)
+
+
+def mlp_net_energy_lsq(x, weights, biases, c, v, sigma, z, *, activation="silu", backend="auto"):
+    """mean_b |σ_b s_b + z_b|² for the score of an energy network, f the MLP of `mlp_net`:
+
+        E_b = |r_b|² / (2 v_b),  r_b = c_b − √v_b f(x_b),  s_b = −∇E_b = −r_b / v_b + J_f(x_b)ᵀ r_b / √v_b,
+
+    J_f the Jacobian of f in the first O columns of x (the state; O <= D_in), c, z (B, O) and v > 0, sigma (B,)
+    constants. Differentiable in the weights and biases: one kernel call gives the loss and every parameter's
+    gradient, through J_f exactly (a double backward: the forward, the VJP J_fᵀ r, a tangent forward along the
+    score's cotangent and one reverse pass through both streams). The denoising score-matching loss of an
+    EnergyMLP is one (`fastsamp.models.dsm_loss`: c = x_t − α m). Returns the loss (0-dim)."""
+    x = _checks.state("x", x)
+    layers, act = _net_layers(x, weights, biases, activation)
+    B, O = x.shape[0], layers[2].shape[0]
+    if O > x.shape[1]:
+        raise ValueError(f"mlp_net_energy_lsq needs the output width O = weights[-1].shape[0] <= x.shape[1] (the "
+                         f"state is x's first O columns), got O = {O}, x.shape[1] = {x.shape[1]}")
+    consts = _constants("mlp_net_energy_lsq", x, c=(c, (B, O)), v=(v, (B,)), sigma=(sigma, (B,)), z=(z, (B, O)))
+    if _checks.validating() and not _checks._all_positive_finite(consts[1]):
+        raise ValueError("v must be finite and > 0 for every row")
+    return _MLPNetLsq.apply(backend, "mlp_net_energy_lsq", act, x, consts, *layers)
 
 
 def _mh_code(mh, energy_ok):

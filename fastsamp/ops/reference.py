@@ -466,3 +466,19 @@ def mlp_net_lsq(x, params, act, c, k):
     rows = lambda *p: ((c + k[:, None] * mlp_net(x, p, act)) ** 2).sum(1)  # noqa: E731
     loss, vjp = torch.func.vjp(rows, *params)
     return loss, list(vjp(torch.full_like(loss, 1.0 / max(loss.shape[0], 1))))
+
+
+def mlp_net_energy_lsq(x, params, act, c, v, sigma, z):
+    """(the rows' |σ_b s_b + z_b|², s = −r/v + J_fᵀ r/√v, r = c − √v mlp_net(x), J_f the Jacobian of mlp_net in x's
+    first O columns; [∂/∂p of their mean for p in params]) by autograd's double backward."""
+    O = c.shape[1]
+    with torch.enable_grad():
+        ps = [p.detach().requires_grad_(True) for p in params]
+        xg = x.detach().requires_grad_(True)
+        f = mlp_net(xg, ps, act)
+        sq = v.sqrt()[:, None]
+        r = c - sq * f
+        (jr,) = torch.autograd.grad(f, xg, r, create_graph=True)
+        rows = ((sigma[:, None] * (jr[:, :O] / sq - r / v[:, None]) + z) ** 2).sum(1)
+        grads = torch.autograd.grad(rows.sum() / max(rows.shape[0], 1), ps)
+    return rows.detach(), list(grads)

@@ -1,0 +1,158 @@
+"""The fused training pass of an energy network (ops.mlp_net_energy_lsq, csrc/cpu/mlp_net.cpp): the denoising loss
+of the score s = −r/v + J_fᵀ r/√v, r = c − √v f, and its gradient to every weight (a double backward) equal to
+autograd's on many shapes in float64 (and float32 to rounding), gradcheck, the argument checks, and
+train_score_mlp(parameterisation="energy") on it: the same parameters as eager training after n steps."""
+import pytest
+import torch
+from conftest import skip_unless_available
+from test_mlp_train import DATA, layers
+
+from fastsamp import ops
+from fastsamp.mlp_models import dsm_loss
+from fastsamp.models import EnergyMLP, train_score_mlp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+# (B, D_in, H, O, L): D = O = 1, odd batches, odd hidden widths (not a multiple of the 16 / 8 lanes), more rows than
+# a block (48), L = 0..3, D_in = O (no time columns) and D_in > O, a wide output (the GEMM output layer)
+SHAPES = [(1, 1, 1, 1, 0), (3, 1, 7, 1, 1), (5, 3, 16, 2, 2), (97, 34, 33, 2, 3), (50, 40, 129, 8, 1),
+          (131, 45, 19, 40, 2), (7, 5, 9, 5, 3)]
+
+
+@pytest.fixture(autouse=True)
+def cpp():
+    skip_unless_available("cpp")
+
+
+def constants(B, O, dtype, seed=1):
+    """c, z (B, O) and v > 0, sigma (B,) as a denoising batch has them."""
+    g = torch.Generator().manual_seed(seed)
+    c, z = (torch.randn(B, O, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    v, sigma = (torch.rand(B, generator=g, dtype=torch.float64).to(dtype) + 0.3 for _ in range(2))
+    return c, v, sigma, z
+
+
+def eager_net(x, ws, bs, activation):
+    """The MLP in plain PyTorch (twice differentiable; ops.mlp_net's backward is first order)."""
+    act = torch.nn.functional.silu if activation == "silu" else torch.nn.functional.gelu
+    for w, b in zip(ws[:-1], bs[:-1]):
+        x = act(torch.nn.functional.linear(x, w, b))
+    return torch.nn.functional.linear(x, ws[-1], bs[-1])
+
+
+def autograd_loss(x, ws, bs, c, v, sigma, z, activation):
+    """The loss by autograd, s by create_graph=True (the eager EnergyMLP's way)."""
+    x = x.detach().requires_grad_(True)
+    f = eager_net(x, ws, bs, activation)
+    r = c - v.sqrt()[:, None] * f
+    (jr,) = torch.autograd.grad(f, x, r, create_graph=True)
+    s = -r / v[:, None] + jr[:, : c.shape[1]] / v.sqrt()[:, None]
+    return ((sigma[:, None] * s + z) ** 2).sum(1).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_loss_and_gradient_equal_autograds_double_backward(shape, activation, dtype):
+    B, D, H, O, L = shape
+    ws, bs = layers(D, H, O, L, dtype)
+    x = torch.randn(B, D, dtype=dtype)
+    consts = constants(B, O, dtype)
+    loss = ops.mlp_net_energy_lsq(x, ws, bs, *consts, activation=activation)
+    assert type(loss.grad_fn).__name__ == "_MLPNetLsqBackward"
+    ref = autograd_loss(x, ws, bs, *consts, activation)
+    torch.testing.assert_close(loss, ref, **TOL[dtype])
+    got = torch.autograd.grad(1.5 * loss, ws + bs)
+    want = torch.autograd.grad(1.5 * ref, ws + bs)
+    for k, (a, b) in enumerate(zip(got, want)):
+        scale = b.abs().max().clamp(min=1.0)  # float32 sums over B rows: relative to the gradient's size
+        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype], msg=f"parameter {k}")
+    torch.testing.assert_close(ops.mlp_net_energy_lsq(x, ws, bs, *consts, activation=activation, backend="torch"),
+                               ref, **TOL[dtype])
+
+
+def test_gradcheck_float64():
+    for B, D, H, O, L in [(3, 2, 5, 2, 1), (1, 1, 3, 1, 0), (7, 4, 9, 3, 2)]:
+        ws, bs = layers(D, H, O, L, torch.float64, seed=B)
+        x, n = torch.randn(B, D, dtype=torch.float64), len(ws)
+        consts = constants(B, O, torch.float64, seed=B)
+        for activation in ("silu", "gelu"):
+            def loss(*p, n=n, x=x, consts=consts, activation=activation):
+                return ops.mlp_net_energy_lsq(x, p[:n], p[n:], *consts, activation=activation)
+            assert torch.autograd.gradcheck(loss, (*ws, *bs))
+
+
+def test_several_threads_equal_one():
+    ws, bs = layers(6, 64, 3, 2, torch.float64)
+    x = torch.randn(1000, 6, dtype=torch.float64)
+    consts = constants(1000, 3, torch.float64)
+    one = torch.autograd.grad(ops.mlp_net_energy_lsq(x, ws, bs, *consts), ws + bs)
+    torch.set_num_threads(2)  # the one_thread fixture restores it
+    two = torch.autograd.grad(ops.mlp_net_energy_lsq(x, ws, bs, *consts), ws + bs)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_inputs_name_the_argument():
+    ws, bs = layers(3, 8, 2, 1, torch.float32)
+    x = torch.randn(4, 3)
+    c, v, sigma, z = constants(4, 2, torch.float32)
+    with pytest.raises(ValueError, match=r"c must have shape \(4, 2\)"):
+        ops.mlp_net_energy_lsq(x, ws, bs, torch.zeros(4, 3), v, sigma, z)
+    with pytest.raises(ValueError, match=r"v must have shape \(4,\)"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c, v[:, None], sigma, z)
+    with pytest.raises(ValueError, match=r"sigma must have shape \(4,\)"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c, v, sigma[:3], z)
+    with pytest.raises(ValueError, match=r"z must have shape \(4, 2\)"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c, v, sigma, z.T)
+    with pytest.raises(TypeError, match="z must have dtype"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c, v, sigma, z.double())
+    with pytest.raises(ValueError, match="v must be finite and > 0"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c, v - 1, sigma, z)
+    with pytest.raises(ValueError, match="must not require grad"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c.requires_grad_(True), v, sigma, z)
+    with pytest.raises(ValueError, match=r"weights\[-1\].shape\[0\] <= x.shape\[1\]"):
+        wide, wide_b = layers(1, 8, 2, 1, torch.float32)  # O = 2 outputs of a 1-column input
+        ops.mlp_net_energy_lsq(torch.randn(4, 1), wide, wide_b, c.detach(), v, sigma, z)
+    with pytest.raises(ValueError, match="activation"):
+        ops.mlp_net_energy_lsq(x, ws, bs, c.detach(), v, sigma, z, activation="relu")
+
+
+def test_fused_dsm_loss_equals_eager_for_an_energy_mlp():
+    """dsm_loss(fused=True) of an EnergyMLP (ops.mlp_net_energy_lsq on its input rows [x_t, Fourier(t)], c = x_t − α m)
+    equals the eager loss through the autograd score, gradients to every parameter too."""
+    torch.manual_seed(0)
+    net = EnergyMLP(3, hidden=20, n_freq=4, data_mean=torch.randn(3), data_var=1.4, dtype=torch.float64)
+    x0, t, z = torch.randn(40, 3, dtype=torch.float64), torch.rand(40, 1, dtype=torch.float64), torch.randn(40, 3,
+                                                                                                          dtype=torch.float64)
+    params = list(net.parameters())
+    fused, eager = dsm_loss(net, x0, t, z, fused=True), dsm_loss(net, x0, t, z)
+    torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(fused, params), torch.autograd.grad(eager, params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_fused_energy_training_equals_eager(dtype):
+    """Same draws, same loss: the parameters after 25 Adam steps agree to rounding (float32: as the score test)."""
+    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype, parameterisation="energy")
+    fused, eager = train_score_mlp(DATA, fused=True, **kw), train_score_mlp(DATA, fused=False, **kw)
+    assert isinstance(fused, EnergyMLP) and next(fused.parameters()).dtype == dtype
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(fused.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, **tol, msg=name)
+    fresh = train_score_mlp(DATA, fused=False, **dict(kw, n_iters=0))
+    moved = max((p - q).abs().max().item() for p, q in zip(eager.parameters(), fresh.parameters()))
+    assert moved > 1e-3  # the comparison is not between untrained networks
+
+
+def test_energy_training_runs_fused_by_default(monkeypatch):
+    calls = []
+    real = ops.mlp_net_energy_lsq
+    monkeypatch.setattr(ops, "mlp_net_energy_lsq", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy")
+    assert len(calls) == 2
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy", fused=False)
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)  # the score parameterisation: mlp_net_lsq
+    assert len(calls) == 2
