@@ -27,7 +27,7 @@ from ..ops import _checks, _dispatch
 from ..ops.sde import em_coefficients
 from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
-from .kernels import CorrectorSpec, PhiloxKey, run_corrector
+from .kernels import CorrectorSpec, PhiloxKey, mh_test, run_corrector
 
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
 MH_MODES = ("score", "energy", "none")
@@ -124,20 +124,22 @@ class NonFiniteMonitor:
         if on_nonfinite not in NONFINITE_ACTIONS:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_ACTIONS}, got {on_nonfinite!r}")
         self.action = on_nonfinite
-        self.counts = torch.zeros(n_levels, dtype=torch.int64, device=device)
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.counts = [zero] * n_levels  # per level a 0-dim tensor (a list: no indexing op per level)
 
     def record(self, level, x, was_finite=None):
         """Count the non-finite chains of x (B, D) at `level` (only those finite in `was_finite`, if
-        given); returns the (B,) mask of finite chains."""
+        given) into counts[level]; returns the (B,) mask of finite chains."""
         finite = x.abs().amax(1) < torch.inf  # amax propagates NaN; a third of isfinite(x).all(1)'s time on the CPU
         bad = ~finite if was_finite is None else was_finite & ~finite
         self.counts[level] = bad.sum()
         return finite
 
-    def report(self, sampler, describe):
+    def report(self, sampler, describe, counts=None):
         """(counts per level, first level with non-finite chains or None); warns or raises naming
-        that level, `describe(level)` giving (where it is, the likely cause)."""
-        counts = self.counts.tolist()
+        that level, `describe(level)` giving (where it is, the likely cause). `counts`: an int64 tensor of
+        the per-level counts to report instead of those recorded here (a sampler's, summed over the ranks)."""
+        counts = (torch.stack(self.counts).to(torch.int64) if counts is None else counts).tolist()
         first = next((i for i, c in enumerate(counts) if c), None)
         if first is not None and self.action != "ignore":
             where, cause = describe(first)
@@ -217,6 +219,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     level_sums = comm.level_sums(4)  # Σ acceptance, Σ step size, non-finite chains, score evaluations
     p = torch.zeros_like(x)
     s_held = None  # the score of x at the last level's t that the generic corrector's last move holds
+    mh_piece = mh_test(spec)  # one for every level's generic moves (it keeps the trapezoid points' batch)
     offset = 1
     levels = range(n_levels)
     if progress:
@@ -239,7 +242,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
             if spec.n_steps > 0:
                 with phase("corrector"):
                     x, p, rate, offset, s_held = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
-                                                               key=PhiloxKey(seed, offset, chain0), fused=stats.fused)
+                                                               key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
+                                                               mh=mh_piece)
             finite = monitor.record(i, x)
             rate_sum = 0.0
             if spec.n_steps > 0:
@@ -249,7 +253,6 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                 rate_sum = rate.sum(dtype=torch.float64)
             values[:] = [rate_sum, eps.sum(dtype=torch.float64), monitor.counts[i], f.calls - n_before]
     totals = level_sums.totals().to(device)
-    monitor.counts.copy_(totals[:, 2])  # over all ranks
     stats.n_score_evals = int(totals[:, 3].sum())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -259,7 +262,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     stats.n_nonfinite, stats.first_nonfinite_level = monitor.report("annealed_mcmc", lambda i: (
         f" of {n_levels} (t = {ts[i]:.4g}, mean step size ε_t = {stats.step_size[i]:.3g})",
         "the step size is too large for this model (lower step_size, or adapt=True), or the score model's "
-        "output is too large or non-finite at this t"))
+        "output is too large or non-finite at this t"), counts=totals[:, 2].to(torch.int64))  # over all ranks
     if gather:
         x = comm.gather(x)
     return x, stats

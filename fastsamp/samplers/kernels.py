@@ -105,8 +105,21 @@ def _op(kernel, name, tensors, rest=(), backend=None, out=None):
     backend = kernel.backend if backend is None else backend
     into = {} if out is None else {"out": out}
     if kernel.checked:
-        return _dispatch.route(backend, name, *tensors)(*tensors, *rest, **into)
+        return _routed(kernel, name, backend, tensors)(*tensors, *rest, **into)
     return _PUBLIC[name](backend, *tensors, *rest, **into)
+
+
+def _routed(kernel, name, backend, tensors):
+    """`_dispatch.route(backend, name, *tensors)` in a checked kernel's run, chosen once per run for plain tensors
+    that need no grad (kept in `kernel.routes`): within a run the device and dtype, tracing and what watches the
+    dispatcher do not change, so only an input that requires grad or is a tensor subclass (a model's output can
+    be either) changes the choice, and such calls go through `route` each time."""
+    if _dispatch._needs_grad(tensors[0], tensors) or not _dispatch._plain(tensors[0], tensors):
+        return _dispatch.route(backend, name, *tensors)
+    fn = kernel.routes.get(name)
+    if fn is None:
+        fn = kernel.routes[name] = _dispatch.route(backend, name, *tensors)
+    return fn
 
 
 def _all_accepted(x):
@@ -241,6 +254,7 @@ class Langevin:
     mh: MHTest
     backend: str = "auto"
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
+    routes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # a checked run's `_routed`
 
     def init(self, x, momentum=None) -> ChainState:
         s, logp = self.mh.evaluate(self.model, x, self.t)
@@ -267,6 +281,7 @@ class HMC:
     damping: float = 0.0
     backend: str = "auto"
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
+    routes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # a checked run's `_routed`
 
     def init(self, x, momentum=None) -> ChainState:
         s, logp = self.mh.evaluate(self.model, x, self.t)
@@ -301,9 +316,10 @@ class CorrectorResult(NamedTuple):
     score: torch.Tensor | None = None  # the model's score of x at the run's t (generic moves), else None
 
 
-def make_kernel(model, t, step_size, spec: CorrectorSpec):
-    """The Langevin or HMC kernel of a corrector run on the (counting) model at time t."""
-    mh = mh_test(spec)
+def make_kernel(model, t, step_size, spec: CorrectorSpec, mh: MHTest | None = None):
+    """The Langevin or HMC kernel of a corrector run on the (counting) model at time t, with the MH piece `mh`
+    (None: a new `mh_test(spec)`; a sampler passes the same piece to each level's run, which keeps its buffers)."""
+    mh = mh_test(spec) if mh is None else mh
     if spec.is_hmc:
         return HMC(model, t, step_size, mh, n_leapfrog=spec.n_leapfrog,
                    damping=spec.damping, backend=spec.backend)
@@ -322,7 +338,7 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
     x = _checks.state("x", x)
     eps, _, seed, _, chain_offset = _checks.whole_moves(x, kernel.step_size, n_steps, key.seed, key.offset,
                                                         key.chain_offset)
-    changes = {"step_size": eps, "checked": True}
+    changes = {"step_size": eps, "checked": True, "routes": {}}
     if is_hmc:
         changes["damping"] = _checks.damping(kernel.damping)
         if momentum is not None:
@@ -333,13 +349,14 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
 
 
 def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,
-                  fused: bool) -> CorrectorResult:
+                  fused: bool, mh: MHTest | None = None) -> CorrectorResult:
     """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
     (the HMC momentum then starts at 0 inside the kernel), else the generic kernel's steps with the
     momentum carried in. Counts the score evaluations in the counting model. The generic moves also
     return the score of the final x at t, which the last move holds (the proposal's score when it was
     accepted, the kept state's when not): a reverse-SDE step from (x, t) reuses it instead of calling
-    the model again; the fused kernels and a run of no moves return None."""
+    the model again; the fused kernels and a run of no moves return None. `mh`: the generic moves' MH piece
+    (`make_kernel`)."""
     B = x.shape[0]
     if spec.n_steps == 0:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
@@ -347,7 +364,8 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         x, rate = fused_corrector(model.model)(x, t, step_size, spec, key)
         model.calls += B * spec.score_evals_per_chain()
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
-    kernel, x, momentum, key = checked_kernel(make_kernel(model, t, step_size, spec), x, momentum, key, spec.n_steps)
+    kernel, x, momentum, key = checked_kernel(make_kernel(model, t, step_size, spec, mh), x, momentum, key,
+                                              spec.n_steps)
     state = kernel.init(x, momentum)
     n_acc, accepted = None, []
     for m in range(spec.n_steps):
