@@ -233,6 +233,39 @@ def test_nonfinite_raise_and_ignore():
         annealed_mcmc(MIX, 200, on_nonfinite="quiet", **kw)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D", [1, 3, 8])
+def test_nonfinite_monitor_mask_is_isfinite_all(dtype, D):
+    """The monitor's finite mask ((x - x)·1 == 0) is isfinite(x).all(1) for NaN, ±inf and the largest finite
+    rows; with `was_finite` it counts only the chains that were finite."""
+    from fastsamp.samplers.annealed import NonFiniteMonitor
+    x = torch.randn(300, D, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 1e30
+    x[::7, 0], x[::11, -1], x[::13, 0], x[::17] = float("nan"), float("inf"), -float("inf"), torch.finfo(dtype).max
+    monitor = NonFiniteMonitor(2, x.device, "ignore")
+    expected = torch.isfinite(x).all(1)
+    assert torch.equal(monitor.record(0, x), expected)
+    was = torch.arange(300) % 2 == 0
+    monitor.record(1, x, was)
+    assert monitor.report("test", None)[0] == [int((~expected).sum()), int((was & ~expected).sum())]
+
+
+def test_checked_run_chooses_each_op_once_unless_an_input_needs_grad():
+    """A checked kernel's run keeps route's choice per op; a call with an input that requires grad (a model's
+    score carrying a graph) gets route's choice for it and leaves the kept one alone."""
+    from types import SimpleNamespace
+
+    from fastsamp.ops import _dispatch
+    from fastsamp.samplers.kernels import _routed
+    x, s, eps = torch.randn(8, 2), torch.randn(8, 2), torch.full((8,), 0.1)
+    kernel = SimpleNamespace(routes={})
+    fn = _routed(kernel, "mala_propose", "auto", (x, s, eps, None))
+    assert fn is _dispatch.route("auto", "mala_propose", x, s, eps, None) and kernel.routes == {"mala_propose": fn}
+    g = s.clone().requires_grad_()
+    assert _routed(kernel, "mala_propose", "auto", (x, g, eps, None)) is _dispatch.route("auto", "mala_propose", x, g,
+                                                                                          eps, None)
+    assert kernel.routes == {"mala_propose": fn}
+
+
 @pytest.mark.parametrize("scale,diverges", [(1000.0, True), (1.0, False)])
 def test_score_model_with_a_wrong_scale_is_reported(scale, diverges):
     """A score network returning 1000x the right score is reported; the right score is not."""
