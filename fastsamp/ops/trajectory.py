@@ -320,6 +320,31 @@ def _langevin_rollout(backend, x0, temb, params, args, lgv, lgv_clip, target):
               n_threads)
 
 
+def _log_pf_values(meta, states, temb, lgv, params):
+    """log p_F (B, T): the backend's policy_log_pf, its Langevin variant, or the given values (meta: see
+    `policy_log_pf`)."""
+    backend, sigma, h, clip, n_threads, given, lgv_clip, scores, target = meta
+    if given is not None:
+        return given.detach().clone()
+    if lgv is None:
+        return _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h, clip,
+                                                                                n_threads)
+    # not a registered op: it writes the target's scores into `scores` when it computes them
+    kind, means, param = target
+    fn = backends.resolve("cpp", "policy_langevin_log_pf", states.device)
+    return fn(states, temb, params, lgv, lgv_clip, scores, kind, means, param, sigma, h, clip, n_threads)
+
+
+def _needs_grad(tensors) -> bool:
+    """Grad mode is on and one of `tensors` (None allowed) requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
 class _PolicyLogPF(torch.autograd.Function):
     """Forward: the backend's policy_log_pf (or the given values); backward: its policy_log_pf_backward
     (the states are constants). With the Langevin term (lgv, scores; C++ only) the kernels take it and
@@ -327,17 +352,7 @@ class _PolicyLogPF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, states, temb, lgv, *params):
-        backend, sigma, h, clip, n_threads, given, lgv_clip, scores, target = meta
-        if given is not None:
-            log_pf = given.detach().clone()
-        elif lgv is None:
-            log_pf = _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h,
-                                                                                      clip, n_threads)
-        else:
-            # not a registered op: it writes the target's scores into `scores` when it computes them
-            kind, means, param = target
-            fn = backends.resolve("cpp", "policy_langevin_log_pf", states.device)
-            log_pf = fn(states, temb, params, lgv, lgv_clip, scores, kind, means, param, sigma, h, clip, n_threads)
+        log_pf = _log_pf_values(meta, states, temb, lgv, params)
         ctx.meta = meta
         ctx.save_for_backward(states, temb, lgv, *params)
         return log_pf
@@ -403,4 +418,6 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
     meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec)
+    if not torch.compiler.is_compiling() and not _needs_grad((temb, lgv, *params)):
+        return _log_pf_values(meta, states, temb, lgv, params)  # nothing to differentiate: no autograd.Function
     return _PolicyLogPF.apply(meta, states, temb, lgv, *params)
