@@ -92,10 +92,6 @@ def op_args(name, dtype, grad=False, noise=True):
         "mlp_net": (x, net, 1),  # the DriftNet layers as one MLP (D inputs, 2D outputs), SiLU
         "mlp_net_backward": (x, net, 1, rand(B, 2 * D, dtype=dtype), noise),
         "mlp_net_lsq": (x, net, 1, rand(B, 2 * D, dtype=dtype), rand(B, dtype=dtype)),
-        # the energy loss differentiates the first O = 2D input columns: a net with 2D inputs
-        "mlp_net_energy_lsq": (rand(B, 2 * D, dtype=dtype), [0.3 * rand(H, 2 * D, dtype=dtype)] + net[1:], 1,
-                               rand(B, 2 * D, dtype=dtype), rand(B, dtype=dtype, positive=True),
-                               rand(B, dtype=dtype, positive=True), rand(B, 2 * D, dtype=dtype)),
         "mlp_net_energy_lsq": (x, [net[0], net[1], 0.3 * rand(D, H, dtype=dtype), rand(D, dtype=dtype), *net[4:]], 1,
                                rand(B, D, dtype=dtype), rand(B, dtype=dtype, positive=True), rand(B, dtype=dtype),
                                rand(B, D, dtype=dtype)),  # O = D outputs: the state is x
