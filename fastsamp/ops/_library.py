@@ -294,7 +294,8 @@ def observed() -> bool:
 class Entry:
     """How a public op calls its registered op: `graph` through the dispatcher (autograd, tracing),
     `eager` below the autograd key (no input requires grad; under a dispatch mode, one trip into Python fewer
-    than through the Autograd kernel, which would redispatch).
+    than through the Autograd kernel, which would redispatch; an op without backward is called plainly: torch's
+    autograd fallback costs less than the guard).
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
@@ -321,6 +322,7 @@ class Entry:
             return out.copy_(opobj(*encoded(args)))
 
         event = f"fastsamp::{op.name}"
+        fallback = bool(op.backends) and not op.grad  # no Autograd kernel (`_register`)
 
         def eager(*args, out=None):
             if out is not None:  # written in place by the backend function, as with backend= given
@@ -329,6 +331,8 @@ class Entry:
                     with torch.profiler.record_function(event):
                         return fn(*args, out=out)
                 return fn(*args, out=out)
+            if fallback:
+                return opobj(*encoded(args))
             with _BELOW_AUTOGRAD():
                 return opobj(*encoded(args))
 
