@@ -483,7 +483,9 @@ class LGCP(Target):
 
     def _score(self, x):
         precision, n = self._p("precision", x), self._p("counts", x)
-        return torch.addmm(n - self.bin_area * torch.exp(x), x - self.mu0, precision, alpha=-1)  # K⁻¹ symmetric
+        # n − a e^x − (x − μ_0) K⁻¹ (K⁻¹ symmetric), accumulated in place into the first term, which rounds as
+        # n − a·e^x does: three (B, D) temporaries instead of five (differentiable: no saved tensor is overwritten)
+        return (torch.exp(x) * -self.bin_area).add_(n).addmm_(x - self.mu0, precision, alpha=-1)
 
     def _sample(self, n, generator, device):
         raise NotImplementedError("LGCP has no exact sampler (its posterior is only known up to a constant); "

@@ -288,6 +288,19 @@ def test_lgcp_log_prob_against_dense_formula():
         LGCP(points="pines")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_lgcp_score_is_the_formula_bit_for_bit_and_differentiable(dtype):
+    """The score accumulated in place, n − a e^x − (x − μ_0) K⁻¹, equals the out-of-place expression bit for bit;
+    autograd through it (it overwrites no tensor autograd saved) gives the Jacobian's column sums −a e^x − K⁻¹ 1."""
+    t = LGCP(points="synthetic", grid=4)
+    x = (t.mu0 + torch.randn(5, 16, generator=torch.Generator().manual_seed(0), dtype=F64)).to(dtype)
+    precision, n = t._p("precision", x), t._p("counts", x)
+    assert torch.equal(t.score(x), torch.addmm(n - t.bin_area * torch.exp(x), x - t.mu0, precision, alpha=-1))
+    xg = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(t.score(xg).sum(), xg)
+    torch.testing.assert_close(grad, -t.bin_area * torch.exp(x) - precision.sum(0))
+
+
 needs_finpines = pytest.mark.skipif(datasets.finpines_path() is None, reason="the Finnish pines data is not "
                                     "installed (apt-get install r-cran-spatstat.data, or bash .ci/run)")
 
