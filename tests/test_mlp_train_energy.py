@@ -156,3 +156,22 @@ def test_energy_training_runs_fused_by_default(monkeypatch):
     train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy", fused=False)
     train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)  # the score parameterisation: mlp_net_lsq
     assert len(calls) == 2
+
+
+def test_float32_gradient_sums_over_a_large_batch_are_as_accurate_as_pytorch():
+    """B = 65536 rows (~1400 blocks of 48, two streams summed per block): the kernel's staged float32 gradient sums
+    stay within a few times PyTorch's float32 error against the float64 gradients of the same inputs (plus one
+    float32 epsilon of the gradient's scale), as mlp_net_lsq's do (tests/test_mlp_train.py)."""
+    B, D, H, O, L = 65536, 6, 32, 4, 1
+    ws, bs = layers(D, H, O, L, torch.float32, seed=3)
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(4))
+    consts = constants(B, O, torch.float32, seed=5)
+    ps, n = ws + bs, len(ws)
+    fused = torch.autograd.grad(ops.mlp_net_energy_lsq(x, ws, bs, *consts), ps)
+    torch32 = torch.autograd.grad(ops.mlp_net_energy_lsq(x, ws, bs, *consts, backend="torch"), ps)
+    p64 = [p.detach().double().requires_grad_(True) for p in ps]
+    ref = torch.autograd.grad(ops.mlp_net_energy_lsq(x.double(), p64[:n], p64[n:], *(c.double() for c in consts),
+                                                     backend="torch"), p64)
+    for i, (a, t, r) in enumerate(zip(fused, torch32, ref)):
+        e_k, e_t = (a.double() - r).abs().max().item(), (t.double() - r).abs().max().item()
+        assert e_k <= 4 * e_t + 1.2e-7 * r.abs().max().item(), f"parameter {i}: {e_k:.3e} vs torch {e_t:.3e}"
