@@ -171,38 +171,38 @@ def _with_u64_tensors(fn, op: _table.Op):
     return kernel
 
 
-def _grad_refusal(op: _table.Op):
-    """args -> raises when grad mode is on and a tensor argument of `op` (an op without backward) requires grad."""
-    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+def _requires_grad_test(op: _table.Op):
+    """args -> whether a tensor argument of `op` requires grad (`_table.requires_grad_source`)."""
     namespace = {}
     _table.define(_table.requires_grad_source(op), f"<fastsamp requires_grad {op.name}>", namespace)
-    requires_grad = namespace["requires_grad"]
+    return namespace["requires_grad"]
 
-    def refuse(args):
-        if _is_grad_enabled() and requires_grad(args):
-            raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
-                               f"detach the inputs or run under torch.no_grad(){hint}")
-    return refuse
+
+def _refuse_grad(op: _table.Op):
+    """Raise the error of an op without backward called in grad mode with an input that requires grad."""
+    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
+    raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: detach the inputs "
+                       f"or run under torch.no_grad(){hint}")
 
 
 def _backend_kernel(op: _table.Op, device_type: str):
     """The op's registered kernel for `device_type` tensors, in one Python frame (several µs of a call are frames):
     for an op without backward (reached through torch's autograd fallback) the refusal of inputs that require grad
-    (`_grad_refusal`); the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments
-    only up to the last one given: they replace those arguments), "auto"'s backend function (resolved at the first
-    call; the reference above its size limits), and each output that is a given input (em_step_logprob's x_next)
-    copied, since a registered op's outputs may not alias its inputs."""
+    in grad mode (`_refuse_grad`); the schema's arguments (the dispatcher passes the trailing tensor forms of the
+    u64 arguments only up to the last one given: they replace those arguments), "auto"'s backend function (resolved
+    at the first call; the reference above its size limits), and each output that is a given input
+    (em_step_logprob's x_next) copied, since a registered op's outputs may not alias its inputs."""
     name, at, n = op.name, _u64_positions(op), len(op.schema_args)
     copies = tuple((k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
                    if o.given_by and op.arg(o.given_by).kind != "out")
-    refuse = None if op.grad else _grad_refusal(op)
+    requires_grad = None if op.grad else _requires_grad_test(op)
 
     choice = None
 
     def kernel(*args):
         nonlocal choice
-        if refuse is not None:
-            refuse(args)
+        if requires_grad is not None and _is_grad_enabled() and requires_grad(args):
+            _refuse_grad(op)
         if len(args) != n:
             args = _given_tensor_forms(args, at, n)
         if choice is None:
@@ -260,9 +260,7 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict):
     test reads only the op's tensor positions (`_table.requires_grad_source`): together about 3 µs less than
     torch's own helpers."""
     function = _function(op, handle)
-    namespace = {}
-    _table.define(_table.requires_grad_source(op), f"<fastsamp requires_grad {op.name}>", namespace)
-    requires_grad = namespace["requires_grad"]
+    requires_grad = _requires_grad_test(op)
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
 
     def kernel(keyset, *args):
@@ -393,10 +391,11 @@ def _refusing(op: _table.Op, fake):
     tracing raises where eager would)."""
     if op.grad:
         return fake
-    refuse = _grad_refusal(op)
+    requires_grad = _requires_grad_test(op)
 
     def checked(*args, **kwargs):
-        refuse(args)
+        if _is_grad_enabled() and requires_grad(args):
+            _refuse_grad(op)
         return fake(*args, **kwargs)
     return checked
 
