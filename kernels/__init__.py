@@ -6,7 +6,8 @@ x.device in x.dtype (``accepted`` is torch.bool). Kernels run on CUDA devices, o
 CPU tensors under ``TRITON_INTERPRET=1``.
 
 Limits: gmm_score D <= 4096 (whole rows in registers), gmm_mala and gmm_hmc D <= 128, the network ops
-(mlp_*) D <= 128 and hidden width <= 128; all raise ValueError above. K is unrestricted (online log-sum-exp
+(mlp_*) D <= 128 and hidden width <= 256 (above 128 by 64-column chunks: kernels/mlp_layers.py); all raise
+ValueError above. K is unrestricted (online log-sum-exp
 loop). em_step_logprob and its backward (row kernels, D tiled in a loop) take any D.
 """
 from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_score

@@ -106,11 +106,11 @@ def gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, BLOCK_B: tl.constexpr
 
 
 @triton.jit
-def _whole_rows(x_ptr, B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
-    """The BLOCK_B chains of this program as whole rows (BLOCK_D >= D): row indices / mask, column
+def _whole_rows(x_ptr, blk, B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    """The BLOCK_B chains of row block blk as whole rows (BLOCK_D >= D): row indices / mask, column
     indices / mask ([1, BLOCK_D]), the [BLOCK_B, BLOCK_D] element mask and offsets, and x (zeros
     in the padding)."""
-    rows, rmask = row_index(tl.program_id(0), B, BLOCK_B, IDX64)
+    rows, rmask = row_index(blk, B, BLOCK_B, IDX64)
     cols = tl.arange(0, BLOCK_D)[None, :]
     cmask = cols < D
     m2 = rmask[:, None] & cmask
@@ -122,7 +122,7 @@ def _whole_rows(x_ptr, B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64
 @triton.jit
 def _gmm_score_kernel(x_ptr, mu_ptr, tab_ptr, score_ptr, logp_ptr, alpha_: tl.float64, B, D, K,
                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
-    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, BLOCK_D, IDX64)
+    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, tl.program_id(0), B, D, BLOCK_B, BLOCK_D, IDX64)
     score, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha_.to(x.dtype), BLOCK_B)
     tl.store(score_ptr + offs, score, mask=m2)
     tl.store(logp_ptr + rows, logp, mask=rmask)

@@ -15,24 +15,26 @@ once per call. An energy network has the same forward f(x) = W_o h_L + b_o and E
 r = (x − α m) − √v f(x), s = −∇E (`_net_energy`: one forward and one backward). The op's score is Σ_i s_i(x)
 (+ an analytic Gaussian mixture's, `gmm.gmm_eval`), its log p Σ_i −E_i(x) (+ the mixture's).
 
-One program holds BLOCK_B chains: their state, score and activations stay in registers; every layer is
-one tl.dot of the [BLOCK_B, HP] activations with the layer's transposed weight tile (ieee precision:
-no TF32, so float32 agrees with the reference to float32 rounding: FMA dots on the GPU, not tensor cores;
-float64 dots in float64, DMMA on sm_90).
-Dots need every dim >= 16, so the state tile is BLOCK_D = 4 BLOCK_J >= 16 columns (zeros beyond D) and
-the hidden tile HP = max(16, next_pow2(H_max)) (zero weights and biases beyond a network's H: act(0) = 0,
-so the padding is exact). An energy network's backward reads act'(z_k) of every layer from a per-program scratch
-in global memory (L + 1 tiles of [BLOCK_B, HP]) written by its forward.
+One program holds BLOCK_B chains: their state and score stay in registers; the layers (`mlp_layers.py`) are
+tl.dots in ieee precision (no TF32, so float32 agrees with the reference to float32 rounding: FMA dots on the GPU,
+not tensor cores; float64 dots in float64, DMMA on sm_90). Dots need every dim >= 16, so the state tile is
+BLOCK_D = 4 BLOCK_J >= 16 columns (zeros beyond D) and the hidden tile HP = max(16, next_pow2(H_max)). Up to
+HP = 128 the activations stay in registers; wider networks take the tiled path (64-column chunks, the activations
+in a per-program scratch). An energy network's backward reads act'(z_k) of every layer from the per-program scratch
+in global memory (L + 1 tiles of [BLOCK_B, HP]) written by its forward. Kernels with a scratch run a persistent
+grid (at most _PROGRAMS_PER_SM programs per multiprocessor, each looping over row blocks), so the scratch is bounded
+by the device, not by the number of chains.
 
 Host side of a call (`_Engine`): the networks' tensors are concatenated into one flat buffer, and one
 `_net_prep_kernel` launch per network writes its row of an int64 table (offsets, H, L, activation, energy flag) and its
 per-call constants (c, α m, v, √v): the python-float scalars reach the device as kernel arguments, never by
 a host-to-device copy (no synchronisation). The evaluators loop over the networks and layers at run time.
 
-Limits: D <= MLP_MAX_D (whole rows in registers), hidden width H <= MLP_MAX_HIDDEN (a layer's weight tile
-on chip); above them the functions raise ValueError (fastsamp.ops.mlp's backend="auto" then runs the
-reference). The move kernels run their n_trapezoid and n_leapfrog evaluations one after the other.
+Limits: D <= MLP_MAX_D (whole rows in registers), hidden width H <= MLP_MAX_HIDDEN (256: the widest tested; the
+tiled path has no other bound); above them the functions raise ValueError (fastsamp.ops.mlp's backend="auto" then
+runs the reference). The move kernels run their n_trapezoid and n_leapfrog evaluations one after the other.
 """
+import functools
 import math
 from typing import NamedTuple
 
@@ -44,15 +46,21 @@ from fastsamp.ops.mlp import _unflatten
 
 from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2
 from .gmm import _gmm_table, _whole_rows, gmm_eval
+from .mlp_layers import MLP_REG_HIDDEN, backward_layers, forward_layers
 from .tiles import div_ieee
 
 MLP_MAX_D = 128
-MLP_MAX_HIDDEN = 128
+MLP_MAX_HIDDEN = 256
 META = tl.constexpr(9)  # int64 table row of a network: off_w0, ld0, off_wo, off_bo, off_hidden, H, L, act, energy
 _MIN_DOT = 16
 # chains per program: under the interpreter (a python loop per program) larger blocks
 _BLOCK_B_MAX = 64 if INTERPRET else 32
 _MIN_PROGRAMS = 264
+# Kernels with a scratch run a persistent grid (programs loop over the row blocks): at most this many programs per
+# multiprocessor, so that the scratch is bounded by the device, not by B. Under the interpreter 2 programs in all,
+# so that the tests run the loop.
+_PROGRAMS_PER_SM = 4
+_INTERPRET_PROGRAMS = 2
 # Compiled for sm_90 (triton 3.9, HP = 128, BLOCK_B = 16, 4 warps): the default software pipelining (3 stages)
 # double-buffers the layer loop's weight tile in shared memory, 280 KB in float64 (over the 227 KB an H100/H200
 # block may use); one stage: 75 KB (float32) / 150 KB (float64). Checked by compiling without a GPU, not run.
@@ -105,33 +113,6 @@ def _net_prep_kernel(w_ptr, meta_ptr, c_ptr, n, off_freq, off_mean, off_w0, off_
 
 
 @triton.jit
-def _act(z, act):
-    """SiLU z / (1 + e^−z) (act 1) or exact GELU z (1 + erf(z / √2)) / 2 (act 0): the codes of
-    fastsamp.ops.mlp.ACTIVATIONS."""
-    if act == 1:
-        y = div_ieee(z, 1.0 + tl.exp(-z))
-    else:
-        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    return y
-
-
-@triton.jit
-def _act_grad(z, act):
-    """(act(z), act'(z)): `_act` (the same bits) and its derivative, SiLU σ (1 + z (1 − σ)) with
-    σ = 1 / (1 + e^−z), GELU Φ(z) + z φ(z)."""
-    if act == 1:
-        q = 1.0 + tl.exp(-z)
-        y = div_ieee(z, q)
-        sig = div_ieee(tl.full(z.shape, 1.0, z.dtype), q)
-        dy = sig * (1.0 + z * (1.0 - sig))
-    else:
-        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        dy = cdf + z * (0.3989422804014327 * tl.exp(-0.5 * z * z))
-    return y, dy
-
-
-@triton.jit
 def _net_row(meta_ptr, n):
     """Network n's table row (`_net_prep_kernel`): off_w0, ld0, off_wo, off_bo, off_hidden, H, L, act."""
     row = meta_ptr + n * META
@@ -140,63 +121,43 @@ def _net_row(meta_ptr, n):
 
 
 @triton.jit
-def _net_lanes(x, H, D, HP: tl.constexpr):
-    """The lanes of a network's layers at the rows of x: hidden units j (mask jm, of H), input/output columns d
-    (mask dm, of D), the hidden-by-hidden mask hm and a layer's [BLOCK_B, HP] slot in the scratch."""
-    j = tl.arange(0, HP)
-    jm = j < H
-    d = tl.arange(0, x.shape[1])
-    dm = d < D
-    slot = tl.arange(0, x.shape[0])[:, None] * HP + j[None, :]
-    return j, jm, d, dm, jm[:, None] & jm[None, :], slot
-
-
-@triton.jit
 def _net_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
     """A network's forward at the rows of x (row: its `_net_row`, base: its constants, c_ptr + n CS):
     (o, α m, v, √v) with o = W_o h_L + b_o [BLOCK_B, BLOCK_D] (zeros in the padding columns); with KEEP, act'(z_k)
-    of every layer k = 0 .. L stored in the program's scratch zs ([L + 1, BLOCK_B, HP]) for `_net_energy`."""
-    off_w0, ld0, off_wo, off_bo, off_h, H, L, act = row
-    BB: tl.constexpr = x.shape[0]
-    j, jm, d, dm, hm, slot = _net_lanes(x, H, D, HP)
-    w0t = tl.load(w_ptr + off_w0 + j[None, :] * ld0 + d[:, None], mask=dm[:, None] & jm[None, :], other=0.0)
-    c = tl.load(base + j, mask=jm, other=0.0)
-    z = tl.dot(x, w0t, input_precision="ieee") + c[None, :]
-    if KEEP:
-        h, dh = _act_grad(z, act)
-        tl.store(zs + slot, dh)
-    else:
-        h = _act(z, act)
-    for k in range(L):
-        off = off_h + k * (H * H + H)
-        wt = tl.load(w_ptr + off + j[None, :] * H + j[:, None], mask=hm, other=0.0)  # wt[i, o] = W_k[o, i]
-        b = tl.load(w_ptr + off + H * H + j, mask=jm, other=0.0)
-        z = tl.dot(h, wt, input_precision="ieee") + b[None, :]
-        if KEEP:
-            h, dh = _act_grad(z, act)
-            tl.store(zs + (k + 1) * (BB * HP) + slot, dh)
-        else:
-            h = _act(z, act)
-    wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & dm[None, :], other=0.0)
-    o = tl.dot(h, wot, input_precision="ieee") + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
+    of every layer k = 0 .. L stored in the program's scratch zs for `_net_energy` ([L + 1, BLOCK_B, HP]; the tiled
+    path, HP > MLP_REG_HIDDEN, keeps h_k there too: [L + 3, BLOCK_B, HP], [2, BLOCK_B, HP] without KEEP)."""
+    o = forward_layers(x, w_ptr, base, row, zs, D, cols, cmask, HP, KEEP)
     am = tl.load(base + HP + cols, mask=cmask, other=0.0)
     return o, am, tl.load(base + HP + D), tl.load(base + HP + D + 1)
 
 
 @triton.jit
-def _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP: tl.constexpr):
-    """s_n(x) = (α m − x)/v + o/√v [BLOCK_B, BLOCK_D] of network n at the rows of x (zeros in the padding columns)."""
-    o, am, v, sv = _net_forward(x, w_ptr, c_ptr + n * CS, _net_row(meta_ptr, n), None, D, cols, cmask, HP, False)
+def _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP: tl.constexpr):
+    """s_n(x) = (α m − x)/v + o/√v [BLOCK_B, BLOCK_D] of network n at the rows of x (zeros in the padding columns);
+    zs: the program's scratch (the tiled path's)."""
+    o, am, v, sv = _net_forward(x, w_ptr, c_ptr + n * CS, _net_row(meta_ptr, n), zs, D, cols, cmask, HP, False)
     return div_ieee(am - x, v) + div_ieee(o, sv)
 
 
 @triton.jit
-def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
+def _program_scratch(zs_ptr, NZ, BB: tl.constexpr, HP: tl.constexpr):
+    """This program's NZ tiles of [BB, HP] in the scratch zs_ptr (the programs of a persistent grid reuse theirs
+    for every row block they take)."""
+    return zs_ptr + tl.program_id(0).to(tl.int64) * NZ * (BB * HP)
+
+
+@triton.jit
+def _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, mix_alpha, D, cols, cmask,
                HP: tl.constexpr, HAS_MIX: tl.constexpr):
-    """Σ_n s_n(x) (+ the mixture's score), factors in order (networks, then the mixture)."""
+    """Σ_n s_n(x) (+ the mixture's score), factors in order (networks, then the mixture); zs_ptr, NZ: the tiled
+    path's scratch (`_program_scratch`), None at HP <= MLP_REG_HIDDEN."""
+    if HP > MLP_REG_HIDDEN:
+        zs = _program_scratch(zs_ptr, NZ, x.shape[0], HP)
+    else:
+        zs = zs_ptr
     s = tl.zeros(x.shape, x.dtype)
     for n in range(n_nets):
-        s += _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP)
+        s += _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP)
     if HAS_MIX:
         s_mix, _ = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, mix_alpha, x.shape[0])
         s += s_mix
@@ -213,19 +174,8 @@ def _net_energy(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP: tl.con
     o, am, v, sv = _net_forward(x, w_ptr, c_ptr + n * CS, row, zs, D, cols, cmask, HP, True)
     r = (x - am) - sv * o  # zeros in the padding columns
     energy = div_ieee(tl.sum(r * r, axis=1), 2.0 * v)
-    off_w0, ld0, off_wo, _, off_h, H, L, _ = row
-    BB: tl.constexpr = x.shape[0]
-    j, jm, d, dm, hm, slot = _net_lanes(x, H, D, HP)
     tl.debug_barrier()  # the scratch rows were stored by other threads of the program
-    wo = tl.load(w_ptr + off_wo + d[:, None] * H + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
-    g = tl.dot(r, wo, input_precision="ieee") * tl.load(zs + L * (BB * HP) + slot)
-    for kk in range(L):
-        k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
-        off = off_h + k * (H * H + H)
-        wk = tl.load(w_ptr + off + j[:, None] * H + j[None, :], mask=hm, other=0.0)  # wk[o, i] = W_k[o, i]
-        g = tl.dot(g, wk, input_precision="ieee") * tl.load(zs + k * (BB * HP) + slot)
-    w0x = tl.load(w_ptr + off_w0 + j[:, None] * ld0 + d[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
-    gx = tl.dot(g, w0x, input_precision="ieee")
+    gx = backward_layers(r, w_ptr, row, zs, D, HP)
     tl.debug_barrier()  # every thread has read the scratch before the next evaluation writes it
     return div_ieee(gx, sv) - div_ieee(r, v), energy
 
@@ -238,7 +188,7 @@ def _energy_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_p
     none: the sum is the log-density only when every factor is an energy network or the mixture). zs_ptr: NZ
     layers of [BLOCK_B, HP] scratch per program."""
     BB: tl.constexpr = x.shape[0]
-    zs = zs_ptr + tl.program_id(0).to(tl.int64) * NZ * (BB * HP)
+    zs = _program_scratch(zs_ptr, NZ, BB, HP)
     s = tl.zeros(x.shape, x.dtype)
     logp = tl.zeros([BB], x.dtype)
     for n in range(n_nets):
@@ -246,7 +196,7 @@ def _energy_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_p
             s_n, e_n = _net_energy(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP)
             logp -= e_n
         else:
-            s_n = _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, D, cols, cmask, HP)
+            s_n = _net_score(x, w_ptr, c_ptr, meta_ptr, n, CS, zs, D, cols, cmask, HP)
         s += s_n
     if HAS_MIX:
         s_mix, lp_mix = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, mix_alpha, BB)
@@ -267,12 +217,13 @@ def evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr,
     """(score, log p) [BLOCK_B, BLOCK_D], [BLOCK_B] at the rows of x of evaluator EVAL: EVAL_MIXTURE the mixture
     (mu_ptr, tab_ptr, K at alpha: `gmm.gmm_eval`), EVAL_SCORE_NETS the sum of the n_nets score networks of the
     engine's buffers (w_ptr, c_ptr, meta_ptr, CS) and, with HAS_MIX, the mixture at alpha (log p: zeros, unused: a
-    score network has none), EVAL_ENERGY_NETS the sum of score and energy networks (`_energy_sum`; zs_ptr, NZ: its
-    scratch)."""
+    score network has none), EVAL_ENERGY_NETS the sum of score and energy networks (`_energy_sum`). zs_ptr, NZ: the
+    scratch of the energy networks and of the tiled path (`_Engine.NZ`)."""
     if EVAL == EVAL_MIXTURE:
         s, logp = gmm_eval(x, mu_ptr, tab_ptr, K, D, cols, cmask, alpha, x.shape[0])
     elif EVAL == EVAL_SCORE_NETS:
-        s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, mu_ptr, tab_ptr, K, alpha, D, cols, cmask, HP, HAS_MIX)
+        s = _score_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
+                       HP, HAS_MIX)
         logp = tl.zeros([x.shape[0]], x.dtype)
     else:
         s, logp = _energy_sum(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols,
@@ -284,13 +235,15 @@ def evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr,
 def _net_sum_kernel(x_ptr, score_ptr, logp_ptr, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K,
                     mix_alpha_: tl.float64, B, D, EVAL: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
-    """mlp_score (EVAL_SCORE_NETS: the score) and mlp_energy (EVAL_ENERGY_NETS: the score and log p)."""
-    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, BLOCK_D, IDX64)
-    s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, mix_alpha_.to(x.dtype),
-                       D, cols, cmask, EVAL, HP, HAS_MIX)
-    tl.store(score_ptr + offs, s, mask=m2)
-    if EVAL == EVAL_ENERGY_NETS:
-        tl.store(logp_ptr + rows, logp, mask=rmask)
+    """mlp_score (EVAL_SCORE_NETS: the score) and mlp_energy (EVAL_ENERGY_NETS: the score and log p); the programs
+    loop over the row blocks (a persistent grid where there is a scratch, `_grid`)."""
+    for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
+        rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, blk, B, D, BLOCK_B, BLOCK_D, IDX64)
+        s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K,
+                           mix_alpha_.to(x.dtype), D, cols, cmask, EVAL, HP, HAS_MIX)
+        tl.store(score_ptr + offs, s, mask=m2)
+        if EVAL == EVAL_ENERGY_NETS:
+            tl.store(logp_ptr + rows, logp, mask=rmask)
 
 
 # ------------------------------------------------------------------ host side
@@ -299,15 +252,25 @@ class _Engine(NamedTuple):
     """The per-call arguments of the kernels' evaluator shared by the network ops (`_engine`)."""
 
     nets: tuple       # w, consts, meta, n_nets, CS (`evaluate`'s order)
-    NZ: int           # layers of the energy networks' scratch (max L + 1; 0 without energy networks)
+    NZ: int           # [BLOCK_B, HP] tiles of scratch per program: the energy networks' act' (max L + 1), + 2 on the
+                      # tiled path (HP > MLP_REG_HIDDEN: the activations); 0: no scratch
     mixture: tuple    # means, tab, K, mix_alpha
     HP: int
     HAS_MIX: bool
     EVAL: int
 
+    def grid(self, n_blocks, device):
+        """The grid of a launch over n_blocks row blocks: one program per block, or with a scratch a persistent grid of
+        at most _PROGRAMS_PER_SM programs per multiprocessor (the scratch then has a size bounded by the device)."""
+        if not self.NZ:
+            return (n_blocks,)
+        if INTERPRET:
+            return (min(n_blocks, _INTERPRET_PROGRAMS),)
+        return (min(n_blocks, _PROGRAMS_PER_SM * _multiprocessors(device)),)
+
     def arguments(self, x, n_programs, block_b):
         """`evaluate`'s arguments w_ptr .. alpha of a launch on x of n_programs programs of block_b chains (with the
-        energy networks' scratch: NZ layers of [block_b, HP] per program)."""
+        scratch: NZ tiles of [block_b, HP] per program)."""
         zs = None
         if self.NZ:
             zs = torch.empty(n_programs * self.NZ * block_b * self.HP, dtype=x.dtype, device=x.device)
@@ -355,7 +318,14 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
     K = means.shape[0] if has_mix else 0
     NZ = max((net.L + 1 for net, f in zip(nets, flags) if f), default=0)
     ev = EVAL_ENERGY_NETS if NZ or need_energy else EVAL_SCORE_NETS
+    if HP > MLP_REG_HIDDEN:
+        NZ += 2
     return _Engine((w, consts, meta, n_nets, CS), NZ, (means, tab, K, f64(mix_alpha)), HP, has_mix, ev.value)
+
+
+@functools.cache
+def _multiprocessors(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _blocks(B, D, dtype):
@@ -376,6 +346,7 @@ def _net_sum(name, x, engine_args, energy=None):
     logp = None if energy is None else torch.empty((B,), dtype=x.dtype, device=x.device)
     if B:
         block_b, block_j, grid = _blocks(B, D, x.dtype)
+        grid = eng.grid(grid[0], x.device)
         launch(_net_sum_kernel, grid, x, score, logp, *eng.arguments(x, grid[0], block_b), B, D, EVAL=eng.EVAL,
                HP=eng.HP, HAS_MIX=eng.HAS_MIX, BLOCK_B=block_b, BLOCK_D=4 * block_j, IDX64=need_idx64(B * D),
                num_warps=4, num_stages=_STAGES)

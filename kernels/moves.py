@@ -54,10 +54,10 @@ GMM_MALA_TILE_WIDE = 8192 if INTERPRET else 2048   # BLOCK_D >= 64
 
 
 @triton.jit
-def _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr):
-    """gmm._whole_rows of the move kernels (BLOCK_D = 4 BLOCK_J: whole Philox draws) and the step sizes (1 in the
-    padding rows)."""
-    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, B, D, BLOCK_B, 4 * BLOCK_J, IDX64)
+def _chain_tile(x_ptr, eps_ptr, blk, B, D, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr):
+    """gmm._whole_rows of row block blk of the move kernels (BLOCK_D = 4 BLOCK_J: whole Philox draws) and the step
+    sizes (1 in the padding rows)."""
+    rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, blk, B, D, BLOCK_B, 4 * BLOCK_J, IDX64)
     eps = tl.load(eps_ptr + rows, mask=rmask, other=1.0)
     return rows, rmask, cols, cmask, m2, offs, x, eps
 
@@ -100,46 +100,48 @@ def _mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_net
                  MH_MODE: tl.constexpr, EVAL: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr, RNG_T: tl.constexpr):
     """n_steps MALA moves of BLOCK_B chains on evaluator EVAL (arguments w_ptr .. alpha_: `mlp.evaluate`'s);
-    x, s(x), logp(x) stay in registers. MH_MODE 0: trapezoid score test with n_trap sub-intervals, 1: exact energy
+    x, s(x), logp(x) stay in registers; the programs loop over the row blocks (a persistent grid where the evaluator
+    has a scratch, `mlp._Engine.grid`). MH_MODE 0: trapezoid score test with n_trap sub-intervals, 1: exact energy
     test, 2: no test (ULA)."""
     k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
-    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
-    chains = global_chain(rows, chain0)
-    DT: tl.constexpr = x.dtype
-    alpha = alpha_.to(DT)
-    e2 = eps[:, None]
-    c_n = sqrt_ieee(2.0 * eps)[:, None]
-    e4 = 4.0 * eps
-    nf = tl.cast(n_trap, DT)
-    s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
-                       EVAL, HP, HAS_MIX)
-    n_acc = tl.zeros([BLOCK_B], tl.int32)
-    for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
-        xp = x + e2 * s + c_n * xi
-        sp, logpp = evaluate(xp, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols,
-                             cmask, EVAL, HP, HAS_MIX)
-        if MH_MODE == 2:
-            acc = rmask
-        else:
-            d = xp - x
-            if MH_MODE == 0:
-                si = tl.zeros([BLOCK_B], DT)
-                for i in range(1, n_trap):
-                    t = div_ieee(tl.cast(i, DT), nf)
-                    si_s, si_l = evaluate(x + t * d, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr,
-                                          K, alpha, D, cols, cmask, EVAL, HP, HAS_MIX)
-                    si += tl.sum(si_s * d, axis=1)
-                dlogp = div_ieee(0.5 * (tl.sum(s * d, axis=1) + tl.sum(sp * d, axis=1)) + si, nf)
+    for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):  # persistent grid
+        rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, blk, B, D, BLOCK_B, BLOCK_J, IDX64)
+        chains = global_chain(rows, chain0)
+        DT: tl.constexpr = x.dtype
+        alpha = alpha_.to(DT)
+        e2 = eps[:, None]
+        c_n = sqrt_ieee(2.0 * eps)[:, None]
+        e4 = 4.0 * eps
+        nf = tl.cast(n_trap, DT)
+        s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
+                           EVAL, HP, HAS_MIX)
+        n_acc = tl.zeros([BLOCK_B], tl.int32)
+        for mv in range(n_steps):
+            om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
+            xp = x + e2 * s + c_n * xi
+            sp, logpp = evaluate(xp, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols,
+                                 cmask, EVAL, HP, HAS_MIX)
+            if MH_MODE == 2:
+                acc = rmask
             else:
-                dlogp = logpp - logp
-            f = d - e2 * s
-            bk = d + e2 * sp
-            la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
-            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
-        x, s, logp = _keep_accepted(acc, x, s, logp, xp, sp, logpp)
-        n_acc += acc.to(tl.int32)
-    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
+                d = xp - x
+                if MH_MODE == 0:
+                    si = tl.zeros([BLOCK_B], DT)
+                    for i in range(1, n_trap):
+                        t = div_ieee(tl.cast(i, DT), nf)
+                        si_s, si_l = evaluate(x + t * d, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr,
+                                              tab_ptr, K, alpha, D, cols, cmask, EVAL, HP, HAS_MIX)
+                        si += tl.sum(si_s * d, axis=1)
+                    dlogp = div_ieee(0.5 * (tl.sum(s * d, axis=1) + tl.sum(sp * d, axis=1)) + si, nf)
+                else:
+                    dlogp = logpp - logp
+                f = d - e2 * s
+                bk = d + e2 * sp
+                la = dlogp + div_ieee(tl.sum(f * f, axis=1) - tl.sum(bk * bk, axis=1), e4)
+                acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
+            x, s, logp = _keep_accepted(acc, x, s, logp, xp, sp, logpp)
+            n_acc += acc.to(tl.int32)
+        _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -152,46 +154,47 @@ def _hmc_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets
     registers. Move m: p0 = damping p + c_n ξ, n_lf leapfrog steps, then the trapezoid (MH_MODE 0), energy (1)
     or no (2) test; on rejection p = −p0."""
     k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
-    rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, B, D, BLOCK_B, BLOCK_J, IDX64)
-    chains = global_chain(rows, chain0)
-    DT: tl.constexpr = x.dtype
-    alpha = alpha_.to(DT)
-    damping = damping_.to(DT)
-    c_n = c_n_.to(DT)
-    e2 = eps[:, None]
-    he = (0.5 * eps)[:, None]
-    s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
-                       EVAL, HP, HAS_MIX)
-    p = tl.zeros(x.shape, DT)
-    n_acc = tl.zeros([BLOCK_B], tl.int32)
-    for mv in range(n_steps):
-        om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
-        p0 = damping * p + c_n * xi
-        xl = x
-        sl = s
-        pl = p0
-        logpl = logp
-        dlogp = tl.zeros([BLOCK_B], DT)
-        for _j in range(n_lf):
-            ph = pl + he * sl
-            xn = xl + e2 * ph
-            sn, logpl = evaluate(xn, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D,
-                                 cols, cmask, EVAL, HP, HAS_MIX)
-            pl = ph + he * sn
-            dlogp += 0.5 * tl.sum((sl + sn) * (xn - xl), axis=1)
-            xl = xn
-            sl = sn
-        if MH_MODE == 2:
-            acc = rmask
-        else:
-            if MH_MODE == 1:
-                dlogp = logpl - logp
-            la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
-            acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
-        x, s, logp = _keep_accepted(acc, x, s, logp, xl, sl, logpl)
-        p = tl.where(acc[:, None], pl, -p0)  # rejected: momentum flip keeps partial refresh exact
-        n_acc += acc.to(tl.int32)
-    _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
+    for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):  # persistent grid
+        rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, blk, B, D, BLOCK_B, BLOCK_J, IDX64)
+        chains = global_chain(rows, chain0)
+        DT: tl.constexpr = x.dtype
+        alpha = alpha_.to(DT)
+        damping = damping_.to(DT)
+        c_n = c_n_.to(DT)
+        e2 = eps[:, None]
+        he = (0.5 * eps)[:, None]
+        s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D, cols, cmask,
+                           EVAL, HP, HAS_MIX)
+        p = tl.zeros(x.shape, DT)
+        n_acc = tl.zeros([BLOCK_B], tl.int32)
+        for mv in range(n_steps):
+            om0, om1, xi = _move_normals(k0, k1, o0, o1, mv, chains, cmask, BLOCK_J, DT)
+            p0 = damping * p + c_n * xi
+            xl = x
+            sl = s
+            pl = p0
+            logpl = logp
+            dlogp = tl.zeros([BLOCK_B], DT)
+            for _j in range(n_lf):
+                ph = pl + he * sl
+                xn = xl + e2 * ph
+                sn, logpl = evaluate(xn, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K, alpha, D,
+                                     cols, cmask, EVAL, HP, HAS_MIX)
+                pl = ph + he * sn
+                dlogp += 0.5 * tl.sum((sl + sn) * (xn - xl), axis=1)
+                xl = xn
+                sl = sn
+            if MH_MODE == 2:
+                acc = rmask
+            else:
+                if MH_MODE == 1:
+                    dlogp = logpl - logp
+                la = (dlogp - 0.5 * tl.sum(pl * pl, axis=1)) + 0.5 * tl.sum(p0 * p0, axis=1)
+                acc = _mh_accepts(la, k0, k1, om0, om1, chains, rmask, DT)
+            x, s, logp = _keep_accepted(acc, x, s, logp, xl, sl, logpl)
+            p = tl.where(acc[:, None], pl, -p0)  # rejected: momentum flip keeps partial refresh exact
+            n_acc += acc.to(tl.int32)
+        _store_moves(xo_ptr, rate_ptr, x, offs, m2, rows, rmask, n_acc, n_steps)
 
 
 def _launch_moves(kernel, x, evaluator, step_size, n_steps, n_inner, seed, offset, chain_offset, mh, extra, blocks):
@@ -269,7 +272,8 @@ def _net_moves(kernel, name, x, net_args, energy, step_size, n_steps, n_inner, s
     if mh not in (0, 1, 2):
         raise ValueError(f"triton {name}: mh must be 0 (score), 1 (energy) or 2 (none), got {mh}")
     eng = _engine(name, x, *net_args, energy=energy, need_energy=mh == 1)
-    blocks = (*_blocks(x.shape[0], x.shape[1], x.dtype), dict(num_warps=4, num_stages=_STAGES))
+    block_b, block_j, grid = _blocks(x.shape[0], x.shape[1], x.dtype)
+    blocks = (block_b, block_j, eng.grid(grid[0], x.device), dict(num_warps=4, num_stages=_STAGES))
 
     def evaluator(n_programs, block_b):
         return eng.arguments(x, n_programs, block_b), dict(EVAL=eng.EVAL, HP=eng.HP, HAS_MIX=eng.HAS_MIX)

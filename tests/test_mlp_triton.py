@@ -88,6 +88,61 @@ def test_mlp_hmc_matches_reference(device, dtype, mh, n_leapfrog, damping, B, D,
     assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
 
 
+# ------------------------------------------------------------------ wide networks (the tiled path, HP > 128)
+
+# (B, D, [(hidden, hidden layers, activation)], mixture): hidden 129 / 200 / 256 (with a narrow network in the same
+# sum: it runs the tiled path too), D = 1 and odd; B > 2 blocks of the interpreter's 64 in one case, so that the 2
+# programs of the persistent grid each take more than one block; 0 to 2 hidden layers
+WIDE_CASES = [(37, 1, [(129, 1, "silu")], False), (131, 3, [(200, 2, "gelu"), (16, 1, "silu")], True),
+              (19, 1, [(256, 0, "silu")], True)]
+
+
+def wide_problem(D, arch, dtype, device, with_mixture, energy):
+    """`problem`'s networks as energy networks (energy) or score networks, with their float64 CPU copies."""
+    nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
+    if energy:
+        nets, nets64 = ([ops.EnergyNet(**vars(n)) for n in ns] for ns in (nets, nets64))
+    return nets, mix, nets64, mix64
+
+
+@DTYPES
+@pytest.mark.parametrize("energy", [False, True], ids=["score", "energy"])
+@pytest.mark.parametrize("B,D,arch,with_mixture", WIDE_CASES)
+def test_wide_networks_match_reference(device, dtype, energy, B, D, arch, with_mixture):
+    """mlp_score and mlp_energy (score and log p: forward and backward by 64-column chunks) at hidden 129-256."""
+    nets, mix, nets64, mix64 = wide_problem(D, arch, dtype, device, with_mixture, energy)
+    x64 = torch.randn(B, D, dtype=torch.float64) * 2
+    op = ops.mlp_energy if energy else ops.mlp_score
+    got = op(x64.to(dtype=dtype, device=device), nets, mixture=mix, backend="triton")
+    want = op(x64, nets64, mixture=mix64, backend="torch")
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for g, w in zip(got if energy else (got,), want if energy else (want,)):
+        assert g.dtype == dtype and g.device.type == device.type
+        torch.testing.assert_close(g.double().cpu(), w, **tol)
+
+
+@DTYPES
+@pytest.mark.parametrize("op,mh", [("mlp_mala", "score"), ("mlp_hmc", "score"), ("mlp_energy_mala", "energy"),
+                                   ("mlp_energy_hmc", "energy"), ("mlp_energy_mala", "score")])
+@pytest.mark.parametrize("B,D,arch,with_mixture", [WIDE_CASES[0], pytest.param(*WIDE_CASES[1], marks=pytest.mark.slow)],
+                         ids=["H129", "H200"])
+def test_wide_moves_match_reference(device, dtype, op, mh, B, D, arch, with_mixture):
+    """The whole-move kernels on the tiled path reproduce the reference moves with the same Philox draws (the H200
+    cases: 4-6 min under the interpreter on a loaded 2-core machine, -m slow; run on a GPU by gpu_run.sh)."""
+    nets, mix, nets64, mix64 = wide_problem(D, arch, dtype, device, with_mixture, "energy" in op)
+    gen = torch.Generator().manual_seed(B)
+    x64 = torch.randn(B, D, dtype=torch.float64, generator=gen)
+    eps64 = torch.rand(B, dtype=torch.float64, generator=gen) * 0.6 + 0.2
+    kw = dict(n_steps=2, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh,
+              **(dict(n_leapfrog=2, damping=0.8) if "hmc" in op else dict(n_trapezoid=2)))
+    x_new, rate = getattr(ops, op)(x64.to(dtype=dtype, device=device), nets, mixture=mix,
+                                   step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
+    e_x, e_rate = getattr(ops, op)(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
+    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    if "mala" in op:
+        assert 0 < e_rate.mean() < 1  # a real test ran
+
+
 def test_rows_are_independent_of_the_batch_and_seed_tensors_read_in_kernel(device):
     """Chain b of a run equals chain b of a run on a suffix with the matching chain offset; seed / offset /
     chain offset as one-element int64 tensors give the same moves as the ints; a NaN chain stays in its row."""
@@ -234,28 +289,32 @@ def test_annealed_mcmc_fuses_cuda_energy_mlps():
 @pytest.mark.skipif(os.environ.get("FASTSAMP_TRITON_AOT") != "1" or backends.triton_interpreted(),
                     reason="opt-in (FASTSAMP_TRITON_AOT=1 TRITON_INTERPRET=0): compiles for sm_90 without a GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
-def test_kernels_compile_for_sm90_within_shared_memory(dtype):
+@pytest.mark.parametrize("tiled", [False, True], ids=["registers", "tiled"])
+def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
     """The compiled path on a machine without a GPU: every mlp kernel and the move kernels on each evaluator compile
-    for sm_90 (triton.compile with the wheel's ptxas) at the largest hidden tile, using at most the 227 KB of shared
-    memory an H100/H200 block may."""
+    for sm_90 (triton.compile with the wheel's ptxas) at the largest hidden tile of each path (the register path's
+    MLP_REG_HIDDEN, the tiled path's MLP_MAX_HIDDEN), using at most the 227 KB of shared memory an H100/H200 block
+    may."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     kernels = backends._load("triton")[0]
     mlp, moves = kernels.mlp, kernels.moves
-    hp = mlp.MLP_MAX_HIDDEN
+    hp = mlp.MLP_MAX_HIDDEN if tiled else mlp.MLP_REG_HIDDEN.value
     nets = dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_J=4)
     energy = dict(nets, EVAL=mlp.EVAL_ENERGY_NETS.value)
     cases = [(moves._mala_kernel, dict(MH_MODE=0, RNG_T=0, **nets)),
              (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=7, **nets)),
              (moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, **energy)),
              (moves._hmc_kernel, dict(MH_MODE=1, RNG_T=7, **energy)),
-             (moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
-             (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
              (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_ENERGY_NETS.value, HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2))]
+    if not tiled:  # the mixture evaluator does not depend on HP
+        cases += [(moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
+                  (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1))]
+    shared = {}
     for fn, consts in cases:
         consts = {"HP": hp, "BLOCK_B": 16, "IDX64": False, **consts}
         consts = {p.name: consts[p.name] for p in fn.params if p.is_constexpr}
@@ -267,7 +326,9 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype):
         signature = {p.name: "constexpr" if p.is_constexpr else typ(p) for p in fn.params}
         k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=4, num_stages=mlp._STAGES))
-        assert k.metadata.shared <= 227 * 1024, (fn.__name__, k.metadata.shared)
+        shared[fn.__name__, consts.get("EVAL"), consts.get("MH_MODE")] = k.metadata.shared
+    print(f"shared memory per kernel, {dtype}, HP {hp}:", shared)
+    assert max(shared.values()) <= 227 * 1024, shared
 
 
 # ------------------------------------------------------------------ energy networks (mlp_energy, _mala, _hmc)

@@ -16,7 +16,7 @@ limit is concerned).
   reference when it is the backend, and the Langevin log p_F, not a registered op, resolves its C++ function.)
 * Size limits: a compiled module that keeps whole rows in registers declares its largest D
   (`GMM_SCORE_MAX_D`, `GMM_MALA_MAX_D`, `MLP_MAX_D`), and the network ops' Triton module its largest hidden
-  width too (`MLP_MAX_HIDDEN`: a layer's weight tile on chip; `_library.max_hidden`); above them "auto" runs
+  width too (`MLP_MAX_HIDDEN`: 256, the widest tested; `_library.max_hidden`); above them "auto" runs
   the reference and an explicit backend raises ValueError (`kernel` checks D, the Triton functions the width).
 """
 from __future__ import annotations
