@@ -117,16 +117,24 @@ FASTSAMP_VINLINE void tiled_gemm(int M, const T* __restrict A, int64_t ar, int64
 }
 
 // Hidden / input layer forward: Z[l] = bias + Σ_k A[l*lda + k] Bt[k][:] (+ add), U = act(Z),
-// G = act'(Z) when DERIV. NJ vectors of output features, rows l < nb.
-template <typename T, int NV, int ACT, bool DERIV>
+// G = act'(Z) when DERIV, A2 = act''(Z) when DERIV2 (with DERIV). NJ vectors of output features, rows l < nb.
+template <typename T, int NV, int ACT, bool DERIV, bool DERIV2 = false>
 void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __restrict Bt, int64_t ldb, int NJ,
-               const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo) {
+               const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo,
+               T* __restrict A2 = nullptr) {
+  static_assert(DERIV || !DERIV2, "act'' is kept with act'");
   tiled_gemm<T, NV>(nb, A, lda, 1, K, Bt, ldb, NJ, [&](int col) { return ld<T>(bias + col); },
                     [&](Vec<T> z, int l, int col) {
                       const int64_t o = l * ldo + col;
                       if (add) z += ld<T>(add + col);
                       Vec<T> g, dg;
-                      act_v<T, ACT, DERIV>(z, &g, &dg);
+                      if constexpr (DERIV2) {
+                        Vec<T> d2g;
+                        act_v2<T, ACT>(z, &g, &dg, &d2g);
+                        st<T>(A2 + o, d2g);
+                      } else {
+                        act_v<T, ACT, DERIV>(z, &g, &dg);
+                      }
                       st<T>(U + o, g);
                       if constexpr (DERIV) st<T>(G + o, dg);
                     });
@@ -347,35 +355,42 @@ struct Work {
   T* g(int k) { return G.p + static_cast<size_t>(k) * rows * Hp; }
 };
 
-// Forward of the network for the nb <= w.rows chains X (rows of Din) at step i (no temb when Tn = 0): out into
-// w.DR ([nb][Dq]), the raw output into w.OUT (backward). BACKWARD keeps every layer's u and act' in w.U / w.G;
-// otherwise u ping-pongs between two buffers.
-template <typename T, bool BACKWARD>
-FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int nb, int i) {
-  const int Hp = n.Hp;
-  const T* temb_i = n.Tn > 0 ? n.temb.p + static_cast<size_t>(i) * Hp : nullptr;
-  auto ucur = [&](int k) { return BACKWARD ? w.u(k) : w.u(k & 1); };
-  with_act(n.act, [&](auto a) {
-    constexpr int ACT = decltype(a)::value;
-    with_nv(n.NJ, [&](auto nv) {
-      constexpr int NV = decltype(nv)::value;
-      fwd_layer<T, NV, ACT, BACKWARD>(nb, X, n.Din, n.Din, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
-                                      BACKWARD ? w.g(0) : nullptr, Hp);
-      for (int k = 0; k < n.L; ++k)
-        fwd_layer<T, NV, ACT, BACKWARD>(nb, ucur(k), Hp, n.H, n.wT_k(k), Hp, n.NJ, n.b_k(k), nullptr, ucur(k + 1),
-                                        BACKWARD ? w.g(k + 1) : nullptr, Hp);
-    });
-  });
+// The output layer of nb rows U (stride Hp) with bias `bias`: the raw output into OUT (when not null), clamped to
+// [-clip, clip] into DR (both [nb][Dq]).
+template <typename T>
+FASTSAMP_VINLINE void out_rows(const Net<T>& n, const T* U, int nb, const T* bias, T* OUT, T* DR) {
   if (n.out_dot) {
-    out_layer_dot<T>(nb, ucur(n.L), Hp, n.NJ, n.wo.p, Hp, n.D, n.bo.p, n.clip, BACKWARD ? w.OUT.p : nullptr, w.DR.p,
-                     n.Dq);
+    out_layer_dot<T>(nb, U, n.Hp, n.NJ, n.wo.p, n.Hp, n.D, bias, n.clip, OUT, DR, n.Dq);
     return;
   }
   with_nv(n.NJo, [&](auto nv) {
     constexpr int NV = decltype(nv)::value;
-    out_layer<T, NV>(nb, ucur(n.L), Hp, n.H, n.woT.p, n.Dq, n.NJo, n.bo.p, n.clip, BACKWARD ? w.OUT.p : nullptr,
-                     w.DR.p, n.Dq);
+    out_layer<T, NV>(nb, U, n.Hp, n.H, n.woT.p, n.Dq, n.NJo, bias, n.clip, OUT, DR, n.Dq);
   });
+}
+
+// Forward of the network for the nb <= w.rows chains X (rows of Din) at step i (no temb when Tn = 0): out into
+// w.DR ([nb][Dq]), the raw output into w.OUT (backward). BACKWARD keeps every layer's u and act' in w.U / w.G;
+// otherwise u ping-pongs between two buffers. DERIV2 (with BACKWARD) also keeps act'' of layer k in
+// A2 + k rows Hp (laid out as w.U / w.G).
+template <typename T, bool BACKWARD, bool DERIV2 = false>
+FASTSAMP_VINLINE void net_forward(const Net<T>& n, Work<T>& w, const T* X, int nb, int i, T* A2 = nullptr) {
+  const int Hp = n.Hp;
+  const T* temb_i = n.Tn > 0 ? n.temb.p + static_cast<size_t>(i) * Hp : nullptr;
+  auto ucur = [&](int k) { return BACKWARD ? w.u(k) : w.u(k & 1); };
+  auto a2 = [&](int k) { return DERIV2 ? A2 + static_cast<size_t>(k) * w.rows * Hp : nullptr; };
+  with_act(n.act, [&](auto a) {
+    constexpr int ACT = decltype(a)::value;
+    with_nv(n.NJ, [&](auto nv) {
+      constexpr int NV = decltype(nv)::value;
+      fwd_layer<T, NV, ACT, BACKWARD, DERIV2>(nb, X, n.Din, n.Din, n.wsT.p, Hp, n.NJ, n.bs.p, temb_i, ucur(0),
+                                              BACKWARD ? w.g(0) : nullptr, Hp, a2(0));
+      for (int k = 0; k < n.L; ++k)
+        fwd_layer<T, NV, ACT, BACKWARD, DERIV2>(nb, ucur(k), Hp, n.H, n.wT_k(k), Hp, n.NJ, n.b_k(k), nullptr,
+                                                ucur(k + 1), BACKWARD ? w.g(k + 1) : nullptr, Hp, a2(k + 1));
+    });
+  });
+  out_rows(n, ucur(n.L), nb, n.bo.p, BACKWARD ? w.OUT.p : nullptr, w.DR.p);
 }
 
 // The backward through the layers after net_forward<T, true> of nb chains (w.U, w.G hold its activations

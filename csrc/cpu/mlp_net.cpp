@@ -12,7 +12,7 @@
 // mlp_net_energy_lsq: the same loss for an energy network's score s = −r/v + J_fᵀ r/√v (r = c − √v out, J_f the
 // Jacobian of out in the first O input columns): its weight gradients need the gradient of J_fᵀ r (a double
 // backward), done exactly as a reverse pass through the forward and its tangent along the score's cotangent u
-// (energy_forward, the VJP J_fᵀ r, tangent_forward, energy_reverse below).
+// (mlp::net_forward keeping act'', the VJP J_fᵀ r, tangent_forward, energy_reverse below).
 // Each thread takes a contiguous run of rows in blocks of kBlock (mlp::for_blocks) and keeps padded per-thread
 // sums staged per kFlush blocks (mlp::StagedGrads, as the policy kernels), reduced in thread order (the result
 // depends on the thread count only by rounding).
@@ -130,60 +130,18 @@ void backward_impl(const mlp::Net<T>& n, const T* x, int64_t B, Cotangent&& cota
 // Per block of nb rows, the primal quantities in rows [0, nb) and the tangent ones (along the cotangent u of the
 // score, below) in rows [nb, 2 nb) of the same buffers, so that one GEMM of 2 nb rows gives both parts of a weight
 // gradient: the engine's Work for 2 kBlock rows (w.U: h_k then ḣ_k; w.G: act'(z_k); w.GO: the output cotangents),
-// A2 (act''(z_k), then act''(z_k) ⊙ ż_k), the tangent output TOUT, the cotangent u (UX, [nb][Dq]), the raw
-// W_{k+1}ᵀ ġz_{k+1} rows (GH) and a zero bias (the tangent output layer's).
+// A2 (laid out as w.U, rows [0, nb): act''(z_k), then act''(z_k) ⊙ ż_k), the tangent output TOUT, the cotangent
+// u (UX, [nb][Dq]), the raw W_{k+1}ᵀ ġz_{k+1} rows (GH) and a zero bias (the tangent output layer's).
 template <typename T>
 struct EnergyWork {
   mlp::Work<T> w;
   mlp::ABuf<T> A2, TOUT, UX, GH, zero;
   explicit EnergyWork(const mlp::Net<T>& n)
-      : w(n, true, false, 2 * mlp::kBlock), A2(static_cast<size_t>(n.L + 1) * mlp::kBlock * n.Hp),
+      : w(n, true, false, 2 * mlp::kBlock), A2(static_cast<size_t>(n.L + 1) * 2 * mlp::kBlock * n.Hp),
         TOUT(static_cast<size_t>(mlp::kBlock) * n.Dq), UX(static_cast<size_t>(mlp::kBlock) * n.Dq),
         GH(static_cast<size_t>(mlp::kBlock) * n.Hp), zero(n.Dq) {}
-  T* a2(int k) { return A2.p + static_cast<size_t>(k) * mlp::kBlock * w.Hp; }
+  T* a2(int k) { return A2.p + static_cast<size_t>(k) * w.rows * w.Hp; }
 };
-
-// The output layer on nb rows U (stride Hp) with bias `bias` into OUT ([nb][Dq]); clip is +inf.
-template <typename T>
-void output_rows(const mlp::Net<T>& n, const T* U, int nb, const T* bias, T* OUT) {
-  if (n.out_dot) {
-    mlp::out_layer_dot<T>(nb, U, n.Hp, n.NJ, n.wo.p, n.Hp, n.D, bias, n.clip, nullptr, OUT, n.Dq);
-    return;
-  }
-  mlp::with_nv(n.NJo, [&](auto nv) {
-    mlp::out_layer<T, decltype(nv)::value>(nb, U, n.Hp, n.H, n.woT.p, n.Dq, n.NJo, bias, n.clip, nullptr, OUT, n.Dq);
-  });
-}
-
-// The primal forward of nb rows X keeping h_k, act'(z_k) and act''(z_k) (the layers' arithmetic as net_forward's);
-// the output f into w.OUT.
-template <typename T>
-void energy_forward(const mlp::Net<T>& n, EnergyWork<T>& e, const T* X, int nb) {
-  mlp::Work<T>& w = e.w;
-  const int Hp = n.Hp;
-  mlp::with_act(n.act, [&](auto a) {
-    constexpr int ACT = decltype(a)::value;
-    mlp::with_nv(n.NJ, [&](auto nv) {
-      constexpr int NV = decltype(nv)::value;
-      auto layer = [&](int k, const T* A, int64_t lda, int K, const T* Bt, const T* bias) {
-        T *U = w.u(k), *G = w.g(k), *A2 = e.a2(k);
-        mlp::tiled_gemm<T, NV>(
-            nb, A, lda, 1, K, Bt, Hp, n.NJ, [&](int col) { return mlp::ld<T>(bias + col); },
-            [&](mlp::Vec<T> z, int l, int col) {
-              const int64_t o = l * Hp + col;
-              mlp::Vec<T> g, dg, d2g;
-              mlp::act_v2<T, ACT>(z, &g, &dg, &d2g);
-              mlp::st<T>(U + o, g);
-              mlp::st<T>(G + o, dg);
-              mlp::st<T>(A2 + o, d2g);
-            });
-      };
-      layer(0, X, n.Din, n.Din, n.wsT.p, n.bs.p);
-      for (int k = 0; k < n.L; ++k) layer(k + 1, w.u(k), Hp, n.H, n.wT_k(k), n.b_k(k));
-    });
-  });
-  output_rows(n, w.u(n.L), nb, n.bo.p, w.OUT.p);
-}
 
 // The tangent forward along the input direction (u, 0) (u in e.UX: the first O input columns):
 //   ż_0 = W_s[:, :O] u,  ż_k = W_k ḣ_{k−1},  ḣ_k = act'(z_k) ⊙ ż_k (rows nb.. of w.u(k)),  ṫ = W_o ḣ_L (e.TOUT);
@@ -208,7 +166,7 @@ void tangent_forward(const mlp::Net<T>& n, EnergyWork<T>& e, int nb) {
     layer(0, e.UX.p, n.Dq, n.D, n.wsT.p);
     for (int k = 0; k < n.L; ++k) layer(k + 1, w.u(k) + tan, Hp, n.H, n.wT_k(k));
   });
-  output_rows(n, w.u(n.L) + tan, nb, e.zero.p, e.TOUT.p);
+  mlp::out_rows<T>(n, w.u(n.L) + tan, nb, e.zero.p, nullptr, e.TOUT.p);  // clip is +inf
 }
 
 // The reverse pass through the primal and tangent streams from the output cotangents w.GO (rows [0, nb): ḡ of f,
@@ -330,7 +288,8 @@ void mlp_net_energy_lsq(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t 
                  [&](int64_t b0, int nb, EnergyWork<T>& e, const mlp::LayerGrads<T>& sums) {
                    const T* xb = xx + b0 * Din;
                    T *GO = e.w.GO.p, *UX = e.UX.p;
-                   energy_forward(n, e, xb, nb);
+                   // the primal forward keeping h_k, act'(z_k) and act''(z_k); f into w.OUT
+                   mlp::net_forward<T, true, true>(n, e.w, xb, nb, 0, e.A2.p);
                    for (int l = 0; l < nb; ++l) {  // r = c − √v f, the first backward's cotangent
                      const T sq = std::sqrt(vv[b0 + l]);
                      for (int d = 0; d < D; ++d) GO[l * Dq + d] = cc[(b0 + l) * D + d] - sq * e.w.OUT.p[l * Dq + d];
