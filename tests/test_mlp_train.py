@@ -7,7 +7,7 @@ import torch
 from conftest import skip_unless_available
 
 from fastsamp import ops
-from fastsamp.models import GaussianMixture, train_score_mlp
+from fastsamp.models import EnergyMLP, GaussianMixture, ScoreMLP, train_score_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,12 +156,18 @@ DATA = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.log(torch.
                        torch.tensor([0.5, 0.3])).sample(1024, torch.Generator().manual_seed(1))
 
 
+# train_score_mlp's parameterisations and the fused op each trains through
+PARAMETERISATIONS = [("score", "mlp_net_lsq"), ("energy", "mlp_net_energy_lsq")]
+
+
+@pytest.mark.parametrize("parameterisation", [p for p, _ in PARAMETERISATIONS])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_fused_training_equals_eager(dtype):
+def test_fused_training_equals_eager(dtype, parameterisation):
     """Same draws, same loss: the parameters after 25 Adam steps agree to rounding (float32: Adam's g/√v
     divides rounding-level gradient differences by small second moments, hence 1e-4 of the parameter scale)."""
-    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype)
+    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype, parameterisation=parameterisation)
     fused, eager = train_score_mlp(DATA, fused=True, **kw), train_score_mlp(DATA, fused=False, **kw)
+    assert isinstance(fused, EnergyMLP if parameterisation == "energy" else ScoreMLP)
     assert next(fused.parameters()).dtype == dtype
     tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for (name, p), q in zip(fused.named_parameters(), eager.parameters()):
@@ -171,14 +177,18 @@ def test_fused_training_equals_eager(dtype):
     assert moved > 1e-3  # the comparison is not between untrained networks
 
 
-def test_training_runs_fused_by_default(monkeypatch):
+@pytest.mark.parametrize("parameterisation,op", PARAMETERISATIONS, ids=[p for p, _ in PARAMETERISATIONS])
+def test_training_runs_fused_by_default(monkeypatch, parameterisation, op):
+    """One call of the parameterisation's fused op per step by default; none with fused=False or from the other
+    parameterisation."""
     calls = []
-    real = ops.mlp_net_lsq
-    monkeypatch.setattr(ops, "mlp_net_lsq", lambda *a, **k: calls.append(1) or real(*a, **k))
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)
+    real = getattr(ops, op)
+    monkeypatch.setattr(ops, op, lambda *a, **k: calls.append(1) or real(*a, **k))
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation=parameterisation)
     assert len(calls) == 2
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, fused=False)
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy")  # mlp_net_energy_lsq
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation=parameterisation, fused=False)
+    other, = (p for p, _ in PARAMETERISATIONS if p != parameterisation)
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation=other)
     assert len(calls) == 2
 
 
