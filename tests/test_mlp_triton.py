@@ -3,6 +3,7 @@ mlp_energy_mala, mlp_energy_hmc) against the float64 PyTorch reference: on a CPU
 TRITON_INTERPRET=1 (conftest), on a GPU compiled. Small sizes: the interpreter runs a python loop per program.
 Chain counts are odd and not multiples of the block (64 chains under the interpreter, at most 32 compiled), so
 every run has a partial last block."""
+import dataclasses
 import os
 
 import pytest
@@ -22,6 +23,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def device():
     skip_unless_available("triton")
     return backend_device("triton")
+
+
+def as_kind(kind, net):
+    """net's fields (those of the constructor: not the ops' memo) as a `kind` (ops.ScoreNet or ops.EnergyNet)."""
+    return kind(**{f.name: getattr(net, f.name) for f in dataclasses.fields(net) if f.init})
 
 
 def problem(D, arch, dtype, device, with_mixture):
@@ -101,7 +107,7 @@ def wide_problem(D, arch, dtype, device, with_mixture, energy):
     """`problem`'s networks as energy networks (energy) or score networks, with their float64 CPU copies."""
     nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
     if energy:
-        nets, nets64 = ([ops.EnergyNet(**vars(n)) for n in ns] for ns in (nets, nets64))
+        nets, nets64 = ([as_kind(ops.EnergyNet, n) for n in ns] for ns in (nets, nets64))
     return nets, mix, nets64, mix64
 
 
@@ -141,6 +147,34 @@ def test_wide_moves_match_reference(device, dtype, op, mh, B, D, arch, with_mixt
     assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
     if "mala" in op:
         assert 0 < e_rate.mean() < 1  # a real test ran
+
+
+def test_scratch_is_bounded_by_the_grid_not_the_batch(device):
+    """With a scratch (energy networks, the tiled path) the grid is persistent: at a million chains the programs
+    and their scratch are as many as the device's bound (2 programs under the interpreter, 4 per multiprocessor on
+    a GPU), each [NZ, BLOCK_B, HP]; without one, one program per block."""
+    kernels = backends._load("triton")[0]
+    mlp = kernels.mlp
+    for arch, energy, tiles in (([(200, 2, "silu")], True, 5), ([(200, 2, "silu")], False, 2),
+                                ([(64, 2, "silu")], True, 3), ([(64, 2, "silu")], False, 0)):
+        nets = wide_problem(1, arch, torch.float32, device, False, energy)[0]
+        grids = []
+        for B in (10**3, 10**6):
+            args = ops.mlp._sum_args(torch.zeros(B, 1, device=device), nets, None, (ops.ScoreNet, ops.EnergyNet))
+            eng = mlp._engine("mlp_energy", args[0], *args[1:4], *args[5:], energy=args[4])
+            block_b, _, grid = mlp._blocks(B, 1, torch.float32)
+            n_programs = eng.grid(grid[0], device)[0]
+            zs = eng.arguments(args[0], n_programs, block_b)[5]
+            assert eng.NZ == tiles and (zs is None) == (tiles == 0)
+            if tiles:
+                assert zs.numel() == n_programs * tiles * block_b * eng.HP
+            grids.append(n_programs)
+        bound = (mlp._INTERPRET_PROGRAMS if device.type == "cpu" else
+                 mlp._PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count)
+        if tiles:
+            assert grids[1] == bound
+        else:
+            assert grids[1] == -(-10**6 // block_b)
 
 
 def test_rows_are_independent_of_the_batch_and_seed_tensors_read_in_kernel(device):
@@ -336,8 +370,8 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
 def energy_problem(D, kinds, dtype, device, with_mixture):
     """Networks of the given kinds ("e" energy, "s" score: widths 24 / 16 / 8, 2 / 1 / 0 hidden layers, the first
     GELU) and the optional mixture in dtype on device, and their float64 CPU copies."""
-    nets64 = [(ops.EnergyNet if k == "e" else ops.ScoreNet)(**vars(random_net(
-        D, (24, 16, 8)[i], (2, 1, 0)[i], 4, torch.float64, seed=3 + i, activation=("gelu", "silu", "silu")[i])))
+    nets64 = [as_kind(ops.EnergyNet if k == "e" else ops.ScoreNet, random_net(
+        D, (24, 16, 8)[i], (2, 1, 0)[i], 4, torch.float64, seed=3 + i, activation=("gelu", "silu", "silu")[i]))
         for i, k in enumerate(kinds)]
     mix64 = mixture_score(D, torch.float64) if with_mixture else None
     return ([to(n, dtype, device) for n in nets64], to(mix64, dtype, device) if with_mixture else None, nets64,
