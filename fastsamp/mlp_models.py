@@ -232,8 +232,8 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     """Denoising score matching on data samples (VP schedule): minimise
     E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1) (`dsm_loss`, Adam with a cosine schedule; PyTorch's
     fused Adam, one kernel for all the parameters, on either path).
-    `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through
-    its autograd score), so that score-MH and energy-MH compare on equal networks.
+    `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; with fused=False the loss
+    goes through its autograd score), so that score-MH and energy-MH compare on equal networks.
 
     `fused`: the loss and gradient run in the fused C++ engine (ops.mlp_net_lsq for the score parameterisation,
     ops.mlp_net_energy_lsq for the energy one, whose gradient of ∇_x E to the weights, a double backward, the
