@@ -82,6 +82,25 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(lsq, (*ws, *bs))
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_a_second_derivative_through_mlp_net_raises(backend):
+    """The backward is first order: after autograd.grad(create_graph=True) a second grad raises naming mlp_net,
+    also to weights the first gradient depends on only through the saved tensors (W_0 here: the cotangent depends
+    on W_out alone), where the first derivative itself is kept."""
+    ws, bs = layers(3, 6, 2, 1, torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = ops.mlp_net(x, ws, bs, backend=backend)
+    g_x, = torch.autograd.grad(y, x, ws[-1].sum() * torch.ones_like(y), create_graph=True)
+    torch.testing.assert_close(g_x, torch.autograd.grad(y, x, ws[-1].sum().detach() * torch.ones_like(y),
+                                                        retain_graph=True)[0], rtol=0, atol=0)
+    for wrt in (ws[0], ws[-1]):
+        with pytest.raises(RuntimeError, match="mlp_net is differentiable once"):
+            torch.autograd.grad(g_x.sum(), wrt, retain_graph=True)
+    g_w = torch.autograd.grad(ops.mlp_net(x, ws, bs, backend=backend).sum(), ws[0], create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="mlp_net is differentiable once"):
+        g_w.square().sum().backward()
+
+
 def test_the_input_gradient_only_when_asked():
     ws, bs = layers(3, 8, 2, 1, torch.float64)
     x = torch.randn(10, 3, dtype=torch.float64)  # no grad: the backward kernel skips W_0ᵀ δz_0
