@@ -107,11 +107,12 @@ class FourierMLP(torch.nn.Module):
 
     @classmethod
     def from_saved(cls, config, state):
-        """The model `fastsamp.save` wrote, holding the saved tensors themselves: their dtype (all share one,
-        `freq`'s; the config holds none) and the device `fastsamp.load`'s map_location put them on (a plain
-        load_state_dict would copy them into the default dtype on the CPU)."""
-        config = dict(config, schedule=schedule_from_config(config["schedule"]), dtype=state["freq"].dtype)
-        model = cls(**config)
+        """The model `fastsamp.save` wrote, holding the saved tensors themselves (their dtype and the device
+        `fastsamp.load`'s map_location put them on). Built on the meta device, then the state assigned: no random
+        initialisation to discard (nor a draw from torch's global RNG)."""
+        config = dict(config, schedule=schedule_from_config(config["schedule"]))
+        with torch.device("meta"):
+            model = cls(**config)
         model.load_state_dict(state, assign=True)
         return model
 
