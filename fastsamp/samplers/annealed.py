@@ -140,9 +140,9 @@ class NonFiniteMonitor:
 
     def report(self, sampler, describe, counts=None):
         """(counts per level, first level with non-finite chains or None); warns or raises naming
-        that level, `describe(level)` giving (where it is, the likely cause). `counts`: an int64 tensor of
+        that level, `describe(level)` giving (where it is, the likely cause). `counts`: a tensor of
         the per-level counts to report instead of those recorded here (a sampler's, summed over the ranks)."""
-        counts = (torch.stack(self.counts).to(torch.int64) if counts is None else counts).tolist()
+        counts = (torch.stack(self.counts) if counts is None else counts).to(torch.int64).tolist()
         first = next((i for i, c in enumerate(counts) if c), None)
         if first is not None and self.action != "ignore":
             where, cause = describe(first)
@@ -265,7 +265,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     stats.n_nonfinite, stats.first_nonfinite_level = monitor.report("annealed_mcmc", lambda i: (
         f" of {n_levels} (t = {ts[i]:.4g}, mean step size ε_t = {stats.step_size[i]:.3g})",
         "the step size is too large for this model (lower step_size, or adapt=True), or the score model's "
-        "output is too large or non-finite at this t"), counts=totals[:, 2].to(torch.int64))  # over all ranks
+        "output is too large or non-finite at this t"), counts=totals[:, 2])  # over all ranks
     if gather:
         x = comm.gather(x)
     return x, stats
