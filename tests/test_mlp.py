@@ -278,3 +278,17 @@ def test_memoised_layers_see_every_change(monkeypatch):
     n = len(builds)
     ops.mlp_score(x, base, backend="cpp")  # validation on now: the value checks run
     assert len(builds) == n + 1
+
+
+def test_layers_in_another_container_are_not_memoised():
+    """Weights held in a container other than a list or tuple (a deque) are checked at every call: replacing one
+    is seen (equal to a fresh copy's call)."""
+    import collections
+    base = random_net(3, 8, 1, 2, torch.float64, seed=5)
+    net = dataclasses.replace(base, weights=collections.deque(base.weights))
+    x = torch.randn(6, 3, dtype=torch.float64)
+    first = ops.mlp_score(x, net, backend="cpp")
+    net.weights[1] = net.weights[1] * 1.5
+    changed = ops.mlp_score(x, net, backend="cpp")
+    assert not torch.equal(changed, first)
+    assert torch.equal(changed, ops.mlp_score(x, dataclasses.replace(net), backend="cpp"))
