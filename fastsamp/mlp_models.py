@@ -8,7 +8,7 @@ import math
 import torch
 
 from . import backends, ops
-from ._model_base import schedule_config, schedule_from_config, value_and_grad
+from ._model_base import no_grad_call, schedule_config, schedule_from_config, value_and_grad
 from .schedules import VP
 
 
@@ -132,9 +132,7 @@ class ScoreMLP(FourierMLP):
         return (mean - x) / v + f / v.sqrt()
 
     def score(self, x, t):
-        dtype = self.freq.dtype
-        with torch.no_grad():
-            return self(x.to(dtype), float(t)).to(x.dtype)
+        return no_grad_call(self, x.to(self.freq.dtype), float(t)).to(x.dtype)
 
     FUSED_NET = ops.ScoreNet
 
@@ -184,8 +182,7 @@ class EnergyMLP(FourierMLP):
         return self.score_and_log_prob(x, t)[0]
 
     def log_prob(self, x, t):
-        with torch.no_grad():
-            return -self.energy(x.to(self.freq.dtype), float(t)).to(x.dtype)
+        return -no_grad_call(self.energy, x.to(self.freq.dtype), float(t)).to(x.dtype)
 
 
 def mlp_moves(x, nets, mixture, step_size, spec, key):
