@@ -499,3 +499,19 @@ def test_memoised_layers_see_writes_without_a_version_bump(write):
     for a, b in zip(stepped, _rollout64(copy.deepcopy(s.net), temb)):
         assert torch.equal(a, b)
 
+
+@cpp_only
+def test_memo_keeps_one_state_of_the_layers():
+    """After a dtype change of the net and a rollout, the memo holds the current layers only (no old storage)."""
+    from fastsamp.ops.trajectory import _CHECKED
+    s = make_sampler(2, 8, 1, 3, torch.float32, seed=4)
+    temb = temb_of(s, torch.float32).detach()
+    ops.policy_rollout(s.net, temb, 5, sigma=POLICY_SIGMA, seed=2)
+    ops.policy_log_pf(s.net, ops.policy_rollout(s.net, temb, 5, sigma=POLICY_SIGMA, seed=2)[0], temb,
+                      sigma=POLICY_SIGMA)
+    assert len(_CHECKED[s.net]) >= 1
+    s.net.double()
+    ops.policy_rollout(s.net, temb.double(), 5, sigma=POLICY_SIGMA, seed=2)
+    memo = _CHECKED[s.net]
+    assert len({key for key, _, _ in memo.values()}) == 1
+    assert all(t.dtype == torch.float64 for _, tensors, _ in memo.values() for t in tensors)

@@ -67,7 +67,8 @@ def memoised(memo: dict, context, tensors, build):
     result is one of `tensors`' memory with no autograd node (`_aliases`): a copy (a cast, a contiguous copy) would
     hold stale values after a write that bumps no version counter (a fused optimizer step, `.data.mul_()`), and a
     copy of a tensor that requires grad belongs to one graph. The entry keeps the tensors alive, so that no new
-    tensor can take a kept one's identity. Not memoised under torch.compile tracing (the plain path is traced)."""
+    tensor can take a kept one's identity; a miss drops the entries of other keys (so no old storage is kept alive
+    after a dtype or device change). Not memoised under torch.compile tracing (the plain path is traced)."""
     if torch.compiler.is_compiling():
         return build()
     tensors = tuple(tensors)
@@ -77,6 +78,8 @@ def memoised(memo: dict, context, tensors, build):
     entry = memo.get(context)
     if entry is not None and entry[0] == key:
         return entry[2]
+    for stale in [c for c, e in memo.items() if e[0] != key]:
+        del memo[stale]
     out = build()
     if _aliases(out, {k[2] for k in key}):
         memo[context] = (key, tensors, out)
