@@ -35,13 +35,18 @@ def random_net(D, H, L, F, dtype, seed, activation="silu"):
                         torch.randn(D, generator=g, dtype=torch.float64).to(dtype), 1.3, 0.37, 0.8, 0.36, activation)
 
 
+def net_fields(net):
+    """The constructor arguments of a network op's dataclass (ScoreNet, EnergyNet; not the ops' memo fields)."""
+    return {f.name: getattr(net, f.name) for f in dataclasses.fields(net) if f.init}
+
+
 def to(net, dtype, device="cpu"):
     """A ScoreNet, EnergyNet or MixtureScore with its tensors in dtype on device."""
     conv = lambda v: v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else v  # noqa: E731
     if isinstance(net, ops.MixtureScore):
         return ops.MixtureScore(*(conv(v) for v in net))
-    return dataclasses.replace(net, **{f.name: tuple(conv(t) for t in v) if isinstance(v, tuple) else conv(v)
-                                       for f in dataclasses.fields(net) if f.init for v in [getattr(net, f.name)]})
+    return dataclasses.replace(net, **{name: tuple(conv(t) for t in v) if isinstance(v, tuple) else conv(v)
+                                       for name, v in net_fields(net).items()})
 
 
 def assert_moves_close(dtype, got, want):
