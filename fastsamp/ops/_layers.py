@@ -8,8 +8,9 @@ bias. The C kernels take W_in, b_in, W_out, b_out and the hidden lists params[4:
 (the op table's C orders); a score network's backend list puts its Fourier frequencies and data mean
 before these.
 
-The public network ops check and pack a network's layers once per state of its tensors (`memoised`): a repeated
-call with unchanged layers reuses the checked list. Only a list whose tensors are the network's own (the same
+The policy ops check and pack a DriftNet's layers once per state of its tensors (`memoised`; the score / energy
+networks are checked at every call: the samplers build a new ScoreNet per level): a repeated call with unchanged
+layers reuses the checked list. Only a list whose tensors are the network's own (the same
 memory, no autograd node) is kept, so the kernels always read the live values: a write that bumps no version
 counter (a fused optimizer step, `p.data.mul_()`) is then seen too, and a new tensor, dtype, device, shape,
 strides or requires_grad is seen at the next call. A cast or contiguous copy is rebuilt every call."""

@@ -25,7 +25,7 @@ reference is plain PyTorch (autograd for an energy network's score).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -44,8 +44,7 @@ class _NetAtTime:
 
     weights: W_0 (H, D + 2F), then L hidden (H, H), then W_out (D, H); biases: (H,) ... (D,);
     freq ω (F,); data_mean m (D,); data_var σ_d² > 0; t, alpha α, sigma2 σ² ≥ 0 python floats;
-    activation "silu" or "gelu". The ops keep its checked, packed tensors in `_memo` (`_layers.memoised`): calls
-    with the same object skip the checks while its tensors are unchanged."""
+    activation "silu" or "gelu"."""
 
     weights: tuple
     biases: tuple
@@ -56,7 +55,6 @@ class _NetAtTime:
     alpha: float
     sigma2: float
     activation: str = "silu"
-    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 class ScoreNet(_NetAtTime):
@@ -81,21 +79,14 @@ class MixtureScore(NamedTuple):
 
 def _net_params(x, net, i, kinds):
     """The validated tensors of network i (an instance of one of `kinds`) as the backends take them, its dims
-    and its scalars; kept in the network's memo for chains of x's dtype, device and D (`_layers.memoised`)."""
+    and its scalars (not memoised: the samplers build a new ScoreNet / EnergyNet per level, `FourierMLP.fused_net`,
+    so a memo per object never hits there and its key and store cost more than the checks save)."""
+    name = f"nets[{i}]"
     if not isinstance(net, kinds):
         allowed = " or ".join(f"fastsamp.ops.{k.__name__}" for k in kinds)
         hint = " (energy networks go to ops.mlp_energy, mlp_energy_mala, mlp_energy_hmc)" if isinstance(
             net, EnergyNet) else ""
-        raise TypeError(f"nets[{i}] must be a {allowed}, got {type(net).__name__}{hint}")
-    layers = (net.weights, net.biases)
-    tensors = (net.freq, net.data_mean, *net.weights, *net.biases) if all(
-        isinstance(v, (list, tuple)) for v in layers) else ()
-    context = (x.dtype, x.device, x.shape[1], _checks.validating(), torch.is_grad_enabled())
-    return _layers.memoised(net._memo, context, tensors, lambda: _checked_net_params(x, net, f"nets[{i}]"))
-
-
-def _checked_net_params(x, net, name):
-    """`_net_params` without the memo (`name`: the network's in error messages)."""
+        raise TypeError(f"{name} must be a {allowed}, got {type(net).__name__}{hint}")
     D = x.shape[1]
     weights, biases = tuple(net.weights), tuple(net.biases)
     if len(weights) < 2 or len(weights) != len(biases):
