@@ -104,7 +104,9 @@ def bench_dim(D, args):
     x0 = torch.randn(B, D, generator=g)
     t = 1e-3 + (1 - 1e-3) * torch.rand(B, 1, generator=g)
     z = torch.randn(B, D, generator=g)
-    nets = {k: copy.deepcopy(base) for k in ("fused", "fused_pair", "eager", "compile")}
+    # the energy parameterisation has no ops.mlp_net pair (its loss needs the network's input gradient)
+    kinds = ("fused", "eager", "compile") if energy else ("fused", "fused_pair", "eager", "compile")
+    nets = {k: copy.deepcopy(base) for k in kinds}
     compiled = torch.compile(func_energy_loss(nets["compile"]) if energy
                              else lambda a, b, c: dsm_loss(nets["compile"], a, b, c), dynamic=False)
 
@@ -116,18 +118,18 @@ def bench_dim(D, args):
         mean, v, inp = net.gaussian_and_input(xt, b[:, 0], (alpha, sigma2))
         score = (mean - xt) / v + ops.mlp_net(inp, *net._layers()) / v.sqrt()
         return ((sigma2.sqrt() * score + c) ** 2).sum(1).mean()
-    steps = {"fused": trainer(nets["fused"], lambda a, b, c: dsm_loss(nets["fused"], a, b, c, fused=True)),
-             "fused_pair": trainer(nets["fused_pair"], pair_loss),
-             "eager": trainer(nets["eager"], lambda a, b, c: dsm_loss(nets["eager"], a, b, c)),
-             "compile": trainer(nets["compile"], compiled)}
+    losses = {"fused": lambda a, b, c: dsm_loss(nets["fused"], a, b, c, fused=True), "fused_pair": pair_loss,
+              "eager": lambda a, b, c: dsm_loss(nets["eager"], a, b, c), "compile": compiled}
+    steps = {k: trainer(nets[k], losses[k]) for k in kinds}
     # the network pass alone: input rows [x_t, emb(t)], an output cotangent, the loss's constants
     inp = torch.randn(B, D + 2 * base.n_freq, generator=g)
     g_out, lsq_c, lsq_k = torch.randn(B, D, generator=g), torch.randn(B, D, generator=g), torch.rand(B, generator=g)
+    lsq_v = lsq_k + 0.1  # the energy loss's v > 0
     weights, biases = nets["fused"]._layers()
 
     def lsq_pass():
         if energy:
-            ops.mlp_net_energy_lsq(inp, weights, biases, lsq_c, lsq_k + 0.1, lsq_k, g_out).backward()
+            ops.mlp_net_energy_lsq(inp, weights, biases, lsq_c, lsq_v, lsq_k, g_out).backward()
         else:
             ops.mlp_net_lsq(inp, weights, biases, lsq_c, lsq_k).backward()
 
@@ -142,9 +144,7 @@ def bench_dim(D, args):
         nets["eager"].net(inp).backward(g_out)
 
     runs = {**{k: (lambda s=s: s(x0, t, z)) for k, s in steps.items()}, "lsq_pass": lsq_pass}
-    if energy:
-        del runs["fused_pair"]
-    else:
+    if not energy:
         runs |= {"pair_pass": pair_pass, "pair_forward": pair_forward, "eager_pass": eager_pass}
     warmup_w0 = time.perf_counter()
     for fn in runs.values():  # warm-up: three calls of every run (the compiled step's first one compiles it)

@@ -3,7 +3,7 @@ than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW 
 25GMM PIS (checks/pis_25gmm.md).
 
     python benchmarks/offpolicy_checks.py evaluate [--target funnel] [--method tb] [--repeats 5] [--models PATH ...]
-    python benchmarks/offpolicy_checks.py gradients [--target 25gmm] [--batch 300] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py gradients [--target funnel|25gmm] [--batch 300] [--models PATH ...]
     python benchmarks/offpolicy_checks.py manywell [--repeats 20] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
@@ -67,15 +67,23 @@ def released_log_r(name, x):
     raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm)")
 
 
-def released_log_w(sampler, states, drifts=None):
-    """log R(x_T) + Σ log p_B − Σ log p_F of given states (T+1, B, D) by the released formulas;
-    `drifts` (T, B, D) if already computed, else the network's at each state (no grad)."""
-    T, h, s2 = sampler.n_steps, sampler.h, sampler.sigma ** 2
+def released_noise(sampler, states, drifts=None):
+    """The noise of given states (T+1, B, D), recomputed as gfn-diffusion does:
+    ε_i = (x_{i+1} − x_i − h μ_θ(x_i, t_i)) / (σ√h), with `drifts` μ (T, B, D) if given, else the
+    network's at each state (no grad)."""
+    T, h = sampler.n_steps, sampler.h
     if drifts is None:
         with torch.no_grad():
             temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
             drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
-    noise = ((states[1:] - states[:-1]) - h * drifts) / math.sqrt(h * s2)
+    return (states[1:] - states[:-1] - h * drifts) / (sampler.sigma * math.sqrt(h))
+
+
+def released_log_w(sampler, states, drifts=None):
+    """log R(x_T) + Σ log p_B − Σ log p_F of given states (T+1, B, D) by the released formulas
+    (the noise of log p_F by `released_noise`)."""
+    T, h, s2 = sampler.n_steps, sampler.h, sampler.sigma ** 2
+    noise = released_noise(sampler, states, drifts)
     log_pf = -0.5 * (noise ** 2 + math.log(2 * math.pi) + math.log(h * s2)).sum((0, 2))
     i = torch.arange(1, T, dtype=states.dtype)[:, None, None]
     back_var = s2 * h * i / (i + 1)
@@ -201,9 +209,8 @@ def _max_rel(a, b):
 def compare_pis_gradients(sampler, batch, seed, name):
     """Our PIS loss and gradient on one batch (the fused reparameterised rollout kernel, and the eager
     per-step path with the PyTorch op) against the released PIS step run on the same noise, recovered
-    from our fused trajectories as ε_i = (x_{i+1} − x_i − h μ_θ(x_i, t_i)) / (σ√h)."""
-    params = [(n, p) for n, p in sampler.net.named_parameters() if n != "log_Z"]
-    T, h, sigma = sampler.n_steps, sampler.h, sampler.sigma
+    from our fused trajectories by `released_noise`."""
+    policy = [p for n, p in sampler.net.named_parameters() if n != "log_Z"]
     fused, backend = sampler.fused, sampler.backend
 
     def ours(is_fused):
@@ -212,23 +219,19 @@ def compare_pis_gradients(sampler, batch, seed, name):
         traj = sampler.forward_trajectories(batch, reparam=True, seed=seed)
         loss = sampler.loss(traj, "pis")
         loss.backward()
-        return traj.states.detach(), float(loss.detach()), [p.grad.clone() for _, p in params]
+        return traj.states.detach(), float(loss.detach()), [p.grad.clone() for p in policy]
 
     states, loss_f, grad_f = ours(True)
     states_e, loss_e, grad_e = ours(False)
     sampler.fused, sampler.backend = fused, backend
-    with torch.no_grad():
-        temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
-        drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
-        noise = (states[1:] - states[:-1] - h * drifts) / (sigma * math.sqrt(h))
+    noise = released_noise(sampler, states)
     sampler.zero_grad(set_to_none=True)
     loss_r = released_loss(sampler, "pis", batch, noise=noise)
     loss_r.backward()
-    grad_r = [p.grad.clone() for _, p in params]
+    grads = {"fused": grad_f, "eager": grad_e, "released": [p.grad.clone() for p in policy]}
     with torch.no_grad():
         states_r, _ = released_rollout(sampler, batch, reparam=True, noise=noise)
-    flat = {k: torch.cat([g.flatten() for g in v]) for k, v in (("fused", grad_f), ("eager", grad_e),
-                                                               ("released", grad_r))}
+    flat = {k: torch.cat([g.flatten() for g in v]) for k, v in grads.items()}
     out = {"model": name, "batch": batch, "seed": seed, "loss_fused": loss_f, "loss_eager": loss_e,
            "loss_released": float(loss_r.detach()),
            "states_max_abs_diff_fused_vs_released": float((states - states_r).abs().max()),
@@ -239,7 +242,7 @@ def compare_pis_gradients(sampler, batch, seed, name):
         out[f"grad_{k}_vs_released_cosine"] = float(torch.nn.functional.cosine_similarity(
             flat[k].double(), flat["released"].double(), 0))
         out[f"grad_{k}_vs_released_per_tensor_max_rel"] = max(
-            _max_rel(a, b) for a, b in zip(grad_f if k == "fused" else grad_e, grad_r))
+            _max_rel(a, b) for a, b in zip(grads[k], grads["released"]))
     return out
 
 
@@ -251,7 +254,7 @@ def _curve_point(sampler, repeats):
             if key in ms[0]}
 
 
-def load_model(path, target="funnel", method="tb"):
+def load_model(path, target, method):
     """A saved DiffusionSampler (.pt) or the model of a training checkpoint (.ckpt) of (target, method)."""
     if path.endswith(".pt"):
         return DiffusionSampler.load(path)
@@ -278,7 +281,6 @@ def cmd_gradients(args):
 
 
 def cmd_train(args):
-    objective = "pis" if args.method == "pis" else "tb"
     for seed in args.seeds:
         sampler, cfg = build(args.target, args.method, seed=seed, iterations=args.iterations, lr_flow=args.lr_flow)
         if args.sigma2 is not None:  # the network does not depend on σ: same initial weights
@@ -286,14 +288,14 @@ def cmd_train(args):
         if args.default_network:  # eager per-step path with the torch op (the fused kernels need a DriftNet)
             torch.manual_seed(seed)
             sampler.net, sampler.fused, sampler.backend = DefaultNetwork(sampler.target.dim), False, "torch"
-        t0, curve = time.process_time(), []
+        t0 = time.process_time()
 
         def point(it, s=sampler):
             out = {"iteration": it, **_curve_point(s, args.repeats)}
             print(json.dumps(out), file=sys.stderr, flush=True)  # progress of a long run
             return out
         if args.released:
-            losses, curve = released_train(sampler, args.iterations, seed, objective, lr_flow=args.lr_flow,
+            losses, curve = released_train(sampler, args.iterations, seed, args.method, lr_flow=args.lr_flow,
                                            curve=args.curve, point=point)
         else:
             log = train(sampler, dataclasses.replace(cfg, eval_every=args.curve), progress=False,

@@ -11,9 +11,8 @@ each repeat; one intra-op thread, float32; `--clock cpu` times the thread's CPU 
 nan: no such function, e.g. no public op for a backward kernel, no custom_op for a factory op):
   raw          the backend function itself (fastsamp.backends.cpp.<op>: output allocation + the _C call)
   library      torch.ops.fastsamp.<op> as `_library.Entry.eager` calls it (how the public ops call it in eager while
-               the profiler or a dispatch mode watches: below the autograd key, or plainly for an op without backward)
-  library+ag   torch.ops.fastsamp.<op> called plainly (through its Python Autograd kernel, or for an op without backward
-               torch's autograd fallback)
+               the profiler or a dispatch mode watches: below the autograd key)
+  library+ag   torch.ops.fastsamp.<op> called plainly (through its Python Autograd kernel)
   floor        a trivial op with the same schema (`floor_op`: its kernel returns precomputed outputs): torch's own
                cost of the arguments through the dispatcher (the autograd key included); `library+ag - raw - floor`
                is what fastsamp's Python adds

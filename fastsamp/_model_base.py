@@ -1,10 +1,24 @@
-"""What the models of `fastsamp.models` and `fastsamp.mlp_models` share: the value and gradient of a per-row
-function (an energy's score) and the plain-value form of a schedule (saving)."""
+"""What the models of `fastsamp.models` and `fastsamp.mlp_models` share: a call with grad mode off (a model's
+score or log-density), the value and gradient of a per-row function (an energy's score) and the plain-value form
+of a schedule (saving)."""
 from __future__ import annotations
 
 import torch
 
 from .schedules import VE, VP
+
+_set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls on entry and exit
+
+
+def no_grad_call(fn, *args):
+    """fn(*args) with grad mode off: torch.no_grad()'s effect, set directly (its context object costs about as
+    much as a small network's call); grad mode is restored on return and on an exception."""
+    was = torch.is_grad_enabled()
+    _set_grad_enabled(False)
+    try:
+        return fn(*args)
+    finally:
+        _set_grad_enabled(was)
 
 
 def value_and_grad(fn, x):

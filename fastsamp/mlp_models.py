@@ -8,7 +8,7 @@ import math
 import torch
 
 from . import backends, ops
-from ._model_base import schedule_config, schedule_from_config, value_and_grad
+from ._model_base import no_grad_call, schedule_config, schedule_from_config, value_and_grad
 from .schedules import VP
 
 
@@ -107,11 +107,12 @@ class FourierMLP(torch.nn.Module):
 
     @classmethod
     def from_saved(cls, config, state):
-        """The model `fastsamp.save` wrote, holding the saved tensors themselves: their dtype (all share one,
-        `freq`'s; the config holds none) and the device `fastsamp.load`'s map_location put them on (a plain
-        load_state_dict would copy them into the default dtype on the CPU)."""
-        config = dict(config, schedule=schedule_from_config(config["schedule"]), dtype=state["freq"].dtype)
-        model = cls(**config)
+        """The model `fastsamp.save` wrote, holding the saved tensors themselves (their dtype and the device
+        `fastsamp.load`'s map_location put them on). Built on the meta device, then the state assigned: no random
+        initialisation to discard (nor a draw from torch's global RNG)."""
+        config = dict(config, schedule=schedule_from_config(config["schedule"]))
+        with torch.device("meta"):
+            model = cls(**config)
         model.load_state_dict(state, assign=True)
         return model
 
@@ -131,9 +132,7 @@ class ScoreMLP(FourierMLP):
         return (mean - x) / v + f / v.sqrt()
 
     def score(self, x, t):
-        dtype = self.freq.dtype
-        with torch.no_grad():
-            return self(x.to(dtype), float(t)).to(x.dtype)
+        return no_grad_call(self, x.to(self.freq.dtype), float(t)).to(x.dtype)
 
     FUSED_NET = ops.ScoreNet
 
@@ -183,8 +182,7 @@ class EnergyMLP(FourierMLP):
         return self.score_and_log_prob(x, t)[0]
 
     def log_prob(self, x, t):
-        with torch.no_grad():
-            return -self.energy(x.to(self.freq.dtype), float(t)).to(x.dtype)
+        return -no_grad_call(self.energy, x.to(self.freq.dtype), float(t)).to(x.dtype)
 
 
 def mlp_moves(x, nets, mixture, step_size, spec, key):
@@ -232,8 +230,8 @@ def train_score_mlp(samples, *, n_iters=3000, batch_size=512, lr=2e-3, hidden=12
     """Denoising score matching on data samples (VP schedule): minimise
     E ||σ_t s_θ(α_t x_0 + σ_t z, t) + z||² over t ~ U(t_min, 1) (`dsm_loss`, Adam with a cosine schedule; PyTorch's
     fused Adam, one kernel for all the parameters, on either path).
-    `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; the loss goes through
-    its autograd score), so that score-MH and energy-MH compare on equal networks.
+    `parameterisation` "score" trains a ScoreMLP, "energy" an EnergyMLP (the same network; with fused=False the loss
+    goes through its autograd score), so that score-MH and energy-MH compare on equal networks.
 
     `fused`: the loss and gradient run in the fused C++ engine (ops.mlp_net_lsq for the score parameterisation,
     ops.mlp_net_energy_lsq for the energy one, whose gradient of ∇_x E to the weights, a double backward, the

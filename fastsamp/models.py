@@ -15,15 +15,13 @@ import math
 import torch
 
 from . import ops
-from ._model_base import schedule_config, schedule_from_config
+from ._model_base import no_grad_call, schedule_config, schedule_from_config
 from ._model_base import value_and_grad as value_and_grad
 from .mlp_models import PARAMETERISATIONS as PARAMETERISATIONS
 from .mlp_models import EnergyMLP, FourierMLP, ScoreMLP, mlp_moves
 from .mlp_models import train_score_mlp as train_score_mlp
 from .protocol import has_energy, with_backend
 from .schedules import VP
-
-_set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls on entry and exit
 
 
 def _float_tensor(name, v, dtype=None, device=None):
@@ -238,18 +236,12 @@ class ScoreModel(torch.nn.Module):
         self.fn, self.dim, self.schedule = fn, int(dim), schedule or VP()
 
     def score(self, x, t):
-        """fn(x, t) with grad mode off: torch.no_grad()'s effect, set directly (its context object costs about as
-        much as the module call). An nn.Module fn is read from _modules, where `self.fn` finds it through
-        nn.Module.__getattr__ (a Python call, 15x a plain attribute's time)."""
+        """fn(x, t) with grad mode off (`no_grad_call`). An nn.Module fn is read from _modules, where `self.fn`
+        finds it through nn.Module.__getattr__ (a Python call, 15x a plain attribute's time)."""
         fn = self._modules.get("fn")
         if fn is None:  # fn is a plain callable
             fn = self.fn
-        was = torch.is_grad_enabled()
-        _set_grad_enabled(False)
-        try:
-            return fn(x, t)
-        finally:
-            _set_grad_enabled(was)
+        return no_grad_call(fn, x, t)
 
 
 class EnergyModel(torch.nn.Module):
@@ -270,8 +262,7 @@ class EnergyModel(torch.nn.Module):
         return self.score_and_log_prob(x, t)[0]
 
     def log_prob(self, x, t):
-        with torch.no_grad():
-            return -self.energy(x, t)
+        return -no_grad_call(self.energy, x, t)
 
 
 # -- saving and loading ------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ def _net_sum_kernel(x_ptr, score_ptr, logp_ptr, w_ptr, c_ptr, meta_ptr, n_nets, 
                     mix_alpha_: tl.float64, B, D, EVAL: tl.constexpr, HP: tl.constexpr, HAS_MIX: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
     """mlp_score (EVAL_SCORE_NETS: the score) and mlp_energy (EVAL_ENERGY_NETS: the score and log p); the programs
-    loop over the row blocks (a persistent grid where there is a scratch, `_grid`)."""
+    loop over the row blocks (a persistent grid where there is a scratch, `_Engine.grid`)."""
     for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
         rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, blk, B, D, BLOCK_B, BLOCK_D, IDX64)
         s, logp = evaluate(x, w_ptr, c_ptr, meta_ptr, n_nets, CS, zs_ptr, NZ, mu_ptr, tab_ptr, K,

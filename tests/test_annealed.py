@@ -233,11 +233,11 @@ def test_nonfinite_raise_and_ignore():
         annealed_mcmc(MIX, 200, on_nonfinite="quiet", **kw)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("D", [1, 3, 8])
 def test_nonfinite_monitor_mask_is_isfinite_all(dtype, D):
-    """The monitor's finite mask ((x - x)·1 == 0) is isfinite(x).all(1) for NaN, ±inf and the largest finite
-    rows; with `was_finite` it counts only the chains that were finite."""
+    """The monitor's finite mask (Σ_d (x - x)_d == 0) is isfinite(x).all(1) for NaN, ±inf and the largest finite
+    rows, row by row in every dtype; with `was_finite` it counts only the chains that were finite."""
     from fastsamp.samplers.annealed import NonFiniteMonitor
     x = torch.randn(300, D, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 1e30
     x[::7, 0], x[::11, -1], x[::13, 0], x[::17] = float("nan"), float("inf"), -float("inf"), torch.finfo(dtype).max

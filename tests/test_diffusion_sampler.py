@@ -241,6 +241,8 @@ def test_local_search_moves_towards_high_reward_and_adapts_the_step():
     torch.testing.assert_close(log_r, target.log_prob(found))
     assert float(log_r.mean()) > float(target.log_prob(x0).mean()) + 1.0
     assert eps < 0.5  # the step shrinks towards 57% acceptance from a far too large start
+    none, none_log_r, eps0 = local_search(target, x0, n_steps=0, step_size=0.5)  # no move: nothing kept
+    assert none.shape == (0, 2) and none_log_r.shape == (0,) and eps0 == 0.5
 
 
 def _local_search_by_mcmc(target, x, *, n_steps, burn_in, step_size, seed):

@@ -10,7 +10,7 @@ import pickle
 
 import pytest
 import torch
-from test_mlp import TOL, assert_moves_close, mixture_score, random_net, score_mlp, to
+from test_mlp import TOL, assert_moves_close, mixture_score, net_fields, random_net, score_mlp, to
 
 from fastsamp import ops
 from fastsamp.models import EnergyMLP, GaussianMixture, Product, ScoreMLP, load, save, train_score_mlp
@@ -128,11 +128,6 @@ def test_unknown_parameterisation_is_named():
 def energy_net(D, H, L, F, dtype, seed, activation="silu"):
     """test_mlp.random_net's network as an energy network."""
     return ops.EnergyNet(**net_fields(random_net(D, H, L, F, dtype, seed, activation)))
-
-
-def net_fields(net):
-    """The constructor arguments of a network op's dataclass (not its internal fields)."""
-    return {f.name: getattr(net, f.name) for f in dataclasses.fields(net) if f.init}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

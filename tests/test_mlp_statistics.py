@@ -22,10 +22,10 @@ Bounds: W2(MALA) ≤ 0.2, W2(ULA) - W2(MALA) ≥ 0.1, final-level acceptance in 
 one thread (training 6 s).
 
 The same with EnergyMLPs (`parameterisation="energy"`, the same networks and training) and the exact energy MH
-(ops.mlp_energy_mala, mh="energy"), marked slow (training through the energy's autograd score takes about 26 s
-on the loaded 2-core machine). Measured, chain seeds 0-2: W2(MALA) 0.131, 0.136, 0.125, W2(ULA) 0.346, 0.357,
-0.361, final-level acceptance 0.708-0.709 (score-MH MALA on the same energy networks: W2 0.134, 0.141, 0.132);
-the same bounds.
+(ops.mlp_energy_mala, mh="energy"), marked slow (its training runs fused, ops.mlp_net_energy_lsq; through the
+energy's autograd score, fused=False, it took about 26 s on the loaded 2-core machine). Measured, chain seeds
+0-2: W2(MALA) 0.131, 0.136, 0.125, W2(ULA) 0.346, 0.357, 0.361, final-level acceptance 0.708-0.709 (score-MH
+MALA on the same energy networks: W2 0.134, 0.141, 0.132); the same bounds.
 """
 import pytest
 import torch

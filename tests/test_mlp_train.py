@@ -7,7 +7,7 @@ import torch
 from conftest import skip_unless_available
 
 from fastsamp import ops
-from fastsamp.models import GaussianMixture, train_score_mlp
+from fastsamp.models import EnergyMLP, GaussianMixture, ScoreMLP, train_score_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,6 +80,25 @@ def test_gradcheck_float64():
         def lsq(*p, n=n, x=x, c=c, k=k):
             return ops.mlp_net_lsq(x, p[:n], p[n:], c, k)
         assert torch.autograd.gradcheck(lsq, (*ws, *bs))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_a_second_derivative_through_mlp_net_raises(backend):
+    """The backward is first order: after autograd.grad(create_graph=True) a second grad raises naming mlp_net,
+    also to weights the first gradient depends on only through the saved tensors (W_0 here: the cotangent depends
+    on W_out alone), where the first derivative itself is kept."""
+    ws, bs = layers(3, 6, 2, 1, torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = ops.mlp_net(x, ws, bs, backend=backend)
+    g_x, = torch.autograd.grad(y, x, ws[-1].sum() * torch.ones_like(y), create_graph=True)
+    torch.testing.assert_close(g_x, torch.autograd.grad(y, x, ws[-1].sum().detach() * torch.ones_like(y),
+                                                        retain_graph=True)[0], rtol=0, atol=0)
+    for wrt in (ws[0], ws[-1]):
+        with pytest.raises(RuntimeError, match="mlp_net is differentiable once"):
+            torch.autograd.grad(g_x.sum(), wrt, retain_graph=True)
+    g_w = torch.autograd.grad(ops.mlp_net(x, ws, bs, backend=backend).sum(), ws[0], create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="mlp_net is differentiable once"):
+        g_w.square().sum().backward()
 
 
 def test_the_input_gradient_only_when_asked():
@@ -156,12 +175,18 @@ DATA = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.log(torch.
                        torch.tensor([0.5, 0.3])).sample(1024, torch.Generator().manual_seed(1))
 
 
+# train_score_mlp's parameterisations and the fused op each trains through
+PARAMETERISATIONS = [("score", "mlp_net_lsq"), ("energy", "mlp_net_energy_lsq")]
+
+
+@pytest.mark.parametrize("parameterisation", [p for p, _ in PARAMETERISATIONS])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_fused_training_equals_eager(dtype):
+def test_fused_training_equals_eager(dtype, parameterisation):
     """Same draws, same loss: the parameters after 25 Adam steps agree to rounding (float32: Adam's g/√v
     divides rounding-level gradient differences by small second moments, hence 1e-4 of the parameter scale)."""
-    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype)
+    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype, parameterisation=parameterisation)
     fused, eager = train_score_mlp(DATA, fused=True, **kw), train_score_mlp(DATA, fused=False, **kw)
+    assert isinstance(fused, EnergyMLP if parameterisation == "energy" else ScoreMLP)
     assert next(fused.parameters()).dtype == dtype
     tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for (name, p), q in zip(fused.named_parameters(), eager.parameters()):
@@ -171,14 +196,18 @@ def test_fused_training_equals_eager(dtype):
     assert moved > 1e-3  # the comparison is not between untrained networks
 
 
-def test_training_runs_fused_by_default(monkeypatch):
+@pytest.mark.parametrize("parameterisation,op", PARAMETERISATIONS, ids=[p for p, _ in PARAMETERISATIONS])
+def test_training_runs_fused_by_default(monkeypatch, parameterisation, op):
+    """One call of the parameterisation's fused op per step by default; none with fused=False or from the other
+    parameterisation."""
     calls = []
-    real = ops.mlp_net_lsq
-    monkeypatch.setattr(ops, "mlp_net_lsq", lambda *a, **k: calls.append(1) or real(*a, **k))
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)
+    real = getattr(ops, op)
+    monkeypatch.setattr(ops, op, lambda *a, **k: calls.append(1) or real(*a, **k))
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation=parameterisation)
     assert len(calls) == 2
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, fused=False)
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy")  # mlp_net_energy_lsq
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation=parameterisation, fused=False)
+    other, = (p for p, _ in PARAMETERISATIONS if p != parameterisation)
+    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation=other)
     assert len(calls) == 2
 
 

@@ -1,15 +1,16 @@
 """The fused training pass of an energy network (ops.mlp_net_energy_lsq, csrc/cpu/mlp_net.cpp): the denoising loss
 of the score s = −r/v + J_fᵀ r/√v, r = c − √v f, and its gradient to every weight (a double backward) equal to
-autograd's on many shapes in float64 (and float32 to rounding), gradcheck, the argument checks, and
-train_score_mlp(parameterisation="energy") on it: the same parameters as eager training after n steps."""
+autograd's on many shapes in float64 (and float32 to rounding), gradcheck and the argument checks.
+train_score_mlp(parameterisation="energy") on it (the same parameters as eager training after n steps) is tested
+with the score parameterisation's in tests/test_mlp_train.py."""
 import pytest
 import torch
 from conftest import skip_unless_available
-from test_mlp_train import DATA, layers
+from test_mlp_train import layers
 
 from fastsamp import ops
 from fastsamp.mlp_models import dsm_loss
-from fastsamp.models import EnergyMLP, train_score_mlp
+from fastsamp.models import EnergyMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,31 +132,6 @@ def test_fused_dsm_loss_equals_eager_for_an_energy_mlp():
     torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad(fused, params), torch.autograd.grad(eager, params)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_fused_energy_training_equals_eager(dtype):
-    """Same draws, same loss: the parameters after 25 Adam steps agree to rounding (float32: as the score test)."""
-    kw = dict(n_iters=25, batch_size=99, hidden=33, seed=3, dtype=dtype, parameterisation="energy")
-    fused, eager = train_score_mlp(DATA, fused=True, **kw), train_score_mlp(DATA, fused=False, **kw)
-    assert isinstance(fused, EnergyMLP) and next(fused.parameters()).dtype == dtype
-    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
-    for (name, p), q in zip(fused.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(p, q, **tol, msg=name)
-    fresh = train_score_mlp(DATA, fused=False, **dict(kw, n_iters=0))
-    moved = max((p - q).abs().max().item() for p, q in zip(eager.parameters(), fresh.parameters()))
-    assert moved > 1e-3  # the comparison is not between untrained networks
-
-
-def test_energy_training_runs_fused_by_default(monkeypatch):
-    calls = []
-    real = ops.mlp_net_energy_lsq
-    monkeypatch.setattr(ops, "mlp_net_energy_lsq", lambda *a, **k: calls.append(1) or real(*a, **k))
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy")
-    assert len(calls) == 2
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8, parameterisation="energy", fused=False)
-    train_score_mlp(DATA, n_iters=2, batch_size=16, hidden=8)  # the score parameterisation: mlp_net_lsq
-    assert len(calls) == 2
 
 
 def test_float32_gradient_sums_over_a_large_batch_are_as_accurate_as_pytorch():

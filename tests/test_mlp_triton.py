@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from conftest import assert_moves_match, backend_device, skip_unless_available
-from test_mlp import _replace, mixture_score, random_net, score_mlp, to
+from test_mlp import _replace, mixture_score, net_fields, random_net, score_mlp, to
 
 from fastsamp import backends, ops
 from fastsamp.models import Product
@@ -22,6 +22,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def device():
     skip_unless_available("triton")
     return backend_device("triton")
+
+
+@pytest.fixture
+def few_programs(device, monkeypatch):
+    """On a GPU, a persistent grid of at most 2 programs (one multiprocessor taking 2), as under the interpreter:
+    at these batches (compiled: blocks of 16 chains) the device's bound (4 programs per multiprocessor) would give
+    each block its own program, and no test would run a program's loop over more than one row block.
+    `_Engine.grid` looks both names up at each call."""
+    if device.type == "cuda":
+        mlp = backends._load("triton")[0].mlp
+        monkeypatch.setattr(mlp, "_multiprocessors", lambda device: 1)
+        monkeypatch.setattr(mlp, "_PROGRAMS_PER_SM", mlp._INTERPRET_PROGRAMS)
 
 
 def problem(D, arch, dtype, device, with_mixture):
@@ -91,8 +103,9 @@ def test_mlp_hmc_matches_reference(device, dtype, mh, n_leapfrog, damping, B, D,
 # ------------------------------------------------------------------ wide networks (the tiled path, HP > 128)
 
 # (B, D, [(hidden, hidden layers, activation)], mixture): hidden 129 / 200 / 256 (with a narrow network in the same
-# sum: it runs the tiled path too), D = 1 and odd; B > 2 blocks of the interpreter's 64 in one case, so that the 2
-# programs of the persistent grid each take more than one block; 0 to 2 hidden layers
+# sum: it runs the tiled path too), D = 1 and odd; B > 2 blocks of the interpreter's 64 in one case (131: of the
+# persistent grid's 2 programs, program 0 takes blocks 0 and 2, the last partial; on a GPU `few_programs` bounds the
+# grid likewise); 0 to 2 hidden layers
 WIDE_CASES = [(37, 1, [(129, 1, "silu")], False), (131, 3, [(200, 2, "gelu"), (16, 1, "silu")], True),
               (19, 1, [(256, 0, "silu")], True)]
 
@@ -101,10 +114,11 @@ def wide_problem(D, arch, dtype, device, with_mixture, energy):
     """`problem`'s networks as energy networks (energy) or score networks, with their float64 CPU copies."""
     nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
     if energy:
-        nets, nets64 = ([ops.EnergyNet(**vars(n)) for n in ns] for ns in (nets, nets64))
+        nets, nets64 = ([ops.EnergyNet(**net_fields(n)) for n in ns] for ns in (nets, nets64))
     return nets, mix, nets64, mix64
 
 
+@pytest.mark.usefixtures("few_programs")
 @DTYPES
 @pytest.mark.parametrize("energy", [False, True], ids=["score", "energy"])
 @pytest.mark.parametrize("B,D,arch,with_mixture", WIDE_CASES)
@@ -121,6 +135,7 @@ def test_wide_networks_match_reference(device, dtype, energy, B, D, arch, with_m
         torch.testing.assert_close(g.double().cpu(), w, **tol)
 
 
+@pytest.mark.usefixtures("few_programs")
 @DTYPES
 @pytest.mark.parametrize("op,mh", [("mlp_mala", "score"), ("mlp_hmc", "score"), ("mlp_energy_mala", "energy"),
                                    ("mlp_energy_hmc", "energy"), ("mlp_energy_mala", "score")])
@@ -141,6 +156,34 @@ def test_wide_moves_match_reference(device, dtype, op, mh, B, D, arch, with_mixt
     assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
     if "mala" in op:
         assert 0 < e_rate.mean() < 1  # a real test ran
+
+
+def test_scratch_is_bounded_by_the_grid_not_the_batch(device):
+    """With a scratch (energy networks, the tiled path) the grid is persistent: at a million chains the programs
+    and their scratch are as many as the device's bound (2 programs under the interpreter, 4 per multiprocessor on
+    a GPU), each [NZ, BLOCK_B, HP]; without one, one program per block."""
+    kernels = backends._load("triton")[0]
+    mlp = kernels.mlp
+    for arch, energy, tiles in (([(200, 2, "silu")], True, 5), ([(200, 2, "silu")], False, 2),
+                                ([(64, 2, "silu")], True, 3), ([(64, 2, "silu")], False, 0)):
+        nets = wide_problem(1, arch, torch.float32, device, False, energy)[0]
+        grids = []
+        for B in (10**3, 10**6):
+            args = ops.mlp._sum_args(torch.zeros(B, 1, device=device), nets, None, (ops.ScoreNet, ops.EnergyNet))
+            eng = mlp._engine("mlp_energy", args[0], *args[1:4], *args[5:], energy=args[4])
+            block_b, _, grid = mlp._blocks(B, 1, torch.float32)
+            n_programs = eng.grid(grid[0], device)[0]
+            zs = eng.arguments(args[0], n_programs, block_b)[5]
+            assert eng.NZ == tiles and (zs is None) == (tiles == 0)
+            if tiles:
+                assert zs.numel() == n_programs * tiles * block_b * eng.HP
+            grids.append(n_programs)
+        bound = (mlp._INTERPRET_PROGRAMS if device.type == "cpu" else
+                 mlp._PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count)
+        if tiles:
+            assert grids[1] == bound
+        else:
+            assert grids[1] == -(-10**6 // block_b)
 
 
 def test_rows_are_independent_of_the_batch_and_seed_tensors_read_in_kernel(device):
@@ -336,7 +379,7 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
 def energy_problem(D, kinds, dtype, device, with_mixture):
     """Networks of the given kinds ("e" energy, "s" score: widths 24 / 16 / 8, 2 / 1 / 0 hidden layers, the first
     GELU) and the optional mixture in dtype on device, and their float64 CPU copies."""
-    nets64 = [(ops.EnergyNet if k == "e" else ops.ScoreNet)(**vars(random_net(
+    nets64 = [(ops.EnergyNet if k == "e" else ops.ScoreNet)(**net_fields(random_net(
         D, (24, 16, 8)[i], (2, 1, 0)[i], 4, torch.float64, seed=3 + i, activation=("gelu", "silu", "silu")[i])))
         for i, k in enumerate(kinds)]
     mix64 = mixture_score(D, torch.float64) if with_mixture else None
@@ -348,6 +391,7 @@ def energy_problem(D, kinds, dtype, device, with_mixture):
 ENERGY_CASES = [(37, 1, "e", False), (101, 2, "ee", True), (65, 5, "e", True), (3, 2, "", True)]
 
 
+@pytest.mark.usefixtures("few_programs")
 @DTYPES
 @pytest.mark.parametrize("B,D,kinds,with_mixture", ENERGY_CASES)
 def test_mlp_energy_matches_reference(device, dtype, B, D, kinds, with_mixture):

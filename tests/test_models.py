@@ -50,10 +50,13 @@ def test_trained_score_mlp_is_a_module_that_saves_and_pickles(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cls", [ScoreMLP, EnergyMLP])
 def test_network_round_trip_keeps_its_dtype(cls, dtype, tmp_path):
-    """The dtype is that of the saved tensors (files written before this test load the same way)."""
+    """The dtype is that of the saved tensors (files written before this test load the same way); loading draws
+    nothing from torch's global RNG (the model is built on the meta device, no random initialisation)."""
     torch.manual_seed(0)
     net = cls(2, hidden=16, data_mean=torch.tensor([0.5, -1.0]), data_var=2.0, dtype=dtype).eval()
+    rng = torch.get_rng_state()
     again = round_trip(net, tmp_path)
+    assert torch.equal(torch.get_rng_state(), rng)
     assert again.freq.dtype == dtype and all(p.dtype == dtype for p in again.parameters())
     for name, p in net.state_dict().items():
         assert torch.equal(again.state_dict()[name], p), name

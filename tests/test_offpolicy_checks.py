@@ -27,6 +27,19 @@ def test_released_log_r_is_our_target(name):
     torch.testing.assert_close(checks.released_log_r(name, x), sampler.target.log_prob(x), rtol=1e-5, atol=1e-4)
 
 
+def test_released_noise_recovers_the_noise_of_a_released_rollout():
+    """With the network's drifts (recomputed) or the rollout's (given), the noise that drove the states."""
+    checks = _checks()
+    sampler, _ = offpolicy.build("funnel", "pis", n_steps=6, seed=1)
+    checks.released_train(sampler, 2, seed=1, objective="pis")  # a nonzero drift
+    noise = torch.randn(6, 5, sampler.target.dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        states, drifts = checks.released_rollout(sampler, 5, reparam=True, noise=noise)
+    assert drifts.abs().max() > 0
+    torch.testing.assert_close(checks.released_noise(sampler, states), noise, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(checks.released_noise(sampler, states, drifts), noise, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("trained", [False, True])
 def test_pis_loss_and_gradient_equal_the_released_step_on_the_same_noise(trained):
     """Fused kernels and eager path against gfn-diffusion's pis loss (reparameterised rollout), from the

@@ -152,14 +152,32 @@ def test_op_without_backward_refuses_grad():
     # the public op with backend="auto" runs the differentiable reference, as before registration
     x_new = ops.score_mh_accept(x, *args[1:6])[0]
     assert x_new.requires_grad
-    # no Autograd kernel (torch's autograd fallback passes the call on): the fake refuses too, so tracing raises
-    assert not torch._C._dispatch_has_kernel_for_dispatch_key("fastsamp::score_mh_accept", "Autograd")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastsamp::gmm_score", "Autograd")
+    # tracing raises where eager raises (the Autograd kernel runs before the fake)
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode() as mode:
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in (x, *args[1:])]
         with pytest.raises(RuntimeError, match="score_mh_accept has no backward"):
             torch.ops.fastsamp.score_mh_accept(*fake)
+
+
+def test_op_without_backward_refuses_functorch_grad():
+    """torch.func.grad and vjp through an op without backward raise naming the op (torch's autograd fallback would
+    give zero gradients with only a warning: the kernel sees unwrapped inputs that require no grad)."""
+    x = rand(B, D)
+    layers = [rand(8, D), rand(8), rand(D, 8), rand(D)]
+    net = torch.ops.fastsamp.mlp_net
+    with pytest.raises(RuntimeError, match="mlp_net has no backward"):
+        torch.func.grad(lambda x: net(x, layers, 0).sum())(x)
+    with pytest.raises(RuntimeError, match="mlp_net has no backward"):
+        torch.func.vjp(lambda x: net(x, layers, 0), x)
+    with pytest.raises(RuntimeError, match="mlp_net has no backward"):  # a weight inside the Tensor[] argument
+        torch.func.grad(lambda w: net(x, [w] + layers[1:], 0).sum())(layers[0])
+    args = op_args("score_mh_accept", F64)
+    with pytest.raises(RuntimeError, match="score_mh_accept has no backward"):
+        torch.func.grad(lambda x: torch.ops.fastsamp.score_mh_accept(x, *args[1:])[0].sum())(args[0])
+    # nothing that reaches the op requires grad at the transform's level: it runs
+    g = torch.func.grad(lambda w: w.sum() + net(x, layers, 0).sum())(layers[0])
+    assert torch.equal(g, torch.ones_like(g))
 
 
 @pytest.mark.parametrize("name", ["mala_propose", "sde_step", "momentum_refresh", "gmm_mala", "normal", "uniform"])
@@ -327,9 +345,9 @@ def test_random_streams_compile(dynamo_reset):
 
 @pytest.mark.parametrize("name", ["gmm_mala", "sde_step", "em_step_logprob", "score_mh_accept"])
 def test_autograd_kernel_calls_the_backend_kernel_as_the_dispatcher_would(name):
-    """With no input requiring grad, the Autograd kernel (of an op with backward; torch's autograd fallback for the
-    others) calls the op's CPU kernel itself; under a dispatch mode it redispatches (the mode sees the op). Both give
-    the same outputs, and the mode-free call again after the mode (the per-key-set choice is memoised)."""
+    """With no input requiring grad, the Autograd kernel calls the op's CPU kernel itself; under a dispatch mode it
+    redispatches (the mode sees the op). Both give the same outputs, and the mode-free call again after the mode
+    (the per-key-set choice is memoised)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Seen(TorchDispatchMode):

@@ -465,3 +465,53 @@ def test_memoised_layers_see_every_change(monkeypatch):
     s.net.float()  # parameters converted in place (`.data =`): same objects, new dtype
     with pytest.raises(TypeError, match="dtype"):
         ops.policy_log_pf(s.net, first[0], temb, sigma=POLICY_SIGMA)
+
+
+def _rollout64(net, temb):
+    """A float64 rollout and log p_F of `net` (a float32 net: the layers are cast, a copy the memo must not keep)."""
+    states, log_pf, _ = ops.policy_rollout(net, temb, 5, sigma=POLICY_SIGMA, seed=2, dtype=torch.float64)
+    return states, log_pf
+
+
+@cpp_only
+@pytest.mark.parametrize("write", ["fused_adam", "data_mul", "data_transpose"])
+def test_memoised_layers_see_writes_without_a_version_bump(write):
+    """Writes that bump no version counter are seen by a rollout that casts a float32 net to float64: a fused Adam
+    step, `p.data.mul_()`, and `w.data = w.data.t()` on a square hidden layer (only the strides change). Each result
+    equals a fresh deep copy's."""
+    s = make_sampler(2, 8, 1, 3, torch.float32, seed=4)
+    temb = temb_of(s, torch.float32).detach().double()
+    first = _rollout64(s.net, temb)
+    hidden = s.net.joint[1].weight  # (H, H)
+    if write == "fused_adam":
+        opt = torch.optim.Adam(s.net.parameters(), lr=0.1, fused=True)
+        for p in s.net.parameters():
+            p.grad = torch.ones_like(p)
+        versions = [p._version for p in s.net.parameters()]
+        opt.step()
+        assert versions == [p._version for p in s.net.parameters()]  # what the memo cannot rely on
+    elif write == "data_mul":
+        hidden.data.mul_(0.5)
+    else:
+        hidden.data = hidden.data.t()
+    stepped = _rollout64(s.net, temb)
+    assert not torch.equal(stepped[1], first[1])
+    for a, b in zip(stepped, _rollout64(copy.deepcopy(s.net), temb)):
+        assert torch.equal(a, b)
+
+
+@cpp_only
+def test_memo_keeps_one_state_of_the_layers():
+    """After a dtype change of the net and a rollout, the memo holds the current layers only (no old storage)."""
+    from fastsamp.ops.trajectory import _CHECKED
+    s = make_sampler(2, 8, 1, 3, torch.float32, seed=4)
+    temb = temb_of(s, torch.float32).detach()
+    ops.policy_rollout(s.net, temb, 5, sigma=POLICY_SIGMA, seed=2)
+    ops.policy_log_pf(s.net, ops.policy_rollout(s.net, temb, 5, sigma=POLICY_SIGMA, seed=2)[0], temb,
+                      sigma=POLICY_SIGMA)
+    assert len(_CHECKED[s.net]) >= 1
+    s.net.double()
+    ops.policy_rollout(s.net, temb.double(), 5, sigma=POLICY_SIGMA, seed=2)
+    memo = _CHECKED[s.net]
+    assert len({key for key, _, _ in memo.values()}) == 1
+    assert all(t.dtype == torch.float64 for _, tensors, _ in memo.values() for t in tensors)

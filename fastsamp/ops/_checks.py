@@ -221,8 +221,8 @@ def coefficients(dtype: torch.dtype, cause: str, **values: float) -> None:
                              f"or too small")
 
 
-def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi=None, dtype=None) -> float:
-    """A python float; a value check makes it finite (and > 0 / >= 0 / in [lo, hi) as asked), and with
+def finite_float(name: str, v, *, positive=False, nonnegative=False, dtype=None) -> float:
+    """A python float; a value check makes it finite (and > 0 / >= 0 as asked), and with
     `dtype` also finite (and > 0 if `positive`) once rounded to that dtype."""
     if type(v) is not float:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -236,8 +236,6 @@ def finite_float(name: str, v, *, positive=False, nonnegative=False, lo=None, hi
         raise ValueError(f"{name} must be > 0, got {v}")
     if nonnegative and v < 0:
         raise ValueError(f"{name} must be >= 0, got {v}")
-    if lo is not None and v < lo or hi is not None and v >= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}), got {v}")
     if dtype is not None:
         in_dtype(name, v, dtype, positive=positive)
     return v

@@ -11,9 +11,10 @@ limit is concerned).
   `backend="auto"` runs the differentiable PyTorch reference (so "auto" never changes autograd
   semantics with the build) and an explicit compiled backend raises (so does the registered op).
   (The ops with fused backward kernels — `em_step_logprob`, `policy_rollout(reparam=True)`, `policy_log_pf`,
-  `mlp_net`, `mlp_net_lsq` — run autograd.Functions of their own that `route` their forward and backward ops;
-  `policy_rollout` and `policy_log_pf` also call `backends.resolve` themselves, to take autograd through the
-  reference when it is the backend, and the Langevin log p_F, not a registered op, resolves its C++ function.)
+  `mlp_net`, `mlp_net_lsq`, `mlp_net_energy_lsq` — run autograd.Functions of their own that `route` their forward
+  and backward ops; `policy_rollout` and `policy_log_pf` also call `backends.resolve` themselves, to take autograd
+  through the reference when it is the backend, and the Langevin log p_F, not a registered op, resolves its C++
+  function.)
 * Size limits: a compiled module that keeps whole rows in registers declares its largest D
   (`GMM_SCORE_MAX_D`, `GMM_MALA_MAX_D`, `MLP_MAX_D`), and the network ops' Triton module its largest hidden
   width too (`MLP_MAX_HIDDEN`: 256, the widest tested; `_library.max_hidden`); above them "auto" runs

@@ -8,9 +8,12 @@ bias. The C kernels take W_in, b_in, W_out, b_out and the hidden lists params[4:
 (the op table's C orders); a score network's backend list puts its Fourier frequencies and data mean
 before these.
 
-The public network ops check and pack a network's layers once per state of its tensors (`memoised`): a repeated
-call with unchanged layers reuses the checked list, while an in-place write (an optimizer step), a new tensor, a
-new dtype or device or shape, or a change of requires_grad is seen at the next call."""
+The policy ops check and pack a DriftNet's layers once per state of its tensors (`memoised`; the score / energy
+networks are checked at every call: the samplers build a new ScoreNet per level): a repeated call with unchanged
+layers reuses the checked list. Only a list whose tensors are the network's own (the same
+memory, no autograd node) is kept, so the kernels always read the live values: a write that bumps no version
+counter (a fused optimizer step, `p.data.mul_()`) is then seen too, and a new tensor, dtype, device, shape,
+strides or requires_grad is seen at the next call. A cast or contiguous copy is rebuilt every call."""
 from __future__ import annotations
 
 import torch
@@ -46,21 +49,27 @@ def packed(weights, biases) -> list:
 
 
 def tensors_key(tensors) -> tuple | None:
-    """What can change a check or a packing of `tensors`: per tensor its identity, version counter (bumped by every
-    in-place write), data pointer, dtype, device, shape and requires_grad (`.data =` and `requires_grad_` bump no
-    version). None when one of them is not a torch.Tensor (or there are none): not memoised."""
+    """What can change a check or a packing of `tensors` (other than their values, which a kept packing reads
+    live: `memoised`): per tensor its identity, version counter, data pointer, dtype, device, shape, strides and
+    requires_grad (`.data =` and `requires_grad_` bump no version; `w.data = w.data.t()` on a square layer changes
+    only the strides). None when one of them is not a torch.Tensor, or there are none: not memoised."""
     try:
-        return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, t.shape, t.requires_grad) for t in tensors)
+        key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, t.shape, t.stride(), t.requires_grad)
+                    for t in tensors)
     except (AttributeError, RuntimeError, TypeError):  # not a tensor, or one without storage (fake, meta-less)
         return None
+    return key or None
 
 
 def memoised(memo: dict, context, tensors, build):
     """build() (the checked, packed layers of `tensors`), kept in `memo` (the network's own dict) per `context`
     (hashable: what else the result depends on, e.g. the dtype, device and width of the chains, whether values are
-    validated, grad mode) and reused while `tensors_key(tensors)` is unchanged. The entry keeps the tensors alive,
-    so that no new tensor can take a kept one's identity. Not memoised: under torch.compile tracing (the plain path
-    is traced), a result holding an autograd node (a copy of a tensor that requires grad belongs to one graph)."""
+    validated, grad mode) and reused while `tensors_key(tensors)` is unchanged. Kept only when every tensor of the
+    result is one of `tensors`' memory with no autograd node (`_aliases`): a copy (a cast, a contiguous copy) would
+    hold stale values after a write that bumps no version counter (a fused optimizer step, `.data.mul_()`), and a
+    copy of a tensor that requires grad belongs to one graph. The entry keeps the tensors alive, so that no new
+    tensor can take a kept one's identity; a miss drops the entries of other keys (so no old storage is kept alive
+    after a dtype or device change). Not memoised under torch.compile tracing (the plain path is traced)."""
     if torch.compiler.is_compiling():
         return build()
     tensors = tuple(tensors)
@@ -70,14 +79,17 @@ def memoised(memo: dict, context, tensors, build):
     entry = memo.get(context)
     if entry is not None and entry[0] == key:
         return entry[2]
+    for stale in [c for c, e in memo.items() if e[0] != key]:
+        del memo[stale]
     out = build()
-    if not _holds_graph(out):
+    if _aliases(out, {k[2] for k in key}):
         memo[context] = (key, tensors, out)
     return out
 
 
-def _holds_graph(v) -> bool:
-    """Whether v (a tensor, or lists and tuples of them and of other values) holds a tensor with an autograd node."""
+def _aliases(v, data_ptrs: set) -> bool:
+    """Whether every tensor of v (a tensor, or lists and tuples of them and of other values) starts at one of
+    `data_ptrs` and has no autograd node (is an input's own memory, not a copy)."""
     if isinstance(v, (list, tuple)):
-        return any(_holds_graph(e) for e in v)
-    return isinstance(v, torch.Tensor) and v.grad_fn is not None
+        return all(_aliases(e, data_ptrs) for e in v)
+    return not isinstance(v, torch.Tensor) or (v.grad_fn is None and v.data_ptr() in data_ptrs)

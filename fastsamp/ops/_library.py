@@ -13,19 +13,19 @@ Per op, from the op table (`_table.py`):
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
   else triton, else the reference; above a compiled kernel's size limits the reference), registered per
   dispatch key;
-* for the ops the table marks differentiable, an Autograd kernel (`_autograd_kernel`): the formulas of
-  `_autograd.py` through an autograd.Function (what `torch.library.register_autograd` builds, without its
-  per-call cost); with no input requiring grad it calls the op's CPU / CUDA kernel itself where the dispatcher
-  would go there next. The other ops register no Autograd kernel: torch's autograd fallback (C++) passes the
-  call on to their CPU / CUDA kernel (or fake), which raises when grad mode is on and an input requires grad
-  (never a silent detach); one Python frame fewer per call than a Python Autograd kernel.
+* an Autograd kernel (`_autograd_kernel`): the formulas of `_autograd.py` for the ops the table marks
+  differentiable, through an autograd.Function (what `torch.library.register_autograd` builds, without its
+  per-call cost); the other ops raise when an input requires grad (never a silent detach). With no input
+  requiring grad it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
+  (Not torch's autograd fallback for the ops without backward: under torch.func.grad / vjp their kernels see
+  unwrapped tensors that require no grad, and the fallback gives zero gradients with only a warning.)
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
-makes it adds about 2.5–7 µs to the backend function (one trip from the dispatcher into Python; 16-argument
-ops cost the most), the policy and network ops (7–18 arguments) more: most of it is torch's boxing of the
-arguments into a Python kernel and back, about 0.2 µs per scalar and 0.1 µs per tensor of a list
-(op_latency.py's "floor" column); fastsamp's own Python kernel 1–2 µs.
+makes it (through the Autograd kernel) adds about 2.5–7 µs to the backend function (one trip from the
+dispatcher into Python; 16-argument ops cost the most), the policy and network ops (7–18 arguments) more:
+most of it is torch's boxing of the arguments into a Python kernel and back, about 0.2 µs per scalar and
+0.1 µs per tensor of a list (op_latency.py's "floor" column); the Autograd kernel's own Python 1–2 µs.
 The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` with backend="auto".
 """
 from __future__ import annotations
@@ -178,31 +178,19 @@ def _requires_grad_test(op: _table.Op):
     return namespace["requires_grad"]
 
 
-def _refuse_grad(op: _table.Op):
-    """Raise the error of an op without backward called in grad mode with an input that requires grad."""
-    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
-    raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: detach the inputs "
-                       f"or run under torch.no_grad(){hint}")
-
-
 def _backend_kernel(op: _table.Op, device_type: str):
     """The op's registered kernel for `device_type` tensors, in one Python frame (several µs of a call are frames):
-    for an op without backward (reached through torch's autograd fallback) the refusal of inputs that require grad
-    in grad mode (`_refuse_grad`); the schema's arguments (the dispatcher passes the trailing tensor forms of the
-    u64 arguments only up to the last one given: they replace those arguments), "auto"'s backend function (resolved
-    at the first call; the reference above its size limits), and each output that is a given input
-    (em_step_logprob's x_next) copied, since a registered op's outputs may not alias its inputs."""
+    the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments only up to the last
+    one given: they replace those arguments), "auto"'s backend function (resolved at the first call; the reference
+    above its size limits), and each output that is a given input (em_step_logprob's x_next) copied, since a
+    registered op's outputs may not alias its inputs."""
     name, at, n = op.name, _u64_positions(op), len(op.schema_args)
     copies = tuple((k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
                    if o.given_by and op.arg(o.given_by).kind != "out")
-    requires_grad = None if op.grad else _requires_grad_test(op)
-
     choice = None
 
     def kernel(*args):
         nonlocal choice
-        if requires_grad is not None and _is_grad_enabled() and requires_grad(args):
-            _refuse_grad(op)
         if len(args) != n:
             args = _given_tensor_forms(args, at, n)
         if choice is None:
@@ -249,22 +237,27 @@ def _function(op: _table.Op, handle):
 _UNSEEN = object()
 
 
-def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict):
-    """The Autograd kernel of an op with a backward formula (called with the dispatch key set).
+def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad):
+    """The op's kernel at the Autograd key (called with the dispatch key set); `requires_grad`: args -> whether a
+    tensor argument requires grad (`_requires_grad_test`).
 
-    Grad mode on and an input requires grad: the autograd.Function of the op's backward formula. Otherwise the op
-    runs below the autograd key: where the dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode,
-    tensor subclass or transform in between), that kernel (`backend_kernels`, by dispatch key) is called here,
-    which saves the dispatcher's second trip into Python (about 3 µs per call); else the call is redispatched.
-    Which of the two a key set takes is memoised by its bits (a few distinct key sets occur), and the requires-grad
-    test reads only the op's tensor positions (`_table.requires_grad_source`): together about 3 µs less than
-    torch's own helpers."""
-    function = _function(op, handle)
-    requires_grad = _requires_grad_test(op)
+    Grad mode on and an input requires grad: the autograd.Function of the op's backward formula, or, for an op
+    without one, a RuntimeError naming the op (never a silent detach; also under torch.func.grad / vjp, whose
+    wrapped inputs require grad here). Otherwise the op runs below the autograd key: where the dispatcher's next
+    kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or transform in between), that kernel
+    (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second trip into Python
+    (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is memoised by its bits
+    (a few distinct key sets occur), and the requires-grad test reads only the op's tensor positions
+    (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
+    function = _function(op, handle) if op.grad else None
+    hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
 
     def kernel(keyset, *args):
         if _is_grad_enabled() and requires_grad(args):
+            if function is None:
+                raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
+                                   f"detach the inputs or run under torch.no_grad(){hint}")
             return function.apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
@@ -292,8 +285,7 @@ def observed() -> bool:
 class Entry:
     """How a public op calls its registered op: `graph` through the dispatcher (autograd, tracing),
     `eager` below the autograd key (no input requires grad; under a dispatch mode, one trip into Python fewer
-    than through the Autograd kernel, which would redispatch; an op without backward is called plainly: torch's
-    autograd fallback costs less than the guard).
+    than through the Autograd kernel, which would redispatch).
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
@@ -320,7 +312,6 @@ class Entry:
             return out.copy_(opobj(*encoded(args)))
 
         event = f"fastsamp::{op.name}"
-        fallback = bool(op.backends) and not op.grad  # no Autograd kernel (`_register`)
 
         def eager(*args, out=None):
             if out is not None:  # written in place by the backend function, as with backend= given
@@ -329,8 +320,6 @@ class Entry:
                     with torch.profiler.record_function(event):
                         return fn(*args, out=out)
                 return fn(*args, out=out)
-            if fallback:
-                return opobj(*encoded(args))
             with _BELOW_AUTOGRAD():
                 return opobj(*encoded(args))
 
@@ -386,20 +375,6 @@ def _triton_decomposition(op: _table.Op, cuda_kernel) -> None:
     torch.library.register_torch_dispatch(f"{NAMESPACE}::{op.name}", FunctionalTensorMode, rule, lib=_lib)
 
 
-def _refusing(op: _table.Op, fake):
-    """The fake implementation, refusing inputs that require grad for an op without backward (as its kernels do:
-    tracing raises where eager would)."""
-    if op.grad:
-        return fake
-    requires_grad = _requires_grad_test(op)
-
-    def checked(*args, **kwargs):
-        if _is_grad_enabled() and requires_grad(args):
-            _refuse_grad(op)
-        return fake(*args, **kwargs)
-    return checked
-
-
 def _register(op: _table.Op) -> Entry:
     _lib.define(op.schema())
     qualname = f"{NAMESPACE}::{op.name}"
@@ -412,13 +387,13 @@ def _register(op: _table.Op) -> Entry:
         return Entry(op, opobj)
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
-    torch.library.register_fake(qualname, _refusing(op, namespace["fake"]), lib=_lib)
+    torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
     backend_kernels = {torch._C.DispatchKey.CPU: _backend_kernel(op, "cpu"),
                        torch._C.DispatchKey.CUDA: _backend_kernel(op, "cuda")}
     for key, kernel in backend_kernels.items():
         _lib.impl(op.name, kernel, key.name)
-    if op.grad:  # else torch's autograd fallback passes the call on; the kernels and the fake refuse grad
-        _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels), "Autograd", with_keyset=True)
+    _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels, _requires_grad_test(op)), "Autograd",
+              with_keyset=True)
     if "triton" in op.backends:
         _triton_decomposition(op, backend_kernels[torch._C.DispatchKey.CUDA])
     return Entry(op, opobj)

@@ -25,7 +25,7 @@ reference is plain PyTorch (autograd for an energy network's score).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -44,8 +44,7 @@ class _NetAtTime:
 
     weights: W_0 (H, D + 2F), then L hidden (H, H), then W_out (D, H); biases: (H,) ... (D,);
     freq ω (F,); data_mean m (D,); data_var σ_d² > 0; t, alpha α, sigma2 σ² ≥ 0 python floats;
-    activation "silu" or "gelu". The ops keep its checked, packed tensors in `_memo` (`_layers.memoised`): calls
-    with the same object skip the checks while its tensors are unchanged."""
+    activation "silu" or "gelu"."""
 
     weights: tuple
     biases: tuple
@@ -56,7 +55,6 @@ class _NetAtTime:
     alpha: float
     sigma2: float
     activation: str = "silu"
-    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 class ScoreNet(_NetAtTime):
@@ -81,21 +79,14 @@ class MixtureScore(NamedTuple):
 
 def _net_params(x, net, i, kinds):
     """The validated tensors of network i (an instance of one of `kinds`) as the backends take them, its dims
-    and its scalars; kept in the network's memo for chains of x's dtype, device and D (`_layers.memoised`)."""
+    and its scalars (not memoised: the samplers build a new ScoreNet / EnergyNet per level, `FourierMLP.fused_net`,
+    so a memo per object never hits there and its key and store cost more than the checks save)."""
+    name = f"nets[{i}]"
     if not isinstance(net, kinds):
         allowed = " or ".join(f"fastsamp.ops.{k.__name__}" for k in kinds)
         hint = " (energy networks go to ops.mlp_energy, mlp_energy_mala, mlp_energy_hmc)" if isinstance(
             net, EnergyNet) else ""
-        raise TypeError(f"nets[{i}] must be a {allowed}, got {type(net).__name__}{hint}")
-    layers = (net.weights, net.biases)
-    tensors = (net.freq, net.data_mean, *net.weights, *net.biases) if all(
-        isinstance(v, (list, tuple)) for v in layers) else ()
-    context = (x.dtype, x.device, x.shape[1], _checks.validating(), torch.is_grad_enabled())
-    return _layers.memoised(net._memo, context, tensors, lambda: _checked_net_params(x, net, f"nets[{i}]"))
-
-
-def _checked_net_params(x, net, name):
-    """`_net_params` without the memo (`name`: the network's in error messages)."""
+        raise TypeError(f"{name} must be a {allowed}, got {type(net).__name__}{hint}")
     D = x.shape[1]
     weights, biases = tuple(net.weights), tuple(net.biases)
     if len(weights) < 2 or len(weights) != len(biases):
@@ -248,13 +239,35 @@ class _MLPNet(torch.autograd.Function):
         return _dispatch.route(backend, "mlp_net", x, *params)(x, list(params), act)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
         backend, act = ctx.meta
         x, *params = ctx.saved_tensors
-        bwd = _dispatch.route(backend, "mlp_net_backward", x, *params)
-        g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2])
-        return (None, None, g_x, *g_params)
+        with torch.no_grad():
+            bwd = _dispatch.route(backend, "mlp_net_backward", x, *params)
+            g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2])
+        grads = [g_x, *g_params]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (g_out, x, *params)):  # create_graph=True
+            kept = [k for k, g in enumerate(grads) if g is not None]
+            for k, g in zip(kept, _FirstOrderGrads.apply(len(kept), *(grads[k] for k in kept), g_out, x, *params)):
+                grads[k] = g
+        return (None, None, *grads)
+
+
+class _FirstOrderGrads(torch.autograd.Function):
+    """The gradients of `_MLPNet.backward` unchanged, tied (under create_graph=True) to what they depend on: the
+    output cotangent and the saved x and parameters. Differentiating them raises: the backward kernel is first
+    order (once_differentiable would tie them to the cotangent alone, and a second grad to the parameters would
+    silently lack the terms through them)."""
+
+    @staticmethod
+    def forward(ctx, n, *tensors):
+        return tuple(t.view_as(t) for t in tensors[:n])  # the gradients; the other tensors only link the graph
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("mlp_net is differentiable once: its backward (mlp_net_backward) has no backward, so a "
+                           "second derivative through it (autograd.grad(create_graph=True), then another grad) is "
+                           "not available; use the PyTorch network (e.g. torch.func) for higher derivatives")
 
 
 def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
@@ -263,10 +276,11 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
         f(x) = W_out act(W_L act(… act(W_0 x + b_0) …) + b_L) + b_out,   act = SiLU or exact GELU,
 
     weights in network order [W_0 (H, D_in), W_1 … W_L (H, H), W_out (O, H)] (L >= 0) and their biases, all in x's
-    dtype (float32 / float64) and device. Differentiable (first order): the forward is one kernel call, the backward
-    one more that gives the gradients of every weight and bias (and of x when it requires grad); the C++ kernel on
-    the CPU, the PyTorch reference elsewhere or with backend="torch": the network alone, for any loss (training a
-    ScoreMLP goes through `mlp_net_lsq`, the loss and the gradients in one call). Returns (B, O)."""
+    dtype (float32 / float64) and device. Differentiable (first order: a second derivative raises): the forward is
+    one kernel call, the backward one more that gives the gradients of every weight and bias (and of x when it
+    requires grad); the C++ kernel on the CPU, the PyTorch reference elsewhere or with backend="torch": the network
+    alone, for any loss (training a ScoreMLP goes through `mlp_net_lsq`, the loss and the gradients in one call).
+    Returns (B, O)."""
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
     return _MLPNet.apply(backend, act, x, *layers)

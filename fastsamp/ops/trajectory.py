@@ -335,16 +335,6 @@ def _log_pf_values(meta, states, temb, lgv, params):
     return fn(states, temb, params, lgv, lgv_clip, scores, kind, means, param, sigma, h, clip, n_threads)
 
 
-def _needs_grad(tensors) -> bool:
-    """Grad mode is on and one of `tensors` (None allowed) requires grad."""
-    if not torch.is_grad_enabled():
-        return False
-    for t in tensors:
-        if t is not None and t.requires_grad:
-            return True
-    return False
-
-
 class _PolicyLogPF(torch.autograd.Function):
     """Forward: the backend's policy_log_pf (or the given values); backward: its policy_log_pf_backward
     (the states are constants). With the Langevin term (lgv, scores; C++ only) the kernels take it and
@@ -418,6 +408,6 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
     meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec)
-    if not torch.compiler.is_compiling() and not _needs_grad((temb, lgv, *params)):
+    if not torch.compiler.is_compiling() and not _dispatch._needs_grad(temb, (lgv, *params)):
         return _log_pf_values(meta, states, temb, lgv, params)  # nothing to differentiate: no autograd.Function
     return _PolicyLogPF.apply(meta, states, temb, lgv, *params)

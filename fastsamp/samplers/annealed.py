@@ -126,26 +126,23 @@ class NonFiniteMonitor:
         self.action = on_nonfinite
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.counts = [zero] * n_levels  # per level a 0-dim tensor (a list: no indexing op per level)
-        self._ones = zero  # (D,) ones in the chains' dtype once `record` has seen them
 
     def record(self, level, x, was_finite=None):
         """Count the non-finite chains of x (B, D) at `level` (only those finite in `was_finite`, if
-        given) into counts[level]; returns the (B,) mask of finite chains: (x − x)·1 is 0 in a finite row and
-        NaN in a row with a NaN or ±inf (inf − inf); one matrix-vector product, 0.6x the time of
-        x.abs().amax(1) < inf and 0.3x that of isfinite(x).all(1) on the CPU (B = 2048, D = 8)."""
-        ones = self._ones
-        if ones.shape != x.shape[1:] or ones.dtype != x.dtype:
-            ones = self._ones = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
-        finite = torch.mv(x - x, ones) == 0
+        given) into counts[level]; returns the (B,) mask of finite chains: Σ_d (x − x)_d is exactly +0 in a
+        finite row and NaN in a row with a NaN or ±inf (inf − inf), a per-row reduction (no BLAS, whose
+        matrix-vector products need not keep rows apart); 0.4x the time of isfinite(x).all(1) on the CPU
+        (B = 2048, D = 8, loaded)."""
+        finite = (x - x).sum(1) == 0
         bad = ~finite if was_finite is None else was_finite & ~finite
         self.counts[level] = bad.sum()
         return finite
 
     def report(self, sampler, describe, counts=None):
         """(counts per level, first level with non-finite chains or None); warns or raises naming
-        that level, `describe(level)` giving (where it is, the likely cause). `counts`: an int64 tensor of
+        that level, `describe(level)` giving (where it is, the likely cause). `counts`: a tensor of
         the per-level counts to report instead of those recorded here (a sampler's, summed over the ranks)."""
-        counts = (torch.stack(self.counts).to(torch.int64) if counts is None else counts).tolist()
+        counts = (torch.stack(self.counts) if counts is None else counts).to(torch.int64).tolist()
         first = next((i for i, c in enumerate(counts) if c), None)
         if first is not None and self.action != "ignore":
             where, cause = describe(first)
@@ -268,7 +265,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     stats.n_nonfinite, stats.first_nonfinite_level = monitor.report("annealed_mcmc", lambda i: (
         f" of {n_levels} (t = {ts[i]:.4g}, mean step size ε_t = {stats.step_size[i]:.3g})",
         "the step size is too large for this model (lower step_size, or adapt=True), or the score model's "
-        "output is too large or non-finite at this t"), counts=totals[:, 2].to(torch.int64))  # over all ranks
+        "output is too large or non-finite at this t"), counts=totals[:, 2])  # over all ranks
     if gather:
         x = comm.gather(x)
     return x, stats

@@ -113,7 +113,8 @@ def _routed(kernel, name, backend, tensors):
     """`_dispatch.route(backend, name, *tensors)` in a checked kernel's run, chosen once per run for plain tensors
     that need no grad (kept in `kernel.routes`): within a run the device and dtype, tracing and what watches the
     dispatcher do not change, so only an input that requires grad or is a tensor subclass (a model's output can
-    be either) changes the choice, and such calls go through `route` each time."""
+    be either) changes the choice, and such calls go through `route` each time. The cache is keyed by the op name
+    alone: a per-call `backend` override (`_op`'s) that varied within a run would need the backend in the key."""
     if _dispatch._needs_grad(tensors[0], tensors) or not _dispatch._plain(tensors[0], tensors):
         return _dispatch.route(backend, name, *tensors)
     fn = kernel.routes.get(name)

@@ -73,12 +73,12 @@ def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.1, target_a
     Returns (the kept states (N, D), their log R, final step size). The target is the MCMC model
     itself (fastsamp.protocol: its score and log_prob ignore the time).
 
-    Move m is `mcmc(target, x, mh="energy", n_steps=1, step_size=ε_m, seed=seed, offset=m)` (the same
-    Philox draws, kernels and MH test), but the chains' score and log R are carried from move to move (the
-    MH test's kept values) instead of evaluated again at the start of each move, and the kept states' log R
-    are those carried values: one score and one log R evaluation per move (of the proposals), not two plus
-    a last log R of every kept state. Chains that become non-finite are not kept, and reported (as mcmc
-    does) once, at the end."""
+    Move m is `mcmc(target, x, mh="energy", n_steps=1, step_size=ε_m, seed=seed, offset=m)` (the same Philox draws,
+    kernels and MH test, for a model without a fused corrector: every fastsamp.targets target), but the chains'
+    score and log R are carried from move to move (the MH test's kept values) instead of evaluated again at the
+    start of each move, and the kept states' log R are those carried values: one score and one log R evaluation per
+    move (of the proposals), not two plus a last log R of every kept state. Chains that become non-finite are not
+    kept, and reported (as mcmc does) once, at the end."""
     spec = corrector_spec(target, corrector="mala", mh="energy", n_steps=1, n_trapezoid=1, n_leapfrog=1,
                           damping=None)
     x = _checks.state("x", x)
@@ -86,7 +86,7 @@ def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.1, target_a
         raise ValueError(f"x must have shape (B, {target.dim}) for this target, got {tuple(x.shape)}")
     model = CountingModel(target)
     chain0 = Comm.resolve(None).chain_offset(x.shape[0])
-    monitor = NonFiniteMonitor(n_steps, x.device, "warn")
+    monitor = NonFiniteMonitor(max(n_steps, 1), x.device, "warn")  # n_steps = 0: nothing kept, nothing reported
     kept, kept_log_r, eps, rate, n_accepted, n_proposed = [], [], float(step_size), 0.0, 0, 0
     with phase("corrector"):
         state = ChainState(x, *model.score_and_log_prob(x, 0.0))  # the starting states' score and log R
