@@ -58,6 +58,24 @@ def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
     assert_accept(out, expect, u, dtype, D)
 
 
+
+@pytest.mark.parametrize("D", [1, 2, 3, 4, 8, 16])
+def test_score_mh_accept_cpp_rows_are_independent_bits(dtype, D):
+    """The C++ kernel takes rows as SIMD lanes in blocks (16 float32 / 8 float64; whole blocks by
+    transposes or gathers, the tail by masked gathers): each row's outputs are the bits of that row
+    alone, wherever it falls in a block. Non-finite rows stay in their own rows."""
+    skip_unless_available("cpp")
+    B = 37
+    x, xp, s, sp, interior, u = accept_inputs(B, D, dtype, "cpu", 2)
+    x[1, 0], sp[2, -1], xp[3, -1] = float("nan"), float("inf"), float("nan")
+    eps = torch.rand(B, dtype=dtype) * 0.5 + 0.01
+    out = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior, backend="cpp")
+    for b in (0, 1, 2, 3, 7, 15, 16, 17, 31, 32, 36):
+        row = ops.score_mh_accept(x[b:b + 1], xp[b:b + 1], s[b:b + 1], sp[b:b + 1], eps[b:b + 1], u[b:b + 1],
+                                  interior_scores=interior[:, b:b + 1].contiguous(), backend="cpp")
+        for a, r in zip(out, row):
+            assert torch.equal(a[b:b + 1].nan_to_num(7.0), r.nan_to_num(7.0)), b
+
 def test_step_size_values_are_read_on_every_call():
     """With validation on, a step-size tensor's values are checked on every call: writes the version counter
     does not see (through .data or a NumPy view) are caught too."""

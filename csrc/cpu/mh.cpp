@@ -1,8 +1,15 @@
 // MALA proposals and their MH tests: mala_propose (op 3), line_points (op 4), score_mh_accept
 // (op 5, the trapezoidal line integral of the score) and energy_mh_accept (the exact log-density
 // difference), streaming passes over rows (cpu/stream.h); the accepts read u or draw it (cpu/random.h).
+// score_mh_accept at a compile-time D on AVX-512 takes rows as SIMD lanes (score_mh_accept_lanes).
 // See docs/backend-contract.md.
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/ops.h"
 #include "cpu/random.h"
@@ -47,8 +54,9 @@ void line_points_impl(const T* __restrict x, const T* __restrict xp, int64_t B, 
 }
 
 // log alpha = (1/n)[1/2 s.d + sum_i s_i.d + 1/2 s'.d] + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps), d = x' - x.
+// One row at a time: the form kept for a runtime D (DC == 0) and for builds without AVX-512.
 template <typename T, int DC>
-void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
                           const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
                           const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
                           T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
@@ -89,6 +97,220 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
                     s_new + b * D, accepted, log_alpha);
     });
   });
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// The same log alpha for a compile-time D, W rows at a time, one row per SIMD lane (16 float /
+// 8 double), with the bits of score_mh_accept_rows. Those bits are the order GCC gives the row
+// form's `omp simd` sums at D = DC: with G = min(DC, 32 bytes / sizeof(T)) (GCC's 256-bit
+// vectors), partial sums p_j = a_j b_j (+ a_{j+G} b_{j+G}, fused, + ...) for j < G, then
+// sum = ((0 + p_0) + p_1) + ... + p_{G-1}, each p_j rounded before its add (RowLanes::keep: GCC
+// would otherwise contract a_j b_j + sum into one FMA); d - eps s and d + eps s' are fused. The rows are
+// gathered (stride D), so the sums of a block run as independent lanes instead of in-order
+// chains, and the accept copy is a branch-free select per row.
+template <typename T>
+struct RowLanes;
+
+template <>
+struct RowLanes<float> {
+  using V = __m512;
+  // v itself, opaque to the optimiser: a rounded product that must not fuse into the next add.
+  static FASTSAMP_VINLINE V keep(V v) {
+    asm("" : "+v"(v));
+    return v;
+  }
+  static constexpr int W = 16;
+  static FASTSAMP_VINLINE __m512i index(int D) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32(D));
+  }
+  static FASTSAMP_VINLINE V gather(__mmask16 k, __m512i idx, const float* p) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, p, 4);
+  }
+  static FASTSAMP_VINLINE V load(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+  static FASTSAMP_VINLINE void store(__mmask16 k, float* p, V v) { _mm512_mask_storeu_ps(p, k, v); }
+  static FASTSAMP_VINLINE V set1(float v) { return _mm512_set1_ps(v); }
+  static FASTSAMP_VINLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static FASTSAMP_VINLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static FASTSAMP_VINLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static FASTSAMP_VINLINE V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static FASTSAMP_VINLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static FASTSAMP_VINLINE V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static FASTSAMP_VINLINE __mmask16 lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  // c[d] = element d of the 16 rows p[0 .. 8), p[8 .. 16), ... (D = 8): [row r | row r + 8] in one
+  // register, then the 8 x 8 transpose of both 256-bit halves at once (24 shuffles, not 8 gathers).
+  static FASTSAMP_VINLINE void columns8(const float* p, V* c) {
+    V z[8], a[8], t[8];
+    for (int r = 0; r < 8; ++r)
+      z[r] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + 8 * r)), _mm256_loadu_ps(p + 64 + 8 * r), 1);
+    for (int r = 0; r < 8; r += 2) {
+      a[r] = _mm512_unpacklo_ps(z[r], z[r + 1]);
+      a[r + 1] = _mm512_unpackhi_ps(z[r], z[r + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) {
+      t[h] = _mm512_shuffle_ps(a[h], a[h + 2], 0x44);
+      t[h + 1] = _mm512_shuffle_ps(a[h], a[h + 2], 0xEE);
+      t[h + 2] = _mm512_shuffle_ps(a[h + 1], a[h + 3], 0x44);
+      t[h + 3] = _mm512_shuffle_ps(a[h + 1], a[h + 3], 0xEE);
+    }
+    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int d = 0; d < 4; ++d) {
+      c[d] = _mm512_permutex2var_ps(t[d], lo, t[d + 4]);
+      c[d + 4] = _mm512_permutex2var_ps(t[d], hi, t[d + 4]);
+    }
+  }
+};
+
+template <>
+struct RowLanes<double> {
+  using V = __m512d;
+  // v itself, opaque to the optimiser: a rounded product that must not fuse into the next add.
+  static FASTSAMP_VINLINE V keep(V v) {
+    asm("" : "+v"(v));
+    return v;
+  }
+  static constexpr int W = 8;
+  static FASTSAMP_VINLINE __m256i index(int D) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
+  }
+  static FASTSAMP_VINLINE V gather(__mmask16 k, __m256i idx, const double* p) {
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), static_cast<__mmask8>(k), idx, p, 8);
+  }
+  static FASTSAMP_VINLINE V load(__mmask16 k, const double* p) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(k), p);
+  }
+  static FASTSAMP_VINLINE void store(__mmask16 k, double* p, V v) {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(k), v);
+  }
+  static FASTSAMP_VINLINE V set1(double v) { return _mm512_set1_pd(v); }
+  static FASTSAMP_VINLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static FASTSAMP_VINLINE V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  static FASTSAMP_VINLINE V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static FASTSAMP_VINLINE V div(V a, V b) { return _mm512_div_pd(a, b); }
+  static FASTSAMP_VINLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static FASTSAMP_VINLINE V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static FASTSAMP_VINLINE __mmask16 lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+};
+
+// c[d] = element d of the n rows of D = DC elements from p (lanes past n: 0), for each d < DC.
+template <typename T, int DC, typename L = RowLanes<T>, typename Idx>
+FASTSAMP_VINLINE void row_columns(int n, __mmask16 k, Idx idx, const T* p, typename L::V* c) {
+  if constexpr (std::is_same<T, float>::value && DC == 8) {
+    if (n == L::W) {
+      L::columns8(p, c);
+      return;
+    }
+  }
+  for (int d = 0; d < DC; ++d) c[d] = L::gather(k, idx, p + d);
+}
+
+template <typename T, int DC>
+void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+                           const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
+                           const T* __restrict interior, int64_t m, int64_t B, T* __restrict x_new,
+                           T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
+  using L = RowLanes<T>;
+  using V = typename L::V;
+  constexpr int W = L::W;
+  constexpr int G = DC < 32 / static_cast<int>(sizeof(T)) ? DC : 32 / static_cast<int>(sizeof(T));
+  constexpr int K = DC / G;
+  constexpr int R = MhUniforms<T>::kRows;
+  const int64_t N = B * DC;
+  const V tn = L::set1(static_cast<T>(m + 1)), half = L::set1(T(0.5)), four = L::set1(T(4));
+  const auto idx = L::index(DC);
+  parallel_for(stream_threads(B * DC), B, [&](int64_t b_begin, int64_t b_end) {
+    alignas(64) T lu[R];
+    for (int64_t c = b_begin; c < b_end; c += R) {
+      const int64_t c_end = std::min<int64_t>(b_end, c + R);
+      un.rows(c, c_end, [&](int64_t b, T log_u) __attribute__((always_inline)) { lu[b - c] = log_u; });
+      for (int64_t b0 = c; b0 < c_end; b0 += W) {
+        const int n = static_cast<int>(std::min<int64_t>(W, c_end - b0));
+        const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
+        const int64_t o = b0 * DC;
+        const V e = L::load(k, step + b0);
+        V dd[DC], sc[DC], spc[DC];
+        row_columns<T, DC>(n, k, idx, xp + o, dd);
+        row_columns<T, DC>(n, k, idx, x + o, sc);
+        for (int d = 0; d < DC; ++d) dd[d] = L::sub(dd[d], sc[d]);
+        row_columns<T, DC>(n, k, idx, s + o, sc);
+        row_columns<T, DC>(n, k, idx, sp + o, spc);
+        V sd = L::set1(T(0)), spd = sd, ff = sd, bb = sd;
+        for (int j = 0; j < G; ++j) {
+          V psd, pspd, pff, pbb;
+          for (int q = 0; q < K; ++q) {
+            const int d = j + q * G;
+            const V sr = sc[d], spr = spc[d];
+            const V fwd = L::fnmadd(e, sr, dd[d]), bwd = L::fmadd(e, spr, dd[d]);
+            if (q == 0) {
+              psd = L::keep(L::mul(sr, dd[d]));
+              pspd = L::keep(L::mul(spr, dd[d]));
+              pff = L::keep(L::mul(fwd, fwd));
+              pbb = L::keep(L::mul(bwd, bwd));
+            } else {
+              psd = L::fmadd(sr, dd[d], psd);
+              pspd = L::fmadd(spr, dd[d], pspd);
+              pff = L::fmadd(fwd, fwd, pff);
+              pbb = L::fmadd(bwd, bwd, pbb);
+            }
+          }
+          sd = L::add(sd, psd);
+          spd = L::add(spd, pspd);
+          ff = L::add(ff, pff);
+          bb = L::add(bb, pbb);
+        }
+        V total = L::keep(L::mul(half, L::add(sd, spd)));
+        if (interior && m > 0) {
+          V si = L::set1(T(0));
+          for (int64_t i = 0; i < m; ++i) {
+            V ic[DC];
+            row_columns<T, DC>(n, k, idx, interior + i * N + o, ic);
+            V acc = L::set1(T(0));
+            for (int j = 0; j < G; ++j) {
+              V p = L::keep(L::mul(ic[j], dd[j]));
+              for (int q = 1; q < K; ++q) p = L::fmadd(ic[j + q * G], dd[j + q * G], p);
+              acc = L::add(acc, p);
+            }
+            si = L::add(si, acc);
+          }
+          total = L::add(total, si);
+        }
+        const V la = L::add(L::div(total, tn), L::div(L::sub(ff, bb), L::mul(four, e)));
+        const __mmask16 acc = L::lt(L::load(k, lu + (b0 - c)), la) & k;
+        L::store(k, log_alpha + b0, la);
+        _mm_mask_storeu_epi8(accepted + b0, k, _mm_maskz_set1_epi8(acc, 1));
+        for (int l = 0; l < n; ++l) {
+          const bool take = (acc >> l) & 1u;
+          const int64_t r = o + l * DC;
+#pragma omp simd
+          for (int d = 0; d < DC; ++d) {
+            const T a = xp[r + d], b = x[r + d];
+            x_new[r + d] = take ? a : b;
+          }
+#pragma omp simd
+          for (int d = 0; d < DC; ++d) {
+            const T a = sp[r + d], b = s[r + d];
+            s_new[r + d] = take ? a : b;
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
+template <typename T, int DC>
+void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
+                          const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
+                          const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
+                          T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if constexpr (DC > 0) {
+    score_mh_accept_lanes<T, DC>(x, xp, s, sp, step, un, interior, m, B, x_new, s_new, accepted, log_alpha);
+    return;
+  }
+#endif
+  score_mh_accept_rows<T, DC>(x, xp, s, sp, step, un, interior, m, B, Drt, x_new, s_new, accepted, log_alpha);
 }
 
 // log alpha = (logp' - logp) + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps), d = x' - x; logp_new selected with x.
