@@ -99,7 +99,12 @@ void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T
   });
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// The row lanes need AVX-512 F, BW, VL and DQ (_mm512_insertf32x8 in the float32 transpose).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define FASTSAMP_MH_ROW_LANES 1
+#endif
+
+#if FASTSAMP_MH_ROW_LANES
 // The same log alpha for a compile-time D, W rows at a time, one row per SIMD lane (16 float /
 // 8 double), with the bits of score_mh_accept_rows. Those bits are the order GCC gives the row
 // form's `omp simd` sums at D = DC: with G = min(DC, 32 bytes / sizeof(T)) (GCC's 256-bit
@@ -304,16 +309,17 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
                           const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
                           const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
                           T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if FASTSAMP_MH_ROW_LANES
   // D = 16 keeps the row form: its sums already run over 256-bit chunks (2 float32, 4 float64),
   // and the lanes' gathers cost more than the in-order adds they save (measured, loaded: 0.95x
   // float32 at B = 2^20, 0.92x float64 with two interior sets at B = 2048).
   if constexpr (DC > 0 && DC <= 8) {
     score_mh_accept_lanes<T, DC>(x, xp, s, sp, step, un, interior, m, B, x_new, s_new, accepted, log_alpha);
-    return;
-  }
+  } else
 #endif
-  score_mh_accept_rows<T, DC>(x, xp, s, sp, step, un, interior, m, B, Drt, x_new, s_new, accepted, log_alpha);
+  {
+    score_mh_accept_rows<T, DC>(x, xp, s, sp, step, un, interior, m, B, Drt, x_new, s_new, accepted, log_alpha);
+  }
 }
 
 // log alpha = (logp' - logp) + (|d - eps s|^2 - |d + eps s'|^2) / (4 eps), d = x' - x; logp_new selected with x.
