@@ -7,6 +7,8 @@ vector-Jacobian product through the PyTorch reference (`torch.func.vjp` of `refe
 (B, K, D) evaluation, the cost of the reference forward), which gives the gradients of logp and score
 w.r.t. x, means, log_weights and variances, so a mixture can be fitted by likelihood.
 ξ is the op's noise: the given `noise`, or the Philox draw (a constant: no gradient).
+`first_order` makes the fused backwards of the ops' autograd.Functions (mlp.py, trajectory.py) raise, naming the
+op, when differentiated again.
 """
 from __future__ import annotations
 
@@ -103,6 +105,38 @@ def momentum_refresh_backward(ctx, g):
     inputs, _ = _saved(ctx)
     damping = inputs[1]
     return (damping * g, None, None if inputs[2] is None else (1.0 - damping * damping) ** 0.5 * g, None, None, None)
+
+
+class _FirstOrderGrads(torch.autograd.Function):
+    """The gradients of a fused op's backward unchanged, tied (under create_graph=True) to what they depend on: the
+    cotangents and the saved inputs. Differentiating them raises, naming the op: the backward kernels are first order
+    (once_differentiable ties them to the cotangents alone, so a second grad to a weight reached only through the
+    saved tensors would silently lack those terms)."""
+
+    @staticmethod
+    def forward(ctx, op, n, *tensors):
+        ctx.op = op
+        return tuple(t.view_as(t) for t in tensors[:n])  # the gradients; the other tensors only link the graph
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(f"{ctx.op} is differentiable once: its backward kernel has no backward, so a second "
+                           "derivative through it (autograd.grad(create_graph=True), then another grad) is not "
+                           "available; use the PyTorch reference (backend=\"torch\", or torch.func) for higher "
+                           "derivatives")
+
+
+def first_order(op, grads, *depends_on):
+    """`grads` (a sequence, None entries kept) as a list; when a backward runs with grad mode on
+    (create_graph=True) and a tensor of grads or `depends_on` (the cotangents and saved inputs; None skipped)
+    requires grad, each gradient is tied to them through `_FirstOrderGrads`, so a second derivative raises."""
+    grads = list(grads)
+    links = [t for t in depends_on if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*links, *(g for g in grads if g is not None))):
+        kept = [k for k, g in enumerate(grads) if g is not None]
+        for k, g in zip(kept, _FirstOrderGrads.apply(op, len(kept), *(grads[k] for k in kept), *links)):
+            grads[k] = g
+    return grads
 
 
 FORMULAS = {name[:-len("_backward")]: fn for name, fn in dict(globals()).items() if name.endswith("_backward")}

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 
 from .. import backends
-from . import _checks, _dispatch, _layers, _library
+from . import _autograd, _checks, _dispatch, _layers, _library
 
 ACTIVATIONS = {"gelu": 0, "silu": 1}
 _N_TRAPEZOID = ("n_trapezoid", 4096)  # (name, largest value) of the whole-move ops' evaluation counts
@@ -230,7 +230,7 @@ def mlp_energy(x, nets, *, mixture=None, backend="auto"):
 class _MLPNet(torch.autograd.Function):
     """Forward: the backend's mlp_net; backward: its mlp_net_backward (one kernel call for every parameter's gradient,
     and x's when x requires grad; the C++ kernel recomputes the forward of each block of rows, keeping its
-    activations in cache, instead of storing them)."""
+    activations in cache, instead of storing them). First order (`_autograd.first_order`)."""
 
     @staticmethod
     def forward(ctx, backend, act, x, *params):
@@ -245,29 +245,7 @@ class _MLPNet(torch.autograd.Function):
         with torch.no_grad():
             bwd = _dispatch.route(backend, "mlp_net_backward", x, *params)
             g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2])
-        grads = [g_x, *g_params]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (g_out, x, *params)):  # create_graph=True
-            kept = [k for k, g in enumerate(grads) if g is not None]
-            for k, g in zip(kept, _FirstOrderGrads.apply(len(kept), *(grads[k] for k in kept), g_out, x, *params)):
-                grads[k] = g
-        return (None, None, *grads)
-
-
-class _FirstOrderGrads(torch.autograd.Function):
-    """The gradients of `_MLPNet.backward` unchanged, tied (under create_graph=True) to what they depend on: the
-    output cotangent and the saved x and parameters. Differentiating them raises: the backward kernel is first
-    order (once_differentiable would tie them to the cotangent alone, and a second grad to the parameters would
-    silently lack the terms through them)."""
-
-    @staticmethod
-    def forward(ctx, n, *tensors):
-        return tuple(t.view_as(t) for t in tensors[:n])  # the gradients; the other tensors only link the graph
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise RuntimeError("mlp_net is differentiable once: its backward (mlp_net_backward) has no backward, so a "
-                           "second derivative through it (autograd.grad(create_graph=True), then another grad) is "
-                           "not available; use the PyTorch network (e.g. torch.func) for higher derivatives")
+        return (None, None, *_autograd.first_order("mlp_net", [g_x, *g_params], g_out, x, *params))
 
 
 def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
@@ -307,18 +285,22 @@ def _net_layers(x, weights, biases, activation):
 class _MLPNetLsq(torch.autograd.Function):
     """Forward: the backend's loss op `op` (mlp_net_lsq, mlp_net_energy_lsq) of x and its constants `consts`, the
     mean loss, with every parameter's gradient from the same kernel call (kept); backward: those gradients times the
-    loss's cotangent."""
+    loss's cotangent. First order (`_autograd.first_order`: the kept gradients depend on the parameters)."""
 
     @staticmethod
     def forward(ctx, backend, op, act, x, consts, *params):
         rows, grads = _dispatch.route(backend, op, x, *consts, *params)(x, list(params), act, *consts)
-        ctx.save_for_backward(*grads)
+        ctx.op = op
+        ctx.save_for_backward(*grads, *params)
         return rows.mean()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        return (None,) * 5 + tuple(g * gp for gp in ctx.saved_tensors)
+        saved = ctx.saved_tensors
+        grads, params = saved[:len(saved) // 2], saved[len(saved) // 2:]
+        with torch.no_grad():
+            g_params = [g * gp for gp in grads]
+        return (None,) * 5 + tuple(_autograd.first_order(ctx.op, g_params, g, *params))
 
 
 def _constants(op, x, **tensors):

@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from .. import backends
-from . import _checks, _dispatch, _layers
+from . import _autograd, _checks, _dispatch, _layers
 
 
 class _EMStepLogProb(torch.autograd.Function):
-    """Fused forward kernel; the backward is a second fused kernel (once differentiable)."""
+    """Fused forward kernel; the backward is a second fused kernel (first order: `_autograd.first_order`)."""
 
     @staticmethod
     def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
@@ -51,19 +51,18 @@ class _EMStepLogProb(torch.autograd.Function):
         return log_pf, log_pb
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         backend, h, s2, e2, c, b2, reparam, sampled = ctx.args
         x, drift, log_var, y = ctx.saved_tensors
-        g_y, g_pf, g_pb = grads if sampled else (None,) + grads
-        g_pf = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if g_pf is None else g_pf.contiguous()
-        g_pb = torch.zeros_like(g_pf) if g_pb is None else g_pb.contiguous()
-        g_y = g_y.contiguous() if (reparam and g_y is not None) else None
-        bwd = _dispatch.route(backend, "em_step_logprob_backward", x, drift, log_var, y, g_y, g_pf, g_pb)
-        want_g_y = not sampled and ctx.needs_input_grad[3]
-        g_x, g_drift, g_log_var, g_x_next = bwd(x, drift, log_var, y, g_y, g_pf, g_pb, h, s2, e2, c, b2, reparam,
-                                                want_g_y)
-        return (g_x, g_drift, g_log_var, g_x_next) + (None,) * 11
+        with torch.no_grad():
+            g_y, g_pf, g_pb = grads if sampled else (None,) + grads
+            g_pf = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if g_pf is None else g_pf.contiguous()
+            g_pb = torch.zeros_like(g_pf) if g_pb is None else g_pb.contiguous()
+            g_y = g_y.contiguous() if (reparam and g_y is not None) else None
+            bwd = _dispatch.route(backend, "em_step_logprob_backward", x, drift, log_var, y, g_y, g_pf, g_pb)
+            want_g_y = not sampled and ctx.needs_input_grad[3]
+            out = bwd(x, drift, log_var, y, g_y, g_pf, g_pb, h, s2, e2, c, b2, reparam, want_g_y)
+        return tuple(_autograd.first_order("em_step_logprob", out, *grads, x, drift, log_var, y)) + (None,) * 11
 
 
 def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, chain_offset=0, log_var=None,
@@ -80,7 +79,7 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     With `x_next` given, nothing is sampled: the transition x → x_next is evaluated (for
     trajectories drawn backwards from a replay buffer).
 
-    Autograd: differentiable in x, drift, log_var (and a given x_next). `reparam` (default
+    Autograd: differentiable (first order) in x, drift, log_var (and a given x_next). `reparam` (default
     True when sampling) makes x_next a differentiable function of x, drift, log_var (the
     path-space KL of PIS); reparam=False treats the sample as a constant (trajectory balance
     and the other off-policy objectives). Returns (x_next, log_pf, log_pb).
@@ -287,17 +286,19 @@ class _PolicyReparam(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_states, _g_log_pf, g_log_pb, *_g_scores):
+    def backward(ctx, g_states_in, _g_log_pf, g_log_pb_in, *_g_scores):
         states, temb, lgv, scores, *params = ctx.saved_tensors
         ts, _, sigma, h, _, clip, _, _, n_threads = ctx.args
-        g_states = None if g_states is None else g_states.contiguous()
-        g_log_pb = None if g_log_pb is None else g_log_pb.contiguous()
-        bwd = _dispatch.route(ctx.backend, "policy_reparam_backward", states, temb, g_states, g_log_pb, lgv, scores,
-                              *params)
-        g_temb, g_params, g_lgv = bwd(states, temb, params, ts, g_states, g_log_pb, sigma, h, clip, n_threads, lgv,
-                                      ctx.lgv_clip, scores)
-        return (None, g_temb, g_lgv, *g_params)
+        with torch.no_grad():
+            g_states = None if g_states_in is None else g_states_in.contiguous()
+            g_log_pb = None if g_log_pb_in is None else g_log_pb_in.contiguous()
+            bwd = _dispatch.route(ctx.backend, "policy_reparam_backward", states, temb, g_states, g_log_pb, lgv,
+                                  scores, *params)
+            g_temb, g_params, g_lgv = bwd(states, temb, params, ts, g_states, g_log_pb, sigma, h, clip, n_threads,
+                                          lgv, ctx.lgv_clip, scores)
+        grads = _autograd.first_order("policy_rollout", [g_temb, g_lgv, *g_params], g_states_in, g_log_pb_in,
+                                      states, temb, lgv, *params)
+        return (None, *grads)
 
 
 def _rollout(backend, x0, temb, params, args, lgv, langevin):
@@ -348,14 +349,15 @@ class _PolicyLogPF(torch.autograd.Function):
         return log_pf
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_log_pf):
         backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _ = ctx.meta
         states, temb, lgv, *params = ctx.saved_tensors
-        bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
-        g_temb, g_params, g_lgv = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads, lgv,
-                                      lgv_clip, scores if lgv is not None else None)
-        return (None, None, g_temb, g_lgv, *g_params)
+        with torch.no_grad():
+            bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
+            g_temb, g_params, g_lgv = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads,
+                                          lgv, lgv_clip, scores if lgv is not None else None)
+        grads = _autograd.first_order("policy_log_pf", [g_temb, g_lgv, *g_params], g_log_pf, temb, lgv, *params)
+        return (None, None, *grads)
 
 
 def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, scores=None, target=None,
