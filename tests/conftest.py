@@ -180,3 +180,13 @@ def assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh):
     assert int(bad.sum()) <= allowed, f"{int(bad.sum())} of {B} chains differ from the reference"
     if mh == "none":
         assert torch.all(rate == 1)
+
+
+def load_benchmark(file_name: str, module_name: str):
+    """benchmarks/<file_name> imported as the module `module_name` (the benchmark scripts are not a package)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", file_name)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

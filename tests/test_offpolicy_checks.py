@@ -1,22 +1,17 @@
 """benchmarks/offpolicy_checks.py: the released gfn-diffusion formulas written out there agree with
 fastsamp's targets, log w and PIS gradient (the checks of checks/funnel_tb.md and checks/pis_25gmm.md
 rest on them), and its training loop and command line run on tiny sizes."""
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from fastsamp.experiments import offpolicy
 
 
 def _checks():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "offpolicy_checks.py")
-    spec = importlib.util.spec_from_file_location("offpolicy_checks", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("offpolicy_checks.py", "offpolicy_checks")
 
 
 @pytest.mark.parametrize("name", ["25gmm", "funnel"])

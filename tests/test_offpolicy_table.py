@@ -1,13 +1,13 @@
 """The resumable off-policy table: a run stopped and resumed from its checkpoint equals an
 uninterrupted run bit for bit (one thread, same seeds), the table script runs end to end on tiny
 sizes (skipping finished runs, resuming unfinished ones), and device selection fails clearly."""
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from fastsamp import metrics
 from fastsamp.experiments import offpolicy
@@ -89,11 +89,7 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
 
 
 def _bench():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "offpolicy.py")
-    spec = importlib.util.spec_from_file_location("bench_offpolicy", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("offpolicy.py", "bench_offpolicy")
 
 
 def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
