@@ -116,14 +116,18 @@ void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T
 template <typename T>
 struct RowLanes;
 
-template <>
-struct RowLanes<float> {
-  using V = __m512;
+struct RowLanesKeep {
   // v itself, opaque to the optimiser: a rounded product that must not fuse into the next add.
+  template <typename V>
   static FASTSAMP_VINLINE V keep(V v) {
     asm("" : "+v"(v));
     return v;
   }
+};
+
+template <>
+struct RowLanes<float> : RowLanesKeep {
+  using V = __m512;
   static constexpr int W = 16;
   static FASTSAMP_VINLINE __m512i index(int D) {
     return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -168,13 +172,8 @@ struct RowLanes<float> {
 };
 
 template <>
-struct RowLanes<double> {
+struct RowLanes<double> : RowLanesKeep {
   using V = __m512d;
-  // v itself, opaque to the optimiser: a rounded product that must not fuse into the next add.
-  static FASTSAMP_VINLINE V keep(V v) {
-    asm("" : "+v"(v));
-    return v;
-  }
   static constexpr int W = 8;
   static FASTSAMP_VINLINE __m256i index(int D) {
     return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
