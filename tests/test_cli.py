@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from fastsamp.cli import main
 from fastsamp.experiments.reporting import write_json
@@ -179,13 +180,9 @@ def test_outsourced_tiny_warns_and_stays_within_the_budget(tmp_path, monkeypatch
 
 def test_reproduce_script_maps_results_to_cli_commands():
     """benchmarks/reproduce.py: each recorded result is one fastsamp verb writing under benchmarks/results/."""
-    import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "reproduce.py")
-    spec = importlib.util.spec_from_file_location("reproduce", path)
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
+    reproduce = load_benchmark("reproduce.py", "reproduce")
     results = reproduce.RESULTS
     assert reproduce.command("composition", ["--seeds", "1"]) == [
         "compose", "--json", os.path.join(results, "composition.json"),

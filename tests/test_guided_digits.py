@@ -1,13 +1,12 @@
 """Classifier-guided digits (fastsamp.experiments.guided_digits): the guided target's score and log-density,
 the exactness of its MH test with the λ-scaled classifier term, the midpoint trapezoid of score-HMC, and a
 tiny end-to-end run of benchmarks/guided_digits.py."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from fastsamp import ops
 from fastsamp.experiments.guided_digits import EnergyNet, EpsNet, GuidedModel, MidpointHMC, TimeClassifier
@@ -15,8 +14,6 @@ from fastsamp.experiments.guided_digits.sampling import HybridLangevin, step_siz
 from fastsamp.models import EnergyModel, ScoreModel
 from fastsamp.protocol import CountingModel
 from fastsamp.samplers.kernels import HMC, EnergyMH, Langevin, NoMH, PhiloxKey, ScoreMH
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _frozen(net):
@@ -227,9 +224,7 @@ def test_step_size_rule_and_hmc_mass():
 
 def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTSAMP_CACHE", str(tmp_path / "cache"))
-    spec = importlib.util.spec_from_file_location("guided_digits_runner", ROOT / "benchmarks" / "guided_digits.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    runner = load_benchmark("guided_digits.py", "guided_digits_runner")
     labels = ["LA-10 (score)", "HMC (score)", "LA (energy)", "LA, paper's MH (λ_mh=1) (energy)"]
     out = tmp_path / "out"
     assert runner.main(["--size", "tiny", "--per-class", "1", "--seeds", "2", "--candidates", "2",

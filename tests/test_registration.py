@@ -466,16 +466,12 @@ def test_registered_op_returns_what_its_kernel_returns(name):
 def test_op_latency_benchmark_covers_every_registered_op():
     """benchmarks/op_latency.py builds inputs for every registered op (its latency table covers them all), which
     its raw column (the cpp backend function, u64 arguments decoded) and the registered op both take."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_benchmark
 
     from fastsamp import backends
     if not backends.is_available("cpp"):
         pytest.skip("the benchmark times the cpp backend")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "op_latency.py"
-    spec = importlib.util.spec_from_file_location("op_latency_under_test", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("op_latency.py", "op_latency_under_test")
     nets = bench.Nets(4, 3)
     cpp = backends._load("cpp")[0]
     for op in _table.registered():
