@@ -154,7 +154,10 @@ class Comm:
         return cls(None)
 
     def shard(self, n: int) -> tuple[int, int]:
-        """(chain_offset, count) of this rank's global chains out of n."""
+        """(chain_offset, count) of this rank's global chains out of n; distributed, every rank must
+        get at least one chain (n >= the number of ranks), else ValueError."""
+        if self.distributed and n < self.world_size:
+            raise ValueError(f"n_samples ({n}) must be >= the number of ranks ({self.world_size})")
         return shard(n, self.rank, self.world_size)
 
     def _device(self):

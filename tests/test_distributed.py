@@ -112,6 +112,27 @@ def test_shard_splits_unevenly():
     assert [fdist.shard(2, r, 4) for r in range(4)] == [(0, 1), (1, 1), (2, 0), (2, 0)]
 
 
+class _FourRanks(fdist.Comm):
+    """Rank 0 of a 4-process group that is never communicated with: only what happens before the first
+    collective (argument checks, sharding) runs."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.distributed, self.world_size = True, 4
+
+
+@pytest.mark.parametrize("run", [
+    lambda comm: comm.shard(3),
+    lambda comm: annealed_mcmc(_mixture(), 3, n_levels=2, group=comm),
+    lambda comm: importance_sde(_mixture(), lambda x: x[:, 0], 3, n_steps=2, group=comm),
+    lambda comm: DiffusionSampler(get_target("25gmm"), n_steps=2, hidden=4, n_harmonics=2).sample(3, group=comm),
+], ids=["Comm.shard", "annealed_mcmc", "importance_sde", "DiffusionSampler.sample"])
+def test_fewer_chains_than_ranks_is_an_error(run):
+    """Every sampler that shards its chains over the ranks (through Comm.shard) rejects n < ranks with one message."""
+    with pytest.raises(ValueError, match=r"n_samples \(3\) must be >= the number of ranks \(4\)"):
+        run(_FourRanks())
+
+
 def test_annealed_mcmc_bit_identical(tmp_path):
     """2-process annealed MCMC = the 1-process samples bit for bit (fused mixture kernels and the
     generic ops path; uneven split 19 + 18), with the same per-level statistics."""

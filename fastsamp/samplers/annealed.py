@@ -200,8 +200,6 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
     device = check_device(device)
     comm = Comm.resolve(group)
-    if n_samples < comm.world_size:
-        raise ValueError(f"n_samples ({n_samples}) must be >= the number of ranks ({comm.world_size})")
     chain0, n_local = comm.shard(n_samples)
     monitor = NonFiniteMonitor(n_levels, device, on_nonfinite)
     sched = model.schedule

@@ -122,8 +122,6 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
             return guidance_strength(model.schedule, t, float(guidance_schedule))
     device = check_device(device)
     comm = Comm.resolve(group)
-    if n_samples < comm.world_size:
-        raise ValueError(f"n_samples ({n_samples}) must be >= the number of ranks ({comm.world_size})")
     chain0, n_local = comm.shard(n_samples)
     sched = model.schedule
     f = CountingModel(with_backend(model, backend))
