@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 
-import torch
+from ..ops._checks import device as resolve_device  # torch.device of a cpu/cuda[:N] name, ValueError otherwise
 
 MAX_COUNT = 2**31 - 1  # counts (chains, moves, levels, ...) must fit the kernels' 32-bit counters
 MAX_SEED = 2**63 - 1
@@ -36,20 +36,6 @@ def positive_float(text):
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
     return v
-
-
-def resolve_device(device) -> torch.device:
-    """torch.device(device), with a clear ValueError for unknown names and for CUDA without a GPU."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested, but no CUDA GPU is available to torch "
-                         f"{torch.__version__} here (torch.cuda.is_available() is False); use device 'cpu'")
-    return dev
 
 
 def device_arg(text):

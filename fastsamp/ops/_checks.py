@@ -248,6 +248,21 @@ def float_dtype(name: str, dtype) -> torch.dtype:
     return dtype
 
 
+def device(v) -> torch.device:
+    """torch.device(v) for a device the kernels run on here: cpu, or cuda[:N] with a GPU that torch sees
+    (ValueError otherwise, also for unknown names)."""
+    try:
+        dev = torch.device(v)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {v!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {v!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(v)!r} but CUDA is not available to torch {torch.__version__} here (no CUDA "
+                         f"GPU: torch.cuda.is_available() is False); use device='cpu'")
+    return dev
+
+
 def threads(n_threads) -> int:
     """The thread count of a compiled kernel call: an int in [1, MAX_COUNT], or 0 for None: torch's intra-op
     thread count, read by the kernel's glue at the call (torch.compile cannot trace torch.get_num_threads())."""

@@ -72,18 +72,6 @@ def default_mh(corrector) -> str:
     return "none" if corrector in ("ula", "uhmc") else "score"
 
 
-def check_device(device) -> torch.device:
-    """`device` as a torch.device that this torch build can use."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be a torch device or its name, got {device!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} but CUDA is not available to torch here (a CPU-only torch "
-                         f"build, or no GPU visible): use device='cpu'")
-    return device
-
-
 def default_damping(corrector: str) -> float:
     """The momentum damping γ when none is given: 0.8 for U-HMC, 0 (a full refresh) for HMC. An explicit
     γ applies to both: with MH, the momentum flip on rejection keeps a partial refresh exact."""
@@ -198,7 +186,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     target_accept = _checks.finite_float("target_accept", target_accept)
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-    device = check_device(device)
+    device = _checks.device(device)
     comm = Comm.resolve(group)
     chain0, n_local = comm.shard(n_samples)
     monitor = NonFiniteMonitor(n_levels, device, on_nonfinite)

@@ -30,7 +30,7 @@ from ..models import value_and_grad
 from ..ops import _checks
 from ..profiling import phase
 from ..protocol import CountingModel, has_energy, resolve_model, with_backend
-from .annealed import NonFiniteMonitor, check_device, corrector_spec, count_arg, mcmc
+from .annealed import NonFiniteMonitor, corrector_spec, count_arg, mcmc
 
 
 def guidance_strength(schedule, t: float, c: float) -> float:
@@ -120,7 +120,7 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     else:
         def weight_of(t):
             return guidance_strength(model.schedule, t, float(guidance_schedule))
-    device = check_device(device)
+    device = _checks.device(device)
     comm = Comm.resolve(group)
     chain0, n_local = comm.shard(n_samples)
     sched = model.schedule

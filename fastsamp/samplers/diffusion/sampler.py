@@ -10,9 +10,8 @@ from torch import nn
 
 from ... import backends, ops
 from ...distributed import Comm
-from ...ops import trajectory
+from ...ops import _checks, trajectory
 from ...profiling import phase
-from ..annealed import check_device
 from .networks import DriftNet
 
 OBJECTIVES = ("pis", "tb", "vargrad", "subtb")
@@ -119,7 +118,7 @@ class DiffusionSampler(nn.Module):
         path differentiable (PIS). The chains are the global chains chain_offset .. chain_offset +
         batch_size − 1 of the Philox draws."""
         T, D = self.n_steps, self.target.dim
-        x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else check_device(device))
+        x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else _checks.device(device))
         ts = self._grid(x)
         offline = self.fused and not reparam
         if self.fused and not with_flows and self._whole_trajectory_kernel(x, rollout=True):
