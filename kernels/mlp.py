@@ -44,7 +44,7 @@ import triton.language as tl
 
 from fastsamp.ops.mlp import _unflatten
 
-from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2
+from ._launch import _MIN_PROGRAMS, INTERPRET, f64, launch, need_idx64, next_pow2
 from .gmm import _gmm_table, _whole_rows, gmm_eval
 from .mlp_layers import MLP_REG_HIDDEN, backward_layers, forward_layers
 from .tiles import div_ieee
@@ -55,7 +55,6 @@ META = tl.constexpr(9)  # int64 table row of a network: off_w0, ld0, off_wo, off
 _MIN_DOT = 16
 # chains per program: under the interpreter (a python loop per program) larger blocks
 _BLOCK_B_MAX = 64 if INTERPRET else 32
-_MIN_PROGRAMS = 264
 # Kernels with a scratch run a persistent grid (programs loop over the row blocks): at most this many programs per
 # multiprocessor, so that the scratch is bounded by the device, not by B. Under the interpreter 2 programs in all,
 # so that the tests run the loop.
