@@ -20,6 +20,12 @@ from .tiles import div_ieee
 
 MLP_REG_HIDDEN = tl.constexpr(128)
 CHUNK = tl.constexpr(64)
+# What `_tiled_forward` keeps in the scratch (its KEEP): h_k only (0 / False), act'(z_k) too (KEEP_GRAD, an energy
+# network's evaluation), the training layout (TRAIN: h_k, act'(z_k), act''(z_k) of every layer), or the tangent
+# forward on top of TRAIN's (TANGENT: ḣ_k; act''(z_k) becomes act''(z_k) ⊙ ż_k)
+KEEP_GRAD = tl.constexpr(1)
+TRAIN = tl.constexpr(2)
+TANGENT = tl.constexpr(3)
 
 
 @triton.jit
@@ -47,6 +53,18 @@ def _act_grad(z, act):
         y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
         dy = cdf + z * (0.3989422804014327 * tl.exp(-0.5 * z * z))
     return y, dy
+
+
+@triton.jit
+def _act_grads(z, act):
+    """(act(z), act'(z), act''(z)): `_act_grad` and SiLU's σ (1 − σ) (2 + z (1 − 2σ)), GELU's φ(z) (2 − z²)."""
+    y, dy = _act_grad(z, act)
+    if act == 1:
+        sig = div_ieee(tl.full(z.shape, 1.0, z.dtype), 1.0 + tl.exp(-z))
+        d2y = sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))
+    else:
+        d2y = 0.3989422804014327 * tl.exp(-0.5 * z * z) * (2.0 - z * z)
+    return y, dy, d2y
 
 
 @triton.jit
@@ -117,43 +135,71 @@ def _chunk_lanes(x, HP: tl.constexpr):
 
 
 @triton.jit
-def _chunk_act(z, h_at, dh_at, act, KEEP: tl.constexpr):
-    """Stores h = act(z) of a chunk at h_at (with KEEP act'(z) at dh_at)."""
-    if KEEP:
-        h, dh = _act_grad(z, act)
-        tl.store(dh_at, dh)
+def _h_tile(k, L, KEEP: tl.constexpr):
+    """The scratch tile of h_k in `_tiled_forward` (of ḣ_k with KEEP == TANGENT): k % 2 when evaluating, in the
+    training layout (`TRAIN`) the double tile 4 + 2L + 2k (h_k, then ḣ_k)."""
+    if KEEP == TRAIN:
+        t = 4 + 2 * L + 2 * k
+    elif KEEP == TANGENT:
+        t = 5 + 2 * L + 2 * k
     else:
-        h = _act(z, act)
-    tl.store(h_at, h)
+        t = k % 2
+    return t
 
 
 @triton.jit
-def _tiled_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
-    """`_net_forward`'s o at HP > MLP_REG_HIDDEN, CHUNK output columns of a layer at a time (the weight tiles on
-    chip are [CHUNK, CHUNK]): h_k in the program's scratch tile k % 2 of zs, act'(z_k) (KEEP) in tile 2 + k."""
+def _chunk_act(z, zs, k, L, at, T, act, KEEP: tl.constexpr):
+    """The epilogue of layer k at the chunk `at` (offsets in a scratch tile of T elements) of its pre-activation z:
+    stores h_k = act(z) in tile `_h_tile`, and act'(z) in tile 2 + k (KEEP >= 1), act''(z) in tile 3 + L + k
+    (TRAIN); TANGENT: z is ż_k, stores ḣ_k = act'(z_k) ⊙ ż_k and turns act''(z_k) into act''(z_k) ⊙ ż_k."""
+    a1_at = zs + (2 + k) * T + at
+    a2_at = zs + (3 + L + k) * T + at
+    if KEEP == TANGENT:
+        h = z * tl.load(a1_at)
+        tl.store(a2_at, tl.load(a2_at) * z)
+    elif KEEP == TRAIN:
+        h, dh, d2h = _act_grads(z, act)
+        tl.store(a1_at, dh)
+        tl.store(a2_at, d2h)
+    elif KEEP == KEEP_GRAD:
+        h, dh = _act_grad(z, act)
+        tl.store(a1_at, dh)
+    else:
+        h = _act(z, act)
+    tl.store(zs + _h_tile(k, L, KEEP) * T + at, h)
+
+
+@triton.jit
+def _tiled_forward(x, w_ptr, base, row, zs, D, O, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
+    """`_net_forward`'s o (O outputs) at HP > MLP_REG_HIDDEN, CHUNK output columns of a layer at a time (the weight
+    tiles on chip are [CHUNK, CHUNK]), the layer epilogues `_chunk_act` (KEEP: what the scratch keeps; TANGENT: the
+    tangent forward along x, no biases). The training op (kernels/mlp_train.py) runs it at every HP."""
     off_w0, ld0, off_wo, off_bo, off_h, H, L, act = row
     c, slot, T, zero = _chunk_lanes(x, HP)
     d = tl.arange(0, x.shape[1])
-    dm = d < D
     tl.debug_barrier()  # every thread has read the scratch of the previous evaluation
     for o0 in range(0, H, CHUNK):
         o = o0 + c
         om = o < H
-        z = tl.dot(x, _tile(w_ptr, off_w0, d, dm, o, om, 1, ld0), input_precision="ieee") + tl.load(
-            base + o, mask=om, other=0.0)[None, :]
-        _chunk_act(z, zs + o0 + slot, zs + 2 * T + o0 + slot, act, KEEP)
+        z = tl.dot(x, _tile(w_ptr, off_w0, d, d < D, o, om, 1, ld0), input_precision="ieee")
+        if KEEP != TANGENT:
+            z += tl.load(base + o, mask=om, other=0.0)[None, :]
+        _chunk_act(z, zs, 0, L, o0 + slot, T, act, KEEP)
     for k in range(L):
         tl.debug_barrier()  # h_k written by every thread
         off = off_h + k * (H * H + H)
         for o0 in range(0, H, CHUNK):
             o = o0 + c
             om = o < H
-            z = _chunk_dot(zero, zs + (k % 2) * T, slot, w_ptr, off, 1, H, o, om, H) + tl.load(
-                w_ptr + off + H * H + o, mask=om, other=0.0)[None, :]
-            _chunk_act(z, zs + ((k + 1) % 2) * T + o0 + slot, zs + (k + 3) * T + o0 + slot, act, KEEP)
+            z = _chunk_dot(zero, zs + _h_tile(k, L, KEEP) * T, slot, w_ptr, off, 1, H, o, om, H)
+            if KEEP != TANGENT:
+                z += tl.load(w_ptr + off + H * H + o, mask=om, other=0.0)[None, :]
+            _chunk_act(z, zs, k + 1, L, o0 + slot, T, act, KEEP)
     tl.debug_barrier()
-    o = _chunk_dot(tl.zeros(x.shape, x.dtype), zs + (L % 2) * T, slot, w_ptr, off_wo, 1, H, d, dm, H)
-    return o + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
+    o = _chunk_dot(tl.zeros(x.shape, x.dtype), zs + _h_tile(L, L, KEEP) * T, slot, w_ptr, off_wo, 1, H, d, d < O, H)
+    if KEEP != TANGENT:
+        o += tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
+    return o
 
 
 @triton.jit
@@ -174,16 +220,16 @@ def _reg_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
 
 
 @triton.jit
-def _tiled_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
-    """`_net_energy`'s J_fᵀ r at HP > MLP_REG_HIDDEN by CHUNK-column chunks: g_k in scratch tile k % 2,
-    act'(z_k) in tile 2 + k (`_tiled_forward`)."""
+def _tiled_backward(r, w_ptr, row, zs, D, O, HP: tl.constexpr):
+    """`_net_energy`'s J_fᵀ r (D input columns; r: O output columns) at HP > MLP_REG_HIDDEN by CHUNK-column chunks:
+    g_k in scratch tile k % 2, act'(z_k) in tile 2 + k (`_tiled_forward`)."""
     off_w0, ld0, off_wo, _, off_h, H, L, _ = row
     c, slot, T, zero = _chunk_lanes(r, HP)
     d = tl.arange(0, r.shape[1])
     dm = d < D
     for o0 in range(0, H, CHUNK):
         o = o0 + c
-        g = tl.dot(r, _tile(w_ptr, off_wo, d, dm, o, o < H, H, 1), input_precision="ieee")
+        g = tl.dot(r, _tile(w_ptr, off_wo, d, d < O, o, o < H, H, 1), input_precision="ieee")
         tl.store(zs + (L % 2) * T + o0 + slot, g * tl.load(zs + (L + 2) * T + o0 + slot))
     for kk in range(L):
         k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
@@ -203,7 +249,7 @@ def forward_layers(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KE
     of x; base: its per-call constants (c at base); with KEEP, act'(z_k) of every layer k = 0 .. L stored in the
     program's scratch zs for `backward_layers` (tile k; the tiled path: tile 2 + k)."""
     if HP > MLP_REG_HIDDEN:
-        o = _tiled_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP, KEEP)
+        o = _tiled_forward(x, w_ptr, base, row, zs, D, D, cols, cmask, HP, KEEP)
     else:
         o = _reg_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP, KEEP)
     return o
@@ -214,7 +260,7 @@ def backward_layers(r, w_ptr, row, zs, D, HP: tl.constexpr):
     """J_fᵀ r = g_0 W_0[:, :D] [BLOCK_B, BLOCK_D] with g_L = (r W_o) ⊙ act'(z_L), g_{k−1} = (g_k W_k) ⊙ act'(z_{k−1}),
     act' from the scratch zs (`forward_layers` with KEEP, after a barrier)."""
     if HP > MLP_REG_HIDDEN:
-        gx = _tiled_backward(r, w_ptr, row, zs, D, HP)
+        gx = _tiled_backward(r, w_ptr, row, zs, D, D, HP)
     else:
         gx = _reg_backward(r, w_ptr, row, zs, D, HP)
     return gx

@@ -336,8 +336,8 @@ def test_annealed_mcmc_fuses_cuda_energy_mlps():
 def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
     """The compiled path on a machine without a GPU: every mlp kernel and the move kernels on each evaluator compile
     for sm_90 (triton.compile with the wheel's ptxas) at the largest hidden tile of each path (the register path's
-    MLP_REG_HIDDEN, the tiled path's MLP_MAX_HIDDEN), using at most the 227 KB of shared memory an H100/H200 block
-    may."""
+    MLP_REG_HIDDEN, the tiled path's MLP_MAX_HIDDEN; the training op mlp_net_energy_lsq at both, its widest input row),
+    using at most the 227 KB of shared memory an H100/H200 block may."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -353,7 +353,8 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
              (moves._hmc_kernel, dict(MH_MODE=1, RNG_T=7, **energy)),
              (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_ENERGY_NETS.value, HAS_MIX=True, BLOCK_D=16)),
-             (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2))]
+             (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2)),
+             (kernels.mlp_train._energy_lsq_kernel, dict(BLOCK_D=kernels.MLP_NET_MAX_IN))]
     if not tiled:  # the mixture evaluator does not depend on HP
         cases += [(moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
                   (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1))]

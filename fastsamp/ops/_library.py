@@ -52,7 +52,7 @@ _lib = torch.library.Library(NAMESPACE, "DEF")
 # MLP_MAX_HIDDEN; a module without the attribute has no such limit). Above them "auto" runs the reference.
 _MLP_OPS = ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc")
 _MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D",
-               **{op: "MLP_MAX_D" for op in _MLP_OPS}}
+               **{op: "MLP_MAX_D" for op in _MLP_OPS}, "mlp_net_energy_lsq": "MLP_NET_MAX_IN"}
 _MAX_HIDDEN_ATTR = {op: "MLP_MAX_HIDDEN" for op in _MLP_OPS}
 
 

@@ -312,7 +312,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_net_lsq", f"{_MLP_NET} c:(B,O) k:(B,)", "loss:(B,) g_params:[params]", f"{_MLP_NET_C} c k",
         dims=_MLP_NET_DIMS, guard="B > 0"),
     _op("mlp_net_energy_lsq", f"{_MLP_NET} c:(B,O) v:(B,) sigma:(B,) z:(B,O)", "loss:(B,) g_params:[params]",
-        f"{_MLP_NET_C} c v sigma z", dims=_MLP_NET_DIMS, guard="B > 0"),
+        f"{_MLP_NET_C} c v sigma z", _ALL, dims=_MLP_NET_DIMS, guard="B > 0"),
     _op("normal", "seed:u64 offset:u64 B:int D:int dtype:dtype device:device chain_offset:u64", "xi:(B,D)",
         "dtype seed offset chain_offset B D", _ALL + ("cuda",), dims=""),
     _op("uniform", "seed:u64 offset:u64 B:int dtype:dtype device:device chain_offset:u64", "u:(B,)",
