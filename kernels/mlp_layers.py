@@ -11,6 +11,11 @@ rows, h_0 = act(W_0[:, :D] x + c), h_k = act(W_k h_{k−1} + b_k). Two paths, by
   act'(z_k) of an energy network in tile 2 + k (`_tiled_forward`, `_tiled_backward`). Never run on a GPU: checked
   by the interpreter tests and by compiling for sm_90.
 
+The training op mlp_net_energy_lsq (kernels/mlp_train.py) runs the tiled path at every width, with its own scratch
+layout (`_tiled_forward`'s KEEP = TRAIN, then TANGENT): tiles 0, 1 the VJP's g_k (`_tiled_backward`), 2 + k
+act'(z_k), 3 + L + k act''(z_k) (after the tangent forward act''(z_k) ⊙ ż_k), 4 + 2L + 2k and the next h_k and ḣ_k
+(one [2 BLOCK_B, HP] double tile: the primal rows, then the tangent rows).
+
 Dots in ieee precision (no TF32); zero weights and biases beyond a network's H (act(0) = 0: the padding is exact).
 """
 import triton

@@ -20,8 +20,9 @@ one pass.
 
 The C++ kernel evaluates every network on blocks of chains with register-tiled GEMMs (the MLP engine
 of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); on CUDA tensors the Triton kernels of
-kernels/mlp.py (one program per block of chains, its activations on chip) run the score-network ops; the
-reference is plain PyTorch (autograd for an energy network's score).
+kernels/mlp.py (one program per block of chains, its activations on chip) run the network-sum and move ops, and
+kernels/mlp_train.py the energy training op `mlp_net_energy_lsq`; the reference is plain PyTorch (autograd for an
+energy network's score).
 """
 from __future__ import annotations
 
@@ -333,8 +334,9 @@ def mlp_net_energy_lsq(x, weights, biases, c, v, sigma, z, *, activation="silu",
     J_f the Jacobian of f in the first O columns of x (the state; O <= D_in), c, z (B, O) and v > 0, sigma (B,)
     constants. Differentiable in the weights and biases: one kernel call gives the loss and every parameter's
     gradient, through J_f exactly (a double backward: the forward, the VJP J_fᵀ r, a tangent forward along the
-    score's cotangent and one reverse pass through both streams). The denoising score-matching loss of an
-    EnergyMLP is one (`fastsamp.models.dsm_loss`: c = x_t − α m). Returns the loss (0-dim)."""
+    score's cotangent and one reverse pass through both streams): the C++ kernel on the CPU, the Triton one on CUDA
+    (D_in <= 128, else the reference). The denoising score-matching loss of an EnergyMLP is one
+    (`fastsamp.models.dsm_loss`: c = x_t − α m). Returns the loss (0-dim)."""
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
     B, O = x.shape[0], layers[2].shape[0]
