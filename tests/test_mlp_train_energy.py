@@ -29,11 +29,17 @@ def cpp():
 
 
 @pytest.fixture
-def device(backend):
+def device(backend, monkeypatch):
     """The device of `backend`'s tensors (Triton: a GPU, else the interpreter on the CPU), skipping when it is
-    unavailable."""
+    unavailable. On a GPU the Triton op's persistent grid is bounded to 2 programs, as under the interpreter, so that
+    a program loops over several row blocks at these batches (tests/test_mlp_triton.py's few_programs)."""
     skip_unless_available(backend)
-    return backend_device(backend)
+    device = backend_device(backend)
+    if backend == "triton" and device.type == "cuda":
+        mlp = backends._load("triton")[0].mlp
+        monkeypatch.setattr(mlp, "_multiprocessors", lambda device: 1)
+        monkeypatch.setattr(mlp, "_PROGRAMS_PER_SM", mlp._INTERPRET_PROGRAMS)
+    return device
 
 
 def on(device, ws, bs):
