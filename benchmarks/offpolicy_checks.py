@@ -1,10 +1,12 @@
 """The checks behind the off-policy table's rows that differ from Sendera et al. (2024, Table C.1) by more
 than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW (checks/funnel_tb.md),
-25GMM PIS (checks/pis_25gmm.md).
+25GMM PIS (checks/pis_25gmm.md), Funnel PIS and Manywell PIS (checks/pis_funnel.md).
 
     python benchmarks/offpolicy_checks.py evaluate [--target funnel] [--method tb] [--repeats 5] [--models PATH ...]
     python benchmarks/offpolicy_checks.py gradients [--target funnel|25gmm] [--batch 300] [--models PATH ...]
-    python benchmarks/offpolicy_checks.py manywell [--repeats 20] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py manywell [--method tb|pis] [--repeats 20] [--first-seed 1] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py spread [--target funnel] [--method pis] [--repeats 50] [--released]
+                                  [--first-seed 1] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
 
@@ -27,7 +29,9 @@ path) against the released PIS step run on the same noise (recovered from our st
 and the preset's initial network. `train`: the preset's initial network (fastsamp.experiments.offpolicy.build
 at the seed) trained by `fastsamp.samplers.diffusion.train` (fused) or, with --released, by the released
 step, optionally with another σ² of the reference process, log Z learning rate or train.py's default
-network; then the evaluation of `evaluate`, and with --curve the metrics along training.
+network; then the evaluation of `evaluate`, and with --curve the metrics along training. `spread`: the
+spread of one table entry, Δlog Z and Δlog Z^RW of saved models per evaluation of 2000 samples over many
+evaluation seeds and pooled (optionally the released estimator's too); `manywell` adds the orthant collapse.
 One thread; prints one JSON line per model.
 """
 from __future__ import annotations
@@ -321,28 +325,56 @@ def orthant_limit(target):
     return p_right, -target.n_wells * math.log(p_right)
 
 
+def _draws(sampler, seeds):
+    """Samples and log w (float64) of one evaluation of 2000 samples per seed (fastsamp's rollout)."""
+    return [(x, lw.double()) for x, lw in (sampler.sample(N, seed=s) for s in seeds)]
+
+
+def spread(log_ws, log_Z):
+    """Δlog Z and Δlog Z^RW of each evaluation's log w (the spread of one table entry) and of all of
+    them pooled (Δlog Z^RW of the pooled n: less of log-mean-exp's downward bias)."""
+    per = [log_z_estimates(lw) for lw in log_ws]
+    pooled = log_z_estimates(torch.cat(log_ws))
+    return {"delta_log_Z_per_2000": _summary([abs(m["elbo"] - log_Z) for m in per]),
+            "delta_log_Z_rw_per_2000": _summary([abs(m["log_Z"] - log_Z) for m in per]),
+            "ess_per_2000": _summary([m["ess"] for m in per]),
+            "delta_log_Z_pooled": abs(pooled["elbo"] - log_Z), "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - log_Z),
+            "pooled_n": pooled["n"], "pooled_ess": pooled["ess"]}
+
+
+def _seeds(args):
+    return range(args.first_seed, args.first_seed + args.repeats)
+
+
+def cmd_spread(args):
+    """Saved models: `spread` over evaluation seeds first-seed .. first-seed + repeats − 1, and with
+    --released the released estimator's Δlog Z and Δlog Z^RW on the same seeds (torch's generator)."""
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_{args.method}_seed*.pt")))
+    for path in paths:
+        sampler = DiffusionSampler.load(path)
+        out = {"model": os.path.basename(path), "seeds": [args.first_seed, args.first_seed + args.repeats - 1],
+               **spread([lw for _, lw in _draws(sampler, _seeds(args))], sampler.target.log_Z)}
+        if args.released:
+            rel = [released_estimates(sampler, s) for s in _seeds(args)]
+            for key in ("delta_log_Z", "delta_log_Z_rw", "ess"):
+                out[f"released_{key}_per_2000"] = _summary([m[key] for m in rel])
+        print(json.dumps(out), flush=True)
+
+
 def cmd_manywell(args):
-    """Manywell TB: Δlog Z^RW per 2000 samples over `--repeats` seeds, pooled over all of them, the
-    collapse's limit and the share of samples with every double-well coordinate in the right well."""
-    paths = args.models or sorted(glob.glob(os.path.join(OUT, "manywell_tb_seed*.pt")))
+    """Saved Manywell models: `spread`, the collapse's limit and the share of samples with every
+    double-well coordinate in the right well."""
+    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"manywell_{args.method}_seed*.pt")))
     for path in paths:
         sampler = DiffusionSampler.load(path)
         target = sampler.target
         p_right, limit = orthant_limit(target)
-        log_w, right, all_right = [], [], []
-        for s in range(1, args.repeats + 1):
-            x, lw = sampler.sample(N, seed=s)
-            log_w.append(lw.double())
-            right.append(float((x[:, 0::2] > 0).double().mean()))
-            all_right.append(float((x[:, 0::2] > 0).all(1).double().mean()))
-        per_draw = [abs(log_z_estimates(lw)["log_Z"] - target.log_Z) for lw in log_w]
-        pooled = log_z_estimates(torch.cat(log_w))
+        draws = _draws(sampler, _seeds(args))
+        x = torch.stack([x for x, _ in draws])[..., 0::2] > 0
         print(json.dumps({"model": os.path.basename(path), "p_right_exact": p_right, "orthant_limit": limit,
-                          "delta_log_Z_rw_per_2000": _summary(per_draw),
-                          "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - target.log_Z), "pooled_n": pooled["n"],
-                          "pooled_ess": pooled["ess"], "delta_log_Z_pooled": abs(pooled["elbo"] - target.log_Z),
-                          "right_well_fraction": statistics.mean(right),
-                          "all_right_fraction": statistics.mean(all_right)}), flush=True)
+                          **spread([lw for _, lw in draws], target.log_Z),
+                          "right_well_fraction": float(x.double().mean()),
+                          "all_right_fraction": float(x.all(-1).double().mean())}), flush=True)
 
 
 def main(argv=None):
@@ -363,18 +395,25 @@ def main(argv=None):
     t.add_argument("--default-network", action="store_true",
                    help="train.py's default network instead of the PIS architecture")
     t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
-    m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell TB models against the orthant collapse")
-    m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_tb_seed*.pt)")
+    m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell models against the orthant collapse")
+    m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_<method>_seed*.pt)")
+    s = sub.add_parser("spread", help="Δlog Z and Δlog Z^RW of saved models over many evaluations")
+    s.add_argument("--models", nargs="*", help="model .pt files (default: OUT/<target>_<method>_seed*.pt)")
+    s.add_argument("--released", action="store_true", help="also the released estimator (funnel, 25gmm)")
+    for q in (m, s):
+        q.add_argument("--first-seed", type=int, default=1,
+                       help="the first evaluation seed (the table's evaluation: 10000 + training seed)")
     for q in (e, g, t):
         q.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
-    for q in (e, t):
+    s.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
+    for q in (e, t, m, s):
         q.add_argument("--method", default="tb", choices=("tb", "pis"), help="the preset (and released objective)")
-    for q in (e, g, t, m):
+    for q in (e, g, t, m, s):
         q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     {"evaluate": cmd_evaluate, "gradients": cmd_gradients, "train": cmd_train,
-     "manywell": cmd_manywell}[args.command](args)
+     "manywell": cmd_manywell, "spread": cmd_spread}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 fastsamp's targets, log w and PIS gradient (the checks of checks/funnel_tb.md and checks/pis_25gmm.md
 rest on them), and its training loop and command line run on tiny sizes."""
 import json
+import math
 
 import pytest
 import torch
@@ -75,3 +76,35 @@ def test_gradients_command_prints_one_line_per_model_and_seed(tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [d["model"] for d in lines] == ["initial network (seed 0)", "25gmm_pis_seed0.pt"]
     assert all(d["grad_fused_vs_released_max_rel"] < 1e-3 for d in lines)
+
+
+def test_manywell_command_finds_the_method_s_models_and_the_orthant_limit(tmp_path, capsys, monkeypatch):
+    """`manywell --method pis` reads OUT/manywell_pis_seed*.pt; the collapse limit is −16 log P(a > 0) with
+    P(a > 0) = 0.844307 (checks/funnel_tb.md §5)."""
+    checks = _checks()
+    monkeypatch.setattr(checks, "OUT", str(tmp_path))
+    offpolicy.build("manywell", "pis", n_steps=4)[0].save(str(tmp_path / "manywell_pis_seed0.pt"))
+    checks.main(["manywell", "--method", "pis", "--repeats", "2"])
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["model"] == "manywell_pis_seed0.pt" and line["pooled_n"] == 4000
+    assert line["p_right_exact"] == pytest.approx(0.844307, abs=1e-6)
+    assert line["orthant_limit"] == pytest.approx(-16 * math.log(line["p_right_exact"]))
+    assert len(line["delta_log_Z_rw_per_2000"]["values"]) == 2
+
+
+def test_spread_command_reproduces_the_table_s_evaluation(tmp_path, capsys):
+    """`spread --first-seed 10000 --repeats 1` is the table's evaluation of a seed-0 run
+    (experiments.offpolicy.evaluate at seed 10_000 + training seed); --released adds the released estimator."""
+    checks = _checks()
+    sampler, _ = offpolicy.build("funnel", "pis", n_steps=4)
+    checks.released_train(sampler, 2, seed=0, objective="pis")  # a nonzero drift
+    path = str(tmp_path / "funnel_pis_seed0.pt")
+    sampler.save(path)
+    checks.main(["spread", "--models", path, "--first-seed", "10000", "--repeats", "1"])
+    checks.main(["spread", "--models", path, "--repeats", "2", "--released"])
+    table, two = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    m = offpolicy.evaluate(sampler, sampler.target, n=2000, seed=10_000)
+    assert table["delta_log_Z_per_2000"]["values"] == [pytest.approx(m["delta_log_Z"])]
+    assert table["delta_log_Z_rw_per_2000"]["values"] == [pytest.approx(m["delta_log_Z_rw"])]
+    assert two["seeds"] == [1, 2] and two["pooled_n"] == 4000
+    assert len(two["released_delta_log_Z_rw_per_2000"]["values"]) == 2
