@@ -7,10 +7,16 @@ vector-Jacobian product through the PyTorch reference (`torch.func.vjp` of `refe
 (B, K, D) evaluation, the cost of the reference forward), which gives the gradients of logp and score
 w.r.t. x, means, log_weights and variances, so a mixture can be fitted by likelihood.
 ξ is the op's noise: the given `noise`, or the Philox draw (a constant: no gradient).
+Forward mode (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad): each op with a backward has a
+`<op>_jvp` (`JVPS`): given one tangent per schema argument (None: no tangent), the tangents of the outputs. The
+linear steps' are the op's linear part applied to the tangents; gmm_score's is the reference's jvp (a
+Hessian-vector product in x, the cost of one reference forward), as its backward is the reference's vjp.
 `first_order` makes the fused backwards of the ops' autograd.Functions (mlp.py, trajectory.py) raise, naming the
 op, when differentiated again.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -22,9 +28,11 @@ def _dot(a, b):
 
 
 def _setup_all(ctx, inputs, output):
-    """Save the tensor inputs (None kept in place) and the scalars; the output too."""
+    """Save the tensor inputs (None kept in place) and the scalars; the output too (for the backward and the jvp)."""
     ctx.tensor_at = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
-    ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_at), *(output if isinstance(output, tuple) else (output,)))
+    saved = (*(inputs[i] for i in ctx.tensor_at), *(output if isinstance(output, tuple) else (output,)))
+    ctx.save_for_backward(*saved)
+    ctx.save_for_forward(*saved)
     ctx.inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
     ctx.n_out = len(output) if isinstance(output, tuple) else 1
 
@@ -107,6 +115,98 @@ def momentum_refresh_backward(ctx, g):
     return (damping * g, None, None if inputs[2] is None else (1.0 - damping * damping) ** 0.5 * g, None, None, None)
 
 
+def _linear(like, *terms):
+    """Σ c·t over the terms (c, t) whose tangent t is given (None: no tangent); zeros like `like` if none is."""
+    out = None
+    for c, t in terms:
+        if t is not None:
+            out = c * t if out is None else out + c * t
+    return torch.zeros_like(like) if out is None else out
+
+
+def gmm_score_jvp(ctx, dx, d_means, d_log_weights, d_variances, *_):
+    """The reference's lines (reference.gmm_score) differentiated forward, absent tangents as zeros:
+    s = α² v + σ², ℓ_k = lw_k − ½|c_k|²/s_k − ½ D log(2π s_k) with c_k = α μ_k − x and lw = log w − lse(log w),
+    logp = lse_k ℓ_k, r = softmax_k ℓ, score = Σ_k (r_k/s_k) c_k; so dlogp = Σ_k r_k dℓ_k, dr = r (dℓ − dlogp),
+    dscore = Σ_k ((dr_k − r_k ds_k/s_k)/s_k) c_k + (r_k/s_k) dc_k (in x, a Hessian-vector product of log p)."""
+    (x, means, log_weights, variances, alpha, sigma2), _ = _saved(ctx)
+    dx, d_means, d_log_weights, d_variances = (torch.zeros_like(p) if t is None else t for p, t in zip(
+        (x, means, log_weights, variances), (dx, d_means, d_log_weights, d_variances)))
+    s, ds = alpha * alpha * variances + sigma2, alpha * alpha * d_variances
+    d_lw = d_log_weights - _dot(torch.softmax(log_weights, 0), d_log_weights)
+    c = alpha * means[None] - x[:, None]  # (B, K, D)
+    dc = alpha * d_means[None] - dx[:, None]
+    q, dq = _dot(c, c), 2 * _dot(c, dc)
+    ell = log_weights - torch.logsumexp(log_weights, 0) - 0.5 * q / s - 0.5 * x.shape[1] * torch.log(2 * math.pi * s)
+    d_ell = d_lw - 0.5 * dq / s + 0.5 * q * ds / (s * s) - 0.5 * x.shape[1] * ds / s
+    r = torch.softmax(ell, 1)
+    d_logp = _dot(r, d_ell)
+    dr = r * (d_ell - d_logp[:, None])
+    d_score = torch.einsum("bk,bkd->bd", (dr - r * ds / s) / s, c) + torch.einsum("bk,bkd->bd", r / s, dc)
+    return d_score, d_logp
+
+
+def sde_step_jvp(ctx, dx, d_score, d_extra, d_noise, *_):
+    """x_new = a·x + c_s·(score + extra_drift) + c_n·ξ."""
+    inputs, (x_new,) = _saved(ctx)
+    a, c_s, c_n = inputs[7:10]
+    return _linear(x_new, (a, dx), (c_s, d_score), (c_s, d_extra), (c_n, d_noise))
+
+
+def guided_sde_step_jvp(ctx, dx, d_score, d_shift, dv, d_noise, *_):
+    """x_new = a·x + c_s·(score + c_v·v + c_diff·(score_shift − score)) + c_n·ξ."""
+    inputs, (x_new,) = _saved(ctx)
+    a, c_s, c_v, c_diff, c_n = inputs[8:13]
+    return _linear(x_new, (a, dx), (c_s * (1.0 - c_diff), d_score), (c_s * c_diff, d_shift), (c_s * c_v, dv),
+                   (c_n, d_noise))
+
+
+def mala_propose_jvp(ctx, dx, d_score, d_eps, d_noise, *_):
+    """x' = x + ε score + √(2ε) ξ: dx' = dx + ε d_score + dε (score + ξ/√(2ε)) + √(2ε) dξ."""
+    (x, score, step_size, noise, *_), (x_prop,) = _saved(ctx)
+    eps = step_size[:, None]
+    root = torch.sqrt(2 * eps)
+    d_eps = None if d_eps is None else d_eps[:, None]
+    xi_term = noise / root if noise is not None else (x_prop - x - eps * score) / (2 * eps)
+    return _linear(x_prop, (1.0, dx), (eps, d_score), (score + xi_term, d_eps), (root, d_noise))
+
+
+def line_points_jvp(ctx, dx, dx_prop, _n):
+    """points[i−1] = x + t_i (x' − x), t_i = i/n."""
+    (x, _, n), (points,) = _saved(ctx)
+    t = (torch.arange(1, n, dtype=x.dtype, device=x.device) / n)[:, None, None]
+    return _linear(points, (1.0 - t, dx), (t, dx_prop))
+
+
+def leapfrog_jvp(ctx, dx, dp, d_score, d_eps):
+    """p½ = p + (ε/2) s, x_next = x + ε p½."""
+    (x, p, score, step_size), (x_next, p_half) = _saved(ctx)
+    eps = step_size[:, None]
+    d_eps = None if d_eps is None else d_eps[:, None]
+    dp_half = _linear(p_half, (1.0, dp), (0.5 * eps, d_score), (0.5 * score, d_eps))
+    return _linear(x_next, (1.0, dx), (eps, dp_half), (p_half, d_eps)), dp_half
+
+
+def leapfrog_finish_jvp(ctx, dx, dx_next, dp_half, d_score, d_score_next, d_eps, d_delta):
+    """p_next = p½ + (ε/2) s', Δ' = Δ + ½ (s + s')·(x' − x)."""
+    (x, x_next, _, score, score_next, step_size, _), (p_next, delta_next) = _saved(ctx)
+    eps = step_size[:, None]
+    d_eps = None if d_eps is None else d_eps[:, None]
+    dp_next = _linear(p_next, (1.0, dp_half), (0.5 * eps, d_score_next), (0.5 * score_next, d_eps))
+    half_sum, half_step = 0.5 * (score + score_next), 0.5 * (x_next - x)
+    d_delta_next = _linear(delta_next, (1.0, d_delta), *(
+        (1.0, None if t is None else _dot(c, t)) for c, t in
+        ((half_step, d_score), (half_step, d_score_next), (half_sum, dx_next), (-half_sum, dx))))
+    return dp_next, d_delta_next
+
+
+def momentum_refresh_jvp(ctx, dp, _damping, d_noise, *_):
+    """p' = damping·p + √(1 − damping²) ξ."""
+    inputs, (p_new,) = _saved(ctx)
+    damping = inputs[1]
+    return _linear(p_new, (damping, dp), ((1.0 - damping * damping) ** 0.5, d_noise))
+
+
 class _FirstOrderGrads(torch.autograd.Function):
     """The gradients of a fused op's backward unchanged, tied (under create_graph=True) to what they depend on: the
     cotangents and the saved inputs. Differentiating them raises, naming the op: the backward kernels are first order
@@ -140,4 +240,5 @@ def first_order(op, grads, *depends_on):
 
 
 FORMULAS = {name[:-len("_backward")]: fn for name, fn in dict(globals()).items() if name.endswith("_backward")}
+JVPS = {name[:-len("_jvp")]: fn for name, fn in dict(globals()).items() if name.endswith("_jvp")}
 SETUP = _setup_all

@@ -10,6 +10,8 @@ limit is concerned).
 * Autograd of the ops without a backward formula: when grad mode is on and an input requires grad,
   `backend="auto"` runs the differentiable PyTorch reference (so "auto" never changes autograd
   semantics with the build) and an explicit compiled backend raises (so does the registered op).
+  Forward mode likewise: when an input carries a tangent (torch.func.jvp / jacfwd / hessian, forward_ad),
+  "auto" runs the registered op (its jvp formula, `_autograd.JVPS`) or the reference, a compiled backend raises.
   (The ops with fused backward kernels — `em_step_logprob`, `policy_rollout(reparam=True)`, `policy_log_pf`,
   `mlp_net`, `mlp_net_lsq`, `mlp_net_energy_lsq` — run autograd.Functions of their own that `route` their forward
   and backward ops; `policy_rollout` and `policy_log_pf` also call `backends.resolve` themselves, to take autograd
@@ -23,6 +25,7 @@ limit is concerned).
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from .. import backends
 from . import _library, reference
@@ -42,6 +45,14 @@ def _needs_grad(x: torch.Tensor, tensors) -> bool:
     return False
 
 
+def _has_tangent(x: torch.Tensor, tensors) -> bool:
+    """A forward-mode dual level is open (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad) and x or
+    one of the other tensors (None allowed) carries a tangent at it."""
+    if _fwad._current_level < 0:
+        return False
+    return any(t is not None and _fwad.unpack_dual(t).tangent is not None for t in (x, *tensors))
+
+
 def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     """The function of explicit backend `backend` for backend op `op`, state x (B, D) and the other tensor
     inputs ("auto" goes through `route`: the registered op, whose CPU/CUDA kernels fall back to the
@@ -50,6 +61,9 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
         raise ValueError(f"{op} on backend {backend!r} is not differentiable and an input requires grad: use "
                          f"backend='torch' or 'auto' (the differentiable reference), or detach the inputs / "
                          f"run under torch.no_grad()")
+    if backend != "torch" and _fwad._current_level >= 0 and _has_tangent(x, tensors):
+        raise ValueError(f"{op} on backend {backend!r} has no forward-mode derivative and an input carries a "
+                         f"tangent (torch.func.jvp / jacfwd / hessian, forward_ad): use backend='torch' or 'auto'")
     fn = backends.resolve(backend, op, x.device)
     limit = max_d(fn, op)
     if limit is not None and x.shape[1] > limit:
@@ -83,7 +97,7 @@ def route(backend: str, op: str, x: torch.Tensor, *tensors):
     if backend != "auto":
         return kernel(backend, op, x, *tensors)
     entry = _library.ENTRIES[op]
-    if _needs_grad(x, tensors):
+    if _needs_grad(x, tensors) or (_fwad._current_level >= 0 and _has_tangent(x, tensors)):
         return entry.graph if entry.differentiable else getattr(reference, op)
     if torch.compiler.is_compiling():
         return entry.graph

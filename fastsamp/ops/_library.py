@@ -36,6 +36,8 @@ import math
 import os
 
 import torch
+import torch.autograd.forward_ad as _fwad
+from torch._functorch.utils import enable_single_level_autograd_function as _single_level_function
 
 from .. import backends
 from . import _autograd, _table, reference
@@ -215,50 +217,97 @@ _is_grad_enabled = torch._C.is_grad_enabled
 
 
 def _function(op: _table.Op, handle):
-    """The autograd.Function of an op with a backward formula (`_autograd.FORMULAS`): forward redispatches below
-    the autograd key; backward gives one gradient per schema argument, and none for the key set and for the
-    trailing tensor forms of the u64 arguments (which the dispatcher passes only up to the last one given)."""
-    formula, n = _autograd.FORMULAS[op.name], len(op.schema_args)
+    """The autograd.Function of an op with backward and jvp formulas (`_autograd.FORMULAS`, `_autograd.JVPS`):
+    forward redispatches below the autograd key; backward gives one gradient per schema argument, and none for the
+    key set and for the trailing tensor forms of the u64 arguments (which the dispatcher passes only up to the last
+    one given); jvp the outputs' tangents from the schema arguments' (forward mode). A separate setup_context, so
+    that torch.func's transforms (grad, vjp, jvp, jacrev, jacfwd, hessian) take it."""
+    formula, jvp_formula, n = _autograd.FORMULAS[op.name], _autograd.JVPS[op.name], len(op.schema_args)
 
-    def forward(ctx, keyset, *args):
+    def forward(keyset, *args):
         with _BELOW_AUTOGRAD():
-            output = handle.redispatch_boxed(keyset & _AFTER_AUTOGRAD, *args)
-        _autograd.SETUP(ctx, args[:n], output)
-        ctx.n_tail = len(args) - n
-        return output
+            return handle.redispatch_boxed(keyset & _AFTER_AUTOGRAD, *args)
+
+    def setup_context(ctx, inputs, output):
+        _autograd.SETUP(ctx, inputs[1:n + 1], output)
+        ctx.n_tail = len(inputs) - 1 - n
 
     def backward(ctx, *grads):
         return (None, *formula(ctx, *grads)) + (None,) * ctx.n_tail
 
-    return type(f"{NAMESPACE}_{op.name}", (torch.autograd.Function,),  # grad_fn: fastsamp_<op>Backward
-                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    def jvp(ctx, _keyset, *tangents):
+        return jvp_formula(ctx, *tangents[:n])
+
+    function = type(f"{NAMESPACE}_{op.name}", (torch.autograd.Function,),  # grad_fn: fastsamp_<op>Backward
+                    {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+                     "backward": staticmethod(backward), "jvp": staticmethod(jvp)})
+    plain_apply = _FUNCTION_APPLY.__get__(None, function)
+
+    def apply(*args):
+        if _functorch_level() is None:
+            return plain_apply(*args)
+        with _single_level_function():
+            return plain_apply(*args)
+    return apply
+
+
+_FUNCTION_APPLY = vars(torch._C._FunctionBase)["apply"]
+"""autograd's own apply of an autograd.Function (what `Function.apply` calls outside torch.func's transforms). Under a
+transform the Autograd kernel runs inside the transform's level (its tensors are that level's wrappers, torch.func's
+dispatch keys already handled), as aten's Autograd kernels do: there the Function is a single-level one (as
+torch.func's own custom_function_call makes), and `Function.apply` would enter custom_function_call, which has no
+kernel at that point."""
 
 
 _UNSEEN = object()
+
+
+def _tangent_test(op: _table.Op):
+    """args -> whether a tensor argument of `op` (a list's elements too) carries a forward-mode tangent at the
+    current dual level (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); False at once when no dual
+    level is open."""
+    at = [(i, a.kind == "tensors") for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor", "tensors")]
+
+    def has_tangent(args):
+        if _fwad._current_level < 0:
+            return False
+        for i, many in at:
+            for t in (args[i] if many else (args[i],)):
+                if t is not None and _fwad.unpack_dual(t).tangent is not None:
+                    return True
+        return False
+    return has_tangent
 
 
 def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad):
     """The op's kernel at the Autograd key (called with the dispatch key set); `requires_grad`: args -> whether a
     tensor argument requires grad (`_requires_grad_test`).
 
-    Grad mode on and an input requires grad: the autograd.Function of the op's backward formula, or, for an op
-    without one, a RuntimeError naming the op (never a silent detach; also under torch.func.grad / vjp, whose
-    wrapped inputs require grad here). Otherwise the op runs below the autograd key: where the dispatcher's next
+    Grad mode on and an input requires grad, or an input carries a forward-mode tangent (`_tangent_test`): the
+    autograd.Function of the op's backward and jvp formulas, or, for an op without them, a RuntimeError naming the
+    op (never a silent detach, nor a zero tangent; also under torch.func's transforms, whose wrapped inputs require
+    grad or carry the tangent here). Otherwise the op runs below the autograd key: where the dispatcher's next
     kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or transform in between), that kernel
     (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second trip into Python
     (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is memoised by its bits
     (a few distinct key sets occur), and the requires-grad test reads only the op's tensor positions
     (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
-    function = _function(op, handle) if op.grad else None
+    apply = _function(op, handle) if op.grad else None
+    has_tangent = _tangent_test(op)
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
 
     def kernel(keyset, *args):
         if _is_grad_enabled() and requires_grad(args):
-            if function is None:
+            if apply is None:
                 raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
                                    f"detach the inputs or run under torch.no_grad(){hint}")
-            return function.apply(keyset, *args)
+            return apply(keyset, *args)
+        if _fwad._current_level >= 0 and has_tangent(args):  # a dual level is open (forward mode)
+            if apply is None:
+                raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input "
+                                   f"carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
+            return apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
         if direct is _UNSEEN:
@@ -289,7 +338,9 @@ class Entry:
     Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
 
     def __init__(self, op: _table.Op, opobj):
-        self.name, self.differentiable = op.name, bool(op.grad) or not op.backends
+        # differentiable: autograd (and forward mode) go through `graph`, the registered op's formulas (or its
+        # decomposed reference, or, for an internal op without reference, its refusal naming the op)
+        self.name, self.differentiable = op.name, bool(op.grad) or not op.backends or not op.reference
         at = _u64_positions(op)
 
         def encoded(args):

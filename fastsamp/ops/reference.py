@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as _fwad
 import torch.nn.functional as F
 
 from . import random as _rng
@@ -371,13 +372,23 @@ def _fourier_mlp(freq, layers, act, t):
     return f
 
 
+_NO_ENERGY_JVP = ("mlp_energy (and mlp_energy_mala / mlp_energy_hmc): an energy network's score is an autograd "
+                  "gradient here, which drops forward-mode tangents; forward mode (torch.func.jvp / jacfwd, "
+                  "forward_ad) through it is not supported")
+
+
 def _energy_net(x, f, am, v):
     """(score, log p) of an energy network: E = |x − α m − √v f(x)|²/(2v), log p = −E, score = −∇E by autograd
     (differentiable when grad is on and x or a weight requires grad)."""
     graph = torch.is_grad_enabled()
+    dual = _fwad._current_level >= 0  # forward mode: the autograd score would drop a tangent of x or a weight
+    if dual and _fwad.unpack_dual(x).tangent is not None:
+        raise NotImplementedError(_NO_ENERGY_JVP)
     with torch.inference_mode(False), torch.enable_grad():
         xg = x if x.requires_grad else x.detach().clone().requires_grad_(True)
         energy = ((xg - am - math.sqrt(v) * f(xg)) ** 2).sum(1) / (2 * v)
+        if dual and _fwad.unpack_dual(energy).tangent is not None:
+            raise NotImplementedError(_NO_ENERGY_JVP)
         (g,) = torch.autograd.grad(energy.sum(), xg, create_graph=graph and energy.requires_grad)
     return (-g, -energy) if graph else (-g.detach(), -energy.detach())
 

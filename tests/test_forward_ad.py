@@ -1,0 +1,171 @@
+"""Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad; jacfwd and hessian are built on them) through every
+registered op (the op table's list: a new op is covered), called as the registered op torch.ops.fastsamp.<op> and
+as the public functions call it (`_dispatch.route`: backend "auto", "torch", "cpp", "triton" under the
+interpreter): the tangents equal the reference's central finite difference in float64, or the call raises naming
+the op. Never a zero (or otherwise wrong) tangent."""
+import warnings
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from test_registration import op_args
+
+from fastsamp import backends, ops
+from fastsamp.ops import _autograd, _dispatch, _table, reference
+
+F64 = torch.float64
+WITH_TENSORS = [op.name for op in _table.registered()
+                if any(a.kind in ("state", "tensor", "tensors") for a in op.schema_args)]  # not normal / uniform
+WAYS = ["registered", "auto", "torch", "cpp", "triton"]
+# known: the reference of mlp_net_energy_lsq differentiates twice with autograd; forward mode through it raises
+# torch's own error (aten::silu_backward has no forward derivative / requires_grad_ under torch.func.jvp),
+# which does not name the op
+KNOWN = {("mlp_net_energy_lsq", "auto"), ("mlp_net_energy_lsq", "torch")}
+
+
+def _float_positions(name, args):
+    """(i, j) of every floating tensor argument, j the index inside a list of tensors (None: not a list); not the
+    float64 time grids (`ts`), whose perturbation leaves the ops' domain."""
+    out, fixed = [], [a.dtype == "f64" for a in _table.OPS[name].schema_args]
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and not fixed[i]:
+            out.append((i, None))
+        elif isinstance(a, list):
+            out += [(i, j) for j, t in enumerate(a) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return out
+
+
+def _with(args, at, values):
+    args = [list(a) if isinstance(a, list) else a for a in args]
+    for (i, j), v in zip(at, values):
+        if j is None:
+            args[i] = v
+        else:
+            args[i][j] = v
+    return args
+
+
+def _flat(out):
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [u for t in out for u in (t if isinstance(t, (tuple, list)) else (t,))]
+
+
+def _function(way, name):
+    if way == "registered":
+        return getattr(torch.ops.fastsamp, name)
+    if way != "auto" and not backends.is_available(way):
+        pytest.skip(f"backend {way} unavailable")
+    if way != "auto":
+        try:
+            backends.resolve(way, name, torch.device("cpu"))
+        except Exception:
+            pytest.skip(f"{name} has no {way} function")
+
+    def fn(*args):
+        tensors = [t for a in args for t in (a if isinstance(a, list) else (a,)) if isinstance(t, torch.Tensor)]
+        return _dispatch.route(way, name, *tensors)(*args)
+    return fn
+
+
+def _tangents(api, fn, args, at, tangents):
+    """The outputs' tangents (None for an output without one) of fn at args along `tangents` of positions `at`."""
+    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    if api == "jvp":
+        def f(*p):
+            return tuple(t for t in _flat(fn(*_with(args, at, p))) if t is not None)
+        out = list(torch.func.jvp(f, tuple(primals), tuple(tangents))[1])
+        return [None if t is None else out.pop(0) for t in _flat(fn(*args))]
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+        return [None if t is None else fwAD.unpack_dual(t).tangent for t in _flat(fn(*_with(args, at, duals)))]
+
+
+def _finite_difference(fn, args, at, tangents, eps=1e-6):
+    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    plus = _flat(fn(*_with(args, at, [p + eps * t for p, t in zip(primals, tangents)])))
+    minus = _flat(fn(*_with(args, at, [p - eps * t for p, t in zip(primals, tangents)])))
+    return [None if a is None or not a.is_floating_point() else (a - b) / (2 * eps) for a, b in zip(plus, minus)]
+
+
+@pytest.mark.parametrize("api", ["jvp", "forward_ad"])
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("name", WITH_TENSORS)
+def test_tangent_is_right_or_the_call_raises_naming_the_op(name, way, api):
+    if (name, way) in KNOWN:
+        pytest.xfail("the reference's forward mode raises torch's error, not naming the op (KNOWN)")
+    fn = _function(way, name)
+    torch.manual_seed(0)
+    args = list(op_args(name, F64))
+    at = _float_positions(name, args)
+    tangents = [torch.randn_like(args[i] if j is None else args[i][j]) for i, j in at]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = _tangents(api, fn, args, at, tangents)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        assert name in str(e), f"{name} via {way} raised without naming the op: {e}"
+        return
+    ref = getattr(reference, name, None)
+    assert ref is not None, f"{name} via {way} ran in forward mode though it has no reference to check against"
+    expect = _finite_difference(ref, args, at, tangents)
+    assert len(got) == len(expect)
+    for k, (g, e) in enumerate(zip(got, expect)):
+        if e is None:
+            continue
+        g = torch.zeros_like(e) if g is None else g
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{name} via {way}, output {k}: {m}")
+
+
+def test_every_op_with_a_backward_has_a_jvp():
+    """The registered ops the table marks differentiable have both formulas (`_autograd.FORMULAS`, `JVPS`)."""
+    assert set(_autograd.JVPS) == set(_autograd.FORMULAS) == {op.name for op in _table.registered() if op.grad}
+
+
+def test_op_without_jvp_raises_naming_the_op():
+    args = op_args("score_mh_accept", F64)
+    with pytest.raises(RuntimeError, match="score_mh_accept has no forward-mode derivative"):
+        torch.func.jvp(lambda x: torch.ops.fastsamp.score_mh_accept(x, *args[1:])[0], (args[0],),
+                       (torch.ones_like(args[0]),))
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="score_mh_accept has no forward-mode derivative"):
+        torch.ops.fastsamp.score_mh_accept(fwAD.make_dual(args[0], torch.ones_like(args[0])), *args[1:])
+
+
+def test_jacfwd_and_hessian_of_gmm_log_density():
+    """jacfwd of the registered score and the hessian of log p (jacfwd over jacrev) through the compiled op equal
+    the reference's; the score's Jacobian is the Hessian of log p."""
+    torch.manual_seed(1)
+    x, means = torch.randn(1, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    mix = (means, torch.randn(4, dtype=F64), torch.rand(4, dtype=F64) + 0.5)
+
+    def logp(op):
+        return lambda y: op(y[None], *mix, 0.8, 0.3)[1][0]
+
+    def score(op):
+        return lambda y: op(y[None], *mix, 0.8, 0.3)[0][0]
+
+    registered, ref = torch.ops.fastsamp.gmm_score, reference.gmm_score
+    expect = torch.func.hessian(logp(ref))(x[0])
+    torch.testing.assert_close(torch.func.jacfwd(score(registered))(x[0]), expect)
+    torch.testing.assert_close(torch.func.hessian(logp(registered))(x[0]), expect)
+    torch.testing.assert_close(torch.func.jacrev(torch.func.jacfwd(logp(registered)))(x[0]), expect)
+
+
+def test_public_ops_in_forward_mode():
+    """The public functions with backend "auto": the compiled op's jvp (reverse_sde_step, mala_propose) or the
+    reference (score_mh_accept); an explicit compiled backend raises naming the op."""
+    from fastsamp import VP
+    torch.manual_seed(2)
+    x, s, xi, dx = (torch.randn(4, 3, dtype=F64) for _ in range(4))
+    eps = torch.rand(4, dtype=F64) + 0.1
+    vp = dict(t=0.5, h=0.01, schedule=VP())
+    _, tangent = torch.func.jvp(lambda y: ops.reverse_sde_step(y, s, noise=xi, **vp), (x,), (dx,))
+    _, expect = torch.func.jvp(lambda y: ops.reverse_sde_step(y, s, noise=xi, backend="torch", **vp), (x,), (dx,))
+    torch.testing.assert_close(tangent, expect)
+    with fwAD.dual_level():
+        out = ops.mala_propose(fwAD.make_dual(x, dx), s, eps, noise=xi)
+        torch.testing.assert_close(fwAD.unpack_dual(out).tangent, dx)
+        accepted = ops.score_mh_accept(fwAD.make_dual(x, dx), x + 0.1, s, s, eps, seed=0)
+        assert fwAD.unpack_dual(accepted[0]).tangent is not None
+    if backends.is_available("cpp"):
+        with pytest.raises(ValueError, match="mala_propose on backend 'cpp' has no forward-mode derivative"):
+            torch.func.jvp(lambda y: ops.mala_propose(y, s, eps, noise=xi, backend="cpp"), (x,), (dx,))
