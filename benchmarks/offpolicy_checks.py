@@ -141,12 +141,17 @@ def released_rollout(sampler, batch, reparam=False, noise=None):
     return torch.stack(states), torch.stack(drifts)
 
 
-def released_estimates(sampler, seed):
-    """Δlog Z (ELBO) and Δlog Z^RW of 2000 released-style samples (log Z = 0)."""
+def released_draw(sampler, seed):
+    """log w (float64) of 2000 released-style samples (torch's generator at `seed`)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         states, drifts = released_rollout(sampler, N)
-        m = log_z_estimates(released_log_w(sampler, states, drifts))
+        return released_log_w(sampler, states, drifts).double()
+
+
+def released_estimates(sampler, seed):
+    """Δlog Z (ELBO) and Δlog Z^RW of 2000 released-style samples (log Z = 0)."""
+    m = log_z_estimates(released_draw(sampler, seed))
     return {"delta_log_Z": abs(m["elbo"]), "delta_log_Z_rw": abs(m["log_Z"]), "ess": m["ess"]}
 
 
@@ -332,14 +337,19 @@ def _draws(sampler, seeds):
 
 def spread(log_ws, log_Z):
     """Δlog Z and Δlog Z^RW of each evaluation's log w (the spread of one table entry) and of all of
-    them pooled (Δlog Z^RW of the pooled n: less of log-mean-exp's downward bias)."""
+    them pooled (Δlog Z^RW of the pooled n: less of log-mean-exp's downward bias), and the pooled
+    log w's upper quantiles (the tail that moves log-mean-exp)."""
     per = [log_z_estimates(lw) for lw in log_ws]
-    pooled = log_z_estimates(torch.cat(log_ws))
+    pooled_log_w = torch.cat(log_ws)
+    pooled = log_z_estimates(pooled_log_w)
+    q = (0.5, 0.9, 0.99, 0.999)
     return {"delta_log_Z_per_2000": _summary([abs(m["elbo"] - log_Z) for m in per]),
             "delta_log_Z_rw_per_2000": _summary([abs(m["log_Z"] - log_Z) for m in per]),
             "ess_per_2000": _summary([m["ess"] for m in per]),
             "delta_log_Z_pooled": abs(pooled["elbo"] - log_Z), "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - log_Z),
-            "pooled_n": pooled["n"], "pooled_ess": pooled["ess"]}
+            "pooled_n": pooled["n"], "pooled_ess": pooled["ess"],
+            "pooled_log_w_quantiles": dict(zip(map(str, q), torch.quantile(pooled_log_w, torch.tensor(
+                q, dtype=pooled_log_w.dtype)).tolist()), max=float(pooled_log_w.max()))}
 
 
 def _seeds(args):
@@ -348,16 +358,14 @@ def _seeds(args):
 
 def cmd_spread(args):
     """Saved models: `spread` over evaluation seeds first-seed .. first-seed + repeats − 1, and with
-    --released the released estimator's Δlog Z and Δlog Z^RW on the same seeds (torch's generator)."""
+    --released that of the released estimator on the same seeds (torch's generator; log Z = 0)."""
     paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_{args.method}_seed*.pt")))
     for path in paths:
         sampler = DiffusionSampler.load(path)
         out = {"model": os.path.basename(path), "seeds": [args.first_seed, args.first_seed + args.repeats - 1],
                **spread([lw for _, lw in _draws(sampler, _seeds(args))], sampler.target.log_Z)}
         if args.released:
-            rel = [released_estimates(sampler, s) for s in _seeds(args)]
-            for key in ("delta_log_Z", "delta_log_Z_rw", "ess"):
-                out[f"released_{key}_per_2000"] = _summary([m[key] for m in rel])
+            out["released"] = spread([released_draw(sampler, s) for s in _seeds(args)], 0.0)
         print(json.dumps(out), flush=True)
 
 

@@ -107,4 +107,5 @@ def test_spread_command_reproduces_the_table_s_evaluation(tmp_path, capsys):
     assert table["delta_log_Z_per_2000"]["values"] == [pytest.approx(m["delta_log_Z"])]
     assert table["delta_log_Z_rw_per_2000"]["values"] == [pytest.approx(m["delta_log_Z_rw"])]
     assert two["seeds"] == [1, 2] and two["pooled_n"] == 4000
-    assert len(two["released_delta_log_Z_rw_per_2000"]["values"]) == 2
+    assert len(two["released"]["delta_log_Z_rw_per_2000"]["values"]) == 2
+    assert two["released"]["pooled_log_w_quantiles"]["max"] >= two["released"]["pooled_log_w_quantiles"]["0.999"]
