@@ -250,20 +250,18 @@ def test_nonfinite_monitor_mask_is_isfinite_all(dtype, D):
 
 
 def test_checked_run_chooses_each_op_once_unless_an_input_needs_grad():
-    """A checked kernel's run keeps route's choice per op; a call with an input that requires grad (a model's
-    score carrying a graph) gets route's choice for it and leaves the kept one alone."""
-    from types import SimpleNamespace
-
+    """A sampler's run keeps route's choice per op; a call with an input that requires grad (a model's score
+    carrying a graph) gets route's choice for it and leaves the kept one alone."""
     from fastsamp.ops import _dispatch
-    from fastsamp.samplers.kernels import _routed
+    from fastsamp.samplers.kernels import routed
     x, s, eps = torch.randn(8, 2), torch.randn(8, 2), torch.full((8,), 0.1)
-    kernel = SimpleNamespace(routes={})
-    fn = _routed(kernel, "mala_propose", "auto", (x, s, eps, None))
-    assert fn is _dispatch.route("auto", "mala_propose", x, s, eps, None) and kernel.routes == {"mala_propose": fn}
+    routes = {}
+    fn = routed(routes, "mala_propose", "auto", (x, s, eps, None))
+    assert fn is _dispatch.route("auto", "mala_propose", x, s, eps, None) and routes == {"mala_propose": fn}
     g = s.clone().requires_grad_()
-    assert _routed(kernel, "mala_propose", "auto", (x, g, eps, None)) is _dispatch.route("auto", "mala_propose", x, g,
-                                                                                          eps, None)
-    assert kernel.routes == {"mala_propose": fn}
+    assert routed(routes, "mala_propose", "auto", (x, g, eps, None)) is _dispatch.route("auto", "mala_propose", x, g,
+                                                                                        eps, None)
+    assert routes == {"mala_propose": fn}
 
 
 @pytest.mark.parametrize("scale,diverges", [(1000.0, True), (1.0, False)])

@@ -55,7 +55,11 @@ class PhiloxKey(NamedTuple):
     chain_offset: int
 
     def move(self, m: int) -> PhiloxKey:
-        return PhiloxKey(self.seed, self.offset + m, self.chain_offset)  # (_replace: 4x the time)
+        # tuple.__new__: a third of PhiloxKey(...)'s time (the generated __new__ is a Python call), _replace 4x it
+        return _new_tuple(PhiloxKey, (self.seed, self.offset + m, self.chain_offset))
+
+
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -105,21 +109,22 @@ def _op(kernel, name, tensors, rest=(), backend=None, out=None):
     backend = kernel.backend if backend is None else backend
     into = {} if out is None else {"out": out}
     if kernel.checked:
-        return _routed(kernel, name, backend, tensors)(*tensors, *rest, **into)
+        return routed(kernel.routes, name, backend, tensors)(*tensors, *rest, **into)
     return _PUBLIC[name](backend, *tensors, *rest, **into)
 
 
-def _routed(kernel, name, backend, tensors):
-    """`_dispatch.route(backend, name, *tensors)` in a checked kernel's run, chosen once per run for plain tensors
-    that need no grad (kept in `kernel.routes`): within a run the device and dtype, tracing and what watches the
-    dispatcher do not change, so only an input that requires grad or is a tensor subclass (a model's output can
-    be either) changes the choice, and such calls go through `route` each time. The cache is keyed by the op name
-    alone: a per-call `backend` override (`_op`'s) that varied within a run would need the backend in the key."""
+def routed(routes: dict, name, backend, tensors):
+    """`_dispatch.route(backend, name, *tensors)` in a sampler's run, chosen once per run for plain tensors that
+    need no grad (kept in `routes`: a checked kernel's, which a sampler passes to every level's run): within a run
+    the device and dtype, tracing and what watches the dispatcher do not change, so only an input that requires
+    grad or is a tensor subclass (a model's output can be either) changes the choice, and such calls go through
+    `route` each time. The cache is keyed by the op name alone: a per-call `backend` override (`_op`'s) that
+    varied within a run would need the backend in the key."""
     if _dispatch._needs_grad(tensors[0], tensors) or not _dispatch._plain(tensors[0], tensors):
         return _dispatch.route(backend, name, *tensors)
-    fn = kernel.routes.get(name)
+    fn = routes.get(name)
     if fn is None:
-        fn = kernel.routes[name] = _dispatch.route(backend, name, *tensors)
+        fn = routes[name] = _dispatch.route(backend, name, *tensors)
     return fn
 
 
@@ -255,7 +260,9 @@ class Langevin:
     mh: MHTest
     backend: str = "auto"
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
-    routes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # a checked run's `_routed`
+    routes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # a checked run's `routed`
+    proposal: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)  # a checked run's
+    # `mh.proposal_out` (its chains' shape, dtype and device do not change within the run)
 
     def init(self, x, momentum=None) -> ChainState:
         s, logp = self.mh.evaluate(self.model, x, self.t)
@@ -263,8 +270,8 @@ class Langevin:
 
     def step(self, state: ChainState, key: PhiloxKey) -> tuple[ChainState, Info]:
         # state.score: resolved by init or the last move (a kernel's output or a resolved model's)
-        x_prop = _op(self, "mala_propose", (state.x, state.score, self.step_size, None), key,
-                     out=self.mh.proposal_out(state.x))
+        out = self.proposal if self.checked else self.mh.proposal_out(state.x)
+        x_prop = _op(self, "mala_propose", (state.x, state.score, self.step_size, None), key, out=out)
         new, info = self.mh.langevin(self, state, x_prop, key)
         return ChainState(new.x, new.score, new.logp, state.momentum), info
 
@@ -282,7 +289,7 @@ class HMC:
     damping: float = 0.0
     backend: str = "auto"
     checked: bool = False  # set by `run_corrector` only: see `checked_kernel`
-    routes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # a checked run's `_routed`
+    routes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # a checked run's `routed`
 
     def init(self, x, momentum=None) -> ChainState:
         s, logp = self.mh.evaluate(self.model, x, self.t)
@@ -327,37 +334,39 @@ def make_kernel(model, t, step_size, spec: CorrectorSpec, mh: MHTest | None = No
     return Langevin(model, t, step_size, mh, backend=spec.backend)
 
 
-def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int):
+def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int, routes: dict | None = None):
     """(kernel, x, momentum, key) of a run of n_steps moves of a Langevin or HMC kernel from x, with the
     run's constants checked once as the public ops check them (x and the momentum as states, the step
     size, the HMC damping, the seed and chain offset, the offsets of every move, the MALA trapezoid's n): the
     kernel's moves then call the ops' kernels with no per-move check of those (the tensors that change per move
-    are the kernels' own outputs, or the model's, which the counting model checks and returns contiguous)."""
+    are the kernels' own outputs, or the model's, which the counting model checks and returns contiguous).
+    `routes`: the ops' functions chosen so far in this sampler's run (`routed`; None: a new choice)."""
     is_hmc = isinstance(kernel, HMC)
     if is_hmc:  # an HMC move's first op checks the momentum (zeros like x when none is carried), then x
         p = _checks.state("p", x if momentum is None else momentum)
     x = _checks.state("x", x)
     eps, _, seed, _, chain_offset = _checks.whole_moves(x, kernel.step_size, n_steps, key.seed, key.offset,
                                                         key.chain_offset)
-    changes = {"step_size": eps, "checked": True, "routes": {}}
+    changes = {"step_size": eps, "checked": True, "routes": {} if routes is None else routes}
     if is_hmc:
         changes["damping"] = _checks.damping(kernel.damping)
         if momentum is not None:
             momentum = _checks.like("p", p, x)
     else:
         kernel.mh.check_langevin_run(x)
+        changes["proposal"] = kernel.mh.proposal_out(x)
     return dataclasses.replace(kernel, **changes), x, momentum, PhiloxKey(seed, key.offset, chain_offset)
 
 
 def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,
-                  fused: bool, mh: MHTest | None = None) -> CorrectorResult:
+                  fused: bool, mh: MHTest | None = None, routes: dict | None = None) -> CorrectorResult:
     """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
     (the HMC momentum then starts at 0 inside the kernel), else the generic kernel's steps with the
     momentum carried in. Counts the score evaluations in the counting model. The generic moves also
     return the score of the final x at t, which the last move holds (the proposal's score when it was
     accepted, the kept state's when not): a reverse-SDE step from (x, t) reuses it instead of calling
     the model again; the fused kernels and a run of no moves return None. `mh`: the generic moves' MH piece
-    (`make_kernel`)."""
+    (`make_kernel`); `routes`: the ops' functions chosen so far in the sampler's run (`checked_kernel`)."""
     B = x.shape[0]
     if spec.n_steps == 0:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
@@ -366,7 +375,7 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         model.calls += B * spec.score_evals_per_chain()
         return CorrectorResult(x, momentum, rate, key.offset + spec.n_steps)
     kernel, x, momentum, key = checked_kernel(make_kernel(model, t, step_size, spec, mh), x, momentum, key,
-                                              spec.n_steps)
+                                              spec.n_steps, routes)
     state = kernel.init(x, momentum)
     n_acc, accepted = None, []
     for m in range(spec.n_steps):
