@@ -94,6 +94,23 @@ def test_networks_save_and_load(tmp_path):
         back = networks.load(tmp_path / f"{version}.pt")
         x = torch.randn(4, 2)
         torch.testing.assert_close(back.score(x, 0.5), net.score(x, 0.5))
+        assert not any(p.requires_grad for p in back.parameters()) and not back.training
+    networks.save(net.double(), tmp_path / "double.pt")  # the saved dtype is kept (built on meta, state assigned)
+    back = networks.load(tmp_path / "double.pt", map_location="cpu")
+    assert {p.dtype for p in back.parameters()} == {torch.float64} and back.sigmas.dtype == torch.float64
+    assert back.schedule.alpha_bars.device.type == "cpu"
+
+
+def test_one_step_forward_in_chunks_equals_the_per_row_forward():
+    """The samplers' path (one step index for every row: one bias row per block; batches over ROWS rows in
+    chunks) against the training path (a step index per row), on more than two chunks."""
+    torch.manual_seed(0)
+    net = networks.ResidualMLP(n_steps=10, hidden=16, n_blocks=2)
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2 * net.ROWS + 5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, 7), net(x, torch.full((x.shape[0],), 7)))
 
 
 def test_paper_method_names_map_points_to_sub_intervals():

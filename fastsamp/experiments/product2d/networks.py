@@ -14,6 +14,7 @@ Both follow the model protocol (`dim`, `schedule`, `score(x, t)`; the energy one
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 
 import torch
@@ -29,7 +30,14 @@ from ..training import ema_update
 class ResidualMLP(nn.Module):
     """x → Linear(h) → n_blocks × [LayerNorm, SiLU, Linear(h→wh) + Linear(emb→wh)(e_i), SiLU,
     Linear(wh→wh), SiLU, Linear(wh→h) (zero init)] residual blocks → Linear(h→D) (zero init), with e_i a
-    learned embedding of the step i."""
+    learned embedding of the step i.
+
+    The step's term of each block is computed as one bias, b_h + W_e e_i + b_e: the embedding linear on the
+    table of the T steps (T rows, not one per sample), gathered by i; a single step (an int i, as the
+    samplers call it) is one bias row for every sample. Batches over `ROWS` rows (a sampler's trapezoid
+    points, up to 16,000 rows) are evaluated in chunks of `ROWS`, whose activations stay in cache."""
+
+    ROWS = 2048  # 16,000 rows at once were 30 % slower per row than chunks of 1000-2000 (one thread)
 
     def __init__(self, n_steps=100, dim=2, hidden=128, n_blocks=4, emb_dim=32, widen=2):
         super().__init__()
@@ -48,11 +56,18 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
 
+    def step_biases(self, i):
+        """Per block, b_h + W_e e_i + b_e: (B, wide) for step indices i (B,), (wide,) for one step i (an int)."""
+        return [(b["emb"](self.emb.weight) + b["h"].bias)[i] for b in self.blocks]
+
     def forward(self, x, i):
-        e = self.emb(i)
+        """f(x, i), i a (B,) tensor of step indices or one step index (an int) for every row."""
+        if x.shape[0] > self.ROWS:
+            steps = i.split(self.ROWS) if isinstance(i, torch.Tensor) else itertools.repeat(i)
+            return torch.cat([self(c, j) for c, j in zip(x.split(self.ROWS), steps)])
         h = self.first(x)
-        for b in self.blocks:
-            z = b["h"](nn.functional.silu(b["norm"](h))) + b["emb"](e)
+        for b, bias in zip(self.blocks, self.step_biases(i)):
+            z = torch.addmm(bias, nn.functional.silu(b["norm"](h)), b["h"].weight.t())
             z = b["mid"](nn.functional.silu(z))
             h = h + b["out"](nn.functional.silu(z))
         return self.last(h)
@@ -72,8 +87,9 @@ class _EpsNet(nn.Module):
         self.register_buffer("sigmas", (1 - self.schedule.alpha_bars).sqrt().float())
 
     def _step(self, x, t):
-        i = torch.full((x.shape[0],), self.schedule.index(t), dtype=torch.long, device=x.device)
-        return x.to(self.sigmas.dtype), i, self.sigmas[i[0]]
+        """x in the network's dtype, the step index of t (an int: one for every row) and σ_t."""
+        i = self.schedule.index(t)
+        return x.to(self.sigmas.dtype), i, self.sigmas[i]
 
     def config(self):
         return {"version": self.version, "schedule": self.schedule.config(), "net": self.net_config}
@@ -97,6 +113,7 @@ class EpsEnergyNet(_EpsNet):
     has_energy = True
 
     def energy(self, x, i):
+        """E(x, i) = |f(x, i) − x|² per row (i as in `ResidualMLP.forward`)."""
         return ((self.net(x, i) - x) ** 2).sum(1)
 
     def eps(self, x, i):
@@ -140,15 +157,21 @@ def save(model, path, training=None):
     atomic_save({"config": model.config(), "state": model.state_dict(), "training": training}, path)
 
 
-def load(path, training=None):
-    """The network written by `save`; with `training`, a ValueError unless it was trained with those settings."""
-    form = torch.load(path, weights_only=True)
+def load(path, training=None, map_location=None):
+    """The network written by `save`, for sampling (eval mode, no parameter gradients), holding the saved tensors
+    themselves (their dtype, on the device map_location put them on): built on the meta device, then the state
+    assigned, no random initialisation to discard. With `training`, a ValueError unless it was trained with
+    those settings."""
+    form = torch.load(path, map_location=map_location, weights_only=True)
     if training is not None and form.get("training") != training:
         raise ValueError(f"{path} was trained with {form.get('training')}, not {training}")
     config = form["config"]
-    model = build(config["version"], DDPM(**config["schedule"]), **config["net"])
-    model.load_state_dict(form["state"])
-    return model.eval()
+    schedule = DDPM(**config["schedule"])
+    schedule.alpha_bars  # noqa: B018 (its cached tables made here on the CPU, not on the meta device below)
+    with torch.device("meta"):
+        model = build(config["version"], schedule, **config["net"])
+    model.load_state_dict(form["state"], assign=True)
+    return model.requires_grad_(False).eval()
 
 
 def eps_loss(net, params, x_t, i, z):
