@@ -169,3 +169,40 @@ def test_public_ops_in_forward_mode():
     if backends.is_available("cpp"):
         with pytest.raises(ValueError, match="mala_propose on backend 'cpp' has no forward-mode derivative"):
             torch.func.jvp(lambda y: ops.mala_propose(y, s, eps, noise=xi, backend="cpp"), (x,), (dx,))
+
+
+def _fused_cases():
+    """name -> (function of one tensor, that tensor): the public ops whose autograd runs a fused backward kernel."""
+    from fastsamp.samplers.diffusion import DriftNet
+    torch.manual_seed(3)
+    x, d, c = torch.randn(5, 3, dtype=F64), torch.randn(5, 3, dtype=F64), torch.randn(5, 3, dtype=F64)
+    ws, bs = [torch.randn(8, 3, dtype=F64), torch.randn(3, 8, dtype=F64)], [torch.randn(8, dtype=F64),
+                                                                             torch.randn(3, dtype=F64)]
+    one, net = torch.ones(5, dtype=F64), DriftNet(3, hidden=8, n_harmonics=4, n_layers=1).double()
+    temb = net.time_features(torch.arange(4, dtype=F64) / 4)[0].detach()
+    states = ops.policy_rollout(net, temb, 2, sigma=1.0)[0]
+    return {
+        "em_step_logprob": (lambda y: ops.em_step_logprob(y, d, sigma=1.0, t=0.3, h=0.1, seed=1)[1], x),
+        "mlp_net": (lambda w: ops.mlp_net(x, [w, ws[1]], bs), ws[0]),
+        "mlp_net_lsq": (lambda w: ops.mlp_net_lsq(x, [w, ws[1]], bs, c, one), ws[0]),
+        "mlp_net_energy_lsq": (lambda w: ops.mlp_net_energy_lsq(x, [w, ws[1]], bs, c, one, one, d), ws[0]),
+        "policy_log_pf": (lambda t: ops.policy_log_pf(net, states, t, sigma=1.0), temb),
+        "policy_rollout": (lambda t: ops.policy_rollout(net, t, 2, sigma=1.0, reparam=True)[0], temb),
+    }
+
+
+@pytest.mark.parametrize("api", ["jvp", "forward_ad"])
+@pytest.mark.parametrize("name", ["em_step_logprob", "mlp_net", "mlp_net_lsq", "mlp_net_energy_lsq", "policy_log_pf",
+                                  "policy_rollout"])
+def test_fused_autograd_ops_refuse_forward_mode_naming_the_op(name, api):
+    """The public ops whose autograd is a fused backward kernel (their own autograd.Function) have no jvp: forward
+    mode raises naming the op (torch's error for a Function without jvp does not)."""
+    if not backends.is_available("cpp"):
+        pytest.skip("the fused C++ kernels")
+    fn, arg = _fused_cases()[name]
+    with pytest.raises(RuntimeError, match=f"{name} has no forward-mode derivative"):
+        if api == "jvp":
+            torch.func.jvp(fn, (arg,), (torch.ones_like(arg),))
+        else:
+            with fwAD.dual_level():
+                fn(fwAD.make_dual(arg, torch.ones_like(arg)))
