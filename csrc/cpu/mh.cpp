@@ -112,11 +112,14 @@ void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T
 // sum = ((0 + p_0) + p_1) + ... + p_{G-1}, each p_j rounded before its add (RowLanes::keep: GCC
 // would otherwise contract a_j b_j + sum into one FMA); d - eps s and d + eps s' are fused. The rows are
 // gathered (stride D), so the sums of a block run as independent lanes instead of in-order
-// chains, and the accept copy is a branch-free select per row.
+// chains; the accept copy is the row form's (select_row).
 template <typename T>
 struct RowLanes;
 
-struct RowLanesKeep {
+// What the float and double lanes share: W rows, one per lane of a 512-bit register, and `keep`.
+template <typename T>
+struct RowLanesCommon {
+  static constexpr int W = Lanes<T>::W;
   // v itself, opaque to the optimiser: a rounded product that must not fuse into the next add.
   template <typename V>
   static FASTSAMP_VINLINE V keep(V v) {
@@ -126,9 +129,8 @@ struct RowLanesKeep {
 };
 
 template <>
-struct RowLanes<float> : RowLanesKeep {
+struct RowLanes<float> : RowLanesCommon<float> {
   using V = __m512;
-  static constexpr int W = 16;
   static FASTSAMP_VINLINE __m512i index(int D) {
     return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                               _mm512_set1_epi32(D));
@@ -172,9 +174,8 @@ struct RowLanes<float> : RowLanesKeep {
 };
 
 template <>
-struct RowLanes<double> : RowLanesKeep {
+struct RowLanes<double> : RowLanesCommon<double> {
   using V = __m512d;
-  static constexpr int W = 8;
   static FASTSAMP_VINLINE __m256i index(int D) {
     return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
   }
@@ -219,15 +220,12 @@ void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const 
   constexpr int W = L::W;
   constexpr int G = DC < 32 / static_cast<int>(sizeof(T)) ? DC : 32 / static_cast<int>(sizeof(T));
   constexpr int K = DC / G;
-  constexpr int R = MhUniforms<T>::kRows;
   const int64_t N = B * DC;
   const V tn = L::set1(static_cast<T>(m + 1)), half = L::set1(T(0.5)), four = L::set1(T(4));
   const auto idx = L::index(DC);
   parallel_for(stream_threads(B * DC), B, [&](int64_t b_begin, int64_t b_end) {
-    alignas(64) T lu[R];
-    for (int64_t c = b_begin; c < b_end; c += R) {
-      const int64_t c_end = std::min<int64_t>(b_end, c + R);
-      un.rows(c, c_end, [&](int64_t b, T log_u) __attribute__((always_inline)) { lu[b - c] = log_u; });
+    un.blocks(b_begin, b_end, [&](int64_t c, int n_rows, const T* lu) __attribute__((always_inline)) {
+      const int64_t c_end = c + n_rows;
       for (int64_t b0 = c; b0 < c_end; b0 += W) {
         const int n = static_cast<int>(std::min<int64_t>(W, c_end - b0));
         const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
@@ -284,21 +282,11 @@ void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const 
         L::store(k, log_alpha + b0, la);
         _mm_mask_storeu_epi8(accepted + b0, k, _mm_maskz_set1_epi8(acc, 1));
         for (int l = 0; l < n; ++l) {
-          const bool take = (acc >> l) & 1u;
           const int64_t r = o + l * DC;
-#pragma omp simd
-          for (int d = 0; d < DC; ++d) {
-            const T a = xp[r + d], b = x[r + d];
-            x_new[r + d] = take ? a : b;
-          }
-#pragma omp simd
-          for (int d = 0; d < DC; ++d) {
-            const T a = sp[r + d], b = s[r + d];
-            s_new[r + d] = take ? a : b;
-          }
+          select_row<T>((acc >> l) & 1u, xp + r, x + r, sp + r, s + r, DC, x_new + r, s_new + r);
         }
       }
-    }
+    });
   });
 }
 #endif

@@ -82,11 +82,11 @@ struct MhUniforms {
   const T* u;
   uint64_t seed, offset, chain0;
 
-  // f(b, log u_b) for the rows b0 .. b1 - 1, in order: the log u of kRows rows first (the Philox
-  // blocks, then one vectorised log), then f over those rows.
+  // g(c, n, lu) for the blocks of rows c .. c + n - 1 (n <= kRows) of b0 .. b1 - 1, in order, with
+  // lu[l] = log u_{c + l} (64-byte aligned): the Philox blocks of the kRows rows, then one vectorised log.
   static constexpr int kRows = 16 * kUniformBlock;
-  template <typename F>
-  FASTSAMP_VINLINE void rows(int64_t b0, int64_t b1, F&& f) const {
+  template <typename G>
+  FASTSAMP_VINLINE void blocks(int64_t b0, int64_t b1, G&& g) const {
     alignas(64) T lu[kRows];
     for (int64_t c = b0; c < b1; c += kRows) {
       const int n = static_cast<int>(std::min<int64_t>(kRows, b1 - c));
@@ -100,8 +100,16 @@ struct MhUniforms {
       for (int l = n; l < nv; ++l) lu[l] = T(1);
 #pragma omp simd
       for (int l = 0; l < nv; ++l) lu[l] = vm::log<T>(lu[l]);
-      for (int l = 0; l < n; ++l) f(c + l, lu[l]);
+      g(c, n, static_cast<const T*>(lu));
     }
+  }
+
+  // f(b, log u_b) for the rows b0 .. b1 - 1, in order (`blocks`, then f over each block's rows).
+  template <typename F>
+  FASTSAMP_VINLINE void rows(int64_t b0, int64_t b1, F&& f) const {
+    blocks(b0, b1, [&](int64_t c, int n, const T* lu) __attribute__((always_inline)) {
+      for (int l = 0; l < n; ++l) f(c + l, lu[l]);
+    });
   }
 };
 

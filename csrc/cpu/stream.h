@@ -269,6 +269,18 @@ void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset
   });
 }
 
+// The rows of (x_new, s_new), D elements each: (xp, sp) if take, else (x, s).
+template <typename T>
+FASTSAMP_VINLINE void select_row(bool take, const T* __restrict xp, const T* __restrict x, const T* __restrict sp,
+                                 const T* __restrict s, int D, T* __restrict x_new, T* __restrict s_new) {
+  const T* __restrict xs = take ? xp : x;
+  const T* __restrict ss = take ? sp : s;
+#pragma omp simd
+  for (int d = 0; d < D; ++d) x_new[d] = xs[d];
+#pragma omp simd
+  for (int d = 0; d < D; ++d) s_new[d] = ss[d];
+}
+
 // The MH decision of row b with log_u_b = log u_b: accept iff log u_b < log alpha (NaN rejects); writes
 // log_alpha[b], accepted[b] and the rows of (x_new, s_new): (xp, sp) if accepted, else (x, s).
 template <typename T>
@@ -279,12 +291,7 @@ FASTSAMP_VINLINE void accept_row(int64_t b, T log_alpha_b, T log_u_b, const T* _
   const bool acc = log_u_b < log_alpha_b;
   log_alpha[b] = log_alpha_b;
   accepted[b] = acc ? 1 : 0;
-  const T* __restrict xs = acc ? xp : x;
-  const T* __restrict ss = acc ? sp : s;
-#pragma omp simd
-  for (int d = 0; d < D; ++d) x_new[d] = xs[d];
-#pragma omp simd
-  for (int d = 0; d < D; ++d) s_new[d] = ss[d];
+  select_row<T>(acc, xp, x, sp, s, D, x_new, s_new);
 }
 
 }  // namespace cpu
