@@ -10,7 +10,16 @@ import pickle
 
 import pytest
 import torch
-from test_mlp import TOL, assert_moves_close, mixture_score, net_fields, random_net, score_mlp, to
+from test_mlp import (
+    TOL,
+    assert_annealed_fused_matches_generic,
+    assert_moves_close,
+    mixture_score,
+    net_fields,
+    random_net,
+    score_mlp,
+    to,
+)
 
 from fastsamp import ops
 from fastsamp.models import EnergyMLP, GaussianMixture, Product, ScoreMLP, load, save, train_score_mlp
@@ -246,13 +255,9 @@ def test_fused_equals_generic_moves(corrector, mh, factors):
 
 def test_annealed_mcmc_takes_the_fused_path_for_energy_products():
     a, b = energy_mlp(1, dtype=torch.float32), energy_mlp(2, dtype=torch.float32, hidden=8)
-    kw = dict(n_levels=6, n_corrector_steps=3, step_size=0.05, seed=1, mh="energy")
     for model in (Product(a, b), Product(a, _two_modes(torch.float32))):
-        xf, sf = annealed_mcmc(model, 64, **kw)
-        xg, sg = annealed_mcmc(model, 64, fused=False, **kw)
-        assert sf.fused and not sg.fused
-        assert sf.n_score_evals - sg.n_score_evals == 5 * 64  # the generic predictor reuses its corrector's score
-        torch.testing.assert_close(xf, xg, rtol=1e-3, atol=1e-3)
+        assert_annealed_fused_matches_generic(model, 64, n_levels=6, n_corrector_steps=3, step_size=0.05, seed=1,
+                                              mh="energy")
     mixed = Product(a, score_mlp(2, 8, seed=3, dtype=torch.float32))
     assert annealed_mcmc(mixed, 16, n_levels=3, n_corrector_steps=1, mh="score")[1].fused
     odd = energy_mlp(3, dtype=torch.float32)
