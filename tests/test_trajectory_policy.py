@@ -73,9 +73,12 @@ def check(name, out, ref, dtype, torch32=None, ref64=None, rtol=1e-10):
 
 # (B, D, H, n_layers, T, explore): odd B (1, 7, 301: several blocks of 48 chains and a ragged
 # tail on each of 2 threads), D = 1, 2, 32, H = 16, 64 (one / four float32 vectors; two / eight
-# float64), 1 and 2 hidden layers; H = 24 is padded to whole vectors inside the kernels
+# float64), 1 and 2 hidden layers; H = 24 is padded to whole vectors inside the kernels. Wide targets, small
+# B and T: D = 129 (one float32 lane past 8 vectors; the output layer as a padded GEMM, not dot products), 300,
+# 1600 (LGCP: input-layer dot products of 1600 terms, the float32 check against PyTorch's blocked GEMM)
 POLICY_CASES = [(301, 2, 64, 2, 100, 0.3), (7, 32, 16, 1, 25, 0.0), (1, 1, 16, 2, 25, 0.3), (7, 2, 64, 1, 25, 0.0),
-                (37, 32, 64, 2, 20, 0.3), (13, 3, 24, 2, 10, 0.3)]
+                (37, 32, 64, 2, 20, 0.3), (13, 3, 24, 2, 10, 0.3),
+                (5, 129, 24, 1, 4, 0.3), (9, 300, 64, 2, 3, 0.0), (3, 1600, 64, 2, 2, 0.3)]
 POLICY_IDS = [f"B{c[0]}-D{c[1]}-H{c[2]}-L{c[3]}-T{c[4]}-e{c[5]}" for c in POLICY_CASES]
 
 
