@@ -17,10 +17,6 @@ F64 = torch.float64
 WITH_TENSORS = [op.name for op in _table.registered()
                 if any(a.kind in ("state", "tensor", "tensors") for a in op.schema_args)]  # not normal / uniform
 WAYS = ["registered", "auto", "torch", "cpp", "triton"]
-# known: the reference of mlp_net_energy_lsq differentiates twice with autograd; forward mode through it raises
-# torch's own error (aten::silu_backward has no forward derivative / requires_grad_ under torch.func.jvp),
-# which does not name the op
-KNOWN = {("mlp_net_energy_lsq", "auto"), ("mlp_net_energy_lsq", "torch")}
 
 
 def _float_positions(name, args):
@@ -91,8 +87,6 @@ def _finite_difference(fn, args, at, tangents, eps=1e-6):
 @pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("name", WITH_TENSORS)
 def test_tangent_is_right_or_the_call_raises_naming_the_op(name, way, api):
-    if (name, way) in KNOWN:
-        pytest.xfail("the reference's forward mode raises torch's error, not naming the op (KNOWN)")
     fn = _function(way, name)
     torch.manual_seed(0)
     args = list(op_args(name, F64))
@@ -206,3 +200,31 @@ def test_fused_autograd_ops_refuse_forward_mode_naming_the_op(name, api):
         else:
             with fwAD.dual_level():
                 fn(fwAD.make_dual(arg, torch.ones_like(arg)))
+
+
+SECOND = {"hessian": torch.func.hessian,  # jacfwd of jacrev
+          "jacrev_jacfwd": lambda f, a: torch.func.jacrev(torch.func.jacfwd(f, a), a),
+          "jacrev_jacrev": lambda f, a: torch.func.jacrev(torch.func.jacrev(f, a), a)}
+
+
+@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
+@pytest.mark.parametrize("name", [op.name for op in _table.registered() if op.grad])
+def test_second_derivatives_through_the_registered_formulas(name, noise):
+    """Second derivatives under torch.func, mixing the modes or not, of a weighted sum of the registered op's
+    outputs in all its float inputs equal the reference's (the formulas take no graph from the op's saved outputs,
+    which nested transforms do not keep: `_autograd._constant`)."""
+    torch.manual_seed(4)
+    args = list(op_args(name, F64, noise=noise))
+    at = _float_positions(name, args)
+    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
+
+    def scalar(fn):
+        def f(*p):
+            return sum((o * w).sum() for o, w in zip(_flat(fn(*_with(args, at, p))), weights) if w is not None)
+        return f
+    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    argnums = tuple(range(len(primals)))
+    expect = torch.func.hessian(scalar(getattr(reference, name)), argnums)(*primals)
+    op = getattr(torch.ops.fastsamp, name)
+    for label, second in SECOND.items():
+        torch.testing.assert_close(second(scalar(op), argnums)(*primals), expect, msg=lambda m, k=label: f"{k}: {m}")

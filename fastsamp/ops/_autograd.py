@@ -20,6 +20,8 @@ import math
 
 import torch
 import torch.autograd.forward_ad as _fwad
+from torch._C._functorch import get_unwrapped as _unwrapped
+from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
 
 from . import reference
 
@@ -73,14 +75,28 @@ def guided_sde_step_backward(ctx, g):
     return _only(inputs, grads) + (None,) * 8
 
 
+def _constant(t):
+    """t's value as a constant at every level: unwrapped from torch.func's transform wrappers and detached. Under
+    nested torch.func transforms an output saved by the op keeps no lower level's graph, so the formulas take from
+    the outputs only constants (the drawn noise) and recompute the rest from the inputs."""
+    while _is_wrapped(t):
+        t = _unwrapped(t)
+    return t.detach()
+
+
+def _mala_noise_term(x, score, eps, root, noise, x_prop):
+    """ξ/√(2ε) of x' = x + ε score + √(2ε) ξ; a drawn ξ (noise None) read back from x' as a constant."""
+    if noise is not None:
+        return noise / root
+    return _constant((x_prop - x - eps * score) / root) / root
+
+
 def mala_propose_backward(ctx, g):
-    """x' = x + ε score + √(2ε) ξ: ∂/∂ε = score + ξ/√(2ε), with ξ/√(2ε) = (x' − x − ε score)/(2ε) when ξ was
-    drawn."""
+    """x' = x + ε score + √(2ε) ξ: ∂/∂ε = score + ξ/√(2ε)."""
     (x, score, step_size, noise, *_), (x_prop,) = _saved(ctx)
     eps = step_size[:, None]
     root = torch.sqrt(2 * eps)
-    xi_term = noise / root if noise is not None else (x_prop - x - eps * score) / (2 * eps)
-    g_eps = _dot(g, score + xi_term)
+    g_eps = _dot(g, score + _mala_noise_term(x, score, eps, root, noise, x_prop))
     return (g, eps * g, g_eps, None if noise is None else root * g, None, None, None)
 
 
@@ -93,9 +109,10 @@ def line_points_backward(ctx, g):
 
 
 def leapfrog_backward(ctx, g_x, g_p):
-    """p½ = p + (ε/2) s, x_next = x + ε p½."""
-    (x, p, score, step_size), (_, p_half) = _saved(ctx)
+    """p½ = p + (ε/2) s, x_next = x + ε p½ (p½ recomputed: see `_constant`)."""
+    (x, p, score, step_size), _ = _saved(ctx)
     eps = step_size[:, None]
+    p_half = p + 0.5 * eps * score
     kick = g_p + eps * g_x
     return g_x, kick, 0.5 * eps * kick, _dot(0.5 * score, kick) + _dot(g_x, p_half)
 
@@ -168,7 +185,7 @@ def mala_propose_jvp(ctx, dx, d_score, d_eps, d_noise, *_):
     eps = step_size[:, None]
     root = torch.sqrt(2 * eps)
     d_eps = None if d_eps is None else d_eps[:, None]
-    xi_term = noise / root if noise is not None else (x_prop - x - eps * score) / (2 * eps)
+    xi_term = _mala_noise_term(x, score, eps, root, noise, x_prop)
     return _linear(x_prop, (1.0, dx), (eps, d_score), (score + xi_term, d_eps), (root, d_noise))
 
 
@@ -181,8 +198,9 @@ def line_points_jvp(ctx, dx, dx_prop, _n):
 
 def leapfrog_jvp(ctx, dx, dp, d_score, d_eps):
     """p½ = p + (ε/2) s, x_next = x + ε p½."""
-    (x, p, score, step_size), (x_next, p_half) = _saved(ctx)
+    (x, p, score, step_size), (x_next, _) = _saved(ctx)
     eps = step_size[:, None]
+    p_half = p + 0.5 * eps * score
     d_eps = None if d_eps is None else d_eps[:, None]
     dp_half = _linear(p_half, (1.0, dp), (0.5 * eps, d_score), (0.5 * score, d_eps))
     return _linear(x_next, (1.0, dx), (eps, dp_half), (p_half, d_eps)), dp_half

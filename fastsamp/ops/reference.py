@@ -481,7 +481,12 @@ def mlp_net_lsq(x, params, act, c, k):
 
 def mlp_net_energy_lsq(x, params, act, c, v, sigma, z):
     """(the rows' |σ_b s_b + z_b|², s = −r/v + J_fᵀ r/√v, r = c − √v mlp_net(x), J_f the Jacobian of mlp_net in x's
-    first O columns; [∂/∂p of their mean for p in params]) by autograd's double backward."""
+    first O columns; [∂/∂p of their mean for p in params]) by autograd's double backward (on detached inputs:
+    forward mode, which would lose its tangents there, is refused)."""
+    if _fwad._current_level >= 0 and any(_fwad.unpack_dual(t).tangent is not None
+                                         for t in (x, *params, c, v, sigma, z)):
+        raise NotImplementedError("mlp_net_energy_lsq: forward mode (torch.func.jvp / jacfwd, forward_ad) through its "
+                                  "double backward is not supported")
     O = c.shape[1]
     with torch.enable_grad():
         ps = [p.detach().requires_grad_(True) for p in params]
