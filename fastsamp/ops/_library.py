@@ -15,8 +15,9 @@ Per op, from the op table (`_table.py`):
   dispatch key;
 * an Autograd kernel (`_autograd_kernel`): the formulas of `_autograd.py` for the ops the table marks
   differentiable, through an autograd.Function (what `torch.library.register_autograd` builds, without its
-  per-call cost); the other ops raise when an input requires grad (never a silent detach). With no input
-  requiring grad it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
+  per-call cost), with the jvp formulas too (forward mode: torch.func.jvp / jacfwd / hessian, forward_ad); the
+  other ops raise when an input requires grad or carries a tangent (never a silent detach or zero tangent). With
+  neither it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
   (Not torch's autograd fallback for the ops without backward: under torch.func.grad / vjp their kernels see
   unwrapped tensors that require no grad, and the fallback gives zero gradients with only a warning.)
 
