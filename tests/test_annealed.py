@@ -252,6 +252,8 @@ def test_nonfinite_monitor_mask_is_isfinite_all(dtype, D):
 def test_checked_run_chooses_each_op_once_unless_an_input_needs_grad():
     """A sampler's run keeps route's choice per op; a call with an input that requires grad (a model's score
     carrying a graph) gets route's choice for it and leaves the kept one alone."""
+    import torch.autograd.forward_ad as fwAD
+
     from fastsamp.ops import _dispatch
     from fastsamp.samplers.kernels import routed
     x, s, eps = torch.randn(8, 2), torch.randn(8, 2), torch.full((8,), 0.1)
@@ -261,6 +263,11 @@ def test_checked_run_chooses_each_op_once_unless_an_input_needs_grad():
     g = s.clone().requires_grad_()
     assert routed(routes, "mala_propose", "auto", (x, g, eps, None)) is _dispatch.route("auto", "mala_propose", x, g,
                                                                                         eps, None)
+    assert routes == {"mala_propose": fn}
+    with fwAD.dual_level():  # a score carrying a forward-mode tangent: route's choice for it too
+        d = fwAD.make_dual(s, torch.ones_like(s))
+        chosen = _dispatch.route("auto", "mala_propose", x, d, eps, None)
+        assert chosen is not fn and routed(routes, "mala_propose", "auto", (x, d, eps, None)) is chosen
     assert routes == {"mala_propose": fn}
 
 

@@ -117,10 +117,11 @@ def routed(routes: dict, name, backend, tensors):
     """`_dispatch.route(backend, name, *tensors)` in a sampler's run, chosen once per run for plain tensors that
     need no grad (kept in `routes`: a checked kernel's, which a sampler passes to every level's run): within a run
     the device and dtype, tracing and what watches the dispatcher do not change, so only an input that requires
-    grad or is a tensor subclass (a model's output can be either) changes the choice, and such calls go through
-    `route` each time. The cache is keyed by the op name alone: a per-call `backend` override (`_op`'s) that
-    varied within a run would need the backend in the key."""
-    if _dispatch._needs_grad(tensors[0], tensors) or not _dispatch._plain(tensors[0], tensors):
+    grad, carries a forward-mode tangent or is a tensor subclass (a model's output can be any of these) changes the
+    choice, and such calls go through `route` each time. The cache is keyed by the op name alone: a per-call
+    `backend` override (`_op`'s) that varied within a run would need the backend in the key."""
+    x = tensors[0]
+    if _dispatch._needs_grad(x, tensors) or _dispatch._has_tangent(x, tensors) or not _dispatch._plain(x, tensors):
         return _dispatch.route(backend, name, *tensors)
     fn = routes.get(name)
     if fn is None:
