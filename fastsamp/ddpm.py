@@ -54,16 +54,16 @@ class DDPM:
 
     @cached_property
     def betas(self) -> torch.Tensor:
-        """β_1..β_T, float64 (T,)."""
+        """β_1..β_T, float64 (T,), on the CPU (also under a device context such as torch.device("meta"))."""
         T = self.n_steps
         if self.kind == "linear":
-            return torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64)
-        ab = torch.tensor([self.cosine_alpha_bar(i / T) for i in range(T + 1)], dtype=torch.float64)
+            return torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64, device="cpu")
+        ab = torch.tensor([self.cosine_alpha_bar(i / T) for i in range(T + 1)], dtype=torch.float64, device="cpu")
         return (1 - ab[1:] / ab[:-1]).clamp(max=self.beta_max)
 
     @cached_property
     def alpha_bars(self) -> torch.Tensor:
-        """ᾱ_1..ᾱ_T, float64 (T,)."""
+        """ᾱ_1..ᾱ_T, float64 (T,), on the CPU."""
         return torch.cumprod(1 - self.betas, 0)
 
     def times(self) -> list[float]:

@@ -113,6 +113,14 @@ def test_one_step_forward_in_chunks_equals_the_per_row_forward():
         torch.testing.assert_close(net(x, 7), net(x, torch.full((x.shape[0],), 7)))
 
 
+def test_a_0d_tensor_time_is_one_step_for_every_row_over_chunks():
+    """t as a 0-d tensor (as a float t) on a batch over ROWS rows: one step index for every row."""
+    net = networks.build("energy", DDPM(10), hidden=16, n_blocks=1)
+    x, t = torch.randn(net.net.ROWS + 5, 2), torch.tensor(0.5)
+    torch.testing.assert_close(net.score(x, t), net.score(x, 0.5))
+    torch.testing.assert_close(net.log_prob(x, t), net.log_prob(x, 0.5))
+
+
 def test_paper_method_names_map_points_to_sub_intervals():
     names = {m.name: m for m in sampling.methods("score")}
     assert [names[f"LA-{m}"].n_trapezoid for m in (3, 5, 10)] == [2, 4, 9]

@@ -87,8 +87,11 @@ class _EpsNet(nn.Module):
         self.register_buffer("sigmas", (1 - self.schedule.alpha_bars).sqrt().float())
 
     def _step(self, x, t):
-        """x in the network's dtype, the step index of t (an int: one for every row) and σ_t."""
+        """x in the network's dtype, the step index of t and σ_t. The index of a float t, or of a 0-d tensor t, is an
+        int (one step for every row: `ResidualMLP.forward` chunks a tensor of indices with the rows)."""
         i = self.schedule.index(t)
+        if isinstance(i, torch.Tensor) and i.dim() == 0:
+            i = int(i)
         return x.to(self.sigmas.dtype), i, self.sigmas[i]
 
     def config(self):
@@ -166,10 +169,8 @@ def load(path, training=None, map_location=None):
     if training is not None and form.get("training") != training:
         raise ValueError(f"{path} was trained with {form.get('training')}, not {training}")
     config = form["config"]
-    schedule = DDPM(**config["schedule"])
-    schedule.alpha_bars  # noqa: B018 (its cached tables made here on the CPU, not on the meta device below)
-    with torch.device("meta"):
-        model = build(config["version"], schedule, **config["net"])
+    with torch.device("meta"):  # the schedule's tables are made on the CPU all the same
+        model = build(config["version"], DDPM(**config["schedule"]), **config["net"])
     model.load_state_dict(form["state"], assign=True)
     return model.requires_grad_(False).eval()
 
