@@ -5,8 +5,8 @@ the 2-D product networks' work at the published sizes (residual MLP, 4 blocks, h
   on their own copies of one network; medians of the per-step times, the compilation (the first compiled
   step) apart;
 * the samplers' evaluations of one network at one level, medians of `repeats`: score of 2000 rows and of
-  16,000 rows (HMC-10's and LA-10's batched trapezoid points); for the energy version score and log-prob,
-  and score, of 2000 rows.
+  16,000 rows (HMC-10's and LA-10's batched trapezoid points); for the energy version score and log-prob
+  together (its score is that call's first half), and log-prob alone, of 2000 rows.
 
     python -m fastsamp.experiments.product2d.timing [--repeats 10] [--steps 5] [--versions score energy]
 """
@@ -55,7 +55,8 @@ def evaluation_seconds(model, repeats):
     """Median seconds of the samplers' calls of `model` at the middle level (see the module docstring)."""
     g = torch.Generator().manual_seed(1)
     if model.has_energy:  # its methods call no batched trapezoid points
-        calls = {"score_and_log_prob_2000_s": (model.score_and_log_prob, 2000), "score_2000_s": (model.score, 2000)}
+        calls = {"score_and_log_prob_2000_s": (model.score_and_log_prob, 2000),
+                 "log_prob_2000_s": (model.log_prob, 2000)}
     else:
         calls = {"score_2000_s": (model.score, 2000), "score_16000_s": (model.score, 16000)}
     out = {}
