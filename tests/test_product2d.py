@@ -103,14 +103,18 @@ def test_networks_save_and_load(tmp_path):
 
 def test_one_step_forward_in_chunks_equals_the_per_row_forward():
     """The samplers' path (one step index for every row: one bias row per block; batches over ROWS rows in
-    chunks) against the training path (a step index per row), on more than two chunks."""
+    chunks, here more than two) against the training path (a step index per row) on the whole batch as one chunk."""
     torch.manual_seed(0)
     net = networks.ResidualMLP(n_steps=10, hidden=16, n_blocks=2)
     for p in net.parameters():
         p.data.normal_(0, 0.3)
-    x = torch.randn(2 * net.ROWS + 5, 2)
+    x, per_row = torch.randn(2 * net.ROWS + 5, 2), torch.full((2 * net.ROWS + 5,), 7)
     with torch.no_grad():
-        torch.testing.assert_close(net(x, 7), net(x, torch.full((x.shape[0],), 7)))
+        chunked, chunked_per_row = net(x, 7), net(x, per_row)
+        net.ROWS = x.shape[0]  # this instance only: the reference is unchunked
+        whole = net(x, per_row)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(chunked_per_row, whole)
 
 
 def test_a_0d_tensor_time_is_one_step_for_every_row_over_chunks():
