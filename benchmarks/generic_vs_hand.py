@@ -109,14 +109,15 @@ def generic(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, seed=0, devi
 
 
 def network_split(net, fn, clock):
-    """(total, in the network's forward) seconds of one run of fn, the forward timed around each call (about a
-    microsecond per call, the same on both sides)."""
-    inside = [0.0]
+    """(total, in the network's forward) seconds and the number of network calls of one run of fn, the forward timed
+    around each call (about a microsecond per call, the same on both sides)."""
+    inside = [0.0, 0]
 
     def timed_forward(x, t, forward=net.forward):
         t0 = clock()
         out = forward(x, t)
         inside[0] += clock() - t0
+        inside[1] += 1
         return out
 
     net.forward = timed_forward
@@ -124,7 +125,7 @@ def network_split(net, fn, clock):
         total = timed(fn, clock)
     finally:
         del net.forward
-    return total, inside[0]
+    return total, inside[0], inside[1]
 
 
 def timed(fn, clock=time.perf_counter):
@@ -163,16 +164,21 @@ def compare(a, clock):
     net = UserMLP(8, a.hidden).to(a.device)
     kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
     runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw)}
-    stats = runs["generic"]()[1]
-    calls, evals = a.levels * (a.moves + 1), a.levels * (a.moves * a.n_trapezoid + 1)  # per chain
+    calls, evals = a.levels * (a.moves + 1), a.levels * (a.moves * a.n_trapezoid + 1)  # calls per run, rows per chain
+    results = {}
+    for k in runs:  # warm-up runs, which also check that both sides make the same network calls
+        _, _, n_calls = network_split(net, lambda k=k: results.__setitem__(k, runs[k]()), clock)
+        if n_calls != calls:
+            raise RuntimeError(f"{k} made {n_calls} network calls, expected {calls}")
+    stats = results["generic"][1]
     if stats.n_score_evals != evals * a.chains:
         raise RuntimeError(f"annealed_mcmc made {stats.n_score_evals / a.chains} score evaluations per chain, "
                            f"the hand loop {evals}")
-    rates = {"generic": sum(stats.accept_rate) / a.levels, "hand": float(runs["hand"]()[1].mean())}
+    rates = {"generic": sum(stats.accept_rate) / a.levels, "hand": float(results["hand"][1].mean())}
     split = {k: [] for k in runs}  # per side: (total, in the network) of each repeat
     for i in range(a.repeats):
         for k in (("generic", "hand") if i % 2 == 0 else ("hand", "generic")):
-            split[k].append(network_split(net, runs[k], clock))
+            split[k].append(network_split(net, runs[k], clock)[:2])
     total = {k: [tot for tot, _ in v] for k, v in split.items()}
     outside = {k: [tot - inside for tot, inside in v] for k, v in split.items()}
     ratio = statistics.median(g / h for g, h in zip(total["generic"], total["hand"]))
@@ -192,6 +198,7 @@ def compare(a, clock):
             json.dump({"args": vars(a), "times_s": total, "network_split_s": split, "outside_s": outside,
                        "ratio": ratio, "outside_ratio": outside_ratio}, f, indent=1)
     return ratio
+
 
 if __name__ == "__main__":
     main()
