@@ -261,11 +261,7 @@ class _Engine(NamedTuple):
     def grid(self, n_blocks, device):
         """The grid of a launch over n_blocks row blocks: one program per block, or with a scratch a persistent grid of
         at most _PROGRAMS_PER_SM programs per multiprocessor (the scratch then has a size bounded by the device)."""
-        if not self.NZ:
-            return (n_blocks,)
-        if INTERPRET:
-            return (min(n_blocks, _INTERPRET_PROGRAMS),)
-        return (min(n_blocks, _PROGRAMS_PER_SM * _multiprocessors(device)),)
+        return (persistent_programs(n_blocks, device) if self.NZ else n_blocks,)
 
     def arguments(self, x, n_programs, block_b):
         """`evaluate`'s arguments w_ptr .. alpha of a launch on x of n_programs programs of block_b chains (with the
@@ -325,6 +321,15 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
 @functools.cache
 def _multiprocessors(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def persistent_programs(n_blocks, device):
+    """The programs of a persistent grid over n_blocks row blocks on device: min(n_blocks, _PROGRAMS_PER_SM per
+    multiprocessor), under the interpreter min(n_blocks, _INTERPRET_PROGRAMS). The module's names are looked up at
+    each call (the tests bound a GPU's grid by monkeypatching them)."""
+    if INTERPRET:
+        return min(n_blocks, _INTERPRET_PROGRAMS)
+    return min(n_blocks, _PROGRAMS_PER_SM * _multiprocessors(device))
 
 
 def _blocks(B, D, dtype):

@@ -21,10 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import mlp
 from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2
 from .gmm import _whole_rows
-from .mlp import _INTERPRET_PROGRAMS, _STAGES, MLP_MAX_D
+from .mlp import _STAGES, MLP_MAX_D, persistent_programs
 from .mlp_layers import CHUNK, TANGENT, TRAIN, _chunk_dot, _chunk_lanes, _tile, _tiled_backward, _tiled_forward
 from .tiles import div_ieee, sqrt_ieee
 
@@ -177,9 +176,7 @@ def mlp_net_energy_lsq(x, params, act, c, v, sigma, z):
     HP = CHUNK.value * triton.cdiv(H, CHUNK.value)
     NZ = 4 * L + 8  # the TRAIN layout (kernels/mlp_layers.py) and the two cotangent double tiles (_g_tile)
     n_blocks = triton.cdiv(B, _BLOCK_B)
-    # the evaluators' persistent-grid bound (looked up at each call, as `mlp._Engine.grid` does)
-    programs = min(n_blocks,
-                   _INTERPRET_PROGRAMS if INTERPRET else mlp._PROGRAMS_PER_SM * mlp._multiprocessors(x.device))
+    programs = persistent_programs(n_blocks, x.device)  # the evaluators' persistent-grid bound
     w = torch.cat([p.reshape(-1) for p in params])
     gp = torch.zeros((programs, n_params), dtype=x.dtype, device=x.device)
     zs = torch.empty(programs * NZ * _BLOCK_B * HP, dtype=x.dtype, device=x.device)
