@@ -225,16 +225,16 @@ def _reg_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
 
 
 @triton.jit
-def _tiled_backward(r, w_ptr, row, zs, D, O, HP: tl.constexpr):
-    """`_net_energy`'s J_fᵀ r (D input columns; r: O output columns) at HP > MLP_REG_HIDDEN by CHUNK-column chunks:
-    g_k in scratch tile k % 2, act'(z_k) in tile 2 + k (`_tiled_forward`)."""
+def _tiled_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
+    """`_net_energy`'s J_fᵀ r at HP > MLP_REG_HIDDEN by CHUNK-column chunks: g_k in scratch tile k % 2,
+    act'(z_k) in tile 2 + k (`_tiled_forward`)."""
     off_w0, ld0, off_wo, _, off_h, H, L, _ = row
     c, slot, T, zero = _chunk_lanes(r, HP)
     d = tl.arange(0, r.shape[1])
     dm = d < D
     for o0 in range(0, H, CHUNK):
         o = o0 + c
-        g = tl.dot(r, _tile(w_ptr, off_wo, d, d < O, o, o < H, H, 1), input_precision="ieee")
+        g = tl.dot(r, _tile(w_ptr, off_wo, d, dm, o, o < H, H, 1), input_precision="ieee")
         tl.store(zs + (L % 2) * T + o0 + slot, g * tl.load(zs + (L + 2) * T + o0 + slot))
     for kk in range(L):
         k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
@@ -265,7 +265,7 @@ def backward_layers(r, w_ptr, row, zs, D, HP: tl.constexpr):
     """J_fᵀ r = g_0 W_0[:, :D] [BLOCK_B, BLOCK_D] with g_L = (r W_o) ⊙ act'(z_L), g_{k−1} = (g_k W_k) ⊙ act'(z_{k−1}),
     act' from the scratch zs (`forward_layers` with KEEP, after a barrier)."""
     if HP > MLP_REG_HIDDEN:
-        gx = _tiled_backward(r, w_ptr, row, zs, D, D, HP)
+        gx = _tiled_backward(r, w_ptr, row, zs, D, HP)
     else:
         gx = _reg_backward(r, w_ptr, row, zs, D, HP)
     return gx

@@ -147,7 +147,7 @@ def _energy_lsq_kernel(x_ptr, w_ptr, c_ptr, v_ptr, sigma_ptr, z_ptr, loss_ptr, g
         sv = sqrt_ieee(v)
         r = tl.where(m2, tl.load(c_ptr + offs, mask=m2, other=0.0) - sv * f, 0.0)
         tl.debug_barrier()  # the scratch rows were stored by other threads of the program
-        jr = _tiled_backward(r, w_ptr, row, zs, Din, O, HP)
+        jr = _tiled_backward(r, w_ptr, row, zs, O, HP)  # J_fᵀ r at the state's O columns (zeros beyond, unused)
         sigma = tl.load(sigma_ptr + rows, mask=rmask, other=0.0)[:, None]
         err = tl.where(m2, sigma * (div_ieee(jr, sv) - div_ieee(r, v)) + tl.load(z_ptr + offs, mask=m2, other=0.0),
                        0.0)
