@@ -153,12 +153,19 @@ def _h_tile(k, L, KEEP: tl.constexpr):
 
 
 @triton.jit
+def _act_tiles(zs, k, L, at, T):
+    """The addresses of act'(z_k) (scratch tile 2 + k) and act''(z_k) (tile 3 + L + k, the training layout) at the
+    chunk `at` (offsets in a scratch tile of T elements)."""
+    return zs + (2 + k) * T + at, zs + (3 + L + k) * T + at
+
+
+@triton.jit
 def _chunk_act(z, zs, k, L, at, T, act, KEEP: tl.constexpr):
     """The epilogue of layer k at the chunk `at` (offsets in a scratch tile of T elements) of its pre-activation z:
     stores h_k = act(z) in tile `_h_tile`, and act'(z) in tile 2 + k (KEEP >= 1), act''(z) in tile 3 + L + k
-    (TRAIN); TANGENT: z is ż_k, stores ḣ_k = act'(z_k) ⊙ ż_k and turns act''(z_k) into act''(z_k) ⊙ ż_k."""
-    a1_at = zs + (2 + k) * T + at
-    a2_at = zs + (3 + L + k) * T + at
+    (TRAIN; `_act_tiles`); TANGENT: z is ż_k, stores ḣ_k = act'(z_k) ⊙ ż_k and turns act''(z_k) into
+    act''(z_k) ⊙ ż_k."""
+    a1_at, a2_at = _act_tiles(zs, k, L, at, T)
     if KEEP == TANGENT:
         h = z * tl.load(a1_at)
         tl.store(a2_at, tl.load(a2_at) * z)

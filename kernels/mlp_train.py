@@ -24,7 +24,18 @@ import triton.language as tl
 from ._launch import INTERPRET, f64, launch, need_idx64, next_pow2
 from .gmm import _whole_rows
 from .mlp import _STAGES, MLP_MAX_D, persistent_programs
-from .mlp_layers import CHUNK, TANGENT, TRAIN, _chunk_dot, _chunk_lanes, _tile, _tiled_backward, _tiled_forward
+from .mlp_layers import (
+    CHUNK,
+    TANGENT,
+    TRAIN,
+    _act_tiles,
+    _chunk_dot,
+    _chunk_lanes,
+    _h_tile,
+    _tile,
+    _tiled_backward,
+    _tiled_forward,
+)
 from .tiles import div_ieee, sqrt_ieee
 
 # the widest input row (x's D_in columns in registers); above it fastsamp.ops's "auto" runs the reference
@@ -54,8 +65,9 @@ def _bias_offset(k, row):
 def _stream_cotangents(gh_bar, gh_dot, zs, k, L, at, T, gp, row, o, om):
     """Stores (ḡz_k, ġz_k) of the cotangents (ḡh_k, ġh_k) of (h_k, ḣ_k) at the chunk `at` in the double tile of
     layer k's cotangents (primal rows, then tangent rows, `_g_tile`), and adds Σ_rows ḡz_k to db_k."""
-    a1 = tl.load(zs + (2 + k) * T + at)
-    gz_bar = gh_bar * a1 + gh_dot * tl.load(zs + (3 + L + k) * T + at)
+    a1_at, a2_at = _act_tiles(zs, k, L, at, T)
+    a1 = tl.load(a1_at)
+    gz_bar = gh_bar * a1 + gh_dot * tl.load(a2_at)
     g = zs + _g_tile(k, L) * T + at
     tl.store(g, gz_bar)
     tl.store(g + T, gh_dot * a1)
@@ -81,7 +93,7 @@ def _energy_reverse(x, u, g_bar, g_dot, w_ptr, gp, zs, O, row, HP: tl.constexpr)
     rb = tl.arange(0, BB)
     r2 = tl.arange(0, 2 * BB)
     _add_to(gp + off_bo + d, om_, tl.sum(g_bar, axis=0))
-    hs = zs + (4 + 4 * L) * T  # h_L, ḣ_L
+    hs = zs + _h_tile(L, L, TRAIN) * T  # h_L, ḣ_L
     for o0 in range(0, H, CHUNK):  # the output layer: dW_out, then (ḡz_L, ġz_L)
         o = o0 + c
         jm = o < H
@@ -98,7 +110,7 @@ def _energy_reverse(x, u, g_bar, g_dot, w_ptr, gp, zs, O, row, HP: tl.constexpr)
         tl.debug_barrier()  # layer k's cotangents written by every thread
         off = off_h + (k - 1) * (H * H + H)
         gk = zs + _g_tile(k, L) * T
-        hin = zs + (4 + 2 * L + 2 * (k - 1)) * T  # h_{k−1}, ḣ_{k−1}
+        hin = zs + _h_tile(k - 1, L, TRAIN) * T  # h_{k−1}, ḣ_{k−1}
         for o0 in range(0, H, CHUNK):  # dW_k by [CHUNK, CHUNK] tiles, both streams in one dot of 2 BLOCK_B rows
             o = o0 + c
             gzt = tl.load(gk + o[:, None] + r2[None, :] * HP)
