@@ -145,7 +145,7 @@ def _energy_lsq_kernel(x_ptr, w_ptr, c_ptr, v_ptr, sigma_ptr, z_ptr, loss_ptr, g
                        BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
     """mlp_net_energy_lsq: the programs loop over the row blocks (a persistent grid), each with NZ [BLOCK_B, HP]
     scratch tiles and a gradient row of n_params."""
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)  # int64 row offsets of gp and zs whatever IDX64 (x's rows only)
     gp = gp_ptr + pid * n_params
     zs = zs_ptr + pid * NZ * (BLOCK_B * HP)
     row = (0, Din, off_wo, off_bo, off_h, H, L, act)
@@ -195,8 +195,7 @@ def mlp_net_energy_lsq(x, params, act, c, v, sigma, z):
     off_wo = sizes[0] + sizes[1]
     launch(_energy_lsq_kernel, (programs,), x, w, c, v, sigma, z, loss, gp, zs, n_params, NZ, B, Din, O, H, L, act,
            off_wo, off_wo + sizes[2], off_wo + sizes[2] + sizes[3], f64(2.0 / B), HP=HP, BLOCK_B=_BLOCK_B,
-           BLOCK_D=max(16, next_pow2(Din)), IDX64=need_idx64(B * Din, programs * n_params), num_warps=4,
-           num_stages=_STAGES)
+           BLOCK_D=max(16, next_pow2(Din)), IDX64=need_idx64(B * Din), num_warps=4, num_stages=_STAGES)
     g = gp.sum(0)
     return loss, [part.view_as(p) for part, p in zip(torch.split(g, sizes), params)]
 
