@@ -1,5 +1,5 @@
 """benchmarks/offpolicy_checks.py: the released gfn-diffusion formulas written out there agree with
-fastsamp's targets, log w and PIS gradient (the checks of checks/funnel_tb.md and checks/pis_25gmm.md
+fastsamp's targets, log w and PIS gradient (the checks of checks/funnel_tb.md, pis_25gmm.md and pis_funnel.md
 rest on them), and its training loop and command line run on tiny sizes."""
 import json
 import math
