@@ -261,6 +261,17 @@ kernel at that point."""
 
 
 _UNSEEN = object()
+_interpreter_stack = torch._C._functorch.get_interpreter_stack
+_JVP = torch._C._functorch.TransformType.Jvp
+
+
+def _forward_over_forward() -> bool:
+    """Two or more torch.func forward-mode transforms (jvp, jacfwd; hessian's outer one) are active where the op
+    runs in forward mode. The Autograd kernel then runs the jvp formula inside the innermost one, and torch.func does
+    not differentiate an autograd.Function's jvp in the outer ones: their tangents of it come out zero (pytorch
+    issue 197867), so jacfwd(jacfwd(f)) gives a wrong Hessian. (torch.autograd.forward_ad's dual levels do not
+    nest, with each other nor with torch.func.jvp: torch raises there.)"""
+    return sum(i.key() == _JVP for i in _interpreter_stack() or ()) > 1
 
 
 def _tangent_test(op: _table.Op):
@@ -287,7 +298,8 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     Grad mode on and an input requires grad, or an input carries a forward-mode tangent (`_tangent_test`): the
     autograd.Function of the op's backward and jvp formulas, or, for an op without them, a RuntimeError naming the
     op (never a silent detach, nor a zero tangent; also under torch.func's transforms, whose wrapped inputs require
-    grad or carry the tangent here). Otherwise the op runs below the autograd key: where the dispatcher's next
+    grad or carry the tangent here; and forward over forward, whose second derivative torch.func would get wrong,
+    raises too: `_forward_over_forward`). Otherwise the op runs below the autograd key: where the dispatcher's next
     kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or transform in between), that kernel
     (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second trip into Python
     (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is memoised by its bits
@@ -308,6 +320,11 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
             if apply is None:
                 raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input "
                                    f"carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
+            if _forward_over_forward():
+                raise RuntimeError(f"torch.ops.fastsamp.{op.name}: forward-over-forward (torch.func.jacfwd / jvp of "
+                                   f"jacfwd / jvp, also with jacrev between them) is not supported: torch.func "
+                                   f"differentiates an autograd.Function's jvp only once, the second derivative would "
+                                   f"be silently wrong; use torch.func.hessian or jacrev(jacfwd)")
             return apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
