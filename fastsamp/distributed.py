@@ -117,19 +117,32 @@ class LevelSums:
             return torch.zeros(0, self.n_values, dtype=torch.float64)
         if self.comm.distributed:
             return torch.stack(self.rows)
-        columns = [_float64_vector(values, _first_device(values)) for values in zip(*self.rows)]
+        columns = [_float64_vector(values) for values in zip(*self.rows)]
         dev = next((c.device for c in columns if c.device.type != "cpu"), torch.device("cpu"))
         return torch.stack([c.to(dev) for c in columns], 1)
 
 
-def _float64_vector(values, device) -> torch.Tensor:
-    """Floats or one-element tensors as one float64 vector on `device`."""
-    return torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) if isinstance(v, torch.Tensor)
-                        else torch.full((), float(v), dtype=torch.float64, device=device) for v in values])
-
-
-def _first_device(values) -> torch.device:
-    return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+def _float64_vector(values, device=None) -> torch.Tensor:
+    """Floats or one-element tensors as one float64 vector on `device` (default: the first tensor's device; CPU
+    when none is a tensor), in a few ops whatever the length: one torch.tensor of the floats, one stack of the
+    values and one cast to float64 (values of mixed dtypes: a stack that casts each straight into float64; a
+    tensor on another device or of another shape is moved or reshaped first). Detached: no autograd history."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if device is None:
+        device = tensors[0].device if tensors else torch.device("cpu")
+    if len(tensors) < len(values):
+        floats = torch.tensor([float(v) for v in values if not isinstance(v, torch.Tensor)], dtype=torch.float64,
+                              device=device)
+        if not tensors:
+            return floats
+        floats = iter(floats)  # the floats as 0-d views of one tensor, in their places
+        values = [v if isinstance(v, torch.Tensor) else next(floats) for v in values]
+    scalars = [v if v.dim() == 0 and v.device == device else v.reshape(()).to(device) for v in values]
+    with torch.no_grad():
+        if len({v.dtype for v in scalars}) == 1:
+            return torch.stack(scalars).to(torch.float64)
+        # mixed dtypes: stack's promotion could round (int64 with float32 is float32); cast each into float64
+        return torch.stack(scalars, out=torch.empty(len(scalars), dtype=torch.float64, device=device))
 
 
 class Comm:
@@ -169,9 +182,8 @@ class Comm:
         by one all_reduce with a failure flag appended: when any rank passes an `error`, every rank
         raises (its own error, or RankFailedError naming the failing rank and its message). In one
         process nothing is communicated and tensors stay on their device (no host synchronisation)."""
-        dev = self._device() if self.distributed else _first_device(values)
         flag = 1.0 if error is not None else 0.0
-        buf = _float64_vector((*values, flag), dev)
+        buf = _float64_vector((*values, flag), self._device() if self.distributed else None)
         if not self.distributed:
             if error is not None:
                 raise error

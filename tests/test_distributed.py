@@ -112,6 +112,31 @@ def test_shard_splits_unevenly():
     assert [fdist.shard(2, r, 4) for r in range(4)] == [(0, 1), (1, 1), (2, 0), (2, 0)]
 
 
+def _per_value_column(values):
+    """The column LevelSums.totals makes, one value at a time (each tensor to the first tensor's device)."""
+    device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    return torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) if isinstance(v, torch.Tensor)
+                        else torch.tensor(float(v), dtype=torch.float64, device=device) for v in values])
+
+
+def test_one_process_level_sums_mix_floats_and_tensors():
+    """One process: totals() is the (n_levels, n_values) float64 table of the levels' floats and one-element
+    tensors (0-d or (1,), float32/float64/int/bool, with grad or not), value for value."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn((), generator=g, dtype=torch.float64, requires_grad=True)
+    rows = [[0.1 * i, torch.rand((), generator=g, dtype=torch.float64) * i, i, torch.tensor(i % 3 == 0),
+             torch.randn(1, generator=g) if i % 2 else 1.5 * i, w * i, torch.tensor(2**40 + i)] for i in range(100)]
+    sums = fdist.LevelSums(fdist.Comm(None), len(rows[0]))
+    for row in rows:
+        with sums.level() as values:
+            values[:] = row
+    table = sums.totals()
+    expected = torch.stack([_per_value_column(column) for column in zip(*rows)], 1)
+    assert table.dtype == torch.float64 and table.shape == (100, 7) and not table.requires_grad
+    assert torch.equal(table, expected)
+    assert fdist.LevelSums(fdist.Comm(None), 3).totals().shape == (0, 3)
+
+
 class _FourRanks(fdist.Comm):
     """Rank 0 of a 4-process group that is never communicated with: only what happens before the first
     collective (argument checks, sharding) runs."""
