@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from .distributed import resolved_world_size
 from .experiments.options import unwritable
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
             args.parser.error(f"--{flag} {path}: {why}")
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    chains, ranks = getattr(args, "chains", None), resolved_world_size()
+    if chains is not None and chains < ranks:  # Comm.shard's rule (every rank runs a chain), named by the option
+        args.parser.error(f"--chains {chains}: must be >= the number of ranks ({ranks})")
     if args.check is not None:
         args.check(args)
     return args.fn(args)

@@ -65,6 +65,16 @@ def init(backend=None, timeout_s: float = DEFAULT_TIMEOUT_S):
     return Comm(dist.group.WORLD)
 
 
+def resolved_world_size() -> int:
+    """The number of ranks `Comm.resolve()` gives, found without initialising anything: the default group's
+    size, else torchrun's WORLD_SIZE, else 1 (a command line checks its chain count against it up front)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    if dist.is_available() and launched_by_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    return 1
+
+
 def _destroy_default_group():
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -63,6 +63,15 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
     assert "error:" in err and __import__("re").search(message, err), err
 
 
+def test_fewer_chains_than_ranks_names_chains(monkeypatch, capsys):
+    """Under torchrun with 4 ranks, `sample --chains 3` is an argparse error naming --chains, before any process
+    group is set up (the environment alone: nothing is initialised or communicated)."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert exit_code(["sample", "--chains", "3"]) == 2
+    assert "--chains 3: must be >= the number of ranks (4)" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cuda_device_without_a_gpu_is_an_argparse_error(capsys):
     assert exit_code(["sample", "--device", "cuda"]) == 2
