@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.autograd.forward_ad as _fwad
 from torch._C._functorch import get_unwrapped as _unwrapped
 from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
 
@@ -243,16 +242,6 @@ class _FirstOrderGrads(torch.autograd.Function):
                            "derivative through it (autograd.grad(create_graph=True), then another grad) is not "
                            "available; use the PyTorch reference (backend=\"torch\", or torch.func) for higher "
                            "derivatives")
-
-
-def refuse_forward_mode(op, *tensors, hint=""):
-    """Raise a RuntimeError naming `op` when forward-mode AD is on (a dual level is open: torch.func.jvp / jacfwd /
-    hessian, forward_ad) and a tensor of `tensors` (None allowed) carries a tangent. For the fused ops'
-    autograd.Functions (mlp.py, trajectory.py), which have a backward kernel and no jvp: torch's own error there does
-    not name the op (and under torch.func.jvp speaks of setup_context)."""
-    if _fwad._current_level >= 0 and any(t is not None and _fwad.unpack_dual(t).tangent is not None for t in tensors):
-        raise RuntimeError(f"{op} has no forward-mode derivative (jvp): its autograd runs a fused backward kernel, "
-                           f"and an input carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
 
 
 def first_order(op, grads, *depends_on):

@@ -53,6 +53,15 @@ def _has_tangent(x: torch.Tensor, tensors) -> bool:
     return any(t is not None and _fwad.unpack_dual(t).tangent is not None for t in (x, *tensors))
 
 
+def refuse_forward_mode(op, x: torch.Tensor, *tensors, hint=""):
+    """Raise a RuntimeError naming `op` when forward-mode AD is on and x or one of the other tensors (None allowed)
+    carries a tangent. For the fused ops' autograd.Functions (mlp.py, trajectory.py), which have a backward kernel and
+    no jvp: torch's own error there does not name the op (and under torch.func.jvp speaks of setup_context)."""
+    if _fwad._current_level >= 0 and _has_tangent(x, tensors):
+        raise RuntimeError(f"{op} has no forward-mode derivative (jvp): its autograd runs a fused backward kernel, "
+                           f"and an input carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
+
+
 def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     """The function of explicit backend `backend` for backend op `op`, state x (B, D) and the other tensor
     inputs ("auto" goes through `route`: the registered op, whose CPU/CUDA kernels fall back to the

@@ -262,7 +262,7 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     Returns (B, O)."""
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
-    _autograd.refuse_forward_mode("mlp_net", x, *layers)
+    _dispatch.refuse_forward_mode("mlp_net", x, *layers)
     return _MLPNet.apply(backend, act, x, *layers)
 
 
@@ -324,7 +324,7 @@ def mlp_net_lsq(x, weights, biases, c, k, *, activation="silu", backend="auto"):
     layers, act = _net_layers(x, weights, biases, activation)
     B, O = x.shape[0], layers[2].shape[0]
     consts = _constants("mlp_net_lsq", x, c=(c, (B, O)), k=(k, (B,)))
-    _autograd.refuse_forward_mode("mlp_net_lsq", x, *consts, *layers)
+    _dispatch.refuse_forward_mode("mlp_net_lsq", x, *consts, *layers)
     return _MLPNetLsq.apply(backend, "mlp_net_lsq", act, x, consts, *layers)
 
 
@@ -348,7 +348,7 @@ def mlp_net_energy_lsq(x, weights, biases, c, v, sigma, z, *, activation="silu",
     consts = _constants("mlp_net_energy_lsq", x, c=(c, (B, O)), v=(v, (B,)), sigma=(sigma, (B,)), z=(z, (B, O)))
     if _checks.validating() and not _checks._all_positive_finite(consts[1]):
         raise ValueError("v must be finite and > 0 for every row")
-    _autograd.refuse_forward_mode("mlp_net_energy_lsq", x, *consts, *layers)
+    _dispatch.refuse_forward_mode("mlp_net_energy_lsq", x, *consts, *layers)
     return _MLPNetLsq.apply(backend, "mlp_net_energy_lsq", act, x, consts, *layers)
 
 

@@ -111,7 +111,7 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     b2 = s2 * c
     _checks.in_dtype("sigma**2 * h", s2, x.dtype, positive=True)
     _checks.coefficients(x.dtype, "sigma, h or explore", explore2=explore * explore, b2=b2)
-    _autograd.refuse_forward_mode("em_step_logprob", x, drift, log_var, x_next, noise)
+    _dispatch.refuse_forward_mode("em_step_logprob", x, drift, log_var, x_next, noise)
     out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
                                explore * explore, c, b2, reparam)
     return tuple(out) if x_next is None else (x_next,) + tuple(out)
@@ -260,7 +260,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
             with torch.enable_grad():
                 return fn(x0, temb, params, *args)
         _cpp_only(backend, temb.device, "reparam=True")
-    _autograd.refuse_forward_mode("policy_rollout", temb, lgv, *params, hint=_TORCH_HINT)
+    _dispatch.refuse_forward_mode("policy_rollout", temb, lgv, *params, hint=_TORCH_HINT)
     return _PolicyReparam.apply((backend, x0, args, lp), temb, _checks.resolved(lgv) if lgv is not None else None,
                                 *params)
 
@@ -417,5 +417,5 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec)
     if not torch.compiler.is_compiling() and not _dispatch._needs_grad(temb, (lgv, *params)):
         return _log_pf_values(meta, states, temb, lgv, params)  # nothing to differentiate: no autograd.Function
-    _autograd.refuse_forward_mode("policy_log_pf", temb, lgv, *params, hint=_TORCH_HINT)
+    _dispatch.refuse_forward_mode("policy_log_pf", temb, lgv, *params, hint=_TORCH_HINT)
     return _PolicyLogPF.apply(meta, states, temb, lgv, *params)
