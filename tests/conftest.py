@@ -55,6 +55,16 @@ def skip_unless_op(name: str, *op_names: str):
         pytest.skip(f"backend {name!r} has no kernel for {', '.join(missing)}")
 
 
+def bound_triton_programs(monkeypatch, device):
+    """On a GPU, bounds the Triton engine's persistent grids (kernels.mlp.persistent_programs: the evaluators with a
+    scratch and the training op) to 2 programs, as under the interpreter (one multiprocessor taking
+    _INTERPRET_PROGRAMS), so that at small batches a program loops over several row blocks. No-op on the CPU."""
+    if device.type == "cuda":
+        mlp = backends._load("triton")[0].mlp
+        monkeypatch.setattr(mlp, "_multiprocessors", lambda device: 1)
+        monkeypatch.setattr(mlp, "_PROGRAMS_PER_SM", mlp._INTERPRET_PROGRAMS)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the test: small GEMMs run as fast, immune to a busy machine, and bitwise

@@ -5,7 +5,7 @@ rounding), gradcheck and the argument checks. train_score_mlp(parameterisation="
 as eager training after n steps) is tested with the score parameterisation's in tests/test_mlp_train.py."""
 import pytest
 import torch
-from conftest import backend_device, skip_unless_available
+from conftest import backend_device, bound_triton_programs, skip_unless_available
 from test_mlp_train import layers
 
 from fastsamp import backends, ops
@@ -32,13 +32,11 @@ def cpp():
 def device(backend, monkeypatch):
     """The device of `backend`'s tensors (Triton: a GPU, else the interpreter on the CPU), skipping when it is
     unavailable. On a GPU the Triton op's persistent grid is bounded to 2 programs, as under the interpreter, so that
-    a program loops over several row blocks at these batches (tests/test_mlp_triton.py's few_programs)."""
+    a program loops over several row blocks at these batches (conftest's bound_triton_programs)."""
     skip_unless_available(backend)
     device = backend_device(backend)
-    if backend == "triton" and device.type == "cuda":
-        mlp = backends._load("triton")[0].mlp
-        monkeypatch.setattr(mlp, "_multiprocessors", lambda device: 1)
-        monkeypatch.setattr(mlp, "_PROGRAMS_PER_SM", mlp._INTERPRET_PROGRAMS)
+    if backend == "triton":
+        bound_triton_programs(monkeypatch, device)
     return device
 
 
@@ -99,13 +97,14 @@ def test_loss_and_gradient_equal_autograds_double_backward(device, backend, shap
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu"])
-def test_triton_equals_the_float64_reference_and_the_cpp_op(activation):
+def test_triton_equals_the_float64_reference_and_the_cpp_op(activation, monkeypatch):
     """The Triton op in float32 against the float64 reference of the same (rounded) inputs, within a few times the
     C++ op's float32 error; in float64 equal to the C++ op to rounding. Hidden 150 (three chunks, the last
-    partial), B = 70 (a partial last block, a program taking several blocks)."""
+    partial), B = 70 (a partial last block, a program taking several blocks: on a GPU too, `bound_triton_programs`)."""
     skip_unless_available("triton")
     skip_unless_available("cpp")
     device = backend_device("triton")
+    bound_triton_programs(monkeypatch, device)
     B, D, H, O, L = 70, 6, 150, 4, 2
     for dtype in (torch.float32, torch.float64):
         ws, bs = layers(D, H, O, L, dtype, seed=7)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_moves_match, backend_device, skip_unless_available
+from conftest import assert_moves_match, backend_device, bound_triton_programs, skip_unless_available
 from test_mlp import _replace, mixture_score, net_fields, random_net, score_mlp, to
 
 from fastsamp import backends, ops
@@ -26,14 +26,10 @@ def device():
 
 @pytest.fixture
 def few_programs(device, monkeypatch):
-    """On a GPU, a persistent grid of at most 2 programs (one multiprocessor taking 2), as under the interpreter:
-    at these batches (compiled: blocks of 16 chains) the device's bound (4 programs per multiprocessor) would give
-    each block its own program, and no test would run a program's loop over more than one row block.
-    `_Engine.grid` looks both names up at each call."""
-    if device.type == "cuda":
-        mlp = backends._load("triton")[0].mlp
-        monkeypatch.setattr(mlp, "_multiprocessors", lambda device: 1)
-        monkeypatch.setattr(mlp, "_PROGRAMS_PER_SM", mlp._INTERPRET_PROGRAMS)
+    """On a GPU, a persistent grid of at most 2 programs, as under the interpreter (`bound_triton_programs`): at
+    these batches (compiled: blocks of 16 chains) the device's bound (4 programs per multiprocessor) would give
+    each block its own program, and no test would run a program's loop over more than one row block."""
+    bound_triton_programs(monkeypatch, device)
 
 
 def problem(D, arch, dtype, device, with_mixture):
