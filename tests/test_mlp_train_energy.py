@@ -127,6 +127,27 @@ def test_triton_equals_the_float64_reference_and_the_cpp_op(activation, monkeypa
                 assert e_t <= 4 * e_c + 1.2e-7 * r.abs().max().item(), f"parameter {i}: {e_t:.3e} vs C++ {e_c:.3e}"
 
 
+def test_triton_op_twice_on_cuda_with_two_programs_gives_equal_bits(monkeypatch):
+    """CUDA only: the op called twice on the same inputs, the grid bounded to 2 programs (13 row blocks of 16: each
+    program loops over several, reusing its scratch and gradient row), gives torch.equal losses and gradients (a
+    missing barrier between a program's blocks or layers would show as a run-to-run difference). Same kernel
+    variant as test_triton_equals_the_float64_reference_and_the_cpp_op (float32, hidden 150, D_in 6)."""
+    skip_unless_available("triton")
+    device = backend_device("triton")
+    if device.type != "cuda":
+        pytest.skip("needs a GPU: the interpreter runs one program at a time, each operation on a whole block")
+    bound_triton_programs(monkeypatch, device)
+    B, D, H, O, L = 200, 6, 150, 4, 2
+    ws, bs = on(device, *layers(D, H, O, L, torch.float32, seed=9))
+    x, consts = torch.randn(B, D, device=device), [t.to(device) for t in constants(B, O, torch.float32, seed=10)]
+    runs = []
+    for _ in range(2):
+        loss = ops.mlp_net_energy_lsq(x, ws, bs, *consts, backend="triton")
+        runs.append([loss.detach(), *torch.autograd.grad(loss, ws + bs)])
+    for i, (a, b) in enumerate(zip(*runs)):
+        assert torch.equal(a, b), f"output {i} differs between two calls"
+
+
 @pytest.mark.usefixtures("cpp")
 def test_gradcheck_float64():
     for B, D, H, O, L in [(3, 2, 5, 2, 1), (1, 1, 3, 1, 0), (7, 4, 9, 3, 2)]:
