@@ -46,10 +46,9 @@ def _needs_grad(x: torch.Tensor, tensors) -> bool:
 
 
 def _has_tangent(x: torch.Tensor, tensors) -> bool:
-    """A forward-mode dual level is open (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad) and x or
-    one of the other tensors (None allowed) carries a tangent at it."""
-    if _fwad._current_level < 0:
-        return False
+    """x or one of the other tensors (None allowed) carries a forward-mode tangent at the current dual level
+    (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); callers test `_fwad._current_level >= 0` (a dual
+    level is open) first, which costs less than this call."""
     return any(t is not None and _fwad.unpack_dual(t).tangent is not None for t in (x, *tensors))
 
 

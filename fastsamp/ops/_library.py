@@ -276,13 +276,11 @@ def _forward_over_forward() -> bool:
 
 def _tangent_test(op: _table.Op):
     """args -> whether a tensor argument of `op` (a list's elements too) carries a forward-mode tangent at the
-    current dual level (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); False at once when no dual
-    level is open."""
+    current dual level (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); the caller tests that a dual
+    level is open first."""
     at = [(i, a.kind == "tensors") for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor", "tensors")]
 
     def has_tangent(args):
-        if _fwad._current_level < 0:
-            return False
         for i, many in at:
             for t in (args[i] if many else (args[i],)):
                 if t is not None and _fwad.unpack_dual(t).tangent is not None:

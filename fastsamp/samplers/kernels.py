@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from .. import ops
 from ..ops import _checks, _dispatch
@@ -121,7 +122,8 @@ def routed(routes: dict, name, backend, tensors):
     choice, and such calls go through `route` each time. The cache is keyed by the op name alone: a per-call
     `backend` override (`_op`'s) that varied within a run would need the backend in the key."""
     x = tensors[0]
-    if _dispatch._needs_grad(x, tensors) or _dispatch._has_tangent(x, tensors) or not _dispatch._plain(x, tensors):
+    if (_dispatch._needs_grad(x, tensors) or (_fwad._current_level >= 0 and _dispatch._has_tangent(x, tensors))
+            or not _dispatch._plain(x, tensors)):
         return _dispatch.route(backend, name, *tensors)
     fn = routes.get(name)
     if fn is None:
