@@ -9,8 +9,10 @@ w.r.t. x, means, log_weights and variances, so a mixture can be fitted by likeli
 ξ is the op's noise: the given `noise`, or the Philox draw (a constant: no gradient).
 Forward mode (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad): each op with a backward has a
 `<op>_jvp` (`JVPS`): given one tangent per schema argument (None: no tangent), the tangents of the outputs. The
-linear steps' are the op's linear part applied to the tangents; gmm_score's is the reference's jvp (a
-Hessian-vector product in x, the cost of one reference forward), as its backward is the reference's vjp.
+linear steps' are the op's linear part applied to the tangents; gmm_score's is the reference's lines differentiated
+forward by hand (a Hessian-vector product in x, about the cost of one reference forward): torch.func.jvp of the
+reference, as its backward takes the reference's vjp, cannot run inside the op's jvp. torch.func differentiates
+these jvps only once: forward over forward raises (`_library._forward_over_forward`).
 `first_order` makes the fused backwards of the ops' autograd.Functions (mlp.py, trajectory.py) raise, naming the
 op, when differentiated again.
 """
