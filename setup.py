@@ -97,7 +97,8 @@ class BuildExt(build_ext):
             print(f"fastsamp: building without CUDA kernels ({why})", file=sys.stderr)
             self._fastsamp_cuda = ""
         flags = " ".join(cxx_flags())
-        ext.define_macros += [("FASTSAMP_CXX_FLAGS", f'"{flags}"'),
+        ext.define_macros += [("FASTSAMP_CXX", f'"{self.compiler.compiler_so_cxx[0]}"'),  # the C++ compiler used
+                              ("FASTSAMP_CXX_FLAGS", f'"{flags}"'),
                               ("FASTSAMP_CUDA_FLAGS", f'"{self._fastsamp_cuda}"')]
         super().build_extension(ext)
 

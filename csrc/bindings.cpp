@@ -21,6 +21,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.def("build_info", []() {
     py::dict d;
+    d["cxx"] = FASTSAMP_CXX;
     d["cxx_flags"] = FASTSAMP_CXX_FLAGS;
     d["cuda_flags"] = FASTSAMP_CUDA_FLAGS;
     d["cpu_threads"] = "fastsamp pool (std::thread), no OpenMP runtime";
