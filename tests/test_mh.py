@@ -1,5 +1,6 @@
 """The mh family (mala_propose, line_points, score_mh_accept): every compiled backend against the
 float64 PyTorch reference on fresh random inputs."""
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,21 +81,38 @@ def test_score_mh_accept_cpp_rows_are_independent_bits(dtype, D):
         for a, r in zip(out, row):
             assert torch.equal(a[b:b + 1].nan_to_num(7.0), r.nan_to_num(7.0)), b
 
+# csrc/cpu/mh.cpp's FASTSAMP_MH_ROW_LANES condition: the row lanes are built where all of these are defined.
+ROW_LANE_MACROS = ("__AVX512F__", "__AVX512BW__", "__AVX512VL__", "__AVX512DQ__")
+
+
 def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path):
     """At D = 1, 2, 4, 8 the C++ kernel takes rows as SIMD lanes (AVX-512 builds), whose sums must run in the
     row form's order: same bits. The row form is not reachable from Python at those D, so
-    tests/cpp/mh_rows_vs_lanes.cpp includes csrc/cpu/mh.cpp and compares the two on 528 random cases, built
-    here with the extension's compiler flags."""
+    tests/cpp/mh_rows_vs_lanes.cpp includes csrc/cpu/mh.cpp and compares the two on random cases (their count
+    is printed), built here with the extension's compiler and flags: skipped before compiling where those
+    flags define no row lanes (the program's exit status 77 is the backstop)."""
     skip_unless_available("cpp")
     from fastsamp import _C
-    cxx = shutil.which("g++")
+    info = _C.build_info()
+    cxx, flags = shutil.which(info["cxx"]), info["cxx_flags"].split()
     if cxx is None:
-        pytest.skip("needs g++")
+        pytest.skip(f"needs the extension's C++ compiler {info['cxx']}")
+    macros = subprocess.run([cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.split()
+    if not all(m in macros for m in ROW_LANE_MACROS):
+        pytest.skip(f"no row lanes in this build (needs {', '.join(ROW_LANE_MACROS)})")
     root = Path(__file__).resolve().parents[1]
+    sources = [root / "tests" / "cpp" / "mh_rows_vs_lanes.cpp", root / "csrc" / "cpu" / "runtime.cpp"]
+    objects = [tmp_path / (src.stem + ".o") for src in sources]
+    compiles = [subprocess.Popen([cxx, *flags, "-I", root / "csrc", "-c", src, "-o", obj])  # in parallel
+                for src, obj in zip(sources, objects)]
+    try:
+        assert [c.wait(timeout=600) for c in compiles] == [0, 0]
+    finally:
+        for c in compiles:
+            c.kill()  # none left running after a timeout (a no-op on a finished one)
     exe = tmp_path / "mh_rows_vs_lanes"
-    subprocess.run([cxx, *_C.build_info()["cxx_flags"].split(), "-I", root / "csrc",
-                    root / "tests" / "cpp" / "mh_rows_vs_lanes.cpp", root / "csrc" / "cpu" / "runtime.cpp",
-                    "-o", exe], check=True, timeout=600)
+    subprocess.run([cxx, *flags, *objects, "-o", exe], check=True, timeout=600)
     run = subprocess.run([exe], capture_output=True, text=True, timeout=300)
     if run.returncode == 77:
         pytest.skip(run.stdout.strip())
