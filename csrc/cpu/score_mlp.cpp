@@ -24,6 +24,7 @@
 #include "cpu/mlp.h"
 #include "cpu/mlp_sum.h"
 #include "cpu/ops.h"
+#include "cpu/random.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -86,10 +87,7 @@ void mala_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int6
       const uint64_t g0 = chain0 + static_cast<uint64_t>(b0);
       for (int64_t mv = 0; mv < n_steps; ++mv) {
         const uint64_t off = offset + static_cast<uint64_t>(mv);
-        GroupNormals<T> gen(seed, off, J, g0 * J);
-        typename GroupNormals<T>::State gst;
-        gen.prime(gst);
-        rows_normals<T>(gen, gst, nb, D, XI.p, NormalsPrefetch{});
+        draw_rows_normals<T>(seed, off, g0, nb, D, XI.p);
         // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
         for (int l = 0; l < nb; ++l)
           for (int d = 0; d < D; ++d) {
@@ -197,10 +195,7 @@ void hmc_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int64
       const uint64_t g0 = chain0 + static_cast<uint64_t>(b0);
       for (int64_t mv = 0; mv < n_steps; ++mv) {
         const uint64_t off = offset + static_cast<uint64_t>(mv);
-        GroupNormals<T> gen(seed, off, J, g0 * J);
-        typename GroupNormals<T>::State gst;
-        gen.prime(gst);
-        rows_normals<T>(gen, gst, nb, D, XI.p, NormalsPrefetch{});
+        draw_rows_normals<T>(seed, off, g0, nb, D, XI.p);
         for (int64_t i = 0; i < nbd; ++i) {
           const T p = damp * PC.p[i] + c_n * XI.p[i];
           P0.p[i] = p;
