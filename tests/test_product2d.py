@@ -110,11 +110,11 @@ def test_one_step_forward_in_chunks_equals_the_per_row_forward():
         p.data.normal_(0, 0.3)
     x, per_row = torch.randn(2 * net.ROWS + 5, 2), torch.full((2 * net.ROWS + 5,), 7)
     with torch.no_grad():
-        chunked, chunked_per_row = net(x, 7), net(x, per_row)
+        chunked, chunked_per_row, chunked_one = net(x, 7), net(x, per_row), net(x, torch.tensor([7]))
         net.ROWS = x.shape[0]  # this instance only: the reference is unchunked
         whole = net(x, per_row)
-    torch.testing.assert_close(chunked, whole)
-    torch.testing.assert_close(chunked_per_row, whole)
+    for out in (chunked, chunked_per_row, chunked_one):
+        torch.testing.assert_close(out, whole)
 
 
 def test_a_0d_tensor_time_is_one_step_for_every_row_over_chunks():

@@ -63,7 +63,10 @@ class ResidualMLP(nn.Module):
     def forward(self, x, i):
         """f(x, i), i a (B,) tensor of step indices or one step index (an int) for every row."""
         if x.shape[0] > self.ROWS:
-            steps = i.split(self.ROWS) if isinstance(i, torch.Tensor) else itertools.repeat(i)
+            if isinstance(i, torch.Tensor) and i.dim():
+                steps = i.expand(x.shape[0]).split(self.ROWS)  # a (1,) index broadcasts, as unchunked
+            else:
+                steps = itertools.repeat(i)
             return torch.cat([self(c, j) for c, j in zip(x.split(self.ROWS), steps)])
         h = self.first(x)
         for b, bias in zip(self.blocks, self.step_biases(i)):
