@@ -11,8 +11,8 @@ Forward mode (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad): eac
 `<op>_jvp` (`JVPS`): given one tangent per schema argument (None: no tangent), the tangents of the outputs. The
 linear steps' are the op's linear part applied to the tangents; gmm_score's is the reference's lines differentiated
 forward by hand (a Hessian-vector product in x, about the cost of one reference forward): torch.func.jvp of the
-reference, as its backward takes the reference's vjp, cannot run inside the op's jvp. torch.func differentiates
-these jvps only once: forward over forward raises (`_library._forward_over_forward`).
+reference, as its backward takes the reference's vjp, cannot run inside the op's jvp. Under nested torch.func
+transforms (hessian, jacfwd(jacfwd), ...) the op runs its reference instead (`_library._nested_transforms`).
 `first_order` makes the fused backwards of the ops' autograd.Functions (mlp.py, trajectory.py) raise, naming the
 op, when differentiated again.
 """

@@ -262,16 +262,18 @@ kernel at that point."""
 
 _UNSEEN = object()
 _interpreter_stack = torch._C._functorch.get_interpreter_stack
-_JVP = torch._C._functorch.TransformType.Jvp
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
-def _forward_over_forward() -> bool:
-    """Two or more torch.func forward-mode transforms (jvp, jacfwd; hessian's outer one) are active where the op
-    runs in forward mode. The Autograd kernel then runs the jvp formula inside the innermost one, and torch.func does
-    not differentiate an autograd.Function's jvp in the outer ones: their tangents of it come out zero (pytorch
-    issue 197867), so jacfwd(jacfwd(f)) gives a wrong Hessian. (torch.autograd.forward_ad's dual levels do not
-    nest, with each other nor with torch.func.jvp: torch raises there.)"""
-    return sum(i.key() == _JVP for i in _interpreter_stack() or ()) > 1
+def _nested_transforms() -> bool:
+    """Two or more of torch.func's differentiating transforms are active (grad / vjp / jacrev, jvp / jacfwd; hessian
+    is two). The op's autograd.Function runs at the innermost level only (single-level, `_function`): the outer
+    levels see its outputs as constants, so a second derivative through a nonlinear use of an output (hessian of
+    logp², jacrev(jacrev(f)) of |x'|²) comes out silently wrong, and forward over forward (jacfwd(jacfwd(f)), jvp
+    of jvp) drops the jvp formula's own derivative (all-zero Hessian of gmm_score's logp; pytorch issue 197867).
+    There the Autograd kernel runs the op's reference, which every level differentiates. (torch.autograd.forward_ad's
+    dual levels do not nest, with each other nor with torch.func.jvp: torch raises there.)"""
+    return sum(i.key() in _DIFFERENTIATING for i in _interpreter_stack() or ()) > 1
 
 
 def _tangent_test(op: _table.Op):
@@ -296,14 +298,17 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     Grad mode on and an input requires grad, or an input carries a forward-mode tangent (`_tangent_test`): the
     autograd.Function of the op's backward and jvp formulas, or, for an op without them, a RuntimeError naming the
     op (never a silent detach, nor a zero tangent; also under torch.func's transforms, whose wrapped inputs require
-    grad or carry the tangent here; and forward over forward, whose second derivative torch.func would get wrong,
-    raises too: `_forward_over_forward`). Otherwise the op runs below the autograd key: where the dispatcher's next
-    kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or transform in between), that kernel
+    grad or carry the tangent here). Under nested differentiating transforms (`_nested_transforms`: hessian,
+    jacrev(jacrev), jacfwd(jacfwd), ...) the op's reference instead, which every level differentiates (the
+    single-level Function's outputs would be constants to the outer levels). Otherwise the op runs below the
+    autograd key: where the dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or
+    transform in between), that kernel
     (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second trip into Python
     (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is memoised by its bits
     (a few distinct key sets occur), and the requires-grad test reads only the op's tensor positions
     (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
     apply = _function(op, handle) if op.grad else None
+    nested = _with_u64_tensors(_decoded(getattr(reference, op.name), op), op) if op.grad else None
     has_tangent = _tangent_test(op)
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
@@ -313,17 +318,12 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
             if apply is None:
                 raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
                                    f"detach the inputs or run under torch.no_grad(){hint}")
-            return apply(keyset, *args)
+            return nested(*args) if _nested_transforms() else apply(keyset, *args)
         if _fwad._current_level >= 0 and has_tangent(args):  # a dual level is open (forward mode)
             if apply is None:
                 raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input "
                                    f"carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
-            if _forward_over_forward():
-                raise RuntimeError(f"torch.ops.fastsamp.{op.name}: forward-over-forward (torch.func.jacfwd / jvp of "
-                                   f"jacfwd / jvp, also with jacrev between them) is not supported: torch.func "
-                                   f"differentiates an autograd.Function's jvp only once, the second derivative would "
-                                   f"be silently wrong; use torch.func.hessian or jacrev(jacfwd)")
-            return apply(keyset, *args)
+            return nested(*args) if _nested_transforms() else apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
         if direct is _UNSEEN:
