@@ -130,8 +130,8 @@ def test_op_without_jvp_raises_naming_the_op():
 
 
 def test_jacfwd_and_hessian_of_gmm_log_density():
-    """jacfwd of the registered score and the hessian of log p (jacfwd over jacrev) through the compiled op equal
-    the reference's; the score's Jacobian is the Hessian of log p."""
+    """jacfwd of the registered score (the compiled op and its jvp formula) and the hessian of log p (jacfwd over
+    jacrev: nested, so the op's reference) equal the reference's; the score's Jacobian is the Hessian of log p."""
     torch.manual_seed(1)
     x, means = torch.randn(1, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
     mix = (means, torch.randn(4, dtype=F64), torch.rand(4, dtype=F64) + 0.5)
