@@ -207,6 +207,40 @@ def test_fused_autograd_ops_refuse_forward_mode_naming_the_op(name, api):
                 fn(fwAD.make_dual(arg, torch.ones_like(arg)))
 
 
+def _weighted_scalar(name, fn, args, at, weights):
+    """p -> Σ over fn's outputs o (at args with the positions `at` replaced by p) of Σ (o·w + o²·w/2)."""
+    def f(*p):
+        return sum((o * w + o * o * w / 2).sum() for o, w in zip(_flat(fn(*_with(args, at, p))), weights)
+                   if w is not None)
+    return f
+
+
+BATCHED_FIRST = {"vmap_jacrev": lambda f, argnums, tangents: torch.func.vmap(torch.func.jacrev(f, argnums)),
+                 "vmap_jvp": lambda f, argnums, tangents: torch.func.vmap(
+                     lambda *p: torch.func.jvp(f, p, tangents)[1])}
+
+
+@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
+@pytest.mark.parametrize("name", [op.name for op in _table.registered() if op.grad])
+def test_first_derivatives_under_vmap_through_the_registered_formulas(name, noise):
+    """vmap of jacrev and of jvp (one differentiating transform: the op's formulas run, on vmap's batched tensors)
+    of a weighted sum of the registered op's outputs and their squares, over a batch of two input sets, equal the
+    reference's (a drawn noise is read back from the output as a constant, still batched)."""
+    torch.manual_seed(6)
+    args = list(op_args(name, F64, noise=noise))
+    at = _float_positions(name, args)
+    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
+    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    batched = [torch.stack([p, p + 0.1 * torch.rand_like(p)]) for p in primals]
+    tangents = tuple(torch.randn_like(p) for p in primals)
+    argnums = tuple(range(len(primals)))
+    op, ref = getattr(torch.ops.fastsamp, name), getattr(reference, name)
+    for label, first in BATCHED_FIRST.items():
+        expect = first(_weighted_scalar(name, ref, args, at, weights), argnums, tangents)(*batched)
+        got = first(_weighted_scalar(name, op, args, at, weights), argnums, tangents)(*batched)
+        torch.testing.assert_close(got, expect, msg=lambda m, k=label: f"{k}: {m}")
+
+
 SECOND = {"hessian": torch.func.hessian,  # jacfwd of jacrev
           "jacrev_jacfwd": lambda f, a: torch.func.jacrev(torch.func.jacfwd(f, a), a),
           "jacrev_jacrev": lambda f, a: torch.func.jacrev(torch.func.jacrev(f, a), a),

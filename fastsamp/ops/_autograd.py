@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch._C._functorch import get_unwrapped as _unwrapped
-from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
 
 from . import reference
 
@@ -77,11 +75,10 @@ def guided_sde_step_backward(ctx, g):
 
 
 def _constant(t):
-    """t's value as a constant at every level: unwrapped from torch.func's transform wrappers and detached. Under
-    nested torch.func transforms an output saved by the op keeps no lower level's graph, so the formulas take from
-    the outputs only constants (the drawn noise) and recompute the rest from the inputs."""
-    while _is_wrapped(t):
-        t = _unwrapped(t)
+    """t's value as a constant (detached): the formulas take from the outputs only constants (the drawn noise) and
+    recompute the rest from the inputs. The Function runs at one level only (under nested differentiating
+    transforms the op runs its reference), so detaching is enough; unwrapping torch.func's wrappers too would strip
+    vmap's batching (vmap(jacrev(...)) of a drawn-noise mala_propose came out wrong)."""
     return t.detach()
 
 
@@ -110,7 +107,7 @@ def line_points_backward(ctx, g):
 
 
 def leapfrog_backward(ctx, g_x, g_p):
-    """p½ = p + (ε/2) s, x_next = x + ε p½ (p½ recomputed: see `_constant`)."""
+    """p½ = p + (ε/2) s, x_next = x + ε p½ (p½ recomputed from the inputs, not read back from the outputs)."""
     (x, p, score, step_size), _ = _saved(ctx)
     eps = step_size[:, None]
     p_half = p + 0.5 * eps * score
