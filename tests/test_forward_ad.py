@@ -241,6 +241,53 @@ def test_first_derivatives_under_vmap_through_the_registered_formulas(name, nois
         torch.testing.assert_close(got, expect, msg=lambda m, k=label: f"{k}: {m}")
 
 
+def _dotted(result, seed):
+    """Σ of the tensors of `result` times fixed random weights (drawn from `seed`)."""
+    torch.manual_seed(seed)
+    return sum((r * torch.randn_like(r)).sum() for r in result)
+
+
+def _func_grad(f, primals):
+    return torch.func.grad(f, tuple(range(len(primals))))(*primals)
+
+
+def _forward_ad_tangent(f, primals):
+    with fwAD.dual_level():
+        return (fwAD.unpack_dual(f(*(fwAD.make_dual(p, torch.ones_like(p)) for p in primals))).tangent,)
+
+
+def _jvp_tangent(f, primals):
+    return (torch.func.jvp(f, tuple(primals), tuple(torch.ones_like(p) for p in primals))[1],)
+
+
+OVER_ONE = {"func_grad": (_func_grad, _func_grad), "forward_ad": (_forward_ad_tangent, _jvp_tangent)}
+"""transform -> (itself, the same maths in torch.func for the reference's answer: torch.func.grad over it)."""
+
+
+@pytest.mark.parametrize("transform", OVER_ONE)
+@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
+@pytest.mark.parametrize("name", [op.name for op in _table.registered() if op.grad])
+def test_regular_autograd_over_one_transform_equals_the_reference(name, noise, transform):
+    """torch.autograd.grad, inputs requiring grad, of torch.func.grad's gradient (the op then runs its reference:
+    `_library._reference_test`; the Function's outputs would be constants to regular autograd) and of forward_ad's
+    tangent (the Function, whose jvp regular autograd differentiates) of a weighted sum of the registered op's
+    outputs and their squares, dotted with random weights, equal torch.func.grad of the same through the reference
+    (regular autograd over forward_ad through reference.gmm_score raises in torch: an in-place softmax tangent)."""
+    torch.manual_seed(7)
+    args = list(op_args(name, F64, noise=noise))
+    at = _float_positions(name, args)
+    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
+    over, same_in_func = OVER_ONE[transform]
+    primals = [(args[i] if j is None else args[i][j]).detach().requires_grad_() for i, j in at]
+    total = _dotted(over(_weighted_scalar(name, getattr(torch.ops.fastsamp, name), args, at, weights), primals), 8)
+    got = torch.autograd.grad(total, primals, allow_unused=True)
+    ref = _weighted_scalar(name, getattr(reference, name), args, at, weights)
+    expect = torch.func.grad(lambda *p: _dotted(same_in_func(ref, p), 8), tuple(range(len(primals))))(
+        *(p.detach() for p in primals))
+    for k, (g, e) in enumerate(zip(got, expect)):
+        torch.testing.assert_close(torch.zeros_like(e) if g is None else g, e, msg=lambda m, k=k: f"input {k}: {m}")
+
+
 SECOND = {"hessian": torch.func.hessian,  # jacfwd of jacrev
           "jacrev_jacfwd": lambda f, a: torch.func.jacrev(torch.func.jacfwd(f, a), a),
           "jacrev_jacrev": lambda f, a: torch.func.jacrev(torch.func.jacrev(f, a), a),

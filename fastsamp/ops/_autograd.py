@@ -12,7 +12,8 @@ Forward mode (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad): eac
 linear steps' are the op's linear part applied to the tangents; gmm_score's is the reference's lines differentiated
 forward by hand (a Hessian-vector product in x, about the cost of one reference forward): torch.func.jvp of the
 reference, as its backward takes the reference's vjp, cannot run inside the op's jvp. Under nested torch.func
-transforms (hessian, jacfwd(jacfwd), ...) the op runs its reference instead (`_library._nested_transforms`).
+transforms (hessian, jacfwd(jacfwd), ...; regular autograd over torch.func.grad too) the op runs its reference
+instead (`_library._reference_test`).
 `first_order` makes the fused backwards of the ops' autograd.Functions (mlp.py, trajectory.py) raise, naming the
 op, when differentiated again.
 """

@@ -263,31 +263,60 @@ kernel at that point."""
 _UNSEEN = object()
 _interpreter_stack = torch._C._functorch.get_interpreter_stack
 _DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_unwrapped = torch._C._functorch.get_unwrapped
 
 
-def _nested_transforms() -> bool:
-    """Two or more of torch.func's differentiating transforms are active (grad / vjp / jacrev, jvp / jacfwd; hessian
-    is two). The op's autograd.Function runs at the innermost level only (single-level, `_function`): the outer
-    levels see its outputs as constants, so a second derivative through a nonlinear use of an output (hessian of
-    logp², jacrev(jacrev(f)) of |x'|²) comes out silently wrong, and forward over forward (jacfwd(jacfwd(f)), jvp
-    of jvp) drops the jvp formula's own derivative (all-zero Hessian of gmm_score's logp; pytorch issue 197867).
-    There the Autograd kernel runs the op's reference, which every level differentiates. (torch.autograd.forward_ad's
-    dual levels do not nest, with each other nor with torch.func.jvp: torch raises there.)"""
-    return sum(i.key() in _DIFFERENTIATING for i in _interpreter_stack() or ()) > 1
+def _tensor_args(op: _table.Op):
+    """args -> an iterator over `op`'s given tensor arguments (a list's elements too)."""
+    at = [(i, a.kind == "tensors") for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor", "tensors")]
+
+    def tensors(args):
+        for i, many in at:
+            for t in (args[i] if many else (args[i],)):
+                if t is not None:
+                    yield t
+    return tensors
+
+
+def _level0(t):
+    """t's tensor under all of torch.func's wrappers (the one regular autograd sees)."""
+    while _is_wrapped(t):
+        t = _unwrapped(t)
+    return t
+
+
+def _reference_test(op: _table.Op):
+    """args -> whether the Autograd kernel runs the op's reference, not its autograd.Function: under two or more of
+    torch.func's differentiating transforms (grad / vjp / jacrev, jvp / jacfwd; hessian is two), or under one while
+    an input's level-0 tensor requires grad (regular autograd differentiates the transform's result:
+    autograd.grad of torch.func.grad's gradient). The Function runs at the innermost level only (single-level,
+    `_function`): the outer levels see its outputs as constants, so a second derivative through a nonlinear use of
+    an output (hessian of logp², jacrev(jacrev(f)) of |x'|², autograd.grad of func.grad's |x'|² gradient) comes out
+    silently wrong, and forward over forward (jacfwd(jacfwd(f)), jvp of jvp) drops the jvp formula's own derivative
+    (all-zero Hessian of gmm_score's logp; pytorch issue 197867). The reference is differentiated by every level.
+    (torch.autograd.forward_ad's dual levels do not nest, with each other nor with torch.func.jvp: torch raises
+    there; forward_ad under regular autograd runs the Function, whose jvp regular autograd differentiates.)"""
+    tensors = _tensor_args(op)
+
+    def runs_reference(args):
+        if _functorch_level() is None:
+            return False
+        n = sum(i.key() in _DIFFERENTIATING for i in _interpreter_stack())
+        if n != 1:
+            return n > 1
+        return any(_level0(t).requires_grad for t in tensors(args))
+    return runs_reference
 
 
 def _tangent_test(op: _table.Op):
     """args -> whether a tensor argument of `op` (a list's elements too) carries a forward-mode tangent at the
     current dual level (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); the caller tests that a dual
     level is open first."""
-    at = [(i, a.kind == "tensors") for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor", "tensors")]
+    tensors = _tensor_args(op)
 
     def has_tangent(args):
-        for i, many in at:
-            for t in (args[i] if many else (args[i],)):
-                if t is not None and _fwad.unpack_dual(t).tangent is not None:
-                    return True
-        return False
+        return any(_fwad.unpack_dual(t).tangent is not None for t in tensors(args))
     return has_tangent
 
 
@@ -298,9 +327,10 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     Grad mode on and an input requires grad, or an input carries a forward-mode tangent (`_tangent_test`): the
     autograd.Function of the op's backward and jvp formulas, or, for an op without them, a RuntimeError naming the
     op (never a silent detach, nor a zero tangent; also under torch.func's transforms, whose wrapped inputs require
-    grad or carry the tangent here). Under nested differentiating transforms (`_nested_transforms`: hessian,
-    jacrev(jacrev), jacfwd(jacfwd), ...) the op's reference instead, which every level differentiates (the
-    single-level Function's outputs would be constants to the outer levels). Otherwise the op runs below the
+    grad or carry the tangent here). Under nested differentiating transforms (hessian, jacrev(jacrev),
+    jacfwd(jacfwd), ...; regular autograd over torch.func.grad too: `_reference_test`) the op's reference instead,
+    which every level differentiates (the single-level Function's outputs would be constants to the outer levels).
+    Otherwise the op runs below the
     autograd key: where the dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or
     transform in between), that kernel
     (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second trip into Python
@@ -309,6 +339,7 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
     apply = _function(op, handle) if op.grad else None
     nested = _with_u64_tensors(_decoded(getattr(reference, op.name), op), op) if op.grad else None
+    runs_reference = _reference_test(op) if op.grad else None
     has_tangent = _tangent_test(op)
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
@@ -318,12 +349,12 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
             if apply is None:
                 raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
                                    f"detach the inputs or run under torch.no_grad(){hint}")
-            return nested(*args) if _nested_transforms() else apply(keyset, *args)
+            return nested(*args) if runs_reference(args) else apply(keyset, *args)
         if _fwad._current_level >= 0 and has_tangent(args):  # a dual level is open (forward mode)
             if apply is None:
                 raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input "
                                    f"carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
-            return nested(*args) if _nested_transforms() else apply(keyset, *args)
+            return nested(*args) if runs_reference(args) else apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
         if direct is _UNSEEN:
