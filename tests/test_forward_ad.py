@@ -207,7 +207,7 @@ def test_fused_autograd_ops_refuse_forward_mode_naming_the_op(name, api):
                 fn(fwAD.make_dual(arg, torch.ones_like(arg)))
 
 
-def _weighted_scalar(name, fn, args, at, weights):
+def _weighted_scalar(fn, args, at, weights):
     """p -> Σ over fn's outputs o (at args with the positions `at` replaced by p) of Σ (o·w + o²·w/2)."""
     def f(*p):
         return sum((o * w + o * o * w / 2).sum() for o, w in zip(_flat(fn(*_with(args, at, p))), weights)
@@ -236,8 +236,8 @@ def test_first_derivatives_under_vmap_through_the_registered_formulas(name, nois
     argnums = tuple(range(len(primals)))
     op, ref = getattr(torch.ops.fastsamp, name), getattr(reference, name)
     for label, first in BATCHED_FIRST.items():
-        expect = first(_weighted_scalar(name, ref, args, at, weights), argnums, tangents)(*batched)
-        got = first(_weighted_scalar(name, op, args, at, weights), argnums, tangents)(*batched)
+        expect = first(_weighted_scalar(ref, args, at, weights), argnums, tangents)(*batched)
+        got = first(_weighted_scalar(op, args, at, weights), argnums, tangents)(*batched)
         torch.testing.assert_close(got, expect, msg=lambda m, k=label: f"{k}: {m}")
 
 
@@ -279,9 +279,9 @@ def test_regular_autograd_over_one_transform_equals_the_reference(name, noise, t
     weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
     over, same_in_func = OVER_ONE[transform]
     primals = [(args[i] if j is None else args[i][j]).detach().requires_grad_() for i, j in at]
-    total = _dotted(over(_weighted_scalar(name, getattr(torch.ops.fastsamp, name), args, at, weights), primals), 8)
+    total = _dotted(over(_weighted_scalar(getattr(torch.ops.fastsamp, name), args, at, weights), primals), 8)
     got = torch.autograd.grad(total, primals, allow_unused=True)
-    ref = _weighted_scalar(name, getattr(reference, name), args, at, weights)
+    ref = _weighted_scalar(getattr(reference, name), args, at, weights)
     expect = torch.func.grad(lambda *p: _dotted(same_in_func(ref, p), 8), tuple(range(len(primals))))(
         *(p.detach() for p in primals))
     for k, (g, e) in enumerate(zip(got, expect)):
@@ -296,27 +296,22 @@ SECOND = {"hessian": torch.func.hessian,  # jacfwd of jacrev
 
 @pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
 @pytest.mark.parametrize("name", [op.name for op in _table.registered() if op.grad])
-def test_second_derivatives_through_the_registered_formulas(name, noise):
+def test_second_derivatives_under_nested_transforms_run_the_reference(name, noise):
     """Second derivatives under torch.func, mixing the modes or not, forward over forward too, of a weighted sum of
-    the registered op's outputs and their squares in all its float inputs equal the reference's (under nested
-    transforms the op runs its reference: `_library._nested_transforms`; the squares need the outer levels to see
-    the outputs depend on the inputs)."""
+    the registered op's outputs and their squares in all its float inputs equal the reference's: under nested
+    transforms the op runs its reference (`_library._reference_test`), since the formulas' single-level Function
+    would leave the outer levels' derivatives wrong (the squares need them to see the outputs depend on the
+    inputs)."""
     torch.manual_seed(4)
     args = list(op_args(name, F64, noise=noise))
     at = _float_positions(name, args)
     weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
-
-    def scalar(fn):
-        def f(*p):
-            return sum((o * w + o * o * w / 2).sum() for o, w in zip(_flat(fn(*_with(args, at, p))), weights)
-                       if w is not None)
-        return f
     primals = [args[i] if j is None else args[i][j] for i, j in at]
     argnums = tuple(range(len(primals)))
-    expect = torch.func.hessian(scalar(getattr(reference, name)), argnums)(*primals)
-    op = getattr(torch.ops.fastsamp, name)
+    expect = torch.func.hessian(_weighted_scalar(getattr(reference, name), args, at, weights), argnums)(*primals)
+    scalar = _weighted_scalar(getattr(torch.ops.fastsamp, name), args, at, weights)
     for label, second in SECOND.items():
-        torch.testing.assert_close(second(scalar(op), argnums)(*primals), expect, msg=lambda m, k=label: f"{k}: {m}")
+        torch.testing.assert_close(second(scalar, argnums)(*primals), expect, msg=lambda m, k=label: f"{k}: {m}")
 
 
 def test_jvp_of_jvp_of_gmm_log_density():
