@@ -260,7 +260,8 @@ def _jvp_tangent(f, primals):
     return (torch.func.jvp(f, tuple(primals), tuple(torch.ones_like(p) for p in primals))[1],)
 
 
-OVER_ONE = {"func_grad": (_func_grad, _func_grad), "forward_ad": (_forward_ad_tangent, _jvp_tangent)}
+OVER_ONE = {"func_grad": (_func_grad, _func_grad), "func_jvp": (_jvp_tangent, _jvp_tangent),
+            "forward_ad": (_forward_ad_tangent, _jvp_tangent)}
 """transform -> (itself, the same maths in torch.func for the reference's answer: torch.func.grad over it)."""
 
 
@@ -268,11 +269,12 @@ OVER_ONE = {"func_grad": (_func_grad, _func_grad), "forward_ad": (_forward_ad_ta
 @pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
 @pytest.mark.parametrize("name", [op.name for op in _table.registered() if op.grad])
 def test_regular_autograd_over_one_transform_equals_the_reference(name, noise, transform):
-    """torch.autograd.grad, inputs requiring grad, of torch.func.grad's gradient (the op then runs its reference:
-    `_library._reference_test`; the Function's outputs would be constants to regular autograd) and of forward_ad's
-    tangent (the Function, whose jvp regular autograd differentiates) of a weighted sum of the registered op's
-    outputs and their squares, dotted with random weights, equal torch.func.grad of the same through the reference
-    (regular autograd over forward_ad through reference.gmm_score raises in torch: an in-place softmax tangent)."""
+    """torch.autograd.grad, inputs requiring grad, of torch.func.grad's gradient and torch.func.jvp's tangent (the op
+    then runs its reference: `_library._reference_test`; the Function's outputs would be constants to regular
+    autograd) and of forward_ad's tangent (the Function, whose jvp regular autograd differentiates), of a weighted
+    sum of the registered op's outputs and their squares, dotted with random weights, equal torch.func.grad of the
+    same through the reference (regular autograd over forward_ad through reference.gmm_score raises in torch: an
+    in-place softmax tangent). Before `_reference_test` all func_grad and func_jvp cases failed."""
     torch.manual_seed(7)
     args = list(op_args(name, F64, noise=noise))
     at = _float_positions(name, args)
