@@ -272,8 +272,13 @@ def load_model(path, target, method):
     return sampler
 
 
+def model_paths(args, target, method):
+    """--models, else the table's saved models of (target, method): OUT/<target>_<method>_seed*.pt."""
+    return args.models or sorted(glob.glob(os.path.join(OUT, f"{target}_{method}_seed*.pt")))
+
+
 def cmd_evaluate(args):
-    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_{args.method}_seed*.pt")))
+    paths = model_paths(args, args.target, args.method)
     for path in paths:
         model = load_model(path, args.target, args.method)
         print(json.dumps(evaluate_model(model, args.repeats, os.path.basename(path))), flush=True)
@@ -281,7 +286,7 @@ def cmd_evaluate(args):
 
 def cmd_gradients(args):
     """The preset's initial PIS network (seed 0) and the saved PIS models, evaluation seeds 1 .. repeats."""
-    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_pis_seed*.pt")))
+    paths = model_paths(args, args.target, "pis")
     models = [("initial network (seed 0)", build(args.target, "pis", seed=0)[0])]
     models += [(os.path.basename(p), load_model(p, args.target, "pis")) for p in paths]
     for name, sampler in models:
@@ -359,7 +364,7 @@ def _seeds(args):
 def cmd_spread(args):
     """Saved models: `spread` over evaluation seeds first-seed .. first-seed + repeats − 1, and with
     --released that of the released estimator on the same seeds (torch's generator; log Z = 0)."""
-    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"{args.target}_{args.method}_seed*.pt")))
+    paths = model_paths(args, args.target, args.method)
     for path in paths:
         sampler = DiffusionSampler.load(path)
         out = {"model": os.path.basename(path), "seeds": [args.first_seed, args.first_seed + args.repeats - 1],
@@ -372,7 +377,7 @@ def cmd_spread(args):
 def cmd_manywell(args):
     """Saved Manywell models: `spread`, the collapse's limit and the share of samples with every
     double-well coordinate in the right well."""
-    paths = args.models or sorted(glob.glob(os.path.join(OUT, f"manywell_{args.method}_seed*.pt")))
+    paths = model_paths(args, "manywell", args.method)
     for path in paths:
         sampler = DiffusionSampler.load(path)
         target = sampler.target

@@ -345,15 +345,14 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
 
     def kernel(keyset, *args):
-        if _is_grad_enabled() and requires_grad(args):
+        grad = _is_grad_enabled() and requires_grad(args)
+        if grad or (_fwad._current_level >= 0 and has_tangent(args)):  # reverse mode, or forward mode (a dual level)
             if apply is None:
-                raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: "
-                                   f"detach the inputs or run under torch.no_grad(){hint}")
-            return nested(*args) if runs_reference(args) else apply(keyset, *args)
-        if _fwad._current_level >= 0 and has_tangent(args):  # a dual level is open (forward mode)
-            if apply is None:
-                raise RuntimeError(f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input "
-                                   f"carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
+                raise RuntimeError(
+                    f"torch.ops.fastsamp.{op.name} has no backward and an input requires grad: detach the inputs or "
+                    f"run under torch.no_grad(){hint}" if grad else
+                    f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input carries a tangent "
+                    f"(torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
             return nested(*args) if runs_reference(args) else apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
