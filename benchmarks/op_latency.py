@@ -10,6 +10,10 @@ Columns (µs per call, median of `repeats` timings of `calls` calls each, the co
 each repeat; one intra-op thread, float32; `--clock cpu` times the thread's CPU time instead of wall time;
 nan: no such function, e.g. no public op for a backward kernel, no custom_op for a factory op):
   raw          the backend function itself (fastsamp.backends.cpp.<op>: output allocation + the _C call)
+  bare         the same backend function registered plainly as a trivial op's CPU kernel (`bare_op`: no Autograd
+               kernel): the least a Python-registered kernel costs, torch's boxing of the arguments into Python
+               and back, paid after the kernel's own work (which evicts the dispatcher's code from the caches, so
+               `bare - raw` exceeds `floor`); `library+ag - bare` is what fastsamp's Autograd kernel adds
   library      torch.ops.fastsamp.<op> as `_library.Entry.eager` calls it (how the public ops call it in eager while
                the profiler or a dispatch mode watches: below the autograd key)
   library+ag   torch.ops.fastsamp.<op> called plainly (through its Python Autograd kernel)
@@ -198,6 +202,19 @@ def floor_op(op: _table.Op, outputs):
     return getattr(torch.ops.fastsamp_floor, op.name).default
 
 
+_bare_libs: list = []  # the fastsamp_bare library, made on first use
+
+
+def bare_op(op: _table.Op, fn):
+    """The op's schema registered under the namespace fastsamp_bare with backend function `fn` itself as its only
+    kernel (CompositeExplicitAutograd; `fn` takes the schema's u64 encoding)."""
+    if not _bare_libs:
+        _bare_libs.append(torch.library.Library("fastsamp_bare", "DEF"))
+    _bare_libs[0].define(op.schema())
+    _bare_libs[0].impl(op.name, fn, "CompositeExplicitAutograd")
+    return getattr(torch.ops.fastsamp_bare, op.name).default
+
+
 def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
     """µs per call of a trivial registered op `(Tensor x, Tensor[] tensors) -> Tensor` (its kernel returns x)
     against the list's length: torch's own cost of a list of tensors through the dispatcher into Python."""
@@ -267,7 +284,7 @@ def main():
         print("| µs | " + " | ".join(f"{v:.2f}" for v in list_floor(a.calls, a.repeats, CLOCKS[a.clock], sizes))
               + " |\n", flush=True)
     before = registered_at(a.against) if a.against else None
-    cols = ("op", "raw", "library", "library+ag", "floor") + ((f"ag @{a.against}",) if before else ()) + (
+    cols = ("op", "raw", "bare", "library", "library+ag", "floor") + ((f"ag @{a.against}",) if before else ()) + (
         "custom_op", "public auto", "public cpp")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -282,9 +299,9 @@ def main():
         raw_fn = getattr(cpp, op.name, None)
         custom = custom_op_of(op)
         floor = floor_op(op, opobj(*args))
-        fns = [raw_fn and partial(raw_fn, *raw_args), partial(entry.eager, *args), partial(opobj, *args),
-               partial(floor, *args)]
-        present = [raw_fn is not None, True, True, True]
+        fns = [raw_fn and partial(raw_fn, *raw_args), raw_fn and partial(bare_op(op, raw_fn), *args),
+               partial(entry.eager, *args), partial(opobj, *args), partial(floor, *args)]
+        present = [raw_fn is not None, raw_fn is not None, True, True, True]
         if before:
             fns.append(partial(getattr(before, op.name).default, *args))
             present.append(True)
