@@ -273,12 +273,13 @@ def compare_pis_gradients(sampler, batch, seed, name):
 
 def _curve_point(sampler, repeats):
     """Δlog Z, Δlog Z^RW, W2 (and for mixtures the number of modes hit) during training: means over `repeats`
-    evaluation seeds of 2000 samples; for mixtures also `modes`, the modes any of them hit (nearest mean)."""
+    evaluation seeds of 2000 samples; for mixtures also `modes`, {mode: share of the samples nearest to it}."""
     ms = [evaluate(sampler, sampler.target, n=N, seed=s) for s in range(1, repeats + 1)]
     out = {key: statistics.mean(m[key] for m in ms) for key in ("delta_log_Z", "delta_log_Z_rw", "w2", "modes_hit")
            if key in ms[0]}
     if "mode_weights" in ms[0]:
-        out["modes"] = sorted({k for m in ms for k, w in enumerate(m["mode_weights"]) if w > 0})
+        share = torch.tensor([m["mode_weights"] for m in ms]).mean(0) / len(ms[0]["mode_weights"])
+        out["modes"] = {k: round(float(share[k]), 4) for k in share.nonzero().flatten().tolist()}
     return out
 
 

@@ -137,6 +137,6 @@ def test_gmm40_command_and_the_curve_s_modes(capsys):
     assert first["nearest_norm"] == pytest.approx(132.644, abs=1e-3) and first["share_nearest_sigma2_5"] == 1.0
     sampler, _ = offpolicy.build("40gmm", "tb", n_steps=4)
     point = checks._curve_point(sampler, 1)
-    assert point["modes"] == [16] and point["modes_hit"] == 1
+    assert point["modes"] == {16: 1.0} and point["modes_hit"] == 1
     with pytest.raises(ValueError, match="--mean-seed"):
         checks.main(["train", "--target", "funnel", "--mean-seed", "1", "--iterations", "1"])
