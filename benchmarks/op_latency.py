@@ -29,7 +29,8 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
   public cpp   the same with backend="cpp" (checks + the raw backend function)
 A call through the dispatcher adds `library - raw` (`library+ag - raw` from user code calling
 torch.ops.fastsamp.<op> directly). Timings depend on the machine's load.
-`--list-floor` first prints the floor of a list of N tensors (`list_floor`).
+`--list-floor` first prints the floor of a list of N tensors (`list_floor`); `--boxing OP` first prints what the
+number of boxed elements costs for OP's call (`boxing_costs`).
 """
 from __future__ import annotations
 
@@ -225,6 +226,38 @@ def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
     return medians_us([partial(fn, x, [torch.randn(8) for _ in range(n)]) for n in sizes], calls, repeats, clock)
 
 
+def boxing_costs(op: _table.Op, fn, args, calls, repeats, clock):
+    """µs per call of backend function `fn` run on `args` (its work, in the schema's encoding) as the only kernel of
+    three trivial ops: the call as it is (`fn` itself), under the op's schema, under a 4-argument schema
+    (Tensor x, Tensor[] tensors, int[] ints, float[] floats) holding the same elements (every tensor, int and float
+    of the arguments, lists' elements included; the kernel ignores them and runs `fn(*args)`) and under (Tensor x)
+    alone: how torch's cost of a Python kernel grows with the elements it boxes, after the kernel's work."""
+    lib = torch.library.Library(f"fastsamp_boxing_{op.name}", "DEF")
+    run = partial(fn, *args)
+    groups = {"tensor": [], "int": [], "float": []}
+    for a, v in zip(op.schema_args, args):
+        if a.kind == "state":
+            continue
+        for e in (v if a.kind in ("tensors", "ints", "floats") else (v,)):
+            kind = ("tensor" if isinstance(e, torch.Tensor) else "float" if isinstance(e, float) else "int"
+                    if isinstance(e, int) else None)
+            if kind is not None:
+                groups[kind].append(e)
+    x = args[[a.kind for a in op.schema_args].index("state")]
+    schemas = {"schema": (op.schema()[len(op.name):], args),
+               "packed": ("(Tensor x, Tensor[] tensors, int[] ints, float[] floats) -> Any",
+                          (x, groups["tensor"], groups["int"], groups["float"])),
+               "one tensor": ("(Tensor x) -> Any", (x,))}
+    fns = [run]
+    for k, (schema, given) in enumerate(schemas.values()):
+        lib.define(f"op{k}{schema.replace('-> Any', '-> ' + op.schema().split(' -> ')[1])}")
+        lib.impl(f"op{k}", lambda *_: run(), "CompositeExplicitAutograd")
+        fns.append(partial(getattr(getattr(torch.ops, lib.ns), f"op{k}").default, *given))
+    n = sum(len(g) for g in groups.values())
+    labels = ["called", f"schema ({len(args)} arguments)", f"packed (x and {n} elements in 3 lists)", "one tensor"]
+    return dict(zip(labels, medians_us(fns, calls, repeats, clock)))
+
+
 def registered_at(rev: str):
     """torch.ops.<namespace> of the op table's ops registered by fastsamp/ops/_library.py as it was at git revision
     `rev` (with today's op table, kernels and formulas), under the namespace fastsamp_at_<rev>."""
@@ -269,6 +302,7 @@ def main():
                         help="wall time, or the thread's CPU time (the cost of a call on a loaded machine)")
     parser.add_argument("--ops", nargs="+", metavar="OP", help="only these registered ops")
     parser.add_argument("--list-floor", action="store_true", help="first, a trivial op taking a list of N tensors")
+    parser.add_argument("--boxing", metavar="OP", help="first, OP's backend function under fewer boxed arguments")
     a = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -283,6 +317,13 @@ def main():
         print("| N | " + " | ".join(map(str, sizes)) + " |\n|" + "---|" * (len(sizes) + 1))
         print("| µs | " + " | ".join(f"{v:.2f}" for v in list_floor(a.calls, a.repeats, CLOCKS[a.clock], sizes))
               + " |\n", flush=True)
+    if a.boxing:
+        op = _table.OPS[a.boxing]
+        costs = boxing_costs(op, getattr(cpp, op.name), args_for(op.name, a.B, a.D, Nets(a.B, a.D)), a.calls,
+                             a.repeats, CLOCKS[a.clock])
+        print(f"{op.name}'s backend function as the kernel of a trivial op, µs per call:\n| " + " | ".join(costs)
+              + " |\n|" + "---|" * len(costs) + "\n| " + " | ".join(f"{v:.1f}" for v in costs.values()) + " |\n",
+              flush=True)
     before = registered_at(a.against) if a.against else None
     cols = ("op", "raw", "bare", "library", "library+ag", "floor") + ((f"ag @{a.against}",) if before else ()) + (
         "custom_op", "public auto", "public cpp")

@@ -23,10 +23,11 @@ Per op, from the op table (`_table.py`):
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
-makes it (through the Autograd kernel) adds about 2.5–7 µs to the backend function (one trip from the
-dispatcher into Python; 16-argument ops cost the most), the policy and network ops (7–18 arguments) more:
-most of it is torch's boxing of the arguments into a Python kernel and back, about 0.2 µs per scalar and
-0.1 µs per tensor of a list (op_latency.py's "floor" column); the Autograd kernel's own Python 1–2 µs.
+makes it (through the Autograd kernel) adds to the backend function one trip from the dispatcher into Python:
+most of it is torch's boxing of the arguments into a Python kernel and back, about 0.3 µs per scalar and
+0.2 µs per tensor (of a list too) while hot, about twice that after a kernel of 10–60 µs has run in between
+(op_latency.py's "floor" and "bare" columns: the network and policy ops, 7–20 arguments, pay 8–24 µs there,
+loaded); the Autograd kernel's own Python, with torch's key set argument, 1.5–5 µs.
 The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` with backend="auto".
 """
 from __future__ import annotations
