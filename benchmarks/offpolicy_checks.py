@@ -87,6 +87,14 @@ def released_log_r(target, x):
     raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm, 40gmm)")
 
 
+def released_drift(sampler, x, temb, lgv, i):
+    """The policy's drift at step i (temb, lgv: the network's time features); a Langevin network (LP) adds
+    its scale times the target's score, ∇ log R(x), as gfn-diffusion's GFN(langevin=True) does."""
+    if not getattr(sampler.net, "langevin", False):
+        return sampler.net(x, temb[i:i + 1], None)[0]
+    return sampler.net(x, temb[i:i + 1], lgv[i:i + 1], sampler.target.score(x).detach())[0]
+
+
 def released_noise(sampler, states, drifts=None):
     """The noise of given states (T+1, B, D), recomputed as gfn-diffusion does:
     ε_i = (x_{i+1} − x_i − h μ_θ(x_i, t_i)) / (σ√h), with `drifts` μ (T, B, D) if given, else the
@@ -94,8 +102,8 @@ def released_noise(sampler, states, drifts=None):
     T, h = sampler.n_steps, sampler.h
     if drifts is None:
         with torch.no_grad():
-            temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
-            drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
+            temb, lgv = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
+            drifts = torch.stack([released_drift(sampler, states[i], temb, lgv, i) for i in range(T)])
     return (states[1:] - states[:-1] - h * drifts) / (sampler.sigma * math.sqrt(h))
 
 
@@ -145,11 +153,11 @@ def released_rollout(sampler, batch, reparam=False, noise=None):
     state update takes the drift detached, so the states carry no grad; PIS (reparam=True,
     get_trajectory_fwd(pis=True)): the update is differentiable, the whole path carries the gradient."""
     T, h, sigma = sampler.n_steps, sampler.h, sampler.sigma
-    temb, _ = sampler.net.time_features(torch.arange(T, dtype=torch.float32) * h)
+    temb, lgv = sampler.net.time_features(torch.arange(T, dtype=torch.float32) * h)
     x = torch.zeros(batch, sampler.target.dim)
     states, drifts = [x], []
     for i in range(T):
-        drift = sampler.net(x, temb[i:i + 1], None)[0]
+        drift = released_drift(sampler, x, temb, lgv, i)
         eps = torch.randn_like(x) if noise is None else noise[i]
         x = x + h * (drift if reparam else drift.detach()) + math.sqrt(h) * sigma * eps
         states.append(x)

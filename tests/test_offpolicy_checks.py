@@ -140,3 +140,13 @@ def test_gmm40_command_and_the_curve_s_modes(capsys):
     assert point["modes"] == {16: 1.0} and point["modes_hit"] == 1
     with pytest.raises(ValueError, match="--mean-seed"):
         checks.main(["train", "--target", "funnel", "--mean-seed", "1", "--iterations", "1"])
+
+
+def test_released_log_w_of_a_langevin_network_is_ours():
+    """LP presets: the released formulas add the network's Langevin term (scale × ∇ log R) to the drift, so
+    log w of our trajectories agrees (the evaluation `train` prints for TB + Expl. + LP + LS)."""
+    checks = _checks()
+    sampler, _ = offpolicy.build("40gmm", "tb+expl+lp+ls", n_steps=6, seed=2)
+    traj = sampler.forward_trajectories(8, seed=3)
+    torch.testing.assert_close(checks.released_log_w(sampler, traj.states), traj.log_weights().detach(),
+                               rtol=1e-5, atol=0.05)
