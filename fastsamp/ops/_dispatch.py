@@ -45,6 +45,18 @@ def _needs_grad(x: torch.Tensor, tensors) -> bool:
     return False
 
 
+def nothing_to_differentiate(x: torch.Tensor, tensors) -> bool:
+    """Plain eager and neither x nor one of the other tensors (None allowed) requires grad: not under torch.compile
+    (which traces an autograd.Function) nor under a torch.func transform. The ops with an autograd.Function of their
+    own (the fused backward kernels: mlp.py, trajectory.py) then call their forward op alone, the same outputs
+    without `Function.apply`, which costs about 17 µs per call (benchmarks/RESULTS.md, eighth session). Callers
+    refuse forward mode first (`refuse_forward_mode`)."""
+    return not torch.compiler.is_compiling() and _functorch_level() is None and not _needs_grad(x, tensors)
+
+
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
 def _has_tangent(x: torch.Tensor, tensors) -> bool:
     """x or one of the other tensors (None allowed) carries a forward-mode tangent at the current dual level
     (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); callers test `_fwad._current_level >= 0` (a dual
