@@ -27,7 +27,7 @@ from ..ops import _checks
 from ..ops.sde import em_coefficients
 from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
-from .kernels import CorrectorSpec, PhiloxKey, mh_test, routed, run_corrector
+from .kernels import CorrectorSpec, PhiloxKey, acceptance_rate, mh_test, routed, run_corrector
 
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
 MH_MODES = ("score", "energy", "none")
@@ -151,15 +151,23 @@ class NonFiniteMonitor:
 
 
 LEVEL_CHUNK = 16  # levels whose statistics annealed_mcmc computes together
-LEVEL_CHUNK_NUMEL = 2**20 // 3  # at most this many chains x levels waiting: three (B,) tensors each (~12 MB)
+LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain three values and one bool per move
 
 
-def level_values(monitor, level, row, rate, eps, n_calls):
+def level_chunk(n_local, n_steps, dtype) -> int:
+    """The levels whose statistics annealed_mcmc computes together, for n_local chains of n_steps moves a level."""
+    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (n_local * (3 * dtype.itemsize + n_steps))))
+
+
+def level_values(monitor, level, row, rate, accepted, n_steps, eps, n_calls):
     """([Σ acceptance rate, Σ step size, non-finite chains, score evaluations], rate (B,) with the non-finite chains'
     0, or None without corrector moves) of annealed_mcmc's `level`, whose chains had the `nonfinite_rows` `row`,
-    the per-chain acceptance rate `rate` (None: no moves) and step sizes `eps`, after n_calls score evaluations."""
+    the per-chain acceptance rate `rate` (None: no moves, or the generic moves' accept masks `accepted`, a list, to
+    count over n_steps moves) and step sizes `eps`, after n_calls score evaluations."""
     finite = monitor.record_rows(level, row)
     rate_sum = 0.0
+    if accepted:
+        rate = acceptance_rate(accepted, n_steps, row.dtype)
     if rate is not None:
         rate = rate * finite  # a non-finite chain is not accepted
         rate_sum = rate.sum(dtype=torch.float64)
@@ -235,12 +243,12 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     mh_piece = mh_test(spec)  # one for every level's generic moves (it keeps the trapezoid points' batch)
     routes = {}  # the ops' functions, chosen once per run (`kernels.routed`)
     offset = 1
-    # the levels whose statistics wait to be computed together (`level_values`), up to `chunk` levels: their ops
-    # run back to back, with warm caches, instead of after each level's moves (benchmarks/RESULTS.md, eighth
-    # session); one level at a time where the next level needs them (adapt: the rate; several ranks: each level's
-    # all_reduce). The same ops on the same tensors: the same bits.
+    # the levels whose statistics (the generic moves' accept masks counted among them) wait to be computed together
+    # (`level_values`), up to `chunk` levels: their ops run back to back, with warm caches, instead of after each
+    # level's moves (benchmarks/RESULTS.md, eighth session); one level at a time where the next level needs them
+    # (adapt: the rate; several ranks: each level's all_reduce). The same ops on the same tensors: the same bits.
     adapt = adapt and corrector in ("mala", "hmc")
-    chunk = 1 if adapt or comm.distributed else max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_NUMEL // n_local))
+    chunk = 1 if adapt or comm.distributed else level_chunk(n_local, spec.n_steps, dtype)
     pending = []
     levels = range(n_levels)
     if progress:
@@ -260,13 +268,13 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                     x = sde_step(x, s, None, None, *_checks.seed_offset(seed, offset, device=device), chain0, *steps[i])
                 offset += 1
             eps = step_size * (sched.alpha(t) ** 2 * data_scale**2 + sched.sigma2(t)) * factor
+            rate, accepted = None, []
             if spec.n_steps > 0:
                 with phase("corrector"):
                     x, p, rate, offset, s_held = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
                                                                key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
-                                                               mh=mh_piece, routes=routes)
-            pending.append((values, i, nonfinite_rows(x), rate if spec.n_steps > 0 else None, eps,
-                            f.calls - n_before))
+                                                               mh=mh_piece, routes=routes, accepted=accepted)
+            pending.append((values, i, nonfinite_rows(x), rate, accepted, spec.n_steps, eps, f.calls - n_before))
             if len(pending) == chunk or i == n_levels - 1:
                 for level_list, *level in pending:
                     level_list[:], rate = level_values(monitor, *level)
