@@ -156,7 +156,7 @@ LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain thre
 
 def level_chunk(n_local, n_steps, dtype) -> int:
     """The levels whose statistics annealed_mcmc computes together, for n_local chains of n_steps moves a level."""
-    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (n_local * (3 * dtype.itemsize + n_steps))))
+    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (max(n_local, 1) * (3 * dtype.itemsize + n_steps))))
 
 
 def level_values(monitor, level, row, rate, accepted, n_steps, eps, n_calls):
