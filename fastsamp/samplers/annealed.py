@@ -273,7 +273,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                 with phase("corrector"):
                     x, p, rate, offset, s_held = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
                                                                key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
-                                                               mh=mh_piece, routes=routes, accepted=accepted)
+                                                               mh=mh_piece, routes=routes,
+                                                               accepted=accepted if chunk > 1 else None)
             pending.append((values, i, nonfinite_rows(x), rate, accepted, spec.n_steps, eps, f.calls - n_before))
             if len(pending) == chunk or i == n_levels - 1:
                 for level_list, *level in pending:
