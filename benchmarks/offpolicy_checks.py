@@ -20,7 +20,7 @@ independently of fastsamp's fused kernels and em_step op, on the same DriftNet w
     log p_F = log N(x_{i+1}; x_i + h μ, σ² h) with the noise recomputed from the states,
     log p_B(x_i | x_{i+1}) = log N(x_i; x_{i+1} i/(i+1), σ² h i/(i+1)) for i ≥ 1 (0 for i = 0),
     log R: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})), twenty_five_gmm.py
-           (log-mean over the 25 modes of N(μ_k, 0.3 I)) or forty_gmm.py (branch `stagger`, commit 9697e5d:
+           (log-mean over the 25 modes of N(μ_k, 0.3 I)) or forty_gmm.py (commit 9697e5d:
            log-mean over the 40 modes of N(μ_k, I), on our means), via torch.distributions,
     TB loss = ½ mean (log Z_θ + Σ log p_F − Σ log p_B − log R)², μ detached in the state update;
     PIS loss = mean (Σ log p_F − Σ log p_B − log R) / D with the state update differentiable
@@ -58,7 +58,7 @@ import time
 import torch
 
 from fastsamp.experiments.offpolicy import METHODS, build, evaluate
-from fastsamp.metrics import log_z_estimates
+from fastsamp.metrics import log_z_estimates, nearest_mode_weights
 from fastsamp.samplers.diffusion import DiffusionSampler, train
 from fastsamp.targets import GMM40
 
@@ -90,7 +90,7 @@ def released_log_r(target, x):
 def released_drift(sampler, x, temb, lgv, i):
     """The policy's drift at step i (temb, lgv: the network's time features); a Langevin network (LP) adds
     its scale times the target's score, ∇ log R(x), as gfn-diffusion's GFN(langevin=True) does."""
-    if not getattr(sampler.net, "langevin", False):
+    if not sampler.net.langevin:
         return sampler.net(x, temb[i:i + 1], None)[0]
     return sampler.net(x, temb[i:i + 1], lgv[i:i + 1], sampler.target.score(x).detach())[0]
 
@@ -323,11 +323,11 @@ def cmd_gradients(args):
 
 
 def cmd_train(args):
+    if args.mean_seed is not None and args.target != "40gmm":
+        raise ValueError(f"--mean-seed is for --target 40gmm, got --target {args.target}")
     for seed in args.seeds:
         sampler, cfg = build(args.target, args.method, seed=seed, iterations=args.iterations, lr_flow=args.lr_flow)
         if args.mean_seed is not None:  # another draw of the 40GMM means (the network does not depend on them)
-            if args.target != "40gmm":
-                raise ValueError(f"--mean-seed is for --target 40gmm, got --target {args.target}")
             sampler.target = GMM40(seed=args.mean_seed)
         if args.sigma2 is not None:  # the network does not depend on σ: same initial weights
             sampler.sigma = math.sqrt(args.sigma2)
@@ -374,8 +374,7 @@ def mode_geometry(means, samples=100_000, variances=(5.0, 6.0), seed=1):
     g = torch.Generator().manual_seed(seed)
     for v in variances:
         z = math.sqrt(v) * torch.randn(samples, means.shape[1], generator=g, dtype=torch.float64)
-        nearest = torch.cdist(z, means).argmin(1)
-        counts = torch.bincount(nearest, minlength=len(means)).double() / samples
+        counts = nearest_mode_weights(z, means)
         out[f"share_nearest_sigma2_{v:g}"] = float(counts[k])
         out[f"modes_drawn_sigma2_{v:g}"] = {int(i): round(float(counts[i]), 5) for i in counts.nonzero().flatten()}
     return out

@@ -127,9 +127,10 @@ def test_mode_geometry_on_two_modes_in_one_dimension():
         assert out[f"modes_drawn_sigma2_{v:g}"][1] == pytest.approx(1 - share, abs=0.005)
 
 
-def test_gmm40_command_and_the_curve_s_modes(capsys):
+def test_gmm40_command_and_the_curve_s_modes(capsys, monkeypatch):
     """`gmm40` prints one line per draw of the means (seed 0: the mean nearest 0 is μ_16); a training curve
-    point of a 40GMM sampler lists the modes its samples are nearest to."""
+    point of a 40GMM sampler lists the modes its samples are nearest to; `train --mean-seed` on another
+    target is refused before any model is built."""
     checks = _checks()
     checks.main(["gmm40", "--mean-seeds", "0", "1", "--samples", "1000"])
     first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -138,6 +139,7 @@ def test_gmm40_command_and_the_curve_s_modes(capsys):
     sampler, _ = offpolicy.build("40gmm", "tb", n_steps=4)
     point = checks._curve_point(sampler, 1)
     assert point["modes"] == {16: 1.0} and point["modes_hit"] == 1
+    monkeypatch.setattr(checks, "build", lambda *a, **kw: pytest.fail("built a model before checking --mean-seed"))
     with pytest.raises(ValueError, match="--mean-seed"):
         checks.main(["train", "--target", "funnel", "--mean-seed", "1", "--iterations", "1"])
 
