@@ -218,8 +218,10 @@ class GMM25(_IsotropicMixture):
 class GMM40(_IsotropicMixture):
     """40 equally weighted Gaussians N(μ_k, I) in ``dim`` dimensions (default 50, forty_gmm.py).
 
-    forty_gmm.py is on gfn-diffusion's ``stagger`` branch (commit 9697e5d, the code of Berner et al. 2025;
-    Sendera et al. 2024 and its code release have no 40GMM). It loads the means for D ∈ {2, 50, 200}
+    forty_gmm.py came to gfn-diffusion after Sendera et al. 2024 (commit 9697e5d; the paper and its code
+    release have no 40GMM). That commit is not in the mirrored branches, so its branch is not known here;
+    its train.py has the time discretizers of the ``stagger`` branch (the code of Berner et al. 2025),
+    benchmarks/results/offpolicy_full/checks/gmm40.md §1. It loads the means for D ∈ {2, 50, 200}
     from ``data/GMM40-{D}d.pt`` (not available here); its fallback recipe is μ = (U − 0.5)·2·40 with
     U ~ Uniform[0, 1)^{40×D}, i.e. uniform on [−40, 40]^D. We always use that recipe, drawn in float32
     by ``torch.rand((40, dim))`` from a ``torch.Generator`` seeded with ``seed`` (default 0: in 2-D these
