@@ -35,6 +35,7 @@ number of boxed elements costs for OP's call (`boxing_costs`).
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 import subprocess
@@ -185,42 +186,37 @@ def custom_op_of(op: _table.Op):
     return custom
 
 
-_floor_libs: list = []  # the fastsamp_floor library, made on first use (not at import: one DEF per namespace)
+@functools.cache
+def _lib(namespace: str):
+    """The benchmark's own library `namespace` (DEF), made on first use (not at import: one DEF per namespace)."""
+    return torch.library.Library(namespace, "DEF")
 
 
-def _floor_lib():
-    if not _floor_libs:
-        _floor_libs.append(torch.library.Library("fastsamp_floor", "DEF"))
-    return _floor_libs[0]
+def trivial_op(namespace: str, op: _table.Op, kernel):
+    """The op's schema registered under `namespace` with `kernel` as its only kernel (CompositeExplicitAutograd)."""
+    _lib(namespace).define(op.schema())
+    _lib(namespace).impl(op.name, kernel, "CompositeExplicitAutograd")
+    return getattr(getattr(torch.ops, namespace), op.name).default
 
 
 def floor_op(op: _table.Op, outputs):
-    """The op's schema registered under the namespace fastsamp_floor with a CPU kernel that returns `outputs` (one
-    call's, computed beforehand): what the dispatcher costs for these arguments alone (parsing them, boxing them for
-    a Python kernel and back), whatever the kernel does."""
-    _floor_lib().define(op.schema())
-    _floor_lib().impl(op.name, lambda *args: outputs, "CompositeExplicitAutograd")
-    return getattr(torch.ops.fastsamp_floor, op.name).default
-
-
-_bare_libs: list = []  # the fastsamp_bare library, made on first use
+    """The op's schema under fastsamp_floor with a kernel that returns `outputs` (one call's, computed beforehand):
+    what the dispatcher costs for these arguments alone (parsing them, boxing them for a Python kernel and back),
+    whatever the kernel does."""
+    return trivial_op("fastsamp_floor", op, lambda *args: outputs)
 
 
 def bare_op(op: _table.Op, fn):
-    """The op's schema registered under the namespace fastsamp_bare with backend function `fn` itself as its only
-    kernel (CompositeExplicitAutograd; `fn` takes the schema's u64 encoding)."""
-    if not _bare_libs:
-        _bare_libs.append(torch.library.Library("fastsamp_bare", "DEF"))
-    _bare_libs[0].define(op.schema())
-    _bare_libs[0].impl(op.name, fn, "CompositeExplicitAutograd")
-    return getattr(torch.ops.fastsamp_bare, op.name).default
+    """The op's schema under fastsamp_bare with backend function `fn` itself as its only kernel (`fn` takes the
+    schema's u64 encoding)."""
+    return trivial_op("fastsamp_bare", op, fn)
 
 
 def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
     """µs per call of a trivial registered op `(Tensor x, Tensor[] tensors) -> Tensor` (its kernel returns x)
     against the list's length: torch's own cost of a list of tensors through the dispatcher into Python."""
-    _floor_lib().define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
-    _floor_lib().impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
+    _lib("fastsamp_floor").define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
+    _lib("fastsamp_floor").impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
     x = torch.randn(8, 8)
     fn = torch.ops.fastsamp_floor.tensor_list.default
     return medians_us([partial(fn, x, [torch.randn(8) for _ in range(n)]) for n in sizes], calls, repeats, clock)

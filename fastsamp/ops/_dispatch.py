@@ -29,7 +29,7 @@ import torch.autograd.forward_ad as _fwad
 
 from .. import backends
 from . import _library, reference
-from ._library import is_reference, max_d  # noqa: F401  (part of this module's interface)
+from ._library import _functorch_level, is_reference, max_d  # noqa: F401  (part of this module's interface)
 
 
 def _needs_grad(x: torch.Tensor, tensors) -> bool:
@@ -53,8 +53,6 @@ def nothing_to_differentiate(x: torch.Tensor, tensors) -> bool:
     refuse forward mode first (`refuse_forward_mode`)."""
     return not torch.compiler.is_compiling() and _functorch_level() is None and not _needs_grad(x, tensors)
 
-
-_functorch_level = torch._C._functorch.maybe_current_level
 
 
 def _has_tangent(x: torch.Tensor, tensors) -> bool:
