@@ -51,6 +51,15 @@ def cuda_library_dirs(nvcc):
     return dirs
 
 
+# Programs that run the compiler named after them (CXX="ccache g++"): not the compiler to record.
+COMPILER_LAUNCHERS = ("ccache", "sccache", "distcc", "icecc")
+
+
+def real_compiler(command):
+    """The compiler of a compiler command line: its first word that is not a launcher ("ccache g++ -O2" -> g++)."""
+    return next(w for w in command if os.path.basename(w) not in COMPILER_LAUNCHERS)
+
+
 def cxx_flags():
     # -fopenmp-simd: the `omp simd` loop pragmas only. Threads come from the kernels' own pool
     # (csrc/cpu/runtime.cpp), so _C links no OpenMP runtime (none to share or fight with torch's).
@@ -97,7 +106,7 @@ class BuildExt(build_ext):
             print(f"fastsamp: building without CUDA kernels ({why})", file=sys.stderr)
             self._fastsamp_cuda = ""
         flags = " ".join(cxx_flags())
-        ext.define_macros += [("FASTSAMP_CXX", f'"{self.compiler.compiler_so_cxx[0]}"'),  # the C++ compiler used
+        ext.define_macros += [("FASTSAMP_CXX", f'"{real_compiler(self.compiler.compiler_so_cxx)}"'),  # the C++ compiler
                               ("FASTSAMP_CXX_FLAGS", f'"{flags}"'),
                               ("FASTSAMP_CUDA_FLAGS", f'"{self._fastsamp_cuda}"')]
         super().build_extension(ext)

@@ -3,8 +3,9 @@ generic path (the samplers' Langevin / ScoreMH kernels, one batched PyTorch netw
 the kernel's GFLOP/s as a fraction of the fp32 GEMM rate measured in the same run (issue 11).
 `--parameterisation energy`: a Product of two EnergyMLPs with the exact energy MH, the fused
 ops.mlp_energy_mala against the generic EnergyMH path (autograd forward and backward per proposal; CPU only);
-`--compile` adds a fair torch.compile of one generic energy-MALA step (static shapes, noise passed in, timed
-after the warm-up) against the kernel, per move.
+`--compile` adds a fair torch.compile of one generic MALA step (static shapes, noise and log-uniforms passed in,
+timed after the warm-up) against the kernel, per move: score-MH with the trapezoid on n_trapezoid sub-intervals
+(x' and the interior points scored in one batched call) for score networks, the exact energy MH for energies.
 
 Setting of the issue: hidden 128 (ScoreMLP: 3 hidden activations, 2 hidden H x H layers), D = 2, 4096
 chains, 100 levels x 10 MALA moves, n_trapezoid 3, one thread. Untrained (random, fixed-seed) networks:
@@ -25,9 +26,10 @@ generic path on PyTorch's CUDA kernels; wall times only (after a device synchron
 GEMM rate of a 4096³ matmul without TF32 (the engine's dots run at ieee fp32 precision too).
 
     python benchmarks/mlp_product.py [--chains 4096] [--levels 100] [--moves 10] [--repeats 3] [--device cuda]
-                                     [--parameterisation energy [--compile]] [--json out.json]
+                                     [--parameterisation energy] [--compile] [--json out.json]
 """
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -111,11 +113,36 @@ def run_kernel(model, args):
     return wall, cpu, args.chains * (args.moves * per_move + 1)
 
 
-def run_compiled_energy_step(model, args):
-    """Median wall and CPU time (s) of args.moves calls of one generic energy-MALA step compiled by torch.compile (a
-    fair compile: one step function, static shapes, the noise and log-uniforms passed in, timed after the warm-up
-    that compiles it) at t = 0.5, the energies' score by torch.func.grad_and_value; and the compile time."""
-    t = 0.5
+def compiled_score_step(model, n_trapezoid, t):
+    """One score-MALA move with the trapezoid MH test, (x, s, ξ, log u, ε) -> (x, s), for torch.compile:
+    x' = x + ε s + √(2ε) ξ; log p(x') − log p(x) ≈ Σ_k (x' − x)·(s_k + s_{k+1}) / (2n) over the points
+    x + (k/n)(x' − x), k = 0..n (x' and the n − 1 interior points scored in one call); log q by the Gaussian
+    proposal of variance 2ε."""
+    n = n_trapezoid
+    fractions = torch.arange(1, n, dtype=torch.float32) / n
+
+    def score(z):  # the factors' differentiable forward (the caller turns grad mode off)
+        return sum(m(z, t) for m in model.models)
+
+    def step(x, s, xi, log_u, eps):
+        x_prop = x + eps * s + (2 * eps) ** 0.5 * xi
+        delta = x_prop - x
+        interior = x + fractions.to(x.device)[:, None, None] * delta
+        scores = score(torch.cat([x_prop[None], interior]).flatten(0, 1)).view(n, *x.shape)
+        s_prop = scores[0]
+        path = torch.cat([s[None], scores[1:], s_prop[None]])  # s at the points k = 0..n
+        log_ratio = (delta * (path[:-1] + path[1:]).sum(0)).sum(1) / (2 * n)
+        fwd, bwd = delta - eps * s, -delta - eps * s_prop
+        log_alpha = log_ratio + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
+        take = log_u < log_alpha
+        return torch.where(take[:, None], x_prop, x), torch.where(take[:, None], s_prop, s)
+
+    return step, (lambda x: (x, model.score(x, t)))
+
+
+def compiled_energy_step(model, t):
+    """One energy-MALA move with the exact energy MH, (x, g, e, ξ, log u, ε) -> (x, g, e) with g = ∇E(x) and
+    e = E(x) per chain, for torch.compile; the energies' gradient by torch.func.grad_and_value."""
 
     def energies(z):
         e = sum(m.energy(z, t) for m in model.models)
@@ -123,7 +150,7 @@ def run_compiled_energy_step(model, args):
 
     grad_energies = torch.func.grad_and_value(energies, has_aux=True)
 
-    def step(x, g, e, xi, log_u, eps):  # g = ∇E(x), e = E(x) per chain
+    def step(x, g, e, xi, log_u, eps):
         x_prop = x - eps * g + (2 * eps) ** 0.5 * xi
         g_prop, (_, e_prop) = grad_energies(x_prop)
         fwd, bwd = x_prop - x + eps * g, x - x_prop + eps * g_prop
@@ -132,18 +159,36 @@ def run_compiled_energy_step(model, args):
         return (torch.where(take[:, None], x_prop, x), torch.where(take[:, None], g_prop, g),
                 torch.where(take, e_prop, e))
 
-    x = torch.randn(args.chains, model.dim, device=args.device)
-    g, (_, e) = grad_energies(x)
-    xi, log_u = torch.randn_like(x), torch.rand(args.chains, device=args.device).log()
+    def init(x):
+        g, (_, e) = grad_energies(x)
+        return x, g, e
+
+    return step, init
+
+
+def run_compiled_step(model, args):
+    """Median wall and CPU time (s) of args.moves calls of one generic MALA step compiled by torch.compile (a fair
+    compile: one step function, static shapes, the noise and log-uniforms passed in, timed after the warm-up that
+    compiles it) at t = 0.5 (`compiled_score_step` or `compiled_energy_step`); and the compile time."""
+    t = 0.5
+    if args.parameterisation == "energy":
+        step, init = compiled_energy_step(model, t)
+    else:
+        step, init = compiled_score_step(model, args.n_trapezoid, t)
+    start = init(torch.randn(args.chains, model.dim, device=args.device))
+    xi = torch.randn(args.chains, model.dim, device=args.device)
+    log_u = torch.rand(args.chains, device=args.device).log()
     compiled = torch.compile(step, dynamic=False)
     w0 = time.perf_counter()
-    compiled(x, g, e, xi, log_u, 0.01)
+    with torch.no_grad() if args.parameterisation != "energy" else contextlib.nullcontext():
+        compiled(*start, xi, log_u, 0.01)
     compile_s = time.perf_counter() - w0
 
     def moves():
-        state = (x, g, e)
-        for _ in range(args.moves):
-            state = compiled(*state, xi, log_u, 0.01)
+        state = start
+        with torch.no_grad() if args.parameterisation != "energy" else contextlib.nullcontext():
+            for _ in range(args.moves):
+                state = compiled(*state, xi, log_u, 0.01)
         return state
     wall, cpu, _ = timed(moves, max(args.repeats, 5), args.device)
     return wall, cpu, compile_s
@@ -169,7 +214,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-generic", action="store_true", help="time the fused path and the kernel only")
     p.add_argument("--compile", action="store_true",
-                   help="energy: also time a torch.compile'd generic energy-MALA step against the kernel, per move")
+                   help="also time a torch.compile'd generic MALA step against the kernel, per move")
     p.add_argument("--device", type=torch.device, default=CPU)
     p.add_argument("--json")
     args = p.parse_args()
@@ -197,9 +242,7 @@ def main():
         report["generic"] = entry(*samplers[False])
         report["speedup"] = {k: report["generic"][f"{k}_s"] / report["fused"][f"{k}_s"] for k in clocks}
     if args.compile:
-        if args.parameterisation != "energy":
-            raise SystemExit("--compile times the energy step: give --parameterisation energy")
-        wall, cpu, compile_s = run_compiled_energy_step(model, args)
+        wall, cpu, compile_s = run_compiled_step(model, args)
         report["compiled_step"] = {"wall_s": wall, "cpu_s": cpu, "moves": args.moves, "compile_s": compile_s}
         report["kernel_vs_compiled_step"] = {k: report["compiled_step"][f"{k}_s"] / report["kernel"][f"{k}_s"]
                                              for k in clocks}

@@ -1,9 +1,10 @@
 """Off-policy diffusion samplers: the main table of Sendera et al. (2024) next to the published
 numbers, and the time per training iteration of the fused path against the eager PyTorch path.
 
-    python benchmarks/offpolicy.py table  [--fraction 1] [--seeds 0 1 2 3 4] [--jobs 1] [--device cpu]
+    python benchmarks/offpolicy.py table  [--fraction 1] [--seeds 0 1 2 3 4] [--jobs 1] [--device cpu] [--repeats 10]
     python benchmarks/offpolicy.py report [--out DIR] [--seeds ...]
     python benchmarks/offpolicy.py reevaluate [--out DIR] [--targets ...] [--methods ...] [--seeds ...]
+    python benchmarks/offpolicy.py evaluate [--repeats 10] [--out DIR] [--targets ...] [--methods ...] [--seeds ...]
     python benchmarks/offpolicy.py timing [--out DIR] [--targets ...] [--methods ...] [--device cpu]
                                           [--iterations N] [--segment N] [--compile] [--profile] [--force]
 
@@ -12,11 +13,16 @@ TB + Expl. + LP + LS on 40GMM and LGCP) at `--fraction` of the paper's iteration
 with LP; batch 300, T = 100, 2000 evaluation samples), seed 0 of every run first. It is resumable:
 each run writes OUT/<target>_<method>_seed<s>.json (+ the model .pt) when done and checkpoints its
 whole training state to OUT/checkpoints/ every --checkpoint-every iterations; a rerun skips finished
-runs and resumes the others. It prints runs done / planned and iterations done / planned.
+runs and resumes the others. It prints runs done / planned and iterations done / planned. Then each
+finished run gets --repeats evaluations of its saved model, as with `evaluate`.
 LGCP runs use the Finnish pines where they are installed (fastsamp.datasets), else the synthetic
 pattern: each run's JSON (lgcp_points) and table.md say which, and `table` refuses to add runs on
 one pattern to an out directory that holds runs on the other.
-`report` prints the table (mean ± std over the finished seeds) of the runs asked for from the JSONs;
+`evaluate` gives each finished run whose model is kept --repeats evaluations of it with fresh seeds (deterministic
+from the run's seed; values, mean and sd per metric into its JSON's 'evaluations'; 'metrics' stays the one evaluation
+at the end of training, how the paper's released code scores a run): a run's score in the table is their mean.
+`report` prints the table (mean ± std over the finished seeds of the runs' scores; the same over their one
+evaluation in its own column) of the runs asked for from the JSONs;
 `table` and `report` (without --brief) write the whole plan's table to OUT/table.md (every cell, seeds
 0-4 and any others asked for), whatever subset they ran or printed.
 `reevaluate` recomputes the finished runs' metrics from their saved models with the current
@@ -44,6 +50,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -51,17 +58,19 @@ from fastsamp.experiments.offpolicy import (
     METHODS,
     build,
     checkpoint_path,
+    evaluate,
     finished_result,
     format_progress,
     plan_table,
     reevaluate,
+    run_stem,
     run_table,
     table_progress,
     time_fused_vs_eager,
 )
 from fastsamp.experiments.options import MAX_SEED, count, device_arg, positive_float
 from fastsamp.profiling import PREFIX
-from fastsamp.samplers.diffusion import train
+from fastsamp.samplers.diffusion import DiffusionSampler, atomic_write, train
 from fastsamp.targets import LGCP, TARGETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,6 +97,8 @@ PUBLISHED = {
 }
 METRICS = ("delta_log_Z", "delta_log_Z_rw", "w2")
 SEEDS = (0, 1, 2, 3, 4)  # the paper's 5 runs per cell
+# evaluations of each saved model behind the table's scores (`evaluations`; the released code scores a run by one)
+REPEATS = 10
 
 
 def make_plan(args, *, whole=False):
@@ -103,13 +114,87 @@ def make_plan(args, *, whole=False):
     return sorted(plan, key=lambda r: r.seed)  # stable: seed 0 of every run first
 
 
+def _print(text):
+    print(text, flush=True)
+
+
 def table(args):
+    """Run the plan (resumable), give its finished runs their --repeats evaluations, print the table."""
     torch.set_num_threads(1)
     plan = make_plan(args)
     _check_lgcp_points(plan, args)
     run_table(plan, args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
-              batch_size=args.batch_size, eval_samples=args.eval_samples, log=lambda s: print(s, flush=True))
+              batch_size=args.batch_size, eval_samples=args.eval_samples, log=_print)
+    if args.repeats:
+        repeat_evaluations(plan, args.out, repeats=args.repeats, batch_size=args.batch_size, log=_print)
     report(args)
+
+
+def evaluation_seeds(seed: int, repeats: int) -> list[int]:
+    """The evaluation seeds of run `seed`'s repeated evaluations: 10,000 + seed + k·10⁶, k = 1..repeats. Fresh
+    against its evaluation at the end of training (10,000 + seed) and, for repeats < 1000, against the offsets
+    `evaluate` adds to a seed (+10⁹: the second exact sample, +2·10⁹: the 25GMM equal-count set)."""
+    return [10_000 + seed + k * 10**6 for k in range(1, repeats + 1)]
+
+
+def _scalars(metrics: dict) -> dict:
+    """The scalar metrics of one evaluation (mode_weights, a list, left out)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def repeat_evaluations(plan, out: str, *, repeats: int, batch_size=None, log=print) -> list[dict]:
+    """Give each finished run of `plan` whose model is kept (.pt) `repeats` evaluations of that model
+    (`evaluate`, the sample count of its JSON, `evaluation_seeds`), written into its JSON (atomically) under
+    'evaluations': per scalar metric the values, their mean and sd (over the evaluations). A run that has some
+    gets only the missing ones. 'metrics' stays the run's one evaluation at the end of training; a run without
+    a model keeps only that one (logged). Returns the JSONs that gained evaluations."""
+    updated = []
+    for r in plan:
+        res = finished_result(r, out, batch_size)
+        if res is None:
+            continue
+        stem = run_stem(out, r.target, r.method, r.seed)
+        name = f"{r.target} {r.method} seed {r.seed}"
+        if not os.path.exists(stem + ".pt"):
+            log(f"{name}: no saved model, scored by its one evaluation")
+            continue
+        n, seeds = res["metrics"]["n"], evaluation_seeds(r.seed, repeats)
+        have = res.get("evaluations", {"n": n, "seeds": [], "values": {}, "cpu_seconds": 0.0})
+        if have["n"] != n or have["seeds"] != evaluation_seeds(r.seed, len(have["seeds"])):
+            raise ValueError(f"{stem}.json holds evaluations of {have['n']} samples with seeds {have['seeds']}, not "
+                             f"those of evaluation_seeds with {n} samples")
+        if len(have["seeds"]) >= repeats:
+            continue
+        sampler = DiffusionSampler.load(stem + ".pt", map_location="cpu")
+        values, t0 = {k: list(v) for k, v in have["values"].items()}, time.process_time()
+        for s in seeds[len(have["seeds"]):]:
+            m = _scalars(evaluate(sampler, sampler.target, n=n, seed=s))
+            if values and m.keys() != values.keys():
+                raise ValueError(f"{stem}.json: the evaluation gives {sorted(m)}, the stored ones {sorted(values)}")
+            for k, v in m.items():
+                values.setdefault(k, []).append(v)
+        res["evaluations"] = {
+            "about": "evaluations of the saved model with fresh seeds (10,000 + seed + k·10⁶, k = 1, 2, ...), "
+                     "n samples each: the table's score of the run is their mean; 'metrics' is the one evaluation "
+                     "at the end of training (seed 10,000 + seed), how the paper's released code scores a run",
+            "n": n, "seeds": seeds, "values": values,
+            "mean": {k: statistics.mean(v) for k, v in values.items()},
+            "sd": {k: statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()},
+            "cpu_seconds": have["cpu_seconds"] + time.process_time() - t0}
+        atomic_write(stem + ".json", lambda f, res=res: f.write(json.dumps(res, indent=2).encode()))
+        mean = res["evaluations"]["mean"]
+        err = (f"Δlog Z {mean['delta_log_Z']:.3f}, Δlog Z^RW {mean['delta_log_Z_rw']:.3f}" if "delta_log_Z" in mean
+               else f"ELBO {mean['elbo']:.2f}, log Z^RW {mean['log_Z']:.2f}")
+        log(f"{name}: {repeats} evaluations, mean {err}" + (f", W2 {mean['w2']:.3f}" if "w2" in mean else "") +
+            f" (one evaluation: {res['metrics'].get('delta_log_Z', res['metrics']['elbo']):.3f})")
+        updated.append(res)
+    return updated
+
+
+def evaluations(args):
+    """`repeat_evaluations` of the finished runs asked for (one thread)."""
+    torch.set_num_threads(1)
+    repeat_evaluations(make_plan(args), args.out, repeats=args.repeats, batch_size=args.batch_size, log=_print)
 
 
 def _lgcp_points(plan, args) -> dict:
@@ -147,21 +232,47 @@ def _outside(values, published):
     return abs(statistics.mean(values) - mean) > std
 
 
-def _values(done, key):
-    """The metric `key` of every finished run, or None if some run lacks it (not re-evaluated)."""
-    values = [d["metrics"].get(key) for d in done]
+def _score(res, key, single=False):
+    """A run's value of metric `key`: the mean of its repeated evaluations (`repeat_evaluations`) where it has
+    them, else (and with `single`) its one evaluation at the end of training; None if it lacks the metric."""
+    if "evaluations" in res and not single:
+        return res["evaluations"]["mean"].get(key)
+    return res["metrics"].get(key)
+
+
+def _values(done, key, single=False):
+    """`_score` of every finished run, or None if some run lacks the metric (not re-evaluated)."""
+    values = [_score(d, key, single) for d in done]
     return values if done and None not in values else None
 
 
-def _w2_cells(done, empty):
+def _w2_cells(done, empty, single=False):
     """W2 (ours) and W2 of exact samples against the same reference; on 25GMM also against the paper's
     80-per-mode reference set ("80/mode"), which is what the published W2 was computed against."""
-    ours, exact = _stats(_values(done, "w2") or [], empty), _stats(_values(done, "w2_exact") or [], "–")
-    equal, exact_equal = _values(done, "w2_equal_counts"), _values(done, "w2_exact_equal_counts")
+    ours = _stats(_values(done, "w2", single) or [], empty)
+    exact = _stats(_values(done, "w2_exact", single) or [], "–")
+    equal = _values(done, "w2_equal_counts", single)
     if equal:
         ours += f" (80/mode: {_stats(equal)})"
-        exact += f" (80/mode: {_stats(exact_equal)})"
+        exact += f" (80/mode: {_stats(_values(done, 'w2_exact_equal_counts', single))})"
     return ours, exact
+
+
+def _ours(done, empty, single=False) -> list[str]:
+    """The cells Δlog Z, Δlog Z^RW and W2 (ours) of the finished runs `done` (log Z unknown, LGCP: the ELBO and
+    log Z^RW themselves), from their scores (`_score`)."""
+    w2 = _w2_cells(done, empty, single)[0]
+    if done and "delta_log_Z" not in done[0]["metrics"]:
+        return [f"ELBO {_stats(_values(done, 'elbo', single))}", f"log Z^RW {_stats(_values(done, 'log_Z', single))}",
+                w2]
+    return [_stats(_values(done, k, single) or [], empty) for k in METRICS[:2]] + [w2]
+
+
+def _seeds_done(planned: int, finished) -> str:
+    """'done/planned', and the seeds of the finished runs ((seed, JSON) pairs) scored by their one evaluation."""
+    single = [str(seed) for seed, res in finished if "evaluations" not in res]
+    note = f" ({'seeds' if len(single) > 1 else 'seed'} {', '.join(single)}: one evaluation)" if single else ""
+    return f"{len(finished)}/{planned}{note}"
 
 
 def timing_path(out: str, device: str, threads: int) -> str:
@@ -197,25 +308,23 @@ def report(args) -> str:
 def _table(plan, args, *, brief) -> str:
     """The markdown table of the finished runs of `plan`, with the published numbers; `brief`: only the
     cells with results, a run in progress or published numbers."""
-    rows = ["| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
-            "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | W2, exact samples | ms / iteration "
-            "| fused / eager ms (timed) | outside paper ± std |", "|" + "---|" * 14]
+    rows = [("| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
+             "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | W2, exact samples "
+             "| Δlog Z / Δlog Z^RW / W2, one evaluation (ours) | ms / iteration | fused / eager ms (timed) "
+             "| outside paper ± std |"), "|" + "---|" * 15]
     targets = list(dict.fromkeys(r.target for r in plan))
     cells = sorted(dict.fromkeys((r.target, r.method) for r in plan), key=lambda c: targets.index(c[0]))
     for target, method in cells:
         runs = [r for r in plan if (r.target, r.method) == (target, method)]
-        done = [res for r in runs if (res := finished_result(r, args.out, args.batch_size)) is not None]
+        finished = [(r.seed, res) for r in runs if (res := finished_result(r, args.out, args.batch_size)) is not None]
+        done = [res for _, res in finished]
         running = any(os.path.exists(checkpoint_path(args.out, r.target, r.method, r.seed)) for r in runs)
         empty = "running" if running else "planned"
         pub = PUBLISHED.get((target, method))
         if brief and not (done or running or pub):
             continue
-        w2, w2_exact = _w2_cells(done, empty)
-        if done and "delta_log_Z" not in done[0]["metrics"]:  # log Z unknown (LGCP): the estimates themselves
-            ours = [f"ELBO {_stats([d['metrics']['elbo'] for d in done])}",
-                    f"log Z^RW {_stats([d['metrics']['log_Z'] for d in done])}", w2]
-        else:
-            ours = [_stats([d["metrics"][k] for d in done], empty) for k in METRICS[:2]] + [w2]
+        ours, w2_exact = _ours(done, empty), _w2_cells(done, empty)[1]
+        one = " / ".join(_ours(done, empty, single=True)) if done else empty
         # like with like: the 25GMM W2 against the paper's reference set where the runs have it
         compared = {k: _values(done, k) for k in METRICS}
         compared["w2"] = _values(done, "w2_equal_counts") or compared["w2"]
@@ -230,17 +339,30 @@ def _table(plan, args, *, brief) -> str:
                       for d in done]
             ms = f"{statistics.mean(per_it):.0f}" + ("" if all("ms_per_iteration" in d for d in done) else " (wall)")
         pub = pub or ("n/a", "n/a", "n/a")
-        rows.append(f"| {target} | {method} | {len(done)}/{len(runs)} | {runs[0].iterations} | {ours[0]} | {pub[0]} "
-                    f"| {ours[1]} | {pub[1]} | {ours[2]} | {pub[2]} | {w2_exact} | {ms} "
+        rows.append(f"| {target} | {method} | {_seeds_done(len(runs), finished)} | {runs[0].iterations} | {ours[0]} "
+                    f"| {pub[0]} | {ours[1]} | {pub[1]} | {ours[2]} | {pub[2]} | {w2_exact} | {one} | {ms} "
                     f"| {_timed(args.out, target, method)} | {', '.join(outside) or '–'} |")
     progress = format_progress(table_progress(plan, args.out, args.batch_size))
     seeds = sorted(dict.fromkeys(r.seed for r in plan))
     text = "\n".join(rows) + f"\n\n{progress}; seeds {seeds}; {args.eval_samples} evaluation samples.\n"
+    text += _scoring(plan, args)
     if any(r.target == "lgcp" for r in plan):
         finished = ", ".join(f"{p} ({n} finished)" for p, n in _lgcp_points(plan, args).items()) or "no run finished"
         text += (f"LGCP point pattern: {finished}; runs started here use {LGCP.default_points()} "
                  "(finpines: the Finnish pines of the paper; synthetic: drawn from the model).\n")
     return text
+
+
+def _scoring(plan, args) -> str:
+    """The line under the table that says how its columns are computed (the repeat counts of the finished runs)."""
+    done = [res for r in plan if (res := finished_result(r, args.out, args.batch_size)) is not None]
+    counts = sorted({len(d["evaluations"]["seeds"]) for d in done if "evaluations" in d})
+    k = " or ".join(map(str, counts)) or "K"
+    return (f"(ours): each run's score is the mean of {k} evaluations of its saved model (fresh evaluation seeds, "
+            "the samples above each), then mean ± std over the finished seeds; \"one evaluation\": the same over "
+            "each run's one evaluation at the end of training, how the paper's released code scores a run; a run "
+            "without a saved model is scored by its one evaluation (\"seeds done\" names it); \"outside paper ± "
+            "std\" compares the scores.\n")
 
 
 def profile_fused(target, method, *, iterations, batch_size, device):
@@ -312,13 +434,14 @@ def timing(args):
 def reevaluate_runs(args):
     """Recompute the finished runs' metrics from their saved models (fastsamp.experiments.offpolicy.reevaluate)."""
     torch.set_num_threads(1)
-    reevaluate(make_plan(args), args.out, batch_size=args.batch_size, log=lambda s: print(s, flush=True))
+    reevaluate(make_plan(args), args.out, batch_size=args.batch_size, log=_print)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("table", table), ("report", report), ("reevaluate", reevaluate_runs), ("timing", timing)):
+    for name, fn in (("table", table), ("report", report), ("reevaluate", reevaluate_runs), ("evaluate", evaluations),
+                     ("timing", timing)):
         a = sub.add_parser(name)
         a.add_argument("--fraction", type=positive_float, default=1.0, help="fraction of the paper's iteration counts")
         a.add_argument("--iterations", type=count(1), default=None,
@@ -337,6 +460,10 @@ def main(argv=None):
                            "published numbers, and no table.md (for the README)")
         if name in ("table", "timing"):
             a.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
+        if name in ("table", "evaluate"):
+            a.add_argument("--repeats", type=count(0 if name == "table" else 1, 999), default=REPEATS,
+                           help="evaluations of each finished run's saved model, its score in the table"
+                           + (" (0: none)" if name == "table" else ""))
         if name == "table":
             a.add_argument("--jobs", type=count(1), default=1, help="parallel runs (one thread each)")
             a.add_argument("--checkpoint-every", type=count(0), default=500)

@@ -1,6 +1,7 @@
 """The checks behind the off-policy table's rows that differ from Sendera et al. (2024, Table C.1) by more
 than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW (checks/funnel_tb.md),
-25GMM PIS (checks/pis_25gmm.md), Funnel PIS and Manywell PIS (checks/pis_funnel.md).
+25GMM PIS (checks/pis_25gmm.md), Funnel PIS and Manywell PIS (checks/pis_funnel.md), and the 40GMM runs' one
+mode (checks/gmm40.md).
 
     python benchmarks/offpolicy_checks.py evaluate [--target funnel] [--method tb] [--repeats 5] [--models PATH ...]
     python benchmarks/offpolicy_checks.py gradients [--target funnel|25gmm] [--batch 300] [--models PATH ...]
@@ -9,6 +10,8 @@ than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW 
                                   [--first-seed 1] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
+                                  [--mean-seed S]
+    python benchmarks/offpolicy_checks.py gmm40 [--mean-seeds 0 1 2] [--samples 100000]
 
 The "released" estimator and training steps are written here from the formulas of gfn-diffusion's
 `GFN.get_trajectory_fwd`, `fwd_tb`, `pis` and `log_partition_function` (energy_sampling/, commit 255b499),
@@ -16,8 +19,9 @@ independently of fastsamp's fused kernels and em_step op, on the same DriftNet w
     x_{i+1} = x_i + h μ_θ(x_i, t_i) + σ √h ε   (ε ~ N(0, I) from torch's global generator),
     log p_F = log N(x_{i+1}; x_i + h μ, σ² h) with the noise recomputed from the states,
     log p_B(x_i | x_{i+1}) = log N(x_i; x_{i+1} i/(i+1), σ² h i/(i+1)) for i ≥ 1 (0 for i = 0),
-    log R: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})) or twenty_five_gmm.py
-           (log-mean over the 25 modes of N(μ_k, 0.3 I)), via torch.distributions,
+    log R: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})), twenty_five_gmm.py
+           (log-mean over the 25 modes of N(μ_k, 0.3 I)) or forty_gmm.py (commit 9697e5d:
+           log-mean over the 40 modes of N(μ_k, I), on our means), via torch.distributions,
     TB loss = ½ mean (log Z_θ + Σ log p_F − Σ log p_B − log R)², μ detached in the state update;
     PIS loss = mean (Σ log p_F − Σ log p_B − log R) / D with the state update differentiable
               (the whole simulation is back-propagated; log p_F's recomputed noise carries no gradient);
@@ -32,6 +36,11 @@ step, optionally with another σ² of the reference process, log Z learning rate
 network; then the evaluation of `evaluate`, and with --curve the metrics along training. `spread`: the
 spread of one table entry, Δlog Z and Δlog Z^RW of saved models per evaluation of 2000 samples over many
 evaluation seeds and pooled (optionally the released estimator's too); `manywell` adds the orthant collapse.
+`gmm40`: where the 40GMM modes lie from the trajectories' start x₀ = 0, for the means of GMM40(seed=S): the
+nearest mean k* and the next, the distance from 0 to the boundary of k*'s Voronoi cell, the smallest logit gap
+½(|μ_k|² − |μ_k*|²) of the responsibilities at 0, and the share of N(0, σ² I) draws nearest to μ_k*, for the
+reference process's end (σ² = 5) and with the exploration's extra variance (σ² = 5 + T·0.1² = 6).
+`train --target 40gmm --mean-seed S` trains on those means; its curve lists the modes hit.
 One thread; prints one JSON line per model.
 """
 from __future__ import annotations
@@ -48,19 +57,22 @@ import time
 
 import torch
 
-from fastsamp.experiments.offpolicy import build, evaluate
-from fastsamp.metrics import log_z_estimates
+from fastsamp.experiments.offpolicy import METHODS, build, evaluate
+from fastsamp.metrics import log_z_estimates, nearest_mode_weights
 from fastsamp.samplers.diffusion import DiffusionSampler, train
+from fastsamp.targets import GMM40
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "offpolicy_full")
 N = 2000  # the paper's evaluation batch (eval_data_size)
 
 
-def released_log_r(name, x):
-    """The released log density of target `name`: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0}))
-    or twenty_five_gmm.py (logsumexp_k log N(x; μ_k, 0.3 I) − log 25, μ_k ∈ {−10, −5, 0, 5, 10}²)."""
-    d = torch.distributions
+def released_log_r(target, x):
+    """The released log density of `target`: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})),
+    twenty_five_gmm.py (logsumexp_k log N(x; μ_k, 0.3 I) − log 25, μ_k ∈ {−10, −5, 0, 5, 10}²) or
+    forty_gmm.py (MixtureSameFamily of N(μ_k, I) with equal weights; μ_k the target's means, as the
+    released data/GMM40-50d.pt is not available here)."""
+    d, name = torch.distributions, target.name
     if name == "funnel":
         return d.Normal(0.0, 3.0).log_prob(x[:, 0]) + d.Normal(0.0, torch.exp(0.5 * x[:, :1])).log_prob(x[:, 1:]).sum(1)
     if name == "25gmm":
@@ -68,7 +80,19 @@ def released_log_r(name, x):
         log_p = torch.stack([d.MultivariateNormal(m, covariance_matrix=0.3 * torch.eye(2, dtype=x.dtype)).log_prob(x)
                              for m in modes])
         return torch.logsumexp(log_p, 0) - math.log(25)
-    raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm)")
+    if name == "40gmm":
+        loc = target.means.to(x.dtype)
+        return d.MixtureSameFamily(d.Categorical(torch.ones(len(loc), dtype=x.dtype)),
+                                   d.Independent(d.Normal(loc, torch.ones_like(loc)), 1)).log_prob(x)
+    raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm, 40gmm)")
+
+
+def released_drift(sampler, x, temb, lgv, i):
+    """The policy's drift at step i (temb, lgv: the network's time features); a Langevin network (LP) adds
+    its scale times the target's score, ∇ log R(x), as gfn-diffusion's GFN(langevin=True) does."""
+    if not sampler.net.langevin:
+        return sampler.net(x, temb[i:i + 1], None)[0]
+    return sampler.net(x, temb[i:i + 1], lgv[i:i + 1], sampler.target.score(x).detach())[0]
 
 
 def released_noise(sampler, states, drifts=None):
@@ -78,8 +102,8 @@ def released_noise(sampler, states, drifts=None):
     T, h = sampler.n_steps, sampler.h
     if drifts is None:
         with torch.no_grad():
-            temb, _ = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
-            drifts = torch.stack([sampler.net(states[i], temb[i:i + 1], None)[0] for i in range(T)])
+            temb, lgv = sampler.net.time_features(torch.arange(T, dtype=states.dtype) * h)
+            drifts = torch.stack([released_drift(sampler, states[i], temb, lgv, i) for i in range(T)])
     return (states[1:] - states[:-1] - h * drifts) / (sampler.sigma * math.sqrt(h))
 
 
@@ -93,7 +117,7 @@ def released_log_w(sampler, states, drifts=None):
     back_var = s2 * h * i / (i + 1)
     u = (states[1:-1] - states[2:] * i / (i + 1)) / back_var.sqrt()
     log_pb = -0.5 * (u ** 2 + math.log(2 * math.pi) + back_var.log()).sum((0, 2))
-    return released_log_r(sampler.target.name, states[-1]) + log_pb - log_pf
+    return released_log_r(sampler.target, states[-1]) + log_pb - log_pf
 
 
 class DefaultNetwork(torch.nn.Module):
@@ -129,11 +153,11 @@ def released_rollout(sampler, batch, reparam=False, noise=None):
     state update takes the drift detached, so the states carry no grad; PIS (reparam=True,
     get_trajectory_fwd(pis=True)): the update is differentiable, the whole path carries the gradient."""
     T, h, sigma = sampler.n_steps, sampler.h, sampler.sigma
-    temb, _ = sampler.net.time_features(torch.arange(T, dtype=torch.float32) * h)
+    temb, lgv = sampler.net.time_features(torch.arange(T, dtype=torch.float32) * h)
     x = torch.zeros(batch, sampler.target.dim)
     states, drifts = [x], []
     for i in range(T):
-        drift = sampler.net(x, temb[i:i + 1], None)[0]
+        drift = released_drift(sampler, x, temb, lgv, i)
         eps = torch.randn_like(x) if noise is None else noise[i]
         x = x + h * (drift if reparam else drift.detach()) + math.sqrt(h) * sigma * eps
         states.append(x)
@@ -256,11 +280,15 @@ def compare_pis_gradients(sampler, batch, seed, name):
 
 
 def _curve_point(sampler, repeats):
-    """Δlog Z, Δlog Z^RW, W2 (and modes hit, mixtures) during training: means over `repeats` evaluation
-    seeds of 2000 samples."""
+    """Δlog Z, Δlog Z^RW, W2 (and for mixtures the number of modes hit) during training: means over `repeats`
+    evaluation seeds of 2000 samples; for mixtures also `modes`, {mode: share of the samples nearest to it}."""
     ms = [evaluate(sampler, sampler.target, n=N, seed=s) for s in range(1, repeats + 1)]
-    return {key: statistics.mean(m[key] for m in ms) for key in ("delta_log_Z", "delta_log_Z_rw", "w2", "modes_hit")
-            if key in ms[0]}
+    out = {key: statistics.mean(m[key] for m in ms) for key in ("delta_log_Z", "delta_log_Z_rw", "w2", "modes_hit")
+           if key in ms[0]}
+    if "mode_weights" in ms[0]:
+        share = torch.tensor([m["mode_weights"] for m in ms]).mean(0) / len(ms[0]["mode_weights"])
+        out["modes"] = {k: round(float(share[k]), 4) for k in share.nonzero().flatten().tolist()}
+    return out
 
 
 def load_model(path, target, method):
@@ -295,8 +323,12 @@ def cmd_gradients(args):
 
 
 def cmd_train(args):
+    if args.mean_seed is not None and args.target != "40gmm":
+        raise ValueError(f"--mean-seed is for --target 40gmm, got --target {args.target}")
     for seed in args.seeds:
         sampler, cfg = build(args.target, args.method, seed=seed, iterations=args.iterations, lr_flow=args.lr_flow)
+        if args.mean_seed is not None:  # another draw of the 40GMM means (the network does not depend on them)
+            sampler.target = GMM40(seed=args.mean_seed)
         if args.sigma2 is not None:  # the network does not depend on σ: same initial weights
             sampler.sigma = math.sqrt(args.sigma2)
         if args.default_network:  # eager per-step path with the torch op (the fused kernels need a DriftNet)
@@ -316,12 +348,41 @@ def cmd_train(args):
                         callback=point)
             losses, curve = log.loss, log.evals
         cpu = time.process_time() - t0
-        name = (f"{args.target} {args.method} {'released' if args.released else 'fastsamp'} seed {seed} "
+        name = (f"{args.target}{'' if args.mean_seed is None else f' means seed {args.mean_seed}'} {args.method} "
+                f"{'released' if args.released else 'fastsamp'} seed {seed} "
                 f"sigma2 {sampler.sigma ** 2:g} lr_flow {args.lr_flow} it {args.iterations}"
                 f"{' default network' if args.default_network else ''}")
         out = evaluate_model(sampler, args.repeats, name)
         out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
         print(json.dumps(out), flush=True)
+
+
+def mode_geometry(means, samples=100_000, variances=(5.0, 6.0), seed=1):
+    """Where the modes lie from x₀ = 0 (see the module docstring, `gmm40`): nearest mean k*, |μ_k*| and the
+    next norm, the distance from 0 to the boundary of k*'s Voronoi cell, min_k (|μ_k|² − |μ_k*|²) / (2|μ_k − μ_k*|),
+    the smallest logit gap at 0, min_k ½(|μ_k|² − |μ_k*|²), and the share of `samples` draws of N(0, v I)
+    nearest to μ_k* for each v in `variances`, with the other modes drawn (mode: share)."""
+    means = means.double()
+    sq = (means ** 2).sum(1)
+    order = sq.argsort()
+    k, others = int(order[0]), order[1:]
+    gaps = sq[others] - sq[k]
+    out = {"nearest_mode": k, "nearest_norm": float(sq[k].sqrt()), "next_norm": float(sq[order[1]].sqrt()),
+           "median_norm": float(sq.sqrt().median()),
+           "cell_boundary_distance": float((gaps / (2 * (means[others] - means[k]).norm(dim=1))).min()),
+           "logit_gap_at_0": float(gaps.min() / 2)}
+    g = torch.Generator().manual_seed(seed)
+    for v in variances:
+        z = math.sqrt(v) * torch.randn(samples, means.shape[1], generator=g, dtype=torch.float64)
+        counts = nearest_mode_weights(z, means)
+        out[f"share_nearest_sigma2_{v:g}"] = float(counts[k])
+        out[f"modes_drawn_sigma2_{v:g}"] = {int(i): round(float(counts[i]), 5) for i in counts.nonzero().flatten()}
+    return out
+
+
+def cmd_gmm40(args):
+    for s in args.mean_seeds:
+        print(json.dumps({"means_seed": s, **mode_geometry(GMM40(seed=s).means, args.samples)}), flush=True)
 
 
 def orthant_limit(target):
@@ -408,6 +469,10 @@ def main(argv=None):
     t.add_argument("--default-network", action="store_true",
                    help="train.py's default network instead of the PIS architecture")
     t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
+    t.add_argument("--mean-seed", type=int, default=None, help="40gmm: the means of GMM40(seed=S) (default: 0)")
+    q40 = sub.add_parser("gmm40", help="where the 40GMM modes lie from x0 = 0, for several draws of the means")
+    q40.add_argument("--mean-seeds", type=int, nargs="+", default=[0], help="seeds of GMM40's means")
+    q40.add_argument("--samples", type=int, default=100_000, help="draws of N(0, sigma2 I) per variance")
     m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell models against the orthant collapse")
     m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_<method>_seed*.pt)")
     s = sub.add_parser("spread", help="Δlog Z and Δlog Z^RW of saved models over many evaluations")
@@ -416,17 +481,20 @@ def main(argv=None):
     for q in (m, s):
         q.add_argument("--first-seed", type=int, default=1,
                        help="the first evaluation seed (the table's evaluation: 10000 + training seed)")
-    for q in (e, g, t):
+    for q in (e, g):
         q.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
+    t.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "40gmm"), help="benchmark target")
     s.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
-    for q in (e, t, m, s):
+    for q in (e, m, s):
         q.add_argument("--method", default="tb", choices=("tb", "pis"), help="the preset (and released objective)")
+    t.add_argument("--method", default="tb", choices=tuple(METHODS),
+                   help="the preset (with --released the objective: tb or pis)")
     for q in (e, g, t, m, s):
         q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     {"evaluate": cmd_evaluate, "gradients": cmd_gradients, "train": cmd_train,
-     "manywell": cmd_manywell, "spread": cmd_spread}[args.command](args)
+     "manywell": cmd_manywell, "spread": cmd_spread, "gmm40": cmd_gmm40}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ Columns (µs per call, median of `repeats` timings of `calls` calls each, the co
 each repeat; one intra-op thread, float32; `--clock cpu` times the thread's CPU time instead of wall time;
 nan: no such function, e.g. no public op for a backward kernel, no custom_op for a factory op):
   raw          the backend function itself (fastsamp.backends.cpp.<op>: output allocation + the _C call)
+  bare         the same backend function registered plainly as a trivial op's CPU kernel (`bare_op`: no Autograd
+               kernel): the least a Python-registered kernel costs, torch's boxing of the arguments into Python
+               and back, paid after the kernel's own work (which evicts the dispatcher's code from the caches, so
+               `bare - raw` exceeds `floor`); `library+ag - bare` is what fastsamp's Autograd kernel adds
   library      torch.ops.fastsamp.<op> as `_library.Entry.eager` calls it (how the public ops call it in eager while
                the profiler or a dispatch mode watches: below the autograd key)
   library+ag   torch.ops.fastsamp.<op> called plainly (through its Python Autograd kernel)
@@ -25,11 +29,13 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
   public cpp   the same with backend="cpp" (checks + the raw backend function)
 A call through the dispatcher adds `library - raw` (`library+ag - raw` from user code calling
 torch.ops.fastsamp.<op> directly). Timings depend on the machine's load.
-`--list-floor` first prints the floor of a list of N tensors (`list_floor`).
+`--list-floor` first prints the floor of a list of N tensors (`list_floor`); `--boxing OP` first prints what the
+number of boxed elements costs for OP's call (`boxing_costs`).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 import subprocess
@@ -181,32 +187,72 @@ def custom_op_of(op: _table.Op):
     return custom
 
 
-_floor_libs: list = []  # the fastsamp_floor library, made on first use (not at import: one DEF per namespace)
+@functools.cache
+def _lib(namespace: str):
+    """The benchmark's own library `namespace` (DEF), made on first use (not at import: one DEF per namespace)."""
+    return torch.library.Library(namespace, "DEF")
 
 
-def _floor_lib():
-    if not _floor_libs:
-        _floor_libs.append(torch.library.Library("fastsamp_floor", "DEF"))
-    return _floor_libs[0]
+def trivial_op(namespace: str, op: _table.Op, kernel):
+    """The op's schema registered under `namespace` with `kernel` as its only kernel (CompositeExplicitAutograd)."""
+    _lib(namespace).define(op.schema())
+    _lib(namespace).impl(op.name, kernel, "CompositeExplicitAutograd")
+    return getattr(getattr(torch.ops, namespace), op.name).default
 
 
 def floor_op(op: _table.Op, outputs):
-    """The op's schema registered under the namespace fastsamp_floor with a CPU kernel that returns `outputs` (one
-    call's, computed beforehand): what the dispatcher costs for these arguments alone (parsing them, boxing them for
-    a Python kernel and back), whatever the kernel does."""
-    _floor_lib().define(op.schema())
-    _floor_lib().impl(op.name, lambda *args: outputs, "CompositeExplicitAutograd")
-    return getattr(torch.ops.fastsamp_floor, op.name).default
+    """The op's schema under fastsamp_floor with a kernel that returns `outputs` (one call's, computed beforehand):
+    what the dispatcher costs for these arguments alone (parsing them, boxing them for a Python kernel and back),
+    whatever the kernel does."""
+    return trivial_op("fastsamp_floor", op, lambda *args: outputs)
+
+
+def bare_op(op: _table.Op, fn):
+    """The op's schema under fastsamp_bare with backend function `fn` itself as its only kernel (`fn` takes the
+    schema's u64 encoding)."""
+    return trivial_op("fastsamp_bare", op, fn)
 
 
 def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
     """µs per call of a trivial registered op `(Tensor x, Tensor[] tensors) -> Tensor` (its kernel returns x)
     against the list's length: torch's own cost of a list of tensors through the dispatcher into Python."""
-    _floor_lib().define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
-    _floor_lib().impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
+    _lib("fastsamp_floor").define("tensor_list(Tensor x, Tensor[] tensors) -> Tensor")
+    _lib("fastsamp_floor").impl("tensor_list", lambda x, tensors: x, "CompositeExplicitAutograd")
     x = torch.randn(8, 8)
     fn = torch.ops.fastsamp_floor.tensor_list.default
     return medians_us([partial(fn, x, [torch.randn(8) for _ in range(n)]) for n in sizes], calls, repeats, clock)
+
+
+def boxing_costs(op: _table.Op, fn, args, calls, repeats, clock):
+    """µs per call of backend function `fn` run on `args` (its work, in the schema's encoding) as the only kernel of
+    three trivial ops: the call as it is (`fn` itself), under the op's schema, under a 4-argument schema
+    (Tensor x, Tensor[] tensors, int[] ints, float[] floats) holding the same elements (every tensor, int and float
+    of the arguments, lists' elements included; the kernel ignores them and runs `fn(*args)`) and under (Tensor x)
+    alone: how torch's cost of a Python kernel grows with the elements it boxes, after the kernel's work."""
+    lib = torch.library.Library(f"fastsamp_boxing_{op.name}", "DEF")
+    run = partial(fn, *args)
+    groups = {"tensor": [], "int": [], "float": []}
+    for a, v in zip(op.schema_args, args):
+        if a.kind == "state":
+            continue
+        for e in (v if a.kind in ("tensors", "ints", "floats") else (v,)):
+            kind = ("tensor" if isinstance(e, torch.Tensor) else "float" if isinstance(e, float) else "int"
+                    if isinstance(e, int) else None)
+            if kind is not None:
+                groups[kind].append(e)
+    x = args[[a.kind for a in op.schema_args].index("state")]
+    schemas = {"schema": (op.schema()[len(op.name):], args),
+               "packed": ("(Tensor x, Tensor[] tensors, int[] ints, float[] floats) -> Any",
+                          (x, groups["tensor"], groups["int"], groups["float"])),
+               "one tensor": ("(Tensor x) -> Any", (x,))}
+    fns = [run]
+    for k, (schema, given) in enumerate(schemas.values()):
+        lib.define(f"op{k}{schema.replace('-> Any', '-> ' + op.schema().split(' -> ')[1])}")
+        lib.impl(f"op{k}", lambda *_: run(), "CompositeExplicitAutograd")
+        fns.append(partial(getattr(getattr(torch.ops, lib.ns), f"op{k}").default, *given))
+    n = sum(len(g) for g in groups.values())
+    labels = ["called", f"schema ({len(args)} arguments)", f"packed (x and {n} elements in 3 lists)", "one tensor"]
+    return dict(zip(labels, medians_us(fns, calls, repeats, clock)))
 
 
 def registered_at(rev: str):
@@ -253,6 +299,7 @@ def main():
                         help="wall time, or the thread's CPU time (the cost of a call on a loaded machine)")
     parser.add_argument("--ops", nargs="+", metavar="OP", help="only these registered ops")
     parser.add_argument("--list-floor", action="store_true", help="first, a trivial op taking a list of N tensors")
+    parser.add_argument("--boxing", metavar="OP", help="first, OP's backend function under fewer boxed arguments")
     a = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -267,8 +314,15 @@ def main():
         print("| N | " + " | ".join(map(str, sizes)) + " |\n|" + "---|" * (len(sizes) + 1))
         print("| µs | " + " | ".join(f"{v:.2f}" for v in list_floor(a.calls, a.repeats, CLOCKS[a.clock], sizes))
               + " |\n", flush=True)
+    if a.boxing:
+        op = _table.OPS[a.boxing]
+        costs = boxing_costs(op, getattr(cpp, op.name), args_for(op.name, a.B, a.D, Nets(a.B, a.D)), a.calls,
+                             a.repeats, CLOCKS[a.clock])
+        print(f"{op.name}'s backend function as the kernel of a trivial op, µs per call:\n| " + " | ".join(costs)
+              + " |\n|" + "---|" * len(costs) + "\n| " + " | ".join(f"{v:.1f}" for v in costs.values()) + " |\n",
+              flush=True)
     before = registered_at(a.against) if a.against else None
-    cols = ("op", "raw", "library", "library+ag", "floor") + ((f"ag @{a.against}",) if before else ()) + (
+    cols = ("op", "raw", "bare", "library", "library+ag", "floor") + ((f"ag @{a.against}",) if before else ()) + (
         "custom_op", "public auto", "public cpp")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -283,9 +337,9 @@ def main():
         raw_fn = getattr(cpp, op.name, None)
         custom = custom_op_of(op)
         floor = floor_op(op, opobj(*args))
-        fns = [raw_fn and partial(raw_fn, *raw_args), partial(entry.eager, *args), partial(opobj, *args),
-               partial(floor, *args)]
-        present = [raw_fn is not None, True, True, True]
+        fns = [raw_fn and partial(raw_fn, *raw_args), raw_fn and partial(bare_op(op, raw_fn), *args),
+               partial(entry.eager, *args), partial(opobj, *args), partial(floor, *args)]
+        present = [raw_fn is not None, raw_fn is not None, True, True, True]
         if before:
             fns.append(partial(getattr(before, op.name).default, *args))
             present.append(True)

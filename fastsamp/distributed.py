@@ -101,7 +101,9 @@ class LevelSums:
     `level()` is one level's context yielding the list to fill with n_values floats or one-element
     tensors. Distributed, it is `Comm.level` (one all_reduce with the failure flag per level); in one
     process it runs nothing: the values are kept as they are, with no torch op and no host
-    synchronisation per level, and `totals()` stacks them once."""
+    synchronisation per level, and `totals()` stacks them once. In one process the yielded list is
+    kept by reference and may be filled any time before `totals()`; distributed it must be filled
+    inside the context (its values are reduced on exit)."""
 
     def __init__(self, comm: Comm, n_values: int, op: str = "sum"):
         self.comm, self.n_values, self.op = comm, n_values, op

@@ -218,12 +218,16 @@ class GMM25(_IsotropicMixture):
 class GMM40(_IsotropicMixture):
     """40 equally weighted Gaussians N(μ_k, I) in ``dim`` dimensions (default 50, forty_gmm.py).
 
-    gfn-diffusion loads the means for D ∈ {2, 50, 200} from ``data/GMM40-{D}d.pt`` (not available
-    here); its fallback recipe is μ = (U − 0.5)·2·40 with U ~ Uniform[0, 1)^{40×D}, i.e. uniform on
-    [−40, 40]^D. We always use that recipe, drawn in float32 by ``torch.rand((40, dim))`` from a
-    ``torch.Generator`` seeded with ``seed`` (default 0, the seed of the FAB GMM this benchmark comes
-    from), so the means are deterministic but are NOT those of the .pt files. Unit scale, as in
-    forty_gmm.py (FAB itself used softplus(1) ≈ 1.31). Normalised: log Z = 0.
+    forty_gmm.py came to gfn-diffusion after Sendera et al. 2024 (commit 9697e5d; the paper and its code
+    release have no 40GMM). That commit is not in the mirrored branches, so its branch is not known here;
+    its train.py has the time discretizers of the ``stagger`` branch (the code of Berner et al. 2025),
+    benchmarks/results/offpolicy_full/checks/gmm40.md §1. It loads the means for D ∈ {2, 50, 200}
+    from ``data/GMM40-{D}d.pt`` (not available here); its fallback recipe is μ = (U − 0.5)·2·40 with
+    U ~ Uniform[0, 1)^{40×D}, i.e. uniform on [−40, 40]^D. We always use that recipe, drawn in float32
+    by ``torch.rand((40, dim))`` from a ``torch.Generator`` seeded with ``seed`` (default 0: in 2-D these
+    are the means of the FAB GMM this benchmark comes from), so the means are deterministic but are not
+    known to be those of the .pt files. Unit scale, as in forty_gmm.py (FAB itself used softplus(1) ≈ 1.31).
+    Normalised: log Z = 0.
     """
 
     name = "40gmm"

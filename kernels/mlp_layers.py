@@ -153,10 +153,16 @@ def _h_tile(k, L, KEEP: tl.constexpr):
 
 
 @triton.jit
+def _act_grad_at(zs, k, at, T):
+    """The address of act'(z_k) (scratch tile 2 + k) at the chunk `at` (offsets in a scratch tile of T elements)."""
+    return zs + (2 + k) * T + at
+
+
+@triton.jit
 def _act_tiles(zs, k, L, at, T):
-    """The addresses of act'(z_k) (scratch tile 2 + k) and act''(z_k) (tile 3 + L + k, the training layout) at the
+    """The addresses of act'(z_k) (`_act_grad_at`) and act''(z_k) (tile 3 + L + k, the training layout) at the
     chunk `at` (offsets in a scratch tile of T elements)."""
-    return zs + (2 + k) * T + at, zs + (3 + L + k) * T + at
+    return _act_grad_at(zs, k, at, T), zs + (3 + L + k) * T + at
 
 
 @triton.jit
@@ -234,7 +240,7 @@ def _reg_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
 @triton.jit
 def _tiled_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
     """`_net_energy`'s J_fᵀ r at HP > MLP_REG_HIDDEN by CHUNK-column chunks: g_k in scratch tile k % 2,
-    act'(z_k) in tile 2 + k (`_tiled_forward`)."""
+    act'(z_k) where `_tiled_forward` stored it (`_act_grad_at`)."""
     off_w0, ld0, off_wo, _, off_h, H, L, _ = row
     c, slot, T, zero = _chunk_lanes(r, HP)
     d = tl.arange(0, r.shape[1])
@@ -242,7 +248,7 @@ def _tiled_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
     for o0 in range(0, H, CHUNK):
         o = o0 + c
         g = tl.dot(r, _tile(w_ptr, off_wo, d, dm, o, o < H, H, 1), input_precision="ieee")
-        tl.store(zs + (L % 2) * T + o0 + slot, g * tl.load(zs + (L + 2) * T + o0 + slot))
+        tl.store(zs + (L % 2) * T + o0 + slot, g * tl.load(_act_grad_at(zs, L, o0 + slot, T)))
     for kk in range(L):
         k = L - 1 - kk  # hidden layer k: h_k -> z_{k+1}
         tl.debug_barrier()  # g_{k+1} written by every thread
@@ -250,7 +256,7 @@ def _tiled_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
         for o0 in range(0, H, CHUNK):
             o = o0 + c
             g = _chunk_dot(zero, zs + ((k + 1) % 2) * T, slot, w_ptr, off, H, 1, o, o < H, H)
-            tl.store(zs + (k % 2) * T + o0 + slot, g * tl.load(zs + (k + 2) * T + o0 + slot))
+            tl.store(zs + (k % 2) * T + o0 + slot, g * tl.load(_act_grad_at(zs, k, o0 + slot, T)))
     tl.debug_barrier()
     return _chunk_dot(tl.zeros(r.shape, r.dtype), zs, slot, w_ptr, off_w0, ld0, 1, d, dm, H)
 

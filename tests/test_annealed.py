@@ -384,3 +384,26 @@ def test_gaussian_mixture_takes_array_likes_and_names_bad_types():
         GaussianMixture([[float("nan"), 0.0]], [0.0], [1.0])
     with pytest.raises(ValueError, match="variances must have shape \\(4,\\)"):
         GaussianMixture(means, np.zeros(4), np.ones(3))
+
+
+@pytest.mark.parametrize("corrector,fused", [("mala", False), ("hmc", False), ("mala", True), ("ula", False)])
+def test_level_statistics_in_chunks_equal_level_by_level(monkeypatch, corrector, fused):
+    """annealed_mcmc's chunked level statistics (and accept counts) give the bits of one level at a time: samples,
+    acceptance rates, step sizes and non-finite counts, with chains going NaN and levels not a multiple of a chunk."""
+    from fastsamp.samplers import annealed
+
+    def score(x, t):  # MIX's score, with chain 3 NaN after t < 0.5
+        s = MIX.score(x, t)
+        return torch.where((torch.arange(x.shape[0]) == 3)[:, None] & (t < 0.5), float("nan"), s)
+    model = MIX if fused else ScoreModel(score, 2, schedule=MIX.schedule)
+
+    def run():
+        x, st = annealed_mcmc(model, 64, n_levels=21, corrector=corrector, n_corrector_steps=3, n_trapezoid=2,
+                              step_size=0.05, seed=4, dtype=torch.float64, fused=fused, on_nonfinite="ignore")
+        return x, st.accept_rate, st.step_size, st.n_nonfinite, st.first_nonfinite_level
+    chunked = run()
+    monkeypatch.setattr(annealed, "LEVEL_CHUNK", 1)
+    one_by_one = run()
+    assert torch.equal(chunked[0].nan_to_num(), one_by_one[0].nan_to_num()) and chunked[1:] == one_by_one[1:]
+    if not fused:
+        assert chunked[3][-1] == 1 and chunked[4] is not None

@@ -1,7 +1,9 @@
 """`fastsamp bench`: the PyTorch baselines compute the reference, and the report's ratios."""
 import pytest
 import torch
+from conftest import load_benchmark
 
+from fastsamp import ops
 from fastsamp.experiments import bench
 from fastsamp.ops import reference as ref
 
@@ -43,3 +45,54 @@ def test_cpu_time_needs_one_thread(one_thread):
     torch.set_num_threads(2)
     with pytest.raises(ValueError, match="one thread"):
         bench.run("cpu", ["gmm_score[compact]"], cpu_time=True)
+
+
+
+def _mlp_product_bench():
+    mp = load_benchmark("mlp_product.py", "mlp_product")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(257, 2, generator=g, dtype=torch.float64)
+    xi, u = torch.randn(257, 2, generator=g, dtype=torch.float64), torch.rand(257, generator=g, dtype=torch.float64)
+    return mp, x, xi, u
+
+
+@pytest.mark.parametrize("n_trapezoid", [1, 3])
+def test_mlp_product_compiled_score_step_is_the_samplers_move(n_trapezoid):
+    """benchmarks/mlp_product.py's torch.compile baseline for score networks (run here eager: the function
+    torch.compile compiles) is the samplers' move: score-MALA with the trapezoid test equals ops.score_mh_accept on
+    the same proposal noise, scores and uniforms."""
+    mp, x, xi, u = _mlp_product_bench()
+    eps, t = 0.05, 0.5
+    model = mp.product(16, torch.device("cpu"))
+    for m in model.models:
+        m.double()
+    step, init = mp.compiled_score_step(model, n_trapezoid, t)
+    with torch.no_grad():
+        x0, s0 = init(x)
+        got = step(x0, s0, xi, u.log(), eps)
+        x_prop = x0 + eps * s0 + (2 * eps) ** 0.5 * xi
+        interior = [model.score(x0 + k / n_trapezoid * (x_prop - x0), t) for k in range(1, n_trapezoid)]
+        want = ops.score_mh_accept(x0, x_prop, s0, model.score(x_prop, t), eps, u,
+                                   interior_scores=torch.stack(interior) if interior else None, backend="torch")
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-12)
+    assert 0 < int(want[2].sum()) < 257  # both outcomes occur
+
+
+def test_mlp_product_compiled_energy_step_is_the_samplers_move():
+    """The energy networks' baseline: energy-MALA with the exact energy test equals ops.energy_mh_accept."""
+    mp, x, xi, u = _mlp_product_bench()
+    eps, t = 0.05, 0.5
+    model = mp.product(16, torch.device("cpu"), "energy")
+    for m in model.models:
+        m.double()
+    step, init = mp.compiled_energy_step(model, t)
+    x0, g0, e0 = init(x)
+    got = step(x0, g0, e0, xi, u.log(), eps)
+    x_prop = x0 - eps * g0 + (2 * eps) ** 0.5 * xi
+    s_prop, logp_prop = model.score_and_log_prob(x_prop, t)
+    want = ops.energy_mh_accept(x0, x_prop, -g0, s_prop, -e0, logp_prop, eps, u, backend="torch")
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(-got[1], want[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(-got[2], want[2], rtol=0, atol=1e-12)
+    assert 0 < int(want[3].sum()) < 257

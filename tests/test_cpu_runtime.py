@@ -281,3 +281,37 @@ def test_a_missing_extension_is_announced_not_silent(monkeypatch):
     with pytest.warns(RuntimeWarning, match="C\\+\\+ extension is unavailable.*PyTorch reference"):
         module, reason = backends._import("cpp")
     assert module is None and "fastsamp._C" in reason
+
+
+LAUNCHER = '#!/bin/sh\nexec "$@"\n'  # runs the compiler named after it, as ccache does
+# logs the -DFASTSAMP_CXX=... it is given and writes the -o file: a compile or a link in no time
+COMPILER = """#!/bin/sh
+out=; prev=
+for a in "$@"; do
+  case "$a" in -DFASTSAMP_CXX=*) echo "$a" >> "$0.log";; esac
+  [ "$prev" = -o ] && out="$a"
+  prev="$a"
+done
+mkdir -p "$(dirname "$out")" && : > "$out"
+"""
+
+
+def test_build_info_records_the_compiler_not_its_launcher(tmp_path):
+    """_C.build_info()["cxx"] (tests/test_mh.py's C++ harness compiles with it) is the compiler of CXX="ccache g++",
+    not the launcher: setup.py's build with stand-ins for both (shell scripts) defines FASTSAMP_CXX as the compiler."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    launcher, compiler = tmp_path / "ccache", tmp_path / "g++"
+    launcher.write_text(LAUNCHER)
+    compiler.write_text(COMPILER)
+    for script in (launcher, compiler):
+        script.chmod(0o755)
+    env = dict(os.environ, CXX=f"{launcher} {compiler}", FASTSAMP_NO_CUDA="1")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--force", "--build-temp", tmp_path / "temp",
+                    "--build-lib", tmp_path / "lib"], cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    defines = set(Path(f"{compiler}.log").read_text().split())
+    assert defines == {f'-DFASTSAMP_CXX="{compiler}"'}

@@ -43,6 +43,19 @@ def problem(D, arch, dtype, device, with_mixture):
     return nets, mix, nets64, mix64
 
 
+def check_move(op, networks, x64, eps64, device, dtype, **kw):
+    """The Triton move ops.<op> from the states x64 and step sizes eps64 (in dtype on device) against the float64
+    reference move from the same ones (backend "torch", the same Philox draws): asserts they match
+    (`assert_moves_match`) and returns both (x_new, rate). networks: `problem`'s (nets, mix, nets64, mix64)."""
+    nets, mix, nets64, mix64 = networks
+    move = getattr(ops, op)
+    got = move(x64.to(dtype=dtype, device=device), nets, mixture=mix, step_size=eps64.to(dtype=dtype, device=device),
+               backend="triton", **kw)
+    want = move(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
+    assert_moves_match(*got, *want, dtype, kw["mh"])
+    return got, want
+
+
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 # (B, D, [(hidden, hidden layers, activation)], mixture): D = 1, 2, 5; hidden 16/32/64 (and 7: padded); 1-3 layers
 SCORE_CASES = [(37, 1, [(16, 1, "silu")], False), (101, 2, [(32, 2, "silu"), (64, 3, "gelu")], True),
@@ -70,15 +83,14 @@ MOVE_CASES = [(37, 1, [(16, 1, "silu")], False), (101, 2, [(32, 2, "silu"), (16,
 @pytest.mark.parametrize("B,D,arch,with_mixture", MOVE_CASES)
 def test_mlp_mala_matches_reference(device, dtype, mh, n_trapezoid, B, D, arch, with_mixture):
     """The whole-move kernel reproduces the reference moves with the same Philox draws."""
-    nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
+    networks = problem(D, arch, dtype, device, with_mixture)
+    nets, mix, _, _ = networks
     x64 = torch.randn(B, D, dtype=torch.float64)
     eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
     kw = dict(n_steps=5, n_trapezoid=n_trapezoid, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh)
-    x, eps = x64.to(dtype=dtype, device=device), eps64.to(dtype=dtype, device=device)
-    x_new, rate = ops.mlp_mala(x, nets, mixture=mix, step_size=eps, backend="triton", **kw)
-    e_x, e_rate = ops.mlp_mala(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
-    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
-    again = ops.mlp_mala(x, nets, mixture=mix, step_size=eps, backend="triton", **kw)
+    (x_new, rate), _ = check_move("mlp_mala", networks, x64, eps64, device, dtype, **kw)
+    again = ops.mlp_mala(x64.to(dtype=dtype, device=device), nets, mixture=mix,
+                         step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
     assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
 
 
@@ -86,14 +98,11 @@ def test_mlp_mala_matches_reference(device, dtype, mh, n_trapezoid, B, D, arch, 
 @pytest.mark.parametrize("mh,n_leapfrog,damping", [("score", 1, 0.0), ("score", 3, 0.8), ("none", 2, 0.8)])
 @pytest.mark.parametrize("B,D,arch,with_mixture", MOVE_CASES)
 def test_mlp_hmc_matches_reference(device, dtype, mh, n_leapfrog, damping, B, D, arch, with_mixture):
-    nets, mix, nets64, mix64 = problem(D, arch, dtype, device, with_mixture)
+    networks = problem(D, arch, dtype, device, with_mixture)
     x64 = torch.randn(B, D, dtype=torch.float64)
     eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
     kw = dict(n_steps=4, n_leapfrog=n_leapfrog, seed=12, offset=7, chain_offset=3, mh=mh, damping=damping)
-    x_new, rate = ops.mlp_hmc(x64.to(dtype=dtype, device=device), nets, mixture=mix,
-                              step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
-    e_x, e_rate = ops.mlp_hmc(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
-    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    check_move("mlp_hmc", networks, x64, eps64, device, dtype, **kw)
 
 
 # ------------------------------------------------------------------ wide networks (the tiled path, HP > 128)
@@ -140,16 +149,13 @@ def test_wide_networks_match_reference(device, dtype, energy, B, D, arch, with_m
 def test_wide_moves_match_reference(device, dtype, op, mh, B, D, arch, with_mixture):
     """The whole-move kernels on the tiled path reproduce the reference moves with the same Philox draws (the H200
     cases: 4-6 min under the interpreter on a loaded 2-core machine, -m slow; run on a GPU by gpu_run.sh)."""
-    nets, mix, nets64, mix64 = wide_problem(D, arch, dtype, device, with_mixture, "energy" in op)
+    networks = wide_problem(D, arch, dtype, device, with_mixture, "energy" in op)
     gen = torch.Generator().manual_seed(B)
     x64 = torch.randn(B, D, dtype=torch.float64, generator=gen)
     eps64 = torch.rand(B, dtype=torch.float64, generator=gen) * 0.6 + 0.2
     kw = dict(n_steps=2, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh,
               **(dict(n_leapfrog=2, damping=0.8) if "hmc" in op else dict(n_trapezoid=2)))
-    x_new, rate = getattr(ops, op)(x64.to(dtype=dtype, device=device), nets, mixture=mix,
-                                   step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
-    e_x, e_rate = getattr(ops, op)(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
-    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    _, (_, e_rate) = check_move(op, networks, x64, eps64, device, dtype, **kw)
     if "mala" in op:
         assert 0 < e_rate.mean() < 1  # a real test ran
 
@@ -411,14 +417,11 @@ ENERGY_MOVE_SHAPES = pytest.mark.parametrize("B,D,with_mixture", [(37, 1, False)
 @pytest.mark.parametrize("kinds,mh,n_trapezoid", [("ee", "energy", 1), ("es", "score", 2), ("e", "none", 1)])
 @ENERGY_MOVE_SHAPES
 def test_mlp_energy_mala_matches_reference(device, dtype, kinds, mh, n_trapezoid, B, D, with_mixture):
-    nets, mix, nets64, mix64 = energy_problem(D, kinds, dtype, device, with_mixture)
+    networks = energy_problem(D, kinds, dtype, device, with_mixture)
     x64 = torch.randn(B, D, dtype=torch.float64)
     eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
     kw = dict(n_steps=4, n_trapezoid=n_trapezoid, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh)
-    x_new, rate = ops.mlp_energy_mala(x64.to(dtype=dtype, device=device), nets, mixture=mix,
-                                      step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
-    e_x, e_rate = ops.mlp_energy_mala(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
-    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    _, (_, e_rate) = check_move("mlp_energy_mala", networks, x64, eps64, device, dtype, **kw)
     if mh != "none":
         assert 0 < e_rate.mean() < 1  # a real test ran
 
@@ -428,14 +431,11 @@ def test_mlp_energy_mala_matches_reference(device, dtype, kinds, mh, n_trapezoid
                                               ("e", "none", 0.8)])
 @ENERGY_MOVE_SHAPES
 def test_mlp_energy_hmc_matches_reference(device, dtype, kinds, mh, damping, B, D, with_mixture):
-    nets, mix, nets64, mix64 = energy_problem(D, kinds, dtype, device, with_mixture)
+    networks = energy_problem(D, kinds, dtype, device, with_mixture)
     x64 = torch.randn(B, D, dtype=torch.float64)
     eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
     kw = dict(n_steps=3, n_leapfrog=2, seed=12, offset=7, chain_offset=3, mh=mh, damping=damping)
-    x_new, rate = ops.mlp_energy_hmc(x64.to(dtype=dtype, device=device), nets, mixture=mix,
-                                     step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
-    e_x, e_rate = ops.mlp_energy_hmc(x64, nets64, mixture=mix64, step_size=eps64, backend="torch", **kw)
-    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
+    check_move("mlp_energy_hmc", networks, x64, eps64, device, dtype, **kw)
 
 
 def test_energy_kernels_refuse_what_the_cpu_kernels_refuse(device):

@@ -15,12 +15,15 @@ def _checks():
     return load_benchmark("offpolicy_checks.py", "offpolicy_checks")
 
 
-@pytest.mark.parametrize("name", ["25gmm", "funnel"])
+@pytest.mark.parametrize("name", ["25gmm", "funnel", "40gmm"])
 def test_released_log_r_is_our_target(name):
     checks = _checks()
     sampler, _ = offpolicy.build(name, "pis", n_steps=4)
     x = 4 * torch.randn(64, sampler.target.dim, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(checks.released_log_r(name, x), sampler.target.log_prob(x), rtol=1e-5, atol=1e-4)
+    if name == "40gmm":  # near the means, where the log density is not dominated by one distant mode
+        x = sampler.target.means[torch.arange(64) % 40].float() + x
+    torch.testing.assert_close(checks.released_log_r(sampler.target, x), sampler.target.log_prob(x),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_released_noise_recovers_the_noise_of_a_released_rollout():
@@ -109,3 +112,43 @@ def test_spread_command_reproduces_the_table_s_evaluation(tmp_path, capsys):
     assert two["seeds"] == [1, 2] and two["pooled_n"] == 4000
     assert len(two["released"]["delta_log_Z_rw_per_2000"]["values"]) == 2
     assert two["released"]["pooled_log_w_quantiles"]["max"] >= two["released"]["pooled_log_w_quantiles"]["0.999"]
+
+
+def test_mode_geometry_on_two_modes_in_one_dimension():
+    """μ = (1, −3) in 1-D: the cell of μ_0 is x > −1, so the share of N(0, v) nearest to μ_0 is Φ(1/√v);
+    logit gap ½(9 − 1) = 4, boundary distance 8 / (2·4) = 1."""
+    checks = _checks()
+    out = checks.mode_geometry(torch.tensor([[1.0], [-3.0]]), samples=200_000, variances=(1.0, 4.0))
+    assert (out["nearest_mode"], out["nearest_norm"], out["next_norm"]) == (0, 1.0, 3.0)
+    assert out["cell_boundary_distance"] == pytest.approx(1.0) and out["logit_gap_at_0"] == pytest.approx(4.0)
+    for v in (1.0, 4.0):
+        share = 0.5 * (1 + math.erf(1 / math.sqrt(2 * v)))
+        assert out[f"share_nearest_sigma2_{v:g}"] == pytest.approx(share, abs=0.005)
+        assert out[f"modes_drawn_sigma2_{v:g}"][1] == pytest.approx(1 - share, abs=0.005)
+
+
+def test_gmm40_command_and_the_curve_s_modes(capsys, monkeypatch):
+    """`gmm40` prints one line per draw of the means (seed 0: the mean nearest 0 is μ_16); a training curve
+    point of a 40GMM sampler lists the modes its samples are nearest to; `train --mean-seed` on another
+    target is refused before any model is built."""
+    checks = _checks()
+    checks.main(["gmm40", "--mean-seeds", "0", "1", "--samples", "1000"])
+    first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (first["means_seed"], first["nearest_mode"], second["means_seed"]) == (0, 16, 1)
+    assert first["nearest_norm"] == pytest.approx(132.644, abs=1e-3) and first["share_nearest_sigma2_5"] == 1.0
+    sampler, _ = offpolicy.build("40gmm", "tb", n_steps=4)
+    point = checks._curve_point(sampler, 1)
+    assert point["modes"] == {16: 1.0} and point["modes_hit"] == 1
+    monkeypatch.setattr(checks, "build", lambda *a, **kw: pytest.fail("built a model before checking --mean-seed"))
+    with pytest.raises(ValueError, match="--mean-seed"):
+        checks.main(["train", "--target", "funnel", "--mean-seed", "1", "--iterations", "1"])
+
+
+def test_released_log_w_of_a_langevin_network_is_ours():
+    """LP presets: the released formulas add the network's Langevin term (scale × ∇ log R) to the drift, so
+    log w of our trajectories agrees (the evaluation `train` prints for TB + Expl. + LP + LS)."""
+    checks = _checks()
+    sampler, _ = offpolicy.build("40gmm", "tb+expl+lp+ls", n_steps=6, seed=2)
+    traj = sampler.forward_trajectories(8, seed=3)
+    torch.testing.assert_close(checks.released_log_w(sampler, traj.states), traj.log_weights().detach(),
+                               rtol=1e-5, atol=0.05)

@@ -4,6 +4,7 @@ sizes (skipping finished runs, resuming unfinished ones), and device selection f
 import json
 import math
 import os
+import statistics
 
 import pytest
 import torch
@@ -249,7 +250,7 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
     out = str(tmp_path)
     argv = ["--iterations", "4", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
             "--out", out]
-    bench.main(["table", *argv, "--eval-samples", "64"])
+    bench.main(["table", *argv, "--eval-samples", "64", "--repeats", "0"])
     paths = [os.path.join(out, f"25gmm_tb_seed{s}.json") for s in (0, 1)]
     full = json.load(open(paths[0]))
     for path in paths:  # as written before the diagnostics existed
@@ -271,6 +272,75 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
     bench.main(["report", *argv, "--eval-samples", "64"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25gmm | tb |")][0]
     assert "(80/mode:" not in row  # seed 1 lacks the reference-set W2: no mean over one seed of two
+
+
+def test_repeated_evaluations_are_deterministic_stored_and_score_the_table(tmp_path, capsys):
+    """`evaluate --repeats K` gives each finished run with a saved model K evaluations of that model with fresh
+    seeds (evaluation_seeds: deterministic from the run's seed), stored with their mean and sd; more repeats
+    later add only the missing ones, bit for bit the same first ones. `report` scores a run by that mean
+    (mean ± std over seeds of the per-model means) and keeps the one evaluation at the end of training in its
+    own column; a run without a model is scored by its one evaluation and named under "seeds done"."""
+    bench = _bench()
+    out = str(tmp_path)
+    argv = ["--iterations", "3", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
+            "--out", out]
+    bench.main(["table", *argv, "--eval-samples", "48", "--repeats", "0"])
+    path = [os.path.join(out, f"25gmm_tb_seed{s}.json") for s in (0, 1)]
+    assert "evaluations" not in json.load(open(path[0]))
+    os.remove(os.path.join(out, "25gmm_tb_seed1.pt"))
+    seed1 = json.load(open(path[1]))
+    capsys.readouterr()
+    bench.main(["evaluate", *argv, "--repeats", "3"])
+    assert "25gmm tb seed 1: no saved model, scored by its one evaluation" in capsys.readouterr().out
+    assert json.load(open(path[1])) == seed1
+    res = json.load(open(path[0]))
+    ev = res["evaluations"]
+    assert ev["seeds"] == bench.evaluation_seeds(0, 3) == [1_010_000, 2_010_000, 3_010_000] and ev["n"] == 48
+    sampler = DiffusionSampler.load(os.path.join(out, "25gmm_tb_seed0.pt"))
+    again = offpolicy.evaluate(sampler, sampler.target, n=48, seed=ev["seeds"][1])
+    assert {k: v[1] for k, v in ev["values"].items()} == bench._scalars(again)
+    assert "mode_weights" not in ev["values"] and len(set(ev["values"]["w2"])) == 3  # fresh samples each time
+    assert res["metrics"]["w2"] not in ev["values"]["w2"]
+    for k, v in ev["values"].items():
+        assert len(v) == 3 and ev["mean"][k] == statistics.mean(v) and ev["sd"][k] == statistics.stdev(v)
+    bench.main(["evaluate", *argv, "--repeats", "5"])
+    more = json.load(open(path[0]))["evaluations"]
+    assert more["seeds"] == bench.evaluation_seeds(0, 5)
+    assert all(more["values"][k][:3] == v for k, v in ev["values"].items())
+    mtime = os.path.getmtime(path[0])
+    bench.main(["evaluate", *argv, "--repeats", "4"])  # has them already: untouched
+    assert os.path.getmtime(path[0]) == mtime
+    capsys.readouterr()
+    bench.main(["report", *argv, "--brief"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25gmm | tb |")][0].split(" | ")
+    seed0 = json.load(open(path[0]))
+    assert row[2] == "2/2 (seed 1: one evaluation)"
+    scores = [seed0["evaluations"]["mean"]["delta_log_Z"], seed1["metrics"]["delta_log_Z"]]
+    assert row[4] == bench._stats(scores)  # mean ± std over seeds of the per-model scores
+    one = [bench._stats([d["metrics"][k] for d in (seed0, seed1)]) for k in ("delta_log_Z", "delta_log_Z_rw")]
+    assert row[11].startswith(f"{one[0]} / {one[1]} / ") and row[4] != one[0]
+
+
+def test_outside_flags_compare_the_mean_of_the_evaluations(tmp_path, capsys):
+    """Funnel PIS: one low evaluation (0.511 / 0.160) of a model whose evaluations average 0.529 / 0.250 is
+    outside the published 0.534 ± 0.008 / 0.262 ± 0.008; the model's score, that mean, is not."""
+    bench = _bench()
+    metrics_ = dict(delta_log_Z=0.511, delta_log_Z_rw=0.160, w2=19.8, w2_exact=23.9, elbo=-0.511, log_Z=-0.160, n=2000)
+    mean = dict(metrics_, delta_log_Z=0.529, delta_log_Z_rw=0.257)
+    res = dict(seed=0, iterations=10, config=dict(batch_size=300), metrics=metrics_, ms_per_iteration=27.0,
+               evaluations=dict(n=2000, seeds=[1, 2], mean=mean))
+    json.dump(res, open(tmp_path / "funnel_pis_seed0.json", "w"))
+    argv = ["report", "--targets", "funnel", "--methods", "pis", "--iterations", "10", "--seeds", "0",
+            "--out", str(tmp_path)]
+    bench.main(argv)
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| funnel")][0]
+    assert "| 1/1 | 10 | 0.529 | 0.534±0.008 | 0.257 | 0.262±0.008 |" in row
+    assert "| 0.511 / 0.160 / 19.800 |" in row and row.endswith("| – |")
+    del res["evaluations"]  # a JSON from before the repeated evaluations: its one evaluation, flagged
+    json.dump(res, open(tmp_path / "funnel_pis_seed0.json", "w"))
+    bench.main(argv)
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| funnel")][0]
+    assert "| 1/1 (seed 0: one evaluation) | 10 | 0.511 |" in row and row.endswith("| delta_log_Z, delta_log_Z_rw |")
 
 
 def test_timing_segments_default_to_one_local_search_period():

@@ -467,7 +467,8 @@ def test_registered_op_returns_what_its_kernel_returns(name):
 
 def test_op_latency_benchmark_covers_every_registered_op():
     """benchmarks/op_latency.py builds inputs for every registered op (its latency table covers them all), which
-    its raw column (the cpp backend function, u64 arguments decoded) and the registered op both take."""
+    its raw column (the cpp backend function, u64 arguments decoded) and the registered op both take; its --boxing
+    table registers a backend function under three schemas."""
     from conftest import load_benchmark
 
     from fastsamp import backends
@@ -485,3 +486,6 @@ def test_op_latency_benchmark_covers_every_registered_op():
         for backend in ("auto", "cpp"):  # the "public" columns' calls (validation on: their arguments checked)
             if (call := bench.public_call(op.name, backend, 4, 3, nets)) is not None:
                 call()
+    op = _table.OPS["mlp_hmc"]  # --boxing: the backend function under the op's schema and under fewer arguments
+    costs = bench.boxing_costs(op, cpp.mlp_hmc, bench.args_for(op.name, 4, 3, nets), 1, 1, bench.CLOCKS["wall"])
+    assert list(costs)[2] == "packed (x and 26 elements in 3 lists)" and all(v > 0 for v in costs.values())

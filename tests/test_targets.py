@@ -153,6 +153,16 @@ def test_gmm40_definition():
     torch.testing.assert_close(t.log_prob(x), mix.log_prob(x))
 
 
+def test_gmm40_means_are_fab_s_in_two_dimensions():
+    """The recipe (torch.rand((40, D)) from seed 0, scaled to [−40, 40]) gives in 2-D the means of FAB's GMM
+    (Midgley et al. 2023), as tabulated to 4 decimals by gfn-diffusion forks (e.g. minkyu1022/distill_diff_sampler,
+    energy_sampling/energies/fourty_gmm.py): its first, middle and last rows."""
+    fab = {0: (-0.2995, 21.4577), 1: (-32.9218, -29.4376), 16: (-25.9272, -18.4133), 39: (3.6797, -25.0242)}
+    means = GMM40(dim=2).means
+    for k, mu in fab.items():
+        torch.testing.assert_close(means[k], torch.tensor(mu, dtype=F64), rtol=0, atol=5e-5)
+
+
 def test_gmm40_quadrature_2d_and_samples():
     t = GMM40(dim=2)
     h = 0.25  # the grid rule is spectrally accurate for unit-variance Gaussians

@@ -383,18 +383,24 @@ struct NormalsPrefetch {
   int64_t begin = 0, end = 0, lines_per_block = 0;
 };
 
+// The blocks of 16 groups (64 normals each) that rows_normals computes for nb rows of D:
+// ceil(nb * J / 16), J = ceil(D / 4).
+inline int64_t normals_blocks(int64_t nb, int D) { return (nb * ((D + 3) / 4) + 15) / 16; }
+// The values rows_normals writes for nb rows of D, the room its xi needs: 64 per block.
+inline size_t normals_capacity(int64_t nb, int D) { return static_cast<size_t>(64 * normals_blocks(nb, D)); }
+
 // Standard normals xi[b, d] of draw (seed, offset), row-major, for consecutive
 // runs of rows: `gen` (made for group g0 = b0 * J) must be at row b0, and is left
 // at row b0 + nb when nb * J is a multiple of 16. rows_normals(gen, st, nb, D, xi, pf)
 // writes the rows b0 .. b0+nb-1 densely into xi[(b - b0) * D + d] (xi: 64-byte
-// aligned, room for 64 * ceil(nb * J / 16) values). Out of line on purpose: every kernel
+// aligned, room for normals_capacity(nb, D) values). Out of line on purpose: every kernel
 // (the streaming ops and the policy rollout) runs this one instantiation, so their normals
 // have the same bits whatever FMA contractions the compiler would choose in each caller.
 template <typename T>
 __attribute__((noinline)) void rows_normals(GroupNormals<T>& gen, typename GroupNormals<T>::State& st,
                                             int64_t nb, int D, T* __restrict xi, const NormalsPrefetch& pf) {
   const int J = (D + 3) / 4;
-  const int64_t nblk = (nb * J + 15) / 16;
+  const int64_t nblk = normals_blocks(nb, D);
   for (int64_t k = 0; k < nblk; ++k) {
     gen.next(st, xi + 64 * k);
     const int64_t o0 = pf.begin + 64 * pf.lines_per_block * k, o1 = std::min(pf.end, o0 + 64 * pf.lines_per_block);
@@ -410,6 +416,19 @@ __attribute__((noinline)) void rows_normals(GroupNormals<T>& gen, typename Group
       for (int d = 0; d < D; ++d) dst[d] = src[d];
     }
   }
+}
+
+// Standard normals xi[l * D + d] of draw (seed, offset) for the nb rows of global chains
+// chain0 .. chain0 + nb - 1: rows_normals from a GroupNormals primed at group chain0 * J,
+// J = ceil(D / 4) (xi: 64-byte aligned, room for normals_capacity(nb, D) values). The per-move draw of
+// the MALA / HMC network moves (score_mlp.cpp) and of each policy_rollout step (trajectory_policy.cpp).
+template <typename T>
+inline void draw_rows_normals(uint64_t seed, uint64_t offset, uint64_t chain0, int64_t nb, int D, T* __restrict xi) {
+  const int J = (D + 3) / 4;
+  GroupNormals<T> gen(seed, offset, J, chain0 * static_cast<uint64_t>(J));
+  typename GroupNormals<T>::State st;
+  gen.prime(st);
+  rows_normals<T>(gen, st, nb, D, xi, NormalsPrefetch{});
 }
 
 // Largest D (and K) the kernels take: with it every per-block index (d * W + l, 8 * D * W)

@@ -2,7 +2,6 @@
 // uniform_open(word 0 of philox((0xFFFFFFFF, g, offset_lo, offset_hi), seed)), computed for 16
 // chains at a time across SIMD lanes (uniform_words). Used by ops.uniform
 // (random.cpp) and by the accept kernels that draw their uniform in-kernel (mh.cpp, hmc.cpp).
-// Also draw_rows_normals: the normals of a run of rows from a fresh generator (the network moves).
 #pragma once
 #include <algorithm>
 
@@ -113,19 +112,6 @@ struct MhUniforms {
     });
   }
 };
-
-// Standard normals xi[l * D + d] of draw (seed, offset) for the nb rows of global chains
-// chain0 .. chain0 + nb - 1: rows_normals (cpu/common.h) from a GroupNormals primed at group chain0 * J,
-// J = ceil(D / 4) (xi: 64-byte aligned, room for 64 * ceil(nb * J / 16) values). The per-move draw of the
-// MALA / HMC network moves (score_mlp.cpp) and of each policy_rollout step (trajectory_policy.cpp).
-template <typename T>
-inline void draw_rows_normals(uint64_t seed, uint64_t offset, uint64_t chain0, int64_t nb, int D, T* __restrict xi) {
-  const int J = (D + 3) / 4;
-  GroupNormals<T> gen(seed, offset, J, chain0 * static_cast<uint64_t>(J));
-  typename GroupNormals<T>::State st;
-  gen.prime(st);
-  rows_normals<T>(gen, st, nb, D, xi, NormalsPrefetch{});
-}
 
 }  // namespace cpu
 }  // namespace fastsamp

@@ -24,7 +24,6 @@
 #include "cpu/mlp.h"
 #include "cpu/mlp_sum.h"
 #include "cpu/ops.h"
-#include "cpu/random.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -61,7 +60,6 @@ void mala_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int6
   constexpr int W = Lanes<T>::W;
   const int D = m.D;
   const int n = mh == 0 ? n_trap : 1;  // score evaluations per move: x' and the n − 1 interior points
-  const int J = (D + 3) / 4;
   const T tn = static_cast<T>(n_trap);
   const int per_call = std::min(n, kPointsPerBatch);  // points per network call
   for_chain_runs(B, [&](int64_t c0, int64_t c1) {
@@ -72,7 +70,7 @@ void mala_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int6
     ABuf<T> LP(kBlock), LPp(kBlock);  // energy test: log p at the state and at the proposal
     T* const lp = mh == 1 ? LP.p : nullptr;
     T* const lpp = mh == 1 ? LPp.p : nullptr;
-    ABuf<T> XI(static_cast<size_t>(64) * ((kBlock * J + 15) / 16));
+    ABuf<T> XI(normals_capacity(kBlock, D));
     ABuf<T> eps(kBlock), sq2e(kBlock), nacc(kBlock), inner(kBlock), logu(kBlock + W);
     for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, c1 - b0));
@@ -169,7 +167,6 @@ void hmc_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int64
               uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out, T* rate) {
   constexpr int W = Lanes<T>::W;
   const int D = m.D;
-  const int J = (D + 3) / 4;
   const T damp = static_cast<T>(damping);
   const T c_n = static_cast<T>(std::sqrt(1.0 - damping * damping));
   for_chain_runs(B, [&](int64_t c0, int64_t c1) {
@@ -177,7 +174,7 @@ void hmc_impl(const NetSum<T>& m, const T* x_in, const T* step, int64_t B, int64
     const size_t bd = static_cast<size_t>(kBlock) * D;
     // current state, score, momentum; the refreshed momentum p0; the trajectory's state, score, momentum
     ABuf<T> X(bd), S(bd), PC(bd), P0(bd), XA(bd), SA(bd), XB(bd), SB(bd), PL(bd);
-    ABuf<T> XI(static_cast<size_t>(64) * ((kBlock * J + 15) / 16));
+    ABuf<T> XI(normals_capacity(kBlock, D));
     ABuf<T> eps(kBlock), heps(kBlock), dlp(kBlock), nacc(kBlock), logu(kBlock + W);
     ABuf<T> LP(kBlock), LA(kBlock), LB(kBlock);  // energy test: log p at the state and along the trajectory
     const bool energy = mh == 1;

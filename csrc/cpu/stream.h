@@ -50,12 +50,11 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t ch
   const int64_t R = chunk_rows(D);
   const int64_t nchunk = (B + R - 1) / R;
   const int J = (D + 3) / 4;
-  const size_t cap = static_cast<size_t>(64 * ((R * J + 15) / 16));
   parallel(stream_threads(B * D), [&](int id, int nt) {
     const int64_t per = (nchunk + nt - 1) / nt;
     const int64_t c0 = std::min<int64_t>(nchunk, per * id), c1 = std::min<int64_t>(nchunk, per * (id + 1));
     if (c0 < c1) {
-      Buf<T> xi(cap);
+      Buf<T> xi(normals_capacity(R, D));
       GroupNormals<T> gen(seed, offset, J, (static_cast<uint64_t>(c0 * R) + chain0) * J);
       typename GroupNormals<T>::State st;
       gen.prime(st);
@@ -65,7 +64,7 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t ch
         // next chunk's input bytes [e0, e1) * sizeof(T) of each array, spread over the blocks
         const int64_t e0 = std::min(B, b0 + R) * D, e1 = std::min(B, b0 + 2 * R) * D;
         const int64_t pf0 = e0 * static_cast<int64_t>(sizeof(T)), pf1 = e1 * static_cast<int64_t>(sizeof(T));
-        const int64_t nblk = (nb * J + 15) / 16;
+        const int64_t nblk = normals_blocks(nb, D);
         const int64_t lpb = ((pf1 - pf0 + 63) / 64 + nblk - 1) / nblk;  // lines per block
         rows_normals<T>(gen, st, nb, D, xi.p,
                         NormalsPrefetch{reinterpret_cast<const char* const*>(in), nin, pf0, pf1, lpb});

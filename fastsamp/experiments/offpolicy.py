@@ -25,7 +25,8 @@ SUMMARY = "train an off-policy diffusion sampler on a benchmark target and evalu
 DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et al. 2024) on a benchmark target, "
                "evaluate log Z, ESS and W2, save the model and print/write JSON.")
 
-# σ² of the reference process per target (Sendera et al., §5.1 / App. D)
+# σ² of the reference process per target (Sendera et al., §5.1 / App. D); 40gmm, which the paper does not
+# have: gfn-diffusion train.py's default --t_scale 5 (at 9697e5d, whose train.py offers 40gmm; checks/gmm40.md §2)
 SIGMA2 = {"25gmm": 5.0, "funnel": 1.0, "manywell": 1.0, "40gmm": 5.0, "lgcp": 5.0}
 
 # method name -> (TrainConfig overrides, DriftNet options, paper iterations)

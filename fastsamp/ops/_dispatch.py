@@ -29,7 +29,7 @@ import torch.autograd.forward_ad as _fwad
 
 from .. import backends
 from . import _library, reference
-from ._library import is_reference, max_d  # noqa: F401  (part of this module's interface)
+from ._library import _functorch_level, is_reference, max_d  # noqa: F401  (part of this module's interface)
 
 
 def _needs_grad(x: torch.Tensor, tensors) -> bool:
@@ -43,6 +43,16 @@ def _needs_grad(x: torch.Tensor, tensors) -> bool:
         if t is not None and t.requires_grad:
             return True
     return False
+
+
+def nothing_to_differentiate(x: torch.Tensor, tensors) -> bool:
+    """Plain eager and neither x nor one of the other tensors (None allowed) requires grad: not under torch.compile
+    (which traces an autograd.Function) nor under a torch.func transform. The ops with an autograd.Function of their
+    own (the fused backward kernels: mlp.py, trajectory.py) then call their forward op alone, the same outputs
+    without `Function.apply`, which costs about 17 µs per call (benchmarks/RESULTS.md, eighth session). Callers
+    refuse forward mode first (`refuse_forward_mode`)."""
+    return not torch.compiler.is_compiling() and _functorch_level() is None and not _needs_grad(x, tensors)
+
 
 
 def _has_tangent(x: torch.Tensor, tensors) -> bool:

@@ -23,10 +23,11 @@ Per op, from the op table (`_table.py`):
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
-makes it (through the Autograd kernel) adds about 2.5–7 µs to the backend function (one trip from the
-dispatcher into Python; 16-argument ops cost the most), the policy and network ops (7–18 arguments) more:
-most of it is torch's boxing of the arguments into a Python kernel and back, about 0.2 µs per scalar and
-0.1 µs per tensor of a list (op_latency.py's "floor" column); the Autograd kernel's own Python 1–2 µs.
+makes it (through the Autograd kernel) adds to the backend function one trip from the dispatcher into Python:
+most of it is torch's boxing of the arguments into a Python kernel and back, about 0.3 µs per scalar and
+0.2 µs per tensor (of a list too) while hot, about twice that after a kernel of 10–60 µs has run in between
+(op_latency.py's "floor" and "bare" columns: the network and policy ops, 7–20 arguments, pay 8–24 µs there,
+loaded); the Autograd kernel's own Python, with torch's key set argument, 1.5–5 µs.
 The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` with backend="auto".
 """
 from __future__ import annotations
@@ -104,14 +105,17 @@ def _u64_positions(op: _table.Op) -> tuple:
     return tuple(i for i, a in enumerate(op.schema_args) if a.kind == "u64")
 
 
-def _decoded(fn, op: _table.Op):
-    """fn called with its u64 arguments back in [0, 2**64) (the reference validates them)."""
-    at = _u64_positions(op)
+def _reference_kernel(op: _table.Op):
+    """The op's reference (`fastsamp.ops.reference`, looked up now) as every registered path runs it: called with
+    the schema's arguments (u64 ints as int64; a trailing tensor form `<name>_t`, when given, replaces its argument)
+    or with the backend signature (a u64 int64 or tensor, `out=`), the u64 ints back in [0, 2**64) (the reference
+    validates them)."""
+    fn, at, n = getattr(reference, op.name), _u64_positions(op), len(op.schema_args)
     if not at:
         return fn
 
     def kernel(*args, **kwargs):
-        args = list(args)
+        args = list(args) if len(args) == n else list(_given_tensor_forms(args, at, n))
         for i in at:
             if not isinstance(args[i], torch.Tensor):
                 args[i] &= _table.U64_MASK
@@ -122,7 +126,7 @@ def _decoded(fn, op: _table.Op):
 def _kernel_choice(name: str, device_type: str) -> tuple:
     """(fn, above, ref): "auto"'s backend function of op `name` for tensors of `device_type` (u64 arguments as
     int64), whether a call is above its size limits (`_above_limits`; None: it takes any size) and the reference
-    that runs there."""
+    that runs there (`_reference_kernel`)."""
     op = _table.OPS[name]
     try:
         fn = backends.resolve("auto", name, torch.device(device_type))
@@ -131,9 +135,9 @@ def _kernel_choice(name: str, device_type: str) -> tuple:
             raise NotImplementedError(f"{name} has no kernel for {device_type} tensors (and no reference)")
         return missing, None, None
     if is_reference(fn):
-        return _decoded(fn, op), None, None
+        return _reference_kernel(op), None, None
     above = _above_limits(fn, op)
-    return fn, above, None if above is None else _decoded(getattr(reference, name), op)
+    return fn, above, None if above is None else _reference_kernel(op)
 
 
 @functools.cache
@@ -187,9 +191,7 @@ def _backend_kernel(op: _table.Op, device_type: str):
     one given: they replace those arguments), "auto"'s backend function (resolved at the first call; the reference
     above its size limits), and each output that is a given input (em_step_logprob's x_next) copied, since a
     registered op's outputs may not alias its inputs."""
-    name, at, n = op.name, _u64_positions(op), len(op.schema_args)
-    copies = tuple((k, [a.name for a in op.schema_args].index(o.given_by)) for k, o in enumerate(op.outs)
-                   if o.given_by and op.arg(o.given_by).kind != "out")
+    name, at, n, copies = op.name, _u64_positions(op), len(op.schema_args), _copied_outputs(op)
     choice = None
 
     def kernel(*args):
@@ -213,6 +215,23 @@ def _backend_kernel(op: _table.Op, device_type: str):
     return kernel
 
 
+def _copied_outputs(op: _table.Op) -> tuple:
+    """(output index, schema position) of each output that is a given input (em_step_logprob's x_next)."""
+    names = [a.name for a in op.schema_args]
+    return tuple((k, names.index(o.given_by)) for k, o in enumerate(op.outs)
+                 if o.given_by and op.arg(o.given_by).kind != "out")
+
+
+def _direct_kernels(op: _table.Op, device_type: str, kernel) -> tuple:
+    """(plain, kernel): what the Autograd kernel calls in place of the dispatcher's next trip into Python, to the op's
+    registered `kernel` for `device_type` tensors. `plain` takes a call with the schema's arguments alone (no trailing
+    tensor form given): the backend function itself where it takes any size and no output is a copy of an input
+    (one Python frame less, with its argument shuffling: about 1 µs of a call), else `kernel`, which takes any call."""
+    fn, above, _ = _kernel_choice(op.name, device_type)
+    return (fn if above is None and not _copied_outputs(op) else kernel), kernel
+
+
+_DEVICE_TYPES = {torch._C.DispatchKey.CPU: "cpu", torch._C.DispatchKey.CUDA: "cuda"}
 _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 _is_grad_enabled = torch._C.is_grad_enabled
 
@@ -332,17 +351,18 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     which every level differentiates (the single-level Function's outputs would be constants to the outer levels).
     Otherwise the op runs below the
     autograd key: where the dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or
-    transform in between), that kernel
-    (`backend_kernels`, by dispatch key) is called here, which saves the dispatcher's second trip into Python
-    (about 3 µs per call); else the call is redispatched. Which of the two a key set takes is memoised by its bits
+    transform in between), that kernel (`backend_kernels`, by dispatch key), or the backend function it would call
+    (`_direct_kernels`), is called here, which saves the dispatcher's second trip into Python (about 3 µs per
+    call); else the call is redispatched. Which of the two a key set takes is memoised by its bits
     (a few distinct key sets occur), and the requires-grad test reads only the op's tensor positions
     (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
     apply = _function(op, handle) if op.grad else None
-    nested = _with_u64_tensors(_decoded(getattr(reference, op.name), op), op) if op.grad else None
+    nested = _reference_kernel(op) if op.grad else None
     runs_reference = _reference_test(op) if op.grad else None
     has_tangent = _tangent_test(op)
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
-    direct_by_keys = {}  # DispatchKeySet.raw_repr() -> the backend kernel to call, or None (redispatch)
+    n = len(op.schema_args)
+    direct_by_keys = {}  # DispatchKeySet.raw_repr() -> `_direct_kernels` of the key set's next kernel, or False
 
     def kernel(keyset, *args):
         grad = _is_grad_enabled() and requires_grad(args)
@@ -357,9 +377,12 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
         if direct is _UNSEEN:
-            direct = direct_by_keys[keys] = backend_kernels.get((keyset & _AFTER_AUTOGRAD).highestPriorityTypeId())
-        if direct is not None:
-            return direct(*args)
+            key = (keyset & _AFTER_AUTOGRAD).highestPriorityTypeId()
+            direct = direct_by_keys[keys] = key in backend_kernels and _direct_kernels(
+                op, _DEVICE_TYPES[key], backend_kernels[key])
+        if direct:
+            plain, general = direct
+            return plain(*args) if len(args) == n else general(*args)
         return handle.redispatch_boxed(keyset & _AFTER_AUTOGRAD, *args)
     kernel.__name__ = f"{op.name}_autograd"
     return kernel
@@ -477,7 +500,7 @@ def _register(op: _table.Op) -> Entry:
     qualname = f"{NAMESPACE}::{op.name}"
     opobj = getattr(getattr(torch.ops, NAMESPACE), op.name).default
     if not op.backends:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
-        _lib.impl(op.name, _with_u64_tensors(getattr(reference, op.name), op), "CompositeImplicitAutograd")
+        _lib.impl(op.name, _reference_kernel(op), "CompositeImplicitAutograd")
         return Entry(op, opobj)
     if op.state is None and any(a.kind == "device" for a in op.args):  # a factory op: no tensor to dispatch on
         _register_factory(op)
@@ -485,8 +508,7 @@ def _register(op: _table.Op) -> Entry:
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
-    backend_kernels = {torch._C.DispatchKey.CPU: _backend_kernel(op, "cpu"),
-                       torch._C.DispatchKey.CUDA: _backend_kernel(op, "cuda")}
+    backend_kernels = {key: _backend_kernel(op, device_type) for key, device_type in _DEVICE_TYPES.items()}
     for key, kernel in backend_kernels.items():
         _lib.impl(op.name, kernel, key.name)
     _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels, _requires_grad_test(op)), "Autograd",

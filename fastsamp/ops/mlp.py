@@ -228,6 +228,11 @@ def mlp_energy(x, nets, *, mixture=None, backend="auto"):
     return _route(backend, "mlp_energy", args)(*args)
 
 
+def _net_out(backend, act, x, params):
+    """f(x) (B, O): the backend's mlp_net."""
+    return _dispatch.route(backend, "mlp_net", x, *params)(x, list(params), act)
+
+
 class _MLPNet(torch.autograd.Function):
     """Forward: the backend's mlp_net; backward: its mlp_net_backward (one kernel call for every parameter's gradient,
     and x's when x requires grad; the C++ kernel recomputes the forward of each block of rows, keeping its
@@ -237,7 +242,7 @@ class _MLPNet(torch.autograd.Function):
     def forward(ctx, backend, act, x, *params):
         ctx.meta = backend, act
         ctx.save_for_backward(x, *params)
-        return _dispatch.route(backend, "mlp_net", x, *params)(x, list(params), act)
+        return _net_out(backend, act, x, params)
 
     @staticmethod
     def backward(ctx, g_out):
@@ -263,6 +268,8 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
     _dispatch.refuse_forward_mode("mlp_net", x, *layers)
+    if _dispatch.nothing_to_differentiate(x, layers):
+        return _net_out(backend, act, x, layers)
     return _MLPNet.apply(backend, act, x, *layers)
 
 
@@ -284,6 +291,18 @@ def _net_layers(x, weights, biases, activation):
     return layers, ACTIVATIONS[activation]
 
 
+def _loss_rows(backend, op, act, x, consts, params):
+    """(the per-row losses (B,), every parameter's gradient of their mean): the backend's loss op `op`."""
+    return _dispatch.route(backend, op, x, *consts, *params)(x, list(params), act, *consts)
+
+
+def _loss(backend, op, act, x, consts, layers):
+    """The mean loss of loss op `op` (`_MLPNetLsq`, or its forward alone when nothing requires grad)."""
+    if _dispatch.nothing_to_differentiate(x, (*consts, *layers)):
+        return _loss_rows(backend, op, act, x, consts, layers)[0].mean()
+    return _MLPNetLsq.apply(backend, op, act, x, consts, *layers)
+
+
 class _MLPNetLsq(torch.autograd.Function):
     """Forward: the backend's loss op `op` (mlp_net_lsq, mlp_net_energy_lsq) of x and its constants `consts`, the
     mean loss, with every parameter's gradient from the same kernel call (kept); backward: those gradients times the
@@ -291,7 +310,7 @@ class _MLPNetLsq(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, backend, op, act, x, consts, *params):
-        rows, grads = _dispatch.route(backend, op, x, *consts, *params)(x, list(params), act, *consts)
+        rows, grads = _loss_rows(backend, op, act, x, consts, params)
         ctx.op = op
         ctx.save_for_backward(*grads, *params)
         return rows.mean()
@@ -325,7 +344,7 @@ def mlp_net_lsq(x, weights, biases, c, k, *, activation="silu", backend="auto"):
     B, O = x.shape[0], layers[2].shape[0]
     consts = _constants("mlp_net_lsq", x, c=(c, (B, O)), k=(k, (B,)))
     _dispatch.refuse_forward_mode("mlp_net_lsq", x, *consts, *layers)
-    return _MLPNetLsq.apply(backend, "mlp_net_lsq", act, x, consts, *layers)
+    return _loss(backend, "mlp_net_lsq", act, x, consts, layers)
 
 
 def mlp_net_energy_lsq(x, weights, biases, c, v, sigma, z, *, activation="silu", backend="auto"):
@@ -349,7 +368,7 @@ def mlp_net_energy_lsq(x, weights, biases, c, v, sigma, z, *, activation="silu",
     if _checks.validating() and not _checks._all_positive_finite(consts[1]):
         raise ValueError("v must be finite and > 0 for every row")
     _dispatch.refuse_forward_mode("mlp_net_energy_lsq", x, *consts, *layers)
-    return _MLPNetLsq.apply(backend, "mlp_net_energy_lsq", act, x, consts, *layers)
+    return _loss(backend, "mlp_net_energy_lsq", act, x, consts, layers)
 
 
 def _mh_code(mh, energy_ok):

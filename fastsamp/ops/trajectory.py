@@ -34,14 +34,21 @@ from .. import backends
 from . import _autograd, _checks, _dispatch, _layers
 
 
+def _em_step(x, drift, log_var, x_next, backend, noise, *scalars):
+    """(x_next, log_pf, log_pb): the backend's em_step_logprob (scalars: seed, offset, chain_offset, h, s2, e2, c,
+    b2)."""
+    fwd = _dispatch.route(backend, "em_step_logprob", x, drift, log_var, x_next, noise)
+    return fwd(x, drift, log_var, x_next, noise, *scalars)
+
+
 class _EMStepLogProb(torch.autograd.Function):
     """Fused forward kernel; the backward is a second fused kernel (first order: `_autograd.first_order`)."""
 
     @staticmethod
     def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
-        fwd = _dispatch.route(backend, "em_step_logprob", x, drift, log_var, x_next, noise)
         sampled = x_next is None
-        y, log_pf, log_pb = fwd(x, drift, log_var, x_next, noise, seed, offset, chain_offset, h, s2, e2, c, b2)
+        y, log_pf, log_pb = _em_step(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2,
+                                     c, b2)
         ctx.save_for_backward(x, drift, log_var, y)
         ctx.args = (backend, h, s2, e2, c, b2, reparam and sampled, sampled)
         if sampled:
@@ -112,6 +119,10 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     _checks.in_dtype("sigma**2 * h", s2, x.dtype, positive=True)
     _checks.coefficients(x.dtype, "sigma, h or explore", explore2=explore * explore, b2=b2)
     _dispatch.refuse_forward_mode("em_step_logprob", x, drift, log_var, x_next, noise)
+    if _dispatch.nothing_to_differentiate(x, (drift, log_var, x_next, noise)):
+        out = _em_step(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
+                       explore * explore, c, b2)
+        return tuple(out) if x_next is None else (x_next,) + tuple(out[1:])
     out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
                                explore * explore, c, b2, reparam)
     return tuple(out) if x_next is None else (x_next,) + tuple(out)

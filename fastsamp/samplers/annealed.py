@@ -27,7 +27,7 @@ from ..ops import _checks
 from ..ops.sde import em_coefficients
 from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
-from .kernels import CorrectorSpec, PhiloxKey, mh_test, routed, run_corrector
+from .kernels import CorrectorSpec, PhiloxKey, acceptance_rate, mh_test, routed, run_corrector
 
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
 MH_MODES = ("score", "energy", "none")
@@ -104,6 +104,13 @@ def reverse_em_steps(schedule, ts, dtype) -> list:
     return [None] + [em_coefficients(schedule, t_prev, t_prev - t, dtype) for t_prev, t in zip(ts, ts[1:])]
 
 
+def nonfinite_rows(x):
+    """(B,) per chain of x (B, D): Σ_d (x − x)_d, exactly +0 in a finite row and NaN in a row with a NaN or ±inf
+    (inf − inf), a per-row reduction (no BLAS, whose matrix-vector products need not keep rows apart); 0.4x the
+    time of isfinite(x).all(1) on the CPU (B = 2048, D = 8, loaded)."""
+    return (x - x).sum(1)
+
+
 class NonFiniteMonitor:
     """Counts the chains with a non-finite coordinate after each level on the chains' device (no host
     synchronisation per level); `report` reads the counts once, at the end, and warns or raises."""
@@ -117,11 +124,11 @@ class NonFiniteMonitor:
 
     def record(self, level, x, was_finite=None):
         """Count the non-finite chains of x (B, D) at `level` (only those finite in `was_finite`, if
-        given) into counts[level]; returns the (B,) mask of finite chains: Σ_d (x − x)_d is exactly +0 in a
-        finite row and NaN in a row with a NaN or ±inf (inf − inf), a per-row reduction (no BLAS, whose
-        matrix-vector products need not keep rows apart); 0.4x the time of isfinite(x).all(1) on the CPU
-        (B = 2048, D = 8, loaded)."""
-        row = (x - x).sum(1)
+        given) into counts[level]; returns the (B,) mask of finite chains."""
+        return self.record_rows(level, nonfinite_rows(x), was_finite)
+
+    def record_rows(self, level, row, was_finite=None):
+        """`record` from the chains' `nonfinite_rows` (B,)."""
         finite = row == 0
         # without was_finite the count is of the NaN rows (count_nonzero: one op where ~finite, sum are two)
         self.counts[level] = torch.count_nonzero(row) if was_finite is None else (was_finite & ~finite).sum()
@@ -141,6 +148,30 @@ class NonFiniteMonitor:
                 raise NonFiniteChainsError(msg)
             warnings.warn(msg, NonFiniteChainsWarning, stacklevel=3)
         return counts, first
+
+
+LEVEL_CHUNK = 16  # levels whose statistics annealed_mcmc computes together
+LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain three values and one bool per move
+
+
+def level_chunk(n_local, n_steps, dtype) -> int:
+    """The levels whose statistics annealed_mcmc computes together, for n_local chains of n_steps moves a level."""
+    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (max(n_local, 1) * (3 * dtype.itemsize + n_steps))))
+
+
+def level_values(monitor, level, row, rate, accepted, n_steps, eps, n_calls):
+    """([Σ acceptance rate, Σ step size, non-finite chains, score evaluations], rate (B,) with the non-finite chains'
+    0, or None without corrector moves) of annealed_mcmc's `level`, whose chains had the `nonfinite_rows` `row`,
+    the per-chain acceptance rate `rate` (None: no moves, or the generic moves' accept masks `accepted`, a list, to
+    count over n_steps moves) and step sizes `eps`, after n_calls score evaluations."""
+    finite = monitor.record_rows(level, row)
+    rate_sum = 0.0
+    if accepted:
+        rate = acceptance_rate(accepted, n_steps, row.dtype)
+    if rate is not None:
+        rate = rate * finite  # a non-finite chain is not accepted
+        rate_sum = rate.sum(dtype=torch.float64)
+    return [rate_sum, eps.sum(dtype=torch.float64), monitor.counts[level], n_calls], rate
 
 
 def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, n_corrector_steps=5,
@@ -212,6 +243,13 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     mh_piece = mh_test(spec)  # one for every level's generic moves (it keeps the trapezoid points' batch)
     routes = {}  # the ops' functions, chosen once per run (`kernels.routed`)
     offset = 1
+    # the levels whose statistics (the generic moves' accept masks counted among them) wait to be computed together
+    # (`level_values`), up to `chunk` levels: their ops run back to back, with warm caches, instead of after each
+    # level's moves (benchmarks/RESULTS.md, eighth session); one level at a time where the next level needs them
+    # (adapt: the rate; several ranks: each level's all_reduce). The same ops on the same tensors: the same bits.
+    adapt = adapt and corrector in ("mala", "hmc")
+    chunk = 1 if adapt or comm.distributed else level_chunk(n_local, spec.n_steps, dtype)
+    pending = []
     levels = range(n_levels)
     if progress:
         try:
@@ -230,19 +268,20 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                     x = sde_step(x, s, None, None, *_checks.seed_offset(seed, offset, device=device), chain0, *steps[i])
                 offset += 1
             eps = step_size * (sched.alpha(t) ** 2 * data_scale**2 + sched.sigma2(t)) * factor
+            rate, accepted = None, []
             if spec.n_steps > 0:
                 with phase("corrector"):
                     x, p, rate, offset, s_held = run_corrector(f, x, momentum=p, t=t, step_size=eps, spec=spec,
                                                                key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
-                                                               mh=mh_piece, routes=routes)
-            finite = monitor.record(i, x)
-            rate_sum = 0.0
-            if spec.n_steps > 0:
-                rate = rate * finite  # a non-finite chain is not accepted
-                if adapt and corrector in ("mala", "hmc"):
+                                                               mh=mh_piece, routes=routes,
+                                                               accepted=accepted if chunk > 1 else None)
+            pending.append((values, i, nonfinite_rows(x), rate, accepted, spec.n_steps, eps, f.calls - n_before))
+            if len(pending) == chunk or i == n_levels - 1:
+                for level_list, *level in pending:
+                    level_list[:], rate = level_values(monitor, *level)
+                pending.clear()
+                if adapt and rate is not None:  # chunk 1: this level's rate
                     factor = factor * torch.exp(rate - target_accept)  # Robbins-Monro on log ε, gain 1
-                rate_sum = rate.sum(dtype=torch.float64)
-            values[:] = [rate_sum, eps.sum(dtype=torch.float64), monitor.counts[i], f.calls - n_before]
     totals = level_sums.totals().to(device)
     stats.n_score_evals = int(totals[:, 3].sum())
     if device.type == "cuda":

@@ -362,14 +362,17 @@ def checked_kernel(kernel, x, momentum, key: PhiloxKey, n_steps: int, routes: di
 
 
 def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key: PhiloxKey,
-                  fused: bool, mh: MHTest | None = None, routes: dict | None = None) -> CorrectorResult:
+                  fused: bool, mh: MHTest | None = None, routes: dict | None = None,
+                  accepted: list | None = None) -> CorrectorResult:
     """spec.n_steps corrector moves at time t from x: the model's fused whole-move kernel when `fused`
     (the HMC momentum then starts at 0 inside the kernel), else the generic kernel's steps with the
     momentum carried in. Counts the score evaluations in the counting model. The generic moves also
     return the score of the final x at t, which the last move holds (the proposal's score when it was
     accepted, the kept state's when not): a reverse-SDE step from (x, t) reuses it instead of calling
     the model again; the fused kernels and a run of no moves return None. `mh`: the generic moves' MH piece
-    (`make_kernel`); `routes`: the ops' functions chosen so far in the sampler's run (`checked_kernel`)."""
+    (`make_kernel`); `routes`: the ops' functions chosen so far in the sampler's run (`checked_kernel`);
+    `accepted`: a list the generic moves append their (B,) accept masks to, left for the caller to count
+    (`acceptance_rate`; the result's rate is then None), else they are counted here."""
     B = x.shape[0]
     if spec.n_steps == 0:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
@@ -380,18 +383,27 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
     kernel, x, momentum, key = checked_kernel(make_kernel(model, t, step_size, spec, mh), x, momentum, key,
                                               spec.n_steps, routes)
     state = kernel.init(x, momentum)
-    n_acc, accepted = None, []
+    n_acc, masks = None, [] if accepted is None else accepted
     for m in range(spec.n_steps):
         state, info = kernel.step(state, key.move(m))
-        accepted.append(info.accepted)
-        if len(accepted) == ACCEPT_CHUNK or m == spec.n_steps - 1:
-            n_acc = count_accepted(accepted, n_acc)
-            accepted = []
-    rate = n_acc.to(x.dtype) / spec.n_steps
+        masks.append(info.accepted)
+        if accepted is None and len(masks) == ACCEPT_CHUNK:
+            n_acc = count_accepted(masks, n_acc)
+            masks.clear()
+    rate = None if accepted is not None else acceptance_rate(masks, spec.n_steps, x.dtype, n_acc)
     return CorrectorResult(state.x, state.momentum, rate, key.offset + spec.n_steps, state.score)
 
 
 ACCEPT_CHUNK = 16  # moves whose accept masks (B bools each) are kept before they are counted
+
+
+def acceptance_rate(accepted: list, n_steps: int, dtype, n_acc: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-chain acceptance rate over n_steps moves in dtype: (n_acc + the number of True per chain in the (B,)
+    bool masks `accepted`) / n_steps (n_acc None: 0; `accepted` and n_acc not both empty), counted by chunks of
+    ACCEPT_CHUNK masks."""
+    for i in range(0, len(accepted), ACCEPT_CHUNK):
+        n_acc = count_accepted(accepted[i:i + ACCEPT_CHUNK], n_acc)
+    return n_acc.to(dtype) / n_steps
 
 
 def count_accepted(accepted: list, n_acc: torch.Tensor | None) -> torch.Tensor:
