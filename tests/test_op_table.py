@@ -12,7 +12,8 @@ from fastsamp import backends, ops
 from fastsamp.ops import _autograd, _library, _table, reference
 from fastsamp.ops import random as rng
 
-SIZES = {"B": 3, "D": 2, "K": 2, "M": 1, "T": 2, "H": 4, "W": 2, "O": 4}  # O: mlp_net's outputs (policy_params' 2D)
+SIZES = {"B": 3, "D": 2, "K": 2, "M": 1, "T": 2, "H": 4, "W": 2, "O": 4,  # O: mlp_net's outputs (policy_params' 2D)
+         "N": 4}  # N: the policy's kept activations per step, 2(L+1) (policy_params: L = 1)
 INTS = {"n": 3, "n_steps": 2, "n_trapezoid": 2, "n_leapfrog": 2, "mh": 0, "B": 3, "D": 2, "batch_size": 3,
         "n_threads": 1, "target_kind": 2, "act": 1}  # the policy kernels' Langevin target: Neal's funnel; SiLU
 POSITIVE = ("variances", "step_size", "u", "ts")

@@ -70,14 +70,14 @@ def op_args(name, dtype, grad=False, noise=True):
                                      rand(B, D, dtype=dtype) if noise else None, rand(B, dtype=dtype),
                                      rand(B, dtype=dtype), *EM, noise, noise),
         "policy_rollout": (rand(B, D, dtype=dtype) if noise else None, temb, net, ts, B, 1.0, 0.5, 0.1, 5.0, seed, 4,
-                           1),
+                           1, noise),  # noise: with the kept activations
         "policy_log_pf": (states, temb, net, 1.0, 0.5, 5.0, 1),
         # the Langevin rollout: an isotropic mixture target (kind 1) with x0 and lgv (T, D); Neal's funnel (kind 2)
         # from 0 with lgv (T, 1)
         "policy_langevin_rollout": (*((rand(B, D, dtype=dtype), temb, net, rand(T, D, dtype=dtype), 0.3, ts, B, 1.0,
                                        0.5, 0.1, 5.0, seed, 4, 1, rand(K, D, dtype=dtype), 1.5) if noise
                                       else (None, temb, net, rand(T, 1, dtype=dtype), 0.3, ts, B, 1.0, 0.5, 0.1, 5.0,
-                                            seed, 4, 2, None, 3.0)), 1),
+                                            seed, 4, 2, None, 3.0)), 1, noise),
         "policy_reparam_backward": (states, temb, net, ts, *((rand(T + 1, B, D, dtype=dtype), rand(B, T, dtype=dtype),
                                                               1.0, 0.5, 5.0, 1, rand(T, D, dtype=dtype), 0.3,
                                                               rand(T, B, D, dtype=dtype)) if noise
@@ -98,8 +98,10 @@ def op_args(name, dtype, grad=False, noise=True):
         "normal": (seed, offset, B, D, dtype, torch.device("cpu"), 4),
         "uniform": (seed, offset, B, dtype, torch.device("cpu"), 4),
         "policy_log_pf_backward": (states, temb, net, rand(B, T, dtype=dtype), 1.0, 0.5, 5.0, 1,
-                                   *((rand(T, D, dtype=dtype), 0.3, rand(T, B, D, dtype=dtype)) if noise
-                                     else (None, 0.0, None))),  # with / without the Langevin term
+                                   *((rand(T, D, dtype=dtype), 0.3, rand(T, B, D, dtype=dtype),
+                                      rand(T, len(net) - 2, B, H, dtype=dtype))
+                                     if noise else (None, 0.0, None, None))),  # with / without the Langevin term
+        # and kept activations
     }[name]
 
 

@@ -297,10 +297,11 @@ def test_empty_batch_gives_zero_gradients():
     for t in [temb] + params:
         assert t.grad is not None and not t.grad.any()
     lgv, scores = torch.ones(5, 1, dtype=torch.float64), torch.zeros(5, 0, 2, dtype=torch.float64)
-    for op, extra in [("policy_log_pf_backward", (torch.zeros(0, 5, dtype=torch.float64),)),
-                      ("policy_reparam_backward", (torch.arange(5, dtype=torch.float64) * s.h, None, None))]:
+    for op, extra, kept in [("policy_log_pf_backward", (torch.zeros(0, 5, dtype=torch.float64),), (None,)),
+                            ("policy_reparam_backward", (torch.arange(5, dtype=torch.float64) * s.h, None, None), ())]:
         grads = backends.resolve("cpp", op, torch.device("cpu"))(states, temb.detach(), [p.detach() for p in params],
-                                                                 *extra, POLICY_SIGMA, s.h, 5.0, 0, lgv, 0.3, scores)
+                                                                 *extra, POLICY_SIGMA, s.h, 5.0, 0, lgv, 0.3, scores,
+                                                                 *kept)
         assert not grads[0].any() and not any(g.any() for g in grads[1]) and not grads[2].any(), op
 
 

@@ -332,11 +332,14 @@ struct Net {
 };
 
 // Per-thread activations of one block of up to `rows` (default kBlock) chains: U[k], G[k] (k = 0..L)
-// [rows][Hp], OUT / DR / GO [rows][Dq].
+// [rows][Hp], OUT / DR / GO [rows][Dq]. u(k), g(k) are in the owned U, G, or (bind) in a caller's arrays of
+// the same row layout: layer k's u at u0 + k lst, its act' at g0 + k lst.
 template <typename T>
 struct Work {
   int Hp, Dq, rows;
   ABuf<T> TV, U, G, OUT, DR, GO, GA, GB, XI;
+  T *u0 = nullptr, *g0 = nullptr;
+  size_t lst = 0;
   Work(const Net<T>& n, bool backward, bool normals, int rows_ = kBlock)
       : Hp(n.Hp), Dq(n.Dq), rows(rows_), TV(2 * static_cast<size_t>(n.D)) {
     const size_t act = static_cast<size_t>(rows) * n.Hp;
@@ -350,9 +353,15 @@ struct Work {
     }
     DR = ABuf<T>(static_cast<size_t>(rows) * n.Dq);
     if (normals) XI = ABuf<T>(static_cast<size_t>(64) * ((rows * ((n.D + 3) / 4) + 15) / 16));
+    bind(U.p, G.p, static_cast<size_t>(rows) * Hp);
   }
-  T* u(int k) { return U.p + static_cast<size_t>(k) * rows * Hp; }
-  T* g(int k) { return G.p + static_cast<size_t>(k) * rows * Hp; }
+  void bind(T* u0_, T* g0_, size_t lst_) {
+    u0 = u0_;
+    g0 = g0_;
+    lst = lst_;
+  }
+  T* u(int k) { return u0 + static_cast<size_t>(k) * lst; }
+  T* g(int k) { return g0 + static_cast<size_t>(k) * lst; }
 };
 
 // The output layer of nb rows U (stride Hp) with bias `bias`: the raw output into OUT (when not null), clamped to

@@ -106,7 +106,7 @@ void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintp
                     const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                     uintptr_t ts, int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double explore,
                     double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states,
-                    uintptr_t log_pf, uintptr_t log_pb, const LangevinArgs& la);
+                    uintptr_t log_pf, uintptr_t log_pb, uintptr_t act_hidden, const LangevinArgs& la);
 
 // log p_F (B, T) of the transitions of given states (T+1, B, D).
 void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
@@ -114,13 +114,15 @@ void policy_log_pf(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, ui
                    int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double clip, int64_t n_threads,
                    uintptr_t log_pf, const LangevinArgs& la);
 
+// Kept hidden activations act_hidden (T, 2(L+1), B, H), u_k at [i][k] and act'(z_k) at [i][L+1+k]: written by the
+// rollout when given; read by log p_F's backward when given, instead of the forward through the hidden layers.
 // Gradients of Σ g_log_pf · log_pf w.r.t. temb, every weight and bias (and lgv: g_lgv) (the states are constants).
 void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr_t ws, uintptr_t bs,
                             const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo,
                             uintptr_t bo, uintptr_t g_log_pf, int64_t B, int64_t D, int64_t H, int64_t T, double sigma,
                             double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
-                            uintptr_t g_bo, const LangevinArgs& la, uintptr_t g_lgv);
+                            uintptr_t g_bo, const LangevinArgs& la, uintptr_t g_lgv, uintptr_t act_hidden);
 
 // Gradients through the reparameterised rollout (PIS): of a loss with gradients g_states (T+1, B, D) on
 // the states and g_log_pb (B, T) on their log p_B (either nullable), w.r.t. temb and every weight and

@@ -141,7 +141,8 @@ void register_cpu_ops(py::module_& m) {
            "target_K"_a = 0, "target_param"_a = 0.0);
   m.def("cpu_policy_rollout", &c::policy_rollout, rel(), "dtype"_a, "x0"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a, "hb"_a,
         "wo"_a, "bo"_a, "ts"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "explore"_a, "clip"_a, "seed"_a,
-        "chain_offset"_a, "n_threads"_a, "states"_a, "log_pf"_a, "log_pb"_a, "langevin"_a = c::LangevinArgs(),
+        "chain_offset"_a, "n_threads"_a, "states"_a, "log_pf"_a, "log_pb"_a, "act_hidden"_a = 0,
+        "langevin"_a = c::LangevinArgs(),
         "Whole-trajectory rollout of the DriftNet policy with Euler-Maruyama steps and their log p_F / log p_B.");
   m.def("cpu_policy_log_pf", &c::policy_log_pf, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a, "bs"_a, "hw"_a,
         "hb"_a, "wo"_a, "bo"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "clip"_a, "n_threads"_a, "log_pf"_a,
@@ -150,7 +151,7 @@ void register_cpu_ops(py::module_& m) {
   m.def("cpu_policy_log_pf_backward", &c::policy_log_pf_backward, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a,
         "bs"_a, "hw"_a, "hb"_a, "wo"_a, "bo"_a, "g_log_pf"_a, "B"_a, "D"_a, "H"_a, "T"_a, "sigma"_a, "h"_a, "clip"_a,
         "n_threads"_a, "g_temb"_a, "g_ws"_a, "g_bs"_a, "g_hw"_a, "g_hb"_a, "g_wo"_a, "g_bo"_a,
-        "langevin"_a = c::LangevinArgs(), "g_lgv"_a = 0,
+        "langevin"_a = c::LangevinArgs(), "g_lgv"_a = 0, "act_hidden"_a = 0,
         "Gradients of sum(g_log_pf * log_pf) w.r.t. temb and every weight and bias of the policy.");
   m.def("cpu_policy_reparam_backward", &c::policy_reparam_backward, rel(), "dtype"_a, "states"_a, "temb"_a, "ws"_a,
         "bs"_a, "hw"_a, "hb"_a, "wo"_a, "bo"_a, "ts"_a, "g_states"_a, "g_log_pb"_a, "B"_a, "D"_a, "H"_a, "T"_a,

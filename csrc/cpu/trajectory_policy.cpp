@@ -12,8 +12,9 @@
 // do not depend on the thread count or on B (beyond the chain's own index in the Philox
 // counter). Each thread owns a contiguous run of chains, processed in blocks of at most kBlock
 // chains that go through all T steps (the steps of one chain are sequential; chains are
-// independent), so nothing of size T*B*H is ever written. The backward recomputes the
-// activations of one (block, step), keeps them in per-thread L2-sized buffers, and accumulates
+// independent), so nothing of size T*B*H is ever written unless asked for: the rollout can keep every
+// step's hidden activations (Kept) for log p_F's backward, which then runs only the output layer; without
+// them the backward recomputes the activations of one (block, step) in per-thread L2-sized buffers. It accumulates
 // weight gradients per thread (outer products over the chains of the block: C[j][:] +=
 // Σ_l gz[l][j] u[l][:]); the per-thread sums are reduced in a fixed order at the end.
 // reparam_backward (PIS) is the adjoint sweep through the steps, i = T-1 .. 0 per block of chains.
@@ -118,6 +119,38 @@ struct Langevin {
   }
 };
 
+// The hidden activations of every step that a rollout keeps for log p_F's backward (hidden null: none):
+// hidden (T, 2(L+1), B, H) holds u_k at [i][k] and act'(z_k) at [i][L+1+k], each [i][k] a [B][H] array of
+// rows. Where H is whole vectors (H = Hp) the Work is bound to them (the rollout's forward writes there, the
+// backward reads there); otherwise the rows are copied out of / into the Work's own buffers. (The D-wide
+// output layer is recomputed from u_L: keeping it costs more memory traffic than its GEMM.)
+template <typename T>
+struct Kept {
+  T* hidden = nullptr;
+  int64_t B = 0;
+  bool on() const { return hidden != nullptr; }
+  T* at(const Net<T>& n, int i, int k, int64_t b0) const {
+    return hidden + ((static_cast<int64_t>(i) * 2 * (n.L + 1) + k) * B + b0) * n.H;
+  }
+  // before the forward of (step i, block b0): the Work writes into the kept arrays where it can
+  void bind(const Net<T>& n, Work<T>& w, int i, int64_t b0) const {
+    if (n.H == n.Hp) w.bind(at(n, i, 0, b0), at(n, i, n.L + 1, b0), static_cast<size_t>(B) * n.H);
+  }
+  // after it: else the Work's rows are copied there (IN = false), or (IN = true) into the Work from there
+  template <bool IN>
+  void copy(const Net<T>& n, Work<T>& w, int nb, int i, int64_t b0) const {
+    if (n.H == n.Hp) return;
+    for (int k = 0; k < 2 * (n.L + 1); ++k) {
+      T* work = k <= n.L ? w.u(k) : w.g(k - n.L - 1);
+      for (int l = 0; l < nb; ++l) {
+        T* a = at(n, i, k, b0) + static_cast<int64_t>(l) * n.H;
+        T* b = work + static_cast<int64_t>(l) * n.Hp;
+        std::memcpy(IN ? b : a, IN ? a : b, static_cast<size_t>(n.H) * sizeof(T));
+      }
+    }
+  }
+};
+
 // The transition constants of the steps i = 0 .. T-1 at times ts[i]: c_i = t_i / (t_i + h), b2_i = s2 c_i.
 template <typename T>
 std::vector<EmConst<T>> step_consts(const Net<T>& n, const double* ts, double h, double s2, double e2) {
@@ -131,14 +164,16 @@ std::vector<EmConst<T>> step_consts(const Net<T>& n, const double* ts, double h,
 }
 
 // ---------------------------------------------------------------- kernel 1: rollout
+// With kept.on(), every step's activations are kept (the forward with act', as the backward's).
 template <typename T>
 void rollout_impl(const Net<T>& n, const Langevin<T>& lp, const T* x0, const double* ts, int64_t B, double sigma,
-                  double h, double explore, uint64_t seed, uint64_t chain0, int nt, T* states, T* log_pf, T* log_pb) {
+                  double h, double explore, uint64_t seed, uint64_t chain0, int nt, T* states, T* log_pf, T* log_pb,
+                  const Kept<T>& kept) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
   const std::vector<EmConst<T>> k = step_consts(n, ts, h, sigma * sigma * h, explore * explore);
   const int64_t BD = B * D;
   parallel(nt, [&](int tid, int nth) {
-    Work<T> w(n, false, true);
+    Work<T> w(n, kept.on(), true);
     std::vector<T> scratch(std::max(lp.target.K, 1));
     for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
       T* X = states + b0 * D;
@@ -148,12 +183,18 @@ void rollout_impl(const Net<T>& n, const Langevin<T>& lp, const T* x0, const dou
         std::memset(X, 0, static_cast<size_t>(nb) * D * sizeof(T));
       }
       for (int i = 0; i < Tn; ++i) {
-        net_forward<T, false>(n, w, X, nb, i);
+        if (kept.on()) {
+          kept.bind(n, w, i, b0);
+          net_forward<T, true>(n, w, X, nb, i);
+        } else {
+          net_forward<T, false>(n, w, X, nb, i);
+        }
         if (lp.on()) {
           T* sc = lp.scores + i * BD + b0 * D;
           lp.target(X, nb, sc, scratch.data());
           lp.template apply<false>(w, sc, nb, D, Dq, i);
         }
+        if (kept.on()) kept.template copy<false>(n, w, nb, i, b0);
         draw_rows_normals<T>(seed, static_cast<uint64_t>(i), chain0 + static_cast<uint64_t>(b0), nb, D, w.XI.p);
         T* Y = X + BD;
         const EmConst<T>& kc = k[i];
@@ -175,9 +216,10 @@ void rollout_impl(const Net<T>& n, const Langevin<T>& lp, const T* x0, const dou
 // network forward at X = states[i] into the thread's activations w, then f(tid, w, b0, nb, i, X,
 // Y = states[i+1]); block(tid, b0, nb) first for each block. Each thread takes its contiguous run of chains.
 // With the Langevin term, w.DR is the drift with it (and w.OUT its pre-clamp sum in the BACKWARD case).
+// BACKWARD with kept.on(): the hidden activations are the rollout's kept ones; only the output layer runs.
 template <typename T, bool BACKWARD, bool REVERSE = false, typename Block, typename F>
 void for_given_steps(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_t B, int nt, Block&& block,
-                     F&& f) {
+                     F&& f, const Kept<T>& kept = Kept<T>()) {
   const int64_t BD = B * n.D;
   parallel(nt, [&](int tid, int nth) {
     Work<T> w(n, BACKWARD, false);
@@ -187,7 +229,13 @@ void for_given_steps(const Net<T>& n, const Langevin<T>& lp, const T* states, in
       for (int s = 0; s < n.Tn; ++s) {
         const int i = REVERSE ? n.Tn - 1 - s : s;
         const T* X = states + i * BD + b0 * n.D;
-        net_forward<T, BACKWARD>(n, w, X, nb, i);
+        if (BACKWARD && kept.on()) {
+          kept.bind(n, w, i, b0);
+          kept.template copy<true>(n, w, nb, i, b0);
+          out_rows(n, w.u(n.L), nb, n.bo.p, w.OUT.p, w.DR.p);
+        } else {
+          net_forward<T, BACKWARD>(n, w, X, nb, i);
+        }
         if (lp.on()) {
           T* sc = lp.scores + i * BD + b0 * n.D;
           if (lp.target.kind) lp.target(X, nb, sc, scratch.data());
@@ -224,7 +272,7 @@ void log_pf_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_
 // through the network into the thread's sums, and at the end their fixed-order reduction into out.
 template <typename T, bool REVERSE, typename Block, typename Go>
 void grad_sweep(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_t B, int nt, const GradOut<T>& out,
-                Block&& block, Go&& go) {
+                Block&& block, Go&& go, const Kept<T>& kept = Kept<T>()) {
   const int64_t BD = B * n.D;
   const T clip = lp.on() ? lp.clip : n.clip;
   auto per = thread_grads(n, lp.width, nt);
@@ -241,14 +289,15 @@ void grad_sweep(const Net<T>& n, const Langevin<T>& lp, const T* states, int64_t
     }
     if (lp.on()) lp.grad(w, lp.scores + i * BD + b0 * n.D, nb, n.D, n.Dq, per[tid]->dlgv.p + i * lp.width);
     net_backward<T>(n, w, *per[tid], X, nb, i, gx);
-  });
+  }, kept);
   reduce_grads(n, per, out);
 }
 
-// Kernel 3: the gradients of Σ g log p_F (the states are constants).
+// Kernel 3: the gradients of Σ g log p_F (the states are constants), from the rollout's kept activations
+// of these states where given.
 template <typename T>
 void backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, const T* g_pf, int64_t B, double sigma,
-                   double h, int nt, const GradOut<T>& out) {
+                   double h, int nt, const GradOut<T>& out, const Kept<T>& kept) {
   const int D = n.D, Tn = n.Tn, Dq = n.Dq;
   const EmConst<T> kc(D, h, sigma * sigma * h, 0.0, 0.0, 0.0);
   grad_sweep<T, false>(n, lp, states, B, nt, out, kNoBlock, [&](int, Work<T>& w, int64_t b0, int nb, int i,
@@ -266,7 +315,7 @@ void backward_impl(const Net<T>& n, const Langevin<T>& lp, const T* states, cons
       }
     }
     return nullptr;
-  });
+  }, kept);
 }
 
 // Kernel 4: the gradients through the reparameterised trajectory (PIS): x_{i+1} = x_i + h drift(x_i, t_i) +
@@ -362,13 +411,14 @@ void policy_rollout(int dtype, uintptr_t x0, uintptr_t temb, uintptr_t ws, uintp
                     const std::vector<uintptr_t>& hw, const std::vector<uintptr_t>& hb, uintptr_t wo, uintptr_t bo,
                     uintptr_t ts, int64_t B, int64_t D, int64_t H, int64_t T, double sigma, double h, double explore,
                     double clip, uint64_t seed, uint64_t chain_offset, int64_t n_threads, uintptr_t states, uintptr_t log_pf,
-                    uintptr_t log_pb, const LangevinArgs& la) {
+                    uintptr_t log_pb, uintptr_t act_hidden, const LangevinArgs& la) {
   if (la.lgv && !la.target_kind) throw std::invalid_argument("fastsamp._C: the Langevin rollout needs a target kind");
   with_net(dtype, n_threads, {temb, ws, bs, wo, bo, hw, hb}, D, H, T, clip, false, la,
            [&](auto tag, const auto& n, const auto& lp) {
              using F = decltype(tag);
              rollout_impl<F>(n, lp, ptr<F>(x0), reinterpret_cast<const double*>(ts), B, sigma, h, explore, seed,
-                             chain_offset, pick_threads(B), ptr<F>(states), ptr<F>(log_pf), ptr<F>(log_pb));
+                             chain_offset, pick_threads(B), ptr<F>(states), ptr<F>(log_pf), ptr<F>(log_pb),
+                             Kept<F>{ptr<F>(act_hidden), B});
            });
 }
 
@@ -388,11 +438,12 @@ void policy_log_pf_backward(int dtype, uintptr_t states, uintptr_t temb, uintptr
                             uintptr_t bo, uintptr_t g_log_pf, int64_t B, int64_t D, int64_t H, int64_t T, double sigma,
                             double h, double clip, int64_t n_threads, uintptr_t g_temb, uintptr_t g_ws, uintptr_t g_bs,
                             const std::vector<uintptr_t>& g_hw, const std::vector<uintptr_t>& g_hb, uintptr_t g_wo,
-                            uintptr_t g_bo, const LangevinArgs& la, uintptr_t g_lgv) {
+                            uintptr_t g_bo, const LangevinArgs& la, uintptr_t g_lgv, uintptr_t act_hidden) {
   with_grad_net(dtype, n_threads, {temb, ws, bs, wo, bo, hw, hb}, {g_temb, g_ws, g_bs, g_wo, g_bo, g_hw, g_hb}, g_lgv,
                 D, H, T, clip, la, [&](auto tag, const auto& n, const auto& lp, const auto& out) {
                   using F = decltype(tag);
-                  backward_impl<F>(n, lp, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B), out);
+                  backward_impl<F>(n, lp, ptr<F>(states), ptr<F>(g_log_pf), B, sigma, h, pick_threads(B), out,
+                                   Kept<F>{ptr<F>(act_hidden), B});
                 });
 }
 

@@ -182,6 +182,10 @@ _POLICY_NET_C = "temb params[0] params[1] params[4::2] params[5::2] params[2] pa
 _POLICY_GRADS_C = "g_temb g_params[0] g_params[1] g_params[4::2] g_params[5::2] g_params[2] g_params[3]"
 _POLICY_DIMS = "T, H = temb.shape; D = params[0].shape[1]"
 _POLICY_BACKWARD_OUTS = "g_temb:(T,H) g_params:[params] g_lgv:(T,W)?lgv"
+# the hidden activations a rollout keeps for log p_F's backward (keep_activations; trajectory.policy_rollout):
+# act_hidden (T, N, B, H), N = 2(L+1): u_k = gelu(z_k) at [i][k] and gelu'(z_k) at [i][L+1+k]
+_KEPT_OUTS = "act_hidden:(T,N,B,H)?keep_activations"
+_KEPT_DIMS = "; N = len(params) - 2"
 # the Langevin term: lgv (T, W) its scale (W = 1 or D), scores (T, B, D) ∇log R at the states, the target whose
 # score the kernel computes (target_kind 0: none, the scores are given); the backward kernels take the scores
 _LANGEVIN = "lgv:(T,W) lgv_clip:float"
@@ -260,27 +264,30 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "dtype x drift log_var x_next g_x_next g_log_pf g_log_pb B D h s2 e2 c b2 reparam", _ALL + ("cuda",),
         public=None),
     _op("policy_rollout", f"x0:(B,D)? {_POLICY_NET} ts:(T,)f64 batch_size:int sigma:float h:float explore:float "
-        "clip:float seed:u64 chain_offset:u64 n_threads:threads", "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T)",
+        "clip:float seed:u64 chain_offset:u64 n_threads:threads keep_activations:bool",
+        f"states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T) {_KEPT_OUTS}",
         f"dtype x0 {_POLICY_NET_C} ts B D H T sigma h explore clip seed chain_offset n_threads",
-        renames={"x0": "x0", "params": None, "ts": None, "clip": None}, dims=_POLICY_DIMS + "; B = batch_size"),
+        renames={"x0": "x0", "params": None, "ts": None, "clip": None},
+        dims=_POLICY_DIMS + "; B = batch_size" + _KEPT_DIMS),
     _op("policy_log_pf", f"states:(T+1,B,D) {_POLICY_NET} sigma:float h:float clip:float n_threads:threads",
         "log_pf:(B,T)", f"dtype states {_POLICY_NET_C} B D H T sigma h clip n_threads",
         renames={"params": None, "clip": None}, dims=_POLICY_DIMS + "; B = states.shape[1]"),
     _op("policy_log_pf_backward", f"states:(T+1,B,D) {_POLICY_NET} g_log_pf:(B,T) sigma:float h:float clip:float "
-        f"n_threads:threads {_BACKWARD_LANGEVIN}", _POLICY_BACKWARD_OUTS,
+        f"n_threads:threads {_BACKWARD_LANGEVIN} act_hidden:(T,N,B,H)?", _POLICY_BACKWARD_OUTS,
         f"dtype states {_POLICY_NET_C} g_log_pf B D H T sigma h clip n_threads {_POLICY_GRADS_C} "
-        f"{_BACKWARD_LANGEVIN_C}", public=None,
-        dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]",
+        f"{_BACKWARD_LANGEVIN_C} act_hidden", public=None,
+        dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]" + _KEPT_DIMS,
         reference=False, guard="B > 0"),  # autograd differentiates the reference
     # internal (C++ only): the rollout and log_pf with the Langevin term (the reference is the sampler's eager
     # path), and the adjoint sweep of the reparameterised rollout (the reference is differentiated by autograd);
     # registered, but for policy_langevin_log_pf, which writes the target's scores into `scores` when it computes
     # them (target_kind != 0)
     _op("policy_langevin_rollout", f"x0:(B,D)? {_POLICY_NET} {_LANGEVIN} ts:(T,)f64 batch_size:int sigma:float "
-        f"h:float explore:float clip:float seed:u64 chain_offset:u64 {_LANGEVIN_TARGET} n_threads:threads",
-        "states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T) scores:(T,B,D)",
+        f"h:float explore:float clip:float seed:u64 chain_offset:u64 {_LANGEVIN_TARGET} n_threads:threads "
+        "keep_activations:bool", f"states:(T+1,B,D) log_pf:(B,T) log_pb:(B,T) scores:(T,B,D) {_KEPT_OUTS}",
         f"dtype x0 {_POLICY_NET_C} ts B D H T sigma h explore clip seed chain_offset n_threads states log_pf log_pb "
-        f"{_LANGEVIN_C}", public=None, dims=_POLICY_DIMS + "; B = batch_size" + _LANGEVIN_DIMS, reference=False,
+        f"act_hidden {_LANGEVIN_C}", public=None,
+        dims=_POLICY_DIMS + "; B = batch_size" + _LANGEVIN_DIMS + _KEPT_DIMS, reference=False,
         kernel="policy_rollout"),
     _op("policy_langevin_log_pf", f"states:(T+1,B,D) {_POLICY_NET} {_LANGEVIN} scores:(T,B,D) {_LANGEVIN_TARGET} "
         "sigma:float h:float clip:float n_threads:threads", "log_pf:(B,T)",

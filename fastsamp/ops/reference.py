@@ -311,33 +311,44 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
 
 
 # ---------------------------------------------------------------- the DriftNet policy (trajectory family)
-def _policy_drift(x, temb_rows, params, clip):
+def _policy_drift(x, temb_rows, params, clip, kept=None):
     """clamp((W_o u_L + b_o)[:, :D], ±clip) with u_0 = gelu(W_s x + b_s + temb), u_k = gelu(W_k u_{k−1} + b_k);
-    params = [W_s, b_s, W_o, b_o, W_1, b_1, ..., W_L, b_L] (the DriftNet layers, exact GELU)."""
+    params = [W_s, b_s, W_o, b_o, W_1, b_1, ..., W_L, b_L] (the DriftNet layers, exact GELU). `kept` (a list):
+    appended the activations the rollout keeps, (2(L+1), B, H): u_0 .. u_L, gelu'(z_0) .. gelu'(z_L)."""
     ws, bs, wo, bo, *hidden = params
-    u = F.gelu(F.linear(x, ws, bs) + temb_rows)
+    zs = [F.linear(x, ws, bs) + temb_rows]
+    us = [F.gelu(zs[0])]
     for w, b in zip(hidden[0::2], hidden[1::2]):
-        u = F.gelu(F.linear(u, w, b))
-    return F.linear(u, wo, bo)[:, :x.shape[1]].clamp(-clip, clip)
+        zs.append(F.linear(us[-1], w, b))
+        us.append(F.gelu(zs[-1]))
+    if kept is not None:  # gelu'(z) = Φ(z) + z φ(z)
+        dg = [0.5 * (1 + torch.erf(z * math.sqrt(0.5))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+              for z in zs]
+        kept.append(torch.stack(us + dg))
+    return F.linear(us[-1], wo, bo)[:, :x.shape[1]].clamp(-clip, clip)
 
 
-def policy_rollout(x0, temb, params, ts, batch_size, sigma, h, explore, clip, seed, chain_offset, n_threads):
+def policy_rollout(x0, temb, params, ts, batch_size, sigma, h, explore, clip, seed, chain_offset, n_threads,
+                   keep_activations):
     """T = len(temb) steps of em_step_logprob (log_var = None) with the policy's drift at (x_i, temb[i]),
     t_i = ts[i], ξ_i the Philox draw (seed, offset = i); x_0 = x0 or 0. Returns states (T+1, B, D),
-    log_pf, log_pb (B, T). (n_threads: the compiled kernels' thread count, unused here.)"""
+    log_pf, log_pb (B, T) and with keep_activations the hidden activations of every step (act_hidden
+    (T, 2(L+1), B, H): u_k, then gelu'(z_k)), else None. (n_threads: the compiled kernels' thread count, unused
+    here.)"""
     D = params[0].shape[1]
     x = torch.zeros(batch_size, D, dtype=temb.dtype, device=temb.device) if x0 is None else x0
     s2 = sigma * sigma * h
-    states, log_pf, log_pb = [x], [], []
+    states, log_pf, log_pb, kept = [x], [], [], [] if keep_activations else None
     for i in range(temb.shape[0]):
         t = float(ts[i])
         c = t / (t + h)
-        x, lpf, lpb = em_step_logprob(x, _policy_drift(x, temb[i:i + 1], params, clip), None, None, None, seed, i,
-                                      chain_offset, h, s2, explore * explore, c, s2 * c)
+        x, lpf, lpb = em_step_logprob(x, _policy_drift(x, temb[i:i + 1], params, clip, kept), None, None, None, seed,
+                                      i, chain_offset, h, s2, explore * explore, c, s2 * c)
         states.append(x)
         log_pf.append(lpf)
         log_pb.append(lpb)
-    return torch.stack(states), torch.stack(log_pf, 1), torch.stack(log_pb, 1)
+    act_hidden = torch.stack(kept) if keep_activations else None
+    return torch.stack(states), torch.stack(log_pf, 1), torch.stack(log_pb, 1), act_hidden
 
 
 def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):

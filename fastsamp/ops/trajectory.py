@@ -208,7 +208,8 @@ def _step(T: int, h) -> float:
 
 
 def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, chain_offset=0, x0=None,
-                   dtype=None, reparam=False, lgv=None, target=None, n_threads=None, backend="auto"):
+                   dtype=None, reparam=False, lgv=None, target=None, keep_activations=False, n_threads=None,
+                   backend="auto"):
     """Simulate `batch_size` chains for T = temb.shape[0] steps from x0 (default 0) in one kernel call.
 
     temb (T, H) is `net.time_features(ts[:-1])[0]` with ts = arange(T + 1)·h in `dtype`; h defaults
@@ -231,6 +232,11 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     like temb) and ∇log R computed in the kernel for `target` (a fastsamp.targets target whose
     `score_kernel` is not None; the score is a constant, as in the sampler). Then also returns the
     scores (T, B, D) at states[:-1], for policy_log_pf.
+
+    keep_activations=True (reparam=False): also returns, last, the network's hidden activations at every
+    state (`activations` (T, 2(L+1), B, H): per step i, u_k = gelu(z_k) at [i, k] and gelu'(z_k) at [i, L+1+k];
+    8·T·B·(L+1)·H bytes in float32) for `policy_log_pf(..., log_pf=, activations=)`, whose backward then reads
+    them instead of recomputing the hidden layers (the same values; it recomputes only the output layer).
     """
     p = PolicyParams(net)
     if not isinstance(temb, torch.Tensor) or temb.dim() != 2 or temb.shape[1] != p.H:
@@ -248,6 +254,9 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
         x0 = _checks.like("x0", x0.detach().to(dtype), temb.detach().to(dtype), (B, p.D), x_name="temb")
     ts = _times(T, h, dtype)
     args = (ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
+    if keep_activations and reparam:
+        raise ValueError("keep_activations is for the no-grad rollout (reparam=False): the reparameterised "
+                         "rollout's backward is its own kernel")
     lp = None
     if p.langevin or lgv is not None:
         lgv = p.checked_lgv(lgv, temb, "temb", T)
@@ -260,7 +269,8 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
         with torch.no_grad():
             temb = _checks.resolved(temb.detach().to(dtype))
             params = p.checked(temb, "temb", cast=True)
-            return _rollout(backend, x0, temb, params, args, None if lp is None else lgv.detach().to(dtype), lp)
+            return _rollout(backend, x0, temb, params, args, None if lp is None else lgv.detach().to(dtype), lp,
+                            bool(keep_activations))
     if temb.dtype != dtype:
         raise ValueError(f"reparam=True needs temb in dtype {dtype}, got {temb.dtype}")
     temb = _checks.resolved(temb)
@@ -269,7 +279,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
         fn = backends.resolve(backend, "policy_rollout", temb.device)
         if _dispatch.is_reference(fn):
             with torch.enable_grad():
-                return fn(x0, temb, params, *args)
+                return fn(x0, temb, params, *args, False)[:3]
         _cpp_only(backend, temb.device, "reparam=True")
     _dispatch.refuse_forward_mode("policy_rollout", temb, lgv, *params, hint=_TORCH_HINT)
     return _PolicyReparam.apply((backend, x0, args, lp), temb, _checks.resolved(lgv) if lgv is not None else None,
@@ -317,30 +327,33 @@ class _PolicyReparam(torch.autograd.Function):
         return (None, *grads)
 
 
-def _rollout(backend, x0, temb, params, args, lgv, langevin):
+def _rollout(backend, x0, temb, params, args, lgv, langevin, keep=False):
     """The rollout's op: policy_rollout, or with the Langevin term (lgv not None; langevin = (lgv_clip, the
-    target's score_kernel spec)) policy_langevin_rollout (`_langevin_rollout`)."""
+    target's score_kernel spec)) policy_langevin_rollout (`_langevin_rollout`); the kept activations (the op's
+    last output) only with `keep`."""
     if lgv is None:
-        return _dispatch.route(backend, "policy_rollout", temb, x0, *params)(x0, temb, list(params), *args)
-    return _langevin_rollout(backend, x0, temb, list(params), args, lgv, *langevin)
+        out = _dispatch.route(backend, "policy_rollout", temb, x0, *params)(x0, temb, list(params), *args, keep)
+    else:
+        out = _langevin_rollout(backend, x0, temb, list(params), args, lgv, *langevin, keep)
+    return tuple(out) if keep else tuple(out[:-1])
 
 
-def _langevin_rollout(backend, x0, temb, params, args, lgv, lgv_clip, target):
+def _langevin_rollout(backend, x0, temb, params, args, lgv, lgv_clip, target, keep):
     """The rollout with the Langevin term (the registered op policy_langevin_rollout; backend "auto" or "cpp"):
-    (states, log_pf, log_pb, scores (T, B, D)); target: the (kind, means, parameter) of the target's
-    score_kernel."""
+    (states, log_pf, log_pb, scores (T, B, D), act_hidden (None unless `keep`)); target: the (kind, means,
+    parameter) of the target's score_kernel."""
     ts, B, sigma, h, explore, clip, seed, chain_offset, n_threads = args
     kind, means, param = target
     lgv = lgv.contiguous()
     fn = _dispatch.route(backend, "policy_langevin_rollout", temb, x0, lgv, means, *params)
     return fn(x0, temb, params, lgv, lgv_clip, ts, B, sigma, h, explore, clip, seed, chain_offset, kind, means, param,
-              n_threads)
+              n_threads, keep)
 
 
 def _log_pf_values(meta, states, temb, lgv, params):
     """log p_F (B, T): the backend's policy_log_pf, its Langevin variant, or the given values (meta: see
     `policy_log_pf`)."""
-    backend, sigma, h, clip, n_threads, given, lgv_clip, scores, target = meta
+    backend, sigma, h, clip, n_threads, given, lgv_clip, scores, target, _ = meta
     if given is not None:
         return given.detach().clone()
     if lgv is None:
@@ -354,8 +367,8 @@ def _log_pf_values(meta, states, temb, lgv, params):
 
 class _PolicyLogPF(torch.autograd.Function):
     """Forward: the backend's policy_log_pf (or the given values); backward: its policy_log_pf_backward
-    (the states are constants). With the Langevin term (lgv, scores; C++ only) the kernels take it and
-    the backward also gives lgv's gradient."""
+    (the states are constants), from the rollout's kept activations where given. With the Langevin term
+    (lgv, scores; C++ only) the kernels take it and the backward also gives lgv's gradient."""
 
     @staticmethod
     def forward(ctx, meta, states, temb, lgv, *params):
@@ -366,18 +379,18 @@ class _PolicyLogPF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_log_pf):
-        backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _ = ctx.meta
+        backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _, kept = ctx.meta
         states, temb, lgv, *params = ctx.saved_tensors
         with torch.no_grad():
             bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
             g_temb, g_params, g_lgv = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads,
-                                          lgv, lgv_clip, scores if lgv is not None else None)
+                                          lgv, lgv_clip, scores if lgv is not None else None, kept)
         grads = _autograd.first_order("policy_log_pf", [g_temb, g_lgv, *g_params], g_log_pf, temb, lgv, *params)
         return (None, None, *grads)
 
 
 def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, scores=None, target=None,
-                  n_threads=None, backend="auto"):
+                  activations=None, n_threads=None, backend="auto"):
     """log p_F (B, T) of the transitions states[i] → states[i+1] (states (T+1, B, D)) under the
     policy: −½ Σ_d (v²/s² + log 2π s²), v = x_{i+1} − x_i − h·drift(x_i, t_i), s² = σ²h, h default 1/T.
 
@@ -389,7 +402,10 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
 
     `log_pf`: the values, when already known — the log_pf that `policy_rollout` returned for these
     states with the same net and temb is bit for bit what the forward kernel would compute — so
-    that the forward call is skipped and only the backward runs.
+    that the forward call is skipped and only the backward runs. `activations` (with `log_pf`): the
+    rollout's kept hidden activations of these states (`policy_rollout(..., keep_activations=True)`), which
+    the backward kernel reads instead of recomputing them (the same values: the same gradients, bit for bit).
+    The reference backend takes and ignores them.
 
     Langevin parametrisation (net.langevin; C++ backend): lgv (T, 1|D) as in policy_rollout (its
     gradient too) and the target's ∇log R at states[:-1] (constants): `scores` (T, B, D) (required with
@@ -420,13 +436,24 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
         scores = _checks.resolved(_checks.like("scores", scores, states, (T, B, p.D), x_name="states").detach())
     if log_pf is not None:
         log_pf = _checks.like("log_pf", log_pf, states, (B, T), x_name="states")
+    kept = None if activations is None else _checked_activations(activations, log_pf, states, p)
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     h, n_threads = _step(T, h), _checks.threads(n_threads)
     fn = backends.resolve(backend, "policy_log_pf", states.device)
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
-    meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec)
+    meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec, kept)
     if not torch.compiler.is_compiling() and not _dispatch._needs_grad(temb, (lgv, *params)):
         return _log_pf_values(meta, states, temb, lgv, params)  # nothing to differentiate: no autograd.Function
     _dispatch.refuse_forward_mode("policy_log_pf", temb, lgv, *params, hint=_TORCH_HINT)
     return _PolicyLogPF.apply(meta, states, temb, lgv, *params)
+
+
+def _checked_activations(activations, log_pf, states, p: PolicyParams):
+    """The act_hidden (T, 2(L+1), B, H) of policy_rollout(keep_activations=True), checked against the states
+    (T+1, B, D); only with the rollout's log_pf (they are the rollout's)."""
+    if log_pf is None:
+        raise ValueError("activations= are a rollout's: give its log_pf= with them")
+    T, B = states.shape[0] - 1, states.shape[1]
+    shape = (T, 2 * len(p.weights) - 2, B, p.H)
+    return _checks.resolved(_checks.like("activations", activations, states, shape, x_name="states").detach())

@@ -183,8 +183,9 @@ class DiffusionSampler(nn.Module):
     def _fused_forward(self, batch_size, explore, reparam, seed, chain_offset, like):
         """Forward trajectories by one rollout kernel. Off-policy (no reparam): no grad, and log p_F
         through one kernel whose backward is one kernel (the rollout's log p_F is reused, not
-        recomputed). reparam (PIS): the rollout is differentiable and its backward is one kernel.
-        With the Langevin term the rollout computes the target's scores, which log p_F reuses."""
+        recomputed; under autograd the rollout keeps the network's activations, which the backward reads
+        instead of recomputing them). reparam (PIS): the rollout is differentiable and its backward is one
+        kernel. With the Langevin term the rollout computes the target's scores, which log p_F reuses."""
         ts = self._grid(like)
         temb, lgv = self.net.time_features(ts[:-1])
         kw = dict(sigma=self.sigma, h=self.h, explore=explore, seed=seed, chain_offset=chain_offset)
@@ -194,10 +195,13 @@ class DiffusionSampler(nn.Module):
             with phase("policy"):
                 states, log_pf, log_pb, *_ = trajectory.policy_rollout(self.net, temb, batch_size, reparam=True, **kw)
             return self._finish(states, log_pf, log_pb, self.target.log_prob(states[-1]), None)
+        keep = torch.is_grad_enabled()
         with torch.no_grad(), phase("policy"):
-            states, lpf, lpb, *scores = trajectory.policy_rollout(self.net, temb.detach(), batch_size,
-                                                                  dtype=like.dtype, **kw)
-        lp = {} if lgv is None else dict(lgv=lgv, scores=scores[0])
+            states, lpf, lpb, *rest = trajectory.policy_rollout(self.net, temb.detach(), batch_size,
+                                                                dtype=like.dtype, keep_activations=keep, **kw)
+        lp = {} if lgv is None else dict(lgv=lgv, scores=rest[0])
+        if keep:
+            lp["activations"] = rest[-1]
         with phase("policy"):
             log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf, **lp)
         return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
