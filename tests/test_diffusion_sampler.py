@@ -66,6 +66,27 @@ def test_backward_bridge_log_pb_matches_the_op():
         torch.testing.assert_close(traj.log_pb[:, i], lpb)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_trajectories_are_the_whole_array_bridge(dtype):
+    """The bridge and its log p_B, computed one time slice at a time, equal the whole-array expressions they
+    replaced bit for bit (X = t x_T + σ (W − t W_1) in place on W; log p_B over all slices at once)."""
+    s = DiffusionSampler(IsoGauss(5, 1.0), sigma=1.3, n_steps=9, hidden=16, n_harmonics=8).to(dtype)
+    x_T = torch.randn(33, 5, dtype=dtype)
+    with torch.no_grad():
+        traj = s.backward_trajectories(x_T, seed=4)
+    ts = s._grid(x_T)[:, None, None]
+    dw = torch.randn(9, 33, 5, generator=torch.Generator().manual_seed(4), dtype=dtype).mul_(math.sqrt(s.h))
+    w = torch.cat([torch.zeros_like(x_T)[None], torch.cumsum(dw, 0)])
+    states = w.sub_(ts * w[-1:]).mul_(s.sigma).add_(ts * x_T[None])
+    states[-1] = x_T
+    c = (ts[1:-1] / ts[2:])
+    var = s.sigma ** 2 * s.h * c
+    u = (c * states[2:]).sub_(states[1:-1])
+    lpb = -0.5 * (u * u).div_(var).add_(torch.log(2 * math.pi * var)).sum(-1)
+    assert torch.equal(traj.states, states)
+    assert torch.equal(traj.log_pb, torch.cat([torch.zeros_like(lpb[:1]), lpb]).T)
+
+
 def _perturb(sampler, seed=0):
     """Move every parameter off its (zero) initialisation so that gradients are generic."""
     g = torch.Generator().manual_seed(seed)

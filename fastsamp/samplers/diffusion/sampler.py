@@ -155,18 +155,20 @@ class DiffusionSampler(nn.Module):
 
     def backward_trajectories(self, x_T, *, seed=0, with_flows=False):
         """Brownian-bridge trajectories from the terminal states x_T back to x_0 = 0:
-        X_t = t x_T + σ (W_t − t W_1) on the grid, drawn in one shot (in place on W: the (T+1, B, D)
-        arrays are the largest of an iteration at D = 1600)."""
+        X_t = t x_T + σ (W_t − t W_1) on the grid, drawn in one shot (in place on W, one time slice at a
+        time: the (T+1, B, D) arrays are the largest of an iteration at D = 1600, and a whole-array
+        temporary costs fresh pages)."""
         T, (B, D) = self.n_steps, x_T.shape
-        ts = self._grid(x_T)[:, None, None]
+        ts = self._grid(x_T)
         g = torch.Generator(device=x_T.device).manual_seed(seed)
         dw = torch.randn(T, B, D, generator=g, dtype=x_T.dtype, device=x_T.device).mul_(math.sqrt(self.h))
-        w = x_T.new_empty(T + 1, B, D)
-        w[0] = 0
-        torch.cumsum(dw, 0, out=w[1:])
+        states = x_T.new_empty(T + 1, B, D)
+        states[0] = 0
+        torch.cumsum(dw, 0, out=states[1:])
         del dw
-        states = w.sub_(ts * w[-1:]).mul_(self.sigma).add_(ts * x_T[None])
-        states[-1] = x_T
+        for i in range(T):  # W_1 = states[T] until it is overwritten by x_T
+            states[i].sub_(ts[i] * states[T]).mul_(self.sigma).add_(ts[i] * x_T)
+        states[T] = x_T
         log_pf, log_f = self._evaluate(states, with_flows)
         return self._finish(states, log_pf, self._bridge_log_pb(states), self.target.log_prob(x_T).detach(),
                             log_f if with_flows else None)
@@ -230,13 +232,17 @@ class DiffusionSampler(nn.Module):
         return log_pf.view(T, B).T, log_f
 
     def _bridge_log_pb(self, states):
-        """log p_B(x_i | x_{i+1}) = log N(x_i; (t_i/t_{i+1}) x_{i+1}, σ² h t_i/t_{i+1}); 0 for i = 0."""
+        """log p_B(x_i | x_{i+1}) = log N(x_i; (t_i/t_{i+1}) x_{i+1}, σ² h t_i/t_{i+1}); 0 for i = 0 (one time
+        slice at a time: no (T, B, D) temporaries)."""
         ts = self._grid(states)
-        c = (ts[1:-1] / ts[2:])[:, None, None]
+        c = ts[1:-1] / ts[2:]
         var = self.sigma ** 2 * self.h * c
-        u = (c * states[2:]).sub_(states[1:-1])  # −(x_i − c x_{i+1}), exactly: the same square
-        lpb = -0.5 * (u * u).div_(var).add_(torch.log(2 * math.pi * var)).sum(-1)  # (T−1, B)
-        return torch.cat([torch.zeros_like(lpb[:1]), lpb]).T
+        half_log = torch.log(2 * math.pi * var)
+        lpb = [torch.zeros_like(states[0, :, 0])]
+        for i in range(len(c)):
+            u = (c[i] * states[i + 2]).sub_(states[i + 1])  # −(x_i − c x_{i+1}), exactly: the same square
+            lpb.append(-0.5 * (u * u).div_(var[i]).add_(half_log[i]).sum(-1))
+        return torch.stack(lpb, 1)
 
     def _flow(self, x, hid, t):
         """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x)."""
