@@ -50,7 +50,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
@@ -58,19 +57,18 @@ from fastsamp.experiments.offpolicy import (
     METHODS,
     build,
     checkpoint_path,
-    evaluate,
     finished_result,
     format_progress,
     plan_table,
     reevaluate,
-    run_stem,
+    repeat_evaluations,
     run_table,
     table_progress,
     time_fused_vs_eager,
 )
 from fastsamp.experiments.options import MAX_SEED, count, device_arg, positive_float
 from fastsamp.profiling import PREFIX
-from fastsamp.samplers.diffusion import DiffusionSampler, atomic_write, train
+from fastsamp.samplers.diffusion import train
 from fastsamp.targets import LGCP, TARGETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,69 +128,8 @@ def table(args):
     report(args)
 
 
-def evaluation_seeds(seed: int, repeats: int) -> list[int]:
-    """The evaluation seeds of run `seed`'s repeated evaluations: 10,000 + seed + k·10⁶, k = 1..repeats. Fresh
-    against its evaluation at the end of training (10,000 + seed) and, for repeats < 1000, against the offsets
-    `evaluate` adds to a seed (+10⁹: the second exact sample, +2·10⁹: the 25GMM equal-count set)."""
-    return [10_000 + seed + k * 10**6 for k in range(1, repeats + 1)]
-
-
-def _scalars(metrics: dict) -> dict:
-    """The scalar metrics of one evaluation (mode_weights, a list, left out)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def repeat_evaluations(plan, out: str, *, repeats: int, batch_size=None, log=print) -> list[dict]:
-    """Give each finished run of `plan` whose model is kept (.pt) `repeats` evaluations of that model
-    (`evaluate`, the sample count of its JSON, `evaluation_seeds`), written into its JSON (atomically) under
-    'evaluations': per scalar metric the values, their mean and sd (over the evaluations). A run that has some
-    gets only the missing ones. 'metrics' stays the run's one evaluation at the end of training; a run without
-    a model keeps only that one (logged). Returns the JSONs that gained evaluations."""
-    updated = []
-    for r in plan:
-        res = finished_result(r, out, batch_size)
-        if res is None:
-            continue
-        stem = run_stem(out, r.target, r.method, r.seed)
-        name = f"{r.target} {r.method} seed {r.seed}"
-        if not os.path.exists(stem + ".pt"):
-            log(f"{name}: no saved model, scored by its one evaluation")
-            continue
-        n, seeds = res["metrics"]["n"], evaluation_seeds(r.seed, repeats)
-        have = res.get("evaluations", {"n": n, "seeds": [], "values": {}, "cpu_seconds": 0.0})
-        if have["n"] != n or have["seeds"] != evaluation_seeds(r.seed, len(have["seeds"])):
-            raise ValueError(f"{stem}.json holds evaluations of {have['n']} samples with seeds {have['seeds']}, not "
-                             f"those of evaluation_seeds with {n} samples")
-        if len(have["seeds"]) >= repeats:
-            continue
-        sampler = DiffusionSampler.load(stem + ".pt", map_location="cpu")
-        values, t0 = {k: list(v) for k, v in have["values"].items()}, time.process_time()
-        for s in seeds[len(have["seeds"]):]:
-            m = _scalars(evaluate(sampler, sampler.target, n=n, seed=s))
-            if values and m.keys() != values.keys():
-                raise ValueError(f"{stem}.json: the evaluation gives {sorted(m)}, the stored ones {sorted(values)}")
-            for k, v in m.items():
-                values.setdefault(k, []).append(v)
-        res["evaluations"] = {
-            "about": "evaluations of the saved model with fresh seeds (10,000 + seed + k·10⁶, k = 1, 2, ...), "
-                     "n samples each: the table's score of the run is their mean; 'metrics' is the one evaluation "
-                     "at the end of training (seed 10,000 + seed), how the paper's released code scores a run",
-            "n": n, "seeds": seeds, "values": values,
-            "mean": {k: statistics.mean(v) for k, v in values.items()},
-            "sd": {k: statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()},
-            "cpu_seconds": have["cpu_seconds"] + time.process_time() - t0}
-        atomic_write(stem + ".json", lambda f, res=res: f.write(json.dumps(res, indent=2).encode()))
-        mean = res["evaluations"]["mean"]
-        err = (f"Δlog Z {mean['delta_log_Z']:.3f}, Δlog Z^RW {mean['delta_log_Z_rw']:.3f}" if "delta_log_Z" in mean
-               else f"ELBO {mean['elbo']:.2f}, log Z^RW {mean['log_Z']:.2f}")
-        log(f"{name}: {repeats} evaluations, mean {err}" + (f", W2 {mean['w2']:.3f}" if "w2" in mean else "") +
-            f" (one evaluation: {res['metrics'].get('delta_log_Z', res['metrics']['elbo']):.3f})")
-        updated.append(res)
-    return updated
-
-
 def evaluations(args):
-    """`repeat_evaluations` of the finished runs asked for (one thread)."""
+    """fastsamp.experiments.offpolicy.repeat_evaluations of the finished runs asked for (one thread)."""
     torch.set_num_threads(1)
     repeat_evaluations(make_plan(args), args.out, repeats=args.repeats, batch_size=args.batch_size, log=_print)
 
@@ -308,6 +245,7 @@ def report(args) -> str:
 def _table(plan, args, *, brief) -> str:
     """The markdown table of the finished runs of `plan`, with the published numbers; `brief`: only the
     cells with results, a run in progress or published numbers."""
+    counts = set()  # how many repeated evaluations the finished runs have
     rows = [("| target | method | seeds done | iterations | Δlog Z (ours) | Δlog Z (paper) | Δlog Z^RW (ours) "
              "| Δlog Z^RW (paper) | W2 (ours) | W2 (paper) | W2, exact samples "
              "| Δlog Z / Δlog Z^RW / W2, one evaluation (ours) | ms / iteration | fused / eager ms (timed) "
@@ -318,6 +256,7 @@ def _table(plan, args, *, brief) -> str:
         runs = [r for r in plan if (r.target, r.method) == (target, method)]
         finished = [(r.seed, res) for r in runs if (res := finished_result(r, args.out, args.batch_size)) is not None]
         done = [res for _, res in finished]
+        counts |= {len(d["evaluations"]["seeds"]) for d in done if "evaluations" in d}
         running = any(os.path.exists(checkpoint_path(args.out, r.target, r.method, r.seed)) for r in runs)
         empty = "running" if running else "planned"
         pub = PUBLISHED.get((target, method))
@@ -345,7 +284,7 @@ def _table(plan, args, *, brief) -> str:
     progress = format_progress(table_progress(plan, args.out, args.batch_size))
     seeds = sorted(dict.fromkeys(r.seed for r in plan))
     text = "\n".join(rows) + f"\n\n{progress}; seeds {seeds}; {args.eval_samples} evaluation samples.\n"
-    text += _scoring(plan, args)
+    text += _scoring(counts)
     if any(r.target == "lgcp" for r in plan):
         finished = ", ".join(f"{p} ({n} finished)" for p, n in _lgcp_points(plan, args).items()) or "no run finished"
         text += (f"LGCP point pattern: {finished}; runs started here use {LGCP.default_points()} "
@@ -353,11 +292,10 @@ def _table(plan, args, *, brief) -> str:
     return text
 
 
-def _scoring(plan, args) -> str:
-    """The line under the table that says how its columns are computed (the repeat counts of the finished runs)."""
-    done = [res for r in plan if (res := finished_result(r, args.out, args.batch_size)) is not None]
-    counts = sorted({len(d["evaluations"]["seeds"]) for d in done if "evaluations" in d})
-    k = " or ".join(map(str, counts)) or "K"
+def _scoring(counts) -> str:
+    """The line under the table that says how its columns are computed (`counts`: the numbers of repeated
+    evaluations of the finished runs)."""
+    k = " or ".join(map(str, sorted(counts))) or "K"
     return (f"(ours): each run's score is the mean of {k} evaluations of its saved model (fresh evaluation seeds, "
             "the samples above each), then mean ± std over the finished seeds; \"one evaluation\": the same over "
             "each run's one evaluation at the end of training, how the paper's released code scores a run; a run "

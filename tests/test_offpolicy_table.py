@@ -245,7 +245,9 @@ def test_evaluate_adds_diagnostics_on_the_samples_of_w2(target_name):
 
 def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys):
     """A finished run whose JSON predates the diagnostics gets them from its saved model, with its
-    old metrics reproduced bit for bit; a run without a model is reported and left alone."""
+    old metrics reproduced bit for bit, and loses its repeated evaluations, made without them (logged), which
+    `evaluate` then recomputes, the same; a reevaluation that adds nothing keeps them. A run without a model is
+    reported and left alone."""
     bench = _bench()
     out = str(tmp_path)
     argv = ["--iterations", "4", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
@@ -260,15 +262,24 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
             "delta_log_Z_rw")}
         json.dump(res, open(path, "w"))
     os.remove(os.path.join(out, "25gmm_tb_seed1.pt"))
+    bench.main(["evaluate", *argv, "--repeats", "2"])
+    evaluations = json.load(open(paths[0]))["evaluations"]
     before = json.load(open(paths[1]))
     capsys.readouterr()
     bench.main(["reevaluate", *argv])
     text = capsys.readouterr().out
     assert "25gmm tb seed 0: metrics reproduced" in text and "seed 1: no saved model" in text
+    assert "its 2 repeated evaluations dropped" in text
     res = json.load(open(paths[0]))
     assert res["metrics"] == full["metrics"] and res["reevaluation"]["changed"] == {}
-    assert "w2_equal_counts" in res["reevaluation"]["added"]
+    assert "w2_equal_counts" in res["reevaluation"]["added"] and "evaluations" not in res
     assert json.load(open(paths[1])) == before
+    bench.main(["evaluate", *argv, "--repeats", "2"])
+    assert json.load(open(paths[0]))["evaluations"]["values"] == evaluations["values"]
+    capsys.readouterr()
+    bench.main(["reevaluate", *argv])  # nothing changed or added: the evaluations stay
+    assert "dropped" not in capsys.readouterr().out
+    assert json.load(open(paths[0]))["evaluations"]["values"] == evaluations["values"]
     bench.main(["report", *argv, "--eval-samples", "64"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25gmm | tb |")][0]
     assert "(80/mode:" not in row  # seed 1 lacks the reference-set W2: no mean over one seed of two
@@ -295,17 +306,17 @@ def test_repeated_evaluations_are_deterministic_stored_and_score_the_table(tmp_p
     assert json.load(open(path[1])) == seed1
     res = json.load(open(path[0]))
     ev = res["evaluations"]
-    assert ev["seeds"] == bench.evaluation_seeds(0, 3) == [1_010_000, 2_010_000, 3_010_000] and ev["n"] == 48
+    assert ev["seeds"] == offpolicy.evaluation_seeds(0, 3) == [1_010_000, 2_010_000, 3_010_000] and ev["n"] == 48
     sampler = DiffusionSampler.load(os.path.join(out, "25gmm_tb_seed0.pt"))
     again = offpolicy.evaluate(sampler, sampler.target, n=48, seed=ev["seeds"][1])
-    assert {k: v[1] for k, v in ev["values"].items()} == bench._scalars(again)
+    assert {k: v[1] for k, v in ev["values"].items()} == offpolicy._scalars(again)
     assert "mode_weights" not in ev["values"] and len(set(ev["values"]["w2"])) == 3  # fresh samples each time
     assert res["metrics"]["w2"] not in ev["values"]["w2"]
     for k, v in ev["values"].items():
         assert len(v) == 3 and ev["mean"][k] == statistics.mean(v) and ev["sd"][k] == statistics.stdev(v)
     bench.main(["evaluate", *argv, "--repeats", "5"])
     more = json.load(open(path[0]))["evaluations"]
-    assert more["seeds"] == bench.evaluation_seeds(0, 5)
+    assert more["seeds"] == offpolicy.evaluation_seeds(0, 5)
     assert all(more["values"][k][:3] == v for k, v in ev["values"].items())
     mtime = os.path.getmtime(path[0])
     bench.main(["evaluate", *argv, "--repeats", "4"])  # has them already: untouched
@@ -322,7 +333,7 @@ def test_repeated_evaluations_are_deterministic_stored_and_score_the_table(tmp_p
 
 
 def test_outside_flags_compare_the_mean_of_the_evaluations(tmp_path, capsys):
-    """Funnel PIS: one low evaluation (0.511 / 0.160) of a model whose evaluations average 0.529 / 0.250 is
+    """Funnel PIS: one low evaluation (0.511 / 0.160) of a model whose evaluations average 0.529 / 0.257 is
     outside the published 0.534 ± 0.008 / 0.262 ± 0.008; the model's score, that mean, is not."""
     bench = _bench()
     metrics_ = dict(delta_log_Z=0.511, delta_log_Z_rw=0.160, w2=19.8, w2_exact=23.9, elbo=-0.511, log_Z=-0.160, n=2000)

@@ -2,7 +2,8 @@
 (target, objective, exploration) combination, the method presets of Sendera et al. (2024)'s
 main table, evaluation against ground truth, JSON and saved models, and a resumable runner for
 the whole table (`plan_table`, `run_table`, `table_progress`): each run checkpoints its full
-training state every N iterations, and a rerun skips finished runs and resumes the others."""
+training state every N iterations, and a rerun skips finished runs and resumes the others; the finished runs'
+saved models evaluated again (`reevaluate`: their metrics; `repeat_evaluations`: the table's repeated evaluations)."""
 from __future__ import annotations
 
 import dataclasses
@@ -130,6 +131,19 @@ def checkpoint_path(out_dir: str, target_name: str, method: str, seed: int) -> s
     return os.path.join(out_dir, "checkpoints", f"{target_name}_{method}_seed{seed}.ckpt")
 
 
+def write_result(stem: str, res: dict):
+    """Write a run's result to stem.json atomically (`atomic_write`: a process killed while writing leaves the
+    old file)."""
+    atomic_write(stem + ".json", lambda f: f.write(json.dumps(res, indent=2).encode()))
+
+
+def format_errors(m: dict, sep: str = "  ") -> str:
+    """'Δlog Z a<sep>Δlog Z^RW b' of metrics `m`; where log Z is unknown (LGCP), 'ELBO a<sep>log Z^RW b'."""
+    if "delta_log_Z" in m:
+        return f"Δlog Z {m['delta_log_Z']:.3f}{sep}Δlog Z^RW {m['delta_log_Z_rw']:.3f}"
+    return f"ELBO {m['elbo']:.2f}{sep}log Z^RW {m['log_Z']:.2f}"
+
+
 def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None, progress=True, eval_samples=2000,
         device="cpu", checkpoint_every=0, log=None, **kw) -> dict:
     """Train one (target, method, seed) and evaluate; writes model + JSON into out_dir when given.
@@ -170,7 +184,7 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
         os.makedirs(out_dir, exist_ok=True)
         stem = run_stem(out_dir, target_name, method, seed)
         sampler.save(stem + ".pt")  # config + state_dict: DiffusionSampler.load(path)
-        atomic_write(stem + ".json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+        write_result(stem, result)
         result["model_path"] = stem + ".pt"
         if ckpt is not None and os.path.exists(ckpt):
             os.remove(ckpt)
@@ -254,10 +268,8 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
 
     def finished(res):
         m = res["metrics"]
-        err = (f"Δlog Z {m['delta_log_Z']:.3f}  Δlog Z^RW {m['delta_log_Z_rw']:.3f}" if "delta_log_Z" in m
-               else f"ELBO {m['elbo']:.2f}  log Z^RW {m['log_Z']:.2f}")
-        log(f"{res['target']:9s} {res['method']:19s} seed {res['seed']}: {err}  W2 {m.get('w2', float('nan')):.3f}  "
-            f"{res['ms_per_iteration']:.0f} ms/it on {res['device']}")
+        log(f"{res['target']:9s} {res['method']:19s} seed {res['seed']}: {format_errors(m)}  "
+            f"W2 {m.get('w2', float('nan')):.3f}  {res['ms_per_iteration']:.0f} ms/it on {res['device']}")
         log(format_progress(table_progress(plan, out_dir, batch_size)))
         results.append(res)
 
@@ -272,31 +284,95 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
     return results
 
 
+def kept_models(plan, out_dir: str, batch_size: int | None = None, *, log=print, skipped: str):
+    """(run, stem, JSON) of each finished run of `plan` whose model is kept (stem.pt, `run_stem`); a finished run
+    without one is logged as '<target> <method> seed <s>: no saved model, <skipped>'."""
+    for r in plan:
+        res = finished_result(r, out_dir, batch_size)
+        if res is None:
+            continue
+        stem = run_stem(out_dir, r.target, r.method, r.seed)
+        if not os.path.exists(stem + ".pt"):
+            log(f"{r.target} {r.method} seed {r.seed}: no saved model, {skipped}")
+            continue
+        yield r, stem, res
+
+
 def reevaluate(plan, out_dir: str, *, batch_size: int | None = None, log=print) -> list[dict]:
     """Recompute the metrics of the finished runs of `plan` from their saved models (.pt), with the
     evaluation `run` made (`evaluate`, the JSON's sample count, seed 10,000 + seed), and rewrite each
     JSON (atomically) with the new metrics. Metrics whose value changed keep their old value under
-    'reevaluation' → 'changed'; runs without a model are reported and left as they are."""
+    'reevaluation' → 'changed'; where metrics changed or were added, the run's repeated evaluations
+    ('evaluations', `repeat_evaluations`), made by the old evaluation, are dropped (logged) for `evaluate` to
+    recompute; runs without a model are reported and left as they are."""
     done = []
-    for r in plan:
-        res = finished_result(r, out_dir, batch_size)
-        stem = run_stem(out_dir, r.target, r.method, r.seed)
-        if res is None:
-            continue
-        if not os.path.exists(stem + ".pt"):
-            log(f"{r.target} {r.method} seed {r.seed}: no saved model, metrics left as they are")
-            continue
+    for r, stem, res in kept_models(plan, out_dir, batch_size, log=log, skipped="metrics left as they are"):
         sampler = DiffusionSampler.load(stem + ".pt", map_location="cpu")
         new = evaluate(sampler, sampler.target, n=res["metrics"]["n"], seed=10_000 + r.seed)
         old = res["metrics"]
         changed = {k: [old[k], new.get(k)] for k in old if old[k] != new.get(k)}
         res["metrics"] = new
         res["reevaluation"] = {"added": sorted(set(new) - set(old)), "changed": changed}
-        atomic_write(stem + ".json", lambda f, res=res: f.write(json.dumps(res, indent=2).encode()))
+        stale = res.pop("evaluations", None) if changed or res["reevaluation"]["added"] else None
+        write_result(stem, res)
         log(f"{r.target} {r.method} seed {r.seed}: " + (f"CHANGED {sorted(changed)}" if changed else
-                                                          "metrics reproduced") + f", added {len(new) - len(old)}")
+                                                          "metrics reproduced") + f", added {len(new) - len(old)}"
+            + (f"; its {len(stale['seeds'])} repeated evaluations dropped (stale): evaluate recomputes them"
+               if stale else ""))
         done.append(res)
     return done
+
+
+def evaluation_seeds(seed: int, repeats: int) -> list[int]:
+    """The evaluation seeds of run `seed`'s repeated evaluations: 10,000 + seed + k·10⁶, k = 1..repeats. Fresh
+    against its evaluation at the end of training (10,000 + seed) and, for repeats < 1000, against the offsets
+    `evaluate` adds to a seed (+10⁹: the second exact sample, +2·10⁹: the 25GMM equal-count set)."""
+    return [10_000 + seed + k * 10**6 for k in range(1, repeats + 1)]
+
+
+def _scalars(metrics: dict) -> dict:
+    """The scalar metrics of one evaluation (mode_weights, a list, left out)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def repeat_evaluations(plan, out_dir: str, *, repeats: int, batch_size: int | None = None, log=print) -> list[dict]:
+    """Give each finished run of `plan` whose model is kept (.pt) `repeats` evaluations of that model
+    (`evaluate`, the sample count of its JSON, `evaluation_seeds`), written into its JSON (atomically) under
+    'evaluations': per scalar metric the values, their mean and sd (over the evaluations). A run that has some
+    gets only the missing ones. 'metrics' stays the run's one evaluation at the end of training; a run without
+    a model keeps only that one (logged). Returns the JSONs that gained evaluations."""
+    updated = []
+    for r, stem, res in kept_models(plan, out_dir, batch_size, log=log, skipped="scored by its one evaluation"):
+        n, seeds = res["metrics"]["n"], evaluation_seeds(r.seed, repeats)
+        have = res.get("evaluations", {"n": n, "seeds": [], "values": {}, "cpu_seconds": 0.0})
+        if have["n"] != n or have["seeds"] != evaluation_seeds(r.seed, len(have["seeds"])):
+            raise ValueError(f"{stem}.json holds evaluations of {have['n']} samples with seeds {have['seeds']}, not "
+                             f"those of evaluation_seeds with {n} samples")
+        if len(have["seeds"]) >= repeats:
+            continue
+        sampler = DiffusionSampler.load(stem + ".pt", map_location="cpu")
+        values, t0 = {k: list(v) for k, v in have["values"].items()}, time.process_time()
+        for s in seeds[len(have["seeds"]):]:
+            m = _scalars(evaluate(sampler, sampler.target, n=n, seed=s))
+            if values and m.keys() != values.keys():
+                raise ValueError(f"{stem}.json: the evaluation gives {sorted(m)}, the stored ones {sorted(values)}")
+            for k, v in m.items():
+                values.setdefault(k, []).append(v)
+        res["evaluations"] = {
+            "about": "evaluations of the saved model with fresh seeds (10,000 + seed + k·10⁶, k = 1, 2, ...), "
+                     "n samples each: the table's score of the run is their mean; 'metrics' is the one evaluation "
+                     "at the end of training (seed 10,000 + seed), how the paper's released code scores a run",
+            "n": n, "seeds": seeds, "values": values,
+            "mean": {k: statistics.mean(v) for k, v in values.items()},
+            "sd": {k: statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()},
+            "cpu_seconds": have["cpu_seconds"] + time.process_time() - t0}
+        write_result(stem, res)
+        mean = res["evaluations"]["mean"]
+        log(f"{r.target} {r.method} seed {r.seed}: {repeats} evaluations, mean {format_errors(mean, sep=', ')}"
+            + (f", W2 {mean['w2']:.3f}" if "w2" in mean else "")
+            + f" (one evaluation: {res['metrics'].get('delta_log_Z', res['metrics']['elbo']):.3f})")
+        updated.append(res)
+    return updated
 
 
 def time_paths(target_name: str, method: str, paths, *, iterations=None, segment=None, warmup=3, seed=0,
@@ -406,6 +482,6 @@ def main(args) -> int:
                                                                     "seconds_per_iteration", "device",
                                                                     "metrics")}, indent=2))
     if args.target in TARGETS and "delta_log_Z" in m:
-        print(f"{args.target} {args.method}: Δlog Z {m['delta_log_Z']:.3f}  Δlog Z^RW {m['delta_log_Z_rw']:.3f}  "
+        print(f"{args.target} {args.method}: {format_errors(m)}  "
               f"W2 {m.get('w2', float('nan')):.3f}  ({res['seconds_per_iteration'] * 1e3:.1f} ms/iteration)")
     return 0
