@@ -84,7 +84,9 @@ def test_backward_trajectories_are_the_whole_array_bridge(dtype):
     u = (c * states[2:]).sub_(states[1:-1])
     lpb = -0.5 * (u * u).div_(var).add_(torch.log(2 * math.pi * var)).sum(-1)
     assert torch.equal(traj.states, states)
-    assert torch.equal(traj.log_pb, torch.cat([torch.zeros_like(lpb[:1]), lpb]).T)
+    whole = torch.cat([torch.zeros_like(lpb[:1]), lpb]).T
+    assert torch.equal(traj.log_pb, whole) and traj.log_pb.stride() == whole.stride()
+    assert torch.equal(traj.log_pb.sum(-1), whole.sum(-1))  # log w sums over time in the same order
 
 
 def _perturb(sampler, seed=0):

@@ -242,7 +242,7 @@ class DiffusionSampler(nn.Module):
         for i in range(len(c)):
             u = (c[i] * states[i + 2]).sub_(states[i + 1])  # −(x_i − c x_{i+1}), exactly: the same square
             lpb.append(-0.5 * (u * u).div_(var[i]).add_(half_log[i]).sum(-1))
-        return torch.stack(lpb, 1)
+        return torch.stack(lpb).T  # (B, T) with the whole-array version's strides: sums over time round the same
 
     def _flow(self, x, hid, t):
         """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x)."""
