@@ -207,6 +207,53 @@ def test_fused_autograd_ops_refuse_forward_mode_naming_the_op(name, api):
                 fn(fwAD.make_dual(arg, torch.ones_like(arg)))
 
 
+def _frozen_and_langevin_log_pf_cases():
+    """name -> (function of (temb, lgv), temb, lgv) for policy_log_pf where its parameters do not require grad: a
+    frozen net (`requires_grad_(False)`) with and without the Langevin term, and a trained Langevin net (the tangent
+    then rides on temb and lgv only)."""
+    from fastsamp.samplers.diffusion import DriftNet
+    from fastsamp.targets import GMM25
+    torch.manual_seed(4)
+    out = {}
+    for name, langevin, frozen in (("frozen", False, True), ("frozen_langevin", True, True),
+                                   ("langevin", True, False)):
+        net = DriftNet(2, hidden=8, n_harmonics=4, n_layers=1, langevin=langevin).double().requires_grad_(not frozen)
+        temb, lgv = net.time_features(torch.arange(4, dtype=F64) / 4)
+        temb, lgv = temb.detach(), (lgv.detach() if langevin else None)
+        if langevin:
+            states, _, _, scores = ops.policy_rollout(net, temb, 3, lgv=lgv, target=GMM25(), sigma=1.0)
+        else:
+            states, scores = ops.policy_rollout(net, temb, 3, sigma=1.0)[0], None
+        out[name] = (_log_pf_of(net, states, scores), temb, lgv)
+    return out
+
+
+def _log_pf_of(net, states, scores):
+    """(temb, lgv) -> policy_log_pf of these states under net (lgv None: without the Langevin term)."""
+    return lambda temb, lgv: ops.policy_log_pf(net, states, temb, lgv=lgv, scores=scores, sigma=1.0)
+
+
+@pytest.mark.parametrize("api", ["jvp", "forward_ad"])
+@pytest.mark.parametrize("case", ["frozen", "frozen_langevin", "langevin"])
+def test_policy_log_pf_refuses_forward_mode_when_no_parameter_requires_grad(case, api):
+    """policy_log_pf's shortcut past its autograd.Function (nothing requires grad) is not taken in forward mode:
+    a tangent on temb (and lgv) raises naming the op, never a missing tangent (forward_ad) or torch's data-pointer
+    error (torch.func.jvp), whether or not the net's parameters require grad."""
+    if not backends.is_available("cpp"):
+        pytest.skip("the fused C++ kernels")
+    fn, temb, lgv = _frozen_and_langevin_log_pf_cases()[case]
+    with pytest.raises(RuntimeError, match="policy_log_pf has no forward-mode derivative"):
+        if api == "jvp":
+            if lgv is None:
+                torch.func.jvp(lambda t: fn(t, None), (temb,), (torch.ones_like(temb),))
+            else:
+                torch.func.jvp(fn, (temb, lgv), (torch.ones_like(temb), torch.ones_like(lgv)))
+        else:
+            with fwAD.dual_level():
+                g = None if lgv is None else fwAD.make_dual(lgv, torch.ones_like(lgv))
+                fn(fwAD.make_dual(temb, torch.ones_like(temb)), g)
+
+
 def _weighted_scalar(fn, args, at, weights):
     """p -> Σ over fn's outputs o (at args with the positions `at` replaced by p) of Σ (o·w + o²·w/2)."""
     def f(*p):

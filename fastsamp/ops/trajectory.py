@@ -443,9 +443,9 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
     meta = (backend, sigma, h, p.clip, n_threads, log_pf, p.lgv_clip if lgv is not None else 0.0, scores, spec, kept)
-    if not torch.compiler.is_compiling() and not _dispatch._needs_grad(temb, (lgv, *params)):
-        return _log_pf_values(meta, states, temb, lgv, params)  # nothing to differentiate: no autograd.Function
     _dispatch.refuse_forward_mode("policy_log_pf", temb, lgv, *params, hint=_TORCH_HINT)
+    if _dispatch.nothing_to_differentiate(temb, (lgv, *params)):
+        return _log_pf_values(meta, states, temb, lgv, params)  # no autograd.Function
     return _PolicyLogPF.apply(meta, states, temb, lgv, *params)
 
 
