@@ -9,7 +9,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter
 
 import fastsamp
-from fastsamp import VE, VP, ops
+from fastsamp import VE, VP, backends, ops
 
 D = 3
 SCHEDULE = VP()
@@ -144,10 +144,13 @@ def test_out_call_compiles(dynamo_reset):
         ops.reverse_sde_step(buf[1:], s, t=0.5, h=0.01, schedule=SCHEDULE, seed=3, out=buf[:-1])
 
 
-def test_policy_ops_compile(dynamo_reset):
+def test_policy_ops_compile(dynamo_reset, monkeypatch):
     """policy_log_pf (forward and its fused backward) and policy_rollout: no graph break (the thread count is
-    read by the kernel's glue, the backend resolved from loaded modules), eager's values and gradients."""
+    read by the kernel's glue, the backend resolved while tracing, its module's first load included: no backend
+    is loaded when the test starts, as in a fresh process, whichever tests ran before), eager's values and
+    gradients."""
     from fastsamp.samplers.diffusion import DriftNet
+    monkeypatch.setattr(backends, "_loaded", {})
     torch.manual_seed(0)
     T, B, H = 3, 5, 8
     net = DriftNet(2, hidden=H, n_harmonics=4, n_layers=1).double()

@@ -1,37 +1,40 @@
 """Backend registry and dispatch: "torch" (reference), "cpp", "triton", "cuda"."""
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
-_MODULES = {
-    "torch": "fastsamp.ops.reference",
-    "cpp": "fastsamp.backends.cpp",
-    "triton": "fastsamp.kernels",
-    "cuda": "fastsamp.backends.cuda",
-}
 
 
 _loaded: dict[str, tuple] = {}  # name -> _import(name); a plain dict, which torch.compile reads as a constant
 
 
 def _load(name: str):
-    """(module, None) or (None, reason it is unavailable), imported once (`resolve` is then traceable: the
-    import machinery is not)."""
+    """(module, None) or (None, reason it is unavailable), imported once. `resolve` traces under torch.compile
+    with no graph break, the first load included (`_import`)."""
     if name not in _loaded:
         _loaded[name] = _import(name)
     return _loaded[name]
 
 
 def _import(name: str):
+    """The backend's module, by import statements: torch.compile runs an import statement while it traces (the
+    first op call of a process may be inside a compiled function), whereas it breaks the graph at
+    importlib.import_module."""
     try:
-        if name in ("cpp", "cuda"):
+        if name == "torch":
+            from fastsamp.ops import reference as module
+        elif name == "triton":
+            from fastsamp import kernels as module
+        else:
             from fastsamp import _C
             if name == "cuda" and not _C.has_cuda:
                 return None, "fastsamp._C was built without CUDA kernels (nvcc not found at build time)"
-        module = importlib.import_module(_MODULES[name])
+            if name == "cpp":
+                from fastsamp.backends import cpp as module
+            else:
+                from fastsamp.backends import cuda as module
     except ImportError as e:  # extension not built, triton not installed
         reason = f"{type(e).__name__}: {e}"
         if name == "cpp":  # backend="auto" then runs the reference on the CPU: say so once, not silently
