@@ -373,14 +373,16 @@ class _PolicyLogPF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, meta, states, temb, lgv, *params):
         log_pf = _log_pf_values(meta, states, temb, lgv, params)
-        ctx.meta = meta
-        ctx.save_for_backward(states, temb, lgv, *params)
+        backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _, kept = meta
+        ctx.meta = backend, sigma, h, clip, n_threads, lgv_clip
+        # the tensors the backward reads are saved tensors (freed after it, checked against in-place changes)
+        ctx.save_for_backward(states, temb, lgv, scores, kept, *params)
         return log_pf
 
     @staticmethod
     def backward(ctx, g_log_pf):
-        backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _, kept = ctx.meta
-        states, temb, lgv, *params = ctx.saved_tensors
+        backend, sigma, h, clip, n_threads, lgv_clip = ctx.meta
+        states, temb, lgv, scores, kept, *params = ctx.saved_tensors
         with torch.no_grad():
             bwd = _dispatch.route(backend, "policy_log_pf_backward", states, temb, *params)
             g_temb, g_params, g_lgv = bwd(states, temb, params, g_log_pf.contiguous(), sigma, h, clip, n_threads,
