@@ -469,6 +469,13 @@ inline void dispatch_dtype(int dtype, F&& f) {
   }
 }
 
+// f(tag, dc): dispatch_dtype's type tag and dispatch_d's D-constant, for the kernels
+// instantiated per dtype and compile-time D.
+template <typename F>
+inline void dispatch_dtype_d(int dtype, int64_t D, F&& f) {
+  dispatch_dtype(dtype, [&](auto tag) { dispatch_d(D, [&](auto dc) { f(tag, dc); }); });
+}
+
 // f(std::true_type()) or f(std::false_type()): a runtime flag as a compile-time one.
 template <typename F>
 inline void dispatch_bool(bool v, F&& f) {

@@ -342,13 +342,10 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
 void gmm_score(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
                int64_t B, int64_t D, int64_t K, double alpha, double sigma2, uintptr_t score,
                uintptr_t logp) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
     const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), K, D, alpha, sigma2);
-    dispatch_d(D, [&](auto dc) {
-      gmm_score_impl<T, decltype(dc)::value>(ptr<T>(x), mx, B, static_cast<int>(D), ptr<T>(score),
-                                             ptr<T>(logp));
-    });
+    gmm_score_impl<T, decltype(dc)::value>(ptr<T>(x), mx, B, static_cast<int>(D), ptr<T>(score), ptr<T>(logp));
   });
 }
 
@@ -359,7 +356,7 @@ template <typename Run>
 void whole_move_entry(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, uintptr_t variances,
                       int64_t B, int64_t D, int64_t K, int64_t n_steps, double alpha, double sigma2,
                       uintptr_t x_out, uintptr_t accept_rate, Run run) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
     const Mixture<T> mx(ptr<T>(means), ptr<T>(log_weights), ptr<T>(variances), K, D, alpha, sigma2);
     if (n_steps <= 0) {  // nothing to do: copy the state, rate 0
@@ -369,7 +366,7 @@ void whole_move_entry(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_wei
       for (int64_t b = 0; b < B; ++b) ptr<T>(accept_rate)[b] = T(0);
       return;
     }
-    dispatch_d(D, [&](auto dc) { run(tag, dc, mx); });
+    run(tag, dc, mx);
   });
 }
 }  // namespace

@@ -104,26 +104,22 @@ void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, i
 
 void leapfrog(int dtype, uintptr_t x, uintptr_t p, uintptr_t score, uintptr_t step_size, int64_t B,
               int64_t D, uintptr_t x_next, uintptr_t p_half) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      leapfrog_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(p), ptr<T>(score), ptr<T>(step_size), B,
-                                            static_cast<int>(D), ptr<T>(x_next), ptr<T>(p_half));
-    });
+    leapfrog_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(p), ptr<T>(score), ptr<T>(step_size), B,
+                                          static_cast<int>(D), ptr<T>(x_next), ptr<T>(p_half));
   });
 }
 
 void leapfrog_finish(int dtype, uintptr_t x, uintptr_t x_next, uintptr_t p_half, uintptr_t score,
                      uintptr_t score_next, uintptr_t step_size, uintptr_t delta_logp, int64_t B, int64_t D,
                      uintptr_t p_next, uintptr_t delta_logp_next) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      leapfrog_finish_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_next), ptr<T>(p_half), ptr<T>(score),
-                                                   ptr<T>(score_next), ptr<T>(step_size), ptr<T>(delta_logp),
-                                                   B, static_cast<int>(D), ptr<T>(p_next),
-                                                   ptr<T>(delta_logp_next));
-    });
+    leapfrog_finish_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_next), ptr<T>(p_half), ptr<T>(score),
+                                                 ptr<T>(score_next), ptr<T>(step_size), ptr<T>(delta_logp),
+                                                 B, static_cast<int>(D), ptr<T>(p_next),
+                                                 ptr<T>(delta_logp_next));
   });
 }
 
@@ -131,29 +127,24 @@ void hmc_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintp
                 uintptr_t p_prop, uintptr_t delta_logp, uintptr_t u, uint64_t seed, uint64_t offset,
                 uint64_t chain_offset, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
                 uintptr_t accepted, uintptr_t log_alpha) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      hmc_accept_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop),
-                                              ptr<T>(p), ptr<T>(p_prop), ptr<T>(delta_logp),
-                                              MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, B,
-                                              static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
-                                              ptr<uint8_t>(accepted), ptr<T>(log_alpha));
-    });
+    hmc_accept_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop),
+                                            ptr<T>(p), ptr<T>(p_prop), ptr<T>(delta_logp),
+                                            MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, B,
+                                            static_cast<int>(D), ptr<T>(x_new), ptr<T>(score_new),
+                                            ptr<uint8_t>(accepted), ptr<T>(log_alpha));
   });
 }
 
 void momentum_refresh(int dtype, uintptr_t p, double damping, uintptr_t noise, int64_t B, int64_t D,
                       uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
     const T damp = static_cast<T>(damping);
     const T c = static_cast<T>(std::sqrt(1.0 - damping * damping));
-    dispatch_d(D, [&](auto dc) {
-      momentum_refresh_impl<T, decltype(dc)::value>(ptr<T>(p), damp, c, ptr<T>(noise), B,
-                                                    static_cast<int>(D), seed, offset, chain_offset,
-                                                    ptr<T>(out));
-    });
+    momentum_refresh_impl<T, decltype(dc)::value>(ptr<T>(p), damp, c, ptr<T>(noise), B, static_cast<int>(D), seed,
+                                                  offset, chain_offset, ptr<T>(out));
   });
 }
 

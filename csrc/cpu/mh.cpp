@@ -116,6 +116,17 @@ void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T
 template <typename T>
 struct RowLanes;
 
+// The arithmetic members of RowLanes<T>: the same AVX-512 intrinsics, suffix ps (float) or pd (double).
+#define FASTSAMP_ROW_LANE_ARITHMETIC(T, SFX)                                                               \
+  static FASTSAMP_VINLINE V set1(T v) { return _mm512_set1_##SFX(v); }                                    \
+  static FASTSAMP_VINLINE V add(V a, V b) { return _mm512_add_##SFX(a, b); }                              \
+  static FASTSAMP_VINLINE V sub(V a, V b) { return _mm512_sub_##SFX(a, b); }                              \
+  static FASTSAMP_VINLINE V mul(V a, V b) { return _mm512_mul_##SFX(a, b); }                              \
+  static FASTSAMP_VINLINE V div(V a, V b) { return _mm512_div_##SFX(a, b); }                              \
+  static FASTSAMP_VINLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_##SFX(a, b, c); }                  \
+  static FASTSAMP_VINLINE V fnmadd(V a, V b, V c) { return _mm512_fnmadd_##SFX(a, b, c); }                \
+  static FASTSAMP_VINLINE __mmask16 lt(V a, V b) { return _mm512_cmp_##SFX##_mask(a, b, _CMP_LT_OQ); }
+
 // What the float and double lanes share: W rows, one per lane of a 512-bit register, and `keep`.
 template <typename T>
 struct RowLanesCommon {
@@ -140,14 +151,7 @@ struct RowLanes<float> : RowLanesCommon<float> {
   }
   static FASTSAMP_VINLINE V load(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
   static FASTSAMP_VINLINE void store(__mmask16 k, float* p, V v) { _mm512_mask_storeu_ps(p, k, v); }
-  static FASTSAMP_VINLINE V set1(float v) { return _mm512_set1_ps(v); }
-  static FASTSAMP_VINLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static FASTSAMP_VINLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  static FASTSAMP_VINLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static FASTSAMP_VINLINE V div(V a, V b) { return _mm512_div_ps(a, b); }
-  static FASTSAMP_VINLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static FASTSAMP_VINLINE V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
-  static FASTSAMP_VINLINE __mmask16 lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  FASTSAMP_ROW_LANE_ARITHMETIC(float, ps)
   // c[d] = element d of the 16 rows p[0 .. 8), p[8 .. 16), ... (D = 8): [row r | row r + 8] in one
   // register, then the 8 x 8 transpose of both 256-bit halves at once (24 shuffles, not 8 gathers).
   static FASTSAMP_VINLINE void columns8(const float* p, V* c) {
@@ -188,15 +192,9 @@ struct RowLanes<double> : RowLanesCommon<double> {
   static FASTSAMP_VINLINE void store(__mmask16 k, double* p, V v) {
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>(k), v);
   }
-  static FASTSAMP_VINLINE V set1(double v) { return _mm512_set1_pd(v); }
-  static FASTSAMP_VINLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static FASTSAMP_VINLINE V sub(V a, V b) { return _mm512_sub_pd(a, b); }
-  static FASTSAMP_VINLINE V mul(V a, V b) { return _mm512_mul_pd(a, b); }
-  static FASTSAMP_VINLINE V div(V a, V b) { return _mm512_div_pd(a, b); }
-  static FASTSAMP_VINLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static FASTSAMP_VINLINE V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
-  static FASTSAMP_VINLINE __mmask16 lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+  FASTSAMP_ROW_LANE_ARITHMETIC(double, pd)
 };
+#undef FASTSAMP_ROW_LANE_ARITHMETIC
 
 // c[d] = element d of the n rows of D = DC elements from p (lanes past n: 0), for each d < DC.
 template <typename T, int DC, typename L = RowLanes<T>, typename Idx>
@@ -344,13 +342,11 @@ void energy_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const 
 
 void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, uintptr_t noise, int64_t B,
                   int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, uintptr_t out) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      mala_propose_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(step_size), ptr<T>(noise),
-                                                B, static_cast<int>(D), seed, offset, chain_offset,
-                                                ptr<T>(out));
-    });
+    mala_propose_impl<T, decltype(dc)::value>(ptr<T>(x), ptr<T>(score), ptr<T>(step_size), ptr<T>(noise),
+                                              B, static_cast<int>(D), seed, offset, chain_offset,
+                                              ptr<T>(out));
   });
 }
 
@@ -365,14 +361,12 @@ void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, 
                      uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
                      uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,
                      uintptr_t accepted, uintptr_t log_alpha) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      score_mh_accept_impl<T, decltype(dc)::value>(
-          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size),
-          MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, ptr<T>(interior), m, B, static_cast<int>(D),
-          ptr<T>(x_new), ptr<T>(score_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
-    });
+    score_mh_accept_impl<T, decltype(dc)::value>(
+        ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size),
+        MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, ptr<T>(interior), m, B, static_cast<int>(D),
+        ptr<T>(x_new), ptr<T>(score_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
   });
 }
 
@@ -380,14 +374,12 @@ void energy_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score,
                       uintptr_t logp, uintptr_t logp_prop, uintptr_t step_size, uintptr_t u, uint64_t seed,
                       uint64_t offset, uint64_t chain_offset, int64_t B, int64_t D, uintptr_t x_new,
                       uintptr_t score_new, uintptr_t logp_new, uintptr_t accepted, uintptr_t log_alpha) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      energy_mh_accept_impl<T, decltype(dc)::value>(
-          ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(logp), ptr<T>(logp_prop),
-          ptr<T>(step_size), MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, B, static_cast<int>(D),
-          ptr<T>(x_new), ptr<T>(score_new), ptr<T>(logp_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
-    });
+    energy_mh_accept_impl<T, decltype(dc)::value>(
+        ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(logp), ptr<T>(logp_prop),
+        ptr<T>(step_size), MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, B, static_cast<int>(D),
+        ptr<T>(x_new), ptr<T>(score_new), ptr<T>(logp_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
   });
 }
 

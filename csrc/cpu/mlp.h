@@ -352,7 +352,7 @@ struct Work {
       OUT = ABuf<T>(static_cast<size_t>(rows) * n.Dq);
     }
     DR = ABuf<T>(static_cast<size_t>(rows) * n.Dq);
-    if (normals) XI = ABuf<T>(static_cast<size_t>(64) * ((rows * ((n.D + 3) / 4) + 15) / 16));
+    if (normals) XI = ABuf<T>(normals_capacity(rows, n.D));
     bind(U.p, G.p, static_cast<size_t>(rows) * Hp);
   }
   void bind(T* u0_, T* g0_, size_t lst_) {

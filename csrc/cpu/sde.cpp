@@ -59,27 +59,23 @@ void affine_noise_impl(const T* __restrict x, const T* __restrict score, const T
 void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, uintptr_t noise, int64_t B,
               int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset, double a, double c_s, double c_n,
               uintptr_t out) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      affine_noise_impl<T, decltype(dc)::value, false>(
-          ptr<T>(x), ptr<T>(score), ptr<T>(extra_drift), nullptr, ptr<T>(noise), B, static_cast<int>(D), seed,
-          offset, chain_offset, static_cast<T>(a), static_cast<T>(c_s), T(0), T(0), static_cast<T>(c_n), ptr<T>(out));
-    });
+    affine_noise_impl<T, decltype(dc)::value, false>(
+        ptr<T>(x), ptr<T>(score), ptr<T>(extra_drift), nullptr, ptr<T>(noise), B, static_cast<int>(D), seed,
+        offset, chain_offset, static_cast<T>(a), static_cast<T>(c_s), T(0), T(0), static_cast<T>(c_n), ptr<T>(out));
   });
 }
 
 void guided_sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t score_shift, uintptr_t v,
                      uintptr_t noise, int64_t B, int64_t D, uint64_t seed, uint64_t offset, uint64_t chain_offset,
                      double a, double c_s, double c_v, double c_diff, double c_n, uintptr_t out) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
-    dispatch_d(D, [&](auto dc) {
-      affine_noise_impl<T, decltype(dc)::value, true>(
-          ptr<T>(x), ptr<T>(score), ptr<T>(v), ptr<T>(score_shift), ptr<T>(noise), B, static_cast<int>(D), seed,
-          offset, chain_offset, static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_v), static_cast<T>(c_diff),
-          static_cast<T>(c_n), ptr<T>(out));
-    });
+    affine_noise_impl<T, decltype(dc)::value, true>(
+        ptr<T>(x), ptr<T>(score), ptr<T>(v), ptr<T>(score_shift), ptr<T>(noise), B, static_cast<int>(D), seed,
+        offset, chain_offset, static_cast<T>(a), static_cast<T>(c_s), static_cast<T>(c_v), static_cast<T>(c_diff),
+        static_cast<T>(c_n), ptr<T>(out));
   });
 }
 

@@ -182,10 +182,10 @@ void em_step_logprob_backward_impl(const T* __restrict x, const T* __restrict dr
 template <typename Run>
 void em_dispatch(int dtype, int64_t D, bool has_log_var, double h, double s2, double e2, double c, double b2,
                  Run&& run) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype_d(dtype, D, [&](auto tag, auto dc) {
     using T = decltype(tag);
     const EmConst<T> k(D, h, s2, e2, c, b2);
-    dispatch_d(D, [&](auto dc) { dispatch_bool(has_log_var, [&](auto lvc) { run(tag, dc, lvc, k); }); });
+    dispatch_bool(has_log_var, [&](auto lvc) { run(tag, dc, lvc, k); });
   });
 }
 
