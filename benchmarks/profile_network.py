@@ -79,7 +79,7 @@ PIECES = [(protocol.CountingModel, "score", "CountingModel.score (count, output 
           (kernels.ScoreMH, "langevin", "MH piece: the points' batch, slices"),
           (kernels.Langevin, "step", "Langevin.step"), (kernels.Langevin, "init", "Langevin.init (per level)"),
           (kernels, "checked_kernel", "checked_kernel (per level)"),
-          (annealed, "run_corrector", "run_corrector: loop (per level; the accept count only in chunks of one level)"),
+          (annealed, "run_corrector", "run_corrector: loop (per level; counts accepts only unchunked)"),
           (annealed, "nonfinite_rows", "non-finite rows (per level)"),
           (annealed, "level_values", "level statistics (per level, in chunks)"),
           (annealed, "annealed_mcmc", "annealed_mcmc: setup, per-level work, end")]

@@ -47,7 +47,6 @@ def test_cpu_time_needs_one_thread(one_thread):
         bench.run("cpu", ["gmm_score[compact]"], cpu_time=True)
 
 
-
 def _mlp_product_bench():
     mp = load_benchmark("mlp_product.py", "mlp_product")
     g = torch.Generator().manual_seed(4)

@@ -54,7 +54,6 @@ def nothing_to_differentiate(x: torch.Tensor, tensors) -> bool:
     return not torch.compiler.is_compiling() and _functorch_level() is None and not _needs_grad(x, tensors)
 
 
-
 def _has_tangent(x: torch.Tensor, tensors) -> bool:
     """x or one of the other tensors (None allowed) carries a forward-mode tangent at the current dual level
     (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad); callers test `_fwad._current_level >= 0` (a dual

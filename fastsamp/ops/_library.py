@@ -166,18 +166,6 @@ def _given_tensor_forms(args: tuple, at: tuple, n: int) -> tuple:
     return tuple(head)
 
 
-def _with_u64_tensors(fn, op: _table.Op):
-    """fn (the backend signature) called with the schema's arguments: each given trailing tensor form `<name>_t`
-    of a u64 argument replaces that argument."""
-    at, n = _u64_positions(op), len(op.schema_args)
-    if not at:
-        return fn
-
-    def kernel(*args):
-        return fn(*(args if len(args) == n else _given_tensor_forms(args, at, n)))
-    return kernel
-
-
 def _requires_grad_test(op: _table.Op):
     """args -> whether a tensor argument of `op` requires grad (`_table.requires_grad_source`)."""
     namespace = {}
@@ -449,10 +437,12 @@ class Entry:
 def _register_factory(op: _table.Op) -> None:
     """normal / uniform: the kernel of the `device` argument's type (the dispatcher has no tensor to choose by)."""
     at = next(i for i, a in enumerate(op.schema_args) if a.kind == "device")
+    u64, n = _u64_positions(op), len(op.schema_args)
 
     def kernel(*args):
+        if len(args) != n:  # the u64 arguments' trailing tensor forms given
+            args = _given_tensor_forms(args, u64, n)
         return device_kernel(op.name, torch.device(args[at]).type)(*args)
-    kernel = _with_u64_tensors(kernel, op)
     namespace = {"torch": torch}
     _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
     torch.library.register_fake(f"{NAMESPACE}::{op.name}", namespace["fake"], lib=_lib)

@@ -394,7 +394,8 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
     return CorrectorResult(state.x, state.momentum, rate, key.offset + spec.n_steps, state.score)
 
 
-ACCEPT_CHUNK = 16  # moves whose accept masks (B bools each) are kept before they are counted
+ACCEPT_CHUNK = 16  # moves whose accept masks (B bools each) run_corrector keeps before counting them; a caller's
+# accepted= list keeps all of a level's, counted by acceptance_rate in chunks of this many
 
 
 def acceptance_rate(accepted: list, n_steps: int, dtype, n_acc: torch.Tensor | None = None) -> torch.Tensor:

@@ -237,11 +237,11 @@ class DiffusionSampler(nn.Module):
         ts = self._grid(states)
         c = ts[1:-1] / ts[2:]
         var = self.sigma ** 2 * self.h * c
-        half_log = torch.log(2 * math.pi * var)
+        log_2pi_var = torch.log(2 * math.pi * var)
         lpb = [torch.zeros_like(states[0, :, 0])]
         for i in range(len(c)):
             u = (c[i] * states[i + 2]).sub_(states[i + 1])  # −(x_i − c x_{i+1}), exactly: the same square
-            lpb.append(-0.5 * (u * u).div_(var[i]).add_(half_log[i]).sum(-1))
+            lpb.append(-0.5 * (u * u).div_(var[i]).add_(log_2pi_var[i]).sum(-1))
         return torch.stack(lpb).T  # (B, T) with the whole-array version's strides: sums over time round the same
 
     def _flow(self, x, hid, t):
