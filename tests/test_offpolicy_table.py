@@ -93,6 +93,17 @@ def _bench():
     return load_benchmark("offpolicy.py", "bench_offpolicy")
 
 
+def _two_tb_runs(out: str, iterations: int, eval_samples: int):
+    """Two finished tiny 25GMM TB runs (seeds 0, 1) in `out`, without repeated evaluations, the second one's saved
+    model removed: (the benchmark module, the table's arguments, the two runs' JSON paths)."""
+    bench = _bench()
+    argv = ["--iterations", str(iterations), "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb",
+            "--batch-size", "16", "--out", out]
+    bench.main(["table", *argv, "--eval-samples", str(eval_samples), "--repeats", "0"])
+    os.remove(os.path.join(out, "25gmm_tb_seed1.pt"))
+    return bench, argv, [os.path.join(out, f"25gmm_tb_seed{s}.json") for s in (0, 1)]
+
+
 def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
     """Two runs of 6 iterations: one interrupted after 3 (its checkpoint on disk), then the table:
     it reports 3/12 iterations, resumes that run, runs the other, writes both JSONs and the table; a
@@ -248,12 +259,7 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
     old metrics reproduced bit for bit, and loses its repeated evaluations, made without them (logged), which
     `evaluate` then recomputes, the same; a reevaluation that adds nothing keeps them. A run without a model is
     reported and left alone."""
-    bench = _bench()
-    out = str(tmp_path)
-    argv = ["--iterations", "4", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
-            "--out", out]
-    bench.main(["table", *argv, "--eval-samples", "64", "--repeats", "0"])
-    paths = [os.path.join(out, f"25gmm_tb_seed{s}.json") for s in (0, 1)]
+    bench, argv, paths = _two_tb_runs(str(tmp_path), 4, 64)
     full = json.load(open(paths[0]))
     for path in paths:  # as written before the diagnostics existed
         res = json.load(open(path))
@@ -261,7 +267,6 @@ def test_reevaluate_recomputes_finished_runs_from_their_models(tmp_path, capsys)
             "log_Z", "elbo", "ess", "n", "n_finite", "log_Z_learned", "w2", "eubo", "log_Z_true", "delta_log_Z",
             "delta_log_Z_rw")}
         json.dump(res, open(path, "w"))
-    os.remove(os.path.join(out, "25gmm_tb_seed1.pt"))
     bench.main(["evaluate", *argv, "--repeats", "2"])
     evaluations = json.load(open(paths[0]))["evaluations"]
     before = json.load(open(paths[1]))
@@ -291,14 +296,8 @@ def test_repeated_evaluations_are_deterministic_stored_and_score_the_table(tmp_p
     later add only the missing ones, bit for bit the same first ones. `report` scores a run by that mean
     (mean ± std over seeds of the per-model means) and keeps the one evaluation at the end of training in its
     own column; a run without a model is scored by its one evaluation and named under "seeds done"."""
-    bench = _bench()
-    out = str(tmp_path)
-    argv = ["--iterations", "3", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
-            "--out", out]
-    bench.main(["table", *argv, "--eval-samples", "48", "--repeats", "0"])
-    path = [os.path.join(out, f"25gmm_tb_seed{s}.json") for s in (0, 1)]
+    bench, argv, path = _two_tb_runs(str(tmp_path), 3, 48)
     assert "evaluations" not in json.load(open(path[0]))
-    os.remove(os.path.join(out, "25gmm_tb_seed1.pt"))
     seed1 = json.load(open(path[1]))
     capsys.readouterr()
     bench.main(["evaluate", *argv, "--repeats", "3"])
@@ -307,7 +306,7 @@ def test_repeated_evaluations_are_deterministic_stored_and_score_the_table(tmp_p
     res = json.load(open(path[0]))
     ev = res["evaluations"]
     assert ev["seeds"] == offpolicy.evaluation_seeds(0, 3) == [1_010_000, 2_010_000, 3_010_000] and ev["n"] == 48
-    sampler = DiffusionSampler.load(os.path.join(out, "25gmm_tb_seed0.pt"))
+    sampler = DiffusionSampler.load(str(tmp_path / "25gmm_tb_seed0.pt"))
     again = offpolicy.evaluate(sampler, sampler.target, n=48, seed=ev["seeds"][1])
     assert {k: v[1] for k, v in ev["values"].items()} == offpolicy._scalars(again)
     assert "mode_weights" not in ev["values"] and len(set(ev["values"]["w2"])) == 3  # fresh samples each time
