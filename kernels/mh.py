@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsamp.backends._abi import accept_outputs
+from fastsamp.backends._abi import accept_outputs, proposal_scores
 
 from ._launch import FLAT_WARPS, flat_block, launch, need_idx64, rng_args, row_grid, warps_for
 from .random import global_chain, rng_words, uniform_mh
@@ -147,6 +147,7 @@ def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=N
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset):
+    score_prop, interior = proposal_scores(score_prop, interior, x.shape[0])
     if interior is not None and interior.shape[0] == 0:
         interior = None
     return launch_accept(0, x, x_prop, score, score_prop, step_size=step_size, interior=interior, u=u, seed=seed,

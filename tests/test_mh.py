@@ -63,6 +63,52 @@ def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
     assert_accept(out, expect, u, dtype, D)
 
 
+@pytest.mark.parametrize("n_interior", [1, 3])
+@pytest.mark.parametrize("draw", [False, True], ids=["u", "seed"])
+def test_score_mh_accept_reads_the_interior_sets_after_score_prop_rows(backend, dtype, shape, n_interior, draw):
+    """score_prop as (n·B, D) rows, s(x') then the interior score sets (a model's output on the batch
+    [x'; line_points], interior_scores None): the bits of the sets given apart, close to the float64 reference."""
+    name, device = backend
+    B, D = shape
+    x, xp, s, sp, interior, u = accept_inputs(B, D, dtype, device, n_interior)
+    eps = step_sizes(True, B, dtype, device)
+    rows = torch.cat([sp[None], interior]).view(-1, D)
+    kw = {"seed": 5, "offset": 2**40 + 3, "chain_offset": 7} if draw else {"u": u}
+    out = ops.score_mh_accept(x, xp, s, rows, eps, backend=name, **kw)
+    apart = ops.score_mh_accept(x, xp, s, sp, eps, interior_scores=interior, backend=name, **kw)
+    for a, b in zip(out, apart):
+        assert torch.equal(a, b)
+    if draw:  # the kernels' draw: ops.uniform's bits
+        u = ops.uniform(5, 2**40 + 3, B, chain_offset=7, dtype=dtype, device=device)
+    expect = ref.score_mh_accept(*f64(x, xp, s, rows), eps64(eps, B), f64(u)[0], None, 0, 0, 0)
+    assert_accept(out, expect, u, dtype, D)
+
+
+def test_score_mh_accept_rows_form_checks():
+    """score_prop's rows must be a whole number of B-row sets, and the interior sets are given once."""
+    x, xp, s, sp, interior, u = accept_inputs(4, 3, torch.float64, "cpu", 2)
+    with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(6, 3\)"):
+        ops.score_mh_accept(x, xp, s, torch.zeros(6, 3, dtype=torch.float64), 0.1, u)
+    rows = torch.cat([sp[None], interior]).view(-1, 3)
+    with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(12, 3\)"):
+        ops.score_mh_accept(x, xp, s, rows, 0.1, u, interior_scores=interior)
+    with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(3, 4, 3\)"):
+        ops.score_mh_accept(x, xp, s, rows.view(3, 4, 3), 0.1, u)
+
+
+def test_score_mh_accept_rows_form_registered():
+    """The registered op takes the rows form too: opcheck (schema, fake, autograd registration) and the
+    backend function's bits."""
+    x, xp, s, sp, interior, u = accept_inputs(5, 3, torch.float64, "cpu", 2)
+    rows = torch.cat([sp[None], interior]).view(-1, 3)
+    eps = torch.full((5,), 0.1, dtype=torch.float64)
+    args = (x, xp, s, rows, eps, u, None, 0, 0, 0)
+    torch.library.opcheck(torch.ops.fastsamp.score_mh_accept, args)
+    got = torch.ops.fastsamp.score_mh_accept(*args)
+    want = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
 
 @pytest.mark.parametrize("D", [1, 2, 3, 4, 8, 16])
 def test_score_mh_accept_cpp_rows_are_independent_bits(dtype, D):

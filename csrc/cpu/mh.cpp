@@ -365,7 +365,8 @@ void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, 
     using T = decltype(tag);
     score_mh_accept_impl<T, decltype(dc)::value>(
         ptr<T>(x), ptr<T>(x_prop), ptr<T>(score), ptr<T>(score_prop), ptr<T>(step_size),
-        MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset}, ptr<T>(interior), m, B, static_cast<int>(D),
+        MhUniforms<T>{ptr<T>(u), seed, offset, chain_offset},
+        interior || m == 0 ? ptr<T>(interior) : ptr<T>(score_prop) + B * D, m, B, static_cast<int>(D),
         ptr<T>(x_new), ptr<T>(score_new), ptr<uint8_t>(accepted), ptr<T>(log_alpha));
   });
 }

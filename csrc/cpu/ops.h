@@ -39,7 +39,8 @@ void mala_propose(int dtype, uintptr_t x, uintptr_t score, uintptr_t step_size, 
 void line_points(int dtype, uintptr_t x, uintptr_t x_prop, int64_t B, int64_t D, int64_t n, uintptr_t out);
 
 // The accepts read u (B,), or draw it when u is 0: the MH uniforms of (seed, offset) for chains
-// chain_offset + b (ops.uniform's bits).
+// chain_offset + b (ops.uniform's bits). score_mh_accept's m interior score sets are `interior` (m, B, D), or
+// with interior 0 the m sets after score_prop's first B rows (score_prop then (m + 1) B rows: one batch's scores).
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
                      uintptr_t step_size, uintptr_t u, uint64_t seed, uint64_t offset, uint64_t chain_offset,
                      uintptr_t interior, int64_t m, int64_t B, int64_t D, uintptr_t x_new, uintptr_t score_new,

@@ -38,7 +38,8 @@ void gmm_mala(int dtype, uintptr_t x, uintptr_t means, uintptr_t log_weights, ui
 
 // ------------------------------------------------------------------- mh (mh.cu)
 
-// Op 5. x, x_prop, score, score_prop (B, D); step_size, u (B,); interior (m, B, D) or 0
+// Op 5. x, x_prop, score, score_prop (B, D); step_size, u (B,); interior (m, B, D), or 0: the m sets after
+// score_prop's first B rows (score_prop then (m + 1) B rows)
 //  -> x_new, score_new (B, D), accepted (B,) bool, log_alpha (B,).
 void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, uintptr_t score_prop,
                      uintptr_t step_size, uintptr_t u, uint64_t seed, uintptr_t seed_t, uint64_t offset,

@@ -90,7 +90,8 @@ void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, 
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     if (B < 0 || D < 0 || m < 0) throw std::invalid_argument(op_error(op, "bad sizes"));
-    if (interior == 0) m = 0;
+    // interior 0: the m sets follow score_prop's first B rows (score_prop (m + 1) B rows, one batch's scores)
+    if (interior == 0) interior = score_prop + static_cast<uintptr_t>(B * D) * sizeof(T);
     if (B == 0) return;
     // About 4 elements per lane.
     with_group((D + 3) / 4, [&](auto g) {

@@ -67,6 +67,15 @@ def move_outputs(x):
     return score_outputs(x)
 
 
+def proposal_scores(score_prop, interior, B):
+    """(s(x') (B, D), the interior score sets (m, B, D) or None) of score_mh_accept's `score_prop` and `interior`:
+    with interior None, score_prop may hold (m + 1)·B rows, s(x') then the m sets (the scores of one batch
+    [x'; line_points]); its first B rows and the rest are views, no copy."""
+    if interior is not None or score_prop.shape[0] == B:
+        return score_prop, interior
+    return score_prop[:B], score_prop[B:].view(-1, B, score_prop.shape[1])
+
+
 def accept_outputs(x):
     """Outputs of score_mh_accept and hmc_accept: x_new, score_new (B, D), accepted (B,) bool, log_alpha (B,)."""
     B = x.shape[0]

@@ -13,6 +13,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 import torch.nn.functional as F
 
+from ..backends._abi import proposal_scores
 from . import random as _rng
 
 normal = _rng.philox_normal    # ξ (B, D) of draw (seed, offset), chains chain_offset + b
@@ -101,6 +102,7 @@ def mala_log_q_ratio(x, x_prop, score, score_prop, eps):
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset):
+    score_prop, interior = proposal_scores(score_prop, interior, x.shape[0])  # (m + 1)·B rows: s(x') and the sets
     log_alpha = trapezoid_delta_logp(x, x_prop, score, score_prop, interior) + mala_log_q_ratio(
         x, x_prop, score, score_prop, step_size
     )
