@@ -57,7 +57,7 @@ import time
 
 import torch
 
-from fastsamp.experiments.offpolicy import METHODS, build, evaluate
+from fastsamp.experiments.offpolicy import EVAL_SEED_BASE, METHODS, build, evaluate
 from fastsamp.metrics import log_z_estimates, nearest_mode_weights
 from fastsamp.samplers.diffusion import DiffusionSampler, train
 from fastsamp.targets import GMM40
@@ -480,7 +480,7 @@ def main(argv=None):
     s.add_argument("--released", action="store_true", help="also the released estimator (funnel, 25gmm)")
     for q in (m, s):
         q.add_argument("--first-seed", type=int, default=1,
-                       help="the first evaluation seed (the table's evaluation: 10000 + training seed)")
+                       help=f"the first evaluation seed (the table's evaluation: {EVAL_SEED_BASE} + training seed)")
     for q in (e, g):
         q.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
     t.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "40gmm"), help="benchmark target")

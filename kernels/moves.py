@@ -54,12 +54,14 @@ GMM_MALA_TILE_WIDE = 8192 if INTERPRET else 2048   # BLOCK_D >= 64
 
 
 @triton.jit
-def _chain_tile(x_ptr, eps_ptr, blk, B, D, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, IDX64: tl.constexpr):
-    """gmm._whole_rows of row block blk of the move kernels (BLOCK_D = 4 BLOCK_J: whole Philox draws) and the step
-    sizes (1 in the padding rows)."""
+def _chain_tile(x_ptr, eps_ptr, blk, B, D, chain0, alpha_, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+                IDX64: tl.constexpr):
+    """Where row block blk of a move kernel starts: gmm._whole_rows (BLOCK_D = 4 BLOCK_J: whole Philox draws), the
+    step sizes (1 in the padding rows), the rows' Philox chain words (`global_chain`) and the evaluator's alpha_
+    in the chains' dtype."""
     rows, rmask, cols, cmask, m2, offs, x = _whole_rows(x_ptr, blk, B, D, BLOCK_B, 4 * BLOCK_J, IDX64)
     eps = tl.load(eps_ptr + rows, mask=rmask, other=1.0)
-    return rows, rmask, cols, cmask, m2, offs, x, eps
+    return rows, rmask, cols, cmask, m2, offs, x, eps, global_chain(rows, chain0), alpha_.to(x.dtype)
 
 
 @triton.jit
@@ -105,10 +107,9 @@ def _mala_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_net
     test, 2: no test (ULA)."""
     k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):  # persistent grid
-        rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, blk, B, D, BLOCK_B, BLOCK_J, IDX64)
-        chains = global_chain(rows, chain0)
+        rows, rmask, cols, cmask, m2, offs, x, eps, chains, alpha = _chain_tile(x_ptr, eps_ptr, blk, B, D, chain0,
+                                                                                alpha_, BLOCK_B, BLOCK_J, IDX64)
         DT: tl.constexpr = x.dtype
-        alpha = alpha_.to(DT)
         e2 = eps[:, None]
         c_n = sqrt_ieee(2.0 * eps)[:, None]
         e4 = 4.0 * eps
@@ -155,10 +156,9 @@ def _hmc_kernel(x_ptr, eps_ptr, xo_ptr, rate_ptr, w_ptr, c_ptr, meta_ptr, n_nets
     or no (2) test; on rejection p = −p0."""
     k0, k1, o0, o1, chain0 = rng_words(k0, k1, o0, o1, chain0, seed_p, offset_p, chain_p, RNG_T)
     for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):  # persistent grid
-        rows, rmask, cols, cmask, m2, offs, x, eps = _chain_tile(x_ptr, eps_ptr, blk, B, D, BLOCK_B, BLOCK_J, IDX64)
-        chains = global_chain(rows, chain0)
+        rows, rmask, cols, cmask, m2, offs, x, eps, chains, alpha = _chain_tile(x_ptr, eps_ptr, blk, B, D, chain0,
+                                                                                alpha_, BLOCK_B, BLOCK_J, IDX64)
         DT: tl.constexpr = x.dtype
-        alpha = alpha_.to(DT)
         damping = damping_.to(DT)
         c_n = c_n_.to(DT)
         e2 = eps[:, None]

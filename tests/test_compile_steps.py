@@ -171,3 +171,33 @@ def test_policy_ops_compile(dynamo_reset, monkeypatch):
     compiled = torch.compile(log_pf, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(torch.autograd.grad(compiled(states, temb).sum(), temb),
                                torch.autograd.grad(log_pf(states, temb).sum(), temb), rtol=0, atol=0)
+
+
+def test_compiled_policy_ops_as_a_first_call_compile_once(dynamo_reset, monkeypatch):
+    """A compiled policy_rollout / policy_log_pf (forward and backward) that is its process's first op call and
+    its net's first: one compile over its calls. Tracing reads neither the loaded-backend registry nor the nets'
+    memo of checked layers, which the first call fills (a guard on them failed on the second call: it recompiled)."""
+    from fastsamp.samplers.diffusion import DriftNet
+    monkeypatch.setattr(backends, "_loaded", {})
+    torch.manual_seed(0)
+    T, B, H = 3, 5, 8
+    net = DriftNet(2, hidden=H, n_harmonics=4, n_layers=1).double()
+    states = torch.randn(T + 1, B, 2, dtype=torch.float64)
+    temb = torch.randn(T, H, dtype=torch.float64, requires_grad=True)
+
+    def log_pf(states, temb):
+        return ops.policy_log_pf(net, states, temb, sigma=1.0)
+
+    def rollout(temb):
+        return ops.policy_rollout(net, temb, B, sigma=1.0, seed=1)
+
+    for fn, args in ((log_pf, (states, temb)), (rollout, (temb.detach(),))):
+        counter = CompileCounter()
+        compiled = torch.compile(fn, backend=counter, fullgraph=True)
+        for _ in range(3):
+            out = compiled(*args)
+            if fn is log_pf:
+                torch.autograd.grad(out.sum(), temb)
+        fn(*args)  # an eager call in between: the same graph after it
+        compiled(*args)
+        assert counter.frame_count == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import warnings
 
+import torch
+
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 
 
@@ -12,7 +14,11 @@ _loaded: dict[str, tuple] = {}  # name -> _import(name); a plain dict, which tor
 
 def _load(name: str):
     """(module, None) or (None, reason it is unavailable), imported once. `resolve` traces under torch.compile
-    with no graph break, the first load included (`_import`)."""
+    with no graph break, the first load included (`_import`). While tracing, the import statements themselves
+    (a trace that read `_loaded` would guard on its keys, which the first load changes: a compiled op that is
+    its process's first call would compile again on its second call)."""
+    if torch.compiler.is_compiling():
+        return _import(name)
     if name not in _loaded:
         _loaded[name] = _import(name)
     return _loaded[name]

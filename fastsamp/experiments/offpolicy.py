@@ -30,6 +30,10 @@ DESCRIPTION = ("Train a preset of the off-policy diffusion sampler (Sendera et a
 # have: gfn-diffusion train.py's default --t_scale 5 (at 9697e5d, whose train.py offers 40gmm; checks/gmm40.md §2)
 SIGMA2 = {"25gmm": 5.0, "funnel": 1.0, "manywell": 1.0, "40gmm": 5.0, "lgcp": 5.0}
 
+# a run's evaluation at the end of training draws with seed EVAL_SEED_BASE + its training seed (`run`, `reevaluate`);
+# its repeated evaluations add k·10⁶ to that (`evaluation_seeds`)
+EVAL_SEED_BASE = 10_000
+
 # method name -> (TrainConfig overrides, DriftNet options, paper iterations)
 METHODS = {
     "pis": (dict(objective="pis"), {}, 25000),
@@ -164,7 +168,7 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     if Comm.resolve().rank != 0:
         return None
     t0 = time.perf_counter()
-    metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=10_000 + seed)
+    metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=EVAL_SEED_BASE + seed)
     result = {
         "target": target_name, "method": method, "seed": seed, "iterations": cfg.iterations,
         "paper_iterations": METHODS[method][2], "seconds_per_iteration": train_log.seconds_per_iteration,
@@ -300,7 +304,7 @@ def kept_models(plan, out_dir: str, batch_size: int | None = None, *, log=print,
 
 def reevaluate(plan, out_dir: str, *, batch_size: int | None = None, log=print) -> list[dict]:
     """Recompute the metrics of the finished runs of `plan` from their saved models (.pt), with the
-    evaluation `run` made (`evaluate`, the JSON's sample count, seed 10,000 + seed), and rewrite each
+    evaluation `run` made (`evaluate`, the JSON's sample count, seed EVAL_SEED_BASE + seed), and rewrite each
     JSON (atomically) with the new metrics. Metrics whose value changed keep their old value under
     'reevaluation' → 'changed'; where metrics changed or were added, the run's repeated evaluations
     ('evaluations', `repeat_evaluations`), made by the old evaluation, are dropped (logged) for `evaluate` to
@@ -308,7 +312,7 @@ def reevaluate(plan, out_dir: str, *, batch_size: int | None = None, log=print) 
     done = []
     for r, stem, res in kept_models(plan, out_dir, batch_size, log=log, skipped="metrics left as they are"):
         sampler = DiffusionSampler.load(stem + ".pt", map_location="cpu")
-        new = evaluate(sampler, sampler.target, n=res["metrics"]["n"], seed=10_000 + r.seed)
+        new = evaluate(sampler, sampler.target, n=res["metrics"]["n"], seed=EVAL_SEED_BASE + r.seed)
         old = res["metrics"]
         changed = {k: [old[k], new.get(k)] for k in old if old[k] != new.get(k)}
         res["metrics"] = new
@@ -324,10 +328,10 @@ def reevaluate(plan, out_dir: str, *, batch_size: int | None = None, log=print) 
 
 
 def evaluation_seeds(seed: int, repeats: int) -> list[int]:
-    """The evaluation seeds of run `seed`'s repeated evaluations: 10,000 + seed + k·10⁶, k = 1..repeats. Fresh
-    against its evaluation at the end of training (10,000 + seed) and, for repeats < 1000, against the offsets
-    `evaluate` adds to a seed (+10⁹: the second exact sample, +2·10⁹: the 25GMM equal-count set)."""
-    return [10_000 + seed + k * 10**6 for k in range(1, repeats + 1)]
+    """The evaluation seeds of run `seed`'s repeated evaluations: EVAL_SEED_BASE + seed + k·10⁶, k = 1..repeats.
+    Fresh against its evaluation at the end of training (EVAL_SEED_BASE + seed) and, for repeats < 1000, against the
+    offsets `evaluate` adds to a seed (+10⁹: the second exact sample, +2·10⁹: the 25GMM equal-count set)."""
+    return [EVAL_SEED_BASE + seed + k * 10**6 for k in range(1, repeats + 1)]
 
 
 def _scalars(metrics: dict) -> dict:
@@ -359,9 +363,10 @@ def repeat_evaluations(plan, out_dir: str, *, repeats: int, batch_size: int | No
             for k, v in m.items():
                 values.setdefault(k, []).append(v)
         res["evaluations"] = {
-            "about": "evaluations of the saved model with fresh seeds (10,000 + seed + k·10⁶, k = 1, 2, ...), "
-                     "n samples each: the table's score of the run is their mean; 'metrics' is the one evaluation "
-                     "at the end of training (seed 10,000 + seed), how the paper's released code scores a run",
+            "about": f"evaluations of the saved model with fresh seeds ({EVAL_SEED_BASE:,} + seed + k·10⁶, k = 1, 2, "
+                     "...), n samples each: the table's score of the run is their mean; 'metrics' is the one "
+                     f"evaluation at the end of training (seed {EVAL_SEED_BASE:,} + seed), how the paper's released "
+                     "code scores a run",
             "n": n, "seeds": seeds, "values": values,
             "mean": {k: statistics.mean(v) for k, v in values.items()},
             "sd": {k: statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()},

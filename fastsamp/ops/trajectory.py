@@ -138,7 +138,9 @@ class PolicyParams:
     the Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
 
     def __init__(self, net):
-        self._memo = _CHECKED.setdefault(net, {})
+        # not read while tracing (`_layers.memoised`), nor touched: a trace would guard on _CHECKED's contents, which
+        # an eager call changes (a compiled op as the net's first call would compile again on its second)
+        self._memo = {} if torch.compiler.is_compiling() else _CHECKED.setdefault(net, {})
         self.langevin = bool(getattr(net, "langevin", False))
         if self.langevin:
             self.lgv_clip = float(net.lgv_clip)
