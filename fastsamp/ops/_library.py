@@ -42,7 +42,7 @@ import torch.autograd.forward_ad as _fwad
 from torch._functorch.utils import enable_single_level_autograd_function as _single_level_function
 
 from .. import backends
-from . import _autograd, _table, reference
+from . import _autograd, _table, reference, reference_trajectory
 
 NAMESPACE = "fastsamp"
 _INT64_MAX = 2**63 - 1
@@ -91,9 +91,12 @@ def _above_limits(fn, op: _table.Op):
     return lambda args: args[state].shape[1] > most_d or max(args[dims][1::4], default=0) > most_h
 
 
+_REFERENCE_MODULES = (reference, reference_trajectory)  # the reference, by family (`reference` re-exports them all)
+
+
 def is_reference(fn) -> bool:
     """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
-    return inspect.getmodule(fn) is reference
+    return inspect.getmodule(fn) in _REFERENCE_MODULES
 
 
 def encode_u64(v):
