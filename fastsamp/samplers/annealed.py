@@ -27,7 +27,7 @@ from ..ops import _checks
 from ..ops.sde import em_coefficients
 from ..profiling import phase
 from ..protocol import CountingModel, fused_corrector, has_energy, model_name, resolve_model, with_backend
-from .kernels import CorrectorSpec, PhiloxKey, acceptance_rate, mh_test, routed, run_corrector
+from .kernels import CorrectorSpec, PhiloxKey, mh_test, routed, run_corrector
 
 CORRECTORS = ("ula", "mala", "hmc", "uhmc")
 MH_MODES = ("score", "energy", "none")
@@ -105,10 +105,10 @@ def reverse_em_steps(schedule, ts, dtype) -> list:
 
 
 def nonfinite_rows(x):
-    """(B,) per chain of x (B, D): Σ_d (x − x)_d, exactly +0 in a finite row and NaN in a row with a NaN or ±inf
-    (inf − inf), a per-row reduction (no BLAS, whose matrix-vector products need not keep rows apart); 0.4x the
-    time of isfinite(x).all(1) on the CPU (B = 2048, D = 8, loaded)."""
-    return (x - x).sum(1)
+    """(B,) per chain of x (B, D) ((L, B) of a stack (L, B, D)): Σ_d (x − x)_d, exactly +0 in a finite row and NaN
+    in a row with a NaN or ±inf (inf − inf), a per-row reduction (no BLAS, whose matrix-vector products need not keep
+    rows apart); 0.4x the time of isfinite(x).all(1) on the CPU (B = 2048, D = 8, loaded)."""
+    return (x - x).sum(-1)
 
 
 class NonFiniteMonitor:
@@ -134,6 +134,12 @@ class NonFiniteMonitor:
         self.counts[level] = torch.count_nonzero(row) if was_finite is None else (was_finite & ~finite).sum()
         return finite
 
+    def record_levels(self, first, rows):
+        """`record_rows` of the levels first, first + 1, ... from their chains' `nonfinite_rows` (L, B), in one op
+        per statistic; returns the (L, B) mask of finite chains."""
+        self.counts[first:first + rows.shape[0]] = torch.count_nonzero(rows, dim=1).unbind()
+        return rows == 0
+
     def report(self, sampler, describe, counts=None):
         """(counts per level, first level with non-finite chains or None); warns or raises naming
         that level, `describe(level)` giving (where it is, the likely cause). `counts`: a tensor of
@@ -151,27 +157,40 @@ class NonFiniteMonitor:
 
 
 LEVEL_CHUNK = 16  # levels whose statistics annealed_mcmc computes together
-LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain three values and one bool per move
+LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain its x (D values), step size, rate, and one
+# bool per move
 
 
-def level_chunk(n_local, n_steps, dtype) -> int:
-    """The levels whose statistics annealed_mcmc computes together, for n_local chains of n_steps moves a level."""
-    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (max(n_local, 1) * (3 * dtype.itemsize + n_steps))))
+def level_chunk(n_local, dim, n_steps, dtype) -> int:
+    """The levels whose statistics annealed_mcmc computes together, for n_local chains in dim dimensions of n_steps
+    moves a level."""
+    per_level = max(n_local, 1) * ((dim + 2) * dtype.itemsize + n_steps)
+    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // per_level))
 
 
-def level_values(monitor, level, row, rate, accepted, n_steps, eps, n_calls):
-    """([Σ acceptance rate, Σ step size, non-finite chains, score evaluations], rate (B,) with the non-finite chains'
-    0, or None without corrector moves) of annealed_mcmc's `level`, whose chains had the `nonfinite_rows` `row`,
-    the per-chain acceptance rate `rate` (None: no moves, or the generic moves' accept masks `accepted`, a list, to
-    count over n_steps moves) and step sizes `eps`, after n_calls score evaluations."""
-    finite = monitor.record_rows(level, row)
-    rate_sum = 0.0
-    if accepted:
-        rate = acceptance_rate(accepted, n_steps, row.dtype)
+def chunk_values(monitor, levels, n_steps):
+    """(per level [Σ acceptance rate, Σ step size, non-finite chains, score evaluations], the last level's rate (B,)
+    with the non-finite chains' 0, or None without corrector moves) of annealed_mcmc's `levels`, a list of (level,
+    the chains x (B, D) after it, the per-chain acceptance rate or None (no moves, or generic moves: their accept
+    masks), the generic moves' (B,) accept masks, a list to count over n_steps moves, the step sizes (B,), score
+    evaluations). One op per statistic for all the levels, each level's row of it as one level alone gives (the
+    per-row sums run as a (B,) sum does); the counts go into `monitor` too."""
+    first, L = levels[0][0], len(levels)
+    finite = monitor.record_levels(first, nonfinite_rows(torch.stack([lv[1] for lv in levels])))  # (L, B)
+    accepted = [mask for lv in levels for mask in lv[3]]
+    rate = rate_sums = None
+    if accepted:  # the same int32 counts as kernels.acceptance_rate's, in one sum
+        counts = torch.stack(accepted).view(L, n_steps, -1).sum(1, dtype=torch.int32)
+        rate = counts.to(levels[0][1].dtype) / n_steps
+    elif levels[0][2] is not None:
+        rate = torch.stack([lv[2] for lv in levels])
     if rate is not None:
         rate = rate * finite  # a non-finite chain is not accepted
-        rate_sum = rate.sum(dtype=torch.float64)
-    return [rate_sum, eps.sum(dtype=torch.float64), monitor.counts[level], n_calls], rate
+        rate_sums = rate.sum(1, dtype=torch.float64).unbind()
+    eps_sums = torch.stack([lv[4] for lv in levels]).sum(1, dtype=torch.float64).unbind()
+    values = [[0.0 if rate_sums is None else rate_sums[j], eps_sums[j], monitor.counts[first + j], lv[5]]
+              for j, lv in enumerate(levels)]
+    return values, None if rate is None else rate[-1]
 
 
 def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, n_corrector_steps=5,
@@ -244,11 +263,11 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     routes = {}  # the ops' functions, chosen once per run (`kernels.routed`)
     offset = 1
     # the levels whose statistics (the generic moves' accept masks counted among them) wait to be computed together
-    # (`level_values`), up to `chunk` levels: their ops run back to back, with warm caches, instead of after each
+    # (`chunk_values`), up to `chunk` levels: their ops run back to back, with warm caches, instead of after each
     # level's moves (benchmarks/RESULTS.md, eighth session); one level at a time where the next level needs them
     # (adapt: the rate; several ranks: each level's all_reduce). The same ops on the same tensors: the same bits.
     adapt = adapt and corrector in ("mala", "hmc")
-    chunk = 1 if adapt or comm.distributed else level_chunk(n_local, spec.n_steps, dtype)
+    chunk = 1 if adapt or comm.distributed else level_chunk(n_local, model.dim, spec.n_steps, dtype)
     pending = []
     levels = range(n_levels)
     if progress:
@@ -275,10 +294,11 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                                                                key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
                                                                mh=mh_piece, routes=routes,
                                                                accepted=accepted if chunk > 1 else None)
-            pending.append((values, i, nonfinite_rows(x), rate, accepted, spec.n_steps, eps, f.calls - n_before))
+            pending.append((values, (i, x, rate, accepted, eps, f.calls - n_before)))
             if len(pending) == chunk or i == n_levels - 1:
-                for level_list, *level in pending:
-                    level_list[:], rate = level_values(monitor, *level)
+                chunk_lists, rate = chunk_values(monitor, [level for _, level in pending], spec.n_steps)
+                for (level_list, _), level_values in zip(pending, chunk_lists):
+                    level_list[:] = level_values
                 pending.clear()
                 if adapt and rate is not None:  # chunk 1: this level's rate
                     factor = factor * torch.exp(rate - target_accept)  # Robbins-Monro on log ε, gain 1
