@@ -137,13 +137,18 @@ def _dims(text: str) -> tuple:
     return tuple(d.strip() for d in text.split(",") if d.strip())
 
 
+def _tokens(text: str, pattern: re.Pattern, what: str):
+    """The match groups of each space-separated token of `text` (a ValueError naming a token `pattern` rejects)."""
+    for token in text.split():
+        m = pattern.match(token)
+        if m is None:
+            raise ValueError(f"bad {what} spec {token!r}")
+        yield m.groups()
+
+
 def _args(text: str) -> tuple:
     out = []
-    for token in text.split():
-        m = _ARG.match(token)
-        if m is None:
-            raise ValueError(f"bad argument spec {token!r}")
-        name, kind, shape, opt, f64 = m.groups()
+    for name, kind, shape, opt, f64 in _tokens(text, _ARG, "argument"):
         if kind == "state":
             out.append(Arg(name, "state", ("B", "D")))
         elif kind:
@@ -154,14 +159,8 @@ def _args(text: str) -> tuple:
 
 
 def _outs(text: str) -> tuple:
-    out = []
-    for token in text.split():
-        m = _OUT.match(token)
-        if m is None:
-            raise ValueError(f"bad output spec {token!r}")
-        name, shape, dtype, given, present, like = m.groups()
-        out.append(Out(name, _dims(shape or ""), dtype or "x", given, present, like))
-    return tuple(out)
+    return tuple(Out(name, _dims(shape or ""), dtype or "x", given, present, like)
+                 for name, shape, dtype, given, present, like in _tokens(text, _OUT, "output"))
 
 
 def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True,
