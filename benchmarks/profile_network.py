@@ -80,7 +80,7 @@ PIECES = [(protocol.CountingModel, "score", "CountingModel.score (count, output 
           (kernels.Langevin, "step", "Langevin.step"), (kernels.Langevin, "init", "Langevin.init (per level)"),
           (kernels, "checked_kernel", "checked_kernel (per level)"),
           (annealed, "run_corrector", "run_corrector: loop (per level; counts accepts only unchunked)"),
-          (annealed, "nonfinite_rows", "non-finite rows (per chunk of levels)"),
+          (annealed, "nonfinite_rows", "non-finite rows (per level)"),
           (annealed, "chunk_values", "level statistics (per chunk of levels)"),
           (annealed, "annealed_mcmc", "annealed_mcmc: setup, per-level work, end")]
 

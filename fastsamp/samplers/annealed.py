@@ -105,10 +105,10 @@ def reverse_em_steps(schedule, ts, dtype) -> list:
 
 
 def nonfinite_rows(x):
-    """(B,) per chain of x (B, D) ((L, B) of a stack (L, B, D)): Σ_d (x − x)_d, exactly +0 in a finite row and NaN
-    in a row with a NaN or ±inf (inf − inf), a per-row reduction (no BLAS, whose matrix-vector products need not keep
-    rows apart); 0.4x the time of isfinite(x).all(1) on the CPU (B = 2048, D = 8, loaded)."""
-    return (x - x).sum(-1)
+    """(B,) per chain of x (B, D): Σ_d (x − x)_d, exactly +0 in a finite row and NaN in a row with a NaN or ±inf
+    (inf − inf), a per-row reduction (no BLAS, whose matrix-vector products need not keep rows apart); 0.4x the
+    time of isfinite(x).all(1) on the CPU (B = 2048, D = 8, loaded)."""
+    return (x - x).sum(1)
 
 
 class NonFiniteMonitor:
@@ -157,31 +157,28 @@ class NonFiniteMonitor:
 
 
 LEVEL_CHUNK = 16  # levels whose statistics annealed_mcmc computes together
-LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain its x (D values), step size, rate, and one
-# bool per move
+LEVEL_CHUNK_BYTES = 2**24  # at most this much waiting: per level and chain three values and one bool per move
 
 
-def level_chunk(n_local, dim, n_steps, dtype) -> int:
-    """The levels whose statistics annealed_mcmc computes together, for n_local chains in dim dimensions of n_steps
-    moves a level."""
-    per_level = max(n_local, 1) * ((dim + 2) * dtype.itemsize + n_steps)
-    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // per_level))
+def level_chunk(n_local, n_steps, dtype) -> int:
+    """The levels whose statistics annealed_mcmc computes together, for n_local chains of n_steps moves a level."""
+    return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (max(n_local, 1) * (3 * dtype.itemsize + n_steps))))
 
 
 def chunk_values(monitor, levels, n_steps):
     """(per level [Σ acceptance rate, Σ step size, non-finite chains, score evaluations], the last level's rate (B,)
     with the non-finite chains' 0, or None without corrector moves) of annealed_mcmc's `levels`, a list of (level,
-    the chains x (B, D) after it, the per-chain acceptance rate or None (no moves, or generic moves: their accept
-    masks), the generic moves' (B,) accept masks, a list to count over n_steps moves, the step sizes (B,), score
-    evaluations). One op per statistic for all the levels, each level's row of it as one level alone gives (the
-    per-row sums run as a (B,) sum does); the counts go into `monitor` too."""
+    its chains' `nonfinite_rows` (B,), the per-chain acceptance rate or None (no moves, or generic moves: their
+    accept masks), the generic moves' (B,) accept masks, a list to count over n_steps moves, the step sizes (B,),
+    score evaluations). One op per statistic for all the levels, each level's row of it as one level alone gives
+    (the per-row sums run as a (B,) sum does); the counts go into `monitor` too."""
     first, L = levels[0][0], len(levels)
-    finite = monitor.record_levels(first, nonfinite_rows(torch.stack([lv[1] for lv in levels])))  # (L, B)
+    finite = monitor.record_levels(first, torch.stack([lv[1] for lv in levels]))  # (L, B)
     accepted = [mask for lv in levels for mask in lv[3]]
     rate = rate_sums = None
     if accepted:  # the same int32 counts as kernels.acceptance_rate's, in one sum
         counts = torch.stack(accepted).view(L, n_steps, -1).sum(1, dtype=torch.int32)
-        rate = counts.to(levels[0][1].dtype) / n_steps
+        rate = counts.to(levels[0][1].dtype) / n_steps  # the rows' dtype: the chains'
     elif levels[0][2] is not None:
         rate = torch.stack([lv[2] for lv in levels])
     if rate is not None:
@@ -267,7 +264,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     # level's moves (benchmarks/RESULTS.md, eighth session); one level at a time where the next level needs them
     # (adapt: the rate; several ranks: each level's all_reduce). The same ops on the same tensors: the same bits.
     adapt = adapt and corrector in ("mala", "hmc")
-    chunk = 1 if adapt or comm.distributed else level_chunk(n_local, model.dim, spec.n_steps, dtype)
+    chunk = 1 if adapt or comm.distributed else level_chunk(n_local, spec.n_steps, dtype)
     pending = []
     levels = range(n_levels)
     if progress:
@@ -294,7 +291,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                                                                key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
                                                                mh=mh_piece, routes=routes,
                                                                accepted=accepted if chunk > 1 else None)
-            pending.append((values, (i, x, rate, accepted, eps, f.calls - n_before)))
+            pending.append((values, (i, nonfinite_rows(x), rate, accepted, eps, f.calls - n_before)))
             if len(pending) == chunk or i == n_levels - 1:
                 chunk_lists, rate = chunk_values(monitor, [level for _, level in pending], spec.n_steps)
                 for (level_list, _), level_values in zip(pending, chunk_lists):
