@@ -144,13 +144,10 @@ def test_out_call_compiles(dynamo_reset):
         ops.reverse_sde_step(buf[1:], s, t=0.5, h=0.01, schedule=SCHEDULE, seed=3, out=buf[:-1])
 
 
-def test_policy_ops_compile(dynamo_reset, monkeypatch):
-    """policy_log_pf (forward and its fused backward) and policy_rollout: no graph break (the thread count is
-    read by the kernel's glue, the backend resolved while tracing, its module's first load included: no backend
-    is loaded when the test starts, as in a fresh process, whichever tests ran before), eager's values and
-    gradients."""
+def _policy_calls():
+    """A small float64 DriftNet's states (T+1, B, 2) and temb (T, H) (seed 0), and the calls of its policy ops that
+    the policy tests compile: log_pf(states, temb) and rollout(temb)."""
     from fastsamp.samplers.diffusion import DriftNet
-    monkeypatch.setattr(backends, "_loaded", {})
     torch.manual_seed(0)
     T, B, H = 3, 5, 8
     net = DriftNet(2, hidden=H, n_harmonics=4, n_layers=1).double()
@@ -161,7 +158,16 @@ def test_policy_ops_compile(dynamo_reset, monkeypatch):
 
     def rollout(temb):
         return ops.policy_rollout(net, temb, B, sigma=1.0, seed=1)
+    return states, temb, log_pf, rollout
 
+
+def test_policy_ops_compile(dynamo_reset, monkeypatch):
+    """policy_log_pf (forward and its fused backward) and policy_rollout: no graph break (the thread count is
+    read by the kernel's glue, the backend resolved while tracing, its module's first load included: no backend
+    is loaded when the test starts, as in a fresh process, whichever tests ran before), eager's values and
+    gradients."""
+    monkeypatch.setattr(backends, "_loaded", {})
+    states, temb, log_pf, rollout = _policy_calls()
     for fn, args in ((log_pf, (states, temb)), (rollout, (temb,))):
         explain = torch._dynamo.explain(fn)(*args)
         assert explain.graph_break_count == 0, explain.break_reasons
@@ -177,20 +183,9 @@ def test_compiled_policy_ops_as_a_first_call_compile_once(dynamo_reset, monkeypa
     """A compiled policy_rollout / policy_log_pf (forward and backward) that is its process's first op call and
     its net's first: one compile over its calls. Tracing reads neither the loaded-backend registry nor the nets'
     memo of checked layers, which the first call fills (a guard on them failed on the second call: it recompiled)."""
-    from fastsamp.samplers.diffusion import DriftNet
     monkeypatch.setattr(backends, "_loaded", {})
-    torch.manual_seed(0)
-    T, B, H = 3, 5, 8
-    net = DriftNet(2, hidden=H, n_harmonics=4, n_layers=1).double()
-    states = torch.randn(T + 1, B, 2, dtype=torch.float64)
-    temb = torch.randn(T, H, dtype=torch.float64, requires_grad=True)
-
-    def log_pf(states, temb):
-        return ops.policy_log_pf(net, states, temb, sigma=1.0)
-
-    def rollout(temb):
-        return ops.policy_rollout(net, temb, B, sigma=1.0, seed=1)
-
+    states, temb, log_pf, rollout = _policy_calls()
+    temb.requires_grad_()
     for fn, args in ((log_pf, (states, temb)), (rollout, (temb.detach(),))):
         counter = CompileCounter()
         compiled = torch.compile(fn, backend=counter, fullgraph=True)

@@ -45,6 +45,11 @@ def _with(args, at, values):
     return args
 
 
+def _primals(args, at):
+    """The tensors of args at the positions `at` (`_float_positions`)."""
+    return [args[i] if j is None else args[i][j] for i, j in at]
+
+
 def _flat(out):
     out = out if isinstance(out, (tuple, list)) else (out,)
     return [u for t in out for u in (t if isinstance(t, (tuple, list)) else (t,))]
@@ -69,7 +74,7 @@ def _function(way, name):
 
 def _tangents(api, fn, args, at, tangents):
     """The outputs' tangents (None for an output without one) of fn at args along `tangents` of positions `at`."""
-    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    primals = _primals(args, at)
     if api == "jvp":
         def f(*p):
             return tuple(t for t in _flat(fn(*_with(args, at, p))) if t is not None)
@@ -81,7 +86,7 @@ def _tangents(api, fn, args, at, tangents):
 
 
 def _finite_difference(fn, args, at, tangents, eps=1e-6):
-    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    primals = _primals(args, at)
     plus = _flat(fn(*_with(args, at, [p + eps * t for p, t in zip(primals, tangents)])))
     minus = _flat(fn(*_with(args, at, [p - eps * t for p, t in zip(primals, tangents)])))
     return [None if a is None or not a.is_floating_point() else (a - b) / (2 * eps) for a, b in zip(plus, minus)]
@@ -95,7 +100,7 @@ def test_tangent_is_right_or_the_call_raises_naming_the_op(name, way, api):
     torch.manual_seed(0)
     args = list(op_args(name, F64))
     at = _float_positions(name, args)
-    tangents = [torch.randn_like(args[i] if j is None else args[i][j]) for i, j in at]
+    tangents = [torch.randn_like(p) for p in _primals(args, at)]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -262,6 +267,16 @@ def _weighted_scalar(fn, args, at, weights):
     return f
 
 
+def _weighted_problem(name, noise, seed):
+    """From torch.manual_seed(seed): op `name`'s float64 arguments (`noise` given or drawn), the positions of its float
+    inputs, random weights of the reference's outputs (`_weighted_scalar`) and the primals at those positions."""
+    torch.manual_seed(seed)
+    args = list(op_args(name, F64, noise=noise))
+    at = _float_positions(name, args)
+    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
+    return args, at, weights, _primals(args, at)
+
+
 BATCHED_FIRST = {"vmap_jacrev": lambda f, argnums, tangents: torch.func.vmap(torch.func.jacrev(f, argnums)),
                  "vmap_jvp": lambda f, argnums, tangents: torch.func.vmap(
                      lambda *p: torch.func.jvp(f, p, tangents)[1])}
@@ -273,11 +288,7 @@ def test_first_derivatives_under_vmap_through_the_registered_formulas(name, nois
     """vmap of jacrev and of jvp (one differentiating transform: the op's formulas run, on vmap's batched tensors)
     of a weighted sum of the registered op's outputs and their squares, over a batch of two input sets, equal the
     reference's (a drawn noise is read back from the output as a constant, still batched)."""
-    torch.manual_seed(6)
-    args = list(op_args(name, F64, noise=noise))
-    at = _float_positions(name, args)
-    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
-    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    args, at, weights, primals = _weighted_problem(name, noise, 6)
     batched = [torch.stack([p, p + 0.1 * torch.rand_like(p)]) for p in primals]
     tangents = tuple(torch.randn_like(p) for p in primals)
     argnums = tuple(range(len(primals)))
@@ -322,12 +333,9 @@ def test_regular_autograd_over_one_transform_equals_the_reference(name, noise, t
     sum of the registered op's outputs and their squares, dotted with random weights, equal torch.func.grad of the
     same through the reference (regular autograd over forward_ad through reference.gmm_score raises in torch: an
     in-place softmax tangent). Before `_reference_test` all func_grad and func_jvp cases failed."""
-    torch.manual_seed(7)
-    args = list(op_args(name, F64, noise=noise))
-    at = _float_positions(name, args)
-    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
+    args, at, weights, primals = _weighted_problem(name, noise, 7)
     over, same_in_func = OVER_ONE[transform]
-    primals = [(args[i] if j is None else args[i][j]).detach().requires_grad_() for i, j in at]
+    primals = [p.detach().requires_grad_() for p in primals]
     total = _dotted(over(_weighted_scalar(getattr(torch.ops.fastsamp, name), args, at, weights), primals), 8)
     got = torch.autograd.grad(total, primals, allow_unused=True)
     ref = _weighted_scalar(getattr(reference, name), args, at, weights)
@@ -351,11 +359,7 @@ def test_second_derivatives_under_nested_transforms_run_the_reference(name, nois
     transforms the op runs its reference (`_library._reference_test`), since the formulas' single-level Function
     would leave the outer levels' derivatives wrong (the squares need them to see the outputs depend on the
     inputs)."""
-    torch.manual_seed(4)
-    args = list(op_args(name, F64, noise=noise))
-    at = _float_positions(name, args)
-    weights = [None if t is None else torch.randn_like(t) for t in _flat(getattr(reference, name)(*args))]
-    primals = [args[i] if j is None else args[i][j] for i, j in at]
+    args, at, weights, primals = _weighted_problem(name, noise, 4)
     argnums = tuple(range(len(primals)))
     expect = torch.func.hessian(_weighted_scalar(getattr(reference, name), args, at, weights), argnums)(*primals)
     scalar = _weighted_scalar(getattr(torch.ops.fastsamp, name), args, at, weights)

@@ -61,22 +61,29 @@ def test_gmm_score_far_from_modes(backend, dtype):
     torch.testing.assert_close(logp.double().cpu(), r_logp, rtol=tol(dtype)[0] * 10, atol=0)
 
 
-# n_trapezoid only matters for the score (trapezoid) test
-@pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
-@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("energy", 1), ("none", 1)])
-def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
-    """The fused whole-move kernel reproduces n_steps reference moves (same Philox stream)."""
+def _moves_match_the_reference(op, backend, dtype, B, D, K, mh, **kw):
+    """op (gmm_mala / gmm_hmc) on `backend` against the float64 reference's moves from the same inputs and Philox
+    stream (B chains, fewer under the Triton interpreter, in D dims, K components, per-chain step sizes), and
+    bit for bit the same on a second call."""
     name, device = backend
     B = interpreted_batch(name, B, INTERPRETED_MOVE_CHAINS)
     x = rand(B, D, dtype=dtype, device=device, scale=2.0)
     means, lw, var = mixture(K, D, dtype, device)
     eps = step_sizes(True, B, dtype, device)
-    kw = dict(n_steps=6, n_trapezoid=n_trapezoid, alpha=0.9, sigma2=0.2, seed=123, offset=2**32 + 5, mh=mh)
-    x_new, rate = ops.gmm_mala(x, means, lw, var, step_size=eps, backend=name, **kw)
-    e_x, e_rate = ops.gmm_mala(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", **kw)
+    x_new, rate = op(x, means, lw, var, step_size=eps, backend=name, mh=mh, **kw)
+    e_x, e_rate = op(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", mh=mh, **kw)
     assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
-    again = ops.gmm_mala(x, means, lw, var, step_size=eps, backend=name, **kw)
+    again = op(x, means, lw, var, step_size=eps, backend=name, mh=mh, **kw)
     assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+
+
+# n_trapezoid only matters for the score (trapezoid) test
+@pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
+@pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("energy", 1), ("none", 1)])
+def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
+    """The fused whole-move kernel reproduces n_steps reference moves (same Philox stream)."""
+    _moves_match_the_reference(ops.gmm_mala, backend, dtype, B, D, K, mh, n_steps=6, n_trapezoid=n_trapezoid,
+                               alpha=0.9, sigma2=0.2, seed=123, offset=2**32 + 5)
 
 
 @pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
@@ -85,18 +92,8 @@ def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
 def test_gmm_hmc(backend, dtype, B, D, K, mh, n_leapfrog, damping):
     """The fused HMC kernel reproduces n_steps reference moves (same Philox stream, momentum
     carried across moves)."""
-    name, device = backend
-    B = interpreted_batch(name, B, INTERPRETED_MOVE_CHAINS)
-    x = rand(B, D, dtype=dtype, device=device, scale=2.0)
-    means, lw, var = mixture(K, D, dtype, device)
-    eps = step_sizes(True, B, dtype, device)
-    kw = dict(n_steps=5, n_leapfrog=n_leapfrog, alpha=0.9, sigma2=0.2, seed=321, offset=2**32 + 7, mh=mh,
-              damping=damping)
-    x_new, rate = ops.gmm_hmc(x, means, lw, var, step_size=eps, backend=name, **kw)
-    e_x, e_rate = ops.gmm_hmc(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", **kw)
-    assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
-    again = ops.gmm_hmc(x, means, lw, var, step_size=eps, backend=name, **kw)
-    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+    _moves_match_the_reference(ops.gmm_hmc, backend, dtype, B, D, K, mh, n_steps=5, n_leapfrog=n_leapfrog,
+                               alpha=0.9, sigma2=0.2, seed=321, offset=2**32 + 7, damping=damping)
 
 
 def test_gmm_hmc_reference_one_leapfrog_oracle():

@@ -32,6 +32,23 @@ EXACT = {"p_right": 0.6, "var_y": 0.4 * 0.5 + 0.6 * 0.3, "var_x_right": 0.3, "me
 TOL = {"p_right": 0.02, "var_y": 0.025, "var_x_right": 0.025, "mean_x_right": 0.03}
 
 
+def assert_exact_moments(x, n):
+    """The moments of the n chains x are the exact ones, within TOL widened by √(20000/n)."""
+    m = moments(x)
+    for key, want in EXACT.items():
+        tol = TOL[key] * (20000 / n) ** 0.5
+        assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
+
+
+def device_and_chains(name):
+    """The device of backend `name`'s runs (skipped where it is unavailable) and their number of chains: fewer under
+    the Triton interpreter (numpy), which is slow."""
+    if name != "torch":
+        skip_unless_available(name)
+    device = backend_device(name) if name != "torch" else torch.device("cpu")
+    return device, 4000 if name == "triton" and TRITON_INTERPRETED else 20000
+
+
 def run_chains(backend, device, dtype, mh, n_trapezoid, n=20000, steps=20, eps=0.2):
     x = exact_samples(n, seed=0).to(dtype=dtype, device=device)
     args = [t.to(dtype=dtype, device=device) for t in (MEANS, WEIGHTS.log(), VARS)]
@@ -48,16 +65,9 @@ STAT_BACKENDS = [pytest.param(b, marks=pytest.mark.slow) if b == "triton" and TR
 @pytest.mark.parametrize("name", STAT_BACKENDS)
 @pytest.mark.parametrize("mh,n_trapezoid", [("score", 2), ("score", 3), ("energy", 1)])
 def test_mh_keeps_the_mixture_invariant(name, mh, n_trapezoid):
-    if name != "torch":
-        skip_unless_available(name)
-    device = backend_device(name) if name != "torch" else torch.device("cpu")
-    # the Triton interpreter (numpy) is slow: fewer chains, tolerances widened by √(20000/n)
-    n = 4000 if name == "triton" and TRITON_INTERPRETED else 20000
+    device, n = device_and_chains(name)
     x, rate = run_chains(name, device, torch.float32, mh, n_trapezoid, n=n)
-    m = moments(x)
-    for key, want in EXACT.items():
-        tol = TOL[key] * (20000 / n) ** 0.5
-        assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
+    assert_exact_moments(x, n)
     assert 0.3 < rate.mean().item() < 0.99
 
 
@@ -86,9 +96,7 @@ def test_mala_converges_from_a_point(mh):
     n = 20000
     x = torch.zeros(n, 2, dtype=torch.float64)
     x, _ = ops.gmm_mala(x, MEANS, WEIGHTS.log(), VARS, step_size=0.4, n_steps=4000, n_trapezoid=3, seed=3, mh=mh)
-    m = moments(x)
-    for key, want in EXACT.items():
-        assert abs(m[key] - want) < TOL[key], (key, m)
+    assert_exact_moments(x, n)
 
 
 @pytest.mark.parametrize("name", STAT_BACKENDS)
@@ -98,16 +106,10 @@ def test_mala_converges_from_a_point(mh):
 ])
 def test_hmc_keeps_the_mixture_invariant(name, mh, n_leapfrog, damping):
     """Fused HMC from exact samples stays exactly distributed."""
-    if name != "torch":
-        skip_unless_available(name)
-    device = backend_device(name) if name != "torch" else torch.device("cpu")
-    n = 4000 if name == "triton" and TRITON_INTERPRETED else 20000
+    device, n = device_and_chains(name)
     x = exact_samples(n, seed=1).to(dtype=torch.float32, device=device)
     args = [t.to(dtype=torch.float32, device=device) for t in (MEANS, WEIGHTS.log(), VARS)]
     x, rate = ops.gmm_hmc(x, *args, step_size=0.3, n_steps=20, n_leapfrog=n_leapfrog, seed=7, mh=mh,
                           damping=damping, backend=name)
-    m = moments(x)
-    for key, want in EXACT.items():
-        tol = TOL[key] * (20000 / n) ** 0.5
-        assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
+    assert_exact_moments(x, n)
     assert 0.3 < rate.mean().item() < 0.999

@@ -7,6 +7,7 @@ command-line verb lives in one module, with its options (`add_arguments`), its c
     composition       `fastsamp compose`: products of 2-D mixtures and of trained score MLPs
     tilting           `fastsamp importance`: training-free importance sampling with exact answers
     offpolicy         `fastsamp train`: off-policy diffusion samplers on benchmark targets, the resumable table
+    offpolicy_released  the released gfn-diffusion estimator and training steps, written out for the table's checks
     outsourced        `fastsamp outsourced`: posterior sampling in the noise space of the digit generators
     product2d         `fastsamp product2d`: the MCMC-correction paper's 2-D product of trained ring × bar models
     guided_digits     classifier-guided composition p_t(x)·p_t(y|x)^λ on the 8×8 digits

@@ -11,8 +11,8 @@ Per op, from the op table (`_table.py`):
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
-  else triton, else the reference; above a compiled kernel's size limits the reference), registered per
-  dispatch key;
+  else triton, else the reference; above a compiled kernel's size limits the reference: `_auto_kernel.py`),
+  registered per dispatch key;
 * an Autograd kernel (`_autograd_kernel`): the formulas of `_autograd.py` for the ops the table marks
   differentiable, through an autograd.Function (what `torch.library.register_autograd` builds, without its
   per-call cost), with the jvp formulas too (forward mode: torch.func.jvp / jacfwd / hessian, forward_ad); the
@@ -32,138 +32,29 @@ The public functions (`fastsamp.ops`) reach these ops through `_dispatch.route` 
 """
 from __future__ import annotations
 
-import functools
 import inspect
-import math
 import os
 
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch._functorch.utils import enable_single_level_autograd_function as _single_level_function
 
-from .. import backends
-from . import _autograd, _table, reference
+from . import _autograd, _table
+
+# which function the kernels run (_auto_kernel.py); device_kernel, encode_u64, is_reference, max_d, max_hidden and
+# _above_limits are called as _library.<name> too
+from ._auto_kernel import _INT64_MAX, _given_tensor_forms, _kernel_choice, _reference_kernel, _u64_positions
+from ._auto_kernel import _above_limits as _above_limits
+from ._auto_kernel import device_kernel as device_kernel
+from ._auto_kernel import encode_u64 as encode_u64
+from ._auto_kernel import is_reference as is_reference
+from ._auto_kernel import max_d as max_d
+from ._auto_kernel import max_hidden as max_hidden
 
 NAMESPACE = "fastsamp"
-_INT64_MAX = 2**63 - 1
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
-
-
-# The size limits of the compiled kernels: backend op -> the module attribute holding its largest supported D, and
-# for the network ops the one holding the largest hidden width H (the Triton engine, kernels/mlp.py: MLP_MAX_D,
-# MLP_MAX_HIDDEN; a module without the attribute has no such limit). Above them "auto" runs the reference.
-_MLP_OPS = ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc")
-_MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D",
-               **{op: "MLP_MAX_D" for op in _MLP_OPS}, "mlp_net_energy_lsq": "MLP_NET_MAX_IN"}
-_MAX_HIDDEN_ATTR = {op: "MLP_MAX_HIDDEN" for op in _MLP_OPS}
-
-
-def _limit(attrs: dict, fn, op: str):
-    attr = attrs.get(op)
-    return None if attr is None else vars(inspect.getmodule(fn)).get(attr)  # no AttributeError raised per call
-
-
-def max_d(fn, op: str):
-    """The largest D that backend function `fn` of `op` supports, or None (no limit)."""
-    return _limit(_MAX_D_ATTR, fn, op)
-
-
-def max_hidden(fn, op: str):
-    """The largest hidden width H of a network that backend function `fn` of network op `op` supports, or None (no
-    limit)."""
-    return _limit(_MAX_HIDDEN_ATTR, fn, op)
-
-
-def _above_limits(fn, op: _table.Op):
-    """args -> whether a call of `op` (the schema's arguments) is above backend function `fn`'s size limits: the
-    state's D and, for the network ops, the widest network of the `dims` argument ([F, H, L, act] per network);
-    None where `fn` has no limit."""
-    most_d, most_h = max_d(fn, op.name), max_hidden(fn, op.name)
-    if most_d is None and most_h is None:
-        return None
-    state = _state_position(op)
-    if most_h is None:
-        return lambda args: args[state].shape[1] > most_d
-    dims = [a.name for a in op.schema_args].index("dims")
-    most_d = math.inf if most_d is None else most_d
-    return lambda args: args[state].shape[1] > most_d or max(args[dims][1::4], default=0) > most_h
-
-
-def is_reference(fn) -> bool:
-    """Whether backend function `fn` is the PyTorch reference (autograd-aware)."""
-    return inspect.getmodule(fn) is reference
-
-
-def encode_u64(v):
-    """A u64 (seed, offset) as the int64 of the schema: v − 2**64 when v >= 2**63 (two's complement)."""
-    return v - 2**64 if v > _INT64_MAX else v
-
-
-def _u64_positions(op: _table.Op) -> tuple:
-    return tuple(i for i, a in enumerate(op.schema_args) if a.kind == "u64")
-
-
-def _reference_kernel(op: _table.Op):
-    """The op's reference (`fastsamp.ops.reference`, looked up now) as every registered path runs it: called with
-    the schema's arguments (u64 ints as int64; a trailing tensor form `<name>_t`, when given, replaces its argument)
-    or with the backend signature (a u64 int64 or tensor, `out=`), the u64 ints back in [0, 2**64) (the reference
-    validates them)."""
-    fn, at, n = getattr(reference, op.name), _u64_positions(op), len(op.schema_args)
-    if not at:
-        return fn
-
-    def kernel(*args, **kwargs):
-        args = list(args) if len(args) == n else list(_given_tensor_forms(args, at, n))
-        for i in at:
-            if not isinstance(args[i], torch.Tensor):
-                args[i] &= _table.U64_MASK
-        return fn(*args, **kwargs)
-    return kernel
-
-
-def _kernel_choice(name: str, device_type: str) -> tuple:
-    """(fn, above, ref): "auto"'s backend function of op `name` for tensors of `device_type` (u64 arguments as
-    int64), whether a call is above its size limits (`_above_limits`; None: it takes any size) and the reference
-    that runs there (`_reference_kernel`)."""
-    op = _table.OPS[name]
-    try:
-        fn = backends.resolve("auto", name, torch.device(device_type))
-    except AttributeError:  # no kernel there and no reference (policy_log_pf_backward)
-        def missing(*args, **kwargs):
-            raise NotImplementedError(f"{name} has no kernel for {device_type} tensors (and no reference)")
-        return missing, None, None
-    if is_reference(fn):
-        return _reference_kernel(op), None, None
-    above = _above_limits(fn, op)
-    return fn, above, None if above is None else _reference_kernel(op)
-
-
-@functools.cache
-def device_kernel(name: str, device_type: str):
-    """The function "auto" runs for op `name` on tensors of `device_type` (u64 arguments as int64), with the
-    reference above a compiled kernel's size limits."""
-    fn, above, ref = _kernel_choice(name, device_type)
-    if above is None:
-        return fn
-
-    def kernel(*args, **kwargs):
-        return (ref if above(args) else fn)(*args, **kwargs)
-    return kernel
-
-
-def _state_position(op: _table.Op) -> int | None:
-    return next((i for i, a in enumerate(op.schema_args) if a.kind == "state"), None)
-
-
-def _given_tensor_forms(args: tuple, at: tuple, n: int) -> tuple:
-    """The n schema arguments, each u64 argument (positions `at`) replaced by its trailing tensor form when given."""
-    head = list(args[:n])
-    for i, t in zip(at, args[n:]):
-        if t is not None:
-            head[i] = t
-    return tuple(head)
 
 
 def _requires_grad_test(op: _table.Op):

@@ -1,0 +1,183 @@
+"""Python source generated from an op's spec (`_table.Op`): the backend glue (`glue_source`, run by
+`_table.install_glue`), the fake implementation of the registered op (`outputs_source`) and its requires-grad
+test (`requires_grad_source`); `define` runs such source."""
+from __future__ import annotations
+
+import linecache
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._table import Op, Out
+
+
+def _dims_source(op: Op) -> list[str]:
+    """Statements defining every dim the outputs and the C call use."""
+    if op.dims is not None:
+        return [s.strip() for s in op.dims.split(";") if s.strip()]
+    lines, known = [], set()
+    for a in op.args:
+        if a.kind not in ("state", "tensor"):
+            continue
+        names = [(i, d) for i, d in enumerate(a.shape) if d.isidentifier() and d not in known]
+        if not names:
+            continue
+        if a.kind == "state":
+            lines.append(f"{a.shape[0]}, {a.shape[1]} = {a.name}.shape")
+        else:
+            for i, d in names:
+                size = f"{a.name}.shape[{i}]"
+                lines.append(f"{d} = 0 if {a.name} is None else {size}" if a.optional else f"{d} = {size}")
+        known.update(d for _, d in names)
+    return lines
+
+
+def _like(op: Op) -> tuple[str, str]:
+    """Expressions of the outputs' dtype ("x") and device: the state's, else the first required tensor's
+    of that dtype, else the `dtype` and `device` arguments."""
+    like = op.state or next((a for a in op.args if a.kind == "tensor" and not a.optional and a.dtype == "x"), None)
+    return ("dtype", "device") if like is None else (f"{like.name}.dtype", f"{like.name}.device")
+
+
+def _alloc(op: Op, o: Out, functional: bool) -> str:
+    """The expression allocating output o (functional: a fresh tensor even where the glue reuses an input)."""
+    st = op.state
+    if o.like_list:
+        return f"[torch.empty_like(t) for t in {o.like_list}]"
+    if o.dtype == "x" and st is not None and o.shape == st.shape:
+        new = f"torch.empty_like({st.name})"
+    else:
+        shape = ", ".join(o.shape) + ("," if len(o.shape) == 1 else "")
+        dtype, device = _like(op)
+        dtype = {"x": dtype, "bool": "torch.bool", "f64": "torch.float64"}[o.dtype]
+        new = f"torch.empty(({shape}), dtype={dtype}, device={device})"
+    if o.given_by and not functional:
+        return f"{new} if {o.given_by} is None else {o.given_by}"
+    if o.present_if:
+        a = op.arg(o.present_if)
+        cond = o.present_if if a.kind == "bool" else f"{o.present_if} is not None"
+        return f"{new} if {cond} else None"
+    return new
+
+
+def signature(op: Op, functional: bool = False) -> str:
+    """The backend signature, or (functional) the schema's: no `out`, the tensor forms of u64 arguments last."""
+    if functional:
+        return ", ".join([a.name for a in op.schema_args] + [f"{a.name}_t=None" for a in op.u64_args])
+    return ", ".join(a.name + ("=None" if a.kind == "out" else "") for a in op.args)
+
+
+def outputs_source(op: Op, fname: str | None = None) -> str:
+    """A function of the schema arguments returning freshly allocated outputs (the fake implementation)."""
+    body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, True)}" for o in op.outs]
+    lines = [f"def {fname or op.name}({signature(op, True)}):"] + [f"    {s}" for s in body]
+    return "\n".join(lines + [f"    return {', '.join(o.name for o in op.outs)}"]) + "\n"
+
+
+def requires_grad_source(op: Op, fname: str = "requires_grad") -> str:
+    """A function of the schema's argument tuple: whether a tensor argument requires grad, one test per tensor
+    position of the op, a list of tensors by a plain loop (about 4x faster than torch._C._any_requires_grad, which
+    inspects every argument; the loop about half the time of any() over a generator).
+    The trailing tensor forms of the u64 arguments are int64 tensors, which cannot require grad."""
+    lines = []
+    for i, a in enumerate(op.schema_args):
+        if a.kind == "tensors":
+            lines += [f"for t in args[{i}]:", "    if t.requires_grad:", "        return True"]
+        elif a.kind in ("state", "tensor"):
+            test = f"args[{i}].requires_grad"
+            lines += [f"if {f'args[{i}] is not None and {test}' if a.optional else test}:", "    return True"]
+    return f"def {fname}(args):\n" + "".join(f"    {line}\n" for line in lines + ["return False"])
+
+
+def _anchor(op: Op) -> str:
+    """The tensor giving the dtype code and device of a C call: the state, or (factory ops) the first output."""
+    return op.state.name if op.state is not None else op.outs[0].name
+
+
+_C_STRUCT = re.compile(r"(\w+)\((.*)\)$")
+_C_ITEM = re.compile(r"(\w+)(?:\[([-\d:]+)\])?$")
+
+
+def c_names(op: Op) -> set:
+    """The argument, output, dim and literal names the C order of `op` uses (inside structs, without subscripts)."""
+    names = set()
+    for token in op.c:
+        m = _C_STRUCT.match(token)
+        for t in (m[2].split(",") if m else [token]):
+            names.add(_C_ITEM.match(t)[1])
+    return names
+
+
+def _pointers(name: str, sub: str | None) -> str:
+    """The pointers of a list of tensors: all, one (`name[i]`) or a slice (`name[a:b]`)."""
+    if sub is None or ":" in sub:
+        return f"[t.data_ptr() for t in {name if sub is None else f'{name}[{sub}]'}]"
+    return f"{name}[{sub}].data_ptr()"
+
+
+def _c_token(op: Op, token: str, target: str) -> str:
+    if token == "dtype":
+        return f"_dt({_anchor(op)})"
+    m = _C_STRUCT.match(token)
+    if m:
+        return f"_C.{m[1]}({', '.join(_c_token(op, t, target) for t in m[2].split(','))})"
+    name, sub = _C_ITEM.match(token).groups()
+    out = next((o for o in op.outs if o.name == name), None)
+    if out is not None:
+        if out.like_list:
+            return _pointers(name, sub)
+        return f"_p({name})" if out.present_if else f"{name}.data_ptr()"
+    try:
+        a = op.arg(name)
+    except StopIteration:
+        return token  # a dim or a literal
+    if a.kind == "tensors":
+        return _pointers(name, sub)
+    if a.kind in ("state", "tensor"):
+        return f"_p({a.name})" if a.optional else f"{a.name}.data_ptr()"
+    if a.kind == "u64":  # cpu: the value (a tensor's read on the host); cuda: (value, pointer or 0)
+        return f"_u64({a.name})" if target == "cpu" else f"*_rng({a.name}, {a.name!r}, {_anchor(op)})"
+    if a.kind in ("ints", "floats"):
+        return f"[{a.kind[:-1]}(v) for v in {a.name}]"
+    if a.kind == "threads":
+        return f"_threads({a.name})" if target == "cpu" else f"int({a.name})"
+    return {"float": "float({})", "int": "int({})", "bool": "bool({})"}[a.kind].format(a.name)
+
+
+def _product_guard(op: Op) -> str:
+    """`some output has elements`: products of dims > 0 (dims are >= 0), a product dropped when another one
+    divides it (B * D > 0 implies B > 0)."""
+    prods = list(dict.fromkeys(o.shape for o in op.outs if not o.like_list))
+    keep = [p for p in prods if not any(q != p and all(q.count(d) <= p.count(d) for d in q) for q in prods)]
+    return " or ".join(" * ".join(d if d.isidentifier() else f"({d})" for d in p) + " > 0" for p in keep)
+
+
+def glue_source(op: Op, target: str) -> str:
+    """Python source of the backend function of `op` for target "cpu" (fastsamp._C.cpu_<op>, n_threads last) or
+    "cuda" (fastsamp._C.cuda_<op> through `_launch`, which makes the device current and appends the stream);
+    no call when every output is empty."""
+    body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, False)}" for o in op.outs]
+    named = c_names(op)
+    c_args = [_c_token(op, t, target) for t in op.c] + [
+        _c_token(op, o.name, target) for o in op.outs if o.name not in named]
+    if target == "cpu" and not any(a.kind == "threads" and a.name in named for a in op.args):
+        c_args.append("_threads()")
+    body.append(f"if {op.guard or _product_guard(op)}:")
+    if target == "cpu":
+        body.append(f"    _C.cpu_{op.kernel}({', '.join(c_args)})")
+    else:
+        body.append(f"    _launch(_C.cuda_{op.kernel}, {_anchor(op)}, {', '.join(c_args)})")
+    if op.guard:
+        body.append("else:")
+        for o in op.outs:
+            zero = f"for t in {o.name}: t.zero_()" if o.like_list else f"{o.name}.zero_()"
+            body.append(f"    if {o.name} is not None: {zero}" if o.present_if else f"    {zero}")
+    ret = ", ".join(o.name for o in op.outs)
+    lines = [f"def {op.name}({signature(op)}):"] + [f"    {s}" for s in body] + [f"    return {ret}"]
+    return "\n".join(lines) + "\n"
+
+
+def define(source: str, filename: str, namespace: dict) -> None:
+    """Run generated source in `namespace`, its lines registered with linecache (tracebacks show them)."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
