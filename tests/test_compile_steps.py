@@ -196,3 +196,24 @@ def test_compiled_policy_ops_as_a_first_call_compile_once(dynamo_reset, monkeypa
         fn(*args)  # an eager call in between: the same graph after it
         compiled(*args)
         assert counter.frame_count == 1
+
+
+def test_policy_ops_compile_without_the_extension():
+    """With fastsamp._C unavailable (not built), a compiled policy op after an eager call traces without a graph
+    break and equals eager: tracing reads the failed load (`backends._failed`) instead of retrying the import,
+    which dynamo cannot trace. A fresh process, as the extension is loaded in this one."""
+    script = (
+        "import sys, warnings; sys.modules['fastsamp._C'] = None; warnings.simplefilter('ignore')\n"
+        "import torch, test_compile_steps as t\n"
+        "states, temb, log_pf, rollout = t._policy_calls()\n"
+        "for fn, args in ((log_pf, (states, temb)), (rollout, (temb,))):\n"
+        "    expect = fn(*args)\n"
+        "    got = torch.compile(fn, fullgraph=True, backend='aot_eager')(*args)\n"
+        "    for g, e in zip(got, expect): torch.testing.assert_close(g, e, rtol=0, atol=0)\n"
+        "print('ok')\n")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

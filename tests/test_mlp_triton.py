@@ -222,7 +222,7 @@ def test_limits_are_named(device):
 
 
 def test_size_limits_are_declared_once_for_every_network_op(device):
-    """The Triton engine's D and hidden-width limits, declared beside _library._MAX_D_ATTR for all six network ops:
+    """The Triton engine's D and hidden-width limits, declared beside _auto_kernel._MAX_D_ATTR for all six network ops:
     the registered ops' kernels run the reference above them (`_above_limits`), and has_fused_kernel reads them for
     both network kinds (the CUDA choice resolves without a GPU)."""
     kernels = backends._load("triton")[0]

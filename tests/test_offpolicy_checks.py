@@ -1,4 +1,5 @@
-"""benchmarks/offpolicy_checks.py: the released gfn-diffusion formulas written out there agree with
+"""benchmarks/offpolicy_checks.py: the released gfn-diffusion formulas (written out in
+fastsamp/experiments/offpolicy_released.py) agree with
 fastsamp's targets, log w and PIS gradient (the checks of checks/funnel_tb.md, pis_25gmm.md and pis_funnel.md
 rest on them), and its training loop and command line run on tiny sizes."""
 import json

@@ -1,4 +1,4 @@
-// The scores ∇log R(x) of the analytic benchmark targets of fastsamp/targets.py, for the Langevin
+// The scores ∇log R(x) of the analytic benchmark targets of fastsamp/targets/, for the Langevin
 // parametrisation of the whole-trajectory policy kernels (trajectory_policy.cpp), which need the
 // target's score at every step of a rollout:
 //

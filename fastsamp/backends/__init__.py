@@ -10,17 +10,21 @@ BACKENDS = ("torch", "cpp", "triton", "cuda")
 
 
 _loaded: dict[str, tuple] = {}  # name -> _import(name); a plain dict, which torch.compile reads as a constant
+_failed: dict[str, str] = {}  # name -> why it is unavailable; written only when a load fails
 
 
 def _load(name: str):
     """(module, None) or (None, reason it is unavailable), imported once. `resolve` traces under torch.compile
     with no graph break, the first load included (`_import`). While tracing, the import statements themselves
     (a trace that read `_loaded` would guard on its keys, which the first load changes: a compiled op that is
-    its process's first call would compile again on its second call)."""
+    its process's first call would compile again on its second call), except for a backend known to be
+    unavailable (`_failed`, which a full build never writes): dynamo cannot trace a failing import."""
     if torch.compiler.is_compiling():
-        return _import(name)
+        return (None, _failed[name]) if name in _failed else _import(name)
     if name not in _loaded:
         _loaded[name] = _import(name)
+        if _loaded[name][0] is None:
+            _failed[name] = _loaded[name][1]
     return _loaded[name]
 
 
