@@ -100,18 +100,18 @@ _PUBLIC = {name: _public(name) for name in ("mala_propose", "line_points", "scor
                                             "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh")}
 
 
-def _op(kernel, name, tensors, rest=(), backend=None, out=None):
+def _op(kernel, name, tensors, rest=(), backend=None, **outs):
     """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend
     choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset),
-    writing into `out` when given (ops with an `out`).
+    writing into the `outs` given (the op's `out` arguments: `out=`; score_mh_accept's x_out=, score_out=, which
+    the public op does not take: a checked kernel's only).
     A checked kernel's run has checked its constants once and passes the ops the kernels' own outputs and
     the counting model's (contiguous) outputs (`checked_kernel`): the routed function directly, with no
     per-call check; a hand-built kernel: the public op, which checks every argument."""
     backend = kernel.backend if backend is None else backend
-    into = {} if out is None else {"out": out}
     if kernel.checked:
-        return routed(kernel.routes, name, backend, tensors)(*tensors, *rest, **into)
-    return _PUBLIC[name](backend, *tensors, *rest, **into)
+        return routed(kernel.routes, name, backend, tensors)(*tensors, *rest, **outs)
+    return _PUBLIC[name](backend, *tensors, *rest, **outs)
 
 
 def routed(routes: dict, name, backend, tensors):
@@ -165,9 +165,28 @@ class ScoreMH(MHTest):
     """MH with ΔlogP by the trapezoidal rule on the score: n_trapezoid sub-intervals of the MALA
     segment (one batched score call for x' and the interior points), the leapfrog path for HMC."""
 
-    def __init__(self, n_trapezoid: int = 1):
+    def __init__(self, n_trapezoid: int = 1, reuse_outputs: bool = False):
         self.n_trapezoid = n_trapezoid
         self._batch = None  # n > 1: (batch (n·B, D), its proposal rows (B, D), its points (n − 1, B, D))
+        self.reuse_outputs = reuse_outputs
+        self._pairs = None  # reuse_outputs: two (x, score) buffer pairs, the accept's outputs in turn
+
+    def accept_outputs(self, kernel, state, tensors) -> dict:
+        """The x_out / score_out of a checked kernel's accept (`reuse_outputs`): the buffer pair that does not hold
+        the current state (a move's state overwrites the one two moves before: for a caller that keeps no state past
+        the next move, and hands the last one out as its own, as annealed_mcmc and mcmc do; measured −37 µs per
+        move against two fresh (B, D) tensors, benchmarks/RESULTS.md). None given ({}): fresh outputs (a hand-built
+        kernel, or an input that requires grad: the accept's graph must not see its saved tensors overwritten)."""
+        if not (self.reuse_outputs and kernel.checked) or _dispatch._needs_grad(state.x, tensors):
+            return {}
+        x, pairs = state.x, self._pairs
+        if pairs is None or pairs[0][0].shape != x.shape or pairs[0][0].dtype != x.dtype or \
+                pairs[0][0].device != x.device:
+            pairs = self._pairs = tuple((torch.empty_like(x), torch.empty_like(x)) for _ in range(2))
+        for x_out, score_out in pairs:
+            if x_out is not x and score_out is not state.score:
+                return {"x_out": x_out, "score_out": score_out}
+        return {}
 
     def check_langevin_run(self, x):
         if self.n_trapezoid > 1:
@@ -199,8 +218,9 @@ class ScoreMH(MHTest):
         # the model's whole (n·B, D) output as score_prop: s(x') then the n − 1 interior sets (contiguous, the
         # counting model's), read by the accept op in place (slicing it cost ~25 us per move after the network)
         with phase("mh"):
-            x, s, accepted, log_alpha = _op(kernel, "score_mh_accept",
-                                            (x, x_prop, state.score, scores, kernel.step_size, None, None), key)
+            tensors = (x, x_prop, state.score, scores, kernel.step_size, None, None)
+            x, s, accepted, log_alpha = _op(kernel, "score_mh_accept", tensors, key,
+                                            **self.accept_outputs(kernel, state, tensors))
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -246,11 +266,11 @@ class KeepMomentumOnReject(MHTest):
         return new._replace(momentum=torch.where(info.accepted[:, None], end.momentum, start.momentum)), info
 
 
-def mh_test(spec: CorrectorSpec):
-    """The MH piece of a corrector run (ULA and U-HMC have none)."""
+def mh_test(spec: CorrectorSpec, reuse_outputs: bool = False):
+    """The MH piece of a corrector run (ULA and U-HMC have none); `reuse_outputs`: `ScoreMH.accept_outputs`."""
     if spec.corrector in ("ula", "uhmc") or spec.mh == "none":
         return NoMH()
-    return EnergyMH() if spec.mh == "energy" else ScoreMH(spec.n_trapezoid)
+    return EnergyMH() if spec.mh == "energy" else ScoreMH(spec.n_trapezoid, reuse_outputs)
 
 
 @dataclass(frozen=True)
