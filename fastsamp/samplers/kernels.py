@@ -161,6 +161,9 @@ class NoMH(MHTest):
         return end, _all_accepted(end.x)
 
 
+_FRESH = {}  # `ScoreMH.accept_outputs`: no out arguments (read only)
+
+
 class ScoreMH(MHTest):
     """MH with ΔlogP by the trapezoidal rule on the score: n_trapezoid sub-intervals of the MALA
     segment (one batched score call for x' and the interior points), the leapfrog path for HMC."""
@@ -169,28 +172,29 @@ class ScoreMH(MHTest):
         self.n_trapezoid = n_trapezoid
         self._batch = None  # n > 1: (batch (n·B, D), its proposal rows (B, D), its points (n − 1, B, D))
         self.reuse_outputs = reuse_outputs
-        self._pairs = None  # reuse_outputs: two (x, score) buffer pairs, the accept's outputs in turn
+        self._pairs = ()  # reuse_outputs: two {x_out, score_out} buffer pairs (`accept_outputs`), made per run's shape
 
     def accept_outputs(self, kernel, state, tensors) -> dict:
-        """The x_out / score_out of a checked kernel's accept (`reuse_outputs`): the buffer pair that does not hold
-        the current state (a move's state overwrites the one two moves before: for a caller that keeps no state past
-        the next move, and hands the last one out as its own, as annealed_mcmc and mcmc do; measured −37 µs per
-        move against two fresh (B, D) tensors, benchmarks/RESULTS.md). None given ({}): fresh outputs (a hand-built
-        kernel, or an input that requires grad: the accept's graph must not see its saved tensors overwritten)."""
-        if not (self.reuse_outputs and kernel.checked) or _dispatch._needs_grad(state.x, tensors):
-            return {}
-        x, pairs = state.x, self._pairs
-        if pairs is None or pairs[0][0].shape != x.shape or pairs[0][0].dtype != x.dtype or \
-                pairs[0][0].device != x.device:
-            pairs = self._pairs = tuple((torch.empty_like(x), torch.empty_like(x)) for _ in range(2))
-        for x_out, score_out in pairs:
-            if x_out is not x and score_out is not state.score:
-                return {"x_out": x_out, "score_out": score_out}
-        return {}
+        """The x_out / score_out of a checked kernel's accept with `reuse_outputs`: the buffer pair that holds neither
+        the current x nor its score, so a move's state overwrites the one two moves before (for a caller that keeps
+        no state past the next move and hands the last one out with the piece's end, as annealed_mcmc and mcmc do).
+        Else ({}) fresh outputs: a hand-built kernel, or an input that requires grad (the accept's graph must not see
+        its saved tensors overwritten). Per move only identity tests: the pairs are made by `check_langevin_run`."""
+        if not kernel.checked or _dispatch._needs_grad(state.x, tensors):
+            return _FRESH
+        x, score = state.x, state.score
+        for pair in self._pairs:
+            if pair["x_out"] is not x and pair["score_out"] is not score:
+                return pair
+        return _FRESH
 
     def check_langevin_run(self, x):
         if self.n_trapezoid > 1:
             line_points_count(self.n_trapezoid, x)
+        if self.reuse_outputs:
+            held = self._pairs[0]["x_out"] if self._pairs else None
+            if held is None or held.shape != x.shape or held.dtype != x.dtype or held.device != x.device:
+                self._pairs = tuple({"x_out": torch.empty_like(x), "score_out": torch.empty_like(x)} for _ in range(2))
 
     def proposal_out(self, x):
         """n > 1: the first B rows of the (n·B, D) batch the model scores, allocated once per shape, dtype and
