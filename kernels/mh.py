@@ -128,11 +128,15 @@ def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr
 
 
 def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=None,
-                  p=None, p_prop=None, delta_logp=None, u=None, seed=0, offset=0, chain_offset=0):
+                  p=None, p_prop=None, delta_logp=None, u=None, seed=0, offset=0, chain_offset=0, x_out=None,
+                  score_out=None):
     """_accept_kernel in MODE 0 (score_mh_accept: step_size, interior) or 1 (hmc_accept: p, p_prop,
-    delta_logp); u None: drawn in-kernel from (seed, offset, chain_offset)."""
+    delta_logp); u None: drawn in-kernel from (seed, offset, chain_offset); x_new / score_new written into
+    x_out / score_out when given."""
     B, D = x.shape
     outputs = accept_outputs(x)
+    if x_out is not None or score_out is not None:
+        outputs = (outputs[0] if x_out is None else x_out, outputs[1] if score_out is None else score_out) + outputs[2:]
     if B == 0:
         return outputs
     M = 0 if interior is None else int(interior.shape[0])
@@ -146,9 +150,10 @@ def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=N
     return outputs
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset, x_out=None,
+                    score_out=None):
     score_prop, interior = proposal_scores(score_prop, interior, x.shape[0])
     if interior is not None and interior.shape[0] == 0:
         interior = None
     return launch_accept(0, x, x_prop, score, score_prop, step_size=step_size, interior=interior, u=u, seed=seed,
-                         offset=offset, chain_offset=chain_offset)
+                         offset=offset, chain_offset=chain_offset, x_out=x_out, score_out=score_out)

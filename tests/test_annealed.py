@@ -407,3 +407,20 @@ def test_level_statistics_in_chunks_equal_level_by_level(monkeypatch, corrector,
     assert torch.equal(chunked[0].nan_to_num(), one_by_one[0].nan_to_num()) and chunked[1:] == one_by_one[1:]
     if not fused:
         assert chunked[3][-1] == 1 and chunked[4] is not None
+
+
+@pytest.mark.parametrize("predictor", [True, False])
+@pytest.mark.parametrize("n_trapezoid", [1, 3])
+def test_returned_chains_do_not_change_when_the_sampler_runs_again(n_trapezoid, predictor):
+    """The generic score-MH moves write their states into buffers reused across moves (`ScoreMH.accept_outputs`):
+    the samples annealed_mcmc and mcmc return are not overwritten by a later run, from the same chains or others."""
+    net = torch.nn.Linear(3, 2, dtype=torch.float64)
+    model = ScoreModel(lambda x, t: net(torch.cat([x, torch.full_like(x[:, :1], t)], 1)) - x, 2)
+    kw = dict(n_corrector_steps=3, n_trapezoid=n_trapezoid, dtype=torch.float64, fused=False, predictor=predictor)
+    first, _ = annealed_mcmc(model, 16, n_levels=3, seed=1, **kw)
+    kept = first.clone()
+    again, _ = annealed_mcmc(model, 16, n_levels=3, seed=2, **kw)
+    chains, _ = mcmc(model, first, n_steps=4, n_trapezoid=n_trapezoid)
+    kept_chains = chains.clone()
+    mcmc(model, chains, n_steps=4, n_trapezoid=n_trapezoid, seed=3)
+    assert torch.equal(first, kept) and torch.equal(chains, kept_chains) and not torch.equal(first, again)

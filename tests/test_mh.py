@@ -261,3 +261,73 @@ def test_generic_mala_states_outlive_the_moves_batch(n_trapezoid, checked):
     for st, (xk, sk) in zip(states, kept):
         assert torch.equal(st.x.nan_to_num(), xk.nan_to_num()) and torch.equal(st.score.nan_to_num(), sk.nan_to_num())
     assert states[-1].x[3].isnan().all() and states[-1].x[[0, 1, 2, 4, 5, 6]].isfinite().all()
+
+
+def test_score_mh_accept_writes_into_given_outputs(backend, dtype, shape):
+    """x_out / score_out receive x_new and score_new: the fresh call's bits, the given tensors returned."""
+    name, device = backend
+    B, D = shape
+    x, xp, s, sp, interior, u = accept_inputs(B, D, dtype, device, 2)
+    eps = step_sizes(True, B, dtype, device)
+    fresh = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior, backend=name)
+    x_out, score_out = torch.full_like(x, 7.0), torch.full_like(x, 7.0)
+    got = ops.score_mh_accept(x, xp, s, sp, eps, u, interior_scores=interior, x_out=x_out, score_out=score_out,
+                              backend=name)
+    assert got[0] is x_out and got[1] is score_out
+    for a, b in zip(got, fresh):
+        assert torch.equal(a, b)
+
+
+def test_score_mh_accept_outputs_are_checked():
+    x, xp, s, sp, interior, u = accept_inputs(4, 3, torch.float64, "cpu", 2)
+    buf = torch.empty(2, 4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="x_out overlaps x_prop"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, x_out=xp)
+    with pytest.raises(ValueError, match="score_out overlaps x_out"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, x_out=buf[0], score_out=buf.view(-1)[6:18].view(4, 3))
+    with pytest.raises(ValueError, match="score_out overlaps interior_scores"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, interior_scores=interior, score_out=interior[1])
+    with pytest.raises(ValueError, match=r"x_out must have shape \(4, 3\)"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, x_out=buf)
+    with pytest.raises(TypeError, match="score_out must have dtype"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, score_out=torch.empty(4, 3))
+    with pytest.raises(ValueError, match="x_out must be a contiguous"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, x_out=torch.empty(3, 4, dtype=torch.float64).t())
+    with pytest.raises(ValueError, match="x_out requires grad"):
+        ops.score_mh_accept(x, xp, s, sp, 0.1, u, x_out=torch.zeros(4, 3, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("n_trapezoid", [1, 3])
+def test_reused_accept_outputs_are_the_fresh_moves_bits(n_trapezoid):
+    """A checked kernel whose ScoreMH reuses the accept's outputs (annealed_mcmc's, mcmc's) writes each move's
+    state into the buffer pair that does not hold the current one: the moves of fresh outputs, bit for bit, a
+    NaN chain staying in its chain; a hand-built kernel keeps fresh outputs."""
+    from fastsamp.protocol import CountingModel
+    from fastsamp.samplers.kernels import Langevin, PhiloxKey, ScoreMH, checked_kernel
+
+    class Gaussian:
+        dim = 2
+
+        def score(self, x, t):
+            return -x * (1.0 + 0.1 * t)
+
+    x = torch.randn(7, 2, dtype=torch.float64)
+    x[3] = float("nan")
+    runs = []
+    for reuse in (False, True):
+        kernel = Langevin(CountingModel(Gaussian()), 0.5, torch.full((7,), 0.2, dtype=torch.float64),
+                          ScoreMH(n_trapezoid, reuse_outputs=reuse))
+        kernel, x0, _, key = checked_kernel(kernel, x, None, PhiloxKey(1, 0, 0), 5)
+        state, moves = kernel.init(x0), []
+        for m in range(5):
+            new = kernel.step(state, key.move(m))[0]
+            assert new.x.data_ptr() not in (state.x.data_ptr(), state.score.data_ptr())
+            state = new
+            moves.append((state.x.clone(), state.score.clone()))
+        runs.append(moves)
+    for (xa, sa), (xb, sb) in zip(*runs):
+        assert torch.equal(xa.nan_to_num(), xb.nan_to_num()) and torch.equal(sa.nan_to_num(), sb.nan_to_num())
+    assert runs[1][-1][0][3].isnan().all() and runs[1][-1][0][[0, 1, 2, 4, 5, 6]].isfinite().all()
+    hand = Langevin(CountingModel(Gaussian()), 0.5, torch.full((7,), 0.2, dtype=torch.float64),
+                    ScoreMH(n_trapezoid, reuse_outputs=True))
+    assert hand.mh.accept_outputs(hand, hand.init(x), (x,)) == {}

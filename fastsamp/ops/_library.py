@@ -283,7 +283,8 @@ class Entry:
     """How a public op calls its registered op: `graph` through the dispatcher (autograd, tracing),
     `eager` below the autograd key (no input requires grad; under a dispatch mode, one trip into Python fewer
     than through the Autograd kernel, which would redispatch).
-    Both take the backend signature (u64 seeds, and `out=` where the op has one)."""
+    Both take the backend signature (u64 seeds, and the op's `out` arguments, `out=` or score_mh_accept's x_out= and
+    score_out=, where it has them)."""
 
     def __init__(self, op: _table.Op, opobj):
         # differentiable: autograd (and forward mode) go through `graph`, the registered op's formulas (or its
@@ -305,20 +306,32 @@ class Entry:
                     args[i] = v - 2**64
             return args if tail is None else args + tail
 
-        def graph(*args, out=None):
-            if out is None:
-                return opobj(*encoded(args))
-            return out.copy_(opobj(*encoded(args)))
+        # the output each `out` argument receives (score_mh_accept: x_out, score_out; the others: out, their only one)
+        given = {o.given_by: k for k, o in enumerate(op.outs) if o.given_by and op.arg(o.given_by).kind == "out"}
+        single = len(op.outs) == 1
+
+        def graph(*args, **outs):
+            result = opobj(*encoded(args))
+            if single:
+                out = outs.get("out")
+                return result if out is None else out.copy_(result)
+            if not any(v is not None for v in outs.values()):
+                return result
+            result = list(result)
+            for name, out in outs.items():
+                if out is not None:
+                    result[given[name]] = out.copy_(result[given[name]])
+            return tuple(result)
 
         event = f"fastsamp::{op.name}"
 
-        def eager(*args, out=None):
-            if out is not None:  # written in place by the backend function, as with backend= given
-                fn = device_kernel(self.name, args[0].device.type)
+        def eager(*args, **outs):
+            if any(v is not None for v in outs.values()):  # written in place by the backend function, as with
+                fn = device_kernel(self.name, args[0].device.type)  # backend= given
                 if _profiler_enabled():  # not through the dispatcher: a range named as the op's own events
                     with torch.profiler.record_function(event):
-                        return fn(*args, out=out)
-                return fn(*args, out=out)
+                        return fn(*args, **outs)
+                return fn(*args, **outs)
             with _BELOW_AUTOGRAD():
                 return opobj(*encoded(args))
 

@@ -235,7 +235,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
     # score_prop (B, D), or with interior None (M + 1)·B rows: s(x') then the M interior score sets, the scores of
     # one batch [x'; line_points] (the C kernels read the sets after score_prop's first B rows when interior is 0)
     _op("score_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) step_size:(B,) u:(B,)? "
-        f"interior:(M,B,D)? {_DRAW}", _ACCEPT,
+        f"interior:(M,B,D)? {_DRAW} x_out:out score_out:out",
+        "x_new:(B,D)=x_out score_new:(B,D)=score_out accepted:(B,)bool log_alpha:(B,)",
         f"dtype x x_prop score score_prop step_size u {_DRAW_C} interior M B D", _ALL + ("cuda",),
         renames={"interior": "interior_scores"},
         dims="B, D = x.shape; M = (interior.shape[0] if interior is not None else score_prop.shape[0] // B - 1 if B "

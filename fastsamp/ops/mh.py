@@ -64,7 +64,7 @@ def mh_uniform(u, seed, offset, chain_offset, x):
 
 
 def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior_scores=None, seed=None, offset=0,
-                    chain_offset=0, backend="auto"):
+                    chain_offset=0, x_out=None, score_out=None, backend="auto"):
     """MH test of a MALA move for a model known only through its score.
 
     ΔlogP ≈ (1/n)[½ s(x)·d + Σ_i s(x + (i/n)d)·d + ½ s(x')·d] (trapezoid, d = x' − x,
@@ -75,6 +75,8 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
     [x'; line_points(x, x', n)] as it comes (no slicing or copy).
     u: the (B,) uniforms, or (`seed`, `offset`, `chain_offset`): drawn inside the kernel, the same
     bits as `ops.uniform(seed, offset, B, chain_offset=chain_offset)` (no separate RNG op).
+    `x_out`, `score_out` (B, D) receive x_new and score_new (e.g. two buffers used in turn across moves); they may
+    overlap no input nor each other.
 
     Returns (x_new, score_new, accepted (B,) bool, log_alpha (B,)).
     """
@@ -93,8 +95,43 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
                                        (interior_scores.shape[0],) + tuple(x.shape))
         if interior_scores.shape[0] == 0:
             interior_scores = None
+    inputs = {"x": x, "x_prop": x_prop, "score": score, "score_prop": score_prop, "step_size": eps, "u": u,
+              "interior_scores": interior_scores}
+    x_out = accept_out("x_out", x_out, x, **inputs)
+    score_out = accept_out("score_out", score_out, x, x_out=x_out, **inputs)
     fn = _dispatch.route(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
-    return fn(x, x_prop, score, score_prop, eps, u, interior_scores, seed, offset, chain_offset)
+    result = fn(x, x_prop, score, score_prop, eps, u, interior_scores, seed, offset, chain_offset, x_out=x_out,
+                score_out=score_out)
+    if not _dispatch.is_reference(fn) and not torch.compiler.is_compiling():  # written behind autograd's back
+        for out in (x_out, score_out):
+            if out is not None:
+                torch.autograd.graph.increment_version(out)
+    return result
+
+
+def accept_out(name, out, x, /, **inputs):
+    """`score_mh_accept`'s check of x_out / score_out: None, or a contiguous tensor like x (no neg bit; with grad
+    mode on, not requiring grad: the kernels write it without autograd) sharing no memory with `inputs` (None
+    allowed; not checked under tracing, where the op is functional and its result copied in afterwards)."""
+    if out is None:
+        return None
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
+    if not out.is_contiguous() or out.is_neg() or out.is_conj():
+        raise ValueError(f"{name} must be a contiguous tensor without a neg / conj bit")
+    _checks.like(name, out, x)
+    if torch.is_grad_enabled() and out.requires_grad:
+        raise ValueError(f"{name} requires grad: in-place writes are not differentiable; pass a tensor that does not "
+                         f"require grad, or run under torch.no_grad()")
+    if torch.compiler.is_compiling() or out.numel() == 0:
+        return out
+    lo = out.data_ptr()
+    hi = lo + out.numel() * out.element_size()
+    for other, t in inputs.items():
+        if t is not None and t.numel() and t.data_ptr() < hi and lo < t.data_ptr() + t.numel() * t.element_size():
+            raise ValueError(f"{name} overlaps {other}: the accept's outputs cannot be written over its inputs or "
+                             f"each other")
+    return out
 
 
 def proposal_scores(score_prop, x, with_interior: bool):

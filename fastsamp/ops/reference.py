@@ -101,13 +101,17 @@ def mala_log_q_ratio(x, x_prop, score, score_prop, eps):
     return (_dot(fwd, fwd) - _dot(bwd, bwd)) / (4 * eps)
 
 
-def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset):
+def score_mh_accept(x, x_prop, score, score_prop, step_size, u, interior, seed, offset, chain_offset, x_out=None,
+                    score_out=None):
+    """(x_new, score_new, accepted, log_alpha); x_new and score_new written into x_out / score_out when given."""
     score_prop, interior = proposal_scores(score_prop, interior, x.shape[0])  # (m + 1)·B rows: s(x') and the sets
     log_alpha = trapezoid_delta_logp(x, x_prop, score, score_prop, interior) + mala_log_q_ratio(
         x, x_prop, score, score_prop, step_size
     )
     accepted = _log_u(x, u, seed, offset, chain_offset) < log_alpha
-    return _select(accepted, x_prop, x), _select(accepted, score_prop, score), accepted, log_alpha
+    x_new, score_new = _select(accepted, x_prop, x), _select(accepted, score_prop, score)
+    return (x_new if x_out is None else x_out.copy_(x_new),
+            score_new if score_out is None else score_out.copy_(score_new), accepted, log_alpha)
 
 
 def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u, seed, offset, chain_offset):

@@ -256,7 +256,9 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     level_sums = comm.level_sums(4)  # Σ acceptance, Σ step size, non-finite chains, score evaluations
     p = torch.zeros_like(x)
     s_held = None  # the score of x at the last level's t that the generic corrector's last move holds
-    mh_piece = mh_test(spec)  # one for every level's generic moves (it keeps the trapezoid points' batch)
+    # one for every level's generic moves (it keeps the trapezoid points' batch and the accept's two output pairs:
+    # no level keeps a state past its next move, and the run's last x is handed out with the piece's end)
+    mh_piece = mh_test(spec, reuse_outputs=True)
     routes = {}  # the ops' functions, chosen once per run (`kernels.routed`)
     offset = 1
     # the levels whose statistics (the generic moves' accept masks counted among them) wait to be computed together
@@ -344,7 +346,7 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
         chain_offset = Comm.resolve(group).chain_offset(x.shape[0])
     with phase("corrector"):
         res = run_corrector(f, x, momentum=torch.zeros_like(x), t=t, step_size=eps, spec=spec,
-                            key=PhiloxKey(seed, offset, chain_offset),
+                            key=PhiloxKey(seed, offset, chain_offset), mh=mh_test(spec, reuse_outputs=True),
                             fused=fused and fused_corrector(model) is not None)
     x, rate = res.x, res.rate
     rate = rate * monitor.record(0, x, was_finite)

@@ -100,18 +100,18 @@ _PUBLIC = {name: _public(name) for name in ("mala_propose", "line_points", "scor
                                             "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh")}
 
 
-def _op(kernel, name, tensors, rest=(), backend=None, out=None):
+def _op(kernel, name, tensors, rest=(), backend=None, **outs):
     """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend
     choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset),
-    writing into `out` when given (ops with an `out`).
+    writing into the `outs` given (the op's `out` arguments: `out=`; score_mh_accept's x_out=, score_out=, which
+    the public op does not take: a checked kernel's only).
     A checked kernel's run has checked its constants once and passes the ops the kernels' own outputs and
     the counting model's (contiguous) outputs (`checked_kernel`): the routed function directly, with no
     per-call check; a hand-built kernel: the public op, which checks every argument."""
     backend = kernel.backend if backend is None else backend
-    into = {} if out is None else {"out": out}
     if kernel.checked:
-        return routed(kernel.routes, name, backend, tensors)(*tensors, *rest, **into)
-    return _PUBLIC[name](backend, *tensors, *rest, **into)
+        return routed(kernel.routes, name, backend, tensors)(*tensors, *rest, **outs)
+    return _PUBLIC[name](backend, *tensors, *rest, **outs)
 
 
 def routed(routes: dict, name, backend, tensors):
@@ -161,17 +161,40 @@ class NoMH(MHTest):
         return end, _all_accepted(end.x)
 
 
+_FRESH = {}  # `ScoreMH.accept_outputs`: no out arguments (read only)
+
+
 class ScoreMH(MHTest):
     """MH with ΔlogP by the trapezoidal rule on the score: n_trapezoid sub-intervals of the MALA
     segment (one batched score call for x' and the interior points), the leapfrog path for HMC."""
 
-    def __init__(self, n_trapezoid: int = 1):
+    def __init__(self, n_trapezoid: int = 1, reuse_outputs: bool = False):
         self.n_trapezoid = n_trapezoid
         self._batch = None  # n > 1: (batch (n·B, D), its proposal rows (B, D), its points (n − 1, B, D))
+        self.reuse_outputs = reuse_outputs
+        self._pairs = ()  # reuse_outputs: two {x_out, score_out} buffer pairs (`accept_outputs`), made per run's shape
+
+    def accept_outputs(self, kernel, state, tensors) -> dict:
+        """The x_out / score_out of a checked kernel's accept with `reuse_outputs`: the buffer pair that holds neither
+        the current x nor its score, so a move's state overwrites the one two moves before (for a caller that keeps
+        no state past the next move and hands the last one out with the piece's end, as annealed_mcmc and mcmc do).
+        Else ({}) fresh outputs: a hand-built kernel, or an input that requires grad (the accept's graph must not see
+        its saved tensors overwritten). Per move only identity tests: the pairs are made by `check_langevin_run`."""
+        if not kernel.checked or _dispatch._needs_grad(state.x, tensors):
+            return _FRESH
+        x, score = state.x, state.score
+        for pair in self._pairs:
+            if pair["x_out"] is not x and pair["score_out"] is not score:
+                return pair
+        return _FRESH
 
     def check_langevin_run(self, x):
         if self.n_trapezoid > 1:
             line_points_count(self.n_trapezoid, x)
+        if self.reuse_outputs:
+            held = self._pairs[0]["x_out"] if self._pairs else None
+            if held is None or held.shape != x.shape or held.dtype != x.dtype or held.device != x.device:
+                self._pairs = tuple({"x_out": torch.empty_like(x), "score_out": torch.empty_like(x)} for _ in range(2))
 
     def proposal_out(self, x):
         """n > 1: the first B rows of the (n·B, D) batch the model scores, allocated once per shape, dtype and
@@ -199,8 +222,9 @@ class ScoreMH(MHTest):
         # the model's whole (n·B, D) output as score_prop: s(x') then the n − 1 interior sets (contiguous, the
         # counting model's), read by the accept op in place (slicing it cost ~25 us per move after the network)
         with phase("mh"):
-            x, s, accepted, log_alpha = _op(kernel, "score_mh_accept",
-                                            (x, x_prop, state.score, scores, kernel.step_size, None, None), key)
+            tensors = (x, x_prop, state.score, scores, kernel.step_size, None, None)
+            x, s, accepted, log_alpha = _op(kernel, "score_mh_accept", tensors, key,
+                                            **self.accept_outputs(kernel, state, tensors))
         return ChainState(x, s), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):
@@ -246,11 +270,11 @@ class KeepMomentumOnReject(MHTest):
         return new._replace(momentum=torch.where(info.accepted[:, None], end.momentum, start.momentum)), info
 
 
-def mh_test(spec: CorrectorSpec):
-    """The MH piece of a corrector run (ULA and U-HMC have none)."""
+def mh_test(spec: CorrectorSpec, reuse_outputs: bool = False):
+    """The MH piece of a corrector run (ULA and U-HMC have none); `reuse_outputs`: `ScoreMH.accept_outputs`."""
     if spec.corrector in ("ula", "uhmc") or spec.mh == "none":
         return NoMH()
-    return EnergyMH() if spec.mh == "energy" else ScoreMH(spec.n_trapezoid)
+    return EnergyMH() if spec.mh == "energy" else ScoreMH(spec.n_trapezoid, reuse_outputs)
 
 
 @dataclass(frozen=True)
