@@ -66,15 +66,17 @@ def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
 @pytest.mark.parametrize("n_interior", [1, 3])
 @pytest.mark.parametrize("draw", [False, True], ids=["u", "seed"])
 def test_score_mh_accept_reads_the_interior_sets_after_score_prop_rows(backend, dtype, shape, n_interior, draw):
-    """score_prop as (n·B, D) rows, s(x') then the interior score sets (a model's output on the batch
-    [x'; line_points], interior_scores None): the bits of the sets given apart, close to the float64 reference."""
+    """score_prop as the (n, B, D) stack, s(x') then the interior score sets (a model's output on the batch
+    [x'; line_points] viewed as (n, B, D), interior_scores None): the bits of the sets given apart, close to the
+    float64 reference (which takes the backend's (n·B, D) rows)."""
     name, device = backend
     B, D = shape
     x, xp, s, sp, interior, u = accept_inputs(B, D, dtype, device, n_interior)
     eps = step_sizes(True, B, dtype, device)
-    rows = torch.cat([sp[None], interior]).view(-1, D)
+    stack = torch.cat([sp[None], interior])
+    rows = stack.view(-1, D)
     kw = {"seed": 5, "offset": 2**40 + 3, "chain_offset": 7} if draw else {"u": u}
-    out = ops.score_mh_accept(x, xp, s, rows, eps, backend=name, **kw)
+    out = ops.score_mh_accept(x, xp, s, stack, eps, backend=name, **kw)
     apart = ops.score_mh_accept(x, xp, s, sp, eps, interior_scores=interior, backend=name, **kw)
     for a, b in zip(out, apart):
         assert torch.equal(a, b)
@@ -85,15 +87,53 @@ def test_score_mh_accept_reads_the_interior_sets_after_score_prop_rows(backend, 
 
 
 def test_score_mh_accept_rows_form_checks():
-    """score_prop's rows must be a whole number of B-row sets, and the interior sets are given once."""
+    """The public op's score_prop is (B, D) exactly or an explicit (n, B, D) stack: a 2-D (n·B, D) (e.g. [s(x); s(x')]
+    by mistake), a stack of the wrong B or D, an empty stack, or the interior sets given twice raise."""
     x, xp, s, sp, interior, u = accept_inputs(4, 3, torch.float64, "cpu", 2)
     with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(6, 3\)"):
         ops.score_mh_accept(x, xp, s, torch.zeros(6, 3, dtype=torch.float64), 0.1, u)
-    rows = torch.cat([sp[None], interior]).view(-1, 3)
+    with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(8, 3\)"):
+        ops.score_mh_accept(x, xp, s, torch.cat([s, sp]), 0.1, u)
+    stack = torch.cat([sp[None], interior])
     with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(12, 3\)"):
-        ops.score_mh_accept(x, xp, s, rows, 0.1, u, interior_scores=interior)
-    with pytest.raises(ValueError, match=r"score_prop must have shape \(4, 3\), got \(3, 4, 3\)"):
-        ops.score_mh_accept(x, xp, s, rows.view(3, 4, 3), 0.1, u)
+        ops.score_mh_accept(x, xp, s, stack.view(-1, 3), 0.1, u)
+    with pytest.raises(ValueError, match="interior_scores is given"):
+        ops.score_mh_accept(x, xp, s, stack, 0.1, u, interior_scores=interior)
+    with pytest.raises(ValueError, match=r"score_prop must have shape \(3, 4, 3\), got \(3, 2, 6\)"):
+        ops.score_mh_accept(x, xp, s, stack.view(3, 2, 6), 0.1, u)
+    with pytest.raises(ValueError, match=r"score_prop.shape\[0\] must be >= 1"):
+        ops.score_mh_accept(x, xp, s, stack[:0], 0.1, u)
+    one = accept_inputs(1, 3, torch.float64, "cpu", 2)  # B = 1: any (k, D) was once read as k score sets
+    with pytest.raises(ValueError, match=r"score_prop must have shape \(1, 3\), got \(3, 3\)"):
+        ops.score_mh_accept(*one[:3], torch.cat([one[3], one[4][:, 0]]), 0.1, one[5])
+    apart = ops.score_mh_accept(x, xp, s, sp, 0.1, u)  # n = 1: the (1, B, D) stack is s(x') alone
+    for a, b in zip(ops.score_mh_accept(x, xp, s, sp[None], 0.1, u), apart):
+        assert torch.equal(a, b)
+
+
+def test_hand_built_score_mh_checks_the_models_rows():
+    """A hand-built kernel (the public ops) whose unwrapped model returns one (B, D) score set for the (n·B, D) batch
+    of x' and the interior points raises naming the batch (it once ran as n = 1); a right model runs."""
+    from fastsamp.samplers.kernels import Langevin, PhiloxKey, ScoreMH
+
+    class OneSet:
+        dim = 3
+
+        def score(self, x, t):
+            return -x[:4]
+
+    class Right(OneSet):
+        def score(self, x, t):
+            return -x
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    state = Langevin(Right(), 0.5, torch.full((4,), 0.1, dtype=torch.float64), ScoreMH(3)).init(x)
+    kernel = Langevin(OneSet(), 0.5, torch.full((4,), 0.1, dtype=torch.float64), ScoreMH(3))
+    with pytest.raises(ValueError, match=r"batch of x' and the n - 1 = 2 interior points must have that shape, got "
+                                         r"\(4, 3\)"):
+        kernel.step(state, PhiloxKey(1, 0, 0))
+    right = Langevin(Right(), 0.5, torch.full((4,), 0.1, dtype=torch.float64), ScoreMH(3))
+    assert right.step(state, PhiloxKey(1, 0, 0))[0].x.shape == (4, 3)
 
 
 def test_score_mh_accept_rows_form_registered():

@@ -70,9 +70,9 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
     ΔlogP ≈ (1/n)[½ s(x)·d + Σ_i s(x + (i/n)d)·d + ½ s(x')·d] (trapezoid, d = x' − x,
     n = 1 + number of interior score sets), log α = ΔlogP + log q(x|x') − log q(x'|x)
     with log q(x'|x) = −|x' − x − ε s(x)|²/(4ε); accept iff log u < log α (NaN rejects).
-    The interior score sets: `interior_scores` (n−1, B, D), or (with interior_scores None) score_prop's rows
-    past the first B: score_prop (n·B, D) is then s(x') and the sets, a model's output on the batch
-    [x'; line_points(x, x', n)] as it comes (no slicing or copy).
+    score_prop: s(x') (B, D), with the interior score sets as `interior_scores` (n−1, B, D) (or none: n = 1);
+    or, interior_scores None, the stack (n, B, D) [s(x'), s(interior_1), …], e.g. a model's output on the batch
+    [x'; line_points(x, x', n)] viewed as (n, B, D) (read in place: no slicing or copy).
     u: the (B,) uniforms, or (`seed`, `offset`, `chain_offset`): drawn inside the kernel, the same
     bits as `ops.uniform(seed, offset, B, chain_offset=chain_offset)` (no separate RNG op).
     `x_out`, `score_out` (B, D) receive x_new and score_new (e.g. two buffers used in turn across moves); they may
@@ -83,7 +83,7 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
     score = _checks.like("score", score, x)
-    score_prop = proposal_scores(score_prop, x, interior_scores is not None)
+    score_prop = score_prop_rows(score_prop, x, interior_scores is not None)
     eps = _checks.step_size(step_size, x)
     u, seed, offset, chain_offset = mh_uniform(u, seed, offset, chain_offset, x)
     if interior_scores is not None:
@@ -134,14 +134,19 @@ def accept_out(name, out, x, /, **inputs):
     return out
 
 
-def proposal_scores(score_prop, x, with_interior: bool):
+def score_prop_rows(score_prop, x, with_interior: bool):
     """`score_mh_accept`'s check of score_prop: like x (B, D), or, without interior scores given apart
-    (`with_interior` False), (n·B, D) rows: s(x') then the n − 1 interior score sets (errors as for (B, D))."""
+    (`with_interior` False), an (n, B, D) stack [s(x'), the n − 1 interior score sets] (n >= 1), returned as the
+    backend's (n·B, D) rows (a view of the contiguous stack)."""
     score_prop = _checks.from_dlpack("score_prop", score_prop)
+    if not isinstance(score_prop, torch.Tensor) or score_prop.dim() != 3:
+        return _checks.like("score_prop", score_prop, x)
+    if with_interior:
+        raise ValueError("score_prop is an (n, B, D) stack and interior_scores is given: give the interior score "
+                         "sets once, as score_prop (B, D) with interior_scores (n-1, B, D), or as the stack alone")
+    n = _checks.integer("score_prop.shape[0]", score_prop.shape[0], minimum=1)
     B, D = x.shape
-    rows = (not with_interior and isinstance(score_prop, torch.Tensor) and score_prop.dim() == 2
-            and score_prop.shape[1] == D and score_prop.shape[0] % B == 0 and score_prop.shape[0] > 0)
-    return _checks.like("score_prop", score_prop, x, score_prop.shape if rows else None)
+    return _checks.like("score_prop", score_prop, x, (n, B, D)).view(n * B, D)
 
 
 def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u=None, *, seed=None, offset=0,

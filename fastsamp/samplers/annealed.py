@@ -125,18 +125,15 @@ class NonFiniteMonitor:
     def record(self, level, x, was_finite=None):
         """Count the non-finite chains of x (B, D) at `level` (only those finite in `was_finite`, if
         given) into counts[level]; returns the (B,) mask of finite chains."""
-        return self.record_rows(level, nonfinite_rows(x), was_finite)
-
-    def record_rows(self, level, row, was_finite=None):
-        """`record` from the chains' `nonfinite_rows` (B,)."""
+        row = nonfinite_rows(x)
         finite = row == 0
         # without was_finite the count is of the NaN rows (count_nonzero: one op where ~finite, sum are two)
         self.counts[level] = torch.count_nonzero(row) if was_finite is None else (was_finite & ~finite).sum()
         return finite
 
     def record_levels(self, first, rows):
-        """`record_rows` of the levels first, first + 1, ... from their chains' `nonfinite_rows` (L, B), in one op
-        per statistic; returns the (L, B) mask of finite chains."""
+        """`record` of the levels first, first + 1, ... from their chains' `nonfinite_rows` (L, B) (all counted, no
+        was_finite), in one op per statistic; returns the (L, B) mask of finite chains."""
         self.counts[first:first + rows.shape[0]] = torch.count_nonzero(rows, dim=1).unbind()
         return rows == 0
 
@@ -170,13 +167,15 @@ def chunk_values(monitor, levels, n_steps):
     with the non-finite chains' 0, or None without corrector moves) of annealed_mcmc's `levels`, a list of (level,
     its chains' `nonfinite_rows` (B,), the per-chain acceptance rate or None (no moves, or generic moves: their
     accept masks), the generic moves' (B,) accept masks, a list to count over n_steps moves, the step sizes (B,),
-    score evaluations). One op per statistic for all the levels, each level's row of it as one level alone gives
-    (the per-row sums run as a (B,) sum does); the counts go into `monitor` too."""
+    score evaluations). One op per statistic for all the levels; the counts go into `monitor` too. Each level's
+    values are those of the level alone for float32 chains, and for float64 up to 32,768 chains per rank: the
+    float64 sums of a (B,) row run serially, as the (L, B) stack's rows do, but torch splits a longer 1-D sum
+    across threads, so beyond that the float64 sums' last bits may differ (the reported statistics only)."""
     first, L = levels[0][0], len(levels)
     finite = monitor.record_levels(first, torch.stack([lv[1] for lv in levels]))  # (L, B)
     accepted = [mask for lv in levels for mask in lv[3]]
     rate = rate_sums = None
-    if accepted:  # the same int32 counts as kernels.acceptance_rate's, in one sum
+    if accepted:  # the same int32 counts as kernels.count_accepted's, in one sum
         counts = torch.stack(accepted).view(L, n_steps, -1).sum(1, dtype=torch.int32)
         rate = counts.to(levels[0][1].dtype) / n_steps  # the rows' dtype: the chains'
     elif levels[0][2] is not None:
@@ -264,7 +263,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     # the levels whose statistics (the generic moves' accept masks counted among them) wait to be computed together
     # (`chunk_values`), up to `chunk` levels: their ops run back to back, with warm caches, instead of after each
     # level's moves (benchmarks/RESULTS.md, eighth session); one level at a time where the next level needs them
-    # (adapt: the rate; several ranks: each level's all_reduce). The same ops on the same tensors: the same bits.
+    # (adapt: the rate; several ranks: each level's all_reduce). The samples' bits do not change; the statistics'
+    # are those of one level at a time except the float64 sums' last bits past 32,768 chains (`chunk_values`).
     adapt = adapt and corrector in ("mala", "hmc")
     chunk = 1 if adapt or comm.distributed else level_chunk(n_local, spec.n_steps, dtype)
     pending = []

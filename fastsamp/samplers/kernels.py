@@ -219,8 +219,12 @@ class ScoreMH(MHTest):
             batch, _, points = self._batch
             _op(kernel, "line_points", (x, x_prop), (n,), out=points)
             scores = kernel.model.score(batch, kernel.t)
-        # the model's whole (n·B, D) output as score_prop: s(x') then the n − 1 interior sets (contiguous, the
-        # counting model's), read by the accept op in place (slicing it cost ~25 us per move after the network)
+            # the model's whole (n·B, D) output: s(x') then the n − 1 interior sets, read by the accept op in place
+            # (slicing it cost ~25 us per move after the network): a checked kernel's routed backend takes these
+            # rows as they come (the counting model's, contiguous, of the batch's shape: `CountingModel.score`
+            # checks it), the public op an (n, B, D) stack
+            if not kernel.checked:
+                scores = model_rows_stack(scores, batch, n)
         with phase("mh"):
             tensors = (x, x_prop, state.score, scores, kernel.step_size, None, None)
             x, s, accepted, log_alpha = _op(kernel, "score_mh_accept", tensors, key,
@@ -234,6 +238,16 @@ class ScoreMH(MHTest):
         momentum = torch.where(accepted[:, None], end.momentum, -start.momentum)  # rejected: flip
         logp = None if start.logp is None else torch.where(accepted, end.logp, start.logp)
         return ChainState(x, s, logp, momentum), Info(accepted, log_alpha)
+
+
+def model_rows_stack(scores, batch, n):
+    """A hand-built kernel's model output on the (n·B, D) batch [x'; line_points] as the public op's (n, B, D)
+    stack, or a clear error when it is not a tensor of the batch's shape (e.g. (B, D): one score set)."""
+    if not isinstance(scores, torch.Tensor) or scores.shape != batch.shape:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"the model's score of the (n·B, D) = {tuple(batch.shape)} batch of x' and the n - 1 = "
+                         f"{n - 1} interior points must have that shape, got {shape}")
+    return scores.reshape(n, -1, batch.shape[1])
 
 
 class EnergyMH(ScoreMH):
@@ -396,7 +410,8 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
     the model again; the fused kernels and a run of no moves return None. `mh`: the generic moves' MH piece
     (`make_kernel`); `routes`: the ops' functions chosen so far in the sampler's run (`checked_kernel`);
     `accepted`: a list the generic moves append their (B,) accept masks to, left for the caller to count
-    (`acceptance_rate`; the result's rate is then None), else they are counted here."""
+    (annealed_mcmc's `chunk_values`; the result's rate is then None), else they are counted here, by chunks of
+    ACCEPT_CHUNK moves (`count_accepted`)."""
     B = x.shape[0]
     if spec.n_steps == 0:
         return CorrectorResult(x, momentum, torch.zeros(B, dtype=x.dtype, device=x.device), key.offset)
@@ -414,21 +429,16 @@ def run_corrector(model, x, *, momentum, t, step_size, spec: CorrectorSpec, key:
         if accepted is None and len(masks) == ACCEPT_CHUNK:
             n_acc = count_accepted(masks, n_acc)
             masks.clear()
-    rate = None if accepted is not None else acceptance_rate(masks, spec.n_steps, x.dtype, n_acc)
+    rate = None
+    if accepted is None:  # the per-chain acceptance rate over the run's moves
+        if masks:
+            n_acc = count_accepted(masks, n_acc)
+        rate = n_acc.to(x.dtype) / spec.n_steps
     return CorrectorResult(state.x, state.momentum, rate, key.offset + spec.n_steps, state.score)
 
 
-ACCEPT_CHUNK = 16  # moves whose accept masks (B bools each) run_corrector keeps before counting them; a caller's
-# accepted= list keeps all of a level's, counted by acceptance_rate in chunks of this many
-
-
-def acceptance_rate(accepted: list, n_steps: int, dtype, n_acc: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-chain acceptance rate over n_steps moves in dtype: (n_acc + the number of True per chain in the (B,)
-    bool masks `accepted`) / n_steps (n_acc None: 0; `accepted` and n_acc not both empty), counted by chunks of
-    ACCEPT_CHUNK masks."""
-    for i in range(0, len(accepted), ACCEPT_CHUNK):
-        n_acc = count_accepted(accepted[i:i + ACCEPT_CHUNK], n_acc)
-    return n_acc.to(dtype) / n_steps
+ACCEPT_CHUNK = 16  # moves whose accept masks (B bools each) run_corrector keeps before counting them (a caller's
+# accepted= list keeps all of its run's, for the caller to count)
 
 
 def count_accepted(accepted: list, n_acc: torch.Tensor | None) -> torch.Tensor:
