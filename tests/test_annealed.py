@@ -424,3 +424,65 @@ def test_returned_chains_do_not_change_when_the_sampler_runs_again(n_trapezoid, 
     kept_chains = chains.clone()
     mcmc(model, chains, n_steps=4, n_trapezoid=n_trapezoid, seed=3)
     assert torch.equal(first, kept) and torch.equal(chains, kept_chains) and not torch.equal(first, again)
+
+
+class _RecordingNet:
+    """A small network's score that records (a copy of) every input and output: the values the sampler passed it."""
+
+    def __init__(self, dtype, nan_chain=None):
+        g = torch.Generator().manual_seed(0)
+        self.w = 0.3 * torch.randn(3, 2, generator=g, dtype=dtype)
+        self.nan_chain, self.calls = nan_chain, []
+
+    def __call__(self, x, t):
+        s = torch.tanh(torch.cat([x, torch.full_like(x[:, :1], t)], 1) @ self.w) - x
+        if self.nan_chain is not None and t < 0.5:
+            s[self.nan_chain] = float("nan")
+        self.calls.append((x.clone(), s.clone()))
+        return s
+
+
+@pytest.mark.parametrize("case", [
+    dict(), dict(n_trapezoid=3), dict(predictor=False), dict(n_trapezoid=2, predictor=False), dict(adapt=True),
+    dict(dtype=torch.float32, n_trapezoid=3), dict(nan_chain=3, n_trapezoid=2), dict(corrector="hmc"),
+    dict(n_corrector_steps=17), dict(backend="torch", n_trapezoid=2, predictor=False),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_reused_accept_outputs_keep_every_tensor_of_a_fresh_run(monkeypatch, case):
+    """annealed_mcmc and mcmc write each generic score-MH move's state into one of two buffer pairs, overwritten two
+    moves later (`ScoreMH.accept_outputs`): the returned samples and statistics, mcmc's chains and rates, every
+    input the model saw and every output it gave (through the predictor, the level boundaries with and without
+    it, adapt, NaN chains; the model copies what it records, as a model must) are those of a run with fresh outputs,
+    bit for bit, and mcmc's input is left alone."""
+    from fastsamp.samplers import annealed, kernels
+    case = dict(case)
+    dtype, nan_chain = case.pop("dtype", torch.float64), case.pop("nan_chain", None)
+    reused = []
+    accept_outputs = kernels.ScoreMH.accept_outputs
+
+    def spy(self, kernel, state, tensors):
+        out = accept_outputs(self, kernel, state, tensors)
+        reused.append(bool(out))
+        return out
+    monkeypatch.setattr(kernels.ScoreMH, "accept_outputs", spy)
+
+    def run():
+        net = _RecordingNet(dtype, nan_chain)
+        model = ScoreModel(net, 2, schedule=MIX.schedule)
+        kw = dict(corrector="mala", n_corrector_steps=3, step_size=0.3, seed=4, on_nonfinite="ignore") | case
+        x, st = annealed_mcmc(model, 24, n_levels=5, dtype=dtype, fused=False, **kw)
+        x0 = x.clone()
+        kw = {k: v for k, v in kw.items() if k not in ("adapt", "predictor", "n_corrector_steps")}
+        chains, rate = mcmc(model, x, t=0.2, n_steps=5, **kw)
+        assert torch.equal(x.nan_to_num(), x0.nan_to_num())  # mcmc's input and annealed_mcmc's samples kept
+        return [x, chains, rate, *(t for call in net.calls for t in call)], (
+            st.accept_rate, st.step_size, st.n_nonfinite, st.first_nonfinite_level, st.n_score_evals)
+    got, got_stats = run()
+    assert any(reused) == (case.get("corrector") != "hmc")  # the reuse ran (HMC: never)
+    monkeypatch.setattr(annealed, "mh_test", lambda spec, reuse_outputs=False: kernels.mh_test(spec))
+    reused.clear()
+    want, want_stats = run()
+    assert not any(reused) and got_stats == want_stats and len(got) == len(want)
+    for a, b in zip(got, want):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+    if nan_chain is not None:
+        assert got[0][nan_chain].isnan().any() and got_stats[3] is not None

@@ -209,6 +209,10 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     trapezoid points); both paths validate their arguments the same way.
     `on_nonfinite` ("warn", "raise" or "ignore"): what to do, at the end of the run, if chains went
     non-finite (see the module docstring).
+    The generic moves reuse buffers within a run (the trapezoid points' batch, and two pairs for the chains' state,
+    each overwritten two moves later: `kernels.ScoreMH`), some of which the model is called on (the batch; without
+    the predictor, a level's first state): a model must not keep its input tensors past its call (copy what it
+    keeps). What the run returns is not a buffer of any later run.
 
     Distributed (under torchrun, or with `group=` a torch.distributed group): each rank runs its
     share of the n_samples chains (`fastsamp.distributed.shard`) with noise keyed by the global
@@ -328,7 +332,8 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
     Philox draws (seed, offset + m) of the global chains chain_offset + b. Chains finite on entry
     and non-finite on exit are reported as `on_nonfinite` says ("warn", "raise" or "ignore").
     Distributed (torchrun or `group=`), x holds this rank's chains and chain_offset defaults to the
-    number of chains on the lower ranks (else to 0).
+    number of chains on the lower ranks (else to 0). `x` itself is never written; the model must not keep its
+    input tensors past its call (the generic moves reuse buffers, see `annealed_mcmc`).
     """
     chains_dim = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else None
     model = resolve_model(model, needs_schedule=False, dim=chains_dim)

@@ -179,7 +179,12 @@ class ScoreMH(MHTest):
         the current x nor its score, so a move's state overwrites the one two moves before (for a caller that keeps
         no state past the next move and hands the last one out with the piece's end, as annealed_mcmc and mcmc do).
         Else ({}) fresh outputs: a hand-built kernel, or an input that requires grad (the accept's graph must not see
-        its saved tensors overwritten). Per move only identity tests: the pairs are made by `check_langevin_run`."""
+        its saved tensors overwritten). Per move only identity tests: the pairs are made by `check_langevin_run`.
+        Safe for annealed_mcmc and mcmc (tests/test_annealed.py compares every returned and model-seen tensor with
+        fresh outputs): what they keep of a state past the next move is computed from it at once (the non-finite
+        rows, the accept masks), the predictor reads x and the held score into a fresh x, the run's last state is
+        handed out with the piece (one per sampler call); the model sees a pair's x only as a level's first state
+        (no predictor) and must not keep it (as it must not keep the trapezoid batch)."""
         if not kernel.checked or _dispatch._needs_grad(state.x, tensors):
             return _FRESH
         x, score = state.x, state.score
