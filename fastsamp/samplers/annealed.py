@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -162,29 +163,38 @@ def level_chunk(n_local, n_steps, dtype) -> int:
     return max(1, min(LEVEL_CHUNK, LEVEL_CHUNK_BYTES // (max(n_local, 1) * (3 * dtype.itemsize + n_steps))))
 
 
+class LevelOutcome(NamedTuple):
+    """What annealed_mcmc keeps of one level until its chunk's statistics (`chunk_values`)."""
+
+    level: int
+    nonfinite_rows: torch.Tensor     # its chains' `nonfinite_rows` (B,)
+    rate: torch.Tensor | None        # the per-chain acceptance rate; None: no moves, or generic moves (`accepted`)
+    accepted: list                   # the generic moves' (B,) accept masks, to count over n_steps moves
+    step_size: torch.Tensor          # the step sizes ε_t (B,)
+    score_evals: int
+
+
 def chunk_values(monitor, levels, n_steps):
     """(per level [Σ acceptance rate, Σ step size, non-finite chains, score evaluations], the last level's rate (B,)
-    with the non-finite chains' 0, or None without corrector moves) of annealed_mcmc's `levels`, a list of (level,
-    its chains' `nonfinite_rows` (B,), the per-chain acceptance rate or None (no moves, or generic moves: their
-    accept masks), the generic moves' (B,) accept masks, a list to count over n_steps moves, the step sizes (B,),
-    score evaluations). One op per statistic for all the levels; the counts go into `monitor` too. Each level's
+    with the non-finite chains' 0, or None without corrector moves) of annealed_mcmc's `levels` (`LevelOutcome`s).
+    One op per statistic for all the levels; the counts go into `monitor` too. Each level's
     values are those of the level alone for float32 chains, and for float64 up to 32,768 chains per rank: the
     float64 sums of a (B,) row run serially, as the (L, B) stack's rows do, but torch splits a longer 1-D sum
     across threads, so beyond that the float64 sums' last bits may differ (the reported statistics only)."""
-    first, L = levels[0][0], len(levels)
-    finite = monitor.record_levels(first, torch.stack([lv[1] for lv in levels]))  # (L, B)
-    accepted = [mask for lv in levels for mask in lv[3]]
+    first, L = levels[0].level, len(levels)
+    finite = monitor.record_levels(first, torch.stack([lv.nonfinite_rows for lv in levels]))  # (L, B)
+    accepted = [mask for lv in levels for mask in lv.accepted]
     rate = rate_sums = None
     if accepted:  # the same int32 counts as kernels.count_accepted's, in one sum
         counts = torch.stack(accepted).view(L, n_steps, -1).sum(1, dtype=torch.int32)
-        rate = counts.to(levels[0][1].dtype) / n_steps  # the rows' dtype: the chains'
-    elif levels[0][2] is not None:
-        rate = torch.stack([lv[2] for lv in levels])
+        rate = counts.to(levels[0].nonfinite_rows.dtype) / n_steps  # the rows' dtype: the chains'
+    elif levels[0].rate is not None:
+        rate = torch.stack([lv.rate for lv in levels])
     if rate is not None:
         rate = rate * finite  # a non-finite chain is not accepted
         rate_sums = rate.sum(1, dtype=torch.float64).unbind()
-    eps_sums = torch.stack([lv[4] for lv in levels]).sum(1, dtype=torch.float64).unbind()
-    values = [[0.0 if rate_sums is None else rate_sums[j], eps_sums[j], monitor.counts[first + j], lv[5]]
+    eps_sums = torch.stack([lv.step_size for lv in levels]).sum(1, dtype=torch.float64).unbind()
+    values = [[0.0 if rate_sums is None else rate_sums[j], eps_sums[j], monitor.counts[first + j], lv.score_evals]
               for j, lv in enumerate(levels)]
     return values, None if rate is None else rate[-1]
 
@@ -297,7 +307,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
                                                                key=PhiloxKey(seed, offset, chain0), fused=stats.fused,
                                                                mh=mh_piece, routes=routes,
                                                                accepted=accepted if chunk > 1 else None)
-            pending.append((values, (i, nonfinite_rows(x), rate, accepted, eps, f.calls - n_before)))
+            pending.append((values, LevelOutcome(i, nonfinite_rows(x), rate, accepted, eps, f.calls - n_before)))
             if len(pending) == chunk or i == n_levels - 1:
                 chunk_lists, rate = chunk_values(monitor, [level for _, level in pending], spec.n_steps)
                 for (level_list, _), level_values in zip(pending, chunk_lists):
