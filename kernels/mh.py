@@ -134,9 +134,7 @@ def launch_accept(mode, x, x_prop, score, score_prop, step_size=None, interior=N
     delta_logp); u None: drawn in-kernel from (seed, offset, chain_offset); x_new / score_new written into
     x_out / score_out when given."""
     B, D = x.shape
-    outputs = accept_outputs(x)
-    if x_out is not None or score_out is not None:
-        outputs = (outputs[0] if x_out is None else x_out, outputs[1] if score_out is None else score_out) + outputs[2:]
+    outputs = accept_outputs(x, x_out, score_out)
     if B == 0:
         return outputs
     M = 0 if interior is None else int(interior.shape[0])

@@ -144,6 +144,25 @@ def test_out_call_compiles(dynamo_reset):
         ops.reverse_sde_step(buf[1:], s, t=0.5, h=0.01, schedule=SCHEDULE, seed=3, out=buf[:-1])
 
 
+def test_accept_outputs_compile(dynamo_reset):
+    """score_mh_accept's x_out= / score_out= under torch.compile: no graph break (neither the neg bit nor the
+    overlap is read while tracing), the outputs written as in eager."""
+    def step(x, x_prop, s, s_prop, x_out, s_out):
+        with torch.no_grad():
+            return ops.score_mh_accept(x, x_prop, s, s_prop, 0.1, seed=3, offset=1, x_out=x_out, score_out=s_out)
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(8, D, generator=g) for _ in range(4)]
+    explain = torch._dynamo.explain(step)(*args, torch.empty(8, D), torch.empty(8, D))
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    outs_c, outs_e = (torch.empty(8, D), torch.empty(8, D)), (torch.empty(8, D), torch.empty(8, D))
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(*args, *outs_c)
+    expect = step(*args, *outs_e)
+    assert expect[0] is outs_e[0] and expect[1] is outs_e[1]
+    for a, b in zip(got + outs_c, expect + outs_e):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def _policy_calls():
     """A small float64 DriftNet's states (T+1, B, 2) and temb (T, H) (seed 0), and the calls of its policy ops that
     the policy tests compile: log_pf(states, temb) and rollout(temb)."""

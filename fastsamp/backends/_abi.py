@@ -76,8 +76,9 @@ def proposal_scores(score_prop, interior, B):
     return score_prop[:B], score_prop[B:].view(-1, B, score_prop.shape[1])
 
 
-def accept_outputs(x):
-    """Outputs of score_mh_accept and hmc_accept: x_new, score_new (B, D), accepted (B,) bool, log_alpha (B,)."""
+def accept_outputs(x, x_out=None, score_out=None):
+    """Outputs of score_mh_accept and hmc_accept: x_new, score_new (B, D) (x_out / score_out when given),
+    accepted (B,) bool, log_alpha (B,)."""
     B = x.shape[0]
-    return (torch.empty_like(x), torch.empty_like(x), torch.empty(B, dtype=torch.bool, device=x.device),
-            torch.empty(B, dtype=x.dtype, device=x.device))
+    return (torch.empty_like(x) if x_out is None else x_out, torch.empty_like(x) if score_out is None else score_out,
+            torch.empty(B, dtype=torch.bool, device=x.device), torch.empty(B, dtype=x.dtype, device=x.device))

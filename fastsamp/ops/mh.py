@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks, _dispatch
-from .sde import _run_into
+from .sde import _run_into, written
 
 
 def mala_propose(x, score, step_size, *, noise=None, seed=None, offset=0, chain_offset=0, out=None, backend="auto"):
@@ -95,29 +95,30 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
                                        (interior_scores.shape[0],) + tuple(x.shape))
         if interior_scores.shape[0] == 0:
             interior_scores = None
-    inputs = {"x": x, "x_prop": x_prop, "score": score, "score_prop": score_prop, "step_size": eps, "u": u,
-              "interior_scores": interior_scores}
-    x_out = accept_out("x_out", x_out, x, **inputs)
-    score_out = accept_out("score_out", score_out, x, x_out=x_out, **inputs)
+    outs = x_out is not None or score_out is not None
+    if outs:
+        inputs = {"x": x, "x_prop": x_prop, "score": score, "score_prop": score_prop, "step_size": eps, "u": u,
+                  "interior_scores": interior_scores}
+        x_out = accept_out("x_out", x_out, x, **inputs)
+        score_out = accept_out("score_out", score_out, x, x_out=x_out, **inputs)
     fn = _dispatch.route(backend, "score_mh_accept", x, x_prop, score, score_prop, eps, u, interior_scores)
     result = fn(x, x_prop, score, score_prop, eps, u, interior_scores, seed, offset, chain_offset, x_out=x_out,
                 score_out=score_out)
-    if not _dispatch.is_reference(fn) and not torch.compiler.is_compiling():  # written behind autograd's back
-        for out in (x_out, score_out):
-            if out is not None:
-                torch.autograd.graph.increment_version(out)
+    if outs:
+        written(fn, x_out, score_out)
     return result
 
 
 def accept_out(name, out, x, /, **inputs):
     """`score_mh_accept`'s check of x_out / score_out: None, or a contiguous tensor like x (no neg bit; with grad
     mode on, not requiring grad: the kernels write it without autograd) sharing no memory with `inputs` (None
-    allowed; not checked under tracing, where the op is functional and its result copied in afterwards)."""
+    allowed; the neg bit and the overlap are not checked under tracing, which cannot read them and where the op
+    is functional and its result copied in afterwards)."""
     if out is None:
         return None
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
-    if not out.is_contiguous() or out.is_neg() or out.is_conj():
+    if not out.is_contiguous() or (not torch.compiler.is_compiling() and (out.is_neg() or out.is_conj())):
         raise ValueError(f"{name} must be a contiguous tensor without a neg / conj bit")
     _checks.like(name, out, x)
     if torch.is_grad_enabled() and out.requires_grad:

@@ -24,9 +24,18 @@ def _run_into(fn, out, *args):
     if out.is_neg():
         return out.copy_(fn(*args, out=None))
     fn(*args, out=out)
-    if not _dispatch.is_reference(fn):
-        torch.autograd.graph.increment_version(out)
+    written(fn, out)
     return out
+
+
+def written(fn, *outs):
+    """Bump the version counter of the `outs` (None skipped) that backend function fn wrote in eager: a compiled
+    kernel writes them behind autograd's back (the reference writes through torch's own ops; under tracing the
+    registered op copies its result in)."""
+    if not _dispatch.is_reference(fn) and not torch.compiler.is_compiling():
+        for out in outs:
+            if out is not None:
+                torch.autograd.graph.increment_version(out)
 
 
 def em_coefficients(schedule, t, h, dtype) -> tuple[float, float, float]:

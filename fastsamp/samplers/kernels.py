@@ -104,7 +104,7 @@ def _op(kernel, name, tensors, rest=(), backend=None, **outs):
     """Op `name` with the backend signature's arguments `tensors` + `rest` (`tensors`: those the backend
     choice looks at, `_dispatch.route`; a move's PhiloxKey as `rest` is its seed, offset, chain_offset),
     writing into the `outs` given (the op's `out` arguments: `out=`; score_mh_accept's x_out=, score_out=, which
-    the public op does not take: a checked kernel's only).
+    only a checked kernel's moves pass: `ScoreMH.accept_outputs` gives a hand-built kernel none).
     A checked kernel's run has checked its constants once and passes the ops the kernels' own outputs and
     the counting model's (contiguous) outputs (`checked_kernel`): the routed function directly, with no
     per-call check; a hand-built kernel: the public op, which checks every argument."""
@@ -143,7 +143,8 @@ class MHTest:
         return model.score(x, t), None
 
     def check_langevin_run(self, x):
-        """The per-run checks of what a checked Langevin kernel's moves pass this MH piece's ops unchecked."""
+        """The per-run checks of what a checked Langevin kernel's moves pass this MH piece's ops unchecked (and
+        the per-run buffers the piece writes into, if any: `ScoreMH`)."""
 
     def proposal_out(self, x):
         """Where a Langevin move from the chains x writes its proposal x' (None: a fresh tensor). A piece that
