@@ -392,3 +392,27 @@ def test_checkpoint_resumes_only_on_its_point_pattern(tmp_path):
     assert "target_points" not in torch.load(other, weights_only=False)
     assert train(DiffusionSampler(get_target("25gmm"), **gmm), cfg, progress=False,
                  checkpoint=other).resumed_from == [1]
+
+
+@pytest.mark.parametrize("dim, hidden, kept", [(3, 16, False), (40, 16, True)], ids=["narrow", "wide"])
+def test_fused_forward_keeps_activations_only_for_states_wider_than_the_hidden_layers(dim, hidden, kept, monkeypatch):
+    """Under autograd the off-policy rollout keeps the hidden activations for log p_F's backward only when the state
+    is wider than the hidden layers (recomputing the input layer costs more there; for narrow states recomputing
+    is cheaper); without autograd it keeps none. Both backwards give the same bits (tests/test_trajectory_kept.py)."""
+    from fastsamp.ops import trajectory
+    seen, rollout = [], trajectory.policy_rollout
+
+    def spy(*args, **kw):
+        seen.append(kw["keep_activations"])
+        return rollout(*args, **kw)
+
+    monkeypatch.setattr(trajectory, "policy_rollout", spy)
+    torch.manual_seed(0)
+    s = DiffusionSampler(IsoGauss(dim, 2.0), sigma=1.3, n_steps=9, hidden=hidden, n_harmonics=8).double()
+    traj = s.forward_trajectories(5, seed=4, dtype=torch.float64)
+    grads = torch.autograd.grad(traj.log_pf.sum(), [p for p in s.net.parameters() if p.requires_grad],
+                                allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        s.forward_trajectories(5, seed=4, dtype=torch.float64)
+    assert seen == [kept, False]
