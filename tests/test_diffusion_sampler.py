@@ -98,10 +98,12 @@ def _perturb(sampler, seed=0):
 
 
 @pytest.mark.parametrize("objective,net_kw", [("tb", {}), ("vargrad", {}), ("pis", {}), ("subtb", {"flow": True}),
+                                              ("subtb", {"flow": True, "langevin": True}),
                                               ("tb", {"langevin": True, "learned_variance": True})])
 def test_fused_path_equals_eager_path(objective, net_kw):
-    """The fused path (no-grad simulation + batched re-evaluation, fused op) and the eager per-step
-    autograd loop on the reference op give the same loss and the same gradients."""
+    """The fused path (no-grad simulation + batched re-evaluation, fused op; with flows the whole-trajectory kernels
+    and one batched flow-head call) and the eager per-step autograd loop on the reference op give the same loss and
+    the same gradients."""
     target = get_target("25gmm")
     grads, losses = [], []
     for fused in (True, False):
@@ -416,3 +418,23 @@ def test_fused_forward_keeps_activations_only_for_states_wider_than_the_hidden_l
     with torch.no_grad():
         s.forward_trajectories(5, seed=4, dtype=torch.float64)
     assert seen == [kept, False]
+
+
+@pytest.mark.parametrize("net_kw", [{"flow": True}, {"flow": True, "langevin": True}], ids=["flow", "flow-lgv"])
+def test_fused_flows_of_backward_trajectories_equal_eager(net_kw):
+    """SubTB's backward (buffer) trajectories with flows: the fused path (log p_F by the whole-trajectory kernel, the
+    flows by one batched flow-head call) equals the eager one, values and gradients."""
+    target = get_target("25gmm")
+    x_T = 2 * torch.randn(30, target.dim, generator=torch.Generator().manual_seed(1))
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        s = DiffusionSampler(target, sigma=2.0, n_steps=12, fused=fused, hidden=16, n_harmonics=8, **net_kw)
+        _perturb(s)
+        traj = s.backward_trajectories(x_T, seed=3, with_flows=True)
+        loss = s.loss(traj, "subtb")
+        loss.backward()
+        results.append((traj.log_pf.detach(), traj.log_f.detach(), loss.detach(),
+                        torch.cat([p.grad.flatten() for p in s.parameters() if p.grad is not None])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)

@@ -121,8 +121,8 @@ class DiffusionSampler(nn.Module):
         x = torch.zeros(batch_size, D, dtype=dtype, device=self.device if device is None else _checks.device(device))
         ts = self._grid(x)
         offline = self.fused and not reparam
-        if self.fused and not with_flows and self._whole_trajectory_kernel(x, rollout=True):
-            return self._fused_forward(batch_size, explore, reparam, seed, chain_offset, x)
+        if self.fused and self._whole_trajectory_kernel(x, rollout=True):
+            return self._fused_forward(batch_size, explore, reparam, seed, chain_offset, x, with_flows)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not offline):
             temb, lgv = self.net.time_features(ts[:-1])
             states, log_pf, log_pb, log_f = [x], [], [], []
@@ -182,7 +182,7 @@ class DiffusionSampler(nn.Module):
         return not (rollout and self.net.langevin) or getattr(self.target, "score_kernel", lambda _: None)(
             x.dtype) is not None
 
-    def _fused_forward(self, batch_size, explore, reparam, seed, chain_offset, like):
+    def _fused_forward(self, batch_size, explore, reparam, seed, chain_offset, like, with_flows=False):
         """Forward trajectories by one rollout kernel. Off-policy (no reparam): no grad, and log p_F
         through one kernel whose backward is one kernel (the rollout's log p_F is reused, not
         recomputed; under autograd, for states wider than the hidden layers (LGCP: D = 1600, hidden 64), the
@@ -190,7 +190,8 @@ class DiffusionSampler(nn.Module):
         there the input layer's recomputation costs more than writing and re-reading them; for narrow states
         recomputing is cheaper (25GMM TB: 29 against 62 ms per iteration kept; the gradients are the same bits
         either way). reparam (PIS): the rollout is differentiable and its backward is one
-        kernel. With the Langevin term the rollout computes the target's scores, which log p_F reuses."""
+        kernel. With the Langevin term the rollout computes the target's scores, which log p_F reuses. The flows
+        (`with_flows`) by one batched call of the flow head (`_flows`)."""
         ts = self._grid(like)
         temb, lgv = self.net.time_features(ts[:-1])
         kw = dict(sigma=self.sigma, h=self.h, explore=explore, seed=seed, chain_offset=chain_offset)
@@ -199,7 +200,8 @@ class DiffusionSampler(nn.Module):
         if reparam:
             with phase("policy"):
                 states, log_pf, log_pb, *_ = trajectory.policy_rollout(self.net, temb, batch_size, reparam=True, **kw)
-            return self._finish(states, log_pf, log_pb, self.target.log_prob(states[-1]), None)
+            return self._finish(states, log_pf, log_pb, self.target.log_prob(states[-1]),
+                                self._flows(states, temb, ts) if with_flows else None)
         keep = torch.is_grad_enabled() and self.net.state.in_features > self.net.state.out_features
         with torch.no_grad(), phase("policy"):
             states, lpf, lpb, *rest = trajectory.policy_rollout(self.net, temb.detach(), batch_size,
@@ -209,7 +211,8 @@ class DiffusionSampler(nn.Module):
             lp["activations"] = rest[-1]
         with phase("policy"):
             log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, log_pf=lpf, **lp)
-        return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(), None)
+        return self._finish(states, log_pf, lpb, self.target.log_prob(states[-1]).detach(),
+                            self._flows(states, temb, ts) if with_flows else None)
 
     def _evaluate(self, states, with_flows, scores=None):
         """log p_F of every transition of fixed trajectories (and the flows): one batched network
@@ -219,10 +222,11 @@ class DiffusionSampler(nn.Module):
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         ts = self._grid(states)
         temb, lgv = self.net.time_features(ts[:-1])
-        if self.fused and not with_flows and self._whole_trajectory_kernel(states):
+        if self.fused and self._whole_trajectory_kernel(states):
             lp = {} if lgv is None else dict(lgv=lgv, target=self.target, scores=scores)
             with phase("policy"):
-                return trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, **lp), None
+                log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, **lp)
+            return log_pf, self._flows(states, temb, ts) if with_flows else None
         x = states[:-1].reshape(T * B, D)
         def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
             return a[:, None].expand(T, B, a.shape[-1]).reshape(T * B, -1)
@@ -246,6 +250,14 @@ class DiffusionSampler(nn.Module):
             u = (c[i] * states[i + 2]).sub_(states[i + 1])  # −(x_i − c x_{i+1}), exactly: the same square
             lpb.append(-0.5 * (u * u).div_(var[i]).add_(log_2pi_var[i]).sum(-1))
         return torch.stack(lpb).T  # (B, T) with the whole-array version's strides: sums over time round the same
+
+    def _flows(self, states, temb, ts):
+        """log F at states[:-1] as (B, T), next to the whole-trajectory kernels: the hidden features state(x) + temb
+        and the flow head (`_flow`) in one batched call over the T·B states."""
+        T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
+        x = states[:-1].reshape(T * B, D)
+        hid = self.net.state(x) + temb[:, None].expand(T, B, temb.shape[-1]).reshape(T * B, -1)
+        return self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T
 
     def _flow(self, x, hid, t):
         """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x)."""
