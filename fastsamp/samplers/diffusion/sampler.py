@@ -48,6 +48,11 @@ def _saved_target(path, cfg):
                                 f"which is not available here: {e}") from e
 
 
+def _per_row(a, B):
+    """(T, ·) per-time features -> (T·B, ·), row t·B + b for chain b at time t."""
+    return a[:, None].expand(a.shape[0], B, a.shape[-1]).reshape(a.shape[0] * B, -1)
+
+
 class DiffusionSampler(nn.Module):
     """Drift network + the pinned-Brownian reference process (σ, T). `fused=True` runs the
     fast path: no-grad simulation, then one batched network evaluation of every visited state
@@ -228,15 +233,12 @@ class DiffusionSampler(nn.Module):
                 log_pf = trajectory.policy_log_pf(self.net, states, temb, sigma=self.sigma, h=self.h, **lp)
             return log_pf, self._flows(states, temb, ts) if with_flows else None
         x = states[:-1].reshape(T * B, D)
-        def per_row(a):  # (T, ·) per-time features -> (T·B, ·)
-            return a[:, None].expand(T, B, a.shape[-1]).reshape(T * B, -1)
         with phase("policy"):
             score = self._score(x) if scores is None else scores.view(T * B, D)
-            drift, log_var, hid = self.net(x, per_row(temb), None if lgv is None else per_row(lgv), score)
+            drift, log_var, hid = self.net(x, _per_row(temb, B), None if lgv is None else _per_row(lgv, B), score)
         _, log_pf, _ = ops.em_step_logprob(x, drift, sigma=self.sigma, t=0.0, h=self.h, log_var=log_var,
                                            x_next=states[1:].reshape(T * B, D), backend=self.backend)
-        log_f = self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T if with_flows else None
-        return log_pf.view(T, B).T, log_f
+        return log_pf.view(T, B).T, self._flows(states, temb, ts, hid) if with_flows else None
 
     def _bridge_log_pb(self, states):
         """log p_B(x_i | x_{i+1}) = log N(x_i; (t_i/t_{i+1}) x_{i+1}, σ² h t_i/t_{i+1}); 0 for i = 0 (one time
@@ -251,12 +253,13 @@ class DiffusionSampler(nn.Module):
             lpb.append(-0.5 * (u * u).div_(var[i]).add_(log_2pi_var[i]).sum(-1))
         return torch.stack(lpb).T  # (B, T) with the whole-array version's strides: sums over time round the same
 
-    def _flows(self, states, temb, ts):
-        """log F at states[:-1] as (B, T), next to the whole-trajectory kernels: the hidden features state(x) + temb
-        and the flow head (`_flow`) in one batched call over the T·B states."""
+    def _flows(self, states, temb, ts, hid=None):
+        """log F at states[:-1] as (B, T): the flow head (`_flow`) in one batched call over the T·B states, on their
+        hidden features `hid` (T·B, H) (None: state(x) + temb, as next to the whole-trajectory kernels)."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         x = states[:-1].reshape(T * B, D)
-        hid = self.net.state(x) + temb[:, None].expand(T, B, temb.shape[-1]).reshape(T * B, -1)
+        if hid is None:
+            hid = self.net.state(x) + _per_row(temb, B)
         return self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T
 
     def _flow(self, x, hid, t):
