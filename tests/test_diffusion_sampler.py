@@ -97,6 +97,15 @@ def _perturb(sampler, seed=0):
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+def _fused_and_eager(target, **net_kw):
+    """The same perturbed sampler (seed 0) on the fused path, then on the eager per-step path."""
+    for fused in (True, False):
+        torch.manual_seed(0)
+        s = DiffusionSampler(target, sigma=2.0, n_steps=12, fused=fused, hidden=16, n_harmonics=8, **net_kw)
+        _perturb(s)
+        yield s
+
+
 @pytest.mark.parametrize("objective,net_kw", [("tb", {}), ("vargrad", {}), ("pis", {}), ("subtb", {"flow": True}),
                                               ("subtb", {"flow": True, "langevin": True}),
                                               ("tb", {"langevin": True, "learned_variance": True})])
@@ -106,10 +115,7 @@ def test_fused_path_equals_eager_path(objective, net_kw):
     the same gradients."""
     target = get_target("25gmm")
     grads, losses = [], []
-    for fused in (True, False):
-        torch.manual_seed(0)
-        s = DiffusionSampler(target, sigma=2.0, n_steps=12, fused=fused, hidden=16, n_harmonics=8, **net_kw)
-        _perturb(s)
+    for s in _fused_and_eager(target, **net_kw):
         traj = s.forward_trajectories(40, explore=0.3 if objective != "pis" else 0.0, reparam=objective == "pis",
                                       seed=7, with_flows=objective == "subtb")
         loss = s.loss(traj, objective)
@@ -131,10 +137,7 @@ def test_fused_langevin_equals_eager(target_name, objective, net_kw):
     target = get_target(target_name)
     x_T = 2 * torch.randn(30, target.dim, generator=torch.Generator().manual_seed(1))
     results = []
-    for fused in (True, False):
-        torch.manual_seed(0)
-        s = DiffusionSampler(target, sigma=2.0, n_steps=12, fused=fused, hidden=16, n_harmonics=8, **net_kw)
-        _perturb(s)
+    for s in _fused_and_eager(target, **net_kw):
         assert s._whole_trajectory_kernel(x_T, rollout=True)  # (used when fused)
         trajs = [s.forward_trajectories(40, explore=0.3 if objective == "tb" else 0.0, reparam=objective == "pis",
                                         seed=7)]
@@ -427,10 +430,7 @@ def test_fused_flows_of_backward_trajectories_equal_eager(net_kw):
     target = get_target("25gmm")
     x_T = 2 * torch.randn(30, target.dim, generator=torch.Generator().manual_seed(1))
     results = []
-    for fused in (True, False):
-        torch.manual_seed(0)
-        s = DiffusionSampler(target, sigma=2.0, n_steps=12, fused=fused, hidden=16, n_harmonics=8, **net_kw)
-        _perturb(s)
+    for s in _fused_and_eager(target, **net_kw):
         traj = s.backward_trajectories(x_T, seed=3, with_flows=True)
         loss = s.loss(traj, "subtb")
         loss.backward()
