@@ -13,8 +13,9 @@ TB + Expl. + LP + LS on 40GMM and LGCP) at `--fraction` of the paper's iteration
 with LP; batch 300, T = 100, 2000 evaluation samples), seed 0 of every run first. It is resumable:
 each run writes OUT/<target>_<method>_seed<s>.json (+ the model .pt) when done and checkpoints its
 whole training state to OUT/checkpoints/ every --checkpoint-every iterations; a rerun skips finished
-runs and resumes the others. It prints runs done / planned and iterations done / planned. Then each
-finished run gets --repeats evaluations of its saved model, as with `evaluate`.
+runs and resumes the others. It prints runs done / planned and iterations done / planned. Each run gets
+--repeats evaluations of its saved model (as with `evaluate`) as soon as it finishes, and at the end any
+finished run of the plan that still lacks some.
 LGCP runs use the Finnish pines where they are installed (fastsamp.datasets), else the synthetic
 pattern: each run's JSON (lgcp_points) and table.md say which, and `table` refuses to add runs on
 one pattern to an out directory that holds runs on the other.
@@ -122,8 +123,8 @@ def table(args):
     plan = make_plan(args)
     _check_lgcp_points(plan, args)
     run_table(plan, args.out, jobs=args.jobs, device=args.device, checkpoint_every=args.checkpoint_every,
-              batch_size=args.batch_size, eval_samples=args.eval_samples, log=_print)
-    if args.repeats:
+              batch_size=args.batch_size, eval_samples=args.eval_samples, repeats=args.repeats, log=_print)
+    if args.repeats:  # the finished runs of earlier calls that still lack some
         repeat_evaluations(plan, args.out, repeats=args.repeats, batch_size=args.batch_size, log=_print)
     report(args)
 

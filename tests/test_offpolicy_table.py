@@ -139,6 +139,25 @@ def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
         bench.main(["table", *argv[:1], "7", *argv[2:]])
 
 
+def test_table_scores_each_run_as_soon_as_it_finishes(tmp_path, monkeypatch):
+    """`table --repeats K` gives a finished run its K evaluations before the next run starts: a table stopped in
+    its second run (here: that run raises) leaves the first one scored."""
+    bench, real = _bench(), offpolicy._run_planned
+
+    def stopped_in_the_second(job):
+        if job[0].seed == 1:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(offpolicy, "_run_planned", stopped_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["table", "--iterations", "4", "--seeds", "0", "1", "--targets", "25gmm", "--methods", "tb",
+                    "--batch-size", "16", "--eval-samples", "32", "--repeats", "2", "--out", str(tmp_path)])
+    res = json.load(open(os.path.join(tmp_path, "25gmm_tb_seed0.json")))
+    assert len(res["evaluations"]["seeds"]) == 2 and len(res["evaluations"]["values"]["elbo"]) == 2
+    assert not os.path.exists(os.path.join(tmp_path, "25gmm_tb_seed1.json"))
+
+
 def test_table_refuses_lgcp_runs_on_another_point_pattern(tmp_path, monkeypatch):
     """`table` adds LGCP runs on the pattern LGCP.default_points gives here; finished LGCP runs on the
     other one (lgcp_points in their JSON; none: synthetic, from before the pines) are an error. The

@@ -259,10 +259,11 @@ def _run_planned(job):
 
 
 def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500, batch_size=300, eval_samples=2000,
-              log=print, **kw) -> list[dict]:
+              repeats=0, log=print, **kw) -> list[dict]:
     """Run every planned run that has no JSON yet (resuming from its checkpoint), `jobs` at a time, one
-    thread each (jobs = 1 runs in this process); logs each finished run and the table's progress.
-    Returns the results of the runs done in this call."""
+    thread each (jobs = 1 runs in this process); logs each finished run and the table's progress, and
+    gives it its `repeats` evaluations (`repeat_evaluations`) as soon as it finishes, so that a table
+    stopped later leaves no finished run unscored. Returns the results of the runs done in this call."""
     resolve_device(device)
     todo = [r for r in plan if finished_result(r, out_dir, batch_size) is None]
     log(format_progress(table_progress(plan, out_dir, batch_size)) + f"; {len(todo)} runs to do")
@@ -270,21 +271,24 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
               log=log if jobs <= 1 else None)
     results = []
 
-    def finished(res):
+    def finished(run, res):
         m = res["metrics"]
         log(f"{res['target']:9s} {res['method']:19s} seed {res['seed']}: {format_errors(m)}  "
             f"W2 {m.get('w2', float('nan')):.3f}  {res['ms_per_iteration']:.0f} ms/it on {res['device']}")
         log(format_progress(table_progress(plan, out_dir, batch_size)))
+        if repeats:
+            repeat_evaluations([run], out_dir, repeats=repeats, batch_size=batch_size, log=log)
         results.append(res)
 
     jobs_ = [(r, out_dir, kw) for r in todo]
     if jobs <= 1:
         for job in jobs_:
-            finished(_run_planned(job))
+            finished(job[0], _run_planned(job))
     else:
         with ProcessPoolExecutor(jobs) as pool:
-            for fut in as_completed([pool.submit(_run_planned, job) for job in jobs_]):
-                finished(fut.result())
+            futures = {pool.submit(_run_planned, job): job[0] for job in jobs_}
+            for fut in as_completed(futures):
+                finished(futures[fut], fut.result())
     return results
 
 
