@@ -201,6 +201,25 @@ def test_cli_runs_resumes_and_reports(tmp_path):
     assert cli.main(argv[:-3] + ["U-HMC"]) == 0  # resumes: models reused, one more method
     assert model_file.stat().st_mtime_ns == stamp
     assert "U-HMC" in json.loads((tmp_path / "runs" / "score-r0.json").read_text())["methods"]
+    run0 = json.loads((tmp_path / "runs" / "score-r0.json").read_text())
+    assert run0["networks"] == networks.fingerprint([networks.load(model_file)] + [
+        networks.load(tmp_path / "models" / "score-bar-r0.pt")])
+    # networks lost and trained again: the same seeds on this machine give the same networks, the recorded
+    # methods stay as they are and only the new one is sampled
+    for f in (tmp_path / "models").glob("score-*-r0.pt"):
+        f.unlink()
+    assert cli.main(argv[:-3] + ["LA-5"]) == 0
+    run = json.loads((tmp_path / "runs" / "score-r0.json").read_text())
+    assert run["networks"] == run0["networks"] and {k: run["methods"][k] for k in run0["methods"]} == run0["methods"]
+    # recorded with other networks (as when they were trained again on another CPU): every recorded method is
+    # sampled again with the new ones, besides the one asked for
+    (tmp_path / "runs" / "score-r0.json").write_text(json.dumps(dict(run, networks="0" * 16)))
+    (tmp_path / "models" / "score-ring-r0.pt").unlink()
+    assert cli.main(argv[:-3] + ["LA-10"]) == 0
+    again = json.loads((tmp_path / "runs" / "score-r0.json").read_text())
+    assert again["networks"] == run0["networks"]
+    assert set(again["methods"]) == {"Reverse", "U-LA", "LA-3", "U-HMC", "LA-5", "LA-10"}
+    assert again["methods"]["U-LA"]["wall_time_s"] != run["methods"]["U-LA"]["wall_time_s"]  # sampled again
     with pytest.raises(SystemExit):
         cli.main([a if a != "40" else "50" for a in argv])  # other settings, same OUT
     assert product2d.SUMMARY

@@ -134,12 +134,23 @@ def run_version(args, out, version, retrain, log):
             and m.name not in result["methods"]]
     if not todo:
         return
-    model = Product(*trained(args, out, version, retrain, log))
-    reference, _ = reference_sets(args.samples, retrain)
-    settings = sampling.Settings(n_samples=args.samples, n_steps=args.mcmc_steps)
+    nets = trained(args, out, version, retrain, log)
+    result["networks"] = networks.fingerprint(nets)
     samples_path = os.path.join(out, "samples", f"{version}-r{retrain}.pt")
     os.makedirs(os.path.dirname(samples_path), exist_ok=True)
     samples = torch.load(samples_path, weights_only=True) if os.path.exists(samples_path) else {}
+    if result["methods"] and old.get("networks") != result["networks"]:
+        # the recorded methods were sampled with other networks (their files lost, the networks trained again):
+        # every method is sampled again, so that a retrain's methods share one model pair
+        log(f"{version} r{retrain}: the networks differ from those its {len(result['methods'])} recorded methods "
+            f"were sampled with ({old.get('networks', 'not recorded')} against {result['networks']}): sampling "
+            "every method again")
+        todo = [m for m in sampling.methods(version) if args.methods is None or m.name in args.methods
+                or m.name in result["methods"]]
+        result["methods"], samples = {}, {}
+    model = Product(*nets)
+    reference, _ = reference_sets(args.samples, retrain)
+    settings = sampling.Settings(n_samples=args.samples, n_steps=args.mcmc_steps)
     for method in todo:
         x, res = sampling.run_method(model, method, settings, seed=retrain)
         res.update(report.sample_metrics(x, reference), n_trapezoid=method.n_trapezoid if method.points else None,
@@ -153,7 +164,8 @@ def run_version(args, out, version, retrain, log):
 
 
 def write_report(out, log=print):
-    """report.md (the table) and product2d.png (retrain 0's samples, every panel labelled) from OUT."""
+    """report.md (the table) and product2d.png (the samples of each version's first retrain whose samples are
+    kept, every panel labelled) from OUT."""
     runs_dir = os.path.join(out, "runs")
     runs = {}
     for name in sorted(os.listdir(runs_dir)):
@@ -180,13 +192,15 @@ def write_report(out, log=print):
         f.write(report.markdown(rows, floor, text, runs))
     reference, _ = reference_sets(s["n_samples"], 0)
     panels = [("exact product target", reference, None)]
-    for version in runs:
-        sp = os.path.join(out, "samples", f"{version}-r0.pt")
-        if os.path.exists(sp):
-            xs = torch.load(sp, weights_only=True)
-            r0 = next((r for r in runs[version] if r["retrain"] == 0), {"methods": {}})
-            panels += [(f"{version} model · {name}", x, r0["methods"].get(name)) for name, x in xs.items()]
-    report.figure(panels, os.path.join(out, "product2d.png"), f"2-D product, retrain 0 — {text}")
+    for version in runs:  # the first retrain whose samples are on disk
+        for r in sorted(runs[version], key=lambda r: r["retrain"]):
+            sp = os.path.join(out, "samples", f"{version}-r{r['retrain']}.pt")
+            if os.path.exists(sp):
+                xs = torch.load(sp, weights_only=True)
+                panels += [(f"{version} model r{r['retrain']} · {name}", x, r["methods"].get(name))
+                           for name, x in xs.items()]
+                break
+    report.figure(panels, os.path.join(out, "product2d.png"), f"2-D product — {text}")
     log(f"wrote {out}/report.md and {out}/product2d.png")
 
 

@@ -14,6 +14,7 @@ Both follow the model protocol (`dim`, `schedule`, `score(x, t)`; the energy one
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import os
 
@@ -151,6 +152,17 @@ def build(version, schedule=None, **net_config):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {tuple(VERSIONS)}, got {version!r}")
     return VERSIONS[version](schedule, **net_config)
+
+
+def fingerprint(nets) -> str:
+    """SHA-256 (first 16 hex digits) of the networks' parameters and buffers, in order: which trained networks a
+    result was sampled with (a network trained again from the same seed on another CPU rounds differently)."""
+    h = hashlib.sha256()
+    for net in nets:
+        for name, t in net.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def atomic_save(obj, path):
