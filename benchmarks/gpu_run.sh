@@ -1,48 +1,112 @@
 #!/usr/bin/env bash
-# One device session: build with nvcc, run the GPU tests, the GPU benchmarks and the
-# main job on the GPU. Writes logs and JSON under $OUT (default ./gpu_out). Every step that starts
-# a process heavier than echo/grep/tail runs under a timeout: nvidia-smi 5 s, build 140, versions
-# and info 20, tests 75 + 160, energy training 45 + 30, bench 55, mlp_product 45 + its summary 5, main
-# job 15: 595 s in all, inside one device call (600 s at most; what runs between them takes milliseconds). The stage
-# budgets are estimates: this script has never run on a GPU.
-# Without an NVIDIA GPU (no nvidia-smi, or it lists none) it stops before the build, exit status 1.
-#   bash benchmarks/gpu_run.sh [pytest -k expression]
+# One device call: build with nvcc, then the GPU measurements and tests of one mode. Never yet run on a GPU: every
+# stage budget below is an estimate.
+#   bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression of main's GPU tests]
+# Stage budgets (each a `timeout`, in s), most valuable first; both modes start with nvidia-smi 5, build 140 and
+# info 20 (165 s):
+#   main:  cuda_graph_level 45 (issue 10: a level captured in a CUDA graph, replay vs eager, fresh noise),
+#          generic_vs_hand 45 (issue 10: generic annealed_mcmc / hand loop), profile_network 35 (issue 10: the
+#          share outside the network), offpolicy timing 75 (issue 13: ms per training iteration, 25GMM TB and PIS),
+#          GPU tests 75 (cuda graphs included), bench 55, sample 15: 510 s in all.
+#   extra: the Triton network engine's tests 160 (issue 11), the Triton energy training op's tests 45 and its timing
+#          30, mlp_product 45 + its summary 5: 450 s in all.
+# What runs between the stages takes about a second in all. A stage never runs past the whole run's deadline,
+# GPU_RUN_BUDGET (default 560 s from the start: the machine's start, 1-2 min, and a rerun of a part must fit in
+# the 15 min of device time); a stage with under 5 s left is skipped, and says so.
+# Every stage's log and JSON go to a work folder, bundled after each stage into $OUT/gpu_run_<mode>.tar.gz (what
+# finished is kept if the call is cut; the device returns at most 8 files from $OUT). $OUT defaults to ./gpu_out.
+# Without an NVIDIA GPU (no nvidia-smi, or it lists none) it stops before the build, exit status 1; a failed build
+# stops it with status 1 too. Exit status 3: a later stage failed, timed out or was skipped (listed at the end).
 set -uo pipefail
+MODE=${1:-main}
+case "$MODE" in main|extra) ;; *) echo "usage: bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression]" >&2
+  exit 2 ;; esac
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+W=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run_$MODE.XXXXXX")
+DEADLINE=$(( $(date +%s) + ${GPU_RUN_BUDGET:-560} ))
 export PYTHONUNBUFFERED=1
 if ! timeout 5 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
-    > "$OUT/device.txt" 2>&1 || [ "$(wc -l < "$OUT/device.txt")" -lt 2 ]; then
-  echo "gpu_run.sh: no NVIDIA GPU here (nvidia-smi: $(head -c 200 "$OUT/device.txt")): nothing run" >&2
+    > "$W/device.txt" 2>&1 || [ "$(wc -l < "$W/device.txt")" -lt 2 ]; then
+  echo "gpu_run.sh: no NVIDIA GPU here (nvidia-smi: $(head -c 200 "$W/device.txt")): nothing run" >&2
+  rm -r "$W"
   exit 1
 fi
-date -u >> "$OUT/device.txt"; cat "$OUT/device.txt"
-SECONDS=0
-FASTSAMP_CUDA_ARCHS=90 timeout 140 python3 -m pip install --no-build-isolation --no-deps -e . -q > "$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: ${SECONDS}s"
-timeout 20 python3 -c "import sys, triton; from fastsamp import cli; print('triton', triton.__version__, file=sys.stderr); \
-sys.exit(cli.main(['info']))" > "$OUT/info.json" 2>> "$OUT/device.txt"  # info: the torch version, CUDA, backends
-grep -m1 '^triton ' "$OUT/device.txt"; grep -E -A5 '"torch"|backends' "$OUT/info.json"
-SECONDS=0
-timeout "${TEST_TIMEOUT:-75}" python3 -m pytest -q -p no:cacheprovider -n 8 \
-  tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py tests/test_trajectory.py \
-  tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py tests/test_validation.py tests/test_cuda_graphs.py \
-  tests/test_seed_tensors.py tests/test_validation_switch.py tests/test_triton_inductor.py tests/test_offpolicy_table.py \
-  -k "${1:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}" > "$OUT/pytest.log" 2>&1
-echo "pytest rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest.log" | tail -15
-SECONDS=0  # the Triton network engine (issue 11): score and energy networks, the shared move kernels on every
-# evaluator, hidden widths 129-256 on the tiled path (its slow-marked cases too: -m), CUDA-resident ScoreMLPs /
-# EnergyMLPs in annealed_mcmc; its own budget, ~70 kernel variants to compile
-timeout "${MLP_TEST_TIMEOUT:-160}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "slow or not slow" \
-  tests/test_mlp_triton.py > "$OUT/pytest_mlp.log" 2>&1
-echo "pytest mlp rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest_mlp.log" | tail -15
-SECONDS=0  # the Triton energy training op (issue 11 item 4, kernels/mlp_train.py): its tests against autograd's
-# double backward (~8 kernel variants), then one op call (loss + every gradient) timed against the reference's
-timeout "${TRAIN_TEST_TIMEOUT:-45}" python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_mlp_train_energy.py \
-  -k triton > "$OUT/pytest_train_energy.log" 2>&1
-echo "pytest train energy rc=$? ${SECONDS}s"; grep -E "passed|failed|Error" "$OUT/pytest_train_energy.log" | tail -8
-SECONDS=0
-timeout "${TRAIN_TIMEOUT:-30}" python3 - "$OUT/train_energy_cuda.json" > "$OUT/train_energy.log" 2>&1 <<'PY'
+date -u >> "$W/device.txt"; cat "$W/device.txt"
+
+bundle() {  # the work folder as one file in $OUT (written beside it, then moved: never half a file there)
+  tar -czf "$W.tar.gz" -C "$W" . && mv -f "$W.tar.gz" "$OUT/gpu_run_$MODE.tar.gz"
+}
+
+FAILED=()  # the stages that failed, timed out or were skipped
+stage() {  # stage NAME BUDGET COMMAND...: COMMAND under timeout (BUDGET, or less to the deadline), output in
+  # $W/NAME.log; prints and records (stages.txt) its exit status and seconds; returns the status
+  local name=$1 budget=$2 rc; shift 2
+  local left=$(( DEADLINE - $(date +%s) ))
+  if [ "$left" -lt 5 ]; then
+    echo "$name: skipped, ${left}s left before the deadline" | tee -a "$W/stages.txt" > "$W/$name.log"
+    FAILED+=("$name"); bundle; return 124
+  fi
+  [ "$left" -lt "$budget" ] && budget=$left
+  SECONDS=0
+  timeout "$budget" "$@" > "$W/$name.log" 2>&1
+  rc=$?
+  echo "$name rc=$rc ${SECONDS}s (timeout ${budget}s)" | tee -a "$W/stages.txt"
+  [ "$rc" -eq 0 ] || FAILED+=("$name")
+  bundle
+  return $rc
+}
+
+if ! FASTSAMP_CUDA_ARCHS=90 stage build 140 python3 -m pip install --no-build-isolation --no-deps -e . -q; then
+  tail -40 "$W/build.log"; exit 1
+fi
+stage info 20 python3 -c "import sys, triton; from fastsamp import cli; print('triton', triton.__version__, \
+file=sys.stderr); sys.exit(cli.main(['info']))"  # the torch version, CUDA, backends
+grep -m1 '^triton ' "$W/info.log"; grep -E -A5 '"torch"|backends' "$W/info.log"
+
+if [ "$MODE" = main ]; then
+  # issue 10: one annealing level (5 MALA moves, score-MH trapezoid, one network call per move, a reverse-SDE step)
+  # of an 8-D MLP score captured once in a CUDA graph, replayed with offset += 6: replay vs eager, fresh noise
+  stage cuda_graph_level "${GRAPH_TIMEOUT:-45}" python3 benchmarks/cuda_graph_level.py --device cuda \
+    --chains 2048 262144 --json "$W/cuda_graph_level.json"
+  tail -4 "$W/cuda_graph_level.log"
+  # issue 10 item 7: the generic annealed_mcmc against the hand-written loop, same network calls (goal <= 0.9)
+  stage generic_vs_hand "${GVH_TIMEOUT:-45}" python3 benchmarks/generic_vs_hand.py --device cuda \
+    --json "$W/generic_vs_hand_cuda.json"
+  tail -4 "$W/generic_vs_hand.log"
+  # issue 10: the share of annealed_mcmc's wall time outside the network calls (goal <= 10 %)
+  stage profile_network "${PROFILE_TIMEOUT:-35}" python3 benchmarks/profile_network.py --device cuda \
+    --json "$W/profile_network_cuda.json"
+  grep -E -A4 '^unprofiled|^profile:' "$W/profile_network.log"
+  # issue 13 item 5: ms per training iteration on the GPU, fused against eager (the CPU's are in offpolicy_full/)
+  stage offpolicy_timing "${OFFPOLICY_TIMEOUT:-75}" python3 benchmarks/offpolicy.py timing --device cuda \
+    --out "$W/offpolicy" --targets 25gmm --methods tb pis --iterations 40 --segment 20
+  tail -3 "$W/offpolicy_timing.log"
+  stage pytest "${TEST_TIMEOUT:-75}" python3 -m pytest -q -p no:cacheprovider -n 8 \
+    tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py \
+    tests/test_trajectory.py tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py \
+    tests/test_validation.py tests/test_cuda_graphs.py tests/test_seed_tensors.py tests/test_validation_switch.py \
+    tests/test_triton_inductor.py tests/test_offpolicy_table.py \
+    -k "${2:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}"
+  grep -E "passed|failed|Error" "$W/pytest.log" | tail -15
+  stage bench "${BENCH_TIMEOUT:-55}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
+    --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,sde_step(out=),gmm_score[separated],score_mh_accept,mala_propose,line_points' \
+    --json "$W/bench_cuda.json"
+  tail -28 "$W/bench.log"
+  stage sample 15 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$W/sample_cuda.json"
+  tail -4 "$W/sample.log"
+else
+  # the Triton network engine (issue 11): score and energy networks, the shared move kernels on every evaluator,
+  # hidden widths 129-256 on the tiled path (its slow-marked cases too: -m), CUDA-resident ScoreMLPs / EnergyMLPs
+  # in annealed_mcmc; ~70 kernel variants to compile
+  stage pytest_mlp "${MLP_TEST_TIMEOUT:-160}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "slow or not slow" \
+    tests/test_mlp_triton.py
+  grep -E "passed|failed|Error" "$W/pytest_mlp.log" | tail -15
+  # the Triton energy training op (issue 11 item 4, kernels/mlp_train.py): its tests against autograd's double
+  # backward (~8 kernel variants), then one op call (loss + every gradient) timed against the reference's
+  stage pytest_train_energy "${TRAIN_TEST_TIMEOUT:-45}" python3 -m pytest -q -p no:cacheprovider -n 8 \
+    tests/test_mlp_train_energy.py -k triton
+  grep -E "passed|failed|Error" "$W/pytest_train_energy.log" | tail -8
+  stage train_energy "${TRAIN_TIMEOUT:-30}" python3 - "$W/train_energy_cuda.json" <<'PY'
 import datetime, json, statistics, sys, time
 import torch
 from fastsamp import ops
@@ -70,19 +134,15 @@ out = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datet
            max_rel_grad_err_vs_torch=err)
 json.dump(out, open(sys.argv[1], "w"), indent=1); print(out)
 PY
-echo "train energy rc=$? ${SECONDS}s"; tail -3 "$OUT/train_energy.log"
-SECONDS=0
-timeout "${BENCH_TIMEOUT:-55}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
-  --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,sde_step(out=),gmm_score[separated],score_mh_accept,mala_propose,line_points' \
-  --json "$OUT/bench_cuda.json" > "$OUT/bench.log" 2>&1
-echo "bench rc=$? ${SECONDS}s"; tail -28 "$OUT/bench.log"
-SECONDS=0  # the Triton score-network engine: annealed MCMC on a Product of two ScoreMLPs, fused vs generic (issue 11)
-timeout "${MLP_TIMEOUT:-45}" python3 benchmarks/mlp_product.py --device cuda --repeats 1 \
-  --json "$OUT/mlp_product_cuda.json" > "$OUT/mlp_product.log" 2>&1
-echo "mlp_product rc=$? ${SECONDS}s"
-timeout 5 python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: round(r[k]['wall_s'], 4) for k in \
-('kernel', 'fused', 'generic')}, 'fused/generic speedup', r['speedup'], 'kernel frac of fp32 GEMM', \
-r['kernel']['frac_gemm'])" "$OUT/mlp_product_cuda.json" || tail -20 "$OUT/mlp_product.log"
-SECONDS=0
-timeout 15 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$OUT/sample_cuda.json" 2>&1 | tail -4
-echo "sample rc=${PIPESTATUS[0]} ${SECONDS}s"
+  tail -3 "$W/train_energy.log"
+  # the Triton score-network engine: annealed MCMC on a Product of two ScoreMLPs, fused vs generic (issue 11)
+  stage mlp_product "${MLP_TIMEOUT:-45}" python3 benchmarks/mlp_product.py --device cuda --repeats 1 \
+    --json "$W/mlp_product_cuda.json"
+  stage mlp_product_summary 5 python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: \
+round(r[k]['wall_s'], 4) for k in ('kernel', 'fused', 'generic')}, 'fused/generic speedup', r['speedup'], \
+'kernel frac of fp32 GEMM', r['kernel']['frac_gemm'])" "$W/mlp_product_cuda.json"
+  cat "$W/mlp_product_summary.log"; [ -s "$W/mlp_product_cuda.json" ] || tail -20 "$W/mlp_product.log"
+fi
+echo "gpu_run.sh $MODE: $(( ${GPU_RUN_BUDGET:-560} - DEADLINE + $(date +%s) ))s; results in $OUT/gpu_run_$MODE.tar.gz"
+cat "$W/stages.txt"
+[ ${#FAILED[@]} -eq 0 ] || { echo "gpu_run.sh $MODE: failed, timed out or skipped: ${FAILED[*]}" >&2; exit 3; }

@@ -4,13 +4,18 @@ outside the network calls"): fastsamp.profiling's breakdown of one run and, with
 cost, the share of unprofiled runs outside the network's forward (timed around each call).
 
     python benchmarks/profile_network.py [--chains 2048 --levels 20 --moves 5 --hidden 64 --trace t.json]
-                                         [--clock wall|cpu] [--pieces]
+                                         [--clock wall|cpu] [--pieces] [--device cpu|cuda[:N]] [--json out.json]
 
 --clock cpu times the unprofiled runs and the network calls by the process's CPU time (steadier on a loaded
 CPU machine, where the wall time also counts waiting for a core). --pieces also prints, from one more run with a
 timer around each piece of the generic path (the network's forward, each kernel, the dispatch choice, the model
 wrappers, the corrector's and the sampler's own Python; about 1 us per timed call), each piece's self time per
 move: where the time outside the network goes, without the profiler's cost per torch op.
+
+--device cuda runs the model and the sampler on a GPU (wall clock only). The unprofiled runs then synchronise the
+device before and after each network call and at the run's end, so the network's share counts its kernels' time
+and not only their launches (the synchronisation removes the overlap of launches with running kernels: the share
+outside the network is that of a serialised run). The profiler's breakdown and --pieces time the host side.
 """
 from __future__ import annotations
 
@@ -124,23 +129,34 @@ def main():
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--json", default=None)
     p.add_argument("--pieces", action="store_true")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda[:N], got {args.device}")
+    if device.type == "cuda" and args.clock == "cpu":
+        p.error("--clock cpu would not count a GPU's kernels: use --clock wall with --device cuda")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(1)
     fastsamp.set_validation(False)
     torch.manual_seed(0)
-    model = MLPScore(args.dim, args.hidden)
+    model = MLPScore(args.dim, args.hidden).to(device)
 
     def run():
-        return annealed.annealed_mcmc(model, args.chains, n_levels=args.levels, corrector="mala", mh="score",
-                             n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid, step_size=0.05, seed=0,
-                             on_nonfinite="ignore")
+        out = annealed.annealed_mcmc(model, args.chains, n_levels=args.levels, corrector="mala", mh="score",
+                                     n_corrector_steps=args.moves, n_trapezoid=args.n_trapezoid, step_size=0.05,
+                                     seed=0, on_nonfinite="ignore", device=device)
+        sync()
+        return out
 
     network_s = [0.0]
 
     def timed_forward(x, t, forward=model.forward):  # the network's own time, without a profiler
+        sync()
         t0 = clock()
         out = forward(x, t)
+        sync()
         network_s[0] += clock() - t0
         return out
 
@@ -160,8 +176,8 @@ def main():
     with fastsamp.profiling.breakdown(trace=args.trace) as b:
         run()
     print(f"annealed_mcmc, MALA + score-MH (n_trapezoid={args.n_trapezoid}), {args.chains} chains, D={args.dim}, "
-          f"MLP hidden {args.hidden}x2, {args.levels} levels x {args.moves} moves, 1 thread, validation off, "
-          f"{stats.n_score_evals} score evaluations")
+          f"MLP hidden {args.hidden}x2, {args.levels} levels x {args.moves} moves, {args.device}, 1 thread, "
+          f"validation off, {stats.n_score_evals} score evaluations")
     print(f"unprofiled: {args.clock} time {wall:.3f} s, outside the network calls {outside:.1%} (medians of "
           f"{args.repeats} runs, the network timed around each call); outside the network {outside_s * 1e3:.1f} ms = "
           f"{outside_s / n_moves * 1e6:.0f} us per move (per-level work spread over the moves; the network's own "
