@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ... import ops
 
 
 class FourierTime(nn.Module):
@@ -63,6 +66,16 @@ class DriftNet(nn.Module):
     def time_features(self, ts):
         """Per-time quantities shared by every chain: (embedding (T, H), Langevin scale (T, 1|D) or None)."""
         return self.time(ts), (self.lgv_scale(ts) if self.langevin else None)
+
+    def flow_of(self, hid, fused=False):
+        """The flow F_θ (N,) from the hidden features hid = state(x) + temb (N, H): the flow head, or with fused=True
+        the same function with the head's layers after its first GELU in one fused MLP op (ops.mlp_net: on the CPU
+        one C++ kernel call forward and one backward, instead of the Sequential's six modules and their autograd)."""
+        if not fused:
+            return self.flow(hid).squeeze(-1)
+        linear = self.flow[1::2]  # Sequential(GELU, [Linear, GELU] × n_layers, Linear)
+        return ops.mlp_net(F.gelu(hid), [m.weight for m in linear], [m.bias for m in linear],
+                           activation="gelu").squeeze(-1)
 
     def forward(self, x, temb, lgv, score=None):
         """x (N, D), temb (N|1, H), lgv (N|1, ·) → drift (N, D), log_var (N, D) or None, hidden (N, H)."""

@@ -53,6 +53,31 @@ def _per_row(a, B):
     return a[:, None].expand(a.shape[0], B, a.shape[-1]).reshape(a.shape[0] * B, -1)
 
 
+def subtb_loss(log_f, log_pf, log_pb, lam):
+    """The SubTB loss of trajectories with flows log F (B, T+1): the mean over the batch of
+    Σ_{i<j} w_ij res_ij², res_ij = log F_i + Σ_{i≤k<j} (log p_F − log p_B)_k − log F_j, w_ij ∝ λ^{j−i} (Σ w = 1).
+
+    With a_i = log F_i − Σ_{k<i} (log p_F − log p_B)_k, res_ij = a_i − a_j and the sum over the (T+1)²/2 pairs is
+    Σ_i (r_i + c_i) a_i² − 2 aᵀ W a (r, c the row and column sums of W): elementwise work O(T·B) and one
+    (B, T+1) × (T+1, T+1) matrix product, instead of the (B, T+1, T+1) residuals and their backward. It is summed in
+    float64 on a centred by its row mean (the loss does not change under a_i + const), as the expanded square
+    cancels where the residuals are small against a."""
+    if not lam > 0:
+        raise ValueError(f"subtb_lambda must be > 0, got {lam}")
+    T = log_pf.shape[1]
+    zero = torch.zeros_like(log_pf[:, :1])
+    a = (log_f - torch.cat([zero, (log_pf - log_pb).cumsum(1)], 1)).double()
+    a = a - a.mean(1, keepdim=True)
+    span = torch.arange(T + 1, device=a.device, dtype=a.dtype)
+    span = span[None, :] - span[:, None]
+    # λ^span / λ^(the largest span's or 1): the largest weight is 1, so that none overflows for long trajectories
+    log_lam = math.log(lam)
+    w = torch.where(span > 0, (span * log_lam - max(log_lam, T * log_lam)).exp(), torch.zeros_like(span))
+    w = w / w.sum()
+    per_traj = (a * a) @ (w.sum(1) + w.sum(0)) - 2 * ((a @ w) * a).sum(1)
+    return per_traj.mean().to(log_pf.dtype)
+
+
 class DiffusionSampler(nn.Module):
     """Drift network + the pinned-Brownian reference process (σ, T). `fused=True` runs the
     fast path: no-grad simulation, then one batched network evaluation of every visited state
@@ -255,19 +280,21 @@ class DiffusionSampler(nn.Module):
 
     def _flows(self, states, temb, ts, hid=None):
         """log F at states[:-1] as (B, T): the flow head (`_flow`) in one batched call over the T·B states, on their
-        hidden features `hid` (T·B, H) (None: state(x) + temb, as next to the whole-trajectory kernels)."""
+        hidden features `hid` (T·B, H) (None: state(x) + temb, as next to the whole-trajectory kernels); on the fused
+        path on the CPU the head's layers by the fused MLP op (`DriftNet.flow_of`)."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         x = states[:-1].reshape(T * B, D)
         if hid is None:
             hid = self.net.state(x) + _per_row(temb, B)
-        return self._flow(x, hid, ts[:-1].repeat_interleave(B)).view(T, B).T
+        fused = self.fused and x.device.type == "cpu"
+        return self._flow(x, hid, ts[:-1].repeat_interleave(B), fused).view(T, B).T
 
-    def _flow(self, x, hid, t):
+    def _flow(self, x, hid, t, fused=False):
         """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         var = self.sigma ** 2 * torch.clamp(t, min=self.h)
         log_ref = -0.5 * ((x * x).sum(-1) / var + x.shape[1] * torch.log(2 * math.pi * var))
-        return self.net.flow(hid).squeeze(-1) + (1 - t) * log_ref + t * self.target.log_prob(x).detach()
+        return self.net.flow_of(hid, fused) + (1 - t) * log_ref + t * self.target.log_prob(x).detach()
 
     def _finish(self, states, log_pf, log_pb, log_r, log_f):
         if log_f is not None:
@@ -292,14 +319,7 @@ class DiffusionSampler(nn.Module):
                 baseline = log_w.mean()
             return 0.5 * ((log_w - baseline) ** 2).mean()
         if objective == "subtb":
-            T = traj.log_pf.shape[1]
-            cum = torch.cat([torch.zeros_like(traj.log_pf[:, :1]), (traj.log_pf - traj.log_pb).cumsum(1)], 1)
-            # residual (i, j) = log F_i + Σ_{i..j} (log p_F − log p_B) − log F_j
-            res = (traj.log_f[:, :, None] - cum[:, :, None]) - (traj.log_f[:, None, :] - cum[:, None, :])
-            span = torch.arange(T + 1, device=cum.device)
-            span = (span[None, :] - span[:, None]).to(cum.dtype)
-            w = torch.where(span > 0, subtb_lambda ** span, torch.zeros_like(span))
-            return ((res ** 2) * (w / w.sum())).sum((1, 2)).mean()
+            return subtb_loss(traj.log_f, traj.log_pf, traj.log_pb, subtb_lambda)
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
     # -- sampling and evaluation ----------------------------------------------------------------
