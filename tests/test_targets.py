@@ -62,6 +62,29 @@ def test_log_prob_finite_dtype_and_energy(targets, name, dtype):
 
 
 @pytest.mark.parametrize("name", TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+def test_kernel_log_prob_equals_log_prob(targets, name, dtype):
+    """Target.kernel_log_prob (the mixtures: ops.gmm_score's C++ log-density; the others: log_prob itself) = log_prob
+    up to float rounding."""
+    t = targets[name]
+    x = random_inputs(t, n=4 if name == "lgcp" else 64, seed=2).to(dtype)
+    ref = t.log_prob(x.double())
+    lp = t.kernel_log_prob(x)
+    assert lp.shape == (x.shape[0],) and lp.dtype == dtype
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-10 if dtype == F64 else 1e-5,
+                               atol=(1e-12 if dtype == F64 else 1e-5) * (1 + ref.abs().max().item()))
+
+
+def test_kernel_log_prob_of_a_mixture_with_its_own_log_density_is_that_one(targets):
+    class Tempered(GMM25):
+        def _log_prob(self, x):
+            return 0.5 * super()._log_prob(x)
+
+    x = random_inputs(targets["25gmm"], seed=2)
+    torch.testing.assert_close(Tempered().kernel_log_prob(x), 0.5 * targets["25gmm"].log_prob(x))
+
+
+@pytest.mark.parametrize("name", TARGETS)
 def test_shape_validation_names_x(targets, name):
     t = targets[name]
     with pytest.raises(ValueError, match=r"\bx\b"):

@@ -90,6 +90,12 @@ class Target:
         parameter), or None where there is none (also for subclasses that override ``_score``)."""
         return None
 
+    def kernel_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log R(x) of a (B, dim) batch by a fastsamp op where the target has one for its own log-density (the
+        mixtures: ``ops.gmm_score``), else ``log_prob``: the same function up to float rounding, for the fused
+        diffusion sampler's flows, which need log R at every visited state. Not differentiable."""
+        return self.log_prob(x)
+
     def _kernel_if_own(self, cls, spec):
         """spec when ``_score`` is that of ``cls`` (a subclass with its own score has no kernel), else None."""
         return spec if type(self)._score is cls._score else None

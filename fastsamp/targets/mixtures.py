@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from .. import ops
 from .base import _LOG_2PI, Target
 
 
@@ -35,6 +36,14 @@ class _IsotropicMixture(Target):
     def _log_prob(self, x):
         const = math.log(self.n_modes) + 0.5 * self.dim * (_LOG_2PI + math.log(self.variance))
         return torch.logsumexp(self._logits(x), dim=1) - const
+
+    def kernel_log_prob(self, x):
+        """log R(x) by ops.gmm_score (equal weights: log π_k = −log K) unless a subclass has its own ``_log_prob``."""
+        if type(self)._log_prob is not _IsotropicMixture._log_prob:
+            return super().kernel_log_prob(x)
+        x = self._check(x)
+        variances = x.new_full((self.n_modes,), self.variance)
+        return ops.gmm_score(x, self._p("means", x), x.new_zeros(self.n_modes), variances)[1]
 
     def _score(self, x):
         r = torch.softmax(self._logits(x), dim=1)

@@ -281,7 +281,7 @@ class DiffusionSampler(nn.Module):
     def _flows(self, states, temb, ts, hid=None):
         """log F at states[:-1] as (B, T): the flow head (`_flow`) in one batched call over the T·B states, on their
         hidden features `hid` (T·B, H) (None: state(x) + temb, as next to the whole-trajectory kernels); on the fused
-        path on the CPU the head's layers by the fused MLP op (`DriftNet.flow_of`)."""
+        path on the CPU by the fused ops (`_flow`)."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         x = states[:-1].reshape(T * B, D)
         if hid is None:
@@ -290,11 +290,13 @@ class DiffusionSampler(nn.Module):
         return self._flow(x, hid, ts[:-1].repeat_interleave(B), fused).view(T, B).T
 
     def _flow(self, x, hid, t, fused=False):
-        """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x)."""
+        """Forward-looking flow log F(x, t) = F_θ(x, t) + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x) (fused: F_θ by
+        `DriftNet.flow_of`'s fused MLP op, log R by the target's kernel where it has one, `Target.kernel_log_prob`)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         var = self.sigma ** 2 * torch.clamp(t, min=self.h)
         log_ref = -0.5 * ((x * x).sum(-1) / var + x.shape[1] * torch.log(2 * math.pi * var))
-        return self.net.flow_of(hid, fused) + (1 - t) * log_ref + t * self.target.log_prob(x).detach()
+        log_r = self.target.kernel_log_prob(x.detach()) if fused else self.target.log_prob(x).detach()
+        return self.net.flow_of(hid, fused) + (1 - t) * log_ref + t * log_r
 
     def _finish(self, states, log_pf, log_pb, log_r, log_f):
         if log_f is not None:
