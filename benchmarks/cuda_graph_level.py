@@ -8,22 +8,24 @@ The level, written with the public ops as a user would (`level` below): n MALA m
 its uniforms inside the kernel; then one reverse-SDE predictor step t -> t - h (`reverse_sde_step`) with the score
 that the last move kept in sync with x. Move m draws Philox (seed, offset + m), the predictor (seed, offset + n):
 a level uses n + 1 offsets. The network: the user's own `torch.nn.Module` at the level's fixed time, s(x) = MLP(x) - x
-with two hidden SiLU layers (the size of profile_network.py's MLPScore: D = 8, hidden 64 by default; the - x makes
+with two hidden SiLU layers (_user_mlp.UserMLP without its time input; D = 8, hidden 64 by default; the - x makes
 the target standard-normal-like, so that at the step size 0.5 the MH test rejects about a quarter of the moves).
 
 On a GPU, for each chain count: seed and offset are one-element int64 device tensors; the level is captured once
 (after two warm-up levels on a side stream) and replayed with `offset += n + 1` between replays. Checks (printed
-and in the JSON): replay k equals the eager level run with the int offset offset0 + k (n + 1) within
-torch.testing.assert_close's float32 tolerance (rtol 1.3e-6, atol 1e-5; whether it is bitwise equal is recorded
-too), and consecutive replays draw different noise (different outputs from the same input). Timed (synchronised
-wall time, interleaved repeats of --levels levels each, medians): the eager level (int offsets, the natural eager
-form) and the replay plus the offset's increment; their ratio is the speed-up. fastsamp's value checks are off on
-both sides (with them on, each op reads the device, which a capture forbids).
+and in the JSON): replay k's x and accept rates equal the eager level's run with the int offset offset0 + k (n + 1)
+within torch.testing.assert_close's float32 tolerance (rtol 1.3e-6, atol 1e-5; whether x is bitwise equal is
+recorded too), and consecutive replays draw different noise (different outputs from the same input). A failure in
+the warm-up, the capture or the replay checks is recorded with its phase (the eager level is still timed). Timed
+(synchronised wall time, interleaved repeats of --levels levels each, medians): the eager level (int offsets, the
+natural eager form) and the replay plus the offset's increment; their ratio is the speed-up. fastsamp's value checks
+are off on both sides (with them on, each op reads the device, which a capture forbids).
 
 --device cpu runs and times the eager level only (CPU time of one thread; no CUDA graphs there): the CPU path
 that tests and dry-runs exercise. It measures nothing about graphs.
 
-Every device: the level's x must be finite and its mean accept rate in (0, 1). Exit status 1 if a check fails.
+Every device: the level's x must be finite and its mean accept rate in (0, 1). Exit status 1 if a check fails. Each
+chain count's row is printed, and the JSON rewritten, as soon as it is measured (a run cut by a timeout keeps them).
 
     python benchmarks/cuda_graph_level.py [--device cuda] [--chains 2048 262144] [--moves 5] [--n-trapezoid 2]
                                           [--step-size 0.5] [--dim 8] [--hidden 64] [--levels 50] [--repeats 5]
@@ -39,27 +41,32 @@ import sys
 import time
 
 import torch
+from _user_mlp import UserMLP
 
 import fastsamp
 from fastsamp import VP, ops
 
-STEP_SIZE, T, H = 0.5, 0.5, 0.01  # the MALA step size, the level's time and the predictor's step
+STEP_SIZE, LEVEL_TIME, PREDICTOR_STEP = 0.5, 0.5, 0.01  # the MALA step size, the level's time, the predictor's step
 
 
-class UserScore(torch.nn.Module):
-    """A user's score network at the level's time: s(x) = MLP(x) - x, two hidden SiLU layers."""
+def user_score(dim: int, hidden: int) -> UserMLP:
+    """The user's score network at the level's time: s(x) = MLP(x) - x (torch's default initialisation)."""
+    return UserMLP(dim, hidden, time_input=False, minus_x=True)
 
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
-                                       torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
 
-    def forward(self, x):
-        return self.net(x) - x
+def resolve_device(name: str) -> torch.device:
+    """--device's value: cpu, or cuda with its index (a bare "cuda" is the current CUDA device, whose index
+    torch.cuda.set_device needs). ValueError for another device type."""
+    device = torch.device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {name}")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def level(score, x, *, seed, offset, n_moves: int, n_trapezoid: int = 2, step_size: float = STEP_SIZE,
-          t: float = T, h: float = H, backend: str = "auto"):
+          t: float = LEVEL_TIME, h: float = PREDICTOR_STEP, backend: str = "auto"):
     """n_moves MALA moves with the score-MH test (trapezoid of n_trapezoid sub-intervals) at time t, then a
     reverse-SDE step t -> t - h. Move m draws (seed, offset + m), the predictor (seed, offset + n_moves); seed and
     offset are ints or one-element int64 tensors on x's device (read inside the kernels: a captured level replays
@@ -80,43 +87,62 @@ def level(score, x, *, seed, offset, n_moves: int, n_trapezoid: int = 2, step_si
     return x, n_accepted / n_moves
 
 
+class CaptureError(RuntimeError):
+    """capture() failed in `phase` ("warm-up" or "capture"); the error raised there is its __cause__."""
+
+    def __init__(self, phase: str, error: BaseException):
+        super().__init__(f"{phase} failed: {type(error).__name__}: {error}")
+        self.phase = phase
+
+
 def capture(run, x):
     """(graph, its static outputs) of run(x): two warm-up calls on a side stream (Triton's compilation, the
-    allocator's pools), then one captured call."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run(x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = run(x)
+    allocator's pools), then one captured call. CaptureError (phase "warm-up" or "capture") if either fails."""
+    phase = "warm-up"
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run(x)
+        torch.cuda.current_stream().wait_stream(side)
+        phase = "capture"
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = run(x)
+    except Exception as e:
+        raise CaptureError(phase, e) from e
     return graph, outs
 
 
+def within_tolerance(got, want) -> bool:
+    """torch.testing.assert_close's verdict (its default tolerance for the dtype) as a bool."""
+    try:
+        torch.testing.assert_close(got, want)
+    except AssertionError:
+        return False
+    return True
+
+
 def replay_checks(graph, outs, offset_t, eager, offset0, per_level, n_replays=3):
-    """Replay k (graph.replay() after `offset_t += per_level` k times; outs[0]: the level's x) against the eager
-    level eager(offset0 + k per_level), and consecutive replays against each other; offset_t is left at
-    offset0 + n_replays per_level. {"replay_vs_eager": [per replay], "consecutive_replays_differ": [...],
-    "passed": bool}."""
+    """Replay k (graph.replay() after `offset_t += per_level` k times; outs: the level's (x, accept rate)) against
+    the eager level eager(offset0 + k per_level), x and accept rate, and consecutive replays' x against each other;
+    offset_t is left at offset0 + n_replays per_level. {"replay_vs_eager": [per replay], "consecutive_replays_differ":
+    [...], "passed": bool}."""
     replays, rows = [], []
     for k in range(n_replays):
         graph.replay()
         replays.append(outs[0].clone())
-        want = eager(offset0 + k * per_level)[0]
-        diff = (replays[-1] - want).abs().max().item()
-        try:
-            torch.testing.assert_close(replays[-1], want)
-            close = True
-        except AssertionError:
-            close = False
+        want, want_rate = eager(offset0 + k * per_level)
         rows.append({"replay": k, "offset": offset0 + k * per_level, "bitwise_equal": torch.equal(replays[-1], want),
-                     "max_abs_diff": diff, "within_tolerance": close})
+                     "max_abs_diff": (replays[-1] - want).abs().max().item(),
+                     "within_tolerance": within_tolerance(replays[-1], want),
+                     "accept_rate_max_abs_diff": (outs[1] - want_rate).abs().max().item(),
+                     "accept_rate_within_tolerance": within_tolerance(outs[1], want_rate)})
         offset_t += per_level
     fresh = [not torch.equal(a, b) for a, b in zip(replays, replays[1:])]
     return {"replay_vs_eager": rows, "consecutive_replays_differ": fresh,
-            "passed": all(r["within_tolerance"] for r in rows) and all(fresh)}
+            "passed": all(r["within_tolerance"] and r["accept_rate_within_tolerance"] for r in rows) and all(fresh)}
 
 
 def timed_levels(step, n_levels, device) -> float:
@@ -152,11 +178,13 @@ def measure(net, n_chains, a, device) -> dict:
         offset_t = torch.tensor(offset0, dtype=torch.int64, device=device)
         try:
             graph, outs = capture(lambda x_in: level(net, x_in, seed=seed_t, offset=offset_t, **kw), x)
-        except RuntimeError as e:  # recorded (the run fails), and the eager level is still timed
-            row["capture_error"] = f"{type(e).__name__}: {e}"[:2000]
-        else:
             row["checks"] = replay_checks(graph, outs, offset_t, eager, offset0, per_level)
-
+        except Exception as e:  # recorded with its phase (the run fails), and the eager level is still timed
+            captured = isinstance(e, CaptureError)
+            row["graph_failed_in"] = e.phase if captured else "replay checks"
+            cause = e.__cause__ if captured else e
+            row["graph_error"] = f"{type(cause).__name__}: {cause}"[:2000]
+        else:
             def replay():
                 graph.replay()
                 offset_t.add_(per_level)
@@ -177,6 +205,22 @@ def passed(row, device) -> bool:
     return row["finite"] and 0 < row["accept_rate"] < 1 and graph_ok
 
 
+def row_line(r) -> str:
+    """One chain count's printed line."""
+    line = f"  {r['chains']:8d} chains: eager {r['eager_ms']:.3f} ms/level"
+    if "graph_ms" in r:
+        c = r["checks"]
+        diffs = ", ".join(f"{d['max_abs_diff']:.1e}" for d in c["replay_vs_eager"])
+        line += (f", graph replay {r['graph_ms']:.3f} ms/level, speed-up {r['speedup']:.2f}x; replays = eager: x "
+                 f"{all(d['within_tolerance'] for d in c['replay_vs_eager'])} (bitwise "
+                 f"{all(d['bitwise_equal'] for d in c['replay_vs_eager'])}, max |diff| {diffs}), accept rates "
+                 f"{all(d['accept_rate_within_tolerance'] for d in c['replay_vs_eager'])}; consecutive replays "
+                 f"differ: {all(c['consecutive_replays_differ'])}")
+    if "graph_error" in r:
+        line += f", graph failed in {r['graph_failed_in']}: {r['graph_error'][:300]}"
+    return line + f"; accept rate {r['accept_rate']:.3f}, finite {r['finite']}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -192,39 +236,32 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    device = torch.device(a.device)
-    if device.type not in ("cpu", "cuda"):
-        p.error(f"--device must be cpu or cuda[:N], got {a.device}")
+    try:
+        device = resolve_device(a.device)
+    except ValueError as e:
+        p.error(str(e))
     if device.type == "cpu":
         torch.set_num_threads(1)
     else:
         torch.cuda.set_device(device)
     torch.manual_seed(0)
-    net = UserScore(a.dim, a.hidden).to(device)
-    with fastsamp.validation(False), torch.no_grad():
-        rows = [measure(net, n, a, device) for n in a.chains]
+    net = user_score(a.dim, a.hidden).to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     clock = "synchronised wall time" if device.type == "cuda" else "CPU time, 1 thread, eager only"
     print(f"one level = {a.moves} MALA moves (score-MH, n_trapezoid {a.n_trapezoid}, step size {a.step_size}) + a "
           f"reverse-SDE step; score MLP {a.dim}-{a.hidden}-{a.hidden}-{a.dim} minus x; {name} ({clock}); validation "
           f"off; medians of {a.repeats} x {a.levels} levels")
-    for r in rows:
-        line = f"  {r['chains']:8d} chains: eager {r['eager_ms']:.3f} ms/level"
-        if "graph_ms" in r:
-            c = r["checks"]
-            diffs = ", ".join(f"{d['max_abs_diff']:.1e}" for d in c["replay_vs_eager"])
-            line += (f", graph replay {r['graph_ms']:.3f} ms/level, speed-up {r['speedup']:.2f}x; replays = eager: "
-                     f"{all(d['within_tolerance'] for d in c['replay_vs_eager'])} (bitwise "
-                     f"{all(d['bitwise_equal'] for d in c['replay_vs_eager'])}, max |diff| {diffs}), consecutive "
-                     f"replays differ: {all(c['consecutive_replays_differ'])}")
-        if "capture_error" in r:
-            line += f", capture failed: {r['capture_error'][:300]}"
-        print(line + f"; accept rate {r['accept_rate']:.3f}, finite {r['finite']}")
-    ok = all(passed(r, device) for r in rows)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "device": name, "torch": torch.__version__, "results": rows, "passed": ok,
-                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}, f, indent=1)
+    rows = []
+    for n in a.chains:  # each row printed and written as soon as it is measured
+        with fastsamp.validation(False), torch.no_grad():
+            rows.append(measure(net, n, a, device))
+        print(row_line(rows[-1]))
+        ok = all(passed(r, device) for r in rows)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"args": vars(a), "device": name, "torch": torch.__version__, "results": rows,
+                           "complete": len(rows) == len(a.chains), "passed": ok,
+                           "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}, f, indent=1)
     if not ok:
         print("cuda_graph_level: a check failed (see above)", file=sys.stderr)
     return 0 if ok else 1

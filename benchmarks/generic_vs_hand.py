@@ -1,6 +1,7 @@
 """The generic annealed_mcmc against the plain PyTorch loop a user would write (issue 10, item 7).
 
-The setting: a user's own score network (an 8-D MLP `torch.nn.Module`, not a fastsamp model),
+The setting: a user's own score network (an 8-D MLP `torch.nn.Module`, not a fastsamp model: _user_mlp.UserMLP
+on [x, t] minus x, its weights from a seeded generator),
 2048 chains, annealed MALA with the score-based MH test (trapezoid with n_trapezoid sub-intervals,
 default 1), one thread. The hand loop is written as one would write it well: no autograd, noise from
 torch.randn / torch.rand into preallocated buffers, the MH test in a handful of tensor ops, and per level
@@ -27,6 +28,10 @@ the network's share (n_trapezoid 3 triples the rows of each move's call), the cl
 same savings outside. --clock cpu times the process's CPU time instead of the wall time (on the CPU: steadier
 on a loaded machine, where the wall time also counts the time the process waits for a core; not for GPU runs,
 whose kernels run off the process's CPU time).
+
+--device cuda[:N]: the device is synchronised before and after each network call (and at each run's end), so the
+network's time counts its kernels and not only their launches; the split into network and outside is then that of
+serialised runs (no launch overlaps a running kernel at a network call), as the printed line says.
 """
 import argparse
 import json
@@ -35,28 +40,11 @@ import statistics
 import time
 
 import torch
+from _user_mlp import UserMLP
 
 import fastsamp
 from fastsamp.samplers.annealed import annealed_mcmc
 from fastsamp.schedules import VP
-
-
-class UserMLP(torch.nn.Module):
-    """A user's score network s(x, t): an MLP on [x, t] with SiLU activations."""
-
-    def __init__(self, dim=8, hidden=64, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.dim = dim
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(),
-                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-
-    def forward(self, x, t):
-        tt = x.new_full((x.shape[0], 1), float(t))
-        return self.net(torch.cat([x, tt], 1)) - x
 
 
 def hand_loop(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, t_min=1e-3, seed=0, device="cpu"):
@@ -108,32 +96,30 @@ def generic(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, seed=0, devi
     return x, stats
 
 
-def network_split(net, fn, clock):
+def network_split(net, fn, clock, sync):
     """(total, in the network's forward) seconds and the number of network calls of one run of fn, the forward timed
-    around each call (about a microsecond per call, the same on both sides)."""
+    around each call (about a microsecond per call, the same on both sides), sync() before and after it and at the
+    run's end (a no-op on the CPU; on a GPU it makes the network's time count its kernels)."""
     inside = [0.0, 0]
 
     def timed_forward(x, t, forward=net.forward):
+        sync()
         t0 = clock()
         out = forward(x, t)
+        sync()
         inside[0] += clock() - t0
         inside[1] += 1
         return out
 
     net.forward = timed_forward
     try:
-        total = timed(fn, clock)
+        t0 = clock()
+        fn()
+        sync()
+        total = clock() - t0
     finally:
         del net.forward
     return total, inside[0], inside[1]
-
-
-def timed(fn, clock=time.perf_counter):
-    t0 = clock()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return clock() - t0
 
 
 def main(argv=None):
@@ -161,13 +147,15 @@ def main(argv=None):
 def compare(a, clock):
     """Time the two sides in interleaved pairs and print the comparison (see the module docstring); returns the
     median per-pair ratio generic / hand."""
-    net = UserMLP(8, a.hidden).to(a.device)
+    net = UserMLP(8, a.hidden, minus_x=True, init_seed=0).to(a.device)
+    device = torch.device(a.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
     runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw)}
     calls, evals = a.levels * (a.moves + 1), a.levels * (a.moves * a.n_trapezoid + 1)  # calls per run, rows per chain
     results = {}
     for k in runs:  # warm-up runs, which also check that both sides make the same network calls
-        _, _, n_calls = network_split(net, lambda k=k: results.__setitem__(k, runs[k]()), clock)
+        _, _, n_calls = network_split(net, lambda k=k: results.__setitem__(k, runs[k]()), clock, sync)
         if n_calls != calls:
             raise RuntimeError(f"{k} made {n_calls} network calls, expected {calls}")
     stats = results["generic"][1]
@@ -178,14 +166,16 @@ def compare(a, clock):
     split = {k: [] for k in runs}  # per side: (total, in the network) of each repeat
     for i in range(a.repeats):
         for k in (("generic", "hand") if i % 2 == 0 else ("hand", "generic")):
-            split[k].append(network_split(net, runs[k], clock)[:2])
+            split[k].append(network_split(net, runs[k], clock, sync)[:2])
     total = {k: [tot for tot, _ in v] for k, v in split.items()}
     outside = {k: [tot - inside for tot, inside in v] for k, v in split.items()}
     ratio = statistics.median(g / h for g, h in zip(total["generic"], total["hand"]))
     outside_ratio = statistics.median(g / h for g, h in zip(outside["generic"], outside["hand"]))
     print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves (n_trapezoid {a.n_trapezoid}), score calls of "
           f"an 8-D MLP (hidden {a.hidden}): {calls} on each side; {a.threads} thread(s), {a.device}; validation "
-          f"{a.validation}; {a.clock} time, {a.repeats} interleaved pairs, the network timed around each call")
+          f"{a.validation}; {a.clock} time, {a.repeats} interleaved pairs, the network timed around each call"
+          + ("; serialised runs: the GPU synchronised before and after each network call" if device.type == "cuda"
+             else ""))
     for k in runs:
         med_total, med_net = statistics.median(total[k]), statistics.median(inside for _, inside in split[k])
         runs_ms = ", ".join(f"{t * 1e3:.0f}" for t in total[k])

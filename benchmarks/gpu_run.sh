@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # One device call: build with nvcc, then the GPU measurements and tests of one mode. Never yet run on a GPU: every
 # stage budget below is an estimate.
-#   bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression of main's GPU tests]
+#   bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression of main's GPU tests (extra: ignored, said so)]
+# From a session: the device tool's run with command "bash benchmarks/gpu_run.sh main" and timeout_s=600 (the whole
+# run's deadline below, 560 s, leaves the call's limit 40 s for the bundle and the transfer). A rerun on the machine
+# while it is still warm gets only the device time left: set GPU_RUN_BUDGET under it (status's budget_left_s minus
+# about 30 s) and a stage's budget variable to 0 to skip that stage, e.g.
+#   GPU_RUN_BUDGET=200 BUILD_TIMEOUT=0 GRAPH_TIMEOUT=0 GVH_TIMEOUT=0 PROFILE_TIMEOUT=0 \
+#     bash benchmarks/gpu_run.sh main 'cuda'
+# (BUILD_TIMEOUT=0: the warm machine keeps the first call's install and its ignored build outputs; leave it unset
+# after a change to csrc/).
 # Stage budgets (each a `timeout`, in s), most valuable first; both modes start with nvidia-smi 5, build 140 and
 # info 20 (165 s):
 #   main:  cuda_graph_level 45 (issue 10: a level captured in a CUDA graph, replay vs eager, fresh noise),
@@ -12,15 +20,20 @@
 #          30, mlp_product 45 + its summary 5: 450 s in all.
 # What runs between the stages takes about a second in all. A stage never runs past the whole run's deadline,
 # GPU_RUN_BUDGET (default 560 s from the start: the machine's start, 1-2 min, and a rerun of a part must fit in
-# the 15 min of device time); a stage with under 5 s left is skipped, and says so.
+# the 15 min of device time); a stage with under 5 s left is skipped, and says so. Each stage runs under
+# `timeout -k 5` (killed 5 s after its TERM). A stage's budget of 0 (or less) skips it, and says so: a chosen skip,
+# not a failure.
 # Every stage's log and JSON go to a work folder, bundled after each stage into $OUT/gpu_run_<mode>.tar.gz (what
 # finished is kept if the call is cut; the device returns at most 8 files from $OUT). $OUT defaults to ./gpu_out.
-# Without an NVIDIA GPU (no nvidia-smi, or it lists none) it stops before the build, exit status 1; a failed build
-# stops it with status 1 too. Exit status 3: a later stage failed, timed out or was skipped (listed at the end).
+# Exit status: 1 no NVIDIA GPU (no nvidia-smi, or it lists none: stopped before the build); 2 the build failed
+# (stopped there); 3 a later stage failed, timed out or was skipped at the deadline (listed at the end); 4 usage.
 set -uo pipefail
 MODE=${1:-main}
 case "$MODE" in main|extra) ;; *) echo "usage: bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression]" >&2
-  exit 2 ;; esac
+  exit 4 ;; esac
+if [ "$MODE" = extra ] && [ $# -ge 2 ]; then
+  echo "gpu_run.sh extra: the pytest -k expression '$2' is main's only: ignored" >&2
+fi
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 W=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run_$MODE.XXXXXX")
 DEADLINE=$(( $(date +%s) + ${GPU_RUN_BUDGET:-560} ))
@@ -33,14 +46,21 @@ if ! timeout 5 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.ma
 fi
 date -u >> "$W/device.txt"; cat "$W/device.txt"
 
-bundle() {  # the work folder as one file in $OUT (written beside it, then moved: never half a file there)
-  tar -czf "$W.tar.gz" -C "$W" . && mv -f "$W.tar.gz" "$OUT/gpu_run_$MODE.tar.gz"
+bundle() {  # the work folder as one file in $OUT (written as .part in $OUT, then renamed there: never half a file
+  # under the final name)
+  tar -czf "$OUT/gpu_run_$MODE.tar.gz.part" -C "$W" . && mv -f "$OUT/gpu_run_$MODE.tar.gz.part" \
+    "$OUT/gpu_run_$MODE.tar.gz"
 }
 
 FAILED=()  # the stages that failed, timed out or were skipped
 stage() {  # stage NAME BUDGET COMMAND...: COMMAND under timeout (BUDGET, or less to the deadline), output in
-  # $W/NAME.log; prints and records (stages.txt) its exit status and seconds; returns the status
+  # $W/NAME.log; prints and records (stages.txt) its exit status and seconds; returns the status. BUDGET <= 0: skipped
+  # (returns 0, not a failure)
   local name=$1 budget=$2 rc; shift 2
+  if [ "$budget" -le 0 ]; then
+    echo "$name: skipped, its budget is ${budget}s" | tee -a "$W/stages.txt" > "$W/$name.log"
+    bundle; return 0
+  fi
   local left=$(( DEADLINE - $(date +%s) ))
   if [ "$left" -lt 5 ]; then
     echo "$name: skipped, ${left}s left before the deadline" | tee -a "$W/stages.txt" > "$W/$name.log"
@@ -48,7 +68,7 @@ stage() {  # stage NAME BUDGET COMMAND...: COMMAND under timeout (BUDGET, or les
   fi
   [ "$left" -lt "$budget" ] && budget=$left
   SECONDS=0
-  timeout "$budget" "$@" > "$W/$name.log" 2>&1
+  timeout -k 5 "$budget" "$@" > "$W/$name.log" 2>&1
   rc=$?
   echo "$name rc=$rc ${SECONDS}s (timeout ${budget}s)" | tee -a "$W/stages.txt"
   [ "$rc" -eq 0 ] || FAILED+=("$name")
@@ -56,8 +76,8 @@ stage() {  # stage NAME BUDGET COMMAND...: COMMAND under timeout (BUDGET, or les
   return $rc
 }
 
-if ! FASTSAMP_CUDA_ARCHS=90 stage build 140 python3 -m pip install --no-build-isolation --no-deps -e . -q; then
-  tail -40 "$W/build.log"; exit 1
+if ! FASTSAMP_CUDA_ARCHS=90 stage build "${BUILD_TIMEOUT:-140}" python3 -m pip install --no-build-isolation --no-deps -e . -q; then
+  tail -40 "$W/build.log"; exit 2
 fi
 stage info 20 python3 -c "import sys, triton; from fastsamp import cli; print('triton', triton.__version__, \
 file=sys.stderr); sys.exit(cli.main(['info']))"  # the torch version, CUDA, backends

@@ -15,7 +15,10 @@ move: where the time outside the network goes, without the profiler's cost per t
 --device cuda runs the model and the sampler on a GPU (wall clock only). The unprofiled runs then synchronise the
 device before and after each network call and at the run's end, so the network's share counts its kernels' time
 and not only their launches (the synchronisation removes the overlap of launches with running kernels: the share
-outside the network is that of a serialised run). The profiler's breakdown and --pieces time the host side.
+outside the network is that of a serialised run, as the printed line and the JSON say, with the GPU's name). The
+profiler's breakdown and --pieces time the host side.
+
+The network is _user_mlp.UserMLP on [x, t] (torch's default initialisation after torch.manual_seed(0)).
 """
 from __future__ import annotations
 
@@ -26,24 +29,12 @@ import time
 from collections import Counter
 
 import torch
+from _user_mlp import UserMLP
 
 import fastsamp
 from fastsamp import models, protocol
 from fastsamp.ops import _dispatch
 from fastsamp.samplers import annealed, kernels
-
-
-class MLPScore(torch.nn.Module):
-    """s(x, t) = MLP([x, t]): two hidden SiLU layers, the user's own score network."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.dim = dim
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(),
-                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
-
-    def forward(self, x, t):
-        return self.net(torch.cat([x, torch.full_like(x[:, :1], t)], 1))
 
 
 class PieceTimer:
@@ -136,12 +127,14 @@ def main():
         p.error(f"--device must be cpu or cuda[:N], got {args.device}")
     if device.type == "cuda" and args.clock == "cpu":
         p.error("--clock cpu would not count a GPU's kernels: use --clock wall with --device cuda")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    on_gpu = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    device_name = f"{args.device} ({torch.cuda.get_device_name(device)})" if on_gpu else args.device
     torch.set_num_threads(1)
     fastsamp.set_validation(False)
     torch.manual_seed(0)
-    model = MLPScore(args.dim, args.hidden).to(device)
+    model = UserMLP(args.dim, args.hidden).to(device)
 
     def run():
         out = annealed.annealed_mcmc(model, args.chains, n_levels=args.levels, corrector="mala", mh="score",
@@ -176,12 +169,14 @@ def main():
     with fastsamp.profiling.breakdown(trace=args.trace) as b:
         run()
     print(f"annealed_mcmc, MALA + score-MH (n_trapezoid={args.n_trapezoid}), {args.chains} chains, D={args.dim}, "
-          f"MLP hidden {args.hidden}x2, {args.levels} levels x {args.moves} moves, {args.device}, 1 thread, "
+          f"MLP hidden {args.hidden}x2, {args.levels} levels x {args.moves} moves, {device_name}, 1 thread, "
           f"validation off, {stats.n_score_evals} score evaluations")
+    serialised = ("; a serialised run: the GPU synchronised before and after each network call, no launch overlaps a "
+                  "running kernel there" if on_gpu else "")
     print(f"unprofiled: {args.clock} time {wall:.3f} s, outside the network calls {outside:.1%} (medians of "
-          f"{args.repeats} runs, the network timed around each call); outside the network {outside_s * 1e3:.1f} ms = "
-          f"{outside_s / n_moves * 1e6:.0f} us per move (per-level work spread over the moves; the network's own "
-          f"run-to-run spread moves this absolute time less than the share)")
+          f"{args.repeats} runs, the network timed around each call{serialised}); outside the network "
+          f"{outside_s * 1e3:.1f} ms = {outside_s / n_moves * 1e6:.0f} us per move (per-level work spread over the "
+          f"moves; the network's own run-to-run spread moves this absolute time less than the share)")
     print(f"profiled wall {b.wall_s:.3f} s" + (f" ({b.wall_s / wall:.2f}x the unprofiled run)" if args.clock == "wall"
                                                 else ""))
     print(b)
@@ -190,7 +185,8 @@ def main():
                      n_moves)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), f"{args.clock}_s": wall, "outside_network_share_unprofiled": outside,
+            json.dump({"args": vars(args), "device": device_name, "unprofiled_runs_serialised": on_gpu,
+                       f"{args.clock}_s": wall, "outside_network_share_unprofiled": outside,
                        "outside_network_s_unprofiled": outside_s, "profile": b.as_dict()}, f, indent=1)
 
 

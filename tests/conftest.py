@@ -7,6 +7,7 @@ test_trajectory) compare every compiled backend with the float64 PyTorch referen
 on fresh random inputs.
 """
 import os
+import sys
 
 import torch
 
@@ -193,9 +194,13 @@ def assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh):
 
 
 def load_benchmark(file_name: str, module_name: str):
-    """benchmarks/<file_name> imported as the module `module_name` (the benchmark scripts are not a package)."""
+    """benchmarks/<file_name> imported as the module `module_name` (the benchmark scripts are not a package), with
+    benchmarks/ on sys.path as `python benchmarks/<file_name>` has it (where the scripts' shared helpers are)."""
     import importlib.util
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", file_name)
+    bench_dir = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    if bench_dir not in sys.path:
+        sys.path.append(bench_dir)
+    path = os.path.join(bench_dir, file_name)
     spec = importlib.util.spec_from_file_location(module_name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

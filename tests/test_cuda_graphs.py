@@ -1,8 +1,10 @@
 """CUDA graphs (GPU only; skipped visibly elsewhere): benchmarks/cuda_graph_level.py's level (MALA moves with the
 score-MH trapezoid, one network call per move, then a reverse-SDE step) with a network score, its seed and offset
 one-element int64 device tensors, captured once and replayed after `offset += n_moves + 1`, draws fresh noise at
-each replay and equals the eager level run with the int offsets (tests/test_cuda_graph_level.py checks the level
-and the replay checker on the CPU)."""
+each replay and equals the eager level run with the int offsets, and the script itself on a bare --device cuda
+(tests/test_cuda_graph_level.py checks the level and the replay checker on the CPU)."""
+import json
+
 import pytest
 import torch
 from conftest import load_benchmark, skip_unless_available
@@ -21,7 +23,7 @@ def test_replayed_graph_draws_from_the_offset_tensor(backend):
     if backend != "auto":
         skip_unless_available(backend)
     torch.manual_seed(0)
-    net = cgl.UserScore(4, 64).cuda()
+    net = cgl.user_score(4, 64).cuda()
     x = torch.randn(2048, 4, device="cuda")
     kw = dict(n_moves=2, n_trapezoid=2, backend=backend)
     seed = torch.tensor(SEED - 2**64, device="cuda")
@@ -31,6 +33,17 @@ def test_replayed_graph_draws_from_the_offset_tensor(backend):
         checks = cgl.replay_checks(graph, outs, offset, lambda off: cgl.level(net, x, seed=SEED, offset=off, **kw),
                                    10, kw["n_moves"] + 1)
     assert checks["passed"], checks
+
+
+def test_cuda_graph_level_script_on_a_bare_cuda_device(tmp_path):
+    """What gpu_run.sh runs (--device cuda, no index), small: every row captured, timed and checked."""
+    out = tmp_path / "level.json"
+    rc = cgl.main(["--device", "cuda", "--chains", "256", "--moves", "2", "--levels", "2", "--repeats", "1",
+                   "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0 and report["passed"] and report["complete"], report
+    for r in report["results"]:
+        assert r["graph_ms"] > 0 and r["checks"]["passed"] and "graph_error" not in r, r
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton", "cuda"])
