@@ -9,7 +9,6 @@ import torch
 from fastsamp import datasets, metrics
 from fastsamp.samplers.annealed import mcmc
 from fastsamp.samplers.diffusion import DiffusionSampler, ReplayBuffer, TrainConfig, Trajectories, local_search, train
-from fastsamp.samplers.diffusion.sampler import subtb_loss
 from fastsamp.targets import LGCP, Target, get_target
 
 
@@ -109,6 +108,7 @@ def _fused_and_eager(target, **net_kw):
 
 @pytest.mark.parametrize("objective,net_kw", [("tb", {}), ("vargrad", {}), ("pis", {}), ("subtb", {"flow": True}),
                                               ("subtb", {"flow": True, "langevin": True}),
+                                              ("subtb", {"flow": True, "n_layers": 0}),
                                               ("tb", {"langevin": True, "learned_variance": True})])
 def test_fused_path_equals_eager_path(objective, net_kw):
     """The fused path (no-grad simulation + batched re-evaluation, fused op; with flows the whole-trajectory kernels
@@ -336,6 +336,13 @@ def test_bad_configurations_raise():
         train(s, TrainConfig(objective="pis", local_search=True, iterations=1), progress=False)
     with pytest.raises(ValueError, match="flow=True"):
         train(s, TrainConfig(objective="subtb", iterations=1), progress=False)
+    iterations = []
+    for lam in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="subtb_lambda"):
+            train(DiffusionSampler(target, hidden=8, n_harmonics=4, flow=True),
+                  TrainConfig(objective="subtb", subtb_lambda=lam, iterations=1), progress=False,
+                  on_iteration=iterations.append)
+    assert iterations == []  # raised up front, before the first iteration
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,46 +446,3 @@ def test_fused_flows_of_backward_trajectories_equal_eager(net_kw):
                         torch.cat([p.grad.flatten() for p in s.parameters() if p.grad is not None])))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
-
-
-def _subtb_by_pairs(log_f, log_pf, log_pb, lam):
-    """The SubTB loss by its definition: every sub-trajectory (i, j), i < j, its squared residual weighted λ^(j−i)."""
-    T = log_pf.shape[1]
-    total = weights = 0.0
-    for i in range(T + 1):
-        for j in range(i + 1, T + 1):
-            res = log_f[:, i] + (log_pf[:, i:j] - log_pb[:, i:j]).sum(1) - log_f[:, j]
-            total = total + lam ** (j - i) * res ** 2
-            weights += lam ** (j - i)
-    return (total / weights).mean()
-
-
-@pytest.mark.parametrize("T", [1, 2, 7, 25])
-@pytest.mark.parametrize("lam", [0.5, 1.0, 2.0, 3.0])
-def test_subtb_loss_equals_the_sum_over_sub_trajectories(T, lam):
-    """The SubTB loss (the square expanded over the pairs, one matrix product) = the λ-weighted sum of the squared
-    residuals of every sub-trajectory, values and gradients, in float64 on random flows and log-densities; the flows
-    share an offset of 10⁷, against which the expanded square would cancel without the loss's centring."""
-    g = torch.Generator().manual_seed(T)
-    log_f = (1e7 + torch.randn(5, T + 1, generator=g, dtype=torch.float64)).requires_grad_()
-    log_pf = torch.randn(5, T, generator=g, dtype=torch.float64).requires_grad_()
-    log_pb = torch.randn(5, T, generator=g, dtype=torch.float64).requires_grad_()
-    loss, expected = subtb_loss(log_f, log_pf, log_pb, lam), _subtb_by_pairs(log_f, log_pf, log_pb, lam)
-    torch.testing.assert_close(loss, expected, rtol=1e-8, atol=0)
-    for got, want in zip(torch.autograd.grad(loss, (log_f, log_pf, log_pb)),
-                         torch.autograd.grad(expected, (log_f, log_pf, log_pb))):
-        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-8)
-
-
-def test_subtb_loss_of_long_float32_trajectories_is_finite_and_exact():
-    """T = 200 and λ = 2 in float32: λ^200 overflows float32 (weights λ^span / Σ λ^span would be inf / inf = NaN),
-    the weights normalised by their largest do not; the value matches the float64 sum over the sub-trajectories.
-    λ <= 0 raises."""
-    g = torch.Generator().manual_seed(0)
-    log_f, log_pf, log_pb = (torch.randn(3, n, generator=g) for n in (201, 200, 200))
-    loss = subtb_loss(log_f, log_pf, log_pb, 2.0)
-    assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss.double(), _subtb_by_pairs(log_f.double(), log_pf.double(), log_pb.double(), 2.0),
-                               rtol=1e-6, atol=0)
-    with pytest.raises(ValueError, match="subtb_lambda"):
-        subtb_loss(log_f, log_pf, log_pb, 0.0)

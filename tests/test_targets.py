@@ -75,13 +75,30 @@ def test_kernel_log_prob_equals_log_prob(targets, name, dtype):
                                atol=(1e-12 if dtype == F64 else 1e-5) * (1 + ref.abs().max().item()))
 
 
-def test_kernel_log_prob_of_a_mixture_with_its_own_log_density_is_that_one(targets):
-    class Tempered(GMM25):
-        def _log_prob(self, x):
-            return 0.5 * super()._log_prob(x)
+class _OwnLogProbPrivate(GMM25):
+    def _log_prob(self, x):
+        return 0.5 * super()._log_prob(x)
 
+
+class _OwnLogits(GMM25):
+    def _logits(self, x):
+        return 0.5 * super()._logits(x)
+
+
+class _OwnLogProbPublic(GMM25):
+    def log_prob(self, x, t=None):
+        return 0.5 * super().log_prob(x)
+
+
+@pytest.mark.parametrize("cls", [_OwnLogProbPrivate, _OwnLogits, _OwnLogProbPublic],
+                         ids=["_log_prob", "_logits", "log_prob"])
+def test_kernel_log_prob_of_a_mixture_with_its_own_log_density_is_that_one(targets, cls):
+    """A mixture subclass that overrides _log_prob, _logits or log_prob has its own density: kernel_log_prob is its
+    log_prob, not the equal-weight mixture's kernel (which differs from it on these points)."""
     x = random_inputs(targets["25gmm"], seed=2)
-    torch.testing.assert_close(Tempered().kernel_log_prob(x), 0.5 * targets["25gmm"].log_prob(x))
+    own = cls().log_prob(x)
+    assert (own - targets["25gmm"].log_prob(x)).abs().max() > 1
+    torch.testing.assert_close(cls().kernel_log_prob(x), own)
 
 
 @pytest.mark.parametrize("name", TARGETS)

@@ -93,7 +93,8 @@ class Target:
     def kernel_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log R(x) of a (B, dim) batch by a fastsamp op where the target has one for its own log-density (the
         mixtures: ``ops.gmm_score``), else ``log_prob``: the same function up to float rounding, for the fused
-        diffusion sampler's flows, which need log R at every visited state. Not differentiable."""
+        diffusion sampler's flows, which need log R at every visited state and detach it. Differentiable like
+        ``log_prob`` (``ops.gmm_score`` has autograd)."""
         return self.log_prob(x)
 
     def _kernel_if_own(self, cls, spec):

@@ -38,8 +38,10 @@ class _IsotropicMixture(Target):
         return torch.logsumexp(self._logits(x), dim=1) - const
 
     def kernel_log_prob(self, x):
-        """log R(x) by ops.gmm_score (equal weights: log π_k = −log K) unless a subclass has its own ``_log_prob``."""
-        if type(self)._log_prob is not _IsotropicMixture._log_prob:
+        """log R(x) by ops.gmm_score (equal weights: log π_k = −log K), unless a subclass has its own ``log_prob``,
+        ``_log_prob`` or ``_logits`` (then ``log_prob``, its own density)."""
+        if any(getattr(type(self), name) is not getattr(_IsotropicMixture, name)
+               for name in ("log_prob", "_log_prob", "_logits")):
             return super().kernel_log_prob(x)
         x = self._check(x)
         variances = x.new_full((self.n_modes,), self.variance)

@@ -70,10 +70,11 @@ class DriftNet(nn.Module):
     def flow_of(self, hid, fused=False):
         """The flow F_θ (N,) from the hidden features hid = state(x) + temb (N, H): the flow head, or with fused=True
         the same function with the head's layers after its first GELU in one fused MLP op (ops.mlp_net: on the CPU
-        one C++ kernel call forward and one backward, instead of the Sequential's six modules and their autograd)."""
-        if not fused:
-            return self.flow(hid).squeeze(-1)
+        one C++ kernel call forward and one backward, instead of the Sequential's six modules and their autograd).
+        A head with a single Linear (n_layers=0) is not an MLP for the op and stays the Sequential."""
         linear = self.flow[1::2]  # Sequential(GELU, [Linear, GELU] × n_layers, Linear)
+        if not fused or len(linear) < 2:
+            return self.flow(hid).squeeze(-1)
         return ops.mlp_net(F.gelu(hid), [m.weight for m in linear], [m.bias for m in linear],
                            activation="gelu").squeeze(-1)
 

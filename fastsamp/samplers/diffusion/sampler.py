@@ -60,13 +60,14 @@ def subtb_loss(log_f, log_pf, log_pb, lam):
     With a_i = log F_i − Σ_{k<i} (log p_F − log p_B)_k, res_ij = a_i − a_j and the sum over the (T+1)²/2 pairs is
     Σ_i (r_i + c_i) a_i² − 2 aᵀ W a (r, c the row and column sums of W): elementwise work O(T·B) and one
     (B, T+1) × (T+1, T+1) matrix product, instead of the (B, T+1, T+1) residuals and their backward. It is summed in
-    float64 on a centred by its row mean (the loss does not change under a_i + const), as the expanded square
-    cancels where the residuals are small against a."""
+    float64 (from the cumulative sum on) on a centred by its row mean (the loss does not change under a_i + const), as
+    the expanded square cancels where the residuals are small against a; the loss is returned in log_pf's dtype."""
     if not lam > 0:
         raise ValueError(f"subtb_lambda must be > 0, got {lam}")
-    T = log_pf.shape[1]
+    dtype, T = log_pf.dtype, log_pf.shape[1]
+    log_f, log_pf, log_pb = log_f.double(), log_pf.double(), log_pb.double()
     zero = torch.zeros_like(log_pf[:, :1])
-    a = (log_f - torch.cat([zero, (log_pf - log_pb).cumsum(1)], 1)).double()
+    a = log_f - torch.cat([zero, (log_pf - log_pb).cumsum(1)], 1)
     a = a - a.mean(1, keepdim=True)
     span = torch.arange(T + 1, device=a.device, dtype=a.dtype)
     span = span[None, :] - span[:, None]
@@ -75,7 +76,7 @@ def subtb_loss(log_f, log_pf, log_pb, lam):
     w = torch.where(span > 0, (span * log_lam - max(log_lam, T * log_lam)).exp(), torch.zeros_like(span))
     w = w / w.sum()
     per_traj = (a * a) @ (w.sum(1) + w.sum(0)) - 2 * ((a @ w) * a).sum(1)
-    return per_traj.mean().to(log_pf.dtype)
+    return per_traj.mean().to(dtype)
 
 
 class DiffusionSampler(nn.Module):

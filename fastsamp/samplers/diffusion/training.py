@@ -105,6 +105,8 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         raise ValueError("pis is on-policy: it takes no local_search, replay, prior_every or explore")
     if cfg.objective == "subtb" and sampler.net.flow is None:
         raise ValueError("objective 'subtb' needs a DriftNet built with flow=True")
+    if cfg.objective == "subtb" and not cfg.subtb_lambda > 0:
+        raise ValueError(f"objective 'subtb' needs subtb_lambda > 0, got {cfg.subtb_lambda}")
     if checkpoint_every < 0 or (checkpoint_every and checkpoint is None):
         raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint path, got {checkpoint_every}")
     until = cfg.iterations if until is None else min(int(until), cfg.iterations)
