@@ -73,7 +73,9 @@ def test_memoised_layers_see_writes_without_a_version_bump(write):
     else:
         hidden.data = hidden.data.t()
     stepped = _rollout64(s.net, temb)
-    assert not torch.equal(stepped[1], first[1])
+    # the states, not log p_F: log p_F of a rollout's own steps is the log-density of its noise, whatever the
+    # drift, so it changes only by rounding (on some CPUs not at all)
+    assert not torch.equal(stepped[0], first[0])
     for a, b in zip(stepped, _rollout64(copy.deepcopy(s.net), temb)):
         assert torch.equal(a, b)
 
