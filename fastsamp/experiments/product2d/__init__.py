@@ -138,8 +138,8 @@ def run_version(args, out, version, retrain, log):
     result["networks"] = networks.fingerprint(nets)
     samples_path = os.path.join(out, "samples", f"{version}-r{retrain}.pt")
     os.makedirs(os.path.dirname(samples_path), exist_ok=True)
-    samples = torch.load(samples_path, weights_only=True) if os.path.exists(samples_path) else {}
-    if result["methods"] and old.get("networks") != result["networks"]:
+    resample = bool(result["methods"]) and old.get("networks") != result["networks"]
+    if resample:
         # the recorded methods were sampled with other networks (their files lost, the networks trained again):
         # every method is sampled again, so that a retrain's methods share one model pair
         log(f"{version} r{retrain}: the networks differ from those its {len(result['methods'])} recorded methods "
@@ -147,7 +147,9 @@ def run_version(args, out, version, retrain, log):
             "every method again")
         todo = [m for m in sampling.methods(version) if args.methods is None or m.name in args.methods
                 or m.name in result["methods"]]
-        result["methods"], samples = {}, {}
+        result["methods"] = {}
+    kept = not resample and os.path.exists(samples_path)  # the old networks' samples are not loaded to be dropped
+    samples = torch.load(samples_path, weights_only=True) if kept else {}
     model = Product(*nets)
     reference, _ = reference_sets(args.samples, retrain)
     settings = sampling.Settings(n_samples=args.samples, n_steps=args.mcmc_steps)
