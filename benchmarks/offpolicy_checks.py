@@ -1,13 +1,13 @@
 """The checks behind the off-policy table's rows that differ from Sendera et al. (2024, Table C.1) by more
 than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW (checks/funnel_tb.md),
-25GMM PIS (checks/pis_25gmm.md), Funnel PIS and Manywell PIS (checks/pis_funnel.md), and the 40GMM runs' one
-mode (checks/gmm40.md).
+25GMM PIS (checks/pis_25gmm.md), Funnel PIS and Manywell PIS (checks/pis_funnel.md), the 40GMM runs' one
+mode (checks/gmm40.md) and Manywell TB + Expl. + LP + LS (checks/manywell_lpls.md).
 
     python benchmarks/offpolicy_checks.py evaluate [--target funnel] [--method tb] [--repeats 5] [--models PATH ...]
     python benchmarks/offpolicy_checks.py gradients [--target funnel|25gmm] [--batch 300] [--models PATH ...]
-    python benchmarks/offpolicy_checks.py manywell [--method tb|pis] [--repeats 20] [--first-seed 1] [--models PATH ...]
-    python benchmarks/offpolicy_checks.py spread [--target funnel] [--method pis] [--repeats 50] [--released]
-                                  [--first-seed 1] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py manywell [--method tb] [--repeats 20] [--first-seed 1] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py spread [--target funnel|25gmm|manywell] [--method pis] [--repeats 50]
+                                  [--released] [--first-seed 1] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
                                   [--mean-seed S]
@@ -24,7 +24,9 @@ at the seed) trained by `fastsamp.samplers.diffusion.train` (fused) or, with --r
 step, optionally with another σ² of the reference process, log Z learning rate or train.py's default
 network; then the evaluation of `evaluate`, and with --curve the metrics along training. `spread`: the
 spread of one table entry, Δlog Z and Δlog Z^RW of saved models per evaluation of 2000 samples over many
-evaluation seeds and pooled (optionally the released estimator's too); `manywell` adds the orthant collapse.
+evaluation seeds and pooled, signed and absolute (optionally the released estimator's too); `manywell` adds the
+orthant collapse and the number of left-well coordinates per sample, drawn and importance-reweighted, against
+the exact Binomial(D/2, P(a < 0)).
 `gmm40`: where the 40GMM modes lie from the trajectories' start x₀ = 0, for the means of GMM40(seed=S): the
 nearest mean k* and the next, the distance from 0 to the boundary of k*'s Voronoi cell, the smallest logit gap
 ½(|μ_k|² − |μ_k*|²) of the responsibilities at 0, and the share of N(0, σ² I) draws nearest to μ_k*, for the
@@ -53,6 +55,7 @@ from fastsamp.experiments.offpolicy_released import (
     released_draw,
     released_estimates,
     released_log_w,
+    released_log_Z,
     released_loss,
     released_noise,
     released_rollout,
@@ -261,16 +264,18 @@ def _draws(sampler, seeds):
 
 def spread(log_ws, log_Z):
     """Δlog Z and Δlog Z^RW of each evaluation's log w (the spread of one table entry) and of all of
-    them pooled (Δlog Z^RW of the pooled n: less of log-mean-exp's downward bias), and the pooled
-    log w's upper quantiles (the tail that moves log-mean-exp)."""
+    them pooled (Δlog Z^RW of the pooled n: less of log-mean-exp's downward bias), the signed error
+    log Ẑ^RW − log Z likewise, and the pooled log w's upper quantiles (the tail that moves log-mean-exp)."""
     per = [log_z_estimates(lw) for lw in log_ws]
     pooled_log_w = torch.cat(log_ws)
     pooled = log_z_estimates(pooled_log_w)
     q = (0.5, 0.9, 0.99, 0.999)
     return {"delta_log_Z_per_2000": _summary([abs(m["elbo"] - log_Z) for m in per]),
             "delta_log_Z_rw_per_2000": _summary([abs(m["log_Z"] - log_Z) for m in per]),
+            "log_Z_rw_error_per_2000": _summary([m["log_Z"] - log_Z for m in per]),
             "ess_per_2000": _summary([m["ess"] for m in per]),
             "delta_log_Z_pooled": abs(pooled["elbo"] - log_Z), "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - log_Z),
+            "log_Z_rw_error_pooled": pooled["log_Z"] - log_Z,
             "pooled_n": pooled["n"], "pooled_ess": pooled["ess"],
             "pooled_log_w_quantiles": dict(zip(map(str, q), torch.quantile(pooled_log_w, torch.tensor(
                 q, dtype=pooled_log_w.dtype)).tolist()), max=float(pooled_log_w.max()))}
@@ -282,31 +287,54 @@ def _seeds(args):
 
 def cmd_spread(args):
     """Saved models: `spread` over evaluation seeds first-seed .. first-seed + repeats − 1, and with
-    --released that of the released estimator on the same seeds (torch's generator; log Z = 0)."""
+    --released that of the released estimator on the same seeds (torch's generator; `released_log_Z`)."""
     paths = model_paths(args, args.target, args.method)
     for path in paths:
-        sampler = DiffusionSampler.load(path)
+        sampler = load_model(path, args.target, args.method)
         out = {"model": os.path.basename(path), "seeds": [args.first_seed, args.first_seed + args.repeats - 1],
                **spread([lw for _, lw in _draws(sampler, _seeds(args))], sampler.target.log_Z)}
         if args.released:
-            out["released"] = spread([released_draw(sampler, s) for s in _seeds(args)], 0.0)
+            out["released"] = spread([released_draw(sampler, s) for s in _seeds(args)], released_log_Z(sampler.target))
         print(json.dumps(out), flush=True)
 
 
+def left_wells(a, log_w, p_right):
+    """Left-well counts k = #{j: a_j < 0} of samples with well coordinates `a` (M, D/2) and log weights: their
+    share among the samples q_k, the self-normalised importance estimate of the target's P(k) (Σ_i w_i [k_i = k]
+    / Σ_i w_i) and the exact Binomial(D/2, 1 − p_right); KL(q_k ‖ Binomial), a lower bound of the marginal
+    KL(q ‖ π) and so of Δlog Z; and the ESS fraction of a sampler exact within each orthant with the drawn
+    right-well fraction r, independent wells: 1 / (p_right²/r + (1 − p_right)²/(1 − r))^{D/2}."""
+    n = a.shape[1]
+    k = (a < 0).sum(1)
+    q = torch.bincount(k, minlength=n + 1).double() / len(k)
+    w = torch.softmax(log_w, 0)
+    reweighted = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, k, w)
+    exact = torch.tensor([math.comb(n, j) * (1 - p_right) ** j * p_right ** (n - j) for j in range(n + 1)],
+                         dtype=torch.float64)
+    r = 1 - float((q * torch.arange(n + 1)).sum()) / n
+    ideal = (p_right ** 2 / r + (1 - p_right) ** 2 / (1 - r)) ** -n if 0 < r < 1 else 0.0
+    seen = q > 0
+    return {"left_wells_drawn": q.tolist(), "left_wells_reweighted": reweighted.tolist(),
+            "left_wells_exact": exact.tolist(), "left_wells_kl": float((q[seen] * (q[seen] / exact[seen]).log()).sum()),
+            "reweighted_right_well_fraction": 1 - float((reweighted * torch.arange(n + 1)).sum()) / n,
+            "ideal_ess_at_drawn_well_fraction": ideal}
+
+
 def cmd_manywell(args):
-    """Saved Manywell models: `spread`, the collapse's limit and the share of samples with every
-    double-well coordinate in the right well."""
+    """Saved Manywell models: `spread`, the collapse's limit, the share of samples with every
+    double-well coordinate in the right well and `left_wells`."""
     paths = model_paths(args, "manywell", args.method)
     for path in paths:
-        sampler = DiffusionSampler.load(path)
+        sampler = load_model(path, "manywell", args.method)
         target = sampler.target
         p_right, limit = orthant_limit(target)
         draws = _draws(sampler, _seeds(args))
-        x = torch.stack([x for x, _ in draws])[..., 0::2] > 0
+        a = torch.cat([x for x, _ in draws])[:, 0::2].double()
         print(json.dumps({"model": os.path.basename(path), "p_right_exact": p_right, "orthant_limit": limit,
                           **spread([lw for _, lw in draws], target.log_Z),
-                          "right_well_fraction": float(x.double().mean()),
-                          "all_right_fraction": float(x.all(-1).double().mean())}), flush=True)
+                          "right_well_fraction": float((a > 0).double().mean()),
+                          "all_right_fraction": float((a > 0).all(-1).double().mean()),
+                          **left_wells(a, torch.cat([lw for _, lw in draws]), p_right)}), flush=True)
 
 
 def main(argv=None):
@@ -332,10 +360,12 @@ def main(argv=None):
     q40.add_argument("--mean-seeds", type=int, nargs="+", default=[0], help="seeds of GMM40's means")
     q40.add_argument("--samples", type=int, default=100_000, help="draws of N(0, sigma2 I) per variance")
     m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell models against the orthant collapse")
-    m.add_argument("--models", nargs="*", help="model .pt files (default: OUT/manywell_<method>_seed*.pt)")
+    m.add_argument("--models", nargs="*",
+                   help="model .pt or training .ckpt files (default: OUT/manywell_<method>_seed*.pt)")
     s = sub.add_parser("spread", help="Δlog Z and Δlog Z^RW of saved models over many evaluations")
-    s.add_argument("--models", nargs="*", help="model .pt files (default: OUT/<target>_<method>_seed*.pt)")
-    s.add_argument("--released", action="store_true", help="also the released estimator (funnel, 25gmm)")
+    s.add_argument("--models", nargs="*",
+                   help="model .pt or training .ckpt files (default: OUT/<target>_<method>_seed*.pt)")
+    s.add_argument("--released", action="store_true", help="also the released estimator (funnel, 25gmm, manywell)")
     for q in (m, s):
         q.add_argument("--first-seed", type=int, default=1,
                        help=f"the first evaluation seed (the table's evaluation: {EVAL_SEED_BASE} + training seed)")
@@ -343,8 +373,9 @@ def main(argv=None):
         q.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
     t.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "40gmm"), help="benchmark target")
     s.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
-    for q in (e, m, s):
-        q.add_argument("--method", default="tb", choices=("tb", "pis"), help="the preset (and released objective)")
+    e.add_argument("--method", default="tb", choices=("tb", "pis"), help="the preset (and released objective)")
+    for q in (m, s):
+        q.add_argument("--method", default="tb", choices=tuple(METHODS), help="the preset of the saved models")
     t.add_argument("--method", default="tb", choices=tuple(METHODS),
                    help="the preset (with --released the objective: tb or pis)")
     for q in (e, g, t, m, s):

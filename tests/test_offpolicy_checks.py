@@ -16,15 +16,20 @@ def _checks():
     return load_benchmark("offpolicy_checks.py", "offpolicy_checks")
 
 
-@pytest.mark.parametrize("name", ["25gmm", "funnel", "40gmm"])
+@pytest.mark.parametrize("name", ["25gmm", "funnel", "40gmm", "manywell"])
 def test_released_log_r_is_our_target(name):
+    """Same log density; the released log Z (0, or many_well.py's gt_logz) is ours to float64 rounding of Z_1."""
     checks = _checks()
     sampler, _ = offpolicy.build(name, "pis", n_steps=4)
     x = 4 * torch.randn(64, sampler.target.dim, generator=torch.Generator().manual_seed(0))
     if name == "40gmm":  # near the means, where the log density is not dominated by one distant mode
         x = sampler.target.means[torch.arange(64) % 40].float() + x
+    if name == "manywell":  # inside the wells (|a| ≤ 2.5), where log R is O(100), not O(−10⁴)
+        x = x.clamp(-2.5, 2.5)
     torch.testing.assert_close(checks.released_log_r(sampler.target, x), sampler.target.log_prob(x),
                                rtol=1e-5, atol=1e-4)
+    log_Z = sampler.target.log_Z if name == "manywell" else 0.0
+    assert checks.released_log_Z(sampler.target) == pytest.approx(log_Z, abs=1e-6)
 
 
 def test_released_noise_recovers_the_noise_of_a_released_rollout():
@@ -82,18 +87,41 @@ def test_gradients_command_prints_one_line_per_model_and_seed(tmp_path, capsys):
     assert all(d["grad_fused_vs_released_max_rel"] < 1e-3 for d in lines)
 
 
-def test_manywell_command_finds_the_method_s_models_and_the_orthant_limit(tmp_path, capsys, monkeypatch):
-    """`manywell --method pis` reads OUT/manywell_pis_seed*.pt; the collapse limit is −16 log P(a > 0) with
-    P(a > 0) = 0.844307 (checks/funnel_tb.md §5)."""
+@pytest.mark.parametrize("method", ["pis", "tb+expl+lp+ls"])
+def test_manywell_command_finds_the_method_s_models_and_the_orthant_limit(tmp_path, capsys, monkeypatch, method):
+    """`manywell --method M` reads OUT/manywell_M_seed*.pt (or --models, also a training checkpoint's model); the
+    collapse limit is −16 log P(a > 0) with P(a > 0) = 0.844307 (checks/funnel_tb.md §5); the left-well counts
+    are distributions over k = 0 .. 16."""
     checks = _checks()
     monkeypatch.setattr(checks, "OUT", str(tmp_path))
-    offpolicy.build("manywell", "pis", n_steps=4)[0].save(str(tmp_path / "manywell_pis_seed0.pt"))
-    checks.main(["manywell", "--method", "pis", "--repeats", "2"])
-    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert line["model"] == "manywell_pis_seed0.pt" and line["pooled_n"] == 4000
+    sampler = offpolicy.build("manywell", method)[0]  # the preset's steps: load_model builds those
+    sampler.save(str(tmp_path / f"manywell_{method}_seed0.pt"))
+    torch.save({"model": sampler.state_dict()}, str(tmp_path / "run.ckpt"))
+    checks.main(["manywell", "--method", method, "--repeats", "2"])
+    checks.main(["manywell", "--method", method, "--repeats", "2", "--models", str(tmp_path / "run.ckpt")])
+    line, from_ckpt = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert from_ckpt["model"] == "run.ckpt" and from_ckpt["left_wells_drawn"] == line["left_wells_drawn"]
+    assert line["model"] == f"manywell_{method}_seed0.pt" and line["pooled_n"] == 4000
     assert line["p_right_exact"] == pytest.approx(0.844307, abs=1e-6)
     assert line["orthant_limit"] == pytest.approx(-16 * math.log(line["p_right_exact"]))
     assert len(line["delta_log_Z_rw_per_2000"]["values"]) == 2
+    for key in ("left_wells_drawn", "left_wells_reweighted", "left_wells_exact"):
+        assert len(line[key]) == 17 and sum(line[key]) == pytest.approx(1.0)
+    assert line["left_wells_kl"] >= 0 and 0 < line["ideal_ess_at_drawn_well_fraction"] <= 1
+
+
+def test_left_wells_on_four_samples_of_two_wells():
+    """Two wells, P(a > 0) = 3/4: samples with k = 0, 0, 1, 1 left wells (right fraction 3/4, so the ideal ESS is 1),
+    weights 1, 1, 3, 3: reweighted P(k) = (1/4, 3/4, 0), right fraction 1 − (3/4)/2; exact Binomial(2, 1/4)."""
+    checks = _checks()
+    a = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    out = checks.left_wells(a, torch.tensor([0.0, 0.0, math.log(3), math.log(3)], dtype=torch.float64), 0.75)
+    assert out["left_wells_drawn"] == [0.5, 0.5, 0.0]
+    assert out["left_wells_reweighted"] == pytest.approx([0.25, 0.75, 0.0])
+    assert out["left_wells_exact"] == pytest.approx([0.5625, 0.375, 0.0625])
+    assert out["left_wells_kl"] == pytest.approx(0.5 * math.log(0.5 / 0.5625) + 0.5 * math.log(0.5 / 0.375))
+    assert out["reweighted_right_well_fraction"] == pytest.approx(0.625)
+    assert out["ideal_ess_at_drawn_well_fraction"] == pytest.approx(1.0)
 
 
 def test_spread_command_reproduces_the_table_s_evaluation(tmp_path, capsys):
@@ -110,6 +138,7 @@ def test_spread_command_reproduces_the_table_s_evaluation(tmp_path, capsys):
     m = offpolicy.evaluate(sampler, sampler.target, n=2000, seed=10_000)
     assert table["delta_log_Z_per_2000"]["values"] == [pytest.approx(m["delta_log_Z"])]
     assert table["delta_log_Z_rw_per_2000"]["values"] == [pytest.approx(m["delta_log_Z_rw"])]
+    assert table["log_Z_rw_error_per_2000"]["values"] == [pytest.approx(m["log_Z"] - m["log_Z_true"])]
     assert two["seeds"] == [1, 2] and two["pooled_n"] == 4000
     assert len(two["released"]["delta_log_Z_rw_per_2000"]["values"]) == 2
     assert two["released"]["pooled_log_w_quantiles"]["max"] >= two["released"]["pooled_log_w_quantiles"]["0.999"]
@@ -145,11 +174,12 @@ def test_gmm40_command_and_the_curve_s_modes(capsys, monkeypatch):
         checks.main(["train", "--target", "funnel", "--mean-seed", "1", "--iterations", "1"])
 
 
-def test_released_log_w_of_a_langevin_network_is_ours():
+@pytest.mark.parametrize("name", ["40gmm", "manywell"])
+def test_released_log_w_of_a_langevin_network_is_ours(name):
     """LP presets: the released formulas add the network's Langevin term (scale × ∇ log R) to the drift, so
     log w of our trajectories agrees (the evaluation `train` prints for TB + Expl. + LP + LS)."""
     checks = _checks()
-    sampler, _ = offpolicy.build("40gmm", "tb+expl+lp+ls", n_steps=6, seed=2)
+    sampler, _ = offpolicy.build(name, "tb+expl+lp+ls", n_steps=6, seed=2)
     traj = sampler.forward_trajectories(8, seed=3)
     torch.testing.assert_close(checks.released_log_w(sampler, traj.states), traj.log_weights().detach(),
                                rtol=1e-5, atol=0.05)

@@ -9,7 +9,8 @@ independently of fastsamp's fused kernels and em_step op, on the same DriftNet w
     log p_B(x_i | x_{i+1}) = log N(x_i; x_{i+1} i/(i+1), σ² h i/(i+1)) for i ≥ 1 (0 for i = 0),
     log R: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})), twenty_five_gmm.py
            (log-mean over the 25 modes of N(μ_k, 0.3 I)) or forty_gmm.py (commit 9697e5d:
-           log-mean over the 40 modes of N(μ_k, I), on our means), via torch.distributions,
+           log-mean over the 40 modes of N(μ_k, I), on our means), via torch.distributions;
+           many_well.py: Σ_j a_j/2 + 6a_j² − a_j⁴ − b_j²/2, unnormalised (log Z = gt_logz),
     TB loss = ½ mean (log Z_θ + Σ log p_F − Σ log p_B − log R)², μ detached in the state update;
     PIS loss = mean (Σ log p_F − Σ log p_B − log R) / D with the state update differentiable
               (the whole simulation is back-propagated; log p_F's recomputed noise carries no gradient);
@@ -30,7 +31,7 @@ def released_log_r(target, x):
     """The released log density of `target`: hard_funnel.py (x_0 ~ N(0, 3²), x_k | x_0 ~ N(0, e^{x_0})),
     twenty_five_gmm.py (logsumexp_k log N(x; μ_k, 0.3 I) − log 25, μ_k ∈ {−10, −5, 0, 5, 10}²) or
     forty_gmm.py (MixtureSameFamily of N(μ_k, I) with equal weights; μ_k the target's means, as the
-    released data/GMM40-50d.pt is not available here)."""
+    released data/GMM40-50d.pt is not available here) or many_well.py (unnormalised: log Z = `released_log_Z`)."""
     d, name = torch.distributions, target.name
     if name == "funnel":
         return d.Normal(0.0, 3.0).log_prob(x[:, 0]) + d.Normal(0.0, torch.exp(0.5 * x[:, :1])).log_prob(x[:, 1:]).sum(1)
@@ -43,7 +44,18 @@ def released_log_r(target, x):
         loc = target.means.to(x.dtype)
         return d.MixtureSameFamily(d.Categorical(torch.ones(len(loc), dtype=x.dtype)),
                                    d.Independent(d.Normal(loc, torch.ones_like(loc)), 1)).log_prob(x)
-    raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm, 40gmm)")
+    if name == "manywell":
+        a, b = x[:, 0::2], x[:, 1::2]
+        return (0.5 * a + 6 * a.pow(2) - a.pow(4) - 0.5 * b.pow(2)).sum(1)
+    raise ValueError(f"no released density written out for target {name!r} (funnel, 25gmm, 40gmm, manywell)")
+
+
+def released_log_Z(target):
+    """log Z of `released_log_r`: 0 (normalised densities) or many_well.py's gt_logz,
+    (D/2)(log 11784.50927 + ½ log 2π)."""
+    if target.name == "manywell":
+        return target.n_wells * (math.log(11784.50927) + 0.5 * math.log(2 * math.pi))
+    return 0.0
 
 
 def released_drift(sampler, x, temb, lgv, i):
@@ -133,9 +145,9 @@ def released_draw(sampler, seed):
 
 
 def released_estimates(sampler, seed):
-    """Δlog Z (ELBO) and Δlog Z^RW of 2000 released-style samples (log Z = 0)."""
-    m = log_z_estimates(released_draw(sampler, seed))
-    return {"delta_log_Z": abs(m["elbo"]), "delta_log_Z_rw": abs(m["log_Z"]), "ess": m["ess"]}
+    """Δlog Z (ELBO) and Δlog Z^RW of 2000 released-style samples (log Z = `released_log_Z`)."""
+    m, log_Z = log_z_estimates(released_draw(sampler, seed)), released_log_Z(sampler.target)
+    return {"delta_log_Z": abs(m["elbo"] - log_Z), "delta_log_Z_rw": abs(m["log_Z"] - log_Z), "ess": m["ess"]}
 
 
 def released_loss(sampler, objective, batch=300, noise=None):
