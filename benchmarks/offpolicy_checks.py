@@ -3,9 +3,12 @@ than the published std (issue 13): Funnel TB Δlog Z and Manywell TB Δlog Z^RW 
 25GMM PIS (checks/pis_25gmm.md), Funnel PIS and Manywell PIS (checks/pis_funnel.md), the 40GMM runs' one
 mode (checks/gmm40.md) and Manywell TB + Expl. + LP + LS (checks/manywell_lpls.md).
 
-    python benchmarks/offpolicy_checks.py evaluate [--target funnel] [--method tb] [--repeats 5] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py evaluate [--target funnel|25gmm|manywell] [--method tb] [--repeats 5]
+                                  [--models PATH ...]
     python benchmarks/offpolicy_checks.py gradients [--target funnel|25gmm] [--batch 300] [--models PATH ...]
     python benchmarks/offpolicy_checks.py manywell [--method tb] [--repeats 20] [--first-seed 1] [--models PATH ...]
+    python benchmarks/offpolicy_checks.py curve --checkpoints DIR [--models PATH ...] [--method tb+expl+lp+ls]
+                                  [--repeats 2] [--samples 20000]
     python benchmarks/offpolicy_checks.py spread [--target funnel|25gmm|manywell] [--method pis] [--repeats 50]
                                   [--released] [--first-seed 1] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
@@ -26,7 +29,8 @@ network; then the evaluation of `evaluate`, and with --curve the metrics along t
 spread of one table entry, Δlog Z and Δlog Z^RW of saved models per evaluation of 2000 samples over many
 evaluation seeds and pooled, signed and absolute (optionally the released estimator's too); `manywell` adds the
 orthant collapse and the number of left-well coordinates per sample, drawn and importance-reweighted, against
-the exact Binomial(D/2, P(a < 0)).
+the exact Binomial(D/2, P(a < 0)), where the weight tail sits and two ESS bounds; `curve`: W2, var b and sd |a|
+of a Manywell run's training checkpoints.
 `gmm40`: where the 40GMM modes lie from the trajectories' start x₀ = 0, for the means of GMM40(seed=S): the
 nearest mean k* and the next, the distance from 0 to the boundary of k*'s Voronoi cell, the smallest logit gap
 ½(|μ_k|² − |μ_k*|²) of the responsibilities at 0, and the share of N(0, σ² I) draws nearest to μ_k*, for the
@@ -262,23 +266,33 @@ def _draws(sampler, seeds):
     return [(x, lw.double()) for x, lw in (sampler.sample(N, seed=s) for s in seeds)]
 
 
+def _quantiles(values):
+    """min, 10 / 50 / 90 % (linear interpolation, torch.quantile's default) and max of `values`."""
+    q = torch.quantile(torch.as_tensor(values, dtype=torch.float64), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0],
+                                                                                 dtype=torch.float64))
+    return dict(zip(("min", "0.1", "0.5", "0.9", "max"), q.tolist()))
+
+
 def spread(log_ws, log_Z):
-    """Δlog Z and Δlog Z^RW of each evaluation's log w (the spread of one table entry) and of all of
-    them pooled (Δlog Z^RW of the pooled n: less of log-mean-exp's downward bias), the signed error
-    log Ẑ^RW − log Z likewise, and the pooled log w's upper quantiles (the tail that moves log-mean-exp)."""
+    """Δlog Z and Δlog Z^RW of each evaluation's log w (rows of `log_ws`, (R, 2000): the spread of one table
+    entry), of groups of five consecutive evaluations (n = 10,000: the later train.py's eval_data_size) and of
+    all R pooled (less of log-mean-exp's downward bias), the signed error log Ẑ^RW − log Z likewise (with its
+    quantiles per evaluation), and the pooled log w's upper quantiles (the tail that moves log-mean-exp)."""
     per = [log_z_estimates(lw) for lw in log_ws]
-    pooled_log_w = torch.cat(log_ws)
-    pooled = log_z_estimates(pooled_log_w)
+    fives = [log_z_estimates(log_ws[i:i + 5].flatten()) for i in range(0, len(log_ws) - 4, 5)]
+    pooled = log_z_estimates(log_ws.flatten())
+    signed = [m["log_Z"] - log_Z for m in per]
     q = (0.5, 0.9, 0.99, 0.999)
     return {"delta_log_Z_per_2000": _summary([abs(m["elbo"] - log_Z) for m in per]),
-            "delta_log_Z_rw_per_2000": _summary([abs(m["log_Z"] - log_Z) for m in per]),
-            "log_Z_rw_error_per_2000": _summary([m["log_Z"] - log_Z for m in per]),
+            "delta_log_Z_rw_per_2000": _summary([abs(e) for e in signed]),
+            "log_Z_rw_error_per_2000": _summary(signed), "log_Z_rw_error_quantiles": _quantiles(signed),
             "ess_per_2000": _summary([m["ess"] for m in per]),
+            "delta_log_Z_rw_per_10000": _summary([abs(m["log_Z"] - log_Z) for m in fives]) if fives else None,
             "delta_log_Z_pooled": abs(pooled["elbo"] - log_Z), "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - log_Z),
             "log_Z_rw_error_pooled": pooled["log_Z"] - log_Z,
             "pooled_n": pooled["n"], "pooled_ess": pooled["ess"],
-            "pooled_log_w_quantiles": dict(zip(map(str, q), torch.quantile(pooled_log_w, torch.tensor(
-                q, dtype=pooled_log_w.dtype)).tolist()), max=float(pooled_log_w.max()))}
+            "pooled_log_w_quantiles": dict(zip(map(str, q), torch.quantile(log_ws.flatten(), torch.tensor(
+                q, dtype=log_ws.dtype)).tolist()), max=float(log_ws.max()))}
 
 
 def _seeds(args):
@@ -292,49 +306,68 @@ def cmd_spread(args):
     for path in paths:
         sampler = load_model(path, args.target, args.method)
         out = {"model": os.path.basename(path), "seeds": [args.first_seed, args.first_seed + args.repeats - 1],
-               **spread([lw for _, lw in _draws(sampler, _seeds(args))], sampler.target.log_Z)}
+               **spread(torch.stack([lw for _, lw in _draws(sampler, _seeds(args))]), sampler.target.log_Z)}
         if args.released:
-            out["released"] = spread([released_draw(sampler, s) for s in _seeds(args)], released_log_Z(sampler.target))
+            out["released"] = spread(torch.stack([released_draw(sampler, s) for s in _seeds(args)]),
+                                     released_log_Z(sampler.target))
         print(json.dumps(out), flush=True)
 
 
 def left_wells(a, log_w, p_right):
-    """Left-well counts k = #{j: a_j < 0} of samples with well coordinates `a` (M, D/2) and log weights: their
-    share among the samples q_k, the self-normalised importance estimate of the target's P(k) (Σ_i w_i [k_i = k]
-    / Σ_i w_i) and the exact Binomial(D/2, 1 − p_right); KL(q_k ‖ Binomial), a lower bound of the marginal
-    KL(q ‖ π) and so of Δlog Z; and the ESS fraction of a sampler exact within each orthant with the drawn
-    right-well fraction r, independent wells: 1 / (p_right²/r + (1 − p_right)²/(1 − r))^{D/2}."""
+    """Left-well counts k = #{j: a_j < 0} of samples with well coordinates `a` (M, D/2) and log weights: the
+    right-well fraction r, the share q_k of each k, the self-normalised importance estimate of the target's P(k)
+    (Σ_i w_i [k_i = k] / Σ_i w_i) and the exact π_k = Binomial(D/2, 1 − p_right); KL(q_k ‖ π_k), a lower bound of the
+    marginal KL(q ‖ π) and so of Δlog Z; each k's share of Σ_i w_i², its effective draws (Σ_k w)² / Σ_k w² and the k
+    of the 10 largest weights (where the weight tail sits). Two ESS fractions (n → ∞) of ideal samplers exact
+    within each orthant: with the drawn q_k (spread over the orthants of each k as π), (Σ_seen π_k)² / Σ_seen π_k²/q_k,
+    by Cauchy–Schwarz an upper bound for any sampler with these q_k; and with independent wells each right with
+    probability r, (p_right²/r + (1 − p_right)²/(1 − r))^{−D/2}."""
     n = a.shape[1]
     k = (a < 0).sum(1)
     q = torch.bincount(k, minlength=n + 1).double() / len(k)
     w = torch.softmax(log_w, 0)
     reweighted = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, k, w)
+    w2 = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, k, w ** 2)
     exact = torch.tensor([math.comb(n, j) * (1 - p_right) ** j * p_right ** (n - j) for j in range(n + 1)],
                          dtype=torch.float64)
     r = 1 - float((q * torch.arange(n + 1)).sum()) / n
-    ideal = (p_right ** 2 / r + (1 - p_right) ** 2 / (1 - r)) ** -n if 0 < r < 1 else 0.0
     seen = q > 0
-    return {"left_wells_drawn": q.tolist(), "left_wells_reweighted": reweighted.tolist(),
+    return {"right_well_fraction": r, "left_wells_drawn": q.tolist(), "left_wells_reweighted": reweighted.tolist(),
             "left_wells_exact": exact.tolist(), "left_wells_kl": float((q[seen] * (q[seen] / exact[seen]).log()).sum()),
             "reweighted_right_well_fraction": 1 - float((reweighted * torch.arange(n + 1)).sum()) / n,
-            "ideal_ess_at_drawn_well_fraction": ideal}
+            "left_wells_w2_share": (w2 / w2.sum()).tolist(),
+            "left_wells_effective_draws": torch.where(w2 > 0, reweighted ** 2 / w2, 0.0).tolist(),
+            "largest_weights_left_wells": k[log_w.argsort(descending=True)[:10]].tolist(),
+            "left_wells_ess_bound": float(exact[seen].sum() ** 2 / (exact[seen] ** 2 / q[seen]).sum()),
+            "independent_wells_ess": (p_right ** 2 / r + (1 - p_right) ** 2 / (1 - r)) ** -n if 0 < r < 1 else 0.0}
 
 
 def cmd_manywell(args):
-    """Saved Manywell models: `spread`, the collapse's limit, the share of samples with every
-    double-well coordinate in the right well and `left_wells`."""
+    """Saved Manywell models: `spread`, the collapse's limit and `left_wells` (k = 0: every double-well
+    coordinate in the right well)."""
     paths = model_paths(args, "manywell", args.method)
     for path in paths:
         sampler = load_model(path, "manywell", args.method)
         target = sampler.target
         p_right, limit = orthant_limit(target)
         draws = _draws(sampler, _seeds(args))
+        log_w = torch.stack([lw for _, lw in draws])
         a = torch.cat([x for x, _ in draws])[:, 0::2].double()
         print(json.dumps({"model": os.path.basename(path), "p_right_exact": p_right, "orthant_limit": limit,
-                          **spread([lw for _, lw in draws], target.log_Z),
-                          "right_well_fraction": float((a > 0).double().mean()),
-                          "all_right_fraction": float((a > 0).all(-1).double().mean()),
-                          **left_wells(a, torch.cat([lw for _, lw in draws]), p_right)}), flush=True)
+                          **spread(log_w, target.log_Z), **left_wells(a, log_w.flatten(), p_right)}), flush=True)
+
+
+def cmd_curve(args):
+    """Manywell training checkpoints (DIR/*.ckpt in name order, then --models): W2 and that of a second exact
+    sample (means over evaluation seeds first-seed .. first-seed + repeats − 1, 2000 samples each), var b and sd |a|
+    of `--samples` draws at seed 7 (b: the Gaussian coordinates, a: the double wells)."""
+    for path in sorted(glob.glob(os.path.join(args.checkpoints, "*.ckpt"))) + (args.models or []):
+        sampler = load_model(path, "manywell", args.method)
+        ms = [evaluate(sampler, sampler.target, n=N, seed=s) for s in _seeds(args)]
+        x, _ = sampler.sample(args.samples, seed=7)
+        print(json.dumps({"model": os.path.basename(path), "w2": statistics.mean(m["w2"] for m in ms),
+                          "w2_exact": statistics.mean(m["w2_exact"] for m in ms), "var_b": float(x[:, 1::2].var()),
+                          "sd_abs_a": float(x[:, 0::2].abs().std())}), flush=True)
 
 
 def main(argv=None):
@@ -359,6 +392,10 @@ def main(argv=None):
     q40 = sub.add_parser("gmm40", help="where the 40GMM modes lie from x0 = 0, for several draws of the means")
     q40.add_argument("--mean-seeds", type=int, nargs="+", default=[0], help="seeds of GMM40's means")
     q40.add_argument("--samples", type=int, default=100_000, help="draws of N(0, sigma2 I) per variance")
+    c = sub.add_parser("curve", help="W2, var b and sd |a| of Manywell training checkpoints")
+    c.add_argument("--checkpoints", required=True, help="folder of training checkpoints (*.ckpt)")
+    c.add_argument("--samples", type=int, default=20_000, help="draws for var b and sd |a|")
+    c.add_argument("--models", nargs="*", help="model .pt files after the checkpoints (the run's end)")
     m = sub.add_parser("manywell", help="Δlog Z^RW of saved Manywell models against the orthant collapse")
     m.add_argument("--models", nargs="*",
                    help="model .pt or training .ckpt files (default: OUT/manywell_<method>_seed*.pt)")
@@ -366,24 +403,25 @@ def main(argv=None):
     s.add_argument("--models", nargs="*",
                    help="model .pt or training .ckpt files (default: OUT/<target>_<method>_seed*.pt)")
     s.add_argument("--released", action="store_true", help="also the released estimator (funnel, 25gmm, manywell)")
-    for q in (m, s):
+    for q in (m, s, c):
         q.add_argument("--first-seed", type=int, default=1,
                        help=f"the first evaluation seed (the table's evaluation: {EVAL_SEED_BASE} + training seed)")
-    for q in (e, g):
-        q.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
+    e.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
+    g.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
     t.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "40gmm"), help="benchmark target")
     s.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
-    e.add_argument("--method", default="tb", choices=("tb", "pis"), help="the preset (and released objective)")
-    for q in (m, s):
+    for q in (e, m, s):
         q.add_argument("--method", default="tb", choices=tuple(METHODS), help="the preset of the saved models")
+    c.add_argument("--method", default="tb+expl+lp+ls", choices=tuple(METHODS), help="the preset of the run")
     t.add_argument("--method", default="tb", choices=tuple(METHODS),
                    help="the preset (with --released the objective: tb or pis)")
     for q in (e, g, t, m, s):
         q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
+    c.add_argument("--repeats", type=int, default=2, help="evaluation seeds of 2000 samples (W2)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     {"evaluate": cmd_evaluate, "gradients": cmd_gradients, "train": cmd_train,
-     "manywell": cmd_manywell, "spread": cmd_spread, "gmm40": cmd_gmm40}[args.command](args)
+     "manywell": cmd_manywell, "spread": cmd_spread, "gmm40": cmd_gmm40, "curve": cmd_curve}[args.command](args)
 
 
 if __name__ == "__main__":

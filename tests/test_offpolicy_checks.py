@@ -10,6 +10,7 @@ import torch
 from conftest import load_benchmark
 
 from fastsamp.experiments import offpolicy
+from fastsamp.metrics import log_z_estimates
 
 
 def _checks():
@@ -90,8 +91,8 @@ def test_gradients_command_prints_one_line_per_model_and_seed(tmp_path, capsys):
 @pytest.mark.parametrize("method", ["pis", "tb+expl+lp+ls"])
 def test_manywell_command_finds_the_method_s_models_and_the_orthant_limit(tmp_path, capsys, monkeypatch, method):
     """`manywell --method M` reads OUT/manywell_M_seed*.pt (or --models, also a training checkpoint's model); the
-    collapse limit is −16 log P(a > 0) with P(a > 0) = 0.844307 (checks/funnel_tb.md §5); the left-well counts
-    are distributions over k = 0 .. 16."""
+    collapse limit is −16 log P(a > 0) with P(a > 0) = 0.844307 (checks/funnel_tb.md §5); the signed errors are
+    log Ẑ^RW − log Z with Manywell's log Z = 164.7 and the left-well counts those of the draws at seeds 1, 2."""
     checks = _checks()
     monkeypatch.setattr(checks, "OUT", str(tmp_path))
     sampler = offpolicy.build("manywell", method)[0]  # the preset's steps: load_model builds those
@@ -104,44 +105,115 @@ def test_manywell_command_finds_the_method_s_models_and_the_orthant_limit(tmp_pa
     assert line["model"] == f"manywell_{method}_seed0.pt" and line["pooled_n"] == 4000
     assert line["p_right_exact"] == pytest.approx(0.844307, abs=1e-6)
     assert line["orthant_limit"] == pytest.approx(-16 * math.log(line["p_right_exact"]))
-    assert len(line["delta_log_Z_rw_per_2000"]["values"]) == 2
-    for key in ("left_wells_drawn", "left_wells_reweighted", "left_wells_exact"):
-        assert len(line[key]) == 17 and sum(line[key]) == pytest.approx(1.0)
-    assert line["left_wells_kl"] >= 0 and 0 < line["ideal_ess_at_drawn_well_fraction"] <= 1
+    draws = [sampler.sample(2000, seed=s) for s in (1, 2)]
+    signed = [log_z_estimates(lw)["log_Z"] - sampler.target.log_Z for _, lw in draws]
+    assert sampler.target.log_Z == pytest.approx(164.696, abs=1e-3)
+    assert line["log_Z_rw_error_per_2000"]["values"] == pytest.approx(signed)
+    assert line["delta_log_Z_rw_per_2000"]["values"] == pytest.approx([abs(e) for e in signed])
+    a = torch.cat([x for x, _ in draws])[:, 0::2]
+    k = (a < 0).sum(1)
+    assert line["left_wells_drawn"] == pytest.approx((torch.bincount(k, minlength=17) / 4000).tolist())
+    assert line["right_well_fraction"] == pytest.approx(float((a > 0).float().mean()))
+    assert line["left_wells_exact"][0] == pytest.approx(line["p_right_exact"] ** 16)
+    top = torch.cat([lw for _, lw in draws]).argsort(descending=True)[:10]
+    assert line["largest_weights_left_wells"] == k[top].tolist()
 
 
-def test_left_wells_on_four_samples_of_two_wells():
-    """Two wells, P(a > 0) = 3/4: samples with k = 0, 0, 1, 1 left wells (right fraction 3/4, so the ideal ESS is 1),
-    weights 1, 1, 3, 3: reweighted P(k) = (1/4, 3/4, 0), right fraction 1 − (3/4)/2; exact Binomial(2, 1/4)."""
+@pytest.mark.parametrize("rows, r", [
+    ([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]], 0.5),  # k = 0, 2, 1, 1: q_k = Binomial(2, 1/2)
+    ([[1.0, 1.0], [1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]], 0.625),  # k = 0, 0, 1, 2: not a product of wells
+])
+def test_left_wells_on_four_samples_of_two_wells(rows, r):
+    """Two wells, P(a > 0) = p = 3/4, π_k = Binomial(2, 1/4) = (9, 6, 1)/16; each sample weighted π_k / q_k, the
+    weight of a sampler exact within each class k: the self-normalised P(k) is π_k, the ESS of these weights is
+    `left_wells_ess_bound`, and with independent wells (first case, r = 1/2) (p²/r + (1 − p)²/(1 − r))^−2 = 0.64."""
     checks = _checks()
-    a = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
-    out = checks.left_wells(a, torch.tensor([0.0, 0.0, math.log(3), math.log(3)], dtype=torch.float64), 0.75)
-    assert out["left_wells_drawn"] == [0.5, 0.5, 0.0]
-    assert out["left_wells_reweighted"] == pytest.approx([0.25, 0.75, 0.0])
-    assert out["left_wells_exact"] == pytest.approx([0.5625, 0.375, 0.0625])
-    assert out["left_wells_kl"] == pytest.approx(0.5 * math.log(0.5 / 0.5625) + 0.5 * math.log(0.5 / 0.375))
-    assert out["reweighted_right_well_fraction"] == pytest.approx(0.625)
-    assert out["ideal_ess_at_drawn_well_fraction"] == pytest.approx(1.0)
+    a = torch.tensor(rows, dtype=torch.float64)
+    k = (a < 0).sum(1)
+    q = torch.bincount(k, minlength=3).double() / 4
+    exact = torch.tensor([9.0, 6.0, 1.0], dtype=torch.float64) / 16
+    log_w = (exact[k] / q[k]).log()
+    out = checks.left_wells(a, log_w, 0.75)
+    assert out["right_well_fraction"] == pytest.approx(r)
+    assert out["left_wells_drawn"] == q.tolist() and out["left_wells_exact"] == pytest.approx(exact.tolist())
+    assert out["left_wells_reweighted"] == pytest.approx(exact.tolist())
+    assert out["reweighted_right_well_fraction"] == pytest.approx(0.75)
+    assert out["left_wells_kl"] == pytest.approx(float((q * (q / exact).log()).sum()))
+    assert out["left_wells_ess_bound"] == pytest.approx(log_z_estimates(log_w)["ess"])
+    assert out["independent_wells_ess"] == pytest.approx((0.75 ** 2 / r + 0.25 ** 2 / (1 - r)) ** -2)
+    w2 = torch.zeros(3, dtype=torch.float64).index_add_(0, k, log_w.exp() ** 2)
+    assert out["left_wells_w2_share"] == pytest.approx((w2 / w2.sum()).tolist())
+    if r == 0.5:
+        assert out["independent_wells_ess"] == pytest.approx(0.64) == out["left_wells_ess_bound"]
+        assert out["left_wells_w2_share"] == pytest.approx([0.81, 0.18, 0.01])  # weights 9, 3, 3, 1 (/ 4)
+        assert out["left_wells_effective_draws"] == pytest.approx([1.0, 2.0, 1.0])
+        assert out["largest_weights_left_wells"][0] == 0 and out["largest_weights_left_wells"][-1] == 2
+    else:
+        assert out["left_wells_ess_bound"] == pytest.approx(256 / 310)  # < independent wells' 0.879
+        assert out["left_wells_effective_draws"] == pytest.approx([2.0, 1.0, 1.0])
 
 
 def test_spread_command_reproduces_the_table_s_evaluation(tmp_path, capsys):
     """`spread --first-seed 10000 --repeats 1` is the table's evaluation of a seed-0 run
-    (experiments.offpolicy.evaluate at seed 10_000 + training seed); --released adds the released estimator."""
+    (experiments.offpolicy.evaluate at seed 10_000 + training seed)."""
     checks = _checks()
     sampler, _ = offpolicy.build("funnel", "pis", n_steps=4)
     checks.released_train(sampler, 2, seed=0, objective="pis")  # a nonzero drift
     path = str(tmp_path / "funnel_pis_seed0.pt")
     sampler.save(path)
     checks.main(["spread", "--models", path, "--first-seed", "10000", "--repeats", "1"])
-    checks.main(["spread", "--models", path, "--repeats", "2", "--released"])
-    table, two = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    table = json.loads(capsys.readouterr().out)
     m = offpolicy.evaluate(sampler, sampler.target, n=2000, seed=10_000)
     assert table["delta_log_Z_per_2000"]["values"] == [pytest.approx(m["delta_log_Z"])]
     assert table["delta_log_Z_rw_per_2000"]["values"] == [pytest.approx(m["delta_log_Z_rw"])]
-    assert table["log_Z_rw_error_per_2000"]["values"] == [pytest.approx(m["log_Z"] - m["log_Z_true"])]
-    assert two["seeds"] == [1, 2] and two["pooled_n"] == 4000
-    assert len(two["released"]["delta_log_Z_rw_per_2000"]["values"]) == 2
-    assert two["released"]["pooled_log_w_quantiles"]["max"] >= two["released"]["pooled_log_w_quantiles"]["0.999"]
+    assert table["delta_log_Z_rw_per_10000"] is None  # fewer than five evaluations
+
+
+def test_manywell_spread_and_evaluate_with_the_released_estimator(tmp_path, capsys):
+    """A tiny Manywell model (log Z = 164.7, released: many_well.py's unnormalised log R against gt_logz): the
+    released and our pooled ELBO agree within 2 nats (se ≈ 0.2 over 10,000 draws; a wrong log Z offset gives
+    ~165); five evaluations make one group of 10,000 (the pooled estimate); the signed errors' quantiles
+    are theirs; `evaluate --target manywell`: the released log w of our trajectories is ours."""
+    checks = _checks()
+    sampler, _ = offpolicy.build("manywell", "tb", n_steps=4)
+    checks.released_train(sampler, 2, seed=0, objective="tb")  # a nonzero drift
+    path = str(tmp_path / "manywell_tb_seed0.pt")
+    sampler.save(path)
+    checks.main(["spread", "--target", "manywell", "--models", path, "--repeats", "5", "--released"])
+    out = json.loads(capsys.readouterr().out)
+    released = out["released"]
+    assert abs(out["delta_log_Z_pooled"] - released["delta_log_Z_pooled"]) < 2
+    assert 10 < out["delta_log_Z_pooled"] < 150  # an untrained sampler, against log Z = 164.7
+    for res in (out, released):
+        assert res["delta_log_Z_rw_per_10000"]["values"] == [pytest.approx(res["delta_log_Z_rw_pooled"])]
+        signed = res["log_Z_rw_error_per_2000"]["values"]
+        quantiles = res["log_Z_rw_error_quantiles"]
+        assert (quantiles["min"], quantiles["max"]) == (min(signed), max(signed))
+        assert quantiles["0.5"] == pytest.approx(sorted(signed)[2])
+    ours_signed = [log_z_estimates(sampler.sample(2000, seed=s)[1])["log_Z"] - 164.69567 for s in range(1, 6)]
+    assert out["log_Z_rw_error_per_2000"]["values"] == pytest.approx(ours_signed, abs=1e-4)
+    checks.main(["evaluate", "--target", "manywell", "--models", path, "--repeats", "1"])
+    line = json.loads(capsys.readouterr().out)
+    assert line["same_trajectories_max_abs_log_w_diff"] < 0.05
+    assert abs(line["ours_delta_log_Z"]["mean"] - line["released_delta_log_Z"]["mean"]) < 3
+
+
+def test_curve_command_on_a_checkpoint_folder(tmp_path, capsys):
+    """`curve --checkpoints DIR --models PT`: one line per checkpoint, then the model; W2 that of `evaluate` at
+    seed 1, var b and sd |a| of the draws at seed 7."""
+    checks = _checks()
+    sampler, _ = offpolicy.build("manywell", "tb", n_steps=4)
+    sampler.save(str(tmp_path / "final.pt"))
+    torch.save({"model": sampler.state_dict()}, str(tmp_path / "it1.ckpt"))  # the preset's 100 steps
+    checks.main(["curve", "--checkpoints", str(tmp_path), "--models", str(tmp_path / "final.pt"),
+                 "--method", "tb", "--repeats", "1", "--samples", "500"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["model"] for d in lines] == ["it1.ckpt", "final.pt"]
+    x, _ = sampler.sample(500, seed=7)
+    assert lines[1]["var_b"] == pytest.approx(float(x[:, 1::2].var()), rel=1e-5)
+    assert lines[1]["sd_abs_a"] == pytest.approx(float(x[:, 0::2].abs().std()), rel=1e-5)
+    m = offpolicy.evaluate(sampler, sampler.target, n=2000, seed=1)
+    assert lines[1]["w2"] == pytest.approx(m["w2"]) and lines[1]["w2_exact"] == pytest.approx(m["w2_exact"])
 
 
 def test_mode_geometry_on_two_modes_in_one_dimension():
