@@ -25,9 +25,24 @@ from fastsamp.ops import reference as ref
 INTERPRETED_MOVE_CHAINS = 200
 
 
+# Wide D off the compile-time set {1, 2, 4, 8, 16} (the CPU score's tiles of 8 rows, then a remainder), B not a
+# multiple of the lanes, and in the last shape more components than one chunk of the log-sum-exp (64).
+WIDE_SHAPES = [(37, 17, 5), (301, 32, 40), (45, 50, 70)]
+
+
 @pytest.mark.parametrize("B,D", GMM_SHAPES)
 @pytest.mark.parametrize("K", [1, 5, 16])
 def test_gmm_score(backend, dtype, B, D, K):
+    _score_matches_the_reference(backend, dtype, B, D, K)
+
+
+@pytest.mark.parametrize("B,D,K", WIDE_SHAPES)
+def test_gmm_score_wide(backend, dtype, B, D, K):
+    _score_matches_the_reference(backend, dtype, B, D, K)
+
+
+def _score_matches_the_reference(backend, dtype, B, D, K):
+    """gmm_score on `backend` against the float64 reference at (B, D, K)."""
     name, device = backend
     x = rand(B, D, dtype=dtype, device=device, scale=3.0)
     means, lw, var = mixture(K, D, dtype, device)
@@ -78,7 +93,7 @@ def _moves_match_the_reference(op, backend, dtype, B, D, K, mh, **kw):
 
 
 # n_trapezoid only matters for the score (trapezoid) test
-@pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
+@pytest.mark.parametrize("B,D,K", MOVE_SHAPES + WIDE_SHAPES[-1:])
 @pytest.mark.parametrize("mh,n_trapezoid", [("score", 1), ("score", 3), ("energy", 1), ("none", 1)])
 def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
     """The fused whole-move kernel reproduces n_steps reference moves (same Philox stream)."""
@@ -86,7 +101,7 @@ def test_gmm_mala(backend, dtype, B, D, K, mh, n_trapezoid):
                                alpha=0.9, sigma2=0.2, seed=123, offset=2**32 + 5)
 
 
-@pytest.mark.parametrize("B,D,K", MOVE_SHAPES)
+@pytest.mark.parametrize("B,D,K", MOVE_SHAPES + WIDE_SHAPES[-1:])
 @pytest.mark.parametrize("mh", ["score", "energy", "none"])
 @pytest.mark.parametrize("n_leapfrog,damping", [(1, 0.0), (3, 0.0), (3, 0.8)])
 def test_gmm_hmc(backend, dtype, B, D, K, mh, n_leapfrog, damping):

@@ -18,44 +18,6 @@ namespace {
 // one thread (about 50-100 us of work: more than waking a sleeping pool thread costs).
 constexpr int64_t kMixtureGrain = int64_t(1) << 18;
 
-// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 each row of xt is
-// one gather and one 64-byte store (the score then loads it whole: a row written by W scalar stores
-// would stall that load on store forwarding).
-template <typename T, int W>
-FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
-#if defined(__AVX512F__)
-  const T* base = x + b0 * D;
-  if constexpr (sizeof(T) == 4) {
-    const __mmask16 live = static_cast<__mmask16>(nb >= 16 ? 0xFFFF : (1u << nb) - 1u);
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32(D));
-    for (int d = 0; d < D; ++d)
-      _mm512_store_ps(xt + d * W, _mm512_mask_i32gather_ps(_mm512_set1_ps(fill), live, idx, base + d, 4));
-  } else {
-    const __mmask8 live = static_cast<__mmask8>(nb >= 8 ? 0xFF : (1u << nb) - 1u);
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
-    for (int d = 0; d < D; ++d)
-      _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_set1_pd(fill), live, idx, base + d, 8));
-  }
-  return;
-#endif
-  for (int l = 0; l < W; ++l) {
-    if (l < nb) {
-      const T* __restrict row = x + (b0 + l) * D;
-      for (int d = 0; d < D; ++d) xt[d * W + l] = row[d];
-    } else {
-      for (int d = 0; d < D; ++d) xt[d * W + l] = fill;
-    }
-  }
-}
-template <typename T, int W>
-FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, int D, T* __restrict x) {
-  for (int l = 0; l < nb; ++l) {
-    T* __restrict row = x + (b0 + l) * D;
-    for (int d = 0; d < D; ++d) row[d] = xt[d * W + l];
-  }
-}
-
 // Threads for B chains of `evals` mixture evaluations each (at least one block of W per thread).
 template <int W, typename M>
 int mixture_threads(const M& m, int64_t B, int64_t evals) {
@@ -85,25 +47,6 @@ void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* sco
       for (int l = 0; l < nb; ++l) logp[b0 + l] = lp[l];
     }
   });
-}
-
-// One [W] row of a block: 64 bytes, W lanes of T. Every per-lane computation of the whole-move
-// kernels loads and stores rows whole, as the mixture score does: a 64-byte load of a row that
-// narrower stores wrote (an `omp simd` loop vectorised at 32 bytes) stalls on store forwarding.
-template <typename T>
-using Row = typename VecT<T>::V;
-template <typename T>
-using RowMask = typename VecT<T>::VI;
-
-template <typename T>
-FASTSAMP_VINLINE Row<T> ld(const T* p) {
-  Row<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-FASTSAMP_VINLINE void st(T* p, const Row<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
 }
 
 // sum_d a[d][l] b[d][l]

@@ -2,7 +2,7 @@
 // per-call constants and its score / log-density on a block of W chains (SIMD lanes) whose
 // state is transposed into [D][W] buffers. The score is an online (chunked) log-sum-exp over
 // the K components, so nothing of size (B, K, D) exists. D is a compile-time constant for D
-// in {1, 2, 4, 8, 16} (DC > 0; then the block lives in registers), a runtime value otherwise.
+// in {1, 2, 4, 8, 16} (DC > 0), a runtime value otherwise.
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -45,19 +45,31 @@ struct Mixture {
   }
 };
 
-// ---- register-resident path for compile-time D (GCC vector extensions) ----
-// One W-lane vector per dimension. Per chunk of kChunkK components, two passes: the log-terms
-// l_k = c_k - h_k |αμ_k - x|² and their maximum m (into the `ell` scratch), then the weights
-// exp(l_k - m) and the weighted sums. The components of a pass are independent of each other, so
-// the exp latency overlaps across components (a single-pass online log-sum-exp chains every
-// component's exp behind the previous running maximum); the running sums are rescaled once per
-// chunk, not once per component.
+// ---- the score on a block of W chains, in 64-byte rows (GCC vector extensions) ----
+// One W-lane row (64 bytes) per dimension. Every per-lane computation loads and stores rows whole: a
+// 64-byte load of a row that narrower stores wrote (an `omp simd` loop vectorised at 32 bytes)
+// stalls on store forwarding.
 template <typename T>
 struct VecT {
   typedef T V __attribute__((vector_size(64)));
   typedef typename vm::Bits<T>::I I_;
   typedef I_ VI __attribute__((vector_size(64)));
 };
+template <typename T>
+using Row = typename VecT<T>::V;
+template <typename T>
+using RowMask = typename VecT<T>::VI;
+
+template <typename T>
+FASTSAMP_VINLINE Row<T> ld(const T* p) {
+  Row<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+FASTSAMP_VINLINE void st(T* p, const Row<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
 // exp(x) for x <= 0 or NaN (the log-sum-exp weights), the formula of vm::exp (a*b + c contracted
 // to one FMA, as everywhere in these kernels): x clamped below at
@@ -112,173 +124,154 @@ FASTSAMP_VINLINE V vexp_nonpos(V x) {
 #endif
 }
 
-// ell: scratch of kChunkK * W values.
-template <typename T, int W, int DC>
-FASTSAMP_VINLINE void block_score_reg(const Mixture<T>& mx, const T* __restrict x, T* __restrict sc,
-                                      T* __restrict logp, T* __restrict ell) {
-  static_assert(W * sizeof(T) == 64, "one 64-byte vector per dimension");
-  using V = typename VecT<T>::V;
-  using VI = typename VecT<T>::VI;
-  const int K = mx.K;
-  const T* __restrict amu = mx.amu.data();
-  const T* __restrict cc = mx.c.data();
-  const T* __restrict hh = mx.h.data();
-  const T* __restrict rr = mx.r.data();
-  const T ninf = -std::numeric_limits<T>::infinity();
-  V xv[DC], acc[DC];
-#pragma GCC unroll 16
-  for (int d = 0; d < DC; ++d) {
-    std::memcpy(&xv[d], x + d * W, sizeof(V));
-    acc[d] = V{};
-  }
-  V m = V{} + ninf, sum = V{};
-  for (int k0 = 0; k0 < K; k0 += kChunkK) {
-    const int kn = std::min(kChunkK, K - k0);
-    // pass 1: the log-terms and their maximum (cm = max(e, cm) is vmaxps: a NaN e is not taken
-    // into the maximum, but its weight exp(NaN) makes the sums NaN in pass 2)
-    V cm = m;
-    for (int kk = 0; kk < kn; ++kk) {
-      const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * DC;
-      V dist = V{};
-#pragma GCC unroll 16
-      for (int d = 0; d < DC; ++d) {
-        const V df = mu[d] - xv[d];
-        dist = df * df + dist;
-      }
-      const V e = cc[k0 + kk] - dist * hh[k0 + kk];
-      std::memcpy(ell + kk * W, &e, sizeof(V));
-      cm = e > cm ? e : cm;
+// The rows d < D of a block in tiles of N rows, N a compile-time width: f(IntC<N>(), d0) for the
+// tiles [d0, d0 + N): tiles of kTile rows, then one of each of 4, 2, 1 that the remainder holds
+// (D = 50: 6 x 8 + 2). A compile-time D unrolls to its tiles.
+constexpr int kTile = 8;
+template <typename F>
+FASTSAMP_VINLINE void for_each_tile(int D, F&& f) {
+  int d0 = 0;
+  for (; d0 + kTile <= D; d0 += kTile) f(IntC<kTile>(), d0);
+  const auto rest = [&](auto nc) {
+    if (D - d0 >= decltype(nc)::value) {
+      f(nc, d0);
+      d0 += decltype(nc)::value;
     }
-    if (k0 > 0) {  // rescale the running sums to the new maximum (1 where it did not move)
-      V scl = vexp_nonpos<V, VI, T>(m - cm);
-      scl = cm == m ? V{} + T(1) : scl;
-      sum *= scl;
-#pragma GCC unroll 16
-      for (int d = 0; d < DC; ++d) acc[d] *= scl;
-    }
-    m = cm;
-    // pass 2: the weights and the weighted sum of (αμ_k - x) / s_k. A -inf term has weight 0:
-    // exp(-inf - m) is exp(ExpC::lo), which rounds to 0, and where m = -inf (x infinite) the shift
-    // is 0 instead, so that no -inf - -inf = NaN appears.
-    const V shift = m == ninf ? V{} : m;
-    for (int kk = 0; kk < kn; ++kk) {
-      const int k = k0 + kk;
-      const T* __restrict mu = amu + static_cast<size_t>(k) * DC;
-      V e;
-      std::memcpy(&e, ell + kk * W, sizeof(V));
-      const V w = vexp_nonpos<V, VI, T>(e - shift);
-      sum += w;
-      const V wr = w * rr[k];
-#pragma GCC unroll 16
-      for (int d = 0; d < DC; ++d) acc[d] = wr * (mu[d] - xv[d]) + acc[d];
-    }
-  }
-  alignas(64) T sm[W], mm[W];
-  std::memcpy(sm, &sum, sizeof(V));
-  std::memcpy(mm, &m, sizeof(V));
-#pragma omp simd
-  for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
-  const V inv = T(1) / sum;
-#pragma GCC unroll 16
-  for (int d = 0; d < DC; ++d) {
-    const V o = acc[d] * inv;
-    std::memcpy(sc + d * W, &o, sizeof(V));
-  }
+  };
+  rest(IntC<4>());
+  rest(IntC<2>());
+  rest(IntC<1>());
 }
 
-// Score sc[D][W] and log-density logp[W] of the mixture at x[D][W].
-// ell: scratch of kChunkK * W values.
+// Score sc[D][W] and log-density logp[W] of the mixture at x[D][W]; ell: scratch of kChunkK * W
+// values. Per chunk of kChunkK components, two passes, each over the tiles of rows with the tile's
+// x rows (and, in the second, its sums) in registers:
+//   1. dist_k = Σ_d (αμ_kd − x_d)², summed in ell tile by tile (d in order), then the log-terms
+//      l_k = c_k − h_k dist_k and their maximum m;
+//   2. the weights w_k = exp(l_k − m) (their sum; w_k / s_k into ell), then per tile
+//      acc_d = Σ_k (w_k / s_k)(αμ_kd − x_d), k in order, kept in sc between chunks.
+// The components of a pass are independent of each other, so the exp latency overlaps across
+// components (a single-pass online log-sum-exp chains every component's exp behind the previous
+// running maximum); the running sums are rescaled once per chunk, not once per component. The
+// sums run in the same order for every tiling: a runtime D gives the bits of a compile-time one.
 template <typename T, int W, int DC>
-FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x,
-                                  T* __restrict sc, T* __restrict logp, T* __restrict ell) {
-  if constexpr (DC > 0 && W * sizeof(T) == 64) {
-    block_score_reg<T, W, DC>(mx, x, sc, logp, ell);
-    return;
-  }
+FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x, T* __restrict sc,
+                                  T* __restrict logp, T* __restrict ell) {
+  static_assert(W * sizeof(T) == 64, "one 64-byte row per dimension");
+  using V = Row<T>;
+  using VI = RowMask<T>;
   const int D = DC > 0 ? DC : Drt;
   const int K = mx.K;
   const T* __restrict amu = mx.amu.data();
   const T* __restrict cc = mx.c.data();
   const T* __restrict hh = mx.h.data();
   const T* __restrict rr = mx.r.data();
-  alignas(64) T m[W], sum[W], cm[W], dist[W], wk[W];
-#pragma omp simd
-  for (int l = 0; l < W; ++l) {
-    m[l] = -std::numeric_limits<T>::infinity();
-    sum[l] = T(0);
-  }
-  for (int d = 0; d < D; ++d) {
-#pragma omp simd
-    for (int l = 0; l < W; ++l) sc[d * W + l] = T(0);
-  }
+  const T ninf = -std::numeric_limits<T>::infinity();
+  V m = V{} + ninf, sum = V{};
   for (int k0 = 0; k0 < K; k0 += kChunkK) {
     const int kn = std::min(kChunkK, K - k0);
-    // pass 1: ell_k and the chunk maximum
-#pragma omp simd
-    for (int l = 0; l < W; ++l) cm[l] = m[l];
-    for (int kk = 0; kk < kn; ++kk) {
-      const int k = k0 + kk;
-      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
-#pragma omp simd
-      for (int l = 0; l < W; ++l) dist[l] = T(0);
-      for (int d = 0; d < D; ++d) {
-        const T md = mu[d];
-#pragma omp simd
-        for (int l = 0; l < W; ++l) {
-          const T df = md - x[d * W + l];
-          dist[l] = vm::fma_(df, df, dist[l]);
+    // pass 1 (cm = max(e, cm) is vmaxps: a NaN e is not taken into the maximum, but its weight
+    // exp(NaN) makes the sums NaN in pass 2)
+    V cm = m;
+    for_each_tile(D, [&](auto nc, int d0) {
+      constexpr int N = decltype(nc)::value;
+      const bool first = d0 == 0, last = d0 + N == D;
+      V xv[N];
+#pragma GCC unroll 16
+      for (int j = 0; j < N; ++j) xv[j] = ld(x + (d0 + j) * W);
+      for (int kk = 0; kk < kn; ++kk) {
+        const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * D + d0;
+        V dist = first ? V{} : ld(ell + kk * W);
+#pragma GCC unroll 16
+        for (int j = 0; j < N; ++j) {
+          const V df = mu[j] - xv[j];
+          dist = df * df + dist;
         }
+        if (last) {
+          const V e = cc[k0 + kk] - dist * hh[k0 + kk];
+          cm = e > cm ? e : cm;
+          dist = e;
+        }
+        st(ell + kk * W, dist);
       }
-      const T ck = cc[k], hk = hh[k];
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        const T e = ck - dist[l] * hk;
-        ell[kk * W + l] = e;
-        cm[l] = vm::max_nan(cm[l], e);
-      }
-    }
-    // rescale the running sums to the new maximum
+    });
+    V scl = V{} + T(1);  // rescales the running sums to the new maximum (1 where it did not move)
     if (k0 > 0) {
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        const T scale = (cm[l] == m[l]) ? T(1) : vm::exp<T>(m[l] - cm[l]);
-        wk[l] = scale;
-        sum[l] *= scale;
-      }
-      for (int d = 0; d < D; ++d) {
-#pragma omp simd
-        for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
-      }
+      scl = cm == m ? scl : vexp_nonpos<V, VI, T>(m - cm);
+      sum *= scl;
     }
-#pragma omp simd
-    for (int l = 0; l < W; ++l) m[l] = cm[l];
-    // pass 2: weights and the weighted sum of (alpha mu_k - x) / s_k
+    m = cm;
+    // pass 2: the weights. A -inf term has weight 0: exp(-inf - m) is exp(ExpC::lo), which rounds
+    // to 0, and where m = -inf (x infinite) the shift is 0 instead, so that no -inf - -inf = NaN appears.
+    const V shift = m == ninf ? V{} : m;
     for (int kk = 0; kk < kn; ++kk) {
-      const int k = k0 + kk;
-      const T* __restrict mu = amu + static_cast<size_t>(k) * D;
-      const T rk = rr[k];
-#pragma omp simd
-      for (int l = 0; l < W; ++l) {
-        const T e = ell[kk * W + l];  // a -inf term has weight 0 (also when m = -inf: x infinite)
-        const T w = vm::blend<T>(e == -std::numeric_limits<T>::infinity(), T(0), vm::exp<T>(e - m[l]));
-        sum[l] += w;
-        wk[l] = w * rk;
+      const V w = vexp_nonpos<V, VI, T>(ld(ell + kk * W) - shift);
+      sum += w;
+      st(ell + kk * W, w * rr[k0 + kk]);
+    }
+    const bool final_chunk = k0 + kn == K;
+    const V inv = T(1) / sum;
+    for_each_tile(D, [&](auto nc, int d0) {
+      constexpr int N = decltype(nc)::value;
+      V xv[N], acc[N];
+#pragma GCC unroll 16
+      for (int j = 0; j < N; ++j) {
+        xv[j] = ld(x + (d0 + j) * W);
+        acc[j] = k0 > 0 ? ld(sc + (d0 + j) * W) * scl : V{};
       }
-      for (int d = 0; d < D; ++d) {
-        const T md = mu[d];
-#pragma omp simd
-        for (int l = 0; l < W; ++l) sc[d * W + l] = vm::fma_(wk[l], md - x[d * W + l], sc[d * W + l]);
+      for (int kk = 0; kk < kn; ++kk) {
+        const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * D + d0;
+        const V wr = ld(ell + kk * W);
+#pragma GCC unroll 16
+        for (int j = 0; j < N; ++j) acc[j] = wr * (mu[j] - xv[j]) + acc[j];
       }
+#pragma GCC unroll 16
+      for (int j = 0; j < N; ++j) st(sc + (d0 + j) * W, final_chunk ? acc[j] * inv : acc[j]);
+    });
+  }
+  alignas(64) T sm[W], mm[W];
+  st(sm, sum);
+  st(mm, m);
+#pragma omp simd
+  for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
+}
+
+// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 each row of xt is
+// one gather and one 64-byte store (the score then loads it whole: a row written by W scalar stores
+// would stall that load on store forwarding).
+template <typename T, int W>
+FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
+#if defined(__AVX512F__)
+  const T* base = x + b0 * D;
+  if constexpr (sizeof(T) == 4) {
+    const __mmask16 live = static_cast<__mmask16>(nb >= 16 ? 0xFFFF : (1u << nb) - 1u);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(D));
+    for (int d = 0; d < D; ++d)
+      _mm512_store_ps(xt + d * W, _mm512_mask_i32gather_ps(_mm512_set1_ps(fill), live, idx, base + d, 4));
+  } else {
+    const __mmask8 live = static_cast<__mmask8>(nb >= 8 ? 0xFF : (1u << nb) - 1u);
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
+    for (int d = 0; d < D; ++d)
+      _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_set1_pd(fill), live, idx, base + d, 8));
+  }
+  return;
+#endif
+  for (int l = 0; l < W; ++l) {
+    if (l < nb) {
+      const T* __restrict row = x + (b0 + l) * D;
+      for (int d = 0; d < D; ++d) xt[d * W + l] = row[d];
+    } else {
+      for (int d = 0; d < D; ++d) xt[d * W + l] = fill;
     }
   }
-#pragma omp simd
-  for (int l = 0; l < W; ++l) {
-    logp[l] = m[l] + vm::log<T>(sum[l]);
-    wk[l] = T(1) / sum[l];
-  }
-  for (int d = 0; d < D; ++d) {
-#pragma omp simd
-    for (int l = 0; l < W; ++l) sc[d * W + l] *= wk[l];
+}
+// xt[D][W] lanes l < nb -> x (B, D) rows b0 + l.
+template <typename T, int W>
+FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, int D, T* __restrict x) {
+  for (int l = 0; l < nb; ++l) {
+    T* __restrict row = x + (b0 + l) * D;
+    for (int d = 0; d < D; ++d) row[d] = xt[d * W + l];
   }
 }
 

@@ -221,8 +221,7 @@ void sum_rows(const NetSum<T>& m, SumWork<T>& w, const T* __restrict X, int nr, 
   const bool alone = m.nets.empty();
   for (int r0 = 0; r0 < nr; r0 += W) {
     const int nl = std::min(W, nr - r0);
-    for (int l = 0; l < W; ++l)
-      for (int d = 0; d < D; ++d) w.xt.p[d * W + l] = l < nl ? X[static_cast<int64_t>(r0 + l) * D + d] : T(0);
+    load_block<T, W>(X, r0, nl, D, w.xt.p, T(0));
     block_score<T, W, 0>(*m.mix, D, w.xt.p, w.st.p, w.lp.p, w.ell.p);
     for (int l = 0; l < nl; ++l) {
       for (int d = 0; d < D; ++d) {

@@ -3,7 +3,8 @@
 // target's score at every step of a rollout:
 //
 //   kIsoMixture  (1/K) Σ_k N(μ_k, v I)  (GMM25, GMM40): (Σ_k r_k μ_k − x) / v,
-//                r = softmax_k(−|x − μ_k|² / (2v))
+//                r = softmax_k(−|x − μ_k|² / (2v)), as Σ_k r_k (μ_k − x) / v: the mixture score of
+//                cpu/gmm.h (block_score) on blocks of W rows
 //   kFunnel      Neal's funnel, σ: ∂_0 = −x_0/σ² − (D−1)/2 + e^{−x_0} Σ_{i≥1} x_i² / 2, ∂_i = −x_i e^{−x_0}
 //   kManyWell    pairs (a, b): ∂_a = −4a³ + 12a + 1/2, ∂_b = −b
 //
@@ -11,9 +12,12 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "cpu/common.h"
+#include "cpu/gmm.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -22,36 +26,31 @@ enum TargetKind { kNoTarget = 0, kIsoMixture = 1, kFunnel = 2, kManyWell = 3 };
 
 template <typename T>
 struct TargetScore {
+  static constexpr int W = Lanes<T>::W;
   int kind = kNoTarget, D = 0, K = 0;
-  const T* means = nullptr;  // (K, D), kIsoMixture
-  T param = 0;               // kIsoMixture: the variance v; kFunnel: σ
+  T param = 0;                            // kIsoMixture: the variance v; kFunnel: σ
+  std::shared_ptr<const Mixture<T>> mix;  // kIsoMixture: the mixture of the means (K, D), weights 1/K, variances v
 
-  // sc[l*D + d] = ∇log R at the nb rows x[l*D + d]; scratch: K values.
+  TargetScore() = default;
+  TargetScore(int kind_, int D_, int K_, const T* means, T param_) : kind(kind_), D(D_), K(K_), param(param_) {
+    if (kind != kIsoMixture) return;
+    const std::vector<T> log_w(K, T(0)), var(K, param);
+    mix = std::make_shared<const Mixture<T>>(means, log_w.data(), var.data(), K, D, 1.0, 0.0);
+  }
+  // Values of scratch that operator() needs.
+  size_t scratch_size() const { return kind == kIsoMixture ? static_cast<size_t>(2 * D + 1 + kChunkK) * W : 1; }
+
+  // sc[l*D + d] = ∇log R at the nb rows x[l*D + d]; scratch: scratch_size() values, 64-byte aligned.
   void operator()(const T* __restrict x, int nb, T* __restrict sc, T* __restrict scratch) const {
     if (kind == kIsoMixture) {
-      const T inv2v = T(1) / (T(2) * param), inv_v = T(1) / param;
-      for (int l = 0; l < nb; ++l) {
-        const T* __restrict xr = x + l * D;
-        T m = -INFINITY;
-        for (int k = 0; k < K; ++k) {
-          const T* __restrict mu = means + k * D;
-          T s = 0;
-          for (int d = 0; d < D; ++d) s += (xr[d] - mu[d]) * (xr[d] - mu[d]);
-          scratch[k] = -s * inv2v;
-          m = scratch[k] > m ? scratch[k] : m;
-        }
-        T tot = 0;
-#pragma omp simd reduction(+ : tot)
-        for (int k = 0; k < K; ++k) {
-          scratch[k] = vm::exp<T>(scratch[k] - m);
-          tot += scratch[k];
-        }
-        const T inv_tot = T(1) / tot;
-        for (int d = 0; d < D; ++d) {
-          T a = 0;
-          for (int k = 0; k < K; ++k) a += scratch[k] * means[k * D + d];
-          sc[l * D + d] = (a * inv_tot - xr[d]) * inv_v;
-        }
+      T* xt = scratch;  // [D][W] the block's rows, its score, log-density and the log-sum-exp scratch
+      T* st = xt + static_cast<size_t>(D) * W;
+      T* lp = st + static_cast<size_t>(D) * W;
+      for (int b0 = 0; b0 < nb; b0 += W) {
+        const int n = std::min(W, nb - b0);
+        load_block<T, W>(x, b0, n, D, xt, T(0));
+        block_score<T, W, 0>(*mix, D, xt, st, lp, lp + W);
+        store_block<T, W>(st, b0, n, D, sc);
       }
     } else if (kind == kFunnel) {
       const T inv_s2 = T(1) / (param * param);

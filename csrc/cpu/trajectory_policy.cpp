@@ -174,7 +174,7 @@ void rollout_impl(const Net<T>& n, const Langevin<T>& lp, const T* x0, const dou
   const int64_t BD = B * D;
   parallel(nt, [&](int tid, int nth) {
     Work<T> w(n, kept.on(), true);
-    std::vector<T> scratch(std::max(lp.target.K, 1));
+    Buf<T> scratch(lp.target.scratch_size());
     for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
       T* X = states + b0 * D;
       if (x0) {
@@ -191,7 +191,7 @@ void rollout_impl(const Net<T>& n, const Langevin<T>& lp, const T* x0, const dou
         }
         if (lp.on()) {
           T* sc = lp.scores + i * BD + b0 * D;
-          lp.target(X, nb, sc, scratch.data());
+          lp.target(X, nb, sc, scratch.p);
           lp.template apply<false>(w, sc, nb, D, Dq, i);
         }
         if (kept.on()) kept.template copy<false>(n, w, nb, i, b0);
@@ -223,7 +223,7 @@ void for_given_steps(const Net<T>& n, const Langevin<T>& lp, const T* states, in
   const int64_t BD = B * n.D;
   parallel(nt, [&](int tid, int nth) {
     Work<T> w(n, BACKWARD, false);
-    std::vector<T> scratch(std::max(lp.target.K, 1));
+    Buf<T> scratch(lp.target.scratch_size());
     for_blocks(B, tid, nth, [&](int64_t b0, int nb) {
       block(tid, b0, nb);
       for (int s = 0; s < n.Tn; ++s) {
@@ -238,7 +238,7 @@ void for_given_steps(const Net<T>& n, const Langevin<T>& lp, const T* states, in
         }
         if (lp.on()) {
           T* sc = lp.scores + i * BD + b0 * n.D;
-          if (lp.target.kind) lp.target(X, nb, sc, scratch.data());
+          if (lp.target.kind) lp.target(X, nb, sc, scratch.p);
           lp.template apply<BACKWARD>(w, sc, nb, n.D, n.Dq, i);
         }
         f(tid, w, b0, nb, i, X, X + BD);
