@@ -39,6 +39,15 @@ def test_report_gives_ratios_against_the_best_pytorch():
     assert "x best PyTorch" in bench.format_table(report)
 
 
+def test_wide_d_cases_are_built_and_named():
+    """The wide-D mixture cases: case_names() lists them (and `--ops gmm_score` selects them), with their D."""
+    assert set(bench.WIDE_CASES) <= set(bench.case_names()) and not bench.unknown_ops(["gmm_score[separated/D=50]"])
+    report = bench.run("cpu", ["gmm_score[separated/D=17]"], compile_reference=False, min_time=0.01)
+    (row,) = report["results"]
+    assert row["op"] == "gmm_score[separated/D=17]" and row["flops"] == 5 * bench.WIDE_B * bench.WIDE_K * 17
+    assert "cpp" in row["backends"] and "ms" in row["backends"]["cpp"]
+
+
 def test_cpu_time_needs_one_thread(one_thread):
     report = bench.run("cpu", ["gmm_score[compact]"], compile_reference=False, min_time=0.01, cpu_time=True)
     assert report["info"]["clock"] == "thread CPU time"

@@ -18,7 +18,7 @@ and Box-Muller work is not counted.
 The mixture ops (gmm_score, gmm_mala, gmm_hmc) run on three mixtures, since far components make
 exp(-large) results that are denormal floats (slow on many Intel cores unless flushed):
 `compact` (means 0.5·N(0, I), unit variances), `separated` (means 3·N(0, I), variances U(0.2, 1.2))
-and `mainjob` (the mixture of `fastsamp sample`). On the CPU each C++ mixture row also reports
+and `mainjob` (the mixture of `fastsamp sample`), at D = 8; and `separated` at wide D (WIDE_CASES). On the CPU each C++ mixture row also reports
 `ftz_ratio` (the kernel's time over its time with flush-to-zero forced by the caller: near 1 when
 the kernel flushes on all its threads itself) and `denormal_cost` (its time with the kernels'
 flushing switched off over its time as shipped: what flushing buys on this CPU).
@@ -130,9 +130,16 @@ def mixture_flops(evals, B, K, D, size):
 STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept")
 
 
+# Wide-D mixture cases (D off the kernels' compile-time set {1, 2, 4, 8, 16}): the `separated` mixture with the K of
+# the 40GMM target, B = 4096; gmm_score at each D, gmm_mala (10 moves, n_trapezoid 3) at the 40GMM's D = 50.
+WIDE_D, WIDE_K, WIDE_B = (17, 50, 100), 40, 4096
+WIDE_CASES = tuple(f"gmm_score[separated/D={D}]" for D in WIDE_D) + ("gmm_mala[separated/D=50]",)
+
+
 def case_names() -> list:
     """The benchmark cases, in table order (those of `_cases`, without building them)."""
-    return [f"{op}[{kind}]" for kind in MIXTURES for op in ("gmm_score", "gmm_mala", "gmm_hmc")] + list(STREAMING_CASES)
+    return ([f"{op}[{kind}]" for kind in MIXTURES for op in ("gmm_score", "gmm_mala", "gmm_hmc")] + list(WIDE_CASES)
+            + list(STREAMING_CASES))
 
 
 def unknown_ops(ops) -> list:
@@ -152,21 +159,37 @@ def _cases(device, dtype):
     cases = {}
     # mixture ops: B=65536, D=8, K=16; gmm_mala n_trapezoid=3, 10 moves; gmm_hmc 3 leapfrog steps, 5 moves;
     # chains start at the mixture's own samples (so that far components are far from every chain)
-    B, D, K = 65536, 8, 16
-    eps = torch.full((B,), 0.05, dtype=dtype, device=device)
-    for kind in MIXTURES:
+    def chains(kind, B, D, K):
+        """(x, means, lw, var, eps) with the chains at the mixture's own samples."""
         means, lw, var = mixture(kind, D, K)
         k = torch.randint(0, K, (B,), generator=g)
         x = means[k] + var[k, None].sqrt() * torch.randn(B, D, generator=g, dtype=torch.float64)
-        x, means, lw, var = (t.to(device=device, dtype=dtype) for t in (x, means, lw, var))
-        # evaluations per chain: gmm_mala 10 moves x (proposal + 2 interior points) + the start,
-        # gmm_hmc 5 moves x 3 leapfrog steps + the start
-        cases[f"gmm_score[{kind}]"] = ((x, means, lw, var, 0.9, 0.1), size * (2 * B * D + B + K * (D + 2)),
-                                       *mixture_flops(1, B, K, D, size))
-        cases[f"gmm_mala[{kind}]"] = ((x, means, lw, var, eps, 10, 3, 1.0, 0.0, 7, 0, 0, 0), size * (2 * B * D + B),
-                                      *mixture_flops(10 * 3 + 1, B, K, D, size))
+        eps = torch.full((B,), 0.05, dtype=torch.float64)
+        return tuple(t.to(device=device, dtype=dtype) for t in (x, means, lw, var, eps))
+
+    # evaluations per chain: gmm_mala 10 moves x (proposal + 2 interior points) + the start,
+    # gmm_hmc 5 moves x 3 leapfrog steps + the start
+    def score_case(x, means, lw, var):
+        (B, D), K = x.shape, means.shape[0]
+        return (x, means, lw, var, 0.9, 0.1), size * (2 * B * D + B + K * (D + 2)), *mixture_flops(1, B, K, D, size)
+
+    def mala_case(x, means, lw, var, eps):
+        (B, D), K = x.shape, means.shape[0]
+        return ((x, means, lw, var, eps, 10, 3, 1.0, 0.0, 7, 0, 0, 0), size * (2 * B * D + B),
+                *mixture_flops(10 * 3 + 1, B, K, D, size))
+
+    B, D, K = 65536, 8, 16
+    for kind in MIXTURES:
+        x, means, lw, var, eps = chains(kind, B, D, K)
+        cases[f"gmm_score[{kind}]"] = score_case(x, means, lw, var)
+        cases[f"gmm_mala[{kind}]"] = mala_case(x, means, lw, var, eps)
         cases[f"gmm_hmc[{kind}]"] = ((x, means, lw, var, eps, 5, 3, 1.0, 0.0, 7, 0, 0, 0, 0.0),
                                      size * (2 * B * D + B), *mixture_flops(5 * 3 + 1, B, K, D, size))
+    for D in WIDE_D:
+        x, means, lw, var, eps = chains("separated", WIDE_B, D, WIDE_K)
+        cases[f"gmm_score[separated/D={D}]"] = score_case(x, means, lw, var)
+        if f"gmm_mala[separated/D={D}]" in WIDE_CASES:
+            cases[f"gmm_mala[separated/D={D}]"] = mala_case(x, means, lw, var, eps)
     # streaming ops: B=1<<20, D=16 (64 MiB per float32 array)
     B, D = 1 << 20, 16
     xs, ss = rnd(B, D), rnd(B, D)
