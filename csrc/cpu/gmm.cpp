@@ -2,8 +2,6 @@
 // gmm_mala (op 7) and gmm_hmc (op 8), on blocks of W chains with the mixture math of
 // cpu/gmm.h. See docs/backend-contract.md for the math.
 #include <cmath>
-#include <cstring>
-#include <limits>
 #include <vector>
 
 #include "cpu/common.h"
@@ -35,15 +33,15 @@ void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* sco
   parallel_for(mixture_threads<W>(mx, B, 1), nblk, [&](int64_t blk0, int64_t blk1) {
     Buf<T> ws(static_cast<size_t>(2 * DW + (1 + kChunkK) * W));
     T* xt = ws.p;
-    T* st = xt + DW;
-    T* lp = st + DW;
+    T* sct = xt + DW;
+    T* lp = sct + DW;
     T* ell = lp + W;
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t b0 = blk * W;
       const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
       load_block<T, W>(x, b0, nb, D, xt, T(0));
-      block_score<T, W, DC>(mx, D, xt, st, lp, ell);
-      store_block<T, W>(st, b0, nb, D, score);
+      block_score<T, W, DC>(mx, D, xt, sct, lp, ell);
+      store_block<T, W>(sct, b0, nb, D, score);
       for (int l = 0; l < nb; ++l) logp[b0 + l] = lp[l];
     }
   });

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/common.h"
@@ -27,6 +28,7 @@ struct Mixture {
   Mixture(const T* means, const T* log_weights, const T* variances, int64_t K_, int64_t D_, double alpha,
           double sigma2)
       : K(checked_dim(K_, "K")), D(checked_dim(D_, "D")), amu(static_cast<size_t>(K) * D), c(K), h(K), r(K) {
+    if (D < 1) throw std::invalid_argument("fastsamp._C: mixture D = 0: D must be >= 1");
     // lw = log_weights - logsumexp(log_weights)
     double mx = -std::numeric_limits<double>::infinity();
     for (int k = 0; k < K; ++k) mx = std::max(mx, static_cast<double>(log_weights[k]));
@@ -210,7 +212,7 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
       st(ell + kk * W, w * rr[k0 + kk]);
     }
     const bool final_chunk = k0 + kn == K;
-    const V inv = T(1) / sum;
+    const V inv = final_chunk ? T(1) / sum : V{};  // normalises the sums after the final chunk
     for_each_tile(D, [&](auto nc, int d0) {
       constexpr int N = decltype(nc)::value;
       V xv[N], acc[N];

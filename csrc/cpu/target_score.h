@@ -27,12 +27,12 @@ enum TargetKind { kNoTarget = 0, kIsoMixture = 1, kFunnel = 2, kManyWell = 3 };
 template <typename T>
 struct TargetScore {
   static constexpr int W = Lanes<T>::W;
-  int kind = kNoTarget, D = 0, K = 0;
+  int kind = kNoTarget, D = 0;
   T param = 0;                            // kIsoMixture: the variance v; kFunnel: σ
   std::shared_ptr<const Mixture<T>> mix;  // kIsoMixture: the mixture of the means (K, D), weights 1/K, variances v
 
   TargetScore() = default;
-  TargetScore(int kind_, int D_, int K_, const T* means, T param_) : kind(kind_), D(D_), K(K_), param(param_) {
+  TargetScore(int kind_, int D_, int K, const T* means, T param_) : kind(kind_), D(D_), param(param_) {
     if (kind != kIsoMixture) return;
     const std::vector<T> log_w(K, T(0)), var(K, param);
     mix = std::make_shared<const Mixture<T>>(means, log_w.data(), var.data(), K, D, 1.0, 0.0);
@@ -44,13 +44,13 @@ struct TargetScore {
   void operator()(const T* __restrict x, int nb, T* __restrict sc, T* __restrict scratch) const {
     if (kind == kIsoMixture) {
       T* xt = scratch;  // [D][W] the block's rows, its score, log-density and the log-sum-exp scratch
-      T* st = xt + static_cast<size_t>(D) * W;
-      T* lp = st + static_cast<size_t>(D) * W;
+      T* sct = xt + static_cast<size_t>(D) * W;
+      T* lp = sct + static_cast<size_t>(D) * W;
       for (int b0 = 0; b0 < nb; b0 += W) {
         const int n = std::min(W, nb - b0);
         load_block<T, W>(x, b0, n, D, xt, T(0));
-        block_score<T, W, 0>(*mix, D, xt, st, lp, lp + W);
-        store_block<T, W>(st, b0, n, D, sc);
+        block_score<T, W, 0>(*mix, D, xt, sct, lp, lp + W);
+        store_block<T, W>(sct, b0, n, D, sc);
       }
     } else if (kind == kFunnel) {
       const T inv_s2 = T(1) / (param * param);
