@@ -41,12 +41,44 @@ def test_gmm_score_wide(backend, dtype, B, D, K):
     _score_matches_the_reference(backend, dtype, B, D, K)
 
 
+# Every chunk of the log-sum-exp carries weight (seeded): D = 4, 15 (tiles 8 + 4 + 2 + 1), 16, and
+#   "far": K = 70, chain b at component 64 + b % 6 (second chunk) and its 0.1-ball: a one-hot softmax there,
+#          so a kernel that drops the second chunk or does not rescale the first one's sums fails;
+#   "soft": K = 130 (three chunks), means of scale 0.3 and variances in [2, 4): many components share weight.
+@pytest.mark.parametrize("D", [4, 15, 16])
+@pytest.mark.parametrize("case", ["far", "soft"])
+def test_gmm_score_chunks(backend, dtype, case, D):
+    name, device = backend
+    gen = torch.Generator().manual_seed(1000 * D + (case == "soft"))
+    B = 37
+    if case == "far":
+        K = 70
+        means = 2.0 * torch.randn(K, D, generator=gen, dtype=torch.float64)
+        x = means[64 + torch.arange(B) % 6] + 0.1 * torch.randn(B, D, generator=gen, dtype=torch.float64)
+        var = 0.3 + torch.rand(K, generator=gen, dtype=torch.float64)
+        alpha, sigma2 = 1.0, 0.0
+    else:
+        K = 130
+        means = 0.3 * torch.randn(K, D, generator=gen, dtype=torch.float64)
+        x = torch.randn(B, D, generator=gen, dtype=torch.float64)
+        var = 2.0 + 2.0 * torch.rand(K, generator=gen, dtype=torch.float64)
+        alpha, sigma2 = 0.8, 0.35
+    lw = 0.5 * torch.randn(K, generator=gen, dtype=torch.float64)
+    _check_score(name, dtype, *(t.to(dtype=dtype, device=device) for t in (x, means, lw, var)), alpha, sigma2)
+
+
 def _score_matches_the_reference(backend, dtype, B, D, K):
     """gmm_score on `backend` against the float64 reference at (B, D, K)."""
     name, device = backend
     x = rand(B, D, dtype=dtype, device=device, scale=3.0)
     means, lw, var = mixture(K, D, dtype, device)
-    alpha, sigma2 = 0.8, 0.35
+    _check_score(name, dtype, x, means, lw, var, 0.8, 0.35)
+
+
+def _check_score(name, dtype, x, means, lw, var, alpha, sigma2):
+    """gmm_score on backend `name` at (x, means, lw, var) against the float64 reference."""
+    B, D = x.shape
+    device = x.device
     score, logp = ops.gmm_score(x, means, lw, var, alpha=alpha, sigma2=sigma2, backend=name)
     r_score, r_logp = ref.gmm_score(*f64(x, means, lw, var), alpha, sigma2)
     assert score.dtype == dtype and score.device.type == device.type
