@@ -18,10 +18,10 @@ and Box-Muller work is not counted.
 The mixture ops (gmm_score, gmm_mala, gmm_hmc) run on three mixtures, since far components make
 exp(-large) results that are denormal floats (slow on many Intel cores unless flushed):
 `compact` (means 0.5·N(0, I), unit variances), `separated` (means 3·N(0, I), variances U(0.2, 1.2))
-and `mainjob` (the mixture of `fastsamp sample`), at D = 8; and `separated` at wide D (WIDE_CASES). On the CPU each C++ mixture row also reports
-`ftz_ratio` (the kernel's time over its time with flush-to-zero forced by the caller: near 1 when
-the kernel flushes on all its threads itself) and `denormal_cost` (its time with the kernels'
-flushing switched off over its time as shipped: what flushing buys on this CPU).
+and `mainjob` (the mixture of `fastsamp sample`), at D = 8; and `separated` at wide D (WIDE_CASES).
+On the CPU each C++ mixture row also reports `ftz_ratio` (the kernel's time over its time with flush-to-zero
+forced by the caller: near 1 when the kernel flushes on all its threads itself) and `denormal_cost` (its time
+with the kernels' flushing switched off over its time as shipped: what flushing buys on this CPU).
 """
 from __future__ import annotations
 
