@@ -28,22 +28,14 @@ template <typename T, int DC>
 void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* score, T* logp) {
   constexpr int W = Lanes<T>::W;
   const int D = DC > 0 ? DC : Drt;
-  const int64_t DW = static_cast<int64_t>(D) * W;
   const int64_t nblk = (B + W - 1) / W;
   parallel_for(mixture_threads<W>(mx, B, 1), nblk, [&](int64_t blk0, int64_t blk1) {
-    Buf<T> ws(static_cast<size_t>(2 * DW + (1 + kChunkK) * W));
-    T* xt = ws.p;
-    T* sct = xt + DW;
-    T* lp = sct + DW;
-    T* ell = lp + W;
-    for (int64_t blk = blk0; blk < blk1; ++blk) {
-      const int64_t b0 = blk * W;
-      const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
-      load_block<T, W>(x, b0, nb, D, xt, T(0));
-      block_score<T, W, DC>(mx, D, xt, sct, lp, ell);
-      store_block<T, W>(sct, b0, nb, D, score);
+    Buf<T> ws(score_rows_scratch<T, W>(D));
+    score_rows<T, W, DC>(mx, D, x, blk0 * W, std::min(B, blk1 * W), ws.p,
+                         [&](int64_t b0, int nb, const T* sc, const T* lp) {
+      store_block<T, W>(sc, b0, nb, D, score);
       for (int l = 0; l < nb; ++l) logp[b0 + l] = lp[l];
-    }
+    });
   });
 }
 

@@ -277,6 +277,27 @@ FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, in
   }
 }
 
+// The mixture score of the rows [r0, r1) of x (n, D), in blocks of W rows: per block (rows b0 .. b0+nb-1)
+// load_block, block_score, then out(b0, nb, sc, lp) with the block's score sc[D][W] and log-density lp[W].
+// scratch: score_rows_scratch<T, W>(D) values, 64-byte aligned.
+template <typename T, int W>
+constexpr size_t score_rows_scratch(int D) {
+  return static_cast<size_t>(2 * D + 1 + kChunkK) * W;
+}
+template <typename T, int W, int DC, typename Out>
+FASTSAMP_VINLINE void score_rows(const Mixture<T>& mx, int D, const T* __restrict x, int64_t r0, int64_t r1,
+                                 T* __restrict scratch, Out&& out) {
+  T* xt = scratch;  // [D][W] the block's rows, its score, log-density and the log-sum-exp scratch
+  T* sct = xt + static_cast<size_t>(D) * W;
+  T* lp = sct + static_cast<size_t>(D) * W;
+  for (int64_t b0 = r0; b0 < r1; b0 += W) {
+    const int nb = static_cast<int>(std::min<int64_t>(W, r1 - b0));
+    load_block<T, W>(x, b0, nb, D, xt, T(0));
+    block_score<T, W, DC>(mx, D, xt, sct, lp, lp + W);
+    out(b0, nb, static_cast<const T*>(sct), static_cast<const T*>(lp));
+  }
+}
+
 // ---- Philox across the lanes of a chain block (the whole-move kernels) ----
 // The normals and MH uniforms of docs/backend-contract.md for the W chains b0 .. b0+W-1 of a block,
 // written [row][W] as block_normals / block_log_uniform (cpu/common.h) do. On AVX-512 the Philox

@@ -154,9 +154,8 @@ struct SumWork {
   static constexpr int W = Lanes<T>::W;
   std::vector<std::unique_ptr<mlp::Work<T>>> work;
   ABuf<T> gx;  // an energy network's J_fᵀ r ([rows][D])
-  Buf<T> xt, st, lp, ell;
-  SumWork(const NetSum<T>& m, int rows)
-      : xt(static_cast<size_t>(m.D) * W), st(static_cast<size_t>(m.D) * W), lp(W), ell(kChunkK * W) {
+  Buf<T> mixs;  // the mixture's score_rows scratch
+  SumWork(const NetSum<T>& m, int rows) : mixs(score_rows_scratch<T, W>(m.D)) {
     bool any_energy = false;
     for (const auto& n : m.nets) {
       work.emplace_back(new mlp::Work<T>(n->net, n->energy, false, rows));
@@ -219,18 +218,15 @@ void sum_rows(const NetSum<T>& m, SumWork<T>& w, const T* __restrict X, int nr, 
   if (!m.mix) return;
   constexpr int W = SumWork<T>::W;
   const bool alone = m.nets.empty();
-  for (int r0 = 0; r0 < nr; r0 += W) {
-    const int nl = std::min(W, nr - r0);
-    load_block<T, W>(X, r0, nl, D, w.xt.p, T(0));
-    block_score<T, W, 0>(*m.mix, D, w.xt.p, w.st.p, w.lp.p, w.ell.p);
+  score_rows<T, W, 0>(*m.mix, D, X, 0, nr, w.mixs.p, [&](int64_t r0, int nl, const T* bs, const T* bl) {
     for (int l = 0; l < nl; ++l) {
       for (int d = 0; d < D; ++d) {
-        T& sr = S[static_cast<int64_t>(r0 + l) * D + d];
-        sr = alone ? w.st.p[d * W + l] : sr + w.st.p[d * W + l];
+        T& sr = S[(r0 + l) * D + d];
+        sr = alone ? bs[d * W + l] : sr + bs[d * W + l];
       }
-      if (LP) LP[r0 + l] = alone ? w.lp.p[l] : LP[r0 + l] + w.lp.p[l];
+      if (LP) LP[r0 + l] = alone ? bl[l] : LP[r0 + l] + bl[l];
     }
-  }
+  });
 }
 
 // f(c0, c1) on each thread's contiguous run of chains [c0, c1) (mlp::row_run; at least 16 chains per thread).

@@ -38,20 +38,14 @@ struct TargetScore {
     mix = std::make_shared<const Mixture<T>>(means, log_w.data(), var.data(), K, D, 1.0, 0.0);
   }
   // Values of scratch that operator() needs.
-  size_t scratch_size() const { return kind == kIsoMixture ? static_cast<size_t>(2 * D + 1 + kChunkK) * W : 1; }
+  size_t scratch_size() const { return kind == kIsoMixture ? score_rows_scratch<T, W>(D) : 1; }
 
   // sc[l*D + d] = ∇log R at the nb rows x[l*D + d]; scratch: scratch_size() values, 64-byte aligned.
   void operator()(const T* __restrict x, int nb, T* __restrict sc, T* __restrict scratch) const {
     if (kind == kIsoMixture) {
-      T* xt = scratch;  // [D][W] the block's rows, its score, log-density and the log-sum-exp scratch
-      T* sct = xt + static_cast<size_t>(D) * W;
-      T* lp = sct + static_cast<size_t>(D) * W;
-      for (int b0 = 0; b0 < nb; b0 += W) {
-        const int n = std::min(W, nb - b0);
-        load_block<T, W>(x, b0, n, D, xt, T(0));
-        block_score<T, W, 0>(*mix, D, xt, sct, lp, lp + W);
-        store_block<T, W>(sct, b0, n, D, sc);
-      }
+      score_rows<T, W, 0>(*mix, D, x, 0, nb, scratch, [&](int64_t b0, int n, const T* bs, const T*) {
+        store_block<T, W>(bs, b0, n, D, sc);
+      });
     } else if (kind == kFunnel) {
       const T inv_s2 = T(1) / (param * param);
       for (int l = 0; l < nb; ++l) {
