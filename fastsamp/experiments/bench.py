@@ -132,8 +132,9 @@ STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propos
 
 # Wide-D mixture cases (D off the kernels' compile-time set {1, 2, 4, 8, 16}): the `separated` mixture with the K of
 # the 40GMM target, B = 4096; gmm_score at each D, gmm_mala (10 moves, n_trapezoid 3) at the 40GMM's D = 50.
-WIDE_D, WIDE_K, WIDE_B = (17, 50, 100), 40, 4096
-WIDE_CASES = tuple(f"gmm_score[separated/D={D}]" for D in WIDE_D) + ("gmm_mala[separated/D=50]",)
+WIDE_D, WIDE_K, WIDE_B, WIDE_MALA_D = (17, 50, 100), 40, 4096, 50
+WIDE_CASES = tuple(name for D in WIDE_D for name in (f"gmm_score[separated/D={D}]",)
+                   + ((f"gmm_mala[separated/D={D}]",) if D == WIDE_MALA_D else ()))
 
 
 def case_names() -> list:
@@ -188,7 +189,7 @@ def _cases(device, dtype):
     for D in WIDE_D:
         x, means, lw, var, eps = chains("separated", WIDE_B, D, WIDE_K)
         cases[f"gmm_score[separated/D={D}]"] = score_case(x, means, lw, var)
-        if f"gmm_mala[separated/D={D}]" in WIDE_CASES:
+        if D == WIDE_MALA_D:
             cases[f"gmm_mala[separated/D={D}]"] = mala_case(x, means, lw, var, eps)
     # streaming ops: B=1<<20, D=16 (64 MiB per float32 array)
     B, D = 1 << 20, 16
