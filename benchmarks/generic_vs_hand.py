@@ -37,9 +37,9 @@ import argparse
 import json
 import math
 import statistics
-import time
 
 import torch
+from _timing import CLOCKS, device_sync, network_split
 from _user_mlp import UserMLP
 
 import fastsamp
@@ -96,32 +96,6 @@ def generic(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, seed=0, devi
     return x, stats
 
 
-def network_split(net, fn, clock, sync):
-    """(total, in the network's forward) seconds and the number of network calls of one run of fn, the forward timed
-    around each call (about a microsecond per call, the same on both sides), sync() before and after it and at the
-    run's end (a no-op on the CPU; on a GPU it makes the network's time count its kernels)."""
-    inside = [0.0, 0]
-
-    def timed_forward(x, t, forward=net.forward):
-        sync()
-        t0 = clock()
-        out = forward(x, t)
-        sync()
-        inside[0] += clock() - t0
-        inside[1] += 1
-        return out
-
-    net.forward = timed_forward
-    try:
-        t0 = clock()
-        fn()
-        sync()
-        total = clock() - t0
-    finally:
-        del net.forward
-    return total, inside[0], inside[1]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chains", type=int, default=2048)
@@ -138,7 +112,7 @@ def main(argv=None):
                    help="fastsamp's value checks in annealed_mcmc (default off, as in issue 10's goals)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    clock = time.perf_counter if a.clock == "wall" else time.process_time
+    clock = CLOCKS[a.clock]
     torch.set_num_threads(a.threads)
     with fastsamp.validation(a.validation == "on"):
         return compare(a, clock)
@@ -149,7 +123,7 @@ def compare(a, clock):
     median per-pair ratio generic / hand."""
     net = UserMLP(8, a.hidden, minus_x=True, init_seed=0).to(a.device)
     device = torch.device(a.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
     runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw)}
     calls, evals = a.levels * (a.moves + 1), a.levels * (a.moves * a.n_trapezoid + 1)  # calls per run, rows per chain

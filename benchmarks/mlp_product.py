@@ -36,6 +36,7 @@ import time
 from functools import partial
 
 import torch
+from _timing import gemm_rate, timed
 
 from fastsamp import ops
 from fastsamp.experiments.bench import cpu_model, measure_roofline
@@ -64,20 +65,6 @@ def flops_per_eval(model):
 
 
 CPU = torch.device("cpu")
-
-
-def timed(fn, repeats, device=CPU):
-    """(median wall s, median CPU s of this process, last result) of `repeats` calls of fn() (on a GPU the wall
-    time runs to the device's synchronisation)."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus), out
 
 
 def run_samplers(model, args, which):
@@ -195,14 +182,6 @@ def run_compiled_step(model, args):
     return wall, cpu, compile_s
 
 
-def gemm_rate_cpu_time(m=1024, repeats=15):
-    """GFLOP/s of a float32 m³ matmul by this process's CPU time (median)."""
-    x, y = torch.randn(m, m), torch.randn(m, m)
-    x @ y
-    _, cpu, _ = timed(lambda: x @ y, repeats)
-    return 2 * m**3 / cpu / 1e9
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chains", type=int, default=4096)
@@ -225,7 +204,7 @@ def main():
     gemm = {"wall": measure_roofline(args.device)["fp32_gemm_GFLOPs"]}
     clocks = ("wall",) if args.device.type == "cuda" else ("wall", "cpu")  # the host's CPU time says nothing there
     if "cpu" in clocks:
-        gemm["cpu"] = gemm_rate_cpu_time()
+        gemm["cpu"] = gemm_rate()["cpu"]
 
     def entry(wall, cpu, evals):
         rates = {k: evals * fpe / {"wall": wall, "cpu": cpu}[k] / 1e9 for k in clocks}

@@ -39,24 +39,12 @@ import statistics
 import time
 
 import torch
+from _timing import gemm_rate
 
 from fastsamp import ops
 from fastsamp.experiments.bench import cpu_model
 from fastsamp.mlp_models import dsm_loss
 from fastsamp.models import EnergyMLP, ScoreMLP
-
-
-def gemm_rate(m=1024, repeats=15):
-    """GFLOP/s of a float32 m³ matmul: median wall, median CPU time."""
-    x, y = torch.randn(m, m), torch.randn(m, m)
-    x @ y
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        x @ y
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return {"wall": 2 * m**3 / statistics.median(walls) / 1e9, "cpu": 2 * m**3 / statistics.median(cpus) / 1e9}
 
 
 def trainer(net, loss_fn):

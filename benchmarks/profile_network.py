@@ -29,6 +29,7 @@ import time
 from collections import Counter
 
 import torch
+from _timing import CLOCKS, device_sync, network_split
 from _user_mlp import UserMLP
 
 import fastsamp
@@ -128,8 +129,7 @@ def main():
     if device.type == "cuda" and args.clock == "cpu":
         p.error("--clock cpu would not count a GPU's kernels: use --clock wall with --device cuda")
     on_gpu = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    sync, clock = device_sync(device), CLOCKS[args.clock]
     device_name = f"{args.device} ({torch.cuda.get_device_name(device)})" if on_gpu else args.device
     torch.set_num_threads(1)
     fastsamp.set_validation(False)
@@ -143,27 +143,13 @@ def main():
         sync()
         return out
 
-    network_s = [0.0]
-
-    def timed_forward(x, t, forward=model.forward):  # the network's own time, without a profiler
-        sync()
-        t0 = clock()
-        out = forward(x, t)
-        sync()
-        network_s[0] += clock() - t0
-        return out
-
-    run()  # warm-up
-    model.forward = timed_forward
+    _, stats = run()  # warm-up
     walls, outside, outside_s = [], [], []
-    for _ in range(args.repeats):
-        network_s[0] = 0.0
-        t0 = clock()
-        _, stats = run()
-        walls.append(clock() - t0)
-        outside.append(1 - network_s[0] / walls[-1])
-        outside_s.append(walls[-1] - network_s[0])
-    del model.forward
+    for _ in range(args.repeats):  # the network's own time, without a profiler
+        total, network_s, _ = network_split(model, run, clock, sync)
+        walls.append(total)
+        outside.append(1 - network_s / total)
+        outside_s.append(total - network_s)
     wall, outside, outside_s = statistics.median(walls), statistics.median(outside), statistics.median(outside_s)
     n_moves = args.levels * args.moves
     with fastsamp.profiling.breakdown(trace=args.trace) as b:
