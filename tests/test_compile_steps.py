@@ -123,6 +123,27 @@ def test_mala_move_into_one_batch_compiles(dynamo_reset):
     torch.testing.assert_close(batch_c, batch_e, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_score_mh_accept_stack_form_compiles(dynamo_reset, dynamic):
+    """score_prop as the (n, B, D) stack of one batch's scores (interior_scores None; the registered op takes its
+    ((M + 1)·B, D) rows) under torch.compile, B symbolic when dynamic: no graph break, the bits of the eager call
+    and of the sets given apart."""
+    def accept(x, x_prop, s, scores):
+        return ops.score_mh_accept(x, x_prop, s, scores.view(3, x.shape[0], D), 0.05, seed=3, offset=2)
+
+    g = torch.Generator().manual_seed(0)
+    for B in (9, 5):  # a second B: the dynamic graph is reused
+        x, x_prop, s = (torch.randn(B, D, generator=g) for _ in range(3))
+        scores = torch.randn(3 * B, D, generator=g)
+        explain = torch._dynamo.explain(accept)(x, x_prop, s, scores)
+        assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+        got = torch.compile(accept, fullgraph=True, backend="aot_eager", dynamic=dynamic)(x, x_prop, s, scores)
+        apart = ops.score_mh_accept(x, x_prop, s, scores[:B], 0.05, interior_scores=scores[B:].view(2, B, D), seed=3,
+                                    offset=2)
+        for a, e, p in zip(got, accept(x, x_prop, s, scores), apart):
+            assert torch.equal(a, e) and torch.equal(a, p)
+
+
 def test_out_call_compiles(dynamo_reset):
     """out= under torch.compile: no graph break (the overlap check reads addresses only in eager; the traced op
     is functional and copied into out); out is written in place as in eager."""

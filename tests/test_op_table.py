@@ -53,8 +53,9 @@ def policy_params(dtype, device):
 
 
 def make_args(op, dtype, device, *, optional: bool):
-    """Arguments of the backend signature, sized by SIZES; optional tensors given or None."""
-    shape_of = dims(op)
+    """Arguments of the backend signature, sized by SIZES; optional tensors given or None (score_mh_accept's
+    score_prop then takes its rows form: R = B rows beside the M interior sets, else (M + 1)·B)."""
+    shape_of = dims(op, R=SIZES["B"] * (1 if optional else SIZES["M"] + 1))
     out = []
     for a in op.args:
         if a.kind == "tensors":
@@ -152,7 +153,8 @@ def test_outputs_match_the_table(dtype, optional):
                 check_outputs(op, getattr(backends._load(name)[0], op.name)(*args), dtype, args)
 
 
-def test_registered_ops_follow_the_table():
+@pytest.mark.parametrize("optional", [False, True], ids=["without_optional", "with_optional"])
+def test_registered_ops_follow_the_table(optional):
     assert set(_library.ENTRIES) == {op.name for op in _table.registered()}
     assert {n for n, op in _table.OPS.items() if op.grad} == set(_autograd.FORMULAS)
     for op in _table.registered():
@@ -162,8 +164,9 @@ def test_registered_ops_follow_the_table():
         assert len(schema.returns) == len(op.outs), op.name
         if any(a.kind in ("ints", "floats") for a in op.args):
             continue  # the mlp ops' networks: their fake implementations run in tests/test_registration.py's opcheck
+        given = make_args(op, torch.float32, "cpu", optional=optional)
         args = [_library.encode_u64(a) if spec.kind == "u64" else a
-                for a, spec in zip(make_args(op, torch.float32, "cpu", optional=True), op.args) if spec.kind != "out"]
+                for a, spec in zip(given, op.args) if spec.kind != "out"]
         with FakeTensorMode() as mode:
             fake = tree_map_only(torch.Tensor, mode.from_tensor, args)
             check_outputs(op, getattr(torch.ops.fastsamp, op.name)(*fake), torch.float32, args)

@@ -232,15 +232,16 @@ OPS: dict[str, Op] = {op.name: op for op in [
         f"dtype x score step_size {_C_NOISE}", _ALL, grad="x score step_size noise"),
     _op("line_points", "x:state x_prop:(B,D) n:int out:out", "points:(n-1,B,D)=out", "dtype x x_prop B D n", _ALL,
         grad="x x_prop"),
-    # score_prop (B, D), or with interior None (M + 1)·B rows: s(x') then the M interior score sets, the scores of
-    # one batch [x'; line_points] (the C kernels read the sets after score_prop's first B rows when interior is 0)
-    _op("score_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) step_size:(B,) u:(B,)? "
+    # score_prop (R, D): R = B, s(x'), with the M interior score sets in interior; or, interior None, R = (M + 1)·B
+    # rows: s(x') then the M sets, the scores of one batch [x'; line_points] (the C kernels read the sets after
+    # score_prop's first B rows when interior is 0)
+    _op("score_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(R,D) step_size:(B,) u:(B,)? "
         f"interior:(M,B,D)? {_DRAW} x_out:out score_out:out",
         "x_new:(B,D)=x_out score_new:(B,D)=score_out accepted:(B,)bool log_alpha:(B,)",
         f"dtype x x_prop score score_prop step_size u {_DRAW_C} interior M B D", _ALL + ("cuda",),
         renames={"interior": "interior_scores"},
-        dims="B, D = x.shape; M = (interior.shape[0] if interior is not None else score_prop.shape[0] // B - 1 if B "
-             "else 0)"),
+        dims="B, D = x.shape; R = score_prop.shape[0]; M = (interior.shape[0] if interior is not None else "
+             "R // B - 1 if B else 0)"),
     _op("energy_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) logp:(B,) logp_prop:(B,) "
         f"step_size:(B,) u:(B,)? {_DRAW}",
         "x_new:(B,D) score_new:(B,D) logp_new:(B,) accepted:(B,)bool log_alpha:(B,)",
