@@ -44,7 +44,7 @@ template <typename T, int W, int DC>
 FASTSAMP_VINLINE Row<T> block_dot(int Drt, const T* a, const T* b) {
   const int D = DC > 0 ? DC : Drt;
   Row<T> s{};
-  for (int d = 0; d < D; ++d) s = ld(a + d * W) * ld(b + d * W) + s;
+  for (int d = 0; d < D; ++d) s = loadu(a + d * W) * loadu(b + d * W) + s;
   return s;
 }
 
@@ -52,13 +52,13 @@ FASTSAMP_VINLINE Row<T> block_dot(int Drt, const T* a, const T* b) {
 template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_select(int Drt, const RowMask<T>& take, T* __restrict dst, const T* __restrict src) {
   const int D = DC > 0 ? DC : Drt;  // compile-time D unrolls the loop
-  for (int d = 0; d < D; ++d) st(dst + d * W, take ? ld(src + d * W) : ld(dst + d * W));
+  for (int d = 0; d < D; ++d) storeu(dst + d * W, take ? loadu(src + d * W) : loadu(dst + d * W));
 }
 
 template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_copy(int Drt, T* __restrict dst, const T* __restrict src) {
   const int D = DC > 0 ? DC : Drt;
-  for (int d = 0; d < D; ++d) st(dst + d * W, ld(src + d * W));
+  for (int d = 0; d < D; ++d) storeu(dst + d * W, loadu(src + d * W));
 }
 
 // Accept the proposals of the lanes with take[l] (else keep the current state): count them in
@@ -68,7 +68,7 @@ FASTSAMP_VINLINE void accept_block(int D, const RowMask<T>& take, Row<T>& nacc, 
                                    const T* __restrict lp_prop, T* __restrict x, const T* __restrict x_prop,
                                    T* __restrict s, const T* __restrict s_prop) {
   nacc += take ? Row<T>{} + T(1) : Row<T>{};
-  st(lp, take ? ld(lp_prop) : ld(lp));
+  storeu(lp, take ? loadu(lp_prop) : loadu(lp));
   block_select<T, W, DC>(D, take, x, x_prop);
   block_select<T, W, DC>(D, take, s, s_prop);
 }
@@ -104,11 +104,11 @@ void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D
       load_block<T, W>(x_in, b0, nb, D, xc, T(0));
       alignas(64) T lane[W];
       for (int l = 0; l < W; ++l) lane[l] = l < nb ? step[b0 + l] : T(1);
-      const Row<T> eps = ld(lane);
+      const Row<T> eps = loadu(lane);
       Row<T> nacc{};
       body(b0, xc, eps, nacc, scratch);
       store_block<T, W>(xc, b0, nb, D, x_out);
-      st(lane, nacc / static_cast<T>(n_steps));
+      storeu(lane, nacc / static_cast<T>(n_steps));
       for (int l = 0; l < nb; ++l) rate[b0 + l] = lane[l];
     }
   });
@@ -145,16 +145,16 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
       draws.draw(off, chain0 + static_cast<uint64_t>(b0), D, xi, mh == 2 ? nullptr : logu);
       // proposal x' = x + eps s + sqrt(2 eps) xi, d = x' - x
       for (int d = 0; d < D; ++d) {
-        const R x = ld(xc + d * W);
-        const R p = (x + eps * ld(sc + d * W)) + sq2e * ld(xi + d * W);
-        st(xp + d * W, p);
-        st(dd + d * W, p - x);
+        const R x = loadu(xc + d * W);
+        const R p = (x + eps * loadu(sc + d * W)) + sq2e * loadu(xi + d * W);
+        storeu(xp + d * W, p);
+        storeu(dd + d * W, p - x);
       }
       R acc{};  // interior points of the trapezoid: sum_i s(x + t_i d) . d
       if (mh == 0 && n > 1) {
         for (int64_t i = 1; i < n; ++i) {
           const T t = static_cast<T>(i) / static_cast<T>(n);
-          for (int d = 0; d < D; ++d) st(pt + d * W, ld(xc + d * W) + t * ld(dd + d * W));
+          for (int d = 0; d < D; ++d) storeu(pt + d * W, loadu(xc + d * W) + t * loadu(dd + d * W));
           block_score<T, W, DC>(mx, D, pt, si, lpi, ell);
           acc += block_dot<T, W, DC>(D, si, dd);
         }
@@ -163,14 +163,14 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
       if (mh == 2) {  // no test: take every proposal
         block_copy<T, W, DC>(D, xc, xp);
         block_copy<T, W, DC>(D, sc, sp);
-        st(lpc, ld(lpp));
+        storeu(lpc, loadu(lpp));
         nacc += T(1);
         continue;
       }
       // log q(x|x') - log q(x'|x) = (|d - eps s|^2 - |d + eps s'|^2) / (4 eps); sd = s.d, spd = s'.d
       R sd{}, spd{}, fwd2{}, bwd2{};
       for (int d = 0; d < D; ++d) {
-        const R dv = ld(dd + d * W), s = ld(sc + d * W), sn = ld(sp + d * W);
+        const R dv = loadu(dd + d * W), s = loadu(sc + d * W), sn = loadu(sp + d * W);
         const R fwd = dv - eps * s;
         const R bwd = dv + eps * sn;
         sd = s * dv + sd;
@@ -180,14 +180,14 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
       }
       R delta;
       if (mh == 1) {
-        delta = ld(lpp) - ld(lpc);
+        delta = loadu(lpp) - loadu(lpc);
       } else {
         R total = T(0.5) * (sd + spd);
         if (n > 1) total += acc;
         delta = total / tn;
       }
       const R log_alpha = delta + (fwd2 - bwd2) / four_eps;
-      const RowMask<T> take = ld(logu) < log_alpha;
+      const RowMask<T> take = loadu(logu) < log_alpha;
       accept_block<T, W, DC>(D, take, nacc, lpc, lpp, xc, xp, sc, sp);
     }
   });
@@ -221,35 +221,35 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
     T *__restrict lpc = cv.rows(1), *__restrict lpl = cv.rows(1), *__restrict logu = cv.rows(1);
     T* __restrict ell = cv.rows(kChunkK);
     const R heps = T(0.5) * eps;
-    for (int d = 0; d < D; ++d) st(pc + d * W, R{});
+    for (int d = 0; d < D; ++d) storeu(pc + d * W, R{});
     block_score<T, W, DC>(mx, D, xc, sc, lpc, ell);
     for (int64_t mv = 0; mv < n_steps; ++mv) {
       const uint64_t off = offset + static_cast<uint64_t>(mv);
       draws.draw(off, chain0 + static_cast<uint64_t>(b0), D, xi, mh == 2 ? nullptr : logu);
       // p0 = damping p + c_n xi (the rows d < D of xi)
       for (int d = 0; d < D; ++d) {
-        const R p = damp * ld(pc + d * W) + c_n * ld(xi + d * W);
-        st(p0 + d * W, p);
-        st(pl + d * W, p);
+        const R p = damp * loadu(pc + d * W) + c_n * loadu(xi + d * W);
+        storeu(p0 + d * W, p);
+        storeu(pl + d * W, p);
       }
       block_copy<T, W, DC>(D, xa, xc);
       block_copy<T, W, DC>(D, sa, sc);
-      st(lpl, ld(lpc));
+      storeu(lpl, loadu(lpc));
       R dlp{};
       for (int64_t j = 0; j < n_lf; ++j) {
         // p_half = p + (eps/2) s, x' = x + eps p_half
         for (int d = 0; d < D; ++d) {
-          const R ph = ld(pl + d * W) + heps * ld(sa + d * W);
-          st(pl + d * W, ph);
-          st(xb + d * W, ld(xa + d * W) + eps * ph);
+          const R ph = loadu(pl + d * W) + heps * loadu(sa + d * W);
+          storeu(pl + d * W, ph);
+          storeu(xb + d * W, loadu(xa + d * W) + eps * ph);
         }
         block_score<T, W, DC>(mx, D, xb, sb, lpl, ell);
         // p = p_half + (eps/2) s', dlogp += 1/2 (s + s').(x' - x)
         R seg{};
         for (int d = 0; d < D; ++d) {
-          const R s1 = ld(sb + d * W);
-          st(pl + d * W, ld(pl + d * W) + heps * s1);
-          seg = (ld(sa + d * W) + s1) * (ld(xb + d * W) - ld(xa + d * W)) + seg;
+          const R s1 = loadu(sb + d * W);
+          storeu(pl + d * W, loadu(pl + d * W) + heps * s1);
+          seg = (loadu(sa + d * W) + s1) * (loadu(xb + d * W) - loadu(xa + d * W)) + seg;
         }
         dlp += T(0.5) * seg;
         std::swap(xa, xb);
@@ -259,13 +259,13 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
       if (mh != 2) {
         const R kin = block_dot<T, W, DC>(D, pl, pl);
         const R kin0 = block_dot<T, W, DC>(D, p0, p0);
-          const R delta = mh == 1 ? ld(lpl) - ld(lpc) : dlp;
+          const R delta = mh == 1 ? loadu(lpl) - loadu(lpc) : dlp;
         const R log_alpha = (delta - T(0.5) * kin) + T(0.5) * kin0;
-        take = ld(logu) < log_alpha;
+        take = loadu(logu) < log_alpha;
       }
       accept_block<T, W, DC>(D, take, nacc, lpc, lpl, xc, xa, sc, sa);
       // rejected: flip the momentum (p ← −p0), which keeps partial refresh exact
-      for (int d = 0; d < D; ++d) st(pc + d * W, take ? ld(pl + d * W) : -ld(p0 + d * W));
+      for (int d = 0; d < D; ++d) storeu(pc + d * W, take ? loadu(pl + d * W) : -loadu(p0 + d * W));
     }
   });
 }

@@ -52,24 +52,20 @@ struct Mixture {
 // 64-byte load of a row that narrower stores wrote (an `omp simd` loop vectorised at 32 bytes)
 // stalls on store forwarding.
 template <typename T>
-struct VecT {
-  typedef T V __attribute__((vector_size(64)));
-  typedef typename vm::Bits<T>::I I_;
-  typedef I_ VI __attribute__((vector_size(64)));
-};
+using Row = typename vm::V64<T>::V;
 template <typename T>
-using Row = typename VecT<T>::V;
-template <typename T>
-using RowMask = typename VecT<T>::VI;
+using RowMask = typename vm::V64<T>::I;
 
+// Row load / store at any alignment (memcpy): u for unaligned, as in _mm512_loadu_ps. The MLP engine's
+// mlp::loada / storea (cpu/mlp_activations.h) need 64-byte aligned pointers.
 template <typename T>
-FASTSAMP_VINLINE Row<T> ld(const T* p) {
+FASTSAMP_VINLINE Row<T> loadu(const T* p) {
   Row<T> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 template <typename T>
-FASTSAMP_VINLINE void st(T* p, const Row<T>& v) {
+FASTSAMP_VINLINE void storeu(T* p, const Row<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
@@ -180,10 +176,10 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
       const bool first = d0 == 0, last = d0 + N == D;
       V xv[N];
 #pragma GCC unroll 16
-      for (int j = 0; j < N; ++j) xv[j] = ld(x + (d0 + j) * W);
+      for (int j = 0; j < N; ++j) xv[j] = loadu(x + (d0 + j) * W);
       for (int kk = 0; kk < kn; ++kk) {
         const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * D + d0;
-        V dist = first ? V{} : ld(ell + kk * W);
+        V dist = first ? V{} : loadu(ell + kk * W);
 #pragma GCC unroll 16
         for (int j = 0; j < N; ++j) {
           const V df = mu[j] - xv[j];
@@ -194,7 +190,7 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
           cm = e > cm ? e : cm;
           dist = e;
         }
-        st(ell + kk * W, dist);
+        storeu(ell + kk * W, dist);
       }
     });
     V scl = V{} + T(1);  // rescales the running sums to the new maximum (1 where it did not move)
@@ -207,9 +203,9 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
     // to 0, and where m = -inf (x infinite) the shift is 0 instead, so that no -inf - -inf = NaN appears.
     const V shift = m == ninf ? V{} : m;
     for (int kk = 0; kk < kn; ++kk) {
-      const V w = vexp_nonpos<V, VI, T>(ld(ell + kk * W) - shift);
+      const V w = vexp_nonpos<V, VI, T>(loadu(ell + kk * W) - shift);
       sum += w;
-      st(ell + kk * W, w * rr[k0 + kk]);
+      storeu(ell + kk * W, w * rr[k0 + kk]);
     }
     const bool final_chunk = k0 + kn == K;
     const V inv = final_chunk ? T(1) / sum : V{};  // normalises the sums after the final chunk
@@ -218,22 +214,22 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
       V xv[N], acc[N];
 #pragma GCC unroll 16
       for (int j = 0; j < N; ++j) {
-        xv[j] = ld(x + (d0 + j) * W);
-        acc[j] = k0 > 0 ? ld(sc + (d0 + j) * W) * scl : V{};
+        xv[j] = loadu(x + (d0 + j) * W);
+        acc[j] = k0 > 0 ? loadu(sc + (d0 + j) * W) * scl : V{};
       }
       for (int kk = 0; kk < kn; ++kk) {
         const T* __restrict mu = amu + static_cast<size_t>(k0 + kk) * D + d0;
-        const V wr = ld(ell + kk * W);
+        const V wr = loadu(ell + kk * W);
 #pragma GCC unroll 16
         for (int j = 0; j < N; ++j) acc[j] = wr * (mu[j] - xv[j]) + acc[j];
       }
 #pragma GCC unroll 16
-      for (int j = 0; j < N; ++j) st(sc + (d0 + j) * W, final_chunk ? acc[j] * inv : acc[j]);
+      for (int j = 0; j < N; ++j) storeu(sc + (d0 + j) * W, final_chunk ? acc[j] * inv : acc[j]);
     });
   }
   alignas(64) T sm[W], mm[W];
-  st(sm, sum);
-  st(mm, m);
+  storeu(sm, sum);
+  storeu(mm, m);
 #pragma omp simd
   for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
 }
@@ -310,7 +306,7 @@ template <typename T, int W>
 struct LanePhilox {
   static constexpr int H = W / 8;  // registers of 8 chains per block: 2 (float), 1 (double)
   using G = GroupNormals<T>;
-  using V = typename VecT<T>::V;
+  using V = Row<T>;
   __m512i k0[10], k1[10];  // round keys, broadcast
 
   explicit LanePhilox(uint64_t seed) {

@@ -45,8 +45,8 @@ struct StagedGrads {
   void step_done(bool last) {
     if (++pending < kFlush && !last) return;
     for (size_t i = 0; i < n_stage; i += kW<T>) {
-      st<T>(total.p + i, ld<T>(total.p + i) + ld<T>(stage.p + i));
-      st<T>(stage.p + i, Vec<T>{});
+      storea<T>(total.p + i, loada<T>(total.p + i) + loada<T>(stage.p + i));
+      storea<T>(stage.p + i, Vec<T>{});
     }
     pending = 0;
   }

@@ -42,7 +42,7 @@ FASTSAMP_VINLINE void mk(const T* __restrict a, int64_t ar, int64_t ak, int K, c
   for (int k = 0; k < K; ++k) {
     Vec<T> bv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = ld<T>(b + k * ldb + v * W);
+    for (int v = 0; v < NV; ++v) bv[v] = loada<T>(b + k * ldb + v * W);
     const T* __restrict ak0 = a + k * ak;
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
@@ -123,20 +123,20 @@ void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __res
                const T* __restrict bias, const T* __restrict add, T* __restrict U, T* __restrict G, int64_t ldo,
                T* __restrict A2 = nullptr) {
   static_assert(DERIV || !DERIV2, "act'' is kept with act'");
-  tiled_gemm<T, NV>(nb, A, lda, 1, K, Bt, ldb, NJ, [&](int col) { return ld<T>(bias + col); },
+  tiled_gemm<T, NV>(nb, A, lda, 1, K, Bt, ldb, NJ, [&](int col) { return loada<T>(bias + col); },
                     [&](Vec<T> z, int l, int col) {
                       const int64_t o = l * ldo + col;
-                      if (add) z += ld<T>(add + col);
+                      if (add) z += loada<T>(add + col);
                       Vec<T> g, dg;
                       if constexpr (DERIV2) {
                         Vec<T> d2g;
                         act_v2<T, ACT>(z, &g, &dg, &d2g);
-                        st<T>(A2 + o, d2g);
+                        storea<T>(A2 + o, d2g);
                       } else {
                         act_v<T, ACT, DERIV>(z, &g, &dg);
                       }
-                      st<T>(U + o, g);
-                      if constexpr (DERIV) st<T>(G + o, dg);
+                      storea<T>(U + o, g);
+                      if constexpr (DERIV) storea<T>(G + o, dg);
                     });
 }
 
@@ -144,13 +144,13 @@ void fwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __res
 template <typename T, int NV>
 void out_layer(int nb, const T* __restrict U, int64_t ldu, int K, const T* __restrict WoT, int64_t ldw, int NJ,
                const T* __restrict bo, T clip, T* __restrict OUT, T* __restrict DR, int64_t ldo) {
-  tiled_gemm<T, NV>(nb, U, ldu, 1, K, WoT, ldw, NJ, [&](int col) { return ld<T>(bo + col); },
+  tiled_gemm<T, NV>(nb, U, ldu, 1, K, WoT, ldw, NJ, [&](int col) { return loada<T>(bo + col); },
                     [&](Vec<T> o, int l, int col) {
                       const int64_t off = l * ldo + col;
                       Vec<T> dr = o < -clip ? bc<T>(-clip) : o;  // NaN passes (torch.clamp propagates NaN)
                       dr = dr > clip ? bc<T>(clip) : dr;
-                      if (OUT) st<T>(OUT + off, o);
-                      st<T>(DR + off, dr);
+                      if (OUT) storea<T>(OUT + off, o);
+                      storea<T>(DR + off, dr);
                     });
 }
 
@@ -176,10 +176,10 @@ FASTSAMP_VINLINE T dot_nj(const T* __restrict u, const T* __restrict w, int NJ) 
   Vec<T> a0 = Vec<T>{}, a1 = Vec<T>{};
   int v = 0;
   for (; v + 2 <= NJ; v += 2) {
-    a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
-    a1 = vm::vfma(ld<T>(u + (v + 1) * W), ld<T>(w + (v + 1) * W), a1);
+    a0 = vm::vfma(loada<T>(u + v * W), loada<T>(w + v * W), a0);
+    a1 = vm::vfma(loada<T>(u + (v + 1) * W), loada<T>(w + (v + 1) * W), a1);
   }
-  if (v < NJ) a0 = vm::vfma(ld<T>(u + v * W), ld<T>(w + v * W), a0);
+  if (v < NJ) a0 = vm::vfma(loada<T>(u + v * W), loada<T>(w + v * W), a0);
   return hsum<T>(a0 + a1);
 }
 
@@ -207,7 +207,7 @@ void bwd_layer(int nb, const T* __restrict A, int64_t lda, int K, const T* __res
                const T* __restrict G, T* __restrict out, int64_t ldo) {
   tiled_gemm<T, NV>(nb, A, lda, 1, K, Wm, ldw, NJ, [](int) { return Vec<T>{}; }, [&](Vec<T> acc, int l, int col) {
     const int64_t o = l * ldo + col;
-    st<T>(out + o, acc * ld<T>(G + o));
+    storea<T>(out + o, acc * loada<T>(G + o));
   });
 }
 
@@ -218,7 +218,7 @@ void wgrad(int M, int nb, const T* __restrict A, int64_t lda, const T* __restric
            T* __restrict C, int64_t ldc) {
   tiled_gemm<T, NV>(M, A, 1, lda, nb, Bm, ldb, NJ, [](int) { return Vec<T>{}; }, [&](Vec<T> acc, int m, int col) {
     T* c = C + m * ldc + col;
-    st<T>(c, ld<T>(c) + acc);
+    storea<T>(c, loada<T>(c) + acc);
   });
 }
 
@@ -228,8 +228,8 @@ FASTSAMP_VINLINE void colsum(int nb, const T* __restrict A, int64_t lda, int NJ,
   constexpr int W = kW<T>;
   for (int v = 0; v < NJ; ++v) {
     Vec<T> s = Vec<T>{};
-    for (int l = 0; l < nb; ++l) s += ld<T>(A + l * lda + v * W);
-    st<T>(acc + v * W, ld<T>(acc + v * W) + s);
+    for (int l = 0; l < nb; ++l) s += loada<T>(A + l * lda + v * W);
+    storea<T>(acc + v * W, loada<T>(acc + v * W) + s);
   }
 }
 

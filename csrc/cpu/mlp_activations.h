@@ -18,12 +18,14 @@ using IVec = typename vm::V64<T>::I;
 template <typename T>
 constexpr int kW = 64 / static_cast<int>(sizeof(T));
 
+// Vector load / store at a 64-byte aligned pointer (a for aligned; the mixture kernels' loadu / storeu of
+// cpu/gmm.h take any alignment).
 template <typename T>
-FASTSAMP_VINLINE Vec<T> ld(const T* p) {
+FASTSAMP_VINLINE Vec<T> loada(const T* p) {
   return *reinterpret_cast<const Vec<T>*>(p);
 }
 template <typename T>
-FASTSAMP_VINLINE void st(T* p, Vec<T> v) {
+FASTSAMP_VINLINE void storea(T* p, Vec<T> v) {
   *reinterpret_cast<Vec<T>*>(p) = v;
 }
 // Broadcast (not `Vec{} + x`: 0 + x is an add gcc may not drop, -0 + 0 being +0).

@@ -159,8 +159,8 @@ void tangent_forward(const mlp::Net<T>& n, EnergyWork<T>& e, int nb) {
       mlp::tiled_gemm<T, NV>(
           nb, A, lda, 1, K, Bt, Hp, n.NJ, [](int) { return mlp::Vec<T>{}; }, [&](mlp::Vec<T> zd, int l, int col) {
             const int64_t o = l * Hp + col;
-            mlp::st<T>(Ud + o, zd * mlp::ld<T>(G + o));
-            mlp::st<T>(A2 + o, zd * mlp::ld<T>(A2 + o));
+            mlp::storea<T>(Ud + o, zd * mlp::loada<T>(G + o));
+            mlp::storea<T>(A2 + o, zd * mlp::loada<T>(A2 + o));
           });
     };
     layer(0, e.UX.p, n.Dq, n.D, n.wsT.p);
@@ -188,12 +188,12 @@ void energy_reverse(const mlp::Net<T>& n, EnergyWork<T>& e, const T* X, int nb, 
       const T *G = w.g(k), *A2 = e.a2(k);
       mlp::tiled_gemm<T, NV>(nb, A + nb * lda, lda, 1, K, Wm, Hp, NJ, zero, [&](mlp::Vec<T> gh, int l, int col) {
         const int64_t o = l * Hp + col;
-        mlp::st<T>(e.GH.p + o, gh);
-        mlp::st<T>(out + tan + o, gh * mlp::ld<T>(G + o));
+        mlp::storea<T>(e.GH.p + o, gh);
+        mlp::storea<T>(out + tan + o, gh * mlp::loada<T>(G + o));
       });
       mlp::tiled_gemm<T, NV>(nb, A, lda, 1, K, Wm, Hp, NJ, zero, [&](mlp::Vec<T> gh, int l, int col) {
         const int64_t o = l * Hp + col;
-        mlp::st<T>(out + o, vm::vfma(mlp::ld<T>(e.GH.p + o), mlp::ld<T>(A2 + o), gh * mlp::ld<T>(G + o)));
+        mlp::storea<T>(out + o, vm::vfma(mlp::loada<T>(e.GH.p + o), mlp::loada<T>(A2 + o), gh * mlp::loada<T>(G + o)));
       });
     };
     mlp::wgrad<T, NV>(n.D, 2 * nb, w.GO.p, n.Dq, w.u(n.L), Hp, NJ, g.dwo, Hp);
