@@ -86,11 +86,16 @@ void dispatch_dtype(int dtype, const char* op, F&& f) {
       op_error(op, "dtype must be 0 (float32) or 1 (float64), got " + std::to_string(dtype)));
 }
 
-// Sizes of the quad kernels: B chains (a 32-bit Philox word) and ceil(D / 4) quads a row.
-inline void check_quad_sizes(const char* op, int64_t B, int64_t D) {
-  if (B < 0 || D < 0 || B > 0xFFFFFFFFLL || (D + 3) / 4 > 0xFFFFFFFFLL)
-    throw std::invalid_argument(
-        op_error(op, "bad sizes B=" + std::to_string(B) + " D=" + std::to_string(D)));
+// The dtype dispatch and size checks of a quad kernel's entry point: f(T{}, Q) with Q = ceil(D / 4) quads a
+// row, unless there is nothing to compute (B = 0 or D = 0). B chains: a 32-bit Philox word, as is Q.
+template <typename F>
+void with_quads(int dtype, const char* op, int64_t B, int64_t D, F&& f) {
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    if (B < 0 || D < 0 || B > 0xFFFFFFFFLL || (D + 3) / 4 > 0xFFFFFFFFLL)
+      throw std::invalid_argument(
+          op_error(op, "bad sizes B=" + std::to_string(B) + " D=" + std::to_string(D)));
+    if (B > 0 && D > 0) f(tag, (D + 3) / 4);
+  });
 }
 
 // f(std::integral_constant<int, v>{}) for a runtime v in [0, N) (N - 1 for larger v):

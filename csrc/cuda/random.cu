@@ -52,11 +52,8 @@ void normal(int dtype, uint64_t seed, uintptr_t seed_t, uint64_t offset, uintptr
 uintptr_t chain_offset_t, int64_t B, int64_t D, uintptr_t out_,
             uintptr_t stream) {
   const char* op = "normal";
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  with_quads(dtype, op, B, D, [&](auto tag, int64_t Q) {
     using T = decltype(tag);
-    check_quad_sizes(op, B, D);
-    if (B == 0 || D == 0) return;
-    const int64_t Q = (D + 3) / 4;
     with_const<2>(vec_quads(D, {out_}), [&](auto is_vec) {
       normal_kernel<T, decltype(is_vec)::value>
           <<<stride_blocks(B * Q, kRandomThreads, op), kRandomThreads, 0, as_stream(stream)>>>(

@@ -65,11 +65,8 @@ void sde_step(int dtype, uintptr_t x, uintptr_t score, uintptr_t extra_drift, ui
               uintptr_t chain_offset_t, double a, double c_s, double c_n,
               uintptr_t out_, uintptr_t stream) {
   const char* op = "sde_step";
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  with_quads(dtype, op, B, D, [&](auto tag, int64_t Q) {
     using T = decltype(tag);
-    check_quad_sizes(op, B, D);
-    if (B == 0 || D == 0) return;
-    const int64_t Q = (D + 3) / 4;
     const bool vec = vec_quads(D, {x, score, extra_drift, noise, out_});
     with_const<2>(noise != 0, [&](auto has_noise) {
       with_const<2>(extra_drift != 0, [&](auto has_extra) {

@@ -176,11 +176,7 @@ __global__ void __launch_bounds__(kEmThreads)
 template <typename F>
 void with_em_const(int dtype, const char* op, int64_t B, int64_t D, double h, double s2, double e2, double c,
                    double b2, F&& f) {
-  dispatch_dtype(dtype, op, [&](auto tag) {
-    using T = decltype(tag);
-    check_quad_sizes(op, B, D);
-    if (B > 0 && D > 0) f(em_const<T>(D, h, s2, e2, c, b2));
-  });
+  with_quads(dtype, op, B, D, [&](auto tag, int64_t) { f(em_const<decltype(tag)>(D, h, s2, e2, c, b2)); });
 }
 
 }  // namespace
