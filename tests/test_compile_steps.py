@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch._dynamo.testing import CompileCounter
+from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import fastsamp
 from fastsamp import VE, VP, backends, ops
@@ -126,22 +126,24 @@ def test_mala_move_into_one_batch_compiles(dynamo_reset):
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_score_mh_accept_stack_form_compiles(dynamo_reset, dynamic):
     """score_prop as the (n, B, D) stack of one batch's scores (interior_scores None; the registered op takes its
-    ((M + 1)·B, D) rows) under torch.compile, B symbolic when dynamic: no graph break, the bits of the eager call
-    and of the sets given apart."""
+    ((M + 1)·B, D) rows) under torch.compile: no graph break, the bits of the eager call and of the sets given
+    apart for two B; one graph for both B when B is symbolic (dynamic), one per B when static."""
     def accept(x, x_prop, s, scores):
         return ops.score_mh_accept(x, x_prop, s, scores.view(3, x.shape[0], D), 0.05, seed=3, offset=2)
 
     g = torch.Generator().manual_seed(0)
-    for B in (9, 5):  # a second B: the dynamic graph is reused
-        x, x_prop, s = (torch.randn(B, D, generator=g) for _ in range(3))
-        scores = torch.randn(3 * B, D, generator=g)
-        explain = torch._dynamo.explain(accept)(x, x_prop, s, scores)
-        assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
-        got = torch.compile(accept, fullgraph=True, backend="aot_eager", dynamic=dynamic)(x, x_prop, s, scores)
+    sets = [[torch.randn(B, D, generator=g) for _ in range(3)] + [torch.randn(3 * B, D, generator=g)] for B in (9, 5)]
+    explain = torch._dynamo.explain(accept)(*sets[0])  # explain resets dynamo: run it before counting compiles
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(accept, fullgraph=True, backend=counter, dynamic=dynamic)
+    for x, x_prop, s, scores in sets:
+        B = x.shape[0]
         apart = ops.score_mh_accept(x, x_prop, s, scores[:B], 0.05, interior_scores=scores[B:].view(2, B, D), seed=3,
                                     offset=2)
-        for a, e, p in zip(got, accept(x, x_prop, s, scores), apart):
+        for a, e, p in zip(compiled(x, x_prop, s, scores), accept(x, x_prop, s, scores), apart):
             assert torch.equal(a, e) and torch.equal(a, p)
+    assert counter.frame_count == (1 if dynamic else 2)
 
 
 def test_out_call_compiles(dynamo_reset):
