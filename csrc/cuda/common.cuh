@@ -3,6 +3,9 @@
 // Host side:
 //  * the pointer ABI (tensor pointers arrive as uintptr_t, 0 = not given), their
 //    alignment, and the dtype dispatch (dtype 0 float32, 1 float64),
+//  * the size check of Philox-indexed entry points (check_chain_sizes: B < 2^32 chains,
+//    invalid_argument -> ValueError) and the quad kernels' preamble (with_quads: dtype,
+//    size check, nothing to do at B * D = 0),
 //  * error checking of launches (throws std::runtime_error -> RuntimeError),
 //  * grid geometry of the two kernel shapes: a group of G lanes per chain, and
 //    grid-stride loops over the quads of a (B, D) tensor,
@@ -86,14 +89,19 @@ void dispatch_dtype(int dtype, const char* op, F&& f) {
       op_error(op, "dtype must be 0 (float32) or 1 (float64), got " + std::to_string(dtype)));
 }
 
-// The dtype dispatch and size checks of a quad kernel's entry point: f(T{}, Q) with Q = ceil(D / 4) quads a
-// row, unless there is nothing to compute (B = 0 or D = 0). B chains: a 32-bit Philox word, as is Q.
+// The size check of every entry point whose B chains index Philox: B, D >= 0, B < 2^32 (the chain is a
+// 32-bit Philox word, as is the quad index j < ceil(D / 4)); invalid_argument naming B and D otherwise.
+inline void check_chain_sizes(const char* op, int64_t B, int64_t D) {
+  if (B < 0 || D < 0 || B > 0xFFFFFFFFLL || (D + 3) / 4 > 0xFFFFFFFFLL)
+    throw std::invalid_argument(op_error(op, "bad sizes B=" + std::to_string(B) + " D=" + std::to_string(D)));
+}
+
+// The preamble of a quad kernel's entry point (dtype dispatch, check_chain_sizes): f(T{}, Q) with
+// Q = ceil(D / 4) quads a row, unless there is nothing to compute (B = 0 or D = 0).
 template <typename F>
 void with_quads(int dtype, const char* op, int64_t B, int64_t D, F&& f) {
   dispatch_dtype(dtype, op, [&](auto tag) {
-    if (B < 0 || D < 0 || B > 0xFFFFFFFFLL || (D + 3) / 4 > 0xFFFFFFFFLL)
-      throw std::invalid_argument(
-          op_error(op, "bad sizes B=" + std::to_string(B) + " D=" + std::to_string(D)));
+    check_chain_sizes(op, B, D);
     if (B > 0 && D > 0) f(tag, (D + 3) / 4);
   });
 }

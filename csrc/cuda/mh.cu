@@ -89,7 +89,8 @@ void score_mh_accept(int dtype, uintptr_t x, uintptr_t x_prop, uintptr_t score, 
   const char* op = "score_mh_accept";
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
-    if (B < 0 || D < 0 || m < 0) throw std::invalid_argument(op_error(op, "bad sizes"));
+    check_chain_sizes(op, B, D);
+    if (m < 0) throw std::invalid_argument(op_error(op, "bad interior count m=" + std::to_string(m)));
     // interior 0: the m sets follow score_prop's first B rows (score_prop (m + 1) B rows, one batch's scores)
     if (interior == 0) interior = score_prop + static_cast<uintptr_t>(B * D) * sizeof(T);
     if (B == 0) return;

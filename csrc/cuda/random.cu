@@ -70,7 +70,7 @@ uintptr_t chain_offset_t, int64_t B, uintptr_t out_,
   const char* op = "uniform";
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
-    if (B < 0) throw std::invalid_argument(op_error(op, "bad sizes"));
+    check_chain_sizes(op, B, 1);  // one uniform a chain
     if (B == 0) return;
     uniform_kernel<T><<<stride_blocks(B, kRandomThreads, op), kRandomThreads, 0, as_stream(stream)>>>(
         out<T>(out_), B, u64_arg(seed, seed_t), u64_arg(offset, offset_t), u64_arg(chain_offset, chain_offset_t));

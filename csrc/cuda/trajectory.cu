@@ -171,12 +171,12 @@ __global__ void __launch_bounds__(kEmThreads)
   }
 }
 
-// The dtype dispatch, size checks and per-call constants of both entry points: f(EmConst<T>)
-// unless there is nothing to compute.
+// with_quads (dtype dispatch, size checks) with both entry points' per-call constants:
+// f(EmConst<T>, Q), Q = ceil(D / 4), unless there is nothing to compute.
 template <typename F>
 void with_em_const(int dtype, const char* op, int64_t B, int64_t D, double h, double s2, double e2, double c,
                    double b2, F&& f) {
-  with_quads(dtype, op, B, D, [&](auto tag, int64_t) { f(em_const<decltype(tag)>(D, h, s2, e2, c, b2)); });
+  with_quads(dtype, op, B, D, [&](auto tag, int64_t Q) { f(em_const<decltype(tag)>(D, h, s2, e2, c, b2), Q); });
 }
 
 }  // namespace
@@ -188,12 +188,12 @@ void em_step_logprob(int dtype, uintptr_t x, uintptr_t drift, uintptr_t log_var,
                      double b2, uintptr_t y,
                      uintptr_t log_pf, uintptr_t log_pb, uintptr_t stream) {
   const char* op = "em_step_logprob";
-  with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k) {
+  with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k, int64_t Q) {
     using T = decltype(k.h);
     const bool vec = vec_quads(D, {x, drift, log_var, x_next, noise, x_next == 0 ? y : 0});
     const int source = x_next != 0 ? 0 : noise != 0 ? 1 : 2;  // x_next given, noise tensor, Philox
     // About one or two quads per lane.
-    with_group((D + 3) / 4, [&](auto g) {
+    with_group(Q, [&](auto g) {
       with_const<2>(log_var != 0, [&](auto has_lv) {
         with_const<3>(source, [&](auto src) {
           constexpr int G = decltype(g)::value, S = decltype(src)::value;
@@ -214,10 +214,9 @@ void em_step_logprob_backward(int dtype, uintptr_t x, uintptr_t drift, uintptr_t
                               double h, double s2, double e2, double c, double b2, bool reparam, uintptr_t g_x,
                               uintptr_t g_drift, uintptr_t g_log_var, uintptr_t g_x_next_out, uintptr_t stream) {
   const char* op = "em_step_logprob_backward";
-  with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k) {
+  with_em_const(dtype, op, B, D, h, s2, e2, c, b2, [&](const auto& k, int64_t Q) {
     using T = decltype(k.h);
     const bool vec = vec_quads(D, {x, drift, log_var, x_next, g_x_next, g_x, g_drift, g_log_var, g_x_next_out});
-    const int64_t Q = (D + 3) / 4;
     with_const<2>(log_var != 0, [&](auto has_lv) {
       with_const<2>(reparam, [&](auto rp) {
         with_const<2>(g_x_next_out != 0, [&](auto want_gxn) {
