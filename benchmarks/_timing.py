@@ -1,8 +1,8 @@
 """Timing helpers of the benchmark scripts: the clocks, the device synchronisation, timed repeats, the float32 GEMM
 rate, and a run split into the time in a network's forward and outside it.
 
-The scripts import them as `from _timing import ...` (`python benchmarks/<script>.py` puts benchmarks/ first on
-sys.path; tests' conftest.load_benchmark does the same)."""
+The scripts import them as `from _timing import ...`: `python benchmarks/<script>.py` puts benchmarks/ first on
+sys.path; tests' conftest.load_benchmark appends it (an installed module named _timing would win there)."""
 from __future__ import annotations
 
 import statistics
@@ -12,6 +12,7 @@ import torch
 
 # --clock wall|cpu: wall time, or this process's CPU time (steadier on a loaded machine; says nothing of a GPU's work)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCKS_NS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}  # the same clocks in integer nanoseconds
 
 
 def device_sync(device):

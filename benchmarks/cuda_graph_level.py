@@ -38,10 +38,9 @@ import datetime
 import json
 import statistics
 import sys
-import time
 
 import torch
-from _timing import device_sync
+from _timing import CLOCKS, device_sync
 from _user_mlp import UserMLP
 
 import fastsamp
@@ -148,7 +147,8 @@ def replay_checks(graph, outs, offset_t, eager, offset0, per_level, n_replays=3)
 
 def timed_levels(step, n_levels, device) -> float:
     """Seconds per level of n_levels calls of step() (synchronised wall time on a GPU, CPU time on the CPU)."""
-    clock, sync = time.perf_counter if device.type == "cuda" else time.process_time, device_sync(device)
+    clock = CLOCKS["wall" if device.type == "cuda" else "cpu"]
+    sync = device_sync(device)
     sync()
     t0 = clock()
     for _ in range(n_levels):

@@ -39,7 +39,7 @@ import statistics
 import time
 
 import torch
-from _timing import gemm_rate
+from _timing import gemm_rate, timed
 
 from fastsamp import ops
 from fastsamp.experiments.bench import cpu_model
@@ -141,12 +141,10 @@ def bench_dim(D, args):
     warmup_s = time.perf_counter() - warmup_w0
     walls, cpus = {k: [] for k in runs}, {k: [] for k in runs}
     for _ in range(args.repeats):
-        for k, fn in runs.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(args.iters):
-                fn()
-            walls[k].append((time.perf_counter() - w0) / args.iters)
-            cpus[k].append((time.process_time() - c0) / args.iters)
+        for k, fn in runs.items():  # interleaved: one timed sample of args.iters calls of each run in turn
+            wall, cpu, _ = timed(lambda fn=fn: [fn() for _ in range(args.iters)], 1)
+            walls[k].append(wall / args.iters)
+            cpus[k].append(cpu / args.iters)
     med = {k: {"wall_s": statistics.median(walls[k]), "cpu_s": statistics.median(cpus[k])} for k in runs}
     return med, pass_flops(base, B, energy), warmup_s
 
