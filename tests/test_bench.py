@@ -104,3 +104,52 @@ def test_mlp_product_compiled_energy_step_is_the_samplers_move():
     torch.testing.assert_close(-got[1], want[1], rtol=0, atol=1e-12)
     torch.testing.assert_close(-got[2], want[2], rtol=0, atol=1e-12)
     assert 0 < int(want[3].sum()) < 257
+
+
+class _Net(torch.nn.Module):
+    """A network whose forward takes 10 ticks of the fake clock `now`."""
+
+    def __init__(self, now):
+        super().__init__()
+        self.now = now
+
+    def forward(self, x, t):
+        self.now[0] += 10
+        return x + t
+
+
+def test_timing_network_split_counts_the_forward_time_and_restores_it():
+    """benchmarks/_timing.py's network_split on a fake clock: a run of k forwards (10 ticks each) and one tick of
+    other work per call gives total 11 k, inside 10 k and k calls, with 2 k + 1 syncs (around each call and at the
+    run's end); the class's forward is back afterwards, also when the run raises."""
+    tm = load_benchmark("_timing.py", "bench_timing")
+    now, syncs, k = [0], [], 5
+    net = _Net(now)
+
+    def run():
+        for _ in range(k):
+            now[0] += 1
+            net(torch.zeros(2), 1.0)
+
+    total, inside, calls = tm.network_split(net, run, lambda: now[0], lambda: syncs.append(now[0]))
+    assert (total, inside, calls) == (11 * k, 10 * k, k)
+    assert len(syncs) == 2 * k + 1 and syncs[-1] == 11 * k
+    assert "forward" not in vars(net) and net.forward.__func__ is _Net.forward
+
+    def fail():
+        net(torch.zeros(2), 1.0)
+        raise RuntimeError("run failed")
+    with pytest.raises(RuntimeError, match="run failed"):
+        tm.network_split(net, fail, lambda: now[0], lambda: None)
+    assert "forward" not in vars(net) and net.forward.__func__ is _Net.forward
+
+
+def test_timing_timed_and_device_sync():
+    """timed: `repeats` calls, non-negative medians and the last call's result; device_sync: a no-op on the CPU, a
+    function (not called here) for a GPU."""
+    tm = load_benchmark("_timing.py", "bench_timing")
+    calls = []
+    wall, cpu, out = tm.timed(lambda: calls.append(None) or len(calls), 3)
+    assert len(calls) == 3 and out == 3 and wall >= 0 and cpu >= 0
+    assert tm.device_sync("cpu")() is None and callable(tm.device_sync("cuda"))
+    assert tm.CLOCKS.keys() == tm.CLOCKS_NS.keys()
