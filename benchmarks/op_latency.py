@@ -64,7 +64,7 @@ class Nets:
         self.policy = DriftNet(D, hidden=H, n_harmonics=4, n_layers=1).requires_grad_(False)
         self.temb = torch.randn(T, H)
         self.policy_params = PolicyParams(self.policy).tensors()
-        self.ts = torch.arange(T + 1, dtype=torch.float64) / T
+        self.ts = torch.arange(T, dtype=torch.float64) / T  # the step times t_0 .. t_{T-1} (T,)
         self.lgv = torch.full((T, 1), 0.01)
         self.states = torch.randn(T + 1, B, D)
         self.g_states, self.g_log = torch.randn(T + 1, B, D), torch.randn(B, T)
