@@ -50,7 +50,8 @@ struct Mixture {
 // ---- the score on a block of W chains, in 64-byte rows (GCC vector extensions) ----
 // One W-lane row (64 bytes) per dimension. Every per-lane computation loads and stores rows whole: a
 // 64-byte load of a row that narrower stores wrote (an `omp simd` loop vectorised at 32 bytes)
-// stalls on store forwarding.
+// stalls on store forwarding. Row / RowMask are vm::V64's V / I: the same types as mlp::Vec / IVec
+// (cpu/mlp_activations.h).
 template <typename T>
 using Row = typename vm::V64<T>::V;
 template <typename T>

@@ -11,6 +11,7 @@ namespace fastsamp {
 namespace cpu {
 namespace mlp {
 
+// vm::V64's V / I: the same types as cpu::Row / RowMask (cpu/gmm.h).
 template <typename T>
 using Vec = typename vm::V64<T>::V;
 template <typename T>
