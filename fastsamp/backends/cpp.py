@@ -2,7 +2,8 @@
 docs/backend-contract.md to the `fastsamp._C.cpu_<op>` kernels.
 
 Inputs arrive validated and contiguous (the public ops in `fastsamp.ops` see to
-that); outputs are allocated here with `torch.empty` on x's device in x's dtype.
+that, and the registered ops `torch.ops.fastsamp.<op>` refuse others: `_library._checker`);
+outputs are allocated here with `torch.empty` on x's device in x's dtype.
 The glue of every op is generated from its C order in the op table
 (`fastsamp/ops/_table.py`: `_table.glue_source(op, "cpu")` shows the source), the policy and
 score-network ops' (lists of layer pointers) included.

@@ -3,7 +3,8 @@ docs/backend-contract.md to the `fastsamp._C.cuda_<op>` kernels (csrc/cuda/, by 
 gmm.cu, mh.cu, sde.cu, trajectory.cu).
 
 Inputs arrive validated and contiguous on one CUDA device (the public ops in
-`fastsamp.ops` see to that); outputs are allocated here with `torch.empty` on
+`fastsamp.ops` see to that, and the registered ops `torch.ops.fastsamp.<op>` refuse others:
+`_library._checker`); outputs are allocated here with `torch.empty` on
 x's device in x's dtype (shapes and dtypes from the op table). Kernels are
 launched asynchronously on the current torch stream of x's device, with that device made current.
 Sizes a kernel does not support (D above the limits below) raise ValueError from `_C`. Importing

@@ -146,6 +146,30 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
     return resolved(t)
 
 
+def arg_error(op: str, name: str, t, want, spec, dtype=None, device=None, like=None, where="") -> Exception:
+    """The exception for argument `name` = t of registered op `op` that failed its generated check
+    (`_codegen.check_source`): want the shape (None: only its ndim, the dims not read yet), spec its dims' names,
+    `where` the statements reading them; a list of tensors (spec None): its first bad element. ValueError, TypeError
+    for a dtype, as `like`'s."""
+    if spec is None:
+        k, t = next((k, u) for k, u in enumerate(t) if u.dtype != dtype or not u.is_contiguous()
+                    or (device is not None and u.device != device))
+        name = f"{name}[{k}]"
+    elif want is None:
+        n = len([d for d in spec.strip("()").split(",") if d.strip()])
+        return ValueError(f"{op}: {name} must have {n} dims {spec}, got shape {tuple(t.shape)}")
+    elif tuple(t.shape) != tuple(want):
+        return ValueError(f"{op}: {name} must have shape {tuple(want)} {spec}, got {tuple(t.shape)}"
+                          + (f" (dims: {where})" if where else ""))
+    of = f" like {like}" if like else ""
+    if t.dtype != dtype:
+        return TypeError(f"{op}: {name} must have dtype {dtype}{of}, got {t.dtype}")
+    if device is not None and t.device != device:
+        return ValueError(f"{op}: {name} must be on {device}{of}, got {t.device}")
+    return ValueError(f"{op}: {name} must be contiguous (the kernels read dense rows), got strides {t.stride()} for "
+                      f"shape {tuple(t.shape)}: pass {name}.contiguous()")
+
+
 def _bytes(t: torch.Tensor) -> tuple[int, int]:
     start = t.data_ptr()
     return start, start + t.numel() * t.element_size()

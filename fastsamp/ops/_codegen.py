@@ -32,10 +32,15 @@ def _dims_source(op: Op) -> list[str]:
     return lines
 
 
+def _like_arg(op: Op):
+    """The argument whose dtype ("x") and device the others and the outputs share: the state, else the first required
+    tensor of that dtype (None: a factory op, with `dtype` and `device` arguments)."""
+    return op.state or next((a for a in op.args if a.kind == "tensor" and not a.optional and a.dtype == "x"), None)
+
+
 def _like(op: Op) -> tuple[str, str]:
-    """Expressions of the outputs' dtype ("x") and device: the state's, else the first required tensor's
-    of that dtype, else the `dtype` and `device` arguments."""
-    like = op.state or next((a for a in op.args if a.kind == "tensor" and not a.optional and a.dtype == "x"), None)
+    """Expressions of the outputs' dtype ("x") and device: `_like_arg`'s, else the `dtype` and `device` arguments."""
+    like = _like_arg(op)
     return ("dtype", "device") if like is None else (f"{like.name}.dtype", f"{like.name}.device")
 
 
@@ -67,9 +72,84 @@ def signature(op: Op, functional: bool = False) -> str:
     return ", ".join(a.name + ("=None" if a.kind == "out" else "") for a in op.args)
 
 
-def outputs_source(op: Op, fname: str | None = None) -> str:
-    """A function of the schema arguments returning freshly allocated outputs (the fake implementation)."""
-    body = _dims_source(op) + [f"{o.name} = {_alloc(op, o, True)}" for o in op.outs]
+def _check_source(op: Op, devices: bool) -> list[str]:
+    """Statements checking the schema arguments of a registered op against the table, defining the dims on the way:
+    every tensor's shape (where reading the dims fails, the ndim of the tensors they read), dtype (the anchor's,
+    `_like_arg`, float32 or float64; "f64" tensors float64), contiguity (the kernels read `data_ptr()` as dense
+    rows) and, with `devices`, device (the anchor's; a CPU kernel needs no such test: the dispatcher sends it CPU
+    tensors only); a list's tensors likewise but for their shapes; the op's `rule`; each u64 tensor form (one int64
+    element). One `if` per argument on the good path; on a failure `_arg_error` (fastsamp/ops/_checks.py) builds
+    the exception naming the op and the argument. Names the source uses: torch, _arg_error, _FLOATS
+    (`_library.CHECK_NAMES`)."""
+    like, dims = _like_arg(op), _dims_source(op)
+    if like is None:
+        return dims
+    read = set(re.findall(r"\w+", " ".join(dims)))
+    lines = ["try:"] + [f"    {d}" for d in dims] + ["except (IndexError, ValueError) as e:"]
+    for a in op.args:  # the ndim of the tensors the dims read (the dims' only failures but a list's)
+        if a.kind in ("state", "tensor") and a.name in read:
+            test = f"{a.name}.dim() != {len(a.shape)}"
+            lines += [f"    if {f'{a.name} is not None and {test}' if a.optional else test}:",
+                      f"        raise _arg_error({op.name!r}, {a.name!r}, {a.name}, None, {_spec(a.shape)!r})"]
+    lines += [
+        f"    raise ValueError(f'{op.name}: cannot read the dims ({'; '.join(dims)}) from the arguments: {{e}}') "
+        "from None",
+        f"dt = {like.name}.dtype"] + ([f"dev = {like.name}.device"] if devices else []) + [
+        "if dt not in _FLOATS:",
+        f"    raise TypeError(f'{op.name}: {like.name} must be float32 or float64, got {{dt}}')"]
+    device = " or {}.device != dev" if devices else ""
+
+    def error(name, want, spec, dtype, of, where=""):
+        return (f"raise _arg_error({op.name!r}, {name!r}, {name}, {want}, {spec}, {dtype}, {like.name}.device, {of!r}"
+                + (f", {where!r})" if where else ")"))
+
+    def where(shape):  # the dims statements that define the dims of `shape`
+        names = set(re.findall(r"[A-Za-z_]\w*", " ".join(shape)))
+        return "; ".join(d for d in dims if names & set(re.findall(r"\w+", d.split("=")[0])))
+    for a in op.args:
+        if a.kind == "tensors":
+            lines += [f"for t in {a.name}:", f"    if t.dtype is not dt or not t.is_contiguous(){device.format('t')}:",
+                      "        " + error(a.name, None, None, "dt", like.name)]
+        elif a.kind in ("state", "tensor"):
+            want, f64 = _spec(a.shape), a.dtype == "f64"
+            tests = [f"not {a.name}.is_contiguous()"]
+            if a is not like:  # the anchor gives dt and dev
+                tests = [f"{a.name}.dtype is not {'torch.float64' if f64 else 'dt'}"] + tests + (
+                    [f"{a.name}.device != dev"] if devices else [])
+            if f"{', '.join(a.shape)} = {a.name}.shape" not in dims:  # not where the dims come from
+                tests.insert(0, f"{a.name}.shape != {want}")
+            test = " or ".join(tests)
+            lines += [f"if {f'{a.name} is not None and ({test})' if a.optional else test}:",
+                      "    " + error(a.name, want, repr(want), "torch.float64" if f64 else "dt",
+                                     None if f64 else like.name, where(a.shape))]
+    if op.rule:
+        lines += [f"if not ({op.rule[0]}):", f"    raise ValueError(f{op.name + ': ' + op.rule[1]!r})"]
+    for a in op.u64_args:
+        t = f"{a.name}_t"
+        lines += [f"if {t} is not None and ({t}.dtype is not torch.int64 or {t}.numel() != 1{device.format(t)}):",
+                  f"    raise ValueError(f'{op.name}: {t} must be one int64 element on {{{like.name}.device}}, "
+                  f"got {{{t}.dtype}} of shape {{tuple({t}.shape)}} on {{{t}.device}}')"]
+    return lines
+
+
+def _spec(shape: tuple) -> str:
+    return "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_source(op: Op, fname: str, devices: bool, call: str | None = None) -> str:
+    """A function of the schema arguments checking them (`_check_source`), then, with `call`, returning
+    `call(<the schema arguments>)` (a backend function called without the u64 tensor forms)."""
+    body = _check_source(op, devices)
+    if call:
+        body.append(f"return {call}({', '.join(a.name for a in op.schema_args)})")
+    return f"def {fname}({signature(op, True)}):\n" + "".join(f"    {s}\n" for s in body)
+
+
+def outputs_source(op: Op, fname: str | None = None, checked: bool = False) -> str:
+    """A function of the schema arguments returning freshly allocated outputs (the fake implementation; `checked`:
+    checking the arguments first, devices included, `_check_source`)."""
+    body = (_check_source(op, True) if checked else _dims_source(op)) + [
+        f"{o.name} = {_alloc(op, o, True)}" for o in op.outs]
     lines = [f"def {fname or op.name}({signature(op, True)}):"] + [f"    {s}" for s in body]
     return "\n".join(lines + [f"    return {', '.join(o.name for o in op.outs)}"]) + "\n"
 

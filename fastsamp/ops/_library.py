@@ -10,6 +10,11 @@ Per op, from the op table (`_table.py`):
   a new value without recompiling);
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
+* the check of the arguments against the table (`_checker`: shapes with the table's dims, dtypes, devices,
+  contiguity; a ValueError / TypeError naming the op and the argument), in the fake implementation and in the
+  CPU / CUDA kernels, both ways the Autograd kernel reaches them: called directly, the op never hands a kernel a
+  buffer smaller than the table's shapes, nor strided memory (metadata only: no sync, no graph break; about
+  0.5–2.5 µs of a call, benchmarks/op_latency.py);
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
   else triton, else the reference; above a compiled kernel's size limits the reference: `_auto_kernel.py`),
   registered per dispatch key;
@@ -39,7 +44,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch._functorch.utils import enable_single_level_autograd_function as _single_level_function
 
-from . import _autograd, _table
+from . import _autograd, _checks, _table
 
 # which function the kernels run (_auto_kernel.py); device_kernel, encode_u64, is_reference, max_d, max_hidden and
 # _above_limits are called as _library.<name> too
@@ -64,17 +69,34 @@ def _requires_grad_test(op: _table.Op):
     return namespace["requires_grad"]
 
 
+CHECK_NAMES = {"torch": torch, "_arg_error": _checks.arg_error, "_FLOATS": _checks.FLOAT_DTYPES}
+"""The names the generated argument checks use (`_table.check_source`)."""
+
+
+def _checker(op: _table.Op, device_type: str, fn=None):
+    """The check of `op`'s schema arguments for `device_type` tensors (`_table.check_source`; "cpu" needs no device
+    test); with `fn`, checking then returning fn(<the schema arguments>) (a backend function, called without the u64
+    tensor forms) in the same frame."""
+    namespace = {**CHECK_NAMES, "fn": fn}
+    source = _table.check_source(op, "check", device_type != "cpu", call=fn and "fn")
+    _table.define(source, f"<fastsamp check {op.name} {device_type}{' call' if fn else ''}>", namespace)
+    return namespace["check"]
+
+
 def _backend_kernel(op: _table.Op, device_type: str):
     """The op's registered kernel for `device_type` tensors, in one Python frame (several µs of a call are frames):
     the schema's arguments (the dispatcher passes the trailing tensor forms of the u64 arguments only up to the last
     one given: they replace those arguments), "auto"'s backend function (resolved at the first call; the reference
     above its size limits), and each output that is a given input (em_step_logprob's x_next) copied, since a
-    registered op's outputs may not alias its inputs."""
+    registered op's outputs may not alias its inputs. The arguments are checked first (`_checker`: shapes, dtypes,
+    devices, contiguity; the kernels read their memory as the table's dense shapes)."""
     name, at, n, copies = op.name, _u64_positions(op), len(op.schema_args), _copied_outputs(op)
+    check = _checker(op, device_type)
     choice = None
 
     def kernel(*args):
         nonlocal choice
+        check(*args)
         if len(args) != n:
             args = _given_tensor_forms(args, at, n)
         if choice is None:
@@ -104,10 +126,11 @@ def _copied_outputs(op: _table.Op) -> tuple:
 def _direct_kernels(op: _table.Op, device_type: str, kernel) -> tuple:
     """(plain, kernel): what the Autograd kernel calls in place of the dispatcher's next trip into Python, to the op's
     registered `kernel` for `device_type` tensors. `plain` takes a call with the schema's arguments alone (no trailing
-    tensor form given): the backend function itself where it takes any size and no output is a copy of an input
-    (one Python frame less, with its argument shuffling: about 1 µs of a call), else `kernel`, which takes any call."""
+    tensor form given): where the backend function takes any size and no output is a copy of an input, the argument
+    check and that function's call in one frame (`_checker`; one Python frame less than `kernel`, with its argument
+    shuffling: about 1 µs of a call), else `kernel`, which takes any call."""
     fn, above, _ = _kernel_choice(op.name, device_type)
-    return (fn if above is None and not _copied_outputs(op) else kernel), kernel
+    return (_checker(op, device_type, fn) if above is None and not _copied_outputs(op) else kernel), kernel
 
 
 _DEVICE_TYPES = {torch._C.DispatchKey.CPU: "cpu", torch._C.DispatchKey.CUDA: "cuda"}
@@ -338,6 +361,14 @@ class Entry:
         self.graph, self.eager = graph, eager
 
 
+def _fake(op: _table.Op):
+    """The fake implementation: the arguments checked as the kernels check them (devices too), then the outputs
+    allocated (`_table.outputs_source`), so that torch.compile / export report a bad argument when they trace."""
+    namespace = dict(CHECK_NAMES)
+    _table.define(_table.outputs_source(op, "fake", checked=True), f"<fastsamp fake {op.name}>", namespace)
+    return namespace["fake"]
+
+
 def _register_factory(op: _table.Op) -> None:
     """normal / uniform: the kernel of the `device` argument's type (the dispatcher has no tensor to choose by)."""
     at = next(i for i, a in enumerate(op.schema_args) if a.kind == "device")
@@ -347,9 +378,7 @@ def _register_factory(op: _table.Op) -> None:
         if len(args) != n:  # the u64 arguments' trailing tensor forms given
             args = _given_tensor_forms(args, u64, n)
         return device_kernel(op.name, torch.device(args[at]).type)(*args)
-    namespace = {"torch": torch}
-    _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
-    torch.library.register_fake(f"{NAMESPACE}::{op.name}", namespace["fake"], lib=_lib)
+    torch.library.register_fake(f"{NAMESPACE}::{op.name}", _fake(op), lib=_lib)
     _lib.impl(op.name, kernel, "CompositeExplicitAutograd")
     if "triton" in op.backends:
         _triton_decomposition(op, kernel)
@@ -399,9 +428,7 @@ def _register(op: _table.Op) -> Entry:
     if op.state is None and any(a.kind == "device" for a in op.args):  # a factory op: no tensor to dispatch on
         _register_factory(op)
         return Entry(op, opobj)
-    namespace = {"torch": torch}
-    _table.define(_table.outputs_source(op, "fake"), f"<fastsamp fake {op.name}>", namespace)
-    torch.library.register_fake(qualname, namespace["fake"], lib=_lib)
+    torch.library.register_fake(qualname, _fake(op), lib=_lib)
     backend_kernels = {key: _backend_kernel(op, device_type) for key, device_type in _DEVICE_TYPES.items()}
     for key, kernel in backend_kernels.items():
         _lib.impl(op.name, kernel, key.name)

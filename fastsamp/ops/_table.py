@@ -6,7 +6,8 @@ kinds and shapes), the outputs (shapes and dtypes) and the argument order of the
 
 * the cpp and cuda glue (`fastsamp/backends/cpp.py`, `cuda.py`: `glue_source`),
 * the `torch.library` schema, fake (meta) implementation and kernels of the registered op
-  `torch.ops.fastsamp.<op>` (`fastsamp/ops/_library.py`),
+  `torch.ops.fastsamp.<op>` (`fastsamp/ops/_library.py`), with the check of its arguments (`check_source`:
+  shapes, dtypes, devices, contiguity),
 * the consistency test of the public functions, the reference and every backend (tests/test_op_table.py).
 
 Adding an op or an argument is one entry (or one token) here. The notation, parsed at import:
@@ -39,6 +40,8 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
            kernel (the policy kernels with the Langevin term).
     guard: the condition under which the glue calls the kernel, the outputs zeroed otherwise (gradients
            summed over an empty batch); default: some output has elements.
+    rule:  (condition, message) a shape rule of the registered op's check beyond the arguments' shapes (an
+           f-string message of the dims), e.g. score_mh_accept's rows of score_prop.
     backends: the compiled backends that implement the op (the reference implements every op but
            policy_log_pf_backward: `reference=False`).
     public: the fastsamp.ops function that calls it (None: internal, e.g. a backward kernel), and renames of
@@ -54,6 +57,7 @@ import re
 from dataclasses import dataclass, field
 
 from ._codegen import c_names as c_names
+from ._codegen import check_source as check_source
 from ._codegen import define, glue_source
 from ._codegen import outputs_source as outputs_source
 from ._codegen import requires_grad_source as requires_grad_source
@@ -98,6 +102,7 @@ class Op:
     kernel: str = ""         # the C entry point's name (default: the op's)
     guard: str | None = None  # when the glue calls the kernel (else it zeroes the outputs); default: outputs nonempty
     functional: bool = True  # False: the kernel writes into an input (not registered)
+    rule: tuple = ()         # (condition, message): a shape rule beyond the args' shapes (f-string message)
 
     def arg(self, name: str) -> Arg:
         return next(a for a in self.args if a.name == name)
@@ -164,10 +169,10 @@ def _outs(text: str) -> tuple:
 
 
 def _op(name, args, outs, c, backends=("cpp",), public="", renames=None, grad="", dims=None, reference=True,
-        kernel=None, guard=None, functional=True) -> Op:
+        kernel=None, guard=None, functional=True, rule=()) -> Op:
     return Op(name, _args(args), _outs(outs), tuple(c.split()), tuple(backends),
               name if public == "" else public, renames or {}, tuple(grad.split()), dims, reference, kernel or name,
-              guard, functional)
+              guard, functional, rule)
 
 
 _NOISE = "noise:(B,D)? seed:u64 offset:u64 chain_offset:u64"
@@ -241,7 +246,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
         f"dtype x x_prop score score_prop step_size u {_DRAW_C} interior M B D", _ALL + ("cuda",),
         renames={"interior": "interior_scores"},
         dims="B, D = x.shape; R = score_prop.shape[0]; M = (interior.shape[0] if interior is not None else "
-             "R // B - 1 if B else 0)"),
+             "R // B - 1 if B else 0)",
+        rule=("R == B if interior is not None else R == (M + 1) * B and M >= 0",
+              "score_prop must have B rows beside interior, else (M + 1)·B (M >= 0 interior sets), got {R} rows "
+              "for B = {B}")),
     _op("energy_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) logp:(B,) logp_prop:(B,) "
         f"step_size:(B,) u:(B,)? {_DRAW}",
         "x_new:(B,D) score_new:(B,D) logp_new:(B,) accepted:(B,)bool log_alpha:(B,)",

@@ -1,0 +1,140 @@
+"""The registered ops check their arguments against the op table (`_codegen.check_source`): called directly, a
+tensor of a wrong shape, dtype or device, or a non-contiguous one, gets a clear exception naming the op and the
+argument (never a kernel reading past a buffer), from the CPU / CUDA kernel (both ways the Autograd kernel reaches
+it) and from the fake implementation (FakeTensorMode: what torch.compile / export trace)."""
+import re
+
+import pytest
+import torch
+from test_registration import op_args
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_map_only
+
+from fastsamp.ops import _codegen, _library, _table
+
+OPS = [op for op in _table.registered() if any(a.kind in ("state", "tensor") for a in op.schema_args)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def valid_args(op, device):
+    return tree_map_only(torch.Tensor, lambda t: t.to(device), list(op_args(op.name, torch.float64)))
+
+
+def calls(op, device):
+    """The ways a call reaches the op's checks: through the Autograd kernel (which calls the backend function
+    itself, `_direct_kernels`), below it (the registered CPU / CUDA kernel, `_backend_kernel`), with the first u64
+    argument's tensor form (the kernel again: the Autograd kernel's general case) and under FakeTensorMode (the fake
+    implementation)."""
+    opobj = getattr(torch.ops.fastsamp, op.name).default
+
+    def fake(*args):
+        with FakeTensorMode() as mode:
+            return opobj(*tree_map_only(torch.Tensor, mode.from_tensor, args))
+    ways = {"autograd": opobj, "kernel": _library.ENTRIES[op.name].eager, "fake": fake}
+    if op.u64_args:
+        ways["tensor form"] = lambda *args: opobj(*args, torch.tensor(1, device=device))
+    return ways
+
+
+def names(text):
+    return set(re.findall(r"[A-Za-z_]\w*", text))
+
+
+def a_dim_of_its_own(op, i, args):
+    """Whether tensor argument i alone gives its leading dim (the dims read it there and no other given tensor has
+    it): one row more is then a valid call (mlp_net's x, score_mh_accept's interior sets), or refused by the op's
+    rule (score_mh_accept's score_prop rows)."""
+    a = op.schema_args[i]
+    lead = names(a.shape[0])
+    own = any(f"{a.name}.shape" in d and lead & names(d.split("=")[0]) for d in _codegen._dims_source(op))
+    return own and not any(b is not a and v is not None and b.kind in ("state", "tensor")
+                           and lead & names(" ".join(b.shape)) for b, v in zip(op.schema_args, args))
+
+
+def tensor_positions(op, args):
+    return [i for i, (a, v) in enumerate(zip(op.schema_args, args)) if a.kind in ("state", "tensor") and v is not None]
+
+
+def assert_raises_naming(fn, args, error, op, name, match=""):
+    with pytest.raises(error, match=rf"^{op.name}: (?=.*(?<!\w){re.escape(name)}(?!\w)).*{match}"):
+        fn(*args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
+def test_one_row_more_is_refused_naming_the_argument(op, device):
+    args = valid_args(op, device)
+    for how, fn in calls(op, device).items():
+        runs = how == "fake" or device == "cpu" or op.reference  # no CUDA kernel: the internal policy kernels
+        if runs:
+            fn(*args)
+        for i in tensor_positions(op, args):
+            bad = list(args)
+            t = args[i]
+            bad[i] = torch.cat([t, t[:1]])
+            if not a_dim_of_its_own(op, i, args):
+                assert_raises_naming(fn, bad, ValueError, op, op.schema_args[i].name)
+            elif runs:
+                try:
+                    fn(*bad)
+                except ValueError as e:
+                    assert re.match(rf"{op.name}: .*\b{op.schema_args[i].name}\b", str(e)), e
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
+def test_wrong_dtype_and_non_contiguous_are_refused_naming_the_argument(op, device):
+    """float32 in a float64 call (the anchor, `_codegen._like_arg`: the other tensors are refused, named beside it),
+    and a strided copy of each tensor (the kernels would read its memory as dense rows)."""
+    args, like = valid_args(op, device), _codegen._like_arg(op)
+    for fn in calls(op, device).values():
+        for i in tensor_positions(op, args):
+            a, t = op.schema_args[i], args[i]
+            bad = list(args)
+            bad[i] = t.float()
+            if a is like:
+                assert_raises_naming(fn, bad, TypeError, op, a.name, rf"must have dtype torch\.float32 like {a.name}")
+            else:
+                assert_raises_naming(fn, bad, TypeError, op, a.name, r"must have dtype torch\.float64")
+            if t.numel() > 1:
+                bad[i] = torch.empty(*t.shape, 2, dtype=t.dtype, device=t.device)[..., 0].copy_(t)
+                assert_raises_naming(fn, bad, ValueError, op, a.name, "must be contiguous")
+        for i, a in enumerate(op.schema_args):
+            if a.kind == "tensors":  # a list's tensors: dtype and contiguity (their shapes are not in the table)
+                bad, last = list(args), len(args[i]) - 1
+                bad[i] = [args[i][0].float()] + list(args[i][1:])
+                assert_raises_naming(fn, bad, TypeError, op, f"{a.name}[0]", r"must have dtype torch\.float64")
+                bad[i] = list(args[i][:last]) + [torch.stack([args[i][last]] * 2, -1)[..., 0]]
+                assert_raises_naming(fn, bad, ValueError, op, f"{a.name}[{last}]", "must be contiguous")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_messages_name_the_op_and_the_dims(device):
+    """The message of the task's example, and the others (the state's dtype, a wrong ndim, the rows rule, a u64
+    tensor form), on every path."""
+    op = _table.OPS["score_mh_accept"]
+    args = valid_args(op, device)
+    x = args[0]
+    cases = [(1, x[:4], ValueError, r"x_prop must have shape \(5, 3\) \(B, D\), got \(4, 3\) \(dims: B, D = x.shape\)"),
+             (0, x.long(), TypeError, "x must be float32 or float64, got torch.int64"),
+             (0, x.reshape(-1), ValueError, r"x must have 2 dims \(B, D\), got shape \(15,\)"),
+             (6, args[6][0], ValueError, r"interior must have shape \(5, 5, 3\) \(M, B, D\), got \(5, 3\)"),
+             (3, torch.cat([args[3], args[3][:1]]), ValueError, r"score_prop must have B rows beside interior")]
+    for fn in calls(op, device).values():
+        for i, value, error, match in cases:
+            bad = list(args)
+            bad[i] = value
+            with pytest.raises(error, match=f"^score_mh_accept: {match}"):
+                fn(*bad)
+        with pytest.raises(ValueError, match="^score_mh_accept: seed_t must be one int64 element"):
+            fn(*args, torch.tensor([1.0], device=device))  # a seed's tensor form
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_a_cpu_tensor_beside_cuda_tensors_is_refused():
+    op = _table.OPS["score_mh_accept"]
+    args = valid_args(op, "cuda")
+    for fn in calls(op, "cuda").values():
+        bad = list(args)
+        bad[2] = args[2].cpu()
+        assert_raises_naming(fn, bad, ValueError, op, "score", "must be on cuda")
