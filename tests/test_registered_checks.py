@@ -138,3 +138,16 @@ def test_a_cpu_tensor_beside_cuda_tensors_is_refused():
         bad = list(args)
         bad[2] = args[2].cpu()
         assert_raises_naming(fn, bad, ValueError, op, "score", "must be on cuda")
+
+
+@pytest.mark.parametrize("name", ["normal", "uniform"])
+def test_factory_ops_refuse_a_bad_tensor_form(name):
+    """normal / uniform (no tensor argument but the u64 tensor forms): a float or two-element seed tensor is refused
+    (the CPU glue read int() of it: 1.7 drew seed 1's stream)."""
+    op = _table.OPS[name]
+    args = list(op_args(name, torch.float32))
+    for fn in calls(op, "cpu").values():
+        fn(*args, torch.tensor(3))
+        for bad in (torch.tensor([1.7]), torch.tensor([1, 2])):
+            with pytest.raises(ValueError, match=f"^{name}: seed_t must be one int64 element on cpu"):
+                fn(*args, bad)

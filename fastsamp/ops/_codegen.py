@@ -82,8 +82,8 @@ def _check_source(op: Op, devices: bool) -> list[str]:
     the exception naming the op and the argument. Names the source uses: torch, _arg_error, _FLOATS
     (`_library.CHECK_NAMES`)."""
     like, dims = _like_arg(op), _dims_source(op)
-    if like is None:
-        return dims
+    if like is None:  # a factory op (normal, uniform): its device argument (the glue checks a CUDA call's)
+        return dims + _tensor_forms_source(op, "", "device")
     read = set(re.findall(r"\w+", " ".join(dims)))
     lines = ["try:"] + [f"    {d}" for d in dims] + ["except (IndexError, ValueError) as e:"]
     for a in op.args:  # the ndim of the tensors the dims read (the dims' only failures but a list's)
@@ -124,10 +124,16 @@ def _check_source(op: Op, devices: bool) -> list[str]:
                                      None if f64 else like.name, where(a.shape))]
     if op.rule:
         lines += [f"if not ({op.rule[0]}):", f"    raise ValueError(f{op.name + ': ' + op.rule[1]!r})"]
+    return lines + _tensor_forms_source(op, device, f"{like.name}.device")
+
+
+def _tensor_forms_source(op: Op, device: str, where: str) -> list[str]:
+    """Statements checking each given u64 tensor form: one int64 element (`device`: and on the op's device)."""
+    lines = []
     for a in op.u64_args:
         t = f"{a.name}_t"
         lines += [f"if {t} is not None and ({t}.dtype is not torch.int64 or {t}.numel() != 1{device.format(t)}):",
-                  f"    raise ValueError(f'{op.name}: {t} must be one int64 element on {{{like.name}.device}}, "
+                  f"    raise ValueError(f'{op.name}: {t} must be one int64 element on {{{where}}}, "
                   f"got {{{t}.dtype}} of shape {{tuple({t}.shape)}} on {{{t}.device}}')"]
     return lines
 

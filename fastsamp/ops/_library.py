@@ -372,10 +372,11 @@ def _fake(op: _table.Op):
 def _register_factory(op: _table.Op) -> None:
     """normal / uniform: the kernel of the `device` argument's type (the dispatcher has no tensor to choose by)."""
     at = next(i for i, a in enumerate(op.schema_args) if a.kind == "device")
-    u64, n = _u64_positions(op), len(op.schema_args)
+    u64, n, check = _u64_positions(op), len(op.schema_args), _checker(op, "cpu")
 
     def kernel(*args):
-        if len(args) != n:  # the u64 arguments' trailing tensor forms given
+        if len(args) != n:  # the u64 arguments' trailing tensor forms given (one int64 element each)
+            check(*args)
             args = _given_tensor_forms(args, u64, n)
         return device_kernel(op.name, torch.device(args[at]).type)(*args)
     torch.library.register_fake(f"{NAMESPACE}::{op.name}", _fake(op), lib=_lib)
