@@ -151,3 +151,25 @@ def test_factory_ops_refuse_a_bad_tensor_form(name):
         for bad in (torch.tensor([1.7]), torch.tensor([1, 2])):
             with pytest.raises(ValueError, match=f"^{name}: seed_t must be one int64 element on cpu"):
                 fn(*args, bad)
+
+
+LAYOUT_OPS = [op for op in OPS if any(a.layout for a in op.schema_args)]
+
+
+@pytest.mark.parametrize("op", LAYOUT_OPS, ids=[op.name for op in LAYOUT_OPS])
+def test_a_list_of_layers_follows_its_layout(op):
+    """The layers of the policy and plain-MLP ops (`params`: W_in, b_in, W_out, b_out, then W_k, b_k per hidden
+    layer): a bias or a hidden weight one wider, or a layer missing, is refused naming it (the kernels read them
+    with the dims of the others)."""
+    args = valid_args(op, "cpu")
+    i = next(i for i, a in enumerate(op.schema_args) if a.layout)
+    name, layers = op.schema_args[i].name, args[i]
+    for fn in calls(op, "cpu").values():
+        for k in (1, 4):
+            bad = list(args)
+            t = layers[k]
+            bad[i] = layers[:k] + [torch.cat([t, t[..., :1]], -1)] + layers[k + 1:]
+            assert_raises_naming(fn, bad, ValueError, op, f"{name}[{k}]", r"must have shape .* \(the list's shapes")
+        bad = list(args)
+        bad[i] = layers[:-1]
+        assert_raises_naming(fn, bad, ValueError, op, name, r"must hold the tensors .*, got 5")

@@ -149,12 +149,15 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
 def arg_error(op: str, name: str, t, want, spec, dtype=None, device=None, like=None, where="") -> Exception:
     """The exception for argument `name` = t of registered op `op` that failed its generated check
     (`_codegen.check_source`): want the shape (None: only its ndim, the dims not read yet), spec its dims' names,
-    `where` the statements reading them; a list of tensors (spec None): its first bad element. ValueError, TypeError
-    for a dtype, as `like`'s."""
-    if spec is None:
-        k, t = next((k, u) for k, u in enumerate(t) if u.dtype != dtype or not u.is_contiguous()
-                    or (device is not None and u.device != device))
-        name = f"{name}[{k}]"
+    `where` the statements reading them; a list of tensors: its first bad element (want: their shapes, or None).
+    ValueError, TypeError for a dtype, as `like`'s."""
+    if isinstance(t, (list, tuple)):
+        k = next(k for k, u in enumerate(t) if u.dtype != dtype or not u.is_contiguous()
+                 or (device is not None and u.device != device) or (want and tuple(u.shape) != tuple(want[k])))
+        name, t = f"{name}[{k}]", t[k]
+        if want and tuple(t.shape) != tuple(want[k]):
+            return ValueError(f"{op}: {name} must have shape {tuple(want[k])}, got {tuple(t.shape)} (the list's "
+                              f"shapes: {spec}, dims: {where})")
     elif want is None:
         n = len([d for d in spec.strip("()").split(",") if d.strip()])
         return ValueError(f"{op}: {name} must have {n} dims {spec}, got shape {tuple(t.shape)}")

@@ -77,27 +77,27 @@ def _check_source(op: Op, devices: bool) -> list[str]:
     every tensor's shape (where reading the dims fails, the ndim of the tensors they read), dtype (the anchor's,
     `_like_arg`, float32 or float64; "f64" tensors float64), contiguity (the kernels read `data_ptr()` as dense
     rows) and, with `devices`, device (the anchor's; a CPU kernel needs no such test: the dispatcher sends it CPU
-    tensors only); a list's tensors likewise but for their shapes; the op's `rule`; each u64 tensor form (one int64
-    element). One `if` per argument on the good path; on a failure `_arg_error` (fastsamp/ops/_checks.py) builds
-    the exception naming the op and the argument. Names the source uses: torch, _arg_error, _FLOATS
-    (`_library.CHECK_NAMES`)."""
+    tensors only); a list's tensors likewise (their shapes too where it has a layout, `_layout_source`); the op's
+    `rule`; each u64 tensor form (one int64 element). One `if` per argument on the good path; on a failure
+    `_arg_error` (fastsamp/ops/_checks.py) builds the exception naming the op and the argument. Names the source
+    uses: torch, _arg_error, _FLOATS (`_library.CHECK_NAMES`)."""
     like, dims = _like_arg(op), _dims_source(op)
     if like is None:  # a factory op (normal, uniform): its device argument (the glue checks a CUDA call's)
         return dims + _tensor_forms_source(op, "", "device")
     read = set(re.findall(r"\w+", " ".join(dims)))
-    lines = ["try:"] + [f"    {d}" for d in dims] + ["except (IndexError, ValueError) as e:"]
+    lines = ["try:"] + [f"    {d}" for d in dims] + ["except (IndexError, ValueError) as _e:"]
     for a in op.args:  # the ndim of the tensors the dims read (the dims' only failures but a list's)
         if a.kind in ("state", "tensor") and a.name in read:
             test = f"{a.name}.dim() != {len(a.shape)}"
             lines += [f"    if {f'{a.name} is not None and {test}' if a.optional else test}:",
                       f"        raise _arg_error({op.name!r}, {a.name!r}, {a.name}, None, {_spec(a.shape)!r})"]
     lines += [
-        f"    raise ValueError(f'{op.name}: cannot read the dims ({'; '.join(dims)}) from the arguments: {{e}}') "
+        f"    raise ValueError(f'{op.name}: cannot read the dims ({'; '.join(dims)}) from the arguments: {{_e}}') "
         "from None",
-        f"dt = {like.name}.dtype"] + ([f"dev = {like.name}.device"] if devices else []) + [
-        "if dt not in _FLOATS:",
-        f"    raise TypeError(f'{op.name}: {like.name} must be float32 or float64, got {{dt}}')"]
-    device = " or {}.device != dev" if devices else ""
+        f"_dt = {like.name}.dtype"] + ([f"_dev = {like.name}.device"] if devices else []) + [
+        "if _dt not in _FLOATS:",
+        f"    raise TypeError(f'{op.name}: {like.name} must be float32 or float64, got {{_dt}}')"]
+    device = " or {}.device != _dev" if devices else ""
 
     def error(name, want, spec, dtype, of, where=""):
         return (f"raise _arg_error({op.name!r}, {name!r}, {name}, {want}, {spec}, {dtype}, {like.name}.device, {of!r}"
@@ -107,24 +107,51 @@ def _check_source(op: Op, devices: bool) -> list[str]:
         names = set(re.findall(r"[A-Za-z_]\w*", " ".join(shape)))
         return "; ".join(d for d in dims if names & set(re.findall(r"\w+", d.split("=")[0])))
     for a in op.args:
-        if a.kind == "tensors":
-            lines += [f"for t in {a.name}:", f"    if t.dtype is not dt or not t.is_contiguous(){device.format('t')}:",
-                      "        " + error(a.name, None, None, "dt", like.name)]
+        if a.kind == "tensors" and a.layout:
+            lines += _layout_source(op, a, device, error, where(sum(a.layout[0] + a.layout[1], ())))
+        elif a.kind == "tensors":
+            test = f"_t.dtype is not _dt or not _t.is_contiguous(){device.format('_t')}"
+            lines += [f"for _t in {a.name}:", f"    if {test}:",
+                      "        " + error(a.name, None, None, "_dt", like.name)]
         elif a.kind in ("state", "tensor"):
             want, f64 = _spec(a.shape), a.dtype == "f64"
             tests = [f"not {a.name}.is_contiguous()"]
-            if a is not like:  # the anchor gives dt and dev
-                tests = [f"{a.name}.dtype is not {'torch.float64' if f64 else 'dt'}"] + tests + (
-                    [f"{a.name}.device != dev"] if devices else [])
+            if a is not like:  # the anchor gives _dt and _dev
+                tests = [f"{a.name}.dtype is not {'torch.float64' if f64 else '_dt'}"] + tests + (
+                    [f"{a.name}.device != _dev"] if devices else [])
             if f"{', '.join(a.shape)} = {a.name}.shape" not in dims:  # not where the dims come from
                 tests.insert(0, f"{a.name}.shape != {want}")
             test = " or ".join(tests)
             lines += [f"if {f'{a.name} is not None and ({test})' if a.optional else test}:",
-                      "    " + error(a.name, want, repr(want), "torch.float64" if f64 else "dt",
+                      "    " + error(a.name, want, repr(want), "torch.float64" if f64 else "_dt",
                                      None if f64 else like.name, where(a.shape))]
     if op.rule:
         lines += [f"if not ({op.rule[0]}):", f"    raise ValueError(f{op.name + ': ' + op.rule[1]!r})"]
     return lines + _tensor_forms_source(op, device, f"{like.name}.device")
+
+
+def _layout_source(op: Op, a, device: str, error, where: str) -> list[str]:
+    """Statements checking list `a` against its layout (the first shapes, then the group repeated per layer): its
+    length, and each tensor's shape, dtype, contiguity (and `device`) in one test."""
+    first, group = a.layout
+    n, text = f"len({a.name})", "".join(map(_spec, first)) + ("*" + "".join(map(_spec, group)) if group else "")
+    wants = f"[{', '.join(map(_spec, first))}]" + (
+        f" + [{', '.join(map(_spec, group))}] * (({n} - {len(first)}) // {len(group)})" if group else "")
+    count = f"{n} < {len(first)} or ({n} - {len(first)}) % {len(group)}" if group else f"{n} != {len(first)}"
+    bad = error(a.name, wants, repr(text), "_dt", _like_arg(op).name, where)
+
+    def test(tensors, shapes):
+        return " or ".join(f"{t}.shape != {_spec(d)} or {t}.dtype is not _dt or not {t}.is_contiguous()"
+                           + device.format(t) for t, d in zip(tensors, shapes))
+    lines = [f"if {count}:", f"    raise ValueError(f'{op.name}: {a.name} must hold the tensors {text} "
+                              f"(`*`: per layer), got {{{n}}}')",
+             f"if {test([f'{a.name}[{i}]' for i in range(len(first))], first)}:", f"    {bad}"]
+    if group:
+        names = [f"_g{i}" for i in range(len(group))]
+        items = ", ".join(f"{a.name}[_k + {i}]" if i else f"{a.name}[_k]" for i in range(len(group)))
+        lines += [f"for _k in range({len(first)}, {n}, {len(group)}):", f"    {', '.join(names)} = {items}",
+                  f"    if {test(names, group)}:", f"        {bad}"]
+    return lines
 
 
 def _tensor_forms_source(op: Op, device: str, where: str) -> list[str]:

@@ -14,7 +14,7 @@ Per op, from the op table (`_table.py`):
   contiguity; a ValueError / TypeError naming the op and the argument), in the fake implementation and in the
   CPU / CUDA kernels, both ways the Autograd kernel reaches them: called directly, the op never hands a kernel a
   buffer smaller than the table's shapes, nor strided memory (metadata only: no sync, no graph break; about
-  0.5–2.5 µs of a call, benchmarks/op_latency.py);
+  0.15 µs per tensor, 0.6–2 µs of a call, 2–3.5 µs with a list of 6 layers: benchmarks/op_latency.py);
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
   else triton, else the reference; above a compiled kernel's size limits the reference: `_auto_kernel.py`),
   registered per dispatch key;
@@ -77,8 +77,8 @@ def _checker(op: _table.Op, device_type: str, fn=None):
     """The check of `op`'s schema arguments for `device_type` tensors (`_table.check_source`; "cpu" needs no device
     test); with `fn`, checking then returning fn(<the schema arguments>) (a backend function, called without the u64
     tensor forms) in the same frame."""
-    namespace = {**CHECK_NAMES, "fn": fn}
-    source = _table.check_source(op, "check", device_type != "cpu", call=fn and "fn")
+    namespace = {**CHECK_NAMES, "_fn": fn}
+    source = _table.check_source(op, "check", device_type != "cpu", call=fn and "_fn")
     _table.define(source, f"<fastsamp check {op.name} {device_type}{' call' if fn else ''}>", namespace)
     return namespace["check"]
 

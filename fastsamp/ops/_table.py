@@ -22,7 +22,9 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
                           a one-element int64 tensor on the op's device, read inside the kernel (CUDA graphs):
                           in the schema a trailing `Tensor? <name>_t=None` (the int argument is then 0); the
                           cuda C entry points take (value, pointer or 0) pairs, the cpu glue reads it on the host
-           tensors        a list of tensors (Tensor[])
+           tensors        a list of tensors (Tensor[]); "tensors[(H,D)(H,)*(H,H)(H,)]" gives their shapes: the
+                          first ones, then the group after `*` repeated (the registered op's check; a list
+                          without one has only its dtypes, devices and contiguity checked)
            ints floats    a list of python ints / floats (int[] / float[])
            dtype device   of the outputs, for ops without a state tensor
            out            an optional preallocated output (not in the schema: registered ops are functional)
@@ -75,6 +77,7 @@ class Arg:
     shape: tuple = ()       # dims of a tensor (names or python expressions)
     optional: bool = False
     dtype: str = "x"        # "x" (the state's), "f64"
+    layout: tuple = ()      # a list's shapes: (the first ones, the repeated group)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class Op:
 
 
 _KINDS = "state|floats|float|ints|int|threads|bool|u64|tensors|dtype|device|out"
-_ARG = re.compile(rf"(\w+):(?:({_KINDS})|\(([^)]*)\)(\?)?(f64)?)$")
+_ARG = re.compile(rf"(\w+):(?:({_KINDS})(?:\[([^\]]*)\])?|\(([^)]*)\)(\?)?(f64)?)$")
 _OUT = re.compile(r"(\w+):(?:\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?|\[(\w+)\])$")
 
 
@@ -153,9 +156,13 @@ def _tokens(text: str, pattern: re.Pattern, what: str):
 
 def _args(text: str) -> tuple:
     out = []
-    for name, kind, shape, opt, f64 in _tokens(text, _ARG, "argument"):
+    for name, kind, layout, shape, opt, f64 in _tokens(text, _ARG, "argument"):
         if kind == "state":
             out.append(Arg(name, "state", ("B", "D")))
+        elif layout:
+            first, group = (re.split(r"(?<=\))\*(?=\()", layout, maxsplit=1) + [""])[:2]  # not 2*D's *
+            out.append(Arg(name, kind, layout=tuple(tuple(map(_dims, re.findall(r"\(([^)]*)\)", part)))
+                                                    for part in (first, group))))
         elif kind:
             out.append(Arg(name, kind))
         else:
@@ -185,7 +192,7 @@ _DRAW_C = "seed offset chain_offset"
 _ALL = ("cpp", "triton")
 # the DriftNet policy kernels (fastsamp/ops/trajectory.py): temb and the layers params = [ws, bs, wo, bo, W_1, b_1,
 # ..., W_L, b_L] (trajectory.PolicyParams.tensors()), passed to C as temb, ws, bs, [W_k], [b_k], wo, bo
-_POLICY_NET = "temb:(T,H) params:tensors"
+_POLICY_NET = "temb:(T,H) params:tensors[(H,D)(H,)(2*D,H)(2*D,)*(H,H)(H,)]"
 _POLICY_NET_C = "temb params[0] params[1] params[4::2] params[5::2] params[2] params[3]"
 _POLICY_GRADS_C = "g_temb g_params[0] g_params[1] g_params[4::2] g_params[5::2] g_params[2] g_params[3]"
 _POLICY_DIMS = "T, H = temb.shape; D = params[0].shape[1]"
@@ -219,7 +226,7 @@ _MLP_HMC_C = "step_size n_steps n_leapfrog seed offset chain_offset mh damping"
 # one MLP, the training pass of the score networks (fastsamp/ops/mlp.py: mlp_net): its input rows x (B, D) and its
 # layers packed by _layers.packed, [W_in (H, D), b_in, W_out (O, H), b_out, W_1, b_1, ..., W_L, b_L]; act: the code
 # of ops.mlp.ACTIVATIONS
-_MLP_NET = "x:state params:tensors act:int"
+_MLP_NET = "x:state params:tensors[(H,D)(H,)(O,H)(O,)*(H,H)(H,)] act:int"
 _MLP_NET_C = "dtype x B D H O params act"
 _MLP_NET_DIMS = "B, D = x.shape; H = params[0].shape[0]; O = params[2].shape[0]"
 
