@@ -153,7 +153,7 @@ def test_factory_ops_refuse_a_bad_tensor_form(name):
                 fn(*args, bad)
 
 
-LAYOUT_OPS = [op for op in OPS if any(a.layout for a in op.schema_args)]
+LAYOUT_OPS = [op for op in OPS if any(a.layout and not a.per for a in op.schema_args)]
 
 
 @pytest.mark.parametrize("op", LAYOUT_OPS, ids=[op.name for op in LAYOUT_OPS])
@@ -173,3 +173,34 @@ def test_a_list_of_layers_follows_its_layout(op):
         bad = list(args)
         bad[i] = layers[:-1]
         assert_raises_naming(fn, bad, ValueError, op, name, r"must hold the tensors .*, got 5")
+
+
+NET_OPS = [_table.OPS[name] for name in ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala",
+                                         "mlp_energy_hmc")]
+
+
+@pytest.mark.parametrize("op", NET_OPS, ids=[op.name for op in NET_OPS])
+def test_a_network_list_follows_its_dims(op):
+    """The score networks' flat lists (mlp_score family; `params`, per network of `dims` [F, H, L, act]: ω (F,),
+    m (D,), W_0 (H, D + 2F), b_0, W_out (D, H), b_out, then W_k (H, H), b_k L times), here two networks: each
+    tensor cut to one row is refused naming it (the kernels read it with the shape its dims give), as are a list one
+    tensor short or long, dims not 4 ints per network, and scalars not 4 per network."""
+    args = valid_args(op, "cpu")
+    at = {a.name: i for i, a in enumerate(op.schema_args)}
+    for name in ("params", "dims", "scalars", "energy"):  # a second network, the same as the first
+        if name in at:
+            args[at[name]] = list(args[at[name]]) * 2
+    params = args[at["params"]]
+    for fn in calls(op, "cpu").values():
+        fn(*args)
+        for k, t in enumerate(params):
+            bad = list(args)
+            bad[at["params"]] = params[:k] + [t[:1]] + params[k + 1:]
+            assert_raises_naming(fn, bad, ValueError, op, f"params[{k}]", r"must have shape .* \(the list's shapes")
+        for name, cut, match in [("params", params[:-1], f"must hold the tensors .*: {len(params)}, got "),
+                                 ("params", params + params[:2], f"must hold the tensors .*: {len(params)}, got "),
+                                 ("dims", args[at["dims"]][:-1], "must hold 4 ints"),
+                                 ("scalars", args[at["scalars"]][:-1], "must hold 4 values per network")]:
+            bad = list(args)
+            bad[at[name]] = cut
+            assert_raises_naming(fn, bad, ValueError, op, name, match)

@@ -130,28 +130,67 @@ def _check_source(op: Op, devices: bool) -> list[str]:
     return lines + _tensor_forms_source(op, device, f"{like.name}.device")
 
 
-def _layout_source(op: Op, a, device: str, error, where: str) -> list[str]:
-    """Statements checking list `a` against its layout (the first shapes, then the group repeated per layer): its
-    length, and each tensor's shape, dtype, contiguity (and `device`) in one test."""
-    first, group = a.layout
-    n, text = f"len({a.name})", "".join(map(_spec, first)) + ("*" + "".join(map(_spec, group)) if group else "")
-    wants = f"[{', '.join(map(_spec, first))}]" + (
-        f" + [{', '.join(map(_spec, group))}] * (({n} - {len(first)}) // {len(group)})" if group else "")
+def _layout_text(a) -> str:
+    first, group, count = a.layout
+    return "".join(map(_spec, first)) + (f"*{count}" + "".join(map(_spec, group)) if group else "")
+
+
+def _count_source(op: Op, a) -> list[str]:
+    """The test of a list's length against its layout (the first shapes, then whole groups; not a list of blocks)."""
+    first, group, _ = a.layout
+    n = f"len({a.name})"
     count = f"{n} < {len(first)} or ({n} - {len(first)}) % {len(group)}" if group else f"{n} != {len(first)}"
-    bad = error(a.name, wants, repr(text), "_dt", _like_arg(op).name, where)
+    return [f"if {count}:", f"    raise ValueError(f'{op.name}: {a.name} must hold the tensors {_layout_text(a)} "
+                            f"(`*`: per layer), got {{{n}}}')"]
+
+
+def _layout_source(op: Op, a, device: str, error, where: str) -> list[str]:
+    """Statements checking list `a` against its layout (the first shapes, then the group repeated per layer; or,
+    `a.per`, one such block per `k` ints of the ints argument, `_blocks_source`): its length, and each tensor's
+    shape, dtype, contiguity (and `device`) in one test."""
+    first, group, _ = a.layout
+    n, text = f"len({a.name})", _layout_text(a)
 
     def test(tensors, shapes):
         return " or ".join(f"{t}.shape != {_spec(d)} or {t}.dtype is not _dt or not {t}.is_contiguous()"
                            + device.format(t) for t, d in zip(tensors, shapes))
-    lines = [f"if {count}:", f"    raise ValueError(f'{op.name}: {a.name} must hold the tensors {text} "
-                              f"(`*`: per layer), got {{{n}}}')",
-             f"if {test([f'{a.name}[{i}]' for i in range(len(first))], first)}:", f"    {bad}"]
-    if group:
+
+    def group_source(start, stop, bad):  # the loop over the groups of list[start:stop]
         names = [f"_g{i}" for i in range(len(group))]
         items = ", ".join(f"{a.name}[_k + {i}]" if i else f"{a.name}[_k]" for i in range(len(group)))
-        lines += [f"for _k in range({len(first)}, {n}, {len(group)}):", f"    {', '.join(names)} = {items}",
-                  f"    if {test(names, group)}:", f"        {bad}"]
-    return lines
+        return [f"for _k in range({start}, {stop}, {len(group)}):", f"    {', '.join(names)} = {items}",
+                f"    if {test(names, group)}:", f"        {bad}"]
+    if a.per:
+        return _blocks_source(op, a, test, group_source, where)
+    wants = f"[{', '.join(map(_spec, first))}]" + (
+        f" + [{', '.join(map(_spec, group))}] * (({n} - {len(first)}) // {len(group)})" if group else "")
+    bad = error(a.name, wants, repr(text), "_dt", _like_arg(op).name, where)
+    lines = _count_source(op, a) + [f"if {test([f'{a.name}[{i}]' for i in range(len(first))], first)}:", f"    {bad}"]
+    return lines + (group_source(len(first), n, bad) if group else [])
+
+
+def _blocks_source(op: Op, a, test, group_source, where: str) -> list[str]:
+    """A list of blocks (`a.per` = (ints, names)): per k ints of `ints`, bound to `names`, the first shapes and
+    `count` groups; one loop over the blocks (the ints' count a multiple of k, the list's length their sum)."""
+    (first, group, count), (ints, names) = a.layout, a.per
+    k, n, text, like = len(names), f"len({a.name})", _layout_text(a), _like_arg(op).name
+    size = f"{len(first)} + {len(group)} * {count}"
+    wants = (f"[_s for {', '.join(names)} in zip(*[iter({ints})] * {k}) for _s in "
+             f"[{', '.join(map(_spec, first))}] + [{', '.join(map(_spec, group))}] * {count}]")
+    where = (where + "; " if where else "") + f"{', '.join(names)} = each {k} of {ints}: {{{ints}}}"
+    bad = (f"raise _arg_error({op.name!r}, {a.name!r}, {a.name}, {wants}, {text!r}, _dt, {like}.device, {like!r}, "
+           f"f{where!r})")
+    short = (f"raise ValueError(f'{op.name}: {a.name} must hold the tensors {text} per {k} ints of {ints} "
+             f"({', '.join(names)}): {{sum({size} for {', '.join(names)} in zip(*[iter({ints})] * {k}))}}, "
+             f"got {{{n}}} ({ints}: {{{ints}}})')")
+    return [f"if len({ints}) % {k}:",
+            f"    raise ValueError(f'{op.name}: {ints} must hold {k} ints ({', '.join(names)}) per block of "
+            f"{a.name}, got {{len({ints})}}')",
+            "_end = 0", f"for _i in range(0, len({ints}), {k}):", f"    {', '.join(names)} = {ints}[_i:_i + {k}]",
+            f"    _b, _end = _end, _end + {size}", f"    if {count} < 0 or _end > {n}:", f"        {short}",
+            f"    if {test([f'{a.name}[_b + {i}]' if i else f'{a.name}[_b]' for i in range(len(first))], first)}:",
+            f"        {bad}"] + [f"    {s}" for s in group_source(f"_b + {len(first)}", "_end", bad)] + [
+            f"if _end != {n}:", f"    {short}"]
 
 
 def _tensor_forms_source(op: Op, device: str, where: str) -> list[str]:

@@ -22,9 +22,12 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
                           a one-element int64 tensor on the op's device, read inside the kernel (CUDA graphs):
                           in the schema a trailing `Tensor? <name>_t=None` (the int argument is then 0); the
                           cuda C entry points take (value, pointer or 0) pairs, the cpu glue reads it on the host
-           tensors        a list of tensors (Tensor[]); "tensors[(H,D)(H,)*(H,H)(H,)]" gives their shapes: the
-                          first ones, then the group after `*` repeated (the registered op's check; a list
-                          without one has only its dtypes, devices and contiguity checked)
+           tensors        a list of tensors (Tensor[]); "tensors[(H,D)(H,)*(H,H)(H,)]" gives their shapes (the
+                          registered op's check): the first ones, then the group after `*` repeated to the end
+                          of the list; "tensors{dims:F,H,L,act}[(F,)(H,D+2*F)*L(H,H)]" a list of blocks, one per
+                          4 ints of the ints argument `dims` (named F, H, L, act in the block's shapes), each
+                          the first shapes and the group `*L` times (a count the names give); a list without a
+                          layout has only its dtypes, devices and contiguity checked
            ints floats    a list of python ints / floats (int[] / float[])
            dtype device   of the outputs, for ops without a state tensor
            out            an optional preallocated output (not in the schema: registered ops are functional)
@@ -77,7 +80,8 @@ class Arg:
     shape: tuple = ()       # dims of a tensor (names or python expressions)
     optional: bool = False
     dtype: str = "x"        # "x" (the state's), "f64"
-    layout: tuple = ()      # a list's shapes: (the first ones, the repeated group)
+    layout: tuple = ()      # a list's shapes: (the first ones, the repeated group, its count or "": to the end)
+    per: tuple = ()         # a list of blocks: (the ints argument, the names of its ints per block)
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,10 @@ class Op:
 
 
 _KINDS = "state|floats|float|ints|int|threads|bool|u64|tensors|dtype|device|out"
-_ARG = re.compile(rf"(\w+):(?:({_KINDS})(?:\[([^\]]*)\])?|\(([^)]*)\)(\?)?(f64)?)$")
+_ARG = re.compile(rf"(\w+):(?:({_KINDS})(?:\{{([^}}]*)\}})?(?:\[([^\]]*)\])?|\(([^)]*)\)(\?)?(f64)?)$")
+_SHAPES = r"(?:\([^()]*\))+"
+_LAYOUT = re.compile(rf"({_SHAPES})(?:\*([A-Za-z_]\w*)?({_SHAPES}))?$")  # first shapes, `*`, count, group
+_PER = re.compile(r"(\w+):(\w+(?:,\w+)*)$")
 _OUT = re.compile(r"(\w+):(?:\(([^)]*)\)(bool|f64)?(?:=(\w+)|\?(\w+))?|\[(\w+)\])$")
 
 
@@ -154,15 +161,25 @@ def _tokens(text: str, pattern: re.Pattern, what: str):
         yield m.groups()
 
 
+def _layout(name: str, kind: str, layout: str, per: str | None) -> Arg:
+    """A list argument with a layout (`tensors[...]`, `tensors{ints:names}[...]`; a ValueError naming the argument
+    where the bracket does not parse)."""
+    m, p = _LAYOUT.match(layout), per and _PER.match(per)
+    if m is None or (per is not None and p is None):
+        raise ValueError(f"bad layout {layout!r}{'' if per is None else f' per {per!r}'} of {name} ({kind})")
+    first, count, group = m.groups()
+    names = tuple(p[2].split(",")) if p else ()
+    shapes = [tuple(map(_dims, re.findall(r"\(([^)]*)\)", part or ""))) for part in (first, group)]
+    return Arg(name, kind, layout=(*shapes, count or ""), per=(p[1], names) if p else ())
+
+
 def _args(text: str) -> tuple:
     out = []
-    for name, kind, layout, shape, opt, f64 in _tokens(text, _ARG, "argument"):
+    for name, kind, per, layout, shape, opt, f64 in _tokens(text, _ARG, "argument"):
         if kind == "state":
             out.append(Arg(name, "state", ("B", "D")))
-        elif layout:
-            first, group = (re.split(r"(?<=\))\*(?=\()", layout, maxsplit=1) + [""])[:2]  # not 2*D's *
-            out.append(Arg(name, kind, layout=tuple(tuple(map(_dims, re.findall(r"\(([^)]*)\)", part)))
-                                                    for part in (first, group))))
+        elif layout is not None or per is not None:
+            out.append(_layout(name, kind, layout or "", per))
         elif kind:
             out.append(Arg(name, kind))
         else:
@@ -210,14 +227,22 @@ _LANGEVIN_DIMS = "; W = 0 if lgv is None else lgv.shape[1]; K = 0 if target_mean
 _BACKWARD_LANGEVIN = "lgv:(T,W)? lgv_clip:float scores:(T,B,D)?"  # optional: None without the term
 _BACKWARD_LANGEVIN_C = "PolicyLangevin(lgv,W,lgv_clip,scores,0,0,0,0) g_lgv"
 # score networks (fastsamp/ops/mlp.py): flat per-network lists of layer tensors, dims and scalars, and an
-# optional mixture; the public functions take ScoreNet / MixtureScore objects instead
-_SCORE_SUM = ("x:state params:tensors dims:ints scalars:floats means:(K,D)? log_weights:(K,)? variances:(K,)? "
-              "mix_alpha:float mix_sigma2:float")
-_SCORE_SUM_RENAMES = {"params": None, "means": None, "log_weights": None, "variances": None}
+# optional mixture; the public functions take ScoreNet / MixtureScore objects instead. Per network 4 dims
+# [F, H, L, act] (n_freq, hidden width, hidden layers, activation), 4 scalars [t, α, σ², σ_d²] and the tensors
+# ω (F,), m (D,), W_0 (H, D + 2F), b_0, W_out (D, H), b_out (an energy network's too: its f maps D to D), then
+# (W_k, b_k) per hidden layer (csrc/cpu/mlp_sum.h: parse_nets)
+_NETS = "params:tensors{dims:F,H,L,act}[(F,)(D,)(H,D+2*F)(H,)(D,H)(D,)*L(H,H)(H,)] dims:ints scalars:floats"
+_SCORE_SUM = f"x:state {_NETS} means:(K,D)? log_weights:(K,)? variances:(K,)? mix_alpha:float mix_sigma2:float"
+_SCORE_SUM_KW = {"renames": {"params": None, "means": None, "log_weights": None, "variances": None},
+                 "rule": ("len(scalars) == len(dims)", "scalars must hold 4 values per network (t, α, σ², σ_d²), "
+                          "one per int of dims: got {len(scalars)} for {len(dims)}")}
 # sums with energy networks: the same lists and one flag per network (1: an EnergyNet)
-_ENERGY_SUM = ("x:state params:tensors dims:ints scalars:floats energy:ints means:(K,D)? log_weights:(K,)? "
-               "variances:(K,)? mix_alpha:float mix_sigma2:float")
-_ENERGY_SUM_RENAMES = {**_SCORE_SUM_RENAMES, "energy": None}
+_ENERGY_SUM = (f"x:state {_NETS} energy:ints means:(K,D)? log_weights:(K,)? variances:(K,)? mix_alpha:float "
+               "mix_sigma2:float")
+_ENERGY_SUM_KW = {"renames": {**_SCORE_SUM_KW["renames"], "energy": None},
+                  "rule": ("len(scalars) == len(dims) and len(energy) in (0, len(dims) // 4)",
+                           "scalars must hold 4 values per network (t, α, σ², σ_d²) and energy one flag per network "
+                           "(or none): got {len(scalars)} scalars and {len(energy)} flags for {len(dims)} dims")}
 # their C orders (the layer pointers, dims and scalars as lists; K = 0 without a mixture)
 _SCORE_SUM_C = "dtype x B D params dims scalars means log_weights variances K mix_alpha mix_sigma2"
 _ENERGY_SUM_C = "dtype x B D params dims scalars energy means log_weights variances K mix_alpha mix_sigma2"
@@ -324,19 +349,19 @@ OPS: dict[str, Op] = {op.name: op for op in [
         f"{_BACKWARD_LANGEVIN_C}", public=None,
         dims=_POLICY_DIMS + "; B = states.shape[1]; W = 0 if lgv is None else lgv.shape[1]", reference=False,
         guard="B > 0"),
-    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", _SCORE_SUM_C, _ALL, renames=_SCORE_SUM_RENAMES),
+    _op("mlp_score", f"{_SCORE_SUM}", "score:(B,D)", _SCORE_SUM_C, _ALL, **_SCORE_SUM_KW),
     _op("mlp_mala", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 chain_offset:u64 "
-        "mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_MALA_C}", _ALL, renames=_SCORE_SUM_RENAMES),
+        "mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_MALA_C}", _ALL, **_SCORE_SUM_KW),
     _op("mlp_hmc", f"{_SCORE_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 chain_offset:u64 "
         "mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_SCORE_SUM_C} {_MLP_HMC_C}", _ALL,
-        renames=_SCORE_SUM_RENAMES),
-    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, _ALL, renames=_ENERGY_SUM_RENAMES),
+        **_SCORE_SUM_KW),
+    _op("mlp_energy", f"{_ENERGY_SUM}", "score:(B,D) logp:(B,)", _ENERGY_SUM_C, _ALL, **_ENERGY_SUM_KW),
     _op("mlp_energy_mala", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_trapezoid:int seed:u64 offset:u64 "
         "chain_offset:u64 mh:int", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_MALA_C}", _ALL,
-        renames=_ENERGY_SUM_RENAMES),
+        **_ENERGY_SUM_KW),
     _op("mlp_energy_hmc", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 "
         "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_HMC_C}",
-        _ALL, renames=_ENERGY_SUM_RENAMES),
+        _ALL, **_ENERGY_SUM_KW),
     _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, dims=_MLP_NET_DIMS),
     _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool", "g_x:(B,D)?want_g_x g_params:[params]",
         f"{_MLP_NET_C} g_out g_x g_params", public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
