@@ -204,3 +204,18 @@ def test_a_network_list_follows_its_dims(op):
             bad = list(args)
             bad[at[name]] = cut
             assert_raises_naming(fn, bad, ValueError, op, name, match)
+
+
+@pytest.mark.parametrize("name", ["sde_step", "mala_propose"])
+def test_nested_transforms_check_the_arguments(name):
+    """jacrev(jacrev(f)) runs the op's reference (`_library._reference_test`), whose torch ops would broadcast a
+    one-row score to all B = 5 chains: refused naming it, as under one transform; the valid call's Hessian."""
+    op, jacrev = _table.OPS[name], torch.func.jacrev
+    args = valid_args(op, "cpu")
+
+    def f(score):
+        return lambda x: getattr(torch.ops.fastsamp, name).default(x, score, *args[2:])[0].square().sum()
+    x, score = args[0], args[1]
+    assert jacrev(jacrev(f(score)))(x).shape == (*x.shape, *x.shape)
+    with pytest.raises(ValueError, match=rf"^{name}: score must have shape \(5, 3\) \(B, D\), got \(1, 3\)"):
+        jacrev(jacrev(f(score[:1])))(x)

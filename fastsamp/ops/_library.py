@@ -250,7 +250,8 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     op (never a silent detach, nor a zero tangent; also under torch.func's transforms, whose wrapped inputs require
     grad or carry the tangent here). Under nested differentiating transforms (hessian, jacrev(jacrev),
     jacfwd(jacfwd), ...; regular autograd over torch.func.grad too: `_reference_test`) the op's reference instead,
-    which every level differentiates (the single-level Function's outputs would be constants to the outer levels).
+    which every level differentiates (the single-level Function's outputs would be constants to the outer levels),
+    after the argument check the kernels run (`_checker`, devices included: the transforms' per-sample shapes).
     Otherwise the op runs below the
     autograd key: where the dispatcher's next kernel is the op's own CPU or CUDA kernel (no mode, tensor subclass or
     transform in between), that kernel (`backend_kernels`, by dispatch key), or the backend function it would call
@@ -260,6 +261,7 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
     apply = _function(op, handle) if op.grad else None
     nested = _reference_kernel(op) if op.grad else None
+    check = _checker(op, "cuda")  # the reference's arguments (its torch ops would broadcast a short one)
     runs_reference = _reference_test(op) if op.grad else None
     has_tangent = _tangent_test(op)
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
@@ -275,7 +277,10 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
                     f"run under torch.no_grad(){hint}" if grad else
                     f"torch.ops.fastsamp.{op.name} has no forward-mode derivative (jvp) and an input carries a tangent "
                     f"(torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
-            return nested(*args) if runs_reference(args) else apply(keyset, *args)
+            if runs_reference(args):
+                check(*args)
+                return nested(*args)
+            return apply(keyset, *args)
         keys = keyset.raw_repr()
         direct = direct_by_keys.get(keys, _UNSEEN)
         if direct is _UNSEEN:
