@@ -101,6 +101,36 @@ def test_the_table_parses_and_names_are_unique():
         assert _table.c_names(op) <= known, op.name
 
 
+def test_list_layouts_parse():
+    """A list's layout: the first shapes, then the group after `*` repeated to the end; with `{ints:names}` one
+    block per len(names) ints of that argument, the group `*count` times."""
+    a, = _table._args("params:tensors[(H,D)(H,)*(H,H)(H,)]")
+    assert (a.layout, a.per) == (((("H", "D"), ("H",)), (("H", "H"), ("H",)), ""), ())
+    a, = _table._args("w:tensors[(2*D,H)(O,)]")
+    assert a.layout == (((("2*D", "H"), ("O",)), (), ""))
+    a = _table._args("params:tensors{dims:F,H,L,act}[(F,)(H,D+2*F)*L(H,H)] dims:ints")[0]
+    assert (a.layout, a.per) == (((("F",), ("H", "D+2*F")), (("H", "H"),), "L"), ("dims", ("F", "H", "L", "act")))
+
+
+@pytest.mark.parametrize("spec", [
+    "p:tensors[(H,D)(H,)*]",            # an empty group
+    "p:tensors[(H,D)*(H,H)*(H,)]",      # a second `*`
+    "p:tensors[*(H,H)(H,)]",            # no first shapes
+    "p:tensors[H,D]",                   # no parentheses
+    "p:tensors[]",                      # empty
+    "p:tensors[(H,D)(H,]",              # unbalanced
+    "n:int[(H,)]",                      # a layout on another kind
+    "p:tensors[(H,D)*L(H,H)]",          # a count without blocks
+    "p:tensors{d:F,H}[(F,)*(H,H)] d:ints",   # blocks without a count
+    "p:tensors{d:F,H}[(F,)*L(H,H)] d:ints",  # a count not among the names
+    "p:tensors{d:F,L}[(F,)*L(H,H)] d:floats",  # blocks of a non-ints argument
+    "p:tensors{d}[(F,)*L(H,H)] d:ints",      # no names
+])
+def test_malformed_layouts_are_refused(spec):
+    with pytest.raises(ValueError, match=r"^bad (layout|argument spec)"):
+        _table._args(spec)
+
+
 def test_reference_and_backends_take_the_table_signature():
     for op in _table.OPS.values():
         want = [a.name for a in op.args]

@@ -26,8 +26,10 @@ Adding an op or an argument is one entry (or one token) here. The notation, pars
                           registered op's check): the first ones, then the group after `*` repeated to the end
                           of the list; "tensors{dims:F,H,L,act}[(F,)(H,D+2*F)*L(H,H)]" a list of blocks, one per
                           4 ints of the ints argument `dims` (named F, H, L, act in the block's shapes), each
-                          the first shapes and the group `*L` times (a count the names give); a list without a
-                          layout has only its dtypes, devices and contiguity checked
+                          the first shapes and the group `*L` times (a count the names give). The bracket holds
+                          one or more "(dims)" shapes, then optionally `*` (a count name with `{...}`, none
+                          without) and one or more shapes; a list without a layout has only its dtypes, devices
+                          and contiguity checked
            ints floats    a list of python ints / floats (int[] / float[])
            dtype device   of the outputs, for ops without a state tensor
            out            an optional preallocated output (not in the schema: registered ops are functional)
@@ -162,13 +164,16 @@ def _tokens(text: str, pattern: re.Pattern, what: str):
 
 
 def _layout(name: str, kind: str, layout: str, per: str | None) -> Arg:
-    """A list argument with a layout (`tensors[...]`, `tensors{ints:names}[...]`; a ValueError naming the argument
-    where the bracket does not parse)."""
+    """A list argument with a layout (`tensors[...]`, `tensors{ints:names}[...]`), validated (a ValueError naming
+    the argument: a layout on another kind, a malformed bracket, a count without `{...}` or missing with it)."""
     m, p = _LAYOUT.match(layout), per and _PER.match(per)
-    if m is None or (per is not None and p is None):
+    if kind != "tensors" or m is None or (per is not None and p is None):
         raise ValueError(f"bad layout {layout!r}{'' if per is None else f' per {per!r}'} of {name} ({kind})")
     first, count, group = m.groups()
     names = tuple(p[2].split(",")) if p else ()
+    if bool(count) != bool(p) or (count and count not in names):
+        raise ValueError(f"bad layout {layout!r} of {name}: a count after `*` exactly with a list of blocks "
+                         f"(`{{ints:names}}`), one of its names")
     shapes = [tuple(map(_dims, re.findall(r"\(([^)]*)\)", part or ""))) for part in (first, group)]
     return Arg(name, kind, layout=(*shapes, count or ""), per=(p[1], names) if p else ())
 
@@ -184,6 +189,10 @@ def _args(text: str) -> tuple:
             out.append(Arg(name, kind))
         else:
             out.append(Arg(name, "tensor", _dims(shape), bool(opt), "f64" if f64 else "x"))
+    ints = {a.name for a in out if a.kind == "ints"}
+    for a in out:
+        if a.per and a.per[0] not in ints:
+            raise ValueError(f"bad layout of {a.name}: its blocks follow {a.per[0]}, not an ints argument")
     return tuple(out)
 
 
