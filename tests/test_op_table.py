@@ -45,21 +45,22 @@ def dims(op, **given):
     return lambda shape: tuple(eval(d, {}, env) for d in shape)  # the table's dim expressions
 
 
-def policy_params(dtype, device):
-    """DriftNet layers [W_s (H, D), b_s, W_o (2D, H), b_o, W_1 (H, H), b_1], small."""
+def policy_params(dtype, device, O=SIZES["O"]):
+    """DriftNet layers [W_s (H, D), b_s, W_o (O, H), b_o, W_1 (H, H), b_1] (O = 2D), small."""
     H, D = SIZES["H"], SIZES["D"]
-    return [0.3 * torch.randn(shape, dtype=dtype, device=device) for shape in ((H, D), (H,), (2 * D, H), (2 * D,),
-                                                                              (H, H), (H,))]
+    return [0.3 * torch.randn(shape, dtype=dtype, device=device) for shape in ((H, D), (H,), (O, H), (O,), (H, H),
+                                                                              (H,))]
 
 
 def make_args(op, dtype, device, *, optional: bool):
     """Arguments of the backend signature, sized by SIZES; optional tensors given or None (score_mh_accept's
     score_prop then takes its rows form: R = B rows beside the M interior sets, else (M + 1)·B)."""
-    shape_of = dims(op, R=SIZES["B"] * (1 if optional else SIZES["M"] + 1))
+    O = SIZES["D"] if op.name == "mlp_net_energy_lsq" else SIZES["O"]  # its rule: O <= D
+    shape_of = dims(op, R=SIZES["B"] * (1 if optional else SIZES["M"] + 1), O=O)
     out = []
     for a in op.args:
         if a.kind == "tensors":
-            out.append(policy_params(dtype, device))
+            out.append(policy_params(dtype, device, O))
         elif a.kind in ("state", "tensor"):
             if a.optional and not optional:
                 out.append(None)

@@ -186,9 +186,10 @@ def test_a_list_of_layers_follows_its_layout(op):
             t = layers[k]
             bad[i] = layers[:k] + [torch.cat([t, t[..., :1]], -1)] + layers[k + 1:]
             assert_raises_naming(fn, bad, ValueError, op, f"{name}[{k}]", r"must have shape .* \(the list's shapes")
-        bad = list(args)
-        bad[i] = layers[:-1]
-        assert_raises_naming(fn, bad, ValueError, op, name, r"must hold the tensors .*, got 5")
+        for cut in (layers[:-1], layers[:2], []):  # also where the dims read a layer missing (mlp_net's O)
+            bad = list(args)
+            bad[i] = cut
+            assert_raises_naming(fn, bad, ValueError, op, name, rf"must hold the tensors .*, got {len(cut)}$")
 
 
 NET_OPS = [_table.OPS[name] for name in ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala",
@@ -237,6 +238,21 @@ def test_nested_transforms_check_the_arguments(name):
         jacrev(jacrev(f(score[:1])))(x)
 
 
+def test_none_for_a_required_tensor_is_refused_naming_it():
+    """None where the schema's Tensor is required (the dispatcher lets it through): a ValueError naming the op and
+    the argument on every path (the Autograd kernel's requires-grad test too), not an AttributeError."""
+    op = _table.OPS["sde_step"]
+    args = valid_args(op, "cpu")
+    for i in (0, 1):
+        bad = list(args)
+        bad[i] = None
+        for fn in calls(op, "cpu").values():
+            assert_raises_naming(fn, bad, ValueError, op, op.schema_args[i].name, r"a tensor \(B, D\), got None$")
+        if i:
+            bad[0] = args[0].clone().requires_grad_()
+            assert_raises_naming(calls(op, "cpu")["autograd"], bad, ValueError, op, "score", "got None")
+
+
 def edge_calls():
     """Valid calls at the edges of the table's shapes: score_mh_accept's (M + 1)·B rows form (no interior) with M = 0
     and M = 2, B = 0, D = 1, and a B = 1 step_size expanded from a 0-d tensor (stride 0, contiguous)."""
@@ -262,3 +278,16 @@ def test_valid_edge_calls_are_accepted(case):
     for fn in calls(op, "cpu").values():
         out = fn(*args)
         assert (out if isinstance(out, torch.Tensor) else out[0]).shape == args[0].shape
+
+
+def test_energy_lsq_needs_o_at_most_d():
+    """mlp_net_energy_lsq's state is the input's first O columns: O = D + 1 outputs is refused by the op's rule (the
+    C glue refused it without the op's name; the reference broadcast (B, D) against (B, O))."""
+    op = _table.OPS["mlp_net_energy_lsq"]
+    x, params, act, c, v, sigma, z = valid_args(op, "cpu")
+    B, D, H = x.shape[0], x.shape[1], params[0].shape[0]
+    wide = params[:2] + [torch.randn(D + 1, H, dtype=x.dtype), torch.randn(D + 1, dtype=x.dtype)] + params[4:]
+    bad = (x, wide, act, torch.randn(B, D + 1, dtype=x.dtype), v, sigma, torch.randn(B, D + 1, dtype=x.dtype))
+    for fn in calls(op, "cpu").values():
+        with pytest.raises(ValueError, match=r"^mlp_net_energy_lsq: needs O <= D .*, got O = 4, D = 3$"):
+            fn(*bad)

@@ -79,18 +79,21 @@ def _check_source(op: Op, devices: bool) -> list[str]:
     rows) and, with `devices`, device (the anchor's; a CPU kernel needs no such test: the dispatcher sends it CPU
     tensors only); a list's tensors likewise (their shapes too where it has a layout, `_layout_source`); the op's
     `rule`; each u64 tensor form (one int64 element). One `if` per argument on the good path; on a failure
-    `_arg_error` (fastsamp/ops/_checks.py) builds the exception naming the op and the argument. Names the source
-    uses: torch, _arg_error, _FLOATS (`_library.CHECK_NAMES`)."""
+    `_arg_error` (fastsamp/ops/_checks.py) builds the exception naming the op and the argument (None where a tensor
+    is required: the AttributeError it raises on the way, caught around the whole check, at no cost on the good
+    path). Names the source uses: torch, _arg_error, _FLOATS (`_library.CHECK_NAMES`)."""
     like, dims = _like_arg(op), _dims_source(op)
     if like is None:  # a factory op (normal, uniform): its device argument (the glue checks a CUDA call's)
         return dims + _tensor_forms_source(op, "", "device")
     read = set(re.findall(r"\w+", " ".join(dims)))
     lines = ["try:"] + [f"    {d}" for d in dims] + ["except (IndexError, ValueError) as _e:"]
-    for a in op.args:  # the ndim of the tensors the dims read (the dims' only failures but a list's)
+    for a in op.args:  # the ndim of the tensors the dims read, a list's length (the dims' only failures)
         if a.kind in ("state", "tensor") and a.name in read:
             test = f"{a.name}.dim() != {len(a.shape)}"
             lines += [f"    if {f'{a.name} is not None and {test}' if a.optional else test}:",
                       f"        raise _arg_error({op.name!r}, {a.name!r}, {a.name}, None, {_spec(a.shape)!r})"]
+        elif a.layout and not a.per and a.name in read:
+            lines += [f"    {s}" for s in _count_source(op, a)]
     lines += [
         f"    raise ValueError(f'{op.name}: cannot read the dims ({'; '.join(dims)}) from the arguments: {{_e}}') "
         "from None",
@@ -127,7 +130,13 @@ def _check_source(op: Op, devices: bool) -> list[str]:
                                      None if f64 else like.name, where(a.shape))]
     if op.rule:
         lines += [f"if not ({op.rule[0]}):", f"    raise ValueError(f{op.name + ': ' + op.rule[1]!r})"]
-    return lines + _tensor_forms_source(op, device, f"{like.name}.device")
+    lines += _tensor_forms_source(op, device, f"{like.name}.device")
+    pairs = "".join(f"({a.name!r}, {_spec(a.shape)!r}, {a.name}), " for a in op.schema_args
+                    if a.kind in ("state", "tensor") and not a.optional)
+    return ["try:"] + [f"    {s}" for s in lines] + [
+        "except AttributeError:  # None where a tensor is required (the schema lets it through)",
+        f"    for _a, _s, _v in ({pairs}):", "        if _v is None:",
+        f"            raise ValueError(f'{op.name}: {{_a}} must be a tensor {{_s}}, got None') from None", "    raise"]
 
 
 def _layout_text(a) -> str:

@@ -10,11 +10,12 @@ Per op, from the op table (`_table.py`):
   a new value without recompiling);
 * a fake (meta) implementation allocating the outputs (shapes and dtypes from the table), so
   torch.compile / torch.export trace the op as one opaque node;
-* the check of the arguments against the table (`_checker`: shapes with the table's dims, dtypes, devices,
-  contiguity; a ValueError / TypeError naming the op and the argument), in the fake implementation and in the
-  CPU / CUDA kernels, both ways the Autograd kernel reaches them: called directly, the op never hands a kernel a
-  buffer smaller than the table's shapes, nor strided memory (metadata only: no sync, no graph break; about
-  0.15 µs per tensor, 0.6–2 µs of a call, 2–3.5 µs with a list of 6 layers: benchmarks/op_latency.py);
+* the check of the arguments against the table (`_checker`: shapes with the table's dims, a list's by its layout,
+  dtypes, devices, contiguity; a ValueError / TypeError naming the op and the argument), in the fake
+  implementation, in the CPU / CUDA kernels, both ways the Autograd kernel reaches them, and before the reference
+  that nested transforms run: called directly, the op never hands a kernel a buffer smaller than the table's
+  shapes, nor strided memory (metadata only: no sync, no graph break; its cost per call: benchmarks/RESULTS.md,
+  "Twelfth session: the registered ops' argument checks");
 * the CPU kernel (the cpp backend when built, else the reference) and the CUDA kernel (cuda when built,
   else triton, else the reference; above a compiled kernel's size limits the reference: `_auto_kernel.py`),
   registered per dispatch key;
@@ -261,7 +262,7 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     (`_table.requires_grad_source`): together about 3 µs less than torch's own helpers."""
     apply = _function(op, handle) if op.grad else None
     nested = _reference_kernel(op) if op.grad else None
-    check = _checker(op, "cuda")  # the reference's arguments (its torch ops would broadcast a short one)
+    check = _checker(op, "cuda")  # the reference's arguments (its torch ops would broadcast a short one), None's
     runs_reference = _reference_test(op) if op.grad else None
     has_tangent = _tangent_test(op)
     hint = f" (fastsamp.ops.{op.public} with backend='auto' is differentiable)" if op.public else ""
@@ -269,7 +270,11 @@ def _autograd_kernel(op: _table.Op, handle, backend_kernels: dict, requires_grad
     direct_by_keys = {}  # DispatchKeySet.raw_repr() -> `_direct_kernels` of the key set's next kernel, or False
 
     def kernel(keyset, *args):
-        grad = _is_grad_enabled() and requires_grad(args)
+        try:
+            grad = _is_grad_enabled() and requires_grad(args)
+        except AttributeError:  # None where a tensor is required: the check names it
+            check(*args)
+            raise
         if grad or (_fwad._current_level >= 0 and has_tangent(args)):  # reverse mode, or forward mode (a dual level)
             if apply is None:
                 raise RuntimeError(
