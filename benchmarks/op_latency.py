@@ -21,8 +21,8 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
                cost of the arguments through the dispatcher (the autograd key included); `library+ag - raw - floor`
                is what fastsamp's Python adds
   ag @REV      with --against REV: the same call of the op as fastsamp/ops/_library.py registered it at git revision
-               REV (registered again in this process under the namespace fastsamp_at_REV: a before/after
-               comparison timed in turn with the other columns)
+               REV, with the argument checks _codegen.py generated there (registered again in this process under the
+               namespace fastsamp_at_REV: a before/after comparison timed in turn with the other columns)
   custom_op    the same kernel, fake and autograd formula registered with torch.library.custom_op
   public auto  fastsamp.ops.<public>(..., backend="auto") with validation off: checks + `_dispatch.route`, which in
                plain eager calls the kernel of the registered op directly
@@ -255,16 +255,30 @@ def boxing_costs(op: _table.Op, fn, args, calls, repeats, clock):
     return dict(zip(labels, medians_us(fns, calls, repeats, clock)))
 
 
+_GENERATED = ("check_source", "outputs_source", "requires_grad_source")
+"""The generated sources the registration takes from _codegen.py (the glue of the backend functions is today's)."""
+
+
 def registered_at(rev: str):
     """torch.ops.<namespace> of the op table's ops registered by fastsamp/ops/_library.py as it was at git revision
-    `rev` (with today's op table, kernels and formulas), under the namespace fastsamp_at_<rev>."""
-    source = subprocess.run(["git", "show", f"{rev}:fastsamp/ops/_library.py"], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).resolve().parent).stdout
+    `rev`, with the checks, fakes and requires-grad tests _codegen.py generated there (`_GENERATED`; with today's op
+    table, kernels and formulas), under the namespace fastsamp_at_<rev>."""
+    def source(path):
+        return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout
     namespace = "fastsamp_at_" + re.sub(r"\W", "_", rev)
+    codegen = types.ModuleType(f"fastsamp.ops._codegen_{namespace}")
+    exec(compile(source("fastsamp/ops/_codegen.py"), f"{rev}:_codegen.py", "exec"), codegen.__dict__)
+    table = types.ModuleType(f"fastsamp.ops._table_{namespace}")  # today's table with `rev`'s generators
+    vars(table).update(vars(_table), **{k: getattr(codegen, k) for k in _GENERATED if hasattr(codegen, k)})
     module = types.ModuleType(f"fastsamp.ops._library_{namespace}")
     module.__package__ = "fastsamp.ops"
-    exec(compile(source.replace('NAMESPACE = "fastsamp"', f'NAMESPACE = "{namespace}"'), f"{rev}:_library.py", "exec"),
-         module.__dict__)
+    code = source("fastsamp/ops/_library.py").replace('NAMESPACE = "fastsamp"', f'NAMESPACE = "{namespace}"')
+    code, found = re.subn(r"^(from \. import .+), _table$", r"\1", code, count=1, flags=re.M)  # `table` instead
+    if not found:
+        raise ValueError(f"{rev}:fastsamp/ops/_library.py has no 'from . import ..., _table'")
+    vars(module)["_table"] = table
+    exec(compile(code, f"{rev}:_library.py", "exec"), module.__dict__)
     return getattr(torch.ops, namespace)
 
 

@@ -183,6 +183,7 @@ def _blocks_source(op: Op, a, test, group_source, where: str) -> list[str]:
     `count` groups; one loop over the blocks (the ints' count a multiple of k, the list's length their sum)."""
     (first, group, count), (ints, names) = a.layout, a.per
     k, n, text, like = len(names), f"len({a.name})", _layout_text(a), _like_arg(op).name
+    tensors = [f"_t{i}" for i in range(len(first))]  # a block's first tensors, bound once, not list[_b + i] per test
     size = f"{len(first)} + {len(group)} * {count}"
     wants = (f"[_s for {', '.join(names)} in zip(*[iter({ints})] * {k}) for _s in "
              f"[{', '.join(map(_spec, first))}] + [{', '.join(map(_spec, group))}] * {count}]")
@@ -197,7 +198,8 @@ def _blocks_source(op: Op, a, test, group_source, where: str) -> list[str]:
             f"{a.name}, got {{len({ints})}}')",
             "_end = 0", f"for _i in range(0, len({ints}), {k}):", f"    {', '.join(names)} = {ints}[_i:_i + {k}]",
             f"    _b, _end = _end, _end + {size}", f"    if {count} < 0 or _end > {n}:", f"        {short}",
-            f"    if {test([f'{a.name}[_b + {i}]' if i else f'{a.name}[_b]' for i in range(len(first))], first)}:",
+            f"    {', '.join(tensors)}{',' * (len(tensors) == 1)} = {a.name}[_b:_b + {len(first)}]",
+            f"    if {test(tensors, first)}:",
             f"        {bad}"] + [f"    {s}" for s in group_source(f"_b + {len(first)}", "_end", bad)] + [
             f"if _end != {n}:", f"    {short}"]
 
