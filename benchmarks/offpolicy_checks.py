@@ -15,6 +15,8 @@ mode (checks/gmm40.md) and Manywell TB + Expl. + LP + LS (checks/manywell_lpls.m
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
                                   [--mean-seed S]
     python benchmarks/offpolicy_checks.py gmm40 [--mean-seeds 0 1 2] [--samples 100000]
+    python benchmarks/offpolicy_checks.py lgcp [--models PATH ...] [--chains 256] [--temps 200 800] [--seeds 0 1]
+                                  [--step-size 0.1] [--repeats 2] [--batch 16] [--out FILE]
 
 The "released" estimator and training steps, gfn-diffusion's formulas written out independently of fastsamp's
 fused kernels and em_step op, on the same DriftNet weights: fastsamp/experiments/offpolicy_released.py.
@@ -36,6 +38,9 @@ nearest mean k* and the next, the distance from 0 to the boundary of k*'s Vorono
 ½(|μ_k|² − |μ_k*|²) of the responsibilities at 0, and the share of N(0, σ² I) draws nearest to μ_k*, for the
 reference process's end (σ² = 5) and with the exploration's extra variance (σ² = 5 + T·0.1² = 6).
 `train --target 40gmm --mean-seed S` trains on those means; its curve lists the modes hit.
+`lgcp` (checks/lgcp_tb.md): a reference log Z of the LGCP target (fastsamp/experiments/lgcp_reference.py: Laplace
+at the Newton MAP, AIS from the Laplace Gaussian, float64), written to checks/lgcp_reference.json, and saved models'
+ELBO, log Z^RW, moments and fused / eager TB gradient against it.
 One thread; prints one JSON line per model.
 """
 from __future__ import annotations
@@ -52,6 +57,7 @@ import time
 
 import torch
 
+from fastsamp.experiments import lgcp_reference
 from fastsamp.experiments.offpolicy import EVAL_SEED_BASE, METHODS, build, evaluate
 from fastsamp.experiments.offpolicy_released import (
     DefaultNetwork,
@@ -68,7 +74,7 @@ from fastsamp.experiments.offpolicy_released import (
 from fastsamp.experiments.offpolicy_released import released_log_r as released_log_r  # tests call it from here
 from fastsamp.metrics import log_z_estimates, nearest_mode_weights
 from fastsamp.samplers.diffusion import DiffusionSampler, train
-from fastsamp.targets import GMM40
+from fastsamp.targets import GMM40, get_target
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "offpolicy_full")
@@ -104,24 +110,29 @@ def _max_rel(a, b):
     return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max())
 
 
+def fused_and_eager(sampler, objective, batch, seed):
+    """The policy parameters, and the states, loss and policy gradient of `objective` on one batch by the fused
+    kernels and by the eager per-step path with the PyTorch op (same weights and seed; PIS: reparameterised)."""
+    policy = [p for n, p in sampler.net.named_parameters() if n != "log_Z"]
+    fused, backend = sampler.fused, sampler.backend
+    out = {}
+    for name, is_fused in (("fused", True), ("eager", False)):
+        sampler.fused, sampler.backend = is_fused, "auto" if is_fused else "torch"
+        sampler.zero_grad(set_to_none=True)
+        traj = sampler.forward_trajectories(batch, reparam=objective == "pis", seed=seed)
+        loss = sampler.loss(traj, objective)
+        loss.backward()
+        out[name] = (traj.states.detach(), float(loss.detach()), [p.grad.clone() for p in policy])
+    sampler.fused, sampler.backend = fused, backend
+    return policy, out
+
+
 def compare_pis_gradients(sampler, batch, seed, name):
     """Our PIS loss and gradient on one batch (the fused reparameterised rollout kernel, and the eager
     per-step path with the PyTorch op) against the released PIS step run on the same noise, recovered
     from our fused trajectories by `released_noise`."""
-    policy = [p for n, p in sampler.net.named_parameters() if n != "log_Z"]
-    fused, backend = sampler.fused, sampler.backend
-
-    def ours(is_fused):
-        sampler.fused, sampler.backend = is_fused, "auto" if is_fused else "torch"
-        sampler.zero_grad(set_to_none=True)
-        traj = sampler.forward_trajectories(batch, reparam=True, seed=seed)
-        loss = sampler.loss(traj, "pis")
-        loss.backward()
-        return traj.states.detach(), float(loss.detach()), [p.grad.clone() for p in policy]
-
-    states, loss_f, grad_f = ours(True)
-    states_e, loss_e, grad_e = ours(False)
-    sampler.fused, sampler.backend = fused, backend
+    policy, ours = fused_and_eager(sampler, "pis", batch, seed)
+    (states, loss_f, grad_f), (states_e, loss_e, grad_e) = ours["fused"], ours["eager"]
     noise = released_noise(sampler, states)
     sampler.zero_grad(set_to_none=True)
     loss_r = released_loss(sampler, "pis", batch, noise=noise)
@@ -370,6 +381,57 @@ def cmd_curve(args):
                           "sd_abs_a": float(x[:, 0::2].abs().std())}), flush=True)
 
 
+def lgcp_model(sampler, path, ref, lap, moments, repeats, batch):
+    """A saved LGCP model against the reference: Δ = reference − ELBO and − log Ẑ^RW (means over `repeats`
+    evaluations of 2000 samples, seeds 1 ..), the RMS and largest error of its sample mean and its sd per coordinate
+    over the posterior's (`moments`: {name: (mean, sd)}), `kl_lower_bound` of its samples, the terminal TB loss of
+    its JSON, and the fused and eager TB loss and gradient on one batch of `batch` trajectories (same weights, seed)."""
+    draws = _draws(sampler, range(1, repeats + 1))
+    ms = [log_z_estimates(lw) for _, lw in draws]
+    x = torch.cat([d for d, _ in draws]).double()
+    elbo, rw = statistics.mean(m["elbo"] for m in ms), statistics.mean(m["log_Z"] for m in ms)
+    out = {"model": os.path.basename(path), "evaluations": repeats, "elbo": elbo, "log_Z_rw": rw,
+           "delta_elbo": ref - elbo, "delta_log_Z_rw": ref - rw, "log_w_sd": float(torch.stack(
+               [lw for _, lw in draws]).std()), "log_Z_learned": float(sampler.net.log_Z.detach())}
+    for name, (mean, sd) in moments.items():
+        ratio = x.std(0) / sd
+        out[f"vs_{name}"] = {"mean_error_rms": float(((x.mean(0) - mean) ** 2).mean().sqrt()),
+                             "mean_error_max": float((x.mean(0) - mean).abs().max()),
+                             "mean_error_in_sd_rms": float((((x.mean(0) - mean) / sd) ** 2).mean().sqrt()),
+                             "sd_ratio": _quantiles(ratio)}
+    out["kl_bound"] = lgcp_reference.kl_lower_bound(x, lgcp_reference.LGCPPosterior(sampler.target), lap, ref)
+    js = path[:-3] + ".json"
+    out["final_loss"] = json.load(open(js))["final_loss"] if os.path.exists(js) else None
+    _, g = fused_and_eager(sampler, "tb", batch, seed=1)
+    flat = {k: torch.cat([t.flatten() for t in v[2]]).double() for k, v in g.items()}
+    out["tb_fused_vs_eager"] = {"batch": batch, "loss": [g["fused"][1], g["eager"][1]],
+                                "states_max_abs_diff": float((g["fused"][0] - g["eager"][0]).abs().max()),
+                                "grad_max_rel": _max_rel(flat["fused"], flat["eager"]),
+                                "grad_cosine": float(torch.nn.functional.cosine_similarity(flat["fused"],
+                                                                                           flat["eager"], 0))}
+    return out
+
+
+def cmd_lgcp(args):
+    """The LGCP reference (fastsamp.experiments.lgcp_reference: Laplace and AIS), written to --out, and with
+    --models each model's `lgcp_model` against it (the AIS particles' weighted moments and the Laplace posterior's)."""
+    target = get_target("lgcp", points="finpines")
+    out, lap, (x, log_w) = lgcp_reference.reference(target, args.chains, args.temps, args.seeds, args.step_size)
+    print(json.dumps(out), flush=True)
+    sd_laplace = torch.cholesky_inverse(lap["chol"]).diagonal().sqrt()
+    moments = {"ais": lgcp_reference.weighted_moments(x, log_w), "laplace": (lap["map"], sd_laplace)}
+    out["ais_sd_over_laplace_sd"] = _quantiles(moments["ais"][1] / sd_laplace)
+    out["ais_mean_minus_map_rms"] = float(((moments["ais"][0] - lap["map"]) ** 2).mean().sqrt())
+    out["models"] = [lgcp_model(load_model(p, "lgcp", "tb"), p, out["reference_log_Z"], lap, moments, args.repeats,
+                                args.batch) for p in args.models or []]
+    for m in out["models"]:
+        print(json.dumps(m), flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -418,10 +480,20 @@ def main(argv=None):
     for q in (e, g, t, m, s):
         q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
     c.add_argument("--repeats", type=int, default=2, help="evaluation seeds of 2000 samples (W2)")
+    lg = sub.add_parser("lgcp", help="a reference log Z of LGCP (Laplace, AIS) and saved models against it")
+    lg.add_argument("--models", nargs="*", help="LGCP model .pt files")
+    lg.add_argument("--chains", type=int, default=256, help="AIS chains per run")
+    lg.add_argument("--temps", type=int, nargs="+", default=[200, 800], help="AIS temperatures K (runs per K)")
+    lg.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="AIS seeds (runs per seed)")
+    lg.add_argument("--step-size", type=float, default=0.1, help="MALA step size in the whitened coordinates")
+    lg.add_argument("--repeats", type=int, default=2, help="evaluations of 2000 samples per model")
+    lg.add_argument("--batch", type=int, default=16, help="trajectories of the fused / eager TB gradient check")
+    lg.add_argument("--out", default=os.path.join(OUT, "checks", "lgcp_reference.json"), help="'' for none")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     {"evaluate": cmd_evaluate, "gradients": cmd_gradients, "train": cmd_train,
-     "manywell": cmd_manywell, "spread": cmd_spread, "gmm40": cmd_gmm40, "curve": cmd_curve}[args.command](args)
+     "manywell": cmd_manywell, "spread": cmd_spread, "gmm40": cmd_gmm40, "curve": cmd_curve,
+     "lgcp": cmd_lgcp}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ class LGCP(Target):
     uniform within their cells — whose posterior differs from the pines posterior; ``"auto"`` (default),
     the pines where the data is installed, else the synthetic pattern with a UserWarning; or an (N, 2)
     array of points in [0, 1]². ``points_source`` says which ("finpines", "synthetic" or "user"; also in
-    the repr). log Z is unknown (None) and no exact sampler exists.
+    the repr). log Z is unknown (None) and no exact sampler exists. Reference on the pines (40×40): log Z ≈
+    501.71 ± 0.05 (AIS from the Laplace Gaussian, 512 chains, K = 800; Laplace: 511.2), `offpolicy_checks.py lgcp`.
     """
 
     name = "lgcp"
