@@ -21,11 +21,15 @@ import math
 
 import torch
 
+from fastsamp.metrics import log_z_estimates
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
 class LGCPPosterior:
-    """log R, its gradient and its Hessian H(x) of an LGCP target, from its float64 parameters."""
+    """log R, its gradient and its Hessian H(x) of an LGCP target, from its float64 parameters (the precision P is
+    read from the target's private `_params`: it has no public accessor; the test checks log R and ∇ log R against
+    the target's)."""
 
     def __init__(self, target):
         self.P = target._params["precision"].double()
@@ -47,12 +51,15 @@ class LGCPPosterior:
 
 
 def laplace(post: LGCPPosterior, tol=1e-10, max_iterations=100):
-    """Newton from x = μ₀ to the MAP: {map, chol (of H), log_Z, log_r_map, newton_iterations}."""
+    """Newton from x = μ₀ to the MAP: {map, chol (of H), log_Z, log_r_map, newton_iterations}; raises if the step
+    is not below `tol` after `max_iterations` (no line search: log R is concave, Newton converges from μ₀ here)."""
     x = torch.full((post.dim,), post.mu0, dtype=torch.float64)
     it, size = 0, math.inf
     while size >= tol and it < max_iterations:
         step = torch.linalg.solve(post.hessian(x), post.log_r_and_score(x[None])[1][0])
         x, size, it = x + step, float(step.abs().max()), it + 1
+    if not size < tol:
+        raise RuntimeError(f"Newton did not converge: step {size:.3g} after {it} iterations")
     chol = torch.linalg.cholesky(post.hessian(x))
     log_r = float(post.log_r_and_score(x[None])[0][0])
     half_log_det = float(torch.log(torch.diagonal(chol)).sum())
@@ -61,10 +68,10 @@ def laplace(post: LGCPPosterior, tol=1e-10, max_iterations=100):
 
 
 def log_mean_exp_se(log_w, n_boot=1000, seed=0):
-    """log mean e^{log w}, its delta-method and (n_boot > 0) bootstrap standard errors, and the ESS of the weights."""
-    N = log_w.shape[0]
-    est = float(torch.logsumexp(log_w, 0)) - math.log(N)
-    ess = float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)))
+    """log mean e^{log w} and the ESS (`fastsamp.metrics.log_z_estimates`: non-finite weights count as 0), with its
+    delta-method and (n_boot > 0) bootstrap standard errors; `ess` is a count here, not a fraction."""
+    m = log_z_estimates(log_w)
+    N, est, ess = m["n"], m["log_Z"], m["ess"] * m["n"]
     boot = None
     if n_boot:
         idx = torch.randint(N, (n_boot, N), generator=torch.Generator().manual_seed(seed))
@@ -74,7 +81,8 @@ def log_mean_exp_se(log_w, n_boot=1000, seed=0):
 
 
 def ais(post: LGCPPosterior, lap, n_chains=256, n_temps=200, step_size=0.1, n_mala=1, seed=0):
-    """AIS from N(x*, H⁻¹) to R (module docstring): {log_w (N,), x (N, D) final states, acceptance}."""
+    """AIS from N(x*, H⁻¹) to R (module docstring): {log_w (N,), x (N, D) final states, acceptance, f0 (N,):
+    log R − log q_L at the z_0 ~ q_L, the terms of the Laplace Gaussian's ELBO}."""
     g = torch.Generator().manual_seed(seed)
     chol, m = lap["chol"], lap["map"]
     inv_lt = torch.linalg.solve_triangular(chol, torch.eye(post.dim, dtype=torch.float64), upper=False).T  # L⁻ᵀ
@@ -87,7 +95,7 @@ def ais(post: LGCPPosterior, lap, n_chains=256, n_temps=200, step_size=0.1, n_ma
 
     z = torch.randn(n_chains, post.dim, generator=g, dtype=torch.float64)
     f, grad_f = evaluate(z)
-    log_w = torch.zeros(n_chains, dtype=torch.float64)
+    f0, log_w = f, torch.zeros(n_chains, dtype=torch.float64)
     betas = torch.linspace(0.0, 1.0, n_temps + 1, dtype=torch.float64).tolist()
     accepted, root = 0.0, math.sqrt(2 * step_size)
     for b_prev, beta in zip(betas[:-1], betas[1:]):
@@ -105,7 +113,7 @@ def ais(post: LGCPPosterior, lap, n_chains=256, n_temps=200, step_size=0.1, n_ma
             f = torch.where(acc, f_new, f)
             grad_f = torch.where(acc[:, None], grad_f_new, grad_f)
             accepted += float(acc.double().mean())
-    return {"log_w": log_w, "x": m + z @ inv_lt.T, "acceptance": accepted / (n_temps * n_mala)}
+    return {"log_w": log_w, "x": m + z @ inv_lt.T, "acceptance": accepted / (n_temps * n_mala), "f0": f0}
 
 
 def weighted_moments(x, log_w):
@@ -117,26 +125,27 @@ def weighted_moments(x, log_w):
 
 def reference(target, n_chains=256, temps=(200, 800), seeds=(0, 1), step_size=0.1, n_mala=1):
     """Laplace log Z and AIS (every K in `temps` × every seed): a JSON-ready dict, and the pooled AIS particles
-    of the largest K (states, log w) for moments."""
+    of the largest K (states, log w) for moments. `pooled`: each K's seeds pooled; `laplace_elbo`: the mean of
+    log R − log q_L over the z_0 of every seed (draws of the Laplace Gaussian q_L), with its se."""
     post = LGCPPosterior(target)
     lap = laplace(post)
-    runs, particles = [], []
+    runs, by_k, f0 = [], {}, []
     for K in temps:
         for s in seeds:
             r = ais(post, lap, n_chains, K, step_size, n_mala, seed=s)
             runs.append({"n_temps": K, "seed": s, "acceptance": r["acceptance"], **log_mean_exp_se(r["log_w"]),
                          "log_w_sd": float(r["log_w"].std())})
-            if K == max(temps):
-                particles.append((r["x"], r["log_w"]))
-    top = [r for r in runs if r["n_temps"] == max(temps)]
-    pooled = log_mean_exp_se(torch.cat([lw for _, lw in particles]))
+            by_k.setdefault(K, []).append((r["x"], r["log_w"]))
+            f0 += [r["f0"]] if K == temps[0] else []  # z_0 depends on the seed only
+    pooled_k = [{"n_temps": K, **log_mean_exp_se(torch.cat([lw for _, lw in p]))} for K, p in by_k.items()]
+    pooled, f0 = next(p for p in pooled_k if p["n_temps"] == max(temps)), torch.cat(f0)
+    x, log_w = (torch.cat(t) for t in zip(*by_k[max(temps)]))
     out = {"laplace_log_Z": lap["log_Z"], "log_r_map": lap["log_r_map"], "newton_iterations": lap["newton_iterations"],
            "dim": post.dim, "n_chains": n_chains, "step_size": step_size, "mala_steps_per_temperature": n_mala,
            "schedule": "linear beta", "runs": runs, "reference_log_Z": pooled["log_Z"],
            "reference_se": max(pooled["se_delta"], pooled["se_bootstrap"]), "reference_ess": pooled["ess"],
-           "reference_from": f"AIS, K = {max(temps)}, seeds {list(seeds)} pooled ({len(top) * n_chains} chains)"}
-    x = torch.cat([p for p, _ in particles])
-    log_w = torch.cat([lw for _, lw in particles])
+           "reference_from": f"AIS, K = {max(temps)}, seeds {list(seeds)} pooled ({log_w.shape[0]} chains)",
+           "pooled": pooled_k, "laplace_elbo": float(f0.mean()), "laplace_elbo_se": float(f0.std()) / f0.numel() ** 0.5}
     return out, lap, (x, log_w)
 
 
@@ -144,12 +153,16 @@ def kl_lower_bound(x, post: LGCPPosterior, lap, log_Z):
     """A lower bound on KL(q ‖ π) of a sampler q from its samples x (N, D), with π = R/Z, Z = e^{log_Z}.
     In u = Lᵀ(x − x*) the Laplace Gaussian q_L is N(0, I), a product, so KL(q ‖ q_L) ≥ Σ_i KL(q_i ‖ N(0, 1)) ≥
     Σ_i ½(v_i + m_i² − 1 − log v_i) (marginals' mean m_i, variance v_i; a Gaussian has the most entropy for its
-    variance), and KL(q ‖ π) = KL(q ‖ q_L) − E_q[log R − log q_L] + log Z. log Z − ELBO (a path KL) is ≥ KL(q ‖ π)."""
+    variance), and KL(q ‖ π) = KL(q ‖ q_L) − E_q[log R − log q_L] + log Z. log Z − ELBO (a path KL) is ≥ KL(q ‖ π).
+    A statistical estimate of the bound: the mean term's Monte Carlo se is std/√N; the plug-in m_i, v_i bias the
+    marginal part by ≈ +Σ_i v_i / 2N."""
     u = (x - lap["map"]) @ lap["chol"]
     m, v = u.mean(0), u.var(0)
     log_q_l = -0.5 * (u * u).sum(1) - 0.5 * post.dim * _LOG_2PI + float(torch.log(torch.diagonal(lap["chol"])).sum())
-    gap = float((post.log_r_and_score(x)[0] - log_q_l).mean())
+    gap_terms = post.log_r_and_score(x)[0] - log_q_l
+    gap = float(gap_terms.mean())
     marginal = float(0.5 * (v + m * m - 1 - v.log()).sum())
     return {"whitened_var_median": float(v.median()), "marginal_kl_to_laplace": marginal,
             "mean_part": float(0.5 * (m * m).sum()), "e_log_r_minus_log_q_laplace": gap,
+            "e_log_r_minus_log_q_laplace_se": float(gap_terms.std()) / x.shape[0] ** 0.5,
             "kl_to_target_lower_bound": marginal - gap + log_Z}
