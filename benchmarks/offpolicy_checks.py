@@ -72,6 +72,7 @@ from fastsamp.experiments.offpolicy_released import (
     released_train,
 )
 from fastsamp.experiments.offpolicy_released import released_log_r as released_log_r  # tests call it from here
+from fastsamp.experiments.reporting import write_json
 from fastsamp.metrics import log_z_estimates, nearest_mode_weights
 from fastsamp.samplers.diffusion import DiffusionSampler, train
 from fastsamp.targets import GMM40, get_target
@@ -381,27 +382,28 @@ def cmd_curve(args):
                           "sd_abs_a": float(x[:, 0::2].abs().std())}), flush=True)
 
 
-def lgcp_model(sampler, path, ref, lap, moments, repeats, batch):
-    """A saved LGCP model against the reference: Δ = reference − ELBO and − log Ẑ^RW (means over `repeats`
-    evaluations of 2000 samples, seeds 1 ..), the RMS and largest error of its sample mean and its sd per coordinate
-    over the posterior's (`moments`: {name: (mean, sd)}), `kl_lower_bound` of its samples, the terminal TB loss of
-    its JSON, and the fused and eager TB loss and gradient on one batch of `batch` trajectories (same weights, seed)."""
+def lgcp_model(sampler, path, post, ref, lap, moments, repeats, batch):
+    """A saved LGCP model (its target's counts must be `post`'s) against the reference, printed and returned: Δ =
+    reference − ELBO and − log Ẑ^RW (means over `repeats` evaluations of 2000 samples, seeds 1 ..), its sample mean's
+    and sd's errors per coordinate against each of `moments` ({name: (mean, sd)}), `kl_lower_bound` of its samples,
+    its JSON's terminal TB loss, and the fused and eager TB loss and gradient on one batch of `batch` trajectories."""
+    assert torch.equal(sampler.target.counts.double().cpu(), post.n), "the model's LGCP is not the reference's"
     draws = _draws(sampler, range(1, repeats + 1))
-    ms = [log_z_estimates(lw) for _, lw in draws]
     x = torch.cat([d for d, _ in draws]).double()
-    elbo, rw = statistics.mean(m["elbo"] for m in ms), statistics.mean(m["log_Z"] for m in ms)
+    elbo, rw = (statistics.mean(log_z_estimates(lw)[k] for _, lw in draws) for k in ("elbo", "log_Z"))
     out = {"model": os.path.basename(path), "evaluations": repeats, "elbo": elbo, "log_Z_rw": rw,
            "delta_elbo": ref - elbo, "delta_log_Z_rw": ref - rw, "log_w_sd": float(torch.stack(
-               [lw for _, lw in draws]).std()), "log_Z_learned": float(sampler.net.log_Z.detach())}
+               [lw for _, lw in draws]).std()), "log_Z_learned": float(sampler.net.log_Z.detach()), "final_loss": None}
     for name, (mean, sd) in moments.items():
         ratio = x.std(0) / sd
         out[f"vs_{name}"] = {"mean_error_rms": float(((x.mean(0) - mean) ** 2).mean().sqrt()),
                              "mean_error_max": float((x.mean(0) - mean).abs().max()),
                              "mean_error_in_sd_rms": float((((x.mean(0) - mean) / sd) ** 2).mean().sqrt()),
                              "sd_ratio": _quantiles(ratio)}
-    out["kl_bound"] = lgcp_reference.kl_lower_bound(x, lgcp_reference.LGCPPosterior(sampler.target), lap, ref)
-    js = path[:-3] + ".json"
-    out["final_loss"] = json.load(open(js))["final_loss"] if os.path.exists(js) else None
+    out["kl_bound"] = lgcp_reference.kl_lower_bound(x, post, lap, ref)
+    if os.path.exists(js := path[:-3] + ".json"):
+        with open(js) as f:
+            out["final_loss"] = json.load(f)["final_loss"]
     _, g = fused_and_eager(sampler, "tb", batch, seed=1)
     flat = {k: torch.cat([t.flatten() for t in v[2]]).double() for k, v in g.items()}
     out["tb_fused_vs_eager"] = {"batch": batch, "loss": [g["fused"][1], g["eager"][1]],
@@ -409,6 +411,7 @@ def lgcp_model(sampler, path, ref, lap, moments, repeats, batch):
                                 "grad_max_rel": _max_rel(flat["fused"], flat["eager"]),
                                 "grad_cosine": float(torch.nn.functional.cosine_similarity(flat["fused"],
                                                                                            flat["eager"], 0))}
+    print(json.dumps(out), flush=True)
     return out
 
 
@@ -417,19 +420,16 @@ def cmd_lgcp(args):
     --models each model's `lgcp_model` against it (the AIS particles' weighted moments and the Laplace posterior's)."""
     target = get_target("lgcp", points="finpines")
     out, lap, (x, log_w) = lgcp_reference.reference(target, args.chains, args.temps, args.seeds, args.step_size)
-    print(json.dumps(out), flush=True)
     sd_laplace = torch.cholesky_inverse(lap["chol"]).diagonal().sqrt()
     moments = {"ais": lgcp_reference.weighted_moments(x, log_w), "laplace": (lap["map"], sd_laplace)}
     out["ais_sd_over_laplace_sd"] = _quantiles(moments["ais"][1] / sd_laplace)
     out["ais_mean_minus_map_rms"] = float(((moments["ais"][0] - lap["map"]) ** 2).mean().sqrt())
-    out["models"] = [lgcp_model(load_model(p, "lgcp", "tb"), p, out["reference_log_Z"], lap, moments, args.repeats,
-                                args.batch) for p in args.models or []]
-    for m in out["models"]:
-        print(json.dumps(m), flush=True)
+    print(json.dumps(out), flush=True)
+    post = lgcp_reference.LGCPPosterior(target)
+    out["models"] = [lgcp_model(load_model(p, "lgcp", "tb"), p, post, out["reference_log_Z"], lap, moments,
+                                args.repeats, args.batch) for p in args.models or []]
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(args.out, out)
 
 
 def main(argv=None):
