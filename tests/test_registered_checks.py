@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map_only
 
 from fastsamp.ops import _codegen, _library, _table
+from fastsamp.ops.mlp import ACTIVATIONS
 
 OPS = [op for op in _table.registered() if any(a.kind in ("state", "tensor") for a in op.schema_args)]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -217,10 +218,28 @@ def test_a_network_list_follows_its_dims(op):
         for name, cut, match in [("params", params[:-1], f"must hold the tensors .*: {len(params)}, got "),
                                  ("params", params + params[:2], f"must hold the tensors .*: {len(params)}, got "),
                                  ("dims", args[at["dims"]][:-1], "must hold 4 ints"),
-                                 ("scalars", args[at["scalars"]][:-1], "must hold 4 values per network")]:
+                                 ("scalars", args[at["scalars"]][:-1], "must hold 4 values per network"),
+                                 ("dims[7]", args[at["dims"]][:7] + [2], r"must be an activation code \(0, 1\)")]:
             bad = list(args)
-            bad[at[name]] = cut
+            bad[at[name.split("[")[0]]] = cut
             assert_raises_naming(fn, bad, ValueError, op, name, match)
+
+
+NET_ACT_OPS = [op for op in OPS if any(a.name == "act" and a.kind == "int" for a in op.schema_args)]
+
+
+@pytest.mark.parametrize("op", NET_ACT_OPS, ids=[op.name for op in NET_ACT_OPS])
+def test_an_unknown_activation_code_is_refused(op):
+    """mlp_net's family takes the activation as a code of ops.mlp.ACTIVATIONS: another int is refused naming `act`
+    on every path (the reference indexed a tuple with it: -1 ran SiLU, 7 an IndexError)."""
+    assert _table.ACTIVATION_CODES == tuple(sorted(ACTIVATIONS.values()))
+    args = valid_args(op, "cpu")
+    at = [a.name for a in op.schema_args].index("act")
+    for act in (-1, 2, 7):
+        bad = list(args)
+        bad[at] = act
+        for fn in calls(op, "cpu").values():
+            assert_raises_naming(fn, bad, ValueError, op, "act", rf"must be an activation code .*got {act}$")
 
 
 @pytest.mark.parametrize("name", ["sde_step", "mala_propose"])

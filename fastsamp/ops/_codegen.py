@@ -77,8 +77,8 @@ def _check_source(op: Op, devices: bool) -> list[str]:
     every tensor's shape (where reading the dims fails, the ndim of the tensors they read), dtype (the anchor's,
     `_like_arg`, float32 or float64; "f64" tensors float64), contiguity (the kernels read `data_ptr()` as dense
     rows) and, with `devices`, device (the anchor's; a CPU kernel needs no such test: the dispatcher sends it CPU
-    tensors only); a list's tensors likewise (their shapes too where it has a layout, `_layout_source`); the op's
-    `rule`; each u64 tensor form (one int64 element). One `if` per argument on the good path; on a failure
+    tensors only); a list's tensors likewise (their shapes too where it has a layout, `_layout_source`); each
+    activation code (an `act` int, or of a list's blocks: `_act_source`); the op's `rule`; each u64 tensor form (one int64 element). One `if` per argument on the good path; on a failure
     `_arg_error` (fastsamp/ops/_checks.py) builds the exception naming the op and the argument (None where a tensor
     is required: the AttributeError it raises on the way, caught around the whole check, at no cost on the good
     path). Names the source uses: torch, _arg_error, _FLOATS (`_library.CHECK_NAMES`)."""
@@ -116,6 +116,8 @@ def _check_source(op: Op, devices: bool) -> list[str]:
             test = f"_t.dtype is not _dt or not _t.is_contiguous(){device.format('_t')}"
             lines += [f"for _t in {a.name}:", f"    if {test}:",
                       "        " + error(a.name, None, None, "_dt", like.name)]
+        elif a.kind == "int" and a.name == "act":
+            lines += _act_source(op, "act", a.name)
         elif a.kind in ("state", "tensor"):
             want, f64 = _spec(a.shape), a.dtype == "f64"
             tests = [f"not {a.name}.is_contiguous()"]
@@ -137,6 +139,14 @@ def _check_source(op: Op, devices: bool) -> list[str]:
         "except AttributeError:  # None where a tensor is required (the schema lets it through)",
         f"    for _a, _s, _v in ({pairs}):", "        if _v is None:",
         f"            raise ValueError(f'{op.name}: {{_a}} must be a tensor {{_s}}, got None') from None", "    raise"]
+
+
+def _act_source(op: Op, name: str, what: str) -> list[str]:
+    """The test of an activation code `name` (`_table.ACTIVATION_CODES`; `what` names it in the message)."""
+    from ._table import ACTIVATION_CODES
+    return [f"if {name} not in {ACTIVATION_CODES}:",
+            f"    raise ValueError(f'{op.name}: {what} must be an activation code {ACTIVATION_CODES} "
+            f"(fastsamp.ops.mlp.ACTIVATIONS), got {{{name}!r}}')"]
 
 
 def _layout_text(a) -> str:
@@ -197,7 +207,9 @@ def _blocks_source(op: Op, a, test, group_source, where: str) -> list[str]:
             f"    raise ValueError(f'{op.name}: {ints} must hold {k} ints ({', '.join(names)}) per block of "
             f"{a.name}, got {{len({ints})}}')",
             "_end = 0", f"for _i in range(0, len({ints}), {k}):", f"    {', '.join(names)} = {ints}[_i:_i + {k}]",
-            f"    _b, _end = _end, _end + {size}", f"    if {count} < 0 or _end > {n}:", f"        {short}",
+            f"    _b, _end = _end, _end + {size}", f"    if {count} < 0 or _end > {n}:", f"        {short}"] + [
+            f"    {s}" for s in (_act_source(op, "act", f"{ints}[{{_i + {names.index('act')}}}]")
+                             if "act" in names else [])] + [
             f"    {', '.join(tensors)}{',' * (len(tensors) == 1)} = {a.name}[_b:_b + {len(first)}]",
             f"    if {test(tensors, first)}:",
             f"        {bad}"] + [f"    {s}" for s in group_source(f"_b + {len(first)}", "_end", bad)] + [

@@ -240,6 +240,9 @@ _BACKWARD_LANGEVIN_C = "PolicyLangevin(lgv,W,lgv_clip,scores,0,0,0,0) g_lgv"
 # [F, H, L, act] (n_freq, hidden width, hidden layers, activation), 4 scalars [t, α, σ², σ_d²] and the tensors
 # ω (F,), m (D,), W_0 (H, D + 2F), b_0, W_out (D, H), b_out (an energy network's too: its f maps D to D), then
 # (W_k, b_k) per hidden layer (csrc/cpu/mlp_sum.h: parse_nets)
+# the activation codes the network kernels know (ops.mlp.ACTIVATIONS: 0 GELU, 1 SiLU): a registered op's check
+# refuses any other value of an `act` int (mlp_net's argument, each 4th int of dims)
+ACTIVATION_CODES = (0, 1)
 _NETS = "params:tensors{dims:F,H,L,act}[(F,)(D,)(H,D+2*F)(H,)(D,H)(D,)*L(H,H)(H,)] dims:ints scalars:floats"
 _SCORE_SUM = f"x:state {_NETS} means:(K,D)? log_weights:(K,)? variances:(K,)? mix_alpha:float mix_sigma2:float"
 _SCORE_SUM_KW = {"renames": {"params": None, "means": None, "log_weights": None, "variances": None},
