@@ -16,7 +16,8 @@ mode (checks/gmm40.md) and Manywell TB + Expl. + LP + LS (checks/manywell_lpls.m
                                   [--mean-seed S]
     python benchmarks/offpolicy_checks.py gmm40 [--mean-seeds 0 1 2] [--samples 100000]
     python benchmarks/offpolicy_checks.py lgcp [--models PATH ...] [--chains 256] [--temps 200 800] [--seeds 0 1]
-                                  [--step-size 0.1] [--repeats 2] [--batch 16] [--out FILE]
+                                  [--step-size 0.1] [--repeats 2] [--batch 16] [--grid 40]
+                                  [--points finpines|synthetic] [--out FILE]
 
 The "released" estimator and training steps, gfn-diffusion's formulas written out independently of fastsamp's
 fused kernels and em_step op, on the same DriftNet weights: fastsamp/experiments/offpolicy_released.py.
@@ -38,9 +39,9 @@ nearest mean k* and the next, the distance from 0 to the boundary of k*'s Vorono
 ½(|μ_k|² − |μ_k*|²) of the responsibilities at 0, and the share of N(0, σ² I) draws nearest to μ_k*, for the
 reference process's end (σ² = 5) and with the exploration's extra variance (σ² = 5 + T·0.1² = 6).
 `train --target 40gmm --mean-seed S` trains on those means; its curve lists the modes hit.
-`lgcp` (checks/lgcp_tb.md): a reference log Z of the LGCP target (fastsamp/experiments/lgcp_reference.py: Laplace
-at the Newton MAP, AIS from the Laplace Gaussian, float64), written to checks/lgcp_reference.json, and saved models'
-ELBO, log Z^RW, moments and fused / eager TB gradient against it.
+`lgcp` (checks/lgcp_tb.md): a reference log Z of the LGCP target (the pines on 40×40 unless --points, --grid;
+fastsamp/experiments/lgcp_reference.py: Laplace at the Newton MAP, AIS from the Laplace Gaussian, float64), written
+to checks/lgcp_reference.json, and saved models' ELBO, log Z^RW, moments and fused / eager TB gradient against it.
 One thread; prints one JSON line per model.
 """
 from __future__ import annotations
@@ -73,6 +74,7 @@ from fastsamp.experiments.offpolicy_released import (
 )
 from fastsamp.experiments.offpolicy_released import released_log_r as released_log_r  # tests call it from here
 from fastsamp.experiments.reporting import write_json
+from fastsamp.experiments.sampler_checks import draws, fused_and_eager, max_rel, quantiles
 from fastsamp.metrics import log_z_estimates, nearest_mode_weights
 from fastsamp.samplers.diffusion import DiffusionSampler, train
 from fastsamp.targets import GMM40, get_target
@@ -105,29 +107,6 @@ def evaluate_model(sampler, repeats, name):
     return out
 
 
-def _max_rel(a, b):
-    """max |a − b| / max |b| (0 where both are 0)."""
-    scale = float(b.abs().max())
-    return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max())
-
-
-def fused_and_eager(sampler, objective, batch, seed):
-    """The policy parameters, and the states, loss and policy gradient of `objective` on one batch by the fused
-    kernels and by the eager per-step path with the PyTorch op (same weights and seed; PIS: reparameterised)."""
-    policy = [p for n, p in sampler.net.named_parameters() if n != "log_Z"]
-    fused, backend = sampler.fused, sampler.backend
-    out = {}
-    for name, is_fused in (("fused", True), ("eager", False)):
-        sampler.fused, sampler.backend = is_fused, "auto" if is_fused else "torch"
-        sampler.zero_grad(set_to_none=True)
-        traj = sampler.forward_trajectories(batch, reparam=objective == "pis", seed=seed)
-        loss = sampler.loss(traj, objective)
-        loss.backward()
-        out[name] = (traj.states.detach(), float(loss.detach()), [p.grad.clone() for p in policy])
-    sampler.fused, sampler.backend = fused, backend
-    return policy, out
-
-
 def compare_pis_gradients(sampler, batch, seed, name):
     """Our PIS loss and gradient on one batch (the fused reparameterised rollout kernel, and the eager
     per-step path with the PyTorch op) against the released PIS step run on the same noise, recovered
@@ -148,11 +127,11 @@ def compare_pis_gradients(sampler, batch, seed, name):
            "states_max_abs_diff_fused_vs_eager": float((states - states_e).abs().max()),
            "grad_norm_released": float(flat["released"].norm())}
     for k in ("fused", "eager"):
-        out[f"grad_{k}_vs_released_max_rel"] = _max_rel(flat[k], flat["released"])
+        out[f"grad_{k}_vs_released_max_rel"] = max_rel(flat[k], flat["released"])
         out[f"grad_{k}_vs_released_cosine"] = float(torch.nn.functional.cosine_similarity(
             flat[k].double(), flat["released"].double(), 0))
         out[f"grad_{k}_vs_released_per_tensor_max_rel"] = max(
-            _max_rel(a, b) for a, b in zip(grads[k], grads["released"]))
+            max_rel(a, b) for a, b in zip(grads[k], grads["released"]))
     return out
 
 
@@ -273,18 +252,6 @@ def orthant_limit(target):
     return p_right, -target.n_wells * math.log(p_right)
 
 
-def _draws(sampler, seeds):
-    """Samples and log w (float64) of one evaluation of 2000 samples per seed (fastsamp's rollout)."""
-    return [(x, lw.double()) for x, lw in (sampler.sample(N, seed=s) for s in seeds)]
-
-
-def _quantiles(values):
-    """min, 10 / 50 / 90 % (linear interpolation, torch.quantile's default) and max of `values`."""
-    q = torch.quantile(torch.as_tensor(values, dtype=torch.float64), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0],
-                                                                                 dtype=torch.float64))
-    return dict(zip(("min", "0.1", "0.5", "0.9", "max"), q.tolist()))
-
-
 def spread(log_ws, log_Z):
     """Δlog Z and Δlog Z^RW of each evaluation's log w (rows of `log_ws`, (R, 2000): the spread of one table
     entry), of groups of five consecutive evaluations (n = 10,000: the later train.py's eval_data_size) and of
@@ -297,7 +264,7 @@ def spread(log_ws, log_Z):
     q = (0.5, 0.9, 0.99, 0.999)
     return {"delta_log_Z_per_2000": _summary([abs(m["elbo"] - log_Z) for m in per]),
             "delta_log_Z_rw_per_2000": _summary([abs(e) for e in signed]),
-            "log_Z_rw_error_per_2000": _summary(signed), "log_Z_rw_error_quantiles": _quantiles(signed),
+            "log_Z_rw_error_per_2000": _summary(signed), "log_Z_rw_error_quantiles": quantiles(signed),
             "ess_per_2000": _summary([m["ess"] for m in per]),
             "delta_log_Z_rw_per_10000": _summary([abs(m["log_Z"] - log_Z) for m in fives]) if fives else None,
             "delta_log_Z_pooled": abs(pooled["elbo"] - log_Z), "delta_log_Z_rw_pooled": abs(pooled["log_Z"] - log_Z),
@@ -318,7 +285,7 @@ def cmd_spread(args):
     for path in paths:
         sampler = load_model(path, args.target, args.method)
         out = {"model": os.path.basename(path), "seeds": [args.first_seed, args.first_seed + args.repeats - 1],
-               **spread(torch.stack([lw for _, lw in _draws(sampler, _seeds(args))]), sampler.target.log_Z)}
+               **spread(torch.stack([lw for _, lw in draws(sampler, _seeds(args))]), sampler.target.log_Z)}
         if args.released:
             out["released"] = spread(torch.stack([released_draw(sampler, s) for s in _seeds(args)]),
                                      released_log_Z(sampler.target))
@@ -362,9 +329,9 @@ def cmd_manywell(args):
         sampler = load_model(path, "manywell", args.method)
         target = sampler.target
         p_right, limit = orthant_limit(target)
-        draws = _draws(sampler, _seeds(args))
-        log_w = torch.stack([lw for _, lw in draws])
-        a = torch.cat([x for x, _ in draws])[:, 0::2].double()
+        ds = draws(sampler, _seeds(args))
+        log_w = torch.stack([lw for _, lw in ds])
+        a = torch.cat([x for x, _ in ds])[:, 0::2].double()
         print(json.dumps({"model": os.path.basename(path), "p_right_exact": p_right, "orthant_limit": limit,
                           **spread(log_w, target.log_Z), **left_wells(a, log_w.flatten(), p_right)}), flush=True)
 
@@ -382,52 +349,19 @@ def cmd_curve(args):
                           "sd_abs_a": float(x[:, 0::2].abs().std())}), flush=True)
 
 
-def lgcp_model(sampler, path, post, ref, lap, moments, repeats, batch):
-    """A saved LGCP model (its target's counts must be `post`'s) against the reference, printed and returned: Δ =
-    reference − ELBO and − log Ẑ^RW (means over `repeats` evaluations of 2000 samples, seeds 1 ..), its sample mean's
-    and sd's errors per coordinate against each of `moments` ({name: (mean, sd)}), `kl_lower_bound` of its samples,
-    its JSON's terminal TB loss, and the fused and eager TB loss and gradient on one batch of `batch` trajectories."""
-    assert torch.equal(sampler.target.counts.double().cpu(), post.n), "the model's LGCP is not the reference's"
-    draws = _draws(sampler, range(1, repeats + 1))
-    x = torch.cat([d for d, _ in draws]).double()
-    elbo, rw = (statistics.mean(log_z_estimates(lw)[k] for _, lw in draws) for k in ("elbo", "log_Z"))
-    out = {"model": os.path.basename(path), "evaluations": repeats, "elbo": elbo, "log_Z_rw": rw,
-           "delta_elbo": ref - elbo, "delta_log_Z_rw": ref - rw, "log_w_sd": float(torch.stack(
-               [lw for _, lw in draws]).std()), "log_Z_learned": float(sampler.net.log_Z.detach()), "final_loss": None}
-    for name, (mean, sd) in moments.items():
-        ratio = x.std(0) / sd
-        out[f"vs_{name}"] = {"mean_error_rms": float(((x.mean(0) - mean) ** 2).mean().sqrt()),
-                             "mean_error_max": float((x.mean(0) - mean).abs().max()),
-                             "mean_error_in_sd_rms": float((((x.mean(0) - mean) / sd) ** 2).mean().sqrt()),
-                             "sd_ratio": _quantiles(ratio)}
-    out["kl_bound"] = lgcp_reference.kl_lower_bound(x, post, lap, ref)
-    if os.path.exists(js := path[:-3] + ".json"):
-        with open(js) as f:
-            out["final_loss"] = json.load(f)["final_loss"]
-    _, g = fused_and_eager(sampler, "tb", batch, seed=1)
-    flat = {k: torch.cat([t.flatten() for t in v[2]]).double() for k, v in g.items()}
-    out["tb_fused_vs_eager"] = {"batch": batch, "loss": [g["fused"][1], g["eager"][1]],
-                                "states_max_abs_diff": float((g["fused"][0] - g["eager"][0]).abs().max()),
-                                "grad_max_rel": _max_rel(flat["fused"], flat["eager"]),
-                                "grad_cosine": float(torch.nn.functional.cosine_similarity(flat["fused"],
-                                                                                           flat["eager"], 0))}
-    print(json.dumps(out), flush=True)
-    return out
-
-
 def cmd_lgcp(args):
-    """The LGCP reference (fastsamp.experiments.lgcp_reference: Laplace and AIS), written to --out, and with
-    --models each model's `lgcp_model` against it (the AIS particles' weighted moments and the Laplace posterior's)."""
-    target = get_target("lgcp", points="finpines")
-    out, lap, (x, log_w) = lgcp_reference.reference(target, args.chains, args.temps, args.seeds, args.step_size)
-    sd_laplace = torch.cholesky_inverse(lap["chol"]).diagonal().sqrt()
-    moments = {"ais": lgcp_reference.weighted_moments(x, log_w), "laplace": (lap["map"], sd_laplace)}
-    out["ais_sd_over_laplace_sd"] = _quantiles(moments["ais"][1] / sd_laplace)
-    out["ais_mean_minus_map_rms"] = float(((moments["ais"][0] - lap["map"]) ** 2).mean().sqrt())
+    """The LGCP reference of the --points pattern on the --grid lattice (fastsamp.experiments.lgcp_reference: Laplace
+    and AIS), written to --out, and with --models each model's `model_report` against it (against the AIS particles'
+    weighted moments and the Laplace posterior's); one JSON line each."""
+    target = get_target("lgcp", points=args.points, grid=args.grid)
+    out, lap, moments = lgcp_reference.reference(target, args.chains, args.temps, args.seeds, args.step_size)
     print(json.dumps(out), flush=True)
-    post = lgcp_reference.LGCPPosterior(target)
-    out["models"] = [lgcp_model(load_model(p, "lgcp", "tb"), p, post, out["reference_log_Z"], lap, moments,
-                                args.repeats, args.batch) for p in args.models or []]
+    out["models"] = []
+    for path in args.models or []:
+        sampler = load_model(path, "lgcp", "tb")
+        out["models"].append(lgcp_reference.model_report(sampler, path, target, out["reference_log_Z"], lap, moments,
+                                                         args.repeats, args.batch))
+        print(json.dumps(out["models"][-1]), flush=True)
     if args.out:
         write_json(args.out, out)
 
@@ -481,7 +415,9 @@ def main(argv=None):
         q.add_argument("--repeats", type=int, default=5, help="evaluation seeds of 2000 samples")
     c.add_argument("--repeats", type=int, default=2, help="evaluation seeds of 2000 samples (W2)")
     lg = sub.add_parser("lgcp", help="a reference log Z of LGCP (Laplace, AIS) and saved models against it")
-    lg.add_argument("--models", nargs="*", help="LGCP model .pt files")
+    lg.add_argument("--models", nargs="*", help="LGCP model .pt files (trained on the reference's grid and points)")
+    lg.add_argument("--grid", type=int, default=40, help="the LGCP's grid × grid lattice")
+    lg.add_argument("--points", default="finpines", choices=("finpines", "synthetic"), help="the point pattern")
     lg.add_argument("--chains", type=int, default=256, help="AIS chains per run")
     lg.add_argument("--temps", type=int, nargs="+", default=[200, 800], help="AIS temperatures K (runs per K)")
     lg.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="AIS seeds (runs per seed)")

@@ -263,8 +263,7 @@ def _small_lgcp(grid, n_points):
 
     points = torch.rand(n_points, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     target = LGCP(points=points.numpy(), grid=grid)
-    post = ref.LGCPPosterior(target)
-    return ref, target, post, ref.laplace(post)
+    return ref, target, ref.laplace(target)
 
 
 def _laplace_draws(lap, n, scale, seed):
@@ -277,21 +276,22 @@ def _laplace_draws(lap, n, scale, seed):
 
 
 def test_lgcp_reference_on_a_small_lgcp_agrees_with_brute_force_importance_sampling(one_thread):
-    """D = 25 (grid 5, 200 uniform points): log R and ∇ log R are the target's; AIS (1024 chains, two seeds pooled)
+    """D = 25 (grid 5, 200 uniform points): Newton's MAP is a zero of the score and H is −∇² log R (finite
+    differences of the score); AIS (1024 chains, two seeds pooled)
     agrees with importance sampling of 10⁵ draws from the Laplace Gaussian widened 1.3× within 4 standard errors at
     K = 50 and at K = 2 (AIS is unbiased at any K: this catches a weight added after the move), with MALA acceptance
     in (0.3, 0.95) per run (a disabled or always-rejecting MH step fails), while the Laplace value is ≈ 0.2 (> 10 se)
     off; and the AIS particles' weighted moments are those of the same draws (per-coordinate mean within 4.5 Monte
     Carlo sd, sd within 5 Monte Carlo sd, 1/√(2 ESS) relative, ≈ 8 %)."""
-    ref, target, post, lap = _small_lgcp(5, 200)
-    x = lap["map"] + 0.3 * torch.randn(4, 25, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    log_r, score = post.log_r_and_score(x)
-    torch.testing.assert_close(log_r, target.log_prob(x))
-    torch.testing.assert_close(score, target.score(x))
+    ref, target, lap = _small_lgcp(5, 200)
+    assert float(target.score(lap["map"]).abs().max()) < 1e-8
+    x, e = lap["map"] + 0.3, 1e-6 * torch.eye(25, dtype=torch.float64)
+    fd = (target.score(x + e) - target.score(x - e)) / 2e-6  # row i: ∂ ∇ log R / ∂x_i
+    torch.testing.assert_close(target.hessian(x), -fd, rtol=1e-6, atol=1e-6)
     draws, log_q = _laplace_draws(lap, 100_000, 1.3, seed=1)
-    log_w_is = post.log_r_and_score(draws)[0] - log_q
+    log_w_is = target.log_prob(draws) - log_q
     brute = ref.log_mean_exp_se(log_w_is, n_boot=0)
-    out, _, (xs, log_w) = ref.reference(target, n_chains=1024, temps=(2, 50), seeds=(0, 1), step_size=0.3)
+    out, _, moments = ref.reference(target, n_chains=1024, temps=(2, 50), seeds=(0, 1), step_size=0.3)
     assert [(r["n_temps"], r["seed"]) for r in out["runs"]] == [(2, 0), (2, 1), (50, 0), (50, 1)]
     assert all(0.3 < r["acceptance"] < 0.95 for r in out["runs"])
     se = math.hypot(out["reference_se"], brute["se_delta"])
@@ -302,9 +302,9 @@ def test_lgcp_reference_on_a_small_lgcp_agrees_with_brute_force_importance_sampl
         max(k2["se_delta"], k2["se_bootstrap"]), brute["se_delta"]))
     assert abs(out["laplace_log_Z"] - brute["log_Z"]) > 10 * se
     assert out["laplace_elbo"] < brute["log_Z"] and out["laplace_elbo_se"] < 0.05
-    mean, sd = ref.weighted_moments(xs, log_w)
+    mean, sd = moments["ais"]
     mean_is, sd_is = ref.weighted_moments(draws, log_w_is)
-    ess = ref.log_mean_exp_se(log_w, n_boot=0)["ess"]
+    ess = out["reference_ess"]
     assert float(((mean - mean_is) / sd_is).abs().max()) < 4.5 / math.sqrt(ess)  # Monte Carlo error of the mean
     torch.testing.assert_close(sd, sd_is, atol=0, rtol=5 / math.sqrt(2 * ess))  # 5 MC sd of an sd
 
@@ -314,17 +314,17 @@ def test_lgcp_kl_lower_bound_against_the_exact_kl_of_a_gaussian(correlated, one_
     """kl_lower_bound at D = 25 against KL(q ‖ π) = E_q[log q − log R] + log Z of 10⁵ draws of a Gaussian q with a known
     density: q = N(x*, 1.69 H⁻¹) is a product in u = Lᵀ(x − x*), so the bound is tight (equal within 4 se); a
     correlated, shifted q (u ~ N(0.7, A Aᵀ), A = 0.8 I + 0.1 11ᵀ) has total correlation, so the bound is below."""
-    ref, _, post, lap = _small_lgcp(5, 200)
+    ref, target, lap = _small_lgcp(5, 200)
     eye = torch.eye(25, dtype=torch.float64)
     a, shift = (0.8 * eye + 0.1 * torch.ones(25, 25, dtype=torch.float64), 0.7) if correlated else (1.3 * eye, 0.0)
     z = torch.randn(100_000, 25, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x = lap["map"] + torch.linalg.solve_triangular(lap["chol"].T, (z @ a.T + shift).T, upper=True).T
     log_q = (-0.5 * (z * z).sum(1) - 12.5 * math.log(2 * math.pi) - float(torch.linalg.slogdet(a)[1])
              + float(torch.log(torch.diagonal(lap["chol"])).sum()))
-    d = log_q - post.log_r_and_score(x)[0]
+    d = log_q - target.log_prob(x)
     log_z = lap["log_Z"]  # any value: both sides carry + log Z
     exact, se = float(d.mean()) + log_z, float(d.std()) / math.sqrt(d.numel())
-    bound = ref.kl_lower_bound(x, post, lap, log_z)
+    bound = ref.kl_lower_bound(x, target, lap, log_z)
     assert bound["e_log_r_minus_log_q_laplace_se"] > 0
     if correlated:
         assert bound["kl_to_target_lower_bound"] < exact - 4 * se
@@ -337,9 +337,9 @@ def test_lgcp_reference_in_the_sparse_regime(one_thread):
     seeds pooled) at K = 10 and K = 100 agree within 4 se, and K = 100 agrees with 2·10⁵-draw importance sampling from
     the Laplace Gaussian widened 1.2× within 5 se (heavy-tailed weights: its delta se is optimistic), while the
     Laplace value is > 10 se high."""
-    ref, target, post, lap = _small_lgcp(8, 20)
+    ref, target, lap = _small_lgcp(8, 20)
     draws, log_q = _laplace_draws(lap, 200_000, 1.2, seed=1)
-    brute = ref.log_mean_exp_se(post.log_r_and_score(draws)[0] - log_q, n_boot=0)
+    brute = ref.log_mean_exp_se(target.log_prob(draws) - log_q, n_boot=0)
     out, _, _ = ref.reference(target, n_chains=1024, temps=(10, 100), seeds=(0, 1), step_size=0.2)
     assert all(0.3 < r["acceptance"] < 0.95 for r in out["runs"])
     k10, k100 = ({**p, "se": max(p["se_delta"], p["se_bootstrap"])} for p in out["pooled"])
@@ -348,3 +348,57 @@ def test_lgcp_reference_in_the_sparse_regime(one_thread):
     se = math.hypot(k100["se"], brute["se_delta"])
     assert k100["log_Z"] == pytest.approx(brute["log_Z"], abs=5 * se)
     assert out["laplace_log_Z"] - k100["log_Z"] > 10 * se
+
+
+def test_lgcp_command_on_a_tiny_grid(tmp_path, capsys, one_thread):
+    """`lgcp --grid 5 --points synthetic` (D = 25, no data needed): the written reference log Z agrees with
+    importance sampling of 10⁵ draws from the Laplace Gaussian widened 1.3× within 4 se, its Laplace value is the
+    Newton one, and the printed line is the file's."""
+    from fastsamp.experiments import lgcp_reference as ref
+    from fastsamp.targets import LGCP
+
+    out = tmp_path / "ref.json"
+    checks = _checks()
+    checks.main(["lgcp", "--grid", "5", "--points", "synthetic", "--chains", "512", "--temps", "30", "--seeds", "0",
+                 "1", "--step-size", "0.3", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == {k: v for k, v in res.items() if k not in ("models", "threads")}
+    assert res["dim"] == 25 and res["models"] == [] and [r["seed"] for r in res["runs"]] == [0, 1]
+    lap = ref.laplace(LGCP(points="synthetic", grid=5))
+    assert res["laplace_log_Z"] == pytest.approx(lap["log_Z"], rel=1e-12)
+    draws, log_q = _laplace_draws(lap, 100_000, 1.3, seed=1)
+    brute = ref.log_mean_exp_se(LGCP(points="synthetic", grid=5).log_prob(draws) - log_q, n_boot=0)
+    se = math.hypot(res["reference_se"], brute["se_delta"])
+    assert se < 0.05 and res["reference_log_Z"] == pytest.approx(brute["log_Z"], abs=4 * se)
+
+
+def test_lgcp_command_against_a_saved_model(tmp_path, capsys, one_thread):
+    """`lgcp --models` on a tiny untrained network (40×40 synthetic, 4 steps): Δ = reference − ELBO and
+    reference − log Ẑ^RW, the model's JSON loss, both moments, the KL bound and fused = eager TB gradient; a model of
+    another point pattern is refused."""
+    from fastsamp.experiments import lgcp_reference as ref
+    from fastsamp.samplers.diffusion import DiffusionSampler
+    from fastsamp.targets import LGCP
+
+    path = tmp_path / "lgcp_tb_seed0.pt"
+    torch.manual_seed(0)
+    DiffusionSampler(LGCP(points="synthetic"), n_steps=4, hidden=8, n_harmonics=4).save(str(path))
+    (tmp_path / "lgcp_tb_seed0.json").write_text(json.dumps({"final_loss": 12.5}))
+    out = tmp_path / "ref.json"
+    checks = _checks()
+    checks.main(["lgcp", "--points", "synthetic", "--chains", "4", "--temps", "1", "--seeds", "0", "--repeats", "1",
+                 "--batch", "4", "--models", str(path), "--out", str(out)])
+    res = json.loads(out.read_text())
+    (m,) = res["models"]
+    assert json.loads(capsys.readouterr().out.splitlines()[1]) == m
+    assert m["model"] == "lgcp_tb_seed0.pt" and m["final_loss"] == 12.5 and res["dim"] == 1600
+    assert m["delta_elbo"] == pytest.approx(res["reference_log_Z"] - m["elbo"])
+    assert m["delta_log_Z_rw"] == pytest.approx(res["reference_log_Z"] - m["log_Z_rw"])
+    assert m["elbo"] < m["log_Z_rw"] < res["reference_log_Z"]  # an untrained sampler is far off
+    for vs in (m["vs_ais"], m["vs_laplace"]):
+        assert 0 < vs["mean_error_rms"] <= vs["mean_error_max"] and 0 < vs["sd_ratio"]["min"] <= vs["sd_ratio"]["max"]
+    assert m["kl_bound"]["kl_to_target_lower_bound"] > 0
+    assert m["tb_fused_vs_eager"]["grad_cosine"] > 1 - 1e-6
+    sampler = DiffusionSampler.load(str(path))
+    with pytest.raises(ValueError, match="not the reference's"):
+        ref.model_report(sampler, str(path), LGCP(points="synthetic", seed=1), 0.0, None, {}, 1, 4)

@@ -351,6 +351,19 @@ def test_lgcp_score_is_the_formula_bit_for_bit_and_differentiable(dtype):
     torch.testing.assert_close(grad, -t.bin_area * torch.exp(x) - precision.sum(0))
 
 
+def test_lgcp_precision_and_hessian():
+    """precision = K⁻¹ (float64); hessian(x) = K⁻¹ + diag(a e^x) is −∇² log_prob (autograd), in x's dtype, of one
+    state only."""
+    t = LGCP(points="synthetic", grid=4)
+    assert t.precision.dtype == F64
+    torch.testing.assert_close(t.precision @ t.gram, torch.eye(16, dtype=F64))
+    x = t.mu0 + torch.randn(16, generator=torch.Generator().manual_seed(1), dtype=F64)
+    torch.testing.assert_close(t.hessian(x), -torch.autograd.functional.hessian(lambda y: t.log_prob(y), x))
+    assert t.hessian(x.float()).dtype == torch.float32
+    with pytest.raises(ValueError, match="one state"):
+        t.hessian(x[None])
+
+
 needs_finpines = pytest.mark.skipif(datasets.finpines_path() is None, reason="the Finnish pines data is not "
                                     "installed (apt-get install r-cran-spatstat.data, or bash .ci/run)")
 

@@ -8,6 +8,9 @@ command-line verb lives in one module, with its options (`add_arguments`), its c
     tilting           `fastsamp importance`: training-free importance sampling with exact answers
     offpolicy         `fastsamp train`: off-policy diffusion samplers on benchmark targets, the resumable table
     offpolicy_released  the released gfn-diffusion estimator and training steps, written out for the table's checks
+    sampler_checks    a saved diffusion sampler's evaluation draws and fused-against-eager loss and gradient (checks)
+    lgcp_reference    a reference log Z of the LGCP target (Laplace, AIS) and saved models against it
+                      (`python benchmarks/offpolicy_checks.py lgcp`)
     outsourced        `fastsamp outsourced`: posterior sampling in the noise space of the digit generators
     product2d         `fastsamp product2d`: the MCMC-correction paper's 2-D product of trained ring × bar models
     guided_digits     classifier-guided composition p_t(x)·p_t(y|x)^λ on the 8×8 digits

@@ -20,7 +20,7 @@ class LGCP(Target):
                     σ² = 1.91, β = 1/33, μ_0 = log 126 − σ²/2;
         likelihood  n_i | x ~ Poisson(a e^{x_i}), a = 1/D (cell area), n_i the points in cell i;
         log R(x) = −½|L⁻¹(x − μ_0)|² − (D/2) log 2π − Σ log L_ii + Σ_i (n_i x_i − a e^{x_i}),   K = L Lᵀ,
-        ∇ log R(x) = −K⁻¹(x − μ_0) + n − a e^{x}.
+        ∇ log R(x) = −K⁻¹(x − μ_0) + n − a e^{x},   −∇² log R(x) = K⁻¹ + diag(a e^{x})  (`hessian`; log-concave).
     (The unwhitened posterior, as used there; the Poisson term omits −log n_i!.) The score of a (B, D)
     batch is one GEMM with the precision K⁻¹ (formed once from L; cond K ≈ 28 on 40×40, so float32 rounds as the
     two triangular solves did), the samplers' per-step cost on this target.
@@ -92,7 +92,19 @@ class LGCP(Target):
 
     @property
     def gram(self) -> torch.Tensor:
+        """(D, D) float64 prior covariance K."""
         return self._params["gram"]
+
+    @property
+    def precision(self) -> torch.Tensor:
+        """(D, D) float64 prior precision K⁻¹."""
+        return self._params["precision"]
+
+    def hessian(self, x: torch.Tensor) -> torch.Tensor:
+        """(D, D) −∇² log R(x) = K⁻¹ + diag(a e^x) of one (D,) state, in x's dtype (positive definite)."""
+        if self._check(x).ndim != 1:
+            raise ValueError(f"hessian takes one state of shape ({self.dim},), got {tuple(x.shape)}")
+        return self._p("precision", x) + torch.diag(self.bin_area * torch.exp(x))
 
     @staticmethod
     def bin_counts(points, grid: int) -> torch.Tensor:
