@@ -78,10 +78,11 @@ def _check_source(op: Op, devices: bool) -> list[str]:
     `_like_arg`, float32 or float64; "f64" tensors float64), contiguity (the kernels read `data_ptr()` as dense
     rows) and, with `devices`, device (the anchor's; a CPU kernel needs no such test: the dispatcher sends it CPU
     tensors only); a list's tensors likewise (their shapes too where it has a layout, `_layout_source`); each
-    activation code (an `act` int, or of a list's blocks: `_act_source`); the op's `rule`; each u64 tensor form (one int64 element). One `if` per argument on the good path; on a failure
-    `_arg_error` (fastsamp/ops/_checks.py) builds the exception naming the op and the argument (None where a tensor
-    is required: the AttributeError it raises on the way, caught around the whole check, at no cost on the good
-    path). Names the source uses: torch, _arg_error, _FLOATS (`_library.CHECK_NAMES`)."""
+    activation code (an `act` int, or of a list's blocks: `_act_source`); the op's `rule`; each u64 tensor form (one
+    int64 element). One `if` per argument on the good path; on a failure `_arg_error` (fastsamp/ops/_checks.py)
+    builds the exception naming the op and the argument (None where a tensor is required: the AttributeError it
+    raises on the way, caught around the whole check, at no cost on the good path). Names the source uses: torch,
+    _arg_error, _FLOATS (`_library.CHECK_NAMES`)."""
     like, dims = _like_arg(op), _dims_source(op)
     if like is None:  # a factory op (normal, uniform): its device argument (the glue checks a CUDA call's)
         return dims + _tensor_forms_source(op, "", "device")
