@@ -7,6 +7,7 @@ numbers, and the time per training iteration of the fused path against the eager
     python benchmarks/offpolicy.py evaluate [--repeats 10] [--out DIR] [--targets ...] [--methods ...] [--seeds ...]
     python benchmarks/offpolicy.py timing [--out DIR] [--targets ...] [--methods ...] [--device cpu]
                                           [--iterations N] [--segment N] [--compile] [--profile] [--force]
+    python benchmarks/offpolicy.py curve  OUT/<target>_<method>_seed<s>.json ...
 
 `table` runs the plan (default: every method preset on 25GMM, Funnel and Manywell, and TB and
 TB + Expl. + LP + LS on 40GMM and LGCP) at `--fraction` of the paper's iteration counts (25k, 10k
@@ -42,6 +43,8 @@ eager / fused and (--compile) best PyTorch / fused, "best PyTorch" the faster of
 segments: 20 iterations, or one local-search period (ls_every: 100) for presets with local search, so that each
 segment charges one search per period as training does; default --iterations: 3 segments.
 --profile adds the share of the fused iterations spent in the policy kernels.
+`curve` prints a run's training curve from its JSON ('loss_curve': mean, min and max of the loss over 50 windows
+of its iterations; runs that finished before the JSON recorded it have none).
 """
 from __future__ import annotations
 
@@ -376,9 +379,29 @@ def reevaluate_runs(args):
     reevaluate(make_plan(args), args.out, batch_size=args.batch_size, log=_print)
 
 
+def curve(args):
+    """Print each run JSON's training curve ('loss_curve': the loss per window of iterations) as a table."""
+    for path in args.json:
+        with open(path) as f:
+            res = json.load(f)
+        c = res.get("loss_curve")
+        head = f"{res['target']} {res['method']} seed {res['seed']}, {res['iterations']:,} iterations"
+        if c is None:
+            _print(f"{head}: no loss curve (the run finished before runs recorded one); final loss "
+                   f"{res['final_loss']:.4g}")
+            continue
+        _print(f"{head}: loss over windows of {c['every']} iterations\n{'iterations':>10} {'mean':>11} {'min':>11} "
+               f"{'max':>11}")
+        for row in zip(c["iterations"], c["mean"], c["min"], c["max"]):
+            _print(f"{row[0]:>10,} " + " ".join(f"{v:>11.4g}" for v in row[1:]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("curve")
+    c.add_argument("json", nargs="+", help="run JSONs (OUT/<target>_<method>_seed<s>.json)")
+    c.set_defaults(fn=curve)
     for name, fn in (("table", table), ("report", report), ("reevaluate", reevaluate_runs), ("evaluate", evaluations),
                      ("timing", timing)):
         a = sub.add_parser(name)

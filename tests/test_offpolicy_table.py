@@ -12,7 +12,7 @@ from conftest import load_benchmark
 
 from fastsamp import metrics
 from fastsamp.experiments import offpolicy
-from fastsamp.samplers.diffusion import DiffusionSampler, local_search, train
+from fastsamp.samplers.diffusion import DiffusionSampler, TrainLog, local_search, train
 from fastsamp.samplers.diffusion.training import exploration_std
 from fastsamp.targets import get_target
 
@@ -44,6 +44,9 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method, s
     assert log2.resumed_from == [stop] and len(log2.loss) == 2 * stop
     assert log2.loss == log3.loss
     assert log2.loss[:stop] == log1.loss
+    for windows in (50, 4):  # the curve of the JSON: from iteration 0, as the uninterrupted run's
+        assert log2.loss_curve(windows) == log3.loss_curve(windows)
+        assert log2.loss_curve(windows)["iterations"][-1] == 2 * stop
     a, b = resumed.state_dict(), straight.state_dict()
     assert a.keys() == b.keys()
     for k in a:
@@ -80,6 +83,14 @@ def test_local_search_adapts_the_step_before_every_move_and_keeps_accepted_propo
     found, log_r, eps = local_search(target, x0, n_steps=30, burn_in=10, step_size=1e-8, seed=0)
     assert eps == pytest.approx(1e-8 * 1.01 ** 29) and found.shape == (64 * 19, 2)
     torch.testing.assert_close(log_r, target.log_prob(found))
+
+
+def test_loss_curve_is_the_mean_min_and_max_per_window():
+    """⌈7 / 3⌉ = 3 iterations per window, the last one shorter."""
+    c = TrainLog(loss=[3.0, 1.0, 2.0, 6.0, 4.0, 5.0, 0.5]).loss_curve(windows=3)
+    assert c == {"every": 3, "iterations": [3, 6, 7], "mean": [2.0, 5.0, 0.5], "min": [1.0, 4.0, 0.5],
+                 "max": [3.0, 6.0, 0.5]}
+    assert TrainLog(loss=[1.0, 2.0]).loss_curve()["every"] == 1 and TrainLog().loss_curve()["mean"] == []
 
 
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
@@ -121,6 +132,8 @@ def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
     assert "25gmm tb+expl+ls seed 0: 4/6 iterations" in text  # a line per checkpoint
     results = {m: json.load(open(os.path.join(out, f"25gmm_{m}_seed0.json"))) for m in ("tb", "tb+expl+ls")}
     assert results["tb+expl+ls"]["resumed_from"] == [3] and results["tb"]["resumed_from"] == []
+    curve = results["tb+expl+ls"]["loss_curve"]  # resumed at 3: the curve still starts at iteration 0
+    assert curve["every"] == 1 and curve["iterations"] == [1, 2, 3, 4, 5, 6] and curve["mean"] == curve["min"]
     for res in results.values():
         assert res["iterations"] == 6 and res["metrics"]["n"] == 64 and res["ms_per_iteration"] > 0
         assert res["device"] == "cpu" and res["config"]["batch_size"] == 16
@@ -134,6 +147,17 @@ def test_table_script_runs_skips_finished_and_resumes(tmp_path, capsys):
     bench.main(["table", *argv])
     text = capsys.readouterr().out
     assert "table: 2/2 runs done, 12/12 iterations done (100.0%); 0 runs to do" in text
+    bench.main(["curve", os.path.join(out, "25gmm_tb+expl+ls_seed0.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "25gmm tb+expl+ls seed 0, 6 iterations: loss over windows of 1 iterations"
+    assert len(lines) == 8 and lines[-1].split()[0] == "6" and float(lines[-1].split()[1]) == pytest.approx(
+        curve["mean"][-1], rel=1e-3)
+    old = dict(results["tb"], final_loss=1.5)
+    del old["loss_curve"]  # a JSON written before runs recorded their curve
+    with open(tmp_path / "old.json", "w") as f:
+        json.dump(old, f)
+    bench.main(["curve", str(tmp_path / "old.json")])
+    assert "25gmm tb seed 0, 6 iterations: no loss curve" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(out, "25gmm_tb_seed0.json")) == mtime
     with pytest.raises(ValueError, match="use another out directory"):  # never mixes protocols in one folder
         bench.main(["table", *argv[:1], "7", *argv[2:]])

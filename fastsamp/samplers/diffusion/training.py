@@ -63,6 +63,17 @@ class TrainLog:
         """Process CPU time per iteration: unaffected by pauses and, for a one-thread run, by other jobs."""
         return self.cpu_seconds / max(len(self.loss), 1)
 
+    def loss_curve(self, windows: int = 50) -> dict:
+        """The training curve: the losses of iterations [k·N, (k + 1)·N) per window k, N = ⌈iterations / windows⌉
+        (the last window may be shorter), as each window's end ("iterations"), mean, min and max. A checkpoint holds
+        every loss, so a resumed run's curve starts at iteration 0 and equals an uninterrupted run's."""
+        n = len(self.loss)
+        every = max(1, -(-n // windows))
+        parts = [self.loss[i:i + every] for i in range(0, n, every)]
+        return {"every": every, "iterations": [min(i + every, n) for i in range(0, n, every)],
+                "mean": [sum(w) / len(w) for w in parts], "min": [min(w) for w in parts],
+                "max": [max(w) for w in parts]}
+
 
 class _Iteration(nn.Module):
     """One training iteration's loss as a module forward, so that DistributedDataParallel sees the
