@@ -10,7 +10,7 @@ from test_registration import op_args
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map_only
 
-from fastsamp.ops import _codegen, _library, _table
+from fastsamp.ops import _codegen, _library, _table, reference
 from fastsamp.ops.mlp import ACTIVATIONS
 
 OPS = [op for op in _table.registered() if any(a.kind in ("state", "tensor") for a in op.schema_args)]
@@ -228,18 +228,31 @@ def test_a_network_list_follows_its_dims(op):
 NET_ACT_OPS = [op for op in OPS if any(a.name == "act" and a.kind == "int" for a in op.schema_args)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", NET_ACT_OPS, ids=[op.name for op in NET_ACT_OPS])
-def test_an_unknown_activation_code_is_refused(op):
+def test_an_unknown_activation_code_is_refused(op, device):
     """mlp_net's family takes the activation as a code of ops.mlp.ACTIVATIONS: another int is refused naming `act`
     on every path (the reference indexed a tuple with it: -1 ran SiLU, 7 an IndexError)."""
     assert _table.ACTIVATION_CODES == tuple(sorted(ACTIVATIONS.values()))
-    args = valid_args(op, "cpu")
+    args = valid_args(op, device)
     at = [a.name for a in op.schema_args].index("act")
     for act in (-1, 2, 7):
         bad = list(args)
         bad[at] = act
-        for fn in calls(op, "cpu").values():
+        for fn in calls(op, device).values():
             assert_raises_naming(fn, bad, ValueError, op, "act", rf"must be an activation code .*got {act}$")
+        with pytest.raises(ValueError, match=rf"^act must be an activation code .*got {act}$"):  # called directly
+            getattr(reference, op.name)(*bad)
+
+
+def test_every_activation_code_is_checked():
+    """The generated check finds activation codes by the name `act` (an int argument, or an int of a list's blocks):
+    every op passing one to C is an op the two tests above run, so a code named otherwise cannot go unchecked."""
+    assert {op.name for op in OPS if "act" in _codegen.c_names(op)} == {op.name for op in NET_ACT_OPS}
+    blocks = {op.name for op in OPS for a in op.schema_args if a.per and "act" in a.per[1]}
+    assert blocks == {op.name for op in NET_OPS}
+    assert {op.name for op in OPS if {"dims", "params"} & _codegen.c_names(op)} == blocks | {
+        op.name for op in NET_ACT_OPS} | {op.name for op in OPS if op.name.startswith("policy_")}
 
 
 @pytest.mark.parametrize("name", ["sde_step", "mala_propose"])

@@ -272,7 +272,7 @@ from .reference_trajectory import policy_log_pf as policy_log_pf  # noqa: E402
 from .reference_trajectory import policy_rollout as policy_rollout  # noqa: E402
 
 # ---------------------------------------------------------------- score networks (mlp family)
-_MLP_ACTIVATIONS = (F.gelu, F.silu)  # the activation codes of fastsamp.ops.mlp: 0 GELU (exact), 1 SiLU
+_MLP_ACTIVATIONS = {0: F.gelu, 1: F.silu}  # the activation codes of fastsamp.ops.mlp: 0 GELU (exact), 1 SiLU
 
 
 def _nets(params, dims, scalars, energy):
@@ -378,7 +378,10 @@ def mlp_net(x, params, act):
     """W_out u_L + b_out, u_0 = act(W_in x + b_in), u_k = act(W_k u_{k−1} + b_k); params = [W_in, b_in, W_out, b_out,
     W_1, b_1, ..., W_L, b_L] (`_layers.packed`), act a code of fastsamp.ops.mlp.ACTIVATIONS (differentiable)."""
     w_in, b_in, w_out, b_out, *hidden = params
-    a = _MLP_ACTIVATIONS[act]
+    a = _MLP_ACTIVATIONS.get(act)
+    if a is None:
+        raise ValueError(f"act must be an activation code {tuple(_MLP_ACTIVATIONS)} of fastsamp.ops.mlp.ACTIVATIONS, "
+                         f"got {act!r}")
     u = a(F.linear(x, w_in, b_in))
     for w, b in zip(hidden[0::2], hidden[1::2]):
         u = a(F.linear(u, w, b))
