@@ -353,20 +353,27 @@ def _lgcp_sampler(points, grid=40):
 
 
 def test_saved_lgcp_sampler_reloads_on_its_point_pattern(tmp_path, monkeypatch):
-    """A saved LGCP sampler records its point pattern and load() rebuilds the target on it, not on what
+    """A saved LGCP sampler records its point pattern and grid and load() rebuilds the target on them, not on what
     points="auto" takes here; a pattern that is unavailable, or user-given points, are clear errors.
-    Saved samplers of the other targets and LGCP files from before the field load as before."""
+    Saved samplers of the other targets and LGCP files from before the fields load as before (40×40)."""
     path = str(tmp_path / "s.pt")
     _lgcp_sampler("synthetic").save(path)
     assert torch.load(path)["config"]["points"] == "synthetic"
     assert DiffusionSampler.load(path).target.points_source == "synthetic"  # even where the pines are installed
     saved = torch.load(path)
-    del saved["config"]["points"]  # a file saved before the pattern was recorded: get_target's default
+    del saved["config"]["points"], saved["config"]["grid"]  # saved before the fields were recorded: the defaults
     torch.save(saved, path)
-    assert DiffusionSampler.load(path).target.points_source == LGCP.default_points()
+    target = DiffusionSampler.load(path).target
+    assert target.points_source == LGCP.default_points() and target.grid == 40
+
+    _lgcp_sampler("synthetic", grid=3).save(path)
+    assert torch.load(path)["config"]["grid"] == 3
+    target = DiffusionSampler.load(path).target
+    assert target.grid == 3 and torch.equal(target.counts, LGCP(points="synthetic", grid=3).counts)
 
     DiffusionSampler(get_target("25gmm"), n_steps=4, hidden=8, n_harmonics=4).save(path)
-    assert "points" not in torch.load(path)["config"] and DiffusionSampler.load(path).target.name == "25gmm"
+    config = torch.load(path)["config"]
+    assert "points" not in config and "grid" not in config and DiffusionSampler.load(path).target.name == "25gmm"
 
     _lgcp_sampler(np.array([[0.2, 0.3]]), grid=2).save(path)
     with pytest.raises(ValueError, match="user-given lgcp points: pass target="):

@@ -352,8 +352,9 @@ def test_lgcp_reference_in_the_sparse_regime(one_thread):
 
 def test_lgcp_command_on_a_tiny_grid(tmp_path, capsys, one_thread):
     """`lgcp --grid 5 --points synthetic` (D = 25, no data needed): the written reference log Z agrees with
-    importance sampling of 10⁵ draws from the Laplace Gaussian widened 1.3× within 4 se, its Laplace value is the
-    Newton one, and the printed line is the file's."""
+    importance sampling of 10⁵ draws from the Laplace Gaussian widened 1.3× within 4 se; the command builds the LGCP
+    that --grid and --points name (its Laplace log Z is that of LGCP(points="synthetic", grid=5): the value is
+    passed through, its correctness is the Laplace tests'), and the printed line is the file's."""
     from fastsamp.experiments import lgcp_reference as ref
     from fastsamp.targets import LGCP
 
@@ -364,34 +365,37 @@ def test_lgcp_command_on_a_tiny_grid(tmp_path, capsys, one_thread):
     res = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == {k: v for k, v in res.items() if k not in ("models", "threads")}
     assert res["dim"] == 25 and res["models"] == [] and [r["seed"] for r in res["runs"]] == [0, 1]
-    lap = ref.laplace(LGCP(points="synthetic", grid=5))
+    target = LGCP(points="synthetic", grid=5)
+    lap = ref.laplace(target)
     assert res["laplace_log_Z"] == pytest.approx(lap["log_Z"], rel=1e-12)
     draws, log_q = _laplace_draws(lap, 100_000, 1.3, seed=1)
-    brute = ref.log_mean_exp_se(LGCP(points="synthetic", grid=5).log_prob(draws) - log_q, n_boot=0)
+    brute = ref.log_mean_exp_se(target.log_prob(draws) - log_q, n_boot=0)
     se = math.hypot(res["reference_se"], brute["se_delta"])
     assert se < 0.05 and res["reference_log_Z"] == pytest.approx(brute["log_Z"], abs=4 * se)
 
 
-def test_lgcp_command_against_a_saved_model(tmp_path, capsys, one_thread):
-    """`lgcp --models` on a tiny untrained network (40×40 synthetic, 4 steps): Δ = reference − ELBO and
-    reference − log Ẑ^RW, the model's JSON loss, both moments, the KL bound and fused = eager TB gradient; a model of
-    another point pattern is refused."""
+def test_lgcp_command_against_a_saved_model(tmp_path, capsys, monkeypatch, one_thread):
+    """`lgcp --grid 5 --models` on a tiny untrained network (5×5 synthetic, 4 steps; the saved sampler reloads on
+    its grid): Δ = reference − ELBO and reference − log Ẑ^RW, the model's JSON loss, both moments, the KL bound and
+    fused = eager TB gradient; a model of another grid (the default 40) or point pattern is refused, by the command
+    before the reference is computed."""
     from fastsamp.experiments import lgcp_reference as ref
     from fastsamp.samplers.diffusion import DiffusionSampler
     from fastsamp.targets import LGCP
 
     path = tmp_path / "lgcp_tb_seed0.pt"
     torch.manual_seed(0)
-    DiffusionSampler(LGCP(points="synthetic"), n_steps=4, hidden=8, n_harmonics=4).save(str(path))
+    DiffusionSampler(LGCP(points="synthetic", grid=5), n_steps=4, hidden=8, n_harmonics=4).save(str(path))
     (tmp_path / "lgcp_tb_seed0.json").write_text(json.dumps({"final_loss": 12.5}))
     out = tmp_path / "ref.json"
     checks = _checks()
-    checks.main(["lgcp", "--points", "synthetic", "--chains", "4", "--temps", "1", "--seeds", "0", "--repeats", "1",
-                 "--batch", "4", "--models", str(path), "--out", str(out)])
+    args = ["lgcp", "--points", "synthetic", "--chains", "4", "--temps", "1", "--seeds", "0", "--repeats", "1",
+            "--batch", "4", "--models", str(path), "--out", str(out)]
+    checks.main(args + ["--grid", "5"])
     res = json.loads(out.read_text())
     (m,) = res["models"]
     assert json.loads(capsys.readouterr().out.splitlines()[1]) == m
-    assert m["model"] == "lgcp_tb_seed0.pt" and m["final_loss"] == 12.5 and res["dim"] == 1600
+    assert m["model"] == "lgcp_tb_seed0.pt" and m["final_loss"] == 12.5 and res["dim"] == 25
     assert m["delta_elbo"] == pytest.approx(res["reference_log_Z"] - m["elbo"])
     assert m["delta_log_Z_rw"] == pytest.approx(res["reference_log_Z"] - m["log_Z_rw"])
     assert m["elbo"] < m["log_Z_rw"] < res["reference_log_Z"]  # an untrained sampler is far off
@@ -401,4 +405,7 @@ def test_lgcp_command_against_a_saved_model(tmp_path, capsys, one_thread):
     assert m["tb_fused_vs_eager"]["grad_cosine"] > 1 - 1e-6
     sampler = DiffusionSampler.load(str(path))
     with pytest.raises(ValueError, match="not the reference's"):
-        ref.model_report(sampler, str(path), LGCP(points="synthetic", seed=1), 0.0, None, {}, 1, 4)
+        ref.model_report(sampler, str(path), LGCP(points="synthetic", grid=5, seed=1), 0.0, None, {}, 1, 4)
+    monkeypatch.setattr(ref, "reference", lambda *a: pytest.fail("the reference ran before the models' check"))
+    with pytest.raises(ValueError, match="not the reference's.*dim=25.*dim=1600"):
+        checks.main(args)  # --grid 40

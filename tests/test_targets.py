@@ -360,7 +360,7 @@ def test_lgcp_precision_and_hessian():
     x = t.mu0 + torch.randn(16, generator=torch.Generator().manual_seed(1), dtype=F64)
     torch.testing.assert_close(t.hessian(x), -torch.autograd.functional.hessian(lambda y: t.log_prob(y), x))
     assert t.hessian(x.float()).dtype == torch.float32
-    with pytest.raises(ValueError, match="one state"):
+    with pytest.raises(ValueError, match=r"x must have shape \(16,\) \(one state\) for LGCP.hessian, got \(1, 16\)"):
         t.hessian(x[None])
 
 

@@ -25,7 +25,7 @@ import statistics
 
 import torch
 
-from fastsamp.experiments.sampler_checks import draws, fused_and_eager, max_rel, quantiles
+from fastsamp.experiments.sampler_checks import compare_grads, draws, fused_and_eager, quantiles
 from fastsamp.metrics import log_z_estimates
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -155,14 +155,22 @@ def kl_lower_bound(x, target, lap, log_Z):
             "kl_to_target_lower_bound": marginal - gap + log_Z}
 
 
+def check_model(sampler, path, target):
+    """Raise unless the saved model at `path` samples the LGCP `target` (the same counts: grid and point pattern)."""
+    model = sampler.target
+    if getattr(model, "name", None) != "lgcp" or not torch.equal(model.counts.double().cpu(),
+                                                                 target.counts.double().cpu()):
+        raise ValueError(f"{path}: the model's LGCP (its grid or point pattern) is not the reference's: {model!r}, "
+                         f"reference {target!r}")
+
+
 def model_report(sampler, path, target, ref, lap, moments, repeats, batch):
-    """A saved LGCP model (its target's counts must be `target`'s) against the reference log Z `ref` (its Laplace
+    """A saved LGCP model (`check_model`: of `target`) against the reference log Z `ref` (its Laplace
     fit `lap`): Δ = ref − ELBO and ref − log Ẑ^RW (means over `repeats` evaluations of 2000 samples, seeds 1 ..),
     its sample mean's and sd's errors per coordinate against each of `moments` ({name: (mean, sd)}),
     `kl_lower_bound` of its samples, the terminal TB loss of its JSON (path .pt → .json, if any), and the fused and
     eager TB loss and gradient on one batch of `batch` trajectories."""
-    if not torch.equal(sampler.target.counts.double().cpu(), target.counts.double().cpu()):
-        raise ValueError(f"{path}: the model's LGCP (its grid or point pattern) is not the reference's")
+    check_model(sampler, path, target)
     ds = draws(sampler, range(1, repeats + 1))
     x = torch.cat([d for d, _ in ds]).double()
     elbo, rw = (statistics.mean(log_z_estimates(lw)[k] for _, lw in ds) for k in ("elbo", "log_Z"))
@@ -179,10 +187,7 @@ def model_report(sampler, path, target, ref, lap, moments, repeats, batch):
         with open(js) as f:
             out["final_loss"] = json.load(f)["final_loss"]
     _, g = fused_and_eager(sampler, "tb", batch, seed=1)
-    flat = {k: torch.cat([t.flatten() for t in v[2]]).double() for k, v in g.items()}
     out["tb_fused_vs_eager"] = {"batch": batch, "loss": [g["fused"][1], g["eager"][1]],
                                 "states_max_abs_diff": float((g["fused"][0] - g["eager"][0]).abs().max()),
-                                "grad_max_rel": max_rel(flat["fused"], flat["eager"]),
-                                "grad_cosine": float(torch.nn.functional.cosine_similarity(flat["fused"],
-                                                                                           flat["eager"], 0))}
+                                **{f"grad_{k}": v for k, v in compare_grads(g["fused"][2], g["eager"][2]).items()}}
     return out

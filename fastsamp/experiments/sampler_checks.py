@@ -1,6 +1,6 @@
 """Pieces of the off-policy table's checks (benchmarks/offpolicy_checks.py, fastsamp.experiments.lgcp_reference)
 on a saved DiffusionSampler: its evaluation draws, quantiles, and its loss and gradient by the fused kernels
-against the eager per-step path on the same batch."""
+against the eager per-step path on the same batch (`compare_grads`: one gradient against another)."""
 from __future__ import annotations
 
 import torch
@@ -25,6 +25,15 @@ def max_rel(a, b):
     """max |a − b| / max |b| (max |a − b| where b is 0)."""
     scale = float(b.abs().max())
     return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max())
+
+
+def compare_grads(grads, ref):
+    """A gradient against a reference one (lists of tensors, one per parameter), flattened and in float64:
+    {"max_rel": max_rel(g, g_ref), "cosine": g·g_ref / (|g| |g_ref|), "per_tensor_max_rel": the largest max_rel of one
+    parameter's tensors}."""
+    a, b = (torch.cat([t.flatten() for t in ts]).double() for ts in (grads, ref))
+    return {"max_rel": max_rel(a, b), "cosine": float(torch.nn.functional.cosine_similarity(a, b, 0)),
+            "per_tensor_max_rel": max(max_rel(x.double(), y.double()) for x, y in zip(grads, ref))}
 
 
 def fused_and_eager(sampler, objective, batch, seed):

@@ -103,7 +103,7 @@ class LGCP(Target):
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
         """(D, D) −∇² log R(x) = K⁻¹ + diag(a e^x) of one (D,) state, in x's dtype (positive definite)."""
         if self._check(x).ndim != 1:
-            raise ValueError(f"hessian takes one state of shape ({self.dim},), got {tuple(x.shape)}")
+            raise ValueError(f"x must have shape ({self.dim},) (one state) for LGCP.hessian, got {tuple(x.shape)}")
         return self._p("precision", x) + torch.diag(self.bin_area * torch.exp(x))
 
     @staticmethod

@@ -34,15 +34,17 @@ class Trajectories:
 
 
 def _saved_target(path, cfg):
-    """The registered target a saved sampler names, on the point pattern it was trained on (cfg["points"],
-    absent for targets without one and in files saved before it was recorded)."""
+    """The registered target a saved sampler names, on the point pattern and grid it was trained on (cfg["points"],
+    cfg["grid"]: absent for targets without them and in files saved before they were recorded, which take
+    get_target's defaults, LGCP's 40×40)."""
     from ...targets import get_target
-    if "points" not in cfg:
-        return get_target(cfg["target"])
+    kw = {k: cfg[k] for k in ("points", "grid") if k in cfg}
+    if "points" not in kw:
+        return get_target(cfg["target"], **kw)
     if cfg["points"] == "user":
         raise ValueError(f"{path} was trained on user-given {cfg['target']} points: pass target=")
     try:
-        return get_target(cfg["target"], points=cfg["points"])
+        return get_target(cfg["target"], **kw)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path} was trained on the {cfg['points']} {cfg['target']} point pattern, "
                                 f"which is not available here: {e}") from e
@@ -95,12 +97,14 @@ class DiffusionSampler(nn.Module):
     # -- saving and loading ---------------------------------------------------------------------
     def config(self) -> dict:
         """The settings that rebuild this sampler (plain values): the target's registered name (None if
-        it has none), its point pattern where it has one (LGCP's points_source, as "points") and dim, σ, T,
-        fused and the DriftNet keyword arguments."""
+        it has none), its point pattern and grid where it has them (LGCP's points_source and grid, as "points" and
+        "grid") and dim, σ, T, fused and the DriftNet keyword arguments."""
         cfg = {"target": getattr(self.target, "name", None), "dim": self.target.dim, "sigma": self.sigma,
                "n_steps": self.n_steps, "fused": self.fused, "net": dict(self.net_config)}
         if hasattr(self.target, "points_source"):
             cfg["points"] = self.target.points_source
+        if hasattr(self.target, "grid"):
+            cfg["grid"] = self.target.grid
         return cfg
 
     def save(self, path) -> None:
@@ -112,7 +116,8 @@ class DiffusionSampler(nn.Module):
     @classmethod
     def load(cls, path, target=None, map_location=None) -> DiffusionSampler:
         """The sampler written by `save`, on `target` (default: the registered target of the saved name,
-        `fastsamp.targets.get_target(name)` with its default settings and the saved point pattern, if any)."""
+        `fastsamp.targets.get_target(name)` with its default settings and the saved point pattern and grid, if
+        any)."""
         saved = torch.load(path, map_location=map_location, weights_only=True)
         if saved.get("format") != SAVE_FORMAT or saved.get("class") != "DiffusionSampler":
             raise ValueError(f"{path} is not a DiffusionSampler written by DiffusionSampler.save")
