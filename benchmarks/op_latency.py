@@ -29,8 +29,8 @@ nan: no such function, e.g. no public op for a backward kernel, no custom_op for
   public cpp   the same with backend="cpp" (checks + the raw backend function)
 A call through the dispatcher adds `library - raw` (`library+ag - raw` from user code calling
 torch.ops.fastsamp.<op> directly). Timings depend on the machine's load.
-`--list-floor` first prints the floor of a list of N tensors (`list_floor`); `--boxing OP` first prints what the
-number of boxed elements costs for OP's call (`boxing_costs`).
+`--list-floor` first prints the floor of a list of N tensors (`list_floor`) and of its check's metadata reads
+(`metadata_floor`); `--boxing OP` first prints what the number of boxed elements costs for OP's call (`boxing_costs`).
 """
 from __future__ import annotations
 
@@ -223,6 +223,21 @@ def list_floor(calls, repeats, clock, sizes=(0, 1, 2, 4, 8, 16, 32)):
     return medians_us([partial(fn, x, [torch.randn(8) for _ in range(n)]) for n in sizes], calls, repeats, clock)
 
 
+def metadata_floor(calls, repeats, clock, n=16):
+    """µs per tensor of the metadata reads a list's check and glue make (`_codegen._layout_source`, `_pointers`):
+    .shape, .dtype, .is_contiguous(), .data_ptr(), and the three tests of a check together, over n tensors (8, 8)."""
+    ts, dt = [torch.randn(8, 8) for _ in range(n)], torch.float32
+
+    def check():
+        for t in ts:
+            if t.shape != (8, 8) or t.dtype is not dt or not t.is_contiguous():
+                raise AssertionError
+    fns = {"shape": lambda: [t.shape for t in ts], "dtype": lambda: [t.dtype for t in ts],
+           "is_contiguous()": lambda: [t.is_contiguous() for t in ts], "data_ptr()": lambda: [t.data_ptr() for t in ts],
+           "empty loop": lambda: [t for t in ts], "check (shape, dtype, contiguity)": check}
+    return dict(zip(fns, (v / n for v in medians_us(list(fns.values()), calls, repeats, clock))))
+
+
 def boxing_costs(op: _table.Op, fn, args, calls, repeats, clock):
     """µs per call of backend function `fn` run on `args` (its work, in the schema's encoding) as the only kernel of
     three trivial ops: the call as it is (`fn` itself), under the op's schema, under a 4-argument schema
@@ -328,6 +343,9 @@ def main():
         print("| N | " + " | ".join(map(str, sizes)) + " |\n|" + "---|" * (len(sizes) + 1))
         print("| µs | " + " | ".join(f"{v:.2f}" for v in list_floor(a.calls, a.repeats, CLOCKS[a.clock], sizes))
               + " |\n", flush=True)
+        reads = metadata_floor(a.calls, a.repeats, CLOCKS[a.clock])
+        print("a list's metadata reads in Python, µs per tensor:\n| " + " | ".join(reads) + " |\n|"
+              + "---|" * len(reads) + "\n| " + " | ".join(f"{v:.3f}" for v in reads.values()) + " |\n", flush=True)
     if a.boxing:
         op = _table.OPS[a.boxing]
         costs = boxing_costs(op, getattr(cpp, op.name), args_for(op.name, a.B, a.D, Nets(a.B, a.D)), a.calls,
