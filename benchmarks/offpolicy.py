@@ -43,8 +43,9 @@ eager / fused and (--compile) best PyTorch / fused, "best PyTorch" the faster of
 segments: 20 iterations, or one local-search period (ls_every: 100) for presets with local search, so that each
 segment charges one search per period as training does; default --iterations: 3 segments.
 --profile adds the share of the fused iterations spent in the policy kernels.
-`curve` prints a run's training curve from its JSON ('loss_curve': mean, min and max of the loss over 50 windows
-of its iterations; runs that finished before the JSON recorded it have none).
+`curve` prints a run's training curve from its JSON ('loss_curve': mean, min and max of the loss over at most 50
+windows of its iterations, each row a window's last iteration; runs that finished before the JSON recorded it have
+none); a file that is not a run JSON gets a line saying so.
 """
 from __future__ import annotations
 
@@ -382,18 +383,23 @@ def reevaluate_runs(args):
 def curve(args):
     """Print each run JSON's training curve ('loss_curve': the loss per window of iterations) as a table."""
     for path in args.json:
-        with open(path) as f:
-            res = json.load(f)
-        c = res.get("loss_curve")
-        head = f"{res['target']} {res['method']} seed {res['seed']}, {res['iterations']:,} iterations"
+        try:
+            with open(path) as f:
+                res = json.load(f)
+            c = res.get("loss_curve")
+            head = f"{res['target']} {res['method']} seed {res['seed']}, {res['iterations']:,} iterations"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # e.g. OUT/timing_*.json
+            _print(f"{path}: not a run JSON ({type(e).__name__}: {e})")
+            continue
         if c is None:
             _print(f"{head}: no loss curve (the run finished before runs recorded one); final loss "
                    f"{res['final_loss']:.4g}")
             continue
-        _print(f"{head}: loss over windows of {c['every']} iterations\n{'iterations':>10} {'mean':>11} {'min':>11} "
-               f"{'max':>11}")
+        n = c["every"]
+        _print(f"{head}: loss over windows of {n} iteration{'s' if n != 1 else ''}\n{'last iteration':>14} "
+               f"{'mean':>11} {'min':>11} {'max':>11}")
         for row in zip(c["iterations"], c["mean"], c["min"], c["max"]):
-            _print(f"{row[0]:>10,} " + " ".join(f"{v:>11.4g}" for v in row[1:]))
+            _print(f"{row[0]:>14,} " + " ".join(f"{v:>11.4g}" for v in row[1:]))
 
 
 def main(argv=None):

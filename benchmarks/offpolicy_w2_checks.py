@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from fastsamp.experiments.offpolicy import equal_count_reference
+from fastsamp.experiments.offpolicy_eval import equal_count_reference
 from fastsamp.metrics import nearest_mode_weights, wasserstein2
 from fastsamp.samplers.diffusion import DiffusionSampler
 from fastsamp.targets import get_target

@@ -98,6 +98,16 @@ def _train_worker():
     return [_train("tb", 8), _train("vargrad", 8)]
 
 
+def _offpolicy_run(batch_size):
+    from fastsamp.experiments import offpolicy
+    return offpolicy.run("25gmm", "tb", iterations=4, batch_size=batch_size, hidden=16, n_steps=10, eval_samples=16,
+                         progress=False)
+
+
+def _offpolicy_worker():
+    return _offpolicy_run(8)
+
+
 def _failing_worker():
     def score(x, t):
         if dist.get_rank() == 1 and t < 0.5:
@@ -196,6 +206,18 @@ def test_ddp_training_matches_one_process(tmp_path):
             where = f"{objective} {k}"
             torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, w=where: f"{w}: {m}")
             assert torch.equal(two[k], other[k]), f"{objective} {k}: ranks disagree"
+
+
+def test_offpolicy_run_records_the_mean_loss_of_the_ranks(tmp_path):
+    """A 2-process off-policy run (batch 8 per rank) records the loss of the whole batch of 16, as one process
+    with batch 16 does (TB: the mean of the ranks' batch means), not rank 0's own."""
+    torch.set_num_threads(1)
+    two, other = run_two(_offpolicy_worker, tmp_path)
+    one = _offpolicy_run(16)
+    assert other is None
+    for key in ("mean", "min", "max"):
+        assert two["loss_curve"][key] == pytest.approx(one["loss_curve"][key], rel=1e-4), key
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)
 
 
 def test_failing_rank_fails_every_rank_quickly(tmp_path):

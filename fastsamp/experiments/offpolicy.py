@@ -21,7 +21,6 @@ import torch
 from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
 from ..targets import TARGETS, get_target
-from .offpolicy_eval import equal_count_reference as equal_count_reference  # imported from here elsewhere
 from .offpolicy_eval import evaluate
 from .options import MAX_SEED, count, device_arg, resolve_device
 
@@ -105,7 +104,8 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     With out_dir and checkpoint_every > 0 the run checkpoints every checkpoint_every iterations and
     resumes from its checkpoint if one exists (the checkpoint is deleted once the JSON is written);
     `log(text)` gets a line per checkpoint. Under torchrun every rank trains (DistributedDataParallel,
-    batch_size per rank) and rank 0 evaluates and writes; the other ranks return None."""
+    batch_size per rank) and rank 0 evaluates and writes (the losses: the mean over the ranks of each one's batch
+    loss); the other ranks return None."""
     sampler, cfg = build(target_name, method, seed=seed, iterations=iterations, device=device, **kw)
     ckpt = checkpoint_path(out_dir, target_name, method, seed) if out_dir and checkpoint_every else None
 
@@ -116,7 +116,10 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
 
     train_log = train(sampler, cfg, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every,
                       on_checkpoint=saved)
-    if Comm.resolve().rank != 0:
+    comm = Comm.resolve()
+    if comm.distributed:  # each rank logged its own batch's loss: the mean over the ranks is the whole batch's
+        train_log.loss = (comm.all_reduce(train_log.loss) / comm.world_size).tolist()
+    if comm.rank != 0:
         return None
     t0 = time.perf_counter()
     metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=EVAL_SEED_BASE + seed)

@@ -1,6 +1,6 @@
 """Evaluation of an off-policy trained diffusion sampler against ground truth: log Z errors (ELBO and
 importance-weighted), ESS, W2 to exact samples and the diagnostics of what W2 mixes together
-(`fastsamp.experiments.offpolicy` re-exports `evaluate` and `equal_count_reference`)."""
+(`fastsamp.experiments.offpolicy` imports `evaluate`)."""
 from __future__ import annotations
 
 import torch

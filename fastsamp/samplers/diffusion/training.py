@@ -3,6 +3,7 @@ training loop (one checkpoint file of the whole state, written atomically) and D
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -65,14 +66,19 @@ class TrainLog:
 
     def loss_curve(self, windows: int = 50) -> dict:
         """The training curve: the losses of iterations [k·N, (k + 1)·N) per window k, N = ⌈iterations / windows⌉
-        (the last window may be shorter), as each window's end ("iterations"), mean, min and max. A checkpoint holds
-        every loss, so a resumed run's curve starts at iteration 0 and equals an uninterrupted run's."""
+        ("every"; so at most `windows` windows, the last one possibly shorter), as each window's last iteration
+        ("iterations", counted from 1), mean, min and max (NaN when a loss of the window is NaN). A checkpoint holds
+        every loss, so a resumed run's curve starts at iteration 0 (bitwise an uninterrupted run's under the
+        resume test's conditions: one thread, same seeds and device)."""
         n = len(self.loss)
         every = max(1, -(-n // windows))
         parts = [self.loss[i:i + every] for i in range(0, n, every)]
+
+        def extreme(f, w):  # NaN if a loss of w is: Python's min/max would depend on where the NaN is
+            return math.nan if any(map(math.isnan, w)) else f(w)
         return {"every": every, "iterations": [min(i + every, n) for i in range(0, n, every)],
-                "mean": [sum(w) / len(w) for w in parts], "min": [min(w) for w in parts],
-                "max": [max(w) for w in parts]}
+                "mean": [sum(w) / len(w) for w in parts], "min": [extreme(min, w) for w in parts],
+                "max": [extreme(max, w) for w in parts]}
 
 
 class _Iteration(nn.Module):
