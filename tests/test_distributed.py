@@ -5,6 +5,7 @@ worker of this module under an initialised process group and save what they retu
 compares with the same call in one process. The CLI test launches `torchrun -m fastsamp sample`.
 """
 import datetime
+import functools
 import os
 import socket
 import subprocess
@@ -98,14 +99,14 @@ def _train_worker():
     return [_train("tb", 8), _train("vargrad", 8)]
 
 
-def _offpolicy_run(batch_size):
+def _offpolicy_run(batch_size, **kw):
     from fastsamp.experiments import offpolicy
     return offpolicy.run("25gmm", "tb", iterations=4, batch_size=batch_size, hidden=16, n_steps=10, eval_samples=16,
-                         progress=False)
+                         progress=False, **kw)
 
 
-def _offpolicy_worker():
-    return _offpolicy_run(8)
+def _offpolicy_worker(out_dir):
+    return _offpolicy_run(8, out_dir=out_dir, checkpoint_every=2)
 
 
 def _failing_worker():
@@ -210,11 +211,14 @@ def test_ddp_training_matches_one_process(tmp_path):
 
 def test_offpolicy_run_records_the_mean_loss_of_the_ranks(tmp_path):
     """A 2-process off-policy run (batch 8 per rank) records the loss of the whole batch of 16, as one process
-    with batch 16 does (TB: the mean of the ranks' batch means), not rank 0's own."""
+    with batch 16 does (TB: the mean of the ranks' batch means), not rank 0's own; with its JSON written, no rank's
+    checkpoint (ckpt.rank<r>) is left behind."""
     torch.set_num_threads(1)
-    two, other = run_two(_offpolicy_worker, tmp_path)
+    out = tmp_path / "runs"
+    two, other = run_two(functools.partial(_offpolicy_worker, str(out)), tmp_path)
     one = _offpolicy_run(16)
     assert other is None
+    assert (out / "25gmm_tb_seed0.json").exists() and not list((out / "checkpoints").iterdir())
     for key in ("mean", "min", "max"):
         assert two["loss_curve"][key] == pytest.approx(one["loss_curve"][key], rel=1e-4), key
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)

@@ -120,6 +120,8 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     if comm.distributed:  # each rank logged its own batch's loss: the mean over the ranks is the whole batch's
         train_log.loss = (comm.all_reduce(train_log.loss) / comm.world_size).tolist()
     if comm.rank != 0:
+        comm.barrier()  # rank 0 has written the run's JSON: this rank's checkpoint is done with
+        _remove(ckpt and f"{ckpt}.rank{comm.rank}")
         return None
     t0 = time.perf_counter()
     metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=EVAL_SEED_BASE + seed)
@@ -145,9 +147,17 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
         sampler.save(stem + ".pt")  # config + state_dict: DiffusionSampler.load(path)
         write_result(stem, result)
         result["model_path"] = stem + ".pt"
-        if ckpt is not None and os.path.exists(ckpt):
-            os.remove(ckpt)
+    if comm.distributed:  # each rank checkpointed to ckpt.rank<r> (`train`): removed once the JSON is written
+        comm.barrier()
+        ckpt = ckpt and f"{ckpt}.rank0"
+    _remove(ckpt)
     return result
+
+
+def _remove(path) -> None:
+    """Delete a finished run's checkpoint, if any."""
+    if path and os.path.exists(path):
+        os.remove(path)
 
 
 # -- the resumable table runner ---------------------------------------------------------------------
