@@ -350,6 +350,10 @@ def cmd_lgcp(args):
     weighted moments and the Laplace posterior's); one JSON line each. The models are loaded and checked to be of
     this LGCP (`check_model`) first, so that a wrong --grid or --points fails before the reference's minutes."""
     target = get_target("lgcp", points=args.points, grid=args.grid)
+    for path in args.models or []:
+        if not path.endswith(".pt"):
+            raise SystemExit(f"lgcp --models takes saved samplers (.pt), got {path}: a training checkpoint does not "
+                             "record its grid and points")
     models = [(path, load_model(path, "lgcp", "tb")) for path in args.models or []]
     for path, sampler in models:
         lgcp_reference.check_model(sampler, path, target)

@@ -409,3 +409,5 @@ def test_lgcp_command_against_a_saved_model(tmp_path, capsys, monkeypatch, one_t
     monkeypatch.setattr(ref, "reference", lambda *a: pytest.fail("the reference ran before the models' check"))
     with pytest.raises(ValueError, match="not the reference's.*dim=25.*dim=1600"):
         checks.main(args)  # --grid 40
+    with pytest.raises(SystemExit, match=r"takes saved samplers \(\.pt\)"):  # a checkpoint records no grid
+        checks.main([a.replace(".pt", ".ckpt") for a in args])

@@ -20,6 +20,7 @@ import torch
 
 from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
+from ..samplers.diffusion.training import rank_checkpoint
 from ..targets import TARGETS, get_target
 from .offpolicy_eval import evaluate
 from .options import MAX_SEED, count, device_arg, resolve_device
@@ -120,8 +121,6 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     if comm.distributed:  # each rank logged its own batch's loss: the mean over the ranks is the whole batch's
         train_log.loss = (comm.all_reduce(train_log.loss) / comm.world_size).tolist()
     if comm.rank != 0:
-        comm.barrier()  # rank 0 has written the run's JSON: this rank's checkpoint is done with
-        _remove(ckpt and f"{ckpt}.rank{comm.rank}")
         return None
     t0 = time.perf_counter()
     metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=EVAL_SEED_BASE + seed)
@@ -147,17 +146,14 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
         sampler.save(stem + ".pt")  # config + state_dict: DiffusionSampler.load(path)
         write_result(stem, result)
         result["model_path"] = stem + ".pt"
-    if comm.distributed:  # each rank checkpointed to ckpt.rank<r> (`train`): removed once the JSON is written
-        comm.barrier()
-        ckpt = ckpt and f"{ckpt}.rank0"
-    _remove(ckpt)
+        # the JSON written, the checkpoints go: each rank's (`rank_checkpoint`; every rank wrote its last one before
+        # the loss all_reduce above; out_dir is shared by the ranks, as the JSON's skip logic assumes)
+        paths = [] if ckpt is None else [rank_checkpoint(ckpt, r) for r in range(comm.world_size)] \
+            if comm.distributed else [ckpt]
+        for path in paths:
+            if os.path.exists(path):
+                os.remove(path)
     return result
-
-
-def _remove(path) -> None:
-    """Delete a finished run's checkpoint, if any."""
-    if path and os.path.exists(path):
-        os.remove(path)
 
 
 # -- the resumable table runner ---------------------------------------------------------------------

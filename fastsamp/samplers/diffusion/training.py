@@ -129,7 +129,7 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     until = cfg.iterations if until is None else min(int(until), cfg.iterations)
     comm = Comm.resolve(group)
     if comm.distributed and checkpoint is not None:
-        checkpoint = f"{checkpoint}.rank{comm.rank}"
+        checkpoint = rank_checkpoint(checkpoint, comm.rank)
     torch.manual_seed(cfg.seed)
     flow_params = [sampler.net.log_Z] + (list(sampler.net.flow.parameters()) if sampler.net.flow is not None else [])
     flow_ids = {id(p) for p in flow_params}
@@ -320,6 +320,11 @@ def _check_target_points(path, state, target):
     if "target_points" in state and then != now:
         raise ValueError(f"checkpoint {path} was written on the {then} {target.name} point pattern, but this run's "
                          f"target uses the {now} one (fastsamp.datasets): use another checkpoint path")
+
+
+def rank_checkpoint(path: str, rank: int) -> str:
+    """The checkpoint of `rank` in a distributed `train` at `path`."""
+    return f"{path}.rank{rank}"
 
 
 def read_checkpoint_iteration(path) -> int:
