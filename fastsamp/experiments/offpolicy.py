@@ -148,11 +148,11 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
         result["model_path"] = stem + ".pt"
         # the JSON written, the checkpoints go: each rank's (`rank_checkpoint`; every rank wrote its last one before
         # the loss all_reduce above; out_dir is shared by the ranks, as the JSON's skip logic assumes)
-        paths = [] if ckpt is None else [rank_checkpoint(ckpt, r) for r in range(comm.world_size)] \
-            if comm.distributed else [ckpt]
-        for path in paths:
-            if os.path.exists(path):
-                os.remove(path)
+        if ckpt is not None:
+            for r in range(comm.world_size):  # 1 unless distributed
+                path = rank_checkpoint(ckpt, r) if comm.distributed else ckpt
+                if os.path.exists(path):
+                    os.remove(path)
     return result
 
 

@@ -118,7 +118,7 @@ def _check_source(op: Op, devices: bool) -> list[str]:
             lines += [f"for _t in {a.name}:", f"    if {test}:",
                       "        " + error(a.name, None, None, "_dt", like.name)]
         elif a.kind == "int" and a.name == "act":
-            lines += _act_source(op, "act", a.name)
+            lines += _act_source(op, "act")
         elif a.kind in ("state", "tensor"):
             want, f64 = _spec(a.shape), a.dtype == "f64"
             tests = [f"not {a.name}.is_contiguous()"]
@@ -142,12 +142,12 @@ def _check_source(op: Op, devices: bool) -> list[str]:
         f"            raise ValueError(f'{op.name}: {{_a}} must be a tensor {{_s}}, got None') from None", "    raise"]
 
 
-def _act_source(op: Op, name: str, what: str) -> list[str]:
-    """The test of an activation code `name` (`_table.ACTIVATION_CODES`; `what` names it in the message)."""
-    from ._table import ACTIVATION_CODES
-    return [f"if {name} not in {ACTIVATION_CODES}:",
+def _act_source(op: Op, what: str) -> list[str]:
+    """The test of the activation code bound to `act` (`_table.ACTIVATION_CODES`; `what` names it in the message)."""
+    from ._table import ACTIVATION_CODES  # here: _table imports this module
+    return [f"if act not in {ACTIVATION_CODES}:",
             f"    raise ValueError(f'{op.name}: {what} must be an activation code {ACTIVATION_CODES} "
-            f"(fastsamp.ops.mlp.ACTIVATIONS), got {{{name}!r}}')"]
+            "(fastsamp.ops.mlp.ACTIVATIONS), got {act!r}')"]
 
 
 def _layout_text(a) -> str:
@@ -209,7 +209,7 @@ def _blocks_source(op: Op, a, test, group_source, where: str) -> list[str]:
             f"{a.name}, got {{len({ints})}}')",
             "_end = 0", f"for _i in range(0, len({ints}), {k}):", f"    {', '.join(names)} = {ints}[_i:_i + {k}]",
             f"    _b, _end = _end, _end + {size}", f"    if {count} < 0 or _end > {n}:", f"        {short}"] + [
-            f"    {s}" for s in (_act_source(op, "act", f"{ints}[{{_i + {names.index('act')}}}]")
+            f"    {s}" for s in (_act_source(op, f"{ints}[{{_i + {names.index('act')}}}]")
                              if "act" in names else [])] + [
             f"    {', '.join(tensors)}{',' * (len(tensors) == 1)} = {a.name}[_b:_b + {len(first)}]",
             f"    if {test(tensors, first)}:",

@@ -39,13 +39,13 @@ def _saved_target(path, cfg):
     get_target's defaults, LGCP's 40×40)."""
     from ...targets import get_target
     kw = {k: cfg[k] for k in ("points", "grid") if k in cfg}
-    if "points" not in kw:
-        return get_target(cfg["target"], **kw)
-    if cfg["points"] == "user":
+    if kw.get("points") == "user":
         raise ValueError(f"{path} was trained on user-given {cfg['target']} points: pass target=")
     try:
         return get_target(cfg["target"], **kw)
     except FileNotFoundError as e:
+        if "points" not in kw:
+            raise
         raise FileNotFoundError(f"{path} was trained on the {cfg['points']} {cfg['target']} point pattern, "
                                 f"which is not available here: {e}") from e
 
