@@ -153,3 +153,22 @@ def test_timing_timed_and_device_sync():
     assert len(calls) == 3 and out == 3 and wall >= 0 and cpu >= 0
     assert tm.device_sync("cpu")() is None and callable(tm.device_sync("cuda"))
     assert tm.CLOCKS.keys() == tm.CLOCKS_NS.keys()
+
+
+def test_replay_buffer_baseline_draws_by_the_same_ranks(capsys):
+    """benchmarks/replay_buffer.py: the argsort baseline and the ranked buffer give every slot the same
+    probability (distinct log R: the same ranks), and the script runs."""
+    rb = load_benchmark("replay_buffer.py", "replay_buffer_bench")
+    buf = rb.ReplayBuffer(40, 1)
+    buf.add(torch.arange(60.0)[:, None], torch.randperm(60, generator=torch.Generator().manual_seed(0)).float())
+    n = 40_000
+    ranked = torch.bincount(buf.sample(n, torch.Generator().manual_seed(1))[0][:, 0].long(), minlength=60)
+    by_argsort = torch.bincount(rb.sample_by_argsort(buf, n, torch.Generator().manual_seed(2))[0][:, 0].long(),
+                                minlength=60)
+    p = torch.zeros(60, dtype=torch.float64)
+    p[buf.x[buf.order, 0].long()] = 1.0 / (0.01 * 40 + torch.arange(40, dtype=torch.float64))
+    p /= p.sum()
+    for counts in (ranked, by_argsort):  # within 5 binomial std of every slot's probability
+        assert torch.all((counts - n * p).abs() <= 5 * (n * p * (1 - p)).sqrt() + 1)
+    rb.main(["--capacity", "50", "--dim", "1", "3", "--batch", "7", "--rounds", "2"])
+    assert capsys.readouterr().out.count("\n| ") == 3

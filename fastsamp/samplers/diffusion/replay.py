@@ -14,13 +14,21 @@ from ..kernels import ChainState, PhiloxKey, checked_kernel, make_kernel
 
 class ReplayBuffer:
     """FIFO buffer of terminal states with reward-rank prioritised sampling:
-    P(i) ∝ 1 / (k·N + rank_i), rank 0 = highest log R."""
+    P(i) ∝ 1 / (k·N + rank_i), rank 0 = the highest log R, equal log R ranked oldest first.
+
+    The filled slots are kept in rank order (`order`) as states arrive: `add` merges its sorted batch
+    into the kept order (O(N) for a batch of n ≪ N), so `sample` draws a rank from the fixed rank
+    weights and looks its slot up, with no sort of the N log R per draw."""
 
     def __init__(self, capacity: int, dim: int, *, rank_weight: float = 1e-2, dtype=torch.float32, device="cpu"):
         self.capacity, self.rank_weight = int(capacity), rank_weight
         self.x = torch.empty(self.capacity, dim, dtype=dtype, device=device)
         self.log_r = torch.empty(self.capacity, dtype=dtype, device=device)
         self.size, self.head = 0, 0
+        # the filled slots in rank order, and their -log R (ascending, for searchsorted)
+        self.order = torch.empty(0, dtype=torch.int64, device=device)
+        self._ranked_neg_log_r = torch.empty(0, dtype=dtype, device=device)
+        self._rank_weights = None  # 1 / (k·N + rank), rank = 0 .. N-1, for N = size
 
     def __len__(self):
         return self.size
@@ -32,10 +40,32 @@ class ReplayBuffer:
         if n > self.capacity:
             x, log_r, n = x[-self.capacity:], log_r[-self.capacity:], self.capacity
         idx = (self.head + torch.arange(n, device=self.x.device)) % self.capacity
+        kept, kept_key = self.order, self._ranked_neg_log_r
+        if self.size + n > self.capacity:  # the slots idx that are filled are evicted
+            evicted = torch.zeros(self.capacity, dtype=torch.bool, device=self.x.device)
+            evicted[idx] = True
+            at = (~evicted.index_select(0, kept)).nonzero().squeeze(1)  # (index_select: faster than [])
+            kept, kept_key = kept.index_select(0, at), kept_key.index_select(0, at)
         self.x[idx] = x.to(self.x.device, self.x.dtype)
         self.log_r[idx] = log_r.to(self.log_r.device, self.log_r.dtype)
+        batch_key, by_rank = torch.sort(-self.log_r[idx], stable=True)
         self.head = (self.head + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+        self.order, self._ranked_neg_log_r = self._merge(kept, kept_key, idx[by_rank], batch_key)
+
+    @staticmethod
+    def _merge(kept, kept_key, batch, batch_key):
+        """Merge the slots `kept` and the newer slots `batch`, each in rank order with its -log R
+        (ascending): a batch slot goes after the kept ones with -log R ≤ its own (older ties first)."""
+        at = torch.arange(batch.numel(), device=batch.device) + torch.searchsorted(kept_key, batch_key, right=True)
+        is_kept = torch.ones(kept.numel() + batch.numel(), dtype=torch.bool, device=batch.device)
+        is_kept[at] = False
+        merged = []
+        for k, b in ((kept, batch), (kept_key, batch_key)):
+            m = torch.empty(is_kept.numel(), dtype=k.dtype, device=k.device)
+            m[at] = b
+            merged.append(m.masked_scatter_(is_kept, k))
+        return merged
 
     def state_dict(self):
         """The filled slots (always the first `size`), the FIFO head and the size."""
@@ -50,16 +80,21 @@ class ReplayBuffer:
         self.x[:n] = state["x"].to(self.x.device, self.x.dtype)
         self.log_r[:n] = state["log_r"].to(self.log_r.device, self.log_r.dtype)
         self.head, self.size = int(state["head"]), n
+        # the rank order from scratch: the slots oldest first (a full buffer's oldest is at head), then a
+        # stable sort by -log R
+        by_age = torch.arange(n, device=self.x.device)
+        if n == self.capacity:
+            by_age = torch.roll(by_age, -self.head)
+        self._ranked_neg_log_r, by_rank = torch.sort(-self.log_r[by_age], stable=True)
+        self.order = by_age[by_rank]
 
     def sample(self, n: int, generator=None):
         if self.size == 0:
             raise RuntimeError("the replay buffer is empty")
-        log_r = self.log_r[:self.size]
-        rank = torch.empty(self.size, dtype=torch.float64, device=log_r.device)
-        rank[torch.argsort(log_r, descending=True)] = torch.arange(self.size, dtype=torch.float64,
-                                                                     device=log_r.device)
-        weights = 1.0 / (self.rank_weight * self.size + rank)
-        idx = torch.multinomial(weights, n, replacement=True, generator=generator)
+        if self._rank_weights is None or self._rank_weights.numel() != self.size:
+            rank = torch.arange(self.size, dtype=torch.float64, device=self.x.device)
+            self._rank_weights = 1.0 / (self.rank_weight * self.size + rank)
+        idx = self.order[torch.multinomial(self._rank_weights, n, replacement=True, generator=generator)]
         return self.x[idx], self.log_r[idx]
 
 
