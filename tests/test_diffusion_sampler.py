@@ -274,13 +274,44 @@ def test_replay_buffer_rank_order_equals_a_full_sort(capacity):
         buf.add(torch.arange(age, age + n, dtype=torch.float32)[:, None], log_r)  # the state is its age
         age += n
         expected = sorted(range(buf.size), key=lambda s: (-buf.log_r[s].item(), buf.x[s, 0].item()))
-        assert buf.order[:buf.size].tolist() == expected
+        assert buf.order.tolist() == expected
+        assert torch.equal(buf._ranked_neg_log_r, -buf.log_r[buf.order])
         copy = ReplayBuffer(capacity, 1)
         copy.load_state_dict(buf.state_dict())
-        assert torch.equal(copy.order[:copy.size], buf.order[:buf.size])
+        assert torch.equal(copy.order, buf.order) and torch.equal(copy._ranked_neg_log_r, buf._ranked_neg_log_r)
         if buf.size:
             assert torch.equal(copy.sample(20, torch.Generator().manual_seed(n))[0],
                                buf.sample(20, torch.Generator().manual_seed(n))[0])
+
+
+def test_replay_buffer_refuses_bad_arguments_and_states():
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayBuffer(0, 2)
+    with pytest.raises(ValueError, match="rank_weight"):
+        ReplayBuffer(4, 2, rank_weight=0.0)
+    buf = ReplayBuffer(5, 1)
+    with pytest.raises(ValueError, match="log_r must have shape"):
+        buf.add(torch.zeros(3, 1), torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="x must have shape"):
+        buf.add(torch.zeros(3, 2), torch.zeros(3))
+    buf.add(torch.arange(3.0)[:, None], torch.arange(3.0))
+    buf.add(torch.arange(3.0, 7.0)[:, None], torch.arange(3.0, 7.0))  # full: states 2 .. 6, head 2
+    with pytest.raises(ValueError, match="n must be"):
+        buf.sample(0)
+    with pytest.raises(ValueError, match="head"):  # a full buffer's state in a larger buffer
+        ReplayBuffer(8, 1).load_state_dict(buf.state_dict())
+    with pytest.raises(ValueError, match="head"):
+        ReplayBuffer(5, 1).load_state_dict({**buf.state_dict(), "head": 5})
+    with pytest.raises(ValueError, match="log_r"):
+        ReplayBuffer(5, 1).load_state_dict({**buf.state_dict(), "log_r": torch.zeros(4)})
+    # float64 states that overflow a float32 buffer are dropped, not stored as inf
+    buf.add(torch.tensor([[1e300]], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+    assert torch.isfinite(buf.x).all() and buf.head == 2
+    # the rank weights follow rank_weight: k = 100 makes the draws nearly uniform over the 5 states
+    buf.sample(1)
+    buf.rank_weight = 100.0
+    counts = torch.bincount(buf.sample(20_000, torch.Generator().manual_seed(0))[0][:, 0].long() - 2)
+    assert counts.min() > 0.9 * counts.max()
 
 
 def test_local_search_moves_towards_high_reward_and_adapts_the_step():

@@ -18,7 +18,7 @@ from fastsamp.samplers.diffusion.training import exploration_std
 from fastsamp.targets import get_target
 
 TINY = dict(batch_size=32, hidden=16, n_steps=10)
-LS_TINY = dict(ls_every=4, ls_steps=20, ls_burn_in=10, buffer_size=1000)
+LS_TINY = dict(ls_every=4, ls_steps=20, ls_burn_in=10, buffer_size=100)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the resume tests compare bitwise
@@ -30,7 +30,7 @@ def _trained(method, iterations, *, checkpoint=None, until=None, checkpoint_ever
     return sampler, log
 
 
-@pytest.mark.parametrize("method,stop,kw", [("tb+expl", 6, {}), ("tb+expl+ls", 5, LS_TINY)])
+@pytest.mark.parametrize("method,stop,kw", [("tb+expl", 6, {}), ("tb+expl+ls", 7, LS_TINY)])
 def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method, stop, kw):
     """TB with exploration (decayed over 5000 iterations: the resumed half still explores) and TB with
     local search + both replay buffers (the stop falls between a forward and a buffer iteration,
@@ -39,6 +39,9 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method, s
     ckpt = str(tmp_path / "run.ckpt")
     first, log1 = _trained(method, 2 * stop, checkpoint=ckpt, checkpoint_every=2, until=stop, **kw)
     assert len(log1.loss) == stop and os.path.exists(ckpt)
+    if kw:  # both buffers resume full, the replay buffer wrapped (head 28: 4 batches of 32 in 100 slots)
+        buffers = torch.load(ckpt, weights_only=False)["buffers"]
+        assert [(b["size"], b["head"]) for b in buffers.values()] == [(100, 28), (100, 0)]
     torch.manual_seed(12345)  # the resumed run must not depend on the global RNG it starts with
     resumed, log2 = _trained(method, 2 * stop, checkpoint=ckpt, **kw)
     straight, log3 = _trained(method, 2 * stop, **kw)

@@ -21,6 +21,10 @@ class ReplayBuffer:
     weights and looks its slot up, with no sort of the N log R per draw."""
 
     def __init__(self, capacity: int, dim: int, *, rank_weight: float = 1e-2, dtype=torch.float32, device="cpu"):
+        if int(capacity) < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if not rank_weight > 0:
+            raise ValueError(f"rank_weight must be > 0, got {rank_weight}")
         self.capacity, self.rank_weight = int(capacity), rank_weight
         self.x = torch.empty(self.capacity, dim, dtype=dtype, device=device)
         self.log_r = torch.empty(self.capacity, dtype=dtype, device=device)
@@ -28,14 +32,22 @@ class ReplayBuffer:
         # the filled slots in rank order, and their -log R (ascending, for searchsorted)
         self.order = torch.empty(0, dtype=torch.int64, device=device)
         self._ranked_neg_log_r = torch.empty(0, dtype=dtype, device=device)
-        self._rank_weights = None  # 1 / (k·N + rank), rank = 0 .. N-1, for N = size
+        self._rank_weights = None  # (k, N, 1 / (k·N + rank) for rank = 0 .. N-1), N = size, k = rank_weight
 
     def __len__(self):
         return self.size
 
     def add(self, x, log_r):
+        """Append the states x (n, dim) with their log R (n,), dropping those with a non-finite state or log R
+        (in the buffer's dtype); past capacity the oldest are replaced (FIFO)."""
+        if x.dim() != 2 or x.shape[1] != self.x.shape[1]:
+            raise ValueError(f"x must have shape (n, {self.x.shape[1]}), got {tuple(x.shape)}")
+        if log_r.shape != x.shape[:1]:
+            raise ValueError(f"log_r must have shape ({x.shape[0]},) like x's rows, got {tuple(log_r.shape)}")
+        x = x.detach().to(self.x.device, self.x.dtype)
+        log_r = log_r.detach().to(self.log_r.device, self.log_r.dtype)
         keep = torch.isfinite(log_r) & torch.isfinite(x).all(-1)
-        x, log_r = x[keep].detach(), log_r[keep].detach()
+        x, log_r = x[keep], log_r[keep]
         n = x.shape[0]
         if n > self.capacity:
             x, log_r, n = x[-self.capacity:], log_r[-self.capacity:], self.capacity
@@ -46,8 +58,8 @@ class ReplayBuffer:
             evicted[idx] = True
             at = (~evicted.index_select(0, kept)).nonzero().squeeze(1)  # (index_select: faster than [])
             kept, kept_key = kept.index_select(0, at), kept_key.index_select(0, at)
-        self.x[idx] = x.to(self.x.device, self.x.dtype)
-        self.log_r[idx] = log_r.to(self.log_r.device, self.log_r.dtype)
+        self.x[idx] = x
+        self.log_r[idx] = log_r
         batch_key, by_rank = torch.sort(-self.log_r[idx], stable=True)
         self.head = (self.head + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
@@ -73,13 +85,19 @@ class ReplayBuffer:
                 "head": self.head, "size": self.size}
 
     def load_state_dict(self, state):
-        n = int(state["size"])
+        n, head = int(state["size"]), int(state["head"])
         if n > self.capacity or state["x"].shape[1:] != self.x.shape[1:]:
             raise ValueError(f"buffer state of {n} x {tuple(state['x'].shape[1:])} does not fit a buffer of "
                              f"{self.capacity} x {tuple(self.x.shape[1:])}")
+        if state["x"].shape[0] != n or state["log_r"].shape != (n,):
+            raise ValueError(f"buffer state of size {n} must hold x ({n}, dim) and log_r ({n},), got "
+                             f"{tuple(state['x'].shape)} and {tuple(state['log_r'].shape)}")
+        if not (0 <= head < self.capacity and (head == n or n == self.capacity)):
+            raise ValueError(f"buffer state's head must be its size {n} (not full) or in [0, {self.capacity}) (full), "
+                             f"got {head}")
         self.x[:n] = state["x"].to(self.x.device, self.x.dtype)
         self.log_r[:n] = state["log_r"].to(self.log_r.device, self.log_r.dtype)
-        self.head, self.size = int(state["head"]), n
+        self.head, self.size = head, n
         # the rank order from scratch: the slots oldest first (a full buffer's oldest is at head), then a
         # stable sort by -log R
         by_age = torch.arange(n, device=self.x.device)
@@ -91,10 +109,13 @@ class ReplayBuffer:
     def sample(self, n: int, generator=None):
         if self.size == 0:
             raise RuntimeError("the replay buffer is empty")
-        if self._rank_weights is None or self._rank_weights.numel() != self.size:
-            rank = torch.arange(self.size, dtype=torch.float64, device=self.x.device)
-            self._rank_weights = 1.0 / (self.rank_weight * self.size + rank)
-        idx = self.order[torch.multinomial(self._rank_weights, n, replacement=True, generator=generator)]
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        k, size = self.rank_weight, self.size
+        if self._rank_weights is None or self._rank_weights[:2] != (k, size):
+            rank = torch.arange(size, dtype=torch.float64, device=self.x.device)
+            self._rank_weights = (k, size, 1.0 / (k * size + rank))
+        idx = self.order[torch.multinomial(self._rank_weights[2], n, replacement=True, generator=generator)]
         return self.x[idx], self.log_r[idx]
 
 
