@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .ops import _ieee
 from .ops._checks import validating
 
 
@@ -133,4 +134,4 @@ def reverse_em_coefficients(schedule, t: float, h: float) -> tuple[float, float,
     if torch.compiler.is_compiling():
         h = _graph_constant(h)
     g2 = schedule.g2(t)
-    return 1.0 - h * schedule.drift_coef(t), h * g2, math.sqrt(h * g2)
+    return 1.0 - h * schedule.drift_coef(t), h * g2, _ieee.sqrt(h * g2)

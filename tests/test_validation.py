@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import skip_unless_available
 
 from fastsamp import VP, ops
 
@@ -378,3 +379,67 @@ def test_policy_rollout_counts(kw, exc, match):
     args.update(kw)
     with pytest.raises(exc, match=match):
         ops.policy_rollout(s.net, temb, args.pop("batch_size"), **args)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", 0, "nonsense"]
+                         + ([] if torch.cuda.is_available() else ["cuda"]))
+def test_random_streams_refuse_a_device_they_do_not_run_on(backend, device):
+    """The reference refused these as the compiled backends do (it raised torch's AssertionError,
+    NotImplementedError or RuntimeError, or made a meta tensor)."""
+    skip_unless_available(backend)
+    for call in (lambda: ops.normal(1, 0, 4, 3, device=device, backend=backend),
+                 lambda: ops.uniform(1, 0, 4, device=device, backend=backend)):
+        with pytest.raises(ValueError, match=r"^device(=| must be 'cpu' or 'cuda)"):
+            call()
+
+
+def _drift_net():
+    from fastsamp.samplers.diffusion import DriftNet
+    torch.manual_seed(0)
+    net = DriftNet(3, hidden=8, n_harmonics=4, n_layers=1).double()
+    return net, net.time_features(torch.arange(3, dtype=F64) / 3)[0].detach()
+
+
+_STATES = torch.zeros(4, 4, 3, dtype=F64)
+_META_INT = torch.tensor(3, device="meta")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda n, t, b: ops.policy_rollout(torch.nn.Linear(3, 3), t, 4, sigma=1.0, backend=b), TypeError,
+     "net must be a DriftNet"),
+    (lambda n, t, b: ops.policy_log_pf(None, _STATES, t, sigma=1.0, backend=b), TypeError, "net must be a DriftNet"),
+    (lambda n, t, b: ops.policy_rollout(n, t.half(), 4, sigma=1.0, backend=b), TypeError, "temb must be float32"),
+    (lambda n, t, b: ops.policy_rollout(n, t, 4, sigma=1.0, seed=_META_INT, backend=b), ValueError, "seed must be on"),
+    (lambda n, t, b: ops.policy_rollout(n, t, 4, sigma=1.0, chain_offset=_META_INT, backend=b), ValueError,
+     "chain_offset must be on"),
+    (lambda n, t, b: ops.policy_rollout(n, t, 4, sigma=1.0, x0=[0.0], backend=b), TypeError, "x0 must be a"),
+    (lambda n, t, b: ops.policy_log_pf(n, _STATES, t, sigma=1e-300, backend=b), ValueError,
+     r"sigma\*\*2 \* h must be > 0"),
+])
+def test_policy_ops_refuse_bad_arguments_by_name(backend, call, exc, match):
+    """Each was an AttributeError, a weakref TypeError, a message naming `dtype`, Tensor.item()'s RuntimeError
+    or (σ²h underflowing to 0) the reference's 'math domain error' beside a C++ result."""
+    skip_unless_available(backend)
+    net, temb = _drift_net()
+    with pytest.raises(exc, match=match):
+        call(net, temb, backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_policy_log_pf_of_no_chains(backend):
+    """states (T+1, 0, D) give log_pf (0, T) on every backend (the reference's reshape raised)."""
+    skip_unless_available(backend)
+    net, temb = _drift_net()
+    assert ops.policy_log_pf(net, _STATES[:, :0], temb, sigma=1.0, backend=backend).shape == (0, 3)
+
+
+@pytest.mark.parametrize("op", ["gmm_score", "gmm_mala", "gmm_hmc"])
+def test_meta_tensors_skip_the_value_checks(op):
+    """The reference computes shapes on 'meta' tensors; the value checks, which read contents, let them through
+    (they raised NotImplementedError: no data)."""
+    meta = [t.to("meta") for t in (x_(), *mix())]
+    kw = {} if op == "gmm_score" else dict(step_size=torch.full((4,), 0.1, dtype=F64, device="meta"), n_steps=2)
+    out = getattr(ops, op)(*meta, **kw, backend="torch")
+    assert out[0].device.type == "meta" and out[0].shape == (4, 3)

@@ -265,3 +265,41 @@ def test_degenerate_mixture_check_equals_the_elementwise_one(dtype):
                 continue
             ok = False
         assert ok == expect_ok, (alpha, sigma2, variances)
+
+
+def _bad_scalar_calls():
+    """Calls whose bad scalar (value checks off) made the host arithmetic of an op or of its reference raise
+    Python's 'math domain error' / ZeroDivisionError, which names no argument."""
+    from fastsamp.samplers.diffusion import DriftNet
+    torch.manual_seed(0)
+    x, s = torch.randn(4, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    net = DriftNet(3, hidden=8, n_harmonics=4, n_layers=1).double()
+    temb = net.time_features(torch.arange(3, dtype=F64) / 3)[0].detach()
+    states = torch.randn(4, 4, 3, dtype=F64)
+    score_net = ops.ScoreNet((0.3 * torch.randn(5, 7, dtype=F64), 0.3 * torch.randn(3, 5, dtype=F64)),
+                             (torch.zeros(5, dtype=F64), torch.zeros(3, dtype=F64)), torch.ones(2, dtype=F64),
+                             torch.zeros(3, dtype=F64), -1.0, 0.4, 0.8, 0.0)  # data_var < 0: v < 0
+    return {
+        "sde_h<0": lambda b: ops.reverse_sde_step(x, s, t=0.5, h=-0.01, schedule=VP(), seed=1, backend=b),
+        "guided_fd_eps=0": lambda b: ops.guided_sde_step(x, s, s, s, t=0.5, h=0.01, schedule=VP(), fd_eps=0.0,
+                                                         seed=1, backend=b),
+        "em_h<0": lambda b: ops.em_step_logprob(x, s, sigma=1.0, t=0.5, h=-0.01, seed=1, backend=b),
+        "em_t+h=0": lambda b: ops.em_step_logprob(x, s, sigma=1.0, t=0.0, h=0.0, seed=1, backend=b),
+        "rollout_h=0": lambda b: ops.policy_rollout(net, temb, 4, sigma=1.0, h=0.0, seed=1, backend=b),
+        "rollout_h<0": lambda b: ops.policy_rollout(net, temb, 4, sigma=1.0, h=-0.1, seed=1, backend=b),
+        "log_pf_sigma=0": lambda b: ops.policy_log_pf(net, states, temb, sigma=0.0, backend=b),
+        "log_pf_h<0": lambda b: ops.policy_log_pf(net, states, temb, sigma=1.0, h=-0.1, backend=b),
+        "mlp_score_v<0": lambda b: ops.mlp_score(x, score_net, backend=b),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_scalar_calls()))
+def test_a_bad_scalar_gives_non_finite_values_on_every_backend_with_validation_off(case):
+    """As the compiled kernels do: NaN/inf in the outputs (the reference raised, or both backends did)."""
+    call = _bad_scalar_calls()[case]
+    with fastsamp.validation(False):
+        expect = call("torch")
+        if fastsamp.backends.is_available("cpp"):
+            for got, want in zip(call("cpp"), expect):
+                torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-10, atol=1e-10)
+    assert not all(bool(t.isfinite().all()) for t in (expect if isinstance(expect, tuple) else (expect,)))

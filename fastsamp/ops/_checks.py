@@ -323,10 +323,16 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
         if tuple(v.shape) != (B,):
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
         v = resolved(v if v.dtype == x.dtype else v.to(x.dtype))
-        if validating() and not _all_positive_finite(v):
+        if validating() and has_values(v) and not _all_positive_finite(v):
             raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype})")
         return v
     return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
+
+
+def has_values(t: torch.Tensor) -> bool:
+    """Whether t's contents can be read for a value check (a tensor on the 'meta' device has none: the PyTorch
+    reference computes only its shapes, as torch's ops do)."""
+    return t.device.type != "meta"
 
 
 def _all_positive_finite(v: torch.Tensor) -> bool:
@@ -444,7 +450,7 @@ def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     variances = like("variances", variances, x, (K,))
     alpha = finite_float("alpha", alpha, dtype=x.dtype)
     sigma2 = finite_float("sigma2", sigma2, nonnegative=True, dtype=x.dtype)
-    if validating():
+    if validating() and has_values(means):
         _mixture_values(means, log_weights, variances, alpha, sigma2)
     return means, log_weights, variances, alpha, sigma2
 

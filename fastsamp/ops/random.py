@@ -112,7 +112,7 @@ def normal(seed: int, offset: int, B: int, D: int, dtype=torch.float64, device="
     """Standard normals ξ (B, D) of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1:
     the normals every kernel draws in-kernel (the compiled backends equal the reference up to the
     rounding of log/cos/sin in Box–Muller)."""
-    device = torch.device(device)
+    device = _checks.device(device)
     seed, offset, chain_offset = _check_draw(seed, offset, dtype, device, chain_offset, B=B, D=D)
     return _dispatch.route_factory(backend, "normal", device)(seed, offset, int(B), int(D), dtype, device,
                                                               chain_offset)
@@ -122,6 +122,6 @@ def uniform(seed: int, offset: int, B: int, dtype=torch.float64, device="cpu", *
             chain_offset: int = 0, backend: str = "auto") -> torch.Tensor:
     """MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains chain_offset .. chain_offset + B − 1
     (the same bits on every backend: integer Philox and one rounding)."""
-    device = torch.device(device)
+    device = _checks.device(device)
     seed, offset, chain_offset = _check_draw(seed, offset, dtype, device, chain_offset, B=B)
     return _dispatch.route_factory(backend, "uniform", device)(seed, offset, int(B), dtype, device, chain_offset)

@@ -14,6 +14,7 @@ import torch.autograd.forward_ad as _fwad
 import torch.nn.functional as F
 
 from ..backends._abi import proposal_scores
+from . import _ieee
 from . import random as _rng
 
 normal = _rng.philox_normal    # ξ (B, D) of draw (seed, offset), chains chain_offset + b
@@ -306,7 +307,7 @@ def _energy_net(x, f, am, v):
         raise NotImplementedError(_NO_ENERGY_JVP)
     with torch.inference_mode(False), torch.enable_grad():
         xg = x if x.requires_grad else x.detach().clone().requires_grad_(True)
-        energy = ((xg - am - math.sqrt(v) * f(xg)) ** 2).sum(1) / (2 * v)
+        energy = ((xg - am - _ieee.sqrt(v) * f(xg)) ** 2).sum(1) / (2 * v)
         if dual and _fwad.unpack_dual(energy).tangent is not None:
             raise NotImplementedError(_NO_ENERGY_JVP)
         (g,) = torch.autograd.grad(energy.sum(), xg, create_graph=graph and energy.requires_grad)
@@ -323,7 +324,7 @@ def _net_sum(x, params, dims, scalars, energy, means, log_weights, variances, mi
             s, lp = _energy_net(x, f, am, v)
             total_lp = lp if total_lp is None else total_lp + lp
         else:
-            s = (am - x) / v + f(x) / math.sqrt(v)
+            s = (am - x) / v + f(x) / _ieee.sqrt(v)
         total = s if total is None else total + s
     if means is not None:
         s, lp = gmm_score(x, means, log_weights, variances, mix_alpha, mix_sigma2)

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import _ieee
 from . import random as _rng
 
 
@@ -30,7 +31,7 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset
         log_pb = torch.zeros_like(log_pf)
     else:
         u = x - c * x_next
-        log_pb = -0.5 * (u * u / b2 + math.log(2 * math.pi * b2)).sum(-1)
+        log_pb = -0.5 * (u * u / b2 + _ieee.log(2 * math.pi * b2)).sum(-1)
     return x_next, log_pf, log_pb
 
 
@@ -96,7 +97,7 @@ def policy_rollout(x0, temb, params, ts, batch_size, sigma, h, explore, clip, se
     states, log_pf, log_pb, kept = [x], [], [], [] if keep_activations else None
     for i in range(temb.shape[0]):
         t = float(ts[i])
-        c = t / (t + h)
+        c = _ieee.div(t, t + h)
         x, lpf, lpb = em_step_logprob(x, _policy_drift(x, temb[i:i + 1], params, clip, kept), None, None, None, seed,
                                       i, chain_offset, h, s2, explore * explore, c, s2 * c)
         states.append(x)
@@ -111,7 +112,7 @@ def policy_log_pf(states, temb, params, sigma, h, clip, n_threads):
     −½ Σ_d (v²/s² + log 2π s²), v = x_{i+1} − x_i − h·drift(x_i, temb[i]), s² = σ²h."""
     T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
     x = states[:-1].reshape(T * B, D)
-    drift = _policy_drift(x, temb[:, None].expand(T, B, temb.shape[1]).reshape(T * B, -1), params, clip)
+    drift = _policy_drift(x, temb[:, None].expand(T, B, temb.shape[1]).reshape(T * B, temb.shape[1]), params, clip)
     s2 = sigma * sigma * h
     v = states[1:].reshape(T * B, D) - x - h * drift
-    return (-0.5 * (v * v / s2 + math.log(2 * math.pi * s2)).sum(-1)).view(T, B).T
+    return (-0.5 * (v * v / s2 + _ieee.log(2 * math.pi * s2)).sum(-1)).view(T, B).T

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import backends
-from . import _autograd, _checks, _dispatch, _layers
+from . import _autograd, _checks, _dispatch, _ieee, _layers
 
 
 def _em_step(x, drift, log_var, x_next, backend, noise, *scalars):
@@ -114,7 +114,7 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
         reparam = True if reparam is None else bool(reparam)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     s2 = sigma * sigma * h
-    c = t / (t + h)
+    c = _ieee.div(t, t + h)
     b2 = s2 * c
     _checks.in_dtype("sigma**2 * h", s2, x.dtype, positive=True)
     _checks.coefficients(x.dtype, "sigma, h or explore", explore2=explore * explore, b2=b2)
@@ -138,6 +138,11 @@ class PolicyParams:
     the Langevin parametrisation (net.langevin) its lgv_clip and the width (1 or D) of its scale lgv."""
 
     def __init__(self, net):
+        if not (isinstance(net, nn.Module) and isinstance(getattr(net, "state", None), nn.Linear)
+                and isinstance(getattr(net, "joint", None), nn.Sequential) and hasattr(net, "dim")
+                and hasattr(net, "clip")):
+            raise TypeError(f"net must be a DriftNet (fastsamp.samplers.diffusion: a module with a Linear .state, a "
+                            f"Sequential .joint, .dim and .clip), got {type(net).__name__}")
         # not read while tracing (`_layers.memoised`), nor touched: a trace would guard on _CHECKED's contents, which
         # an eager call changes (a compiled op as the net's first call would compile again on its second)
         self._memo = {} if torch.compiler.is_compiling() else _CHECKED.setdefault(net, {})
@@ -243,17 +248,18 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     p = PolicyParams(net)
     if not isinstance(temb, torch.Tensor) or temb.dim() != 2 or temb.shape[1] != p.H:
         raise ValueError(f"temb must be (T, {p.H}), got {tuple(getattr(temb, 'shape', ()))}")
-    dtype = _checks.float_dtype("dtype", temb.dtype if dtype is None else dtype)
+    dtype = _checks.float_dtype("temb" if dtype is None else "dtype", temb.dtype if dtype is None else dtype)
     T, B = _checks.integer("T = temb.shape[0]", temb.shape[0], minimum=1), _checks.integer("batch_size", batch_size,
                                                                                           minimum=0)
     h = _step(T, h)
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     explore = _checks.finite_float("explore", explore, nonnegative=True)
-    seed, _ = _checks.seed_offset(seed, 0, T)
-    chain_offset = _checks.chain_offset(chain_offset, B)
+    seed, _ = _checks.seed_offset(seed, 0, T, temb.device)
+    chain_offset = _checks.chain_offset(chain_offset, B, temb.device)
     n_threads = _checks.threads(n_threads)
     if x0 is not None:
-        x0 = _checks.like("x0", x0.detach().to(dtype), temb.detach().to(dtype), (B, p.D), x_name="temb")
+        x0 = _checks.like("x0", _checks.as_tensor("x0", x0).detach().to(dtype), temb.detach().to(dtype), (B, p.D),
+                          x_name="temb")
     ts = _times(T, h, dtype)
     args = (ts, B, sigma, h, explore, p.clip, seed, chain_offset, n_threads)
     if keep_activations and reparam:
@@ -443,6 +449,7 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     kept = None if activations is None else _checked_activations(activations, log_pf, states, p)
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     h, n_threads = _step(T, h), _checks.threads(n_threads)
+    _checks.in_dtype("sigma**2 * h", sigma * sigma * h, states.dtype, positive=True)  # the density's variance s²
     fn = backends.resolve(backend, "policy_log_pf", states.device)
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)
