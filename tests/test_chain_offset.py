@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import assert_close, backend_device, skip_unless_available, skip_unless_op
 
+import fastsamp
 from fastsamp import VP, ops
 from fastsamp.samplers.diffusion import DriftNet
 
@@ -119,3 +120,20 @@ def test_policy_rollout_chain_offset():
     assert torch.equal(part[1], full[1][c:])
     ref = ops.policy_rollout(net, temb, B, sigma=1.2, explore=0.3, seed=4, chain_offset=c, backend="torch")
     torch.testing.assert_close(part[0], ref[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "torch"])
+@pytest.mark.parametrize("c", [2**32 - 3, 2**32 + 5, 2**40, 2**63 - 1, -1])
+def test_unchecked_tensor_chain_offset_wraps_alike(name, c):
+    """A CPU tensor chain offset past its range (not read with validation off, as on a GPU) draws chain words
+    (c + b) mod 2**32 on every backend (the reference drew other words, or raised OverflowError / RuntimeError)."""
+    skip_unless_available(name)
+    device = backend_device(name)
+    x, s = _inputs(4, 3, torch.float64, device, 0)[:2]
+    t = torch.tensor(c, device=device)
+    calls = [lambda b: ops.normal(1, 0, 4, 3, device=device, chain_offset=t, backend=b),
+             lambda b: ops.uniform(1, 0, 4, device=device, chain_offset=t, backend=b),
+             lambda b: ops.mala_propose(x, s, 0.1, seed=1, chain_offset=t, backend=b)]
+    with fastsamp.validation(False):
+        for call in calls:
+            assert_close(call(name), call("torch"), torch.float64)

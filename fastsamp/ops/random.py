@@ -66,6 +66,13 @@ def host_u64(v) -> int:
     return int(v) & _U64
 
 
+def chain_words(chain_offset: int, B: int, device) -> torch.Tensor:
+    """The Philox chain word (chain_offset + b) mod 2**32 of local chains b < B (int64 (B,)), as the kernels' 32-bit
+    arithmetic wraps it: a chain offset past its range (a tensor, unchecked with validation off) draws what the
+    compiled backends draw."""
+    return (torch.arange(B, dtype=torch.int64, device=device) + (chain_offset & _MASK)) & _MASK
+
+
 def uniform_open(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """T(r)·2^-32 + 2^-33 in (0, 1] (computed in `dtype`)."""
     return words.to(dtype) * _TWO_M32 + _TWO_M33
@@ -81,7 +88,7 @@ def philox_normal(seed: int, offset: int, B: int, D: int, dtype, device, chain_o
     seed, offset, chain_offset = host_u64(seed), host_u64(offset), host_u64(chain_offset)
     J = (D + 3) // 4
     j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
-    b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)[:, None].expand(B, J)
+    b = chain_words(chain_offset, B, device)[:, None].expand(B, J)
     c2 = torch.full_like(j, offset & _MASK)
     c3 = torch.full_like(j, offset >> 32)
     r = philox4x32_10(j, b, c2, c3, seed & _MASK, seed >> 32)
@@ -100,7 +107,7 @@ def philox_uniform(seed: int, offset: int, B: int, dtype, device, chain_offset: 
     """The reference of the MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains
     chain_offset .. chain_offset + B − 1 (arguments unchecked)."""
     seed, offset, chain_offset = host_u64(seed), host_u64(offset), host_u64(chain_offset)
-    b = torch.arange(chain_offset, chain_offset + B, dtype=torch.int64, device=device)
+    b = chain_words(chain_offset, B, device)
     full = torch.full_like
     r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),
                       seed & _MASK, seed >> 32)
