@@ -123,15 +123,17 @@ def test_policy_rollout_chain_offset():
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n != "torch"])
-@pytest.mark.parametrize("c", [2**32 - 3, 2**32 + 5, 2**40, 2**63 - 1, -1])
-def test_unchecked_tensor_chain_offset_wraps_alike(name, c):
+@pytest.mark.parametrize("c", [2**32 - 3, 2**32 + 5, 2**40, 2**62, 2**63 - 1, -1])
+@pytest.mark.parametrize("D", [3, 12, 40])
+def test_unchecked_tensor_chain_offset_wraps_alike(name, c, D):
     """A CPU tensor chain offset past its range (not read with validation off, as on a GPU) draws chain words
-    (c + b) mod 2**32 on every backend (the reference drew other words, or raised OverflowError / RuntimeError)."""
+    (c + b) mod 2**32 on every backend (the reference drew other words, or raised OverflowError / RuntimeError;
+    the C++ normals, from group c·⌈D/4⌉, wrapped that product mod 2**64 for D > 8)."""
     skip_unless_available(name)
     device = backend_device(name)
-    x, s = _inputs(4, 3, torch.float64, device, 0)[:2]
+    x, s = _inputs(4, D, torch.float64, device, 0)[:2]
     t = torch.tensor(c, device=device)
-    calls = [lambda b: ops.normal(1, 0, 4, 3, device=device, chain_offset=t, backend=b),
+    calls = [lambda b: ops.normal(1, 0, 4, D, device=device, chain_offset=t, backend=b),
              lambda b: ops.uniform(1, 0, 4, device=device, chain_offset=t, backend=b),
              lambda b: ops.mala_propose(x, s, 0.1, seed=1, chain_offset=t, backend=b)]
     with fastsamp.validation(False):

@@ -64,6 +64,25 @@ def test_annealed_level_with_a_float_time(dynamo_reset):
     assert counter.frame_count == len(LEVELS)
 
 
+@pytest.mark.parametrize("arg", ["sigma", "t", "h", "explore"])
+def test_em_step_with_a_changing_float_compiles_per_value(dynamo_reset, arg):
+    """em_step_logprob's float arguments are constants of the graph: each new value recompiles (a float turns
+    symbolic at its first recompile; torch 2.13 then failed a guard on sigma's s² = σ²h 'on the frame that created
+    it') and gives eager's values."""
+    x, drift = torch.randn(4, D, dtype=torch.float64), torch.randn(4, D, dtype=torch.float64)
+    kw = dict(sigma=1.3, t=0.3, h=0.05, explore=0.2, seed=4)
+
+    def step(v):
+        return ops.em_step_logprob(x, drift, **{**kw, arg: v})
+
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for v in (0.1, 0.2, 0.3, 0.4):
+        for got, expect in zip(compiled(v), step(v)):
+            torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    assert counter.frame_count == 4
+
+
 def test_corrector_with_a_tensor_time_reuses_its_graph(dynamo_reset):
     """A 0-d tensor t is an input of the graph: five levels compile at most twice (the second time the
     offset turns dynamic) and match eager."""

@@ -382,8 +382,8 @@ def test_policy_rollout_counts(kw, exc, match):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
-@pytest.mark.parametrize("device", ["meta", "mps", "xla", 0, "nonsense"]
-                         + ([] if torch.cuda.is_available() else ["cuda"]))
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "nonsense"]
+                         + ([] if torch.cuda.is_available() else ["cuda", 0]))  # 0: the accelerator (cuda:0)
 def test_random_streams_refuse_a_device_they_do_not_run_on(backend, device):
     """The reference refused these as the compiled backends do (it raised torch's AssertionError,
     NotImplementedError or RuntimeError, or made a meta tensor)."""
@@ -417,10 +417,15 @@ _META_INT = torch.tensor(3, device="meta")
     (lambda n, t, b: ops.policy_rollout(n, t, 4, sigma=1.0, x0=[0.0], backend=b), TypeError, "x0 must be a"),
     (lambda n, t, b: ops.policy_log_pf(n, _STATES, t, sigma=1e-300, backend=b), ValueError,
      r"sigma\*\*2 \* h must be > 0"),
+    (lambda n, t, b: ops.policy_rollout(n, t, 4, sigma=1e-300, backend=b), ValueError, r"sigma\*\*2 \* h must be > 0"),
+    (lambda n, t, b: ops.policy_rollout(n, t.float(), 4, sigma=1e-30, backend=b), ValueError,
+     r"sigma\*\*2 \* h must be > 0"),
+    (lambda n, t, b: ops.policy_rollout(n, t.float(), 4, sigma=1.0, explore=1e30, backend=b), ValueError, "explore"),
 ])
 def test_policy_ops_refuse_bad_arguments_by_name(backend, call, exc, match):
     """Each was an AttributeError, a weakref TypeError, a message naming `dtype`, Tensor.item()'s RuntimeError
-    or (σ²h underflowing to 0) the reference's 'math domain error' beside a C++ result."""
+    or (σ²h underflowing to 0) the reference's 'math domain error' beside a C++ result; policy_rollout returned
+    NaN log p_F for σ²h = 0 in its dtype (em_step_logprob, which it equals step by step, refused it)."""
     skip_unless_available(backend)
     net, temb = _drift_net()
     with pytest.raises(exc, match=match):

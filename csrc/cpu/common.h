@@ -419,13 +419,18 @@ __attribute__((noinline)) void rows_normals(GroupNormals<T>& gen, typename Group
 }
 
 // Standard normals xi[l * D + d] of draw (seed, offset) for the nb rows of global chains
-// chain0 .. chain0 + nb - 1: rows_normals from a GroupNormals primed at group chain0 * J,
+// chain0 .. chain0 + nb - 1: rows_normals from a GroupNormals primed at group chain_word(chain0) * J,
 // J = ceil(D / 4) (xi: 64-byte aligned, room for normals_capacity(nb, D) values). The per-move draw of
 // the MALA / HMC network moves (score_mlp.cpp) and of each policy_rollout step (trajectory_policy.cpp).
+// The counter's chain word of global chain c is c mod 2**32: a GroupNormals of chains from chain0 starts at group
+// chain_word(chain0) * J, a product that cannot wrap mod 2**64 (chain0 itself times J would, past 2**64 / J; the
+// rows after it wrap their 32-bit word in GroupNormals).
+inline uint64_t chain_word(uint64_t chain) { return chain & 0xFFFFFFFFull; }
+
 template <typename T>
 inline void draw_rows_normals(uint64_t seed, uint64_t offset, uint64_t chain0, int64_t nb, int D, T* __restrict xi) {
   const int J = (D + 3) / 4;
-  GroupNormals<T> gen(seed, offset, J, chain0 * static_cast<uint64_t>(J));
+  GroupNormals<T> gen(seed, offset, J, chain_word(chain0) * static_cast<uint64_t>(J));
   typename GroupNormals<T>::State st;
   gen.prime(st);
   rows_normals<T>(gen, st, nb, D, xi, NormalsPrefetch{});

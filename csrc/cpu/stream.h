@@ -55,7 +55,7 @@ void philox_chunks(int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t ch
     const int64_t c0 = std::min<int64_t>(nchunk, per * id), c1 = std::min<int64_t>(nchunk, per * (id + 1));
     if (c0 < c1) {
       Buf<T> xi(normals_capacity(R, D));
-      GroupNormals<T> gen(seed, offset, J, (static_cast<uint64_t>(c0 * R) + chain0) * J);
+      GroupNormals<T> gen(seed, offset, J, (static_cast<uint64_t>(c0 * R) + chain_word(chain0)) * J);
       typename GroupNormals<T>::State st;
       gen.prime(st);
       for (int64_t c = c0; c < c1; ++c) {
@@ -141,7 +141,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
     const int64_t per = (nblk + nt - 1) / nt;
     const int64_t k0 = std::min<int64_t>(nblk, per * id), k1 = std::min<int64_t>(nblk, per * (id + 1));
     if (k0 < k1) {
-      G gen(seed, offset, J, static_cast<uint64_t>(k0) * 16 + chain0 * J);
+      G gen(seed, offset, J, static_cast<uint64_t>(k0) * 16 + chain_word(chain0) * J);
       typename G::State st;
       gen.prime(st);
       const int64_t kf = std::min<int64_t>(k1, N / 64);  // whole blocks

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import backends
+from ..schedules import _graph_constant
 from . import _autograd, _checks, _dispatch, _ieee, _layers
 
 
@@ -113,6 +114,8 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
         noise, seed, offset = _checks.noise_or_seed(noise, seed, offset, x)
         reparam = True if reparam is None else bool(reparam)
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
+    if torch.compiler.is_compiling():  # constants of the graph, as the schedules' t and h (schedules._graph_constant)
+        sigma, t, h, explore = (_graph_constant(v) for v in (sigma, t, h, explore))
     s2 = sigma * sigma * h
     c = _ieee.div(t, t + h)
     b2 = s2 * c
@@ -254,6 +257,9 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     h = _step(T, h)
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     explore = _checks.finite_float("explore", explore, nonnegative=True)
+    # the T em_step_logprob calls' coefficient checks: the density's variance s² = σ²h and the widened noise
+    _checks.in_dtype("sigma**2 * h", sigma * sigma * h, dtype, positive=True)
+    _checks.coefficients(dtype, "sigma, h or explore", explore2=explore * explore)
     seed, _ = _checks.seed_offset(seed, 0, T, temb.device)
     chain_offset = _checks.chain_offset(chain_offset, B, temb.device)
     n_threads = _checks.threads(n_threads)
