@@ -116,10 +116,9 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     chain_offset = _checks.chain_offset(chain_offset, x.shape[0], x.device)
     if torch.compiler.is_compiling():  # constants of the graph, as the schedules' t and h (schedules._graph_constant)
         sigma, t, h, explore = (_graph_constant(v) for v in (sigma, t, h, explore))
-    s2 = sigma * sigma * h
+    s2 = _check_variance(sigma, h, x.dtype)
     c = _ieee.div(t, t + h)
     b2 = s2 * c
-    _checks.in_dtype("sigma**2 * h", s2, x.dtype, positive=True)
     _checks.coefficients(x.dtype, "sigma, h or explore", explore2=explore * explore, b2=b2)
     _dispatch.refuse_forward_mode("em_step_logprob", x, drift, log_var, x_next, noise)
     if _dispatch.nothing_to_differentiate(x, (drift, log_var, x_next, noise)):
@@ -217,6 +216,13 @@ def _step(T: int, h) -> float:
     return _checks.finite_float("h", 1.0 / T if h is None else h, positive=True)
 
 
+def _check_variance(sigma: float, h: float, dtype) -> float:
+    """s² = σ²h, the transition density's variance, checked > 0 in `dtype` (it is the log-density's log s²)."""
+    s2 = sigma * sigma * h
+    _checks.in_dtype("sigma**2 * h", s2, dtype, positive=True)
+    return s2
+
+
 def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0, chain_offset=0, x0=None,
                    dtype=None, reparam=False, lgv=None, target=None, keep_activations=False, n_threads=None,
                    backend="auto"):
@@ -258,7 +264,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     explore = _checks.finite_float("explore", explore, nonnegative=True)
     # the T em_step_logprob calls' coefficient checks: the density's variance s² = σ²h and the widened noise
-    _checks.in_dtype("sigma**2 * h", sigma * sigma * h, dtype, positive=True)
+    _check_variance(sigma, h, dtype)
     _checks.coefficients(dtype, "sigma, h or explore", explore2=explore * explore)
     seed, _ = _checks.seed_offset(seed, 0, T, temb.device)
     chain_offset = _checks.chain_offset(chain_offset, B, temb.device)
@@ -455,7 +461,7 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     kept = None if activations is None else _checked_activations(activations, log_pf, states, p)
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     h, n_threads = _step(T, h), _checks.threads(n_threads)
-    _checks.in_dtype("sigma**2 * h", sigma * sigma * h, states.dtype, positive=True)  # the density's variance s²
+    _check_variance(sigma, h, states.dtype)
     fn = backends.resolve(backend, "policy_log_pf", states.device)
     if lgv is None and _dispatch.is_reference(fn):
         return fn(states, temb, params, sigma, h, p.clip, n_threads)

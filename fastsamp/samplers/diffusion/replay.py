@@ -60,7 +60,7 @@ class ReplayBuffer:
             kept, kept_key = kept.index_select(0, at), kept_key.index_select(0, at)
         self.x[idx] = x
         self.log_r[idx] = log_r
-        batch_key, by_rank = torch.sort(-self.log_r[idx], stable=True)
+        batch_key, by_rank = torch.sort(-log_r, stable=True)  # the values just written at idx
         self.head = (self.head + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
         self.order, self._ranked_neg_log_r = self._merge(kept, kept_key, idx[by_rank], batch_key)
