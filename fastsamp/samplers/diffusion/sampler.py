@@ -286,12 +286,12 @@ class DiffusionSampler(nn.Module):
 
     def _flows(self, states, temb, ts, hid=None):
         """log F at states[:-1] as (B, T): the flow head (`_flow`) in one batched call over the T·B states, on their
-        hidden features `hid` (T·B, H) (None: state(x) + temb, as next to the whole-trajectory kernels); on the fused
-        path on the CPU by the fused ops (`_flow`)."""
+        hidden features `hid` (T·B, H) (None: state(x) + temb by `DriftNet.trajectory_hidden`, as next to the
+        whole-trajectory kernels); on the fused path on the CPU by the fused ops (`_flow`)."""
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         x = states[:-1].reshape(T * B, D)
         if hid is None:
-            hid = self.net.state(x) + _per_row(temb, B)
+            hid = self.net.trajectory_hidden(x, temb)
         fused = self.fused and x.device.type == "cpu"
         return self._flow(x, hid, ts[:-1].repeat_interleave(B), fused).view(T, B).T
 
