@@ -274,6 +274,7 @@ struct Net {
   bool out_dot;  // output layer as dot products (small D)
   T clip;
   ABuf<T> wsT, bs, temb, wT, w, b, woT, wo, bo;
+  ABuf<T> ws;  // backward with Din >= W: the input layer's weight in rows, [H][round_up(Din, W)] (input_layer_vjp)
 
   Net(const Ptrs& P, int64_t D_, int64_t H_, int64_t T_, double clip_, bool backward, int64_t Din_ = -1)
       : D(static_cast<int>(D_)), Din(static_cast<int>(Din_ < 0 ? D_ : Din_)), H(static_cast<int>(H_)),
@@ -299,6 +300,11 @@ struct Net {
     }
     for (int i = 0; i < Tn; ++i)
       std::memcpy(temb.p + static_cast<size_t>(i) * Hp, te_ + static_cast<size_t>(i) * H, H * sizeof(T));
+    if (backward && Din >= W) {
+      const int64_t ldi = round_up(Din, W);
+      ws = ABuf<T>(static_cast<size_t>(H) * ldi);
+      for (int j = 0; j < H; ++j) std::memcpy(ws.p + j * ldi, ws_ + j * in_ld, Din * sizeof(T));
+    }
     wT = ABuf<T>(static_cast<size_t>(std::max(L, 1)) * Hp * Hp);
     b = ABuf<T>(static_cast<size_t>(std::max(L, 1)) * Hp);
     if (backward) w = ABuf<T>(static_cast<size_t>(std::max(L, 1)) * Hp * Hp);
@@ -461,13 +467,32 @@ const T* layer_grads(const Net<T>& n, Work<T>& w, const T* X, int nb, const Laye
 }
 
 // (W_sᵀ δz_0) of nb chains into GX[l*ldx + d] (ADD: added to it); W_s: the Din input columns of the input layer.
+// Inputs at least a vector wide (a Net built for the backward keeps W_s in rows, n.ws) as a register-tiled GEMM
+// δz_0 (nb × H) · W_s (H × Din); narrower ones as Din dot products per row (the input gradient of mlp_net at 30,000
+// rows, H = 64, float32, one thread: 0.8 → 0.4 ms at Din = 16, 7.5 → 5.4 ms at Din = 128; RESULTS.md, "Fifteenth
+// session").
 template <typename T, bool ADD>
 void input_layer_vjp(const Net<T>& n, const T* __restrict gz0, int nb, T* __restrict GX, int64_t ldx) {
-  for (int l = 0; l < nb; ++l)
-    for (int d = 0; d < n.Din; ++d) {
-      const T v = dot_nj<T>(gz0 + static_cast<int64_t>(l) * n.Hp, n.wsT.p + d * n.Hp, n.NJ);
-      GX[l * ldx + d] = ADD ? GX[l * ldx + d] + v : v;
-    }
+  constexpr int W = kW<T>;
+  if (n.ws.p == nullptr) {
+    for (int l = 0; l < nb; ++l)
+      for (int d = 0; d < n.Din; ++d) {
+        const T v = dot_nj<T>(gz0 + static_cast<int64_t>(l) * n.Hp, n.wsT.p + d * n.Hp, n.NJ);
+        GX[l * ldx + d] = ADD ? GX[l * ldx + d] + v : v;
+      }
+    return;
+  }
+  const int NJi = static_cast<int>(round_up(n.Din, W) / W);
+  with_nv(NJi, [&](auto nv) {
+    tiled_gemm<T, decltype(nv)::value>(nb, gz0, n.Hp, 1, n.H, n.ws.p, NJi * W, NJi, [](int) { return Vec<T>{}; },
+                                       [&](Vec<T> acc, int l, int col) {
+                                         alignas(64) T v[W];
+                                         storea<T>(v, acc);
+                                         T* __restrict g = GX + l * ldx + col;
+                                         const int m = n.Din - col < W ? n.Din - col : W;
+                                         for (int j = 0; j < m; ++j) g[j] = ADD ? g[j] + v[j] : v[j];
+                                       });
+  });
 }
 
 // The network's vector-Jacobian product to its input, after net_forward<T, true> of the same nb chains:
