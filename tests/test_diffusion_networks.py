@@ -32,6 +32,27 @@ def test_fused_flow_head_equals_the_sequential(n_layers):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * (1 + want.abs().max().item()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_trajectory_hidden_equals_state_plus_per_row_temb(dtype):
+    """DriftNet.trajectory_hidden(x, temb, B) = state(x) + temb[t] on row t·B + b (values, and the gradients of x,
+    temb and the state layer's weight and bias), T = 7 times, B = 5 chains; a temb of the wrong length is refused."""
+    g = torch.Generator().manual_seed(0)
+    T, B, D, H = 7, 5, 3, 16
+    net = DriftNet(D, hidden=H, n_harmonics=4, flow=True).to(dtype)
+    x = torch.randn(T * B, D, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    temb = torch.randn(T, H, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    cotangent = torch.randn(T * B, H, generator=g, dtype=torch.float64).to(dtype)
+    wrt = [x, temb, net.state.weight, net.state.bias]
+    got = net.trajectory_hidden(x, temb, B)
+    want = net.state(x) + temb.repeat_interleave(B, 0)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+    for a, b in zip(torch.autograd.grad(got, wrt, cotangent), torch.autograd.grad(want, wrt, cotangent)):
+        torch.testing.assert_close(a, b, **tol)
+    with pytest.raises(RuntimeError):
+        net.trajectory_hidden(x, temb[:5], B)
+
+
 def _subtb_by_pairs(log_f, log_pf, log_pb, lam):
     """The SubTB loss by its definition: every sub-trajectory (i, j), i < j, its squared residual weighted λ^(j−i)."""
     T = log_pf.shape[1]

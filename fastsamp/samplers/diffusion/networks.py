@@ -67,15 +67,15 @@ class DriftNet(nn.Module):
         """Per-time quantities shared by every chain: (embedding (T, H), Langevin scale (T, 1|D) or None)."""
         return self.time(ts), (self.lgv_scale(ts) if self.langevin else None)
 
-    def trajectory_hidden(self, x, temb):
-        """hid = state(x) + temb of the T·B states of trajectories, x (T·B, D) in rows t·B + b, temb (T, H): temb
+    def trajectory_hidden(self, x, temb, B):
+        """hid = state(x) + temb of the T·B states of B trajectories, x (T·B, D) in rows t·B + b, temb (T, H): temb
         broadcast over the B chains (no per-row copy) and the state layer as addmm with the weight transposed
         contiguous, so that its weight gradient is formed as (xᵀ g)ᵀ; with nn.Linear's layout torch's CPU mm forms
         gᵀ x, about 10× slower at 30,000 rows and D ≤ 10 (forward + backward at D = 2 / 10: 2.6 / 3.7 against
         5.6 / 6.4 ms, one thread; D = 32 equal). Values: those of state(x) + temb up to rounding."""
         T, H = temb.shape
         z = torch.addmm(self.state.bias, x, self.state.weight.t().contiguous())
-        return (z.view(T, -1, H) + temb[:, None]).view(x.shape[0], H)
+        return (z.view(T, B, H) + temb[:, None]).view(T * B, H)
 
     def flow_of(self, hid, fused=False):
         """The flow F_θ (N,) from the hidden features hid = state(x) + temb (N, H): the flow head, or with fused=True

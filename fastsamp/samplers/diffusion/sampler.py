@@ -291,7 +291,7 @@ class DiffusionSampler(nn.Module):
         T, B, D = states.shape[0] - 1, states.shape[1], states.shape[2]
         x = states[:-1].reshape(T * B, D)
         if hid is None:
-            hid = self.net.trajectory_hidden(x, temb)
+            hid = self.net.trajectory_hidden(x, temb, B)
         fused = self.fused and x.device.type == "cpu"
         return self._flow(x, hid, ts[:-1].repeat_interleave(B), fused).view(T, B).T
 
