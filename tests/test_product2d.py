@@ -292,8 +292,9 @@ def test_compiled_training_loss_and_gradients_match_eager(version):
 
 
 def test_claim_check_verdicts():
-    """The claim line: holds when score-MH's relative W2 gain matches energy-MH's within the spreads, does
-    not hold when it does not, untestable when energy-MH's own gain is inside its spread."""
+    """The claim line: holds when score-MH's relative W2 gain matches energy-MH's within the spreads (said to be
+    losses when both are), does not hold when it does not, untestable when energy-MH's own gain is inside its
+    spread."""
     from fastsamp.experiments.product2d.report import claim_check
 
     def runs(energy_w2, score_w2):  # per retrain: (unadjusted, MH) W2
@@ -302,6 +303,9 @@ def test_claim_check_verdicts():
 
     gain = [(1.0, 0.5), (1.0, 0.52), (1.0, 0.48)]  # 50 ± 2 %
     assert "holds" in claim_check(runs(gain, [(1.0, 0.51), (1.0, 0.49), (1.0, 0.5)]))[0]
+    loss = [(1.0, 1.3), (1.0, 1.32), (1.0, 1.28)]  # −30 ± 2 %
+    line = claim_check(runs(loss, [(1.0, 1.31), (1.0, 1.29), (1.0, 1.33)]))[0]
+    assert "as losses" in line and "holds" not in line
     assert "does not hold" in claim_check(runs(gain, [(1.0, 0.95), (1.0, 0.97), (1.0, 0.96)]))[0]
     noisy = [(1.0, 0.9), (1.0, 1.1), (1.0, 0.95)]
     assert "untestable" in claim_check(runs(noisy, gain))[0]
