@@ -5,7 +5,10 @@ log p_t(x) + λ log p_t(y | x) (`GuidedModel`; an energy model gives log p_t = �
 library's: `ScoreMH` integrates the whole guided score along the segment (the λ-scaled classifier term is
 inside the integral), `EnergyMH` takes the log-density difference, classifier term λ Δlog p(y | x).
 The paper's code (Sjöberg et al. 2026) scales the classifier gradient by λ in the proposal but adds the
-*unscaled* Δlog p(y | x) in the acceptance; `GuidedModel(lam_mh=1)` reproduces that (an ablation).
+*unscaled* Δlog p(y | x) in the acceptance; `GuidedModel(lam_mh=1)` reproduces that (an ablation). Its image
+samplers' MALA (`transition_factor` in src/samplers/mcmc.py) also sums the proposal log-ratio
+log q(x|x′) − log q(x′|x) over the whole batch and adds that one number to every chain's Δlog p:
+`BatchSummedProposalRatio` reproduces that (an ablation; not a per-chain MH kernel).
 
 Each of the T = 1000 steps (`guided_sample`): one guided ancestral step from level i to i − 1,
 x ← (x + β_i s_i(x))/√(1 − β_i) + √β_i ξ (no noise at the last step), then, for i − 1 ≥ 1, the corrector
@@ -33,7 +36,7 @@ import torch
 
 from ... import ops
 from ...models import value_and_grad
-from ...ops.reference import trapezoid_delta_logp
+from ...ops.reference import mala_log_q_ratio, trapezoid_delta_logp
 from ...protocol import CountingModel, has_energy
 from ...samplers.kernels import (
     HMC,
@@ -166,6 +169,22 @@ class HybridLangevin:
                             torch.where(accepted, log_class_prop, state.log_class)), Info(accepted, log_alpha))
 
 
+class BatchSummedProposalRatio(EnergyMH):
+    """The paper's image MALA (energy models): log α_b = log p(x′_b) − log p(x_b) + Σ_c r_c, with
+    r_c = log q(x_c|x′_c) − log q(x′_c|x_c) summed over every chain c of the batch (the per-chain MH test has
+    r_b). Each chain's acceptance then depends on the others' proposals, so it is no MH kernel of its own chain
+    (and a non-finite r anywhere reaches every chain); kept only as the ablation row of that code. Same uniform
+    as `EnergyMH` (the library's accept op, given logp′ − r_b + Σ r)."""
+
+    def langevin(self, kernel, state, x_prop, key):
+        s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
+        r = mala_log_q_ratio(state.x, x_prop, state.score, s_prop, kernel.step_size)
+        x, s, _, accepted, log_alpha = ops.energy_mh_accept(
+            state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop - r + r.sum(),
+            step_size=kernel.step_size, seed=key.seed, offset=key.offset, chain_offset=key.chain_offset)
+        return ChainState(x, s, torch.where(accepted, logp_prop, state.logp)), Info(accepted, log_alpha)
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the table: a sampler `name` on the `model` ("score" or "energy") with its corrector
@@ -174,7 +193,8 @@ class Method:
     `HybridLangevin`'s MH test (trapezoid on the prior's score, exact classifier term); `step_from`: the
     label of the row whose searched step size this ablation row reuses; `keep_momentum`: HMC with the
     paper's rejection (a rejected chain keeps its refreshed momentum, no flip; exact only with a full
-    refresh, and the refresh here is partial, damping 0.9)."""
+    refresh, and the refresh here is partial, damping 0.9); `batch_ratio`: energy-LA with the paper's
+    batch-summed proposal ratio (`BatchSummedProposalRatio`)."""
 
     name: str
     model: str
@@ -188,6 +208,7 @@ class Method:
     hybrid: bool = False
     step_from: str | None = None
     keep_momentum: bool = False
+    batch_ratio: bool = False
 
     @property
     def label(self):
@@ -201,6 +222,8 @@ class Method:
     def mh(self):
         if self.corrector in (None, "ula", "uhmc"):
             return NoMH()
+        if self.batch_ratio:
+            return BatchSummedProposalRatio()
         test = EnergyMH() if self.model == "energy" else ScoreMH(self.n_trapezoid)
         return KeepMomentumOnReject(test) if self.keep_momentum else test
 
@@ -209,7 +232,7 @@ def methods() -> list[Method]:
     """The table's rows: Reverse, ULA, LA, U-HMC, HMC for the score and the energy model; the ablations of
     the classifier term in the MH test: the energy MH samplers with the paper's unscaled term, and score-LA-10
     with the hybrid test (`HybridLangevin`) at λ_mh = λ and at the paper's λ_mh = 1; HMC with the paper's
-    rejection (momentum kept, no flip) for both models."""
+    rejection (momentum kept, no flip) for both models; energy-LA with the paper's batch-summed proposal ratio."""
     rows = []
     for model in ("score", "energy"):
         score = model == "score"
@@ -224,6 +247,8 @@ def methods() -> list[Method]:
              for name, lam_mh in (("LA-10, hybrid MH (λ_mh=λ)", None), ("LA-10, paper's MH (λ_mh=1)", 1.0))]
     rows += [Method("HMC, paper's rejection (no flip)", model, "hmc", 2, midpoint=model == "score",
                     keep_momentum=True, step_from=f"HMC ({model})") for model in ("score", "energy")]
+    rows += [Method("LA, paper's batch-summed proposal ratio", "energy", "mala", 6, batch_ratio=True,
+                    step_from="LA (energy)")]
     return rows
 
 
