@@ -306,6 +306,9 @@ def test_claim_check_verdicts():
     loss = [(1.0, 1.3), (1.0, 1.32), (1.0, 1.28)]  # −30 ± 2 %
     line = claim_check(runs(loss, [(1.0, 1.31), (1.0, 1.29), (1.0, 1.33)]))[0]
     assert "as losses" in line and "holds" not in line
+    mixed = [(1.0, 0.88), (1.0, 1.06), (1.0, 0.97)]  # +3 ± 9 %: a gain, within the spreads of the −10 ± 5 % loss
+    line = claim_check(runs([(1.0, 1.05), (1.0, 1.1), (1.0, 1.15)], mixed))[0]
+    assert "different signs" in line and "holds" not in line
     assert "does not hold" in claim_check(runs(gain, [(1.0, 0.95), (1.0, 0.97), (1.0, 0.96)]))[0]
     noisy = [(1.0, 0.9), (1.0, 1.1), (1.0, 0.95)]
     assert "untestable" in claim_check(runs(noisy, gain))[0]
