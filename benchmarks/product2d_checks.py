@@ -8,7 +8,8 @@ run's is an error), then
    the bar, acceptance of chains inside / outside the bar, and the drift length ε|s| of off-bar chains;
 2. on a grid, per level: the learned product's off-bar mass (the level's MALA target), its local mode near
    the off-bar ring mode (0.354, 0.354), the curvature there (ULA is unstable where ε·λ_max > 2) and the
-   mountain-pass barrier to the on-bar mode (0, 0.5) along the ring (θ-monotone paths, max over radius);
+   mountain-pass barrier to the on-bar mode (0, 0.5) along the ring (θ-monotone paths from the mode's angle,
+   max over radius);
    the chord (0.354, 0.354) → (0, 0.5); the bar factor's log p and score at x1 = 0.35, |x0| from 0 to 0.5.
 
     python benchmarks/product2d_checks.py --out benchmarks/results/product2d/full --retrain 0 \
@@ -136,8 +137,8 @@ def landscape(model, i, eps, h=0.005):
         e[0, j] = d
         hess[:, j] = ((model.score((mode + e).float(), t) - model.score((mode - e).float(), t)).double() / (2 * d))[0]
     lam = torch.linalg.eigvalsh(0.5 * (hess + hess.T)).neg()
-    # mountain pass along the ring: theta from pi/4 to pi/2, max over radius, then min over theta
-    th = torch.linspace(math.pi / 4, math.pi / 2, 91, dtype=torch.float64)
+    # mountain pass along the ring: theta from the off-bar mode's angle to pi/2, max over radius, then min over theta
+    th = torch.linspace(math.atan2(float(mode[1]), float(mode[0])), math.pi / 2, 91, dtype=torch.float64)
     r = torch.linspace(0.3, 0.7, 161, dtype=torch.float64)
     tt, rr = torch.meshgrid(th, r, indexing="ij")
     ridge = log_p(model, torch.stack([rr * tt.cos(), rr * tt.sin()], -1).reshape(-1, 2), i).reshape(91, 161).amax(1)
