@@ -286,22 +286,32 @@ def test_paper_rejection_rows_keep_the_momentum_and_reuse_the_hmc_step_size():
         assert type(flip.mh) is inner and keep.step_from == flip.label and keep.midpoint == flip.midpoint
 
 
-def test_batch_summed_proposal_ratio_adds_the_batch_sum_to_every_chain():
+@pytest.mark.parametrize("model_kind", ["energy", "score"])
+def test_batch_summed_proposal_ratio_adds_the_batch_sum_to_every_chain(model_kind):
     """The paper's image MALA (`BatchSummedProposalRatio`): log α_b = Δlog π_b + Σ_c r_c with r_c the per-chain
-    proposal log-ratio (closed form, 5 chains of the Gaussian case; per chain, `EnergyMH`, Δlog π_b + r_b), the kept
-    log-density is the accepted chains' own, and the table's row reuses the LA (energy) row's step size."""
+    proposal log-ratio (closed form, 5 chains of the Gaussian case; per chain, `EnergyMH`, Δlog π_b + r_b). Energy:
+    Δlog π from the log-density, the kept log-density the accepted chains' own; score (LA-10, n = 9): the trapezoid
+    of the guided score, exact for this linear score, from x′ and the 8 interior points in one call (9·B rows).
+    The table's rows reuse the LA (energy) and LA-10 (score) rows' step sizes."""
     from fastsamp.experiments.guided_digits import methods
     from fastsamp.experiments.guided_digits.sampling import BatchSummedProposalRatio
     model, _, _ = _gaussian_case()
-    B = 5
+    B, n = 5, 9
     model.y = torch.zeros(B, dtype=torch.long)
     x = torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     eps = torch.full((B,), 0.3, dtype=torch.float64)
-    results = {}
-    for mh in (EnergyMH(), BatchSummedProposalRatio()):
-        kernel = Langevin(CountingModel(model), 0.0, eps, mh, backend="torch")
-        results[type(mh).__name__] = kernel.step(kernel.init(x), PhiloxKey(3, 0, 0))
-    (_, info), (summed, info_sum) = results["EnergyMH"], results["BatchSummedProposalRatio"]
+    log_target = model.log_prob
+    if model_kind == "score":  # the same target with a score-only prior N(0, I)
+        model = GuidedModel(ScoreModel(lambda z, t: -z, 2), model.classifier, model.y, lam=model.lam)
+
+    def one_move(mh):  # (the new state, its info, the model rows the move evaluated)
+        counted = CountingModel(model)
+        kernel = Langevin(counted, 0.0, eps, mh, backend="torch")
+        state = kernel.init(x)
+        calls = counted.calls
+        return (*kernel.step(state, PhiloxKey(3, 0, 0)), counted.calls - calls)
+
+    summed, info_sum, rows = one_move(BatchSummedProposalRatio(None if model_kind == "energy" else n))
     xp = x + eps[:, None] * model.score(x, 0.0) + (2 * eps[:, None]).sqrt() * ops.normal(3, 0, B, 2,
                                                                                          dtype=torch.float64)
 
@@ -309,14 +319,20 @@ def test_batch_summed_proposal_ratio_adds_the_batch_sum_to_every_chain():
         return -((to - frm - eps[:, None] * model.score(frm, 0.0)) ** 2).sum(1) / (4 * eps)
 
     r = log_q(x, xp) - log_q(xp, x)
-    delta = model.log_prob(xp, 0.0) - model.log_prob(x, 0.0)
-    torch.testing.assert_close(info.log_alpha, delta + r)
+    delta = log_target(xp, 0.0) - log_target(x, 0.0)
     torch.testing.assert_close(info_sum.log_alpha, delta + r.sum())
-    assert (info_sum.log_alpha - info.log_alpha).abs().max() > 1e-3  # the batch sum differs from r_b here
-    torch.testing.assert_close(summed.logp, torch.where(info_sum.accepted, model.log_prob(xp, 0.0),
-                                                        model.log_prob(x, 0.0)))
-    row = {m.label: m for m in methods()}["LA, paper's batch-summed proposal ratio (energy)"]
-    assert isinstance(row.mh, BatchSummedProposalRatio) and row.step_from == "LA (energy)"
+    assert (info_sum.log_alpha - (delta + r)).abs().max() > 1e-3  # the batch sum differs from r_b here
+    torch.testing.assert_close(summed.x, torch.where(info_sum.accepted[:, None], xp, x))
+    row = {m.label: m for m in methods()}[f"LA{'' if model_kind == 'energy' else '-10'}, paper's batch-summed "
+                                          f"proposal ratio ({model_kind})"]
+    assert isinstance(row.mh, BatchSummedProposalRatio) and row.step_from == row.label.replace(
+        ", paper's batch-summed proposal ratio", "")
+    if model_kind == "energy":
+        torch.testing.assert_close(one_move(EnergyMH())[1].log_alpha, delta + r)
+        torch.testing.assert_close(summed.logp, torch.where(info_sum.accepted, log_target(xp, 0.0), log_target(x, 0.0)))
+        assert rows == B and row.mh.n_trapezoid is None
+    else:
+        assert summed.logp is None and rows == n * B and row.mh.n_trapezoid == n
 
 
 def test_batch_summed_proposal_ratio_leaves_the_target():

@@ -50,9 +50,10 @@ def markdown_table(result) -> str:
               "classifier term λ_mh·Δlog p(y|x), instead of the trapezoid of the whole guided score. \"paper's "
               "rejection (no flip)\": HMC whose rejected chains keep the refreshed momentum (the paper's code; "
               "fastsamp flips it, which keeps the partial refresh exact); step size as the HMC row. \"batch-summed "
-              "proposal ratio\" (energy-LA): the paper's image MALA, whose proposal log-ratio log q(x|x′) − "
-              "log q(x′|x) is summed over the replicate's whole batch and added to every chain's Δlog π (no MH "
-              "kernel of its own chain); step size as the LA row. "
+              "proposal ratio\" (energy-LA, score-LA-10): the paper's image MALA, whose proposal log-ratio "
+              "log q(x|x′) − log q(x′|x) is summed over the run's whole batch (every replicate's chains) and "
+              "added to every chain's Δlog π (score: its trapezoid; no MH kernel of its own chain); step size as "
+              "the LA (energy) or LA-10 (score) row. "
               "evals/sample: guided-target evaluations (network + "
               "classifier value and gradient) per sample; the hybrid rows evaluate the network alone at the interior "
               "points, so their classifier evaluations are given apart (clf)."]

@@ -8,7 +8,7 @@ The paper's code (Sjöberg et al. 2026) scales the classifier gradient by λ in 
 *unscaled* Δlog p(y | x) in the acceptance; `GuidedModel(lam_mh=1)` reproduces that (an ablation). Its image
 samplers' MALA (`transition_factor` in src/samplers/mcmc.py) also sums the proposal log-ratio
 log q(x|x′) − log q(x′|x) over the whole batch and adds that one number to every chain's Δlog p:
-`BatchSummedProposalRatio` reproduces that (an ablation; not a per-chain MH kernel).
+`BatchSummedProposalRatio` reproduces that for energy-LA and score-LA-10 (ablations; not a per-chain MH kernel).
 
 Each of the T = 1000 steps (`guided_sample`): one guided ancestral step from level i to i − 1,
 x ← (x + β_i s_i(x))/√(1 − β_i) + √β_i ξ (no noise at the last step), then, for i − 1 ≥ 1, the corrector
@@ -45,6 +45,7 @@ from ...samplers.kernels import (
     Info,
     KeepMomentumOnReject,
     Langevin,
+    MHTest,
     NoMH,
     PhiloxKey,
     ScoreMH,
@@ -169,20 +170,45 @@ class HybridLangevin:
                             torch.where(accepted, log_class_prop, state.log_class)), Info(accepted, log_alpha))
 
 
-class BatchSummedProposalRatio(EnergyMH):
-    """The paper's image MALA (energy models): log α_b = log p(x′_b) − log p(x_b) + Σ_c r_c, with
-    r_c = log q(x_c|x′_c) − log q(x′_c|x_c) summed over every chain c of the batch (the per-chain MH test has
-    r_b). Each chain's acceptance then depends on the others' proposals, so it is no MH kernel of its own chain
-    (and a non-finite r anywhere reaches every chain); kept only as the ablation row of that code. Same uniform
-    as `EnergyMH` (the library's accept op, given logp′ − r_b + Σ r)."""
+class BatchSummedProposalRatio(MHTest):
+    """The paper's image MALA: log α_b = Δlog π_b + Σ_c r_c, with r_c = log q(x_c|x′_c) − log q(x′_c|x_c) summed
+    over every chain c of the batch (the per-chain MH test has r_b). Δlog π_b: log π(x′_b) − log π(x_b) for an
+    energy model (`n_trapezoid` None, the paper's energy LA), else the trapezoid T_n of the guided score along
+    x_b → x′_b (n sub-intervals; the paper's score LA-10 is n = 9; x′ and the n − 1 interior points in one call of
+    the model). Each chain's acceptance then depends on the others' proposals, so it is no MH kernel of its own
+    chain (and a non-finite r anywhere reaches every chain); kept only as the ablation rows of that code. Same
+    uniform as `EnergyMH` (the library's accept op, given log π′ − log π = Δlog π_b − r_b + `ratio_term`)."""
+
+    def __init__(self, n_trapezoid: int | None = None):
+        self.n_trapezoid = n_trapezoid
+
+    def evaluate(self, model, x, t):
+        return model.score_and_log_prob(x, t) if self.n_trapezoid is None else (model.score(x, t), None)
+
+    def ratio_term(self, r):
+        """What log α adds to every chain's Δlog π: the batch sum Σ_c r_c."""
+        return r.sum()
+
+    def log_densities(self, kernel, state, x_prop):
+        """(s(x′), a, a′) with a′ − a = Δlog π per chain: (log π(x), log π(x′)) or (0, T_n[s](x → x′))."""
+        x, n = state.x, self.n_trapezoid
+        if n is None:
+            s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
+            return s_prop, state.logp, logp_prop
+        points = x_prop[None] if n == 1 else torch.cat([x_prop[None], ops.line_points(x, x_prop, n)])
+        scores = kernel.model.score(points.reshape(-1, x.shape[1]), kernel.t).reshape(n, *x.shape)
+        delta = trapezoid_delta_logp(x, x_prop, state.score, scores[0], scores[1:])
+        return scores[0], torch.zeros_like(delta), delta
 
     def langevin(self, kernel, state, x_prop, key):
-        s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
+        s_prop, logp, logp_prop = self.log_densities(kernel, state, x_prop)
         r = mala_log_q_ratio(state.x, x_prop, state.score, s_prop, kernel.step_size)
         x, s, _, accepted, log_alpha = ops.energy_mh_accept(
-            state.x, x_prop, score=state.score, score_prop=s_prop, logp=state.logp, logp_prop=logp_prop - r + r.sum(),
-            step_size=kernel.step_size, seed=key.seed, offset=key.offset, chain_offset=key.chain_offset)
-        return ChainState(x, s, torch.where(accepted, logp_prop, state.logp)), Info(accepted, log_alpha)
+            state.x, x_prop, score=state.score, score_prop=s_prop, logp=logp,
+            logp_prop=logp_prop - r + self.ratio_term(r), step_size=kernel.step_size, seed=key.seed,
+            offset=key.offset, chain_offset=key.chain_offset)
+        kept = None if state.logp is None else torch.where(accepted, logp_prop, state.logp)
+        return ChainState(x, s, kept), Info(accepted, log_alpha)
 
 
 @dataclass(frozen=True)
@@ -193,8 +219,8 @@ class Method:
     `HybridLangevin`'s MH test (trapezoid on the prior's score, exact classifier term); `step_from`: the
     label of the row whose searched step size this ablation row reuses; `keep_momentum`: HMC with the
     paper's rejection (a rejected chain keeps its refreshed momentum, no flip; exact only with a full
-    refresh, and the refresh here is partial, damping 0.9); `batch_ratio`: energy-LA with the paper's
-    batch-summed proposal ratio (`BatchSummedProposalRatio`)."""
+    refresh, and the refresh here is partial, damping 0.9); `batch_ratio`: LA with the paper's batch-summed
+    proposal ratio (`BatchSummedProposalRatio`; score: its trapezoid with `n_trapezoid`)."""
 
     name: str
     model: str
@@ -223,7 +249,7 @@ class Method:
         if self.corrector in (None, "ula", "uhmc"):
             return NoMH()
         if self.batch_ratio:
-            return BatchSummedProposalRatio()
+            return BatchSummedProposalRatio(None if self.model == "energy" else self.n_trapezoid)
         test = EnergyMH() if self.model == "energy" else ScoreMH(self.n_trapezoid)
         return KeepMomentumOnReject(test) if self.keep_momentum else test
 
@@ -232,7 +258,8 @@ def methods() -> list[Method]:
     """The table's rows: Reverse, ULA, LA, U-HMC, HMC for the score and the energy model; the ablations of
     the classifier term in the MH test: the energy MH samplers with the paper's unscaled term, and score-LA-10
     with the hybrid test (`HybridLangevin`) at λ_mh = λ and at the paper's λ_mh = 1; HMC with the paper's
-    rejection (momentum kept, no flip) for both models; energy-LA with the paper's batch-summed proposal ratio."""
+    rejection (momentum kept, no flip) for both models; energy-LA and score-LA-10 with the paper's batch-summed
+    proposal ratio."""
     rows = []
     for model in ("score", "energy"):
         score = model == "score"
@@ -248,7 +275,9 @@ def methods() -> list[Method]:
     rows += [Method("HMC, paper's rejection (no flip)", model, "hmc", 2, midpoint=model == "score",
                     keep_momentum=True, step_from=f"HMC ({model})") for model in ("score", "energy")]
     rows += [Method("LA, paper's batch-summed proposal ratio", "energy", "mala", 6, batch_ratio=True,
-                    step_from="LA (energy)")]
+                    step_from="LA (energy)"),
+             Method("LA-10, paper's batch-summed proposal ratio", "score", "mala", 6, n_trapezoid=9, batch_ratio=True,
+                    step_from="LA-10 (score)")]
     return rows
 
 
