@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,7 +56,8 @@ RUNS = {"per-chain MH": ((1, 0), 0), "batch-summed": ((1, 999), 0),
         "batch-summed at levels >= 10, per-chain MH at 1-9": ((10, 999), 0),
         "batch-summed at levels 10-249 only": ((10, 249), 0), "batch-summed at levels 250-999 only": ((250, 999), 0)}
 DEFAULT_RUNS = ("per-chain MH", "batch-summed", "ULA (energy)", "Reverse (energy)")
-RECORDED = "benchmarks/results/guided_digits/batch_ratio/guided_digits.json"
+OUT = Path(__file__).resolve().parent / "results/guided_digits/batch_ratio"
+RECORDED = OUT / "guided_digits.json"
 
 
 # ---------------------------------------------------------------- toy: 1-D Gaussian
@@ -181,16 +183,16 @@ def bands(moves):
     return out
 
 
-def final_stats(models, x, y, T, lam):
+def final_stats(models, x, y, T, lam, n_replicates):
     """Log-densities at the last corrector level t = 1/T, held-out metrics per replicate, pixel statistics."""
     px = to_pixels(x)
     guided = GuidedModel(models["energy"], models["classifier"], y, lam=lam)
     logp_prior = models["energy"].log_prob(x, 1 / T)
     log_class = guided.classifier_term(x, 1 / T)[0]
     test = load_digits_data("test")[0]
-    per = len(y) // 3
+    per = len(y) // n_replicates
     heldout = [experiment.sample_metrics(px[s * per:(s + 1) * per], y[s * per:(s + 1) * per], models["heldout"], test)
-               for s in range(3)]
+               for s in range(n_replicates)]
     with torch.no_grad():
         held_logp = models["heldout"].log_probs(px).gather(1, y[:, None])[:, 0]
     return {"log_pi": float((logp_prior + lam * log_class).mean()), "log_p_prior": float(logp_prior.mean()),
@@ -207,14 +209,17 @@ def pixel_stats(px, y):
             "within_class_distance": float(torch.stack(spread).mean())}
 
 
-def digits(runs=DEFAULT_RUNS, seed=0):
+def digits(runs=DEFAULT_RUNS):
+    """The `runs` with the recorded table's settings (size, seed, chains per class, replicates, λ) and the LA (energy)
+    row's step size."""
     torch.set_num_threads(1)
-    with open(RECORDED) as f:
-        row = next(r for r in json.load(f)["methods"] if r["label"] == "LA (energy)")
-    a, b = row["a"], row["b"]
-    models = experiment.load_models("full", seed)
-    y = experiment.class_labels(10, 3)
-    T, lam = models["energy"].schedule.n_steps, 20.0
+    recorded = json.loads(RECORDED.read_text())
+    row = next(r for r in recorded["methods"] if r["label"] == "LA (energy)")
+    a, b, settings = row["a"], row["b"], recorded["settings"]
+    seed = settings["seed"]
+    models = experiment.load_models(settings["size"], seed)
+    y = experiment.class_labels(settings["n_per_class"], settings["n_seeds"])
+    T, lam = models["energy"].schedule.n_steps, settings["lambda"]
     la = {m.label: m for m in methods()}
     out = {"a": a, "b": b, "batch": len(y), "bands": {}, "final": {}}
     for name in runs:
@@ -227,26 +232,28 @@ def digits(runs=DEFAULT_RUNS, seed=0):
                                  seed=seed)
         if name in RUNS and not RUNS[name][1]:
             out["bands"][name] = bands(rec.moves)
-        out["final"][name] = {"accept": stats["accept"], "wall_s": stats["wall_s"], **final_stats(models, x, y, T, lam)}
+        out["final"][name] = {"accept": stats["accept"], "wall_s": stats["wall_s"],
+                              **final_stats(models, x, y, T, lam, settings["n_seeds"])}
         print(name, json.dumps(out["final"][name]), flush=True)
     out["final"]["real test digits"] = pixel_stats(load_digits_data("test")[0], load_digits_data("test")[1])
     return out
 
 
-def frechet_terms(out="benchmarks/results/guided_digits/batch_ratio"):
+def frechet_terms(out=OUT):
     """Per row of the recorded samples (`guided_digits_samples.pt`) and replicate: the Fréchet distance's mean term
     |μ − μ_test|², its covariance term tr(C + C_test − 2 (C C_test)^½) and tr C, held-out features."""
     from scipy import linalg
-    saved = torch.load(f"{out}/guided_digits_samples.pt", weights_only=True)
-    heldout = experiment.load_models("full", 0)["heldout"]
+    saved = torch.load(Path(out) / "guided_digits_samples.pt", weights_only=True)
+    settings = json.loads((Path(out) / "guided_digits.json").read_text())["settings"]
+    heldout = experiment.load_models(settings["size"], settings["seed"])["heldout"]
     with torch.no_grad():
         ref = heldout.features(load_digits_data("test")[0]).double().numpy()
     c_ref = np.cov(ref, rowvar=False)
     result = {"test_trace": float(np.trace(c_ref))}
     for label, px in saved["samples"].items():
-        per = len(px) // 3
+        per = len(px) // settings["n_seeds"]
         rows = []
-        for s in range(3):
+        for s in range(settings["n_seeds"]):
             with torch.no_grad():
                 f = heldout.features(px[s * per:(s + 1) * per]).double().numpy()
             c = np.cov(f, rowvar=False)

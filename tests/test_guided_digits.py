@@ -342,3 +342,27 @@ def test_batch_summed_proposal_ratio_leaves_the_target():
     model, mean, var = _gaussian_case()
     x = _run_chains(model, mean, var, BatchSummedProposalRatio(), seed=11)
     assert float((x.var(0) / var - 1).min()) > 0.2
+
+
+def test_batch_summed_score_trapezoid_is_the_library_trapezoid():
+    """A non-linear guided score (prior score −z³ in 2-D, the Gaussian 'classifier'), where T_9 differs from T_1:
+    on the same key, log α of `BatchSummedProposalRatio(9)` minus that of the library's `ScoreMH(9)` is Σ_c r_c − r_b
+    (r the per-chain proposal log-ratio, closed form), so its trapezoid (x′, interior points, weights) is ScoreMH's."""
+    from fastsamp.experiments.guided_digits.sampling import BatchSummedProposalRatio
+    means, B, n = torch.tensor([[1.0, -0.5]], dtype=torch.float64), 6, 9
+    model = GuidedModel(ScoreModel(lambda z, t: -z**3, 2), GaussianLikelihood(means, 4.0),
+                        torch.zeros(B, dtype=torch.long), lam=20.0)
+    x = torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    eps = torch.full((B,), 0.05, dtype=torch.float64)
+
+    def log_alpha(mh):
+        kernel = Langevin(CountingModel(model), 0.0, eps, mh, backend="torch")
+        return kernel.step(kernel.init(x), PhiloxKey(3, 0, 0))[1].log_alpha
+
+    xp = x + eps[:, None] * model.score(x, 0.0) + (2 * eps[:, None]).sqrt() * ops.normal(3, 0, B, 2,
+                                                                                         dtype=torch.float64)
+    fwd, bwd = xp - x - eps[:, None] * model.score(x, 0.0), x - xp - eps[:, None] * model.score(xp, 0.0)
+    r = ((fwd**2).sum(1) - (bwd**2).sum(1)) / (4 * eps)
+    library = log_alpha(ScoreMH(n))
+    assert (library - log_alpha(ScoreMH(1))).abs().min() > 1e-3  # the interior points matter here
+    torch.testing.assert_close(log_alpha(BatchSummedProposalRatio(n)) - library, r.sum() - r, rtol=0, atol=1e-10)

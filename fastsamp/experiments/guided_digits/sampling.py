@@ -91,6 +91,14 @@ class GuidedModel:
         return s + self.lam * g, logp + self.lam_mh * c
 
 
+def segment_trapezoid(score, t, x, x_prop, score_x, n, backend):
+    """(s(x′), T_n[s](x → x′)) with T_n[s] = (1/n) [½ s(x) + Σ_{i=1}^{n−1} s(x + (i/n) d) + ½ s(x′)]·d, d = x′ − x:
+    x′ and the n − 1 interior points in one call of `score` (n·B rows), s(x) = `score_x` given."""
+    points = x_prop[None] if n == 1 else torch.cat([x_prop[None], ops.line_points(x, x_prop, n, backend=backend)])
+    scores = score(points.reshape(-1, x.shape[1]), t).reshape(n, *x.shape)
+    return scores[0], trapezoid_delta_logp(x, x_prop, score_x, scores[0], scores[1:])
+
+
 class MidpointHMC(HMC):
     """HMC whose ΔlogP trapezoid has one more point, the midpoint of each leapfrog segment x → x':
     ¼ (s(x) + 2 s(½(x + x')) + s(x'))·(x' − x), i.e. half the library's segment plus ½ s_mid·(x' − x).
@@ -155,12 +163,10 @@ class HybridLangevin:
         x, n = state.x, self.n_trapezoid
         x_prop = ops.mala_propose(x, state.score, self.step_size, seed=key.seed, offset=key.offset,
                                   chain_offset=key.chain_offset, backend=self.backend)
-        points = x_prop if n == 1 else torch.cat([x_prop[None], ops.line_points(x, x_prop, n, backend=self.backend)])
-        prior_scores = self.prior.score(points.reshape(-1, x.shape[1]), self.t).reshape(n, *x.shape)
-        prior_prop = prior_scores[0]
+        prior_prop, trapezoid = segment_trapezoid(self.prior.score, self.t, x, x_prop, state.prior_score, n,
+                                                  self.backend)
         score_prop, log_class_prop = self._evaluate(x_prop, prior_prop)
-        delta_logp = (trapezoid_delta_logp(x, x_prop, state.prior_score, prior_prop, prior_scores[1:])
-                      + self.model.lam_mh * (log_class_prop - state.log_class))
+        delta_logp = trapezoid + self.model.lam_mh * (log_class_prop - state.log_class)
         x_new, s_new, _, accepted, log_alpha = ops.energy_mh_accept(
             x, x_prop, score=state.score, score_prop=score_prop, logp=torch.zeros_like(delta_logp),
             logp_prop=delta_logp, step_size=self.step_size, backend=self.backend, seed=key.seed,
@@ -195,10 +201,8 @@ class BatchSummedProposalRatio(MHTest):
         if n is None:
             s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
             return s_prop, state.logp, logp_prop
-        points = x_prop[None] if n == 1 else torch.cat([x_prop[None], ops.line_points(x, x_prop, n)])
-        scores = kernel.model.score(points.reshape(-1, x.shape[1]), kernel.t).reshape(n, *x.shape)
-        delta = trapezoid_delta_logp(x, x_prop, state.score, scores[0], scores[1:])
-        return scores[0], torch.zeros_like(delta), delta
+        s_prop, delta = segment_trapezoid(kernel.model.score, kernel.t, x, x_prop, state.score, n, kernel.backend)
+        return s_prop, torch.zeros_like(delta), delta
 
     def langevin(self, kernel, state, x_prop, key):
         s_prop, logp, logp_prop = self.log_densities(kernel, state, x_prop)
