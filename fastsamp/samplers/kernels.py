@@ -262,13 +262,18 @@ class EnergyMH(ScoreMH):
     def evaluate(self, model, x, t):
         return model.score_and_log_prob(x, t)
 
+    @staticmethod
+    def accept_backend(kernel):
+        """The backend for `energy_mh_accept`, which has reference and C++ kernels only: the kernel's when it is
+        one of those, else "auto" (on CUDA the reference)."""
+        return kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
+
     def langevin(self, kernel, state, x_prop, key):
         s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
-        # energy_mh_accept has reference and C++ kernels only: on CUDA "auto" runs the reference
-        backend = kernel.backend if kernel.backend in ("auto", "torch", "cpp") else "auto"
         with phase("mh"):
             x, s, logp, accepted, log_alpha = _op(kernel, "energy_mh_accept", (
-                state.x, x_prop, state.score, s_prop, state.logp, logp_prop, kernel.step_size, None), key, backend)
+                state.x, x_prop, state.score, s_prop, state.logp, logp_prop, kernel.step_size, None), key,
+                self.accept_backend(kernel))
         return ChainState(x, s, logp), Info(accepted, log_alpha)
 
     def hmc(self, kernel, start, end, delta_logp, key):

@@ -37,6 +37,7 @@ import torch
 from ... import ops
 from ...models import value_and_grad
 from ...ops.reference import mala_log_q_ratio, trapezoid_delta_logp
+from ...profiling import phase
 from ...protocol import CountingModel, has_energy
 from ...samplers.kernels import (
     HMC,
@@ -207,10 +208,12 @@ class BatchSummedProposalRatio(MHTest):
     def langevin(self, kernel, state, x_prop, key):
         s_prop, logp, logp_prop = self.log_densities(kernel, state, x_prop)
         r = mala_log_q_ratio(state.x, x_prop, state.score, s_prop, kernel.step_size)
-        x, s, _, accepted, log_alpha = ops.energy_mh_accept(
-            state.x, x_prop, score=state.score, score_prop=s_prop, logp=logp,
-            logp_prop=logp_prop - r + self.ratio_term(r), step_size=kernel.step_size, seed=key.seed,
-            offset=key.offset, chain_offset=key.chain_offset)
+        with phase("mh"):
+            x, s, _, accepted, log_alpha = ops.energy_mh_accept(
+                state.x, x_prop, score=state.score, score_prop=s_prop, logp=logp,
+                logp_prop=logp_prop - r + self.ratio_term(r), step_size=kernel.step_size,
+                backend=EnergyMH.accept_backend(kernel), seed=key.seed, offset=key.offset,
+                chain_offset=key.chain_offset)
         kept = None if state.logp is None else torch.where(accepted, logp_prop, state.logp)
         return ChainState(x, s, kept), Info(accepted, log_alpha)
 
