@@ -168,10 +168,11 @@ class HybridLangevin:
                                                   self.backend)
         score_prop, log_class_prop = self._evaluate(x_prop, prior_prop)
         delta_logp = trapezoid + self.model.lam_mh * (log_class_prop - state.log_class)
-        x_new, s_new, _, accepted, log_alpha = ops.energy_mh_accept(
-            x, x_prop, score=state.score, score_prop=score_prop, logp=torch.zeros_like(delta_logp),
-            logp_prop=delta_logp, step_size=self.step_size, backend=self.backend, seed=key.seed,
-            offset=key.offset, chain_offset=key.chain_offset)
+        with phase("mh"):
+            x_new, s_new, _, accepted, log_alpha = ops.energy_mh_accept(
+                x, x_prop, score=state.score, score_prop=score_prop, logp=torch.zeros_like(delta_logp),
+                logp_prop=delta_logp, step_size=self.step_size, backend=EnergyMH.accept_backend(self),
+                seed=key.seed, offset=key.offset, chain_offset=key.chain_offset)
         keep = accepted[:, None]
         return (HybridState(x_new, s_new, torch.where(keep, prior_prop, state.prior_score),
                             torch.where(accepted, log_class_prop, state.log_class)), Info(accepted, log_alpha))
