@@ -45,9 +45,9 @@ def off_basin(x):
     return torch.minimum((theta - math.pi / 2).abs(), (theta + math.pi / 2).abs()) > math.pi / 8
 
 
-def instrumented(model, method, settings, seed, last=None, switch=0):
-    """`sampling.annealed` for a Langevin method (`last` instead on the last `switch` levels, with the same draws),
-    with per-level records (lists in annealing order, reversed at the end so that index 0 is the last level)."""
+def instrumented(model, method, settings, seed):
+    """`sampling.annealed` for a Langevin method, with per-level records (lists in annealing order, reversed at the
+    end so that index 0 is the last level)."""
     g = torch.Generator().manual_seed(seed)
     n = settings.n_samples
     f = CountingModel(model)
@@ -57,8 +57,8 @@ def instrumented(model, method, settings, seed, last=None, switch=0):
     rec = {k: [] for k in ("off_bar", "off_basin", "off_bar_far", "enter", "leave", "accept_in", "accept_out",
                            "drift_out", "drift_in", "n_out_moves")}
     history = []
-    for level, t in reversed(list(enumerate(model.schedule.times()))):
-        kernel = Langevin(f, t, eps, sampling.mh_test(last if level < switch else method), backend="torch")
+    for t in reversed(model.schedule.times()):
+        kernel = Langevin(f, t, eps, sampling.mh_test(method), backend="torch")
         state = kernel.init(x, None)
         c = dict.fromkeys(("enter", "leave", "acc_in", "acc_out", "n_in", "n_out", "drift_in", "drift_out"), 0.0)
         for m in range(settings.n_steps):
@@ -184,7 +184,7 @@ def main():
     p.add_argument("--retrain", type=int, default=0)
     p.add_argument("--json", default="benchmarks/results/product2d/checks/la_vs_ula.json")
     p.add_argument("--methods", nargs="*", default=["U-LA", "LA"],
-                   help="energy Langevin methods; A>B@K: A, then B on the last K levels")
+                   help="energy Langevin methods")
     p.add_argument("--escape-levels", nargs="*", type=int, default=[],
                    help="levels of the escape test (chains started at the level's off-bar mode)")
     p.add_argument("--escape-steps", nargs="*", type=float, default=[], help="Langevin steps ε of the escape test "
@@ -227,9 +227,7 @@ def main():
         write(args.json, result)
     for name in args.methods if not args.escape_levels else ():
         t0 = time.perf_counter()
-        first, _, rest = name.partition(">")
-        last, _, switch = rest.partition("@")
-        x, rec = instrumented(model, methods[first], settings, args.retrain, methods.get(last), int(switch or 0))
+        x, rec = instrumented(model, methods[name], settings, args.retrain)
         if name in saved:
             rec["max_abs_diff_to_saved"] = float((x - saved[name]).abs().max())
             rec["accept_rate_saved_last5"] = run["methods"][name]["accept_rate_per_level"][:5]
