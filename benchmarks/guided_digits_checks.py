@@ -25,6 +25,8 @@ accepts ∝ R_b, which balances π²/ν (sharper than π where ν is broader).
     python benchmarks/guided_digits_checks.py digits --json $OUT/digits_bands.json \
         --runs "batch-summed at levels 10-249 only" "batch-summed at levels 250-999 only"
     python benchmarks/guided_digits_checks.py frechet --json $OUT/frechet_terms.json
+    python benchmarks/guided_digits_checks.py digits --json $OUT/digits_all_or_none.json \
+        --runs "per-chain MH" "batch-summed"
 """
 from __future__ import annotations
 
@@ -164,7 +166,8 @@ def kappa(c, delta0):
 
 
 def bands(moves):
-    """Per band of levels: r_c, S, S₋b, the chain's own log R_b = Δlog π_b + r_b, acceptance, κ."""
+    """Per band of levels: r_c, S, S₋b, the chain's own log R_b = Δlog π_b + r_b, acceptance, κ, the fraction of
+    moves that every chain or none accepted (all_or_none) and the mean share of the batch's majority decision."""
     out = []
     for lo, hi in BANDS:
         sel = [m for m in moves if lo <= m[0] <= hi]
@@ -175,11 +178,14 @@ def bands(moves):
         c = S[:, None] - r
         log_r = delta + r
         d0 = float(log_r.abs().median())
+        shared = acc.mean(1)  # per move, the fraction of the batch that accepted
         out.append({"levels": [lo, hi], "r_mean": float(r.mean()), "r_sd": float(r.std()), "S_mean": float(S.mean()),
                     "S_sd": float(S.std()), "frac_S_pos": float((S > 0).double().mean()),
                     "S_minus_b_mean_plus_half_var": float(c.mean() + 0.5 * c.var()),
                     "delta_logpi_mean": float(delta.mean()), "own_log_R_median_abs": d0,
-                    "accept": float(acc.mean()), "kappa": kappa(c.flatten(), d0)})
+                    "accept": float(acc.mean()), "kappa": kappa(c.flatten(), d0),
+                    "all_or_none": float(((shared == 0) | (shared == 1)).double().mean()),
+                    "majority_share": float(torch.maximum(shared, 1 - shared).mean())})
     return out
 
 

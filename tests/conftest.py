@@ -203,5 +203,6 @@ def load_benchmark(file_name: str, module_name: str):
     path = os.path.join(bench_dir, file_name)
     spec = importlib.util.spec_from_file_location(module_name, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = mod  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod

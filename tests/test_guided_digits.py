@@ -366,3 +366,18 @@ def test_batch_summed_score_trapezoid_is_the_library_trapezoid():
     library = log_alpha(ScoreMH(n))
     assert (library - log_alpha(ScoreMH(1))).abs().min() > 1e-3  # the interior points matter here
     torch.testing.assert_close(log_alpha(BatchSummedProposalRatio(n)) - library, r.sum() - r, rtol=0, atol=1e-10)
+
+
+def test_batch_summed_checks_count_shared_decisions():
+    """`guided_digits_checks.bands`' all-or-none fraction and majority share on recorded moves with known decisions:
+    per band one move accepted by every chain, one by none and one by a quarter of the batch."""
+    checks = load_benchmark("guided_digits_checks.py", "guided_digits_checks")
+    B, moves = 8, []
+    for lo, _ in checks.BANDS:
+        for n_acc in (B, 0, B // 4):
+            r = torch.randn(B, dtype=torch.float64)
+            moves.append((lo, r, -r + 0.1, torch.arange(B) < n_acc))
+    for band in checks.bands(moves):
+        assert band["all_or_none"] == pytest.approx(2 / 3)
+        assert band["majority_share"] == pytest.approx((1 + 1 + 0.75) / 3)
+        assert band["accept"] == pytest.approx((1 + 0 + 0.25) / 3)
