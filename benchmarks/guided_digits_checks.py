@@ -153,8 +153,7 @@ class RecordingRatio(BatchSummedProposalRatio):
 class RecordedMethod(Method):
     recorder: RecordingRatio | None = dataclasses.field(default=None, compare=False)
 
-    @property
-    def mh(self):
+    def mh_test(self, replicates=1):
         return self.recorder
 
 

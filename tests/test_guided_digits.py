@@ -381,3 +381,42 @@ def test_batch_summed_checks_count_shared_decisions():
         assert band["all_or_none"] == pytest.approx(2 / 3)
         assert band["majority_share"] == pytest.approx((1 + 1 + 0.75) / 3)
         assert band["accept"] == pytest.approx((1 + 0 + 0.25) / 3)
+
+
+@pytest.mark.parametrize("n_trapezoid", [None, 9])
+def test_batch_summed_proposal_ratio_per_replicate_sums_within_each_batch(n_trapezoid):
+    """`BatchSummedProposalRatio(groups=k)`: one move of 6 chains in 2 batches equals the two batches of 3 run apart
+    (the second at chain offset 3, so the same Philox draws per chain); the table's "one batch per replicate" rows
+    build it with the run's replicates, the whole-run rows with one batch."""
+    from fastsamp.experiments.guided_digits import methods
+    from fastsamp.experiments.guided_digits.sampling import BatchSummedProposalRatio
+    model, _, _ = _gaussian_case()
+    if n_trapezoid is not None:
+        model = GuidedModel(ScoreModel(lambda z, t: -z**3, 2), model.classifier, model.y, lam=model.lam)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def move(rows, groups, chain_offset):
+        B = rows.stop - rows.start
+        model.y = torch.zeros(B, dtype=torch.long)
+        eps = torch.full((B,), 0.3, dtype=torch.float64)
+        kernel = Langevin(CountingModel(model), 0.0, eps, BatchSummedProposalRatio(n_trapezoid, groups=groups),
+                          backend="torch")
+        return kernel.step(kernel.init(x[rows]), PhiloxKey(3, 0, chain_offset))
+
+    whole, info = move(slice(0, 6), 2, 0)
+    halves = [move(slice(0, 3), 1, 0), move(slice(3, 6), 1, 3)]
+    torch.testing.assert_close(info.log_alpha, torch.cat([h[1].log_alpha for h in halves]))
+    torch.testing.assert_close(whole.x, torch.cat([h[0].x for h in halves]))
+    one_batch = move(slice(0, 6), 1, 0)[1].log_alpha
+    assert (one_batch - info.log_alpha).abs().min() > 1e-6  # the other batch's sum is not in the test
+    with pytest.raises(ValueError, match="do not split into 4 equal batches"):
+        move(slice(0, 6), 4, 0)
+    with pytest.raises(ValueError, match="groups"):
+        BatchSummedProposalRatio(groups=0)
+    rows = {m.label: m for m in methods()}
+    for label in ("LA, paper's batch-summed proposal ratio (energy)",
+                  "LA-10, paper's batch-summed proposal ratio (score)"):
+        per_replicate = rows[label.replace(" (", ", one batch per replicate (")]
+        assert per_replicate.step_from == rows[label].step_from
+        assert per_replicate.mh_test(3).groups == 3 and rows[label].mh_test(3).groups == 1
+        assert per_replicate.mh_test(3).n_trapezoid == rows[label].mh.n_trapezoid

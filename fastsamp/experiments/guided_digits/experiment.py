@@ -103,7 +103,7 @@ def search_step_size(models, method: Method, *, n_candidates, n_val_per_class, s
     per = len(y) // n_candidates
     a = torch.tensor([c[0] for c in cands], dtype=torch.float64).repeat_interleave(per)
     b = torch.tensor([c[1] for c in cands], dtype=torch.float64).repeat_interleave(per)
-    x, stats = guided_sample(_guided(models, method, y, lam), method, a=a, b=b, seed=seed + 1)
+    x, stats = guided_sample(_guided(models, method, y, lam), method, a=a, b=b, seed=seed + 1, replicates=n_candidates)
     px = to_pixels(x)
     reference = digits.load_digits_data("prior")[0]
     records = []
@@ -167,7 +167,7 @@ def run_table(*, size="full", n_per_class=4, n_seeds=3, n_candidates=6, n_val_pe
                                                          n_val_per_class=n_val_per_class, seed=seed + 1000, lam=lam)
                 chosen[method.label] = (a, b)
             row["a"], row["b"] = a, b
-        x, stats = guided_sample(_guided(models, method, y, lam), method, a=a, b=b, seed=seed)
+        x, stats = guided_sample(_guided(models, method, y, lam), method, a=a, b=b, seed=seed, replicates=n_seeds)
         px = to_pixels(x)
         per_seed = [sample_metrics(px[s * per:(s + 1) * per], y[s * per:(s + 1) * per], heldout, test)
                     for s in range(n_seeds)]

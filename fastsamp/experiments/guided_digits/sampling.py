@@ -185,17 +185,24 @@ class BatchSummedProposalRatio(MHTest):
     x_b → x′_b (n sub-intervals; the paper's score LA-10 is n = 9; x′ and the n − 1 interior points in one call of
     the model). Each chain's acceptance then depends on the others' proposals, so it is no MH kernel of its own
     chain (and a non-finite r anywhere reaches every chain); kept only as the ablation rows of that code. Same
-    uniform as `EnergyMH` (the library's accept op, given log π′ − log π = Δlog π_b − r_b + `ratio_term`)."""
+    uniform as `EnergyMH` (the library's accept op, given log π′ − log π = Δlog π_b − r_b + `ratio_term`).
+    `groups` > 1: the chains are that many consecutive equal batches (a run's replicates), each with its own sum."""
 
-    def __init__(self, n_trapezoid: int | None = None):
-        self.n_trapezoid = n_trapezoid
+    def __init__(self, n_trapezoid: int | None = None, groups: int = 1):
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+        self.n_trapezoid, self.groups = n_trapezoid, groups
 
     def evaluate(self, model, x, t):
         return model.score_and_log_prob(x, t) if self.n_trapezoid is None else (model.score(x, t), None)
 
     def ratio_term(self, r):
-        """What log α adds to every chain's Δlog π: the batch sum Σ_c r_c."""
-        return r.sum()
+        """What log α adds to every chain's Δlog π: the sum Σ_c r_c over its batch (the whole, or its group's)."""
+        if self.groups == 1:
+            return r.sum()
+        if r.shape[0] % self.groups:
+            raise ValueError(f"{r.shape[0]} chains do not split into {self.groups} equal batches")
+        return r.view(self.groups, -1).sum(1).repeat_interleave(r.shape[0] // self.groups)
 
     def log_densities(self, kernel, state, x_prop):
         """(s(x′), a, a′) with a′ − a = Δlog π per chain: (log π(x), log π(x′)) or (0, T_n[s](x → x′))."""
@@ -228,7 +235,8 @@ class Method:
     label of the row whose searched step size this ablation row reuses; `keep_momentum`: HMC with the
     paper's rejection (a rejected chain keeps its refreshed momentum, no flip; exact only with a full
     refresh, and the refresh here is partial, damping 0.9); `batch_ratio`: LA with the paper's batch-summed
-    proposal ratio (`BatchSummedProposalRatio`; score: its trapezoid with `n_trapezoid`)."""
+    proposal ratio (`BatchSummedProposalRatio`; score: its trapezoid with `n_trapezoid`), summed over the whole run's
+    chains, or over each replicate's alone (`batch_per_replicate`: one batch per replicate)."""
 
     name: str
     model: str
@@ -243,6 +251,7 @@ class Method:
     step_from: str | None = None
     keep_momentum: bool = False
     batch_ratio: bool = False
+    batch_per_replicate: bool = False
 
     @property
     def label(self):
@@ -254,10 +263,16 @@ class Method:
 
     @property
     def mh(self):
+        return self.mh_test()
+
+    def mh_test(self, replicates: int = 1):
+        """The MH test for a run whose chains are `replicates` consecutive equal blocks (the batch-summed test sums
+        within each with `batch_per_replicate`)."""
         if self.corrector in (None, "ula", "uhmc"):
             return NoMH()
         if self.batch_ratio:
-            return BatchSummedProposalRatio(None if self.model == "energy" else self.n_trapezoid)
+            return BatchSummedProposalRatio(None if self.model == "energy" else self.n_trapezoid,
+                                            groups=replicates if self.batch_per_replicate else 1)
         test = EnergyMH() if self.model == "energy" else ScoreMH(self.n_trapezoid)
         return KeepMomentumOnReject(test) if self.keep_momentum else test
 
@@ -267,7 +282,7 @@ def methods() -> list[Method]:
     the classifier term in the MH test: the energy MH samplers with the paper's unscaled term, and score-LA-10
     with the hybrid test (`HybridLangevin`) at λ_mh = λ and at the paper's λ_mh = 1; HMC with the paper's
     rejection (momentum kept, no flip) for both models; energy-LA and score-LA-10 with the paper's batch-summed
-    proposal ratio."""
+    proposal ratio, over all the run's chains and over each replicate's alone."""
     rows = []
     for model in ("score", "energy"):
         score = model == "score"
@@ -286,6 +301,8 @@ def methods() -> list[Method]:
                     step_from="LA (energy)"),
              Method("LA-10, paper's batch-summed proposal ratio", "score", "mala", 6, n_trapezoid=9, batch_ratio=True,
                     step_from="LA-10 (score)")]
+    rows += [Method(f"{m.name}, one batch per replicate", m.model, "mala", 6, n_trapezoid=m.n_trapezoid,
+                    batch_ratio=True, batch_per_replicate=True, step_from=m.step_from) for m in rows[-2:]]
     return rows
 
 
@@ -295,21 +312,23 @@ def step_size(a, b, beta, hmc):
     return eps / beta if hmc else eps
 
 
-def _kernel(method, model, prior, t, eps):
+def _kernel(method, model, prior, t, eps, replicates):
     if method.hybrid:
         return HybridLangevin(model.model, prior, t, eps, method.n_trapezoid)
+    mh = method.mh_test(replicates)
     if method.is_hmc:
         cls = MidpointHMC if method.midpoint else HMC
-        return cls(model, t, eps, method.mh, n_leapfrog=method.n_leapfrog, damping=method.damping)
-    return Langevin(model, t, eps, method.mh)
+        return cls(model, t, eps, mh, n_leapfrog=method.n_leapfrog, damping=method.damping)
+    return Langevin(model, t, eps, mh)
 
 
-def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, dtype=torch.float32):
+def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, replicates=1, dtype=torch.float32):
     """Samples x₀ (B, 64) of the guided target, B = len(model.y), in the diffusion's [−1, 1] scale, and
     stats: score evaluations (rows of the diffusion network), classifier evaluations (rows of its value and
     gradient; the same count except for the hybrid test, which scores interior points with the network
     alone), wall seconds, mean acceptance over the corrector moves (None for unadjusted ones), the number of
-    non-finite chains. (a, b): the step-size rule ε_t = a β_t^b, floats or per-chain (B,) tensors."""
+    non-finite chains. (a, b): the step-size rule ε_t = a β_t^b, floats or per-chain (B,) tensors; `replicates`: the
+    consecutive equal blocks of chains that are the run's replicates (`Method.mh_test`)."""
     sched = model.schedule
     T, betas = sched.n_steps, sched.betas.tolist()
     B, D = model.y.shape[0], model.dim
@@ -330,7 +349,7 @@ def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, d
         if i == 1 or method.corrector is None:
             continue
         eps = step_size(a, b, betas[i - 2], method.is_hmc).expand(B).to(dtype)
-        kernel = _kernel(method, f, prior, (i - 1) / T, eps)
+        kernel = _kernel(method, f, prior, (i - 1) / T, eps, replicates)
         p0 = ops.normal(seed, offset, B, D, dtype=dtype) if method.is_hmc else None
         state = kernel.init(x, p0)
         offset += 1
