@@ -420,3 +420,25 @@ def test_batch_summed_proposal_ratio_per_replicate_sums_within_each_batch(n_trap
         assert per_replicate.step_from == rows[label].step_from
         assert per_replicate.mh_test(3).groups == 3 and rows[label].mh_test(3).groups == 1
         assert per_replicate.mh_test(3).n_trapezoid == rows[label].mh.n_trapezoid
+
+
+def test_guided_sample_runs_the_per_replicate_batch_sum_per_replicate():
+    """Through `guided_sample` (20 DDPM levels, a Gaussian energy prior): with `replicates=2` the first replicate of
+    the per-replicate batch-summed row is that replicate run alone, bit for bit; the whole-run row's is not."""
+    from fastsamp.ddpm import DDPM
+    from fastsamp.experiments.guided_digits import guided_sample, methods
+    rows = {m.label: m for m in methods()}
+    whole = rows["LA, paper's batch-summed proposal ratio (energy)"]
+    per_replicate = rows["LA, paper's batch-summed proposal ratio, one batch per replicate (energy)"]
+    prior = EnergyModel(lambda x, t: 0.5 * (x**2).sum(1), 2, schedule=DDPM(n_steps=20))
+    means = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+
+    def sample(method, B, replicates):
+        model = GuidedModel(prior, GaussianLikelihood(means, 4.0), torch.zeros(B, dtype=torch.long), lam=20.0)
+        return guided_sample(model, method, a=0.05, b=0.5, seed=4, replicates=replicates, dtype=torch.float64)[0]
+
+    alone = sample(per_replicate, 4, 1)
+    assert torch.equal(sample(per_replicate, 8, 2)[:4], alone)
+    assert not torch.equal(sample(whole, 8, 2)[:4], alone)
+    with pytest.raises(ValueError, match="replicates"):
+        sample(per_replicate, 8, 3)

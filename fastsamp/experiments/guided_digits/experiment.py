@@ -3,14 +3,16 @@ step sizes from a random search, metrics under the held-out classifier next to t
 
 Chains: one batched run per method and phase; class y_b = b mod 10 for chain b. The replicates ("seeds")
 are disjoint groups of chains of one run (Philox noise is keyed by the global chain index, so the groups
-are independent), each with `n_per_class` chains per class.
+are independent, except in the whole-run batch-summed rows, whose one proposal-ratio sum couples them; the
+"one batch per replicate" rows sum per group), each with `n_per_class` chains per class.
 
 Step-size search (per MCMC method, as the paper): `n_candidates` random (a, b) of ε_t = a β_t^b, drawn as
 the step at the last level β_T = 0.02 and at the first β_1 = 1e-4 (log-uniform in `SEARCH_RANGES`; HMC on
 its unit-mass scale ε/β), all candidates in one batched run (the step size is per chain) with
-`n_val_per_class` chains per class, sampler seed `seed + 1` (not the evaluation's). Validation metric:
-the Fréchet distance to the "prior" split (training data) among the candidates whose held-out accuracy is
-within `ACC_SLACK` of the best candidate's; candidates with non-finite chains are out.
+`n_val_per_class` chains per class, sampler seed `seed + 1` (not the evaluation's; the candidates are the run's
+groups, so a searched per-replicate batch-summed row sums over each candidate's 10·`n_val_per_class` chains).
+Validation metric: the Fréchet distance to the "prior" split (training data) among the candidates whose held-out
+accuracy is within `ACC_SLACK` of the best candidate's; candidates with non-finite chains are out.
 
 Metrics (`sample_metrics`, on pixels): top-1 accuracy of the held-out classifier, the rate of
 p_heldout(y | x) > 0.5, and the Fréchet distance of held-out features to the "test" split. Floor: the same

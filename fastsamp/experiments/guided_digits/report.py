@@ -51,7 +51,8 @@ def markdown_table(result) -> str:
               "rejection (no flip)\": HMC whose rejected chains keep the refreshed momentum (the paper's code; "
               "fastsamp flips it, which keeps the partial refresh exact); step size as the HMC row. \"batch-summed "
               "proposal ratio\" (energy-LA, score-LA-10): the paper's image MALA, whose proposal log-ratio "
-              "log q(x|x′) − log q(x′|x) is summed over the run's whole batch (every replicate's chains) and "
+              "log q(x|x′) − log q(x′|x) is summed over the run's whole batch (every replicate's chains; \"one batch "
+              "per replicate\": over each replicate's chains alone, so the replicates are independent) and "
               "added to every chain's Δlog π (score: its trapezoid; no MH kernel of its own chain); step size as "
               "the LA (energy) or LA-10 (score) row. "
               "evals/sample: guided-target evaluations (network + "
@@ -73,7 +74,7 @@ def save_labelled_grid(samples, labels, result, path, per_class=1, dpi=110):
     n_cols = digits.N_CLASSES * per_class
     row_h, top, bottom = 0.55, 0.85, 0.1  # inches: a row, the title and class labels, the margin below
     height = row_h * len(rows) + top + bottom
-    label_w, grid_w = 3.0, 0.42 * n_cols  # inches: the row labels (the longest method names fit), the digits
+    label_w, grid_w = 4.2, 0.42 * n_cols  # inches: the row labels (the longest names: 4.0 at 7 pt), the digits
     width = label_w + grid_w + 0.15
     fig = Figure(figsize=(width, height))
     for i, (label, px, y, r) in enumerate(rows):

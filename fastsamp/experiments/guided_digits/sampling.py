@@ -8,7 +8,8 @@ The paper's code (Sjöberg et al. 2026) scales the classifier gradient by λ in 
 *unscaled* Δlog p(y | x) in the acceptance; `GuidedModel(lam_mh=1)` reproduces that (an ablation). Its image
 samplers' MALA (`transition_factor` in src/samplers/mcmc.py) also sums the proposal log-ratio
 log q(x|x′) − log q(x′|x) over the whole batch and adds that one number to every chain's Δlog p:
-`BatchSummedProposalRatio` reproduces that for energy-LA and score-LA-10 (ablations; not a per-chain MH kernel).
+`BatchSummedProposalRatio` reproduces that for energy-LA and score-LA-10, over the whole run or over each
+replicate's chains (ablations; not a per-chain MH kernel).
 
 Each of the T = 1000 steps (`guided_sample`): one guided ancestral step from level i to i − 1,
 x ← (x + β_i s_i(x))/√(1 − β_i) + √β_i ξ (no noise at the last step), then, for i − 1 ≥ 1, the corrector
@@ -184,8 +185,8 @@ class BatchSummedProposalRatio(MHTest):
     energy model (`n_trapezoid` None, the paper's energy LA), else the trapezoid T_n of the guided score along
     x_b → x′_b (n sub-intervals; the paper's score LA-10 is n = 9; x′ and the n − 1 interior points in one call of
     the model). Each chain's acceptance then depends on the others' proposals, so it is no MH kernel of its own
-    chain (and a non-finite r anywhere reaches every chain); kept only as the ablation rows of that code. Same
-    uniform as `EnergyMH` (the library's accept op, given log π′ − log π = Δlog π_b − r_b + `ratio_term`).
+    chain (and a non-finite r anywhere reaches every chain of its batch); kept only as the ablation rows of that
+    code. Same uniform as `EnergyMH` (the library's accept op, given log π′ − log π = Δlog π_b − r_b + `ratio_term`).
     `groups` > 1: the chains are that many consecutive equal batches (a run's replicates), each with its own sum."""
 
     def __init__(self, n_trapezoid: int | None = None, groups: int = 1):
@@ -202,7 +203,7 @@ class BatchSummedProposalRatio(MHTest):
             return r.sum()
         if r.shape[0] % self.groups:
             raise ValueError(f"{r.shape[0]} chains do not split into {self.groups} equal batches")
-        return r.view(self.groups, -1).sum(1).repeat_interleave(r.shape[0] // self.groups)
+        return r.reshape(self.groups, -1).sum(1).repeat_interleave(r.shape[0] // self.groups)
 
     def log_densities(self, kernel, state, x_prop):
         """(s(x′), a, a′) with a′ − a = Δlog π per chain: (log π(x), log π(x′)) or (0, T_n[s](x → x′))."""
@@ -332,6 +333,8 @@ def guided_sample(model: GuidedModel, method: Method, *, a=1.0, b=1.0, seed=0, r
     sched = model.schedule
     T, betas = sched.n_steps, sched.betas.tolist()
     B, D = model.y.shape[0], model.dim
+    if not isinstance(replicates, int) or replicates < 1 or B % replicates:
+        raise ValueError(f"replicates must be an int >= 1 that divides the {B} chains, got {replicates!r}")
     f, prior = CountingModel(model), CountingModel(model.prior)
     hybrid_class_rows = 0
     start = time.perf_counter()
