@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -298,12 +298,12 @@ def methods() -> list[Method]:
              for name, lam_mh in (("LA-10, hybrid MH (λ_mh=λ)", None), ("LA-10, paper's MH (λ_mh=1)", 1.0))]
     rows += [Method("HMC, paper's rejection (no flip)", model, "hmc", 2, midpoint=model == "score",
                     keep_momentum=True, step_from=f"HMC ({model})") for model in ("score", "energy")]
-    rows += [Method("LA, paper's batch-summed proposal ratio", "energy", "mala", 6, batch_ratio=True,
-                    step_from="LA (energy)"),
-             Method("LA-10, paper's batch-summed proposal ratio", "score", "mala", 6, n_trapezoid=9, batch_ratio=True,
-                    step_from="LA-10 (score)")]
-    rows += [Method(f"{m.name}, one batch per replicate", m.model, "mala", 6, n_trapezoid=m.n_trapezoid,
-                    batch_ratio=True, batch_per_replicate=True, step_from=m.step_from) for m in rows[-2:]]
+    batch_summed = [Method("LA, paper's batch-summed proposal ratio", "energy", "mala", 6, batch_ratio=True,
+                           step_from="LA (energy)"),
+                    Method("LA-10, paper's batch-summed proposal ratio", "score", "mala", 6, n_trapezoid=9,
+                           batch_ratio=True, step_from="LA-10 (score)")]
+    rows += batch_summed + [replace(m, name=f"{m.name}, one batch per replicate", batch_per_replicate=True)
+                            for m in batch_summed]
     return rows
 
 
