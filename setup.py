@@ -5,6 +5,7 @@ Environment switches:
   FASTSAMP_NO_CUDA=1      skip the CUDA kernels even if nvcc is on the PATH
   FASTSAMP_CUDA_ARCHS     semicolon list of SM versions, default "80;90"
   FASTSAMP_NVCC           path to nvcc (default: $CUDA_HOME/bin/nvcc or nvcc on PATH)
+  FASTSAMP_BUILD_JOBS     C++ sources compiled at once (default: one per core)
 """
 import glob
 import os
@@ -15,8 +16,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pybind11
+from pybind11.setup_helpers import ParallelCompile
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+
+# setuptools compiles an extension's sources one at a time; pybind11's helper makes that one per core (every
+# source compiled on every build: no stale object when only a header changed)
+ParallelCompile("FASTSAMP_BUILD_JOBS").install()
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PORTABLE = os.environ.get("FASTSAMP_PORTABLE", "0") == "1"
