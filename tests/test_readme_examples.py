@@ -1,6 +1,6 @@
-"""Every code block of the README section "Using fastsamp inside your own code" runs as written: Python
-blocks in a fresh namespace (a block whose first line is `# needs a GPU` skips without one), `fastsamp ...`
-lines of bash blocks through fastsamp.cli.main, each in an empty working directory."""
+"""Every code block of the README sections "A short tour" and "Using fastsamp inside your own code" runs as
+written: Python blocks in a fresh namespace (a block whose first line is `# needs a GPU` skips without one),
+`fastsamp ...` lines of bash blocks through fastsamp.cli.main, each in an empty working directory."""
 import pathlib
 import re
 import shlex
@@ -11,23 +11,25 @@ import torch
 from fastsamp.cli import main
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "## Using fastsamp inside your own code"
+TOUR, OWN_CODE = "## A short tour", "## Using fastsamp inside your own code"
 
 
-def section_blocks():
+def section_blocks(section):
     """(language, code) of each fenced block of the section."""
     text = README.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
+    start = text.index(section)
+    end = text.find("\n## ", start + len(section))
     body = text[start:end if end >= 0 else len(text)]
     return re.findall(r"^```(\w+)\n(.*?)^```$", body, flags=re.S | re.M)
 
 
-BLOCKS = section_blocks()
+BLOCKS = section_blocks(TOUR) + section_blocks(OWN_CODE)
 
 
-def test_the_section_has_examples():
-    assert sum(lang == "python" for lang, _ in BLOCKS) >= 2 and any(lang == "bash" for lang, _ in BLOCKS)
+def test_the_sections_have_examples():
+    own = section_blocks(OWN_CODE)
+    assert sum(lang == "python" for lang, _ in own) >= 2 and any(lang == "bash" for lang, _ in own)
+    assert any(lang == "python" for lang, _ in section_blocks(TOUR))
 
 
 @pytest.mark.parametrize("lang,code", BLOCKS, ids=[f"{lang}-{i}" for i, (lang, _) in enumerate(BLOCKS)])
