@@ -129,6 +129,10 @@ ext = Extension(
     "fastsamp._C",
     sources=sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
     include_dirs=[pybind11.get_include(), os.path.join(ROOT, "csrc")],
+    # the headers too: a build whose .so is newer than every .cpp is otherwise skipped after a header-only change
+    depends=sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                   + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True)
+                   + glob.glob(os.path.join("csrc", "cuda", "*.cu"))),
     extra_compile_args=cxx_flags(),
     extra_link_args=["-pthread"],
     language="c++",
