@@ -3,6 +3,8 @@
 // (see docs/backend-contract.md): no torch C++ types, so no torch ABI tie.
 #include <pybind11/pybind11.h>
 
+#include "common/cpu_math.h"
+
 namespace py = pybind11;
 
 void register_cpu_ops(py::module_& m);      // csrc/cpu/register.cpp
@@ -25,6 +27,7 @@ PYBIND11_MODULE(_C, m) {
     d["cxx_flags"] = FASTSAMP_CXX_FLAGS;
     d["cuda_flags"] = FASTSAMP_CUDA_FLAGS;
     d["cpu_threads"] = "fastsamp pool (std::thread), no OpenMP runtime";
+    d["simd_bytes"] = FASTSAMP_NATIVE_BYTES;  // the fused MLP engine's vector: 64 AVX-512, 32 AVX2, 16 else
     return d;
   });
 }

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 # (B, D_in, H, O, L): one row and one input, odd batches, hidden widths that are not a multiple of the tile
-# (16 float32 / 8 float64 lanes) or of the row blocks (48), no hidden layer, a wide output (the GEMM output layer);
+# (16 float32 / 8 float64 lanes with AVX-512, half that with AVX2) or of the row blocks (48), no hidden layer, a
+# wide output (the GEMM output layer);
 # inputs one vector wide and a multiple of 4 vectors (the input gradient's GEMM, mlp::input_layer_vjp)
 SHAPES = [(1, 1, 1, 1, 0), (3, 2, 7, 1, 1), (5, 1, 16, 2, 2), (97, 34, 33, 2, 2), (50, 40, 128, 8, 3),
           (131, 9, 130, 40, 1), (61, 16, 33, 5, 2), (61, 64, 33, 5, 2)]

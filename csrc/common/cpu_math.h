@@ -14,7 +14,7 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -293,21 +293,54 @@ struct V64 {
   typedef typename Bits<T>::I I __attribute__((vector_size(64)));
 };
 
+// One register of the build's widest vector ISA: 64 bytes with AVX-512, 32 with AVX / AVX2,
+// 16 otherwise (SSE2, NEON). The MLP engine (cpu/mlp.h) computes on these: GCC keeps vector
+// types wider than the hardware's in memory and splits every operation, which made the engine
+// 5-10x slower on an AVX2-only CPU with 64-byte vectors (benchmarks/RESULTS.md, "Nineteenth session").
+#if defined(__AVX512F__)
+#define FASTSAMP_NATIVE_BYTES 64
+#elif defined(__AVX__)
+#define FASTSAMP_NATIVE_BYTES 32
+#else
+#define FASTSAMP_NATIVE_BYTES 16
+#endif
+template <typename T>
+struct VNative {
+  typedef T V __attribute__((vector_size(FASTSAMP_NATIVE_BYTES)));
+  typedef typename Bits<T>::I I __attribute__((vector_size(FASTSAMP_NATIVE_BYTES)));
+};
+
+// a * b + c per lane, one rounding (the same bits on every path): one AVX-512 FMA for 64-byte
+// vectors, one AVX2 FMA for 32-byte ones, otherwise fma per lane (which GCC vectorises; 64-byte
+// vectors split into two AVX2 FMAs through memory ran the mixture sampler 6 % slower on Zen 3).
 template <typename V>
 FASTSAMP_VINLINE V vfma(V a, V b, V c) {
+  constexpr bool kF32 = sizeof(a[0]) == 4;
 #if defined(__AVX512F__)
-  if constexpr (sizeof(a[0]) == 4) {
-    return reinterpret_cast<V>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
-                                               reinterpret_cast<__m512>(c)));
-  } else {
-    return reinterpret_cast<V>(_mm512_fmadd_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b),
-                                               reinterpret_cast<__m512d>(c)));
+  if constexpr (sizeof(V) == 64) {
+    if constexpr (kF32) {
+      return reinterpret_cast<V>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                                 reinterpret_cast<__m512>(c)));
+    } else {
+      return reinterpret_cast<V>(_mm512_fmadd_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b),
+                                                 reinterpret_cast<__m512d>(c)));
+    }
   }
-#else
+#endif
+#if defined(__FMA__)
+  if constexpr (sizeof(V) == 32) {
+    if constexpr (kF32) {
+      return reinterpret_cast<V>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                                 reinterpret_cast<__m256>(c)));
+    } else {
+      return reinterpret_cast<V>(_mm256_fmadd_pd(reinterpret_cast<__m256d>(a), reinterpret_cast<__m256d>(b),
+                                                 reinterpret_cast<__m256d>(c)));
+    }
+  }
+#endif
   V r;
   for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(a[0])); ++l) r[l] = fma_(a[l], b[l], c[l]);
   return r;
-#endif
 }
 
 template <typename V>

@@ -11,10 +11,10 @@
 // wider matrix (row stride in_ld). The policy's clip is finite, a score network's is +inf.
 //
 // Layout: chains are rows ("chain-major"), every activation of a block of chains is a
-// [nb][Hp] row-major buffer (Hp = H rounded up to one 64-byte vector). Each layer is a small
-// GEMM whose register tile is MR chains x NV vectors of output features: the chain's input
-// value is broadcast, a row of the (transposed, padded) weight is loaded as NV vectors, MR*NV
-// FMAs per k (MR*NV = 24 of the 32 registers). The activation (GELU or SiLU; in the backward its derivative) is
+// [nb][Hp] row-major buffer (Hp = H rounded up to one vector: a native register, kW lanes). Each
+// layer is a small GEMM whose register tile is MR chains x NV vectors of output features: the
+// chain's input value is broadcast, a row of the (transposed, padded) weight is loaded as NV
+// vectors, MR*NV FMAs per k (MR*NV = 24 of AVX-512's 32 registers, 12 of AVX2's 16). The activation (GELU or SiLU; in the backward its derivative) is
 // applied to the accumulators in registers. A small-D output layer is D dot products per chain
 // instead (a padded GEMM would mostly multiply zeros). The same tiles give the backward
 // through a layer and the weight gradients (outer products over the chains of a block).
@@ -34,7 +34,7 @@ namespace cpu {
 namespace mlp {
 
 // ---------------------------------------------------------------- GEMM tiles
-// acc[r][v] += Σ_{k<K} a[r*ar + k*ak] * b[k*ldb + v*W .. +W]   (b 64-byte aligned rows)
+// acc[r][v] += Σ_{k<K} a[r*ar + k*ak] * b[k*ldb + v*W .. +W]   (b rows aligned to one vector)
 template <typename T, int MR, int NV>
 FASTSAMP_VINLINE void mk(const T* __restrict a, int64_t ar, int64_t ak, int K, const T* __restrict b, int64_t ldb,
                          Vec<T> (&acc)[MR][NV]) {
@@ -53,10 +53,11 @@ FASTSAMP_VINLINE void mk(const T* __restrict a, int64_t ar, int64_t ak, int K, c
   }
 }
 
-// Row tiles of MR (NV vectors wide: MR * NV <= 24 accumulators), then 8 / 4 / 2 / 1 for the rest.
+// Row tiles of MR (NV vectors wide: MR * NV <= kAcc accumulators, MR <= 12), then 8 / 4 / 2 / 1 for the rest.
+constexpr int kAcc = FASTSAMP_NATIVE_BYTES == 64 ? 24 : 12;
 template <int NV>
 constexpr int tile_rows() {
-  return NV >= 4 ? 6 : (NV == 3 ? 8 : 12);
+  return kAcc / NV < 12 ? kAcc / NV : 12;
 }
 template <int NV, typename F>
 FASTSAMP_VINLINE void row_tiles(int M, F&& f) {
@@ -82,12 +83,14 @@ FASTSAMP_VINLINE void row_tiles(int M, F&& f) {
   if (M - m >= 1) f(IntC<1>(), m);
 }
 
-// f(IntC<NV>()) with NV the widest of 4, 3, 2, 1 vectors dividing NJ.
+// f(IntC<NV>()) with NV the widest of 4, 3, 2, 1 vectors (2, 1 below AVX-512) dividing NJ. With AVX2's 16
+// registers the 6 x 2-vector tile ran the training pass 10-19 % faster than 3 x 4 (RESULTS.md, "Nineteenth session").
+constexpr int kMaxNV = FASTSAMP_NATIVE_BYTES == 64 ? 4 : 2;
 template <typename F>
 FASTSAMP_VINLINE void with_nv(int NJ, F&& f) {
-  if (NJ % 4 == 0) {
+  if (kMaxNV >= 4 && NJ % 4 == 0) {
     f(IntC<4>());
-  } else if (NJ % 3 == 0) {
+  } else if (kMaxNV >= 3 && NJ % 3 == 0) {
     f(IntC<3>());
   } else if (NJ % 2 == 0) {
     f(IntC<2>());
@@ -163,9 +166,18 @@ FASTSAMP_VINLINE T hsum(Vec<T> v) {
     return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
   }
 #else
-  T s = 0;
-  for (int l = 0; l < kW<T>; ++l) s += v[l];
-  return s;
+  constexpr int H = kW<T> / 2;  // pairwise: the halves, then their halves
+  if constexpr (H >= 1) {
+    typedef T Half __attribute__((vector_size(sizeof(Vec<T>) / 2)));
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof(Half));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+    const Half s = lo + hi;
+    T r = 0;
+    for (int l = 0; l < H; ++l) r += s[l];
+    return r;
+  }
+  return v[0];
 #endif
 }
 
@@ -249,7 +261,7 @@ void for_blocks(int64_t B, int tid, int nt, F&& f) {
 FASTSAMP_VINLINE int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 template <typename T>
-struct ABuf {  // zeroed, 64-byte aligned
+struct ABuf {  // zeroed, 64-byte aligned, one vector of slack
   std::unique_ptr<Buf<T>> b;
   T* p = nullptr;
   ABuf() = default;

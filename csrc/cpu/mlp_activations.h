@@ -1,6 +1,6 @@
-// Vector helpers and the exact activations of the fused MLP engine (cpu/mlp.h) on 64-byte
-// vectors: exp, GELU (z Φ(z), erf by rational approximations) and SiLU (z σ(z)), each with its
-// derivative for the backward.
+// Vector helpers and the exact activations of the fused MLP engine (cpu/mlp.h) on vectors of one
+// native register (vm::VNative: 64 bytes with AVX-512, 32 with AVX2): exp, GELU (z Φ(z), erf by
+// rational approximations) and SiLU (z σ(z)), each with its derivative for the backward.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -11,15 +11,14 @@ namespace fastsamp {
 namespace cpu {
 namespace mlp {
 
-// vm::V64's V / I: the same types as cpu::Row / RowMask (cpu/gmm.h).
 template <typename T>
-using Vec = typename vm::V64<T>::V;
+using Vec = typename vm::VNative<T>::V;
 template <typename T>
-using IVec = typename vm::V64<T>::I;
+using IVec = typename vm::VNative<T>::I;
 template <typename T>
-constexpr int kW = 64 / static_cast<int>(sizeof(T));
+constexpr int kW = FASTSAMP_NATIVE_BYTES / static_cast<int>(sizeof(T));
 
-// Vector load / store at a 64-byte aligned pointer (a for aligned; the mixture kernels' loadu / storeu of
+// Vector load / store at a pointer aligned to one vector (a for aligned; the mixture kernels' loadu / storeu of
 // cpu/gmm.h take any alignment).
 template <typename T>
 FASTSAMP_VINLINE Vec<T> loada(const T* p) {
@@ -38,6 +37,12 @@ FASTSAMP_VINLINE Vec<T> bc(T x) {
   } else {
     return reinterpret_cast<Vec<T>>(_mm512_set1_pd(x));
   }
+#elif defined(__AVX__)
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<Vec<T>>(_mm256_set1_ps(x));
+  } else {
+    return reinterpret_cast<Vec<T>>(_mm256_set1_pd(x));
+  }
 #else
   return Vec<T>{} + x;
 #endif
@@ -53,7 +58,7 @@ FASTSAMP_VINLINE Vec<T> horner(Vec<T> x, const T (&c)[N]) {
 }
 
 // ---------------------------------------------------------------- vector exp
-// vm::exp (cpu_math.h) on 64-byte vectors: same reduction, same polynomials.
+// vm::exp (cpu_math.h) on engine vectors: same reduction, same polynomials.
 template <typename T>
 FASTSAMP_VINLINE Vec<T> vexp(Vec<T> x) {
   using V = Vec<T>;

@@ -50,7 +50,7 @@ FASTSAMP_VINLINE void step_row(const T* __restrict xr, const T* __restrict dr, c
   const T* __restrict given = GIVEN ? yr : nullptr;
   T* __restrict sampled = GIVEN ? nullptr : yr;
   T sv = 0, su = 0;
-  if (D < kW<T> && (D == 1 || D == 2 || D == 4 || D == 8)) {
+  if (D < Lanes<T>::W && (D == 1 || D == 2 || D == 4 || D == 8)) {
     for (int d = 0; d < D; ++d) {
       const EmTerms<T> t =
           em_forward_elem<T, false, GIVEN>(xr, dr, nullptr, given, sampled, d, GIVEN ? T(0) : xi[d], h, T(0), T(0),

@@ -1,0 +1,70 @@
+// The fused MLP engine (csrc/cpu/mlp.h) built for an instruction set other than the extension's: its vectors are
+// one native register (vm::VNative: 64 bytes with AVX-512, 32 with AVX2, 16 below), and with them the register
+// tiles, the padded layouts and the horizontal sums change. tests/test_mlp_isa.py builds this program with the
+// extension's compiler and flags and another -march, and compares what it computes with the PyTorch reference.
+//
+//   mlp_isa CASES OUT    prints FASTSAMP_NATIVE_BYTES; for each case of CASES (int64 dtype, B, Din, H, O, L, act;
+//                        then, in the dtype: x (B, Din), the packed params of csrc/cpu/mlp_net.cpp, g_out (B, O))
+//                        writes mlp_net's out and mlp_net_backward's g_x and g_params, in that order, to OUT.
+// Exit status: 0 done, 2 a bad file, 1 a kernel error (printed).
+#include "cpu/mlp_net.cpp"
+
+#include <cstdio>
+#include <exception>
+#include <vector>
+
+namespace {
+
+template <typename T>
+bool run_case(std::FILE* in, std::FILE* out, const int64_t (&h)[7]) {
+  const int64_t B = h[1], Din = h[2], H = h[3], O = h[4], L = h[5], act = h[6];
+  std::vector<int64_t> sizes = {H * Din, H, O * H, O};
+  for (int64_t k = 0; k < L; ++k) sizes.insert(sizes.end(), {H * H, H});
+  std::vector<T> x(B * Din), g_out(B * O), y(B * O), g_x(B * Din);
+  std::vector<std::vector<T>> params, grads;
+  for (int64_t n : sizes) {
+    params.emplace_back(n);
+    grads.emplace_back(n);
+  }
+  auto read = [&](std::vector<T>& v) { return std::fread(v.data(), sizeof(T), v.size(), in) == v.size(); };
+  bool ok = read(x);
+  for (auto& p : params) ok = ok && read(p);
+  if (!(ok && read(g_out))) return false;
+  std::vector<uintptr_t> pp, gp;
+  for (size_t k = 0; k < params.size(); ++k) {
+    pp.push_back(reinterpret_cast<uintptr_t>(params[k].data()));
+    gp.push_back(reinterpret_cast<uintptr_t>(grads[k].data()));
+  }
+  const int dtype = sizeof(T) == 4 ? 0 : 1;
+  auto addr = [](std::vector<T>& v) { return reinterpret_cast<uintptr_t>(v.data()); };
+  {
+    fastsamp::cpu::KernelScope scope(1);
+    fastsamp::cpu::mlp_net(dtype, addr(x), B, Din, H, O, pp, act, addr(y));
+    fastsamp::cpu::mlp_net_backward(dtype, addr(x), B, Din, H, O, pp, act, addr(g_out), addr(g_x), gp);
+  }
+  std::fwrite(y.data(), sizeof(T), y.size(), out);
+  std::fwrite(g_x.data(), sizeof(T), g_x.size(), out);
+  for (auto& g : grads) std::fwrite(g.data(), sizeof(T), g.size(), out);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::printf("%d\n", FASTSAMP_NATIVE_BYTES);
+  if (argc != 3) return 2;
+  std::FILE* in = std::fopen(argv[1], "rb");
+  std::FILE* out = std::fopen(argv[2], "wb");
+  if (!in || !out) return 2;
+  int64_t h[7];
+  try {
+    while (std::fread(h, sizeof(int64_t), 7, in) == 7) {
+      const bool ok = h[0] == 0 ? run_case<float>(in, out, h) : run_case<double>(in, out, h);
+      if (!ok) return 2;
+    }
+  } catch (const std::exception& e) {
+    std::printf("%s\n", e.what());
+    return 1;
+  }
+  return std::fclose(out) == 0 ? 0 : 2;
+}
