@@ -50,15 +50,15 @@ struct Mixture {
 // ---- the score on a block of W chains, in 64-byte rows (GCC vector extensions) ----
 // One W-lane row (64 bytes) per dimension. Every per-lane computation loads and stores rows whole: a
 // 64-byte load of a row that narrower stores wrote (an `omp simd` loop vectorised at 32 bytes)
-// stalls on store forwarding. Row / RowMask are vm::V64's V / I: the same types as mlp::Vec / IVec
-// (cpu/mlp_activations.h).
+// stalls on store forwarding. Row / RowMask are vm::V64's V / I (with AVX-512 the same types as the
+// network engine's mlp::Vec / IVec, cpu/mlp_activations.h, which are one native register on every build).
 template <typename T>
 using Row = typename vm::V64<T>::V;
 template <typename T>
 using RowMask = typename vm::V64<T>::I;
 
 // Row load / store at any alignment (memcpy): u for unaligned, as in _mm512_loadu_ps. The MLP engine's
-// mlp::loada / storea (cpu/mlp_activations.h) need 64-byte aligned pointers.
+// mlp::loada / storea (cpu/mlp_activations.h) need pointers aligned to one of its vectors.
 template <typename T>
 FASTSAMP_VINLINE Row<T> loadu(const T* p) {
   Row<T> v;

@@ -14,8 +14,8 @@
 // [nb][Hp] row-major buffer (Hp = H rounded up to one vector: a native register, kW lanes). Each
 // layer is a small GEMM whose register tile is MR chains x NV vectors of output features: the
 // chain's input value is broadcast, a row of the (transposed, padded) weight is loaded as NV
-// vectors, MR*NV FMAs per k (MR*NV = 24 of AVX-512's 32 registers, 12 of AVX2's 16). The activation (GELU or SiLU; in the backward its derivative) is
-// applied to the accumulators in registers. A small-D output layer is D dot products per chain
+// vectors, MR*NV FMAs per k (MR*NV = 24 of AVX-512's 32 registers, 12 of AVX2's 16). The
+// activation (GELU or SiLU; in the backward its derivative) is applied to the accumulators in registers. A small-D output layer is D dot products per chain
 // instead (a padded GEMM would mostly multiply zeros). The same tiles give the backward
 // through a layer and the weight gradients (outer products over the chains of a block).
 #pragma once
@@ -166,7 +166,7 @@ FASTSAMP_VINLINE T hsum(Vec<T> v) {
     return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
   }
 #else
-  constexpr int H = kW<T> / 2;  // pairwise: the halves, then their halves
+  constexpr int H = kW<T> / 2;  // the two halves added, then their lanes in order
   if constexpr (H >= 1) {
     typedef T Half __attribute__((vector_size(sizeof(Vec<T>) / 2)));
     Half lo, hi;
