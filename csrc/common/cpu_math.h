@@ -310,9 +310,10 @@ struct VNative {
   typedef typename Bits<T>::I I __attribute__((vector_size(FASTSAMP_NATIVE_BYTES)));
 };
 
-// a * b + c per lane, one rounding (the same bits on every path): one AVX-512 FMA for 64-byte
-// vectors, one AVX2 FMA for 32-byte ones, otherwise fma per lane (which GCC vectorises; 64-byte
-// vectors split into two AVX2 FMAs through memory ran the mixture sampler 6 % slower on Zen 3).
+// a * b + c per lane, one rounding where the CPU has FMA (fma_ is a * b + c without it): one
+// AVX-512 FMA for 64-byte vectors, one AVX2 FMA for 32-byte ones, otherwise fma_ per lane (which
+// GCC vectorises; 64-byte vectors split into two AVX2 FMAs through memory ran the mixture
+// sampler 6 % slower on Zen 3).
 template <typename V>
 FASTSAMP_VINLINE V vfma(V a, V b, V c) {
   constexpr bool kF32 = sizeof(a[0]) == 4;

@@ -44,7 +44,7 @@ FASTSAMP_VINLINE Vec<T> bc(T x) {
     return reinterpret_cast<Vec<T>>(_mm256_set1_pd(x));
   }
 #else
-  return Vec<T>{} + x;
+  return x - Vec<T>{};  // x - 0 is x for every x, -0 included
 #endif
 }
 
