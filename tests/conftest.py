@@ -7,6 +7,8 @@ test_trajectory) compare every compiled backend with the float64 PyTorch referen
 on fresh random inputs.
 """
 import os
+import shutil
+import subprocess
 import sys
 
 import torch
@@ -45,6 +47,34 @@ def skip_unless_available(name: str):
         pytest.skip("CUDA backend: no GPU on this machine")
     if not backends.is_available(name):
         pytest.skip(f"backend {name!r} unavailable: {backends.availability()[name]}")
+
+
+def extension_compiler():
+    """(the C++ compiler that built fastsamp._C, its flags) from `_C.build_info()`, for the tests that build
+    programs of tests/cpp/ the same way; skipped without the cpp backend or that compiler."""
+    skip_unless_available("cpp")
+    from fastsamp import _C
+    info = _C.build_info()
+    cxx = shutil.which(info["cxx"])
+    if cxx is None:
+        pytest.skip(f"needs the extension's C++ compiler {info['cxx']}")
+    return cxx, info["cxx_flags"].split()
+
+
+def defined_macros(cxx, flags):
+    """The preprocessor macros `cxx` defines under `flags` (e.g. __AVX512F__)."""
+    return subprocess.run([cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.split()
+
+
+def compile_all(commands, timeout=600):
+    """Runs the compiler command lines in parallel and asserts that every one succeeded."""
+    jobs = [subprocess.Popen(c) for c in commands]
+    try:
+        assert [j.wait(timeout=timeout) for j in jobs] == [0] * len(jobs)
+    finally:
+        for j in jobs:
+            j.kill()  # none left running after a timeout (a no-op on a finished one)
 
 
 def skip_unless_op(name: str, *op_names: str):

@@ -1,7 +1,5 @@
 """The mh family (mala_propose, line_points, score_mh_accept): every compiled backend against the
 float64 PyTorch reference on fresh random inputs."""
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +11,10 @@ from conftest import (
     assert_accept,
     assert_close,
     backend_device,
+    compile_all,
+    defined_macros,
     eps64,
+    extension_compiler,
     f64,
     rand,
     skip_unless_available,
@@ -177,26 +178,14 @@ def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path):
     tests/cpp/mh_rows_vs_lanes.cpp includes csrc/cpu/mh.cpp and compares the two on random cases (their count
     is printed), built here with the extension's compiler and flags: skipped before compiling where those
     flags define no row lanes (the program's exit status 77 is the backstop)."""
-    skip_unless_available("cpp")
-    from fastsamp import _C
-    info = _C.build_info()
-    cxx, flags = shutil.which(info["cxx"]), info["cxx_flags"].split()
-    if cxx is None:
-        pytest.skip(f"needs the extension's C++ compiler {info['cxx']}")
-    macros = subprocess.run([cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
-                            check=True, timeout=60).stdout.split()
+    cxx, flags = extension_compiler()
+    macros = defined_macros(cxx, flags)
     if not all(m in macros for m in ROW_LANE_MACROS):
         pytest.skip(f"no row lanes in this build (needs {', '.join(ROW_LANE_MACROS)})")
     root = Path(__file__).resolve().parents[1]
     sources = [root / "tests" / "cpp" / "mh_rows_vs_lanes.cpp", root / "csrc" / "cpu" / "runtime.cpp"]
     objects = [tmp_path / (src.stem + ".o") for src in sources]
-    compiles = [subprocess.Popen([cxx, *flags, "-I", root / "csrc", "-c", src, "-o", obj])  # in parallel
-                for src, obj in zip(sources, objects)]
-    try:
-        assert [c.wait(timeout=600) for c in compiles] == [0, 0]
-    finally:
-        for c in compiles:
-            c.kill()  # none left running after a timeout (a no-op on a finished one)
+    compile_all([cxx, *flags, "-I", root / "csrc", "-c", src, "-o", obj] for src, obj in zip(sources, objects))
     exe = tmp_path / "mh_rows_vs_lanes"
     subprocess.run([cxx, *flags, *objects, "-o", exe], check=True, timeout=600)
     run = subprocess.run([exe], capture_output=True, text=True, timeout=300)

@@ -6,14 +6,13 @@ with the extension's compiler and flags for each other width's instruction set t
 PyTorch reference in float64 and float32; the width each build reports is checked against the instruction set it
 targets, and the extension's own (`_C.build_info()["simd_bytes"]`) against its compiler flags."""
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import skip_unless_available
+from conftest import compile_all, defined_macros, extension_compiler
 
 from fastsamp.ops import reference as ref
 from fastsamp.ops.mlp import ACTIVATIONS
@@ -38,26 +37,17 @@ def cpu_flags():
 
 
 def compiler():
-    skip_unless_available("cpp")
-    from fastsamp import _C
-    info = _C.build_info()
-    cxx = shutil.which(info["cxx"])
-    if cxx is None:
-        pytest.skip(f"needs the extension's C++ compiler {info['cxx']}")
-    return cxx, [f for f in info["cxx_flags"].split() if not f.startswith("-march=")]
-
-
-def defined_macros(cxx, flags):
-    return subprocess.run([cxx, *flags, "-dM", "-E", "-x", "c++", "/dev/null"], capture_output=True, text=True,
-                          check=True, timeout=60).stdout.split()
+    """The extension's compiler and its flags without -march (each build here sets its own)."""
+    cxx, flags = extension_compiler()
+    return cxx, [f for f in flags if not f.startswith("-march=")]
 
 
 def test_build_info_reports_the_vector_width_of_the_compiler_flags():
     """simd_bytes is the widest vector instruction set the extension's flags enable (what the engine computes on)."""
-    cxx, _ = compiler()
+    cxx, flags = extension_compiler()
     from fastsamp import _C
     info = _C.build_info()
-    macros = defined_macros(cxx, info["cxx_flags"].split())
+    macros = defined_macros(cxx, flags)
     want = 64 if "__AVX512F__" in macros else 32 if "__AVX__" in macros else 16
     assert info["simd_bytes"] == want
 
@@ -85,16 +75,10 @@ def test_mlp_net_equals_the_reference_at_every_vector_width(tmp_path):
     if not builds:
         pytest.skip(f"this CPU runs no instruction set with other vectors than the extension's {native} bytes")
     runtime = tmp_path / "runtime.o"
-    jobs = [subprocess.Popen([cxx, *flags, "-march=x86-64", "-I", ROOT / "csrc", "-c",
-                              ROOT / "csrc" / "cpu" / "runtime.cpp", "-o", runtime])]
-    for isa, width in builds:  # in parallel
-        jobs.append(subprocess.Popen([cxx, *flags, *isa, "-I", ROOT / "csrc", "-c",
-                                      ROOT / "tests" / "cpp" / "mlp_isa.cpp", "-o", tmp_path / f"w{width}.o"]))
-    try:
-        assert [j.wait(timeout=900) for j in jobs] == [0] * len(jobs)
-    finally:
-        for j in jobs:
-            j.kill()  # none left running after a timeout (a no-op on a finished one)
+    compile_all([[cxx, *flags, "-march=x86-64", "-I", ROOT / "csrc", "-c", ROOT / "csrc" / "cpu" / "runtime.cpp",
+                  "-o", runtime]]
+                + [[cxx, *flags, *isa, "-I", ROOT / "csrc", "-c", ROOT / "tests" / "cpp" / "mlp_isa.cpp", "-o",
+                    tmp_path / f"w{width}.o"] for isa, width in builds], timeout=900)
 
     rng = np.random.default_rng(7)
     all_cases = list(cases(rng))

@@ -15,8 +15,9 @@
 // layer is a small GEMM whose register tile is MR chains x NV vectors of output features: the
 // chain's input value is broadcast, a row of the (transposed, padded) weight is loaded as NV
 // vectors, MR*NV FMAs per k (MR*NV = 24 of AVX-512's 32 registers, 12 of AVX2's 16). The
-// activation (GELU or SiLU; in the backward its derivative) is applied to the accumulators in registers. A small-D output layer is D dot products per chain
-// instead (a padded GEMM would mostly multiply zeros). The same tiles give the backward
+// activation (GELU or SiLU; in the backward its derivative) is applied to the accumulators in
+// registers. A small-D output layer is D dot products per chain instead (a padded GEMM would
+// mostly multiply zeros). The same tiles give the backward
 // through a layer and the weight gradients (outer products over the chains of a block).
 #pragma once
 #include <cmath>
