@@ -20,8 +20,8 @@ import time
 import torch
 
 from fastsamp.cli import main as cli_main
-from fastsamp.experiments.bench import cpu_model
 from fastsamp.experiments.options import count
+from fastsamp.profiling import cpu_model
 
 
 def sample_wall(chains, levels, n_threads) -> float:

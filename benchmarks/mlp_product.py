@@ -39,8 +39,9 @@ import torch
 from _timing import gemm_rate, timed
 
 from fastsamp import ops
-from fastsamp.experiments.bench import cpu_model, measure_roofline
+from fastsamp.experiments.bench import measure_roofline
 from fastsamp.models import PARAMETERISATIONS, EnergyMLP, Product
+from fastsamp.profiling import cpu_model
 from fastsamp.samplers import annealed_mcmc
 
 

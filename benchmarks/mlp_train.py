@@ -42,9 +42,9 @@ import torch
 from _timing import gemm_rate, timed
 
 from fastsamp import ops
-from fastsamp.experiments.bench import cpu_model
 from fastsamp.mlp_models import dsm_loss
 from fastsamp.models import EnergyMLP, ScoreMLP
+from fastsamp.profiling import cpu_model
 
 
 def trainer(net, loss_fn):

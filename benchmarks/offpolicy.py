@@ -277,11 +277,7 @@ def _table(plan, args, *, brief) -> str:
         exact = _values(done, "w2_exact_equal_counts") or _values(done, "w2_exact")
         if "w2" in outside and exact and statistics.mean(exact) > sum(float(v) for v in pub[2].split("±")):
             outside[outside.index("w2")] = "w2 (the paper's is below exact samples')"
-        ms = "–"
-        if done:
-            per_it = [d["ms_per_iteration"] if "ms_per_iteration" in d else 1e3 * d["seconds_per_iteration"]
-                      for d in done]
-            ms = f"{statistics.mean(per_it):.0f}" + ("" if all("ms_per_iteration" in d for d in done) else " (wall)")
+        ms = _ms_per_iteration(done) if done else "–"
         pub = pub or ("n/a", "n/a", "n/a")
         rows.append(f"| {target} | {method} | {_seeds_done(len(runs), finished)} | {runs[0].iterations} | {ours[0]} "
                     f"| {pub[0]} | {ours[1]} | {pub[1]} | {ours[2]} | {pub[2]} | {w2_exact} | {one} | {ms} "
@@ -295,6 +291,42 @@ def _table(plan, args, *, brief) -> str:
         text += (f"LGCP point pattern: {finished}; runs started here use {LGCP.default_points()} "
                  "(finpines: the Finnish pines of the paper; synthetic: drawn from the model).\n")
     return text
+
+
+UNRECORDED = "AVX-512"  # the processor class of the runs and checkpoints that did not record their machine
+
+
+def _processor_class(machine) -> str:
+    """What a stretch of training is timed under: the CPU's vector ISA level (the tail of `profiling.cpu_model`),
+    or the GPU's name; UNRECORDED for None (every run before machines were recorded trained on AVX-512 CPUs)."""
+    if machine is None:
+        return UNRECORDED
+    _, sep, isa = machine.rpartition(", ")
+    return isa[:-1] if sep and isa.endswith(")") else machine
+
+
+def _ms_per_iteration(done) -> str:
+    """The cell's time per training iteration, per processor class (`_processor_class`): the mean over the runs
+    of each run's ms per iteration on that class (from its "segments": CPU time on the CPU, wall time on a GPU),
+    AVX-512 unlabelled and first; "(wall)" where a run predates the CPU-time record."""
+    per_class, wall = {}, set()
+    for d in done:
+        if not d.get("segments"):  # run before segments were recorded: one unrecorded stretch
+            if "ms_per_iteration" not in d:
+                wall.add(UNRECORDED)
+            ms = d["ms_per_iteration"] if "ms_per_iteration" in d else 1e3 * d["seconds_per_iteration"]
+            per_class.setdefault(UNRECORDED, []).append(ms)
+            continue
+        clock = "cpu_seconds" if d["device"] == "cpu" else "seconds"
+        spent = {}
+        for seg in d["segments"]:
+            t, n = spent.get(_processor_class(seg["machine"]), (0.0, 0))
+            spent[_processor_class(seg["machine"])] = (t + seg[clock], n + seg["last"] - seg["first"])
+        for cls, (t, n) in spent.items():
+            per_class.setdefault(cls, []).append(1e3 * t / n)
+    order = sorted(per_class, key=lambda c: c != UNRECORDED)
+    return " · ".join(f"{statistics.mean(per_class[c]):.0f}" + ("" if c == UNRECORDED else f" ({c})")
+                      + (" (wall)" if c in wall else "") for c in order)
 
 
 def _scoring(counts) -> str:

@@ -23,10 +23,13 @@ where the host waits for them. Profiling has a cost (about a microsecond per tor
     with fastsamp.profiling.breakdown(trace="trace.json") as b:     # or fastsamp.profile(fn, *args)
         x, stats = annealed_mcmc(model, 2048, corrector="mala")
     print(b)                                                        # b.shares: the three shares
+
+`cpu_model()` and `machine(device)` name the hardware a time was measured on, for the records that keep times.
 """
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -178,3 +181,28 @@ def profile(fn, *args, trace=None, show=True, **kwargs):
     if show:
         print(b)
     return result, b
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its vector ISA level (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor only
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    name = fields.get("model name", platform.machine())
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {isa})"
+
+
+def machine(device) -> str:
+    """The processor that runs work on `device`: the GPU's name, or `cpu_model()`."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()

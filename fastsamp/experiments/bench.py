@@ -35,6 +35,7 @@ import torch
 
 from .. import backends
 from ..ops import reference as ref
+from ..profiling import cpu_model
 from ..schedules import VP, reverse_em_coefficients
 from .options import device_arg, positive_float
 
@@ -369,25 +370,6 @@ def _run(device, ops, dtype, compile_reference, min_time, verbose, cpu_time) -> 
         "date": time.strftime("%Y-%m-%d"), "roofline": roof, "clock": "thread CPU time" if cpu_time else "wall",
     }
     return {"info": info, "results": results}
-
-
-def cpu_model() -> str:
-    """The CPU's model name and its vector ISA level (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the first processor only
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    name = fields.get("model name", platform.machine())
-    flags = fields.get("flags", "").split()
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {isa})"
 
 
 def format_table(report: dict) -> str:

@@ -134,6 +134,7 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
         "metrics": metrics, "config": dataclasses.asdict(cfg), "sigma": sampler.sigma, "fused": sampler.fused,
         "device": str(sampler.device), "torch_threads": torch.get_num_threads(),
         "resumed_from": train_log.resumed_from, "checkpoint_every": checkpoint_every,
+        "segments": train_log.segments,  # the machine of each stretch of iterations, with its times
         # the table's timing: CPU time on the CPU (one thread; immune to pauses and other jobs), wall time on a GPU
         "ms_per_iteration": 1e3 * (train_log.cpu_seconds_per_iteration if sampler.device.type == "cpu"
                                    else train_log.seconds_per_iteration),

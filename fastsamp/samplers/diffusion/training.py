@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...distributed import Comm
+from ...profiling import machine
 from .replay import ReplayBuffer, local_search
 from .sampler import OBJECTIVES, DiffusionSampler
 
@@ -48,12 +49,16 @@ class TrainConfig:
 @dataclass
 class TrainLog:
     """Per-iteration losses, wall and process-CPU seconds of training (checkpoint writes excluded,
-    summed over resumed calls), periodic evaluations, and the iterations the run was resumed from."""
+    summed over resumed calls), periodic evaluations, the iterations the run was resumed from, and its
+    segments: per train() call that ran iterations, {"first", "last" (iterations [first, last)), "machine"
+    (`profiling.machine`; None for the part of a run resumed from a checkpoint that did not record it),
+    "seconds", "cpu_seconds"}, so that a run resumed on another machine keeps each machine's times apart."""
     loss: list = field(default_factory=list)
     seconds: float = 0.0
     evals: list = field(default_factory=list)
     cpu_seconds: float = 0.0
     resumed_from: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
 
     @property
     def seconds_per_iteration(self):
@@ -187,9 +192,16 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     start, start_cpu = time.perf_counter(), time.process_time()
     saving = [0.0, 0.0]  # wall and CPU seconds spent writing checkpoints (not training time)
 
+    segment = {"first": first, "last": first, "machine": machine(device)}
+
     def elapsed():
         log.seconds = prior_seconds + time.perf_counter() - start - saving[0]
         log.cpu_seconds = prior_cpu + time.process_time() - start_cpu - saving[1]
+        if len(log.loss) > first:
+            segment.update(last=len(log.loss), seconds=log.seconds - prior_seconds,
+                           cpu_seconds=log.cpu_seconds - prior_cpu)
+            if not log.segments or log.segments[-1] is not segment:
+                log.segments.append(segment)
 
     def save(it):
         elapsed()
@@ -259,7 +271,7 @@ def _save_checkpoint(path, iteration, training: TrainingState):
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "loss": log.loss, "evals": log.evals, "seconds": log.seconds, "cpu_seconds": log.cpu_seconds,
-        "resumed_from": log.resumed_from,
+        "resumed_from": log.resumed_from, "segments": log.segments,
     }
     if hasattr(sampler.target, "points_source"):  # LGCP: the point pattern the run trains on
         state["target_points"] = sampler.target.points_source
@@ -309,6 +321,9 @@ def _load_checkpoint(path, training: TrainingState) -> int:
     log.loss, log.evals = list(state["loss"]), list(state["evals"])
     log.seconds, log.cpu_seconds = state["seconds"], state["cpu_seconds"]
     log.resumed_from = list(state["resumed_from"])
+    unrecorded = [{"first": 0, "last": len(log.loss), "machine": None, "seconds": log.seconds,
+                   "cpu_seconds": log.cpu_seconds}] if log.loss else []
+    log.segments = [dict(seg) for seg in state.get("segments", unrecorded)]
     return int(state["iteration"])
 
 
