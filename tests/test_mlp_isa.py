@@ -1,7 +1,8 @@
 """The fused MLP engine on every x86 vector width this CPU runs, not only the extension's: its vectors are one
 native register (64 bytes with AVX-512, 32 with AVX2, 16 with SSE2 or NEON), so the register tiles, the padded
 layouts and the horizontal sums differ between builds, and the default `-march=native` build tests one of them
-(every other test of the engine). tests/cpp/mlp_isa.cpp (mlp_net and its backward, csrc/cpu/mlp_net.cpp) is built
+(every other test of the engine). tests/cpp/mlp_isa.cpp (mlp_net, its backward and the energy parameterisation's
+loss gradient mlp_net_energy_lsq: forward, tangent and double-backward tiles; csrc/cpu/mlp_net.cpp) is built
 with the extension's compiler and flags for each other width's instruction set this CPU runs and compared with the
 PyTorch reference in float64 and float32; the width each build reports is checked against the instruction set it
 targets, and the extension's own (`_C.build_info()["simd_bytes"]`) against its compiler flags."""
@@ -62,7 +63,11 @@ def cases(rng):
                 for rows, cols in widths:
                     params += [2 * rng.standard_normal((rows, cols)) / cols ** 0.5, 0.5 * rng.standard_normal(rows)]
                 x, g_out = rng.standard_normal((B, Din)), rng.standard_normal((B, O))
-                yield (B, Din, H, O, L, act), dtype, [torch.from_numpy(a).to(dtype) for a in (x, *params, g_out)]
+                # mlp_net_energy_lsq's c, v > 0, sigma, z (O <= Din in every shape)
+                energy = [rng.standard_normal((B, O)), rng.uniform(0.1, 2.0, B), rng.uniform(0.1, 1.0, B),
+                          rng.standard_normal((B, O))]
+                yield ((B, Din, H, O, L, act), dtype,
+                       [torch.from_numpy(a).to(dtype) for a in (x, *params, g_out, *energy)])
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the instruction sets are x86-64's")
@@ -96,13 +101,16 @@ def test_mlp_net_equals_the_reference_at_every_vector_width(tmp_path):
         assert int(run.stdout.split()[0]) == width, march
         got = np.fromfile(tmp_path / "out.bin", dtype=np.uint8)
         pos = 0
-        for (B, Din, H, O, L, act), dtype, (x, *params, g_out) in all_cases:
-            (want_out,) = [ref.mlp_net(x.double(), [p.double() for p in params], act)]
-            want_gx, want_gp = ref.mlp_net_backward(x.double(), [p.double() for p in params], act, g_out.double(),
-                                                    True)
+        for (B, Din, H, O, L, act), dtype, arrays in all_cases:
+            x, *params, g_out, c, v, sigma, z = [a.double() for a in arrays]
+            want_out = ref.mlp_net(x, params, act)
+            want_gx, want_gp = ref.mlp_net_backward(x, params, act, g_out, True)
+            want_loss, want_ep = ref.mlp_net_energy_lsq(x, params, act, c, v, sigma, z)
             np_dtype = np.float32 if dtype == torch.float32 else np.float64
-            for name, want in [("out", want_out), ("g_x", want_gx)] + [(f"g_params[{k}]", g) for k, g in
-                                                                       enumerate(want_gp)]:
+            for name, want in ([("out", want_out), ("g_x", want_gx)] + [(f"g_params[{k}]", g) for k, g in
+                                                                        enumerate(want_gp)]
+                               + [("energy loss", want_loss)] + [(f"energy g_params[{k}]", g) for k, g in
+                                                                 enumerate(want_ep)]):
                 n = want.numel() * np.dtype(np_dtype).itemsize
                 value = torch.from_numpy(got[pos:pos + n].copy().view(np_dtype)).reshape(want.shape)
                 pos += n

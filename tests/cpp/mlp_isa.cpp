@@ -4,8 +4,10 @@
 // extension's compiler and flags and another -march, and compares what it computes with the PyTorch reference.
 //
 //   mlp_isa CASES OUT    prints FASTSAMP_NATIVE_BYTES; for each case of CASES (int64 dtype, B, Din, H, O, L, act;
-//                        then, in the dtype: x (B, Din), the packed params of csrc/cpu/mlp_net.cpp, g_out (B, O))
-//                        writes mlp_net's out and mlp_net_backward's g_x and g_params, in that order, to OUT.
+//                        then, in the dtype: x (B, Din), the packed params of csrc/cpu/mlp_net.cpp, g_out (B, O),
+//                        and mlp_net_energy_lsq's c (B, O), v (B), sigma (B), z (B, O)) writes mlp_net's out,
+//                        mlp_net_backward's g_x and g_params, and mlp_net_energy_lsq's loss and g_params, in that
+//                        order, to OUT.
 // Exit status: 0 done, 2 a bad file, 1 a kernel error (printed).
 #include "cpu/mlp_net.cpp"
 
@@ -20,31 +22,36 @@ bool run_case(std::FILE* in, std::FILE* out, const int64_t (&h)[7]) {
   const int64_t B = h[1], Din = h[2], H = h[3], O = h[4], L = h[5], act = h[6];
   std::vector<int64_t> sizes = {H * Din, H, O * H, O};
   for (int64_t k = 0; k < L; ++k) sizes.insert(sizes.end(), {H * H, H});
-  std::vector<T> x(B * Din), g_out(B * O), y(B * O), g_x(B * Din);
-  std::vector<std::vector<T>> params, grads;
+  std::vector<T> x(B * Din), g_out(B * O), y(B * O), g_x(B * Din), c(B * O), v(B), sigma(B), z(B * O), loss(B);
+  std::vector<std::vector<T>> params, grads, energy_grads;
   for (int64_t n : sizes) {
     params.emplace_back(n);
     grads.emplace_back(n);
+    energy_grads.emplace_back(n);
   }
-  auto read = [&](std::vector<T>& v) { return std::fread(v.data(), sizeof(T), v.size(), in) == v.size(); };
+  auto read = [&](std::vector<T>& a) { return std::fread(a.data(), sizeof(T), a.size(), in) == a.size(); };
   bool ok = read(x);
   for (auto& p : params) ok = ok && read(p);
-  if (!(ok && read(g_out))) return false;
-  std::vector<uintptr_t> pp, gp;
+  if (!(ok && read(g_out) && read(c) && read(v) && read(sigma) && read(z))) return false;
+  auto addr = [](std::vector<T>& a) { return reinterpret_cast<uintptr_t>(a.data()); };
+  std::vector<uintptr_t> pp, gp, ep;
   for (size_t k = 0; k < params.size(); ++k) {
-    pp.push_back(reinterpret_cast<uintptr_t>(params[k].data()));
-    gp.push_back(reinterpret_cast<uintptr_t>(grads[k].data()));
+    pp.push_back(addr(params[k]));
+    gp.push_back(addr(grads[k]));
+    ep.push_back(addr(energy_grads[k]));
   }
   const int dtype = sizeof(T) == 4 ? 0 : 1;
-  auto addr = [](std::vector<T>& v) { return reinterpret_cast<uintptr_t>(v.data()); };
   {
     fastsamp::cpu::KernelScope scope(1);
     fastsamp::cpu::mlp_net(dtype, addr(x), B, Din, H, O, pp, act, addr(y));
     fastsamp::cpu::mlp_net_backward(dtype, addr(x), B, Din, H, O, pp, act, addr(g_out), addr(g_x), gp);
+    fastsamp::cpu::mlp_net_energy_lsq(dtype, addr(x), B, Din, H, O, pp, act, addr(c), addr(v), addr(sigma), addr(z),
+                                      addr(loss), ep);
   }
-  std::fwrite(y.data(), sizeof(T), y.size(), out);
-  std::fwrite(g_x.data(), sizeof(T), g_x.size(), out);
+  for (auto* a : {&y, &g_x}) std::fwrite(a->data(), sizeof(T), a->size(), out);
   for (auto& g : grads) std::fwrite(g.data(), sizeof(T), g.size(), out);
+  std::fwrite(loss.data(), sizeof(T), loss.size(), out);
+  for (auto& g : energy_grads) std::fwrite(g.data(), sizeof(T), g.size(), out);
   return true;
 }
 
