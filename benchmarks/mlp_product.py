@@ -41,7 +41,7 @@ from _timing import gemm_rate, timed
 from fastsamp import ops
 from fastsamp.experiments.bench import measure_roofline
 from fastsamp.models import PARAMETERISATIONS, EnergyMLP, Product
-from fastsamp.profiling import cpu_model
+from fastsamp.profiling import cpu_model, machine
 from fastsamp.samplers import annealed_mcmc
 
 
@@ -212,8 +212,7 @@ def main():
         return {"wall_s": wall, "cpu_s": cpu, "n_score_evals": evals, "GFLOPs": rates,
                 "frac_gemm": {k: rates[k] / gemm[k] for k in rates}}
 
-    device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else cpu_model()
-    report = {"cpu": cpu_model(), "device": device, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1,
+    report = {"cpu": cpu_model(), "device": machine(args.device), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1,
               "args": {**vars(args), "device": str(args.device)},
               "fp32_gemm_GFLOPs": gemm, "flops_per_eval": fpe,
               "kernel": entry(*run_kernel(model, args))}

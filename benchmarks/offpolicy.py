@@ -307,7 +307,8 @@ def _processor_class(machine) -> str:
 
 def _ms_per_iteration(done) -> str:
     """The cell's time per training iteration, per processor class (`_processor_class`): the mean over the runs
-    of each run's ms per iteration on that class (from its "segments": CPU time on the CPU, wall time on a GPU),
+    of each run's ms per iteration on that class (from its "segments": CPU time on the CPU, wall time on a GPU, per
+    segment's device),
     AVX-512 unlabelled and first; "(wall)" where a run predates the CPU-time record."""
     per_class, wall = {}, set()
     for d in done:
@@ -317,13 +318,15 @@ def _ms_per_iteration(done) -> str:
             ms = d["ms_per_iteration"] if "ms_per_iteration" in d else 1e3 * d["seconds_per_iteration"]
             per_class.setdefault(UNRECORDED, []).append(ms)
             continue
-        clock = "cpu_seconds" if d["device"] == "cpu" else "seconds"
         spent = {}
         for seg in d["segments"]:
-            t, n = spent.get(_processor_class(seg["machine"]), (0.0, 0))
-            spent[_processor_class(seg["machine"])] = (t + seg[clock], n + seg["last"] - seg["first"])
+            clock = "cpu_seconds" if seg.get("device", d["device"]) == "cpu" else "seconds"
+            cls = _processor_class(seg["machine"])
+            t, n = spent.get(cls, (0.0, 0))
+            spent[cls] = (t + seg[clock], n + seg["last"] - seg["first"])
         for cls, (t, n) in spent.items():
-            per_class.setdefault(cls, []).append(1e3 * t / n)
+            if n:
+                per_class.setdefault(cls, []).append(1e3 * t / n)
     order = sorted(per_class, key=lambda c: c != UNRECORDED)
     return " · ".join(f"{statistics.mean(per_class[c]):.0f}" + ("" if c == UNRECORDED else f" ({c})")
                       + (" (wall)" if c in wall else "") for c in order)

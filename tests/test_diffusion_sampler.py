@@ -2,11 +2,10 @@
 that a broken objective fails, replay buffer, local search, and the log Z / W2 metrics."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from fastsamp import datasets, metrics
+from fastsamp import metrics
 from fastsamp.samplers.annealed import mcmc
 from fastsamp.samplers.diffusion import DiffusionSampler, ReplayBuffer, TrainConfig, Trajectories, local_search, train
 from fastsamp.targets import LGCP, Target, get_target
@@ -396,75 +395,6 @@ def test_bad_configurations_raise():
                   TrainConfig(objective="subtb", subtb_lambda=lam, iterations=1), progress=False,
                   on_iteration=iterations.append)
     assert iterations == []  # raised up front, before the first iteration
-
-
-# ------------------------------------------------------------------------------------------------
-# The LGCP point pattern in saved samplers and checkpoints
-# ------------------------------------------------------------------------------------------------
-def _lgcp_sampler(points, grid=40):
-    return DiffusionSampler(LGCP(points=points, grid=grid), n_steps=4, hidden=8, n_harmonics=4)
-
-
-def test_saved_lgcp_sampler_reloads_on_its_point_pattern(tmp_path, monkeypatch):
-    """A saved LGCP sampler records its point pattern and grid and load() rebuilds the target on them, not on what
-    points="auto" takes here; a pattern that is unavailable, or user-given points, are clear errors.
-    Saved samplers of the other targets and LGCP files from before the fields load as before (40×40)."""
-    path = str(tmp_path / "s.pt")
-    _lgcp_sampler("synthetic").save(path)
-    assert torch.load(path)["config"]["points"] == "synthetic"
-    assert DiffusionSampler.load(path).target.points_source == "synthetic"  # even where the pines are installed
-    saved = torch.load(path)
-    del saved["config"]["points"], saved["config"]["grid"]  # saved before the fields were recorded: the defaults
-    torch.save(saved, path)
-    target = DiffusionSampler.load(path).target
-    assert target.points_source == LGCP.default_points() and target.grid == 40
-
-    _lgcp_sampler("synthetic", grid=3).save(path)
-    assert torch.load(path)["config"]["grid"] == 3
-    target = DiffusionSampler.load(path).target
-    assert target.grid == 3 and torch.equal(target.counts, LGCP(points="synthetic", grid=3).counts)
-
-    DiffusionSampler(get_target("25gmm"), n_steps=4, hidden=8, n_harmonics=4).save(path)
-    config = torch.load(path)["config"]
-    assert "points" not in config and "grid" not in config and DiffusionSampler.load(path).target.name == "25gmm"
-
-    _lgcp_sampler(np.array([[0.2, 0.3]]), grid=2).save(path)
-    with pytest.raises(ValueError, match="user-given lgcp points: pass target="):
-        DiffusionSampler.load(path)
-    assert DiffusionSampler.load(path, target=LGCP(np.array([[0.2, 0.3]]), grid=2)).target.points_source == "user"
-
-    sampler = _lgcp_sampler("synthetic", grid=2)
-    sampler.target.points_source = "finpines"  # as saved where the pines are installed
-    sampler.save(path)
-    monkeypatch.delenv(datasets.SPATSTAT_DATA_ENV, raising=False)
-    monkeypatch.setattr(datasets, "spatstat_data_dirs", lambda: [str(tmp_path / "nowhere")])
-    with pytest.raises(FileNotFoundError, match="trained on the finpines lgcp point pattern.*apt-get install"):
-        DiffusionSampler.load(path)
-
-
-def test_checkpoint_resumes_only_on_its_point_pattern(tmp_path):
-    """An LGCP checkpoint records the point pattern (target_points) and refuses to resume on another;
-    checkpoints without the field (other targets; LGCP before it was recorded) resume as before."""
-    ckpt = str(tmp_path / "run.ckpt")
-    cfg = TrainConfig(iterations=3, batch_size=4)
-    train(_lgcp_sampler("synthetic", grid=4), cfg, progress=False, checkpoint=ckpt, until=1)
-    assert torch.load(ckpt, weights_only=False)["target_points"] == "synthetic"
-    user = np.array([[0.1, 0.1], [0.6, 0.9]])
-    with pytest.raises(ValueError, match="written on the synthetic lgcp point pattern.*uses the user one"):
-        train(_lgcp_sampler(user, grid=4), cfg, progress=False, checkpoint=ckpt, until=2)
-    assert train(_lgcp_sampler("synthetic", grid=4), cfg, progress=False, checkpoint=ckpt,
-                 until=2).resumed_from == [1]
-    state = torch.load(ckpt, weights_only=False)
-    del state["target_points"]  # the format written before the field existed
-    torch.save(state, ckpt)
-    assert train(_lgcp_sampler(user, grid=4), cfg, progress=False, checkpoint=ckpt).resumed_from == [1, 2]
-
-    other = str(tmp_path / "gmm.ckpt")
-    gmm = dict(n_steps=4, hidden=8, n_harmonics=4)
-    train(DiffusionSampler(get_target("25gmm"), **gmm), cfg, progress=False, checkpoint=other, until=1)
-    assert "target_points" not in torch.load(other, weights_only=False)
-    assert train(DiffusionSampler(get_target("25gmm"), **gmm), cfg, progress=False,
-                 checkpoint=other).resumed_from == [1]
 
 
 @pytest.mark.parametrize("dim, hidden, kept", [(3, 16, False), (40, 16, True)], ids=["narrow", "wide"])

@@ -51,7 +51,7 @@ class TrainLog:
     """Per-iteration losses, wall and process-CPU seconds of training (checkpoint writes excluded,
     summed over resumed calls), periodic evaluations, the iterations the run was resumed from, and its
     segments: per train() call that ran iterations, {"first", "last" (iterations [first, last)), "machine"
-    (`profiling.machine`; None for the part of a run resumed from a checkpoint that did not record it),
+    (`profiling.machine`; None for the part of a run resumed from a checkpoint that did not record it), "device",
     "seconds", "cpu_seconds"}, so that a run resumed on another machine keeps each machine's times apart."""
     loss: list = field(default_factory=list)
     seconds: float = 0.0
@@ -189,10 +189,9 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         step = torch.nn.parallel.DistributedDataParallel(step, process_group=comm.group,
                                                          find_unused_parameters=True)
     prior_seconds, prior_cpu = log.seconds, log.cpu_seconds
+    segment = {"first": first, "last": first, "machine": machine(device), "device": str(device)}
     start, start_cpu = time.perf_counter(), time.process_time()
     saving = [0.0, 0.0]  # wall and CPU seconds spent writing checkpoints (not training time)
-
-    segment = {"first": first, "last": first, "machine": machine(device)}
 
     def elapsed():
         log.seconds = prior_seconds + time.perf_counter() - start - saving[0]
