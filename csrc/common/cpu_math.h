@@ -360,15 +360,14 @@ FASTSAMP_VINLINE V vsqrt(V a) {
 }
 
 // -2 log(u) for u in [2^-126, 1] (normal, positive, finite: the Box–Muller
-// uniform_open range), vectorised. float: the cephes logf polynomial (no
+// uniform_open range), on vectors V of T (64 bytes unless given). float: the cephes logf polynomial (no
 // division, ~1 ulp), evaluated Estrin-style for a short dependency chain;
 // double: the musl formula of log<double> above. The factor -2 is folded into
 // the coefficients: scaling by a power of two is exact, so this is -2 times the
 // log computed the plain way (same roundings), minus one multiply.
-template <typename T>
-FASTSAMP_VINLINE typename V64<T>::V vneg2log_unit(typename V64<T>::V u) {
-  using V = typename V64<T>::V;
-  using I = typename V64<T>::I;
+template <typename T, typename V = typename V64<T>::V>
+FASTSAMP_VINLINE V vneg2log_unit(V u) {
+  typedef typename Bits<T>::I I __attribute__((vector_size(sizeof(V))));
   using C = LogC<T>;
   I ix = reinterpret_cast<I>(u);
   ix += C::one - C::off;
@@ -407,11 +406,10 @@ FASTSAMP_VINLINE typename V64<T>::V vneg2log_unit(typename V64<T>::V u) {
   }
 }
 
-// sin(x), cos(x) for |x| in the range of sincos<T> above, vectorised (same formulas).
-template <typename T>
-FASTSAMP_VINLINE void vsincos(typename V64<T>::V x, typename V64<T>::V* sn, typename V64<T>::V* cs) {
-  using V = typename V64<T>::V;
-  using I = typename V64<T>::I;
+// sin(x), cos(x) for |x| in the range of sincos<T> above, on vectors V of T (64 bytes unless given; same formulas).
+template <typename T, typename V = typename V64<T>::V>
+FASTSAMP_VINLINE void vsincos(V x, V* sn, V* cs) {
+  typedef typename Bits<T>::I I __attribute__((vector_size(sizeof(V))));
   using C = TrigC<T>;
   const V t = vfma(x, V{} + C::two_over_pi, V{} + C::shifter);
   const V q = t - C::shifter;
