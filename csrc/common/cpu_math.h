@@ -285,8 +285,9 @@ FASTSAMP_VINLINE void sincos(T x, T* sn, T* cs) {
 
 // ---------------------------------------------------------------- 64-byte vectors
 // GCC vector-extension versions of the above for the Philox normal generator
-// (one 512-bit register: 16 float / 8 double lanes). Same formulas as the
-// scalar functions (log restricted to the Box–Muller range, see log_unit).
+// (one 512-bit register: 16 float / 8 double lanes; vneg2log_unit and vsincos
+// also on the AVX2 generator's 32-byte vectors). Same formulas as the scalar
+// functions (log restricted to the Box–Muller range, see log_unit).
 template <typename T>
 struct V64 {
   typedef T V __attribute__((vector_size(64)));
@@ -360,11 +361,12 @@ FASTSAMP_VINLINE V vsqrt(V a) {
 }
 
 // -2 log(u) for u in [2^-126, 1] (normal, positive, finite: the Box–Muller
-// uniform_open range), on vectors V of T (64 bytes unless given). float: the cephes logf polynomial (no
-// division, ~1 ulp), evaluated Estrin-style for a short dependency chain;
-// double: the musl formula of log<double> above. The factor -2 is folded into
-// the coefficients: scaling by a power of two is exact, so this is -2 times the
-// log computed the plain way (same roundings), minus one multiply.
+// uniform_open range), on vectors V of T (64 bytes unless given). float: the
+// cephes logf polynomial (no division, ~1 ulp), evaluated Estrin-style for a
+// short dependency chain; double: the musl formula of log<double> above. The
+// factor -2 is folded into the coefficients: scaling by a power of two is exact,
+// so this is -2 times the log computed the plain way (same roundings), minus one
+// multiply.
 template <typename T, typename V = typename V64<T>::V>
 FASTSAMP_VINLINE V vneg2log_unit(V u) {
   typedef typename Bits<T>::I I __attribute__((vector_size(sizeof(V))));
@@ -406,7 +408,8 @@ FASTSAMP_VINLINE V vneg2log_unit(V u) {
   }
 }
 
-// sin(x), cos(x) for |x| in the range of sincos<T> above, on vectors V of T (64 bytes unless given; same formulas).
+// sin(x), cos(x) for |x| in the range of sincos<T> above, on vectors V of T
+// (64 bytes unless given; same formulas).
 template <typename T, typename V = typename V64<T>::V>
 FASTSAMP_VINLINE void vsincos(V x, V* sn, V* cs) {
   typedef typename Bits<T>::I I __attribute__((vector_size(sizeof(V))));
