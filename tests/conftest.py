@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -65,6 +66,15 @@ def defined_macros(cxx, flags):
     """The preprocessor macros `cxx` defines under `flags` (e.g. __AVX512F__)."""
     return subprocess.run([cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
                           check=True, timeout=60).stdout.split()
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
 
 
 def compile_all(commands, timeout=600):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compile_all, defined_macros, extension_compiler
+from conftest import compile_all, cpu_flags, defined_macros, extension_compiler
 
 from fastsamp.ops import reference as ref
 from fastsamp.ops.mlp import ACTIVATIONS
@@ -27,14 +27,6 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-
 # vectors per tile at 4, 8 and 16 lanes and odd ones; inputs and outputs narrower and wider than one vector
 SHAPES = [(1, 1, 1, 1, 0), (7, 3, 24, 2, 1), (13, 9, 12, 1, 2), (50, 20, 40, 9, 1), (97, 5, 64, 3, 2),
           (61, 34, 33, 20, 1)]
-
-
-def cpu_flags():
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
 
 
 def compiler():

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compile_all, defined_macros, extension_compiler
-from test_mlp_isa import cpu_flags
+from conftest import compile_all, cpu_flags, defined_macros, extension_compiler
 
 from fastsamp import ops
 
