@@ -1,5 +1,5 @@
 """The in-kernel normals on every x86 instruction set this CPU runs, not only the extension's: GroupNormals
-(csrc/cpu/common.h) has an AVX-512 path, an AVX2 one (Philox in 256-bit lanes, Box–Muller on 32-byte vectors) and
+(csrc/cpu/normals.h) has an AVX-512 path, an AVX2 one (Philox in 256-bit lanes, Box–Muller on 32-byte vectors) and
 the lane loops below, and the default build tests one of them. tests/cpp/normals_isa.cpp is built with the
 extension's compiler and flags for each of them and its draws compared with the extension's `ops.normal`: bit for
 bit where both use the vector Box–Muller with FMA (AVX2 + FMA, AVX-512: the same formulas), within a few ulp of

@@ -18,7 +18,7 @@ constexpr int kUniformBlock = 16;
 
 #if defined(__AVX512F__)
 // Word 0 of philox((0xFFFFFFFF, chain0 + l, offset_lo, offset_hi), seed) for l < kUniformBlock into w:
-// the Philox of GroupNormals (cpu/common.h), two sets of 8 lanes, one counter per 64-bit lane
+// the Philox of GroupNormals (cpu/normals.h), two sets of 8 lanes, one counter per 64-bit lane
 // (vpmuludq reads the low 32 bits of each lane, so the high halves are never cleaned; the words
 // are the low halves at the end). About 4x the lane loop of philox_lanes, whose 64-bit products
 // GCC does not map onto vpmuludq.

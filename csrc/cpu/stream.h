@@ -6,7 +6,7 @@
 // Elementwise ops are single streaming passes (static split over the pool's threads). When
 // the noise is drawn in-kernel, each thread walks a contiguous run of chunks of
 // rows: the normals of a chunk are generated over flat groups g = b * J + j,
-// 16 groups per SIMD block (GroupNormals in cpu/common.h), written row-major
+// 16 groups per SIMD block (GroupNormals in cpu/normals.h), written row-major
 // into an L1 buffer, and consumed by the same pass; the next chunk's inputs are
 // prefetched while the normals are computed. When D % 4 == 0 (the row-major
 // normals are exactly the group stream) the elementwise steps instead take the

@@ -1,4 +1,4 @@
-// The in-kernel normals (GroupNormals, csrc/cpu/common.h) built for an instruction set other than the extension's:
+// The in-kernel normals (GroupNormals, csrc/cpu/normals.h) built for an instruction set other than the extension's:
 // the Philox and the Box–Muller have an AVX-512 path, an AVX2 path (32-byte vectors) and the lane loops below.
 // tests/test_normals_isa.py builds this program with the extension's compiler and flags and another -march, and
 // compares its draws with the extension's ops.normal.
@@ -6,7 +6,7 @@
 //   normals_isa OUT SEED OFFSET CHAIN0 NB D ...   for each case (five numbers), writes draw_rows_normals' NB x D
 //                                                 normals in float, then in double, to OUT.
 // Exit status: 0 done, 2 bad arguments or file.
-#include "cpu/common.h"
+#include "cpu/normals.h"
 
 #include <cstdio>
 #include <cstdlib>
