@@ -307,9 +307,8 @@ def _processor_class(machine) -> str:
 
 def _ms_per_iteration(done) -> str:
     """The cell's time per training iteration, per processor class (`_processor_class`): the mean over the runs
-    of each run's ms per iteration on that class (from its "segments": CPU time on the CPU, wall time on a GPU, per
-    segment's device),
-    AVX-512 unlabelled and first; "(wall)" where a run predates the CPU-time record."""
+    of each run's ms per iteration on that class (from its "segments": CPU time on the CPU, wall time on a GPU, by
+    each segment's device), AVX-512 unlabelled and first; "(wall)" where a run predates the CPU-time record."""
     per_class, wall = {}, set()
     for d in done:
         if not d.get("segments"):  # run before segments were recorded: one unrecorded stretch
