@@ -162,10 +162,17 @@ def shape(request, backend):
     return interpreted_batch(backend[0], B, INTERPRETED_CHAINS), D
 
 
+def interpreted(name: str) -> bool:
+    """Whether backend `name` runs under the Triton interpreter: one thread of numpy, program after program, so a
+    second call with the same inputs cannot differ (the repeat checks, against thread or block scheduling, are
+    only run where they can fail)."""
+    return name == "triton" and backends.triton_interpreted()
+
+
 def interpreted_batch(name: str, B: int, cap: int) -> int:
     """B, or at most `cap` chains for the Triton interpreter (a python loop per program): the
     smaller batch runs the same code path (several programs, the last one partial)."""
-    return min(B, cap) if name == "triton" and backends.triton_interpreted() else B
+    return min(B, cap) if interpreted(name) else B
 
 
 def rand(*shape, dtype, device, scale=1.0):

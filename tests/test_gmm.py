@@ -11,6 +11,7 @@ from conftest import (
     assert_moves_match,
     eps64,
     f64,
+    interpreted,
     interpreted_batch,
     mixture,
     rand,
@@ -111,7 +112,7 @@ def test_gmm_score_far_from_modes(backend, dtype):
 def _moves_match_the_reference(op, backend, dtype, B, D, K, mh, **kw):
     """op (gmm_mala / gmm_hmc) on `backend` against the float64 reference's moves from the same inputs and Philox
     stream (B chains, fewer under the Triton interpreter, in D dims, K components, per-chain step sizes), and
-    bit for bit the same on a second call."""
+    bit for bit the same on a second call (compiled backends)."""
     name, device = backend
     B = interpreted_batch(name, B, INTERPRETED_MOVE_CHAINS)
     x = rand(B, D, dtype=dtype, device=device, scale=2.0)
@@ -120,8 +121,9 @@ def _moves_match_the_reference(op, backend, dtype, B, D, K, mh, **kw):
     x_new, rate = op(x, means, lw, var, step_size=eps, backend=name, mh=mh, **kw)
     e_x, e_rate = op(*f64(x, means, lw, var), step_size=eps64(eps, B), backend="torch", mh=mh, **kw)
     assert_moves_match(x_new, rate, e_x, e_rate, dtype, mh)
-    again = op(x, means, lw, var, step_size=eps, backend=name, mh=mh, **kw)
-    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+    if not interpreted(name):
+        again = op(x, means, lw, var, step_size=eps, backend=name, mh=mh, **kw)
+        assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
 
 
 # n_trapezoid only matters for the score (trapezoid) test

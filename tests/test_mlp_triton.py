@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_moves_match, backend_device, bound_triton_programs, skip_unless_available
+from conftest import assert_moves_match, backend_device, bound_triton_programs, interpreted, skip_unless_available
 from test_mlp import _replace, mixture_score, net_fields, random_net, score_mlp, to
 
 from fastsamp import backends, ops
@@ -89,9 +89,10 @@ def test_mlp_mala_matches_reference(device, dtype, mh, n_trapezoid, B, D, arch, 
     eps64 = torch.rand(B, dtype=torch.float64) * 0.2 + 0.05
     kw = dict(n_steps=5, n_trapezoid=n_trapezoid, seed=11, offset=2**32 + 3, chain_offset=5, mh=mh)
     (x_new, rate), _ = check_move("mlp_mala", networks, x64, eps64, device, dtype, **kw)
-    again = ops.mlp_mala(x64.to(dtype=dtype, device=device), nets, mixture=mix,
-                         step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
-    assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
+    if not interpreted("triton"):
+        again = ops.mlp_mala(x64.to(dtype=dtype, device=device), nets, mixture=mix,
+                             step_size=eps64.to(dtype=dtype, device=device), backend="triton", **kw)
+        assert torch.equal(again[0], x_new) and torch.equal(again[1], rate)
 
 
 @DTYPES

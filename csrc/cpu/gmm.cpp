@@ -26,7 +26,7 @@ int mixture_threads(const M& m, int64_t B, int64_t evals) {
 
 template <typename T, int DC>
 void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* score, T* logp) {
-  constexpr int W = Lanes<T>::W;
+  constexpr int W = kRowLanes<T>;
   const int D = DC > 0 ? DC : Drt;
   const int64_t nblk = (B + W - 1) / W;
   parallel_for(mixture_threads<W>(mx, B, 1), nblk, [&](int64_t blk0, int64_t blk1) {
@@ -117,7 +117,7 @@ void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D
 template <typename T, int DC>
 void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int64_t n_steps,
                    int64_t n_trap, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, T* x_out, T* rate) {
-  constexpr int W = Lanes<T>::W;
+  constexpr int W = kRowLanes<T>;
   using R = Row<T>;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);  // noise rows, padded to whole Philox draws
@@ -199,7 +199,7 @@ template <typename T, int DC>
 void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B, int Drt, int64_t n_steps,
                   int64_t n_lf, uint64_t seed, uint64_t offset, uint64_t chain0, int mh, double damping, T* x_out,
                   T* rate) {
-  constexpr int W = Lanes<T>::W;
+  constexpr int W = kRowLanes<T>;
   using R = Row<T>;
   const int D = DC > 0 ? DC : Drt;
   const int Dp = 4 * ((D + 3) / 4);

@@ -47,15 +47,21 @@ struct Mixture {
   }
 };
 
-// ---- the score on a block of W chains, in 64-byte rows (GCC vector extensions) ----
-// One W-lane row (64 bytes) per dimension. Every per-lane computation loads and stores rows whole: a
-// 64-byte load of a row that narrower stores wrote (an `omp simd` loop vectorised at 32 bytes)
-// stalls on store forwarding. Row / RowMask are vm::V64's V / I (with AVX-512 the same types as the
-// network engine's mlp::Vec / IVec, cpu/mlp_activations.h, which are one native register on every build).
+// ---- the score on a block of W chains, in rows of one native register (GCC vector extensions) ----
+// One W-lane row per dimension: vm::VNative's V / I (the network engine's mlp::Vec / IVec,
+// cpu/mlp_activations.h), 64 bytes with AVX-512 (W = 16 float / 8 double), 32 with AVX2 (8 / 4), 16
+// below. A wider row would not fit a register: GCC keeps such vectors in memory and splits every
+// operation (the mixture sampler ran about 3.5x slower on an AVX2-only Zen 3 with 64-byte rows,
+// benchmarks/RESULTS.md, "Twenty-first session"). Every per-lane computation loads and stores rows
+// whole: a row load of a row that narrower stores wrote (an `omp simd` loop vectorised at a smaller
+// width) stalls on store forwarding.
 template <typename T>
-using Row = typename vm::V64<T>::V;
+using Row = typename vm::VNative<T>::V;
 template <typename T>
-using RowMask = typename vm::V64<T>::I;
+using RowMask = typename vm::VNative<T>::I;
+// Chains per block of the mixture kernels: the lanes of a Row.
+template <typename T>
+constexpr int kRowLanes = static_cast<int>(sizeof(Row<T>) / sizeof(T));
 
 // Row load / store at any alignment (memcpy): u for unaligned, as in _mm512_loadu_ps. The MLP engine's
 // mlp::loada / storea (cpu/mlp_activations.h) need pointers aligned to one of its vectors.
@@ -156,7 +162,7 @@ FASTSAMP_VINLINE void for_each_tile(int D, F&& f) {
 template <typename T, int W, int DC>
 FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __restrict x, T* __restrict sc,
                                   T* __restrict logp, T* __restrict ell) {
-  static_assert(W * sizeof(T) == 64, "one 64-byte row per dimension");
+  static_assert(W == kRowLanes<T>, "one Row per dimension");
   using V = Row<T>;
   using VI = RowMask<T>;
   const int D = DC > 0 ? DC : Drt;
@@ -235,8 +241,8 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
   for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
 }
 
-// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 each row of xt is
-// one gather and one 64-byte store (the score then loads it whole: a row written by W scalar stores
+// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 and AVX2 each row of
+// xt is one gather and one Row store (the score then loads it whole: a row written by W scalar stores
 // would stall that load on store forwarding).
 template <typename T, int W>
 FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
@@ -253,6 +259,22 @@ FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int 
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
     for (int d = 0; d < D; ++d)
       _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_set1_pd(fill), live, idx, base + d, 8));
+  }
+  return;
+#elif defined(__AVX2__)
+  const T* base = x + b0 * D;
+  if constexpr (sizeof(T) == 4) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nb), lane));
+    const __m256i idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(D));
+    for (int d = 0; d < D; ++d)
+      _mm256_storeu_ps(xt + d * W, _mm256_mask_i32gather_ps(_mm256_set1_ps(fill), base + d, idx, live, 4));
+  } else {
+    const __m256d live =
+        _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(nb), _mm256_setr_epi64x(0, 1, 2, 3)));
+    const __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(D));
+    for (int d = 0; d < D; ++d)
+      _mm256_storeu_pd(xt + d * W, _mm256_mask_i32gather_pd(_mm256_set1_pd(fill), base + d, idx, live, 8));
   }
   return;
 #endif
@@ -297,17 +319,20 @@ FASTSAMP_VINLINE void score_rows(const Mixture<T>& mx, int D, const T* __restric
 
 // ---- Philox across the lanes of a chain block (the whole-move kernels) ----
 // The normals and MH uniforms of docs/backend-contract.md for the W chains b0 .. b0+W-1 of a block,
-// written [row][W] as block_normals / block_log_uniform (cpu/common.h) do. On AVX-512 the Philox
-// runs on 64-bit lanes, 8 chains per register (vpmuludq reads the low 32 bits of each lane, as in
-// GroupNormals), and the Box–Muller is GroupNormals' vector one (vneg2log_unit, vsqrt, vsincos):
-// the same formulas as the scalar lane loops, to the last bits of log/sin/cos. Elsewhere those
-// lane loops.
-#if defined(__AVX512F__)
+// written [row][W] as block_normals / block_log_uniform (cpu/common.h) do. On AVX-512 and AVX2 the
+// Philox runs on 64-bit lanes, 8 (AVX-512) or 4 (AVX2) chains per register (vpmuludq reads the low
+// 32 bits of each lane, as in GroupNormals), and the Box–Muller is GroupNormals' vector one
+// (vneg2log_unit, vsqrt, vsincos) on Rows: the same formulas as the scalar lane loops, to the last
+// bits of log/sin/cos. Elsewhere those lane loops.
+#if defined(__AVX512F__) || defined(__AVX2__)
 template <typename T, int W>
 struct LanePhilox {
-  static constexpr int H = W / 8;  // registers of 8 chains per block: 2 (float), 1 (double)
   using G = GroupNormals<T>;
-  using V = Row<T>;
+#if defined(__AVX512F__)
+  static constexpr int H = W / 8;  // registers of 8 chains per block: 2 (float), 1 (double)
+  static constexpr int kMaxNC = 4;  // counters at a time: 4 H of them (4 words each) fill the 32 registers
+  using State = typename G::State;
+  using Word = std::conditional_t<H == 2, U32x16, U32x8>;  // a word of the W chains
   __m512i k0[10], k1[10];  // round keys, broadcast
 
   explicit LanePhilox(uint64_t seed) {
@@ -323,7 +348,7 @@ struct LanePhilox {
   // Philox4x32-10 of the NC counters (js[i], chain b0 + l, offset) into st[i] (low 32 bits of each
   // 64-bit lane), their rounds interleaved (independent multiply chains).
   template <int NC>
-  FASTSAMP_VINLINE void run(const uint32_t* js, uint64_t b0, uint64_t offset, typename G::State* st) const {
+  FASTSAMP_VINLINE void run(const uint32_t* js, uint64_t b0, uint64_t offset, State* st) const {
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
     const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
     for (int c = 0; c < NC; ++c) {
@@ -353,7 +378,7 @@ struct LanePhilox {
 
   // The 4 words of each lane as W-lane vectors of uint32 (U32x16 for float, U32x8 for double).
   template <typename U>
-  static FASTSAMP_VINLINE void words(const typename G::State& st, U* w) {
+  static FASTSAMP_VINLINE void words(const State& st, U* w) {
     if constexpr (H == 2) {
       G::words(st, w);
     } else {
@@ -361,24 +386,98 @@ struct LanePhilox {
       for (int q = 0; q < 4; ++q) w[q] = reinterpret_cast<U>(_mm512_cvtepi64_epi32(c[q][0]));
     }
   }
+#else
+  static constexpr int H = W / 4;  // registers of 4 chains per block: 2 (float), 1 (double)
+  static constexpr int kMaxNC = 4 / H;  // counters at a time: their 4 H kMaxNC = 16 words fill the 16 registers
+  struct State {
+    __m256i c0[H], c1[H], c2[H], c3[H];
+  };
+  using Word = std::conditional_t<H == 2, U32x8, U32x4>;  // a word of the W chains
+  __m256i k0[10], k1[10];  // round keys, broadcast
+
+  explicit LanePhilox(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k0[r] = _mm256_set1_epi32(static_cast<int>(a));
+      k1[r] = _mm256_set1_epi32(static_cast<int>(b));
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+  }
+
+  // Philox4x32-10 of the NC counters (js[i], chain b0 + l, offset) into st[i] (low 32 bits of each
+  // 64-bit lane), their rounds interleaved (independent multiply chains).
+  template <int NC>
+  FASTSAMP_VINLINE void run(const uint32_t* js, uint64_t b0, uint64_t offset, State* st) const {
+    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
+    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+    for (int c = 0; c < NC; ++c) {
+      for (int h = 0; h < H; ++h) {
+        st[c].c0[h] = _mm256_set1_epi64x(js[c]);
+        st[c].c1[h] = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<int64_t>(b0 + 4 * h)), iota);
+        st[c].c2[h] = _mm256_set1_epi64x(static_cast<uint32_t>(offset));
+        st[c].c3[h] = _mm256_set1_epi64x(static_cast<uint32_t>(offset >> 32));
+      }
+    }
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; ++r) {
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+#pragma GCC unroll 2
+        for (int h = 0; h < H; ++h) {
+          const __m256i p0 = _mm256_mul_epu32(st[c].c0[h], m0);
+          const __m256i p1 = _mm256_mul_epu32(st[c].c2[h], m1);
+          st[c].c0[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), st[c].c1[h]), k0[r]);
+          st[c].c1[h] = p1;
+          st[c].c2[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), st[c].c3[h]), k1[r]);
+          st[c].c3[h] = p0;
+        }
+      }
+    }
+  }
+
+  // The 4 words of each lane as W-lane vectors of uint32: the low 32 bits of the 64-bit lanes.
+  template <typename U>
+  static FASTSAMP_VINLINE void words(const State& st, U* w) {
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i* c[4] = {st.c0, st.c1, st.c2, st.c3};
+    for (int q = 0; q < 4; ++q) {
+      const __m256i lo = _mm256_permutevar8x32_epi32(c[q][0], even);
+      if constexpr (H == 2) {
+        w[q] = reinterpret_cast<U>(_mm256_permute2x128_si256(lo, _mm256_permutevar8x32_epi32(c[q][1], even), 0x20));
+      } else {
+        w[q] = reinterpret_cast<U>(_mm256_castsi256_si128(lo));
+      }
+    }
+  }
+#endif
 
   // The draws (seed, offset) of the block's chains: standard normals, rows d < D into xi[d][W] (xi
   // holds 4 ceil(D/4) rows; rows D .. are scratch), and, when logu is not null, the log of the MH
-  // uniforms into logu[W]. The Philox of up to 4 counters runs at a time.
+  // uniforms into logu[W]. The Philox of up to kMaxNC counters runs at a time.
   FASTSAMP_VINLINE void draw(uint64_t offset, uint64_t b0, int D, T* __restrict xi, T* __restrict logu) const {
-    using U = std::conditional_t<H == 2, U32x16, U32x8>;
+    using V = Row<T>;
+    using U = Word;
     const int J = (D + 3) / 4;
     const int nc = J + (logu ? 1 : 0);
-    for (int c0 = 0; c0 < nc; c0 += 4) {
-      const int ncur = std::min(4, nc - c0);
-      uint32_t js[4];
+    for (int c0 = 0; c0 < nc; c0 += kMaxNC) {
+      const int ncur = std::min(kMaxNC, nc - c0);
+      uint32_t js[kMaxNC];
       for (int i = 0; i < ncur; ++i) js[i] = c0 + i < J ? static_cast<uint32_t>(c0 + i) : 0xFFFFFFFFu;
-      typename G::State st[4];
-      switch (ncur) {
-        case 1: run<1>(js, b0, offset, st); break;
-        case 2: run<2>(js, b0, offset, st); break;
-        case 3: run<3>(js, b0, offset, st); break;
-        default: run<4>(js, b0, offset, st); break;
+      State st[kMaxNC];
+      if constexpr (kMaxNC == 4) {
+        switch (ncur) {
+          case 1: run<1>(js, b0, offset, st); break;
+          case 2: run<2>(js, b0, offset, st); break;
+          case 3: run<3>(js, b0, offset, st); break;
+          default: run<4>(js, b0, offset, st); break;
+        }
+      } else {  // kMaxNC == 2
+        if (ncur == 1) {
+          run<1>(js, b0, offset, st);
+        } else {
+          run<2>(js, b0, offset, st);
+        }
       }
       for (int i = 0; i < ncur; ++i) {
         U w[4];
@@ -386,7 +485,7 @@ struct LanePhilox {
         const int j = c0 + i;
         if (j == J) {  // the MH uniform: log u = -1/2 (-2 log u), exact
           const V u = __builtin_convertvector(w[0], V) * T(2.3283064365386963e-10) + T(1.1641532182693481e-10);
-          const V lu = vm::vneg2log_unit<T>(u) * T(-0.5);
+          const V lu = vm::vneg2log_unit<T, V>(u) * T(-0.5);
           std::memcpy(logu, &lu, sizeof(V));
           continue;
         }

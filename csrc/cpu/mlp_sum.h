@@ -151,7 +151,7 @@ struct NetSum {
 // Per-thread buffers of a NetSum for batches of up to `rows` rows.
 template <typename T>
 struct SumWork {
-  static constexpr int W = Lanes<T>::W;
+  static constexpr int W = kRowLanes<T>;
   std::vector<std::unique_ptr<mlp::Work<T>>> work;
   ABuf<T> gx;  // an energy network's J_fᵀ r ([rows][D])
   Buf<T> mixs;  // the mixture's score_rows scratch

@@ -32,6 +32,7 @@ namespace cpu {
 typedef uint32_t U32x16 __attribute__((vector_size(64)));
 typedef int32_t I32x16 __attribute__((vector_size(64)));
 typedef uint32_t U32x8 __attribute__((vector_size(32)));
+typedef uint32_t U32x4 __attribute__((vector_size(16)));
 typedef float F32x16 __attribute__((vector_size(64)));
 typedef double F64x8 __attribute__((vector_size(64)));
 typedef int64_t I64x8 __attribute__((vector_size(64)));
@@ -238,7 +239,6 @@ struct GroupNormals {
         _mm256_store_ps(o + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
       }
     } else {
-      typedef uint32_t U32x4 __attribute__((vector_size(16)));
       typedef double F64x4 __attribute__((vector_size(32)));
       for (int q = 0; q < 4; ++q) {  // groups 4q .. 4q + 3
         U32x4 wq[4];

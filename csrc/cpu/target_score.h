@@ -26,7 +26,7 @@ enum TargetKind { kNoTarget = 0, kIsoMixture = 1, kFunnel = 2, kManyWell = 3 };
 
 template <typename T>
 struct TargetScore {
-  static constexpr int W = Lanes<T>::W;
+  static constexpr int W = kRowLanes<T>;
   int kind = kNoTarget, D = 0;
   T param = 0;                            // kIsoMixture: the variance v; kFunnel: σ
   std::shared_ptr<const Mixture<T>> mix;  // kIsoMixture: the mixture of the means (K, D), weights 1/K, variances v
