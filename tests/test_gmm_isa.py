@@ -1,5 +1,5 @@
 """The mixture kernels on every other x86 instruction set this CPU runs, not only the extension's: their rows are
-one native register (csrc/cpu/gmm.h: 64 bytes with AVX-512, 32 with AVX2, 16 below), with AVX-512 and AVX2 gathers
+one native register (csrc/cpu/gmm.h: 64 bytes with AVX-512, 32 with AVX / AVX2, 16 below), with AVX-512 and AVX2 gathers
 and lane Philox and lane loops elsewhere, and the default build tests one of them. tests/cpp/gmm_isa.cpp is built
 with csrc/cpu/gmm.cpp and the extension's compiler and flags for each other path (on an AVX-512 CPU the AVX2 one and
 the lane loops, on an AVX2 one the lane loops), and its gmm_score, gmm_mala and gmm_hmc compared with the
@@ -19,8 +19,8 @@ from fastsamp import ops
 ROOT = Path(__file__).resolve().parents[1]
 # (name, -m flags beyond baseline x86-64: exactly the CPU flags checked in /proc/cpuinfo)
 ISAS = [("lane loops", ()), ("AVX2", ("avx2", "fma")), ("AVX-512", ("avx512f", "avx512bw", "avx512vl", "avx512dq"))]
-# (kernel, B, D, K, n_steps, n_sub, mh): B not a multiple of any block width; compile-time D (1, 8, 16) and runtime
-# D (3, 5); K past the 64-component chunk of the online log-sum-exp; every MH mode of both move kernels
+# (kernel, B, D, K, n_steps, n_sub, mh): B mostly not a multiple of the block widths; compile-time D (1, 8, 16) and
+# runtime D (3, 5); K past the 64-component chunk of the online log-sum-exp; every MH mode of both move kernels
 CASES = [("gmm_score", 37, 3, 70, 0, 0, 0), ("gmm_score", 19, 8, 16, 0, 0, 0), ("gmm_score", 5, 1, 3, 0, 0, 0),
          ("gmm_score", 33, 16, 5, 0, 0, 0),
          ("gmm_mala", 37, 8, 16, 3, 3, 0), ("gmm_mala", 21, 3, 70, 2, 1, 1), ("gmm_mala", 9, 1, 4, 4, 1, 2),

@@ -73,7 +73,7 @@ FASTSAMP_VINLINE void accept_block(int D, const RowMask<T>& take, Row<T>& nacc, 
   block_select<T, W, DC>(D, take, s, s_prop);
 }
 
-// Consecutive 64-byte-aligned pieces of a block's scratch: rows(n) is the next [n][W] array
+// Consecutive Row-aligned pieces of a block's scratch: rows(n) is the next [n][W] array
 // (a per-lane vector is rows(1)).
 template <typename T, int W>
 struct Carve {
@@ -88,7 +88,7 @@ struct Carve {
 // The chain-block driver shared by the whole-move kernels: blocks of W chains in
 // parallel (nt threads), each with its state xc[D][W] (padding lanes 0), step sizes eps (a row;
 // padding 1) and accepted-move counts nacc (a row, zeroed); body(b0, xc, eps, nacc, scratch) runs
-// the moves, with `scratch_per_lane * W` values of 64-byte-aligned scratch. Stores the state and
+// the moves, with `scratch_per_lane * W` values of Row-aligned scratch. Stores the state and
 // the acceptance rate nacc / n_steps.
 template <typename T, int W, typename Body>
 void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D, int64_t n_steps,

@@ -49,8 +49,8 @@ struct Mixture {
 
 // ---- the score on a block of W chains, in rows of one native register (GCC vector extensions) ----
 // One W-lane row per dimension: vm::VNative's V / I (the network engine's mlp::Vec / IVec,
-// cpu/mlp_activations.h), 64 bytes with AVX-512 (W = 16 float / 8 double), 32 with AVX2 (8 / 4), 16
-// below. A wider row would not fit a register: GCC keeps such vectors in memory and splits every
+// cpu/mlp_activations.h), 64 bytes with AVX-512 (W = 16 float / 8 double), 32 with AVX / AVX2 (8 / 4),
+// 16 below. A wider row would not fit a register: GCC keeps such vectors in memory and splits every
 // operation (the mixture sampler ran about 3.5x slower on an AVX2-only Zen 3 with 64-byte rows,
 // benchmarks/RESULTS.md, "Twenty-first session"). Every per-lane computation loads and stores rows
 // whole: a row load of a row that narrower stores wrote (an `omp simd` loop vectorised at a smaller
