@@ -1,5 +1,6 @@
 """The mh family (mala_propose, line_points, score_mh_accept): every compiled backend against the
 float64 PyTorch reference on fresh random inputs."""
+import platform
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conftest import (
     assert_close,
     backend_device,
     compile_all,
+    cpu_flags,
     defined_macros,
     eps64,
     extension_compiler,
@@ -168,20 +170,30 @@ def test_score_mh_accept_cpp_rows_are_independent_bits(dtype, D):
         for a, r in zip(out, row):
             assert torch.equal(a[b:b + 1].nan_to_num(7.0), r.nan_to_num(7.0)), b
 
-# csrc/cpu/mh.cpp's FASTSAMP_MH_ROW_LANES condition: the row lanes are built where all of these are defined.
-ROW_LANE_MACROS = ("__AVX512F__", "__AVX512BW__", "__AVX512VL__", "__AVX512DQ__")
+# csrc/cpu/row_lanes.h's FASTSAMP_MH_ROW_LANES conditions: (name, the -m flags beyond baseline x86-64 that define
+# one form of the row lanes; exactly the CPU flags checked in /proc/cpuinfo)
+ROW_LANE_ISAS = [("AVX2", ("avx2", "fma")), ("AVX-512", ("avx512f", "avx512bw", "avx512vl", "avx512dq"))]
 
 
-def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path):
-    """At D = 1, 2, 4, 8 the C++ kernel takes rows as SIMD lanes (AVX-512 builds), whose sums must run in the
-    row form's order: same bits. The row form is not reachable from Python at those D, so
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the row lanes are x86-64's")
+@pytest.mark.parametrize("isa,needs", ROW_LANE_ISAS, ids=[name for name, _ in ROW_LANE_ISAS])
+def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path, isa, needs):
+    """At D = 1, 2, 4, 8 the C++ kernel takes rows as SIMD lanes (AVX-512 or AVX2 with FMA), whose sums must run in
+    the row form's order: same bits. The row form is not reachable from Python at those D, so
     tests/cpp/mh_rows_vs_lanes.cpp includes csrc/cpu/mh.cpp and compares the two on random cases (their count
-    is printed), built here with the extension's compiler and flags: skipped before compiling where those
-    flags define no row lanes (the program's exit status 77 is the backstop)."""
-    cxx, flags = extension_compiler()
-    macros = defined_macros(cxx, flags)
-    if not all(m in macros for m in ROW_LANE_MACROS):
-        pytest.skip(f"no row lanes in this build (needs {', '.join(ROW_LANE_MACROS)})")
+    is printed), built with the extension's compiler and flags for its own form and, for the other form where
+    this CPU runs it, with -march=x86-64 and that form's flags (on an AVX-512 CPU both, so that CI exercises
+    the AVX2 lanes too)."""
+    cxx, ext_flags = extension_compiler()
+    macros = defined_macros(cxx, ext_flags)
+    own = [name for name, flags in ROW_LANE_ISAS if all(f"__{f.upper()}__" in macros for f in flags)]
+    if own and own[-1] == isa:  # the extension's own form (the last that its macros define): its own flags
+        flags = ext_flags
+    else:
+        missing = [f for f in needs if f not in cpu_flags()]
+        if missing:
+            pytest.skip(f"this CPU has no {isa} ({', '.join(missing)})")
+        flags = [f for f in ext_flags if not f.startswith("-march=")] + ["-march=x86-64"] + [f"-m{f}" for f in needs]
     root = Path(__file__).resolve().parents[1]
     sources = [root / "tests" / "cpp" / "mh_rows_vs_lanes.cpp", root / "csrc" / "cpu" / "runtime.cpp"]
     objects = [tmp_path / (src.stem + ".o") for src in sources]
@@ -189,9 +201,8 @@ def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path):
     exe = tmp_path / "mh_rows_vs_lanes"
     subprocess.run([cxx, *flags, *objects, "-o", exe], check=True, timeout=600)
     run = subprocess.run([exe], capture_output=True, text=True, timeout=300)
-    if run.returncode == 77:
-        pytest.skip(run.stdout.strip())
     assert run.returncode == 0, run.stdout
+    assert f"{isa} row lanes" in run.stdout, run.stdout
 
 
 def test_step_size_values_are_read_on_every_call():

@@ -192,12 +192,18 @@ FASTSAMP_VINLINE double log_R<double>(double z, double w) {  // musl log
   return t2 + t1;
 }
 
+// Branch-free for `omp simd` loops without AVX-512 masks: the cases are told apart by integer compares of the
+// bits (for positive finite x they order as the values; every other x takes the specials of the last blend) and
+// x 2^upk is computed for every x and blended (-ftrapping-math: GCC would otherwise keep a float compare, or a
+// multiply that only some x take, as a branch, and the loop scalar).
 template <typename T>
 FASTSAMP_VINLINE T log(T x) {
   using C = LogC<T>;
   using I = typename Bits<T>::I;
-  const bool sub = x < C::tiny;  // subnormal (or 0 / negative: fixed below)
-  const T xs = sub ? x * C::up : x;
+  const I bx = as_int<T>(x);
+  const I binf = as_int<T>(std::numeric_limits<T>::infinity());
+  const bool sub = bx < as_int<T>(C::tiny);  // subnormal (or 0 / negative: fixed below)
+  const T xs = blend<T>(sub, x * C::up, x);
   I ix = as_int<T>(xs);
   ix += C::one - C::off;
   const I k = (ix >> Bits<T>::kMant) - Bits<T>::kBias - (sub ? C::upk : 0);
@@ -211,11 +217,11 @@ FASTSAMP_VINLINE T log(T x) {
   const T dk = static_cast<T>(k);
   T r = s * (hfsq + R) + dk * C::ln2_lo;
   r = dk * C::ln2_hi + ((r - hfsq) + f);
-  // specials: log(0) = -inf, log(<0) = NaN, log(inf) = inf, log(NaN) = NaN
+  // specials: log(±0) = -inf, log(inf) = inf, log(<0) = log(NaN) = NaN
   const T inf = std::numeric_limits<T>::infinity();
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const T sp = (x == T(0)) ? -inf : ((x == inf) ? inf : nan);
-  return blend<T>((x > T(0)) & (x < inf), r, sp);
+  const T sp = ((bx & std::numeric_limits<I>::max()) == 0) ? -inf : ((bx == binf) ? inf : nan);
+  return blend<T>((bx > 0) & (bx < binf), r, sp);
 }
 
 // ---------------------------------------------------------------- sin, cos

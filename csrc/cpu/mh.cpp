@@ -1,18 +1,15 @@
 // MALA proposals and their MH tests: mala_propose (op 3), line_points (op 4), score_mh_accept
 // (op 5, the trapezoidal line integral of the score) and energy_mh_accept (the exact log-density
 // difference), streaming passes over rows (cpu/stream.h); the accepts read u or draw it (cpu/random.h).
-// score_mh_accept at a compile-time D on AVX-512 takes rows as SIMD lanes (score_mh_accept_lanes).
+// score_mh_accept at a compile-time D <= 8 takes rows as SIMD lanes on AVX-512 and AVX2 (score_mh_accept_lanes).
 // See docs/backend-contract.md.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "cpu/ops.h"
 #include "cpu/random.h"
+#include "cpu/row_lanes.h"
 #include "cpu/stream.h"
 
 namespace fastsamp {
@@ -99,115 +96,15 @@ void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T
   });
 }
 
-// The row lanes need AVX-512 F, BW, VL and DQ (_mm512_insertf32x8 in the float32 transpose).
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
-#define FASTSAMP_MH_ROW_LANES 1
-#endif
-
 #if FASTSAMP_MH_ROW_LANES
-// The same log alpha for a compile-time D, W rows at a time, one row per SIMD lane (16 float /
-// 8 double), with the bits of score_mh_accept_rows. Those bits are the order GCC gives the row
-// form's `omp simd` sums at D = DC: with G = min(DC, 32 bytes / sizeof(T)) (GCC's 256-bit
-// vectors), partial sums p_j = a_j b_j (+ a_{j+G} b_{j+G}, fused, + ...) for j < G, then
-// sum = ((0 + p_0) + p_1) + ... + p_{G-1}, each p_j rounded before its add (RowLanes::keep: GCC
-// would otherwise contract a_j b_j + sum into one FMA); d - eps s and d + eps s' are fused. The rows are
-// gathered (stride D), so the sums of a block run as independent lanes instead of in-order
-// chains; the accept copy is the row form's (select_row).
-template <typename T>
-struct RowLanes;
-
-// The arithmetic members of RowLanes<T>: the same AVX-512 intrinsics, suffix ps (float) or pd (double).
-#define FASTSAMP_ROW_LANE_ARITHMETIC(T, SFX)                                                               \
-  static FASTSAMP_VINLINE V set1(T v) { return _mm512_set1_##SFX(v); }                                    \
-  static FASTSAMP_VINLINE V add(V a, V b) { return _mm512_add_##SFX(a, b); }                              \
-  static FASTSAMP_VINLINE V sub(V a, V b) { return _mm512_sub_##SFX(a, b); }                              \
-  static FASTSAMP_VINLINE V mul(V a, V b) { return _mm512_mul_##SFX(a, b); }                              \
-  static FASTSAMP_VINLINE V div(V a, V b) { return _mm512_div_##SFX(a, b); }                              \
-  static FASTSAMP_VINLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_##SFX(a, b, c); }                  \
-  static FASTSAMP_VINLINE V fnmadd(V a, V b, V c) { return _mm512_fnmadd_##SFX(a, b, c); }                \
-  static FASTSAMP_VINLINE __mmask16 lt(V a, V b) { return _mm512_cmp_##SFX##_mask(a, b, _CMP_LT_OQ); }
-
-// What the float and double lanes share: W rows, one per lane of a 512-bit register, and `keep`.
-template <typename T>
-struct RowLanesCommon {
-  static constexpr int W = Lanes<T>::W;
-  // v itself, opaque to the optimiser: a rounded product that must not fuse into the next add.
-  template <typename V>
-  static FASTSAMP_VINLINE V keep(V v) {
-    asm("" : "+v"(v));
-    return v;
-  }
-};
-
-template <>
-struct RowLanes<float> : RowLanesCommon<float> {
-  using V = __m512;
-  static FASTSAMP_VINLINE __m512i index(int D) {
-    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                              _mm512_set1_epi32(D));
-  }
-  static FASTSAMP_VINLINE V gather(__mmask16 k, __m512i idx, const float* p) {
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, p, 4);
-  }
-  static FASTSAMP_VINLINE V load(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
-  static FASTSAMP_VINLINE void store(__mmask16 k, float* p, V v) { _mm512_mask_storeu_ps(p, k, v); }
-  FASTSAMP_ROW_LANE_ARITHMETIC(float, ps)
-  // c[d] = element d of the 16 rows p[0 .. 8), p[8 .. 16), ... (D = 8): [row r | row r + 8] in one
-  // register, then the 8 x 8 transpose of both 256-bit halves at once (24 shuffles, not 8 gathers).
-  static FASTSAMP_VINLINE void columns8(const float* p, V* c) {
-    V z[8], a[8], t[8];
-    for (int r = 0; r < 8; ++r)
-      z[r] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + 8 * r)), _mm256_loadu_ps(p + 64 + 8 * r), 1);
-    for (int r = 0; r < 8; r += 2) {
-      a[r] = _mm512_unpacklo_ps(z[r], z[r + 1]);
-      a[r + 1] = _mm512_unpackhi_ps(z[r], z[r + 1]);
-    }
-    for (int h = 0; h < 8; h += 4) {
-      t[h] = _mm512_shuffle_ps(a[h], a[h + 2], 0x44);
-      t[h + 1] = _mm512_shuffle_ps(a[h], a[h + 2], 0xEE);
-      t[h + 2] = _mm512_shuffle_ps(a[h + 1], a[h + 3], 0x44);
-      t[h + 3] = _mm512_shuffle_ps(a[h + 1], a[h + 3], 0xEE);
-    }
-    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-    const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-    for (int d = 0; d < 4; ++d) {
-      c[d] = _mm512_permutex2var_ps(t[d], lo, t[d + 4]);
-      c[d + 4] = _mm512_permutex2var_ps(t[d], hi, t[d + 4]);
-    }
-  }
-};
-
-template <>
-struct RowLanes<double> : RowLanesCommon<double> {
-  using V = __m512d;
-  static FASTSAMP_VINLINE __m256i index(int D) {
-    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
-  }
-  static FASTSAMP_VINLINE V gather(__mmask16 k, __m256i idx, const double* p) {
-    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), static_cast<__mmask8>(k), idx, p, 8);
-  }
-  static FASTSAMP_VINLINE V load(__mmask16 k, const double* p) {
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(k), p);
-  }
-  static FASTSAMP_VINLINE void store(__mmask16 k, double* p, V v) {
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(k), v);
-  }
-  FASTSAMP_ROW_LANE_ARITHMETIC(double, pd)
-};
-#undef FASTSAMP_ROW_LANE_ARITHMETIC
-
-// c[d] = element d of the n rows of D = DC elements from p (lanes past n: 0), for each d < DC.
-template <typename T, int DC, typename L = RowLanes<T>, typename Idx>
-FASTSAMP_VINLINE void row_columns(int n, __mmask16 k, Idx idx, const T* p, typename L::V* c) {
-  if constexpr (std::is_same<T, float>::value && DC == 8) {
-    if (n == L::W) {
-      L::columns8(p, c);
-      return;
-    }
-  }
-  for (int d = 0; d < DC; ++d) c[d] = L::gather(k, idx, p + d);
-}
-
+// The same log alpha for a compile-time D, W rows at a time, one row per SIMD lane (cpu/row_lanes.h: 16 float /
+// 8 double on AVX-512, 8 / 4 on AVX2), with the bits of score_mh_accept_rows. Those bits are the order GCC gives
+// the row form's `omp simd` sums at D = DC: with G = min(DC, 32 bytes / sizeof(T)) (GCC's 256-bit vectors),
+// partial sums p_j = a_j b_j (+ a_{j+G} b_{j+G}, fused, + ...) for j < G, then
+// sum = ((0 + p_0) + p_1) + ... + p_{G-1}, each p_j rounded before its add (RowLanes::keep: GCC would otherwise
+// contract a_j b_j + sum into one FMA); d - eps s and d + eps s' are fused. The rows are gathered (stride D) or
+// transposed, so the sums of a block run as independent lanes instead of in-order chains; the accept copy is the
+// row form's (select_row).
 template <typename T, int DC>
 void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
                            const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
@@ -226,7 +123,7 @@ void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const 
       const int64_t c_end = c + n_rows;
       for (int64_t b0 = c; b0 < c_end; b0 += W) {
         const int n = static_cast<int>(std::min<int64_t>(W, c_end - b0));
-        const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
+        const auto k = L::mask(n);
         const int64_t o = b0 * DC;
         const V e = L::load(k, step + b0);
         V dd[DC], sc[DC], spc[DC];
@@ -276,9 +173,9 @@ void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const 
           total = L::add(total, si);
         }
         const V la = L::add(L::div(total, tn), L::div(L::sub(ff, bb), L::mul(four, e)));
-        const __mmask16 acc = L::lt(L::load(k, lu + (b0 - c)), la) & k;
+        const unsigned acc = L::lt(L::load(k, lu + (b0 - c)), la) & L::bits(k);
         L::store(k, log_alpha + b0, la);
-        _mm_mask_storeu_epi8(accepted + b0, k, _mm_maskz_set1_epi8(acc, 1));
+        L::store_flags(k, acc, accepted + b0);
         for (int l = 0; l < n; ++l) {
           const int64_t r = o + l * DC;
           select_row<T>((acc >> l) & 1u, xp + r, x + r, sp + r, s + r, DC, x_new + r, s_new + r);
@@ -296,8 +193,8 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
                           T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
 #if FASTSAMP_MH_ROW_LANES
   // D = 16 keeps the row form: its sums already run over 256-bit chunks (2 float32, 4 float64),
-  // and the lanes' gathers cost more than the in-order adds they save (measured, loaded: 0.95x
-  // float32 at B = 2^20, 0.92x float64 with two interior sets at B = 2048).
+  // and the lanes' gathers cost more than the in-order adds they save (measured on AVX-512, loaded:
+  // 0.95x float32 at B = 2^20, 0.92x float64 with two interior sets at B = 2048).
   if constexpr (DC > 0 && DC <= 8) {
     score_mh_accept_lanes<T, DC>(x, xp, s, sp, step, un, interior, m, B, x_new, s_new, accepted, log_alpha);
   } else

@@ -1,8 +1,8 @@
 // score_mh_accept's row lanes against its row form at the same compile-time D (1, 2, 4, 8), float32 and
-// float64: the outputs must be the same bits. The extension takes the lanes at these D wherever AVX-512 is
-// built in, so the row form is not reachable from Python there; this program includes csrc/cpu/mh.cpp to run
-// both (tests/test_mh.py builds it with the extension's compiler and flags, and csrc/cpu/runtime.cpp). Exit
-// status: 0 all equal, 1 a mismatch (printed), 77 no row lanes in this build (the test skips).
+// float64: the outputs must be the same bits. The extension takes the lanes at these D wherever AVX-512 or AVX2
+// with FMA is built in, so the row form is not reachable from Python there; this program includes
+// csrc/cpu/mh.cpp to run both (tests/test_mh.py builds it with csrc/cpu/runtime.cpp for each form). Exit status:
+// 0 all equal, 1 a mismatch (printed), 77 no row lanes in this build.
 #include "cpu/mh.cpp"
 
 #include <cstdio>
@@ -75,12 +75,13 @@ int main() {
   compare<double, 2>(gen, tally);
   compare<double, 4>(gen, tally);
   compare<double, 8>(gen, tally);
-  std::printf("%d mismatching cases of %d\n", tally.bad, tally.cases);
+  std::printf("%s row lanes: %d mismatching cases of %d\n", FASTSAMP_MH_ROW_LANES == 512 ? "AVX-512" : "AVX2",
+              tally.bad, tally.cases);
   return tally.bad ? 1 : 0;
 }
 #else
 int main() {
-  std::printf("no row lanes in this build (needs AVX-512 F, BW, VL, DQ)\n");
+  std::printf("no row lanes in this build (needs AVX-512 F, BW, VL, DQ or AVX2 and FMA)\n");
   return 77;
 }
 #endif
