@@ -320,137 +320,50 @@ FASTSAMP_VINLINE void score_rows(const Mixture<T>& mx, int D, const T* __restric
 // ---- Philox across the lanes of a chain block (the whole-move kernels) ----
 // The normals and MH uniforms of docs/backend-contract.md for the W chains b0 .. b0+W-1 of a block,
 // written [row][W] as block_normals / block_log_uniform (cpu/common.h) do. On AVX-512 and AVX2 the
-// Philox runs on 64-bit lanes, 8 (AVX-512) or 4 (AVX2) chains per register (vpmuludq reads the low
-// 32 bits of each lane, as in GroupNormals), and the Box–Muller is GroupNormals' vector one
+// Philox runs on 64-bit lanes, 8 (AVX-512) or 4 (AVX2) chains per register (cpu/philox_simd.h), and
+// the Box–Muller is GroupNormals' vector one
 // (vneg2log_unit, vsqrt, vsincos) on Rows: the same formulas as the scalar lane loops, to the last
 // bits of log/sin/cos. Elsewhere those lane loops.
 #if defined(__AVX512F__) || defined(__AVX2__)
 template <typename T, int W>
 struct LanePhilox {
   using G = GroupNormals<T>;
+  static constexpr int H = W / kPhiloxLanes;  // registers of chains per block: 2 (float), 1 (double)
 #if defined(__AVX512F__)
-  static constexpr int H = W / 8;  // registers of 8 chains per block: 2 (float), 1 (double)
   static constexpr int kMaxNC = 4;  // counters at a time: 4 H of them (4 words each) fill the 32 registers
-  using State = typename G::State;
   using Word = std::conditional_t<H == 2, U32x16, U32x8>;  // a word of the W chains
-  __m512i k0[10], k1[10];  // round keys, broadcast
-
-  explicit LanePhilox(uint64_t seed) {
-    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
-    for (int r = 0; r < 10; ++r) {
-      k0[r] = _mm512_set1_epi32(static_cast<int>(a));
-      k1[r] = _mm512_set1_epi32(static_cast<int>(b));
-      a += 0x9E3779B9u;
-      b += 0xBB67AE85u;
-    }
-  }
-
-  // Philox4x32-10 of the NC counters (js[i], chain b0 + l, offset) into st[i] (low 32 bits of each
-  // 64-bit lane), their rounds interleaved (independent multiply chains).
-  template <int NC>
-  FASTSAMP_VINLINE void run(const uint32_t* js, uint64_t b0, uint64_t offset, State* st) const {
-    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
-    const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int c = 0; c < NC; ++c) {
-      for (int h = 0; h < H; ++h) {
-        st[c].c0[h] = _mm512_set1_epi64(js[c]);
-        st[c].c1[h] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0 + 8 * h)), iota);
-        st[c].c2[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
-        st[c].c3[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset >> 32));
-      }
-    }
-#pragma GCC unroll 10
-    for (int r = 0; r < 10; ++r) {
-#pragma GCC unroll 4
-      for (int c = 0; c < NC; ++c) {
-#pragma GCC unroll 2
-        for (int h = 0; h < H; ++h) {
-          const __m512i p0 = _mm512_mul_epu32(st[c].c0[h], m0);
-          const __m512i p1 = _mm512_mul_epu32(st[c].c2[h], m1);
-          st[c].c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), st[c].c1[h], k0[r], 0x96);
-          st[c].c1[h] = p1;
-          st[c].c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st[c].c3[h], k1[r], 0x96);
-          st[c].c3[h] = p0;
-        }
-      }
-    }
-  }
-
-  // The 4 words of each lane as W-lane vectors of uint32 (U32x16 for float, U32x8 for double).
-  template <typename U>
-  static FASTSAMP_VINLINE void words(const State& st, U* w) {
-    if constexpr (H == 2) {
-      G::words(st, w);
-    } else {
-      const __m512i* c[4] = {st.c0, st.c1, st.c2, st.c3};
-      for (int q = 0; q < 4; ++q) w[q] = reinterpret_cast<U>(_mm512_cvtepi64_epi32(c[q][0]));
-    }
-  }
 #else
-  static constexpr int H = W / 4;  // registers of 4 chains per block: 2 (float), 1 (double)
   static constexpr int kMaxNC = 4 / H;  // counters at a time: their 4 H kMaxNC = 16 words fill the 16 registers
-  struct State {
-    __m256i c0[H], c1[H], c2[H], c3[H];
-  };
   using Word = std::conditional_t<H == 2, U32x8, U32x4>;  // a word of the W chains
-  __m256i k0[10], k1[10];  // round keys, broadcast
+#endif
+  using State = PhiloxState<H>;
+  PhiloxKeys keys;
 
-  explicit LanePhilox(uint64_t seed) {
-    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
-    for (int r = 0; r < 10; ++r) {
-      k0[r] = _mm256_set1_epi32(static_cast<int>(a));
-      k1[r] = _mm256_set1_epi32(static_cast<int>(b));
-      a += 0x9E3779B9u;
-      b += 0xBB67AE85u;
-    }
-  }
+  explicit LanePhilox(uint64_t seed) : keys(seed) {}
 
-  // Philox4x32-10 of the NC counters (js[i], chain b0 + l, offset) into st[i] (low 32 bits of each
-  // 64-bit lane), their rounds interleaved (independent multiply chains).
+  // Philox4x32-10 of the NC counters (js[i], chain b0 + l, offset) into st[i], their rounds interleaved
+  // (independent multiply chains).
   template <int NC>
   FASTSAMP_VINLINE void run(const uint32_t* js, uint64_t b0, uint64_t offset, State* st) const {
-    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
-    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
-    for (int c = 0; c < NC; ++c) {
-      for (int h = 0; h < H; ++h) {
-        st[c].c0[h] = _mm256_set1_epi64x(js[c]);
-        st[c].c1[h] = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<int64_t>(b0 + 4 * h)), iota);
-        st[c].c2[h] = _mm256_set1_epi64x(static_cast<uint32_t>(offset));
-        st[c].c3[h] = _mm256_set1_epi64x(static_cast<uint32_t>(offset >> 32));
-      }
-    }
+    for (int i = 0; i < NC; ++i) st[i].set(js[i], b0, offset);
 #pragma GCC unroll 10
     for (int r = 0; r < 10; ++r) {
 #pragma GCC unroll 4
-      for (int c = 0; c < NC; ++c) {
-#pragma GCC unroll 2
-        for (int h = 0; h < H; ++h) {
-          const __m256i p0 = _mm256_mul_epu32(st[c].c0[h], m0);
-          const __m256i p1 = _mm256_mul_epu32(st[c].c2[h], m1);
-          st[c].c0[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), st[c].c1[h]), k0[r]);
-          st[c].c1[h] = p1;
-          st[c].c2[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), st[c].c3[h]), k1[r]);
-          st[c].c3[h] = p0;
-        }
-      }
+      for (int i = 0; i < NC; ++i) st[i].round(keys.k0[r], keys.k1[r]);
     }
   }
 
-  // The 4 words of each lane as W-lane vectors of uint32: the low 32 bits of the 64-bit lanes.
+  // The 4 words of each lane as W-lane vectors of uint32.
   template <typename U>
   static FASTSAMP_VINLINE void words(const State& st, U* w) {
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m256i* c[4] = {st.c0, st.c1, st.c2, st.c3};
     for (int q = 0; q < 4; ++q) {
-      const __m256i lo = _mm256_permutevar8x32_epi32(c[q][0], even);
       if constexpr (H == 2) {
-        w[q] = reinterpret_cast<U>(_mm256_permute2x128_si256(lo, _mm256_permutevar8x32_epi32(c[q][1], even), 0x20));
+        w[q] = reinterpret_cast<U>(philox_words(st.c[q][0], st.c[q][1]));
       } else {
-        w[q] = reinterpret_cast<U>(_mm256_castsi256_si128(lo));
+        w[q] = reinterpret_cast<U>(philox_words(st.c[q][0]));
       }
     }
   }
-#endif
 
   // The draws (seed, offset) of the block's chains: standard normals, rows d < D into xi[d][W] (xi
   // holds 4 ceil(D/4) rows; rows D .. are scratch), and, when logu is not null, the log of the MH

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cpu/common.h"
+#include "cpu/philox_simd.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -17,10 +18,8 @@ namespace cpu {
 // group-major: out[4 * l + q] is xi[b, 4j + q] of group g + l. When D % 4 == 0
 // that is exactly the row-major (B, D) layout of the normals.
 //
-// AVX-512: the Philox of 16 groups runs in two sets of 8 (one group per 64-bit
-// lane: vpmuludq reads the low 32 bits of each lane, so the state words need
-// never be cleaned of their high halves; lo of a product is the product itself,
-// hi one shift). The Box–Muller uses one log/sqrt and one sincos per pair of
+// AVX-512: the Philox of 16 groups runs in two registers of 8 (one group per 64-bit
+// lane, cpu/philox_simd.h). The Box–Muller uses one log/sqrt and one sincos per pair of
 // words, vectorised with vm::vneg2log_unit / vm::vsincos; its four stages are
 // interleaved with the Philox rounds of the *next* 16 groups (software pipeline)
 // so that the multiply-bound Philox and the FMA-bound Box–Muller overlap.
@@ -78,11 +77,13 @@ struct GroupNormals {
     bv -= reinterpret_cast<U32x16>(m);
   }
 
-#if defined(__AVX512F__)
-  struct State {
-    __m512i c0[2], c1[2], c2[2], c3[2];
-  };
+#if defined(__AVX512F__) || defined(__AVX2__)
+  using State = PhiloxState<16 / kPhiloxLanes>;
 
+  // Philox round `round` (1 .. 9).
+  FASTSAMP_VINLINE void round(State& st, int round) const { st.round(philox_key(k0[round]), philox_key(k1[round])); }
+#endif
+#if defined(__AVX512F__)
   // Round 0 for the current 16 groups (then moves on to the next 16).
   FASTSAMP_VINLINE void start(State& st) {
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53u);
@@ -92,44 +93,19 @@ struct GroupNormals {
       const __m512i b64 = _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(bw) : _mm512_extracti64x4_epi64(bw, 1));
       const __m512i p0 = _mm512_mul_epu32(j64, m0);
       // round 0: c2, c3 are the same in every lane
-      st.c0[h] = _mm512_xor_si512(b64, _mm512_set1_epi64(c0r0));
-      st.c1[h] = _mm512_set1_epi64(c1r0);
-      st.c2[h] = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), _mm512_set1_epi64(o1k));
-      st.c3[h] = p0;
+      st.c[0][h] = _mm512_xor_si512(b64, _mm512_set1_epi64(c0r0));
+      st.c[1][h] = _mm512_set1_epi64(c1r0);
+      st.c[2][h] = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), _mm512_set1_epi64(o1k));
+      st.c[3][h] = p0;
     }
     advance();
   }
 
-  // Philox round `round` (1 .. 9).
-  FASTSAMP_VINLINE void round(State& st, int round) const {
-    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
-    const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0[round]));
-    const __m512i kk1 = _mm512_set1_epi32(static_cast<int>(k1[round]));
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m512i p0 = _mm512_mul_epu32(st.c0[h], m0);
-      const __m512i p1 = _mm512_mul_epu32(st.c2[h], m1);
-      st.c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), st.c1[h], kk0, 0x96);
-      st.c1[h] = p1;
-      st.c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), st.c3[h], kk1, 0x96);
-      st.c3[h] = p0;
-    }
-  }
-
   // The 4 Philox words (after round 9), lane l = group l.
   static FASTSAMP_VINLINE void words(const State& st, U32x16* r) {
-    // low 32 bits of the 64-bit lanes of set 0 then set 1
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    r[0] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c0[0], even, st.c0[1]));
-    r[1] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c1[0], even, st.c1[1]));
-    r[2] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c2[0], even, st.c2[1]));
-    r[3] = reinterpret_cast<U32x16>(_mm512_permutex2var_epi32(st.c3[0], even, st.c3[1]));
+    for (int k = 0; k < 4; ++k) r[k] = reinterpret_cast<U32x16>(philox_words(st.c[k][0], st.c[k][1]));
   }
 #elif defined(__AVX2__)
-  struct State {
-    __m256i c0[4], c1[4], c2[4], c3[4];
-  };
-
   // Round 0 for the current 16 groups (then moves on to the next 16).
   FASTSAMP_VINLINE void start(State& st) {
     const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u);
@@ -140,39 +116,19 @@ struct GroupNormals {
       const __m256i j64 = _mm256_cvtepu32_epi64(_mm_load_si128(reinterpret_cast<const __m128i*>(jw + 4 * h)));
       const __m256i b64 = _mm256_cvtepu32_epi64(_mm_load_si128(reinterpret_cast<const __m128i*>(bw + 4 * h)));
       const __m256i p0 = _mm256_mul_epu32(j64, m0);
-      st.c0[h] = _mm256_xor_si256(b64, _mm256_set1_epi64x(c0r0));
-      st.c1[h] = _mm256_set1_epi64x(c1r0);
-      st.c2[h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), _mm256_set1_epi64x(o1k));
-      st.c3[h] = p0;
+      st.c[0][h] = _mm256_xor_si256(b64, _mm256_set1_epi64x(c0r0));
+      st.c[1][h] = _mm256_set1_epi64x(c1r0);
+      st.c[2][h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), _mm256_set1_epi64x(o1k));
+      st.c[3][h] = p0;
     }
     advance();
-  }
-
-  // Philox round `round` (1 .. 9).
-  FASTSAMP_VINLINE void round(State& st, int round) const {
-    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
-    const __m256i kk0 = _mm256_set1_epi32(static_cast<int>(k0[round]));
-    const __m256i kk1 = _mm256_set1_epi32(static_cast<int>(k1[round]));
-#pragma GCC unroll 4
-    for (int h = 0; h < 4; ++h) {
-      const __m256i p0 = _mm256_mul_epu32(st.c0[h], m0);
-      const __m256i p1 = _mm256_mul_epu32(st.c2[h], m1);
-      st.c0[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), st.c1[h]), kk0);
-      st.c1[h] = p1;
-      st.c2[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), st.c3[h]), kk1);
-      st.c3[h] = p0;
-    }
   }
 
   // Word k of the groups 8q .. 8q + 7 (after round 9) into w[k][q]: the low 32 bits of the 64-bit lanes of
   // sets 2q and 2q + 1.
   static FASTSAMP_VINLINE void words(const State& st, __m256i (&w)[4][2]) {
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m256i* c[4] = {st.c0, st.c1, st.c2, st.c3};
     for (int k = 0; k < 4; ++k)
-      for (int q = 0; q < 2; ++q)
-        w[k][q] = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(c[k][2 * q], even),
-                                            _mm256_permutevar8x32_epi32(c[k][2 * q + 1], even), 0x20);
+      for (int q = 0; q < 2; ++q) w[k][q] = philox_words(st.c[k][2 * q], st.c[k][2 * q + 1]);
   }
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)

@@ -5,83 +5,29 @@
 #pragma once
 #include <algorithm>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "cpu/common.h"
+#include "cpu/philox_simd.h"
 
 namespace fastsamp {
 namespace cpu {
 
 constexpr int kUniformBlock = 16;
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+// Word 0 of philox((0xFFFFFFFF, chain0 + l, offset_lo, offset_hi), seed) for l < kUniformBlock into w, on the
+// SIMD Philox of cpu/philox_simd.h. About 4x the lane loop of philox_lanes, whose 64-bit products GCC does not
+// map onto vpmuludq.
+FASTSAMP_VINLINE void uniform_words(uint64_t seed, uint64_t offset, uint64_t chain0, uint32_t* __restrict w) {
+  constexpr int H = kUniformBlock / kPhiloxLanes;
+  PhiloxState<H> st;
+  st.set(0xFFFFFFFFu, chain0, offset);
+  st.rounds(seed);
 #if defined(__AVX512F__)
-// Word 0 of philox((0xFFFFFFFF, chain0 + l, offset_lo, offset_hi), seed) for l < kUniformBlock into w:
-// the Philox of GroupNormals (cpu/normals.h), two sets of 8 lanes, one counter per 64-bit lane
-// (vpmuludq reads the low 32 bits of each lane, so the high halves are never cleaned; the words
-// are the low halves at the end). About 4x the lane loop of philox_lanes, whose 64-bit products
-// GCC does not map onto vpmuludq.
-FASTSAMP_VINLINE void uniform_words(uint64_t seed, uint64_t offset, uint64_t chain0, uint32_t* __restrict w) {
-  const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
-  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  __m512i c0[2], c1[2], c2[2], c3[2];
-  for (int h = 0; h < 2; ++h) {
-    c0[h] = _mm512_set1_epi64(0xFFFFFFFFu);
-    c1[h] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(chain0 + 8u * h)), lane);
-    c2[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
-    c3[h] = _mm512_set1_epi64(static_cast<uint32_t>(offset >> 32));
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0)), kk1 = _mm512_set1_epi32(static_cast<int>(k1));
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m512i p0 = _mm512_mul_epu32(c0[h], m0);
-      const __m512i p1 = _mm512_mul_epu32(c2[h], m1);
-      c0[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1[h], kk0, 0x96);
-      c1[h] = p1;
-      c2[h] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3[h], kk1, 0x96);
-      c3[h] = p0;
-    }
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  _mm512_storeu_si512(w, _mm512_permutex2var_epi32(c0[0], even, c0[1]));
-}
-#elif defined(__AVX2__)
-// The same words on AVX2: four sets of 4 lanes, one counter per 64-bit lane (vpmuludq as above), as the AVX2
-// Philox of GroupNormals. About 4x the lane loop on a Zen 3.
-FASTSAMP_VINLINE void uniform_words(uint64_t seed, uint64_t offset, uint64_t chain0, uint32_t* __restrict w) {
-  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
-  const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
-  __m256i c0[4], c1[4], c2[4], c3[4];
-  for (int h = 0; h < 4; ++h) {
-    c0[h] = _mm256_set1_epi64x(0xFFFFFFFFu);
-    c1[h] = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<int64_t>(chain0 + 4u * h)), lane);
-    c2[h] = _mm256_set1_epi64x(static_cast<uint32_t>(offset));
-    c3[h] = _mm256_set1_epi64x(static_cast<uint32_t>(offset >> 32));
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const __m256i kk0 = _mm256_set1_epi32(static_cast<int>(k0)), kk1 = _mm256_set1_epi32(static_cast<int>(k1));
-#pragma GCC unroll 4
-    for (int h = 0; h < 4; ++h) {
-      const __m256i p0 = _mm256_mul_epu32(c0[h], m0);
-      const __m256i p1 = _mm256_mul_epu32(c2[h], m1);
-      c0[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1[h]), kk0);
-      c1[h] = p1;
-      c2[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3[h]), kk1);
-      c3[h] = p0;
-    }
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-  for (int h = 0; h < 4; ++h)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(w + 4 * h),
-                     _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(c0[h], even)));
+  _mm512_storeu_si512(w, philox_words(st.c[0][0], st.c[0][1]));
+#else
+  for (int q = 0; q < H / 2; ++q)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + 8 * q), philox_words(st.c[0][2 * q], st.c[0][2 * q + 1]));
+#endif
 }
 #else
 FASTSAMP_VINLINE void uniform_words(uint64_t seed, uint64_t offset, uint64_t chain0, uint32_t* __restrict w) {

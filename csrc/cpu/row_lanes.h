@@ -5,7 +5,6 @@
 // (cpu/mh.cpp) runs on them at a compile-time D.
 #pragma once
 #include <cstdint>
-#include <type_traits>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>

@@ -1,0 +1,119 @@
+// Philox4x32-10 (common/philox.h) on SIMD registers of 64-bit lanes, one counter per lane: 8 lanes per register
+// with AVX-512, 4 with AVX2. A counter word sits in the low 32 bits of its lane. vpmuludq reads only those, so
+// the lo of a product is the product itself and its hi one shift, and the high halves are never cleaned. The one
+// Philox of the vectorised CPU draws: the in-kernel normals (GroupNormals, cpu/normals.h), the whole-move kernels'
+// LanePhilox (cpu/gmm.h) and the MH uniforms (cpu/random.h). Without AVX2 those use the lane loops of
+// philox_lanes (cpu/common.h).
+#pragma once
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "common/cpu_math.h"
+
+namespace fastsamp {
+namespace cpu {
+
+#if defined(__AVX512F__)
+using PhiloxReg = __m512i;
+constexpr int kPhiloxLanes = 8;
+FASTSAMP_VINLINE PhiloxReg philox_set(uint64_t v) { return _mm512_set1_epi64(static_cast<int64_t>(v)); }
+FASTSAMP_VINLINE PhiloxReg philox_key(uint32_t k) { return _mm512_set1_epi32(static_cast<int>(k)); }
+FASTSAMP_VINLINE PhiloxReg philox_iota(uint64_t v) {  // v + l in lane l
+  return _mm512_add_epi64(philox_set(v), _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+}
+FASTSAMP_VINLINE PhiloxReg philox_mul(PhiloxReg a, PhiloxReg b) { return _mm512_mul_epu32(a, b); }
+FASTSAMP_VINLINE PhiloxReg philox_hi(PhiloxReg p) { return _mm512_srli_epi64(p, 32); }
+FASTSAMP_VINLINE PhiloxReg philox_xor3(PhiloxReg a, PhiloxReg b, PhiloxReg c) {
+  return _mm512_ternarylogic_epi64(a, b, c, 0x96);
+}
+// The low words of a's lanes, then b's: 16 words.
+FASTSAMP_VINLINE __m512i philox_words(PhiloxReg a, PhiloxReg b) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return _mm512_permutex2var_epi32(a, even, b);
+}
+// The low words of a's lanes: 8 words.
+FASTSAMP_VINLINE __m256i philox_words(PhiloxReg a) { return _mm512_cvtepi64_epi32(a); }
+#else
+using PhiloxReg = __m256i;
+constexpr int kPhiloxLanes = 4;
+FASTSAMP_VINLINE PhiloxReg philox_set(uint64_t v) { return _mm256_set1_epi64x(static_cast<int64_t>(v)); }
+FASTSAMP_VINLINE PhiloxReg philox_key(uint32_t k) { return _mm256_set1_epi32(static_cast<int>(k)); }
+FASTSAMP_VINLINE PhiloxReg philox_iota(uint64_t v) {  // v + l in lane l
+  return _mm256_add_epi64(philox_set(v), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+FASTSAMP_VINLINE PhiloxReg philox_mul(PhiloxReg a, PhiloxReg b) { return _mm256_mul_epu32(a, b); }
+FASTSAMP_VINLINE PhiloxReg philox_hi(PhiloxReg p) { return _mm256_srli_epi64(p, 32); }
+FASTSAMP_VINLINE PhiloxReg philox_xor3(PhiloxReg a, PhiloxReg b, PhiloxReg c) {
+  return _mm256_xor_si256(_mm256_xor_si256(a, b), c);
+}
+// The low words of a's lanes in the low 128 bits: 4 words.
+FASTSAMP_VINLINE __m128i philox_words(PhiloxReg a) {
+  return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(a, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)));
+}
+// The low words of a's lanes, then b's: 8 words.
+FASTSAMP_VINLINE __m256i philox_words(PhiloxReg a, PhiloxReg b) {
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, even), _mm256_permutevar8x32_epi32(b, even), 0x20);
+}
+#endif
+
+// The Philox state of H kPhiloxLanes counters: word k of counter h kPhiloxLanes + l in lane l of c[k][h].
+template <int H>
+struct PhiloxState {
+  PhiloxReg c[4][H];
+
+  // Counters (w0, lane0 + i, offset_lo, offset_hi), i < H kPhiloxLanes.
+  FASTSAMP_VINLINE void set(uint32_t w0, uint64_t lane0, uint64_t offset) {
+    for (int h = 0; h < H; ++h) {
+      c[0][h] = philox_set(w0);
+      c[1][h] = philox_iota(lane0 + static_cast<uint64_t>(kPhiloxLanes * h));
+      c[2][h] = philox_set(static_cast<uint32_t>(offset));
+      c[3][h] = philox_set(static_cast<uint32_t>(offset >> 32));
+    }
+  }
+
+  // One round with the broadcast round keys k0, k1.
+  FASTSAMP_VINLINE void round(PhiloxReg k0, PhiloxReg k1) {
+    const PhiloxReg m0 = philox_set(0xD2511F53u), m1 = philox_set(0xCD9E8D57u);
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const PhiloxReg p0 = philox_mul(c[0][h], m0);
+      const PhiloxReg p1 = philox_mul(c[2][h], m1);
+      c[0][h] = philox_xor3(philox_hi(p1), c[1][h], k0);
+      c[1][h] = p1;
+      c[2][h] = philox_xor3(philox_hi(p0), c[3][h], k1);
+      c[3][h] = p0;
+    }
+  }
+
+  // The ten rounds under key (seed_lo, seed_hi).
+  FASTSAMP_VINLINE void rounds(uint64_t seed) {
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      round(philox_key(k0), philox_key(k1));
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+  }
+};
+
+// The broadcast round keys of seed: k0[r], k1[r] for round r.
+struct PhiloxKeys {
+  PhiloxReg k0[10], k1[10];
+
+  explicit PhiloxKeys(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k0[r] = philox_key(a);
+      k1[r] = philox_key(b);
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace fastsamp
+#endif
