@@ -82,48 +82,28 @@ struct GroupNormals {
 
   // Philox round `round` (1 .. 9).
   FASTSAMP_VINLINE void round(State& st, int round) const { st.round(philox_key(k0[round]), philox_key(k1[round])); }
-#endif
-#if defined(__AVX512F__)
+
   // Round 0 for the current 16 groups (then moves on to the next 16).
   FASTSAMP_VINLINE void start(State& st) {
-    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u);
-    for (int h = 0; h < 2; ++h) {
-      const __m512i jw = reinterpret_cast<__m512i>(jv), bw = reinterpret_cast<__m512i>(bv);
-      const __m512i j64 = _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(jw) : _mm512_extracti64x4_epi64(jw, 1));
-      const __m512i b64 = _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(bw) : _mm512_extracti64x4_epi64(bw, 1));
-      const __m512i p0 = _mm512_mul_epu32(j64, m0);
-      // round 0: c2, c3 are the same in every lane
-      st.c[0][h] = _mm512_xor_si512(b64, _mm512_set1_epi64(c0r0));
-      st.c[1][h] = _mm512_set1_epi64(c1r0);
-      st.c[2][h] = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), _mm512_set1_epi64(o1k));
+    const PhiloxReg m0 = philox_set(0xD2511F53u);
+    const __m512i jw = reinterpret_cast<__m512i>(jv), bw = reinterpret_cast<__m512i>(bv);
+    for (int h = 0; h < 16 / kPhiloxLanes; ++h) {
+      const PhiloxReg p0 = philox_mul(philox_widen(jw, h), m0);
+      // round 0: c1, c2, c3 of the counter are the same in every lane
+      st.c[0][h] = philox_xor(philox_widen(bw, h), philox_set(c0r0));
+      st.c[1][h] = philox_set(c1r0);
+      st.c[2][h] = philox_xor(philox_hi(p0), philox_set(o1k));
       st.c[3][h] = p0;
     }
     advance();
   }
-
+#endif
+#if defined(__AVX512F__)
   // The 4 Philox words (after round 9), lane l = group l.
   static FASTSAMP_VINLINE void words(const State& st, U32x16* r) {
     for (int k = 0; k < 4; ++k) r[k] = reinterpret_cast<U32x16>(philox_words(st.c[k][0], st.c[k][1]));
   }
 #elif defined(__AVX2__)
-  // Round 0 for the current 16 groups (then moves on to the next 16).
-  FASTSAMP_VINLINE void start(State& st) {
-    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u);
-    alignas(64) uint32_t jw[16], bw[16];
-    std::memcpy(jw, &jv, sizeof(jw));
-    std::memcpy(bw, &bv, sizeof(bw));
-    for (int h = 0; h < 4; ++h) {
-      const __m256i j64 = _mm256_cvtepu32_epi64(_mm_load_si128(reinterpret_cast<const __m128i*>(jw + 4 * h)));
-      const __m256i b64 = _mm256_cvtepu32_epi64(_mm_load_si128(reinterpret_cast<const __m128i*>(bw + 4 * h)));
-      const __m256i p0 = _mm256_mul_epu32(j64, m0);
-      st.c[0][h] = _mm256_xor_si256(b64, _mm256_set1_epi64x(c0r0));
-      st.c[1][h] = _mm256_set1_epi64x(c1r0);
-      st.c[2][h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), _mm256_set1_epi64x(o1k));
-      st.c[3][h] = p0;
-    }
-    advance();
-  }
-
   // Word k of the groups 8q .. 8q + 7 (after round 9) into w[k][q]: the low 32 bits of the 64-bit lanes of
   // sets 2q and 2q + 1.
   static FASTSAMP_VINLINE void words(const State& st, __m256i (&w)[4][2]) {

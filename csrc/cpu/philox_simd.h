@@ -28,6 +28,11 @@ FASTSAMP_VINLINE PhiloxReg philox_hi(PhiloxReg p) { return _mm512_srli_epi64(p, 
 FASTSAMP_VINLINE PhiloxReg philox_xor3(PhiloxReg a, PhiloxReg b, PhiloxReg c) {
   return _mm512_ternarylogic_epi64(a, b, c, 0x96);
 }
+FASTSAMP_VINLINE PhiloxReg philox_xor(PhiloxReg a, PhiloxReg b) { return _mm512_xor_si512(a, b); }
+// Words 8h .. 8h + 7 of the 16 words w, one per 64-bit lane.
+FASTSAMP_VINLINE PhiloxReg philox_widen(const __m512i& w, int h) {
+  return _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(w) : _mm512_extracti64x4_epi64(w, 1));
+}
 // The low words of a's lanes, then b's: 16 words.
 FASTSAMP_VINLINE __m512i philox_words(PhiloxReg a, PhiloxReg b) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -47,6 +52,11 @@ FASTSAMP_VINLINE PhiloxReg philox_mul(PhiloxReg a, PhiloxReg b) { return _mm256_
 FASTSAMP_VINLINE PhiloxReg philox_hi(PhiloxReg p) { return _mm256_srli_epi64(p, 32); }
 FASTSAMP_VINLINE PhiloxReg philox_xor3(PhiloxReg a, PhiloxReg b, PhiloxReg c) {
   return _mm256_xor_si256(_mm256_xor_si256(a, b), c);
+}
+FASTSAMP_VINLINE PhiloxReg philox_xor(PhiloxReg a, PhiloxReg b) { return _mm256_xor_si256(a, b); }
+// Words 4h .. 4h + 3 of the 16 words w, one per 64-bit lane.
+FASTSAMP_VINLINE PhiloxReg philox_widen(const __m512i& w, int h) {
+  return _mm256_cvtepu32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&w) + h));
 }
 // The low words of a's lanes in the low 128 bits: 4 words.
 FASTSAMP_VINLINE __m128i philox_words(PhiloxReg a) {
