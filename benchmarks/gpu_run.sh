@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# One device call: build with nvcc, then the GPU measurements and tests of one mode. Never yet run on a GPU: every
-# stage budget below is an estimate.
+# One device call: build with nvcc, then the GPU measurements and tests of one mode.
+#   bash benchmarks/gpu_run.sh wheels   (here, before the call: the Python packages the GPU image lacks, as wheels
+#                                        in .whl/, which .gitignore keeps out of git; the call carries them)
 #   bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression of main's GPU tests (extra: ignored, said so)]
-# From a session: the device tool's run with command "bash benchmarks/gpu_run.sh main" and timeout_s=600 (the whole
-# run's deadline below, 560 s, leaves the call's limit 40 s for the bundle and the transfer). A rerun on the machine
-# while it is still warm gets only the device time left: set GPU_RUN_BUDGET under it (status's budget_left_s minus
-# about 30 s) and a stage's budget variable to 0 to skip that stage, e.g.
-#   GPU_RUN_BUDGET=200 BUILD_TIMEOUT=0 GRAPH_TIMEOUT=0 GVH_TIMEOUT=0 PROFILE_TIMEOUT=0 \
-#     bash benchmarks/gpu_run.sh main 'cuda'
-# (BUILD_TIMEOUT=0: the warm machine keeps the first call's install and its ignored build outputs; leave it unset
-# after a change to csrc/).
-# Stage budgets (each a `timeout`, in s), most valuable first; both modes start with nvidia-smi 5, build 140 and
-# info 20 (165 s):
-#   main:  cuda_graph_level 45 (issue 10: a level captured in a CUDA graph, replay vs eager, fresh noise),
-#          generic_vs_hand 45 (issue 10: generic annealed_mcmc / hand loop), profile_network 35 (issue 10: the
-#          share outside the network), offpolicy timing 75 (issue 13: ms per training iteration, 25GMM TB and PIS),
-#          GPU tests 75 (cuda graphs included), bench 55, sample 15: 510 s in all.
+# From a session: `bash benchmarks/gpu_run.sh wheels`, then the device tool's run with command
+# "bash benchmarks/gpu_run.sh main", carry [".whl"] and timeout_s=600 (the whole run's deadline below, 580 s, leaves
+# the call's limit 20 s for the last bundle). Wheels in .whl/ are installed (no index, no dependencies) into
+# /tmp/site, put on PYTHONPATH: POT (its W2 in the off-policy evaluation; 0.9.5, a 0.9 MB wheel: 0.9.7's is 33 MB,
+# over the call's 64 MiB with this tree). A rerun on the machine while it is still warm (30 s after a call) gets
+# only the device time left: set GPU_RUN_BUDGET under it (status's budget_left_s minus about 30 s) and a stage's
+# budget variable to 0 to skip that stage, e.g.
+#   GPU_RUN_BUDGET=200 BUILD_TIMEOUT=0 GRAPH_TIMEOUT=0 GVH_TIMEOUT=0 PROFILE_TIMEOUT=0 OFFPOLICY_TIMEOUT=0 \
+#     BENCH_TIMEOUT=0 bash benchmarks/gpu_run.sh main 'cuda'
+# (BUILD_TIMEOUT=0 only on the same warm machine, which keeps the first call's install and build outputs: a fresh
+# one has no fastsamp._C, and the tests then skip the CUDA backend; leave it unset after a change to csrc/).
+# Stage budgets (each a `timeout`, in s), most valuable first; both modes start with nvidia-smi 5, build 150 and
+# info 15 (170 s). Measured on an H200 (2026-12-04): build 96-124 s, info 9-14.
+#   main:  cuda_graph_level 25 (issue 10: a level captured in a CUDA graph, replay vs eager, fresh noise; took
+#          13 s), generic_vs_hand 20 (issue 10: generic annealed_mcmc / hand loop; 11 s), profile_network 20
+#          (issue 10: the share outside the network; 10 s), offpolicy timing 65 (issue 13: ms per training
+#          iteration, 25GMM TB and PIS; 52 s), GPU tests 215 (cuda graphs included; 198 s at -n 8, now -n 16),
+#          bench 40 (35 s), sample 12 (9-13 s): 397 s, 567 s in all.
 #   extra: the Triton network engine's tests 160 (issue 11), the Triton energy training op's tests 45 and its timing
-#          30, mlp_product 45 + its summary 5: 450 s in all.
+#          30, mlp_product 45 + its summary 5: 450 s in all (not yet run on a GPU: estimates).
 # What runs between the stages takes about a second in all. A stage never runs past the whole run's deadline,
-# GPU_RUN_BUDGET (default 560 s from the start: the machine's start, 1-2 min, and a rerun of a part must fit in
-# the 15 min of device time); a stage with under 5 s left is skipped, and says so. Each stage runs under
+# GPU_RUN_BUDGET (default 580 s from the start: the machine's start, 1-2 min, must fit in the 15 min of device
+# time with it); a stage with under 5 s left is skipped, and says so. Each stage runs under
 # `timeout -k 5` (killed 5 s after its TERM). A stage's budget of 0 (or less) skips it, and says so: a chosen skip,
 # not a failure.
 # Every stage's log and JSON go to a work folder, bundled after each stage into $OUT/gpu_run_<mode>.tar.gz (what
@@ -29,14 +34,20 @@
 # (stopped there); 3 a later stage failed, timed out or was skipped at the deadline (listed at the end); 4 usage.
 set -uo pipefail
 MODE=${1:-main}
-case "$MODE" in main|extra) ;; *) echo "usage: bash benchmarks/gpu_run.sh [main|extra] [pytest -k expression]" >&2
+case "$MODE" in main|extra|wheels) ;; *) echo "usage: bash benchmarks/gpu_run.sh [wheels|main|extra] [pytest -k expression]" >&2
   exit 4 ;; esac
+WHEELS=(pot==0.9.5)  # the GPU image's Python is 3.12 (KINDS.md: python3 at /opt/torch/.venv)
+if [ "$MODE" = wheels ]; then
+  exec python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    "${WHEELS[@]}"
+fi
 if [ "$MODE" = extra ] && [ $# -ge 2 ]; then
   echo "gpu_run.sh extra: the pytest -k expression '$2' is main's only: ignored" >&2
 fi
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 W=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run_$MODE.XXXXXX")
-DEADLINE=$(( $(date +%s) + ${GPU_RUN_BUDGET:-560} ))
+DEADLINE=$(( $(date +%s) + ${GPU_RUN_BUDGET:-580} ))
 export PYTHONUNBUFFERED=1
 if ! timeout 5 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     > "$W/device.txt" 2>&1 || [ "$(wc -l < "$W/device.txt")" -lt 2 ]; then
@@ -45,6 +56,13 @@ if ! timeout 5 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.ma
   exit 1
 fi
 date -u >> "$W/device.txt"; cat "$W/device.txt"
+if compgen -G ".whl/*.whl" > /dev/null; then  # carried wheels (`bash benchmarks/gpu_run.sh wheels` made them)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && echo "wheels: $(ls .whl)" \
+    || echo "gpu_run.sh: installing the carried wheels failed; the tests that need them fail" >&2
+else
+  echo "gpu_run.sh: no .whl/ carried (bash benchmarks/gpu_run.sh wheels, then carry .whl): POT's tests fail" >&2
+fi
 
 bundle() {  # the work folder as one file in $OUT (written as .part in $OUT, then renamed there: never half a file
   # under the final name)
@@ -76,43 +94,43 @@ stage() {  # stage NAME BUDGET COMMAND...: COMMAND under timeout (BUDGET, or les
   return $rc
 }
 
-if ! FASTSAMP_CUDA_ARCHS=90 stage build "${BUILD_TIMEOUT:-140}" python3 -m pip install --no-build-isolation --no-deps -e . -q; then
+if ! FASTSAMP_CUDA_ARCHS=90 stage build "${BUILD_TIMEOUT:-150}" python3 -m pip install --no-build-isolation --no-deps -e . -q; then
   tail -40 "$W/build.log"; exit 2
 fi
-stage info 20 python3 -c "import sys, triton; from fastsamp import cli; print('triton', triton.__version__, \
+stage info 15 python3 -c "import sys, triton; from fastsamp import cli; print('triton', triton.__version__, \
 file=sys.stderr); sys.exit(cli.main(['info']))"  # the torch version, CUDA, backends
 grep -m1 '^triton ' "$W/info.log"; grep -E -A5 '"torch"|backends' "$W/info.log"
 
 if [ "$MODE" = main ]; then
   # issue 10: one annealing level (5 MALA moves, score-MH trapezoid, one network call per move, a reverse-SDE step)
   # of an 8-D MLP score captured once in a CUDA graph, replayed with offset += 6: replay vs eager, fresh noise
-  stage cuda_graph_level "${GRAPH_TIMEOUT:-45}" python3 benchmarks/cuda_graph_level.py --device cuda \
+  stage cuda_graph_level "${GRAPH_TIMEOUT:-25}" python3 benchmarks/cuda_graph_level.py --device cuda \
     --chains 2048 262144 --json "$W/cuda_graph_level.json"
   tail -4 "$W/cuda_graph_level.log"
   # issue 10 item 7: the generic annealed_mcmc against the hand-written loop, same network calls (goal <= 0.9)
-  stage generic_vs_hand "${GVH_TIMEOUT:-45}" python3 benchmarks/generic_vs_hand.py --device cuda \
+  stage generic_vs_hand "${GVH_TIMEOUT:-20}" python3 benchmarks/generic_vs_hand.py --device cuda \
     --json "$W/generic_vs_hand_cuda.json"
   tail -4 "$W/generic_vs_hand.log"
   # issue 10: the share of annealed_mcmc's wall time outside the network calls (goal <= 10 %)
-  stage profile_network "${PROFILE_TIMEOUT:-35}" python3 benchmarks/profile_network.py --device cuda \
+  stage profile_network "${PROFILE_TIMEOUT:-20}" python3 benchmarks/profile_network.py --device cuda \
     --json "$W/profile_network_cuda.json"
   grep -E -A4 '^unprofiled|^profile:' "$W/profile_network.log"
   # issue 13 item 5: ms per training iteration on the GPU, fused against eager (the CPU's are in offpolicy_full/)
-  stage offpolicy_timing "${OFFPOLICY_TIMEOUT:-75}" python3 benchmarks/offpolicy.py timing --device cuda \
+  stage offpolicy_timing "${OFFPOLICY_TIMEOUT:-65}" python3 benchmarks/offpolicy.py timing --device cuda \
     --out "$W/offpolicy" --targets 25gmm --methods tb pis --iterations 40 --segment 20
   tail -3 "$W/offpolicy_timing.log"
-  stage pytest "${TEST_TIMEOUT:-75}" python3 -m pytest -q -p no:cacheprovider -n 8 \
+  stage pytest "${TEST_TIMEOUT:-215}" python3 -m pytest -q -p no:cacheprovider -n 16 \
     tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py \
     tests/test_trajectory.py tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py \
     tests/test_validation.py tests/test_cuda_graphs.py tests/test_seed_tensors.py tests/test_validation_switch.py \
     tests/test_triton_inductor.py tests/test_offpolicy_table.py \
     -k "${2:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}"
   grep -E "passed|failed|Error" "$W/pytest.log" | tail -15
-  stage bench "${BENCH_TIMEOUT:-55}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
+  stage bench "${BENCH_TIMEOUT:-40}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
     --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,sde_step(out=),gmm_score[separated],score_mh_accept,mala_propose,line_points' \
     --json "$W/bench_cuda.json"
   tail -28 "$W/bench.log"
-  stage sample 15 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$W/sample_cuda.json"
+  stage sample 12 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$W/sample_cuda.json"
   tail -4 "$W/sample.log"
 else
   # the Triton network engine (issue 11): score and energy networks, the shared move kernels on every evaluator,
@@ -163,6 +181,6 @@ round(r[k]['wall_s'], 4) for k in ('kernel', 'fused', 'generic')}, 'fused/generi
 'kernel frac of fp32 GEMM', r['kernel']['frac_gemm'])" "$W/mlp_product_cuda.json"
   cat "$W/mlp_product_summary.log"; [ -s "$W/mlp_product_cuda.json" ] || tail -20 "$W/mlp_product.log"
 fi
-echo "gpu_run.sh $MODE: $(( ${GPU_RUN_BUDGET:-560} - DEADLINE + $(date +%s) ))s; results in $OUT/gpu_run_$MODE.tar.gz"
+echo "gpu_run.sh $MODE: $(( ${GPU_RUN_BUDGET:-580} - DEADLINE + $(date +%s) ))s; results in $OUT/gpu_run_$MODE.tar.gz"
 cat "$W/stages.txt"
 [ ${#FAILED[@]} -eq 0 ] || { echo "gpu_run.sh $MODE: failed, timed out or skipped: ${FAILED[*]}" >&2; exit 3; }

@@ -70,7 +70,8 @@ def test_offset_rows_of_the_full_batch(name, op, B, D, c, dtype):
     for f, p in zip(full, part):
         assert torch.equal(f[c:], p), f"{op} on {name}: chain_offset={c} is not rows {c}..{c + B} of the batch"
     if name != "torch" and dtype == torch.float64:  # the kernels draw the reference's stream
-        expect = fn([t.cpu() for t in full_inputs], 0, "torch")
+        reference = _drawing_ops(D, dtype, torch.device("cpu"))[op][1]  # its mixture on the CPU too
+        expect = reference([t.cpu() for t in full_inputs], 0, "torch")
         for p, e in zip(part, expect):
             assert_close(p, e[c:], dtype, scale=100, name=f"{op} vs reference")
 
@@ -79,6 +80,8 @@ def test_offset_rows_of_the_full_batch(name, op, B, D, c, dtype):
 def test_largest_chain_offset(name):
     """chain_offset + B = 2**32 works (the chain word is the full 32 bits) and matches the reference."""
     skip_unless_available(name)
+    if name != "torch":
+        skip_unless_op(name, "mala_propose")
     device = backend_device(name)
     B, D = 5, 6
     x = torch.randn(B, D, dtype=torch.float64, device=device)
@@ -123,19 +126,20 @@ def test_policy_rollout_chain_offset():
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n != "torch"])
+@pytest.mark.parametrize("op", ["normal", "uniform", "mala_propose"])
 @pytest.mark.parametrize("c", [2**32 - 3, 2**32 + 5, 2**40, 2**62, 2**63 - 1, -1])
 @pytest.mark.parametrize("D", [3, 12, 40])
-def test_unchecked_tensor_chain_offset_wraps_alike(name, c, D):
+def test_unchecked_tensor_chain_offset_wraps_alike(name, op, c, D):
     """A CPU tensor chain offset past its range (not read with validation off, as on a GPU) draws chain words
     (c + b) mod 2**32 on every backend (the reference drew other words, or raised OverflowError / RuntimeError;
     the C++ normals, from group c·⌈D/4⌉, wrapped that product mod 2**64 for D > 8)."""
     skip_unless_available(name)
+    skip_unless_op(name, op)
     device = backend_device(name)
     x, s = _inputs(4, D, torch.float64, device, 0)[:2]
     t = torch.tensor(c, device=device)
-    calls = [lambda b: ops.normal(1, 0, 4, D, device=device, chain_offset=t, backend=b),
-             lambda b: ops.uniform(1, 0, 4, device=device, chain_offset=t, backend=b),
-             lambda b: ops.mala_propose(x, s, 0.1, seed=1, chain_offset=t, backend=b)]
+    call = {"normal": lambda b: ops.normal(1, 0, 4, D, device=device, chain_offset=t, backend=b),
+            "uniform": lambda b: ops.uniform(1, 0, 4, device=device, chain_offset=t, backend=b),
+            "mala_propose": lambda b: ops.mala_propose(x, s, 0.1, seed=1, chain_offset=t, backend=b)}[op]
     with fastsamp.validation(False):
-        for call in calls:
-            assert_close(call(name), call("torch"), torch.float64)
+        assert_close(call(name), call("torch"), torch.float64)

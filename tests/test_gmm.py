@@ -15,6 +15,7 @@ from conftest import (
     interpreted_batch,
     mixture,
     rand,
+    skip_unless_op,
     step_sizes,
     tol,
 )
@@ -114,6 +115,7 @@ def _moves_match_the_reference(op, backend, dtype, B, D, K, mh, **kw):
     stream (B chains, fewer under the Triton interpreter, in D dims, K components, per-chain step sizes), and
     bit for bit the same on a second call (compiled backends)."""
     name, device = backend
+    skip_unless_op(name, op.__name__)
     B = interpreted_batch(name, B, INTERPRETED_MOVE_CHAINS)
     x = rand(B, D, dtype=dtype, device=device, scale=2.0)
     means, lw, var = mixture(K, D, dtype, device)
@@ -172,6 +174,7 @@ def test_gmm_hmc_reference_one_leapfrog_oracle():
 ])
 def test_whole_move_nan_chain_stays_in_its_chain(backend, dtype, op, kw):
     name, device = backend
+    skip_unless_op(name, op)
     B, D, K = 37, 3, 4
     x = rand(B, D, dtype=dtype, device=device)
     x[5, 1] = math.nan

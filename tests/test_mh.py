@@ -232,6 +232,7 @@ def test_out_views_of_one_batch(name, dtype, B, D):
     around untouched."""
     if name != "torch":
         skip_unless_available(name)
+        skip_unless_op(name, "mala_propose", "line_points")
     device = backend_device(name)
     x, s = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
     n, sentinel = 3, 7.0

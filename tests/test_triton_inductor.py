@@ -2,7 +2,7 @@
 torch.library.triton_op / wrap_triton, where that lets Inductor trace them").
 
 The registered op gets triton_op's mechanism (`fastsamp/ops/_library._triton_decomposition`, switched by
-`_library.TRACE_TRITON` / FASTSAMP_TRACE_TRITON=1): while AOTAutograd functionalizes a graph, a call on CUDA
+`_library.set_trace_triton` / FASTSAMP_TRACE_TRITON=1): while AOTAutograd functionalizes a graph, a call on CUDA
 tensors whose "auto" kernel is Triton runs its launcher, whose launches become `wrap_triton` graph nodes that
 Inductor compiles. That needs CUDA tensors: on the CPU, under TRITON_INTERPRET=1, torch 2.13's wrap_triton returns
 the interpreted kernel itself (no traceable wrapper; it would run on fake tensors: "Cannot access data pointer"),
@@ -21,8 +21,10 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.fixture
-def trace_triton(monkeypatch, dynamo_reset):
-    monkeypatch.setattr(_library, "TRACE_TRITON", True)
+def trace_triton(dynamo_reset):
+    _library.set_trace_triton(True)
+    yield
+    _library.set_trace_triton(False)
 
 
 def _step(x, s, eps, offset):
@@ -53,6 +55,51 @@ def test_cpu_compile_keeps_the_op_opaque(trace_triton):
     torch.testing.assert_close(out, _step(*args), rtol=0, atol=0)
 
 
+def test_switch_keeps_the_users_cache_tags():
+    torch.compiler.config.cache_key_tag, before = "mine", torch.compiler.config.cache_key_tag
+    try:
+        _library.set_trace_triton(True)
+        assert torch.compiler.config.cache_key_tag == "mine,fastsamp-trace-triton" and _library.TRACE_TRITON
+        _library.set_trace_triton(True)  # idempotent
+        assert torch.compiler.config.cache_key_tag == "mine,fastsamp-trace-triton"
+        _library.set_trace_triton(False)
+        assert torch.compiler.config.cache_key_tag == "mine" and not _library.TRACE_TRITON
+    finally:
+        torch.compiler.config.cache_key_tag = before
+
+
+_CACHE_PROBE = """
+import torch
+from torch._dynamo.utils import counters
+from fastsamp import ops
+
+def step(x, s, eps):
+    x_prop = ops.mala_propose(x, s, eps, seed=3, offset=2)
+    return x_prop, ops.line_points(x, x_prop, 3)
+
+x = torch.ones(8, 3)
+torch.compile(step, fullgraph=True)(x, x, torch.full((8,), 0.1))
+print(counters["aot_autograd"]["autograd_cache_hit"])
+"""
+
+
+def test_switch_is_part_of_the_compile_cache_key(tmp_path):
+    """torch.compile's on-disk caches (shared by processes) key on the graph, whose nodes are the same fastsamp ops
+    with tracing on or off: a graph cached with it off is reused with it off, and not with it on."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTSAMP_TRACE_TRITON", "TORCH_COMPILE_CACHE_KEY_TAG")}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)
+
+    def cache_hits(trace):
+        run = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=dict(env, FASTSAMP_TRACE_TRITON=trace),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return int(run.stdout.split()[-1])
+    assert [cache_hits("0"), cache_hits("0"), cache_hits("1")] == [0, 1, 0]
+
+
 _FAKE_CUDA_TRACE = """
 import torch
 from torch._functorch._aot_autograd.functional_utils import from_fun, to_fun
@@ -62,7 +109,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import fastsamp
 from fastsamp import ops
 from fastsamp.ops import _library
-_library.TRACE_TRITON = {trace}
+_library.set_trace_triton({trace})
 fastsamp.set_validation(False)  # as under torch.compile: no value check reads a (fake) tensor
 
 def step(x, s, eps):
@@ -117,8 +164,7 @@ def test_cuda_compile_traces_into_the_triton_kernels(trace_triton, dtype):
 
 
 @needs_gpu
-def test_cuda_compile_keeps_the_op_opaque_when_switched_off(monkeypatch, dynamo_reset):
-    monkeypatch.setattr(_library, "TRACE_TRITON", False)
+def test_cuda_compile_keeps_the_op_opaque_when_switched_off(dynamo_reset):
     args = _inputs("cuda", torch.float32) + (2,)
     out, code = _compiled_code(*args)
     assert "fastsamp.mala_propose" in code

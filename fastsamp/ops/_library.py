@@ -395,9 +395,24 @@ def _register_factory(op: _table.Op) -> None:
         _triton_decomposition(op, kernel)
 
 
-TRACE_TRITON = os.environ.get("FASTSAMP_TRACE_TRITON", "0") == "1"
+TRACE_TRITON = False
 """Whether torch.compile traces into the Triton kernels of ops on CUDA tensors (`_triton_decomposition`); off
-until a lent GPU has run tests/test_triton_inductor.py (set FASTSAMP_TRACE_TRITON=1, or this attribute)."""
+until a lent GPU has passed tests/test_triton_inductor.py. Set with `set_trace_triton` or FASTSAMP_TRACE_TRITON=1."""
+
+_CACHE_TAG = "fastsamp-trace-triton"
+
+
+def set_trace_triton(on: bool) -> None:
+    """Switches TRACE_TRITON. The switch is invisible to the graph that torch.compile's caches key on (the same
+    `fastsamp::` op nodes either way), so it also adds / removes a tag in `torch.compiler.config.cache_key_tag`:
+    otherwise a graph compiled and cached (on disk, across processes) with the other setting would be reused."""
+    global TRACE_TRITON
+    TRACE_TRITON = bool(on)
+    tags = [t for t in torch.compiler.config.cache_key_tag.split(",") if t and t != _CACHE_TAG]
+    torch.compiler.config.cache_key_tag = ",".join(tags + [_CACHE_TAG] * TRACE_TRITON)
+
+
+set_trace_triton(os.environ.get("FASTSAMP_TRACE_TRITON", "0") == "1")
 
 
 def _is_triton(fn) -> bool:
