@@ -38,9 +38,18 @@ case "$MODE" in main|extra|wheels) ;; *) echo "usage: bash benchmarks/gpu_run.sh
   exit 4 ;; esac
 WHEELS=(pot==0.9.5)  # the GPU image's Python is 3.12 (KINDS.md: python3 at /opt/torch/.venv)
 if [ "$MODE" = wheels ]; then
-  exec python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-    "${WHEELS[@]}"
+    "${WHEELS[@]}" || exit 1
+  # what the call sends: tracked and untracked-not-ignored files, plus the carried .whl; at most 64 MiB
+  bytes=$( (git ls-files -co --exclude-standard -z; find .whl -type f -print0) | du -cb --files0-from=- | tail -1 | cut -f1)
+  echo "gpu_run.sh wheels: the call would send $((bytes / 1048576)) MiB of 64"
+  if [ "$bytes" -gt $((64 * 1048576)) ]; then
+    echo "gpu_run.sh wheels: over 64 MiB: move the largest results aside for the call (they need not travel), e.g." \
+      "mv benchmarks/results/product2d/full/models /tmp/, and back after it" >&2
+    exit 1
+  fi
+  exit 0
 fi
 if [ "$MODE" = extra ] && [ $# -ge 2 ]; then
   echo "gpu_run.sh extra: the pytest -k expression '$2' is main's only: ignored" >&2
