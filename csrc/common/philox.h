@@ -18,6 +18,17 @@ struct Philox4 {
   uint32_t v[4];
 };
 
+// The round multipliers and the key schedule's Weyl increments: every Philox here (this scalar one, the CPU's lane
+// loops and SIMD registers, the CUDA kernels) takes them from these lines.
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
+// The key of the next round: (k0 + W0, k1 + W1) mod 2^32.
+FASTSAMP_HD void philox_next_key(uint32_t& k0, uint32_t& k1) {
+  k0 += kPhiloxW0;
+  k1 += kPhiloxW1;
+}
+
 FASTSAMP_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
 #if defined(__CUDA_ARCH__)
   *hi = __umulhi(a, b);
@@ -37,13 +48,12 @@ FASTSAMP_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_
 #endif
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, hi1;
-    const uint32_t lo0 = mulhilo32(0xD2511F53u, c0, &hi0);
-    const uint32_t lo1 = mulhilo32(0xCD9E8D57u, c2, &hi1);
+    const uint32_t lo0 = mulhilo32(kPhiloxM0, c0, &hi0);
+    const uint32_t lo1 = mulhilo32(kPhiloxM1, c2, &hi1);
     const uint32_t n0 = hi1 ^ c1 ^ k0;
     const uint32_t n2 = hi0 ^ c3 ^ k1;
     c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    philox_next_key(k0, k1);
   }
   return Philox4{{c0, c1, c2, c3}};
 }

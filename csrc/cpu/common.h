@@ -57,8 +57,8 @@ FASTSAMP_VINLINE void philox_lanes(uint32_t* __restrict c0, uint32_t* __restrict
   for (int round = 0; round < 10; ++round) {
 #pragma omp simd
     for (int l = 0; l < W; ++l) {
-      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0[l];
-      const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2[l];
+      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[l];
+      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[l];
       const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
       const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
       c0[l] = n0;
@@ -66,8 +66,7 @@ FASTSAMP_VINLINE void philox_lanes(uint32_t* __restrict c0, uint32_t* __restrict
       c2[l] = n2;
       c3[l] = static_cast<uint32_t>(p0);
     }
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    philox_next_key(k0, k1);
   }
 }
 

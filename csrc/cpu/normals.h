@@ -49,12 +49,11 @@ struct GroupNormals {
     for (int r = 0; r < 10; ++r) {
       k0[r] = a;
       k1[r] = b;
-      a += 0x9E3779B9u;
-      b += 0xBB67AE85u;
+      philox_next_key(a, b);
     }
     o0 = static_cast<uint32_t>(offset);
     o1 = static_cast<uint32_t>(offset >> 32);
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * o0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * o0;
     c0r0 = static_cast<uint32_t>(p1 >> 32) ^ k0[0];
     c1r0 = static_cast<uint32_t>(p1);
     o1k = o1 ^ k1[0];
@@ -85,7 +84,7 @@ struct GroupNormals {
 
   // Round 0 for the current 16 groups (then moves on to the next 16).
   FASTSAMP_VINLINE void start(State& st) {
-    const PhiloxReg m0 = philox_set(0xD2511F53u);
+    const PhiloxReg m0 = philox_set(kPhiloxM0);
     const __m512i jw = reinterpret_cast<__m512i>(jv), bw = reinterpret_cast<__m512i>(bv);
     for (int h = 0; h < 16 / kPhiloxLanes; ++h) {
       const PhiloxReg p0 = philox_mul(philox_widen(jw, h), m0);

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/cpu_math.h"
+#include "common/philox.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -86,7 +87,7 @@ struct PhiloxState {
 
   // One round with the broadcast round keys k0, k1.
   FASTSAMP_VINLINE void round(PhiloxReg k0, PhiloxReg k1) {
-    const PhiloxReg m0 = philox_set(0xD2511F53u), m1 = philox_set(0xCD9E8D57u);
+    const PhiloxReg m0 = philox_set(kPhiloxM0), m1 = philox_set(kPhiloxM1);
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
       const PhiloxReg p0 = philox_mul(c[0][h], m0);
@@ -103,8 +104,7 @@ struct PhiloxState {
     uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
     for (int r = 0; r < 10; ++r) {
       round(philox_key(k0), philox_key(k1));
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
+      philox_next_key(k0, k1);
     }
   }
 };
@@ -118,8 +118,7 @@ struct PhiloxKeys {
     for (int r = 0; r < 10; ++r) {
       k0[r] = philox_key(a);
       k1[r] = philox_key(b);
-      a += 0x9E3779B9u;
-      b += 0xBB67AE85u;
+      philox_next_key(a, b);
     }
   }
 };
