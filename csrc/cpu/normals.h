@@ -86,6 +86,7 @@ struct GroupNormals {
   FASTSAMP_VINLINE void start(State& st) {
     const PhiloxReg m0 = philox_set(kPhiloxM0);
     const __m512i jw = reinterpret_cast<__m512i>(jv), bw = reinterpret_cast<__m512i>(bv);
+#pragma GCC unroll 4
     for (int h = 0; h < 16 / kPhiloxLanes; ++h) {
       const PhiloxReg p0 = philox_mul(philox_widen(jw, h), m0);
       // round 0: c1, c2, c3 of the counter are the same in every lane
@@ -100,13 +101,16 @@ struct GroupNormals {
 #if defined(__AVX512F__)
   // The 4 Philox words (after round 9), lane l = group l.
   static FASTSAMP_VINLINE void words(const State& st, U32x16* r) {
+#pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) r[k] = reinterpret_cast<U32x16>(philox_words(st.c[k][0], st.c[k][1]));
   }
 #elif defined(__AVX2__)
   // Word k of the groups 8q .. 8q + 7 (after round 9) into w[k][q]: the low 32 bits of the 64-bit lanes of
   // sets 2q and 2q + 1.
   static FASTSAMP_VINLINE void words(const State& st, __m256i (&w)[4][2]) {
+#pragma GCC unroll 4
     for (int k = 0; k < 4; ++k)
+#pragma GCC unroll 2
       for (int q = 0; q < 2; ++q) w[k][q] = philox_words(st.c[k][2 * q], st.c[k][2 * q + 1]);
   }
 #endif
