@@ -10,6 +10,8 @@ and Inductor compiles user-defined Triton kernels for GPUs only. So on the CPU t
 (checked here); without a GPU the functionalized trace on fake CUDA tensors is checked (a subprocess with the
 Triton kernels not interpreted), and Inductor's compilation runs on a lent GPU (benchmarks/gpu_run.sh; `-k cuda`).
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -20,11 +22,21 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
                                reason="Inductor traces user-defined Triton kernels on CUDA tensors only: no GPU here")
 
 
+@contextlib.contextmanager
+def tracing(on):
+    """The switch set to `on` inside, restored after (whatever FASTSAMP_TRACE_TRITON had set)."""
+    before = _library.TRACE_TRITON
+    _library.set_trace_triton(on)
+    try:
+        yield
+    finally:
+        _library.set_trace_triton(before)
+
+
 @pytest.fixture
 def trace_triton(dynamo_reset):
-    _library.set_trace_triton(True)
-    yield
-    _library.set_trace_triton(False)
+    with tracing(True):
+        yield
 
 
 def _step(x, s, eps, offset):
@@ -56,16 +68,17 @@ def test_cpu_compile_keeps_the_op_opaque(trace_triton):
 
 
 def test_switch_keeps_the_users_cache_tags():
-    torch.compiler.config.cache_key_tag, before = "mine", torch.compiler.config.cache_key_tag
-    try:
-        _library.set_trace_triton(True)
-        assert torch.compiler.config.cache_key_tag == "mine,fastsamp-trace-triton" and _library.TRACE_TRITON
-        _library.set_trace_triton(True)  # idempotent
-        assert torch.compiler.config.cache_key_tag == "mine,fastsamp-trace-triton"
-        _library.set_trace_triton(False)
-        assert torch.compiler.config.cache_key_tag == "mine" and not _library.TRACE_TRITON
-    finally:
-        torch.compiler.config.cache_key_tag = before
+    with tracing(False):
+        torch.compiler.config.cache_key_tag, before = "mine", torch.compiler.config.cache_key_tag
+        try:
+            _library.set_trace_triton(True)
+            assert torch.compiler.config.cache_key_tag == "mine,fastsamp-trace-triton" and _library.TRACE_TRITON
+            _library.set_trace_triton(True)  # idempotent
+            assert torch.compiler.config.cache_key_tag == "mine,fastsamp-trace-triton"
+            _library.set_trace_triton(False)
+            assert torch.compiler.config.cache_key_tag == "mine" and not _library.TRACE_TRITON
+        finally:
+            torch.compiler.config.cache_key_tag = before
 
 
 _CACHE_PROBE = """
@@ -89,7 +102,9 @@ def test_switch_is_part_of_the_compile_cache_key(tmp_path):
     import os
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k not in ("FASTSAMP_TRACE_TRITON", "TORCH_COMPILE_CACHE_KEY_TAG")}
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTSAMP_TRACE_TRITON", "TORCH_COMPILE_CACHE_KEY_TAG",
+                                                            "TORCHINDUCTOR_FORCE_DISABLE_CACHES",
+                                                            "TORCH_COMPILE_FORCE_DISABLE_CACHES")}
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)
 
     def cache_hits(trace):
@@ -166,6 +181,7 @@ def test_cuda_compile_traces_into_the_triton_kernels(trace_triton, dtype):
 @needs_gpu
 def test_cuda_compile_keeps_the_op_opaque_when_switched_off(dynamo_reset):
     args = _inputs("cuda", torch.float32) + (2,)
-    out, code = _compiled_code(*args)
+    with tracing(False):
+        out, code = _compiled_code(*args)
     assert "fastsamp.mala_propose" in code
     torch.testing.assert_close(out, _step(*args), rtol=0, atol=0)
