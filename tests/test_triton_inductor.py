@@ -11,6 +11,7 @@ and Inductor compiles user-defined Triton kernels for GPUs only. So on the CPU t
 Triton kernels not interpreted), and Inductor's compilation runs on a lent GPU (benchmarks/gpu_run.sh; `-k cuda`).
 """
 import contextlib
+import re
 
 import pytest
 import torch
@@ -49,6 +50,13 @@ def _inputs(device, dtype):
     torch.manual_seed(0)
     x = torch.randn(64, 5, device=device, dtype=dtype)
     return x, torch.randn_like(x), torch.full((64,), 0.05, device=device, dtype=dtype)
+
+
+def _contents(code):
+    """What a failed assertion on Inductor's code shows: the functions it defines and the fastsamp ops it calls."""
+    kernels = sorted(set(re.findall(r"def (\w+)\(", code)))
+    ops_called = sorted(set(re.findall(r"fastsamp\.(\w+)", code)))
+    return f"functions defined in Inductor's code: {kernels}; fastsamp ops called: {ops_called}"
 
 
 def _compiled_code(*args):
@@ -171,8 +179,9 @@ def test_cuda_compile_traces_into_the_triton_kernels(trace_triton, dtype):
     (up to FMA contraction inside Inductor's compilation)."""
     args = _inputs("cuda", dtype) + (2,)
     out, code = _compiled_code(*args)
-    assert "_affine_noise_kernel" in code and "_line_points_kernel" in code
-    assert "fastsamp.mala_propose" not in code and "fastsamp.line_points" not in code
+    seen = _contents(code)
+    assert "_affine_noise_kernel" in code and "_line_points_kernel" in code, seen
+    assert "fastsamp.mala_propose" not in code and "fastsamp.line_points" not in code, seen
     torch.testing.assert_close(out, _step(*args))
     out_next, _ = _compiled_code(*args[:3], 3)  # a new offset draws new noise
     assert not torch.equal(out_next[0], out[0])
