@@ -172,3 +172,22 @@ def test_replay_buffer_baseline_draws_by_the_same_ranks(capsys):
         assert torch.all((counts - n * p).abs() <= 5 * (n * p * (1 - p)).sqrt() + 1)
     rb.main(["--capacity", "50", "--dim", "1", "3", "--batch", "7", "--rounds", "2"])
     assert capsys.readouterr().out.count("\n| ") == 3
+
+
+@pytest.mark.parametrize("n_trapezoid,backend", [(1, "auto"), (3, "auto"), (3, "torch")])
+def test_ops_loop_is_annealed_mcmcs_generic_path(n_trapezoid, backend):
+    """benchmarks/generic_vs_hand.py's ops loop (annealed MALA + score-MH over the public ops, a user's network) draws
+    the same noise as annealed_mcmc's generic path and makes the same calls: the chains are equal bit for bit and so
+    is the acceptance, for an odd chain count, the trapezoid with and without interior points, on the compiled
+    backend ("auto") and the reference."""
+    gvh = load_benchmark("generic_vs_hand.py", "generic_vs_hand_bench")
+    from _user_mlp import UserMLP
+    net = UserMLP(3, 16, minus_x=True, init_seed=0)
+    x, rate = gvh.ops_loop(net, 37, n_levels=4, n_moves=3, step_size=1.5, n_trapezoid=n_trapezoid, seed=5,
+                           backend=backend)
+    y, stats = gvh.annealed_mcmc(net, 37, n_levels=4, corrector="mala", mh="score", n_corrector_steps=3,
+                                 n_trapezoid=n_trapezoid, step_size=1.5, seed=5, fused=False, backend=backend)
+    assert torch.equal(x, y) and torch.isfinite(x).all()
+    assert 0.1 < float(rate.mean()) < 0.95
+    # one accepted move in 37 chains x 12 moves is 1 / 444 of the rate; the float32 mean's rounding is ~1e-7
+    assert abs(float(rate.mean()) - sum(stats.accept_rate) / 4) < 1e-6
