@@ -13,7 +13,7 @@ loop). em_step_logprob and its backward (row kernels, D tiled in a loop) take an
 """
 from .gmm import GMM_MALA_MAX_D, GMM_SCORE_MAX_D, gmm_score
 from .hmc import hmc_accept, leapfrog, leapfrog_finish, momentum_refresh
-from .mh import line_points, mala_propose, score_mh_accept
+from .mh import energy_mh_accept, line_points, mala_propose, score_mh_accept
 from .mlp import MLP_MAX_D, MLP_MAX_HIDDEN, mlp_energy, mlp_score
 from .mlp_train import MLP_NET_MAX_IN, mlp_net_energy_lsq
 from .moves import gmm_hmc, gmm_mala, mlp_energy_hmc, mlp_energy_mala, mlp_hmc, mlp_mala
@@ -23,7 +23,8 @@ from .trajectory import em_step_logprob, em_step_logprob_backward
 
 __all__ = [
     "gmm_score", "gmm_mala", "gmm_hmc", "sde_step", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
-    "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "em_step_logprob", "em_step_logprob_backward",
+    "energy_mh_accept", "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "em_step_logprob",
+    "em_step_logprob_backward",
     "normal", "uniform", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc",
     "mlp_net_energy_lsq",
     "GMM_SCORE_MAX_D", "GMM_MALA_MAX_D", "MLP_MAX_D",

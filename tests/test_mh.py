@@ -66,6 +66,28 @@ def test_score_mh_accept(backend, dtype, shape, n_interior, per_chain):
     assert_accept(out, expect, u, dtype, D)
 
 
+@pytest.mark.parametrize("per_chain", [False, True], ids=["scalar_eps", "per_chain_eps"])
+def test_energy_mh_accept(backend, dtype, shape, per_chain):
+    """The exact-energy MALA test on every compiled backend against the float64 reference: x, score and logp of the
+    kept side, the decision and log α (NaN in a row rejects it and stays in that row's log α)."""
+    name, device = backend
+    B, D = shape
+    skip_unless_op(name, "energy_mh_accept")
+    x, xp, s, sp, _, u = accept_inputs(B, D, dtype, device, 0)
+    logp, logp_p = (rand(B, dtype=dtype, device=device) for _ in range(2))
+    if B > 2:
+        logp_p[1] = float("nan")
+    eps = step_sizes(per_chain, B, dtype, device)
+    x_new, s_new, logp_new, acc, log_alpha = ops.energy_mh_accept(x, xp, s, sp, logp, logp_p, eps, u, backend=name)
+    e_x, e_s, e_logp, e_acc, e_la = ref.energy_mh_accept(*f64(x, xp, s, sp, logp, logp_p), eps64(eps, B), *f64(u),
+                                                         0, 0, 0)
+    assert_accept((x_new, s_new, acc, log_alpha), (e_x, e_s, e_acc, e_la), u, dtype, D)
+    kept = torch.where(acc.cpu(), logp_p.cpu(), logp.cpu())
+    assert torch.equal(logp_new.cpu(), kept) and logp_new.dtype == dtype
+    if B > 2:
+        assert not acc[1] and torch.isnan(log_alpha[1])
+
+
 @pytest.mark.parametrize("n_interior", [1, 3])
 @pytest.mark.parametrize("draw", [False, True], ids=["u", "seed"])
 def test_score_mh_accept_reads_the_interior_sets_after_score_prop_rows(backend, dtype, shape, n_interior, draw):

@@ -169,9 +169,17 @@ def test_energy_mh_accept_is_the_exact_mala_test():
     torch.testing.assert_close(logp_new, torch.where(acc, logp_p, logp), rtol=0, atol=0)
     with pytest.raises(ValueError, match="logp_prop must have shape \\(32,\\)"):
         ops.energy_mh_accept(x, xp, s, sp, logp, logp_p[:3], 0.2, u)
-    if backends.is_available("triton"):  # the reference and C++ only
-        with pytest.raises(ValueError, match="op 'energy_mh_accept' has no 'triton' kernel"):
-            ops.energy_mh_accept(x, xp, s, sp, logp, logp_p, 0.2, u, backend="triton")
+
+
+def test_a_backend_without_the_ops_kernel_is_named():
+    """An explicit backend that lacks the op's kernel raises naming both (mlp_net: the reference and C++ only)."""
+    if not backends.is_available("triton"):
+        pytest.skip("the triton backend is not available")
+    x = torch.randn(5, 3, dtype=torch.float64)
+    weights = [torch.randn(4, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)]
+    biases = [torch.zeros(4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
+    with pytest.raises(ValueError, match="op 'mlp_net' has no 'triton' kernel"):
+        ops.mlp_net(x, weights, biases, backend="triton")
 
 
 # --- schedules on tensors -------------------------------------------------------------------------------

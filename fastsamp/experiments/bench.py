@@ -128,7 +128,8 @@ def mixture_flops(evals, B, K, D, size):
     return base, base + evals * B * K * (LSE_FLOPS + EXP_FLOPS[size])
 
 
-STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept")
+STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
+                   "energy_mh_accept")
 
 
 # Wide-D mixture cases (D off the kernels' compile-time set {1, 2, 4, 8, 16}): the `separated` mixture with the K of
@@ -210,6 +211,10 @@ def _cases(device, dtype):
     interior = torch.stack([ss, ss])
     cases["score_mh_accept"] = ((xs, xp, ss, ss, eps, u, interior, 0, 0, 0),
                                 size * (8 * B * D + 4 * B) + B, 14 * B * D)
+    # x, x', s, s', logp, logp', ε, u read; x_new, s_new, logp_new, log α and the accepted bytes written
+    logp, logp_p = rnd(B), rnd(B)
+    cases["energy_mh_accept"] = ((xs, xp, ss, ss, logp, logp_p, eps, u, 0, 0, 0), size * (6 * B * D + 6 * B) + B,
+                                 9 * B * D)
     return cases
 
 

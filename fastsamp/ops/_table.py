@@ -297,7 +297,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("energy_mh_accept", "x:state x_prop:(B,D) score:(B,D) score_prop:(B,D) logp:(B,) logp_prop:(B,) "
         f"step_size:(B,) u:(B,)? {_DRAW}",
         "x_new:(B,D) score_new:(B,D) logp_new:(B,) accepted:(B,)bool log_alpha:(B,)",
-        f"dtype x x_prop score score_prop logp logp_prop step_size u {_DRAW_C} B D", ("cpp",)),
+        f"dtype x x_prop score score_prop logp logp_prop step_size u {_DRAW_C} B D", _ALL),
     _op("leapfrog", "x:state p:(B,D) score:(B,D) step_size:(B,)", "x_next:(B,D) p_half:(B,D)",
         "dtype x p score step_size B D", _ALL, grad="x p score step_size"),
     _op("leapfrog_finish", "x:state x_next:(B,D) p_half:(B,D) score:(B,D) score_next:(B,D) step_size:(B,) "

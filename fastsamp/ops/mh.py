@@ -157,7 +157,7 @@ def energy_mh_accept(x, x_prop, score, score_prop, logp, logp_prop, step_size, u
     log u < log α (NaN rejects). u or (seed, offset, chain_offset) as in `score_mh_accept`.
 
     Returns (x_new, score_new, logp_new, accepted (B,) bool, log_alpha (B,)).
-    Kernels: the reference and C++ (on CUDA devices "auto" runs the reference).
+    Kernels: the reference, C++ and Triton (on CUDA devices "auto" runs the Triton one).
     """
     x = _checks.state("x", x)
     x_prop = _checks.like("x_prop", x_prop, x)
