@@ -58,8 +58,7 @@ def line_points(x, x_prop, n, out=None):
 @triton.jit(do_not_specialize=["k0", "k1", "o0", "o1", "chain0"])
 def _accept_kernel(x_ptr, xp_ptr, s_ptr, sp_ptr, eps_ptr, int_ptr, p_ptr, pp_ptr, dlp_ptr, u_ptr, lp_ptr, lpp_ptr,
                    xo_ptr, so_ptr, lpo_ptr, acc_ptr, la_ptr, B, D, M, plane, k0, k1, o0, o1, chain0, seed_p, offset_p,
-                   chain_p,
-                   MODE: tl.constexpr, DRAW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                   chain_p, MODE: tl.constexpr, DRAW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
                    IDX64: tl.constexpr, RNG_T: tl.constexpr):
     """Per-chain log_alpha, accept test and select, for BLOCK_B chains, looping over D; u read from
     u_ptr, or (DRAW) the MH uniforms of draw ((k1:k0), (o1:o0)) of chains chain0 + row.
