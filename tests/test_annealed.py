@@ -387,9 +387,11 @@ def test_gaussian_mixture_takes_array_likes_and_names_bad_types():
 
 
 @pytest.mark.parametrize("corrector,fused", [("mala", False), ("hmc", False), ("mala", True), ("ula", False)])
-def test_level_statistics_in_chunks_equal_level_by_level(monkeypatch, corrector, fused):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_level_statistics_in_chunks_equal_level_by_level(monkeypatch, corrector, fused, dtype):
     """annealed_mcmc's chunked level statistics (and accept counts) give the bits of one level at a time: samples,
-    acceptance rates, step sizes and non-finite counts, with chains going NaN and levels not a multiple of a chunk."""
+    acceptance rates, step sizes and non-finite counts, with chains going NaN and levels not a multiple of a chunk,
+    in either dtype."""
     from fastsamp.samplers import annealed
 
     def score(x, t):  # MIX's score, with chain 3 NaN after t < 0.5
@@ -399,7 +401,7 @@ def test_level_statistics_in_chunks_equal_level_by_level(monkeypatch, corrector,
 
     def run():
         x, st = annealed_mcmc(model, 64, n_levels=21, corrector=corrector, n_corrector_steps=3, n_trapezoid=2,
-                              step_size=0.05, seed=4, dtype=torch.float64, fused=fused, on_nonfinite="ignore")
+                              step_size=0.05, seed=4, dtype=dtype, fused=fused, on_nonfinite="ignore")
         return x, st.accept_rate, st.step_size, st.n_nonfinite, st.first_nonfinite_level
     chunked = run()
     monkeypatch.setattr(annealed, "LEVEL_CHUNK", 1)
