@@ -5,7 +5,12 @@
 // See docs/backend-contract.md.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/ops.h"
 #include "cpu/random.h"
@@ -16,36 +21,101 @@ namespace fastsamp {
 namespace cpu {
 namespace {
 
-// x' = x + eps s + sqrt(2 eps) xi, row by row (eps per chain).
+// e = the per-chain values v[row] of the flat elements i .. i + L - 1 (one 64-byte vector) of a (B, D) array: a broadcast
+// when the vector lies in one row, the L / D rows of a vector that starts a row at a compile-time D dividing L (one
+// masked load and a lane permutation on AVX-512), else lane by lane.
+template <typename T, int DC>
+FASTSAMP_VINLINE void row_values(const T* __restrict v, int64_t i, int Drt, Vec64<T>& e) {
+  constexpr int L = 64 / static_cast<int>(sizeof(T));
+  const int D = DC > 0 ? DC : Drt;
+  int64_t r = i / D;
+  int c = static_cast<int>(i - r * D);
+  if (c + L <= D) {
+    e = Vec64<T>{} + v[r];
+    return;
+  }
+  if constexpr (DC > 0 && L % DC == 0) {
+    if (c == 0) {
+#if defined(__AVX512F__)
+      constexpr unsigned first_rows = (1u << (L / DC)) - 1;  // lane k holds row k / D of the vector
+      if constexpr (sizeof(T) == 4) {
+        alignas(64) int32_t idx[L];
+        for (int k = 0; k < L; ++k) idx[k] = k / DC;
+        const __m512 rows = _mm512_maskz_loadu_ps(static_cast<__mmask16>(first_rows), v + r);
+        e = reinterpret_cast<Vec64<T>>(_mm512_permutexvar_ps(_mm512_load_si512(idx), rows));
+      } else {
+        alignas(64) int64_t idx[L];
+        for (int k = 0; k < L; ++k) idx[k] = k / DC;
+        const __m512d rows = _mm512_maskz_loadu_pd(static_cast<__mmask8>(first_rows), v + r);
+        e = reinterpret_cast<Vec64<T>>(_mm512_permutexvar_pd(_mm512_load_si512(idx), rows));
+      }
+#else
+      for (int k = 0; k < L; ++k) e[k] = v[r + k / DC];
+#endif
+      return;
+    }
+  }
+  for (int k = 0; k < L; ++k) {
+    e[k] = v[r];
+    if (++c == D) c = 0, ++r;
+  }
+}
+
+// v = sqrt(v) lane by lane, in place (a 64-byte vector: no vector return where the build lacks AVX-512).
+template <typename T>
+FASTSAMP_VINLINE void sqrt_lanes(Vec64<T>& v) {
+#if defined(__AVX512F__)
+  v = vm::vsqrt(v);
+#else
+  for (int k = 0; k < static_cast<int>(64 / sizeof(T)); ++k) v[k] = std::sqrt(v[k]);
+#endif
+}
+
+// x' = x + eps s + sqrt(2 eps) xi, eps per chain: one streaming pass (noise_pass: the Philox normals fused into it
+// where D % 4 == 0 on AVX-512), the same arithmetic per element on every path.
 template <typename T, int DC>
 void mala_propose_impl(const T* __restrict x, const T* __restrict score, const T* __restrict step,
                        const T* noise, int64_t B, int Drt, uint64_t seed, uint64_t offset, uint64_t chain0,
                        T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
   const T* in[2] = {x, score};
-  rows_with_noise<T>(noise, B, D, seed, offset, chain0, in, 2, [&](int64_t b, const T* __restrict xi, int stride) {
-    const T e = step[b];
-    const T q = std::sqrt(T(2) * e);
-    const T* __restrict xr = x + b * D;
-    const T* __restrict sr = score + b * D;
-    T* __restrict o = out + b * D;
-#pragma omp simd
-    for (int d = 0; d < D; ++d) o[d] = xr[d] + e * sr[d] + q * xi[d * stride];
-  });
+  noise_pass<T>(noise, B, D, seed, offset, chain0, in, 2, out,
+                [=](int64_t i, T xi) {
+                  const T e = step[i / D];
+                  return x[i] + e * score[i] + std::sqrt(T(2) * e) * xi;
+                },
+                [=](int64_t i, auto& v, auto xi) {
+                  using V = std::remove_reference_t<decltype(v)>;
+                  V xv, sv;
+                  std::memcpy(&xv, x + i, sizeof(V));
+                  std::memcpy(&sv, score + i, sizeof(V));
+                  V e, q;
+                  row_values<T, DC>(step, i, D, e);
+                  q = T(2) * e;
+                  sqrt_lanes<T>(q);
+                  v = xv + e * sv + q * xi;
+                });
 }
 
-// The interior trapezoid points x + (i/n)(x' - x), i = 1 .. n-1, as (n-1, B, D).
+// Elements of x and x' per tile of line_points: every plane of a tile reads them from L1 (2 x 8 KiB in float32).
+constexpr int64_t kLineTile = 2048;
+
+// The interior trapezoid points x + (i/n)(x' - x), i = 1 .. n-1, as (n-1, B, D), by tiles of kLineTile elements whose
+// x and x' are read from memory once for all n - 1 planes.
 template <typename T>
 void line_points_impl(const T* __restrict x, const T* __restrict xp, int64_t B, int64_t D, int64_t n,
                       T* __restrict out) {
   const int64_t N = B * D;
   const T tn = static_cast<T>(n);
   parallel_for(stream_threads(N * (n - 1)), N, [&](int64_t e0, int64_t e1) {
-    for (int64_t i = 1; i < n; ++i) {
-      const T t = static_cast<T>(i) / tn;
-      T* __restrict o = out + (i - 1) * N;
+    for (int64_t a = e0; a < e1; a += kLineTile) {
+      const int64_t z = std::min(e1, a + kLineTile);
+      for (int64_t i = 1; i < n; ++i) {
+        const T t = static_cast<T>(i) / tn;
+        T* __restrict o = out + (i - 1) * N;
 #pragma omp simd
-      for (int64_t e = e0; e < e1; ++e) o[e] = x[e] + t * (xp[e] - x[e]);
+        for (int64_t e = a; e < z; ++e) o[e] = x[e] + t * (xp[e] - x[e]);
+      }
     }
   });
 }

@@ -33,6 +33,10 @@ constexpr int64_t kChunkElems = 2048;
 // Elements per thread below which a streaming call stays on the calling thread.
 constexpr int64_t kStreamGrain = int64_t(1) << 15;
 FASTSAMP_VINLINE int stream_threads(int64_t n_elems) { return threads_for(n_elems, kStreamGrain); }
+// Outputs of at least this many bytes are written with non-temporal stores (no read-for-ownership; they would not stay
+// in cache anyway); a smaller one, e.g. a sampler's chains that its next op reads at once, with plain stores, so that
+// it stays in L1 / L2.
+constexpr int64_t kNonTemporalBytes = int64_t(1) << 20;
 FASTSAMP_VINLINE int64_t chunk_rows(int D) {
   const int64_t P = 4 * ((D + 3) / 4);
   return std::max<int64_t>(16, (kChunkElems / P) / 16 * 16);
@@ -120,7 +124,7 @@ FASTSAMP_VINLINE void vector_pass(int64_t i0, int64_t nv, T* __restrict out, FV&
 // thread walks a contiguous run of blocks; per block it generates the 64
 // normals in registers (GroupNormals::next_v), combines them at once with the
 // inputs (fv(i, v, xi): v = out[i .. i + L) from the inputs and the normals xi)
-// and writes out with non-temporal stores (when out is 64-byte aligned), so the
+// and writes out with non-temporal stores (when nt and out is 64-byte aligned), so the
 // loads/stores of the memory streams are interleaved with the generator's ALU
 // work at block grain instead of chunk grain (the generator is about as costly
 // as the memory traffic, so overlapping the two is what matters). The `nin`
@@ -128,7 +132,7 @@ FASTSAMP_VINLINE void vector_pass(int64_t i0, int64_t nv, T* __restrict out, FV&
 // scalar form (partial last block).
 template <typename T, typename F, typename FV>
 void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t chain0, const T* const* in, int nin,
-                  T* __restrict out, F&& f, FV&& fv) {
+                  T* __restrict out, bool nt, F&& f, FV&& fv) {
 #if defined(__AVX512F__)
   using G = GroupNormals<T>;
   using V = typename G::Vec;
@@ -136,7 +140,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
   constexpr int KV = G::kVecs;
   const int J = D / 4;
   const int64_t nblk = (N + 63) / 64;
-  const bool aligned = reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  const bool stream = nt && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   parallel(stream_threads(N), [&](int id, int nt) {
     const int64_t per = (nblk + nt - 1) / nt;
     const int64_t k0 = std::min<int64_t>(nblk, per * id), k1 = std::min<int64_t>(nblk, per * (id + 1));
@@ -156,7 +160,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
         V xi[KV];
         gen.next_v(st, xi);
         auto combine = [&](int64_t i, V& v) { fv(i, v, xi[(i - i0) / L]); };
-        if (aligned) {
+        if (stream) {
           vector_pass<true>(i0, KV, out, combine);
         } else {
           vector_pass<false>(i0, KV, out, combine);
@@ -171,7 +175,8 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
     }
   });
 #else
-  (void)N; (void)D; (void)seed; (void)offset; (void)chain0; (void)in; (void)nin; (void)out; (void)f; (void)fv;
+  (void)N; (void)D; (void)seed; (void)offset; (void)chain0; (void)in; (void)nin; (void)out; (void)nt; (void)f;
+  (void)fv;
 #endif
 }
 
@@ -181,30 +186,14 @@ constexpr bool kHaveFused = true;
 constexpr bool kHaveFused = false;
 #endif
 
-// f(b, xi, stride): xi[d * stride] is the normal of element (b, d).
-// Given noise: rows of `noise`; else the Philox draw (seed, offset).
-template <typename T, typename F>
-void rows_with_noise(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t chain0,
-                     const T* const* in, int nin, F&& f) {
-  if (noise) {
-    parallel_for(stream_threads(B * D), B, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) f(b, noise + b * D, 1);
-    });
-    return;
-  }
-  philox_chunks<T>(B, D, seed, offset, chain0, in, nin, [&](int64_t b0, int64_t nb, const T* xi) {
-    for (int64_t r = 0; r < nb; ++r) f(b0 + r, xi + r * D, 1);
-  });
-}
-
 // out[i] = f(i) for i in [i0, i0 + n), 64-byte vectors from fv(i, V&) where
-// possible: non-temporal stores when out + i0 is 64-byte aligned (no
+// possible: non-temporal stores when nt and out + i0 is 64-byte aligned (no
 // read-for-ownership of the output), plain unaligned stores otherwise.
 template <typename T, typename F, typename FV>
-FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, F&& f, FV&& fv) {
+FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, bool nt, F&& f, FV&& fv) {
   constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
   const int64_t nv = n / L;
-  if (reinterpret_cast<uintptr_t>(out + i0) % 64 == 0) {
+  if (nt && reinterpret_cast<uintptr_t>(out + i0) % 64 == 0) {
     vector_pass<true>(i0, nv, out, fv);
   } else {
     vector_pass<false>(i0, nv, out, fv);
@@ -213,10 +202,10 @@ FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, F&&
 }
 
 // out[i] = f(i) over [0, N): a static split into 64-byte aligned pieces,
-// 64-byte vectors computed by fv(i, V&) and written with non-temporal stores
+// 64-byte vectors computed by fv(i, V&) and written with non-temporal stores when nt
 // (no read-for-ownership of the output: 3-4 streams instead of 4-5).
 template <typename T, typename F, typename FV>
-void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
+void triad_stream(int64_t N, T* __restrict out, bool nt, F&& f, FV&& fv) {
   constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
   parallel(stream_threads(N), [&](int id, int nt) {
     // thread ranges on 16-vector boundaries of the output address
@@ -227,7 +216,11 @@ void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
     const int64_t v0 = std::min<int64_t>(nv, per * id), v1 = std::min<int64_t>(nv, per * (id + 1));
     if (id == 0)
       for (int64_t i = 0; i < h; ++i) out[i] = f(i);
-    vector_pass<true>(h + v0 * L, v1 - v0, out, fv);
+    if (nt) {
+      vector_pass<true>(h + v0 * L, v1 - v0, out, fv);
+    } else {
+      vector_pass<false>(h + v0 * L, v1 - v0, out, fv);
+    }
     if (id == nt - 1)
       for (int64_t i = h + nv * L; i < N; ++i) out[i] = f(i);
 #if defined(__AVX512F__)
@@ -238,14 +231,16 @@ void triad_stream(int64_t N, T* __restrict out, F&& f, FV&& fv) {
 
 // out[i] = f(i, xi_i) over the B * D elements, xi the standard normals: the rows of `noise` when
 // given, else the Philox draw (seed, offset) of chains chain0 + b, fused into the pass
-// (philox_fused) when D % 4 == 0 on AVX-512, by chunks of rows (philox_chunks) otherwise.
-// fv(i, V& v, V xi) is the 64-byte-vector form; `in` the nin input arrays to prefetch.
+// (philox_fused) when D % 4 == 0 on AVX-512, by chunks of rows (philox_chunks) otherwise; non-temporal stores for
+// outputs of kNonTemporalBytes and more. fv(i, V& v, V xi) is the 64-byte-vector form; `in` the nin input arrays to
+// prefetch.
 template <typename T, typename F, typename FV>
 void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t chain0,
                 const T* const* in, int nin, T* __restrict out, F&& f, FV&& fv) {
   using V = Vec64<T>;
+  const bool nt = B * D * static_cast<int64_t>(sizeof(T)) >= kNonTemporalBytes;
   if (noise) {
-    triad_stream<T>(B * D, out, [=](int64_t i) { return f(i, noise[i]); },
+    triad_stream<T>(B * D, out, nt, [=](int64_t i) { return f(i, noise[i]); },
                     [=](int64_t i, V& v) {
                       V nv;
                       std::memcpy(&nv, noise + i, sizeof(V));
@@ -254,12 +249,12 @@ void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset
     return;
   }
   if (kHaveFused && D % 4 == 0) {
-    philox_fused<T>(B * D, D, seed, offset, chain0, in, nin, out, f, fv);
+    philox_fused<T>(B * D, D, seed, offset, chain0, in, nin, out, nt, f, fv);
     return;
   }
   philox_chunks<T>(B, D, seed, offset, chain0, in, nin, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
     const int64_t i0 = b0 * D;  // xi[i - i0]: normal of flat element i of this chunk
-    stream_range<T>(i0, nb * D, out, [=](int64_t i) { return f(i, xi[i - i0]); },
+    stream_range<T>(i0, nb * D, out, nt, [=](int64_t i) { return f(i, xi[i - i0]); },
                     [=](int64_t i, V& v) {
                       V nv;
                       std::memcpy(&nv, xi + (i - i0), sizeof(V));

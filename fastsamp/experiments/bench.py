@@ -128,8 +128,10 @@ def mixture_flops(evals, B, K, D, size):
     return base, base + evals * B * K * (LSE_FLOPS + EXP_FLOPS[size])
 
 
-STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "line_points", "score_mh_accept",
-                   "energy_mh_accept")
+# "(out=)": the op writing into preallocated outputs, as a sampler's loop calls it; the others allocate theirs per call
+# (at these sizes fresh pages: the first touch of each costs a page fault, which the PyTorch baselines pay as well)
+STREAMING_CASES = ("sde_step", "sde_step(out=)", "guided_sde_step", "mala_propose", "mala_propose(out=)", "line_points",
+                   "line_points(out=)", "score_mh_accept", "score_mh_accept(out=)", "energy_mh_accept")
 
 
 # Wide-D mixture cases (D off the kernels' compile-time set {1, 2, 4, 8, 16}): the `separated` mixture with the K of
@@ -205,12 +207,17 @@ def _cases(device, dtype):
     cases["guided_sde_step"] = ((xs, ss, sh, vs, None, 3, 0, 0, a, c_s, 0.5, 40.0, c_n), 5 * size * B * D, 10 * B * D)
     eps = torch.full((B,), 0.05, dtype=dtype, device=device)
     cases["mala_propose"] = ((xs, ss, eps, None, 3, 0, 0), size * (3 * B * D + B), 5 * B * D)
+    cases["mala_propose(out=)"] = ((xs, ss, eps, None, 3, 0, 0, out),) + cases["mala_propose"][1:]
     xp = xs + 0.1 * ss
     cases["line_points"] = ((xs, xp, 3), 4 * size * B * D, 4 * B * D)
+    points = torch.empty(2, B, D, dtype=dtype, device=device)
+    cases["line_points(out=)"] = ((xs, xp, 3, points),) + cases["line_points"][1:]
     u = torch.rand(B, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     interior = torch.stack([ss, ss])
     cases["score_mh_accept"] = ((xs, xp, ss, ss, eps, u, interior, 0, 0, 0),
                                 size * (8 * B * D + 4 * B) + B, 14 * B * D)
+    cases["score_mh_accept(out=)"] = (cases["score_mh_accept"][0] + (out, torch.empty_like(xs)),
+                                      ) + cases["score_mh_accept"][1:]
     # x, x', s, s', logp, logp', ε, u read; x_new, s_new, logp_new, log α and the accepted bytes written
     logp, logp_p = rnd(B), rnd(B)
     cases["energy_mh_accept"] = ((xs, xp, ss, ss, logp, logp_p, eps, u, 0, 0, 0), size * (6 * B * D + 6 * B) + B,
@@ -241,8 +248,8 @@ def baseline(op, compiled=False):
             return core(x, score, shift, v, torch.randn_like(x), seed, offset, 0, a, c_s, c_v, c_diff, c_n)
         return guided_sde_step
     if op == "mala_propose":
-        def mala_propose(x, score, eps, noise, seed, offset, chain_offset):
-            return core(x, score, eps, torch.randn_like(x), seed, offset, chain_offset)
+        def mala_propose(x, score, eps, noise, seed, offset, chain_offset, out=None):
+            return core(x, score, eps, torch.randn_like(x), seed, offset, chain_offset, out)
         return mala_propose
     return core
 
