@@ -43,6 +43,28 @@ def test_mala_propose(backend, dtype, shape, per_chain, noise_src):
     assert_close(out, expect, dtype, scale=10, name="x_prop")
 
 
+@pytest.mark.parametrize("D", [1, 3, 4, 8, 12, 16, 20, 33])
+def test_mala_propose_paths_agree_bit_for_bit(backend, dtype, D):
+    """One backend's mala_propose gives the same bits whichever path a call takes: the in-kernel draw (on the CPU
+    fused into the pass where D % 4 == 0, by chunks of rows otherwise), the same normals given as `noise` (into a
+    fresh or a misaligned output), one chain alone (a scalar tail) and within a batch of vectors; per-chain step
+    sizes whose lanes span rows."""
+    name, device = backend
+    skip_unless_op(name, "mala_propose")
+    B = 1001
+    x, s = (rand(B, D, dtype=dtype, device=device) for _ in range(2))
+    eps = step_sizes(True, B, dtype, device)
+    drawn = ops.mala_propose(x, s, eps, seed=7, offset=3, chain_offset=5, backend=name)
+    xi = ops.normal(7, 3, B, D, dtype=dtype, device=device, chain_offset=5, backend=name)
+    assert torch.equal(drawn, ops.mala_propose(x, s, eps, noise=xi, backend=name))
+    misaligned = torch.empty(B * D + 1, dtype=dtype, device=device)[1:].view(B, D)
+    assert torch.equal(drawn, ops.mala_propose(x, s, eps, noise=xi, out=misaligned, backend=name))
+    r = B // 2
+    alone = ops.mala_propose(x[r:r + 1], s[r:r + 1], eps[r:r + 1], seed=7, offset=3, chain_offset=5 + r,
+                             backend=name)
+    assert torch.equal(alone[0], drawn[r])
+
+
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_line_points(backend, dtype, shape, n):
     name, device = backend
