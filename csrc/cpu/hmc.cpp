@@ -82,16 +82,8 @@ template <typename T, int DC>
 void momentum_refresh_impl(const T* __restrict p, T damp, T c, const T* noise, int64_t B, int Drt,
                            uint64_t seed, uint64_t offset, uint64_t chain0, T* __restrict out) {
   const int D = DC > 0 ? DC : Drt;
-  if (noise) {  // a plain pass (not noise_pass's non-temporal stores: p is usually small and reused)
-    const int64_t N = B * D;
-    parallel_for(stream_threads(N), N, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) out[i] = damp * p[i] + c * noise[i];
-    });
-    return;
-  }
   const T* in[1] = {p};
-  noise_pass<T>(nullptr, B, D, seed, offset, chain0, in, 1, out, [=](int64_t i, T xi) { return damp * p[i] + c * xi; },
+  noise_pass<T>(noise, B, D, seed, offset, chain0, in, 1, out, [=](int64_t i, T xi) { return damp * p[i] + c * xi; },
                 [=](int64_t i, auto& v, auto xi) {
                   using V = std::remove_reference_t<decltype(v)>;
                   V pv;
