@@ -17,10 +17,11 @@
 # Stage budgets (each a `timeout`, in s), most valuable first; both modes start with nvidia-smi 5, build 150 and
 # info 15 (170 s). Measured on an H200 (2026-12-04): build 96-124 s, info 9-14.
 #   main:  cuda_graph_level 25 (issue 10: a level captured in a CUDA graph, replay vs eager, fresh noise; took
-#          13 s), generic_vs_hand 20 (issue 10: generic annealed_mcmc / hand loop; 11 s), profile_network 20
-#          (issue 10: the share outside the network; 10 s), offpolicy timing 65 (issue 13: ms per training
-#          iteration, 25GMM TB and PIS; 52 s), GPU tests 215 (cuda graphs included; 198 s at -n 8, now -n 16),
-#          bench 40 (35 s), sample 12 (9-13 s): 397 s, 567 s in all; then LGCP TB + Expl. + LP + LS timing 60
+#          13 s), generic_vs_hand 30 (issue 10: generic annealed_mcmc / hand loop / ops loop; 11 s with two
+#          sides, three since the twenty-fifth session), profile_network 20 (issue 10: the share outside the network;
+#          10 s), offpolicy timing 65 (issue 13: ms per training iteration, 25GMM TB and PIS; 52 s), GPU tests 215
+#          (cuda graphs included; 198 s at -n 8, now -n 16), bench 70 (35 s before the (out=) and energy_mh_accept
+#          cases), sample 12 (9-13 s): 437 s, 607 s in all; then LGCP TB + Expl. + LP + LS timing 60
 #          (issue 13: whether a seed fits a device call) in what is left before the deadline (the stages above
 #          took 314 s in all on the H200, so in practice it runs).
 #   extra: the Triton network engine's tests 160 (issue 11), the Triton energy training op's tests 45 and its timing
@@ -119,7 +120,7 @@ if [ "$MODE" = main ]; then
     --chains 2048 262144 --json "$W/cuda_graph_level.json"
   tail -4 "$W/cuda_graph_level.log"
   # issue 10 item 7: the generic annealed_mcmc against the hand-written loop, same network calls (goal <= 0.9)
-  stage generic_vs_hand "${GVH_TIMEOUT:-20}" python3 benchmarks/generic_vs_hand.py --device cuda \
+  stage generic_vs_hand "${GVH_TIMEOUT:-30}" python3 benchmarks/generic_vs_hand.py --device cuda \
     --json "$W/generic_vs_hand_cuda.json"
   tail -4 "$W/generic_vs_hand.log"
   # issue 10: the share of annealed_mcmc's wall time outside the network calls (goal <= 10 %)
@@ -137,10 +138,10 @@ if [ "$MODE" = main ]; then
     tests/test_triton_inductor.py tests/test_offpolicy_table.py \
     -k "${2:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}"
   grep -E "passed|failed|Error" "$W/pytest.log" | tail -15
-  stage bench "${BENCH_TIMEOUT:-40}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
-    --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,sde_step(out=),gmm_score[separated],score_mh_accept,mala_propose,line_points' \
+  stage bench "${BENCH_TIMEOUT:-70}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
+    --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,gmm_score[separated],score_mh_accept,mala_propose,line_points,energy_mh_accept' \
     --json "$W/bench_cuda.json"
-  tail -28 "$W/bench.log"
+  tail -36 "$W/bench.log"
   stage sample 12 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$W/sample_cuda.json"
   tail -4 "$W/sample.log"
   # issue 13 item 4, last (whatever time is left): LGCP TB + Expl. + LP + LS per training iteration on the GPU. On
