@@ -124,7 +124,7 @@ FASTSAMP_VINLINE void vector_pass(int64_t i0, int64_t nv, T* __restrict out, FV&
 // thread walks a contiguous run of blocks; per block it generates the 64
 // normals in registers (GroupNormals::next_v), combines them at once with the
 // inputs (fv(i, v, xi): v = out[i .. i + L) from the inputs and the normals xi)
-// and writes out with non-temporal stores (when nt and out is 64-byte aligned), so the
+// and writes out with non-temporal stores (when nontemporal and out is 64-byte aligned), so the
 // loads/stores of the memory streams are interleaved with the generator's ALU
 // work at block grain instead of chunk grain (the generator is about as costly
 // as the memory traffic, so overlapping the two is what matters). The `nin`
@@ -132,7 +132,7 @@ FASTSAMP_VINLINE void vector_pass(int64_t i0, int64_t nv, T* __restrict out, FV&
 // scalar form (partial last block).
 template <typename T, typename F, typename FV>
 void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t chain0, const T* const* in, int nin,
-                  T* __restrict out, bool nt, F&& f, FV&& fv) {
+                  T* __restrict out, bool nontemporal, F&& f, FV&& fv) {
 #if defined(__AVX512F__)
   using G = GroupNormals<T>;
   using V = typename G::Vec;
@@ -140,7 +140,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
   constexpr int KV = G::kVecs;
   const int J = D / 4;
   const int64_t nblk = (N + 63) / 64;
-  const bool stream = nt && reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  const bool stream = nontemporal && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   parallel(stream_threads(N), [&](int id, int nt) {
     const int64_t per = (nblk + nt - 1) / nt;
     const int64_t k0 = std::min<int64_t>(nblk, per * id), k1 = std::min<int64_t>(nblk, per * (id + 1));
@@ -175,7 +175,7 @@ void philox_fused(int64_t N, int D, uint64_t seed, uint64_t offset, uint64_t cha
     }
   });
 #else
-  (void)N; (void)D; (void)seed; (void)offset; (void)chain0; (void)in; (void)nin; (void)out; (void)nt; (void)f;
+  (void)N; (void)D; (void)seed; (void)offset; (void)chain0; (void)in; (void)nin; (void)out; (void)nontemporal; (void)f;
   (void)fv;
 #endif
 }
@@ -187,13 +187,13 @@ constexpr bool kHaveFused = false;
 #endif
 
 // out[i] = f(i) for i in [i0, i0 + n), 64-byte vectors from fv(i, V&) where
-// possible: non-temporal stores when nt and out + i0 is 64-byte aligned (no
+// possible: non-temporal stores when nontemporal and out + i0 is 64-byte aligned (no
 // read-for-ownership of the output), plain unaligned stores otherwise.
 template <typename T, typename F, typename FV>
-FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, bool nt, F&& f, FV&& fv) {
+FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, bool nontemporal, F&& f, FV&& fv) {
   constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
   const int64_t nv = n / L;
-  if (nt && reinterpret_cast<uintptr_t>(out + i0) % 64 == 0) {
+  if (nontemporal && reinterpret_cast<uintptr_t>(out + i0) % 64 == 0) {
     vector_pass<true>(i0, nv, out, fv);
   } else {
     vector_pass<false>(i0, nv, out, fv);
@@ -202,10 +202,10 @@ FASTSAMP_VINLINE void stream_range(int64_t i0, int64_t n, T* __restrict out, boo
 }
 
 // out[i] = f(i) over [0, N): a static split into 64-byte aligned pieces,
-// 64-byte vectors computed by fv(i, V&) and written with non-temporal stores when nt
+// 64-byte vectors computed by fv(i, V&) and written with non-temporal stores when nontemporal
 // (no read-for-ownership of the output: 3-4 streams instead of 4-5).
 template <typename T, typename F, typename FV>
-void triad_stream(int64_t N, T* __restrict out, bool nt, F&& f, FV&& fv) {
+void triad_stream(int64_t N, T* __restrict out, bool nontemporal, F&& f, FV&& fv) {
   constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(T));
   parallel(stream_threads(N), [&](int id, int nt) {
     // thread ranges on 16-vector boundaries of the output address
@@ -216,7 +216,7 @@ void triad_stream(int64_t N, T* __restrict out, bool nt, F&& f, FV&& fv) {
     const int64_t v0 = std::min<int64_t>(nv, per * id), v1 = std::min<int64_t>(nv, per * (id + 1));
     if (id == 0)
       for (int64_t i = 0; i < h; ++i) out[i] = f(i);
-    if (nt) {
+    if (nontemporal) {
       vector_pass<true>(h + v0 * L, v1 - v0, out, fv);
     } else {
       vector_pass<false>(h + v0 * L, v1 - v0, out, fv);
@@ -238,9 +238,9 @@ template <typename T, typename F, typename FV>
 void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset, uint64_t chain0,
                 const T* const* in, int nin, T* __restrict out, F&& f, FV&& fv) {
   using V = Vec64<T>;
-  const bool nt = B * D * static_cast<int64_t>(sizeof(T)) >= kNonTemporalBytes;
+  const bool nontemporal = B * D * static_cast<int64_t>(sizeof(T)) >= kNonTemporalBytes;
   if (noise) {
-    triad_stream<T>(B * D, out, nt, [=](int64_t i) { return f(i, noise[i]); },
+    triad_stream<T>(B * D, out, nontemporal, [=](int64_t i) { return f(i, noise[i]); },
                     [=](int64_t i, V& v) {
                       V nv;
                       std::memcpy(&nv, noise + i, sizeof(V));
@@ -249,12 +249,12 @@ void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset
     return;
   }
   if (kHaveFused && D % 4 == 0) {
-    philox_fused<T>(B * D, D, seed, offset, chain0, in, nin, out, nt, f, fv);
+    philox_fused<T>(B * D, D, seed, offset, chain0, in, nin, out, nontemporal, f, fv);
     return;
   }
   philox_chunks<T>(B, D, seed, offset, chain0, in, nin, [&](int64_t b0, int64_t nb, const T* __restrict xi) {
     const int64_t i0 = b0 * D;  // xi[i - i0]: normal of flat element i of this chunk
-    stream_range<T>(i0, nb * D, out, nt, [=](int64_t i) { return f(i, xi[i - i0]); },
+    stream_range<T>(i0, nb * D, out, nontemporal, [=](int64_t i) { return f(i, xi[i - i0]); },
                     [=](int64_t i, V& v) {
                       V nv;
                       std::memcpy(&nv, xi + (i - i0), sizeof(V));
