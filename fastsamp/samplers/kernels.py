@@ -264,9 +264,9 @@ class EnergyMH(ScoreMH):
 
     @staticmethod
     def accept_backend(kernel):
-        """The backend for `energy_mh_accept`, which has reference, C++ and Triton kernels: the kernel's when it is
-        one of those, else "auto" (a CUDA C++ kernel's: on a GPU the Triton one)."""
-        return kernel.backend if kernel.backend in ("auto", "torch", "cpp", "triton") else "auto"
+        """The backend for `energy_mh_accept`: the kernel's when the op has it (the reference or a compiled backend of
+        its op table entry), else "auto" (a CUDA C++ kernel's: on a GPU the Triton one)."""
+        return kernel.backend if kernel.backend in ("auto", "torch", *OPS["energy_mh_accept"].backends) else "auto"
 
     def langevin(self, kernel, state, x_prop, key):
         s_prop, logp_prop = kernel.model.score_and_log_prob(x_prop, kernel.t)
