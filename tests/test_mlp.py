@@ -236,6 +236,34 @@ def test_bad_networks_are_named(change, exc, words):
         ops.mlp_mala(x, [change(net)], step_size=0.1, n_steps=1)
 
 
+@pytest.mark.parametrize("view", ["strided", "neg"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_layer_views_read_as_their_values(view, backend):
+    """A weight, bias, freq or data_mean that is a strided view or carries a neg bit (not the dense memory the kernels
+    read) is resolved first: the same bits as the dense tensors, whichever one tensor it is."""
+    net = random_net(3, 8, 1, 2, torch.float64, seed=5)
+    x = torch.randn(17, 3, dtype=torch.float64)
+
+    def as_view(t):
+        if view == "neg":
+            return torch._neg_view(-t)
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+
+    want = ops.mlp_score(x, net, backend=backend)
+    fields = net_fields(net)
+    cases = [("freq", None), ("data_mean", None)] + [(k, i) for k in ("weights", "biases") for i in range(3)]
+    for field, i in cases:
+        if i is None:
+            changed = _replace(net, **{field: as_view(fields[field])})
+        else:
+            layers = list(fields[field])
+            layers[i] = as_view(layers[i])
+            changed = _replace(net, **{field: tuple(layers)})
+        assert torch.equal(ops.mlp_score(x, changed, backend=backend), want), (field, i)
+
+
 def test_bad_move_arguments():
     net = random_net(2, 8, 1, 3, torch.float64, seed=0)
     x = torch.randn(4, 2, dtype=torch.float64)

@@ -25,19 +25,36 @@ def pack_layers(weights, biases, widths, like: torch.Tensor, *, weight_names, bi
                 cast: bool = False) -> list:
     """The layers (weights, biases in network order: input, hidden..., output; widths: each weight's (out, in))
     packed as above, each checked to have its shape and like's dtype and device (cast to like's dtype first,
-    detached, when `cast`), contiguous. weight_names / bias_names: each layer's name in error messages."""
+    detached, when `cast`), contiguous. weight_names / bias_names: k -> layer k's name in error messages (called
+    only when a check fails: the names of a call that passes are never built)."""
     weights, biases = list(weights), list(biases)
     if len(weights) < 2 or len(weights) != len(biases) or len(widths) != len(weights):
         raise ValueError(f"weights and biases must be two lists of the same length >= 2 (input layer, hidden "
                          f"layers, output layer), got {len(weights)} weights and {len(biases)} biases")
+    if not cast and ready(weights, widths, like) and ready(biases, [(w[0],) for w in widths], like):
+        return packed(weights, biases)
 
     def checked(name, t, shape):
         if cast and isinstance(t, torch.Tensor):
             t = t.detach().to(like.dtype)
         return _checks.like(name, t, like, shape, x_name=like_name)
 
-    return packed([checked(n, w, shape) for n, w, shape in zip(weight_names, weights, widths)],
-                  [checked(n, b, (shape[0],)) for n, b, shape in zip(bias_names, biases, widths)])
+    return packed([checked(weight_names(k), w, shape) for k, (w, shape) in enumerate(zip(weights, widths))],
+                  [checked(bias_names(k), b, (shape[0],)) for k, (b, shape) in enumerate(zip(biases, widths))])
+
+
+def ready(tensors, shapes, like: torch.Tensor) -> bool:
+    """Whether every tensor already passes `_checks.like` against `like` unchanged: a torch.Tensor of its shape,
+    like's dtype and device, contiguous, no neg / conj bit (the eager fast path of the layer checks, about half a
+    `like`'s cost; False while tracing, where `like` is the path traced)."""
+    if torch.compiler.is_compiling():
+        return False
+    dtype, device = like.dtype, like.device
+    for t, shape in zip(tensors, shapes):
+        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device == device and t.shape == shape
+                and t.is_contiguous() and not t.is_neg() and not t.is_conj()):
+            return False
+    return True
 
 
 def packed(weights, biases) -> list:

@@ -96,18 +96,19 @@ def _net_params(x, net, i, kinds):
     if not isinstance(net.freq, torch.Tensor) or net.freq.dim() != 1:
         raise ValueError(f"{name}.freq must be a 1-D tensor (n_freq,), got {getattr(net.freq, 'shape', net.freq)}")
     F = net.freq.shape[0]
-    freq = _checks.like(f"{name}.freq", net.freq, x, (F,))
-    mean = _checks.like(f"{name}.data_mean", net.data_mean, x, (D,))
+    freq, mean = net.freq, net.data_mean
+    if not _layers.ready((freq, mean), ((F,), (D,)), x):
+        freq = _checks.like(f"{name}.freq", freq, x, (F,))
+        mean = _checks.like(f"{name}.data_mean", mean, x, (D,))
     w0 = weights[0]
     if not isinstance(w0, torch.Tensor) or w0.dim() != 2 or w0.shape[0] < 1:
         raise ValueError(f"{name}.weights[0] must be an (H, D + 2·n_freq) tensor, got "
                          f"{tuple(getattr(w0, 'shape', ()))}")
-    H = w0.shape[0]
-    widths = [(H, D + 2 * F)] + [(H, H)] * (len(weights) - 2) + [(D, H)]
-    what = ["input layer: (H, D + 2·n_freq)"] + ["hidden layer: (H, H)"] * (len(weights) - 2) + ["output: (D, H)"]
+    H, last = w0.shape[0], len(weights) - 1
+    widths = [(H, D + 2 * F)] + [(H, H)] * (last - 1) + [(D, H)]
     layers = _layers.pack_layers(
-        weights, biases, widths, x, weight_names=[f"{name}.weights[{k}] ({w})" for k, w in enumerate(what)],
-        bias_names=[f"{name}.biases[{k}]" for k in range(len(biases))])
+        weights, biases, widths, x, bias_names=lambda k: f"{name}.biases[{k}]",
+        weight_names=lambda k: f"{name}.weights[{k}] ({_LAYER_KINDS[min(k, 1) + (k == last)]})")
     if net.activation not in ACTIVATIONS:
         raise ValueError(f"{name}.activation must be one of {tuple(ACTIVATIONS)}, got {net.activation!r}")
     t = _checks.finite_float(f"{name}.t", net.t)
@@ -116,6 +117,9 @@ def _net_params(x, net, i, kinds):
     data_var = _checks.finite_float(f"{name}.data_var", net.data_var, positive=True)
     _checks.in_dtype(f"{name}: alpha**2 * data_var + sigma2", alpha * alpha * data_var + sigma2, x.dtype, positive=True)
     return [freq, mean] + layers, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
+
+
+_LAYER_KINDS = ("input layer: (H, D + 2·n_freq)", "hidden layer: (H, H)", "output: (D, H)")
 
 
 class _FlatNet(NamedTuple):
@@ -283,9 +287,8 @@ def _net_layers(x, weights, biases, activation):
                              f"{tuple(getattr(w, 'shape', ())) if w is not None else 'no weights'}")
     H, O, L = weights[0].shape[0], weights[-1].shape[0], len(weights) - 2
     widths = [(H, x.shape[1])] + [(H, H)] * L + [(O, H)]
-    layers = _layers.pack_layers(weights, biases, widths, x,
-                                 weight_names=[f"weights[{k}] {w}" for k, w in enumerate(widths)],
-                                 bias_names=[f"biases[{k}]" for k in range(len(biases))])
+    layers = _layers.pack_layers(weights, biases, widths, x, weight_names=lambda k: f"weights[{k}] {widths[k]}",
+                                 bias_names=lambda k: f"biases[{k}]")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     return layers, ACTIVATIONS[activation]

@@ -189,9 +189,11 @@ class PolicyParams:
         """tensors() checked to have like's dtype (cast to it when `cast`, detached) and device, contiguous; kept
         for the net while its layers are unchanged (`_layers.memoised`)."""
         def pack():
-            weight_names, bias_names = (["net parameter " + n for n in names] for names in self._names)
-            return _layers.pack_layers(self.weights, self.biases, self.widths, like, weight_names=weight_names,
-                                       bias_names=bias_names, like_name=like_name, cast=cast)
+            weight_names, bias_names = self._names
+            return _layers.pack_layers(self.weights, self.biases, self.widths, like,
+                                       weight_names=lambda k: "net parameter " + weight_names[k],
+                                       bias_names=lambda k: "net parameter " + bias_names[k], like_name=like_name,
+                                       cast=cast)
         context = (like.dtype, like.device, cast, tuple(self.widths), torch.is_grad_enabled())
         return _layers.memoised(self._memo, context, self.weights + self.biases, pack)
 
