@@ -22,6 +22,7 @@ from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
 from ..samplers.diffusion.training import rank_checkpoint
 from ..targets import TARGETS, get_target
+from .memory import freed_memory_kept, keep_freed_memory
 from .offpolicy_eval import evaluate
 from .options import MAX_SEED, count, device_arg, resolve_device
 
@@ -133,6 +134,7 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
         "loss_curve": train_log.loss_curve(),
         "metrics": metrics, "config": dataclasses.asdict(cfg), "sigma": sampler.sigma, "fused": sampler.fused,
         "device": str(sampler.device), "torch_threads": torch.get_num_threads(),
+        "freed_memory_kept": freed_memory_kept(),  # glibc malloc's settings (`memory.keep_freed_memory`)
         "resumed_from": train_log.resumed_from, "checkpoint_every": checkpoint_every,
         "segments": train_log.segments,  # the machine of each stretch of iterations, with its times
         # the table's timing: CPU time on the CPU (one thread; immune to pauses and other jobs), wall time on a GPU
@@ -247,7 +249,7 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
         for job in jobs_:
             finished(job[0], _run_planned(job))
     else:
-        with ProcessPoolExecutor(jobs) as pool:
+        with ProcessPoolExecutor(jobs, initializer=keep_freed_memory if freed_memory_kept() else None) as pool:
             futures = {pool.submit(_run_planned, job): job[0] for job in jobs_}
             for fut in as_completed(futures):
                 finished(futures[fut], fut.result())
@@ -435,6 +437,7 @@ def check(args):
 def main(args) -> int:
     """`fastsamp train`: train, evaluate, save; prints the JSON summary (with --time, the timing and its thread
     count)."""
+    keep_freed_memory()
     threads = args.threads or (1 if args.time else None)
     if threads:
         torch.set_num_threads(threads)
