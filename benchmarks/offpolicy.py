@@ -46,9 +46,9 @@ segment charges one search per period as training does; default --iterations: 3 
 `curve` prints a run's training curve from its JSON ('loss_curve': mean, min and max of the loss over at most 50
 windows of its iterations, each row a window's last iteration; runs that finished before the JSON recorded it have
 none); a file that is not a run JSON gets a line saying so.
-Every subcommand runs with glibc's malloc keeping freed memory (`fastsamp.experiments.memory.keep_freed_memory`, as
-`fastsamp train`): an iteration's large temporaries reuse the previous iteration's pages instead of faulting in fresh
-ones (the same values; each run's JSON records it as `freed_memory_kept`).
+Run as a script, every subcommand runs with glibc's malloc keeping freed memory (as `fastsamp train`:
+`fastsamp.experiments.memory.keep_freed_memory`): an iteration's large temporaries reuse the previous iteration's
+pages instead of faulting in fresh ones (the same values; each run's JSON records it as `freed_memory_kept`).
 """
 from __future__ import annotations
 
@@ -484,10 +484,10 @@ def main(argv=None):
         a.set_defaults(fn=fn)
     args = p.parse_args(argv)
     os.makedirs(getattr(args, "out", OUT), exist_ok=True)
-    keep_freed_memory()  # this script owns its process: malloc keeps freed pages for the next iteration
     args.fn(args)
     return 0
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # the script's own process: malloc keeps freed pages for the next iteration (`memory.py`)
     sys.exit(main())

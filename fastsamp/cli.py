@@ -17,7 +17,8 @@ from .experiments.options import unwritable
 HELP = argparse.ArgumentDefaultsHelpFormatter
 
 # verb -> the module of fastsamp.experiments that holds it: SUMMARY, DESCRIPTION, add_arguments(parser),
-# an optional check(args) (argument errors that need more than one option) and main(args) -> exit status
+# an optional check(args) (argument errors that need more than one option), an optional process_setup() (run only
+# when the command line owns the process: `main` without argv) and main(args) -> exit status
 VERBS = {
     "sample": "annealed_mixture",
     "bench": "bench",
@@ -66,17 +67,19 @@ def parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"fastsamp.experiments.{name}")
         v = sub.add_parser(verb, help=module.SUMMARY, description=module.DESCRIPTION, formatter_class=HELP)
         module.add_arguments(v)
-        v.set_defaults(fn=module.main, parser=v, check=getattr(module, "check", None))
+        v.set_defaults(fn=module.main, parser=v, check=getattr(module, "check", None),
+                       process_setup=getattr(module, "process_setup", None))
     v = sub.add_parser("info", help="what is built and what can run here", formatter_class=HELP,
                        description="The fastsamp and torch versions, the thread count, and for each backend "
                                    "whether it is built (compiled, or importable for Triton) and whether it can "
                                    "run on this machine.")
-    v.set_defaults(fn=info, parser=v, check=None)
+    v.set_defaults(fn=info, parser=v, check=None, process_setup=None)
     return p
 
 
 def main(argv=None) -> int:
-    """Run `fastsamp ARGV` (sys.argv[1:] by default) and return its exit status."""
+    """Run `fastsamp ARGV` (sys.argv[1:] by default) and return its exit status. Without argv (the command line:
+    this process is the command's own) the verb's process_setup runs first."""
     args = parser().parse_args(argv)
     for flag in ("json", "png", "trace"):  # outputs are checked before any work
         path = getattr(args, flag, None)
@@ -90,6 +93,8 @@ def main(argv=None) -> int:
         args.parser.error(f"--chains {chains}: must be >= the number of ranks ({ranks})")
     if args.check is not None:
         args.check(args)
+    if argv is None and args.process_setup is not None:
+        args.process_setup()
     return args.fn(args)
 
 

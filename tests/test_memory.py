@@ -2,10 +2,14 @@
 heap pages instead of faulting in fresh ones each time (in a subprocess: the setting lasts for the process)."""
 import ctypes
 import ctypes.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 LOOP = """
 import resource, sys, torch
@@ -31,12 +35,39 @@ def faults_per_allocation(mode: str) -> float:
     return float(out.stdout.strip())
 
 
-def test_freed_memory_is_reused():
+def glibc() -> bool:
     name = ctypes.util.find_library("c")
-    if name is None or not hasattr(ctypes.CDLL(name), "gnu_get_libc_version"):
-        pytest.skip("not glibc: keep_freed_memory has no malloc to set here")
+    return name is not None and hasattr(ctypes.CDLL(name), "gnu_get_libc_version")
+
+
+needs_glibc = pytest.mark.skipif(not glibc(), reason="not glibc: keep_freed_memory has no malloc to set here")
+
+
+@needs_glibc
+def test_freed_memory_is_reused():
     plain = faults_per_allocation("plain")
     if plain < PAGES / 2:
         pytest.skip(f"{plain:.0f} faults per fresh 64 MiB mapping (transparent huge pages?): nothing to measure")
     kept = faults_per_allocation("keep")
     assert kept < PAGES / 4, (kept, plain)
+
+
+@needs_glibc
+def test_the_training_commands_keep_freed_memory_and_library_calls_do_not(tmp_path):
+    """`fastsamp train` from the command line and `benchmarks/offpolicy.py` run as a script (its worker processes
+    too) set it, and their run JSONs say so; `fastsamp.cli.main(argv)` from a caller's own Python does not."""
+    from fastsamp import cli
+    from fastsamp.experiments import memory
+
+    tiny = ["--iterations", "2", "--eval-samples", "8"]
+    cli.main(["train", "--target", "25gmm", "--method", "tb", "--no-progress", "--out", str(tmp_path / "lib"), *tiny])
+    assert not memory.freed_memory_kept()
+    assert json.loads((tmp_path / "lib" / "25gmm_tb_seed0.json").read_text())["freed_memory_kept"] is False
+    subprocess.run([sys.executable, "-m", "fastsamp", "train", "--target", "25gmm", "--method", "tb", "--no-progress",
+                    "--out", str(tmp_path / "cli"), *tiny], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(BENCHMARKS / "offpolicy.py"), "table", "--targets", "25gmm", "--methods", "tb",
+                    "--seeds", "0", "1", "--jobs", "2", "--repeats", "0", "--out", str(tmp_path / "table"), *tiny],
+                   check=True, capture_output=True)
+    for path in [tmp_path / "cli" / "25gmm_tb_seed0.json"] + [tmp_path / "table" / f"25gmm_tb_seed{s}.json"
+                                                            for s in (0, 1)]:
+        assert json.loads(path.read_text())["freed_memory_kept"] is True, path

@@ -8,8 +8,9 @@ largest int), the effect of GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.
 the process: the next iteration reuses the same pages. Values are unchanged (only where memory comes from); the
 process keeps its peak heap until it exits. Measured: benchmarks/RESULTS.md, "Twenty-sixth session".
 
-Called by `fastsamp train` and `benchmarks/offpolicy.py` (each owns its process); a library call of
-`experiments.offpolicy.run` leaves the caller's malloc as it is.
+Called by `fastsamp train` from the command line and by `benchmarks/offpolicy.py` run as a script (each owns its
+process); `fastsamp.cli.main(argv)` and the experiment functions called from a caller's own Python (tests among them)
+leave its malloc as it is.
 """
 from __future__ import annotations
 

@@ -434,10 +434,12 @@ def check(args):
         args.parser.error("--checkpoint-every needs --out (the checkpoint goes to OUT/checkpoints/)")
 
 
+process_setup = keep_freed_memory  # `fastsamp train` from the command line owns its process (`memory.py`)
+
+
 def main(args) -> int:
     """`fastsamp train`: train, evaluate, save; prints the JSON summary (with --time, the timing and its thread
     count)."""
-    keep_freed_memory()
     threads = args.threads or (1 if args.time else None)
     if threads:
         torch.set_num_threads(threads)
