@@ -4,6 +4,7 @@ sizes (skipping finished runs, resuming unfinished ones), and device selection f
 import json
 import math
 import os
+import shutil
 import statistics
 
 import pytest
@@ -96,6 +97,19 @@ def test_loss_curve_is_the_mean_min_and_max_per_window():
     c = TrainLog(loss=[nan, 1.0, 2.0, 3.0, nan, 4.0, 5.0, 6.0, nan, 7.0, 8.0, 9.0]).loss_curve(windows=4)
     for key, last in (("mean", 8.0), ("min", 7.0), ("max", 9.0)):
         assert all(math.isnan(v) for v in c[key][:3]) and c[key][3] == last, key
+
+
+def test_a_metric_that_finished_runs_lack_is_not_pending(tmp_path, capsys):
+    """LGCP has no W2 (no exact samples): with its runs finished the W2 cells read "–", not "planned" or "running"
+    (the five committed LGCP TB runs, reported from a copy)."""
+    results = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "offpolicy_full")
+    for seed in range(5):
+        shutil.copy(os.path.join(results, f"lgcp_tb_seed{seed}.json"), tmp_path)
+    _bench().main(["report", "--brief", "--targets", "lgcp", "--methods", "tb", "--out", str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lgcp | tb |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "5/5" and cells[4].startswith("ELBO ") and cells[8] == "–", cells
+    assert "planned" not in row and "running" not in row
 
 
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
