@@ -31,7 +31,8 @@ def pack_layers(weights, biases, widths, like: torch.Tensor, *, weight_names, bi
     if len(weights) < 2 or len(weights) != len(biases) or len(widths) != len(weights):
         raise ValueError(f"weights and biases must be two lists of the same length >= 2 (input layer, hidden "
                          f"layers, output layer), got {len(weights)} weights and {len(biases)} biases")
-    if not cast and ready(weights, widths, like) and ready(biases, [(w[0],) for w in widths], like):
+    bias_widths = [(w[0],) for w in widths]
+    if not cast and _checks.all_like(weights + biases, [*widths, *bias_widths], like):
         return packed(weights, biases)
 
     def checked(name, t, shape):
@@ -40,21 +41,7 @@ def pack_layers(weights, biases, widths, like: torch.Tensor, *, weight_names, bi
         return _checks.like(name, t, like, shape, x_name=like_name)
 
     return packed([checked(weight_names(k), w, shape) for k, (w, shape) in enumerate(zip(weights, widths))],
-                  [checked(bias_names(k), b, (shape[0],)) for k, (b, shape) in enumerate(zip(biases, widths))])
-
-
-def ready(tensors, shapes, like: torch.Tensor) -> bool:
-    """Whether every tensor already passes `_checks.like` against `like` unchanged: a torch.Tensor of its shape,
-    like's dtype and device, contiguous, no neg / conj bit (the eager fast path of the layer checks, about half a
-    `like`'s cost; False while tracing, where `like` is the path traced)."""
-    if torch.compiler.is_compiling():
-        return False
-    dtype, device = like.dtype, like.device
-    for t, shape in zip(tensors, shapes):
-        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device == device and t.shape == shape
-                and t.is_contiguous() and not t.is_neg() and not t.is_conj()):
-            return False
-    return True
+                  [checked(bias_names(k), b, shape) for k, (b, shape) in enumerate(zip(biases, bias_widths))])
 
 
 def packed(weights, biases) -> list:

@@ -97,7 +97,7 @@ def _net_params(x, net, i, kinds):
         raise ValueError(f"{name}.freq must be a 1-D tensor (n_freq,), got {getattr(net.freq, 'shape', net.freq)}")
     F = net.freq.shape[0]
     freq, mean = net.freq, net.data_mean
-    if not _layers.ready((freq, mean), ((F,), (D,)), x):
+    if not _checks.all_like((freq, mean), ((F,), (D,)), x):
         freq = _checks.like(f"{name}.freq", freq, x, (F,))
         mean = _checks.like(f"{name}.data_mean", mean, x, (D,))
     w0 = weights[0]
