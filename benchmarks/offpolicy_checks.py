@@ -13,7 +13,7 @@ mode (checks/gmm40.md) and Manywell TB + Expl. + LP + LS (checks/manywell_lpls.m
                                   [--released] [--first-seed 1] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
-                                  [--mean-seed S]
+                                  [--mean-seed S] [--released-buffer]
     python benchmarks/offpolicy_checks.py gmm40 [--mean-seeds 0 1 2] [--samples 100000]
     python benchmarks/offpolicy_checks.py lgcp [--models PATH ...] [--chains 256] [--temps 200 800] [--seeds 0 1]
                                   [--step-size 0.1] [--repeats 2] [--batch 16] [--grid 40]
@@ -47,6 +47,7 @@ One thread; prints one JSON line per model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
@@ -63,6 +64,7 @@ from fastsamp.experiments.offpolicy import EVAL_SEED_BASE, METHODS, build, evalu
 from fastsamp.experiments.offpolicy_released import (
     DefaultNetwork,
     N,
+    ReleasedReplayBuffer,
     released_draw,
     released_estimates,
     released_log_w,
@@ -76,7 +78,7 @@ from fastsamp.experiments.offpolicy_released import released_log_r as released_l
 from fastsamp.experiments.reporting import write_json
 from fastsamp.experiments.sampler_checks import compare_grads, draws, fused_and_eager, quantiles
 from fastsamp.metrics import log_z_estimates, nearest_mode_weights
-from fastsamp.samplers.diffusion import DiffusionSampler, train
+from fastsamp.samplers.diffusion import DiffusionSampler, ReplayBuffer, train, training
 from fastsamp.targets import GMM40, get_target
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -173,7 +175,19 @@ def cmd_gradients(args):
             print(json.dumps(compare_pis_gradients(sampler, args.batch, s, name)), flush=True)
 
 
+@contextlib.contextmanager
+def buffers_drawing(cls):
+    """`train` building its replay buffers as `cls` (ReleasedReplayBuffer: the released loader's draws)."""
+    saved, training.ReplayBuffer = training.ReplayBuffer, cls
+    try:
+        yield
+    finally:
+        training.ReplayBuffer = saved
+
+
 def cmd_train(args):
+    if args.released_buffer and (args.released or not METHODS[args.method][0].get("local_search")):
+        raise ValueError("--released-buffer is for the local-search presets trained by fastsamp (not --released)")
     if args.mean_seed is not None and args.target != "40gmm":
         raise ValueError(f"--mean-seed is for --target 40gmm, got --target {args.target}")
     for seed in args.seeds:
@@ -195,14 +209,16 @@ def cmd_train(args):
             losses, curve = released_train(sampler, args.iterations, seed, args.method, lr_flow=args.lr_flow,
                                            curve=args.curve, point=point)
         else:
-            log = train(sampler, dataclasses.replace(cfg, eval_every=args.curve), progress=False,
-                        callback=point)
+            with buffers_drawing(ReleasedReplayBuffer if args.released_buffer else ReplayBuffer):
+                log = train(sampler, dataclasses.replace(cfg, eval_every=args.curve), progress=False,
+                            callback=point)
             losses, curve = log.loss, log.evals
         cpu = time.process_time() - t0
         name = (f"{args.target}{'' if args.mean_seed is None else f' means seed {args.mean_seed}'} {args.method} "
                 f"{'released' if args.released else 'fastsamp'} seed {seed} "
                 f"sigma2 {sampler.sigma ** 2:g} lr_flow {args.lr_flow} it {args.iterations}"
-                f"{' default network' if args.default_network else ''}")
+                f"{' default network' if args.default_network else ''}"
+                f"{' released buffer' if args.released_buffer else ''}")
         out = evaluate_model(sampler, args.repeats, name)
         out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
         print(json.dumps(out), flush=True)
@@ -386,6 +402,8 @@ def main(argv=None):
     t.add_argument("--default-network", action="store_true",
                    help="train.py's default network instead of the PIS architecture")
     t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
+    t.add_argument("--released-buffer", action="store_true",
+                   help="LS presets: the replay buffers draw as the released loader does (ReleasedReplayBuffer)")
     t.add_argument("--mean-seed", type=int, default=None, help="40gmm: the means of GMM40(seed=S) (default: 0)")
     q40 = sub.add_parser("gmm40", help="where the 40GMM modes lie from x0 = 0, for several draws of the means")
     q40.add_argument("--mean-seeds", type=int, nargs="+", default=[0], help="seeds of GMM40's means")
@@ -406,7 +424,8 @@ def main(argv=None):
                        help=f"the first evaluation seed (the table's evaluation: {EVAL_SEED_BASE} + training seed)")
     e.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
     g.add_argument("--target", default="funnel", choices=("funnel", "25gmm"), help="benchmark target")
-    t.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "40gmm"), help="benchmark target")
+    t.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "40gmm", "manywell"),
+                   help="benchmark target")
     s.add_argument("--target", default="funnel", choices=("funnel", "25gmm", "manywell"), help="benchmark target")
     for q in (e, m, s):
         q.add_argument("--method", default="tb", choices=tuple(METHODS), help="the preset of the saved models")

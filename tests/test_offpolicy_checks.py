@@ -411,3 +411,77 @@ def test_lgcp_command_against_a_saved_model(tmp_path, capsys, monkeypatch, one_t
         checks.main(args)  # --grid 40
     with pytest.raises(SystemExit, match=r"takes saved samplers \(\.pt\)"):  # a checkpoint records no grid
         checks.main([a.replace(".pt", ".ckpt") for a in args])
+
+
+def _released_fifo(batches, capacity):
+    """The released buffer's rows as it keeps them: its first batch twice, each batch concatenated after the rows,
+    the oldest rows dropped past capacity."""
+    rows = batches[0] + batches[0]
+    for batch in batches[1:]:
+        rows = rows + batch
+    return rows[-capacity:]
+
+
+def test_released_buffer_draws_positions_of_a_stale_list():
+    """ReleasedReplayBuffer: the first batch stored twice; a list of N // n · n positions (N the size when it is
+    drawn) serves batch after batch while later adds change the rows it names (the released loader's iterator)."""
+    from fastsamp.experiments.offpolicy_released import ReleasedReplayBuffer
+    capacity, n, gen = 12, 4, torch.Generator().manual_seed(0)
+    buf = ReleasedReplayBuffer(capacity, 1)
+    batches = [[float(v) for v in range(k * 10, k * 10 + n)] for k in range(4)]
+    log_r = torch.tensor([0.0, 1.0, 2.0, 3.0])
+
+    def add(k):
+        buf.add(torch.tensor(batches[k])[:, None], log_r)
+    add(0)
+    assert len(buf) == 8  # twice
+    add(1)
+    x, _ = buf.sample(n, gen)  # a list of 12 positions: three batches of the rows [b0, b0, b1]
+    positions = buf.positions.clone()
+    assert positions.numel() == 12 and set(x[:, 0].tolist()) <= set(batches[0] + batches[1])
+    add(2)  # full: the first copy of b0 dropped, b2 appended; the list's positions now name [b0, b1, b2]
+    for k in (1, 2):
+        x, _ = buf.sample(n, gen)
+        fifo = _released_fifo(batches[:3], capacity)
+        assert x[:, 0].tolist() == [fifo[p] for p in positions[k * n:(k + 1) * n].tolist()]
+    add(3)
+    x, _ = buf.sample(n, gen)  # the list used up: a new one over the current rows, b3 among them
+    assert not torch.equal(buf.positions, positions) and buf.used == n
+    fifo = _released_fifo(batches, capacity)
+    assert x[:, 0].tolist() == [fifo[p] for p in buf.positions[:n].tolist()]
+    drawn = torch.cat([buf.sample(n, gen)[0][:, 0] for _ in range(2)]).tolist()
+    assert set(drawn) | set(x[:, 0].tolist()) <= set(fifo)
+
+
+def test_released_buffer_drops_the_last_partial_batch_and_resumes_its_list():
+    from fastsamp.experiments.offpolicy_released import ReleasedReplayBuffer
+    buf = ReleasedReplayBuffer(100, 2)
+    with pytest.raises(RuntimeError, match="empty"):
+        buf.sample(4)
+    buf.add(torch.randn(3, 2), torch.randn(3))  # 6 states: one batch of 4, the last 2 dropped
+    gen = torch.Generator().manual_seed(1)
+    buf.sample(4, gen)
+    assert buf.positions.numel() == 4 and buf.used == 4
+    copy = ReleasedReplayBuffer(100, 2)
+    copy.load_state_dict(buf.state_dict())
+    state = gen.get_state()
+    for b in (buf, copy):
+        gen.set_state(state)
+        b.add(torch.randn(1, 2, generator=torch.Generator().manual_seed(2)), torch.zeros(1))
+        assert torch.equal(b.sample(4, gen)[0], buf.x[(buf.positions[:4]) % 100]) and b.positions.numel() == 4
+    assert torch.equal(buf.positions, copy.positions)
+    small = ReleasedReplayBuffer(100, 2)
+    small.add(torch.randn(1, 2), torch.zeros(1))  # 2 states
+    with pytest.raises(RuntimeError, match="partial batch"):
+        small.sample(4)
+
+
+def test_train_command_with_the_released_buffer(capsys):
+    checks = _checks()
+    with pytest.raises(ValueError, match="--released-buffer"):
+        checks.main(["train", "--target", "manywell", "--method", "tb", "--released-buffer", "--iterations", "1"])
+    checks.main(["train", "--target", "manywell", "--method", "tb+expl+lp+ls", "--released-buffer", "--iterations",
+                 "4", "--repeats", "1"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["model"].endswith("released buffer") and math.isfinite(out["ours_delta_log_Z"]["mean"])
+    assert checks.training.ReplayBuffer is checks.ReplayBuffer

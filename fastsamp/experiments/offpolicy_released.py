@@ -23,6 +23,7 @@ import math
 import torch
 
 from ..metrics import log_z_estimates
+from ..samplers.diffusion import ReplayBuffer
 
 N = 2000  # the paper's evaluation batch (eval_data_size)
 
@@ -178,3 +179,51 @@ def released_train(sampler, iterations, seed, objective="tb", lr_policy=1e-3, lr
         if curve and (it + 1) % curve == 0:
             points.append(point(it + 1))
     return losses, points
+
+
+class ReleasedReplayBuffer(ReplayBuffer):
+    """fastsamp's replay buffer drawing as gfn-diffusion's `ReplayBuffer` (energy_sampling/buffer.py, 255b499) does
+    through its DataLoader, for the check of how that changes training (`offpolicy_checks.py train
+    --released-buffer`):
+    * the first `add` stores its batch twice;
+    * `sample(n)` serves the batches of one list of N positions drawn when the list was made (N = the buffer's
+      size then; P(position) ∝ 1 / (k·N + rank) with that content's ranks; with replacement), n at a time, the
+      last partial batch dropped, and makes a new list only when that one is used up: the released loader's
+      iterator outlives the `add` calls, which only rebuild a loader that the live iterator does not read;
+    * a position counts from the oldest state, in the content of the time of the draw (the released buffer
+      concatenates then drops its oldest rows: a position made before the buffer filled up names a newer state
+      once it has); the states added since the list was made are not drawn until the next list.
+    Everything else (FIFO capacity, ranks, the non-finite filter, the states) is `ReplayBuffer`'s."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.positions = torch.empty(0, dtype=torch.int64)  # the live list of positions and how much of it is used
+        self.used = 0
+
+    def add(self, x, log_r):
+        if self.size == 0:
+            super().add(x, log_r)
+        super().add(x, log_r)
+
+    def _oldest(self):
+        return self.head if self.size == self.capacity else 0
+
+    def sample(self, n: int, generator=None):
+        if self.used + n > self.positions.numel():
+            if 0 < self.size < n:
+                raise RuntimeError(f"the released loader drops a last partial batch: {self.size} states hold no "
+                                   f"batch of {n}")
+            slots = self.slots(self.size, generator)  # P(slot) by the current ranks, `size` draws
+            self.positions = (slots - self._oldest()) % self.capacity
+            self.positions = self.positions[:self.size // n * n]
+            self.used = 0
+        slots = (self._oldest() + self.positions[self.used:self.used + n]) % self.capacity
+        self.used += n
+        return self.x[slots], self.log_r[slots]
+
+    def state_dict(self):
+        return {**super().state_dict(), "positions": self.positions.clone(), "used": self.used}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.positions, self.used = state["positions"].clone(), int(state["used"])

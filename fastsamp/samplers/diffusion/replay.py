@@ -107,6 +107,12 @@ class ReplayBuffer:
         self.order = by_age[by_rank]
 
     def sample(self, n: int, generator=None):
+        """n states and their log R, drawn with replacement by rank (`slots`)."""
+        idx = self.slots(n, generator)
+        return self.x[idx], self.log_r[idx]
+
+    def slots(self, n: int, generator=None):
+        """The slots of n draws with replacement, P(i) ∝ 1 / (k·N + rank_i)."""
         if self.size == 0:
             raise RuntimeError("the replay buffer is empty")
         if n < 1:
@@ -115,8 +121,7 @@ class ReplayBuffer:
         if self._rank_weights is None or self._rank_weights[:2] != (k, size):
             rank = torch.arange(size, dtype=torch.float64, device=self.x.device)
             self._rank_weights = (k, size, 1.0 / (k * size + rank))
-        idx = self.order[torch.multinomial(self._rank_weights[2], n, replacement=True, generator=generator)]
-        return self.x[idx], self.log_r[idx]
+        return self.order[torch.multinomial(self._rank_weights[2], n, replacement=True, generator=generator)]
 
 
 def local_search(target, x, *, n_steps=200, burn_in=100, step_size=0.1, target_acceptance=0.574,
