@@ -28,7 +28,9 @@ path) against the released PIS step run on the same noise (recovered from our st
 and the preset's initial network. `train`: the preset's initial network (fastsamp.experiments.offpolicy.build
 at the seed) trained by `fastsamp.samplers.diffusion.train` (fused) or, with --released, by the released
 step, optionally with another σ² of the reference process, log Z learning rate or train.py's default
-network; then the evaluation of `evaluate`, and with --curve the metrics along training. `spread`: the
+network, or (--released-buffer, the local-search presets) with replay buffers that draw as the released loader does
+(`ReleasedReplayBuffer`: one stale list of positions per pass, checks/manywell_lpls.md §6); then the evaluation of
+`evaluate`, and with --curve the metrics along training. `spread`: the
 spread of one table entry, Δlog Z and Δlog Z^RW of saved models per evaluation of 2000 samples over many
 evaluation seeds and pooled, signed and absolute (optionally the released estimator's too); `manywell` adds the
 orthant collapse and the number of left-well coordinates per sample, drawn and importance-reweighted, against
