@@ -455,21 +455,24 @@ def test_released_buffer_draws_positions_of_a_stale_list():
 
 def test_released_buffer_drops_the_last_partial_batch_and_resumes_its_list():
     from fastsamp.experiments.offpolicy_released import ReleasedReplayBuffer
+    gen = torch.Generator().manual_seed(1)
     buf = ReleasedReplayBuffer(100, 2)
     with pytest.raises(RuntimeError, match="empty"):
         buf.sample(4)
     buf.add(torch.randn(3, 2), torch.randn(3))  # 6 states: one batch of 4, the last 2 dropped
-    gen = torch.Generator().manual_seed(1)
     buf.sample(4, gen)
     assert buf.positions.numel() == 4 and buf.used == 4
+    buf.add(torch.randn(3, 2), torch.randn(3))  # 9 states: the used-up list is replaced by one of 8 positions
+    buf.sample(4, gen)
+    assert buf.positions.numel() == 8 and buf.used == 4
     copy = ReleasedReplayBuffer(100, 2)
-    copy.load_state_dict(buf.state_dict())
-    state = gen.get_state()
+    copy.load_state_dict(buf.state_dict())  # the list and its use travel with the state
+    state, draws = gen.get_state(), []
     for b in (buf, copy):
         gen.set_state(state)
-        b.add(torch.randn(1, 2, generator=torch.Generator().manual_seed(2)), torch.zeros(1))
-        assert torch.equal(b.sample(4, gen)[0], buf.x[(buf.positions[:4]) % 100]) and b.positions.numel() == 4
-    assert torch.equal(buf.positions, copy.positions)
+        draws.append(b.sample(4, gen)[0])  # the list's second batch, no new draw
+        assert b.used == 8
+    assert torch.equal(draws[0], draws[1]) and torch.equal(buf.positions, copy.positions)
     small = ReleasedReplayBuffer(100, 2)
     small.add(torch.randn(1, 2), torch.zeros(1))  # 2 states
     with pytest.raises(RuntimeError, match="partial batch"):

@@ -185,7 +185,7 @@ class ReleasedReplayBuffer(ReplayBuffer):
     """fastsamp's replay buffer drawing as gfn-diffusion's `ReplayBuffer` (energy_sampling/buffer.py, 255b499) does
     through its DataLoader, for the check of how that changes training (`offpolicy_checks.py train
     --released-buffer`):
-    * the first `add` stores its batch twice;
+    * the first `add` that stores states stores them twice;
     * `sample(n)` serves the batches of one list of N positions drawn when the list was made (N = the buffer's
       size then; P(position) ∝ 1 / (k·N + rank) with that content's ranks; with replacement), n at a time, the
       last partial batch dropped, and makes a new list only when that one is used up: the released loader's
