@@ -13,7 +13,7 @@ mode (checks/gmm40.md) and Manywell TB + Expl. + LP + LS (checks/manywell_lpls.m
                                   [--released] [--first-seed 1] [--models PATH ...]
     python benchmarks/offpolicy_checks.py train [--target funnel] [--method tb] --iterations 3000 --seeds 0 1
                                   [--sigma2 S] [--lr-flow 0.1] [--released] [--default-network] [--curve N]
-                                  [--mean-seed S] [--released-buffer]
+                                  [--mean-seed S] [--released-buffer] [--save DIR]
     python benchmarks/offpolicy_checks.py gmm40 [--mean-seeds 0 1 2] [--samples 100000]
     python benchmarks/offpolicy_checks.py lgcp [--models PATH ...] [--chains 256] [--temps 200 800] [--seeds 0 1]
                                   [--step-size 0.1] [--repeats 2] [--batch 16] [--grid 40]
@@ -221,6 +221,10 @@ def cmd_train(args):
                 f"sigma2 {sampler.sigma ** 2:g} lr_flow {args.lr_flow} it {args.iterations}"
                 f"{' default network' if args.default_network else ''}"
                 f"{' released buffer' if args.released_buffer else ''}")
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            sampler.save(os.path.join(args.save, f"{args.target}_{args.method}_seed{seed}"
+                                                 f"{'_released_buffer' if args.released_buffer else ''}.pt"))
         out = evaluate_model(sampler, args.repeats, name)
         out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
         print(json.dumps(out), flush=True)
@@ -404,6 +408,7 @@ def main(argv=None):
     t.add_argument("--default-network", action="store_true",
                    help="train.py's default network instead of the PIS architecture")
     t.add_argument("--released", action="store_true", help="train with the released formulas (eager)")
+    t.add_argument("--save", metavar="DIR", help="keep each trained model as DIR/<target>_<method>_seed<s>[...].pt")
     t.add_argument("--released-buffer", action="store_true",
                    help="LS presets: the replay buffers draw as the released loader does (ReleasedReplayBuffer)")
     t.add_argument("--mean-seed", type=int, default=None, help="40gmm: the means of GMM40(seed=S) (default: 0)")

@@ -479,12 +479,14 @@ def test_released_buffer_drops_the_last_partial_batch_and_resumes_its_list():
         small.sample(4)
 
 
-def test_train_command_with_the_released_buffer(capsys):
+def test_train_command_with_the_released_buffer(tmp_path, capsys):
     checks = _checks()
     with pytest.raises(ValueError, match="--released-buffer"):
         checks.main(["train", "--target", "manywell", "--method", "tb", "--released-buffer", "--iterations", "1"])
     checks.main(["train", "--target", "manywell", "--method", "tb+expl+lp+ls", "--released-buffer", "--iterations",
-                 "4", "--repeats", "1"])
+                 "4", "--repeats", "1", "--save", str(tmp_path)])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["model"].endswith("released buffer") and math.isfinite(out["ours_delta_log_Z"]["mean"])
+    saved = checks.load_model(str(tmp_path / "manywell_tb+expl+lp+ls_seed0_released_buffer.pt"), "manywell", "")
+    assert float(saved.net.log_Z.detach()) == pytest.approx(out["log_Z_learned"])
     assert checks.training.ReplayBuffer is checks.ReplayBuffer
