@@ -459,6 +459,8 @@ def test_released_buffer_drops_the_last_partial_batch_and_resumes_its_list():
     buf = ReleasedReplayBuffer(100, 2)
     with pytest.raises(RuntimeError, match="empty"):
         buf.sample(4)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        buf.sample(0)
     buf.add(torch.randn(3, 2), torch.randn(3))  # 6 states: one batch of 4, the last 2 dropped
     buf.sample(4, gen)
     assert buf.positions.numel() == 4 and buf.used == 4

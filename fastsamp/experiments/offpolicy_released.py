@@ -209,6 +209,8 @@ class ReleasedReplayBuffer(ReplayBuffer):
         return self.head if self.size == self.capacity else 0
 
     def sample(self, n: int, generator=None):
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
         if self.used + n > self.positions.numel():
             if 0 < self.size < n:
                 raise RuntimeError(f"the released loader drops a last partial batch: {self.size} states hold no "
