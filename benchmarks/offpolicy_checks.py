@@ -62,7 +62,7 @@ import time
 import torch
 
 from fastsamp.experiments import lgcp_reference
-from fastsamp.experiments.offpolicy import EVAL_SEED_BASE, METHODS, build, evaluate
+from fastsamp.experiments.offpolicy import EVAL_SEED_BASE, METHODS, build, evaluate, run_stem
 from fastsamp.experiments.offpolicy_released import (
     DefaultNetwork,
     N,
@@ -223,8 +223,8 @@ def cmd_train(args):
                 f"{' released buffer' if args.released_buffer else ''}")
         if args.save:
             os.makedirs(args.save, exist_ok=True)
-            sampler.save(os.path.join(args.save, f"{args.target}_{args.method}_seed{seed}"
-                                                 f"{'_released_buffer' if args.released_buffer else ''}.pt"))
+            stem = run_stem(args.save, args.target, args.method, seed)
+            sampler.save(f"{stem}{'_released_buffer' if args.released_buffer else ''}.pt")
         out = evaluate_model(sampler, args.repeats, name)
         out.update(final_loss=statistics.mean(losses[-100:]), train_cpu_seconds=cpu, curve=curve)
         print(json.dumps(out), flush=True)

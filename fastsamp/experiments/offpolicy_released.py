@@ -216,8 +216,7 @@ class ReleasedReplayBuffer(ReplayBuffer):
                 raise RuntimeError(f"the released loader drops a last partial batch: {self.size} states hold no "
                                    f"batch of {n}")
             slots = self.slots(self.size, generator)  # P(slot) by the current ranks, `size` draws
-            self.positions = (slots - self._oldest()) % self.capacity
-            self.positions = self.positions[:self.size // n * n]
+            self.positions = ((slots - self._oldest()) % self.capacity)[:self.size // n * n]
             self.used = 0
         slots = (self._oldest() + self.positions[self.used:self.used + n]) % self.capacity
         self.used += n
