@@ -338,10 +338,22 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
         if tuple(v.shape) != (B,):
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
         v = resolved(v if v.dtype == x.dtype else v.to(x.dtype))
-        if validating() and has_values(v) and not _all_positive_finite(v):
+        if validating() and has_values(v) and not _all_positive_finite(level0(v)):
             raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype})")
         return v
     return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
+
+
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_unwrapped = torch._C._functorch.get_unwrapped
+
+
+def level0(t: torch.Tensor) -> torch.Tensor:
+    """t's tensor under all of torch.func's wrappers: the one regular autograd sees, and the one a value check reads
+    (under vmap it holds every slice, whose values a batched tensor does not give out)."""
+    while _is_wrapped(t):
+        t = _unwrapped(t)
+    return t
 
 
 def has_values(t: torch.Tensor) -> bool:
@@ -466,7 +478,7 @@ def mixture(x: torch.Tensor, means, log_weights, variances, alpha, sigma2):
     alpha = finite_float("alpha", alpha, dtype=x.dtype)
     sigma2 = finite_float("sigma2", sigma2, nonnegative=True, dtype=x.dtype)
     if validating() and has_values(means):
-        _mixture_values(means, log_weights, variances, alpha, sigma2)
+        _mixture_values(level0(means), level0(log_weights), level0(variances), alpha, sigma2)
     return means, log_weights, variances, alpha, sigma2
 
 

@@ -26,6 +26,8 @@ Per op, from the op table (`_table.py`):
   neither it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
   (Not torch's autograd fallback for the ops without backward: under torch.func.grad / vjp their kernels see
   unwrapped tensors that require no grad, and the fallback gives zero gradients with only a warning.)
+* a batching rule for torch.func.vmap (`_vmap.kernel`): row-wise calls that draw nothing fold the vmapped dimension
+  into the chains (one kernel call), the others run once per slice, exactly as the map of the op over the slices.
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
@@ -45,7 +47,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch._functorch.utils import enable_single_level_autograd_function as _single_level_function
 
-from . import _autograd, _checks, _table
+from . import _autograd, _checks, _table, _vmap
 
 # which function the kernels run (_auto_kernel.py); device_kernel, encode_u64, is_reference, max_d, max_hidden and
 # _above_limits are called as _library.<name> too
@@ -185,8 +187,6 @@ kernel at that point."""
 _UNSEEN = object()
 _interpreter_stack = torch._C._functorch.get_interpreter_stack
 _DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
-_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-_unwrapped = torch._C._functorch.get_unwrapped
 
 
 def _tensor_args(op: _table.Op):
@@ -199,13 +199,6 @@ def _tensor_args(op: _table.Op):
                 if t is not None:
                     yield t
     return tensors
-
-
-def _level0(t):
-    """t's tensor under all of torch.func's wrappers (the one regular autograd sees)."""
-    while _is_wrapped(t):
-        t = _unwrapped(t)
-    return t
 
 
 def _reference_test(op: _table.Op):
@@ -227,7 +220,7 @@ def _reference_test(op: _table.Op):
         n = sum(i.key() in _DIFFERENTIATING for i in _interpreter_stack())
         if n != 1:
             return n > 1
-        return any(_level0(t).requires_grad for t in tensors(args))
+        return any(_checks.level0(t).requires_grad for t in tensors(args))
     return runs_reference
 
 
@@ -451,6 +444,7 @@ def _register(op: _table.Op) -> Entry:
     if not op.backends:  # no compiled kernel: the reference, decomposed (autograd and tracing see its aten ops)
         _lib.impl(op.name, _reference_kernel(op), "CompositeImplicitAutograd")
         return Entry(op, opobj)
+    _lib.impl(op.name, _vmap.kernel(op, opobj), "FuncTorchBatched", with_keyset=True)
     if op.state is None and any(a.kind == "device" for a in op.args):  # a factory op: no tensor to dispatch on
         _register_factory(op)
         return Entry(op, opobj)

@@ -1,0 +1,195 @@
+"""torch.func.vmap of the registered ops (fastsamp/ops/_vmap.py): every op has its own batching rule (torch's
+per-slice fallback switched off here), vmap equals the map of the op over the slices, row-wise calls that draw
+nothing run as one call on V·B chains, and the public functions' value checks read vmapped tensors."""
+import contextlib
+
+import pytest
+import torch
+from test_registration import op_args
+
+from fastsamp import ops
+from fastsamp.ops import _table, _vmap
+
+F64 = torch.float64
+V = 3  # slices
+
+
+@contextlib.contextmanager
+def no_fallback():
+    """torch's generic per-slice fallback refused: an op without a batching rule raises under vmap."""
+    before = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(before)
+
+
+def _row_positions(op, args):
+    """The given tensor arguments whose first dim is the chain count B."""
+    return [i for i, a in enumerate(op.schema_args)
+            if a.kind in ("state", "tensor") and a.shape[:1] == ("B",) and args[i] is not None]
+
+
+def _tensor_positions(op, args):
+    return [i for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor") and args[i] is not None]
+
+
+def _slices(t, seed):
+    """V versions of t (the first t itself), each entry scaled by 1 + U(0, 0.01): signs and positivity kept."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([t] + [t * (1 + 0.01 * torch.rand(t.shape, generator=g, dtype=t.dtype))
+                              for _ in range(V - 1)])
+
+
+def _vmap_and_map(name, args, at, in_dims):
+    """(vmap of the registered op over the arguments at positions `at`, stacked with their in_dims, and the map
+    of the op over the slices, stacked)."""
+    op = getattr(torch.ops.fastsamp, name).default
+    stacked = [_slices(args[i], 10 + i).movedim(0, d) for i, d in zip(at, in_dims)]
+
+    def call(*vs):  # the outputs that are not None (vmap's function may return no None)
+        full = list(args)
+        for i, v in zip(at, vs):
+            full[i] = v
+        out = op(*full)
+        return out if isinstance(out, torch.Tensor) else tuple(o for o in out if o is not None)
+
+    with no_fallback():
+        got = torch.func.vmap(call, in_dims=tuple(in_dims))(*stacked)
+    expect = [call(*(s.select(d, v) for s, d in zip(stacked, in_dims))) for v in range(V)]
+    return got, expect
+
+
+def _assert_stacked(got, expect):
+    if isinstance(got, torch.Tensor):
+        got, expect = (got,), [(e,) for e in expect]
+    for k, g in enumerate(got):
+        if isinstance(g, list):
+            for j, gj in enumerate(g):
+                torch.testing.assert_close(gj, torch.stack([e[k][j] for e in expect]), rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(g, torch.stack([e[k] for e in expect]), rtol=0, atol=0, equal_nan=True)
+
+
+REGISTERED = [op.name for op in _table.registered() if op.backends and op.state is not None]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
+@pytest.mark.parametrize("name", REGISTERED)
+def test_vmap_of_the_row_arguments_equals_the_map(name, noise, dtype):
+    """Every row argument vmapped (at dims 0, 1, 0, ...: moved and flattened where the rule folds), bit for bit."""
+    op, args = _table.OPS[name], op_args(name, dtype, noise=noise)
+    at = _row_positions(op, args)
+    if not at:
+        pytest.skip(f"{name} has no row argument (its chains are a dim of its trajectories)")
+    got, expect = _vmap_and_map(name, args, at, [k % 2 for k in range(len(at))])
+    _assert_stacked(got, expect)
+
+
+def _parameters(name):
+    """The given tensor arguments of op `name` that are not row arguments (op_args' float64 set)."""
+    op, args = _table.OPS[name], op_args(name, F64)
+    return [i for i in _tensor_positions(op, args) if i not in _row_positions(op, args)]
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTERED if _parameters(n)])
+def test_vmap_of_a_parameter_equals_the_map(name):
+    """The last tensor argument that is not a row argument vmapped (mixture variances, trajectories, times): one
+    call per slice."""
+    got, expect = _vmap_and_map(name, op_args(name, F64), _parameters(name)[-1:], [0])
+    _assert_stacked(got, expect)
+
+
+@pytest.mark.parametrize("name", [op.name for op in _table.registered() if any(a.kind == "tensors" for a in op.args)])
+def test_vmap_of_a_list_element_equals_the_map(name):
+    """The first layer of an op's list of networks vmapped (in_dims is a list there): one call per slice."""
+    args = list(op_args(name, F64))
+    at = next(i for i, a in enumerate(_table.OPS[name].schema_args) if a.kind == "tensors")
+    op, layers = getattr(torch.ops.fastsamp, name).default, args[at]
+
+    def call(first):
+        out = op(*args[:at], [first, *layers[1:]], *args[at + 1:])
+        return out if isinstance(out, torch.Tensor) else tuple(o for o in out if o is not None)
+
+    stacked = _slices(layers[0], 3)
+    with no_fallback():
+        got = torch.func.vmap(call)(stacked)
+    _assert_stacked(got, [call(w) for w in stacked])
+
+
+FOLDED = {"gmm_score", "sde_step", "guided_sde_step", "mala_propose", "energy_mh_accept", "leapfrog",
+          "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc", "em_step_logprob",
+          "em_step_logprob_backward", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala",
+          "mlp_energy_hmc", "mlp_net"}
+
+
+def test_which_ops_fold():
+    """The ops whose calls can fold (every output row-shaped, no dim derived from B, as score_mh_accept's (M + 1)·B
+    rows); whether a call folds depends on its draws too (`test_folded_calls`: the whole-move ops always draw)."""
+    assert {op.name for op in _table.registered() if _vmap.foldable(op)} == FOLDED
+
+
+def _op_events(fn, name):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name == f"fastsamp::{name}" for e in prof.events())
+
+
+@pytest.mark.parametrize("name, noise, calls", [
+    ("gmm_score", True, 1), ("mala_propose", True, 1), ("mala_propose", False, V), ("hmc_accept", False, V),
+    ("em_step_logprob_backward", True, 1), ("mlp_score", True, 1), ("gmm_mala", True, V), ("line_points", True, V),
+    ("score_mh_accept", True, V)])
+def test_folded_calls(name, noise, calls):
+    """How many times the op's kernel runs under vmap of its row arguments (one event for the vmapped call itself):
+    once when folded, once per slice where the op draws (its noise or u not given, the whole-move ops) or its
+    outputs or dims are not row-wise."""
+    op, args = _table.OPS[name], op_args(name, F64, noise=noise)
+    at = _row_positions(op, args)
+    assert _op_events(lambda: _vmap_and_map(name, args, at, [0] * len(at)), name) == 1 + calls + V
+
+
+def test_public_ops_under_vmap_read_the_values_of_vmapped_parameters():
+    """ops.gmm_score with vmapped mixture means and variances: the value checks read every slice (a bad variance
+    in one slice is refused), the result equals the map."""
+    torch.manual_seed(0)
+    x, lw = torch.randn(5, 2, dtype=F64), torch.zeros(4, dtype=F64)
+    means, variances = torch.randn(V, 4, 2, dtype=F64), torch.rand(V, 4, dtype=F64) + 0.5
+
+    def f(m, v):
+        return ops.gmm_score(x, m, lw, v)
+
+    with no_fallback():
+        got = torch.func.vmap(f)(means, variances)
+    _assert_stacked(got, [f(m, v) for m, v in zip(means, variances)])
+    variances[1, 2] = -1.0
+    with pytest.raises(ValueError, match="variances must be finite and > 0"):
+        torch.func.vmap(f)(means, variances)
+    eps = torch.full((V, 5), 0.1, dtype=F64)
+    eps[2, 0] = 0.0
+    with pytest.raises(ValueError, match="step_size must be finite and > 0"):
+        torch.func.vmap(lambda e: ops.mala_propose(x, x, e, noise=x))(eps)
+
+
+def test_vmap_under_grad_and_grad_under_vmap():
+    """Per-sample gradients (vmap of grad) and the gradient of a vmapped sum (grad of vmap) of gmm_score's logp
+    through the folding rule equal those of the op's reference."""
+    from fastsamp.ops import reference
+    torch.manual_seed(1)
+    xs, m = torch.randn(V, 5, 2, dtype=F64), torch.randn(4, 2, dtype=F64)
+    lw, var = torch.zeros(4, dtype=F64), torch.rand(4, dtype=F64) + 0.5
+
+    def logp(fn):
+        return lambda x, mm: fn(x, mm, lw, var, 0.9, 0.1)[1].square().sum()
+
+    op = torch.ops.fastsamp.gmm_score.default
+    with no_fallback():
+        per_sample = torch.func.vmap(torch.func.grad(logp(op), argnums=(0, 1)), in_dims=(0, None))(xs, m)
+        summed = torch.func.grad(lambda x, mm: torch.func.vmap(logp(op), in_dims=(0, None))(x, mm).sum(),
+                                 argnums=(0, 1))(xs, m)
+    ref = logp(reference.gmm_score)
+    expect_per = [torch.stack(g) for g in zip(*(torch.func.grad(ref, argnums=(0, 1))(x, m) for x in xs))]
+    expect_sum = torch.func.grad(lambda x, mm: sum(ref(xi, mm) for xi in x), argnums=(0, 1))(xs, m)
+    for g, e in zip((*per_sample, *summed), (*expect_per, *expect_sum)):
+        torch.testing.assert_close(g, e)
