@@ -193,3 +193,14 @@ def test_vmap_under_grad_and_grad_under_vmap():
     expect_sum = torch.func.grad(lambda x, mm: sum(ref(xi, mm) for xi in x), argnums=(0, 1))(xs, m)
     for g, e in zip((*per_sample, *summed), (*expect_per, *expect_sum)):
         torch.testing.assert_close(g, e)
+
+
+def test_nested_vmap_equals_the_nested_map():
+    """vmap of vmap: each level folds (gmm_score) or runs per slice (a drawn mala_propose), as the nested map."""
+    torch.manual_seed(2)
+    m, lw, var = torch.randn(4, 3, dtype=F64), torch.zeros(4, dtype=F64), torch.full((4,), 0.5, dtype=F64)
+    x = torch.randn(2, 3, 5, 3, dtype=F64)
+    for f in (lambda a: ops.gmm_score(a, m, lw, var)[0], lambda a: ops.mala_propose(a, a, 0.1, seed=3)):
+        with no_fallback():
+            got = torch.func.vmap(torch.func.vmap(f))(x)
+        torch.testing.assert_close(got, torch.stack([torch.stack([f(xij) for xij in xi]) for xi in x]), rtol=0, atol=0)
