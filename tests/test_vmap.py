@@ -38,7 +38,7 @@ def _tensor_positions(op, args):
 def _slices(t, seed):
     """V versions of t (the first t itself), each entry scaled by 1 + U(0, 0.01): signs and positivity kept."""
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([t] + [t * (1 + 0.01 * torch.rand(t.shape, generator=g, dtype=t.dtype))
+    return torch.stack([t] + [t * (1 + 0.01 * torch.rand(t.shape, generator=g, dtype=t.dtype).to(t.device))
                               for _ in range(V - 1)])
 
 
@@ -75,17 +75,36 @@ def _assert_stacked(got, expect):
 REGISTERED = [op.name for op in _table.registered() if op.backends and op.state is not None]
 
 
-@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
-@pytest.mark.parametrize("name", REGISTERED)
-def test_vmap_of_the_row_arguments_equals_the_map(name, noise, dtype):
-    """Every row argument vmapped (at dims 0, 1, 0, ...: moved and flattened where the rule folds), bit for bit."""
-    op, args = _table.OPS[name], op_args(name, dtype, noise=noise)
+def _check_rows(name, args):
+    """Every row argument of `args` vmapped (at dims 0, 1, 0, ...: moved and flattened where the rule folds), bit for
+    bit against the map."""
+    op = _table.OPS[name]
     at = _row_positions(op, args)
     if not at:
         pytest.skip(f"{name} has no row argument (its chains are a dim of its trajectories)")
     got, expect = _vmap_and_map(name, args, at, [k % 2 for k in range(len(at))])
     _assert_stacked(got, expect)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
+@pytest.mark.parametrize("name", REGISTERED)
+def test_vmap_of_the_row_arguments_equals_the_map(name, noise, dtype):
+    _check_rows(name, op_args(name, dtype, noise=noise))
+
+
+def _on(device, args):
+    return [[t.to(device) for t in a] if isinstance(a, list) else a.to(device) if isinstance(a, torch.Tensor) else a
+            for a in args]
+
+
+@pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
+@pytest.mark.parametrize("name", [n for n in REGISTERED if {"cuda", "triton"} & set(_table.OPS[n].backends)])
+def test_vmap_of_the_row_arguments_on_cuda(name, noise):
+    """The same on CUDA tensors (the CUDA or Triton kernels), float32."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA backend: no GPU on this machine")
+    _check_rows(name, _on("cuda", op_args(name, torch.float32, noise=noise)))
 
 
 def _parameters(name):
