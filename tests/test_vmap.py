@@ -223,3 +223,21 @@ def test_nested_vmap_equals_the_nested_map():
         with no_fallback():
             got = torch.func.vmap(torch.func.vmap(f))(x)
         torch.testing.assert_close(got, torch.stack([torch.stack([f(xij) for xij in xi]) for xi in x]), rtol=0, atol=0)
+
+
+def test_vmapped_chain_offsets_draw_as_one_batch():
+    """chain_offset as a vmapped int64 tensor v·B: each slice draws as chains v·B ... v·B + B − 1, so the vmapped
+    proposal equals one call on the V·B chains stacked; a slice's offset past 2**32 − B is refused."""
+    torch.manual_seed(4)
+    x, s = torch.randn(5, 3, dtype=F64), torch.randn(5, 3, dtype=F64)
+    offsets = torch.arange(V).mul(5).reshape(V, 1)
+
+    def propose(c):
+        return ops.mala_propose(x, s, 0.1, seed=3, offset=2, chain_offset=c)
+
+    with no_fallback():
+        got = torch.func.vmap(propose)(offsets)
+    whole = ops.mala_propose(x.repeat(V, 1), s.repeat(V, 1), 0.1, seed=3, offset=2)
+    torch.testing.assert_close(got, whole.reshape(V, 5, 3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="chain_offset must be >= 0"):
+        torch.func.vmap(propose)(torch.tensor([[0], [2**32 - 4]]))

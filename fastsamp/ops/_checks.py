@@ -449,9 +449,11 @@ def chain_offset(v, B: int, device=None):
     (its value is checked on the CPU while `validating()`; on a GPU it is not read on the host)."""
     if isinstance(v, torch.Tensor):
         v = _u64_tensor("chain_offset", v, device)
-        if validating() and v.device.type == "cpu" and not 0 <= int(v) <= 2**32 - B:
-            raise ValueError(f"chain_offset must be >= 0 with chain_offset + B <= 2**32, got chain_offset = "
-                             f"{int(v)}, B = {B}")
+        if validating() and v.device.type == "cpu":
+            bad = [c for c in level0(v).reshape(-1).tolist() if not 0 <= c <= 2**32 - B]  # every vmapped slice's
+            if bad:
+                raise ValueError(f"chain_offset must be >= 0 with chain_offset + B <= 2**32, got chain_offset = "
+                                 f"{bad[0]}, B = {B}")
         return v
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"chain_offset must be an int, got {type(v).__name__}")
