@@ -241,3 +241,18 @@ def test_vmapped_chain_offsets_draw_as_one_batch():
     torch.testing.assert_close(got, whole.reshape(V, 5, 3), rtol=0, atol=0)
     with pytest.raises(ValueError, match="chain_offset must be >= 0"):
         torch.func.vmap(propose)(torch.tensor([[0], [2**32 - 4]]))
+
+
+def test_vmap_compiles_without_graph_break(dynamo_reset):
+    """torch.compile(fullgraph=True) of a vmapped public op (the rule runs while AOTAutograd traces): no graph break,
+    eager's bits."""
+    torch.manual_seed(5)
+    m, lw, var = torch.randn(4, 3), torch.zeros(4), torch.full((4,), 0.5)
+    xs = torch.randn(V, 7, 3)
+    f = torch.func.vmap(lambda a: ops.gmm_score(a, m, lw, var, alpha=0.9, sigma2=0.1))
+    explain = torch._dynamo.explain(f)(xs)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    with no_fallback():
+        got = torch.compile(f, fullgraph=True, backend="aot_eager")(xs)
+    for g, e in zip(got, f(xs)):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
