@@ -256,3 +256,15 @@ def test_vmap_compiles_without_graph_break(dynamo_reset):
         got = torch.compile(f, fullgraph=True, backend="aot_eager")(xs)
     for g, e in zip(got, f(xs)):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["gmm_score", "mala_propose", "gmm_mala"])
+def test_vmap_over_zero_slices(name):
+    """A vmapped dim of size 0: empty outputs of each output's slice shape (folded, or from a zero-filled slice)."""
+    m, lw, var = torch.randn(4, 3), torch.zeros(4), torch.full((4,), 0.5)
+    f = {"gmm_score": lambda a: ops.gmm_score(a, m, lw, var),
+         "mala_propose": lambda a: (ops.mala_propose(a, a, 0.1, seed=1),),
+         "gmm_mala": lambda a: ops.gmm_mala(a, m, lw, var, step_size=0.1, n_steps=2, seed=0)}[name]
+    with no_fallback():
+        got = torch.func.vmap(f)(torch.randn(0, 5, 3))
+    assert [tuple(g.shape) for g in got] == [(0, *o.shape) for o in f(torch.randn(5, 3))]

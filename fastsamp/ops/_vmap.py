@@ -93,6 +93,8 @@ def kernel(op: _table.Op, opobj):
         return _map(lambda o: o.reshape(size, b, *o.shape[1:]), opobj(*args))
 
     def per_slice(size, args, dims):
+        if size == 0:  # no slice to call: the outputs of a zero-filled one, with none of its rows
+            return _map(lambda o: o.new_empty((0, *o.shape)), opobj(*_zero_slice(args, dims)))
         return _stack([opobj(*_select(args, dims, v)) for v in range(size)])
 
     def batched(keyset, *args):
@@ -113,12 +115,23 @@ def _front(t, d):
     return t if d == 0 else t.permute(d, *(k for k in range(t.dim()) if k != d))
 
 
-def _select(args, dims, v):
-    """Slice v of the arguments (`dims`: the vmapped dims by position; a list argument's by element)."""
+def _each_vmapped(args, dims, fn):
+    """The arguments with fn(t, d) in place of each vmapped tensor t, d its vmapped dim (`dims`: by position; a list
+    argument's by element)."""
     def one(t, d):
-        return t if d is None else t.select(d, v)
+        return t if d is None else fn(t, d)
     return [a if i not in dims else [one(t, e) for t, e in zip(a, dims[i])] if isinstance(dims[i], list)
             else one(a, dims[i]) for i, a in enumerate(args)]
+
+
+def _select(args, dims, v):
+    """Slice v of the arguments."""
+    return _each_vmapped(args, dims, lambda t, d: t.select(d, v))
+
+
+def _zero_slice(args, dims):
+    """The arguments with each vmapped tensor replaced by one zero-filled slice (its vmapped dim dropped)."""
+    return _each_vmapped(args, dims, lambda t, d: t.new_zeros((*t.shape[:d], *t.shape[d + 1:])))
 
 
 def _map(fn, outs):
