@@ -21,7 +21,7 @@
 #          sides, three since the twenty-fifth session), profile_network 20 (issue 10: the share outside the network;
 #          10 s), offpolicy timing 65 (issue 13: ms per training iteration, 25GMM TB and PIS; 52 s), GPU tests 215
 #          (cuda graphs included; 198 s at -n 8, now -n 16), bench 70 (35 s before the (out=) and energy_mh_accept
-#          cases), sample 12 (9-13 s): 437 s, 607 s in all; then LGCP TB + Expl. + LP + LS timing 60
+#          cases), sample 12 (9-13 s), vmap_ops 20 (not yet run on a GPU: an estimate): 457 s, 627 s in all; then LGCP TB + Expl. + LP + LS timing 60
 #          (issue 13: whether a seed fits a device call) in what is left before the deadline (the stages above
 #          took 314 s in all on the H200, so in practice it runs).
 #   extra: the Triton network engine's tests 160 (issue 11), the Triton energy training op's tests 45 and its timing
@@ -144,6 +144,10 @@ if [ "$MODE" = main ]; then
   tail -36 "$W/bench.log"
   stage sample 12 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$W/sample_cuda.json"
   tail -4 "$W/sample.log"
+  # issue 10: torch.func.vmap of the public ops (the batching rules' fold) against the per-slice calls and the hand fold
+  stage vmap_ops "${VMAP_TIMEOUT:-20}" python3 benchmarks/vmap_ops.py --device cuda --repeats 11 --calls 10 \
+    --json "$W/vmap_ops_cuda.json"
+  tail -10 "$W/vmap_ops.log"
   # issue 13 item 4, last (whatever time is left): LGCP TB + Expl. + LP + LS per training iteration on the GPU. On
   # the CPU it is 2.5 s (7 CPU-hours a seed, with a 773 MB checkpoint that cannot stay in git): if the GPU takes
   # well under 60 ms, a seed fits one device call. The point pattern does not change the cost (synthetic here).

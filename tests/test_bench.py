@@ -1,4 +1,6 @@
 """`fastsamp bench`: the PyTorch baselines compute the reference, and the report's ratios."""
+import time
+
 import pytest
 import torch
 from conftest import load_benchmark
@@ -191,3 +193,15 @@ def test_ops_loop_is_annealed_mcmcs_generic_path(n_trapezoid, backend):
     assert 0.1 < float(rate.mean()) < 0.95
     # one accepted move in 37 chains x 12 moves is 1 / 444 of the rate; the float32 mean's rounding is ~1e-7
     assert abs(float(rate.mean()) - sum(stats.accept_rate) / 4) < 1e-6
+
+
+def test_vmap_ops_columns_compute_the_same_outputs():
+    """benchmarks/vmap_ops.py times vmap, the per-slice map and the hand fold of the same row-wise calls: the three
+    give the same bits on every case (what its run asserts before timing)."""
+    vmap_ops = load_benchmark("vmap_ops.py", "vmap_ops")
+    for name, (f, args) in vmap_ops.cases(B=5, D=3, V=2).items():
+        cols = vmap_ops.columns(f, args)
+        for k, fn in cols.items():
+            torch.testing.assert_close(fn(), cols["map"](), rtol=0, atol=0, msg=f"{name}: {k}")
+        times = vmap_ops.measure(cols, repeats=1, calls=1, clock=time.process_time, sync=lambda: None)
+        assert set(times) == {"vmap", "map", "fold"}
