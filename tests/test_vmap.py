@@ -268,3 +268,13 @@ def test_vmap_over_zero_slices(name):
     with no_fallback():
         got = torch.func.vmap(f)(torch.randn(0, 5, 3))
     assert [tuple(g.shape) for g in got] == [(0, *o.shape) for o in f(torch.randn(5, 3))]
+
+
+def test_vmap_of_mismatched_rows_names_the_argument():
+    """A row argument whose slices do not have B rows: the op's own check names it (not a reshape error)."""
+    op = torch.ops.fastsamp.mala_propose.default
+    x, s, eps, xi = torch.randn(V, 5, 2), torch.randn(4, 2), torch.full((5,), 0.1), torch.randn(5, 2)
+    with no_fallback(), pytest.raises(ValueError, match="mala_propose: score must have shape"):
+        torch.func.vmap(lambda a: op(a, s, eps, xi, 0, 0, 0))(x)
+    with no_fallback(), pytest.raises(ValueError, match="mala_propose: step_size must have shape"):
+        torch.func.vmap(lambda e: op(x[0], xi, e, xi, 0, 0, 0))(torch.full((V, 4), 0.1))

@@ -78,13 +78,22 @@ def kernel(op: _table.Op, opobj):
                 args[i], dims[i] = [t for t, _ in pairs], [d for _, d in pairs]
         return args, dims
 
+    def chains(args, dims, i):
+        """The first dim of argument i's slices."""
+        t, d = args[i], dims.get(i)
+        return t.shape[0] if d is None else t.shape[1 if d == 0 else 0]
+
     def folds(args, dims):
-        return (fold_ok and not always_draws and all(args[i] is not None for i in draw_args)
-                and all(i in rows for i in dims))
+        """Whether the call folds (the module docstring), its row arguments' slices all of B rows (else the call per
+        slice lets the op's check name the argument)."""
+        if not (fold_ok and not always_draws and all(args[i] is not None for i in draw_args)
+                and all(i in rows for i in dims)):
+            return False
+        b = chains(args, dims, state)
+        return all(args[i] is None or chains(args, dims, i) == b for i in rows)
 
     def fold(size, args, dims):
-        x, d = args[state], dims.get(state)
-        b = x.shape[0] if d is None else x.shape[1 if d == 0 else 0]  # B, the chains of one slice
+        b = chains(args, dims, state)  # B, the chains of one slice
         for i in rows:
             t = args[i]
             if t is not None:
