@@ -1,6 +1,6 @@
 """torch.func.vmap of the registered ops (fastsamp/ops/_vmap.py): every op has its own batching rule (torch's
-per-slice fallback switched off here), vmap equals the map of the op over the slices, row-wise calls that draw
-nothing run as one call on V·B chains, and the public functions' value checks read vmapped tensors."""
+per-slice fallback switched off here), vmap equals the map of the op over the slices, calls on chain arguments that
+draw nothing run as one call on V·B chains, and the public functions' value checks read vmapped tensors."""
 import contextlib
 
 import pytest
@@ -25,10 +25,10 @@ def no_fallback():
         torch._C._functorch._set_vmap_fallback_enabled(before)
 
 
-def _row_positions(op, args):
-    """The given tensor arguments whose first dim is the chain count B."""
+def _chain_positions(op, args):
+    """The given tensor arguments with a chain dim (the chain count B: x, scores, step sizes, trajectories)."""
     return [i for i, a in enumerate(op.schema_args)
-            if a.kind in ("state", "tensor") and a.shape[:1] == ("B",) and args[i] is not None]
+            if a.kind in ("state", "tensor") and _vmap.chain_dim(a.shape) is not None and args[i] is not None]
 
 
 def _tensor_positions(op, args):
@@ -75,13 +75,13 @@ def _assert_stacked(got, expect):
 REGISTERED = [op.name for op in _table.registered() if op.backends and op.state is not None]
 
 
-def _check_rows(name, args):
-    """Every row argument of `args` vmapped (at dims 0, 1, 0, ...: moved and flattened where the rule folds), bit for
-    bit against the map."""
+def _check_chains(name, args):
+    """Every chain argument of `args` vmapped (at dims 0, 1, 0, ...: merged into the chain dim where the rule folds),
+    bit for bit against the map."""
     op = _table.OPS[name]
-    at = _row_positions(op, args)
+    at = _chain_positions(op, args)
     if not at:
-        pytest.skip(f"{name} has no row argument (its chains are a dim of its trajectories)")
+        pytest.skip(f"{name} has no chain argument given here")
     got, expect = _vmap_and_map(name, args, at, [k % 2 for k in range(len(at))])
     _assert_stacked(got, expect)
 
@@ -89,8 +89,8 @@ def _check_rows(name, args):
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
 @pytest.mark.parametrize("name", REGISTERED)
-def test_vmap_of_the_row_arguments_equals_the_map(name, noise, dtype):
-    _check_rows(name, op_args(name, dtype, noise=noise))
+def test_vmap_of_the_chain_arguments_equals_the_map(name, noise, dtype):
+    _check_chains(name, op_args(name, dtype, noise=noise))
 
 
 def _on(device, args):
@@ -100,22 +100,22 @@ def _on(device, args):
 
 @pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
 @pytest.mark.parametrize("name", [n for n in REGISTERED if {"cuda", "triton"} & set(_table.OPS[n].backends)])
-def test_vmap_of_the_row_arguments_on_cuda(name, noise):
+def test_vmap_of_the_chain_arguments_on_cuda(name, noise):
     """The same on CUDA tensors (the CUDA or Triton kernels), float32."""
     if not torch.cuda.is_available():
         pytest.skip("CUDA backend: no GPU on this machine")
-    _check_rows(name, _on("cuda", op_args(name, torch.float32, noise=noise)))
+    _check_chains(name, _on("cuda", op_args(name, torch.float32, noise=noise)))
 
 
 def _parameters(name):
-    """The given tensor arguments of op `name` that are not row arguments (op_args' float64 set)."""
+    """The given tensor arguments of op `name` without a chain dim (op_args' float64 set)."""
     op, args = _table.OPS[name], op_args(name, F64)
-    return [i for i in _tensor_positions(op, args) if i not in _row_positions(op, args)]
+    return [i for i in _tensor_positions(op, args) if i not in _chain_positions(op, args)]
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTERED if _parameters(n)])
 def test_vmap_of_a_parameter_equals_the_map(name):
-    """The last tensor argument that is not a row argument vmapped (mixture variances, trajectories, times): one
+    """The last tensor argument without a chain dim vmapped (mixture variances, time embeddings, times): one
     call per slice."""
     got, expect = _vmap_and_map(name, op_args(name, F64), _parameters(name)[-1:], [0])
     _assert_stacked(got, expect)
@@ -138,15 +138,16 @@ def test_vmap_of_a_list_element_equals_the_map(name):
     _assert_stacked(got, [call(w) for w in stacked])
 
 
-FOLDED = {"gmm_score", "sde_step", "guided_sde_step", "mala_propose", "energy_mh_accept", "leapfrog",
-          "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc", "em_step_logprob",
-          "em_step_logprob_backward", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala",
-          "mlp_energy_hmc", "mlp_net"}
+FOLDED = {"gmm_score", "line_points", "policy_log_pf", "sde_step", "guided_sde_step", "mala_propose",
+          "energy_mh_accept", "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
+          "em_step_logprob", "em_step_logprob_backward", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy",
+          "mlp_energy_mala", "mlp_energy_hmc", "mlp_net"}
 
 
 def test_which_ops_fold():
-    """The ops whose calls can fold (every output row-shaped, no dim derived from B, as score_mh_accept's (M + 1)·B
-    rows); whether a call folds depends on its draws too (`test_folded_calls`: the whole-move ops always draw)."""
+    """The ops whose calls can fold (every output with a chain dim, B read from the shapes alone: not score_mh_accept's
+    (M + 1)·B rows); whether a call folds depends on its draws too (`test_folded_calls`: the whole-move ops always
+    draw)."""
     assert {op.name for op in _table.registered() if _vmap.foldable(op)} == FOLDED
 
 
@@ -158,14 +159,14 @@ def _op_events(fn, name):
 
 @pytest.mark.parametrize("name, noise, calls", [
     ("gmm_score", True, 1), ("mala_propose", True, 1), ("mala_propose", False, V), ("hmc_accept", False, V),
-    ("em_step_logprob_backward", True, 1), ("mlp_score", True, 1), ("gmm_mala", True, V), ("line_points", True, V),
-    ("score_mh_accept", True, V)])
+    ("em_step_logprob_backward", True, 1), ("mlp_score", True, 1), ("gmm_mala", True, V), ("line_points", True, 1),
+    ("policy_log_pf", True, 1), ("policy_rollout", True, V), ("score_mh_accept", True, V)])
 def test_folded_calls(name, noise, calls):
-    """How many times the op's kernel runs under vmap of its row arguments (one event for the vmapped call itself):
-    once when folded, once per slice where the op draws (its noise or u not given, the whole-move ops) or its
-    outputs or dims are not row-wise."""
+    """How many times the op's kernel runs under vmap of its chain arguments (one event for the vmapped call itself):
+    once when folded, once per slice where the op draws (its noise or u not given, the whole-move ops, the rollouts)
+    or a dim is computed from B."""
     op, args = _table.OPS[name], op_args(name, F64, noise=noise)
-    at = _row_positions(op, args)
+    at = _chain_positions(op, args)
     assert _op_events(lambda: _vmap_and_map(name, args, at, [0] * len(at)), name) == 1 + calls + V
 
 
@@ -270,8 +271,8 @@ def test_vmap_over_zero_slices(name):
     assert [tuple(g.shape) for g in got] == [(0, *o.shape) for o in f(torch.randn(5, 3))]
 
 
-def test_vmap_of_mismatched_rows_names_the_argument():
-    """A row argument whose slices do not have B rows: the op's own check names it (not a reshape error)."""
+def test_vmap_of_mismatched_chains_names_the_argument():
+    """A chain argument whose slices do not have B chains: the op's own check names it (not a reshape error)."""
     op = torch.ops.fastsamp.mala_propose.default
     x, s, eps, xi = torch.randn(V, 5, 2), torch.randn(4, 2), torch.full((5,), 0.1), torch.randn(5, 2)
     with no_fallback(), pytest.raises(ValueError, match="mala_propose: score must have shape"):

@@ -2,16 +2,17 @@
 
 vmap(op) must equal the map of op over the vmapped dimension (slice by slice, then stacked), bit for bit:
 
-* **folded:** when every vmapped tensor is a row argument (its first dimension the op's chain count B: x, the
-  scores, the step sizes, given noise or uniforms), every output is row-shaped, and the op draws nothing in the call,
-  each chain's result depends on its own rows only, so the V slices of B chains run as one call on V·B chains (the
-  row arguments moved to (V, B, ...) and flattened, an unbatched one repeated; the outputs split back to (V, B, ...)).
-  One kernel launch instead of V.
+* **folded:** when every vmapped tensor is a chain argument (one of its dims the op's chain count B: x, the scores,
+  the step sizes, given noise or uniforms, the trajectories' (T + 1, B, D) states), every output has a chain dim, and
+  the op draws nothing in the call, each chain's result depends on its own chain's entries only, so the V slices of B
+  chains run as one call on V·B chains (each chain argument's vmapped dim moved next to its chain dim and the two
+  merged, slice-major; an unbatched one repeated; the outputs' chain dims split back into (V, B)). One kernel launch
+  instead of V. The kernels' per-chain arithmetic does not depend on a chain's place in the batch (tested bit for bit).
 * **one call per slice** otherwise (then stacked): an op whose draws depend on the chain index (noise / u not given,
   the whole-move ops, the policy rollouts: folding would hand slice v the chain indices v·B ... v·B + B − 1, where each
   slice of the map draws with chains 0 ... B − 1), a vmapped parameter (mixture, network layers, seed tensor), an
-  output summed over the chains (the network ops' parameter gradients), or a row argument not in front (the
-  trajectories' (T + 1, B, D) states).
+  output summed over the chains (the network ops' parameter gradients), or a dim computed from B (score_mh_accept's
+  (M + 1)·B rows of score_prop; the rollouts' batch_size).
 
 Without these rules torch runs its generic per-slice fallback with a performance warning for every op.
 """
@@ -28,17 +29,23 @@ DRAW_REPLACED_BY = ("noise", "u")
 the accept ops' uniforms)."""
 
 
-def _derived_uses_b(op: _table.Op) -> bool:
-    """Whether a dim of `op` other than B is computed from B (score_mh_accept's R = (M + 1)·B rows), so that a
-    non-row argument's shape depends on the chain count."""
-    return op.dims is not None and re.search(r"\bB\b", op.dims.replace("B, D = x.shape", "")) is not None
+def chain_dim(shape: tuple):
+    """The position of the chain count B in a table shape (None: the tensor has no chain dim)."""
+    return shape.index("B") if "B" in shape else None
+
+
+def _b_computed(op: _table.Op) -> bool:
+    """Whether the chain count B comes from an int argument (the rollouts' batch_size) or another dim is computed from
+    it (score_mh_accept's M = R // B − 1): then no argument's shape says B alone."""
+    return op.dims is not None and (re.search(r"\bB = batch_size", op.dims) is not None
+                                    or re.search(r"=[^;]*\bB\b", op.dims) is not None)
 
 
 def foldable(op: _table.Op) -> bool:
-    """Whether `op` folds a vmapped dimension into its chains when only row arguments are vmapped and it draws
-    nothing (`kernel`): every output row-shaped, no list output, no dim derived from B."""
-    return (op.state is not None and all(o.shape[:1] == ("B",) and not o.like_list for o in op.outs)
-            and not _derived_uses_b(op))
+    """Whether `op` folds a vmapped dimension into its chains when only chain arguments are vmapped and it draws
+    nothing (`kernel`): every output with a chain dim, no list output, B read from the arguments' shapes alone."""
+    return (any(a.kind in ("state", "tensor") and chain_dim(a.shape) is not None for a in op.schema_args)
+            and all(chain_dim(o.shape) is not None and not o.like_list for o in op.outs) and not _b_computed(op))
 
 
 _peek_interpreter = torch._C._functorch.peek_interpreter_stack
@@ -54,14 +61,14 @@ def kernel(op: _table.Op, opobj):
     with their batch dim first. (What `torch.library.register_vmap` builds, without its pytree passes over the
     arguments: with a network's list of layers and its ints and floats those cost several hundred µs a call.)"""
     names = [a.name for a in op.schema_args]
-    rows = frozenset(i for i, a in enumerate(op.schema_args)
-                     if a.kind in ("state", "tensor") and a.shape[:1] == ("B",))
+    chain_args = {i: chain_dim(a.shape) for i, a in enumerate(op.schema_args)
+            if a.kind in ("state", "tensor") and chain_dim(a.shape) is not None}  # chain arguments: their chain dims
+    outs = [chain_dim(o.shape) for o in op.outs]
     tensors = [i for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor")]
     lists = [i for i, a in enumerate(op.schema_args) if a.kind == "tensors"]
     n, fold_ok = len(names), foldable(op)
     draw_args = [names.index(a) for a in DRAW_REPLACED_BY if a in names] if op.u64_args else []
     always_draws = bool(op.u64_args) and not draw_args
-    state = names.index(op.state.name) if op.state is not None else None
 
     def unwrapped(args, level):
         """(the arguments at the level below, the vmapped dim of each tensor argument by position, or of each
@@ -79,32 +86,35 @@ def kernel(op: _table.Op, opobj):
         return args, dims
 
     def chains(args, dims, i):
-        """The first dim of argument i's slices."""
-        t, d = args[i], dims.get(i)
-        return t.shape[0] if d is None else t.shape[1 if d == 0 else 0]
+        """B as argument i's slices have it (its chain dim's size)."""
+        t, d, c = args[i], dims.get(i), chain_args[i]
+        return t.shape[c if d is None or d > c else c + 1]
 
     def folds(args, dims):
-        """Whether the call folds (the module docstring), its row arguments' slices all of B rows (else the call per
+        """Whether the call folds (the module docstring), its chain arguments' slices all of one B (else the call per
         slice lets the op's check name the argument)."""
         if not (fold_ok and not always_draws and all(args[i] is not None for i in draw_args)
-                and all(i in rows for i in dims)):
+                and all(i in chain_args for i in dims)):
             return False
-        b = chains(args, dims, state)
-        return all(args[i] is None or chains(args, dims, i) == b for i in rows)
+        return len({chains(args, dims, i) for i in chain_args if args[i] is not None}) == 1
 
     def fold(size, args, dims):
-        b = chains(args, dims, state)  # B, the chains of one slice
-        for i in rows:
+        b = next(chains(args, dims, i) for i in chain_args if args[i] is not None)  # B, the chains of one slice
+        for i, c in chain_args.items():
             t = args[i]
             if t is not None:
-                t = _front(t, dims[i]) if i in dims else t.expand(size, *t.shape)
-                args[i] = t.reshape(size * b, *t.shape[2:]).contiguous()
-        return _map(lambda o: o.reshape(size, b, *o.shape[1:]), opobj(*args))
+                t = _moved(t, dims[i], c) if i in dims else t.unsqueeze(c).expand(*t.shape[:c], size, *t.shape[c:])
+                args[i] = t.reshape(*t.shape[:c], size * b, *t.shape[c + 2:]).contiguous()
+        result = opobj(*args)
+        if isinstance(result, torch.Tensor):
+            return result.reshape(*result.shape[:outs[0]], size, b, *result.shape[outs[0] + 1:]), outs[0]
+        return (tuple(None if o is None else o.reshape(*o.shape[:c], size, b, *o.shape[c + 1:])
+                      for o, c in zip(result, outs)), tuple(outs))
 
     def per_slice(size, args, dims):
-        if size == 0:  # no slice to call: the outputs of a zero-filled one, with none of its rows
-            return _map(lambda o: o.new_empty((0, *o.shape)), opobj(*_zero_slice(args, dims)))
-        return _stack([opobj(*_select(args, dims, v)) for v in range(size)])
+        if size == 0:  # no slice to call: the outputs of a zero-filled one, none of them kept
+            return _map(lambda o: o.new_empty((0, *o.shape)), opobj(*_zero_slice(args, dims))), 0
+        return _stack([opobj(*_select(args, dims, v)) for v in range(size)]), 0
 
     def batched(keyset, *args):
         interpreter = _peek_interpreter()
@@ -113,15 +123,24 @@ def kernel(op: _table.Op, opobj):
         with torch._C._ExcludeDispatchKeyGuard(_EXCLUDE_BATCHED):
             if not dims:  # nothing vmapped at this level
                 return opobj(*args)
-            outs = (fold if folds(args, dims) else per_slice)(size, args, dims)
-        return _map(lambda o: _add_batch_dim(o, 0, level), outs)
+            result, out_dims = (fold if folds(args, dims) else per_slice)(size, args, dims)
+        if isinstance(result, torch.Tensor):
+            return _add_batch_dim(result, out_dims, level)
+        if isinstance(out_dims, int):
+            out_dims = (out_dims,) * len(result)
+        return tuple(None if o is None else [_add_batch_dim(t, d, level) for t in o] if isinstance(o, list) else
+                     _add_batch_dim(o, d, level) for o, d in zip(result, out_dims))
     batched.__name__ = f"{op.name}_vmap"
     return batched
 
 
-def _front(t, d):
-    """t with dim d moved to the front (a permuted view; `movedim` costs about 40 µs here, under vmap)."""
-    return t if d == 0 else t.permute(d, *(k for k in range(t.dim()) if k != d))
+def _moved(t, d, c):
+    """t with dim d moved to position c (a permuted view; `movedim` took about 40 µs a call inside the rule)."""
+    if d == c:
+        return t
+    order = [k for k in range(t.dim()) if k != d]
+    order.insert(c, d)
+    return t.permute(order)
 
 
 def _each_vmapped(args, dims, fn):
