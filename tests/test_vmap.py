@@ -138,16 +138,16 @@ def test_vmap_of_a_list_element_equals_the_map(name):
     _assert_stacked(got, [call(w) for w in stacked])
 
 
-FOLDED = {"gmm_score", "line_points", "policy_log_pf", "sde_step", "guided_sde_step", "mala_propose",
+FOLDED = {"gmm_score", "line_points", "policy_log_pf", "score_mh_accept", "sde_step", "guided_sde_step", "mala_propose",
           "energy_mh_accept", "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
           "em_step_logprob", "em_step_logprob_backward", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy",
           "mlp_energy_mala", "mlp_energy_hmc", "mlp_net"}
 
 
 def test_which_ops_fold():
-    """The ops whose calls can fold (every output with a chain dim, B read from the shapes alone: not score_mh_accept's
-    (M + 1)·B rows); whether a call folds depends on its draws too (`test_folded_calls`: the whole-move ops always
-    draw)."""
+    """The ops whose calls can fold (every output with a chain dim, B read from the shapes alone or from
+    score_mh_accept's stacked sets); whether a call folds depends on its draws too (`test_folded_calls`: the
+    whole-move ops always draw)."""
     assert {op.name for op in _table.registered() if _vmap.foldable(op)} == FOLDED
 
 
@@ -160,11 +160,12 @@ def _op_events(fn, name):
 @pytest.mark.parametrize("name, noise, calls", [
     ("gmm_score", True, 1), ("mala_propose", True, 1), ("mala_propose", False, V), ("hmc_accept", False, V),
     ("em_step_logprob_backward", True, 1), ("mlp_score", True, 1), ("gmm_mala", True, V), ("line_points", True, 1),
-    ("policy_log_pf", True, 1), ("policy_rollout", True, V), ("score_mh_accept", True, V)])
+    ("policy_log_pf", True, 1), ("policy_rollout", True, V), ("score_mh_accept", True, 1),
+    ("score_mh_accept", False, 1)])
 def test_folded_calls(name, noise, calls):
     """How many times the op's kernel runs under vmap of its chain arguments (one event for the vmapped call itself):
     once when folded, once per slice where the op draws (its noise or u not given, the whole-move ops, the rollouts)
-    or a dim is computed from B."""
+    or B is an int argument (the rollouts)."""
     op, args = _table.OPS[name], op_args(name, F64, noise=noise)
     at = _chain_positions(op, args)
     assert _op_events(lambda: _vmap_and_map(name, args, at, [0] * len(at)), name) == 1 + calls + V
@@ -279,3 +280,38 @@ def test_vmap_of_mismatched_chains_names_the_argument():
         torch.func.vmap(lambda a: op(a, s, eps, xi, 0, 0, 0))(x)
     with no_fallback(), pytest.raises(ValueError, match="mala_propose: step_size must have shape"):
         torch.func.vmap(lambda e: op(x[0], xi, e, xi, 0, 0, 0))(torch.full((V, 4), 0.1))
+
+
+@pytest.mark.parametrize("interior", [True, False], ids=["interior_given", "stacked_sets"])
+@pytest.mark.parametrize("vmapped", ["all", "score_prop", "x"])
+def test_score_mh_accept_folds_its_stacked_sets(interior, vmapped):
+    """score_mh_accept's score_prop, B rows beside `interior` or the (M + 1)·B rows of the stacked sets: vmapped with
+    the chain arguments, alone, or shared while x is vmapped; u given (one call on V·B chains) and drawn (per slice):
+    the map's bits, and a score_prop whose rows are no multiple of B refused naming it."""
+    g = torch.Generator().manual_seed(7)
+    B, D, M = 5, 3, 2
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=F64)
+    x, s = randn(V, B, D), randn(V, B, D)
+    x_prop, eps, u = x + 0.1 * randn(V, B, D), torch.full((V, B), 0.2, dtype=F64), torch.rand(V, B, generator=g,
+                                                                                              dtype=F64)
+    sets = randn(V, M + 1, B, D)
+    score_prop = sets[:, 0] if interior else sets.reshape(V, (M + 1) * B, D)
+    interior_scores = sets[:, 1:] if interior else None
+    op = torch.ops.fastsamp.score_mh_accept.default
+    for uu in (u, None):
+        def call(x, x_prop, s, sp, e, u_, inner):
+            return op(x, x_prop, s, sp, e, u_, inner, 3, 4, 0)
+        args = [x, x_prop, s, score_prop, eps, uu, interior_scores]
+        at = {"all": [0, 1, 2, 3, 4, 6] + ([5] if uu is not None else []), "score_prop": [3], "x": [0]}[vmapped]
+        at = [i for i in at if args[i] is not None]
+        in_dims = tuple(0 if i in at else None for i in range(len(args)))
+        fixed = [a if i in at or a is None else a[0] for i, a in enumerate(args)]
+        with no_fallback():
+            got = torch.func.vmap(call, in_dims=in_dims)(*fixed)
+        expect = [call(*[a[v] if i in at else a for i, a in enumerate(fixed)]) for v in range(V)]
+        _assert_stacked(got, expect)
+    odd = randn(2 * B + 1, D)
+    with no_fallback(), pytest.raises(ValueError, match="score_mh_accept: score_prop"):
+        torch.func.vmap(lambda a: op(a, x[0], s[0], odd, eps[0], u[0], None, 3, 4, 0))(x)

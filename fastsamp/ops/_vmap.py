@@ -11,8 +11,8 @@ vmap(op) must equal the map of op over the vmapped dimension (slice by slice, th
 * **one call per slice** otherwise (then stacked): an op whose draws depend on the chain index (noise / u not given,
   the whole-move ops, the policy rollouts: folding would hand slice v the chain indices v·B ... v·B + B − 1, where each
   slice of the map draws with chains 0 ... B − 1), a vmapped parameter (mixture, network layers, seed tensor), an
-  output summed over the chains (the network ops' parameter gradients), or a dim computed from B (score_mh_accept's
-  (M + 1)·B rows of score_prop; the rollouts' batch_size).
+  output summed over the chains (the network ops' parameter gradients), or B given as an int (the rollouts'
+  batch_size). score_mh_accept's score_prop, (M + 1)·B rows of stacked sets, folds set by set (`STACKED_SETS`).
 
 Without these rules torch runs its generic per-slice fallback with a performance warning for every op.
 """
@@ -41,11 +41,19 @@ def _b_computed(op: _table.Op) -> bool:
                                     or re.search(r"=[^;]*\bB\b", op.dims) is not None)
 
 
+STACKED_SETS = {"score_mh_accept": "score_prop"}
+"""An argument whose rows are sets of B rows stacked set-major: score_mh_accept's score_prop, (M + 1)·B rows (s(x')
+then the M interior sets) without `interior`, B with it. Folded as (sets, B, ...), so the op folds though its M is
+computed from B."""
+
+
 def foldable(op: _table.Op) -> bool:
     """Whether `op` folds a vmapped dimension into its chains when only chain arguments are vmapped and it draws
-    nothing (`kernel`): every output with a chain dim, no list output, B read from the arguments' shapes alone."""
+    nothing (`kernel`): every output with a chain dim, no list output, B read from the arguments' shapes alone (or
+    from them and a `STACKED_SETS` argument)."""
     return (any(a.kind in ("state", "tensor") and chain_dim(a.shape) is not None for a in op.schema_args)
-            and all(chain_dim(o.shape) is not None and not o.like_list for o in op.outs) and not _b_computed(op))
+            and all(chain_dim(o.shape) is not None and not o.like_list for o in op.outs)
+            and (not _b_computed(op) or op.name in STACKED_SETS))
 
 
 _peek_interpreter = torch._C._functorch.peek_interpreter_stack
@@ -69,6 +77,7 @@ def kernel(op: _table.Op, opobj):
     n, fold_ok = len(names), foldable(op)
     draw_args = [names.index(a) for a in DRAW_REPLACED_BY if a in names] if op.u64_args else []
     always_draws = bool(op.u64_args) and not draw_args
+    stacked = names.index(STACKED_SETS[op.name]) if op.name in STACKED_SETS else None
 
     def unwrapped(args, level):
         """(the arguments at the level below, the vmapped dim of each tensor argument by position, or of each
@@ -94,9 +103,15 @@ def kernel(op: _table.Op, opobj):
         """Whether the call folds (the module docstring), its chain arguments' slices all of one B (else the call per
         slice lets the op's check name the argument)."""
         if not (fold_ok and not always_draws and all(args[i] is not None for i in draw_args)
-                and all(i in chain_args for i in dims)):
+                and all(i in chain_args or i == stacked for i in dims)):
             return False
-        return len({chains(args, dims, i) for i in chain_args if args[i] is not None}) == 1
+        bs = {chains(args, dims, i) for i in chain_args if args[i] is not None}
+        if stacked is not None and len(bs) == 1:
+            t, d = args[stacked], dims.get(stacked)
+            rows = t.shape[0 if d is None or d > 0 else 1]
+            b = next(iter(bs))
+            return b > 0 and rows % b == 0
+        return len(bs) == 1
 
     def fold(size, args, dims):
         b = next(chains(args, dims, i) for i in chain_args if args[i] is not None)  # B, the chains of one slice
@@ -105,6 +120,12 @@ def kernel(op: _table.Op, opobj):
             if t is not None:
                 t = _moved(t, dims[i], c) if i in dims else t.unsqueeze(c).expand(*t.shape[:c], size, *t.shape[c:])
                 args[i] = t.reshape(*t.shape[:c], size * b, *t.shape[c + 2:]).contiguous()
+        if stacked is not None:  # (V, sets·B, ...) -> (sets, V·B, ...), flattened
+            t = args[stacked]
+            t = _moved(t, dims[stacked], 0) if stacked in dims else t.expand(size, *t.shape)
+            sets = t.shape[1] // b
+            args[stacked] = t.reshape(size, sets, b, *t.shape[2:]).transpose(0, 1).reshape(
+                sets * size * b, *t.shape[2:]).contiguous()
         result = opobj(*args)
         if isinstance(result, torch.Tensor):
             return result.reshape(*result.shape[:outs[0]], size, b, *result.shape[outs[0] + 1:]), outs[0]
