@@ -40,11 +40,20 @@ def cases(B, D, V, dtype=torch.float32, device="cpu"):
     net = ScoreMLP(D, hidden=64, n_freq=4, data_mean=torch.zeros(D), data_var=1.0).to(device, dtype).requires_grad_(
         False)
     score_net = net.score_net(0.5, x[0])
+    u = torch.rand(V, B, generator=g, dtype=dtype).to(device)
+
+    def mala_step(x, s, e, n, u):
+        """A whole MALA move on the mixture's score: proposal, 2 interior points, one score call, the score-MH test."""
+        x_prop = ops.mala_propose(x, s, e, noise=n)
+        batch = torch.cat([x_prop[None], ops.line_points(x, x_prop, 3)])
+        scores = ops.gmm_score(batch.reshape(-1, D), means, lw, var, alpha=0.9, sigma2=0.1)[0].reshape(batch.shape)
+        return ops.score_mh_accept(x, x_prop, s, scores[0], e, u, interior_scores=scores[1:])[0]
     return {
         "gmm_score K=16": (lambda x: ops.gmm_score(x, means, lw, var, alpha=0.9, sigma2=0.1)[0], (x,)),
         "mala_propose (noise given)": (lambda x, s, e, n: ops.mala_propose(x, s, e, noise=n), (x, score, eps, noise)),
         "leapfrog": (lambda x, p, s, e: ops.leapfrog(x, p, s, e)[0], (x, noise, score, eps)),
         "mlp_score H=64": (lambda x: ops.mlp_score(x, score_net), (x,)),
+        "MALA move, gmm K=16 (5 ops)": (mala_step, (x, score, eps, noise, u)),
     }
 
 
