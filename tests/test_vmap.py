@@ -315,3 +315,19 @@ def test_score_mh_accept_folds_its_stacked_sets(interior, vmapped):
     odd = randn(2 * B + 1, D)
     with no_fallback(), pytest.raises(ValueError, match="score_mh_accept: score_prop"):
         torch.func.vmap(lambda a: op(a, x[0], s[0], odd, eps[0], u[0], None, 3, 4, 0))(x)
+
+
+@pytest.mark.parametrize("in_dim", [0, 1, 2, 3])
+def test_vmapped_dim_before_at_and_after_the_chain_dim(in_dim):
+    """policy_log_pf's (T + 1, B, D) states vmapped at every position relative to their chain dim (1): folded into
+    it, the map's bits."""
+    args = list(op_args("policy_log_pf", F64))
+    states = _slices(args[0], 9).movedim(0, in_dim)
+    op = torch.ops.fastsamp.policy_log_pf.default
+
+    def call(st):
+        return op(st, *args[1:])
+
+    with no_fallback():
+        got = torch.func.vmap(call, in_dims=in_dim)(states)
+    torch.testing.assert_close(got, torch.stack([call(states.select(in_dim, v)) for v in range(V)]), rtol=0, atol=0)

@@ -66,8 +66,9 @@ _EXCLUDE_BATCHED = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchBatched
 def kernel(op: _table.Op, opobj):
     """The op's kernel at the FuncTorchBatched key (called with the dispatch key set): the arguments unwrapped at
     vmap's current level, folded or run once per slice (module docstring) below the key, the outputs wrapped back
-    with their batch dim first. (What `torch.library.register_vmap` builds, without its pytree passes over the
-    arguments: with a network's list of layers and its ints and floats those cost several hundred µs a call.)"""
+    with their vmapped dim where the fold split it out of their chain dim, else first. (What
+    `torch.library.register_vmap` builds, without its pytree passes over the arguments: with a network's list of
+    layers and its ints and floats those cost several hundred µs a call.)"""
     names = [a.name for a in op.schema_args]
     chain_args = {i: chain_dim(a.shape) for i, a in enumerate(op.schema_args)
             if a.kind in ("state", "tensor") and chain_dim(a.shape) is not None}  # chain arguments: their chain dims
