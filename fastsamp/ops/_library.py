@@ -26,8 +26,9 @@ Per op, from the op table (`_table.py`):
   neither it calls the op's CPU / CUDA kernel itself where the dispatcher would go there next.
   (Not torch's autograd fallback for the ops without backward: under torch.func.grad / vjp their kernels see
   unwrapped tensors that require no grad, and the fallback gives zero gradients with only a warning.)
-* a batching rule for torch.func.vmap (`_vmap.kernel`): row-wise calls that draw nothing fold the vmapped dimension
-  into the chains (one kernel call), the others run once per slice, exactly as the map of the op over the slices.
+* a batching rule for torch.func.vmap (`_vmap.kernel`): a call that draws nothing, with only its chain arguments
+  vmapped, folds the vmapped dimension into the chains (one kernel call); the others run once per slice; both exactly
+  the map of the op over the slices.
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
