@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_registration import op_args
 
-from fastsamp import ops
+from fastsamp import VP, ops
 from fastsamp.ops import _table, _vmap
 
 F64 = torch.float64
@@ -331,3 +331,30 @@ def test_vmapped_dim_before_at_and_after_the_chain_dim(in_dim):
     with no_fallback():
         got = torch.func.vmap(call, in_dims=in_dim)(states)
     torch.testing.assert_close(got, torch.stack([call(states.select(in_dim, v)) for v in range(V)]), rtol=0, atol=0)
+
+
+def test_out_arguments_under_vmap_and_grad():
+    """out= (reverse_sde_step, line_points) and score_mh_accept's x_out / score_out under vmap, out= under
+    torch.func.grad: no address read of a wrapped tensor (the overlap checks skipped; the op runs functional and its
+    result is copied into out, which a vmapped out receives slice by slice), the map's bits, the gradient of the
+    call without out."""
+    torch.manual_seed(8)
+    xs = torch.randn(V, 5, 2, dtype=F64)
+    step = dict(t=0.5, h=0.01, schedule=VP(), seed=1)
+    outs = torch.empty_like(xs)
+    with no_fallback():
+        got = torch.func.vmap(lambda x, o: ops.reverse_sde_step(x, x, **step, out=o))(xs, outs)
+        points = torch.empty(V, 2, 5, 2, dtype=F64)
+        got_points = torch.func.vmap(lambda x, o: ops.line_points(x, x + 1, 3, out=o))(xs, points)
+        got_accept = torch.func.vmap(lambda x: ops.score_mh_accept(
+            x, x + 0.1, x, x, 0.1, seed=1, x_out=torch.empty_like(x), score_out=torch.empty_like(x))[0])(xs)
+    expect = torch.stack([ops.reverse_sde_step(x, x, **step) for x in xs])
+    assert torch.equal(got, expect) and torch.equal(outs, expect)
+    assert torch.equal(points, got_points)
+    assert torch.equal(points, torch.stack([ops.line_points(x, x + 1, 3) for x in xs]))
+    assert torch.equal(got_accept, torch.stack([ops.score_mh_accept(x, x + 0.1, x, x, 0.1, seed=1)[0] for x in xs]))
+
+    def loss(x, into):
+        return ops.mala_propose(x, x, 0.1, noise=x, out=torch.empty_like(x) if into else None).square().sum()
+
+    torch.testing.assert_close(torch.func.grad(loss)(xs[0], True), torch.func.grad(loss)(xs[0], False), rtol=0, atol=0)

@@ -199,9 +199,9 @@ def output(out, x: torch.Tensor, /, **inputs):
     `out` may be exactly one of the (contiguous) `inputs` (an in-place update: the kernels read
     element i before writing it) but may not overlap one partially, e.g. x shifted by a row.
     With grad mode on it must not require grad: the compiled kernels write it without autograd.
-    The overlap check reads memory addresses, which torch.compile cannot trace; under tracing it is
-    skipped, and needed no more: the traced op is functional and its result is copied into `out`
-    afterwards (`_library.Entry.graph`), so no kernel reads memory it has already written.
+    The overlap check reads memory addresses: skipped where they cannot be read (`addresses_readable`), and needed
+    no more there: the op runs functional and its result is copied into `out` afterwards, so no kernel reads memory
+    it has already written.
     """
     if out is None:
         return None
@@ -215,7 +215,7 @@ def output(out, x: torch.Tensor, /, **inputs):
     if torch.is_grad_enabled() and out.requires_grad:
         raise ValueError("out requires grad: in-place writes are not differentiable (like torch's in-place ops "
                          "on leaves); pass a tensor that does not require grad, or run under torch.no_grad()")
-    if torch.compiler.is_compiling():
+    if not addresses_readable():
         return out
     lo, hi = _bytes(out)
     for name, t in inputs.items():
@@ -346,6 +346,14 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _unwrapped = torch._C._functorch.get_unwrapped
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
+def addresses_readable() -> bool:
+    """Whether an overlap check can read tensors' memory addresses: in eager, not while torch.compile traces nor under
+    torch.func's transforms (their wrapped tensors have no memory of their own). Where it cannot, the op runs
+    functional and its result is copied into `out` afterwards (`_library.Entry.graph`): nothing to check."""
+    return not torch.compiler.is_compiling() and _functorch_level() is None
 
 
 def level0(t: torch.Tensor) -> torch.Tensor:

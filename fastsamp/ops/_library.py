@@ -354,7 +354,9 @@ class Entry:
 
         def eager(*args, **outs):
             if any(v is not None for v in outs.values()):  # written in place by the backend function, as with
-                fn = device_kernel(self.name, args[0].device.type)  # backend= given
+                if _functorch_level() is not None:  # backend= given; under torch.func (vmap: wrapped tensors, no
+                    return graph(*args, **outs)  # memory to hand a kernel) the functional op, copied into out
+                fn = device_kernel(self.name, args[0].device.type)
                 if _profiler_enabled():  # not through the dispatcher: a range named as the op's own events
                     with torch.profiler.record_function(event):
                         return fn(*args, **outs)

@@ -33,9 +33,10 @@ def line_points(x, x_prop, n, *, out=None, backend="auto"):
 
 def points_out(out, x, x_prop, n):
     """`line_points`' check of `out`: None, or a contiguous (n − 1, B, D) tensor like x that overlaps neither x
-    nor x_prop (not even exactly: plane 1 would lie past the input; the overlap is not checked under tracing)."""
+    nor x_prop (not even exactly: plane 1 would lie past the input; the overlap is not checked where addresses cannot
+    be read: `_checks.addresses_readable`)."""
     out = _checks.output(out, x.expand(n - 1, *x.shape), x=x, x_prop=x_prop)
-    if out is None or out.numel() == 0 or torch.compiler.is_compiling():
+    if out is None or out.numel() == 0 or not _checks.addresses_readable():
         return out
     for name, t in (("x", x), ("x_prop", x_prop)):
         if t.numel() and t.data_ptr() == out.data_ptr():
@@ -112,8 +113,8 @@ def score_mh_accept(x, x_prop, score, score_prop, step_size, u=None, *, interior
 def accept_out(name, out, x, /, **inputs):
     """`score_mh_accept`'s check of x_out / score_out: None, or a contiguous tensor like x (no neg bit; with grad
     mode on, not requiring grad: the kernels write it without autograd) sharing no memory with `inputs` (None
-    allowed; the neg bit and the overlap are not checked under tracing, which cannot read them and where the op
-    is functional and its result copied in afterwards)."""
+    allowed; the neg bit is not checked under tracing, which cannot read it, nor the overlap where addresses cannot be
+    read, `_checks.addresses_readable`: the op is functional there and its result copied in afterwards)."""
     if out is None:
         return None
     if not isinstance(out, torch.Tensor):
@@ -124,7 +125,7 @@ def accept_out(name, out, x, /, **inputs):
     if torch.is_grad_enabled() and out.requires_grad:
         raise ValueError(f"{name} requires grad: in-place writes are not differentiable; pass a tensor that does not "
                          f"require grad, or run under torch.no_grad()")
-    if torch.compiler.is_compiling() or out.numel() == 0:
+    if not _checks.addresses_readable() or out.numel() == 0:
         return out
     lo = out.data_ptr()
     hi = lo + out.numel() * out.element_size()
