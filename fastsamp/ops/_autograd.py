@@ -231,10 +231,15 @@ class _FirstOrderGrads(torch.autograd.Function):
     (once_differentiable ties them to the cotangents alone, so a second grad to a weight reached only through the
     saved tensors would silently lack those terms)."""
 
+    generate_vmap_rule = True  # torch.func: forward and setup_context apart, vmap by running forward batched
+
     @staticmethod
-    def forward(ctx, op, n, *tensors):
-        ctx.op = op
+    def forward(op, n, *tensors):
         return tuple(t.view_as(t) for t in tensors[:n])  # the gradients; the other tensors only link the graph
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[0]
 
     @staticmethod
     def backward(ctx, *_):

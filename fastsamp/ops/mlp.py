@@ -240,13 +240,20 @@ def _net_out(backend, act, x, params):
 class _MLPNet(torch.autograd.Function):
     """Forward: the backend's mlp_net; backward: its mlp_net_backward (one kernel call for every parameter's gradient,
     and x's when x requires grad; the C++ kernel recomputes the forward of each block of rows, keeping its
-    activations in cache, instead of storing them). First order (`_autograd.first_order`)."""
+    activations in cache, instead of storing them). First order (`_autograd.first_order`). torch.func's transforms
+    take it (setup_context apart; vmap runs forward and backward on batched tensors)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, backend, act, x, *params):
+    def forward(backend, act, x, *params):
+        return _net_out(backend, act, x, params)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        backend, act, x, *params = inputs
         ctx.meta = backend, act
         ctx.save_for_backward(x, *params)
-        return _net_out(backend, act, x, params)
 
     @staticmethod
     def backward(ctx, g_out):
@@ -303,23 +310,32 @@ def _loss(backend, op, act, x, consts, layers):
     """The mean loss of loss op `op` (`_MLPNetLsq`, or its forward alone when nothing requires grad)."""
     if _dispatch.nothing_to_differentiate(x, (*consts, *layers)):
         return _loss_rows(backend, op, act, x, consts, layers)[0].mean()
-    return _MLPNetLsq.apply(backend, op, act, x, consts, *layers)
+    return _MLPNetLsq.apply(backend, op, act, x, consts, *layers)[0]
 
 
 class _MLPNetLsq(torch.autograd.Function):
     """Forward: the backend's loss op `op` (mlp_net_lsq, mlp_net_energy_lsq) of x and its constants `consts`, the
-    mean loss, with every parameter's gradient from the same kernel call (kept); backward: those gradients times the
-    loss's cotangent. First order (`_autograd.first_order`: the kept gradients depend on the parameters)."""
+    mean loss, with every parameter's gradient from the same kernel call (returned after the loss, not
+    differentiable, and kept); backward: those gradients times the loss's cotangent. First order
+    (`_autograd.first_order`: the kept gradients depend on the parameters). torch.func's transforms take it
+    (setup_context apart, the kept gradients outputs; vmap runs it on batched tensors)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, backend, op, act, x, consts, *params):
+    def forward(backend, op, act, x, consts, *params):
         rows, grads = _loss_rows(backend, op, act, x, consts, params)
-        ctx.op = op
-        ctx.save_for_backward(*grads, *params)
-        return rows.mean()
+        return (rows.mean(), *grads)
 
     @staticmethod
-    def backward(ctx, g):
+    def setup_context(ctx, inputs, output):
+        _, op, _, _, _, *params = inputs
+        ctx.op = op
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*output[1:], *params)
+
+    @staticmethod
+    def backward(ctx, g, *_):
         saved = ctx.saved_tensors
         grads, params = saved[:len(saved) // 2], saved[len(saved) // 2:]
         with torch.no_grad():

@@ -43,20 +43,27 @@ def _em_step(x, drift, log_var, x_next, backend, noise, *scalars):
 
 
 class _EMStepLogProb(torch.autograd.Function):
-    """Fused forward kernel; the backward is a second fused kernel (first order: `_autograd.first_order`)."""
+    """Fused forward kernel; the backward is a second fused kernel (first order: `_autograd.first_order`). Forward and
+    setup_context apart, and vmap by running forward on batched tensors (the registered ops' batching rules), so
+    torch.func's transforms take it."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
-        sampled = x_next is None
+    def forward(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2, c, b2, reparam):
         y, log_pf, log_pb = _em_step(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2, e2,
                                      c, b2)
+        return (y, log_pf, log_pb) if x_next is None else (log_pf, log_pb)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, drift, log_var, x_next, backend, _, _, _, _, h, s2, e2, c, b2, reparam = inputs
+        sampled = x_next is None
+        y = output[0] if sampled else x_next
         ctx.save_for_backward(x, drift, log_var, y)
         ctx.args = (backend, h, s2, e2, c, b2, reparam and sampled, sampled)
-        if sampled:
-            if not reparam:
-                ctx.mark_non_differentiable(y)
-            return y, log_pf, log_pb
-        return log_pf, log_pb
+        if sampled and not reparam:
+            ctx.mark_non_differentiable(y)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -208,8 +215,10 @@ _kept_times = functools.lru_cache(maxsize=64)(_computed_times)
 
 def _times(T: int, h: float, dtype) -> torch.Tensor:
     """`_computed_times`, kept per (T, h, dtype) in eager (read-only: the ops never write it); computed afresh
-    under torch.compile tracing and in inference mode (whose tensors could not be kept for later autograd)."""
-    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+    under torch.compile tracing, in inference mode (whose tensors could not be kept for later autograd) and under
+    torch.func's transforms (whose tensors are wrappers that die with the transform)."""
+    if (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
+            or torch._C._functorch.maybe_current_level() is not None):
         return _computed_times(T, h, dtype)
     return _kept_times(T, h, dtype)
 
@@ -321,17 +330,22 @@ class _PolicyReparam(torch.autograd.Function):
     """Forward: the registered op policy_rollout (policy_langevin_rollout with the Langevin term); backward: its
     adjoint sweep, the registered op policy_reparam_backward (torch.compile traces both as opaque ops).
     meta = (backend: "auto" or "cpp", x0, args, None or (lgv_clip, target spec)); lgv None without the Langevin
-    term."""
+    term. torch.func's transforms take it (setup_context apart; vmap runs it on batched tensors)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, meta, temb, lgv, *params):
+    def forward(meta, temb, lgv, *params):
         backend, x0, args, langevin = meta
-        out = _rollout(backend, x0, temb, params, args, lgv, langevin)
-        scores = None if lgv is None else out[3]
+        return _rollout(backend, x0, temb, params, args, lgv, langevin)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (backend, _, args, langevin), temb, lgv, *params = inputs
+        scores = None if lgv is None else output[3]
         ctx.backend, ctx.args, ctx.lgv_clip = backend, args, 0.0 if lgv is None else langevin[0]
-        ctx.save_for_backward(out[0], temb, lgv, scores, *params)
-        ctx.mark_non_differentiable(*out[1:2], *out[3:])
-        return out
+        ctx.save_for_backward(output[0], temb, lgv, scores, *params)
+        ctx.mark_non_differentiable(*output[1:2], *output[3:])
 
     @staticmethod
     def backward(ctx, g_states_in, _g_log_pf, g_log_pb_in, *_g_scores):
@@ -390,16 +404,22 @@ def _log_pf_values(meta, states, temb, lgv, params):
 class _PolicyLogPF(torch.autograd.Function):
     """Forward: the backend's policy_log_pf (or the given values); backward: its policy_log_pf_backward
     (the states are constants), from the rollout's kept activations where given. With the Langevin term
-    (lgv, scores; C++ only) the kernels take it and the backward also gives lgv's gradient."""
+    (lgv, scores; C++ only) the kernels take it and the backward also gives lgv's gradient. torch.func's transforms
+    take it (setup_context apart; vmap runs it on batched tensors)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, meta, states, temb, lgv, *params):
-        log_pf = _log_pf_values(meta, states, temb, lgv, params)
+    def forward(meta, states, temb, lgv, *params):
+        return _log_pf_values(meta, states, temb, lgv, params)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        meta, states, temb, lgv, *params = inputs
         backend, sigma, h, clip, n_threads, _, lgv_clip, scores, _, kept = meta
         ctx.meta = backend, sigma, h, clip, n_threads, lgv_clip
         # the tensors the backward reads are saved tensors (freed after it, checked against in-place changes)
         ctx.save_for_backward(states, temb, lgv, scores, kept, *params)
-        return log_pf
 
     @staticmethod
     def backward(ctx, g_log_pf):
