@@ -358,3 +358,14 @@ def test_out_arguments_under_vmap_and_grad():
         return ops.mala_propose(x, x, 0.1, noise=x, out=torch.empty_like(x) if into else None).square().sum()
 
     torch.testing.assert_close(torch.func.grad(loss)(xs[0], True), torch.func.grad(loss)(xs[0], False), rtol=0, atol=0)
+
+
+def test_vmapped_seeds_of_the_random_ops():
+    """ops.normal over vmapped seed tensors and ops.uniform over vmapped offset tensors (the factory ops: one call per
+    slice, no tensor argument but the seeds'): each slice the draw of its own seed / offset."""
+    seeds, offsets = torch.tensor([[1], [2], [3]]), torch.tensor([[0], [5], [9]])
+    with no_fallback():
+        normals = torch.func.vmap(lambda s: ops.normal(s, 0, 4, 3))(seeds)
+        uniforms = torch.func.vmap(lambda o: ops.uniform(7, o, 5))(offsets)
+    assert torch.equal(normals, torch.stack([ops.normal(int(s), 0, 4, 3) for s in seeds]))
+    assert torch.equal(uniforms, torch.stack([ops.uniform(7, int(o), 5) for o in offsets]))
