@@ -91,3 +91,23 @@ def test_policy_ops():
     te = temb.clone().requires_grad_()
     rollout_loss(te).backward()
     torch.testing.assert_close(te.grad, got, rtol=0, atol=0)
+
+
+def test_langevin_log_pf_under_grad_and_vmap():
+    """With the Langevin term: torch.func.grad in lgv runs the fused kernels and equals regular autograd; vmap over
+    states is refused naming the op (the kernel writes the target's scores into `scores`: no batching rule)."""
+    from fastsamp.targets import get_target
+    target = get_target("25gmm").to(F64)
+    torch.manual_seed(0)
+    net = DriftNet(target.dim, hidden=16, n_harmonics=8, langevin=True).to(F64)
+    temb, lgv = (t.detach() for t in net.time_features(torch.arange(T, dtype=F64) / T))
+    states = 3 * torch.randn(T + 1, B, target.dim, dtype=F64)
+
+    def loss(lv, s=states):
+        return ops.policy_log_pf(net, s, temb, lgv=lv, sigma=1.0, target=target).square().sum()
+
+    lv = lgv.clone().requires_grad_()
+    loss(lv).backward()
+    torch.testing.assert_close(torch.func.grad(loss)(lgv), lv.grad, rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match="policy_log_pf with the Langevin term"):
+        torch.func.vmap(lambda s: loss(lgv, s))(torch.stack([states, states + 0.1]))

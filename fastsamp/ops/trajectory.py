@@ -396,6 +396,9 @@ def _log_pf_values(meta, states, temb, lgv, params):
         return _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h, clip,
                                                                                 n_threads)
     # not a registered op: it writes the target's scores into `scores` when it computes them
+    if any(_checks.level0(t) is not t for t in (states, temb, lgv, *params) if t is not None):
+        raise NotImplementedError("policy_log_pf with the Langevin term (lgv) has no batching rule for torch.func.vmap "
+                                  "(its kernel writes the target's scores into `scores`): call it once per slice")
     kind, means, param = target
     fn = backends.resolve("cpp", "policy_langevin_log_pf", states.device)
     return fn(states, temb, params, lgv, lgv_clip, scores, kind, means, param, sigma, h, clip, n_threads)
