@@ -94,8 +94,10 @@ def test_vmap_of_the_chain_arguments_equals_the_map(name, noise, dtype):
 
 
 def _on(device, args):
-    return [[t.to(device) for t in a] if isinstance(a, list) else a.to(device) if isinstance(a, torch.Tensor) else a
-            for a in args]
+    """args with every tensor (a list's too) moved to `device`."""
+    def one(a):
+        return a.to(device) if isinstance(a, torch.Tensor) else a
+    return [[one(t) for t in a] if isinstance(a, list) else one(a) for a in args]
 
 
 @pytest.mark.parametrize("noise", [True, False], ids=["noise_given", "noise_drawn"])
