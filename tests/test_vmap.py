@@ -371,3 +371,21 @@ def test_vmapped_seeds_of_the_random_ops():
         uniforms = torch.func.vmap(lambda o: ops.uniform(7, o, 5))(offsets)
     assert torch.equal(normals, torch.stack([ops.normal(int(s), 0, 4, 3) for s in seeds]))
     assert torch.equal(uniforms, torch.stack([ops.uniform(7, int(o), 5) for o in offsets]))
+
+
+def test_vmap_exports():
+    """torch.export.export of a module that vmaps a public op: the exported program gives eager's bits."""
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(6)
+            self.register_buffer("means", torch.randn(4, 3, generator=g))
+            self.register_buffer("log_w", torch.zeros(4))
+            self.register_buffer("var", torch.full((4,), 0.5))
+
+        def forward(self, xs):
+            return torch.func.vmap(lambda x: ops.gmm_score(x, self.means, self.log_w, self.var)[0])(xs)
+
+    module, xs = Scores(), torch.randn(V, 5, 3)
+    exported = torch.export.export(module, (xs,))
+    assert torch.equal(exported.module()(xs), module(xs))
