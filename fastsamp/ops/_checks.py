@@ -344,7 +344,8 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
     return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
 
 
-_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+"""Whether a tensor is one of torch.func's wrappers (a transform's batched or grad-tracking tensor)."""
 _unwrapped = torch._C._functorch.get_unwrapped
 _functorch_level = torch._C._functorch.maybe_current_level
 
@@ -359,7 +360,7 @@ def addresses_readable() -> bool:
 def level0(t: torch.Tensor) -> torch.Tensor:
     """t's tensor under all of torch.func's wrappers: the one regular autograd sees, and the one a value check reads
     (under vmap it holds every slice, whose values a batched tensor does not give out)."""
-    while _is_wrapped(t):
+    while is_wrapped(t):
         t = _unwrapped(t)
     return t
 

@@ -353,9 +353,10 @@ class Entry:
         event = f"fastsamp::{op.name}"
 
         def eager(*args, **outs):
-            if any(v is not None for v in outs.values()):  # written in place by the backend function, as with
-                if _functorch_level() is not None:  # backend= given; under torch.func (vmap: wrapped tensors, no
-                    return graph(*args, **outs)  # memory to hand a kernel) the functional op, copied into out
+            if any(v is not None for v in outs.values()):
+                if _functorch_level() is not None:  # torch.func's wrapped tensors have no memory to hand a kernel:
+                    return graph(*args, **outs)  # the functional op, copied into out
+                # written in place by the backend function, as with backend= given
                 fn = device_kernel(self.name, args[0].device.type)
                 if _profiler_enabled():  # not through the dispatcher: a range named as the op's own events
                     with torch.profiler.record_function(event):

@@ -70,15 +70,22 @@ def kernel(op: _table.Op, opobj):
     `torch.library.register_vmap` builds, without its pytree passes over the arguments: with a network's list of
     layers and its ints and floats those cost several hundred µs a call.)"""
     names = [a.name for a in op.schema_args]
-    chain_args = {i: chain_dim(a.shape) for i, a in enumerate(op.schema_args)
-            if a.kind in ("state", "tensor") and chain_dim(a.shape) is not None}  # chain arguments: their chain dims
+    chain_args = {i: chain_dim(a.shape) for i, a in enumerate(op.schema_args)  # chain arguments: their chain dims
+                  if a.kind in ("state", "tensor") and chain_dim(a.shape) is not None}
     outs = [chain_dim(o.shape) for o in op.outs]
     tensors = [i for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor")]
     lists = [i for i, a in enumerate(op.schema_args) if a.kind == "tensors"]
-    n, fold_ok = len(names), foldable(op)
+    n, fold_ok, single = len(names), foldable(op), len(op.outs) == 1  # single: the op returns one tensor
     draw_args = [names.index(a) for a in DRAW_REPLACED_BY if a in names] if op.u64_args else []
     always_draws = bool(op.u64_args) and not draw_args
     stacked = names.index(STACKED_SETS[op.name]) if op.name in STACKED_SETS else None
+
+    def call(args):
+        """The op's outputs as a tuple (a one-output op's too)."""
+        result = opobj(*args)
+        return (result,) if single else result
+
+    first = [0] * len(op.outs)  # the per-slice outputs' vmapped dims
 
     def unwrapped(args, level):
         """(the arguments at the level below, the vmapped dim of each tensor argument by position, or of each
@@ -127,16 +134,13 @@ def kernel(op: _table.Op, opobj):
             sets = t.shape[1] // b
             args[stacked] = t.reshape(size, sets, b, *t.shape[2:]).transpose(0, 1).reshape(
                 sets * size * b, *t.shape[2:]).contiguous()
-        result = opobj(*args)
-        if isinstance(result, torch.Tensor):
-            return result.reshape(*result.shape[:outs[0]], size, b, *result.shape[outs[0] + 1:]), outs[0]
-        return (tuple(None if o is None else o.reshape(*o.shape[:c], size, b, *o.shape[c + 1:])
-                      for o, c in zip(result, outs)), tuple(outs))
+        result = _each_output(call(args), lambda o, k: o.reshape(*o.shape[:outs[k]], size, b, *o.shape[outs[k] + 1:]))
+        return result, outs
 
     def per_slice(size, args, dims):
         if size == 0:  # no slice to call: the outputs of a zero-filled one, none of them kept
-            return _map(lambda o: o.new_empty((0, *o.shape)), opobj(*_zero_slice(args, dims))), 0
-        return _stack([opobj(*_select(args, dims, v)) for v in range(size)]), 0
+            return _each_output(call(_zero_slice(args, dims)), lambda o, k: o.new_empty((0, *o.shape))), first
+        return _stack([call(_select(args, dims, v)) for v in range(size)]), first
 
     def batched(keyset, *args):
         interpreter = _peek_interpreter()
@@ -146,12 +150,8 @@ def kernel(op: _table.Op, opobj):
             if not dims:  # nothing vmapped at this level
                 return opobj(*args)
             result, out_dims = (fold if folds(args, dims) else per_slice)(size, args, dims)
-        if isinstance(result, torch.Tensor):
-            return _add_batch_dim(result, out_dims, level)
-        if isinstance(out_dims, int):
-            out_dims = (out_dims,) * len(result)
-        return tuple(None if o is None else [_add_batch_dim(t, d, level) for t in o] if isinstance(o, list) else
-                     _add_batch_dim(o, d, level) for o, d in zip(result, out_dims))
+        result = _each_output(result, lambda o, k: _add_batch_dim(o, out_dims[k], level))
+        return result[0] if single else result
     batched.__name__ = f"{op.name}_vmap"
     return batched
 
@@ -184,18 +184,15 @@ def _zero_slice(args, dims):
     return _each_vmapped(args, dims, lambda t, d: t.new_zeros((*t.shape[:d], *t.shape[d + 1:])))
 
 
-def _map(fn, outs):
-    """fn over each tensor of an op's outputs (a tensor, or a tuple of tensors, None and lists of tensors)."""
-    if isinstance(outs, torch.Tensor):
-        return fn(outs)
-    return tuple(None if o is None else [fn(t) for t in o] if isinstance(o, list) else fn(o) for o in outs)
+def _each_output(outs, fn):
+    """fn(t, k) over each tensor t of an op's outputs (a tuple of tensors, None and lists of tensors), k its output's
+    index."""
+    return tuple(None if o is None else [fn(t, k) for t in o] if isinstance(o, list) else fn(o, k)
+                 for k, o in enumerate(outs))
 
 
 def _stack(slices):
-    """The per-slice outputs stacked along a new first dimension (the structure of one slice's outputs)."""
-    first = slices[0]
-    if isinstance(first, torch.Tensor):
-        return torch.stack(slices)
+    """The per-slice outputs (tuples) stacked along a new first dimension."""
     return tuple(None if o is None else
                  [torch.stack([s[k][j] for s in slices]) for j in range(len(o))] if isinstance(o, list) else
-                 torch.stack([s[k] for s in slices]) for k, o in enumerate(first))
+                 torch.stack([s[k] for s in slices]) for k, o in enumerate(slices[0]))

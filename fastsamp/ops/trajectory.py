@@ -218,7 +218,7 @@ def _times(T: int, h: float, dtype) -> torch.Tensor:
     under torch.compile tracing, in inference mode (whose tensors could not be kept for later autograd) and under
     torch.func's transforms (whose tensors are wrappers that die with the transform)."""
     if (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
-            or torch._C._functorch.maybe_current_level() is not None):
+            or _dispatch._functorch_level() is not None):
         return _computed_times(T, h, dtype)
     return _kept_times(T, h, dtype)
 
@@ -396,7 +396,7 @@ def _log_pf_values(meta, states, temb, lgv, params):
         return _dispatch.route(backend, "policy_log_pf", states, temb, *params)(states, temb, params, sigma, h, clip,
                                                                                 n_threads)
     # not a registered op: it writes the target's scores into `scores` when it computes them
-    if any(_checks.level0(t) is not t for t in (states, temb, lgv, *params) if t is not None):
+    if any(t is not None and _checks.is_wrapped(t) for t in (states, temb, lgv, *params)):
         raise NotImplementedError("policy_log_pf with the Langevin term (lgv) has no batching rule for torch.func.vmap "
                                   "(its kernel writes the target's scores into `scores`): call it once per slice")
     kind, means, param = target
