@@ -207,13 +207,16 @@ def _corrector(net, x, seed, offset):
     return ops.reverse_sde_step(x_new, net(x_new), t=0.5, h=0.01, schedule=VP(), seed=seed, offset=offset + 1)
 
 
-def test_compile_fullgraph_tensor_offset(dynamo_reset):
-    """No graph break; equals eager; a new offset value draws fresh noise from the same graph."""
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_compile_fullgraph_tensor_offset(dynamo_reset, grad):
+    """No graph break; equals eager; a new offset value draws fresh noise from the same graph. With grad on (the
+    network's parameters require grad) score_mh_accept, which has no backward formula, runs its differentiable
+    reference, whose Philox reads the tensor forms inside the graph too (no host read of the offset)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     net, x = _Score(), torch.randn(32, 3)
     seed, offset = as_tensor(BIG_SEED, "cpu"), as_tensor(10, "cpu")
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         explain = torch._dynamo.explain(_corrector)(net, x, seed, offset)
         assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
         torch._dynamo.reset()
@@ -226,6 +229,33 @@ def test_compile_fullgraph_tensor_offset(dynamo_reset):
         _equal(second, _corrector(net, x, BIG_SEED, 12))
         assert not torch.equal(first, second)
     assert counter.frame_count == 1
+
+
+class _Corrector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.score = _Score()
+
+    def forward(self, x, seed, offset):
+        return _corrector(self.score, x, seed, offset)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_export_tensor_offset(grad):
+    """torch.export of the corrector with the seed and offset as inputs: eager's bits for two offsets from one
+    program; with grad on, score_mh_accept's differentiable reference (aten ops, its Philox on the tensor forms)
+    in place of the opaque op."""
+    module, x = _Corrector(), torch.randn(32, 3)
+    seed = as_tensor(BIG_SEED, "cpu")
+    with torch.set_grad_enabled(grad):
+        exported = torch.export.export(module, (x, seed, as_tensor(10, "cpu")))
+        targets = {str(n.target) for n in exported.graph.nodes}
+        assert ("fastsamp.score_mh_accept.default" in targets) != grad, targets
+        program = exported.module()
+        first, second = (program(x, seed, as_tensor(k, "cpu")) for k in (10, 12))
+        _equal(first, _corrector(module.score, x, BIG_SEED, 10))
+        _equal(second, _corrector(module.score, x, BIG_SEED, 12))
+    assert not torch.equal(first, second)
 
 
 def test_validation_off_reads_no_tensor_value():

@@ -37,8 +37,8 @@ def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return hi & _MASK, lo
 
 
-def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
-    """Ten Philox rounds on int64 tensors holding 32-bit counter words; key as ints."""
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Ten Philox rounds on int64 tensors holding 32-bit counter words; the key words ints or 0-d int64 tensors."""
     for _ in range(10):
         hi0, lo0 = _mulhilo(c0, _M0)
         hi1, lo1 = _mulhilo(c2, _M1)
@@ -60,17 +60,30 @@ def _check_draw(seed, offset, dtype, device, chain_offset, **sizes):
     return seed, offset, _checks.chain_offset(chain_offset, sizes["B"], device)
 
 
-def host_u64(v) -> int:
-    """A seed / offset / chain offset as a python int in [0, 2**64): an int, or a one-element int64 tensor
-    (two's complement; read on the host, a device sync for a GPU tensor)."""
-    return int(v) & _U64
+def u64_words(v) -> tuple:
+    """(lo, hi): the 32-bit words of a seed / offset / chain offset v in [0, 2**64): python ints for an int; for a
+    one-element int64 tensor (two's complement) 0-d int64 tensors, computed where it lies (no host read: a graph
+    that takes the offset as an input, under torch.compile or torch.export, draws the noise of each call's value)."""
+    if isinstance(v, torch.Tensor):
+        v = v.reshape(())
+        return v & _MASK, (v >> 32) & _MASK  # the arithmetic shift's sign bits masked off: the u64's high word
+    v = int(v) & _U64
+    return v & _MASK, v >> 32
 
 
-def chain_words(chain_offset: int, B: int, device) -> torch.Tensor:
+def chain_words(chain_offset, B: int, device) -> torch.Tensor:
     """The Philox chain word (chain_offset + b) mod 2**32 of local chains b < B (int64 (B,)), as the kernels' 32-bit
     arithmetic wraps it: a chain offset past its range (a tensor, unchecked with validation off) draws what the
     compiled backends draw."""
-    return (torch.arange(B, dtype=torch.int64, device=device) + (chain_offset & _MASK)) & _MASK
+    return (torch.arange(B, dtype=torch.int64, device=device) + u64_words(chain_offset)[0]) & _MASK
+
+
+def _offset_words(offset, like: torch.Tensor) -> tuple:
+    """The counter words (offset_lo, offset_hi) of a draw, shaped like `like` (an int's filled, a tensor's expanded)."""
+    lo, hi = u64_words(offset)
+    if isinstance(lo, torch.Tensor):
+        return lo.expand_as(like), hi.expand_as(like)
+    return torch.full_like(like, lo), torch.full_like(like, hi)
 
 
 def uniform_open(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -82,16 +95,14 @@ def uniform_closed(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return words.to(dtype) * _TWO_M32
 
 
-def philox_normal(seed: int, offset: int, B: int, D: int, dtype, device, chain_offset: int) -> torch.Tensor:
+def philox_normal(seed, offset, B: int, D: int, dtype, device, chain_offset) -> torch.Tensor:
     """The reference of the standard normals ξ (B, D) of draw (seed, offset) for global chains
-    chain_offset .. chain_offset + B − 1 (arguments unchecked: the public `normal` checks them)."""
-    seed, offset, chain_offset = host_u64(seed), host_u64(offset), host_u64(chain_offset)
+    chain_offset .. chain_offset + B − 1 (arguments unchecked: the public `normal` checks them; seed, offset and
+    chain_offset ints or one-element int64 tensors on `device`, `u64_words`)."""
     J = (D + 3) // 4
     j = torch.arange(J, dtype=torch.int64, device=device).expand(B, J)
     b = chain_words(chain_offset, B, device)[:, None].expand(B, J)
-    c2 = torch.full_like(j, offset & _MASK)
-    c3 = torch.full_like(j, offset >> 32)
-    r = philox4x32_10(j, b, c2, c3, seed & _MASK, seed >> 32)
+    r = philox4x32_10(j, b, *_offset_words(offset, j), *u64_words(seed))
     out = torch.empty(B, J, 4, dtype=dtype, device=device)
     for q in range(2):
         u1 = uniform_open(r[2 * q], dtype)
@@ -103,14 +114,11 @@ def philox_normal(seed: int, offset: int, B: int, D: int, dtype, device, chain_o
     return out.reshape(B, 4 * J)[:, :D].contiguous()
 
 
-def philox_uniform(seed: int, offset: int, B: int, dtype, device, chain_offset: int) -> torch.Tensor:
+def philox_uniform(seed, offset, B: int, dtype, device, chain_offset) -> torch.Tensor:
     """The reference of the MH uniforms u (B,) in (0, 1] of draw (seed, offset) for global chains
-    chain_offset .. chain_offset + B − 1 (arguments unchecked)."""
-    seed, offset, chain_offset = host_u64(seed), host_u64(offset), host_u64(chain_offset)
+    chain_offset .. chain_offset + B − 1 (arguments unchecked, as `philox_normal`'s)."""
     b = chain_words(chain_offset, B, device)
-    full = torch.full_like
-    r = philox4x32_10(full(b, _MASK), b, full(b, offset & _MASK), full(b, offset >> 32),
-                      seed & _MASK, seed >> 32)
+    r = philox4x32_10(torch.full_like(b, _MASK), b, *_offset_words(offset, b), *u64_words(seed))
     return uniform_open(r[0], dtype)
 
 
