@@ -225,15 +225,35 @@ class Product:
         return self.as_mixture().sample(n, generator)
 
 
+class TimeAsTensor:
+    """A float time t as a 0-d tensor of x's dtype on x's device, for a network called with `time_as_tensor`: a
+    torch.compile'd network specialises on a float t (one graph per noise level, then, past the recompile limit,
+    eager with a warning), and takes a 0-d tensor as a graph input (one graph for every level). The last level's
+    tensor is kept (a sampler calls the network at one t several times in a row); a tensor t is passed as it is."""
+
+    def __init__(self):
+        self._last = None
+
+    def __call__(self, t, x):
+        if isinstance(t, torch.Tensor):
+            return t
+        last = self._last
+        if last is None or last[0] != t or last[1].dtype != x.dtype or last[1].device != x.device:
+            last = self._last = (t, torch.tensor(float(t), dtype=x.dtype, device=x.device))
+        return last[1]
+
+
 class ScoreModel(torch.nn.Module):
     """Any callable fn(x, t) -> score (a neural score network) as a model: no energy. An nn.Module
-    fn is a submodule (its parameters are this model's); the default schedule is VP."""
+    fn is a submodule (its parameters are this model's); the default schedule is VP. `time_as_tensor`: fn is
+    called with t as a 0-d tensor of x's dtype, not a float (`TimeAsTensor`: for a torch.compile'd fn)."""
 
     has_energy = False
 
-    def __init__(self, fn, dim, schedule=None):
+    def __init__(self, fn, dim, schedule=None, *, time_as_tensor=False):
         super().__init__()
         self.fn, self.dim, self.schedule = fn, int(dim), schedule or VP()
+        self._time = TimeAsTensor() if time_as_tensor else None
 
     def score(self, x, t):
         """fn(x, t) with grad mode off (`no_grad_call`). An nn.Module fn is read from _modules, where `self.fn`
@@ -241,20 +261,22 @@ class ScoreModel(torch.nn.Module):
         fn = self._modules.get("fn")
         if fn is None:  # fn is a plain callable
             fn = self.fn
-        return no_grad_call(fn, x, t)
+        return no_grad_call(fn, x, t if self._time is None else self._time(t, x))
 
 
 class EnergyModel(torch.nn.Module):
     """Energy-parameterised model: log p_t(x) = −E(x, t) + const, score = −∇E by autograd. An
-    nn.Module energy is a submodule; the default schedule is VP."""
+    nn.Module energy is a submodule; the default schedule is VP. `time_as_tensor`: as ScoreModel's."""
 
     has_energy = True
 
-    def __init__(self, energy, dim, schedule=None):
+    def __init__(self, energy, dim, schedule=None, *, time_as_tensor=False):
         super().__init__()
         self.energy, self.dim, self.schedule = energy, int(dim), schedule or VP()
+        self._time = TimeAsTensor() if time_as_tensor else None
 
     def score_and_log_prob(self, x, t):
+        t = t if self._time is None else self._time(t, x)
         e, g = value_and_grad(lambda z: self.energy(z, t), x)
         return -g, -e
 
@@ -262,7 +284,7 @@ class EnergyModel(torch.nn.Module):
         return self.score_and_log_prob(x, t)[0]
 
     def log_prob(self, x, t):
-        return -no_grad_call(self.energy, x, t)
+        return -no_grad_call(self.energy, x, t if self._time is None else self._time(t, x))
 
 
 # -- saving and loading ------------------------------------------------------------------------------

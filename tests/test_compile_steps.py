@@ -278,3 +278,59 @@ def test_policy_ops_compile_without_the_extension():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+class FilledTimeScore(TimeScore):
+    """TimeScore with its time column made by torch.full_like from a float t (which torch.compile specialises on:
+    one graph per value), by expanding a tensor t."""
+
+    def forward(self, x, t):
+        column = t.expand(x.shape[0], 1) if isinstance(t, torch.Tensor) else torch.full_like(x[:, :1], t)
+        return self.net(torch.cat([x, column], 1))
+
+
+@pytest.mark.parametrize("time_as_tensor", [False, True], ids=["float_t", "tensor_t"])
+def test_compiled_network_in_a_sampler(dynamo_reset, time_as_tensor):
+    """A user's torch.compile'd network inside annealed_mcmc: with a float t (the protocol's) it compiles once per
+    noise level; wrapped with ScoreModel(..., time_as_tensor=True) it gets t as a 0-d tensor and compiles at most
+    once per batch shape (the chains and the trapezoid batch) for all the levels. Eager's samples either way."""
+    from fastsamp.models import ScoreModel
+    from fastsamp.samplers import annealed_mcmc
+
+    net, n_levels = FilledTimeScore(), 6
+    counter = CompileCounterWithBackend("aot_eager")
+    kw = {"n_levels": n_levels, "n_corrector_steps": 2, "n_trapezoid": 3, "step_size": 0.05, "seed": 1}
+    compiled = ScoreModel(torch.compile(net, backend=counter), D, time_as_tensor=time_as_tensor)
+    x, stats = annealed_mcmc(compiled, 64, **kw)
+    x_eager, stats_eager = annealed_mcmc(ScoreModel(net, D), 64, **kw)
+    torch.testing.assert_close(x, x_eager, rtol=0, atol=0)
+    assert stats.accept_rate == stats_eager.accept_rate
+    if time_as_tensor:
+        assert counter.frame_count <= 2, counter.frame_count
+    else:
+        assert counter.frame_count >= n_levels, counter.frame_count
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_time_as_tensor_gives_the_float_time_values(dtype):
+    """ScoreModel / EnergyModel with time_as_tensor: the network sees a 0-d tensor of x's dtype (a new one when the
+    dtype or t changes) and the model's score and log-density equal those with the float t."""
+    from fastsamp.models import EnergyModel, ScoreModel
+
+    seen = []
+
+    def energy(x, t):
+        seen.append(t)
+        return (x * x).sum(1) * (1 + t) + torch.sin(x[:, 0] * t)
+
+    x = torch.randn(7, D, dtype=dtype)
+    plain, tensor_t = EnergyModel(energy, D), EnergyModel(energy, D, time_as_tensor=True)
+    for t in (0.3, 0.3, 0.7):
+        torch.testing.assert_close(tensor_t.score(x, t), plain.score(x, t), rtol=0, atol=0)
+        torch.testing.assert_close(tensor_t.log_prob(x, t), plain.log_prob(x, t), rtol=0, atol=0)
+    tensors = [t for t in seen if isinstance(t, torch.Tensor)]
+    assert len(tensors) == 6 and all(t.dim() == 0 and t.dtype == dtype for t in tensors)
+    assert tensors[0] is tensors[3] and tensors[3] is not tensors[4]  # kept for t = 0.3, new for 0.7
+    net = TimeScore().to(dtype)
+    torch.testing.assert_close(ScoreModel(net, D, time_as_tensor=True).score(x, 0.4), ScoreModel(net, D).score(x, 0.4),
+                               rtol=0, atol=0)
