@@ -135,7 +135,7 @@ if [ "$MODE" = main ]; then
     tests/test_gmm.py tests/test_mh.py tests/test_sde.py tests/test_hmc.py tests/test_random.py \
     tests/test_trajectory.py tests/test_oracles.py tests/test_sampling.py tests/test_chain_offset.py \
     tests/test_validation.py tests/test_cuda_graphs.py tests/test_seed_tensors.py tests/test_validation_switch.py \
-    tests/test_triton_inductor.py tests/test_offpolicy_table.py tests/test_vmap.py tests/test_export_deploy.py \
+    tests/test_triton_inductor.py tests/test_offpolicy_table.py tests/test_vmap.py tests/test_export_deploy.py tests/test_autocast.py \
     -k "${2:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}"
   grep -E "passed|failed|Error" "$W/pytest.log" | tail -15
   stage bench "${BENCH_TIMEOUT:-70}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \

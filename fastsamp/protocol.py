@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops._checks import resolved
+from .ops._checks import autocast_promoted, resolved
 from .profiling import phase
 from .schedules import VE, VP
 
@@ -146,10 +146,12 @@ class CountingModel:
 
     def _check(self, method, out, x, shape):
         """out, resolved and contiguous, when it is a tensor of `shape` (a tuple or torch.Size) with x's dtype
-        and device."""
+        and device (under torch.autocast a half-precision out cast up to x's dtype: `autocast_promoted`)."""
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model {model_name(self.model)}.{method}(x, t) returned {model_name(out)}, expected "
                             f"a tensor of shape {tuple(shape)}")
+        if out.dtype != x.dtype:
+            out = autocast_promoted(out, x)
         if out.shape != shape or out.dtype != x.dtype or out.device != x.device:
             raise TypeError(f"model {model_name(self.model)}.{method}(x, t) returned a tensor of shape "
                             f"{tuple(out.shape)}, {out.dtype} on {out.device}; expected shape {tuple(shape)}, "

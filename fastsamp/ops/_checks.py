@@ -132,13 +132,28 @@ def state(name: str, x) -> torch.Tensor:
     return resolved(x)
 
 
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def autocast_promoted(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t cast up to x's dtype where torch.autocast made it: a float16 / bfloat16 tensor (a network's output) while
+    autocast is on for x's device type, as autocast's type promotion does for a plain torch op taking both (a
+    hand-written `x + ε * score`); else t itself (outside autocast a dtype mismatch stays an error)."""
+    if t.dtype in AUTOCAST_DTYPES and torch.is_autocast_enabled(x.device.type):
+        return t.to(x.dtype)
+    return t
+
+
 def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> torch.Tensor:
-    """A tensor with x's dtype and device and the given shape (default x's), resolved and contiguous."""
+    """A tensor with x's dtype and device and the given shape (default x's), resolved and contiguous; under
+    torch.autocast a half-precision t is cast up to x's dtype (`autocast_promoted`)."""
     shape = tuple(x.shape) if shape is None else tuple(shape)
     if not isinstance(t, torch.Tensor):
         t = as_tensor(name, t)
     if t.dtype != x.dtype:
-        raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
+        t = autocast_promoted(t, x)
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"{name} must be on {x.device} like {x_name}, got {t.device}")
     if t.shape != shape:
