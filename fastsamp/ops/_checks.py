@@ -327,7 +327,10 @@ def threads(n_threads) -> int:
 
 
 def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:
-    """An int in [minimum, maximum]; counts default to at most MAX_COUNT (a C int)."""
+    """An int in [minimum, maximum]; counts default to at most MAX_COUNT (a C int). (Under torch.jit.trace a size
+    read off a traced tensor is a 0-d int64 tensor: taken as its value, as the trace fixes the shapes.)"""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype == torch.int64 and torch._C._get_tracing_state():
+        v = int(v)
     if type(v) is not int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if v < minimum:

@@ -70,6 +70,16 @@ def refuse_forward_mode(op, x: torch.Tensor, *tensors, hint=""):
                            f"and an input carries a tangent (torch.func.jvp / jacfwd / hessian, or forward_ad){hint}")
 
 
+def refuse_jit_trace(op: str, how: str):
+    """Raise a ValueError naming `op` under torch.jit.trace, for a call of a compiled kernel that bypasses the
+    dispatcher (an explicit backend, a kernel that is not a registered op): the tracer records dispatcher calls only,
+    so the trace would hold the kernel's output unwritten."""
+    if _library._jit_tracing_state() is not None:
+        raise ValueError(f"{op} {how} calls its kernel directly, which torch.jit.trace cannot record (the trace would "
+                         f"return its output unwritten): use backend='auto' (the registered ops) or 'torch' while "
+                         f"tracing")
+
+
 def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     """The function of explicit backend `backend` for backend op `op`, state x (B, D) and the other tensor
     inputs ("auto" goes through `route`: the registered op, whose CPU/CUDA kernels fall back to the
@@ -81,6 +91,8 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
     if backend != "torch" and _fwad._current_level >= 0 and _has_tangent(x, tensors):
         raise ValueError(f"{op} on backend {backend!r} has no forward-mode derivative and an input carries a "
                          f"tangent (torch.func.jvp / jacfwd / hessian, forward_ad): use backend='torch' or 'auto'")
+    if backend != "torch":
+        refuse_jit_trace(op, f"on backend {backend!r}")
     fn = backends.resolve(backend, op, x.device)
     limit = max_d(fn, op)
     if limit is not None and x.shape[1] > limit:
@@ -124,10 +136,16 @@ def route(backend: str, op: str, x: torch.Tensor, *tensors):
 
 
 def route_factory(backend: str, op: str, device: torch.device):
-    """`route` for the factory ops (normal, uniform: no tensor input, outputs on `device`)."""
+    """`route` for the factory ops (normal, uniform: no tensor input, outputs on `device`). Under torch.jit.trace
+    "auto" takes the reference (aten ops; the uniforms' bits, the normals' to the rounding of Box–Muller's
+    log / cos / sin): the tracer cannot record the registered op's Device argument."""
     if backend != "auto":
+        if backend != "torch":
+            refuse_jit_trace(op, f"on backend {backend!r}")
         return backends.resolve(backend, op, device)
     entry = _library.ENTRIES[op]
     if torch.compiler.is_compiling():
         return entry.graph
+    if _library._jit_tracing_state() is not None:
+        return getattr(reference, op)
     return entry.eager if _library.observed() else _library.device_kernel(op, device.type)

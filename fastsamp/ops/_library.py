@@ -298,12 +298,16 @@ _profiler_enabled = torch._C._autograd._profiler_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _functorch_level = torch._C._functorch.maybe_current_level
+_jit_tracing_state = torch._C._get_tracing_state
 
 
 def observed() -> bool:
     """Something watches the dispatcher in eager: the profiler (registered ops appear by name), a dispatch
-    mode (FakeTensorMode, export's tracing), a torch-function mode or a functorch transform (vmap, grad)."""
-    return _profiler_enabled() or _dispatch_modes() > 0 or _function_modes() or _functorch_level() is not None
+    mode (FakeTensorMode, export's tracing), a torch-function mode, a functorch transform (vmap, grad) or
+    torch.jit.trace (which records dispatcher calls only: a kernel called directly would leave its output
+    uninitialised in the trace)."""
+    return (_profiler_enabled() or _dispatch_modes() > 0 or _function_modes() or _functorch_level() is not None
+            or _jit_tracing_state() is not None)
 
 
 class Entry:
@@ -354,8 +358,10 @@ class Entry:
 
         def eager(*args, **outs):
             if any(v is not None for v in outs.values()):
-                if _functorch_level() is not None:  # torch.func's wrapped tensors have no memory to hand a kernel:
-                    return graph(*args, **outs)  # the functional op, copied into out
+                # torch.func's wrapped tensors have no memory to hand a kernel, and torch.jit.trace records only
+                # dispatcher calls: the functional op, copied into out
+                if _functorch_level() is not None or _jit_tracing_state() is not None:
+                    return graph(*args, **outs)
                 # written in place by the backend function, as with backend= given
                 fn = device_kernel(self.name, args[0].device.type)
                 if _profiler_enabled():  # not through the dispatcher: a range named as the op's own events

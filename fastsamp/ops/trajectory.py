@@ -399,6 +399,7 @@ def _log_pf_values(meta, states, temb, lgv, params):
     if any(t is not None and _checks.is_wrapped(t) for t in (states, temb, lgv, *params)):
         raise NotImplementedError("policy_log_pf with the Langevin term (lgv) has no batching rule for torch.func.vmap "
                                   "(its kernel writes the target's scores into `scores`): call it once per slice")
+    _dispatch.refuse_jit_trace("policy_log_pf", "with the Langevin term (lgv)")
     kind, means, param = target
     fn = backends.resolve("cpp", "policy_langevin_log_pf", states.device)
     return fn(states, temb, params, lgv, lgv_clip, scores, kind, means, param, sigma, h, clip, n_threads)
