@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from torch.export import Dim
 
 from fastsamp import ops
 
@@ -55,11 +56,14 @@ def _deployed_outputs(kind, artefact, inputs, tmp_path):
     return torch.load(io + ".out")
 
 
-def _step_and_inputs(device):
+def _step_and_inputs(device, more_chains=False):
+    """The step and [(x, offset), ...] at three offsets (and, with more_chains, a larger batch), eager's outputs."""
     torch.manual_seed(0)
     step = MALAStep().to(device)
     x = torch.randn(37, D, device=device)  # B not a multiple of a block
     inputs = [(x, torch.tensor([k], dtype=torch.int64, device=device)) for k in (1, 2, 1000)]
+    if more_chains:
+        inputs.append((torch.randn(130, D, device=device), inputs[0][1]))
     with torch.no_grad():
         expect = [[t.cpu() for t in step(*args)] for args in inputs]
     # the offsets draw different noise (the test below could not see a baked-in offset otherwise)
@@ -75,9 +79,11 @@ def _same_bits(got, expect):
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_saved_export_runs_in_a_fresh_process(device, tmp_path):
-    step, inputs, expect = _step_and_inputs(_device(device))
+    """Exported with a dynamic batch size (the kernels count chains in C ints: B at most 2**31 - 1, the bound
+    torch.export asks for), run on 37 and 130 chains."""
+    step, inputs, expect = _step_and_inputs(_device(device), more_chains=True)
     with torch.no_grad():
-        exported = torch.export.export(step, inputs[0])
+        exported = torch.export.export(step, inputs[0], dynamic_shapes=({0: Dim("B", max=2**31 - 1)}, None))
     targets = {str(n.target) for m in exported.graph_module.modules() if isinstance(m, torch.fx.GraphModule)
                for n in m.graph.nodes}
     assert {"fastsamp.mala_propose.default", "fastsamp.score_mh_accept.default"} <= targets, targets
