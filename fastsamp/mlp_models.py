@@ -1,6 +1,7 @@
 """The small trained MLP models: `ScoreMLP` (a score network) and its energy-parameterised twin `EnergyMLP`,
 their shared `FourierMLP` architecture, `train_score_mlp` (denoising score matching for either) and `mlp_moves`,
-the fused whole-move kernels on sums of them (fastsamp.ops.mlp). Imported from `fastsamp.models` as well."""
+the fused whole-move kernels on sums of them (fastsamp.ops.mlp); `FusedMLP`, a user's own Sequential MLP evaluated by
+the fused network op. Imported from `fastsamp.models` as well."""
 from __future__ import annotations
 
 import math
@@ -201,6 +202,45 @@ def mlp_moves(x, nets, mixture, step_size, spec, key):
 
 
 PARAMETERISATIONS = {"score": ScoreMLP, "energy": EnergyMLP}
+
+_FUSED_ACTIVATIONS = {torch.nn.SiLU: "silu", torch.nn.GELU: "gelu"}
+
+
+class FusedMLP(torch.nn.Module):
+    """A user's MLP `torch.nn.Sequential(Linear, act, Linear, act, ..., Linear)` evaluated by the fused network op
+    `ops.mlp_net`: f(x) = W_out act(… act(W_0 x + b_0) …) + b_out in one kernel call (and, when a loss is
+    differentiated, its backward to every weight in one more), instead of a torch op per layer and activation. The
+    Sequential is this module's `net`: the same parameters for state_dict, optimisers and `.to()`. Takes SiLU or
+    exact GELU (one kind in every layer), hidden layers of one width, Linear layers with biases (at least two: W_0
+    and W_out); a ValueError naming what differs otherwise. x: (B, D_in) in the parameters' dtype (float32 /
+    float64) and device."""
+
+    def __init__(self, net: torch.nn.Sequential, *, backend: str = "auto"):
+        super().__init__()
+        mods = list(net) if isinstance(net, torch.nn.Sequential) else None
+        if not mods or len(mods) < 3 or len(mods) % 2 == 0:
+            raise ValueError(f"net must be torch.nn.Sequential(Linear, activation, ..., Linear) with at least two "
+                             f"Linear layers, got {net!r}")
+        linears, acts = mods[0::2], mods[1::2]
+        for k, m in enumerate(linears):
+            if not isinstance(m, torch.nn.Linear) or m.bias is None:
+                raise ValueError(f"net[{2 * k}] must be a torch.nn.Linear with a bias, got {m!r}")
+        kinds = {_FUSED_ACTIVATIONS.get(type(a)) if getattr(a, "approximate", "none") == "none" else None
+                 for a in acts}
+        if len(kinds) != 1 or None in kinds:
+            raise ValueError(f"net's activations must all be torch.nn.SiLU or all torch.nn.GELU() (exact), got "
+                             f"{[type(a).__name__ for a in acts]}")
+        H = linears[0].out_features
+        for k, m in enumerate(linears[1:], 1):
+            if m.in_features != H or (k < len(linears) - 1 and m.out_features != H):
+                raise ValueError(f"net's hidden layers must all have width {H} (the fused op's), got net[{2 * k}] = "
+                                 f"{m!r}")
+        self.net, self.activation, self.backend = net, kinds.pop(), backend
+
+    def forward(self, x):
+        linears = self.net[0::2]
+        return ops.mlp_net(x, [m.weight for m in linears], [m.bias for m in linears], activation=self.activation,
+                           backend=self.backend)
 
 
 def dsm_loss(net, x0, t, z, *, fused=False):

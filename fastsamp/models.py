@@ -19,6 +19,7 @@ from ._model_base import no_grad_call, schedule_config, schedule_from_config
 from ._model_base import value_and_grad as value_and_grad
 from .mlp_models import PARAMETERISATIONS as PARAMETERISATIONS
 from .mlp_models import EnergyMLP, FourierMLP, ScoreMLP, mlp_moves
+from .mlp_models import FusedMLP as FusedMLP
 from .mlp_models import train_score_mlp as train_score_mlp
 from .protocol import has_energy, with_backend
 from .schedules import VP

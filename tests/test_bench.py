@@ -205,3 +205,18 @@ def test_vmap_ops_columns_compute_the_same_outputs():
             torch.testing.assert_close(fn(), cols["map"](), rtol=0, atol=0, msg=f"{name}: {k}")
         times = vmap_ops.measure(cols, repeats=1, calls=1, clock=time.process_time, sync=lambda: None)
         assert set(times) == {"vmap", "map", "fold"}
+
+
+def test_fused_mlp_benchmark_times_the_same_network():
+    """benchmarks/fused_mlp.py's sampler sides: the user's network and its copy with the Sequential in FusedMLP give
+    the same scores (to float32 rounding) from the same weights, and the interleaved timer times every side."""
+    fused_mlp = load_benchmark("fused_mlp.py", "fused_mlp")
+    torch.manual_seed(0)
+    user = fused_mlp.UserMLP(3, 16)
+    fused = fused_mlp.with_fused_mlp(user)
+    assert isinstance(fused.net, fused_mlp.FusedMLP) and fused.net.net[0].weight is not user.net[0].weight
+    x = torch.randn(37, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, 0.3), user(x, 0.3), rtol=1e-5, atol=1e-5)
+    times = fused_mlp.interleaved({"a": lambda: None, "b": lambda: None}, 3, time.process_time, lambda: None)
+    assert set(times) == {"a", "b"}

@@ -1,0 +1,118 @@
+"""FusedMLP (a user's Sequential(Linear, SiLU, ..., Linear) evaluated by ops.mlp_net) against the same Sequential in
+eager PyTorch and under a fair torch.compile, and what it does to a whole sampler run.
+
+1. The network pass: forward under no_grad on B rows of [x, t] (D + 1 inputs, two hidden SiLU layers of width H,
+   D outputs: the benchmarks' user network, _user_mlp.UserMLP), for B = 2048 and 6144 (the chains, and the
+   chains with two trapezoid points: one batched call of a generic MALA move) and H = 64, 128. Sides interleaved,
+   medians: eager (nn.Sequential), compile (torch.compile(dynamic=False) of the Sequential, after a warm-up),
+   fused (FusedMLP). GFLOP/s from 2B(Din H + H² + H D) and, as the roofline, the fp32 GEMM rate of a 1024³ matmul
+   measured in the same run.
+2. A sampler run: annealed_mcmc (20 levels x 5 MALA moves, score-MH with n_trapezoid 3, 2048 chains) on the user
+   network as is and with its Sequential wrapped in FusedMLP, interleaved, medians.
+
+    python benchmarks/fused_mlp.py [--dim 8] [--repeats 9] [--clock cpu|wall] [--device cpu|cuda] [--json out.json]
+
+One thread on the CPU (torch.set_num_threads(1)); --clock cpu times the process's CPU time (steadier on a shared
+machine), wall is the default (and the only clock on a GPU, where the device is synchronised around each call).
+"""
+import argparse
+import json
+import statistics
+
+import torch
+from _timing import CLOCKS, device_sync, gemm_rate
+from _user_mlp import UserMLP
+
+from fastsamp.models import FusedMLP
+from fastsamp.samplers import annealed_mcmc
+
+
+def pass_flops(B, d_in, H, d_out):
+    return 2 * B * (d_in * H + H * H + H * d_out)
+
+
+def with_fused_mlp(user: UserMLP) -> UserMLP:
+    """A copy of the user's network with the same weights, its Sequential wrapped in FusedMLP."""
+    copy = UserMLP(user.dim, user.net[0].out_features).to(user.net[0].weight.device)
+    copy.load_state_dict(user.state_dict())
+    copy.net = FusedMLP(copy.net)
+    return copy
+
+
+def interleaved(fns: dict, repeats, clock, sync):
+    """{name: median seconds} of fns' calls, one of each per round, the rounds' order rotated."""
+    names, times = list(fns), {k: [] for k in fns}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            t0 = clock()
+            fns[k]()
+            sync()
+            times[k].append(clock() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--calls", type=int, default=20, help="network passes per timed sample")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and args.clock == "cpu":
+        p.error("--clock cpu would not count a GPU's kernels: use --clock wall with --device cuda")
+    torch.set_num_threads(1)
+    clock, sync, D = CLOCKS[args.clock], device_sync(device), args.dim
+    report = {"args": vars(args), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)}
+    if device.type == "cpu":
+        report["fp32_gemm_GFLOPs"] = gemm = gemm_rate()
+        print(f"fp32 GEMM 1024^3: {gemm[args.clock]:.1f} GFLOP/s ({args.clock} clock), one thread")
+    report["passes"] = []
+    print("| B | H | eager us | compile us | fused us | fused / best PyTorch | fused GFLOP/s | of GEMM |")
+    print("|---|---|---|---|---|---|---|---|")
+    for H in (64, 128):
+        torch.manual_seed(0)
+        seq = UserMLP(D, H).net.to(device)
+        fused, compiled = FusedMLP(seq), torch.compile(seq, dynamic=False)
+        for B in (2048, 6144):
+            x = torch.randn(B, D + 1, device=device)
+            with torch.no_grad():
+                torch.testing.assert_close(fused(x), seq(x), rtol=1e-4, atol=1e-4)
+                for _ in range(3):
+                    compiled(x)
+                sides = {name: (lambda f=f, x=x: [f(x) for _ in range(args.calls)])
+                         for name, f in (("eager", seq), ("compile", compiled), ("fused", fused))}
+                med = {k: v / args.calls for k, v in interleaved(sides, args.repeats, clock, sync).items()}
+            rate = pass_flops(B, D + 1, H, D) / med["fused"] / 1e9
+            frac = rate / report["fp32_gemm_GFLOPs"][args.clock] if device.type == "cpu" else None
+            best = min(med["eager"], med["compile"])
+            report["passes"].append({"B": B, "H": H, "us": {k: v * 1e6 for k, v in med.items()},
+                                     "fused_over_best_pytorch": med["fused"] / best, "fused_GFLOPs": rate,
+                                     "fused_frac_gemm": frac})
+            print(f"| {B} | {H} | {med['eager'] * 1e6:.0f} | {med['compile'] * 1e6:.0f} | {med['fused'] * 1e6:.0f} | "
+                  f"{med['fused'] / best:.2f} | {rate:.1f} | {'' if frac is None else f'{100 * frac:.0f} %'} |")
+
+    torch.manual_seed(0)
+    user = UserMLP(D, 64).to(device)
+    fused_user = with_fused_mlp(user)
+
+    def run(model):
+        return annealed_mcmc(model, 2048, n_levels=20, corrector="mala", mh="score", n_corrector_steps=5,
+                             n_trapezoid=3, step_size=0.05, seed=0, on_nonfinite="ignore", device=device)
+
+    run(user), run(fused_user)  # warm-up
+    med = interleaved({"network": lambda: run(user), "FusedMLP": lambda: run(fused_user)}, args.repeats, clock, sync)
+    report["annealed_mcmc_s"] = med
+    print(f"annealed_mcmc, 2048 chains, 20 levels x 5 MALA moves, n_trapezoid 3, H 64: the user's network "
+          f"{med['network'] * 1e3:.1f} ms, its Sequential as FusedMLP {med['FusedMLP'] * 1e3:.1f} ms "
+          f"({med['network'] / med['FusedMLP']:.2f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""FusedMLP: a user's own Sequential(Linear, act, ..., Linear) evaluated by the fused network op ops.mlp_net. Its
+values and gradients (to x and every parameter) against the Sequential itself under torch autograd, float64 and
+float32, odd sizes, no hidden (H, H) layer and several, both activations; the architectures it cannot take refused
+naming the layer; the parameters stay the Sequential's (state_dict, optimiser)."""
+import pytest
+import torch
+from torch import nn
+
+from fastsamp.models import FusedMLP, ScoreModel
+from fastsamp.samplers import annealed_mcmc
+
+TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 2e-5, "atol": 2e-5}}
+
+
+def sequential(d_in, hidden, d_out, n_hidden, act, dtype, seed=0):
+    torch.manual_seed(seed)
+    mods = [nn.Linear(d_in, hidden), act()]
+    for _ in range(n_hidden):
+        mods += [nn.Linear(hidden, hidden), act()]
+    return nn.Sequential(*mods, nn.Linear(hidden, d_out)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("act", [nn.SiLU, nn.GELU], ids=["silu", "gelu"])
+@pytest.mark.parametrize("B,d_in,hidden,d_out,n_hidden", [(1, 1, 3, 1, 0), (37, 9, 16, 8, 2), (130, 5, 33, 2, 1)])
+def test_values_and_gradients_are_the_sequentials(dtype, act, B, d_in, hidden, d_out, n_hidden):
+    seq = sequential(d_in, hidden, d_out, n_hidden, act, dtype)
+    fused = FusedMLP(seq)
+    x = torch.randn(B, d_in, dtype=dtype, requires_grad=True)
+    g = torch.randn(B, d_out, dtype=dtype)
+    out, expect = fused(x), seq(x)
+    torch.testing.assert_close(out, expect, **TOL[dtype])
+    params = list(seq.parameters())
+    got = torch.autograd.grad(out, [x, *params], g)
+    want = torch.autograd.grad(expect, [x, *params], g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), expect, **TOL[dtype])
+
+
+def test_the_parameters_are_the_sequentials():
+    seq = sequential(3, 8, 3, 1, nn.SiLU, torch.float64)
+    fused = FusedMLP(seq)
+    assert [k for k, _ in fused.named_parameters()] == [f"net.{k}" for k, _ in seq.named_parameters()]
+    opt = torch.optim.SGD(fused.parameters(), lr=0.1)
+    x, y = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
+    before = ((seq(x) - y) ** 2).mean().item()
+    for _ in range(20):
+        opt.zero_grad()
+        ((fused(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert ((seq(x) - y) ** 2).mean().item() < before  # the Sequential's own weights were trained
+
+
+@pytest.mark.parametrize("net,match", [
+    (nn.Linear(3, 3), "Sequential"),
+    (nn.Sequential(nn.Linear(3, 3)), "at least two Linear"),
+    (nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 3)), "SiLU"),
+    (nn.Sequential(nn.Linear(3, 8), nn.GELU(approximate="tanh"), nn.Linear(8, 3)), "exact"),
+    (nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3)), "all"),
+    (nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 4), nn.SiLU(), nn.Linear(4, 3)), r"net\[2\]"),
+    (nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 3, bias=False)), r"net\[2\] must be .* with a bias"),
+])
+def test_architectures_it_cannot_take(net, match):
+    with pytest.raises(ValueError, match=match):
+        FusedMLP(net)
+
+
+def test_in_a_sampler():
+    """A user's score network built on FusedMLP runs annealed_mcmc's generic moves: the samples of the same network
+    evaluated by its Sequential, up to the MH decisions the last bits can flip."""
+    torch.manual_seed(0)
+    seq = sequential(3, 32, 2, 1, nn.SiLU, torch.float32)
+
+    def score(mlp):
+        return lambda x, t: mlp(torch.cat([x, torch.full_like(x[:, :1], t)], 1)) - x
+
+    kw = {"n_levels": 10, "n_corrector_steps": 2, "n_trapezoid": 3, "step_size": 0.05, "seed": 0}
+    x, stats = annealed_mcmc(ScoreModel(score(FusedMLP(seq)), 2), 512, **kw)
+    x_seq, stats_seq = annealed_mcmc(ScoreModel(score(seq), 2), 512, **kw)
+    same = (x - x_seq).abs().amax(1) < 1e-4
+    assert same.float().mean() > 0.95, same.float().mean()
+    assert abs(stats.accept_rate[-1] - stats_seq.accept_rate[-1]) < 0.02
