@@ -215,10 +215,20 @@ def _ours(done, empty, single=False) -> tuple[list[str], str]:
 
 
 def _seeds_done(planned: int, finished) -> str:
-    """'done/planned', and the seeds of the finished runs ((seed, JSON) pairs) scored by their one evaluation."""
-    single = [str(seed) for seed, res in finished if "evaluations" not in res]
-    note = f" ({'seeds' if len(single) > 1 else 'seed'} {', '.join(single)}: one evaluation)" if single else ""
-    return f"{len(finished)}/{planned}{note}"
+    """'done/planned', the seeds of the finished runs ((seed, JSON) pairs) scored by their one evaluation, and those
+    whose training diverged (no score: `TrainingDiverged`)."""
+    single = [str(seed) for seed, res in finished if "evaluations" not in res and "diverged" not in res]
+    notes = [f"{'seeds' if len(single) > 1 else 'seed'} {', '.join(single)}: one evaluation"] if single else []
+    notes += [f"seed {seed} diverged at iteration {_diverged_at(res['diverged'])}" for seed, res in finished
+              if "diverged" in res]
+    return f"{len(finished)}/{planned}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _diverged_at(diverged: dict) -> str:
+    """The iteration a run diverged at, or the window of iterations it was found in afterwards (a run from before
+    training stopped at the first non-finite loss)."""
+    window = diverged.get("window")
+    return f"{window[0]:,}–{window[1]:,}" if window else f"{diverged['iteration']:,}"
 
 
 def timing_path(out: str, device: str, threads: int) -> str:
@@ -264,12 +274,12 @@ def _table(plan, args, *, brief) -> str:
     for target, method in cells:
         runs = [r for r in plan if (r.target, r.method) == (target, method)]
         finished = [(r.seed, res) for r in runs if (res := finished_result(r, args.out, args.batch_size)) is not None]
-        done = [res for _, res in finished]
+        done = [res for _, res in finished if "diverged" not in res]  # the scored runs
         counts |= {len(d["evaluations"]["seeds"]) for d in done if "evaluations" in d}
         running = any(os.path.exists(checkpoint_path(args.out, r.target, r.method, r.seed)) for r in runs)
-        empty = "running" if running else "planned"
+        empty = "running" if running else "diverged" if finished and not done else "planned"
         pub = PUBLISHED.get((target, method))
-        if brief and not (done or running or pub):
+        if brief and not (finished or running or pub):
             continue
         missing = "–" if done else empty  # a metric the finished runs lack (LGCP: W2) is not pending
         ours, w2_exact = _ours(done, missing)

@@ -14,7 +14,7 @@ from conftest import load_benchmark
 from fastsamp import metrics
 from fastsamp.experiments import offpolicy
 from fastsamp.experiments.offpolicy_eval import equal_count_reference
-from fastsamp.samplers.diffusion import DiffusionSampler, TrainLog, local_search, train
+from fastsamp.samplers.diffusion import DiffusionSampler, TrainingDiverged, TrainLog, local_search, train
 from fastsamp.samplers.diffusion.training import exploration_std
 from fastsamp.targets import get_target
 
@@ -487,3 +487,71 @@ def test_report_says_when_the_papers_w2_is_below_what_exact_samples_score(tmp_pa
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| manywell")][0]
     assert "| 5.567±0.028 | 5.33±0.03 | 5.409±0.028 |" in row
     assert row.endswith("| w2 (the paper's is below exact samples') |")
+
+
+def _nan_loss_at(monkeypatch, call):
+    """DiffusionSampler.loss returning NaN at its `call`-th call (0-based), from then on."""
+    real, calls = DiffusionSampler.loss, [0]
+
+    def loss(self, *args, **kw):
+        value = real(self, *args, **kw)
+        calls[0] += 1
+        return value * float("nan") if calls[0] > call else value
+    monkeypatch.setattr(DiffusionSampler, "loss", loss)
+
+
+def test_a_non_finite_loss_stops_training_before_its_step(tmp_path, monkeypatch):
+    """The first non-finite loss (iteration 5) stops train() before its optimizer step: the parameters are those after
+    iteration 4 (the uninterrupted run's), finite, the log holds the 5 finite losses, the checkpoint of iteration 4
+    stays; a checkpoint that would save non-finite parameters is not written."""
+    straight, log = _trained("tb", 5)
+    _nan_loss_at(monkeypatch, 5)
+    ckpt = str(tmp_path / "run.ckpt")
+    sampler, cfg = offpolicy.build("25gmm", "tb", seed=3, iterations=10, **TINY)
+    with pytest.raises(TrainingDiverged, match="training diverged at iteration 5: the loss is nan") as e:
+        train(sampler, cfg, progress=False, checkpoint=ckpt, checkpoint_every=2)
+    assert e.value.iteration == 5 and e.value.log.loss == log.loss
+    for k, v in sampler.state_dict().items():
+        assert torch.equal(v, straight.state_dict()[k]), k
+    assert torch.load(ckpt, weights_only=False)["iteration"] == 4
+    from fastsamp.samplers.diffusion import training
+
+    def finite_loss_nan_gradient(self, *args, **kw):  # sqrt(z − z) = 0, its derivative 0 · inf = NaN
+        return torch.sqrt(self.net.log_Z - self.net.log_Z) + 1.0
+    monkeypatch.setattr(DiffusionSampler, "loss", finite_loss_nan_gradient)
+    with pytest.raises(TrainingDiverged, match="iteration 4: the parameters are non-finite after its step"):
+        train(sampler, cfg, progress=False, checkpoint=ckpt, checkpoint_every=1)  # resumes at 4, would save at 5
+    assert torch.load(ckpt, weights_only=False)["iteration"] == 4
+    grads = [torch.ones(3), torch.full((2,), 3e38)]
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    for p, g in zip(params, grads):
+        p.grad = g
+    assert training._gradient_sum(params) == pytest.approx(3 + 6e38)  # large float32 gradients: finite in float64
+    params[0].grad[1] = float("inf")
+    assert not math.isfinite(training._gradient_sum(params))
+
+
+def test_table_records_a_diverged_run_and_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """A run that diverges: its JSON says where (no metrics, no model), its last checkpoint is kept as
+    .diverged.ckpt, the table counts it as done (a rerun skips it: the same seed diverges again) and the report
+    names it instead of scoring it."""
+    bench, out = _bench(), str(tmp_path)
+    _nan_loss_at(monkeypatch, 5)
+    argv = ["--iterations", "8", "--seeds", "0", "--targets", "25gmm", "--methods", "tb", "--batch-size", "16",
+            "--eval-samples", "64", "--out", out]
+    bench.main(["table", *argv, "--checkpoint-every", "2"])
+    text = capsys.readouterr().out
+    assert "25gmm tb seed 0: DIVERGED at iteration 5 (the loss is nan)" in text
+    assert "table: 1/1 runs done" in text
+    res = json.load(open(os.path.join(out, "25gmm_tb_seed0.json")))
+    kept = os.path.join(out, "checkpoints", "25gmm_tb_seed0.diverged.ckpt")
+    assert res["diverged"] == {"iteration": 5, "what": "the loss is nan", "checkpoint": kept}
+    assert res["metrics"] == {} and len(res["loss_curve"]["iterations"]) == 5
+    assert not os.path.exists(os.path.join(out, "25gmm_tb_seed0.pt"))
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["25gmm_tb_seed0.diverged.ckpt"]
+    assert torch.load(kept, weights_only=False)["iteration"] == 4
+    bench.main(["table", *argv])
+    assert "0 runs to do" in capsys.readouterr().out
+    bench.main(["report", "--brief", *argv])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25gmm | tb |"))
+    assert "| 1/1 (seed 0 diverged at iteration 5) | 8 | diverged |" in row

@@ -20,7 +20,7 @@ import torch
 
 from ..distributed import Comm
 from ..samplers.diffusion import DiffusionSampler, TrainConfig, atomic_write, read_checkpoint_iteration, train
-from ..samplers.diffusion.training import rank_checkpoint
+from ..samplers.diffusion.training import TrainingDiverged, rank_checkpoint
 from ..targets import TARGETS, get_target
 from .memory import freed_memory_kept, keep_freed_memory
 from .offpolicy_eval import evaluate
@@ -116,15 +116,18 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
             ms = 1e3 * (so_far.cpu_seconds if sampler.device.type == "cpu" else so_far.seconds) / max(it, 1)
             log(f"  {target_name} {method} seed {seed}: {it}/{cfg.iterations} iterations ({ms:.0f} ms/it)")
 
-    train_log = train(sampler, cfg, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                      on_checkpoint=saved)
-    comm = Comm.resolve()
+    comm, diverged = Comm.resolve(), None
+    try:
+        train_log = train(sampler, cfg, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                          on_checkpoint=saved)
+    except TrainingDiverged as e:  # every rank raises at the same iteration (`train`)
+        train_log, diverged = e.log, {"iteration": e.iteration, "what": e.what}
     if comm.distributed:  # each rank logged its own batch's loss: the mean over the ranks is the whole batch's
         train_log.loss = (comm.all_reduce(train_log.loss) / comm.world_size).tolist()
     if comm.rank != 0:
         return None
     t0 = time.perf_counter()
-    metrics = evaluate(sampler, sampler.target, n=eval_samples, seed=EVAL_SEED_BASE + seed)
+    metrics = {} if diverged else evaluate(sampler, sampler.target, n=eval_samples, seed=EVAL_SEED_BASE + seed)
     result = {
         "target": target_name, "method": method, "seed": seed, "iterations": cfg.iterations,
         "paper_iterations": METHODS[method][2], "seconds_per_iteration": train_log.seconds_per_iteration,
@@ -143,20 +146,39 @@ def run(target_name: str, method: str, *, seed=0, iterations=None, out_dir=None,
     }
     if target_name == "lgcp":
         result["lgcp_points"] = sampler.target.points_source
+    if diverged:  # no model to keep; the last checkpoint, the finite state before it, is kept (`diverged_checkpoint`)
+        result["diverged"] = dict(diverged, checkpoint=diverged_checkpoint(ckpt) if ckpt else None)
+        if log is not None:
+            log(f"  {target_name} {method} seed {seed}: DIVERGED at iteration {diverged['iteration']} "
+                f"({diverged['what']})")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         stem = run_stem(out_dir, target_name, method, seed)
-        sampler.save(stem + ".pt")  # config + state_dict: DiffusionSampler.load(path)
+        if not diverged:
+            sampler.save(stem + ".pt")  # config + state_dict: DiffusionSampler.load(path)
         write_result(stem, result)
-        result["model_path"] = stem + ".pt"
+        if not diverged:
+            result["model_path"] = stem + ".pt"
         # the JSON written, the checkpoints go: each rank's (`rank_checkpoint`; every rank wrote its last one before
-        # the loss all_reduce above; out_dir is shared by the ranks, as the JSON's skip logic assumes)
+        # the loss all_reduce above; out_dir is shared by the ranks, as the JSON's skip logic assumes); a diverged
+        # run's are renamed, kept to replay the iterations before the divergence
         if ckpt is not None:
             for r in range(comm.world_size):  # 1 unless distributed
                 path = rank_checkpoint(ckpt, r) if comm.distributed else ckpt
                 if os.path.exists(path):
-                    os.remove(path)
+                    if diverged:
+                        os.replace(path, diverged_checkpoint(path))
+                    else:
+                        os.remove(path)
     return result
+
+
+def diverged_checkpoint(path: str) -> str:
+    """Where a diverged run's last checkpoint is kept: <target>_<method>_seed<s>.diverged.ckpt beside it (a rank's
+    `.rank<r>` suffix kept), out of the table runner's way (a rerun does not resume it: the run's JSON says it
+    diverged, and the same seed would diverge again at the same iteration)."""
+    head, ckpt, tail = path.rpartition(".ckpt")
+    return f"{head}.diverged{ckpt}{tail}"
 
 
 # -- the resumable table runner ---------------------------------------------------------------------
@@ -237,8 +259,10 @@ def run_table(plan, out_dir: str, *, jobs=1, device="cpu", checkpoint_every=500,
 
     def finished(run, res):
         m = res["metrics"]
-        log(f"{res['target']:9s} {res['method']:19s} seed {res['seed']}: {format_errors(m)}  "
-            f"W2 {m.get('w2', float('nan')):.3f}  {res['ms_per_iteration']:.0f} ms/it on {res['device']}")
+        outcome = (f"DIVERGED at iteration {res['diverged']['iteration']}" if "diverged" in res else
+                   f"{format_errors(m)}  W2 {m.get('w2', float('nan')):.3f}")
+        log(f"{res['target']:9s} {res['method']:19s} seed {res['seed']}: {outcome}  "
+            f"{res['ms_per_iteration']:.0f} ms/it on {res['device']}")
         log(format_progress(table_progress(plan, out_dir, batch_size)))
         if repeats:
             repeat_evaluations([run], out_dir, repeats=repeats, batch_size=batch_size, log=log)
@@ -264,6 +288,8 @@ def kept_models(plan, out_dir: str, batch_size: int | None = None, *, log=print,
         if res is None:
             continue
         stem = run_stem(out_dir, r.target, r.method, r.seed)
+        if "diverged" in res:
+            continue  # no model, nothing to score
         if not os.path.exists(stem + ".pt"):
             log(f"{r.target} {r.method} seed {r.seed}: no saved model, {skipped}")
             continue

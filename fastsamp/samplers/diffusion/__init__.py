@@ -21,7 +21,8 @@ from .networks import DriftNet, FourierTime
 from .replay import ReplayBuffer, local_search
 from .sampler import OBJECTIVES, DiffusionSampler, Trajectories
 from .training import CHECKPOINT_FORMAT, TrainConfig, TrainLog, atomic_write, read_checkpoint_iteration, train
+from .training import TrainingDiverged as TrainingDiverged
 
 __all__ = ["DiffusionSampler", "Trajectories", "DriftNet", "FourierTime", "ReplayBuffer", "local_search",
-           "TrainConfig", "TrainLog", "train", "atomic_write", "read_checkpoint_iteration", "CHECKPOINT_FORMAT",
-           "OBJECTIVES"]
+           "TrainConfig", "TrainLog", "TrainingDiverged", "train", "atomic_write", "read_checkpoint_iteration",
+           "CHECKPOINT_FORMAT", "OBJECTIVES"]

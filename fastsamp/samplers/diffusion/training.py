@@ -98,6 +98,25 @@ class _Iteration(nn.Module):
         return self.step(it)
 
 
+class TrainingDiverged(FloatingPointError):
+    """Training stopped at the first iteration whose loss (distributed: whose all-reduced gradients) is non-finite,
+    before its optimizer step, or at a checkpoint that would have saved non-finite parameters (the file then keeps
+    the last finite state). `iteration`: that iteration; `log`: the TrainLog up to it (its times included)."""
+
+    def __init__(self, iteration: int, what: str, log):
+        super().__init__(f"training diverged at iteration {iteration}: {what}; the run stops there (the last "
+                         f"checkpoint, if any, holds the finite state before it, from which a resume replays the "
+                         f"same iterations)")
+        self.iteration, self.what, self.log = iteration, what, log
+
+
+def _gradient_sum(params) -> float:
+    """Σ of every gradient entry in float64 (non-finite exactly when a gradient entry is: float32 sums of this size
+    cannot overflow float64): the distributed check, whose all-reduced gradients every rank agrees on."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.stack([g.sum(dtype=torch.float64) for g in grads]).sum()) if grads else 0.0
+
+
 def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, callback=None,
           on_iteration=None, checkpoint=None, checkpoint_every=0, until=None, on_checkpoint=None,
           group=None) -> TrainLog:
@@ -119,7 +138,11 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     config.batch_size forward trajectories as the global chains rank·b .. (rank + 1)·b − 1, so that
     N ranks with batch b train like one process with batch N·b (VarGrad's batch log Z is reduced over
     all ranks). Buffer, local-search and prior trajectories are drawn per rank (generators seeded with
-    the rank); each rank checkpoints to `checkpoint` + ".rank{r}". The logged loss is this rank's."""
+    the rank); each rank checkpoints to `checkpoint` + ".rank{r}". The logged loss is this rank's.
+
+    Divergence: a non-finite loss (distributed: non-finite all-reduced gradients, which every rank sees alike) stops
+    training before that iteration's step with `TrainingDiverged`, as does a checkpoint that would hold non-finite
+    parameters (not written: the file keeps the last finite state)."""
     cfg = config
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
@@ -204,6 +227,8 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
 
     def save(it):
         elapsed()
+        if not all(bool(torch.isfinite(p).all()) for p in sampler.parameters()):
+            raise TrainingDiverged(it - 1, "the parameters are non-finite after its step", log)
         t0, c0 = time.perf_counter(), time.process_time()
         _save_checkpoint(checkpoint, it, training)
         saving[0] += time.perf_counter() - t0
@@ -217,10 +242,15 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         opt.zero_grad(set_to_none=True)
         loss = step(it)
         loss.backward()
+        value = float(loss.detach())
+        if not math.isfinite(_gradient_sum(sampler.parameters()) if comm.distributed else value):
+            elapsed()
+            raise TrainingDiverged(it, f"the loss is {value}" + (" (gradients non-finite on some rank)"
+                                                                   if comm.distributed else ""), log)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sampler.parameters(), cfg.grad_clip)
         opt.step()
-        log.loss.append(float(loss.detach()))
+        log.loss.append(value)
         if bar is not None:
             bar.update(1)
             if it % 50 == 0:
