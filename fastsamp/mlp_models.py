@@ -212,7 +212,7 @@ class FusedMLP(torch.nn.Module):
     differentiated, its backward to every weight in one more), instead of a torch op per layer and activation. The
     Sequential is this module's `net`: the same parameters for state_dict, optimisers and `.to()`. Takes SiLU or
     exact GELU (one kind in every layer), hidden layers of one width, Linear layers with biases (at least two: W_0
-    and W_out); a ValueError naming what differs otherwise. x: (B, D_in) in the parameters' dtype (float32 /
+    and W_out); a ValueError naming what differs otherwise. x: (..., D_in) in the parameters' dtype (float32 /
     float64) and device. The fused kernel is the C++ one (CPU tensors); on a GPU ops.mlp_net runs its PyTorch
     reference, the Sequential's own ops."""
 
@@ -239,9 +239,12 @@ class FusedMLP(torch.nn.Module):
         self.net, self.activation, self.backend = net, kinds.pop(), backend
 
     def forward(self, x):
+        """f(x) for x (..., D_in), as the Sequential takes it: the leading dims flattened into the op's rows."""
         linears = self.net[0::2]
-        return ops.mlp_net(x, [m.weight for m in linears], [m.bias for m in linears], activation=self.activation,
-                           backend=self.backend)
+        rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        out = ops.mlp_net(rows, [m.weight for m in linears], [m.bias for m in linears], activation=self.activation,
+                          backend=self.backend)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def dsm_loss(net, x0, t, z, *, fused=False):

@@ -39,6 +39,15 @@ def test_values_and_gradients_are_the_sequentials(dtype, act, B, d_in, hidden, d
         torch.testing.assert_close(fused(x), expect, **TOL[dtype])
 
 
+def test_leading_dims_as_the_sequential_takes_them():
+    seq = sequential(3, 8, 2, 1, nn.SiLU, torch.float64)
+    for shape in [(3,), (4, 5, 3)]:
+        x = torch.randn(*shape, dtype=torch.float64)
+        out = FusedMLP(seq)(x)
+        assert out.shape == (*shape[:-1], 2)
+        torch.testing.assert_close(out, seq(x), **TOL[torch.float64])
+
+
 def test_the_parameters_are_the_sequentials():
     seq = sequential(3, 8, 3, 1, nn.SiLU, torch.float64)
     fused = FusedMLP(seq)
