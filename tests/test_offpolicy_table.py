@@ -555,3 +555,7 @@ def test_table_records_a_diverged_run_and_keeps_its_checkpoint(tmp_path, monkeyp
     bench.main(["report", "--brief", *argv])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25gmm | tb |"))
     assert "| 1/1 (seed 0 diverged at iteration 5) | 8 | diverged |" in row
+    from fastsamp.cli import main as cli
+    code = cli(["train", "--target", "25gmm", "--method", "tb", "--iterations", "8", "--batch-size", "16",
+                "--eval-samples", "64", "--no-progress"])
+    assert code == 1 and "training diverged at iteration 0 (the loss is nan)" in capsys.readouterr().err  # NaN from then on

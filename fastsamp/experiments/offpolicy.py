@@ -12,6 +12,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -483,6 +484,10 @@ def main(args) -> int:
     print(json.dumps(res if args.verbose else {k: res[k] for k in ("target", "method", "seed", "iterations",
                                                                     "seconds_per_iteration", "device",
                                                                     "metrics")}, indent=2))
+    if "diverged" in res:
+        print(f"{args.target} {args.method} seed {args.seed}: training diverged at iteration "
+              f"{res['diverged']['iteration']} ({res['diverged']['what']}); no model, no evaluation", file=sys.stderr)
+        return 1
     if args.target in TARGETS and "delta_log_Z" in m:
         print(f"{args.target} {args.method}: {format_errors(m)}  "
               f"W2 {m.get('w2', float('nan')):.3f}  ({res['seconds_per_iteration'] * 1e3:.1f} ms/iteration)")

@@ -236,35 +236,37 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
         if on_checkpoint is not None:
             on_checkpoint(it, log)
 
-    for it in range(first, until):
-        if on_iteration is not None:
-            on_iteration(it)
-        opt.zero_grad(set_to_none=True)
-        loss = step(it)
-        loss.backward()
-        value = float(loss.detach())
-        if not math.isfinite(_gradient_sum(sampler.parameters()) if comm.distributed else value):
-            elapsed()
-            raise TrainingDiverged(it, f"the loss is {value}" + (" (gradients non-finite on some rank)"
-                                                                   if comm.distributed else ""), log)
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(sampler.parameters(), cfg.grad_clip)
-        opt.step()
-        log.loss.append(value)
+    try:
+        for it in range(first, until):
+            if on_iteration is not None:
+                on_iteration(it)
+            opt.zero_grad(set_to_none=True)
+            loss = step(it)
+            loss.backward()
+            value = float(loss.detach())
+            if not math.isfinite(_gradient_sum(sampler.parameters()) if comm.distributed else value):
+                elapsed()
+                raise TrainingDiverged(it, f"the loss is {value}" + (" (gradients non-finite on some rank)"
+                                                                       if comm.distributed else ""), log)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(sampler.parameters(), cfg.grad_clip)
+            opt.step()
+            log.loss.append(value)
+            if bar is not None:
+                bar.update(1)
+                if it % 50 == 0:
+                    bar.set_postfix(loss=f"{log.loss[-1]:.3g}")
+            if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and callback is not None:
+                elapsed()
+                log.evals.append(callback(it + 1))
+            if checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < until:
+                save(it + 1)
+        elapsed()
+        if checkpoint is not None:
+            save(max(first, until))
+    finally:  # also when training diverges
         if bar is not None:
-            bar.update(1)
-            if it % 50 == 0:
-                bar.set_postfix(loss=f"{log.loss[-1]:.3g}")
-        if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and callback is not None:
-            elapsed()
-            log.evals.append(callback(it + 1))
-        if checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < until:
-            save(it + 1)
-    elapsed()
-    if checkpoint is not None:
-        save(max(first, until))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return log
 
 
