@@ -109,6 +109,26 @@ def _offpolicy_worker(out_dir):
     return _offpolicy_run(8, out_dir=out_dir, checkpoint_every=2)
 
 
+def _diverging_worker():
+    """TB training whose loss is NaN on rank 1 from iteration 3 on: (iteration, message, parameters finite) of its
+    TrainingDiverged."""
+    from fastsamp.samplers.diffusion import TrainingDiverged
+    real, calls = DiffusionSampler.loss, [0]
+
+    def loss(self, *args, **kw):
+        value = real(self, *args, **kw)
+        calls[0] += 1
+        return value * float("nan") if dist.get_rank() == 1 and calls[0] > 3 else value
+    DiffusionSampler.loss = loss
+    torch.manual_seed(0)
+    sampler = DiffusionSampler(get_target("25gmm"), sigma=2.0, n_steps=10, hidden=16, n_harmonics=8)
+    try:
+        train(sampler, TrainConfig(objective="tb", iterations=10, batch_size=8, seed=1), progress=False)
+    except TrainingDiverged as e:
+        return e.iteration, str(e), all(bool(torch.isfinite(p).all()) for p in sampler.parameters())
+    return None
+
+
 def _failing_worker():
     def score(x, t):
         if dist.get_rank() == 1 and t < 0.5:
@@ -222,6 +242,17 @@ def test_offpolicy_run_records_the_mean_loss_of_the_ranks(tmp_path):
     for key in ("mean", "min", "max"):
         assert two["loss_curve"][key] == pytest.approx(one["loss_curve"][key], rel=1e-4), key
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)
+
+
+def test_a_rank_that_diverges_stops_every_rank_at_the_same_iteration(tmp_path):
+    """Rank 1's loss goes NaN at iteration 3: both ranks stop there (the all-reduced gradients, which every rank sees
+    alike), before the step, with finite parameters; no rank waits for another in a collective."""
+    start = time.monotonic()
+    ranks = run_two(_diverging_worker, tmp_path)
+    assert [r[0] for r in ranks] == [3, 3] and all(r[2] for r in ranks), ranks
+    assert all("gradients non-finite on some rank" in r[1] for r in ranks)
+    assert "the loss is nan" in ranks[1][1] and "the loss is nan" not in ranks[0][1]
+    assert time.monotonic() - start < 50
 
 
 def test_failing_rank_fails_every_rank_quickly(tmp_path):
