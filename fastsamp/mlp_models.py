@@ -237,10 +237,12 @@ class FusedMLP(torch.nn.Module):
                 raise ValueError(f"net's hidden layers must all have width {H} (the fused op's), got net[{2 * k}] = "
                                  f"{m!r}")
         self.net, self.activation, self.backend = net, kinds.pop(), backend
+        self._linears = tuple(linears)  # the Linear layers in order (registered under `net`; a slice of the
+        # Sequential in forward would build a new Sequential per call, which torch.compile cannot trace)
 
     def forward(self, x):
         """f(x) for x (..., D_in), as the Sequential takes it: the leading dims flattened into the op's rows."""
-        linears = self.net[0::2]
+        linears = self._linears
         rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
         out = ops.mlp_net(rows, [m.weight for m in linears], [m.bias for m in linears], activation=self.activation,
                           backend=self.backend)

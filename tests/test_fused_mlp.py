@@ -91,3 +91,25 @@ def test_in_a_sampler():
     same = (x - x_seq).abs().amax(1) < 1e-4
     assert same.float().mean() > 0.95, same.float().mean()
     assert abs(stats.accept_rate[-1] - stats_seq.accept_rate[-1]) < 0.02
+
+
+def test_compiles_with_no_graph_break(dynamo_reset):
+    """torch.compile(fullgraph=True) of FusedMLP for inference (no_grad: one opaque fastsamp::mlp_net node; the
+    Function's apply traced with nothing to differentiate broke the graph before) and of a training loss through it
+    (its fused backward): eager's values and gradients."""
+    seq = sequential(5, 16, 3, 1, nn.SiLU, torch.float32)
+    fused, x = FusedMLP(seq), torch.randn(37, 5)
+    with torch.no_grad():
+        explain = torch._dynamo.explain(fused)(x)
+        assert explain.graph_break_count == 0, explain.break_reasons
+        assert any("fastsamp.mlp_net" in str(n.target) for g in explain.graphs for n in g.graph.nodes)
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), fused(x), rtol=0, atol=0)
+
+    def loss(x):
+        return (fused(x) ** 2).mean()
+    compiled_loss = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    params = list(fused.parameters())
+    got = torch.autograd.grad(compiled_loss(x), params)
+    for g, e in zip(got, torch.autograd.grad(loss(x), params), strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

@@ -46,12 +46,14 @@ def _needs_grad(x: torch.Tensor, tensors) -> bool:
 
 
 def nothing_to_differentiate(x: torch.Tensor, tensors) -> bool:
-    """Plain eager and neither x nor one of the other tensors (None allowed) requires grad: not under torch.compile
-    (which traces an autograd.Function) nor under a torch.func transform. The ops with an autograd.Function of their
-    own (the fused backward kernels: mlp.py, trajectory.py) then call their forward op alone, the same outputs
-    without `Function.apply`, which costs about 17 µs per call (benchmarks/RESULTS.md, eighth session). Callers
-    refuse forward mode first (`refuse_forward_mode`)."""
-    return not torch.compiler.is_compiling() and _functorch_level() is None and not _needs_grad(x, tensors)
+    """Neither x nor one of the other tensors (None allowed) requires grad (or grad mode is off), and no torch.func
+    transform is active. The ops with an autograd.Function of their own (the fused backward kernels: mlp.py,
+    trajectory.py) then call their forward op alone, the same outputs without `Function.apply`, which costs about
+    17 µs per call in eager (benchmarks/RESULTS.md, eighth session); under torch.compile too (its guards on grad mode
+    and on the inputs' requires_grad keep the choice valid), where tracing the Function's apply with nothing to
+    differentiate handed mlp_net's forward a ctx in place of its first argument (torch 2.13: graph breaks, and an error
+    with fullgraph=True). Callers refuse forward mode first (`refuse_forward_mode`)."""
+    return _functorch_level() is None and not _needs_grad(x, tensors)
 
 
 def _has_tangent(x: torch.Tensor, tensors) -> bool:
