@@ -24,8 +24,8 @@
 #          cases), sample 12 (9-13 s), vmap_ops 20 (not yet run on a GPU: an estimate): 457 s, 627 s in all; then LGCP TB + Expl. + LP + LS timing 60
 #          (issue 13: whether a seed fits a device call) in what is left before the deadline (the stages above
 #          took 314 s in all on the H200, so in practice it runs).
-#   extra: the Triton network engine's tests 160 (issue 11), the Triton energy training op's tests 45 and its timing
-#          30, mlp_product 45 + its summary 5: 450 s in all (not yet run on a GPU: estimates).
+#   extra: the Triton network engine's tests 160 (issue 11), the Triton ops of one MLP: tests 75 and their timing 30,
+#          FusedMLP 40, mlp_product 45 + its summary 5: 525 s in all (not yet run on a GPU: estimates).
 # What runs between the stages takes about a second in all. A stage never runs past the whole run's deadline,
 # GPU_RUN_BUDGET (default 580 s from the start: the machine's start, 1-2 min, must fit in the 15 min of device
 # time with it); a stage with under 5 s left is skipped, and says so. Each stage runs under
@@ -161,40 +161,50 @@ else
   stage pytest_mlp "${MLP_TEST_TIMEOUT:-160}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "slow or not slow" \
     tests/test_mlp_triton.py
   grep -E "passed|failed|Error" "$W/pytest_mlp.log" | tail -15
-  # the Triton energy training op (issue 11 item 4, kernels/mlp_train.py): its tests against autograd's double
-  # backward (~8 kernel variants), then one op call (loss + every gradient) timed against the reference's
-  stage pytest_train_energy "${TRAIN_TEST_TIMEOUT:-45}" python3 -m pytest -q -p no:cacheprovider -n 8 \
-    tests/test_mlp_train_energy.py -k triton
-  grep -E "passed|failed|Error" "$W/pytest_train_energy.log" | tail -8
-  stage train_energy "${TRAIN_TIMEOUT:-30}" python3 - "$W/train_energy_cuda.json" <<'PY'
+  # the Triton ops of one MLP (kernels/mlp_train.py: mlp_net, its backward, mlp_net_lsq, the energy training op
+  # mlp_net_energy_lsq): their tests against the reference (~20 kernel variants), then one call of each (forward +
+  # backward to every weight; the losses with every gradient) timed against the reference's
+  stage pytest_train "${TRAIN_TEST_TIMEOUT:-75}" python3 -m pytest -q -p no:cacheprovider -n 8 \
+    tests/test_mlp_train_energy.py tests/test_mlp_train.py -k triton
+  grep -E "passed|failed|Error" "$W/pytest_train.log" | tail -8
+  stage train_ops "${TRAIN_TIMEOUT:-30}" python3 - "$W/train_ops_cuda.json" <<'PY'
 import datetime, json, statistics, sys, time
 import torch
 from fastsamp import ops
 g = torch.Generator(device="cuda").manual_seed(0)
-B, D, H, O, L = 4096, 34, 128, 2, 3  # an EnergyMLP of D = 2 (16 frequencies), hidden 128, 3 hidden layers
+B, D, H, O, L = 4096, 34, 128, 2, 3  # a ScoreMLP / EnergyMLP of D = 2 (16 frequencies), hidden 128, 3 hidden layers
 def rand(*shape, scale=1.0):
     return scale * torch.randn(*shape, generator=g, device="cuda")
 ws = [rand(H, D, scale=D ** -0.5)] + [rand(H, H, scale=H ** -0.5) for _ in range(L)] + [rand(O, H, scale=H ** -0.5)]
 bs = [rand(w.shape[0], scale=0.1) for w in ws]
 ps = [t.requires_grad_(True) for t in ws + bs]
-x, c, z = rand(B, D), rand(B, O), rand(B, O)
+x, c, z, g_out = rand(B, D), rand(B, O), rand(B, O), rand(B, O)
 v, sigma = torch.rand(B, generator=g, device="cuda") + 0.3, torch.rand(B, generator=g, device="cuda") + 0.3
-def step(backend):
-    return torch.autograd.grad(ops.mlp_net_energy_lsq(x, ws, bs, c, v, sigma, z, backend=backend), ps)
-got, want = step("triton"), step("torch")
-err = max(((a - b).abs().max() / b.abs().max().clamp(min=1)).item() for a, b in zip(got, want))
-times = {"triton": [], "torch": []}
-for _ in range(15):
-    for backend in times:
-        torch.cuda.synchronize(); t0 = time.perf_counter(); step(backend); torch.cuda.synchronize()
-        times[backend].append(time.perf_counter() - t0)
-med = {k: statistics.median(t[2:]) for k, t in times.items()}
+STEPS = {  # one call with every parameter's gradient
+    "mlp_net_energy_lsq": lambda b: torch.autograd.grad(ops.mlp_net_energy_lsq(x, ws, bs, c, v, sigma, z, backend=b), ps),
+    "mlp_net_lsq": lambda b: torch.autograd.grad(ops.mlp_net_lsq(x, ws, bs, c, sigma, backend=b), ps),
+    "mlp_net forward + backward": lambda b: torch.autograd.grad(ops.mlp_net(x, ws, bs, backend=b), ps, g_out)}
 out = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-           shape=dict(B=B, D_in=D, H=H, O=O, L=L), dtype="float32", median_s=med, speedup=med["torch"] / med["triton"],
-           max_rel_grad_err_vs_torch=err)
-json.dump(out, open(sys.argv[1], "w"), indent=1); print(out)
+           shape=dict(B=B, D_in=D, H=H, O=O, L=L), dtype="float32", ops={})
+for name, step in STEPS.items():
+    got, want = step("triton"), step("torch")
+    err = max(((a - b).abs().max() / b.abs().max().clamp(min=1)).item() for a, b in zip(got, want))
+    times = {"triton": [], "torch": []}
+    for _ in range(15):
+        for backend in times:
+            torch.cuda.synchronize(); t0 = time.perf_counter(); step(backend); torch.cuda.synchronize()
+            times[backend].append(time.perf_counter() - t0)
+    med = {k: statistics.median(t[2:]) for k, t in times.items()}
+    out["ops"][name] = dict(median_s=med, speedup=med["torch"] / med["triton"], max_rel_grad_err_vs_torch=err)
+    print(name, out["ops"][name])
+json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY
-  tail -3 "$W/train_energy.log"
+  tail -3 "$W/train_ops.log"
+  # FusedMLP (a user's Sequential through ops.mlp_net, now the Triton kernel on a GPU) against the Sequential in
+  # eager and compiled, per pass and in an annealed_mcmc run
+  stage fused_mlp "${FUSED_MLP_TIMEOUT:-40}" python3 benchmarks/fused_mlp.py --device cuda --repeats 5 \
+    --json "$W/fused_mlp_cuda.json"
+  tail -12 "$W/fused_mlp.log"
   # the Triton score-network engine: annealed MCMC on a Product of two ScoreMLPs, fused vs generic (issue 11)
   stage mlp_product "${MLP_TIMEOUT:-45}" python3 benchmarks/mlp_product.py --device cuda --repeats 1 \
     --json "$W/mlp_product_cuda.json"

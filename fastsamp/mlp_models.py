@@ -213,8 +213,8 @@ class FusedMLP(torch.nn.Module):
     Sequential is this module's `net`: the same parameters for state_dict, optimisers and `.to()`. Takes SiLU or
     exact GELU (one kind in every layer), hidden layers of one width, Linear layers with biases (at least two: W_0
     and W_out); a ValueError naming what differs otherwise. x: (..., D_in) in the parameters' dtype (float32 /
-    float64) and device. The fused kernel is the C++ one (CPU tensors); on a GPU ops.mlp_net runs its PyTorch
-    reference, the Sequential's own ops."""
+    float64) and device. The fused kernels: the C++ one on CPU tensors, the Triton ones on CUDA tensors (D_in and the
+    output width up to 128; above them ops.mlp_net runs its PyTorch reference, the Sequential's own ops)."""
 
     def __init__(self, net: torch.nn.Sequential, *, backend: str = "auto"):
         super().__init__()

@@ -125,7 +125,7 @@ def _net_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP
     (o, α m, v, √v) with o = W_o h_L + b_o [BLOCK_B, BLOCK_D] (zeros in the padding columns); with KEEP, act'(z_k)
     of every layer k = 0 .. L stored in the program's scratch zs for `_net_energy` ([L + 1, BLOCK_B, HP]; the tiled
     path, HP > MLP_REG_HIDDEN, keeps h_k there too: [L + 3, BLOCK_B, HP], [2, BLOCK_B, HP] without KEEP)."""
-    o = forward_layers(x, w_ptr, base, row, zs, D, cols, cmask, HP, KEEP)
+    o = forward_layers(x, w_ptr, base, row, zs, D, D, cols, cmask, HP, KEEP)
     am = tl.load(base + HP + cols, mask=cmask, other=0.0)
     return o, am, tl.load(base + HP + D), tl.load(base + HP + D + 1)
 

@@ -27,10 +27,12 @@ MLP_REG_HIDDEN = tl.constexpr(128)
 CHUNK = tl.constexpr(64)
 # What `_tiled_forward` keeps in the scratch (its KEEP): h_k only (0 / False), act'(z_k) too (KEEP_GRAD, an energy
 # network's evaluation), the training layout (TRAIN: h_k, act'(z_k), act''(z_k) of every layer), or the tangent
-# forward on top of TRAIN's (TANGENT: ḣ_k; act''(z_k) becomes act''(z_k) ⊙ ż_k)
+# forward on top of TRAIN's (TANGENT: ḣ_k; act''(z_k) becomes act''(z_k) ⊙ ż_k); BACKPROP: TRAIN's layout
+# without act''(z_k) (a first-order backward, kernels/mlp_train.py's mlp_net_backward and mlp_net_lsq)
 KEEP_GRAD = tl.constexpr(1)
 TRAIN = tl.constexpr(2)
 TANGENT = tl.constexpr(3)
+BACKPROP = tl.constexpr(4)
 
 
 @triton.jit
@@ -85,8 +87,8 @@ def _net_lanes(x, H, D, HP: tl.constexpr):
 
 
 @triton.jit
-def _reg_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
-    """`_net_forward`'s o at HP <= MLP_REG_HIDDEN: the activations in registers, one tl.dot per layer."""
+def _reg_forward(x, w_ptr, base, row, zs, D, O, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
+    """`forward_layers`'s o at HP <= MLP_REG_HIDDEN: the activations in registers, one tl.dot per layer."""
     off_w0, ld0, off_wo, off_bo, off_h, H, L, act = row
     BB: tl.constexpr = x.shape[0]
     j, jm, d, dm, hm, slot = _net_lanes(x, H, D, HP)
@@ -108,7 +110,7 @@ def _reg_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP
             tl.store(zs + (k + 1) * (BB * HP) + slot, dh)
         else:
             h = _act(z, act)
-    wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & dm[None, :], other=0.0)
+    wot = tl.load(w_ptr + off_wo + d[None, :] * H + j[:, None], mask=jm[:, None] & (d < O)[None, :], other=0.0)
     return tl.dot(h, wot, input_precision="ieee") + tl.load(w_ptr + off_bo + cols, mask=cmask, other=0.0)
 
 
@@ -142,8 +144,8 @@ def _chunk_lanes(x, HP: tl.constexpr):
 @triton.jit
 def _h_tile(k, L, KEEP: tl.constexpr):
     """The scratch tile of h_k in `_tiled_forward` (of ḣ_k with KEEP == TANGENT): k % 2 when evaluating, in the
-    training layout (`TRAIN`) the double tile 4 + 2L + 2k (h_k, then ḣ_k)."""
-    if KEEP == TRAIN:
+    training layout (`TRAIN`, `BACKPROP`) the double tile 4 + 2L + 2k (h_k, then ḣ_k)."""
+    if KEEP == TRAIN or KEEP == BACKPROP:
         t = 4 + 2 * L + 2 * k
     elif KEEP == TANGENT:
         t = 5 + 2 * L + 2 * k
@@ -170,7 +172,7 @@ def _chunk_act(z, zs, k, L, at, T, act, KEEP: tl.constexpr):
     """The epilogue of layer k at the chunk `at` (offsets in a scratch tile of T elements) of its pre-activation z:
     stores h_k = act(z) in tile `_h_tile`, and act'(z) in tile 2 + k (KEEP >= 1), act''(z) in tile 3 + L + k
     (TRAIN; `_act_tiles`); TANGENT: z is ż_k, stores ḣ_k = act'(z_k) ⊙ ż_k and turns act''(z_k) into
-    act''(z_k) ⊙ ż_k."""
+    act''(z_k) ⊙ ż_k; BACKPROP: act'(z) only, h_k in TRAIN's tile."""
     a1_at, a2_at = _act_tiles(zs, k, L, at, T)
     if KEEP == TANGENT:
         h = z * tl.load(a1_at)
@@ -179,7 +181,7 @@ def _chunk_act(z, zs, k, L, at, T, act, KEEP: tl.constexpr):
         h, dh, d2h = _act_grads(z, act)
         tl.store(a1_at, dh)
         tl.store(a2_at, d2h)
-    elif KEEP == KEEP_GRAD:
+    elif KEEP == KEEP_GRAD or KEEP == BACKPROP:
         h, dh = _act_grad(z, act)
         tl.store(a1_at, dh)
     else:
@@ -189,7 +191,7 @@ def _chunk_act(z, zs, k, L, at, T, act, KEEP: tl.constexpr):
 
 @triton.jit
 def _tiled_forward(x, w_ptr, base, row, zs, D, O, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
-    """`_net_forward`'s o (O outputs) at HP > MLP_REG_HIDDEN, CHUNK output columns of a layer at a time (the weight
+    """`forward_layers`'s o (O outputs) at HP > MLP_REG_HIDDEN, CHUNK output columns of a layer at a time (the weight
     tiles on chip are [CHUNK, CHUNK]), the layer epilogues `_chunk_act` (KEEP: what the scratch keeps; TANGENT: the
     tangent forward along x, no biases). The training op (kernels/mlp_train.py) runs it at every HP."""
     off_w0, ld0, off_wo, off_bo, off_h, H, L, act = row
@@ -262,14 +264,15 @@ def _tiled_backward(r, w_ptr, row, zs, D, HP: tl.constexpr):
 
 
 @triton.jit
-def forward_layers(x, w_ptr, base, row, zs, D, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
-    """o = W_o h_L + b_o [BLOCK_B, BLOCK_D] of the network of table row `row` (kernels/mlp.py `_net_row`) at the rows
-    of x; base: its per-call constants (c at base); with KEEP, act'(z_k) of every layer k = 0 .. L stored in the
-    program's scratch zs for `backward_layers` (tile k; the tiled path: tile 2 + k)."""
+def forward_layers(x, w_ptr, base, row, zs, D, O, cols, cmask, HP: tl.constexpr, KEEP: tl.constexpr):
+    """o = W_o h_L + b_o [BLOCK_B, BLOCK_D] (O outputs, cmask = cols < O) of the network of table row `row`
+    (kernels/mlp.py `_net_row`) at the rows of x (D inputs); base: its per-call constants (c at base); with KEEP,
+    act'(z_k) of every layer k = 0 .. L stored in the program's scratch zs for `backward_layers` (tile k; the tiled
+    path: tile 2 + k)."""
     if HP > MLP_REG_HIDDEN:
-        o = _tiled_forward(x, w_ptr, base, row, zs, D, D, cols, cmask, HP, KEEP)
+        o = _tiled_forward(x, w_ptr, base, row, zs, D, O, cols, cmask, HP, KEEP)
     else:
-        o = _reg_forward(x, w_ptr, base, row, zs, D, cols, cmask, HP, KEEP)
+        o = _reg_forward(x, w_ptr, base, row, zs, D, O, cols, cmask, HP, KEEP)
     return o
 
 

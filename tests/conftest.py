@@ -107,6 +107,18 @@ def bound_triton_programs(monkeypatch, device):
 
 
 @pytest.fixture
+def op_device(backend, monkeypatch):
+    """The device of `backend`'s tensors (Triton: a GPU, else the interpreter on the CPU), skipping when it is
+    unavailable. On a GPU the Triton network ops' persistent grids are bounded to 2 programs, as under the
+    interpreter, so that a program loops over several row blocks at small batches (`bound_triton_programs`)."""
+    skip_unless_available(backend)
+    device = backend_device(backend)
+    if backend == "triton":
+        bound_triton_programs(monkeypatch, device)
+    return device
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread for the test: small GEMMs run as fast, immune to a busy machine, and bitwise
     comparisons get one fixed reduction order."""

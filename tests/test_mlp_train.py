@@ -1,13 +1,14 @@
-"""The training pass of the fused MLP engine (ops.mlp_net and ops.mlp_net_lsq, csrc/cpu/mlp_net.cpp): forward and
-backward (every weight, bias and the input) and the least-squares loss with its gradient equal to the PyTorch
-reference on many shapes, gradcheck in float64, the argument checks, and train_score_mlp on it: the same
-parameters as eager training after n steps."""
+"""The training pass of the fused MLP engine (ops.mlp_net and ops.mlp_net_lsq: the C++ ops csrc/cpu/mlp_net.cpp and
+the Triton ones kernels/mlp_train.py): forward and backward (every weight, bias and the input) and the
+least-squares loss with its gradient equal to the PyTorch reference on many shapes, gradcheck in float64, the
+argument checks, and train_score_mlp on it: the same parameters as eager training after n steps."""
 import pytest
 import torch
-from conftest import skip_unless_available
+from conftest import backend_device, bound_triton_programs, skip_unless_available
 
-from fastsamp import ops
+from fastsamp import backends, ops
 from fastsamp.models import EnergyMLP, GaussianMixture, ScoreMLP, train_score_mlp
+from fastsamp.ops import _library, _table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,9 +21,15 @@ SHAPES = [(1, 1, 1, 1, 0), (3, 2, 7, 1, 1), (5, 1, 16, 2, 2), (97, 34, 33, 2, 2)
           (131, 9, 130, 40, 1), (61, 16, 33, 5, 2), (61, 64, 33, 5, 2)]
 
 
+BACKENDS = pytest.mark.parametrize("backend", ["cpp", "triton"])
+
+
 @pytest.fixture(autouse=True)
-def cpp():
-    skip_unless_available("cpp")
+def cpp(request):
+    """The C++ backend ("auto" on the CPU), which every test but the Triton variants of BACKENDS runs."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("backend") != "triton":
+        skip_unless_available("cpp")
 
 
 def layers(D, H, O, L, dtype, seed=0):
@@ -34,37 +41,46 @@ def layers(D, H, O, L, dtype, seed=0):
     return [t.requires_grad_(True) for t in ws], [t.requires_grad_(True) for t in bs]
 
 
+def on(device, *tensors):
+    """Copies of the tensors on `device`, each requiring grad as its original does."""
+    return [t.detach().to(device).requires_grad_(t.requires_grad) for t in tensors]
+
+
+@BACKENDS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("activation", ["silu", "gelu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
-def test_forward_and_backward_equal_the_reference(shape, activation, dtype):
+def test_forward_and_backward_equal_the_reference(op_device, backend, shape, activation, dtype):
     B, D, H, O, L = shape
     ws, bs = layers(D, H, O, L, dtype)
     x = torch.randn(B, D, dtype=dtype, requires_grad=True)
     g = torch.randn(B, O, dtype=dtype)
-    out = ops.mlp_net(x, ws, bs, activation=activation)
+    dx, dg, *dps = on(op_device, x, g, *ws, *bs)
+    out = ops.mlp_net(dx, dps[:len(ws)], dps[len(ws):], activation=activation, backend=backend)
     ref = ops.mlp_net(x, ws, bs, activation=activation, backend="torch")
     assert type(out.grad_fn).__name__ == "_MLPNetBackward"
-    torch.testing.assert_close(out, ref, **TOL[dtype])
-    got = torch.autograd.grad(out, [x, *ws, *bs], g)
+    torch.testing.assert_close(out.cpu(), ref, **TOL[dtype])
+    got = torch.autograd.grad(out, [dx, *dps], dg)
     want = torch.autograd.grad(ref, [x, *ws, *bs], g)
     for name, a, b in zip(["x"] + [f"W{k}" for k in range(len(ws))] + [f"b{k}" for k in range(len(bs))], got, want):
         scale = b.abs().max().clamp(min=1.0)  # float32 sums over B rows: relative to the gradient's size
-        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype], msg=name)
+        torch.testing.assert_close(a.cpu() / scale, b / scale, **TOL[dtype], msg=name)
 
 
+@BACKENDS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
-def test_lsq_loss_and_gradient_equal_the_reference(shape, dtype):
+def test_lsq_loss_and_gradient_equal_the_reference(op_device, backend, shape, dtype):
     B, D, H, O, L = shape
     ws, bs = layers(D, H, O, L, dtype)
     x, c, k = torch.randn(B, D, dtype=dtype), torch.randn(B, O, dtype=dtype), torch.rand(B, dtype=dtype) + 0.5
-    loss = ops.mlp_net_lsq(x, ws, bs, c, k)
+    dx, dc, dk, *dps = on(op_device, x, c, k, *ws, *bs)
+    loss = ops.mlp_net_lsq(dx, dps[:len(ws)], dps[len(ws):], dc, dk, backend=backend)
     ref = ((c + k[:, None] * ops.mlp_net(x, ws, bs, backend="torch")) ** 2).sum(1).mean()
-    torch.testing.assert_close(loss, ref, **TOL[dtype])
-    for a, b in zip(torch.autograd.grad(2.5 * loss, ws + bs), torch.autograd.grad(2.5 * ref, ws + bs)):
+    torch.testing.assert_close(loss.cpu(), ref, **TOL[dtype])
+    for a, b in zip(torch.autograd.grad(2.5 * loss, dps), torch.autograd.grad(2.5 * ref, ws + bs)):
         scale = b.abs().max().clamp(min=1.0)
-        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])
+        torch.testing.assert_close(a.cpu() / scale, b / scale, **TOL[dtype])
     torch.testing.assert_close(ops.mlp_net_lsq(x, ws, bs, c, k, backend="torch"), ref, **TOL[dtype])
 
 
@@ -103,15 +119,20 @@ def test_a_second_derivative_through_mlp_net_raises(backend):
         g_w.square().sum().backward()
 
 
-def test_the_input_gradient_only_when_asked():
+@BACKENDS
+def test_the_input_gradient_only_when_asked(op_device, backend):
     ws, bs = layers(3, 8, 2, 1, torch.float64)
-    x = torch.randn(10, 3, dtype=torch.float64)  # no grad: the backward kernel skips W_0ᵀ δz_0
-    ops.mlp_net(x, ws, bs).sum().backward()
+    ws, bs = on(op_device, *ws), on(op_device, *bs)
+    x = torch.randn(10, 3, dtype=torch.float64, device=op_device)  # no grad: the backward kernel skips W_0ᵀ δz_0
+    ops.mlp_net(x, ws, bs, backend=backend).sum().backward()
     assert x.grad is None and all(p.grad is not None for p in ws + bs)
-    params = [ws[0], bs[0], ws[-1], bs[-1], ws[1], bs[1]]
-    g_x, g_params = torch.ops.fastsamp.mlp_net_backward(x, [p.detach() for p in params], 1,
-                                                        torch.ones(10, 2, dtype=torch.float64), False)
+    params = [p.detach() for p in (ws[0], bs[0], ws[-1], bs[-1], ws[1], bs[1])]
+    g_x, g_params = backends._load(backend)[0].mlp_net_backward(x, params, 1, torch.ones(10, 2, dtype=torch.float64,
+                                                                                         device=op_device), False)
     assert g_x is None and [g.shape for g in g_params] == [p.shape for p in params]
+    if backend == "cpp":  # the registered op, its optional output
+        g_x, _ = torch.ops.fastsamp.mlp_net_backward(x, params, 1, torch.ones(10, 2, dtype=torch.float64), False)
+        assert g_x is None
 
 
 def test_several_threads_equal_one():
@@ -171,6 +192,56 @@ def test_bad_inputs_name_the_argument():
         ops.mlp_net_lsq(x, ws, bs, torch.zeros(4, 2), torch.ones(4, 1))
     with pytest.raises(ValueError, match="must not require grad"):
         ops.mlp_net_lsq(x.requires_grad_(True), ws, bs, torch.zeros(4, 2), torch.ones(4))
+
+
+def test_triton_ops_twice_on_cuda_with_two_programs_give_equal_bits(monkeypatch):
+    """CUDA only: mlp_net with its backward (g_x too) and mlp_net_lsq called twice on the same inputs, the grid
+    bounded to 2 programs (13 row blocks of 16: each program loops over several, reusing its scratch and gradient
+    row), give torch.equal outputs and gradients (a missing barrier between a program's blocks or layers would show
+    as a run-to-run difference). Hidden 150 (the tiled path, three chunks, the last partial)."""
+    skip_unless_available("triton")
+    device = backend_device("triton")
+    if device.type != "cuda":
+        pytest.skip("needs a GPU: the interpreter runs one program at a time, each operation on a whole block")
+    bound_triton_programs(monkeypatch, device)
+    B, D, H, O, L = 200, 6, 150, 4, 2
+    ws, bs = layers(D, H, O, L, torch.float32, seed=9)
+    x, c, k, g = on(device, torch.randn(B, D, requires_grad=True), torch.randn(B, O), torch.rand(B) + 0.5,
+                    torch.randn(B, O))
+    ps = on(device, *ws, *bs)
+    runs = []
+    for _ in range(2):
+        out = ops.mlp_net(x, ps[:len(ws)], ps[len(ws):], backend="triton")
+        loss = ops.mlp_net_lsq(x.detach(), ps[:len(ws)], ps[len(ws):], c, k, backend="triton")
+        runs.append([out.detach(), *torch.autograd.grad(out, [x, *ps], g), loss.detach(),
+                     *torch.autograd.grad(loss, ps)])
+    for i, (a, b) in enumerate(zip(*runs)):
+        assert torch.equal(a, b), f"output {i} differs between two calls"
+
+
+def test_triton_size_limits_and_the_reference_above_them():
+    """The Triton ops of one MLP hold an input row and an output row in registers: D_in and O up to MLP_NET_MAX_IN
+    (any hidden width). Above either, an explicit backend="triton" raises naming the op and the width, and the
+    registered ops' kernels ("auto" on CUDA) run the reference (`_above_limits`, which reads both widths)."""
+    skip_unless_available("triton")
+    kernels = backends._load("triton")[0]
+    most, device = kernels.MLP_NET_MAX_IN, backend_device("triton")
+    for name in ("mlp_net", "mlp_net_backward", "mlp_net_lsq", "mlp_net_energy_lsq"):
+        fn = getattr(kernels, name)
+        assert _library.max_d(fn, name) == most
+        above = _library._above_limits(fn, _table.OPS[name])
+        for D, O, want in ((most, most, False), (most + 1, 1, True), (2, most + 1, True)):
+            ws, bs = layers(D, 8, O, 1, torch.float32)
+            params = [p.detach() for p in (ws[0], bs[0], ws[-1], bs[-1], ws[1], bs[1])]
+            assert above((torch.zeros(1, D), params)) == want, (name, D, O)
+    wide_w, wide_b = layers(2, 8, most + 1, 0, torch.float32)
+    with pytest.raises(ValueError, match=f"triton mlp_net supports the output width O = weights\\[-1\\].shape\\[0\\] "
+                                         f"<= {most}, got {most + 1}"):
+        ops.mlp_net(torch.randn(3, 2, device=device), on(device, *wide_w), on(device, *wide_b), backend="triton")
+    tall_w, tall_b = layers(most + 1, 8, 2, 0, torch.float32)
+    with pytest.raises(ValueError, match=f"mlp_net_lsq supports D <= {most}, got D = {most + 1}"):
+        ops.mlp_net_lsq(torch.randn(3, most + 1, device=device), on(device, *tall_w), on(device, *tall_b),
+                        torch.zeros(3, 2, device=device), torch.ones(3, device=device), backend="triton")
 
 
 DATA = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.log(torch.tensor([0.4, 0.6])),

@@ -28,18 +28,6 @@ def cpp():
     skip_unless_available("cpp")
 
 
-@pytest.fixture
-def device(backend, monkeypatch):
-    """The device of `backend`'s tensors (Triton: a GPU, else the interpreter on the CPU), skipping when it is
-    unavailable. On a GPU the Triton op's persistent grid is bounded to 2 programs, as under the interpreter, so that
-    a program loops over several row blocks at these batches (conftest's bound_triton_programs)."""
-    skip_unless_available(backend)
-    device = backend_device(backend)
-    if backend == "triton":
-        bound_triton_programs(monkeypatch, device)
-    return device
-
-
 def on(device, ws, bs):
     """Copies of the layers on `device`, requiring grad."""
     return ([t.detach().to(device).requires_grad_(True) for t in ws],
@@ -76,7 +64,8 @@ def autograd_loss(x, ws, bs, c, v, sigma, z, activation):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("activation", ["silu", "gelu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
-def test_loss_and_gradient_equal_autograds_double_backward(device, backend, shape, activation, dtype):
+def test_loss_and_gradient_equal_autograds_double_backward(op_device, backend, shape, activation, dtype):
+    device = op_device
     B, D, H, O, L = shape
     ws, bs = layers(D, H, O, L, dtype)
     x = torch.randn(B, D, dtype=dtype)
@@ -173,7 +162,8 @@ def test_several_threads_equal_one():
 
 
 @BACKENDS
-def test_bad_inputs_name_the_argument(device, backend):
+def test_bad_inputs_name_the_argument(op_device, backend):
+    device = op_device
     ws, bs = on(device, *layers(3, 8, 2, 1, torch.float32))
     x = torch.randn(4, 3, device=device)
     c, v, sigma, z = (t.to(device) for t in constants(4, 2, torch.float32))

@@ -339,7 +339,8 @@ def test_annealed_mcmc_fuses_cuda_energy_mlps():
 def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
     """The compiled path on a machine without a GPU: every mlp kernel and the move kernels on each evaluator compile
     for sm_90 (triton.compile with the wheel's ptxas) at the largest hidden tile of each path (the register path's
-    MLP_REG_HIDDEN, the tiled path's MLP_MAX_HIDDEN; the training op mlp_net_energy_lsq at both, its widest input row),
+    MLP_REG_HIDDEN, the tiled path's MLP_MAX_HIDDEN; the ops of one MLP, kernels/mlp_train.py, at both, their widest
+    rows),
     using at most the 227 KB of shared memory an H100/H200 block may."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -357,7 +358,10 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
              (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_SCORE_NETS.value, HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_sum_kernel, dict(EVAL=mlp.EVAL_ENERGY_NETS.value, HAS_MIX=True, BLOCK_D=16)),
              (mlp._net_prep_kernel, dict(BLOCK_F=16, BLOCK_D=2)),
-             (kernels.mlp_train._energy_lsq_kernel, dict(BLOCK_D=kernels.MLP_NET_MAX_IN))]
+             (kernels.mlp_train._energy_lsq_kernel, dict(BLOCK_D=kernels.MLP_NET_MAX_IN)),
+             (kernels.mlp_train._net_kernel, dict(BLOCK_D=kernels.MLP_NET_MAX_IN)),
+             (kernels.mlp_train._net_grad_kernel, dict(BLOCK_D=kernels.MLP_NET_MAX_IN, LSQ=False, WANT_GX=True)),
+             (kernels.mlp_train._net_grad_kernel, dict(BLOCK_D=kernels.MLP_NET_MAX_IN, LSQ=True, WANT_GX=False))]
     if not tiled:  # the mixture evaluator does not depend on HP
         cases += [(moves._mala_kernel, dict(MH_MODE=1, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1)),
                   (moves._hmc_kernel, dict(MH_MODE=0, RNG_T=0, EVAL=mlp.EVAL_MIXTURE.value, HAS_MIX=True, BLOCK_J=1))]
@@ -373,7 +377,7 @@ def test_kernels_compile_for_sm90_within_shared_memory(dtype, tiled):
         signature = {p.name: "constexpr" if p.is_constexpr else typ(p) for p in fn.params}
         k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=4, num_stages=mlp._STAGES))
-        shared[fn.__name__, consts.get("EVAL"), consts.get("MH_MODE")] = k.metadata.shared
+        shared[fn.__name__, consts.get("EVAL"), consts.get("MH_MODE"), consts.get("LSQ")] = k.metadata.shared
     print(f"shared memory per kernel, {dtype}, HP {hp}:", shared)
     assert max(shared.values()) <= 227 * 1024, shared
 

@@ -18,10 +18,12 @@ _INT64_MAX = 2**63 - 1
 
 # The size limits of the compiled kernels: backend op -> the module attribute holding its largest supported D, and
 # for the network ops the one holding the largest hidden width H (the Triton engine, kernels/mlp.py: MLP_MAX_D,
-# MLP_MAX_HIDDEN; a module without the attribute has no such limit). Above them "auto" runs the reference.
+# MLP_MAX_HIDDEN; a module without the attribute has no such limit); the ops of one MLP (kernels/mlp_train.py) bound
+# the input width D and the output width O = W_out.shape[0] alike. Above them "auto" runs the reference.
 _MLP_OPS = ("mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy", "mlp_energy_mala", "mlp_energy_hmc")
+_MLP_NET_OPS = ("mlp_net", "mlp_net_backward", "mlp_net_lsq", "mlp_net_energy_lsq")
 _MAX_D_ATTR = {"gmm_score": "GMM_SCORE_MAX_D", "gmm_mala": "GMM_MALA_MAX_D", "gmm_hmc": "GMM_MALA_MAX_D",
-               **{op: "MLP_MAX_D" for op in _MLP_OPS}, "mlp_net_energy_lsq": "MLP_NET_MAX_IN"}
+               **{op: "MLP_MAX_D" for op in _MLP_OPS}, **{op: "MLP_NET_MAX_IN" for op in _MLP_NET_OPS}}
 _MAX_HIDDEN_ATTR = {op: "MLP_MAX_HIDDEN" for op in _MLP_OPS}
 
 
@@ -43,12 +45,15 @@ def max_hidden(fn, op: str):
 
 def _above_limits(fn, op: _table.Op):
     """args -> whether a call of `op` (the schema's arguments) is above backend function `fn`'s size limits: the
-    state's D and, for the network ops, the widest network of the `dims` argument ([F, H, L, act] per network);
-    None where `fn` has no limit."""
+    state's D and, for the network ops, the widest network of the `dims` argument ([F, H, L, act] per network), for
+    the ops of one MLP the wider of D and O; None where `fn` has no limit."""
     most_d, most_h = max_d(fn, op.name), max_hidden(fn, op.name)
     if most_d is None and most_h is None:
         return None
     state = _state_position(op)
+    if op.name in _MLP_NET_OPS:  # params = [W_in, b_in, W_out (O, H), ...]
+        params = [a.name for a in op.schema_args].index("params")
+        return lambda args: max(args[state].shape[1], args[params][2].shape[0]) > most_d
     if most_h is None:
         return lambda args: args[state].shape[1] > most_d
     dims = [a.name for a in op.schema_args].index("dims")

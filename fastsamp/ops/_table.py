@@ -374,10 +374,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _op("mlp_energy_hmc", f"{_ENERGY_SUM} step_size:(B,) n_steps:int n_leapfrog:int seed:u64 offset:u64 "
         "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_HMC_C}",
         _ALL, **_ENERGY_SUM_KW),
-    _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, dims=_MLP_NET_DIMS),
+    _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, _ALL, dims=_MLP_NET_DIMS),
     _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool", "g_x:(B,D)?want_g_x g_params:[params]",
-        f"{_MLP_NET_C} g_out g_x g_params", public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
-    _op("mlp_net_lsq", f"{_MLP_NET} c:(B,O) k:(B,)", "loss:(B,) g_params:[params]", f"{_MLP_NET_C} c k",
+        f"{_MLP_NET_C} g_out g_x g_params", _ALL, public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
+    _op("mlp_net_lsq", f"{_MLP_NET} c:(B,O) k:(B,)", "loss:(B,) g_params:[params]", f"{_MLP_NET_C} c k", _ALL,
         dims=_MLP_NET_DIMS, guard="B > 0"),
     _op("mlp_net_energy_lsq", f"{_MLP_NET} c:(B,O) v:(B,) sigma:(B,) z:(B,O)", "loss:(B,) g_params:[params]",
         f"{_MLP_NET_C} c v sigma z", _ALL, dims=_MLP_NET_DIMS, guard="B > 0",

@@ -21,8 +21,8 @@ one pass.
 The C++ kernel evaluates every network on blocks of chains with register-tiled GEMMs (the MLP engine
 of csrc/cpu/mlp.h, shared with the DriftNet policy kernels); on CUDA tensors the Triton kernels of
 kernels/mlp.py (one program per block of chains, its activations on chip) run the network-sum and move ops, and
-kernels/mlp_train.py the energy training op `mlp_net_energy_lsq`; the reference is plain PyTorch (autograd for an
-energy network's score).
+kernels/mlp_train.py the ops of one MLP (`mlp_net` and its backward, `mlp_net_lsq`, `mlp_net_energy_lsq`); the
+reference is plain PyTorch (autograd for an energy network's score).
 """
 from __future__ import annotations
 
@@ -273,9 +273,9 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     weights in network order [W_0 (H, D_in), W_1 … W_L (H, H), W_out (O, H)] (L >= 0) and their biases, all in x's
     dtype (float32 / float64) and device. Differentiable (first order: a second derivative raises): the forward is
     one kernel call, the backward one more that gives the gradients of every weight and bias (and of x when it
-    requires grad); the C++ kernel on the CPU, the PyTorch reference elsewhere or with backend="torch": the network
-    alone, for any loss (training a ScoreMLP goes through `mlp_net_lsq`, the loss and the gradients in one call).
-    Returns (B, O)."""
+    requires grad); the C++ kernel on the CPU, the Triton one on CUDA tensors (D_in and O up to 128, the reference
+    above), the PyTorch reference elsewhere or with backend="torch": the network alone, for any loss (training a
+    ScoreMLP goes through `mlp_net_lsq`, the loss and the gradients in one call). Returns (B, O)."""
     x = _checks.state("x", x)
     layers, act = _net_layers(x, weights, biases, activation)
     _dispatch.refuse_forward_mode("mlp_net", x, *layers)
