@@ -1,13 +1,16 @@
 """torch.autocast around a user's step or a sampler: the network's half-precision outputs (float16 / bfloat16) are
 cast up to the chains' dtype by the public ops and by the samplers' model check, as type promotion does in a
-hand-written loop (`_checks.autocast_promoted`): the same values as casting by hand. Outside autocast a dtype
-mismatch stays a TypeError naming the argument."""
+hand-written loop (`_checks.autocast_promoted`), and by the registered ops called directly (their autocast
+kernels): the same values as casting by hand. Outside autocast a dtype mismatch stays a TypeError naming the
+argument."""
 import pytest
 import torch
+from test_registration import op_args
 from torch import nn
 
 from fastsamp import VP, ops
 from fastsamp.models import ScoreModel
+from fastsamp.ops import _table
 from fastsamp.samplers import annealed_mcmc
 
 D = 3
@@ -94,3 +97,41 @@ def test_compiled_step_under_autocast(dynamo_reset):
         compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
         for g, e in zip(compiled(net, x), step(net, x), strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def _half_positions(name, args):
+    """The positions of op `name`'s arguments of the chains' dtype (a tensor, or a list of them) that autocast casts
+    up (`_library._autocast_kernel`): all but the state, or without a state all but the first given one."""
+    like_x = [i for i, a in enumerate(_table.OPS[name].schema_args)
+              if a.kind in ("state", "tensor", "tensors") and a.dtype == "x" and args[i] is not None]
+    state = next((i for i, a in enumerate(_table.OPS[name].schema_args) if a.kind == "state"), like_x[0])
+    return [i for i in like_x if i != state]
+
+
+def _cast(args, positions, dtype):
+    args = list(args)
+    for i in positions:
+        args[i] = [t.to(dtype) for t in args[i]] if isinstance(args[i], (list, tuple)) else args[i].to(dtype)
+    return args
+
+
+@pytest.mark.parametrize("half", HALF, ids=str)
+@pytest.mark.parametrize("name", [op.name for op in _table.registered() if op.name not in ("normal", "uniform")])
+def test_registered_ops_promote_half_arguments_under_autocast(name, half):
+    """torch.ops.fastsamp.<op> called directly under torch.autocast: the half-precision arguments (of the chains'
+    dtype) cast up, the same outputs as the op on those values cast by hand; outside autocast they are refused."""
+    op, checked = getattr(torch.ops.fastsamp, name).default, 0
+    for noise in (False, True):  # the optional tensors given or not
+        args = op_args(name, torch.float32, noise=noise)
+        positions = _half_positions(name, args)
+        if not positions:
+            continue
+        rounded = _cast(_cast(args, positions, half), positions, torch.float32)
+        want = op(*rounded)
+        with torch.autocast("cpu", dtype=half):
+            got = op(*_cast(args, positions, half))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with pytest.raises((TypeError, ValueError), match="dtype|must be float32 or float64"):
+            op(*_cast(args, positions, half))
+        checked += 1
+    assert checked

@@ -28,7 +28,10 @@ Per op, from the op table (`_table.py`):
   unwrapped tensors that require no grad, and the fallback gives zero gradients with only a warning.)
 * a batching rule for torch.func.vmap (`_vmap.kernel`): a call that draws nothing, with only its chain arguments
   vmapped, folds the vmapped dimension into the chains (one kernel call); the others run once per slice; both exactly
-  the map of the op over the slices.
+  the map of the op over the slices;
+* autocast kernels (`_autocast_kernel`, CPU and CUDA): under torch.autocast a float16 / bfloat16 argument (a
+  network's output) is cast up to the chains' dtype, as the public ops and autocast's own type promotion do, and the
+  op runs with autocast off inside (its kernels and any reference at full precision).
 
 Registered with `torch.library.Library` define / impl rather than `torch.library.custom_op`: at B = 64 on
 one CPU thread the latter costs several µs more per eager call (benchmarks/op_latency.py). A call as a user
@@ -447,6 +450,40 @@ def _triton_decomposition(op: _table.Op, cuda_kernel) -> None:
     torch.library.register_torch_dispatch(f"{NAMESPACE}::{op.name}", FunctionalTensorMode, rule, lib=_lib)
 
 
+def _autocast_kernel(op: _table.Op, opobj, key):
+    """The op's kernel for autocast dispatch key `key`: every float16 / bfloat16 argument of the chains' dtype
+    (the table's dtype "x": a tensor or a list's tensors) but the state itself cast up to that dtype, the state's, or
+    without a state the first float32 / float64 such argument's (`_checks.autocast_promoted`'s rule), then the op
+    with `key` excluded. Outside autocast the dispatcher never comes here (its keys are excluded by default)."""
+    state = next((i for i, a in enumerate(op.schema_args) if a.kind == "state"), None)
+    like_x = [i for i, a in enumerate(op.schema_args) if a.kind in ("state", "tensor", "tensors") and a.dtype == "x"]
+    excluded = torch._C.DispatchKeySet(key)
+
+    def dtype_of(args):
+        if state is not None:
+            return args[state].dtype
+        for i in like_x:
+            for t in args[i] if isinstance(args[i], (list, tuple)) else (args[i],):
+                if isinstance(t, torch.Tensor) and t.dtype in _checks.FLOAT_DTYPES:
+                    return t.dtype
+        return None
+
+    def up(t, dtype):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _checks.AUTOCAST_DTYPES else t
+
+    def kernel(_keyset, *args):
+        dtype = dtype_of(args)
+        if dtype in _checks.FLOAT_DTYPES:
+            args = list(args)
+            for i in like_x:
+                if i != state and args[i] is not None:
+                    args[i] = [up(t, dtype) for t in args[i]] if isinstance(args[i], (list, tuple)) else up(args[i],
+                                                                                                           dtype)
+        with torch._C._ExcludeDispatchKeyGuard(excluded):
+            return opobj(*args)
+    return kernel
+
+
 def _register(op: _table.Op) -> Entry:
     _lib.define(op.schema())
     qualname = f"{NAMESPACE}::{op.name}"
@@ -464,6 +501,8 @@ def _register(op: _table.Op) -> Entry:
         _lib.impl(op.name, kernel, key.name)
     _lib.impl(op.name, _autograd_kernel(op, opobj._handle, backend_kernels, _requires_grad_test(op)), "Autograd",
               with_keyset=True)
+    for key in (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA):
+        _lib.impl(op.name, _autocast_kernel(op, opobj, key), key.name, with_keyset=True)
     if "triton" in op.backends:
         _triton_decomposition(op, backend_kernels[torch._C.DispatchKey.CUDA])
     return Entry(op, opobj)
