@@ -168,6 +168,23 @@ def _reverse(x, u, g_bar, g_dot, w_ptr, gp, zs, O, row, HP: tl.constexpr, TWO: t
     tl.debug_barrier()  # every thread has read the scratch (and its gradient row) before the next block
 
 
+@triton.jit
+def _program_rows(gp_ptr, zs_ptr, n_params, NZ, BLOCK_B: tl.constexpr, HP: tl.constexpr):
+    """This program's gradient row (n_params) and its NZ [BLOCK_B, HP] scratch tiles (int64 offsets whatever IDX64,
+    which bounds x's rows only)."""
+    pid = tl.program_id(0).to(tl.int64)
+    return gp_ptr + pid * n_params, zs_ptr + pid * NZ * (BLOCK_B * HP)
+
+
+@triton.jit
+def _row_block(x_ptr, blk, B, Din, O, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
+    """Row block blk (`_whole_rows`): its rows and mask, the columns, the output columns' mask (O), the outputs'
+    [BLOCK_B, BLOCK_D] mask and offsets, x, and x's mask and offsets (Din)."""
+    rows, rmask, cols, _, xm, xoffs, x = _whole_rows(x_ptr, blk, B, Din, BLOCK_B, BLOCK_D, IDX64)
+    omask = cols < O
+    return rows, rmask, cols, omask, rmask[:, None] & omask, rows[:, None] * O + cols, x, xm, xoffs
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _net_kernel(x_ptr, w_ptr, out_ptr, zs_ptr, NZ, B, Din, O, H, L, act, off_wo, off_bo, off_h, HP: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
@@ -189,15 +206,10 @@ def _net_grad_kernel(x_ptr, w_ptr, g_ptr, c_ptr, k_ptr, loss_ptr, gx_ptr, gp_ptr
     """mlp_net_backward (the output cotangent g_out at g_ptr; with WANT_GX, g_x) or, with LSQ, mlp_net_lsq (the rows'
     losses, the cotangent scale_ k_b r_b): the programs loop over the row blocks, each with NZ [BLOCK_B, HP] scratch
     tiles and a gradient row of n_params."""
-    pid = tl.program_id(0).to(tl.int64)  # int64 row offsets of gp and zs whatever IDX64 (x's rows only)
-    gp = gp_ptr + pid * n_params
-    zs = zs_ptr + pid * NZ * (BLOCK_B * HP)
+    gp, zs = _program_rows(gp_ptr, zs_ptr, n_params, NZ, BLOCK_B, HP)
     row = (0, Din, off_wo, off_bo, off_h, H, L, act)
     for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
-        rows, rmask, cols, cmask, xm, xoffs, x = _whole_rows(x_ptr, blk, B, Din, BLOCK_B, BLOCK_D, IDX64)
-        omask = cols < O
-        m2 = rmask[:, None] & omask
-        offs = rows[:, None] * O + cols
+        rows, rmask, cols, omask, m2, offs, x, xm, xoffs = _row_block(x_ptr, blk, B, Din, O, BLOCK_B, BLOCK_D, IDX64)
         f = _tiled_forward(x, w_ptr, w_ptr + H * Din, row, zs, Din, O, cols, omask, HP, BACKPROP)
         if LSQ:
             k = tl.load(k_ptr + rows, mask=rmask, other=0.0)[:, None]
@@ -220,15 +232,10 @@ def _energy_lsq_kernel(x_ptr, w_ptr, c_ptr, v_ptr, sigma_ptr, z_ptr, loss_ptr, g
                        BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr):
     """mlp_net_energy_lsq: the programs loop over the row blocks (a persistent grid), each with NZ [BLOCK_B, HP]
     scratch tiles and a gradient row of n_params."""
-    pid = tl.program_id(0).to(tl.int64)  # int64 row offsets of gp and zs whatever IDX64 (x's rows only)
-    gp = gp_ptr + pid * n_params
-    zs = zs_ptr + pid * NZ * (BLOCK_B * HP)
+    gp, zs = _program_rows(gp_ptr, zs_ptr, n_params, NZ, BLOCK_B, HP)
     row = (0, Din, off_wo, off_bo, off_h, H, L, act)
     for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
-        rows, rmask, cols, _, _, _, x = _whole_rows(x_ptr, blk, B, Din, BLOCK_B, BLOCK_D, IDX64)
-        omask = cols < O
-        m2 = rmask[:, None] & omask
-        offs = rows[:, None] * O + cols
+        rows, rmask, cols, omask, m2, offs, x, _, _ = _row_block(x_ptr, blk, B, Din, O, BLOCK_B, BLOCK_D, IDX64)
         f = _tiled_forward(x, w_ptr, w_ptr + H * Din, row, zs, Din, O, cols, omask, HP, TRAIN)
         v = tl.load(v_ptr + rows, mask=rmask, other=1.0)[:, None]
         sv = sqrt_ieee(v)

@@ -106,6 +106,17 @@ def bound_triton_programs(monkeypatch, device):
         monkeypatch.setattr(mlp, "_PROGRAMS_PER_SM", mlp._INTERPRET_PROGRAMS)
 
 
+def triton_gpu_with_two_programs(monkeypatch) -> torch.device:
+    """The Triton backend's GPU, its persistent grids bounded to 2 programs (`bound_triton_programs`); skips without
+    one (the interpreter runs one program at a time, each operation on a whole block: no run-to-run race shows)."""
+    skip_unless_available("triton")
+    device = backend_device("triton")
+    if device.type != "cuda":
+        pytest.skip("needs a GPU: the interpreter runs one program at a time, each operation on a whole block")
+    bound_triton_programs(monkeypatch, device)
+    return device
+
+
 @pytest.fixture
 def op_device(backend, monkeypatch):
     """The device of `backend`'s tensors (Triton: a GPU, else the interpreter on the CPU), skipping when it is

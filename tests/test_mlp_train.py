@@ -4,7 +4,7 @@ least-squares loss with its gradient equal to the PyTorch reference on many shap
 argument checks, and train_score_mlp on it: the same parameters as eager training after n steps."""
 import pytest
 import torch
-from conftest import backend_device, bound_triton_programs, skip_unless_available
+from conftest import backend_device, skip_unless_available, triton_gpu_with_two_programs
 
 from fastsamp import backends, ops
 from fastsamp.models import EnergyMLP, GaussianMixture, ScoreMLP, train_score_mlp
@@ -199,11 +199,7 @@ def test_triton_ops_twice_on_cuda_with_two_programs_give_equal_bits(monkeypatch)
     bounded to 2 programs (13 row blocks of 16: each program loops over several, reusing its scratch and gradient
     row), give torch.equal outputs and gradients (a missing barrier between a program's blocks or layers would show
     as a run-to-run difference). Hidden 150 (the tiled path, three chunks, the last partial)."""
-    skip_unless_available("triton")
-    device = backend_device("triton")
-    if device.type != "cuda":
-        pytest.skip("needs a GPU: the interpreter runs one program at a time, each operation on a whole block")
-    bound_triton_programs(monkeypatch, device)
+    device = triton_gpu_with_two_programs(monkeypatch)
     B, D, H, O, L = 200, 6, 150, 4, 2
     ws, bs = layers(D, H, O, L, torch.float32, seed=9)
     x, c, k, g = on(device, torch.randn(B, D, requires_grad=True), torch.randn(B, O), torch.rand(B) + 0.5,

@@ -5,7 +5,7 @@ rounding), gradcheck and the argument checks. train_score_mlp(parameterisation="
 as eager training after n steps) is tested with the score parameterisation's in tests/test_mlp_train.py."""
 import pytest
 import torch
-from conftest import backend_device, bound_triton_programs, skip_unless_available
+from conftest import backend_device, bound_triton_programs, skip_unless_available, triton_gpu_with_two_programs
 from test_mlp_train import layers
 
 from fastsamp import backends, ops
@@ -121,11 +121,7 @@ def test_triton_op_twice_on_cuda_with_two_programs_gives_equal_bits(monkeypatch)
     program loops over several, reusing its scratch and gradient row), gives torch.equal losses and gradients (a
     missing barrier between a program's blocks or layers would show as a run-to-run difference). Same kernel
     variant as test_triton_equals_the_float64_reference_and_the_cpp_op (float32, hidden 150, D_in 6)."""
-    skip_unless_available("triton")
-    device = backend_device("triton")
-    if device.type != "cuda":
-        pytest.skip("needs a GPU: the interpreter runs one program at a time, each operation on a whole block")
-    bound_triton_programs(monkeypatch, device)
+    device = triton_gpu_with_two_programs(monkeypatch)
     B, D, H, O, L = 200, 6, 150, 4, 2
     ws, bs = on(device, *layers(D, H, O, L, torch.float32, seed=9))
     x, consts = torch.randn(B, D, device=device), [t.to(device) for t in constants(B, O, torch.float32, seed=10)]
