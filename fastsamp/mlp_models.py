@@ -13,6 +13,11 @@ from ._model_base import no_grad_call, schedule_config, schedule_from_config, va
 from .schedules import VP
 
 
+def _mirror_data_var_after_load(module, incompatible_keys):
+    """load_state_dict's post hook of a FourierMLP (a module-level function: a model with it pickles)."""
+    module._mirror_data_var()
+
+
 class FourierMLP(torch.nn.Module):
     """What ScoreMLP and EnergyMLP share: f(x, t) = MLP([x, Fourier(t)]) (hidden width `hidden`, three
     SiLU layers, n_freq sinusoidal frequencies of t) and the moment-matched Gaussian of the data
@@ -31,12 +36,26 @@ class FourierMLP(torch.nn.Module):
         self.register_buffer("data_mean", torch.zeros(dim, dtype=dtype) if data_mean is None
                              else data_mean.detach().to(dtype=dtype, copy=True))
         self.register_buffer("data_var", torch.tensor(float(data_var), dtype=dtype))
+        self._mirror_data_var()
+        self.register_load_state_dict_post_hook(_mirror_data_var_after_load)
         linear = lambda n_in, n_out: torch.nn.Linear(n_in, n_out, dtype=dtype)  # noqa: E731
         self.net = torch.nn.Sequential(
             linear(dim + 2 * n_freq, hidden), torch.nn.SiLU(),
             linear(hidden, hidden), torch.nn.SiLU(),
             linear(hidden, hidden), torch.nn.SiLU(),
             linear(hidden, dim))
+
+    def _mirror_data_var(self):
+        """data_var's value as a Python float, what `fused_net` hands the kernels (the buffer stays what state_dict
+        saves): read once here, so that a step compiled around the fused ops has no `.item()` in it (a graph break,
+        and under fullgraph=True a SymFloat the ops' float lists cannot take). Kept at construction, load_state_dict
+        and every .to() / .double() / .cuda() (`_apply`, which may round the buffer)."""
+        self._data_var = None if self.data_var.is_meta else float(self.data_var)
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        self._mirror_data_var()
+        return module
 
     def marginal(self, t):
         """(α_t, σ_t²) of the schedule for a tensor of times."""
@@ -84,7 +103,8 @@ class FourierMLP(torch.nn.Module):
     def fused_net(self, t, x):
         """This network at time t as the fused network ops read it (ops.ScoreNet for a ScoreMLP, ops.EnergyNet for
         an EnergyMLP: `FUSED_NET`), its tensors detached and in x's dtype and device; (α_t, σ_t²) from the schedule
-        in float64."""
+        in float64; σ_d² the buffer's value as of its last load_state_dict / .to() (`_mirror_data_var`: an in-place
+        write to the buffer is not seen)."""
         if not self.fusable():
             raise TypeError(f"{type(self).__name__}.net must be Sequential(Linear, SiLU, ..., Linear) on a device with "
                             f"a fused kernel")
@@ -92,7 +112,7 @@ class FourierMLP(torch.nn.Module):
         conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
         t = float(t)
         return self.FUSED_NET(tuple(conv(w) for w in weights), tuple(conv(b) for b in biases),
-                              conv(self.freq), conv(self.data_mean), float(self.data_var), t,
+                              conv(self.freq), conv(self.data_mean), self._data_var, t,
                               float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
 
     def fused_corrector(self):

@@ -334,3 +334,30 @@ def test_time_as_tensor_gives_the_float_time_values(dtype):
     net = TimeScore().to(dtype)
     torch.testing.assert_close(ScoreModel(net, D, time_as_tensor=True).score(x, 0.4), ScoreModel(net, D).score(x, 0.4),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["score", "energy"])
+def test_fused_network_step_compiles_fullgraph(dynamo_reset, kind):
+    """A step around the fused network moves with the network made inside it (`ScoreMLP.score_net`,
+    `EnergyMLP.energy_net`) compiles with fullgraph=True (σ_d² a Python float, `FourierMLP._mirror_data_var`: no
+    `.item()`), gives eager's bits, and follows the model's data_var through load_state_dict and .double()."""
+    from fastsamp.models import EnergyMLP, ScoreMLP
+
+    cls, move = (ScoreMLP, ops.mlp_mala) if kind == "score" else (EnergyMLP, ops.mlp_energy_mala)
+    torch.manual_seed(0)
+    net = cls(2, hidden=16, n_freq=4, data_var=1.7)
+    make = net.score_net if kind == "score" else net.energy_net
+
+    def step(x):
+        return move(x, make(0.5, x), step_size=0.05, n_steps=2, seed=3)
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    x = torch.randn(33, 2)
+    for model_change in (None, lambda: net.load_state_dict(cls(2, hidden=16, n_freq=4, data_var=0.6).state_dict()),
+                         lambda: net.double()):
+        if model_change is not None:
+            model_change()
+            x = x.to(net.freq.dtype)
+        for got, want in zip(compiled(x), step(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert net._data_var == float(net.data_var) == pytest.approx(0.6)

@@ -172,14 +172,16 @@ def test_energy_mh_accept_is_the_exact_mala_test():
 
 
 def test_a_backend_without_the_ops_kernel_is_named():
-    """An explicit backend that lacks the op's kernel raises naming both (mlp_net: the reference and C++ only)."""
+    """An explicit backend that lacks the op's kernel raises naming both (policy_rollout: the reference and C++
+    only)."""
     if not backends.is_available("triton"):
         pytest.skip("the triton backend is not available")
-    x = torch.randn(5, 3, dtype=torch.float64)
-    weights = [torch.randn(4, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)]
-    biases = [torch.zeros(4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
-    with pytest.raises(ValueError, match="op 'mlp_net' has no 'triton' kernel"):
-        ops.mlp_net(x, weights, biases, backend="triton")
+    from fastsamp.samplers.diffusion import DriftNet
+
+    net = DriftNet(2, hidden=8, n_harmonics=4)
+    temb = net.time_features(torch.arange(3) / 3)[0].detach()
+    with pytest.raises(ValueError, match="op 'policy_rollout' has no 'triton' kernel"):
+        ops.policy_rollout(net, temb, 4, sigma=1.0, backend="triton")
 
 
 # --- schedules on tensors -------------------------------------------------------------------------------
