@@ -22,7 +22,8 @@
 
 The gradient ops run every layer on kernels/mlp_layers.py's tiled path (64-column chunks, HP a multiple of 64, the
 streams in a per-program scratch; see its TRAIN layout), whatever the width. The programs each add their blocks'
-gradients to a row of their own (no atomics), summed over the programs afterwards (deterministic). Input and output
+gradients to a row of their own (no atomics; at most GRAD_ROWS_BYTES of rows, fewer programs for a wide network),
+summed over the programs afterwards (deterministic). Input and output
 widths up to MLP_NET_MAX_IN (the rows in registers), any hidden width. Dots in ieee precision. Never run on a GPU:
 checked by the interpreter tests and by compiling for sm_90.
 """
@@ -54,6 +55,10 @@ from .tiles import div_ieee, sqrt_ieee
 # reference
 MLP_NET_MAX_IN = MLP_MAX_D
 _BLOCK_B = 32 if INTERPRET else 16
+# the most memory the gradient ops' per-program gradient rows take (programs x n_params): a wide network gets fewer
+# programs, each looping over more row blocks, instead of hundreds of MB of rows to zero and sum per call (H = 512,
+# L = 3 has 0.8 M parameters: 528 programs of an H100's bound would be 1.7 GB in float32)
+GRAD_ROWS_BYTES = 64 << 20
 _RUNTIME_INTS = ["NZ", "B", "Din", "O", "H", "L", "act", "off_wo", "off_bo", "off_h"]  # n_params too, where taken
 
 
@@ -253,9 +258,10 @@ def _energy_lsq_kernel(x_ptr, w_ptr, c_ptr, v_ptr, sigma_ptr, z_ptr, loss_ptr, g
 
 class _Net:
     """One call's network: the widths of params (mlp_net's packing), the flat parameters w (one tensor, the kernels'
-    offsets into it) and the kernels' block sizes; raises ValueError naming `op` above MLP_NET_MAX_IN."""
+    offsets into it), the kernels' block sizes and grid (`grads`: with a gradient row per program, at most
+    GRAD_ROWS_BYTES of them); raises ValueError naming `op` above MLP_NET_MAX_IN."""
 
-    def __init__(self, op, x, params):
+    def __init__(self, op, x, params, grads=False):
         self.B, self.Din = x.shape
         w_in, _, w_out, _, *hidden = params
         self.H, self.O, self.L = w_in.shape[0], w_out.shape[0], len(hidden) // 2
@@ -269,6 +275,8 @@ class _Net:
         self.HP = CHUNK.value * triton.cdiv(self.H, CHUNK.value)
         self.BLOCK_D = max(16, next_pow2(max(self.Din, self.O)))
         self.programs = persistent_programs(triton.cdiv(self.B, _BLOCK_B), x.device)  # the evaluators' bound
+        if grads:
+            self.programs = min(self.programs, max(1, GRAD_ROWS_BYTES // (self.w.numel() * x.element_size())))
 
     def scratch(self, x, NZ):
         """Each program's NZ [BLOCK_B, HP] scratch tiles."""
@@ -308,7 +316,7 @@ def mlp_net(x, params, act):
 
 def _first_order(op, x, params, act, g_out, c, k, want_g_x):
     """(loss or None, g_x or None, the parameters' gradients) of mlp_net_backward (g_out) or mlp_net_lsq (c, k)."""
-    net = _Net(op, x, params)
+    net = _Net(op, x, params, grads=True)
     lsq = g_out is None
     loss = torch.empty(net.B, dtype=x.dtype, device=x.device) if lsq else None
     g_x = torch.empty_like(x) if want_g_x else None
@@ -334,7 +342,7 @@ def mlp_net_lsq(x, params, act, c, k):
 
 def mlp_net_energy_lsq(x, params, act, c, v, sigma, z):
     """(the rows' losses (B,), the gradients of their mean, shaped as params): module docstring; O <= D_in."""
-    net = _Net("mlp_net_energy_lsq", x, params)
+    net = _Net("mlp_net_energy_lsq", x, params, grads=True)
     if net.O > net.Din:
         raise ValueError(f"triton mlp_net_energy_lsq needs O <= x.shape[1] (the state is x's first O columns), got "
                          f"O = {net.O}, x.shape[1] = {net.Din}")

@@ -215,6 +215,33 @@ def test_triton_ops_twice_on_cuda_with_two_programs_give_equal_bits(monkeypatch)
         assert torch.equal(a, b), f"output {i} differs between two calls"
 
 
+def test_triton_gradient_rows_are_bounded(monkeypatch):
+    """The gradient ops keep one gradient row (n_params) per program, at most GRAD_ROWS_BYTES of them: below one
+    row's size a single program takes every row block, with the same gradients as the reference (B = 131: 5 blocks
+    under the interpreter, 9 on a GPU)."""
+    skip_unless_available("triton")
+    mlp_train = backends._load("triton")[0].mlp_train
+    device = backend_device("triton")
+    ws, bs = layers(5, 40, 3, 1, torch.float64)
+    x, c, k = torch.randn(131, 5, dtype=torch.float64), torch.randn(131, 3, dtype=torch.float64), torch.rand(
+        131, dtype=torch.float64) + 0.5
+    params = [p.detach() for p in (ws[0], bs[0], ws[-1], bs[-1], ws[1], bs[1])]
+    n_bytes = sum(p.numel() for p in params) * 8
+    monkeypatch.setattr(mlp_train, "GRAD_ROWS_BYTES", n_bytes)
+    assert mlp_train._Net("mlp_net_lsq", x, params, grads=True).programs == 1
+    assert mlp_train._Net("mlp_net", x, params).programs > 1  # the forward keeps its grid
+    monkeypatch.setattr(mlp_train, "GRAD_ROWS_BYTES", 3 * n_bytes)
+    assert mlp_train._Net("mlp_net_lsq", x, params, grads=True).programs == min(
+        3, mlp_train.persistent_programs(5, x.device))
+    monkeypatch.setattr(mlp_train, "GRAD_ROWS_BYTES", n_bytes - 1)  # under one row: still one program
+    dx, dc, dk, *dps = on(device, x, c, k, *ws, *bs)
+    loss = ops.mlp_net_lsq(dx, dps[:len(ws)], dps[len(ws):], dc, dk, backend="triton")
+    ref = ops.mlp_net_lsq(x, ws, bs, c, k, backend="torch")
+    torch.testing.assert_close(loss.cpu(), ref, **TOL[torch.float64])
+    for a, b in zip(torch.autograd.grad(loss, dps), torch.autograd.grad(ref, ws + bs)):
+        torch.testing.assert_close(a.cpu(), b, **TOL[torch.float64])
+
+
 def test_triton_size_limits_and_the_reference_above_them():
     """The Triton ops of one MLP hold an input row and an output row in registers: D_in and O up to MLP_NET_MAX_IN
     (any hidden width). Above either, an explicit backend="triton" raises naming the op and the width, and the
