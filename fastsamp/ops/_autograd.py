@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 
 from . import reference
 
@@ -225,6 +226,21 @@ def momentum_refresh_jvp(ctx, dp, _damping, d_noise, *_):
     return _linear(p_new, (damping, dp), ((1.0 - damping * damping) ** 0.5, d_noise))
 
 
+_FUNCTION_APPLY = vars(torch._C._FunctionBase)["apply"]
+"""autograd's own apply of an autograd.Function (what `Function.apply` calls outside torch.func's transforms)."""
+
+
+def apply(function, *args):
+    """function.apply(*args) for fastsamp's autograd.Functions (positional arguments, no defaults): outside torch.func's
+    transforms autograd's own apply, as `Function.apply` calls it but without its per-call binding of the arguments
+    to forward's signature (inspect.signature, ~13 µs a call, for defaults these Functions do not have); inside a
+    transform `Function.apply` itself (torch.func's custom_function_call), and while torch.compile traces (dynamo
+    traces Function.apply, not autograd's own)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return _FUNCTION_APPLY.__get__(None, function)(*_unwrap_dead_wrappers(args))
+
+
 class _FirstOrderGrads(torch.autograd.Function):
     """The gradients of a fused op's backward unchanged, tied (under create_graph=True) to what they depend on: the
     cotangents and the saved inputs. Differentiating them raises, naming the op: the backward kernels are first order
@@ -257,7 +273,7 @@ def first_order(op, grads, *depends_on):
     links = [t for t in depends_on if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (*links, *(g for g in grads if g is not None))):
         kept = [k for k, g in enumerate(grads) if g is not None]
-        for k, g in zip(kept, _FirstOrderGrads.apply(op, len(kept), *(grads[k] for k in kept), *links)):
+        for k, g in zip(kept, apply(_FirstOrderGrads, op, len(kept), *(grads[k] for k in kept), *links)):
             grads[k] = g
     return grads
 

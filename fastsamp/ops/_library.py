@@ -180,7 +180,7 @@ def _function(op: _table.Op, handle):
     return apply
 
 
-_FUNCTION_APPLY = vars(torch._C._FunctionBase)["apply"]
+_FUNCTION_APPLY = _autograd._FUNCTION_APPLY
 """autograd's own apply of an autograd.Function (what `Function.apply` calls outside torch.func's transforms). Under a
 transform the Autograd kernel runs inside the transform's level (its tensors are that level's wrappers, torch.func's
 dispatch keys already handled), as aten's Autograd kernels do: there the Function is a single-level one (as

@@ -281,7 +281,7 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     _dispatch.refuse_forward_mode("mlp_net", x, *layers)
     if _dispatch.nothing_to_differentiate(x, layers):
         return _net_out(backend, act, x, layers)
-    return _MLPNet.apply(backend, act, x, *layers)
+    return _autograd.apply(_MLPNet, backend, act, x, *layers)
 
 
 def _net_layers(x, weights, biases, activation):
@@ -310,7 +310,7 @@ def _loss(backend, op, act, x, consts, layers):
     """The mean loss of loss op `op` (`_MLPNetLsq`, or its forward alone when nothing requires grad)."""
     if _dispatch.nothing_to_differentiate(x, (*consts, *layers)):
         return _loss_rows(backend, op, act, x, consts, layers)[0].mean()
-    return _MLPNetLsq.apply(backend, op, act, x, consts, *layers)[0]
+    return _autograd.apply(_MLPNetLsq, backend, op, act, x, consts, *layers)[0]
 
 
 class _MLPNetLsq(torch.autograd.Function):

@@ -132,8 +132,8 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
         out = _em_step(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
                        explore * explore, c, b2)
         return tuple(out) if x_next is None else (x_next,) + tuple(out[1:])
-    out = _EMStepLogProb.apply(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
-                               explore * explore, c, b2, reparam)
+    out = _autograd.apply(_EMStepLogProb, x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
+                          explore * explore, c, b2, reparam)
     return tuple(out) if x_next is None else (x_next,) + tuple(out)
 
 
@@ -313,8 +313,8 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
                 return fn(x0, temb, params, *args, False)[:3]
         _cpp_only(backend, temb.device, "reparam=True")
     _dispatch.refuse_forward_mode("policy_rollout", temb, lgv, *params, hint=_TORCH_HINT)
-    return _PolicyReparam.apply((backend, x0, args, lp), temb, _checks.resolved(lgv) if lgv is not None else None,
-                                *params)
+    return _autograd.apply(_PolicyReparam, (backend, x0, args, lp), temb,
+                           _checks.resolved(lgv) if lgv is not None else None, *params)
 
 
 _TORCH_HINT = "; backend='torch' (the reference, differentiated by autograd) takes forward mode"
@@ -495,7 +495,7 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     _dispatch.refuse_forward_mode("policy_log_pf", temb, lgv, *params, hint=_TORCH_HINT)
     if _dispatch.nothing_to_differentiate(temb, (lgv, *params)):
         return _log_pf_values(meta, states, temb, lgv, params)  # no autograd.Function
-    return _PolicyLogPF.apply(meta, states, temb, lgv, *params)
+    return _autograd.apply(_PolicyLogPF, meta, states, temb, lgv, *params)
 
 
 def _checked_activations(activations, log_pf, states, p: PolicyParams):
