@@ -7,7 +7,12 @@ eager PyTorch and under a fair torch.compile, and what it does to a whole sample
    medians: eager (nn.Sequential), compile (torch.compile(dynamic=False) of the Sequential, after a warm-up),
    fused (FusedMLP). GFLOP/s from 2B(Din H + H² + H D) and, as the roofline, the fp32 GEMM rate of a 1024³ matmul
    measured in the same run.
-2. A sampler run: annealed_mcmc (20 levels x 5 MALA moves, score-MH with n_trapezoid 3, 2048 chains) on the user
+2. The training pass: the gradients of a mean-squared loss, mean_b |f(x_b) − y_b|², to every weight and bias
+   (torch.autograd.grad), for B = 512 and 2048 and H = 64, 128: eager, compile (torch.compile(dynamic=False) of the
+   loss function: AOTAutograd compiles its forward and backward) and fused (FusedMLP: the forward kernel, autograd
+   through the loss, the backward kernel). GFLOP/s from the forward's F = 2B(Din H + H² + H D), the weight
+   gradients' F and the cotangent chain's 2B(H² + H D) (no input gradient).
+3. A sampler run: annealed_mcmc (20 levels x 5 MALA moves, score-MH with n_trapezoid 3, 2048 chains) on the user
    network as is and with its Sequential wrapped in FusedMLP, interleaved, medians.
 
     python benchmarks/fused_mlp.py [--dim 8] [--repeats 9] [--clock cpu|wall] [--device cpu|cuda] [--json out.json]
@@ -52,6 +57,38 @@ def interleaved(fns: dict, repeats, clock, sync):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def table_row(B, H, med, flops, gemm):
+    """The JSON row of one (B, H) cell, printed as a table row: the medians (µs), fused over the better of eager and
+    compile, the fused side's GFLOP/s (`flops` per call) and its fraction of the GEMM rate `gemm` (None on a GPU)."""
+    rate, best = flops / med["fused"] / 1e9, min(med["eager"], med["compile"])
+    frac = None if gemm is None else rate / gemm
+    print(f"| {B} | {H} | {med['eager'] * 1e6:.0f} | {med['compile'] * 1e6:.0f} | {med['fused'] * 1e6:.0f} | "
+          f"{med['fused'] / best:.2f} | {rate:.1f} | {'' if frac is None else f'{100 * frac:.0f} %'} |")
+    return {"B": B, "H": H, "us": {k: v * 1e6 for k, v in med.items()}, "fused_over_best_pytorch": med["fused"] / best,
+            "fused_GFLOPs": rate, "fused_frac_gemm": frac}
+
+
+def mse(net, x, y):
+    return ((net(x) - y) ** 2).mean()
+
+
+def training_pass(D, H, B, device, args, clock, sync):
+    """{eager, compile, fused: median seconds} of the loss's gradients to every weight and bias (module docstring,
+    2.), after checking that the three give the same gradients."""
+    torch.manual_seed(0)
+    seq = UserMLP(D, H).net.to(device)
+    params, fused, compiled = list(seq.parameters()), FusedMLP(seq), torch.compile(mse, dynamic=False)
+    x, y = torch.randn(B, D + 1, device=device), torch.randn(B, D, device=device)
+    losses = {"eager": lambda: mse(seq, x, y), "compile": lambda: compiled(seq, x, y),
+              "fused": lambda: mse(fused, x, y)}
+    grads = {k: torch.autograd.grad(f(), params) for k, f in losses.items()}  # compile's warm-up too
+    for k in ("compile", "fused"):
+        for a, b in zip(grads[k], grads["eager"]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    sides = {k: (lambda f=f: [torch.autograd.grad(f(), params) for _ in range(args.calls)]) for k, f in losses.items()}
+    return {k: v / args.calls for k, v in interleaved(sides, args.repeats, clock, sync).items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=8)
@@ -70,6 +107,7 @@ def main(argv=None):
     if device.type == "cpu":
         report["fp32_gemm_GFLOPs"] = gemm = gemm_rate()
         print(f"fp32 GEMM 1024^3: {gemm[args.clock]:.1f} GFLOP/s ({args.clock} clock), one thread")
+    gemm_now = report["fp32_gemm_GFLOPs"][args.clock] if device.type == "cpu" else None
     report["passes"] = []
     print("| B | H | eager us | compile us | fused us | fused / best PyTorch | fused GFLOP/s | of GEMM |")
     print("|---|---|---|---|---|---|---|---|")
@@ -86,14 +124,17 @@ def main(argv=None):
                 sides = {name: (lambda f=f, x=x: [f(x) for _ in range(args.calls)])
                          for name, f in (("eager", seq), ("compile", compiled), ("fused", fused))}
                 med = {k: v / args.calls for k, v in interleaved(sides, args.repeats, clock, sync).items()}
-            rate = pass_flops(B, D + 1, H, D) / med["fused"] / 1e9
-            frac = rate / report["fp32_gemm_GFLOPs"][args.clock] if device.type == "cpu" else None
-            best = min(med["eager"], med["compile"])
-            report["passes"].append({"B": B, "H": H, "us": {k: v * 1e6 for k, v in med.items()},
-                                     "fused_over_best_pytorch": med["fused"] / best, "fused_GFLOPs": rate,
-                                     "fused_frac_gemm": frac})
-            print(f"| {B} | {H} | {med['eager'] * 1e6:.0f} | {med['compile'] * 1e6:.0f} | {med['fused'] * 1e6:.0f} | "
-                  f"{med['fused'] / best:.2f} | {rate:.1f} | {'' if frac is None else f'{100 * frac:.0f} %'} |")
+            report["passes"].append(table_row(B, H, med, pass_flops(B, D + 1, H, D), gemm_now))
+
+    report["train_passes"] = []
+    print("\ntraining pass (loss and every weight's gradient):")
+    print("| B | H | eager us | compile us | fused us | fused / best PyTorch | fused GFLOP/s | of GEMM |")
+    print("|---|---|---|---|---|---|---|---|")
+    for H in (64, 128):
+        for B in (512, 2048):
+            med = training_pass(D, H, B, device, args, clock, sync)
+            flops = 2 * pass_flops(B, D + 1, H, D) + 2 * B * (H * H + H * D)
+            report["train_passes"].append(table_row(B, H, med, flops, gemm_now))
 
     torch.manual_seed(0)
     user = UserMLP(D, 64).to(device)
