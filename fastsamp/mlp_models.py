@@ -268,6 +268,17 @@ class FusedMLP(torch.nn.Module):
                           backend=self.backend)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
 
+    def squared_error(self, x, y):
+        """mean_b |f(x_b) − y_b|² over the rows of x (..., D_in) and the targets y (..., O) (the squared error summed
+        over the outputs, averaged over the rows: O × F.mse_loss(f(x), y)), the loss and every weight's gradient in
+        one kernel call (ops.mlp_net_lsq with c = −y, k = 1), instead of a forward call, autograd through the loss
+        and a backward call. x and y are data: they must not require grad. Returns the loss (0-dim)."""
+        linears = self._linears
+        rows, targets = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        return ops.mlp_net_lsq(rows, [m.weight for m in linears], [m.bias for m in linears], -targets,
+                               torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device),
+                               activation=self.activation, backend=self.backend)
+
 
 def dsm_loss(net, x0, t, z, *, fused=False):
     """The denoising score-matching loss of one batch: mean_b |σ_t s_θ(α_t x0 + σ_t z, t) + z|² (t (B, 1), z (B, D)

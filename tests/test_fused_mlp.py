@@ -39,6 +39,26 @@ def test_values_and_gradients_are_the_sequentials(dtype, act, B, d_in, hidden, d
         torch.testing.assert_close(fused(x), expect, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("act", [nn.SiLU, nn.GELU], ids=["silu", "gelu"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_squared_error_and_its_gradients_are_the_sequentials(dtype, act, backend):
+    """squared_error(x, y) = mean_b |f(x_b) − y_b|² in one kernel call: the value and every parameter's gradient of
+    the same loss through the Sequential; leading dims flattened; x and y refused when they require grad."""
+    seq = sequential(5, 33, 3, 2, act, dtype)
+    fused = FusedMLP(seq, backend=backend)
+    x, y = torch.randn(4, 37, 5, dtype=dtype), torch.randn(4, 37, 3, dtype=dtype)
+    loss = fused.squared_error(x, y)
+    expect = ((seq(x) - y) ** 2).sum(-1).mean()
+    torch.testing.assert_close(loss, expect, **TOL[dtype])
+    params = list(seq.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expect, params), strict=True):
+        scale = b.abs().max().clamp(min=1.0)  # float32 sums over 148 rows
+        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])
+    with pytest.raises(ValueError, match="must not require grad"):
+        fused.squared_error(x.requires_grad_(True), y)
+
+
 def test_leading_dims_as_the_sequential_takes_them():
     seq = sequential(3, 8, 2, 1, nn.SiLU, torch.float64)
     for shape in [(3,), (4, 5, 3)]:
