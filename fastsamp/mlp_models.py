@@ -10,6 +10,7 @@ import torch
 
 from . import backends, ops
 from ._model_base import no_grad_call, schedule_config, schedule_from_config, value_and_grad
+from .ops import _checks
 from .schedules import VP
 
 
@@ -274,7 +275,13 @@ class FusedMLP(torch.nn.Module):
         one kernel call (ops.mlp_net_lsq with c = −y, k = 1), instead of a forward call, autograd through the loss
         and a backward call. x and y are data: they must not require grad. Returns the loss (0-dim)."""
         linears = self._linears
-        rows, targets = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+        if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+            raise ValueError("squared_error differentiates the weights and biases only: x and y must not require grad "
+                             "(detach them)")
+        rows = x.reshape(-1, x.shape[-1])
+        targets = _checks.like("y", y, rows, (*x.shape[:-1], linears[-1].out_features)).reshape(rows.shape[0], -1)
         return ops.mlp_net_lsq(rows, [m.weight for m in linears], [m.bias for m in linears], -targets,
                                torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device),
                                activation=self.activation, backend=self.backend)

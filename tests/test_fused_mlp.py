@@ -55,7 +55,13 @@ def test_squared_error_and_its_gradients_are_the_sequentials(dtype, act, backend
     for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expect, params), strict=True):
         scale = b.abs().max().clamp(min=1.0)  # float32 sums over 148 rows
         torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])
-    with pytest.raises(ValueError, match="must not require grad"):
+    with pytest.raises(ValueError, match=r"y must have shape \(4, 37, 3\), got \(4, 37, 2\)"):
+        fused.squared_error(x, y[..., :2])
+    with pytest.raises(TypeError, match="y must have dtype"):
+        fused.squared_error(x, y.to(torch.float16 if dtype == torch.float32 else torch.float32))
+    with pytest.raises(ValueError, match="x and y must not require grad"):
+        fused.squared_error(x, y.clone().requires_grad_(True))
+    with pytest.raises(ValueError, match="x and y must not require grad"):
         fused.squared_error(x.requires_grad_(True), y)
 
 
