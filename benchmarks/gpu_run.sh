@@ -162,10 +162,11 @@ else
     tests/test_mlp_triton.py
   grep -E "passed|failed|Error" "$W/pytest_mlp.log" | tail -15
   # the Triton ops of one MLP (kernels/mlp_train.py: mlp_net, its backward, mlp_net_lsq, the energy training op
-  # mlp_net_energy_lsq): their tests against the reference (~20 kernel variants), then one call of each (forward +
-  # backward to every weight; the losses with every gradient) timed against the reference's
+  # mlp_net_energy_lsq): their tests against the reference (~20 kernel variants) and FusedMLP's on CUDA tensors, then
+  # one call of each (forward + backward to every weight; the losses with every gradient) timed against the
+  # reference's
   stage pytest_train "${TRAIN_TEST_TIMEOUT:-75}" python3 -m pytest -q -p no:cacheprovider -n 8 \
-    tests/test_mlp_train_energy.py tests/test_mlp_train.py -k triton
+    tests/test_mlp_train_energy.py tests/test_mlp_train.py tests/test_fused_mlp.py -k "triton or cuda"
   grep -E "passed|failed|Error" "$W/pytest_train.log" | tail -8
   stage train_ops "${TRAIN_TIMEOUT:-30}" python3 - "$W/train_ops_cuda.json" <<'PY'
 import datetime, json, statistics, sys, time

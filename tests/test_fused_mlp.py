@@ -20,14 +20,23 @@ def sequential(d_in, hidden, d_out, n_hidden, act, dtype, seed=0):
     return nn.Sequential(*mods, nn.Linear(hidden, d_out)).to(dtype)
 
 
+def _device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA: no GPU on this machine (the Triton kernels run under the interpreter in test_mlp_train.py)")
+    return torch.device(name)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("act", [nn.SiLU, nn.GELU], ids=["silu", "gelu"])
 @pytest.mark.parametrize("B,d_in,hidden,d_out,n_hidden", [(1, 1, 3, 1, 0), (37, 9, 16, 8, 2), (130, 5, 33, 2, 1)])
-def test_values_and_gradients_are_the_sequentials(dtype, act, B, d_in, hidden, d_out, n_hidden):
-    seq = sequential(d_in, hidden, d_out, n_hidden, act, dtype)
+def test_values_and_gradients_are_the_sequentials(device, dtype, act, B, d_in, hidden, d_out, n_hidden):
+    """On CUDA tensors FusedMLP runs the Triton kernels of kernels/mlp_train.py (ieee dots: the same tolerances)."""
+    device = _device(device)
+    seq = sequential(d_in, hidden, d_out, n_hidden, act, dtype).to(device)
     fused = FusedMLP(seq)
-    x = torch.randn(B, d_in, dtype=dtype, requires_grad=True)
-    g = torch.randn(B, d_out, dtype=dtype)
+    x = torch.randn(B, d_in, dtype=dtype, device=device, requires_grad=True)
+    g = torch.randn(B, d_out, dtype=dtype, device=device)
     out, expect = fused(x), seq(x)
     torch.testing.assert_close(out, expect, **TOL[dtype])
     params = list(seq.parameters())
@@ -42,12 +51,14 @@ def test_values_and_gradients_are_the_sequentials(dtype, act, B, d_in, hidden, d
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("act", [nn.SiLU, nn.GELU], ids=["silu", "gelu"])
 @pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_squared_error_and_its_gradients_are_the_sequentials(dtype, act, backend):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_squared_error_and_its_gradients_are_the_sequentials(device, dtype, act, backend):
     """squared_error(x, y) = mean_b |f(x_b) − y_b|² in one kernel call: the value and every parameter's gradient of
-    the same loss through the Sequential; leading dims flattened; x and y refused when they require grad."""
-    seq = sequential(5, 33, 3, 2, act, dtype)
+    the same loss through the Sequential; leading dims flattened; a bad y or x and y requiring grad refused."""
+    device = _device(device)
+    seq = sequential(5, 33, 3, 2, act, dtype).to(device)
     fused = FusedMLP(seq, backend=backend)
-    x, y = torch.randn(4, 37, 5, dtype=dtype), torch.randn(4, 37, 3, dtype=dtype)
+    x, y = torch.randn(4, 37, 5, dtype=dtype, device=device), torch.randn(4, 37, 3, dtype=dtype, device=device)
     loss = fused.squared_error(x, y)
     expect = ((seq(x) - y) ** 2).sum(-1).mean()
     torch.testing.assert_close(loss, expect, **TOL[dtype])
