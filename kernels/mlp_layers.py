@@ -14,7 +14,8 @@ rows, h_0 = act(W_0[:, :D] x + c), h_k = act(W_k h_{k−1} + b_k). Two paths, by
 The training op mlp_net_energy_lsq (kernels/mlp_train.py) runs the tiled path at every width, with its own scratch
 layout (`_tiled_forward`'s KEEP = TRAIN, then TANGENT): tiles 0, 1 the VJP's g_k (`_tiled_backward`), 2 + k
 act'(z_k), 3 + L + k act''(z_k) (after the tangent forward act''(z_k) ⊙ ż_k), 4 + 2L + 2k and the next h_k and ḣ_k
-(one [2 BLOCK_B, HP] double tile: the primal rows, then the tangent rows).
+(one [2 BLOCK_B, HP] double tile: the primal rows, then the tangent rows). The first-order gradient ops
+mlp_net_backward and mlp_net_lsq use the same layout with KEEP = BACKPROP (no act'', no tangent rows).
 
 Dots in ieee precision (no TF32); zero weights and biases beyond a network's H (act(0) = 0: the padding is exact).
 """
