@@ -48,10 +48,23 @@ class FourierMLP(torch.nn.Module):
 
     def _mirror_data_var(self):
         """data_var's value as a Python float, what `fused_net` hands the kernels (the buffer stays what state_dict
-        saves): read once here, so that a step compiled around the fused ops has no `.item()` in it (a graph break,
-        and under fullgraph=True a SymFloat the ops' float lists cannot take). Kept at construction, load_state_dict
-        and every .to() / .double() / .cuda() (`_apply`, which may round the buffer)."""
-        self._data_var = None if self.data_var.is_meta else float(self.data_var)
+        saves): read here, so that a step compiled around the fused ops has no `.item()` in it (a graph break, and
+        under fullgraph=True a SymFloat the ops' float lists cannot take). Kept at construction, load_state_dict and
+        every .to() / .double() / .cuda() (`_apply`, which may round the buffer), and read again by an eager
+        `fused_net` when the buffer was written in place or replaced since (`_data_var_now`)."""
+        buf = self.data_var
+        self._data_var = None if buf.is_meta else float(buf)
+        self._data_var_read = (buf, buf._version)
+
+    def _data_var_now(self):
+        """σ_d² for `fused_net`: the mirror, read again in eager when the buffer is not the tensor it was read from
+        or its version counter moved (an in-place write: `fill_`, `copy_`, an optimizer's step). Under
+        torch.compile the mirror as it stands (a compiled step sees such a write after the next eager call)."""
+        if not torch.compiler.is_compiling():
+            buf, (read, version) = self.data_var, self._data_var_read
+            if buf is not read or buf._version != version:
+                self._mirror_data_var()
+        return self._data_var
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
@@ -104,8 +117,7 @@ class FourierMLP(torch.nn.Module):
     def fused_net(self, t, x):
         """This network at time t as the fused network ops read it (ops.ScoreNet for a ScoreMLP, ops.EnergyNet for
         an EnergyMLP: `FUSED_NET`), its tensors detached and in x's dtype and device; (α_t, σ_t²) from the schedule
-        in float64; σ_d² the buffer's value as of its last load_state_dict / .to() (`_mirror_data_var`: an in-place
-        write to the buffer is not seen)."""
+        in float64; σ_d² the buffer's value (`_data_var_now`)."""
         if not self.fusable():
             raise TypeError(f"{type(self).__name__}.net must be Sequential(Linear, SiLU, ..., Linear) on a device with "
                             f"a fused kernel")
@@ -113,7 +125,7 @@ class FourierMLP(torch.nn.Module):
         conv = lambda p: p.detach().to(dtype=x.dtype, device=x.device)  # noqa: E731
         t = float(t)
         return self.FUSED_NET(tuple(conv(w) for w in weights), tuple(conv(b) for b in biases),
-                              conv(self.freq), conv(self.data_mean), self._data_var, t,
+                              conv(self.freq), conv(self.data_mean), self._data_var_now(), t,
                               float(self.schedule.alpha(t)), float(self.schedule.sigma2(t)), "silu")
 
     def fused_corrector(self):

@@ -90,6 +90,32 @@ def test_score_mlp_model_on_the_fused_engine(dtype, D, hidden):
         torch.testing.assert_close(got, model.score(x, t), **TOL[dtype])
 
 
+@pytest.mark.parametrize("cls", ["ScoreMLP", "EnergyMLP"])
+def test_fused_network_follows_data_var_writes(cls):
+    """σ_d² written in place (fill_, an optimizer's copy_) or replaced by another tensor is what the next fused
+    network reads (FourierMLP keeps it as a float for torch.compile), equal to the module's own forward."""
+    from fastsamp.models import EnergyMLP
+
+    model = (score_mlp(2, 16, seed=4) if cls == "ScoreMLP"
+             else EnergyMLP(2, hidden=16, n_freq=4, data_var=1.7, dtype=torch.float64))
+    fused = ops.mlp_score if cls == "ScoreMLP" else (lambda x, net, **kw: ops.mlp_energy(x, net, **kw)[0])
+    x = torch.randn(40, 2, dtype=torch.float64)
+    before = fused(x, model.fused_net(0.2, x), backend="cpp")
+    with torch.no_grad():
+        model.data_var.fill_(0.4)
+    after_fill = fused(x, model.fused_net(0.2, x), backend="cpp")
+    assert not torch.equal(after_fill, before)
+    torch.testing.assert_close(after_fill, model.score(x, 0.2), **TOL[torch.float64])
+    with torch.no_grad():
+        model.data_var.copy_(torch.tensor(2.5))
+    torch.testing.assert_close(fused(x, model.fused_net(0.2, x), backend="cpp"), model.score(x, 0.2),
+                               **TOL[torch.float64])
+    model.data_var = torch.tensor(0.9, dtype=torch.float64)  # a new buffer tensor
+    torch.testing.assert_close(fused(x, model.fused_net(0.2, x), backend="cpp"), model.score(x, 0.2),
+                               **TOL[torch.float64])
+    assert model._data_var == 0.9
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sum_of_networks_and_a_mixture(dtype):
     D = 3
