@@ -124,7 +124,8 @@ def args_for(name, B, D, nets, K=4):
         "mlp_energy_mala": (*score_sum, [1], *no_mix, eps, 1, 1, seed, offset, 0, 1),
         "mlp_energy_hmc": (*score_sum, [1], *no_mix, eps, 1, 1, seed, offset, 0, 1, 0.5),
         "mlp_net": (x, n.net_params, 0),
-        "mlp_net_backward": (x, n.net_params, 0, s, True),
+        "mlp_net_train": (x, n.net_params, 0),
+        "mlp_net_backward": (x, n.net_params, 0, s, True, None),
         "mlp_net_lsq": (x, n.net_params, 0, s, u),
         "mlp_net_energy_lsq": (x, n.net_params, 0, s, eps, u, xi),
     }[name]

@@ -328,8 +328,9 @@ def _first_order(op, x, params, act, g_out, c, k, want_g_x):
     return loss, g_x, net.gradients(gp, params)
 
 
-def mlp_net_backward(x, params, act, g_out, want_g_x):
-    """(g_x (B, D_in) when want_g_x, else None; the gradients of Σ g_out · f(x), shaped as params)."""
+def mlp_net_backward(x, params, act, g_out, want_g_x, act_hidden):
+    """(g_x (B, D_in) when want_g_x, else None; the gradients of Σ g_out · f(x), shaped as params). act_hidden (the C++
+    training forward's kept activations) is not read: the kernel recomputes the forward in registers."""
     _, g_x, g_params = _first_order("mlp_net_backward", x, params, act, g_out, None, None, want_g_x)
     return g_x, g_params
 

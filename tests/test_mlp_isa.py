@@ -96,7 +96,7 @@ def test_mlp_net_equals_the_reference_at_every_vector_width(tmp_path):
         for (B, Din, H, O, L, act), dtype, arrays in all_cases:
             x, *params, g_out, c, v, sigma, z = [a.double() for a in arrays]
             want_out = ref.mlp_net(x, params, act)
-            want_gx, want_gp = ref.mlp_net_backward(x, params, act, g_out, True)
+            want_gx, want_gp = ref.mlp_net_backward(x, params, act, g_out, True, None)
             want_loss, want_ep = ref.mlp_net_energy_lsq(x, params, act, c, v, sigma, z)
             np_dtype = np.float32 if dtype == torch.float32 else np.float64
             for name, want in ([("out", want_out), ("g_x", want_gx)] + [(f"g_params[{k}]", g) for k, g in

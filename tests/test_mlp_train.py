@@ -8,7 +8,7 @@ from conftest import backend_device, skip_unless_available, triton_gpu_with_two_
 
 from fastsamp import backends, ops
 from fastsamp.models import EnergyMLP, GaussianMixture, ScoreMLP, train_score_mlp
-from fastsamp.ops import _library, _table
+from fastsamp.ops import _library, _table, reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,11 +128,62 @@ def test_the_input_gradient_only_when_asked(op_device, backend):
     assert x.grad is None and all(p.grad is not None for p in ws + bs)
     params = [p.detach() for p in (ws[0], bs[0], ws[-1], bs[-1], ws[1], bs[1])]
     g_x, g_params = backends._load(backend)[0].mlp_net_backward(x, params, 1, torch.ones(10, 2, dtype=torch.float64,
-                                                                                         device=op_device), False)
+                                                                                         device=op_device), False, None)
     assert g_x is None and [g.shape for g in g_params] == [p.shape for p in params]
     if backend == "cpp":  # the registered op, its optional output
-        g_x, _ = torch.ops.fastsamp.mlp_net_backward(x, params, 1, torch.ones(10, 2, dtype=torch.float64), False)
+        g_x, _ = torch.ops.fastsamp.mlp_net_backward(x, params, 1, torch.ones(10, 2, dtype=torch.float64), False,
+                                                    None)
         assert g_x is None
+
+
+def packed(ws, bs):
+    """The layers in the backend ops' order [W_in, b_in, W_out, b_out, W_1, b_1, ...], detached."""
+    order = [ws[0], bs[0], ws[-1], bs[-1]] + [t for k in range(1, len(ws) - 1) for t in (ws[k], bs[k])]
+    return [t.detach() for t in order]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_training_forward_keeps_the_activations(shape, activation, dtype):
+    """mlp_net_train (C++): f(x) and the hidden activations u_k, act'(z_k) of every row equal the reference's; the
+    backward from them gives the recomputing backward's gradients bit for bit, also from a tensor that starts off the
+    vector alignment (copied in, not read in place)."""
+    B, D, H, O, L = shape
+    ws, bs = layers(D, H, O, L, dtype)
+    params, act = packed(ws, bs), ops.mlp.ACTIVATIONS[activation]
+    x, g = torch.randn(B, D, dtype=dtype), torch.randn(B, O, dtype=dtype)
+    cpp = backends._load("cpp")[0]
+    out, kept = cpp.mlp_net_train(x, params, act)
+    want_out, want_kept = reference.mlp_net_train(x, params, act)
+    assert kept.shape == (2 * (L + 1), B, H)
+    torch.testing.assert_close(out, want_out, **TOL[dtype])
+    torch.testing.assert_close(kept, want_kept, **TOL[dtype])
+    torch.testing.assert_close(out, cpp.mlp_net(x, params, act), rtol=0, atol=0)
+    recomputed = cpp.mlp_net_backward(x, params, act, g, True, None)
+    shifted = torch.empty(kept.numel() + 1, dtype=dtype)[1:].view(kept.shape).copy_(kept)
+    for given in (kept, shifted):
+        g_x, g_params = cpp.mlp_net_backward(x, params, act, g, True, given)
+        for a, b in zip([g_x, *g_params], [recomputed[0], *recomputed[1]], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,keeps", [("cpp", True), ("auto", True), ("torch", False), ("triton", False),
+                                           ("cpp, over the memory cap", False)])
+def test_mlp_net_saves_the_kept_activations_on_the_cpp_path(monkeypatch, backend, keeps):
+    """Differentiated, ops.mlp_net on the C++ kernels saves mlp_net_train's (2(L+1), B, H) activations for the backward
+    (no forward recomputed there) up to KEEP_ACTIVATIONS_BYTES; the other backends save none."""
+    if backend == "triton":
+        skip_unless_available("triton")
+    if backend.endswith("cap"):
+        backend = "cpp"
+        monkeypatch.setattr(ops.mlp, "KEEP_ACTIVATIONS_BYTES", 6 * 50 * 20 * 4 - 1)
+    ws, bs = layers(3, 20, 2, 2, torch.float32)
+    out = ops.mlp_net(torch.randn(50, 3), ws, bs, backend=backend)
+    saved = [tuple(t.shape) for t in out.grad_fn.saved_tensors if t is not None]
+    assert ((6, 50, 20) in saved) == keeps
+    out.sum().backward()
+    assert all(p.grad is not None for p in ws + bs)
 
 
 def test_several_threads_equal_one():

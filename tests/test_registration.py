@@ -6,7 +6,7 @@ from torch import nn
 
 import fastsamp
 from fastsamp import VP, ops
-from fastsamp.ops import _library, _table
+from fastsamp.ops import _library, _table, reference
 
 F64 = torch.float64
 B, D, K = 5, 3, 2
@@ -90,7 +90,10 @@ def op_args(name, dtype, grad=False, noise=True):
         "mlp_energy_mala": mlp_args(x, energy=True) + (eps * 0.1, 2, 2, seed, offset, 4, 1),
         "mlp_energy_hmc": mlp_args(x, energy=True) + (eps * 0.1, 2, 2, seed, offset, 4, 1, 0.5),
         "mlp_net": (x, net, 1),  # the DriftNet layers as one MLP (D inputs, 2D outputs), SiLU
-        "mlp_net_backward": (x, net, 1, rand(B, 2 * D, dtype=dtype), noise),
+        "mlp_net_train": (x, net, 1),
+        "mlp_net_backward": (x, net, 1, rand(B, 2 * D, dtype=dtype), noise,
+                             reference.mlp_net_train(x.detach(), [p.detach() for p in net], 1)[1] if noise else None),
+        # with / without the training forward's kept activations
         "mlp_net_lsq": (x, net, 1, rand(B, 2 * D, dtype=dtype), rand(B, dtype=dtype)),
         "mlp_net_energy_lsq": (x, [net[0], net[1], 0.3 * rand(D, H, dtype=dtype), rand(D, dtype=dtype), *net[4:]], 1,
                                rand(B, D, dtype=dtype), rand(B, dtype=dtype, positive=True), rand(B, dtype=dtype),

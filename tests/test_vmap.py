@@ -143,7 +143,7 @@ def test_vmap_of_a_list_element_equals_the_map(name):
 FOLDED = {"gmm_score", "line_points", "policy_log_pf", "score_mh_accept", "sde_step", "guided_sde_step", "mala_propose",
           "energy_mh_accept", "leapfrog", "leapfrog_finish", "hmc_accept", "momentum_refresh", "gmm_mala", "gmm_hmc",
           "em_step_logprob", "em_step_logprob_backward", "mlp_score", "mlp_mala", "mlp_hmc", "mlp_energy",
-          "mlp_energy_mala", "mlp_energy_hmc", "mlp_net"}
+          "mlp_energy_mala", "mlp_energy_hmc", "mlp_net", "mlp_net_train"}
 
 
 def test_which_ops_fold():
@@ -162,7 +162,7 @@ def _op_events(fn, name):
 @pytest.mark.parametrize("name, noise, calls", [
     ("gmm_score", True, 1), ("mala_propose", True, 1), ("mala_propose", False, V), ("hmc_accept", False, V),
     ("em_step_logprob_backward", True, 1), ("mlp_score", True, 1), ("gmm_mala", True, V), ("line_points", True, 1),
-    ("policy_log_pf", True, 1), ("policy_rollout", True, V), ("score_mh_accept", True, 1),
+    ("policy_log_pf", True, 1), ("policy_rollout", True, V), ("score_mh_accept", True, 1), ("mlp_net_train", True, 1),
     ("score_mh_accept", False, 1)])
 def test_folded_calls(name, noise, calls):
     """How many times the op's kernel runs under vmap of its chain arguments (one event for the vmapped call itself):

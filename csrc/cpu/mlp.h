@@ -298,6 +298,44 @@ struct Work {
   T* g(int k) { return g0 + static_cast<size_t>(k) * lst; }
 };
 
+// The hidden activations that a forward keeps for its backward (hidden null: none): a policy rollout's every step
+// (trajectory_policy.cpp) or one MLP's (mlp_net.cpp, T = 1). hidden (T, 2(L+1), B, H) holds u_k at [i][k] and
+// act'(z_k) at [i][L+1+k], each [i][k] a [B][H] array of rows. Where H is whole vectors (H = Hp) the Work is bound
+// to them (the forward writes there, the backward reads there); otherwise the rows are copied out of / into the
+// Work's own buffers. (The D-wide output layer is recomputed from u_L where needed: keeping it costs more memory
+// traffic than its GEMM.)
+template <typename T>
+struct Kept {
+  T* hidden = nullptr;
+  int64_t B = 0;
+  bool on() const { return hidden != nullptr; }
+  T* at(const Net<T>& n, int i, int k, int64_t b0) const {
+    return hidden + ((static_cast<int64_t>(i) * 2 * (n.L + 1) + k) * B + b0) * n.H;
+  }
+  // whether the Work reads and writes the kept arrays in place: rows of whole vectors from a vector-aligned start
+  // (the engine's aligned loads; a caller's tensor may start anywhere)
+  bool in_place(const Net<T>& n) const {
+    return n.H == n.Hp && reinterpret_cast<uintptr_t>(hidden) % FASTSAMP_NATIVE_BYTES == 0;
+  }
+  // before the forward of (step i, block b0): the Work writes into the kept arrays where it can
+  void bind(const Net<T>& n, Work<T>& w, int i, int64_t b0) const {
+    if (in_place(n)) w.bind(at(n, i, 0, b0), at(n, i, n.L + 1, b0), static_cast<size_t>(B) * n.H);
+  }
+  // after it: else the Work's rows are copied there (IN = false), or (IN = true) into the Work from there
+  template <bool IN>
+  void copy(const Net<T>& n, Work<T>& w, int nb, int i, int64_t b0) const {
+    if (in_place(n)) return;
+    for (int k = 0; k < 2 * (n.L + 1); ++k) {
+      T* work = k <= n.L ? w.u(k) : w.g(k - n.L - 1);
+      for (int l = 0; l < nb; ++l) {
+        T* a = at(n, i, k, b0) + static_cast<int64_t>(l) * n.H;
+        T* b = work + static_cast<int64_t>(l) * n.Hp;
+        std::memcpy(IN ? b : a, IN ? a : b, static_cast<size_t>(n.H) * sizeof(T));
+      }
+    }
+  }
+};
+
 // The output layer of nb rows U (stride Hp) with bias `bias`: the raw output into OUT (when not null), clamped to
 // [-clip, clip] into DR (both [nb][Dq]).
 template <typename T>

@@ -6,8 +6,10 @@
 // x the network's input rows (B, Din), out (B, O), act SiLU or exact GELU; the layers packed as every fused
 // network is (fastsamp/ops/_layers.py): params = [W_in (H, Din), b_in, W_out (O, H), b_out, W_1, b_1, ..., W_L,
 // b_L]. mlp_net_lsq: the rows' losses |r_b|², r_b = c_b + k_b out_b, and the gradients of their mean (the denoising
-// score-matching loss of a ScoreMLP is one: fastsamp.models.dsm_loss). The backward recomputes the block's
-// forward (keeping its activations; mlp_net_lsq runs it once), then mlp::layer_grads
+// score-matching loss of a ScoreMLP is one: fastsamp.models.dsm_loss). mlp_net_train: out and the hidden activations
+// u_k, act'(z_k) of every row (act_hidden (2(L+1), B, H), mlp::Kept), which mlp_net_backward then reads instead of
+// recomputing them. Else the backward recomputes the block's forward (keeping its activations in per-thread
+// buffers; mlp_net_lsq runs it once). Then mlp::layer_grads
 // (mlp::backprop_layers' δz chain) gives every weight and bias gradient, and mlp::input_layer_vjp the input's.
 // mlp_net_energy_lsq: the same loss for an energy network's score s = −r/v + J_fᵀ r/√v (r = c − √v out, J_f the
 // Jacobian of out in the first O input columns): its weight gradients need the gradient of J_fᵀ r (a double
@@ -55,12 +57,19 @@ mlp::Net<T> make_net(int64_t Din, int64_t H, int64_t O, const std::vector<uintpt
                      H, 0, std::numeric_limits<double>::infinity(), backward, Din);
 }
 
+// out = f(x); with kept.on() also every hidden layer's u_k and act'(z_k) into the kept arrays (mlp_net_train).
 template <typename T>
-void forward_impl(const mlp::Net<T>& n, const T* x, int64_t B, T* out) {
+void forward_impl(const mlp::Net<T>& n, const T* x, int64_t B, T* out, const mlp::Kept<T>& kept = mlp::Kept<T>()) {
   parallel(threads_for(B, 16), [&](int tid, int nt) {
-    mlp::Work<T> w(n, false, false);
+    mlp::Work<T> w(n, kept.on(), false);
     mlp::for_blocks(B, tid, nt, [&](int64_t b0, int nb) {
-      mlp::net_forward<T, false>(n, w, x + b0 * n.Din, nb, 0);
+      if (kept.on()) {
+        kept.bind(n, w, 0, b0);
+        mlp::net_forward<T, true>(n, w, x + b0 * n.Din, nb, 0);
+        kept.template copy<false>(n, w, nb, 0, b0);
+      } else {
+        mlp::net_forward<T, false>(n, w, x + b0 * n.Din, nb, 0);
+      }
       for (int l = 0; l < nb; ++l)
         std::memcpy(out + (b0 + l) * n.D, w.DR.p + static_cast<size_t>(l) * n.Dq, sizeof(T) * n.D);
     });
@@ -109,16 +118,22 @@ void grad_pass(const mlp::Net<T>& n, int64_t B, MakeWork&& make_work, Block&& bl
   }
 }
 
-// The forward with activations and the backward of every block: cotangent(b0, nb, w) writes the block's output
-// cotangent into w.GO ([nb][Dq]; its padding columns stay 0) from its raw output w.OUT; then the parameters'
-// gradients into g_params (shaped as params) and, when g_x is not null, the input's.
+// The forward with activations (or, kept.on(), the forward's kept ones: no raw output then) and the backward of
+// every block: cotangent(b0, nb, w) writes the block's output cotangent into w.GO ([nb][Dq]; its padding columns stay
+// 0) from its raw output w.OUT; then the parameters' gradients into g_params (shaped as params) and, when g_x is not
+// null, the input's.
 template <typename T, typename Cotangent>
 void backward_impl(const mlp::Net<T>& n, const T* x, int64_t B, Cotangent&& cotangent, T* g_x,
-                   const std::vector<uintptr_t>& g_params) {
+                   const std::vector<uintptr_t>& g_params, const mlp::Kept<T>& kept = mlp::Kept<T>()) {
   grad_pass<T>(n, B, [&] { return mlp::Work<T>(n, true, false); },
                [&](int64_t b0, int nb, mlp::Work<T>& w, const mlp::LayerGrads<T>& sums) {
                  const T* xb = x + b0 * n.Din;
-                 mlp::net_forward<T, true>(n, w, xb, nb, 0);
+                 if (kept.on()) {
+                   kept.bind(n, w, 0, b0);
+                   kept.template copy<true>(n, w, nb, 0, b0);
+                 } else {
+                   mlp::net_forward<T, true>(n, w, xb, nb, 0);
+                 }
                  cotangent(b0, nb, w);
                  const T* gz0 = mlp::layer_grads(n, w, xb, nb, sums);
                  if (g_x) mlp::input_layer_vjp<T, false>(n, gz0, nb, g_x + b0 * n.Din, n.Din);
@@ -231,9 +246,17 @@ void mlp_net(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t 
   });
 }
 
+void mlp_net_train(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
+                   const std::vector<uintptr_t>& params, int64_t act, uintptr_t out, uintptr_t act_hidden) {
+  with_net("mlp_net_train", dtype, Din, H, O, params, act, nullptr, [&](auto tag, const auto& n) {
+    using T = decltype(tag);
+    forward_impl<T>(n, ptr<T>(x), B, ptr<T>(out), mlp::Kept<T>{ptr<T>(act_hidden), B});
+  });
+}
+
 void mlp_net_backward(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
-                      const std::vector<uintptr_t>& params, int64_t act, uintptr_t g_out, uintptr_t g_x,
-                      const std::vector<uintptr_t>& g_params) {
+                      const std::vector<uintptr_t>& params, int64_t act, uintptr_t g_out, uintptr_t act_hidden,
+                      uintptr_t g_x, const std::vector<uintptr_t>& g_params) {
   with_net("mlp_net_backward", dtype, Din, H, O, params, act, &g_params, [&](auto tag, const auto& n) {
     using T = decltype(tag);
     const T* go = ptr<T>(g_out);
@@ -241,7 +264,8 @@ void mlp_net_backward(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H,
       for (int l = 0; l < nb; ++l)
         std::memcpy(w.GO.p + static_cast<size_t>(l) * n.Dq, go + (b0 + l) * n.D, sizeof(T) * n.D);
     };
-    backward_impl<T>(n, ptr<T>(x), B, given, g_x ? ptr<T>(g_x) : nullptr, g_params);
+    backward_impl<T>(n, ptr<T>(x), B, given, g_x ? ptr<T>(g_x) : nullptr, g_params,
+                     mlp::Kept<T>{act_hidden ? ptr<T>(act_hidden) : nullptr, B});
   });
 }
 

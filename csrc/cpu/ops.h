@@ -187,11 +187,16 @@ void mlp_energy_hmc(int dtype, uintptr_t x, int64_t B, int64_t D, const std::vec
 void mlp_net(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O, const std::vector<uintptr_t>& params,
              int64_t act, uintptr_t out);
 
+// The same forward keeping the hidden activations for the backward: act_hidden (2(L+1), B, H), u_k at [k] and
+// act'(z_k) at [L+1+k].
+void mlp_net_train(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
+                   const std::vector<uintptr_t>& params, int64_t act, uintptr_t out, uintptr_t act_hidden);
+
 // Its backward: the gradients of Σ g_out · out w.r.t. every parameter (g_params, shaped as params) and, when
-// g_x is not 0, w.r.t. x.
+// g_x is not 0, w.r.t. x; from mlp_net_train's act_hidden when it is not 0, else recomputing the forward.
 void mlp_net_backward(int dtype, uintptr_t x, int64_t B, int64_t Din, int64_t H, int64_t O,
-                      const std::vector<uintptr_t>& params, int64_t act, uintptr_t g_out, uintptr_t g_x,
-                      const std::vector<uintptr_t>& g_params);
+                      const std::vector<uintptr_t>& params, int64_t act, uintptr_t g_out, uintptr_t act_hidden,
+                      uintptr_t g_x, const std::vector<uintptr_t>& g_params);
 
 // A least-squares loss of it: loss (B,) the rows' |r_b|², r_b = c_b + k_b out_b (c (B, O), k (B,)), and g_params the
 // gradients of their mean w.r.t. every parameter, in one pass.

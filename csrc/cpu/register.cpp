@@ -121,9 +121,13 @@ void register_cpu_ops(py::module_& m) {
         "Fused whole-move HMC (score, exact energy or no MH) on a sum of score and energy networks (and a mixture).");
   m.def("cpu_mlp_net", threaded(&c::mlp_net), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a, "O"_a, "params"_a,
         "act"_a, "out"_a, "n_threads"_a, "One MLP's output on its input rows (the training pass's forward).");
+  m.def("cpu_mlp_net_train", threaded(&c::mlp_net_train), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a, "O"_a,
+        "params"_a, "act"_a, "out"_a, "act_hidden"_a, "n_threads"_a,
+        "mlp_net's output and the hidden activations its backward reads (the training pass's forward).");
   m.def("cpu_mlp_net_backward", threaded(&c::mlp_net_backward), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a,
-        "O"_a, "params"_a, "act"_a, "g_out"_a, "g_x"_a, "g_params"_a, "n_threads"_a,
-        "Gradients of sum(g_out * out) of mlp_net w.r.t. every weight and bias (and its input).");
+        "O"_a, "params"_a, "act"_a, "g_out"_a, "act_hidden"_a, "g_x"_a, "g_params"_a, "n_threads"_a,
+        "Gradients of sum(g_out * out) of mlp_net w.r.t. every weight and bias (and its input), from "
+        "mlp_net_train's act_hidden when given (else the forward is recomputed).");
   m.def("cpu_mlp_net_lsq", threaded(&c::mlp_net_lsq), rel(), "dtype"_a, "x"_a, "B"_a, "Din"_a, "H"_a, "O"_a,
         "params"_a, "act"_a, "c"_a, "k"_a, "loss"_a, "g_params"_a, "n_threads"_a,
         "The rows' |c + k out|^2 of mlp_net and the gradients of their mean w.r.t. every weight and bias.");

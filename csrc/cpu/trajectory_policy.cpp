@@ -119,38 +119,6 @@ struct Langevin {
   }
 };
 
-// The hidden activations of every step that a rollout keeps for log p_F's backward (hidden null: none):
-// hidden (T, 2(L+1), B, H) holds u_k at [i][k] and act'(z_k) at [i][L+1+k], each [i][k] a [B][H] array of
-// rows. Where H is whole vectors (H = Hp) the Work is bound to them (the rollout's forward writes there, the
-// backward reads there); otherwise the rows are copied out of / into the Work's own buffers. (The D-wide
-// output layer is recomputed from u_L: keeping it costs more memory traffic than its GEMM.)
-template <typename T>
-struct Kept {
-  T* hidden = nullptr;
-  int64_t B = 0;
-  bool on() const { return hidden != nullptr; }
-  T* at(const Net<T>& n, int i, int k, int64_t b0) const {
-    return hidden + ((static_cast<int64_t>(i) * 2 * (n.L + 1) + k) * B + b0) * n.H;
-  }
-  // before the forward of (step i, block b0): the Work writes into the kept arrays where it can
-  void bind(const Net<T>& n, Work<T>& w, int i, int64_t b0) const {
-    if (n.H == n.Hp) w.bind(at(n, i, 0, b0), at(n, i, n.L + 1, b0), static_cast<size_t>(B) * n.H);
-  }
-  // after it: else the Work's rows are copied there (IN = false), or (IN = true) into the Work from there
-  template <bool IN>
-  void copy(const Net<T>& n, Work<T>& w, int nb, int i, int64_t b0) const {
-    if (n.H == n.Hp) return;
-    for (int k = 0; k < 2 * (n.L + 1); ++k) {
-      T* work = k <= n.L ? w.u(k) : w.g(k - n.L - 1);
-      for (int l = 0; l < nb; ++l) {
-        T* a = at(n, i, k, b0) + static_cast<int64_t>(l) * n.H;
-        T* b = work + static_cast<int64_t>(l) * n.Hp;
-        std::memcpy(IN ? b : a, IN ? a : b, static_cast<size_t>(n.H) * sizeof(T));
-      }
-    }
-  }
-};
-
 // The transition constants of the steps i = 0 .. T-1 at times ts[i]: c_i = t_i / (t_i + h), b2_i = s2 c_i.
 template <typename T>
 std::vector<EmConst<T>> step_consts(const Net<T>& n, const double* ts, double h, double s2, double e2) {

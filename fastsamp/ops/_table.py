@@ -266,6 +266,7 @@ _MLP_HMC_C = "step_size n_steps n_leapfrog seed offset chain_offset mh damping"
 _MLP_NET = "x:state params:tensors[(H,D)(H,)(O,H)(O,)*(H,H)(H,)] act:int"
 _MLP_NET_C = "dtype x B D H O params act"
 _MLP_NET_DIMS = "B, D = x.shape; H = params[0].shape[0]; O = params[2].shape[0]"
+_MLP_KEPT = "act_hidden:(N,B,H)"  # u_k at [k], act'(z_k) at [L+1+k] (mlp_net_train; N = 2(L+1) = len(params) - 2)
 
 OPS: dict[str, Op] = {op.name: op for op in [
     _op("gmm_score", f"{_MIX} alpha:float sigma2:float", "score:(B,D) logp:(B,)",
@@ -375,8 +376,13 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "chain_offset:u64 mh:int damping:float", "x_new:(B,D) accept_rate:(B,)", f"{_ENERGY_SUM_C} {_MLP_HMC_C}",
         _ALL, **_ENERGY_SUM_KW),
     _op("mlp_net", _MLP_NET, "out:(B,O)", _MLP_NET_C, _ALL, dims=_MLP_NET_DIMS),
-    _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool", "g_x:(B,D)?want_g_x g_params:[params]",
-        f"{_MLP_NET_C} g_out g_x g_params", _ALL, public=None, dims=_MLP_NET_DIMS, guard="B > 0"),
+    # the C++ training forward: out and the hidden activations that its backward reads instead of recomputing them
+    # (the Triton backward recomputes them in registers and takes act_hidden unread)
+    _op("mlp_net_train", _MLP_NET, f"out:(B,O) {_MLP_KEPT}", _MLP_NET_C, public=None,
+        dims=_MLP_NET_DIMS + _KEPT_DIMS),
+    _op("mlp_net_backward", f"{_MLP_NET} g_out:(B,O) want_g_x:bool {_MLP_KEPT}?",
+        "g_x:(B,D)?want_g_x g_params:[params]", f"{_MLP_NET_C} g_out act_hidden g_x g_params", _ALL, public=None,
+        dims=_MLP_NET_DIMS + _KEPT_DIMS, guard="B > 0"),
     _op("mlp_net_lsq", f"{_MLP_NET} c:(B,O) k:(B,)", "loss:(B,) g_params:[params]", f"{_MLP_NET_C} c k", _ALL,
         dims=_MLP_NET_DIMS, guard="B > 0"),
     _op("mlp_net_energy_lsq", f"{_MLP_NET} c:(B,O) v:(B,) sigma:(B,) z:(B,O)", "loss:(B,) g_params:[params]",

@@ -237,31 +237,51 @@ def _net_out(backend, act, x, params):
     return _dispatch.route(backend, "mlp_net", x, *params)(x, list(params), act)
 
 
+KEEP_ACTIVATIONS_BYTES = 1 << 28
+"""The most memory the training forward of `mlp_net` keeps for its backward (mlp_net_train's act_hidden, 2(L+1)·B·H
+values: as many as eager PyTorch saves); above it the backward recomputes the forward block by block instead."""
+
+
+def _keeps_activations(backend, x, params) -> bool:
+    """Whether the training forward of `mlp_net` keeps the hidden activations for its backward (the C++ kernels:
+    mlp_net_train, on CPU tensors with backend "auto" or "cpp", up to KEEP_ACTIVATIONS_BYTES)."""
+    return (x.is_cpu and backend in ("auto", "cpp") and backends.is_available("cpp")
+            and (len(params) - 2) * x.shape[0] * params[0].shape[0] * x.element_size() <= KEEP_ACTIVATIONS_BYTES)
+
+
 class _MLPNet(torch.autograd.Function):
-    """Forward: the backend's mlp_net; backward: its mlp_net_backward (one kernel call for every parameter's gradient,
-    and x's when x requires grad; the C++ kernel recomputes the forward of each block of rows, keeping its
-    activations in cache, instead of storing them). First order (`_autograd.first_order`). torch.func's transforms
-    take it (setup_context apart; vmap runs forward and backward on batched tensors)."""
+    """Forward: (f(x), the hidden activations or None): the C++ kernels' mlp_net_train (u_k and act'(z_k) of every row
+    kept, (2(L+1), B, H): as many values as eager PyTorch saves; up to KEEP_ACTIVATIONS_BYTES), elsewhere the
+    backend's mlp_net; backward: its mlp_net_backward, one kernel call for every parameter's gradient (and x's when x
+    requires grad), from the kept activations (the C++ kernel; without them it recomputes the forward of each block
+    of rows, the Triton kernel in registers). First order (`_autograd.first_order`). torch.func's transforms take it
+    (setup_context apart; vmap runs forward and backward on batched tensors)."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(backend, act, x, *params):
-        return _net_out(backend, act, x, params)
+        if _keeps_activations(backend, x, params):
+            return _dispatch.route(backend, "mlp_net_train", x, *params)(x, list(params), act)
+        return _net_out(backend, act, x, params), None
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         backend, act, x, *params = inputs
+        act_hidden = output[1]
         ctx.meta = backend, act
-        ctx.save_for_backward(x, *params)
+        if act_hidden is not None:
+            ctx.mark_non_differentiable(act_hidden)
+        ctx.save_for_backward(x, act_hidden, *params)
 
     @staticmethod
-    def backward(ctx, g_out):
+    def backward(ctx, g_out, _):
         backend, act = ctx.meta
-        x, *params = ctx.saved_tensors
+        x, act_hidden, *params = ctx.saved_tensors
         with torch.no_grad():
             bwd = _dispatch.route(backend, "mlp_net_backward", x, *params)
-            g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2])
+            g_x, g_params = bwd(x, params, act, g_out.contiguous(), ctx.needs_input_grad[2],
+                                None if act_hidden is None else act_hidden.contiguous())  # (vmap: a slice's view)
         return (None, None, *_autograd.first_order("mlp_net", [g_x, *g_params], g_out, x, *params))
 
 
@@ -281,7 +301,7 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
     _dispatch.refuse_forward_mode("mlp_net", x, *layers)
     if _dispatch.nothing_to_differentiate(x, layers):
         return _net_out(backend, act, x, layers)
-    return _autograd.apply(_MLPNet, backend, act, x, *layers)
+    return _autograd.apply(_MLPNet, backend, act, x, *layers)[0]
 
 
 def _net_layers(x, weights, biases, activation):

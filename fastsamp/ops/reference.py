@@ -375,22 +375,49 @@ def mlp_energy_hmc(x, params, dims, scalars, energy, means, log_weights, varianc
                       _philox_draws(x, seed, offset, chain_offset))
 
 
-def mlp_net(x, params, act):
-    """W_out u_L + b_out, u_0 = act(W_in x + b_in), u_k = act(W_k u_{k−1} + b_k); params = [W_in, b_in, W_out, b_out,
-    W_1, b_1, ..., W_L, b_L] (`_layers.packed`), act a code of fastsamp.ops.mlp.ACTIVATIONS (differentiable)."""
-    w_in, b_in, w_out, b_out, *hidden = params
+def _mlp_activation(act):
+    """The activation of code `act` (fastsamp.ops.mlp.ACTIVATIONS), else a ValueError naming act."""
     a = _MLP_ACTIVATIONS.get(act)
     if a is None:
         raise ValueError(f"act must be an activation code {tuple(_MLP_ACTIVATIONS)} of fastsamp.ops.mlp.ACTIVATIONS, "
                          f"got {act!r}")
+    return a
+
+
+def mlp_net(x, params, act):
+    """W_out u_L + b_out, u_0 = act(W_in x + b_in), u_k = act(W_k u_{k−1} + b_k); params = [W_in, b_in, W_out, b_out,
+    W_1, b_1, ..., W_L, b_L] (`_layers.packed`), act a code of fastsamp.ops.mlp.ACTIVATIONS (differentiable)."""
+    w_in, b_in, w_out, b_out, *hidden = params
+    a = _mlp_activation(act)
     u = a(F.linear(x, w_in, b_in))
     for w, b in zip(hidden[0::2], hidden[1::2]):
         u = a(F.linear(u, w, b))
     return F.linear(u, w_out, b_out)
 
 
-def mlp_net_backward(x, params, act, g_out, want_g_x):
-    """(∂/∂x of Σ g_out · mlp_net when want_g_x, else None; [∂/∂p of it for p in params]) by torch.func.vjp."""
+def _act_deriv(act, z):
+    """act'(z): SiLU' = σ(z)(1 + z(1 − σ(z))), exact GELU' = Φ(z) + z φ(z)."""
+    if act == 1:
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+    return 0.5 * (1 + torch.erf(z * math.sqrt(0.5))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def mlp_net_train(x, params, act):
+    """(mlp_net(x), the hidden activations act_hidden (2(L+1), B, H): u_0 .. u_L, then act'(z_0) .. act'(z_L))."""
+    w_in, b_in, w_out, b_out, *hidden = params
+    a = _mlp_activation(act)
+    zs = [F.linear(x, w_in, b_in)]
+    us = [a(zs[0])]
+    for w, b in zip(hidden[0::2], hidden[1::2]):
+        zs.append(F.linear(us[-1], w, b))
+        us.append(a(zs[-1]))
+    return F.linear(us[-1], w_out, b_out), torch.stack(us + [_act_deriv(act, z) for z in zs])
+
+
+def mlp_net_backward(x, params, act, g_out, want_g_x, act_hidden):
+    """(∂/∂x of Σ g_out · mlp_net when want_g_x, else None; [∂/∂p of it for p in params]) by torch.func.vjp (act_hidden,
+    mlp_net_train's, is not read: the compiled kernels' shortcut)."""
     _, vjp = torch.func.vjp(lambda x_, *p: mlp_net(x_, p, act), x, *params)
     g_x, *g_params = vjp(g_out)
     return (g_x if want_g_x else None), list(g_params)

@@ -7,12 +7,17 @@
 //                        then, in the dtype: x (B, Din), the packed params of csrc/cpu/mlp_net.cpp, g_out (B, O),
 //                        and mlp_net_energy_lsq's c (B, O), v (B), sigma (B), z (B, O)) writes mlp_net's out,
 //                        mlp_net_backward's g_x and g_params, and mlp_net_energy_lsq's loss and g_params, in that
-//                        order, to OUT.
+//                        order, to OUT. The backward runs from mlp_net_train's kept activations (in a vector-aligned
+//                        buffer: read in place where H is whole vectors) and again recomputing the forward, and
+//                        mlp_net_train's out is mlp_net's: both bit for bit, else a kernel error.
 // Exit status: 0 done, 2 a bad file, 1 a kernel error (printed).
 #include "cpu/mlp_net.cpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <memory>
+#include <stdexcept>
 #include <vector>
 
 namespace {
@@ -44,7 +49,21 @@ bool run_case(std::FILE* in, std::FILE* out, const int64_t (&h)[7]) {
   {
     fastsamp::cpu::KernelScope scope(1);
     fastsamp::cpu::mlp_net(dtype, addr(x), B, Din, H, O, pp, act, addr(y));
-    fastsamp::cpu::mlp_net_backward(dtype, addr(x), B, Din, H, O, pp, act, addr(g_out), addr(g_x), gp);
+    const size_t kept_bytes = (2 * (L + 1) * B * H * sizeof(T) + 63) / 64 * 64;
+    std::unique_ptr<T, decltype(&std::free)> kept(static_cast<T*>(std::aligned_alloc(64, kept_bytes)), &std::free);
+    std::vector<T> y_train(B * O), g_x_again(B * Din);
+    std::vector<std::vector<T>> grads_again;
+    std::vector<uintptr_t> gp_again;
+    for (int64_t n : sizes) gp_again.push_back(addr(grads_again.emplace_back(n)));
+    fastsamp::cpu::mlp_net_train(dtype, addr(x), B, Din, H, O, pp, act, addr(y_train),
+                                 reinterpret_cast<uintptr_t>(kept.get()));
+    fastsamp::cpu::mlp_net_backward(dtype, addr(x), B, Din, H, O, pp, act, addr(g_out),
+                                    reinterpret_cast<uintptr_t>(kept.get()), addr(g_x), gp);
+    fastsamp::cpu::mlp_net_backward(dtype, addr(x), B, Din, H, O, pp, act, addr(g_out), 0, addr(g_x_again),
+                                    gp_again);
+    if (y_train != y || g_x_again != g_x || grads_again != grads)
+      throw std::runtime_error("mlp_net_train or the backward from its kept activations differs from mlp_net or the "
+                               "recomputing backward");
     fastsamp::cpu::mlp_net_energy_lsq(dtype, addr(x), B, Din, H, O, pp, act, addr(c), addr(v), addr(sigma), addr(z),
                                       addr(loss), ep);
   }
