@@ -14,8 +14,8 @@ def _install(session, *extra):
 
 @nox.session
 def tests(session):
-    _install(session, "pytest", "pytest-xdist>=3", "hypothesis>=6", "triton>=3.0", "pot>=0.9", "tqdm>=4", "scikit-learn>=1.3",
-             "scipy>=1.9", "matplotlib>=3.5")
+    _install(session, "pytest", "pytest-xdist>=3", "hypothesis>=6", "triton>=3.0", "pot>=0.9", "tqdm>=4",
+             "scikit-learn>=1.3", "scipy>=1.9", "matplotlib>=3.5")
     session.run("python", "-m", "pytest", *(session.posargs or ["-n", "auto"]))
 
 
