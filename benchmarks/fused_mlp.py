@@ -9,9 +9,11 @@ eager PyTorch and under a fair torch.compile, and what it does to a whole sample
    measured in the same run.
 2. The training pass: the gradients of a mean-squared loss, mean_b |f(x_b) − y_b|², to every weight and bias
    (torch.autograd.grad), for B = 512 and 2048 and H = 64, 128: eager, compile (torch.compile(dynamic=False) of the
-   loss function: AOTAutograd compiles its forward and backward), fused (FusedMLP: the forward kernel, autograd
-   through the loss, the backward kernel) and fused loss (`FusedMLP.squared_error(x, y) / D`, the same loss and
-   gradients from one kernel call: ops.mlp_net_lsq). GFLOP/s (of the fused side) from the forward's
+   loss function: AOTAutograd compiles its forward and backward), fused (FusedMLP: the forward kernel, on the CPU
+   keeping the hidden activations, autograd through the loss, the backward kernel), fused recomputing (CPU only: the
+   same with ops.mlp.KEEP_ACTIVATIONS_BYTES = 0, the backward recomputing the forward, as before the thirty-first
+   session) and fused loss (`FusedMLP.squared_error(x, y) / D`, the same loss and gradients from one kernel call:
+   ops.mlp_net_lsq). GFLOP/s (of the fused side) from the forward's
    F = 2B(Din H + H² + H D), the weight gradients' F and the cotangent chain's 2B(H² + H D) (no input gradient).
 3. A sampler run: annealed_mcmc (20 levels x 5 MALA moves, score-MH with n_trapezoid 3, 2048 chains) on the user
    network as is and with its Sequential wrapped in FusedMLP, interleaved, medians.
@@ -30,6 +32,7 @@ from _timing import CLOCKS, device_sync, gemm_rate
 from _user_mlp import UserMLP
 
 from fastsamp.models import FusedMLP
+from fastsamp.ops import mlp as mlp_ops
 from fastsamp.samplers import annealed_mcmc
 
 
@@ -64,6 +67,8 @@ def table_row(B, H, med, flops, gemm):
     rate, best = flops / med["fused"] / 1e9, min(med["eager"], med["compile"])
     frac = None if gemm is None else rate / gemm
     loss_cells = f" {med['fused loss'] * 1e6:.0f} | {med['fused loss'] / best:.2f} |" if "fused loss" in med else ""
+    if "fused recomputing" in med:
+        loss_cells += f" {med['fused recomputing'] * 1e6:.0f} | {med['fused'] / med['fused recomputing']:.2f} |"
     print(f"| {B} | {H} | {med['eager'] * 1e6:.0f} | {med['compile'] * 1e6:.0f} | {med['fused'] * 1e6:.0f} | "
           f"{med['fused'] / best:.2f} | {rate:.1f} | {'' if frac is None else f'{100 * frac:.0f} %'} |{loss_cells}")
     return {"B": B, "H": H, "us": {k: v * 1e6 for k, v in med.items()}, "fused_over_best_pytorch": med["fused"] / best,
@@ -72,6 +77,18 @@ def table_row(B, H, med, flops, gemm):
 
 def mse(net, x, y):
     return ((net(x) - y) ** 2).mean()
+
+
+def recomputing(fn):
+    """fn with nothing kept for the fused backward (ops.mlp.KEEP_ACTIVATIONS_BYTES = 0 during the forward), which then
+    recomputes the forward."""
+    def call():
+        kept, mlp_ops.KEEP_ACTIVATIONS_BYTES = mlp_ops.KEEP_ACTIVATIONS_BYTES, 0
+        try:
+            return fn()
+        finally:
+            mlp_ops.KEEP_ACTIVATIONS_BYTES = kept
+    return call
 
 
 def training_pass(D, H, B, device, args, clock, sync):
@@ -83,8 +100,10 @@ def training_pass(D, H, B, device, args, clock, sync):
     x, y = torch.randn(B, D + 1, device=device), torch.randn(B, D, device=device)
     losses = {"eager": lambda: mse(seq, x, y), "compile": lambda: compiled(seq, x, y),
               "fused": lambda: mse(fused, x, y), "fused loss": lambda: fused.squared_error(x, y) / D}
+    if device.type == "cpu":
+        losses["fused recomputing"] = recomputing(losses["fused"])
     grads = {k: torch.autograd.grad(f(), params) for k, f in losses.items()}  # compile's warm-up too
-    for k in ("compile", "fused", "fused loss"):
+    for k in set(losses) - {"eager"}:
         for a, b in zip(grads[k], grads["eager"]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     sides = {k: (lambda f=f: [torch.autograd.grad(f(), params) for _ in range(args.calls)]) for k, f in losses.items()}
@@ -130,9 +149,10 @@ def main(argv=None):
 
     report["train_passes"] = []
     print("\ntraining pass (loss and every weight's gradient):")
+    recompute_cols = (" fused recomputing us | fused / recomputing |", "---|---|") if device.type == "cpu" else ("", "")
     print("| B | H | eager us | compile us | fused us | fused / best PyTorch | fused GFLOP/s | of GEMM | "
-          "fused loss us | fused loss / best PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "fused loss us | fused loss / best PyTorch |" + recompute_cols[0])
+    print("|---|---|---|---|---|---|---|---|---|---|" + recompute_cols[1])
     for H in (64, 128):
         for B in (512, 2048):
             med = training_pass(D, H, B, device, args, clock, sync)
