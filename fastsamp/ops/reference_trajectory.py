@@ -77,10 +77,9 @@ def _policy_drift(x, temb_rows, params, clip, kept=None):
     for w, b in zip(hidden[0::2], hidden[1::2]):
         zs.append(F.linear(us[-1], w, b))
         us.append(F.gelu(zs[-1]))
-    if kept is not None:  # gelu'(z) = Φ(z) + z φ(z)
-        dg = [0.5 * (1 + torch.erf(z * math.sqrt(0.5))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-              for z in zs]
-        kept.append(torch.stack(us + dg))
+    if kept is not None:
+        from .reference import _act_deriv  # (reference imports this module)
+        kept.append(torch.stack(us + [_act_deriv(0, z) for z in zs]))
     return F.linear(us[-1], wo, bo)[:, :x.shape[1]].clamp(-clip, clip)
 
 
