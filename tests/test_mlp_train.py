@@ -168,22 +168,31 @@ def test_training_forward_keeps_the_activations(shape, activation, dtype):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend,keeps", [("cpp", True), ("auto", True), ("torch", False), ("triton", False),
-                                           ("cpp, over the memory cap", False)])
-def test_mlp_net_saves_the_kept_activations_on_the_cpp_path(monkeypatch, backend, keeps):
+@pytest.mark.parametrize("backend,keeps", [("cpp", True), ("torch", False), ("triton", False)])
+def test_mlp_net_saves_the_kept_activations_on_the_cpp_path(op_device, backend, keeps):
     """Differentiated, ops.mlp_net on the C++ kernels saves mlp_net_train's (2(L+1), B, H) activations for the backward
-    (no forward recomputed there) up to KEEP_ACTIVATIONS_BYTES; the other backends save none."""
-    if backend == "triton":
-        skip_unless_available("triton")
-    if backend.endswith("cap"):
-        backend = "cpp"
-        monkeypatch.setattr(ops.mlp, "KEEP_ACTIVATIONS_BYTES", 6 * 50 * 20 * 4 - 1)
+    (no forward recomputed there); the other backends save none."""
     ws, bs = layers(3, 20, 2, 2, torch.float32)
-    out = ops.mlp_net(torch.randn(50, 3), ws, bs, backend=backend)
+    ws, bs = on(op_device, *ws), on(op_device, *bs)
+    out = ops.mlp_net(torch.randn(50, 3, device=op_device), ws, bs, backend=backend)
     saved = [tuple(t.shape) for t in out.grad_fn.saved_tensors if t is not None]
     assert ((6, 50, 20) in saved) == keeps
     out.sum().backward()
     assert all(p.grad is not None for p in ws + bs)
+
+
+def test_the_kept_activations_are_capped(monkeypatch):
+    """backend "auto" on CPU tensors keeps them up to ops.mlp.KEEP_ACTIVATIONS_BYTES, then recomputes: same bits."""
+    ws, bs = layers(3, 20, 2, 2, torch.float32)
+    x = torch.randn(50, 3)
+    grads = []
+    for cap, keeps in ((6 * 50 * 20 * 4, True), (6 * 50 * 20 * 4 - 1, False)):
+        monkeypatch.setattr(ops.mlp, "KEEP_ACTIVATIONS_BYTES", cap)
+        out = ops.mlp_net(x, ws, bs)
+        assert ((6, 50, 20) in [tuple(t.shape) for t in out.grad_fn.saved_tensors if t is not None]) == keeps
+        grads.append(torch.autograd.grad(out.sum(), ws + bs))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_several_threads_equal_one():
