@@ -269,11 +269,21 @@ def gmm_hmc(x, means, log_weights, variances, step_size, n_steps, n_leapfrog, al
 # (trajectory family), in reference_trajectory.py; here too, where the backends look the ops up
 from .reference_trajectory import em_step_logprob as em_step_logprob  # noqa: E402
 from .reference_trajectory import em_step_logprob_backward as em_step_logprob_backward  # noqa: E402
+from .reference_trajectory import gelu_deriv  # noqa: E402
 from .reference_trajectory import policy_log_pf as policy_log_pf  # noqa: E402
 from .reference_trajectory import policy_rollout as policy_rollout  # noqa: E402
 
 # ---------------------------------------------------------------- score networks (mlp family)
 _MLP_ACTIVATIONS = {0: F.gelu, 1: F.silu}  # the activation codes of fastsamp.ops.mlp: 0 GELU (exact), 1 SiLU
+
+
+def _silu_deriv(z):
+    """silu'(z) = σ(z)(1 + z(1 − σ(z)))."""
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+_MLP_DERIVATIVES = {0: gelu_deriv, 1: _silu_deriv}  # act' of each code (mlp_net_train's kept activations)
 
 
 def _nets(params, dims, scalars, energy):
@@ -395,14 +405,6 @@ def mlp_net(x, params, act):
     return F.linear(u, w_out, b_out)
 
 
-def _act_deriv(act, z):
-    """act'(z): SiLU' = σ(z)(1 + z(1 − σ(z))), exact GELU' = Φ(z) + z φ(z)."""
-    if act == 1:
-        s = torch.sigmoid(z)
-        return s * (1 + z * (1 - s))
-    return 0.5 * (1 + torch.erf(z * math.sqrt(0.5))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-
-
 def mlp_net_train(x, params, act):
     """(mlp_net(x), the hidden activations act_hidden (2(L+1), B, H): u_0 .. u_L, then act'(z_0) .. act'(z_L))."""
     w_in, b_in, w_out, b_out, *hidden = params
@@ -412,7 +414,7 @@ def mlp_net_train(x, params, act):
     for w, b in zip(hidden[0::2], hidden[1::2]):
         zs.append(F.linear(us[-1], w, b))
         us.append(a(zs[-1]))
-    return F.linear(us[-1], w_out, b_out), torch.stack(us + [_act_deriv(act, z) for z in zs])
+    return F.linear(us[-1], w_out, b_out), torch.stack(us + [_MLP_DERIVATIVES[act](z) for z in zs])
 
 
 def mlp_net_backward(x, params, act, g_out, want_g_x, act_hidden):

@@ -67,6 +67,11 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
 
 
 # ---------------------------------------------------------------- the DriftNet policy (trajectory family)
+def gelu_deriv(z):
+    """gelu'(z) = Φ(z) + z φ(z) (exact GELU), the kept act'(z_k) of the policy and of mlp_net_train."""
+    return 0.5 * (1 + torch.erf(z * math.sqrt(0.5))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
 def _policy_drift(x, temb_rows, params, clip, kept=None):
     """clamp((W_o u_L + b_o)[:, :D], ±clip) with u_0 = gelu(W_s x + b_s + temb), u_k = gelu(W_k u_{k−1} + b_k);
     params = [W_s, b_s, W_o, b_o, W_1, b_1, ..., W_L, b_L] (the DriftNet layers, exact GELU). `kept` (a list):
@@ -78,8 +83,7 @@ def _policy_drift(x, temb_rows, params, clip, kept=None):
         zs.append(F.linear(us[-1], w, b))
         us.append(F.gelu(zs[-1]))
     if kept is not None:
-        from .reference import _act_deriv  # (reference imports this module)
-        kept.append(torch.stack(us + [_act_deriv(0, z) for z in zs]))
+        kept.append(torch.stack(us + [gelu_deriv(z) for z in zs]))
     return F.linear(us[-1], wo, bo)[:, :x.shape[1]].clamp(-clip, clip)
 
 
