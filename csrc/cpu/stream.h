@@ -263,16 +263,15 @@ void noise_pass(const T* noise, int64_t B, int D, uint64_t seed, uint64_t offset
   });
 }
 
-// The rows of (x_new, s_new), D elements each: (xp, sp) if take, else (x, s).
+// The rows of (x_new, s_new), D elements each: (xp, sp) if take, else (x, s). memcpy (the outputs overlap no input):
+// at a D known at compile time it is inlined as vector moves, where GCC 12 turned the copy loops it replaces into two
+// library memmove calls per row (score_mh_accept at B = 2048, D = 8 on a Zen 1: 108 -> 90 us per call with its glue).
 template <typename T>
 FASTSAMP_VINLINE void select_row(bool take, const T* __restrict xp, const T* __restrict x, const T* __restrict sp,
                                  const T* __restrict s, int D, T* __restrict x_new, T* __restrict s_new) {
-  const T* __restrict xs = take ? xp : x;
-  const T* __restrict ss = take ? sp : s;
-#pragma omp simd
-  for (int d = 0; d < D; ++d) x_new[d] = xs[d];
-#pragma omp simd
-  for (int d = 0; d < D; ++d) s_new[d] = ss[d];
+  const size_t bytes = sizeof(T) * static_cast<size_t>(D);
+  std::memcpy(x_new, take ? xp : x, bytes);
+  std::memcpy(s_new, take ? sp : s, bytes);
 }
 
 // The MH decision of row b with log_u_b = log u_b: accept iff log u_b < log alpha (NaN rejects); writes
