@@ -63,11 +63,12 @@ def test_the_training_commands_keep_freed_memory_and_library_calls_do_not(tmp_pa
     cli.main(["train", "--target", "25gmm", "--method", "tb", "--no-progress", "--out", str(tmp_path / "lib"), *tiny])
     assert not memory.freed_memory_kept()
     assert json.loads((tmp_path / "lib" / "25gmm_tb_seed0.json").read_text())["freed_memory_kept"] is False
-    subprocess.run([sys.executable, "-m", "fastsamp", "train", "--target", "25gmm", "--method", "tb", "--no-progress",
-                    "--out", str(tmp_path / "cli"), *tiny], check=True, capture_output=True)
-    subprocess.run([sys.executable, str(BENCHMARKS / "offpolicy.py"), "table", "--targets", "25gmm", "--methods", "tb",
-                    "--seeds", "0", "1", "--jobs", "2", "--repeats", "0", "--out", str(tmp_path / "table"), *tiny],
-                   check=True, capture_output=True)
+    for argv in (["-m", "fastsamp", "train", "--target", "25gmm", "--method", "tb", "--no-progress", "--out",
+                  str(tmp_path / "cli"), *tiny],
+                 [str(BENCHMARKS / "offpolicy.py"), "table", "--targets", "25gmm", "--methods", "tb", "--seeds", "0",
+                  "1", "--jobs", "2", "--repeats", "0", "--out", str(tmp_path / "table"), *tiny]):
+        run = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
     for path in [tmp_path / "cli" / "25gmm_tb_seed0.json"] + [tmp_path / "table" / f"25gmm_tb_seed{s}.json"
                                                             for s in (0, 1)]:
         assert json.loads(path.read_text())["freed_memory_kept"] is True, path

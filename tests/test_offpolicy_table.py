@@ -208,6 +208,33 @@ def test_table_scores_each_run_as_soon_as_it_finishes(tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(tmp_path, "25gmm_tb_seed1.json"))
 
 
+def test_progress_counts_a_run_that_finishes_while_it_is_read(tmp_path, monkeypatch):
+    """`run_table` reads the table's progress while its workers run: a run whose JSON appears and whose checkpoint
+    goes between the reads counts as finished, and a checkpoint removed between a look and its load reads as none
+    (it raised FileNotFoundError in `run_table`'s process: the likely end of one `offpolicy.py table --jobs 2` in a
+    loaded test run, tests/test_memory.py)."""
+    out = str(tmp_path)
+    plan = offpolicy.plan_table(["25gmm"], ["tb"], [0], iterations=4)
+    ckpt = offpolicy.checkpoint_path(out, "25gmm", "tb", 0)
+    sampler, cfg = offpolicy.build("25gmm", "tb", seed=0, iterations=4, batch_size=16)
+    train(sampler, cfg, progress=False, checkpoint=ckpt, until=2)
+    assert offpolicy.table_progress(plan, out)["iterations_done"] == 2
+    read = offpolicy.read_checkpoint_iteration
+
+    def read_then_finish(path):  # the worker finishes the run right after its checkpoint is read
+        it = read(path)
+        with open(offpolicy.run_stem(out, "25gmm", "tb", 0) + ".json", "w") as f:
+            json.dump({"iterations": 4, "config": {"batch_size": 16}}, f)
+        os.remove(path)
+        return it
+
+    monkeypatch.setattr(offpolicy, "read_checkpoint_iteration", read_then_finish)
+    assert offpolicy.table_progress(plan, out) == {"runs_done": 1, "runs_planned": 1, "iterations_done": 4,
+                                                   "iterations_planned": 4}
+    monkeypatch.setattr(os.path, "exists", lambda path: True)  # it was there a moment ago
+    assert read(ckpt) == 0
+
+
 def test_table_refuses_lgcp_runs_on_another_point_pattern(tmp_path, monkeypatch):
     """`table` adds LGCP runs on the pattern LGCP.default_points gives here; finished LGCP runs on the
     other one (lgcp_points in their JSON; none: synthetic, from before the pines) are an error. The

@@ -220,14 +220,17 @@ def finished_result(run: PlannedRun, out_dir: str, batch_size: int | None = None
 
 
 def table_progress(plan, out_dir: str, batch_size: int | None = None) -> dict:
-    """How far along the table is: finished runs, and iterations done (finished runs + checkpoints)."""
+    """How far along the table is: finished runs, and iterations done (finished runs + checkpoints). Safe while
+    `run_table`'s workers run: a run's checkpoint is read before its JSON, so that a run finishing in between (its
+    JSON written, then its checkpoint removed) counts as finished, not as nothing or as a missing file."""
     runs_done = iters_done = 0
     for r in plan:
+        checkpointed = read_checkpoint_iteration(checkpoint_path(out_dir, r.target, r.method, r.seed))
         if finished_result(r, out_dir, batch_size) is not None:
             runs_done += 1
             iters_done += r.iterations
         else:
-            iters_done += read_checkpoint_iteration(checkpoint_path(out_dir, r.target, r.method, r.seed))
+            iters_done += checkpointed
     return {"runs_done": runs_done, "runs_planned": len(plan), "iterations_done": iters_done,
             "iterations_planned": sum(r.iterations for r in plan)}
 

@@ -374,10 +374,13 @@ def rank_checkpoint(path: str, rank: int) -> str:
 
 
 def read_checkpoint_iteration(path) -> int:
-    """The iteration count stored in a checkpoint (0 when there is none)."""
-    if not os.path.exists(path):
+    """The iteration count stored in a checkpoint (0 when there is none, also when it is removed before it can be
+    opened: its run finished meanwhile in another process, `run_table`'s workers; an open checkpoint stays readable
+    when removed or replaced)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
+    except FileNotFoundError:
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
 
 
 def _progress(total, enabled, initial=0):
