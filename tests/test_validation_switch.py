@@ -56,10 +56,7 @@ def test_environment_variable(monkeypatch, raw, expect):
 
 
 def test_environment_variable_sets_the_initial_value(monkeypatch):
-    """Its values, read as the import reads them (`_checks._validation_from_env`), and an import that reads it."""
-    for raw, expect in (("0", False), ("1", True), (" Off ", False), ("YES", True), ("", True)):
-        monkeypatch.setenv("FASTSAMP_VALIDATE", raw)
-        assert _checks._validation_from_env() is expect, raw
+    """A value it does not take is an error naming it; the import reads it (its values: `test_environment_variable`)."""
     monkeypatch.setenv("FASTSAMP_VALIDATE", "maybe")
     with pytest.raises(ValueError, match="FASTSAMP_VALIDATE must be one of"):
         _checks._validation_from_env()
