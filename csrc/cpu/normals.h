@@ -23,9 +23,9 @@ namespace cpu {
 // words, vectorised with vm::vneg2log_unit / vm::vsincos; its four stages are
 // interleaved with the Philox rounds of the *next* 16 groups (software pipeline)
 // so that the multiply-bound Philox and the FMA-bound Box–Muller overlap.
-// AVX2: the Philox in four sets of 4, then the Box–Muller on 32-byte vectors
-// (the same formulas, and with FMA the same bits; about 3x (double) to 5x
-// (float) the lane loops on a Zen 3). Elsewhere: the
+// AVX2: the Philox in four registers of 4 groups, two at a time, then the
+// Box–Muller on 32-byte vectors (the same formulas, and with FMA the same bits;
+// about 3x (double) to 5x (float) the lane loops on a Zen 3). Elsewhere: the
 // lane loops of philox_lanes / box_muller above (whose scalar log and sincos do
 // not vectorise; the same normals up to the last bit).
 typedef uint32_t U32x16 __attribute__((vector_size(64)));
@@ -71,7 +71,18 @@ struct GroupNormals {
   FASTSAMP_VINLINE void advance() {
     jv += jstep;
     bv += bstep;
-    const I32x16 m = jv >= J;  // -1 where the lane passed the end of its row
+    // m: -1 where the lane passed the end of its row. Compared a register at a time: GCC makes a 64-byte vector's
+    // compare 16 scalar ones without AVX-512 (a sixth of the AVX2 normals' time), and signed, which AVX2 has
+    // (j < J + 16 < 2^31)
+    typedef int32_t INative __attribute__((vector_size(FASTSAMP_NATIVE_BYTES)));
+    constexpr int kN = static_cast<int>(sizeof(INative));
+    I32x16 m;
+    for (int h = 0; h < 64 / kN; ++h) {
+      INative j;
+      std::memcpy(&j, reinterpret_cast<const char*>(&jv) + kN * h, kN);
+      const INative mh = j >= static_cast<int32_t>(J);
+      std::memcpy(reinterpret_cast<char*>(&m) + kN * h, &mh, kN);
+    }
     jv -= J & reinterpret_cast<U32x16>(m);
     bv -= reinterpret_cast<U32x16>(m);
   }
@@ -142,10 +153,10 @@ struct GroupNormals {
     tick(4);
   }
 
-  // Philox state of the current 16 groups, all rounds done (pipeline prologue).
+  // Philox state of the current 16 groups, all rounds done (pipeline prologue; AVX2's whole Philox).
   FASTSAMP_VINLINE void prime(State& st) {
     start(st);
-    for (int r = 1; r < 10; ++r) round(st, r);
+    st.template rounds_from<2>(1, k0, k1);
   }
 #endif
 #if defined(__AVX2__) && !defined(__AVX512F__)
@@ -159,11 +170,14 @@ struct GroupNormals {
     auto no_tick = [](int) {};
     if constexpr (sizeof(T) == 4) {
       typedef float F32x8 __attribute__((vector_size(32)));
+      // all 32 pairs in one Box–Muller: four independent chains of its polynomials, not two
+      U32x8 wq[8];
+      for (int q = 0; q < 2; ++q)
+        for (int k = 0; k < 4; ++k) wq[4 * q + k] = reinterpret_cast<U32x8>(w[k][q]);
+      F32x8 nq[8];
+      box_muller_v<F32x8, 4>(wq, nq, no_tick);
       for (int q = 0; q < 2; ++q) {  // groups 8q .. 8q + 7
-        const U32x8 wq[4] = {reinterpret_cast<U32x8>(w[0][q]), reinterpret_cast<U32x8>(w[1][q]),
-                             reinterpret_cast<U32x8>(w[2][q]), reinterpret_cast<U32x8>(w[3][q])};
-        F32x8 n[4];
-        box_muller_v<F32x8, 2>(wq, n, no_tick);
+        const F32x8* n = nq + 4 * q;
         // out[4 g + k] = n[k][g]: 4 x 8 transpose (g0 g4 | g1 g5 | g2 g6 | g3 g7, then the 128-bit halves)
         const __m256 n0 = reinterpret_cast<__m256>(n[0]), n1 = reinterpret_cast<__m256>(n[1]);
         const __m256 n2 = reinterpret_cast<__m256>(n[2]), n3 = reinterpret_cast<__m256>(n[3]);
