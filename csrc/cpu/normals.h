@@ -115,18 +115,9 @@ struct GroupNormals {
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) r[k] = reinterpret_cast<U32x16>(philox_words(st.c[k][0], st.c[k][1]));
   }
-#elif defined(__AVX2__)
-  // Word k of the groups 8q .. 8q + 7 (after round 9) into w[k][q]: the low 32 bits of the 64-bit lanes of
-  // sets 2q and 2q + 1.
-  static FASTSAMP_VINLINE void words(const State& st, __m256i (&w)[4][2]) {
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k)
-#pragma GCC unroll 2
-      for (int q = 0; q < 2; ++q) w[k][q] = philox_words(st.c[k][2 * q], st.c[k][2 * q + 1]);
-  }
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
-  // Box–Muller on vectors of words, NP pairs (w[2p], w[2p+1]):
+  // Box–Muller on vectors of words (or of their exact values as T), NP pairs (w[2p], w[2p+1]):
   // n[2p] = rad cos ang, n[2p+1] = rad sin ang. tick(i), i = 0 .. kTicks - 1, is
   // called between the stages (the next block's Philox rounds go there).
   static constexpr int kTicks = 5;
@@ -164,42 +155,47 @@ struct GroupNormals {
   // Philox of the next 16 groups into `st`. On vectors of one AVX2 register: GCC keeps 64-byte vectors in memory
   // without AVX-512, and 16 registers leave no room for the next block's rounds between the Box–Muller stages.
   FASTSAMP_VINLINE void next(State& st, T* __restrict out) {
-    __m256i w[4][2];
-    words(st, w);
-    prime(st);
     auto no_tick = [](int) {};
     if constexpr (sizeof(T) == 4) {
       typedef float F32x8 __attribute__((vector_size(32)));
-      // all 32 pairs in one Box–Muller: four independent chains of its polynomials, not two
+      // word k of the groups of registers 2q, 2q + 1 in one vector, in-lane: groups 8q + (0 1 4 5 | 2 3 6 7)
       U32x8 wq[8];
       for (int q = 0; q < 2; ++q)
-        for (int k = 0; k < 4; ++k) wq[4 * q + k] = reinterpret_cast<U32x8>(w[k][q]);
+        for (int k = 0; k < 4; ++k)
+          wq[4 * q + k] = reinterpret_cast<U32x8>(_mm256_shuffle_ps(reinterpret_cast<__m256>(st.c[k][2 * q]),
+                                                                   reinterpret_cast<__m256>(st.c[k][2 * q + 1]), 0x88));
+      prime(st);
+      // all 32 pairs in one Box–Muller: four independent chains of its polynomials, not two
       F32x8 nq[8];
       box_muller_v<F32x8, 4>(wq, nq, no_tick);
-      for (int q = 0; q < 2; ++q) {  // groups 8q .. 8q + 7
+      for (int q = 0; q < 2; ++q) {
         const F32x8* n = nq + 4 * q;
-        // out[4 g + k] = n[k][g]: 4 x 8 transpose (g0 g4 | g1 g5 | g2 g6 | g3 g7, then the 128-bit halves)
+        // out[4 g + k] = n[k][g]: 4 x 8 transpose to u0 = (g0 | g2), u1 = (g1 | g3), u2 = (g4 | g6), u3 = (g5 | g7)
         const __m256 n0 = reinterpret_cast<__m256>(n[0]), n1 = reinterpret_cast<__m256>(n[1]);
         const __m256 n2 = reinterpret_cast<__m256>(n[2]), n3 = reinterpret_cast<__m256>(n[3]);
         const __m256 t0 = _mm256_unpacklo_ps(n0, n1), t1 = _mm256_unpackhi_ps(n0, n1);
         const __m256 t2 = _mm256_unpacklo_ps(n2, n3), t3 = _mm256_unpackhi_ps(n2, n3);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
         float* o = reinterpret_cast<float*>(out) + 32 * q;
-        _mm256_store_ps(o, _mm256_permute2f128_ps(u0, u1, 0x20));
-        _mm256_store_ps(o + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
-        _mm256_store_ps(o + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
-        _mm256_store_ps(o + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+        for (int h = 0; h < 2; ++h) {
+          _mm256_store_ps(o + 16 * h, _mm256_permute2f128_ps(u[2 * h], u[2 * h + 1], 0x20));
+          _mm256_store_ps(o + 16 * h + 8, _mm256_permute2f128_ps(u[2 * h], u[2 * h + 1], 0x31));
+        }
       }
     } else {
       typedef double F64x4 __attribute__((vector_size(32)));
-      for (int q = 0; q < 4; ++q) {  // groups 4q .. 4q + 3
-        U32x4 wq[4];
+      // word k of register q's 4 groups as doubles, exactly: the 2^52 exponent over the low 32 bits, minus 2^52
+      F64x4 wd[4][4];
+      const __m256i lo = _mm256_set1_epi64x(0xFFFFFFFF), exp52 = _mm256_set1_epi64x(0x4330000000000000);
+      for (int q = 0; q < 4; ++q)
         for (int k = 0; k < 4; ++k)
-          wq[k] = reinterpret_cast<U32x4>(q % 2 == 0 ? _mm256_castsi256_si128(w[k][q / 2])
-                                                     : _mm256_extracti128_si256(w[k][q / 2], 1));
+          wd[q][k] = reinterpret_cast<F64x4>(_mm256_or_si256(_mm256_and_si256(st.c[k][q], lo), exp52)) -
+                     4503599627370496.0;
+      prime(st);
+      for (int q = 0; q < 4; ++q) {  // groups 4q .. 4q + 3
         F64x4 n[4];
-        box_muller_v<F64x4, 2>(wq, n, no_tick);
+        box_muller_v<F64x4, 2>(wd[q], n, no_tick);
         // out[4 g + k] = n[k][g]: 4 x 4 transpose
         const __m256d n0 = reinterpret_cast<__m256d>(n[0]), n1 = reinterpret_cast<__m256d>(n[1]);
         const __m256d n2 = reinterpret_cast<__m256d>(n[2]), n3 = reinterpret_cast<__m256d>(n[3]);
