@@ -29,6 +29,16 @@ FASTSAMP_HD void philox_next_key(uint32_t& k0, uint32_t& k1) {
   k1 += kPhiloxW1;
 }
 
+// The round keys of seed, (k0[r], k1[r]) for rounds r = 0 .. 9.
+FASTSAMP_HD void philox_round_keys(uint64_t seed, uint32_t* k0, uint32_t* k1) {
+  uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    k0[r] = a;
+    k1[r] = b;
+    philox_next_key(a, b);
+  }
+}
+
 FASTSAMP_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
 #if defined(__CUDA_ARCH__)
   *hi = __umulhi(a, b);

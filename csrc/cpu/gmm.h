@@ -333,8 +333,11 @@ struct LanePhilox {
   static constexpr int kMaxNC = 4;  // counters at a time: 4 H of them (4 words each) fill the 32 registers
   using Word = std::conditional_t<H == 2, U32x16, U32x8>;  // a word of the W chains
 #else
-  static constexpr int kMaxNC = 4 / H;  // counters at a time: their 4 H kMaxNC = 16 words fill the 16 registers
-  using Word = std::conditional_t<H == 2, U32x8, U32x4>;  // a word of the W chains
+  // counters at a time: their 4 H kMaxNC = 8 words stay in the 16 registers (16 spilled every round, as in
+  // GroupNormals' prime)
+  static constexpr int kMaxNC = 2 / H;
+  // a word of the W chains; float64 takes the words' values straight from the 64-bit lanes
+  using Word = std::conditional_t<H == 2, U32x8, Row<T>>;
 #endif
   using State = PhiloxState<H>;
   PhiloxKeys keys;
@@ -360,7 +363,11 @@ struct LanePhilox {
       if constexpr (H == 2) {
         w[q] = reinterpret_cast<U>(philox_words(st.c[q][0], st.c[q][1]));
       } else {
+#if defined(__AVX512F__)
         w[q] = reinterpret_cast<U>(philox_words(st.c[q][0]));
+#else
+        w[q] = reinterpret_cast<U>(philox_words_f64(st.c[q][0]));
+#endif
       }
     }
   }
@@ -385,12 +392,14 @@ struct LanePhilox {
           case 3: run<3>(js, b0, offset, st); break;
           default: run<4>(js, b0, offset, st); break;
         }
-      } else {  // kMaxNC == 2
+      } else if constexpr (kMaxNC == 2) {
         if (ncur == 1) {
           run<1>(js, b0, offset, st);
         } else {
           run<2>(js, b0, offset, st);
         }
+      } else {
+        run<1>(js, b0, offset, st);
       }
       for (int i = 0; i < ncur; ++i) {
         U w[4];

@@ -45,12 +45,7 @@ struct GroupNormals {
   U32x16 jv, bv;  // counter words (j, b) of the next 16 groups
 
   GroupNormals(uint64_t seed, uint64_t offset, int64_t J_, uint64_t g0) {
-    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
-    for (int r = 0; r < 10; ++r) {
-      k0[r] = a;
-      k1[r] = b;
-      philox_next_key(a, b);
-    }
+    philox_round_keys(seed, k0, k1);
     o0 = static_cast<uint32_t>(offset);
     o1 = static_cast<uint32_t>(offset >> 32);
     const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * o0;
@@ -185,13 +180,10 @@ struct GroupNormals {
       }
     } else {
       typedef double F64x4 __attribute__((vector_size(32)));
-      // word k of register q's 4 groups as doubles, exactly: the 2^52 exponent over the low 32 bits, minus 2^52
+      // word k of register q's 4 groups as doubles, straight from the 64-bit lanes
       F64x4 wd[4][4];
-      const __m256i lo = _mm256_set1_epi64x(0xFFFFFFFF), exp52 = _mm256_set1_epi64x(0x4330000000000000);
       for (int q = 0; q < 4; ++q)
-        for (int k = 0; k < 4; ++k)
-          wd[q][k] = reinterpret_cast<F64x4>(_mm256_or_si256(_mm256_and_si256(st.c[k][q], lo), exp52)) -
-                     4503599627370496.0;
+        for (int k = 0; k < 4; ++k) wd[q][k] = reinterpret_cast<F64x4>(philox_words_f64(st.c[k][q]));
       prime(st);
       for (int q = 0; q < 4; ++q) {  // groups 4q .. 4q + 3
         F64x4 n[4];
