@@ -89,23 +89,17 @@ struct PhiloxState {
     }
   }
 
-  // One round of the counters in register h, w[k] = c[k][h], with the broadcast round keys k0, k1.
-  static FASTSAMP_VINLINE void round_of(PhiloxReg* w, PhiloxReg k0, PhiloxReg k1) {
-    const PhiloxReg p0 = philox_mul(w[0], philox_set(kPhiloxM0));
-    const PhiloxReg p1 = philox_mul(w[2], philox_set(kPhiloxM1));
-    w[0] = philox_xor3(philox_hi(p1), w[1], k0);
-    w[1] = p1;
-    w[2] = philox_xor3(philox_hi(p0), w[3], k1);
-    w[3] = p0;
-  }
-
   // One round with the broadcast round keys k0, k1.
   FASTSAMP_VINLINE void round(PhiloxReg k0, PhiloxReg k1) {
+    const PhiloxReg m0 = philox_set(kPhiloxM0), m1 = philox_set(kPhiloxM1);
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
-      PhiloxReg w[4] = {c[0][h], c[1][h], c[2][h], c[3][h]};
-      round_of(w, k0, k1);
-      for (int k = 0; k < 4; ++k) c[k][h] = w[k];
+      const PhiloxReg p0 = philox_mul(c[0][h], m0);
+      const PhiloxReg p1 = philox_mul(c[2][h], m1);
+      c[0][h] = philox_xor3(philox_hi(p1), c[1][h], k0);
+      c[1][h] = p1;
+      c[2][h] = philox_xor3(philox_hi(p0), c[3][h], k1);
+      c[3][h] = p0;
     }
   }
 
@@ -115,18 +109,19 @@ struct PhiloxState {
   template <int G>
   FASTSAMP_VINLINE void rounds_from(int r0, const uint32_t* k0, const uint32_t* k1) {
     static_assert(H % G == 0, "G must divide the registers");
+    if constexpr (G == H) {
+      // in place (AVX-512's two registers): through the copies below GCC compiled AVX-512's normals differently
+      for (int r = r0; r < 10; ++r) round(philox_key(k0[r]), philox_key(k1[r]));
+    } else {
 #pragma GCC unroll 2
-    for (int g = 0; g < H; g += G) {
-      PhiloxReg w[G][4];
-      for (int h = 0; h < G; ++h)
-        for (int k = 0; k < 4; ++k) w[h][k] = c[k][g + h];
-      for (int r = r0; r < 10; ++r) {
-        const PhiloxReg a = philox_key(k0[r]), b = philox_key(k1[r]);
-#pragma GCC unroll 4
-        for (int h = 0; h < G; ++h) round_of(w[h], a, b);
+      for (int g = 0; g < H; g += G) {
+        PhiloxState<G> part;
+        for (int h = 0; h < G; ++h)
+          for (int k = 0; k < 4; ++k) part.c[k][h] = c[k][g + h];
+        for (int r = r0; r < 10; ++r) part.round(philox_key(k0[r]), philox_key(k1[r]));
+        for (int h = 0; h < G; ++h)
+          for (int k = 0; k < 4; ++k) c[k][g + h] = part.c[k][h];
       }
-      for (int h = 0; h < G; ++h)
-        for (int k = 0; k < 4; ++k) c[k][g + h] = w[h][k];
     }
   }
 
