@@ -157,8 +157,7 @@ struct GroupNormals {
       U32x8 wq[8];
       for (int q = 0; q < 2; ++q)
         for (int k = 0; k < 4; ++k)
-          wq[4 * q + k] = reinterpret_cast<U32x8>(_mm256_shuffle_ps(reinterpret_cast<__m256>(st.c[k][2 * q]),
-                                                                   reinterpret_cast<__m256>(st.c[k][2 * q + 1]), 0x88));
+          wq[4 * q + k] = reinterpret_cast<U32x8>(philox_words_inlane(st.c[k][2 * q], st.c[k][2 * q + 1]));
       prime(st);
       // all 32 pairs in one Box–Muller: four independent chains of its polynomials, not two
       F32x8 nq[8];
