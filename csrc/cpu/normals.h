@@ -172,9 +172,11 @@ struct GroupNormals {
         const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
                              _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
         float* o = reinterpret_cast<float*>(out) + 32 * q;
-        for (int h = 0; h < 2; ++h) {
-          _mm256_store_ps(o + 16 * h, _mm256_permute2f128_ps(u[2 * h], u[2 * h + 1], 0x20));
-          _mm256_store_ps(o + 16 * h + 8, _mm256_permute2f128_ps(u[2 * h], u[2 * h + 1], 0x31));
+        for (int h = 0; h < 2; ++h) {  // 128-bit halves stored apart: no lane-crossing shuffle (vperm2f128)
+          _mm_store_ps(o + 16 * h, _mm256_castps256_ps128(u[2 * h]));
+          _mm_store_ps(o + 16 * h + 4, _mm256_castps256_ps128(u[2 * h + 1]));
+          _mm_store_ps(o + 16 * h + 8, _mm256_extractf128_ps(u[2 * h], 1));
+          _mm_store_ps(o + 16 * h + 12, _mm256_extractf128_ps(u[2 * h + 1], 1));
         }
       }
     } else {
@@ -192,11 +194,15 @@ struct GroupNormals {
         const __m256d n2 = reinterpret_cast<__m256d>(n[2]), n3 = reinterpret_cast<__m256d>(n[3]);
         const __m256d t0 = _mm256_unpacklo_pd(n0, n1), t1 = _mm256_unpackhi_pd(n0, n1);
         const __m256d t2 = _mm256_unpacklo_pd(n2, n3), t3 = _mm256_unpackhi_pd(n2, n3);
-        double* o = reinterpret_cast<double*>(out) + 16 * q;
-        _mm256_store_pd(o, _mm256_permute2f128_pd(t0, t2, 0x20));
-        _mm256_store_pd(o + 4, _mm256_permute2f128_pd(t1, t3, 0x20));
-        _mm256_store_pd(o + 8, _mm256_permute2f128_pd(t0, t2, 0x31));
-        _mm256_store_pd(o + 12, _mm256_permute2f128_pd(t1, t3, 0x31));
+        double* o = reinterpret_cast<double*>(out) + 16 * q;  // 128-bit halves stored apart, as for float
+        _mm_store_pd(o, _mm256_castpd256_pd128(t0));
+        _mm_store_pd(o + 2, _mm256_castpd256_pd128(t2));
+        _mm_store_pd(o + 4, _mm256_castpd256_pd128(t1));
+        _mm_store_pd(o + 6, _mm256_castpd256_pd128(t3));
+        _mm_store_pd(o + 8, _mm256_extractf128_pd(t0, 1));
+        _mm_store_pd(o + 10, _mm256_extractf128_pd(t2, 1));
+        _mm_store_pd(o + 12, _mm256_extractf128_pd(t1, 1));
+        _mm_store_pd(o + 14, _mm256_extractf128_pd(t3, 1));
       }
     }
   }

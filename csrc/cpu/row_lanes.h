@@ -73,6 +73,7 @@ struct RowLanes<float> : RowMask512 {
   static FASTSAMP_VINLINE void store(Mask k, float* p, V v) { _mm512_mask_storeu_ps(p, k, v); }
   static FASTSAMP_VINLINE unsigned lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm512, float, ps)
+  static constexpr bool has_select_block = false;
   static constexpr bool has_columns(int D) { return D == 8; }
   // c[d] = element d of the 16 rows p[0 .. 8), p[8 .. 16), ... (D = 8): [row r | row r + 8] in one
   // register, then the 8 x 8 transpose of both 256-bit halves at once (24 shuffles, not 8 gathers).
@@ -115,6 +116,7 @@ struct RowLanes<double> : RowMask512 {
   static FASTSAMP_VINLINE void store(Mask k, double* p, V v) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>(k), v); }
   static FASTSAMP_VINLINE unsigned lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm512, double, pd)
+  static constexpr bool has_select_block = false;
   static constexpr bool has_columns(int) { return false; }
 };
 #else
@@ -150,26 +152,47 @@ struct RowLanes<float> : RowMask256 {
     return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)));
   }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm256, float, ps)
-  static constexpr bool has_columns(int D) { return D == 8; }
-  // c[d] = element d of the 8 rows p[0 .. 8), p[8 .. 16), ... (D = 8): the 8 x 8 transpose (24 shuffles).
+  static constexpr bool has_select_block = true;
+  // out[i] = a[i] in the rows of the block whose bit of `take` is set, else b[i], for the W rows of D elements
+  // at a, b, out (contiguous): per vector of 8 elements the rows' bits as its sign bits, one blend; no branch, and
+  // the loads do not wait for `take`.
+  template <int D>
+  static FASTSAMP_VINLINE void select_block(unsigned take, const float* a, const float* b, float* out) {
+    const __m256i t = _mm256_set1_epi32(static_cast<int>(take));
+    for (int c = 0; c < D; ++c) {
+      const __m256i row = _mm256_setr_epi32((8 * c) / D, (8 * c + 1) / D, (8 * c + 2) / D, (8 * c + 3) / D,
+                                            (8 * c + 4) / D, (8 * c + 5) / D, (8 * c + 6) / D, (8 * c + 7) / D);
+      const __m256 m = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srlv_epi32(t, row), 31));
+      _mm256_storeu_ps(out + 8 * c, _mm256_blendv_ps(_mm256_loadu_ps(b + 8 * c), _mm256_loadu_ps(a + 8 * c), m));
+    }
+  }
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
+  // [4 floats at a | 4 floats at b]: the lane-crossing step of a transpose done by the loads (vinsertf128 from
+  // memory, not vperm2f128: 8 micro-ops, one per 3 cycles, on Zen 1).
+  static FASTSAMP_VINLINE V halves(const float* a, const float* b) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(a)), _mm_loadu_ps(b), 1);
+  }
+  // c[d] = element d of the 8 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8): [row r | row r + 4] per register
+  // (D = 2: [rows 0, 1 | rows 4, 5] and [rows 2, 3 | rows 6, 7]), then in-lane shuffles (D = 4, 8: a 4 x 4
+  // transpose per 4 elements).
   template <int D>
   static FASTSAMP_VINLINE void columns(const float* p, V* c) {
-    static_assert(D == 8, "whole-block transpose at D = 8");
-    V r[8], a[8], t[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(p + 8 * i);
-    for (int i = 0; i < 8; i += 2) {
-      a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // rows i, i + 1: elements 0 1 | 4 5, interleaved
-      a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // 2 3 | 6 7
-    }
-    for (int h = 0; h < 8; h += 4) {  // rows h .. h + 3: element q | q + 4 of each
-      t[h] = _mm256_shuffle_ps(a[h], a[h + 2], 0x44);
-      t[h + 1] = _mm256_shuffle_ps(a[h], a[h + 2], 0xEE);
-      t[h + 2] = _mm256_shuffle_ps(a[h + 1], a[h + 3], 0x44);
-      t[h + 3] = _mm256_shuffle_ps(a[h + 1], a[h + 3], 0xEE);
-    }
-    for (int d = 0; d < 4; ++d) {
-      c[d] = _mm256_permute2f128_ps(t[d], t[d + 4], 0x20);
-      c[d + 4] = _mm256_permute2f128_ps(t[d], t[d + 4], 0x31);
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    if constexpr (D == 2) {
+      const V a = halves(p, p + 8), b = halves(p + 4, p + 12);
+      c[0] = _mm256_shuffle_ps(a, b, 0x88);
+      c[1] = _mm256_shuffle_ps(a, b, 0xDD);
+    } else {
+      for (int e = 0; e < D; e += 4) {
+        V r[4];
+        for (int i = 0; i < 4; ++i) r[i] = halves(p + D * i + e, p + D * (i + 4) + e);
+        const V a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);  // elements 0 1, 2 3
+        const V a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+        c[e] = _mm256_shuffle_ps(a0, a2, 0x44);
+        c[e + 1] = _mm256_shuffle_ps(a0, a2, 0xEE);
+        c[e + 2] = _mm256_shuffle_ps(a1, a3, 0x44);
+        c[e + 3] = _mm256_shuffle_ps(a1, a3, 0xEE);
+      }
     }
   }
 };
@@ -193,20 +216,31 @@ struct RowLanes<double> : RowMask256 {
     return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LT_OQ)));
   }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm256, double, pd)
-  static constexpr bool has_columns(int D) { return D == 4 || D == 8; }
-  // c[d] = element d of the 4 rows p[0 .. D), p[D .. 2D), ... (D = 4, 8): 4 x 4 transposes (8 shuffles each).
+  static constexpr bool has_select_block = true;
+  // As RowLanes<float>::select_block, 4 doubles per vector.
+  template <int D>
+  static FASTSAMP_VINLINE void select_block(unsigned take, const double* a, const double* b, double* out) {
+    const __m256i t = _mm256_set1_epi64x(take);
+    for (int c = 0; c < D; ++c) {
+      const __m256i row = _mm256_setr_epi64x((4 * c) / D, (4 * c + 1) / D, (4 * c + 2) / D, (4 * c + 3) / D);
+      const __m256d m = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_srlv_epi64(t, row), 63));
+      _mm256_storeu_pd(out + 4 * c, _mm256_blendv_pd(_mm256_loadu_pd(b + 4 * c), _mm256_loadu_pd(a + 4 * c), m));
+    }
+  }
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
+  // [2 doubles at a | 2 doubles at b] (as RowLanes<float>::halves).
+  static FASTSAMP_VINLINE V halves(const double* a, const double* b) {
+    return _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(a)), _mm_loadu_pd(b), 1);
+  }
+  // c[d] = element d of the 4 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8): per pair of elements [row 0 | row 2]
+  // and [row 1 | row 3], then one unpack each.
   template <int D>
   static FASTSAMP_VINLINE void columns(const double* p, V* c) {
-    static_assert(D == 4 || D == 8, "whole-block transposes at D = 4, 8");
-    for (int q = 0; q < D; q += 4) {
-      const V r0 = _mm256_loadu_pd(p + q), r1 = _mm256_loadu_pd(p + D + q);
-      const V r2 = _mm256_loadu_pd(p + 2 * D + q), r3 = _mm256_loadu_pd(p + 3 * D + q);
-      const V t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);  // 0 | 2 and 1 | 3 of rows 0, 1
-      const V t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-      c[q] = _mm256_permute2f128_pd(t0, t2, 0x20);
-      c[q + 1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-      c[q + 2] = _mm256_permute2f128_pd(t0, t2, 0x31);
-      c[q + 3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    for (int e = 0; e < D; e += 2) {
+      const V u = halves(p + e, p + 2 * D + e), v = halves(p + D + e, p + 3 * D + e);
+      c[e] = _mm256_unpacklo_pd(u, v);
+      c[e + 1] = _mm256_unpackhi_pd(u, v);
     }
   }
 };
