@@ -3,7 +3,7 @@ import time
 
 import pytest
 import torch
-from conftest import load_benchmark
+from conftest import load_benchmark, skip_unless_available
 
 from fastsamp import ops
 from fastsamp.experiments import bench
@@ -220,3 +220,28 @@ def test_fused_mlp_benchmark_times_the_same_network():
         torch.testing.assert_close(fused(x, 0.3), user(x, 0.3), rtol=1e-5, atol=1e-5)
     times = fused_mlp.interleaved({"a": lambda: None, "b": lambda: None}, 3, time.process_time, lambda: None)
     assert set(times) == {"a", "b"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mh_lanes_times_the_kernel_the_backend_calls(dtype):
+    """benchmarks/mh_lanes.py's "kernel" column replays the `_C` call that its backend function makes: the replay
+    writes what the public op returns for the same inputs, at row-lane widths (D = 2, 8), the row form's D = 16, with
+    and without interior score sets, the uniforms given and drawn, and 37 chains (a partial lane block)."""
+    skip_unless_available("cpp")
+    mh_lanes = load_benchmark("mh_lanes.py", "mh_lanes")
+    B = 37
+    for D in (2, 8, 16):
+        for m in (0, 2):
+            for drawn in (False, True):
+                call, _, (x, xp, s, stack, eps, u) = mh_lanes.case(B, D, m, drawn, mh_lanes.DTYPES[dtype])
+                kernel, outputs = mh_lanes.kernel_alone(call)
+                kernel()
+                draw = {"seed": 7, "offset": 3} if drawn else {}
+                want = ops.score_mh_accept(x, xp, s, stack.view(m + 1, B, D), eps, u, **draw, backend="cpp")
+                assert 0 < int(want[2].sum()) < B, (dtype, D, m, drawn)  # some accepted, some rejected
+                for got, w in zip(outputs, want):
+                    assert torch.equal(got, w), (dtype, D, m, drawn)
+    rows = mh_lanes.main(["--B", "37", "--D", "1", "8", "--m", "1", "--dtype", dtype, "--calls", "1",
+                          "--repeats", "1"])
+    assert [(r["D"], r["u"]) for r in rows] == [(1, "given"), (1, "drawn"), (8, "given"), (8, "drawn")]
+    assert all(r["kernel_us"] > 0 and r["with_glue_us"] > 0 for r in rows)
