@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/row_lanes.h"
 
 namespace fastsamp {
 namespace cpu {
@@ -243,9 +244,24 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
 
 // x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 and AVX2 each row of
 // xt is one gather and one Row store (the score then loads it whole: a row written by W scalar stores
-// would stall that load on store forwarding).
-template <typename T, int W>
+// would stall that load on store forwarding); on AVX2 a whole block at a compile-time D = DC of 1, 2, 4 or 8
+// is one load or the row lanes' in-register transpose (RowLanes::columns: no gathers, which Zen 1 runs slowly).
+template <typename T, int W, int DC = 0>
 FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
+#if FASTSAMP_MH_ROW_LANES == 256
+  if constexpr (W == RowLanes<T>::W && (DC == 1 || RowLanes<T>::has_columns(DC))) {
+    if (nb == W) {
+      if constexpr (DC == 1) {
+        std::memcpy(xt, x + b0, sizeof(T) * W);
+      } else {
+        typename RowLanes<T>::V c[DC];
+        RowLanes<T>::template columns<DC>(x + b0 * DC, c);
+        for (int d = 0; d < DC; ++d) std::memcpy(xt + d * W, &c[d], sizeof(T) * W);
+      }
+      return;
+    }
+  }
+#endif
 #if defined(__AVX512F__)
   const T* base = x + b0 * D;
   if constexpr (sizeof(T) == 4) {
@@ -311,7 +327,7 @@ FASTSAMP_VINLINE void score_rows(const Mixture<T>& mx, int D, const T* __restric
   T* lp = sct + static_cast<size_t>(D) * W;
   for (int64_t b0 = r0; b0 < r1; b0 += W) {
     const int nb = static_cast<int>(std::min<int64_t>(W, r1 - b0));
-    load_block<T, W>(x, b0, nb, D, xt, T(0));
+    load_block<T, W, DC>(x, b0, nb, D, xt, T(0));
     block_score<T, W, DC>(mx, D, xt, sct, lp, lp + W);
     out(b0, nb, static_cast<const T*>(sct), static_cast<const T*>(lp));
   }
