@@ -33,7 +33,7 @@ void gmm_score_impl(const T* x, const Mixture<T>& mx, int64_t B, int Drt, T* sco
     Buf<T> ws(score_rows_scratch<T, W>(D));
     score_rows<T, W, DC>(mx, D, x, blk0 * W, std::min(B, blk1 * W), ws.p,
                          [&](int64_t b0, int nb, const T* sc, const T* lp) {
-      store_block<T, W>(sc, b0, nb, D, score);
+      store_block<T, W, DC>(sc, b0, nb, D, score);
       for (int l = 0; l < nb; ++l) logp[b0 + l] = lp[l];
     });
   });
@@ -101,7 +101,7 @@ void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t b0 = blk * W;
       const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
-      load_block<T, W>(x_in, b0, nb, D, xc, T(0));
+      load_block<T, W>(x_in, b0, nb, D, xc);
       alignas(64) T lane[W];
       for (int l = 0; l < W; ++l) lane[l] = l < nb ? step[b0 + l] : T(1);
       const Row<T> eps = loadu(lane);

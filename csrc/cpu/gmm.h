@@ -242,24 +242,19 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
   for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
 }
 
-// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get `fill`). On AVX-512 and AVX2 each row of
-// xt is one gather and one Row store (the score then loads it whole: a row written by W scalar stores
-// would stall that load on store forwarding); on AVX2 a whole block at a compile-time D = DC of 1, 2, 4 or 8
-// is one load or the row lanes' in-register transpose (RowLanes::columns: no gathers, which Zen 1 runs slowly).
+// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get 0). On AVX-512 and AVX2 each row of xt is one
+// gather and one Row store (the score then loads it whole: a row written by W scalar stores would stall that
+// load on store forwarding); on AVX2 at a compile-time D = DC the row lanes' row_columns (one load at D = 1, a
+// whole block's in-register transpose at D = 2, 4, 8: no gathers, which Zen 1 runs slowly).
 template <typename T, int W, int DC = 0>
-FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt, T fill) {
+FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt) {
 #if FASTSAMP_MH_ROW_LANES == 256
-  if constexpr (W == RowLanes<T>::W && (DC == 1 || RowLanes<T>::has_columns(DC))) {
-    if (nb == W) {
-      if constexpr (DC == 1) {
-        std::memcpy(xt, x + b0, sizeof(T) * W);
-      } else {
-        typename RowLanes<T>::V c[DC];
-        RowLanes<T>::template columns<DC>(x + b0 * DC, c);
-        for (int d = 0; d < DC; ++d) std::memcpy(xt + d * W, &c[d], sizeof(T) * W);
-      }
-      return;
-    }
+  using L = RowLanes<T>;
+  if constexpr (W == L::W && DC > 0) {
+    typename L::V c[DC];
+    row_columns<T, DC>(nb, L::mask(nb), L::index(DC), x + b0 * DC, c);
+    for (int d = 0; d < DC; ++d) std::memcpy(xt + d * W, &c[d], sizeof(T) * W);
+    return;
   }
 #endif
 #if defined(__AVX512F__)
@@ -269,12 +264,12 @@ FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int 
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(D));
     for (int d = 0; d < D; ++d)
-      _mm512_store_ps(xt + d * W, _mm512_mask_i32gather_ps(_mm512_set1_ps(fill), live, idx, base + d, 4));
+      _mm512_store_ps(xt + d * W, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, base + d, 4));
   } else {
     const __mmask8 live = static_cast<__mmask8>(nb >= 8 ? 0xFF : (1u << nb) - 1u);
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
     for (int d = 0; d < D; ++d)
-      _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_set1_pd(fill), live, idx, base + d, 8));
+      _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_setzero_pd(), live, idx, base + d, 8));
   }
   return;
 #elif defined(__AVX2__)
@@ -284,13 +279,13 @@ FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int 
     const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nb), lane));
     const __m256i idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(D));
     for (int d = 0; d < D; ++d)
-      _mm256_storeu_ps(xt + d * W, _mm256_mask_i32gather_ps(_mm256_set1_ps(fill), base + d, idx, live, 4));
+      _mm256_storeu_ps(xt + d * W, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base + d, idx, live, 4));
   } else {
     const __m256d live =
         _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(nb), _mm256_setr_epi64x(0, 1, 2, 3)));
     const __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(D));
     for (int d = 0; d < D; ++d)
-      _mm256_storeu_pd(xt + d * W, _mm256_mask_i32gather_pd(_mm256_set1_pd(fill), base + d, idx, live, 8));
+      _mm256_storeu_pd(xt + d * W, _mm256_mask_i32gather_pd(_mm256_setzero_pd(), base + d, idx, live, 8));
   }
   return;
 #endif
@@ -299,13 +294,29 @@ FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int 
       const T* __restrict row = x + (b0 + l) * D;
       for (int d = 0; d < D; ++d) xt[d * W + l] = row[d];
     } else {
-      for (int d = 0; d < D; ++d) xt[d * W + l] = fill;
+      for (int d = 0; d < D; ++d) xt[d * W + l] = T(0);
     }
   }
 }
-// xt[D][W] lanes l < nb -> x (B, D) rows b0 + l.
-template <typename T, int W>
+// xt[D][W] lanes l < nb -> x (B, D) rows b0 + l; on AVX2 a whole block at a compile-time D = DC of 1, 2, 4 or 8
+// by one store or the inverse of the row lanes' transpose (RowLanes::rows), not W x D scalar stores.
+template <typename T, int W, int DC = 0>
 FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, int D, T* __restrict x) {
+#if FASTSAMP_MH_ROW_LANES == 256
+  using L = RowLanes<T>;
+  if constexpr (W == L::W && (DC == 1 || L::has_columns(DC))) {
+    if (nb == W) {
+      if constexpr (DC == 1) {
+        std::memcpy(x + b0, xt, sizeof(T) * W);
+      } else {
+        typename L::V c[DC];
+        for (int d = 0; d < DC; ++d) std::memcpy(&c[d], xt + d * W, sizeof(T) * W);
+        L::template rows<DC>(c, x + b0 * DC);
+      }
+      return;
+    }
+  }
+#endif
   for (int l = 0; l < nb; ++l) {
     T* __restrict row = x + (b0 + l) * D;
     for (int d = 0; d < D; ++d) row[d] = xt[d * W + l];
@@ -327,7 +338,7 @@ FASTSAMP_VINLINE void score_rows(const Mixture<T>& mx, int D, const T* __restric
   T* lp = sct + static_cast<size_t>(D) * W;
   for (int64_t b0 = r0; b0 < r1; b0 += W) {
     const int nb = static_cast<int>(std::min<int64_t>(W, r1 - b0));
-    load_block<T, W, DC>(x, b0, nb, D, xt, T(0));
+    load_block<T, W, DC>(x, b0, nb, D, xt);
     block_score<T, W, DC>(mx, D, xt, sct, lp, lp + W);
     out(b0, nb, static_cast<const T*>(sct), static_cast<const T*>(lp));
   }

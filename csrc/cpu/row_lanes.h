@@ -195,6 +195,29 @@ struct RowLanes<float> : RowMask256 {
       }
     }
   }
+  // The inverse of columns: the 8 rows p[0 .. D), p[D .. 2D), ... from c[d] = element d of each row, by the same
+  // in-lane shuffles and 128-bit stores of each register's halves (no vperm2f128).
+  template <int D>
+  static FASTSAMP_VINLINE void rows(const V* c, float* p) {
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    if constexpr (D == 2) {
+      store_halves(p, p + 8, _mm256_unpacklo_ps(c[0], c[1]));
+      store_halves(p + 4, p + 12, _mm256_unpackhi_ps(c[0], c[1]));
+    } else {
+      for (int e = 0; e < D; e += 4) {
+        const V a0 = _mm256_unpacklo_ps(c[e], c[e + 1]), a1 = _mm256_unpackhi_ps(c[e], c[e + 1]);
+        const V a2 = _mm256_unpacklo_ps(c[e + 2], c[e + 3]), a3 = _mm256_unpackhi_ps(c[e + 2], c[e + 3]);
+        const V r[4] = {_mm256_shuffle_ps(a0, a2, 0x44), _mm256_shuffle_ps(a0, a2, 0xEE),
+                        _mm256_shuffle_ps(a1, a3, 0x44), _mm256_shuffle_ps(a1, a3, 0xEE)};
+        for (int i = 0; i < 4; ++i) store_halves(p + D * i + e, p + D * (i + 4) + e, r[i]);
+      }
+    }
+  }
+  // The low 4 floats of v to a, the high 4 to b.
+  static FASTSAMP_VINLINE void store_halves(float* a, float* b, V v) {
+    _mm_storeu_ps(a, _mm256_castps256_ps128(v));
+    _mm_storeu_ps(b, _mm256_extractf128_ps(v, 1));
+  }
 };
 
 template <>
@@ -242,6 +265,20 @@ struct RowLanes<double> : RowMask256 {
       c[e] = _mm256_unpacklo_pd(u, v);
       c[e + 1] = _mm256_unpackhi_pd(u, v);
     }
+  }
+  // The inverse of columns (as RowLanes<float>::rows).
+  template <int D>
+  static FASTSAMP_VINLINE void rows(const V* c, double* p) {
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    for (int e = 0; e < D; e += 2) {
+      store_halves(p + e, p + 2 * D + e, _mm256_unpacklo_pd(c[e], c[e + 1]));
+      store_halves(p + D + e, p + 3 * D + e, _mm256_unpackhi_pd(c[e], c[e + 1]));
+    }
+  }
+  // The low 2 doubles of v to a, the high 2 to b.
+  static FASTSAMP_VINLINE void store_halves(double* a, double* b, V v) {
+    _mm_storeu_pd(a, _mm256_castpd256_pd128(v));
+    _mm_storeu_pd(b, _mm256_extractf128_pd(v, 1));
   }
 };
 #endif
