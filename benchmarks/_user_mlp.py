@@ -32,5 +32,7 @@ class UserMLP(torch.nn.Module):
         if self.time_input == (t is None):
             raise TypeError("this UserMLP " + ("takes a time: net(x, t)" if self.time_input
                                                else "has no time input (time_input=False): net(x)"))
-        out = self.net(torch.cat([x, torch.full_like(x[:, :1], t)], 1) if self.time_input else x)
+        # the time column as t · 1 (the bits of full_like's fill): a float t in tensor arithmetic is a graph input to
+        # torch.compile, so a compiled network makes one graph for every t instead of one per level
+        out = self.net(torch.cat([x, t * torch.ones_like(x[:, :1])], 1) if self.time_input else x)
         return out - x if self.minus_x else out

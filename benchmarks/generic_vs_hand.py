@@ -17,9 +17,18 @@ kernel into two output pairs used in turn. It draws the same Philox noise as ann
 the generic path's bit for bit (tests/test_bench.py): the two differ only in their Python around the same kernels
 (the public ops check their arguments on every call; annealed_mcmc checks a level's constants once).
 
+The compiled sides (on by default; --no-compile leaves them out): "hand compiled", the hand loop with its move (the
+network inlined) and its predictor step under torch.compile and the level's first network call through
+torch.compile(net), and "generic, compiled net", annealed_mcmc given ScoreModel(torch.compile(net), D,
+time_as_tensor=True) (the README's way to compile a network for a sampler): the best plain PyTorch a user could
+write against fastsamp with the same compiled network. t (a float in the hand loop, which the user network takes
+in tensor arithmetic; a 0-d tensor in annealed_mcmc) and eps are graph inputs, so the graphs serve every level;
+they compile in the warm-up runs, and the compiled sides are timed whole (their network calls sit inside compiled
+code).
+
     python benchmarks/generic_vs_hand.py [--chains 2048] [--levels 50] [--moves 5] [--hidden 64]
                                          [--n-trapezoid 1] [--repeats 7] [--threads 1] [--device cpu]
-                                         [--clock wall|cpu] [--validation off|on] [--json out.json]
+                                         [--clock wall|cpu] [--validation off|on] [--no-compile] [--json out.json]
 
 fastsamp's value checks are off by default here (`--validation on` to time them too), as in issue 10's
 goals: its 10 % bound on the time outside the network is stated with validation off, and the hand loop
@@ -52,12 +61,46 @@ from _user_mlp import UserMLP
 
 import fastsamp
 from fastsamp import ops
+from fastsamp.models import ScoreModel
 from fastsamp.samplers.annealed import annealed_mcmc
 from fastsamp.schedules import VP
 
 
-def hand_loop(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, t_min=1e-3, seed=0, device="cpu"):
-    """Annealed MALA with the trapezoid MH test, as plain PyTorch. Returns (x, accept rate)."""
+def hand_move(net, x, s, noise, u, eps, t, frac):
+    """One MALA move with the trapezoid MH test (n_trapezoid = len(frac) + 1 sub-intervals) from the drawn noise and
+    uniforms u (overwritten by log u): returns (x, s, accepted)."""
+    n, D = x.shape
+    x_prop = (x + eps * s).add_(noise, alpha=(2 * eps) ** 0.5)
+    d = x_prop - x
+    if len(frac) == 0:
+        s_prop = net(x_prop, t)
+        path = 0.5 * ((s + s_prop) * d).sum(1)
+    else:  # x' and the interior points x + (i/n) d in one call
+        scores = net(torch.cat([x_prop[None], x + frac * d]).reshape(-1, D), t).reshape(len(frac) + 1, n, D)
+        s_prop = scores[0]
+        path = (0.5 * ((s + s_prop) * d).sum(1) + (scores[1:] * d).sum((0, 2))) / (len(frac) + 1)
+    fwd, bwd = d - eps * s, d + eps * s_prop
+    log_alpha = path + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
+    acc = u.log_() < log_alpha
+    return torch.where(acc[:, None], x_prop, x), torch.where(acc[:, None], s_prop, s), acc
+
+
+def hand_predict(x, s, noise, a, b, c):
+    """The reverse Euler–Maruyama step a·x + b·s + c·noise."""
+    return a * x + b * s + c * noise
+
+
+# The hand loop compiled: its move and predictor step under torch.compile (the network inlined into the move's
+# graph; pass a torch.compile'd network for the level's first call). Floats t and eps are graph inputs: one graph
+# for every level.
+compiled_move, compiled_predict = torch.compile(hand_move), torch.compile(hand_predict)
+
+
+def hand_loop(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, t_min=1e-3, seed=0, device="cpu",
+              compiled=False):
+    """Annealed MALA with the trapezoid MH test, as plain PyTorch (compiled: the move and the predictor step under
+    torch.compile). Returns (x, accept rate)."""
+    move, predict = (compiled_move, compiled_predict) if compiled else (hand_move, hand_predict)
     sched = VP()
     D = net.dim
     g = torch.Generator(device=device).manual_seed(seed)
@@ -75,26 +118,13 @@ def hand_loop(net, n, *, n_levels, n_moves, step_size, n_trapezoid=1, t_min=1e-3
                 h, beta = tp - t, sched.beta(tp)
                 # s: net(x, tp), kept in sync with x by the last move of the previous level
                 torch.randn(n, D, generator=g, out=noise)
-                x = (1 + 0.5 * h * beta) * x + (h * beta) * s + math.sqrt(h * beta) * noise
+                x = predict(x, s, noise, 1 + 0.5 * h * beta, h * beta, math.sqrt(h * beta))
             eps = step_size * (sched.alpha(t) ** 2 + sched.sigma2(t))
             s = net(x, t)
             for _ in range(n_moves):
                 torch.randn(n, D, generator=g, out=noise)
-                x_prop = (x + eps * s).add_(noise, alpha=math.sqrt(2 * eps))
-                d = x_prop - x
-                if n_trapezoid == 1:
-                    s_prop = net(x_prop, t)
-                    path = 0.5 * ((s + s_prop) * d).sum(1)
-                else:  # x' and the interior points x + (i/n) d in one call
-                    scores = net(torch.cat([x_prop[None], x + frac * d]).reshape(-1, D), t).reshape(n_trapezoid, n, D)
-                    s_prop = scores[0]
-                    path = (0.5 * ((s + s_prop) * d).sum(1) + (scores[1:] * d).sum((0, 2))) / n_trapezoid
-                fwd, bwd = d - eps * s, d + eps * s_prop
-                log_alpha = path + ((fwd * fwd).sum(1) - (bwd * bwd).sum(1)) / (4 * eps)
                 torch.rand(n, generator=g, out=u)
-                acc = u.log_() < log_alpha
-                x = torch.where(acc[:, None], x_prop, x)
-                s = torch.where(acc[:, None], s_prop, s)
+                x, s, acc = move(net, x, s, noise, u, eps, t, frac)
                 n_acc += acc
     return x, n_acc / (n_levels * n_moves)
 
@@ -152,6 +182,8 @@ def main(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--validation", choices=("off", "on"), default="off",
                    help="fastsamp's value checks in annealed_mcmc (default off, as in issue 10's goals)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the hand loop compiled and annealed_mcmc with the network compiled (default on)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     clock = CLOCKS[a.clock]
@@ -161,57 +193,80 @@ def main(argv=None):
 
 
 def compare(a, clock):
-    """Time the three sides in interleaved rounds and print the comparison (see the module docstring); returns the
-    median per-round ratio generic / hand."""
+    """Time the sides in interleaved rounds and print the comparison (see the module docstring); returns the median
+    per-round ratio generic / hand."""
     net = UserMLP(8, a.hidden, minus_x=True, init_seed=0).to(a.device)
     device = torch.device(a.device)
     sync = device_sync(device)
     kw = dict(n_levels=a.levels, n_moves=a.moves, step_size=a.step_size, n_trapezoid=a.n_trapezoid, device=a.device)
     runs = {"generic": lambda: generic(net, a.chains, **kw), "hand": lambda: hand_loop(net, a.chains, **kw),
             "ops loop": lambda: ops_loop(net, a.chains, **kw)}
+    if a.compile:  # the network inside compiled graphs: these sides are timed whole, not split at its calls
+        cnet = torch.compile(net)
+        runs |= {"hand compiled": lambda: hand_loop(cnet, a.chains, compiled=True, **kw),
+                 "generic, compiled net": lambda: generic(ScoreModel(cnet, net.dim, time_as_tensor=True), a.chains,
+                                                          **kw)}
+    split_sides = ("generic", "hand", "ops loop")
     calls, evals = a.levels * (a.moves + 1), a.levels * (a.moves * a.n_trapezoid + 1)  # calls per run, rows per chain
     results = {}
-    for k in runs:  # warm-up runs, which also check that every side makes the same network calls
-        _, _, n_calls = network_split(net, lambda k=k: results.__setitem__(k, runs[k]()), clock, sync)
-        if n_calls != calls:
-            raise RuntimeError(f"{k} made {n_calls} network calls, expected {calls}")
+
+    def run(k):
+        """(total, in the network) seconds of one run of side k (in the network: None for the compiled sides)."""
+        if k in split_sides:
+            total, inside, n_calls = network_split(net, lambda: results.__setitem__(k, runs[k]()), clock, sync)
+            if n_calls != calls:
+                raise RuntimeError(f"{k} made {n_calls} network calls, expected {calls}")
+            return total, inside
+        t0 = clock()
+        results[k] = runs[k]()
+        sync()
+        return clock() - t0, None
+    for k in runs:  # warm-up runs (the compiled sides compile here), which also check every side's network calls
+        run(k)
     stats = results["generic"][1]
     if stats.n_score_evals != evals * a.chains:
         raise RuntimeError(f"annealed_mcmc made {stats.n_score_evals / a.chains} score evaluations per chain, "
                            f"the hand loop {evals}")
-    rates = {"generic": sum(stats.accept_rate) / a.levels,
-             **{k: float(results[k][1].mean()) for k in ("hand", "ops loop")}}
+    rates = {k: sum(r[1].accept_rate) / a.levels if k.startswith("generic") else float(r[1].mean())
+             for k, r in results.items()}
     split = {k: [] for k in runs}  # per side: (total, in the network) of each repeat
     order = list(runs)
-    for i in range(a.repeats):  # round i starts with side i mod 3: no side always first
-        for k in order[i % 3:] + order[:i % 3]:
-            split[k].append(network_split(net, runs[k], clock, sync)[:2])
+    for i in range(a.repeats):  # round i starts with side i mod (sides): no side always first
+        for k in order[i % len(order):] + order[:i % len(order)]:
+            split[k].append(run(k))
     total = {k: [tot for tot, _ in v] for k, v in split.items()}
-    outside = {k: [tot - inside for tot, inside in v] for k, v in split.items()}
+    outside = {k: [tot - inside for tot, inside in v] for k, v in split.items() if k in split_sides}
 
-    def per_round(v, other):
-        return statistics.median(g / h for g, h in zip(v["generic"], v[other]))
-    ratio, outside_ratio = per_round(total, "hand"), per_round(outside, "hand")
-    ops_ratio, ops_outside_ratio = per_round(total, "ops loop"), per_round(outside, "ops loop")
+    def per_round(v, num, den):
+        return statistics.median(g / h for g, h in zip(v[num], v[den]))
+    ratio, outside_ratio = per_round(total, "generic", "hand"), per_round(outside, "generic", "hand")
+    ops_ratio, ops_outside_ratio = per_round(total, "generic", "ops loop"), per_round(outside, "generic", "ops loop")
     print(f"{a.chains} chains, {a.levels} levels x {a.moves} MALA moves (n_trapezoid {a.n_trapezoid}), score calls of "
           f"an 8-D MLP (hidden {a.hidden}): {calls} on each side; {a.threads} thread(s), {a.device}; validation "
           f"{a.validation}; {a.clock} time, {a.repeats} interleaved rounds, the network timed around each call"
           + ("; serialised runs: the GPU synchronised before and after each network call" if device.type == "cuda"
              else ""))
     for k in runs:
-        med_total, med_net = statistics.median(total[k]), statistics.median(inside for _, inside in split[k])
         runs_ms = ", ".join(f"{t * 1e3:.0f}" for t in total[k])
-        print(f"  {k:9s} {med_total * 1e3:8.1f} ms = network {med_net * 1e3:.1f} + outside "
-              f"{statistics.median(outside[k]) * 1e3:.1f} (medians; acceptance {rates[k]:.3f}; runs {runs_ms})")
+        split_ms = (f" = network {statistics.median(inside for _, inside in split[k]) * 1e3:.1f} + outside "
+                    f"{statistics.median(outside[k]) * 1e3:.1f}" if k in split_sides else "")
+        print(f"  {k:21s} {statistics.median(total[k]) * 1e3:8.1f} ms{split_ms} (medians; acceptance {rates[k]:.3f}; "
+              f"runs {runs_ms})")
     print(f"  generic / hand = {ratio:.3f} (median of the per-round ratios; goal <= 0.9), outside the network "
           f"{outside_ratio:.3f}")
     print(f"  generic / ops loop = {ops_ratio:.3f} (median of the per-round ratios), outside the network "
           f"{ops_outside_ratio:.3f}")
+    compiled = {}
+    if a.compile:
+        compiled = {"generic / hand compiled": per_round(total, "generic", "hand compiled"),
+                    "generic, compiled net / hand compiled": per_round(total, "generic, compiled net",
+                                                                        "hand compiled")}
+        print("  " + ", ".join(f"{k} = {v:.3f}" for k, v in compiled.items()) + " (medians of the per-round ratios)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "times_s": total, "network_split_s": split, "outside_s": outside,
                        "ratio": ratio, "outside_ratio": outside_ratio, "ops_loop_ratio": ops_ratio,
-                       "ops_loop_outside_ratio": ops_outside_ratio}, f, indent=1)
+                       "ops_loop_outside_ratio": ops_outside_ratio, "compiled_ratios": compiled}, f, indent=1)
     return ratio
 
 

@@ -195,6 +195,27 @@ def test_ops_loop_is_annealed_mcmcs_generic_path(n_trapezoid, backend):
     assert abs(float(rate.mean()) - sum(stats.accept_rate) / 4) < 1e-6
 
 
+def test_hand_loop_compiled_is_the_hand_loop():
+    """benchmarks/generic_vs_hand.py's compiled hand loop (move and predictor under torch.compile, the network
+    compiled) computes the eager hand loop's chains from the same draws (to float32 rounding: Inductor fuses the
+    arithmetic), and its graphs serve every level: once a float has changed between calls (torch.compile then makes it
+    a graph input), a run at other times t and step sizes compiles nothing new."""
+    from torch._dynamo.utils import counters
+    gvh = load_benchmark("generic_vs_hand.py", "generic_vs_hand_bench")
+    from _user_mlp import UserMLP
+    net = UserMLP(3, 16, minus_x=True, init_seed=0)
+    kw = dict(n_levels=4, n_moves=3, n_trapezoid=3, seed=5)
+    x, rate = gvh.hand_loop(net, 37, step_size=1.5, **kw)
+    cnet = torch.compile(net)
+    y, rate_c = gvh.hand_loop(cnet, 37, step_size=1.5, compiled=True, **kw)
+    torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(rate_c, rate) and 0.1 < float(rate.mean()) < 0.95
+    gvh.hand_loop(cnet, 37, step_size=0.7, compiled=True, **kw)  # eps = step_size on VP: first change here
+    graphs = counters["stats"]["unique_graphs"]
+    gvh.hand_loop(cnet, 37, step_size=0.3, t_min=0.05, compiled=True, **kw)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_vmap_ops_columns_compute_the_same_outputs():
     """benchmarks/vmap_ops.py times vmap, the per-slice map and the hand fold of the same row-wise calls: the three
     give the same bits on every case (what its run asserts before timing)."""
