@@ -2,7 +2,8 @@
 // (row_columns: gathers, a contiguous load at D = 1, in-register transposes of whole blocks at some D), with the
 // masked loads / stores and the arithmetic of one register. AVX-512 (F, BW, VL, DQ: 16 float / 8 double lanes)
 // or AVX2 with FMA (8 float / 4 double); FASTSAMP_MH_ROW_LANES says whether either is built. score_mh_accept
-// (cpu/mh.cpp) runs on them at a compile-time D.
+// (cpu/mh.cpp) runs on them at a compile-time D; on AVX2 the mixture score (cpu/gmm.h) loads and stores its blocks
+// of rows through row_columns and RowLanes::rows.
 #pragma once
 #include <cstdint>
 
