@@ -70,7 +70,10 @@ def hand_move(net, x, s, noise, u, eps, t, frac):
     """One MALA move with the trapezoid MH test (n_trapezoid = len(frac) + 1 sub-intervals) from the drawn noise and
     uniforms u (overwritten by log u): returns (x, s, accepted)."""
     n, D = x.shape
-    x_prop = (x + eps * s).add_(noise, alpha=(2 * eps) ** 0.5)
+    if torch.compiler.is_compiling():  # a float `alpha=` would be a graph constant: one graph per step size
+        x_prop = x + eps * s + (2 * eps) ** 0.5 * noise
+    else:
+        x_prop = (x + eps * s).add_(noise, alpha=(2 * eps) ** 0.5)
     d = x_prop - x
     if len(frac) == 0:
         s_prop = net(x_prop, t)
