@@ -24,8 +24,10 @@
 #          cases), sample 12 (9-13 s), vmap_ops 20 (not yet run on a GPU: an estimate): 457 s, 627 s in all; then LGCP TB + Expl. + LP + LS timing 60
 #          (issue 13: whether a seed fits a device call) in what is left before the deadline (the stages above
 #          took 314 s in all on the H200, so in practice it runs).
-#   extra: the Triton network engine's tests 160 (issue 11), the Triton ops of one MLP: tests 75 and their timing 30,
-#          FusedMLP 40, mlp_product 45 + its summary 5: 525 s in all (not yet run on a GPU: estimates).
+#   extra: generic_vs_hand with its compiled sides 90 (issue 10: against the hand loop under torch.compile), the
+#          Triton network engine's tests 160 (issue 11), the Triton ops of one MLP: tests 75 and their timing 30,
+#          FusedMLP 40, mlp_product 45 + its summary 5: 615 s in all (not yet run on a GPU: estimates; the last
+#          stages are skipped at the deadline, and say so).
 # What runs between the stages takes about a second in all. A stage never runs past the whole run's deadline,
 # GPU_RUN_BUDGET (default 580 s from the start: the machine's start, 1-2 min, must fit in the 15 min of device
 # time with it); a stage with under 5 s left is skipped, and says so. Each stage runs under
@@ -120,7 +122,8 @@ if [ "$MODE" = main ]; then
     --chains 2048 262144 --json "$W/cuda_graph_level.json"
   tail -4 "$W/cuda_graph_level.log"
   # issue 10 item 7: the generic annealed_mcmc against the hand-written loop, same network calls (goal <= 0.9)
-  stage generic_vs_hand "${GVH_TIMEOUT:-30}" python3 benchmarks/generic_vs_hand.py --device cuda \
+  # (the compiled sides, which compile for a while, run in extra mode)
+  stage generic_vs_hand "${GVH_TIMEOUT:-30}" python3 benchmarks/generic_vs_hand.py --device cuda --no-compile \
     --json "$W/generic_vs_hand_cuda.json"
   tail -4 "$W/generic_vs_hand.log"
   # issue 10: the share of annealed_mcmc's wall time outside the network calls (goal <= 10 %)
@@ -155,6 +158,11 @@ if [ "$MODE" = main ]; then
     --targets lgcp --methods tb+expl+lp+ls --iterations 20 --segment 10
   tail -2 "$W/lgcp_timing.log"
 else
+  # issue 10 against the best PyTorch: the generic annealed_mcmc and the hand loop with torch.compile (the hand loop's
+  # move and predictor, and the network for annealed_mcmc), besides the eager sides
+  stage generic_vs_hand_compiled "${GVHC_TIMEOUT:-90}" python3 benchmarks/generic_vs_hand.py --device cuda \
+    --repeats 5 --json "$W/generic_vs_hand_compiled_cuda.json"
+  tail -9 "$W/generic_vs_hand_compiled.log"
   # the Triton network engine (issue 11): score and energy networks, the shared move kernels on every evaluator,
   # hidden widths 129-256 on the tiled path (its slow-marked cases too: -m), CUDA-resident ScoreMLPs / EnergyMLPs
   # in annealed_mcmc; ~70 kernel variants to compile
