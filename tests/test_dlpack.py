@@ -7,6 +7,7 @@ import torch
 
 from fastsamp import VP, ops
 from fastsamp.ops import _checks
+from fastsamp.samplers.diffusion import DriftNet
 
 
 class Capsule:
@@ -22,19 +23,46 @@ class Capsule:
         return self.array.__dlpack_device__()
 
 
-def arrays(dtype, B=33, D=5, K=4, seed=0):
+def arrays(dtype, B=33, D=5, K=4, H=6, F=2, T=3, seed=0):
     rng = np.random.default_rng(seed)
-    return {"x": rng.standard_normal((B, D)).astype(dtype), "x_prop": rng.standard_normal((B, D)).astype(dtype),
-            "score": rng.standard_normal((B, D)).astype(dtype), "score_prop": rng.standard_normal((B, D)).astype(dtype),
-            "interior": rng.standard_normal((2, B, D)).astype(dtype), "p": rng.standard_normal((B, D)).astype(dtype),
+
+    def normal(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    layers = [(H, D + 2 * F), (H, H), (D, H)]  # a score / energy network's weights; an mlp_net's maps D to D
+    return {"x": normal(B, D), "x_prop": normal(B, D), "score": normal(B, D), "score_prop": normal(B, D),
+            "interior": normal(2, B, D), "p": normal(B, D), "v": normal(B, D), "drift": normal(B, D),
             "u": rng.uniform(0.01, 1.0, B).astype(dtype), "eps": rng.uniform(0.01, 0.1, B).astype(dtype),
-            "delta": rng.standard_normal(B).astype(dtype),
-            "means": 3 * rng.standard_normal((K, D)).astype(dtype), "log_weights": rng.standard_normal(K).astype(dtype),
-            "variances": rng.uniform(0.2, 0.6, K).astype(dtype)}
+            "var": rng.uniform(0.5, 2.0, B).astype(dtype),
+            "delta": normal(B), "logp": normal(B), "logp_prop": normal(B),
+            "means": normal(K, D, scale=3.0), "log_weights": normal(K), "variances": rng.uniform(0.2, 0.6, K).astype(dtype),
+            **{f"w{k}": normal(*w, scale=0.3) for k, w in enumerate(layers)},
+            **{f"b{k}": normal(w[0], scale=0.1) for k, w in enumerate(layers)},
+            "mlp_w0": normal(H, D, scale=0.3), "freq": np.linspace(0.5, 2.0, F).astype(dtype), "data_mean": normal(D),
+            "c": normal(B, D), "k": normal(B), "z": normal(B, D), "temb": normal(T, H), "x0": normal(4, D), "states": normal(T + 1, B, D)}
 
 
-def calls(a):
-    """One call of each op family on the inputs `a` (arrays or tensors)."""
+def nets(a, kind):
+    """A ScoreNet or EnergyNet whose tensors are the arrays (or tensors) of `a`."""
+    return kind(weights=(a["w0"], a["w1"], a["w2"]), biases=(a["b0"], a["b1"], a["b2"]), freq=a["freq"],
+                data_mean=a["data_mean"], data_var=1.0, t=0.5, alpha=0.8, sigma2=0.3)
+
+
+def policy(dtype, D=5, H=6):
+    """A DriftNet (a torch module: its parameters are torch tensors) in the arrays' (NumPy) dtype."""
+    torch.manual_seed(0)
+    return DriftNet(D, hidden=H, n_harmonics=3, n_layers=1).to(torch.from_numpy(np.zeros(1, dtype)).dtype)
+
+
+NO_ARRAY_INPUTS = {"normal", "uniform"}  # the factory ops: no tensor argument to give as an array
+
+
+def calls(a, dtype=np.float64):
+    """One call of each public op that takes tensors, on the inputs `a` (arrays or tensors) of NumPy dtype `dtype`."""
+    mixture = ops.MixtureScore(a["means"], a["log_weights"], a["variances"], 0.9, 0.2)
+    score_net, energy_net = nets(a, ops.ScoreNet), nets(a, ops.EnergyNet)
+    mlp = ([a["mlp_w0"], a["w1"], a["w2"]], [a["b0"], a["b1"], a["b2"]])
+    drift_net = policy(dtype)
     return {
         "gmm_score": lambda: ops.gmm_score(a["x"], a["means"], a["log_weights"], a["variances"], alpha=0.9, sigma2=0.2),
         "gmm_mala": lambda: ops.gmm_mala(a["x"], a["means"], a["log_weights"], a["variances"], step_size=a["eps"],
@@ -47,7 +75,33 @@ def calls(a):
         "leapfrog": lambda: ops.leapfrog(a["x"], a["p"], a["score"], 0.05),
         "hmc_accept": lambda: ops.hmc_accept(a["x"], a["x_prop"], a["score"], a["score_prop"], a["p"], a["p"],
                                              a["delta"], a["u"]),
+        "gmm_hmc": lambda: ops.gmm_hmc(a["x"], a["means"], a["log_weights"], a["variances"], step_size=a["eps"],
+                                       n_steps=2, n_leapfrog=2, seed=5),
+        "guided_sde_step": lambda: ops.guided_sde_step(a["x"], a["score"], a["score_prop"], a["v"], t=0.5, h=0.01,
+                                                       schedule=VP(), fd_eps=1e-3, seed=6),
+        "energy_mh_accept": lambda: ops.energy_mh_accept(a["x"], a["x_prop"], a["score"], a["score_prop"], a["logp"],
+                                                         a["logp_prop"], a["eps"], a["u"]),
+        "em_step_logprob": lambda: ops.em_step_logprob(a["x"], a["drift"], sigma=1.0, t=0.5, h=0.01, seed=7),
+        "leapfrog_finish": lambda: ops.leapfrog_finish(a["x"], a["x_prop"], a["p"], a["score"], a["score_prop"],
+                                                       a["eps"], a["delta"]),
+        "momentum_refresh": lambda: ops.momentum_refresh(a["p"], 0.5, seed=8),
+        "mlp_score": lambda: ops.mlp_score(a["x"], score_net, mixture=mixture),
+        "mlp_mala": lambda: ops.mlp_mala(a["x"], score_net, mixture=mixture, step_size=a["eps"], n_steps=2, seed=9),
+        "mlp_hmc": lambda: ops.mlp_hmc(a["x"], score_net, step_size=a["eps"], n_steps=2, seed=10),
+        "mlp_energy": lambda: ops.mlp_energy(a["x"], energy_net, mixture=mixture),
+        "mlp_energy_mala": lambda: ops.mlp_energy_mala(a["x"], energy_net, step_size=a["eps"], n_steps=2, seed=11),
+        "mlp_energy_hmc": lambda: ops.mlp_energy_hmc(a["x"], energy_net, mixture=mixture, step_size=a["eps"],
+                                                     n_steps=2, seed=12),
+        "mlp_net": lambda: ops.mlp_net(a["x"], *mlp),
+        "mlp_net_lsq": lambda: ops.mlp_net_lsq(a["x"], *mlp, a["c"], a["k"]),
+        "mlp_net_energy_lsq": lambda: ops.mlp_net_energy_lsq(a["x"], *mlp, a["c"], a["var"], a["k"], a["z"]),
+        "policy_rollout": lambda: ops.policy_rollout(drift_net, a["temb"], 4, sigma=1.0, seed=13, x0=a["x0"]),
+        "policy_log_pf": lambda: ops.policy_log_pf(drift_net, a["states"], a["temb"], sigma=1.0),
     }
+
+
+def test_every_public_op_taking_tensors_is_called():
+    assert set(calls(arrays(np.float64))) == set(ops.__all__) - NO_ARRAY_INPUTS
 
 
 def flat(result):
@@ -61,10 +115,11 @@ def test_array_inputs_give_the_torch_results(op, dtype, wrap):
     a = arrays(dtype)
     tensors = {k: torch.from_numpy(v.copy()) for k, v in a.items()}
     foreign = a if wrap == "numpy" else {k: Capsule(v) for k, v in a.items()}
-    got, want = flat(calls(foreign)[op]()), flat(calls(tensors)[op]())
+    got, want = flat(calls(foreign, dtype)[op]()), flat(calls(tensors, dtype)[op]())
     for g, w in zip(got, want, strict=True):
         assert isinstance(g, torch.Tensor)  # outputs are torch tensors
         assert torch.equal(g, w)
+        assert torch.isfinite(g).all()  # (no NaN that torch.equal would count as unequal anyway)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -93,14 +93,17 @@ def _net_params(x, net, i, kinds):
     if len(weights) < 2 or len(weights) != len(biases):
         raise ValueError(f"{name}: weights and biases must be two lists of the same length >= 2 (input layer, "
                          f"hidden layers, output layer), got {len(weights)} weights and {len(biases)} biases")
-    if not isinstance(net.freq, torch.Tensor) or net.freq.dim() != 1:
-        raise ValueError(f"{name}.freq must be a 1-D tensor (n_freq,), got {getattr(net.freq, 'shape', net.freq)}")
-    F = net.freq.shape[0]
-    freq, mean = net.freq, net.data_mean
+    freq, mean, w0 = net.freq, net.data_mean, weights[0]
+    if not isinstance(freq, torch.Tensor):
+        freq = _checks.from_dlpack(f"{name}.freq", freq)
+    if not isinstance(freq, torch.Tensor) or freq.dim() != 1:
+        raise ValueError(f"{name}.freq must be a 1-D tensor (n_freq,), got {getattr(freq, 'shape', freq)}")
+    F = freq.shape[0]
     if not _checks.all_like((freq, mean), ((F,), (D,)), x):
         freq = _checks.like(f"{name}.freq", freq, x, (F,))
         mean = _checks.like(f"{name}.data_mean", mean, x, (D,))
-    w0 = weights[0]
+    if not isinstance(w0, torch.Tensor):
+        w0 = _checks.from_dlpack(f"{name}.weights[0]", w0)
     if not isinstance(w0, torch.Tensor) or w0.dim() != 2 or w0.shape[0] < 1:
         raise ValueError(f"{name}.weights[0] must be an (H, D + 2·n_freq) tensor, got "
                          f"{tuple(getattr(w0, 'shape', ()))}")
@@ -306,7 +309,9 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
 
 def _net_layers(x, weights, biases, activation):
     """The checked, packed layers of `mlp_net`'s arguments (`_layers.pack_layers`) and the activation's code."""
-    weights, biases = list(weights), list(biases)
+    weights = [w if isinstance(w, torch.Tensor) else _checks.from_dlpack(f"weights[{k}]", w)
+               for k, w in enumerate(weights)]
+    biases = list(biases)
     for k in (0, -1):
         w = weights[k] if weights else None
         if not isinstance(w, torch.Tensor) or w.dim() != 2 or min(w.shape) < 1:

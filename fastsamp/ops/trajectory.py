@@ -266,6 +266,7 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     them instead of recomputing the hidden layers (the same values; it recomputes only the output layer).
     """
     p = PolicyParams(net)
+    temb = _checks.from_dlpack("temb", temb)
     if not isinstance(temb, torch.Tensor) or temb.dim() != 2 or temb.shape[1] != p.H:
         raise ValueError(f"temb must be (T, {p.H}), got {tuple(getattr(temb, 'shape', ()))}")
     dtype = _checks.float_dtype("temb" if dtype is None else "dtype", temb.dtype if dtype is None else dtype)
@@ -461,6 +462,7 @@ def policy_log_pf(net, states, temb, *, sigma, h=None, log_pf=None, lgv=None, sc
     `score_kernel`, else by target.score.
     """
     p = PolicyParams(net)
+    states = _checks.from_dlpack("states", states)
     if not isinstance(states, torch.Tensor) or states.dim() != 3 or states.shape[2] != p.D or states.shape[0] < 2:
         raise ValueError(f"states must be (T+1, B, {p.D}) with T >= 1, got {tuple(getattr(states, 'shape', ()))}")
     T, B = states.shape[0] - 1, states.shape[1]
