@@ -242,52 +242,32 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
   for (int l = 0; l < W; ++l) logp[l] = mm[l] + vm::log<T>(sm[l]);
 }
 
-// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get 0). On AVX-512 and AVX2 each row of xt is one
-// gather and one Row store (the score then loads it whole: a row written by W scalar stores would stall that
-// load on store forwarding); on AVX2 at a compile-time D = DC the row lanes' row_columns (one load at D = 1, a
-// whole block's in-register transpose at D = 2, 4, 8: no gathers, which Zen 1 runs slowly).
+// x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get 0). With row lanes of this W (AVX-512, AVX2) each
+// row of xt is one RowLanes gather and one whole-row store (the score then loads it whole: a row written by W
+// scalar stores would stall that load on store forwarding); on AVX2 at a compile-time D = DC the row lanes'
+// row_columns (one load at D = 1, a whole block's in-register transpose at D = 2, 4, 8: no gathers, which Zen 1
+// runs slowly).
 template <typename T, int W, int DC = 0>
 FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt) {
-#if FASTSAMP_MH_ROW_LANES == 256
+#if FASTSAMP_MH_ROW_LANES
   using L = RowLanes<T>;
-  if constexpr (W == L::W && DC > 0) {
-    typename L::V c[DC];
-    row_columns<T, DC>(nb, L::mask(nb), L::index(DC), x + b0 * DC, c);
-    for (int d = 0; d < DC; ++d) std::memcpy(xt + d * W, &c[d], sizeof(T) * W);
+  if constexpr (W == L::W) {
+    const typename L::Mask live = L::mask(nb);
+#if FASTSAMP_MH_ROW_LANES == 256
+    if constexpr (DC > 0) {
+      typename L::V c[DC];
+      row_columns<T, DC>(nb, live, L::index(DC), x + b0 * DC, c);
+      for (int d = 0; d < DC; ++d) std::memcpy(xt + d * W, &c[d], sizeof(T) * W);
+      return;
+    }
+#endif
+    const auto idx = L::index(D);
+    for (int d = 0; d < D; ++d) {
+      const typename L::V v = L::gather(live, idx, x + b0 * D + d);
+      std::memcpy(xt + d * W, &v, sizeof(T) * W);
+    }
     return;
   }
-#endif
-#if defined(__AVX512F__)
-  const T* base = x + b0 * D;
-  if constexpr (sizeof(T) == 4) {
-    const __mmask16 live = static_cast<__mmask16>(nb >= 16 ? 0xFFFF : (1u << nb) - 1u);
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32(D));
-    for (int d = 0; d < D; ++d)
-      _mm512_store_ps(xt + d * W, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, base + d, 4));
-  } else {
-    const __mmask8 live = static_cast<__mmask8>(nb >= 8 ? 0xFF : (1u << nb) - 1u);
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(D));
-    for (int d = 0; d < D; ++d)
-      _mm512_store_pd(xt + d * W, _mm512_mask_i32gather_pd(_mm512_setzero_pd(), live, idx, base + d, 8));
-  }
-  return;
-#elif defined(__AVX2__)
-  const T* base = x + b0 * D;
-  if constexpr (sizeof(T) == 4) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nb), lane));
-    const __m256i idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(D));
-    for (int d = 0; d < D; ++d)
-      _mm256_storeu_ps(xt + d * W, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base + d, idx, live, 4));
-  } else {
-    const __m256d live =
-        _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(nb), _mm256_setr_epi64x(0, 1, 2, 3)));
-    const __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(D));
-    for (int d = 0; d < D; ++d)
-      _mm256_storeu_pd(xt + d * W, _mm256_mask_i32gather_pd(_mm256_setzero_pd(), base + d, idx, live, 8));
-  }
-  return;
 #endif
   for (int l = 0; l < W; ++l) {
     if (l < nb) {
