@@ -35,13 +35,13 @@ tiled path has no other bound); above them the functions raise ValueError (fasts
 runs the reference). The move kernels run their n_trapezoid and n_leapfrog evaluations one after the other.
 """
 import functools
-import math
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from fastsamp.ops import _ieee
 from fastsamp.ops.mlp import _unflatten
 
 from ._launch import _MIN_PROGRAMS, INTERPRET, f64, launch, need_idx64, next_pow2
@@ -306,7 +306,7 @@ def _engine(name, x, params, dims, scalars, means, log_weights, variances, mix_a
         v = net.alpha * net.alpha * net.data_var + net.sigma2
         # buffer offsets of freq, mean, W_0, b_0, W_o, b_o and the first hidden layer (the flat order of a network)
         launch(_net_prep_kernel, (1,), w, meta, consts, i, *offs[net.start:net.start + 7], D, net.F, net.H, net.L,
-               net.act, flags[i], CS, f64(net.t), f64(net.alpha), f64(v), f64(math.sqrt(v)), HP=HP,
+               net.act, flags[i], CS, f64(net.t), f64(net.alpha), f64(v), f64(_ieee.sqrt(v)), HP=HP,
                BLOCK_F=min(max(next_pow2(net.F), 1), 64), BLOCK_D=next_pow2(D), num_warps=4)
     has_mix = means is not None
     tab = _gmm_table(log_weights, variances, D, float(mix_alpha), mix_sigma2) if has_mix else None

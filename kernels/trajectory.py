@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from fastsamp.backends._abi import em_step_grad_outputs, em_step_outputs
+from fastsamp.ops import _ieee
 
 from ._launch import INTERPRET, f64, launch, need_idx64, rng_args, row_grid, warps_for
 from .random import global_chain, normal_cols, rng_words
@@ -149,9 +150,9 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset
     rng, rng_t = rng_args(seed, offset, chain_offset, x.device)
     has_pb = b2 != 0.0
     launch(_em_step_logprob_kernel, grid, x, drift, log_var, x_next, noise, y, log_pf, log_pb,
-           f64(h), f64(s2), f64(e2), f64(c), f64(1.0 / s2), f64(1.0 / b2 if has_pb else 0.0),
-           f64(math.sqrt(s2 + e2)), f64(D * math.log(2 * math.pi * s2)),
-           f64(D * math.log(2 * math.pi * b2) if has_pb else 0.0),
+           f64(h), f64(s2), f64(e2), f64(c), f64(_ieee.div(1.0, s2)), f64(_ieee.div(1.0, b2) if has_pb else 0.0),
+           f64(_ieee.sqrt(s2 + e2)), f64(D * _ieee.log(2 * math.pi * s2)),
+           f64(D * _ieee.log(2 * math.pi * b2) if has_pb else 0.0),
            *rng, B, D,
            HAS_LV=log_var is not None, GIVEN=x_next is not None, HAS_NOISE=noise is not None, HAS_PB=has_pb,
            BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D),
@@ -169,7 +170,7 @@ def em_step_logprob_backward(x, drift, log_var, x_next, g_x_next, g_log_pf, g_lo
     has_pb = b2 != 0.0
     launch(_em_step_logprob_backward_kernel, grid, x, drift, log_var, x_next, g_x_next, g_log_pf, g_log_pb, g_x,
            g_drift, g_log_var, g_xn,
-           f64(h), f64(s2), f64(e2), f64(c), f64(1.0 / s2), f64(1.0 / b2 if has_pb else 0.0), B, D,
+           f64(h), f64(s2), f64(e2), f64(c), f64(_ieee.div(1.0, s2)), f64(_ieee.div(1.0, b2) if has_pb else 0.0), B, D,
            HAS_LV=log_var is not None, HAS_GXN=g_x_next is not None, HAS_PB=has_pb, REPARAM=bool(reparam),
            WANT_GXN=bool(want_g_x_next), BLOCK_B=block_b, BLOCK_D=block_d, IDX64=need_idx64(B * D),
            num_warps=warps_for(block_b * block_d), enable_fp_fusion=False)

@@ -35,11 +35,13 @@ def arrays(dtype, B=33, D=5, K=4, H=6, F=2, T=3, seed=0):
             "u": rng.uniform(0.01, 1.0, B).astype(dtype), "eps": rng.uniform(0.01, 0.1, B).astype(dtype),
             "var": rng.uniform(0.5, 2.0, B).astype(dtype),
             "delta": normal(B), "logp": normal(B), "logp_prop": normal(B),
-            "means": normal(K, D, scale=3.0), "log_weights": normal(K), "variances": rng.uniform(0.2, 0.6, K).astype(dtype),
+            "means": normal(K, D, scale=3.0), "log_weights": normal(K),
+            "variances": rng.uniform(0.2, 0.6, K).astype(dtype),
             **{f"w{k}": normal(*w, scale=0.3) for k, w in enumerate(layers)},
             **{f"b{k}": normal(w[0], scale=0.1) for k, w in enumerate(layers)},
             "mlp_w0": normal(H, D, scale=0.3), "freq": np.linspace(0.5, 2.0, F).astype(dtype), "data_mean": normal(D),
-            "c": normal(B, D), "k": normal(B), "z": normal(B, D), "temb": normal(T, H), "x0": normal(4, D), "states": normal(T + 1, B, D)}
+            "c": normal(B, D), "k": normal(B), "z": normal(B, D), "temb": normal(T, H), "x0": normal(4, D),
+            "states": normal(T + 1, B, D)}
 
 
 def nets(a, kind):

@@ -403,8 +403,8 @@ def test_langevin_rejections():
 def gelu_probe(dtype, x):
     """gelu(gelu(x)) as computed by the kernels: a one-step rollout of a net wired to it (state
     Linear picks x, the hidden Linear is the identity, the head picks unit 0), with h = 2^20 and
-    σ = 1e-25 (σ²h > 0 even in float32; noise ~1e-22) so that x_1 = x_0 + h·drift recovers the drift to one
-    rounding of h·drift."""
+    σ = 1e-15 (σ²h = 1e-24, a normal float32; noise ~1e-12, below one rounding of h·drift at |drift| >= 1e-2, and
+    1e-18 of the drift) so that x_1 = x_0 + h·drift recovers the drift to one rounding of h·drift."""
     H, h = 16, 2.0**20
     net = DriftNet(1, hidden=H, n_harmonics=4, n_layers=1).to(dtype)
     with torch.no_grad():
@@ -414,7 +414,7 @@ def gelu_probe(dtype, x):
         net.joint[1].weight.copy_(torch.eye(H))
         net.joint[-1].weight[0, 0] = 1.0
     x = x.to(dtype)
-    states = ops.policy_rollout(net, torch.zeros(1, H, dtype=dtype), x.shape[0], sigma=1e-25, h=h, x0=x[:, None])[0]
+    states = ops.policy_rollout(net, torch.zeros(1, H, dtype=dtype), x.shape[0], sigma=1e-15, h=h, x0=x[:, None])[0]
     return ((states[1] - states[0]) / h)[:, 0]
 
 

@@ -265,6 +265,9 @@ def test_other_scalars_checked_in_the_state_dtype(any_backend):
     with pytest.raises(ValueError, match="degenerate mixture"):
         ops.gmm_score(x, *mix(dtype=torch.float32), alpha=1e-30, backend=any_backend)
     with pytest.raises(ValueError, match="c_diff .* not finite in torch.float32: h, fd_eps or guidance"):
+        ops.guided_sde_step(x, x, x, x, t=0.5, h=0.01, schedule=VP(), fd_eps=1.2e-38, guidance=1e3, seed=0,
+                            backend=any_backend)
+    with pytest.raises(ValueError, match="fd_eps must be > 0 in float32, got 1e-40 \\(a subnormal value"):
         ops.guided_sde_step(x, x, x, x, t=0.5, h=0.01, schedule=VP(), fd_eps=1e-40, seed=0, backend=any_backend)
 
 
@@ -448,3 +451,205 @@ def test_meta_tensors_skip_the_value_checks(op):
     kw = {} if op == "gmm_score" else dict(step_size=torch.full((4,), 0.1, dtype=F64, device="meta"), n_steps=2)
     out = getattr(ops, op)(*meta, **kw, backend="torch")
     assert out[0].device.type == "meta" and out[0].shape == (4, 3)
+
+
+# ---------------------------------------------------------------- adversarial inputs (an audit's findings)
+ALL_BACKENDS = ("torch", "cpp", "triton", "cuda", "auto")
+
+
+def _on(name):
+    """(backend, device) for backend `name`, skipping an unavailable one."""
+    if name in ("torch", "auto"):
+        return name, torch.device("cpu")
+    skip_unless_available(name)
+    from conftest import backend_device
+    return name, backend_device(name)
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_out_overlap_is_found_by_address_across_storages(name):
+    """Two tensors taken zero-copy from one NumPy array hold different torch storages on the same memory: an out
+    shifted by a row against x is still a partial overlap (the kernels would read rows they have written)."""
+    np = pytest.importorskip("numpy")
+    backend, device = _on(name)
+    if device.type != "cpu":
+        pytest.skip("NumPy memory is on the CPU")
+    a = np.arange(15, dtype=np.float64).reshape(5, 3) * 0.1
+    x, out, z = torch.from_numpy(a[:4]), torch.from_numpy(a[1:]), torch.zeros(4, 3, dtype=F64)
+    assert x.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="out partially overlaps x"):
+        ops.reverse_sde_step(x, z, t=0.5, h=0.1, schedule=VP(), noise=z, out=out, backend=backend)
+    with pytest.raises(ValueError, match="out partially overlaps x"):
+        ops.mala_propose(x, z, 0.1, noise=z, out=a[1:], backend=backend)  # the array itself as out
+    with pytest.raises(ValueError, match="out overlaps x"):
+        ops.line_points(x, z, 2, out=torch.from_numpy(a[1:]).view(1, 4, 3), backend=backend)
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_an_input_that_starts_where_out_starts_is_not_in_place(name):
+    """A (B,) step-size view of x's first B elements and out = x share a start address but not their bytes."""
+    backend, device = _on(name)
+    x = torch.rand(4, 3, dtype=F64, device=device) + 0.5
+    with pytest.raises(ValueError, match="out partially overlaps step_size"):
+        ops.mala_propose(x, torch.ones_like(x), x.view(-1)[:4], noise=torch.zeros_like(x), out=x, backend=backend)
+    d1 = torch.rand(4, 1, dtype=F64, device=device) + 0.5  # at D = 1 the same bytes: in place, as x itself
+    want = ops.mala_propose(d1, d1, d1.view(-1).clone(), noise=torch.zeros_like(d1), backend=backend)
+    got = ops.mala_propose(d1, d1, d1.view(-1), noise=torch.zeros_like(d1), out=d1, backend=backend)
+    assert got.data_ptr() == d1.data_ptr() and torch.equal(got, want)
+
+
+def _nonfinite_pattern(outs):
+    return [(~torch.isfinite(t.double())).tolist() for t in outs]
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_validation_off_bad_scalars_give_nonfinite_chains_on_every_backend(name, dtype):
+    """With the value checks off, a bad scalar gives NaN / inf where it reaches, on every backend as in the
+    reference (IEEE host math: no ZeroDivisionError or 'math domain error', no overflow error filling float32)."""
+    import fastsamp
+    backend, device = _on(name)
+    x = torch.randn(3, 2, dtype=dtype, device=device)
+    cases = [dict(sigma=0.0, t=0.3, h=0.1), dict(sigma=1.0, t=0.3, h=-0.1), dict(sigma=1.0, t=0.3, h=0.0),
+             dict(sigma=1.0, t=-0.1, h=0.1), dict(sigma=1e-200, t=0.3, h=0.1)]
+    if dtype == torch.float32:
+        cases.append(dict(sigma=1.0, t=0.3, h=1e300))  # σ²h past float32's range
+    with fastsamp.validation(False):
+        for kw in cases:
+            got = ops.em_step_logprob(x, x, seed=1, backend=backend, **kw)
+            want = ops.em_step_logprob(x.cpu(), x.cpu(), seed=1, backend="torch", **kw)
+            assert not all(torch.isfinite(t).all() for t in want), kw  # the case is bad
+            for g, w in zip(got[1:], want[1:]):  # log p_F, log p_B: finite exactly where the reference's are
+                assert torch.equal(torch.isfinite(g.cpu()), torch.isfinite(w)), (kw, g, w)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        ops.em_step_logprob(x, x, sigma=0.0, t=0.3, h=0.1, seed=1, backend=backend)
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_validation_off_negative_network_variance_gives_nan(name):
+    """alpha² data_var + sigma2 < 0 (a bad data_var, validation off): the score network's √v is NaN on every backend."""
+    import fastsamp
+    backend, device = _on(name)
+    x = torch.randn(3, 2, dtype=F64, device=device)
+    H, F = 4, 1
+    r = lambda *s: 0.3 * torch.randn(*s, dtype=F64, device=device)  # noqa: E731
+    net = ops.ScoreNet((r(H, 2 + 2 * F), r(2, H)), (r(H), r(2)), r(F), r(2), data_var=-1.0, t=0.5, alpha=1.0,
+                       sigma2=0.0)
+    with fastsamp.validation(False):
+        assert torch.isnan(ops.mlp_score(x, net, backend=backend)).all()
+    with pytest.raises(ValueError, match="data_var must be > 0"):
+        ops.mlp_score(x, net, backend=backend)
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_subnormal_step_sizes_and_variances_are_refused(name):
+    """The compiled CPU kernels flush subnormal values to 0 (FTZ / DAZ): a subnormal step size or variance would
+    give other chains there than in the reference, so the value checks refuse them, naming the argument."""
+    backend, device = _on(name)
+    f32 = torch.float32
+    x = torch.randn(4, 3, dtype=f32, device=device)
+    u = torch.rand(4, dtype=f32, device=device)
+    for eps in (1e-39, torch.full((4,), 1e-39, dtype=f32, device=device)):
+        with pytest.raises(ValueError, match="step_size must be .*> 0"):
+            ops.score_mh_accept(x, x + 0.1, x, x, eps, u, backend=backend)
+    means, lw = torch.randn(2, 3, dtype=f32, device=device), torch.zeros(2, dtype=f32, device=device)
+    with pytest.raises(ValueError, match="not subnormal"):
+        ops.gmm_score(x, means, lw, torch.full((2,), 1e-39, dtype=f32, device=device), backend=backend)
+    x64 = x.double()
+    with pytest.raises(ValueError, match="not subnormal"):
+        ops.gmm_score(x64, means.double(), lw.double(), torch.full((2,), 1e-310, dtype=F64, device=device),
+                      backend=backend)
+    with pytest.raises(ValueError, match="sigma\\*\\*2 \\* h must be > 0 in float32.*subnormal"):
+        ops.em_step_logprob(x, x, sigma=1e-20, t=0.5, h=1e-1, seed=0, backend=backend)
+    ops.score_mh_accept(x, x + 0.1, x, x, 1.2e-38, u, backend=backend)  # the smallest normal float32 passes
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_guided_step_with_alpha_zero(name):
+    """A VP schedule whose alpha(1) underflows to 0: a clear error naming alpha(t) (validation on), NaN / inf
+    chains rather than a ZeroDivisionError (off)."""
+    import fastsamp
+    backend, device = _on(name)
+    x = torch.randn(3, 2, dtype=F64, device=device)
+    schedule = VP(beta_max=3000.0)
+    assert schedule.alpha(1.0) == 0.0
+    with pytest.raises(ValueError, match=r"alpha\(t\) > 0"):
+        ops.guided_sde_step(x, x, x, x, t=1.0, h=0.01, schedule=schedule, fd_eps=1e-3, seed=0, backend=backend)
+    with fastsamp.validation(False):
+        out = ops.guided_sde_step(x, x, x, x, t=1.0, h=0.01, schedule=schedule, fd_eps=1e-3, seed=0, backend=backend)
+    assert not torch.isfinite(out).any()
+
+
+@pytest.mark.parametrize("name", ["cpp", "triton", "cuda"])
+def test_vmap_on_an_explicit_compiled_backend_is_refused(name):
+    backend, device = _on(name)
+    xs = torch.randn(3, 5, 2, dtype=F64, device=device)
+    means, lw, var = (t.to(device) for t in mix(D=2))
+    with pytest.raises(ValueError, match=f"gmm_score on backend '{backend}' cannot run under torch.func.vmap"):
+        torch.func.vmap(lambda x: ops.gmm_score(x, means, lw, var, backend=backend))(xs)
+    with pytest.raises(ValueError, match="cannot run under torch.func.vmap"):
+        torch.func.vmap(lambda x: ops.mala_propose(x, x, 0.1, seed=1, backend=backend))(xs)
+
+
+def test_python_int_past_float_range_is_named():
+    x = x_()
+    with pytest.raises(ValueError, match="alpha must be finite, got 1000"):
+        ops.gmm_score(x, *mix(), alpha=10**400)
+    with pytest.raises(ValueError, match="h must be finite"):
+        ops.reverse_sde_step(x, x, t=0.5, h=10**400, schedule=VP(), seed=0)
+
+
+@pytest.mark.parametrize("op", ["score_mh_accept", "hmc_accept", "energy_mh_accept"])
+def test_accept_checks_offset_and_chain_offset_with_u_given(op):
+    x, u = x_(), torch.rand(4, dtype=F64)
+    args = {"score_mh_accept": (x, x, x, x, 0.1, u), "energy_mh_accept": (x, x, x, x, x[:, 0], x[:, 0], 0.1, u),
+            "hmc_accept": (x, x, x, x, x, x, x[:, 0], u)}[op]
+    with pytest.raises(TypeError, match="offset must be an int"):
+        getattr(ops, op)(*args, offset="junk")
+    with pytest.raises(ValueError, match="chain_offset must be >= 0"):
+        getattr(ops, op)(*args, chain_offset=-5)
+
+
+def test_accept_outputs_take_arrays_and_refuse_inference_tensors():
+    np = pytest.importorskip("numpy")
+    x, xp, u = x_(), x_(), torch.rand(4, dtype=F64)
+    want = ops.score_mh_accept(x, xp, x, xp, 0.1, u)
+    x_out, score_out = np.empty((4, 3)), np.empty((4, 3))
+    got = ops.score_mh_accept(x, xp, x, xp, 0.1, u, x_out=x_out, score_out=score_out)
+    assert got[0].data_ptr() == x_out.ctypes.data and torch.equal(torch.from_numpy(x_out), want[0])
+    assert torch.equal(torch.from_numpy(score_out), want[1])
+    with torch.inference_mode():
+        frozen = torch.empty(4, 3, dtype=F64)
+    with pytest.raises(ValueError, match="x_out is an inference tensor"):
+        ops.score_mh_accept(x, xp, x, xp, 0.1, u, x_out=frozen)
+    with pytest.raises(ValueError, match="out is an inference tensor"):
+        ops.reverse_sde_step(x, x, t=0.5, h=0.01, schedule=VP(), seed=0, out=frozen)
+    with torch.inference_mode():  # inside inference mode it is written as torch's in-place ops write it
+        out = ops.reverse_sde_step(x, x, t=0.5, h=0.01, schedule=VP(), seed=0, out=frozen)
+    assert out.data_ptr() == frozen.data_ptr()
+
+
+def test_sparse_and_nested_tensors_are_refused_naming_the_argument():
+    x = x_()
+    with pytest.raises(TypeError, match="x must be a dense \\(strided\\) tensor, got layout torch.sparse_coo"):
+        ops.mala_propose(x.to_sparse(), x, 0.1, seed=0)
+    with pytest.raises(TypeError, match="score must be a dense \\(strided\\) tensor, got layout torch.sparse_csr"):
+        ops.mala_propose(x, x.to_sparse_csr(), 0.1, seed=0)
+    nested = torch.nested.nested_tensor([torch.randn(3, dtype=F64), torch.randn(3, dtype=F64)])
+    with pytest.raises(TypeError, match="x must be a dense \\(strided\\) tensor"):
+        ops.mala_propose(nested, x, 0.1, seed=0)
+
+
+def test_network_lists_and_activation_are_named():
+    x = x_(D=2)
+    r = lambda *s: torch.randn(*s, dtype=F64)  # noqa: E731
+    fields = dict(weights=(r(4, 4), r(2, 4)), biases=(r(4), r(2)), freq=r(1), data_mean=r(2), data_var=1.0, t=0.5,
+                  alpha=1.0, sigma2=0.1)
+    with pytest.raises(ValueError, match="nets\\[0\\].activation must be one of"):
+        ops.mlp_score(x, ops.ScoreNet(**fields, activation=["silu"]))
+    with pytest.raises(TypeError, match="nets\\[0\\].weights must be a list or tuple of tensors, got NoneType"):
+        ops.mlp_score(x, ops.ScoreNet(**{**fields, "weights": None}))
+    with pytest.raises(TypeError, match="biases must be a list or tuple of tensors, got NoneType"):
+        ops.mlp_net(x, [r(4, 2), r(2, 4)], None)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ops.mlp_net(x, [r(4, 2), r(2, 4)], [r(4), r(2)], activation=["gelu"])

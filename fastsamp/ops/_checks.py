@@ -20,15 +20,15 @@ import contextlib
 import math
 import numbers
 import os
-import struct
 
 import numpy as np
 import torch
 
+from . import _ieee
+
 FLOAT_DTYPES = (torch.float32, torch.float64)
 MAX_COUNT = 2**31 - 1  # counts and sizes reach the kernels as C int / int32
 U64_MAX = 2**64 - 1    # seeds and offsets are 64-bit
-_FLOAT32 = struct.Struct("f")
 _ENV_VALUES = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
 
 
@@ -121,6 +121,8 @@ def state(name: str, x) -> torch.Tensor:
         x = as_tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.layout is not torch.strided or x.is_nested:
+        raise layout_error(name, x)
     shape = x.shape
     if len(shape) != 2:
         raise ValueError(f"{name} must have shape (B, D), got {tuple(shape)}")
@@ -130,6 +132,11 @@ def state(name: str, x) -> torch.Tensor:
     if B > MAX_COUNT or D > MAX_COUNT or B * D >= 2**62:
         raise ValueError(f"{name} is too large: shape {tuple(shape)} (B and D must be <= {MAX_COUNT})")
     return resolved(x)
+
+
+def layout_error(name: str, t: torch.Tensor) -> TypeError:
+    kind = "a nested tensor" if t.is_nested else f"layout {t.layout}"
+    return TypeError(f"{name} must be a dense (strided) tensor, got {kind}")
 
 
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -156,6 +163,8 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
             raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"{name} must be on {x.device} like {x_name}, got {t.device}")
+    if t.layout is not torch.strided or t.is_nested:
+        raise layout_error(name, t)
     if t.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return resolved(t)
@@ -170,7 +179,8 @@ def all_like(tensors, shapes, x: torch.Tensor) -> bool:
         return False
     dtype, device = x.dtype, x.device
     for t, shape in zip(tensors, shapes):
-        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device == device and t.shape == shape
+        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device == device and t.layout is torch.strided
+                and not t.is_nested and t.shape == shape
                 and t.is_contiguous() and not t.is_neg() and not t.is_conj()):
             return False
     return True
@@ -208,11 +218,37 @@ def _bytes(t: torch.Tensor) -> tuple[int, int]:
     return start, start + t.numel() * t.element_size()
 
 
+def overlap(out: torch.Tensor, t) -> str:
+    """How tensor t's memory meets out's (both contiguous): "none" (t None or empty too), "same" (the same bytes: the
+    same element at every position, an in-place update), or "partial". By addresses, not by storage: two tensors
+    taken zero-copy from one array (NumPy, DLPack) hold different torch storages on the same memory."""
+    if t is None or t.numel() == 0 or out.numel() == 0:
+        return "none"
+    lo, hi = _bytes(out)
+    t_lo, t_hi = _bytes(t)
+    if t_hi <= lo or hi <= t_lo:
+        return "none"
+    return "same" if (t_lo, t_hi, t.element_size()) == (lo, hi, out.element_size()) else "partial"
+
+
+def writable(name: str, out) -> torch.Tensor:
+    """An output argument as a tensor the op may write: a tensor, or a writable NumPy / DLPack array taken zero-copy;
+    not an inference tensor outside inference mode (torch's in-place ops refuse to write one there)."""
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{name} is a read-only NumPy array")
+    if not isinstance(out, torch.Tensor):
+        out = as_tensor(name, out)
+    if not torch.compiler.is_compiling() and out.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(f"{name} is an inference tensor (made under torch.inference_mode): it cannot be written "
+                         f"outside inference mode; pass a tensor made outside it, or call the op under inference_mode")
+    return out
+
+
 def output(out, x: torch.Tensor, /, **inputs):
-    """None, or a contiguous tensor like x that receives a result.
+    """None, or a contiguous tensor like x that receives a result (`writable`).
 
     `out` may be exactly one of the (contiguous) `inputs` (an in-place update: the kernels read
-    element i before writing it) but may not overlap one partially, e.g. x shifted by a row.
+    element i before writing it) but may not overlap one partially (`overlap`), e.g. x shifted by a row.
     With grad mode on it must not require grad: the compiled kernels write it without autograd.
     The overlap check reads memory addresses: skipped where they cannot be read (`addresses_readable`), and needed
     no more there: the op runs functional and its result is copied into `out` afterwards, so no kernel reads memory
@@ -220,10 +256,7 @@ def output(out, x: torch.Tensor, /, **inputs):
     """
     if out is None:
         return None
-    if isinstance(out, np.ndarray) and not out.flags.writeable:
-        raise ValueError("out is a read-only NumPy array")
-    if not isinstance(out, torch.Tensor):
-        out = as_tensor("out", out)
+    out = writable("out", out)
     if not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor")
     like("out", out, x)
@@ -232,25 +265,11 @@ def output(out, x: torch.Tensor, /, **inputs):
                          "on leaves); pass a tensor that does not require grad, or run under torch.no_grad()")
     if not addresses_readable():
         return out
-    lo, hi = _bytes(out)
     for name, t in inputs.items():
-        if t is None or t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
-            continue
-        t_lo, t_hi = _bytes(t)
-        if t_lo < hi and lo < t_hi and t_lo != lo:
+        if overlap(out, t) == "partial":
             raise ValueError(f"out partially overlaps {name}: it may be {name} itself (in place) but not "
                              f"a shifted or sliced view of its memory")
     return out
-
-
-def _rounded(v: float, dtype: torch.dtype) -> float:
-    """The python float v rounded to `dtype` (float32: to nearest, inf past the largest value)."""
-    if dtype == torch.float64:
-        return v
-    try:
-        return _FLOAT32.unpack(_FLOAT32.pack(v))[0]
-    except OverflowError:  # finite, but rounds past float32's largest value
-        return math.copysign(math.inf, v)
 
 
 def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> float:
@@ -258,12 +277,14 @@ def in_dtype(name: str, v: float, dtype: torch.dtype, *, positive=False) -> floa
     (a value check: skipped when not `validating()`)."""
     if not validating():
         return v
-    r = _rounded(v, dtype)
+    r = _ieee.rounded(v, dtype)
     dt = str(dtype).removeprefix("torch.")
     if not math.isfinite(r):
         raise ValueError(f"{name} = {v} overflows {dt} (largest finite value {torch.finfo(dtype).max:.4g})")
-    if positive and r <= 0:
-        raise ValueError(f"{name} must be > 0 in {dt}, got {v} (rounds to 0)")
+    if positive and r < torch.finfo(dtype).tiny:
+        why = "rounds to 0" if r <= 0 else "a subnormal value, which the compiled kernels flush to 0"
+        raise ValueError(f"{name} must be > 0 in {dt}, got {v} ({why}; the smallest normal {dt} is "
+                         f"{torch.finfo(dtype).tiny:.4g})")
     return v
 
 
@@ -273,7 +294,7 @@ def coefficients(dtype: torch.dtype, cause: str, **values: float) -> None:
     if not validating():
         return
     for name, v in values.items():
-        if not math.isfinite(v) or not math.isfinite(_rounded(v, dtype)):
+        if not math.isfinite(v) or not math.isfinite(_ieee.rounded(v, dtype)):
             raise ValueError(f"the kernel coefficient {name} = {v} is not finite in {dtype}: {cause} too large "
                              f"or too small")
 
@@ -284,7 +305,12 @@ def finite_float(name: str, v, *, positive=False, nonnegative=False, dtype=None)
     if type(v) is not float:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:  # an int past float64's range
+            digits = str(v)
+            raise ValueError(f"{name} must be finite, got {digits[:12]}... ({len(digits)} digits: past float64's "
+                             f"range)") from None
     if not validating():
         return v
     if not math.isfinite(v):
@@ -357,7 +383,8 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
         v = resolved(v if v.dtype == x.dtype else v.to(x.dtype))
         if validating() and has_values(v) and not _all_positive_finite(level0(v)):
-            raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype})")
+            raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype}, not subnormal: the "
+                             f"compiled kernels flush subnormal values to 0)")
         return v
     return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
 
@@ -390,9 +417,10 @@ def has_values(t: torch.Tensor) -> bool:
 
 
 def _all_positive_finite(v: torch.Tensor) -> bool:
-    """0 < v < inf for every element of a non-empty v (min and max propagate NaN); one host sync."""
+    """0 < v < inf for every element of a non-empty v, none subnormal (the compiled kernels flush those to 0; min and
+    max propagate NaN); one host sync."""
     lo, hi = torch.stack(torch.aminmax(v)).tolist()
-    return lo > 0 and hi < math.inf
+    return lo >= torch.finfo(v.dtype).tiny and hi < math.inf
 
 
 def uniforms(name: str, u, x: torch.Tensor) -> torch.Tensor:
@@ -524,14 +552,14 @@ def _mixture_values(means, log_weights, variances, alpha, sigma2) -> None:
     m_lo, m_hi, v_lo, v_hi, lw_max = torch.stack(
         [*torch.aminmax(means), *torch.aminmax(variances), log_weights.max()]).tolist()
     dtype = means.dtype
-    a2, s2 = _rounded(alpha * alpha, dtype), _rounded(sigma2, dtype)
-    s_lo, s_hi = (_rounded(_rounded(a2 * v, dtype) + s2, dtype) for v in (v_lo, v_hi))
+    a2, s2 = _ieee.rounded(alpha * alpha, dtype), _ieee.rounded(sigma2, dtype)
+    s_lo, s_hi = (_ieee.rounded(_ieee.rounded(a2 * v, dtype) + s2, dtype) for v in (v_lo, v_hi))
     if not (math.isfinite(m_lo) and math.isfinite(m_hi)):
         raise ValueError("means must be finite")
     if not (v_lo > 0 and v_hi < math.inf):
         raise ValueError("variances must be finite and > 0")
-    if not (s_lo > 0 and s_hi < math.inf):
-        raise ValueError(f"alpha**2 * variances + sigma2 must be finite and > 0 in {means.dtype} for every component "
-                         f"(alpha={alpha}, sigma2={sigma2}): a degenerate mixture")
+    if not (s_lo >= torch.finfo(dtype).tiny and s_hi < math.inf):
+        raise ValueError(f"alpha**2 * variances + sigma2 must be finite and > 0 in {means.dtype} for every component, "
+                         f"not subnormal (alpha={alpha}, sigma2={sigma2}): a degenerate mixture")
     if not math.isfinite(lw_max):
         raise ValueError("log_weights must be < inf, not NaN, and not all -inf")

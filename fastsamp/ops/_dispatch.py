@@ -28,7 +28,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 
 from .. import backends
-from . import _library, reference
+from . import _checks, _library, reference
 from ._library import _functorch_level, is_reference, max_d  # noqa: F401  (part of this module's interface)
 
 
@@ -95,6 +95,10 @@ def kernel(backend: str, op: str, x: torch.Tensor, *tensors):
                          f"tangent (torch.func.jvp / jacfwd / hessian, forward_ad): use backend='torch' or 'auto'")
     if backend != "torch":
         refuse_jit_trace(op, f"on backend {backend!r}")
+        if any(t is not None and _checks.is_wrapped(t) for t in (x, *tensors)):
+            raise ValueError(f"{op} on backend {backend!r} cannot run under torch.func.vmap: its kernel reads tensor "
+                             f"memory, which a batched tensor does not have; use backend='auto' (its batching rule "
+                             f"runs the kernel once on all the slices) or 'torch'")
     fn = backends.resolve(backend, op, x.device)
     limit = max_d(fn, op)
     if limit is not None and x.shape[1] > limit:

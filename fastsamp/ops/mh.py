@@ -35,11 +35,11 @@ def points_out(out, x, x_prop, n):
     """`line_points`' check of `out`: None, or a contiguous (n − 1, B, D) tensor like x that overlaps neither x
     nor x_prop (not even exactly: plane 1 would lie past the input; the overlap is not checked where addresses cannot
     be read: `_checks.addresses_readable`)."""
-    out = _checks.output(out, x.expand(n - 1, *x.shape), x=x, x_prop=x_prop)
-    if out is None or out.numel() == 0 or not _checks.addresses_readable():
+    out = _checks.output(out, x.expand(n - 1, *x.shape))
+    if out is None or not _checks.addresses_readable():
         return out
     for name, t in (("x", x), ("x_prop", x_prop)):
-        if t.numel() and t.data_ptr() == out.data_ptr():
+        if _checks.overlap(out, t) != "none":
             raise ValueError(f"out overlaps {name}: the points cannot be written over their inputs")
     return out
 
@@ -58,7 +58,9 @@ def mh_uniform(u, seed, offset, chain_offset, x):
     if (u is None) == (seed is None):
         raise ValueError("give exactly one of u (the (B,) uniforms) and seed (u drawn in the kernel from "
                          f"(seed, offset, chain_offset)), got {'both' if u is not None else 'neither'}")
-    if u is not None:
+    if u is not None:  # offset and chain_offset unused, but checked as the ops given noise check them
+        _checks.seed_offset(0, offset, device=x.device)
+        _checks.chain_offset(chain_offset, x.shape[0], x.device)
         return _checks.uniforms("u", u, x), 0, 0, 0
     return ((None,) + _checks.seed_offset(seed, offset, device=x.device)
             + (_checks.chain_offset(chain_offset, x.shape[0], x.device),))
@@ -117,20 +119,17 @@ def accept_out(name, out, x, /, **inputs):
     read, `_checks.addresses_readable`: the op is functional there and its result copied in afterwards)."""
     if out is None:
         return None
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
+    out = _checks.writable(name, out)
     if not out.is_contiguous() or (not torch.compiler.is_compiling() and (out.is_neg() or out.is_conj())):
         raise ValueError(f"{name} must be a contiguous tensor without a neg / conj bit")
     _checks.like(name, out, x)
     if torch.is_grad_enabled() and out.requires_grad:
         raise ValueError(f"{name} requires grad: in-place writes are not differentiable; pass a tensor that does not "
                          f"require grad, or run under torch.no_grad()")
-    if not _checks.addresses_readable() or out.numel() == 0:
+    if not _checks.addresses_readable():
         return out
-    lo = out.data_ptr()
-    hi = lo + out.numel() * out.element_size()
     for other, t in inputs.items():
-        if t is not None and t.numel() and t.data_ptr() < hi and lo < t.data_ptr() + t.numel() * t.element_size():
+        if _checks.overlap(out, t) != "none":
             raise ValueError(f"{name} overlaps {other}: the accept's outputs cannot be written over its inputs or "
                              f"each other")
     return out

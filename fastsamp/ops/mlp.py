@@ -89,7 +89,7 @@ def _net_params(x, net, i, kinds):
             net, EnergyNet) else ""
         raise TypeError(f"{name} must be a {allowed}, got {type(net).__name__}{hint}")
     D = x.shape[1]
-    weights, biases = tuple(net.weights), tuple(net.biases)
+    weights, biases = _layer_lists(f"{name}.", net.weights, net.biases)
     if len(weights) < 2 or len(weights) != len(biases):
         raise ValueError(f"{name}: weights and biases must be two lists of the same length >= 2 (input layer, "
                          f"hidden layers, output layer), got {len(weights)} weights and {len(biases)} biases")
@@ -112,7 +112,7 @@ def _net_params(x, net, i, kinds):
     layers = _layers.pack_layers(
         weights, biases, widths, x, bias_names=lambda k: f"{name}.biases[{k}]",
         weight_names=lambda k: f"{name}.weights[{k}] ({_LAYER_KINDS[min(k, 1) + (k == last)]})")
-    if net.activation not in ACTIVATIONS:
+    if not isinstance(net.activation, str) or net.activation not in ACTIVATIONS:
         raise ValueError(f"{name}.activation must be one of {tuple(ACTIVATIONS)}, got {net.activation!r}")
     t = _checks.finite_float(f"{name}.t", net.t)
     alpha = _checks.finite_float(f"{name}.alpha", net.alpha, dtype=x.dtype)
@@ -120,6 +120,17 @@ def _net_params(x, net, i, kinds):
     data_var = _checks.finite_float(f"{name}.data_var", net.data_var, positive=True)
     _checks.in_dtype(f"{name}: alpha**2 * data_var + sigma2", alpha * alpha * data_var + sigma2, x.dtype, positive=True)
     return [freq, mean] + layers, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
+
+
+def _layer_lists(prefix: str, weights, biases) -> tuple:
+    """(weights, biases) as tuples, each given as a sequence (of tensors, checked later), or a TypeError naming it."""
+    lists = []
+    for what, v in (("weights", weights), ("biases", biases)):
+        try:
+            lists.append(tuple(v))
+        except TypeError:
+            raise TypeError(f"{prefix}{what} must be a list or tuple of tensors, got {type(v).__name__}") from None
+    return tuple(lists)
 
 
 _LAYER_KINDS = ("input layer: (H, D + 2·n_freq)", "hidden layer: (H, H)", "output: (D, H)")
@@ -309,9 +320,9 @@ def mlp_net(x, weights, biases, *, activation="silu", backend="auto"):
 
 def _net_layers(x, weights, biases, activation):
     """The checked, packed layers of `mlp_net`'s arguments (`_layers.pack_layers`) and the activation's code."""
+    weights, biases = _layer_lists("", weights, biases)
     weights = [w if isinstance(w, torch.Tensor) else _checks.from_dlpack(f"weights[{k}]", w)
                for k, w in enumerate(weights)]
-    biases = list(biases)
     for k in (0, -1):
         w = weights[k] if weights else None
         if not isinstance(w, torch.Tensor) or w.dim() != 2 or min(w.shape) < 1:
@@ -321,7 +332,7 @@ def _net_layers(x, weights, biases, activation):
     widths = [(H, x.shape[1])] + [(H, H)] * L + [(O, H)]
     layers = _layers.pack_layers(weights, biases, widths, x, weight_names=lambda k: f"weights[{k}] {widths[k]}",
                                  bias_names=lambda k: f"biases[{k}]")
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     return layers, ACTIVATIONS[activation]
 

@@ -19,7 +19,7 @@ def em_step_logprob(x, drift, log_var, x_next, noise, seed, offset, chain_offset
     x_next = x + h·drift + q ξ unless given; v = x_next − x − h·drift, u = x − c·x_next;
     log_pf = Σ −½(v²/s² + log 2π s²), log_pb = Σ −½(u²/b2 + log 2π b2) (0 when b2 = 0).
     """
-    var = torch.full_like(x, s2) if log_var is None else s2 * torch.exp(log_var)
+    var = torch.full_like(x, _ieee.rounded(s2, x.dtype)) if log_var is None else s2 * torch.exp(log_var)
     mean = x + h * drift
     if x_next is None:
         if noise is None:

@@ -102,7 +102,10 @@ def guided_sde_step(x, score, score_shift, v, *, t, h, schedule, fd_eps, guidanc
     out = _checks.output(out, x, x=x, score=score, score_shift=score_shift, v=v, noise=noise)
     a, c_s, c_n = reverse_em_coefficients(schedule, t, h)
     alpha, sigma2 = schedule.alpha(t), schedule.sigma2(t)
-    c_v, c_diff = guidance / alpha, _ieee.div(guidance * sigma2, fd_eps * alpha)
+    if _checks.validating() and not alpha > 0.0:
+        raise ValueError(f"guided_sde_step needs the schedule's alpha(t) > 0 (the denoiser divides by it), got "
+                         f"alpha({t}) = {alpha}")
+    c_v, c_diff = _ieee.div(guidance, alpha), _ieee.div(guidance * sigma2, fd_eps * alpha)
     _checks.coefficients(x.dtype, "h, fd_eps or guidance", a=a, c_s=c_s, c_v=c_v, c_diff=c_diff, c_n=c_n)
     fn = _dispatch.route(backend, "guided_sde_step", x, score, score_shift, v, noise)
     return _run_into(fn, out, x, score, score_shift, v, noise, seed, offset, chain_offset, a, c_s, c_v, c_diff, c_n)
