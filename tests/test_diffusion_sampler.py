@@ -436,3 +436,19 @@ def test_fused_flows_of_backward_trajectories_equal_eager(net_kw):
                         torch.cat([p.grad.flatten() for p in s.parameters() if p.grad is not None])))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_flow_boundaries_are_the_reference_and_the_reward(fused):
+    """SubTB's forward-looking flow log F(x, t) = F_θ + (1 − t) log N(x; 0, σ² max(t, h)) + t log R(x): at t = 0 the
+    reference's marginal at its first step, at t = 1 the log-reward (F_θ subtracted)."""
+    target = get_target("25gmm").to(torch.float64)
+    s = DiffusionSampler(target, sigma=1.3, n_steps=9, hidden=16, n_harmonics=8, flow=True, fused=fused).double()
+    x = 3 * torch.randn(40, target.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hid = torch.randn(40, 16, dtype=torch.float64)
+    learned = s.net.flow_of(hid, fused)
+    var = 1.3**2 * s.h
+    log_ref = -0.5 * ((x * x).sum(1) / var + target.dim * math.log(2 * math.pi * var))
+    for t, want in ((0.0, log_ref), (1.0, target.log_prob(x))):
+        got = s._flow(x, hid, t, fused) - learned
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-9)
