@@ -224,14 +224,23 @@ def test_short_training_beats_the_untrained_sampler(target_name, objective, iter
     assert after[0] < 0.6 * before[0], (before, after)
 
 
-def test_local_search_training_runs_and_fills_the_buffers():
+def test_local_search_training_runs_and_fills_the_buffers(tmp_path):
+    """6 iterations: forward batches at 0, 2, 4 fill the replay buffer (3 × 32 terminal states); local search at 1
+    and 5 (it % ls_every < 2) adds the accepted proposals of its moves 11 .. 19 (at most 9 × 32 each) to its own
+    buffer, which the iterations 1, 3, 5 sample."""
     torch.manual_seed(0)
     target = get_target("25gmm")
     s = DiffusionSampler(target, sigma=math.sqrt(5.0), n_steps=10, hidden=16, n_harmonics=8, langevin=True)
     cfg = TrainConfig(objective="tb", iterations=6, batch_size=32, explore=0.2, local_search=True, ls_every=4,
                       ls_steps=20, ls_burn_in=10, buffer_size=1000)
-    log = train(s, cfg, progress=False)
+    path = tmp_path / "ls.ckpt"
+    log = train(s, cfg, progress=False, checkpoint=str(path), checkpoint_every=6)
     assert len(log.loss) == 6 and all(math.isfinite(v) for v in log.loss)
+    buffers = torch.load(path, weights_only=False)["buffers"]
+    assert buffers["replay"]["size"] == 96 and 2 * 32 < buffers["local_search"]["size"] <= 2 * 9 * 32, {
+        k: b["size"] for k, b in buffers.items()}
+    for b in buffers.values():
+        assert torch.isfinite(b["x"]).all() and torch.isfinite(b["log_r"]).all()
 
 
 def test_replay_buffer_fifo_and_rank_priority():
