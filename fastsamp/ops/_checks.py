@@ -121,9 +121,10 @@ def state(name: str, x) -> torch.Tensor:
         x = as_tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    if x.layout is not torch.strided or x.is_nested:
-        raise layout_error(name, x)
-    shape = x.shape
+    try:
+        shape = x.shape
+    except RuntimeError:  # a nested tensor
+        raise layout_error(name, x) from None
     if len(shape) != 2:
         raise ValueError(f"{name} must have shape (B, D), got {tuple(shape)}")
     B, D = shape
@@ -131,7 +132,17 @@ def state(name: str, x) -> torch.Tensor:
         raise ValueError(f"{name} must have B >= 1 chains and D >= 1 dims, got shape {tuple(shape)}")
     if B > MAX_COUNT or D > MAX_COUNT or B * D >= 2**62:
         raise ValueError(f"{name} is too large: shape {tuple(shape)} (B and D must be <= {MAX_COUNT})")
-    return resolved(x)
+    try:
+        return resolved(x)
+    except RuntimeError as e:
+        raise not_dense(name, x, e) from None
+
+
+def not_dense(name: str, t: torch.Tensor, error: RuntimeError) -> Exception:
+    """The exception for t failing `resolved` with `error`: a TypeError naming t if it is not a dense (strided) tensor
+    (the checks read no layout on the way, two attribute reads per tensor: a sparse or nested tensor fails
+    `resolved`'s contiguity test instead), else `error`."""
+    return layout_error(name, t) if t.layout is not torch.strided or t.is_nested else error
 
 
 def layout_error(name: str, t: torch.Tensor) -> TypeError:
@@ -163,11 +174,16 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
             raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"{name} must be on {x.device} like {x_name}, got {t.device}")
-    if t.layout is not torch.strided or t.is_nested:
-        raise layout_error(name, t)
-    if t.shape != shape:
+    try:
+        same = t.shape == shape
+    except RuntimeError:  # a nested tensor
+        raise layout_error(name, t) from None
+    if not same:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    return resolved(t)
+    try:
+        return resolved(t)
+    except RuntimeError as e:
+        raise not_dense(name, t, e) from None
 
 
 def all_like(tensors, shapes, x: torch.Tensor) -> bool:
@@ -179,9 +195,11 @@ def all_like(tensors, shapes, x: torch.Tensor) -> bool:
         return False
     dtype, device = x.dtype, x.device
     for t, shape in zip(tensors, shapes):
-        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device == device and t.layout is torch.strided
-                and not t.is_nested and t.shape == shape
-                and t.is_contiguous() and not t.is_neg() and not t.is_conj()):
+        try:
+            if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device == device and t.shape == shape
+                    and t.is_contiguous() and not t.is_neg() and not t.is_conj()):
+                return False
+        except RuntimeError:  # a sparse or nested tensor: `like` names it
             return False
     return True
 

@@ -58,9 +58,10 @@ def mh_uniform(u, seed, offset, chain_offset, x):
     if (u is None) == (seed is None):
         raise ValueError("give exactly one of u (the (B,) uniforms) and seed (u drawn in the kernel from "
                          f"(seed, offset, chain_offset)), got {'both' if u is not None else 'neither'}")
-    if u is not None:  # offset and chain_offset unused, but checked as the ops given noise check them
-        _checks.seed_offset(0, offset, device=x.device)
-        _checks.chain_offset(chain_offset, x.shape[0], x.device)
+    if u is not None:  # offset and chain_offset unused, but checked (when not the defaults) as with noise given
+        if not (type(offset) is int and offset == 0 and type(chain_offset) is int and chain_offset == 0):
+            _checks.seed_offset(0, offset, device=x.device)
+            _checks.chain_offset(chain_offset, x.shape[0], x.device)
         return _checks.uniforms("u", u, x), 0, 0, 0
     return ((None,) + _checks.seed_offset(seed, offset, device=x.device)
             + (_checks.chain_offset(chain_offset, x.shape[0], x.device),))

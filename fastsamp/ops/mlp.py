@@ -89,7 +89,9 @@ def _net_params(x, net, i, kinds):
             net, EnergyNet) else ""
         raise TypeError(f"{name} must be a {allowed}, got {type(net).__name__}{hint}")
     D = x.shape[1]
-    weights, biases = _layer_lists(f"{name}.", net.weights, net.biases)
+    weights, biases = net.weights, net.biases
+    if type(weights) is not tuple or type(biases) is not tuple:
+        weights, biases = _layer_lists(f"{name}.", weights, biases)
     if len(weights) < 2 or len(weights) != len(biases):
         raise ValueError(f"{name}: weights and biases must be two lists of the same length >= 2 (input layer, "
                          f"hidden layers, output layer), got {len(weights)} weights and {len(biases)} biases")
