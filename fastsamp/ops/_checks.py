@@ -123,8 +123,8 @@ def state(name: str, x) -> torch.Tensor:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     try:
         shape = x.shape
-    except RuntimeError:  # a nested tensor
-        raise layout_error(name, x) from None
+    except RuntimeError as e:  # a nested tensor
+        raise not_dense(name, x, e) from None
     if len(shape) != 2:
         raise ValueError(f"{name} must have shape (B, D), got {tuple(shape)}")
     B, D = shape
@@ -139,15 +139,14 @@ def state(name: str, x) -> torch.Tensor:
 
 
 def not_dense(name: str, t: torch.Tensor, error: RuntimeError) -> Exception:
-    """The exception for t failing `resolved` with `error`: a TypeError naming t if it is not a dense (strided) tensor
-    (the checks read no layout on the way, two attribute reads per tensor: a sparse or nested tensor fails
-    `resolved`'s contiguity test instead), else `error`."""
-    return layout_error(name, t) if t.layout is not torch.strided or t.is_nested else error
-
-
-def layout_error(name: str, t: torch.Tensor) -> TypeError:
-    kind = "a nested tensor" if t.is_nested else f"layout {t.layout}"
-    return TypeError(f"{name} must be a dense (strided) tensor, got {kind}")
+    """The exception for t failing a shape read or `resolved` with `error`: a TypeError naming t if it is not a dense
+    (strided) tensor (the checks read no layout on the way, two attribute reads per tensor: a nested tensor fails the
+    shape read, a sparse one `resolved`'s contiguity test), else `error`."""
+    if t.is_nested:
+        return TypeError(f"{name} must be a dense (strided) tensor, got a nested tensor")
+    if t.layout is not torch.strided:
+        return TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    return error
 
 
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -176,8 +175,8 @@ def like(name: str, t, x: torch.Tensor, shape=None, *, x_name: str = "x") -> tor
         raise ValueError(f"{name} must be on {x.device} like {x_name}, got {t.device}")
     try:
         same = t.shape == shape
-    except RuntimeError:  # a nested tensor
-        raise layout_error(name, t) from None
+    except RuntimeError as e:  # a nested tensor
+        raise not_dense(name, t, e) from None
     if not same:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     try:
