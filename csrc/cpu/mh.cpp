@@ -174,7 +174,7 @@ void score_mh_accept_rows(const T* __restrict x, const T* __restrict xp, const T
 // sum = ((0 + p_0) + p_1) + ... + p_{G-1}, each p_j rounded before its add (RowLanes::keep: GCC would otherwise
 // contract a_j b_j + sum into one FMA); d - eps s and d + eps s' are fused. The rows are gathered (stride D) or
 // transposed, so the sums of a block run as independent lanes instead of in-order chains; the accept copy is the
-// row form's (select_row), on AVX2 a whole block's by blends (RowLanes::select_block).
+// row form's (select_row) for a partial block, a whole block's by blends (RowLanes::select_block).
 template <typename T, int DC>
 void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const T* __restrict s,
                            const T* __restrict sp, const T* __restrict step, const MhUniforms<T> un,
@@ -246,12 +246,10 @@ void score_mh_accept_lanes(const T* __restrict x, const T* __restrict xp, const 
         const unsigned acc = L::lt(L::load(k, lu + (b0 - c)), la) & L::bits(k);
         L::store(k, log_alpha + b0, la);
         L::store_flags(k, acc, accepted + b0);
-        if constexpr (L::has_select_block) {  // AVX2: a whole block by blends (no branch per row)
-          if (n == W) {
-            L::template select_block<DC>(acc, xp + o, x + o, x_new + o);
-            L::template select_block<DC>(acc, sp + o, s + o, s_new + o);
-            continue;
-          }
+        if (n == W) {  // a whole block by blends (no branch per row)
+          L::template select_block<DC>(acc, xp + o, x + o, x_new + o);
+          L::template select_block<DC>(acc, sp + o, s + o, s_new + o);
+          continue;
         }
         for (int l = 0; l < n; ++l) {
           const int64_t r = o + l * DC;

@@ -74,7 +74,18 @@ struct RowLanes<float> : RowMask512 {
   static FASTSAMP_VINLINE void store(Mask k, float* p, V v) { _mm512_mask_storeu_ps(p, k, v); }
   static FASTSAMP_VINLINE unsigned lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm512, float, ps)
-  static constexpr bool has_select_block = false;
+  // out[i] = a[i] in the rows of the block whose bit of `take` is set, else b[i], for the W rows of D elements
+  // at a, b, out (contiguous): per vector of 16 elements a mask register of its rows' bits, one masked blend.
+  template <int D>
+  static FASTSAMP_VINLINE void select_block(unsigned take, const float* a, const float* b, float* out) {
+    const __m512i t = _mm512_set1_epi32(static_cast<int>(take)), one = _mm512_set1_epi32(1);
+    for (int c = 0; c < D; ++c) {
+      alignas(64) int32_t row[16];
+      for (int e = 0; e < 16; ++e) row[e] = (16 * c + e) / D;
+      const __mmask16 m = _mm512_test_epi32_mask(_mm512_srlv_epi32(t, _mm512_load_si512(row)), one);
+      _mm512_storeu_ps(out + 16 * c, _mm512_mask_blend_ps(m, _mm512_loadu_ps(b + 16 * c), _mm512_loadu_ps(a + 16 * c)));
+    }
+  }
   static constexpr bool has_columns(int D) { return D == 8; }
   // c[d] = element d of the 16 rows p[0 .. 8), p[8 .. 16), ... (D = 8): [row r | row r + 8] in one
   // register, then the 8 x 8 transpose of both 256-bit halves at once (24 shuffles, not 8 gathers).
@@ -117,7 +128,17 @@ struct RowLanes<double> : RowMask512 {
   static FASTSAMP_VINLINE void store(Mask k, double* p, V v) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>(k), v); }
   static FASTSAMP_VINLINE unsigned lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm512, double, pd)
-  static constexpr bool has_select_block = false;
+  // As RowLanes<float>::select_block, 8 doubles per vector.
+  template <int D>
+  static FASTSAMP_VINLINE void select_block(unsigned take, const double* a, const double* b, double* out) {
+    const __m512i t = _mm512_set1_epi64(take), one = _mm512_set1_epi64(1);
+    for (int c = 0; c < D; ++c) {
+      alignas(64) int64_t row[8];
+      for (int e = 0; e < 8; ++e) row[e] = (8 * c + e) / D;
+      const __mmask8 m = _mm512_test_epi64_mask(_mm512_srlv_epi64(t, _mm512_load_si512(row)), one);
+      _mm512_storeu_pd(out + 8 * c, _mm512_mask_blend_pd(m, _mm512_loadu_pd(b + 8 * c), _mm512_loadu_pd(a + 8 * c)));
+    }
+  }
   static constexpr bool has_columns(int) { return false; }
 };
 #else
@@ -153,7 +174,6 @@ struct RowLanes<float> : RowMask256 {
     return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)));
   }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm256, float, ps)
-  static constexpr bool has_select_block = true;
   // out[i] = a[i] in the rows of the block whose bit of `take` is set, else b[i], for the W rows of D elements
   // at a, b, out (contiguous): per vector of 8 elements the rows' bits as its sign bits, one blend; no branch, and
   // the loads do not wait for `take`.
@@ -240,7 +260,6 @@ struct RowLanes<double> : RowMask256 {
     return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LT_OQ)));
   }
   FASTSAMP_ROW_LANE_ARITHMETIC(_mm256, double, pd)
-  static constexpr bool has_select_block = true;
   // As RowLanes<float>::select_block, 4 doubles per vector.
   template <int D>
   static FASTSAMP_VINLINE void select_block(unsigned take, const double* a, const double* b, double* out) {
