@@ -2,8 +2,8 @@
 // (row_columns: gathers, a contiguous load at D = 1, in-register transposes of whole blocks at some D), with the
 // masked loads / stores and the arithmetic of one register. AVX-512 (F, BW, VL, DQ: 16 float / 8 double lanes)
 // or AVX2 with FMA (8 float / 4 double); FASTSAMP_MH_ROW_LANES says whether either is built. score_mh_accept
-// (cpu/mh.cpp) runs on them at a compile-time D; on AVX2 the mixture score (cpu/gmm.h) loads and stores its blocks
-// of rows through row_columns and RowLanes::rows.
+// (cpu/mh.cpp) runs on them at a compile-time D; the mixture score (cpu/gmm.h) loads and stores its blocks of rows
+// through row_columns and RowLanes::rows.
 #pragma once
 #include <cstdint>
 
@@ -86,18 +86,71 @@ struct RowLanes<float> : RowMask512 {
       _mm512_storeu_ps(out + 16 * c, _mm512_mask_blend_ps(m, _mm512_loadu_ps(b + 16 * c), _mm512_loadu_ps(a + 16 * c)));
     }
   }
-  static constexpr bool has_columns(int D) { return D == 8; }
-  // c[d] = element d of the 16 rows p[0 .. 8), p[8 .. 16), ... (D = 8): [row r | row r + 8] in one
-  // register, then the 8 x 8 transpose of both 256-bit halves at once (24 shuffles, not 8 gathers).
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
+  // c[d] = element d of the 16 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8), no gathers. D = 2: one two-source
+  // permute per column. D = 4: per 8 rows [element d | element d + 1] by two-source permutes, then 128-bit block
+  // shuffles join the blocks' two halves. D = 8: [row r | row r + 8] per register, then transpose8.
   template <int D>
   static FASTSAMP_VINLINE void columns(const float* p, V* c) {
-    static_assert(D == 8, "whole-block transpose at D = 8");
-    V z[8], a[8], t[8];
-    for (int r = 0; r < 8; ++r)
-      z[r] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + 8 * r)), _mm256_loadu_ps(p + 64 + 8 * r), 1);
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    if constexpr (D == 8) {
+      V z[8];
+      for (int r = 0; r < 8; ++r)
+        z[r] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + 8 * r)), _mm256_loadu_ps(p + 64 + 8 * r), 1);
+      transpose8(z, c);
+    } else {
+      V z[D];
+      for (int j = 0; j < D; ++j) z[j] = _mm512_loadu_ps(p + 16 * j);
+      if constexpr (D == 2) {
+        c[0] = _mm512_permutex2var_ps(z[0], _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), z[1]);
+        c[1] = _mm512_permutex2var_ps(z[0], _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), z[1]);
+      } else {
+        const __m512i e01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+        const __m512i e23 = _mm512_add_epi32(e01, _mm512_set1_epi32(2));
+        const V a0 = _mm512_permutex2var_ps(z[0], e01, z[1]), a1 = _mm512_permutex2var_ps(z[0], e23, z[1]);  // rows 0-7
+        const V b0 = _mm512_permutex2var_ps(z[2], e01, z[3]), b1 = _mm512_permutex2var_ps(z[2], e23, z[3]);  // rows 8-15
+        c[0] = _mm512_shuffle_f32x4(a0, b0, 0x44);
+        c[1] = _mm512_shuffle_f32x4(a0, b0, 0xEE);
+        c[2] = _mm512_shuffle_f32x4(a1, b1, 0x44);
+        c[3] = _mm512_shuffle_f32x4(a1, b1, 0xEE);
+      }
+    }
+  }
+  // The inverse of columns: the 16 rows p[0 .. D), p[D .. 2D), ... from c[d] = element d of each row.
+  template <int D>
+  static FASTSAMP_VINLINE void rows(const V* c, float* p) {
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    if constexpr (D == 8) {
+      V z[8];
+      transpose8(c, z);
+      for (int r = 0; r < 8; ++r) {
+        _mm256_storeu_ps(p + 8 * r, _mm512_castps512_ps256(z[r]));
+        _mm256_storeu_ps(p + 64 + 8 * r, _mm512_extractf32x8_ps(z[r], 1));
+      }
+    } else if constexpr (D == 2) {
+      _mm512_storeu_ps(p, _mm512_permutex2var_ps(
+                              c[0], _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), c[1]));
+      _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(c[0], _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28,
+                                                                              13, 29, 14, 30, 15, 31), c[1]));
+    } else {
+      // a: rows 0-7, b: rows 8-15, as [element 0 | element 1] (a0, b0) and [element 2 | element 3] (a1, b1)
+      const V a0 = _mm512_shuffle_f32x4(c[0], c[1], 0x44), b0 = _mm512_shuffle_f32x4(c[0], c[1], 0xEE);
+      const V a1 = _mm512_shuffle_f32x4(c[2], c[3], 0x44), b1 = _mm512_shuffle_f32x4(c[2], c[3], 0xEE);
+      const __m512i r03 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+      const __m512i r47 = _mm512_add_epi32(r03, _mm512_set1_epi32(4));
+      _mm512_storeu_ps(p, _mm512_permutex2var_ps(a0, r03, a1));
+      _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(a0, r47, a1));
+      _mm512_storeu_ps(p + 32, _mm512_permutex2var_ps(b0, r03, b1));
+      _mm512_storeu_ps(p + 48, _mm512_permutex2var_ps(b0, r47, b1));
+    }
+  }
+  // out[i] half h = element i of in[0 .. 8) half h: the 8 x 8 transpose of both 256-bit halves at once (24
+  // shuffles; its own inverse).
+  static FASTSAMP_VINLINE void transpose8(const V* in, V* out) {
+    V a[8], t[8];
     for (int r = 0; r < 8; r += 2) {
-      a[r] = _mm512_unpacklo_ps(z[r], z[r + 1]);
-      a[r + 1] = _mm512_unpackhi_ps(z[r], z[r + 1]);
+      a[r] = _mm512_unpacklo_ps(in[r], in[r + 1]);
+      a[r + 1] = _mm512_unpackhi_ps(in[r], in[r + 1]);
     }
     for (int h = 0; h < 8; h += 4) {
       t[h] = _mm512_shuffle_ps(a[h], a[h + 2], 0x44);
@@ -108,8 +161,8 @@ struct RowLanes<float> : RowMask512 {
     const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
     const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
     for (int d = 0; d < 4; ++d) {
-      c[d] = _mm512_permutex2var_ps(t[d], lo, t[d + 4]);
-      c[d + 4] = _mm512_permutex2var_ps(t[d], hi, t[d + 4]);
+      out[d] = _mm512_permutex2var_ps(t[d], lo, t[d + 4]);
+      out[d + 4] = _mm512_permutex2var_ps(t[d], hi, t[d + 4]);
     }
   }
 };
@@ -139,7 +192,73 @@ struct RowLanes<double> : RowMask512 {
       _mm512_storeu_pd(out + 8 * c, _mm512_mask_blend_pd(m, _mm512_loadu_pd(b + 8 * c), _mm512_loadu_pd(a + 8 * c)));
     }
   }
-  static constexpr bool has_columns(int) { return false; }
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
+  // c[d] = element d of the 8 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8), no gathers (as RowLanes<float>'s:
+  // D = 8 one 8 x 8 transpose).
+  template <int D>
+  static FASTSAMP_VINLINE void columns(const double* p, V* c) {
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    V z[D];
+    for (int j = 0; j < D; ++j) z[j] = _mm512_loadu_pd(p + 8 * j);
+    if constexpr (D == 2) {
+      c[0] = _mm512_permutex2var_pd(z[0], _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), z[1]);
+      c[1] = _mm512_permutex2var_pd(z[0], _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), z[1]);
+    } else if constexpr (D == 4) {
+      const __m512i e01 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13);
+      const __m512i e23 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
+      const V a0 = _mm512_permutex2var_pd(z[0], e01, z[1]), a1 = _mm512_permutex2var_pd(z[0], e23, z[1]);  // rows 0-3
+      const V b0 = _mm512_permutex2var_pd(z[2], e01, z[3]), b1 = _mm512_permutex2var_pd(z[2], e23, z[3]);  // rows 4-7
+      c[0] = _mm512_shuffle_f64x2(a0, b0, 0x44);
+      c[1] = _mm512_shuffle_f64x2(a0, b0, 0xEE);
+      c[2] = _mm512_shuffle_f64x2(a1, b1, 0x44);
+      c[3] = _mm512_shuffle_f64x2(a1, b1, 0xEE);
+    } else {
+      transpose8(z, c);
+    }
+  }
+  // The inverse of columns.
+  template <int D>
+  static FASTSAMP_VINLINE void rows(const V* c, double* p) {
+    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    if constexpr (D == 2) {
+      _mm512_storeu_pd(p, _mm512_permutex2var_pd(c[0], _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), c[1]));
+      _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(c[0], _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), c[1]));
+    } else if constexpr (D == 4) {
+      // a: rows 0-3, b: rows 4-7, as [element 0 | element 1] (a0, b0) and [element 2 | element 3] (a1, b1)
+      const V a0 = _mm512_shuffle_f64x2(c[0], c[1], 0x44), b0 = _mm512_shuffle_f64x2(c[0], c[1], 0xEE);
+      const V a1 = _mm512_shuffle_f64x2(c[2], c[3], 0x44), b1 = _mm512_shuffle_f64x2(c[2], c[3], 0xEE);
+      const __m512i r01 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13);
+      const __m512i r23 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
+      _mm512_storeu_pd(p, _mm512_permutex2var_pd(a0, r01, a1));
+      _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(a0, r23, a1));
+      _mm512_storeu_pd(p + 16, _mm512_permutex2var_pd(b0, r01, b1));
+      _mm512_storeu_pd(p + 24, _mm512_permutex2var_pd(b0, r23, b1));
+    } else {
+      V z[8];
+      transpose8(c, z);
+      for (int r = 0; r < 8; ++r) _mm512_storeu_pd(p + 8 * r, z[r]);
+    }
+  }
+  // out[i] = element i of in[0 .. 8): the 8 x 8 transpose (24 shuffles; its own inverse).
+  static FASTSAMP_VINLINE void transpose8(const V* in, V* out) {
+    V t[8], u[4], v[4];
+    for (int r = 0; r < 8; r += 2) {  // rows r, r + 1: even elements, odd elements
+      t[r] = _mm512_unpacklo_pd(in[r], in[r + 1]);
+      t[r + 1] = _mm512_unpackhi_pd(in[r], in[r + 1]);
+    }
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int q = 0; q < 2; ++q) {  // u: rows 0-3, v: rows 4-7; [element e | element e + 4], e = 0, 2, 1, 3
+      u[2 * q] = _mm512_permutex2var_pd(t[q], lo, t[q + 2]);
+      u[2 * q + 1] = _mm512_permutex2var_pd(t[q], hi, t[q + 2]);
+      v[2 * q] = _mm512_permutex2var_pd(t[q + 4], lo, t[q + 6]);
+      v[2 * q + 1] = _mm512_permutex2var_pd(t[q + 4], hi, t[q + 6]);
+    }
+    constexpr int element[4] = {0, 2, 1, 3};
+    for (int i = 0; i < 4; ++i) {
+      out[element[i]] = _mm512_shuffle_f64x2(u[i], v[i], 0x44);
+      out[element[i] + 4] = _mm512_shuffle_f64x2(u[i], v[i], 0xEE);
+    }
+  }
 };
 #else
 // The first n lanes of a block: their bits, and a vector of all-ones lanes for the masked AVX2 loads,
