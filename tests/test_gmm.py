@@ -165,6 +165,16 @@ def test_gmm_hmc(backend, dtype, B, D, K, mh, n_leapfrog, damping):
                                alpha=0.9, sigma2=0.2, seed=321, offset=2**32 + 7, damping=damping)
 
 
+# The whole-move kernels' compile-time D's at B = 37: whole blocks of chains (loaded and stored by the row lanes'
+# transposes at D = 2, 4, 8 on AVX-512 and AVX2) and a partial block, on every backend.
+@pytest.mark.parametrize("D", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("op", ["gmm_mala", "gmm_hmc"])
+def test_gmm_moves_compile_time_d(backend, dtype, op, D):
+    kw = dict(n_trapezoid=3) if op == "gmm_mala" else dict(n_leapfrog=2, damping=0.5)
+    _moves_match_the_reference(getattr(ops, op), backend, dtype, 37, D, 3, "score", n_steps=3, alpha=0.9, sigma2=0.2,
+                               seed=7, offset=11, **kw)
+
+
 def test_gmm_hmc_reference_one_leapfrog_oracle():
     """One leapfrog step from p0 = ξ: the trapezoid ΔlogP and the kinetic terms combine to
     log α = −(ε²/8)(|s_L|² − |s_0|²) exactly, so the reference accepts iff log u < that."""

@@ -89,8 +89,8 @@ struct Carve {
 // parallel (nt threads), each with its state xc[D][W] (padding lanes 0), step sizes eps (a row;
 // padding 1) and accepted-move counts nacc (a row, zeroed); body(b0, xc, eps, nacc, scratch) runs
 // the moves, with `scratch_per_lane * W` values of Row-aligned scratch. Stores the state and
-// the acceptance rate nacc / n_steps.
-template <typename T, int W, typename Body>
+// the acceptance rate nacc / n_steps. DC: D at compile time (0: run time), for the block loads and stores.
+template <typename T, int W, int DC, typename Body>
 void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D, int64_t n_steps,
                           size_t scratch_per_lane, T* x_out, T* rate, Body body) {
   const int64_t nblk = (B + W - 1) / W;
@@ -101,13 +101,13 @@ void for_each_chain_block(int nt, const T* x_in, const T* step, int64_t B, int D
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t b0 = blk * W;
       const int nb = static_cast<int>(std::min<int64_t>(W, B - b0));
-      load_block<T, W>(x_in, b0, nb, D, xc);
+      load_block<T, W, DC>(x_in, b0, nb, D, xc);
       alignas(64) T lane[W];
       for (int l = 0; l < W; ++l) lane[l] = l < nb ? step[b0 + l] : T(1);
       const Row<T> eps = loadu(lane);
       Row<T> nacc{};
       body(b0, xc, eps, nacc, scratch);
-      store_block<T, W>(xc, b0, nb, D, x_out);
+      store_block<T, W, DC>(xc, b0, nb, D, x_out);
       storeu(lane, nacc / static_cast<T>(n_steps));
       for (int l = 0; l < nb; ++l) rate[b0 + l] = lane[l];
     }
@@ -126,8 +126,8 @@ void gmm_mala_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B
   const size_t scratch = static_cast<size_t>(6 * D + Dp + 4 + kChunkK);  // the rows taken below
   const int nt = mixture_threads<W>(mx, B, n_steps * (mh == 0 ? n : 1) + 1);
   const LanePhilox<T, W> draws(seed);
-  for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
-                             [&](int64_t b0, T* __restrict xc, const R& eps, R& nacc, T* __restrict ws) {
+  for_each_chain_block<T, W, DC>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
+                                 [&](int64_t b0, T* __restrict xc, const R& eps, R& nacc, T* __restrict ws) {
     Carve<T, W> cv{ws};
     // [D][W]: score at the current state, proposal, score at the proposal, x' - x, interior point and its
     // score; noise (Dp rows); log-densities and MH log-uniforms; the log-sum-exp scratch
@@ -208,8 +208,8 @@ void gmm_hmc_impl(const T* x_in, const Mixture<T>& mx, const T* step, int64_t B,
   const size_t scratch = static_cast<size_t>(8 * D + Dp + 3 + kChunkK);  // the rows taken below
   const int nt = mixture_threads<W>(mx, B, n_steps * n_lf + 1);
   const LanePhilox<T, W> draws(seed);
-  for_each_chain_block<T, W>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
-                             [&](int64_t b0, T* __restrict xc, const R& eps, R& nacc, T* __restrict ws) {
+  for_each_chain_block<T, W, DC>(nt, x_in, step, B, D, n_steps, scratch, x_out, rate,
+                                 [&](int64_t b0, T* __restrict xc, const R& eps, R& nacc, T* __restrict ws) {
     Carve<T, W> cv{ws};
     // [D][W]: score at the current state, carried momentum, refreshed momentum of this move, momentum
     // along the trajectory; trajectory state and score, two buffers each (swapped: not restrict);
