@@ -22,7 +22,7 @@ n = 2**24  # 64 MiB of float32: above glibc's largest dynamic mmap threshold (32
 for _ in range(3):  # warm-up: the heap grows to its working size
     torch.empty(n).fill_(1.0)
 faults = []
-for _ in range(11):  # the median allocation's faults: one disturbed by the machine (a reclaim under load) does not count
+for _ in range(11):  # the median allocation counts: one disturbed by the machine (a reclaim under load) does not
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(n).fill_(1.0)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
