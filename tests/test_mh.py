@@ -222,12 +222,12 @@ ROW_LANE_ISAS = [("AVX2", ("avx2", "fma")), ("AVX-512", ("avx512f", "avx512bw", 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the row lanes are x86-64's")
 @pytest.mark.parametrize("isa,needs", ROW_LANE_ISAS, ids=[name for name, _ in ROW_LANE_ISAS])
 def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path, isa, needs):
-    """At D = 1, 2, 4, 8 the C++ kernel takes rows as SIMD lanes (AVX-512 or AVX2 with FMA), whose sums must run in
-    the row form's order: same bits. The row form is not reachable from Python at those D, so
-    tests/cpp/mh_rows_vs_lanes.cpp includes csrc/cpu/mh.cpp and compares the two on random cases (their count
-    is printed), built with the extension's compiler and flags for its own form and, for the other form where
-    this CPU runs it, with -march=x86-64 and that form's flags (on an AVX-512 CPU both, so that CI exercises
-    the AVX2 lanes too)."""
+    """At D = 1, 2, 4, 8 (and float32's 16 where the lanes load whole blocks by transposes) the C++ kernel takes rows
+    as SIMD lanes (AVX-512 or AVX2 with FMA), whose sums must run in the row form's order: same bits (compared at
+    D = 16 too). The row form is not reachable from Python at those D, so tests/cpp/mh_rows_vs_lanes.cpp includes
+    csrc/cpu/mh.cpp and compares the two on random cases (their count is printed), built with the extension's
+    compiler and flags for its own form and, for the other form where this CPU runs it, with -march=x86-64 and that
+    form's flags (on an AVX-512 CPU both, so that CI exercises the AVX2 lanes too)."""
     cxx, ext_flags = extension_compiler()
     macros = defined_macros(cxx, ext_flags)
     own = [name for name, flags in ROW_LANE_ISAS if all(f"__{f.upper()}__" in macros for f in flags)]

@@ -245,7 +245,8 @@ FASTSAMP_VINLINE void block_score(const Mixture<T>& mx, int Drt, const T* __rest
 // x (B, D) rows b0 .. b0+nb-1 -> xt[D][W] (lanes >= nb get 0). With row lanes of this W (AVX-512, AVX2) each
 // row of xt is one register and one whole-row store (the score then loads it whole: a row written by W scalar
 // stores would stall that load on store forwarding): at a compile-time D = DC the row lanes' row_columns (one
-// load at D = 1, a whole block's in-register transpose at D = 2, 4, 8, else gathers), at a run-time D gathers.
+// load at D = 1, a whole block's in-register transpose at D = 2, 4, 8 (and 16 on AVX2), else gathers), at a
+// run-time D gathers.
 template <typename T, int W, int DC = 0>
 FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int D, T* __restrict xt) {
 #if FASTSAMP_MH_ROW_LANES
@@ -276,7 +277,8 @@ FASTSAMP_VINLINE void load_block(const T* __restrict x, int64_t b0, int nb, int 
   }
 }
 // xt[D][W] lanes l < nb -> x (B, D) rows b0 + l; with row lanes of this W a whole block at a compile-time D = DC
-// of 1, 2, 4 or 8 by one store or the inverse of the row lanes' transpose (RowLanes::rows), not W x D scalar stores.
+// of 1, 2, 4, 8 (16 on AVX2) by one store or the inverse of the row lanes' transpose (RowLanes::rows), not W x D
+// scalar stores.
 template <typename T, int W, int DC = 0>
 FASTSAMP_VINLINE void store_block(const T* __restrict xt, int64_t b0, int nb, int D, T* __restrict x) {
 #if FASTSAMP_MH_ROW_LANES

@@ -267,10 +267,10 @@ void score_mh_accept_impl(const T* __restrict x, const T* __restrict xp, const T
                           const T* __restrict interior, int64_t m, int64_t B, int Drt, T* __restrict x_new,
                           T* __restrict s_new, uint8_t* __restrict accepted, T* __restrict log_alpha) {
 #if FASTSAMP_MH_ROW_LANES
-  // D = 16 keeps the row form: its sums already run over 256-bit chunks (2 float32, 4 float64),
-  // and the lanes' gathers cost more than the in-order adds they save (measured on AVX-512, loaded:
-  // 0.95x float32 at B = 2^20, 0.92x float64 with two interior sets at B = 2048).
-  if constexpr (DC > 0 && DC <= 8) {
+  // D = 16 in float32 takes the lanes where they load whole blocks by transposes (AVX2: 1.3x). Float64 keeps the row
+  // form, whose sums already run over 4-double chunks (AVX2 lanes: 0.8x, their 48 registers of columns spill), as
+  // does float32 with gathers (AVX-512, loaded: 0.95x at B = 2^20).
+  if constexpr (DC > 0 && (DC <= 8 || (DC == 16 && sizeof(T) == 4 && RowLanes<T>::has_columns(DC)))) {
     score_mh_accept_lanes<T, DC>(x, xp, s, sp, step, un, interior, m, B, x_new, s_new, accepted, log_alpha);
   } else
 #endif

@@ -306,18 +306,18 @@ struct RowLanes<float> : RowMask256 {
       _mm256_storeu_ps(out + 8 * c, _mm256_blendv_ps(_mm256_loadu_ps(b + 8 * c), _mm256_loadu_ps(a + 8 * c), m));
     }
   }
-  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8 || D == 16; }
   // [4 floats at a | 4 floats at b]: the lane-crossing step of a transpose done by the loads (vinsertf128 from
   // memory, not vperm2f128: 8 micro-ops, one per 3 cycles, on Zen 1).
   static FASTSAMP_VINLINE V halves(const float* a, const float* b) {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(a)), _mm_loadu_ps(b), 1);
   }
-  // c[d] = element d of the 8 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8): [row r | row r + 4] per register
-  // (D = 2: [rows 0, 1 | rows 4, 5] and [rows 2, 3 | rows 6, 7]), then in-lane shuffles (D = 4, 8: a 4 x 4
+  // c[d] = element d of the 8 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8, 16): [row r | row r + 4] per register
+  // (D = 2: [rows 0, 1 | rows 4, 5] and [rows 2, 3 | rows 6, 7]), then in-lane shuffles (D = 4, 8, 16: a 4 x 4
   // transpose per 4 elements).
   template <int D>
   static FASTSAMP_VINLINE void columns(const float* p, V* c) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
     if constexpr (D == 2) {
       const V a = halves(p, p + 8), b = halves(p + 4, p + 12);
       c[0] = _mm256_shuffle_ps(a, b, 0x88);
@@ -339,7 +339,7 @@ struct RowLanes<float> : RowMask256 {
   // in-lane shuffles and 128-bit stores of each register's halves (no vperm2f128).
   template <int D>
   static FASTSAMP_VINLINE void rows(const V* c, float* p) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
     if constexpr (D == 2) {
       store_halves(p, p + 8, _mm256_unpacklo_ps(c[0], c[1]));
       store_halves(p + 4, p + 12, _mm256_unpackhi_ps(c[0], c[1]));
@@ -389,16 +389,16 @@ struct RowLanes<double> : RowMask256 {
       _mm256_storeu_pd(out + 4 * c, _mm256_blendv_pd(_mm256_loadu_pd(b + 4 * c), _mm256_loadu_pd(a + 4 * c), m));
     }
   }
-  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8 || D == 16; }
   // [2 doubles at a | 2 doubles at b] (as RowLanes<float>::halves).
   static FASTSAMP_VINLINE V halves(const double* a, const double* b) {
     return _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(a)), _mm_loadu_pd(b), 1);
   }
-  // c[d] = element d of the 4 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8): per pair of elements [row 0 | row 2]
+  // c[d] = element d of the 4 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8, 16): per pair of elements [row 0 | row 2]
   // and [row 1 | row 3], then one unpack each.
   template <int D>
   static FASTSAMP_VINLINE void columns(const double* p, V* c) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
     for (int e = 0; e < D; e += 2) {
       const V u = halves(p + e, p + 2 * D + e), v = halves(p + D + e, p + 3 * D + e);
       c[e] = _mm256_unpacklo_pd(u, v);
@@ -408,7 +408,7 @@ struct RowLanes<double> : RowMask256 {
   // The inverse of columns (as RowLanes<float>::rows).
   template <int D>
   static FASTSAMP_VINLINE void rows(const V* c, double* p) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
     for (int e = 0; e < D; e += 2) {
       store_halves(p + e, p + 2 * D + e, _mm256_unpacklo_pd(c[e], c[e + 1]));
       store_halves(p + D + e, p + 3 * D + e, _mm256_unpackhi_pd(c[e], c[e + 1]));

@@ -1,8 +1,9 @@
-// score_mh_accept's row lanes against its row form at the same compile-time D (1, 2, 4, 8), float32 and
-// float64: the outputs must be the same bits. The extension takes the lanes at these D wherever AVX-512 or AVX2
-// with FMA is built in, so the row form is not reachable from Python there; this program includes
-// csrc/cpu/mh.cpp to run both (tests/test_mh.py builds it with csrc/cpu/runtime.cpp for each form). Exit status:
-// 0 all equal, 1 a mismatch (printed), 77 no row lanes in this build.
+// score_mh_accept's row lanes against its row form at the same compile-time D (1, 2, 4, 8, 16), float32 and
+// float64: the outputs must be the same bits. The extension takes the lanes at D <= 8 wherever AVX-512 or AVX2 with
+// FMA is built in (and at float32's D = 16 where the lanes load whole blocks by transposes), so the row form is not
+// reachable from Python there; this program includes csrc/cpu/mh.cpp to run both (tests/test_mh.py builds it with
+// csrc/cpu/runtime.cpp for each form). Exit status: 0 all equal, 1 a mismatch (printed), 77 no row lanes in this
+// build.
 #include "cpu/mh.cpp"
 
 #include <cstdio>
@@ -71,10 +72,12 @@ int main() {
   compare<float, 2>(gen, tally);
   compare<float, 4>(gen, tally);
   compare<float, 8>(gen, tally);
+  compare<float, 16>(gen, tally);
   compare<double, 1>(gen, tally);
   compare<double, 2>(gen, tally);
   compare<double, 4>(gen, tally);
   compare<double, 8>(gen, tally);
+  compare<double, 16>(gen, tally);
   std::printf("%s row lanes: %d mismatching cases of %d\n", FASTSAMP_MH_ROW_LANES == 512 ? "AVX-512" : "AVX2",
               tally.bad, tally.cases);
   return tally.bad ? 1 : 0;
