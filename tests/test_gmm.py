@@ -39,7 +39,7 @@ def test_gmm_score(backend, dtype, B, D, K):
 
 
 # The CPU kernels' compile-time D's at B = 37: whole blocks of rows (on AVX2 loaded and stored by the row lanes'
-# transposes at D = 2, 4, 8) and a partial block, on every backend.
+# transposes at D = 2, 4, 8, 16) and a partial block, on every backend.
 @pytest.mark.parametrize("D", [1, 2, 4, 8, 16])
 def test_gmm_score_compile_time_d(backend, dtype, D):
     _score_matches_the_reference(backend, dtype, 37, D, 3)
