@@ -249,6 +249,26 @@ def test_score_mh_accept_row_lanes_are_the_row_form_bits(tmp_path, isa, needs):
     assert f"{isa} row lanes" in run.stdout, run.stdout
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the row lanes are x86-64's")
+def test_avx512_row_lanes_move_the_right_values_under_emulation(tmp_path):
+    """The AVX-512 row lanes' transposes, masked gathers and blend copies (every compile-time D of the kernels, and
+    D = 3), on any x86-64 CPU: tests/cpp/row_lanes_avx512_emulated.cpp runs them on SIMDe's emulated _mm512
+    intrinsics (Debian's libsimde-dev, which .ci/run installs), built at -march=x86-64 with the extension's compiler,
+    and checks every element moved. So an AVX2-only machine still tests the AVX-512 data movement."""
+    cxx, ext_flags = extension_compiler()
+    include = next((d for d in (Path("/usr/include"), Path("/usr/local/include")) if (d / "simde").is_dir()), None)
+    if include is None:
+        pytest.skip("needs SIMDe's headers (apt-get install libsimde-dev)")
+    root = Path(__file__).resolve().parents[1]
+    flags = [f for f in ext_flags if not f.startswith(("-march=", "-mprefer-vector-width"))] + ["-march=x86-64"]
+    exe = tmp_path / "row_lanes_avx512_emulated"
+    subprocess.run([cxx, *flags, "-I", root / "csrc", "-I", include, root / "tests" / "cpp" /
+                    "row_lanes_avx512_emulated.cpp", "-o", exe], check=True, timeout=600)
+    run = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout
+    assert run.stdout.count(" 0 mismatches") == 12, run.stdout
+
+
 def test_step_size_values_are_read_on_every_call():
     """With validation on, a step-size tensor's values are checked on every call: writes the version counter
     does not see (through .data or a NumPy view) are caught too."""

@@ -86,18 +86,22 @@ struct RowLanes<float> : RowMask512 {
       _mm512_storeu_ps(out + 16 * c, _mm512_mask_blend_ps(m, _mm512_loadu_ps(b + 16 * c), _mm512_loadu_ps(a + 16 * c)));
     }
   }
-  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
-  // c[d] = element d of the 16 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8), no gathers. D = 2: one two-source
-  // permute per column. D = 4: per 8 rows [element d | element d + 1] by two-source permutes, then 128-bit block
-  // shuffles join the blocks' two halves. D = 8: [row r | row r + 8] per register, then transpose8.
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8 || D == 16; }
+  // c[d] = element d of the 16 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8, 16), no gathers. D = 2: one
+  // two-source permute per column. D = 4: per 8 rows [element d | element d + 1] by two-source permutes, then 128-bit
+  // block shuffles join the blocks' two halves. D = 8, 16: per 8 elements e.. e + 7 [row r | row r + 8] per register,
+  // then transpose8.
   template <int D>
   static FASTSAMP_VINLINE void columns(const float* p, V* c) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
-    if constexpr (D == 8) {
-      V z[8];
-      for (int r = 0; r < 8; ++r)
-        z[r] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + 8 * r)), _mm256_loadu_ps(p + 64 + 8 * r), 1);
-      transpose8(z, c);
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
+    if constexpr (D % 8 == 0) {
+      for (int e = 0; e < D; e += 8) {
+        V z[8];
+        for (int r = 0; r < 8; ++r)
+          z[r] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + D * r + e)),
+                                    _mm256_loadu_ps(p + D * (r + 8) + e), 1);
+        transpose8(z, c + e);
+      }
     } else {
       V z[D];
       for (int j = 0; j < D; ++j) z[j] = _mm512_loadu_ps(p + 16 * j);
@@ -119,13 +123,15 @@ struct RowLanes<float> : RowMask512 {
   // The inverse of columns: the 16 rows p[0 .. D), p[D .. 2D), ... from c[d] = element d of each row.
   template <int D>
   static FASTSAMP_VINLINE void rows(const V* c, float* p) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
-    if constexpr (D == 8) {
-      V z[8];
-      transpose8(c, z);
-      for (int r = 0; r < 8; ++r) {
-        _mm256_storeu_ps(p + 8 * r, _mm512_castps512_ps256(z[r]));
-        _mm256_storeu_ps(p + 64 + 8 * r, _mm512_extractf32x8_ps(z[r], 1));
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
+    if constexpr (D % 8 == 0) {
+      for (int e = 0; e < D; e += 8) {
+        V z[8];
+        transpose8(c + e, z);
+        for (int r = 0; r < 8; ++r) {
+          _mm256_storeu_ps(p + D * r + e, _mm512_castps512_ps256(z[r]));
+          _mm256_storeu_ps(p + D * (r + 8) + e, _mm512_extractf32x8_ps(z[r], 1));
+        }
       }
     } else if constexpr (D == 2) {
       _mm512_storeu_ps(p, _mm512_permutex2var_ps(
@@ -192,12 +198,20 @@ struct RowLanes<double> : RowMask512 {
       _mm512_storeu_pd(out + 8 * c, _mm512_mask_blend_pd(m, _mm512_loadu_pd(b + 8 * c), _mm512_loadu_pd(a + 8 * c)));
     }
   }
-  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8; }
-  // c[d] = element d of the 8 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8), no gathers (as RowLanes<float>'s:
-  // D = 8 one 8 x 8 transpose).
+  static constexpr bool has_columns(int D) { return D == 2 || D == 4 || D == 8 || D == 16; }
+  // c[d] = element d of the 8 rows p[0 .. D), p[D .. 2D), ... (D = 2, 4, 8, 16), no gathers (as RowLanes<float>'s:
+  // D = 8, 16 an 8 x 8 transpose per 8 elements).
   template <int D>
   static FASTSAMP_VINLINE void columns(const double* p, V* c) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
+    if constexpr (D % 8 == 0) {
+      for (int e = 0; e < D; e += 8) {
+        V z[8];
+        for (int r = 0; r < 8; ++r) z[r] = _mm512_loadu_pd(p + D * r + e);
+        transpose8(z, c + e);
+      }
+      return;
+    }
     V z[D];
     for (int j = 0; j < D; ++j) z[j] = _mm512_loadu_pd(p + 8 * j);
     if constexpr (D == 2) {
@@ -212,15 +226,19 @@ struct RowLanes<double> : RowMask512 {
       c[1] = _mm512_shuffle_f64x2(a0, b0, 0xEE);
       c[2] = _mm512_shuffle_f64x2(a1, b1, 0x44);
       c[3] = _mm512_shuffle_f64x2(a1, b1, 0xEE);
-    } else {
-      transpose8(z, c);
     }
   }
   // The inverse of columns.
   template <int D>
   static FASTSAMP_VINLINE void rows(const V* c, double* p) {
-    static_assert(D == 2 || D == 4 || D == 8, "whole-block transposes at D = 2, 4, 8");
-    if constexpr (D == 2) {
+    static_assert(has_columns(D), "whole-block transposes at D = 2, 4, 8, 16");
+    if constexpr (D % 8 == 0) {
+      for (int e = 0; e < D; e += 8) {
+        V z[8];
+        transpose8(c + e, z);
+        for (int r = 0; r < 8; ++r) _mm512_storeu_pd(p + D * r + e, z[r]);
+      }
+    } else if constexpr (D == 2) {
       _mm512_storeu_pd(p, _mm512_permutex2var_pd(c[0], _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), c[1]));
       _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(c[0], _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), c[1]));
     } else if constexpr (D == 4) {
@@ -233,10 +251,6 @@ struct RowLanes<double> : RowMask512 {
       _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(a0, r23, a1));
       _mm512_storeu_pd(p + 16, _mm512_permutex2var_pd(b0, r01, b1));
       _mm512_storeu_pd(p + 24, _mm512_permutex2var_pd(b0, r23, b1));
-    } else {
-      V z[8];
-      transpose8(c, z);
-      for (int r = 0; r < 8; ++r) _mm512_storeu_pd(p + 8 * r, z[r]);
     }
   }
   // out[i] = element i of in[0 .. 8): the 8 x 8 transpose (24 shuffles; its own inverse).
