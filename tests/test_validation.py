@@ -653,3 +653,96 @@ def test_network_lists_and_activation_are_named():
         ops.mlp_net(x, [r(4, 2), r(2, 4)], None)
     with pytest.raises(ValueError, match="activation must be one of"):
         ops.mlp_net(x, [r(4, 2), r(2, 4)], [r(4), r(2)], activation=["gelu"])
+
+
+def _score_net(device, dtype, **fields):
+    H, F = 4, 1
+    r = lambda *s: 0.3 * torch.randn(*s, dtype=dtype, device=device)  # noqa: E731
+    base = dict(data_var=1.0, t=0.5, alpha=1.0, sigma2=0.0)
+    return ops.ScoreNet((r(H, 2 + 2 * F), r(2, H)), (r(H), r(2)), r(F), r(2), **{**base, **fields})
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+@pytest.mark.parametrize("field,value,match", [("t", 1e39, "t = 1e\\+39 overflows float32"),
+                                               ("sigma2", 1e39, "sigma2 = 1e\\+39 overflows float32"),
+                                               ("data_var", 1e-45, "data_var must be > 0 in float32")])
+def test_network_scalars_checked_in_the_state_dtype(name, field, value, match):
+    """A network's t, sigma2 and data_var are rounded to x's dtype by the kernels: one that overflows float32 (or is
+    subnormal there) is refused naming it, as alpha is (t = 1e39 gave all-NaN scores and chains that never moved on
+    the compiled backends, a RuntimeError naming nothing on the reference)."""
+    backend, device = _on(name)
+    x = torch.randn(3, 2, dtype=torch.float32, device=device)
+    net = _score_net(device, torch.float32, **{field: value})
+    with pytest.raises(ValueError, match=match):
+        ops.mlp_score(x, net, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        ops.mlp_mala(x, net, step_size=0.1, n_steps=2, backend=backend)
+    ops.mlp_score(x.double(), _score_net(device, F64, **{field: value}), backend=backend)  # finite in float64
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_subnormal_bridge_variance_is_refused(name):
+    """em_step_logprob's log p_B takes the log of the bridge variance σ²h·t/(t + h): where a tiny t > 0 makes it
+    subnormal the compiled kernels flushed it to 0 (float32 log_pb NaN there, 148.2 in the reference), so it is
+    refused naming it; t = 0 (no bridge term) and the smallest normal t pass."""
+    backend, device = _on(name)
+    for dtype, t in ((torch.float32, 2e-38), (F64, 5e-308)):
+        x = torch.zeros(2, 3, dtype=dtype, device=device)
+        with pytest.raises(ValueError, match="the bridge variance .* must be > 0 in float(32|64).*subnormal"):
+            ops.em_step_logprob(x, x, sigma=1e-3, t=t, h=1.0, x_next=x, backend=backend)
+        for ok in (0.0, torch.finfo(dtype).tiny / 1e-6):
+            assert torch.isfinite(ops.em_step_logprob(x, x, sigma=1e-3, t=ok, h=1.0, x_next=x, backend=backend)[2]).all()
+
+
+@pytest.mark.parametrize("name", ALL_BACKENDS)
+def test_leapfrog_half_step_must_be_normal(name):
+    """The leapfrog ops and the HMC move kernels take ε/2: a step size in [tiny, 2·tiny) has a subnormal half step,
+    which the compiled kernels flushed to 0 (p½ = 0 there, 5.9e-9 in the reference for a score of 1e30); refused
+    naming it, as a float and as a tensor. 2·tiny passes."""
+    backend, device = _on(name)
+    f32 = torch.float32
+    tiny = torch.finfo(f32).tiny
+    z, s = torch.zeros(1, 3, dtype=f32, device=device), torch.full((1, 3), 1e30, dtype=f32, device=device)
+    for eps in (tiny, torch.full((1,), tiny, dtype=f32, device=device)):
+        with pytest.raises(ValueError, match="step_size.*half step"):
+            ops.leapfrog(z, z, s, eps, backend=backend)
+        with pytest.raises(ValueError, match="step_size.*half step"):
+            ops.leapfrog_finish(z, z, z, s, s, eps, torch.zeros(1, dtype=f32, device=device), backend=backend)
+    x, means = torch.randn(5, 2, dtype=f32, device=device), torch.randn(3, 2, dtype=f32, device=device)
+    lw, var = torch.zeros(3, dtype=f32, device=device), torch.ones(3, dtype=f32, device=device)
+    with pytest.raises(ValueError, match="step_size.*half step"):
+        ops.gmm_hmc(x, means, lw, var, step_size=tiny, n_steps=1, backend=backend)
+    ops.gmm_mala(x, means, lw, var, step_size=tiny, n_steps=1, backend=backend)  # no half step
+    p_half = ops.leapfrog(z, z, s, 2 * tiny, backend=backend)[1]
+    assert torch.equal(p_half, torch.full_like(p_half, tiny * 1e30))
+
+
+def test_meta_outputs_are_not_overlaps():
+    """A 'meta' tensor has no memory (data_ptr() 0): an `out=` on the meta device was refused as overlapping every
+    other meta argument; shapes now come out as without `out`."""
+    meta = lambda *s: torch.randn(*s, dtype=F64).to("meta")  # noqa: E731
+    x, s = meta(4, 3), meta(4, 3)
+    out = ops.mala_propose(x, s, 0.1, seed=0, out=torch.empty(4, 3, dtype=F64, device="meta"))
+    assert out.device.type == "meta" and out.shape == (4, 3)
+    assert ops.line_points(x, s, 3, out=torch.empty(2, 4, 3, dtype=F64, device="meta")).shape == (2, 4, 3)
+    x_new = torch.empty(4, 3, dtype=F64, device="meta")
+    got = ops.score_mh_accept(x, s, s, s, 0.1, meta(4), x_out=x_new, backend="torch")
+    assert got[0].device.type == "meta" and got[0].shape == (4, 3)
+
+
+def test_energy_lsq_value_check_on_meta_and_under_vmap():
+    """mlp_net_energy_lsq's v check reads values as the other value checks do: not on 'meta' tensors (it raised
+    "Cannot copy out of meta tensor"), every slice under vmap (it raised on the batched tensor's data pointer)."""
+    torch.manual_seed(0)
+    ws, bs = [torch.randn(8, 3), torch.randn(3, 8)], [torch.randn(8), torch.randn(3)]
+    x, c, z, v, sigma = torch.randn(9, 3), torch.randn(9, 3), torch.randn(9, 3), torch.rand(9) + 0.5, torch.rand(9)
+    meta = lambda t: t.to("meta")  # noqa: E731
+    loss = ops.mlp_net_energy_lsq(meta(x), [meta(w) for w in ws], [meta(b) for b in bs], meta(c), meta(v),
+                                  meta(sigma), meta(z))
+    assert loss.device.type == "meta" and loss.shape == ()
+    xs, vs = torch.stack([x, x + 1]), torch.stack([v, v + 1])
+    batched = torch.func.vmap(lambda xx, vv: ops.mlp_net_energy_lsq(xx, ws, bs, c, vv, sigma, z))(xs, vs)
+    slices = torch.stack([ops.mlp_net_energy_lsq(xs[i], ws, bs, c, vs[i], sigma, z) for i in range(2)])
+    torch.testing.assert_close(batched, slices)
+    with pytest.raises(ValueError, match="v must be finite and > 0"):
+        torch.func.vmap(lambda xx, vv: ops.mlp_net_energy_lsq(xx, ws, bs, c, vv, sigma, z))(xs, torch.stack([v, -v]))

@@ -239,8 +239,8 @@ def overlap(out: torch.Tensor, t) -> str:
     """How tensor t's memory meets out's (both contiguous): "none" (t None or empty too), "same" (the same bytes: the
     same element at every position, an in-place update), or "partial". By addresses, not by storage: two tensors
     taken zero-copy from one array (NumPy, DLPack) hold different torch storages on the same memory."""
-    if t is None or t.numel() == 0 or out.numel() == 0:
-        return "none"
+    if t is None or t.numel() == 0 or out.numel() == 0 or not (has_values(t) and has_values(out)):
+        return "none"  # (a 'meta' tensor has no memory: its data_ptr() is 0)
     lo, hi = _bytes(out)
     t_lo, t_hi = _bytes(t)
     if t_hi <= lo or hi <= t_lo:
@@ -383,9 +383,10 @@ def integer(name: str, v, *, minimum: int, maximum: int = MAX_COUNT) -> int:
     return int(v)
 
 
-def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
+def step_size(v, x: torch.Tensor, name: str = "step_size", *, halved: bool = False) -> torch.Tensor:
     """A positive finite float or (B,) tensor -> (B,) tensor in x's dtype and device, > 0 and finite
-    after the conversion (1e-50 is 0 in float32; the values are checked when `validating()`)."""
+    after the conversion (1e-50 is 0 in float32; the values are checked when `validating()`). `halved`: the kernels
+    take ε/2 too (a leapfrog's half step), which must not be subnormal either (ε >= 2 · the smallest normal)."""
     B = x.shape[0]
     if not isinstance(v, torch.Tensor):
         v = from_dlpack(name, v)
@@ -399,11 +400,15 @@ def step_size(v, x: torch.Tensor, name: str = "step_size") -> torch.Tensor:
         if tuple(v.shape) != (B,):
             raise ValueError(f"{name} must be a float or have shape ({B},) (one per chain), got {tuple(v.shape)}")
         v = resolved(v if v.dtype == x.dtype else v.to(x.dtype))
-        if validating() and has_values(v) and not _all_positive_finite(level0(v)):
-            raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype}, not subnormal: the "
-                             f"compiled kernels flush subnormal values to 0)")
+        if validating() and has_values(v) and not _all_positive_finite(level0(v), 2 if halved else 1):
+            raise ValueError(f"{name} must be finite and > 0 for every chain (in {x.dtype}, not subnormal"
+                             f"{', nor its half step' if halved else ''}: the compiled kernels flush subnormal values "
+                             f"to 0)")
         return v
-    return torch.full((B,), finite_float(name, v, positive=True, dtype=x.dtype), dtype=x.dtype, device=x.device)
+    v = finite_float(name, v, positive=True, dtype=x.dtype)
+    if halved:
+        in_dtype(f"{name} / 2 (the leapfrog's half step)", v / 2, x.dtype, positive=True)
+    return torch.full((B,), v, dtype=x.dtype, device=x.device)
 
 
 is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -433,11 +438,11 @@ def has_values(t: torch.Tensor) -> bool:
     return t.device.type != "meta"
 
 
-def _all_positive_finite(v: torch.Tensor) -> bool:
-    """0 < v < inf for every element of a non-empty v, none subnormal (the compiled kernels flush those to 0; min and
-    max propagate NaN); one host sync."""
+def _all_positive_finite(v: torch.Tensor, tinies: int = 1) -> bool:
+    """0 < v < inf for every element of a non-empty v, none below `tinies` times the smallest normal (the compiled
+    kernels flush subnormal values to 0; min and max propagate NaN); one host sync."""
     lo, hi = torch.stack(torch.aminmax(v)).tolist()
-    return lo >= torch.finfo(v.dtype).tiny and hi < math.inf
+    return lo >= tinies * torch.finfo(v.dtype).tiny and hi < math.inf
 
 
 def uniforms(name: str, u, x: torch.Tensor) -> torch.Tensor:
@@ -476,11 +481,12 @@ def seed_offset(seed, offset, n_draws: int = 1, device=None):
     return seed, offset
 
 
-def whole_moves(x: torch.Tensor, step, n_steps, seed, offset, first_chain) -> tuple:
+def whole_moves(x: torch.Tensor, step, n_steps, seed, offset, first_chain, *, leapfrog=False) -> tuple:
     """The constants of a run of n_steps whole moves from the (checked) state x, as the fused move kernels take
     them: (step sizes (B,) in x's dtype, n_steps >= 1, seed, offset, chain offset); move m draws Philox
-    (seed, offset + m) for global chains first_chain + b, so offset + n_steps − 1 must not wrap."""
-    eps = step_size(step, x)
+    (seed, offset + m) for global chains first_chain + b, so offset + n_steps − 1 must not wrap. `leapfrog`: HMC
+    moves, whose half steps ε/2 must be normal too."""
+    eps = step_size(step, x, halved=leapfrog)
     n_steps = integer("n_steps", n_steps, minimum=1)
     seed, offset = seed_offset(seed, offset, n_steps, x.device)
     return eps, n_steps, seed, offset, chain_offset(first_chain, x.shape[0], x.device)

@@ -23,12 +23,13 @@ def gmm_score(x, means, log_weights, variances, *, alpha=1.0, sigma2=0.0, backen
 
 
 def _whole_move_args(x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset,
-                     mh):
+                     mh, leapfrog=False):
     """Validated arguments shared by the whole-move mixture kernels; mh as its integer code."""
     x = _checks.state("x", x)
     means, log_weights, variances, alpha, sigma2 = _checks.mixture(x, means, log_weights, variances,
                                                                    alpha, sigma2)
-    eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset)
+    eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset,
+                                                                   leapfrog=leapfrog)
     mh = _checks.mh_code(mh)
     return x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mh
 
@@ -73,7 +74,7 @@ def gmm_hmc(x, means, log_weights, variances, *, step_size, n_steps, n_leapfrog=
     Returns (x after n_steps moves (B, D), per-chain acceptance rate (B,)).
     """
     x, means, log_weights, variances, alpha, sigma2, eps, n_steps, seed, offset, chain_offset, mode = _whole_move_args(
-        x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh)
+        x, means, log_weights, variances, alpha, sigma2, step_size, n_steps, seed, offset, chain_offset, mh, True)
     n_leapfrog = _checks.integer("n_leapfrog", n_leapfrog, minimum=1)
     damping = _checks.damping(damping)
     fn = _dispatch.route(backend, "gmm_hmc", x, means, log_weights, variances, eps)

@@ -18,7 +18,7 @@ def leapfrog(x, p, score, step_size, *, backend="auto"):
     x = _checks.state("x", x)
     p = _checks.like("p", p, x)
     score = _checks.like("score", score, x)
-    eps = _checks.step_size(step_size, x)
+    eps = _checks.step_size(step_size, x, halved=True)
     return _dispatch.route(backend, "leapfrog", x, p, score, eps)(x, p, score, eps)
 
 
@@ -30,7 +30,7 @@ def leapfrog_finish(x, x_next, p_half, score, score_next, step_size, delta_logp,
     p_half = _checks.like("p_half", p_half, x)
     score = _checks.like("score", score, x)
     score_next = _checks.like("score_next", score_next, x)
-    eps = _checks.step_size(step_size, x)
+    eps = _checks.step_size(step_size, x, halved=True)
     delta_logp = _checks.like("delta_logp", delta_logp, x, (x.shape[0],))
     fn = _dispatch.route(backend, "leapfrog_finish", x, x_next, p_half, score, score_next, eps, delta_logp)
     return fn(x, x_next, p_half, score, score_next, eps, delta_logp)

@@ -116,10 +116,10 @@ def _net_params(x, net, i, kinds):
         weight_names=lambda k: f"{name}.weights[{k}] ({_LAYER_KINDS[min(k, 1) + (k == last)]})")
     if not isinstance(net.activation, str) or net.activation not in ACTIVATIONS:
         raise ValueError(f"{name}.activation must be one of {tuple(ACTIVATIONS)}, got {net.activation!r}")
-    t = _checks.finite_float(f"{name}.t", net.t)
+    t = _checks.finite_float(f"{name}.t", net.t, dtype=x.dtype)
     alpha = _checks.finite_float(f"{name}.alpha", net.alpha, dtype=x.dtype)
-    sigma2 = _checks.finite_float(f"{name}.sigma2", net.sigma2, nonnegative=True)
-    data_var = _checks.finite_float(f"{name}.data_var", net.data_var, positive=True)
+    sigma2 = _checks.finite_float(f"{name}.sigma2", net.sigma2, nonnegative=True, dtype=x.dtype)
+    data_var = _checks.finite_float(f"{name}.data_var", net.data_var, positive=True, dtype=x.dtype)
     _checks.in_dtype(f"{name}: alpha**2 * data_var + sigma2", alpha * alpha * data_var + sigma2, x.dtype, positive=True)
     return [freq, mean] + layers, [F, H, len(weights) - 2, ACTIVATIONS[net.activation]], [t, alpha, sigma2, data_var]
 
@@ -422,7 +422,8 @@ def mlp_net_energy_lsq(x, weights, biases, c, v, sigma, z, *, activation="silu",
         raise ValueError(f"mlp_net_energy_lsq needs the output width O = weights[-1].shape[0] <= x.shape[1] (the "
                          f"state is x's first O columns), got O = {O}, x.shape[1] = {x.shape[1]}")
     consts = _constants("mlp_net_energy_lsq", x, c=(c, (B, O)), v=(v, (B,)), sigma=(sigma, (B,)), z=(z, (B, O)))
-    if _checks.validating() and not _checks._all_positive_finite(consts[1]):
+    if _checks.validating() and _checks.has_values(consts[1]) and not _checks._all_positive_finite(
+            _checks.level0(consts[1])):
         raise ValueError("v must be finite and > 0 for every row")
     _dispatch.refuse_forward_mode("mlp_net_energy_lsq", x, *consts, *layers)
     return _loss(backend, "mlp_net_energy_lsq", act, x, consts, layers)
@@ -501,7 +502,8 @@ def _moves(op, args, backend, step_size, n_steps, n_limit, n, seed, offset, chai
     """The call of whole-move op `op` on the network sum `args` with the checked move arguments: n is n_trapezoid or
     n_leapfrog, n_limit its (name, largest value); damping for HMC."""
     x = args[0]
-    eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset)
+    eps, n_steps, seed, offset, chain_offset = _checks.whole_moves(x, step_size, n_steps, seed, offset, chain_offset,
+                                                                   leapfrog=op.endswith("hmc"))
     n_name, n_max = n_limit
     n = _checks.integer(n_name, n, minimum=1, maximum=n_max)
     damping = tuple(_checks.damping(d) for d in damping)

@@ -127,6 +127,8 @@ def em_step_logprob(x, drift, *, sigma, t, h, noise=None, seed=None, offset=0, c
     c = _ieee.div(t, t + h)
     b2 = s2 * c
     _checks.coefficients(x.dtype, "sigma, h or explore", explore2=explore * explore, b2=b2)
+    if b2 != 0:  # t > 0: log p_B's variance, whose log the kernels take (a subnormal one they would flush to 0)
+        _checks.in_dtype("the bridge variance sigma**2 * h * t / (t + h)", b2, x.dtype, positive=True)
     _dispatch.refuse_forward_mode("em_step_logprob", x, drift, log_var, x_next, noise)
     if _dispatch.nothing_to_differentiate(x, (drift, log_var, x_next, noise)):
         out = _em_step(x, drift, log_var, x_next, backend, noise, seed, offset, chain_offset, h, s2,
@@ -275,8 +277,11 @@ def policy_rollout(net, temb, batch_size, *, sigma, h=None, explore=0.0, seed=0,
     h = _step(T, h)
     sigma = _checks.finite_float("sigma", sigma, positive=True)
     explore = _checks.finite_float("explore", explore, nonnegative=True)
-    # the T em_step_logprob calls' coefficient checks: the density's variance s² = σ²h and the widened noise
-    _check_variance(sigma, h, dtype)
+    # the T em_step_logprob calls' coefficient checks: the density's variance s² = σ²h, the smallest bridge variance
+    # of log p_B (step 1's, s²·t/(t + h) at t = h) and the widened noise
+    s2 = _check_variance(sigma, h, dtype)
+    if T > 1:
+        _checks.in_dtype("the bridge variance sigma**2 * h / 2 (of step 1)", s2 / 2, dtype, positive=True)
     _checks.coefficients(dtype, "sigma, h or explore", explore2=explore * explore)
     seed, _ = _checks.seed_offset(seed, 0, T, temb.device)
     chain_offset = _checks.chain_offset(chain_offset, B, temb.device)
