@@ -206,12 +206,14 @@ def _delta_log_z(sampler, target, n=1000):
     return abs(m["elbo"] - target.log_Z), abs(m["log_Z"] - target.log_Z)
 
 
-@pytest.mark.parametrize("target_name,objective,iterations", [("25gmm", "tb", 500), ("funnel", "tb", 300),
-                                                               ("25gmm", "vargrad", 500), ("funnel", "pis", 300)])
-def test_short_training_beats_the_untrained_sampler(target_name, objective, iterations, one_thread):
+@pytest.mark.parametrize("target_name,objective,iterations,bound", [
+    ("25gmm", "tb", 500, 2.8), ("funnel", "tb", 300, 1.85), ("25gmm", "vargrad", 500, 3.2),
+    ("funnel", "pis", 300, 1.85)])
+def test_short_training_beats_the_untrained_sampler(target_name, objective, iterations, bound, one_thread):
     """A short run (fixed seed, small net, T = 20) must cut the log Z error of the untrained sampler
-    (Δlog Z of the ELBO, the paper's metric; 6.1 → 2.4-3 on 25GMM, 3.6 → 1.7 on the funnel)
-    by 40%; a sign error in log p_F/log p_B or a loss that does not train fails."""
+    (Δlog Z of the ELBO, the paper's metric; 6.1 → 2.54 (TB) / 2.93 (VarGrad) on 25GMM, 3.6 → 1.68 / 1.67 on the
+    funnel, measured) by 40% and stay within about 10 % of what it reaches: a sign error in log p_F/log p_B or a loss
+    that does not train fails the first, TB toward R^0.8 instead of R (3.20 on 25GMM) the second."""
     torch.manual_seed(0)
     target = get_target(target_name)
     sigma = math.sqrt(5.0) if target_name == "25gmm" else 1.0
@@ -221,7 +223,7 @@ def test_short_training_beats_the_untrained_sampler(target_name, objective, iter
     log = train(s, cfg, progress=False)
     after = _delta_log_z(s, target)
     assert len(log.loss) == iterations and all(math.isfinite(v) for v in log.loss)
-    assert after[0] < 0.6 * before[0], (before, after)
+    assert after[0] < 0.6 * before[0] and after[0] < bound, (before, after)
 
 
 def test_local_search_training_runs_and_fills_the_buffers(tmp_path):

@@ -37,8 +37,10 @@ def test_guidance_reaches_tilted_target_and_corrector_helps(make):
     tv_base, tv_guided = (metrics.mode_occupancy_tv(x, exact, q) for x in (base, guided))
     assert w_guided < 0.25 * w_base and tv_guided < 0.25 * tv_base, (w_base, w_guided, tv_base, tv_guided)
     assert w_corr < 1.05 * w_guided + 0.01, (w_guided, w_corr)
-    if make is BUMP:  # absolute bounds at these seeds (measured 0.247, 0.060, 0.126): guidance through the Tweedie
-        assert w_guided < 0.30 and tv_guided < 0.085 and w_corr < 0.17, (w_guided, tv_guided, w_corr)  # point x̂₀
+    # absolute bounds at these seeds (measured: bump 0.247, 0.060, 0.126, guidance through the Tweedie point x̂₀; tilt
+    # 0.294, 0.068, 0.202, where a corrector on p instead of the tilted q gives w_corr 0.263, inside the relative bound)
+    w_max, tv_max, w_corr_max = (0.30, 0.085, 0.17) if make is BUMP else (0.33, 0.09, 0.23)
+    assert w_guided < w_max and tv_guided < tv_max and w_corr < w_corr_max, (w_guided, tv_guided, w_corr)
     assert 0.3 < st_c.corrector_accept < 1.0
     assert st.n_score_evals == 2 * 100 * n and st.n_weight_grads == 100 * n
 

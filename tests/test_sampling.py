@@ -40,6 +40,15 @@ def assert_exact_moments(x, n):
         assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
 
 
+def assert_moved(x, x0):
+    """The chains moved from their exact start x0: a kernel that reports acceptances but never moves keeps exact
+    samples exact. At these rates (0.85-0.98 over 20 moves) every chain moves, mean squared displacement 1.4-2.2
+    (measured)."""
+    d = x.double().cpu() - x0.double()
+    assert (d != 0).any(1).double().mean().item() > 0.99
+    assert (d * d).sum(1).mean().item() > 0.7
+
+
 def device_and_chains(name):
     """The device of backend `name`'s runs (skipped where it is unavailable) and their number of chains: fewer under
     the Triton interpreter (numpy), which is slow."""
@@ -69,6 +78,7 @@ def test_mh_keeps_the_mixture_invariant(name, mh, n_trapezoid):
     x, rate = run_chains(name, device, torch.float32, mh, n_trapezoid, n=n)
     assert_exact_moments(x, n)
     assert 0.3 < rate.mean().item() < 0.99
+    assert_moved(x, exact_samples(n, seed=0))
 
 
 def test_unadjusted_langevin_is_biased_at_this_step():
@@ -132,3 +142,4 @@ def test_hmc_keeps_the_mixture_invariant(name, mh, n_leapfrog, damping):
                           damping=damping, backend=name)
     assert_exact_moments(x, n)
     assert 0.3 < rate.mean().item() < 0.999
+    assert_moved(x, exact_samples(n, seed=1))
