@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     """Run `fastsamp ARGV` (sys.argv[1:] by default) and return its exit status. Without argv (the command line:
     this process is the command's own) the verb's process_setup runs first."""
     args = parser().parse_args(argv)
-    for flag in ("json", "png", "trace"):  # outputs are checked before any work
+    for flag in ("json", "png", "trace", "save"):  # outputs are checked before any work
         path = getattr(args, flag, None)
         why = path and unwritable(path)
         if why:

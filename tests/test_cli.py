@@ -56,6 +56,9 @@ def strict_json(path):
     (["guided-digits", "--methods", "LA (nothing)"], "--methods: invalid choice"),
     (["guided-digits", "--add"], "--add needs --methods"),
     (["guided-digits", "--add", "--methods", "LA (energy)", "--out", "/nonexistent"], "--add: .* does not exist"),
+    (["sample", "--step-scale", "1e300"], "--step-scale 1e\\+300: the step sizes it gives overflow float32"),
+    (["train", "--out", "/dev/null"], "--out /dev/null: is not a directory"),
+    (["sample", "--save", "/dev/null/x.pt"], "--save /dev/null/x.pt: /dev/null is not a directory"),
 ])
 def test_bad_arguments_are_argparse_errors(argv, message, capsys):
     assert exit_code(argv) == 2
@@ -87,6 +90,18 @@ def test_unwritable_outputs_fail_before_the_run(tmp_path, flag, capsys):
     assert "is not a directory" in capsys.readouterr().err
     assert exit_code(argv + [flag, str(tmp_path)]) == 2  # a directory
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_sample_reports_non_finite_chains(tmp_path, capsys):
+    """A step that sends every chain to inf: exit status 1, the count of non-finite chains on stderr (the summary said
+    nothing: acceptance 1.000 and a mode TV of the non-finite samples), the header naming the MH rule run."""
+    out = tmp_path / "s.json"
+    argv = ["sample", "--chains", "64", "--levels", "3", "--moves", "1", "--dim", "2", "--components", "2", "--mh",
+            "none", "--step-scale", "1e30", "--json", str(out)]
+    assert main(argv) == 1
+    text = capsys.readouterr()
+    assert "64 of 64 chains ended non-finite" in text.err and "annealed MALA + no MH test (ULA)" in text.out
+    assert strict_json(out)["nonfinite_chains"] == 64
 
 
 def test_importance_png_goes_to_a_new_directory(tmp_path):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fastsamp import metrics
+from fastsamp import metrics, ops
 from fastsamp.samplers.annealed import mcmc
 from fastsamp.samplers.diffusion import DiffusionSampler, ReplayBuffer, TrainConfig, Trajectories, local_search, train
 from fastsamp.targets import LGCP, Target, get_target
@@ -27,14 +27,17 @@ class IsoGauss(Target):
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-@pytest.mark.parametrize("fused", [True, False])
-def test_untrained_sampler_is_exact_for_the_reference_marginal(direction, fused):
+@pytest.mark.parametrize("fused,torch_noise", [(True, False), (False, False), (False, True)],
+                         ids=["fused", "eager", "eager-torch-noise"])
+def test_untrained_sampler_is_exact_for_the_reference_marginal(direction, fused, torch_noise):
     """With zero drift (zero-initialised head) the sampler is σW: p_F(τ) = N(x_T; 0, σ²)·p_B(τ | x_T),
     so for R = N(0, σ² I) every log-weight is exactly log Z = 0 — forward trajectories (the fused
-    op's log p_F/log p_B) and Brownian-bridge backward trajectories alike."""
+    op's log p_F/log p_B) and Brownian-bridge backward trajectories alike, and on the eager timing baseline's
+    torch noise too."""
     sigma = 1.7
     target = IsoGauss(3, sigma**2)
-    s = DiffusionSampler(target, sigma=sigma, n_steps=17, fused=fused, hidden=16, n_harmonics=8).double()
+    s = DiffusionSampler(target, sigma=sigma, n_steps=17, fused=fused, torch_noise=torch_noise, hidden=16,
+                         n_harmonics=8).double()
     with torch.no_grad():
         if direction == "forward":
             traj = s.forward_trajectories(64, seed=3, dtype=torch.float64)
@@ -50,6 +53,34 @@ def test_untrained_sampler_is_exact_for_the_reference_marginal(direction, fused)
     ratio = other.log_prob(traj.states[-1]) - target.log_prob(traj.states[-1])
     lw = Trajectories(traj.states, traj.log_pf, traj.log_pb, other.log_prob(traj.states[-1])).log_weights()
     torch.testing.assert_close(lw, ratio, atol=tol * 10, rtol=0)
+
+
+def test_torch_noise_eager_path_is_the_eager_path_on_other_noise():
+    """torch_noise (the eager timing baseline) changes only where the steps' noise comes from: its trajectories are
+    those of the eager path given the same torch draws as the noise of each step (and differ from the Philox
+    ones); it is refused on the fused path."""
+    torch.manual_seed(0)
+    target = IsoGauss(3, 2.0)
+    s = DiffusionSampler(target, sigma=1.3, n_steps=6, fused=False, torch_noise=True, hidden=16, n_harmonics=8)
+    with torch.no_grad():
+        for p in s.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        a = s.forward_trajectories(5, seed=4, chain_offset=2)
+        b = s.forward_trajectories(5, seed=4, chain_offset=2)
+        gen = torch.Generator().manual_seed(4 * 1_000_003 + 2)
+        x, states = torch.zeros(5, 3), [torch.zeros(5, 3)]
+        temb, lgv = s.net.time_features(s._grid(x)[:-1])
+        for i in range(6):
+            drift, log_var, _ = s.net(x, temb[i:i + 1], None, None)
+            x = ops.em_step_logprob(x, drift, sigma=1.3, t=float(s._grid(x)[i]), h=s.h, log_var=log_var,
+                                    noise=torch.randn(5, 3, generator=gen), backend="torch")[0]
+            states.append(x)
+        s.torch_noise = False
+        philox = s.forward_trajectories(5, seed=4, chain_offset=2)
+    assert torch.equal(a.states, b.states) and torch.equal(a.states, torch.stack(states))
+    assert not torch.equal(a.states[-1], philox.states[-1])
+    with pytest.raises(ValueError, match="torch_noise"):
+        DiffusionSampler(target, fused=True, torch_noise=True)
 
 
 def test_backward_bridge_log_pb_matches_the_op():
@@ -463,3 +494,28 @@ def test_flow_boundaries_are_the_reference_and_the_reward(fused):
     for t, want in ((0.0, log_ref), (1.0, target.log_prob(x))):
         got = s._flow(x, hid, t, fused) - learned
         torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("field,value,exc,match", [
+    ("lr_policy", -1e-3, ValueError, "lr_policy must be finite and >= 0"),
+    ("lr_flow", float("nan"), ValueError, "lr_flow must be finite"),
+    ("grad_clip", -1.0, ValueError, "grad_clip must be finite and > 0"),
+    ("ls_every", 0, ValueError, "ls_every must be >= 1"),
+    ("batch_size", -1, ValueError, "batch_size must be >= 1"),
+    ("iterations", 2.5, TypeError, "iterations must be an int"),
+    ("iterations", -1, ValueError, "iterations must be >= 0"),
+    ("ls_target_acceptance", 2.0, ValueError, "ls_target_acceptance must be in"),
+    ("explore", -0.1, ValueError, "explore must be finite and >= 0"),
+    ("seed", -1, ValueError, "seed must be >= 0, got -1"),
+    ("objective", "tbb", ValueError, "objective must be one of"),
+])
+def test_train_config_refuses_bad_fields_by_name(field, value, exc, match):
+    """A negative learning rate or gradient clip trained towards a higher loss without a word (Adam takes a negative
+    per-group lr; clip_grad_norm_ with a negative bound flips the gradient), ls_every = 0 divided by zero mid-run:
+    every field is checked when the config is made, naming it."""
+    with pytest.raises(exc, match=f"TrainConfig.{match}" if field != "objective" else match):
+        TrainConfig(**{field: value})
+    with pytest.raises(ValueError, match="vargrad"):
+        TrainConfig(objective="vargrad", batch_size=1)
+    with pytest.raises(ValueError, match="ls_burn_in must be < ls_steps"):
+        TrainConfig(local_search=True, ls_steps=10, ls_burn_in=10)

@@ -130,3 +130,21 @@ def test_divergence_is_counted_and_reported():
         importance_sde(P, wild, 200, n_steps=20, seed=0, on_nonfinite="raise")
     _, st = importance_sde(P, lambda x: x.sum(1), 200, n_steps=20, seed=0, corrector="mala", n_corrector_steps=2)
     assert st.n_nonfinite == [0] * 21 and st.first_nonfinite_step is None
+
+
+def test_log_weight_output_is_checked():
+    """log_weight must give one value per row: a (B − 1,) or scalar output was broadcast (a chain without guidance,
+    a log Z of the wrong samples), now a ValueError naming it; a log-weight that is NaN at a finite sample makes log Z
+    and the ESS NaN, which the run now says (warns, or raises with on_nonfinite="raise")."""
+    for bad, match in ((lambda x: x[:-1, 0], "shape \\(50,\\)"), (lambda x: x.sum(), "shape \\(50,\\)"),
+                       (lambda x: x, "shape \\(50,\\)"), (lambda x: 1.0, "got float")):
+        with pytest.raises(ValueError, match=f"log_weight\\(x\\) must return a floating tensor of .*{match}"):
+            importance_sde(P, bad, 50, n_steps=5, seed=1)
+
+    def nan_at_one(x):
+        return torch.where(torch.arange(x.shape[0]) == 3, float("nan"), x[:, 0])
+    with pytest.warns(NonFiniteChainsWarning, match="log_weight is non-finite at 1 finite sample"):
+        _, st = importance_sde(P, nan_at_one, 50, n_steps=5, seed=1, guidance_schedule=lambda t: 0.0)
+    assert st.log_z != st.log_z
+    with pytest.raises(NonFiniteChainsError, match="log_weight is non-finite"):
+        importance_sde(P, nan_at_one, 50, n_steps=5, seed=1, guidance_schedule=lambda t: 0.0, on_nonfinite="raise")

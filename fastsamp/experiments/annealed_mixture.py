@@ -2,6 +2,7 @@
 fused ops, a throughput summary and the mode-occupancy distance to exact samples."""
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 
@@ -58,9 +59,14 @@ def add_arguments(s):
 
 
 def check(args):
-    """--backend must have a gmm_mala kernel for --device; --trace needs --profile."""
+    """--backend must have a gmm_mala kernel for --device; --trace needs --profile; the steps (--step-scale times the
+    levels' smallest variance α²v_min + σ², at most max(v_min, 1) on the VP schedule) must be finite in --dtype."""
     if args.trace and not args.profile:
         args.parser.error("--trace needs --profile")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    v_min = float(random_mixture(args.dim, args.components, args.seed, torch.float64, "cpu")[2].min())
+    if args.step_scale * max(v_min, 1.0) > torch.finfo(dtype).max:
+        args.parser.error(f"--step-scale {args.step_scale}: the step sizes it gives overflow {args.dtype}")
     try:
         backends.resolve(args.backend, "gmm_mala", torch.device(args.device))
     except (ValueError, RuntimeError) as e:
@@ -125,22 +131,30 @@ def main(args) -> int:
     score_evals = moves * (args.n_trapezoid if args.mh == "score" else 1) + args.chains * (args.levels - 1)
     mixture = GaussianMixture(means, lw, var)
     exact = mixture.sample(args.chains, torch.Generator().manual_seed(args.seed + 2), torch.float64)
-    tv = mode_occupancy_tv(x, exact, mixture)
+    finite = torch.isfinite(x).all(1)
+    n_nonfinite = int((~finite).sum())
+    tv = mode_occupancy_tv(x[finite], exact, mixture) if n_nonfinite < args.chains else float("nan")
     summary = {
         "backend": backend, "device": str(device), "dtype": args.dtype,
         "chains": args.chains, "dim": args.dim, "components": args.components, "levels": args.levels,
         "moves_per_level": args.moves, "n_trapezoid": args.n_trapezoid, "mh": args.mh,
         "wall_s": wall, "chain_moves_per_s": moves / wall, "score_evals_per_s": score_evals / wall,
         "mean_accept_first_level": rates[0], "mean_accept_last_level": rates[-1],
-        "mode_occupancy_tv_vs_exact": tv, "finite": bool(torch.isfinite(x).all()), "processes": comm.world_size,
+        "mode_occupancy_tv_vs_exact": tv, "finite": n_nonfinite == 0, "nonfinite_chains": n_nonfinite,
+        "processes": comm.world_size,
     }
-    print(f"fastsamp sample: annealed MALA + score-MH (n_trapezoid={args.n_trapezoid}) on a {args.components}"
+    rule = {"score": f"score-MH (n_trapezoid={args.n_trapezoid})", "energy": "energy-MH", "none": "no MH test (ULA)"}
+    print(f"fastsamp sample: annealed MALA + {rule[args.mh]} on a {args.components}"
           f"-component mixture in D={args.dim}, {args.chains} chains, {args.levels} levels x {args.moves} moves, "
           f"{comm.world_size} process(es)")
     print(f"  wall {wall:.3f} s | {moves / wall / 1e6:.2f} M chain-moves/s | "
           f"{score_evals / wall / 1e6:.2f} M score evals/s (backend={backend}, device={device})")
     print(f"  acceptance first/last level {rates[0]:.3f}/{rates[-1]:.3f} | "
-          f"mode-occupancy TV vs exact samples {tv:.4f}")
+          f"mode-occupancy TV vs exact samples {tv:.4f}" + (f" (of the {args.chains - n_nonfinite} finite chains)"
+                                                            if n_nonfinite else ""))
+    if n_nonfinite:
+        print(f"fastsamp sample: {n_nonfinite} of {args.chains} chains ended non-finite (NaN/inf): the step is too "
+              f"large for this mixture (--step-scale); exit status 1", file=sys.stderr)
     if profile is not None:
         print(f"  {profile}".replace("\n", "\n  "))
         summary["profile"] = profile.as_dict()

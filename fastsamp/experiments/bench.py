@@ -5,8 +5,11 @@ torch's generator) and torch.compile of it, measured in the same run, with the f
 The torch.compile baseline compiles one step with static shapes (dynamic=False), the noise drawn
 eagerly by torch and passed in: for the streaming ops the reference op itself, for the whole-move
 ops one move (reference.mala_move / hmc_move) called n_steps times, so that one small graph is
-compiled once and reused; the timed calls come after the warm-up calls that compile it. "best
-PyTorch" is the faster of eager and torch.compile, and every backend gets its ratio against it.
+compiled once and reused; the timed calls come after the warm-up calls that compile it. The mixture
+ops have two forms of the score in each: the squared distances by one matrix product
+(`gmm_score_by_matmul`, what a user writing for speed writes: "eager", "torch.compile") and the
+reference's (B, K, D) differences ("... (B,K,D)"). "best PyTorch" is the fastest of the baselines, and
+every backend gets its ratio against it.
 
 FLOP counts: 5·K·D per mixture-score evaluation and chain (distance and weighted sum), as in earlier
 records (`flops`), and with the exp and log-sum-exp work counted too (`flops_exp`): per component 5
@@ -25,7 +28,9 @@ with the kernels' flushing switched off over its time as shipped: what flushing 
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import platform
 import statistics
 import sys
@@ -213,14 +218,17 @@ def _cases(device, dtype):
     points = torch.empty(2, B, D, dtype=dtype, device=device)
     cases["line_points(out=)"] = ((xs, xp, 3, points),) + cases["line_points"][1:]
     u = torch.rand(B, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    interior = torch.stack([ss, ss])
-    cases["score_mh_accept"] = ((xs, xp, ss, ss, eps, u, interior, 0, 0, 0),
-                                size * (8 * B * D + 4 * B) + B, 14 * B * D)
+    # s(x') and the interior scores are arrays of their own (the same tensor twice would be read once from cache)
+    sp = ss + 1e-3 * rnd(B, D)
+    interior = torch.stack([ss + 2e-3 * rnd(B, D), ss + 3e-3 * rnd(B, D)])
+    # x, x', s, s', the 2 interior sets, ε, u read; x_new, s_new, log α and the accepted bytes written
+    cases["score_mh_accept"] = ((xs, xp, ss, sp, eps, u, interior, 0, 0, 0),
+                                size * (8 * B * D + 3 * B) + B, 14 * B * D)
     cases["score_mh_accept(out=)"] = (cases["score_mh_accept"][0] + (out, torch.empty_like(xs)),
                                       ) + cases["score_mh_accept"][1:]
     # x, x', s, s', logp, logp', ε, u read; x_new, s_new, logp_new, log α and the accepted bytes written
     logp, logp_p = rnd(B), rnd(B)
-    cases["energy_mh_accept"] = ((xs, xp, ss, ss, logp, logp_p, eps, u, 0, 0, 0), size * (6 * B * D + 6 * B) + B,
+    cases["energy_mh_accept"] = ((xs, xp, ss, sp, logp, logp_p, eps, u, 0, 0, 0), size * (6 * B * D + 6 * B) + B,
                                  9 * B * D)
     return cases
 
@@ -230,13 +238,45 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def baseline(op, compiled=False):
+def gmm_score_by_matmul(x, means, log_weights, variances, alpha, sigma2):
+    """reference.gmm_score (score and log-density of Σ_k π_k N(α μ_k, s_k I), s_k = α² v_k + σ²) in the form a
+    user writing plain PyTorch for speed would take: the squared distances |x|² − 2 x·(α μ_k) + |α μ_k|² by one
+    matrix product instead of (B, K, D) differences, and score = Σ_k (r_k / s_k)(α μ_k − x) = (r / s) @ (α μ) −
+    (Σ_k r_k / s_k) x by another (r the responsibilities). The same values up to rounding (the distances' form
+    cancels for points far from the origin relative to their distance: a speed baseline, not an oracle)."""
+    D = x.shape[1]
+    s = alpha * alpha * variances + sigma2
+    lw = log_weights - torch.logsumexp(log_weights, 0)
+    am = alpha * means
+    d2 = (x * x).sum(1, keepdim=True) - 2 * (x @ am.T) + (am * am).sum(1)
+    ell = lw - 0.5 * d2 / s - 0.5 * D * torch.log(2 * math.pi * s)
+    rs = torch.softmax(ell, 1) / s
+    return rs @ am - rs.sum(1, keepdim=True) * x, torch.logsumexp(ell, 1)
+
+
+# the mixture ops' baselines: (name, score form, compiled)
+MIXTURE_BASELINES = (("eager", gmm_score_by_matmul, False), ("eager (B,K,D)", ref.gmm_score, False),
+                     ("torch.compile", gmm_score_by_matmul, True), ("torch.compile (B,K,D)", ref.gmm_score, True))
+
+
+def baselines(op, compiled=True) -> dict:
+    """name -> the PyTorch baselines of `op` (backend signature): "eager" and, with `compiled`, "torch.compile";
+    for the mixture ops each in both forms of the score (MIXTURE_BASELINES)."""
+    if op_name(op).startswith("gmm_"):
+        return {name: baseline(op, c, score) for name, score, c in MIXTURE_BASELINES if compiled or not c}
+    return {"eager": baseline(op)} | ({"torch.compile": baseline(op, compiled=True)} if compiled else {})
+
+
+def baseline(op, compiled=False, score=ref.gmm_score):
     """The PyTorch baseline of `op` (backend signature): the eager reference with noise from torch's
     generator (the reference's Philox-in-int64 stream is an oracle, not a fair speed baseline), or, with
-    `compiled`, the same with its step compiled (the noise drawn eagerly and passed in)."""
+    `compiled`, the same with its step compiled (the noise drawn eagerly and passed in); the mixture ops
+    with the mixture score `score` (reference.gmm_score or gmm_score_by_matmul)."""
     op = op_name(op)
+    if op == "gmm_score":
+        return _compiled(score) if compiled else score
     if op in ("gmm_mala", "gmm_hmc"):
-        return _whole_move_baseline(op, compiled)
+        return _whole_move_baseline(op, compiled, score)
     core = getattr(ref, op)
     core = _compiled(core) if compiled else core
     if op.startswith("sde_step"):
@@ -254,11 +294,13 @@ def baseline(op, compiled=False):
     return core
 
 
-def _whole_move_baseline(op, compiled):
-    """n_steps calls of one move (reference.mala_move / hmc_move), its noise drawn by torch."""
-    score_at = _compiled(ref.gmm_score) if compiled else ref.gmm_score
+def _whole_move_baseline(op, compiled, score):
+    """n_steps calls of one move (reference.mala_move / hmc_move on the mixture score `score`), its noise drawn by
+    torch."""
+    score_at = _compiled(score) if compiled else score
     if op == "gmm_mala":
-        move = _compiled(ref.mala_move) if compiled else ref.mala_move
+        move = functools.partial(ref.mala_move, score_fn=score)
+        move = _compiled(move) if compiled else move
 
         def gmm_mala(x, means, lw, var, eps, n_steps, n_trapezoid, alpha, sigma2, seed, offset, chain_offset, mh):
             score, logp = score_at(x, means, lw, var, alpha, sigma2)
@@ -270,7 +312,8 @@ def _whole_move_baseline(op, compiled):
                 n_acc += accepted
             return x, n_acc / n_steps
         return gmm_mala
-    move = _compiled(ref.hmc_move) if compiled else ref.hmc_move
+    move = functools.partial(ref.hmc_move, score_fn=score)
+    move = _compiled(move) if compiled else move
 
     def gmm_hmc(x, means, lw, var, eps, n_steps, n_leapfrog, alpha, sigma2, seed, offset, chain_offset, mh, damping):
         score, logp = score_at(x, means, lw, var, alpha, sigma2)
@@ -339,9 +382,8 @@ def _run(device, ops, dtype, compile_reference, min_time, verbose, cpu_time) -> 
         # the triad is re-measured next to each op: a shared machine's bandwidth drifts
         row = {"op": op, "bytes": nbytes, "flops": flops, "flops_exp": flops_exp, "backends": {},
                "triad_GBps": measure_triad(device)}
-        impls = {"eager": baseline(op)}
-        if compile_reference:
-            impls["torch.compile"] = baseline(op, compiled=True)
+        impls = baselines(op, compile_reference)
+        pytorch = set(impls)
         for name in order:
             module = backends._load(name)[0]
             if module is not None and hasattr(module, op_name(op)):
@@ -362,8 +404,9 @@ def _run(device, ops, dtype, compile_reference, min_time, verbose, cpu_time) -> 
             row["flush"] = flush_rows(impls["cpp"], args, device, min_time)
         base = row["backends"]["eager"].get("ms")
         comp = row["backends"].get("torch.compile", {}).get("ms")
-        best = min(t for t in (base, comp) if t)
-        row["best_pytorch"] = "torch.compile" if comp and comp < base else "eager"
+        timed = {n: r["ms"] for n, r in row["backends"].items() if n in pytorch and "ms" in r}
+        row["best_pytorch"] = min(timed, key=timed.get)
+        best = timed[row["best_pytorch"]]
         for r in row["backends"].values():
             if "ms" in r:
                 r["speedup_vs_eager"] = base / r["ms"]
@@ -373,7 +416,7 @@ def _run(device, ops, dtype, compile_reference, min_time, verbose, cpu_time) -> 
         results.append(row)
         if verbose:
             for name, r in row["backends"].items():
-                print(f"  {op:22s} {name:14s} " + (f"{r['ms']:.4f} ms  {r['speedup_vs_eager']:.1f}x eager  "
+                print(f"  {op:22s} {name:22s} " + (f"{r['ms']:.4f} ms  {r['speedup_vs_eager']:.1f}x eager  "
                       f"{r['speedup_vs_best_pytorch']:.1f}x best PyTorch" if "ms" in r else r["error"]), flush=True)
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -391,20 +434,20 @@ def format_table(report: dict) -> str:
              f"{info['dtype']}  torch {info['torch']}",
              f"measured roofline: triad {info['roofline']['triad_GBps']:.1f} GB/s (re-measured per op: "
              f"%triad uses the op's own), fp32 GEMM {info['roofline']['fp32_gemm_GFLOPs']:.1f} GFLOP/s",
-             f"{'op':22s} {'backend':14s} {'ms':>9s} {'GB/s':>8s} {'GFLOP/s':>8s} {'%triad':>7s} "
+             f"{'op':22s} {'backend':22s} {'ms':>9s} {'GB/s':>8s} {'GFLOP/s':>8s} {'%triad':>7s} "
              f"{'%gemm':>6s} {'%gemm+exp':>9s} {'x eager':>8s} {'x compile':>9s} {'x best PyTorch':>14s}"]
     for row in report["results"]:
         for name, r in row["backends"].items():
             if "error" in r:
-                lines.append(f"{row['op']:22s} {name:14s} {r['error']}")
+                lines.append(f"{row['op']:22s} {name:22s} {r['error']}")
                 continue
-            lines.append(f"{row['op']:22s} {name:14s} {r['ms']:9.3f} {r['GBps']:8.1f} {r['GFLOPs']:8.1f} "
+            lines.append(f"{row['op']:22s} {name:22s} {r['ms']:9.3f} {r['GBps']:8.1f} {r['GFLOPs']:8.1f} "
                          f"{100 * r['frac_triad']:6.1f}% {100 * r['frac_gemm']:5.1f}% "
                          f"{100 * r['frac_gemm_exp']:8.1f}% {r['speedup_vs_eager']:8.1f} "
                          f"{r.get('speedup_vs_compile', float('nan')):9.1f} {r['speedup_vs_best_pytorch']:14.1f}")
         if "flush" in row:
             f = row["flush"]
-            lines.append(f"{row['op']:22s} {'cpp flush':14s} ftz_ratio {f['ftz_ratio']:.2f} (vs FTZ forced by the "
+            lines.append(f"{row['op']:22s} {'cpp flush':22s} ftz_ratio {f['ftz_ratio']:.2f} (vs FTZ forced by the "
                          f"caller: {f['ms_forced_ftz']:.3f} ms)  denormal_cost {f['denormal_cost']:.2f} "
                          f"(kernel flushing off: {f['ms_unflushed']:.3f} ms)")
     return "\n".join(lines)

@@ -382,9 +382,10 @@ def time_paths(target_name: str, method: str, paths, *, iterations=None, segment
                device="cpu", **build_kw):
     """({path: [ms per iteration of each segment]}, clock, segment): the training iterations of the preset on the
     interleaved paths ("fused": DiffusionSampler(fused=True), the whole-trajectory kernels; "eager": the per-step
-    autograd loop on the reference op; "compile": the eager path with DriftNet.forward under torch.compile, static
-    shapes, a fresh dynamo cache). Each path trains its own sampler from the same initialisation through `train()`
-    itself, `warmup` untimed iterations first, then resumed from a checkpoint every `segment` iterations so that
+    autograd loop on the reference op, its noise from torch's generator (torch_noise); "compile": the eager path
+    with DriftNet.forward under torch.compile, static shapes, a fresh dynamo cache). Each path trains its own
+    sampler from the same initialisation through `train()` itself, `warmup` untimed iterations first, then resumed
+    from a checkpoint every `segment` iterations so that
     the paths run interleaved (fused, eager, compile, fused, ...) on the same machine state (checkpoint writes are
     not timed). segment None: 20, or one local-search period (ls_every) for presets with local search, so that a
     segment charges one search per period as training does (at most `iterations`); iterations None: 3 segments.
@@ -395,6 +396,7 @@ def time_paths(target_name: str, method: str, paths, *, iterations=None, segment
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
             sampler, cfg = build(target_name, method, seed=seed, fused=path == "fused", device=device, **build_kw)
+            sampler.torch_noise = path != "fused"  # the baselines draw their noise as plain PyTorch does
             if total is None:
                 segment = min(segment or (cfg.ls_every if cfg.local_search else 20), iterations or math.inf)
                 total = warmup + (iterations or 3 * segment)
@@ -459,9 +461,11 @@ def add_arguments(r):
 
 
 def check(args):
-    """--checkpoint-every needs --out."""
+    """--checkpoint-every needs --out; --out is a directory (made if missing)."""
     if args.checkpoint_every and not args.out:
         args.parser.error("--checkpoint-every needs --out (the checkpoint goes to OUT/checkpoints/)")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        args.parser.error(f"--out {args.out}: is not a directory")
 
 
 process_setup = keep_freed_memory  # `fastsamp train` from the command line owns its process (`memory.py`)

@@ -229,15 +229,18 @@ def _hmc_moves(x, evaluate, step_size, n_steps, n_leapfrog, mh, damping, draw):
     return x, n_acc / max(n_steps, 1)
 
 
-def _gmm_evaluate(means, log_weights, variances, alpha, sigma2):
-    """z -> gmm_score(z, ...): (score, log p) of the mixture."""
-    return lambda z: gmm_score(z, means, log_weights, variances, alpha, sigma2)
+def _gmm_evaluate(means, log_weights, variances, alpha, sigma2, score_fn=None):
+    """z -> score_fn(z, ...) (default gmm_score): (score, log p) of the mixture."""
+    score_fn = score_fn or gmm_score
+    return lambda z: score_fn(z, means, log_weights, variances, alpha, sigma2)
 
 
-def mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size, n_trapezoid, alpha, sigma2, mh):
-    """One MALA move of gmm_mala from (x, score, logp) with the draws (ξ, u): (x, score, logp, accepted)."""
-    return _mala_step(x, score, logp, xi, u, _gmm_evaluate(means, log_weights, variances, alpha, sigma2), step_size,
-                      n_trapezoid, mh)
+def mala_move(x, score, logp, xi, u, means, log_weights, variances, step_size, n_trapezoid, alpha, sigma2, mh,
+              score_fn=None):
+    """One MALA move of gmm_mala from (x, score, logp) with the draws (ξ, u): (x, score, logp, accepted).
+    `score_fn`: another form of gmm_score (the benchmarks' baselines)."""
+    return _mala_step(x, score, logp, xi, u, _gmm_evaluate(means, log_weights, variances, alpha, sigma2, score_fn),
+                      step_size, n_trapezoid, mh)
 
 
 def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, alpha, sigma2,
@@ -249,10 +252,10 @@ def gmm_mala(x, means, log_weights, variances, step_size, n_steps, n_trapezoid, 
 
 
 def hmc_move(x, score, logp, p, xi, u, means, log_weights, variances, step_size, n_leapfrog, alpha, sigma2, mh,
-             damping):
+             damping, score_fn=None):
     """One HMC move of gmm_hmc from (x, score, logp, momentum p) with the draws (ξ, u):
-    (x, score, logp, p, accepted)."""
-    return _hmc_step(x, score, logp, p, xi, u, _gmm_evaluate(means, log_weights, variances, alpha, sigma2),
+    (x, score, logp, p, accepted). `score_fn` as in mala_move."""
+    return _hmc_step(x, score, logp, p, xi, u, _gmm_evaluate(means, log_weights, variances, alpha, sigma2, score_fn),
                      step_size, n_leapfrog, mh, damping)
 
 

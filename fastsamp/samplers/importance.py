@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -30,13 +31,26 @@ from ..models import value_and_grad
 from ..ops import _checks
 from ..profiling import phase
 from ..protocol import CountingModel, has_energy, resolve_model, with_backend
-from .annealed import NonFiniteMonitor, corrector_spec, count_arg, mcmc
+from .annealed import NonFiniteChainsError, NonFiniteChainsWarning, NonFiniteMonitor, corrector_spec, count_arg, mcmc
 
 
 def guidance_strength(schedule, t: float, c: float) -> float:
     """The paper's guidance time scheduler ᾱ²/(ᾱ² + c(1 − ᾱ)²), ᾱ = α_t²."""
     abar = schedule.alpha(t) ** 2
     return abar**2 / (abar**2 + c * (1 - abar) ** 2)
+
+
+def _checked_log_weight(log_weight):
+    """log_weight, its output checked: a floating (B,) tensor for a (B, D) x (a (B − 1,) or scalar one was taken
+    and broadcast: a chain without guidance, a log Z of the wrong samples)."""
+    def checked(x):
+        v = log_weight(x)
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point() or tuple(v.shape) != (x.shape[0],):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"log_weight(x) must return a floating tensor of shape ({x.shape[0]},) (one log l per "
+                             f"row of x), got {got}" + (f" of {v.dtype}" if isinstance(v, torch.Tensor) else ""))
+        return v
+    return checked
 
 
 def grad_log_weight(log_weight, x):
@@ -105,6 +119,7 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
     n_steps, n_samples = count_arg("n_steps", n_steps, 1), count_arg("n_samples", n_samples, 1)
     if not callable(log_weight):
         raise TypeError(f"log_weight must be a callable x -> log l(x), got {type(log_weight).__name__}")
+    log_weight = _checked_log_weight(log_weight)
     fd_eps = _checks.finite_float("fd_eps", fd_eps, positive=True)
     _checks.finite_float("corrector_step_size", corrector_step_size, positive=True)
     t_min = _checks.finite_float("t_min", t_min)
@@ -161,6 +176,14 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
         stats.n_weight_grads += n_samples * (n_corrector_steps * n_trapezoid + 1)
     with comm.level(0), torch.no_grad():
         neg_log_l = -log_weight(x).double()
+        bad = torch.count_nonzero(~torch.isfinite(neg_log_l) & torch.isfinite(x).all(1))
+    n_bad = int(comm.all_reduce([bad])[0])  # (the non-finite samples themselves: the monitor's report)
+    if n_bad and on_nonfinite != "ignore":
+        msg = (f"importance_sde: log_weight is non-finite at {n_bad} finite sample(s): log Z and the ESS are "
+               f"undefined (NaN)")
+        if on_nonfinite == "raise":
+            raise NonFiniteChainsError(msg)
+        warnings.warn(msg, NonFiniteChainsWarning, stacklevel=2)
     lse1, lse2 = comm.log_sum_exp(neg_log_l), comm.log_sum_exp(2 * neg_log_l)
     stats.log_z = math.log(n_samples) - lse1
     stats.ess = math.exp(2 * lse1 - lse2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ...distributed import Comm
+from ...ops import _checks
 from ...profiling import machine
 from .replay import ReplayBuffer, local_search
 from .sampler import OBJECTIVES, DiffusionSampler
@@ -44,6 +46,40 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0              # 0: no periodic evaluation
     eval_samples: int = 2000
+
+    def __post_init__(self):
+        """Every field checked by name: a negative learning rate or gradient clip would silently train towards a
+        higher loss (Adam and clip_grad_norm_ take them), a zero ls_every would divide by zero mid-run."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name, minimum in (("iterations", 0), ("batch_size", 1), ("explore_decay", 0), ("prior_every", 0),
+                              ("buffer_size", 1), ("ls_every", 1), ("ls_steps", 1), ("ls_burn_in", 0), ("seed", 0),
+                              ("eval_every", 0), ("eval_samples", 2)):
+            setattr(self, name, _checks.integer(f"TrainConfig.{name}", getattr(self, name), minimum=minimum,
+                                                maximum=2**63 - 1))
+        for name, positive in (("lr_policy", False), ("lr_flow", False), ("explore", False), ("rank_weight", False),
+                               ("ls_step_size", True), ("subtb_lambda", True)):
+            setattr(self, name, _config_float(name, getattr(self, name), positive))
+        if self.grad_clip is not None:
+            self.grad_clip = _config_float("grad_clip", self.grad_clip, True)
+        if not 0 < _config_float("ls_target_acceptance", self.ls_target_acceptance, True) < 1:
+            raise ValueError(f"TrainConfig.ls_target_acceptance must be in (0, 1), got {self.ls_target_acceptance}")
+        if self.local_search and self.ls_burn_in >= self.ls_steps:
+            raise ValueError(f"TrainConfig.ls_burn_in must be < ls_steps (the local search keeps the moves after "
+                             f"its burn-in), got {self.ls_burn_in} >= {self.ls_steps}")
+        if self.objective == "vargrad" and self.batch_size < 2:
+            raise ValueError("TrainConfig.batch_size must be >= 2 for vargrad (its log Z is the batch's mean: with "
+                             "one trajectory the loss is 0)")
+
+
+def _config_float(name: str, v, positive: bool) -> float:
+    """A finite real TrainConfig field, >= 0 (> 0 if `positive`)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"TrainConfig.{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"TrainConfig.{name} must be finite and {'> 0' if positive else '>= 0'}, got {v}")
+    return v
 
 
 @dataclass
@@ -144,14 +180,10 @@ def train(sampler: DiffusionSampler, config: TrainConfig, *, progress=True, call
     training before that iteration's step with `TrainingDiverged`, as does a checkpoint that would hold non-finite
     parameters (not written: the file keeps the last finite state)."""
     cfg = config
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
     if cfg.objective == "pis" and (cfg.local_search or cfg.replay or cfg.prior_every or cfg.explore > 0):
         raise ValueError("pis is on-policy: it takes no local_search, replay, prior_every or explore")
     if cfg.objective == "subtb" and sampler.net.flow is None:
         raise ValueError("objective 'subtb' needs a DriftNet built with flow=True")
-    if cfg.objective == "subtb" and not cfg.subtb_lambda > 0:
-        raise ValueError(f"objective 'subtb' needs subtb_lambda > 0, got {cfg.subtb_lambda}")
     if checkpoint_every < 0 or (checkpoint_every and checkpoint is None):
         raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint path, got {checkpoint_every}")
     until = cfg.iterations if until is None else min(int(until), cfg.iterations)
