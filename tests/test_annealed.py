@@ -497,3 +497,23 @@ def test_reused_accept_outputs_keep_every_tensor_of_a_fresh_run(monkeypatch, cas
         assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
     if nan_chain is not None:
         assert got[0][nan_chain].isnan().any() and got_stats[3] is not None
+
+
+def test_sampler_arguments_name_themselves():
+    """A per-chain step of the wrong shape failed in a broadcast ((3,) for 10 chains) or was reported after it
+    ((10, 1) as (10, 10)); dtype=int32 or "float32" in torch.finfo; mcmc's t = "a" or None deep in the schedule: each
+    now names its argument."""
+    for step, match in ((torch.full((3,), 0.1), "step_size must be a float or have shape \\(10,\\)"),
+                        (torch.full((10, 1), 0.1), "got \\(10, 1\\)"),
+                        (torch.tensor([0.1] * 9 + [float("nan")]), "step_size must be finite and > 0")):
+        with pytest.raises(ValueError, match=match):
+            annealed_mcmc(MIX, 10, n_levels=3, step_size=step)
+    for dtype in (torch.int32, "float32"):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            annealed_mcmc(MIX, 10, n_levels=3, dtype=dtype)
+    x0 = MIX.sample(10, torch.Generator().manual_seed(0))
+    for t, exc in (("a", TypeError), (None, TypeError), (float("nan"), ValueError)):
+        with pytest.raises(exc, match="t must be"):
+            mcmc(MIX, x0, t=t, n_steps=1)
+    x, _ = annealed_mcmc(MIX, 10, n_levels=3, step_size=torch.full((10,), 0.1))
+    assert x.shape == (10, 2) and torch.isfinite(x).all()

@@ -519,3 +519,26 @@ def test_train_config_refuses_bad_fields_by_name(field, value, exc, match):
         TrainConfig(objective="vargrad", batch_size=1)
     with pytest.raises(ValueError, match="ls_burn_in must be < ls_steps"):
         TrainConfig(local_search=True, ls_steps=10, ls_burn_in=10)
+
+
+def test_sampler_arguments_are_checked_by_name():
+    """n_steps 0 divided by zero, 2.7 was cut to 2, a negative hidden width or sample count failed inside torch,
+    sample(2.5) returned 2 samples, sample(dtype=float64) of a float32 network failed in a matmul, evaluate(0) in a
+    math domain error, exact samples of the wrong width in cdist: each now names its argument."""
+    target = get_target("25gmm")
+    for kw, exc, match in ((dict(n_steps=0), ValueError, "n_steps must be >= 1"),
+                           (dict(n_steps=2.7), TypeError, "n_steps must be an int"),
+                           (dict(hidden=-3), ValueError, "hidden must be >= 1"),
+                           (dict(sigma=float("nan")), ValueError, "sigma must be finite")):
+        with pytest.raises(exc, match=match):
+            DiffusionSampler(target, **kw)
+    s = DiffusionSampler(target, n_steps=5, hidden=8, n_harmonics=4)
+    for call, exc, match in ((lambda: s.sample(-1), ValueError, "n must be >= 1"),
+                             (lambda: s.sample(2.5), TypeError, "n must be an int"),
+                             (lambda: s.sample(4, dtype=torch.float64), ValueError, "dtype must be the network's"),
+                             (lambda: s.evaluate(0), ValueError, "n must be >= 2"),
+                             (lambda: s.evaluate(10, exact_samples=torch.randn(10, 3)), ValueError,
+                              "exact_samples must be an \\(m, 2\\) tensor")):
+        with pytest.raises(exc, match=match):
+            call()
+    assert s.double().sample(4, dtype=torch.float64)[0].dtype == torch.float64

@@ -344,7 +344,7 @@ def finite_float(name: str, v, *, positive=False, nonnegative=False, dtype=None)
 def float_dtype(name: str, dtype) -> torch.dtype:
     """float32 or float64, the dtypes of the compiled kernels."""
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype}")
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}")
     return dtype
 
 

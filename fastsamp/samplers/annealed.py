@@ -232,6 +232,7 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
 
     Returns (samples (n_samples, D), AnnealedStats).
     """
+    dtype = _checks.float_dtype("dtype", dtype)
     model = resolve_model(model, dtype=dtype)
     spec = corrector_spec(model, corrector=corrector, mh=mh, n_steps=n_corrector_steps, n_trapezoid=n_trapezoid,
                           n_leapfrog=n_leapfrog, damping=damping, backend=backend, steps_name="n_corrector_steps")
@@ -250,6 +251,8 @@ def annealed_mcmc(model, n_samples, *, n_levels=100, corrector="mala", mh=None, 
     device = _checks.device(device)
     comm = Comm.resolve(group)
     chain0, n_local = comm.shard(n_samples)
+    if isinstance(step_size, torch.Tensor):  # per chain: this process's chains (shape, device and values checked)
+        step_size = _checks.step_size(step_size, torch.empty(n_local, 0, dtype=dtype, device=device))
     monitor = NonFiniteMonitor(n_levels, device, on_nonfinite)
     sched = model.schedule
     ts = torch.linspace(1.0, t_min, n_levels, dtype=torch.float64).tolist()
@@ -350,6 +353,7 @@ def mcmc(model, x, *, t=0.0, corrector="mala", mh=None, n_steps=100, step_size=0
     spec = corrector_spec(model, corrector=corrector, mh=mh, n_steps=n_steps, n_trapezoid=n_trapezoid,
                           n_leapfrog=n_leapfrog, damping=damping, backend=backend)
     x = _checks.state("x", x)
+    t = _checks.finite_float("t", t)
     if x.shape[1] != model.dim:
         raise ValueError(f"x must have shape (B, {model.dim}) for this model, got {tuple(x.shape)}")
     resolve_model(model, needs_schedule=False, dtype=x.dtype)

@@ -50,6 +50,9 @@ class DriftNet(nn.Module):
                  learned_variance: bool = False, log_var_range: float = 4.0, flow: bool = False,
                  lgv_clip: float = 1e2, clip: float = 1e4):
         super().__init__()
+        for name, v, minimum in (("dim", dim, 1), ("hidden", hidden, 1), ("n_harmonics", n_harmonics, 1),
+                                 ("n_layers", n_layers, 0), ("lgv_layers", lgv_layers, 1)):
+            ops._checks.integer(name, v, minimum=minimum)
         self.dim, self.langevin, self.learned_variance = dim, langevin, learned_variance
         self.log_var_range, self.lgv_clip, self.clip = log_var_range, lgv_clip, clip
         self.time = FourierTime(n_harmonics, hidden, hidden)

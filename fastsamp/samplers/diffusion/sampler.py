@@ -95,7 +95,9 @@ class DiffusionSampler(nn.Module):
         super().__init__()
         if torch_noise and fused:
             raise ValueError("torch_noise is for the eager path (fused=False)")
-        self.target, self.sigma, self.n_steps, self.fused = target, float(sigma), int(n_steps), fused
+        sigma = _checks.finite_float("sigma", sigma, positive=True)
+        n_steps = _checks.integer("n_steps", n_steps, minimum=1)
+        self.target, self.sigma, self.n_steps, self.fused = target, sigma, n_steps, fused
         self.torch_noise = bool(torch_noise)
         self.net_config = dict(net_kw)
         self.net = DriftNet(target.dim, **net_kw)
@@ -350,6 +352,11 @@ class DiffusionSampler(nn.Module):
         Distributed (torchrun or `group=`): each rank simulates its share of the n chains with noise
         keyed by the global chain index; gather=True returns all of them on rank 0 ((None, None)
         elsewhere), gather=False each rank's own."""
+        n = _checks.integer("n", n, minimum=1)
+        net_dtype = self.net.log_Z.dtype
+        if dtype != net_dtype:
+            raise ValueError(f"dtype must be the network's dtype {net_dtype} (convert the sampler with .to({dtype}) "
+                             f"first), got {dtype}")
         comm = Comm.resolve(group)
         chain0, n_local = comm.shard(n)
         traj = self.forward_trajectories(n_local, seed=seed, chain_offset=chain0, dtype=dtype, device=device)
@@ -365,7 +372,14 @@ class DiffusionSampler(nn.Module):
         and with exact samples the EUBO and the 2-Wasserstein distance. `samples`: the (x, log w) of
         `sample(n, seed=seed)` when the caller has drawn them already (not drawn again)."""
         from ... import metrics
-        x, log_w = self.sample(n, seed=seed, group=Comm(None)) if samples is None else samples
+        n = _checks.integer("n", n, minimum=2)
+        if exact_samples is not None and (not isinstance(exact_samples, torch.Tensor) or exact_samples.dim() != 2
+                                          or exact_samples.shape[1] != self.target.dim):
+            got = (tuple(exact_samples.shape) if isinstance(exact_samples, torch.Tensor)
+                   else type(exact_samples).__name__)
+            raise ValueError(f"exact_samples must be an (m, {self.target.dim}) tensor, got {got}")
+        x, log_w = self.sample(n, seed=seed, group=Comm(None),
+                               dtype=self.net.log_Z.dtype) if samples is None else samples
         out = metrics.log_z_estimates(log_w)
         out["log_Z_learned"] = float(self.net.log_Z)
         if exact_samples is not None:
