@@ -210,22 +210,22 @@ struct RowLanes<double> : RowMask512 {
         for (int r = 0; r < 8; ++r) z[r] = _mm512_loadu_pd(p + D * r + e);
         transpose8(z, c + e);
       }
-      return;
-    }
-    V z[D];
-    for (int j = 0; j < D; ++j) z[j] = _mm512_loadu_pd(p + 8 * j);
-    if constexpr (D == 2) {
-      c[0] = _mm512_permutex2var_pd(z[0], _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), z[1]);
-      c[1] = _mm512_permutex2var_pd(z[0], _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), z[1]);
-    } else if constexpr (D == 4) {
-      const __m512i e01 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13);
-      const __m512i e23 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
-      const V a0 = _mm512_permutex2var_pd(z[0], e01, z[1]), a1 = _mm512_permutex2var_pd(z[0], e23, z[1]);  // rows 0-3
-      const V b0 = _mm512_permutex2var_pd(z[2], e01, z[3]), b1 = _mm512_permutex2var_pd(z[2], e23, z[3]);  // rows 4-7
-      c[0] = _mm512_shuffle_f64x2(a0, b0, 0x44);
-      c[1] = _mm512_shuffle_f64x2(a0, b0, 0xEE);
-      c[2] = _mm512_shuffle_f64x2(a1, b1, 0x44);
-      c[3] = _mm512_shuffle_f64x2(a1, b1, 0xEE);
+    } else {
+      V z[D];
+      for (int j = 0; j < D; ++j) z[j] = _mm512_loadu_pd(p + 8 * j);
+      if constexpr (D == 2) {
+        c[0] = _mm512_permutex2var_pd(z[0], _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), z[1]);
+        c[1] = _mm512_permutex2var_pd(z[0], _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), z[1]);
+      } else {
+        const __m512i e01 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13);
+        const __m512i e23 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
+        const V a0 = _mm512_permutex2var_pd(z[0], e01, z[1]), a1 = _mm512_permutex2var_pd(z[0], e23, z[1]);  // rows 0-3
+        const V b0 = _mm512_permutex2var_pd(z[2], e01, z[3]), b1 = _mm512_permutex2var_pd(z[2], e23, z[3]);  // rows 4-7
+        c[0] = _mm512_shuffle_f64x2(a0, b0, 0x44);
+        c[1] = _mm512_shuffle_f64x2(a0, b0, 0xEE);
+        c[2] = _mm512_shuffle_f64x2(a1, b1, 0x44);
+        c[3] = _mm512_shuffle_f64x2(a1, b1, 0xEE);
+      }
     }
   }
   // The inverse of columns.
