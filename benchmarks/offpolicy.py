@@ -33,8 +33,9 @@ evaluation (the old metrics are reproduced bit for bit; the JSON gains the new d
 --targets / --methods asked for) into OUT/timing_<device>_<threads>thread.json (resumable: timed cells are
 skipped unless --force); `report` shows it. It is fastsamp.experiments.offpolicy.time_fused_vs_eager (also
 `fastsamp train --time`): each path (fused: DiffusionSampler(fused=True), the whole-trajectory
-kernels; eager: the per-step autograd loop on the reference op; with --compile, the eager path with its
-DriftNet compiled, torch.compile of DriftNet.forward with static shapes after warm-up, a fresh dynamo cache per
+kernels; eager: the per-step autograd loop on the reference op, its noise from torch.randn as plain PyTorch draws
+it (cells timed before 2026-12-06 drew the reference's int64 Philox, ~1.7x slower); with --compile, the eager path
+with its DriftNet compiled, torch.compile of DriftNet.forward with static shapes after warm-up, a fresh dynamo cache per
 cell) trains its own sampler of the preset from the same initialisation through `train()` itself, resumed from
 a checkpoint every --segment iterations so that the paths run interleaved (fused, eager, compile, fused, ...) on
 the same machine state (checkpoint writes are not timed). Reported per path: the median over the segments of
