@@ -20,8 +20,9 @@
 #          13 s), generic_vs_hand 30 (issue 10: generic annealed_mcmc / hand loop / ops loop; 11 s with two
 #          sides, three since the twenty-fifth session), profile_network 20 (issue 10: the share outside the network;
 #          10 s), offpolicy timing 65 (issue 13: ms per training iteration, 25GMM TB and PIS; 52 s), GPU tests 215
-#          (cuda graphs included; 198 s at -n 8, now -n 16), bench 70 (35 s before the (out=) and energy_mh_accept
-#          cases), sample 12 (9-13 s), vmap_ops 20 (not yet run on a GPU: an estimate): 457 s, 627 s in all; then LGCP TB + Expl. + LP + LS timing 60
+#          (cuda graphs included; 198 s at -n 8, now -n 16), bench 130 (35 s before the (out=) and energy_mh_accept
+#          cases and the mixture ops' matrix-product baselines, two more compiled graphs per mixture case: an
+#          estimate), sample 12 (9-13 s), vmap_ops 20 (not yet run on a GPU: an estimate): 517 s, 687 s in all; then LGCP TB + Expl. + LP + LS timing 60
 #          (issue 13: whether a seed fits a device call) in what is left before the deadline (the stages above
 #          took 314 s in all on the H200, so in practice it runs).
 #   extra: generic_vs_hand with its compiled sides 90 (issue 10: against the hand loop under torch.compile), the
@@ -141,10 +142,10 @@ if [ "$MODE" = main ]; then
     tests/test_triton_inductor.py tests/test_offpolicy_table.py tests/test_vmap.py tests/test_export_deploy.py tests/test_autocast.py \
     -k "${2:-cuda or (triton and (gmm or accept or philox or sde_step or normals or out_views))}"
   grep -E "passed|failed|Error" "$W/pytest.log" | tail -15
-  stage bench "${BENCH_TIMEOUT:-70}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
+  stage bench "${BENCH_TIMEOUT:-130}" python3 -m fastsamp.cli bench --device cuda --min-time 0.2 \
     --ops 'gmm_mala[compact],gmm_mala[separated],sde_step,gmm_score[separated],score_mh_accept,mala_propose,line_points,energy_mh_accept' \
     --json "$W/bench_cuda.json"
-  tail -36 "$W/bench.log"
+  tail -48 "$W/bench.log"
   stage sample 12 python3 -m fastsamp.cli sample --device cuda --chains 1048576 --json "$W/sample_cuda.json"
   tail -4 "$W/sample.log"
   # issue 10: torch.func.vmap of the public ops (the batching rules' fold) against the per-slice calls and the hand fold
