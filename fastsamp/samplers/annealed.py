@@ -146,12 +146,17 @@ class NonFiniteMonitor:
         first = next((i for i, c in enumerate(counts) if c), None)
         if first is not None and self.action != "ignore":
             where, cause = describe(first)
-            msg = (f"{sampler}: {counts[first]} chain(s) became non-finite (NaN/inf) at level {first}{where} "
-                   f"({counts[-1]} non-finite at the end). Likely cause: {cause}")
-            if self.action == "raise":
-                raise NonFiniteChainsError(msg)
-            warnings.warn(msg, NonFiniteChainsWarning, stacklevel=3)
+            self.alert(f"{sampler}: {counts[first]} chain(s) became non-finite (NaN/inf) at level {first}{where} "
+                       f"({counts[-1]} non-finite at the end). Likely cause: {cause}", stacklevel=4)
         return counts, first
+
+    def alert(self, msg, stacklevel=3):
+        """Warn (NonFiniteChainsWarning) or raise (NonFiniteChainsError) with `msg` as on_nonfinite says; nothing for
+        "ignore". stacklevel: warnings.warn's, counted from this method (3: the caller's caller)."""
+        if self.action == "raise":
+            raise NonFiniteChainsError(msg)
+        if self.action == "warn":
+            warnings.warn(msg, NonFiniteChainsWarning, stacklevel=stacklevel)
 
 
 LEVEL_CHUNK = 16  # levels whose statistics annealed_mcmc computes together

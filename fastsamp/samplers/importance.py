@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +30,7 @@ from ..models import value_and_grad
 from ..ops import _checks
 from ..profiling import phase
 from ..protocol import CountingModel, has_energy, resolve_model, with_backend
-from .annealed import NonFiniteChainsError, NonFiniteChainsWarning, NonFiniteMonitor, corrector_spec, count_arg, mcmc
+from .annealed import NonFiniteMonitor, corrector_spec, count_arg, mcmc
 
 
 def guidance_strength(schedule, t: float, c: float) -> float:
@@ -178,12 +177,9 @@ def importance_sde(model, log_weight, n_samples, *, n_steps=200, fd_eps=1e-3, gu
         neg_log_l = -log_weight(x).double()
         bad = torch.count_nonzero(~torch.isfinite(neg_log_l) & torch.isfinite(x).all(1))
     n_bad = int(comm.all_reduce([bad])[0])  # (the non-finite samples themselves: the monitor's report)
-    if n_bad and on_nonfinite != "ignore":
-        msg = (f"importance_sde: log_weight is non-finite at {n_bad} finite sample(s): log Z and the ESS are "
-               f"undefined (NaN)")
-        if on_nonfinite == "raise":
-            raise NonFiniteChainsError(msg)
-        warnings.warn(msg, NonFiniteChainsWarning, stacklevel=2)
+    if n_bad:
+        monitor.alert(f"importance_sde: log_weight is non-finite at {n_bad} finite sample(s): log Z and the ESS are "
+                      f"undefined (NaN)")
     lse1, lse2 = comm.log_sum_exp(neg_log_l), comm.log_sum_exp(2 * neg_log_l)
     stats.log_z = math.log(n_samples) - lse1
     stats.ess = math.exp(2 * lse1 - lse2)
