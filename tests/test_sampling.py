@@ -6,7 +6,7 @@ inflates the within-mode variance by about 1/(1 − ε/(2v)) — the tolerances 
 """
 import pytest
 import torch
-from conftest import COMPILED, TRITON_INTERPRETED, backend_device, skip_unless_available, skip_unless_op
+from conftest import COMPILED, TRITON_INTERPRETED, assert_moved, backend_device, skip_unless_available, skip_unless_op
 
 from fastsamp import ops
 
@@ -38,15 +38,6 @@ def assert_exact_moments(x, n):
     for key, want in EXACT.items():
         tol = TOL[key] * (20000 / n) ** 0.5
         assert abs(m[key] - want) < tol, f"{key}: {m[key]:.4f} vs exact {want} ({m})"
-
-
-def assert_moved(x, x0):
-    """The chains moved from their exact start x0: a kernel that reports acceptances but never moves keeps exact
-    samples exact. At these rates (0.85-0.98 over 20 moves) every chain moves, mean squared displacement 1.4-2.2
-    (measured)."""
-    d = x.double().cpu() - x0.double()
-    assert (d != 0).any(1).double().mean().item() > 0.99
-    assert (d * d).sum(1).mean().item() > 0.7
 
 
 def device_and_chains(name):
